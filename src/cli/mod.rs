@@ -1,0 +1,366 @@
+//! Command line, compatible with CRIU's: same commands, option spellings (short and long),
+//! getopt quirks (`-v4`, `-vvv`, `-verbosity=0`), exit codes (0 success, 1 failure).
+//! CRIU options cryo does not implement yet are recognised and refused by name.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Checkpoint/restore for Linux processes, with CRIU-compatible images.
+///
+/// cryo freezes a running process, writes its complete state into a directory of image files
+/// (CRIU's format: crit and checkpointctl read them), and later recreates it with the same
+/// PID, memory, files and registers, so it continues exactly where it stopped.
+///
+/// Typical use:
+///
+///   cryo dump -t 1234 -D /tmp/ckpt -o dump.log      # save and stop process 1234
+///
+///   cryo restore -D /tmp/ckpt -d -o restore.log     # bring it back, detached
+///
+///   cryo show /tmp/ckpt/core-1234.img                # look inside an image
+///
+///   cryo check                                       # can this kernel do it?
+#[derive(Debug, Parser)]
+#[command(
+    name = "cryo",
+    version,
+    verbatim_doc_comment,
+    disable_version_flag = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+    /// Print version (CRIU prints "Version: X").
+    #[arg(short = 'V', long = "version", global = true)]
+    pub version: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Checkpoint a running process into an images directory.
+    ///
+    /// The process is frozen with ptrace (it never sees a signal), its state is written to
+    /// DIR, and it is then killed, unless --leave-running is given. If anything fails the
+    /// process is left running exactly as it was.
+    Dump(DumpArgs),
+    /// Restore a process from an images directory.
+    ///
+    /// The images are verified first (cryo-manifest.json); the process is recreated with its
+    /// original PID, which must be free.
+    Restore(RestoreArgs),
+    /// Decode an image file to JSON (like `crit show`).
+    Show(ShowArgs),
+    /// Check that this kernel has what cryo needs.
+    Check(CheckArgs),
+    /// Not implemented yet: incremental memory dumps (needs soft-dirty tracking).
+    #[command(name = "pre-dump")]
+    PreDump(DumpArgs),
+}
+
+/// Options every command shares (CRIU's generic options).
+#[derive(Debug, Args, Clone)]
+pub struct Common {
+    /// Directory holding the images.
+    #[arg(
+        short = 'D',
+        long = "images-dir",
+        value_name = "DIR",
+        default_value = "."
+    )]
+    pub images_dir: PathBuf,
+    /// Directory for logs and stats (default: the images directory).
+    #[arg(short = 'W', long = "work-dir", value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Log file, relative to the work directory (default: stderr).
+    #[arg(short = 'o', long = "log-file", value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Log level 0..4 (0 none, 1 errors, 2 warnings (default), 3 info, 4 debug). Also -v, -vv, -v4.
+    #[arg(long = "verbosity", value_name = "N", default_value_t = 2, require_equals = true, num_args = 0..=1, default_missing_value = "3")]
+    pub verbosity: u32,
+    /// Accepted for compatibility (each process logs into the same file).
+    #[arg(long = "log-pid")]
+    pub log_pid: bool,
+    /// Accepted for compatibility: cryo reads no configuration files.
+    #[arg(long = "no-default-config")]
+    pub no_default_config: bool,
+    /// Print a machine-readable JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Print dump/restore statistics.
+    #[arg(long = "display-stats")]
+    pub display_stats: bool,
+    /// CRIU options cryo does not support yet (refused with a message).
+    #[command(flatten)]
+    pub unsupported: Unsupported,
+}
+
+/// `cryo dump` / `pre-dump`.
+#[derive(Debug, Args, Clone)]
+pub struct DumpArgs {
+    /// PID of the process to dump (the root of the tree).
+    #[arg(short = 't', long = "tree", value_name = "PID")]
+    pub tree: i32,
+    /// Keep the process running after the dump.
+    #[arg(short = 'R', long = "leave-running")]
+    pub leave_running: bool,
+    /// The process is a shell job: allow it not to be a session leader.
+    #[arg(short = 'j', long = "shell-job")]
+    pub shell_job: bool,
+    /// Seize timeout in seconds (accepted for compatibility; seizing is immediate).
+    #[arg(long = "timeout", value_name = "N")]
+    pub timeout: Option<u32>,
+    /// Pre-dump mode (splice|read); accepted for compatibility.
+    #[arg(long = "pre-dump-mode", value_name = "MODE")]
+    pub pre_dump_mode: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `cryo restore`.
+#[derive(Debug, Args, Clone)]
+pub struct RestoreArgs {
+    /// Detach after restore: cryo exits and the process runs on.
+    #[arg(short = 'd', long = "restore-detached")]
+    pub detached: bool,
+    /// Write the restored process's PID to FILE (relative to the work directory).
+    #[arg(long = "pidfile", value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+    /// Restore a shell job into cryo's session.
+    #[arg(short = 'j', long = "shell-job")]
+    pub shell_job: bool,
+    /// Accepted for compatibility: -t is meaningless on restore.
+    #[arg(short = 't', long = "tree", value_name = "PID", hide = true)]
+    pub tree: Option<i32>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `cryo show`.
+#[derive(Debug, Args, Clone)]
+pub struct ShowArgs {
+    /// The image file.
+    pub file: PathBuf,
+}
+
+/// `cryo check`.
+#[derive(Debug, Args, Clone)]
+pub struct CheckArgs {
+    /// Check one feature (CRIU names: mnt_id, get_rseq_conf, timens, mem_dirty_track, ...);
+    /// `list` lists them.
+    #[arg(long = "feature", value_name = "NAME")]
+    pub feature: Option<String>,
+    /// Also report optional features.
+    #[arg(long = "all", alias = "extra")]
+    pub all: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+macro_rules! unsupported_opts {
+    ($($field:ident : $ty:ty = $long:literal $(short $short:literal)?, $why:literal;)*) => {
+        /// CRIU options that change results and are not implemented yet.
+        #[derive(Debug, Args, Clone, Default)]
+        pub struct Unsupported {
+            $(
+                #[arg(long = $long, hide = true $(, short = $short)?)]
+                pub $field: $ty,
+            )*
+        }
+        impl Unsupported {
+            /// The first option given that cryo cannot honour, with the reason.
+            pub fn first(&self) -> Option<(&'static str, &'static str)> {
+                $(if is_set(&self.$field) { return Some(($long, $why)); })*
+                None
+            }
+        }
+    };
+}
+
+fn is_set<T: IsSet>(v: &T) -> bool {
+    v.is_set()
+}
+trait IsSet {
+    fn is_set(&self) -> bool;
+}
+impl IsSet for bool {
+    fn is_set(&self) -> bool {
+        *self
+    }
+}
+impl IsSet for Option<String> {
+    fn is_set(&self) -> bool {
+        self.is_some()
+    }
+}
+impl IsSet for Vec<String> {
+    fn is_set(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+unsupported_opts! {
+    tcp_established: bool = "tcp-established", "TCP connection repair is not implemented yet";
+    tcp_close: bool = "tcp-close", "TCP sockets are not implemented yet";
+    skip_in_flight: bool = "skip-in-flight", "TCP sockets are not implemented yet";
+    ext_unix_sk: Option<String> = "ext-unix-sk", "external unix sockets are not implemented yet";
+    file_locks: bool = "file-locks" short 'l', "file locks are not implemented yet";
+    link_remap: bool = "link-remap", "link remaps are not implemented yet";
+    ghost_limit: Option<String> = "ghost-limit", "ghost files are not implemented yet (issue #3)";
+    evasive_devices: bool = "evasive-devices", "evasive devices are not implemented yet";
+    manage_cgroups: Option<String> = "manage-cgroups", "cgroup management comes with issue #4";
+    cgroup_root: Vec<String> = "cgroup-root", "cgroup management comes with issue #4";
+    freeze_cgroup: Option<String> = "freeze-cgroup", "the cgroup freezer comes with issue #4";
+    external: Vec<String> = "external", "external resources come with issue #4";
+    ext_mount_map: Vec<String> = "ext-mount-map" short 'M', "external mounts come with issue #4";
+    root: Option<String> = "root" short 'r', "restoring into a new root comes with issue #4";
+    inherit_fd: Vec<String> = "inherit-fd", "inherited fds come with issue #4";
+    empty_ns: Option<String> = "empty-ns", "namespaces come with issue #4";
+    join_ns: Vec<String> = "join-ns" short 'J', "namespaces come with issue #4";
+    page_server: bool = "page-server", "the page server is not implemented yet";
+    address: Option<String> = "address", "the page server is not implemented yet";
+    port: Option<String> = "port", "the page server is not implemented yet";
+    track_mem: bool = "track-mem", "memory tracking needs soft-dirty, which this kernel lacks";
+    prev_images_dir: Option<String> = "prev-images-dir", "incremental dumps are not implemented yet";
+    auto_dedup: bool = "auto-dedup", "incremental dumps are not implemented yet";
+    lazy_pages: bool = "lazy-pages", "lazy restore is not implemented yet";
+    leave_stopped: bool = "leave-stopped" short 's', "stopped final state is not implemented yet";
+    restore_sibling: bool = "restore-sibling" short 'S', "restoring as a sibling is not implemented yet";
+    exec_cmd: bool = "exec-cmd", "--exec-cmd is not implemented yet";
+    action_script: Vec<String> = "action-script", "action scripts come with issue #5";
+    orphan_pts_master: bool = "orphan-pts-master", "ttys come with issue #4";
+    network_lock: Option<String> = "network-lock", "network locking comes with issue #4";
+    lsm_profile: Option<String> = "lsm-profile", "LSM profiles come with issue #5";
+    cpu_cap: Option<String> = "cpu-cap", "CPU capability checks are not implemented yet";
+    stream: bool = "stream", "image streaming is not implemented yet";
+    status_fd: Option<String> = "status-fd", "--status-fd comes with issue #5";
+    config: Option<String> = "config", "configuration files are not read by cryo";
+    unprivileged: bool = "unprivileged", "unprivileged mode is not implemented yet";
+}
+
+/// Rewrites CRIU's getopt-only spellings into ones clap understands:
+/// `-v` / `-vv` / `-v4` / `-verbosity=0` (which getopt reads as `-v` + "erbosity=0" → 0)
+/// become `--verbosity=N`.
+pub fn normalize(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut level: Option<u32> = None;
+    let mut pos = None;
+    for a in args {
+        if let Some(rest) = a.strip_prefix("-v").filter(|_| !a.starts_with("--")) {
+            let cur = level.unwrap_or(2);
+            level = Some(if rest.is_empty() {
+                cur + 1
+            } else if rest.chars().all(|c| c == 'v') {
+                cur + 1 + rest.len() as u32
+            } else {
+                // getopt hands "rest" to atoi(): leading digits, else 0.
+                rest.chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect::<String>()
+                    .parse()
+                    .unwrap_or(0)
+            });
+            pos.get_or_insert(out.len());
+            continue;
+        }
+        if a == "--verbosity" {
+            level = Some(level.unwrap_or(2) + 1);
+            pos.get_or_insert(out.len());
+            continue;
+        }
+        if let Some(v) = a.strip_prefix("--verbosity=") {
+            level = Some(v.parse().unwrap_or(0));
+            pos.get_or_insert(out.len());
+            continue;
+        }
+        out.push(a);
+    }
+    if let (Some(l), Some(_)) = (level, pos) {
+        // Options must follow the subcommand for clap; append at the end.
+        out.push(format!("--verbosity={}", l.min(4)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: &[&str]) -> Cli {
+        Cli::try_parse_from(normalize(v.iter().map(|s| s.to_string()))).unwrap()
+    }
+
+    #[test]
+    fn criu_spellings() {
+        let c = parse(&[
+            "criu",
+            "dump",
+            "-t",
+            "42",
+            "-D",
+            "/tmp/x",
+            "-v4",
+            "-o",
+            "d.log",
+            "--leave-running",
+        ]);
+        let Cmd::Dump(d) = c.cmd else { panic!() };
+        assert_eq!(d.tree, 42);
+        assert!(d.leave_running);
+        assert_eq!(d.common.verbosity, 4);
+        assert_eq!(d.common.log_file.unwrap(), PathBuf::from("d.log"));
+
+        let c = parse(&[
+            "criu",
+            "dump",
+            "--tree=7",
+            "--images-dir",
+            "/x",
+            "-vvv",
+            "-R",
+            "--timeout",
+            "10",
+            "--pre-dump-mode",
+            "splice",
+        ]);
+        let Cmd::Dump(d) = c.cmd else { panic!() };
+        assert_eq!((d.tree, d.common.verbosity, d.leave_running), (7, 4, true));
+
+        let c = parse(&[
+            "criu",
+            "check",
+            "--no-default-config",
+            "-verbosity=0",
+            "--feature",
+            "mnt_id",
+        ]);
+        let Cmd::Check(k) = c.cmd else { panic!() };
+        assert_eq!(k.common.verbosity, 0);
+        assert_eq!(k.feature.as_deref(), Some("mnt_id"));
+
+        let c = parse(&[
+            "criu",
+            "restore",
+            "-D",
+            "/x",
+            "-d",
+            "--pidfile",
+            "p",
+            "-j",
+            "-v",
+        ]);
+        let Cmd::Restore(r) = c.cmd else { panic!() };
+        assert!(r.detached && r.shell_job);
+        assert_eq!(r.common.verbosity, 3);
+    }
+
+    #[test]
+    fn unsupported_options_are_named() {
+        let c = parse(&["criu", "dump", "-t", "1", "--tcp-established"]);
+        let Cmd::Dump(d) = c.cmd else { panic!() };
+        assert_eq!(d.common.unsupported.first().unwrap().0, "tcp-established");
+        let c = parse(&["criu", "restore", "--external", "mnt[x]:y"]);
+        let Cmd::Restore(r) = c.cmd else { panic!() };
+        assert_eq!(r.common.unsupported.first().unwrap().0, "external");
+    }
+}

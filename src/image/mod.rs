@@ -1,0 +1,457 @@
+//! CRIU's on-disk image format: the only code that sees magic numbers and entry framing.
+//!
+//! An image file is `[IMG_COMMON_MAGIC] TYPE_MAGIC { u32 size, protobuf[size] }*` (inventory
+//! has no common magic, stats files use the service magic, pages files are raw). Every image
+//! cryo writes is also recorded in `cryo-manifest.json` (size + xxh3-128 digest per block) so a
+//! restore can refuse a truncated or bit-flipped image before creating anything; CRIU's tools
+//! ignore that file.
+
+pub mod manifest;
+pub mod pb;
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use prost::Message;
+
+pub use manifest::Manifest;
+
+/// Head magic of ordinary images.
+pub const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+/// Head magic of service files (stats-*, irmap-cache).
+pub const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
+
+/// Largest single entry a reader accepts (a hostile size field cannot make us allocate more).
+const MAX_ENTRY: usize = 64 << 20;
+
+/// How an image file begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// `IMG_COMMON_MAGIC` then the type magic.
+    Common(u32),
+    /// Only the type magic (inventory.img).
+    Bare(u32),
+    /// `IMG_SERVICE_MAGIC` then the type magic (stats-*).
+    Service(u32),
+}
+
+/// One kind of image file: its name pattern, head and the protobuf message of its entries.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    /// File name prefix (`core-`, `files.img`, ...), used by `cryo show` to recognise files.
+    pub name: &'static str,
+    pub head: Head,
+    /// Fully qualified protobuf message of the entries (the first entry of pagemap images is
+    /// a `pagemap_head`).
+    pub message: &'static str,
+}
+
+macro_rules! kinds {
+    ($($id:ident = $name:literal, $head:ident($magic:literal), $msg:literal;)*) => {
+        $(pub const $id: Kind = Kind { name: $name, head: Head::$head($magic), message: $msg };)*
+        /// Every image kind cryo knows, for `cryo show`.
+        pub const ALL: &[Kind] = &[$($id),*];
+    };
+}
+
+kinds! {
+    INVENTORY = "inventory", Bare(0x5831_3116), "inventory_entry";
+    PSTREE = "pstree", Common(0x5027_3030), "pstree_entry";
+    CORE = "core", Common(0x5505_3847), "core_entry";
+    IDS = "ids", Common(0x5443_2030), "task_kobj_ids_entry";
+    MM = "mm", Common(0x5749_2820), "mm_entry";
+    PAGEMAP = "pagemap", Common(0x5608_4025), "pagemap_entry";
+    FDINFO = "fdinfo", Common(0x5621_3732), "fdinfo_entry";
+    FILES = "files", Common(0x5630_3138), "file_entry";
+    FS = "fs", Common(0x5140_3912), "fs_entry";
+    CREDS = "creds", Common(0x5402_3547), "creds_entry";
+    PIPES_DATA = "pipes-data", Common(0x5645_3709), "pipe_data_entry";
+    FIFO_DATA = "fifo-data", Common(0x5933_3054), "pipe_data_entry";
+    SK_QUEUES = "sk-queues", Common(0x5626_4026), "sk_packet_entry";
+    TCP_STREAM = "tcp-stream", Common(0x5146_5506), "tcp_stream_entry";
+    TTY_INFO = "tty-info", Common(0x5945_3036), "tty_info_entry";
+    TTY_DATA = "tty-data", Common(0x5941_3026), "tty_data_entry";
+    FILE_LOCKS = "filelocks", Common(0x5432_3616), "file_lock_entry";
+    GHOST_FILE = "ghost-file", Common(0x5258_3605), "ghost_file_entry";
+    REMAP_FPATH = "remap-fpath", Common(0x5913_3954), "remap_file_path_entry";
+    MEMFD_INODE = "memfd", Common(0x4845_3499), "memfd_inode_entry";
+    MNTS = "mountpoints", Common(0x5556_3928), "mnt_entry";
+    NETDEV = "netdev", Common(0x5737_3951), "net_device_entry";
+    NETNS = "netns", Common(0x5593_3752), "netns_entry";
+    UTSNS = "utsns", Common(0x5447_3203), "utsns_entry";
+    IPC_VAR = "ipcns-var", Common(0x5311_5007), "ipc_var_entry";
+    IPCNS_SHM = "ipcns-shm", Common(0x4628_3044), "ipc_shm_entry";
+    IPCNS_MSG = "ipcns-msg", Common(0x5545_3737), "ipc_msg_entry";
+    IPCNS_SEM = "ipcns-sem", Common(0x5957_3019), "ipc_sem_entry";
+    USERNS = "userns", Common(0x5547_4906), "userns_entry";
+    TIMENS = "timens", Common(0x4311_4433), "timens_entry";
+    PIDNS = "pidns", Common(0x6115_7326), "pidns_entry";
+    CGROUP = "cgroup", Common(0x5938_3330), "cgroup_entry";
+    SECCOMP = "seccomp", Common(0x6441_3049), "seccomp_entry";
+    APPARMOR = "apparmor", Common(0x5942_3047), "apparmor_entry";
+    CPUINFO = "cpuinfo", Common(0x6140_4013), "cpuinfo_entry";
+    BINFMT_MISC = "binfmt-misc", Common(0x6734_3323), "binfmt_misc_entry";
+    STATS = "stats", Service(0x5709_3306), "stats_entry";
+}
+
+/// Error reading or writing an image; always names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {op} failed")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: not a {expected} image (magic {found:#010x}, expected {want:#010x})")]
+    BadMagic {
+        path: PathBuf,
+        expected: &'static str,
+        found: u32,
+        want: u32,
+    },
+    #[error("{path}: truncated at byte {offset} ({what})")]
+    Truncated {
+        path: PathBuf,
+        offset: usize,
+        what: &'static str,
+    },
+    #[error("{path}: entry at byte {offset} is not a valid {message}")]
+    Decode {
+        path: PathBuf,
+        offset: usize,
+        message: &'static str,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("{path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+    #[error("{path}: image is missing")]
+    Missing { path: PathBuf },
+    #[error(
+        "{path}: does not match cryo-manifest.json ({what}); the image is corrupt or was modified"
+    )]
+    Digest { path: PathBuf, what: String },
+}
+
+/// A directory of images being written (dump) or read (restore).
+pub struct ImageDir {
+    pub path: PathBuf,
+    /// Digests of everything written so far (dump side).
+    written: Mutex<Manifest>,
+}
+
+impl ImageDir {
+    /// Opens (creating if needed, mode 0700) a directory to dump into.
+    pub fn create(path: &Path) -> Result<ImageDir, ImageError> {
+        let io = |op, source| ImageError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        };
+        if !path.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(path)
+                .map_err(|e| io("mkdir", e))?;
+        }
+        let meta = std::fs::metadata(path).map_err(|e| io("stat", e))?;
+        if !meta.is_dir() {
+            return Err(ImageError::Invalid {
+                path: path.to_path_buf(),
+                what: "not a directory".into(),
+            });
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io("chmod 0700", e))?;
+        }
+        Ok(ImageDir {
+            path: path.to_path_buf(),
+            written: Mutex::new(Manifest::default()),
+        })
+    }
+
+    /// Opens an existing directory to restore from.
+    pub fn open(path: &Path) -> Result<ImageDir, ImageError> {
+        if !path.is_dir() {
+            return Err(ImageError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(ImageDir {
+            path: path.to_path_buf(),
+            written: Mutex::new(Manifest::default()),
+        })
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Creates `name` (mode 0600, truncating) for writing raw bytes.
+    pub fn create_file(&self, name: &str) -> Result<File, ImageError> {
+        let path = self.file(name);
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|source| ImageError::Io {
+                path,
+                op: "create",
+                source,
+            })
+    }
+
+    /// Records the digest of a file written outside [`ImageDir::write`] (pages images).
+    pub fn record(&self, name: &str, entry: manifest::FileDigest) {
+        self.written
+            .lock()
+            .expect("manifest lock")
+            .files
+            .insert(name.to_string(), entry);
+    }
+
+    /// Writes a whole image: head for `kind`, then every message length-prefixed.
+    pub fn write<M: Message>(
+        &self,
+        name: &str,
+        kind: Kind,
+        entries: &[M],
+    ) -> Result<(), ImageError> {
+        let mut buf = Vec::with_capacity(256);
+        match kind.head {
+            Head::Common(m) => {
+                buf.extend_from_slice(&IMG_COMMON_MAGIC.to_ne_bytes());
+                buf.extend_from_slice(&m.to_ne_bytes());
+            }
+            Head::Bare(m) => buf.extend_from_slice(&m.to_ne_bytes()),
+            Head::Service(m) => {
+                buf.extend_from_slice(&IMG_SERVICE_MAGIC.to_ne_bytes());
+                buf.extend_from_slice(&m.to_ne_bytes());
+            }
+        }
+        for e in entries {
+            buf.extend_from_slice(&(e.encoded_len() as u32).to_ne_bytes());
+            e.encode(&mut buf).expect("Vec grows");
+        }
+        self.write_raw(name, &buf)
+    }
+
+    /// Writes raw bytes as image `name` and records its digest.
+    pub fn write_raw(&self, name: &str, bytes: &[u8]) -> Result<(), ImageError> {
+        let path = self.file(name);
+        let mut w = BufWriter::new(self.create_file(name)?);
+        w.write_all(bytes)
+            .and_then(|_| w.flush())
+            .map_err(|source| ImageError::Io {
+                path,
+                op: "write",
+                source,
+            })?;
+        self.record(name, manifest::FileDigest::of(bytes));
+        Ok(())
+    }
+
+    /// Writes `cryo-manifest.json` with every image recorded so far.
+    pub fn finish(&self) -> Result<(), ImageError> {
+        let m = self.written.lock().expect("manifest lock");
+        let json = serde_json::to_vec_pretty(&*m).expect("manifest serializes");
+        let path = self.file(manifest::NAME);
+        let mut f = self.create_file(manifest::NAME)?;
+        f.write_all(&json).map_err(|source| ImageError::Io {
+            path,
+            op: "write",
+            source,
+        })
+    }
+
+    /// Reads every entry of image `name`, which must be of `kind`. A missing file is `None`.
+    pub fn read_opt<M: Message + Default>(
+        &self,
+        name: &str,
+        kind: Kind,
+    ) -> Result<Option<Vec<M>>, ImageError> {
+        let path = self.file(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(ImageError::Io {
+                    path,
+                    op: "read",
+                    source,
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for (off, payload) in entries(&path, kind, &bytes)? {
+            out.push(M::decode(payload).map_err(|source| ImageError::Decode {
+                path: path.clone(),
+                offset: off,
+                message: kind.message,
+                source,
+            })?);
+        }
+        Ok(Some(out))
+    }
+
+    /// Like [`ImageDir::read_opt`] but the image must exist.
+    pub fn read<M: Message + Default>(&self, name: &str, kind: Kind) -> Result<Vec<M>, ImageError> {
+        self.read_opt(name, kind)?
+            .ok_or_else(|| ImageError::Missing {
+                path: self.file(name),
+            })
+    }
+
+    /// Reads an image that must hold exactly one entry.
+    pub fn read_one<M: Message + Default>(&self, name: &str, kind: Kind) -> Result<M, ImageError> {
+        let mut v = self.read::<M>(name, kind)?;
+        if v.len() != 1 {
+            return Err(ImageError::Invalid {
+                path: self.file(name),
+                what: format!("expected one {} entry, found {}", kind.message, v.len()),
+            });
+        }
+        Ok(v.remove(0))
+    }
+}
+
+/// Checks the head of `bytes` against `kind` and splits the rest into (offset, payload).
+pub fn entries<'a>(
+    path: &Path,
+    kind: Kind,
+    bytes: &'a [u8],
+) -> Result<Vec<(usize, &'a [u8])>, ImageError> {
+    let u32_at = |off: usize, what| -> Result<u32, ImageError> {
+        bytes
+            .get(off..off + 4)
+            .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")))
+            .ok_or(ImageError::Truncated {
+                path: path.to_path_buf(),
+                offset: off,
+                what,
+            })
+    };
+    let bad = |found, want| ImageError::BadMagic {
+        path: path.to_path_buf(),
+        expected: kind.name,
+        found,
+        want,
+    };
+    let mut off = match kind.head {
+        Head::Common(m) | Head::Service(m) => {
+            let head = if matches!(kind.head, Head::Common(_)) {
+                IMG_COMMON_MAGIC
+            } else {
+                IMG_SERVICE_MAGIC
+            };
+            let h = u32_at(0, "image head")?;
+            if h != head {
+                return Err(bad(h, head));
+            }
+            let t = u32_at(4, "image type")?;
+            if t != m {
+                return Err(bad(t, m));
+            }
+            8
+        }
+        Head::Bare(m) => {
+            let t = u32_at(0, "image type")?;
+            if t != m {
+                return Err(bad(t, m));
+            }
+            4
+        }
+    };
+    let mut out = Vec::new();
+    while off < bytes.len() {
+        let len = u32_at(off, "entry size")? as usize;
+        if len > MAX_ENTRY {
+            return Err(ImageError::Invalid {
+                path: path.to_path_buf(),
+                what: format!("entry at byte {off} claims {len} bytes (limit {MAX_ENTRY})"),
+            });
+        }
+        let start = off + 4;
+        let payload = bytes.get(start..start + len).ok_or(ImageError::Truncated {
+            path: path.to_path_buf(),
+            offset: start,
+            what: "entry payload",
+        })?;
+        out.push((off, payload));
+        off = start + len + extra_len(kind, payload);
+    }
+    Ok(out)
+}
+
+/// Raw bytes that follow an entry of some kinds (pipe and socket queue data).
+fn extra_len(kind: Kind, payload: &[u8]) -> usize {
+    let field = if kind.name == PIPES_DATA.name || kind.name == FIFO_DATA.name {
+        pb::PipeDataEntry::decode(payload).map(|e| e.bytes as usize)
+    } else if kind.name == SK_QUEUES.name {
+        pb::SkPacketEntry::decode(payload).map(|e| e.length as usize)
+    } else {
+        return 0;
+    };
+    field.unwrap_or(0)
+}
+
+/// Finds the image kind a file name belongs to (`core-42.img` → CORE).
+pub fn kind_of(file_name: &str) -> Option<Kind> {
+    let stem = file_name.strip_suffix(".img").unwrap_or(file_name);
+    ALL.iter()
+        .filter(|k| {
+            stem == k.name
+                || stem
+                    .strip_prefix(k.name)
+                    .is_some_and(|rest| rest.starts_with('-'))
+        })
+        .max_by_key(|k| k.name.len())
+        .copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_kinds() {
+        assert_eq!(kind_of("core-42.img").unwrap().name, "core");
+        assert_eq!(kind_of("pagemap-42.img").unwrap().name, "pagemap");
+        assert_eq!(kind_of("pipes-data.img").unwrap().name, "pipes-data");
+        assert_eq!(kind_of("stats-dump").unwrap().name, "stats");
+        assert_eq!(kind_of("inventory.img").unwrap().name, "inventory");
+        assert!(kind_of("pages-1.img").is_none());
+    }
+
+    #[test]
+    fn framing_round_trip_and_truncation() {
+        let dir = std::env::temp_dir().join(format!("cryo-img-test-{}", std::process::id()));
+        let d = ImageDir::create(&dir).unwrap();
+        let e = pb::PstreeEntry {
+            pid: 7,
+            ppid: 0,
+            pgid: 7,
+            sid: 7,
+            threads: vec![7],
+        };
+        d.write("pstree.img", PSTREE, &[e.clone(), e.clone()])
+            .unwrap();
+        let back: Vec<pb::PstreeEntry> = d.read("pstree.img", PSTREE).unwrap();
+        assert_eq!(back, vec![e.clone(), e]);
+        let bytes = std::fs::read(d.file("pstree.img")).unwrap();
+        std::fs::write(d.file("pstree.img"), &bytes[..bytes.len() - 3]).unwrap();
+        let err = d.read::<pb::PstreeEntry>("pstree.img", PSTREE).unwrap_err();
+        assert!(matches!(err, ImageError::Truncated { .. }), "{err}");
+        assert!(d.read::<pb::PstreeEntry>("pstree.img", CORE).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,697 @@
+//! Address space: VMAs (mm-PID.img), mm boundaries and auxv, and page contents
+//! (pagemap-PID.img + pages-N.img).
+//!
+//! Dump finds populated pages with the `PAGEMAP_SCAN` ioctl (present or swapped, not the zero
+//! page, not clean file pages), then copies them with `process_vm_readv` (or /proc/PID/mem for
+//! unreadable mappings) straight into 4 MiB blocks of the pages image, one worker thread per
+//! CPU, hashing each block for the manifest as it goes.
+//!
+//! Restore maps every VMA at its address in the puppet (remote `mmap`), maps a fresh vDSO at
+//! the dumped address, fills pages with `process_vm_writev` from a read-only mapping of the
+//! pages image (one worker per CPU), then sets final protections, madvise bits and the mm
+//! fields (`PR_SET_MM_MAP`).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::{DumpCx, Kind, RestoreCx, TaskImages};
+use crate::dump::DumpError;
+use crate::image::manifest::{block_digest, FileDigest, BLOCK};
+use crate::image::pb;
+use crate::procfs::Vma;
+use crate::restore::RestoreError;
+use crate::sys::mem::{self, page_is, Mapping};
+use crate::sys::PAGE_SIZE;
+
+/// `vma_entry.status` bits (CRIU's VMA_AREA_* / VMA_* values).
+pub mod status {
+    pub const REGULAR: u32 = 1 << 0;
+    pub const STACK: u32 = 1 << 1;
+    pub const VSYSCALL: u32 = 1 << 2;
+    pub const VDSO: u32 = 1 << 3;
+    pub const HEAP: u32 = 1 << 5;
+    pub const FILE_PRIVATE: u32 = 1 << 6;
+    pub const FILE_SHARED: u32 = 1 << 7;
+    pub const ANON_SHARED: u32 = 1 << 8;
+    pub const ANON_PRIVATE: u32 = 1 << 9;
+    pub const VVAR: u32 = 1 << 12;
+}
+
+/// `pagemap_entry.flags`: page data is in the pages image.
+const PE_PRESENT: u32 = 4;
+
+/// smaps VmFlags that are madvise() state, with their MADV_* numbers.
+const MADV_FLAGS: &[(&str, u32)] = &[
+    ("dc", libc::MADV_DONTFORK as u32),
+    ("hg", libc::MADV_HUGEPAGE as u32),
+    ("nh", libc::MADV_NOHUGEPAGE as u32),
+    ("mg", libc::MADV_MERGEABLE as u32),
+    ("dd", libc::MADV_DONTDUMP as u32),
+    ("wf", 18), // MADV_WIPEONFORK
+];
+
+/// The address space of a process.
+pub struct Memory;
+
+/// Parallel workers for page copies (one per CPU, at most 4).
+fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>), DumpError> {
+    // Returns (status, mmap flags, shmid, fdflags).
+    let unsupported = |what: &str, hint: &str| DumpError::Unsupported {
+        pid: cx.pid,
+        object: format!("mapping {:#x}-{:#x} {}", v.start, v.end, v.name),
+        what: what.to_string(),
+        hint: hint.to_string(),
+    };
+    let mut flags = if v.shared {
+        libc::MAP_SHARED
+    } else {
+        libc::MAP_PRIVATE
+    } as u32;
+    if v.has_flag("gd") {
+        flags |= libc::MAP_GROWSDOWN as u32;
+    }
+    if v.has_flag("nr") {
+        flags |= libc::MAP_NORESERVE as u32;
+    }
+    if v.has_flag("ht") {
+        return Err(unsupported("hugetlbfs memory is not supported yet", ""));
+    }
+    Ok(match v.name.as_str() {
+        "[vsyscall]" => (status::VSYSCALL, flags, 0, None),
+        "[vvar]" | "[vvar_vclock]" => (status::VVAR, flags, 0, None),
+        "[vdso]" => (status::REGULAR | status::VDSO, flags, 0, None),
+        _ if v.shared && !v.is_file()
+            || v.name.starts_with("/SYSV")
+            || v.name == "/dev/zero (deleted)" =>
+        {
+            return Err(unsupported(
+                "shared anonymous memory is not supported yet",
+                "process trees with shared memory are planned (issue #3)",
+            ))
+        }
+        _ if v.is_file() => {
+            if v.name.ends_with(" (deleted)") {
+                return Err(unsupported(
+                    "the mapped file was deleted",
+                    "ghost files are planned (issue #3); keep the file until the dump",
+                ));
+            }
+            let writable_shared = v.shared && v.has_flag("mw") && v.write;
+            let fdflags = if writable_shared {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            } as u32;
+            let meta = std::fs::metadata(format!(
+                "/proc/{}/map_files/{:x}-{:x}",
+                cx.pid, v.start, v.end
+            ))
+            .map_err(|source| {
+                DumpError::Proc(crate::procfs::ProcError::Read {
+                    path: format!("/proc/{}/map_files/{:x}-{:x}", cx.pid, v.start, v.end).into(),
+                    source,
+                })
+            })?;
+            use std::os::unix::fs::MetadataExt;
+            let id = cx
+                .files
+                .add_reg(v.name.clone(), fdflags, 0, Some(meta.size()), meta.mode());
+            let st = if v.shared {
+                status::REGULAR | status::FILE_SHARED
+            } else {
+                status::REGULAR | status::FILE_PRIVATE
+            };
+            (st, flags, id as u64, Some(fdflags))
+        }
+        "[heap]" => (
+            status::REGULAR | status::HEAP | status::ANON_PRIVATE,
+            flags | libc::MAP_ANONYMOUS as u32,
+            0,
+            None,
+        ),
+        "[stack]" => (
+            status::REGULAR | status::STACK | status::ANON_PRIVATE,
+            flags | libc::MAP_ANONYMOUS as u32,
+            0,
+            None,
+        ),
+        _ => (
+            status::REGULAR | status::ANON_PRIVATE,
+            flags | libc::MAP_ANONYMOUS as u32,
+            0,
+            None,
+        ),
+    })
+}
+
+/// One run of pages in the pages image.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    vaddr: u64,
+    pages: u64,
+    /// Offset of the run in the pages image.
+    off: u64,
+    /// The VMA lacks PROT_READ: read through /proc/PID/mem instead of process_vm_readv.
+    via_mem: bool,
+}
+
+impl Kind for Memory {
+    const NAME: &'static str = "memory";
+
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
+        let t0 = Instant::now();
+        let pid = cx.pid;
+        let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(|source| {
+            DumpError::Proc(crate::procfs::ProcError::Read {
+                path: format!("/proc/{pid}/pagemap").into(),
+                source,
+            })
+        })?;
+        let st = &cx.stat;
+        img.mm.mm_start_code = st.start_code;
+        img.mm.mm_end_code = st.end_code;
+        img.mm.mm_start_data = st.start_data;
+        img.mm.mm_end_data = st.end_data;
+        img.mm.mm_start_stack = st.start_stack;
+        img.mm.mm_start_brk = st.start_brk;
+        img.mm.mm_arg_start = st.arg_start;
+        img.mm.mm_arg_end = st.arg_end;
+        img.mm.mm_env_start = st.env_start;
+        img.mm.mm_env_end = st.env_end;
+        img.mm.mm_saved_auxv = crate::procfs::auxv(pid).map_err(DumpError::Proc)?;
+        let mut runs: Vec<Run> = Vec::new();
+        let mut off = 0u64;
+        let vmas = cx.vmas.clone();
+        for v in &vmas {
+            let (st, flags, shmid, fdflags) = classify(cx, v)?;
+            let mut madv = 0u64;
+            for (f, bit) in MADV_FLAGS {
+                if v.has_flag(f) {
+                    madv |= 1 << bit;
+                }
+            }
+            let prot = (if v.read { libc::PROT_READ } else { 0 }
+                | if v.write { libc::PROT_WRITE } else { 0 }
+                | if v.exec { libc::PROT_EXEC } else { 0 }) as u32;
+            img.mm.vmas.push(pb::VmaEntry {
+                start: v.start,
+                end: v.end,
+                pgoff: v.pgoff,
+                shmid,
+                prot,
+                flags,
+                status: st,
+                fd: -1,
+                madv: (madv != 0).then_some(madv),
+                fdflags,
+            });
+            let private_mem = st & (status::ANON_PRIVATE | status::FILE_PRIVATE) != 0;
+            if !private_mem {
+                continue;
+            }
+            let mut ranges = Vec::new();
+            mem::pagemap_scan(
+                &pagemap,
+                v.start,
+                v.end,
+                page_is::PFNZERO | page_is::FILE,
+                page_is::PFNZERO | page_is::FILE,
+                page_is::PRESENT | page_is::SWAPPED,
+                &mut ranges,
+            )
+            .map_err(|source| DumpError::Memory {
+                pid,
+                addr: v.start,
+                what: "PAGEMAP_SCAN",
+                source,
+            })?;
+            for (s, e) in ranges {
+                let pages = (e - s) / PAGE_SIZE;
+                runs.push(Run {
+                    vaddr: s,
+                    pages,
+                    off,
+                    via_mem: !v.read,
+                });
+                off += pages * PAGE_SIZE;
+                cx.stats.pages_scanned += pages;
+            }
+        }
+        cx.stats.pages_scanned = (cx.vmas.iter().map(|v| v.len()).sum::<u64>()) / PAGE_SIZE;
+        img.pages_id = 1;
+        img.pagemap = runs
+            .iter()
+            .map(|r| pb::PagemapEntry {
+                vaddr: r.vaddr,
+                compat_nr_pages: u32::try_from(r.pages).unwrap_or(0),
+                in_parent: None,
+                flags: Some(PE_PRESENT),
+                nr_pages: Some(r.pages),
+            })
+            .collect();
+        crate::dump::fault_point("memory")?;
+        let name = format!("pages-{}.img", img.pages_id);
+        let digest = write_pages(cx, &name, &runs, off)?;
+        cx.dir.record(&name, digest);
+        cx.stats.pages_written = off / PAGE_SIZE;
+        cx.stats.memdump_time = t0.elapsed().as_micros() as u32;
+        cx.stats.memwrite_time = cx.stats.memdump_time;
+        Ok(())
+    }
+
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+        map_vdso(cx, img)?;
+        // Which VMAs receive page data (they must be writable while we fill them).
+        let mut has_pages = vec![false; img.mm.vmas.len()];
+        {
+            let mut vi = 0;
+            for p in &img.pagemap {
+                while vi < img.mm.vmas.len() && img.mm.vmas[vi].end <= p.vaddr {
+                    vi += 1;
+                }
+                let Some(v) = img.mm.vmas.get(vi) else {
+                    return Err(RestoreError::BadImage(format!(
+                        "pagemap-{}.img: pages at {:#x} lie outside every mapping",
+                        img.pid, p.vaddr
+                    )));
+                };
+                if p.vaddr < v.start {
+                    return Err(RestoreError::BadImage(format!(
+                        "pagemap-{}.img: pages at {:#x} lie outside every mapping",
+                        img.pid, p.vaddr
+                    )));
+                }
+                has_pages[vi] = true;
+            }
+        }
+        for (v, fill) in img.mm.vmas.iter().zip(&has_pages) {
+            if v.status & (status::VSYSCALL | status::VVAR | status::VDSO) != 0 {
+                continue;
+            }
+            let prot = if *fill {
+                v.prot | libc::PROT_WRITE as u32
+            } else {
+                v.prot
+            };
+            let flags = (v.flags | libc::MAP_FIXED as u32) as u64;
+            let what = "mmap";
+            if v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
+                let reg = cx.reg(v.shmid as u32)?.clone();
+                let fd = cx.open(&reg.name, v.fdflags.unwrap_or(libc::O_RDONLY as u32))?;
+                let r = cx.sys(
+                    what,
+                    libc::SYS_mmap,
+                    [
+                        v.start,
+                        v.end - v.start,
+                        prot as u64,
+                        flags,
+                        fd as u64,
+                        v.pgoff,
+                    ],
+                );
+                cx.sys("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
+                check_addr(r?, v)?;
+            } else {
+                let r = cx.sys(
+                    what,
+                    libc::SYS_mmap,
+                    [v.start, v.end - v.start, prot as u64, flags, u64::MAX, 0],
+                )?;
+                check_addr(r, v)?;
+            }
+        }
+        fill_pages(cx, img)?;
+        for (v, fill) in img.mm.vmas.iter().zip(&has_pages) {
+            if *fill && v.prot & libc::PROT_WRITE as u32 == 0 {
+                cx.sys(
+                    "mprotect",
+                    libc::SYS_mprotect,
+                    [v.start, v.end - v.start, v.prot as u64, 0, 0, 0],
+                )?;
+            }
+            if let Some(madv) = v.madv {
+                for bit in 0..64u64 {
+                    if madv & (1 << bit) != 0 {
+                        cx.sys(
+                            "madvise",
+                            libc::SYS_madvise,
+                            [v.start, v.end - v.start, bit, 0, 0, 0],
+                        )?;
+                    }
+                }
+            }
+        }
+        set_mm_map(cx, img)
+    }
+}
+
+fn check_addr(got: u64, v: &pb::VmaEntry) -> Result<(), RestoreError> {
+    if got != v.start {
+        return Err(RestoreError::BadImage(format!(
+            "mapping {:#x}-{:#x} landed at {got:#x}",
+            v.start, v.end
+        )));
+    }
+    Ok(())
+}
+
+/// Copies every run from the frozen task into the pages image, in 4 MiB blocks spread over
+/// worker threads; returns the file's digest.
+fn write_pages(
+    cx: &DumpCx<'_>,
+    name: &str,
+    runs: &[Run],
+    total: u64,
+) -> Result<FileDigest, DumpError> {
+    let pid = cx.pid;
+    let file = cx.dir.create_file(name).map_err(DumpError::Image)?;
+    let path = cx.dir.file(name);
+    let mem_file = if runs.iter().any(|r| r.via_mem) {
+        Some(
+            File::open(format!("/proc/{pid}/mem")).map_err(|source| DumpError::Memory {
+                pid,
+                addr: 0,
+                what: "open /proc/PID/mem",
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
+    let nblocks = total.div_ceil(BLOCK as u64) as usize;
+    let digests = Mutex::new(vec![String::new(); nblocks]);
+    let next = AtomicUsize::new(0);
+    let first_err: Mutex<Option<DumpError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers().min(nblocks.max(1)) {
+            s.spawn(|| {
+                let mut buf = vec![0u8; BLOCK];
+                loop {
+                    let b = next.fetch_add(1, Ordering::Relaxed);
+                    if b >= nblocks || first_err.lock().expect("lock").is_some() {
+                        break;
+                    }
+                    let start = b as u64 * BLOCK as u64;
+                    let end = (start + BLOCK as u64).min(total);
+                    let len = (end - start) as usize;
+                    let r = copy_block(pid, runs, start, end, &mut buf[..len], mem_file.as_ref())
+                        .and_then(|_| {
+                            file.write_all_at(&buf[..len], start).map_err(|source| {
+                                DumpError::Image(crate::image::ImageError::Io {
+                                    path: path.clone(),
+                                    op: "write",
+                                    source,
+                                })
+                            })
+                        });
+                    match r {
+                        Ok(()) => digests.lock().expect("lock")[b] = block_digest(&buf[..len]),
+                        Err(e) => {
+                            first_err.lock().expect("lock").get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_err.into_inner().expect("lock") {
+        return Err(e);
+    }
+    Ok(FileDigest {
+        size: total,
+        blocks: digests.into_inner().expect("lock"),
+    })
+}
+
+/// Fills `buf` with image bytes [start, end) by reading the task's memory.
+fn copy_block(
+    pid: i32,
+    runs: &[Run],
+    start: u64,
+    end: u64,
+    buf: &mut [u8],
+    mem_file: Option<&File>,
+) -> Result<(), DumpError> {
+    // First run overlapping `start` (runs are sorted by offset).
+    let mut i = runs.partition_point(|r| r.off + r.pages * PAGE_SIZE <= start);
+    let mut ranges: Vec<(u64, usize)> = Vec::new();
+    let mut pos = start;
+    let flush = |ranges: &mut Vec<(u64, usize)>,
+                 at: u64,
+                 buf: &mut [u8]|
+     -> Result<(), DumpError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let len: usize = ranges.iter().map(|r| r.1).sum();
+        let o = (at - start) as usize;
+        mem::vm_read(pid, &mut buf[o..o + len], ranges).map_err(|source| DumpError::Memory {
+            pid,
+            addr: ranges[0].0,
+            what: "process_vm_readv",
+            source,
+        })?;
+        ranges.clear();
+        Ok(())
+    };
+    let mut batch_at = pos;
+    while pos < end {
+        let r = runs[i];
+        let skip = pos - r.off;
+        let take = (r.pages * PAGE_SIZE - skip).min(end - pos);
+        if r.via_mem {
+            flush(&mut ranges, batch_at, buf)?;
+            let o = (pos - start) as usize;
+            mem_file
+                .expect("opened when needed")
+                .read_exact_at(&mut buf[o..o + take as usize], r.vaddr + skip)
+                .map_err(|source| DumpError::Memory {
+                    pid,
+                    addr: r.vaddr + skip,
+                    what: "read /proc/PID/mem",
+                    source,
+                })?;
+            batch_at = pos + take;
+        } else {
+            if ranges.is_empty() {
+                batch_at = pos;
+            }
+            ranges.push((r.vaddr + skip, take as usize));
+        }
+        pos += take;
+        i += 1;
+    }
+    flush(&mut ranges, batch_at, buf)
+}
+
+/// Maps a fresh vDSO (with its data pages) at the dumped address.
+fn map_vdso(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    let specials: Vec<&pb::VmaEntry> = img
+        .mm
+        .vmas
+        .iter()
+        .filter(|v| v.status & (status::VVAR | status::VDSO) != 0)
+        .collect();
+    let Some(vdso) = specials.iter().find(|v| v.status & status::VDSO != 0) else {
+        return Ok(()); // the task had unmapped its vDSO
+    };
+    let low = specials.iter().map(|v| v.start).min().unwrap_or(vdso.start);
+    const ARCH_MAP_VDSO_64: u64 = 0x2003;
+    let mut hint = low;
+    for attempt in 0..2 {
+        cx.sys(
+            "arch_prctl(ARCH_MAP_VDSO_64)",
+            libc::SYS_arch_prctl,
+            [ARCH_MAP_VDSO_64, hint, 0, 0, 0, 0],
+        )?;
+        let maps = crate::procfs::read(cx.pid, "maps").map_err(RestoreError::Proc)?;
+        let now = crate::procfs::parse_smaps(&maps).unwrap_or_default();
+        let got = now.iter().find(|v| v.name == "[vdso]").map(|v| v.start);
+        let size_now: u64 = now
+            .iter()
+            .filter(|v| matches!(v.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
+            .map(|v| v.len())
+            .sum();
+        let size_then: u64 = specials.iter().map(|v| v.end - v.start).sum();
+        if size_now != size_then {
+            return Err(RestoreError::Unsupported(format!(
+                "the vDSO of this kernel differs from the dumped one ({size_now} vs {size_then} bytes); restoring across kernels is not supported yet"
+            )));
+        }
+        match got {
+            Some(g) if g == vdso.start => return Ok(()),
+            Some(g) if attempt == 0 => {
+                for v in now
+                    .iter()
+                    .filter(|v| matches!(v.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
+                {
+                    cx.sys("munmap", libc::SYS_munmap, [v.start, v.len(), 0, 0, 0, 0])?;
+                }
+                hint = hint.wrapping_add(vdso.start.wrapping_sub(g));
+            }
+            _ => break,
+        }
+    }
+    Err(RestoreError::Unsupported(format!(
+        "could not place the vDSO at {:#x}",
+        vdso.start
+    )))
+}
+
+/// Writes every page run into the puppet, from a mapping of the pages image.
+fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    if img.pagemap.is_empty() {
+        return Ok(());
+    }
+    let name = format!("pages-{}.img", img.pages_id);
+    let path = cx.dir.file(&name);
+    let io = |op, source| {
+        RestoreError::Image(crate::image::ImageError::Io {
+            path: path.clone(),
+            op,
+            source,
+        })
+    };
+    let f = File::open(&path).map_err(|e| io("open", e))?;
+    let size = f.metadata().map_err(|e| io("stat", e))?.len();
+    let need: u64 = img
+        .pagemap
+        .iter()
+        .filter(|p| p.flags.unwrap_or(PE_PRESENT) & PE_PRESENT != 0)
+        .map(|p| p.nr_pages.unwrap_or(p.compat_nr_pages as u64) * PAGE_SIZE)
+        .sum();
+    if size < need {
+        return Err(RestoreError::Image(crate::image::ImageError::Truncated {
+            path: path.clone(),
+            offset: size as usize,
+            what: "page data",
+        }));
+    }
+    let map = Mapping::file_ro(&f, need as usize).map_err(|e| io("mmap", e))?;
+    map.advise(libc::MADV_SEQUENTIAL);
+    // Work items: up to BLOCK bytes of consecutive image data, as (image offset, remote ranges).
+    let mut items: Vec<(usize, Vec<(u64, usize)>)> = Vec::new();
+    let mut off = 0usize;
+    for p in &img.pagemap {
+        if p.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
+            continue;
+        }
+        let mut addr = p.vaddr;
+        let mut left = (p.nr_pages.unwrap_or(p.compat_nr_pages as u64) * PAGE_SIZE) as usize;
+        while left > 0 {
+            let cur_len: usize = items
+                .last()
+                .map(|i| i.1.iter().map(|r| r.1).sum())
+                .unwrap_or(BLOCK);
+            if cur_len >= BLOCK || items.last().is_some_and(|i| i.1.len() >= 1024) {
+                items.push((off, Vec::new()));
+            }
+            let cur_len: usize = items
+                .last()
+                .map(|i| i.1.iter().map(|r| r.1).sum())
+                .unwrap_or(0);
+            let take = left.min(BLOCK - cur_len);
+            items.last_mut().expect("pushed").1.push((addr, take));
+            addr += take as u64;
+            off += take;
+            left -= take;
+        }
+    }
+    let pid = cx.pid;
+    let next = AtomicUsize::new(0);
+    let first_err: Mutex<Option<RestoreError>> = Mutex::new(None);
+    let bytes = map.bytes();
+    std::thread::scope(|s| {
+        for _ in 0..workers().min(items.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((o, ranges)) = items.get(i) else {
+                    break;
+                };
+                let len: usize = ranges.iter().map(|r| r.1).sum();
+                if let Err(source) = mem::vm_write(pid, &bytes[*o..*o + len], ranges) {
+                    first_err
+                        .lock()
+                        .expect("lock")
+                        .get_or_insert(RestoreError::Memory {
+                            addr: ranges[0].0,
+                            source,
+                        });
+                    break;
+                }
+            });
+        }
+    });
+    if let Some(e) = first_err.into_inner().expect("lock") {
+        return Err(e);
+    }
+    cx.stats.pages_restored = Some(need / PAGE_SIZE);
+    Ok(())
+}
+
+/// `prctl(PR_SET_MM, PR_SET_MM_MAP)`: code/data/brk/stack/args/env boundaries, auxv, exe.
+fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    let mm = &img.mm;
+    let exe = cx.reg(mm.exe_file_id)?.name.clone();
+    let exe_fd = cx.open(&exe, libc::O_RDONLY as u32)?;
+    // struct prctl_mm_map: 11 u64, auxv pointer, auxv_size u32, exe_fd u32.
+    let auxv: Vec<u8> = mm
+        .mm_saved_auxv
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect();
+    let auxv_addr = cx.put(1024, &auxv)?;
+    let mut m = Vec::with_capacity(112);
+    for v in [
+        mm.mm_start_code,
+        mm.mm_end_code,
+        mm.mm_start_data,
+        mm.mm_end_data,
+        mm.mm_start_brk,
+        mm.mm_brk,
+        mm.mm_start_stack,
+        mm.mm_arg_start,
+        mm.mm_arg_end,
+        mm.mm_env_start,
+        mm.mm_env_end,
+        auxv_addr,
+    ] {
+        m.extend_from_slice(&v.to_ne_bytes());
+    }
+    m.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
+    m.extend_from_slice(&(exe_fd as u32).to_ne_bytes());
+    let addr = cx.put(512, &m)?;
+    let r = cx.sys(
+        "prctl(PR_SET_MM, PR_SET_MM_MAP)",
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_MM as u64,
+            libc::PR_SET_MM_MAP as u64,
+            addr,
+            m.len() as u64,
+            0,
+            0,
+        ],
+    );
+    cx.sys("close", libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0])?;
+    r?;
+    if mm.thp_disabled == Some(true) {
+        cx.sys(
+            "prctl(PR_SET_THP_DISABLE)",
+            libc::SYS_prctl,
+            [libc::PR_SET_THP_DISABLE as u64, 1, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! Per-process attributes that are not objects of their own: identity in the process tree
+//! (pid, session, process group), name, personality, umask, cwd/root, exe link, brk, rseq
+//! registration, robust futex list, clear-child-tid address, scheduling, oom_score_adj,
+//! dumpable, THP-disable, child-subreaper and parent-death signal.
+
+use super::{DumpCx, Kind, RestoreCx, TaskImages};
+use crate::dump::DumpError;
+use crate::image::pb;
+use crate::procfs;
+use crate::restore::RestoreError;
+use crate::sys::proc;
+
+/// Miscellaneous per-task state.
+pub struct Misc;
+
+/// `task_core_entry.task_state`: alive.
+pub const TASK_ALIVE: u32 = 1;
+
+fn read_trim(pid: i32, name: &str) -> Result<String, DumpError> {
+    Ok(procfs::read(pid, name)
+        .map_err(DumpError::Proc)?
+        .trim()
+        .to_string())
+}
+
+fn stat_of(pid: i32, name: &str) -> Result<std::fs::Metadata, DumpError> {
+    let path = format!("/proc/{pid}/{name}");
+    std::fs::metadata(&path).map_err(|source| {
+        DumpError::Proc(procfs::ProcError::Read {
+            path: path.into(),
+            source,
+        })
+    })
+}
+
+impl Kind for Misc {
+    const NAME: &'static str = "task attributes";
+
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
+        use std::os::unix::fs::MetadataExt;
+        let pid = cx.pid;
+        let st = cx.stat.clone();
+        img.pid = pid as u32;
+        img.pstree = pb::PstreeEntry {
+            pid: pid as u32,
+            ppid: 0,
+            pgid: st.pgrp as u32,
+            sid: st.session as u32,
+            threads: vec![pid as u32],
+        };
+        // exe, cwd, root as regular-file records.
+        for (name, slot) in [("exe", 0), ("cwd", 1), ("root", 2)] {
+            let path = procfs::link(pid, name).map_err(DumpError::Proc)?;
+            let m = stat_of(pid, name)?;
+            let flags = if slot == 0 {
+                libc::O_RDONLY
+            } else {
+                libc::O_RDONLY | libc::O_DIRECTORY
+            } as u32;
+            let id = cx
+                .files
+                .add_reg(path, flags, 0, m.is_file().then_some(m.len()), m.mode());
+            match slot {
+                0 => img.mm.exe_file_id = id,
+                1 => img.fs.cwd_id = id,
+                _ => img.fs.root_id = id,
+            }
+        }
+        img.fs.umask = Some(cx.status.umask);
+        let personality = u32::from_str_radix(&read_trim(pid, "personality")?, 16).unwrap_or(0);
+        let oom = read_trim(pid, "oom_score_adj")?.parse::<i32>().ok();
+        let loginuid = read_trim(pid, "loginuid")?.parse::<u32>().ok();
+        {
+            let tc = img.tc();
+            tc.task_state = TASK_ALIVE;
+            tc.exit_code = 0;
+            tc.personality = personality;
+            tc.flags = st.flags;
+            tc.comm = st.comm.clone();
+            tc.oom_score_adj = oom;
+            tc.loginuid = loginuid;
+        }
+        let (policy, prio, nice) = proc::sched(pid).map_err(|source| DumpError::Ptrace {
+            pid,
+            what: "sched_getscheduler",
+            source,
+        })?;
+        let (rla, rla_len) = proc::robust_list(pid).map_err(|source| DumpError::Ptrace {
+            pid,
+            what: "get_robust_list",
+            source,
+        })?;
+        let rseq = cx.tracee.rseq_conf().map_err(|source| DumpError::Ptrace {
+            pid,
+            what: "PTRACE_GET_RSEQ_CONFIGURATION",
+            source,
+        })?;
+        {
+            let th = img.thread();
+            th.futex_rla = rla;
+            th.futex_rla_len = rla_len as u32;
+            th.sched_policy = Some(policy as u32);
+            th.sched_prio = Some(prio as u32);
+            th.sched_nice = Some(nice);
+            th.comm = Some(st.comm.clone());
+            th.rseq_entry = Some(pb::RseqEntry {
+                rseq_abi_pointer: rseq.rseq_abi_pointer,
+                rseq_abi_size: rseq.rseq_abi_size,
+                signature: rseq.signature,
+                rseq_cs_pointer: None,
+            });
+        }
+        img.ids = pb::TaskKobjIdsEntry {
+            vm_id: 1,
+            files_id: 1,
+            fs_id: 1,
+            sighand_id: 1,
+            ..Default::default()
+        };
+        // What only the task itself can tell.
+        let p = cx.remote()?;
+        let buf = p
+            .scratch(64 * 1024)
+            .map_err(|e| DumpError::remote(pid, e))?;
+        let mut call = |what, nr, a| {
+            p.remote
+                .call(what, nr, a)
+                .map_err(|e| DumpError::remote(pid, e))
+        };
+        let brk = call("brk", libc::SYS_brk, [0; 6])?;
+        let dumpable = call(
+            "prctl(PR_GET_DUMPABLE)",
+            libc::SYS_prctl,
+            [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0],
+        )?;
+        let thp = call(
+            "prctl(PR_GET_THP_DISABLE)",
+            libc::SYS_prctl,
+            [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0],
+        )?;
+        call(
+            "prctl(PR_GET_TID_ADDRESS)",
+            libc::SYS_prctl,
+            [libc::PR_GET_TID_ADDRESS as u64, buf, 0, 0, 0, 0],
+        )?;
+        call(
+            "prctl(PR_GET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [libc::PR_GET_PDEATHSIG as u64, buf + 8, 0, 0, 0, 0],
+        )?;
+        call(
+            "prctl(PR_GET_CHILD_SUBREAPER)",
+            libc::SYS_prctl,
+            [libc::PR_GET_CHILD_SUBREAPER as u64, buf + 16, 0, 0, 0, 0],
+        )?;
+        let mut raw = [0u8; 24];
+        crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 24)]).map_err(|source| {
+            DumpError::Memory {
+                pid,
+                addr: buf,
+                what: "reading prctl results",
+                source,
+            }
+        })?;
+        let word = |o: usize| u64::from_ne_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
+        img.mm.mm_brk = brk;
+        img.mm.dumpable = Some(dumpable as i32);
+        img.mm.thp_disabled = Some(thp != 0);
+        img.ti().clear_tid_addr = word(0);
+        img.thread().pdeath_sig = Some(word(8) as u32);
+        img.tc().child_subreaper = Some(word(16) as u32 != 0);
+        Ok(())
+    }
+
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+        let pid = cx.pid as u32;
+        let ps = &img.pstree;
+        if ps.sid == pid {
+            cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
+        } else if ps.pgid == pid {
+            cx.sys("setpgid", libc::SYS_setpgid, [0; 6])?;
+        }
+        let tc = img.core.tc.clone().unwrap_or_default();
+        let th = img.core.thread_core.clone().unwrap_or_default();
+        cx.sys(
+            "personality",
+            libc::SYS_personality,
+            [tc.personality as u64, 0, 0, 0, 0, 0],
+        )?;
+        cx.sys(
+            "umask",
+            libc::SYS_umask,
+            [img.fs.umask.unwrap_or(0o022) as u64, 0, 0, 0, 0, 0],
+        )?;
+        let root = cx.reg(img.fs.root_id)?.name.clone();
+        if root != "/" {
+            let p = cx.put_path(&root)?;
+            cx.sys("chroot", libc::SYS_chroot, [p, 0, 0, 0, 0, 0])?;
+        }
+        let cwd = cx.reg(img.fs.cwd_id)?.name.clone();
+        let p = cx.put_path(&cwd)?;
+        cx.sys("chdir", libc::SYS_chdir, [p, 0, 0, 0, 0, 0])
+            .map_err(|e| match e {
+                RestoreError::Remote(source) => RestoreError::Open {
+                    path: cwd.clone(),
+                    source,
+                },
+                e => e,
+            })?;
+        let mut comm = th.comm.clone().unwrap_or(tc.comm.clone()).into_bytes();
+        comm.truncate(15);
+        comm.push(0);
+        let a = cx.put(0, &comm)?;
+        cx.sys(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0],
+        )?;
+        if let Some(r) = th.rseq_entry.as_ref().filter(|r| r.rseq_abi_pointer != 0) {
+            cx.sys(
+                "rseq",
+                libc::SYS_rseq,
+                [
+                    r.rseq_abi_pointer,
+                    r.rseq_abi_size as u64,
+                    0,
+                    r.signature as u64,
+                    0,
+                    0,
+                ],
+            )?;
+        }
+        if th.futex_rla != 0 {
+            cx.sys(
+                "set_robust_list",
+                libc::SYS_set_robust_list,
+                [th.futex_rla, th.futex_rla_len as u64, 0, 0, 0, 0],
+            )?;
+        }
+        let tid_addr = img
+            .core
+            .thread_info
+            .as_ref()
+            .map(|t| t.clear_tid_addr)
+            .unwrap_or(0);
+        cx.sys(
+            "set_tid_address",
+            libc::SYS_set_tid_address,
+            [tid_addr, 0, 0, 0, 0, 0],
+        )?;
+        if tc.child_subreaper == Some(true) {
+            cx.sys(
+                "prctl(PR_SET_CHILD_SUBREAPER)",
+                libc::SYS_prctl,
+                [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0, 0, 0, 0],
+            )?;
+        }
+        if let (Some(policy), Some(prio), Some(nice)) =
+            (th.sched_policy, th.sched_prio, th.sched_nice)
+        {
+            let now = proc::sched(cx.pid).map_err(|source| RestoreError::Ptrace {
+                what: "sched_getscheduler",
+                source,
+            })?;
+            if now != (policy as i32, prio as i32, nice) {
+                proc::set_sched(cx.pid, policy as i32, prio as i32, nice).map_err(|source| {
+                    RestoreError::Ptrace {
+                        what: "sched_setscheduler",
+                        source,
+                    }
+                })?;
+            }
+        }
+        if let Some(oom) = tc.oom_score_adj {
+            let path = format!("/proc/{}/oom_score_adj", cx.pid);
+            let now = std::fs::read_to_string(&path).unwrap_or_default();
+            if now.trim().parse::<i32>().ok() != Some(oom) {
+                if let Err(e) = std::fs::write(&path, oom.to_string()) {
+                    tracing::warn!("could not set oom_score_adj to {oom}: {e} (lowering it needs CAP_SYS_RESOURCE)");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The last attributes, set after credentials (a uid change resets them).
+pub fn restore_late(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    if let Some(d) = img.mm.dumpable {
+        cx.sys(
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            [libc::PR_SET_DUMPABLE as u64, d as u64, 0, 0, 0, 0],
+        )?;
+    }
+    let pdeath = img
+        .core
+        .thread_core
+        .as_ref()
+        .and_then(|t| t.pdeath_sig)
+        .unwrap_or(0);
+    cx.sys(
+        "prctl(PR_SET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [libc::PR_SET_PDEATHSIG as u64, pdeath as u64, 0, 0, 0, 0],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! One module per kind of kernel object a task owns. Each implements [`Kind`]: `dump` reads the
+//! object from the frozen task into [`TaskImages`]; `restore` recreates it inside the restore
+//! puppet from the same fields. Dump and restore of a kind sit side by side in one file, so a
+//! reader sees both halves of the format at once.
+//!
+//! The dump and restore pipelines (`crate::dump`, `crate::restore`) call the kinds in a fixed
+//! order; see docs/ARCHITECTURE.md for why the order is what it is.
+
+pub mod creds;
+pub mod files;
+pub mod memory;
+pub mod misc;
+pub mod regs;
+pub mod rlimits;
+pub mod signals;
+pub mod timers;
+
+use std::collections::HashMap;
+
+use crate::dump::DumpError;
+use crate::image::pb;
+use crate::image::ImageDir;
+use crate::procfs::{Stat, Status, Vma};
+use crate::restore::RestoreError;
+use crate::sys::ptrace::{Regs, Tracee};
+use crate::sys::remote::{Parasite, Remote};
+
+/// A kind of kernel object: both halves of its checkpoint/restore.
+pub trait Kind {
+    /// Name used in logs and errors ("memory", "files", ...).
+    const NAME: &'static str;
+    /// Reads the object from the frozen task into `img`.
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError>;
+    /// Recreates the object in the puppet from `img`.
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError>;
+}
+
+/// Everything cryo saves about one process (single-threaded for now).
+#[derive(Debug, Default, Clone)]
+pub struct TaskImages {
+    pub pid: u32,
+    pub pstree: pb::PstreeEntry,
+    pub core: pb::CoreEntry,
+    pub ids: pb::TaskKobjIdsEntry,
+    pub mm: pb::MmEntry,
+    pub fs: pb::FsEntry,
+    pub fdinfo: Vec<pb::FdinfoEntry>,
+    pub pagemap: Vec<pb::PagemapEntry>,
+    /// pages-N.img holding this task's pages.
+    pub pages_id: u32,
+}
+
+impl TaskImages {
+    pub fn tc(&mut self) -> &mut pb::TaskCoreEntry {
+        self.core.tc.get_or_insert_with(Default::default)
+    }
+    pub fn thread(&mut self) -> &mut pb::ThreadCoreEntry {
+        self.core.thread_core.get_or_insert_with(Default::default)
+    }
+    pub fn ti(&mut self) -> &mut pb::ThreadInfoX86 {
+        self.core.thread_info.get_or_insert_with(Default::default)
+    }
+}
+
+/// Allocates file ids (one per open file description) and collects files.img.
+#[derive(Debug, Default)]
+pub struct FileTable {
+    pub entries: Vec<pb::FileEntry>,
+    next: u32,
+}
+
+impl FileTable {
+    pub fn alloc(&mut self) -> u32 {
+        self.next += 1;
+        self.next
+    }
+
+    /// Adds a regular-file record (path based) and returns its id.
+    pub fn add_reg(
+        &mut self,
+        name: String,
+        flags: u32,
+        pos: u64,
+        size: Option<u64>,
+        mode: u32,
+    ) -> u32 {
+        let id = self.alloc();
+        self.entries.push(pb::FileEntry {
+            r#type: pb::FdTypes::Reg as i32,
+            id,
+            reg: Some(pb::RegFileEntry {
+                id,
+                flags,
+                pos,
+                fown: Default::default(),
+                name,
+                size,
+                mode: Some(mode),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        id
+    }
+}
+
+/// Dump-side context of one frozen task.
+pub struct DumpCx<'a> {
+    pub pid: i32,
+    pub tracee: &'a Tracee,
+    /// The in-target executor (present between injection and cure).
+    pub parasite: Option<Parasite<'a>>,
+    /// Blocked signal mask as captured at seize time.
+    pub sigmask: u64,
+    /// Registers as captured at seize time (before syscall-restart fix-ups).
+    pub regs: Regs,
+    pub stat: Stat,
+    pub status: Status,
+    pub vmas: Vec<Vma>,
+    pub files: &'a mut FileTable,
+    pub dir: &'a ImageDir,
+    pub stats: &'a mut pb::DumpStatsEntry,
+}
+
+impl<'a> DumpCx<'a> {
+    /// The remote executor; kinds that need in-target syscalls run while it exists.
+    pub fn remote(&mut self) -> Result<&mut Parasite<'a>, DumpError> {
+        self.parasite.as_mut().ok_or(DumpError::Internal(
+            "in-target executor used outside the injection window",
+        ))
+    }
+}
+
+/// Restore-side context: the puppet process being shaped into the task.
+pub struct RestoreCx<'a> {
+    pub pid: i32,
+    pub remote: Remote<'a>,
+    /// Scratch memory inside the puppet (part of the trampoline area).
+    pub scratch: u64,
+    pub scratch_len: u64,
+    pub dir: &'a ImageDir,
+    pub files: &'a HashMap<u32, pb::FileEntry>,
+    pub stats: &'a mut pb::RestoreStatsEntry,
+}
+
+impl RestoreCx<'_> {
+    /// Copies `bytes` into the puppet's scratch area at `off`; returns the remote address.
+    pub fn put(&mut self, off: u64, bytes: &[u8]) -> Result<u64, RestoreError> {
+        if off + bytes.len() as u64 > self.scratch_len {
+            return Err(RestoreError::Internal("scratch area too small"));
+        }
+        let addr = self.scratch + off;
+        crate::sys::mem::vm_write(self.pid, bytes, &[(addr, bytes.len())])
+            .map_err(|source| RestoreError::Memory { addr, source })?;
+        Ok(addr)
+    }
+
+    /// Copies a NUL-terminated path into scratch (at offset 0); returns its remote address.
+    pub fn put_path(&mut self, path: &str) -> Result<u64, RestoreError> {
+        let mut b = path.as_bytes().to_vec();
+        b.push(0);
+        self.put(0, &b)
+    }
+
+    /// Opens `path` inside the puppet with `flags`; returns the fd.
+    pub fn open(&mut self, path: &str, flags: u32) -> Result<i32, RestoreError> {
+        let p = self.put_path(path)?;
+        self.remote
+            .call(
+                "openat",
+                libc::SYS_openat,
+                [libc::AT_FDCWD as u64, p, flags as u64, 0, 0, 0],
+            )
+            .map(|fd| fd as i32)
+            .map_err(|source| RestoreError::Open {
+                path: path.to_string(),
+                source,
+            })
+    }
+
+    /// Runs a syscall in the puppet, naming `what` on failure.
+    pub fn sys(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, RestoreError> {
+        self.remote.call(what, nr, a).map_err(RestoreError::from)
+    }
+
+    /// Looks up the regular-file record `id` in files.img.
+    pub fn reg(&self, id: u32) -> Result<&pb::RegFileEntry, RestoreError> {
+        self.files
+            .get(&id)
+            .and_then(|f| f.reg.as_ref())
+            .ok_or(RestoreError::BadImage(format!(
+                "files.img has no regular-file entry with id {id}"
+            )))
+    }
+}

@@ -1,0 +1,71 @@
+//! Resource limits (`prlimit64`), read and set from outside the task.
+
+use super::{DumpCx, Kind, RestoreCx, TaskImages};
+use crate::dump::DumpError;
+use crate::image::pb;
+use crate::restore::RestoreError;
+use crate::sys::proc::{get_rlimit, set_rlimit};
+
+/// Number of RLIMIT_* resources.
+const RLIM_NLIMITS: u32 = 16;
+const NAMES: [&str; 16] = [
+    "CPU",
+    "FSIZE",
+    "DATA",
+    "STACK",
+    "CORE",
+    "RSS",
+    "NPROC",
+    "NOFILE",
+    "MEMLOCK",
+    "AS",
+    "LOCKS",
+    "SIGPENDING",
+    "MSGQUEUE",
+    "NICE",
+    "RTPRIO",
+    "RTTIME",
+];
+
+/// Resource limits of a process.
+pub struct Rlimits;
+
+impl Kind for Rlimits {
+    const NAME: &'static str = "rlimits";
+
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
+        let mut v = Vec::new();
+        for r in 0..RLIM_NLIMITS {
+            let (cur, max) = get_rlimit(cx.pid, r).map_err(|source| DumpError::Ptrace {
+                pid: cx.pid,
+                what: "prlimit64",
+                source,
+            })?;
+            v.push(pb::RlimitEntry { cur, max });
+        }
+        img.tc().rlimits = Some(pb::TaskRlimitsEntry { rlimits: v });
+        Ok(())
+    }
+
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+        let Some(rl) = img.core.tc.as_ref().and_then(|t| t.rlimits.as_ref()) else {
+            return Ok(());
+        };
+        for (r, e) in rl.rlimits.iter().enumerate().take(RLIM_NLIMITS as usize) {
+            let now = get_rlimit(cx.pid, r as u32).map_err(|source| RestoreError::Ptrace {
+                what: "prlimit64",
+                source,
+            })?;
+            if now == (e.cur, e.max) {
+                continue;
+            }
+            set_rlimit(cx.pid, r as u32, e.cur, e.max).map_err(|source| RestoreError::Limit {
+                name: NAMES[r],
+                cur: e.cur,
+                max: e.max,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}

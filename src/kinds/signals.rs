@@ -1,0 +1,193 @@
+//! Signal state: dispositions (sigactions), the blocked mask, pending signals (process-wide
+//! and per-thread, with full siginfo) and the alternate signal stack.
+//!
+//! Dispositions and the alternate stack can only be read from inside the task, so dump runs
+//! `rt_sigaction`/`sigaltstack` there. Pending signals are peeked with `PTRACE_PEEKSIGINFO`
+//! (not dequeued) and re-queued on restore from inside the task itself, which the kernel
+//! allows for any si_code.
+
+use super::{DumpCx, Kind, RestoreCx, TaskImages};
+use crate::dump::DumpError;
+use crate::image::pb;
+use crate::restore::RestoreError;
+
+/// Signal dispositions, mask, queues and alternate stack.
+pub struct Signals;
+
+/// Size of the kernel's `struct sigaction` on x86_64 (handler, flags, restorer, mask).
+const KSA: usize = 32;
+const SS_DISABLE: u32 = 2;
+const SS_ONSTACK: u32 = 1;
+
+fn dumpable_sig(sig: u64) -> bool {
+    sig != libc::SIGKILL as u64 && sig != libc::SIGSTOP as u64
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_ne_bytes(b[o..o + 8].try_into().expect("8 bytes"))
+}
+
+impl Kind for Signals {
+    const NAME: &'static str = "signals";
+
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
+        let pid = cx.pid;
+        let pt = |what, source| DumpError::Ptrace { pid, what, source };
+        let shared = cx
+            .tracee
+            .pending_signals(true)
+            .map_err(|e| pt("PTRACE_PEEKSIGINFO", e))?;
+        let private = cx
+            .tracee
+            .pending_signals(false)
+            .map_err(|e| pt("PTRACE_PEEKSIGINFO", e))?;
+        let q = |v: Vec<[u8; 128]>| {
+            (!v.is_empty()).then(|| pb::SignalQueueEntry {
+                signals: v
+                    .into_iter()
+                    .map(|s| pb::SiginfoEntry {
+                        siginfo: s.to_vec(),
+                    })
+                    .collect(),
+            })
+        };
+        img.tc().signals_s = q(shared);
+        img.thread().signals_p = q(private);
+        img.tc().blk_sigset = cx.sigmask;
+
+        let p = cx.remote()?;
+        let buf = p
+            .scratch(64 * 1024)
+            .map_err(|e| DumpError::remote(pid, e))?;
+        for sig in 1..=64u64 {
+            if dumpable_sig(sig) {
+                p.remote
+                    .call(
+                        "rt_sigaction",
+                        libc::SYS_rt_sigaction,
+                        [sig, 0, buf + (sig - 1) * KSA as u64, 8, 0, 0],
+                    )
+                    .map_err(|e| DumpError::remote(pid, e))?;
+            }
+        }
+        let ss_addr = buf + 64 * KSA as u64;
+        p.remote
+            .call(
+                "sigaltstack",
+                libc::SYS_sigaltstack,
+                [0, ss_addr, 0, 0, 0, 0],
+            )
+            .map_err(|e| DumpError::remote(pid, e))?;
+        let mut raw = vec![0u8; 64 * KSA + 24];
+        let n = raw.len();
+        crate::sys::mem::vm_read(pid, &mut raw, &[(buf, n)]).map_err(|source| {
+            DumpError::Memory {
+                pid,
+                addr: buf,
+                what: "reading sigactions",
+                source,
+            }
+        })?;
+        let mut acts = Vec::new();
+        for sig in 1..=64u64 {
+            if dumpable_sig(sig) {
+                let o = (sig as usize - 1) * KSA;
+                acts.push(pb::SaEntry {
+                    sigaction: u64_at(&raw, o),
+                    flags: u64_at(&raw, o + 8),
+                    restorer: u64_at(&raw, o + 16),
+                    mask: u64_at(&raw, o + 24),
+                    compat_sigaction: Some(false),
+                    mask_extended: None,
+                });
+            }
+        }
+        img.tc().sigactions = acts;
+        let o = 64 * KSA;
+        img.thread().sas = Some(pb::ThreadSasEntry {
+            ss_sp: u64_at(&raw, o),
+            ss_flags: u32::from_ne_bytes(raw[o + 8..o + 12].try_into().expect("4 bytes")),
+            ss_size: u64_at(&raw, o + 16),
+        });
+        Ok(())
+    }
+
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+        let tc = img.core.tc.as_ref().ok_or_else(|| {
+            RestoreError::BadImage(format!("core-{}.img has no task core", img.pid))
+        })?;
+        // Every disposition is set: the puppet inherited cryo's own.
+        let mut raw = vec![0u8; 64 * KSA];
+        let mut sigs = (1..=64u64).filter(|s| dumpable_sig(*s));
+        for sa in &tc.sigactions {
+            let Some(sig) = sigs.next() else { break };
+            let o = (sig as usize - 1) * KSA;
+            raw[o..o + 8].copy_from_slice(&sa.sigaction.to_ne_bytes());
+            raw[o + 8..o + 16].copy_from_slice(&sa.flags.to_ne_bytes());
+            raw[o + 16..o + 24].copy_from_slice(&sa.restorer.to_ne_bytes());
+            raw[o + 24..o + 32].copy_from_slice(&sa.mask.to_ne_bytes());
+        }
+        let base = cx.put(4096, &raw)?;
+        for sig in (1..=64u64).filter(|s| dumpable_sig(*s)) {
+            cx.sys(
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                [sig, base + (sig - 1) * KSA as u64, 0, 8, 0, 0],
+            )?;
+        }
+        // Alternate stack: always set (the puppet inherited cryo's).
+        let sas = img.core.thread_core.as_ref().and_then(|t| t.sas.clone());
+        let (sp, size, flags) = match sas {
+            Some(s) if s.ss_flags & SS_DISABLE == 0 => {
+                (s.ss_sp, s.ss_size, s.ss_flags & !SS_ONSTACK)
+            }
+            _ => (0, 0, SS_DISABLE),
+        };
+        let mut ss = Vec::with_capacity(24);
+        ss.extend_from_slice(&sp.to_ne_bytes());
+        ss.extend_from_slice(&(flags as u64).to_ne_bytes());
+        ss.extend_from_slice(&size.to_ne_bytes());
+        let a = cx.put(512, &ss)?;
+        cx.sys("sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
+        // Pending signals, queued from inside the task (all signals are blocked there).
+        let pid = cx.pid as u64;
+        let queue =
+            |q: Option<&pb::SignalQueueEntry>| q.map(|q| q.signals.clone()).unwrap_or_default();
+        for (shared, q) in [
+            (true, queue(tc.signals_s.as_ref())),
+            (
+                false,
+                queue(
+                    img.core
+                        .thread_core
+                        .as_ref()
+                        .and_then(|t| t.signals_p.as_ref()),
+                ),
+            ),
+        ] {
+            for s in q {
+                if s.siginfo.len() != 128 {
+                    return Err(RestoreError::BadImage(
+                        "a pending signal's siginfo is not 128 bytes".into(),
+                    ));
+                }
+                let signo = u32::from_ne_bytes(s.siginfo[0..4].try_into().expect("4 bytes")) as u64;
+                let a = cx.put(512, &s.siginfo)?;
+                if shared {
+                    cx.sys(
+                        "rt_sigqueueinfo",
+                        libc::SYS_rt_sigqueueinfo,
+                        [pid, signo, a, 0, 0, 0],
+                    )?;
+                } else {
+                    cx.sys(
+                        "rt_tgsigqueueinfo",
+                        libc::SYS_rt_tgsigqueueinfo,
+                        [pid, pid, signo, a, 0, 0],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! cryo: checkpoint/restore for Linux processes, writing CRIU-compatible images.
+//!
+//! Map of the crate (see docs/ARCHITECTURE.md for the pipelines):
+//! - `sys`: the only `unsafe` code — ptrace, remote syscalls, cross-process memory, clone3.
+//! - `procfs`: parsers for /proc files.
+//! - `image`: CRIU image framing, magic numbers, generated protobuf types, the digest manifest.
+//! - `kinds`: one module per kernel object kind, dump and restore side by side.
+//! - `dump`, `restore`: the two pipelines that call the kinds in order.
+//! - `features`: kernel feature probes (`cryo check`).
+//! - `show`: decode any image to JSON (`cryo show`).
+//! - `logging`: CRIU-style log files and levels.
+
+pub mod cli;
+pub mod dump;
+pub mod features;
+pub mod image;
+pub mod kinds;
+pub mod logging;
+pub mod procfs;
+pub mod restore;
+pub mod show;
+#[allow(unsafe_code)]
+pub mod sys;

@@ -1,0 +1,222 @@
+//! The `cryo` binary (also answers as `criu` through a symlink): parses the command line,
+//! sets up logging, runs the command, prints errors with a hint, maps them to exit codes.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use cryo::cli::{Cli, Cmd, Common};
+use cryo::image::ImageDir;
+use cryo::{dump, features, restore, show};
+
+fn main() -> ExitCode {
+    let args = cryo::cli::normalize(std::env::args());
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    if cli.version {
+        println!("Version: 4.2\ncryo {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    match run(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("Error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            if let Some(h) = hint(&e) {
+                eprintln!("  hint: {h}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn hint(e: &anyhow::Error) -> Option<String> {
+    if let Some(d) = e.downcast_ref::<dump::DumpError>() {
+        return d.hint();
+    }
+    if let Some(r) = e.downcast_ref::<restore::RestoreError>() {
+        return r.hint();
+    }
+    None
+}
+
+/// Resolves a path given relative to the work directory (CRIU's rule for logs and pidfiles).
+fn in_workdir(c: &Common, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        c.work_dir.as_deref().unwrap_or(&c.images_dir).join(p)
+    }
+}
+
+fn setup(c: &Common, create_dir: bool) -> Result<()> {
+    if let Some((opt, why)) = c.unsupported.first() {
+        bail!("option --{opt} is not supported by cryo yet: {why}");
+    }
+    if create_dir {
+        ImageDir::create(&c.images_dir)?;
+    }
+    let log = c.log_file.as_ref().map(|f| in_workdir(c, f));
+    cryo::logging::init(c.verbosity, log.as_deref())
+        .with_context(|| format!("cannot open log file {}", log.unwrap_or_default().display()))?;
+    Ok(())
+}
+
+fn run(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Dump(a) => {
+            setup(&a.common, true)?;
+            let dir = ImageDir::create(&a.common.images_dir)?;
+            let spin = progress(&format!("dumping {}", a.tree));
+            let opts = dump::DumpOpts {
+                pid: a.tree,
+                leave_running: a.leave_running,
+                shell_job: a.shell_job,
+            };
+            let r = dump::run(&opts, &dir);
+            if let Some(s) = spin {
+                s.finish_and_clear();
+            }
+            let r = r?;
+            tracing::info!(
+                "Dumped {} in {} us (frozen {} us, {} pages, {} in-target syscalls)",
+                r.pid,
+                r.total_us,
+                r.frozen_us,
+                r.pages_written,
+                r.remote_syscalls
+            );
+            if a.common.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else if a.common.display_stats {
+                eprintln!(
+                    "dumped pid {}: {} pages, frozen {:.1} ms, total {:.1} ms",
+                    r.pid,
+                    r.pages_written,
+                    r.frozen_us as f64 / 1e3,
+                    r.total_us as f64 / 1e3
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::PreDump(a) => {
+            setup(&a.common, false)?;
+            bail!(
+                "pre-dump is not supported: it needs soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY), \
+                 and incremental dumps are not implemented yet; use `cryo dump`"
+            )
+        }
+        Cmd::Restore(a) => {
+            setup(&a.common, false)?;
+            let dir = ImageDir::open(&a.common.images_dir)?;
+            let spin = progress("restoring");
+            let opts = restore::RestoreOpts {
+                detach: a.detached,
+                pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
+                verify: true,
+            };
+            let r = restore::run(&opts, &dir);
+            if let Some(s) = spin {
+                s.finish_and_clear();
+            }
+            let r = r?;
+            tracing::info!(
+                "Restored {} in {} us ({} pages, {} in-target syscalls)",
+                r.pid,
+                r.total_us,
+                r.pages_restored,
+                r.remote_syscalls
+            );
+            if a.common.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else if a.common.display_stats {
+                eprintln!(
+                    "restored pid {}: {} pages in {:.1} ms",
+                    r.pid,
+                    r.pages_restored,
+                    r.total_us as f64 / 1e3
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Show(a) => {
+            let v = show::show(&a.file)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check(a) => {
+            setup(&a.common, false)?;
+            let all = features::probe_all();
+            if let Some(name) = a.feature.as_deref() {
+                if name == "list" {
+                    for f in &all {
+                        println!("{}", f.name);
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let Some(f) = all.iter().find(|f| f.name == name) else {
+                    bail!("unknown feature {name}; `cryo check --feature list` lists them");
+                };
+                if a.common.json {
+                    println!("{}", serde_json::to_string(f)?);
+                } else if f.ok {
+                    println!("{name} is supported");
+                } else {
+                    println!("{name} is NOT supported: {}", f.detail);
+                }
+                return Ok(if f.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
+            let bad: Vec<_> = all
+                .iter()
+                .filter(|f| !f.ok && (f.required || a.all))
+                .collect();
+            if a.common.json {
+                println!("{}", serde_json::to_string(&all)?);
+            } else {
+                for f in &bad {
+                    println!("{}: missing: {}", f.name, f.detail);
+                }
+                if bad.is_empty() {
+                    println!("Looks good.");
+                } else if bad.iter().all(|f| !f.required) {
+                    println!("Looks good but some kernel features are missing.");
+                }
+            }
+            Ok(if bad.iter().any(|f| f.required || a.all) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+/// A spinner on stderr while a long dump or restore runs, only when stderr is a terminal.
+fn progress(msg: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(100));
+    Some(pb)
+}

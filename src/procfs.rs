@@ -1,0 +1,355 @@
+//! Parsers for /proc/PID files. Pure functions over text (unit-tested on fixtures), plus thin
+//! readers that name the file in every error.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Error reading or parsing a /proc file.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {what}")]
+    Parse { path: PathBuf, what: String },
+}
+
+/// Reads /proc/`pid`/`name` as text.
+pub fn read(pid: i32, name: &str) -> Result<String, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/{name}"));
+    std::fs::read_to_string(&path).map_err(|source| ProcError::Read { path, source })
+}
+
+/// Reads a /proc symlink (exe, cwd, root, fd/N).
+pub fn link(pid: i32, name: &str) -> Result<String, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/{name}"));
+    std::fs::read_link(&path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|source| ProcError::Read { path, source })
+}
+
+fn bad(pid: i32, name: &str, what: impl Into<String>) -> ProcError {
+    ProcError::Parse {
+        path: PathBuf::from(format!("/proc/{pid}/{name}")),
+        what: what.into(),
+    }
+}
+
+/// The fields of /proc/PID/stat that cryo uses.
+#[derive(Debug, Clone, Default)]
+pub struct Stat {
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    pub flags: u32,
+    pub num_threads: i64,
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_stack: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub exit_code: i32,
+}
+
+/// Parses /proc/PID/stat text.
+pub fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    // Field 3 is the first after ")"; f[i] is field i+3.
+    let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    let n = |i: usize| -> Option<u64> { f.get(i - 3)?.parse::<u64>().ok() };
+    let s = |i: usize| -> Option<i64> { f.get(i - 3)?.parse::<i64>().ok() };
+    Some(Stat {
+        comm,
+        state: f.first()?.chars().next()?,
+        ppid: s(4)? as i32,
+        pgrp: s(5)? as i32,
+        session: s(6)? as i32,
+        flags: n(9)? as u32,
+        num_threads: s(20)?,
+        start_code: n(26)?,
+        end_code: n(27)?,
+        start_stack: n(28)?,
+        start_data: n(45)?,
+        end_data: n(46)?,
+        start_brk: n(47)?,
+        arg_start: n(48)?,
+        arg_end: n(49)?,
+        env_start: n(50)?,
+        env_end: n(51)?,
+        exit_code: s(52)? as i32,
+    })
+}
+
+/// Reads and parses /proc/PID/stat.
+pub fn stat(pid: i32) -> Result<Stat, ProcError> {
+    parse_stat(&read(pid, "stat")?).ok_or_else(|| bad(pid, "stat", "unexpected format"))
+}
+
+/// /proc/PID/status as key → value (trimmed).
+pub fn parse_status(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            Some((k.to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The fields of /proc/PID/status that cryo uses.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+    pub no_new_privs: bool,
+    pub seccomp: u32,
+    pub umask: u32,
+    pub threads: u32,
+    pub shd_pnd: u64,
+    pub sig_pnd: u64,
+}
+
+/// Reads and parses /proc/PID/status.
+pub fn status(pid: i32) -> Result<Status, ProcError> {
+    let m = parse_status(&read(pid, "status")?);
+    let get = |k: &str| {
+        m.get(k)
+            .ok_or_else(|| bad(pid, "status", format!("no {k} line")))
+    };
+    let ids = |k: &str| -> Result<[u32; 4], ProcError> {
+        let v: Vec<u32> = get(k)?
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        v.try_into()
+            .map_err(|_| bad(pid, "status", format!("bad {k} line")))
+    };
+    let hex = |k: &str| -> Result<u64, ProcError> {
+        u64::from_str_radix(get(k)?, 16).map_err(|_| bad(pid, "status", format!("bad {k} line")))
+    };
+    Ok(Status {
+        uids: ids("Uid")?,
+        gids: ids("Gid")?,
+        groups: get("Groups")?
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect(),
+        cap_inh: hex("CapInh")?,
+        cap_prm: hex("CapPrm")?,
+        cap_eff: hex("CapEff")?,
+        cap_bnd: hex("CapBnd")?,
+        cap_amb: hex("CapAmb").unwrap_or(0),
+        no_new_privs: m.get("NoNewPrivs").is_some_and(|v| v == "1"),
+        seccomp: m.get("Seccomp").and_then(|v| v.parse().ok()).unwrap_or(0),
+        umask: u32::from_str_radix(get("Umask")?, 8)
+            .map_err(|_| bad(pid, "status", "bad Umask line"))?,
+        threads: get("Threads")?.parse().unwrap_or(1),
+        shd_pnd: hex("ShdPnd")?,
+        sig_pnd: hex("SigPnd")?,
+    })
+}
+
+/// One line of /proc/PID/maps plus the VmFlags of smaps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub pgoff: u64,
+    pub dev: (u32, u32),
+    pub inode: u64,
+    /// Path or pseudo-name (`[heap]`, `[stack]`, `[vdso]`, ...); empty for anonymous memory.
+    pub name: String,
+    /// Two-letter VmFlags (`rd wr mr mw me ac sd ...`).
+    pub vmflags: Vec<String>,
+}
+
+impl Vma {
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.vmflags.iter().any(|x| x == f)
+    }
+    /// A file-backed mapping (not a pseudo-name, not anonymous).
+    pub fn is_file(&self) -> bool {
+        self.inode != 0
+    }
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+}
+
+fn parse_maps_line(line: &str) -> Option<Vma> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let off = it.next()?;
+    let dev = it.next()?;
+    let rest = it.next()?;
+    // `rest` is "inode" and maybe more; name follows after spaces.
+    let (inode, name) = match it.next() {
+        Some(n) => (rest, n.trim_start().to_string()),
+        None => (rest.trim(), String::new()),
+    };
+    let (s, e) = range.split_once('-')?;
+    let (maj, min) = dev.split_once(':')?;
+    Some(Vma {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        read: perms.first() == Some(&b'r'),
+        write: perms.get(1) == Some(&b'w'),
+        exec: perms.get(2) == Some(&b'x'),
+        shared: perms.get(3) == Some(&b's'),
+        pgoff: u64::from_str_radix(off, 16).ok()?,
+        dev: (
+            u32::from_str_radix(maj, 16).ok()?,
+            u32::from_str_radix(min, 16).ok()?,
+        ),
+        inode: inode.parse().ok()?,
+        name,
+        vmflags: Vec::new(),
+    })
+}
+
+/// Parses /proc/PID/smaps (or maps, then without VmFlags).
+pub fn parse_smaps(text: &str) -> Option<Vec<Vma>> {
+    let mut out: Vec<Vma> = Vec::new();
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            out.last_mut()?.vmflags = flags.split_whitespace().map(str::to_string).collect();
+            continue;
+        }
+        // Header lines start with a hex range "xxx-yyy "; field lines start with "Name:".
+        let first = line.split(' ').next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            out.push(parse_maps_line(line)?);
+        }
+    }
+    Some(out)
+}
+
+/// Reads and parses /proc/PID/smaps.
+pub fn smaps(pid: i32) -> Result<Vec<Vma>, ProcError> {
+    parse_smaps(&read(pid, "smaps")?).ok_or_else(|| bad(pid, "smaps", "unexpected format"))
+}
+
+/// The fields of /proc/PID/fdinfo/N that cryo uses.
+#[derive(Debug, Clone, Default)]
+pub struct FdInfo {
+    pub pos: u64,
+    pub flags: u32,
+    pub mnt_id: i32,
+    pub ino: u64,
+}
+
+/// Parses fdinfo text (`flags` is octal).
+pub fn parse_fdinfo(text: &str) -> Option<FdInfo> {
+    let m = parse_status(text);
+    Some(FdInfo {
+        pos: m.get("pos")?.parse().ok()?,
+        flags: u32::from_str_radix(m.get("flags")?, 8).ok()?,
+        mnt_id: m.get("mnt_id").and_then(|v| v.parse().ok()).unwrap_or(-1),
+        ino: m.get("ino").and_then(|v| v.parse().ok()).unwrap_or(0),
+    })
+}
+
+/// Reads /proc/PID/fdinfo/FD.
+pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo, ProcError> {
+    let name = format!("fdinfo/{fd}");
+    parse_fdinfo(&read(pid, &name)?).ok_or_else(|| bad(pid, &name, "unexpected format"))
+}
+
+/// Open fd numbers of a task, ascending.
+pub fn fds(pid: i32) -> Result<Vec<i32>, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/fd"));
+    let rd = std::fs::read_dir(&path).map_err(|source| ProcError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let mut v: Vec<i32> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// Thread ids of a process, ascending (leader first).
+pub fn threads(pid: i32) -> Result<Vec<i32>, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/task"));
+    let rd = std::fs::read_dir(&path).map_err(|source| ProcError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let mut v: Vec<i32> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable_by_key(|&t| (t != pid, t));
+    Ok(v)
+}
+
+/// /proc/PID/auxv as native-endian u64 words (pairs of key, value; ends with AT_NULL).
+pub fn auxv(pid: i32) -> Result<Vec<u64>, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/auxv"));
+    let b = std::fs::read(&path).map_err(|source| ProcError::Read { path, source })?;
+    Ok(b.chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_spaces_in_comm() {
+        let t = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 123 1000 10 18446744073709551615 4194304 4198400 140737488346112 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0 6295552 6296000 6299648 140737488350000 140737488350010 140737488350010 140737488351000 0\n";
+        let s = parse_stat(t).unwrap();
+        assert_eq!(s.comm, "a b) c");
+        assert_eq!(s.state, 'S');
+        assert_eq!(s.session, 42);
+        assert_eq!(s.start_code, 4194304);
+        assert_eq!(s.start_brk, 6299648);
+        assert_eq!(s.env_end, 140737488351000);
+        assert_eq!(s.exit_code, 0);
+    }
+
+    #[test]
+    fn smaps_names_and_flags() {
+        let t = "55d0c0000000-55d0c0001000 r-xp 00001000 fe:00 1234   /usr/bin/my prog\nSize: 4 kB\nVmFlags: rd ex mr mw me\n7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]\nVmFlags: rd wr mr mw me gd ac\n7f0000000000-7f0000001000 rw-s 00000000 00:01 99 /dev/zero (deleted)\n";
+        let v = parse_smaps(t).unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].name, "/usr/bin/my prog");
+        assert!(v[0].exec && !v[0].write && v[0].pgoff == 0x1000);
+        assert_eq!(v[0].dev, (0xfe, 0));
+        assert_eq!(v[1].name, "[stack]");
+        assert!(v[1].has_flag("gd"));
+        assert!(v[2].shared);
+        assert_eq!(v[2].name, "/dev/zero (deleted)");
+    }
+
+    #[test]
+    fn fdinfo_octal_flags() {
+        let f = parse_fdinfo("pos:\t12\nflags:\t02102001\nmnt_id:\t27\nino:\t555\n").unwrap();
+        assert_eq!(f.pos, 12);
+        assert_eq!(f.flags, 0o2102001);
+        assert_eq!(f.mnt_id, 27);
+    }
+}

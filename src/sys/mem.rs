@@ -1,0 +1,286 @@
+//! Cross-process memory: `process_vm_readv`/`process_vm_writev`, the `PAGEMAP_SCAN` ioctl,
+//! and local `mmap` helpers for the restore trampoline and image files.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+use super::cvt;
+
+/// Most iovecs one `process_vm_*` call takes (`UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
+/// Reads the remote `ranges` (address, length) back to back into `buf` (which must be exactly
+/// as long as their sum). Fails on a short read (for example an unreadable page).
+pub fn vm_read(pid: i32, buf: &mut [u8], ranges: &[(u64, usize)]) -> io::Result<()> {
+    transfer(pid, buf.as_mut_ptr(), buf.len(), ranges, false)
+}
+
+/// Writes `buf` into the remote `ranges` back to back (the inverse of [`vm_read`]).
+/// Warning: writes another process's memory.
+pub fn vm_write(pid: i32, buf: &[u8], ranges: &[(u64, usize)]) -> io::Result<()> {
+    transfer(pid, buf.as_ptr() as *mut u8, buf.len(), ranges, true)
+}
+
+fn transfer(
+    pid: i32,
+    base: *mut u8,
+    len: usize,
+    ranges: &[(u64, usize)],
+    write: bool,
+) -> io::Result<()> {
+    let total: usize = ranges.iter().map(|r| r.1).sum();
+    if total != len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "buffer and ranges differ in size",
+        ));
+    }
+    let mut done = 0usize;
+    let mut idx = 0usize; // current range
+    let mut skip = 0usize; // bytes of ranges[idx] already done
+    while idx < ranges.len() {
+        let mut remote: Vec<libc::iovec> = Vec::with_capacity(IOV_MAX.min(ranges.len() - idx));
+        let mut chunk = 0usize;
+        for (i, &(addr, l)) in ranges[idx..].iter().enumerate() {
+            if remote.len() == IOV_MAX {
+                break;
+            }
+            let off = if i == 0 { skip } else { 0 };
+            remote.push(libc::iovec {
+                iov_base: (addr as usize + off) as *mut libc::c_void,
+                iov_len: l - off,
+            });
+            chunk += l - off;
+        }
+        let local = libc::iovec {
+            // SAFETY: done < len, so the pointer stays inside the caller's buffer.
+            iov_base: unsafe { base.add(done) }.cast(),
+            iov_len: chunk,
+        };
+        // SAFETY: `local` covers `chunk` bytes of the caller's buffer (mutable for reads);
+        // remote iovecs are addresses in the other process, checked by the kernel.
+        let n = cvt(unsafe {
+            if write {
+                libc::process_vm_writev(pid, &local, 1, remote.as_ptr(), remote.len() as _, 0)
+            } else {
+                libc::process_vm_readv(pid, &local, 1, remote.as_ptr(), remote.len() as _, 0)
+            }
+        } as libc::c_long)? as usize;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "no bytes transferred at remote address {:#x}",
+                    ranges[idx].0 as usize + skip
+                ),
+            ));
+        }
+        done += n;
+        // Advance idx/skip by n bytes.
+        let mut left = n;
+        while left > 0 {
+            let rem = ranges[idx].1 - skip;
+            if left >= rem {
+                left -= rem;
+                idx += 1;
+                skip = 0;
+            } else {
+                skip += left;
+                left = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Page categories of the `PAGEMAP_SCAN` ioctl (linux/fs.h).
+pub mod page_is {
+    pub const FILE: u64 = 1 << 2;
+    pub const PRESENT: u64 = 1 << 3;
+    pub const SWAPPED: u64 = 1 << 4;
+    pub const PFNZERO: u64 = 1 << 5;
+}
+
+#[repr(C)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+/// `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610;
+
+/// `ioctl(PAGEMAP_SCAN)` on an open `/proc/PID/pagemap`: the ranges in `[start, end)` holding
+/// pages whose categories, after xor-ing `inverted`, include all of `mask` and one of `anyof`.
+/// Appends `(start, end)` ranges to `out`.
+pub fn pagemap_scan(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    inverted: u64,
+    mask: u64,
+    anyof: u64,
+    out: &mut Vec<(u64, u64)>,
+) -> io::Result<()> {
+    let mut regions = vec![PageRegion::default(); 512];
+    let mut cur = start;
+    while cur < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            flags: 0,
+            start: cur,
+            end,
+            walk_end: 0,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            max_pages: 0,
+            category_inverted: inverted,
+            category_mask: mask,
+            category_anyof_mask: anyof,
+            return_mask: anyof | mask,
+        };
+        // SAFETY: arg is a valid pm_scan_arg whose vec points at `regions` (vec_len entries).
+        let n = cvt(
+            unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) }
+                as libc::c_long,
+        )? as usize;
+        for r in &regions[..n] {
+            match out.last_mut() {
+                Some(last) if last.1 == r.start => last.1 = r.end,
+                _ => out.push((r.start, r.end)),
+            }
+        }
+        if arg.walk_end <= cur {
+            break;
+        }
+        cur = arg.walk_end;
+    }
+    Ok(())
+}
+
+/// A local anonymous or file mapping, unmapped on drop.
+pub struct Mapping {
+    addr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; sharing read access is fine.
+unsafe impl Send for Mapping {}
+// SAFETY: see above; only shared references are handed out.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `file` read-only (private).
+    pub fn file_ro(file: &File, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Ok(Mapping {
+                addr: std::ptr::NonNull::dangling().as_ptr(),
+                len: 0,
+            });
+        }
+        // SAFETY: a fresh mapping chosen by the kernel; we own it until drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            addr: p.cast(),
+            len,
+        })
+    }
+
+    /// Maps `len` bytes at exactly `addr` (fails if anything is there), with `prot`.
+    pub fn anon_fixed(addr: u64, len: usize, prot: i32) -> io::Result<Mapping> {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces existing mappings.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
+                len,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        if p as u64 != addr {
+            // Old kernels ignore NOREPLACE and return another address.
+            // SAFETY: p was just mapped by us with this length.
+            unsafe { libc::munmap(p, len) };
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        Ok(Mapping {
+            addr: p.cast(),
+            len,
+        })
+    }
+
+    /// The mapped bytes.
+    pub fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: addr..addr+len is mapped readable for our lifetime.
+        unsafe { std::slice::from_raw_parts(self.addr, self.len) }
+    }
+
+    /// Writes `data` at `off` (the mapping must be writable).
+    pub fn write_at(&mut self, off: usize, data: &[u8]) {
+        assert!(off + data.len() <= self.len);
+        // SAFETY: bounds checked above; the mapping is ours and writable by construction.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.addr.add(off), data.len()) };
+    }
+
+    /// `mprotect` of the whole mapping.
+    pub fn protect(&mut self, prot: i32) -> io::Result<()> {
+        // SAFETY: the range is our own mapping.
+        cvt(unsafe { libc::mprotect(self.addr.cast(), self.len, prot) } as libc::c_long).map(|_| ())
+    }
+
+    /// Advises the kernel (e.g. `MADV_WILLNEED`, `MADV_SEQUENTIAL`).
+    pub fn advise(&self, advice: i32) {
+        if self.len > 0 {
+            // SAFETY: advice on our own mapping cannot affect memory safety.
+            unsafe { libc::madvise(self.addr.cast(), self.len, advice) };
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: we own this mapping.
+            unsafe { libc::munmap(self.addr.cast(), self.len) };
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! The only place in cryo that talks to the kernel through `unsafe` code.
+//!
+//! Policy: every function here is a small, typed, safe wrapper around one syscall or ioctl
+//! (named after it), returning `std::io::Result` (or `nix::Result`). Callers never see raw
+//! pointers. Operations that *mutate another process* (register writes, pokes, injected
+//! syscalls) are methods on [`ptrace::Tracee`] or [`remote::Remote`] so a reader can find every
+//! place where cryo touches a target. The crate denies `unsafe_code`; this module opts in.
+#![allow(unsafe_code)]
+
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("cryo currently supports x86_64 only");
+
+pub mod mem;
+pub mod proc;
+pub mod ptrace;
+pub mod remote;
+
+/// Turns a libc return value (-1 + errno) into an `io::Result`.
+pub(crate) fn cvt(ret: libc::c_long) -> std::io::Result<libc::c_long> {
+    if ret == -1 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Page size (4 KiB on x86_64).
+pub const PAGE_SIZE: u64 = 4096;

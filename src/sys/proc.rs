@@ -1,0 +1,153 @@
+//! Process-level syscalls that act on another task from outside: creating a task with an exact
+//! PID (`clone3` + `set_tid`), resource limits (`prlimit64`), `kcmp`, scheduling, robust futex
+//! lists, signals.
+
+use std::io;
+
+use super::cvt;
+
+/// `clone3` arguments (linux/sched.h, version with set_tid).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Creates the restore "puppet": a child with PID `pid` that blocks all signals, arranges to
+/// die with cryo (`PR_SET_PDEATHSIG`), calls `PTRACE_TRACEME` and stops itself with SIGSTOP.
+/// From then on it only ever executes what its tracer points it at. Returns the child's PID.
+///
+/// The caller must be single-threaded (this is a fork).
+pub fn spawn_puppet(pid: i32) -> io::Result<i32> {
+    let tid = pid;
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: &tid as *const i32 as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork; args is valid for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r == 0 {
+        // Child: only raw syscalls, no allocation, never returns.
+        // SAFETY: all calls take plain values or valid local pointers.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() == 1 {
+                libc::_exit(1);
+            }
+            libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            libc::raise(libc::SIGSTOP);
+            libc::_exit(127);
+        }
+    }
+    cvt(r).map(|p| p as i32)
+}
+
+/// `prlimit64(pid, resource, NULL, &old)`: (soft, hard), RLIM_INFINITY as u64::MAX.
+pub fn get_rlimit(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: old is a valid out-pointer.
+    cvt(
+        unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) } as libc::c_long,
+    )?;
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// `prlimit64(pid, resource, &new, NULL)`.
+pub fn set_rlimit(pid: i32, resource: u32, cur: u64, max: u64) -> io::Result<()> {
+    let new = libc::rlimit64 {
+        rlim_cur: cur,
+        rlim_max: max,
+    };
+    // SAFETY: new is a valid in-pointer.
+    cvt(unsafe { libc::prlimit64(pid, resource as _, &new, std::ptr::null_mut()) } as libc::c_long)
+        .map(|_| ())
+}
+
+/// `KCMP_FILE`.
+pub const KCMP_FILE: i32 = 0;
+/// `KCMP_VM`.
+pub const KCMP_VM: i32 = 1;
+/// `KCMP_FILES`.
+pub const KCMP_FILES: i32 = 2;
+/// `KCMP_FS`.
+pub const KCMP_FS: i32 = 3;
+/// `KCMP_SIGHAND`.
+pub const KCMP_SIGHAND: i32 = 4;
+
+/// `kcmp(pid1, pid2, type, idx1, idx2)`: 0 when equal, 1/2 for ordering, 3 when not comparable.
+pub fn kcmp(pid1: i32, pid2: i32, kind: i32, idx1: u64, idx2: u64) -> io::Result<i32> {
+    // SAFETY: kcmp takes only integers.
+    cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) }).map(|r| r as i32)
+}
+
+/// Scheduling policy, priority and nice value of a thread.
+pub fn sched(tid: i32) -> io::Result<(i32, i32, i32)> {
+    // SAFETY: integer-only syscalls and a valid out-pointer.
+    unsafe {
+        let policy = cvt(libc::sched_getscheduler(tid) as libc::c_long)? as i32;
+        let mut p: libc::sched_param = std::mem::zeroed();
+        cvt(libc::sched_getparam(tid, &mut p) as libc::c_long)?;
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        Ok((policy, p.sched_priority, nice))
+    }
+}
+
+/// Sets scheduling policy/priority and nice value of a thread.
+pub fn set_sched(tid: i32, policy: i32, prio: i32, nice: i32) -> io::Result<()> {
+    let p = libc::sched_param {
+        sched_priority: prio,
+    };
+    // SAFETY: p is a valid in-pointer; integers otherwise.
+    unsafe {
+        cvt(libc::sched_setscheduler(tid, policy, &p) as libc::c_long)?;
+        cvt(libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) as libc::c_long)?;
+    }
+    Ok(())
+}
+
+/// `get_robust_list(tid)`: (head address, length).
+pub fn robust_list(tid: i32) -> io::Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: usize = 0;
+    // SAFETY: both are valid out-pointers.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut usize,
+        )
+    })?;
+    Ok((head, len as u64))
+}
+
+/// `kill(pid, sig)`.
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: integer-only syscall.
+    cvt(unsafe { libc::kill(pid, sig) } as libc::c_long).map(|_| ())
+}
