@@ -1,1 +1,232 @@
-//! Helpers shared by the integration tests (see tests/).
+//! Helpers shared by the integration tests in tests/: build the C test programs, start them
+//! detached (own session, stdio to files), run the cryo binary, wait for PIDs, reap.
+//!
+//! The test process makes itself a child subreaper, so processes restored with `-d` are
+//! re-parented to it and can be reaped at once (PID 1 on the VM reaps orphans only every few
+//! seconds, and a restore needs its PID free).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+/// Repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The cryo binary under test ($CRYO, or target/release/cryo).
+pub fn cryo_bin() -> PathBuf {
+    std::env::var_os("CRYO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/release/cryo"))
+}
+
+static INIT: Once = Once::new();
+
+fn init() {
+    INIT.call_once(|| {
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert!(
+            cryo_bin().exists(),
+            "{} missing: run `cargo build --release` first (integration/test.sh does)",
+            cryo_bin().display()
+        );
+    });
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    init();
+    let d = std::env::temp_dir().join(format!("cryo-it-{}-{}", name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Compiles integration/progs/NAME.c (once per test binary) and returns the executable.
+pub fn prog(name: &str) -> PathBuf {
+    init();
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let out = std::env::temp_dir().join(format!("cryo-prog-{}-{}", name, std::process::id()));
+    if !out.exists() {
+        let src = root().join(format!("integration/progs/{name}.c"));
+        let tmp = out.with_extension("tmp");
+        let st = Command::new("gcc")
+            .args(["-O2", "-Wall", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .status()
+            .expect("gcc");
+        assert!(st.success(), "compiling {}", src.display());
+        std::fs::rename(tmp, &out).unwrap();
+    }
+    out
+}
+
+/// Starts `argv` as a session leader with stdin=/dev/null, stdout/stderr to `log`, and no
+/// other inherited fds. Returns its PID (the test process is its parent).
+pub fn spawn(argv: &[&str], log: &Path) -> i32 {
+    init();
+    let f = std::fs::File::create(log).unwrap();
+    let mut c = Command::new(argv[0]);
+    c.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let child = c.spawn().unwrap();
+    child.id() as i32
+}
+
+/// Runs cryo with `args`; returns its output.
+pub fn cryo(args: &[&str]) -> Output {
+    cryo_env(args, &[])
+}
+
+/// Runs cryo with extra environment variables.
+pub fn cryo_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    init();
+    let out = Command::new(cryo_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running cryo");
+    eprintln!(
+        "$ cryo {} -> {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `cryo dump -t PID -D DIR -v4 -o dump.log` plus `extra`; panics on failure.
+pub fn dump(pid: i32, dir: &Path, extra: &[&str]) {
+    let d = dir.to_str().unwrap();
+    let p = pid.to_string();
+    let mut a = vec!["dump", "-t", &p, "-D", d, "-v4", "-o", "dump.log"];
+    a.extend_from_slice(extra);
+    let out = cryo(&a);
+    assert!(
+        out.status.success(),
+        "dump failed:\n{}",
+        log(dir, "dump.log")
+    );
+}
+
+/// `cryo restore -D DIR -d -v4 -o restore.log`; panics on failure.
+pub fn restore(dir: &Path) {
+    let d = dir.to_str().unwrap();
+    let out = cryo(&["restore", "-D", d, "-d", "-v4", "-o", "restore.log"]);
+    assert!(
+        out.status.success(),
+        "restore failed:\n{}",
+        log(dir, "restore.log")
+    );
+}
+
+/// Contents of a log file in `dir` (for assertion messages).
+pub fn log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
+}
+
+/// Reaps `pid` if it is our (zombie) child or re-parented to us, and waits until /proc/PID
+/// is gone.
+pub fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // SAFETY: waitpid with a null status pointer.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pid {pid} did not go away");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILLs `pid` and waits until it is gone.
+pub fn kill(pid: i32) {
+    // SAFETY: kill with integers.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_gone(pid);
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill with integers.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+}
+
+/// True if `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let st = s.rsplit(')').next().unwrap_or("").trim_start();
+            !st.starts_with('Z') && !st.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+/// Waits until `cond` holds (polling), panicking with `what` after `secs`.
+pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Lines of a text file.
+pub fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asks a memhog process for its checksum (SIGUSR1) and returns the new "sum" line.
+pub fn memhog_sum(pid: i32, out: &Path) -> String {
+    let before = lines(out).iter().filter(|l| l.starts_with("sum")).count();
+    signal(pid, libc::SIGUSR1);
+    wait_for("memhog checksum", 60, || {
+        lines(out).iter().filter(|l| l.starts_with("sum")).count() > before
+    });
+    lines(out)
+        .into_iter()
+        .filter(|l| l.starts_with("sum"))
+        .next_back()
+        .unwrap()
+}
+
+/// Starts memhog with `mib` MiB and waits until it is ready.
+pub fn start_memhog(dir: &Path, mib: u32) -> (i32, PathBuf) {
+    let out = dir.join("memhog.out");
+    let exe = prog("memhog");
+    let m = mib.to_string();
+    let pid = spawn(
+        &[exe.to_str().unwrap(), &m, out.to_str().unwrap()],
+        &dir.join("memhog.log"),
+    );
+    wait_for("memhog ready", 60, || {
+        lines(&out).first().is_some_and(|l| l == "ready")
+    });
+    (pid, out)
+}

@@ -1,0 +1,37 @@
+/* Holds argv[1] MiB of pseudo-random anonymous memory. On SIGUSR1 it appends the checksum of
+ * that memory to argv[2]. The checksum must be identical before and after restore. */
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+static volatile sig_atomic_t want;
+static void on_usr1(int s) { (void)s; want = 1; }
+
+int main(int argc, char **argv) {
+    if (argc < 3) return 2;
+    size_t mib = strtoul(argv[1], 0, 10), n = mib << 17; /* u64 words */
+    uint64_t *m = mmap(0, mib << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return 1;
+    uint64_t x = 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
+    for (size_t i = 0; i < n; i++) { /* xorshift64*: never zero, incompressible */
+        x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+        m[i] = x * 0x2545F4914F6CDD1Dull;
+    }
+    signal(SIGUSR1, on_usr1);
+    int out = open(argv[2], O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dprintf(out, "ready\n");
+    for (;;) {
+        pause();
+        if (want) {
+            want = 0;
+            uint64_t h = 1469598103934665603ull;
+            for (size_t i = 0; i < n; i++) h = (h ^ m[i]) * 1099511628211ull;
+            dprintf(out, "sum %016llx\n", (unsigned long long)h);
+        }
+    }
+}

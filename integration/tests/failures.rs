@@ -1,0 +1,189 @@
+//! The failure model (issue #2 §6): a dump that fails at any stage leaves the target running
+//! with identical memory; a restore that fails leaves no process behind; damaged images are
+//! refused before anything is created; unsupported fds are refused with fd, type and path.
+
+use std::path::Path;
+
+use integration::*;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn failed_dump_at_any_stage_leaves_target_running_unchanged() {
+    let dir = scratch("dumpfault");
+    let (pid, out) = start_memhog(&dir, 16);
+    let sum = memhog_sum(pid, &out);
+    let regs_before = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for stage in ["seize", "collect", "parasite", "memory", "write"] {
+        let img = dir.join(format!("img-{stage}"));
+        let o = cryo_env(
+            &["dump", "-t", &pid.to_string(), "-D", img.to_str().unwrap()],
+            &[("CRYO_FAULT_INJECT", stage)],
+        );
+        assert!(!o.status.success(), "stage {stage}: dump should fail");
+        assert!(
+            stderr(&o).contains(stage),
+            "stage {stage}: error should name it: {}",
+            stderr(&o)
+        );
+        assert!(alive(pid), "stage {stage}: target died");
+        assert_eq!(memhog_sum(pid, &out), sum, "stage {stage}: memory changed");
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        for key in ["SigBlk", "SigCgt", "TracerPid"] {
+            let line = |s: &str| {
+                s.lines()
+                    .find(|l| l.starts_with(key))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            if key == "TracerPid" {
+                assert_eq!(line(&st), "TracerPid:\t0", "stage {stage}: still traced");
+            } else {
+                assert_eq!(
+                    line(&st),
+                    line(&regs_before),
+                    "stage {stage}: {key} changed"
+                );
+            }
+        }
+    }
+    // After all that, a real dump and restore still work.
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    restore(&img);
+    assert_eq!(memhog_sum(pid, &out), sum);
+    kill(pid);
+}
+
+#[test]
+fn failed_restore_at_any_stage_leaves_nothing_behind() {
+    let dir = scratch("rstfault");
+    let (pid, out) = start_memhog(&dir, 16);
+    let sum = memhog_sum(pid, &out);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    for stage in [
+        "verify", "fork", "memory", "files", "task", "creds", "finish",
+    ] {
+        let o = cryo_env(
+            &["restore", "-D", img.to_str().unwrap(), "-d"],
+            &[("CRYO_FAULT_INJECT", stage)],
+        );
+        assert!(!o.status.success(), "stage {stage}: restore should fail");
+        wait_gone(pid); // reaps a killed puppet, if any; panics if a process stays
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "stage {stage}: left a process"
+        );
+    }
+    restore(&img);
+    assert_eq!(memhog_sum(pid, &out), sum);
+    kill(pid);
+}
+
+fn dumped_sleep(name: &str) -> (std::path::PathBuf, i32) {
+    let dir = scratch(name);
+    let pid = spawn(&["/bin/sleep", "1000"], &dir.join("log"));
+    wait_for("sleep to start", 10, || {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
+    });
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    (img, pid)
+}
+
+#[test]
+fn corrupt_images_are_refused_before_anything_starts() {
+    let (img, pid) = dumped_sleep("corrupt");
+    // Bit flip in the page data.
+    let pages = img.join("pages-1.img");
+    let orig = std::fs::read(&pages).unwrap();
+    let mut bad = orig.clone();
+    bad[orig.len() / 2] ^= 0x10;
+    std::fs::write(&pages, &bad).unwrap();
+    let o = cryo(&["restore", "-D", img.to_str().unwrap(), "-d"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("pages-1.img") && stderr(&o).contains("changed"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    std::fs::write(&pages, &orig).unwrap();
+    // Truncated core image.
+    let core = img.join(format!("core-{pid}.img"));
+    let c = std::fs::read(&core).unwrap();
+    std::fs::write(&core, &c[..c.len() - 10]).unwrap();
+    let o = cryo(&["restore", "-D", img.to_str().unwrap(), "-d"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!("core-{pid}.img")) && stderr(&o).contains("size"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    // Without the manifest, the framing check still names the file and the offset.
+    std::fs::remove_file(img.join("cryo-manifest.json")).unwrap();
+    let o = cryo(&["restore", "-D", img.to_str().unwrap(), "-d"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(&format!("core-{pid}.img")) && stderr(&o).contains("truncated"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    std::fs::write(&core, &c).unwrap();
+    restore(&img);
+    kill(pid);
+}
+
+#[test]
+fn unsupported_fd_is_refused_and_target_keeps_running() {
+    let dir = scratch("pipefd");
+    // sleep with its stdout on a pipe we hold.
+    let mut child = std::process::Command::new("setsid")
+        .args(["/bin/sleep", "1000"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    wait_for("sleep to start", 10, || {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
+    });
+    let o = cryo(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        dir.join("img").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("fd 1") && e.contains("pipe:[") && e.contains("pipe is not supported"),
+        "{e}"
+    );
+    assert!(alive(pid));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn busy_pid_and_missing_process_give_clear_errors() {
+    let o = cryo(&["dump", "-t", "999999", "-D", "/tmp/cryo-none"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("process 999999 does not exist"),
+        "{}",
+        stderr(&o)
+    );
+    let o = cryo(&["restore", "-D", "/nonexistent/dir", "-d"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/nonexistent/dir"), "{}", stderr(&o));
+}

@@ -1,0 +1,183 @@
+//! Checkpoint and restore of single real programs (issue #2 §5): a counter that must continue
+//! without gap, 256 MiB of random memory whose checksum must match, a python3 interpreter
+//! holding state, and --leave-running.
+
+use std::path::Path;
+use std::time::Duration;
+
+use integration::*;
+
+/// The numbers in the counter file: must be 0, 1, 2, ... with no gap and no repeat.
+fn check_sequence(p: &Path) -> u64 {
+    let v: Vec<u64> = lines(p)
+        .iter()
+        .map(|l| l.parse().expect("number"))
+        .collect();
+    for (i, n) in v.iter().enumerate() {
+        assert_eq!(
+            *n,
+            i as u64,
+            "counter sequence broken at line {i}: {:?}",
+            &v[i.saturating_sub(3)..(i + 3).min(v.len())]
+        );
+    }
+    v.len() as u64
+}
+
+#[test]
+fn counter_continues_without_gap() {
+    let dir = scratch("counter");
+    let out = dir.join("count.txt");
+    let pid = spawn(
+        &[prog("counter").to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("log"),
+    );
+    wait_for("counter output", 10, || lines(&out).len() >= 5);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    let at_dump = check_sequence(&out);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        check_sequence(&out),
+        at_dump,
+        "the dumped process kept running"
+    );
+    restore(&img);
+    assert!(alive(pid), "restored process has the same pid");
+    wait_for("counter to continue", 10, || {
+        lines(&out).len() as u64 >= at_dump + 10
+    });
+    // And a second cycle on the restored process.
+    let img2 = dir.join("img2");
+    dump(pid, &img2, &[]);
+    wait_gone(pid);
+    restore(&img2);
+    let n = lines(&out).len() as u64;
+    wait_for("counter to continue after 2nd restore", 10, || {
+        lines(&out).len() as u64 >= n + 5
+    });
+    kill(pid);
+    check_sequence(&out);
+}
+
+#[test]
+fn memory_checksum_survives() {
+    let dir = scratch("memhog");
+    let (pid, out) = start_memhog(&dir, 256);
+    let before = memhog_sum(pid, &out);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    restore(&img);
+    let after = memhog_sum(pid, &out);
+    assert_eq!(before, after, "memory checksum changed across dump/restore");
+    kill(pid);
+    // Images are private: 0700 directory, 0600 files.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&img).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    for e in std::fs::read_dir(&img).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.ends_with(".img") || name.starts_with("stats") || name.starts_with("cryo-") {
+            assert_eq!(
+                e.metadata().unwrap().permissions().mode() & 0o777,
+                0o600,
+                "{name}"
+            );
+        }
+    }
+}
+
+const PY: &str = r#"
+import os, signal, sys, time, json
+state = {"ticks": 0, "words": {}, "blob": bytes(range(256)) * 4096}
+def report(sig, frm):
+    with open(sys.argv[1], "a") as f:
+        f.write(json.dumps({"ticks": state["ticks"], "n": len(state["words"]),
+                            "blob": sum(state["blob"]) % 1000003}) + "\n")
+signal.signal(signal.SIGUSR1, report)
+with open(sys.argv[1], "a") as f:
+    f.write("ready\n")
+while True:
+    state["ticks"] += 1
+    state["words"]["w%d" % state["ticks"]] = state["ticks"] * 3
+    time.sleep(0.02)
+"#;
+
+#[test]
+fn python_interpreter_keeps_its_state() {
+    let dir = scratch("python");
+    let script = dir.join("state.py");
+    std::fs::write(&script, PY).unwrap();
+    let out = dir.join("out.jsonl");
+    let pid = spawn(
+        &[
+            "/usr/bin/python3",
+            script.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+        &dir.join("log"),
+    );
+    wait_for("python ready", 20, || {
+        lines(&out).first().is_some_and(|l| l == "ready")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let report = |n: usize| -> serde_json::Value {
+        signal(pid, libc::SIGUSR1);
+        wait_for("python report", 20, || lines(&out).len() > n);
+        serde_json::from_str(&lines(&out)[n]).unwrap()
+    };
+    let before = report(1);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    restore(&img);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = report(2);
+    kill(pid);
+    let (t0, t1) = (
+        before["ticks"].as_u64().unwrap(),
+        after["ticks"].as_u64().unwrap(),
+    );
+    assert!(
+        t1 > t0,
+        "interpreter state did not continue: {before} -> {after}"
+    );
+    assert!(
+        t1 < t0 + 200,
+        "interpreter restarted or jumped: {before} -> {after}"
+    );
+    assert_eq!(
+        after["n"].as_u64().unwrap(),
+        t1,
+        "dict lost entries: {after}"
+    );
+    assert_eq!(before["blob"], after["blob"]);
+}
+
+#[test]
+fn leave_running_keeps_the_original_and_images_restore() {
+    let dir = scratch("leave");
+    let (pid, out) = start_memhog(&dir, 32);
+    let before = memhog_sum(pid, &out);
+    let img = dir.join("img");
+    dump(pid, &img, &["--leave-running"]);
+    assert!(alive(pid), "--leave-running killed the process");
+    assert_eq!(
+        memhog_sum(pid, &out),
+        before,
+        "original changed by the dump"
+    );
+    // The PID is still taken: restore must refuse clearly and start nothing.
+    let o = cryo(&["restore", "-D", img.to_str().unwrap(), "-d"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("PID {pid} is in use")));
+    kill(pid);
+    restore(&img);
+    assert_eq!(memhog_sum(pid, &out), before);
+    kill(pid);
+}
