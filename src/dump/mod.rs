@@ -341,7 +341,7 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
     })
 }
 
-fn write_images(dir: &ImageDir, img: &TaskImages, files: &FileTable) -> Result<(), ImageError> {
+fn write_images(dir: &ImageDir, img: &TaskImages, files: &FileTable) -> Result<(), DumpError> {
     let pid = img.pid;
     dir.write(
         "inventory.img",
@@ -349,9 +349,8 @@ fn write_images(dir: &ImageDir, img: &TaskImages, files: &FileTable) -> Result<(
         &[pb::InventoryEntry {
             img_version: 2,
             fdinfo_per_id: Some(true),
-            root_ids: Some(img.ids.clone()),
+            root_ids: Some(kinds::misc::task_ids(std::process::id() as i32, 1)?),
             ns_per_id: Some(true),
-            root_cg_set: Some(0),
             lsmtype: Some(pb::Lsmtype::NoLsm as i32),
             ..Default::default()
         }],

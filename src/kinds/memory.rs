@@ -40,6 +40,9 @@ pub mod status {
     pub const VVAR: u32 = 1 << 12;
 }
 
+/// Most auxv words CRIU accepts in `mm_saved_auxv` (its AT_VECTOR_SIZE on x86_64).
+const CRIU_AUXV_WORDS: usize = 44;
+
 /// `pagemap_entry.flags`: page data is in the pages image.
 const PE_PRESENT: u32 = 4;
 
@@ -83,13 +86,26 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
     if v.has_flag("nr") {
         flags |= libc::MAP_NORESERVE as u32;
     }
+    let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
     if v.has_flag("ht") {
         return Err(unsupported("hugetlbfs memory is not supported yet", ""));
     }
     Ok(match v.name.as_str() {
-        "[vsyscall]" => (status::VSYSCALL, flags, 0, None),
-        "[vvar]" | "[vvar_vclock]" => (status::VVAR, flags, 0, None),
-        "[vdso]" => (status::REGULAR | status::VDSO, flags, 0, None),
+        // Kernel-provided mappings are recorded as CRIU does: anonymous private areas with a
+        // marker bit (restore maps a fresh vDSO instead of their content).
+        "[vsyscall]" => (status::VSYSCALL | status::ANON_PRIVATE, anon, 0, None),
+        "[vvar]" | "[vvar_vclock]" => (
+            status::REGULAR | status::VVAR | status::ANON_PRIVATE,
+            anon,
+            0,
+            None,
+        ),
+        "[vdso]" => (
+            status::REGULAR | status::VDSO | status::ANON_PRIVATE,
+            anon,
+            0,
+            None,
+        ),
         _ if v.shared && !v.is_file()
             || v.name.starts_with("/SYSV")
             || v.name == "/dev/zero (deleted)" =>
@@ -123,9 +139,7 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
                 })
             })?;
             use std::os::unix::fs::MetadataExt;
-            let id = cx
-                .files
-                .add_reg(v.name.clone(), fdflags, 0, Some(meta.size()), meta.mode());
+            let id = cx.files.reg_for_path(&v.name, Some(meta.size()), meta.mode());
             let st = if v.shared {
                 status::REGULAR | status::FILE_SHARED
             } else {
@@ -140,7 +154,7 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
             None,
         ),
         "[stack]" => (
-            status::REGULAR | status::STACK | status::ANON_PRIVATE,
+            status::REGULAR | status::ANON_PRIVATE,
             flags | libc::MAP_ANONYMOUS as u32,
             0,
             None,
@@ -188,7 +202,9 @@ impl Kind for Memory {
         img.mm.mm_arg_end = st.arg_end;
         img.mm.mm_env_start = st.env_start;
         img.mm.mm_env_end = st.env_end;
-        img.mm.mm_saved_auxv = crate::procfs::auxv(pid).map_err(DumpError::Proc)?;
+        let auxv = crate::procfs::auxv(pid).map_err(DumpError::Proc)?;
+        img.mm.mm_saved_auxv = auxv.iter().copied().take(CRIU_AUXV_WORDS).collect();
+        img.mm.cryo_saved_auxv = auxv;
         let mut runs: Vec<Run> = Vec::new();
         let mut off = 0u64;
         let vmas = cx.vmas.clone();
@@ -215,7 +231,21 @@ impl Kind for Memory {
                 madv: (madv != 0).then_some(madv),
                 fdflags,
             });
-            let private_mem = st & (status::ANON_PRIVATE | status::FILE_PRIVATE) != 0;
+            let special = st & (status::VSYSCALL | status::VVAR | status::VDSO) != 0;
+            let private_mem = !special && st & (status::ANON_PRIVATE | status::FILE_PRIVATE) != 0;
+            if st & status::VDSO != 0 {
+                // CRIU's restorer reads the dumped vDSO to compare it with the running one;
+                // cryo maps a fresh vDSO and skips this content.
+                let pages = v.len() / PAGE_SIZE;
+                runs.push(Run {
+                    vaddr: v.start,
+                    pages,
+                    off,
+                    via_mem: true,
+                });
+                off += v.len();
+                continue;
+            }
             if !private_mem {
                 continue;
             }
@@ -247,6 +277,16 @@ impl Kind for Memory {
                 cx.stats.pages_scanned += pages;
             }
         }
+        // One entry for [vvar] + [vvar_vclock], as CRIU records them.
+        img.mm.vmas.dedup_by(|b, a| {
+            let vvar = |v: &pb::VmaEntry| v.status & status::VVAR != 0;
+            if vvar(a) && vvar(b) && a.end == b.start {
+                a.end = b.end;
+                true
+            } else {
+                false
+            }
+        });
         cx.stats.pages_scanned = (cx.vmas.iter().map(|v| v.len()).sum::<u64>()) / PAGE_SIZE;
         img.pages_id = 1;
         img.pagemap = runs
@@ -291,7 +331,7 @@ impl Kind for Memory {
                         img.pid, p.vaddr
                     )));
                 }
-                has_pages[vi] = true;
+                has_pages[vi] = v.status & (status::VDSO | status::VVAR | status::VSYSCALL) == 0;
             }
         }
         for (v, fill) in img.mm.vmas.iter().zip(&has_pages) {
@@ -582,29 +622,36 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
     map.advise(libc::MADV_SEQUENTIAL);
     // Work items: up to BLOCK bytes of consecutive image data, as (image offset, remote ranges).
     let mut items: Vec<(usize, Vec<(u64, usize)>)> = Vec::new();
-    let mut off = 0usize;
+    let special: Vec<(u64, u64)> = img
+        .mm
+        .vmas
+        .iter()
+        .filter(|v| v.status & (status::VDSO | status::VVAR | status::VSYSCALL) != 0)
+        .map(|v| (v.start, v.end))
+        .collect();
+    let mut off = 0usize; // image offset of the next entry's data
+    let mut cur = BLOCK; // bytes in the last item; BLOCK forces a new item
     for p in &img.pagemap {
         if p.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
             continue;
         }
         let mut addr = p.vaddr;
         let mut left = (p.nr_pages.unwrap_or(p.compat_nr_pages as u64) * PAGE_SIZE) as usize;
+        if special.iter().any(|&(s, e)| addr >= s && addr < e) {
+            off += left; // the fresh vDSO already has this content
+            cur = BLOCK; // data of the next item is not contiguous with the last one
+            continue;
+        }
         while left > 0 {
-            let cur_len: usize = items
-                .last()
-                .map(|i| i.1.iter().map(|r| r.1).sum())
-                .unwrap_or(BLOCK);
-            if cur_len >= BLOCK || items.last().is_some_and(|i| i.1.len() >= 1024) {
+            if cur >= BLOCK || items.last().is_some_and(|i| i.1.len() >= 1024) {
                 items.push((off, Vec::new()));
+                cur = 0;
             }
-            let cur_len: usize = items
-                .last()
-                .map(|i| i.1.iter().map(|r| r.1).sum())
-                .unwrap_or(0);
-            let take = left.min(BLOCK - cur_len);
+            let take = left.min(BLOCK - cur);
             items.last_mut().expect("pushed").1.push((addr, take));
             addr += take as u64;
             off += take;
+            cur += take;
             left -= take;
         }
     }
@@ -646,8 +693,12 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
     let exe = cx.reg(mm.exe_file_id)?.name.clone();
     let exe_fd = cx.open(&exe, libc::O_RDONLY as u32)?;
     // struct prctl_mm_map: 11 u64, auxv pointer, auxv_size u32, exe_fd u32.
-    let auxv: Vec<u8> = mm
-        .mm_saved_auxv
+    let words = if mm.cryo_saved_auxv.is_empty() {
+        &mm.mm_saved_auxv
+    } else {
+        &mm.cryo_saved_auxv
+    };
+    let auxv: Vec<u8> = words
         .iter()
         .flat_map(|w| w.to_ne_bytes())
         .collect();

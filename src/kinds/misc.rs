@@ -52,14 +52,9 @@ impl Kind for Misc {
         for (name, slot) in [("exe", 0), ("cwd", 1), ("root", 2)] {
             let path = procfs::link(pid, name).map_err(DumpError::Proc)?;
             let m = stat_of(pid, name)?;
-            let flags = if slot == 0 {
-                libc::O_RDONLY
-            } else {
-                libc::O_RDONLY | libc::O_DIRECTORY
-            } as u32;
             let id = cx
                 .files
-                .add_reg(path, flags, 0, m.is_file().then_some(m.len()), m.mode());
+                .reg_for_path(&path, m.is_file().then_some(m.len()), m.mode());
             match slot {
                 0 => img.mm.exe_file_id = id,
                 1 => img.fs.cwd_id = id,
@@ -110,13 +105,7 @@ impl Kind for Misc {
                 rseq_cs_pointer: None,
             });
         }
-        img.ids = pb::TaskKobjIdsEntry {
-            vm_id: 1,
-            files_id: 1,
-            fs_id: 1,
-            sighand_id: 1,
-            ..Default::default()
-        };
+        img.ids = task_ids(pid, 2).map_err(DumpError::Proc)?;
         // What only the task itself can tell.
         let p = cx.remote()?;
         let buf = p
@@ -282,6 +271,41 @@ impl Kind for Misc {
         }
         Ok(())
     }
+}
+
+/// Namespace kinds in `task_kobj_ids_entry` order (pid, net, ipc, uts, mnt, user, cgroup, time).
+const NS: [&str; 8] = ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time"];
+
+/// Kernel-object ids of a task. `vm/files/fs/sighand` are `obj` (cryo itself uses 1, the task
+/// 2, so a reader sees they are not shared with the dumper); a namespace id is the same number
+/// for the same namespace (derived from its inode), so tasks sharing cryo's namespaces carry
+/// the ids of `inventory.root_ids`.
+pub fn task_ids(pid: i32, obj: u32) -> Result<pb::TaskKobjIdsEntry, procfs::ProcError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut ns = [None; 8];
+    for (i, kind) in NS.iter().enumerate() {
+        let path = format!("/proc/{pid}/ns/{kind}");
+        ns[i] = std::fs::metadata(&path).ok().map(|m| ns_id(m.ino()));
+    }
+    Ok(pb::TaskKobjIdsEntry {
+        vm_id: obj,
+        files_id: obj,
+        fs_id: obj,
+        sighand_id: obj,
+        pid_ns_id: ns[0],
+        net_ns_id: ns[1],
+        ipc_ns_id: ns[2],
+        uts_ns_id: ns[3],
+        mnt_ns_id: ns[4],
+        user_ns_id: ns[5],
+        cgroup_ns_id: ns[6],
+        time_ns_id: ns[7],
+    })
+}
+
+/// A small stable id for a namespace inode (namespace inodes are 0xF0000000 + n).
+fn ns_id(ino: u64) -> u32 {
+    (ino & 0x0fff_ffff) as u32
 }
 
 /// The last attributes, set after credentials (a uid change resets them).

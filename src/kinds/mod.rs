@@ -67,12 +67,25 @@ impl TaskImages {
 pub struct FileTable {
     pub entries: Vec<pb::FileEntry>,
     next: u32,
+    /// Path-only records (mapped files, exe, cwd, root) already added, by path.
+    by_path: HashMap<String, u32>,
 }
 
 impl FileTable {
     pub fn alloc(&mut self) -> u32 {
         self.next += 1;
         self.next
+    }
+
+    /// The record for a file referenced by path only (a mapping, exe, cwd, root): one per
+    /// path, opened read-only (a mapping's open mode is in `vma_entry.fdflags`).
+    pub fn reg_for_path(&mut self, name: &str, size: Option<u64>, mode: u32) -> u32 {
+        if let Some(&id) = self.by_path.get(name) {
+            return id;
+        }
+        let id = self.add_reg(name.to_string(), libc::O_RDONLY as u32, 0, size, mode);
+        self.by_path.insert(name.to_string(), id);
+        id
     }
 
     /// Adds a regular-file record (path based) and returns its id.
