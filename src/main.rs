@@ -29,7 +29,11 @@ fn main() -> ExitCode {
         println!("Version: 4.2\ncryo {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    match run(cli.cmd) {
+    let Some(cmd) = cli.cmd else {
+        eprintln!("cryo: a command is needed (dump, restore, show, check); see cryo --help");
+        return ExitCode::from(1);
+    };
+    match run(cmd) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");

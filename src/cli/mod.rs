@@ -30,7 +30,7 @@ use clap::{Args, Parser, Subcommand};
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub cmd: Cmd,
+    pub cmd: Option<Cmd>,
     /// Print version (CRIU prints "Version: X").
     #[arg(short = 'V', long = "version", global = true)]
     pub version: bool,
@@ -304,7 +304,7 @@ mod tests {
             "d.log",
             "--leave-running",
         ]);
-        let Cmd::Dump(d) = c.cmd else { panic!() };
+        let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
         assert_eq!(d.tree, 42);
         assert!(d.leave_running);
         assert_eq!(d.common.verbosity, 4);
@@ -323,7 +323,7 @@ mod tests {
             "--pre-dump-mode",
             "splice",
         ]);
-        let Cmd::Dump(d) = c.cmd else { panic!() };
+        let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
         assert_eq!((d.tree, d.common.verbosity, d.leave_running), (7, 4, true));
 
         let c = parse(&[
@@ -334,7 +334,7 @@ mod tests {
             "--feature",
             "mnt_id",
         ]);
-        let Cmd::Check(k) = c.cmd else { panic!() };
+        let Some(Cmd::Check(k)) = c.cmd else { panic!() };
         assert_eq!(k.common.verbosity, 0);
         assert_eq!(k.feature.as_deref(), Some("mnt_id"));
 
@@ -349,7 +349,9 @@ mod tests {
             "-j",
             "-v",
         ]);
-        let Cmd::Restore(r) = c.cmd else { panic!() };
+        let Some(Cmd::Restore(r)) = c.cmd else {
+            panic!()
+        };
         assert!(r.detached && r.shell_job);
         assert_eq!(r.common.verbosity, 3);
     }
@@ -357,10 +359,12 @@ mod tests {
     #[test]
     fn unsupported_options_are_named() {
         let c = parse(&["criu", "dump", "-t", "1", "--tcp-established"]);
-        let Cmd::Dump(d) = c.cmd else { panic!() };
+        let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
         assert_eq!(d.common.unsupported.first().unwrap().0, "tcp-established");
         let c = parse(&["criu", "restore", "--external", "mnt[x]:y"]);
-        let Cmd::Restore(r) = c.cmd else { panic!() };
+        let Some(Cmd::Restore(r)) = c.cmd else {
+            panic!()
+        };
         assert_eq!(r.common.unsupported.first().unwrap().0, "external");
     }
 }

@@ -50,6 +50,29 @@ fn from_status(s: &procfs::Status, secbits: u32) -> pb::CredsEntry {
     }
 }
 
+/// Equal credentials, treating absent optional fields as zero (CRIU omits some).
+fn same(a: &pb::CredsEntry, b: &pb::CredsEntry) -> bool {
+    let ids = |c: &pb::CredsEntry| {
+        [
+            c.uid, c.gid, c.euid, c.egid, c.suid, c.sgid, c.fsuid, c.fsgid,
+        ]
+    };
+    let caps = |c: &pb::CredsEntry| {
+        [
+            join(&c.cap_inh),
+            join(&c.cap_prm),
+            join(&c.cap_eff),
+            join(&c.cap_bnd),
+            join(&c.cap_amb),
+        ]
+    };
+    ids(a) == ids(b)
+        && caps(a) == caps(b)
+        && a.secbits == b.secbits
+        && a.groups == b.groups
+        && a.no_new_privs.unwrap_or(0) == b.no_new_privs.unwrap_or(0)
+}
+
 impl Kind for Creds {
     const NAME: &'static str = "credentials";
 
@@ -78,7 +101,7 @@ impl Kind for Creds {
             libc::SYS_prctl,
             [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
         )?;
-        if from_status(&now, cur_secbits as u32) == *c {
+        if same(&from_status(&now, cur_secbits as u32), c) {
             return Ok(()); // the puppet already has exactly these credentials
         }
         let u = |v: u32| v as u64;

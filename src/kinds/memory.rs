@@ -139,7 +139,9 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
                 })
             })?;
             use std::os::unix::fs::MetadataExt;
-            let id = cx.files.reg_for_path(&v.name, Some(meta.size()), meta.mode());
+            let id = cx
+                .files
+                .reg_for_path(&v.name, Some(meta.size()), meta.mode());
             let st = if v.shared {
                 status::REGULAR | status::FILE_SHARED
             } else {
@@ -698,10 +700,7 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
     } else {
         &mm.cryo_saved_auxv
     };
-    let auxv: Vec<u8> = words
-        .iter()
-        .flat_map(|w| w.to_ne_bytes())
-        .collect();
+    let auxv: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let auxv_addr = cx.put(1024, &auxv)?;
     let mut m = Vec::with_capacity(112);
     for v in [

@@ -163,6 +163,9 @@ impl RestoreCx<'_> {
             return Err(RestoreError::Internal("scratch area too small"));
         }
         let addr = self.scratch + off;
+        if bytes.is_empty() {
+            return Ok(addr);
+        }
         crate::sys::mem::vm_write(self.pid, bytes, &[(addr, bytes.len())])
             .map_err(|source| RestoreError::Memory { addr, source })?;
         Ok(addr)

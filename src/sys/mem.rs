@@ -36,6 +36,8 @@ fn transfer(
             "buffer and ranges differ in size",
         ));
     }
+    let ranges: Vec<(u64, usize)> = ranges.iter().copied().filter(|r| r.1 > 0).collect();
+    let ranges = ranges.as_slice();
     let mut done = 0usize;
     let mut idx = 0usize; // current range
     let mut skip = 0usize; // bytes of ranges[idx] already done

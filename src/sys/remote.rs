@@ -111,6 +111,16 @@ impl<'t> Remote<'t> {
     /// Runs a syscall and turns a negative result into an error naming `what`.
     pub fn call(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, RemoteError> {
         let r = self.raw(what, nr, a)?;
+        tracing::debug!(
+            "{}: {what}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {r:#x}",
+            self.t.tid,
+            a[0],
+            a[1],
+            a[2],
+            a[3],
+            a[4],
+            a[5]
+        );
         if (-4095..0).contains(&r) {
             return Err(RemoteError::Errno {
                 what,

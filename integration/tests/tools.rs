@@ -1,0 +1,179 @@
+//! Format and CLI compatibility: `crit` (Debian's CRIU tools) decodes every image cryo
+//! writes, `cryo show` decodes images CRIU 4.2 wrote, `cryo check` answers like `criu check`,
+//! and CRIU options cryo lacks are refused by name.
+
+use std::path::Path;
+use std::process::Command;
+
+use integration::*;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn image_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            (n.ends_with(".img") && !n.starts_with("pages-")) || n.starts_with("stats-")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn dump_sleep(name: &str) -> (std::path::PathBuf, i32) {
+    let dir = scratch(name);
+    let pid = spawn(&["/bin/sleep", "1000"], &dir.join("log"));
+    wait_for("sleep to start", 10, || {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
+    });
+    let img = dir.join("img");
+    dump(pid, &img, &["--leave-running"]);
+    kill(pid);
+    (img, pid)
+}
+
+#[test]
+fn crit_decodes_every_image_cryo_writes() {
+    let crit = ["/usr/bin/crit", "/usr/local/bin/crit"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(crit) = crit else {
+        panic!("crit not installed: integration/test.sh installs Debian's criu package for it");
+    };
+    let (img, pid) = dump_sleep("crit");
+    let files = image_files(&img);
+    for must in [
+        "inventory.img",
+        "pstree.img",
+        "files.img",
+        "seccomp.img",
+        "stats-dump",
+    ] {
+        assert!(img.join(must).exists(), "{must} missing");
+    }
+    for must in ["core", "mm", "pagemap", "fs", "ids"] {
+        assert!(
+            img.join(format!("{must}-{pid}.img")).exists(),
+            "{must}-{pid}.img missing"
+        );
+    }
+    assert!(img.join("pages-1.img").exists() && img.join("fdinfo-2.img").exists());
+    for f in files {
+        let o = Command::new(crit).arg("show").arg(&f).output().unwrap();
+        assert!(
+            o.status.success(),
+            "crit show {} failed: {}",
+            f.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // And our own decoder agrees on the entry count.
+        let ours = cryo(&["show", f.to_str().unwrap()]);
+        assert!(ours.status.success());
+        let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(&ours.stdout).unwrap();
+        assert_eq!(
+            a["entries"].as_array().unwrap().len(),
+            b["entries"].as_array().unwrap().len(),
+            "{}",
+            f.display()
+        );
+    }
+    // Page counts in stats-dump match the pages image, as CRIU's test suite checks.
+    let stats: serde_json::Value =
+        serde_json::from_slice(&cryo(&["show", img.join("stats-dump").to_str().unwrap()]).stdout)
+            .unwrap();
+    let written = stats["entries"][0]["dump"]["pages_written"]
+        .as_u64()
+        .unwrap();
+    let size = std::fs::metadata(img.join("pages-1.img")).unwrap().len();
+    assert_eq!(written * 4096, size);
+}
+
+#[test]
+fn cryo_show_decodes_criu_42_images() {
+    let dir = root().join("integration/fixtures/criu-4.2-sleep");
+    for f in image_files(&dir) {
+        let o = cryo(&["show", f.to_str().unwrap()]);
+        assert!(o.status.success(), "cryo show {}", f.display());
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(!v["entries"].as_array().unwrap().is_empty() || f.ends_with("seccomp.img"));
+    }
+    let core: serde_json::Value = serde_json::from_slice(
+        &cryo(&["show", dir.join("core-9055.img").to_str().unwrap()]).stdout,
+    )
+    .unwrap();
+    assert_eq!(core["magic"], "CORE");
+    assert_eq!(core["entries"][0]["tc"]["comm"], "sleep");
+    assert_eq!(core["entries"][0]["thread_info"]["gpregs"]["orig_ax"], 230); // clock_nanosleep
+    let pm: serde_json::Value = serde_json::from_slice(
+        &cryo(&["show", dir.join("pagemap-9055.img").to_str().unwrap()]).stdout,
+    )
+    .unwrap();
+    assert_eq!(pm["entries"][0]["pages_id"], 1);
+    assert!(pm["entries"][1]["nr_pages"].as_u64().unwrap() > 0);
+    // Raw and foreign files give a clear error, not a panic.
+    let o = cryo(&["show", "/etc/hostname"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown image magic"));
+}
+
+#[test]
+fn check_answers_like_criu() {
+    let o = cryo(&["check"]);
+    assert!(o.status.success(), "cryo check fails on this machine");
+    assert!(stdout(&o).contains("Looks good."));
+    // zdtm's spelling, single-dash long option included.
+    let o = cryo(&[
+        "check",
+        "--no-default-config",
+        "-verbosity=0",
+        "--feature",
+        "get_rseq_conf",
+    ]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("get_rseq_conf is supported"));
+    // Soft-dirty is off on this kernel: answered truthfully.
+    let o = cryo(&["check", "--feature", "mem_dirty_track"]);
+    assert!(!o.status.success());
+    assert!(stdout(&o).contains("NOT supported"));
+    let o = cryo(&["check", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == "pagemap_scan" && f["ok"] == true));
+}
+
+#[test]
+fn unimplemented_criu_options_are_refused_by_name() {
+    let o = cryo(&["dump", "-t", "1", "-D", "/tmp/cryo-x", "--tcp-established"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--tcp-established is not supported"));
+    let o = cryo(&["restore", "-D", "/tmp/cryo-x", "--external", "mnt[a]:b"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--external is not supported"));
+    let o = cryo(&["pre-dump", "-t", "1", "-D", "/tmp/cryo-x"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("soft-dirty"));
+    let o = cryo(&["--help"]);
+    assert!(o.status.success() && stdout(&o).contains("restore"));
+    let o = cryo(&["-V"]);
+    assert!(stdout(&o).starts_with("Version: "));
+}
+
+#[test]
+fn invoked_as_criu_through_a_symlink() {
+    let dir = scratch("symlink");
+    let link = dir.join("criu");
+    std::os::unix::fs::symlink(cryo_bin(), &link).unwrap();
+    let o = Command::new(&link)
+        .args(["check", "--feature", "get_rseq_conf"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+}
