@@ -192,6 +192,7 @@ impl Vma {
     pub fn is_file(&self) -> bool {
         self.inode != 0
     }
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> u64 {
         self.end - self.start
     }

@@ -88,6 +88,9 @@ pub fn spawn(argv: &[&str], log: &Path) -> i32 {
             Ok(())
         });
     }
+    // Not waited on through the handle: tests reap by PID (wait_gone), since cryo kills and
+    // re-creates the process under the same PID.
+    #[allow(clippy::zombie_processes)]
     let child = c.spawn().unwrap();
     child.id() as i32
 }
@@ -211,8 +214,7 @@ pub fn memhog_sum(pid: i32, out: &Path) -> String {
     });
     lines(out)
         .into_iter()
-        .filter(|l| l.starts_with("sum"))
-        .next_back()
+        .rfind(|l| l.starts_with("sum"))
         .unwrap()
 }
 

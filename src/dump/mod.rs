@@ -320,7 +320,7 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
         "stats-dump",
         image::STATS,
         &[pb::StatsEntry {
-            dump: Some(stats.clone()),
+            dump: Some(stats),
             restore: None,
         }],
     )?;
@@ -355,11 +355,23 @@ fn write_images(dir: &ImageDir, img: &TaskImages, files: &FileTable) -> Result<(
             ..Default::default()
         }],
     )?;
-    dir.write("pstree.img", image::PSTREE, &[img.pstree.clone()])?;
-    dir.write(&format!("core-{pid}.img"), image::CORE, &[img.core.clone()])?;
-    dir.write(&format!("ids-{pid}.img"), image::IDS, &[img.ids.clone()])?;
-    dir.write(&format!("mm-{pid}.img"), image::MM, &[img.mm.clone()])?;
-    dir.write(&format!("fs-{pid}.img"), image::FS, &[img.fs.clone()])?;
+    dir.write(
+        "pstree.img",
+        image::PSTREE,
+        std::slice::from_ref(&img.pstree),
+    )?;
+    dir.write(
+        &format!("core-{pid}.img"),
+        image::CORE,
+        std::slice::from_ref(&img.core),
+    )?;
+    dir.write(&format!("ids-{pid}.img"), image::IDS, &[img.ids])?;
+    dir.write(
+        &format!("mm-{pid}.img"),
+        image::MM,
+        std::slice::from_ref(&img.mm),
+    )?;
+    dir.write(&format!("fs-{pid}.img"), image::FS, &[img.fs])?;
     dir.write(
         &format!("fdinfo-{}.img", img.ids.files_id),
         image::FDINFO,

@@ -136,7 +136,7 @@ impl Kind for Signals {
             )?;
         }
         // Alternate stack: always set (the puppet inherited cryo's).
-        let sas = img.core.thread_core.as_ref().and_then(|t| t.sas.clone());
+        let sas = img.core.thread_core.as_ref().and_then(|t| t.sas);
         let (sp, size, flags) = match sas {
             Some(s) if s.ss_flags & SS_DISABLE == 0 => {
                 (s.ss_sp, s.ss_size, s.ss_flags & !SS_ONSTACK)

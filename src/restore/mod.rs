@@ -113,13 +113,8 @@ impl Drop for Puppet {
     fn drop(&mut self) {
         if !self.released {
             let _ = crate::sys::proc::kill(self.tracee.tid, libc::SIGKILL);
-            loop {
-                match self.tracee.wait() {
-                    Ok(Stop::Stopped { .. }) => {
-                        let _ = self.tracee.cont(0);
-                    }
-                    _ => break,
-                }
+            while let Ok(Stop::Stopped { .. }) = self.tracee.wait() {
+                let _ = self.tracee.cont(0);
             }
         }
     }
@@ -186,7 +181,7 @@ fn read_task(dir: &ImageDir) -> Result<(TaskImages, HashMap<u32, pb::FileEntry>)
         pid,
         pstree: ps.clone(),
         core: dir.read_one(&format!("core-{pid}.img"), image::CORE)?,
-        ids: ids.clone(),
+        ids,
         mm: dir.read_one(&format!("mm-{pid}.img"), image::MM)?,
         fs: dir.read_one(&format!("fs-{pid}.img"), image::FS)?,
         fdinfo: dir
@@ -392,7 +387,7 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
         image::STATS,
         &[pb::StatsEntry {
             dump: None,
-            restore: Some(stats.clone()),
+            restore: Some(stats),
         }],
     );
     puppet.tracee.detach(0).map_err(pt("PTRACE_DETACH"))?;

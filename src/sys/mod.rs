@@ -5,7 +5,6 @@
 //! pointers. Operations that *mutate another process* (register writes, pokes, injected
 //! syscalls) are methods on [`ptrace::Tracee`] or [`remote::Remote`] so a reader can find every
 //! place where cryo touches a target. The crate denies `unsafe_code`; this module opts in.
-#![allow(unsafe_code)]
 
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("cryo currently supports x86_64 only");

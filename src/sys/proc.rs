@@ -70,9 +70,8 @@ pub fn get_rlimit(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
         rlim_max: 0,
     };
     // SAFETY: old is a valid out-pointer.
-    cvt(
-        unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) } as libc::c_long,
-    )?;
+    let r = unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) };
+    cvt(r as libc::c_long)?;
     Ok((old.rlim_cur, old.rlim_max))
 }
 

@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# Benchmark cryo (and optionally CRIU) dump/restore.
+#
+# Usage: integration/bench.sh [--rounds N] [--mib M]
+#   CRYO=path   cryo binary (default: <repo>/target/release/cryo; run `cargo build --release` first)
+#   CRIU=path   optional CRIU binary; when set, CRIU runs alternately with cryo on the same
+#               workloads and the table shows criu_time / cryo_time (>1: cryo is faster)
+#   BENCH_TMP   parent directory for images (default /var/tmp; must not be tmpfs)
+#
+# Scenarios, each preceded by one discarded warm-up round, reporting the median:
+#   1. fixed cost: `sleep 1000` (setsid, stdio /dev/null): dump and restore wall time (N=5)
+#   2. memory: memhog holding M MiB (default 2048) of random anonymous memory: dump and restore
+#      wall time and GB/s (10^9 B/s), memory checksum before dump == after restore (N=3)
+# --rounds N sets N for both scenarios. Dumps go to the page cache (no sync), restores read it back
+# from the page cache. The last line of stdout is a JSON summary. Exits non-zero if any checksum
+# differs or any dump/restore fails (the command, its output and its log are printed).
+# Needs root, gcc and (for fast reaping of restored processes) python3.
+set -euo pipefail
+
+# Restored processes are reparented to the nearest subreaper. Make this shell one, so it reaps
+# them at once (PID 1 here reaps orphans only every few seconds).
+if [ -z "${_CRYO_BENCH_SUBREAPER:-}" ] && command -v python3 >/dev/null; then
+    export _CRYO_BENCH_SUBREAPER=1
+    exec python3 -c 'import ctypes, os, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+os.execv("/bin/bash", ["bash"] + sys.argv[1:])' "$0" "$@"
+fi
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROUNDS_FIXED=5
+ROUNDS_MEM=3
+MIB=2048
+while [ $# -gt 0 ]; do
+    case $1 in
+        --rounds) ROUNDS_FIXED=$2; ROUNDS_MEM=$2; shift 2 ;;
+        --mib) MIB=$2; shift 2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1 (usage: bench.sh [--rounds N] [--mib M])" >&2; exit 2 ;;
+    esac
+done
+[[ $ROUNDS_FIXED =~ ^[1-9][0-9]*$ && $MIB =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds and --mib take positive integers" >&2; exit 2; }
+
+CRYO=${CRYO:-$REPO_ROOT/target/release/cryo}
+[ -x "$CRYO" ] || { echo "bench.sh: $CRYO not found; run cargo build --release or set CRYO" >&2; exit 2; }
+TOOLS=(cryo)
+declare -A BIN=([cryo]=$CRYO)
+if [ -n "${CRIU:-}" ]; then
+    [ -x "$CRIU" ] || { echo "bench.sh: CRIU=$CRIU is not executable" >&2; exit 2; }
+    TOOLS+=(criu)
+    BIN[criu]=$CRIU
+fi
+
+WORK=$(mktemp -d "${BENCH_TMP:-/var/tmp}/cryo-bench.XXXXXX")
+FSTYPE=$(stat -f -c %T "$WORK")
+KEEP_WORK=0
+CUR_PID=""   # the workload (or its restored copy) currently alive, killed on exit
+cleanup() {
+    if [ -n "$CUR_PID" ]; then kill -9 "$CUR_PID" 2>/dev/null || true; fi
+    if [ "$KEEP_WORK" = 1 ]; then echo "bench.sh: kept $WORK for inspection" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+if [ "$FSTYPE" = tmpfs ]; then echo "bench.sh: $WORK is on tmpfs; set BENCH_TMP to a disk directory" >&2; exit 2; fi
+avail_mib=$(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo)
+if [ $((MIB * 3)) -gt "$avail_mib" ]; then
+    echo "bench.sh: warning: ${MIB} MiB workload + images + restore need ~$((MIB * 3)) MiB, only ${avail_mib} MiB available" >&2
+fi
+gcc -O2 -o "$WORK/memhog" "$REPO_ROOT/integration/progs/memhog.c"
+
+now_us() { local t=${EPOCHREALTIME/[.,]/}; echo "$t"; }
+
+# Starts "$@" in a new session with stdio on /dev/null and every other fd closed; sets PID.
+start_workload() {
+    (
+        for fd in $(ls "/proc/$BASHPID/fd"); do
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+        done
+        exec setsid "$@" </dev/null >/dev/null 2>&1
+    ) &
+    PID=$!
+    CUR_PID=$PID
+}
+
+# wait_lines FILE N: until FILE has N lines (memhog output), at most 300 s.
+wait_lines() {
+    local deadline=$((SECONDS + 300))
+    while [ "$(wc -l <"$1")" -lt "$2" ]; do
+        [ $SECONDS -lt $deadline ] || { echo "bench.sh: timeout waiting for $1 to reach $2 lines" >&2; exit 1; }
+        sleep 0.01
+    done
+}
+
+# Until PID is dead (zombie or gone); "gone" also requires it to be reaped.
+wait_dead() {
+    local deadline=$((SECONDS + 30)) st
+    while [ -e "/proc/$1" ]; do
+        st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || true)
+        if [ "$2" = dead ] && [ "$st" = Z ]; then return 0; fi
+        [ $SECONDS -lt $deadline ] || { echo "bench.sh: process $1 still present (state $st) after 30 s" >&2; exit 1; }
+        sleep 0.005
+    done
+}
+
+# fail TOOL WHAT DIR CMD...: print the failed command, its output and log, and exit.
+fail() {
+    local tool=$1 what=$2 dir=$3 log=$4; shift 4
+    {
+        echo
+        echo "FAILED: $tool $what"
+        echo "command: $*"
+        echo "--- stdout"; cat "$dir/$what.out" 2>/dev/null || true
+        echo "--- stderr"; cat "$dir/$what.err" 2>/dev/null || true
+        echo "--- last 40 lines of $log"; tail -n 40 "$log" 2>/dev/null || true
+    } >&2
+    KEEP_WORK=1
+    exit 1
+}
+
+# results: RES[tool,metric] = space-separated list of values in us (measured rounds only)
+declare -A RES
+declare -A CHECK
+add() { RES[$1,$2]="${RES[$1,$2]:-} $3"; }
+
+# one_round TOOL KIND(sleep|mem) MEASURED(0|1)
+one_round() {
+    local tool=$1 kind=$2 measured=$3 bin=${BIN[$1]}
+    local dir="$WORK/$tool-$kind"
+    rm -rf "$dir"
+    mkdir -p "$dir/img"
+    local extra=()
+    if [ "$tool" = cryo ]; then extra=(--json); fi
+    local sum1="" sum2=""
+    if [ "$kind" = sleep ]; then
+        start_workload sleep 1000
+        while [ "$(cat "/proc/$PID/comm" 2>/dev/null)" != sleep ]; do sleep 0.001; done
+    else
+        : >"$dir/memhog.out"
+        start_workload "$WORK/memhog" "$MIB" "$dir/memhog.out"
+        wait_lines "$dir/memhog.out" 1
+        kill -USR1 "$PID"
+        wait_lines "$dir/memhog.out" 2
+        sum1=$(sed -n 2p "$dir/memhog.out")
+    fi
+    local pid=$PID t0 t1 cmd
+
+    cmd=("$bin" dump -t "$pid" -D "$dir/img" -o dump.log "${extra[@]}")
+    t0=$(now_us)
+    "${cmd[@]}" >"$dir/dump.out" 2>"$dir/dump.err" || fail "$tool" dump "$dir" "$dir/img/dump.log" "${cmd[@]}"
+    t1=$(now_us)
+    local dump_us=$((t1 - t0))
+    wait_dead "$pid" dead
+    wait "$pid" 2>/dev/null || true
+    local img_bytes
+    img_bytes=$(du -sb "$dir/img" | cut -f1)
+
+    cmd=("$bin" restore -D "$dir/img" -d -o restore.log "${extra[@]}")
+    t0=$(now_us)
+    "${cmd[@]}" >"$dir/restore.out" 2>"$dir/restore.err" || fail "$tool" restore "$dir" "$dir/img/restore.log" "${cmd[@]}"
+    t1=$(now_us)
+    local restore_us=$((t1 - t0))
+    [ -e "/proc/$pid" ] || fail "$tool" restore "$dir" "$dir/img/restore.log" "${cmd[@]}" "(restored PID $pid is not running)"
+
+    local ok=PASS
+    if [ "$kind" = mem ]; then
+        kill -USR1 "$pid"
+        wait_lines "$dir/memhog.out" 3
+        sum2=$(sed -n 3p "$dir/memhog.out")
+        if [ "$sum1" != "$sum2" ]; then
+            ok=FAIL
+            echo "checksum FAIL ($tool, round measured=$measured): before '$sum1' after '$sum2'" >&2
+        fi
+        [ "$ok" = PASS ] || CHECK[$tool]=FAIL
+        [ "${CHECK[$tool]:-}" = FAIL ] || CHECK[$tool]=PASS
+    fi
+    kill -9 "$pid"
+    wait_dead "$pid" gone
+    CUR_PID=""
+
+    local frozen=""
+    if [ "$tool" = cryo ]; then
+        frozen=$(sed -n 's/.*"frozen_us":\([0-9]*\).*/\1/p' "$dir/dump.out")
+    fi
+    printf '  %-5s %-5s %-7s dump %9.1f ms  restore %9.1f ms  images %7.1f MiB%s%s\n' \
+        "$tool" "$kind" "$([ "$measured" = 1 ] && echo round || echo warm-up)" \
+        "$(echo "$dump_us" | awk '{print $1/1000}')" "$(echo "$restore_us" | awk '{print $1/1000}')" \
+        "$(echo "$img_bytes" | awk '{print $1/1048576}')" \
+        "${frozen:+  (frozen $(echo "$frozen" | awk '{print $1/1000}') ms)}" \
+        "$([ "$kind" = mem ] && echo "  checksum $ok")"
+    if [ "$measured" = 1 ]; then
+        add "$tool" "${kind}_dump" "$dump_us"
+        add "$tool" "${kind}_restore" "$restore_us"
+        [ -z "$frozen" ] || add "$tool" "${kind}_frozen" "$frozen"
+    fi
+    rm -rf "$dir"
+}
+
+# run_scenario KIND ROUNDS: warm-up + ROUNDS rounds; tools alternate, order flips every round.
+run_scenario() {
+    local kind=$1 rounds=$2 r t order
+    for ((r = 0; r <= rounds; r++)); do
+        order=("${TOOLS[@]}")
+        if ((r % 2 == 1)) && [ ${#TOOLS[@]} -eq 2 ]; then order=("${TOOLS[1]}" "${TOOLS[0]}"); fi
+        for t in "${order[@]}"; do one_round "$t" "$kind" "$((r > 0 ? 1 : 0))"; done
+    done
+}
+
+median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END {if (NR == 0) exit; if (NR % 2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+minmax() { tr ' ' '\n' | grep . | sort -n | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.1f-%.1f", lo/1000, hi/1000}'; }
+med() { echo "${RES[$1,$2]:-}" | median; }          # us
+ms() { awk -v u="$1" 'BEGIN {printf "%.1f", u/1000}'; }
+gbps() { awk -v u="$1" -v m="$MIB" 'BEGIN {printf "%.2f", m*1048576/(u*1000)}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+
+echo "cryo benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, kernel $(uname -r)"
+echo "  cryo: $CRYO ($("$CRYO" --version 2>&1 | head -1))"
+[ -z "${CRIU:-}" ] || echo "  criu: $CRIU ($("$CRIU" --version 2>&1 | head -1))"
+echo "  images: $WORK ($FSTYPE); dumps go to the page cache (no sync), restores read from it"
+echo "  rounds: 1 warm-up + $ROUNDS_FIXED (fixed cost), 1 warm-up + $ROUNDS_MEM (memory, $MIB MiB); tools alternate"
+echo
+echo "fixed cost: sleep 1000"
+run_scenario sleep "$ROUNDS_FIXED"
+echo "memory: memhog $MIB MiB"
+run_scenario mem "$ROUNDS_MEM"
+
+echo
+echo "Medians (range min-max in ms). GB/s = $MIB MiB / wall time, 10^9 B/s."
+printf '%-22s %-26s' "scenario" "cryo"
+[ -z "${CRIU:-}" ] || printf ' %-26s %s' "criu" "criu/cryo"
+echo
+JSON="{\"mib\":$MIB,\"rounds_fixed\":$ROUNDS_FIXED,\"rounds_mem\":$ROUNDS_MEM,\"fs\":\"$FSTYPE\",\"synced\":false"
+declare -A TJSON
+for row in sleep_dump sleep_restore mem_dump mem_restore; do
+    label=${row/sleep_/sleep 1000 }; label=${label/mem_/memhog $MIB MiB }
+    printf '%-22s' "$label"
+    for t in "${TOOLS[@]}"; do
+        m=$(med "$t" "$row")
+        cell="$(ms "$m") ms"
+        TJSON[$t]="${TJSON[$t]:-}\"${row}_ms\":$(ms "$m"),"
+        if [[ $row == mem_* ]]; then
+            cell="$cell, $(gbps "$m") GB/s"
+            TJSON[$t]="${TJSON[$t]}\"${row}_gbps\":$(gbps "$m"),"
+        fi
+        cell="$cell ($(echo "${RES[$t,$row]}" | minmax))"
+        printf ' %-26s' "$cell"
+    done
+    if [ -n "${CRIU:-}" ]; then
+        r=$(ratio "$(med criu "$row")" "$(med cryo "$row")")
+        printf ' %sx' "$r"
+        TJSON[ratio]="${TJSON[ratio]:-}\"$row\":$r,"
+    fi
+    echo
+done
+for kind in sleep mem; do
+    m=$(med cryo "${kind}_frozen")
+    [ -z "$m" ] || TJSON[cryo]="${TJSON[cryo]}\"${kind}_frozen_ms\":$(ms "$m"),"
+done
+echo "cryo frozen time during dump (from --json frozen_us): sleep $(ms "$(med cryo sleep_frozen)") ms, memhog $(ms "$(med cryo mem_frozen)") ms"
+status=0
+printf 'checksum before dump == after restore (all %s rounds):' "$((ROUNDS_MEM + 1))"
+for t in "${TOOLS[@]}"; do
+    printf ' %s %s' "$t" "${CHECK[$t]}"
+    [ "${CHECK[$t]}" = PASS ] || status=1
+    TJSON[$t]="${TJSON[$t]}\"checksum\":\"${CHECK[$t]}\""
+    JSON="$JSON,\"$t\":{${TJSON[$t]}}"
+done
+echo
+[ -z "${TJSON[ratio]:-}" ] || JSON="$JSON,\"ratio_criu_over_cryo\":{${TJSON[ratio]%,}}"
+echo "$JSON}"
+exit $status
