@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what building and testing cryo needs on a fresh Debian 12 machine (run as root).
+# Idempotent and quick when everything is already there.
+set -euo pipefail
+need=()
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+[ -x /usr/bin/python3 ] || need+=(python3)
+[ -x /usr/bin/crit ] || need+=(criu)   # Debian's criu package ships crit, CRIU's image decoder
+command -v setsid >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2
+    exit 1
+fi

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole cryo test suite: formatting and lint gates, unit tests, and integration tests that
+# checkpoint and restore real programs. Needs root (ptrace, clone3 with set_tid).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "test.sh: run as root (cryo needs ptrace and clone3 set_tid)" >&2
+    exit 1
+fi
+integration/setup.sh
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --release --workspace --all-targets --quiet -- -D warnings
+echo "== build"
+cargo build --release --workspace --quiet
+echo "== tests"
+cargo test --release --workspace 2>&1 | tee /tmp/cryo-test-output.txt
