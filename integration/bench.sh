@@ -21,8 +21,10 @@ set -euo pipefail
 # them at once (PID 1 here reaps orphans only every few seconds).
 if [ -z "${_CRYO_BENCH_SUBREAPER:-}" ] && command -v python3 >/dev/null; then
     export _CRYO_BENCH_SUBREAPER=1
-    exec python3 -c 'import ctypes, os, sys
+    exec python3 -c 'import ctypes, os, signal, sys
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # python ignores these; do not pass that on
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
 os.execv("/bin/bash", ["bash"] + sys.argv[1:])' "$0" "$@"
 fi
 
@@ -78,14 +80,34 @@ start_workload() {
     ) &
     PID=$!
     CUR_PID=$PID
+    disown "$PID"   # no "Killed" job notices; this shell (a subreaper) still reaps it
 }
 
-# wait_lines FILE N: until FILE has N lines (memhog output), at most 300 s.
+# wait_lines FILE N PID: until FILE has N lines (memhog output), at most 120 s.
 wait_lines() {
-    local deadline=$((SECONDS + 300))
+    local deadline=$((SECONDS + 120))
     while [ "$(wc -l <"$1")" -lt "$2" ]; do
-        [ $SECONDS -lt $deadline ] || { echo "bench.sh: timeout waiting for $1 to reach $2 lines" >&2; exit 1; }
+        if [ $SECONDS -ge $deadline ]; then
+            {
+                echo "bench.sh: timeout waiting for $1 to reach $2 lines; it holds:"; cat "$1"
+                echo "process $3:"; grep -E '^(State|PPid|SigQ|SigPnd|ShdPnd|SigBlk|SigIgn|SigCgt)' "/proc/$3/status" 2>&1 || true
+                echo "wchan: $(cat "/proc/$3/wchan" 2>&1)"; ls -l "/proc/$3/fd" 2>&1 || true
+            } >&2
+            KEEP_WORK=1
+            exit 1
+        fi
         sleep 0.01
+    done
+}
+
+# Until PID sleeps in pause(2). memhog checks its flag only when pause() returns, so a SIGUSR1
+# that lands before it enters pause() is lost. Right after a restore it is not in pause() yet:
+# both cryo and CRIU restore it at the syscall instruction, to re-enter pause().
+wait_in_pause() {
+    local deadline=$((SECONDS + 60))
+    until [ "$(cut -d' ' -f1 "/proc/$1/syscall" 2>/dev/null)" = 34 ]; do
+        [ $SECONDS -lt $deadline ] || { echo "bench.sh: process $1 not in pause() after 60 s: $(cat "/proc/$1/syscall" 2>&1)" >&2; exit 1; }
+        sleep 0.001
     done
 }
 
@@ -135,10 +157,12 @@ one_round() {
     else
         : >"$dir/memhog.out"
         start_workload "$WORK/memhog" "$MIB" "$dir/memhog.out"
-        wait_lines "$dir/memhog.out" 1
+        wait_lines "$dir/memhog.out" 1 "$PID"
+        wait_in_pause "$PID"
         kill -USR1 "$PID"
-        wait_lines "$dir/memhog.out" 2
+        wait_lines "$dir/memhog.out" 2 "$PID"
         sum1=$(sed -n 2p "$dir/memhog.out")
+        wait_in_pause "$PID"   # dump it idle, the same way for every tool
     fi
     local pid=$PID t0 t1 cmd
 
@@ -147,8 +171,7 @@ one_round() {
     "${cmd[@]}" >"$dir/dump.out" 2>"$dir/dump.err" || fail "$tool" dump "$dir" "$dir/img/dump.log" "${cmd[@]}"
     t1=$(now_us)
     local dump_us=$((t1 - t0))
-    wait_dead "$pid" dead
-    wait "$pid" 2>/dev/null || true
+    wait_dead "$pid" gone
     local img_bytes
     img_bytes=$(du -sb "$dir/img" | cut -f1)
 
@@ -161,8 +184,9 @@ one_round() {
 
     local ok=PASS
     if [ "$kind" = mem ]; then
+        wait_in_pause "$pid"
         kill -USR1 "$pid"
-        wait_lines "$dir/memhog.out" 3
+        wait_lines "$dir/memhog.out" 3 "$pid"
         sum2=$(sed -n 3p "$dir/memhog.out")
         if [ "$sum1" != "$sum2" ]; then
             ok=FAIL
@@ -223,14 +247,14 @@ run_scenario mem "$ROUNDS_MEM"
 
 echo
 echo "Medians (range min-max in ms). GB/s = $MIB MiB / wall time, 10^9 B/s."
-printf '%-22s %-26s' "scenario" "cryo"
-[ -z "${CRIU:-}" ] || printf ' %-26s %s' "criu" "criu/cryo"
+printf '%-24s %-36s' "scenario" "cryo"
+[ -z "${CRIU:-}" ] || printf ' %-36s %s' "criu" "criu/cryo"
 echo
 JSON="{\"mib\":$MIB,\"rounds_fixed\":$ROUNDS_FIXED,\"rounds_mem\":$ROUNDS_MEM,\"fs\":\"$FSTYPE\",\"synced\":false"
 declare -A TJSON
 for row in sleep_dump sleep_restore mem_dump mem_restore; do
     label=${row/sleep_/sleep 1000 }; label=${label/mem_/memhog $MIB MiB }
-    printf '%-22s' "$label"
+    printf '%-24s' "$label"
     for t in "${TOOLS[@]}"; do
         m=$(med "$t" "$row")
         cell="$(ms "$m") ms"
@@ -240,7 +264,7 @@ for row in sleep_dump sleep_restore mem_dump mem_restore; do
             TJSON[$t]="${TJSON[$t]}\"${row}_gbps\":$(gbps "$m"),"
         fi
         cell="$cell ($(echo "${RES[$t,$row]}" | minmax))"
-        printf ' %-26s' "$cell"
+        printf ' %-36s' "$cell"
     done
     if [ -n "${CRIU:-}" ]; then
         r=$(ratio "$(med criu "$row")" "$(med cryo "$row")")

@@ -132,7 +132,6 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             let opts = restore::RestoreOpts {
                 detach: a.detached,
                 pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
-                verify: true,
             };
             let r = restore::run(&opts, &dir);
             if let Some(s) = spin {

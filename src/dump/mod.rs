@@ -93,6 +93,7 @@ impl DumpError {
 /// restore leaves nothing harmed. Stages: dump `seize collect parasite memory write`,
 /// restore `verify fork files memory task creds finish`.
 pub fn fault_point(stage: &str) -> Result<(), DumpError> {
+    tracing::info!("stage: {stage}");
     if std::env::var("CRYO_FAULT_INJECT").is_ok_and(|v| v == stage) {
         return Err(DumpError::Injected(stage.to_string()));
     }

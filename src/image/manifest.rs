@@ -5,13 +5,15 @@
 //! can hash in parallel while writing, and restore can verify in parallel.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::ImageError;
+use crate::sys::mem::Mapping;
 
 /// File name of the manifest inside an images directory.
 pub const NAME: &str = "cryo-manifest.json";
@@ -92,20 +94,37 @@ impl Manifest {
         Ok(Some(m))
     }
 
-    /// Verifies every listed file (size, then each block), spreading the work over `threads`.
+    /// Verifies every listed file: sizes first, then every block's digest, with the blocks of
+    /// all files spread over `threads` (the files are mapped, not copied).
     pub fn verify(&self, dir: &Path, threads: usize) -> Result<(), ImageError> {
-        let files: Vec<(&String, &FileDigest)> = self.files.iter().collect();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let first_err = std::sync::Mutex::new(None);
+        let mut maps = Vec::new();
+        for (name, want) in &self.files {
+            let path = dir.join(name);
+            maps.push((path.clone(), want, open_checked(&path, want)?));
+        }
+        let work: Vec<(usize, usize)> = maps
+            .iter()
+            .enumerate()
+            .flat_map(|(f, (_, want, _))| (0..want.blocks.len()).map(move |b| (f, b)))
+            .collect();
+        let next = AtomicUsize::new(0);
+        let first_err = Mutex::new(None);
         std::thread::scope(|s| {
-            for _ in 0..threads.max(1) {
+            for _ in 0..threads.clamp(1, work.len().max(1)) {
                 s.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((name, want)) = files.get(i) else {
-                        break;
-                    };
-                    if let Err(e) = verify_file(&dir.join(name), want) {
-                        first_err.lock().expect("lock").get_or_insert(e);
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(f, b)) = work.get(i) else { break };
+                    let (path, want, map) = &maps[f];
+                    let bytes = map.bytes();
+                    let end = ((b + 1) * BLOCK).min(bytes.len());
+                    if block_digest(&bytes[b * BLOCK..end]) != want.blocks[b] {
+                        first_err
+                            .lock()
+                            .expect("lock")
+                            .get_or_insert(ImageError::Digest {
+                                path: path.clone(),
+                                what: format!("bytes {}..{end} changed", b * BLOCK),
+                            });
                         break;
                     }
                 });
@@ -118,32 +137,27 @@ impl Manifest {
     }
 }
 
-fn verify_file(path: &Path, want: &FileDigest) -> Result<(), ImageError> {
+/// Opens and maps a listed file after checking its size and block count.
+fn open_checked(path: &Path, want: &FileDigest) -> Result<Mapping, ImageError> {
     let digest_err = |what: String| ImageError::Digest {
         path: path.to_path_buf(),
         what,
     };
-    let mut f = std::fs::File::open(path).map_err(|source| {
+    let io = |op, source| ImageError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
             ImageError::Missing {
                 path: path.to_path_buf(),
             }
         } else {
-            ImageError::Io {
-                path: path.to_path_buf(),
-                op: "open",
-                source,
-            }
+            io("open", source)
         }
     })?;
-    let size = f
-        .metadata()
-        .map_err(|source| ImageError::Io {
-            path: path.to_path_buf(),
-            op: "stat",
-            source,
-        })?
-        .len();
+    let size = f.metadata().map_err(|e| io("stat", e))?.len();
     if size != want.size {
         return Err(digest_err(format!(
             "size is {size} bytes, manifest says {}",
@@ -153,22 +167,7 @@ fn verify_file(path: &Path, want: &FileDigest) -> Result<(), ImageError> {
     if want.blocks.len() as u64 != size.div_ceil(BLOCK as u64) {
         return Err(digest_err("block list does not match the size".into()));
     }
-    let mut buf = vec![0u8; BLOCK.min(size as usize).max(1)];
-    for (i, d) in want.blocks.iter().enumerate() {
-        let len = BLOCK.min((size - (i * BLOCK) as u64) as usize);
-        f.read_exact(&mut buf[..len])
-            .map_err(|source| ImageError::Io {
-                path: path.to_path_buf(),
-                op: "read",
-                source,
-            })?;
-        if block_digest(&buf[..len]) != *d {
-            return Err(digest_err(format!(
-                "bytes {}..{} changed",
-                i * BLOCK,
-                i * BLOCK + len
-            )));
-        }
-    }
-    Ok(())
+    let map = Mapping::file_ro(&f, size as usize).map_err(|e| io("mmap", e))?;
+    map.advise(libc::MADV_WILLNEED);
+    Ok(map)
 }

@@ -373,7 +373,9 @@ impl Kind for Memory {
                 check_addr(r, v)?;
             }
         }
+        tracing::info!("memory: {} mappings created", img.mm.vmas.len());
         fill_pages(cx, img)?;
+        tracing::info!("memory: pages written");
         for (v, fill) in img.mm.vmas.iter().zip(&has_pages) {
             if *fill && v.prot & libc::PROT_WRITE as u32 == 0 {
                 cx.sys(

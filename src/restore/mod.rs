@@ -25,7 +25,6 @@ use crate::sys::remote::{Remote, RemoteError, SYSCALL_INSN};
 pub struct RestoreOpts {
     pub detach: bool,
     pub pidfile: Option<std::path::PathBuf>,
-    pub verify: bool,
 }
 
 /// Why a restore failed.
