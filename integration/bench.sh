@@ -238,7 +238,7 @@ echo "cryo benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, kernel $(un
 echo "  cryo: $CRYO ($("$CRYO" --version 2>&1 | head -1))"
 [ -z "${CRIU:-}" ] || echo "  criu: $CRIU ($("$CRIU" --version 2>&1 | head -1))"
 echo "  images: $WORK ($FSTYPE); dumps go to the page cache (no sync), restores read from it"
-echo "  rounds: 1 warm-up + $ROUNDS_FIXED (fixed cost), 1 warm-up + $ROUNDS_MEM (memory, $MIB MiB); tools alternate"
+echo "  rounds: 1 warm-up + $ROUNDS_FIXED (fixed cost), 1 warm-up + $ROUNDS_MEM (memory, $MIB MiB)${CRIU:+; cryo and criu alternate, order flips each round}"
 echo
 echo "fixed cost: sleep 1000"
 run_scenario sleep "$ROUNDS_FIXED"

@@ -19,12 +19,13 @@ use std::time::Instant;
 
 use super::{DumpCx, Kind, RestoreCx, TaskImages};
 use crate::dump::DumpError;
-use crate::image::manifest::{block_digest, FileDigest, BLOCK};
+use crate::image::manifest::{FileDigest, BLOCK};
 use crate::image::pb;
 use crate::procfs::Vma;
 use crate::restore::RestoreError;
 use crate::sys::mem::{self, page_is, Mapping};
 use crate::sys::PAGE_SIZE;
+use xxhash_rust::xxh3::Xxh3;
 
 /// `vma_entry.status` bits (CRIU's VMA_AREA_* / VMA_* values).
 pub mod status {
@@ -410,8 +411,12 @@ fn check_addr(got: u64, v: &pb::VmaEntry) -> Result<(), RestoreError> {
     Ok(())
 }
 
-/// Copies every run from the frozen task into the pages image, in 4 MiB blocks spread over
-/// worker threads; returns the file's digest.
+/// Copies every run from the frozen task into the pages image; returns the file's digest.
+///
+/// A pipeline: reader threads copy 4 MiB blocks out of the task (`process_vm_readv`) and hash
+/// them in 1 MiB steps while the data is still in cache; one writer thread appends blocks to
+/// the image. Buffered writes to one file serialise on the inode lock anyway, so a single
+/// writer fed by parallel readers keeps both the copy and the page-cache writes busy.
 fn write_pages(
     cx: &DumpCx<'_>,
     name: &str,
@@ -434,40 +439,86 @@ fn write_pages(
         None
     };
     let nblocks = total.div_ceil(BLOCK as u64) as usize;
+    // One CPU stays with the writer: on 2 CPUs, 1 reader + 1 writer beats 2 + 1 (3.0 vs 2.2 GB/s).
+    let readers = (workers() - 1).clamp(1, nblocks.max(1));
     let digests = Mutex::new(vec![String::new(); nblocks]);
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<DumpError>> = Mutex::new(None);
+    let fail = |e: DumpError| {
+        first_err.lock().expect("lock").get_or_insert(e);
+    };
+    // Filled blocks go to the writer; empty buffers come back to the readers.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(readers + 1);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let empty_rx = Mutex::new(empty_rx);
+    for _ in 0..readers + 2 {
+        empty_tx.send(vec![0u8; BLOCK]).expect("receiver alive");
+    }
     std::thread::scope(|s| {
-        for _ in 0..workers().min(nblocks.max(1)) {
-            s.spawn(|| {
-                let mut buf = vec![0u8; BLOCK];
-                loop {
-                    let b = next.fetch_add(1, Ordering::Relaxed);
-                    if b >= nblocks || first_err.lock().expect("lock").is_some() {
-                        break;
-                    }
-                    let start = b as u64 * BLOCK as u64;
-                    let end = (start + BLOCK as u64).min(total);
-                    let len = (end - start) as usize;
-                    let r = copy_block(pid, runs, start, end, &mut buf[..len], mem_file.as_ref())
-                        .and_then(|_| {
-                            file.write_all_at(&buf[..len], start).map_err(|source| {
-                                DumpError::Image(crate::image::ImageError::Io {
-                                    path: path.clone(),
-                                    op: "write",
-                                    source,
-                                })
-                            })
-                        });
-                    match r {
-                        Ok(()) => digests.lock().expect("lock")[b] = block_digest(&buf[..len]),
-                        Err(e) => {
-                            first_err.lock().expect("lock").get_or_insert(e);
-                        }
-                    }
+        for _ in 0..readers {
+            let full_tx = full_tx.clone();
+            let (next, empty_rx, digests, fail, first_err) =
+                (&next, &empty_rx, &digests, &fail, &first_err);
+            let mem_file = mem_file.as_ref();
+            s.spawn(move || loop {
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b >= nblocks || first_err.lock().expect("lock").is_some() {
+                    break;
+                }
+                let Ok(mut buf) = empty_rx.lock().expect("lock").recv() else {
+                    break;
+                };
+                let start = b as u64 * BLOCK as u64;
+                let end = (start + BLOCK as u64).min(total);
+                let len = (end - start) as usize;
+                let mut h = Xxh3::new();
+                let mut at = start;
+                let mut r = Ok(());
+                while at < end && r.is_ok() {
+                    let step = (end - at).min(1 << 20);
+                    let o = (at - start) as usize;
+                    r = copy_block(
+                        pid,
+                        runs,
+                        at,
+                        at + step,
+                        &mut buf[o..o + step as usize],
+                        mem_file,
+                    );
+                    h.update(&buf[o..o + step as usize]);
+                    at += step;
+                }
+                if let Err(e) = r {
+                    fail(e);
+                    break;
+                }
+                digests.lock().expect("lock")[b] = format!("{:032x}", h.digest128());
+                buf.truncate(len);
+                if full_tx.send((b, buf)).is_err() {
+                    break;
                 }
             });
         }
+        drop(full_tx);
+        // The writer (this thread).
+        while let Ok((b, mut buf)) = full_rx.recv() {
+            if first_err.lock().expect("lock").is_some() {
+                break;
+            }
+            if let Err(source) = file.write_all_at(&buf, b as u64 * BLOCK as u64) {
+                fail(DumpError::Image(crate::image::ImageError::Io {
+                    path: path.clone(),
+                    op: "write",
+                    source,
+                }));
+                break;
+            }
+            buf.resize(BLOCK, 0);
+            let _ = empty_tx.send(buf);
+        }
+        // Unblock readers waiting on either channel, then the scope joins them.
+        drop(full_rx);
+        drop(empty_tx);
     });
     if let Some(e) = first_err.into_inner().expect("lock") {
         return Err(e);
