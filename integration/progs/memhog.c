@@ -22,11 +22,18 @@ int main(int argc, char **argv) {
         x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
         m[i] = x * 0x2545F4914F6CDD1Dull;
     }
+    /* SIGUSR1 is only unblocked inside sigsuspend(), so a request can never slip in between
+     * the flag check and the wait (a plain pause() loop would lose it). */
+    sigset_t usr1, waitmask;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, &waitmask);
+    sigdelset(&waitmask, SIGUSR1);
     signal(SIGUSR1, on_usr1);
     int out = open(argv[2], O_WRONLY | O_CREAT | O_APPEND, 0644);
     dprintf(out, "ready\n");
     for (;;) {
-        pause();
+        sigsuspend(&waitmask);
         if (want) {
             want = 0;
             uint64_t h = 1469598103934665603ull;

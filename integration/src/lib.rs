@@ -232,3 +232,19 @@ pub fn start_memhog(dir: &Path, mib: u32) -> (i32, PathBuf) {
     });
     (pid, out)
 }
+
+/// Kills (and reaps) a test process when dropped, so a failing test leaks nothing. The PID
+/// stays valid across dump/restore (restore recreates the same PID).
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if Path::new(&format!("/proc/{}", self.0)).exists() {
+            // SAFETY: kill and waitpid with integers and a null status pointer.
+            unsafe {
+                libc::kill(self.0, libc::SIGKILL);
+                libc::waitpid(self.0, std::ptr::null_mut(), libc::__WALL);
+            }
+        }
+    }
+}

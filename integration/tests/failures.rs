@@ -14,6 +14,7 @@ fn stderr(o: &std::process::Output) -> String {
 fn failed_dump_at_any_stage_leaves_target_running_unchanged() {
     let dir = scratch("dumpfault");
     let (pid, out) = start_memhog(&dir, 16);
+    let _guard = KillOnDrop(pid);
     let sum = memhog_sum(pid, &out);
     let regs_before = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     for stage in ["seize", "collect", "parasite", "memory", "write"] {
@@ -62,6 +63,7 @@ fn failed_dump_at_any_stage_leaves_target_running_unchanged() {
 fn failed_restore_at_any_stage_leaves_nothing_behind() {
     let dir = scratch("rstfault");
     let (pid, out) = start_memhog(&dir, 16);
+    let _guard = KillOnDrop(pid);
     let sum = memhog_sum(pid, &out);
     let img = dir.join("img");
     dump(pid, &img, &[]);
@@ -88,6 +90,7 @@ fn failed_restore_at_any_stage_leaves_nothing_behind() {
 fn dumped_sleep(name: &str) -> (std::path::PathBuf, i32) {
     let dir = scratch(name);
     let pid = spawn(&["/bin/sleep", "1000"], &dir.join("log"));
+    let _guard = KillOnDrop(pid);
     wait_for("sleep to start", 10, || {
         std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
     });
@@ -153,6 +156,7 @@ fn unsupported_fd_is_refused_and_target_keeps_running() {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
+    let _guard = KillOnDrop(pid);
     wait_for("sleep to start", 10, || {
         std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
     });

@@ -32,6 +32,7 @@ fn counter_continues_without_gap() {
         &[prog("counter").to_str().unwrap(), out.to_str().unwrap()],
         &dir.join("log"),
     );
+    let _guard = KillOnDrop(pid);
     wait_for("counter output", 10, || lines(&out).len() >= 5);
     let img = dir.join("img");
     dump(pid, &img, &[]);
@@ -65,6 +66,7 @@ fn counter_continues_without_gap() {
 fn memory_checksum_survives() {
     let dir = scratch("memhog");
     let (pid, out) = start_memhog(&dir, 256);
+    let _guard = KillOnDrop(pid);
     let before = memhog_sum(pid, &out);
     let img = dir.join("img");
     dump(pid, &img, &[]);
@@ -122,6 +124,7 @@ fn python_interpreter_keeps_its_state() {
         ],
         &dir.join("log"),
     );
+    let _guard = KillOnDrop(pid);
     wait_for("python ready", 20, || {
         lines(&out).first().is_some_and(|l| l == "ready")
     });
@@ -163,6 +166,7 @@ fn python_interpreter_keeps_its_state() {
 fn leave_running_keeps_the_original_and_images_restore() {
     let dir = scratch("leave");
     let (pid, out) = start_memhog(&dir, 32);
+    let _guard = KillOnDrop(pid);
     let before = memhog_sum(pid, &out);
     let img = dir.join("img");
     dump(pid, &img, &["--leave-running"]);

@@ -27,6 +27,7 @@ fn image_files(dir: &Path) -> Vec<std::path::PathBuf> {
 fn dump_sleep(name: &str) -> (std::path::PathBuf, i32) {
     let dir = scratch(name);
     let pid = spawn(&["/bin/sleep", "1000"], &dir.join("log"));
+    let _guard = KillOnDrop(pid);
     wait_for("sleep to start", 10, || {
         std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
     });
