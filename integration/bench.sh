@@ -100,13 +100,12 @@ wait_lines() {
     done
 }
 
-# Until PID sleeps in pause(2). memhog checks its flag only when pause() returns, so a SIGUSR1
-# that lands before it enters pause() is lost. Right after a restore it is not in pause() yet:
-# both cryo and CRIU restore it at the syscall instruction, to re-enter pause().
+# Until PID sleeps in its wait (rt_sigsuspend, 130). memhog blocks SIGUSR1 outside the wait, so
+# no request is lost; waiting here also means every tool dumps it idle, the same way.
 wait_in_pause() {
     local deadline=$((SECONDS + 60))
-    until [ "$(cut -d' ' -f1 "/proc/$1/syscall" 2>/dev/null)" = 34 ]; do
-        [ $SECONDS -lt $deadline ] || { echo "bench.sh: process $1 not in pause() after 60 s: $(cat "/proc/$1/syscall" 2>&1)" >&2; exit 1; }
+    until [ "$(cut -d' ' -f1 "/proc/$1/syscall" 2>/dev/null)" = 130 ]; do
+        [ $SECONDS -lt $deadline ] || { echo "bench.sh: process $1 not waiting in sigsuspend() after 60 s: $(cat "/proc/$1/syscall" 2>&1)" >&2; exit 1; }
         sleep 0.001
     done
 }

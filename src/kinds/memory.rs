@@ -448,7 +448,7 @@ fn write_pages(
         first_err.lock().expect("lock").get_or_insert(e);
     };
     // Filled blocks go to the writer; empty buffers come back to the readers.
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(readers + 1);
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>, usize)>(readers + 1);
     let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let empty_rx = Mutex::new(empty_rx);
     for _ in 0..readers + 2 {
@@ -493,19 +493,18 @@ fn write_pages(
                     break;
                 }
                 digests.lock().expect("lock")[b] = format!("{:032x}", h.digest128());
-                buf.truncate(len);
-                if full_tx.send((b, buf)).is_err() {
+                if full_tx.send((b, buf, len)).is_err() {
                     break;
                 }
             });
         }
         drop(full_tx);
         // The writer (this thread).
-        while let Ok((b, mut buf)) = full_rx.recv() {
+        while let Ok((b, buf, len)) = full_rx.recv() {
             if first_err.lock().expect("lock").is_some() {
                 break;
             }
-            if let Err(source) = file.write_all_at(&buf, b as u64 * BLOCK as u64) {
+            if let Err(source) = file.write_all_at(&buf[..len], b as u64 * BLOCK as u64) {
                 fail(DumpError::Image(crate::image::ImageError::Io {
                     path: path.clone(),
                     op: "write",
@@ -513,7 +512,6 @@ fn write_pages(
                 }));
                 break;
             }
-            buf.resize(BLOCK, 0);
             let _ = empty_tx.send(buf);
         }
         // Unblock readers waiting on either channel, then the scope joins them.
