@@ -116,7 +116,7 @@ impl Kind for Signals {
         let tc = img.core.tc.as_ref().ok_or_else(|| {
             RestoreError::BadImage(format!("core-{}.img has no task core", img.pid))
         })?;
-        // Every disposition is set: the puppet inherited cryo's own.
+        // The puppet inherited cryo's own dispositions; whatever differs is set.
         let mut raw = vec![0u8; 64 * KSA];
         let mut sigs = (1..=64u64).filter(|s| dumpable_sig(*s));
         for sa in &tc.sigactions {
@@ -128,7 +128,14 @@ impl Kind for Signals {
             raw[o + 24..o + 32].copy_from_slice(&sa.mask.to_ne_bytes());
         }
         let base = cx.put(4096, &raw)?;
-        for sig in (1..=64u64).filter(|s| dumpable_sig(*s)) {
+        // Only dispositions that differ from what the puppet inherited from cryo.
+        let inherited = crate::sys::proc::own_sigactions();
+        let differs = |sig: u64| {
+            let o = (sig as usize - 1) * KSA;
+            let want: Vec<u64> = (0..4).map(|w| u64_at(&raw, o + 8 * w)).collect();
+            want[..] != inherited[sig as usize - 1][..]
+        };
+        for sig in (1..=64u64).filter(|s| dumpable_sig(*s) && differs(*s)) {
             cx.sys(
                 "rt_sigaction",
                 libc::SYS_rt_sigaction,

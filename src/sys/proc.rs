@@ -150,3 +150,26 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: integer-only syscall.
     cvt(unsafe { libc::kill(pid, sig) } as libc::c_long).map(|_| ())
 }
+
+/// This process's own signal dispositions, as the kernel's `struct sigaction` words
+/// (handler, flags, restorer, mask) for signals 1..=64 (index 0 = signal 1). A child created
+/// by fork inherits exactly these.
+pub fn own_sigactions() -> Vec<[u64; 4]> {
+    (1..=64)
+        .map(|sig| {
+            let mut k = [0u64; 4];
+            // SAFETY: rt_sigaction with a null new action only writes `k` (32 bytes, the
+            // kernel's x86_64 struct sigaction with an 8-byte mask).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    std::ptr::null::<u8>(),
+                    k.as_mut_ptr(),
+                    8usize,
+                )
+            };
+            k
+        })
+        .collect()
+}
