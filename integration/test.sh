@@ -15,4 +15,13 @@ cargo clippy --release --workspace --all-targets --quiet -- -D warnings
 echo "== build"
 cargo build --release --workspace --quiet
 echo "== tests"
-cargo test --release --workspace 2>&1 | tee /tmp/cryo-test-output.txt
+log=$(mktemp /tmp/cryo-test-output.XXXXXX)
+set +e
+cargo test --release --workspace 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
+rm -f "$log"
+echo "tests: $passed passed, $failed failed"
+exit "$rc"
