@@ -17,6 +17,7 @@ pub mod image;
 pub mod kinds;
 pub mod logging;
 pub mod procfs;
+pub mod progress;
 pub mod restore;
 pub mod show;
 #[allow(unsafe_code)]

@@ -82,6 +82,7 @@ fn setup(c: &Common, create_dir: bool) -> Result<()> {
 }
 
 fn run(cmd: Cmd) -> Result<ExitCode> {
+    cryo::sys::proc::catch_termination_signals();
     match cmd {
         Cmd::Dump(a) => {
             setup(&a.common, true)?;
@@ -213,13 +214,56 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
     }
 }
 
-/// A spinner on stderr while a long dump or restore runs, only when stderr is a terminal.
-fn progress(msg: &str) -> Option<indicatif::ProgressBar> {
+/// A progress bar on stderr while a dump or restore runs, only when stderr is a terminal:
+/// a spinner until the memory copy starts, then bytes copied out of the total.
+struct Progress {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn finish_and_clear(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn progress(msg: &str) -> Option<Progress> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
-    let pb = indicatif::ProgressBar::new_spinner();
-    pb.set_message(msg.to_string());
-    pb.enable_steady_tick(std::time::Duration::from_millis(100));
-    Some(pb)
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let msg = msg.to_string();
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_message(msg);
+        let style = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("valid template")
+        .progress_chars("=> ");
+        let mut styled = false;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let (done, total) = cryo::progress::get();
+            if total > 0 {
+                if !styled {
+                    pb.set_style(style.clone());
+                    pb.set_length(total);
+                    styled = true;
+                }
+                pb.set_position(done.min(total));
+            } else {
+                pb.tick();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(80));
+        }
+        pb.finish_and_clear();
+    });
+    Some(Progress {
+        stop,
+        thread: Some(thread),
+    })
 }

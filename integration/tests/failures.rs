@@ -3,6 +3,7 @@
 //! refused before anything is created; unsupported fds are refused with fd, type and path.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 use integration::*;
 
@@ -190,4 +191,29 @@ fn busy_pid_and_missing_process_give_clear_errors() {
     let o = cryo(&["restore", "-D", "/nonexistent/dir", "-d"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("/nonexistent/dir"), "{}", stderr(&o));
+}
+
+#[test]
+fn dump_interrupted_by_sigterm_releases_the_target_unharmed() {
+    let dir = scratch("sigterm");
+    let (pid, out) = start_memhog(&dir, 512);
+    let _guard = KillOnDrop(pid);
+    let sum = memhog_sum(pid, &out);
+    let img = dir.join("img");
+    let c = Command::new(cryo_bin())
+        .args(["dump", "-t", &pid.to_string(), "-D", img.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(40));
+    signal(c.id() as i32, libc::SIGTERM);
+    let o = c.wait_with_output().unwrap();
+    let e = stderr(&o);
+    assert!(
+        !o.status.success(),
+        "dump finished before the signal; make the workload bigger"
+    );
+    assert!(e.contains("interrupted by signal 15"), "{e}");
+    assert!(alive(pid));
+    assert_eq!(memhog_sum(pid, &out), sum);
 }

@@ -67,6 +67,8 @@ pub enum DumpError {
     Image(#[from] ImageError),
     #[error("fault injected at stage '{0}' (CRYO_FAULT_INJECT)")]
     Injected(String),
+    #[error("interrupted by signal {sig} before stage '{stage}'; the process was left running")]
+    Interrupted { sig: i32, stage: String },
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -94,6 +96,12 @@ impl DumpError {
 /// restore `verify fork files memory task creds finish`.
 pub fn fault_point(stage: &str) -> Result<(), DumpError> {
     tracing::info!("stage: {stage}");
+    if let Some(sig) = crate::sys::proc::interrupted() {
+        return Err(DumpError::Interrupted {
+            sig,
+            stage: stage.to_string(),
+        });
+    }
     if std::env::var("CRYO_FAULT_INJECT").is_ok_and(|v| v == stage) {
         return Err(DumpError::Injected(stage.to_string()));
     }

@@ -76,6 +76,8 @@ pub enum RestoreError {
     Proc(#[from] ProcError),
     #[error("fault injected at stage '{0}' (CRYO_FAULT_INJECT)")]
     Injected(String),
+    #[error("interrupted by signal {sig} before stage '{stage}'; nothing was left running")]
+    Interrupted { sig: i32, stage: String },
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -99,7 +101,13 @@ impl RestoreError {
 }
 
 fn fault_point(stage: &str) -> Result<(), RestoreError> {
-    crate::dump::fault_point(stage).map_err(|_| RestoreError::Injected(stage.to_string()))
+    crate::dump::fault_point(stage).map_err(|e| match e {
+        crate::dump::DumpError::Interrupted { sig, .. } => RestoreError::Interrupted {
+            sig,
+            stage: stage.to_string(),
+        },
+        _ => RestoreError::Injected(stage.to_string()),
+    })
 }
 
 /// The puppet; killed on drop unless released.

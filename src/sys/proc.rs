@@ -173,3 +173,33 @@ pub fn own_sigactions() -> Vec<[u64; 4]> {
         })
         .collect()
 }
+
+static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_termination(sig: libc::c_int) {
+    INTERRUPTED.store(sig, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Makes SIGINT, SIGTERM, SIGHUP and SIGQUIT set a flag instead of killing cryo, so a dump or
+/// restore interrupted by the user stops at the next safe point and cleans up (the target is
+/// released unharmed, a half-restored process is killed). SIGKILL cannot be caught.
+pub fn catch_termination_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: installs a handler that only stores to an atomic (async-signal-safe).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_termination as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The termination signal received since [`catch_termination_signals`], if any.
+pub fn interrupted() -> Option<i32> {
+    match INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        s => Some(s),
+    }
+}
