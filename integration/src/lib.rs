@@ -59,7 +59,7 @@ pub fn prog(name: &str) -> PathBuf {
         let src = root().join(format!("integration/progs/{name}.c"));
         let tmp = out.with_extension("tmp");
         let st = Command::new("gcc")
-            .args(["-O2", "-Wall", "-o"])
+            .args(["-O2", "-Wall", "-pthread", "-o"])
             .arg(&tmp)
             .arg(&src)
             .status()

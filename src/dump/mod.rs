@@ -108,9 +108,10 @@ pub fn fault_point(stage: &str) -> Result<(), DumpError> {
     Ok(())
 }
 
-/// A seized task; releases it on drop unless [`Seized::kill`] took it.
+/// The seized threads of a task (leader first); released on drop unless [`Seized::kill`]
+/// took them.
 struct Seized {
-    tracee: Tracee,
+    tracees: Vec<Tracee>,
     done: bool,
 }
 
@@ -118,21 +119,28 @@ impl Seized {
     fn release(&mut self) {
         if !self.done {
             self.done = true;
-            if let Err(e) = self.tracee.detach(0) {
-                tracing::error!("Error detaching from {}: {e}", self.tracee.tid);
+            for t in &self.tracees {
+                if let Err(e) = t.detach(0) {
+                    tracing::error!("Error detaching from {}: {e}", t.tid);
+                }
             }
         }
     }
     fn kill(&mut self) {
         self.done = true;
-        let _ = crate::sys::proc::kill(self.tracee.tid, libc::SIGKILL);
-        // Reap our tracee notification; the real parent gets the exit status.
-        let _ = self.tracee.detach(0);
-        loop {
-            match self.tracee.wait() {
-                Ok(Stop::Exited(_)) | Ok(Stop::Killed(_)) | Err(_) => break,
-                Ok(Stop::Stopped { .. }) => {
-                    let _ = self.tracee.cont(0);
+        if let Some(leader) = self.tracees.first() {
+            let _ = crate::sys::proc::kill(leader.tid, libc::SIGKILL);
+        }
+        // Reap our tracee notifications; the real parent gets the exit status. The leader
+        // reports last: its exit waits until every other thread has been reaped.
+        for t in self.tracees.iter().rev() {
+            let _ = t.detach(0);
+            loop {
+                match t.wait() {
+                    Ok(Stop::Exited(_)) | Ok(Stop::Killed(_)) | Err(_) => break,
+                    Ok(Stop::Stopped { .. }) => {
+                        let _ = t.cont(0);
+                    }
                 }
             }
         }
@@ -145,53 +153,83 @@ impl Drop for Seized {
     }
 }
 
-/// Seizes `pid` and waits until it is in a ptrace stop, passing on any signal that arrives
-/// meanwhile (so nothing is lost).
-fn seize(pid: i32) -> Result<Seized, DumpError> {
-    let tracee = Tracee::seize(pid, libc::PTRACE_O_TRACESYSGOOD).map_err(|source| {
-        if source.raw_os_error() == Some(libc::ESRCH) {
-            DumpError::NoSuchProcess { pid }
-        } else {
-            DumpError::Seize { pid, source }
-        }
-    })?;
-    let s = Seized {
-        tracee,
-        done: false,
+/// Seizes one thread and waits until it is in a ptrace stop, passing on any signal that
+/// arrives meanwhile (so nothing is lost). `Ok(None)`: the thread is gone.
+fn seize_thread(pid: i32, tid: i32) -> Result<Option<Tracee>, DumpError> {
+    let t = match Tracee::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
+        Ok(t) => t,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(source) => return Err(DumpError::Seize { pid: tid, source }),
+    };
+    let give_up = |t: &Tracee, e| {
+        let _ = t.detach(0);
+        e
     };
     for _ in 0..100 {
-        match s.tracee.wait() {
+        match t.wait() {
             Ok(Stop::Stopped { sig, event }) if event == libc::PTRACE_EVENT_STOP => {
-                if sig == libc::SIGSTOP
-                    || sig == libc::SIGTSTP
-                    || sig == libc::SIGTTIN
-                    || sig == libc::SIGTTOU
-                {
-                    return Err(DumpError::Unsupported {
-                        pid,
-                        object: "task state".into(),
-                        what: "the process is stopped (job control)".into(),
-                        hint: "stopped tasks are planned (issue #3); send SIGCONT first".into(),
-                    });
+                if matches!(
+                    sig,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                ) {
+                    return Err(give_up(
+                        &t,
+                        DumpError::Unsupported {
+                            pid,
+                            object: "task state".into(),
+                            what: "the process is stopped (job control)".into(),
+                            hint: "stopped tasks are planned (issue #3); send SIGCONT first".into(),
+                        },
+                    ));
                 }
-                return Ok(s);
+                return Ok(Some(t));
             }
             Ok(Stop::Stopped { sig, .. }) => {
                 // A signal was being delivered: let it through, then stop again.
-                s.tracee
-                    .cont(sig)
-                    .map_err(|source| DumpError::Seize { pid, source })?;
-                s.tracee
-                    .interrupt()
-                    .map_err(|source| DumpError::Seize { pid, source })?;
+                if let Err(source) = t.cont(sig).and_then(|_| t.interrupt()) {
+                    return Err(give_up(&t, DumpError::Seize { pid: tid, source }));
+                }
             }
-            Ok(_) => return Err(DumpError::NoSuchProcess { pid }),
-            Err(source) => return Err(DumpError::Seize { pid, source }),
+            Ok(_) => return Ok(None),
+            Err(source) => return Err(give_up(&t, DumpError::Seize { pid: tid, source })),
         }
     }
-    Err(DumpError::Internal(
-        "task kept receiving signals while being seized",
+    Err(give_up(
+        &t,
+        DumpError::Internal("task kept receiving signals while being seized"),
     ))
+}
+
+/// Seizes every thread of `pid`, re-reading the thread list until no new thread appears
+/// (a running thread can create one while others are being seized).
+fn seize(pid: i32) -> Result<Seized, DumpError> {
+    let mut s = Seized {
+        tracees: Vec::new(),
+        done: false,
+    };
+    match seize_thread(pid, pid)? {
+        Some(t) => s.tracees.push(t),
+        None => return Err(DumpError::NoSuchProcess { pid }),
+    }
+    for _ in 0..10 {
+        let mut new = false;
+        for tid in procfs::threads(pid)? {
+            if s.tracees.iter().any(|t| t.tid == tid) {
+                continue;
+            }
+            if let Some(t) = seize_thread(pid, tid)? {
+                s.tracees.push(t);
+                new = true;
+            }
+        }
+        if !new {
+            // Threads that exited while we worked are gone from the list; drop them too.
+            let live = procfs::threads(pid)?;
+            s.tracees.retain(|t| live.contains(&t.tid));
+            return Ok(s);
+        }
+    }
+    Err(DumpError::Internal("the process kept creating threads"))
 }
 
 /// Result of a dump, for logs and `--json`.
@@ -212,16 +250,10 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
         return Err(DumpError::NoSuchProcess { pid });
     }
     // 1. Refuse what we cannot do before touching the task.
-    let threads = procfs::threads(pid)?;
-    if threads.len() > 1 {
-        return Err(DumpError::Unsupported {
-            pid,
-            object: format!("{} threads", threads.len()),
-            what: "multi-threaded processes are not supported yet".into(),
-            hint: "threads are planned (issue #3)".into(),
-        });
-    }
-    if let Ok(children) = procfs::read(pid, &format!("task/{pid}/children")) {
+    for tid in procfs::threads(pid)? {
+        let Ok(children) = procfs::read(pid, &format!("task/{tid}/children")) else {
+            continue;
+        };
         if !children.trim().is_empty() {
             return Err(DumpError::Unsupported {
                 pid,
@@ -247,9 +279,20 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
     let tf = Instant::now();
     let mut seized = seize(pid)?;
     let freezing = tf.elapsed();
-    let tracee = Tracee {
-        tid: seized.tracee.tid,
-    };
+    let tracee = Tracee { tid: pid };
+    let mut others = Vec::new();
+    for t in seized.tracees.iter().skip(1) {
+        let pt = |what, source| DumpError::Ptrace {
+            pid: t.tid,
+            what,
+            source,
+        };
+        others.push(kinds::threads::SeizedThread {
+            tracee: Tracee { tid: t.tid },
+            regs: t.regs().map_err(|e| pt("PTRACE_GETREGS", e))?,
+            mask: t.sigmask().map_err(|e| pt("PTRACE_GETSIGMASK", e))?,
+        });
+    }
     let regs = tracee.regs().map_err(|source| DumpError::Ptrace {
         pid,
         what: "PTRACE_GETREGS",
@@ -300,7 +343,7 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
     // 3. In-target work, inside the injection bracket.
     cx.parasite =
         Some(Parasite::inject(&tracee, site, regs).map_err(|e| DumpError::remote(pid, e))?);
-    let r = (|| {
+    let r = (|| -> Result<(), DumpError> {
         kinds::signals::Signals::dump(&mut cx, &mut img)?;
         fault_point("parasite")?;
         kinds::misc::Misc::dump(&mut cx, &mut img)?;
@@ -308,7 +351,17 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
         kinds::timers::Timers::dump(&mut cx, &mut img)?;
         kinds::rlimits::Rlimits::dump(&mut cx, &mut img)?;
         kinds::files::Files::dump(&mut cx, &mut img)?;
-        kinds::regs::CpuState::dump(&mut cx, &mut img)
+        kinds::regs::CpuState::dump(&mut cx, &mut img)?;
+        let scratch = cx
+            .remote()?
+            .scratch(64 * 1024)
+            .map_err(|e| DumpError::remote(pid, e))?;
+        for th in &others {
+            img.threads
+                .push(kinds::threads::dump_thread(pid, th, site, scratch)?);
+            img.pstree.threads.push(th.tracee.tid as u32);
+        }
+        Ok(())
     })();
     let parasite = cx.parasite.take().expect("injected above");
     let calls = parasite.remote.calls;
@@ -374,6 +427,13 @@ fn write_images(dir: &ImageDir, img: &TaskImages, files: &FileTable) -> Result<(
         image::CORE,
         std::slice::from_ref(&img.core),
     )?;
+    for (tid, core) in img.pstree.threads.iter().skip(1).zip(&img.threads) {
+        dir.write(
+            &format!("core-{tid}.img"),
+            image::CORE,
+            std::slice::from_ref(core),
+        )?;
+    }
     dir.write(&format!("ids-{pid}.img"), image::IDS, &[img.ids])?;
     dir.write(
         &format!("mm-{pid}.img"),

@@ -28,7 +28,7 @@ fn join(w: &[u32]) -> u64 {
 }
 
 /// The credentials part of /proc/PID/status, as an image entry.
-fn from_status(s: &procfs::Status, secbits: u32) -> pb::CredsEntry {
+pub(crate) fn from_status(s: &procfs::Status, secbits: u32) -> pb::CredsEntry {
     pb::CredsEntry {
         uid: s.uids[0],
         euid: s.uids[1],
@@ -92,101 +92,106 @@ impl Kind for Creds {
     }
 
     fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
-        let Some(c) = img.core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) else {
-            return Ok(());
-        };
-        let now = procfs::status(cx.pid).map_err(RestoreError::Proc)?;
-        let cur_secbits = cx.sys(
-            "prctl(PR_GET_SECUREBITS)",
-            libc::SYS_prctl,
-            [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
-        )?;
-        if same(&from_status(&now, cur_secbits as u32), c) {
-            return Ok(()); // the puppet already has exactly these credentials
+        match img.core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) {
+            Some(c) => restore_creds(cx, c),
+            None => Ok(()),
         }
-        let u = |v: u32| v as u64;
-        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
-        let ga = cx.put(1024, &groups)?;
-        cx.sys(
-            "setgroups",
-            libc::SYS_setgroups,
-            [c.groups.len() as u64, ga, 0, 0, 0, 0],
-        )?;
-        cx.sys(
-            "setresgid",
-            libc::SYS_setresgid,
-            [u(c.gid), u(c.egid), u(c.sgid), 0, 0, 0],
-        )?;
-        cx.sys("setfsgid", libc::SYS_setfsgid, [u(c.fsgid), 0, 0, 0, 0, 0])?;
-        cx.sys(
-            "prctl(PR_SET_SECUREBITS)",
-            libc::SYS_prctl,
-            [
-                libc::PR_SET_SECUREBITS as u64,
-                cur_secbits | SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS,
-                0,
-                0,
-                0,
-                0,
-            ],
-        )?;
-        cx.sys(
-            "setresuid",
-            libc::SYS_setresuid,
-            [u(c.uid), u(c.euid), u(c.suid), 0, 0, 0],
-        )?;
-        cx.sys("setfsuid", libc::SYS_setfsuid, [u(c.fsuid), 0, 0, 0, 0, 0])?;
-        let bnd = join(&c.cap_bnd);
-        for cap in 0..=CAP_LAST {
-            if bnd & (1 << cap) == 0 && now.cap_bnd & (1 << cap) != 0 {
-                cx.sys(
-                    "prctl(PR_CAPBSET_DROP)",
-                    libc::SYS_prctl,
-                    [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0],
-                )?;
-            }
-        }
-        cx.sys(
-            "prctl(PR_SET_SECUREBITS)",
-            libc::SYS_prctl,
-            [libc::PR_SET_SECUREBITS as u64, c.secbits as u64, 0, 0, 0, 0],
-        )?;
-        // capset(header{version 3, pid 0}, data[2]{effective, permitted, inheritable})
-        let (eff, prm, inh) = (join(&c.cap_eff), join(&c.cap_prm), join(&c.cap_inh));
-        let mut cap = Vec::with_capacity(32);
-        cap.extend_from_slice(&CAP_V3.to_ne_bytes());
-        cap.extend_from_slice(&0i32.to_ne_bytes());
-        for half in [0, 32] {
-            for set in [eff, prm, inh] {
-                cap.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
-            }
-        }
-        let ca = cx.put(2048, &cap)?;
-        cx.sys("capset", libc::SYS_capset, [ca, ca + 8, 0, 0, 0, 0])?;
-        let amb = join(&c.cap_amb);
-        for capn in 0..=CAP_LAST {
-            if amb & (1 << capn) != 0 {
-                cx.sys(
-                    "prctl(PR_CAP_AMBIENT_RAISE)",
-                    libc::SYS_prctl,
-                    [
-                        libc::PR_CAP_AMBIENT as u64,
-                        libc::PR_CAP_AMBIENT_RAISE as u64,
-                        capn,
-                        0,
-                        0,
-                        0,
-                    ],
-                )?;
-            }
-        }
-        if c.no_new_privs.unwrap_or(0) != 0 {
+    }
+}
+
+/// Gives the thread `cx` drives the credentials `c` (credentials are per thread).
+pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), RestoreError> {
+    let now = procfs::status(cx.pid).map_err(RestoreError::Proc)?;
+    let cur_secbits = cx.sys(
+        "prctl(PR_GET_SECUREBITS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+    )?;
+    if same(&from_status(&now, cur_secbits as u32), c) {
+        return Ok(()); // the puppet already has exactly these credentials
+    }
+    let u = |v: u32| v as u64;
+    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+    let ga = cx.put(1024, &groups)?;
+    cx.sys(
+        "setgroups",
+        libc::SYS_setgroups,
+        [c.groups.len() as u64, ga, 0, 0, 0, 0],
+    )?;
+    cx.sys(
+        "setresgid",
+        libc::SYS_setresgid,
+        [u(c.gid), u(c.egid), u(c.sgid), 0, 0, 0],
+    )?;
+    cx.sys("setfsgid", libc::SYS_setfsgid, [u(c.fsgid), 0, 0, 0, 0, 0])?;
+    cx.sys(
+        "prctl(PR_SET_SECUREBITS)",
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_SECUREBITS as u64,
+            cur_secbits | SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    cx.sys(
+        "setresuid",
+        libc::SYS_setresuid,
+        [u(c.uid), u(c.euid), u(c.suid), 0, 0, 0],
+    )?;
+    cx.sys("setfsuid", libc::SYS_setfsuid, [u(c.fsuid), 0, 0, 0, 0, 0])?;
+    let bnd = join(&c.cap_bnd);
+    for cap in 0..=CAP_LAST {
+        if bnd & (1 << cap) == 0 && now.cap_bnd & (1 << cap) != 0 {
             cx.sys(
-                "prctl(PR_SET_NO_NEW_PRIVS)",
+                "prctl(PR_CAPBSET_DROP)",
                 libc::SYS_prctl,
-                [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
+                [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0],
             )?;
         }
-        Ok(())
     }
+    cx.sys(
+        "prctl(PR_SET_SECUREBITS)",
+        libc::SYS_prctl,
+        [libc::PR_SET_SECUREBITS as u64, c.secbits as u64, 0, 0, 0, 0],
+    )?;
+    // capset(header{version 3, pid 0}, data[2]{effective, permitted, inheritable})
+    let (eff, prm, inh) = (join(&c.cap_eff), join(&c.cap_prm), join(&c.cap_inh));
+    let mut cap = Vec::with_capacity(32);
+    cap.extend_from_slice(&CAP_V3.to_ne_bytes());
+    cap.extend_from_slice(&0i32.to_ne_bytes());
+    for half in [0, 32] {
+        for set in [eff, prm, inh] {
+            cap.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
+        }
+    }
+    let ca = cx.put(2048, &cap)?;
+    cx.sys("capset", libc::SYS_capset, [ca, ca + 8, 0, 0, 0, 0])?;
+    let amb = join(&c.cap_amb);
+    for capn in 0..=CAP_LAST {
+        if amb & (1 << capn) != 0 {
+            cx.sys(
+                "prctl(PR_CAP_AMBIENT_RAISE)",
+                libc::SYS_prctl,
+                [
+                    libc::PR_CAP_AMBIENT as u64,
+                    libc::PR_CAP_AMBIENT_RAISE as u64,
+                    capn,
+                    0,
+                    0,
+                    0,
+                ],
+            )?;
+        }
+    }
+    if c.no_new_privs.unwrap_or(0) != 0 {
+        cx.sys(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@ pub mod misc;
 pub mod regs;
 pub mod rlimits;
 pub mod signals;
+pub mod threads;
 pub mod timers;
 
 use std::collections::HashMap;
@@ -48,6 +49,8 @@ pub struct TaskImages {
     pub pagemap: Vec<pb::PagemapEntry>,
     /// pages-N.img holding this task's pages.
     pub pages_id: u32,
+    /// Cores of the non-leader threads, in the order of `pstree.threads[1..]`.
+    pub threads: Vec<pb::CoreEntry>,
 }
 
 impl TaskImages {

@@ -185,6 +185,32 @@ pub fn pb_to_xsave(e: &pb::UserX86FpregsEntry, len: usize) -> Vec<u8> {
     x
 }
 
+/// Loads the saved FPU/vector state into the thread `cx` drives: the raw XSAVE bytes when
+/// they fit this CPU, else CRIU's legacy+AVX fields.
+pub fn set_xstate(cx: &mut RestoreCx<'_>, fp: &pb::UserX86FpregsEntry) -> Result<(), RestoreError> {
+    let t = cx.remote.tracee();
+    let current = t.xstate().map_err(|source| RestoreError::Ptrace {
+        what: "PTRACE_GETREGSET(NT_X86_XSTATE)",
+        source,
+    })?;
+    let x = match &fp.cryo_xsave_raw {
+        Some(raw) if raw.len() == current.len() => raw.clone(),
+        Some(raw) => {
+            tracing::warn!(
+                "XSAVE area size differs ({} bytes saved, {} here): restoring legacy and AVX state only",
+                raw.len(),
+                current.len()
+            );
+            pb_to_xsave(fp, current.len())
+        }
+        None => pb_to_xsave(fp, current.len()),
+    };
+    t.set_xstate(&x).map_err(|source| RestoreError::Ptrace {
+        what: "PTRACE_SETREGSET(NT_X86_XSTATE)",
+        source,
+    })
+}
+
 impl Kind for CpuState {
     const NAME: &'static str = "cpu state";
 
@@ -214,27 +240,7 @@ impl Kind for CpuState {
         let ti = img.core.thread_info.as_ref().ok_or_else(|| {
             RestoreError::BadImage(format!("core-{}.img has no thread_info", img.pid))
         })?;
-        let t = cx.remote.tracee();
-        let current = t.xstate().map_err(|source| RestoreError::Ptrace {
-            what: "PTRACE_GETREGSET(NT_X86_XSTATE)",
-            source,
-        })?;
-        let x = match &ti.fpregs.cryo_xsave_raw {
-            Some(raw) if raw.len() == current.len() => raw.clone(),
-            Some(raw) => {
-                tracing::warn!(
-                    "XSAVE area size differs ({} bytes saved, {} here): restoring legacy and AVX state only",
-                    raw.len(),
-                    current.len()
-                );
-                pb_to_xsave(&ti.fpregs, current.len())
-            }
-            None => pb_to_xsave(&ti.fpregs, current.len()),
-        };
-        t.set_xstate(&x).map_err(|source| RestoreError::Ptrace {
-            what: "PTRACE_SETREGSET(NT_X86_XSTATE)",
-            source,
-        })
+        set_xstate(cx, &ti.fpregs)
     }
 }
 

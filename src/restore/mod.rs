@@ -127,6 +127,22 @@ impl Drop for Puppet {
     }
 }
 
+/// Reaps the restored threads' exit notifications if the restore fails (the puppet's death
+/// takes them with it; as their tracer cryo must collect their exits).
+struct ThreadsGuard(Vec<i32>);
+
+impl Drop for ThreadsGuard {
+    fn drop(&mut self) {
+        for &tid in &self.0 {
+            let t = Tracee { tid };
+            let _ = crate::sys::proc::kill(tid, libc::SIGKILL);
+            while let Ok(Stop::Stopped { .. }) = t.wait() {
+                let _ = t.cont(0);
+            }
+        }
+    }
+}
+
 /// Result of a restore, for logs and `--json`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RestoreReport {
@@ -152,11 +168,6 @@ fn read_task(dir: &ImageDir) -> Result<(TaskImages, HashMap<u32, pb::FileEntry>)
             tree.len()
         )));
     };
-    if ps.threads.len() > 1 {
-        return Err(RestoreError::Unsupported(
-            "multi-threaded process; threads are planned (issue #3)".into(),
-        ));
-    }
     let pid = ps.pid;
     let ids: pb::TaskKobjIdsEntry = dir.read_one(&format!("ids-{pid}.img"), image::IDS)?;
     let mut pm = dir.read::<pb::PagemapEntry>(&format!("pagemap-{pid}.img"), image::PAGEMAP)?;
@@ -196,6 +207,12 @@ fn read_task(dir: &ImageDir) -> Result<(TaskImages, HashMap<u32, pb::FileEntry>)
             .unwrap_or_default(),
         pagemap: pm,
         pages_id: head.pages_id,
+        threads: ps
+            .threads
+            .iter()
+            .skip(1)
+            .map(|tid| dir.read_one(&format!("core-{tid}.img"), image::CORE))
+            .collect::<Result<_, _>>()?,
     };
     let files = dir
         .read::<pb::FileEntry>("files.img", image::FILES)?
@@ -295,7 +312,9 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
     }
     puppet
         .tracee
-        .set_options(libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD)
+        .set_options(
+            libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
+        )
         .map_err(pt("PTRACE_SETOPTIONS"))?;
     let base = puppet.tracee.regs().map_err(pt("PTRACE_GETREGS"))?;
     let own_rseq = puppet
@@ -353,6 +372,11 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
     kinds::misc::Misc::restore(&mut cx, &img)?;
     kinds::regs::CpuState::restore(&mut cx, &img)?;
     fault_point("task")?;
+    // Threads are created after everything they share and before the leader drops its
+    // credentials (creating them needs them). Each one is killed with the puppet on error.
+    let threads = kinds::threads::restore_threads(&mut cx, &img)?;
+    let _threads_guard = ThreadsGuard(threads.iter().map(|t| t.tracee.tid).collect());
+    fault_point("threads")?;
     kinds::creds::Creds::restore(&mut cx, &img)?;
     fault_point("creds")?;
     kinds::misc::restore_late(&mut cx, &img)?;
@@ -397,8 +421,18 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
             restore: Some(stats),
         }],
     );
+    for t in &threads {
+        t.tracee.set_regs(&t.regs).map_err(pt("PTRACE_SETREGS"))?;
+        t.tracee
+            .set_sigmask(t.mask)
+            .map_err(pt("PTRACE_SETSIGMASK"))?;
+    }
+    for t in &threads {
+        t.tracee.detach(0).map_err(pt("PTRACE_DETACH"))?;
+    }
     puppet.tracee.detach(0).map_err(pt("PTRACE_DETACH"))?;
     puppet.released = true;
+    std::mem::forget(_threads_guard);
     let report = RestoreReport {
         pid,
         pages_restored: stats.pages_restored.unwrap_or(0),

@@ -56,6 +56,11 @@ impl<'t> Remote<'t> {
         }
     }
 
+    /// Address of the syscall instruction this executor uses.
+    pub fn site(&self) -> u64 {
+        self.site
+    }
+
     /// The tracee this executor drives.
     pub fn tracee(&self) -> &Tracee {
         self.t
@@ -279,6 +284,63 @@ impl Drop for Parasite<'_> {
             if let Err(e) = self.cure_inner() {
                 tracing::error!(
                     "Could not fully restore task {} after injection: {e}",
+                    self.remote.tracee().tid
+                );
+            }
+        }
+    }
+}
+
+/// The per-thread part of an injection: another thread of a process whose code word is
+/// already swapped by a [`Parasite`] runs syscalls too. Saves and restores that thread's
+/// registers and signal mask; must be cured before the owning `Parasite`.
+pub struct ThreadInjection<'t> {
+    pub remote: Remote<'t>,
+    orig_regs: Regs,
+    orig_mask: u64,
+    cured: bool,
+}
+
+impl<'t> ThreadInjection<'t> {
+    /// Prepares thread `t` (stopped, with registers `orig_regs`) to run syscalls at `site`.
+    pub fn new(t: &'t Tracee, site: u64, orig_regs: Regs) -> Result<Self, RemoteError> {
+        let pt = |source| RemoteError::Ptrace {
+            what: "thread injection setup",
+            source,
+        };
+        let orig_mask = t.sigmask().map_err(pt)?;
+        t.set_sigmask(!(1u64 << (libc::SIGTRAP - 1))).map_err(pt)?;
+        Ok(ThreadInjection {
+            remote: Remote::new(t, site, orig_regs),
+            orig_regs,
+            orig_mask,
+            cured: false,
+        })
+    }
+
+    /// Puts the thread's registers and signal mask back.
+    pub fn cure(mut self) -> Result<(), RemoteError> {
+        self.cure_inner()
+    }
+
+    fn cure_inner(&mut self) -> Result<(), RemoteError> {
+        self.cured = true;
+        let t = self.remote.tracee();
+        let pt = |source| RemoteError::Ptrace {
+            what: "restoring a thread after injection",
+            source,
+        };
+        t.set_regs(&self.orig_regs).map_err(pt)?;
+        t.set_sigmask(self.orig_mask).map_err(pt)
+    }
+}
+
+impl Drop for ThreadInjection<'_> {
+    fn drop(&mut self) {
+        if !self.cured {
+            if let Err(e) = self.cure_inner() {
+                tracing::error!(
+                    "Could not restore thread {} after injection: {e}",
                     self.remote.tracee().tid
                 );
             }

@@ -1,0 +1,350 @@
+//! Threads other than the leader: per-thread registers and FPU state, TLS (in the registers),
+//! blocked mask, private pending signals, alternate stack, clear-child-tid address, robust
+//! futex list, rseq registration, scheduling, name, parent-death signal and credentials.
+//! Everything else (memory, fds, dispositions, limits) is shared by the thread group and
+//! belongs to the leader's kinds. One `core-TID.img` per thread, without `tc`/`ids`, as CRIU
+//! writes them.
+//!
+//! Dump runs the in-thread syscalls (`sigaltstack`, `prctl`) in each thread, through the code
+//! word the leader's injection already swapped. Restore creates each thread inside the puppet
+//! with `clone3(CLONE_THREAD..., set_tid = TID)`; with `PTRACE_O_TRACECLONE` the new thread
+//! starts traced and stopped, and cryo shapes it like the leader before letting it go.
+
+use super::{RestoreCx, TaskImages};
+use crate::dump::DumpError;
+use crate::image::pb;
+use crate::procfs;
+use crate::restore::RestoreError;
+use crate::sys::ptrace::{Regs, Stop, Tracee};
+use crate::sys::remote::{Remote, ThreadInjection};
+
+/// A seized non-leader thread and what was captured at seize time.
+pub struct SeizedThread {
+    pub tracee: Tracee,
+    pub regs: Regs,
+    pub mask: u64,
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    u64::from_ne_bytes(b[o..o + 8].try_into().expect("8 bytes"))
+}
+
+/// Dumps one non-leader thread `th` of process `pid`. `site` holds the syscall instruction
+/// (already swapped in by the leader's injection) and `scratch` is the leader's scratch area.
+pub fn dump_thread(
+    pid: i32,
+    th: &SeizedThread,
+    site: u64,
+    scratch: u64,
+) -> Result<pb::CoreEntry, DumpError> {
+    let t = &th.tracee;
+    let tid = t.tid;
+    let pt = |what, source| DumpError::Ptrace {
+        pid: tid,
+        what,
+        source,
+    };
+    let mut regs = th.regs;
+    super::regs::fix_syscall_restart(&mut regs);
+    let xstate = t
+        .xstate()
+        .map_err(|e| pt("PTRACE_GETREGSET(NT_X86_XSTATE)", e))?;
+    let rseq = t
+        .rseq_conf()
+        .map_err(|e| pt("PTRACE_GET_RSEQ_CONFIGURATION", e))?;
+    let private = t
+        .pending_signals(false)
+        .map_err(|e| pt("PTRACE_PEEKSIGINFO", e))?;
+    let (rla, rla_len) =
+        crate::sys::proc::robust_list(tid).map_err(|e| pt("get_robust_list", e))?;
+    let (policy, prio, nice) =
+        crate::sys::proc::sched(tid).map_err(|e| pt("sched_getscheduler", e))?;
+    let status = procfs::status(tid)?;
+    if status.seccomp != 0 {
+        return Err(DumpError::Unsupported {
+            pid,
+            object: format!("thread {tid}"),
+            what: "seccomp filters are not supported yet".into(),
+            hint: "planned with issue #5".into(),
+        });
+    }
+    let comm = procfs::read(pid, &format!("task/{tid}/comm"))?
+        .trim_end()
+        .to_string();
+
+    // In-thread queries.
+    let mut inj = ThreadInjection::new(t, site, th.regs).map_err(|e| DumpError::remote(tid, e))?;
+    let r = &mut inj.remote;
+    let mut call = |what, nr, a| r.call(what, nr, a).map_err(|e| DumpError::remote(tid, e));
+    call(
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [0, scratch, 0, 0, 0, 0],
+    )?;
+    call(
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_TID_ADDRESS as u64, scratch + 32, 0, 0, 0, 0],
+    )?;
+    call(
+        "prctl(PR_GET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [libc::PR_GET_PDEATHSIG as u64, scratch + 40, 0, 0, 0, 0],
+    )?;
+    let secbits = call(
+        "prctl(PR_GET_SECUREBITS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+    )?;
+    inj.cure().map_err(|e| DumpError::remote(tid, e))?;
+    let mut raw = [0u8; 48];
+    crate::sys::mem::vm_read(pid, &mut raw, &[(scratch, 48)]).map_err(|source| {
+        DumpError::Memory {
+            pid,
+            addr: scratch,
+            what: "reading thread state",
+            source,
+        }
+    })?;
+
+    Ok(pb::CoreEntry {
+        mtype: pb::core_entry::March::X8664 as i32,
+        thread_info: Some(pb::ThreadInfoX86 {
+            clear_tid_addr: u64_at(&raw, 32),
+            gpregs: super::regs::regs_to_pb(&regs),
+            fpregs: super::regs::xsave_to_pb(&xstate),
+            tls: Vec::new(),
+        }),
+        thread_core: Some(pb::ThreadCoreEntry {
+            futex_rla: rla,
+            futex_rla_len: rla_len as u32,
+            sched_nice: Some(nice),
+            sched_policy: Some(policy as u32),
+            sched_prio: Some(prio as u32),
+            blk_sigset: Some(th.mask),
+            sas: Some(pb::ThreadSasEntry {
+                ss_sp: u64_at(&raw, 0),
+                ss_flags: u32::from_ne_bytes(raw[8..12].try_into().expect("4 bytes")),
+                ss_size: u64_at(&raw, 16),
+            }),
+            pdeath_sig: Some(u64_at(&raw, 40) as u32),
+            signals_p: (!private.is_empty()).then(|| pb::SignalQueueEntry {
+                signals: private
+                    .into_iter()
+                    .map(|s| pb::SiginfoEntry {
+                        siginfo: s.to_vec(),
+                    })
+                    .collect(),
+            }),
+            creds: Some(super::creds::from_status(&status, secbits as u32)),
+            comm: Some(comm),
+            rseq_entry: Some(pb::RseqEntry {
+                rseq_abi_pointer: rseq.rseq_abi_pointer,
+                rseq_abi_size: rseq.rseq_abi_size,
+                signature: rseq.signature,
+                rseq_cs_pointer: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// Clone flags of a thread.
+const THREAD_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM) as u64;
+
+/// A restored (still stopped) thread and the registers and mask it resumes with.
+pub struct RestoredThread {
+    pub tracee: Tracee,
+    pub regs: Regs,
+    pub mask: u64,
+}
+
+/// Creates every non-leader thread of `img` in the puppet driven by `cx` (the leader) and
+/// gives each its state. The threads stay stopped; the caller releases them at the end.
+pub fn restore_threads(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+) -> Result<Vec<RestoredThread>, RestoreError> {
+    let mut out = Vec::new();
+    for (tid, core) in img.pstree.threads.iter().skip(1).zip(&img.threads) {
+        let tid = *tid as i32;
+        // struct clone_args (88 bytes) + set_tid array, in scratch.
+        let set_tid = cx.put(3072, &(tid as u64).to_ne_bytes())?;
+        let mut args = [0u64; 11];
+        args[0] = THREAD_FLAGS;
+        args[8] = set_tid;
+        args[9] = 1;
+        let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let a = cx.put(2048, &bytes)?;
+        let got =
+            cx.sys("clone3 (thread)", libc::SYS_clone3, [a, 88, 0, 0, 0, 0])
+                .map_err(|e| match e {
+                    RestoreError::Remote(crate::sys::remote::RemoteError::Errno {
+                        source, ..
+                    }) if source.raw_os_error() == Some(libc::EEXIST) => RestoreError::PidBusy {
+                        pid: tid,
+                        who: "another task (thread id taken)".into(),
+                    },
+                    e => e,
+                })?;
+        if got as i32 != tid {
+            return Err(RestoreError::BadImage(format!(
+                "thread {tid} was created as {got}"
+            )));
+        }
+        let t = Tracee { tid };
+        match t.wait().map_err(|source| RestoreError::Ptrace {
+            what: "waiting for a new thread",
+            source,
+        })? {
+            Stop::Stopped { .. } => {}
+            other => {
+                return Err(RestoreError::Ptrace {
+                    what: "waiting for a new thread",
+                    source: std::io::Error::other(format!("unexpected state {other:?}")),
+                })
+            }
+        }
+        let base = t.regs().map_err(|source| RestoreError::Ptrace {
+            what: "PTRACE_GETREGS",
+            source,
+        })?;
+        let th = Tracee { tid };
+        let mut tcx = RestoreCx {
+            pid: tid,
+            remote: Remote::new(&th, cx.remote.site(), base),
+            scratch: cx.scratch,
+            scratch_len: cx.scratch_len,
+            dir: cx.dir,
+            files: cx.files,
+            stats: &mut *cx.stats,
+        };
+        let mask = restore_one(&mut tcx, img.pid as i32, tid, core)?;
+        cx.remote.calls += tcx.remote.calls;
+        let ti = core
+            .thread_info
+            .as_ref()
+            .ok_or_else(|| RestoreError::BadImage(format!("core-{tid}.img has no registers")))?;
+        out.push(RestoredThread {
+            tracee: t,
+            regs: super::regs::pb_to_regs(&ti.gpregs, &base),
+            mask,
+        });
+    }
+    Ok(out)
+}
+
+/// Applies a thread's own state from inside it; returns its blocked mask.
+fn restore_one(
+    cx: &mut RestoreCx<'_>,
+    pid: i32,
+    tid: i32,
+    core: &pb::CoreEntry,
+) -> Result<u64, RestoreError> {
+    let th = core.thread_core.clone().unwrap_or_default();
+    let ti = core
+        .thread_info
+        .as_ref()
+        .ok_or_else(|| RestoreError::BadImage(format!("core-{tid}.img has no registers")))?;
+    // Alternate stack (the new thread inherited none).
+    if let Some(s) = th.sas.filter(|s| s.ss_flags & 2 == 0) {
+        let mut ss = Vec::with_capacity(24);
+        ss.extend_from_slice(&s.ss_sp.to_ne_bytes());
+        ss.extend_from_slice(&((s.ss_flags & !1) as u64).to_ne_bytes());
+        ss.extend_from_slice(&s.ss_size.to_ne_bytes());
+        let a = cx.put(512, &ss)?;
+        cx.sys("sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
+    }
+    cx.sys(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [ti.clear_tid_addr, 0, 0, 0, 0, 0],
+    )?;
+    if th.futex_rla != 0 {
+        cx.sys(
+            "set_robust_list",
+            libc::SYS_set_robust_list,
+            [th.futex_rla, th.futex_rla_len as u64, 0, 0, 0, 0],
+        )?;
+    }
+    if let Some(r) = th.rseq_entry.as_ref().filter(|r| r.rseq_abi_pointer != 0) {
+        cx.sys(
+            "rseq",
+            libc::SYS_rseq,
+            [
+                r.rseq_abi_pointer,
+                r.rseq_abi_size as u64,
+                0,
+                r.signature as u64,
+                0,
+                0,
+            ],
+        )?;
+    }
+    if let Some(comm) = &th.comm {
+        let mut c = comm.clone().into_bytes();
+        c.truncate(15);
+        c.push(0);
+        let a = cx.put(0, &c)?;
+        cx.sys(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0],
+        )?;
+    }
+    if let (Some(policy), Some(prio), Some(nice)) = (th.sched_policy, th.sched_prio, th.sched_nice)
+    {
+        let now = crate::sys::proc::sched(tid).map_err(|source| RestoreError::Ptrace {
+            what: "sched_getscheduler",
+            source,
+        })?;
+        if now != (policy as i32, prio as i32, nice) {
+            crate::sys::proc::set_sched(tid, policy as i32, prio as i32, nice).map_err(
+                |source| RestoreError::Ptrace {
+                    what: "sched_setscheduler",
+                    source,
+                },
+            )?;
+        }
+    }
+    // Private pending signals, queued by the thread to itself.
+    if let Some(q) = &th.signals_p {
+        for s in &q.signals {
+            if s.siginfo.len() != 128 {
+                return Err(RestoreError::BadImage(
+                    "a pending signal's siginfo is not 128 bytes".into(),
+                ));
+            }
+            let signo = u32::from_ne_bytes(s.siginfo[0..4].try_into().expect("4 bytes")) as u64;
+            let a = cx.put(512, &s.siginfo)?;
+            cx.sys(
+                "rt_tgsigqueueinfo",
+                libc::SYS_rt_tgsigqueueinfo,
+                [pid as u64, tid as u64, signo, a, 0, 0],
+            )?;
+        }
+    }
+    super::regs::set_xstate(cx, &ti.fpregs)?;
+    if let Some(c) = &th.creds {
+        super::creds::restore_creds(cx, c)?;
+    }
+    cx.sys(
+        "prctl(PR_SET_PDEATHSIG)",
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_PDEATHSIG as u64,
+            th.pdeath_sig.unwrap_or(0) as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    Ok(th.blk_sigset.unwrap_or(0))
+}
