@@ -375,6 +375,7 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
 
     // 5. Images.
     write_images(dir, &img, &files)?;
+    tracing::info!("images written");
     let frozen = tf.elapsed();
     stats.freezing_time = freezing.as_micros() as u32;
     stats.frozen_time = frozen.as_micros() as u32;

@@ -101,15 +101,25 @@ impl Kind for Creds {
 
 /// Gives the thread `cx` drives the credentials `c` (credentials are per thread).
 pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), RestoreError> {
-    let now = procfs::status(cx.pid).map_err(RestoreError::Proc)?;
-    let cur_secbits = cx.sys(
-        "prctl(PR_GET_SECUREBITS)",
-        libc::SYS_prctl,
-        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
-    )?;
-    if same(&from_status(&now, cur_secbits as u32), c) {
-        return Ok(()); // the puppet already has exactly these credentials
+    let inherited = match cx.inherited.creds.clone() {
+        Some(i) => i,
+        None => {
+            let now = procfs::status(cx.pid).map_err(RestoreError::Proc)?;
+            let secbits = cx.sys(
+                "prctl(PR_GET_SECUREBITS)",
+                libc::SYS_prctl,
+                [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+            )?;
+            let i = from_status(&now, secbits as u32);
+            cx.inherited.creds = Some(i.clone());
+            i
+        }
+    };
+    if same(&inherited, c) {
+        return Ok(()); // the thread already has exactly these credentials
     }
+    let now = procfs::status(cx.pid).map_err(RestoreError::Proc)?;
+    let cur_secbits = inherited.secbits as u64;
     let u = |v: u32| v as u64;
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
     let ga = cx.put(1024, &groups)?;

@@ -157,6 +157,17 @@ pub struct RestoreCx<'a> {
     pub dir: &'a ImageDir,
     pub files: &'a HashMap<u32, pb::FileEntry>,
     pub stats: &'a mut pb::RestoreStatsEntry,
+    /// What every task of the puppet starts with (inherited from cryo), learnt once, so
+    /// restoring a value equal to it costs nothing (matters with thousands of threads).
+    pub inherited: Inherited,
+}
+
+/// State the puppet (and each thread it creates before dropping privileges) starts with.
+#[derive(Debug, Clone, Default)]
+pub struct Inherited {
+    pub creds: Option<pb::CredsEntry>,
+    pub sched: Option<(i32, i32, i32)>,
+    pub xstate_len: Option<usize>,
 }
 
 impl RestoreCx<'_> {

@@ -189,21 +189,31 @@ pub fn pb_to_xsave(e: &pb::UserX86FpregsEntry, len: usize) -> Vec<u8> {
 /// they fit this CPU, else CRIU's legacy+AVX fields.
 pub fn set_xstate(cx: &mut RestoreCx<'_>, fp: &pb::UserX86FpregsEntry) -> Result<(), RestoreError> {
     let t = cx.remote.tracee();
-    let current = t.xstate().map_err(|source| RestoreError::Ptrace {
-        what: "PTRACE_GETREGSET(NT_X86_XSTATE)",
-        source,
-    })?;
+    let len = match cx.inherited.xstate_len {
+        Some(l) => l,
+        None => {
+            let l = t
+                .xstate()
+                .map_err(|source| RestoreError::Ptrace {
+                    what: "PTRACE_GETREGSET(NT_X86_XSTATE)",
+                    source,
+                })?
+                .len();
+            cx.inherited.xstate_len = Some(l);
+            l
+        }
+    };
     let x = match &fp.cryo_xsave_raw {
-        Some(raw) if raw.len() == current.len() => raw.clone(),
+        Some(raw) if raw.len() == len => raw.clone(),
         Some(raw) => {
             tracing::warn!(
                 "XSAVE area size differs ({} bytes saved, {} here): restoring legacy and AVX state only",
                 raw.len(),
-                current.len()
+                len
             );
-            pb_to_xsave(fp, current.len())
+            pb_to_xsave(fp, len)
         }
-        None => pb_to_xsave(fp, current.len()),
+        None => pb_to_xsave(fp, len),
     };
     t.set_xstate(&x).map_err(|source| RestoreError::Ptrace {
         what: "PTRACE_SETREGSET(NT_X86_XSTATE)",

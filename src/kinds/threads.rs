@@ -224,9 +224,11 @@ pub fn restore_threads(
             dir: cx.dir,
             files: cx.files,
             stats: &mut *cx.stats,
+            inherited: cx.inherited.clone(),
         };
         let mask = restore_one(&mut tcx, img.pid as i32, tid, core)?;
         cx.remote.calls += tcx.remote.calls;
+        cx.inherited = tcx.inherited.clone();
         let ti = core
             .thread_info
             .as_ref()
@@ -300,10 +302,17 @@ fn restore_one(
     }
     if let (Some(policy), Some(prio), Some(nice)) = (th.sched_policy, th.sched_prio, th.sched_nice)
     {
-        let now = crate::sys::proc::sched(tid).map_err(|source| RestoreError::Ptrace {
-            what: "sched_getscheduler",
-            source,
-        })?;
+        let now = match cx.inherited.sched {
+            Some(s) => s,
+            None => {
+                let s = crate::sys::proc::sched(tid).map_err(|source| RestoreError::Ptrace {
+                    what: "sched_getscheduler",
+                    source,
+                })?;
+                cx.inherited.sched = Some(s);
+                s
+            }
+        };
         if now != (policy as i32, prio as i32, nice) {
             crate::sys::proc::set_sched(tid, policy as i32, prio as i32, nice).map_err(
                 |source| RestoreError::Ptrace {
@@ -334,17 +343,13 @@ fn restore_one(
     if let Some(c) = &th.creds {
         super::creds::restore_creds(cx, c)?;
     }
-    cx.sys(
-        "prctl(PR_SET_PDEATHSIG)",
-        libc::SYS_prctl,
-        [
-            libc::PR_SET_PDEATHSIG as u64,
-            th.pdeath_sig.unwrap_or(0) as u64,
-            0,
-            0,
-            0,
-            0,
-        ],
-    )?;
+    if let Some(sig) = th.pdeath_sig.filter(|s| *s != 0) {
+        // A new thread starts with none.
+        cx.sys(
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [libc::PR_SET_PDEATHSIG as u64, sig as u64, 0, 0, 0, 0],
+        )?;
+    }
     Ok(th.blk_sigset.unwrap_or(0))
 }

@@ -331,6 +331,7 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
         dir,
         files: &files,
         stats: &mut stats,
+        inherited: Default::default(),
     };
 
     // 3. Empty the puppet: cryo's rseq area, fds and memory must go.
