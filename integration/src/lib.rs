@@ -248,3 +248,22 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// PIDs of every process in a dump (from pstree.img, through `cryo show`).
+pub fn tree_pids(img: &Path) -> Vec<i32> {
+    let o = cryo(&["show", img.join("pstree.img").to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pid"].as_i64().unwrap() as i32)
+        .collect()
+}
+
+/// Waits until every process of a dump is gone (their PIDs must be free to restore).
+pub fn wait_tree_gone(img: &Path) {
+    for p in tree_pids(img) {
+        wait_gone(p);
+    }
+}

@@ -242,43 +242,88 @@ pub struct DumpReport {
     pub remote_syscalls: u64,
 }
 
-/// Dumps the process `opts.pid` into `dir`.
-pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
-    let t0 = Instant::now();
-    let pid = opts.pid;
-    if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        return Err(DumpError::NoSuchProcess { pid });
-    }
-    // 1. Refuse what we cannot do before touching the task.
-    for tid in procfs::threads(pid)? {
-        let Ok(children) = procfs::read(pid, &format!("task/{tid}/children")) else {
-            continue;
-        };
-        if !children.trim().is_empty() {
-            return Err(DumpError::Unsupported {
-                pid,
-                object: format!("children {}", children.trim()),
-                what: "process trees are not supported yet".into(),
-                hint: "process trees are planned (issue #3)".into(),
-            });
+/// The processes of the tree rooted at `root`, parents before children, with their parent.
+fn collect_tree(root: i32) -> Result<Vec<(i32, i32)>, DumpError> {
+    let mut out = vec![(root, 0)];
+    let mut i = 0;
+    while i < out.len() {
+        let (pid, _) = out[i];
+        for tid in procfs::threads(pid)? {
+            let Ok(children) = procfs::read(pid, &format!("task/{tid}/children")) else {
+                continue;
+            };
+            for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if !out.iter().any(|(p, _)| *p == c) {
+                    out.push((c, pid));
+                }
+            }
         }
+        i += 1;
     }
-    let stat0 = procfs::stat(pid)?;
-    if stat0.session != pid && !opts.shell_job {
+    Ok(out)
+}
+
+/// Refuses, before touching anything, what the tree's shape does not allow yet.
+fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
+    let root = opts.pid;
+    let root_stat = procfs::stat(root)?;
+    if root_stat.session != root && !opts.shell_job {
         return Err(DumpError::Unsupported {
-            pid,
-            object: format!("session {}", stat0.session),
+            pid: root,
+            object: format!("session {}", root_stat.session),
             what: "the process is not a session leader, so its session cannot be restored".into(),
             hint: "start it with setsid, or pass --shell-job (-j) to dump and restore it into cryo's session".into(),
         });
     }
-    kinds::files::precheck(pid)?;
-    fault_point("seize")?;
+    for &(pid, ppid) in tree {
+        let st = procfs::stat(pid)?;
+        if st.state == 'Z' || st.state == 'X' {
+            return Err(DumpError::Unsupported {
+                pid,
+                object: "task state".into(),
+                what: "zombie processes are not supported yet".into(),
+                hint: "let its parent reap it first (zombies are planned, issue #3)".into(),
+            });
+        }
+        if pid != root {
+            let parent = procfs::stat(ppid)?;
+            // A child lives in its parent's session or leads its own; anything else needs a
+            // fork order cryo does not reproduce yet.
+            if st.session != parent.session && st.session != pid {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    object: format!("session {}", st.session),
+                    what:
+                        "the process is in a session other than its parent's and does not lead it"
+                            .into(),
+                    hint: "such session layouts are planned (issue #3)".into(),
+                });
+            }
+            let in_tree = tree.iter().any(|(p, _)| *p == st.pgrp);
+            if !(in_tree || opts.shell_job && st.pgrp == root_stat.pgrp) {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    object: format!("process group {}", st.pgrp),
+                    what: "its process group leader is outside the dumped tree".into(),
+                    hint: "dump the tree from the group leader".into(),
+                });
+            }
+        }
+        kinds::files::precheck(pid)?;
+    }
+    Ok(())
+}
 
-    // 2. Freeze.
-    let tf = Instant::now();
-    let mut seized = seize(pid)?;
-    let freezing = tf.elapsed();
+/// Dumps one seized process (all its threads) into `img`. Returns the number of injected
+/// syscalls.
+fn dump_process(
+    pid: i32,
+    seized: &Seized,
+    files: &mut FileTable,
+    dir: &ImageDir,
+    stats: &mut pb::DumpStatsEntry,
+    img: &mut TaskImages,
+) -> Result<u64, DumpError> {
     let tracee = Tracee { tid: pid };
     let mut others = Vec::new();
     for t in seized.tracees.iter().skip(1) {
@@ -315,10 +360,6 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
         });
     }
     fault_point("collect")?;
-
-    let mut files = FileTable::default();
-    let mut stats = pb::DumpStatsEntry::default();
-    let mut img = TaskImages::default();
     let site = vmas
         .iter()
         .find(|v| v.exec && v.start < 0x8000_0000_0000 && v.name != "[vdso]" && v.len() >= 4096)
@@ -326,7 +367,6 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
         .ok_or(DumpError::Internal(
             "no executable mapping to run syscalls from",
         ))?;
-
     let mut cx = DumpCx {
         pid,
         tracee: &tracee,
@@ -336,22 +376,22 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
         stat,
         status,
         vmas,
-        files: &mut files,
+        files,
         dir,
-        stats: &mut stats,
+        stats,
     };
-    // 3. In-target work, inside the injection bracket.
+    // In-target work, inside the injection bracket.
     cx.parasite =
         Some(Parasite::inject(&tracee, site, regs).map_err(|e| DumpError::remote(pid, e))?);
     let r = (|| -> Result<(), DumpError> {
-        kinds::signals::Signals::dump(&mut cx, &mut img)?;
+        kinds::signals::Signals::dump(&mut cx, img)?;
         fault_point("parasite")?;
-        kinds::misc::Misc::dump(&mut cx, &mut img)?;
-        kinds::creds::Creds::dump(&mut cx, &mut img)?;
-        kinds::timers::Timers::dump(&mut cx, &mut img)?;
-        kinds::rlimits::Rlimits::dump(&mut cx, &mut img)?;
-        kinds::files::Files::dump(&mut cx, &mut img)?;
-        kinds::regs::CpuState::dump(&mut cx, &mut img)?;
+        kinds::misc::Misc::dump(&mut cx, img)?;
+        kinds::creds::Creds::dump(&mut cx, img)?;
+        kinds::timers::Timers::dump(&mut cx, img)?;
+        kinds::rlimits::Rlimits::dump(&mut cx, img)?;
+        kinds::files::Files::dump(&mut cx, img)?;
+        kinds::regs::CpuState::dump(&mut cx, img)?;
         let scratch = cx
             .remote()?
             .scratch(64 * 1024)
@@ -368,17 +408,70 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
     let cured = parasite.cure().map_err(|e| DumpError::remote(pid, e));
     r?;
     cured?;
-    // 4. Memory (after the cure, so the original code word is what gets saved).
-    kinds::memory::Memory::dump(&mut cx, &mut img)?;
-    fault_point("write")?;
-    drop(cx);
+    // Memory after the cure, so the original code word is what gets saved.
+    kinds::memory::Memory::dump(&mut cx, img)?;
+    Ok(calls)
+}
 
-    // 5. Images.
-    write_images(dir, &img, &files)?;
+/// Dumps the process tree rooted at `opts.pid` into `dir`.
+pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
+    let t0 = Instant::now();
+    let root = opts.pid;
+    if !std::path::Path::new(&format!("/proc/{root}")).exists() {
+        return Err(DumpError::NoSuchProcess { pid: root });
+    }
+    // 1. Refuse what we cannot do before touching anything.
+    let tree0 = collect_tree(root)?;
+    precheck(opts, &tree0)?;
+    fault_point("seize")?;
+
+    // 2. Freeze the whole tree; a running process may fork meanwhile, so walk again until
+    //    nothing new appears (frozen processes cannot fork).
+    let tf = Instant::now();
+    let mut frozen: Vec<(i32, i32, Seized)> = Vec::new();
+    for _ in 0..10 {
+        let tree = collect_tree(root)?;
+        let mut new = false;
+        for (pid, ppid) in tree {
+            if frozen.iter().any(|(p, _, _)| *p == pid) {
+                continue;
+            }
+            frozen.push((pid, ppid, seize(pid)?));
+            new = true;
+        }
+        if !new {
+            break;
+        }
+    }
+    if frozen.len() != tree0.len() {
+        let tree: Vec<(i32, i32)> = frozen.iter().map(|(p, pp, _)| (*p, *pp)).collect();
+        precheck(opts, &tree)?;
+    }
+    let freezing = tf.elapsed();
+
+    // 3. Each process.
+    let mut files = FileTable::default();
+    let mut stats = pb::DumpStatsEntry::default();
+    let mut imgs: Vec<TaskImages> = Vec::new();
+    let mut calls = 0;
+    for (i, (pid, ppid, seized)) in frozen.iter().enumerate() {
+        let mut img = TaskImages {
+            pages_id: i as u32 + 1,
+            ..Default::default()
+        };
+        calls += dump_process(*pid, seized, &mut files, dir, &mut stats, &mut img)?;
+        img.pstree.ppid = *ppid as u32;
+        img.ids = kinds::misc::task_ids(*pid, i as u32 + 2)?;
+        imgs.push(img);
+    }
+    fault_point("write")?;
+
+    // 4. Images.
+    write_images(dir, &imgs, &files)?;
     tracing::info!("images written");
-    let frozen = tf.elapsed();
+    let frozen_time = tf.elapsed();
     stats.freezing_time = freezing.as_micros() as u32;
-    stats.frozen_time = frozen.as_micros() as u32;
+    stats.frozen_time = frozen_time.as_micros() as u32;
     dir.write(
         "stats-dump",
         image::STATS,
@@ -389,23 +482,24 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
     )?;
     dir.finish()?;
 
-    // 6. Final state.
-    if opts.leave_running {
-        seized.release();
-    } else {
-        seized.kill();
+    // 5. Final state.
+    for (_, _, seized) in frozen.iter_mut() {
+        if opts.leave_running {
+            seized.release();
+        } else {
+            seized.kill();
+        }
     }
     Ok(DumpReport {
-        pid,
+        pid: root,
         pages_written: stats.pages_written,
-        frozen_us: frozen.as_micros() as u64,
+        frozen_us: frozen_time.as_micros() as u64,
         total_us: t0.elapsed().as_micros() as u64,
         remote_syscalls: calls,
     })
 }
 
-fn write_images(dir: &ImageDir, img: &TaskImages, files: &FileTable) -> Result<(), DumpError> {
-    let pid = img.pid;
+fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Result<(), DumpError> {
     dir.write(
         "inventory.img",
         image::INVENTORY,
@@ -418,11 +512,23 @@ fn write_images(dir: &ImageDir, img: &TaskImages, files: &FileTable) -> Result<(
             ..Default::default()
         }],
     )?;
+    let tree: Vec<pb::PstreeEntry> = imgs.iter().map(|i| i.pstree.clone()).collect();
+    dir.write("pstree.img", image::PSTREE, &tree)?;
+    for img in imgs {
+        write_task(dir, img)?;
+    }
+    dir.write("files.img", image::FILES, &files.entries)?;
     dir.write(
-        "pstree.img",
-        image::PSTREE,
-        std::slice::from_ref(&img.pstree),
+        "seccomp.img",
+        image::SECCOMP,
+        &[pb::SeccompEntry::default()],
     )?;
+    Ok(())
+}
+
+/// The per-task images: core (one per thread), ids, mm, fs, fdinfo, pagemap.
+fn write_task(dir: &ImageDir, img: &TaskImages) -> Result<(), DumpError> {
+    let pid = img.pid;
     dir.write(
         &format!("core-{pid}.img"),
         image::CORE,
@@ -447,28 +553,22 @@ fn write_images(dir: &ImageDir, img: &TaskImages, files: &FileTable) -> Result<(
         image::FDINFO,
         &img.fdinfo,
     )?;
-    dir.write("files.img", image::FILES, &files.entries)?;
     // pagemap: head, then entries.
-    let mut pm = Vec::new();
-    let head = pb::PagemapHead {
-        pages_id: img.pages_id,
-    };
-    prost_frame(&mut pm, &head);
-    for e in &img.pagemap {
-        prost_frame(&mut pm, e);
-    }
     let mut bytes = Vec::new();
     bytes.extend_from_slice(&image::IMG_COMMON_MAGIC.to_ne_bytes());
     if let image::Head::Common(m) = image::PAGEMAP.head {
         bytes.extend_from_slice(&m.to_ne_bytes());
     }
-    bytes.extend_from_slice(&pm);
+    prost_frame(
+        &mut bytes,
+        &pb::PagemapHead {
+            pages_id: img.pages_id,
+        },
+    );
+    for e in &img.pagemap {
+        prost_frame(&mut bytes, e);
+    }
     dir.write_raw(&format!("pagemap-{pid}.img"), &bytes)?;
-    dir.write(
-        "seccomp.img",
-        image::SECCOMP,
-        &[pb::SeccompEntry::default()],
-    )?;
     Ok(())
 }
 

@@ -104,7 +104,6 @@ impl Kind for Files {
 
     fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
         let pid = cx.pid;
-        let mut seen: Vec<(i32, u32)> = Vec::new(); // (fd, file id)
         for fd in procfs::fds(pid).map_err(DumpError::Proc)? {
             let link = procfs::link(pid, &format!("fd/{fd}")).map_err(DumpError::Proc)?;
             let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
@@ -125,8 +124,8 @@ impl Kind for Files {
             let info = procfs::fdinfo(pid, fd).map_err(DumpError::Proc)?;
             // Same open file description as an earlier fd?
             let mut id = None;
-            for &(other, oid) in &seen {
-                if kcmp(pid, pid, KCMP_FILE, fd as u64, other as u64).ok() == Some(0) {
+            for &(opid, other, oid) in &cx.files.fds {
+                if kcmp(pid, opid, KCMP_FILE, fd as u64, other as u64).ok() == Some(0) {
                     id = Some(oid);
                     break;
                 }
@@ -141,7 +140,7 @@ impl Kind for Files {
                     meta.mode(),
                 ),
             };
-            seen.push((fd, id));
+            cx.files.fds.push((pid, fd, id));
             img.fdinfo.push(pb::FdinfoEntry {
                 id,
                 flags: if info.flags & libc::O_CLOEXEC as u32 != 0 {
@@ -158,64 +157,115 @@ impl Kind for Files {
     }
 
     fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
-        let mut fds: Vec<&pb::FdinfoEntry> = img.fdinfo.iter().collect();
-        fds.sort_by_key(|f| f.fd);
-        let mut opened: HashMap<u32, u32> = HashMap::new(); // file id -> fd
-        for f in fds {
-            let cloexec = if f.flags & libc::FD_CLOEXEC as u32 != 0 {
-                libc::O_CLOEXEC as u64
-            } else {
-                0
-            };
-            if f.r#type != pb::FdTypes::Reg as i32 {
-                return Err(RestoreError::Unsupported(format!(
-                    "fd {} has type {} which this cryo cannot restore",
-                    f.fd, f.r#type
-                )));
-            }
-            if let Some(&src) = opened.get(&f.id) {
-                cx.sys(
-                    "dup3",
-                    libc::SYS_dup3,
-                    [src as u64, f.fd as u64, cloexec, 0, 0, 0],
+        restore_fds(cx, img, None).map(|_| ())
+    }
+}
+
+/// A restored fd table: which fd holds each file id, and the highest fd.
+#[derive(Debug, Clone, Default)]
+pub struct FdTable {
+    pub by_id: HashMap<u32, u32>,
+    pub max_fd: u32,
+}
+
+/// Recreates the fd table of the task `cx` drives. `inherited` is the table of the parent it
+/// was forked from (None for the root, whose inherited fds were all closed): fds sharing an
+/// open file description with the parent are taken over from it, which keeps one shared
+/// offset; every other inherited fd is closed.
+pub fn restore_fds(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    inherited: Option<&FdTable>,
+) -> Result<FdTable, RestoreError> {
+    let mut fds: Vec<&pb::FdinfoEntry> = img.fdinfo.iter().collect();
+    fds.sort_by_key(|f| f.fd);
+    let max_target = fds.iter().map(|f| f.fd).max().unwrap_or(0);
+    // Park what we take over from the parent above every fd in play, then drop the rest.
+    let mut taken: HashMap<u32, u32> = HashMap::new(); // file id -> parked fd
+    if let Some(parent) = inherited {
+        let park = max_target.max(parent.max_fd) as u64 + 1;
+        for f in &fds {
+            if let (Some(&src), false) = (parent.by_id.get(&f.id), taken.contains_key(&f.id)) {
+                let tmp = cx.sys(
+                    "fcntl(F_DUPFD)",
+                    libc::SYS_fcntl,
+                    [src as u64, libc::F_DUPFD as u64, park, 0, 0, 0],
                 )?;
-                continue;
+                taken.insert(f.id, tmp as u32);
             }
-            let reg = cx.reg(f.id)?.clone();
-            let flags = reg.flags
-                & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
-            if let Some(size) = reg.size {
-                if let Ok(m) = std::fs::metadata(&reg.name) {
-                    if m.len() < reg.pos {
-                        tracing::warn!(
-                            "{}: now {} bytes, shorter than the saved offset {} (was {size} bytes)",
-                            reg.name,
-                            m.len(),
-                            reg.pos
-                        );
-                    }
+        }
+        cx.sys(
+            "close_range",
+            libc::SYS_close_range,
+            [0, park - 1, 0, 0, 0, 0],
+        )?;
+    }
+    let mut opened: HashMap<u32, u32> = HashMap::new(); // file id -> fd
+    for f in &fds {
+        let cloexec = if f.flags & libc::FD_CLOEXEC as u32 != 0 {
+            libc::O_CLOEXEC as u64
+        } else {
+            0
+        };
+        if f.r#type != pb::FdTypes::Reg as i32 {
+            return Err(RestoreError::Unsupported(format!(
+                "fd {} has type {} which this cryo cannot restore",
+                f.fd, f.r#type
+            )));
+        }
+        if let Some(&src) = opened.get(&f.id).or(taken.get(&f.id)) {
+            cx.sys(
+                "dup3",
+                libc::SYS_dup3,
+                [src as u64, f.fd as u64, cloexec, 0, 0, 0],
+            )?;
+            opened.entry(f.id).or_insert(f.fd);
+            continue;
+        }
+        let reg = cx.reg(f.id)?.clone();
+        let flags =
+            reg.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+        if let Some(size) = reg.size {
+            if let Ok(m) = std::fs::metadata(&reg.name) {
+                if m.len() < reg.pos {
+                    tracing::warn!(
+                        "{}: now {} bytes, shorter than the saved offset {} (was {size} bytes)",
+                        reg.name,
+                        m.len(),
+                        reg.pos
+                    );
                 }
             }
-            let tmp = cx.open(&reg.name, flags)? as u64;
-            if reg.pos != 0 {
-                cx.sys(
-                    "lseek",
-                    libc::SYS_lseek,
-                    [tmp, reg.pos, libc::SEEK_SET as u64, 0, 0, 0],
-                )?;
-            }
-            if tmp != f.fd as u64 {
-                cx.sys("dup3", libc::SYS_dup3, [tmp, f.fd as u64, cloexec, 0, 0, 0])?;
-                cx.sys("close", libc::SYS_close, [tmp, 0, 0, 0, 0, 0])?;
-            } else if cloexec != 0 {
-                cx.sys(
-                    "fcntl(F_SETFD)",
-                    libc::SYS_fcntl,
-                    [tmp, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
-                )?;
-            }
-            opened.insert(f.id, f.fd);
         }
-        Ok(())
+        let tmp = cx.open(&reg.name, flags)? as u64;
+        if reg.pos != 0 {
+            cx.sys(
+                "lseek",
+                libc::SYS_lseek,
+                [tmp, reg.pos, libc::SEEK_SET as u64, 0, 0, 0],
+            )?;
+        }
+        if tmp != f.fd as u64 {
+            cx.sys("dup3", libc::SYS_dup3, [tmp, f.fd as u64, cloexec, 0, 0, 0])?;
+            cx.sys("close", libc::SYS_close, [tmp, 0, 0, 0, 0, 0])?;
+        } else if cloexec != 0 {
+            cx.sys(
+                "fcntl(F_SETFD)",
+                libc::SYS_fcntl,
+                [tmp, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
+            )?;
+        }
+        opened.insert(f.id, f.fd);
     }
+    if !taken.is_empty() {
+        cx.sys(
+            "close_range",
+            libc::SYS_close_range,
+            [max_target as u64 + 1, u32::MAX as u64, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(FdTable {
+        by_id: opened,
+        max_fd: max_target,
+    })
 }

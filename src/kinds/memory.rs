@@ -277,7 +277,6 @@ impl Kind for Memory {
                     via_mem: !v.read,
                 });
                 off += pages * PAGE_SIZE;
-                cx.stats.pages_scanned += pages;
             }
         }
         // One entry for [vvar] + [vvar_vclock], as CRIU records them.
@@ -290,8 +289,10 @@ impl Kind for Memory {
                 false
             }
         });
-        cx.stats.pages_scanned = (cx.vmas.iter().map(|v| v.len()).sum::<u64>()) / PAGE_SIZE;
-        img.pages_id = 1;
+        cx.stats.pages_scanned += (cx.vmas.iter().map(|v| v.len()).sum::<u64>()) / PAGE_SIZE;
+        if img.pages_id == 0 {
+            img.pages_id = 1;
+        }
         img.pagemap = runs
             .iter()
             .map(|r| pb::PagemapEntry {
@@ -306,8 +307,8 @@ impl Kind for Memory {
         let name = format!("pages-{}.img", img.pages_id);
         let digest = write_pages(cx, &name, &runs, off)?;
         cx.dir.record(&name, digest);
-        cx.stats.pages_written = off / PAGE_SIZE;
-        cx.stats.memdump_time = t0.elapsed().as_micros() as u32;
+        cx.stats.pages_written += off / PAGE_SIZE;
+        cx.stats.memdump_time += t0.elapsed().as_micros() as u32;
         cx.stats.memwrite_time = cx.stats.memdump_time;
         Ok(())
     }
@@ -785,7 +786,7 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
     if let Some(e) = first_err.into_inner().expect("lock") {
         return Err(e);
     }
-    cx.stats.pages_restored = Some(need / PAGE_SIZE);
+    cx.stats.pages_restored = Some(cx.stats.pages_restored.unwrap_or(0) + need / PAGE_SIZE);
     Ok(())
 }
 

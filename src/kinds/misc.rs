@@ -162,13 +162,8 @@ impl Kind for Misc {
     }
 
     fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
-        let pid = cx.pid as u32;
-        let ps = &img.pstree;
-        if ps.sid == pid {
-            cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
-        } else if ps.pgid == pid {
-            cx.sys("setpgid", libc::SYS_setpgid, [0; 6])?;
-        }
+        // Session and process group are set by the restore pipeline: a session before the
+        // task's children exist, groups once every task exists (`restore::set_process_groups`).
         let tc = img.core.tc.clone().unwrap_or_default();
         let th = img.core.thread_core.clone().unwrap_or_default();
         cx.sys(

@@ -72,6 +72,9 @@ pub struct FileTable {
     next: u32,
     /// Path-only records (mapped files, exe, cwd, root) already added, by path.
     by_path: HashMap<String, u32>,
+    /// Every dumped fd so far as (pid, fd, file id): fds of any process that share an open
+    /// file description (kcmp) share the record.
+    pub fds: Vec<(i32, i32, u32)>,
 }
 
 impl FileTable {

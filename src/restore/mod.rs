@@ -127,22 +127,6 @@ impl Drop for Puppet {
     }
 }
 
-/// Reaps the restored threads' exit notifications if the restore fails (the puppet's death
-/// takes them with it; as their tracer cryo must collect their exits).
-struct ThreadsGuard(Vec<i32>);
-
-impl Drop for ThreadsGuard {
-    fn drop(&mut self) {
-        for &tid in &self.0 {
-            let t = Tracee { tid };
-            let _ = crate::sys::proc::kill(tid, libc::SIGKILL);
-            while let Ok(Stop::Stopped { .. }) = t.wait() {
-                let _ = t.cont(0);
-            }
-        }
-    }
-}
-
 /// Result of a restore, for logs and `--json`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RestoreReport {
@@ -152,8 +136,11 @@ pub struct RestoreReport {
     pub remote_syscalls: u64,
 }
 
-/// Reads the single task of the image set.
-fn read_task(dir: &ImageDir) -> Result<(TaskImages, HashMap<u32, pb::FileEntry>), RestoreError> {
+/// Reads the whole image set: every task of pstree.img (parents before children) and the
+/// shared files.img.
+fn read_tree(
+    dir: &ImageDir,
+) -> Result<(Vec<TaskImages>, HashMap<u32, pb::FileEntry>), RestoreError> {
     let inv: pb::InventoryEntry = dir.read_one("inventory.img", image::INVENTORY)?;
     if inv.img_version != 2 {
         return Err(RestoreError::Unsupported(format!(
@@ -162,12 +149,36 @@ fn read_task(dir: &ImageDir) -> Result<(TaskImages, HashMap<u32, pb::FileEntry>)
         )));
     }
     let tree: Vec<pb::PstreeEntry> = dir.read("pstree.img", image::PSTREE)?;
-    let [ps] = tree.as_slice() else {
-        return Err(RestoreError::Unsupported(format!(
-            "{} processes in pstree.img; process trees are planned (issue #3)",
-            tree.len()
-        )));
-    };
+    if tree.is_empty() {
+        return Err(RestoreError::BadImage("pstree.img has no process".into()));
+    }
+    for (i, ps) in tree.iter().enumerate() {
+        let parent_ok = if i == 0 {
+            true
+        } else {
+            tree[..i].iter().any(|p| p.pid == ps.ppid)
+        };
+        if !parent_ok {
+            return Err(RestoreError::BadImage(format!(
+                "pstree.img: process {} comes before its parent {}",
+                ps.pid, ps.ppid
+            )));
+        }
+    }
+    let tasks = tree
+        .iter()
+        .map(|ps| read_task(dir, ps))
+        .collect::<Result<Vec<_>, _>>()?;
+    let files = dir
+        .read::<pb::FileEntry>("files.img", image::FILES)?
+        .into_iter()
+        .map(|f| (f.id, f))
+        .collect();
+    Ok((tasks, files))
+}
+
+/// Reads the images of one task.
+fn read_task(dir: &ImageDir, ps: &pb::PstreeEntry) -> Result<TaskImages, RestoreError> {
     let pid = ps.pid;
     let ids: pb::TaskKobjIdsEntry = dir.read_one(&format!("ids-{pid}.img"), image::IDS)?;
     let mut pm = dir.read::<pb::PagemapEntry>(&format!("pagemap-{pid}.img"), image::PAGEMAP)?;
@@ -214,20 +225,18 @@ fn read_task(dir: &ImageDir) -> Result<(TaskImages, HashMap<u32, pb::FileEntry>)
             .map(|tid| dir.read_one(&format!("core-{tid}.img"), image::CORE))
             .collect::<Result<_, _>>()?,
     };
-    let files = dir
-        .read::<pb::FileEntry>("files.img", image::FILES)?
-        .into_iter()
-        .map(|f| (f.id, f))
-        .collect();
-    Ok((img, files))
+    Ok(img)
 }
 
 /// A free, page-aligned address range of `len` bytes outside every VMA of the dumped task
 /// and of cryo itself, for the trampoline.
-fn trampoline_addr(img: &TaskImages, len: u64) -> Result<u64, RestoreError> {
+fn trampoline_addr(tasks: &[TaskImages], len: u64) -> Result<u64, RestoreError> {
     let own =
         procfs::parse_smaps(&procfs::read(std::process::id() as i32, "maps")?).unwrap_or_default();
-    let mut used: Vec<(u64, u64)> = img.mm.vmas.iter().map(|v| (v.start, v.end)).collect();
+    let mut used: Vec<(u64, u64)> = tasks
+        .iter()
+        .flat_map(|t| t.mm.vmas.iter().map(|v| (v.start, v.end)))
+        .collect();
     used.extend(own.iter().map(|v| (v.start, v.end)));
     used.sort_unstable();
     let guard = 1 << 20; // keep clear of stack guard gaps
@@ -246,6 +255,233 @@ fn trampoline_addr(img: &TaskImages, len: u64) -> Result<u64, RestoreError> {
     ))
 }
 
+/// Size of the trampoline area (one code page + scratch).
+const TR_LEN: u64 = 16 * 4096;
+/// Top of the user address space (47-bit).
+const USER_TOP: u64 = 0x7fff_ffff_f000;
+
+/// Every puppet task created so far (processes and threads, in creation order). On drop
+/// (a failed restore) they are killed newest first: a thread-group leader reports its exit
+/// only after its other threads are reaped, a parent after nothing.
+struct Puppets(Vec<Puppet>);
+
+impl Drop for Puppets {
+    fn drop(&mut self) {
+        while let Some(p) = self.0.pop() {
+            drop(p);
+        }
+    }
+}
+
+/// A task shaped and stopped, waiting for the final release.
+struct Ready {
+    pid: i32,
+    regs: pb::UserX86RegsEntry,
+    mask: u64,
+    threads: Vec<kinds::threads::RestoredThread>,
+}
+
+/// Everything `shape` needs besides the task itself.
+struct Shared<'a> {
+    dir: &'a ImageDir,
+    files: &'a HashMap<u32, pb::FileEntry>,
+    tasks: &'a [TaskImages],
+    tr: u64,
+    calls: u64,
+}
+
+fn ptrace_err(what: &'static str) -> impl Fn(std::io::Error) -> RestoreError {
+    move |source| RestoreError::Ptrace { what, source }
+}
+
+/// Turns the stopped puppet `idx` into its task, creating its children (recursively) once
+/// its fds exist so they inherit the shared ones. Every created puppet is pushed to
+/// `puppets` first, so a failure anywhere kills them all.
+fn shape(
+    sh: &mut Shared<'_>,
+    idx: usize,
+    inherited: Option<&kinds::files::FdTable>,
+    puppets: &mut Puppets,
+    ready: &mut Vec<Ready>,
+    stats: &mut pb::RestoreStatsEntry,
+) -> Result<(), RestoreError> {
+    let img = &sh.tasks[idx];
+    let pid = img.pid as i32;
+    let t = Tracee { tid: pid };
+    let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+    let mut cx = RestoreCx {
+        pid,
+        remote: Remote::new(&t, sh.tr, base),
+        scratch: sh.tr + 4096,
+        scratch_len: TR_LEN - 4096,
+        dir: sh.dir,
+        files: sh.files,
+        stats,
+        inherited: Default::default(),
+    };
+    // Empty it: cryo's rseq area (root only: children are forked after it is gone), cryo's
+    // fds (root only: children inherit their parent's restored fds on purpose) and memory.
+    if idx == 0 {
+        let own = t
+            .rseq_conf()
+            .map_err(ptrace_err("PTRACE_GET_RSEQ_CONFIGURATION"))?;
+        if own.rseq_abi_pointer != 0 {
+            cx.sys(
+                "rseq (unregister)",
+                libc::SYS_rseq,
+                [
+                    own.rseq_abi_pointer,
+                    own.rseq_abi_size as u64,
+                    1,
+                    own.signature as u64,
+                    0,
+                    0,
+                ],
+            )?;
+        }
+        cx.sys(
+            "close_range",
+            libc::SYS_close_range,
+            [0, u32::MAX as u64, 0, 0, 0, 0],
+        )?;
+    }
+    if img.pstree.sid == img.pid {
+        cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
+    }
+    let tr = sh.tr;
+    cx.sys("munmap", libc::SYS_munmap, [0, tr, 0, 0, 0, 0])?;
+    cx.sys(
+        "munmap",
+        libc::SYS_munmap,
+        [tr + TR_LEN, USER_TOP - (tr + TR_LEN), 0, 0, 0, 0],
+    )?;
+
+    let table = kinds::files::restore_fds(&mut cx, img, inherited)?;
+    fault_point("files")?;
+    // Children, forked now so they inherit the fds they share with this task.
+    for (cidx, child) in sh
+        .tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.pstree.ppid == img.pid && c.pid != img.pid)
+    {
+        let cpid = child.pid as i32;
+        let set_tid = cx.put(3072, &(cpid as u64).to_ne_bytes())?;
+        let mut args = [0u64; 11];
+        args[4] = libc::SIGCHLD as u64; // exit_signal
+        args[8] = set_tid;
+        args[9] = 1;
+        let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let a = cx.put(2048, &bytes)?;
+        let got = cx
+            .sys(
+                "clone3 (child process)",
+                libc::SYS_clone3,
+                [a, 88, 0, 0, 0, 0],
+            )
+            .map_err(|e| match e {
+                RestoreError::Remote(RemoteError::Errno { source, .. })
+                    if source.raw_os_error() == Some(libc::EEXIST) =>
+                {
+                    RestoreError::PidBusy {
+                        pid: cpid,
+                        who: "a process that appeared meanwhile".into(),
+                    }
+                }
+                e => e,
+            })?;
+        puppets.0.push(Puppet {
+            tracee: Tracee { tid: got as i32 },
+            released: false,
+        });
+        if got as i32 != cpid {
+            return Err(RestoreError::BadImage(format!(
+                "process {cpid} was created as {got}"
+            )));
+        }
+        match puppets
+            .0
+            .last()
+            .expect("pushed")
+            .tracee
+            .wait()
+            .map_err(ptrace_err("waitpid"))?
+        {
+            Stop::Stopped { .. } => {}
+            other => {
+                return Err(RestoreError::Ptrace {
+                    what: "waiting for a new process",
+                    source: std::io::Error::other(format!("unexpected state {other:?}")),
+                })
+            }
+        }
+        let calls = cx.remote.calls;
+        cx.remote.calls = 0;
+        sh.calls += calls;
+        shape(sh, cidx, Some(&table), puppets, ready, cx.stats)?;
+    }
+
+    kinds::memory::Memory::restore(&mut cx, img)?;
+    fault_point("memory")?;
+    kinds::rlimits::Rlimits::restore(&mut cx, img)?;
+    kinds::signals::Signals::restore(&mut cx, img)?;
+    kinds::misc::Misc::restore(&mut cx, img)?;
+    kinds::regs::CpuState::restore(&mut cx, img)?;
+    fault_point("task")?;
+    // Threads are created after everything they share and before the leader drops its
+    // credentials (creating them needs them).
+    let threads = kinds::threads::restore_threads(&mut cx, img)?;
+    for th in &threads {
+        puppets.0.push(Puppet {
+            tracee: Tracee { tid: th.tracee.tid },
+            released: false,
+        });
+    }
+    fault_point("threads")?;
+    kinds::creds::Creds::restore(&mut cx, img)?;
+    fault_point("creds")?;
+    kinds::misc::restore_late(&mut cx, img)?;
+    kinds::timers::Timers::restore(&mut cx, img)?;
+    sh.calls += cx.remote.calls;
+    let ti = img
+        .core
+        .thread_info
+        .as_ref()
+        .ok_or_else(|| RestoreError::BadImage(format!("core-{pid}.img has no registers")))?;
+    ready.push(Ready {
+        pid,
+        regs: ti.gpregs,
+        mask: img.core.tc.as_ref().map(|t| t.blk_sigset).unwrap_or(0),
+        threads,
+    });
+    Ok(())
+}
+
+/// Puts every task into its process group: leaders first, then members.
+fn set_process_groups(tasks: &[TaskImages], tr: u64) -> Result<(), RestoreError> {
+    for leaders_pass in [true, false] {
+        for img in tasks {
+            let (pid, pgid) = (img.pid as i32, img.pstree.pgid as i32);
+            if (pgid == pid) != leaders_pass {
+                continue;
+            }
+            let now = procfs::stat(pid)?.pgrp;
+            if now == pgid || img.pstree.sid == img.pid {
+                continue;
+            }
+            if !tasks.iter().any(|t| t.pid as i32 == pgid) {
+                continue; // a shell job's group outside the tree: it stays in cryo's
+            }
+            let t = Tracee { tid: pid };
+            let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+            let mut r = Remote::new(&t, tr, base);
+            let target = if leaders_pass { 0 } else { pgid as u64 };
+            r.call("setpgid", libc::SYS_setpgid, [0, target, 0, 0, 0, 0])?;
+        }
+    }
+    Ok(())
+}
+
 /// Restores the image set in `dir`.
 pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreError> {
     let t0 = Instant::now();
@@ -258,48 +494,50 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
         ),
     }
     fault_point("verify")?;
-    let (img, files) = read_task(dir)?;
-    let pid = img.pid as i32;
-    if let Ok(st) = procfs::stat(pid) {
-        return Err(RestoreError::PidBusy {
-            pid,
-            who: format!("{} (state {})", st.comm, st.state),
-        });
+    let (tasks, files) = read_tree(dir)?;
+    for t in &tasks {
+        for &tid in &t.pstree.threads {
+            if let Ok(st) = procfs::stat(tid as i32) {
+                return Err(RestoreError::PidBusy {
+                    pid: tid as i32,
+                    who: format!("{} (state {})", st.comm, st.state),
+                });
+            }
+        }
     }
+    let root = tasks[0].pid as i32;
 
-    // 2. Trampoline + puppet.
-    let tr_len: u64 = 16 * 4096;
-    let tr = trampoline_addr(&img, tr_len)?;
+    // 2. Trampoline + root puppet.
+    let tr = trampoline_addr(&tasks, TR_LEN)?;
     let mut code = Mapping::anon_fixed(tr, 4096, libc::PROT_READ | libc::PROT_WRITE)
-        .map_err(|source| RestoreError::Fork { pid, source })?;
+        .map_err(|source| RestoreError::Fork { pid: root, source })?;
     code.write_at(0, &SYSCALL_INSN.to_ne_bytes());
     code.protect(libc::PROT_READ | libc::PROT_EXEC)
-        .map_err(|source| RestoreError::Fork { pid, source })?;
+        .map_err(|source| RestoreError::Fork { pid: root, source })?;
     let scratch = Mapping::anon_fixed(
         tr + 4096,
-        (tr_len - 4096) as usize,
+        (TR_LEN - 4096) as usize,
         libc::PROT_READ | libc::PROT_WRITE,
     )
-    .map_err(|source| RestoreError::Fork { pid, source })?;
+    .map_err(|source| RestoreError::Fork { pid: root, source })?;
     fault_point("fork")?;
-    let child = crate::sys::proc::spawn_puppet(pid).map_err(|source| {
+    let child = crate::sys::proc::spawn_puppet(root).map_err(|source| {
         if source.raw_os_error() == Some(libc::EEXIST) {
             RestoreError::PidBusy {
-                pid,
+                pid: root,
                 who: "a process that appeared meanwhile".into(),
             }
         } else {
-            RestoreError::Fork { pid, source }
+            RestoreError::Fork { pid: root, source }
         }
     })?;
-    let mut puppet = Puppet {
+    let mut puppets = Puppets(vec![Puppet {
         tracee: Tracee { tid: child },
         released: false,
-    };
+    }]);
     drop(code);
     drop(scratch);
-    let pt = |what| move |source| RestoreError::Ptrace { what, source };
-    match puppet.tracee.wait().map_err(pt("waitpid"))? {
+    match puppets.0[0].tracee.wait().map_err(ptrace_err("waitpid"))? {
         Stop::Stopped {
             sig: libc::SIGSTOP, ..
         } => {}
@@ -310,105 +548,57 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
             })
         }
     }
-    puppet
+    puppets.0[0]
         .tracee
         .set_options(
-            libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
+            libc::PTRACE_O_EXITKILL
+                | libc::PTRACE_O_TRACESYSGOOD
+                | libc::PTRACE_O_TRACECLONE
+                | libc::PTRACE_O_TRACEFORK,
         )
-        .map_err(pt("PTRACE_SETOPTIONS"))?;
-    let base = puppet.tracee.regs().map_err(pt("PTRACE_GETREGS"))?;
-    let own_rseq = puppet
-        .tracee
-        .rseq_conf()
-        .map_err(pt("PTRACE_GET_RSEQ_CONFIGURATION"))?;
-    let tracee = Tracee { tid: child };
+        .map_err(ptrace_err("PTRACE_SETOPTIONS"))?;
+
+    // 3. Shape every task (children are created from their parents on the way).
+    let tf = Instant::now();
     let mut stats = pb::RestoreStatsEntry::default();
-    let mut cx = RestoreCx {
-        pid,
-        remote: Remote::new(&tracee, tr, base),
-        scratch: tr + 4096,
-        scratch_len: tr_len - 4096,
+    let mut ready = Vec::new();
+    let mut sh = Shared {
         dir,
         files: &files,
-        stats: &mut stats,
-        inherited: Default::default(),
+        tasks: &tasks,
+        tr,
+        calls: 0,
     };
-
-    // 3. Empty the puppet: cryo's rseq area, fds and memory must go.
-    if own_rseq.rseq_abi_pointer != 0 {
-        cx.sys(
-            "rseq (unregister)",
-            libc::SYS_rseq,
-            [
-                own_rseq.rseq_abi_pointer,
-                own_rseq.rseq_abi_size as u64,
-                1,
-                own_rseq.signature as u64,
-                0,
-                0,
-            ],
-        )?;
-    }
-    cx.sys(
-        "close_range",
-        libc::SYS_close_range,
-        [0, u32::MAX as u64, 0, 0, 0, 0],
-    )?;
-    cx.sys("munmap", libc::SYS_munmap, [0, tr, 0, 0, 0, 0])?;
-    let top = 0x7fff_ffff_f000u64;
-    cx.sys(
-        "munmap",
-        libc::SYS_munmap,
-        [tr + tr_len, top - (tr + tr_len), 0, 0, 0, 0],
-    )?;
-
-    // 4. The kinds, in dependency order.
-    let tf = Instant::now();
-    kinds::memory::Memory::restore(&mut cx, &img)?;
-    fault_point("memory")?;
-    kinds::files::Files::restore(&mut cx, &img)?;
-    fault_point("files")?;
-    kinds::rlimits::Rlimits::restore(&mut cx, &img)?;
-    kinds::signals::Signals::restore(&mut cx, &img)?;
-    kinds::misc::Misc::restore(&mut cx, &img)?;
-    kinds::regs::CpuState::restore(&mut cx, &img)?;
-    fault_point("task")?;
-    // Threads are created after everything they share and before the leader drops its
-    // credentials (creating them needs them). Each one is killed with the puppet on error.
-    let threads = kinds::threads::restore_threads(&mut cx, &img)?;
-    let _threads_guard = ThreadsGuard(threads.iter().map(|t| t.tracee.tid).collect());
-    fault_point("threads")?;
-    kinds::creds::Creds::restore(&mut cx, &img)?;
-    fault_point("creds")?;
-    kinds::misc::restore_late(&mut cx, &img)?;
-    kinds::timers::Timers::restore(&mut cx, &img)?;
+    shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
+    set_process_groups(&tasks, tr)?;
     fault_point("finish")?;
 
-    // 5. Last injected syscall unmaps the trampoline; then the dumped registers.
-    cx.remote.call_to_exit(
-        "munmap (trampoline)",
-        libc::SYS_munmap,
-        [tr, tr_len, 0, 0, 0, 0],
-    )?;
-    let calls = cx.remote.calls;
-    let ti = img
-        .core
-        .thread_info
-        .as_ref()
-        .ok_or_else(|| RestoreError::BadImage(format!("core-{pid}.img has no registers")))?;
-    let regs = kinds::regs::pb_to_regs(&ti.gpregs, &base);
-    puppet
-        .tracee
-        .set_regs(&regs)
-        .map_err(pt("PTRACE_SETREGS"))?;
-    let mask = img.core.tc.as_ref().map(|t| t.blk_sigset).unwrap_or(0);
-    puppet
-        .tracee
-        .set_sigmask(mask)
-        .map_err(pt("PTRACE_SETSIGMASK"))?;
+    // 4. Last injected syscall of each task unmaps the trampoline; then the dumped registers.
+    for r in &ready {
+        let t = Tracee { tid: r.pid };
+        let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+        Remote::new(&t, tr, base).call_to_exit(
+            "munmap (trampoline)",
+            libc::SYS_munmap,
+            [tr, TR_LEN, 0, 0, 0, 0],
+        )?;
+        t.set_regs(&kinds::regs::pb_to_regs(&r.regs, &base))
+            .map_err(ptrace_err("PTRACE_SETREGS"))?;
+        t.set_sigmask(r.mask)
+            .map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
+        for th in &r.threads {
+            th.tracee
+                .set_regs(&th.regs)
+                .map_err(ptrace_err("PTRACE_SETREGS"))?;
+            th.tracee
+                .set_sigmask(th.mask)
+                .map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
+        }
+    }
+    sh.calls += 2 * ready.len() as u64;
     stats.restore_time = tf.elapsed().as_micros() as u32;
     if let Some(p) = &opts.pidfile {
-        std::fs::write(p, format!("{pid}")).map_err(|source| ImageError::Io {
+        std::fs::write(p, format!("{root}")).map_err(|source| ImageError::Io {
             path: p.clone(),
             op: "write pidfile",
             source,
@@ -422,32 +612,20 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
             restore: Some(stats),
         }],
     );
-    for t in &threads {
-        t.tracee.set_regs(&t.regs).map_err(pt("PTRACE_SETREGS"))?;
-        t.tracee
-            .set_sigmask(t.mask)
-            .map_err(pt("PTRACE_SETSIGMASK"))?;
+    // 5. Let them run: children and threads before their parents.
+    for p in puppets.0.iter_mut().rev() {
+        p.tracee.detach(0).map_err(ptrace_err("PTRACE_DETACH"))?;
+        p.released = true;
     }
-    for t in &threads {
-        t.tracee.detach(0).map_err(pt("PTRACE_DETACH"))?;
-    }
-    puppet.tracee.detach(0).map_err(pt("PTRACE_DETACH"))?;
-    puppet.released = true;
-    std::mem::forget(_threads_guard);
     let report = RestoreReport {
-        pid,
+        pid: root,
         pages_restored: stats.pages_restored.unwrap_or(0),
         total_us: t0.elapsed().as_micros() as u64,
-        remote_syscalls: calls,
+        remote_syscalls: sh.calls,
     };
     if !opts.detach {
-        // Like criu without -d: stay the parent until the restored process exits.
-        let mut status = 0;
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).map(|s| {
-            if let nix::sys::wait::WaitStatus::Exited(_, c) = s {
-                status = c;
-            }
-        });
+        // Like criu without -d: stay the parent until the restored root exits.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(root), None);
     }
     Ok(report)
 }
