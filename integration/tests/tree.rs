@@ -124,3 +124,57 @@ fn inherited_fd_keeps_one_offset() {
         );
     }
 }
+
+/// A failed dump leaves the whole tree running; a failed restore leaves none of it behind.
+#[test]
+fn failures_in_a_tree_harm_nothing() {
+    let dir = scratch("treefault");
+    let out = dir.join("loop.out");
+    let pid = spawn(
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while :; do echo $i; i=$((i+1)); sleep 0.2; done",
+        ],
+        &out,
+    );
+    let _guard = KillOnDrop(pid);
+    wait_for("output", 10, || lines(&out).len() >= 2);
+    for stage in ["collect", "parasite", "memory", "write"] {
+        let o = cryo_env(
+            &[
+                "dump",
+                "-t",
+                &pid.to_string(),
+                "-D",
+                dir.join("x").to_str().unwrap(),
+            ],
+            &[("CRYO_FAULT_INJECT", stage)],
+        );
+        assert!(!o.status.success(), "{stage}");
+        let n = lines(&out).len();
+        wait_for("the loop to go on", 10, || lines(&out).len() > n + 1);
+    }
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    let pids = tree_pids(&img);
+    assert!(pids.len() >= 2);
+    wait_tree_gone(&img);
+    for stage in ["files", "memory", "task", "creds", "finish"] {
+        let o = cryo_env(
+            &["restore", "-D", img.to_str().unwrap(), "-d"],
+            &[("CRYO_FAULT_INJECT", stage)],
+        );
+        assert!(!o.status.success(), "{stage}");
+        for p in &pids {
+            wait_gone(*p);
+        }
+    }
+    let n = lines(&out).len();
+    restore(&img);
+    wait_for("the loop to go on after restore", 10, || {
+        lines(&out).len() > n + 1
+    });
+    let v: Vec<u64> = lines(&out).iter().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(v, (0..v.len() as u64).collect::<Vec<_>>());
+}
