@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark cryo (and optionally CRIU) dump/restore.
 #
-# Usage: integration/bench.sh [--rounds N] [--mib M]
+# Usage: integration/bench.sh [--only SCENARIOS] [--rounds N] [--mib M] [--procs P] [--threads T]
 #   CRYO=path   cryo binary (default: <repo>/target/release/cryo; run `cargo build --release` first)
 #   CRIU=path   optional CRIU binary; when set, CRIU runs alternately with cryo on the same
 #               workloads and the table shows criu_time / cryo_time (>1: cryo is faster)
@@ -11,9 +11,15 @@
 #   1. fixed cost: `sleep 1000` (setsid, stdio /dev/null): dump and restore wall time (N=5)
 #   2. memory: memhog holding M MiB (default 2048) of random anonymous memory: dump and restore
 #      wall time and GB/s (10^9 B/s), memory checksum before dump == after restore (N=3)
-# --rounds N sets N for both scenarios. Dumps go to the page cache (no sync), restores read it back
-# from the page cache. The last line of stdout is a JSON summary. Exits non-zero if any checksum
-# differs or any dump/restore fails (the command, its output and its log are printed).
+#   3. tree: fanout, a tree of P (default 100) processes by fork fan-out, all idle in sigsuspend():
+#      dump and restore wall time; check: all P PIDs back, every child with the root as parent (N=3)
+#   4. threads: manythreads, one process with T (default 1000) threads (64 KiB stacks) idle in
+#      pause(): dump and restore wall time; check: /proc/PID/task has T+1 entries (N=3)
+# --only takes a comma list of fixed,mem,tree,threads (default: all of them).
+# --rounds N sets N for every scenario. Dumps go to the page cache (no sync), restores read it back
+# from the page cache. The last line of stdout is a JSON summary. Exits non-zero if any check
+# (checksum, tree, threads) fails or any dump/restore fails (the command, its output and its log
+# are printed).
 # Needs root, gcc and (for fast reaping of restored processes) python3.
 set -euo pipefail
 
@@ -31,16 +37,38 @@ fi
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROUNDS_FIXED=5
 ROUNDS_MEM=3
+ROUNDS_TREE=3
+ROUNDS_THREADS=3
 MIB=2048
+NPROCS=100
+NTHREADS=1000
+ONLY=fixed,mem,tree,threads
+USAGE="usage: bench.sh [--only fixed,mem,tree,threads] [--rounds N] [--mib M] [--procs P] [--threads T]"
 while [ $# -gt 0 ]; do
+    [ $# -ge 2 ] || [[ $1 == -h || $1 == --help ]] || { echo "bench.sh: $1 needs a value ($USAGE)" >&2; exit 2; }
     case $1 in
-        --rounds) ROUNDS_FIXED=$2; ROUNDS_MEM=$2; shift 2 ;;
+        --only) ONLY=$2; shift 2 ;;
+        --rounds) ROUNDS_FIXED=$2; ROUNDS_MEM=$2; ROUNDS_TREE=$2; ROUNDS_THREADS=$2; shift 2 ;;
         --mib) MIB=$2; shift 2 ;;
+        --procs) NPROCS=$2; shift 2 ;;
+        --threads) NTHREADS=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) echo "bench.sh: unknown argument $1 (usage: bench.sh [--rounds N] [--mib M])" >&2; exit 2 ;;
+        *) echo "bench.sh: unknown argument $1 ($USAGE)" >&2; exit 2 ;;
     esac
 done
-[[ $ROUNDS_FIXED =~ ^[1-9][0-9]*$ && $MIB =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds and --mib take positive integers" >&2; exit 2; }
+for v in "$ROUNDS_FIXED" "$MIB" "$NPROCS" "$NTHREADS"; do
+    [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds, --mib, --procs and --threads take positive integers" >&2; exit 2; }
+done
+# SCEN: selected scenarios in run order; KIND: scenario -> kind (the prefix of its result keys)
+declare -A KIND=([fixed]=sleep [mem]=mem [tree]=tree [threads]=threads) WANT=()
+for sc in ${ONLY//,/ }; do
+    [ -n "${KIND[$sc]:-}" ] || { echo "bench.sh: unknown scenario '$sc' in --only (fixed,mem,tree,threads)" >&2; exit 2; }
+    WANT[$sc]=1
+done
+SCEN=()
+for sc in fixed mem tree threads; do [ -z "${WANT[$sc]:-}" ] || SCEN+=("$sc"); done
+[ ${#SCEN[@]} -gt 0 ] || { echo "bench.sh: --only selects no scenario" >&2; exit 2; }
+wants() { [ -n "${WANT[$1]:-}" ]; }
 
 CRYO=${CRYO:-$REPO_ROOT/target/release/cryo}
 [ -x "$CRYO" ] || { echo "bench.sh: $CRYO not found; run cargo build --release or set CRYO" >&2; exit 2; }
@@ -55,18 +83,20 @@ fi
 WORK=$(mktemp -d "${BENCH_TMP:-/var/tmp}/cryo-bench.XXXXXX")
 FSTYPE=$(stat -f -c %T "$WORK")
 KEEP_WORK=0
-CUR_PID=""   # the workload (or its restored copy) currently alive, killed on exit
+CUR_PID=""   # the workload's PIDs (or its restored copy's) currently alive, killed on exit
 cleanup() {
-    if [ -n "$CUR_PID" ]; then kill -9 "$CUR_PID" 2>/dev/null || true; fi
+    if [ -n "$CUR_PID" ]; then kill -9 $CUR_PID 2>/dev/null || true; fi
     if [ "$KEEP_WORK" = 1 ]; then echo "bench.sh: kept $WORK for inspection" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 if [ "$FSTYPE" = tmpfs ]; then echo "bench.sh: $WORK is on tmpfs; set BENCH_TMP to a disk directory" >&2; exit 2; fi
 avail_mib=$(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo)
-if [ $((MIB * 3)) -gt "$avail_mib" ]; then
+if wants mem && [ $((MIB * 3)) -gt "$avail_mib" ]; then
     echo "bench.sh: warning: ${MIB} MiB workload + images + restore need ~$((MIB * 3)) MiB, only ${avail_mib} MiB available" >&2
 fi
-gcc -O2 -o "$WORK/memhog" "$REPO_ROOT/integration/progs/memhog.c"
+! wants mem || gcc -O2 -o "$WORK/memhog" "$REPO_ROOT/integration/progs/memhog.c"
+! wants tree || gcc -O2 -o "$WORK/fanout" "$REPO_ROOT/integration/progs/fanout.c"
+! wants threads || gcc -O2 -pthread -o "$WORK/manythreads" "$REPO_ROOT/integration/progs/manythreads.c"
 
 now_us() { local t=${EPOCHREALTIME/[.,]/}; echo "$t"; }
 
@@ -110,6 +140,34 @@ wait_in_pause() {
     done
 }
 
+# all_idle PID...: every thread of every PID sleeps in pause() (34) or rt_sigsuspend() (130).
+all_idle() {
+    local p
+    for p in "$@"; do
+        awk 'FNR == 1 && $1 != 34 && $1 != 130 {bad = 1} END {exit bad}' /proc/"$p"/task/*/syscall 2>/dev/null || return 1
+    done
+}
+
+# wait_all_idle PID...: until all_idle PID..., at most 60 s.
+wait_all_idle() {
+    local deadline=$((SECONDS + 60))
+    until all_idle "$@"; do
+        [ $SECONDS -lt $deadline ] || { echo "bench.sh: not every thread of $# processes (first $1) idle in pause()/sigsuspend() after 60 s" >&2; exit 1; }
+        sleep 0.005
+    done
+}
+
+# tree_check ROOT CHILD...: prints how many of the CHILD PIDs are missing or not children of ROOT.
+tree_check() {
+    local root=$1 c pp bad=0; shift
+    [ -e "/proc/$root" ] || bad=1
+    for c in "$@"; do
+        pp=$(sed 's/.*) //' "/proc/$c/stat" 2>/dev/null | cut -d' ' -f2) || true
+        [ "$pp" = "$root" ] || bad=$((bad + 1))
+    done
+    echo "$bad"
+}
+
 # Until PID is dead (zombie or gone); "gone" also requires it to be reaped.
 wait_dead() {
     local deadline=$((SECONDS + 30)) st
@@ -141,7 +199,7 @@ declare -A RES
 declare -A CHECK
 add() { RES[$1,$2]="${RES[$1,$2]:-} $3"; }
 
-# one_round TOOL KIND(sleep|mem) MEASURED(0|1)
+# one_round TOOL KIND(sleep|mem|tree|threads) MEASURED(0|1)
 one_round() {
     local tool=$1 kind=$2 measured=$3 bin=${BIN[$1]}
     local dir="$WORK/$tool-$kind"
@@ -149,10 +207,24 @@ one_round() {
     mkdir -p "$dir/img"
     local extra=()
     if [ "$tool" = cryo ]; then extra=(--json); fi
-    local sum1="" sum2=""
+    local sum1="" sum2="" pids
     if [ "$kind" = sleep ]; then
         start_workload sleep 1000
         while [ "$(cat "/proc/$PID/comm" 2>/dev/null)" != sleep ]; do sleep 0.001; done
+    elif [ "$kind" = tree ]; then
+        : >"$dir/fanout.out"
+        start_workload "$WORK/fanout" "$NPROCS" "$dir/fanout.out"
+        wait_lines "$dir/fanout.out" 1 "$PID"
+        read -r -a pids <"/proc/$PID/task/$PID/children" || true
+        pids=("$PID" ${pids[@]+"${pids[@]}"})
+        CUR_PID="${pids[*]}"
+        [ ${#pids[@]} = "$NPROCS" ] || { echo "bench.sh: fanout $PID has $((${#pids[@]} - 1)) children, not $((NPROCS - 1))" >&2; exit 1; }
+        wait_all_idle "${pids[@]}"   # dump it idle, the same way for every tool
+    elif [ "$kind" = threads ]; then
+        : >"$dir/manythreads.out"
+        start_workload "$WORK/manythreads" "$NTHREADS" "$dir/manythreads.out"
+        wait_lines "$dir/manythreads.out" 1 "$PID"
+        wait_all_idle "$PID"
     else
         : >"$dir/memhog.out"
         start_workload "$WORK/memhog" "$MIB" "$dir/memhog.out"
@@ -163,14 +235,15 @@ one_round() {
         sum1=$(sed -n 2p "$dir/memhog.out")
         wait_in_pause "$PID"   # dump it idle, the same way for every tool
     fi
-    local pid=$PID t0 t1 cmd
+    local pid=$PID t0 t1 cmd p
+    [ "$kind" = tree ] || pids=("$pid")
 
     cmd=("$bin" dump -t "$pid" -D "$dir/img" -o dump.log "${extra[@]}")
     t0=$(now_us)
     "${cmd[@]}" >"$dir/dump.out" 2>"$dir/dump.err" || fail "$tool" dump "$dir" "$dir/img/dump.log" "${cmd[@]}"
     t1=$(now_us)
     local dump_us=$((t1 - t0))
-    wait_dead "$pid" gone
+    for p in "${pids[@]}"; do wait_dead "$p" gone; done   # the whole tree, before restore
     local img_bytes
     img_bytes=$(du -sb "$dir/img" | cut -f1)
 
@@ -191,23 +264,48 @@ one_round() {
             ok=FAIL
             echo "checksum FAIL ($tool, round measured=$measured): before '$sum1' after '$sum2'" >&2
         fi
-        [ "$ok" = PASS ] || CHECK[$tool]=FAIL
-        [ "${CHECK[$tool]:-}" = FAIL ] || CHECK[$tool]=PASS
+    elif [ "$kind" = tree ]; then
+        local bad bad2
+        bad=$(tree_check "${pids[@]}")
+        if [ "$bad" != 0 ]; then
+            ok=FAIL
+            sleep 1
+            bad2=$(tree_check "${pids[@]}")
+            {
+                echo "tree check FAIL ($tool, round measured=$measured): right after restore $bad of $NPROCS processes missing or with the wrong parent, 1 s later $bad2"
+                for p in "${pids[@]}"; do
+                    echo "  $p: $(cat "/proc/$p/stat" 2>&1)"
+                done | head -n 12
+            } >&2
+        fi
+    elif [ "$kind" = threads ]; then
+        local ntask ntask2
+        ntask=$(ls "/proc/$pid/task" | wc -l)
+        if [ "$ntask" != $((NTHREADS + 1)) ]; then
+            ok=FAIL
+            sleep 1
+            ntask2=$(ls "/proc/$pid/task" | wc -l)
+            echo "threads check FAIL ($tool, round measured=$measured): /proc/$pid/task has $ntask entries right after restore, $ntask2 1 s later, expected $((NTHREADS + 1))" >&2
+        fi
     fi
-    kill -9 "$pid"
-    wait_dead "$pid" gone
+    if [ "$kind" != sleep ]; then
+        [ "$ok" = PASS ] || CHECK[$tool,$kind]=FAIL
+        [ "${CHECK[$tool,$kind]:-}" = FAIL ] || CHECK[$tool,$kind]=PASS
+    fi
+    kill -9 "${pids[@]}" 2>/dev/null || true
+    for p in "${pids[@]}"; do wait_dead "$p" gone; done
     CUR_PID=""
 
     local frozen=""
     if [ "$tool" = cryo ]; then
         frozen=$(sed -n 's/.*"frozen_us":\([0-9]*\).*/\1/p' "$dir/dump.out")
     fi
-    printf '  %-5s %-5s %-7s dump %9.1f ms  restore %9.1f ms  images %7.1f MiB%s%s\n' \
+    printf '  %-5s %-7s %-7s dump %9.1f ms  restore %9.1f ms  images %7.1f MiB%s%s\n' \
         "$tool" "$kind" "$([ "$measured" = 1 ] && echo round || echo warm-up)" \
         "$(echo "$dump_us" | awk '{print $1/1000}')" "$(echo "$restore_us" | awk '{print $1/1000}')" \
         "$(echo "$img_bytes" | awk '{print $1/1048576}')" \
         "${frozen:+  (frozen $(echo "$frozen" | awk '{print $1/1000}') ms)}" \
-        "$([ "$kind" = mem ] && echo "  checksum $ok")"
+        "$(case $kind in mem) echo "  checksum $ok" ;; tree|threads) echo "  check $ok" ;; esac)"
     if [ "$measured" = 1 ]; then
         add "$tool" "${kind}_dump" "$dump_us"
         add "$tool" "${kind}_restore" "$restore_us"
@@ -233,59 +331,86 @@ ms() { awk -v u="$1" 'BEGIN {printf "%.1f", u/1000}'; }
 gbps() { awk -v u="$1" -v m="$MIB" 'BEGIN {printf "%.2f", m*1048576/(u*1000)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
+declare -A ROUNDS=([fixed]=$ROUNDS_FIXED [mem]=$ROUNDS_MEM [tree]=$ROUNDS_TREE [threads]=$ROUNDS_THREADS)
+declare -A TITLE=([fixed]="fixed cost: sleep 1000" [mem]="memory: memhog $MIB MiB"
+    [tree]="process tree: fanout, $NPROCS processes" [threads]="threads: manythreads, $NTHREADS threads")
+declare -A LABEL=([sleep]="sleep 1000" [mem]="memhog $MIB MiB" [tree]="tree $NPROCS procs" [threads]="$NTHREADS threads")
+
 echo "cryo benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, kernel $(uname -r)"
 echo "  cryo: $CRYO ($("$CRYO" --version 2>&1 | head -1))"
 [ -z "${CRIU:-}" ] || echo "  criu: $CRIU ($("$CRIU" --version 2>&1 | head -1))"
 echo "  images: $WORK ($FSTYPE); dumps go to the page cache (no sync), restores read from it"
-echo "  rounds: 1 warm-up + $ROUNDS_FIXED (fixed cost), 1 warm-up + $ROUNDS_MEM (memory, $MIB MiB)${CRIU:+; cryo and criu alternate, order flips each round}"
+rounds_desc=""
+for sc in "${SCEN[@]}"; do rounds_desc="$rounds_desc, $sc ${ROUNDS[$sc]}"; done
+echo "  rounds: 1 warm-up + N (${rounds_desc#, })${CRIU:+; cryo and criu alternate, order flips each round}"
 echo
-echo "fixed cost: sleep 1000"
-run_scenario sleep "$ROUNDS_FIXED"
-echo "memory: memhog $MIB MiB"
-run_scenario mem "$ROUNDS_MEM"
+for sc in "${SCEN[@]}"; do
+    echo "${TITLE[$sc]}"
+    run_scenario "${KIND[$sc]}" "${ROUNDS[$sc]}"
+done
 
 echo
-echo "Medians (range min-max in ms). GB/s = $MIB MiB / wall time, 10^9 B/s."
+printf 'Medians (range min-max in ms).'
+! wants mem || printf ' GB/s = %s MiB / wall time, 10^9 B/s.' "$MIB"
+echo
 printf '%-24s %-36s' "scenario" "cryo"
 [ -z "${CRIU:-}" ] || printf ' %-36s %s' "criu" "criu/cryo"
 echo
-JSON="{\"mib\":$MIB,\"rounds_fixed\":$ROUNDS_FIXED,\"rounds_mem\":$ROUNDS_MEM,\"fs\":\"$FSTYPE\",\"synced\":false"
+JSON="{\"scenarios\":\"$(IFS=,; echo "${SCEN[*]}")\",\"mib\":$MIB,\"procs\":$NPROCS,\"threads\":$NTHREADS"
+JSON="$JSON,\"rounds_fixed\":$ROUNDS_FIXED,\"rounds_mem\":$ROUNDS_MEM,\"rounds_tree\":$ROUNDS_TREE,\"rounds_threads\":$ROUNDS_THREADS"
+JSON="$JSON,\"fs\":\"$FSTYPE\",\"synced\":false"
 declare -A TJSON
-for row in sleep_dump sleep_restore mem_dump mem_restore; do
-    label=${row/sleep_/sleep 1000 }; label=${label/mem_/memhog $MIB MiB }
-    printf '%-24s' "$label"
-    for t in "${TOOLS[@]}"; do
-        m=$(med "$t" "$row")
-        cell="$(ms "$m") ms"
-        TJSON[$t]="${TJSON[$t]:-}\"${row}_ms\":$(ms "$m"),"
-        if [[ $row == mem_* ]]; then
-            cell="$cell, $(gbps "$m") GB/s"
-            TJSON[$t]="${TJSON[$t]}\"${row}_gbps\":$(gbps "$m"),"
+for sc in "${SCEN[@]}"; do
+    kind=${KIND[$sc]}
+    for op in dump restore; do
+        row=${kind}_$op
+        printf '%-24s' "${LABEL[$kind]} $op"
+        for t in "${TOOLS[@]}"; do
+            m=$(med "$t" "$row")
+            cell="$(ms "$m") ms"
+            TJSON[$t]="${TJSON[$t]:-}\"${row}_ms\":$(ms "$m"),"
+            if [ "$kind" = mem ]; then
+                cell="$cell, $(gbps "$m") GB/s"
+                TJSON[$t]="${TJSON[$t]}\"${row}_gbps\":$(gbps "$m"),"
+            fi
+            cell="$cell ($(echo "${RES[$t,$row]}" | minmax))"
+            printf ' %-36s' "$cell"
+        done
+        if [ -n "${CRIU:-}" ]; then
+            r=$(ratio "$(med criu "$row")" "$(med cryo "$row")")
+            printf ' %sx' "$r"
+            TJSON[ratio]="${TJSON[ratio]:-}\"$row\":$r,"
         fi
-        cell="$cell ($(echo "${RES[$t,$row]}" | minmax))"
-        printf ' %-36s' "$cell"
+        echo
     done
-    if [ -n "${CRIU:-}" ]; then
-        r=$(ratio "$(med criu "$row")" "$(med cryo "$row")")
-        printf ' %sx' "$r"
-        TJSON[ratio]="${TJSON[ratio]:-}\"$row\":$r,"
-    fi
+done
+frozen_desc=""
+for sc in "${SCEN[@]}"; do
+    kind=${KIND[$sc]}
+    m=$(med cryo "${kind}_frozen")
+    [ -n "$m" ] || continue
+    TJSON[cryo]="${TJSON[cryo]}\"${kind}_frozen_ms\":$(ms "$m"),"
+    frozen_desc="$frozen_desc, ${LABEL[$kind]} $(ms "$m") ms"
+done
+echo "cryo frozen time during dump (from --json frozen_us): ${frozen_desc#, }"
+status=0
+declare -A CHECK_DESC=([mem]="memhog checksum before dump == after restore"
+    [tree]="tree: all $NPROCS PIDs back with the root as parent"
+    [threads]="threads: /proc/PID/task has $((NTHREADS + 1)) entries")
+declare -A CHECK_KEY=([mem]=checksum [tree]=tree_check [threads]=threads_check)
+for sc in "${SCEN[@]}"; do
+    kind=${KIND[$sc]}
+    [ "$kind" != sleep ] || continue
+    printf '%s (all %s rounds):' "${CHECK_DESC[$kind]}" "$((${ROUNDS[$sc]} + 1))"
+    for t in "${TOOLS[@]}"; do
+        c=${CHECK[$t,$kind]:-FAIL}
+        printf ' %s %s' "$t" "$c"
+        [ "$c" = PASS ] || status=1
+        TJSON[$t]="${TJSON[$t]}\"${CHECK_KEY[$kind]}\":\"$c\","
+    done
     echo
 done
-for kind in sleep mem; do
-    m=$(med cryo "${kind}_frozen")
-    [ -z "$m" ] || TJSON[cryo]="${TJSON[cryo]}\"${kind}_frozen_ms\":$(ms "$m"),"
-done
-echo "cryo frozen time during dump (from --json frozen_us): sleep $(ms "$(med cryo sleep_frozen)") ms, memhog $(ms "$(med cryo mem_frozen)") ms"
-status=0
-printf 'checksum before dump == after restore (all %s rounds):' "$((ROUNDS_MEM + 1))"
-for t in "${TOOLS[@]}"; do
-    printf ' %s %s' "$t" "${CHECK[$t]}"
-    [ "${CHECK[$t]}" = PASS ] || status=1
-    TJSON[$t]="${TJSON[$t]}\"checksum\":\"${CHECK[$t]}\""
-    JSON="$JSON,\"$t\":{${TJSON[$t]}}"
-done
-echo
+for t in "${TOOLS[@]}"; do JSON="$JSON,\"$t\":{${TJSON[$t]%,}}"; done
 [ -z "${TJSON[ratio]:-}" ] || JSON="$JSON,\"ratio_criu_over_cryo\":{${TJSON[ratio]%,}}"
 echo "$JSON}"
 exit $status
