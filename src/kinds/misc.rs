@@ -191,69 +191,19 @@ impl Kind for Misc {
                 },
                 e => e,
             })?;
-        let mut comm = th.comm.clone().unwrap_or(tc.comm.clone()).into_bytes();
-        comm.truncate(15);
-        comm.push(0);
-        let a = cx.put(0, &comm)?;
-        cx.sys(
-            "prctl(PR_SET_NAME)",
-            libc::SYS_prctl,
-            [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0],
-        )?;
-        if let Some(r) = th.rseq_entry.as_ref().filter(|r| r.rseq_abi_pointer != 0) {
-            cx.sys(
-                "rseq",
-                libc::SYS_rseq,
-                [
-                    r.rseq_abi_pointer,
-                    r.rseq_abi_size as u64,
-                    0,
-                    r.signature as u64,
-                    0,
-                    0,
-                ],
-            )?;
-        }
-        if th.futex_rla != 0 {
-            cx.sys(
-                "set_robust_list",
-                libc::SYS_set_robust_list,
-                [th.futex_rla, th.futex_rla_len as u64, 0, 0, 0, 0],
-            )?;
-        }
         let tid_addr = img
             .core
             .thread_info
             .as_ref()
             .map(|t| t.clear_tid_addr)
             .unwrap_or(0);
-        cx.sys(
-            "set_tid_address",
-            libc::SYS_set_tid_address,
-            [tid_addr, 0, 0, 0, 0, 0],
-        )?;
+        super::threads::restore_attrs(cx, &th, tid_addr, &tc.comm)?;
         if tc.child_subreaper == Some(true) {
             cx.sys(
                 "prctl(PR_SET_CHILD_SUBREAPER)",
                 libc::SYS_prctl,
                 [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0, 0, 0, 0],
             )?;
-        }
-        if let (Some(policy), Some(prio), Some(nice)) =
-            (th.sched_policy, th.sched_prio, th.sched_nice)
-        {
-            let now = proc::sched(cx.pid).map_err(|source| RestoreError::Ptrace {
-                what: "sched_getscheduler",
-                source,
-            })?;
-            if now != (policy as i32, prio as i32, nice) {
-                proc::set_sched(cx.pid, policy as i32, prio as i32, nice).map_err(|source| {
-                    RestoreError::Ptrace {
-                        what: "sched_setscheduler",
-                        source,
-                    }
-                })?;
-            }
         }
         if let Some(oom) = tc.oom_score_adj {
             let path = format!("/proc/{}/oom_score_adj", cx.pid);

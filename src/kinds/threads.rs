@@ -228,7 +228,10 @@ pub fn restore_threads(
         };
         let mask = restore_one(&mut tcx, img.pid as i32, tid, core)?;
         cx.remote.calls += tcx.remote.calls;
-        cx.inherited = tcx.inherited.clone();
+        // What the next thread inherits comes from the leader, not from this thread: keep only
+        // what was learnt (not changed) here.
+        cx.inherited.creds = tcx.inherited.creds.clone();
+        cx.inherited.xstate_len = tcx.inherited.xstate_len;
         let ti = core
             .thread_info
             .as_ref()
@@ -240,6 +243,82 @@ pub fn restore_threads(
         });
     }
     Ok(out)
+}
+
+/// Per-thread attributes every thread (the leader included) gets back from inside itself:
+/// name (`comm_fallback` when the thread entry has none), rseq registration, robust futex
+/// list, clear-child-tid address, and scheduling (set from outside, only when it differs
+/// from what the thread inherited).
+pub fn restore_attrs(
+    cx: &mut RestoreCx<'_>,
+    th: &pb::ThreadCoreEntry,
+    clear_tid_addr: u64,
+    comm_fallback: &str,
+) -> Result<(), RestoreError> {
+    let tid = cx.pid;
+    let comm = th.comm.as_deref().unwrap_or(comm_fallback);
+    if !comm.is_empty() {
+        let mut c = comm.as_bytes().to_vec();
+        c.truncate(15);
+        c.push(0);
+        let a = cx.put(0, &c)?;
+        cx.sys(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0],
+        )?;
+    }
+    if let Some(r) = th.rseq_entry.as_ref().filter(|r| r.rseq_abi_pointer != 0) {
+        cx.sys(
+            "rseq",
+            libc::SYS_rseq,
+            [
+                r.rseq_abi_pointer,
+                r.rseq_abi_size as u64,
+                0,
+                r.signature as u64,
+                0,
+                0,
+            ],
+        )?;
+    }
+    if th.futex_rla != 0 {
+        cx.sys(
+            "set_robust_list",
+            libc::SYS_set_robust_list,
+            [th.futex_rla, th.futex_rla_len as u64, 0, 0, 0, 0],
+        )?;
+    }
+    cx.sys(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [clear_tid_addr, 0, 0, 0, 0, 0],
+    )?;
+    if let (Some(policy), Some(prio), Some(nice)) = (th.sched_policy, th.sched_prio, th.sched_nice)
+    {
+        let now = match cx.inherited.sched {
+            Some(s) => s,
+            None => {
+                let s = crate::sys::proc::sched(tid).map_err(|source| RestoreError::Ptrace {
+                    what: "sched_getscheduler",
+                    source,
+                })?;
+                cx.inherited.sched = Some(s);
+                s
+            }
+        };
+        if now != (policy as i32, prio as i32, nice) {
+            crate::sys::proc::set_sched(tid, policy as i32, prio as i32, nice).map_err(
+                |source| RestoreError::Ptrace {
+                    what: "sched_setscheduler",
+                    source,
+                },
+            )?;
+            // Threads created from now on by this task start with these values.
+            cx.inherited.sched = Some((policy as i32, prio as i32, nice));
+        }
+    }
+    Ok(())
 }
 
 /// Applies a thread's own state from inside it; returns its blocked mask.
@@ -263,65 +342,7 @@ fn restore_one(
         let a = cx.put(512, &ss)?;
         cx.sys("sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
     }
-    cx.sys(
-        "set_tid_address",
-        libc::SYS_set_tid_address,
-        [ti.clear_tid_addr, 0, 0, 0, 0, 0],
-    )?;
-    if th.futex_rla != 0 {
-        cx.sys(
-            "set_robust_list",
-            libc::SYS_set_robust_list,
-            [th.futex_rla, th.futex_rla_len as u64, 0, 0, 0, 0],
-        )?;
-    }
-    if let Some(r) = th.rseq_entry.as_ref().filter(|r| r.rseq_abi_pointer != 0) {
-        cx.sys(
-            "rseq",
-            libc::SYS_rseq,
-            [
-                r.rseq_abi_pointer,
-                r.rseq_abi_size as u64,
-                0,
-                r.signature as u64,
-                0,
-                0,
-            ],
-        )?;
-    }
-    if let Some(comm) = &th.comm {
-        let mut c = comm.clone().into_bytes();
-        c.truncate(15);
-        c.push(0);
-        let a = cx.put(0, &c)?;
-        cx.sys(
-            "prctl(PR_SET_NAME)",
-            libc::SYS_prctl,
-            [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0],
-        )?;
-    }
-    if let (Some(policy), Some(prio), Some(nice)) = (th.sched_policy, th.sched_prio, th.sched_nice)
-    {
-        let now = match cx.inherited.sched {
-            Some(s) => s,
-            None => {
-                let s = crate::sys::proc::sched(tid).map_err(|source| RestoreError::Ptrace {
-                    what: "sched_getscheduler",
-                    source,
-                })?;
-                cx.inherited.sched = Some(s);
-                s
-            }
-        };
-        if now != (policy as i32, prio as i32, nice) {
-            crate::sys::proc::set_sched(tid, policy as i32, prio as i32, nice).map_err(
-                |source| RestoreError::Ptrace {
-                    what: "sched_setscheduler",
-                    source,
-                },
-            )?;
-        }
-    }
+    restore_attrs(cx, &th, ti.clear_tid_addr, "")?;
     // Private pending signals, queued by the thread to itself.
     if let Some(q) = &th.signals_p {
         for s in &q.signals {
