@@ -125,7 +125,8 @@ fn words(b: &[u8], o: usize, n: usize) -> Vec<u32> {
 /// CRIU's view of an XSAVE area: legacy FXSAVE fields plus the AVX upper halves.
 pub fn xsave_to_pb(x: &[u8]) -> pb::UserX86FpregsEntry {
     let mut e = pb::UserX86FpregsEntry {
-        cryo_xsave_raw: Some(x.to_vec()),
+        cryo_xsave_raw: Some(x[..x.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)].to_vec()),
+        cryo_xsave_size: Some(x.len() as u32),
         ..Default::default()
     };
     if x.len() < 512 {
@@ -203,17 +204,23 @@ pub fn set_xstate(cx: &mut RestoreCx<'_>, fp: &pb::UserX86FpregsEntry) -> Result
             l
         }
     };
-    let x = match &fp.cryo_xsave_raw {
-        Some(raw) if raw.len() == len => raw.clone(),
-        Some(raw) => {
+    let saved = fp
+        .cryo_xsave_size
+        .map(|s| s as usize)
+        .or(fp.cryo_xsave_raw.as_ref().map(|r| r.len()));
+    let x = match (&fp.cryo_xsave_raw, saved) {
+        (Some(raw), Some(size)) if size == len && raw.len() <= len => {
+            let mut x = raw.clone();
+            x.resize(len, 0); // the trimmed zero tail
+            x
+        }
+        (Some(_), Some(size)) => {
             tracing::warn!(
-                "XSAVE area size differs ({} bytes saved, {} here): restoring legacy and AVX state only",
-                raw.len(),
-                len
+                "XSAVE area size differs ({size} bytes saved, {len} here): restoring legacy and AVX state only"
             );
             pb_to_xsave(fp, len)
         }
-        None => pb_to_xsave(fp, len),
+        _ => pb_to_xsave(fp, len),
     };
     t.set_xstate(&x).map_err(|source| RestoreError::Ptrace {
         what: "PTRACE_SETREGSET(NT_X86_XSTATE)",
