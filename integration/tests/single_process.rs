@@ -185,3 +185,45 @@ fn leave_running_keeps_the_original_and_images_restore() {
     assert_eq!(memhog_sum(pid, &out), before);
     kill(pid);
 }
+
+/// A busy loop whose whole state lives in AVX registers (ymm1-ymm3, xmm15), dumped while
+/// running in user mode: the count must go on from where it was and the register patterns
+/// must be intact, which needs the exact XSAVE state back.
+#[test]
+fn vector_registers_survive_a_busy_loop() {
+    let dir = scratch("vecregs");
+    let out = dir.join("vr.out");
+    let pid = spawn(
+        &[prog("vecregs").to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("log"),
+    );
+    let _guard = KillOnDrop(pid);
+    wait_for("ready", 10, || {
+        lines(&out).first().is_some_and(|l| l == "ready")
+    });
+    let report = |n: usize| -> (u64, u64, u64) {
+        signal(pid, libc::SIGUSR1);
+        wait_for("report", 10, || lines(&out).len() > n);
+        let v: Vec<u64> = lines(&out)[n]
+            .split(' ')
+            .map(|x| x.parse().unwrap())
+            .collect();
+        (v[0], v[1], v[2])
+    };
+    let before = report(1);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    restore(&img);
+    let after = report(2);
+    assert_eq!(after.2, 0, "a vector register pattern was corrupted");
+    assert_eq!(after.0, after.1, "ymm lanes diverged");
+    assert!(
+        after.0 > before.0,
+        "the count did not go on: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.0 < before.0 + 50_000_000_000,
+        "the count jumped: {before:?} -> {after:?}"
+    );
+}
