@@ -178,3 +178,39 @@ fn failures_in_a_tree_harm_nothing() {
     let v: Vec<u64> = lines(&out).iter().map(|l| l.parse().unwrap()).collect();
     assert_eq!(v, (0..v.len() as u64).collect::<Vec<_>>());
 }
+
+/// Zombie children come back as zombies with the same exit status (an exit code and a
+/// death by signal), for their restored parent to reap.
+#[test]
+fn zombies_keep_their_exit_status() {
+    let dir = scratch("zombie");
+    let out = dir.join("z.out");
+    let pid = spawn(
+        &[prog("zombie").to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("log"),
+    );
+    let _guard = KillOnDrop(pid);
+    wait_for("ready", 10, || {
+        lines(&out).first().is_some_and(|l| l.starts_with("ready"))
+    });
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    assert_eq!(tree_pids(&img).len(), 3);
+    wait_tree_gone(&img);
+    restore(&img);
+    let kids = children(pid);
+    assert_eq!(kids.len(), 2, "both zombies are back as children");
+    for k in &kids {
+        assert_eq!(ids(*k).1, pid);
+        let st = std::fs::read_to_string(format!("/proc/{k}/stat")).unwrap();
+        assert!(
+            st.rsplit(')').next().unwrap().trim_start().starts_with('Z'),
+            "{st}"
+        );
+    }
+    signal(pid, libc::SIGUSR1);
+    wait_for("the parent's report", 10, || lines(&out).len() >= 3);
+    let l = lines(&out);
+    assert_eq!(l[1], "a 1 exited=1 code=7");
+    assert_eq!(l[2], "b 1 signaled=1 sig=15");
+}

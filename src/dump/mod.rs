@@ -277,13 +277,16 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     }
     for &(pid, ppid) in tree {
         let st = procfs::stat(pid)?;
-        if st.state == 'Z' || st.state == 'X' {
+        if st.state == 'X' || (st.state == 'Z' && pid == root) {
             return Err(DumpError::Unsupported {
                 pid,
                 object: "task state".into(),
-                what: "zombie processes are not supported yet".into(),
-                hint: "let its parent reap it first (zombies are planned, issue #3)".into(),
+                what: "the process is exiting (dead or a zombie)".into(),
+                hint: "nothing is left to dump".into(),
             });
+        }
+        if st.state == 'Z' {
+            continue; // a zombie child is saved as its exit status
         }
         if pid != root {
             let parent = procfs::stat(ppid)?;
@@ -311,6 +314,30 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
         }
         kinds::files::precheck(pid)?;
     }
+    Ok(())
+}
+
+fn is_zombie(pid: i32) -> bool {
+    procfs::stat(pid).is_ok_and(|s| s.state == 'Z')
+}
+
+/// A zombie is saved as CRIU does: a pstree entry and a core with `task_state` DEAD and the
+/// wait status its parent has not collected yet.
+fn dump_zombie(pid: i32, img: &mut TaskImages) -> Result<(), DumpError> {
+    let st = procfs::stat(pid)?;
+    img.pid = pid as u32;
+    img.pstree = pb::PstreeEntry {
+        pid: pid as u32,
+        ppid: st.ppid as u32,
+        pgid: st.pgrp as u32,
+        sid: st.session as u32,
+        threads: vec![pid as u32],
+    };
+    img.core.mtype = pb::core_entry::March::X8664 as i32;
+    let tc = img.tc();
+    tc.task_state = kinds::misc::TASK_DEAD;
+    tc.exit_code = st.exit_code as u32;
+    tc.comm = st.comm;
     Ok(())
 }
 
@@ -436,7 +463,15 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
             if frozen.iter().any(|(p, _, _)| *p == pid) {
                 continue;
             }
-            frozen.push((pid, ppid, seize(pid)?));
+            let seized = if is_zombie(pid) {
+                Seized {
+                    tracees: Vec::new(),
+                    done: true,
+                }
+            } else {
+                seize(pid)?
+            };
+            frozen.push((pid, ppid, seized));
             new = true;
         }
         if !new {
@@ -459,7 +494,11 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
             pages_id: i as u32 + 1,
             ..Default::default()
         };
-        calls += dump_process(*pid, seized, &mut files, dir, &mut stats, &mut img)?;
+        if seized.tracees.is_empty() {
+            dump_zombie(*pid, &mut img)?;
+        } else {
+            calls += dump_process(*pid, seized, &mut files, dir, &mut stats, &mut img)?;
+        }
         img.pstree.ppid = *ppid as u32;
         img.ids = kinds::misc::task_ids(*pid, i as u32 + 2)?;
         imgs.push(img);
@@ -534,6 +573,9 @@ fn write_task(dir: &ImageDir, img: &TaskImages) -> Result<(), DumpError> {
         image::CORE,
         std::slice::from_ref(&img.core),
     )?;
+    if img.is_zombie() {
+        return Ok(()); // nothing else is left of a zombie
+    }
     for (tid, core) in img.pstree.threads.iter().skip(1).zip(&img.threads) {
         dir.write(
             &format!("core-{tid}.img"),

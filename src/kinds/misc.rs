@@ -15,6 +15,8 @@ pub struct Misc;
 
 /// `task_core_entry.task_state`: alive.
 pub const TASK_ALIVE: u32 = 1;
+/// `task_core_entry.task_state`: dead (a zombie).
+pub const TASK_DEAD: u32 = 2;
 
 fn read_trim(pid: i32, name: &str) -> Result<String, DumpError> {
     Ok(procfs::read(pid, name)

@@ -54,6 +54,14 @@ pub struct TaskImages {
 }
 
 impl TaskImages {
+    /// A zombie: only its exit status was saved.
+    pub fn is_zombie(&self) -> bool {
+        self.core
+            .tc
+            .as_ref()
+            .is_some_and(|t| t.task_state == misc::TASK_DEAD)
+    }
+
     pub fn tc(&mut self) -> &mut pb::TaskCoreEntry {
         self.core.tc.get_or_insert_with(Default::default)
     }

@@ -180,6 +180,19 @@ fn read_tree(
 /// Reads the images of one task.
 fn read_task(dir: &ImageDir, ps: &pb::PstreeEntry) -> Result<TaskImages, RestoreError> {
     let pid = ps.pid;
+    let core: pb::CoreEntry = dir.read_one(&format!("core-{pid}.img"), image::CORE)?;
+    if core
+        .tc
+        .as_ref()
+        .is_some_and(|t| t.task_state == kinds::misc::TASK_DEAD)
+    {
+        return Ok(TaskImages {
+            pid,
+            pstree: ps.clone(),
+            core,
+            ..Default::default()
+        });
+    }
     let ids: pb::TaskKobjIdsEntry = dir.read_one(&format!("ids-{pid}.img"), image::IDS)?;
     let mut pm = dir.read::<pb::PagemapEntry>(&format!("pagemap-{pid}.img"), image::PAGEMAP)?;
     // The first entry is really a pagemap_head (same wire shape prefix): decode it as such.
@@ -209,7 +222,7 @@ fn read_task(dir: &ImageDir, ps: &pb::PstreeEntry) -> Result<TaskImages, Restore
     let img = TaskImages {
         pid,
         pstree: ps.clone(),
-        core: dir.read_one(&format!("core-{pid}.img"), image::CORE)?,
+        core,
         ids,
         mm: dir.read_one(&format!("mm-{pid}.img"), image::MM)?,
         fs: dir.read_one(&format!("fs-{pid}.img"), image::FS)?,
@@ -418,6 +431,19 @@ fn shape(
         let calls = cx.remote.calls;
         cx.remote.calls = 0;
         sh.calls += calls;
+        if child.is_zombie() {
+            make_zombie(sh.tr, child, puppets.0.last_mut().expect("pushed"))?;
+            // Its death queued SIGCHLD in this task, which the dumped task had not got
+            // pending (pending signals are restored from the images): take it back.
+            let set = cx.put(3072, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
+            let ts = cx.put(3080, &[0u8; 16])?;
+            let _ = cx.sys(
+                "rt_sigtimedwait (SIGCHLD)",
+                libc::SYS_rt_sigtimedwait,
+                [set, 0, ts, 8, 0, 0],
+            );
+            continue;
+        }
         shape(sh, cidx, Some(&table), puppets, ready, cx.stats)?;
     }
 
@@ -457,10 +483,71 @@ fn shape(
     Ok(())
 }
 
+/// Turns a fresh puppet into the zombie `img` describes: it exits with the saved status
+/// (or dies of the saved signal, without a core file), and cryo, as its tracer, collects
+/// only the tracer's notification; the exit status stays for its restored parent.
+fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreError> {
+    let status = img.core.tc.as_ref().map(|t| t.exit_code).unwrap_or(0);
+    let t = Tracee { tid: p.tracee.tid };
+    let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+    let mut r = Remote::new(&t, tr, base);
+    let sig = (status & 0x7f) as u64;
+    let result = if sig != 0 {
+        crate::sys::proc::set_rlimit(t.tid, libc::RLIMIT_CORE, 0, 0)
+            .map_err(ptrace_err("prlimit64(RLIMIT_CORE)"))?;
+        let act = [0u8; 32]; // SIG_DFL, no flags, empty mask
+        let scratch = tr + 4096;
+        crate::sys::mem::vm_write(t.tid, &act, &[(scratch, 32)]).map_err(|source| {
+            RestoreError::Memory {
+                addr: scratch,
+                source,
+            }
+        })?;
+        r.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig, scratch, 0, 8, 0, 0],
+        )?;
+        t.set_sigmask(0).map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
+        match r.raw(
+            "kill (zombie)",
+            libc::SYS_kill,
+            [t.tid as u64, sig, 0, 0, 0, 0],
+        ) {
+            // As its tracer cryo sees the signal first: let it through, and it kills.
+            Err(RemoteError::UnexpectedStop { sig: s, .. }) if s as u64 == sig => {
+                t.cont(s).map_err(ptrace_err("PTRACE_CONT"))?;
+                match t.wait().map_err(ptrace_err("waitpid"))? {
+                    Stop::Killed(_) | Stop::Exited(_) => Err(RemoteError::Died {
+                        what: "kill (zombie)",
+                        how: format!("signal {s}"),
+                    }),
+                    _ => Ok(0),
+                }
+            }
+            other => other,
+        }
+    } else {
+        r.raw(
+            "exit_group (zombie)",
+            libc::SYS_exit_group,
+            [((status >> 8) & 0xff) as u64, 0, 0, 0, 0, 0],
+        )
+    };
+    match result {
+        Err(RemoteError::Died { .. }) => {
+            p.released = true;
+            Ok(())
+        }
+        Ok(_) => Err(RestoreError::Internal("the zombie did not exit")),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Puts every task into its process group: leaders first, then members.
 fn set_process_groups(tasks: &[TaskImages], tr: u64) -> Result<(), RestoreError> {
     for leaders_pass in [true, false] {
-        for img in tasks {
+        for img in tasks.iter().filter(|t| !t.is_zombie()) {
             let (pid, pgid) = (img.pid as i32, img.pstree.pgid as i32);
             if (pgid == pid) != leaders_pass {
                 continue;
@@ -613,7 +700,7 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
         }],
     );
     // 5. Let them run: children and threads before their parents.
-    for p in puppets.0.iter_mut().rev() {
+    for p in puppets.0.iter_mut().rev().filter(|p| !p.released) {
         p.tracee.detach(0).map_err(ptrace_err("PTRACE_DETACH"))?;
         p.released = true;
     }
