@@ -267,3 +267,18 @@ pub fn wait_tree_gone(img: &Path) {
         wait_gone(p);
     }
 }
+
+/// Starts `sleep 1000` in its own session and dumps it into DIR/img (with `extra` dump
+/// options); the process is gone when this returns. Returns (images dir, pid).
+pub fn dumped_sleep(name: &str, extra: &[&str]) -> (PathBuf, i32) {
+    let dir = scratch(name);
+    let pid = spawn(&["/bin/sleep", "1000"], &dir.join("log"));
+    let _guard = KillOnDrop(pid);
+    wait_for("sleep to start", 10, || {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
+    });
+    let img = dir.join("img");
+    dump(pid, &img, extra);
+    kill(pid);
+    (img, pid)
+}

@@ -88,22 +88,9 @@ fn failed_restore_at_any_stage_leaves_nothing_behind() {
     kill(pid);
 }
 
-fn dumped_sleep(name: &str) -> (std::path::PathBuf, i32) {
-    let dir = scratch(name);
-    let pid = spawn(&["/bin/sleep", "1000"], &dir.join("log"));
-    let _guard = KillOnDrop(pid);
-    wait_for("sleep to start", 10, || {
-        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
-    });
-    let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_gone(pid);
-    (img, pid)
-}
-
 #[test]
 fn corrupt_images_are_refused_before_anything_starts() {
-    let (img, pid) = dumped_sleep("corrupt");
+    let (img, pid) = dumped_sleep("corrupt", &[]);
     // Bit flip in the page data.
     let pages = img.join("pages-1.img");
     let orig = std::fs::read(&pages).unwrap();

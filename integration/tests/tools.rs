@@ -24,19 +24,6 @@ fn image_files(dir: &Path) -> Vec<std::path::PathBuf> {
     v
 }
 
-fn dump_sleep(name: &str) -> (std::path::PathBuf, i32) {
-    let dir = scratch(name);
-    let pid = spawn(&["/bin/sleep", "1000"], &dir.join("log"));
-    let _guard = KillOnDrop(pid);
-    wait_for("sleep to start", 10, || {
-        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
-    });
-    let img = dir.join("img");
-    dump(pid, &img, &["--leave-running"]);
-    kill(pid);
-    (img, pid)
-}
-
 #[test]
 fn crit_decodes_every_image_cryo_writes() {
     let crit = ["/usr/bin/crit", "/usr/local/bin/crit"]
@@ -45,7 +32,7 @@ fn crit_decodes_every_image_cryo_writes() {
     let Some(crit) = crit else {
         panic!("crit not installed: integration/test.sh installs Debian's criu package for it");
     };
-    let (img, pid) = dump_sleep("crit");
+    let (img, pid) = dumped_sleep("crit", &["--leave-running"]);
     let files = image_files(&img);
     for must in [
         "inventory.img",
