@@ -227,3 +227,44 @@ fn vector_registers_survive_a_busy_loop() {
         "the count jumped: {before:?} -> {after:?}"
     );
 }
+
+/// POSIX timers come back with the same ids, clock, signal and payload, keep firing, and a
+/// long one keeps (nearly) its remaining time.
+#[test]
+fn posix_timers_keep_ticking() {
+    let dir = scratch("ptimers");
+    let out = dir.join("pt.out");
+    let pid = spawn(
+        &[prog("ptimers").to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("log"),
+    );
+    let _guard = KillOnDrop(pid);
+    wait_for("ready", 10, || {
+        lines(&out).first().is_some_and(|l| l == "ready")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let report = |n: usize| -> Vec<String> {
+        signal(pid, libc::SIGUSR1);
+        wait_for("report", 10, || lines(&out).len() > n);
+        lines(&out)[n].split(' ').map(str::to_string).collect()
+    };
+    let before = report(1);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    restore(&img);
+    std::thread::sleep(Duration::from_millis(300));
+    let after = report(2);
+    let ticks = |r: &[String]| r[0].parse::<u64>().unwrap();
+    assert!(
+        ticks(&after) >= ticks(&before) + 5,
+        "the periodic timer stopped: {before:?} -> {after:?}"
+    );
+    assert_eq!(before[1..4], after[1..4], "timer ids or payload changed");
+    assert_eq!(after[3], "1234");
+    let left = |r: &[String]| r[4].parse::<i64>().unwrap();
+    assert!(
+        left(&after) <= left(&before) && left(&after) >= left(&before) - 5,
+        "{before:?} -> {after:?}"
+    );
+}

@@ -1,6 +1,8 @@
-//! Interval timers (ITIMER_REAL/VIRTUAL/PROF). Read inside the task with `getitimer`; armed
-//! again as the very last step of restore, so the remaining time is as close as possible to
-//! what it was when the task was frozen. (POSIX timers come with issue #3.)
+//! Interval timers (ITIMER_REAL/VIRTUAL/PROF) and POSIX timers (timer_create). Read inside
+//! the task (`getitimer`, `timer_gettime`, `timer_getoverrun`; ids, signals and clocks from
+//! /proc/PID/timers); created again with their original ids and armed as the very last step
+//! of restore, so the remaining time is as close as possible to what it was at the dump. The
+//! overrun count is saved but not replayed.
 
 use super::{DumpCx, Kind, RestoreCx, TaskImages};
 use crate::dump::DumpError;
@@ -14,23 +16,119 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_ne_bytes(b[o..o + 8].try_into().expect("8 bytes"))
 }
 
+/// `sigev_notify` values.
+const SIGEV_NONE: u32 = 1;
+const SIGEV_THREAD_ID: u32 = 4;
+/// `prctl(PR_TIMER_CREATE_RESTORE_IDS)`: timer_create() takes the id passed in.
+const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
+
+/// Parses /proc/PID/timers (id, signal/sival_ptr, notify kind/tid, clock) into entries whose
+/// times are filled in later from inside the task.
+pub fn parse_posix_timers(text: &str) -> Option<Vec<pb::PosixTimerEntry>> {
+    let mut out: Vec<pb::PosixTimerEntry> = Vec::new();
+    for line in text.lines() {
+        let (k, v) = line.split_once(':')?;
+        let v = v.trim();
+        match k {
+            "ID" => out.push(pb::PosixTimerEntry {
+                it_id: v.parse().ok()?,
+                ..Default::default()
+            }),
+            "signal" => {
+                let (signo, ptr) = v.split_once('/')?;
+                let t = out.last_mut()?;
+                t.si_signo = signo.parse().ok()?;
+                t.sival_ptr = u64::from_str_radix(ptr, 16).ok()?;
+            }
+            "notify" => {
+                let (kind, who) = v.split_once('/')?;
+                let t = out.last_mut()?;
+                t.it_sigev_notify = match kind {
+                    "signal" => 0,
+                    "none" => SIGEV_NONE,
+                    "thread" => SIGEV_THREAD_ID,
+                    _ => return None,
+                };
+                let tid = who.split_once('.')?.1.parse().ok()?;
+                if t.it_sigev_notify == SIGEV_THREAD_ID {
+                    t.notify_thread_id = Some(tid);
+                }
+            }
+            "ClockID" => out.last_mut()?.clock_id = v.parse().ok()?,
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+/// Recreates POSIX timers with their original ids (the kernel's restore mode), then arms
+/// them; called last, so their remaining time is as close as possible to the dump's.
+fn restore_posix(
+    cx: &mut RestoreCx<'_>,
+    timers: &[pb::PosixTimerEntry],
+) -> Result<(), RestoreError> {
+    if timers.is_empty() {
+        return Ok(());
+    }
+    cx.sys(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS, ON)",
+        libc::SYS_prctl,
+        [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
+    )
+    .map_err(|_| {
+        RestoreError::Unsupported(
+            "this kernel cannot recreate POSIX timers with given ids (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.15+)".into(),
+        )
+    })?;
+    let mut sorted: Vec<&pb::PosixTimerEntry> = timers.iter().collect();
+    sorted.sort_by_key(|t| t.it_id);
+    for t in &sorted {
+        // struct sigevent: sigev_value, sigev_signo, sigev_notify, _tid (64 bytes).
+        let mut sev = [0u8; 64];
+        sev[0..8].copy_from_slice(&t.sival_ptr.to_ne_bytes());
+        sev[8..12].copy_from_slice(&t.si_signo.to_ne_bytes());
+        sev[12..16].copy_from_slice(&t.it_sigev_notify.to_ne_bytes());
+        sev[16..20].copy_from_slice(&t.notify_thread_id.unwrap_or(0).to_ne_bytes());
+        let a = cx.put(4096, &sev)?;
+        let id = cx.put(4160, &(t.it_id as i32).to_ne_bytes())?;
+        cx.sys(
+            "timer_create",
+            libc::SYS_timer_create,
+            [t.clock_id as u64, a, id, 0, 0, 0],
+        )?;
+    }
+    cx.sys(
+        "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)",
+        libc::SYS_prctl,
+        [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
+    )?;
+    for t in sorted.iter().filter(|t| t.vsec != 0 || t.vnsec != 0) {
+        let mut its = Vec::with_capacity(32);
+        for v in [t.isec, t.insec, t.vsec, t.vnsec] {
+            its.extend_from_slice(&v.to_ne_bytes());
+        }
+        let a = cx.put(4096, &its)?;
+        cx.sys(
+            "timer_settime",
+            libc::SYS_timer_settime,
+            [t.it_id as u64, 0, a, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
 impl Kind for Timers {
     const NAME: &'static str = "timers";
 
     fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
         let pid = cx.pid;
-        if !std::fs::read_to_string(format!("/proc/{pid}/timers"))
-            .unwrap_or_default()
-            .trim()
-            .is_empty()
-        {
-            return Err(DumpError::Unsupported {
-                pid,
-                object: "POSIX timers".into(),
-                what: "POSIX timers (timer_create) are not supported yet".into(),
-                hint: "planned with issue #3".into(),
-            });
-        }
+        let text = crate::procfs::read(pid, "timers").map_err(DumpError::Proc)?;
+        let mut posix = parse_posix_timers(&text).ok_or_else(|| DumpError::Unsupported {
+            pid,
+            object: "POSIX timers".into(),
+            what: "/proc/PID/timers has an unexpected format".into(),
+            hint: String::new(),
+        })?;
         let p = cx.remote()?;
         let buf = p
             .scratch(64 * 1024)
@@ -57,12 +155,45 @@ impl Kind for Timers {
                 vusec: u64_at(&raw, 24),
             });
         }
+        for t in &mut posix {
+            // struct itimerspec { interval {sec, nsec}, value {sec, nsec} }
+            p.remote
+                .call(
+                    "timer_gettime",
+                    libc::SYS_timer_gettime,
+                    [t.it_id as u64, buf, 0, 0, 0, 0],
+                )
+                .map_err(|e| DumpError::remote(pid, e))?;
+            let mut raw = [0u8; 32];
+            crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 32)]).map_err(|source| {
+                DumpError::Memory {
+                    pid,
+                    addr: buf,
+                    what: "reading a POSIX timer",
+                    source,
+                }
+            })?;
+            (t.isec, t.insec, t.vsec, t.vnsec) = (
+                u64_at(&raw, 0),
+                u64_at(&raw, 8),
+                u64_at(&raw, 16),
+                u64_at(&raw, 24),
+            );
+            t.overrun = p
+                .remote
+                .call(
+                    "timer_getoverrun",
+                    libc::SYS_timer_getoverrun,
+                    [t.it_id as u64, 0, 0, 0, 0, 0],
+                )
+                .map_err(|e| DumpError::remote(pid, e))? as u32;
+        }
         let mut it = entries.into_iter();
         img.tc().timers = Some(pb::TaskTimersEntry {
             real: it.next().unwrap_or_default(),
             virt: it.next().unwrap_or_default(),
             prof: it.next().unwrap_or_default(),
-            posix: Vec::new(),
+            posix,
         });
         Ok(())
     }
@@ -71,6 +202,7 @@ impl Kind for Timers {
         let Some(t) = img.core.tc.as_ref().and_then(|t| t.timers.as_ref()) else {
             return Ok(());
         };
+        restore_posix(cx, &t.posix)?;
         for (which, e) in [&t.real, &t.virt, &t.prof].into_iter().enumerate() {
             if e.vsec == 0 && e.vusec == 0 {
                 continue; // disarmed (the puppet has no timers: fork does not inherit them)
@@ -87,5 +219,29 @@ impl Kind for Timers {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_timers() {
+        let t = "ID: 0\nsignal: 34/0000000000001234\nnotify: signal/pid.77\nClockID: 1\n\
+                 ID: 1\nsignal: 14/0000000000000000\nnotify: thread/tid.78\nClockID: 0\n\
+                 ID: 2\nsignal: 0/0000000000000000\nnotify: none/pid.77\nClockID: 0\n";
+        let v = parse_posix_timers(t).unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(
+            (v[0].it_id, v[0].si_signo, v[0].sival_ptr, v[0].clock_id),
+            (0, 34, 0x1234, 1)
+        );
+        assert_eq!(
+            (v[1].it_sigev_notify, v[1].notify_thread_id),
+            (SIGEV_THREAD_ID, Some(78))
+        );
+        assert_eq!(v[2].it_sigev_notify, SIGEV_NONE);
+        assert!(parse_posix_timers("garbage").is_none());
     }
 }
