@@ -214,3 +214,41 @@ fn zombies_keep_their_exit_status() {
     assert_eq!(l[1], "a 1 exited=1 code=7");
     assert_eq!(l[2], "b 1 signaled=1 sig=15");
 }
+
+/// A process stopped by job control is dumped and restored stopped; SIGCONT then lets it go
+/// on from where it was.
+#[test]
+fn stopped_process_is_restored_stopped() {
+    let dir = scratch("stopped");
+    let out = dir.join("count.txt");
+    let pid = spawn(
+        &[prog("counter").to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("log"),
+    );
+    let _guard = KillOnDrop(pid);
+    wait_for("counting", 10, || lines(&out).len() >= 3);
+    signal(pid, libc::SIGSTOP);
+    let state = |p: i32| {
+        let s = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap();
+        s.rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .chars()
+            .next()
+            .unwrap()
+    };
+    wait_for("stopped", 10, || state(pid) == 'T');
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    let n = lines(&out).len();
+    restore(&img);
+    wait_for("stopped again", 10, || state(pid) == 'T');
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lines(&out).len(), n, "a stopped process kept running");
+    signal(pid, libc::SIGCONT);
+    wait_for("counting again", 10, || lines(&out).len() >= n + 3);
+    let v: Vec<u64> = lines(&out).iter().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(v, (0..v.len() as u64).collect::<Vec<_>>());
+}

@@ -113,6 +113,8 @@ pub fn fault_point(stage: &str) -> Result<(), DumpError> {
 struct Seized {
     tracees: Vec<Tracee>,
     done: bool,
+    /// The process was stopped by job control, with this signal.
+    stop_sig: Option<i32>,
 }
 
 impl Seized {
@@ -155,7 +157,7 @@ impl Drop for Seized {
 
 /// Seizes one thread and waits until it is in a ptrace stop, passing on any signal that
 /// arrives meanwhile (so nothing is lost). `Ok(None)`: the thread is gone.
-fn seize_thread(pid: i32, tid: i32) -> Result<Option<Tracee>, DumpError> {
+fn seize_thread(tid: i32) -> Result<Option<(Tracee, Option<i32>)>, DumpError> {
     let t = match Tracee::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
         Ok(t) => t,
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
@@ -168,21 +170,14 @@ fn seize_thread(pid: i32, tid: i32) -> Result<Option<Tracee>, DumpError> {
     for _ in 0..100 {
         match t.wait() {
             Ok(Stop::Stopped { sig, event }) if event == libc::PTRACE_EVENT_STOP => {
-                if matches!(
+                // In a group stop (job control) the stop reports the stop signal; a running
+                // task interrupted by PTRACE_INTERRUPT reports SIGTRAP.
+                let stopped = matches!(
                     sig,
                     libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
-                ) {
-                    return Err(give_up(
-                        &t,
-                        DumpError::Unsupported {
-                            pid,
-                            object: "task state".into(),
-                            what: "the process is stopped (job control)".into(),
-                            hint: "stopped tasks are planned (issue #3); send SIGCONT first".into(),
-                        },
-                    ));
-                }
-                return Ok(Some(t));
+                )
+                .then_some(sig);
+                return Ok(Some((t, stopped)));
             }
             Ok(Stop::Stopped { sig, .. }) => {
                 // A signal was being delivered: let it through, then stop again.
@@ -206,9 +201,13 @@ fn seize(pid: i32) -> Result<Seized, DumpError> {
     let mut s = Seized {
         tracees: Vec::new(),
         done: false,
+        stop_sig: None,
     };
-    match seize_thread(pid, pid)? {
-        Some(t) => s.tracees.push(t),
+    match seize_thread(pid)? {
+        Some((t, stopped)) => {
+            s.tracees.push(t);
+            s.stop_sig = stopped;
+        }
         None => return Err(DumpError::NoSuchProcess { pid }),
     }
     for _ in 0..10 {
@@ -217,7 +216,7 @@ fn seize(pid: i32) -> Result<Seized, DumpError> {
             if s.tracees.iter().any(|t| t.tid == tid) {
                 continue;
             }
-            if let Some(t) = seize_thread(pid, tid)? {
+            if let Some((t, _)) = seize_thread(tid)? {
                 s.tracees.push(t);
                 new = true;
             }
@@ -467,6 +466,7 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
                 Seized {
                     tracees: Vec::new(),
                     done: true,
+                    stop_sig: None,
                 }
             } else {
                 seize(pid)?
@@ -498,6 +498,11 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
             dump_zombie(*pid, &mut img)?;
         } else {
             calls += dump_process(*pid, seized, &mut files, dir, &mut stats, &mut img)?;
+            if let Some(sig) = seized.stop_sig {
+                let tc = img.tc();
+                tc.task_state = kinds::misc::TASK_STOPPED;
+                tc.stop_signo = Some(sig as u32);
+            }
         }
         img.pstree.ppid = *ppid as u32;
         img.ids = kinds::misc::task_ids(*pid, i as u32 + 2)?;

@@ -17,6 +17,8 @@ pub struct Misc;
 pub const TASK_ALIVE: u32 = 1;
 /// `task_core_entry.task_state`: dead (a zombie).
 pub const TASK_DEAD: u32 = 2;
+/// `task_core_entry.task_state`: stopped by job control (`stop_signo` says with what).
+pub const TASK_STOPPED: u32 = 3;
 
 fn read_trim(pid: i32, name: &str) -> Result<String, DumpError> {
     Ok(procfs::read(pid, name)

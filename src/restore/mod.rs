@@ -289,6 +289,8 @@ impl Drop for Puppets {
 /// A task shaped and stopped, waiting for the final release.
 struct Ready {
     pid: i32,
+    /// Stopped by job control when dumped: stopped again when released.
+    stopped: bool,
     regs: pb::UserX86RegsEntry,
     mask: u64,
     threads: Vec<kinds::threads::RestoredThread>,
@@ -476,6 +478,11 @@ fn shape(
         .ok_or_else(|| RestoreError::BadImage(format!("core-{pid}.img has no registers")))?;
     ready.push(Ready {
         pid,
+        stopped: img
+            .core
+            .tc
+            .as_ref()
+            .is_some_and(|t| t.task_state == kinds::misc::TASK_STOPPED),
         regs: ti.gpregs,
         mask: img.core.tc.as_ref().map(|t| t.blk_sigset).unwrap_or(0),
         threads,
@@ -680,6 +687,10 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
             th.tracee
                 .set_sigmask(th.mask)
                 .map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
+        }
+        if r.stopped {
+            // Queued now, taken when released: the task enters its group stop again.
+            crate::sys::proc::kill(r.pid, libc::SIGSTOP).map_err(ptrace_err("kill(SIGSTOP)"))?;
         }
     }
     sh.calls += 2 * ready.len() as u64;
