@@ -61,6 +61,24 @@ pub fn parse_posix_timers(text: &str) -> Option<Vec<pb::PosixTimerEntry>> {
     Some(out)
 }
 
+/// Arms a timer from inside the task: `nr(id, [flags,] &{interval, value})`, the four words
+/// (interval sec/sub-sec, value sec/sub-sec) placed in scratch; `arg` is the index of the
+/// pointer argument (1 for setitimer, 2 for timer_settime).
+fn arm(
+    cx: &mut RestoreCx<'_>,
+    what: &'static str,
+    nr: i64,
+    id: u64,
+    arg: usize,
+    words: [u64; 4],
+) -> Result<(), RestoreError> {
+    let raw: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let a = cx.put(512, &raw)?;
+    let mut args = [id, 0, 0, 0, 0, 0];
+    args[arg] = a;
+    cx.sys(what, nr, args).map(|_| ())
+}
+
 /// Recreates POSIX timers with their original ids (the kernel's restore mode), then arms
 /// them; called last, so their remaining time is as close as possible to the dump's.
 fn restore_posix(
@@ -103,15 +121,13 @@ fn restore_posix(
         [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
     )?;
     for t in sorted.iter().filter(|t| t.vsec != 0 || t.vnsec != 0) {
-        let mut its = Vec::with_capacity(32);
-        for v in [t.isec, t.insec, t.vsec, t.vnsec] {
-            its.extend_from_slice(&v.to_ne_bytes());
-        }
-        let a = cx.put(4096, &its)?;
-        cx.sys(
+        arm(
+            cx,
             "timer_settime",
             libc::SYS_timer_settime,
-            [t.it_id as u64, 0, a, 0, 0, 0],
+            t.it_id as u64,
+            2,
+            [t.isec, t.insec, t.vsec, t.vnsec],
         )?;
     }
     Ok(())
@@ -207,15 +223,13 @@ impl Kind for Timers {
             if e.vsec == 0 && e.vusec == 0 {
                 continue; // disarmed (the puppet has no timers: fork does not inherit them)
             }
-            let mut raw = Vec::with_capacity(32);
-            for v in [e.isec, e.iusec, e.vsec, e.vusec] {
-                raw.extend_from_slice(&v.to_ne_bytes());
-            }
-            let a = cx.put(512, &raw)?;
-            cx.sys(
+            arm(
+                cx,
                 "setitimer",
                 libc::SYS_setitimer,
-                [which as u64, a, 0, 0, 0, 0],
+                which as u64,
+                1,
+                [e.isec, e.iusec, e.vsec, e.vusec],
             )?;
         }
         Ok(())
