@@ -61,6 +61,14 @@ pub enum DumpError {
         what: String,
         hint: String,
     },
+    #[error("process {pid}: fd {fd}: {what}")]
+    File {
+        pid: i32,
+        fd: i32,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Proc(#[from] ProcError),
     #[error(transparent)]
@@ -562,6 +570,12 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         write_task(dir, img)?;
     }
     dir.write("files.img", image::FILES, &files.entries)?;
+    if !files.pipe_data.is_empty() {
+        dir.write_with_data("pipes-data.img", image::PIPES_DATA, &files.pipe_data)?;
+    }
+    if !files.fifo_data.is_empty() {
+        dir.write_with_data("fifo-data.img", image::FIFO_DATA, &files.fifo_data)?;
+    }
     dir.write(
         "seccomp.img",
         image::SECCOMP,

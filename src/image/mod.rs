@@ -226,18 +226,7 @@ impl ImageDir {
         kind: Kind,
         entries: &[M],
     ) -> Result<(), ImageError> {
-        let mut buf = Vec::with_capacity(256);
-        match kind.head {
-            Head::Common(m) => {
-                buf.extend_from_slice(&IMG_COMMON_MAGIC.to_ne_bytes());
-                buf.extend_from_slice(&m.to_ne_bytes());
-            }
-            Head::Bare(m) => buf.extend_from_slice(&m.to_ne_bytes()),
-            Head::Service(m) => {
-                buf.extend_from_slice(&IMG_SERVICE_MAGIC.to_ne_bytes());
-                buf.extend_from_slice(&m.to_ne_bytes());
-            }
-        }
+        let mut buf = head(kind);
         for e in entries {
             buf.extend_from_slice(&(e.encoded_len() as u32).to_ne_bytes());
             e.encode(&mut buf).expect("Vec grows");
@@ -303,6 +292,54 @@ impl ImageDir {
         Ok(Some(out))
     }
 
+    /// Reads an image whose entries are followed by raw data (pipes-data, fifo-data,
+    /// sk-queues). A missing file is an empty list.
+    pub fn read_with_data<M: Message + Default>(
+        &self,
+        name: &str,
+        kind: Kind,
+    ) -> Result<Vec<(M, Vec<u8>)>, ImageError> {
+        let path = self.file(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(ImageError::Io {
+                    path,
+                    op: "read",
+                    source,
+                })
+            }
+        };
+        let mut out = Vec::new();
+        for (off, payload, data) in entries_with_data(&path, kind, &bytes)? {
+            let m = M::decode(payload).map_err(|source| ImageError::Decode {
+                path: path.clone(),
+                offset: off,
+                message: kind.message,
+                source,
+            })?;
+            out.push((m, data.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Writes an image whose entries are each followed by raw data.
+    pub fn write_with_data<M: Message>(
+        &self,
+        name: &str,
+        kind: Kind,
+        entries: &[(M, Vec<u8>)],
+    ) -> Result<(), ImageError> {
+        let mut buf = head(kind);
+        for (e, data) in entries {
+            buf.extend_from_slice(&(e.encoded_len() as u32).to_ne_bytes());
+            e.encode(&mut buf).expect("Vec grows");
+            buf.extend_from_slice(data);
+        }
+        self.write_raw(name, &buf)
+    }
+
     /// Like [`ImageDir::read_opt`] but the image must exist.
     pub fn read<M: Message + Default>(&self, name: &str, kind: Kind) -> Result<Vec<M>, ImageError> {
         self.read_opt(name, kind)?
@@ -324,12 +361,45 @@ impl ImageDir {
     }
 }
 
+/// The magic numbers an image of `kind` starts with.
+fn head(kind: Kind) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(256);
+    match kind.head {
+        Head::Common(m) => {
+            buf.extend_from_slice(&IMG_COMMON_MAGIC.to_ne_bytes());
+            buf.extend_from_slice(&m.to_ne_bytes());
+        }
+        Head::Bare(m) => buf.extend_from_slice(&m.to_ne_bytes()),
+        Head::Service(m) => {
+            buf.extend_from_slice(&IMG_SERVICE_MAGIC.to_ne_bytes());
+            buf.extend_from_slice(&m.to_ne_bytes());
+        }
+    }
+    buf
+}
+
 /// Checks the head of `bytes` against `kind` and splits the rest into (offset, payload).
 pub fn entries<'a>(
     path: &Path,
     kind: Kind,
     bytes: &'a [u8],
 ) -> Result<Vec<(usize, &'a [u8])>, ImageError> {
+    Ok(entries_with_data(path, kind, bytes)?
+        .into_iter()
+        .map(|(off, payload, _)| (off, payload))
+        .collect())
+}
+
+/// One framed entry: (offset, payload, raw data after it).
+pub type Framed<'a> = (usize, &'a [u8], &'a [u8]);
+
+/// Like [`entries`], also giving the raw bytes that follow each entry (pipe and socket queue
+/// data; empty for other kinds): (offset, payload, data).
+pub fn entries_with_data<'a>(
+    path: &Path,
+    kind: Kind,
+    bytes: &'a [u8],
+) -> Result<Vec<Framed<'a>>, ImageError> {
     let u32_at = |off: usize, what| -> Result<u32, ImageError> {
         bytes
             .get(off..off + 4)
@@ -386,8 +456,16 @@ pub fn entries<'a>(
             offset: start,
             what: "entry payload",
         })?;
-        out.push((off, payload));
-        off = start + len + extra_len(kind, payload);
+        let data_len = extra_len(kind, payload);
+        let data = bytes
+            .get(start + len..start + len + data_len)
+            .ok_or(ImageError::Truncated {
+                path: path.to_path_buf(),
+                offset: start + len,
+                what: "queued data after the entry",
+            })?;
+        out.push((off, payload, data));
+        off = start + len + data_len;
     }
     Ok(out)
 }

@@ -1,85 +1,117 @@
 //! The fd table: which files a task has open, at which fd numbers, with which flags and
-//! offsets (files.img + fdinfo-N.img).
+//! offsets (files.img + fdinfo-N.img), and the dispatch to the module of each kind of open
+//! file.
 //!
-//! Supported so far: regular files, directories and character devices that are not
-//! terminals (/dev/null, /dev/zero, /dev/urandom, ...), all saved as CRIU "REG" records by
-//! path. Two fds sharing one open file description (dup, inherited) share one record and keep
-//! one offset after restore. Anything else makes the dump stop *before* it touches the task,
+//! Regular files, directories and character devices that are not terminals (/dev/null,
+//! /dev/zero, ...) are CRIU "REG" records by path, handled here. Pipes and FIFOs
+//! (`pipes.rs`), eventfd, signalfd, timerfd, epoll and inotify (one module each) implement
+//! [`FdKind`]: dump reads the object through a copy of the target's fd taken with
+//! `pidfd_getfd`; restore creates the object in cryo ([`FdObjects`]) and the puppet takes it
+//! with `pidfd_getfd` on cryo, so fds that shared an open file description share one again,
+//! across processes too. Anything else makes the dump stop *before* it touches the task,
 //! naming the fd, its type and path, and what to do.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use super::{DumpCx, Kind, RestoreCx, TaskImages};
 use crate::dump::DumpError;
 use crate::image::pb;
+use crate::image::ImageDir;
 use crate::procfs;
 use crate::restore::RestoreError;
+use crate::sys;
 use crate::sys::proc::{kcmp, KCMP_FILE};
 
 /// The fd table of a process.
 pub struct Files;
 
-/// Why an fd cannot be dumped yet (checked before the task is touched).
-fn unsupported(
+/// What kind of open file an fd is, from its /proc link and stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Reg,
+    Pipe,
+    Fifo,
+    EventFd,
+    SignalFd,
+    TimerFd,
+    Epoll,
+    Inotify,
+}
+
+impl Class {
+    pub fn fd_type(self) -> pb::FdTypes {
+        match self {
+            Class::Reg => pb::FdTypes::Reg,
+            Class::Pipe => pb::FdTypes::Pipe,
+            Class::Fifo => pb::FdTypes::Fifo,
+            Class::EventFd => pb::FdTypes::Eventfd,
+            Class::SignalFd => pb::FdTypes::Signalfd,
+            Class::TimerFd => pb::FdTypes::Timerfd,
+            Class::Epoll => pb::FdTypes::Eventpoll,
+            Class::Inotify => pb::FdTypes::Inotify,
+        }
+    }
+}
+
+/// Decides what an fd is, or why it cannot be dumped yet: (type, hint).
+fn classify(
     link: &str,
     meta: Option<&std::fs::Metadata>,
-) -> Option<(&'static str, &'static str)> {
+) -> Result<Class, (&'static str, &'static str)> {
     let hint_fd = "close it before the dump, or wait for the issue that adds it";
     if link.starts_with("pipe:") {
-        return Some((
-            "pipe",
-            "pipes are planned (issue #3); redirect the program's stdio to files",
-        ));
+        return Ok(Class::Pipe);
     }
     if link.starts_with("socket:") {
-        return Some(("socket", "sockets are planned (issues #3 and #5)"));
+        return Err(("socket", "sockets are planned (issues #3 and #5)"));
     }
     if let Some(kind) = link.strip_prefix("anon_inode:") {
-        return Some((
-            match kind {
-                "[eventfd]" => "eventfd",
-                "[eventpoll]" => "epoll",
-                "[signalfd]" => "signalfd",
-                "[timerfd]" => "timerfd",
-                "inotify" => "inotify",
-                "[pidfd]" => "pidfd",
-                "[io_uring]" => "io_uring",
-                "[userfaultfd]" => "userfaultfd",
-                "bpf-map" | "bpf-prog" => "bpf",
-                "[perf_event]" => "perf_event",
-                _ => "anonymous inode",
-            },
-            hint_fd,
-        ));
+        return match kind {
+            "[eventfd]" => Ok(Class::EventFd),
+            "[eventpoll]" => Ok(Class::Epoll),
+            "[signalfd]" => Ok(Class::SignalFd),
+            "[timerfd]" => Ok(Class::TimerFd),
+            "inotify" => Ok(Class::Inotify),
+            "[pidfd]" => Err(("pidfd", hint_fd)),
+            "[io_uring]" => Err(("io_uring", hint_fd)),
+            "[userfaultfd]" => Err(("userfaultfd", hint_fd)),
+            "bpf-map" | "bpf-prog" => Err(("bpf", hint_fd)),
+            "[perf_event]" => Err(("perf_event", hint_fd)),
+            "[fanotify]" => Err(("fanotify", hint_fd)),
+            _ => Err(("anonymous inode", hint_fd)),
+        };
     }
     if link.starts_with("/memfd:") {
-        return Some(("memfd", hint_fd));
+        return Err(("memfd", hint_fd));
     }
     if link.ends_with(" (deleted)") {
-        return Some(("deleted file", "ghost files are planned (issue #3)"));
+        return Err(("deleted file", "ghost files are planned (issue #3)"));
     }
     if !link.starts_with('/') {
-        return Some(("special file", hint_fd));
+        return Err(("special file", hint_fd));
     }
-    let m = meta?;
+    let Some(m) = meta else {
+        return Ok(Class::Reg);
+    };
     let ft = m.file_type();
     if ft.is_fifo() {
-        return Some(("FIFO", "FIFOs are planned (issue #3)"));
+        return Ok(Class::Fifo);
     }
     if ft.is_socket() {
-        return Some(("unix socket", "sockets are planned (issue #3)"));
+        return Err(("unix socket", "sockets are planned (issue #3)"));
     }
     if ft.is_char_device() {
         let major = (m.rdev() >> 8) & 0xfff;
         if matches!(major, 4 | 5 | 136..=143) {
-            return Some((
+            return Err((
                 "terminal",
                 "ttys are planned (issue #4); start the program with stdio redirected to files or /dev/null",
             ));
         }
     }
-    None
+    Ok(Class::Reg)
 }
 
 /// Checks every fd can be dumped, without touching the task. Called before seizing.
@@ -87,7 +119,7 @@ pub fn precheck(pid: i32) -> Result<(), DumpError> {
     for fd in procfs::fds(pid).map_err(DumpError::Proc)? {
         let link = procfs::link(pid, &format!("fd/{fd}")).map_err(DumpError::Proc)?;
         let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
-        if let Some((what, hint)) = unsupported(&link, meta.as_ref()) {
+        if let Err((what, hint)) = classify(&link, meta.as_ref()) {
             return Err(DumpError::Unsupported {
                 pid,
                 object: format!("fd {fd} ({link})"),
@@ -99,30 +131,168 @@ pub fn precheck(pid: i32) -> Result<(), DumpError> {
     Ok(())
 }
 
+/// One fd of the frozen target, as the kind modules see it at dump.
+pub struct TargetFd<'a> {
+    pub pid: i32,
+    pub fd: i32,
+    /// readlink of /proc/PID/fd/N.
+    pub link: &'a str,
+    pub meta: Option<&'a std::fs::Metadata>,
+    /// /proc/PID/fdinfo/N, parsed and raw.
+    pub info: &'a procfs::FdInfo,
+    pub fdinfo: &'a str,
+    /// A pidfd of the target, for `pidfd_getfd`.
+    pub pidfd: BorrowedFd<'a>,
+}
+
+impl TargetFd<'_> {
+    /// The open file flags to save (without O_CLOEXEC, which belongs to the fd).
+    pub fn flags(&self) -> u32 {
+        self.info.flags & !(libc::O_CLOEXEC as u32)
+    }
+
+    /// A copy of the target's fd in cryo (the same open file description).
+    pub fn take(&self) -> Result<OwnedFd, DumpError> {
+        sys::fd::pidfd_getfd(self.pidfd, self.fd).map_err(|e| self.err("pidfd_getfd", e))
+    }
+
+    /// An error about this fd.
+    pub fn err(&self, what: impl Into<String>, source: std::io::Error) -> DumpError {
+        DumpError::File {
+            pid: self.pid,
+            fd: self.fd,
+            what: format!("{} ({}): {}", what.into(), self.link, source),
+            source,
+        }
+    }
+
+    /// A field of the fdinfo text ("eventfd-count", "sigmask", ...).
+    pub fn field(&self, name: &str) -> Result<String, DumpError> {
+        self.fdinfo
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k == name).then(|| v.trim().to_string())
+            })
+            .ok_or_else(|| {
+                self.err(
+                    format!("fdinfo has no '{name}'"),
+                    std::io::Error::from_raw_os_error(libc::ENODATA),
+                )
+            })
+    }
+}
+
+/// A kind of open file other than a regular one: both halves, side by side.
+pub trait FdKind {
+    /// The files.img record of a new open file description, with id `id`.
+    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError>;
+    /// Creates the object in cryo from its record; puppets take it with `pidfd_getfd`.
+    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError>;
+}
+
+/// File-status flags F_SETFL can change.
+pub const SETFL_MASK: u32 =
+    (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_NOATIME) as u32;
+
+/// A files.img entry without the record its type needs.
+pub fn missing(id: u32, what: &str) -> RestoreError {
+    RestoreError::BadImage(format!("files.img entry {id} has no {what} record"))
+}
+
+/// An error creating object `id` in cryo.
+pub fn obj_err(id: u32, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
+    let what = what.into();
+    move |source| RestoreError::File { id, what, source }
+}
+
+/// The open files restore creates in cryo (one per file id, made on first use), with the
+/// per-kind state that spans several ids (the two ends of a pipe, a FIFO kept open).
+pub struct FdObjects {
+    pub dir: ImageDir,
+    pub files: HashMap<u32, pb::FileEntry>,
+    made: HashMap<u32, OwnedFd>,
+    pub pipes: super::pipes::PipeStore,
+    /// Epoll ids whose watch list was already filled (by the first task that has them).
+    pub epolls_filled: HashSet<u32>,
+}
+
+impl FdObjects {
+    pub fn new(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Self, RestoreError> {
+        Ok(FdObjects {
+            dir: ImageDir::open(&dir.path)?,
+            files: files.clone(),
+            made: HashMap::new(),
+            pipes: Default::default(),
+            epolls_filled: HashSet::new(),
+        })
+    }
+
+    /// Closes every object cryo made (the puppets hold their own fds now).
+    pub fn close_all(&mut self) {
+        self.made.clear();
+        self.pipes = Default::default();
+    }
+
+    /// The record of file `id`.
+    pub fn entry(&self, id: u32) -> Result<&pb::FileEntry, RestoreError> {
+        self.files.get(&id).ok_or(RestoreError::BadImage(format!(
+            "files.img has no entry with id {id}"
+        )))
+    }
+
+    /// cryo's fd for file `id`, created on first use.
+    pub fn get(&mut self, id: u32) -> Result<i32, RestoreError> {
+        if let Some(fd) = self.made.get(&id) {
+            return Ok(fd.as_raw_fd());
+        }
+        let e = self.entry(id)?.clone();
+        let e = &e;
+        let fd = match pb::FdTypes::try_from(e.r#type) {
+            Ok(pb::FdTypes::Pipe) => super::pipes::Pipes::open(self, e)?,
+            Ok(pb::FdTypes::Fifo) => super::pipes::Fifos::open(self, e)?,
+            Ok(pb::FdTypes::Eventfd) => super::eventfd::EventFd::open(self, e)?,
+            Ok(pb::FdTypes::Signalfd) => super::signalfd::SignalFd::open(self, e)?,
+            Ok(pb::FdTypes::Timerfd) => super::timerfd::TimerFd::open(self, e)?,
+            Ok(pb::FdTypes::Eventpoll) => super::epoll::Epoll::open(self, e)?,
+            Ok(pb::FdTypes::Inotify) => super::inotify::Inotify::open(self, e)?,
+            _ => {
+                return Err(RestoreError::Unsupported(format!(
+                    "file {id} has type {} which this cryo cannot restore",
+                    e.r#type
+                )))
+            }
+        };
+        let raw = fd.as_raw_fd();
+        self.made.insert(id, fd);
+        Ok(raw)
+    }
+}
+
 impl Kind for Files {
     const NAME: &'static str = "files";
 
     fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
         let pid = cx.pid;
+        let mut pidfd = None;
         for fd in procfs::fds(pid).map_err(DumpError::Proc)? {
             let link = procfs::link(pid, &format!("fd/{fd}")).map_err(DumpError::Proc)?;
             let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
-            if let Some((what, hint)) = unsupported(&link, meta.as_ref()) {
-                return Err(DumpError::Unsupported {
+            let class =
+                classify(&link, meta.as_ref()).map_err(|(what, hint)| DumpError::Unsupported {
                     pid,
                     object: format!("fd {fd} ({link})"),
                     what: format!("{what} is not supported yet"),
                     hint: hint.to_string(),
-                });
-            }
-            let meta = meta.ok_or_else(|| DumpError::Unsupported {
-                pid,
-                object: format!("fd {fd} ({link})"),
-                what: "the file cannot be looked up from cryo".into(),
-                hint: "is it in another mount namespace? containers come with issue #4".into(),
+                })?;
+            let text = procfs::read(pid, &format!("fdinfo/{fd}")).map_err(DumpError::Proc)?;
+            let info = procfs::parse_fdinfo(&text).ok_or_else(|| {
+                DumpError::Proc(procfs::ProcError::Parse {
+                    path: format!("/proc/{pid}/fdinfo/{fd}").into(),
+                    what: "unexpected format".into(),
+                })
             })?;
-            let info = procfs::fdinfo(pid, fd).map_err(DumpError::Proc)?;
-            // Same open file description as an earlier fd?
+            // Same open file description as an earlier fd (of any process)?
             let mut id = None;
             for &(opid, other, oid) in &cx.files.fds {
                 if kcmp(pid, opid, KCMP_FILE, fd as u64, other as u64).ok() == Some(0) {
@@ -130,15 +300,58 @@ impl Kind for Files {
                     break;
                 }
             }
-            let id = match id {
-                Some(i) => i,
-                None => cx.files.add_reg(
-                    link.clone(),
-                    info.flags & !(libc::O_CLOEXEC as u32),
-                    info.pos,
-                    meta.is_file().then_some(meta.len()),
-                    meta.mode(),
-                ),
+            let id = match (id, class) {
+                (Some(i), _) => i,
+                (None, Class::Reg) => {
+                    let meta = meta.as_ref().ok_or_else(|| DumpError::Unsupported {
+                        pid,
+                        object: format!("fd {fd} ({link})"),
+                        what: "the file cannot be looked up from cryo".into(),
+                        hint: "is it in another mount namespace? containers come with issue #4"
+                            .into(),
+                    })?;
+                    cx.files.add_reg(
+                        link.clone(),
+                        info.flags & !(libc::O_CLOEXEC as u32),
+                        info.pos,
+                        meta.is_file().then_some(meta.len()),
+                        meta.mode(),
+                    )
+                }
+                (None, _) => {
+                    if pidfd.is_none() {
+                        pidfd =
+                            Some(
+                                sys::fd::pidfd_open(pid).map_err(|source| DumpError::Ptrace {
+                                    pid,
+                                    what: "pidfd_open",
+                                    source,
+                                })?,
+                            );
+                    }
+                    let t = TargetFd {
+                        pid,
+                        fd,
+                        link: &link,
+                        meta: meta.as_ref(),
+                        info: &info,
+                        fdinfo: &text,
+                        pidfd: pidfd.as_ref().expect("opened above").as_fd(),
+                    };
+                    let id = cx.files.alloc();
+                    let e = match class {
+                        Class::Pipe => super::pipes::Pipes::dump(cx, &t, id)?,
+                        Class::Fifo => super::pipes::Fifos::dump(cx, &t, id)?,
+                        Class::EventFd => super::eventfd::EventFd::dump(cx, &t, id)?,
+                        Class::SignalFd => super::signalfd::SignalFd::dump(cx, &t, id)?,
+                        Class::TimerFd => super::timerfd::TimerFd::dump(cx, &t, id)?,
+                        Class::Epoll => super::epoll::Epoll::dump(cx, &t, id)?,
+                        Class::Inotify => super::inotify::Inotify::dump(cx, &t, id)?,
+                        Class::Reg => unreachable!("handled above"),
+                    };
+                    cx.files.entries.push(e);
+                    id
+                }
             };
             cx.files.fds.push((pid, fd, id));
             img.fdinfo.push(pb::FdinfoEntry {
@@ -148,7 +361,7 @@ impl Kind for Files {
                 } else {
                     0
                 },
-                r#type: pb::FdTypes::Reg as i32,
+                r#type: class.fd_type() as i32,
                 fd: fd as u32,
                 xattr_security_selinux: None,
             });
@@ -171,7 +384,8 @@ pub struct FdTable {
 /// Recreates the fd table of the task `cx` drives. `inherited` is the table of the parent it
 /// was forked from (None for the root, whose inherited fds were all closed): fds sharing an
 /// open file description with the parent are taken over from it, which keeps one shared
-/// offset; every other inherited fd is closed.
+/// offset; every other inherited fd is closed. Non-regular files are made in cryo
+/// ([`FdObjects`]) and taken by the puppet with `pidfd_getfd`.
 pub fn restore_fds(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
@@ -200,6 +414,8 @@ pub fn restore_fds(
             [0, park - 1, 0, 0, 0, 0],
         )?;
     }
+    let objs_cell = cx.objs;
+    let mut cryo_pidfd: Option<u64> = None; // the puppet's pidfd of cryo
     let mut opened: HashMap<u32, u32> = HashMap::new(); // file id -> fd
     for f in &fds {
         let cloexec = if f.flags & libc::FD_CLOEXEC as u32 != 0 {
@@ -207,12 +423,6 @@ pub fn restore_fds(
         } else {
             0
         };
-        if f.r#type != pb::FdTypes::Reg as i32 {
-            return Err(RestoreError::Unsupported(format!(
-                "fd {} has type {} which this cryo cannot restore",
-                f.fd, f.r#type
-            )));
-        }
         if let Some(&src) = opened.get(&f.id).or(taken.get(&f.id)) {
             cx.sys(
                 "dup3",
@@ -222,29 +432,44 @@ pub fn restore_fds(
             opened.entry(f.id).or_insert(f.fd);
             continue;
         }
-        let reg = cx.reg(f.id)?.clone();
-        let flags =
-            reg.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
-        if let Some(size) = reg.size {
-            if let Ok(m) = std::fs::metadata(&reg.name) {
-                if m.len() < reg.pos {
-                    tracing::warn!(
-                        "{}: now {} bytes, shorter than the saved offset {} (was {size} bytes)",
-                        reg.name,
-                        m.len(),
-                        reg.pos
-                    );
+        let tmp = if f.r#type == pb::FdTypes::Reg as i32 {
+            open_reg(cx, f.id)? as u64
+        } else {
+            let local = objs_cell.borrow_mut().get(f.id)?;
+            let pidfd = match cryo_pidfd {
+                Some(p) => p,
+                None => {
+                    let p = cx.sys(
+                        "pidfd_open (cryo)",
+                        libc::SYS_pidfd_open,
+                        [std::process::id() as u64, 0, 0, 0, 0, 0],
+                    )?;
+                    // Out of the way of the fd numbers still to be filled.
+                    let high = cx.sys(
+                        "fcntl(F_DUPFD)",
+                        libc::SYS_fcntl,
+                        [p, libc::F_DUPFD as u64, max_target as u64 + 1, 0, 0, 0],
+                    )?;
+                    cx.sys("close", libc::SYS_close, [p, 0, 0, 0, 0, 0])?;
+                    cryo_pidfd = Some(high);
+                    high
                 }
-            }
-        }
-        let tmp = cx.open(&reg.name, flags)? as u64;
-        if reg.pos != 0 {
-            cx.sys(
-                "lseek",
-                libc::SYS_lseek,
-                [tmp, reg.pos, libc::SEEK_SET as u64, 0, 0, 0],
+            };
+            // The new fd has FD_CLOEXEC set.
+            let got = cx.sys(
+                "pidfd_getfd",
+                libc::SYS_pidfd_getfd,
+                [pidfd, local as u64, 0, 0, 0, 0],
             )?;
-        }
+            if got == f.fd as u64 && cloexec == 0 {
+                cx.sys(
+                    "fcntl(F_SETFD)",
+                    libc::SYS_fcntl,
+                    [got, libc::F_SETFD as u64, 0, 0, 0, 0],
+                )?;
+            }
+            got
+        };
         if tmp != f.fd as u64 {
             cx.sys("dup3", libc::SYS_dup3, [tmp, f.fd as u64, cloexec, 0, 0, 0])?;
             cx.sys("close", libc::SYS_close, [tmp, 0, 0, 0, 0, 0])?;
@@ -257,6 +482,9 @@ pub fn restore_fds(
         }
         opened.insert(f.id, f.fd);
     }
+    if let Some(p) = cryo_pidfd {
+        cx.sys("close", libc::SYS_close, [p, 0, 0, 0, 0, 0])?;
+    }
     if !taken.is_empty() {
         cx.sys(
             "close_range",
@@ -264,8 +492,42 @@ pub fn restore_fds(
             [max_target as u64 + 1, u32::MAX as u64, 0, 0, 0, 0],
         )?;
     }
+    // Epoll watch lists name the fds of this task, which all exist now.
+    for f in &fds {
+        if f.r#type == pb::FdTypes::Eventpoll as i32 {
+            super::epoll::fill(cx, &mut objs_cell.borrow_mut(), f)?;
+        }
+    }
     Ok(FdTable {
         by_id: opened,
         max_fd: max_target,
     })
+}
+
+/// Opens regular-file record `id` in the puppet, at its saved offset; returns the fd.
+fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, RestoreError> {
+    let reg = cx.reg(id)?.clone();
+    let flags =
+        reg.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+    if let Some(size) = reg.size {
+        if let Ok(m) = std::fs::metadata(&reg.name) {
+            if m.len() < reg.pos {
+                tracing::warn!(
+                    "{}: now {} bytes, shorter than the saved offset {} (was {size} bytes)",
+                    reg.name,
+                    m.len(),
+                    reg.pos
+                );
+            }
+        }
+    }
+    let fd = cx.open(&reg.name, flags)?;
+    if reg.pos != 0 {
+        cx.sys(
+            "lseek",
+            libc::SYS_lseek,
+            [fd as u64, reg.pos, libc::SEEK_SET as u64, 0, 0, 0],
+        )?;
+    }
+    Ok(fd)
 }

@@ -7,13 +7,19 @@
 //! order; see docs/ARCHITECTURE.md for why the order is what it is.
 
 pub mod creds;
+pub mod epoll;
+pub mod eventfd;
 pub mod files;
+pub mod inotify;
 pub mod memory;
 pub mod misc;
+pub mod pipes;
 pub mod regs;
 pub mod rlimits;
+pub mod signalfd;
 pub mod signals;
 pub mod threads;
+pub mod timerfd;
 pub mod timers;
 
 use std::collections::HashMap;
@@ -83,6 +89,11 @@ pub struct FileTable {
     /// Every dumped fd so far as (pid, fd, file id): fds of any process that share an open
     /// file description (kcmp) share the record.
     pub fds: Vec<(i32, i32, u32)>,
+    /// pipes-data.img and fifo-data.img: bytes queued in each pipe, saved once per pipe.
+    pub pipe_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
+    pub fifo_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
+    /// Pipe inodes whose data is already saved.
+    pub pipes_seen: std::collections::HashSet<u32>,
 }
 
 impl FileTable {
@@ -167,6 +178,8 @@ pub struct RestoreCx<'a> {
     pub scratch_len: u64,
     pub dir: &'a ImageDir,
     pub files: &'a HashMap<u32, pb::FileEntry>,
+    /// Open files made in cryo for the puppets to take (pipes, eventfds, ...).
+    pub objs: &'a std::cell::RefCell<files::FdObjects>,
     pub stats: &'a mut pb::RestoreStatsEntry,
     /// What every task of the puppet starts with (inherited from cryo), learnt once, so
     /// restoring a value equal to it costs nothing (matters with thousands of threads).

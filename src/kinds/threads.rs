@@ -223,6 +223,7 @@ pub fn restore_threads(
             scratch_len: cx.scratch_len,
             dir: cx.dir,
             files: cx.files,
+            objs: cx.objs,
             stats: &mut *cx.stats,
             inherited: cx.inherited.clone(),
         };

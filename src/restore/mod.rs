@@ -66,6 +66,13 @@ pub enum RestoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot recreate file {id} ({what})")]
+    File {
+        id: u32,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the images are inconsistent: {0}")]
     BadImage(String),
     #[error("not supported: {0}")]
@@ -300,6 +307,7 @@ struct Ready {
 struct Shared<'a> {
     dir: &'a ImageDir,
     files: &'a HashMap<u32, pb::FileEntry>,
+    objs: &'a std::cell::RefCell<kinds::files::FdObjects>,
     tasks: &'a [TaskImages],
     tr: u64,
     calls: u64,
@@ -331,6 +339,7 @@ fn shape(
         scratch_len: TR_LEN - 4096,
         dir: sh.dir,
         files: sh.files,
+        objs: sh.objs,
         stats,
         inherited: Default::default(),
     };
@@ -656,9 +665,11 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
     let tf = Instant::now();
     let mut stats = pb::RestoreStatsEntry::default();
     let mut ready = Vec::new();
+    let objs = std::cell::RefCell::new(kinds::files::FdObjects::new(dir, &files)?);
     let mut sh = Shared {
         dir,
         files: &files,
+        objs: &objs,
         tasks: &tasks,
         tr,
         calls: 0,
@@ -710,6 +721,9 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
             restore: Some(stats),
         }],
     );
+    // cryo's copies of pipes, eventfds, ... must not outlive the restore (a reader would
+    // never see EOF while cryo waits for the root without -d).
+    objs.borrow_mut().close_all();
     // 5. Let them run: children and threads before their parents.
     for p in puppets.0.iter_mut().rev().filter(|p| !p.released) {
         p.tracee.detach(0).map_err(ptrace_err("PTRACE_DETACH"))?;

@@ -9,6 +9,7 @@
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("cryo currently supports x86_64 only");
 
+pub mod fd;
 pub mod mem;
 pub mod proc;
 pub mod ptrace;

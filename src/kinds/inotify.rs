@@ -1,0 +1,200 @@
+//! inotify: the watches (watch descriptor, mask, watched file) and file flags (files.img
+//! INOTIFY records). Events queued but not read yet are not saved (as in CRIU).
+//!
+//! fdinfo names a watched file only by file handle; dump opens the handle on a mount of the
+//! same filesystem (`open_by_handle_at`) to learn its path, saved in `f_handle.path`.
+//! Restore adds the watches again by path in cryo, making the kernel hand out the same watch
+//! descriptor numbers (it allocates them in increasing order).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use super::files::{obj_err, FdKind, FdObjects, TargetFd, SETFL_MASK};
+use super::DumpCx;
+use crate::dump::DumpError;
+use crate::image::pb;
+use crate::procfs;
+use crate::restore::RestoreError;
+use crate::sys::fd as sysfd;
+
+/// inotify instances.
+pub struct Inotify;
+
+/// One "inotify wd:1 ino:2c29 sdev:800003 mask:fce ignored_mask:0 fhandle-bytes:8
+/// fhandle-type:1 f_handle:292c000040d1e1ac" line (all numbers hex).
+#[derive(Debug, Default, PartialEq)]
+struct Watch {
+    wd: u32,
+    ino: u64,
+    sdev: u32,
+    mask: u32,
+    ignored_mask: u32,
+    handle_type: i32,
+    handle: Vec<u8>,
+}
+
+fn parse_watch(line: &str) -> Option<Watch> {
+    let mut w = Watch::default();
+    for tok in line.strip_prefix("inotify")?.split_whitespace() {
+        let (k, v) = tok.split_once(':')?;
+        let hex = || u64::from_str_radix(v, 16).ok();
+        match k {
+            "wd" => w.wd = hex()? as u32,
+            "ino" => w.ino = hex()?,
+            "sdev" => w.sdev = hex()? as u32,
+            "mask" => w.mask = hex()? as u32,
+            "ignored_mask" => w.ignored_mask = hex()? as u32,
+            "fhandle-type" => w.handle_type = hex()? as i32,
+            "f_handle" => {
+                w.handle = (0..v.len() / 2)
+                    .map(|i| u8::from_str_radix(&v[2 * i..2 * i + 2], 16).ok())
+                    .collect::<Option<Vec<u8>>>()?
+            }
+            _ => {}
+        }
+    }
+    Some(w)
+}
+
+/// The path of the file a watch refers to, as cryo sees it.
+fn path_of(pid: i32, w: &Watch) -> Result<String, String> {
+    let (major, minor) = (w.sdev >> 20, w.sdev & 0xf_ffff);
+    let dev = format!("{major}:{minor}");
+    let mi = procfs::read(pid, "mountinfo").map_err(|e| e.to_string())?;
+    // A mount of that filesystem, its own root first (any mount of it can open the handle).
+    let mut mounts: Vec<(bool, String)> = mi
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(2) == Some(&dev.as_str())).then(|| (f[3] != "/", f[4].to_string()))
+        })
+        .collect();
+    mounts.sort();
+    let (_, mnt) = mounts
+        .first()
+        .ok_or_else(|| format!("no mount of device {dev} in /proc/{pid}/mountinfo"))?;
+    // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF).
+    let mfd = sysfd::open(
+        &format!("/proc/{pid}/root{mnt}"),
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+    )
+    .map_err(|e| format!("open mount {mnt}: {e}"))?;
+    let f = sysfd::open_by_handle(mfd.as_fd(), w.handle_type, &w.handle)
+        .map_err(|e| format!("open_by_handle_at on {mnt}: {e}"))?;
+    let p = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .map_err(|e| e.to_string())?
+        .to_string_lossy()
+        .into_owned();
+    if p.ends_with(" (deleted)") || !p.starts_with('/') {
+        return Err(format!("the watched file is {p}"));
+    }
+    Ok(p)
+}
+
+impl FdKind for Inotify {
+    fn dump(_cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+        let mut wds = Vec::new();
+        for line in fd.fdinfo.lines().filter(|l| l.starts_with("inotify ")) {
+            let w = parse_watch(line).ok_or_else(|| {
+                fd.err(
+                    format!("inotify fdinfo line '{line}'"),
+                    std::io::Error::from_raw_os_error(libc::EINVAL),
+                )
+            })?;
+            let path = path_of(fd.pid, &w).map_err(|why| DumpError::Unsupported {
+                pid: fd.pid,
+                object: format!("fd {} (inotify watch {})", fd.fd, w.wd),
+                what: format!("cannot find the watched file (inode {:#x}): {why}", w.ino),
+                hint: "cryo re-adds inotify watches by path; the watched file must still have one"
+                    .into(),
+            })?;
+            let mut words: Vec<u64> = w
+                .handle
+                .chunks(8)
+                .map(|c| {
+                    let mut b = [0u8; 8];
+                    b[..c.len()].copy_from_slice(c);
+                    u64::from_ne_bytes(b)
+                })
+                .collect();
+            words.resize(words.len().max(16), 0);
+            wds.push(pb::InotifyWdEntry {
+                id,
+                i_ino: w.ino,
+                mask: w.mask,
+                ignored_mask: w.ignored_mask,
+                s_dev: w.sdev,
+                wd: w.wd,
+                f_handle: pb::FhEntry {
+                    bytes: w.handle.len() as u32,
+                    r#type: w.handle_type as u32,
+                    handle: words,
+                    path: Some(path),
+                    mnt_id: None,
+                },
+            });
+        }
+        Ok(pb::FileEntry {
+            r#type: pb::FdTypes::Inotify as i32,
+            id,
+            ify: Some(pb::InotifyFileEntry {
+                id,
+                flags: fd.flags(),
+                fown: Default::default(),
+                wd: wds,
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+        let ify = e
+            .ify
+            .as_ref()
+            .ok_or_else(|| super::files::missing(e.id, "inotify"))?;
+        let err = |what: &str| obj_err(e.id, format!("inotify: {what}"));
+        let fd = sysfd::inotify_init(libc::IN_CLOEXEC).map_err(err("inotify_init1"))?;
+        let mut wds: Vec<&pb::InotifyWdEntry> = ify.wd.iter().collect();
+        wds.sort_by_key(|w| w.wd);
+        for w in wds {
+            let path = w.f_handle.path.as_deref().ok_or_else(|| {
+                RestoreError::Unsupported(format!(
+                    "inotify watch {} of file {} has no path (dumped by CRIU?)",
+                    w.wd, e.id
+                ))
+            })?;
+            // Watch descriptors are handed out in increasing order: add and drop until the
+            // kernel reaches the saved one.
+            let mut tries = 0u32;
+            loop {
+                let got = sysfd::inotify_add_watch(fd.as_fd(), path, w.mask)
+                    .map_err(err(&format!("watch {path}")))?;
+                if got as u32 == w.wd {
+                    break;
+                }
+                tries += 1;
+                if got as u32 > w.wd || tries > 1 << 20 {
+                    return Err(RestoreError::File {
+                        id: e.id,
+                        what: format!("inotify: watch {path} got descriptor {got}, not {}", w.wd),
+                        source: std::io::Error::from_raw_os_error(libc::EEXIST),
+                    });
+                }
+                sysfd::inotify_rm_watch(fd.as_fd(), got).map_err(err("inotify_rm_watch"))?;
+            }
+        }
+        sysfd::fcntl(fd.as_fd(), libc::F_SETFL, (ify.flags & SETFL_MASK) as i64)
+            .map_err(err("F_SETFL"))?;
+        Ok(fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_an_inotify_fdinfo_line() {
+        let w = super::parse_watch("inotify wd:a ino:2c29 sdev:800003 mask:fce ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:292c000040d1e1ac").unwrap();
+        assert_eq!((w.wd, w.ino, w.sdev, w.mask), (10, 0x2c29, 0x800003, 0xfce));
+        assert_eq!(w.handle_type, 1);
+        assert_eq!(w.handle, vec![0x29, 0x2c, 0, 0, 0x40, 0xd1, 0xe1, 0xac]);
+    }
+}

@@ -1,0 +1,251 @@
+//! Pipes and FIFOs, with the bytes in flight and the pipe's capacity (files.img PIPE/FIFO
+//! records + pipes-data.img / fifo-data.img).
+//!
+//! Dump reads what is queued without draining it: cryo opens a read end of the same pipe
+//! through /proc/PID/fd/N and `tee`s the buffers into a pipe of its own, once per pipe
+//! (keyed by inode). Restore makes one pipe per inode in cryo, gives it the saved capacity
+//! and data, and hands the puppets the two ends (or a fresh description through
+//! /proc/self/fd for a second description of the same end). A FIFO is reopened by path with
+//! a read-write keeper held by cryo, so opening either end never blocks.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use super::files::{missing, obj_err, FdKind, FdObjects, TargetFd, SETFL_MASK};
+use super::DumpCx;
+use crate::dump::DumpError;
+use crate::image::{self, pb};
+use crate::restore::RestoreError;
+use crate::sys::fd as sysfd;
+
+/// Anonymous pipes.
+pub struct Pipes;
+/// Named pipes.
+pub struct Fifos;
+
+/// Restore-side state spanning several file ids of one pipe.
+#[derive(Default)]
+pub struct PipeStore {
+    /// Saved data by pipe inode (loaded on first use).
+    pipe_data: Option<HashMap<u32, (pb::PipeDataEntry, Vec<u8>)>>,
+    fifo_data: Option<HashMap<u32, (pb::PipeDataEntry, Vec<u8>)>>,
+    /// pipe inode -> (read end, write end, read end handed out, write end handed out).
+    pipes: HashMap<u32, (OwnedFd, OwnedFd, bool, bool)>,
+    /// FIFO inode -> cryo's read-write keeper.
+    fifos: HashMap<u32, OwnedFd>,
+}
+
+/// Reads what is queued in the pipe behind `fd` without consuming it: (capacity, bytes).
+fn queued(fd: &TargetFd<'_>) -> Result<(u32, Vec<u8>), DumpError> {
+    let rd = sysfd::open(
+        &format!("/proc/{}/fd/{}", fd.pid, fd.fd),
+        libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+    )
+    .map_err(|e| fd.err("open a read end", e))?;
+    let size = sysfd::fcntl(rd.as_fd(), libc::F_GETPIPE_SZ, 0)
+        .map_err(|e| fd.err("F_GETPIPE_SZ", e))? as usize;
+    let (tr, tw) = sysfd::pipe().map_err(|e| fd.err("pipe", e))?;
+    sysfd::fcntl(tw.as_fd(), libc::F_SETPIPE_SZ, size as i64)
+        .map_err(|e| fd.err("F_SETPIPE_SZ on cryo's copy", e))?;
+    let n = sysfd::tee(rd.as_fd(), tw.as_fd(), size).map_err(|e| fd.err("tee", e))?;
+    let mut buf = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match sysfd::read(tr.as_fd(), &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) => return Err(fd.err("read cryo's copy", e)),
+        }
+    }
+    buf.truncate(got);
+    Ok((size as u32, buf))
+}
+
+fn inode(fd: &TargetFd<'_>) -> Result<u32, DumpError> {
+    fd.link
+        .strip_prefix("pipe:[")
+        .and_then(|s| s.strip_suffix(']'))
+        .and_then(|s| s.parse().ok())
+        .or_else(|| {
+            use std::os::unix::fs::MetadataExt;
+            fd.meta.map(|m| m.ino() as u32)
+        })
+        .ok_or_else(|| {
+            fd.err(
+                "pipe inode",
+                std::io::Error::from_raw_os_error(libc::EINVAL),
+            )
+        })
+}
+
+impl FdKind for Pipes {
+    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+        let ino = inode(fd)?;
+        if cx.files.pipes_seen.insert(ino) {
+            let (size, data) = queued(fd)?;
+            cx.files.pipe_data.push((
+                pb::PipeDataEntry {
+                    pipe_id: ino,
+                    bytes: data.len() as u32,
+                    size: Some(size),
+                },
+                data,
+            ));
+        }
+        Ok(pb::FileEntry {
+            r#type: pb::FdTypes::Pipe as i32,
+            id,
+            pipe: Some(pb::PipeEntry {
+                id,
+                pipe_id: ino,
+                flags: fd.flags(),
+                fown: Default::default(),
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+        let pe = e.pipe.as_ref().ok_or_else(|| missing(e.id, "pipe"))?;
+        let err = |what: &str| obj_err(e.id, format!("pipe {}: {what}", pe.pipe_id));
+        if !objs.pipes.pipes.contains_key(&pe.pipe_id) {
+            let (r, w) = sysfd::pipe().map_err(err("pipe2"))?;
+            let data = load(objs, false)?.remove(&pe.pipe_id);
+            fill(w.as_fd(), data, pe.pipe_id, e.id)?;
+            objs.pipes.pipes.insert(pe.pipe_id, (r, w, false, false));
+        }
+        let (r, w, r_used, w_used) = objs.pipes.pipes.get_mut(&pe.pipe_id).expect("made");
+        let acc = pe.flags & libc::O_ACCMODE as u32;
+        let (end, used) = if acc == libc::O_WRONLY as u32 {
+            (w.as_fd(), w_used)
+        } else {
+            (r.as_fd(), r_used)
+        };
+        let fd = if !*used {
+            *used = true;
+            end.try_clone_to_owned().map_err(err("dup"))?
+        } else {
+            // Another open file description of the same end.
+            sysfd::open(
+                &format!("/proc/self/fd/{}", end.as_raw_fd()),
+                acc as i32 | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+            .map_err(err("reopen through /proc/self/fd"))?
+        };
+        sysfd::fcntl(fd.as_fd(), libc::F_SETFL, (pe.flags & SETFL_MASK) as i64)
+            .map_err(err("F_SETFL"))?;
+        Ok(fd)
+    }
+}
+
+impl FdKind for Fifos {
+    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fd.meta.ok_or_else(|| {
+            fd.err(
+                "stat the FIFO",
+                std::io::Error::from_raw_os_error(libc::ENOENT),
+            )
+        })?;
+        let ino = meta.ino() as u32;
+        if cx.files.pipes_seen.insert(ino) {
+            let (size, data) = queued(fd)?;
+            cx.files.fifo_data.push((
+                pb::PipeDataEntry {
+                    pipe_id: ino,
+                    bytes: data.len() as u32,
+                    size: Some(size),
+                },
+                data,
+            ));
+        }
+        // The path lives in a regular-file record of its own, as CRIU does.
+        let regf_id = cx
+            .files
+            .add_reg(fd.link.to_string(), fd.flags(), 0, None, meta.mode());
+        Ok(pb::FileEntry {
+            r#type: pb::FdTypes::Fifo as i32,
+            id,
+            fifo: Some(pb::FifoEntry {
+                id,
+                pipe_id: ino,
+                regf_id: Some(regf_id),
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+        let fe = e.fifo.as_ref().ok_or_else(|| missing(e.id, "fifo"))?;
+        let reg = fe
+            .regf_id
+            .and_then(|r| objs.files.get(&r))
+            .and_then(|f| f.reg.clone())
+            .ok_or_else(|| missing(e.id, "FIFO path (regf_id)"))?;
+        let err = |what: &str| obj_err(e.id, format!("FIFO {}: {what}", reg.name));
+        if !objs.pipes.fifos.contains_key(&fe.pipe_id) {
+            // Read-write never blocks and keeps both ends open while the puppets open theirs.
+            let keeper = sysfd::open(&reg.name, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .map_err(err("open read-write"))?;
+            let data = load(objs, true)?.remove(&fe.pipe_id);
+            fill(keeper.as_fd(), data, fe.pipe_id, e.id)?;
+            objs.pipes.fifos.insert(fe.pipe_id, keeper);
+        }
+        let acc = reg.flags & libc::O_ACCMODE as u32;
+        let fd = sysfd::open(&reg.name, acc as i32 | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .map_err(err("open"))?;
+        sysfd::fcntl(fd.as_fd(), libc::F_SETFL, (reg.flags & SETFL_MASK) as i64)
+            .map_err(err("F_SETFL"))?;
+        Ok(fd)
+    }
+}
+
+/// The saved data of every pipe (or FIFO), loaded once.
+fn load(
+    objs: &mut FdObjects,
+    fifo: bool,
+) -> Result<&mut HashMap<u32, (pb::PipeDataEntry, Vec<u8>)>, RestoreError> {
+    let (slot, name, kind) = if fifo {
+        (&mut objs.pipes.fifo_data, "fifo-data.img", image::FIFO_DATA)
+    } else {
+        (
+            &mut objs.pipes.pipe_data,
+            "pipes-data.img",
+            image::PIPES_DATA,
+        )
+    };
+    if slot.is_none() {
+        let all = objs.dir.read_with_data::<pb::PipeDataEntry>(name, kind)?;
+        *slot = Some(all.into_iter().map(|(e, d)| (e.pipe_id, (e, d))).collect());
+    }
+    Ok(slot.as_mut().expect("loaded"))
+}
+
+/// Gives a new pipe its saved capacity and queued bytes (written through `w`).
+fn fill(
+    w: BorrowedFd<'_>,
+    data: Option<(pb::PipeDataEntry, Vec<u8>)>,
+    pipe_id: u32,
+    id: u32,
+) -> Result<(), RestoreError> {
+    let Some((e, bytes)) = data else {
+        return Ok(());
+    };
+    let err = |what: &str| obj_err(id, format!("pipe {pipe_id}: {what}"));
+    if let Some(size) = e.size {
+        let want = size.max(bytes.len() as u32);
+        let now = sysfd::fcntl(w, libc::F_GETPIPE_SZ, 0).map_err(err("F_GETPIPE_SZ"))?;
+        if now != want as i64 {
+            sysfd::fcntl(w, libc::F_SETPIPE_SZ, want as i64)
+                .map_err(err(&format!("F_SETPIPE_SZ {want}")))?;
+        }
+    }
+    let fl = sysfd::fcntl(w, libc::F_GETFL, 0).map_err(err("F_GETFL"))?;
+    sysfd::fcntl(w, libc::F_SETFL, fl | libc::O_NONBLOCK as i64).map_err(err("F_SETFL"))?;
+    let mut off = 0;
+    while off < bytes.len() {
+        off += sysfd::write(w, &bytes[off..]).map_err(err("write the queued data"))?;
+    }
+    sysfd::fcntl(w, libc::F_SETFL, fl).map_err(err("F_SETFL"))?;
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! timerfd: clock, remaining time, interval, unread expirations and file flags (files.img
+//! TIMERFD records).
+//!
+//! fdinfo gives the remaining time relative to now, so restore arms the new timer relative
+//! to the moment of restore (the frozen time does not count, as for POSIX timers), then sets
+//! the expirations that were not read yet with `TFD_IOC_SET_TICKS`.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use super::files::{obj_err, FdKind, FdObjects, TargetFd, SETFL_MASK};
+use super::DumpCx;
+use crate::dump::DumpError;
+use crate::image::pb;
+use crate::restore::RestoreError;
+use crate::sys::fd as sysfd;
+
+/// timerfd file descriptors.
+pub struct TimerFd;
+
+/// Parses "(sec, nsec)".
+fn pair(s: &str) -> Option<(u64, u64)> {
+    let (a, b) = s
+        .trim()
+        .strip_prefix('(')?
+        .strip_suffix(')')?
+        .split_once(',')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
+impl FdKind for TimerFd {
+    fn dump(_cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+        let bad = |what: &str| {
+            fd.err(
+                format!("timerfd fdinfo {what}"),
+                std::io::Error::from_raw_os_error(libc::EINVAL),
+            )
+        };
+        let clockid = fd.field("clockid")?.parse().map_err(|_| bad("clockid"))?;
+        let ticks = fd.field("ticks")?.parse().map_err(|_| bad("ticks"))?;
+        let sf = fd.field("settime flags")?;
+        let settime_flags = u32::from_str_radix(&sf, 8).map_err(|_| bad("settime flags"))?;
+        let (vsec, vnsec) = pair(&fd.field("it_value")?).ok_or_else(|| bad("it_value"))?;
+        let (isec, insec) = pair(&fd.field("it_interval")?).ok_or_else(|| bad("it_interval"))?;
+        Ok(pb::FileEntry {
+            r#type: pb::FdTypes::Timerfd as i32,
+            id,
+            tfd: Some(pb::TimerfdEntry {
+                id,
+                flags: fd.flags(),
+                fown: Default::default(),
+                clockid,
+                ticks,
+                settime_flags,
+                vsec,
+                vnsec,
+                isec,
+                insec,
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+        let t = e
+            .tfd
+            .as_ref()
+            .ok_or_else(|| super::files::missing(e.id, "timerfd"))?;
+        let err = |what: &str| obj_err(e.id, format!("timerfd: {what}"));
+        let fd = sysfd::timerfd_create(t.clockid as i32, libc::TFD_CLOEXEC)
+            .map_err(err(&format!("timerfd_create (clock {})", t.clockid)))?;
+        if t.vsec != 0 || t.vnsec != 0 {
+            // Relative: the saved value is the time that was left.
+            sysfd::timerfd_settime(fd.as_fd(), 0, (t.vsec, t.vnsec), (t.isec, t.insec))
+                .map_err(err("timerfd_settime"))?;
+        }
+        if t.ticks != 0 {
+            sysfd::timerfd_set_ticks(fd.as_fd(), t.ticks).map_err(err("TFD_IOC_SET_TICKS"))?;
+        }
+        sysfd::fcntl(fd.as_fd(), libc::F_SETFL, (t.flags & SETFL_MASK) as i64)
+            .map_err(err("F_SETFL"))?;
+        Ok(fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_fdinfo_pairs() {
+        assert_eq!(super::pair(" (1, 999884)"), Some((1, 999884)));
+        assert_eq!(super::pair("(0, 0)"), Some((0, 0)));
+        assert_eq!(super::pair("0, 0"), None);
+    }
+}
