@@ -614,26 +614,6 @@ fn write_task(dir: &ImageDir, img: &TaskImages) -> Result<(), DumpError> {
         image::FDINFO,
         &img.fdinfo,
     )?;
-    // pagemap: head, then entries.
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(&image::IMG_COMMON_MAGIC.to_ne_bytes());
-    if let image::Head::Common(m) = image::PAGEMAP.head {
-        bytes.extend_from_slice(&m.to_ne_bytes());
-    }
-    prost_frame(
-        &mut bytes,
-        &pb::PagemapHead {
-            pages_id: img.pages_id,
-        },
-    );
-    for e in &img.pagemap {
-        prost_frame(&mut bytes, e);
-    }
-    dir.write_raw(&format!("pagemap-{pid}.img"), &bytes)?;
+    dir.write_pagemap(&format!("pagemap-{pid}.img"), img.pages_id, &img.pagemap)?;
     Ok(())
-}
-
-fn prost_frame<M: prost::Message>(out: &mut Vec<u8>, m: &M) {
-    out.extend_from_slice(&(m.encoded_len() as u32).to_ne_bytes());
-    m.encode(out).expect("Vec grows");
 }

@@ -64,6 +64,7 @@ kinds! {
     IDS = "ids", Common(0x5443_2030), "task_kobj_ids_entry";
     MM = "mm", Common(0x5749_2820), "mm_entry";
     PAGEMAP = "pagemap", Common(0x5608_4025), "pagemap_entry";
+    SHMEM_PAGEMAP = "pagemap-shmem", Common(0x5608_4025), "pagemap_entry";
     FDINFO = "fdinfo", Common(0x5621_3732), "fdinfo_entry";
     FILES = "files", Common(0x5630_3138), "file_entry";
     FS = "fs", Common(0x5140_3912), "fs_entry";
@@ -338,6 +339,64 @@ impl ImageDir {
             buf.extend_from_slice(data);
         }
         self.write_raw(name, &buf)
+    }
+
+    /// Writes a pagemap image: a `pagemap_head` naming the pages image, then the entries.
+    pub fn write_pagemap(
+        &self,
+        name: &str,
+        pages_id: u32,
+        entries: &[pb::PagemapEntry],
+    ) -> Result<(), ImageError> {
+        let mut buf = head(PAGEMAP);
+        let head = pb::PagemapHead { pages_id };
+        buf.extend_from_slice(&(head.encoded_len() as u32).to_ne_bytes());
+        head.encode(&mut buf).expect("Vec grows");
+        for e in entries {
+            buf.extend_from_slice(&(e.encoded_len() as u32).to_ne_bytes());
+            e.encode(&mut buf).expect("Vec grows");
+        }
+        self.write_raw(name, &buf)
+    }
+
+    /// Reads a pagemap image: (pages image id, entries). A missing file is `None`.
+    pub fn read_pagemap(
+        &self,
+        name: &str,
+    ) -> Result<Option<(u32, Vec<pb::PagemapEntry>)>, ImageError> {
+        let path = self.file(name);
+        let raw = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(ImageError::Io {
+                    path,
+                    op: "read",
+                    source,
+                })
+            }
+        };
+        let frames = entries(&path, PAGEMAP, &raw)?;
+        let decode_err = |offset, message, source| ImageError::Decode {
+            path: path.clone(),
+            offset,
+            message,
+            source,
+        };
+        let Some(((hoff, h), rest)) = frames.split_first() else {
+            return Err(ImageError::Invalid {
+                path: path.clone(),
+                what: "no pagemap_head entry".into(),
+            });
+        };
+        let head = pb::PagemapHead::decode(*h).map_err(|e| decode_err(*hoff, "pagemap_head", e))?;
+        let mut out = Vec::with_capacity(rest.len());
+        for (off, p) in rest {
+            out.push(
+                pb::PagemapEntry::decode(*p).map_err(|e| decode_err(*off, "pagemap_entry", e))?,
+            );
+        }
+        Ok(Some((head.pages_id, out)))
     }
 
     /// Like [`ImageDir::read_opt`] but the image must exist.

@@ -215,16 +215,23 @@ pub struct FdObjects {
     pub pipes: super::pipes::PipeStore,
     /// Epoll ids whose watch list was already filled (by the first task that has them).
     pub epolls_filled: HashSet<u32>,
+    /// Shared anonymous memory inodes (not fds, but made and handed over the same way).
+    pub shmem: super::shmem::ShmemStore,
 }
 
 impl FdObjects {
-    pub fn new(dir: &ImageDir, files: &HashMap<u32, pb::FileEntry>) -> Result<Self, RestoreError> {
+    pub fn new(
+        dir: &ImageDir,
+        files: &HashMap<u32, pb::FileEntry>,
+        tasks: &[super::TaskImages],
+    ) -> Result<Self, RestoreError> {
         Ok(FdObjects {
             dir: ImageDir::open(&dir.path)?,
             files: files.clone(),
             made: HashMap::new(),
             pipes: Default::default(),
             epolls_filled: HashSet::new(),
+            shmem: super::shmem::ShmemStore::new(tasks),
         })
     }
 
@@ -232,6 +239,7 @@ impl FdObjects {
     pub fn close_all(&mut self) {
         self.made.clear();
         self.pipes = Default::default();
+        self.shmem = Default::default();
     }
 
     /// The record of file `id`.

@@ -107,14 +107,20 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
             0,
             None,
         ),
-        _ if v.shared && !v.is_file()
-            || v.name.starts_with("/SYSV")
-            || v.name == "/dev/zero (deleted)" =>
-        {
+        _ if v.name.starts_with("/SYSV") => {
             return Err(unsupported(
-                "shared anonymous memory is not supported yet",
-                "process trees with shared memory are planned (issue #3)",
+                "System V shared memory is not supported yet",
+                "IPC namespaces and SysV shm are planned (issue #4)",
             ))
+        }
+        _ if v.shared && (!v.is_file() || v.name == "/dev/zero (deleted)") => {
+            let shmid = super::shmem::dump_anon(cx, v)?;
+            (
+                status::REGULAR | status::ANON_SHARED,
+                flags | libc::MAP_ANONYMOUS as u32,
+                shmid,
+                None,
+            )
         }
         _ if v.is_file() => {
             if v.name.ends_with(" (deleted)") {
@@ -349,7 +355,9 @@ impl Kind for Memory {
             };
             let flags = (v.flags | libc::MAP_FIXED as u32) as u64;
             let what = "mmap";
-            if v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
+            if v.status & status::ANON_SHARED != 0 {
+                super::shmem::map_anon(cx, v, prot)?;
+            } else if v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
                 let reg = cx.reg(v.shmid as u32)?.clone();
                 let fd = cx.open(&reg.name, v.fdflags.unwrap_or(libc::O_RDONLY as u32))?;
                 let r = cx.sys(

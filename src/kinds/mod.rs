@@ -16,6 +16,7 @@ pub mod misc;
 pub mod pipes;
 pub mod regs;
 pub mod rlimits;
+pub mod shmem;
 pub mod signalfd;
 pub mod signals;
 pub mod threads;
@@ -94,6 +95,10 @@ pub struct FileTable {
     pub fifo_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
     /// Pipe inodes whose data is already saved.
     pub pipes_seen: std::collections::HashSet<u32>,
+    /// Shared-memory inodes whose content is already saved, and how many pages images
+    /// they took.
+    pub shmem_seen: std::collections::HashSet<u64>,
+    pub shmem_pages: u32,
 }
 
 impl FileTable {
@@ -235,6 +240,23 @@ impl RestoreCx<'_> {
     /// Runs a syscall in the puppet, naming `what` on failure.
     pub fn sys(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, RestoreError> {
         self.remote.call(what, nr, a).map_err(RestoreError::from)
+    }
+
+    /// Gives the puppet its own fd for cryo's fd `local` (the same open file description,
+    /// through `pidfd_getfd`); returns the puppet's fd, which the caller closes.
+    pub fn take_from_cryo(&mut self, local: i32) -> Result<u64, RestoreError> {
+        let pidfd = self.sys(
+            "pidfd_open (cryo)",
+            libc::SYS_pidfd_open,
+            [std::process::id() as u64, 0, 0, 0, 0, 0],
+        )?;
+        let got = self.sys(
+            "pidfd_getfd",
+            libc::SYS_pidfd_getfd,
+            [pidfd, local as u64, 0, 0, 0, 0],
+        );
+        self.sys("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])?;
+        got
     }
 
     /// Looks up the regular-file record `id` in files.img.

@@ -201,31 +201,11 @@ fn read_task(dir: &ImageDir, ps: &pb::PstreeEntry) -> Result<TaskImages, Restore
         });
     }
     let ids: pb::TaskKobjIdsEntry = dir.read_one(&format!("ids-{pid}.img"), image::IDS)?;
-    let mut pm = dir.read::<pb::PagemapEntry>(&format!("pagemap-{pid}.img"), image::PAGEMAP)?;
-    // The first entry is really a pagemap_head (same wire shape prefix): decode it as such.
-    let raw = std::fs::read(dir.file(&format!("pagemap-{pid}.img"))).map_err(|source| {
-        ImageError::Io {
+    let (pages_id, pm) = dir
+        .read_pagemap(&format!("pagemap-{pid}.img"))?
+        .ok_or_else(|| ImageError::Missing {
             path: dir.file(&format!("pagemap-{pid}.img")),
-            op: "read",
-            source,
-        }
-    })?;
-    let path = dir.file(&format!("pagemap-{pid}.img"));
-    let frames = image::entries(&path, image::PAGEMAP, &raw)?;
-    let head = frames
-        .first()
-        .map(|(_, p)| <pb::PagemapHead as prost::Message>::decode(*p))
-        .transpose()
-        .map_err(|source| ImageError::Decode {
-            path: path.clone(),
-            offset: 8,
-            message: "pagemap_head",
-            source,
-        })?
-        .ok_or_else(|| RestoreError::BadImage(format!("pagemap-{pid}.img has no head entry")))?;
-    if !pm.is_empty() {
-        pm.remove(0);
-    }
+        })?;
     let img = TaskImages {
         pid,
         pstree: ps.clone(),
@@ -237,7 +217,7 @@ fn read_task(dir: &ImageDir, ps: &pb::PstreeEntry) -> Result<TaskImages, Restore
             .read_opt(&format!("fdinfo-{}.img", ids.files_id), image::FDINFO)?
             .unwrap_or_default(),
         pagemap: pm,
-        pages_id: head.pages_id,
+        pages_id,
         threads: ps
             .threads
             .iter()
@@ -665,7 +645,7 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
     let tf = Instant::now();
     let mut stats = pb::RestoreStatsEntry::default();
     let mut ready = Vec::new();
-    let objs = std::cell::RefCell::new(kinds::files::FdObjects::new(dir, &files)?);
+    let objs = std::cell::RefCell::new(kinds::files::FdObjects::new(dir, &files, &tasks)?);
     let mut sh = Shared {
         dir,
         files: &files,

@@ -219,6 +219,33 @@ impl Mapping {
         })
     }
 
+    /// A new shared anonymous (shmem) mapping of `len` bytes, read-write.
+    pub fn anon_shared(len: usize) -> io::Result<Mapping> {
+        // SAFETY: a fresh mapping at an address the kernel picks.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            addr: p.cast(),
+            len,
+        })
+    }
+
+    /// Where the mapping starts.
+    pub fn addr(&self) -> u64 {
+        self.addr as u64
+    }
+
     /// Maps `len` bytes at exactly `addr` (fails if anything is there), with `prot`.
     pub fn anon_fixed(addr: u64, len: usize, prot: i32) -> io::Result<Mapping> {
         // SAFETY: MAP_FIXED_NOREPLACE never replaces existing mappings.

@@ -1,0 +1,220 @@
+//! Shared anonymous memory: `MAP_SHARED|MAP_ANONYMOUS` regions (a shmem inode the kernel
+//! names "/dev/zero (deleted)"), usually inherited across fork, so several processes map the
+//! same pages.
+//!
+//! Dump saves the content once per inode (the VMAs' `shmid`), from whichever task maps it
+//! first, reading the inode through /proc/PID/map_files with `SEEK_DATA`/`SEEK_HOLE` so only
+//! populated pages are written: `pagemap-shmem-SHMID.img` (offsets as `vaddr`) plus a pages
+//! image of its own, as CRIU lays it out. Restore creates one shmem inode per shmid in cryo
+//! (a shared anonymous mapping of cryo's, reopened through /proc/self/map_files), writes the
+//! content into it, and each puppet maps that same inode: the processes share the memory
+//! again, and the kernel still sees "/dev/zero (deleted)" shared mappings.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+use super::memory::status;
+use super::{DumpCx, RestoreCx, TaskImages};
+use crate::dump::DumpError;
+use crate::image::{pb, ImageError};
+use crate::procfs::{ProcError, Vma};
+use crate::restore::RestoreError;
+use crate::sys::mem::Mapping;
+use crate::sys::PAGE_SIZE;
+
+/// Pages images of shared memory are numbered from here (task pages images are 1..=tasks).
+const PAGES_ID_BASE: u32 = 1 << 20;
+
+/// `pagemap_entry.flags`: page data is in the pages image.
+const PE_PRESENT: u32 = 4;
+
+fn image_name(shmid: u64) -> String {
+    format!("pagemap-shmem-{shmid}.img")
+}
+
+/// Saves the shared anonymous region behind `v` (once per inode); returns its shmid.
+pub fn dump_anon(cx: &mut DumpCx<'_>, v: &Vma) -> Result<u64, DumpError> {
+    let path = format!("/proc/{}/map_files/{:x}-{:x}", cx.pid, v.start, v.end);
+    let read_err = |source| {
+        DumpError::Proc(ProcError::Read {
+            path: path.clone().into(),
+            source,
+        })
+    };
+    let f = File::open(&path).map_err(read_err)?;
+    let meta = f.metadata().map_err(read_err)?;
+    let shmid = meta.ino();
+    if !cx.files.shmem_seen.insert(shmid) {
+        return Ok(shmid);
+    }
+    // Populated ranges of the inode.
+    let size = meta.len();
+    let mut ranges = Vec::new();
+    let mut off = 0i64;
+    while (off as u64) < size {
+        use nix::unistd::{lseek, Whence};
+        let Ok(start) = lseek(&f, off, Whence::SeekData) else {
+            break; // ENXIO: no data after off
+        };
+        let end = lseek(&f, start, Whence::SeekHole)
+            .map(|e| e.min(size as i64))
+            .unwrap_or(size as i64);
+        let (s, e) = (
+            start as u64 & !(PAGE_SIZE - 1),
+            (end as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE,
+        );
+        ranges.push((s, e.min(size.div_ceil(PAGE_SIZE) * PAGE_SIZE)));
+        off = end;
+    }
+    let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+    let mut data = vec![0u8; total as usize];
+    let mut at = 0usize;
+    for &(s, e) in &ranges {
+        let n = (e - s) as usize;
+        // The tail past i_size reads short: it stays zero.
+        let mut got = 0;
+        while got < n {
+            match f.read_at(&mut data[at + got..at + n], s + got as u64) {
+                Ok(0) => break,
+                Ok(k) => got += k,
+                Err(source) => return Err(read_err(source)),
+            }
+        }
+        at += n;
+    }
+    cx.files.shmem_pages += 1;
+    let pages_id = PAGES_ID_BASE + cx.files.shmem_pages;
+    let entries: Vec<pb::PagemapEntry> = ranges
+        .iter()
+        .map(|&(s, e)| pb::PagemapEntry {
+            vaddr: s,
+            compat_nr_pages: ((e - s) / PAGE_SIZE) as u32,
+            in_parent: None,
+            flags: Some(PE_PRESENT),
+            nr_pages: Some((e - s) / PAGE_SIZE),
+        })
+        .collect();
+    cx.dir
+        .write_pagemap(&image_name(shmid), pages_id, &entries)?;
+    cx.dir.write_raw(&format!("pages-{pages_id}.img"), &data)?;
+    cx.stats.shpages_scanned = Some(cx.stats.shpages_scanned.unwrap_or(0) + size / PAGE_SIZE);
+    cx.stats.shpages_written = Some(cx.stats.shpages_written.unwrap_or(0) + total / PAGE_SIZE);
+    Ok(shmid)
+}
+
+/// Restore-side shmem inodes, one per shmid, made in cryo on first use.
+#[derive(Default)]
+pub struct ShmemStore {
+    /// Size each inode needs: the furthest end any VMA maps.
+    sizes: HashMap<u64, u64>,
+    made: HashMap<u64, OwnedFd>,
+}
+
+impl ShmemStore {
+    pub fn new(tasks: &[TaskImages]) -> Self {
+        let mut sizes: HashMap<u64, u64> = HashMap::new();
+        for v in tasks.iter().flat_map(|t| &t.mm.vmas) {
+            if v.status & status::ANON_SHARED != 0 {
+                let end = v.pgoff + (v.end - v.start);
+                let s = sizes.entry(v.shmid).or_default();
+                *s = (*s).max(end);
+            }
+        }
+        ShmemStore {
+            sizes,
+            made: HashMap::new(),
+        }
+    }
+
+    /// cryo's fd of shmem inode `shmid`, created and filled on first use.
+    pub fn get(&mut self, dir: &crate::image::ImageDir, shmid: u64) -> Result<i32, RestoreError> {
+        if let Some(fd) = self.made.get(&shmid) {
+            return Ok(fd.as_raw_fd());
+        }
+        let size = *self.sizes.get(&shmid).ok_or_else(|| {
+            RestoreError::BadImage(format!("no mapping uses shared memory {shmid}"))
+        })?;
+        let err = |what: &str| {
+            let what = format!("shared memory {shmid}: {what}");
+            move |source| RestoreError::File {
+                id: shmid as u32,
+                what,
+                source,
+            }
+        };
+        let m = Mapping::anon_shared(size as usize).map_err(err("mmap"))?;
+        let path = format!("/proc/self/map_files/{:x}-{:x}", m.addr(), m.addr() + size);
+        let fd = crate::sys::fd::open(&path, libc::O_RDWR | libc::O_CLOEXEC)
+            .map_err(err("reopen through map_files"))?;
+        drop(m);
+        let file = File::from(fd);
+        if let Some((pages_id, entries)) = dir.read_pagemap(&image_name(shmid))? {
+            let pname = format!("pages-{pages_id}.img");
+            let pages = File::open(dir.file(&pname)).map_err(|source| ImageError::Io {
+                path: dir.file(&pname),
+                op: "open",
+                source,
+            })?;
+            let mut off = 0u64;
+            let mut buf = Vec::new();
+            for e in entries {
+                let len = e.nr_pages.unwrap_or(e.compat_nr_pages as u64) * PAGE_SIZE;
+                if e.vaddr + len > size {
+                    return Err(RestoreError::BadImage(format!(
+                        "{}: pages at {:#x}+{len:#x} lie past the {size:#x} bytes mapped",
+                        image_name(shmid),
+                        e.vaddr
+                    )));
+                }
+                buf.resize(len as usize, 0);
+                pages
+                    .read_exact_at(&mut buf, off)
+                    .map_err(|source| ImageError::Io {
+                        path: dir.file(&pname),
+                        op: "read",
+                        source,
+                    })?;
+                file.write_all_at(&buf, e.vaddr)
+                    .map_err(err("write the content"))?;
+                off += len;
+            }
+        }
+        let fd = OwnedFd::from(file);
+        let raw = fd.as_raw_fd();
+        self.made.insert(shmid, fd);
+        Ok(raw)
+    }
+}
+
+/// Maps shared anonymous VMA `v` in the puppet from cryo's inode (no pages to fill after).
+pub fn map_anon(cx: &mut RestoreCx<'_>, v: &pb::VmaEntry, prot: u32) -> Result<(), RestoreError> {
+    let local = {
+        let mut objs = cx.objs.borrow_mut();
+        let objs = &mut *objs;
+        objs.shmem.get(&objs.dir, v.shmid)?
+    };
+    let fd = cx.take_from_cryo(local)?;
+    let flags = (v.flags & !(libc::MAP_ANONYMOUS as u32)) | libc::MAP_FIXED as u32;
+    let r = cx.sys(
+        "mmap (shared memory)",
+        libc::SYS_mmap,
+        [
+            v.start,
+            v.end - v.start,
+            prot as u64,
+            flags as u64,
+            fd,
+            v.pgoff,
+        ],
+    );
+    cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    if r? != v.start {
+        return Err(RestoreError::BadImage(format!(
+            "shared mapping {:#x}-{:#x} landed elsewhere",
+            v.start, v.end
+        )));
+    }
+    Ok(())
+}
