@@ -202,3 +202,110 @@ fn event_loop_keeps_its_event_sources() {
         "the timer fired for the frozen time: {last} -> {first_after}"
     );
 }
+
+/// Unix sockets of every shape in one python3 process (integration/scripts/unix_sockets.py):
+/// stream, datagram and seqpacket pairs with queued data, a path-named listener with an
+/// accepted connection and one still waiting in its backlog, an abstract-named datagram
+/// socket with queued datagrams. After restore the program reads back exactly what was
+/// queued, the names are the same, and the listener serves a new client.
+#[test]
+fn unix_sockets_keep_peers_names_and_queues() {
+    let dir = scratch("unixsk");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/unix_sockets.py");
+    let pid = spawn(
+        &["python3", script.to_str().unwrap(), dir.to_str().unwrap()],
+        &out,
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("ready", 20, || {
+        lines(&out).first().is_some_and(|l| l == "ready")
+    });
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    restore(&img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the listener", 10, || {
+        lines(&out).iter().any(|l| l.starts_with("named"))
+    });
+    let mut c = std::os::unix::net::UnixStream::connect(dir.join("srv.sock")).unwrap();
+    std::io::Write::write_all(&mut c, b"ping").unwrap();
+    let mut reply = [0u8; 4];
+    c.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"pong");
+    wait_for("done", 10, || lines(&out).iter().any(|l| l == "done"));
+    assert_eq!(
+        lines(&out),
+        vec![
+            "ready",
+            "stream True b'to-a'",
+            "dgram b'one' b'two' b'three'",
+            "seqpacket b'pkt1' b'pkt2'",
+            "accepted b'hello server' True",
+            "pending b'late'",
+            "named b'd1' b'd2' True",
+            "client b'ping'",
+            "done",
+        ]
+    );
+}
+
+/// A socket whose peer is outside the dumped tree, or a TCP socket, is refused before the
+/// process is touched, naming the fd.
+#[test]
+fn sockets_cryo_cannot_restore_are_refused() {
+    let dir = scratch("extsk");
+    let path = dir.join("ext.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let log = dir.join("py.log");
+    let script = format!(
+        "import socket,time; s=socket.socket(socket.AF_UNIX); s.connect('{}'); print(s.fileno(), flush=True); time.sleep(1000)",
+        path.display()
+    );
+    let pid = spawn(&["python3", "-c", &script], &log);
+    let _g = KillOnDrop(pid);
+    let _conn = listener.accept().unwrap();
+    wait_for("python", 20, || !lines(&log).is_empty());
+    let fd = lines(&log)[0].clone();
+    let o = cryo(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        dir.join("img").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        e.contains(&format!("fd {fd} (unix socket")) && e.contains("outside the dumped tree"),
+        "{e}"
+    );
+    assert!(alive(pid));
+
+    let log2 = dir.join("tcp.log");
+    let pid2 = spawn(
+        &[
+            "python3",
+            "-c",
+            "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(); print(s.fileno(), flush=True); time.sleep(1000)",
+        ],
+        &log2,
+    );
+    let _g2 = KillOnDrop(pid2);
+    wait_for("python", 20, || !lines(&log2).is_empty());
+    let o = cryo(&[
+        "dump",
+        "-t",
+        &pid2.to_string(),
+        "-D",
+        dir.join("img2").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        e.contains(&format!("fd {} (socket:[", lines(&log2)[0])) && e.contains("only unix sockets"),
+        "{e}"
+    );
+    assert!(alive(pid2));
+}

@@ -273,6 +273,7 @@ fn collect_tree(root: i32) -> Result<Vec<(i32, i32)>, DumpError> {
 /// Refuses, before touching anything, what the tree's shape does not allow yet.
 fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     let root = opts.pid;
+    let mut socks = Vec::new();
     let root_stat = procfs::stat(root)?;
     if root_stat.session != root && !opts.shell_job {
         return Err(DumpError::Unsupported {
@@ -319,8 +320,9 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                 });
             }
         }
-        kinds::files::precheck(pid)?;
+        kinds::files::precheck(pid, &mut socks)?;
     }
+    kinds::unix_sk::precheck(&socks)?;
     Ok(())
 }
 
@@ -572,6 +574,9 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     dir.write("files.img", image::FILES, &files.entries)?;
     if !files.pipe_data.is_empty() {
         dir.write_with_data("pipes-data.img", image::PIPES_DATA, &files.pipe_data)?;
+    }
+    if !files.sk_queues.is_empty() {
+        dir.write_with_data("sk-queues.img", image::SK_QUEUES, &files.sk_queues)?;
     }
     if !files.fifo_data.is_empty() {
         dir.write_with_data("fifo-data.img", image::FIFO_DATA, &files.fifo_data)?;

@@ -38,6 +38,7 @@ pub enum Class {
     TimerFd,
     Epoll,
     Inotify,
+    UnixSk,
 }
 
 impl Class {
@@ -51,6 +52,7 @@ impl Class {
             Class::TimerFd => pb::FdTypes::Timerfd,
             Class::Epoll => pb::FdTypes::Eventpoll,
             Class::Inotify => pb::FdTypes::Inotify,
+            Class::UnixSk => pb::FdTypes::Unixsk,
         }
     }
 }
@@ -65,7 +67,8 @@ fn classify(
         return Ok(Class::Pipe);
     }
     if link.starts_with("socket:") {
-        return Err(("socket", "sockets are planned (issues #3 and #5)"));
+        // Which family is checked against sock_diag (unix_sk::precheck).
+        return Ok(Class::UnixSk);
     }
     if let Some(kind) = link.strip_prefix("anon_inode:") {
         return match kind {
@@ -114,21 +117,38 @@ fn classify(
     Ok(Class::Reg)
 }
 
-/// Checks every fd can be dumped, without touching the task. Called before seizing.
-pub fn precheck(pid: i32) -> Result<(), DumpError> {
+/// Checks every fd of `pid` can be dumped, without touching the task. Called before
+/// seizing. Sockets are collected into `socks` as (pid, fd, inode) for
+/// `unix_sk::precheck`, which looks at the whole tree.
+pub fn precheck(pid: i32, socks: &mut Vec<(i32, i32, u32)>) -> Result<(), DumpError> {
     for fd in procfs::fds(pid).map_err(DumpError::Proc)? {
         let link = procfs::link(pid, &format!("fd/{fd}")).map_err(DumpError::Proc)?;
         let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
-        if let Err((what, hint)) = classify(&link, meta.as_ref()) {
-            return Err(DumpError::Unsupported {
-                pid,
-                object: format!("fd {fd} ({link})"),
-                what: format!("{what} is not supported yet"),
-                hint: hint.to_string(),
-            });
+        match classify(&link, meta.as_ref()) {
+            Err((what, hint)) => {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    object: format!("fd {fd} ({link})"),
+                    what: format!("{what} is not supported yet"),
+                    hint: hint.to_string(),
+                })
+            }
+            Ok(Class::UnixSk) => {
+                if let Some(ino) = super::unix_sk::inode(&link) {
+                    socks.push((pid, fd, ino));
+                }
+            }
+            Ok(_) => {}
         }
     }
     Ok(())
+}
+
+/// Sets the file-status flags F_SETFL can change on cryo's object `id`.
+pub fn set_fl(fd: BorrowedFd<'_>, flags: u32, id: u32) -> Result<(), RestoreError> {
+    sys::fd::fcntl(fd, libc::F_SETFL, (flags & SETFL_MASK) as i64)
+        .map(|_| ())
+        .map_err(obj_err(id, "F_SETFL"))
 }
 
 /// One fd of the frozen target, as the kind modules see it at dump.
@@ -217,6 +237,7 @@ pub struct FdObjects {
     pub epolls_filled: HashSet<u32>,
     /// Shared anonymous memory inodes (not fds, but made and handed over the same way).
     pub shmem: super::shmem::ShmemStore,
+    pub unix: super::unix_sk::UnixStore,
 }
 
 impl FdObjects {
@@ -232,6 +253,7 @@ impl FdObjects {
             pipes: Default::default(),
             epolls_filled: HashSet::new(),
             shmem: super::shmem::ShmemStore::new(tasks),
+            unix: Default::default(),
         })
     }
 
@@ -240,6 +262,7 @@ impl FdObjects {
         self.made.clear();
         self.pipes = Default::default();
         self.shmem = Default::default();
+        self.unix = Default::default();
     }
 
     /// The record of file `id`.
@@ -264,6 +287,7 @@ impl FdObjects {
             Ok(pb::FdTypes::Timerfd) => super::timerfd::TimerFd::open(self, e)?,
             Ok(pb::FdTypes::Eventpoll) => super::epoll::Epoll::open(self, e)?,
             Ok(pb::FdTypes::Inotify) => super::inotify::Inotify::open(self, e)?,
+            Ok(pb::FdTypes::Unixsk) => super::unix_sk::UnixSk::open(self, e)?,
             _ => {
                 return Err(RestoreError::Unsupported(format!(
                     "file {id} has type {} which this cryo cannot restore",
@@ -355,6 +379,7 @@ impl Kind for Files {
                         Class::TimerFd => super::timerfd::TimerFd::dump(cx, &t, id)?,
                         Class::Epoll => super::epoll::Epoll::dump(cx, &t, id)?,
                         Class::Inotify => super::inotify::Inotify::dump(cx, &t, id)?,
+                        Class::UnixSk => super::unix_sk::UnixSk::dump(cx, &t, id)?,
                         Class::Reg => unreachable!("handled above"),
                     };
                     cx.files.entries.push(e);

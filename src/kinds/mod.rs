@@ -22,6 +22,7 @@ pub mod signals;
 pub mod threads;
 pub mod timerfd;
 pub mod timers;
+pub mod unix_sk;
 
 use std::collections::HashMap;
 
@@ -99,6 +100,10 @@ pub struct FileTable {
     /// they took.
     pub shmem_seen: std::collections::HashSet<u64>,
     pub shmem_pages: u32,
+    /// Unix sockets of the namespace (sock_diag), queried at the first socket.
+    pub unix_diag: Option<HashMap<u32, crate::sys::net::UnixDiag>>,
+    /// sk-queues.img: data queued on each socket, by socket file id.
+    pub sk_queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
 }
 
 impl FileTable {

@@ -11,6 +11,7 @@ compile_error!("cryo currently supports x86_64 only");
 
 pub mod fd;
 pub mod mem;
+pub mod net;
 pub mod proc;
 pub mod ptrace;
 pub mod remote;

@@ -1,0 +1,400 @@
+//! Sockets cryo inspects or creates in its own process: the `sock_diag` netlink query that
+//! lists unix sockets with their peers, names and queues, and the socket calls restore needs
+//! (socketpair, bind, listen, connect, accept, options, peeking at queued data).
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use super::cvt;
+
+fn owned(ret: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = cvt(ret)? as RawFd;
+    // SAFETY: the kernel just returned this new fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// One unix socket as `sock_diag` reports it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UnixDiag {
+    pub ino: u32,
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    pub kind: u8,
+    /// TCP_ESTABLISHED (1), TCP_CLOSE (7) or TCP_LISTEN (10).
+    pub state: u8,
+    /// Bound address: a path, or an abstract name starting with NUL. Empty when unbound.
+    pub name: Vec<u8>,
+    /// (inode, device) of the socket file a path name refers to.
+    pub vfs: Option<(u32, u32)>,
+    /// Inode of the connected peer (0: none).
+    pub peer: u32,
+    /// Inodes of connections waiting to be accepted (listeners).
+    pub icons: Vec<u32>,
+    /// Listener: (waiting connections, backlog). Others: (bytes queued in, bytes queued out).
+    pub rqlen: (u32, u32),
+    /// RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2).
+    pub shutdown: u8,
+}
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_ERROR: u16 = 2;
+
+/// Every unix socket of cryo's network namespace.
+pub fn unix_diag() -> io::Result<Vec<UnixDiag>> {
+    // SAFETY: plain integer arguments.
+    let sk = owned(unsafe {
+        libc::syscall(
+            libc::SYS_socket,
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    })?;
+    // nlmsghdr (16) + unix_diag_req (24)
+    let mut req = Vec::with_capacity(40);
+    req.extend_from_slice(&40u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    req.push(libc::AF_UNIX as u8);
+    req.push(0); // protocol
+    req.extend_from_slice(&0u16.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
+    req.extend_from_slice(&0u32.to_ne_bytes()); // ino
+                                                // NAME | VFS | PEER | ICONS | RQLEN
+    req.extend_from_slice(&(1u32 | 2 | 4 | 8 | 16).to_ne_bytes());
+    req.extend_from_slice(&[0xff; 8]); // cookie: none
+    write_all(sk.as_raw_fd(), &req)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: buf is valid for writes of its length.
+        let n = cvt(unsafe {
+            libc::syscall(
+                libc::SYS_recvfrom,
+                sk.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                0,
+                0,
+                0,
+            )
+        })? as usize;
+        let mut off = 0;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
+            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2"));
+            if len < 16 || off + len > n {
+                return Err(io::Error::other("malformed sock_diag reply"));
+            }
+            match ty {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let e = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4"));
+                    return Err(io::Error::from_raw_os_error(-e));
+                }
+                _ => {
+                    if let Some(d) = parse_diag(&buf[off + 16..off + len]) {
+                        out.push(d);
+                    }
+                }
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// Parses a unix_diag_msg and its attributes.
+fn parse_diag(b: &[u8]) -> Option<UnixDiag> {
+    let u32_at = |b: &[u8], o: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?))
+    };
+    let mut d = UnixDiag {
+        kind: *b.get(1)?,
+        state: *b.get(2)?,
+        ino: u32_at(b, 4)?,
+        ..Default::default()
+    };
+    let mut off = 16;
+    while off + 4 <= b.len() {
+        let len = u16::from_ne_bytes(b[off..off + 2].try_into().ok()?) as usize;
+        let ty = u16::from_ne_bytes(b[off + 2..off + 4].try_into().ok()?);
+        if len < 4 || off + len > b.len() {
+            break;
+        }
+        let v = &b[off + 4..off + len];
+        match ty {
+            0 => d.name = v.to_vec(),
+            1 => d.vfs = Some((u32_at(v, 0)?, u32_at(v, 4)?)),
+            2 => d.peer = u32_at(v, 0)?,
+            3 => d.icons = v.chunks_exact(4).filter_map(|c| u32_at(c, 0)).collect(),
+            4 => d.rqlen = (u32_at(v, 0)?, u32_at(v, 4)?),
+            6 => d.shutdown = *v.first()?,
+            _ => {}
+        }
+        off += (len + 3) & !3;
+    }
+    Some(d)
+}
+
+fn write_all(fd: RawFd, b: &[u8]) -> io::Result<()> {
+    // SAFETY: b is valid for reads of its length.
+    let n = cvt(unsafe { libc::syscall(libc::SYS_write, fd, b.as_ptr(), b.len()) })?;
+    if n as usize != b.len() {
+        return Err(io::Error::other("short write"));
+    }
+    Ok(())
+}
+
+/// A `sockaddr_un` for `name` (a path, or an abstract name starting with NUL) and its length.
+fn sockaddr(name: &[u8]) -> io::Result<(libc::sockaddr_un, u32)> {
+    // SAFETY: sockaddr_un is plain old data; all zeroes is valid.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as u16;
+    if name.len() >= a.sun_path.len() {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    for (d, s) in a.sun_path.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    let abstract_name = name.first() == Some(&0);
+    let len = 2 + name.len() + usize::from(!abstract_name); // paths end with NUL
+    Ok((a, len as u32))
+}
+
+/// `socket(AF_UNIX, kind | SOCK_CLOEXEC, 0)`.
+pub fn unix_socket(kind: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    owned(unsafe {
+        libc::syscall(
+            libc::SYS_socket,
+            libc::AF_UNIX,
+            kind | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })
+}
+
+/// `socketpair(AF_UNIX, kind | SOCK_CLOEXEC)`.
+pub fn unix_pair(kind: i32) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds has room for two fds.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_socketpair,
+            libc::AF_UNIX,
+            kind | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both fds are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `bind` to a unix name.
+pub fn bind(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let (a, len) = sockaddr(name)?;
+    // SAFETY: a is a valid sockaddr_un of at least len bytes.
+    cvt(unsafe { libc::syscall(libc::SYS_bind, fd.as_raw_fd(), &a as *const _, len) }).map(|_| ())
+}
+
+/// `connect` to a unix name.
+pub fn connect(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    let (a, len) = sockaddr(name)?;
+    // SAFETY: a is a valid sockaddr_un of at least len bytes.
+    cvt(unsafe { libc::syscall(libc::SYS_connect, fd.as_raw_fd(), &a as *const _, len) })
+        .map(|_| ())
+}
+
+/// `listen(fd, backlog)`.
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_listen, fd.as_raw_fd(), backlog) }).map(|_| ())
+}
+
+/// `accept4(fd, NULL, NULL, SOCK_CLOEXEC)`.
+pub fn accept(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: no address is requested.
+    owned(unsafe { libc::syscall(libc::SYS_accept4, fd.as_raw_fd(), 0, 0, libc::SOCK_CLOEXEC) })
+}
+
+/// `shutdown(fd, how)`.
+pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_shutdown, fd.as_raw_fd(), how) }).map(|_| ())
+}
+
+/// An integer socket option.
+pub fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, opt: i32) -> io::Result<i32> {
+    let mut v = 0i32;
+    let mut len = 4u32;
+    // SAFETY: v and len are valid for the kernel to write.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd.as_raw_fd(),
+            level,
+            opt,
+            &mut v as *mut i32,
+            &mut len as *mut u32,
+        )
+    })?;
+    Ok(v)
+}
+
+/// Sets an integer socket option.
+pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, opt: i32, v: i32) -> io::Result<()> {
+    // SAFETY: v is valid for reads of 4 bytes.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_setsockopt,
+            fd.as_raw_fd(),
+            level,
+            opt,
+            &v as *const i32,
+            4,
+        )
+    })
+    .map(|_| ())
+}
+
+/// A timeval socket option (SO_SNDTIMEO/SO_RCVTIMEO) as (sec, usec).
+pub fn getsockopt_tv(fd: BorrowedFd<'_>, opt: i32) -> io::Result<(u64, u64)> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = std::mem::size_of::<libc::timeval>() as u32;
+    // SAFETY: tv and len are valid for the kernel to write.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            &mut tv as *mut libc::timeval,
+            &mut len as *mut u32,
+        )
+    })?;
+    Ok((tv.tv_sec as u64, tv.tv_usec as u64))
+}
+
+/// Sets a timeval socket option.
+pub fn setsockopt_tv(fd: BorrowedFd<'_>, opt: i32, sec: u64, usec: u64) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: sec as i64,
+        tv_usec: usec as i64,
+    };
+    // SAFETY: tv is a valid timeval.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_setsockopt,
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            &tv as *const libc::timeval,
+            std::mem::size_of::<libc::timeval>(),
+        )
+    })
+    .map(|_| ())
+}
+
+/// What a non-destructive read of a socket queue found.
+pub enum Peeked {
+    /// The next message (datagram) or bytes (stream).
+    Data(usize),
+    /// Nothing (more) queued.
+    Empty,
+    /// The message carries file descriptors (SCM_RIGHTS); they were closed again.
+    Fds,
+}
+
+/// `recvmsg(MSG_PEEK | MSG_DONTWAIT)` into `buf`, honouring the socket's SO_PEEK_OFF.
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Peeked> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 64];
+    // SAFETY: msghdr is plain old data; all zeroes is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: msg points at valid iovec and control buffers for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_recvmsg,
+            fd.as_raw_fd(),
+            &mut msg as *mut libc::msghdr,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    let n = match cvt(r) {
+        Ok(n) => n as usize,
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(Peeked::Empty),
+        Err(e) => return Err(e),
+    };
+    // Passed fds were installed in cryo by the peek: close them.
+    let mut had_fds = false;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel just filled.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                had_fds = true;
+                let data = libc::CMSG_DATA(c) as *const i32;
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..count {
+                    libc::close(*data.add(i));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if had_fds {
+        return Ok(Peeked::Fds);
+    }
+    if n == 0 && msg.msg_flags & libc::MSG_TRUNC == 0 {
+        return Ok(Peeked::Data(0));
+    }
+    Ok(Peeked::Data(n))
+}
+
+/// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`.
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for reads of its length.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            fd.as_raw_fd(),
+            buf.as_ptr(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            0,
+            0,
+        )
+    })
+    .map(|n| n as usize)
+}
+
+/// `sendto` a unix name (an unconnected datagram).
+pub fn send_to(fd: BorrowedFd<'_>, buf: &[u8], name: &[u8]) -> io::Result<usize> {
+    let (a, len) = sockaddr(name)?;
+    // SAFETY: buf and a are valid for the call.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_sendto,
+            fd.as_raw_fd(),
+            buf.as_ptr(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            &a as *const _,
+            len,
+        )
+    })
+    .map(|n| n as usize)
+}
