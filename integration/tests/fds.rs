@@ -309,3 +309,59 @@ fn sockets_cryo_cannot_restore_are_refused() {
     );
     assert!(alive(pid2));
 }
+
+/// One HTTP/1.0 GET over a unix socket; returns the whole response.
+fn http_get(sock: &std::path::Path, path: &str) -> String {
+    let mut c = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    std::io::Write::write_all(&mut c, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
+/// python3's http.server serving files over a unix socket (integration/scripts/http_unix.py):
+/// after restore it serves the next request, and its request counter went on.
+#[test]
+fn python_http_server_keeps_serving() {
+    let dir = scratch("http");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.txt"), "hello from cryo\n").unwrap();
+    let sock = dir.join("http.sock");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/http_unix.py");
+    let pid = spawn(
+        &[
+            "python3",
+            script.to_str().unwrap(),
+            sock.to_str().unwrap(),
+            www.to_str().unwrap(),
+        ],
+        &out,
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("serving", 20, || lines(&out).iter().any(|l| l == "serving"));
+    let r = http_get(&sock, "/index.txt");
+    assert!(
+        r.starts_with("HTTP/1.0 200")
+            && r.contains("X-Requests: 1")
+            && r.ends_with("hello from cryo\n"),
+        "{r}"
+    );
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    restore(&img);
+    let r = http_get(&sock, "/index.txt");
+    assert!(
+        r.starts_with("HTTP/1.0 200")
+            && r.contains("X-Requests: 2")
+            && r.ends_with("hello from cryo\n"),
+        "{r}"
+    );
+    let r = http_get(&sock, "/missing");
+    assert!(
+        r.starts_with("HTTP/1.0 404") && r.contains("X-Requests: 3"),
+        "{r}"
+    );
+}
