@@ -92,6 +92,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 pid: a.tree,
                 leave_running: a.leave_running,
                 shell_job: a.shell_job,
+                ghost_limit: a.ghost_limit,
             };
             let r = dump::run(&opts, &dir);
             if let Some(s) = spin {

@@ -365,3 +365,67 @@ fn python_http_server_keeps_serving() {
         "{r}"
     );
 }
+
+/// A file deleted while open and mapped (a "ghost"): its content is saved, and after restore
+/// the program reads the same bytes at the same offset through its fd and its mapping, the
+/// fd still names the deleted path, and nothing is left on disk. A ghost over --ghost-limit
+/// is refused, naming the option.
+#[test]
+fn deleted_open_file_comes_back_as_a_ghost() {
+    let dir = scratch("ghost");
+    let out = dir.join("out");
+    let script = r#"
+import os, mmap, signal, sys
+p = sys.argv[1] + "/data.bin"
+with open(p, "wb") as f: f.write(b"ghost content " * 1000)
+f = open(p, "r+b"); f.seek(100)
+m = mmap.mmap(f.fileno(), 0, mmap.MAP_PRIVATE, mmap.PROT_READ)
+os.unlink(p)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+print("ready", flush=True)
+signal.sigwait([signal.SIGUSR1])
+print(f.tell(), f.read(13), m[:13], os.readlink("/proc/self/fd/%d" % f.fileno()), flush=True)
+"#;
+    let pid = spawn(&["python3", "-c", script, dir.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("ready", 20, || {
+        lines(&out).first().is_some_and(|l| l == "ready")
+    });
+    // Over the limit: refused, the program untouched.
+    let o = cryo(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        dir.join("small").to_str().unwrap(),
+        "--ghost-limit",
+        "1K",
+    ]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        e.contains("data.bin (deleted)") && e.contains("--ghost-limit"),
+        "{e}"
+    );
+    assert!(alive(pid));
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    restore(&img);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("data") || n.contains("ghost"))
+        .collect();
+    assert!(leftovers.is_empty(), "left on disk: {leftovers:?}");
+    signal(pid, libc::SIGUSR1);
+    wait_for("the answer", 10, || lines(&out).len() == 2);
+    assert_eq!(
+        lines(&out)[1],
+        format!(
+            "100 b'ost content g' b'ghost content' {}/data.bin (deleted)",
+            dir.display()
+        )
+    );
+}

@@ -113,8 +113,25 @@ pub struct DumpArgs {
     /// Pre-dump mode (splice|read); accepted for compatibility.
     #[arg(long = "pre-dump-mode", value_name = "MODE")]
     pub pre_dump_mode: Option<String>,
+    /// Largest deleted-but-open file whose content is saved in the images (a "ghost file"),
+    /// in bytes, or with a K, M or G suffix. Larger ones make the dump refuse. Default 1M.
+    #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
+    pub ghost_limit: u64,
     #[command(flatten)]
     pub common: Common,
+}
+
+/// "1048576", "512K", "1M", "2G" → bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1 << 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("'{s}' is not a size (bytes, or a number with K, M or G)"))
 }
 
 /// `cryo restore`.
@@ -206,7 +223,6 @@ unsupported_opts! {
     ext_unix_sk: Option<String> = "ext-unix-sk", "external unix sockets are not implemented yet";
     file_locks: bool = "file-locks" short 'l', "file locks are not implemented yet";
     link_remap: bool = "link-remap", "link remaps are not implemented yet";
-    ghost_limit: Option<String> = "ghost-limit", "ghost files are not implemented yet (issue #3)";
     evasive_devices: bool = "evasive-devices", "evasive devices are not implemented yet";
     manage_cgroups: Option<String> = "manage-cgroups", "cgroup management comes with issue #4";
     cgroup_root: Vec<String> = "cgroup-root", "cgroup management comes with issue #4";

@@ -20,6 +20,8 @@ pub struct DumpOpts {
     pub pid: i32,
     pub leave_running: bool,
     pub shell_job: bool,
+    /// Largest deleted-but-open file saved as a ghost file (bytes).
+    pub ghost_limit: u64,
 }
 
 /// Why a dump failed.
@@ -496,6 +498,7 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
 
     // 3. Each process.
     let mut files = FileTable::default();
+    files.ghost_limit = opts.ghost_limit;
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
     let mut calls = 0;
@@ -575,6 +578,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     if !files.pipe_data.is_empty() {
         dir.write_with_data("pipes-data.img", image::PIPES_DATA, &files.pipe_data)?;
     }
+    kinds::ghost::write(dir, files)?;
     if !files.sk_queues.is_empty() {
         dir.write_with_data("sk-queues.img", image::SK_QUEUES, &files.sk_queues)?;
     }

@@ -535,6 +535,14 @@ fn extra_len(kind: Kind, payload: &[u8]) -> usize {
         pb::PipeDataEntry::decode(payload).map(|e| e.bytes as usize)
     } else if kind.name == SK_QUEUES.name {
         pb::SkPacketEntry::decode(payload).map(|e| e.length as usize)
+    } else if kind.name == GHOST_FILE.name {
+        pb::GhostFileEntry::decode(payload).map(|e| {
+            if e.chunks == Some(true) {
+                0
+            } else {
+                e.size.unwrap_or(0) as usize
+            }
+        })
     } else {
         return 0;
     };

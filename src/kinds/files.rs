@@ -89,8 +89,9 @@ fn classify(
     if link.starts_with("/memfd:") {
         return Err(("memfd", hint_fd));
     }
-    if link.ends_with(" (deleted)") {
-        return Err(("deleted file", "ghost files are planned (issue #3)"));
+    if link.ends_with(" (deleted)") && !meta.is_some_and(|m| m.is_file()) {
+        // Deleted regular files are saved as ghost files; anything else deleted is not.
+        return Err(("deleted special file", hint_fd));
     }
     if !link.starts_with('/') {
         return Err(("special file", hint_fd));
@@ -238,6 +239,7 @@ pub struct FdObjects {
     /// Shared anonymous memory inodes (not fds, but made and handed over the same way).
     pub shmem: super::shmem::ShmemStore,
     pub unix: super::unix_sk::UnixStore,
+    pub ghosts: super::ghost::GhostStore,
 }
 
 impl FdObjects {
@@ -254,6 +256,7 @@ impl FdObjects {
             epolls_filled: HashSet::new(),
             shmem: super::shmem::ShmemStore::new(tasks),
             unix: Default::default(),
+            ghosts: super::ghost::GhostStore::load(dir)?,
         })
     }
 
@@ -263,6 +266,7 @@ impl FdObjects {
         self.pipes = Default::default();
         self.shmem = Default::default();
         self.unix = Default::default();
+        self.ghosts.unlink_all();
     }
 
     /// The record of file `id`.
@@ -342,13 +346,25 @@ impl Kind for Files {
                         hint: "is it in another mount namespace? containers come with issue #4"
                             .into(),
                     })?;
-                    cx.files.add_reg(
-                        link.clone(),
+                    let deleted = link.strip_suffix(" (deleted)");
+                    let id = cx.files.add_reg(
+                        deleted.unwrap_or(&link).to_string(),
                         info.flags & !(libc::O_CLOEXEC as u32),
                         info.pos,
                         meta.is_file().then_some(meta.len()),
                         meta.mode(),
-                    )
+                    );
+                    if deleted.is_some() {
+                        super::ghost::dump(
+                            cx.files,
+                            pid,
+                            &format!("fd {fd} ({link})"),
+                            &format!("/proc/{pid}/fd/{fd}"),
+                            meta,
+                            id,
+                        )?;
+                    }
+                    id
                 }
                 (None, _) => {
                     if pidfd.is_none() {
@@ -540,8 +556,6 @@ pub fn restore_fds(
 /// Opens regular-file record `id` in the puppet, at its saved offset; returns the fd.
 fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, RestoreError> {
     let reg = cx.reg(id)?.clone();
-    let flags =
-        reg.flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
     if let Some(size) = reg.size {
         if let Ok(m) = std::fs::metadata(&reg.name) {
             if m.len() < reg.pos {
@@ -554,7 +568,7 @@ fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, RestoreError> {
             }
         }
     }
-    let fd = cx.open(&reg.name, flags)?;
+    let fd = open_file(cx, id, reg.flags)?;
     if reg.pos != 0 {
         cx.sys(
             "lseek",
@@ -563,4 +577,21 @@ fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, RestoreError> {
         )?;
     }
     Ok(fd)
+}
+
+/// Opens the file of regular-file record `id` in the puppet with `flags` (a deleted file
+/// is recreated from its ghost image by cryo and handed over); returns the puppet's fd.
+pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, RestoreError> {
+    let reg = cx.reg(id)?.clone();
+    let flags = flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+    let cell = cx.objs;
+    if cell.borrow().ghosts.is_ghost(id) {
+        let local = {
+            let mut objs = cell.borrow_mut();
+            let objs = &mut *objs;
+            objs.ghosts.open(&objs.dir, id, &reg.name, flags)?
+        };
+        return Ok(cx.take_from_cryo(local.as_raw_fd())? as i32);
+    }
+    cx.open(&reg.name, flags)
 }

@@ -123,10 +123,10 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
             )
         }
         _ if v.is_file() => {
-            if v.name.ends_with(" (deleted)") {
+            if v.name.starts_with("/memfd:") {
                 return Err(unsupported(
-                    "the mapped file was deleted",
-                    "ghost files are planned (issue #3); keep the file until the dump",
+                    "memfd mappings are not supported yet",
+                    "map a regular file or anonymous memory instead, or wait for memfd support",
                 ));
             }
             let writable_shared = v.shared && v.has_flag("mw") && v.write;
@@ -146,9 +146,30 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
                 })
             })?;
             use std::os::unix::fs::MetadataExt;
-            let id = cx
-                .files
-                .reg_for_path(&v.name, Some(meta.size()), meta.mode());
+            let id = match v.name.strip_suffix(" (deleted)") {
+                // A deleted file: its content is saved as a ghost file.
+                Some(name) => {
+                    let id = cx.files.add_reg(
+                        name.to_string(),
+                        libc::O_RDONLY as u32,
+                        0,
+                        Some(meta.size()),
+                        meta.mode(),
+                    );
+                    super::ghost::dump(
+                        cx.files,
+                        cx.pid,
+                        &format!("mapping {:#x}-{:#x} {}", v.start, v.end, v.name),
+                        &format!("/proc/{}/map_files/{:x}-{:x}", cx.pid, v.start, v.end),
+                        &meta,
+                        id,
+                    )?;
+                    id
+                }
+                None => cx
+                    .files
+                    .reg_for_path(&v.name, Some(meta.size()), meta.mode()),
+            };
             let st = if v.shared {
                 status::REGULAR | status::FILE_SHARED
             } else {
@@ -358,8 +379,11 @@ impl Kind for Memory {
             if v.status & status::ANON_SHARED != 0 {
                 super::shmem::map_anon(cx, v, prot)?;
             } else if v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
-                let reg = cx.reg(v.shmid as u32)?.clone();
-                let fd = cx.open(&reg.name, v.fdflags.unwrap_or(libc::O_RDONLY as u32))?;
+                let fd = super::files::open_file(
+                    cx,
+                    v.shmid as u32,
+                    v.fdflags.unwrap_or(libc::O_RDONLY as u32),
+                )?;
                 let r = cx.sys(
                     what,
                     libc::SYS_mmap,

@@ -10,6 +10,7 @@ pub mod creds;
 pub mod epoll;
 pub mod eventfd;
 pub mod files;
+pub mod ghost;
 pub mod inotify;
 pub mod memory;
 pub mod misc;
@@ -104,6 +105,12 @@ pub struct FileTable {
     pub unix_diag: Option<HashMap<u32, crate::sys::net::UnixDiag>>,
     /// sk-queues.img: data queued on each socket, by socket file id.
     pub sk_queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
+    /// Ghost files (deleted but open or mapped): id by (dev, inode), their entries and
+    /// content, the remap records linking file records to them, and the size limit.
+    pub ghost_ids: HashMap<(u64, u64), u32>,
+    pub ghosts: Vec<(u32, pb::GhostFileEntry, Vec<u8>)>,
+    pub remaps: Vec<pb::RemapFilePathEntry>,
+    pub ghost_limit: u64,
 }
 
 impl FileTable {
