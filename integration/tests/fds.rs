@@ -429,3 +429,30 @@ print(f.tell(), f.read(13), m[:13], os.readlink("/proc/self/fd/%d" % f.fileno())
         )
     );
 }
+
+/// A memfd open and mapped shared by a parent and its child (integration/scripts/memfd.py):
+/// after restore both map one inode again (the child's write through its mapping is read by
+/// the parent through its fd and its own mapping), with the same name, offset, size and seals.
+#[test]
+fn memfd_is_shared_again_by_fd_and_mappings() {
+    let dir = scratch("memfd");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/memfd.py");
+    let pid = spawn(&["python3", script.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("ready", 20, || {
+        lines(&out).first().is_some_and(|l| l.starts_with("ready"))
+    });
+    let child: i32 = lines(&out)[0].split(' ').nth(1).unwrap().parse().unwrap();
+    let _g2 = KillOnDrop(child);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_tree_gone(&img);
+    restore(&img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the answer", 10, || lines(&out).len() == 2);
+    assert_eq!(
+        lines(&out)[1],
+        "5 b'CHILD!data ' b'data ' /memfd:cryo-test (deleted) True 1100000"
+    );
+}

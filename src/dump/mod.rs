@@ -579,6 +579,9 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         dir.write_with_data("pipes-data.img", image::PIPES_DATA, &files.pipe_data)?;
     }
     kinds::ghost::write(dir, files)?;
+    if !files.memfd_inodes.is_empty() {
+        dir.write("memfd.img", image::MEMFD_INODE, &files.memfd_inodes)?;
+    }
     if !files.sk_queues.is_empty() {
         dir.write_with_data("sk-queues.img", image::SK_QUEUES, &files.sk_queues)?;
     }

@@ -39,6 +39,7 @@ pub enum Class {
     Epoll,
     Inotify,
     UnixSk,
+    Memfd,
 }
 
 impl Class {
@@ -53,6 +54,7 @@ impl Class {
             Class::Epoll => pb::FdTypes::Eventpoll,
             Class::Inotify => pb::FdTypes::Inotify,
             Class::UnixSk => pb::FdTypes::Unixsk,
+            Class::Memfd => pb::FdTypes::Memfd,
         }
     }
 }
@@ -87,7 +89,7 @@ fn classify(
         };
     }
     if link.starts_with("/memfd:") {
-        return Err(("memfd", hint_fd));
+        return Ok(Class::Memfd);
     }
     if link.ends_with(" (deleted)") && !meta.is_some_and(|m| m.is_file()) {
         // Deleted regular files are saved as ghost files; anything else deleted is not.
@@ -240,6 +242,7 @@ pub struct FdObjects {
     pub shmem: super::shmem::ShmemStore,
     pub unix: super::unix_sk::UnixStore,
     pub ghosts: super::ghost::GhostStore,
+    pub memfds: super::memfd::MemfdStore,
 }
 
 impl FdObjects {
@@ -257,6 +260,7 @@ impl FdObjects {
             shmem: super::shmem::ShmemStore::new(tasks),
             unix: Default::default(),
             ghosts: super::ghost::GhostStore::load(dir)?,
+            memfds: Default::default(),
         })
     }
 
@@ -267,6 +271,7 @@ impl FdObjects {
         self.shmem = Default::default();
         self.unix = Default::default();
         self.ghosts.unlink_all();
+        self.memfds = Default::default();
     }
 
     /// The record of file `id`.
@@ -292,6 +297,7 @@ impl FdObjects {
             Ok(pb::FdTypes::Eventpoll) => super::epoll::Epoll::open(self, e)?,
             Ok(pb::FdTypes::Inotify) => super::inotify::Inotify::open(self, e)?,
             Ok(pb::FdTypes::Unixsk) => super::unix_sk::UnixSk::open(self, e)?,
+            Ok(pb::FdTypes::Memfd) => super::memfd::Memfd::open(self, e)?,
             _ => {
                 return Err(RestoreError::Unsupported(format!(
                     "file {id} has type {} which this cryo cannot restore",
@@ -396,6 +402,7 @@ impl Kind for Files {
                         Class::Epoll => super::epoll::Epoll::dump(cx, &t, id)?,
                         Class::Inotify => super::inotify::Inotify::dump(cx, &t, id)?,
                         Class::UnixSk => super::unix_sk::UnixSk::dump(cx, &t, id)?,
+                        Class::Memfd => super::memfd::Memfd::dump(cx, &t, id)?,
                         Class::Reg => unreachable!("handled above"),
                     };
                     cx.files.entries.push(e);
@@ -582,9 +589,14 @@ fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, RestoreError> {
 /// Opens the file of regular-file record `id` in the puppet with `flags` (a deleted file
 /// is recreated from its ghost image by cryo and handed over); returns the puppet's fd.
 pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, RestoreError> {
+    let cell = cx.objs;
+    if cx.files.get(&id).map(|f| f.r#type) == Some(pb::FdTypes::Memfd as i32) {
+        // A mapped memfd: the puppet takes cryo's memfd.
+        let local = cell.borrow_mut().get(id)?;
+        return Ok(cx.take_from_cryo(local)? as i32);
+    }
     let reg = cx.reg(id)?.clone();
     let flags = flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
-    let cell = cx.objs;
     if cell.borrow().ghosts.is_ghost(id) {
         let local = {
             let mut objs = cell.borrow_mut();

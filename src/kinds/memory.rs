@@ -39,6 +39,7 @@ pub mod status {
     pub const ANON_SHARED: u32 = 1 << 8;
     pub const ANON_PRIVATE: u32 = 1 << 9;
     pub const VVAR: u32 = 1 << 12;
+    pub const MEMFD: u32 = 1 << 14;
 }
 
 /// Most auxv words CRIU accepts in `mm_saved_auxv` (its AT_VECTOR_SIZE on x86_64).
@@ -124,9 +125,23 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
         }
         _ if v.is_file() => {
             if v.name.starts_with("/memfd:") {
-                return Err(unsupported(
-                    "memfd mappings are not supported yet",
-                    "map a regular file or anonymous memory instead, or wait for memfd support",
+                let writable_shared = v.shared && v.has_flag("mw") && v.write;
+                let fdflags = if writable_shared {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                } as u32;
+                let id = super::memfd::dump_mapping(cx, v, fdflags)?;
+                let kind = if v.shared {
+                    status::FILE_SHARED
+                } else {
+                    status::FILE_PRIVATE
+                };
+                return Ok((
+                    status::REGULAR | kind | status::MEMFD,
+                    flags,
+                    id as u64,
+                    Some(fdflags),
                 ));
             }
             let writable_shared = v.shared && v.has_flag("mw") && v.write;

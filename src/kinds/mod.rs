@@ -12,6 +12,7 @@ pub mod eventfd;
 pub mod files;
 pub mod ghost;
 pub mod inotify;
+pub mod memfd;
 pub mod memory;
 pub mod misc;
 pub mod pipes;
@@ -111,6 +112,8 @@ pub struct FileTable {
     pub ghosts: Vec<(u32, pb::GhostFileEntry, Vec<u8>)>,
     pub remaps: Vec<pb::RemapFilePathEntry>,
     pub ghost_limit: u64,
+    /// memfd.img: each memfd inode once.
+    pub memfd_inodes: Vec<pb::MemfdInodeEntry>,
 }
 
 impl FileTable {

@@ -46,19 +46,28 @@ pub fn dump_anon(cx: &mut DumpCx<'_>, v: &Vma) -> Result<u64, DumpError> {
     let f = File::open(&path).map_err(read_err)?;
     let meta = f.metadata().map_err(read_err)?;
     let shmid = meta.ino();
-    if !cx.files.shmem_seen.insert(shmid) {
-        return Ok(shmid);
+    if cx.files.shmem_seen.insert(shmid) {
+        save_content(cx, &f, meta.len(), shmid).map_err(read_err)?;
     }
-    // Populated ranges of the inode.
-    let size = meta.len();
+    Ok(shmid)
+}
+
+/// Saves the populated pages of a shmem file (shared anonymous memory or a memfd) of
+/// `size` bytes as `pagemap-shmem-SHMID.img` + a pages image of its own.
+pub fn save_content(
+    cx: &mut DumpCx<'_>,
+    f: &File,
+    size: u64,
+    shmid: u64,
+) -> Result<(), std::io::Error> {
     let mut ranges = Vec::new();
     let mut off = 0i64;
     while (off as u64) < size {
         use nix::unistd::{lseek, Whence};
-        let Ok(start) = lseek(&f, off, Whence::SeekData) else {
+        let Ok(start) = lseek(f, off, Whence::SeekData) else {
             break; // ENXIO: no data after off
         };
-        let end = lseek(&f, start, Whence::SeekHole)
+        let end = lseek(f, start, Whence::SeekHole)
             .map(|e| e.min(size as i64))
             .unwrap_or(size as i64);
         let (s, e) = (
@@ -76,10 +85,9 @@ pub fn dump_anon(cx: &mut DumpCx<'_>, v: &Vma) -> Result<u64, DumpError> {
         // The tail past i_size reads short: it stays zero.
         let mut got = 0;
         while got < n {
-            match f.read_at(&mut data[at + got..at + n], s + got as u64) {
-                Ok(0) => break,
-                Ok(k) => got += k,
-                Err(source) => return Err(read_err(source)),
+            match f.read_at(&mut data[at + got..at + n], s + got as u64)? {
+                0 => break,
+                k => got += k,
             }
         }
         at += n;
@@ -96,12 +104,64 @@ pub fn dump_anon(cx: &mut DumpCx<'_>, v: &Vma) -> Result<u64, DumpError> {
             nr_pages: Some((e - s) / PAGE_SIZE),
         })
         .collect();
+    let io = |e: ImageError| std::io::Error::other(e.to_string());
     cx.dir
-        .write_pagemap(&image_name(shmid), pages_id, &entries)?;
-    cx.dir.write_raw(&format!("pages-{pages_id}.img"), &data)?;
+        .write_pagemap(&image_name(shmid), pages_id, &entries)
+        .map_err(io)?;
+    cx.dir
+        .write_raw(&format!("pages-{pages_id}.img"), &data)
+        .map_err(io)?;
     cx.stats.shpages_scanned = Some(cx.stats.shpages_scanned.unwrap_or(0) + size / PAGE_SIZE);
     cx.stats.shpages_written = Some(cx.stats.shpages_written.unwrap_or(0) + total / PAGE_SIZE);
-    Ok(shmid)
+    Ok(())
+}
+
+/// Writes the saved content of shmem object `shmid` (if any was saved) into `file`, which
+/// is `size` bytes long.
+pub fn load_content(
+    dir: &crate::image::ImageDir,
+    shmid: u64,
+    file: &File,
+    size: u64,
+) -> Result<(), RestoreError> {
+    let Some((pages_id, entries)) = dir.read_pagemap(&image_name(shmid))? else {
+        return Ok(());
+    };
+    let pname = format!("pages-{pages_id}.img");
+    let pages = File::open(dir.file(&pname)).map_err(|source| ImageError::Io {
+        path: dir.file(&pname),
+        op: "open",
+        source,
+    })?;
+    let mut off = 0u64;
+    let mut buf = Vec::new();
+    for e in entries {
+        let len = e.nr_pages.unwrap_or(e.compat_nr_pages as u64) * PAGE_SIZE;
+        if e.vaddr + len > size.div_ceil(PAGE_SIZE) * PAGE_SIZE {
+            return Err(RestoreError::BadImage(format!(
+                "{}: pages at {:#x}+{len:#x} lie past the {size:#x} bytes of the object",
+                image_name(shmid),
+                e.vaddr
+            )));
+        }
+        buf.resize(len as usize, 0);
+        pages
+            .read_exact_at(&mut buf, off)
+            .map_err(|source| ImageError::Io {
+                path: dir.file(&pname),
+                op: "read",
+                source,
+            })?;
+        let keep = (size - e.vaddr).min(len) as usize;
+        file.write_all_at(&buf[..keep], e.vaddr)
+            .map_err(|source| RestoreError::File {
+                id: shmid as u32,
+                what: format!("shared memory {shmid}: write the content"),
+                source,
+            })?;
+        off += len;
+    }
+    Ok(())
 }
 
 /// Restore-side shmem inodes, one per shmid, made in cryo on first use.
@@ -150,37 +210,7 @@ impl ShmemStore {
             .map_err(err("reopen through map_files"))?;
         drop(m);
         let file = File::from(fd);
-        if let Some((pages_id, entries)) = dir.read_pagemap(&image_name(shmid))? {
-            let pname = format!("pages-{pages_id}.img");
-            let pages = File::open(dir.file(&pname)).map_err(|source| ImageError::Io {
-                path: dir.file(&pname),
-                op: "open",
-                source,
-            })?;
-            let mut off = 0u64;
-            let mut buf = Vec::new();
-            for e in entries {
-                let len = e.nr_pages.unwrap_or(e.compat_nr_pages as u64) * PAGE_SIZE;
-                if e.vaddr + len > size {
-                    return Err(RestoreError::BadImage(format!(
-                        "{}: pages at {:#x}+{len:#x} lie past the {size:#x} bytes mapped",
-                        image_name(shmid),
-                        e.vaddr
-                    )));
-                }
-                buf.resize(len as usize, 0);
-                pages
-                    .read_exact_at(&mut buf, off)
-                    .map_err(|source| ImageError::Io {
-                        path: dir.file(&pname),
-                        op: "read",
-                        source,
-                    })?;
-                file.write_all_at(&buf, e.vaddr)
-                    .map_err(err("write the content"))?;
-                off += len;
-            }
-        }
+        load_content(dir, shmid, &file, size)?;
         let fd = OwnedFd::from(file);
         let raw = fd.as_raw_fd();
         self.made.insert(shmid, fd);

@@ -207,3 +207,10 @@ pub fn open_by_handle(
         )
     })
 }
+
+/// `memfd_create(name, flags)`.
+pub fn memfd_create(name: &str, flags: u32) -> io::Result<OwnedFd> {
+    let n = cstr(name)?;
+    // SAFETY: n is a valid NUL-terminated string for the call.
+    owned(unsafe { libc::syscall(libc::SYS_memfd_create, n.as_ptr(), flags) })
+}

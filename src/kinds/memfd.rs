@@ -1,0 +1,170 @@
+//! memfd: anonymous files from `memfd_create`, open as fds and/or mapped (files.img MEMFD
+//! records, memfd.img inode records, content as shmem pages in `pagemap-shmem-INODE.img`).
+//!
+//! Dump saves each memfd inode once (name, size, mode, owner, seals and populated pages);
+//! every fd or mapping of it gets a MEMFD file record pointing at the inode. Restore makes
+//! the memfd in cryo with the same name, size and content, applies the seals last, and hands
+//! it to the puppets: fds and mappings of several processes share one inode again.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, TargetFd};
+use super::DumpCx;
+use crate::dump::DumpError;
+use crate::image::{self, pb};
+use crate::restore::RestoreError;
+use crate::sys::fd as sysfd;
+
+/// memfd file descriptors (and the records of memfd mappings).
+pub struct Memfd;
+
+/// The memfd name in a "/memfd:NAME (deleted)" link.
+fn name_of(link: &str) -> &str {
+    let n = link.strip_prefix("/memfd:").unwrap_or(link);
+    n.strip_suffix(" (deleted)").unwrap_or(n)
+}
+
+/// Saves the memfd inode readable at `proc_path` once; returns its inode id.
+fn save_inode(
+    cx: &mut DumpCx<'_>,
+    link: &str,
+    proc_path: &str,
+    err: impl Fn(&str, std::io::Error) -> DumpError,
+) -> Result<u32, DumpError> {
+    let f = File::open(proc_path).map_err(|e| err("open the memfd", e))?;
+    let meta = f.metadata().map_err(|e| err("stat the memfd", e))?;
+    let ino = meta.ino();
+    if cx.files.shmem_seen.insert(ino) {
+        let seals = sysfd::fcntl(f.as_fd(), libc::F_GET_SEALS, 0).unwrap_or(0) as u32;
+        cx.files.memfd_inodes.push(pb::MemfdInodeEntry {
+            name: name_of(link).to_string(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            size: meta.len(),
+            shmid: ino as u32,
+            seals,
+            inode_id: ino,
+            hugetlb_flag: None,
+            mode: Some(meta.mode()),
+        });
+        super::shmem::save_content(cx, &f, meta.len(), ino)
+            .map_err(|e| err("read the memfd's content", e))?;
+    }
+    Ok(ino as u32)
+}
+
+/// The MEMFD record of a mapping of a memfd (opened with `fdflags`); returns its file id.
+pub fn dump_mapping(
+    cx: &mut DumpCx<'_>,
+    v: &crate::procfs::Vma,
+    fdflags: u32,
+) -> Result<u32, DumpError> {
+    let pid = cx.pid;
+    let proc_path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
+    let inode_id = save_inode(cx, &v.name, &proc_path, |what, source| DumpError::File {
+        pid,
+        fd: -1,
+        what: format!("mapping {:#x}-{:#x} {}: {what}", v.start, v.end, v.name),
+        source,
+    })?;
+    let id = cx.files.alloc();
+    cx.files.entries.push(entry(id, fdflags, 0, inode_id));
+    Ok(id)
+}
+
+fn entry(id: u32, flags: u32, pos: u64, inode_id: u32) -> pb::FileEntry {
+    pb::FileEntry {
+        r#type: pb::FdTypes::Memfd as i32,
+        id,
+        memfd: Some(pb::MemfdFileEntry {
+            id,
+            flags,
+            pos,
+            fown: Default::default(),
+            inode_id,
+        }),
+        ..Default::default()
+    }
+}
+
+impl FdKind for Memfd {
+    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+        let inode_id = save_inode(
+            cx,
+            fd.link,
+            &format!("/proc/{}/fd/{}", fd.pid, fd.fd),
+            |what, e| fd.err(what, e),
+        )?;
+        Ok(entry(id, fd.flags(), fd.info.pos, inode_id))
+    }
+
+    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+        let m = e.memfd.as_ref().ok_or_else(|| missing(e.id, "memfd"))?;
+        let err = |what: &str| obj_err(e.id, format!("memfd: {what}"));
+        if objs.memfds.inodes.is_none() {
+            let all = objs
+                .dir
+                .read_opt::<pb::MemfdInodeEntry>("memfd.img", image::MEMFD_INODE)?
+                .unwrap_or_default();
+            objs.memfds.inodes = Some(all.into_iter().map(|i| (i.inode_id as u32, i)).collect());
+        }
+        if !objs.memfds.made.contains_key(&m.inode_id) {
+            let ino = objs
+                .memfds
+                .inodes
+                .as_ref()
+                .and_then(|all| all.get(&m.inode_id))
+                .cloned()
+                .ok_or_else(|| {
+                    RestoreError::BadImage(format!("memfd.img has no inode {}", m.inode_id))
+                })?;
+            let fd = sysfd::memfd_create(&ino.name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+                .map_err(err("memfd_create"))?;
+            let f = File::from(fd);
+            f.set_len(ino.size).map_err(err("ftruncate"))?;
+            super::shmem::load_content(&objs.dir, ino.inode_id, &f, ino.size)?;
+            if let Some(mode) = ino.mode {
+                f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+                    .map_err(err("fchmod"))?;
+            }
+            std::os::unix::fs::fchown(&f, Some(ino.uid), Some(ino.gid)).map_err(err("fchown"))?;
+            if ino.seals != 0 {
+                sysfd::fcntl(f.as_fd(), libc::F_ADD_SEALS, ino.seals as i64)
+                    .map_err(err("F_ADD_SEALS"))?;
+            }
+            objs.memfds
+                .made
+                .insert(m.inode_id, (OwnedFd::from(f), false));
+        }
+        let (mfd, used) = objs.memfds.made.get_mut(&m.inode_id).expect("made");
+        let fd = if !*used {
+            *used = true;
+            mfd.try_clone().map_err(err("dup"))?
+        } else {
+            // Another open file description of the same memfd.
+            sysfd::open(
+                &format!("/proc/self/fd/{}", mfd.as_raw_fd()),
+                (m.flags & libc::O_ACCMODE as u32) as i32 | libc::O_CLOEXEC,
+            )
+            .map_err(err("reopen through /proc/self/fd"))?
+        };
+        set_fl(fd.as_fd(), m.flags, e.id)?;
+        if m.pos != 0 {
+            nix::unistd::lseek(&fd, m.pos as i64, nix::unistd::Whence::SeekSet)
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+                .map_err(err("lseek"))?;
+        }
+        Ok(fd)
+    }
+}
+
+/// Restore-side memfd inodes: saved records (loaded once) and the memfds made, with whether
+/// their first description was handed out yet.
+#[derive(Default)]
+pub struct MemfdStore {
+    inodes: Option<HashMap<u32, pb::MemfdInodeEntry>>,
+    made: HashMap<u32, (OwnedFd, bool)>,
+}
