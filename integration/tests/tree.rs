@@ -343,3 +343,41 @@ fn parent_and_child_share_memory_a_pipe_and_a_zombie() {
             .any(|l| *l == format!("zombie {zombie} status 7"))
     });
 }
+
+/// A child created with clone(CLONE_FILES) shares its parent's fd table: the table is saved
+/// once, and after restore an fd the child opens appears in the parent's table.
+#[test]
+fn clone_files_table_stays_shared() {
+    let dir = scratch("clonefiles");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/clone_files.py");
+    let pid = spawn(&["python3", script.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("ready", 20, || {
+        lines(&out).first().is_some_and(|l| l.starts_with("ready"))
+    });
+    let child: i32 = lines(&out)[0].split(' ').nth(1).unwrap().parse().unwrap();
+    let _g2 = KillOnDrop(child);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    let fdinfos = std::fs::read_dir(&img)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("fdinfo-")
+        })
+        .count();
+    assert_eq!(fdinfos, 1, "a shared table is saved once");
+    wait_tree_gone(&img);
+    restore(&img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the child's fd", 10, || lines(&out).len() == 2);
+    assert!(
+        lines(&out)[1].starts_with("child opened ") && lines(&out)[1].ends_with(" /dev/null"),
+        "{:?}",
+        lines(&out)
+    );
+}

@@ -510,6 +510,25 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
         if seized.tracees.is_empty() {
             dump_zombie(*pid, &mut img)?;
         } else {
+            // An fd table shared with an earlier process (clone with CLONE_FILES).
+            for ((opid, _, oseized), other) in frozen[..i].iter().zip(&imgs) {
+                if oseized.tracees.is_empty()
+                    || crate::sys::proc::kcmp(*pid, *opid, crate::sys::proc::KCMP_FILES, 0, 0).ok()
+                        != Some(0)
+                {
+                    continue;
+                }
+                if *opid != *ppid {
+                    return Err(DumpError::Unsupported {
+                        pid: *pid,
+                        object: "fd table".into(),
+                        what: format!("it is shared (CLONE_FILES) with process {opid}, which is not its parent"),
+                        hint: "only a table shared between a parent and its child can be restored".into(),
+                    });
+                }
+                img.files_shared = Some(other.ids.files_id);
+                break;
+            }
             calls += dump_process(*pid, seized, &mut files, dir, &mut stats, &mut img)?;
             if let Some(sig) = seized.stop_sig {
                 let tc = img.tc();
@@ -519,6 +538,9 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
         }
         img.pstree.ppid = *ppid as u32;
         img.ids = kinds::misc::task_ids(*pid, i as u32 + 2)?;
+        if let Some(f) = img.files_shared {
+            img.ids.files_id = f;
+        }
         imgs.push(img);
     }
     fault_point("write")?;
@@ -621,11 +643,13 @@ fn write_task(dir: &ImageDir, img: &TaskImages) -> Result<(), DumpError> {
         std::slice::from_ref(&img.mm),
     )?;
     dir.write(&format!("fs-{pid}.img"), image::FS, &[img.fs])?;
-    dir.write(
-        &format!("fdinfo-{}.img", img.ids.files_id),
-        image::FDINFO,
-        &img.fdinfo,
-    )?;
+    if img.files_shared.is_none() {
+        dir.write(
+            &format!("fdinfo-{}.img", img.ids.files_id),
+            image::FDINFO,
+            &img.fdinfo,
+        )?;
+    }
     dir.write_pagemap(&format!("pagemap-{pid}.img"), img.pages_id, &img.pagemap)?;
     Ok(())
 }

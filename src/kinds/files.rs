@@ -315,6 +315,9 @@ impl Kind for Files {
     const NAME: &'static str = "files";
 
     fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
+        if img.files_shared.is_some() {
+            return Ok(()); // saved with the task it shares the table with
+        }
         let pid = cx.pid;
         let mut pidfd = None;
         for fd in procfs::fds(pid).map_err(DumpError::Proc)? {

@@ -61,6 +61,9 @@ pub struct TaskImages {
     pub pages_id: u32,
     /// Cores of the non-leader threads, in the order of `pstree.threads[1..]`.
     pub threads: Vec<pb::CoreEntry>,
+    /// Dump: the fd table is shared (CLONE_FILES) with the earlier task whose `files_id` this
+    /// is; its fds are saved once, with that task.
+    pub files_shared: Option<u32>,
 }
 
 impl TaskImages {

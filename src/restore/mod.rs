@@ -224,6 +224,7 @@ fn read_task(dir: &ImageDir, ps: &pb::PstreeEntry) -> Result<TaskImages, Restore
             .skip(1)
             .map(|tid| dir.read_one(&format!("core-{tid}.img"), image::CORE))
             .collect::<Result<_, _>>()?,
+        files_shared: None,
     };
     Ok(img)
 }
@@ -360,7 +361,17 @@ fn shape(
         [tr + TR_LEN, USER_TOP - (tr + TR_LEN), 0, 0, 0, 0],
     )?;
 
-    let table = kinds::files::restore_fds(&mut cx, img, inherited)?;
+    // A child sharing its parent's fd table (CLONE_FILES) has it already.
+    let shares_table = idx != 0
+        && sh
+            .tasks
+            .iter()
+            .find(|t| t.pid == img.pstree.ppid)
+            .is_some_and(|p| p.ids.files_id == img.ids.files_id);
+    let table = match inherited {
+        Some(t) if shares_table => t.clone(),
+        _ => kinds::files::restore_fds(&mut cx, img, inherited)?,
+    };
     fault_point("files")?;
     // Children, forked now so they inherit the fds they share with this task.
     for (cidx, child) in sh
@@ -372,6 +383,9 @@ fn shape(
         let cpid = child.pid as i32;
         let set_tid = cx.put(3072, &(cpid as u64).to_ne_bytes())?;
         let mut args = [0u64; 11];
+        if child.ids.files_id == img.ids.files_id && !child.is_zombie() {
+            args[0] = libc::CLONE_FILES as u64;
+        }
         args[4] = libc::SIGCHLD as u64; // exit_signal
         args[8] = set_tid;
         args[9] = 1;
