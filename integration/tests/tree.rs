@@ -381,3 +381,43 @@ fn clone_files_table_stays_shared() {
         lines(&out)
     );
 }
+
+/// A process that forked a child and then called setsid leaves the child in the old
+/// session: after restore the child is still in the root's session and the parent leads its
+/// own (the child is forked before the parent's setsid).
+#[test]
+fn child_keeps_the_session_its_parent_left() {
+    let dir = scratch("oldsession");
+    let out = dir.join("out");
+    let script = r#"
+import os, time
+a = os.fork()
+if a == 0:
+    b = os.fork()
+    if b == 0:
+        time.sleep(1000); os._exit(0)
+    os.setsid()
+    print(os.getpid(), b, flush=True)
+    time.sleep(1000); os._exit(0)
+time.sleep(1000)
+"#;
+    let pid = spawn(&["python3", "-c", script], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("pids", 20, || !lines(&out).is_empty());
+    let p: Vec<i32> = lines(&out)[0]
+        .split(' ')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    let (a, b) = (p[0], p[1]);
+    let _ga = KillOnDrop(a);
+    let _gb = KillOnDrop(b);
+    let before = (ids(pid), ids(a), ids(b));
+    assert_eq!((before.1 .3, before.2 .3), (a, pid), "test setup: sessions");
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_tree_gone(&img);
+    restore(&img);
+    let mut after = (ids(pid), ids(a), ids(b));
+    after.0 .1 = before.0 .1; // the root's parent is whoever restored it
+    assert_eq!(after, before, "pids, parents, groups or sessions changed");
+}

@@ -302,7 +302,16 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
             let parent = procfs::stat(ppid)?;
             // A child lives in its parent's session or leads its own; anything else needs a
             // fork order cryo does not reproduce yet.
-            if st.session != parent.session && st.session != pid {
+            // A child that stayed in the session its parent left (fork, then setsid in the
+            // parent) is forked before the parent's setsid on restore: its session is the
+            // grandparent's.
+            let stayed = parent.session == ppid
+                && tree
+                    .iter()
+                    .find(|(p, _)| *p == ppid)
+                    .and_then(|(_, gp)| procfs::stat(*gp).ok())
+                    .is_some_and(|g| g.session == st.session && ppid != root);
+            if st.session != parent.session && st.session != pid && !stayed {
                 return Err(DumpError::Unsupported {
                     pid,
                     object: format!("session {}", st.session),

@@ -350,9 +350,6 @@ fn shape(
             [0, u32::MAX as u64, 0, 0, 0, 0],
         )?;
     }
-    if img.pstree.sid == img.pid {
-        cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
-    }
     let tr = sh.tr;
     cx.sys("munmap", libc::SYS_munmap, [0, tr, 0, 0, 0, 0])?;
     cx.sys(
@@ -373,13 +370,22 @@ fn shape(
         _ => kinds::files::restore_fds(&mut cx, img, inherited)?,
     };
     fault_point("files")?;
-    // Children, forked now so they inherit the fds they share with this task.
-    for (cidx, child) in sh
-        .tasks
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.pstree.ppid == img.pid && c.pid != img.pid)
-    {
+    // Children, forked now so they inherit the fds they share with this task. Those that
+    // stayed in the session this task had before its setsid are forked before it.
+    let mut kids: Vec<usize> = (0..sh.tasks.len())
+        .filter(|&c| sh.tasks[c].pstree.ppid == img.pid && sh.tasks[c].pid != img.pid)
+        .collect();
+    // Early: in another session and not leading their own (children that lead their own
+    // session come after, so their own children can stay in this task's session).
+    let early = |c: &TaskImages| c.pstree.sid != img.pstree.sid && c.pstree.sid != c.pid;
+    kids.sort_by_key(|&c| !early(&sh.tasks[c]));
+    let mut in_own_session = img.pstree.sid != img.pid;
+    for cidx in kids {
+        let child = &sh.tasks[cidx];
+        if !in_own_session && !early(child) {
+            cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
+            in_own_session = true;
+        }
         let cpid = child.pid as i32;
         let set_tid = cx.put(3072, &(cpid as u64).to_ne_bytes())?;
         let mut args = [0u64; 11];
@@ -450,6 +456,9 @@ fn shape(
             continue;
         }
         shape(sh, cidx, Some(&table), puppets, ready, cx.stats)?;
+    }
+    if !in_own_session {
+        cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
     }
 
     kinds::memory::Memory::restore(&mut cx, img)?;
