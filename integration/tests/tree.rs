@@ -421,3 +421,62 @@ time.sleep(1000)
     after.0 .1 = before.0 .1; // the root's parent is whoever restored it
     assert_eq!(after, before, "pids, parents, groups or sessions changed");
 }
+
+/// Proportional anonymous memory (Pss_Anon, KiB) of `pid`.
+fn pss_anon(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss_Anon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A parent and 4 children sharing 64 MiB copy-on-write (each child changed one page): after
+/// restore the memory is still shared, not copied once per process (the tree's proportional
+/// memory stays about the same), and every process has its own content.
+#[test]
+fn copy_on_write_memory_stays_shared() {
+    let dir = scratch("cow");
+    let out = dir.join("out");
+    let pid = spawn(&[prog("cowtree").to_str().unwrap(), "64", "4"], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("5 processes", 20, || {
+        lines(&out).iter().filter(|l| l.starts_with("pid ")).count() == 5
+    });
+    let pids: Vec<i32> = lines(&out)
+        .iter()
+        .filter_map(|l| l.strip_prefix("pid ")?.parse().ok())
+        .collect();
+    let _gs: Vec<KillOnDrop> = pids.iter().map(|&p| KillOnDrop(p)).collect();
+    let sums = |out: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = lines(out)
+            .into_iter()
+            .filter(|l| l.starts_with("sum "))
+            .collect();
+        v.sort();
+        v
+    };
+    for &p in &pids {
+        signal(p, libc::SIGUSR1);
+    }
+    wait_for("checksums", 20, || sums(&out).len() == 5);
+    let before_sums = sums(&out);
+    let before: u64 = pids.iter().map(|&p| pss_anon(p)).sum();
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_tree_gone(&img);
+    restore(&img);
+    let after: u64 = pids.iter().map(|&p| pss_anon(p)).sum();
+    assert!(
+        after < before + before / 4,
+        "memory no longer shared: {before} KiB of proportional anonymous memory before, {after} KiB after"
+    );
+    for &p in &pids {
+        signal(p, libc::SIGUSR1);
+    }
+    wait_for("checksums after restore", 20, || sums(&out).len() == 10);
+    let mut all = sums(&out);
+    all.dedup();
+    assert_eq!(all, before_sums, "content changed");
+}

@@ -391,7 +391,37 @@ impl Kind for Memory {
             };
             let flags = (v.flags | libc::MAP_FIXED as u32) as u64;
             let what = "mmap";
-            if v.status & status::ANON_SHARED != 0 {
+            if cx.cow.contains(&(v.start, v.end)) {
+                // Kept from the parent: already mapped, with the parent's pages.
+                if prot != v.prot {
+                    cx.sys(
+                        "mprotect",
+                        libc::SYS_mprotect,
+                        [v.start, v.end - v.start, prot as u64, 0, 0, 0],
+                    )?;
+                }
+                // Pages this process did not have go back to zero.
+                let mut at = v.start;
+                let runs = img.pagemap.iter().map(|p| {
+                    (
+                        p.vaddr,
+                        p.vaddr + p.nr_pages.unwrap_or(p.compat_nr_pages as u64) * PAGE_SIZE,
+                    )
+                });
+                for (s, e) in runs
+                    .filter(|&(s, e)| e > v.start && s < v.end)
+                    .chain([(v.end, v.end)])
+                {
+                    if s > at {
+                        cx.sys(
+                            "madvise(MADV_DONTNEED)",
+                            libc::SYS_madvise,
+                            [at, s - at, libc::MADV_DONTNEED as u64, 0, 0, 0],
+                        )?;
+                    }
+                    at = at.max(e);
+                }
+            } else if v.status & status::ANON_SHARED != 0 {
                 super::shmem::map_anon(cx, v, prot)?;
             } else if v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
                 let fd = super::files::open_file(
@@ -447,6 +477,36 @@ impl Kind for Memory {
         }
         set_mm_map(cx, img)
     }
+}
+
+/// madvise bits that make a child not inherit a mapping's content at fork.
+const NOT_INHERITED: u64 = (1 << libc::MADV_DONTFORK) | (1 << 18); // MADV_WIPEONFORK
+
+/// The private anonymous mappings a child keeps from its parent at fork (copy-on-write):
+/// those identical in both (range, protection, flags, madvise state) whose content a fork
+/// passes on.
+pub fn cow_kept(parent: &pb::MmEntry, child: &pb::MmEntry) -> Vec<(u64, u64)> {
+    let anon = |v: &pb::VmaEntry| {
+        v.status & status::ANON_PRIVATE != 0
+            && v.prot & libc::PROT_READ as u32 != 0
+            && v.status & (status::VDSO | status::VVAR | status::VSYSCALL) == 0
+            && v.madv.unwrap_or(0) & NOT_INHERITED == 0
+    };
+    let mut out: Vec<(u64, u64)> = child
+        .vmas
+        .iter()
+        .filter(|c| {
+            anon(c)
+                && parent.vmas.iter().any(|p| {
+                    anon(p)
+                        && (p.start, p.end, p.prot, p.flags, p.pgoff, p.madv)
+                            == (c.start, c.end, c.prot, c.flags, c.pgoff, c.madv)
+                })
+        })
+        .map(|c| (c.start, c.end))
+        .collect();
+    out.sort_unstable();
+    out
 }
 
 fn check_addr(got: u64, v: &pb::VmaEntry) -> Result<(), RestoreError> {
@@ -741,6 +801,7 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
         .collect();
     let mut off = 0usize; // image offset of the next entry's data
     let mut cur = BLOCK; // bytes in the last item; BLOCK forces a new item
+    let mut cow_runs: Vec<(usize, u64, usize)> = Vec::new(); // (image offset, addr, len)
     for p in &img.pagemap {
         if p.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
             continue;
@@ -750,6 +811,12 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
         if special.iter().any(|&(s, e)| addr >= s && addr < e) {
             off += left; // the fresh vDSO already has this content
             cur = BLOCK; // data of the next item is not contiguous with the last one
+            continue;
+        }
+        if cx.cow.iter().any(|&(s, e)| addr >= s && addr < e) {
+            cow_runs.push((off, addr, left)); // written only where it differs, below
+            off += left;
+            cur = BLOCK;
             continue;
         }
         while left > 0 {
@@ -833,8 +900,70 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
     if let Some(e) = first_err.into_inner().expect("lock") {
         return Err(e);
     }
+    let written = write_differing(pid, bytes, &cow_runs)?;
     cx.stats.pages_restored = Some(cx.stats.pages_restored.unwrap_or(0) + need / PAGE_SIZE);
+    if !cow_runs.is_empty() {
+        let total: usize = cow_runs.iter().map(|r| r.2).sum();
+        tracing::info!(
+            "memory: {} of {} pages kept from the parent differ and were written",
+            written / PAGE_SIZE as usize,
+            total / PAGE_SIZE as usize
+        );
+    }
     Ok(())
+}
+
+/// Writes the pages of `runs` (image offset, address, length) that differ from what the
+/// process holds now (its parent's pages, inherited copy-on-write); equal pages stay
+/// shared. Returns the bytes written.
+fn write_differing(
+    pid: i32,
+    image: &[u8],
+    runs: &[(usize, u64, usize)],
+) -> Result<usize, RestoreError> {
+    const CHUNK: usize = 1 << 20;
+    if runs.is_empty() {
+        return Ok(0);
+    }
+    // Read through /proc/PID/mem: process_vm_readv pins pages, and pinning a page shared
+    // copy-on-write makes the kernel copy it first (unsharing exactly what we keep shared).
+    let procmem =
+        File::open(format!("/proc/{pid}/mem")).map_err(|source| RestoreError::Memory {
+            addr: runs[0].1,
+            source,
+        })?;
+    let mut now = vec![0u8; CHUNK];
+    let mut written = 0;
+    for &(off, addr, len) in runs {
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK);
+            let at = addr + done as u64;
+            procmem
+                .read_exact_at(&mut now[..n], at)
+                .map_err(|source| RestoreError::Memory { addr: at, source })?;
+            let want = &image[off + done..off + done + n];
+            let mut p = 0;
+            while p < n {
+                let ps = PAGE_SIZE as usize;
+                if want[p..p + ps] == now[p..p + ps] {
+                    p += ps;
+                    continue;
+                }
+                // A run of differing pages, written at once.
+                let start = p;
+                while p < n && want[p..p + ps] != now[p..p + ps] {
+                    p += ps;
+                }
+                let a = at + start as u64;
+                mem::vm_write(pid, &want[start..p], &[(a, p - start)])
+                    .map_err(|source| RestoreError::Memory { addr: a, source })?;
+                written += p - start;
+            }
+            done += n;
+        }
+    }
+    Ok(written)
 }
 
 /// Makes the puppet read image bytes at `off` into its own memory `ranges` (preadv).
@@ -880,7 +1009,20 @@ fn puppet_preadv(
 fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
     let mm = &img.mm;
     let exe = cx.reg(mm.exe_file_id)?.name.clone();
-    let exe_fd = cx.open(&exe, libc::O_RDONLY as u32)?;
+    // A child inherits its parent's exe link, which the kernel will not replace while the
+    // file is mapped (EBUSY): leave an equal one alone.
+    let same = |a: &str, b: &str| {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
+            _ => false,
+        }
+    };
+    let exe_fd = if same(&format!("/proc/{}/exe", cx.pid), &exe) {
+        -1
+    } else {
+        cx.open(&exe, libc::O_RDONLY as u32)?
+    };
     // struct prctl_mm_map: 11 u64, auxv pointer, auxv_size u32, exe_fd u32.
     let words = if mm.cryo_saved_auxv.is_empty() {
         &mm.mm_saved_auxv
@@ -921,7 +1063,9 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
             0,
         ],
     );
-    cx.sys("close", libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0])?;
+    if exe_fd >= 0 {
+        cx.sys("close", libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0])?;
+    }
     r?;
     if mm.thp_disabled == Some(true) {
         cx.sys(

@@ -207,6 +207,10 @@ pub struct RestoreCx<'a> {
     /// What every task of the puppet starts with (inherited from cryo), learnt once, so
     /// restoring a value equal to it costs nothing (matters with thousands of threads).
     pub inherited: Inherited,
+    /// Private anonymous mappings this process kept from its parent at fork (copy-on-write):
+    /// only their pages that differ from the parent's are written, so unchanged pages stay
+    /// shared as they were before the dump.
+    pub cow: Vec<(u64, u64)>,
 }
 
 /// State the puppet (and each thread it creates before dropping privileges) starts with.

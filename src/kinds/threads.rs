@@ -226,6 +226,7 @@ pub fn restore_threads(
             objs: cx.objs,
             stats: &mut *cx.stats,
             inherited: cx.inherited.clone(),
+            cow: Vec::new(),
         };
         let mask = restore_one(&mut tcx, img.pid as i32, tid, core)?;
         cx.remote.calls += tcx.remote.calls;

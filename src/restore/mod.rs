@@ -323,6 +323,7 @@ fn shape(
         objs: sh.objs,
         stats,
         inherited: Default::default(),
+        cow: Vec::new(),
     };
     // Empty it: cryo's rseq area (root only: children are forked after it is gone), cryo's
     // fds (root only: children inherit their parent's restored fds on purpose) and memory.
@@ -351,12 +352,23 @@ fn shape(
         )?;
     }
     let tr = sh.tr;
-    cx.sys("munmap", libc::SYS_munmap, [0, tr, 0, 0, 0, 0])?;
-    cx.sys(
-        "munmap",
-        libc::SYS_munmap,
-        [tr + TR_LEN, USER_TOP - (tr + TR_LEN), 0, 0, 0, 0],
-    )?;
+    // A child starts as a copy of its parent's restored memory: it keeps the private
+    // anonymous mappings it had in common with the parent (copy-on-write) and drops the rest.
+    if idx != 0 && !img.is_zombie() {
+        if let Some(parent) = sh.tasks.iter().find(|t| t.pid == img.pstree.ppid) {
+            cx.cow = kinds::memory::cow_kept(&parent.mm, &img.mm);
+        }
+    }
+    let mut keep = cx.cow.clone();
+    keep.extend([(tr, tr + TR_LEN), (USER_TOP, USER_TOP)]);
+    keep.sort_unstable();
+    let mut from = 0;
+    for &(s, e) in &keep {
+        if s > from {
+            cx.sys("munmap", libc::SYS_munmap, [from, s - from, 0, 0, 0, 0])?;
+        }
+        from = from.max(e);
+    }
 
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
     let shares_table = idx != 0
@@ -370,6 +382,9 @@ fn shape(
         _ => kinds::files::restore_fds(&mut cx, img, inherited)?,
     };
     fault_point("files")?;
+    // Memory before the children, so they inherit it copy-on-write.
+    kinds::memory::Memory::restore(&mut cx, img)?;
+    fault_point("memory")?;
     // Children, forked now so they inherit the fds they share with this task. Those that
     // stayed in the session this task had before its setsid are forked before it.
     let mut kids: Vec<usize> = (0..sh.tasks.len())
@@ -461,8 +476,6 @@ fn shape(
         cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
     }
 
-    kinds::memory::Memory::restore(&mut cx, img)?;
-    fault_point("memory")?;
     kinds::rlimits::Rlimits::restore(&mut cx, img)?;
     kinds::signals::Signals::restore(&mut cx, img)?;
     kinds::misc::Misc::restore(&mut cx, img)?;
