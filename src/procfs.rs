@@ -124,6 +124,9 @@ pub struct Status {
     pub threads: u32,
     pub shd_pnd: u64,
     pub sig_pnd: u64,
+    /// Signals with a handler / ignored (SigCgt, SigIgn).
+    pub sig_cgt: u64,
+    pub sig_ign: u64,
 }
 
 /// Reads and parses /proc/PID/status.
@@ -163,6 +166,8 @@ pub fn status(pid: i32) -> Result<Status, ProcError> {
         threads: get("Threads")?.parse().unwrap_or(1),
         shd_pnd: hex("ShdPnd")?,
         sig_pnd: hex("SigPnd")?,
+        sig_cgt: hex("SigCgt").unwrap_or(u64::MAX),
+        sig_ign: hex("SigIgn").unwrap_or(u64::MAX),
     })
 }
 

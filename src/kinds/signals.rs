@@ -55,12 +55,16 @@ impl Kind for Signals {
         img.thread().signals_p = q(private);
         img.tc().blk_sigset = cx.sigmask;
 
+        // Only signals with a handler or ignored (and SIGCHLD, whose SA_NOCLDWAIT and
+        // SA_NOCLDSTOP matter even with the default action) can differ from the default:
+        // the others read as zeroes from the fresh scratch area. Saves ~60 injected calls.
+        let asked = cx.status.sig_cgt | cx.status.sig_ign | (1 << (libc::SIGCHLD - 1));
         let p = cx.remote()?;
         let buf = p
             .scratch(64 * 1024)
             .map_err(|e| DumpError::remote(pid, e))?;
         for sig in 1..=64u64 {
-            if dumpable_sig(sig) {
+            if dumpable_sig(sig) && asked & (1 << (sig - 1)) != 0 {
                 p.remote
                     .call(
                         "rt_sigaction",
@@ -92,6 +96,13 @@ impl Kind for Signals {
         for sig in 1..=64u64 {
             if dumpable_sig(sig) {
                 let o = (sig as usize - 1) * KSA;
+                if asked & (1 << (sig - 1)) == 0 {
+                    acts.push(pb::SaEntry {
+                        compat_sigaction: Some(false),
+                        ..Default::default()
+                    });
+                    continue;
+                }
                 acts.push(pb::SaEntry {
                     sigaction: u64_at(&raw, o),
                     flags: u64_at(&raw, o + 8),
