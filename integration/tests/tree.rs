@@ -480,3 +480,46 @@ fn copy_on_write_memory_stays_shared() {
     all.dedup();
     assert_eq!(all, before_sums, "content changed");
 }
+
+/// A file mapped MAP_SHARED by a parent and its child: after restore a write through the
+/// child's mapping is seen through the parent's mapping and lands in the file.
+#[test]
+fn shared_file_mapping_is_shared_again() {
+    let dir = scratch("mapshared");
+    let out = dir.join("out");
+    let data = dir.join("data.bin");
+    std::fs::write(&data, vec![b'.'; 8192]).unwrap();
+    let script = format!(
+        r#"
+import mmap, os, signal
+f = open("{}", "r+b")
+m = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+c = os.fork()
+if c == 0:
+    signal.sigwait([signal.SIGUSR1])
+    m[4096:4102] = b"child!"
+    os._exit(0)
+print("ready", c, flush=True)
+signal.sigwait([signal.SIGUSR1])
+os.kill(c, signal.SIGUSR1); os.waitpid(c, 0)
+print("parent sees", m[4096:4102], flush=True)
+"#,
+        data.display()
+    );
+    let pid = spawn(&["python3", "-c", &script], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("ready", 20, || {
+        lines(&out).first().is_some_and(|l| l.starts_with("ready"))
+    });
+    let child: i32 = lines(&out)[0].split(' ').nth(1).unwrap().parse().unwrap();
+    let _g2 = KillOnDrop(child);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_tree_gone(&img);
+    restore(&img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the parent's view", 10, || lines(&out).len() == 2);
+    assert_eq!(lines(&out)[1], "parent sees b'child!'");
+    assert_eq!(&std::fs::read(&data).unwrap()[4096..4102], b"child!");
+}
