@@ -144,6 +144,19 @@ pub fn restore(dir: &Path) {
     );
 }
 
+/// `cryo dump -t PID -D DIR` that must fail; returns its stderr (the error and hint).
+pub fn dump_fails(pid: i32, dir: &Path, extra: &[&str]) -> String {
+    let p = pid.to_string();
+    let mut a = vec!["dump", "-t", &p, "-D", dir.to_str().unwrap()];
+    a.extend_from_slice(extra);
+    let o = cryo(&a);
+    assert!(
+        !o.status.success(),
+        "the dump of {pid} should have been refused"
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// Contents of a log file in `dir` (for assertion messages).
 pub fn log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()
@@ -231,6 +244,19 @@ pub fn start_memhog(dir: &Path, mib: u32) -> (i32, PathBuf) {
         lines(&out).first().is_some_and(|l| l == "ready")
     });
     (pid, out)
+}
+
+/// Waits until the first line of `out` is "ready [N ...]" (a test program set itself up);
+/// returns the numbers after "ready".
+pub fn wait_ready(out: &Path) -> Vec<i32> {
+    wait_for("the program to be ready", 20, || {
+        lines(out).first().is_some_and(|l| l.starts_with("ready"))
+    });
+    lines(out)[0]
+        .split(' ')
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect()
 }
 
 /// Kills (and reaps) a test process when dropped, so a failing test leaks nothing. The PID

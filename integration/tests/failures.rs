@@ -149,15 +149,7 @@ fn unsupported_fd_is_refused_and_target_keeps_running() {
     let _guard = KillOnDrop(pid);
     wait_for("python to open its pidfd", 20, || !lines(&log).is_empty());
     let fd = lines(&log)[0].clone();
-    let o = cryo(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        dir.join("img").to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    let e = stderr(&o);
+    let e = dump_fails(pid, &dir.join("img"), &[]);
     assert!(
         e.contains(&format!("fd {fd} (anon_inode:[pidfd])"))
             && e.contains("pidfd is not supported")

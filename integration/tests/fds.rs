@@ -218,9 +218,7 @@ fn unix_sockets_keep_peers_names_and_queues() {
         &out,
     );
     let _g = KillOnDrop(pid);
-    wait_for("ready", 20, || {
-        lines(&out).first().is_some_and(|l| l == "ready")
-    });
+    wait_ready(&out);
     let img = dir.join("img");
     dump(pid, &img, &[]);
     wait_gone(pid);
@@ -268,15 +266,7 @@ fn sockets_cryo_cannot_restore_are_refused() {
     let _conn = listener.accept().unwrap();
     wait_for("python", 20, || !lines(&log).is_empty());
     let fd = lines(&log)[0].clone();
-    let o = cryo(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        dir.join("img").to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    let e = dump_fails(pid, &dir.join("img"), &[]);
     assert!(
         e.contains(&format!("fd {fd} (unix socket")) && e.contains("outside the dumped tree"),
         "{e}"
@@ -294,15 +284,7 @@ fn sockets_cryo_cannot_restore_are_refused() {
     );
     let _g2 = KillOnDrop(pid2);
     wait_for("python", 20, || !lines(&log2).is_empty());
-    let o = cryo(&[
-        "dump",
-        "-t",
-        &pid2.to_string(),
-        "-D",
-        dir.join("img2").to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    let e = dump_fails(pid2, &dir.join("img2"), &[]);
     assert!(
         e.contains(&format!("fd {} (socket:[", lines(&log2)[0])) && e.contains("only unix sockets"),
         "{e}"
@@ -388,21 +370,9 @@ print(f.tell(), f.read(13), m[:13], os.readlink("/proc/self/fd/%d" % f.fileno())
 "#;
     let pid = spawn(&["python3", "-c", script, dir.to_str().unwrap()], &out);
     let _g = KillOnDrop(pid);
-    wait_for("ready", 20, || {
-        lines(&out).first().is_some_and(|l| l == "ready")
-    });
+    wait_ready(&out);
     // Over the limit: refused, the program untouched.
-    let o = cryo(&[
-        "dump",
-        "-t",
-        &pid.to_string(),
-        "-D",
-        dir.join("small").to_str().unwrap(),
-        "--ghost-limit",
-        "1K",
-    ]);
-    assert!(!o.status.success());
-    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    let e = dump_fails(pid, &dir.join("small"), &["--ghost-limit", "1K"]);
     assert!(
         e.contains("data.bin (deleted)") && e.contains("--ghost-limit"),
         "{e}"
@@ -440,10 +410,7 @@ fn memfd_is_shared_again_by_fd_and_mappings() {
     let script = root().join("integration/scripts/memfd.py");
     let pid = spawn(&["python3", script.to_str().unwrap()], &out);
     let _g = KillOnDrop(pid);
-    wait_for("ready", 20, || {
-        lines(&out).first().is_some_and(|l| l.starts_with("ready"))
-    });
-    let child: i32 = lines(&out)[0].split(' ').nth(1).unwrap().parse().unwrap();
+    let child = wait_ready(&out)[0];
     let _g2 = KillOnDrop(child);
     let img = dir.join("img");
     dump(pid, &img, &[]);

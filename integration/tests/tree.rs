@@ -353,10 +353,7 @@ fn clone_files_table_stays_shared() {
     let script = root().join("integration/scripts/clone_files.py");
     let pid = spawn(&["python3", script.to_str().unwrap()], &out);
     let _g = KillOnDrop(pid);
-    wait_for("ready", 20, || {
-        lines(&out).first().is_some_and(|l| l.starts_with("ready"))
-    });
-    let child: i32 = lines(&out)[0].split(' ').nth(1).unwrap().parse().unwrap();
+    let child = wait_ready(&out)[0];
     let _g2 = KillOnDrop(child);
     let img = dir.join("img");
     dump(pid, &img, &[]);
@@ -509,10 +506,7 @@ print("parent sees", m[4096:4102], flush=True)
     );
     let pid = spawn(&["python3", "-c", &script], &out);
     let _g = KillOnDrop(pid);
-    wait_for("ready", 20, || {
-        lines(&out).first().is_some_and(|l| l.starts_with("ready"))
-    });
-    let child: i32 = lines(&out)[0].split(' ').nth(1).unwrap().parse().unwrap();
+    let child = wait_ready(&out)[0];
     let _g2 = KillOnDrop(child);
     let img = dir.join("img");
     dump(pid, &img, &[]);

@@ -270,16 +270,8 @@ impl ImageDir {
         kind: Kind,
     ) -> Result<Option<Vec<M>>, ImageError> {
         let path = self.file(name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(ImageError::Io {
-                    path,
-                    op: "read",
-                    source,
-                })
-            }
+        let Some(bytes) = read_opt_bytes(&path)? else {
+            return Ok(None);
         };
         let mut out = Vec::new();
         for (off, payload) in entries(&path, kind, &bytes)? {
@@ -301,16 +293,8 @@ impl ImageDir {
         kind: Kind,
     ) -> Result<Vec<(M, Vec<u8>)>, ImageError> {
         let path = self.file(name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(ImageError::Io {
-                    path,
-                    op: "read",
-                    source,
-                })
-            }
+        let Some(bytes) = read_opt_bytes(&path)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for (off, payload, data) in entries_with_data(&path, kind, &bytes)? {
@@ -365,16 +349,8 @@ impl ImageDir {
         name: &str,
     ) -> Result<Option<(u32, Vec<pb::PagemapEntry>)>, ImageError> {
         let path = self.file(name);
-        let raw = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(ImageError::Io {
-                    path,
-                    op: "read",
-                    source,
-                })
-            }
+        let Some(raw) = read_opt_bytes(&path)? else {
+            return Ok(None);
         };
         let frames = entries(&path, PAGEMAP, &raw)?;
         let decode_err = |offset, message, source| ImageError::Decode {
@@ -417,6 +393,19 @@ impl ImageDir {
             });
         }
         Ok(v.remove(0))
+    }
+}
+
+/// The bytes of `path`, or `None` if it does not exist.
+fn read_opt_bytes(path: &Path) -> Result<Option<Vec<u8>>, ImageError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ImageError::Io {
+            path: path.to_path_buf(),
+            op: "read",
+            source,
+        }),
     }
 }
 

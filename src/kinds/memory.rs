@@ -124,13 +124,13 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
             )
         }
         _ if v.is_file() => {
+            // The open mode the mapping needs: read-write only for a writable shared one.
+            let fdflags = if v.shared && v.has_flag("mw") && v.write {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            } as u32;
             if v.name.starts_with("/memfd:") {
-                let writable_shared = v.shared && v.has_flag("mw") && v.write;
-                let fdflags = if writable_shared {
-                    libc::O_RDWR
-                } else {
-                    libc::O_RDONLY
-                } as u32;
                 let id = super::memfd::dump_mapping(cx, v, fdflags)?;
                 let kind = if v.shared {
                     status::FILE_SHARED
@@ -144,12 +144,6 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
                     Some(fdflags),
                 ));
             }
-            let writable_shared = v.shared && v.has_flag("mw") && v.write;
-            let fdflags = if writable_shared {
-                libc::O_RDWR
-            } else {
-                libc::O_RDONLY
-            } as u32;
             let meta = std::fs::metadata(format!(
                 "/proc/{}/map_files/{:x}-{:x}",
                 cx.pid, v.start, v.end

@@ -61,6 +61,19 @@ fn queued(fd: &TargetFd<'_>) -> Result<(u32, Vec<u8>), DumpError> {
     Ok((size as u32, buf))
 }
 
+/// The pipes-data / fifo-data entry of pipe `ino`: its capacity and queued bytes.
+fn data_entry(fd: &TargetFd<'_>, ino: u32) -> Result<(pb::PipeDataEntry, Vec<u8>), DumpError> {
+    let (size, data) = queued(fd)?;
+    Ok((
+        pb::PipeDataEntry {
+            pipe_id: ino,
+            bytes: data.len() as u32,
+            size: Some(size),
+        },
+        data,
+    ))
+}
+
 fn inode(fd: &TargetFd<'_>) -> Result<u32, DumpError> {
     fd.link
         .strip_prefix("pipe:[")
@@ -82,15 +95,8 @@ impl FdKind for Pipes {
     fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
         let ino = inode(fd)?;
         if cx.files.pipes_seen.insert(ino) {
-            let (size, data) = queued(fd)?;
-            cx.files.pipe_data.push((
-                pb::PipeDataEntry {
-                    pipe_id: ino,
-                    bytes: data.len() as u32,
-                    size: Some(size),
-                },
-                data,
-            ));
+            let e = data_entry(fd, ino)?;
+            cx.files.pipe_data.push(e);
         }
         Ok(pb::FileEntry {
             r#type: pb::FdTypes::Pipe as i32,
@@ -149,15 +155,8 @@ impl FdKind for Fifos {
         })?;
         let ino = meta.ino() as u32;
         if cx.files.pipes_seen.insert(ino) {
-            let (size, data) = queued(fd)?;
-            cx.files.fifo_data.push((
-                pb::PipeDataEntry {
-                    pipe_id: ino,
-                    bytes: data.len() as u32,
-                    size: Some(size),
-                },
-                data,
-            ));
+            let e = data_entry(fd, ino)?;
+            cx.files.fifo_data.push(e);
         }
         // The path lives in a regular-file record of its own, as CRIU does.
         let regf_id = cx
