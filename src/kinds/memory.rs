@@ -479,12 +479,14 @@ impl Kind for Memory {
 /// madvise bits that make a child not inherit a mapping's content at fork.
 const NOT_INHERITED: u64 = (1 << libc::MADV_DONTFORK) | (1 << 18); // MADV_WIPEONFORK
 
-/// The private anonymous mappings a child keeps from its parent at fork (copy-on-write):
-/// those identical in both (range, protection, flags, madvise state) whose content a fork
-/// passes on.
+/// The private mappings (anonymous, or of a file) a child keeps from its parent at fork
+/// (copy-on-write): those identical in both (range, file, offset, protection, flags, madvise
+/// state) whose content a fork passes on. Keeping them also saves re-opening and re-mapping
+/// every library in every process of a tree.
 pub fn cow_kept(parent: &pb::MmEntry, child: &pb::MmEntry) -> Vec<(u64, u64)> {
     let anon = |v: &pb::VmaEntry| {
-        v.status & status::ANON_PRIVATE != 0
+        v.status & (status::ANON_PRIVATE | status::FILE_PRIVATE) != 0
+            && v.status & status::MEMFD == 0
             && v.prot & libc::PROT_READ as u32 != 0
             && v.status & (status::VDSO | status::VVAR | status::VSYSCALL) == 0
             && v.madv.unwrap_or(0) & NOT_INHERITED == 0
@@ -496,8 +498,9 @@ pub fn cow_kept(parent: &pb::MmEntry, child: &pb::MmEntry) -> Vec<(u64, u64)> {
             anon(c)
                 && parent.vmas.iter().any(|p| {
                     anon(p)
-                        && (p.start, p.end, p.prot, p.flags, p.pgoff, p.madv)
-                            == (c.start, c.end, c.prot, c.flags, c.pgoff, c.madv)
+                        && (p.start, p.end, p.prot, p.flags, p.pgoff, p.madv, p.status)
+                            == (c.start, c.end, c.prot, c.flags, c.pgoff, c.madv, c.status)
+                        && (p.status & status::FILE_PRIVATE == 0 || p.shmid == c.shmid)
                 })
         })
         .map(|c| (c.start, c.end))
