@@ -339,7 +339,9 @@ impl Kind for Files {
             })?;
             // Same open file description as an earlier fd (of any process)?
             let mut id = None;
-            for &(opid, other, oid) in &cx.files.fds {
+            // Only fds on the same inode can share a description: compare those alone.
+            let key = meta.as_ref().map(|m| (m.dev(), m.ino()));
+            for &(opid, other, oid) in cx.files.fds_by_inode.get(&key).into_iter().flatten() {
                 if kcmp(pid, opid, KCMP_FILE, fd as u64, other as u64).ok() == Some(0) {
                     id = Some(oid);
                     break;
@@ -412,7 +414,11 @@ impl Kind for Files {
                     id
                 }
             };
-            cx.files.fds.push((pid, fd, id));
+            cx.files
+                .fds_by_inode
+                .entry(key)
+                .or_default()
+                .push((pid, fd, id));
             img.fdinfo.push(pb::FdinfoEntry {
                 id,
                 flags: if info.flags & libc::O_CLOEXEC as u32 != 0 {
