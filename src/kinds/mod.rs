@@ -86,6 +86,9 @@ impl TaskImages {
     }
 }
 
+/// A dumped fd: (pid, fd number, file id).
+pub type DumpedFd = (i32, i32, u32);
+
 /// Allocates file ids (one per open file description) and collects files.img.
 #[derive(Debug, Default)]
 pub struct FileTable {
@@ -96,7 +99,7 @@ pub struct FileTable {
     /// Every dumped fd so far as (pid, fd, file id), by the (device, inode) of the open
     /// file (None: could not stat it): fds of any process that share an open file
     /// description (kcmp) share the record, and only fds on one inode can.
-    pub fds_by_inode: HashMap<Option<(u64, u64)>, Vec<(i32, i32, u32)>>,
+    pub fds_by_inode: HashMap<Option<(u64, u64)>, Vec<DumpedFd>>,
     /// pipes-data.img and fifo-data.img: bytes queued in each pipe, saved once per pipe.
     pub pipe_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
     pub fifo_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
