@@ -16,9 +16,11 @@ pub mod features;
 pub mod image;
 pub mod kinds;
 pub mod logging;
+pub mod notify;
 pub mod procfs;
 pub mod progress;
 pub mod restore;
+pub mod rpc;
 pub mod show;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -68,6 +68,14 @@ fn in_workdir(c: &Common, p: &Path) -> PathBuf {
     }
 }
 
+/// The `--action-script` programs.
+fn scripts(c: &Common) -> cryo::notify::ActionScripts {
+    cryo::notify::ActionScripts {
+        scripts: c.action_script.clone(),
+        images_dir: c.images_dir.clone(),
+    }
+}
+
 fn setup(c: &Common, create_dir: bool) -> Result<()> {
     if let Some((opt, why)) = c.unsupported.first() {
         bail!("option --{opt} is not supported by cryo yet: {why}");
@@ -94,7 +102,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 shell_job: a.shell_job,
                 ghost_limit: a.ghost_limit,
             };
-            let r = dump::run(&opts, &dir);
+            let mut hooks = scripts(&a.common);
+            let r = dump::run(&opts, &dir, &mut hooks);
             if let Some(s) = spin {
                 s.finish_and_clear();
             }
@@ -135,7 +144,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 detach: a.detached,
                 pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
             };
-            let r = restore::run(&opts, &dir);
+            let mut hooks = scripts(&a.common);
+            let r = restore::run(&opts, &dir, &mut hooks);
             if let Some(s) = spin {
                 s.finish_and_clear();
             }
@@ -158,6 +168,14 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Swrk(a) => {
+            let ok = cryo::rpc::serve(a.fd)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Cmd::Show(a) => {
             let v = show::show(&a.file)?;

@@ -56,6 +56,17 @@ pub enum Cmd {
     /// Not implemented yet: incremental memory dumps (needs soft-dirty tracking).
     #[command(name = "pre-dump")]
     PreDump(DumpArgs),
+    /// Serve one CRIU RPC request on the SOCK_SEQPACKET socket at fd FD (what runc, podman,
+    /// go-criu and libcriu run as `criu swrk FD`).
+    Swrk(SwrkArgs),
+}
+
+/// `cryo swrk FD`.
+#[derive(Debug, Args, Clone)]
+pub struct SwrkArgs {
+    /// The socket's fd number.
+    #[arg(value_name = "FD")]
+    pub fd: i32,
 }
 
 /// Options every command shares (CRIU's generic options).
@@ -90,6 +101,12 @@ pub struct Common {
     /// Print dump/restore statistics.
     #[arg(long = "display-stats")]
     pub display_stats: bool,
+    /// Run FILE at every notification point (pre-dump, post-dump, pre-restore,
+    /// post-restore, pre-resume, post-resume) with CRTOOLS_SCRIPT_ACTION, CRTOOLS_IMAGE_DIR
+    /// and CRTOOLS_INIT_PID set, as CRIU does. A script that fails aborts the operation
+    /// (before the restored process runs). May be given several times.
+    #[arg(long = "action-script", value_name = "FILE")]
+    pub action_script: Vec<PathBuf>,
     /// CRIU options cryo does not support yet (refused with a message).
     #[command(flatten)]
     pub unsupported: Unsupported,
@@ -243,7 +260,6 @@ unsupported_opts! {
     leave_stopped: bool = "leave-stopped" short 's', "stopped final state is not implemented yet";
     restore_sibling: bool = "restore-sibling" short 'S', "restoring as a sibling is not implemented yet";
     exec_cmd: bool = "exec-cmd", "--exec-cmd is not implemented yet";
-    action_script: Vec<String> = "action-script", "action scripts come with issue #5";
     orphan_pts_master: bool = "orphan-pts-master", "ttys come with issue #4";
     network_lock: Option<String> = "network-lock", "network locking comes with issue #4";
     lsm_profile: Option<String> = "lsm-profile", "LSM profiles come with issue #5";

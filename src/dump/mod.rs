@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use crate::image::{self, pb, ImageDir, ImageError};
 use crate::kinds::{self, DumpCx, FileTable, Kind, TaskImages};
+use crate::notify::{Notifier, NotifyError};
 use crate::procfs::{self, ProcError};
 use crate::sys::ptrace::{Stop, Tracee};
 use crate::sys::remote::{Parasite, RemoteError};
@@ -75,6 +76,8 @@ pub enum DumpError {
     Proc(#[from] ProcError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
     #[error("fault injected at stage '{0}' (CRYO_FAULT_INJECT)")]
     Injected(String),
     #[error("interrupted by signal {sig} before stage '{stage}'; the process was left running")]
@@ -461,7 +464,11 @@ fn dump_process(
 }
 
 /// Dumps the process tree rooted at `opts.pid` into `dir`.
-pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
+pub fn run(
+    opts: &DumpOpts,
+    dir: &ImageDir,
+    hooks: &mut dyn Notifier,
+) -> Result<DumpReport, DumpError> {
     let t0 = Instant::now();
     let root = opts.pid;
     if !std::path::Path::new(&format!("/proc/{root}")).exists() {
@@ -470,6 +477,7 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
     // 1. Refuse what we cannot do before touching anything.
     let tree0 = collect_tree(root)?;
     precheck(opts, &tree0)?;
+    hooks.notify("pre-dump", None)?;
     fault_point("seize")?;
 
     // 2. Freeze the whole tree; a running process may fork meanwhile, so walk again until
@@ -570,7 +578,13 @@ pub fn run(opts: &DumpOpts, dir: &ImageDir) -> Result<DumpReport, DumpError> {
     )?;
     dir.finish()?;
 
-    // 5. Final state.
+    // 5. Final state. A failing post-dump hook leaves the tree running (the dump failed).
+    if let Err(e) = hooks.notify("post-dump", None) {
+        for (_, _, seized) in frozen.iter_mut() {
+            seized.release();
+        }
+        return Err(e.into());
+    }
     for (_, _, seized) in frozen.iter_mut() {
         if opts.leave_running {
             seized.release();

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use crate::image::{self, pb, ImageDir, ImageError, Manifest};
 use crate::kinds::{self, Kind, RestoreCx, TaskImages};
+use crate::notify::{Notifier, NotifyError};
 use crate::procfs::{self, ProcError};
 use crate::sys::mem::Mapping;
 use crate::sys::ptrace::{Stop, Tracee};
@@ -81,6 +82,8 @@ pub enum RestoreError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Proc(#[from] ProcError),
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
     #[error("fault injected at stage '{0}' (CRYO_FAULT_INJECT)")]
     Injected(String),
     #[error("interrupted by signal {sig} before stage '{stage}'; nothing was left running")]
@@ -602,8 +605,13 @@ fn set_process_groups(tasks: &[TaskImages], tr: u64) -> Result<(), RestoreError>
 }
 
 /// Restores the image set in `dir`.
-pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreError> {
+pub fn run(
+    opts: &RestoreOpts,
+    dir: &ImageDir,
+    hooks: &mut dyn Notifier,
+) -> Result<RestoreReport, RestoreError> {
     let t0 = Instant::now();
+    hooks.notify("pre-restore", None)?;
     // 1. Verify before creating anything.
     match Manifest::load(&dir.path)? {
         Some(m) => m.verify(&dir.path, 2)?,
@@ -740,10 +748,17 @@ pub fn run(opts: &RestoreOpts, dir: &ImageDir) -> Result<RestoreReport, RestoreE
     // cryo's copies of pipes, eventfds, ... must not outlive the restore (a reader would
     // never see EOF while cryo waits for the root without -d).
     objs.borrow_mut().close_all();
+    // Everything exists and nothing runs yet: a failing hook still kills it all.
+    hooks.notify("post-restore", Some(root))?;
+    hooks.notify("pre-resume", None)?;
     // 5. Let them run: children and threads before their parents.
     for p in puppets.0.iter_mut().rev().filter(|p| !p.released) {
         p.tracee.detach(0).map_err(ptrace_err("PTRACE_DETACH"))?;
         p.released = true;
+    }
+    if let Err(e) = hooks.notify("post-resume", None) {
+        // Too late to undo: the tree runs. Say so, like CRIU.
+        tracing::warn!("{e}");
     }
     let report = RestoreReport {
         pid: root,

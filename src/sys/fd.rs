@@ -214,3 +214,10 @@ pub fn memfd_create(name: &str, flags: u32) -> io::Result<OwnedFd> {
     // SAFETY: n is a valid NUL-terminated string for the call.
     owned(unsafe { libc::syscall(libc::SYS_memfd_create, n.as_ptr(), flags) })
 }
+
+/// Takes ownership of `fd`, an fd this process was given at exec (e.g. `swrk FD`). The
+/// caller checks it is open and of the right kind first.
+pub fn adopt(fd: RawFd) -> OwnedFd {
+    // SAFETY: the fd was inherited for cryo to use and nothing else in cryo owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

@@ -398,3 +398,94 @@ pub fn send_to(fd: BorrowedFd<'_>, buf: &[u8], name: &[u8]) -> io::Result<usize>
     })
     .map(|n| n as usize)
 }
+
+/// Receives one whole datagram (SEQPACKET message) from `fd`, sized first with
+/// `MSG_PEEK | MSG_TRUNC`. An empty vector means the peer closed the connection.
+pub fn recv_msg(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut probe = [0u8; 1];
+    // SAFETY: probe is valid for writes of 1 byte; MSG_TRUNC returns the full length.
+    let len = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            fd.as_raw_fd(),
+            probe.as_mut_ptr(),
+            1,
+            libc::MSG_PEEK | libc::MSG_TRUNC,
+            0,
+            0,
+        )
+    })? as usize;
+    let mut buf = vec![0u8; len.max(1)];
+    // SAFETY: buf is valid for writes of its length.
+    let n = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            0,
+            0,
+            0,
+        )
+    })? as usize;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// Sends one message, optionally with one fd attached (SCM_RIGHTS).
+pub fn send_msg(fd: BorrowedFd<'_>, buf: &[u8], pass: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 4];
+    // SAFETY: msghdr is plain old data; all zeroes is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(p) = pass {
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
+        // SAFETY: the control buffer is large enough for one cmsg with one int.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+            *(libc::CMSG_DATA(c) as *mut i32) = p.as_raw_fd();
+        }
+    }
+    // SAFETY: msg points at valid buffers for the call.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_sendmsg,
+            fd.as_raw_fd(),
+            &msg as *const libc::msghdr,
+            libc::MSG_NOSIGNAL,
+        )
+    })
+    .map(|_| ())
+}
+
+/// The pid of the process at the other end of a unix socket (SO_PEERCRED).
+pub fn peer_pid(fd: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as u32;
+    // SAFETY: cred and len are valid for the kernel to write.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred,
+            &mut len as *mut u32,
+        )
+    })?;
+    Ok(cred.pid)
+}

@@ -1,0 +1,298 @@
+//! `cryo swrk FD` speaks CRIU's RPC protocol as runc, podman and go-criu drive it (issue #5):
+//! one request per process over a SOCK_SEQPACKET socketpair, NOTIFY round trips that must be
+//! acknowledged, paths as fds in the caller's table. Also the `--action-script` hooks.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use cryo::image::pb;
+use integration::*;
+use prost::Message;
+
+/// A running `cryo swrk 3` and our end of its socket.
+struct Swrk {
+    child: Child,
+    sk: OwnedFd,
+}
+
+fn swrk() -> Swrk {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds has room for two fds.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    assert_eq!(r, 0);
+    // SAFETY: both fds are new.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let t = theirs.as_raw_fd();
+    let mut c = Command::new(cryo_bin());
+    c.args(["swrk", "3"]).stdin(Stdio::null());
+    // SAFETY: only dup2 between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::dup2(t, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = c.spawn().unwrap();
+    drop(theirs);
+    Swrk { child, sk: ours }
+}
+
+impl Swrk {
+    fn send(&self, req: &pb::CriuReq) {
+        let b = req.encode_to_vec();
+        // SAFETY: b is valid for reads of its length.
+        let n = unsafe { libc::send(self.sk.as_raw_fd(), b.as_ptr().cast(), b.len(), 0) };
+        assert_eq!(n as usize, b.len());
+    }
+
+    fn recv(&self) -> pb::CriuResp {
+        let mut buf = vec![0u8; 65536];
+        // SAFETY: buf is valid for writes of its length.
+        let n = unsafe { libc::recv(self.sk.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        assert!(n > 0, "swrk closed the socket");
+        pb::CriuResp::decode(&buf[..n as usize]).unwrap()
+    }
+
+    /// Sends `req`, acknowledges every NOTIFY (`refuse` answers that one with failure),
+    /// and returns the notifications seen and the final response.
+    fn call(
+        mut self,
+        req: &pb::CriuReq,
+        refuse: Option<&str>,
+    ) -> (Vec<(String, Option<i32>)>, pb::CriuResp, bool) {
+        self.send(req);
+        let mut seen = Vec::new();
+        loop {
+            let r = self.recv();
+            if r.r#type != pb::CriuReqType::Notify as i32 {
+                let ok = self.child.wait().unwrap().success();
+                return (seen, r, ok);
+            }
+            let n = r.notify.unwrap();
+            let name = n.script.unwrap_or_default();
+            let ok = refuse != Some(name.as_str());
+            seen.push((name, n.pid));
+            self.send(&pb::CriuReq {
+                r#type: pb::CriuReqType::Notify as i32,
+                notify_success: Some(ok),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+fn req(ty: pb::CriuReqType, opts: Option<pb::CriuOpts>) -> pb::CriuReq {
+    pb::CriuReq {
+        r#type: ty as i32,
+        opts,
+        ..Default::default()
+    }
+}
+
+/// Opens `dir` in this process; the fd is what `images_dir_fd` names.
+fn dir_fd(dir: &Path) -> std::fs::File {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::File::open(dir).unwrap()
+}
+
+fn names(seen: &[(String, Option<i32>)]) -> Vec<&str> {
+    seen.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+#[test]
+fn version_features_check_and_refusals() {
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Version, None), None);
+    assert!(ok && r.success && r.r#type == pb::CriuReqType::Version as i32);
+    let v = r.version.unwrap();
+    assert!(
+        v.major_number * 10000 + v.minor_number * 100 >= 31701,
+        "{v:?}"
+    );
+
+    let mut fc = req(pb::CriuReqType::FeatureCheck, None);
+    fc.features = Some(pb::CriuFeatures {
+        mem_track: Some(true),
+        lazy_pages: Some(true),
+        pidfd_store: None,
+    });
+    let (_, r, ok) = swrk().call(&fc, None);
+    let f = r.features.expect("features must be present");
+    assert!(ok && r.success);
+    assert_eq!(
+        (f.mem_track, f.lazy_pages),
+        (Some(false), Some(false)),
+        "soft-dirty is off here and lazy pages are not implemented"
+    );
+
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Check, None), None);
+    assert!(ok && r.success, "{:?}", r.cr_errmsg);
+
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::PreDump, None), None);
+    assert!(!ok && !r.success && r.cr_errmsg.unwrap().contains("soft-dirty"));
+
+    let dir = scratch("rpc-refuse");
+    let d = dir_fd(&dir);
+    let opts = pb::CriuOpts {
+        images_dir_fd: d.as_raw_fd(),
+        pid: Some(1),
+        tcp_established: Some(true),
+        ..Default::default()
+    };
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(opts)), None);
+    assert!(!ok && !r.success);
+    assert!(r.cr_errmsg.unwrap().contains("tcp_established"));
+}
+
+/// DUMP and RESTORE of a counter through RPC, with notifications: the dump sends pre-dump
+/// and post-dump, the restore pre-restore, post-restore (with the restored pid), pre-resume
+/// and post-resume; the counter goes on. A caller that refuses post-dump makes the dump
+/// fail and leaves the process running.
+#[test]
+fn dump_and_restore_over_rpc_with_notifications() {
+    let dir = scratch("rpc");
+    let out = dir.join("counter.out");
+    let pid = spawn(
+        &[prog("counter").to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the counter", 10, || lines(&out).len() >= 3);
+    let img = dir.join("img");
+    let d = dir_fd(&img);
+    let opts = pb::CriuOpts {
+        images_dir_fd: d.as_raw_fd(),
+        pid: Some(pid),
+        log_level: Some(4),
+        log_file: Some("dump.log".into()),
+        notify_scripts: Some(true),
+        ..Default::default()
+    };
+
+    // Refused at post-dump: the dump fails, the counter runs on.
+    let (seen, r, ok) = swrk().call(
+        &req(pb::CriuReqType::Dump, Some(opts.clone())),
+        Some("post-dump"),
+    );
+    assert!(!ok && !r.success, "{r:?}");
+    assert_eq!(names(&seen), ["pre-dump", "post-dump"]);
+    assert!(alive(pid));
+    let n = lines(&out).len();
+    wait_for("the counter to go on", 10, || lines(&out).len() > n);
+
+    let (seen, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(opts)), None);
+    assert!(
+        ok && r.success,
+        "{:?}\n{}",
+        r.cr_errmsg,
+        log(&img, "dump.log")
+    );
+    assert_eq!(r.r#type, pb::CriuReqType::Dump as i32);
+    assert_eq!(names(&seen), ["pre-dump", "post-dump"]);
+    wait_gone(pid);
+    let at_dump = lines(&out).len();
+
+    let ropts = pb::CriuOpts {
+        images_dir_fd: d.as_raw_fd(),
+        log_level: Some(4),
+        log_file: Some("restore.log".into()),
+        notify_scripts: Some(true),
+        rst_sibling: Some(true),
+        ..Default::default()
+    };
+    let (seen, r, ok) = swrk().call(&req(pb::CriuReqType::Restore, Some(ropts)), None);
+    assert!(
+        ok && r.success,
+        "{:?}\n{}",
+        r.cr_errmsg,
+        log(&img, "restore.log")
+    );
+    assert_eq!(r.restore.unwrap().pid, pid);
+    assert_eq!(
+        names(&seen),
+        ["pre-restore", "post-restore", "pre-resume", "post-resume"]
+    );
+    assert_eq!(
+        seen[1].1,
+        Some(pid),
+        "post-restore carries the restored pid"
+    );
+    wait_for("the counter after restore", 10, || {
+        lines(&out).len() >= at_dump + 2
+    });
+    let v: Vec<u64> = lines(&out).iter().map(|l| l.parse().unwrap()).collect();
+    assert!(
+        v.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap or restart: {v:?}"
+    );
+}
+
+/// `--action-script hooks/actions-log.sh` on dump and restore: the script sees every action
+/// with CRIU's environment; failing at post-restore kills the restored process instead of
+/// letting it run.
+#[test]
+fn action_script_hook_runs_at_every_point() {
+    let dir = scratch("hooks");
+    let hook = root().join("hooks/actions-log.sh");
+    let hook = hook.to_str().unwrap();
+    let (img, pid) = {
+        let pid = spawn(&["/bin/sleep", "1000"], &dir.join("log"));
+        let _g = KillOnDrop(pid);
+        wait_for("sleep", 10, || {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
+        });
+        let img = dir.join("img");
+        dump(pid, &img, &["--action-script", hook]);
+        wait_gone(pid);
+        (img, pid)
+    };
+    let actions = |img: &Path| -> Vec<String> {
+        lines(&img.join("actions.log"))
+            .iter()
+            .map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    assert_eq!(actions(&img), ["pre-dump -", "post-dump -"]);
+
+    // A hook failing at post-restore: nothing is left running.
+    let d = img.to_str().unwrap();
+    let o = cryo_env(
+        &["restore", "-D", d, "-d", "--action-script", hook],
+        &[("ACTIONS_LOG_FAIL_AT", "post-restore")],
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("failed at 'post-restore'"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    wait_gone(pid);
+
+    let o = cryo(&["restore", "-D", d, "-d", "--action-script", hook]);
+    assert!(o.status.success());
+    let _g = KillOnDrop(pid);
+    assert!(alive(pid));
+    assert_eq!(
+        actions(&img),
+        [
+            "pre-dump -".to_string(),
+            "post-dump -".into(),
+            "pre-restore -".into(),
+            format!("post-restore {pid}"),
+            "pre-restore -".into(),
+            format!("post-restore {pid}"),
+            "pre-resume -".into(),
+            "post-resume -".into(),
+        ]
+    );
+}
