@@ -268,3 +268,34 @@ fn posix_timers_keep_ticking() {
         "{before:?} -> {after:?}"
     );
 }
+
+/// A program that sandboxed itself with a seccomp filter (and no_new_privs), with a second
+/// thread that inherited it: dumping does not trip the filter, and after restore the filter
+/// still rules both (getppid still fails with EPERM, Seccomp: 2, NoNewPrivs: 1).
+#[test]
+fn seccomp_filter_survives() {
+    let dir = scratch("seccomp");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/seccomp_filter.py");
+    let pid = spawn(&["python3", script.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("the filter", 20, || !lines(&out).is_empty());
+    assert_eq!(lines(&out)[0], "ready getppid=-1 errno=1");
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    restore(&img);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("Threads:\t2"), "{status}");
+    for tid in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = tid.unwrap().file_name();
+        let st =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{}/status", tid.to_string_lossy()))
+                .unwrap();
+        assert!(st.contains("Seccomp:\t2"), "thread {tid:?} lost its filter");
+    }
+    signal(pid, libc::SIGUSR1);
+    wait_for("the probe", 10, || lines(&out).len() == 2);
+    assert_eq!(lines(&out)[1], "after getppid=-1 errno=1 2");
+}

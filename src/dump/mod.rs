@@ -401,13 +401,47 @@ fn dump_process(
     let stat = procfs::stat(pid)?;
     let status = procfs::status(pid)?;
     let vmas = procfs::smaps(pid)?;
-    if status.seccomp != 0 {
+    // Seccomp: strict mode would kill the task at the first injected syscall; filters are
+    // suspended for cryo's syscalls (PTRACE_O_SUSPEND_SECCOMP) and saved.
+    let mut modes = vec![status.seccomp];
+    for t in &others {
+        modes.push(procfs::status(t.tracee.tid)?.seccomp);
+    }
+    if modes.contains(&1) {
         return Err(DumpError::Unsupported {
             pid,
             object: "seccomp".into(),
-            what: "seccomp filters are not supported yet".into(),
-            hint: "planned with issue #5".into(),
+            what: "a thread is in seccomp strict mode, where any injected syscall kills it".into(),
+            hint: "strict-mode programs cannot be checkpointed".into(),
         });
+    }
+    let mut seccomp_top = None;
+    if modes.iter().any(|&m| m != 0) {
+        for t in std::iter::once(&tracee).chain(others.iter().map(|o| &o.tracee)) {
+            t.set_options(libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_SUSPEND_SECCOMP)
+                .map_err(|source| DumpError::Ptrace {
+                    pid: t.tid,
+                    what: "PTRACE_SETOPTIONS(SUSPEND_SECCOMP)",
+                    source,
+                })?;
+        }
+        let top =
+            kinds::seccomp::add_chain(&mut files.seccomp, &kinds::seccomp::chain(pid, &tracee)?);
+        for t in &others {
+            let th = kinds::seccomp::add_chain(
+                &mut files.seccomp,
+                &kinds::seccomp::chain(pid, &t.tracee)?,
+            );
+            if th != top {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    object: format!("thread {} seccomp filters", t.tracee.tid),
+                    what: "the thread's filters differ from the main thread's".into(),
+                    hint: "only filters shared by every thread (installed before the threads started, or with TSYNC) are supported".into(),
+                });
+            }
+        }
+        seccomp_top = Some(top);
     }
     fault_point("collect")?;
     let site = vmas
@@ -458,6 +492,13 @@ fn dump_process(
     let cured = parasite.cure().map_err(|e| DumpError::remote(pid, e));
     r?;
     cured?;
+    if let Some(top) = seccomp_top {
+        for core in std::iter::once(&mut img.core).chain(img.threads.iter_mut()) {
+            let tc = core.thread_core.get_or_insert_with(Default::default);
+            tc.seccomp_mode = Some(kinds::seccomp::MODE_FILTER);
+            tc.seccomp_filter = top;
+        }
+    }
     // Memory after the cure, so the original code word is what gets saved.
     kinds::memory::Memory::dump(&mut cx, img)?;
     Ok(calls)
@@ -636,7 +677,9 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     dir.write(
         "seccomp.img",
         image::SECCOMP,
-        &[pb::SeccompEntry::default()],
+        &[pb::SeccompEntry {
+            seccomp_filters: files.seccomp.clone(),
+        }],
     )?;
     Ok(())
 }

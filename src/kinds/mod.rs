@@ -18,6 +18,7 @@ pub mod misc;
 pub mod pipes;
 pub mod regs;
 pub mod rlimits;
+pub mod seccomp;
 pub mod shmem;
 pub mod signalfd;
 pub mod signals;
@@ -121,6 +122,8 @@ pub struct FileTable {
     pub ghost_limit: u64,
     /// memfd.img: each memfd inode once.
     pub memfd_inodes: Vec<pb::MemfdInodeEntry>,
+    /// seccomp.img: every thread's filter chain, each filter once per chain position.
+    pub seccomp: Vec<pb::SeccompFilter>,
 }
 
 impl FileTable {

@@ -60,14 +60,6 @@ pub fn dump_thread(
     let (policy, prio, nice) =
         crate::sys::proc::sched(tid).map_err(|e| pt("sched_getscheduler", e))?;
     let status = procfs::status(tid)?;
-    if status.seccomp != 0 {
-        return Err(DumpError::Unsupported {
-            pid,
-            object: format!("thread {tid}"),
-            what: "seccomp filters are not supported yet".into(),
-            hint: "planned with issue #5".into(),
-        });
-    }
     let comm = procfs::read(pid, &format!("task/{tid}/comm"))?
         .trim_end()
         .to_string();

@@ -483,6 +483,8 @@ fn shape(
     kinds::signals::Signals::restore(&mut cx, img)?;
     kinds::misc::Misc::restore(&mut cx, img)?;
     kinds::regs::CpuState::restore(&mut cx, img)?;
+    // Filters now, so the threads created next inherit them; suspended for cryo's syscalls.
+    kinds::seccomp::restore(&mut cx, img)?;
     fault_point("task")?;
     // Threads are created after everything they share and before the leader drops its
     // credentials (creating them needs them).
@@ -633,6 +635,12 @@ pub fn run(
         }
     }
     let root = tasks[0].pid as i32;
+    let uses_seccomp = tasks.iter().any(|t| {
+        t.core
+            .thread_core
+            .as_ref()
+            .is_some_and(|c| c.seccomp_mode == Some(kinds::seccomp::MODE_FILTER))
+    });
 
     // 2. Trampoline + root puppet.
     let tr = trampoline_addr(&tasks, TR_LEN)?;
@@ -681,7 +689,12 @@ pub fn run(
             libc::PTRACE_O_EXITKILL
                 | libc::PTRACE_O_TRACESYSGOOD
                 | libc::PTRACE_O_TRACECLONE
-                | libc::PTRACE_O_TRACEFORK,
+                | libc::PTRACE_O_TRACEFORK
+                | if uses_seccomp {
+                    libc::PTRACE_O_SUSPEND_SECCOMP
+                } else {
+                    0
+                },
         )
         .map_err(ptrace_err("PTRACE_SETOPTIONS"))?;
 

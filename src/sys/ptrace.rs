@@ -104,6 +104,38 @@ impl Tracee {
         req(libc::PTRACE_SETOPTIONS, self.tid, 0, options as usize).map(|_| ())
     }
 
+    /// `PTRACE_SECCOMP_GET_FILTER`: the BPF program (8-byte instructions) of seccomp filter
+    /// `index` (0 is the most recently installed); `None` past the last one.
+    pub fn seccomp_filter(&self, index: u64) -> io::Result<Option<Vec<u8>>> {
+        const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+        let n = match req(PTRACE_SECCOMP_GET_FILTER, self.tid, index as usize, 0) {
+            Ok(n) => n as usize,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut buf = vec![0u8; n * 8];
+        req(
+            PTRACE_SECCOMP_GET_FILTER,
+            self.tid,
+            index as usize,
+            buf.as_mut_ptr() as usize,
+        )?;
+        Ok(Some(buf))
+    }
+
+    /// `PTRACE_SECCOMP_GET_METADATA`: the flags filter `index` was installed with.
+    pub fn seccomp_flags(&self, index: u64) -> io::Result<u64> {
+        const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+        let mut md = [index, 0u64]; // struct seccomp_metadata { filter_off, flags }
+        req(
+            PTRACE_SECCOMP_GET_METADATA,
+            self.tid,
+            16,
+            md.as_mut_ptr() as usize,
+        )?;
+        Ok(md[1])
+    }
+
     /// `PTRACE_GETREGS`.
     pub fn regs(&self) -> io::Result<Regs> {
         // SAFETY: user_regs_struct is plain old data; zeroed is a valid value.

@@ -1,0 +1,133 @@
+//! Seccomp filters (seccomp.img + `thread_core.seccomp_mode/seccomp_filter`), as podman's
+//! default profile or a self-sandboxing program installs them.
+//!
+//! Dump: a task with filters is traced with `PTRACE_O_SUSPEND_SECCOMP`, so the syscalls cryo
+//! injects are not filtered (or killed); each thread's chain is read with
+//! `PTRACE_SECCOMP_GET_FILTER` (and its flags with `PTRACE_SECCOMP_GET_METADATA`) and
+//! stored once in a shared table, each filter naming the one installed before it (`prev`).
+//! Restore: the puppets are traced with `PTRACE_O_SUSPEND_SECCOMP` too; the leader installs
+//! its chain, oldest first, after its registers and before its threads are created (they
+//! inherit it) — everything injected afterwards runs unfiltered, and the filters take
+//! effect when the task is released. Threads with a chain of their own, strict mode and
+//! user-notification filters are refused at dump.
+
+use crate::dump::DumpError;
+use crate::image::{self, pb};
+use crate::kinds::{RestoreCx, TaskImages};
+use crate::restore::RestoreError;
+use crate::sys::ptrace::Tracee;
+
+/// `SECCOMP_MODE_FILTER`.
+pub const MODE_FILTER: i32 = 2;
+/// Filter flags that are replayed at install: LOG and SPEC_ALLOW.
+const REPLAY_FLAGS: u64 = 2 | 4;
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`.
+const FLAG_NEW_LISTENER: u64 = 8;
+
+/// The filter chain of thread `t`, oldest first, as (program, flags).
+pub fn chain(pid: i32, t: &Tracee) -> Result<Vec<(Vec<u8>, u64)>, DumpError> {
+    let pt = |what, source| DumpError::Ptrace {
+        pid: t.tid,
+        what,
+        source,
+    };
+    let mut v = Vec::new();
+    let mut i = 0;
+    while let Some(p) = t
+        .seccomp_filter(i)
+        .map_err(|e| pt("PTRACE_SECCOMP_GET_FILTER", e))?
+    {
+        let flags = t
+            .seccomp_flags(i)
+            .map_err(|e| pt("PTRACE_SECCOMP_GET_METADATA", e))?;
+        if flags & FLAG_NEW_LISTENER != 0 {
+            return Err(DumpError::Unsupported {
+                pid,
+                object: format!("thread {} seccomp filter {i}", t.tid),
+                what: "it hands syscalls to a user-space supervisor (SECCOMP_FILTER_FLAG_NEW_LISTENER)".into(),
+                hint: "seccomp user notification is not supported".into(),
+            });
+        }
+        v.push((p, flags & REPLAY_FLAGS));
+        i += 1;
+    }
+    v.reverse();
+    Ok(v)
+}
+
+/// Adds `chain` to the shared `table` (each filter once per position in a chain); returns the
+/// index of its newest filter, which is what a thread records.
+pub fn add_chain(table: &mut Vec<pb::SeccompFilter>, chain: &[(Vec<u8>, u64)]) -> Option<u32> {
+    let mut prev: Option<u32> = None;
+    for (prog, flags) in chain {
+        let f = pb::SeccompFilter {
+            filter: prog.clone(),
+            prev,
+            flags: Some(*flags as u32),
+        };
+        let idx = match table.iter().position(|t| *t == f) {
+            Some(i) => i,
+            None => {
+                table.push(f);
+                table.len() - 1
+            }
+        };
+        prev = Some(idx as u32);
+    }
+    prev
+}
+
+/// Installs the leader's saved chain in the puppet (which is traced with
+/// `PTRACE_O_SUSPEND_SECCOMP`, so later injected syscalls are not filtered).
+pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    let Some(tc) = img.core.thread_core.as_ref() else {
+        return Ok(());
+    };
+    if tc.seccomp_mode != Some(MODE_FILTER) {
+        return Ok(());
+    }
+    let table = cx
+        .dir
+        .read_opt::<pb::SeccompEntry>("seccomp.img", image::SECCOMP)?
+        .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)))
+        .unwrap_or_default()
+        .seccomp_filters;
+    // Newest to oldest through `prev`, then install oldest first.
+    let mut order = Vec::new();
+    let mut at = tc.seccomp_filter;
+    while let Some(i) = at {
+        let f = table.get(i as usize).ok_or_else(|| {
+            RestoreError::BadImage(format!(
+                "seccomp.img has no filter {i} (core-{}.img)",
+                img.pid
+            ))
+        })?;
+        if order.len() > table.len() {
+            return Err(RestoreError::BadImage(
+                "seccomp.img filters form a loop".into(),
+            ));
+        }
+        order.push(f);
+        at = f.prev;
+    }
+    for f in order.iter().rev() {
+        if f.filter.is_empty() || f.filter.len() % 8 != 0 || f.filter.len() > 4096 * 8 {
+            return Err(RestoreError::BadImage(format!(
+                "seccomp.img: a filter of {} bytes is not a BPF program",
+                f.filter.len()
+            )));
+        }
+        let prog = cx.put(4096, &f.filter)?;
+        // struct sock_fprog { u16 len; u64 filter; }
+        let mut fprog = [0u8; 16];
+        fprog[..2].copy_from_slice(&((f.filter.len() / 8) as u16).to_ne_bytes());
+        fprog[8..].copy_from_slice(&prog.to_ne_bytes());
+        let a = cx.put(2048, &fprog)?;
+        cx.sys(
+            "seccomp(SECCOMP_SET_MODE_FILTER)",
+            libc::SYS_seccomp,
+            [1, f.flags.unwrap_or(0) as u64, a, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
