@@ -143,6 +143,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             let opts = restore::RestoreOpts {
                 detach: a.detached,
                 pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
+                shell_job: a.shell_job,
             };
             let mut hooks = scripts(&a.common);
             let r = restore::run(&opts, &dir, &mut hooks);
@@ -166,6 +167,9 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     r.pages_restored,
                     r.total_us as f64 / 1e3
                 );
+            }
+            if !a.detached {
+                restore::wait_for(r.pid, a.shell_job);
             }
             Ok(ExitCode::SUCCESS)
         }

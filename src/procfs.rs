@@ -46,6 +46,8 @@ pub struct Stat {
     pub ppid: i32,
     pub pgrp: i32,
     pub session: i32,
+    /// The controlling terminal (device number, as st_rdev encodes it; 0: none).
+    pub tty_nr: u32,
     pub flags: u32,
     pub num_threads: i64,
     pub start_code: u64,
@@ -76,6 +78,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         ppid: s(4)? as i32,
         pgrp: s(5)? as i32,
         session: s(6)? as i32,
+        tty_nr: n(7)? as u32,
         flags: n(9)? as u32,
         num_threads: s(20)?,
         start_code: n(26)?,

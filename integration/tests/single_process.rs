@@ -299,3 +299,81 @@ fn seccomp_filter_survives() {
     wait_for("the probe", 10, || lines(&out).len() == 2);
     assert_eq!(lines(&out)[1], "after getppid=-1 errno=1 2");
 }
+
+/// `--shell-job`: a job started from a shell in one tmux session (its stdio on that pane's
+/// terminal, not a session leader) is dumped, then restored from a shell in another tmux
+/// session, and keeps reading the keyboard there: a line typed into the new pane reaches it.
+#[test]
+fn shell_job_moves_to_another_terminal() {
+    let dir = scratch("shelljob");
+    let out = dir.join("out");
+    let tmux = |args: &[&str]| {
+        let st = std::process::Command::new("tmux")
+            .args(["-L", &format!("cryo-test-{}", std::process::id())])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .expect("tmux (integration/setup.sh installs it)");
+        assert!(st.success(), "tmux {args:?}");
+    };
+    struct Server(String);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("tmux")
+                .args(["-L", &self.0, "kill-server"])
+                .status();
+        }
+    }
+    let _server = Server(format!("cryo-test-{}", std::process::id()));
+    let bash = "bash --norc --noprofile";
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "a",
+        "-x",
+        "100",
+        "-y",
+        "20",
+        bash,
+    ]);
+    let job = format!(
+        "sh -c 'echo $$ > {d}/pid; while read l; do echo \"got $l\" >> {d}/out; done'",
+        d = dir.display()
+    );
+    tmux(&["send-keys", "-t", "a", &job, "Enter"]);
+    wait_for("the job", 10, || !lines(&dir.join("pid")).is_empty());
+    let pid: i32 = lines(&dir.join("pid"))[0].parse().unwrap();
+    let _g = KillOnDrop(pid);
+    tmux(&["send-keys", "-t", "a", "one", "Enter"]);
+    wait_for("the first line", 10, || lines(&out) == ["got one"]);
+    let img = dir.join("img");
+    dump(pid, &img, &["--shell-job"]);
+    wait_gone(pid);
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "b",
+        "-x",
+        "100",
+        "-y",
+        "20",
+        bash,
+    ]);
+    let cmd = format!(
+        "{} restore --shell-job -D {} -v4 -o restore.log",
+        cryo_bin().display(),
+        img.display()
+    );
+    tmux(&["send-keys", "-t", "b", &cmd, "Enter"]);
+    wait_for("the restored job", 10, || alive(pid));
+    // Typed into the new pane, read by the restored job.
+    wait_for("a line typed in the new terminal", 10, || {
+        tmux(&["send-keys", "-t", "b", "two", "Enter"]);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        lines(&out).iter().any(|l| l == "got two")
+    });
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
+    assert!(link.to_string_lossy().starts_with("/dev/pts/"), "{link:?}");
+}

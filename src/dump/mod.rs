@@ -334,7 +334,7 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                 });
             }
         }
-        kinds::files::precheck(pid, &mut socks)?;
+        kinds::files::precheck(pid, opts.shell_job, &mut socks)?;
     }
     kinds::unix_sk::precheck(&socks)?;
     Ok(())
@@ -557,6 +557,7 @@ pub fn run(
     // 3. Each process.
     let mut files = FileTable::default();
     files.ghost_limit = opts.ghost_limit;
+    files.shell_job = opts.shell_job;
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
     let mut calls = 0;

@@ -120,13 +120,29 @@ fn classify(
     Ok(Class::Reg)
 }
 
+/// With `--shell-job`, an fd on the process's controlling terminal (the terminal of the
+/// shell it was started from) is saved as `/dev/tty`: on restore it opens the terminal cryo
+/// runs on. Returns that path when `fd` is such an fd.
+fn shell_tty(pid: i32, shell_job: bool, meta: Option<&std::fs::Metadata>) -> Option<String> {
+    let m = meta.filter(|m| shell_job && m.file_type().is_char_device())?;
+    let ctty = procfs::stat(pid).ok()?.tty_nr;
+    (ctty != 0 && m.rdev() == ctty as u64).then(|| "/dev/tty".to_string())
+}
+
 /// Checks every fd of `pid` can be dumped, without touching the task. Called before
 /// seizing. Sockets are collected into `socks` as (pid, fd, inode) for
 /// `unix_sk::precheck`, which looks at the whole tree.
-pub fn precheck(pid: i32, socks: &mut Vec<(i32, i32, u32)>) -> Result<(), DumpError> {
+pub fn precheck(
+    pid: i32,
+    shell_job: bool,
+    socks: &mut Vec<(i32, i32, u32)>,
+) -> Result<(), DumpError> {
     for fd in procfs::fds(pid).map_err(DumpError::Proc)? {
         let link = procfs::link(pid, &format!("fd/{fd}")).map_err(DumpError::Proc)?;
         let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
+        if shell_tty(pid, shell_job, meta.as_ref()).is_some() {
+            continue;
+        }
         match classify(&link, meta.as_ref()) {
             Err((what, hint)) => {
                 return Err(DumpError::Unsupported {
@@ -323,13 +339,18 @@ impl Kind for Files {
         for fd in procfs::fds(pid).map_err(DumpError::Proc)? {
             let link = procfs::link(pid, &format!("fd/{fd}")).map_err(DumpError::Proc)?;
             let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
-            let class =
-                classify(&link, meta.as_ref()).map_err(|(what, hint)| DumpError::Unsupported {
-                    pid,
-                    object: format!("fd {fd} ({link})"),
-                    what: format!("{what} is not supported yet"),
-                    hint: hint.to_string(),
-                })?;
+            let tty = shell_tty(pid, cx.files.shell_job, meta.as_ref());
+            let class = match tty {
+                Some(_) => Ok(Class::Reg),
+                None => classify(&link, meta.as_ref()),
+            };
+            let class = class.map_err(|(what, hint)| DumpError::Unsupported {
+                pid,
+                object: format!("fd {fd} ({link})"),
+                what: format!("{what} is not supported yet"),
+                hint: hint.to_string(),
+            })?;
+            let link = tty.unwrap_or(link);
             let text = procfs::read(pid, &format!("fdinfo/{fd}")).map_err(DumpError::Proc)?;
             let info = procfs::parse_fdinfo(&text).ok_or_else(|| {
                 DumpError::Proc(procfs::ProcError::Parse {
@@ -614,5 +635,24 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Res
         };
         return Ok(cx.take_from_cryo(local.as_raw_fd())? as i32);
     }
+    if reg.name == "/dev/tty" {
+        // A shell job's terminal: the one cryo runs on, by its real name (/dev/pts/N), as the
+        // program had it.
+        if let Some(p) = own_terminal() {
+            return cx.open(&p, flags);
+        }
+    }
     cx.open(&reg.name, flags)
+}
+
+/// The path of cryo's controlling terminal, when one of its stdio fds is on it.
+fn own_terminal() -> Option<String> {
+    let me = std::process::id() as i32;
+    let ctty = procfs::stat(me).ok()?.tty_nr as u64;
+    (0..3).find_map(|fd| {
+        let m = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()?;
+        (ctty != 0 && m.file_type().is_char_device() && m.rdev() == ctty)
+            .then(|| procfs::link(me, &format!("fd/{fd}")).ok())
+            .flatten()
+    })
 }

@@ -124,6 +124,8 @@ pub struct FileTable {
     pub memfd_inodes: Vec<pb::MemfdInodeEntry>,
     /// seccomp.img: every thread's filter chain, each filter once per chain position.
     pub seccomp: Vec<pb::SeccompFilter>,
+    /// `--shell-job`: fds on the controlling terminal are saved as `/dev/tty`.
+    pub shell_job: bool,
 }
 
 impl FileTable {

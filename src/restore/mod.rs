@@ -26,6 +26,9 @@ use crate::sys::remote::{Remote, RemoteError, SYSCALL_INSN};
 pub struct RestoreOpts {
     pub detach: bool,
     pub pidfile: Option<std::path::PathBuf>,
+    /// `--shell-job`: the tree joins cryo's session and terminal; without `detach` its
+    /// process group gets the terminal's foreground while cryo waits for it.
+    pub shell_job: bool,
 }
 
 /// Why a restore failed.
@@ -520,6 +523,44 @@ fn shape(
     Ok(())
 }
 
+/// Without `-d`, like criu: stay the parent until the restored root exits. A shell job had
+/// the terminal's foreground since before it was released (`run`); cryo takes it back.
+pub fn wait_for(root: i32, shell_job: bool) {
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(root), None);
+    if !shell_job {
+        return;
+    }
+    if let Ok(tty) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+    {
+        use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+        let mut ttou = SigSet::empty();
+        ttou.add(Signal::SIGTTOU);
+        let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&ttou), None);
+        let _ = nix::unistd::tcsetpgrp(&tty, nix::unistd::getpgrp());
+    }
+}
+
+/// Gives the foreground of cryo's terminal to the restored shell job's process group, before
+/// it runs (a background job reading the terminal would be stopped by SIGTTIN).
+fn foreground(root: i32) {
+    let Ok(tty) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+    else {
+        return;
+    };
+    let Ok(job) = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(root))) else {
+        return;
+    };
+    if let Err(e) = nix::unistd::tcsetpgrp(&tty, job) {
+        tracing::warn!("could not give the terminal to the restored job: {e}");
+    }
+}
+
 /// Turns a fresh puppet into the zombie `img` describes: it exits with the saved status
 /// (or dies of the saved signal, without a core file), and cryo, as its tracer, collects
 /// only the tracer's notification; the exit status stays for its restored parent.
@@ -764,6 +805,9 @@ pub fn run(
     // Everything exists and nothing runs yet: a failing hook still kills it all.
     hooks.notify("post-restore", Some(root))?;
     hooks.notify("pre-resume", None)?;
+    if opts.shell_job && !opts.detach {
+        foreground(root);
+    }
     // 5. Let them run: children and threads before their parents.
     for p in puppets.0.iter_mut().rev().filter(|p| !p.released) {
         p.tracee.detach(0).map_err(ptrace_err("PTRACE_DETACH"))?;
@@ -779,9 +823,5 @@ pub fn run(
         total_us: t0.elapsed().as_micros() as u64,
         remote_syscalls: sh.calls,
     };
-    if !opts.detach {
-        // Like criu without -d: stay the parent until the restored root exits.
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(root), None);
-    }
     Ok(report)
 }

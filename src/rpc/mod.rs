@@ -321,6 +321,7 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
     let opts = restore::RestoreOpts {
         detach: true,
         pidfile: None,
+        shell_job: o.shell_job == Some(true),
     };
     let mut n = hooks(&o, sk, images);
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
