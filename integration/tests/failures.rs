@@ -205,3 +205,81 @@ fn dump_interrupted_by_sigterm_releases_the_target_unharmed() {
     assert!(alive(pid));
     assert_eq!(memhog_sum(pid, &out), sum);
 }
+
+/// Failures around the newer kinds harm nothing either: a dump of the unix-socket program
+/// that fails after its sockets were read (queues peeked, peek offsets set back) leaves
+/// every queue intact for the program; a restore of a deleted-file program that fails late
+/// leaves no process and no recreated file behind.
+#[test]
+fn failures_with_sockets_and_ghost_files_harm_nothing() {
+    let dir = scratch("kindfault");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/unix_sockets.py");
+    let pid = spawn(
+        &["python3", script.to_str().unwrap(), dir.to_str().unwrap()],
+        &out,
+    );
+    let _g = KillOnDrop(pid);
+    wait_ready(&out);
+    for stage in ["memory", "write"] {
+        let o = cryo_env(
+            &[
+                "dump",
+                "-t",
+                &pid.to_string(),
+                "-D",
+                dir.join(format!("img-{stage}")).to_str().unwrap(),
+            ],
+            &[("CRYO_FAULT_INJECT", stage)],
+        );
+        assert!(!o.status.success() && alive(pid), "stage {stage}");
+    }
+    signal(pid, libc::SIGUSR1);
+    wait_for("the program's reads", 10, || {
+        lines(&out).iter().any(|l| l.starts_with("named"))
+    });
+    assert_eq!(
+        &lines(&out)[1..6],
+        [
+            "stream True b'to-a'",
+            "dgram b'one' b'two' b'three'",
+            "seqpacket b'pkt1' b'pkt2'",
+            "accepted b'hello server' True",
+            "pending b'late'",
+        ],
+        "a failed dump changed what the program reads from its sockets"
+    );
+
+    let gdir = scratch("ghostfault");
+    let gout = gdir.join("out");
+    let ghost = r#"
+import os, signal, sys
+p = sys.argv[1] + "/data.bin"
+with open(p, "wb") as f: f.write(b"x" * 1000)
+f = open(p, "rb")
+os.unlink(p)
+print("ready", flush=True)
+signal.pause()
+"#;
+    let gpid = spawn(&["python3", "-c", ghost, gdir.to_str().unwrap()], &gout);
+    let _g2 = KillOnDrop(gpid);
+    wait_ready(&gout);
+    let img = gdir.join("img");
+    dump(gpid, &img, &[]);
+    wait_gone(gpid);
+    for stage in ["files", "finish"] {
+        let o = cryo_env(
+            &["restore", "-D", img.to_str().unwrap(), "-d"],
+            &[("CRYO_FAULT_INJECT", stage)],
+        );
+        assert!(!o.status.success(), "stage {stage}");
+        wait_gone(gpid);
+        let left: Vec<String> = std::fs::read_dir(&gdir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("data") || n.contains("ghost"))
+            .collect();
+        assert!(left.is_empty(), "stage {stage}: left on disk: {left:?}");
+    }
+}
