@@ -288,6 +288,25 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
             hint: "start it with setsid, or pass --shell-job (-j) to dump and restore it into cryo's session".into(),
         });
     }
+    // Namespaces other than cryo's own are not restored yet: refuse rather than restore the
+    // tree into the wrong ones (files opened in another mount namespace, wrong hostname...).
+    for &(pid, _) in tree {
+        for ns in ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"] {
+            use std::os::unix::fs::MetadataExt;
+            let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
+            let theirs = ino(&format!("/proc/{pid}/ns/{ns}"));
+            if theirs.is_some() && theirs != ino(&format!("/proc/self/ns/{ns}")) {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    object: format!("{ns} namespace"),
+                    what: format!(
+                        "the process runs in its own {ns} namespace, which cryo cannot restore yet"
+                    ),
+                    hint: "containers and namespaces come with issue #4; run cryo inside the namespaces (nsenter) to dump what lives there".into(),
+                });
+            }
+        }
+    }
     for &(pid, ppid) in tree {
         let st = procfs::stat(pid)?;
         if st.state == 'X' || (st.state == 'Z' && pid == root) {
