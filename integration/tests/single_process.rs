@@ -377,3 +377,40 @@ fn shell_job_moves_to_another_terminal() {
     let link = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
     assert!(link.to_string_lossy().starts_with("/dev/pts/"), "{link:?}");
 }
+
+/// A process in a UTS namespace of its own (with its own hostname) is restored into a new
+/// UTS namespace with the same hostname; the host's is untouched.
+#[test]
+fn uts_namespace_keeps_its_hostname() {
+    let dir = scratch("uts");
+    let out = dir.join("out");
+    let script = r#"
+import os, signal, socket
+socket.sethostname("cryo-uts-test")
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+print("ready", flush=True)
+signal.sigwait([signal.SIGUSR1])
+print(socket.gethostname(), flush=True)
+"#;
+    let pid = spawn(&["unshare", "-u", "python3", "-c", script], &out);
+    let _g = KillOnDrop(pid);
+    wait_ready(&out);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    restore(&img);
+    let ns = |p: &str| std::fs::read_link(p).unwrap();
+    assert_ne!(
+        ns(&format!("/proc/{pid}/ns/uts")),
+        ns("/proc/self/ns/uts"),
+        "restored into the host's UTS namespace"
+    );
+    signal(pid, libc::SIGUSR1);
+    wait_for("the hostname", 10, || lines(&out).len() == 2);
+    assert_eq!(lines(&out)[1], "cryo-uts-test");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
+        host
+    );
+}

@@ -291,7 +291,8 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     // Namespaces other than cryo's own are not restored yet: refuse rather than restore the
     // tree into the wrong ones (files opened in another mount namespace, wrong hostname...).
     for &(pid, _) in tree {
-        for ns in ["mnt", "pid", "net", "ipc", "uts", "user", "cgroup", "time"] {
+        // UTS is restored (kinds/ns.rs); the others not yet.
+        for ns in ["mnt", "pid", "net", "ipc", "user", "cgroup", "time"] {
             use std::os::unix::fs::MetadataExt;
             let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
             let theirs = ino(&format!("/proc/{pid}/ns/{ns}"));
@@ -490,6 +491,7 @@ fn dump_process(
         kinds::signals::Signals::dump(&mut cx, img)?;
         fault_point("parasite")?;
         kinds::misc::Misc::dump(&mut cx, img)?;
+        kinds::ns::dump_uts(&mut cx, img)?;
         kinds::creds::Creds::dump(&mut cx, img)?;
         kinds::timers::Timers::dump(&mut cx, img)?;
         kinds::rlimits::Rlimits::dump(&mut cx, img)?;
@@ -685,6 +687,13 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         dir.write_with_data("pipes-data.img", image::PIPES_DATA, &files.pipe_data)?;
     }
     kinds::ghost::write(dir, files)?;
+    for (id, e) in &files.utsns {
+        dir.write(
+            &format!("utsns-{id}.img"),
+            image::UTSNS,
+            std::slice::from_ref(e),
+        )?;
+    }
     if !files.memfd_inodes.is_empty() {
         dir.write("memfd.img", image::MEMFD_INODE, &files.memfd_inodes)?;
     }

@@ -253,7 +253,7 @@ pub fn task_ids(pid: i32, obj: u32) -> Result<pb::TaskKobjIdsEntry, procfs::Proc
 }
 
 /// A small stable id for a namespace inode (namespace inodes are 0xF0000000 + n).
-fn ns_id(ino: u64) -> u32 {
+pub fn ns_id(ino: u64) -> u32 {
     (ino & 0x0fff_ffff) as u32
 }
 

@@ -15,6 +15,7 @@ pub mod inotify;
 pub mod memfd;
 pub mod memory;
 pub mod misc;
+pub mod ns;
 pub mod pipes;
 pub mod regs;
 pub mod rlimits;
@@ -126,6 +127,8 @@ pub struct FileTable {
     pub seccomp: Vec<pb::SeccompFilter>,
     /// `--shell-job`: fds on the controlling terminal are saved as `/dev/tty`.
     pub shell_job: bool,
+    /// utsns-ID.img: the names of each UTS namespace of the tree that is not cryo's.
+    pub utsns: Vec<(u32, pb::UtsnsEntry)>,
 }
 
 impl FileTable {

@@ -376,6 +376,16 @@ fn shape(
         from = from.max(e);
     }
 
+    // Its UTS namespace, if it is not the one it inherits (children then inherit it).
+    let uts_now = if idx == 0 {
+        kinds::ns::own_ns_id("uts")
+    } else {
+        sh.tasks
+            .iter()
+            .find(|t| t.pid == img.pstree.ppid)
+            .and_then(|p| p.ids.uts_ns_id)
+    };
+    kinds::ns::restore_uts(&mut cx, img, uts_now)?;
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
     let shares_table = idx != 0
         && sh
