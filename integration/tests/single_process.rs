@@ -378,8 +378,9 @@ fn shell_job_moves_to_another_terminal() {
     assert!(link.to_string_lossy().starts_with("/dev/pts/"), "{link:?}");
 }
 
-/// A process in a UTS namespace of its own (with its own hostname) is restored into a new
-/// UTS namespace with the same hostname; the host's is untouched.
+/// A process in UTS and IPC namespaces of its own (with its own hostname) is restored into
+/// new ones, with the same hostname; the host's is untouched. An IPC namespace holding a
+/// SysV object is refused.
 #[test]
 fn uts_namespace_keeps_its_hostname() {
     let dir = scratch("uts");
@@ -392,7 +393,7 @@ print("ready", flush=True)
 signal.sigwait([signal.SIGUSR1])
 print(socket.gethostname(), flush=True)
 "#;
-    let pid = spawn(&["unshare", "-u", "python3", "-c", script], &out);
+    let pid = spawn(&["unshare", "-u", "-i", "python3", "-c", script], &out);
     let _g = KillOnDrop(pid);
     wait_ready(&out);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
@@ -401,11 +402,13 @@ print(socket.gethostname(), flush=True)
     wait_gone(pid);
     restore(&img);
     let ns = |p: &str| std::fs::read_link(p).unwrap();
-    assert_ne!(
-        ns(&format!("/proc/{pid}/ns/uts")),
-        ns("/proc/self/ns/uts"),
-        "restored into the host's UTS namespace"
-    );
+    for kind in ["uts", "ipc"] {
+        assert_ne!(
+            ns(&format!("/proc/{pid}/ns/{kind}")),
+            ns(&format!("/proc/self/ns/{kind}")),
+            "restored into the host's {kind} namespace"
+        );
+    }
     signal(pid, libc::SIGUSR1);
     wait_for("the hostname", 10, || lines(&out).len() == 2);
     assert_eq!(lines(&out)[1], "cryo-uts-test");

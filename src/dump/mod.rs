@@ -291,8 +291,8 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     // Namespaces other than cryo's own are not restored yet: refuse rather than restore the
     // tree into the wrong ones (files opened in another mount namespace, wrong hostname...).
     for &(pid, _) in tree {
-        // UTS is restored (kinds/ns.rs); the others not yet.
-        for ns in ["mnt", "pid", "net", "ipc", "user", "cgroup", "time"] {
+        // UTS and (empty) IPC are restored (kinds/ns.rs); the others not yet.
+        for ns in ["mnt", "pid", "net", "user", "cgroup", "time"] {
             use std::os::unix::fs::MetadataExt;
             let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
             let theirs = ino(&format!("/proc/{pid}/ns/{ns}"));
@@ -492,6 +492,7 @@ fn dump_process(
         fault_point("parasite")?;
         kinds::misc::Misc::dump(&mut cx, img)?;
         kinds::ns::dump_uts(&mut cx, img)?;
+        kinds::ns::check_ipc(&mut cx, img)?;
         kinds::creds::Creds::dump(&mut cx, img)?;
         kinds::timers::Timers::dump(&mut cx, img)?;
         kinds::rlimits::Rlimits::dump(&mut cx, img)?;

@@ -1,12 +1,13 @@
-//! Namespaces a tree owns (issue #4, first piece): the UTS namespace — hostname and
-//! domainname — saved once per namespace as `utsns-ID.img`, where ID is the namespace id of
-//! `ids-PID.img` (`uts_ns_id`).
+//! Namespaces a tree owns (issue #4, first pieces):
+//! - UTS: hostname and domainname, saved once per namespace as `utsns-ID.img` (ID is the
+//!   `uts_ns_id` of `ids-PID.img`), read with `uname` run inside the task;
+//! - IPC: an IPC namespace holding no System V objects (checked inside the task with
+//!   `shmctl(SHM_INFO)`, `semctl(SEM_INFO)`, `msgctl(MSG_INFO)`); one holding some is refused.
 //!
-//! Dump reads the names with `uname` run inside the task. Restore gives a task a new UTS
-//! namespace (`unshare(CLONE_NEWUTS)` + `sethostname`/`setdomainname`, inside the puppet)
+//! Restore gives a task a new namespace (`unshare` inside the puppet, then the UTS names)
 //! when its namespace differs from the one it inherits: cryo's for the root, its parent's
-//! for a child; children forked afterwards inherit it. Other namespaces are still refused
-//! by `dump::precheck`.
+//! for a child; children forked afterwards inherit it. Other namespaces are still refused by
+//! `dump::precheck`.
 
 use std::os::unix::fs::MetadataExt;
 
@@ -14,6 +15,9 @@ use super::{DumpCx, RestoreCx, TaskImages};
 use crate::dump::DumpError;
 use crate::image::{self, pb};
 use crate::restore::RestoreError;
+
+/// `SHM_INFO` (linux/shm.h; not in the libc crate).
+const SHM_INFO: u64 = 14;
 
 /// The namespace id cryo itself has for `kind` ("uts", ...), as `task_ids` computes ids.
 pub fn own_ns_id(kind: &str) -> Option<u32> {
@@ -60,6 +64,85 @@ pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
         },
     ));
     Ok(())
+}
+
+/// Refuses an IPC namespace of the tree (not cryo's) that holds System V objects.
+pub fn check_ipc(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> {
+    let Some(id) = img.ids.ipc_ns_id else {
+        return Ok(());
+    };
+    if Some(id) == own_ns_id("ipc") {
+        return Ok(());
+    }
+    let pid = cx.pid;
+    let p = cx.remote()?;
+    let buf = p
+        .scratch(64 * 1024)
+        .map_err(|e| DumpError::remote(pid, e))?;
+    // SHM_INFO: shm_info.used_ids (1st int); SEM_INFO: seminfo.semusz (8th int, the number
+    // of sets); MSG_INFO: msginfo.msgpool (1st int, the number of queues).
+    let mut count = |what: &'static str, nr: i64, args: [u64; 6], word: usize| {
+        p.remote
+            .call(what, nr, args)
+            .map_err(|e| DumpError::remote(pid, e))?;
+        let mut w = [0u8; 4];
+        crate::sys::mem::vm_read(pid, &mut w, &[(buf + 4 * word as u64, 4)]).map_err(|source| {
+            DumpError::Memory {
+                pid,
+                addr: buf,
+                what: "reading IPC info",
+                source,
+            }
+        })?;
+        Ok::<i32, DumpError>(i32::from_ne_bytes(w))
+    };
+    let shm = count(
+        "shmctl(SHM_INFO)",
+        libc::SYS_shmctl,
+        [0, SHM_INFO, buf, 0, 0, 0],
+        0,
+    )?;
+    let sem = count(
+        "semctl(SEM_INFO)",
+        libc::SYS_semctl,
+        [0, 0, libc::SEM_INFO as u64, buf, 0, 0],
+        7,
+    )?;
+    let msg = count(
+        "msgctl(MSG_INFO)",
+        libc::SYS_msgctl,
+        [0, libc::MSG_INFO as u64, buf, 0, 0, 0],
+        0,
+    )?;
+    if shm + sem + msg > 0 {
+        return Err(DumpError::Unsupported {
+            pid,
+            object: "ipc namespace".into(),
+            what: format!(
+                "it holds System V IPC objects ({shm} shared memory segments, {sem} semaphore sets, {msg} message queues)"
+            ),
+            hint: "SysV IPC contents come with issue #4".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Gives the puppet a new, empty IPC namespace when `img`'s differs from the inherited one.
+pub fn restore_ipc(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    inherited: Option<u32>,
+) -> Result<(), RestoreError> {
+    match img.ids.ipc_ns_id {
+        Some(id) if Some(id) != inherited => cx
+            .sys(
+                "unshare(CLONE_NEWIPC)",
+                libc::SYS_unshare,
+                [libc::CLONE_NEWIPC as u64, 0, 0, 0, 0, 0],
+            )
+            .map(|_| ()),
+        _ => Ok(()),
+    }
 }
 
 /// Gives the puppet a new UTS namespace with the saved names when `img`'s differs from the

@@ -376,16 +376,18 @@ fn shape(
         from = from.max(e);
     }
 
-    // Its UTS namespace, if it is not the one it inherits (children then inherit it).
-    let uts_now = if idx == 0 {
-        kinds::ns::own_ns_id("uts")
-    } else {
-        sh.tasks
-            .iter()
-            .find(|t| t.pid == img.pstree.ppid)
-            .and_then(|p| p.ids.uts_ns_id)
+    // Its UTS and IPC namespaces, if not the ones it inherits (children then inherit them).
+    let parent_ids = sh
+        .tasks
+        .iter()
+        .find(|t| idx != 0 && t.pid == img.pstree.ppid)
+        .map(|p| p.ids);
+    let (uts_now, ipc_now) = match parent_ids {
+        Some(p) => (p.uts_ns_id, p.ipc_ns_id),
+        None => (kinds::ns::own_ns_id("uts"), kinds::ns::own_ns_id("ipc")),
     };
     kinds::ns::restore_uts(&mut cx, img, uts_now)?;
+    kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
     let shares_table = idx != 0
         && sh
