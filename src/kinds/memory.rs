@@ -26,7 +26,7 @@ use crate::procfs::Vma;
 use crate::restore::RestoreError;
 use crate::sys::mem::{self, page_is, Mapping};
 use crate::sys::PAGE_SIZE;
-use xxhash_rust::xxh3::Xxh3;
+use twox_hash::XxHash3_128;
 
 /// `vma_entry.status` bits (CRIU's VMA_AREA_* / VMA_* values).
 pub mod status {
@@ -489,7 +489,7 @@ fn write_pages(
                 let start = b as u64 * BLOCK as u64;
                 let end = (start + BLOCK as u64).min(total);
                 let len = (end - start) as usize;
-                let mut h = Xxh3::new();
+                let mut h = XxHash3_128::new();
                 let mut at = start;
                 let mut r = Ok(());
                 while at < end && r.is_ok() {
@@ -503,14 +503,14 @@ fn write_pages(
                         &mut buf[o..o + step as usize],
                         mem_file,
                     );
-                    h.update(&buf[o..o + step as usize]);
+                    h.write(&buf[o..o + step as usize]);
                     at += step;
                 }
                 if let Err(e) = r {
                     fail(e);
                     break;
                 }
-                digests.lock().expect("lock")[b] = format!("{:032x}", h.digest128());
+                digests.lock().expect("lock")[b] = format!("{:032x}", h.finish_128());
                 if full_tx.send((b, buf, len)).is_err() {
                     break;
                 }
