@@ -927,34 +927,39 @@ fn uffd_fill(
         }
     };
     let mut registered = Vec::new();
-    let mut r = Ok(());
     for &vi in fill {
         let v = &vmas[vi];
-        match uffd.register(v.start, v.end - v.start) {
-            Ok(()) => registered.push(v),
-            Err(source) => {
-                r = Err(RestoreError::Memory {
-                    addr: v.start,
-                    source,
-                });
-                break;
+        if let Err(e) = uffd.register(v.start, v.end - v.start) {
+            tracing::info!(
+                "memory: cannot register {:#x}-{:#x} with userfaultfd ({e}); filling with preadv/process_vm_writev",
+                v.start,
+                v.end
+            );
+            for v in registered {
+                unregister(&uffd, v)?;
             }
+            return Ok(false);
         }
+        registered.push(v);
     }
-    if r.is_ok() {
-        r = uffd_copy_all(&uffd, items, bytes);
-    }
-    // Nothing may stay registered: a later access to a missing page would fail.
+    let mut r = uffd_copy_all(&uffd, items, bytes);
+    // Unregister everything (closing the last fd would too, but an error shows here): a
+    // user-mode access to a page still missing would wait for a handler that is not there.
     for v in registered {
-        let u = uffd.unregister(v.start, v.end - v.start);
-        if let (Ok(()), Err(source)) = (&r, u) {
-            r = Err(RestoreError::Memory {
-                addr: v.start,
-                source,
-            });
+        let u = unregister(&uffd, v);
+        if r.is_ok() {
+            r = u;
         }
     }
     r.map(|()| true)
+}
+
+fn unregister(uffd: &mem::Uffd, v: &pb::VmaEntry) -> Result<(), RestoreError> {
+    uffd.unregister(v.start, v.end - v.start)
+        .map_err(|source| RestoreError::Memory {
+            addr: v.start,
+            source,
+        })
 }
 
 /// Runs `UFFDIO_COPY` for every item, on one thread per CPU (this one included).
