@@ -7,9 +7,10 @@
 //! CPU, hashing each block for the manifest as it goes.
 //!
 //! Restore maps every VMA at its address in the puppet (remote `mmap`), maps a fresh vDSO at
-//! the dumped address, fills pages with `process_vm_writev` from a read-only mapping of the
-//! pages image (one worker per CPU), then sets final protections, madvise bits and the mm
-//! fields (`PR_SET_MM_MAP`).
+//! the dumped address, fills pages from a read-only mapping of the pages image (anonymous
+//! private VMAs with `UFFDIO_COPY` through the puppet's userfaultfd, the rest with the
+//! puppet's `preadv` plus `process_vm_writev`; one worker per CPU), then sets final
+//! protections, madvise bits and the mm fields (`PR_SET_MM_MAP`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -25,7 +26,7 @@ use crate::procfs::Vma;
 use crate::restore::RestoreError;
 use crate::sys::mem::{self, page_is, Mapping};
 use crate::sys::PAGE_SIZE;
-use xxhash_rust::xxh3::Xxh3;
+use twox_hash::XxHash3_128;
 
 /// `vma_entry.status` bits (CRIU's VMA_AREA_* / VMA_* values).
 pub mod status {
@@ -614,7 +615,7 @@ fn write_pages(
                 let start = b as u64 * BLOCK as u64;
                 let end = (start + BLOCK as u64).min(total);
                 let len = (end - start) as usize;
-                let mut h = Xxh3::new();
+                let mut h = XxHash3_128::new();
                 let mut at = start;
                 let mut r = Ok(());
                 while at < end && r.is_ok() {
@@ -628,14 +629,14 @@ fn write_pages(
                         &mut buf[o..o + step as usize],
                         mem_file,
                     );
-                    h.update(&buf[o..o + step as usize]);
+                    h.write(&buf[o..o + step as usize]);
                     at += step;
                 }
                 if let Err(e) = r {
                     fail(e);
                     break;
                 }
-                digests.lock().expect("lock")[b] = format!("{:032x}", h.digest128());
+                digests.lock().expect("lock")[b] = format!("{:032x}", h.finish_128());
                 if full_tx.send((b, buf, len)).is_err() {
                     break;
                 }
@@ -786,7 +787,103 @@ fn map_vdso(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError
     )))
 }
 
+/// Work item: up to `BLOCK` bytes of consecutive image data, as (image offset, remote ranges).
+type Item = (usize, Vec<(u64, usize)>);
+
+/// Builds work items from consecutive pieces of image data.
+#[derive(Default)]
+struct Items {
+    items: Vec<Item>,
+    /// Image offset just past the last item's data.
+    end: usize,
+    /// Bytes in the last item.
+    cur: usize,
+}
+
+impl Items {
+    /// Adds `len` bytes of image data at `off`, for remote address `addr`.
+    fn push(&mut self, mut off: usize, mut addr: u64, mut len: usize) {
+        while len > 0 {
+            let full = self
+                .items
+                .last()
+                .is_none_or(|i| self.cur >= BLOCK || i.1.len() >= 1024 || self.end != off);
+            if full {
+                self.items.push((off, Vec::new()));
+                self.cur = 0;
+            }
+            let take = len.min(BLOCK - self.cur);
+            self.items.last_mut().expect("pushed").1.push((addr, take));
+            addr += take as u64;
+            off += take;
+            len -= take;
+            self.cur += take;
+            self.end = off;
+        }
+    }
+}
+
+/// Which anonymous VMAs a page fault would back with transparent huge pages (from
+/// /sys/kernel/mm/transparent_hugepage: the PMD mode and the multi-size THP modes).
+struct Thp {
+    /// Some size is enabled for every VMA ("always").
+    always: bool,
+    /// Some size is enabled for `MADV_HUGEPAGE` VMAs ("always" or "madvise").
+    madvise: bool,
+}
+
+impl Thp {
+    fn read() -> Thp {
+        let dir = std::path::Path::new("/sys/kernel/mm/transparent_hugepage");
+        let mode = |p: &std::path::Path| {
+            let s = std::fs::read_to_string(p).unwrap_or_default();
+            let sel = s.split('[').nth(1).and_then(|r| r.split(']').next());
+            sel.unwrap_or("never").to_string()
+        };
+        let top = mode(&dir.join("enabled"));
+        let mut modes = vec![top.clone()];
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("hugepages-") {
+                    let m = mode(&e.path().join("enabled"));
+                    modes.push(if m == "inherit" { top.clone() } else { m });
+                }
+            }
+        }
+        Thp {
+            always: modes.iter().any(|m| m == "always"),
+            madvise: modes.iter().any(|m| m == "always" || m == "madvise"),
+        }
+    }
+
+    /// Would a write fault in `v` (after its madvise bits are replayed) allocate a THP?
+    fn on_fault(&self, v: &pb::VmaEntry, thp_disabled: bool) -> bool {
+        let madv = v.madv.unwrap_or(0);
+        let hg = madv & (1 << libc::MADV_HUGEPAGE) != 0;
+        let nh = madv & (1 << libc::MADV_NOHUGEPAGE) != 0;
+        !thp_disabled && !nh && (self.always || (hg && self.madvise))
+    }
+}
+
+/// The puppet's userfaultfd, taken into cryo.
+fn open_uffd(cx: &mut RestoreCx<'_>) -> Result<mem::Uffd, RestoreError> {
+    let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | mem::UFFD_USER_MODE_ONLY;
+    let fd = cx.sys("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?;
+    let taken = crate::sys::fd::pidfd_open(cx.pid)
+        .and_then(|p| crate::sys::fd::pidfd_getfd(std::os::fd::AsFd::as_fd(&p), fd as i32));
+    cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    let addr = 0;
+    let taken = taken.map_err(|source| RestoreError::Memory { addr, source })?;
+    mem::Uffd::new(taken).map_err(|source| RestoreError::Memory { addr, source })
+}
+
 /// Writes every page run into the puppet, from a mapping of the pages image.
+///
+/// Pages of anonymous private VMAs are written with `UFFDIO_COPY` by one cryo thread per CPU:
+/// it allocates each page and copies into it, without zeroing it first and without a page
+/// fault. The rest (file-private VMAs; VMAs where a fault would allocate a transparent huge
+/// page, so they get one as before; everything when userfaultfd is not available) is read by
+/// the puppet itself (`preadv`) while the other CPUs push with `process_vm_writev`.
 fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
     if img.pagemap.is_empty() {
         return Ok(());
@@ -817,51 +914,66 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
     }
     let map = Mapping::file_ro(&f, need as usize).map_err(|e| io("mmap", e))?;
     map.advise(libc::MADV_SEQUENTIAL);
-    // Work items: up to BLOCK bytes of consecutive image data, as (image offset, remote ranges).
-    let mut items: Vec<(usize, Vec<(u64, usize)>)> = Vec::new();
-    let special: Vec<(u64, u64)> = img
-        .mm
-        .vmas
-        .iter()
-        .filter(|v| v.status & (status::VDSO | status::VVAR | status::VSYSCALL) != 0)
-        .map(|v| (v.start, v.end))
-        .collect();
+    let vmas = &img.mm.vmas;
+    let thp = Thp::read();
+    let thp_disabled = img.mm.thp_disabled == Some(true);
+    let special =
+        |v: &pb::VmaEntry| v.status & (status::VDSO | status::VVAR | status::VSYSCALL) != 0;
+    let by_uffd = |v: &pb::VmaEntry| {
+        v.status & status::ANON_PRIVATE != 0 && !special(v) && !thp.on_fault(v, thp_disabled)
+    };
+    // Split the data by the VMA it goes to: `fast` for UFFDIO_COPY, `slow` for the rest.
+    let (mut fast, mut slow) = (Items::default(), Items::default());
+    let mut fast_vmas: Vec<usize> = Vec::new();
     let mut off = 0usize; // image offset of the next entry's data
-    let mut cur = BLOCK; // bytes in the last item; BLOCK forces a new item
     let mut cow_runs: Vec<(usize, u64, usize)> = Vec::new(); // (image offset, addr, len)
+                                                             // A small process (most of a process tree) is filled from cryo's thread alone: setting
+                                                             // up a userfaultfd or workers would cost more than the copy.
+    let small = need <= SMALL_FILL;
     for p in &img.pagemap {
         if p.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
             continue;
         }
         let mut addr = p.vaddr;
         let mut left = (p.nr_pages.unwrap_or(p.compat_nr_pages as u64) * PAGE_SIZE) as usize;
-        if special.iter().any(|&(s, e)| addr >= s && addr < e) {
-            off += left; // the fresh vDSO already has this content
-            cur = BLOCK; // data of the next item is not contiguous with the last one
-            continue;
-        }
-        if cx.cow.iter().any(|&(s, e)| addr >= s && addr < e) {
-            cow_runs.push((off, addr, left)); // written only where it differs, below
-            off += left;
-            cur = BLOCK;
-            continue;
-        }
         while left > 0 {
-            if cur >= BLOCK || items.last().is_some_and(|i| i.1.len() >= 1024) {
-                items.push((off, Vec::new()));
-                cur = 0;
+            let vi = vmas.partition_point(|v| v.end <= addr);
+            let Some(v) = vmas.get(vi).filter(|v| v.start <= addr) else {
+                return Err(RestoreError::BadImage(format!(
+                    "pagemap-{}.img: pages at {addr:#x} lie outside every mapping",
+                    img.pid
+                )));
+            };
+            let take = left.min((v.end - addr) as usize);
+            if special(v) {
+                // the fresh vDSO already has this content
+            } else if cx.cow.contains(&(v.start, v.end)) {
+                cow_runs.push((off, addr, take)); // written only where it differs, below
+            } else if !small && by_uffd(v) {
+                if fast_vmas.last() != Some(&vi) {
+                    fast_vmas.push(vi);
+                }
+                fast.push(off, addr, take);
+            } else {
+                slow.push(off, addr, take);
             }
-            let take = left.min(BLOCK - cur);
-            items.last_mut().expect("pushed").1.push((addr, take));
             addr += take as u64;
             off += take;
-            cur += take;
             left -= take;
         }
     }
-    let pid = cx.pid;
+    crate::progress::start(need);
     let bytes = map.bytes();
-    if need <= SMALL_FILL {
+    if !fast.items.is_empty() {
+        match uffd_fill(cx, vmas, &fast_vmas, &fast.items, bytes) {
+            Ok(true) => {}
+            Ok(false) => slow.items.append(&mut fast.items), // no userfaultfd here
+            Err(e) => return Err(e),
+        }
+    }
+    let items = slow.items;
+    let pid = cx.pid;
+    if small {
         // A small process (most of a process tree): one process_vm_writev per item from
         // here costs less than opening the image in the puppet and starting workers.
         for (o, ranges) in &items {
@@ -879,13 +991,12 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
     }
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<RestoreError>> = Mutex::new(None);
-    crate::progress::start(need);
     // The puppet itself reads its share with preadv (native page faults are cheaper than
     // process_vm_writev's), driven from this thread, which is its tracer; the other CPUs
     // push theirs with process_vm_writev. Both take items from one queue.
     let img_fd = match path.to_str() {
-        Some(p) => Some(cx.open(p, libc::O_RDONLY as u32)?),
-        None => None, // a non-UTF-8 path: the helpers do it all
+        Some(p) if !items.is_empty() => Some(cx.open(p, libc::O_RDONLY as u32)?),
+        _ => None, // nothing left, or a non-UTF-8 path: the helpers do it all
     };
     let helpers = if img_fd.is_some() {
         workers() - 1
@@ -1007,6 +1118,107 @@ fn write_differing(
         }
     }
     Ok(written)
+}
+
+/// Fills `items` (all in the VMAs `fill`) with `UFFDIO_COPY` from `bytes`, one thread per
+/// CPU. `Ok(false)` when the puppet cannot have a userfaultfd (nothing was written then).
+fn uffd_fill(
+    cx: &mut RestoreCx<'_>,
+    vmas: &[pb::VmaEntry],
+    fill: &[usize],
+    items: &[Item],
+    bytes: &[u8],
+) -> Result<bool, RestoreError> {
+    let uffd = match open_uffd(cx) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::info!("memory: no userfaultfd ({e}); filling with preadv/process_vm_writev");
+            return Ok(false);
+        }
+    };
+    let mut registered = Vec::new();
+    for &vi in fill {
+        let v = &vmas[vi];
+        if let Err(e) = uffd.register(v.start, v.end - v.start) {
+            tracing::info!(
+                "memory: cannot register {:#x}-{:#x} with userfaultfd ({e}); filling with preadv/process_vm_writev",
+                v.start,
+                v.end
+            );
+            for v in registered {
+                unregister(&uffd, v)?;
+            }
+            return Ok(false);
+        }
+        registered.push(v);
+    }
+    let mut r = uffd_copy_all(&uffd, items, bytes);
+    // Unregister everything (closing the last fd would too, but an error shows here): a
+    // user-mode access to a page still missing would wait for a handler that is not there.
+    for v in registered {
+        let u = unregister(&uffd, v);
+        if r.is_ok() {
+            r = u;
+        }
+    }
+    r.map(|()| true)
+}
+
+fn unregister(uffd: &mem::Uffd, v: &pb::VmaEntry) -> Result<(), RestoreError> {
+    uffd.unregister(v.start, v.end - v.start)
+        .map_err(|source| RestoreError::Memory {
+            addr: v.start,
+            source,
+        })
+}
+
+/// Runs `UFFDIO_COPY` for every item, on one thread per CPU (this one included).
+fn uffd_copy_all(uffd: &mem::Uffd, items: &[Item], bytes: &[u8]) -> Result<(), RestoreError> {
+    let next = AtomicUsize::new(0);
+    let first_err: Mutex<Option<RestoreError>> = Mutex::new(None);
+    let work = |main: bool| loop {
+        if first_err.lock().expect("lock").is_some() {
+            break;
+        }
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some((o, ranges)) = items.get(i) else {
+            break;
+        };
+        if main {
+            if let Some(sig) = crate::sys::proc::interrupted() {
+                first_err
+                    .lock()
+                    .expect("lock")
+                    .get_or_insert(RestoreError::Interrupted {
+                        sig,
+                        stage: "memory".into(),
+                    });
+                break;
+            }
+        }
+        let mut o = *o;
+        for &(addr, len) in ranges {
+            if let Err(source) = uffd.copy(addr, &bytes[o..o + len]) {
+                first_err
+                    .lock()
+                    .expect("lock")
+                    .get_or_insert(RestoreError::Memory { addr, source });
+                return;
+            }
+            o += len;
+        }
+        crate::progress::advance((o - items[i].0) as u64);
+    };
+    std::thread::scope(|s| {
+        for _ in 1..workers().min(items.len()) {
+            s.spawn(|| work(false));
+        }
+        work(true);
+    });
+    match first_err.into_inner().expect("lock") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Makes the puppet read image bytes at `off` into its own memory `ranges` (preadv).

@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::cvt;
 
@@ -94,6 +94,110 @@ fn transfer(
         }
     }
     Ok(())
+}
+
+/// `userfaultfd(2)` flag: handle only faults from user mode (kernel accesses to a missing page
+/// in a registered range fail instead of waiting for a handler).
+pub const UFFD_USER_MODE_ONLY: u64 = 1;
+
+const UFFD_API: u64 = 0xAA;
+/// `_IOWR(0xAA, 0x3F, struct uffdio_api)`.
+const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
+/// `_IOWR(0xAA, 0x00, struct uffdio_register)`.
+const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
+/// `_IOR(0xAA, 0x01, struct uffdio_range)`.
+const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_AA01;
+/// `_IOWR(0xAA, 0x03, struct uffdio_copy)`.
+const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
+
+/// A userfaultfd of another process (made inside it, taken with `pidfd_getfd`): registration
+/// and `UFFDIO_COPY` act on that process's address space, with sources in cryo's own memory.
+/// Used to fill fresh anonymous memory: `UFFDIO_COPY` allocates each page and copies into it
+/// directly (no zeroing, no page faults).
+pub struct Uffd {
+    fd: OwnedFd,
+}
+
+impl Uffd {
+    /// Takes `fd` (a new userfaultfd) and does the `UFFDIO_API` handshake (no features).
+    pub fn new(fd: OwnedFd) -> io::Result<Uffd> {
+        // struct uffdio_api: api, features, ioctls
+        let mut api = [UFFD_API, 0u64, 0u64];
+        // SAFETY: `api` is a valid struct uffdio_api the kernel reads and writes.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, api.as_mut_ptr()) };
+        cvt(r as libc::c_long)?;
+        if api[2] & (1 << 0x3F) == 0 {
+            return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+        }
+        Ok(Uffd { fd })
+    }
+
+    /// `UFFDIO_REGISTER` (missing-page mode) of `[start, start + len)` in the owner's memory.
+    /// Until [`Uffd::unregister`], a user-mode access to a missing page there blocks.
+    pub fn register(&self, start: u64, len: u64) -> io::Result<()> {
+        // struct uffdio_register: range (start, len), mode, ioctls
+        let mut reg = [start, len, UFFDIO_REGISTER_MODE_MISSING, 0u64];
+        // SAFETY: `reg` is a valid struct uffdio_register the kernel reads and writes.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER as _, reg.as_mut_ptr()) };
+        cvt(r as libc::c_long)?;
+        if reg[3] & (1 << 0x03) == 0 {
+            let _ = self.unregister(start, len);
+            return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+        }
+        Ok(())
+    }
+
+    /// `UFFDIO_UNREGISTER` of `[start, start + len)`.
+    pub fn unregister(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut range = [start, len];
+        // SAFETY: `range` is a valid struct uffdio_range.
+        let r = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                UFFDIO_UNREGISTER as _,
+                range.as_mut_ptr(),
+            )
+        };
+        cvt(r as libc::c_long).map(|_| ())
+    }
+
+    /// `UFFDIO_COPY`: `src` into the owner's registered memory at `dst` (page aligned, pages
+    /// not present yet). Warning: writes another process's memory.
+    pub fn copy(&self, dst: u64, src: &[u8]) -> io::Result<()> {
+        let mut done = 0usize;
+        while done < src.len() {
+            // dst, src, len, mode, copy (bytes copied or -errno, set by the kernel)
+            let mut c = [
+                dst + done as u64,
+                src[done..].as_ptr() as u64,
+                (src.len() - done) as u64,
+                UFFDIO_COPY_MODE_DONTWAKE,
+                0u64,
+            ];
+            // SAFETY: `c` is a valid struct uffdio_copy whose source lies inside `src`, which
+            // the kernel only reads; the destination is in another address space.
+            let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY as _, c.as_mut_ptr()) };
+            let r = cvt(r as libc::c_long);
+            let copied = c[4] as i64;
+            match r {
+                Ok(_) if copied > 0 => done += copied as usize,
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "UFFDIO_COPY copied nothing",
+                    ))
+                }
+                // Partial copy (for example a pending signal): go on from there.
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && copied > 0 => {
+                    done += copied as usize
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Page categories of the `PAGEMAP_SCAN` ioctl (linux/fs.h).
