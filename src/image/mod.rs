@@ -199,6 +199,7 @@ impl ImageDir {
     pub fn create_file(&self, name: &str) -> Result<File, ImageError> {
         let path = self.file(name);
         OpenOptions::new()
+            .read(true) // the pages image is also mapped read-write
             .write(true)
             .create(true)
             .truncate(true)

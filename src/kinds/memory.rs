@@ -520,12 +520,84 @@ fn check_addr(got: u64, v: &pb::VmaEntry) -> Result<(), RestoreError> {
     Ok(())
 }
 
+/// `write_pages` through a shared mapping of the image: every worker copies its blocks
+/// straight into the page cache (`process_vm_readv` into the mapping), so page-cache pages
+/// are populated by all CPUs at once instead of by one writer.
+fn write_pages_mapped(
+    pid: i32,
+    file: &File,
+    path: &std::path::Path,
+    runs: &[Run],
+    total: u64,
+    mem_file: Option<&File>,
+) -> Result<FileDigest, DumpError> {
+    let io = |op, source| {
+        DumpError::Image(crate::image::ImageError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        })
+    };
+    file.set_len(total).map_err(|e| io("ftruncate", e))?;
+    let mut map = Mapping::file_rw(file, total as usize).map_err(|e| io("mmap", e))?;
+    let nblocks = total.div_ceil(BLOCK as u64) as usize;
+    let digests = Mutex::new(vec![String::new(); nblocks]);
+    let first_err: Mutex<Option<DumpError>> = Mutex::new(None);
+    let queue = Mutex::new(map.bytes_mut().chunks_mut(BLOCK).enumerate());
+    std::thread::scope(|s| {
+        let work = || loop {
+            if first_err.lock().expect("lock").is_some() {
+                break;
+            }
+            if let Some(sig) = crate::sys::proc::interrupted() {
+                first_err
+                    .lock()
+                    .expect("lock")
+                    .get_or_insert(DumpError::Interrupted {
+                        sig,
+                        stage: "memory".into(),
+                    });
+                break;
+            }
+            let Some((b, chunk)) = queue.lock().expect("lock").next() else {
+                break;
+            };
+            let start = b as u64 * BLOCK as u64;
+            let end = start + chunk.len() as u64;
+            let mut h = XxHash3_128::new();
+            let mut at = start;
+            while at < end {
+                let step = (end - at).min(1 << 20);
+                let o = (at - start) as usize;
+                let dst = &mut chunk[o..o + step as usize];
+                if let Err(e) = copy_block(pid, runs, at, at + step, dst, mem_file) {
+                    first_err.lock().expect("lock").get_or_insert(e);
+                    return;
+                }
+                h.write(dst);
+                at += step;
+            }
+            digests.lock().expect("lock")[b] = format!("{:032x}", h.finish_128());
+            crate::progress::advance(end - start);
+        };
+        for _ in 1..workers() {
+            s.spawn(work);
+        }
+        work();
+    });
+    drop(map);
+    if let Some(e) = first_err.into_inner().expect("lock") {
+        return Err(e);
+    }
+    Ok(FileDigest {
+        size: total,
+        blocks: digests.into_inner().expect("lock"),
+    })
+}
+
 /// Copies every run from the frozen task into the pages image; returns the file's digest.
-///
-/// A pipeline: reader threads copy 4 MiB blocks out of the task (`process_vm_readv`) and hash
-/// them in 1 MiB steps while the data is still in cache; one writer thread appends blocks to
-/// the image. Buffered writes to one file serialise on the inode lock anyway, so a single
-/// writer fed by parallel readers keeps both the copy and the page-cache writes busy.
+/// Under 1 MiB from this thread with one write; otherwise through a shared mapping of the
+/// image (`write_pages_mapped`).
 fn write_pages(
     cx: &DumpCx<'_>,
     name: &str,
@@ -574,102 +646,8 @@ fn write_pages(
         })?;
         return Ok(FileDigest::of(&buf));
     }
-    let nblocks = total.div_ceil(BLOCK as u64) as usize;
     crate::progress::start(total);
-    // One CPU stays with the writer: on 2 CPUs, 1 reader + 1 writer beats 2 + 1 (3.0 vs 2.2 GB/s).
-    let readers = (workers() - 1).clamp(1, nblocks.max(1));
-    let digests = Mutex::new(vec![String::new(); nblocks]);
-    let next = AtomicUsize::new(0);
-    let first_err: Mutex<Option<DumpError>> = Mutex::new(None);
-    let fail = |e: DumpError| {
-        first_err.lock().expect("lock").get_or_insert(e);
-    };
-    // Filled blocks go to the writer; empty buffers come back to the readers.
-    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>, usize)>(readers + 1);
-    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let empty_rx = Mutex::new(empty_rx);
-    for _ in 0..readers + 2 {
-        empty_tx.send(vec![0u8; BLOCK]).expect("receiver alive");
-    }
-    std::thread::scope(|s| {
-        for _ in 0..readers {
-            let full_tx = full_tx.clone();
-            let (next, empty_rx, digests, fail, first_err) =
-                (&next, &empty_rx, &digests, &fail, &first_err);
-            let mem_file = mem_file.as_ref();
-            s.spawn(move || loop {
-                let b = next.fetch_add(1, Ordering::Relaxed);
-                if b >= nblocks || first_err.lock().expect("lock").is_some() {
-                    break;
-                }
-                if let Some(sig) = crate::sys::proc::interrupted() {
-                    fail(DumpError::Interrupted {
-                        sig,
-                        stage: "memory".into(),
-                    });
-                    break;
-                }
-                let Ok(mut buf) = empty_rx.lock().expect("lock").recv() else {
-                    break;
-                };
-                let start = b as u64 * BLOCK as u64;
-                let end = (start + BLOCK as u64).min(total);
-                let len = (end - start) as usize;
-                let mut h = XxHash3_128::new();
-                let mut at = start;
-                let mut r = Ok(());
-                while at < end && r.is_ok() {
-                    let step = (end - at).min(1 << 20);
-                    let o = (at - start) as usize;
-                    r = copy_block(
-                        pid,
-                        runs,
-                        at,
-                        at + step,
-                        &mut buf[o..o + step as usize],
-                        mem_file,
-                    );
-                    h.write(&buf[o..o + step as usize]);
-                    at += step;
-                }
-                if let Err(e) = r {
-                    fail(e);
-                    break;
-                }
-                digests.lock().expect("lock")[b] = format!("{:032x}", h.finish_128());
-                if full_tx.send((b, buf, len)).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(full_tx);
-        // The writer (this thread).
-        while let Ok((b, buf, len)) = full_rx.recv() {
-            if first_err.lock().expect("lock").is_some() {
-                break;
-            }
-            if let Err(source) = file.write_all_at(&buf[..len], b as u64 * BLOCK as u64) {
-                fail(DumpError::Image(crate::image::ImageError::Io {
-                    path: path.clone(),
-                    op: "write",
-                    source,
-                }));
-                break;
-            }
-            crate::progress::advance(len as u64);
-            let _ = empty_tx.send(buf);
-        }
-        // Unblock readers waiting on either channel, then the scope joins them.
-        drop(full_rx);
-        drop(empty_tx);
-    });
-    if let Some(e) = first_err.into_inner().expect("lock") {
-        return Err(e);
-    }
-    Ok(FileDigest {
-        size: total,
-        blocks: digests.into_inner().expect("lock"),
-    })
+    write_pages_mapped(pid, &file, &path, runs, total, mem_file.as_ref())
 }
 
 /// Fills `buf` with image bytes [start, end) by reading the task's memory.

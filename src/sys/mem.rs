@@ -323,6 +323,45 @@ impl Mapping {
         })
     }
 
+    /// Maps the first `len` bytes of `file` shared and read-write (writes go to its page
+    /// cache). The file must be at least `len` bytes long.
+    pub fn file_rw(file: &File, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Ok(Mapping {
+                addr: std::ptr::NonNull::dangling().as_ptr(),
+                len: 0,
+            });
+        }
+        // SAFETY: a fresh mapping chosen by the kernel; we own it until drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            addr: p.cast(),
+            len,
+        })
+    }
+
+    /// The mapping's bytes, writable (a read-write mapping only).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: addr..addr+len is mapped read-write for our lifetime, and &mut self makes
+        // this the only live view.
+        unsafe { std::slice::from_raw_parts_mut(self.addr, self.len) }
+    }
+
     /// A new shared anonymous (shmem) mapping of `len` bytes, read-write.
     pub fn anon_shared(len: usize) -> io::Result<Mapping> {
         // SAFETY: a fresh mapping at an address the kernel picks.
