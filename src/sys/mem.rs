@@ -297,35 +297,21 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Maps `len` bytes of `file` read-only (private).
     pub fn file_ro(file: &File, len: usize) -> io::Result<Mapping> {
-        if len == 0 {
-            return Ok(Mapping {
-                addr: std::ptr::NonNull::dangling().as_ptr(),
-                len: 0,
-            });
-        }
-        // SAFETY: a fresh mapping chosen by the kernel; we own it until drop.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Mapping {
-            addr: p.cast(),
-            len,
-        })
+        Self::map_file(file, len, libc::PROT_READ, libc::MAP_PRIVATE)
     }
 
     /// Maps the first `len` bytes of `file` shared and read-write (writes go to its page
     /// cache). The file must be at least `len` bytes long.
     pub fn file_rw(file: &File, len: usize) -> io::Result<Mapping> {
+        Self::map_file(
+            file,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+        )
+    }
+
+    fn map_file(file: &File, len: usize, prot: i32, flags: i32) -> io::Result<Mapping> {
         if len == 0 {
             return Ok(Mapping {
                 addr: std::ptr::NonNull::dangling().as_ptr(),
@@ -333,16 +319,7 @@ impl Mapping {
             });
         }
         // SAFETY: a fresh mapping chosen by the kernel; we own it until drop.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, file.as_raw_fd(), 0) };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
