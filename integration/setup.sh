@@ -8,6 +8,7 @@ command -v gcc >/dev/null || need+=(gcc libc6-dev)
 [ -x /usr/bin/crit ] || need+=(criu)   # Debian's criu package ships crit, CRIU's image decoder
 command -v setsid >/dev/null || need+=(util-linux)
 command -v tmux >/dev/null || need+=(tmux)    # the --shell-job test drives two tmux panes
+command -v ip >/dev/null || need+=(iproute2)  # the namespace test sets a loopback up
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -284,17 +284,17 @@ signal.pause()
     }
 }
 
-/// A process in namespaces of its own (here a private network namespace) is refused before
-/// it is touched, naming the namespace, instead of being restored into cryo's.
+/// A process in namespaces of its own that cryo cannot restore yet (here a private mount
+/// namespace) is refused before it is touched, naming the namespace.
 #[test]
 fn foreign_namespaces_are_refused() {
     let dir = scratch("foreignns");
-    let pid = spawn(&["unshare", "-n", "sleep", "1000"], &dir.join("log"));
+    let pid = spawn(&["unshare", "-m", "sleep", "1000"], &dir.join("log"));
     let _g = KillOnDrop(pid);
     wait_for("sleep in its namespace", 10, || {
         std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
     });
     let e = dump_fails(pid, &dir.join("img"), &[]);
-    assert!(e.contains("net namespace") && e.contains("issue #4"), "{e}");
+    assert!(e.contains("mnt namespace") && e.contains("issue #4"), "{e}");
     assert!(alive(pid));
 }

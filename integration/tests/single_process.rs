@@ -378,9 +378,9 @@ fn shell_job_moves_to_another_terminal() {
     assert!(link.to_string_lossy().starts_with("/dev/pts/"), "{link:?}");
 }
 
-/// A process in UTS and IPC namespaces of its own (with its own hostname) is restored into
-/// new ones, with the same hostname; the host's is untouched. An IPC namespace holding a
-/// SysV object is refused.
+/// A process in UTS, IPC and network namespaces of its own (its own hostname, loopback up)
+/// is restored into new ones, with the same hostname and the loopback up; the host's are
+/// untouched. An IPC namespace holding a SysV object is refused.
 #[test]
 fn uts_namespace_keeps_its_hostname() {
     let dir = scratch("uts");
@@ -393,7 +393,19 @@ print("ready", flush=True)
 signal.sigwait([signal.SIGUSR1])
 print(socket.gethostname(), flush=True)
 "#;
-    let pid = spawn(&["unshare", "-u", "-i", "python3", "-c", script], &out);
+    let pid = spawn(
+        &[
+            "unshare",
+            "-u",
+            "-i",
+            "-n",
+            "sh",
+            "-c",
+            "ip link set lo up && exec python3 -c \"$0\"",
+            script,
+        ],
+        &out,
+    );
     let _g = KillOnDrop(pid);
     wait_ready(&out);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
@@ -402,13 +414,31 @@ print(socket.gethostname(), flush=True)
     wait_gone(pid);
     restore(&img);
     let ns = |p: &str| std::fs::read_link(p).unwrap();
-    for kind in ["uts", "ipc"] {
+    for kind in ["uts", "ipc", "net"] {
         assert_ne!(
             ns(&format!("/proc/{pid}/ns/{kind}")),
             ns(&format!("/proc/self/ns/{kind}")),
             "restored into the host's {kind} namespace"
         );
     }
+    let lo = std::process::Command::new("nsenter")
+        .args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "ip",
+            "-o",
+            "link",
+            "show",
+            "lo",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&lo.stdout).contains(",UP"),
+        "loopback not up: {}",
+        String::from_utf8_lossy(&lo.stdout)
+    );
     signal(pid, libc::SIGUSR1);
     wait_for("the hostname", 10, || lines(&out).len() == 2);
     assert_eq!(lines(&out)[1], "cryo-uts-test");

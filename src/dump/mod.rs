@@ -291,8 +291,8 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     // Namespaces other than cryo's own are not restored yet: refuse rather than restore the
     // tree into the wrong ones (files opened in another mount namespace, wrong hostname...).
     for &(pid, _) in tree {
-        // UTS and (empty) IPC are restored (kinds/ns.rs); the others not yet.
-        for ns in ["mnt", "pid", "net", "user", "cgroup", "time"] {
+        // UTS, (empty) IPC and (loopback-only) net are restored (kinds/ns.rs).
+        for ns in ["mnt", "pid", "user", "cgroup", "time"] {
             use std::os::unix::fs::MetadataExt;
             let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
             let theirs = ino(&format!("/proc/{pid}/ns/{ns}"));
@@ -493,6 +493,7 @@ fn dump_process(
         kinds::misc::Misc::dump(&mut cx, img)?;
         kinds::ns::dump_uts(&mut cx, img)?;
         kinds::ns::check_ipc(&mut cx, img)?;
+        kinds::ns::dump_net(&mut cx, img)?;
         kinds::creds::Creds::dump(&mut cx, img)?;
         kinds::timers::Timers::dump(&mut cx, img)?;
         kinds::rlimits::Rlimits::dump(&mut cx, img)?;
@@ -688,6 +689,13 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         dir.write_with_data("pipes-data.img", image::PIPES_DATA, &files.pipe_data)?;
     }
     kinds::ghost::write(dir, files)?;
+    for (id, e) in &files.netdevs {
+        dir.write(
+            &format!("netdev-{id}.img"),
+            image::NETDEV,
+            std::slice::from_ref(e),
+        )?;
+    }
     for (id, e) in &files.utsns {
         dir.write(
             &format!("utsns-{id}.img"),

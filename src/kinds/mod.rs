@@ -129,6 +129,8 @@ pub struct FileTable {
     pub shell_job: bool,
     /// utsns-ID.img: the names of each UTS namespace of the tree that is not cryo's.
     pub utsns: Vec<(u32, pb::UtsnsEntry)>,
+    /// netdev-ID.img: the loopback of each network namespace of the tree that is not cryo's.
+    pub netdevs: Vec<(u32, pb::NetDeviceEntry)>,
 }
 
 impl FileTable {

@@ -3,6 +3,11 @@
 //!   `uts_ns_id` of `ids-PID.img`), read with `uname` run inside the task;
 //! - IPC: an IPC namespace holding no System V objects (checked inside the task with
 //!   `shmctl(SHM_INFO)`, `semctl(SEM_INFO)`, `msgctl(MSG_INFO)`); one holding some is refused.
+//! - net: a network namespace whose only device is the loopback (from `/proc/PID/net/dev`);
+//!   its flags and MTU are read inside the task (`SIOCGIFFLAGS`/`SIOCGIFMTU` on a socket of
+//!   its own) and saved as `netdev-ID.img`; restore makes a new namespace and sets `lo` up
+//!   again if it was. Other devices are refused (veth, tun, ... come with issue #4). Sockets
+//!   in it are refused by `unix_sk::precheck` (it only sees cryo's namespace).
 //!
 //! Restore gives a task a new namespace (`unshare` inside the puppet, then the UTS names)
 //! when its namespace differs from the one it inherits: cryo's for the root, its parent's
@@ -125,6 +130,135 @@ pub fn check_ipc(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError>
         });
     }
     Ok(())
+}
+
+/// ioctl numbers and `struct ifreq` layout (16-byte name, then the union at offset 16).
+const SIOCGIFFLAGS: u64 = 0x8913;
+const SIOCSIFFLAGS: u64 = 0x8914;
+const SIOCGIFMTU: u64 = 0x8921;
+
+/// Saves the loopback of a network namespace of the tree (not cryo's), once per namespace;
+/// refuses a namespace with any other device.
+pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> {
+    let Some(id) = img.ids.net_ns_id else {
+        return Ok(());
+    };
+    if Some(id) == own_ns_id("net") || cx.files.netdevs.iter().any(|(i, _)| *i == id) {
+        return Ok(());
+    }
+    let pid = cx.pid;
+    let devs: Vec<String> = crate::procfs::read(pid, "net/dev")?
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_string()))
+        .collect();
+    if devs != ["lo"] {
+        return Err(DumpError::Unsupported {
+            pid,
+            object: "net namespace".into(),
+            what: format!(
+                "it has network devices other than the loopback: {}",
+                devs.join(", ")
+            ),
+            hint: "network devices (veth, tun, ...) come with issue #4".into(),
+        });
+    }
+    let p = cx.remote()?;
+    let buf = p
+        .scratch(64 * 1024)
+        .map_err(|e| DumpError::remote(pid, e))?;
+    let sk = p
+        .remote
+        .call(
+            "socket(AF_INET, SOCK_DGRAM)",
+            libc::SYS_socket,
+            [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0],
+        )
+        .map_err(|e| DumpError::remote(pid, e))?;
+    let mut ifr = [0u8; 40];
+    ifr[..2].copy_from_slice(b"lo");
+    let mut query = |req: u64| -> Result<u32, DumpError> {
+        crate::sys::mem::vm_write(pid, &ifr, &[(buf, ifr.len())]).map_err(|source| {
+            DumpError::Memory {
+                pid,
+                addr: buf,
+                what: "writing ifreq",
+                source,
+            }
+        })?;
+        p.remote
+            .call("ioctl(lo)", libc::SYS_ioctl, [sk, req, buf, 0, 0, 0])
+            .map_err(|e| DumpError::remote(pid, e))?;
+        let mut out = [0u8; 4];
+        crate::sys::mem::vm_read(pid, &mut out, &[(buf + 16, 4)]).map_err(|source| {
+            DumpError::Memory {
+                pid,
+                addr: buf,
+                what: "reading ifreq",
+                source,
+            }
+        })?;
+        Ok(u32::from_ne_bytes(out))
+    };
+    let flags = query(SIOCGIFFLAGS).map(|f| f & 0xffff);
+    let mtu = query(SIOCGIFMTU);
+    let _ = p.remote.call("close", libc::SYS_close, [sk, 0, 0, 0, 0, 0]);
+    let (flags, mtu) = (flags?, mtu?);
+    cx.files.netdevs.push((
+        id,
+        pb::NetDeviceEntry {
+            r#type: pb::NdType::Loopback as i32,
+            ifindex: 1,
+            mtu,
+            flags,
+            name: "lo".into(),
+            ..Default::default()
+        },
+    ));
+    Ok(())
+}
+
+/// Gives the puppet a new network namespace when `img`'s differs from the inherited one,
+/// with the loopback up if it was.
+pub fn restore_net(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    inherited: Option<u32>,
+) -> Result<(), RestoreError> {
+    let Some(id) = img.ids.net_ns_id.filter(|&id| Some(id) != inherited) else {
+        return Ok(());
+    };
+    let devs: Vec<pb::NetDeviceEntry> = cx
+        .dir
+        .read_opt(&format!("netdev-{id}.img"), image::NETDEV)?
+        .unwrap_or_default();
+    cx.sys(
+        "unshare(CLONE_NEWNET)",
+        libc::SYS_unshare,
+        [libc::CLONE_NEWNET as u64, 0, 0, 0, 0, 0],
+    )?;
+    let Some(lo) = devs.iter().find(|d| d.name == "lo") else {
+        return Ok(());
+    };
+    if lo.flags & libc::IFF_UP as u32 == 0 {
+        return Ok(());
+    }
+    let sk = cx.sys(
+        "socket(AF_INET, SOCK_DGRAM)",
+        libc::SYS_socket,
+        [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0],
+    )?;
+    let mut ifr = [0u8; 40];
+    ifr[..2].copy_from_slice(b"lo");
+    ifr[16..18].copy_from_slice(&(lo.flags as u16).to_ne_bytes());
+    let a = cx.put(0, &ifr)?;
+    let r = cx.sys(
+        "ioctl(lo, SIOCSIFFLAGS)",
+        libc::SYS_ioctl,
+        [sk, SIOCSIFFLAGS, a, 0, 0, 0],
+    );
+    cx.sys("close", libc::SYS_close, [sk, 0, 0, 0, 0, 0])?;
+    r.map(|_| ())
 }
 
 /// Gives the puppet a new, empty IPC namespace when `img`'s differs from the inherited one.

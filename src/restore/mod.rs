@@ -382,12 +382,17 @@ fn shape(
         .iter()
         .find(|t| idx != 0 && t.pid == img.pstree.ppid)
         .map(|p| p.ids);
-    let (uts_now, ipc_now) = match parent_ids {
-        Some(p) => (p.uts_ns_id, p.ipc_ns_id),
-        None => (kinds::ns::own_ns_id("uts"), kinds::ns::own_ns_id("ipc")),
+    let (uts_now, ipc_now, net_now) = match parent_ids {
+        Some(p) => (p.uts_ns_id, p.ipc_ns_id, p.net_ns_id),
+        None => (
+            kinds::ns::own_ns_id("uts"),
+            kinds::ns::own_ns_id("ipc"),
+            kinds::ns::own_ns_id("net"),
+        ),
     };
     kinds::ns::restore_uts(&mut cx, img, uts_now)?;
     kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
+    kinds::ns::restore_net(&mut cx, img, net_now)?;
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
     let shares_table = idx != 0
         && sh
