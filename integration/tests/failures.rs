@@ -32,7 +32,21 @@ fn failed_dump_at_any_stage_leaves_target_running_unchanged() {
         );
         assert!(alive(pid), "stage {stage}: target died");
         assert_eq!(memhog_sum(pid, &out), sum, "stage {stage}: memory changed");
-        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        // memhog blocks SIGUSR1 while it answers: read its state once it waits again.
+        let line = |s: &str, key: &str| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .unwrap_or("")
+                .to_string()
+        };
+        let status = || std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let settled = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while line(&status(), "SigBlk") != line(&regs_before, "SigBlk")
+            && std::time::Instant::now() < settled
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let st = status();
         for key in ["SigBlk", "SigCgt", "TracerPid"] {
             let line = |s: &str| {
                 s.lines()
