@@ -290,13 +290,17 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     }
     // Namespaces other than cryo's own are not restored yet: refuse rather than restore the
     // tree into the wrong ones (files opened in another mount namespace, wrong hostname...).
+    // UTS, (empty) IPC and (loopback-only) net are restored (kinds/ns.rs).
+    let refused = ["mnt", "pid", "user", "cgroup", "time"];
+    let ino = |p: &str| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).map(|m| m.ino()).ok()
+    };
+    let own = refused.map(|ns| ino(&format!("/proc/self/ns/{ns}")));
     for &(pid, _) in tree {
-        // UTS, (empty) IPC and (loopback-only) net are restored (kinds/ns.rs).
-        for ns in ["mnt", "pid", "user", "cgroup", "time"] {
-            use std::os::unix::fs::MetadataExt;
-            let ino = |p: &str| std::fs::metadata(p).map(|m| m.ino()).ok();
+        for (ns, own) in refused.iter().zip(own) {
             let theirs = ino(&format!("/proc/{pid}/ns/{ns}"));
-            if theirs.is_some() && theirs != ino(&format!("/proc/self/ns/{ns}")) {
+            if theirs.is_some() && theirs != own {
                 return Err(DumpError::Unsupported {
                     pid,
                     object: format!("{ns} namespace"),

@@ -963,15 +963,34 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
                 }
             })?;
         }
-        write_differing(pid, bytes, &cow_runs)?;
-        cx.stats.pages_restored = Some(cx.stats.pages_restored.unwrap_or(0) + need / PAGE_SIZE);
-        return Ok(());
+    } else {
+        fill_parallel(cx, &path, &items, bytes)?;
     }
+    let written = write_differing(pid, bytes, &cow_runs)?;
+    cx.stats.pages_restored = Some(cx.stats.pages_restored.unwrap_or(0) + need / PAGE_SIZE);
+    if !cow_runs.is_empty() {
+        let total: usize = cow_runs.iter().map(|r| r.2).sum();
+        tracing::info!(
+            "memory: {} of {} pages kept from the parent differ and were written",
+            written / PAGE_SIZE as usize,
+            total / PAGE_SIZE as usize
+        );
+    }
+    Ok(())
+}
+
+/// Fills `items` with two kinds of workers taking from one queue: the puppet itself reads
+/// its share with preadv (native page faults are cheaper than process_vm_writev's), driven
+/// from this thread, which is its tracer; the other CPUs push theirs with process_vm_writev.
+fn fill_parallel(
+    cx: &mut RestoreCx<'_>,
+    path: &std::path::Path,
+    items: &[Item],
+    bytes: &[u8],
+) -> Result<(), RestoreError> {
+    let pid = cx.pid;
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<RestoreError>> = Mutex::new(None);
-    // The puppet itself reads its share with preadv (native page faults are cheaper than
-    // process_vm_writev's), driven from this thread, which is its tracer; the other CPUs
-    // push theirs with process_vm_writev. Both take items from one queue.
     let img_fd = match path.to_str() {
         Some(p) if !items.is_empty() => Some(cx.open(p, libc::O_RDONLY as u32)?),
         _ => None, // nothing left, or a non-UTF-8 path: the helpers do it all
@@ -1031,16 +1050,6 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
     }
     if let Some(e) = first_err.into_inner().expect("lock") {
         return Err(e);
-    }
-    let written = write_differing(pid, bytes, &cow_runs)?;
-    cx.stats.pages_restored = Some(cx.stats.pages_restored.unwrap_or(0) + need / PAGE_SIZE);
-    if !cow_runs.is_empty() {
-        let total: usize = cow_runs.iter().map(|r| r.2).sum();
-        tracing::info!(
-            "memory: {} of {} pages kept from the parent differ and were written",
-            written / PAGE_SIZE as usize,
-            total / PAGE_SIZE as usize
-        );
     }
     Ok(())
 }

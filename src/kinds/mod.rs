@@ -204,6 +204,34 @@ impl<'a> DumpCx<'a> {
             "in-target executor used outside the injection window",
         ))
     }
+
+    /// The target's scratch area (64 KiB, mapped once per injection window).
+    pub fn scratch(&mut self) -> Result<u64, DumpError> {
+        let pid = self.pid;
+        self.remote()?
+            .scratch(64 * 1024)
+            .map_err(|e| DumpError::remote(pid, e))
+    }
+
+    /// Runs a syscall in the target, naming `what` on failure.
+    pub fn call(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, DumpError> {
+        let pid = self.pid;
+        self.remote()?
+            .remote
+            .call(what, nr, a)
+            .map_err(|e| DumpError::remote(pid, e))
+    }
+
+    /// Reads `buf.len()` bytes of the target's memory at `addr` (e.g. what a call wrote).
+    pub fn peek(&self, addr: u64, buf: &mut [u8], what: &'static str) -> Result<(), DumpError> {
+        let n = buf.len();
+        crate::sys::mem::vm_read(self.pid, buf, &[(addr, n)]).map_err(|source| DumpError::Memory {
+            pid: self.pid,
+            addr,
+            what,
+            source,
+        })
+    }
 }
 
 /// Restore-side context: the puppet process being shaped into the task.

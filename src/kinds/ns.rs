@@ -39,23 +39,11 @@ pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
     if Some(id) == own_ns_id("uts") || cx.files.utsns.iter().any(|(i, _)| *i == id) {
         return Ok(());
     }
-    let pid = cx.pid;
-    let p = cx.remote()?;
-    let buf = p
-        .scratch(64 * 1024)
-        .map_err(|e| DumpError::remote(pid, e))?;
-    p.remote
-        .call("uname", libc::SYS_uname, [buf, 0, 0, 0, 0, 0])
-        .map_err(|e| DumpError::remote(pid, e))?;
+    let buf = cx.scratch()?;
+    cx.call("uname", libc::SYS_uname, [buf, 0, 0, 0, 0, 0])?;
     // struct utsname: six 65-byte fields; nodename is the 2nd, domainname the 6th.
     let mut u = vec![0u8; 6 * 65];
-    let n = u.len();
-    crate::sys::mem::vm_read(pid, &mut u, &[(buf, n)]).map_err(|source| DumpError::Memory {
-        pid,
-        addr: buf,
-        what: "reading utsname",
-        source,
-    })?;
+    cx.peek(buf, &mut u, "reading utsname")?;
     let field = |i: usize| {
         let f = &u[i * 65..(i + 1) * 65];
         let end = f.iter().position(|&b| b == 0).unwrap_or(65);
@@ -80,25 +68,13 @@ pub fn check_ipc(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError>
         return Ok(());
     }
     let pid = cx.pid;
-    let p = cx.remote()?;
-    let buf = p
-        .scratch(64 * 1024)
-        .map_err(|e| DumpError::remote(pid, e))?;
+    let buf = cx.scratch()?;
     // SHM_INFO: shm_info.used_ids (1st int); SEM_INFO: seminfo.semusz (8th int, the number
     // of sets); MSG_INFO: msginfo.msgpool (1st int, the number of queues).
     let mut count = |what: &'static str, nr: i64, args: [u64; 6], word: usize| {
-        p.remote
-            .call(what, nr, args)
-            .map_err(|e| DumpError::remote(pid, e))?;
+        cx.call(what, nr, args)?;
         let mut w = [0u8; 4];
-        crate::sys::mem::vm_read(pid, &mut w, &[(buf + 4 * word as u64, 4)]).map_err(|source| {
-            DumpError::Memory {
-                pid,
-                addr: buf,
-                what: "reading IPC info",
-                source,
-            }
-        })?;
+        cx.peek(buf + 4 * word as u64, &mut w, "reading IPC info")?;
         Ok::<i32, DumpError>(i32::from_ne_bytes(w))
     };
     let shm = count(
@@ -163,18 +139,12 @@ pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
             hint: "network devices (veth, tun, ...) come with issue #4".into(),
         });
     }
-    let p = cx.remote()?;
-    let buf = p
-        .scratch(64 * 1024)
-        .map_err(|e| DumpError::remote(pid, e))?;
-    let sk = p
-        .remote
-        .call(
-            "socket(AF_INET, SOCK_DGRAM)",
-            libc::SYS_socket,
-            [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0],
-        )
-        .map_err(|e| DumpError::remote(pid, e))?;
+    let buf = cx.scratch()?;
+    let sk = cx.call(
+        "socket(AF_INET, SOCK_DGRAM)",
+        libc::SYS_socket,
+        [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0],
+    )?;
     let mut ifr = [0u8; 40];
     ifr[..2].copy_from_slice(b"lo");
     let mut query = |req: u64| -> Result<u32, DumpError> {
@@ -186,23 +156,14 @@ pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
                 source,
             }
         })?;
-        p.remote
-            .call("ioctl(lo)", libc::SYS_ioctl, [sk, req, buf, 0, 0, 0])
-            .map_err(|e| DumpError::remote(pid, e))?;
+        cx.call("ioctl(lo)", libc::SYS_ioctl, [sk, req, buf, 0, 0, 0])?;
         let mut out = [0u8; 4];
-        crate::sys::mem::vm_read(pid, &mut out, &[(buf + 16, 4)]).map_err(|source| {
-            DumpError::Memory {
-                pid,
-                addr: buf,
-                what: "reading ifreq",
-                source,
-            }
-        })?;
+        cx.peek(buf + 16, &mut out, "reading ifreq")?;
         Ok(u32::from_ne_bytes(out))
     };
     let flags = query(SIOCGIFFLAGS).map(|f| f & 0xffff);
     let mtu = query(SIOCGIFMTU);
-    let _ = p.remote.call("close", libc::SYS_close, [sk, 0, 0, 0, 0, 0]);
+    let _ = cx.call("close", libc::SYS_close, [sk, 0, 0, 0, 0, 0]);
     let (flags, mtu) = (flags?, mtu?);
     cx.files.netdevs.push((
         id,

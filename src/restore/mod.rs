@@ -317,6 +317,11 @@ fn shape(
 ) -> Result<(), RestoreError> {
     let img = &sh.tasks[idx];
     let pid = img.pid as i32;
+    // The task this one was forked from (None for the root, a copy of cryo).
+    let parent = sh
+        .tasks
+        .iter()
+        .find(|t| idx != 0 && t.pid == img.pstree.ppid);
     let t = Tracee { tid: pid };
     let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
     let mut cx = RestoreCx {
@@ -360,10 +365,8 @@ fn shape(
     let tr = sh.tr;
     // A child starts as a copy of its parent's restored memory: it keeps the private
     // anonymous mappings it had in common with the parent (copy-on-write) and drops the rest.
-    if idx != 0 && !img.is_zombie() {
-        if let Some(parent) = sh.tasks.iter().find(|t| t.pid == img.pstree.ppid) {
-            cx.cow = kinds::memory::cow_kept(&parent.mm, &img.mm);
-        }
+    if let Some(parent) = parent.filter(|_| !img.is_zombie()) {
+        cx.cow = kinds::memory::cow_kept(&parent.mm, &img.mm);
     }
     let mut keep = cx.cow.clone();
     keep.extend([(tr, tr + TR_LEN), (USER_TOP, USER_TOP)]);
@@ -376,12 +379,8 @@ fn shape(
         from = from.max(e);
     }
 
-    // Its UTS and IPC namespaces, if not the ones it inherits (children then inherit them).
-    let parent_ids = sh
-        .tasks
-        .iter()
-        .find(|t| idx != 0 && t.pid == img.pstree.ppid)
-        .map(|p| p.ids);
+    // Its UTS, IPC and net namespaces, if not the ones it inherits (children inherit them).
+    let parent_ids = parent.map(|p| p.ids);
     let (uts_now, ipc_now, net_now) = match parent_ids {
         Some(p) => (p.uts_ns_id, p.ipc_ns_id, p.net_ns_id),
         None => (
@@ -394,12 +393,7 @@ fn shape(
     kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
     kinds::ns::restore_net(&mut cx, img, net_now)?;
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
-    let shares_table = idx != 0
-        && sh
-            .tasks
-            .iter()
-            .find(|t| t.pid == img.pstree.ppid)
-            .is_some_and(|p| p.ids.files_id == img.ids.files_id);
+    let shares_table = parent.is_some_and(|p| p.ids.files_id == img.ids.files_id);
     let table = match inherited {
         Some(t) if shares_table => t.clone(),
         _ => kinds::files::restore_fds(&mut cx, img, inherited)?,
