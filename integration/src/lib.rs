@@ -157,6 +157,14 @@ pub fn dump_fails(pid: i32, dir: &Path, extra: &[&str]) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Dumps the tree rooted at `pid` into `img` (the tree is killed), waits until every
+/// dumped process is gone, and restores it: one checkpoint/restore cycle.
+pub fn dump_and_restore(pid: i32, img: &Path) {
+    dump(pid, img, &[]);
+    wait_tree_gone(img);
+    restore(img);
+}
+
 /// Contents of a log file in `dir` (for assertion messages).
 pub fn log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_default()

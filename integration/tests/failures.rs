@@ -67,9 +67,7 @@ fn failed_dump_at_any_stage_leaves_target_running_unchanged() {
     }
     // After all that, a real dump and restore still work.
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_gone(pid);
-    restore(&img);
+    dump_and_restore(pid, &img);
     assert_eq!(memhog_sum(pid, &out), sum);
     kill(pid);
 }

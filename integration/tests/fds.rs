@@ -220,9 +220,7 @@ fn unix_sockets_keep_peers_names_and_queues() {
     let _g = KillOnDrop(pid);
     wait_ready(&out);
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_gone(pid);
-    restore(&img);
+    dump_and_restore(pid, &img);
     signal(pid, libc::SIGUSR1);
     wait_for("the listener", 10, || {
         lines(&out).iter().any(|l| l.starts_with("named"))
@@ -331,9 +329,7 @@ fn python_http_server_keeps_serving() {
         "{r}"
     );
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_gone(pid);
-    restore(&img);
+    dump_and_restore(pid, &img);
     let r = http_get(&sock, "/index.txt");
     assert!(
         r.starts_with("HTTP/1.0 200")
@@ -379,9 +375,7 @@ print(f.tell(), f.read(13), m[:13], os.readlink("/proc/self/fd/%d" % f.fileno())
     );
     assert!(alive(pid));
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_gone(pid);
-    restore(&img);
+    dump_and_restore(pid, &img);
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -413,9 +407,7 @@ fn memfd_is_shared_again_by_fd_and_mappings() {
     let child = wait_ready(&out)[0];
     let _g2 = KillOnDrop(child);
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_tree_gone(&img);
-    restore(&img);
+    dump_and_restore(pid, &img);
     signal(pid, libc::SIGUSR1);
     wait_for("the answer", 10, || lines(&out).len() == 2);
     assert_eq!(

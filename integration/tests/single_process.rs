@@ -69,9 +69,7 @@ fn memory_checksum_survives() {
     let _guard = KillOnDrop(pid);
     let before = memhog_sum(pid, &out);
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_gone(pid);
-    restore(&img);
+    dump_and_restore(pid, &img);
     let after = memhog_sum(pid, &out);
     assert_eq!(before, after, "memory checksum changed across dump/restore");
     kill(pid);
@@ -136,9 +134,7 @@ fn python_interpreter_keeps_its_state() {
     };
     let before = report(1);
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_gone(pid);
-    restore(&img);
+    dump_and_restore(pid, &img);
     std::thread::sleep(Duration::from_millis(200));
     let after = report(2);
     kill(pid);
@@ -212,9 +208,7 @@ fn vector_registers_survive_a_busy_loop() {
     };
     let before = report(1);
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_gone(pid);
-    restore(&img);
+    dump_and_restore(pid, &img);
     let after = report(2);
     assert_eq!(after.2, 0, "a vector register pattern was corrupted");
     assert_eq!(after.0, after.1, "ymm lanes diverged");
@@ -250,9 +244,7 @@ fn posix_timers_keep_ticking() {
     };
     let before = report(1);
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_gone(pid);
-    restore(&img);
+    dump_and_restore(pid, &img);
     std::thread::sleep(Duration::from_millis(300));
     let after = report(2);
     let ticks = |r: &[String]| r[0].parse::<u64>().unwrap();
@@ -282,9 +274,7 @@ fn seccomp_filter_survives() {
     wait_for("the filter", 20, || !lines(&out).is_empty());
     assert_eq!(lines(&out)[0], "ready getppid=-1 errno=1");
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_gone(pid);
-    restore(&img);
+    dump_and_restore(pid, &img);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     assert!(status.contains("Threads:\t2"), "{status}");
@@ -410,9 +400,7 @@ print(socket.gethostname(), flush=True)
     wait_ready(&out);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_gone(pid);
-    restore(&img);
+    dump_and_restore(pid, &img);
     let ns = |p: &str| std::fs::read_link(p).unwrap();
     for kind in ["uts", "ipc", "net"] {
         assert_ne!(

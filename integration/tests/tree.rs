@@ -411,9 +411,7 @@ time.sleep(1000)
     let before = (ids(pid), ids(a), ids(b));
     assert_eq!((before.1 .3, before.2 .3), (a, pid), "test setup: sessions");
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_tree_gone(&img);
-    restore(&img);
+    dump_and_restore(pid, &img);
     let mut after = (ids(pid), ids(a), ids(b));
     after.0 .1 = before.0 .1; // the root's parent is whoever restored it
     assert_eq!(after, before, "pids, parents, groups or sessions changed");
@@ -461,9 +459,7 @@ fn copy_on_write_memory_stays_shared() {
     let before_sums = sums(&out);
     let before: u64 = pids.iter().map(|&p| pss_anon(p)).sum();
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_tree_gone(&img);
-    restore(&img);
+    dump_and_restore(pid, &img);
     let after: u64 = pids.iter().map(|&p| pss_anon(p)).sum();
     assert!(
         after < before + before / 4,
@@ -509,9 +505,7 @@ print("parent sees", m[4096:4102], flush=True)
     let child = wait_ready(&out)[0];
     let _g2 = KillOnDrop(child);
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_tree_gone(&img);
-    restore(&img);
+    dump_and_restore(pid, &img);
     signal(pid, libc::SIGUSR1);
     wait_for("the parent's view", 10, || lines(&out).len() == 2);
     assert_eq!(lines(&out)[1], "parent sees b'child!'");

@@ -126,9 +126,7 @@ fn everything_observable_survives() {
     std::thread::sleep(Duration::from_millis(100));
     let before = snapshot(pid);
     let img = dir.join("img");
-    dump(pid, &img, &[]);
-    wait_gone(pid);
-    restore(&img);
+    dump_and_restore(pid, &img);
     let after = snapshot(pid);
     let mut diffs = Vec::new();
     for k in before.keys().chain(after.keys()) {
