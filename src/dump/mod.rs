@@ -290,8 +290,10 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     }
     // Namespaces other than cryo's own are not restored yet: refuse rather than restore the
     // tree into the wrong ones (files opened in another mount namespace, wrong hostname...).
-    // UTS, (empty) IPC and (loopback-only) net are restored (kinds/ns.rs).
-    let refused = ["mnt", "pid", "user", "cgroup", "time"];
+    // UTS, (empty) IPC and (loopback-only) net are restored (kinds/ns.rs); a PID namespace
+    // whose init is the root (`check_pid_ns`).
+    check_pid_ns(tree)?;
+    let refused = ["mnt", "user", "cgroup", "time"];
     let ino = |p: &str| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).map(|m| m.ino()).ok()
@@ -361,6 +363,92 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
         kinds::files::precheck(pid, opts.shell_job, &mut socks)?;
     }
     kinds::unix_sk::precheck(&socks)?;
+    Ok(())
+}
+
+/// A tree in a PID namespace other than cryo's is dumped when the namespace is the tree's own:
+/// its root is the namespace's init (PID 1) and every task lives in it. PIDs are then saved
+/// as the tree sees them, and restore makes a new namespace.
+fn check_pid_ns(tree: &[(i32, i32)]) -> Result<(), DumpError> {
+    let ns = |pid: i32| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    let root = tree[0].0;
+    let theirs = ns(root);
+    if theirs == ns(std::process::id() as i32) {
+        return Ok(());
+    }
+    let vroot = ns_pid(root)?;
+    if vroot != 1 {
+        return Err(DumpError::Unsupported {
+            pid: root,
+            object: "pid namespace".into(),
+            what: format!(
+                "the process is PID {vroot} of a PID namespace, not its init, so the namespace cannot be restored"
+            ),
+            hint: "dump the namespace's init (PID 1 inside it), or run cryo inside the namespace".into(),
+        });
+    }
+    for &(pid, _) in &tree[1..] {
+        if ns(pid) != theirs {
+            return Err(DumpError::Unsupported {
+                pid,
+                object: "pid namespace".into(),
+                what: "the process runs in a nested PID namespace".into(),
+                hint: "nested PID namespaces are not supported yet".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A task's PID in its own PID namespace (the last `NSpid` field of its status).
+fn ns_pid(pid: i32) -> Result<u32, DumpError> {
+    let text = procfs::read(pid, "status")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .ok_or(DumpError::Internal("no NSpid line in /proc/PID/status"))
+}
+
+/// Renames every task, thread and process group of `imgs` to the PIDs the tree sees in its
+/// own PID namespace, as CRIU saves them. Ids outside the tree (cryo's session, for a shell
+/// job) become 0.
+fn virtualize(imgs: &mut [TaskImages]) -> Result<(), DumpError> {
+    let mut map = std::collections::HashMap::new();
+    for img in imgs.iter() {
+        for &tid in &img.pstree.threads {
+            map.insert(tid, ns_pid(tid as i32)?);
+        }
+        map.insert(img.pid, ns_pid(img.pid as i32)?);
+    }
+    let v = |p: u32| map.get(&p).copied().unwrap_or(0);
+    for img in imgs.iter_mut() {
+        img.pid = v(img.pid);
+        let ps = &mut img.pstree;
+        ps.pid = v(ps.pid);
+        ps.ppid = v(ps.ppid);
+        ps.pgid = v(ps.pgid);
+        ps.sid = v(ps.sid);
+        for t in ps.threads.iter_mut() {
+            *t = v(*t);
+        }
+        let timers = img
+            .core
+            .tc
+            .as_mut()
+            .and_then(|t| t.timers.as_mut())
+            .map(|t| t.posix.iter_mut());
+        for t in timers.into_iter().flatten() {
+            if let Some(tid) = t.notify_thread_id.as_mut() {
+                *tid = v(*tid as u32) as i32;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -630,6 +718,9 @@ pub fn run(
         imgs.push(img);
     }
     fault_point("write")?;
+    if imgs[0].ids.pid_ns_id != kinds::misc::task_ids(std::process::id() as i32, 1)?.pid_ns_id {
+        virtualize(&mut imgs)?;
+    }
 
     // 4. Images.
     write_images(dir, &imgs, &files)?;
@@ -654,7 +745,9 @@ pub fn run(
         }
         return Err(e.into());
     }
-    for (_, _, seized) in frozen.iter_mut() {
+    // Children first: a PID namespace's init, once killed, waits for every other task of
+    // the namespace to be reaped, and cryo still traces them.
+    for (_, _, seized) in frozen.iter_mut().rev() {
         if opts.leave_running {
             seized.release();
         } else {

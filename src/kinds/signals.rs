@@ -167,8 +167,9 @@ impl Kind for Signals {
         ss.extend_from_slice(&size.to_ne_bytes());
         let a = cx.put(512, &ss)?;
         cx.sys("sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
-        // Pending signals, queued from inside the task (all signals are blocked there).
-        let pid = cx.pid as u64;
+        // Pending signals, queued from inside the task (all signals are blocked there), so
+        // named by its PID in its own namespace.
+        let pid = img.pid as u64;
         let queue =
             |q: Option<&pb::SignalQueueEntry>| q.map(|q| q.signals.clone()).unwrap_or_default();
         for (shared, q) in [

@@ -185,12 +185,14 @@ pub fn restore_threads(
                     },
                     e => e,
                 })?;
+        let host = cx.remote.last_child.take().unwrap_or(got as i32);
         if got as i32 != tid {
+            let _ = crate::sys::proc::kill(host, libc::SIGKILL);
             return Err(RestoreError::BadImage(format!(
                 "thread {tid} was created as {got}"
             )));
         }
-        let t = Tracee { tid };
+        let t = Tracee { tid: host };
         match t.wait().map_err(|source| RestoreError::Ptrace {
             what: "waiting for a new thread",
             source,
@@ -207,9 +209,9 @@ pub fn restore_threads(
             what: "PTRACE_GETREGS",
             source,
         })?;
-        let th = Tracee { tid };
+        let th = Tracee { tid: host };
         let mut tcx = RestoreCx {
-            pid: tid,
+            pid: host,
             remote: Remote::new(&th, cx.remote.site(), base),
             scratch: cx.scratch,
             scratch_len: cx.scratch_len,

@@ -151,9 +151,11 @@ pub struct RestoreReport {
 
 /// Reads the whole image set: every task of pstree.img (parents before children) and the
 /// shared files.img.
+/// Also says whether the root had a PID namespace of its own (it is then its PID 1).
+#[allow(clippy::type_complexity)]
 fn read_tree(
     dir: &ImageDir,
-) -> Result<(Vec<TaskImages>, HashMap<u32, pb::FileEntry>), RestoreError> {
+) -> Result<(Vec<TaskImages>, HashMap<u32, pb::FileEntry>, bool), RestoreError> {
     let inv: pb::InventoryEntry = dir.read_one("inventory.img", image::INVENTORY)?;
     if inv.img_version != 2 {
         return Err(RestoreError::Unsupported(format!(
@@ -187,7 +189,20 @@ fn read_tree(
         .into_iter()
         .map(|f| (f.id, f))
         .collect();
-    Ok((tasks, files))
+    let own_pid_ns = match (
+        inv.root_ids.and_then(|r| r.pid_ns_id),
+        tasks[0].ids.pid_ns_id,
+    ) {
+        (Some(cryo), Some(root)) => cryo != root,
+        _ => false,
+    };
+    if own_pid_ns && tasks[0].pid != 1 {
+        return Err(RestoreError::BadImage(format!(
+            "the root process {} has a PID namespace of its own but is not its PID 1",
+            tasks[0].pid
+        )));
+    }
+    Ok((tasks, files, own_pid_ns))
 }
 
 /// Reads the images of one task.
@@ -282,6 +297,7 @@ impl Drop for Puppets {
 
 /// A task shaped and stopped, waiting for the final release.
 struct Ready {
+    /// Host PID.
     pid: i32,
     /// Stopped by job control when dumped: stopped again when released.
     stopped: bool,
@@ -296,6 +312,9 @@ struct Shared<'a> {
     files: &'a HashMap<u32, pb::FileEntry>,
     objs: &'a std::cell::RefCell<kinds::files::FdObjects>,
     tasks: &'a [TaskImages],
+    /// Each created task's PID in cryo's namespace, by its dumped PID (they differ inside a
+    /// restored PID namespace).
+    host: HashMap<u32, i32>,
     tr: u64,
     calls: u64,
 }
@@ -316,7 +335,9 @@ fn shape(
     stats: &mut pb::RestoreStatsEntry,
 ) -> Result<(), RestoreError> {
     let img = &sh.tasks[idx];
-    let pid = img.pid as i32;
+    let pid = *sh.host.get(&img.pid).ok_or(RestoreError::Internal(
+        "a task was shaped before it was created",
+    ))?;
     // The task this one was forked from (None for the root, a copy of cryo).
     let parent = sh
         .tasks
@@ -446,10 +467,12 @@ fn shape(
                 }
                 e => e,
             })?;
+        let host = cx.remote.last_child.take().unwrap_or(got as i32);
         puppets.0.push(Puppet {
-            tracee: Tracee { tid: got as i32 },
+            tracee: Tracee { tid: host },
             released: false,
         });
+        sh.host.insert(child.pid, host);
         if got as i32 != cpid {
             return Err(RestoreError::BadImage(format!(
                 "process {cpid} was created as {got}"
@@ -633,22 +656,30 @@ fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreE
     }
 }
 
-/// Puts every task into its process group: leaders first, then members.
-fn set_process_groups(tasks: &[TaskImages], tr: u64) -> Result<(), RestoreError> {
+/// Puts every task into its process group: leaders first, then members (`host`: host PIDs
+/// by dumped PID; groups are named in the tree's own PID namespace).
+fn set_process_groups(
+    tasks: &[TaskImages],
+    host: &HashMap<u32, i32>,
+    tr: u64,
+) -> Result<(), RestoreError> {
     for leaders_pass in [true, false] {
         for img in tasks.iter().filter(|t| !t.is_zombie()) {
             let (pid, pgid) = (img.pid as i32, img.pstree.pgid as i32);
             if (pgid == pid) != leaders_pass {
                 continue;
             }
-            let now = procfs::stat(pid)?.pgrp;
-            if now == pgid || img.pstree.sid == img.pid {
+            if img.pstree.sid == img.pid {
                 continue;
             }
-            if !tasks.iter().any(|t| t.pid as i32 == pgid) {
+            let Some(&leader) = host.get(&(pgid as u32)) else {
                 continue; // a shell job's group outside the tree: it stays in cryo's
+            };
+            let hpid = host[&img.pid];
+            if procfs::stat(hpid)?.pgrp == leader {
+                continue;
             }
-            let t = Tracee { tid: pid };
+            let t = Tracee { tid: hpid };
             let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
             let mut r = Remote::new(&t, tr, base);
             let target = if leaders_pass { 0 } else { pgid as u64 };
@@ -675,8 +706,9 @@ pub fn run(
         ),
     }
     fault_point("verify")?;
-    let (tasks, files) = read_tree(dir)?;
-    for t in &tasks {
+    let (tasks, files, own_pid_ns) = read_tree(dir)?;
+    // In a PID namespace of its own the tree's PIDs are free by construction.
+    for t in tasks.iter().filter(|_| !own_pid_ns) {
         for &tid in &t.pstree.threads {
             if let Ok(st) = procfs::stat(tid as i32) {
                 return Err(RestoreError::PidBusy {
@@ -686,7 +718,7 @@ pub fn run(
             }
         }
     }
-    let root = tasks[0].pid as i32;
+    let vroot = tasks[0].pid as i32;
     let uses_seccomp = tasks.iter().any(|t| {
         t.core
             .thread_core
@@ -697,27 +729,29 @@ pub fn run(
     // 2. Trampoline + root puppet.
     let tr = trampoline_addr(&tasks, TR_LEN)?;
     let mut code = Mapping::anon_fixed(tr, 4096, libc::PROT_READ | libc::PROT_WRITE)
-        .map_err(|source| RestoreError::Fork { pid: root, source })?;
+        .map_err(|source| RestoreError::Fork { pid: vroot, source })?;
     code.write_at(0, &SYSCALL_INSN.to_ne_bytes());
     code.protect(libc::PROT_READ | libc::PROT_EXEC)
-        .map_err(|source| RestoreError::Fork { pid: root, source })?;
+        .map_err(|source| RestoreError::Fork { pid: vroot, source })?;
     let scratch = Mapping::anon_fixed(
         tr + 4096,
         (TR_LEN - 4096) as usize,
         libc::PROT_READ | libc::PROT_WRITE,
     )
-    .map_err(|source| RestoreError::Fork { pid: root, source })?;
+    .map_err(|source| RestoreError::Fork { pid: vroot, source })?;
     fault_point("fork")?;
-    let child = crate::sys::proc::spawn_puppet(root).map_err(|source| {
+    let child = crate::sys::proc::spawn_puppet(vroot, own_pid_ns).map_err(|source| {
         if source.raw_os_error() == Some(libc::EEXIST) {
             RestoreError::PidBusy {
-                pid: root,
+                pid: vroot,
                 who: "a process that appeared meanwhile".into(),
             }
         } else {
-            RestoreError::Fork { pid: root, source }
+            RestoreError::Fork { pid: vroot, source }
         }
     })?;
+    // From here on, `root` is the restored root's PID in cryo's namespace.
+    let root = child;
     let mut puppets = Puppets(vec![Puppet {
         tracee: Tracee { tid: child },
         released: false,
@@ -760,11 +794,12 @@ pub fn run(
         files: &files,
         objs: &objs,
         tasks: &tasks,
+        host: HashMap::from([(vroot as u32, root)]),
         tr,
         calls: 0,
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
-    set_process_groups(&tasks, tr)?;
+    set_process_groups(&tasks, &sh.host, tr)?;
     fault_point("finish")?;
 
     // 4. Last injected syscall of each task unmaps the trampoline; then the dumped registers.

@@ -26,11 +26,18 @@ struct CloneArgs {
 /// Creates the restore "puppet": a child with PID `pid` that blocks all signals, arranges to
 /// die with cryo (`PR_SET_PDEATHSIG`), calls `PTRACE_TRACEME` and stops itself with SIGSTOP.
 /// From then on it only ever executes what its tracer points it at. Returns the child's PID.
+/// With `new_pid_ns` it is instead PID 1 of a new PID namespace (`pid` is its PID there),
+/// and the PID returned is the one it has in cryo's namespace.
 ///
 /// The caller must be single-threaded (this is a fork).
-pub fn spawn_puppet(pid: i32) -> io::Result<i32> {
+pub fn spawn_puppet(pid: i32, new_pid_ns: bool) -> io::Result<i32> {
     let tid = pid;
     let args = CloneArgs {
+        flags: if new_pid_ns {
+            libc::CLONE_NEWPID as u64
+        } else {
+            0
+        },
         exit_signal: libc::SIGCHLD as u64,
         set_tid: &tid as *const i32 as u64,
         set_tid_size: 1,
@@ -52,7 +59,7 @@ pub fn spawn_puppet(pid: i32) -> io::Result<i32> {
             libc::sigfillset(&mut all);
             libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() == 1 {
+            if !new_pid_ns && libc::getppid() == 1 {
                 libc::_exit(1);
             }
             libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);

@@ -280,6 +280,18 @@ impl Tracee {
         req(libc::PTRACE_SYSCALL, self.tid, 0, 0).map(|_| ())
     }
 
+    /// `PTRACE_GETEVENTMSG`: at a fork/clone event stop, the new task's PID as cryo sees it.
+    pub fn event_msg(&self) -> io::Result<u64> {
+        let mut msg: libc::c_ulong = 0;
+        req(
+            libc::PTRACE_GETEVENTMSG,
+            self.tid,
+            0,
+            &mut msg as *mut libc::c_ulong as usize,
+        )?;
+        Ok(msg as u64)
+    }
+
     /// `PTRACE_INTERRUPT`.
     pub fn interrupt(&self) -> io::Result<()> {
         req(libc::PTRACE_INTERRUPT, self.tid, 0, 0).map(|_| ())

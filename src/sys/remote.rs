@@ -43,6 +43,9 @@ pub struct Remote<'t> {
     base: Regs,
     /// Number of syscalls run so far (for stats and logs).
     pub calls: u64,
+    /// The task created by the last fork/clone event seen, as cryo (not the tracee) numbers
+    /// it: differs from the syscall's result when the tracee is in another PID namespace.
+    pub last_child: Option<i32>,
 }
 
 impl<'t> Remote<'t> {
@@ -53,6 +56,7 @@ impl<'t> Remote<'t> {
             site,
             base,
             calls: 0,
+            last_child: None,
         }
     }
 
@@ -92,8 +96,19 @@ impl<'t> Remote<'t> {
                     sig: libc::SIGTRAP,
                     event: 0,
                 } => break,
-                // A group-stop / interrupt notification: just continue to the trap.
-                Stop::Stopped { event, .. } if event != 0 => self.t.cont(0).map_err(pt)?,
+                // A fork/clone event: note the new task; a group-stop / interrupt
+                // notification: just continue to the trap.
+                Stop::Stopped { event, .. } if event != 0 => {
+                    if matches!(
+                        event,
+                        libc::PTRACE_EVENT_FORK
+                            | libc::PTRACE_EVENT_CLONE
+                            | libc::PTRACE_EVENT_VFORK
+                    ) {
+                        self.last_child = Some(self.t.event_msg().map_err(pt)? as i32);
+                    }
+                    self.t.cont(0).map_err(pt)?
+                }
                 Stop::Stopped { sig, .. } => return Err(RemoteError::UnexpectedStop { what, sig }),
                 Stop::Exited(c) => {
                     return Err(RemoteError::Died {
