@@ -253,6 +253,9 @@ pub struct RestoreCx<'a> {
     /// only their pages that differ from the parent's are written, so unchanged pages stay
     /// shared as they were before the dump.
     pub cow: Vec<(u64, u64)>,
+    /// A pidfd of cryo the puppet holds at this fd number: a puppet in a new PID namespace
+    /// cannot name cryo to `pidfd_open`.
+    pub cryo_pidfd: Option<i32>,
 }
 
 /// State the puppet (and each thread it creates before dropping privileges) starts with.
@@ -309,6 +312,13 @@ impl RestoreCx<'_> {
     /// Gives the puppet its own fd for cryo's fd `local` (the same open file description,
     /// through `pidfd_getfd`); returns the puppet's fd, which the caller closes.
     pub fn take_from_cryo(&mut self, local: i32) -> Result<u64, RestoreError> {
+        if let Some(pidfd) = self.cryo_pidfd {
+            return self.sys(
+                "pidfd_getfd",
+                libc::SYS_pidfd_getfd,
+                [pidfd as u64, local as u64, 0, 0, 0, 0],
+            );
+        }
         let pidfd = self.sys(
             "pidfd_open (cryo)",
             libc::SYS_pidfd_open,

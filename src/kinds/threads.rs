@@ -221,6 +221,7 @@ pub fn restore_threads(
             stats: &mut *cx.stats,
             inherited: cx.inherited.clone(),
             cow: Vec::new(),
+            cryo_pidfd: cx.cryo_pidfd,
         };
         let mask = restore_one(&mut tcx, img.pid as i32, tid, core)?;
         cx.remote.calls += tcx.remote.calls;

@@ -11,6 +11,7 @@
 //! failure kills the puppet, so a failed restore leaves no process behind.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use crate::image::{self, pb, ImageDir, ImageError, Manifest};
@@ -315,6 +316,8 @@ struct Shared<'a> {
     /// Each created task's PID in cryo's namespace, by its dumped PID (they differ inside a
     /// restored PID namespace).
     host: HashMap<u32, i32>,
+    /// See [`RestoreCx::cryo_pidfd`]; every puppet inherits it from the root's fd table.
+    cryo_pidfd: Option<i32>,
     tr: u64,
     calls: u64,
 }
@@ -356,6 +359,7 @@ fn shape(
         stats,
         inherited: Default::default(),
         cow: Vec::new(),
+        cryo_pidfd: sh.cryo_pidfd,
     };
     // Empty it: cryo's rseq area (root only: children are forked after it is gone), cryo's
     // fds (root only: children inherit their parent's restored fds on purpose) and memory.
@@ -377,11 +381,27 @@ fn shape(
                 ],
             )?;
         }
-        cx.sys(
-            "close_range",
-            libc::SYS_close_range,
-            [0, u32::MAX as u64, 0, 0, 0, 0],
-        )?;
+        match sh.cryo_pidfd {
+            Some(keep) => {
+                cx.sys(
+                    "close_range",
+                    libc::SYS_close_range,
+                    [0, keep as u64 - 1, 0, 0, 0, 0],
+                )?;
+                cx.sys(
+                    "close_range",
+                    libc::SYS_close_range,
+                    [keep as u64 + 1, u32::MAX as u64, 0, 0, 0, 0],
+                )?;
+            }
+            None => {
+                cx.sys(
+                    "close_range",
+                    libc::SYS_close_range,
+                    [0, u32::MAX as u64, 0, 0, 0, 0],
+                )?;
+            }
+        }
     }
     let tr = sh.tr;
     // A child starts as a copy of its parent's restored memory: it keeps the private
@@ -740,6 +760,21 @@ pub fn run(
     )
     .map_err(|source| RestoreError::Fork { pid: vroot, source })?;
     fault_point("fork")?;
+    // A puppet in a new PID namespace gets a pidfd of cryo with it, at an fd number above
+    // every saved one (closed again before the tree runs).
+    let cryo_pidfd = if own_pid_ns {
+        let top = tasks
+            .iter()
+            .flat_map(|t| t.fdinfo.iter().map(|f| f.fd))
+            .max()
+            .unwrap_or(2);
+        Some(
+            crate::sys::fd::pidfd_open_self_at(top as i32 + 1)
+                .map_err(|source| RestoreError::Fork { pid: vroot, source })?,
+        )
+    } else {
+        None
+    };
     let child = crate::sys::proc::spawn_puppet(vroot, own_pid_ns).map_err(|source| {
         if source.raw_os_error() == Some(libc::EEXIST) {
             RestoreError::PidBusy {
@@ -795,6 +830,7 @@ pub fn run(
         objs: &objs,
         tasks: &tasks,
         host: HashMap::from([(vroot as u32, root)]),
+        cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
         tr,
         calls: 0,
     };
@@ -806,6 +842,14 @@ pub fn run(
     for r in &ready {
         let t = Tracee { tid: r.pid };
         let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+        if let Some(fd) = sh.cryo_pidfd {
+            // Shared fd tables (CLONE_FILES) see it closed already: ignore EBADF.
+            let _ = Remote::new(&t, tr, base).raw(
+                "close (cryo's pidfd)",
+                libc::SYS_close,
+                [fd as u64, 0, 0, 0, 0, 0],
+            );
+        }
         Remote::new(&t, tr, base).call_to_exit(
             "munmap (trampoline)",
             libc::SYS_munmap,

@@ -26,6 +26,13 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
 }
 
+/// A pidfd of cryo itself at the lowest fd number not below `at` (close-on-exec).
+pub fn pidfd_open_self_at(at: RawFd) -> io::Result<OwnedFd> {
+    let fd = pidfd_open(std::process::id() as i32)?;
+    // SAFETY: plain integer arguments on an fd we own.
+    owned(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, at) } as libc::c_long)
+}
+
 /// `pidfd_getfd`: a new fd in cryo for the open file description behind `fd` in the process
 /// `pidfd` refers to (the same description, like SCM_RIGHTS).
 pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: i32) -> io::Result<OwnedFd> {
