@@ -658,4 +658,41 @@ mod tests {
         assert!(d.read::<pb::PstreeEntry>("pstree.img", CORE).is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[test]
+    fn ipc_msg_queues_frame_their_messages() {
+        let dir = std::env::temp_dir().join(format!("cryo-img-ipc-{}", std::process::id()));
+        let d = ImageDir::create(&dir).unwrap();
+        let msgs = vec![
+            (pb::IpcMsg { mtype: 3, msize: 5 }, b"hello".to_vec()),
+            (pb::IpcMsg { mtype: 1, msize: 0 }, Vec::new()),
+            (pb::IpcMsg { mtype: 9, msize: 8 }, b"12345678".to_vec()),
+        ];
+        let q = |id, qnum| pb::IpcMsgEntry {
+            desc: pb::IpcDescEntry {
+                id,
+                ..Default::default()
+            },
+            qbytes: 100,
+            qnum,
+        };
+        let entries = vec![(q(1, 3), ipc_msgs_data(&msgs)), (q(2, 0), Vec::new())];
+        d.write_with_data("ipcns-msg-1.img", IPCNS_MSG, &entries)
+            .unwrap();
+        let back = d
+            .read_with_data::<pb::IpcMsgEntry>("ipcns-msg-1.img", IPCNS_MSG)
+            .unwrap();
+        assert_eq!(back.len(), 2);
+        let path = d.file("ipcns-msg-1.img");
+        assert_eq!(read_ipc_msgs(&path, &back[0].1, 3).unwrap(), msgs);
+        assert_eq!(back[1].0.desc.id, 2);
+        // Bodies are padded to 8: 5 -> 8, 0 -> 0, 8 -> 8.
+        assert_eq!(back[0].1.len(), 3 * 4 + 3 * 4 + 8 + 8);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 12]).unwrap();
+        assert!(d
+            .read_with_data::<pb::IpcMsgEntry>("ipcns-msg-1.img", IPCNS_MSG)
+            .is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
