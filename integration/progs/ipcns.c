@@ -10,7 +10,8 @@
  * On SIGUSR1 it reads everything back (looking segments up by key, receiving the messages)
  * and prints it the same way ("have ..."), then waits for the next SIGUSR1.
  *
- * With "mq" as argument it also opens a POSIX message queue /cryo-test-q.
+ * With "mq" as argument it also makes a POSIX message queue /cryo-test-q; with "mqfd" it
+ * also keeps it open.
  */
 #include <fcntl.h>
 #include <mqueue.h>
@@ -212,11 +213,12 @@ int main(int argc, char **argv)
 		if (msgsnd(msqid, &mb, msg_len[i], IPC_NOWAIT))
 			die("msgsnd");
 	}
-	if (argc > 1 && !strcmp(argv[1], "mq")) {
+	if (argc > 1 && !strncmp(argv[1], "mq", 2)) {
 		mqd_t q = mq_open("/cryo-test-q", O_CREAT | O_RDWR, 0600, NULL);
 		if (q == (mqd_t)-1)
 			die("mq_open");
-		mq_close(q);
+		if (strcmp(argv[1], "mqfd"))
+			mq_close(q);
 	}
 
 	printf("ready %d %d %d %d\n", shmid, semid, msqid, privid);

@@ -534,28 +534,33 @@ fn ipc_namespace_keeps_its_objects() {
     assert_eq!(var["entries"][0]["msg_ctlmax"], 9000);
 }
 
-/// An IPC namespace holding a POSIX message queue is refused, naming the queue, and the
-/// process goes on with its SysV objects untouched.
+/// An IPC namespace holding a POSIX message queue is refused, naming the queue (and the fd
+/// when the process keeps it open), and the process goes on with its SysV objects untouched.
 #[test]
 fn ipc_namespace_with_a_posix_queue_is_refused() {
-    let dir = scratch("ipcns-mq");
-    let out = dir.join("out");
-    let pid = spawn(
-        &["unshare", "-i", prog("ipcns").to_str().unwrap(), "mq"],
-        &out,
-    );
-    let _g = KillOnDrop(pid);
-    wait_ready(&out);
-    wait_for("the expected state", 10, || lines(&out).len() >= 2);
-    let err = dump_fails(pid, &dir.join("img"), &[]);
-    assert!(
-        err.contains("POSIX message queue /cryo-test-q"),
-        "the error does not name the queue: {err}"
-    );
-    signal(pid, libc::SIGUSR1);
-    wait_for("the state after the refused dump", 10, || {
-        lines(&out).len() >= 3
-    });
-    let l = lines(&out);
-    assert_eq!(l[2].replacen("have", "want", 1), l[1]);
+    for (mode, expect) in [
+        ("mq", "POSIX message queue /cryo-test-q: "),
+        ("mqfd", "(POSIX message queue /cryo-test-q)"),
+    ] {
+        let dir = scratch(&format!("ipcns-{mode}"));
+        let out = dir.join("out");
+        let pid = spawn(
+            &["unshare", "-i", prog("ipcns").to_str().unwrap(), mode],
+            &out,
+        );
+        let _g = KillOnDrop(pid);
+        wait_ready(&out);
+        wait_for("the expected state", 10, || lines(&out).len() >= 2);
+        let err = dump_fails(pid, &dir.join("img"), &[]);
+        assert!(
+            err.contains(expect),
+            "{mode}: the error does not name the queue: {err}"
+        );
+        signal(pid, libc::SIGUSR1);
+        wait_for("the state after the refused dump", 10, || {
+            lines(&out).len() >= 3
+        });
+        let l = lines(&out);
+        assert_eq!(l[2].replacen("have", "want", 1), l[1]);
+    }
 }

@@ -352,7 +352,7 @@ fn dump_shm(var: &pb::IpcVarEntry) -> Result<Vec<(pb::IpcShmEntry, Vec<u8>)>, Ip
         let at = sys::ShmAttach::new(s.id, s.size, true).map_err(op(&name, "shmat"))?;
         let f = File::open(at.map_files()).map_err(op(&name, "open map_files"))?;
         let fs = nix::sys::statfs::fstatfs(&f).map_err(|e| op(&name, "fstatfs")(e.into()))?;
-        if fs.filesystem_type().0 as i64 == HUGETLBFS_MAGIC {
+        if fs.filesystem_type().0 == HUGETLBFS_MAGIC {
             return Err(refuse("it is a hugetlb segment (SHM_HUGETLB)"));
         }
         let mut data = vec![0u8; s.size as usize];
