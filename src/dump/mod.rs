@@ -78,6 +78,8 @@ pub enum DumpError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error(transparent)]
+    Ipc(#[from] crate::kinds::ipc::IpcError),
     #[error("fault injected at stage '{0}' (CRYO_FAULT_INJECT)")]
     Injected(String),
     #[error("interrupted by signal {sig} before stage '{stage}'; the process was left running")]
@@ -584,7 +586,7 @@ fn dump_process(
         fault_point("parasite")?;
         kinds::misc::Misc::dump(&mut cx, img)?;
         kinds::ns::dump_uts(&mut cx, img)?;
-        kinds::ns::check_ipc(&mut cx, img)?;
+        kinds::ipc::dump(&mut cx, img)?;
         kinds::ns::dump_net(&mut cx, img)?;
         kinds::creds::Creds::dump(&mut cx, img)?;
         kinds::timers::Timers::dump(&mut cx, img)?;
@@ -786,6 +788,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         dir.write_with_data("pipes-data.img", image::PIPES_DATA, &files.pipe_data)?;
     }
     kinds::ghost::write(dir, files)?;
+    kinds::ipc::write(dir, files)?;
     for (id, e) in &files.netdevs {
         dir.write(
             &format!("netdev-{id}.img"),

@@ -505,7 +505,7 @@ pub fn entries_with_data<'a>(
             offset: start,
             what: "entry payload",
         })?;
-        let data_len = extra_len(kind, payload);
+        let data_len = extra_len(kind, payload, &bytes[start + len..]);
         let data = bytes
             .get(start + len..start + len + data_len)
             .ok_or(ImageError::Truncated {
@@ -519,9 +519,27 @@ pub fn entries_with_data<'a>(
     Ok(out)
 }
 
-/// Raw bytes that follow an entry of some kinds (pipe and socket queue data).
-fn extra_len(kind: Kind, payload: &[u8]) -> usize {
-    let field = if kind.name == PIPES_DATA.name || kind.name == FIFO_DATA.name {
+/// Raw bytes that follow an entry of some kinds (pipe and socket queue data, SysV IPC
+/// contents); `rest` is what follows the entry in the file.
+fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
+    let field = if kind.name == IPCNS_SHM.name {
+        // The segment's bytes, padded to 4, unless CRIU put them in a shmem pagemap.
+        pb::IpcShmEntry::decode(payload).map(|e| {
+            if e.in_pagemaps == Some(true) {
+                0
+            } else {
+                (e.size as usize).next_multiple_of(4)
+            }
+        })
+    } else if kind.name == IPCNS_SEM.name {
+        pb::IpcSemEntry::decode(payload).map(|e| sem_values_len(e.nsems as usize))
+    } else if kind.name == IPCNS_MSG.name {
+        pb::IpcMsgEntry::decode(payload).map(|e| {
+            split_ipc_msgs(rest, e.qnum as usize)
+                .map(|(_, used)| used)
+                .unwrap_or(rest.len() + 1)
+        })
+    } else if kind.name == PIPES_DATA.name || kind.name == FIFO_DATA.name {
         pb::PipeDataEntry::decode(payload).map(|e| e.bytes as usize)
     } else if kind.name == SK_QUEUES.name {
         pb::SkPacketEntry::decode(payload).map(|e| e.length as usize)
@@ -537,6 +555,57 @@ fn extra_len(kind: Kind, payload: &[u8]) -> usize {
         return 0;
     };
     field.unwrap_or(0)
+}
+
+/// Bytes the values of a semaphore set take in `ipcns-sem`: one u16 each, padded to 8.
+pub fn sem_values_len(nsems: usize) -> usize {
+    (2 * nsems).next_multiple_of(8)
+}
+
+/// The data after an `ipc_msg_entry` in `ipcns-msg`: for each of its `qnum` messages, a
+/// framed `ipc_msg` (u32 size + message) then the body, padded to 8 bytes.
+pub fn ipc_msgs_data(msgs: &[(pb::IpcMsg, Vec<u8>)]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for (m, body) in msgs {
+        buf.extend_from_slice(&(m.encoded_len() as u32).to_ne_bytes());
+        m.encode(&mut buf).expect("Vec grows");
+        buf.extend_from_slice(body);
+        buf.resize(buf.len() + body.len().next_multiple_of(8) - body.len(), 0);
+    }
+    buf
+}
+
+/// Splits the data after an `ipc_msg_entry` into its `qnum` messages (header and body);
+/// also returns the bytes used. `None` if it is truncated or malformed.
+#[allow(clippy::type_complexity)]
+fn split_ipc_msgs(data: &[u8], qnum: usize) -> Option<(Vec<(pb::IpcMsg, &[u8])>, usize)> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    for _ in 0..qnum {
+        let len = u32::from_ne_bytes(data.get(off..off + 4)?.try_into().ok()?) as usize;
+        let m = pb::IpcMsg::decode(data.get(off + 4..off + 4 + len)?).ok()?;
+        off += 4 + len;
+        let body = data.get(off..off + m.msize as usize)?;
+        off += (m.msize as usize).next_multiple_of(8);
+        if off > data.len() {
+            return None;
+        }
+        out.push((m, body));
+    }
+    Some((out, off))
+}
+
+/// The messages of one queue of `ipcns-msg` image `path`, from the data after its entry.
+pub fn read_ipc_msgs(
+    path: &Path,
+    data: &[u8],
+    qnum: usize,
+) -> Result<Vec<(pb::IpcMsg, Vec<u8>)>, ImageError> {
+    let (msgs, _) = split_ipc_msgs(data, qnum).ok_or_else(|| ImageError::Invalid {
+        path: path.to_path_buf(),
+        what: format!("a message queue's {qnum} messages are truncated or malformed"),
+    })?;
+    Ok(msgs.into_iter().map(|(m, b)| (m, b.to_vec())).collect())
 }
 
 /// Finds the image kind a file name belongs to (`core-42.img` → CORE).
@@ -587,6 +656,43 @@ mod tests {
         let err = d.read::<pb::PstreeEntry>("pstree.img", PSTREE).unwrap_err();
         assert!(matches!(err, ImageError::Truncated { .. }), "{err}");
         assert!(d.read::<pb::PstreeEntry>("pstree.img", CORE).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ipc_msg_queues_frame_their_messages() {
+        let dir = std::env::temp_dir().join(format!("cryo-img-ipc-{}", std::process::id()));
+        let d = ImageDir::create(&dir).unwrap();
+        let msgs = vec![
+            (pb::IpcMsg { mtype: 3, msize: 5 }, b"hello".to_vec()),
+            (pb::IpcMsg { mtype: 1, msize: 0 }, Vec::new()),
+            (pb::IpcMsg { mtype: 9, msize: 8 }, b"12345678".to_vec()),
+        ];
+        let q = |id, qnum| pb::IpcMsgEntry {
+            desc: pb::IpcDescEntry {
+                id,
+                ..Default::default()
+            },
+            qbytes: 100,
+            qnum,
+        };
+        let entries = vec![(q(1, 3), ipc_msgs_data(&msgs)), (q(2, 0), Vec::new())];
+        d.write_with_data("ipcns-msg-1.img", IPCNS_MSG, &entries)
+            .unwrap();
+        let back = d
+            .read_with_data::<pb::IpcMsgEntry>("ipcns-msg-1.img", IPCNS_MSG)
+            .unwrap();
+        assert_eq!(back.len(), 2);
+        let path = d.file("ipcns-msg-1.img");
+        assert_eq!(read_ipc_msgs(&path, &back[0].1, 3).unwrap(), msgs);
+        assert_eq!(back[1].0.desc.id, 2);
+        // Bodies are padded to 8: 5 -> 8, 0 -> 0, 8 -> 8.
+        assert_eq!(back[0].1.len(), 3 * 4 + 3 * 4 + 8 + 8);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 12]).unwrap();
+        assert!(d
+            .read_with_data::<pb::IpcMsgEntry>("ipcns-msg-1.img", IPCNS_MSG)
+            .is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

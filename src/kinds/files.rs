@@ -157,10 +157,26 @@ pub fn precheck(
                     socks.push((pid, fd, ino));
                 }
             }
+            // A POSIX message queue looks like a regular file named "/NAME".
+            Ok(Class::Reg) if meta.as_ref().is_some_and(|m| m.is_file()) && is_mqueue(pid, fd) => {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    object: format!("fd {fd} (POSIX message queue {link})"),
+                    what: "POSIX message queues are not supported yet".into(),
+                    hint: "close it before the dump, or wait for the issue that adds it".into(),
+                })
+            }
             Ok(_) => {}
         }
     }
     Ok(())
+}
+
+/// Whether fd `fd` of `pid` is on an mqueue filesystem.
+fn is_mqueue(pid: i32, fd: i32) -> bool {
+    const MQUEUE_MAGIC: i64 = 0x1980_0202;
+    nix::sys::statfs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
+        .is_ok_and(|s| s.filesystem_type().0 == MQUEUE_MAGIC)
 }
 
 /// Sets the file-status flags F_SETFL can change on cryo's object `id`.

@@ -12,6 +12,7 @@ pub mod eventfd;
 pub mod files;
 pub mod ghost;
 pub mod inotify;
+pub mod ipc;
 pub mod memfd;
 pub mod memory;
 pub mod misc;
@@ -131,6 +132,8 @@ pub struct FileTable {
     pub utsns: Vec<(u32, pb::UtsnsEntry)>,
     /// netdev-ID.img: the loopback of each network namespace of the tree that is not cryo's.
     pub netdevs: Vec<(u32, pb::NetDeviceEntry)>,
+    /// ipcns-*-ID.img: the objects of each IPC namespace of the tree that is not cryo's.
+    pub ipcns: Vec<ipc::IpcNs>,
 }
 
 impl FileTable {

@@ -1,8 +1,8 @@
 //! Namespaces a tree owns (issue #4, first pieces):
 //! - UTS: hostname and domainname, saved once per namespace as `utsns-ID.img` (ID is the
 //!   `uts_ns_id` of `ids-PID.img`), read with `uname` run inside the task;
-//! - IPC: an IPC namespace holding no System V objects (checked inside the task with
-//!   `shmctl(SHM_INFO)`, `semctl(SEM_INFO)`, `msgctl(MSG_INFO)`); one holding some is refused.
+//! - IPC: the new namespace itself (`restore_ipc`); its contents (SysV objects, sysctls)
+//!   are `kinds/ipc.rs`.
 //! - net: a network namespace whose only device is the loopback (from `/proc/PID/net/dev`);
 //!   its flags and MTU are read inside the task (`SIOCGIFFLAGS`/`SIOCGIFMTU` on a socket of
 //!   its own) and saved as `netdev-ID.img`; restore makes a new namespace and sets `lo` up
@@ -20,9 +20,6 @@ use super::{DumpCx, RestoreCx, TaskImages};
 use crate::dump::DumpError;
 use crate::image::{self, pb};
 use crate::restore::RestoreError;
-
-/// `SHM_INFO` (linux/shm.h; not in the libc crate).
-const SHM_INFO: u64 = 14;
 
 /// The namespace id cryo itself has for `kind` ("uts", ...), as `task_ids` computes ids.
 pub fn own_ns_id(kind: &str) -> Option<u32> {
@@ -56,55 +53,6 @@ pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
             domainname: field(5),
         },
     ));
-    Ok(())
-}
-
-/// Refuses an IPC namespace of the tree (not cryo's) that holds System V objects.
-pub fn check_ipc(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> {
-    let Some(id) = img.ids.ipc_ns_id else {
-        return Ok(());
-    };
-    if Some(id) == own_ns_id("ipc") {
-        return Ok(());
-    }
-    let pid = cx.pid;
-    let buf = cx.scratch()?;
-    // SHM_INFO: shm_info.used_ids (1st int); SEM_INFO: seminfo.semusz (8th int, the number
-    // of sets); MSG_INFO: msginfo.msgpool (1st int, the number of queues).
-    let mut count = |what: &'static str, nr: i64, args: [u64; 6], word: usize| {
-        cx.call(what, nr, args)?;
-        let mut w = [0u8; 4];
-        cx.peek(buf + 4 * word as u64, &mut w, "reading IPC info")?;
-        Ok::<i32, DumpError>(i32::from_ne_bytes(w))
-    };
-    let shm = count(
-        "shmctl(SHM_INFO)",
-        libc::SYS_shmctl,
-        [0, SHM_INFO, buf, 0, 0, 0],
-        0,
-    )?;
-    let sem = count(
-        "semctl(SEM_INFO)",
-        libc::SYS_semctl,
-        [0, 0, libc::SEM_INFO as u64, buf, 0, 0],
-        7,
-    )?;
-    let msg = count(
-        "msgctl(MSG_INFO)",
-        libc::SYS_msgctl,
-        [0, libc::MSG_INFO as u64, buf, 0, 0, 0],
-        0,
-    )?;
-    if shm + sem + msg > 0 {
-        return Err(DumpError::Unsupported {
-            pid,
-            object: "ipc namespace".into(),
-            what: format!(
-                "it holds System V IPC objects ({shm} shared memory segments, {sem} semaphore sets, {msg} message queues)"
-            ),
-            hint: "SysV IPC contents come with issue #4".into(),
-        });
-    }
     Ok(())
 }
 
@@ -222,7 +170,8 @@ pub fn restore_net(
     r.map(|_| ())
 }
 
-/// Gives the puppet a new, empty IPC namespace when `img`'s differs from the inherited one.
+/// Gives the puppet a new, empty IPC namespace when `img`'s differs from the inherited one
+/// (`ipc::restore` fills it next).
 pub fn restore_ipc(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,

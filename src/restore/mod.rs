@@ -88,6 +88,8 @@ pub enum RestoreError {
     Proc(#[from] ProcError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error(transparent)]
+    Ipc(#[from] crate::kinds::ipc::IpcError),
     #[error("fault injected at stage '{0}' (CRYO_FAULT_INJECT)")]
     Injected(String),
     #[error("interrupted by signal {sig} before stage '{stage}'; nothing was left running")]
@@ -432,6 +434,7 @@ fn shape(
     };
     kinds::ns::restore_uts(&mut cx, img, uts_now)?;
     kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
+    kinds::ipc::restore(cx.dir, cx.pid, img, ipc_now)?;
     kinds::ns::restore_net(&mut cx, img, net_now)?;
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
     let shares_table = parent.is_some_and(|p| p.ids.files_id == img.ids.files_id);

@@ -1,0 +1,356 @@
+//! System V IPC calls made by cryo itself, from a thread that has entered a target's IPC
+//! namespace (`kinds/ipc.rs`): `*ctl(*_INFO)` and `*_STAT` to list objects, create/own/set
+//! them, `shmat`/`shmdt`, `semctl(GETALL/SETALL)`, `msgrcv(MSG_COPY)`/`msgsnd`, and a
+//! detached mount of the namespace's mqueue filesystem (`fsopen`/`fsmount`).
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use super::cvt;
+
+/// `shmctl` commands not in the libc crate (linux/shm.h).
+const SHM_STAT: libc::c_int = 13;
+const SHM_INFO: libc::c_int = 14;
+const SHM_LOCK: libc::c_int = 11;
+/// `msgrcv` flag: copy the message at an index without dequeuing it (linux/msg.h).
+const MSG_COPY: libc::c_int = 0o40000;
+
+/// The common part of every SysV object (`struct ipc_perm`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Perm {
+    pub key: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cuid: u32,
+    pub cgid: u32,
+    /// Permission bits plus the object's state bits (`SHM_DEST`, `SHM_LOCKED`).
+    pub mode: u32,
+}
+
+impl Perm {
+    fn of(p: &libc::ipc_perm) -> Perm {
+        Perm {
+            key: p.__key,
+            uid: p.uid,
+            gid: p.gid,
+            cuid: p.cuid,
+            cgid: p.cgid,
+            mode: p.mode as u32,
+        }
+    }
+}
+
+/// A shared memory segment as `shmctl(SHM_STAT)` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct ShmStat {
+    pub id: i32,
+    pub perm: Perm,
+    pub size: u64,
+    pub nattch: u64,
+}
+
+/// A semaphore set as `semctl(SEM_STAT)` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct SemStat {
+    pub id: i32,
+    pub perm: Perm,
+    pub nsems: u64,
+}
+
+/// A message queue as `msgctl(MSG_STAT)` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct MsgStat {
+    pub id: i32,
+    pub perm: Perm,
+    pub qbytes: u64,
+    pub qnum: u64,
+    /// Bytes queued.
+    pub cbytes: u64,
+}
+
+fn zeroed_shmid_ds() -> libc::shmid_ds {
+    // SAFETY: shmid_ds is plain integers; all zeroes is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+fn zeroed_semid_ds() -> libc::semid_ds {
+    // SAFETY: semid_ds is plain integers; all zeroes is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+fn zeroed_msqid_ds() -> libc::msqid_ds {
+    // SAFETY: msqid_ds is plain integers; all zeroes is a valid value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// `shmctl(0, SHM_INFO)`: (highest index in use, number of segments).
+pub fn shm_info() -> io::Result<(i32, i32)> {
+    // struct shm_info (48 bytes) is smaller than shmid_ds; its first field is `int used_ids`.
+    let mut buf = zeroed_shmid_ds();
+    // SAFETY: buf is a writable shmid_ds, larger than the shm_info the kernel writes.
+    let max = cvt(unsafe { libc::shmctl(0, SHM_INFO, &mut buf) } as libc::c_long)?;
+    Ok((max as i32, buf.shm_perm.__key))
+}
+
+/// `shmctl(index, SHM_STAT)`: the segment at kernel index `index` (EINVAL: none there).
+pub fn shm_stat(index: i32) -> io::Result<ShmStat> {
+    let mut ds = zeroed_shmid_ds();
+    // SAFETY: ds is a writable shmid_ds.
+    let id = cvt(unsafe { libc::shmctl(index, SHM_STAT, &mut ds) } as libc::c_long)?;
+    Ok(ShmStat {
+        id: id as i32,
+        perm: Perm::of(&ds.shm_perm),
+        size: ds.shm_segsz as u64,
+        nattch: ds.shm_nattch,
+    })
+}
+
+/// `shmget(key, size, flags)`.
+pub fn shm_get(key: i32, size: u64, flags: i32) -> io::Result<i32> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::shmget(key, size as usize, flags) } as libc::c_long).map(|id| id as i32)
+}
+
+/// `shmctl(IPC_STAT)` then `shmctl(IPC_SET)` with the owner `uid`/`gid`.
+pub fn shm_set_owner(id: i32, uid: u32, gid: u32) -> io::Result<()> {
+    let mut ds = zeroed_shmid_ds();
+    // SAFETY: ds is a writable shmid_ds.
+    cvt(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } as libc::c_long)?;
+    ds.shm_perm.uid = uid;
+    ds.shm_perm.gid = gid;
+    // SAFETY: ds is a valid shmid_ds the kernel only reads.
+    cvt(unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) } as libc::c_long).map(|_| ())
+}
+
+/// `shmctl(SHM_LOCK)`: keeps the segment's pages in memory.
+pub fn shm_lock(id: i32) -> io::Result<()> {
+    // SAFETY: SHM_LOCK takes no buffer.
+    cvt(unsafe { libc::shmctl(id, SHM_LOCK, std::ptr::null_mut()) } as libc::c_long).map(|_| ())
+}
+
+/// A segment attached to cryo's address space (`shmat`), detached on drop. Its content is
+/// reached through [`ShmAttach::map_files`], never as memory, so reading a hole does not
+/// allocate a page in the segment.
+pub struct ShmAttach {
+    addr: usize,
+    len: u64,
+}
+
+impl ShmAttach {
+    /// `shmat(id, NULL, SHM_RDONLY or 0)`; `size` is the segment's size.
+    pub fn new(id: i32, size: u64, read_only: bool) -> io::Result<ShmAttach> {
+        let flags = if read_only { libc::SHM_RDONLY } else { 0 };
+        // SAFETY: the kernel picks the address; the mapping is only reached through
+        // /proc/self/map_files and unmapped by Drop.
+        let p = unsafe { libc::shmat(id, std::ptr::null(), flags) };
+        if p as isize == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ShmAttach {
+            addr: p as usize,
+            len: size.div_ceil(super::PAGE_SIZE) * super::PAGE_SIZE,
+        })
+    }
+
+    /// `/proc/self/map_files/START-END` of the attachment: a file on the segment.
+    pub fn map_files(&self) -> String {
+        format!(
+            "/proc/self/map_files/{:x}-{:x}",
+            self.addr,
+            self.addr as u64 + self.len
+        )
+    }
+}
+
+impl Drop for ShmAttach {
+    fn drop(&mut self) {
+        // SAFETY: addr is what shmat returned and no reference into it exists.
+        unsafe { libc::shmdt(self.addr as *const libc::c_void) };
+    }
+}
+
+/// `semctl(0, 0, SEM_INFO)`: (highest index in use, number of sets).
+pub fn sem_info() -> io::Result<(i32, i32)> {
+    // SAFETY: seminfo is plain integers; all zeroes is a valid value.
+    let mut info: libc::seminfo = unsafe { std::mem::zeroed() };
+    // SAFETY: SEM_INFO writes one struct seminfo through the pointer.
+    let max = cvt(
+        unsafe { libc::semctl(0, 0, libc::SEM_INFO, &mut info as *mut libc::seminfo) }
+            as libc::c_long,
+    )?;
+    Ok((max as i32, info.semusz))
+}
+
+/// `semctl(index, 0, SEM_STAT)`: the set at kernel index `index` (EINVAL: none there).
+pub fn sem_stat(index: i32) -> io::Result<SemStat> {
+    let mut ds = zeroed_semid_ds();
+    // SAFETY: SEM_STAT writes one semid_ds through the pointer.
+    let id = cvt(
+        unsafe { libc::semctl(index, 0, libc::SEM_STAT, &mut ds as *mut libc::semid_ds) }
+            as libc::c_long,
+    )?;
+    Ok(SemStat {
+        id: id as i32,
+        perm: Perm::of(&ds.sem_perm),
+        nsems: ds.sem_nsems,
+    })
+}
+
+/// `semget(key, nsems, flags)`.
+pub fn sem_get(key: i32, nsems: i32, flags: i32) -> io::Result<i32> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::semget(key, nsems, flags) } as libc::c_long).map(|id| id as i32)
+}
+
+/// `semctl(id, 0, IPC_STAT)`.
+fn sem_ds(id: i32) -> io::Result<libc::semid_ds> {
+    let mut ds = zeroed_semid_ds();
+    // SAFETY: IPC_STAT writes one semid_ds through the pointer.
+    let r = unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) };
+    cvt(r as libc::c_long).map(|_| ds)
+}
+
+/// `semctl(IPC_STAT)` then `semctl(IPC_SET)` with the owner `uid`/`gid`.
+pub fn sem_set_owner(id: i32, uid: u32, gid: u32) -> io::Result<()> {
+    let mut ds = sem_ds(id)?;
+    ds.sem_perm.uid = uid;
+    ds.sem_perm.gid = gid;
+    // SAFETY: IPC_SET reads one semid_ds through the pointer.
+    let r = unsafe { libc::semctl(id, 0, libc::IPC_SET, &mut ds as *mut libc::semid_ds) };
+    cvt(r as libc::c_long).map(|_| ())
+}
+
+/// `semctl(GETALL)`: the values of the `nsems` semaphores of set `id`.
+pub fn sem_get_all(id: i32, nsems: usize) -> io::Result<Vec<u16>> {
+    let mut v = vec![0u16; nsems.max(1)];
+    // SAFETY: GETALL writes nsems unsigned shorts; v holds at least that many.
+    cvt(unsafe { libc::semctl(id, 0, libc::GETALL, v.as_mut_ptr()) } as libc::c_long)?;
+    v.truncate(nsems);
+    Ok(v)
+}
+
+/// `semctl(SETALL)`: sets every semaphore of set `id`; `values` has one per semaphore.
+pub fn sem_set_all(id: i32, values: &[u16]) -> io::Result<()> {
+    let ds = sem_ds(id)?;
+    if values.len() as u64 != ds.sem_nsems {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} values for a set of {}", values.len(), ds.sem_nsems),
+        ));
+    }
+    // SAFETY: SETALL reads as many unsigned shorts as the set has: exactly values.len().
+    cvt(unsafe { libc::semctl(id, 0, libc::SETALL, values.as_ptr()) } as libc::c_long).map(|_| ())
+}
+
+/// `msgctl(0, MSG_INFO)`: (highest index in use, number of queues).
+pub fn msg_info() -> io::Result<(i32, i32)> {
+    // SAFETY: msginfo is plain integers; all zeroes is a valid value.
+    let mut info: libc::msginfo = unsafe { std::mem::zeroed() };
+    // SAFETY: MSG_INFO writes one struct msginfo (smaller than msqid_ds) through the pointer.
+    let max = cvt(unsafe {
+        libc::msgctl(
+            0,
+            libc::MSG_INFO,
+            &mut info as *mut libc::msginfo as *mut libc::msqid_ds,
+        )
+    } as libc::c_long)?;
+    Ok((max as i32, info.msgpool))
+}
+
+/// `msgctl(index, MSG_STAT)`: the queue at kernel index `index` (EINVAL: none there).
+pub fn msg_stat(index: i32) -> io::Result<MsgStat> {
+    let mut ds = zeroed_msqid_ds();
+    // SAFETY: ds is a writable msqid_ds.
+    let id = cvt(unsafe { libc::msgctl(index, libc::MSG_STAT, &mut ds) } as libc::c_long)?;
+    Ok(MsgStat {
+        id: id as i32,
+        perm: Perm::of(&ds.msg_perm),
+        qbytes: ds.msg_qbytes,
+        qnum: ds.msg_qnum,
+        cbytes: ds.__msg_cbytes,
+    })
+}
+
+/// `msgget(key, flags)`.
+pub fn msg_get(key: i32, flags: i32) -> io::Result<i32> {
+    // SAFETY: integer arguments only.
+    cvt(unsafe { libc::msgget(key, flags) } as libc::c_long).map(|id| id as i32)
+}
+
+/// `msgctl(IPC_STAT)` then `msgctl(IPC_SET)` with the owner and the byte limit.
+pub fn msg_set(id: i32, uid: u32, gid: u32, qbytes: u64) -> io::Result<()> {
+    let mut ds = zeroed_msqid_ds();
+    // SAFETY: ds is a writable msqid_ds.
+    cvt(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) } as libc::c_long)?;
+    ds.msg_perm.uid = uid;
+    ds.msg_perm.gid = gid;
+    ds.msg_qbytes = qbytes;
+    // SAFETY: ds is a valid msqid_ds the kernel only reads.
+    cvt(unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) } as libc::c_long).map(|_| ())
+}
+
+/// `msgrcv(id, .., max, index, MSG_COPY | IPC_NOWAIT)`: a copy of the message at position
+/// `index` of the queue, left queued: (type, body). `max` bounds the body.
+pub fn msg_copy(id: i32, index: u64, max: usize) -> io::Result<(i64, Vec<u8>)> {
+    let mut buf = vec![0u8; 8 + max];
+    // SAFETY: buf holds a long (mtype) followed by max bytes of text, as msgrcv writes.
+    let n = cvt(unsafe {
+        libc::msgrcv(
+            id,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            max,
+            index as libc::c_long,
+            MSG_COPY | libc::IPC_NOWAIT,
+        )
+    } as libc::c_long)? as usize;
+    let mtype = i64::from_ne_bytes(buf[..8].try_into().expect("8 bytes"));
+    buf.drain(..8);
+    buf.truncate(n);
+    Ok((mtype, buf))
+}
+
+/// `msgsnd(id, {mtype, body}, IPC_NOWAIT)`.
+pub fn msg_send(id: i32, mtype: i64, body: &[u8]) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(8 + body.len());
+    buf.extend_from_slice(&mtype.to_ne_bytes());
+    buf.extend_from_slice(body);
+    // SAFETY: buf holds a long (mtype) followed by body.len() bytes, as msgsnd reads.
+    cvt(unsafe {
+        libc::msgsnd(
+            id,
+            buf.as_ptr() as *const libc::c_void,
+            body.len(),
+            libc::IPC_NOWAIT,
+        )
+    } as libc::c_long)
+    .map(|_| ())
+}
+
+/// A detached mount of the mqueue filesystem of the calling thread's IPC namespace
+/// (`fsopen("mqueue")`, `fsconfig(FSCONFIG_CMD_CREATE)`, `fsmount`); its root is
+/// `/proc/self/fd/FD`.
+pub fn mqueue_mount() -> io::Result<OwnedFd> {
+    const FSOPEN_CLOEXEC: libc::c_long = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_long = 6;
+    const FSMOUNT_CLOEXEC: libc::c_long = 1;
+    // SAFETY: fsopen reads a NUL-terminated name.
+    let fs = cvt(unsafe { libc::syscall(libc::SYS_fsopen, c"mqueue".as_ptr(), FSOPEN_CLOEXEC) })?;
+    // SAFETY: fs is a new fd that nothing else owns.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
+    use std::os::fd::AsRawFd;
+    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    })?;
+    // SAFETY: integer arguments only.
+    let m = cvt(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
+    // SAFETY: m is a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(m as i32) })
+}
