@@ -279,6 +279,7 @@ fn collect_tree(root: i32) -> Result<Vec<(i32, i32)>, DumpError> {
 fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     let root = opts.pid;
     let mut socks = Vec::new();
+    let pids: Vec<i32> = tree.iter().map(|t| t.0).collect();
     let root_stat = procfs::stat(root)?;
     if root_stat.session != root && !opts.shell_job {
         return Err(DumpError::Unsupported {
@@ -358,9 +359,10 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                 });
             }
         }
-        kinds::files::precheck(pid, opts.shell_job, &mut socks)?;
+        kinds::files::precheck(pid, opts.shell_job, &pids, &mut socks)?;
     }
     kinds::unix_sk::precheck(&socks)?;
+    kinds::tty::precheck(tree, opts.shell_job)?;
     Ok(())
 }
 
@@ -585,6 +587,7 @@ pub fn run(
     let mut files = FileTable::default();
     files.ghost_limit = opts.ghost_limit;
     files.shell_job = opts.shell_job;
+    files.tree = frozen.iter().map(|f| f.0).collect();
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
     let mut calls = 0;
@@ -629,6 +632,8 @@ pub fn run(
         }
         imgs.push(img);
     }
+    // Queued terminal bytes, read last; put back when `tty_data` drops (before a release).
+    let tty_data = kinds::tty::finish_dump(&mut files)?;
     fault_point("write")?;
 
     // 4. Images.
@@ -648,6 +653,7 @@ pub fn run(
     dir.finish()?;
 
     // 5. Final state. A failing post-dump hook leaves the tree running (the dump failed).
+    drop(tty_data);
     if let Err(e) = hooks.notify("post-dump", None) {
         for (_, _, seized) in frozen.iter_mut() {
             seized.release();
@@ -693,6 +699,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         dir.write_with_data("pipes-data.img", image::PIPES_DATA, &files.pipe_data)?;
     }
     kinds::ghost::write(dir, files)?;
+    kinds::tty::write(dir, files)?;
     for (id, e) in &files.netdevs {
         dir.write(
             &format!("netdev-{id}.img"),

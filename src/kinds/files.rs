@@ -40,6 +40,7 @@ pub enum Class {
     Inotify,
     UnixSk,
     Memfd,
+    Tty,
 }
 
 impl Class {
@@ -55,6 +56,7 @@ impl Class {
             Class::Inotify => pb::FdTypes::Inotify,
             Class::UnixSk => pb::FdTypes::Unixsk,
             Class::Memfd => pb::FdTypes::Memfd,
+            Class::Tty => pb::FdTypes::Tty,
         }
     }
 }
@@ -109,11 +111,15 @@ fn classify(
         return Err(("unix socket", "sockets are planned (issue #3)"));
     }
     if ft.is_char_device() {
+        // pty masters and slaves, and /dev/tty (tty.rs).
+        if super::tty::side(m.rdev()).is_some() {
+            return Ok(Class::Tty);
+        }
         let major = (m.rdev() >> 8) & 0xfff;
         if matches!(major, 4 | 5 | 136..=143) {
             return Err((
                 "terminal",
-                "ttys are planned (issue #4); start the program with stdio redirected to files or /dev/null",
+                "only pseudo-terminals are supported; start the program with stdio redirected to files, /dev/null or a pty",
             ));
         }
     }
@@ -121,12 +127,20 @@ fn classify(
 }
 
 /// With `--shell-job`, an fd on the process's controlling terminal (the terminal of the
-/// shell it was started from) is saved as `/dev/tty`: on restore it opens the terminal cryo
-/// runs on. Returns that path when `fd` is such an fd.
-fn shell_tty(pid: i32, shell_job: bool, meta: Option<&std::fs::Metadata>) -> Option<String> {
+/// shell it was started from, whose session leader is not in the `tree`) is saved as
+/// `/dev/tty`: on restore it opens the terminal cryo runs on. Returns that path when `fd` is
+/// such an fd.
+fn shell_tty(
+    pid: i32,
+    shell_job: bool,
+    meta: Option<&std::fs::Metadata>,
+    tree: &[i32],
+) -> Option<String> {
     let m = meta.filter(|m| shell_job && m.file_type().is_char_device())?;
-    let ctty = procfs::stat(pid).ok()?.tty_nr;
-    (ctty != 0 && m.rdev() == ctty as u64).then(|| "/dev/tty".to_string())
+    let st = procfs::stat(pid).ok()?;
+    let ctty = st.tty_nr;
+    (ctty != 0 && m.rdev() == ctty as u64 && !tree.contains(&st.session))
+        .then(|| "/dev/tty".to_string())
 }
 
 /// Checks every fd of `pid` can be dumped, without touching the task. Called before
@@ -135,12 +149,13 @@ fn shell_tty(pid: i32, shell_job: bool, meta: Option<&std::fs::Metadata>) -> Opt
 pub fn precheck(
     pid: i32,
     shell_job: bool,
+    tree: &[i32],
     socks: &mut Vec<(i32, i32, u32)>,
 ) -> Result<(), DumpError> {
     for fd in procfs::fds(pid).map_err(DumpError::Proc)? {
         let link = procfs::link(pid, &format!("fd/{fd}")).map_err(DumpError::Proc)?;
         let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
-        if shell_tty(pid, shell_job, meta.as_ref()).is_some() {
+        if shell_tty(pid, shell_job, meta.as_ref(), tree).is_some() {
             continue;
         }
         match classify(&link, meta.as_ref()) {
@@ -259,6 +274,7 @@ pub struct FdObjects {
     pub unix: super::unix_sk::UnixStore,
     pub ghosts: super::ghost::GhostStore,
     pub memfds: super::memfd::MemfdStore,
+    pub tty: super::tty::TtyStore,
 }
 
 impl FdObjects {
@@ -277,6 +293,7 @@ impl FdObjects {
             unix: Default::default(),
             ghosts: super::ghost::GhostStore::load(dir)?,
             memfds: Default::default(),
+            tty: Default::default(),
         })
     }
 
@@ -288,6 +305,7 @@ impl FdObjects {
         self.unix = Default::default();
         self.ghosts.unlink_all();
         self.memfds = Default::default();
+        self.tty.close();
     }
 
     /// The record of file `id`.
@@ -314,6 +332,7 @@ impl FdObjects {
             Ok(pb::FdTypes::Inotify) => super::inotify::Inotify::open(self, e)?,
             Ok(pb::FdTypes::Unixsk) => super::unix_sk::UnixSk::open(self, e)?,
             Ok(pb::FdTypes::Memfd) => super::memfd::Memfd::open(self, e)?,
+            Ok(pb::FdTypes::Tty) => super::tty::Tty::open(self, e)?,
             _ => {
                 return Err(RestoreError::Unsupported(format!(
                     "file {id} has type {} which this cryo cannot restore",
@@ -339,7 +358,7 @@ impl Kind for Files {
         for fd in procfs::fds(pid).map_err(DumpError::Proc)? {
             let link = procfs::link(pid, &format!("fd/{fd}")).map_err(DumpError::Proc)?;
             let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
-            let tty = shell_tty(pid, cx.files.shell_job, meta.as_ref());
+            let tty = shell_tty(pid, cx.files.shell_job, meta.as_ref(), &cx.files.tree);
             let class = match tty {
                 Some(_) => Ok(Class::Reg),
                 None => classify(&link, meta.as_ref()),
@@ -429,6 +448,7 @@ impl Kind for Files {
                         Class::Inotify => super::inotify::Inotify::dump(cx, &t, id)?,
                         Class::UnixSk => super::unix_sk::UnixSk::dump(cx, &t, id)?,
                         Class::Memfd => super::memfd::Memfd::dump(cx, &t, id)?,
+                        Class::Tty => super::tty::Tty::dump(cx, &t, id)?,
                         Class::Reg => unreachable!("handled above"),
                     };
                     cx.files.entries.push(e);
@@ -520,6 +540,12 @@ pub fn restore_fds(
         }
         let tmp = if f.r#type == pb::FdTypes::Reg as i32 {
             open_reg(cx, f.id)? as u64
+        } else if super::tty::is_dev_tty(cx.files, f.id) {
+            if img.pstree.sid == img.pid {
+                // A session leader has no terminal before its setsid: tty::take_ctty opens it.
+                continue;
+            }
+            super::tty::open_dev_tty(cx, f.id)? as u64
         } else {
             let local = objs_cell.borrow_mut().get(f.id)?;
             let pidfd = match cryo_pidfd {

@@ -29,6 +29,9 @@ pub struct RestoreOpts {
     /// `--shell-job`: the tree joins cryo's session and terminal; without `detach` its
     /// process group gets the terminal's foreground while cryo waits for it.
     pub shell_job: bool,
+    /// `--orphan-pts-master`: keep the pty masters made for slaves whose master was not in
+    /// the tree (`kinds::tty::take_orphan_masters`) instead of hanging the slaves up.
+    pub orphan_pts_master: bool,
 }
 
 /// Why a restore failed.
@@ -416,6 +419,7 @@ fn shape(
         let child = &sh.tasks[cidx];
         if !in_own_session && !early(child) {
             cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
+            kinds::tty::take_ctty(&mut cx, img)?;
             in_own_session = true;
         }
         let cpid = child.pid as i32;
@@ -491,6 +495,7 @@ fn shape(
     }
     if !in_own_session {
         cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
+        kinds::tty::take_ctty(&mut cx, img)?;
     }
 
     kinds::rlimits::Rlimits::restore(&mut cx, img)?;
@@ -755,6 +760,7 @@ pub fn run(
     let mut stats = pb::RestoreStatsEntry::default();
     let mut ready = Vec::new();
     let objs = std::cell::RefCell::new(kinds::files::FdObjects::new(dir, &files, &tasks)?);
+    objs.borrow_mut().tty.orphan_pts_master = opts.orphan_pts_master;
     let mut sh = Shared {
         dir,
         files: &files,
@@ -765,6 +771,7 @@ pub fn run(
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
     set_process_groups(&tasks, tr)?;
+    kinds::tty::set_foreground(&objs, &tasks, tr, |pid| pid as i32)?;
     fault_point("finish")?;
 
     // 4. Last injected syscall of each task unmaps the trampoline; then the dumped registers.
