@@ -8,6 +8,13 @@ use std::time::Duration;
 
 use integration::*;
 
+/// The tests make and free ptys by index: one at a time, so one does not take the other's.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// (tty_nr, tpgid) of a process, from /proc/PID/stat.
 fn terminal_of(pid: i32) -> (u64, i32) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -53,6 +60,7 @@ fn check_stty(text: &str) {
 /// size and termios.
 #[test]
 fn interactive_shell_on_a_pty_keeps_its_terminal() {
+    let _serial = serial();
     let dir = scratch("pty");
     let (fifo, out, log) = (dir.join("in"), dir.join("out"), dir.join("log"));
     let st = std::process::Command::new("mkfifo")
@@ -131,4 +139,59 @@ fn interactive_shell_on_a_pty_keeps_its_terminal() {
     type_in(&fifo, "stty size; stty -a; echo hello-$((6*7))\n");
     check_stty(&wait_printed(&out, off, "hello-42"));
     assert_eq!(terminal_of(sh), (tty_nr, sh));
+}
+
+/// A slave whose master is outside the tree (here the test holds it): restore refuses while
+/// that pty index is in use, naming it; once it is free the slave comes back with the same
+/// index, hung up (its temporary master is gone), and the process runs on.
+#[test]
+fn slave_without_its_master_comes_back_with_its_index() {
+    let _serial = serial();
+    let dir = scratch("orphan-pts");
+    let m = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/ptmx")
+        .unwrap();
+    let mut n: libc::c_int = 0;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int, TIOCGPTN writes one.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        assert_eq!(libc::ioctl(m.as_raw_fd(), libc::TIOCSPTLCK, &unlock), 0);
+        assert_eq!(libc::ioctl(m.as_raw_fd(), libc::TIOCGPTN, &mut n), 0);
+    }
+    let slave = format!("/dev/pts/{n}");
+    let pid = spawn(
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("exec 3<>{slave}; exec sleep 1000"),
+        ],
+        &dir.join("log"),
+    );
+    let _g = KillOnDrop(pid);
+    let fd3 = format!("/proc/{pid}/fd/3");
+    wait_for("the slave fd", 10, || {
+        std::fs::read_link(&fd3).is_ok_and(|l| l.to_string_lossy() == slave)
+    });
+    assert_ne!(terminal_of(pid).0, 0, "the slave is the session's terminal");
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    let o = cryo(&["restore", "-D", img.to_str().unwrap(), "-d"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains(&format!("pty {n} is in use")),
+        "{err}"
+    );
+    assert!(!alive(pid));
+    drop(m);
+    wait_for("the pty to be freed", 10, || !Path::new(&slave).exists());
+    restore(&img);
+    // Hung up: its temporary master is closed, so devpts no longer lists the slave.
+    let link = std::fs::read_link(&fd3).unwrap();
+    assert_eq!(link.to_string_lossy(), format!("{slave} (deleted)"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(alive(pid), "the process died with its terminal");
 }
