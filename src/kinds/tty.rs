@@ -245,9 +245,9 @@ impl FdKind for Tty {
         let regf = cx
             .files
             .add_reg(t.link.to_string(), t.flags(), 0, None, meta.mode());
-        if !cx.files.ttys.infos.contains_key(&info) {
+        if let std::collections::btree_map::Entry::Vacant(v) = cx.files.ttys.infos.entry(info) {
             let entry = describe(t, side, info, index, fd.as_ref().map(|f| f.as_fd()), meta)?;
-            cx.files.ttys.infos.insert(info, Seen { entry, fd });
+            v.insert(Seen { entry, fd });
         }
         Ok(pb::FileEntry {
             r#type: pb::FdTypes::Tty as i32,

@@ -14,7 +14,8 @@ pub type Termios = libc::termios2;
 fn get_int(fd: BorrowedFd<'_>, req: libc::c_ulong) -> io::Result<i32> {
     let mut v: libc::c_int = 0;
     // SAFETY: req is one of the int-out ioctls below; v outlives the call.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req, &mut v as *mut libc::c_int) } as libc::c_long)?;
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, &mut v as *mut libc::c_int) };
+    cvt(r as libc::c_long)?;
     Ok(v)
 }
 
@@ -22,8 +23,8 @@ fn get_int(fd: BorrowedFd<'_>, req: libc::c_ulong) -> io::Result<i32> {
 fn set_int(fd: BorrowedFd<'_>, req: libc::c_ulong, v: i32) -> io::Result<()> {
     let v: libc::c_int = v;
     // SAFETY: req is one of the int-in ioctls below; v outlives the call.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req, &v as *const libc::c_int) } as libc::c_long)
-        .map(|_| ())
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, &v as *const libc::c_int) };
+    cvt(r as libc::c_long).map(|_| ())
 }
 
 /// `TCGETS2`. On a pty master it reads the slave's termios.
@@ -31,18 +32,16 @@ pub fn termios(fd: BorrowedFd<'_>) -> io::Result<Termios> {
     // SAFETY: termios2 is plain old data; zero is a valid value.
     let mut t: Termios = unsafe { std::mem::zeroed() };
     // SAFETY: TCGETS2 writes one struct termios2 into t.
-    cvt(
-        unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCGETS2, &mut t as *mut Termios) }
-            as libc::c_long,
-    )?;
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCGETS2, &mut t as *mut Termios) };
+    cvt(r as libc::c_long)?;
     Ok(t)
 }
 
 /// `TCSETS2` (now, without flushing queued input).
 pub fn set_termios(fd: BorrowedFd<'_>, t: &Termios) -> io::Result<()> {
     // SAFETY: TCSETS2 reads one struct termios2 from t.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCSETS2, t as *const Termios) } as libc::c_long)
-        .map(|_| ())
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCSETS2, t as *const Termios) };
+    cvt(r as libc::c_long).map(|_| ())
 }
 
 /// `TIOCGLCKTRMIOS`: the locked termios bits (the kernel fills the `struct termios` head of
@@ -52,21 +51,16 @@ pub fn locked_termios(fd: BorrowedFd<'_>) -> io::Result<Termios> {
     let mut t: Termios = unsafe { std::mem::zeroed() };
     // SAFETY: the kernel writes a struct termios, which is shorter than termios2 and has the
     // same leading layout.
-    cvt(
-        unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGLCKTRMIOS, &mut t as *mut Termios) }
-            as libc::c_long,
-    )?;
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGLCKTRMIOS, &mut t as *mut Termios) };
+    cvt(r as libc::c_long)?;
     Ok(t)
 }
 
 /// `TIOCSLCKTRMIOS` (CAP_SYS_ADMIN).
 pub fn set_locked_termios(fd: BorrowedFd<'_>, t: &Termios) -> io::Result<()> {
     // SAFETY: the kernel reads a struct termios, the leading part of t.
-    cvt(
-        unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSLCKTRMIOS, t as *const Termios) }
-            as libc::c_long,
-    )
-    .map(|_| ())
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSLCKTRMIOS, t as *const Termios) };
+    cvt(r as libc::c_long).map(|_| ())
 }
 
 /// `TIOCGWINSZ`.
@@ -91,11 +85,8 @@ pub fn winsize(fd: BorrowedFd<'_>) -> io::Result<libc::winsize> {
 /// `TIOCSWINSZ`.
 pub fn set_winsize(fd: BorrowedFd<'_>, w: &libc::winsize) -> io::Result<()> {
     // SAFETY: TIOCSWINSZ reads one struct winsize from w.
-    cvt(
-        unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, w as *const libc::winsize) }
-            as libc::c_long,
-    )
-    .map(|_| ())
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, w as *const libc::winsize) };
+    cvt(r as libc::c_long).map(|_| ())
 }
 
 /// `TIOCGPTN`: the index of a pty master.
@@ -132,7 +123,8 @@ pub fn exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
 pub fn set_exclusive(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     let req = if on { libc::TIOCEXCL } else { libc::TIOCNXCL };
     // SAFETY: TIOCEXCL and TIOCNXCL take no argument.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req) } as libc::c_long).map(|_| ())
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req) };
+    cvt(r as libc::c_long).map(|_| ())
 }
 
 /// `TIOCGSID`: the session whose controlling terminal this is (on a master: its slave's).
