@@ -144,9 +144,12 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 detach: a.detached,
                 pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
                 shell_job: a.shell_job,
+                orphan_pts_master: a.orphan_pts_master,
             };
             let mut hooks = scripts(&a.common);
             let r = restore::run(&opts, &dir, &mut hooks);
+            // Held until cryo exits (the RPC layer is to send them to its client).
+            let _masters = cryo::kinds::tty::take_orphan_masters();
             if let Some(s) = spin {
                 s.finish_and_clear();
             }

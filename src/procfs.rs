@@ -48,6 +48,8 @@ pub struct Stat {
     pub session: i32,
     /// The controlling terminal (device number, as st_rdev encodes it; 0: none).
     pub tty_nr: u32,
+    /// The foreground process group of that terminal (-1: none).
+    pub tpgid: i32,
     pub flags: u32,
     pub num_threads: i64,
     pub start_code: u64,
@@ -79,6 +81,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         pgrp: s(5)? as i32,
         session: s(6)? as i32,
         tty_nr: n(7)? as u32,
+        tpgid: s(8)? as i32,
         flags: n(9)? as u32,
         num_threads: s(20)?,
         start_code: n(26)?,

@@ -163,6 +163,10 @@ pub struct RestoreArgs {
     /// Restore a shell job into cryo's session.
     #[arg(short = 'j', long = "shell-job")]
     pub shell_job: bool,
+    /// Keep the pty master made for a slave whose master was not in the dumped tree (cryo
+    /// holds it while it waits) instead of leaving the slave hung up.
+    #[arg(long = "orphan-pts-master")]
+    pub orphan_pts_master: bool,
     /// Accepted for compatibility: -t is meaningless on restore.
     #[arg(short = 't', long = "tree", value_name = "PID", hide = true)]
     pub tree: Option<i32>,
@@ -260,7 +264,6 @@ unsupported_opts! {
     leave_stopped: bool = "leave-stopped" short 's', "stopped final state is not implemented yet";
     restore_sibling: bool = "restore-sibling" short 'S', "restoring as a sibling is not implemented yet";
     exec_cmd: bool = "exec-cmd", "--exec-cmd is not implemented yet";
-    orphan_pts_master: bool = "orphan-pts-master", "ttys come with issue #4";
     network_lock: Option<String> = "network-lock", "network locking comes with issue #4";
     lsm_profile: Option<String> = "lsm-profile", "LSM profiles come with issue #5";
     cpu_cap: Option<String> = "cpu-cap", "CPU capability checks are not implemented yet";

@@ -281,6 +281,7 @@ fn collect_tree(root: i32) -> Result<Vec<(i32, i32)>, DumpError> {
 fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     let root = opts.pid;
     let mut socks = Vec::new();
+    let pids: Vec<i32> = tree.iter().map(|t| t.0).collect();
     let root_stat = procfs::stat(root)?;
     if root_stat.session != root && !opts.shell_job {
         return Err(DumpError::Unsupported {
@@ -362,9 +363,10 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                 });
             }
         }
-        kinds::files::precheck(pid, opts.shell_job, &mut socks)?;
+        kinds::files::precheck(pid, opts.shell_job, &pids, &mut socks)?;
     }
     kinds::unix_sk::precheck(&socks)?;
+    kinds::tty::precheck(tree, opts.shell_job)?;
     Ok(())
 }
 
@@ -420,7 +422,7 @@ fn ns_pid(pid: i32) -> Result<u32, DumpError> {
 /// Renames every task, thread and process group of `imgs` to the PIDs the tree sees in its
 /// own PID namespace, as CRIU saves them. Ids outside the tree (cryo's session, for a shell
 /// job) become 0.
-fn virtualize(imgs: &mut [TaskImages]) -> Result<(), DumpError> {
+fn virtualize(imgs: &mut [TaskImages], files: &mut FileTable) -> Result<(), DumpError> {
     let mut map = std::collections::HashMap::new();
     for img in imgs.iter() {
         for &tid in &img.pstree.threads {
@@ -429,6 +431,7 @@ fn virtualize(imgs: &mut [TaskImages]) -> Result<(), DumpError> {
         map.insert(img.pid, ns_pid(img.pid as i32)?);
     }
     let v = |p: u32| map.get(&p).copied().unwrap_or(0);
+    files.ttys.rename_pids(v);
     for img in imgs.iter_mut() {
         img.pid = v(img.pid);
         let ps = &mut img.pstree;
@@ -675,6 +678,7 @@ pub fn run(
     let mut files = FileTable::default();
     files.ghost_limit = opts.ghost_limit;
     files.shell_job = opts.shell_job;
+    files.tree = frozen.iter().map(|f| f.0).collect();
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
     let mut calls = 0;
@@ -719,9 +723,11 @@ pub fn run(
         }
         imgs.push(img);
     }
+    // Queued terminal bytes, read last; put back when `tty_data` drops (before a release).
+    let tty_data = kinds::tty::finish_dump(&mut files)?;
     fault_point("write")?;
     if imgs[0].ids.pid_ns_id != kinds::misc::task_ids(std::process::id() as i32, 1)?.pid_ns_id {
-        virtualize(&mut imgs)?;
+        virtualize(&mut imgs, &mut files)?;
     }
 
     // 4. Images.
@@ -741,6 +747,7 @@ pub fn run(
     dir.finish()?;
 
     // 5. Final state. A failing post-dump hook leaves the tree running (the dump failed).
+    drop(tty_data);
     if let Err(e) = hooks.notify("post-dump", None) {
         for (_, _, seized) in frozen.iter_mut() {
             seized.release();
@@ -789,6 +796,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     }
     kinds::ghost::write(dir, files)?;
     kinds::ipc::write(dir, files)?;
+    kinds::tty::write(dir, files)?;
     for (id, e) in &files.netdevs {
         dir.write(
             &format!("netdev-{id}.img"),

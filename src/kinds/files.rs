@@ -40,6 +40,7 @@ pub enum Class {
     Inotify,
     UnixSk,
     Memfd,
+    Tty,
 }
 
 impl Class {
@@ -55,6 +56,7 @@ impl Class {
             Class::Inotify => pb::FdTypes::Inotify,
             Class::UnixSk => pb::FdTypes::Unixsk,
             Class::Memfd => pb::FdTypes::Memfd,
+            Class::Tty => pb::FdTypes::Tty,
         }
     }
 }
@@ -109,11 +111,15 @@ fn classify(
         return Err(("unix socket", "sockets are planned (issue #3)"));
     }
     if ft.is_char_device() {
+        // pty masters and slaves, and /dev/tty (tty.rs).
+        if super::tty::side(m.rdev()).is_some() {
+            return Ok(Class::Tty);
+        }
         let major = (m.rdev() >> 8) & 0xfff;
         if matches!(major, 4 | 5 | 136..=143) {
             return Err((
                 "terminal",
-                "ttys are planned (issue #4); start the program with stdio redirected to files or /dev/null",
+                "only pseudo-terminals are supported; start the program with stdio redirected to files, /dev/null or a pty",
             ));
         }
     }
@@ -121,12 +127,20 @@ fn classify(
 }
 
 /// With `--shell-job`, an fd on the process's controlling terminal (the terminal of the
-/// shell it was started from) is saved as `/dev/tty`: on restore it opens the terminal cryo
-/// runs on. Returns that path when `fd` is such an fd.
-fn shell_tty(pid: i32, shell_job: bool, meta: Option<&std::fs::Metadata>) -> Option<String> {
+/// shell it was started from, whose session leader is not in the `tree`) is saved as
+/// `/dev/tty`: on restore it opens the terminal cryo runs on. Returns that path when `fd` is
+/// such an fd.
+fn shell_tty(
+    pid: i32,
+    shell_job: bool,
+    meta: Option<&std::fs::Metadata>,
+    tree: &[i32],
+) -> Option<String> {
     let m = meta.filter(|m| shell_job && m.file_type().is_char_device())?;
-    let ctty = procfs::stat(pid).ok()?.tty_nr;
-    (ctty != 0 && m.rdev() == ctty as u64).then(|| "/dev/tty".to_string())
+    let st = procfs::stat(pid).ok()?;
+    let ctty = st.tty_nr;
+    (ctty != 0 && m.rdev() == ctty as u64 && !tree.contains(&st.session))
+        .then(|| "/dev/tty".to_string())
 }
 
 /// Checks every fd of `pid` can be dumped, without touching the task. Called before
@@ -135,12 +149,13 @@ fn shell_tty(pid: i32, shell_job: bool, meta: Option<&std::fs::Metadata>) -> Opt
 pub fn precheck(
     pid: i32,
     shell_job: bool,
+    tree: &[i32],
     socks: &mut Vec<(i32, i32, u32)>,
 ) -> Result<(), DumpError> {
     for fd in procfs::fds(pid).map_err(DumpError::Proc)? {
         let link = procfs::link(pid, &format!("fd/{fd}")).map_err(DumpError::Proc)?;
         let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
-        if shell_tty(pid, shell_job, meta.as_ref()).is_some() {
+        if shell_tty(pid, shell_job, meta.as_ref(), tree).is_some() {
             continue;
         }
         match classify(&link, meta.as_ref()) {
@@ -275,6 +290,7 @@ pub struct FdObjects {
     pub unix: super::unix_sk::UnixStore,
     pub ghosts: super::ghost::GhostStore,
     pub memfds: super::memfd::MemfdStore,
+    pub tty: super::tty::TtyStore,
 }
 
 impl FdObjects {
@@ -293,6 +309,7 @@ impl FdObjects {
             unix: Default::default(),
             ghosts: super::ghost::GhostStore::load(dir)?,
             memfds: Default::default(),
+            tty: Default::default(),
         })
     }
 
@@ -304,6 +321,7 @@ impl FdObjects {
         self.unix = Default::default();
         self.ghosts.unlink_all();
         self.memfds = Default::default();
+        self.tty.close();
     }
 
     /// The record of file `id`.
@@ -330,6 +348,7 @@ impl FdObjects {
             Ok(pb::FdTypes::Inotify) => super::inotify::Inotify::open(self, e)?,
             Ok(pb::FdTypes::Unixsk) => super::unix_sk::UnixSk::open(self, e)?,
             Ok(pb::FdTypes::Memfd) => super::memfd::Memfd::open(self, e)?,
+            Ok(pb::FdTypes::Tty) => super::tty::Tty::open(self, e)?,
             _ => {
                 return Err(RestoreError::Unsupported(format!(
                     "file {id} has type {} which this cryo cannot restore",
@@ -355,7 +374,7 @@ impl Kind for Files {
         for fd in procfs::fds(pid).map_err(DumpError::Proc)? {
             let link = procfs::link(pid, &format!("fd/{fd}")).map_err(DumpError::Proc)?;
             let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
-            let tty = shell_tty(pid, cx.files.shell_job, meta.as_ref());
+            let tty = shell_tty(pid, cx.files.shell_job, meta.as_ref(), &cx.files.tree);
             let class = match tty {
                 Some(_) => Ok(Class::Reg),
                 None => classify(&link, meta.as_ref()),
@@ -445,6 +464,7 @@ impl Kind for Files {
                         Class::Inotify => super::inotify::Inotify::dump(cx, &t, id)?,
                         Class::UnixSk => super::unix_sk::UnixSk::dump(cx, &t, id)?,
                         Class::Memfd => super::memfd::Memfd::dump(cx, &t, id)?,
+                        Class::Tty => super::tty::Tty::dump(cx, &t, id)?,
                         Class::Reg => unreachable!("handled above"),
                     };
                     cx.files.entries.push(e);
@@ -517,7 +537,9 @@ pub fn restore_fds(
         )?;
     }
     let objs_cell = cx.objs;
-    let mut cryo_pidfd: Option<u64> = None; // the puppet's pidfd of cryo
+    // The puppet's pidfd of cryo: the one it inherited (kept), or one opened here (closed).
+    let kept = cx.cryo_pidfd.map(|p| p as u64);
+    let mut cryo_pidfd: Option<u64> = kept;
     let mut opened: HashMap<u32, u32> = HashMap::new(); // file id -> fd
     for f in &fds {
         let cloexec = if f.flags & libc::FD_CLOEXEC as u32 != 0 {
@@ -536,6 +558,12 @@ pub fn restore_fds(
         }
         let tmp = if f.r#type == pb::FdTypes::Reg as i32 {
             open_reg(cx, f.id)? as u64
+        } else if super::tty::is_dev_tty(cx.files, f.id) {
+            if img.pstree.sid == img.pid {
+                // A session leader has no terminal before its setsid: tty::take_ctty opens it.
+                continue;
+            }
+            super::tty::open_dev_tty(cx, f.id)? as u64
         } else {
             let local = objs_cell.borrow_mut().get(f.id)?;
             let pidfd = match cryo_pidfd {
@@ -584,15 +612,17 @@ pub fn restore_fds(
         }
         opened.insert(f.id, f.fd);
     }
-    if let Some(p) = cryo_pidfd {
+    if let Some(p) = cryo_pidfd.filter(|_| kept.is_none()) {
         cx.sys("close", libc::SYS_close, [p, 0, 0, 0, 0, 0])?;
     }
     if !taken.is_empty() {
-        cx.sys(
-            "close_range",
-            libc::SYS_close_range,
-            [max_target as u64 + 1, u32::MAX as u64, 0, 0, 0, 0],
-        )?;
+        let mut ranges = vec![(max_target as u64 + 1, u32::MAX as u64)];
+        if let Some(k) = kept {
+            ranges = vec![(max_target as u64 + 1, k - 1), (k + 1, u32::MAX as u64)];
+        }
+        for (lo, hi) in ranges.into_iter().filter(|(lo, hi)| lo <= hi) {
+            cx.sys("close_range", libc::SYS_close_range, [lo, hi, 0, 0, 0, 0])?;
+        }
     }
     // Epoll watch lists name the fds of this task, which all exist now.
     for f in &fds {

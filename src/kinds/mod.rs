@@ -27,6 +27,7 @@ pub mod signals;
 pub mod threads;
 pub mod timerfd;
 pub mod timers;
+pub mod tty;
 pub mod unix_sk;
 
 use std::collections::HashMap;
@@ -128,6 +129,10 @@ pub struct FileTable {
     pub seccomp: Vec<pb::SeccompFilter>,
     /// `--shell-job`: fds on the controlling terminal are saved as `/dev/tty`.
     pub shell_job: bool,
+    /// The pids of the dumped tree.
+    pub tree: Vec<i32>,
+    /// Terminals: tty-info records, cryo's copies of the fds, queued data (`tty.rs`).
+    pub ttys: tty::TtyDump,
     /// utsns-ID.img: the names of each UTS namespace of the tree that is not cryo's.
     pub utsns: Vec<(u32, pb::UtsnsEntry)>,
     /// netdev-ID.img: the loopback of each network namespace of the tree that is not cryo's.

@@ -30,6 +30,9 @@ pub struct RestoreOpts {
     /// `--shell-job`: the tree joins cryo's session and terminal; without `detach` its
     /// process group gets the terminal's foreground while cryo waits for it.
     pub shell_job: bool,
+    /// `--orphan-pts-master`: keep the pty masters made for slaves whose master was not in
+    /// the tree (`kinds::tty::take_orphan_masters`) instead of hanging the slaves up.
+    pub orphan_pts_master: bool,
 }
 
 /// Why a restore failed.
@@ -460,6 +463,7 @@ fn shape(
         let child = &sh.tasks[cidx];
         if !in_own_session && !early(child) {
             cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
+            kinds::tty::take_ctty(&mut cx, img)?;
             in_own_session = true;
         }
         let cpid = child.pid as i32;
@@ -537,6 +541,7 @@ fn shape(
     }
     if !in_own_session {
         cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
+        kinds::tty::take_ctty(&mut cx, img)?;
     }
 
     kinds::rlimits::Rlimits::restore(&mut cx, img)?;
@@ -827,6 +832,7 @@ pub fn run(
     let mut stats = pb::RestoreStatsEntry::default();
     let mut ready = Vec::new();
     let objs = std::cell::RefCell::new(kinds::files::FdObjects::new(dir, &files, &tasks)?);
+    objs.borrow_mut().tty.orphan_pts_master = opts.orphan_pts_master;
     let mut sh = Shared {
         dir,
         files: &files,
@@ -839,6 +845,7 @@ pub fn run(
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
     set_process_groups(&tasks, &sh.host, tr)?;
+    kinds::tty::set_foreground(&objs, &tasks, tr, sh.cryo_pidfd, |pid| sh.host[&pid])?;
     fault_point("finish")?;
 
     // 4. Last injected syscall of each task unmaps the trampoline; then the dumped registers.

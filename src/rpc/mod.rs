@@ -322,6 +322,7 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
         detach: true,
         pidfile: None,
         shell_job: o.shell_job == Some(true),
+        orphan_pts_master: false, // refused above until the master is sent to the client
     };
     let mut n = hooks(&o, sk, images);
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;

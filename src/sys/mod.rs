@@ -16,6 +16,7 @@ pub mod net;
 pub mod proc;
 pub mod ptrace;
 pub mod remote;
+pub mod tty;
 
 /// Turns a libc return value (-1 + errno) into an `io::Result`.
 pub(crate) fn cvt(ret: libc::c_long) -> std::io::Result<libc::c_long> {
