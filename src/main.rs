@@ -101,6 +101,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 leave_running: a.leave_running,
                 shell_job: a.shell_job,
                 ghost_limit: a.ghost_limit,
+                external_mounts: a.common.mounts().map_err(anyhow::Error::msg)?.dump_map(),
             };
             let mut hooks = scripts(&a.common);
             let r = dump::run(&opts, &dir, &mut hooks);
@@ -145,6 +146,11 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
                 shell_job: a.shell_job,
                 orphan_pts_master: a.orphan_pts_master,
+                mounts: a
+                    .common
+                    .mounts()
+                    .map_err(anyhow::Error::msg)?
+                    .restore_opts(a.common.root.clone()),
             };
             let mut hooks = scripts(&a.common);
             let r = restore::run(&opts, &dir, &mut hooks);

@@ -107,9 +107,77 @@ pub struct Common {
     /// (before the restored process runs). May be given several times.
     #[arg(long = "action-script", value_name = "FILE")]
     pub action_script: Vec<PathBuf>,
+    /// Restore: the directory holding the root file system of a tree that had a mount
+    /// namespace of its own. Its mounts (proc, sysfs, tmpfs with contents, devpts, binds...)
+    /// are rebuilt on top of it in a new mount namespace, which the tree then lives in.
+    #[arg(short = 'r', long = "root", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// External resources. Mounts: at dump `mnt[MOUNTPOINT]:KEY` saves the mount at
+    /// MOUNTPOINT (as the tree sees it) as external, without contents; at restore
+    /// `mnt[KEY]:HOSTPATH` bind-mounts HOSTPATH there again. Other kinds are refused.
+    #[arg(long = "external", value_name = "RES")]
+    pub external: Vec<String>,
+    /// Older spelling of mount externals: at dump MOUNTPOINT:KEY, at restore KEY:HOSTPATH.
+    #[arg(short = 'M', long = "ext-mount-map", value_name = "A:B")]
+    pub ext_mount_map: Vec<String>,
     /// CRIU options cryo does not support yet (refused with a message).
     #[command(flatten)]
     pub unsupported: Unsupported,
+}
+
+/// The mount pairs of `--external mnt[A]:B` and `--ext-mount-map A:B`: (mount point, key)
+/// at dump, (key, host path) at restore.
+#[derive(Debug, Clone, Default)]
+pub struct ExternalMounts(pub Vec<(String, String)>);
+
+impl ExternalMounts {
+    /// Mount point → key.
+    pub fn dump_map(&self) -> std::collections::HashMap<String, String> {
+        self.0.iter().cloned().collect()
+    }
+
+    /// `--root` and key → host path.
+    pub fn restore_opts(&self, root: Option<PathBuf>) -> crate::kinds::mounts::MountOpts {
+        crate::kinds::mounts::MountOpts {
+            root,
+            external: self
+                .0
+                .iter()
+                .map(|(k, v)| (k.clone(), PathBuf::from(v)))
+                .collect(),
+        }
+    }
+}
+
+impl Common {
+    /// Parses the mount externals; any other `--external` kind is refused by name.
+    pub fn mounts(&self) -> Result<ExternalMounts, String> {
+        let mut out = Vec::new();
+        for e in &self.external {
+            let pair = e
+                .strip_prefix("mnt[")
+                .and_then(|r| r.split_once("]:"))
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty());
+            match pair {
+                Some((a, b)) => out.push((a.to_string(), b.to_string())),
+                None => {
+                    return Err(format!(
+                        "--external {e}: cryo supports only mounts (mnt[A]:B) as external resources yet"
+                    ))
+                }
+            }
+        }
+        for m in &self.ext_mount_map {
+            match m
+                .split_once(':')
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+            {
+                Some((a, b)) => out.push((a.to_string(), b.to_string())),
+                None => return Err(format!("--ext-mount-map {m}: expected A:B")),
+            }
+        }
+        Ok(ExternalMounts(out))
+    }
 }
 
 /// `cryo dump` / `pre-dump`.
@@ -248,9 +316,6 @@ unsupported_opts! {
     manage_cgroups: Option<String> = "manage-cgroups", "cgroup management comes with issue #4";
     cgroup_root: Vec<String> = "cgroup-root", "cgroup management comes with issue #4";
     freeze_cgroup: Option<String> = "freeze-cgroup", "the cgroup freezer comes with issue #4";
-    external: Vec<String> = "external", "external resources come with issue #4";
-    ext_mount_map: Vec<String> = "ext-mount-map" short 'M', "external mounts come with issue #4";
-    root: Option<String> = "root" short 'r', "restoring into a new root comes with issue #4";
     inherit_fd: Vec<String> = "inherit-fd", "inherited fds come with issue #4";
     empty_ns: Option<String> = "empty-ns", "namespaces come with issue #4";
     join_ns: Vec<String> = "join-ns" short 'J', "namespaces come with issue #4";

@@ -23,6 +23,9 @@ pub struct DumpOpts {
     pub shell_job: bool,
     /// Largest deleted-but-open file saved as a ghost file (bytes).
     pub ghost_limit: u64,
+    /// Mounts not to save but to re-bind at restore: mount point (as the tree sees it) →
+    /// the key the restore gives a host path for (`--external mnt[PATH]:KEY`).
+    pub external_mounts: std::collections::HashMap<String, String>,
 }
 
 /// Why a dump failed.
@@ -296,7 +299,8 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     // UTS, (empty) IPC and (loopback-only) net are restored (kinds/ns.rs); a PID namespace
     // whose init is the root (`check_pid_ns`).
     check_pid_ns(tree)?;
-    let refused = ["mnt", "user", "cgroup", "time"];
+    check_mnt_ns(opts, tree)?;
+    let refused = ["user", "cgroup", "time"];
     let ino = |p: &str| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).map(|m| m.ino()).ok()
@@ -407,6 +411,36 @@ fn check_pid_ns(tree: &[(i32, i32)]) -> Result<(), DumpError> {
         }
     }
     Ok(())
+}
+
+/// A tree in a mount namespace other than cryo's: every task in the root's, and every
+/// mount restorable (`mounts::plan`). Returns the plan, or None in cryo's namespace.
+fn check_mnt_ns(
+    opts: &DumpOpts,
+    tree: &[(i32, i32)],
+) -> Result<Option<Vec<pb::MntEntry>>, DumpError> {
+    let ns = |pid: i32| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    let root = tree[0].0;
+    let theirs = ns(root);
+    if theirs == ns(std::process::id() as i32) {
+        return Ok(None);
+    }
+    for &(pid, _) in &tree[1..] {
+        if ns(pid) != theirs {
+            return Err(DumpError::Unsupported {
+                pid,
+                object: "mount namespace".into(),
+                what: "the process runs in a mount namespace other than the root's".into(),
+                hint: "only one mount namespace per tree is supported yet".into(),
+            });
+        }
+    }
+    kinds::mounts::plan(root, &opts.external_mounts).map(Some)
 }
 
 /// A task's PID in its own PID namespace (the last `NSpid` field of its status).
@@ -726,6 +760,11 @@ pub fn run(
     // Queued terminal bytes, read last; put back when `tty_data` drops (before a release).
     let tty_data = kinds::tty::finish_dump(&mut files)?;
     fault_point("write")?;
+    // The mount tree, read again now that nothing in the tree can change it.
+    if let Some(mounts) = check_mnt_ns(opts, &[(root, 0)])? {
+        let id = imgs[0].ids.mnt_ns_id.unwrap_or(0);
+        kinds::mounts::write(root, id, &mounts, dir)?;
+    }
     if imgs[0].ids.pid_ns_id != kinds::misc::task_ids(std::process::id() as i32, 1)?.pid_ns_id {
         virtualize(&mut imgs, &mut files)?;
     }

@@ -1260,7 +1260,11 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
             _ => false,
         }
     };
-    let exe_fd = if same(&format!("/proc/{}/exe", cx.pid), &exe) {
+    // The saved path is the task's own view: look it up through the puppet's root.
+    let exe_fd = if same(
+        &format!("/proc/{}/exe", cx.pid),
+        &format!("/proc/{}/root{exe}", cx.pid),
+    ) {
         -1
     } else {
         cx.open(&exe, libc::O_RDONLY as u32)?

@@ -16,6 +16,7 @@ pub mod ipc;
 pub mod memfd;
 pub mod memory;
 pub mod misc;
+pub mod mounts;
 pub mod ns;
 pub mod pipes;
 pub mod regs;

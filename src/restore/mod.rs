@@ -30,6 +30,8 @@ pub struct RestoreOpts {
     /// `--shell-job`: the tree joins cryo's session and terminal; without `detach` its
     /// process group gets the terminal's foreground while cryo waits for it.
     pub shell_job: bool,
+    /// `--root` and external mounts, for a tree with a mount namespace of its own.
+    pub mounts: kinds::mounts::MountOpts,
     /// `--orphan-pts-master`: keep the pty masters made for slaves whose master was not in
     /// the tree (`kinds::tty::take_orphan_masters`) instead of hanging the slaves up.
     pub orphan_pts_master: bool,
@@ -85,6 +87,12 @@ pub enum RestoreError {
     BadImage(String),
     #[error("not supported: {0}")]
     Unsupported(String),
+    #[error("cannot rebuild the mount tree: {what}")]
+    Mount {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -318,6 +326,7 @@ struct Shared<'a> {
     files: &'a HashMap<u32, pb::FileEntry>,
     objs: &'a std::cell::RefCell<kinds::files::FdObjects>,
     tasks: &'a [TaskImages],
+    mounts: &'a kinds::mounts::MountOpts,
     /// Each created task's PID in cryo's namespace, by its dumped PID (they differ inside a
     /// restored PID namespace).
     host: HashMap<u32, i32>,
@@ -439,6 +448,10 @@ fn shape(
     kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
     kinds::ipc::restore(cx.dir, cx.pid, img, ipc_now)?;
     kinds::ns::restore_net(&mut cx, img, net_now)?;
+    // The root's mount namespace, before any file is opened (children inherit it).
+    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
+        kinds::mounts::restore(&mut cx, img, sh.mounts)?;
+    }
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
     let shares_table = parent.is_some_and(|p| p.ids.files_id == img.ids.files_id);
     let table = match inherited {
@@ -838,6 +851,7 @@ pub fn run(
         files: &files,
         objs: &objs,
         tasks: &tasks,
+        mounts: &opts.mounts,
         host: HashMap::from([(vroot as u32, root)]),
         cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
         tr,

@@ -1,0 +1,34 @@
+#!/bin/sh
+# container.sh ROOTFS HOSTDIR CMD [ARG...]: a small container launcher for the tests, so they
+# do not depend on a runtime. Runs CMD as PID 1 of new pid, mount, uts, ipc and net
+# namespaces, in its own session, after pivot_root into ROOTFS, with:
+#   /proc private (the new PID namespace), /sys (sysfs of the new netns, read-only),
+#   /dev a tmpfs with null/zero and a new devpts instance, /dev/mqueue,
+#   /tmp a tmpfs, /etc bound read-only onto itself, HOSTDIR bound at /data,
+#   hostname cryo-box, loopback up; stdio /dev/null (the container's).
+set -e
+rootfs=$1
+hostdir=$2
+shift 2
+exec unshare --pid --fork --mount --uts --ipc --net --propagation private /bin/sh -c '
+set -e
+r=$1; h=$2; shift 2
+mount --bind "$r" "$r"
+mount --bind "$h" "$r/data"
+mount -t tmpfs -o size=4m,mode=1777 tmpfs "$r/tmp"
+mount -t tmpfs -o size=1m,mode=755 tmpfs "$r/dev"
+mknod -m 666 "$r/dev/null" c 1 3
+mknod -m 666 "$r/dev/zero" c 1 5
+mkdir "$r/dev/pts" "$r/dev/mqueue"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$r/dev/pts"
+ln -s pts/ptmx "$r/dev/ptmx"
+mount -t mqueue mqueue "$r/dev/mqueue"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$r/sys"
+mount --bind "$r/etc" "$r/etc"
+mount -o remount,bind,ro "$r/etc"
+hostname cryo-box
+ip link set lo up
+cd "$r"
+pivot_root . .
+exec /bin/busybox sh -c "umount -l . && mount -t proc -o nosuid,nodev,noexec proc /proc && cd / && exec setsid \"\$@\" </dev/null >/dev/null 2>&1" sh "$@"
+' sh "$rootfs" "$hostdir" "$@"

@@ -1,0 +1,644 @@
+//! Mount namespaces. A tree with a mount namespace of its own has its mounts read from the
+//! root task's mountinfo at dump (file system type, source, options, propagation, place in
+//! the tree) into `mountpoints-ID.img`, and tmpfs contents into `tmpfs-dev-N.tar.gz.img`
+//! (made by `tar`, as CRIU does). Restore rebuilds the tree in a new namespace on top of the
+//! root file system the caller gives (`--root`), then `pivot_root`s into it; the root puppet
+//! joins that namespace before any file is opened.
+//!
+//! Each mount is restored one of three ways:
+//! - **external**: the caller named it (`--external mnt[PATH]:KEY` at dump, a host path for
+//!   KEY at restore); nothing of it is saved and the host path is bind-mounted again;
+//! - **bind from the tree**: another mount of the tree holds the same file system with a
+//!   root that contains this one's, so this one is bound from there (bind mounts of the
+//!   container's own directories, runc's masked and read-only paths, `/dev/console`...);
+//! - **fresh**: a file system the kernel makes anew (proc in the tree's PID namespace,
+//!   sysfs and mqueue in its net and IPC namespaces, devpts, cgroup, tmpfs with its saved
+//!   contents...).
+//!
+//! Anything else (a host directory bound in without `--external`, an unknown file system)
+//! is refused before the tree is touched, naming the mount point.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::dump::DumpError;
+use crate::image::{self, pb, ImageDir};
+use crate::restore::RestoreError;
+
+use super::{RestoreCx, TaskImages};
+
+/// One line of /proc/PID/mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub id: u32,
+    pub parent: u32,
+    pub major: u32,
+    pub minor: u32,
+    pub root: String,
+    pub mountpoint: String,
+    pub mnt_opts: String,
+    pub optional: Vec<String>,
+    pub fstype: String,
+    pub source: String,
+    pub super_opts: String,
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space...).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len() + 0
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Parses mountinfo text; malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            if f.len() < 6 || r.len() < 3 {
+                return None;
+            }
+            let (major, minor) = f[2].split_once(':')?;
+            Some(MountInfo {
+                id: f[0].parse().ok()?,
+                parent: f[1].parse().ok()?,
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+                root: unescape(f[3]),
+                mountpoint: unescape(f[4]),
+                mnt_opts: f[5].to_string(),
+                optional: f[6..].iter().map(|s| s.to_string()).collect(),
+                fstype: r[0].to_string(),
+                source: unescape(r[1]),
+                super_opts: r[2].to_string(),
+            })
+        })
+        .collect()
+}
+
+/// File systems the kernel makes anew, with CRIU's `fstype` numbers.
+const FRESH: &[(&str, u32)] = &[
+    ("proc", 1),
+    ("sysfs", 2),
+    ("devtmpfs", 3),
+    ("tmpfs", 5),
+    ("devpts", 6),
+    ("pstore", 8),
+    ("securityfs", 9),
+    ("debugfs", 11),
+    ("cgroup", 12),
+    ("mqueue", 14),
+    ("tracefs", 19),
+    ("cgroup2", 23),
+];
+const TMPFS: u32 = 5;
+const PROC: u32 = 1;
+
+fn fstype_code(name: &str) -> Option<u32> {
+    FRESH.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+}
+
+/// The kernel's encoding of a device number (`new_encode_dev`), as CRIU saves `root_dev`.
+fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+/// Per-mount flags from mountinfo's mount options.
+fn mnt_flags(opts: &str) -> u32 {
+    let mut f = MsFlags::empty();
+    for o in opts.split(',') {
+        f |= match o {
+            "ro" => MsFlags::MS_RDONLY,
+            "nosuid" => MsFlags::MS_NOSUID,
+            "nodev" => MsFlags::MS_NODEV,
+            "noexec" => MsFlags::MS_NOEXEC,
+            "noatime" => MsFlags::MS_NOATIME,
+            "nodiratime" => MsFlags::MS_NODIRATIME,
+            "relatime" => MsFlags::MS_RELATIME,
+            "strictatime" => MsFlags::MS_STRICTATIME,
+            _ => MsFlags::empty(),
+        };
+    }
+    f.bits() as u32
+}
+
+/// Whether `inner` is `outer` or below it, as paths.
+fn path_within(inner: &str, outer: &str) -> Option<String> {
+    if outer == "/" {
+        return Some(inner.to_string());
+    }
+    let rest = inner.strip_prefix(outer)?;
+    if rest.is_empty() {
+        Some("/".into())
+    } else if rest.starts_with('/') {
+        Some(rest.to_string())
+    } else {
+        None
+    }
+}
+
+/// Joins a tree path (absolute) under `base`.
+fn under(base: &Path, p: &str) -> PathBuf {
+    base.join(p.trim_start_matches('/'))
+}
+
+/// Mountinfo entries in parents-first order (mountinfo order among siblings).
+fn tree_order(all: Vec<MountInfo>) -> Vec<MountInfo> {
+    let ids: Vec<u32> = all.iter().map(|m| m.id).collect();
+    let mut out: Vec<MountInfo> = Vec::with_capacity(all.len());
+    let mut left = all;
+    // Roots: parents not listed (outside the task's root or namespace).
+    let mut placed: Vec<u32> = Vec::new();
+    while !left.is_empty() {
+        let before = left.len();
+        let (ready, rest): (Vec<MountInfo>, Vec<MountInfo>) = left
+            .into_iter()
+            .partition(|m| !ids.contains(&m.parent) || placed.contains(&m.parent));
+        placed.extend(ready.iter().map(|m| m.id));
+        out.extend(ready);
+        left = rest;
+        if left.len() == before {
+            out.append(&mut left); // a cycle cannot happen; keep everything anyway
+        }
+    }
+    out
+}
+
+/// The index of an earlier mount in `entries[..i]` that `entries[i]` can be bound from: the
+/// same file system, with a root that contains this one's; and the path below it.
+fn bind_source(entries: &[pb::MntEntry], i: usize) -> Option<(usize, String)> {
+    let m = &entries[i];
+    entries[..i].iter().enumerate().rev().find_map(|(j, e)| {
+        if e.root_dev != m.root_dev {
+            return None;
+        }
+        path_within(&m.root, &e.root).map(|rest| (j, rest))
+    })
+}
+
+/// Reads the mount tree of `pid` and decides how each mount is restored, refusing what
+/// cannot be. `external` maps mount points (as the tree sees them) to the caller's keys.
+/// Nothing is written; nothing of the task is touched.
+pub fn plan(pid: i32, external: &HashMap<String, String>) -> Result<Vec<pb::MntEntry>, DumpError> {
+    let text = crate::procfs::read(pid, "mountinfo")?;
+    let infos = tree_order(parse_mountinfo(&text));
+    if infos.first().map(|m| m.mountpoint.as_str()) != Some("/") {
+        return Err(DumpError::Unsupported {
+            pid,
+            object: "mount namespace".into(),
+            what: "its mountinfo has no root mount".into(),
+            hint: String::new(),
+        });
+    }
+    let norm = |p: &str| {
+        let t = p.trim_end_matches('/');
+        if t.is_empty() {
+            "/".to_string()
+        } else if t.starts_with('/') {
+            t.to_string()
+        } else {
+            format!("/{t}")
+        }
+    };
+    let external: HashMap<String, String> =
+        external.iter().map(|(k, v)| (norm(k), v.clone())).collect();
+    let mut entries: Vec<pb::MntEntry> = Vec::new();
+    for (i, m) in infos.iter().enumerate() {
+        let shared = m
+            .optional
+            .iter()
+            .find_map(|o| o.strip_prefix("shared:")?.parse().ok());
+        let master = m
+            .optional
+            .iter()
+            .find_map(|o| o.strip_prefix("master:")?.parse().ok());
+        let code = fstype_code(&m.fstype);
+        let mut e = pb::MntEntry {
+            fstype: code.unwrap_or(0),
+            mnt_id: m.id,
+            root_dev: encode_dev(m.major, m.minor),
+            parent_mnt_id: m.parent,
+            flags: mnt_flags(&m.mnt_opts),
+            root: m.root.clone(),
+            mountpoint: m.mountpoint.clone(),
+            source: m.source.clone(),
+            options: m
+                .super_opts
+                .split(',')
+                .filter(|o| *o != "rw" && *o != "ro")
+                .collect::<Vec<_>>()
+                .join(","),
+            shared_id: shared,
+            master_id: master,
+            fsname: Some(m.fstype.clone()),
+            sb_flags: Some(if m.super_opts.split(',').any(|o| o == "ro") {
+                MsFlags::MS_RDONLY.bits() as u32
+            } else {
+                0
+            }),
+            ..Default::default()
+        };
+        if let Some(key) = external.get(&norm(&m.mountpoint)).filter(|_| i > 0) {
+            e.ext_mount = Some(true);
+            e.ext_key = Some(key.clone());
+            entries.push(e);
+            continue;
+        }
+        entries.push(e);
+        if i == 0 {
+            continue; // the root comes from --root at restore
+        }
+        if bind_source(&entries, i).is_some() {
+            continue;
+        }
+        if code.is_some() && m.root == "/" {
+            continue;
+        }
+        return Err(DumpError::Unsupported {
+            pid,
+            object: format!("mount {}", m.mountpoint),
+            what: format!(
+                "{} {} (root {}) is not a file system cryo recreates, nor bound from one inside the tree",
+                m.fstype, m.source, m.root
+            ),
+            hint: format!(
+                "mark it external: --external mnt[{}]:KEY at dump, then --external mnt[KEY]:HOSTPATH at restore",
+                m.mountpoint
+            ),
+        });
+    }
+    Ok(entries)
+}
+
+/// The tmpfs mounts whose contents are saved: fresh ones (not external, not bound from an
+/// earlier mount).
+fn saved_tmpfs(entries: &[pb::MntEntry]) -> Vec<usize> {
+    (1..entries.len())
+        .filter(|&i| {
+            let e = &entries[i];
+            e.fstype == TMPFS && e.ext_key.is_none() && bind_source(entries, i).is_none()
+        })
+        .collect()
+}
+
+fn tmpfs_image(e: &pb::MntEntry) -> String {
+    format!("tmpfs-dev-{}.tar.gz.img", e.root_dev)
+}
+
+/// Writes the mount entries and the tmpfs contents (read through /proc/PID/root while the
+/// tree is frozen).
+pub fn write(
+    pid: i32,
+    ns_id: u32,
+    entries: &[pb::MntEntry],
+    dir: &ImageDir,
+) -> Result<(), DumpError> {
+    dir.write(&format!("mountpoints-{ns_id}.img"), image::MNTS, entries)?;
+    for i in saved_tmpfs(entries) {
+        let e = &entries[i];
+        let name = tmpfs_image(e);
+        let out = dir.create_file(&name)?;
+        let src = format!("/proc/{pid}/root{}", e.mountpoint);
+        let st = std::process::Command::new("tar")
+            .args([
+                "--create",
+                "--gzip",
+                "--no-unquote",
+                "--no-wildcards",
+                "--one-file-system",
+                "--preserve-permissions",
+                "--sparse",
+                "--numeric-owner",
+                "--warning=no-file-ignored",
+                "--directory",
+                &src,
+                ".",
+            ])
+            .stdout(out)
+            .stderr(std::process::Stdio::piped())
+            .output();
+        let failed = |why: String| DumpError::Unsupported {
+            pid,
+            object: format!("tmpfs {}", e.mountpoint),
+            what: format!("saving its contents with tar failed: {why}"),
+            hint: "is GNU tar installed?".into(),
+        };
+        match st {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                return Err(failed(
+                    String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                ))
+            }
+            Err(e) => return Err(failed(e.to_string())),
+        }
+        let bytes = std::fs::read(dir.file(&name)).map_err(|source| image::ImageError::Io {
+            path: dir.file(&name),
+            op: "read back",
+            source,
+        })?;
+        dir.record(&name, image::manifest::FileDigest::of(&bytes));
+    }
+    Ok(())
+}
+
+/// Where the restored tree comes from: the new root and the host paths of external mounts.
+#[derive(Debug, Clone, Default)]
+pub struct MountOpts {
+    pub root: Option<PathBuf>,
+    /// External mount key → host path.
+    pub external: HashMap<String, PathBuf>,
+}
+
+fn mnt_err(what: String) -> impl Fn(nix::Error) -> RestoreError {
+    move |e| RestoreError::Mount {
+        what: what.clone(),
+        source: std::io::Error::from(e),
+    }
+}
+
+/// Gives the root puppet (`cx`) the saved mount namespace of `img`, rebuilt on
+/// `opts.root`. Runs after the puppet has its new net and IPC namespaces (sysfs and mqueue
+/// are made in them) and before any file is opened.
+pub fn restore(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    opts: &MountOpts,
+) -> Result<(), RestoreError> {
+    let Some(id) = img.ids.mnt_ns_id else {
+        return Ok(());
+    };
+    let entries: Vec<pb::MntEntry> = cx.dir.read(&format!("mountpoints-{id}.img"), image::MNTS)?;
+    let root = opts.root.clone().ok_or_else(|| {
+        RestoreError::Unsupported(format!(
+            "the tree had a mount namespace of its own (root mount: {} {}): give --root DIR with its root file system",
+            entries.first().and_then(|e| e.fsname.clone()).unwrap_or_default(),
+            entries.first().map(|e| e.root.as_str()).unwrap_or("?")
+        ))
+    })?;
+    for e in &entries {
+        if let Some(k) = &e.ext_key {
+            if !opts.external.contains_key(k) {
+                return Err(RestoreError::Unsupported(format!(
+                    "mount {} is external with key '{k}' and no host path was given for it (--external mnt[{k}]:HOSTPATH)",
+                    e.mountpoint
+                )));
+            }
+        }
+    }
+    let pid = cx.pid;
+    let dir = cx.dir.path.clone();
+    let nsfd = std::thread::scope(|s| {
+        s.spawn(|| build(pid, &root, &entries, &opts.external, &dir))
+            .join()
+            .unwrap_or(Err(RestoreError::Internal("the mount builder panicked")))
+    })?;
+    let fd = cx.take_from_cryo(nsfd.as_raw_fd())?;
+    let r = cx.sys(
+        "setns(CLONE_NEWNS)",
+        libc::SYS_setns,
+        [fd, libc::CLONE_NEWNS as u64, 0, 0, 0, 0],
+    );
+    cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    r.map(|_| ())
+}
+
+/// On a thread of its own (namespaces and root are per thread): joins the puppet's net and
+/// IPC namespaces, makes a private mount namespace, mounts every entry under `root`, pivots
+/// into it and returns an fd of the namespace.
+fn build(
+    pid: i32,
+    root: &Path,
+    entries: &[pb::MntEntry],
+    external: &HashMap<String, PathBuf>,
+    dir: &Path,
+) -> Result<OwnedFd, RestoreError> {
+    use nix::sched::{setns, unshare, CloneFlags};
+    for (ns, flag) in [
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+    ] {
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|source| {
+            RestoreError::Mount {
+                what: format!("open the restored {ns} namespace"),
+                source,
+            }
+        })?;
+        setns(&f, flag).map_err(mnt_err(format!("join the restored {ns} namespace")))?;
+    }
+    unshare(CloneFlags::CLONE_NEWNS).map_err(mnt_err("unshare(CLONE_NEWNS)".into()))?;
+    let nsfd: OwnedFd = std::fs::File::open("/proc/thread-self/ns/mnt")
+        .map_err(|source| RestoreError::Mount {
+            what: "open the new mount namespace".into(),
+            source,
+        })?
+        .into();
+    let none: Option<&str> = None;
+    nix::mount::mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(mnt_err("make the new mount namespace private".into()))?;
+    nix::mount::mount(Some(root), root, none, MsFlags::MS_BIND, none)
+        .map_err(mnt_err(format!("bind the new root {}", root.display())))?;
+    for i in 1..entries.len() {
+        mount_one(pid, root, entries, i, external, dir)?;
+    }
+    // The root's own flags last: a read-only root still gets its mount points made above.
+    let rflags = MsFlags::from_bits_truncate(entries[0].flags as _);
+    if !rflags.is_empty() {
+        nix::mount::mount(
+            none,
+            root,
+            none,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rflags,
+            none,
+        )
+        .map_err(mnt_err("remount the root with its flags".into()))?;
+    }
+    nix::unistd::chdir(root).map_err(mnt_err(format!("chdir {}", root.display())))?;
+    nix::unistd::pivot_root(".", ".").map_err(mnt_err("pivot_root".into()))?;
+    nix::mount::umount2(".", MntFlags::MNT_DETACH)
+        .map_err(mnt_err("detach the old root".into()))?;
+    nix::unistd::chdir("/").map_err(mnt_err("chdir /".into()))?;
+    Ok(nsfd)
+}
+
+/// Mounts `entries[i]` under `root`.
+fn mount_one(
+    pid: i32,
+    root: &Path,
+    entries: &[pb::MntEntry],
+    i: usize,
+    external: &HashMap<String, PathBuf>,
+    dir: &Path,
+) -> Result<(), RestoreError> {
+    let e = &entries[i];
+    let target = under(root, &e.mountpoint);
+    let none: Option<&str> = None;
+    let flags = MsFlags::from_bits_truncate(e.flags as _);
+    let what = |w: &str| {
+        format!(
+            "{w} {} at {}",
+            e.fsname.as_deref().unwrap_or("?"),
+            e.mountpoint
+        )
+    };
+    // Where a bind comes from, if it is one.
+    let from = if let Some(k) = &e.ext_key {
+        Some(external[k].clone())
+    } else if let Some((j, rest)) = bind_source(entries, i) {
+        let src = &entries[j];
+        let base = match &src.ext_key {
+            Some(k) => external[k].clone(),
+            None if j == 0 => root.to_path_buf(),
+            None => under(root, &src.mountpoint),
+        };
+        Some(under(&base, &rest))
+    } else {
+        None
+    };
+    // Its mount point, if the tree lacks it (tmpfs contents do not hold their submounts').
+    if std::fs::symlink_metadata(&target).is_err() {
+        let file = from.as_ref().is_some_and(|f| f.is_file());
+        let made = if file {
+            if let Some(p) = target.parent() {
+                let _ = std::fs::create_dir_all(p);
+            }
+            std::fs::File::create(&target).map(|_| ())
+        } else {
+            std::fs::create_dir_all(&target)
+        };
+        made.map_err(|source| RestoreError::Mount {
+            what: format!("create the mount point {}", e.mountpoint),
+            source,
+        })?;
+    }
+    match from {
+        Some(src) => {
+            nix::mount::mount(Some(&src), &target, none, MsFlags::MS_BIND, none).map_err(
+                mnt_err(format!("{} (bind from {})", what("mount"), src.display())),
+            )?;
+            if !flags.is_empty() {
+                nix::mount::mount(
+                    none,
+                    &target,
+                    none,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                    none,
+                )
+                .map_err(mnt_err(what("set the flags of")))?;
+            }
+        }
+        None => {
+            let fstype = e.fsname.clone().unwrap_or_default();
+            let mut data = e.options.clone();
+            if e.fstype == PROC {
+                let ns = format!("pidns=/proc/{pid}/ns/pid");
+                data = if data.is_empty() {
+                    ns
+                } else {
+                    format!("{data},{ns}")
+                };
+            }
+            let sb_ro = e.sb_flags.unwrap_or(0) & MsFlags::MS_RDONLY.bits() as u32 != 0;
+            let ro_later = sb_ro || flags.contains(MsFlags::MS_RDONLY);
+            let first = flags.difference(MsFlags::MS_RDONLY);
+            nix::mount::mount(
+                Some(e.source.as_str()),
+                &target,
+                Some(fstype.as_str()),
+                first,
+                Some(data.as_str()),
+            )
+            .map_err(mnt_err(what("mount")))?;
+            if e.fstype == TMPFS {
+                let img = dir.join(tmpfs_image(e));
+                if img.exists() {
+                    let out = std::process::Command::new("tar")
+                        .args([
+                            "--extract",
+                            "--gzip",
+                            "--no-unquote",
+                            "--no-wildcards",
+                            "--directory",
+                        ])
+                        .arg(&target)
+                        .arg("--file")
+                        .arg(&img)
+                        .output()
+                        .map_err(|source| RestoreError::Mount {
+                            what: what("fill"),
+                            source,
+                        })?;
+                    if !out.status.success() {
+                        return Err(RestoreError::Mount {
+                            what: what("fill"),
+                            source: std::io::Error::other(
+                                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                            ),
+                        });
+                    }
+                }
+            }
+            if ro_later {
+                nix::mount::mount(
+                    none,
+                    &target,
+                    none,
+                    MsFlags::MS_REMOUNT | flags | MsFlags::MS_RDONLY,
+                    Some(e.options.as_str()),
+                )
+                .map_err(mnt_err(what("make read-only")))?;
+            }
+        }
+    }
+    if e.shared_id.is_some() {
+        nix::mount::mount(none, &target, none, MsFlags::MS_SHARED, none)
+            .map_err(mnt_err(what("share")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_parse() {
+        let t = "36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
+                 37 36 0:5 / /proc rw,nosuid,nodev,noexec shared:3 - proc proc rw\n";
+        let m = parse_mountinfo(t);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].mountpoint, "/mnt/a b");
+        assert_eq!(m[0].optional, vec!["master:1"]);
+        assert_eq!(m[1].fstype, "proc");
+        assert_eq!(
+            mnt_flags(&m[1].mnt_opts),
+            (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC).bits() as u32
+        );
+    }
+
+    #[test]
+    fn paths_nest() {
+        assert_eq!(path_within("/a/b", "/a").as_deref(), Some("/b"));
+        assert_eq!(path_within("/a", "/a").as_deref(), Some("/"));
+        assert_eq!(path_within("/ab", "/a"), None);
+        assert_eq!(path_within("/x", "/").as_deref(), Some("/x"));
+    }
+}
