@@ -316,7 +316,8 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                     what: format!(
                         "the process runs in its own {ns} namespace, which cryo cannot restore yet"
                     ),
-                    hint: "containers and namespaces come with issue #4; run cryo inside the namespaces (nsenter) to dump what lives there".into(),
+                    hint: "run cryo inside that namespace (nsenter) to dump what lives there"
+                        .into(),
                 });
             }
         }
