@@ -102,6 +102,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 shell_job: a.shell_job,
                 ghost_limit: a.ghost_limit,
                 external_mounts: a.common.mounts().map_err(anyhow::Error::msg)?.dump_map(),
+                external_net: a.common.net_externals().map_err(anyhow::Error::msg)?,
+                empty_net: a.common.empty_net().map_err(anyhow::Error::msg)?,
             };
             let mut hooks = scripts(&a.common);
             let r = dump::run(&opts, &dir, &mut hooks);
@@ -151,6 +153,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     .mounts()
                     .map_err(anyhow::Error::msg)?
                     .restore_opts(a.common.root.clone()),
+                join: a.common.join().map_err(anyhow::Error::msg)?,
             };
             let mut hooks = scripts(&a.common);
             let r = restore::run(&opts, &dir, &mut hooks);

@@ -6,11 +6,16 @@
 #   /dev a tmpfs with null/zero and a new devpts instance, /dev/mqueue,
 #   /tmp a tmpfs, /etc bound read-only onto itself, HOSTDIR bound at /data,
 #   hostname cryo-box, loopback up; stdio /dev/null (the container's).
+# With CONTAINER_NETNS=keep it stays in the network namespace it was started in (e.g. under
+# `ip netns exec NAME`) instead of getting a new one.
 set -e
+net=--net
+if [ "${CONTAINER_NETNS:-}" = keep ]; then net=; fi
+export NET="$net"
 rootfs=$1
 hostdir=$2
 shift 2
-exec unshare --pid --fork --mount --uts --ipc --net --propagation private /bin/sh -c '
+exec unshare --pid --fork --mount --uts --ipc $net --propagation private /bin/sh -c '
 set -e
 r=$1; h=$2; shift 2
 mount --bind "$r" "$r"
@@ -27,7 +32,7 @@ mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$r/sys"
 mount --bind "$r/etc" "$r/etc"
 mount -o remount,bind,ro "$r/etc"
 hostname cryo-box
-ip link set lo up
+if [ -n "$NET" ]; then ip link set lo up; fi
 cd "$r"
 pivot_root . .
 exec /bin/busybox sh -c "umount -l . && mount -t proc -o nosuid,nodev,noexec proc /proc && cd / && exec setsid \"\$@\" </dev/null >/dev/null 2>&1" sh "$@"

@@ -31,6 +31,11 @@ struct Container {
 
 /// Builds the rootfs under `dir` and starts the loop in its container; waits for output.
 fn start(dir: &Path) -> Container {
+    start_with(dir, &[])
+}
+
+/// Like `start`, with `prefix` run before the launcher (it must exec it, not fork).
+fn start_with(dir: &Path, prefix: &[&str]) -> Container {
     let rootfs = dir.join("rootfs");
     let host = dir.join("host");
     std::fs::create_dir_all(&host).unwrap();
@@ -40,19 +45,16 @@ fn start(dir: &Path) -> Container {
         .unwrap();
     assert!(st.success(), "building the busybox rootfs");
     std::fs::write(rootfs.join("loop.sh"), LOOP).unwrap();
-    let launcher = spawn(
-        &[
-            root()
-                .join("integration/scripts/container.sh")
-                .to_str()
-                .unwrap(),
-            rootfs.to_str().unwrap(),
-            host.to_str().unwrap(),
-            "/bin/sh",
-            "/loop.sh",
-        ],
-        &dir.join("launch.log"),
-    );
+    let script = root().join("integration/scripts/container.sh");
+    let mut argv: Vec<&str> = prefix.to_vec();
+    argv.extend([
+        script.to_str().unwrap(),
+        rootfs.to_str().unwrap(),
+        host.to_str().unwrap(),
+        "/bin/sh",
+        "/loop.sh",
+    ]);
+    let launcher = spawn(&argv, &dir.join("launch.log"));
     let count = host.join("count");
     wait_for("the container's first rounds", 20, || {
         lines(&count).len() >= 3
@@ -101,7 +103,14 @@ fn ns_pid_last(pid: i32) -> String {
 /// Dumps the container (killed), checks it stopped, restores it; returns the new init's
 /// host PID.
 fn cycle(c: &Container, img: &Path) -> i32 {
-    dump(c.init, img, &["--external", "mnt[/data]:data"]);
+    cycle_with(c, img, &[], &[])
+}
+
+/// `cycle` with extra dump and restore options.
+fn cycle_with(c: &Container, img: &Path, dump_extra: &[&str], restore_extra: &[&str]) -> i32 {
+    let mut extra = vec!["--external", "mnt[/data]:data"];
+    extra.extend_from_slice(dump_extra);
+    dump(c.init, img, &extra);
     wait_gone(c.init);
     let n = rounds(&c.host);
     std::thread::sleep(Duration::from_millis(200));
@@ -109,7 +118,7 @@ fn cycle(c: &Container, img: &Path) -> i32 {
     let d = img.to_str().unwrap();
     let ext = format!("mnt[data]:{}", c.host.display());
     let pidfile = img.join("pid");
-    let out = cryo(&[
+    let mut args = vec![
         "restore",
         "-D",
         d,
@@ -123,7 +132,9 @@ fn cycle(c: &Container, img: &Path) -> i32 {
         &ext,
         "--pidfile",
         pidfile.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(restore_extra);
+    let out = cryo(&args);
     assert!(
         out.status.success(),
         "restore failed:\n{}",
@@ -225,4 +236,129 @@ fn container_mount_refusals_name_the_mount() {
         n,
         "a failed restore left the container running"
     );
+}
+
+/// Network namespaces made with `ip netns add`, deleted on drop.
+struct NetNs(Vec<String>);
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", n])
+                .status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip {}", args.join(" "));
+}
+
+fn ino(p: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().ino()
+}
+
+/// Two network namespaces stand for two hosts: the container runs in the first (its netns is
+/// external, saved by key), the images are copied, and it is restored into the second.
+#[test]
+fn container_migrates_between_network_namespaces() {
+    let dir = scratch("container-migrate");
+    let me = std::process::id();
+    let (a, b) = (format!("cryo-a-{me}"), format!("cryo-b-{me}"));
+    ip(&["netns", "add", &a]);
+    let _ns = NetNs(vec![a.clone()]);
+    ip(&["netns", "add", &b]);
+    let _ns2 = NetNs(vec![b.clone()]);
+    // Each "host" has its own network: a veth pair, so the namespace holds more than a
+    // loopback (which cryo would not save: it is external here).
+    for n in [&a, &b] {
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n", n, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+        ]);
+    }
+    let mut c = start_with(
+        &dir,
+        &["ip", "netns", "exec", &a, "env", "CONTAINER_NETNS=keep"],
+    );
+    let _g = KillOnDrop(c.init);
+    let (path_a, path_b) = (format!("/run/netns/{a}"), format!("/run/netns/{b}"));
+    assert_eq!(ino(&format!("/proc/{}/ns/net", c.init)), ino(&path_a));
+    let img = dir.join("img");
+    let ext = format!("net[{}]:extnet", ino(&path_a));
+    // Without a namespace to join, restore says which key it needs.
+    dump(
+        c.init,
+        &img,
+        &["--external", "mnt[/data]:data", "--external", &ext],
+    );
+    wait_gone(c.init);
+    let moved = dir.join("img-on-b");
+    let st = std::process::Command::new("cp")
+        .args(["-a", img.to_str().unwrap(), moved.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let hostmap = format!("mnt[data]:{}", c.host.display());
+    let o = cryo(&[
+        "restore",
+        "-D",
+        moved.to_str().unwrap(),
+        "-d",
+        "--root",
+        c.rootfs.to_str().unwrap(),
+        "--external",
+        &hostmap,
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("extnet") && e.contains("--join-ns"),
+        "{e}"
+    );
+    let join = format!("net:{path_b}");
+    let out = cryo(&[
+        "restore",
+        "-D",
+        moved.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--root",
+        c.rootfs.to_str().unwrap(),
+        "--external",
+        &hostmap,
+        "--join-ns",
+        &join,
+        "--pidfile",
+        moved.join("pid").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "restore failed:\n{}",
+        log(&moved, "restore.log")
+    );
+    c.init = std::fs::read_to_string(moved.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _g2 = KillOnDrop(c.init);
+    assert_eq!(
+        ino(&format!("/proc/{}/ns/net", c.init)),
+        ino(&path_b),
+        "joined the second netns"
+    );
+    let n = rounds(&c.host);
+    wait_for("the migrated container's rounds", 20, || {
+        lines(&c.host.join("count")).len() >= n + 5
+    });
+    rounds(&c.host);
+    kill(c.init);
 }

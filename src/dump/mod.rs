@@ -26,6 +26,11 @@ pub struct DumpOpts {
     /// Mounts not to save but to re-bind at restore: mount point (as the tree sees it) →
     /// the key the restore gives a host path for (`--external mnt[PATH]:KEY`).
     pub external_mounts: std::collections::HashMap<String, String>,
+    /// Network namespaces (by inode) saved as external, with the caller's key
+    /// (`--external net[INO]:KEY`).
+    pub external_net: std::collections::HashMap<u64, String>,
+    /// `--empty-ns net`: a private network namespace is not saved; restore makes it empty.
+    pub empty_net: bool,
 }
 
 /// Why a dump failed.
@@ -713,6 +718,8 @@ pub fn run(
     let mut files = FileTable::default();
     files.ghost_limit = opts.ghost_limit;
     files.shell_job = opts.shell_job;
+    files.external_net = opts.external_net.clone();
+    files.empty_net = opts.empty_net;
     files.tree = frozen.iter().map(|f| f.0).collect();
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
@@ -841,6 +848,13 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         dir.write(
             &format!("netdev-{id}.img"),
             image::NETDEV,
+            std::slice::from_ref(e),
+        )?;
+    }
+    for (id, e) in &files.netns {
+        dir.write(
+            &format!("netns-{id}.img"),
+            image::NETNS,
             std::slice::from_ref(e),
         )?;
     }

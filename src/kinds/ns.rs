@@ -14,6 +14,7 @@
 //! for a child; children forked afterwards inherit it. Other namespaces are still refused by
 //! `dump::precheck`.
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
 use super::{DumpCx, RestoreCx, TaskImages};
@@ -67,10 +68,32 @@ pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
     let Some(id) = img.ids.net_ns_id else {
         return Ok(());
     };
-    if Some(id) == own_ns_id("net") || cx.files.netdevs.iter().any(|(i, _)| *i == id) {
+    if Some(id) == own_ns_id("net")
+        || cx.files.netdevs.iter().any(|(i, _)| *i == id)
+        || cx.files.netns.iter().any(|(i, _)| *i == id)
+    {
         return Ok(());
     }
     let pid = cx.pid;
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map(|m| m.ino())
+            .unwrap_or(0)
+    };
+    // External (the caller gives one at restore) or empty: nothing of it is saved.
+    if let Some(key) = cx.files.external_net.get(&ino).cloned() {
+        let e = pb::NetnsEntry {
+            ext_key: Some(key),
+            ..Default::default()
+        };
+        cx.files.netns.push((id, e));
+        return Ok(());
+    }
+    if cx.files.empty_net {
+        cx.files.netns.push((id, pb::NetnsEntry::default()));
+        return Ok(());
+    }
     let devs: Vec<String> = crate::procfs::read(pid, "net/dev")?
         .lines()
         .skip(2)
@@ -84,7 +107,9 @@ pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
                 "it has network devices other than the loopback: {}",
                 devs.join(", ")
             ),
-            hint: "network devices (veth, tun, ...) come with issue #4".into(),
+            hint: format!(
+                "network devices are not saved: mark the namespace external (--external net[{ino}]:KEY, then --join-ns net:PATH at restore) or empty (--empty-ns net)"
+            ),
         });
     }
     let buf = cx.scratch()?;
@@ -127,16 +152,57 @@ pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
     Ok(())
 }
 
+/// Namespaces the restored tree joins instead of getting new ones.
+#[derive(Debug, Clone, Default)]
+pub struct NsJoin {
+    /// `--join-ns net:PATH`: the root's network namespace.
+    pub net: Option<std::path::PathBuf>,
+    /// External namespaces by the key they were saved with (`--inherit-fd fd[N]:KEY` gives
+    /// `/proc/self/fd/N`).
+    pub by_key: HashMap<String, std::path::PathBuf>,
+}
+
 /// Gives the puppet a new network namespace when `img`'s differs from the inherited one,
-/// with the loopback up if it was.
+/// with the loopback up if it was; or joins the one the caller gives (`join`), which an
+/// external namespace requires.
 pub fn restore_net(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
+    join: &NsJoin,
 ) -> Result<(), RestoreError> {
     let Some(id) = img.ids.net_ns_id.filter(|&id| Some(id) != inherited) else {
         return Ok(());
     };
+    let ns: Option<pb::NetnsEntry> = cx
+        .dir
+        .read_opt::<pb::NetnsEntry>(&format!("netns-{id}.img"), image::NETNS)?
+        .and_then(|v| v.into_iter().next());
+    let key = ns.as_ref().and_then(|n| n.ext_key.clone());
+    let path = join
+        .net
+        .clone()
+        .or_else(|| key.as_ref().and_then(|k| join.by_key.get(k).cloned()));
+    if let (Some(k), None) = (&key, &path) {
+        return Err(RestoreError::Unsupported(format!(
+            "the network namespace was saved as external with key '{k}': give the one to join with --join-ns net:PATH (or --inherit-fd fd[N]:{k})"
+        )));
+    }
+    if let Some(p) = path {
+        let f = std::fs::File::open(&p).map_err(|source| RestoreError::File {
+            id,
+            what: format!("open network namespace {}", p.display()),
+            source,
+        })?;
+        let fd = cx.take_from_cryo(std::os::fd::AsRawFd::as_raw_fd(&f))?;
+        let r = cx.sys(
+            "setns(CLONE_NEWNET)",
+            libc::SYS_setns,
+            [fd, libc::CLONE_NEWNET as u64, 0, 0, 0, 0],
+        );
+        cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        return r.map(|_| ());
+    }
     let devs: Vec<pb::NetDeviceEntry> = cx
         .dir
         .read_opt(&format!("netdev-{id}.img"), image::NETDEV)?

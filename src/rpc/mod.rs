@@ -297,6 +297,8 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         shell_job: o.shell_job == Some(true),
         ghost_limit: o.ghost_limit.map(u64::from).unwrap_or(1 << 20),
         external_mounts: Default::default(),
+        external_net: Default::default(),
+        empty_net: false,
     };
     let mut n = hooks(&o, sk, images);
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
@@ -325,6 +327,7 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
         shell_job: o.shell_job == Some(true),
         orphan_pts_master: false, // refused above until the master is sent to the client
         mounts: Default::default(),
+        join: Default::default(),
     };
     let mut n = hooks(&o, sk, images);
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
