@@ -506,10 +506,23 @@ mod tests {
         let c = parse(&["criu", "dump", "-t", "1", "--tcp-established"]);
         let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
         assert_eq!(d.common.unsupported.first().unwrap().0, "tcp-established");
-        let c = parse(&["criu", "restore", "--external", "mnt[x]:y"]);
+        let c = parse(&["criu", "restore", "--inherit-fd", "fd[3]:x"]);
         let Some(Cmd::Restore(r)) = c.cmd else {
             panic!()
         };
-        assert_eq!(r.common.unsupported.first().unwrap().0, "external");
+        assert_eq!(r.common.unsupported.first().unwrap().0, "inherit-fd");
+        // Supported now, but only for the kinds cryo handles.
+        let c = parse(&[
+            "criu",
+            "restore",
+            "--external",
+            "mnt[x]:y",
+            "--external",
+            "tty[1:2]",
+        ]);
+        let Some(Cmd::Restore(r)) = c.cmd else {
+            panic!()
+        };
+        assert!(r.common.mounts().unwrap_err().contains("tty[1:2]"));
     }
 }
