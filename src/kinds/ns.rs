@@ -288,3 +288,126 @@ pub fn restore_uts(
     )?;
     Ok(())
 }
+
+/// Reads `/proc/PID/timens_offsets`: (monotonic, boottime) offsets in nanoseconds.
+fn timens_offsets(pid: &str) -> Option<(i128, i128)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/timens_offsets")).ok()?;
+    let mut m = None;
+    let mut b = None;
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() != 3 {
+            continue;
+        }
+        let ns = f[1].parse::<i128>().ok()? * 1_000_000_000 + f[2].parse::<i128>().ok()?;
+        match f[0] {
+            "monotonic" | "1" => m = Some(ns),
+            "boottime" | "7" => b = Some(ns),
+            _ => {}
+        }
+    }
+    Some((m?, b?))
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    // These clocks always exist.
+    nix::time::clock_gettime(nix::time::ClockId::from_raw(clock))
+        .map(|ts| ts.tv_sec() as i128 * 1_000_000_000 + ts.tv_nsec() as i128)
+        .unwrap_or(0)
+}
+
+fn to_timespec(ns: i128) -> pb::Timespec {
+    pb::Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000) as u64,
+        tv_nsec: ns.rem_euclid(1_000_000_000) as u64,
+    }
+}
+
+fn from_timespec(t: &pb::Timespec) -> i128 {
+    t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
+}
+
+/// The clocks of `pid`'s time namespace now, as CRIU saves them (`timens-ID.img`): its
+/// monotonic and boot-time clocks, so restore can make them go on from these values.
+/// Refuses a task whose children would get another time namespace than its own.
+pub fn dump_time(pid: i32) -> Result<pb::TimensEntry, DumpError> {
+    let ino = |n: &str| {
+        std::fs::metadata(format!("/proc/{pid}/ns/{n}"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    if ino("time") != ino("time_for_children") {
+        return Err(DumpError::Unsupported {
+            pid,
+            object: "time namespace".into(),
+            what: "its children would start in another time namespace than its own".into(),
+            hint: "dump it once it has forked into the new namespace".into(),
+        });
+    }
+    let (their_m, their_b) = timens_offsets(&pid.to_string())
+        .ok_or(DumpError::Internal("cannot read /proc/PID/timens_offsets"))?;
+    let (own_m, own_b) = timens_offsets("self").unwrap_or((0, 0));
+    Ok(pb::TimensEntry {
+        monotonic: to_timespec(clock_ns(libc::CLOCK_MONOTONIC) - own_m + their_m),
+        boottime: to_timespec(clock_ns(libc::CLOCK_BOOTTIME) - own_b + their_b),
+    })
+}
+
+/// Puts the puppet in a new time namespace whose clocks go on from the saved values (the
+/// time the tree spent frozen does not count), when `img`'s differs from the inherited one.
+/// Runs before its vDSO is mapped.
+pub fn restore_time(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    inherited: Option<u32>,
+) -> Result<(), RestoreError> {
+    let Some(id) = img.ids.time_ns_id.filter(|&id| Some(id) != inherited) else {
+        return Ok(());
+    };
+    let e: pb::TimensEntry = cx
+        .dir
+        .read_one(&format!("timens-{id}.img"), image::TIMENS)?;
+    cx.sys(
+        "unshare(CLONE_NEWTIME)",
+        libc::SYS_unshare,
+        [libc::CLONE_NEWTIME as u64, 0, 0, 0, 0, 0],
+    )?;
+    let (own_m, own_b) = timens_offsets("self").unwrap_or((0, 0));
+    let m = from_timespec(&e.monotonic) - (clock_ns(libc::CLOCK_MONOTONIC) - own_m);
+    let b = from_timespec(&e.boottime) - (clock_ns(libc::CLOCK_BOOTTIME) - own_b);
+    let ts = |ns: i128| {
+        format!(
+            "{} {}",
+            ns.div_euclid(1_000_000_000),
+            ns.rem_euclid(1_000_000_000)
+        )
+    };
+    let text = format!(
+        "{} {}\n{} {}\n",
+        libc::CLOCK_MONOTONIC,
+        ts(m),
+        libc::CLOCK_BOOTTIME,
+        ts(b)
+    );
+    let path = format!("/proc/{}/timens_offsets", cx.pid);
+    std::fs::write(&path, text).map_err(|source| RestoreError::File {
+        id,
+        what: format!("set the time namespace's clock offsets ({path})"),
+        source,
+    })?;
+    let ns = std::fs::File::open(format!("/proc/{}/ns/time_for_children", cx.pid)).map_err(
+        |source| RestoreError::File {
+            id,
+            what: "open the new time namespace".into(),
+            source,
+        },
+    )?;
+    let fd = cx.take_from_cryo(std::os::fd::AsRawFd::as_raw_fd(&ns))?;
+    let r = cx.sys(
+        "setns(CLONE_NEWTIME)",
+        libc::SYS_setns,
+        [fd, libc::CLONE_NEWTIME as u64, 0, 0, 0, 0],
+    );
+    cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    r.map(|_| ())
+}

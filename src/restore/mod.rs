@@ -448,6 +448,9 @@ fn shape(
         ),
     };
     kinds::ns::restore_uts(&mut cx, img, uts_now)?;
+    // Before its vDSO is mapped (its data pages follow the time namespace).
+    let time_now = parent.map_or_else(|| kinds::ns::own_ns_id("time"), |p| p.ids.time_ns_id);
+    kinds::ns::restore_time(&mut cx, img, time_now)?;
     kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
     kinds::ipc::restore(cx.dir, cx.pid, img, ipc_now)?;
     kinds::ns::restore_net(&mut cx, img, net_now, sh.join)?;
