@@ -783,6 +783,9 @@ pub struct TtyStore {
     /// `--orphan-pts-master`: keep the master made for a slave whose master was outside the
     /// tree (see [`take_orphan_masters`]) instead of closing it.
     pub orphan_pts_master: bool,
+    /// Where the tree's paths lead from cryo: `/proc/PID/root` of the root puppet once it
+    /// lives in a restored mount namespace (its devpts instances are not cryo's).
+    pub root: Option<String>,
 }
 
 static ORPHAN_MASTERS: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
@@ -870,7 +873,8 @@ impl TtyStore {
             .unwrap_or_else(|| "/dev/pts".into());
         let master_path = path_of(true).unwrap_or_else(|| format!("{devpts}/ptmx"));
         let slave_path = path_of(false).unwrap_or_else(|| format!("{devpts}/{index}"));
-        if let Ok(m) = std::fs::metadata(&slave_path) {
+        let via = |p: &str| format!("{}{p}", self.root.as_deref().unwrap_or(""));
+        if let Ok(m) = std::fs::metadata(via(&slave_path)) {
             if m.file_type().is_char_device() && slave_index(m.rdev()) == index {
                 return Err(RestoreError::Unsupported(format!(
                     "pty {index} is in use by another terminal ({slave_path} exists); close it, or restore where that index is free"
@@ -881,7 +885,7 @@ impl TtyStore {
         let mut extras = Vec::new();
         let master = loop {
             let m = sys::fd::open(
-                &master_path,
+                &via(&master_path),
                 libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
             )
             .map_err(tty_err(index, format!("open {master_path}")))?;
@@ -900,7 +904,7 @@ impl TtyStore {
         sys::tty::set_pty_locked(master.as_fd(), false)
             .map_err(tty_err(index, "TIOCSPTLCK".into()))?;
         let slave = sys::fd::open(
-            &slave_path,
+            &via(&slave_path),
             libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
         )
         .map_err(tty_err(index, format!("open {slave_path}")))?;

@@ -457,6 +457,8 @@ fn shape(
     // The root's mount namespace, before any file is opened (children inherit it).
     if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
         kinds::mounts::restore(&mut cx, img, sh.mounts)?;
+        // Terminals are made in the tree's own devpts instances.
+        sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
     }
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
     let shares_table = parent.is_some_and(|p| p.ids.files_id == img.ids.files_id);
