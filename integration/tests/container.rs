@@ -187,6 +187,12 @@ fn busybox_container_moves_to_fresh_namespaces() {
         "{mi}"
     );
     assert!(mount("/dev/pts").contains(" - devpts "), "{mi}");
+    // /dev/console: a bind of pty 0 of the container's devpts, made again before the bind.
+    let console = mount("/dev/console");
+    assert!(
+        console.contains(" /0 /dev/console ") && console.contains(" - devpts "),
+        "{mi}"
+    );
     assert!(
         mount("/data").contains(&format!(" {} /data ", c.host.display())),
         "{mi}"

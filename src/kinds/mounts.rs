@@ -406,11 +406,12 @@ pub fn restore(
     }
     let pid = cx.pid;
     let dir = cx.dir.path.clone();
-    let nsfd = std::thread::scope(|s| {
+    let (nsfd, ptys) = std::thread::scope(|s| {
         s.spawn(|| build(pid, &root, &entries, &opts.external, &dir))
             .join()
             .unwrap_or(Err(RestoreError::Internal("the mount builder panicked")))
     })?;
+    cx.objs.borrow_mut().tty.premade.extend(ptys);
     let fd = cx.take_from_cryo(nsfd.as_raw_fd())?;
     let r = cx.sys(
         "setns(CLONE_NEWNS)",
@@ -423,14 +424,15 @@ pub fn restore(
 
 /// On a thread of its own (namespaces and root are per thread): joins the puppet's net and
 /// IPC namespaces, makes a private mount namespace, mounts every entry under `root`, pivots
-/// into it and returns an fd of the namespace.
+/// into it and returns an fd of the namespace, and the ptys it had to make (index, master).
+#[allow(clippy::type_complexity)]
 fn build(
     pid: i32,
     root: &Path,
     entries: &[pb::MntEntry],
     external: &HashMap<String, PathBuf>,
     dir: &Path,
-) -> Result<OwnedFd, RestoreError> {
+) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>), RestoreError> {
     use nix::sched::{setns, unshare, CloneFlags};
     for (ns, flag) in [
         ("net", CloneFlags::CLONE_NEWNET),
@@ -456,8 +458,9 @@ fn build(
         .map_err(mnt_err("make the new mount namespace private".into()))?;
     nix::mount::mount(Some(root), root, none, MsFlags::MS_BIND, none)
         .map_err(mnt_err(format!("bind the new root {}", root.display())))?;
+    let mut ptys = Vec::new();
     for i in 1..entries.len() {
-        mount_one(pid, root, entries, i, external, dir)?;
+        mount_one(pid, root, entries, i, external, dir, &mut ptys)?;
     }
     // The root's own flags last: a read-only root still gets its mount points made above.
     let rflags = MsFlags::from_bits_truncate(entries[0].flags as _);
@@ -476,7 +479,7 @@ fn build(
     nix::mount::umount2(".", MntFlags::MNT_DETACH)
         .map_err(mnt_err("detach the old root".into()))?;
     nix::unistd::chdir("/").map_err(mnt_err("chdir /".into()))?;
-    Ok(nsfd)
+    Ok((nsfd, ptys))
 }
 
 /// Mounts `entries[i]` under `root`.
@@ -487,6 +490,7 @@ fn mount_one(
     i: usize,
     external: &HashMap<String, PathBuf>,
     dir: &Path,
+    ptys: &mut Vec<(u32, OwnedFd)>,
 ) -> Result<(), RestoreError> {
     let e = &entries[i];
     let target = under(root, &e.mountpoint);
@@ -509,6 +513,23 @@ fn mount_one(
             None if j == 0 => root.to_path_buf(),
             None => under(root, &src.mountpoint),
         };
+        // A bind of a pty slave (runc's /dev/console is devpts root /N): the pty must exist
+        // in the new devpts instance first; the terminal restore takes its master.
+        if src.fsname.as_deref() == Some("devpts") && src.ext_key.is_none() {
+            if let Ok(index) = rest.trim_start_matches('/').parse::<u32>() {
+                let slave = under(&base, &rest);
+                if !slave.exists() {
+                    let ptmx = under(&base, "/ptmx");
+                    let m = super::tty::make_pty_at(&ptmx.to_string_lossy(), index).map_err(
+                        |source| RestoreError::Mount {
+                            what: format!("make pty {index} for the bind at {}", e.mountpoint),
+                            source,
+                        },
+                    )?;
+                    ptys.push((index, m));
+                }
+            }
+        }
         Some(under(&base, &rest))
     } else {
         None

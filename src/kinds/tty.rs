@@ -786,6 +786,9 @@ pub struct TtyStore {
     /// Where the tree's paths lead from cryo: `/proc/PID/root` of the root puppet once it
     /// lives in a restored mount namespace (its devpts instances are not cryo's).
     pub root: Option<String>,
+    /// Ptys the mount rebuild had to make already (a bind of a devpts slave such as runc's
+    /// `/dev/console` needs it to exist): index → unlocked master.
+    pub premade: HashMap<u32, OwnedFd>,
 }
 
 static ORPHAN_MASTERS: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
@@ -874,7 +877,8 @@ impl TtyStore {
         let master_path = path_of(true).unwrap_or_else(|| format!("{devpts}/ptmx"));
         let slave_path = path_of(false).unwrap_or_else(|| format!("{devpts}/{index}"));
         let via = |p: &str| format!("{}{p}", self.root.as_deref().unwrap_or(""));
-        if let Ok(m) = std::fs::metadata(via(&slave_path)) {
+        let premade = self.premade.remove(&index);
+        if let (Ok(m), None) = (std::fs::metadata(via(&slave_path)), &premade) {
             if m.file_type().is_char_device() && slave_index(m.rdev()) == index {
                 return Err(RestoreError::Unsupported(format!(
                     "pty {index} is in use by another terminal ({slave_path} exists); close it, or restore where that index is free"
@@ -883,22 +887,27 @@ impl TtyStore {
         }
         // devpts hands out the lowest free index: hold masters until ours comes.
         let mut extras = Vec::new();
-        let master = loop {
-            let m = sys::fd::open(
-                &via(&master_path),
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-            )
-            .map_err(tty_err(index, format!("open {master_path}")))?;
-            let got = sys::tty::pty_index(m.as_fd()).map_err(tty_err(index, "TIOCGPTN".into()))?;
-            if got == index {
-                break m;
-            }
-            if got > index {
-                return Err(RestoreError::Unsupported(format!(
+        let master = if let Some(m) = premade {
+            m
+        } else {
+            loop {
+                let m = sys::fd::open(
+                    &via(&master_path),
+                    libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+                )
+                .map_err(tty_err(index, format!("open {master_path}")))?;
+                let got =
+                    sys::tty::pty_index(m.as_fd()).map_err(tty_err(index, "TIOCGPTN".into()))?;
+                if got == index {
+                    break m;
+                }
+                if got > index {
+                    return Err(RestoreError::Unsupported(format!(
                     "pty {index} was taken by another terminal meanwhile ({master_path} gave {got})"
                 )));
+                }
+                extras.push(m);
             }
-            extras.push(m);
         };
         drop(extras);
         sys::tty::set_pty_locked(master.as_fd(), false)
@@ -1203,5 +1212,25 @@ mod tests {
         assert!(a > 3 && b > 3 && a != b && a != b'\n' && b != b'\n');
         let all: Vec<u8> = (1..=255).collect();
         assert_eq!(free_bytes(&all), None);
+    }
+}
+
+/// Makes pty `index` through the ptmx node at `ptmx` (a path cryo can open) and unlocks it:
+/// devpts hands out the lowest free index, so masters are held until `index` comes.
+pub fn make_pty_at(ptmx: &str, index: u32) -> std::io::Result<OwnedFd> {
+    let mut extras = Vec::new();
+    loop {
+        let m = sys::fd::open(ptmx, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
+        let got = sys::tty::pty_index(m.as_fd())?;
+        if got == index {
+            sys::tty::set_pty_locked(m.as_fd(), false)?;
+            return Ok(m);
+        }
+        if got > index {
+            return Err(std::io::Error::other(format!(
+                "{ptmx} gave pty {got}: index {index} is taken"
+            )));
+        }
+        extras.push(m);
     }
 }
