@@ -1183,6 +1183,26 @@ pub fn set_foreground(
     Ok(())
 }
 
+/// Makes pty `index` through the ptmx node at `ptmx` (a path cryo can open) and unlocks it:
+/// devpts hands out the lowest free index, so masters are held until `index` comes.
+pub fn make_pty_at(ptmx: &str, index: u32) -> std::io::Result<OwnedFd> {
+    let mut extras = Vec::new();
+    loop {
+        let m = sys::fd::open(ptmx, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
+        let got = sys::tty::pty_index(m.as_fd())?;
+        if got == index {
+            sys::tty::set_pty_locked(m.as_fd(), false)?;
+            return Ok(m);
+        }
+        if got > index {
+            return Err(std::io::Error::other(format!(
+                "{ptmx} gave pty {got}: index {index} is taken"
+            )));
+        }
+        extras.push(m);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1212,25 +1232,5 @@ mod tests {
         assert!(a > 3 && b > 3 && a != b && a != b'\n' && b != b'\n');
         let all: Vec<u8> = (1..=255).collect();
         assert_eq!(free_bytes(&all), None);
-    }
-}
-
-/// Makes pty `index` through the ptmx node at `ptmx` (a path cryo can open) and unlocks it:
-/// devpts hands out the lowest free index, so masters are held until `index` comes.
-pub fn make_pty_at(ptmx: &str, index: u32) -> std::io::Result<OwnedFd> {
-    let mut extras = Vec::new();
-    loop {
-        let m = sys::fd::open(ptmx, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
-        let got = sys::tty::pty_index(m.as_fd())?;
-        if got == index {
-            sys::tty::set_pty_locked(m.as_fd(), false)?;
-            return Ok(m);
-        }
-        if got > index {
-            return Err(std::io::Error::other(format!(
-                "{ptmx} gave pty {got}: index {index} is taken"
-            )));
-        }
-        extras.push(m);
     }
 }
