@@ -242,6 +242,60 @@ fn container_mount_refusals_name_the_mount() {
         n,
         "a failed restore left the container running"
     );
+    // A fault after the mount tree was built and the files opened: nothing of it stays.
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let ext = format!("mnt[data]:{}", c.host.display());
+    let rootfs = c.rootfs.to_str().unwrap();
+    let o = cryo_env(
+        &[
+            "restore",
+            "-D",
+            d,
+            "-d",
+            "--root",
+            rootfs,
+            "--external",
+            &ext,
+        ],
+        &[("CRYO_FAULT_INJECT", "files")],
+    );
+    assert!(!o.status.success());
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+        mounts_before,
+        "a failed restore changed the host's mounts"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        rounds(&c.host),
+        n,
+        "a failed restore left the container running"
+    );
+    // And the images still restore.
+    let pidfile = img.join("pid");
+    let out = cryo(&[
+        "restore",
+        "-D",
+        d,
+        "-d",
+        "--root",
+        rootfs,
+        "--external",
+        &ext,
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let init: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _g2 = KillOnDrop(init);
+    wait_for("the container to go on", 10, || {
+        lines(&c.host.join("count")).len() >= n + 3
+    });
+    kill(init);
 }
 
 /// Network namespaces made with `ip netns add`, deleted on drop.
