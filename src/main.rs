@@ -102,6 +102,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 shell_job: a.shell_job,
                 ghost_limit: a.ghost_limit,
                 external_mounts: a.common.mounts().map_err(anyhow::Error::msg)?.dump_map(),
+                freeze_cgroup: a.common.freeze_cgroup.clone(),
+                cgroup_mode: a.common.cgroup_mode().map_err(anyhow::Error::msg)?,
             };
             let mut hooks = scripts(&a.common);
             let r = dump::run(&opts, &dir, &mut hooks);
@@ -151,6 +153,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     .mounts()
                     .map_err(anyhow::Error::msg)?
                     .restore_opts(a.common.root.clone()),
+                cgroups: a.common.cgroup_opts().map_err(anyhow::Error::msg)?,
             };
             let mut hooks = scripts(&a.common);
             let r = restore::run(&opts, &dir, &mut hooks);
