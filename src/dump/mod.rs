@@ -356,7 +356,10 @@ fn seize_frozen(
         out.push((pid, ppid, s));
     }
     match err {
-        Some(e) => Err(e), // `out` drops: every seized task is detached
+        Some(e) => {
+            freezer.put_back();
+            Err(e) // `out` drops: every seized task is detached
+        }
         None => Ok(out),
     }
 }
@@ -781,21 +784,27 @@ pub fn run(
     if !std::path::Path::new(&format!("/proc/{root}")).exists() {
         return Err(DumpError::NoSuchProcess { pid: root });
     }
-    // 1. Refuse what we cannot do before touching anything.
+    // 1. Refuse what we cannot do before touching anything. With --freeze-cgroup the
+    //    cgroup is frozen first (after the pre-dump hook), as CRIU does, so the tree checked
+    //    is the tree seized. Declared before `frozen`, so dropped after it: the cgroup gets
+    //    its own state back once every task is released or killed.
+    let freezer = match &opts.freeze_cgroup {
+        Some(p) => {
+            hooks.notify("pre-dump", None)?;
+            Some(kinds::cgroup::Freezer::freeze(p)?)
+        }
+        None => None,
+    };
     let tree0 = collect_tree(root)?;
     precheck(opts, &tree0)?;
-    hooks.notify("pre-dump", None)?;
+    if freezer.is_none() {
+        hooks.notify("pre-dump", None)?;
+    }
     fault_point("seize")?;
 
     // 2. Freeze the whole tree; a running process may fork meanwhile, so walk again until
     //    nothing new appears (frozen processes cannot fork).
     let tf = Instant::now();
-    // Declared first, dropped last: the cgroup gets its own state back once every task is
-    // released or killed.
-    let freezer = match &opts.freeze_cgroup {
-        Some(p) => Some(kinds::cgroup::Freezer::freeze(p)?),
-        None => None,
-    };
     let mut frozen: Vec<(i32, i32, Seized)> = match &freezer {
         Some(f) => seize_frozen(root, f)?,
         None => Vec::new(),
@@ -912,10 +921,16 @@ pub fn run(
     // 5. Final state. A failing post-dump hook leaves the tree running (the dump failed).
     drop(tty_data);
     if let Err(e) = hooks.notify("post-dump", None) {
+        if let Some(f) = &freezer {
+            f.put_back();
+        }
         for (_, _, seized) in frozen.iter_mut() {
             seized.release();
         }
         return Err(e.into());
+    }
+    if let (Some(f), true) = (&freezer, opts.leave_running) {
+        f.put_back();
     }
     // Children first: a PID namespace's init, once killed, waits for every other task of
     // the namespace to be reaped, and cryo still traces them.

@@ -952,6 +952,8 @@ pub struct Freezer {
     path: PathBuf,
     v2: bool,
     was_frozen: bool,
+    /// `put_back` already ran.
+    done: std::cell::Cell<bool>,
 }
 
 /// How long a cgroup may take to freeze (CRIU's default `--timeout` is 10 s).
@@ -1012,6 +1014,7 @@ impl Freezer {
             path: path.to_path_buf(),
             v2,
             was_frozen: false,
+            done: Default::default(),
         };
         // FREEZING counts as frozen, as in CRIU: someone else asked for it.
         f.was_frozen = if v2 {
@@ -1053,14 +1056,33 @@ impl Freezer {
     pub fn thaw(&self) -> Result<(), CgroupError> {
         self.set(false)
     }
-}
 
-impl Drop for Freezer {
-    fn drop(&mut self) {
+    /// Puts the cgroup back as it was found (once). Called before the seized tasks are
+    /// released, as CRIU does, so a task of a cgroup that was frozen goes from its ptrace stop
+    /// straight into the freezer; not before they are killed (a frozen v1 task does not die).
+    pub fn put_back(&self) {
+        if self.done.replace(true) {
+            return;
+        }
         if let Err(e) = self.set(self.was_frozen) {
             tracing::error!("could not put cgroup {} back: {e}", self.path.display());
         } else if self.was_frozen {
             tracing::info!("cgroup {} frozen again, as it was", self.path.display());
+        }
+    }
+}
+
+impl Drop for Freezer {
+    /// Last resort (errors, kill): the tasks are released or dead by now. A cgroup that was
+    /// frozen is given a moment to be frozen again before cryo exits.
+    fn drop(&mut self) {
+        self.put_back();
+        let t0 = Instant::now();
+        while self.was_frozen
+            && !self.frozen().unwrap_or(true)
+            && t0.elapsed() < Duration::from_secs(2)
+        {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
