@@ -16,7 +16,7 @@ use prost::Message;
 use crate::image::{pb, ImageDir};
 use crate::notify::{ActionScripts, Chain, NoHooks, Notifier, NotifyError};
 use crate::sys::net;
-use crate::{dump, features, restore};
+use crate::{dump, features, kinds, restore};
 
 /// The CRIU version cryo answers VERSION with (runc needs at least 3.0.0; 3.17.1 or higher
 /// keeps every runtime's feature gates open).
@@ -207,8 +207,12 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     if !o.join_ns.is_empty() || o.empty_ns.unwrap_or(0) != 0 {
         bad.push("join_ns/empty_ns (namespaces come with issue #4)");
     }
-    if on(o.manage_cgroups) || o.freeze_cgroup.is_some() || !o.cg_root.is_empty() {
-        bad.push("manage_cgroups/freeze_cgroup/cg_root (cgroups come with issue #4)");
+    if o.cgroup_props.is_some()
+        || o.cgroup_props_file.is_some()
+        || !o.cgroup_dump_controller.is_empty()
+        || o.cgroup_yard.is_some()
+    {
+        bad.push("cgroup_props/cgroup_props_file/cgroup_dump_controller/cgroup_yard (cryo saves a fixed set of cgroup limits and uses the mounted hierarchies)");
     }
     if on(o.orphan_pts_master) {
         bad.push("orphan_pts_master (ttys come with issue #4)");
@@ -227,6 +231,18 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     } else {
         Err(format!("options not supported by cryo: {}", bad.join("; ")))
     }
+}
+
+/// `manage_cgroups` (legacy switch: soft or ignore), overridden by `manage_cgroups_mode`;
+/// soft when neither is given, as CRIU.
+fn cgroup_mode(o: &pb::CriuOpts) -> Result<kinds::cgroup::Mode, String> {
+    if let Some(m) = o.manage_cgroups_mode {
+        return kinds::cgroup::Mode::from_rpc(m);
+    }
+    Ok(match o.manage_cgroups {
+        Some(false) => kinds::cgroup::Mode::Ignore,
+        _ => kinds::cgroup::Mode::Soft,
+    })
 }
 
 /// Opens the images directory and the log for a DUMP or RESTORE request.
@@ -299,6 +315,8 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         external_mounts: Default::default(),
         external_net: Default::default(),
         empty_net: false,
+        freeze_cgroup: o.freeze_cgroup.as_ref().map(PathBuf::from),
+        cgroup_mode: cgroup_mode(&o)?,
     };
     let mut n = hooks(&o, sk, images);
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
@@ -328,6 +346,14 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
         orphan_pts_master: false, // refused above until the master is sent to the client
         mounts: Default::default(),
         join: Default::default(),
+        cgroups: kinds::cgroup::CgOpts {
+            mode: cgroup_mode(&o)?,
+            roots: o
+                .cg_root
+                .iter()
+                .map(|r| (r.ctrl.clone(), r.path.clone()))
+                .collect(),
+        },
     };
     let mut n = hooks(&o, sk, images);
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
