@@ -423,3 +423,60 @@ fn freezer_is_put_back_as_it_was() {
     assert!(counting(&out), "the tree does not run once thawed");
     assert!(!traced(root));
 }
+
+/// A program that made a cgroup namespace in cgroup T and then moved to T/inner sees its
+/// cgroup as /inner. After a dump, the cgroups are removed; the restore makes them again,
+/// unshares a new namespace at T and moves it to T/inner: it still sees /inner, and the host
+/// sees T/inner.
+#[test]
+fn cgroup_namespace_keeps_its_root() {
+    let dir = scratch("cgns");
+    let me = std::process::id();
+    let mut cgs = Cgroups(Vec::new());
+    let t = cgs.make(&format!("/sys/fs/cgroup/unified/cryo-test-cgns-{me}"));
+    let inner = cgs.make(&format!("/sys/fs/cgroup/unified/cryo-test-cgns-{me}/inner"));
+    let out = dir.join("seen");
+    let script = format!(
+        "echo $$ > {t}/cgroup.procs; exec unshare -C sh -c 'echo $$ > {i}/cgroup.procs; exec sh -c \"while :; do grep ^0:: /proc/self/cgroup >> {o}; sleep 0.05; done\"'",
+        t = t.display(),
+        i = inner.display(),
+        o = out.display()
+    );
+    let launcher = spawn(&["sh", "-c", &script], &dir.join("log"));
+    let _g = KillOnDrop(launcher);
+    wait_for("lines", 10, || lines(&out).len() >= 2);
+    let pid = tree(launcher)[0];
+    let host_view = |p: i32| membership(p).into_iter().find(|l| l.starts_with("0::"));
+    let want = format!("0::/cryo-test-cgns-{me}/inner");
+    assert_eq!(host_view(pid).as_deref(), Some(want.as_str()));
+    let img = dir.join("img");
+    let (p, d) = (pid.to_string(), img.to_str().unwrap().to_string());
+    cryo_ok(
+        &["dump", "-t", &p, "-D", &d, "-v4", "-o", "dump.log"],
+        &img,
+        "dump.log",
+    );
+    wait_tree_gone(&img);
+    let _ = std::fs::remove_dir(&inner);
+    let _ = std::fs::remove_dir(&t);
+    cryo_ok(
+        &["restore", "-D", &d, "-d", "-v4", "-o", "restore.log"],
+        &img,
+        "restore.log",
+    );
+    let _g2 = KillOnDrop(pid);
+    assert_eq!(host_view(pid).as_deref(), Some(want.as_str()));
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{pid}/ns/cgroup")).unwrap(),
+        std::fs::read_link("/proc/self/ns/cgroup").unwrap(),
+        "a cgroup namespace of its own"
+    );
+    let n = lines(&out).len();
+    wait_for("lines after restore", 10, || lines(&out).len() >= n + 3);
+    assert!(
+        lines(&out).iter().all(|l| l == "0::/inner"),
+        "{:?}",
+        lines(&out)
+    );
+    kill(pid);
+}

@@ -421,7 +421,8 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     check_pid_ns(tree)?;
     check_mnt_ns(opts, tree)?;
     check_same_ns(tree, "time")?;
-    let refused = ["user", "cgroup"];
+    check_same_ns(tree, "cgroup")?;
+    let refused = ["user"];
     let ino = |p: &str| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).map(|m| m.ino()).ok()
@@ -508,7 +509,8 @@ fn check_pid_ns(tree: &[(i32, i32)]) -> Result<(), DumpError> {
     };
     let root = tree[0].0;
     let theirs = ns(root);
-    if theirs == ns(std::process::id() as i32) {
+    // None: the root is exiting, which the rest of the precheck refuses.
+    if theirs.is_none() || theirs == ns(std::process::id() as i32) {
         return Ok(());
     }
     let vroot = ns_pid(root)?;
@@ -550,7 +552,8 @@ fn check_mnt_ns(
     };
     let root = tree[0].0;
     let theirs = ns(root);
-    if theirs == ns(std::process::id() as i32) {
+    // None: the root is exiting, which the rest of the precheck refuses.
+    if theirs.is_none() || theirs == ns(std::process::id() as i32) {
         return Ok(None);
     }
     for &(pid, _) in &tree[1..] {

@@ -338,16 +338,26 @@ pub struct CgDump {
     dirs: BTreeMap<String, Vec<(String, pb::CgroupDirEntry)>>,
     /// The root task's set.
     root: u32,
+    /// The tree's cgroup namespace root per hierarchy, when it has a namespace of its own
+    /// (saved as each member's `cgns_prefix`, the length of that prefix of its path).
+    ns_roots: HashMap<String, String>,
 }
 
 impl CgDump {
     fn set_id(&mut self, ctls: Vec<(String, String)>) -> (u32, bool) {
         let members: Vec<pb::CgMemberEntry> = ctls
             .into_iter()
-            .map(|(name, path)| pb::CgMemberEntry {
-                name,
-                path,
-                cgns_prefix: None,
+            .map(|(name, path)| {
+                let cgns_prefix = self
+                    .ns_roots
+                    .get(&name)
+                    .filter(|r| below(&path, r).is_some())
+                    .map(|r| r.trim_end_matches('/').len() as u32);
+                pb::CgMemberEntry {
+                    name,
+                    path,
+                    cgns_prefix,
+                }
             })
             .collect();
         if let Some(s) = self.sets.iter().find(|s| s.ctls == members) {
@@ -491,6 +501,9 @@ fn tree(flat: &[(String, pb::CgroupDirEntry)]) -> Vec<pb::CgroupDirEntry> {
 pub fn dump(imgs: &mut [TaskImages], walk_dirs: bool) -> Result<CgDump, CgroupError> {
     let mut cg = CgDump::default();
     let own = parse_proc_cgroup(&read(Path::new("/proc/self/cgroup"))?);
+    if let Some(root) = imgs.first().filter(|r| !r.is_zombie()) {
+        cg.ns_roots = ns_roots(root.pid as i32)?;
+    }
     cg.set_id(own.clone());
     let mounts = Mounts::load()?;
     for (i, img) in imgs.iter_mut().enumerate() {
@@ -529,6 +542,48 @@ pub fn dump(imgs: &mut [TaskImages], walk_dirs: bool) -> Result<CgDump, CgroupEr
     Ok(cg)
 }
 
+/// The root of `pid`'s cgroup namespace on each hierarchy, if it is not cryo's namespace:
+/// /proc/PID/cgroup as cryo sees it, less the same file as a thread inside that namespace
+/// sees it.
+fn ns_roots(pid: i32) -> Result<HashMap<String, String>, CgroupError> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: String| std::fs::metadata(p).map(|m| m.ino()).ok();
+    if ino(format!("/proc/{pid}/ns/cgroup")) == ino("/proc/self/ns/cgroup".into()) {
+        return Ok(HashMap::new());
+    }
+    let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let outside = parse_proc_cgroup(&read(&path)?);
+    let inside = std::thread::scope(|s| {
+        s.spawn(|| -> io::Result<String> {
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/cgroup"))?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWCGROUP)?;
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("panicked")))
+    })
+    .map_err(|source| CgroupError::Read { path, source })?;
+    let inside = parse_proc_cgroup(&inside);
+    let mut out = HashMap::new();
+    for (name, full) in outside {
+        let Some((_, rel)) = inside.iter().find(|(n, _)| *n == name) else {
+            continue;
+        };
+        // full = root + rel ("/" inside: the task sits at the namespace root).
+        let root = if rel == "/" {
+            full.clone()
+        } else {
+            match full.strip_suffix(rel.as_str()) {
+                Some(r) if r.is_empty() => "/".to_string(),
+                Some(r) => r.to_string(),
+                None => continue, // outside its namespace root: nothing to strip
+            }
+        };
+        out.insert(name, root);
+    }
+    Ok(out)
+}
+
 /// Writes `cgroup.img` if any task lives outside cryo's cgroups.
 pub fn write(dir: &ImageDir, cg: &CgDump) -> Result<(), image::ImageError> {
     if let Some(e) = cg.entry() {
@@ -546,6 +601,8 @@ struct Member {
     name: String,
     path: String,
     dir: PathBuf,
+    /// The cgroup namespace root (the first `cgns_prefix` bytes of the path), host dir.
+    ns_root: Option<PathBuf>,
 }
 
 /// The cgroups of an image set, prepared for the restore; removes the directories it made
@@ -683,16 +740,23 @@ impl CgRestore {
         for s in &ce.sets {
             let mut members = Vec::new();
             for m in &s.ctls {
-                if m.cgns_prefix.unwrap_or(0) != 0 {
-                    return Err(CgroupError::BadImage(format!(
-                        "set {}: {}:{} has a cgroup namespace prefix; cgroup namespaces are not restored yet",
-                        s.id, m.name, m.path
-                    )));
-                }
+                let ns_root = match m.cgns_prefix.unwrap_or(0) as usize {
+                    0 => None,
+                    n => {
+                        let p = m.path.get(..n).ok_or_else(|| {
+                            CgroupError::BadImage(format!(
+                                "set {}: {}:{} is shorter than its cgroup namespace prefix {n}",
+                                s.id, m.name, m.path
+                            ))
+                        })?;
+                        Some(mounts.dir(&m.name, if p.is_empty() { "/" } else { p })?)
+                    }
+                };
                 members.push(Member {
                     name: m.name.clone(),
                     path: m.path.clone(),
                     dir: mounts.dir(&m.name, &m.path)?,
+                    ns_root,
                 });
             }
             me.sets.insert(s.id, members);
@@ -836,6 +900,39 @@ impl CgRestore {
         self.join(pid, set, "cgroup.procs")
     }
 
+    /// Moves `pid` (host PID) into the roots of the cgroup namespace its set was saved in,
+    /// where it then unshares its namespace (so the namespace's root is what it was); true
+    /// if the set has such roots.
+    pub fn enter_ns_root(&self, pid: i32, img: &TaskImages) -> Result<bool, CgroupError> {
+        let set = set_of(&img.core);
+        let Some(members) = self.sets.get(&set) else {
+            return Ok(false);
+        };
+        let mut any = false;
+        for m in members {
+            if let Some(root) = &m.ns_root {
+                std::fs::write(root.join("cgroup.procs"), pid.to_string()).map_err(|source| {
+                    CgroupError::Move {
+                        pid,
+                        path: root.clone(),
+                        source,
+                    }
+                })?;
+                any = true;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Moves `pid` into its saved cgroups even if it was born there (after its cgroup
+    /// namespace was made at the namespace root).
+    pub fn place_now(&self, pid: i32, img: &TaskImages) -> Result<(), CgroupError> {
+        match set_of(&img.core) {
+            0 => Ok(()),
+            set => self.join(pid, set, "cgroup.procs"),
+        }
+    }
+
     /// Moves every thread whose set differs from its leader's (v1 `tasks`, v2
     /// `cgroup.threads`). `threads`: (host TID, its core).
     pub fn place_threads(
@@ -864,7 +961,12 @@ impl CgRestore {
                     .into_iter()
                     .filter_map(|(name, path)| {
                         let dir = mounts.dir(&name, &path).ok()?;
-                        Some(Member { name, path, dir })
+                        Some(Member {
+                            name,
+                            path,
+                            dir,
+                            ns_root: None,
+                        })
                     })
                     .collect()
             }

@@ -438,6 +438,7 @@ fn build(
     for (ns, flag) in [
         ("net", CloneFlags::CLONE_NEWNET),
         ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
     ] {
         let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|source| {
             RestoreError::Mount {

@@ -120,7 +120,7 @@ impl RestoreError {
     pub fn hint(&self) -> Option<String> {
         match self {
             RestoreError::PidBusy { .. } => Some(
-                "wait until it exits (a killed process is gone once its parent reaps it), or restore in a new PID namespace (issue #4)".into(),
+                "wait until it exits (a killed process is gone once its parent reaps it); a tree dumped as the init of its own PID namespace is restored in a new one, where its PIDs are always free".into(),
             ),
             RestoreError::Limit { .. } => Some(
                 "cryo cannot raise a hard limit without CAP_SYS_RESOURCE: run it with limits at least as high (ulimit -H)".into(),
@@ -370,9 +370,17 @@ fn shape(
         .tasks
         .iter()
         .find(|t| idx != 0 && t.pid == img.pstree.ppid);
-    // Its cgroups first: before its memory is charged and its children inherit them.
+    // Its cgroups first: before its memory is charged and its children inherit them. A
+    // root with a cgroup namespace of its own unshares it at the namespace's root first.
+    let own_cgns = idx == 0
+        && img.ids.cgroup_ns_id.is_some()
+        && img.ids.cgroup_ns_id != kinds::ns::own_ns_id("cgroup");
     if let Some(cg) = sh.cgroups {
-        cg.place(pid, img, parent)?;
+        if own_cgns {
+            cg.enter_ns_root(pid, img)?;
+        } else {
+            cg.place(pid, img, parent)?;
+        }
     }
     let t = Tracee { tid: pid };
     let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
@@ -429,6 +437,16 @@ fn shape(
                     [0, u32::MAX as u64, 0, 0, 0, 0],
                 )?;
             }
+        }
+    }
+    if own_cgns {
+        cx.sys(
+            "unshare(CLONE_NEWCGROUP)",
+            libc::SYS_unshare,
+            [libc::CLONE_NEWCGROUP as u64, 0, 0, 0, 0, 0],
+        )?;
+        if let Some(cg) = sh.cgroups {
+            cg.place_now(pid, img)?;
         }
     }
     let tr = sh.tr;
