@@ -146,6 +146,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
                 shell_job: a.shell_job,
                 orphan_pts_master: a.orphan_pts_master,
+                inherit_fd: a.inherit_fds().map_err(anyhow::Error::msg)?,
                 mounts: a
                     .common
                     .mounts()

@@ -235,11 +235,31 @@ pub struct RestoreArgs {
     /// holds it while it waits) instead of leaving the slave hung up.
     #[arg(long = "orphan-pts-master")]
     pub orphan_pts_master: bool,
+    /// `fd[N]:KEY`: give the restored tree cryo's fd N wherever it had the object KEY.
+    /// Supported keys: `pipe:[INODE]` (every fd that was that pipe at dump, either end).
+    #[arg(long = "inherit-fd", value_name = "fd[N]:KEY")]
+    pub inherit_fd: Vec<String>,
     /// Accepted for compatibility: -t is meaningless on restore.
     #[arg(short = 't', long = "tree", value_name = "PID", hide = true)]
     pub tree: Option<i32>,
     #[command(flatten)]
     pub common: Common,
+}
+
+impl RestoreArgs {
+    /// Parses `--inherit-fd fd[N]:KEY` into (KEY, N).
+    pub fn inherit_fds(&self) -> Result<Vec<(String, i32)>, String> {
+        self.inherit_fd
+            .iter()
+            .map(|s| {
+                s.strip_prefix("fd[")
+                    .and_then(|r| r.split_once("]:"))
+                    .and_then(|(n, k)| Some((k.to_string(), n.parse::<i32>().ok()?)))
+                    .filter(|(k, n)| !k.is_empty() && *n >= 0)
+                    .ok_or_else(|| format!("--inherit-fd {s}: expected fd[N]:KEY"))
+            })
+            .collect()
+    }
 }
 
 /// `cryo show`.
@@ -316,7 +336,6 @@ unsupported_opts! {
     manage_cgroups: Option<String> = "manage-cgroups", "cgroup management comes with issue #4";
     cgroup_root: Vec<String> = "cgroup-root", "cgroup management comes with issue #4";
     freeze_cgroup: Option<String> = "freeze-cgroup", "the cgroup freezer comes with issue #4";
-    inherit_fd: Vec<String> = "inherit-fd", "inherited fds come with issue #4";
     empty_ns: Option<String> = "empty-ns", "namespaces come with issue #4";
     join_ns: Vec<String> = "join-ns" short 'J', "namespaces come with issue #4";
     page_server: bool = "page-server", "the page server is not implemented yet";
