@@ -162,11 +162,13 @@ pub fn precheck(tree: &[(i32, i32)], shell_job: bool) -> Result<(), DumpError> {
         }
         for &(_, fd) in dev_tty.iter().filter(|(p, _)| *p == pid) {
             let shell = shell_job && ctty == root_tty as u64 && !pids.contains(&st.session);
-            if !(shell || pty.is_some_and(|i| masters.contains(&i))) {
+            // A slave whose master is outside (a container's console) is restored as the
+            // controlling terminal with --orphan-pts-master.
+            if !(shell || pty.is_some_and(|i| masters.contains(&i) || held.contains(&i))) {
                 return Err(DumpError::Unsupported {
                     pid,
                     object: format!("fd {fd} (/dev/tty)"),
-                    what: "/dev/tty is open but the process's controlling terminal is not a pty whose master the tree holds".into(),
+                    what: "/dev/tty is open but the process's controlling terminal is not a pty the tree holds".into(),
                     hint: "pass --shell-job if it is the terminal of the shell the tree runs from".into(),
                 });
             }
@@ -783,6 +785,12 @@ pub struct TtyStore {
     /// `--orphan-pts-master`: keep the master made for a slave whose master was outside the
     /// tree (see [`take_orphan_masters`]) instead of closing it.
     pub orphan_pts_master: bool,
+    /// Where the tree's paths resolve when it has a mount namespace of its own
+    /// (`/proc/<root puppet>/root`); set by `kinds::mounts::restore`.
+    pub root: Option<String>,
+    /// Masters made while the mount tree was rebuilt, by index: a bind mount of a pty slave
+    /// (runc's `/dev/console`) needs the slave to exist first.
+    pub premade: HashMap<u32, OwnedFd>,
 }
 
 static ORPHAN_MASTERS: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
@@ -831,7 +839,7 @@ impl TtyStore {
             .values()
             .filter(|e| e.id >> 1 != CTTY_INDEX && e.sid == sid)
             .map(|e| e.id >> 1)
-            .find(|&i| self.infos.contains_key(&info_id(i, true)))
+            .find(|&i| self.infos.contains_key(&info_id(i, true)) || self.orphan_pts_master)
     }
 
     /// Makes pty `index` in cryo, unless already made.
@@ -870,7 +878,13 @@ impl TtyStore {
             .unwrap_or_else(|| "/dev/pts".into());
         let master_path = path_of(true).unwrap_or_else(|| format!("{devpts}/ptmx"));
         let slave_path = path_of(false).unwrap_or_else(|| format!("{devpts}/{index}"));
-        if let Ok(m) = std::fs::metadata(&slave_path) {
+        // In a restored mount namespace, the tree's paths are below its root.
+        let (master_path, slave_path) = match &self.root {
+            Some(r) => (format!("{r}{master_path}"), format!("{r}{slave_path}")),
+            None => (master_path, slave_path),
+        };
+        let premade = self.premade.remove(&index);
+        if let Some(m) = std::fs::metadata(&slave_path).ok().filter(|_| premade.is_none()) {
             if m.file_type().is_char_device() && slave_index(m.rdev()) == index {
                 return Err(RestoreError::Unsupported(format!(
                     "pty {index} is in use by another terminal ({slave_path} exists); close it, or restore where that index is free"
@@ -879,7 +893,10 @@ impl TtyStore {
         }
         // devpts hands out the lowest free index: hold masters until ours comes.
         let mut extras = Vec::new();
-        let master = loop {
+        let master = if let Some(m) = premade {
+            m
+        } else {
+            loop {
             let m = sys::fd::open(
                 &master_path,
                 libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
@@ -895,6 +912,7 @@ impl TtyStore {
                 )));
             }
             extras.push(m);
+            }
         };
         drop(extras);
         sys::tty::set_pty_locked(master.as_fd(), false)
@@ -999,6 +1017,7 @@ impl TtyStore {
         }
         self.infos.clear();
         self.data.clear();
+        self.premade.clear();
         self.loaded = false;
     }
 }
@@ -1101,13 +1120,15 @@ pub fn set_foreground(
     cryo_pidfd: Option<i32>,
     host: impl Fn(u32) -> i32,
 ) -> Result<(), RestoreError> {
+    // (cryo's slave fd, session, foreground group), for the groups not in the foreground
+    // yet: TIOCSCTTY already gave it to the session leader's group.
     let todo: Vec<(i32, u32, u32)> = {
         let o = objs.borrow();
         let mut v: Vec<(i32, u32, u32)> = o
             .tty
             .pairs
             .iter()
-            .filter(|(_, p)| !p.orphan)
+            .filter(|(_, p)| !p.orphan || o.tty.orphan_pts_master)
             .filter_map(|(&index, p)| {
                 let e = o
                     .tty
@@ -1117,7 +1138,10 @@ pub fn set_foreground(
                 let leader = tasks
                     .iter()
                     .any(|t| t.pid == e.sid && !t.is_zombie() && t.pstree.sid == t.pid);
-                (leader && e.pgrp != 0).then(|| (p.slave.as_raw_fd(), e.sid, e.pgrp))
+                // Read through the master: cryo is not in the terminal's session.
+                let now = sys::tty::foreground(p.master.as_fd()).ok();
+                (leader && e.pgrp != 0 && now != Some(host(e.pgrp)))
+                    .then(|| (p.slave.as_raw_fd(), e.sid, e.pgrp))
             })
             .collect();
         v.sort_unstable();
