@@ -137,6 +137,10 @@ fn mnt_flags(opts: &str) -> u32 {
             _ => MsFlags::empty(),
         };
     }
+    // mountinfo names relatime and noatime; neither means strictatime.
+    if !f.intersects(MsFlags::MS_RELATIME | MsFlags::MS_NOATIME) {
+        f |= MsFlags::MS_STRICTATIME;
+    }
     f.bits() as u32
 }
 
