@@ -299,7 +299,10 @@ impl Container {
     /// when the killed tasks close it).
     fn last_output(&self, i: usize) -> u64 {
         std::thread::sleep(Duration::from_millis(300));
-        *self.out[i].numbers().last().expect("output before the checkpoint")
+        *self.out[i]
+            .numbers()
+            .last()
+            .expect("output before the checkpoint")
     }
 
     fn gone(&self) {
@@ -410,7 +413,10 @@ fn bind_mount_container() {
     assert_eq!(c.exec_ok(&["cat", "/data/nested/ro.txt"]), "read-only bind");
     assert_eq!(c.exec_ok(&["cat", "/etc/cryo.txt"]), "file bind");
     let o = c.exec(&["touch", "/data/nested/x"]);
-    assert!(!o.status.success(), "/data/nested is writable after restore");
+    assert!(
+        !o.status.success(),
+        "/data/nested is writable after restore"
+    );
     c.exec_ok(&["sh", "-c", "echo from-container > /data/written"]);
     assert_eq!(
         std::fs::read_to_string(c.host("cdata/written")).unwrap(),

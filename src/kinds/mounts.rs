@@ -53,7 +53,7 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len() + 0
+            && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
@@ -512,8 +512,7 @@ fn make_pty(devpts: &Path, index: u32) -> Result<OwnedFd, RestoreError> {
             .map_err(err(format!("open {path}")))?;
         let got = crate::sys::tty::pty_index(m.as_fd()).map_err(err("TIOCGPTN".into()))?;
         if got == index {
-            crate::sys::tty::set_pty_locked(m.as_fd(), false)
-                .map_err(err("TIOCSPTLCK".into()))?;
+            crate::sys::tty::set_pty_locked(m.as_fd(), false).map_err(err("TIOCSPTLCK".into()))?;
             return Ok(m);
         }
         if got > index || extras.len() > 4096 {

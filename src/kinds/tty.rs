@@ -884,7 +884,10 @@ impl TtyStore {
             None => (master_path, slave_path),
         };
         let premade = self.premade.remove(&index);
-        if let Some(m) = std::fs::metadata(&slave_path).ok().filter(|_| premade.is_none()) {
+        if let Some(m) = std::fs::metadata(&slave_path)
+            .ok()
+            .filter(|_| premade.is_none())
+        {
             if m.file_type().is_char_device() && slave_index(m.rdev()) == index {
                 return Err(RestoreError::Unsupported(format!(
                     "pty {index} is in use by another terminal ({slave_path} exists); close it, or restore where that index is free"
@@ -897,21 +900,22 @@ impl TtyStore {
             m
         } else {
             loop {
-            let m = sys::fd::open(
-                &master_path,
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-            )
-            .map_err(tty_err(index, format!("open {master_path}")))?;
-            let got = sys::tty::pty_index(m.as_fd()).map_err(tty_err(index, "TIOCGPTN".into()))?;
-            if got == index {
-                break m;
-            }
-            if got > index {
-                return Err(RestoreError::Unsupported(format!(
+                let m = sys::fd::open(
+                    &master_path,
+                    libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+                )
+                .map_err(tty_err(index, format!("open {master_path}")))?;
+                let got =
+                    sys::tty::pty_index(m.as_fd()).map_err(tty_err(index, "TIOCGPTN".into()))?;
+                if got == index {
+                    break m;
+                }
+                if got > index {
+                    return Err(RestoreError::Unsupported(format!(
                     "pty {index} was taken by another terminal meanwhile ({master_path} gave {got})"
                 )));
-            }
-            extras.push(m);
+                }
+                extras.push(m);
             }
         };
         drop(extras);

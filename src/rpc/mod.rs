@@ -264,8 +264,12 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
             "empty_ns {f:#x} (only CLONE_NEWNET, a new network namespace with a loopback, is supported)"
         ));
     }
-    if o.lsm_profile.as_deref().is_some_and(|p| !p.is_empty() && p != "none")
-        || o.lsm_mount_context.as_deref().is_some_and(|p| !p.is_empty())
+    if o.lsm_profile
+        .as_deref()
+        .is_some_and(|p| !p.is_empty() && p != "none")
+        || o.lsm_mount_context
+            .as_deref()
+            .is_some_and(|p| !p.is_empty())
     {
         bad.push("lsm_profile/lsm_mount_context (LSM profiles are not implemented yet)".into());
     }
@@ -288,8 +292,7 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
 /// ptrace whatever the freezer says, and restored tasks stay in the cgroups the caller put
 /// cryo in (runc moves it into the container's before sending RESTORE). Logged, not refused.
 fn note_cgroup_opts(o: &pb::CriuOpts) {
-    if o.manage_cgroups == Some(true) || o.manage_cgroups_mode.is_some() || !o.cg_root.is_empty()
-    {
+    if o.manage_cgroups == Some(true) || o.manage_cgroups_mode.is_some() || !o.cg_root.is_empty() {
         tracing::info!(
             "manage_cgroups: tasks stay in the cgroups the caller placed cryo in (soft mode, nothing recorded)"
         );
