@@ -229,7 +229,11 @@ fn dump_and_restore_over_rpc_with_notifications() {
             "post-resume"
         ]
     );
-    assert_eq!(seen[1].1, Some(pid), "setup-namespaces carries the root's pid");
+    assert_eq!(
+        seen[1].1,
+        Some(pid),
+        "setup-namespaces carries the root's pid"
+    );
     assert_eq!(
         seen[3].1,
         Some(pid),

@@ -480,10 +480,24 @@ mod tests {
         let c = parse(&["criu", "dump", "-t", "1", "--tcp-established"]);
         let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
         assert_eq!(d.common.unsupported.first().unwrap().0, "tcp-established");
-        let c = parse(&["criu", "restore", "--external", "mnt[x]:y"]);
+        let c = parse(&["criu", "restore", "--join-ns", "net:/x"]);
         let Some(Cmd::Restore(r)) = c.cmd else {
             panic!()
         };
-        assert_eq!(r.common.unsupported.first().unwrap().0, "external");
+        assert_eq!(r.common.unsupported.first().unwrap().0, "join-ns");
+    }
+
+    #[test]
+    fn inherit_fd_parses() {
+        let c = parse(&["criu", "restore", "--inherit-fd", "fd[1]:pipe:[42]"]);
+        let Some(Cmd::Restore(r)) = c.cmd else {
+            panic!()
+        };
+        assert_eq!(r.inherit_fds().unwrap(), vec![("pipe:[42]".to_string(), 1)]);
+        let c = parse(&["criu", "restore", "--inherit-fd", "1:pipe:[42]"]);
+        let Some(Cmd::Restore(r)) = c.cmd else {
+            panic!()
+        };
+        assert!(r.inherit_fds().is_err());
     }
 }
