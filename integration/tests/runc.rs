@@ -482,3 +482,63 @@ fn ten_cycles() {
         last = c.wait_output(i + 1, first);
     }
 }
+
+/// `runc restore` without `-d`: runc waits for the restored init (reparented to runc, a
+/// subreaper, when cryo exits) and exits with its status once it is killed.
+#[test]
+fn foreground_restore_waits_for_the_container() {
+    need_runc!();
+    let _g = serial();
+    let mut c = Container::new("fg", "pipe");
+    c.start(None, &[]);
+    c.wait_output(0, 2);
+    let img = c.checkpoint(0, &[]);
+    c.gone();
+    let cryo = cryo_bin().display().to_string();
+    let imgs = img.display().to_string();
+    let bundle = c.bundle.display().to_string();
+    let mut runc_fg = Command::new("runc")
+        .args([
+            "--criu",
+            &cryo,
+            "restore",
+            "--image-path",
+            &imgs,
+            "--bundle",
+            &bundle,
+            &c.id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Lines::default();
+    lines.follow(runc_fg.stdout.take().unwrap());
+    wait_for("the restored counter", 10, || !lines.numbers().is_empty());
+    c.check_running();
+    let pid = c.state()["pid"].as_i64().unwrap();
+    let ppid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("PPid:")
+                .map(|v| v.trim().parse::<u32>().unwrap())
+        })
+        .unwrap();
+    assert_eq!(ppid, runc_fg.id(), "the restored init is runc's child");
+    assert!(runc_fg.try_wait().unwrap().is_none(), "runc did not wait");
+    ok(&runc(&["kill", &c.id, "KILL"]), "runc kill");
+    let t = Instant::now();
+    let st = loop {
+        if let Some(st) = runc_fg.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "runc restore still waits"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!st.success(), "the container was killed: {st}");
+}
