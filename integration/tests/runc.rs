@@ -11,6 +11,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -68,9 +69,9 @@ fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Lines read from a pipe by a thread.
+/// Lines read from a pipe by a thread, and whether it reached the end.
 #[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<String>>>);
+struct Lines(Arc<Mutex<Vec<String>>>, Arc<AtomicBool>);
 
 impl Lines {
     fn follow(&self, r: impl Read + Send + 'static) {
@@ -80,6 +81,7 @@ impl Lines {
                 let Ok(l) = l else { break };
                 me.0.lock().unwrap().push(l);
             }
+            me.1.store(true, Ordering::SeqCst);
         });
     }
 
@@ -298,7 +300,9 @@ impl Container {
     /// After a checkpoint (the container gone): the whole output of run `i` (its pipe ends
     /// when the killed tasks close it).
     fn last_output(&self, i: usize) -> u64 {
-        std::thread::sleep(Duration::from_millis(300));
+        wait_for("the end of the old stdout pipe", 10, || {
+            self.out[i].1.load(Ordering::SeqCst)
+        });
         *self.out[i]
             .numbers()
             .last()
