@@ -108,6 +108,11 @@ struct Container {
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = runc(&["delete", "-f", &self.id]);
+        self.console = None;
+        // Kept for a look when the test failed.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
