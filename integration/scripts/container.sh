@@ -3,14 +3,20 @@
 # do not depend on a runtime. Runs CMD as PID 1 of new pid, mount, uts, ipc and net
 # namespaces, in its own session, after pivot_root into ROOTFS, with:
 #   /proc private (the new PID namespace), /sys (sysfs of the new netns, read-only),
-#   /dev a tmpfs with null/zero and a new devpts instance, /dev/mqueue,
+#   /dev a tmpfs with null/zero, a new devpts instance and /dev/console bound from its pty 0,
+#   /dev/mqueue,
 #   /tmp a tmpfs, /etc bound read-only onto itself, HOSTDIR bound at /data,
 #   hostname cryo-box, loopback up; stdio /dev/null (the container's).
+# With CONTAINER_NETNS=keep it stays in the network namespace it was started in (e.g. under
+# `ip netns exec NAME`) instead of getting a new one.
 set -e
+net=--net
+if [ "${CONTAINER_NETNS:-}" = keep ]; then net=; fi
+export NET="$net"
 rootfs=$1
 hostdir=$2
 shift 2
-exec unshare --pid --fork --mount --uts --ipc --net --propagation private /bin/sh -c '
+exec unshare --pid --fork --mount --uts --ipc $net --propagation private /bin/sh -c '
 set -e
 r=$1; h=$2; shift 2
 mount --bind "$r" "$r"
@@ -22,12 +28,17 @@ mknod -m 666 "$r/dev/zero" c 1 5
 mkdir "$r/dev/pts" "$r/dev/mqueue"
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$r/dev/pts"
 ln -s pts/ptmx "$r/dev/ptmx"
+# A console like runc'"'"'s: pty 0 of the new devpts bound at /dev/console (its master stays
+# open in the container, as fd 3).
+exec 3<>"$r/dev/pts/ptmx"
+touch "$r/dev/console"
+mount --bind "$r/dev/pts/0" "$r/dev/console"
 mount -t mqueue mqueue "$r/dev/mqueue"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$r/sys"
 mount --bind "$r/etc" "$r/etc"
 mount -o remount,bind,ro "$r/etc"
 hostname cryo-box
-ip link set lo up
+if [ -n "$NET" ]; then ip link set lo up; fi
 cd "$r"
 pivot_root . .
 exec /bin/busybox sh -c "umount -l . && mount -t proc -o nosuid,nodev,noexec proc /proc && cd / && exec setsid \"\$@\" </dev/null >/dev/null 2>&1" sh "$@"

@@ -564,3 +564,66 @@ fn ipc_namespace_with_a_posix_queue_is_refused() {
         assert_eq!(l[2].replacen("have", "want", 1), l[1]);
     }
 }
+
+/// A program in a time namespace whose clocks are days ahead of the host's: after a dump, a
+/// pause and a restore, its monotonic clock goes on from where it was (the pause does not
+/// count) and stays days ahead.
+#[test]
+fn time_namespace_clocks_go_on() {
+    let dir = scratch("timens");
+    let out = dir.join("clocks");
+    let script = r#"
+import sys, time
+out = open(sys.argv[1], "a", buffering=1)
+while True:
+    out.write("%.3f\n" % time.clock_gettime(time.CLOCK_MONOTONIC))
+    time.sleep(0.05)
+"#;
+    let launcher = spawn(
+        &[
+            "unshare",
+            "-T",
+            "--monotonic",
+            "864000",
+            "--fork",
+            "setsid",
+            "python3",
+            "-c",
+            script,
+            out.to_str().unwrap(),
+        ],
+        &dir.join("log"),
+    );
+    let _g = KillOnDrop(launcher);
+    wait_for("clock lines", 10, || lines(&out).len() >= 3);
+    let pid: i32 = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _g2 = KillOnDrop(pid);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = lines(&out).len();
+    restore(&img);
+    wait_for("clock lines after restore", 10, || {
+        lines(&out).len() >= before + 3
+    });
+    let v: Vec<f64> = lines(&out).iter().map(|l| l.parse().unwrap()).collect();
+    let host = std::fs::read_to_string("/proc/uptime").unwrap();
+    let host: f64 = host.split_whitespace().next().unwrap().parse().unwrap();
+    for w in v.windows(2) {
+        let step = w[1] - w[0];
+        assert!(
+            (0.0..0.8).contains(&step),
+            "monotonic clock jumped by {step:.3}s (the 1.5 s pause counted?)"
+        );
+    }
+    assert!(
+        v[v.len() - 1] > host + 800_000.0,
+        "the clock is no longer days ahead"
+    );
+    kill(pid);
+}

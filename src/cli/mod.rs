@@ -120,6 +120,14 @@ pub struct Common {
     /// Older spelling of mount externals: at dump MOUNTPOINT:KEY, at restore KEY:HOSTPATH.
     #[arg(short = 'M', long = "ext-mount-map", value_name = "A:B")]
     pub ext_mount_map: Vec<String>,
+    /// Dump: `net` saves a private network namespace as empty (not its devices); restore
+    /// then gives the tree a new, empty one.
+    #[arg(long = "empty-ns", value_name = "NS")]
+    pub empty_ns: Option<String>,
+    /// Restore: join an existing namespace instead of creating one: `net:PATH` (e.g.
+    /// /run/netns/NAME or /proc/PID/ns/net).
+    #[arg(short = 'J', long = "join-ns", value_name = "NS:PATH")]
+    pub join_ns: Vec<String>,
     /// CRIU options cryo does not support yet (refused with a message).
     #[command(flatten)]
     pub unsupported: Unsupported,
@@ -153,7 +161,7 @@ impl Common {
     /// Parses the mount externals; any other `--external` kind is refused by name.
     pub fn mounts(&self) -> Result<ExternalMounts, String> {
         let mut out = Vec::new();
-        for e in &self.external {
+        for e in self.external.iter().filter(|e| !e.starts_with("net[")) {
             let pair = e
                 .strip_prefix("mnt[")
                 .and_then(|r| r.split_once("]:"))
@@ -162,7 +170,7 @@ impl Common {
                 Some((a, b)) => out.push((a.to_string(), b.to_string())),
                 None => {
                     return Err(format!(
-                        "--external {e}: cryo supports only mounts (mnt[A]:B) as external resources yet"
+                        "--external {e}: cryo supports only mounts (mnt[A]:B) and network namespaces (net[INO]:KEY) as external resources yet"
                     ))
                 }
             }
@@ -177,6 +185,45 @@ impl Common {
             }
         }
         Ok(ExternalMounts(out))
+    }
+
+    /// `--external net[INO]:KEY`: network namespace inode → key.
+    pub fn net_externals(&self) -> Result<std::collections::HashMap<u64, String>, String> {
+        self.external
+            .iter()
+            .filter_map(|e| e.strip_prefix("net["))
+            .map(|r| {
+                r.split_once("]:")
+                    .and_then(|(ino, key)| Some((ino.parse().ok()?, key.to_string())))
+                    .filter(|(_, k)| !k.is_empty())
+                    .ok_or_else(|| format!("--external net[{r}: expected net[INODE]:KEY"))
+            })
+            .collect()
+    }
+
+    /// `--empty-ns net` (the only kind CRIU accepts).
+    pub fn empty_net(&self) -> Result<bool, String> {
+        match self.empty_ns.as_deref() {
+            None => Ok(false),
+            Some("net") | Some("network") => Ok(true),
+            Some(o) => Err(format!("--empty-ns {o}: only 'net' is supported")),
+        }
+    }
+
+    /// `--join-ns net:PATH` (other kinds are refused).
+    pub fn join(&self) -> Result<crate::kinds::ns::NsJoin, String> {
+        let mut j = crate::kinds::ns::NsJoin::default();
+        for s in &self.join_ns {
+            match s.split_once(':') {
+                Some(("net", p)) if !p.is_empty() => j.net = Some(PathBuf::from(p)),
+                _ => {
+                    return Err(format!(
+                        "--join-ns {s}: cryo joins only a network namespace yet (net:PATH)"
+                    ))
+                }
+            }
+        }
+        Ok(j)
     }
 }
 
@@ -236,7 +283,9 @@ pub struct RestoreArgs {
     #[arg(long = "orphan-pts-master")]
     pub orphan_pts_master: bool,
     /// `fd[N]:KEY`: give the restored tree cryo's fd N wherever it had the object KEY.
-    /// Supported keys: `pipe:[INODE]` (every fd that was that pipe at dump, either end).
+    /// Supported keys: `pipe:[INODE]` (every fd that was that pipe at dump, either end), and
+    /// the key of an external namespace (`--external net[INO]:KEY` at dump): N is a
+    /// namespace fd to join.
     #[arg(long = "inherit-fd", value_name = "fd[N]:KEY")]
     pub inherit_fd: Vec<String>,
     /// Accepted for compatibility: -t is meaningless on restore.
@@ -336,8 +385,6 @@ unsupported_opts! {
     manage_cgroups: Option<String> = "manage-cgroups", "cgroup management comes with issue #4";
     cgroup_root: Vec<String> = "cgroup-root", "cgroup management comes with issue #4";
     freeze_cgroup: Option<String> = "freeze-cgroup", "the cgroup freezer comes with issue #4";
-    empty_ns: Option<String> = "empty-ns", "namespaces come with issue #4";
-    join_ns: Vec<String> = "join-ns" short 'J', "namespaces come with issue #4";
     page_server: bool = "page-server", "the page server is not implemented yet";
     address: Option<String> = "address", "the page server is not implemented yet";
     port: Option<String> = "port", "the page server is not implemented yet";
@@ -480,11 +527,24 @@ mod tests {
         let c = parse(&["criu", "dump", "-t", "1", "--tcp-established"]);
         let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
         assert_eq!(d.common.unsupported.first().unwrap().0, "tcp-established");
-        let c = parse(&["criu", "restore", "--join-ns", "net:/x"]);
+        let c = parse(&["criu", "restore", "--lazy-pages"]);
         let Some(Cmd::Restore(r)) = c.cmd else {
             panic!()
         };
-        assert_eq!(r.common.unsupported.first().unwrap().0, "join-ns");
+        assert_eq!(r.common.unsupported.first().unwrap().0, "lazy-pages");
+        // Supported now, but only for the kinds cryo handles.
+        let c = parse(&[
+            "criu",
+            "restore",
+            "--external",
+            "mnt[x]:y",
+            "--external",
+            "tty[1:2]",
+        ]);
+        let Some(Cmd::Restore(r)) = c.cmd else {
+            panic!()
+        };
+        assert!(r.common.mounts().unwrap_err().contains("tty[1:2]"));
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub struct DumpOpts {
     /// Mounts not to save but to re-bind at restore: mount point (as the tree sees it) →
     /// the key the restore gives a host path for (`--external mnt[PATH]:KEY`).
     pub external_mounts: std::collections::HashMap<String, String>,
+    /// Network namespaces (by inode) saved as external, with the caller's key
+    /// (`--external net[INO]:KEY`).
+    pub external_net: std::collections::HashMap<u64, String>,
+    /// `--empty-ns net`: a private network namespace is not saved; restore makes it empty.
+    pub empty_net: bool,
 }
 
 /// Why a dump failed.
@@ -300,7 +305,8 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     // whose init is the root (`check_pid_ns`).
     check_pid_ns(tree)?;
     check_mnt_ns(opts, tree)?;
-    let refused = ["user", "cgroup", "time"];
+    check_same_ns(tree, "time")?;
+    let refused = ["user", "cgroup"];
     let ino = |p: &str| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).map(|m| m.ino()).ok()
@@ -316,7 +322,8 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                     what: format!(
                         "the process runs in its own {ns} namespace, which cryo cannot restore yet"
                     ),
-                    hint: "containers and namespaces come with issue #4; run cryo inside the namespaces (nsenter) to dump what lives there".into(),
+                    hint: "run cryo inside that namespace (nsenter) to dump what lives there"
+                        .into(),
                 });
             }
         }
@@ -441,6 +448,28 @@ fn check_mnt_ns(
         }
     }
     kinds::mounts::plan(root, &opts.external_mounts).map(Some)
+}
+
+/// Every task of the tree in the root's `kind` namespace (only the root's is restored).
+fn check_same_ns(tree: &[(i32, i32)], kind: &str) -> Result<(), DumpError> {
+    let ns = |pid: i32| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    let theirs = ns(tree[0].0);
+    for &(pid, _) in &tree[1..] {
+        if ns(pid) != theirs {
+            return Err(DumpError::Unsupported {
+                pid,
+                object: format!("{kind} namespace"),
+                what: format!("the process runs in a {kind} namespace other than the root's"),
+                hint: "only the root's namespace of this kind is restored yet".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A task's PID in its own PID namespace (the last `NSpid` field of its status).
@@ -712,6 +741,8 @@ pub fn run(
     let mut files = FileTable::default();
     files.ghost_limit = opts.ghost_limit;
     files.shell_job = opts.shell_job;
+    files.external_net = opts.external_net.clone();
+    files.empty_net = opts.empty_net;
     files.tree = frozen.iter().map(|f| f.0).collect();
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
@@ -764,6 +795,15 @@ pub fn run(
     if let Some(mounts) = check_mnt_ns(opts, &[(root, 0)])? {
         let id = imgs[0].ids.mnt_ns_id.unwrap_or(0);
         kinds::mounts::write(root, id, &mounts, dir)?;
+    }
+    // The clocks of the tree's time namespace, now that it is frozen.
+    if let Some(id) = imgs[0]
+        .ids
+        .time_ns_id
+        .filter(|&id| Some(id) != kinds::ns::own_ns_id("time"))
+    {
+        let e = kinds::ns::dump_time(root)?;
+        dir.write(&format!("timens-{id}.img"), image::TIMENS, &[e])?;
     }
     if imgs[0].ids.pid_ns_id != kinds::misc::task_ids(std::process::id() as i32, 1)?.pid_ns_id {
         virtualize(&mut imgs, &mut files)?;
@@ -840,6 +880,13 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         dir.write(
             &format!("netdev-{id}.img"),
             image::NETDEV,
+            std::slice::from_ref(e),
+        )?;
+    }
+    for (id, e) in &files.netns {
+        dir.write(
+            &format!("netns-{id}.img"),
+            image::NETNS,
             std::slice::from_ref(e),
         )?;
     }

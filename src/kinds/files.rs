@@ -181,6 +181,35 @@ pub fn precheck(
                     hint: "close it before the dump, or wait for the issue that adds it".into(),
                 })
             }
+            Ok(Class::Reg)
+                if link.ends_with(" (deleted)")
+                    && super::ns::own_ns_id("mnt") != super::misc::task_ids(pid, 0)?.mnt_ns_id =>
+            {
+                return Err(DumpError::Unsupported {
+                    pid,
+                    object: format!("fd {fd} ({link})"),
+                    what: "a deleted file in another mount namespace is not supported yet".into(),
+                    hint: "close it before the dump".into(),
+                });
+            }
+            Ok(Class::Reg | Class::Fifo) if !link.ends_with(" (deleted)") => {
+                // Reopened by path at restore, in the task's own root and mount namespace:
+                // the path must lead there to this very file.
+                use std::os::unix::fs::MetadataExt;
+                let there = std::fs::metadata(format!("/proc/{pid}/root{link}")).ok();
+                let same = match (&meta, &there) {
+                    (Some(a), Some(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+                    _ => true, // vanished meanwhile: the dump itself says what
+                };
+                if !same {
+                    return Err(DumpError::Unsupported {
+                        pid,
+                        object: format!("fd {fd} ({link})"),
+                        what: "the file is outside the process's root (opened before a chroot or pivot_root, or in another mount namespace), so it cannot be reopened by its path".into(),
+                        hint: "open it from inside the container, or give it to the restored tree with --inherit-fd".into(),
+                    });
+                }
+            }
             Ok(_) => {}
         }
     }

@@ -138,6 +138,13 @@ pub struct FileTable {
     pub utsns: Vec<(u32, pb::UtsnsEntry)>,
     /// netdev-ID.img: the loopback of each network namespace of the tree that is not cryo's.
     pub netdevs: Vec<(u32, pb::NetDeviceEntry)>,
+    /// netns-ID.img: each network namespace of the tree that is not cryo's: external (with
+    /// the caller's key) or empty (`--empty-ns net`: contents not saved).
+    pub netns: Vec<(u32, pb::NetnsEntry)>,
+    /// `--external net[INO]:KEY`: network namespaces (by inode) saved as external.
+    pub external_net: HashMap<u64, String>,
+    /// `--empty-ns net`: private network namespaces are restored empty, not saved.
+    pub empty_net: bool,
     /// ipcns-*-ID.img: the objects of each IPC namespace of the tree that is not cryo's.
     pub ipcns: Vec<ipc::IpcNs>,
 }

@@ -410,18 +410,12 @@ pub fn restore(
     }
     let pid = cx.pid;
     let dir = cx.dir.path.clone();
-    let (nsfd, premade) = std::thread::scope(|s| {
+    let (nsfd, ptys) = std::thread::scope(|s| {
         s.spawn(|| build(pid, &root, &entries, &opts.external, &dir))
             .join()
             .unwrap_or(Err(RestoreError::Internal("the mount builder panicked")))
     })?;
-    {
-        // The tree's ttys are opened through its new root, and the ptys made for bind
-        // mounts of their slaves are used for them.
-        let mut objs = cx.objs.borrow_mut();
-        objs.tty.root = Some(format!("/proc/{pid}/root"));
-        objs.tty.premade.extend(premade);
-    }
+    cx.objs.borrow_mut().tty.premade.extend(ptys);
     let fd = cx.take_from_cryo(nsfd.as_raw_fd())?;
     let r = cx.sys(
         "setns(CLONE_NEWNS)",
@@ -434,8 +428,7 @@ pub fn restore(
 
 /// On a thread of its own (namespaces and root are per thread): joins the puppet's net and
 /// IPC namespaces, makes a private mount namespace, mounts every entry under `root`, pivots
-/// into it and returns an fd of the namespace, with the pty masters made on the way (see
-/// [`make_pty`]).
+/// into it and returns an fd of the namespace, and the ptys it had to make (index, master).
 #[allow(clippy::type_complexity)]
 fn build(
     pid: i32,
@@ -443,7 +436,7 @@ fn build(
     entries: &[pb::MntEntry],
     external: &HashMap<String, PathBuf>,
     dir: &Path,
-) -> Result<(OwnedFd, HashMap<u32, OwnedFd>), RestoreError> {
+) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>), RestoreError> {
     use nix::sched::{setns, unshare, CloneFlags};
     for (ns, flag) in [
         ("net", CloneFlags::CLONE_NEWNET),
@@ -469,7 +462,7 @@ fn build(
         .map_err(mnt_err("make the new mount namespace private".into()))?;
     nix::mount::mount(Some(root), root, none, MsFlags::MS_BIND, none)
         .map_err(mnt_err(format!("bind the new root {}", root.display())))?;
-    let mut ptys = HashMap::new();
+    let mut ptys = Vec::new();
     for i in 1..entries.len() {
         mount_one(pid, root, entries, i, external, dir, &mut ptys)?;
     }
@@ -493,37 +486,6 @@ fn build(
     Ok((nsfd, ptys))
 }
 
-/// Makes pty `index` in the devpts instance mounted at `devpts` (its lowest free index is
-/// handed out: masters are held until ours comes), unlocked, so that its slave node exists
-/// for a bind mount (a container's `/dev/console`). The master goes to the tty restore.
-fn make_pty(devpts: &Path, index: u32) -> Result<OwnedFd, RestoreError> {
-    use std::os::fd::AsFd;
-    let ptmx = devpts.join("ptmx");
-    let err = |what: String| {
-        move |source: std::io::Error| RestoreError::Mount {
-            what: format!("make pty {index} for a bind of its slave: {what}"),
-            source,
-        }
-    };
-    let path = ptmx.to_string_lossy().into_owned();
-    let mut extras = Vec::new();
-    loop {
-        let m = crate::sys::fd::open(&path, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
-            .map_err(err(format!("open {path}")))?;
-        let got = crate::sys::tty::pty_index(m.as_fd()).map_err(err("TIOCGPTN".into()))?;
-        if got == index {
-            crate::sys::tty::set_pty_locked(m.as_fd(), false).map_err(err("TIOCSPTLCK".into()))?;
-            return Ok(m);
-        }
-        if got > index || extras.len() > 4096 {
-            return Err(err(format!("{path} gave index {got}"))(
-                std::io::Error::from_raw_os_error(libc::EBUSY),
-            ));
-        }
-        extras.push(m);
-    }
-}
-
 /// Mounts `entries[i]` under `root`.
 fn mount_one(
     pid: i32,
@@ -532,7 +494,7 @@ fn mount_one(
     i: usize,
     external: &HashMap<String, PathBuf>,
     dir: &Path,
-    ptys: &mut HashMap<u32, OwnedFd>,
+    ptys: &mut Vec<(u32, OwnedFd)>,
 ) -> Result<(), RestoreError> {
     let e = &entries[i];
     let target = under(root, &e.mountpoint);
@@ -555,19 +517,24 @@ fn mount_one(
             None if j == 0 => root.to_path_buf(),
             None => under(root, &src.mountpoint),
         };
-        let path = under(&base, &rest);
-        // A pty slave of the tree's own devpts (runc's /dev/console): made first.
-        if src.fsname.as_deref() == Some("devpts")
-            && src.ext_key.is_none()
-            && std::fs::symlink_metadata(&path).is_err()
-        {
-            if let Some(n) = rest.strip_prefix('/').and_then(|n| n.parse::<u32>().ok()) {
-                if let std::collections::hash_map::Entry::Vacant(v) = ptys.entry(n) {
-                    v.insert(make_pty(&base, n)?);
+        // A bind of a pty slave (runc's /dev/console is devpts root /N): the pty must exist
+        // in the new devpts instance first; the terminal restore takes its master.
+        if src.fsname.as_deref() == Some("devpts") && src.ext_key.is_none() {
+            if let Ok(index) = rest.trim_start_matches('/').parse::<u32>() {
+                let slave = under(&base, &rest);
+                if !slave.exists() {
+                    let ptmx = under(&base, "/ptmx");
+                    let m = super::tty::make_pty_at(&ptmx.to_string_lossy(), index).map_err(
+                        |source| RestoreError::Mount {
+                            what: format!("make pty {index} for the bind at {}", e.mountpoint),
+                            source,
+                        },
+                    )?;
+                    ptys.push((index, m));
                 }
             }
         }
-        Some(path)
+        Some(under(&base, &rest))
     } else {
         None
     };

@@ -14,6 +14,7 @@
 //! for a child; children forked afterwards inherit it. Other namespaces are still refused by
 //! `dump::precheck`.
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 
 use super::{DumpCx, RestoreCx, TaskImages};
@@ -67,10 +68,32 @@ pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
     let Some(id) = img.ids.net_ns_id else {
         return Ok(());
     };
-    if Some(id) == own_ns_id("net") || cx.files.netdevs.iter().any(|(i, _)| *i == id) {
+    if Some(id) == own_ns_id("net")
+        || cx.files.netdevs.iter().any(|(i, _)| *i == id)
+        || cx.files.netns.iter().any(|(i, _)| *i == id)
+    {
         return Ok(());
     }
     let pid = cx.pid;
+    let ino = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map(|m| m.ino())
+            .unwrap_or(0)
+    };
+    // External (the caller gives one at restore) or empty: nothing of it is saved.
+    if let Some(key) = cx.files.external_net.get(&ino).cloned() {
+        let e = pb::NetnsEntry {
+            ext_key: Some(key),
+            ..Default::default()
+        };
+        cx.files.netns.push((id, e));
+        return Ok(());
+    }
+    if cx.files.empty_net {
+        cx.files.netns.push((id, pb::NetnsEntry::default()));
+        return Ok(());
+    }
     let devs: Vec<String> = crate::procfs::read(pid, "net/dev")?
         .lines()
         .skip(2)
@@ -84,7 +107,9 @@ pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
                 "it has network devices other than the loopback: {}",
                 devs.join(", ")
             ),
-            hint: "network devices (veth, tun, ...) come with issue #4".into(),
+            hint: format!(
+                "network devices are not saved: mark the namespace external (--external net[{ino}]:KEY, then --join-ns net:PATH at restore) or empty (--empty-ns net)"
+            ),
         });
     }
     let buf = cx.scratch()?;
@@ -127,16 +152,57 @@ pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
     Ok(())
 }
 
+/// Namespaces the restored tree joins instead of getting new ones.
+#[derive(Debug, Clone, Default)]
+pub struct NsJoin {
+    /// `--join-ns net:PATH`: the root's network namespace.
+    pub net: Option<std::path::PathBuf>,
+    /// External namespaces by the key they were saved with (`--inherit-fd fd[N]:KEY` gives
+    /// `/proc/self/fd/N`).
+    pub by_key: HashMap<String, std::path::PathBuf>,
+}
+
 /// Gives the puppet a new network namespace when `img`'s differs from the inherited one,
-/// with the loopback up if it was.
+/// with the loopback up if it was; or joins the one the caller gives (`join`), which an
+/// external namespace requires.
 pub fn restore_net(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
+    join: &NsJoin,
 ) -> Result<(), RestoreError> {
     let Some(id) = img.ids.net_ns_id.filter(|&id| Some(id) != inherited) else {
         return Ok(());
     };
+    let ns: Option<pb::NetnsEntry> = cx
+        .dir
+        .read_opt::<pb::NetnsEntry>(&format!("netns-{id}.img"), image::NETNS)?
+        .and_then(|v| v.into_iter().next());
+    let key = ns.as_ref().and_then(|n| n.ext_key.clone());
+    let path = join
+        .net
+        .clone()
+        .or_else(|| key.as_ref().and_then(|k| join.by_key.get(k).cloned()));
+    if let (Some(k), None) = (&key, &path) {
+        return Err(RestoreError::Unsupported(format!(
+            "the network namespace was saved as external with key '{k}': give the one to join with --join-ns net:PATH (or --inherit-fd fd[N]:{k})"
+        )));
+    }
+    if let Some(p) = path {
+        let f = std::fs::File::open(&p).map_err(|source| RestoreError::File {
+            id,
+            what: format!("open network namespace {}", p.display()),
+            source,
+        })?;
+        let fd = cx.take_from_cryo(std::os::fd::AsRawFd::as_raw_fd(&f))?;
+        let r = cx.sys(
+            "setns(CLONE_NEWNET)",
+            libc::SYS_setns,
+            [fd, libc::CLONE_NEWNET as u64, 0, 0, 0, 0],
+        );
+        cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        return r.map(|_| ());
+    }
     let devs: Vec<pb::NetDeviceEntry> = cx
         .dir
         .read_opt(&format!("netdev-{id}.img"), image::NETDEV)?
@@ -221,4 +287,127 @@ pub fn restore_uts(
         [a, e.domainname.len() as u64, 0, 0, 0, 0],
     )?;
     Ok(())
+}
+
+/// Reads `/proc/PID/timens_offsets`: (monotonic, boottime) offsets in nanoseconds.
+fn timens_offsets(pid: &str) -> Option<(i128, i128)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/timens_offsets")).ok()?;
+    let mut m = None;
+    let mut b = None;
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() != 3 {
+            continue;
+        }
+        let ns = f[1].parse::<i128>().ok()? * 1_000_000_000 + f[2].parse::<i128>().ok()?;
+        match f[0] {
+            "monotonic" | "1" => m = Some(ns),
+            "boottime" | "7" => b = Some(ns),
+            _ => {}
+        }
+    }
+    Some((m?, b?))
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    // These clocks always exist.
+    nix::time::clock_gettime(nix::time::ClockId::from_raw(clock))
+        .map(|ts| ts.tv_sec() as i128 * 1_000_000_000 + ts.tv_nsec() as i128)
+        .unwrap_or(0)
+}
+
+fn to_timespec(ns: i128) -> pb::Timespec {
+    pb::Timespec {
+        tv_sec: ns.div_euclid(1_000_000_000) as u64,
+        tv_nsec: ns.rem_euclid(1_000_000_000) as u64,
+    }
+}
+
+fn from_timespec(t: &pb::Timespec) -> i128 {
+    t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
+}
+
+/// The clocks of `pid`'s time namespace now, as CRIU saves them (`timens-ID.img`): its
+/// monotonic and boot-time clocks, so restore can make them go on from these values.
+/// Refuses a task whose children would get another time namespace than its own.
+pub fn dump_time(pid: i32) -> Result<pb::TimensEntry, DumpError> {
+    let ino = |n: &str| {
+        std::fs::metadata(format!("/proc/{pid}/ns/{n}"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    if ino("time") != ino("time_for_children") {
+        return Err(DumpError::Unsupported {
+            pid,
+            object: "time namespace".into(),
+            what: "its children would start in another time namespace than its own".into(),
+            hint: "dump it once it has forked into the new namespace".into(),
+        });
+    }
+    let (their_m, their_b) = timens_offsets(&pid.to_string())
+        .ok_or(DumpError::Internal("cannot read /proc/PID/timens_offsets"))?;
+    let (own_m, own_b) = timens_offsets("self").unwrap_or((0, 0));
+    Ok(pb::TimensEntry {
+        monotonic: to_timespec(clock_ns(libc::CLOCK_MONOTONIC) - own_m + their_m),
+        boottime: to_timespec(clock_ns(libc::CLOCK_BOOTTIME) - own_b + their_b),
+    })
+}
+
+/// Puts the puppet in a new time namespace whose clocks go on from the saved values (the
+/// time the tree spent frozen does not count), when `img`'s differs from the inherited one.
+/// Runs before its vDSO is mapped.
+pub fn restore_time(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    inherited: Option<u32>,
+) -> Result<(), RestoreError> {
+    let Some(id) = img.ids.time_ns_id.filter(|&id| Some(id) != inherited) else {
+        return Ok(());
+    };
+    let e: pb::TimensEntry = cx
+        .dir
+        .read_one(&format!("timens-{id}.img"), image::TIMENS)?;
+    cx.sys(
+        "unshare(CLONE_NEWTIME)",
+        libc::SYS_unshare,
+        [libc::CLONE_NEWTIME as u64, 0, 0, 0, 0, 0],
+    )?;
+    let (own_m, own_b) = timens_offsets("self").unwrap_or((0, 0));
+    let m = from_timespec(&e.monotonic) - (clock_ns(libc::CLOCK_MONOTONIC) - own_m);
+    let b = from_timespec(&e.boottime) - (clock_ns(libc::CLOCK_BOOTTIME) - own_b);
+    let ts = |ns: i128| {
+        format!(
+            "{} {}",
+            ns.div_euclid(1_000_000_000),
+            ns.rem_euclid(1_000_000_000)
+        )
+    };
+    let text = format!(
+        "{} {}\n{} {}\n",
+        libc::CLOCK_MONOTONIC,
+        ts(m),
+        libc::CLOCK_BOOTTIME,
+        ts(b)
+    );
+    let path = format!("/proc/{}/timens_offsets", cx.pid);
+    std::fs::write(&path, text).map_err(|source| RestoreError::File {
+        id,
+        what: format!("set the time namespace's clock offsets ({path})"),
+        source,
+    })?;
+    let ns = std::fs::File::open(format!("/proc/{}/ns/time_for_children", cx.pid)).map_err(
+        |source| RestoreError::File {
+            id,
+            what: "open the new time namespace".into(),
+            source,
+        },
+    )?;
+    let fd = cx.take_from_cryo(std::os::fd::AsRawFd::as_raw_fd(&ns))?;
+    let r = cx.sys(
+        "setns(CLONE_NEWTIME)",
+        libc::SYS_setns,
+        [fd, libc::CLONE_NEWTIME as u64, 0, 0, 0, 0],
+    );
+    cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    r.map(|_| ())
 }

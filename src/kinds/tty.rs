@@ -785,11 +785,11 @@ pub struct TtyStore {
     /// `--orphan-pts-master`: keep the master made for a slave whose master was outside the
     /// tree (see [`take_orphan_masters`]) instead of closing it.
     pub orphan_pts_master: bool,
-    /// Where the tree's paths resolve when it has a mount namespace of its own
-    /// (`/proc/<root puppet>/root`); set by `kinds::mounts::restore`.
+    /// Where the tree's paths lead from cryo: `/proc/PID/root` of the root puppet once it
+    /// lives in a restored mount namespace (its devpts instances are not cryo's).
     pub root: Option<String>,
-    /// Masters made while the mount tree was rebuilt, by index: a bind mount of a pty slave
-    /// (runc's `/dev/console`) needs the slave to exist first.
+    /// Ptys the mount rebuild had to make already (a bind of a devpts slave such as runc's
+    /// `/dev/console` needs it to exist): index → unlocked master.
     pub premade: HashMap<u32, OwnedFd>,
 }
 
@@ -878,16 +878,9 @@ impl TtyStore {
             .unwrap_or_else(|| "/dev/pts".into());
         let master_path = path_of(true).unwrap_or_else(|| format!("{devpts}/ptmx"));
         let slave_path = path_of(false).unwrap_or_else(|| format!("{devpts}/{index}"));
-        // In a restored mount namespace, the tree's paths are below its root.
-        let (master_path, slave_path) = match &self.root {
-            Some(r) => (format!("{r}{master_path}"), format!("{r}{slave_path}")),
-            None => (master_path, slave_path),
-        };
+        let via = |p: &str| format!("{}{p}", self.root.as_deref().unwrap_or(""));
         let premade = self.premade.remove(&index);
-        if let Some(m) = std::fs::metadata(&slave_path)
-            .ok()
-            .filter(|_| premade.is_none())
-        {
+        if let (Ok(m), None) = (std::fs::metadata(via(&slave_path)), &premade) {
             if m.file_type().is_char_device() && slave_index(m.rdev()) == index {
                 return Err(RestoreError::Unsupported(format!(
                     "pty {index} is in use by another terminal ({slave_path} exists); close it, or restore where that index is free"
@@ -901,7 +894,7 @@ impl TtyStore {
         } else {
             loop {
                 let m = sys::fd::open(
-                    &master_path,
+                    &via(&master_path),
                     libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
                 )
                 .map_err(tty_err(index, format!("open {master_path}")))?;
@@ -922,7 +915,7 @@ impl TtyStore {
         sys::tty::set_pty_locked(master.as_fd(), false)
             .map_err(tty_err(index, "TIOCSPTLCK".into()))?;
         let slave = sys::fd::open(
-            &slave_path,
+            &via(&slave_path),
             libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
         )
         .map_err(tty_err(index, format!("open {slave_path}")))?;
@@ -994,7 +987,8 @@ impl TtyStore {
             Pair {
                 master,
                 slave,
-                slave_path,
+                // Opened again by Tty::open, from cryo: through the tree's root.
+                slave_path: via(&slave_path),
                 orphan: master_info.is_none(),
                 locked,
             },
@@ -1196,6 +1190,26 @@ pub fn set_foreground(
         tracing::info!("terminal of session {sid}: foreground group {group}");
     }
     Ok(())
+}
+
+/// Makes pty `index` through the ptmx node at `ptmx` (a path cryo can open) and unlocks it:
+/// devpts hands out the lowest free index, so masters are held until `index` comes.
+pub fn make_pty_at(ptmx: &str, index: u32) -> std::io::Result<OwnedFd> {
+    let mut extras = Vec::new();
+    loop {
+        let m = sys::fd::open(ptmx, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)?;
+        let got = sys::tty::pty_index(m.as_fd())?;
+        if got == index {
+            sys::tty::set_pty_locked(m.as_fd(), false)?;
+            return Ok(m);
+        }
+        if got > index {
+            return Err(std::io::Error::other(format!(
+                "{ptmx} gave pty {got}: index {index} is taken"
+            )));
+        }
+        extras.push(m);
+    }
 }
 
 #[cfg(test)]

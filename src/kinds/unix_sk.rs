@@ -209,7 +209,18 @@ impl FdKind for UnixSk {
         let deleted = if !name.is_empty() && name[0] != 0 {
             use std::os::unix::fs::MetadataExt;
             let path = String::from_utf8_lossy(&name).into_owned();
-            let on_disk = std::fs::metadata(&path).ok().map(|m| m.ino() as u32);
+            if super::ns::own_ns_id("mnt") != super::misc::task_ids(fd.pid, 0)?.mnt_ns_id {
+                return Err(DumpError::Unsupported {
+                    pid: fd.pid,
+                    object: format!("fd {} (unix socket {path})", fd.fd),
+                    what: "a unix socket bound to a path in another mount namespace is not supported yet (cryo would bind it in its own)".into(),
+                    hint: "use an abstract socket name, or dump from inside the namespace".into(),
+                });
+            }
+            // Looked up in the task's own root (and mount namespace).
+            let on_disk = std::fs::metadata(format!("/proc/{}/root{path}", fd.pid))
+                .ok()
+                .map(|m| m.ino() as u32);
             Some(on_disk != d.vfs.map(|v| v.0))
         } else {
             None

@@ -32,6 +32,8 @@ pub struct RestoreOpts {
     pub shell_job: bool,
     /// `--root` and external mounts, for a tree with a mount namespace of its own.
     pub mounts: kinds::mounts::MountOpts,
+    /// Namespaces to join rather than create (`--join-ns`, external keys).
+    pub join: kinds::ns::NsJoin,
     /// `--orphan-pts-master`: keep the pty masters made for slaves whose master was not in
     /// the tree (`kinds::tty::take_orphan_masters`) instead of hanging the slaves up.
     pub orphan_pts_master: bool,
@@ -329,6 +331,7 @@ struct Shared<'a> {
     objs: &'a std::cell::RefCell<kinds::files::FdObjects>,
     tasks: &'a [TaskImages],
     mounts: &'a kinds::mounts::MountOpts,
+    join: &'a kinds::ns::NsJoin,
     /// Each created task's PID in cryo's namespace, by its dumped PID (they differ inside a
     /// restored PID namespace).
     host: HashMap<u32, i32>,
@@ -447,12 +450,17 @@ fn shape(
         ),
     };
     kinds::ns::restore_uts(&mut cx, img, uts_now)?;
+    // Before its vDSO is mapped (its data pages follow the time namespace).
+    let time_now = parent.map_or_else(|| kinds::ns::own_ns_id("time"), |p| p.ids.time_ns_id);
+    kinds::ns::restore_time(&mut cx, img, time_now)?;
     kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
     kinds::ipc::restore(cx.dir, cx.pid, img, ipc_now)?;
-    kinds::ns::restore_net(&mut cx, img, net_now)?;
+    kinds::ns::restore_net(&mut cx, img, net_now, sh.join)?;
     // The root's mount namespace, before any file is opened (children inherit it).
     if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
         kinds::mounts::restore(&mut cx, img, sh.mounts)?;
+        // Terminals are made in the tree's own devpts instances.
+        sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
     }
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
     let shares_table = parent.is_some_and(|p| p.ids.files_id == img.ids.files_id);
@@ -855,6 +863,7 @@ pub fn run(
         objs: &objs,
         tasks: &tasks,
         mounts: &opts.mounts,
+        join: &opts.join,
         host: HashMap::from([(vroot as u32, root)]),
         cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
         tr,

@@ -15,6 +15,7 @@
 //! `orphan-pts-master` NOTIFY), `status_fd`, `rst_sibling` (see `do_restore`), and cgroup
 //! options that are only noted until cgroup management lands (`note_cgroup_opts`).
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
@@ -246,18 +247,28 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     if let Err(e) = mount_pairs(o) {
         bad.push(e);
     }
+    if let Err(e) = net_externals(o) {
+        bad.push(e);
+    }
     for i in &o.inherit_fd {
         if !restore {
             bad.push(format!("inherit_fd {} (a restore option)", i.key));
-        } else if !crate::kinds::files::inherit_key_supported(&i.key) {
+        } else if i.key.contains(':') && !crate::kinds::files::inherit_key_supported(&i.key) {
+            // Keys with a colon name files (CRIU's tty[..]:, socket:[..], ...); cryo takes
+            // pipes, and names without one as external namespaces (extRootNetNS).
             bad.push(format!(
-                "inherit_fd {} (cryo replaces pipes only, pipe:[INODE]; external namespaces are not implemented yet)",
+                "inherit_fd {} (cryo replaces pipes, pipe:[INODE], and joins external namespaces by key)",
                 i.key
             ));
         }
     }
-    if !o.join_ns.is_empty() {
-        bad.push("join_ns (joining existing namespaces is not implemented yet)".into());
+    for j in &o.join_ns {
+        if j.ns != "net" {
+            bad.push(format!(
+                "join_ns {} (only a network namespace can be joined)",
+                j.ns
+            ));
+        }
     }
     if let Some(f) = o.empty_ns.filter(|f| f & !EMPTY_NS_NET != 0) {
         bad.push(format!(
@@ -311,7 +322,7 @@ fn mount_pairs(o: &pb::CriuOpts) -> Result<Vec<(String, String)>, String> {
         .iter()
         .map(|m| (m.key.clone(), m.val.clone()))
         .collect();
-    for e in &o.external {
+    for e in o.external.iter().filter(|e| !e.starts_with("net[")) {
         match e
             .strip_prefix("mnt[")
             .and_then(|r| r.split_once("]:"))
@@ -320,12 +331,50 @@ fn mount_pairs(o: &pb::CriuOpts) -> Result<Vec<(String, String)>, String> {
             Some((a, b)) => out.push((a.to_string(), b.to_string())),
             None => {
                 return Err(format!(
-                    "external {e} (cryo supports only mounts, mnt[A]:B, as external resources yet)"
+                    "external {e} (cryo supports mounts, mnt[A]:B, and network namespaces, net[INODE]:KEY, as external resources)"
                 ))
             }
         }
     }
     Ok(out)
+}
+
+/// The network namespaces of `external` `net[INODE]:KEY` (runc sends
+/// `net[INO]:extRootNetNS` when the config names a netns path), by inode.
+fn net_externals(o: &pb::CriuOpts) -> Result<HashMap<u64, String>, String> {
+    o.external
+        .iter()
+        .filter_map(|e| e.strip_prefix("net["))
+        .map(|r| {
+            r.split_once("]:")
+                .and_then(|(ino, key)| Some((ino.parse::<u64>().ok()?, key.to_string())))
+                .filter(|(_, k)| !k.is_empty())
+                .ok_or_else(|| format!("external net[{r} (expected net[INODE]:KEY)"))
+        })
+        .collect()
+}
+
+/// What a RESTORE joins instead of creating: `join_ns` net, and `inherit_fd` entries that
+/// name an external namespace (`extRootNetNS` → the fd, one of cryo's own).
+fn ns_join(o: &pb::CriuOpts) -> crate::kinds::ns::NsJoin {
+    crate::kinds::ns::NsJoin {
+        net: o
+            .join_ns
+            .iter()
+            .find(|j| j.ns == "net")
+            .map(|j| PathBuf::from(&j.ns_file)),
+        by_key: o
+            .inherit_fd
+            .iter()
+            .filter(|i| !i.key.contains(':'))
+            .map(|i| {
+                (
+                    i.key.clone(),
+                    PathBuf::from(format!("/proc/self/fd/{}", i.fd)),
+                )
+            })
+            .collect(),
+    }
 }
 
 /// `status_fd`: CRIU writes one NUL byte to it when the job is done and closes it; the fd is
@@ -418,6 +467,10 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         // Container mount point → name (runc also lists device paths that match no mount:
         // those are ignored, as CRIU does).
         external_mounts: mount_pairs(&o)?.into_iter().collect(),
+        external_net: net_externals(&o)?,
+        // runc always asks: the container's netns is recreated empty (CRIU saves no links,
+        // addresses or routes then either).
+        empty_net: o.empty_ns.unwrap_or(0) & EMPTY_NS_NET != 0,
     };
     let mut n = hooks(&o, sk, images);
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
@@ -453,7 +506,13 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
         pidfile: None,
         shell_job: o.shell_job == Some(true),
         orphan_pts_master: o.orphan_pts_master == Some(true),
-        inherit_fd: o.inherit_fd.iter().map(|i| (i.key.clone(), i.fd)).collect(),
+        inherit_fd: o
+            .inherit_fd
+            .iter()
+            .filter(|i| i.key.contains(':'))
+            .map(|i| (i.key.clone(), i.fd))
+            .collect(),
+        join: ns_join(&o),
         mounts: crate::kinds::mounts::MountOpts {
             root: o.root.as_ref().map(PathBuf::from),
             // Name → host path (duplicates, e.g. runc's /dev/null, agree).

@@ -1,0 +1,424 @@
+//! Containers without a runtime (issue #4): a busybox shell loop started by
+//! `scripts/container.sh` as PID 1 of new pid, mount, uts, ipc and net namespaces, rooted
+//! (pivot_root) in a busybox rootfs with a private /proc, tmpfs /tmp and /dev, devpts,
+//! mqueue, sysfs, a read-only bind of /etc and a host directory bound at /data. It is
+//! restored into fresh namespaces on the same rootfs (`--root`) with /data re-bound from
+//! the host (`--external`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use integration::*;
+
+/// The loop: one line per round into /data/count (the host directory): round number,
+/// hostname, its PID, what it left in its tmpfs, and how many processes its /proc shows.
+const LOOP: &str = r#"#!/bin/sh
+echo seed-ok > /tmp/seed
+i=0
+while true; do
+  i=$((i+1))
+  echo "$i $(hostname) $$ $(cat /tmp/seed) $(ls /proc | grep -c '^[0-9]')" >> /data/count
+  sleep 0.05
+done
+"#;
+
+struct Container {
+    rootfs: PathBuf,
+    host: PathBuf,
+    /// The init's PID on the host.
+    init: i32,
+}
+
+/// Builds the rootfs under `dir` and starts the loop in its container; waits for output.
+fn start(dir: &Path) -> Container {
+    start_with(dir, &[])
+}
+
+/// Like `start`, with `prefix` run before the launcher (it must exec it, not fork).
+fn start_with(dir: &Path, prefix: &[&str]) -> Container {
+    let rootfs = dir.join("rootfs");
+    let host = dir.join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let st = std::process::Command::new(root().join("bundles/busybox/build-rootfs.sh"))
+        .arg(&rootfs)
+        .status()
+        .unwrap();
+    assert!(st.success(), "building the busybox rootfs");
+    std::fs::write(rootfs.join("loop.sh"), LOOP).unwrap();
+    let script = root().join("integration/scripts/container.sh");
+    let mut argv: Vec<&str> = prefix.to_vec();
+    argv.extend([
+        script.to_str().unwrap(),
+        rootfs.to_str().unwrap(),
+        host.to_str().unwrap(),
+        "/bin/sh",
+        "/loop.sh",
+    ]);
+    let launcher = spawn(&argv, &dir.join("launch.log"));
+    let count = host.join("count");
+    wait_for("the container's first rounds", 20, || {
+        lines(&count).len() >= 3
+    });
+    // unshare's child is the container's init.
+    let init = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("unshare has a child")
+        .parse()
+        .unwrap();
+    Container { rootfs, host, init }
+}
+
+/// The rounds written so far, checked: numbered 1, 2, ... without gap, each from PID 1 of a
+/// namespace whose hostname, tmpfs and /proc are the container's.
+fn rounds(host: &Path) -> usize {
+    let v = lines(&host.join("count"));
+    for (i, l) in v.iter().enumerate() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(f.len(), 5, "round line {l:?}");
+        assert_eq!(
+            f[0],
+            (i + 1).to_string(),
+            "rounds broken at line {i}: {l:?}"
+        );
+        assert_eq!(f[1], "cryo-box", "hostname in {l:?}");
+        assert_eq!(f[2], "1", "the loop is PID 1 of its namespace: {l:?}");
+        assert_eq!(f[3], "seed-ok", "tmpfs content in {l:?}");
+        let procs: u32 = f[4].parse().unwrap();
+        assert!(procs <= 6, "/proc shows the host's processes: {l:?}");
+    }
+    v.len()
+}
+
+fn ns_pid_last(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|l| l.split_whitespace().last().map(String::from))
+        .unwrap()
+}
+
+/// Dumps the container (killed), checks it stopped, restores it; returns the new init's
+/// host PID.
+fn cycle(c: &Container, img: &Path) -> i32 {
+    cycle_with(c, img, &[], &[])
+}
+
+/// `cycle` with extra dump and restore options.
+fn cycle_with(c: &Container, img: &Path, dump_extra: &[&str], restore_extra: &[&str]) -> i32 {
+    let mut extra = vec!["--external", "mnt[/data]:data"];
+    extra.extend_from_slice(dump_extra);
+    dump(c.init, img, &extra);
+    wait_gone(c.init);
+    let n = rounds(&c.host);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rounds(&c.host), n, "the dumped container kept running");
+    let d = img.to_str().unwrap();
+    let ext = format!("mnt[data]:{}", c.host.display());
+    let pidfile = img.join("pid");
+    let mut args = vec![
+        "restore",
+        "-D",
+        d,
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--root",
+        c.rootfs.to_str().unwrap(),
+        "--external",
+        &ext,
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ];
+    args.extend_from_slice(restore_extra);
+    let out = cryo(&args);
+    assert!(
+        out.status.success(),
+        "restore failed:\n{}",
+        log(img, "restore.log")
+    );
+    let init: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(ns_pid_last(init), "1", "the restored init is PID 1 again");
+    wait_for("the restored container's rounds", 20, || {
+        lines(&c.host.join("count")).len() >= n + 5
+    });
+    rounds(&c.host);
+    init
+}
+
+#[test]
+fn busybox_container_moves_to_fresh_namespaces() {
+    let dir = scratch("container");
+    let mut c = start(&dir);
+    let _g = KillOnDrop(c.init);
+    let own_ns = |pid: i32, ns: &str| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+    let before: Vec<PathBuf> = ["pid", "mnt", "net"]
+        .iter()
+        .map(|n| own_ns(c.init, n))
+        .collect();
+    c.init = cycle(&c, &dir.join("img"));
+    let _g2 = KillOnDrop(c.init);
+    for (ns, old) in ["pid", "mnt", "net"].iter().zip(&before) {
+        let now = own_ns(c.init, ns);
+        assert_ne!(&now, old, "{ns} namespace is a new one");
+        assert_ne!(
+            now,
+            own_ns(std::process::id() as i32, ns),
+            "{ns} is not the host's"
+        );
+    }
+    // The rebuilt mount tree: /etc read-only, /data the host's directory, devpts present.
+    let mi = std::fs::read_to_string(format!("/proc/{}/mountinfo", c.init)).unwrap();
+    let mount = |mp: &str| {
+        mi.lines()
+            .find(|l| l.split(' ').nth(4) == Some(mp))
+            .unwrap_or_else(|| panic!("no {mp} mount in\n{mi}"))
+            .to_string()
+    };
+    assert!(
+        mount("/etc").split(' ').nth(5).unwrap().starts_with("ro"),
+        "{mi}"
+    );
+    assert!(mount("/dev/pts").contains(" - devpts "), "{mi}");
+    // /dev/console: a bind of pty 0 of the container's devpts, made again before the bind.
+    let console = mount("/dev/console");
+    assert!(
+        console.contains(" /0 /dev/console ") && console.contains(" - devpts "),
+        "{mi}"
+    );
+    assert!(
+        mount("/data").contains(&format!(" {} /data ", c.host.display())),
+        "{mi}"
+    );
+    // A restored container dumps and restores again.
+    c.init = cycle(&c, &dir.join("img2"));
+    let _g3 = KillOnDrop(c.init);
+    kill(c.init);
+}
+
+#[test]
+fn container_mount_refusals_name_the_mount() {
+    let dir = scratch("container-refuse");
+    let c = start(&dir);
+    let _g = KillOnDrop(c.init);
+    // A host directory bound in, not marked external: refused before anything is touched.
+    let err = dump_fails(c.init, &dir.join("img"), &[]);
+    assert!(err.contains("mount /data"), "{err}");
+    assert!(err.contains("--external mnt[/data]"), "{err}");
+    let n = rounds(&c.host);
+    wait_for("the container to go on", 10, || {
+        lines(&c.host.join("count")).len() >= n + 3
+    });
+    // At restore, --root and the external's host path are required, and asked for by name;
+    // a failed restore leaves no process behind.
+    let img = dir.join("img2");
+    dump(c.init, &img, &["--external", "mnt[/data]:data"]);
+    wait_gone(c.init);
+    let d = img.to_str().unwrap();
+    let o = cryo(&["restore", "-D", d, "-d"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("--root"), "{e}");
+    let o = cryo(&[
+        "restore",
+        "-D",
+        d,
+        "-d",
+        "--root",
+        c.rootfs.to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("mnt[data]"), "{e}");
+    let n = rounds(&c.host);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        rounds(&c.host),
+        n,
+        "a failed restore left the container running"
+    );
+    // A fault after the mount tree was built and the files opened: nothing of it stays.
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let ext = format!("mnt[data]:{}", c.host.display());
+    let rootfs = c.rootfs.to_str().unwrap();
+    let o = cryo_env(
+        &[
+            "restore",
+            "-D",
+            d,
+            "-d",
+            "--root",
+            rootfs,
+            "--external",
+            &ext,
+        ],
+        &[("CRYO_FAULT_INJECT", "files")],
+    );
+    assert!(!o.status.success());
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+        mounts_before,
+        "a failed restore changed the host's mounts"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        rounds(&c.host),
+        n,
+        "a failed restore left the container running"
+    );
+    // And the images still restore.
+    let pidfile = img.join("pid");
+    let out = cryo(&[
+        "restore",
+        "-D",
+        d,
+        "-d",
+        "--root",
+        rootfs,
+        "--external",
+        &ext,
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let init: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _g2 = KillOnDrop(init);
+    wait_for("the container to go on", 10, || {
+        lines(&c.host.join("count")).len() >= n + 3
+    });
+    kill(init);
+}
+
+/// Network namespaces made with `ip netns add`, deleted on drop.
+struct NetNs(Vec<String>);
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", n])
+                .status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ip {}", args.join(" "));
+}
+
+fn ino(p: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().ino()
+}
+
+/// Two network namespaces stand for two hosts: the container runs in the first (its netns is
+/// external, saved by key), the images are copied, and it is restored into the second.
+#[test]
+fn container_migrates_between_network_namespaces() {
+    let dir = scratch("container-migrate");
+    let me = std::process::id();
+    let (a, b) = (format!("cryo-a-{me}"), format!("cryo-b-{me}"));
+    ip(&["netns", "add", &a]);
+    let _ns = NetNs(vec![a.clone()]);
+    ip(&["netns", "add", &b]);
+    let _ns2 = NetNs(vec![b.clone()]);
+    // Each "host" has its own network: a veth pair, so the namespace holds more than a
+    // loopback (which cryo would not save: it is external here).
+    for n in [&a, &b] {
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n", n, "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+        ]);
+    }
+    let mut c = start_with(
+        &dir,
+        &["ip", "netns", "exec", &a, "env", "CONTAINER_NETNS=keep"],
+    );
+    let _g = KillOnDrop(c.init);
+    let (path_a, path_b) = (format!("/run/netns/{a}"), format!("/run/netns/{b}"));
+    assert_eq!(ino(&format!("/proc/{}/ns/net", c.init)), ino(&path_a));
+    let img = dir.join("img");
+    let ext = format!("net[{}]:extnet", ino(&path_a));
+    // Without a namespace to join, restore says which key it needs.
+    dump(
+        c.init,
+        &img,
+        &["--external", "mnt[/data]:data", "--external", &ext],
+    );
+    wait_gone(c.init);
+    let moved = dir.join("img-on-b");
+    let st = std::process::Command::new("cp")
+        .args(["-a", img.to_str().unwrap(), moved.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let hostmap = format!("mnt[data]:{}", c.host.display());
+    let o = cryo(&[
+        "restore",
+        "-D",
+        moved.to_str().unwrap(),
+        "-d",
+        "--root",
+        c.rootfs.to_str().unwrap(),
+        "--external",
+        &hostmap,
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("extnet") && e.contains("--join-ns"),
+        "{e}"
+    );
+    let join = format!("net:{path_b}");
+    let out = cryo(&[
+        "restore",
+        "-D",
+        moved.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--root",
+        c.rootfs.to_str().unwrap(),
+        "--external",
+        &hostmap,
+        "--join-ns",
+        &join,
+        "--pidfile",
+        moved.join("pid").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "restore failed:\n{}",
+        log(&moved, "restore.log")
+    );
+    c.init = std::fs::read_to_string(moved.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _g2 = KillOnDrop(c.init);
+    assert_eq!(
+        ino(&format!("/proc/{}/ns/net", c.init)),
+        ino(&path_b),
+        "joined the second netns"
+    );
+    let n = rounds(&c.host);
+    wait_for("the migrated container's rounds", 20, || {
+        lines(&c.host.join("count")).len() >= n + 5
+    });
+    rounds(&c.host);
+    kill(c.init);
+}
