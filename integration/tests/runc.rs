@@ -176,12 +176,21 @@ impl Console {
 
 impl Container {
     fn new(name: &str, kind: &str) -> Container {
+        Container::with(name, kind, None)
+    }
+
+    /// `arg`: mkbundle's third argument (default: the scratch `host` directory).
+    fn with(name: &str, kind: &str, arg: Option<&Path>) -> Container {
         let dir = scratch(name);
         let bundle = dir.join("bundle");
         let host = dir.join("host");
         std::fs::create_dir_all(&host).unwrap();
         let o = Command::new(env!("CARGO_BIN_EXE_mkbundle"))
-            .args([kind.as_ref(), bundle.as_os_str(), host.as_os_str()])
+            .args([
+                kind.as_ref(),
+                bundle.as_os_str(),
+                arg.unwrap_or(&host).as_os_str(),
+            ])
             .output()
             .unwrap();
         ok(&o, "mkbundle");
@@ -550,4 +559,54 @@ fn foreground_restore_waits_for_the_container() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(!st.success(), "the container was killed: {st}");
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+struct NetNs(String);
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ns_inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// A container whose config names a network namespace path: runc checkpoints it as external
+/// (`net[INO]:extRootNetNS`) and hands the namespace back at restore (`inherit_fd
+/// extRootNetNS`): the restored container is in that same namespace.
+#[test]
+fn external_network_namespace() {
+    need_runc!();
+    let _g = serial();
+    let name = format!("cryo-rt-{}", std::process::id());
+    let st = Command::new("ip").args(["netns", "add", &name]).status();
+    if !st.is_ok_and(|s| s.success()) {
+        eprintln!("ip netns add failed: skipped");
+        return;
+    }
+    let ns = NetNs(name);
+    let path = PathBuf::from(format!("/run/netns/{}", ns.0));
+    let mut c = Container::with("netns", "netns", Some(&path));
+    c.start(None, &[]);
+    let want = ns_inode(&path.display().to_string());
+    let pid = c.state()["pid"].as_i64().unwrap();
+    assert_eq!(ns_inode(&format!("/proc/{pid}/ns/net")), want);
+    c.wait_output(0, 2);
+    let img = c.checkpoint(0, &[]);
+    c.gone();
+    let before = c.last_output(0);
+    c.start(Some(&img), &[]);
+    c.wait_output(1, before);
+    let pid = c.state()["pid"].as_i64().unwrap();
+    assert_eq!(
+        ns_inode(&format!("/proc/{pid}/ns/net")),
+        want,
+        "the restored container is in the configured network namespace"
+    );
+    c.exec_ok(&["true"]);
+    drop(c);
 }

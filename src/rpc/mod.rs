@@ -10,7 +10,8 @@
 //!
 //! What container runtimes send (runc 1.1.5): `root` (the restore's new root), `ext_mnt` and
 //! `external mnt[..]` (external bind mounts: at DUMP mount point → name, at RESTORE name →
-//! host path), `inherit_fd` (`pipe:[INO]` → one of cryo's own fds, the container's stdio),
+//! host path), `inherit_fd` (`pipe:[INO]` → one of cryo's own fds, the container's stdio;
+//! `extRootNetNS` → a network namespace to join), `external net[INO]:KEY`, `join_ns` net,
 //! `empty_ns` (CLONE_NEWNET only), `orphan_pts_master` (the new pty master goes back in an
 //! `orphan-pts-master` NOTIFY), `status_fd`, `rst_sibling` (see `do_restore`), and cgroup
 //! options that are only noted until cgroup management lands (`note_cgroup_opts`).

@@ -10,12 +10,14 @@
 //!   (bind, ro) and a read-only file bind `/etc/cryo.txt` ← `HOSTDIR/file.txt`; the counter
 //!   goes to `/data/count.txt` (so to the host);
 //! - `shm`: `/dev/shm` a tmpfs holding `/dev/shm/seq` (written once at start) and the counter
-//!   in `/dev/shm/count`.
+//!   in `/dev/shm/count`;
+//! - `netns`: `pipe` in the existing network namespace at path HOSTDIR (e.g.
+//!   `/run/netns/NAME`): runc then tells the checkpoint it is external (`extRootNetNS`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use oci_spec::runtime::{Mount, MountBuilder, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, MountBuilder, Spec};
 
 /// The counter loop: `$1` is the file the count goes to, stdout gets it too.
 const LOOP: &str = "i=0; while true; do i=$((i+1)); echo $i; echo $i > \"$1\"; usleep 200000; done";
@@ -47,7 +49,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (kind, dir) = match args.as_slice() {
         [k, d, ..] => (k.as_str(), PathBuf::from(d)),
-        _ => die("usage: mkbundle pipe|tty|binds|shm DIR [HOSTDIR]".into()),
+        _ => die("usage: mkbundle pipe|tty|binds|shm|netns DIR [HOSTDIR|NETNS]".into()),
     };
     let hostdir = args.get(2).map(PathBuf::from);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| die(format!("{}: {e}", dir.display())));
@@ -71,7 +73,7 @@ fn main() {
             .collect()
     };
     let (terminal, argv, extra): (bool, Vec<String>, Vec<Mount>) = match kind {
-        "pipe" => (false, sh(LOOP, "/dev/shm/count"), vec![]),
+        "pipe" | "netns" => (false, sh(LOOP, "/dev/shm/count"), vec![]),
         "tty" => (true, vec!["sh".into()], vec![]),
         "binds" => {
             let h = hostdir
@@ -113,6 +115,20 @@ fn main() {
     process.set_args(Some(argv));
     spec.set_process(Some(process));
     spec.set_hostname(Some(format!("cryo-{kind}")));
+    if kind == "netns" {
+        let path = hostdir
+            .clone()
+            .unwrap_or_else(|| die("netns needs the namespace's path".into()));
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        let mut nss = linux.namespaces().clone().unwrap_or_default();
+        for ns in nss.iter_mut() {
+            if ns.typ() == LinuxNamespaceType::Network {
+                ns.set_path(Some(path.clone()));
+            }
+        }
+        linux.set_namespaces(Some(nss));
+        spec.set_linux(Some(linux));
+    }
     if !extra.is_empty() {
         let mut mounts = spec.mounts().clone().unwrap_or_default();
         mounts.extend(extra);
