@@ -94,8 +94,6 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
         Cmd::Dump(a) => {
             setup(&a.common, true)?;
-            let dir = ImageDir::create(&a.common.images_dir)?;
-            let spin = progress(&format!("dumping {}", a.tree));
             let opts = dump::DumpOpts {
                 pid: a.tree,
                 leave_running: a.leave_running,
@@ -105,6 +103,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 external_net: a.common.net_externals().map_err(anyhow::Error::msg)?,
                 empty_net: a.common.empty_net().map_err(anyhow::Error::msg)?,
             };
+            let dir = ImageDir::create(&a.common.images_dir)?;
+            let spin = progress(&format!("dumping {}", a.tree));
             let mut hooks = scripts(&a.common);
             let r = dump::run(&opts, &dir, &mut hooks);
             if let Some(s) = spin {
@@ -141,8 +141,6 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Restore(a) => {
             setup(&a.common, false)?;
-            let dir = ImageDir::open(&a.common.images_dir)?;
-            let spin = progress("restoring");
             // --inherit-fd: pipes are handed to the tree; a key without a colon names an
             // external namespace, joined through the fd.
             let (inherit_fd, ns_keys): (Vec<_>, Vec<_>) = a
@@ -169,6 +167,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     .restore_opts(a.common.root.clone()),
                 join,
             };
+            let dir = ImageDir::open(&a.common.images_dir)?;
+            let spin = progress("restoring");
             let mut hooks = scripts(&a.common);
             let r = restore::run(&opts, &dir, &mut hooks);
             // Held until cryo exits (the RPC layer is to send them to its client).

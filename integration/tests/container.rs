@@ -36,6 +36,11 @@ fn start(dir: &Path) -> Container {
 
 /// Like `start`, with `prefix` run before the launcher (it must exec it, not fork).
 fn start_with(dir: &Path, prefix: &[&str]) -> Container {
+    start_cmd(dir, prefix, &["/bin/sh", "/loop.sh"], "count")
+}
+
+/// Starts `cmd` in the container; waits until it wrote 3 lines to /data/`out`.
+fn start_cmd(dir: &Path, prefix: &[&str], cmd: &[&str], out: &str) -> Container {
     let rootfs = dir.join("rootfs");
     let host = dir.join("host");
     std::fs::create_dir_all(&host).unwrap();
@@ -45,17 +50,24 @@ fn start_with(dir: &Path, prefix: &[&str]) -> Container {
         .unwrap();
     assert!(st.success(), "building the busybox rootfs");
     std::fs::write(rootfs.join("loop.sh"), LOOP).unwrap();
+    // A static test program the busybox rootfs can run.
+    let st = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(rootfs.join("usock"))
+        .arg(root().join("integration/progs/usock.c"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "building usock");
     let script = root().join("integration/scripts/container.sh");
     let mut argv: Vec<&str> = prefix.to_vec();
     argv.extend([
         script.to_str().unwrap(),
         rootfs.to_str().unwrap(),
         host.to_str().unwrap(),
-        "/bin/sh",
-        "/loop.sh",
     ]);
+    argv.extend_from_slice(cmd);
     let launcher = spawn(&argv, &dir.join("launch.log"));
-    let count = host.join("count");
+    let count = host.join(out);
     wait_for("the container's first rounds", 20, || {
         lines(&count).len() >= 3
     });
@@ -420,5 +432,61 @@ fn container_migrates_between_network_namespaces() {
         lines(&c.host.join("count")).len() >= n + 5
     });
     rounds(&c.host);
+    kill(c.init);
+}
+
+/// A server and its client in a container talk over unix sockets, one bound to a path in the
+/// container's tmpfs and one to an abstract name of its network namespace: after restore,
+/// new connections still reach both listeners.
+#[test]
+fn unix_sockets_inside_a_container() {
+    let dir = scratch("container-usock");
+    let mut c = start_cmd(&dir, &[], &["/usock", "/data/usock"], "usock");
+    let _g = KillOnDrop(c.init);
+    let out = c.host.join("usock");
+    let check = || {
+        let v = lines(&out);
+        for (i, l) in v.iter().enumerate() {
+            let how = if i % 2 == 0 { "path" } else { "abstract" };
+            assert_eq!(l, &format!("{} {how}", i + 1), "round {i} of {v:?}");
+        }
+        v.len()
+    };
+    let img = dir.join("img");
+    dump(c.init, &img, &["--external", "mnt[/data]:data"]);
+    wait_gone(c.init);
+    let n = check();
+    let ext = format!("mnt[data]:{}", c.host.display());
+    let pidfile = img.join("pid");
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--root",
+        c.rootfs.to_str().unwrap(),
+        "--external",
+        &ext,
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "restore failed:\n{}",
+        log(&img, "restore.log")
+    );
+    c.init = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _g2 = KillOnDrop(c.init);
+    wait_for("new rounds after restore", 20, || {
+        lines(&out).len() >= n + 6
+    });
+    check();
     kill(c.init);
 }

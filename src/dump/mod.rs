@@ -408,7 +408,8 @@ fn check_pid_ns(tree: &[(i32, i32)]) -> Result<(), DumpError> {
         });
     }
     for &(pid, _) in &tree[1..] {
-        if ns(pid) != theirs {
+        // A zombie has no namespaces left (nothing to restore in them).
+        if ns(pid).is_some_and(|n| Some(n) != theirs) {
             return Err(DumpError::Unsupported {
                 pid,
                 object: "pid namespace".into(),
@@ -438,7 +439,8 @@ fn check_mnt_ns(
         return Ok(None);
     }
     for &(pid, _) in &tree[1..] {
-        if ns(pid) != theirs {
+        // A zombie has no namespaces left (nothing to restore in them).
+        if ns(pid).is_some_and(|n| Some(n) != theirs) {
             return Err(DumpError::Unsupported {
                 pid,
                 object: "mount namespace".into(),
@@ -460,7 +462,8 @@ fn check_same_ns(tree: &[(i32, i32)], kind: &str) -> Result<(), DumpError> {
     };
     let theirs = ns(tree[0].0);
     for &(pid, _) in &tree[1..] {
-        if ns(pid) != theirs {
+        // A zombie has no namespaces left (nothing to restore in them).
+        if ns(pid).is_some_and(|n| Some(n) != theirs) {
             return Err(DumpError::Unsupported {
                 pid,
                 object: format!("{kind} namespace"),

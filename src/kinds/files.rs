@@ -324,6 +324,9 @@ pub struct FdObjects {
     /// ones, by CRIU key (`pipe:[INO]`: every fd of the tree that was pipe inode INO at dump
     /// gets a dup of this one). cryo's own dups.
     pub inherited: HashMap<String, OwnedFd>,
+    /// The root puppet (host PID) once the tree's network or mount namespace exists: unix
+    /// sockets, FIFOs and inotify watches are made inside its namespaces.
+    pub ns_pid: Option<i32>,
 }
 
 /// Is `key` an inherit-fd key cryo can honour (`pipe:[INO]`)?
@@ -369,6 +372,7 @@ impl FdObjects {
             memfds: Default::default(),
             tty: Default::default(),
             inherited: HashMap::new(),
+            ns_pid: None,
         })
     }
 
@@ -398,7 +402,32 @@ impl FdObjects {
         }
         let e = self.entry(id)?.clone();
         let e = &e;
-        let fd = match pb::FdTypes::try_from(e.r#type) {
+        let ty = pb::FdTypes::try_from(e.r#type);
+        let by_path = matches!(
+            ty,
+            Ok(pb::FdTypes::Unixsk | pb::FdTypes::Fifo | pb::FdTypes::Inotify)
+        );
+        let _in_ns = match self.ns_pid.filter(|_| by_path) {
+            Some(pid) => {
+                // Images are read before the paths change.
+                match ty {
+                    Ok(pb::FdTypes::Unixsk) => super::unix_sk::load_queues(self)?,
+                    Ok(pb::FdTypes::Fifo) => {
+                        super::pipes::load(self, true)?;
+                    }
+                    _ => {}
+                }
+                Some(
+                    super::ns::InNs::enter(pid, true).map_err(|source| RestoreError::File {
+                        id,
+                        what: "enter the tree's namespaces".into(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let fd = match ty {
             Ok(pb::FdTypes::Pipe) => super::pipes::Pipes::open(self, e)?,
             Ok(pb::FdTypes::Fifo) => super::pipes::Fifos::open(self, e)?,
             Ok(pb::FdTypes::Eventfd) => super::eventfd::EventFd::open(self, e)?,

@@ -116,9 +116,10 @@ fn fstype_code(name: &str) -> Option<u32> {
     FRESH.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
 }
 
-/// The kernel's encoding of a device number (`new_encode_dev`), as CRIU saves `root_dev`.
+/// The kernel-internal encoding of a device number (`MKDEV`: major << 20 | minor), as CRIU
+/// saves `root_dev` and names `tmpfs-dev-N.tar.gz.img`.
 fn encode_dev(major: u32, minor: u32) -> u32 {
-    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+    (major << 20) | (minor & 0xf_ffff)
 }
 
 /// Per-mount flags from mountinfo's mount options.

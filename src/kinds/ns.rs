@@ -411,3 +411,74 @@ pub fn restore_time(
     cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     r.map(|_| ())
 }
+
+thread_local! {
+    static IN_NS_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// cryo's calling thread, moved into the network (and, with `mnt`, mount) namespace of
+/// `pid` until dropped, so the objects it makes there (unix sockets, FIFOs opened by path,
+/// sock_diag queries) belong to the tree and its paths resolve as the tree sees them. The
+/// thread gets a private fs context first (a mount namespace can only be entered by a
+/// thread that shares it with nobody); drop returns to cryo's namespaces and working
+/// directory. Nested guards do nothing.
+pub struct InNs {
+    back: Option<(std::fs::File, Option<std::fs::File>, std::fs::File)>,
+}
+
+impl InNs {
+    pub fn enter(pid: i32, mnt: bool) -> std::io::Result<InNs> {
+        use nix::sched::{setns, unshare, CloneFlags};
+        if IN_NS_DEPTH.with(|d| d.get()) > 0 {
+            IN_NS_DEPTH.with(|d| d.set(d.get() + 1));
+            return Ok(InNs { back: None });
+        }
+        let open = |p: String| std::fs::File::open(p);
+        let their_net = open(format!("/proc/{pid}/ns/net"))?;
+        let their_mnt = if mnt {
+            Some(open(format!("/proc/{pid}/ns/mnt"))?)
+        } else {
+            None
+        };
+        let own_net = open("/proc/thread-self/ns/net".into())?;
+        let own_mnt_file = open("/proc/thread-self/ns/mnt".into())?;
+        // Only a mount namespace other than cryo's is entered.
+        let their_mnt = their_mnt.filter(|t| {
+            let ino = |f: &std::fs::File| f.metadata().map(|m| m.ino()).ok();
+            ino(t) != ino(&own_mnt_file)
+        });
+        let mnt = their_mnt.is_some();
+        let own_mnt = mnt.then_some(own_mnt_file);
+        let cwd = open(".".into())?;
+        if mnt {
+            unshare(CloneFlags::CLONE_FS)?;
+        }
+        setns(&their_net, CloneFlags::CLONE_NEWNET)?;
+        let guard = InNs {
+            back: Some((own_net, own_mnt, cwd)),
+        };
+        IN_NS_DEPTH.with(|d| d.set(1));
+        if let Some(m) = &their_mnt {
+            setns(m, CloneFlags::CLONE_NEWNS)?; // the guard goes back on error
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for InNs {
+    fn drop(&mut self) {
+        use nix::sched::{setns, CloneFlags};
+        IN_NS_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        if let Some((net, mnt, cwd)) = self.back.take() {
+            if let Some(m) = mnt {
+                if let Err(e) = setns(&m, CloneFlags::CLONE_NEWNS) {
+                    tracing::error!("cannot return to cryo's mount namespace: {e}");
+                }
+            }
+            if let Err(e) = setns(&net, CloneFlags::CLONE_NEWNET) {
+                tracing::error!("cannot return to cryo's network namespace: {e}");
+            }
+            let _ = nix::unistd::fchdir(&cwd);
+        }
+    }
+}

@@ -205,7 +205,7 @@ impl FdKind for Fifos {
 }
 
 /// The saved data of every pipe (or FIFO), loaded once.
-fn load(
+pub fn load(
     objs: &mut FdObjects,
     fifo: bool,
 ) -> Result<&mut HashMap<u32, (pb::PipeDataEntry, Vec<u8>)>, RestoreError> {

@@ -36,9 +36,28 @@ pub fn inode(link: &str) -> Option<u32> {
         .ok()
 }
 
-/// All unix sockets of cryo's network namespace, by inode.
-pub fn diag_all() -> std::io::Result<HashMap<u32, UnixDiag>> {
-    Ok(net::unix_diag()?.into_iter().map(|d| (d.ino, d)).collect())
+/// All unix sockets of the network namespaces `pids` live in (sock_diag answers for the
+/// asker's namespace: cryo enters each in turn), by inode.
+pub fn diag_all(pids: &[i32]) -> std::io::Result<HashMap<u32, UnixDiag>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut out = HashMap::new();
+    let own = std::fs::metadata("/proc/self/ns/net")?.ino();
+    for &pid in pids {
+        let Ok(ns) = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino()) else {
+            continue;
+        };
+        if !seen.insert(ns) {
+            continue;
+        }
+        let _in = if ns != own {
+            Some(super::ns::InNs::enter(pid, false)?)
+        } else {
+            None
+        };
+        out.extend(net::unix_diag()?.into_iter().map(|d| (d.ino, d)));
+    }
+    Ok(out)
 }
 
 /// Checks, before the tree is touched, that every socket of the tree is a unix socket cryo
@@ -47,7 +66,8 @@ pub fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), DumpError> {
     if socks.is_empty() {
         return Ok(());
     }
-    let diag = diag_all().map_err(|source| DumpError::File {
+    let pids: Vec<i32> = socks.iter().map(|s| s.0).collect();
+    let diag = diag_all(&pids).map_err(|source| DumpError::File {
         pid: socks[0].0,
         fd: socks[0].1,
         what: "sock_diag query of unix sockets".into(),
@@ -173,7 +193,8 @@ impl FdKind for UnixSk {
             )
         })?;
         if cx.files.unix_diag.is_none() {
-            cx.files.unix_diag = Some(diag_all().map_err(|e| fd.err("sock_diag", e))?);
+            let tree = cx.files.tree.clone();
+            cx.files.unix_diag = Some(diag_all(&tree).map_err(|e| fd.err("sock_diag", e))?);
         }
         let d = cx
             .files
@@ -184,7 +205,7 @@ impl FdKind for UnixSk {
             .ok_or_else(|| DumpError::Unsupported {
                 pid: fd.pid,
                 object: format!("fd {} ({})", fd.fd, fd.link),
-                what: "not a unix socket of cryo's network namespace".into(),
+                what: "not a unix socket of the tree's network namespaces".into(),
                 hint: "only unix sockets are supported yet".into(),
             })?;
         let sk = fd.take()?;
@@ -209,14 +230,6 @@ impl FdKind for UnixSk {
         let deleted = if !name.is_empty() && name[0] != 0 {
             use std::os::unix::fs::MetadataExt;
             let path = String::from_utf8_lossy(&name).into_owned();
-            if super::ns::own_ns_id("mnt") != super::misc::task_ids(fd.pid, 0)?.mnt_ns_id {
-                return Err(DumpError::Unsupported {
-                    pid: fd.pid,
-                    object: format!("fd {} (unix socket {path})", fd.fd),
-                    what: "a unix socket bound to a path in another mount namespace is not supported yet (cryo would bind it in its own)".into(),
-                    hint: "use an abstract socket name, or dump from inside the namespace".into(),
-                });
-            }
             // Looked up in the task's own root (and mount namespace).
             let on_disk = std::fs::metadata(format!("/proc/{}/root{path}", fd.pid))
                 .ok()
@@ -407,7 +420,7 @@ pub struct UnixStore {
     loaded: bool,
 }
 
-fn load_queues(objs: &mut FdObjects) -> Result<(), RestoreError> {
+pub fn load_queues(objs: &mut FdObjects) -> Result<(), RestoreError> {
     if objs.unix.loaded {
         return Ok(());
     }

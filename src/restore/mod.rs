@@ -462,6 +462,14 @@ fn shape(
         // Terminals are made in the tree's own devpts instances.
         sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
     }
+    // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
+    // namespaces of their own still get the root's: refused at dump for mounts).
+    if idx == 0
+        && (img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt")
+            || img.ids.net_ns_id != kinds::ns::own_ns_id("net"))
+    {
+        sh.objs.borrow_mut().ns_pid = Some(pid);
+    }
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
     let shares_table = parent.is_some_and(|p| p.ids.files_id == img.ids.files_id);
     let table = match inherited {
