@@ -102,6 +102,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 external_mounts: a.common.mounts().map_err(anyhow::Error::msg)?.dump_map(),
                 external_net: a.common.net_externals().map_err(anyhow::Error::msg)?,
                 empty_net: a.common.empty_net().map_err(anyhow::Error::msg)?,
+                freeze_cgroup: a.common.freeze_cgroup.clone(),
+                cgroup_mode: a.common.cgroup_mode().map_err(anyhow::Error::msg)?,
             };
             let dir = ImageDir::create(&a.common.images_dir)?;
             let spin = progress(&format!("dumping {}", a.tree));
@@ -166,6 +168,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     .map_err(anyhow::Error::msg)?
                     .restore_opts(a.common.root.clone()),
                 join,
+                cgroups: a.common.cgroup_opts().map_err(anyhow::Error::msg)?,
             };
             let dir = ImageDir::open(&a.common.images_dir)?;
             let spin = progress("restoring");

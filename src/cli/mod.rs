@@ -128,6 +128,22 @@ pub struct Common {
     /// /run/netns/NAME or /proc/PID/ns/net).
     #[arg(short = 'J', long = "join-ns", value_name = "NS:PATH")]
     pub join_ns: Vec<String>,
+    /// cgroups: at restore, how to move the tasks back into their saved cgroups: ignore,
+    /// none (the cgroups must exist), props (and set their saved limits), soft (create the
+    /// missing ones; the default, also without this option), full (create missing ones and
+    /// set every limit), strict (refuse existing ones). At dump, `ignore` saves no cgroup
+    /// directory (memberships are always saved).
+    #[arg(long = "manage-cgroups", value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "soft")]
+    pub manage_cgroups: Option<String>,
+    /// Restore: put the saved cgroup tree of controller CTRL (of every hierarchy without
+    /// CTRL: cpu, pids, name=systemd; an empty CTRL is cgroup v2) under PATH instead of where
+    /// it was. May be given several times.
+    #[arg(long = "cgroup-root", value_name = "[CTRL:]PATH")]
+    pub cgroup_root: Vec<String>,
+    /// Dump: freeze this cgroup (v1 freezer or v2 directory) while the tree is seized, so
+    /// nothing in it forks or exits meanwhile; it is put back as it was afterwards.
+    #[arg(long = "freeze-cgroup", value_name = "PATH")]
+    pub freeze_cgroup: Option<PathBuf>,
     /// CRIU options cryo does not support yet (refused with a message).
     #[command(flatten)]
     pub unsupported: Unsupported,
@@ -158,6 +174,19 @@ impl ExternalMounts {
 }
 
 impl Common {
+    /// The `--manage-cgroups` mode (soft when not given, as in CRIU).
+    pub fn cgroup_mode(&self) -> Result<crate::kinds::cgroup::Mode, String> {
+        crate::kinds::cgroup::Mode::parse(self.manage_cgroups.as_deref())
+    }
+
+    /// `--manage-cgroups` and `--cgroup-root` for a restore.
+    pub fn cgroup_opts(&self) -> Result<crate::kinds::cgroup::CgOpts, String> {
+        Ok(crate::kinds::cgroup::CgOpts {
+            mode: self.cgroup_mode()?,
+            roots: crate::kinds::cgroup::CgOpts::parse_roots(&self.cgroup_root)?,
+        })
+    }
+
     /// Parses the mount externals; any other `--external` kind is refused by name.
     pub fn mounts(&self) -> Result<ExternalMounts, String> {
         let mut out = Vec::new();
@@ -382,9 +411,6 @@ unsupported_opts! {
     file_locks: bool = "file-locks" short 'l', "file locks are not implemented yet";
     link_remap: bool = "link-remap", "link remaps are not implemented yet";
     evasive_devices: bool = "evasive-devices", "evasive devices are not implemented yet";
-    manage_cgroups: Option<String> = "manage-cgroups", "cgroup management comes with issue #4";
-    cgroup_root: Vec<String> = "cgroup-root", "cgroup management comes with issue #4";
-    freeze_cgroup: Option<String> = "freeze-cgroup", "the cgroup freezer comes with issue #4";
     page_server: bool = "page-server", "the page server is not implemented yet";
     address: Option<String> = "address", "the page server is not implemented yet";
     port: Option<String> = "port", "the page server is not implemented yet";
@@ -559,5 +585,34 @@ mod tests {
             panic!()
         };
         assert!(r.inherit_fds().is_err());
+    }
+
+    #[test]
+    fn cgroup_options() {
+        let c = parse(&[
+            "criu",
+            "restore",
+            "--manage-cgroups",
+            "--cgroup-root",
+            "cpu:/x",
+        ]);
+        let Some(Cmd::Restore(r)) = c.cmd else {
+            panic!()
+        };
+        assert_eq!(r.common.manage_cgroups.as_deref(), Some("soft"));
+        assert_eq!(r.common.cgroup_root, ["cpu:/x"]);
+        assert!(r.common.unsupported.first().is_none());
+        let c = parse(&[
+            "criu",
+            "dump",
+            "-t",
+            "1",
+            "--manage-cgroups=full",
+            "--freeze-cgroup",
+            "/f",
+        ]);
+        let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
+        assert_eq!(d.common.cgroup_mode(), Ok(crate::kinds::cgroup::Mode::Full));
+        assert_eq!(d.common.freeze_cgroup, Some(PathBuf::from("/f")));
     }
 }

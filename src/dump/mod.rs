@@ -31,6 +31,10 @@ pub struct DumpOpts {
     pub external_net: std::collections::HashMap<u64, String>,
     /// `--empty-ns net`: a private network namespace is not saved; restore makes it empty.
     pub empty_net: bool,
+    /// `--freeze-cgroup PATH`: freeze this cgroup while the tree is seized.
+    pub freeze_cgroup: Option<std::path::PathBuf>,
+    /// `--manage-cgroups=ignore` saves no cgroup directory (memberships are always saved).
+    pub cgroup_mode: kinds::cgroup::Mode,
 }
 
 /// Why a dump failed.
@@ -88,6 +92,8 @@ pub enum DumpError {
     Notify(#[from] NotifyError),
     #[error(transparent)]
     Ipc(#[from] crate::kinds::ipc::IpcError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::kinds::cgroup::CgroupError),
     #[error("fault injected at stage '{0}' (CRYO_FAULT_INJECT)")]
     Injected(String),
     #[error("interrupted by signal {sig} before stage '{stage}'; the process was left running")]
@@ -109,6 +115,7 @@ impl DumpError {
                 "is it already traced (gdb, strace) or a kernel thread? cryo needs ptrace (root or CAP_SYS_PTRACE)".into(),
             ),
             DumpError::NoSuchProcess { .. } => Some("check the pid given with -t/--tree".into()),
+            DumpError::Cgroup(e) => e.hint(),
             _ => None,
         }
     }
@@ -181,11 +188,16 @@ impl Drop for Seized {
 /// Seizes one thread and waits until it is in a ptrace stop, passing on any signal that
 /// arrives meanwhile (so nothing is lost). `Ok(None)`: the thread is gone.
 fn seize_thread(tid: i32) -> Result<Option<(Tracee, Option<i32>)>, DumpError> {
-    let t = match Tracee::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
-        Ok(t) => t,
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
-        Err(source) => return Err(DumpError::Seize { pid: tid, source }),
-    };
+    match Tracee::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
+        Ok(t) => wait_seized(t),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(None),
+        Err(source) => Err(DumpError::Seize { pid: tid, source }),
+    }
+}
+
+/// Waits until a seized and interrupted thread is in its ptrace stop (see `seize_thread`).
+fn wait_seized(t: Tracee) -> Result<Option<(Tracee, Option<i32>)>, DumpError> {
+    let tid = t.tid;
     let give_up = |t: &Tracee, e| {
         let _ = t.detach(0);
         e
@@ -233,6 +245,11 @@ fn seize(pid: i32) -> Result<Seized, DumpError> {
         }
         None => return Err(DumpError::NoSuchProcess { pid }),
     }
+    seize_new_threads(pid, s)
+}
+
+/// Seizes the threads of `pid` that `s` does not hold yet, until none appears.
+fn seize_new_threads(pid: i32, mut s: Seized) -> Result<Seized, DumpError> {
     for _ in 0..10 {
         let mut new = false;
         for tid in procfs::threads(pid)? {
@@ -252,6 +269,104 @@ fn seize(pid: i32) -> Result<Seized, DumpError> {
         }
     }
     Err(DumpError::Internal("the process kept creating threads"))
+}
+
+/// `--freeze-cgroup`: the tree is seized while its cgroup is frozen, so no task can fork,
+/// clone or exit meanwhile. `PTRACE_SEIZE` and `PTRACE_INTERRUPT` work on frozen tasks, whose
+/// stops arrive once `freezer` thaws them; cryo waits for them only then. Every thread held
+/// is waited for and (on error) detached before this returns, thawed first, so no task is
+/// left half-seized; the freezer's drop restores the cgroup's own state later.
+fn seize_frozen(
+    root: i32,
+    freezer: &kinds::cgroup::Freezer,
+) -> Result<Vec<(i32, i32, Seized)>, DumpError> {
+    // (pid, ppid, threads held; empty for a zombie)
+    let mut held: Vec<(i32, i32, Vec<Tracee>)> = Vec::new();
+    let hold = |held: &mut Vec<(i32, i32, Vec<Tracee>)>| -> Result<(), DumpError> {
+        for _ in 0..10 {
+            let mut new = false;
+            for (pid, ppid) in collect_tree(root)? {
+                if held.iter().any(|(p, _, _)| *p == pid) {
+                    continue;
+                }
+                new = true;
+                held.push((pid, ppid, Vec::new()));
+                if is_zombie(pid) {
+                    continue;
+                }
+                let ts = &mut held.last_mut().expect("pushed").2;
+                for _ in 0..10 {
+                    let mut more = false;
+                    for tid in procfs::threads(pid)? {
+                        if ts.iter().any(|t| t.tid == tid) {
+                            continue;
+                        }
+                        match Tracee::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
+                            Ok(t) => ts.push(t),
+                            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+                            Err(source) => return Err(DumpError::Seize { pid: tid, source }),
+                        }
+                        more = true;
+                    }
+                    if !more {
+                        break;
+                    }
+                }
+            }
+            if !new {
+                return Ok(());
+            }
+        }
+        Err(DumpError::Internal("the tree kept changing while frozen"))
+    };
+    let mut err = hold(&mut held).err();
+    if let Err(e) = freezer.thaw() {
+        err.get_or_insert(e.into());
+    }
+    let mut out = Vec::new();
+    for (pid, ppid, ts) in held {
+        let zombie = ts.is_empty();
+        let mut s = Seized {
+            tracees: Vec::new(),
+            done: zombie,
+            stop_sig: None,
+        };
+        let mut leader_gone = false;
+        for t in ts {
+            let is_leader = t.tid == pid;
+            match wait_seized(t) {
+                Ok(Some((t, stopped))) => {
+                    if is_leader {
+                        s.stop_sig = stopped;
+                    }
+                    s.tracees.push(t);
+                }
+                Ok(None) => leader_gone |= is_leader,
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
+            }
+        }
+        if !zombie && err.is_none() {
+            if leader_gone || s.tracees.first().is_none_or(|t| t.tid != pid) {
+                err = Some(DumpError::NoSuchProcess { pid });
+            } else {
+                match seize_new_threads(pid, s) {
+                    Ok(s) => out.push((pid, ppid, s)),
+                    Err(e) => err = Some(e),
+                }
+                continue;
+            }
+        }
+        out.push((pid, ppid, s));
+    }
+    match err {
+        Some(e) => {
+            freezer.put_back();
+            Err(e) // `out` drops: every seized task is detached
+        }
+        None => Ok(out),
+    }
 }
 
 /// Result of a dump, for logs and `--json`.
@@ -701,16 +816,31 @@ pub fn run(
     if !std::path::Path::new(&format!("/proc/{root}")).exists() {
         return Err(DumpError::NoSuchProcess { pid: root });
     }
-    // 1. Refuse what we cannot do before touching anything.
+    // 1. Refuse what we cannot do before touching anything. With --freeze-cgroup the
+    //    cgroup is frozen first (after the pre-dump hook), as CRIU does, so the tree checked
+    //    is the tree seized. Declared before `frozen`, so dropped after it: the cgroup gets
+    //    its own state back once every task is released or killed.
+    let freezer = match &opts.freeze_cgroup {
+        Some(p) => {
+            hooks.notify("pre-dump", None)?;
+            Some(kinds::cgroup::Freezer::freeze(p)?)
+        }
+        None => None,
+    };
     let tree0 = collect_tree(root)?;
     precheck(opts, &tree0)?;
-    hooks.notify("pre-dump", None)?;
+    if freezer.is_none() {
+        hooks.notify("pre-dump", None)?;
+    }
     fault_point("seize")?;
 
     // 2. Freeze the whole tree; a running process may fork meanwhile, so walk again until
     //    nothing new appears (frozen processes cannot fork).
     let tf = Instant::now();
-    let mut frozen: Vec<(i32, i32, Seized)> = Vec::new();
+    let mut frozen: Vec<(i32, i32, Seized)> = match &freezer {
+        Some(f) => seize_frozen(root, f)?,
+        None => Vec::new(),
+    };
     for _ in 0..10 {
         let tree = collect_tree(root)?;
         let mut new = false;
@@ -808,6 +938,9 @@ pub fn run(
         let e = kinds::ns::dump_time(root)?;
         dir.write(&format!("timens-{id}.img"), image::TIMENS, &[e])?;
     }
+    // cgroups, by host PIDs (before `virtualize`).
+    files.cgroups =
+        kinds::cgroup::dump(&mut imgs, opts.cgroup_mode != kinds::cgroup::Mode::Ignore)?;
     if imgs[0].ids.pid_ns_id != kinds::misc::task_ids(std::process::id() as i32, 1)?.pid_ns_id {
         virtualize(&mut imgs, &mut files)?;
     }
@@ -831,10 +964,16 @@ pub fn run(
     // 5. Final state. A failing post-dump hook leaves the tree running (the dump failed).
     drop(tty_data);
     if let Err(e) = hooks.notify("post-dump", None) {
+        if let Some(f) = &freezer {
+            f.put_back();
+        }
         for (_, _, seized) in frozen.iter_mut() {
             seized.release();
         }
         return Err(e.into());
+    }
+    if let (Some(f), true) = (&freezer, opts.leave_running) {
+        f.put_back();
     }
     // Children first: a PID namespace's init, once killed, waits for every other task of
     // the namespace to be reaped, and cryo still traces them.
@@ -864,6 +1003,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
             root_ids: Some(kinds::misc::task_ids(std::process::id() as i32, 1)?),
             ns_per_id: Some(true),
             lsmtype: Some(pb::Lsmtype::NoLsm as i32),
+            root_cg_set: files.cgroups.own_set(),
             ..Default::default()
         }],
     )?;
@@ -879,6 +1019,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     kinds::ghost::write(dir, files)?;
     kinds::ipc::write(dir, files)?;
     kinds::tty::write(dir, files)?;
+    kinds::cgroup::write(dir, &files.cgroups)?;
     for (id, e) in &files.netdevs {
         dir.write(
             &format!("netdev-{id}.img"),

@@ -6,6 +6,7 @@
 //! The dump and restore pipelines (`crate::dump`, `crate::restore`) call the kinds in a fixed
 //! order; see docs/ARCHITECTURE.md for why the order is what it is.
 
+pub mod cgroup;
 pub mod creds;
 pub mod epoll;
 pub mod eventfd;
@@ -147,6 +148,8 @@ pub struct FileTable {
     pub empty_net: bool,
     /// ipcns-*-ID.img: the objects of each IPC namespace of the tree that is not cryo's.
     pub ipcns: Vec<ipc::IpcNs>,
+    /// cgroup.img and `inventory.root_cg_set`: the tasks' cgroup sets (`cgroup.rs`).
+    pub cgroups: cgroup::CgDump,
 }
 
 impl FileTable {

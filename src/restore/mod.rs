@@ -39,6 +39,8 @@ pub struct RestoreOpts {
     pub orphan_pts_master: bool,
     /// `--inherit-fd fd[N]:KEY` (RPC `inherit_fd`): (KEY, fd N of cryo's own table).
     pub inherit_fd: Vec<(String, i32)>,
+    /// `--manage-cgroups` and `--cgroup-root` (`kinds::cgroup`).
+    pub cgroups: kinds::cgroup::CgOpts,
 }
 
 /// Why a restore failed.
@@ -105,6 +107,8 @@ pub enum RestoreError {
     Notify(#[from] NotifyError),
     #[error(transparent)]
     Ipc(#[from] crate::kinds::ipc::IpcError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::kinds::cgroup::CgroupError),
     #[error("fault injected at stage '{0}' (CRYO_FAULT_INJECT)")]
     Injected(String),
     #[error("interrupted by signal {sig} before stage '{stage}'; nothing was left running")]
@@ -123,6 +127,7 @@ impl RestoreError {
             RestoreError::Limit { .. } => Some(
                 "cryo cannot raise a hard limit without CAP_SYS_RESOURCE: run it with limits at least as high (ulimit -H)".into(),
             ),
+            RestoreError::Cgroup(e) => e.hint(),
             RestoreError::Image(ImageError::Digest { .. }) => {
                 Some("re-create the checkpoint; the images were damaged after the dump".into())
             }
@@ -337,6 +342,8 @@ struct Shared<'a> {
     host: HashMap<u32, i32>,
     /// See [`RestoreCx::cryo_pidfd`]; every puppet inherits it from the root's fd table.
     cryo_pidfd: Option<i32>,
+    /// The saved cgroups, to move each task into (None: `--manage-cgroups=ignore`).
+    cgroups: Option<&'a kinds::cgroup::CgRestore>,
     tr: u64,
     calls: u64,
 }
@@ -365,6 +372,10 @@ fn shape(
         .tasks
         .iter()
         .find(|t| idx != 0 && t.pid == img.pstree.ppid);
+    // Its cgroups first: before its memory is charged and its children inherit them.
+    if let Some(cg) = sh.cgroups {
+        cg.place(pid, img, parent)?;
+    }
     let t = Tracee { tid: pid };
     let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
     let mut cx = RestoreCx {
@@ -591,6 +602,14 @@ fn shape(
             released: false,
         });
     }
+    if let Some(cg) = sh.cgroups {
+        let ths: Vec<(i32, &pb::CoreEntry)> = threads
+            .iter()
+            .map(|t| t.tracee.tid)
+            .zip(&img.threads)
+            .collect();
+        cg.place_threads(img, &ths)?;
+    }
     fault_point("threads")?;
     kinds::creds::Creds::restore(&mut cx, img)?;
     fault_point("creds")?;
@@ -778,6 +797,8 @@ pub fn run(
         }
     }
     let vroot = tasks[0].pid as i32;
+    // Before any puppet exists (so it drops after them): dirs made here go if we fail.
+    let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
     let uses_seccomp = tasks.iter().any(|t| {
         t.core
             .thread_core
@@ -874,6 +895,7 @@ pub fn run(
         join: &opts.join,
         host: HashMap::from([(vroot as u32, root)]),
         cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
+        cgroups: cgroups.as_ref(),
         tr,
         calls: 0,
     };
@@ -944,6 +966,9 @@ pub fn run(
     hooks.notify("pre-resume", None)?;
     if opts.shell_job && !opts.detach {
         foreground(root);
+    }
+    if let Some(cg) = &cgroups {
+        cg.keep();
     }
     // 5. Let them run: children and threads before their parents.
     for p in puppets.0.iter_mut().rev().filter(|p| !p.released) {

@@ -13,8 +13,8 @@
 //! host path), `inherit_fd` (`pipe:[INO]` → one of cryo's own fds, the container's stdio;
 //! `extRootNetNS` → a network namespace to join), `external net[INO]:KEY`, `join_ns` net,
 //! `empty_ns` (CLONE_NEWNET only), `orphan_pts_master` (the new pty master goes back in an
-//! `orphan-pts-master` NOTIFY), `status_fd`, `rst_sibling` (see `do_restore`), and cgroup
-//! options that are only noted until cgroup management lands (`note_cgroup_opts`).
+//! `orphan-pts-master` NOTIFY), `status_fd`, `rst_sibling` (see `do_restore`), and the cgroup
+//! options (`cgroup_mode`, `kinds::cgroup`).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -25,7 +25,7 @@ use prost::Message;
 use crate::image::{pb, ImageDir};
 use crate::notify::{ActionScripts, Chain, NoHooks, Notifier, NotifyError};
 use crate::sys::net;
-use crate::{dump, features, restore};
+use crate::{dump, features, kinds, restore};
 
 /// The CRIU version cryo answers VERSION with (runc needs at least 3.0.0; 3.17.1 or higher
 /// keeps every runtime's feature gates open).
@@ -276,6 +276,13 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
             "empty_ns {f:#x} (only CLONE_NEWNET, a new network namespace with a loopback, is supported)"
         ));
     }
+    if o.cgroup_props.is_some()
+        || o.cgroup_props_file.is_some()
+        || !o.cgroup_dump_controller.is_empty()
+        || o.cgroup_yard.is_some()
+    {
+        bad.push("cgroup_props/cgroup_props_file/cgroup_dump_controller/cgroup_yard (cryo saves a fixed set of cgroup limits and uses the mounted hierarchies)".into());
+    }
     if o.lsm_profile
         .as_deref()
         .is_some_and(|p| !p.is_empty() && p != "none")
@@ -295,22 +302,6 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("options not supported by cryo: {}", bad.join("; ")))
-    }
-}
-
-/// The cgroup options runtimes always send (runc: `manage_cgroups`, `freeze_cgroup`,
-/// `cg_root`). cgroup management belongs to its own module (another branch); until it lands
-/// cryo behaves like CRIU's "soft" mode with nothing to restore: it freezes the tree with
-/// ptrace whatever the freezer says, and restored tasks stay in the cgroups the caller put
-/// cryo in (runc moves it into the container's before sending RESTORE). Logged, not refused.
-fn note_cgroup_opts(o: &pb::CriuOpts) {
-    if o.manage_cgroups == Some(true) || o.manage_cgroups_mode.is_some() || !o.cg_root.is_empty() {
-        tracing::info!(
-            "manage_cgroups: tasks stay in the cgroups the caller placed cryo in (soft mode, nothing recorded)"
-        );
-    }
-    if let Some(f) = &o.freeze_cgroup {
-        tracing::info!("freeze_cgroup {f}: the tree is frozen with ptrace instead");
     }
 }
 
@@ -392,6 +383,18 @@ fn signal_status_fd(o: &pb::CriuOpts, peer: i32) {
     }
 }
 
+/// `manage_cgroups` (legacy switch: soft or ignore), overridden by `manage_cgroups_mode`;
+/// soft when neither is given, as CRIU.
+fn cgroup_mode(o: &pb::CriuOpts) -> Result<kinds::cgroup::Mode, String> {
+    if let Some(m) = o.manage_cgroups_mode {
+        return kinds::cgroup::Mode::from_rpc(m);
+    }
+    Ok(match o.manage_cgroups {
+        Some(false) => kinds::cgroup::Mode::Ignore,
+        _ => kinds::cgroup::Mode::Soft,
+    })
+}
+
 /// Opens the images directory and the log for a DUMP or RESTORE request.
 fn setup(o: &pb::CriuOpts, peer: i32, create: bool) -> Result<(ImageDir, PathBuf), String> {
     let images = if o.images_dir_fd >= 0 {
@@ -456,7 +459,6 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
     let o = req.opts.clone().ok_or("DUMP without options")?;
     refuse_unsupported(&o, false)?;
     let (dir, images) = setup(&o, peer, true)?;
-    note_cgroup_opts(&o);
     let opts = dump::DumpOpts {
         // CRIU dumps the caller itself when no pid is given; cryo cannot freeze its caller.
         pid: o
@@ -472,6 +474,8 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         // runc always asks: the container's netns is recreated empty (CRIU saves no links,
         // addresses or routes then either).
         empty_net: o.empty_ns.unwrap_or(0) & EMPTY_NS_NET != 0,
+        freeze_cgroup: o.freeze_cgroup.as_ref().map(PathBuf::from),
+        cgroup_mode: cgroup_mode(&o)?,
     };
     let mut n = hooks(&o, sk, images);
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
@@ -494,7 +498,6 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
     let o = req.opts.clone().ok_or("RESTORE without options")?;
     refuse_unsupported(&o, true)?;
     let (dir, images) = setup(&o, peer, false)?;
-    note_cgroup_opts(&o);
     if o.rst_sibling == Some(true) {
         // cryo is the restored root's parent until it exits right after the response; the
         // root is then reparented to the nearest subreaper (runc is one), not created with
@@ -520,6 +523,14 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
             external: mount_pairs(&o)?
                 .into_iter()
                 .map(|(k, v)| (k, PathBuf::from(v)))
+                .collect(),
+        },
+        cgroups: kinds::cgroup::CgOpts {
+            mode: cgroup_mode(&o)?,
+            roots: o
+                .cg_root
+                .iter()
+                .map(|r| (r.ctrl.clone(), r.path.clone()))
                 .collect(),
         },
     };

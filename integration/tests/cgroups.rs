@@ -1,0 +1,425 @@
+//! cgroups (issue #4): memberships survive dump and restore in cgroup v1 hierarchies and the
+//! v2 unified one (`--manage-cgroups`, `--cgroup-root`), and `--freeze-cgroup` seizes a busy
+//! forking tree inside a frozen cgroup, then puts the cgroup back as it was, even when the
+//! dump fails. Needs the hybrid layout of the development VM (v1 under
+//! /sys/fs/cgroup/<controller>, v2 at /sys/fs/cgroup/unified).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use integration::*;
+
+const V1: &str = "/sys/fs/cgroup";
+const V2: &str = "/sys/fs/cgroup/unified";
+
+/// cgroup directories made (or expected) by a test; on drop every process in them is killed
+/// and reaped, freezers are thawed, and the directories are removed, deepest first.
+struct Cgroups(Vec<PathBuf>);
+
+impl Cgroups {
+    fn make(&mut self, p: &str) -> PathBuf {
+        let p = PathBuf::from(p);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        self.0.push(p.clone());
+        p
+    }
+    fn expect(&mut self, p: &str) {
+        self.0.push(PathBuf::from(p));
+    }
+}
+
+fn procs(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        let mut dirs = self.0.clone();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in &dirs {
+            let _ = std::fs::write(d.join("freezer.state"), "THAWED");
+            let _ = std::fs::write(d.join("cgroup.freeze"), "0");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let ps = procs(d);
+                if ps.is_empty() || Instant::now() > deadline {
+                    break;
+                }
+                for p in ps {
+                    // SAFETY: kill and waitpid with integers and a null status pointer.
+                    unsafe {
+                        libc::kill(p, libc::SIGKILL);
+                        libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if d.exists() {
+                if let Err(e) = std::fs::remove_dir(d) {
+                    eprintln!("cannot remove {}: {e}", d.display());
+                }
+            }
+        }
+    }
+}
+
+/// The /proc/PID/cgroup lines of the hierarchies the test uses.
+fn membership(pid: i32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(":pids:") || l.contains(":cpu:") || l.starts_with("0::"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every process of the tree under `root` (root first).
+fn tree(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        for c in std::fs::read_to_string(format!("/proc/{p}/task/{p}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            out.push(c.parse().unwrap());
+        }
+        i += 1;
+    }
+    out
+}
+
+fn cryo_ok(args: &[&str], dir: &Path, log: &str) {
+    let out = cryo(args);
+    assert!(
+        out.status.success(),
+        "cryo {args:?} failed:\n{}",
+        integration::log(dir, log)
+    );
+}
+
+/// A shell tree spread over two v1 hierarchies (pids, cpu) and v2: the root in T, one child
+/// in T/sub (with a grandchild inheriting it), another child in T. Limits are set on the
+/// cgroups. After a dump, the cgroups are removed; `--manage-cgroups` (soft) makes them again
+/// with their limits and every task is back in its cgroups. Then `--cgroup-root` moves the
+/// pids tree elsewhere, and `--manage-cgroups=none` refuses a missing cgroup, leaving nothing.
+#[test]
+fn tree_keeps_its_v1_and_v2_cgroups() {
+    let dir = scratch("cgroups");
+    let n = format!("cryo-test-{}", std::process::id());
+    let mut cg = Cgroups(Vec::new());
+    let pids = cg.make(&format!("{V1}/pids/{n}"));
+    let pids_sub = cg.make(&format!("{V1}/pids/{n}/sub"));
+    let cpu = cg.make(&format!("{V1}/cpu/{n}"));
+    let cpu_sub = cg.make(&format!("{V1}/cpu/{n}/sub"));
+    let v2 = cg.make(&format!("{V2}/{n}"));
+    cg.expect(&format!("{V1}/pids/{n}-moved"));
+    cg.expect(&format!("{V1}/pids/{n}-moved/sub"));
+    std::fs::write(pids.join("pids.max"), "100").unwrap();
+    std::fs::write(cpu_sub.join("cpu.shares"), "512").unwrap();
+    let out = dir.join("out");
+    let script = format!(
+        "for c in {p} {c} {u}; do echo $$ > $c/cgroup.procs; done
+         sh -c 'for c in {ps} {cs}; do echo $$ > $c/cgroup.procs; done; sleep 1000 & echo a >> {o}; wait' &
+         sleep 1000 & echo r >> {o}; wait",
+        p = pids.display(),
+        c = cpu.display(),
+        u = v2.display(),
+        ps = pids_sub.display(),
+        cs = cpu_sub.display(),
+        o = out.display()
+    );
+    let root = spawn(&["/bin/sh", "-c", &script], &dir.join("log"));
+    let _guard = KillOnDrop(root);
+    wait_for("the tree", 10, || {
+        lines(&out).len() == 2 && tree(root).len() == 4
+    });
+    let before: Vec<(i32, Vec<String>)> = tree(root).iter().map(|&p| (p, membership(p))).collect();
+    assert!(
+        before[0]
+            .1
+            .iter()
+            .any(|l| l.ends_with(&format!(":pids:/{n}"))),
+        "{before:?}"
+    );
+    assert!(
+        before
+            .iter()
+            .any(|(_, m)| m.iter().any(|l| l.ends_with("/sub"))),
+        "no task in sub: {before:?}"
+    );
+
+    let img = dir.join("img");
+    dump(root, &img, &[]);
+    wait_tree_gone(&img);
+    // The image: the sets, and a thread_core.cg_set in every core.
+    let shown = cryo(&["show", img.join("cgroup.img").to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains(&format!("/{n}/sub")), "{text}");
+    for (p, _) in &before {
+        let core = cryo(&["show", img.join(format!("core-{p}.img")).to_str().unwrap()]);
+        assert!(
+            String::from_utf8_lossy(&core.stdout).contains("\"cg_set\""),
+            "core-{p}.img has no cg_set"
+        );
+    }
+    // Gone: soft mode must make them again, with their limits.
+    for d in [&pids_sub, &pids, &cpu_sub, &cpu, &v2] {
+        std::fs::remove_dir(d).unwrap();
+    }
+    let d = img.to_str().unwrap();
+    cryo_ok(
+        &[
+            "restore",
+            "-D",
+            d,
+            "-d",
+            "-v4",
+            "-o",
+            "restore.log",
+            "--manage-cgroups",
+        ],
+        &img,
+        "restore.log",
+    );
+    for (p, m) in &before {
+        assert_eq!(&membership(*p), m, "process {p} is not in its cgroups");
+    }
+    assert_eq!(
+        std::fs::read_to_string(pids.join("pids.max"))
+            .unwrap()
+            .trim(),
+        "100"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cpu_sub.join("cpu.shares"))
+            .unwrap()
+            .trim(),
+        "512"
+    );
+
+    // Again, under another pids root; first in none mode, which must refuse it.
+    dump(root, &img, &[]);
+    wait_tree_gone(&img);
+    let moved = format!("pids:/{n}-moved");
+    let o = cryo(&[
+        "restore",
+        "-D",
+        d,
+        "-d",
+        "--manage-cgroups=none",
+        "--cgroup-root",
+        &moved,
+    ]);
+    assert!(!o.status.success(), "none mode made a cgroup");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{n}-moved")) && err.contains("does not exist"),
+        "{err}"
+    );
+    for (p, _) in &before {
+        assert!(!alive(*p), "process {p} left behind by a failed restore");
+    }
+    cryo_ok(
+        &[
+            "restore",
+            "-D",
+            d,
+            "-d",
+            "-v4",
+            "-o",
+            "restore.log",
+            "--cgroup-root",
+            &moved,
+        ],
+        &img,
+        "restore.log",
+    );
+    for (p, m) in &before {
+        let want: Vec<String> = m
+            .iter()
+            .map(|l| l.replace(&format!(":pids:/{n}"), &format!(":pids:/{n}-moved")))
+            .collect();
+        assert_eq!(membership(*p), want, "process {p} not under the new root");
+    }
+}
+
+/// A shell loop that forks two children per line, counting into `out`, inside `cg`.
+fn busy_tree(dir: &Path, cg: &Path) -> (i32, PathBuf) {
+    let out = dir.join("count");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs; i=0; while :; do i=$((i+1)); echo $i >> {}; /bin/true & /bin/true & wait; done",
+        cg.display(),
+        out.display()
+    );
+    let root = spawn(&["/bin/sh", "-c", &script], &dir.join("log"));
+    wait_for("the loop to count", 10, || lines(&out).len() > 20);
+    (root, out)
+}
+
+/// Thaws a freezer cgroup when dropped: declared after `KillOnDrop`, it drops first, so a
+/// failing test does not leave a frozen (unkillable) task to wait for.
+struct Thaw(PathBuf);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+    }
+}
+
+/// Waits (a little) for a freezer to settle in `want`; returns the state seen.
+fn settles(f: &Path, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = freezer_state(f);
+        if s == want || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn freezer_state(f: &Path) -> String {
+    std::fs::read_to_string(f.join("freezer.state"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn counting(out: &Path) -> bool {
+    let a = lines(out).len();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        if lines(out).len() > a + 2 {
+            return true;
+        }
+    }
+    false
+}
+
+fn traced(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0"))
+}
+
+/// `--freeze-cgroup` with the v1 freezer on a tree that forks all the time: repeated
+/// `--leave-running` dumps succeed and leave it thawed and running; a final dump restores
+/// and the count goes on without a gap.
+#[test]
+fn freezer_dumps_a_forking_tree() {
+    let dir = scratch("cgfreeze");
+    let mut cg = Cgroups(Vec::new());
+    let f = cg.make(&format!(
+        "{V1}/freezer/cryo-test-{}-busy",
+        std::process::id()
+    ));
+    let (root, out) = busy_tree(&dir, &f);
+    let _guard = KillOnDrop(root);
+    let _thaw = Thaw(f.clone());
+    let img = dir.join("img");
+    let fs = f.to_str().unwrap();
+    for _ in 0..5 {
+        dump(root, &img, &["--freeze-cgroup", fs, "-R"]);
+        assert_eq!(freezer_state(&f), "THAWED");
+        assert!(
+            counting(&out),
+            "the tree stopped after a --leave-running dump"
+        );
+        assert!(!traced(root));
+    }
+    dump(root, &img, &["--freeze-cgroup", fs]);
+    wait_tree_gone(&img);
+    let at_dump = lines(&out).len();
+    restore(&img);
+    assert!(
+        procs(&f).contains(&root),
+        "the restored root is not in the freezer cgroup"
+    );
+    wait_for("the count to go on", 10, || lines(&out).len() > at_dump + 5);
+    let v: Vec<u64> = lines(&out).iter().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(
+        v,
+        (1..=v.len() as u64).collect::<Vec<_>>(),
+        "gap or restart in the count"
+    );
+}
+
+/// A failed dump (fault injected) with `--freeze-cgroup` leaves the cgroup thawed and the
+/// tree running and untraced; a cgroup frozen before cryo started stays frozen after a
+/// `--leave-running` dump and after a failed one, and its tree runs on once thawed.
+#[test]
+fn freezer_is_put_back_as_it_was() {
+    let dir = scratch("cgfreeze2");
+    let mut cg = Cgroups(Vec::new());
+    let f = cg.make(&format!(
+        "{V1}/freezer/cryo-test-{}-back",
+        std::process::id()
+    ));
+    let (root, out) = busy_tree(&dir, &f);
+    let _guard = KillOnDrop(root);
+    let _thaw = Thaw(f.clone());
+    let img = dir.join("img");
+    let fs = f.to_str().unwrap();
+    for stage in ["seize", "collect", "memory", "write"] {
+        let o = cryo_env(
+            &[
+                "dump",
+                "-t",
+                &root.to_string(),
+                "-D",
+                img.to_str().unwrap(),
+                "--freeze-cgroup",
+                fs,
+            ],
+            &[("CRYO_FAULT_INJECT", stage)],
+        );
+        assert!(
+            !o.status.success(),
+            "fault at {stage} did not fail the dump"
+        );
+        assert_eq!(freezer_state(&f), "THAWED", "after a fault at {stage}");
+        assert!(counting(&out), "the tree stopped after a fault at {stage}");
+        assert!(!traced(root), "still traced after a fault at {stage}");
+    }
+
+    std::fs::write(f.join("freezer.state"), "FROZEN").unwrap();
+    wait_for("the cgroup to freeze", 10, || freezer_state(&f) == "FROZEN");
+    dump(root, &img, &["--freeze-cgroup", fs, "-R"]);
+    assert_eq!(
+        settles(&f, "FROZEN"),
+        "FROZEN",
+        "a frozen cgroup was left thawed"
+    );
+    let o = cryo_env(
+        &[
+            "dump",
+            "-t",
+            &root.to_string(),
+            "-D",
+            img.to_str().unwrap(),
+            "--freeze-cgroup",
+            fs,
+        ],
+        &[("CRYO_FAULT_INJECT", "memory")],
+    );
+    assert!(!o.status.success());
+    assert_eq!(
+        settles(&f, "FROZEN"),
+        "FROZEN",
+        "a failed dump thawed a frozen cgroup"
+    );
+    let n = lines(&out).len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lines(&out).len(), n, "the frozen tree kept counting");
+    std::fs::write(f.join("freezer.state"), "THAWED").unwrap();
+    assert!(counting(&out), "the tree does not run once thawed");
+    assert!(!traced(root));
+}
