@@ -9,7 +9,8 @@ command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v setsid >/dev/null || need+=(util-linux)
 command -v tmux >/dev/null || need+=(tmux)    # the --shell-job test drives two tmux panes
 command -v ip >/dev/null || need+=(iproute2)  # the namespace test sets a loopback up
-[ -x /bin/busybox ] || need+=(busybox-static)  # container tests: the rootfs (bundles/busybox)
+command -v runc >/dev/null || need+=(runc)    # the runc tests (bundles/) drive runc 1.1.5
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)  # container tests: the rootfs (bundles/busybox)
 command -v tar >/dev/null || need+=(tar)   # tmpfs contents are saved with tar, as CRIU does
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"

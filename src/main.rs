@@ -143,17 +143,31 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Restore(a) => {
             setup(&a.common, false)?;
+            // --inherit-fd: pipes are handed to the tree; a key without a colon names an
+            // external namespace, joined through the fd.
+            let (inherit_fd, ns_keys): (Vec<_>, Vec<_>) = a
+                .inherit_fds()
+                .map_err(anyhow::Error::msg)?
+                .into_iter()
+                .partition(|(k, _)| k.contains(':'));
+            let mut join = a.common.join().map_err(anyhow::Error::msg)?;
+            join.by_key.extend(
+                ns_keys
+                    .into_iter()
+                    .map(|(k, n)| (k, std::path::PathBuf::from(format!("/proc/self/fd/{n}")))),
+            );
             let opts = restore::RestoreOpts {
                 detach: a.detached,
                 pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
                 shell_job: a.shell_job,
                 orphan_pts_master: a.orphan_pts_master,
+                inherit_fd,
                 mounts: a
                     .common
                     .mounts()
                     .map_err(anyhow::Error::msg)?
                     .restore_opts(a.common.root.clone()),
-                join: a.common.join().map_err(anyhow::Error::msg)?,
+                join,
                 cgroups: a.common.cgroup_opts().map_err(anyhow::Error::msg)?,
             };
             let dir = ImageDir::open(&a.common.images_dir)?;

@@ -415,3 +415,89 @@ fn memfd_is_shared_again_by_fd_and_mappings() {
         "5 b'CHILD!data ' b'data ' /memfd:cryo-test (deleted) True 1100000"
     );
 }
+
+/// Reads the lines of `r` in a thread.
+fn follow(r: impl Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<u64>>> {
+    use std::io::BufRead;
+    let v = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let w = v.clone();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(r).lines() {
+            let Ok(l) = l else { break };
+            if let Ok(n) = l.trim().parse() {
+                w.lock().unwrap().push(n);
+            }
+        }
+    });
+    v
+}
+
+/// `--inherit-fd fd[1]:pipe:[INO]`: a shell loop whose stdout (and its children's) was a
+/// pipe writes, after restore, into the pipe cryo was given as its own fd 1 (what runc does
+/// with RPC `inherit_fd`), going on number for number.
+#[test]
+fn inherit_fd_replaces_a_pipe() {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let dir = scratch("inherit-fd");
+    let img = dir.join("img");
+    let mut c = Command::new("/bin/sh");
+    c.args([
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i; sleep 0.1; done",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    #[allow(clippy::zombie_processes)]
+    let mut child = c.spawn().unwrap();
+    let pid = child.id() as i32;
+    let _g = KillOnDrop(pid);
+    let before = follow(child.stdout.take().unwrap());
+    wait_for("the loop", 10, || before.lock().unwrap().len() >= 3);
+    let key = std::fs::read_link(format!("/proc/{pid}/fd/1"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(key.starts_with("pipe:["), "{key}");
+    dump(pid, &img, &[]);
+    wait_tree_gone(&img);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let last = *before.lock().unwrap().last().unwrap();
+    // A key cryo cannot honour is refused by name (and nothing is left behind).
+    let d = img.to_str().unwrap();
+    let o = cryo(&["restore", "-D", d, "-d", "--inherit-fd", "fd[1]:tty[1:2]"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("tty[1:2]"));
+    let inherit = format!("fd[1]:{key}");
+    let mut r = Command::new(cryo_bin())
+        .args(["restore", "-D", img.to_str().unwrap(), "-d", "-v4"])
+        .args(["-o", "restore.log", "--inherit-fd", &inherit])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let after = follow(r.stdout.take().unwrap());
+    let st = r.wait().unwrap();
+    assert!(
+        st.success(),
+        "restore failed:\n{}",
+        log(&img, "restore.log")
+    );
+    wait_for("the loop on the new pipe", 10, || {
+        after.lock().unwrap().len() >= 2
+    });
+    assert_eq!(
+        after.lock().unwrap()[0],
+        last + 1,
+        "{:?}",
+        after.lock().unwrap()
+    );
+}

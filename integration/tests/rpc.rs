@@ -155,8 +155,8 @@ fn version_features_check_and_refusals() {
 }
 
 /// DUMP and RESTORE of a counter through RPC, with notifications: the dump sends pre-dump
-/// and post-dump, the restore pre-restore, post-restore (with the restored pid), pre-resume
-/// and post-resume; the counter goes on. A caller that refuses post-dump makes the dump
+/// and post-dump, the restore pre-restore, setup-namespaces and post-restore (with the
+/// restored pid), post-setup-namespaces, pre-resume and post-resume; the counter goes on. A caller that refuses post-dump makes the dump
 /// fail and leaves the process running.
 #[test]
 fn dump_and_restore_over_rpc_with_notifications() {
@@ -220,10 +220,22 @@ fn dump_and_restore_over_rpc_with_notifications() {
     assert_eq!(r.restore.unwrap().pid, pid);
     assert_eq!(
         names(&seen),
-        ["pre-restore", "post-restore", "pre-resume", "post-resume"]
+        [
+            "pre-restore",
+            "setup-namespaces",
+            "post-setup-namespaces",
+            "post-restore",
+            "pre-resume",
+            "post-resume"
+        ]
     );
     assert_eq!(
         seen[1].1,
+        Some(pid),
+        "setup-namespaces carries the root's pid"
+    );
+    assert_eq!(
+        seen[3].1,
         Some(pid),
         "post-restore carries the restored pid"
     );
@@ -288,8 +300,12 @@ fn action_script_hook_runs_at_every_point() {
             "pre-dump -".to_string(),
             "post-dump -".into(),
             "pre-restore -".into(),
+            format!("setup-namespaces {pid}"),
+            "post-setup-namespaces -".into(),
             format!("post-restore {pid}"),
             "pre-restore -".into(),
+            format!("setup-namespaces {pid}"),
+            "post-setup-namespaces -".into(),
             format!("post-restore {pid}"),
             "pre-resume -".into(),
             "post-resume -".into(),

@@ -311,11 +311,33 @@ pub struct RestoreArgs {
     /// holds it while it waits) instead of leaving the slave hung up.
     #[arg(long = "orphan-pts-master")]
     pub orphan_pts_master: bool,
+    /// `fd[N]:KEY`: give the restored tree cryo's fd N wherever it had the object KEY.
+    /// Supported keys: `pipe:[INODE]` (every fd that was that pipe at dump, either end), and
+    /// the key of an external namespace (`--external net[INO]:KEY` at dump): N is a
+    /// namespace fd to join.
+    #[arg(long = "inherit-fd", value_name = "fd[N]:KEY")]
+    pub inherit_fd: Vec<String>,
     /// Accepted for compatibility: -t is meaningless on restore.
     #[arg(short = 't', long = "tree", value_name = "PID", hide = true)]
     pub tree: Option<i32>,
     #[command(flatten)]
     pub common: Common,
+}
+
+impl RestoreArgs {
+    /// Parses `--inherit-fd fd[N]:KEY` into (KEY, N).
+    pub fn inherit_fds(&self) -> Result<Vec<(String, i32)>, String> {
+        self.inherit_fd
+            .iter()
+            .map(|s| {
+                s.strip_prefix("fd[")
+                    .and_then(|r| r.split_once("]:"))
+                    .and_then(|(n, k)| Some((k.to_string(), n.parse::<i32>().ok()?)))
+                    .filter(|(k, n)| !k.is_empty() && *n >= 0)
+                    .ok_or_else(|| format!("--inherit-fd {s}: expected fd[N]:KEY"))
+            })
+            .collect()
+    }
 }
 
 /// `cryo show`.
@@ -389,7 +411,6 @@ unsupported_opts! {
     file_locks: bool = "file-locks" short 'l', "file locks are not implemented yet";
     link_remap: bool = "link-remap", "link remaps are not implemented yet";
     evasive_devices: bool = "evasive-devices", "evasive devices are not implemented yet";
-    inherit_fd: Vec<String> = "inherit-fd", "inherited fds come with issue #4";
     page_server: bool = "page-server", "the page server is not implemented yet";
     address: Option<String> = "address", "the page server is not implemented yet";
     port: Option<String> = "port", "the page server is not implemented yet";
@@ -532,11 +553,11 @@ mod tests {
         let c = parse(&["criu", "dump", "-t", "1", "--tcp-established"]);
         let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
         assert_eq!(d.common.unsupported.first().unwrap().0, "tcp-established");
-        let c = parse(&["criu", "restore", "--inherit-fd", "fd[3]:x"]);
+        let c = parse(&["criu", "restore", "--lazy-pages"]);
         let Some(Cmd::Restore(r)) = c.cmd else {
             panic!()
         };
-        assert_eq!(r.common.unsupported.first().unwrap().0, "inherit-fd");
+        assert_eq!(r.common.unsupported.first().unwrap().0, "lazy-pages");
         // Supported now, but only for the kinds cryo handles.
         let c = parse(&[
             "criu",
@@ -550,6 +571,20 @@ mod tests {
             panic!()
         };
         assert!(r.common.mounts().unwrap_err().contains("tty[1:2]"));
+    }
+
+    #[test]
+    fn inherit_fd_parses() {
+        let c = parse(&["criu", "restore", "--inherit-fd", "fd[1]:pipe:[42]"]);
+        let Some(Cmd::Restore(r)) = c.cmd else {
+            panic!()
+        };
+        assert_eq!(r.inherit_fds().unwrap(), vec![("pipe:[42]".to_string(), 1)]);
+        let c = parse(&["criu", "restore", "--inherit-fd", "1:pipe:[42]"]);
+        let Some(Cmd::Restore(r)) = c.cmd else {
+            panic!()
+        };
+        assert!(r.inherit_fds().is_err());
     }
 
     #[test]

@@ -320,12 +320,41 @@ pub struct FdObjects {
     pub ghosts: super::ghost::GhostStore,
     pub memfds: super::memfd::MemfdStore,
     pub tty: super::tty::TtyStore,
+    /// `--inherit-fd` / RPC `inherit_fd`: objects the caller hands in instead of the dumped
+    /// ones, by CRIU key (`pipe:[INO]`: every fd of the tree that was pipe inode INO at dump
+    /// gets a dup of this one). cryo's own dups.
+    pub inherited: HashMap<String, OwnedFd>,
     /// The root puppet (host PID) once the tree's network or mount namespace exists: unix
     /// sockets, FIFOs and inotify watches are made inside its namespaces.
     pub ns_pid: Option<i32>,
 }
 
+/// Is `key` an inherit-fd key cryo can honour (`pipe:[INO]`)?
+pub fn inherit_key_supported(key: &str) -> bool {
+    key.strip_prefix("pipe:[")
+        .and_then(|r| r.strip_suffix(']'))
+        .is_some_and(|n| n.parse::<u32>().is_ok())
+}
+
 impl FdObjects {
+    /// Takes dups of the caller's fds for `--inherit-fd` (KEY, fd in cryo's own table).
+    pub fn inherit(&mut self, list: &[(String, i32)]) -> Result<(), RestoreError> {
+        for (key, fd) in list {
+            if !inherit_key_supported(key) {
+                return Err(RestoreError::Unsupported(format!(
+                    "inherit-fd key '{key}': cryo can replace pipes only (pipe:[INODE])"
+                )));
+            }
+            let dup = crate::sys::fd::dup_raw(*fd).map_err(|source| RestoreError::File {
+                id: 0,
+                what: format!("inherited fd {fd} for {key}"),
+                source,
+            })?;
+            self.inherited.insert(key.clone(), dup);
+        }
+        Ok(())
+    }
+
     pub fn new(
         dir: &ImageDir,
         files: &HashMap<u32, pb::FileEntry>,
@@ -342,6 +371,7 @@ impl FdObjects {
             ghosts: super::ghost::GhostStore::load(dir)?,
             memfds: Default::default(),
             tty: Default::default(),
+            inherited: HashMap::new(),
             ns_pid: None,
         })
     }
@@ -355,6 +385,7 @@ impl FdObjects {
         self.ghosts.unlink_all();
         self.memfds = Default::default();
         self.tty.close();
+        self.inherited.clear();
     }
 
     /// The record of file `id`.

@@ -138,6 +138,10 @@ fn mnt_flags(opts: &str) -> u32 {
             _ => MsFlags::empty(),
         };
     }
+    // mountinfo names relatime and noatime; neither means strictatime.
+    if !f.intersects(MsFlags::MS_RELATIME | MsFlags::MS_NOATIME) {
+        f |= MsFlags::MS_STRICTATIME;
+    }
     f.bits() as u32
 }
 
@@ -653,8 +657,11 @@ mod tests {
         assert_eq!(m[1].fstype, "proc");
         assert_eq!(
             mnt_flags(&m[1].mnt_opts),
-            (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC).bits() as u32
+            // No atime option in mountinfo: strictatime.
+            (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_STRICTATIME)
+                .bits() as u32
         );
+        assert_eq!(mnt_flags(&m[0].mnt_opts), MsFlags::MS_NOATIME.bits() as u32);
     }
 
     #[test]

@@ -114,6 +114,11 @@ impl FdKind for Pipes {
     fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
         let pe = e.pipe.as_ref().ok_or_else(|| missing(e.id, "pipe"))?;
         let err = |what: &str| obj_err(e.id, format!("pipe {}: {what}", pe.pipe_id));
+        // A pipe the caller hands in (--inherit-fd pipe:[INO]): its fd, as it is (the caller's
+        // flags, no saved data), at every end of the dumped pipe.
+        if let Some(fd) = objs.inherited.get(&format!("pipe:[{}]", pe.pipe_id)) {
+            return fd.try_clone().map_err(err("dup of the inherited fd"));
+        }
         if !objs.pipes.pipes.contains_key(&pe.pipe_id) {
             let (r, w) = sysfd::pipe().map_err(err("pipe2"))?;
             let data = load(objs, false)?.remove(&pe.pipe_id);

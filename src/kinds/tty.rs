@@ -162,11 +162,13 @@ pub fn precheck(tree: &[(i32, i32)], shell_job: bool) -> Result<(), DumpError> {
         }
         for &(_, fd) in dev_tty.iter().filter(|(p, _)| *p == pid) {
             let shell = shell_job && ctty == root_tty as u64 && !pids.contains(&st.session);
-            if !(shell || pty.is_some_and(|i| masters.contains(&i))) {
+            // A slave whose master is outside (a container's console) is restored as the
+            // controlling terminal with --orphan-pts-master.
+            if !(shell || pty.is_some_and(|i| masters.contains(&i) || held.contains(&i))) {
                 return Err(DumpError::Unsupported {
                     pid,
                     object: format!("fd {fd} (/dev/tty)"),
-                    what: "/dev/tty is open but the process's controlling terminal is not a pty whose master the tree holds".into(),
+                    what: "/dev/tty is open but the process's controlling terminal is not a pty the tree holds".into(),
                     hint: "pass --shell-job if it is the terminal of the shell the tree runs from".into(),
                 });
             }
@@ -837,7 +839,7 @@ impl TtyStore {
             .values()
             .filter(|e| e.id >> 1 != CTTY_INDEX && e.sid == sid)
             .map(|e| e.id >> 1)
-            .find(|&i| self.infos.contains_key(&info_id(i, true)))
+            .find(|&i| self.infos.contains_key(&info_id(i, true)) || self.orphan_pts_master)
     }
 
     /// Makes pty `index` in cryo, unless already made.
@@ -985,7 +987,8 @@ impl TtyStore {
             Pair {
                 master,
                 slave,
-                slave_path,
+                // Opened again by Tty::open, from cryo: through the tree's root.
+                slave_path: via(&slave_path),
                 orphan: master_info.is_none(),
                 locked,
             },
@@ -1012,6 +1015,7 @@ impl TtyStore {
         }
         self.infos.clear();
         self.data.clear();
+        self.premade.clear();
         self.loaded = false;
     }
 }
@@ -1114,13 +1118,15 @@ pub fn set_foreground(
     cryo_pidfd: Option<i32>,
     host: impl Fn(u32) -> i32,
 ) -> Result<(), RestoreError> {
+    // (cryo's slave fd, session, foreground group), for the groups not in the foreground
+    // yet: TIOCSCTTY already gave it to the session leader's group.
     let todo: Vec<(i32, u32, u32)> = {
         let o = objs.borrow();
         let mut v: Vec<(i32, u32, u32)> = o
             .tty
             .pairs
             .iter()
-            .filter(|(_, p)| !p.orphan)
+            .filter(|(_, p)| !p.orphan || o.tty.orphan_pts_master)
             .filter_map(|(&index, p)| {
                 let e = o
                     .tty
@@ -1130,7 +1136,10 @@ pub fn set_foreground(
                 let leader = tasks
                     .iter()
                     .any(|t| t.pid == e.sid && !t.is_zombie() && t.pstree.sid == t.pid);
-                (leader && e.pgrp != 0).then(|| (p.slave.as_raw_fd(), e.sid, e.pgrp))
+                // Read through the master: cryo is not in the terminal's session.
+                let now = sys::tty::foreground(p.master.as_fd()).ok();
+                (leader && e.pgrp != 0 && now != Some(host(e.pgrp)))
+                    .then(|| (p.slave.as_raw_fd(), e.sid, e.pgrp))
             })
             .collect();
         v.sort_unstable();

@@ -37,6 +37,8 @@ pub struct RestoreOpts {
     /// `--orphan-pts-master`: keep the pty masters made for slaves whose master was not in
     /// the tree (`kinds::tty::take_orphan_masters`) instead of hanging the slaves up.
     pub orphan_pts_master: bool,
+    /// `--inherit-fd fd[N]:KEY` (RPC `inherit_fd`): (KEY, fd N of cryo's own table).
+    pub inherit_fd: Vec<(String, i32)>,
     /// `--manage-cgroups` and `--cgroup-root` (`kinds::cgroup`).
     pub cgroups: kinds::cgroup::CgOpts,
 }
@@ -901,6 +903,7 @@ pub fn run(
     let mut ready = Vec::new();
     let objs = std::cell::RefCell::new(kinds::files::FdObjects::new(dir, &files, &tasks)?);
     objs.borrow_mut().tty.orphan_pts_master = opts.orphan_pts_master;
+    objs.borrow_mut().inherit(&opts.inherit_fd)?;
     let mut sh = Shared {
         dir,
         files: &files,
@@ -915,6 +918,9 @@ pub fn run(
         calls: 0,
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
+    // The root's namespaces exist (runc runs its prestart hooks with this pid).
+    hooks.notify("setup-namespaces", Some(root))?;
+    hooks.notify("post-setup-namespaces", None)?;
     set_process_groups(&tasks, &sh.host, tr)?;
     kinds::tty::set_foreground(&objs, &tasks, tr, sh.cryo_pidfd, |pid| sh.host[&pid])?;
     fault_point("finish")?;

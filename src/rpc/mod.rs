@@ -7,7 +7,16 @@
 //! *caller's* table (`images_dir_fd`, `work_dir_fd`), reached through
 //! `/proc/<peer>/fd/<n>` with the peer pid from `SO_PEERCRED`. Options cryo cannot honour
 //! are refused by name in `cr_errmsg`, never ignored.
+//!
+//! What container runtimes send (runc 1.1.5): `root` (the restore's new root), `ext_mnt` and
+//! `external mnt[..]` (external bind mounts: at DUMP mount point → name, at RESTORE name →
+//! host path), `inherit_fd` (`pipe:[INO]` → one of cryo's own fds, the container's stdio;
+//! `extRootNetNS` → a network namespace to join), `external net[INO]:KEY`, `join_ns` net,
+//! `empty_ns` (CLONE_NEWNET only), `orphan_pts_master` (the new pty master goes back in an
+//! `orphan-pts-master` NOTIFY), `status_fd`, `rst_sibling` (see `do_restore`), and the cgroup
+//! options (`cgroup_mode`, `kinds::cgroup`).
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
@@ -37,13 +46,29 @@ pub enum RpcError {
     NoRequest,
 }
 
-/// Sends NOTIFY messages and waits for the caller's acknowledgement.
+/// Sends NOTIFY messages and waits for the caller's acknowledgement. Besides the pipeline's
+/// own points it sends what CRIU sends around them: `network-lock` after `pre-dump` and
+/// `network-unlock` after `post-dump` with `leave_running` and before `pre-resume` (when the
+/// tree has a network namespace of its own: `empty_ns` names it), and, before
+/// `post-restore`, one `orphan-pts-master` per pty master kept for the caller, carrying it as
+/// the only SCM_RIGHTS fd.
 pub struct RpcNotifier<'a> {
     sk: BorrowedFd<'a>,
+    /// The tree has its own network namespace (`empty_ns` ∋ CLONE_NEWNET).
+    net_lock: bool,
+    /// DUMP with `leave_running`: the network is unlocked again after `post-dump`.
+    leave_running: bool,
+    /// RESTORE with `orphan_pts_master`.
+    orphan_pts_master: bool,
 }
 
-impl Notifier for RpcNotifier<'_> {
-    fn notify(&mut self, action: &str, pid: Option<i32>) -> Result<(), NotifyError> {
+impl RpcNotifier<'_> {
+    fn send(
+        &mut self,
+        action: &str,
+        pid: Option<i32>,
+        pass: Option<BorrowedFd<'_>>,
+    ) -> Result<(), NotifyError> {
         let fail = |why: String| NotifyError::Rpc {
             action: action.to_string(),
             why,
@@ -57,7 +82,7 @@ impl Notifier for RpcNotifier<'_> {
             }),
             ..Default::default()
         };
-        net::send_msg(self.sk, &resp.encode_to_vec(), None)
+        net::send_msg(self.sk, &resp.encode_to_vec(), pass)
             .map_err(|e| fail(format!("send: {e}")))?;
         let raw = net::recv_msg(self.sk).map_err(|e| fail(format!("receive: {e}")))?;
         if raw.is_empty() {
@@ -66,6 +91,27 @@ impl Notifier for RpcNotifier<'_> {
         let ack = pb::CriuReq::decode(raw.as_slice()).map_err(|e| fail(e.to_string()))?;
         if ack.r#type != pb::CriuReqType::Notify as i32 || ack.notify_success != Some(true) {
             return Err(fail("the caller refused it".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Notifier for RpcNotifier<'_> {
+    fn notify(&mut self, action: &str, pid: Option<i32>) -> Result<(), NotifyError> {
+        if action == "post-restore" && self.orphan_pts_master {
+            for m in crate::kinds::tty::take_orphan_masters() {
+                self.send("orphan-pts-master", None, Some(m.as_fd()))?;
+            }
+        }
+        if action == "pre-resume" && self.net_lock {
+            self.send("network-unlock", None, None)?;
+        }
+        self.send(action, pid, None)?;
+        if action == "pre-dump" && self.net_lock {
+            self.send("network-lock", None, None)?;
+        }
+        if action == "post-dump" && self.net_lock && self.leave_running {
+            self.send("network-unlock", None, None)?;
         }
         Ok(())
     }
@@ -176,60 +222,164 @@ fn caller_path(peer: i32, n: i32) -> PathBuf {
     PathBuf::from(format!("/proc/{peer}/fd/{n}"))
 }
 
+/// CLONE_NEWNET, the only `empty_ns` bit cryo honours (a new network namespace holding a
+/// loopback, as it makes for any tree with a namespace of its own).
+const EMPTY_NS_NET: u32 = libc::CLONE_NEWNET as u32;
+
 /// Refuses the options cryo cannot honour, by name.
 fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
-    let mut bad: Vec<&str> = Vec::new();
+    let mut bad: Vec<String> = Vec::new();
     let on = |b: Option<bool>| b == Some(true);
     if on(o.tcp_established) {
-        bad.push("tcp_established (TCP connection repair is not implemented yet)");
+        bad.push("tcp_established (TCP connection repair is not implemented yet)".into());
     }
     if on(o.ext_unix_sk) || !o.unix_sk_ino.is_empty() {
-        bad.push("ext_unix_sk (external unix sockets are not implemented yet)");
+        bad.push("ext_unix_sk (external unix sockets are not implemented yet)".into());
     }
     if on(o.file_locks) {
-        bad.push("file_locks (file locks are not implemented yet)");
+        bad.push("file_locks (file locks are not implemented yet)".into());
     }
     if on(o.track_mem) || o.parent_img.is_some() || on(o.auto_dedup) {
-        bad.push("track_mem/parent_img/auto_dedup (incremental dumps need soft-dirty, which this kernel lacks)");
+        bad.push("track_mem/parent_img/auto_dedup (incremental dumps need soft-dirty, which this kernel lacks)".into());
     }
     if on(o.lazy_pages) || o.ps.is_some() {
-        bad.push("lazy_pages/ps (lazy restore and the page server are not implemented yet)");
+        bad.push("lazy_pages/ps (lazy restore and the page server are not implemented yet)".into());
     }
-    if o.root.is_some() {
-        bad.push("root (restoring into a new root comes with issue #4)");
+    if let Err(e) = mount_pairs(o) {
+        bad.push(e);
     }
-    if !o.ext_mnt.is_empty() || !o.external.is_empty() {
-        bad.push("ext_mnt/external (external resources come with issue #4)");
+    if let Err(e) = net_externals(o) {
+        bad.push(e);
     }
-    if !o.inherit_fd.is_empty() {
-        bad.push("inherit_fd (inherited fds come with issue #4)");
+    for i in &o.inherit_fd {
+        if !restore {
+            bad.push(format!("inherit_fd {} (a restore option)", i.key));
+        } else if i.key.contains(':') && !crate::kinds::files::inherit_key_supported(&i.key) {
+            // Keys with a colon name files (CRIU's tty[..]:, socket:[..], ...); cryo takes
+            // pipes, and names without one as external namespaces (extRootNetNS).
+            bad.push(format!(
+                "inherit_fd {} (cryo replaces pipes, pipe:[INODE], and joins external namespaces by key)",
+                i.key
+            ));
+        }
     }
-    if !o.join_ns.is_empty() || o.empty_ns.unwrap_or(0) != 0 {
-        bad.push("join_ns/empty_ns (namespaces come with issue #4)");
+    for j in &o.join_ns {
+        if j.ns != "net" {
+            bad.push(format!(
+                "join_ns {} (only a network namespace can be joined)",
+                j.ns
+            ));
+        }
+    }
+    if let Some(f) = o.empty_ns.filter(|f| f & !EMPTY_NS_NET != 0) {
+        bad.push(format!(
+            "empty_ns {f:#x} (only CLONE_NEWNET, a new network namespace with a loopback, is supported)"
+        ));
     }
     if o.cgroup_props.is_some()
         || o.cgroup_props_file.is_some()
         || !o.cgroup_dump_controller.is_empty()
         || o.cgroup_yard.is_some()
     {
-        bad.push("cgroup_props/cgroup_props_file/cgroup_dump_controller/cgroup_yard (cryo saves a fixed set of cgroup limits and uses the mounted hierarchies)");
+        bad.push("cgroup_props/cgroup_props_file/cgroup_dump_controller/cgroup_yard (cryo saves a fixed set of cgroup limits and uses the mounted hierarchies)".into());
     }
-    if on(o.orphan_pts_master) {
-        bad.push("orphan_pts_master (ttys come with issue #4)");
+    if o.lsm_profile
+        .as_deref()
+        .is_some_and(|p| !p.is_empty() && p != "none")
+        || o.lsm_mount_context
+            .as_deref()
+            .is_some_and(|p| !p.is_empty())
+    {
+        bad.push("lsm_profile/lsm_mount_context (LSM profiles are not implemented yet)".into());
     }
-    if o.lsm_profile.is_some() || o.lsm_mount_context.is_some() {
-        bad.push("lsm_profile (LSM profiles are not implemented yet)");
+    if restore && !o.veths.is_empty() {
+        bad.push("veths (network devices other than the loopback are not implemented yet)".into());
     }
-    if o.status_fd.is_some() {
-        bad.push("status_fd (not implemented yet)");
-    }
-    if restore && o.veths.iter().len() > 0 {
-        bad.push("veths (network namespaces come with issue #4)");
+    if on(o.leave_stopped) {
+        bad.push("leave_stopped (not implemented yet)".into());
     }
     if bad.is_empty() {
         Ok(())
     } else {
         Err(format!("options not supported by cryo: {}", bad.join("; ")))
+    }
+}
+
+/// The mount pairs of `ext_mnt` (`{key, val}`) and of `external` strings `mnt[A]:B`: at
+/// DUMP (container mount point, name), at RESTORE (name, host path). Any other `external`
+/// kind is an error naming it.
+fn mount_pairs(o: &pb::CriuOpts) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = o
+        .ext_mnt
+        .iter()
+        .map(|m| (m.key.clone(), m.val.clone()))
+        .collect();
+    for e in o.external.iter().filter(|e| !e.starts_with("net[")) {
+        match e
+            .strip_prefix("mnt[")
+            .and_then(|r| r.split_once("]:"))
+            .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+        {
+            Some((a, b)) => out.push((a.to_string(), b.to_string())),
+            None => {
+                return Err(format!(
+                    "external {e} (cryo supports mounts, mnt[A]:B, and network namespaces, net[INODE]:KEY, as external resources)"
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The network namespaces of `external` `net[INODE]:KEY` (runc sends
+/// `net[INO]:extRootNetNS` when the config names a netns path), by inode.
+fn net_externals(o: &pb::CriuOpts) -> Result<HashMap<u64, String>, String> {
+    o.external
+        .iter()
+        .filter_map(|e| e.strip_prefix("net["))
+        .map(|r| {
+            r.split_once("]:")
+                .and_then(|(ino, key)| Some((ino.parse::<u64>().ok()?, key.to_string())))
+                .filter(|(_, k)| !k.is_empty())
+                .ok_or_else(|| format!("external net[{r} (expected net[INODE]:KEY)"))
+        })
+        .collect()
+}
+
+/// What a RESTORE joins instead of creating: `join_ns` net, and `inherit_fd` entries that
+/// name an external namespace (`extRootNetNS` → the fd, one of cryo's own).
+fn ns_join(o: &pb::CriuOpts) -> crate::kinds::ns::NsJoin {
+    crate::kinds::ns::NsJoin {
+        net: o
+            .join_ns
+            .iter()
+            .find(|j| j.ns == "net")
+            .map(|j| PathBuf::from(&j.ns_file)),
+        by_key: o
+            .inherit_fd
+            .iter()
+            .filter(|i| !i.key.contains(':'))
+            .map(|i| {
+                (
+                    i.key.clone(),
+                    PathBuf::from(format!("/proc/self/fd/{}", i.fd)),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// `status_fd`: CRIU writes one NUL byte to it when the job is done and closes it; the fd is
+/// the caller's, reached through /proc.
+fn signal_status_fd(o: &pb::CriuOpts, peer: i32) {
+    if let Some(n) = o.status_fd {
+        if let Err(e) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(caller_path(peer, n))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
+        {
+            tracing::warn!("status_fd {n}: {e}");
+        }
     }
 }
 
@@ -282,7 +432,12 @@ fn setup(o: &pb::CriuOpts, peer: i32, create: bool) -> Result<(ImageDir, PathBuf
 fn hooks<'a>(o: &pb::CriuOpts, sk: BorrowedFd<'a>, images: PathBuf) -> Box<dyn Notifier + 'a> {
     let mut chain: Vec<Box<dyn Notifier + 'a>> = Vec::new();
     if o.notify_scripts == Some(true) {
-        chain.push(Box::new(RpcNotifier { sk }));
+        chain.push(Box::new(RpcNotifier {
+            sk,
+            net_lock: o.empty_ns.unwrap_or(0) & EMPTY_NS_NET != 0,
+            leave_running: o.leave_running == Some(true),
+            orphan_pts_master: o.orphan_pts_master == Some(true),
+        }));
     }
     let scripts: Vec<PathBuf> = std::env::var_os("CRYO_ACTION_SCRIPTS")
         .map(|v| std::env::split_paths(&v).collect())
@@ -312,14 +467,19 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         leave_running: o.leave_running == Some(true),
         shell_job: o.shell_job == Some(true),
         ghost_limit: o.ghost_limit.map(u64::from).unwrap_or(1 << 20),
-        external_mounts: Default::default(),
-        external_net: Default::default(),
-        empty_net: false,
+        // Container mount point → name (runc also lists device paths that match no mount:
+        // those are ignored, as CRIU does).
+        external_mounts: mount_pairs(&o)?.into_iter().collect(),
+        external_net: net_externals(&o)?,
+        // runc always asks: the container's netns is recreated empty (CRIU saves no links,
+        // addresses or routes then either).
+        empty_net: o.empty_ns.unwrap_or(0) & EMPTY_NS_NET != 0,
         freeze_cgroup: o.freeze_cgroup.as_ref().map(PathBuf::from),
         cgroup_mode: cgroup_mode(&o)?,
     };
     let mut n = hooks(&o, sk, images);
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
+    signal_status_fd(&o, peer);
     tracing::info!(
         "Dumped {} in {} us (frozen {} us)",
         r.pid,
@@ -338,14 +498,33 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
     let o = req.opts.clone().ok_or("RESTORE without options")?;
     refuse_unsupported(&o, true)?;
     let (dir, images) = setup(&o, peer, false)?;
+    if o.rst_sibling == Some(true) {
+        // cryo is the restored root's parent until it exits right after the response; the
+        // root is then reparented to the nearest subreaper (runc is one), not created with
+        // CLONE_PARENT as CRIU does.
+        tracing::info!("rst_sibling: the restored root is reparented to the caller's subreaper when cryo exits");
+    }
     // RPC restores always detach (CRIU forces it): the caller, not cryo, is the parent.
     let opts = restore::RestoreOpts {
         detach: true,
         pidfile: None,
         shell_job: o.shell_job == Some(true),
-        orphan_pts_master: false, // refused above until the master is sent to the client
-        mounts: Default::default(),
-        join: Default::default(),
+        orphan_pts_master: o.orphan_pts_master == Some(true),
+        inherit_fd: o
+            .inherit_fd
+            .iter()
+            .filter(|i| i.key.contains(':'))
+            .map(|i| (i.key.clone(), i.fd))
+            .collect(),
+        join: ns_join(&o),
+        mounts: crate::kinds::mounts::MountOpts {
+            root: o.root.as_ref().map(PathBuf::from),
+            // Name → host path (duplicates, e.g. runc's /dev/null, agree).
+            external: mount_pairs(&o)?
+                .into_iter()
+                .map(|(k, v)| (k, PathBuf::from(v)))
+                .collect(),
+        },
         cgroups: kinds::cgroup::CgOpts {
             mode: cgroup_mode(&o)?,
             roots: o
@@ -357,6 +536,7 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
     };
     let mut n = hooks(&o, sk, images);
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
+    signal_status_fd(&o, peer);
     tracing::info!("Restored {} in {} us", r.pid, r.total_us);
     Ok(pb::CriuResp {
         restore: Some(pb::CriuRestoreResp { pid: r.pid }),

@@ -228,3 +228,11 @@ pub fn adopt(fd: RawFd) -> OwnedFd {
     // SAFETY: the fd was inherited for cryo to use and nothing else in cryo owns it.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// `fcntl(fd, F_DUPFD_CLOEXEC, 0)` on an fd of cryo's own table that cryo does not own (an
+/// inherited fd named on the command line or in a request, e.g. `--inherit-fd fd[0]:KEY`):
+/// a new fd for the same open file description.
+pub fn dup_raw(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; an fd that is not open gives EBADF.
+    owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) } as libc::c_long)
+}

@@ -1,0 +1,140 @@
+//! `mkbundle KIND DIR [HOSTDIR]`: makes the busybox OCI bundles of `bundles/` for the runc
+//! tests. The rootfs comes from `bundles/busybox/build-rootfs.sh`; `config.json` is what
+//! `runc spec` writes, edited as a typed OCI runtime spec (oci-spec), never written by hand.
+//!
+//! Kinds (every one runs a counter loop as PID 1, busybox `sh`):
+//! - `pipe`: `terminal: false`; the counter goes to stdout (a pipe when the caller makes
+//!   one) and to `/dev/shm/count`;
+//! - `tty`: `terminal: true`, an interactive `sh` on the console (needs `--console-socket`);
+//! - `binds`: `/data` ← `HOSTDIR/cdata` (rbind, rw), `/data/nested` ← `HOSTDIR/cdata2`
+//!   (bind, ro) and a read-only file bind `/etc/cryo.txt` ← `HOSTDIR/file.txt`; the counter
+//!   goes to `/data/count.txt` (so to the host);
+//! - `shm`: `/dev/shm` a tmpfs holding `/dev/shm/seq` (written once at start) and the counter
+//!   in `/dev/shm/count`;
+//! - `netns`: `pipe` in the existing network namespace at path HOSTDIR (e.g.
+//!   `/run/netns/NAME`): runc then tells the checkpoint it is external (`extRootNetNS`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use oci_spec::runtime::{LinuxNamespaceType, Mount, MountBuilder, Spec};
+
+/// The counter loop: `$1` is the file the count goes to, stdout gets it too.
+const LOOP: &str = "i=0; while true; do i=$((i+1)); echo $i; echo $i > \"$1\"; usleep 200000; done";
+
+fn die(msg: String) -> ! {
+    eprintln!("mkbundle: {msg}");
+    std::process::exit(1)
+}
+
+fn run(cmd: &mut Command) {
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => die(format!("{cmd:?} failed: {s}")),
+        Err(e) => die(format!("{cmd:?}: {e}")),
+    }
+}
+
+fn bind(dest: &str, src: &Path, opts: &[&str]) -> Mount {
+    MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(src)
+        .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .unwrap_or_else(|e| die(format!("mount {dest}: {e}")))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (kind, dir) = match args.as_slice() {
+        [k, d, ..] => (k.as_str(), PathBuf::from(d)),
+        _ => die("usage: mkbundle pipe|tty|binds|shm|netns DIR [HOSTDIR|NETNS]".into()),
+    };
+    let hostdir = args.get(2).map(PathBuf::from);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| die(format!("{}: {e}", dir.display())));
+    let dir = dir
+        .canonicalize()
+        .unwrap_or_else(|e| die(format!("{}: {e}", dir.display())));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bundles/busybox/build-rootfs.sh");
+    if !dir.join("rootfs/bin/busybox").exists() {
+        run(Command::new("bash").arg(&script).arg(dir.join("rootfs")));
+    }
+    let config = dir.join("config.json");
+    let _ = std::fs::remove_file(&config);
+    run(Command::new("runc").arg("spec").arg("--bundle").arg(&dir));
+    let mut spec =
+        Spec::load(&config).unwrap_or_else(|e| die(format!("{}: {e}", config.display())));
+
+    let sh = |body: &str, file: &str| -> Vec<String> {
+        ["sh", "-c", body, "counter", file]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let (terminal, argv, extra): (bool, Vec<String>, Vec<Mount>) = match kind {
+        "pipe" | "netns" => (false, sh(LOOP, "/dev/shm/count"), vec![]),
+        "tty" => (true, vec!["sh".into()], vec![]),
+        "binds" => {
+            let h = hostdir
+                .clone()
+                .unwrap_or_else(|| die("binds needs HOSTDIR".into()));
+            for d in ["cdata/nested", "cdata2"] {
+                std::fs::create_dir_all(h.join(d))
+                    .unwrap_or_else(|e| die(format!("{}: {e}", h.join(d).display())));
+            }
+            std::fs::write(h.join("cdata2/ro.txt"), "read-only bind\n")
+                .and_then(|_| std::fs::write(h.join("file.txt"), "file bind\n"))
+                .unwrap_or_else(|e| die(format!("{}: {e}", h.display())));
+            // The mount point of the file bind, in the (read-only) rootfs.
+            std::fs::write(dir.join("rootfs/etc/cryo.txt"), "")
+                .unwrap_or_else(|e| die(format!("rootfs/etc/cryo.txt: {e}")));
+            (
+                false,
+                sh(LOOP, "/data/count.txt"),
+                vec![
+                    bind("/data", &h.join("cdata"), &["rbind", "rw"]),
+                    bind("/data/nested", &h.join("cdata2"), &["bind", "ro"]),
+                    bind("/etc/cryo.txt", &h.join("file.txt"), &["bind", "ro"]),
+                ],
+            )
+        }
+        "shm" => (
+            false,
+            sh(
+                &format!("seq 1 20000 > /dev/shm/seq; {LOOP}"),
+                "/dev/shm/count",
+            ),
+            vec![],
+        ),
+        other => die(format!("unknown bundle kind {other:?}")),
+    };
+
+    let mut process = spec.process().clone().unwrap_or_default();
+    process.set_terminal(Some(terminal));
+    process.set_args(Some(argv));
+    spec.set_process(Some(process));
+    spec.set_hostname(Some(format!("cryo-{kind}")));
+    if kind == "netns" {
+        let path = hostdir
+            .clone()
+            .unwrap_or_else(|| die("netns needs the namespace's path".into()));
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        let mut nss = linux.namespaces().clone().unwrap_or_default();
+        for ns in nss.iter_mut() {
+            if ns.typ() == LinuxNamespaceType::Network {
+                ns.set_path(Some(path.clone()));
+            }
+        }
+        linux.set_namespaces(Some(nss));
+        spec.set_linux(Some(linux));
+    }
+    if !extra.is_empty() {
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.extend(extra);
+        spec.set_mounts(Some(mounts));
+    }
+    spec.save(&config)
+        .unwrap_or_else(|e| die(format!("{}: {e}", config.display())));
+    println!("{}", dir.display());
+}

@@ -1,0 +1,612 @@
+//! runc 1.1.5 checkpoints and restores containers through cryo (`runc --criu CRYO`), as it
+//! does with CRIU (issue #5): the busybox bundles of `bundles/` (made by `mkbundle`: pipe
+//! stdio, a terminal with a console socket, bind mounts, a tmpfs /dev/shm with data), each
+//! run with `runc run -d`, checkpointed, restored with `runc restore -d`, then checked: `runc
+//! state` says running, the counter goes on, `runc exec` works, the terminal answers, bind
+//! mounts reach the host. Also `--leave-running` and ten cycles of one container.
+//!
+//! The containers are always deleted (`runc delete -f`), also when a test fails. The tests
+//! run one at a time (they share the machine's two cores with the restores they time).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use integration::{cryo_bin, root};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A scratch directory of its own (not `integration::scratch`: that makes the test a child
+/// subreaper, and a container init reparented to it would stay a zombie that `runc delete`
+/// waits for).
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cryo-runc-{}-{}", name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn runc_available() -> bool {
+    Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn runc(args: &[&str]) -> Output {
+    Command::new("runc")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run runc")
+}
+
+fn ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Lines read from a pipe by a thread, and whether it reached the end.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>, Arc<AtomicBool>);
+
+impl Lines {
+    fn follow(&self, r: impl Read + Send + 'static) {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(r).lines() {
+                let Ok(l) = l else { break };
+                me.0.lock().unwrap().push(l);
+            }
+            me.1.store(true, Ordering::SeqCst);
+        });
+    }
+
+    fn numbers(&self) -> Vec<u64> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+/// A container made from a bundle; deleted on drop.
+struct Container {
+    id: String,
+    dir: PathBuf,
+    bundle: PathBuf,
+    /// The counter as the container prints it on stdout (a pipe), one reader per run.
+    out: Vec<Lines>,
+    console: Option<Console>,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = runc(&["delete", "-f", &self.id]);
+        self.console = None;
+        // Kept for a look when the test failed.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The console-socket receiver (integration/scripts/console_socket.py).
+struct Console {
+    child: Child,
+    sock: PathBuf,
+    out: PathBuf,
+    input: PathBuf,
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Console {
+    fn start(dir: &Path) -> Console {
+        let sock = dir.join("console.sock");
+        let out = dir.join("console.out");
+        let input = dir.join("console.in");
+        let child = Command::new("python3")
+            .arg(root().join("integration/scripts/console_socket.py"))
+            .args([&sock, &out, &input])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the console receiver");
+        wait_for("the console socket", 10, || sock.exists() && input.exists());
+        Console {
+            child,
+            sock,
+            out,
+            input,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.out).unwrap_or_default()).into_owned()
+    }
+
+    fn events(&self) -> String {
+        std::fs::read_to_string(self.out.with_extension("out.events")).unwrap_or_default()
+    }
+
+    /// Types a shell command computing `a+b` and waits for the answer on the terminal.
+    fn ask(&self, tag: &str, a: u32, b: u32) {
+        let line = format!("echo {tag}\"\"-$(({a}+{b}))\n");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.input)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
+            .unwrap();
+        let want = format!("{tag}-{}", a + b);
+        wait_for(&format!("'{want}' on the console"), 10, || {
+            self.text().contains(&want)
+        });
+    }
+}
+
+impl Container {
+    fn new(name: &str, kind: &str) -> Container {
+        Container::with(name, kind, None)
+    }
+
+    /// `arg`: mkbundle's third argument (default: the scratch `host` directory).
+    fn with(name: &str, kind: &str, arg: Option<&Path>) -> Container {
+        let dir = scratch(name);
+        let bundle = dir.join("bundle");
+        let host = dir.join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_mkbundle"))
+            .args([
+                kind.as_ref(),
+                bundle.as_os_str(),
+                arg.unwrap_or(&host).as_os_str(),
+            ])
+            .output()
+            .unwrap();
+        ok(&o, "mkbundle");
+        Container {
+            id: format!("cryo-{name}-{}", std::process::id()),
+            dir,
+            bundle,
+            out: Vec::new(),
+            console: None,
+        }
+    }
+
+    fn host(&self, p: &str) -> PathBuf {
+        self.dir.join("host").join(p)
+    }
+
+    /// `runc run -d` (or `restore -d` with `restore` = images): stdout and stderr are pipes
+    /// read by threads; the terminal goes to the console receiver.
+    fn start(&mut self, restore: Option<&Path>, extra: &[&str]) {
+        let mut args: Vec<String> = vec![];
+        match restore {
+            None => args.extend(["run".into(), "-d".into()]),
+            Some(img) => {
+                args.extend(["--criu".into(), cryo_bin().display().to_string()]);
+                args.extend(["restore".into(), "-d".into(), "--image-path".into()]);
+                args.push(img.display().to_string());
+            }
+        }
+        args.extend(["--bundle".into(), self.bundle.display().to_string()]);
+        if let Some(c) = &self.console {
+            args.extend(["--console-socket".into(), c.sock.display().to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(self.id.clone());
+        let mut child = Command::new("runc")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("runc");
+        let lines = Lines::default();
+        lines.follow(child.stdout.take().unwrap());
+        let errs = Lines::default();
+        errs.follow(child.stderr.take().unwrap());
+        let st = child.wait().unwrap();
+        if !st.success() {
+            std::thread::sleep(Duration::from_millis(200));
+            let log = restore
+                .map(|i| std::fs::read_to_string(i.join("restore.log")).unwrap_or_default())
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            panic!(
+                "runc {args:?} failed ({st}): {:?}\nrestore.log (end, newest first):\n{}",
+                errs.0.lock().unwrap(),
+                tail.join("\n")
+            );
+        }
+        self.out.push(lines);
+        self.check_running();
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let o = runc(&["state", &self.id]);
+        ok(&o, "runc state");
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    fn check_running(&self) {
+        let s = self.state();
+        assert_eq!(s["status"], "running", "runc state: {s}");
+        let pid = s["pid"].as_i64().unwrap();
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    fn exec(&self, argv: &[&str]) -> Output {
+        let mut a = vec!["exec", &self.id];
+        a.extend_from_slice(argv);
+        runc(&a)
+    }
+
+    fn exec_ok(&self, argv: &[&str]) -> String {
+        let o = self.exec(argv);
+        ok(&o, &format!("runc exec {argv:?}"));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// `runc checkpoint` into a new image directory; returns it.
+    fn checkpoint(&self, n: usize, extra: &[&str]) -> PathBuf {
+        let img = self.dir.join(format!("img-{n}"));
+        let cryo = cryo_bin().display().to_string();
+        let mut a = vec!["--criu", &cryo, "checkpoint", "--image-path"];
+        let imgs = img.display().to_string();
+        a.push(&imgs);
+        a.extend_from_slice(extra);
+        a.push(&self.id);
+        let o = runc(&a);
+        if !o.status.success() {
+            let log = std::fs::read_to_string(img.join("dump.log")).unwrap_or_default();
+            let errs: Vec<&str> = log.lines().filter(|l| l.contains("Error")).collect();
+            ok(&o, &format!("runc checkpoint (dump.log errors: {errs:?})"));
+        }
+        img
+    }
+
+    /// The counter in the container's /dev/shm/count (through `runc exec`).
+    fn shm_count(&self) -> u64 {
+        self.exec_ok(&["cat", "/dev/shm/count"])
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// Waits until the stdout of run `i` shows a number; returns the last one.
+    fn wait_output(&self, i: usize, above: u64) -> u64 {
+        wait_for("the counter on stdout", 10, || {
+            self.out[i].numbers().last().is_some_and(|&n| n > above)
+        });
+        *self.out[i].numbers().last().unwrap()
+    }
+
+    /// After a checkpoint (the container gone): the whole output of run `i` (its pipe ends
+    /// when the killed tasks close it).
+    fn last_output(&self, i: usize) -> u64 {
+        wait_for("the end of the old stdout pipe", 10, || {
+            self.out[i].1.load(Ordering::SeqCst)
+        });
+        *self.out[i]
+            .numbers()
+            .last()
+            .expect("output before the checkpoint")
+    }
+
+    fn gone(&self) {
+        let o = runc(&["state", &self.id]);
+        assert!(
+            !o.status.success(),
+            "the container still exists after the checkpoint: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+}
+
+macro_rules! need_runc {
+    () => {
+        if !runc_available() {
+            eprintln!("runc is not installed (integration/setup.sh installs it): skipped");
+            return;
+        }
+    };
+}
+
+/// (a) pipe stdio: the counter continues on the restore's own stdout pipe (inherit_fd),
+/// with no number lost or repeated; /dev/shm holds the same count; `runc exec` works.
+#[test]
+fn pipe_stdio_container() {
+    need_runc!();
+    let _g = serial();
+    let mut c = Container::new("pipe", "pipe");
+    c.start(None, &[]);
+    c.wait_output(0, 3);
+    let img = c.checkpoint(0, &[]);
+    c.gone();
+    let desc = std::fs::read_to_string(img.join("descriptors.json")).unwrap();
+    assert!(desc.contains("pipe:["), "descriptors.json: {desc}");
+    let before = c.last_output(0);
+    c.start(Some(&img), &[]);
+    let after = c.wait_output(1, 0);
+    assert!(after > before);
+    let first = c.out[1].numbers()[0];
+    assert_eq!(
+        first,
+        before + 1,
+        "the counter went on from {before} at {first} on the new pipe"
+    );
+    assert!(c.shm_count() >= after);
+    c.exec_ok(&["true"]);
+    assert_eq!(c.exec_ok(&["hostname"]), "cryo-pipe");
+}
+
+/// (b) terminal: the restored shell answers on the new pty master, which cryo sent back in
+/// the `orphan-pts-master` notification and runc forwarded to the console socket.
+#[test]
+fn terminal_container() {
+    need_runc!();
+    let _g = serial();
+    let mut c = Container::new("tty", "tty");
+    c.console = Some(Console::start(&c.dir));
+    c.start(None, &[]);
+    c.console.as_ref().unwrap().ask("before", 40, 2);
+    let img = c.checkpoint(0, &[]);
+    c.gone();
+    c.start(Some(&img), &[]);
+    let con = c.console.as_ref().unwrap();
+    wait_for("the master from the restore", 10, || {
+        con.events().contains("orphan-pts-master")
+    });
+    con.ask("after", 40, 3);
+    c.exec_ok(&["true"]);
+    // /dev/console is the pty's slave again, in the container's devpts.
+    let mi = c.exec_ok(&["cat", "/proc/self/mountinfo"]);
+    assert!(
+        mi.lines()
+            .any(|l| l.contains(" /0 /dev/console ") && l.contains("devpts")),
+        "{mi}"
+    );
+}
+
+/// (c) bind mounts: /data (rbind, rw) with /data/nested (bind, ro) inside, and a read-only
+/// file bind: restored from the host paths runc names, writes reach the host, ro stays ro.
+#[test]
+fn bind_mount_container() {
+    need_runc!();
+    let _g = serial();
+    let mut c = Container::new("binds", "binds");
+    c.start(None, &[]);
+    let file = c.host("cdata/count.txt");
+    let count = || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_for("the counter in the bind mount", 10, || count() > 3);
+    let img = c.checkpoint(0, &[]);
+    c.gone();
+    let at_dump = count();
+    // Nothing of the bind sources was saved.
+    let tars: Vec<_> = std::fs::read_dir(&img)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("tmpfs-dev"))
+        .collect();
+    assert!(tars.len() < 8, "{} tmpfs images", tars.len());
+    c.start(Some(&img), &[]);
+    wait_for("the counter to go on in the host file", 10, || {
+        count() > at_dump + 2
+    });
+    assert_eq!(c.exec_ok(&["cat", "/data/nested/ro.txt"]), "read-only bind");
+    assert_eq!(c.exec_ok(&["cat", "/etc/cryo.txt"]), "file bind");
+    let o = c.exec(&["touch", "/data/nested/x"]);
+    assert!(
+        !o.status.success(),
+        "/data/nested is writable after restore"
+    );
+    c.exec_ok(&["sh", "-c", "echo from-container > /data/written"]);
+    assert_eq!(
+        std::fs::read_to_string(c.host("cdata/written")).unwrap(),
+        "from-container\n"
+    );
+}
+
+/// (d) tmpfs /dev/shm with data: its files come back byte for byte.
+#[test]
+fn shm_container() {
+    need_runc!();
+    let _g = serial();
+    let mut c = Container::new("shm", "shm");
+    c.start(None, &[]);
+    c.wait_output(0, 3);
+    let sum = c.exec_ok(&["md5sum", "/dev/shm/seq"]);
+    let img = c.checkpoint(0, &[]);
+    c.gone();
+    let before = c.last_output(0);
+    c.start(Some(&img), &[]);
+    c.wait_output(1, before);
+    assert_eq!(c.exec_ok(&["md5sum", "/dev/shm/seq"]), sum);
+    assert!(c.shm_count() > before);
+}
+
+/// `--leave-running`: the container goes on after the checkpoint, and the images restore
+/// once it is deleted.
+#[test]
+fn leave_running() {
+    need_runc!();
+    let _g = serial();
+    let mut c = Container::new("leave", "pipe");
+    c.start(None, &[]);
+    let n = c.wait_output(0, 3);
+    let img = c.checkpoint(0, &["--leave-running"]);
+    c.check_running();
+    c.wait_output(0, n + 2);
+    c.exec_ok(&["true"]);
+    ok(&runc(&["delete", "-f", &c.id]), "runc delete -f");
+    c.start(Some(&img), &[]);
+    c.wait_output(1, 0);
+    c.exec_ok(&["true"]);
+}
+
+/// Ten checkpoint/restore cycles of one container: each restore goes on from the previous.
+#[test]
+fn ten_cycles() {
+    need_runc!();
+    let _g = serial();
+    let mut c = Container::new("cycles", "pipe");
+    c.start(None, &[]);
+    let mut last = c.wait_output(0, 2);
+    for i in 0..10 {
+        let img = c.checkpoint(i, &[]);
+        c.gone();
+        let before = c.last_output(i);
+        assert!(before >= last);
+        c.start(Some(&img), &[]);
+        let first = c.wait_output(i + 1, 0);
+        assert!(first > before, "cycle {i}: {first} after {before}");
+        assert_eq!(c.out[i + 1].numbers()[0], before + 1, "cycle {i}");
+        c.exec_ok(&["true"]);
+        last = c.wait_output(i + 1, first);
+    }
+}
+
+/// `runc restore` without `-d`: runc waits for the restored init (reparented to runc, a
+/// subreaper, when cryo exits) and exits with its status once it is killed.
+#[test]
+fn foreground_restore_waits_for_the_container() {
+    need_runc!();
+    let _g = serial();
+    let mut c = Container::new("fg", "pipe");
+    c.start(None, &[]);
+    c.wait_output(0, 2);
+    let img = c.checkpoint(0, &[]);
+    c.gone();
+    let cryo = cryo_bin().display().to_string();
+    let imgs = img.display().to_string();
+    let bundle = c.bundle.display().to_string();
+    let mut runc_fg = Command::new("runc")
+        .args([
+            "--criu",
+            &cryo,
+            "restore",
+            "--image-path",
+            &imgs,
+            "--bundle",
+            &bundle,
+            &c.id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Lines::default();
+    lines.follow(runc_fg.stdout.take().unwrap());
+    wait_for("the restored counter", 10, || !lines.numbers().is_empty());
+    c.check_running();
+    let pid = c.state()["pid"].as_i64().unwrap();
+    let ppid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("PPid:")
+                .map(|v| v.trim().parse::<u32>().unwrap())
+        })
+        .unwrap();
+    assert_eq!(ppid, runc_fg.id(), "the restored init is runc's child");
+    assert!(runc_fg.try_wait().unwrap().is_none(), "runc did not wait");
+    ok(&runc(&["kill", &c.id, "KILL"]), "runc kill");
+    let t = Instant::now();
+    let st = loop {
+        if let Some(st) = runc_fg.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "runc restore still waits"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!st.success(), "the container was killed: {st}");
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop.
+struct NetNs(String);
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn ns_inode(path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// A container whose config names a network namespace path: runc checkpoints it as external
+/// (`net[INO]:extRootNetNS`) and hands the namespace back at restore (`inherit_fd
+/// extRootNetNS`): the restored container is in that same namespace.
+#[test]
+fn external_network_namespace() {
+    need_runc!();
+    let _g = serial();
+    let name = format!("cryo-rt-{}", std::process::id());
+    let st = Command::new("ip").args(["netns", "add", &name]).status();
+    if !st.is_ok_and(|s| s.success()) {
+        eprintln!("ip netns add failed: skipped");
+        return;
+    }
+    let ns = NetNs(name);
+    let path = PathBuf::from(format!("/run/netns/{}", ns.0));
+    let mut c = Container::with("netns", "netns", Some(&path));
+    c.start(None, &[]);
+    let want = ns_inode(&path.display().to_string());
+    let pid = c.state()["pid"].as_i64().unwrap();
+    assert_eq!(ns_inode(&format!("/proc/{pid}/ns/net")), want);
+    c.wait_output(0, 2);
+    let img = c.checkpoint(0, &[]);
+    c.gone();
+    let before = c.last_output(0);
+    c.start(Some(&img), &[]);
+    c.wait_output(1, before);
+    let pid = c.state()["pid"].as_i64().unwrap();
+    assert_eq!(
+        ns_inode(&format!("/proc/{pid}/ns/net")),
+        want,
+        "the restored container is in the configured network namespace"
+    );
+    c.exec_ok(&["true"]);
+    drop(c);
+}
