@@ -574,7 +574,7 @@ fn ns_roots(pid: i32) -> Result<HashMap<String, String>, CgroupError> {
             full.clone()
         } else {
             match full.strip_suffix(rel.as_str()) {
-                Some(r) if r.is_empty() => "/".to_string(),
+                Some("") => "/".to_string(),
                 Some(r) => r.to_string(),
                 None => continue, // outside its namespace root: nothing to strip
             }
