@@ -127,7 +127,14 @@ fn everything_observable_survives() {
     let before = snapshot(pid);
     let img = dir.join("img");
     dump_and_restore(pid, &img);
-    let after = snapshot(pid);
+    // The signal mask shows the waited-for signals unblocked only while the program is inside
+    // its wait, which it re-enters once it runs again: compare once it settled (or give up).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut after = snapshot(pid);
+    while after != before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        after = snapshot(pid);
+    }
     let mut diffs = Vec::new();
     for k in before.keys().chain(after.keys()) {
         if before.get(k) != after.get(k)
