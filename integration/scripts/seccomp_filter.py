@@ -1,5 +1,6 @@
 """seccomp_filter.py: installs (with no_new_privs) a seccomp filter that makes getppid()
-fail with EPERM, starts a second thread (which inherits it), prints "ready <probe>", and on
+fail with EPERM, starts a second thread (which inherits it) and a third one that adds a filter
+of its own (so the threads' chains differ: 1, 1 and 2 filters), prints "ready <probe>", and on
 SIGUSR1 prints "after <probe> <Seccomp: mode>". <probe> is "getppid=RET errno=E"."""
 import ctypes, os, signal, struct, sys, time, threading
 libc = ctypes.CDLL(None, use_errno=True)
@@ -12,8 +13,15 @@ class fprog(ctypes.Structure): _fields_ = [("len", ctypes.c_ushort), ("filter", 
 fp = fprog(len(prog), ctypes.addressof(cbuf))
 libc.prctl(38, 1, 0, 0, 0)  # NO_NEW_PRIVS
 assert libc.syscall(317, 1, 0, ctypes.byref(fp)) == 0, ctypes.get_errno()
-t = threading.Thread(target=lambda: time.sleep(1000), daemon=True); t.start()
+# Blocked before the threads start, so only the main thread's sigwait takes SIGUSR1.
 signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+t = threading.Thread(target=lambda: time.sleep(1000), daemon=True); t.start()
+added = threading.Event()
+def own_filter():
+    assert libc.syscall(317, 1, 0, ctypes.byref(fp)) == 0, ctypes.get_errno()
+    added.set()
+    time.sleep(1000)
+t2 = threading.Thread(target=own_filter, daemon=True); t2.start(); added.wait()
 def probe():
     r = libc.syscall(110); e = ctypes.get_errno()
     return "getppid=%d errno=%d" % (r, e)

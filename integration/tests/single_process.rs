@@ -273,11 +273,38 @@ fn seccomp_filter_survives() {
     let _g = KillOnDrop(pid);
     wait_for("the filter", 20, || !lines(&out).is_empty());
     assert_eq!(lines(&out)[0], "ready getppid=-1 errno=1");
+    // Filters per thread: the third thread added one of its own.
+    let chains = || {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|t| {
+                let t = t.unwrap().file_name();
+                let st = std::fs::read_to_string(format!(
+                    "/proc/{pid}/task/{}/status",
+                    t.to_string_lossy()
+                ))
+                .unwrap();
+                st.lines()
+                    .find(|l| l.starts_with("Seccomp_filters:"))
+                    .unwrap_or("none")
+                    .to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = chains();
+    assert_eq!(before.len(), 3, "{before:?}");
+    assert_ne!(
+        before[0], before[2],
+        "the threads' chains differ: {before:?}"
+    );
     let img = dir.join("img");
     dump_and_restore(pid, &img);
+    assert_eq!(chains(), before, "each thread has its own chain again");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
-    assert!(status.contains("Threads:\t2"), "{status}");
+    assert!(status.contains("Threads:\t3"), "{status}");
     for tid in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let tid = tid.unwrap().file_name();
         let st =

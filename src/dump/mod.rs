@@ -726,23 +726,16 @@ fn dump_process(
                     source,
                 })?;
         }
-        let top =
-            kinds::seccomp::add_chain(&mut files.seccomp, &kinds::seccomp::chain(pid, &tracee)?);
-        for t in &others {
-            let th = kinds::seccomp::add_chain(
+        // Each thread's own chain (they differ when a thread added filters, or the leader
+        // did after creating it without TSYNC).
+        let mut tops = Vec::new();
+        for t in std::iter::once(&tracee).chain(others.iter().map(|o| &o.tracee)) {
+            tops.push(kinds::seccomp::add_chain(
                 &mut files.seccomp,
-                &kinds::seccomp::chain(pid, &t.tracee)?,
-            );
-            if th != top {
-                return Err(DumpError::Unsupported {
-                    pid,
-                    object: format!("thread {} seccomp filters", t.tracee.tid),
-                    what: "the thread's filters differ from the main thread's".into(),
-                    hint: "only filters shared by every thread (installed before the threads started, or with TSYNC) are supported".into(),
-                });
-            }
+                &kinds::seccomp::chain(pid, t)?,
+            ));
         }
-        seccomp_top = Some(top);
+        seccomp_top = Some(tops);
     }
     fault_point("collect")?;
     let site = vmas
@@ -796,11 +789,14 @@ fn dump_process(
     let cured = parasite.cure().map_err(|e| DumpError::remote(pid, e));
     r?;
     cured?;
-    if let Some(top) = seccomp_top {
-        for core in std::iter::once(&mut img.core).chain(img.threads.iter_mut()) {
+    if let Some(tops) = seccomp_top {
+        let cores = std::iter::once(&mut img.core).chain(img.threads.iter_mut());
+        for (core, top) in cores.zip(tops) {
             let tc = core.thread_core.get_or_insert_with(Default::default);
-            tc.seccomp_mode = Some(kinds::seccomp::MODE_FILTER);
-            tc.seccomp_filter = top;
+            if top.is_some() {
+                tc.seccomp_mode = Some(kinds::seccomp::MODE_FILTER);
+                tc.seccomp_filter = top;
+            }
         }
     }
     // Memory after the cure, so the original code word is what gets saved.

@@ -55,6 +55,10 @@ pub fn chain(pid: i32, t: &Tracee) -> Result<Vec<(Vec<u8>, u64)>, DumpError> {
     Ok(v)
 }
 
+/// `SECCOMP_FILTER_FLAG_TSYNC` and `_TSYNC_ESRCH`: not replayed (every thread installs its
+/// own chain on restore).
+const TSYNC_FLAGS: u32 = 1 | 16;
+
 /// Adds `chain` to the shared `table` (each filter once per position in a chain); returns the
 /// index of its newest filter, which is what a thread records.
 pub fn add_chain(table: &mut Vec<pb::SeccompFilter>, chain: &[(Vec<u8>, u64)]) -> Option<u32> {
@@ -80,7 +84,19 @@ pub fn add_chain(table: &mut Vec<pb::SeccompFilter>, chain: &[(Vec<u8>, u64)]) -
 /// Installs the leader's saved chain in the puppet (which is traced with
 /// `PTRACE_O_SUSPEND_SECCOMP`, so later injected syscalls are not filtered).
 pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
-    let Some(tc) = img.core.thread_core.as_ref() else {
+    restore_core(cx, &img.core, img.pid)
+}
+
+/// Installs the chain saved in `core` (a thread's, or the leader's) in the task `cx` drives.
+/// Each thread installs its own whole chain: threads are created before any filter is, so
+/// chains that differ between threads come back as they were. TSYNC is dropped for the same
+/// reason.
+pub fn restore_core(
+    cx: &mut RestoreCx<'_>,
+    core: &pb::CoreEntry,
+    id: u32,
+) -> Result<(), RestoreError> {
+    let Some(tc) = core.thread_core.as_ref() else {
         return Ok(());
     };
     if tc.seccomp_mode != Some(MODE_FILTER) {
@@ -97,10 +113,7 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreEr
     let mut at = tc.seccomp_filter;
     while let Some(i) = at {
         let f = table.get(i as usize).ok_or_else(|| {
-            RestoreError::BadImage(format!(
-                "seccomp.img has no filter {i} (core-{}.img)",
-                img.pid
-            ))
+            RestoreError::BadImage(format!("seccomp.img has no filter {i} (core-{id}.img)"))
         })?;
         if order.len() > table.len() {
             return Err(RestoreError::BadImage(
@@ -126,7 +139,7 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreEr
         cx.sys(
             "seccomp(SECCOMP_SET_MODE_FILTER)",
             libc::SYS_seccomp,
-            [1, f.flags.unwrap_or(0) as u64, a, 0, 0, 0],
+            [1, (f.flags.unwrap_or(0) & !TSYNC_FLAGS) as u64, a, 0, 0, 0],
         )?;
     }
     Ok(())

@@ -358,6 +358,7 @@ fn restore_one(
         }
     }
     super::regs::set_xstate(cx, &ti.fpregs)?;
+    super::seccomp::restore_core(cx, core, tid as u32)?;
     if let Some(c) = &th.creds {
         super::creds::restore_creds(cx, c)?;
     }

@@ -608,12 +608,12 @@ fn shape(
     kinds::signals::Signals::restore(&mut cx, img)?;
     kinds::misc::Misc::restore(&mut cx, img)?;
     kinds::regs::CpuState::restore(&mut cx, img)?;
-    // Filters now, so the threads created next inherit them; suspended for cryo's syscalls.
-    kinds::seccomp::restore(&mut cx, img)?;
     fault_point("task")?;
     // Threads are created after everything they share and before the leader drops its
-    // credentials (creating them needs them).
+    // credentials (creating them needs them), and before any seccomp filter: each thread
+    // installs its own chain (suspended for cryo's syscalls), then the leader.
     let threads = kinds::threads::restore_threads(&mut cx, img)?;
+    kinds::seccomp::restore(&mut cx, img)?;
     for th in &threads {
         puppets.0.push(Puppet {
             tracee: Tracee { tid: th.tracee.tid },
