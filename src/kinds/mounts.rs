@@ -399,6 +399,27 @@ pub fn restore(
             entries.first().map(|e| e.root.as_str()).unwrap_or("?")
         ))
     })?;
+    // A hostile image must not reach outside the new root: absolute paths without `..`.
+    let clean = |p: &str| {
+        p.starts_with('/')
+            && !p.contains('\0')
+            && std::path::Path::new(p)
+                .components()
+                .all(|c| !matches!(c, std::path::Component::ParentDir))
+    };
+    for e in &entries {
+        if !clean(&e.mountpoint) || !clean(&e.root) {
+            return Err(RestoreError::BadImage(format!(
+                "mountpoints-{id}.img: mount {} has a mount point or root ({}) that is not a plain absolute path",
+                e.mnt_id, e.root
+            )));
+        }
+    }
+    if entries.first().map(|e| e.mountpoint.as_str()) != Some("/") {
+        return Err(RestoreError::BadImage(format!(
+            "mountpoints-{id}.img: the first mount is not the root"
+        )));
+    }
     for e in &entries {
         if let Some(k) = &e.ext_key {
             if !opts.external.contains_key(k) {
