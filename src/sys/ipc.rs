@@ -354,3 +354,123 @@ pub fn mqueue_mount() -> io::Result<OwnedFd> {
     // SAFETY: m is a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(m as i32) })
 }
+
+/// `struct mq_attr`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct MqAttr {
+    flags: libc::c_long,
+    maxmsg: libc::c_long,
+    msgsize: libc::c_long,
+    curmsgs: libc::c_long,
+    pad: [libc::c_long; 4],
+}
+
+/// A POSIX message queue's limits and current length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MqInfo {
+    pub maxmsg: u64,
+    pub msgsize: u64,
+    pub curmsgs: u64,
+}
+
+fn mq_name(name: &str) -> io::Result<std::ffi::CString> {
+    // The kernel takes the name without its leading slash.
+    std::ffi::CString::new(name.trim_start_matches('/'))
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Opens the existing queue `name` of the calling thread's IPC namespace (`mq_open`).
+pub fn mq_open(name: &str, flags: i32) -> io::Result<OwnedFd> {
+    let n = mq_name(name)?;
+    // SAFETY: a NUL-terminated name; no O_CREAT, so the mode and attr arguments are unused.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_mq_open, n.as_ptr(), flags | libc::O_CLOEXEC, 0, 0) })?;
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Creates queue `name` (it must not exist) with these limits, for writing.
+pub fn mq_create(name: &str, mode: u32, maxmsg: u64, msgsize: u64) -> io::Result<OwnedFd> {
+    let n = mq_name(name)?;
+    let attr = MqAttr {
+        maxmsg: maxmsg as libc::c_long,
+        msgsize: msgsize as libc::c_long,
+        ..Default::default()
+    };
+    // SAFETY: a NUL-terminated name and a valid mq_attr for the duration of the call.
+    let fd = cvt(unsafe {
+        libc::syscall(
+            libc::SYS_mq_open,
+            n.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            mode as libc::c_long,
+            &attr as *const MqAttr,
+        )
+    })?;
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `mq_getattr`.
+pub fn mq_info(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<MqInfo> {
+    use std::os::fd::AsRawFd;
+    let mut a = MqAttr::default();
+    // SAFETY: a writable mq_attr; no new attributes.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_mq_getsetattr,
+            fd.as_raw_fd(),
+            std::ptr::null::<MqAttr>(),
+            &mut a as *mut MqAttr,
+        )
+    })?;
+    Ok(MqInfo {
+        maxmsg: a.maxmsg as u64,
+        msgsize: a.msgsize as u64,
+        curmsgs: a.curmsgs as u64,
+    })
+}
+
+/// Takes the first message (highest priority) without waiting: (priority, body), or None
+/// when the queue is empty. `fd` must have O_NONBLOCK.
+pub fn mq_take(fd: std::os::fd::BorrowedFd<'_>, msgsize: usize) -> io::Result<Option<(u32, Vec<u8>)>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; msgsize.max(1)];
+    let mut prio: libc::c_uint = 0;
+    // SAFETY: buf is writable for its length; prio is a valid out pointer; no timeout.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mq_timedreceive,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut prio as *mut libc::c_uint,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+    match cvt(r) {
+        Ok(n) => {
+            buf.truncate(n as usize);
+            Ok(Some((prio, buf)))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Queues one message (`fd` open for writing, non-blocking if the caller wants no wait).
+pub fn mq_put(fd: std::os::fd::BorrowedFd<'_>, prio: u32, body: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: body is readable for its length; no timeout.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_mq_timedsend,
+            fd.as_raw_fd(),
+            body.as_ptr(),
+            body.len(),
+            prio as libc::c_uint,
+            std::ptr::null::<libc::timespec>(),
+        )
+    })
+    .map(|_| ())
+}
