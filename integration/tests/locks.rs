@@ -45,9 +45,18 @@ fn posix_ofd_and_flock_locks_come_back() {
     wait_for("the locks", 10, || lines(&out).len() > 3);
     let want = |p: i32| {
         vec![
-            (data.join("posix"), vec![format!("POSIX ADVISORY WRITE {p} 10 19")]),
-            (data.join("ofd"), vec!["OFDLCK ADVISORY READ -1 100 EOF".to_string()]),
-            (data.join("flock"), vec![format!("FLOCK ADVISORY WRITE {p} 0 EOF")]),
+            (
+                data.join("posix"),
+                vec![format!("POSIX ADVISORY WRITE {p} 10 19")],
+            ),
+            (
+                data.join("ofd"),
+                vec!["OFDLCK ADVISORY READ -1 100 EOF".to_string()],
+            ),
+            (
+                data.join("flock"),
+                vec![format!("FLOCK ADVISORY WRITE {p} 0 EOF")],
+            ),
         ]
     };
     for (f, l) in want(pid) {
@@ -69,7 +78,9 @@ fn posix_ofd_and_flock_locks_come_back() {
     }
     let n = lines(&out).len();
     restore(&img);
-    wait_for("the counter after restore", 10, || lines(&out).len() > n + 3);
+    wait_for("the counter after restore", 10, || {
+        lines(&out).len() > n + 3
+    });
     for (f, l) in want(pid) {
         assert_eq!(locks_on(&f), l, "{} after the restore", f.display());
     }

@@ -112,10 +112,7 @@ pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, DumpError> {
             .collect();
         fds.sort_unstable();
         for fd in fds {
-            let text = match crate::procfs::read(pid, &format!("fdinfo/{fd}")) {
-                Ok(t) => t,
-                Err(e) => return Err(e.into()),
-            };
+            let text = crate::procfs::read(pid, &format!("fdinfo/{fd}"))?;
             for l in text.lines().filter_map(|l| l.strip_prefix("lock:")) {
                 // Empty when the owner is not visible from cryo's PID namespace.
                 if l.trim().is_empty() {
@@ -153,12 +150,7 @@ pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, DumpError> {
                     "READ" => F_RDLCK,
                     "WRITE" => F_WRLCK,
                     other => {
-                        return Err(unsupported(
-                            pid,
-                            fd,
-                            format!("a lock of type {other}"),
-                            "",
-                        ))
+                        return Err(unsupported(pid, fd, format!("a lock of type {other}"), ""))
                     }
                 };
                 // A POSIX lock shows on the fds of every process sharing the table; it
@@ -246,7 +238,7 @@ pub fn write(dir: &ImageDir, found: &[Found], imgs: &[TaskImages]) -> Result<(),
             .ok_or(DumpError::Internal("a file lock of an unknown task"))?;
         entries.push(pb::FileLockEntry {
             pid: img.pid as i32,
-            ..f.entry.clone()
+            ..f.entry
         });
     }
     dir.write(IMAGE, image::FILE_LOCKS, &entries)?;
