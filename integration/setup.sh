@@ -10,6 +10,7 @@ command -v setsid >/dev/null || need+=(util-linux)
 command -v tmux >/dev/null || need+=(tmux)    # the --shell-job test drives two tmux panes
 command -v ip >/dev/null || need+=(iproute2)  # the namespace test sets a loopback up
 command -v runc >/dev/null || need+=(runc)    # the runc tests (bundles/) drive runc 1.1.5
+command -v containerd >/dev/null || need+=(containerd)  # the containerd test: a private daemon, ctr, the runc shim
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)  # container tests: the rootfs (bundles/busybox)
 command -v tar >/dev/null || need+=(tar)   # tmpfs contents are saved with tar, as CRIU does
 if [ ${#need[@]} -gt 0 ]; then

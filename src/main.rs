@@ -104,6 +104,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 empty_net: a.common.empty_net().map_err(anyhow::Error::msg)?,
                 freeze_cgroup: a.common.freeze_cgroup.clone(),
                 cgroup_mode: a.common.cgroup_mode().map_err(anyhow::Error::msg)?,
+                file_locks: a.common.file_locks,
             };
             let dir = ImageDir::create(&a.common.images_dir)?;
             let spin = progress(&format!("dumping {}", a.tree));

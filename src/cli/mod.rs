@@ -144,6 +144,10 @@ pub struct Common {
     /// nothing in it forks or exits meanwhile; it is put back as it was afterwards.
     #[arg(long = "freeze-cgroup", value_name = "PATH")]
     pub freeze_cgroup: Option<PathBuf>,
+    /// Dump: save the tree's POSIX, OFD and flock file locks (without it, a lock held by
+    /// the tree fails the dump, as in CRIU); restore takes them again. Leases are refused.
+    #[arg(short = 'l', long = "file-locks")]
+    pub file_locks: bool,
     /// CRIU options cryo does not support yet (refused with a message).
     #[command(flatten)]
     pub unsupported: Unsupported,
@@ -408,7 +412,6 @@ unsupported_opts! {
     tcp_close: bool = "tcp-close", "TCP sockets are not implemented yet";
     skip_in_flight: bool = "skip-in-flight", "TCP sockets are not implemented yet";
     ext_unix_sk: Option<String> = "ext-unix-sk", "external unix sockets are not implemented yet";
-    file_locks: bool = "file-locks" short 'l', "file locks are not implemented yet";
     link_remap: bool = "link-remap", "link remaps are not implemented yet";
     evasive_devices: bool = "evasive-devices", "evasive devices are not implemented yet";
     page_server: bool = "page-server", "the page server is not implemented yet";

@@ -35,6 +35,8 @@ pub struct DumpOpts {
     pub freeze_cgroup: Option<std::path::PathBuf>,
     /// `--manage-cgroups=ignore` saves no cgroup directory (memberships are always saved).
     pub cgroup_mode: kinds::cgroup::Mode,
+    /// `--file-locks`: save the tree's file locks (without it, a lock fails the dump).
+    pub file_locks: bool,
 }
 
 /// Why a dump failed.
@@ -937,6 +939,9 @@ pub fn run(
         let e = kinds::ns::dump_time(root)?;
         dir.write(&format!("timens-{id}.img"), image::TIMENS, &[e])?;
     }
+    // File locks, found by host PIDs, written with the tree's own.
+    let host_pids: Vec<i32> = frozen.iter().map(|f| f.0).collect();
+    let locks = kinds::locks::dump(&host_pids, opts.file_locks)?;
     // cgroups, by host PIDs (before `virtualize`).
     files.cgroups =
         kinds::cgroup::dump(&mut imgs, opts.cgroup_mode != kinds::cgroup::Mode::Ignore)?;
@@ -946,6 +951,7 @@ pub fn run(
 
     // 4. Images.
     write_images(dir, &imgs, &files)?;
+    kinds::locks::write(dir, &locks, &imgs)?;
     tracing::info!("images written");
     let frozen_time = tf.elapsed();
     stats.freezing_time = freezing.as_micros() as u32;

@@ -14,6 +14,7 @@ pub mod files;
 pub mod ghost;
 pub mod inotify;
 pub mod ipc;
+pub mod locks;
 pub mod memfd;
 pub mod memory;
 pub mod misc;

@@ -505,6 +505,7 @@ fn shape(
         Some(t) if shares_table => t.clone(),
         _ => kinds::files::restore_fds(&mut cx, img, inherited)?,
     };
+    kinds::locks::restore(&mut cx, img)?;
     fault_point("files")?;
     // Memory before the children, so they inherit it copy-on-write.
     kinds::memory::Memory::restore(&mut cx, img)?;

@@ -14,7 +14,9 @@
 //! `extRootNetNS` → a network namespace to join), `external net[INO]:KEY`, `join_ns` net,
 //! `empty_ns` (CLONE_NEWNET only), `orphan_pts_master` (the new pty master goes back in an
 //! `orphan-pts-master` NOTIFY), `status_fd`, `rst_sibling` (see `do_restore`), and the cgroup
-//! options (`cgroup_mode`, `kinds::cgroup`).
+//! options (`cgroup_mode`, `kinds::cgroup`). containerd's runc adds `file_locks`
+//! (`kinds::locks`) and `leave_running`, and the cgroup it names in `freeze_cgroup` is
+//! already frozen (containerd pauses the task first): it is left frozen.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -235,9 +237,6 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     }
     if on(o.ext_unix_sk) || !o.unix_sk_ino.is_empty() {
         bad.push("ext_unix_sk (external unix sockets are not implemented yet)".into());
-    }
-    if on(o.file_locks) {
-        bad.push("file_locks (file locks are not implemented yet)".into());
     }
     if on(o.track_mem) || o.parent_img.is_some() || on(o.auto_dedup) {
         bad.push("track_mem/parent_img/auto_dedup (incremental dumps need soft-dirty, which this kernel lacks)".into());
@@ -476,6 +475,8 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         empty_net: o.empty_ns.unwrap_or(0) & EMPTY_NS_NET != 0,
         freeze_cgroup: o.freeze_cgroup.as_ref().map(PathBuf::from),
         cgroup_mode: cgroup_mode(&o)?,
+        // containerd's runc always asks (`--file-locks`).
+        file_locks: o.file_locks == Some(true),
     };
     let mut n = hooks(&o, sk, images);
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;

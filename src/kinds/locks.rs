@@ -1,0 +1,361 @@
+//! File locks held by the tree: POSIX (`fcntl` F_SETLK), OFD (`F_OFD_SETLK`) and BSD
+//! (`flock`) locks, saved in `filelocks.img` (CRIU's `file_lock_entry`) and taken again in
+//! the restored tasks.
+//!
+//! **Dump** (`dump`, the tree seized): every lock a task holds through an fd is in that fd's
+//! `/proc/PID/fdinfo/FD` `lock:` lines (same text as `/proc/locks`). A POSIX lock belongs to
+//! the process whose pid it shows (fd tables shared with CLONE_FILES show it twice: kept
+//! once). A flock or OFD lock belongs to the open file description, so it shows on every fd
+//! of every task sharing it: kept once, with the first holder (parents come first, children
+//! inherit the description at restore). As CRIU: a lock found without `--file-locks` fails
+//! the dump; a POSIX lock in `/proc/locks` owned by a task of the tree but not reachable
+//! through any of its fds fails it too. Leases, delegations and mandatory locks are refused.
+//!
+//! **Restore** (`restore`, after a task's fds are rebuilt, before its children exist):
+//! each entry of that task is taken again from inside the puppet with an injected
+//! `flock(fd, LOCK_SH|LOCK_EX | LOCK_NB)` or `fcntl(fd, F_SETLK / F_OFD_SETLK, &flock)`;
+//! never blocking: a lock someone else took meanwhile fails the restore, naming it.
+
+use crate::dump::DumpError;
+use crate::image::{self, pb, ImageDir};
+use crate::kinds::{RestoreCx, TaskImages};
+use crate::restore::RestoreError;
+
+/// `file_lock_entry.flag` values (CRIU's FL_*).
+pub const FL_POSIX: u32 = 1;
+pub const FL_FLOCK: u32 = 2;
+pub const FL_OFD: u32 = 4;
+
+/// `file_lock_entry.type` values (`F_RDLCK`, `F_WRLCK`).
+const F_RDLCK: u32 = 0;
+const F_WRLCK: u32 = 1;
+
+/// The image name (a global image, as in CRIU).
+pub const IMAGE: &str = "filelocks.img";
+
+/// One line of `/proc/locks` or of an fdinfo `lock:` field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockLine {
+    /// POSIX, FLOCK, OFDLCK, LEASE, DELEG, ...
+    pub kind: String,
+    /// ADVISORY, MANDATORY, ACTIVE, BREAKING, ...
+    pub mode: String,
+    /// READ, WRITE, UNLCK.
+    pub access: String,
+    /// The owner's pid (-1 for OFD locks).
+    pub pid: i32,
+    /// `MAJ:MIN:INO` of the locked file.
+    pub file: String,
+    pub start: i64,
+    /// The last byte, `None` for EOF.
+    pub end: Option<i64>,
+}
+
+/// Parses `1: POSIX  ADVISORY  WRITE 30191 fe:00:10012747 5 14` (a blocked waiter's `->`
+/// marker is skipped). `None` if it is not such a line.
+pub fn parse_line(s: &str) -> Option<LockLine> {
+    let mut w = s.split_whitespace().filter(|t| *t != "->");
+    let id = w.next()?;
+    if !id.ends_with(':') {
+        return None;
+    }
+    let kind = w.next()?.to_string();
+    let mode = w.next()?.to_string();
+    let access = w.next()?.to_string();
+    let pid = w.next()?.parse().ok()?;
+    let file = w.next()?.to_string();
+    let start = w.next()?.parse().ok()?;
+    let end = match w.next()? {
+        "EOF" => None,
+        e => Some(e.parse().ok()?),
+    };
+    Some(LockLine {
+        kind,
+        mode,
+        access,
+        pid,
+        file,
+        start,
+        end,
+    })
+}
+
+/// A lock found at dump: the index of the holding task in the dump order, and its entry
+/// (`pid` is filled in by `write`, once pids are the tree's own).
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub task: usize,
+    pub entry: pb::FileLockEntry,
+    line: LockLine,
+}
+
+fn unsupported(pid: i32, fd: i32, what: String, hint: &str) -> DumpError {
+    DumpError::Unsupported {
+        pid,
+        object: format!("fd {fd} file lock"),
+        what,
+        hint: hint.into(),
+    }
+}
+
+/// The locks held by `tree` (host pids, dump order; zombies have no fds and are skipped).
+/// Without `requested` (`--file-locks`) any lock fails the dump, as in CRIU.
+pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, DumpError> {
+    let mut out: Vec<(i32, i32, Found)> = Vec::new();
+    for (task, &pid) in tree.iter().enumerate() {
+        let dir = format!("/proc/{pid}/fdinfo");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue; // a zombie
+        };
+        let mut fds: Vec<i32> = rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort_unstable();
+        for fd in fds {
+            let text = crate::procfs::read(pid, &format!("fdinfo/{fd}"))?;
+            for l in text.lines().filter_map(|l| l.strip_prefix("lock:")) {
+                // Empty when the owner is not visible from cryo's PID namespace.
+                if l.trim().is_empty() {
+                    continue;
+                }
+                let Some(line) = parse_line(l) else {
+                    return Err(crate::procfs::ProcError::Parse {
+                        path: format!("/proc/{pid}/fdinfo/{fd}").into(),
+                        what: format!("lock line '{}'", l.trim()),
+                    }
+                    .into());
+                };
+                let flag = match line.kind.as_str() {
+                    "POSIX" => FL_POSIX,
+                    "FLOCK" => FL_FLOCK,
+                    "OFDLCK" => FL_OFD,
+                    other => {
+                        return Err(unsupported(
+                            pid,
+                            fd,
+                            format!("a {other} lock (leases and delegations are not supported)"),
+                            "release the lease before the dump",
+                        ))
+                    }
+                };
+                if line.mode != "ADVISORY" {
+                    return Err(unsupported(
+                        pid,
+                        fd,
+                        format!("a {} lock (only advisory locks are supported)", line.mode),
+                        "",
+                    ));
+                }
+                let ty = match line.access.as_str() {
+                    "READ" => F_RDLCK,
+                    "WRITE" => F_WRLCK,
+                    other => {
+                        return Err(unsupported(pid, fd, format!("a lock of type {other}"), ""))
+                    }
+                };
+                // A POSIX lock shows on the fds of every process sharing the table; it
+                // belongs to the one whose pid it names.
+                if flag == FL_POSIX && line.pid != pid {
+                    continue;
+                }
+                let dup = out.iter().any(|(opid, ofd, f)| {
+                    f.line == line
+                        && (flag == FL_POSIX
+                            || crate::sys::proc::kcmp(
+                                pid,
+                                *opid,
+                                crate::sys::proc::KCMP_FILE,
+                                fd as u64,
+                                *ofd as u64,
+                            )
+                            .ok()
+                                == Some(0))
+                });
+                if dup {
+                    continue;
+                }
+                if !requested {
+                    return Err(unsupported(
+                        pid,
+                        fd,
+                        format!(
+                            "the tree holds a {} lock on {} (as CRIU, locks are dumped only when asked)",
+                            line.kind, line.file
+                        ),
+                        "dump with --file-locks (RPC file_locks)",
+                    ));
+                }
+                let len = match line.end {
+                    None => 0,
+                    Some(e) => e + 1 - line.start,
+                };
+                let entry = pb::FileLockEntry {
+                    flag,
+                    r#type: ty,
+                    pid: 0,
+                    fd,
+                    start: line.start,
+                    len,
+                };
+                out.push((pid, fd, Found { task, entry, line }));
+            }
+        }
+    }
+    // A POSIX lock of a tree task that no fd shows cannot be taken again.
+    if let Ok(all) = std::fs::read_to_string("/proc/locks") {
+        // Blocked waiters (`->`) hold nothing: their syscall is restarted after restore.
+        for line in all
+            .lines()
+            .filter(|l| !l.contains("->"))
+            .filter_map(parse_line)
+        {
+            if line.kind == "POSIX"
+                && tree.contains(&line.pid)
+                && !out.iter().any(|(_, _, f)| f.line == line)
+            {
+                return Err(unsupported(
+                    line.pid,
+                    -1,
+                    format!("a POSIX lock on {} held through no open fd", line.file),
+                    "",
+                ));
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(_, _, f)| f).collect())
+}
+
+/// Writes `filelocks.img` (only when there are locks), with each holder's pid as the
+/// images name it (`imgs` in dump order, pids already the tree's own).
+pub fn write(dir: &ImageDir, found: &[Found], imgs: &[TaskImages]) -> Result<(), DumpError> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    let mut entries = Vec::with_capacity(found.len());
+    for f in found {
+        let img = imgs
+            .get(f.task)
+            .ok_or(DumpError::Internal("a file lock of an unknown task"))?;
+        entries.push(pb::FileLockEntry {
+            pid: img.pid as i32,
+            ..f.entry
+        });
+    }
+    dir.write(IMAGE, image::FILE_LOCKS, &entries)?;
+    Ok(())
+}
+
+/// `flock(2)` operations.
+const LOCK_SH: u64 = 1;
+const LOCK_EX: u64 = 2;
+const LOCK_NB: u64 = 4;
+/// `fcntl(2)` commands.
+const F_SETLK: u64 = 6;
+const F_OFD_SETLK: u64 = 37;
+
+/// `struct flock` of x86-64 (short type, short whence, off_t start, off_t len, pid_t pid).
+fn flock_bytes(ty: u32, start: i64, len: i64, pid: i32) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[0..2].copy_from_slice(&(ty as i16).to_ne_bytes());
+    // l_whence = SEEK_SET (0).
+    b[8..16].copy_from_slice(&start.to_ne_bytes());
+    b[16..24].copy_from_slice(&len.to_ne_bytes());
+    b[24..28].copy_from_slice(&pid.to_ne_bytes());
+    b
+}
+
+/// Takes again, in the puppet `cx`, the locks `img`'s task held (its fds exist already).
+pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    let Some(all) = cx
+        .dir
+        .read_opt::<pb::FileLockEntry>(IMAGE, image::FILE_LOCKS)?
+    else {
+        return Ok(());
+    };
+    for e in all.iter().filter(|e| e.pid == img.pid as i32) {
+        let bad = |what: &str| {
+            RestoreError::BadImage(format!(
+                "{IMAGE}: process {} fd {}: {what} (flag {}, type {})",
+                e.pid, e.fd, e.flag, e.r#type
+            ))
+        };
+        if e.fd < 0 {
+            return Err(bad("no fd"));
+        }
+        let fd = e.fd as u64;
+        let held = |r: Result<u64, RestoreError>| {
+            r.map_err(|err| match err {
+                RestoreError::Remote(crate::sys::remote::RemoteError::Errno { source, .. })
+                    if matches!(
+                        source.raw_os_error(),
+                        Some(libc::EAGAIN) | Some(libc::EACCES)
+                    ) =>
+                {
+                    RestoreError::Unsupported(format!(
+                        "process {} fd {}: the file lock (flag {}, range {}+{}) is held by another process now",
+                        e.pid, e.fd, e.flag, e.start, e.len
+                    ))
+                }
+                other => other,
+            })
+        };
+        if e.flag & FL_FLOCK != 0 {
+            let op = match e.r#type {
+                F_RDLCK => LOCK_SH,
+                F_WRLCK => LOCK_EX,
+                _ => return Err(bad("unknown flock type")),
+            };
+            held(cx.sys(
+                "flock (file lock)",
+                libc::SYS_flock,
+                [fd, op | LOCK_NB, 0, 0, 0, 0],
+            ))?;
+        } else if e.flag & (FL_POSIX | FL_OFD) != 0 {
+            if e.r#type != F_RDLCK && e.r#type != F_WRLCK {
+                return Err(bad("unknown lock type"));
+            }
+            let (cmd, pid) = if e.flag & FL_OFD != 0 {
+                (F_OFD_SETLK, 0)
+            } else {
+                (F_SETLK, e.pid)
+            };
+            let a = cx.put(0, &flock_bytes(e.r#type, e.start, e.len, pid))?;
+            held(cx.sys(
+                "fcntl(F_SETLK) (file lock)",
+                libc::SYS_fcntl,
+                [fd, cmd, a, 0, 0, 0],
+            ))?;
+        } else {
+            return Err(bad("leases are not supported"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lock_lines() {
+        let l = parse_line("1: POSIX  ADVISORY  WRITE 30191 fe:00:10012747 5 14").unwrap();
+        assert_eq!(l.kind, "POSIX");
+        assert_eq!(l.pid, 30191);
+        assert_eq!(l.start, 5);
+        assert_eq!(l.end, Some(14));
+        let l = parse_line("\t1: OFDLCK ADVISORY  READ -1 fe:00:10012747 100 EOF").unwrap();
+        assert_eq!(l.pid, -1);
+        assert_eq!(l.end, None);
+        let l = parse_line("2: -> FLOCK  ADVISORY  WRITE 7 fe:00:1 0 EOF").unwrap();
+        assert_eq!(l.kind, "FLOCK");
+        assert!(parse_line("pos:\t0").is_none());
+    }
+
+    #[test]
+    fn flock_layout() {
+        let b = flock_bytes(F_WRLCK, 5, 10, 42);
+        assert_eq!(i16::from_ne_bytes([b[0], b[1]]), 1);
+        assert_eq!(i64::from_ne_bytes(b[8..16].try_into().unwrap()), 5);
+        assert_eq!(i32::from_ne_bytes(b[24..28].try_into().unwrap()), 42);
+    }
+}
