@@ -10,8 +10,11 @@
  * On SIGUSR1 it reads everything back (looking segments up by key, receiving the messages)
  * and prints it the same way ("have ..."), then waits for the next SIGUSR1.
  *
- * With "mq" as argument it also makes a POSIX message queue /cryo-test-q; with "mqfd" it
- * also keeps it open.
+ * With "mq" as argument it also makes a POSIX message queue /cryo-test-q (mode 0640, at
+ * most 5 messages of 100 bytes) holding 3 messages of different priorities; with "mqfd" it
+ * also keeps it open (O_NONBLOCK); with "mqnotify" it also registers for its notification.
+ * Then every report is followed by a line "want-mq ..."/"have-mq ..." with the queue's
+ * attributes, mode and messages (read and put back).
  */
 #include <fcntl.h>
 #include <mqueue.h>
@@ -25,6 +28,41 @@
 #include <sys/sem.h>
 #include <sys/shm.h>
 #include <unistd.h>
+#include <sys/stat.h>
+
+static int mq_kind; /* 0 none, 1 by name, 2 kept open */
+static mqd_t mq_kept = (mqd_t)-1;
+
+/* Prints the queue's attributes, mode and messages, putting the messages back. */
+static void mq_report(const char *tag)
+{
+	if (!mq_kind)
+		return;
+	mqd_t q = mq_kind == 2 ? mq_kept : mq_open("/cryo-test-q", O_RDWR | O_NONBLOCK);
+	struct mq_attr a;
+	struct stat st;
+	if (q == (mqd_t)-1 || mq_getattr(q, &a) || fstat((int)q, &st)) {
+		printf("%s-mq broken\n", tag);
+		fflush(stdout);
+		return;
+	}
+	printf("%s-mq flags=%ld max=%ld size=%ld cur=%ld mode=%o", tag, a.mq_flags, a.mq_maxmsg,
+	       a.mq_msgsize, a.mq_curmsgs, st.st_mode & 07777);
+	char buf[100][100];
+	unsigned prio[100];
+	ssize_t len[100];
+	int n = 0;
+	while (n < 100 && (len[n] = mq_receive(q, buf[n], 100, &prio[n])) >= 0)
+		n++;
+	for (int i = 0; i < n; i++) {
+		printf(" %u:%.*s", prio[i], (int)len[i], buf[i]);
+		mq_send(q, buf[i], len[i], prio[i]);
+	}
+	printf("\n");
+	fflush(stdout);
+	if (mq_kind == 1)
+		mq_close(q);
+}
 
 #define SHM_KEY 0x43720001
 #define SEM_KEY 0x43720002
@@ -214,18 +252,33 @@ int main(int argc, char **argv)
 			die("msgsnd");
 	}
 	if (argc > 1 && !strncmp(argv[1], "mq", 2)) {
-		mqd_t q = mq_open("/cryo-test-q", O_CREAT | O_RDWR, 0600, NULL);
+		struct mq_attr attr = {.mq_maxmsg = 5, .mq_msgsize = 100};
+		umask(0);
+		mqd_t q = mq_open("/cryo-test-q", O_CREAT | O_RDWR | O_NONBLOCK, 0640, &attr);
 		if (q == (mqd_t)-1)
 			die("mq_open");
-		if (strcmp(argv[1], "mqfd"))
+		if (mq_send(q, "low", 3, 1) || mq_send(q, "high", 4, 7) || mq_send(q, "low-2", 5, 1))
+			die("mq_send");
+		mq_kind = strcmp(argv[1], "mq") ? 2 : 1;
+		if (mq_kind == 2)
+			mq_kept = q;
+		else
 			mq_close(q);
 	}
 
 	printf("ready %d %d %d %d\n", shmid, semid, msqid, privid);
 	report("want", shmid, semid, msqid, privid, 0);
+	mq_report("want");
+	if (argc > 1 && !strcmp(argv[1], "mqnotify")) {
+		/* After the report: refilling an empty queue fires (and ends) a registration. */
+		struct sigevent ev = {.sigev_notify = SIGEV_NONE};
+		if (mq_notify(mq_kept, &ev))
+			die("mq_notify");
+	}
 	for (;;) {
 		sigwait(&set, &sig);
 		report("have", shmid, semid, msqid, privid, 1);
+		mq_report("have");
 		/* Put the messages back for another cycle. */
 		for (int i = 0; i < NMSG; i++) {
 			mb.type = msg_types[i];

@@ -561,14 +561,13 @@ fn ipc_namespace_keeps_its_objects() {
     assert_eq!(var["entries"][0]["msg_ctlmax"], 9000);
 }
 
-/// An IPC namespace holding a POSIX message queue is refused, naming the queue (and the fd
-/// when the process keeps it open), and the process goes on with its SysV objects untouched.
+/// POSIX message queues of a private IPC namespace come back with their attributes, mode
+/// and messages (in priority order), whether the program keeps the queue open or not; the
+/// open fd is reopened on the new queue. A queue with an mq_notify registration is refused,
+/// naming it, and the process goes on untouched.
 #[test]
-fn ipc_namespace_with_a_posix_queue_is_refused() {
-    for (mode, expect) in [
-        ("mq", "POSIX message queue /cryo-test-q: "),
-        ("mqfd", "(POSIX message queue /cryo-test-q)"),
-    ] {
+fn ipc_namespace_keeps_its_posix_queues() {
+    for mode in ["mq", "mqfd"] {
         let dir = scratch(&format!("ipcns-{mode}"));
         let out = dir.join("out");
         let pid = spawn(
@@ -577,19 +576,53 @@ fn ipc_namespace_with_a_posix_queue_is_refused() {
         );
         let _g = KillOnDrop(pid);
         wait_ready(&out);
-        wait_for("the expected state", 10, || lines(&out).len() >= 2);
-        let err = dump_fails(pid, &dir.join("img"), &[]);
+        wait_for("the expected state", 10, || lines(&out).len() >= 3);
+        let want = lines(&out);
         assert!(
-            err.contains(expect),
-            "{mode}: the error does not name the queue: {err}"
+            want[2].starts_with("want-mq ") && want[2].contains(" 7:high 1:low 1:low-2"),
+            "{want:?}"
         );
+        let img = dir.join("img");
+        dump_and_restore(pid, &img);
         signal(pid, libc::SIGUSR1);
-        wait_for("the state after the refused dump", 10, || {
-            lines(&out).len() >= 3
-        });
+        wait_for("the state after restore", 10, || lines(&out).len() >= 5);
         let l = lines(&out);
-        assert_eq!(l[2].replacen("have", "want", 1), l[1]);
+        assert_eq!(
+            l[3].replacen("have", "want", 1),
+            l[1],
+            "{mode}: SysV objects"
+        );
+        assert_eq!(
+            l[4].replacen("have", "want", 1),
+            l[2],
+            "{mode}: the POSIX queue"
+        );
+        kill(pid);
     }
+    let dir = scratch("ipcns-mqnotify");
+    let out = dir.join("out");
+    let pid = spawn(
+        &["unshare", "-i", prog("ipcns").to_str().unwrap(), "mqnotify"],
+        &out,
+    );
+    let _g = KillOnDrop(pid);
+    wait_ready(&out);
+    wait_for("the expected state", 10, || lines(&out).len() >= 3);
+    let err = dump_fails(pid, &dir.join("img"), &[]);
+    assert!(
+        err.contains("POSIX message queue /cryo-test-q") && err.contains("mq_notify"),
+        "{err}"
+    );
+    signal(pid, libc::SIGUSR1);
+    wait_for("the state after the refused dump", 10, || {
+        lines(&out).len() >= 5
+    });
+    let l = lines(&out);
+    assert_eq!(
+        l[4].replacen("have", "want", 1),
+        l[2],
+        "the refused dump changed the queue"
+    );
 }
 
 /// A program in a time namespace whose clocks are days ahead of the host's: after a dump, a

@@ -87,6 +87,7 @@ kinds! {
     IPCNS_SHM = "ipcns-shm", Common(0x4628_3044), "ipc_shm_entry";
     IPCNS_MSG = "ipcns-msg", Common(0x5545_3737), "ipc_msg_entry";
     IPCNS_SEM = "ipcns-sem", Common(0x5957_3019), "ipc_sem_entry";
+    IPCNS_MQ = "ipcns-mq", Common(0x6372_7971), "cryo_mqueue_entry";
     USERNS = "userns", Common(0x5547_4906), "userns_entry";
     TIMENS = "timens", Common(0x4311_4433), "timens_entry";
     PIDNS = "pidns", Common(0x6115_7326), "pidns_entry";

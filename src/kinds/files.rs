@@ -172,14 +172,17 @@ pub fn precheck(
                     socks.push((pid, fd, ino));
                 }
             }
-            // A POSIX message queue looks like a regular file named "/NAME".
+            // A POSIX message queue looks like a regular file named "/NAME": saved as one
+            // with `cryo_mqueue` (its queue with the IPC namespace), unless it was unlinked.
             Ok(Class::Reg) if meta.as_ref().is_some_and(|m| m.is_file()) && is_mqueue(pid, fd) => {
-                return Err(DumpError::Unsupported {
-                    pid,
-                    object: format!("fd {fd} (POSIX message queue {link})"),
-                    what: "POSIX message queues are not supported yet".into(),
-                    hint: "close it before the dump, or wait for the issue that adds it".into(),
-                })
+                if link.ends_with(" (deleted)") {
+                    return Err(DumpError::Unsupported {
+                        pid,
+                        object: format!("fd {fd} (POSIX message queue {link})"),
+                        what: "the queue was unlinked (mq_unlink) while open".into(),
+                        hint: "close it before the dump".into(),
+                    });
+                }
             }
             Ok(Class::Reg)
                 if link.ends_with(" (deleted)")
@@ -510,6 +513,12 @@ impl Kind for Files {
                         meta.is_file().then_some(meta.len()),
                         meta.mode(),
                     );
+                    if meta.is_file() && is_mqueue(pid, fd) {
+                        if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
+                            r.cryo_mqueue = Some(true);
+                            r.size = None;
+                        }
+                    }
                     if deleted.is_some() {
                         super::ghost::dump(
                             cx.files,
@@ -762,6 +771,12 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Res
     }
     let reg = cx.reg(id)?.clone();
     let flags = flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+    if reg.cryo_mqueue == Some(true) {
+        // Opened by name in the puppet's IPC namespace, whose queues exist by now.
+        let p = cx.put_path(reg.name.trim_start_matches('/'))?;
+        let mode = flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32;
+        return Ok(cx.sys("mq_open", libc::SYS_mq_open, [p, mode as u64, 0, 0, 0, 0])? as i32);
+    }
     if cell.borrow().ghosts.is_ghost(id) {
         let local = {
             let mut objs = cell.borrow_mut();

@@ -31,7 +31,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 
 use nix::sched::CloneFlags;
@@ -103,6 +103,8 @@ pub struct IpcNs {
     pub shm: Vec<(pb::IpcShmEntry, Vec<u8>)>,
     pub sem: Vec<(pb::IpcSemEntry, Vec<u16>)>,
     pub msg: Vec<Queue>,
+    /// POSIX message queues (cryo's `ipcns-mq-ID.img`).
+    pub mq: Vec<pb::CryoMqueueEntry>,
 }
 
 /// A message queue and its messages (header, body), in queue order.
@@ -428,27 +430,86 @@ fn dump_msg() -> Result<Vec<Queue>, IpcError> {
     Ok(out)
 }
 
-/// Refuses POSIX message queues: lists the namespace's mqueue filesystem.
-fn check_mqueue() -> Result<(), IpcError> {
+/// The POSIX message queues of the namespace (listed through a detached mount of its mqueue
+/// filesystem), each with its messages. Reading a message takes it off the queue, so each
+/// queue is emptied and at once refilled in the same order (the tree is frozen; nothing else
+/// lives in its namespace). A queue with an `mq_notify` registration is refused: refilling
+/// it would fire the notification.
+fn dump_mqueues() -> Result<Vec<pb::CryoMqueueEntry>, IpcError> {
+    use std::os::unix::fs::MetadataExt;
     let mnt = sys::mqueue_mount().map_err(op("the mqueue filesystem", "fsopen/fsmount"))?;
     let root = format!("/proc/self/fd/{}", mnt.as_raw_fd());
     let mut names: Vec<String> = std::fs::read_dir(&root)
         .map_err(op("the mqueue filesystem", "readdir"))?
         .filter_map(|e| e.ok())
-        .map(|e| format!("/{}", e.file_name().to_string_lossy()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    if names.is_empty() {
-        return Ok(());
-    }
     names.sort();
-    Err(IpcError::Unsupported {
-        object: format!("POSIX message queue {}", names[0]),
-        what: format!(
-            "POSIX message queues are not saved yet (the namespace has {}: {})",
-            names.len(),
-            names.join(", ")
-        ),
-    })
+    let mut out = Vec::new();
+    for name in names {
+        let object = format!("POSIX message queue /{name}");
+        let path = format!("{root}/{name}");
+        let meta = std::fs::metadata(&path).map_err(op(&object, "stat"))?;
+        let state = std::fs::read_to_string(&path).map_err(op(&object, "read"))?;
+        let notify = state
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("NOTIFY_PID:"))
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0);
+        if notify != 0 {
+            return Err(IpcError::Unsupported {
+                object,
+                what: format!("process {notify} is registered for its notification (mq_notify), which cryo cannot restore"),
+            });
+        }
+        let fd =
+            sys::mq_open(&name, libc::O_RDWR | libc::O_NONBLOCK).map_err(op(&object, "mq_open"))?;
+        let info = sys::mq_info(fd.as_fd()).map_err(op(&object, "mq_getattr"))?;
+        let mut msgs = Vec::new();
+        while let Some((prio, data)) =
+            sys::mq_take(fd.as_fd(), info.msgsize as usize).map_err(op(&object, "mq_receive"))?
+        {
+            msgs.push(pb::CryoMqMsg { prio, data });
+        }
+        for m in &msgs {
+            sys::mq_put(fd.as_fd(), m.prio, &m.data).map_err(op(&object, "mq_send (put back)"))?;
+        }
+        out.push(pb::CryoMqueueEntry {
+            name,
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            maxmsg: info.maxmsg,
+            msgsize: info.msgsize,
+            msgs,
+        });
+    }
+    Ok(out)
+}
+
+/// Makes queue `e` again in the calling thread's namespace, with its owner, mode and messages.
+fn restore_mqueue(e: &pb::CryoMqueueEntry) -> Result<(), IpcError> {
+    let object = format!("POSIX message queue /{}", e.name);
+    let fd = sys::mq_create(&e.name, e.mode, e.maxmsg, e.msgsize)
+        .map_err(op(&object, "mq_open(O_CREAT)"))?;
+    nix::unistd::fchown(&fd, Some(e.uid.into()), Some(e.gid.into())).map_err(|err| {
+        IpcError::Op {
+            object: object.clone(),
+            what: "fchown",
+            source: err.into(),
+        }
+    })?;
+    nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(e.mode)).map_err(
+        |err| IpcError::Op {
+            object: object.clone(),
+            what: "fchmod",
+            source: err.into(),
+        },
+    )?;
+    for m in &e.msgs {
+        sys::mq_put(fd.as_fd(), m.prio, &m.data).map_err(op(&object, "mq_send"))?;
+    }
+    Ok(())
 }
 
 /// Saves the contents of the task's IPC namespace, once per namespace, unless it is
@@ -463,9 +524,9 @@ pub fn dump(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> {
     let pid = cx.pid;
     let ns = in_ipc_ns(pid, || {
         let var = dump_var()?;
-        check_mqueue()?;
         Ok(IpcNs {
             id,
+            mq: dump_mqueues()?,
             shm: dump_shm(&var)?,
             sem: dump_sem()?,
             msg: dump_msg()?,
@@ -520,6 +581,9 @@ pub fn write(dir: &ImageDir, files: &FileTable) -> Result<(), ImageError> {
             .map(|(e, msgs)| (*e, image::ipc_msgs_data(msgs)))
             .collect();
         dir.write_with_data(&format!("ipcns-msg-{id}.img"), image::IPCNS_MSG, &msg)?;
+        if !ns.mq.is_empty() {
+            dir.write(&format!("ipcns-mq-{id}.img"), image::IPCNS_MQ, &ns.mq)?;
+        }
     }
     Ok(())
 }
@@ -567,6 +631,9 @@ fn load(dir: &ImageDir, id: u32) -> Result<Option<IpcNs>, RestoreError> {
         let msgs = image::read_ipc_msgs(&dir.file(&name), &data, e.qnum as usize)?;
         ns.msg.push((e, msgs));
     }
+    ns.mq = dir
+        .read_opt(&format!("ipcns-mq-{id}.img"), image::IPCNS_MQ)?
+        .unwrap_or_default();
     Ok(Some(ns))
 }
 
@@ -686,6 +753,9 @@ pub fn restore(
         }
         for (e, msgs) in &ns.msg {
             restore_msg(e, msgs)?;
+        }
+        for e in &ns.mq {
+            restore_mqueue(e)?;
         }
         restore_var(&ns.var, Phase::Final)
     })?;

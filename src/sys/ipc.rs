@@ -384,7 +384,9 @@ fn mq_name(name: &str) -> io::Result<std::ffi::CString> {
 pub fn mq_open(name: &str, flags: i32) -> io::Result<OwnedFd> {
     let n = mq_name(name)?;
     // SAFETY: a NUL-terminated name; no O_CREAT, so the mode and attr arguments are unused.
-    let fd = cvt(unsafe { libc::syscall(libc::SYS_mq_open, n.as_ptr(), flags | libc::O_CLOEXEC, 0, 0) })?;
+    let fd = cvt(unsafe {
+        libc::syscall(libc::SYS_mq_open, n.as_ptr(), flags | libc::O_CLOEXEC, 0, 0)
+    })?;
     // SAFETY: a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -433,7 +435,10 @@ pub fn mq_info(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<MqInfo> {
 
 /// Takes the first message (highest priority) without waiting: (priority, body), or None
 /// when the queue is empty. `fd` must have O_NONBLOCK.
-pub fn mq_take(fd: std::os::fd::BorrowedFd<'_>, msgsize: usize) -> io::Result<Option<(u32, Vec<u8>)>> {
+pub fn mq_take(
+    fd: std::os::fd::BorrowedFd<'_>,
+    msgsize: usize,
+) -> io::Result<Option<(u32, Vec<u8>)>> {
     use std::os::fd::AsRawFd;
     let mut buf = vec![0u8; msgsize.max(1)];
     let mut prio: libc::c_uint = 0;
