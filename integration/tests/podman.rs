@@ -365,7 +365,7 @@ fn started(p: &Podman) -> ContainerState {
     ContainerState::read(p, "c")
 }
 
-/// 1. `podman container checkpoint` then `podman container restore` in place (with
+/// Test 1: `podman container checkpoint` then `podman container restore` in place (with
 /// `--keep`: the logs show cryo did both).
 #[test]
 fn checkpoint_and_restore() {
@@ -392,7 +392,7 @@ fn checkpoint_and_restore() {
         .exists());
 }
 
-/// 2. `checkpoint --export`, `podman rm`, `restore --import`: the container comes back
+/// Test 2: `checkpoint --export`, `podman rm`, `restore --import`: the container comes back
 /// from the archive alone.
 #[test]
 fn export_rm_import() {
@@ -440,7 +440,7 @@ fn figure(s: &serde_json::Value, k: &str) -> u64 {
         .unwrap_or_else(|| panic!("{k} missing or zero in {s}"))
 }
 
-/// 3. `--print-stats`: podman shows the figures cryo measured (read from `stats-dump` and
+/// Test 3: `--print-stats`: podman shows the figures cryo measured (read from `stats-dump` and
 /// `stats-restore` in its work dir), not zeros.
 #[test]
 fn print_stats() {
