@@ -210,7 +210,13 @@ impl Podman {
     }
 
     fn status(&self, name: &str) -> String {
-        self.ok(&["inspect", "--format", "{{.State.Status}}", name])
+        self.ok(&[
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Status}}",
+            name,
+        ])
     }
 
     fn exec(&self, name: &str, argv: &[&str]) -> String {
@@ -379,7 +385,7 @@ fn checkpoint_and_restore() {
     p.check_restored("c", last, &before);
     eprintln!("podman checkpoint {t_ck:?}, restore {t_rs:?}");
     // The logs runc asked for, in podman's work dir (the container's userdata).
-    let userdata = p.ok(&["inspect", "--format", "{{.StaticDir}}", "c"]);
+    let userdata = p.ok(&["container", "inspect", "--format", "{{.StaticDir}}", "c"]);
     let dump_log = std::fs::read_to_string(Path::new(&userdata).join("dump.log")).unwrap();
     assert!(dump_log.contains("Dumped "), "dump.log: {dump_log}");
     let rst_log = std::fs::read_to_string(Path::new(&userdata).join("restore.log")).unwrap();
@@ -420,7 +426,12 @@ fn export_rm_import() {
         );
     }
     p.ok(&["rm", "-f", "-t", "0", "c"]);
-    assert!(!p.run(&["inspect", "c"]).status.success(), "c still exists");
+    // (Not `inspect c`: that also matches an image whose ID starts with "c".)
+    assert_eq!(
+        p.run(&["container", "exists", "c"]).status.code(),
+        Some(1),
+        "c still exists"
+    );
     let (_, t_rs) = p.timed(&["container", "restore", "--import", &tars]);
     p.check_restored("c", last, &before);
     eprintln!("podman checkpoint --export {t_ck:?}, restore --import {t_rs:?}");
