@@ -249,6 +249,91 @@ fn dump_and_restore_over_rpc_with_notifications() {
     );
 }
 
+/// A work directory of its own (`work_dir_fd`, as runc gets from `--work-path` and podman
+/// sets to the container's userdata): the logs go there, into files podman created
+/// beforehand, and so do `stats-dump` / `stats-restore` (podman's `--print-stats` reads
+/// them there), in CRIU's format, with the figures cryo measured.
+#[test]
+fn work_dir_gets_logs_and_stats() {
+    let dir = scratch("rpc-work");
+    let out = dir.join("counter.out");
+    let pid = spawn(
+        &[prog("counter").to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the counter", 10, || lines(&out).len() >= 3);
+    let img = dir.join("img");
+    let work = dir.join("work");
+    let (d, w) = (dir_fd(&img), dir_fd(&work));
+    std::fs::write(work.join("dump.log"), "").unwrap();
+    std::fs::write(work.join("restore.log"), "").unwrap();
+    let opts = pb::CriuOpts {
+        images_dir_fd: d.as_raw_fd(),
+        work_dir_fd: Some(w.as_raw_fd()),
+        pid: Some(pid),
+        log_level: Some(4),
+        log_file: Some("dump.log".into()),
+        ..Default::default()
+    };
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(opts)), None);
+    assert!(
+        ok && r.success,
+        "{:?}\n{}",
+        r.cr_errmsg,
+        log(&work, "dump.log")
+    );
+    wait_gone(pid);
+    assert!(log(&work, "dump.log").contains("Dumped "));
+    let st = stats(&work.join("stats-dump"));
+    let dump = st.dump.expect("a dump entry");
+    assert!(
+        dump.pages_written > 0 && dump.pages_scanned >= dump.pages_written,
+        "{dump:?}"
+    );
+    assert!(dump.frozen_time > 0 && dump.memdump_time > 0, "{dump:?}");
+
+    let ropts = pb::CriuOpts {
+        images_dir_fd: d.as_raw_fd(),
+        work_dir_fd: Some(w.as_raw_fd()),
+        log_level: Some(4),
+        log_file: Some("restore.log".into()),
+        ..Default::default()
+    };
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Restore, Some(ropts)), None);
+    assert!(
+        ok && r.success,
+        "{:?}\n{}",
+        r.cr_errmsg,
+        log(&work, "restore.log")
+    );
+    assert!(log(&work, "restore.log").contains("Restored "));
+    let rst = stats(&work.join("stats-restore"))
+        .restore
+        .expect("a restore entry");
+    assert!(rst.forking_time > 0 && rst.restore_time > 0, "{rst:?}");
+    assert_eq!(rst.pages_restored, Some(dump.pages_written), "{rst:?}");
+    let n = lines(&out).len();
+    wait_for("the counter after restore", 10, || {
+        lines(&out).len() > n + 1
+    });
+}
+
+/// A stats file as go-criu reads it: IMG_SERVICE_MAGIC, STATS_MAGIC, a LE u32 size, then
+/// one `stats_entry`.
+fn stats(p: &Path) -> pb::StatsEntry {
+    let b = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+    assert_eq!(
+        (word(0), word(4)),
+        (0x5510_5940, 0x5709_3306),
+        "{}",
+        p.display()
+    );
+    let n = word(8) as usize;
+    pb::StatsEntry::decode(&b[12..12 + n]).unwrap()
+}
+
 /// `--action-script hooks/actions-log.sh` on dump and restore: the script sees every action
 /// with CRIU's environment; failing at post-restore kills the restored process instead of
 /// letting it run.

@@ -528,6 +528,7 @@ fn shape(
             in_own_session = true;
         }
         let cpid = child.pid as i32;
+        let forking = Instant::now();
         let set_tid = cx.put(3072, &(cpid as u64).to_ne_bytes())?;
         let mut args = [0u64; 11];
         if child.ids.files_id == img.ids.files_id && !child.is_zombie() {
@@ -582,6 +583,7 @@ fn shape(
                 })
             }
         }
+        cx.stats.forking_time += forking.elapsed().as_micros() as u32;
         let calls = cx.remote.calls;
         cx.remote.calls = 0;
         sh.calls += calls;
@@ -854,6 +856,7 @@ pub fn run(
     } else {
         None
     };
+    let forking = Instant::now();
     let child = crate::sys::proc::spawn_puppet(vroot, own_pid_ns).map_err(|source| {
         if source.raw_os_error() == Some(libc::EEXIST) {
             RestoreError::PidBusy {
@@ -883,6 +886,7 @@ pub fn run(
             })
         }
     }
+    let forking = forking.elapsed();
     puppets.0[0]
         .tracee
         .set_options(
@@ -900,7 +904,11 @@ pub fn run(
 
     // 3. Shape every task (children are created from their parents on the way).
     let tf = Instant::now();
-    let mut stats = pb::RestoreStatsEntry::default();
+    let mut stats = pb::RestoreStatsEntry {
+        // Creating the tasks: the root here, the others in `shape`.
+        forking_time: forking.as_micros() as u32,
+        ..Default::default()
+    };
     let mut ready = Vec::new();
     let objs = std::cell::RefCell::new(kinds::files::FdObjects::new(dir, &files, &tasks)?);
     objs.borrow_mut().tty.orphan_pts_master = opts.orphan_pts_master;

@@ -394,8 +394,13 @@ fn cgroup_mode(o: &pb::CriuOpts) -> Result<kinds::cgroup::Mode, String> {
     })
 }
 
-/// Opens the images directory and the log for a DUMP or RESTORE request.
-fn setup(o: &pb::CriuOpts, peer: i32, create: bool) -> Result<(ImageDir, PathBuf), String> {
+/// Opens the images directory and the log for a DUMP or RESTORE request; returns the images
+/// directory, its path and the work directory's (`work_dir_fd`, else the images directory).
+fn setup(
+    o: &pb::CriuOpts,
+    peer: i32,
+    create: bool,
+) -> Result<(ImageDir, PathBuf, PathBuf), String> {
     let images = if o.images_dir_fd >= 0 {
         caller_path(peer, o.images_dir_fd)
     } else if let Some(d) = &o.images_dir {
@@ -422,7 +427,23 @@ fn setup(o: &pb::CriuOpts, peer: i32, create: bool) -> Result<(ImageDir, PathBuf
         // CRIU's RPC default level is 2; runtimes ask for 4.
         let _ = crate::logging::init(o.log_level.unwrap_or(2) as u32, Some(&work.join(f)));
     }
-    Ok((dir, images))
+    Ok((dir, images, work))
+}
+
+/// CRIU writes `stats-dump` / `stats-restore` into the work directory, where podman reads
+/// them (`--print-stats`) and takes `stats-dump` into a `--export` archive; cryo writes
+/// them with the images, so a copy goes to a work directory of its own.
+fn copy_stats(images: &std::path::Path, work: &std::path::Path, name: &str) {
+    let same = match (images.canonicalize(), work.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return;
+    }
+    if let Err(e) = std::fs::copy(images.join(name), work.join(name)) {
+        tracing::warn!("{name} into the work directory {}: {e}", work.display());
+    }
 }
 
 /// The notifiers of a request: the caller's NOTIFY round trips if it asked for them, then
@@ -457,7 +478,7 @@ fn hooks<'a>(o: &pb::CriuOpts, sk: BorrowedFd<'a>, images: PathBuf) -> Box<dyn N
 fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuResp, String> {
     let o = req.opts.clone().ok_or("DUMP without options")?;
     refuse_unsupported(&o, false)?;
-    let (dir, images) = setup(&o, peer, true)?;
+    let (dir, images, work) = setup(&o, peer, true)?;
     let opts = dump::DumpOpts {
         // CRIU dumps the caller itself when no pid is given; cryo cannot freeze its caller.
         pid: o
@@ -478,8 +499,9 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         // containerd's runc always asks (`--file-locks`).
         file_locks: o.file_locks == Some(true),
     };
-    let mut n = hooks(&o, sk, images);
+    let mut n = hooks(&o, sk, images.clone());
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
+    copy_stats(&images, &work, "stats-dump");
     signal_status_fd(&o, peer);
     tracing::info!(
         "Dumped {} in {} us (frozen {} us)",
@@ -498,7 +520,7 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
 fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuResp, String> {
     let o = req.opts.clone().ok_or("RESTORE without options")?;
     refuse_unsupported(&o, true)?;
-    let (dir, images) = setup(&o, peer, false)?;
+    let (dir, images, work) = setup(&o, peer, false)?;
     if o.rst_sibling == Some(true) {
         // cryo is the restored root's parent until it exits right after the response; the
         // root is then reparented to the nearest subreaper (runc is one), not created with
@@ -535,8 +557,9 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
                 .collect(),
         },
     };
-    let mut n = hooks(&o, sk, images);
+    let mut n = hooks(&o, sk, images.clone());
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
+    copy_stats(&images, &work, "stats-restore");
     signal_status_fd(&o, peer);
     tracing::info!("Restored {} in {} us", r.pid, r.total_us);
     Ok(pb::CriuResp {

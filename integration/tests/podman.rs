@@ -1,0 +1,492 @@
+//! podman 4.3 checkpoints and restores containers through cryo (issue #5), the way it does
+//! with CRIU: podman probes `criu` from PATH itself (go-criu VERSION), then runc runs it for
+//! the work. Here `criu` is a symlink to the cryo under test, first in PATH and also named
+//! with `--runtime-flag criu=LINK` (runc under conmon, on restore, gets conmon's PATH, not
+//! ours). The settings are those `/work/shared/reference/runtimes-on-this-vm.md` lists for
+//! this VM: `--runtime runc` (crun is not installed, and without checkpoint support), the
+//! vfs storage driver, `--network none`, rlimits runc can set, and a private
+//! `--root/--runroot/--tmpdir`, runc root and containers.conf, so nothing is shared with
+//! other podman users of the machine. The image is a busybox rootfs
+//! (`bundles/busybox/build-rootfs.sh`) brought in with `podman import`.
+//!
+//! The container's shell writes a counter, one line per number, to a bind-mounted host
+//! file: after a restore the numbers go on with no gap and no repeat (a new start would
+//! repeat 1, a lost step would skip one). Everything (containers, images, storage, mounts)
+//! is removed when a test ends, also when it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use integration::{cryo_bin, root};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ok(o: &Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The shell's hard limit on open files: runc cannot raise the init's beyond it without
+/// CAP_SYS_RESOURCE, and podman's default (1048576) is above it on this VM.
+fn nofile_hard() -> u64 {
+    let o = Command::new("sh").args(["-c", "ulimit -Hn"]).output();
+    o.ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(1024)
+}
+
+/// A private podman installation: its storage, run and tmp dirs, runc root, config, and a
+/// `bin/criu` symlink to cryo. Dropping it removes every container and image it holds,
+/// unmounts what is left under it and deletes it.
+struct Podman {
+    dir: PathBuf,
+    link: PathBuf,
+    path: String,
+}
+
+impl Podman {
+    fn new(name: &str) -> Podman {
+        let dir = std::env::temp_dir().join(format!("cryo-podman-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bin = dir.join("bin");
+        for d in ["bin", "root", "runroot", "tmp", "runc", "host"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let link = bin.join("criu");
+        std::os::unix::fs::symlink(cryo_bin(), &link).unwrap();
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        // Only this file is read when CONTAINERS_CONF names it (no host containers.conf).
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 runtime = \"runc\"\nconmon_env_vars = [\"PATH={path}\"]\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("storage.conf"),
+            format!(
+                "[storage]\ndriver = \"vfs\"\nrunroot = \"{}\"\ngraphroot = \"{}\"\n",
+                dir.join("runroot").display(),
+                dir.join("root").display()
+            ),
+        )
+        .unwrap();
+        Podman { dir, link, path }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let d = |s: &str| self.dir.join(s).display().to_string();
+        let mut c = Command::new("podman");
+        c.env("PATH", &self.path)
+            .env("CONTAINERS_CONF", d("containers.conf"))
+            .env("CONTAINERS_STORAGE_CONF", d("storage.conf"))
+            .env("TMPDIR", d("tmp"))
+            .args(["--root", &d("root"), "--runroot", &d("runroot")])
+            .args(["--tmpdir", &d("tmp"), "--storage-driver", "vfs"])
+            .args([
+                "--runtime",
+                "runc",
+                "--runtime-flag",
+                &format!("root={}", d("runc")),
+            ])
+            .args(["--runtime-flag", &format!("criu={}", self.link.display())])
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run podman")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        ok(&self.run(args), &format!("podman {args:?}"))
+    }
+
+    /// `args` and its wall time.
+    fn timed(&self, args: &[&str]) -> (String, Duration) {
+        let t = Instant::now();
+        let out = self.ok(args);
+        (out, t.elapsed())
+    }
+
+    fn host(&self, p: &str) -> PathBuf {
+        self.dir.join("host").join(p)
+    }
+
+    /// Imports the busybox rootfs as `localhost/cryo-busybox:test`.
+    fn import_busybox(&self) {
+        let rootfs = self.dir.join("rootfs");
+        let o = Command::new("bash")
+            .arg(root().join("bundles/busybox/build-rootfs.sh"))
+            .arg(&rootfs)
+            .output()
+            .unwrap();
+        ok(&o, "build-rootfs.sh");
+        let tar = self.dir.join("rootfs.tar");
+        let o = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .output()
+            .unwrap();
+        ok(&o, "tar the rootfs");
+        self.ok(&["import", &tar.display().to_string(), IMAGE]);
+    }
+
+    /// `podman run -d`: a shell appending a counter to the bind-mounted `/data/log`, one
+    /// number every 50 ms (each step forks a `sleep`).
+    fn start_counter(&self, name: &str) {
+        let n = nofile_hard();
+        let vol = format!("{}:/data", self.dir.join("host").display());
+        self.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--ulimit",
+            &format!("nofile={n}:{n}"),
+            "--ulimit",
+            "nproc=32768:32768",
+            "-v",
+            &vol,
+            IMAGE,
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i >> /data/log; sleep 0.05; done",
+        ]);
+        wait_for("the counter", 10, || self.numbers().len() >= 5);
+    }
+
+    /// The numbers in the host's copy of `/data/log`.
+    fn numbers(&self) -> Vec<u64> {
+        std::fs::read_to_string(self.host("log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Checks the log is 1, 2, 3, ... with nothing missing or repeated.
+    fn check_sequence(&self) {
+        let n = self.numbers();
+        for (i, v) in n.iter().enumerate() {
+            assert_eq!(*v, i as u64 + 1, "the counter at line {}: {n:?}", i + 1);
+        }
+    }
+
+    fn status(&self, name: &str) -> String {
+        self.ok(&[
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Status}}",
+            name,
+        ])
+    }
+
+    fn exec(&self, name: &str, argv: &[&str]) -> String {
+        let mut a = vec!["exec", name];
+        a.extend_from_slice(argv);
+        self.ok(&a)
+    }
+
+    /// After a checkpoint that stopped the container: it is not running and its counter
+    /// stands still; returns the last number.
+    fn check_stopped(&self, name: &str) -> u64 {
+        let st = self.status(name);
+        assert_ne!(st, "running", "after the checkpoint");
+        let at = self.numbers().len();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            self.numbers().len(),
+            at,
+            "the counter went on after the checkpoint"
+        );
+        *self
+            .numbers()
+            .last()
+            .expect("numbers before the checkpoint")
+    }
+
+    /// After a restore: running, the counter goes on from `last`, exec works and sees the
+    /// same process state (`status` lines of pid 1 from before).
+    fn check_restored(&self, name: &str, last: u64, before: &ContainerState) {
+        assert_eq!(self.status(name), "running");
+        wait_for("the counter to go on", 10, || {
+            self.numbers().last().is_some_and(|&n| n > last + 3)
+        });
+        self.check_sequence();
+        let after = ContainerState::read(self, name);
+        assert_eq!(
+            &after, before,
+            "the container's state changed in the restore"
+        );
+    }
+}
+
+/// What the restore must keep, read with `podman exec`: pid 1's seccomp mode and filter
+/// count, capabilities and no_new_privs, its hostname, and files in podman's bind mounts
+/// (/etc/hosts, /etc/hostname, /run/.containerenv) and in /dev/shm.
+#[derive(Debug, PartialEq)]
+struct ContainerState {
+    status: Vec<String>,
+    hostname: String,
+    files: String,
+}
+
+impl ContainerState {
+    fn read(p: &Podman, name: &str) -> ContainerState {
+        let status = p
+            .exec(name, &["cat", "/proc/1/status"])
+            .lines()
+            .filter(|l| {
+                ["Seccomp", "Cap", "NoNewPrivs"]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .map(String::from)
+            .collect::<Vec<_>>();
+        assert!(
+            status
+                .iter()
+                .any(|l| l.starts_with("Seccomp:") && l.ends_with('2')),
+            "podman's seccomp filter is not on pid 1: {status:?}"
+        );
+        ContainerState {
+            status,
+            hostname: p.exec(name, &["hostname"]),
+            files: p.exec(
+                name,
+                &[
+                    "md5sum",
+                    "/etc/hosts",
+                    "/etc/hostname",
+                    "/run/.containerenv",
+                    "/dev/shm/data",
+                ],
+            ),
+        }
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let ids = self.run(&["ps", "-a", "-q", "--no-trunc"]).stdout;
+        let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
+        // podman 4.3 + runc on this cgroup v1 host sometimes leave a container's (empty)
+        // cgroups behind after `rm -f`, restored or not: remove them.
+        for id in String::from_utf8_lossy(&ids).split_whitespace() {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/libpod_parent/libpod-{id}"));
+            for cg in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten() {
+                let Ok(cg) = cg else { continue };
+                let _ = std::fs::remove_dir(cg.path().join(format!("libpod_parent/libpod-{id}")));
+            }
+        }
+        let _ = self.run(&["rmi", "-a", "-f"]);
+        // Whatever podman left mounted under the directory (the shm tmpfs of a container
+        // that failed half-way), deepest first.
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(String::from))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").args(["-l", &m]).status();
+        }
+        // Kept for a look when the test failed (the storage goes in any case).
+        if std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(self.dir.join("root"));
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+const IMAGE: &str = "localhost/cryo-busybox:test";
+
+fn podman_available() -> bool {
+    Command::new("podman")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Command::new("runc")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+macro_rules! need_podman {
+    () => {
+        if !podman_available() {
+            eprintln!(
+                "podman or runc is not installed (integration/setup.sh installs them): skipped"
+            );
+            return;
+        }
+    };
+}
+
+/// Starts the counter container `c` with a file in /dev/shm; returns its state.
+fn started(p: &Podman) -> ContainerState {
+    p.import_busybox();
+    p.start_counter("c");
+    p.exec("c", &["sh", "-c", "seq 1 5000 > /dev/shm/data"]);
+    ContainerState::read(p, "c")
+}
+
+/// Test 1: `podman container checkpoint` then `podman container restore` in place (with
+/// `--keep`: the logs show cryo did both).
+#[test]
+fn checkpoint_and_restore() {
+    need_podman!();
+    let _g = serial();
+    let p = Podman::new("inplace");
+    let before = started(&p);
+    let (_, t_ck) = p.timed(&["container", "checkpoint", "--keep", "c"]);
+    let last = p.check_stopped("c");
+    let (_, t_rs) = p.timed(&["container", "restore", "--keep", "c"]);
+    p.check_restored("c", last, &before);
+    eprintln!("podman checkpoint {t_ck:?}, restore {t_rs:?}");
+    // The logs runc asked for, in podman's work dir (the container's userdata).
+    let userdata = p.ok(&["container", "inspect", "--format", "{{.StaticDir}}", "c"]);
+    let dump_log = std::fs::read_to_string(Path::new(&userdata).join("dump.log")).unwrap();
+    assert!(dump_log.contains("Dumped "), "dump.log: {dump_log}");
+    let rst_log = std::fs::read_to_string(Path::new(&userdata).join("restore.log")).unwrap();
+    assert!(rst_log.contains("Restored "), "restore.log: {rst_log}");
+    assert!(Path::new(&userdata)
+        .join("checkpoint/inventory.img")
+        .exists());
+    assert!(Path::new(&userdata)
+        .join("checkpoint/descriptors.json")
+        .exists());
+}
+
+/// Test 2: `checkpoint --export`, `podman rm`, `restore --import`: the container comes back
+/// from the archive alone.
+#[test]
+fn export_rm_import() {
+    need_podman!();
+    let _g = serial();
+    let p = Podman::new("export");
+    let before = started(&p);
+    let tar = p.dir.join("c.tar.zst");
+    let tars = tar.display().to_string();
+    let (_, t_ck) = p.timed(&["container", "checkpoint", "--export", &tars, "c"]);
+    let last = p.check_stopped("c");
+    let o = Command::new("tar")
+        .args(["-I", "zstd", "-tf", &tars])
+        .output()
+        .unwrap();
+    let list = ok(&o, "tar -t the export");
+    for f in [
+        "checkpoint/inventory.img",
+        "checkpoint/descriptors.json",
+        "stats-dump",
+    ] {
+        assert!(
+            list.lines().any(|l| l == f),
+            "{f} not in the export: {list}"
+        );
+    }
+    p.ok(&["rm", "-f", "-t", "0", "c"]);
+    // (Not `inspect c`: that also matches an image whose ID starts with "c".)
+    assert_eq!(
+        p.run(&["container", "exists", "c"]).status.code(),
+        Some(1),
+        "c still exists"
+    );
+    let (_, t_rs) = p.timed(&["container", "restore", "--import", &tars]);
+    p.check_restored("c", last, &before);
+    eprintln!("podman checkpoint --export {t_ck:?}, restore --import {t_rs:?}");
+}
+
+/// The `criu_statistics` object of `--print-stats` output.
+fn criu_stats(out: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: not JSON: {out}"));
+    let s = v["container_statistics"][0]["criu_statistics"].clone();
+    assert!(s.is_object(), "no criu_statistics: {v}");
+    s
+}
+
+fn figure(s: &serde_json::Value, k: &str) -> u64 {
+    s[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing or zero in {s}"))
+}
+
+/// Test 3: `--print-stats`: podman shows the figures cryo measured (read from `stats-dump` and
+/// `stats-restore` in its work dir), not zeros.
+#[test]
+fn print_stats() {
+    need_podman!();
+    let _g = serial();
+    let p = Podman::new("stats");
+    let before = started(&p);
+    let (out, _) = p.timed(&["container", "checkpoint", "--print-stats", "c"]);
+    let d = criu_stats(&out);
+    for k in [
+        "freezing_time",
+        "frozen_time",
+        "memdump_time",
+        "memwrite_time",
+        "pages_scanned",
+        "pages_written",
+    ] {
+        assert!(figure(&d, k) > 0, "{k} is 0: {d}");
+    }
+    assert!(
+        figure(&d, "pages_written") <= figure(&d, "pages_scanned"),
+        "{d}"
+    );
+    // The container was frozen for less than the whole runc checkpoint took.
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let runtime_us = v["container_statistics"][0]["runtime_checkpoint_duration"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(figure(&d, "frozen_time") < runtime_us, "{out}");
+    let last = p.check_stopped("c");
+    let (out, _) = p.timed(&["container", "restore", "--print-stats", "c"]);
+    let r = criu_stats(&out);
+    for k in ["forking_time", "restore_time", "pages_restored"] {
+        assert!(figure(&r, k) > 0, "{k} is 0: {r}");
+    }
+    p.check_restored("c", last, &before);
+    eprintln!("checkpoint stats {d}\nrestore stats {r}");
+}
