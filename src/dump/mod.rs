@@ -503,12 +503,7 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
 /// its root is the namespace's init (PID 1) and every task lives in it. PIDs are then saved
 /// as the tree sees them, and restore makes a new namespace.
 fn check_pid_ns(tree: &[(i32, i32)]) -> Result<(), DumpError> {
-    let ns = |pid: i32| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/{pid}/ns/pid"))
-            .map(|m| m.ino())
-            .ok()
-    };
+    let ns = |pid: i32| ns_ino(pid, "pid");
     let root = tree[0].0;
     let theirs = ns(root);
     // None: the root is exiting, which the rest of the precheck refuses.
@@ -546,12 +541,7 @@ fn check_mnt_ns(
     opts: &DumpOpts,
     tree: &[(i32, i32)],
 ) -> Result<Option<Vec<pb::MntEntry>>, DumpError> {
-    let ns = |pid: i32| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
-            .map(|m| m.ino())
-            .ok()
-    };
+    let ns = |pid: i32| ns_ino(pid, "mnt");
     let root = tree[0].0;
     let theirs = ns(root);
     // None: the root is exiting, which the rest of the precheck refuses.
@@ -572,14 +562,17 @@ fn check_mnt_ns(
     kinds::mounts::plan(root, &opts.external_mounts).map(Some)
 }
 
+/// The inode of `pid`'s `kind` namespace (None once it exits).
+fn ns_ino(pid: i32, kind: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+        .map(|m| m.ino())
+        .ok()
+}
+
 /// Every task of the tree in the root's `kind` namespace (only the root's is restored).
 fn check_same_ns(tree: &[(i32, i32)], kind: &str) -> Result<(), DumpError> {
-    let ns = |pid: i32| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/{pid}/ns/{kind}"))
-            .map(|m| m.ino())
-            .ok()
-    };
+    let ns = |pid: i32| ns_ino(pid, kind);
     let theirs = ns(tree[0].0);
     for &(pid, _) in &tree[1..] {
         // A zombie has no namespaces left (nothing to restore in them).

@@ -353,6 +353,20 @@ impl RestoreCx<'_> {
         got
     }
 
+    /// Makes the puppet join the namespace cryo holds open as `ns` (`flag`: its CLONE_NEW*
+    /// kind): it takes the fd, `setns`es and closes it.
+    pub fn setns(
+        &mut self,
+        ns: std::os::fd::BorrowedFd<'_>,
+        flag: i32,
+        what: &'static str,
+    ) -> Result<(), RestoreError> {
+        let fd = self.take_from_cryo(std::os::fd::AsRawFd::as_raw_fd(&ns))?;
+        let r = self.sys(what, libc::SYS_setns, [fd, flag as u64, 0, 0, 0, 0]);
+        self.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        r.map(|_| ())
+    }
+
     /// Looks up the regular-file record `id` in files.img.
     pub fn reg(&self, id: u32) -> Result<&pb::RegFileEntry, RestoreError> {
         self.files

@@ -19,7 +19,7 @@
 //! is refused before the tree is touched, naming the mount point.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
@@ -438,14 +438,7 @@ pub fn restore(
             .unwrap_or(Err(RestoreError::Internal("the mount builder panicked")))
     })?;
     cx.objs.borrow_mut().tty.premade.extend(ptys);
-    let fd = cx.take_from_cryo(nsfd.as_raw_fd())?;
-    let r = cx.sys(
-        "setns(CLONE_NEWNS)",
-        libc::SYS_setns,
-        [fd, libc::CLONE_NEWNS as u64, 0, 0, 0, 0],
-    );
-    cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-    r.map(|_| ())
+    cx.setns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")
 }
 
 /// On a thread of its own (namespaces and root are per thread): joins the puppet's net and

@@ -15,6 +15,7 @@
 //! `dump::precheck`.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
 use super::{DumpCx, RestoreCx, TaskImages};
@@ -194,14 +195,7 @@ pub fn restore_net(
             what: format!("open network namespace {}", p.display()),
             source,
         })?;
-        let fd = cx.take_from_cryo(std::os::fd::AsRawFd::as_raw_fd(&f))?;
-        let r = cx.sys(
-            "setns(CLONE_NEWNET)",
-            libc::SYS_setns,
-            [fd, libc::CLONE_NEWNET as u64, 0, 0, 0, 0],
-        );
-        cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-        return r.map(|_| ());
+        return cx.setns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)");
     }
     let devs: Vec<pb::NetDeviceEntry> = cx
         .dir
@@ -402,14 +396,7 @@ pub fn restore_time(
             source,
         },
     )?;
-    let fd = cx.take_from_cryo(std::os::fd::AsRawFd::as_raw_fd(&ns))?;
-    let r = cx.sys(
-        "setns(CLONE_NEWTIME)",
-        libc::SYS_setns,
-        [fd, libc::CLONE_NEWTIME as u64, 0, 0, 0, 0],
-    );
-    cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-    r.map(|_| ())
+    cx.setns(ns.as_fd(), libc::CLONE_NEWTIME, "setns(CLONE_NEWTIME)")
 }
 
 thread_local! {
