@@ -180,6 +180,11 @@ fn busybox_container_moves_to_fresh_namespaces() {
         .iter()
         .map(|n| own_ns(c.init, n))
         .collect();
+    // Held open, so the old namespaces live on and their inode numbers cannot be reused.
+    let _held: Vec<std::fs::File> = ["pid", "mnt", "net"]
+        .iter()
+        .map(|n| std::fs::File::open(format!("/proc/{}/ns/{n}", c.init)).unwrap())
+        .collect();
     c.init = cycle(&c, &dir.join("img"));
     let _g2 = KillOnDrop(c.init);
     for (ns, old) in ["pid", "mnt", "net"].iter().zip(&before) {
