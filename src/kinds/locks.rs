@@ -201,8 +201,14 @@ pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, DumpError> {
             }
         }
     }
-    // A POSIX lock of a tree task that no fd shows cannot be taken again.
-    if let Ok(all) = std::fs::read_to_string("/proc/locks") {
+    // A POSIX lock of a tree task that no fd shows cannot be taken again. (Checked only when
+    // the tree holds locks at all: reading /proc/locks can take milliseconds.)
+    let all = if out.is_empty() {
+        None
+    } else {
+        std::fs::read_to_string("/proc/locks").ok()
+    };
+    if let Some(all) = all {
         // Blocked waiters (`->`) hold nothing: their syscall is restarted after restore.
         for line in all
             .lines()
