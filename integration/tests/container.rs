@@ -11,13 +11,17 @@ use std::time::Duration;
 use integration::*;
 
 /// The loop: one line per round into /data/count (the host directory): round number,
-/// hostname, its PID, what it left in its tmpfs, and how many processes its /proc shows.
+/// hostname, its PID, what it left in its tmpfs, how many processes its /proc shows, and what
+/// a deleted file it keeps open (fd 4, in its tmpfs) holds.
 const LOOP: &str = r#"#!/bin/sh
 echo seed-ok > /tmp/seed
+exec 4<>/tmp/ghost
+echo ghost-ok >&4
+rm /tmp/ghost
 i=0
 while true; do
   i=$((i+1))
-  echo "$i $(hostname) $$ $(cat /tmp/seed) $(ls /proc | grep -c '^[0-9]')" >> /data/count
+  echo "$i $(hostname) $$ $(cat /tmp/seed) $(ls /proc | grep -c '^[0-9]') $(cat /proc/$$/fd/4)" >> /data/count
   sleep 0.05
 done
 "#;
@@ -88,7 +92,8 @@ fn rounds(host: &Path) -> usize {
     let v = lines(&host.join("count"));
     for (i, l) in v.iter().enumerate() {
         let f: Vec<&str> = l.split_whitespace().collect();
-        assert_eq!(f.len(), 5, "round line {l:?}");
+        assert_eq!(f.len(), 6, "round line {l:?}");
+        assert_eq!(f[5], "ghost-ok", "the deleted file in {l:?}");
         assert_eq!(
             f[0],
             (i + 1).to_string(),
@@ -209,6 +214,14 @@ fn busybox_container_moves_to_fresh_namespaces() {
         "{mi}"
     );
     assert!(mount("/dev/pts").contains(" - devpts "), "{mi}");
+    // The deleted file was made again in the container's own /tmp, not on the host.
+    use std::os::unix::fs::MetadataExt;
+    let dev = |p: String| std::fs::metadata(p).unwrap().dev();
+    assert_eq!(
+        dev(format!("/proc/{}/fd/4", c.init)),
+        dev(format!("/proc/{}/root/tmp", c.init)),
+        "the ghost file is in the container's tmpfs"
+    );
     // /dev/console: a bind of pty 0 of the container's devpts, made again before the bind.
     let console = mount("/dev/console");
     assert!(

@@ -184,17 +184,6 @@ pub fn precheck(
                     });
                 }
             }
-            Ok(Class::Reg)
-                if link.ends_with(" (deleted)")
-                    && super::ns::own_ns_id("mnt") != super::misc::task_ids(pid, 0)?.mnt_ns_id =>
-            {
-                return Err(DumpError::Unsupported {
-                    pid,
-                    object: format!("fd {fd} ({link})"),
-                    what: "a deleted file in another mount namespace is not supported yet".into(),
-                    hint: "close it before the dump".into(),
-                });
-            }
             Ok(Class::Reg | Class::Fifo) if !link.ends_with(" (deleted)") => {
                 // Reopened by path at restore, in the task's own root and mount namespace:
                 // the path must lead there to this very file.
@@ -781,7 +770,8 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Res
         let local = {
             let mut objs = cell.borrow_mut();
             let objs = &mut *objs;
-            objs.ghosts.open(&objs.dir, id, &reg.name, flags)?
+            objs.ghosts
+                .open(&objs.dir, id, &reg.name, flags, objs.ns_pid)?
         };
         return Ok(cx.take_from_cryo(local.as_raw_fd())? as i32);
     }

@@ -108,6 +108,9 @@ pub fn write(dir: &ImageDir, files: &FileTable) -> Result<(), DumpError> {
 pub struct GhostStore {
     remaps: HashMap<u32, u32>,
     made: HashMap<u32, PathBuf>,
+    /// The root puppet when the tree has namespaces of its own: ghosts are made (and
+    /// unlinked) inside its mount namespace, where their paths lead.
+    ns_pid: Option<i32>,
 }
 
 impl GhostStore {
@@ -122,6 +125,7 @@ impl GhostStore {
         Ok(GhostStore {
             remaps,
             made: HashMap::new(),
+            ns_pid: None,
         })
     }
 
@@ -137,9 +141,11 @@ impl GhostStore {
         id: u32,
         path: &str,
         flags: u32,
+        ns_pid: Option<i32>,
     ) -> Result<OwnedFd, RestoreError> {
         let g = self.remaps[&id];
         let err = |what: String| move |source| RestoreError::File { id, what, source };
+        self.ns_pid = ns_pid;
         if let std::collections::hash_map::Entry::Vacant(slot) = self.made.entry(g) {
             let name = format!("ghost-file-{g}.img");
             let mut v = dir.read_with_data::<pb::GhostFileEntry>(&name, image::GHOST_FILE)?;
@@ -150,6 +156,12 @@ impl GhostStore {
             }
             let (e, content) = v.remove(0);
             let err = |what: String| move |source| RestoreError::File { id, what, source };
+            // The image is read; now the path is the tree's.
+            let _in = self
+                .ns_pid
+                .map(|p| super::ns::InNs::enter(p, true))
+                .transpose()
+                .map_err(err("enter the tree's namespaces".into()))?;
             let orig = Path::new(path);
             let at = if orig.symlink_metadata().is_err() {
                 orig.to_path_buf()
@@ -172,6 +184,11 @@ impl GhostStore {
             slot.insert(at);
         }
         let at = &self.made[&g];
+        let _in = self
+            .ns_pid
+            .map(|p| super::ns::InNs::enter(p, true))
+            .transpose()
+            .map_err(err("enter the tree's namespaces".into()))?;
         let flags =
             flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
         crate::sys::fd::open(&at.to_string_lossy(), flags as i32 | libc::O_CLOEXEC)
@@ -180,6 +197,18 @@ impl GhostStore {
 
     /// Unlinks every materialised file (the puppets keep them open).
     pub fn unlink_all(&mut self) {
+        if self.made.is_empty() {
+            return;
+        }
+        let _in = match self.ns_pid.map(|p| super::ns::InNs::enter(p, true)) {
+            Some(Err(e)) => {
+                for p in self.made.values() {
+                    tracing::warn!("cannot remove recreated deleted file {}: {e}", p.display());
+                }
+                return;
+            }
+            other => other,
+        };
         for (_, p) in self.made.drain() {
             let _ = std::fs::remove_file(p);
         }
