@@ -18,6 +18,10 @@ use clap::{Args, Parser, Subcommand};
 ///
 ///   cryo restore -D /tmp/ckpt -d -o restore.log     # bring it back, detached
 ///
+///   cryo dump -t INIT -D /tmp/c --external 'mnt[/data]:data'      # a container's init
+///
+///   cryo restore -D /tmp/c -d --root ROOTFS --external 'mnt[data]:/srv/data'
+///
 ///   cryo show /tmp/ckpt/core-1234.img                # look inside an image
 ///
 ///   cryo check                                       # can this kernel do it?
