@@ -240,6 +240,15 @@ impl Mounts {
     /// The directory of cgroup `path` of hierarchy `name`: below a mount of that hierarchy
     /// whose root contains it.
     fn dir(&self, name: &str, path: &str) -> Result<PathBuf, CgroupError> {
+        // A path from the images stays below its hierarchy: no `..`, no `.`.
+        if path
+            .split('/')
+            .any(|c| c == ".." || c == "." || c.contains('\0'))
+        {
+            return Err(CgroupError::BadImage(format!(
+                "cgroup path {path:?} is not a plain path"
+            )));
+        }
         let wanted: Vec<&str> = name.split(',').collect();
         for m in &self.0 {
             let fits = if name.is_empty() {
@@ -352,7 +361,8 @@ impl CgDump {
                     .ns_roots
                     .get(&name)
                     .filter(|r| below(&path, r).is_some())
-                    .map(|r| r.trim_end_matches('/').len() as u32);
+                    // The root "/" itself is 1 (0 would mean no namespace).
+                    .map(|r| r.trim_end_matches('/').len().max(1) as u32);
                 pb::CgMemberEntry {
                     name,
                     path,
@@ -1022,6 +1032,17 @@ impl Drop for CgRestore {
 
 /// Writes a saved limit back (v2 `cgroup.subtree_control` as `+ctl` words).
 fn set_prop(dir: &Path, p: &pb::CgroupPropEntry) -> Result<(), CgroupError> {
+    // A property is a file of this very directory (`pids.max`, `cpu.shares`, ...).
+    if p.name.is_empty()
+        || p.name.contains('/')
+        || p.name.starts_with('.')
+        || !p.name.contains('.')
+    {
+        return Err(CgroupError::BadImage(format!(
+            "cgroup property name {:?} is not a cgroup file",
+            p.name
+        )));
+    }
     let path = dir.join(&p.name);
     if p.name == "cgroup.subtree_control" {
         for c in p.value.split_whitespace() {

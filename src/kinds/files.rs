@@ -762,7 +762,10 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Res
     let flags = flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
     if reg.cryo_mqueue == Some(true) {
         // Opened by name in the puppet's IPC namespace, whose queues exist by now.
-        let p = cx.put_path(reg.name.trim_start_matches('/'))?;
+        // The queue's name is the last component (the fd may have been opened through a
+        // mount of the mqueue file system, e.g. /dev/mqueue/NAME).
+        let name = reg.name.rsplit('/').next().unwrap_or_default();
+        let p = cx.put_path(name)?;
         let mode = flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32;
         return Ok(cx.sys("mq_open", libc::SYS_mq_open, [p, mode as u64, 0, 0, 0, 0])? as i32);
     }

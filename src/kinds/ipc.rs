@@ -465,15 +465,24 @@ fn dump_mqueues() -> Result<Vec<pb::CryoMqueueEntry>, IpcError> {
         let fd =
             sys::mq_open(&name, libc::O_RDWR | libc::O_NONBLOCK).map_err(op(&object, "mq_open"))?;
         let info = sys::mq_info(fd.as_fd()).map_err(op(&object, "mq_getattr"))?;
+        // Whatever happens, every message taken goes back before this returns.
         let mut msgs = Vec::new();
-        while let Some((prio, data)) =
-            sys::mq_take(fd.as_fd(), info.msgsize as usize).map_err(op(&object, "mq_receive"))?
-        {
-            msgs.push(pb::CryoMqMsg { prio, data });
-        }
+        let taken = loop {
+            match sys::mq_take(fd.as_fd(), info.msgsize as usize) {
+                Ok(Some((prio, data))) => msgs.push(pb::CryoMqMsg { prio, data }),
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        let mut put_back = Ok(());
         for m in &msgs {
-            sys::mq_put(fd.as_fd(), m.prio, &m.data).map_err(op(&object, "mq_send (put back)"))?;
+            if let Err(e) = sys::mq_put(fd.as_fd(), m.prio, &m.data) {
+                tracing::error!("{object}: a message could not be put back: {e}");
+                put_back = Err(e);
+            }
         }
+        taken.map_err(op(&object, "mq_receive"))?;
+        put_back.map_err(op(&object, "mq_send (put back)"))?;
         out.push(pb::CryoMqueueEntry {
             name,
             mode: meta.mode() & 0o7777,

@@ -145,6 +145,19 @@ fn mnt_flags(opts: &str) -> u32 {
     f.bits() as u32
 }
 
+/// The per-mount flags an image may ask for (never bind, move, remount or propagation bits).
+fn safe_flags(bits: u32) -> MsFlags {
+    MsFlags::from_bits_truncate(bits as _)
+        & (MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC
+            | MsFlags::MS_NOATIME
+            | MsFlags::MS_NODIRATIME
+            | MsFlags::MS_RELATIME
+            | MsFlags::MS_STRICTATIME)
+}
+
 /// Whether `inner` is `outer` or below it, as paths.
 fn path_within(inner: &str, outer: &str) -> Option<String> {
     if outer == "/" {
@@ -160,10 +173,6 @@ fn path_within(inner: &str, outer: &str) -> Option<String> {
     }
 }
 
-/// Joins a tree path (absolute) under `base`.
-fn under(base: &Path, p: &str) -> PathBuf {
-    base.join(p.trim_start_matches('/'))
-}
 
 /// Mountinfo entries in parents-first order (mountinfo order among siblings).
 fn tree_order(all: Vec<MountInfo>) -> Vec<MountInfo> {
@@ -415,6 +424,21 @@ pub fn restore(
             )));
         }
     }
+    // Only file systems cryo makes fresh are mounted from the images' own words.
+    for i in 1..entries.len() {
+        let e = &entries[i];
+        if e.ext_key.is_some() || bind_source(&entries, i).is_some() {
+            continue;
+        }
+        let named = e.fsname.as_deref().and_then(fstype_code);
+        if named.is_none() || named != Some(e.fstype) {
+            return Err(RestoreError::BadImage(format!(
+                "mountpoints-{id}.img: mount {} ({}) is not a file system cryo makes fresh",
+                e.mountpoint,
+                e.fsname.as_deref().unwrap_or("?")
+            )));
+        }
+    }
     if entries.first().map(|e| e.mountpoint.as_str()) != Some("/") {
         return Err(RestoreError::BadImage(format!(
             "mountpoints-{id}.img: the first mount is not the root"
@@ -479,11 +503,15 @@ fn build(
     nix::mount::mount(Some(root), root, none, MsFlags::MS_BIND, none)
         .map_err(mnt_err(format!("bind the new root {}", root.display())))?;
     let mut ptys = Vec::new();
+    let jail = Jail::new(root).map_err(|source| RestoreError::Mount {
+        what: format!("open {}", root.display()),
+        source,
+    })?;
     for i in 1..entries.len() {
-        mount_one(pid, root, entries, i, external, dir, &mut ptys)?;
+        mount_one(pid, &jail, entries, i, external, dir, &mut ptys)?;
     }
     // The root's own flags last: a read-only root still gets its mount points made above.
-    let rflags = MsFlags::from_bits_truncate(entries[0].flags as _);
+    let rflags = safe_flags(entries[0].flags);
     if !rflags.is_empty() {
         nix::mount::mount(
             none,
@@ -502,10 +530,78 @@ fn build(
     Ok((nsfd, ptys))
 }
 
-/// Mounts `entries[i]` under `root`.
+/// Resolves paths of the tree inside a directory as the tree would: the builder thread
+/// chroots there for each lookup, so symlinks (in the root file system, in tmpfs contents
+/// just unpacked, in a host directory bound in) cannot lead outside it, then returns to the
+/// host's root. What it finds is held as an O_PATH fd and used through its /proc path.
+struct Jail {
+    dir: PathBuf,
+    host: std::fs::File,
+}
+
+/// An O_PATH fd of cryo's builder thread, named by its /proc path (which `mount` and child
+/// processes such as tar follow to the very file).
+struct Found(OwnedFd);
+
+impl Found {
+    fn path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!(
+            "/proc/{}/task/{}/fd/{}",
+            std::process::id(),
+            nix::unistd::gettid(),
+            self.0.as_raw_fd()
+        ))
+    }
+}
+
+impl Jail {
+    fn new(dir: &Path) -> std::io::Result<Jail> {
+        Ok(Jail {
+            dir: dir.to_path_buf(),
+            host: std::fs::File::open("/")?,
+        })
+    }
+
+    /// Finds `p` (absolute, as seen from the jail's directory); with `create`, makes it
+    /// first if missing (a file when `Some(true)`, else a directory).
+    fn find(&self, p: &str, create: Option<bool>) -> std::io::Result<Found> {
+        nix::unistd::chroot(&self.dir)?;
+        let r = (|| -> std::io::Result<Found> {
+            nix::unistd::chdir("/")?;
+            let p = if p.is_empty() { "/" } else { p };
+            if let Some(file) = create {
+                if std::fs::symlink_metadata(p).is_err() {
+                    if file {
+                        if let Some(parent) = Path::new(p).parent() {
+                            std::fs::create_dir_all(parent)?;
+                        }
+                        std::fs::File::create(p)?;
+                    } else {
+                        std::fs::create_dir_all(p)?;
+                    }
+                }
+            }
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH)
+                .open(p)?;
+            Ok(Found(f.into()))
+        })();
+        // Back to the host's root; a thread stuck in the jail must not go on.
+        nix::unistd::fchdir(&self.host)
+            .and_then(|_| nix::unistd::chroot("."))
+            .map_err(|e| std::io::Error::other(format!("cannot leave the new root: {e}")))?;
+        r
+    }
+}
+
+/// Mounts `entries[i]` under `root` (`jail` resolves in it).
+#[allow(clippy::too_many_arguments)]
 fn mount_one(
     pid: i32,
-    root: &Path,
+    jail: &Jail,
     entries: &[pb::MntEntry],
     i: usize,
     external: &HashMap<String, PathBuf>,
@@ -513,9 +609,8 @@ fn mount_one(
     ptys: &mut Vec<(u32, OwnedFd)>,
 ) -> Result<(), RestoreError> {
     let e = &entries[i];
-    let target = under(root, &e.mountpoint);
     let none: Option<&str> = None;
-    let flags = MsFlags::from_bits_truncate(e.flags as _);
+    let flags = safe_flags(e.flags);
     let what = |w: &str| {
         format!(
             "{w} {} at {}",
@@ -523,62 +618,65 @@ fn mount_one(
             e.mountpoint
         )
     };
-    // Where a bind comes from, if it is one.
-    let from = if let Some(k) = &e.ext_key {
-        Some(external[k].clone())
+    let io = |w: String| move |source| RestoreError::Mount { what: w, source };
+    // Where a bind comes from, if it is one: a host path given for an external key, or a
+    // path of the tree (found inside its root, or inside the external it is below).
+    let from: Option<Found> = if let Some(k) = &e.ext_key {
+        // The caller's host path, taken as it is (a file or a directory).
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(&external[k])
+            .map_err(io(format!("open {} for {}", external[k].display(), e.mountpoint)))?;
+        Some(Found(f.into()))
     } else if let Some((j, rest)) = bind_source(entries, i) {
         let src = &entries[j];
-        let base = match &src.ext_key {
-            Some(k) => external[k].clone(),
-            None if j == 0 => root.to_path_buf(),
-            None => under(root, &src.mountpoint),
-        };
         // A bind of a pty slave (runc's /dev/console is devpts root /N): the pty must exist
         // in the new devpts instance first; the terminal restore takes its master.
         if src.fsname.as_deref() == Some("devpts") && src.ext_key.is_none() {
             if let Ok(index) = rest.trim_start_matches('/').parse::<u32>() {
-                let slave = under(&base, &rest);
-                if !slave.exists() {
-                    let ptmx = under(&base, "/ptmx");
+                let devpts = jail
+                    .find(&src.mountpoint, None)
+                    .map_err(io(format!("find {}", src.mountpoint)))?;
+                if !devpts.path().join(index.to_string()).exists() {
+                    let ptmx = devpts.path().join("ptmx");
                     let m = super::tty::make_pty_at(&ptmx.to_string_lossy(), index).map_err(
-                        |source| RestoreError::Mount {
-                            what: format!("make pty {index} for the bind at {}", e.mountpoint),
-                            source,
-                        },
+                        io(format!("make pty {index} for the bind at {}", e.mountpoint)),
                     )?;
                     ptys.push((index, m));
                 }
             }
         }
-        Some(under(&base, &rest))
+        let found = match &src.ext_key {
+            Some(k) => Jail::new(&external[k]).and_then(|x| x.find(&rest, None)),
+            None if j == 0 => jail.find(&rest, None),
+            None => jail.find(&format!("{}{}", src.mountpoint.trim_end_matches('/'), rest), None),
+        };
+        Some(found.map_err(io(format!("find the source of the bind at {}", e.mountpoint)))?)
     } else {
         None
     };
-    // Its mount point, if the tree lacks it (tmpfs contents do not hold their submounts').
-    if std::fs::symlink_metadata(&target).is_err() {
-        let file = from.as_ref().is_some_and(|f| f.is_file());
-        let made = if file {
-            if let Some(p) = target.parent() {
-                let _ = std::fs::create_dir_all(p);
-            }
-            std::fs::File::create(&target).map(|_| ())
-        } else {
-            std::fs::create_dir_all(&target)
-        };
-        made.map_err(|source| RestoreError::Mount {
-            what: format!("create the mount point {}", e.mountpoint),
-            source,
-        })?;
-    }
+    // Its mount point, made if the tree lacks it (tmpfs contents do not hold their
+    // submounts'): a file for a file bind.
+    let file = from
+        .as_ref()
+        .is_some_and(|f| std::fs::metadata(f.path()).is_ok_and(|m| m.is_file()));
+    let target = jail
+        .find(&e.mountpoint, Some(file))
+        .map_err(io(format!("create the mount point {}", e.mountpoint)))?;
+    let _target_fd = target;
+    let target = _target_fd.path();
+    // After the mount, the path leads to the new mount (the fd to what was under it).
+    let top = || jail.find(&e.mountpoint, None).map_err(io(what("find")));
     match from {
         Some(src) => {
-            nix::mount::mount(Some(&src), &target, none, MsFlags::MS_BIND, none).map_err(
-                mnt_err(format!("{} (bind from {})", what("mount"), src.display())),
-            )?;
+            nix::mount::mount(Some(&src.path()), &target, none, MsFlags::MS_BIND, none)
+                .map_err(mnt_err(what("bind")))?;
             if !flags.is_empty() {
                 nix::mount::mount(
                     none,
-                    &target,
+                    &top()?.path(),
                     none,
                     MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
                     none,
@@ -611,6 +709,10 @@ fn mount_one(
             if e.fstype == TMPFS {
                 let img = dir.join(tmpfs_image(e));
                 if img.exists() {
+                    // The new mount, not what the path led to before it.
+                    let top = jail
+                        .find(&e.mountpoint, None)
+                        .map_err(io(what("find")))?;
                     let out = std::process::Command::new("tar")
                         .args([
                             "--extract",
@@ -619,7 +721,7 @@ fn mount_one(
                             "--no-wildcards",
                             "--directory",
                         ])
-                        .arg(&target)
+                        .arg(top.path())
                         .arg("--file")
                         .arg(&img)
                         .output()
@@ -640,7 +742,7 @@ fn mount_one(
             if ro_later {
                 nix::mount::mount(
                     none,
-                    &target,
+                    &top()?.path(),
                     none,
                     MsFlags::MS_REMOUNT | flags | MsFlags::MS_RDONLY,
                     Some(e.options.as_str()),
@@ -650,7 +752,7 @@ fn mount_one(
         }
     }
     if e.shared_id.is_some() {
-        nix::mount::mount(none, &target, none, MsFlags::MS_SHARED, none)
+        nix::mount::mount(none, &top()?.path(), none, MsFlags::MS_SHARED, none)
             .map_err(mnt_err(what("share")))?;
     }
     Ok(())

@@ -180,9 +180,13 @@ pub fn restore_net(
         .read_opt::<pb::NetnsEntry>(&format!("netns-{id}.img"), image::NETNS)?
         .and_then(|v| v.into_iter().next());
     let key = ns.as_ref().and_then(|n| n.ext_key.clone());
+    // --join-ns is for the tree's own namespace: the one the root has (a child's namespace
+    // of its own is new again).
+    let root_ns = inherited == own_ns_id("net");
     let path = join
         .net
         .clone()
+        .filter(|_| root_ns)
         .or_else(|| key.as_ref().and_then(|k| join.by_key.get(k).cloned()));
     if let (Some(k), None) = (&key, &path) {
         return Err(RestoreError::Unsupported(format!(

@@ -723,7 +723,8 @@ fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreE
         match r.raw(
             "kill (zombie)",
             libc::SYS_kill,
-            [t.tid as u64, sig, 0, 0, 0, 0],
+            // Inside the tree's PID namespace: its own PID there.
+            [img.pid as u64, sig, 0, 0, 0, 0],
         ) {
             // As its tracer cryo sees the signal first: let it through, and it kills.
             Err(RemoteError::UnexpectedStop { sig: s, .. }) if s as u64 == sig => {
