@@ -1033,10 +1033,7 @@ impl Drop for CgRestore {
 /// Writes a saved limit back (v2 `cgroup.subtree_control` as `+ctl` words).
 fn set_prop(dir: &Path, p: &pb::CgroupPropEntry) -> Result<(), CgroupError> {
     // A property is a file of this very directory (`pids.max`, `cpu.shares`, ...).
-    if p.name.is_empty()
-        || p.name.contains('/')
-        || p.name.starts_with('.')
-        || !p.name.contains('.')
+    if p.name.is_empty() || p.name.contains('/') || p.name.starts_with('.') || !p.name.contains('.')
     {
         return Err(CgroupError::BadImage(format!(
             "cgroup property name {:?} is not a cgroup file",

@@ -173,7 +173,6 @@ fn path_within(inner: &str, outer: &str) -> Option<String> {
     }
 }
 
-
 /// Mountinfo entries in parents-first order (mountinfo order among siblings).
 fn tree_order(all: Vec<MountInfo>) -> Vec<MountInfo> {
     let ids: Vec<u32> = all.iter().map(|m| m.id).collect();
@@ -628,7 +627,11 @@ fn mount_one(
             .read(true)
             .custom_flags(libc::O_PATH)
             .open(&external[k])
-            .map_err(io(format!("open {} for {}", external[k].display(), e.mountpoint)))?;
+            .map_err(io(format!(
+                "open {} for {}",
+                external[k].display(),
+                e.mountpoint
+            )))?;
         Some(Found(f.into()))
     } else if let Some((j, rest)) = bind_source(entries, i) {
         let src = &entries[j];
@@ -641,9 +644,9 @@ fn mount_one(
                     .map_err(io(format!("find {}", src.mountpoint)))?;
                 if !devpts.path().join(index.to_string()).exists() {
                     let ptmx = devpts.path().join("ptmx");
-                    let m = super::tty::make_pty_at(&ptmx.to_string_lossy(), index).map_err(
-                        io(format!("make pty {index} for the bind at {}", e.mountpoint)),
-                    )?;
+                    let m = super::tty::make_pty_at(&ptmx.to_string_lossy(), index).map_err(io(
+                        format!("make pty {index} for the bind at {}", e.mountpoint),
+                    ))?;
                     ptys.push((index, m));
                 }
             }
@@ -651,9 +654,15 @@ fn mount_one(
         let found = match &src.ext_key {
             Some(k) => Jail::new(&external[k]).and_then(|x| x.find(&rest, None)),
             None if j == 0 => jail.find(&rest, None),
-            None => jail.find(&format!("{}{}", src.mountpoint.trim_end_matches('/'), rest), None),
+            None => jail.find(
+                &format!("{}{}", src.mountpoint.trim_end_matches('/'), rest),
+                None,
+            ),
         };
-        Some(found.map_err(io(format!("find the source of the bind at {}", e.mountpoint)))?)
+        Some(found.map_err(io(format!(
+            "find the source of the bind at {}",
+            e.mountpoint
+        )))?)
     } else {
         None
     };
@@ -710,9 +719,7 @@ fn mount_one(
                 let img = dir.join(tmpfs_image(e));
                 if img.exists() {
                     // The new mount, not what the path led to before it.
-                    let top = jail
-                        .find(&e.mountpoint, None)
-                        .map_err(io(what("find")))?;
+                    let top = jail.find(&e.mountpoint, None).map_err(io(what("find")))?;
                     let out = std::process::Command::new("tar")
                         .args([
                             "--extract",

@@ -414,7 +414,12 @@ thread_local! {
 /// thread that shares it with nobody); drop returns to cryo's namespaces and working
 /// directory. Nested guards do nothing.
 pub struct InNs {
-    back: Option<(std::fs::File, Option<std::fs::File>, std::fs::File)>,
+    back: Option<(
+        std::fs::File,
+        Option<std::fs::File>,
+        std::fs::File,
+        std::fs::File,
+    )>,
 }
 
 impl InNs {
@@ -441,12 +446,13 @@ impl InNs {
         let mnt = their_mnt.is_some();
         let own_mnt = mnt.then_some(own_mnt_file);
         let cwd = open(".".into())?;
+        let root = open("/proc/thread-self/root".into())?;
         if mnt {
             unshare(CloneFlags::CLONE_FS)?;
         }
         setns(&their_net, CloneFlags::CLONE_NEWNET)?;
         let guard = InNs {
-            back: Some((own_net, own_mnt, cwd)),
+            back: Some((own_net, own_mnt, cwd, root)),
         };
         IN_NS_DEPTH.with(|d| d.set(1));
         if let Some(m) = &their_mnt {
@@ -460,16 +466,23 @@ impl Drop for InNs {
     fn drop(&mut self) {
         use nix::sched::{setns, CloneFlags};
         IN_NS_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
-        if let Some((net, mnt, cwd)) = self.back.take() {
-            if let Some(m) = mnt {
-                if let Err(e) = setns(&m, CloneFlags::CLONE_NEWNS) {
-                    tracing::error!("cannot return to cryo's mount namespace: {e}");
+        if let Some((net, mnt, cwd, root)) = self.back.take() {
+            let back = (|| -> nix::Result<()> {
+                if let Some(m) = mnt {
+                    setns(&m, CloneFlags::CLONE_NEWNS)?;
+                    // setns reset the root to the namespace's: cryo's own, if it had one.
+                    nix::unistd::fchdir(&root)?;
+                    nix::unistd::chroot(".")?;
                 }
+                setns(&net, CloneFlags::CLONE_NEWNET)?;
+                nix::unistd::fchdir(&cwd)
+            })();
+            if let Err(e) = back {
+                // Going on would resolve cryo's own paths in the tree's namespaces. The
+                // puppets die with cryo (PTRACE_O_EXITKILL), so nothing is left behind.
+                tracing::error!("cannot return to cryo's namespaces: {e}; aborting");
+                std::process::abort();
             }
-            if let Err(e) = setns(&net, CloneFlags::CLONE_NEWNET) {
-                tracing::error!("cannot return to cryo's network namespace: {e}");
-            }
-            let _ = nix::unistd::fchdir(&cwd);
         }
     }
 }
