@@ -687,16 +687,7 @@ pub fn restore_fds(
             }
             got
         };
-        if tmp != f.fd as u64 {
-            cx.sys("dup3", libc::SYS_dup3, [tmp, f.fd as u64, cloexec, 0, 0, 0])?;
-            cx.sys("close", libc::SYS_close, [tmp, 0, 0, 0, 0, 0])?;
-        } else if cloexec != 0 {
-            cx.sys(
-                "fcntl(F_SETFD)",
-                libc::SYS_fcntl,
-                [tmp, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
-            )?;
-        }
+        cx.place_fd(tmp, f.fd, cloexec)?;
         opened.insert(f.id, f.fd);
     }
     if let Some(p) = cryo_pidfd.filter(|_| kept.is_none()) {

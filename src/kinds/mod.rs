@@ -353,6 +353,25 @@ impl RestoreCx<'_> {
         got
     }
 
+    /// Moves the puppet's fd `tmp` to fd number `target` (`cloexec`: `O_CLOEXEC` or 0).
+    pub fn place_fd(&mut self, tmp: u64, target: u32, cloexec: u64) -> Result<(), RestoreError> {
+        if tmp != target as u64 {
+            self.sys(
+                "dup3",
+                libc::SYS_dup3,
+                [tmp, target as u64, cloexec, 0, 0, 0],
+            )?;
+            self.sys("close", libc::SYS_close, [tmp, 0, 0, 0, 0, 0])?;
+        } else if cloexec != 0 {
+            self.sys(
+                "fcntl(F_SETFD)",
+                libc::SYS_fcntl,
+                [tmp, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
+            )?;
+        }
+        Ok(())
+    }
+
     /// Makes the puppet join the namespace cryo holds open as `ns` (`flag`: its CLONE_NEW*
     /// kind): it takes the fd, `setns`es and closes it.
     pub fn setns(

@@ -1092,16 +1092,7 @@ pub fn take_ctty(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), Restore
             continue;
         }
         let tmp = open_dev_tty(cx, f.id)? as u64;
-        if tmp != f.fd as u64 {
-            cx.sys("dup3", libc::SYS_dup3, [tmp, f.fd as u64, cloexec, 0, 0, 0])?;
-            cx.sys("close", libc::SYS_close, [tmp, 0, 0, 0, 0, 0])?;
-        } else if cloexec != 0 {
-            cx.sys(
-                "fcntl(F_SETFD)",
-                libc::SYS_fcntl,
-                [tmp, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
-            )?;
-        }
+        cx.place_fd(tmp, f.fd, cloexec)?;
         first.insert(f.id, f.fd);
     }
     Ok(())
