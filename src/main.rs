@@ -162,6 +162,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
                 shell_job: a.shell_job,
                 orphan_pts_master: a.orphan_pts_master,
+                sibling: a.restore_sibling,
                 inherit_fd,
                 mounts: a
                     .common

@@ -687,3 +687,35 @@ while True:
     );
     kill(pid);
 }
+
+/// `--restore-sibling` (what runtimes ask for over RPC as `rst_sibling`): the restored
+/// process is created as cryo's sibling, so cryo's caller (this test) is its parent.
+#[test]
+fn restore_sibling_makes_the_caller_the_parent() {
+    let (img, pid) = dumped_sleep("sibling", &[]);
+    let d = img.to_str().unwrap();
+    let o = cryo(&["restore", "-D", d, "-d", "-S", "-v4", "-o", "restore.log"]);
+    assert!(
+        o.status.success(),
+        "restore failed:\n{}",
+        log(&img, "restore.log")
+    );
+    let _g = KillOnDrop(pid);
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ppid: u32 = st
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        ppid,
+        std::process::id(),
+        "the caller is the restored process's parent"
+    );
+    assert!(alive(pid));
+    kill(pid);
+}

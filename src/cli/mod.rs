@@ -319,6 +319,10 @@ pub struct RestoreArgs {
     /// holds it while it waits) instead of leaving the slave hung up.
     #[arg(long = "orphan-pts-master")]
     pub orphan_pts_master: bool,
+    /// Create the restored root as cryo's sibling (CLONE_PARENT): cryo's parent becomes its
+    /// parent, as with CRIU's --restore-sibling (runtimes ask for it over RPC).
+    #[arg(short = 'S', long = "restore-sibling")]
+    pub restore_sibling: bool,
     /// `fd[N]:KEY`: give the restored tree cryo's fd N wherever it had the object KEY.
     /// Supported keys: `pipe:[INODE]` (every fd that was that pipe at dump, either end), and
     /// the key of an external namespace (`--external net[INO]:KEY` at dump): N is a
@@ -426,7 +430,6 @@ unsupported_opts! {
     auto_dedup: bool = "auto-dedup", "incremental dumps are not implemented yet";
     lazy_pages: bool = "lazy-pages", "lazy restore is not implemented yet";
     leave_stopped: bool = "leave-stopped" short 's', "stopped final state is not implemented yet";
-    restore_sibling: bool = "restore-sibling" short 'S', "restoring as a sibling is not implemented yet";
     exec_cmd: bool = "exec-cmd", "--exec-cmd is not implemented yet";
     network_lock: Option<String> = "network-lock", "network locking comes with issue #4";
     lsm_profile: Option<String> = "lsm-profile", "LSM profiles come with issue #5";

@@ -37,6 +37,9 @@ pub struct RestoreOpts {
     /// `--orphan-pts-master`: keep the pty masters made for slaves whose master was not in
     /// the tree (`kinds::tty::take_orphan_masters`) instead of hanging the slaves up.
     pub orphan_pts_master: bool,
+    /// `--restore-sibling` / RPC `rst_sibling`: the root is created as cryo's sibling
+    /// (`CLONE_PARENT`), so cryo's caller is its parent.
+    pub sibling: bool,
     /// `--inherit-fd fd[N]:KEY` (RPC `inherit_fd`): (KEY, fd N of cryo's own table).
     pub inherit_fd: Vec<(String, i32)>,
     /// `--manage-cgroups` and `--cgroup-root` (`kinds::cgroup`).
@@ -858,7 +861,8 @@ pub fn run(
         None
     };
     let forking = Instant::now();
-    let child = crate::sys::proc::spawn_puppet(vroot, own_pid_ns).map_err(|source| {
+    let sibling = opts.sibling;
+    let child = crate::sys::proc::spawn_puppet(vroot, own_pid_ns, sibling).map_err(|source| {
         if source.raw_os_error() == Some(libc::EEXIST) {
             RestoreError::PidBusy {
                 pid: vroot,
@@ -876,10 +880,18 @@ pub fn run(
     }]);
     drop(code);
     drop(scratch);
+    if sibling {
+        // Not cryo's child: cryo becomes its tracer by seizing it.
+        Tracee::seize(child, 0).map_err(ptrace_err("PTRACE_SEIZE (restore sibling)"))?;
+    }
     match puppets.0[0].tracee.wait().map_err(ptrace_err("waitpid"))? {
         Stop::Stopped {
             sig: libc::SIGSTOP, ..
         } => {}
+        Stop::Stopped {
+            sig: libc::SIGTRAP,
+            event: libc::PTRACE_EVENT_STOP,
+        } if sibling => {}
         other => {
             return Err(RestoreError::Ptrace {
                 what: "waiting for the new process",

@@ -521,18 +521,14 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
     let o = req.opts.clone().ok_or("RESTORE without options")?;
     refuse_unsupported(&o, true)?;
     let (dir, images, work) = setup(&o, peer, false)?;
-    if o.rst_sibling == Some(true) {
-        // cryo is the restored root's parent until it exits right after the response; the
-        // root is then reparented to the nearest subreaper (runc is one), not created with
-        // CLONE_PARENT as CRIU does.
-        tracing::info!("rst_sibling: the restored root is reparented to the caller's subreaper when cryo exits");
-    }
     // RPC restores always detach (CRIU forces it): the caller, not cryo, is the parent.
     let opts = restore::RestoreOpts {
         detach: true,
         pidfile: None,
         shell_job: o.shell_job == Some(true),
         orphan_pts_master: o.orphan_pts_master == Some(true),
+        // The caller (runc, crun) is the restored root's parent, as with CRIU.
+        sibling: o.rst_sibling == Some(true),
         inherit_fd: o
             .inherit_fd
             .iter()

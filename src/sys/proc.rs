@@ -27,18 +27,26 @@ struct CloneArgs {
 /// die with cryo (`PR_SET_PDEATHSIG`), calls `PTRACE_TRACEME` and stops itself with SIGSTOP.
 /// From then on it only ever executes what its tracer points it at. Returns the child's PID.
 /// With `new_pid_ns` it is instead PID 1 of a new PID namespace (`pid` is its PID there),
-/// and the PID returned is the one it has in cryo's namespace.
+/// and the PID returned is the one it has in cryo's namespace. With `sibling` it is created
+/// with `CLONE_PARENT` (cryo's parent is its parent, as CRIU's `--restore-sibling`) and
+/// waits in `pause()` for cryo to seize it instead of `PTRACE_TRACEME` (which would make
+/// that parent its tracer).
 ///
 /// The caller must be single-threaded (this is a fork).
-pub fn spawn_puppet(pid: i32, new_pid_ns: bool) -> io::Result<i32> {
+pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> io::Result<i32> {
     let tid = pid;
+    let mut flags = if new_pid_ns {
+        libc::CLONE_NEWPID as u64
+    } else {
+        0
+    };
+    if sibling {
+        flags |= libc::CLONE_PARENT as u64;
+    }
     let args = CloneArgs {
-        flags: if new_pid_ns {
-            libc::CLONE_NEWPID as u64
-        } else {
-            0
-        },
-        exit_signal: libc::SIGCHLD as u64,
+        flags,
+        // With CLONE_PARENT the kernel wants none: the child gets cryo's own exit signal.
+        exit_signal: if sibling { 0 } else { libc::SIGCHLD as u64 },
         set_tid: &tid as *const i32 as u64,
         set_tid_size: 1,
         ..Default::default()
@@ -61,6 +69,12 @@ pub fn spawn_puppet(pid: i32, new_pid_ns: bool) -> io::Result<i32> {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             if !new_pid_ns && libc::getppid() == 1 {
                 libc::_exit(1);
+            }
+            if sibling {
+                // Every signal is blocked: only cryo's PTRACE_INTERRUPT (or SIGKILL) ends it.
+                loop {
+                    libc::pause();
+                }
             }
             libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
             libc::raise(libc::SIGSTOP);
