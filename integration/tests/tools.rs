@@ -168,3 +168,23 @@ fn invoked_as_criu_through_a_symlink() {
         .unwrap();
     assert!(o.status.success());
 }
+
+/// An images directory used for an earlier dump (runc's default `./checkpoint`) may still
+/// hold an optional image the new dump did not write: it is not in the new
+/// cryo-manifest.json, so restore ignores it instead of reading it.
+#[test]
+fn leftover_images_of_an_earlier_dump_are_ignored() {
+    let (img, pid) = dumped_sleep("leftover", &[]);
+    // A file-locks image from "an earlier dump" (garbage, were it read).
+    std::fs::write(img.join("filelocks.img"), b"not an image at all").unwrap();
+    let d = img.to_str().unwrap();
+    let o = cryo(&["restore", "-D", d, "-d", "-v4", "-o", "restore.log"]);
+    assert!(
+        o.status.success(),
+        "restore failed:\n{}",
+        log(&img, "restore.log")
+    );
+    let _g = KillOnDrop(pid);
+    assert!(log(&img, "restore.log").contains("filelocks.img: not in cryo-manifest.json"));
+    kill(pid);
+}

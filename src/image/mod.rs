@@ -145,6 +145,9 @@ pub struct ImageDir {
     pub path: PathBuf,
     /// Digests of everything written so far (dump side).
     written: Mutex<Manifest>,
+    /// Restore side: the files cryo-manifest.json lists. An optional image it does not list
+    /// is left over from an older dump into the same directory and is not read.
+    listed: Option<std::collections::BTreeSet<String>>,
 }
 
 impl ImageDir {
@@ -176,6 +179,7 @@ impl ImageDir {
         Ok(ImageDir {
             path: path.to_path_buf(),
             written: Mutex::new(Manifest::default()),
+            listed: None,
         })
     }
 
@@ -186,10 +190,25 @@ impl ImageDir {
                 path: path.to_path_buf(),
             });
         }
+        let listed = Manifest::load(path)
+            .ok()
+            .flatten()
+            .map(|m| m.files.into_keys().collect());
         Ok(ImageDir {
             path: path.to_path_buf(),
             written: Mutex::new(Manifest::default()),
+            listed,
         })
+    }
+
+    /// An image present in the directory but not written by the dump that made the
+    /// manifest (a leftover of an earlier dump into the same directory).
+    fn stale(&self, name: &str) -> bool {
+        let stale = self.listed.as_ref().is_some_and(|l| !l.contains(name));
+        if stale && self.file(name).exists() {
+            tracing::info!("{name}: not in cryo-manifest.json (left by an earlier dump); ignored");
+        }
+        stale
     }
 
     pub fn file(&self, name: &str) -> PathBuf {
@@ -272,6 +291,9 @@ impl ImageDir {
         kind: Kind,
     ) -> Result<Option<Vec<M>>, ImageError> {
         let path = self.file(name);
+        if self.stale(name) {
+            return Ok(None);
+        }
         let Some(bytes) = read_opt_bytes(&path)? else {
             return Ok(None);
         };
@@ -295,6 +317,9 @@ impl ImageDir {
         kind: Kind,
     ) -> Result<Vec<(M, Vec<u8>)>, ImageError> {
         let path = self.file(name);
+        if self.stale(name) {
+            return Ok(Vec::new());
+        }
         let Some(bytes) = read_opt_bytes(&path)? else {
             return Ok(Vec::new());
         };
