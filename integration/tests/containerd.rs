@@ -363,6 +363,23 @@ impl Daemon {
     }
 }
 
+/// `dir` and every directory below it.
+fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(rd) = std::fs::read_dir(&out[i]) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if self.child.is_some() {
@@ -420,6 +437,19 @@ impl Drop for Daemon {
             let _ = Command::new("umount").args(["-l", m]).status();
         }
         let _ = std::fs::remove_dir_all(format!("/run/containerd/runc/{}", self.ns));
+        // The (empty) cgroups runc made for the namespace's tasks, on every hierarchy.
+        if let Ok(hier) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hier.flatten() {
+                let top = h.path().join(&self.ns);
+                if top.is_dir() {
+                    let mut dirs: Vec<PathBuf> = walk_dirs(&top);
+                    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+                    for d in dirs {
+                        let _ = std::fs::remove_dir(d);
+                    }
+                }
+            }
+        }
         for (d, before) in [
             ("/run/containerd/s", &self.run_s),
             ("/run/containerd/fifo", &self.run_fifo),
