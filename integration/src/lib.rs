@@ -217,6 +217,19 @@ pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Panics with `what`, the exit status and both outputs unless the command succeeded;
+/// returns its trimmed stdout.
+pub fn ok(o: &Output, what: &str) -> String {
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
 /// Lines of a text file.
 pub fn lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p)
