@@ -166,9 +166,9 @@ pub enum CgroupError {
     BadImage(String),
 }
 
-impl CgroupError {
+impl super::error::Failure for CgroupError {
     /// What the user can do about it.
-    pub fn hint(&self) -> Option<String> {
+    fn hint(&self) -> Option<String> {
         Some(match self {
             CgroupError::NotMounted { .. } => {
                 "mount the hierarchy (e.g. under /sys/fs/cgroup), or restore with --manage-cgroups=ignore".into()

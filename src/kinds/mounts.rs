@@ -18,17 +18,30 @@
 //! Anything else (a host directory bound in without `--external`, an unknown file system)
 //! is refused before the tree is touched, naming the mount point.
 
+use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
-use crate::dump::DumpError;
 use crate::image::{self, pb, ImageDir};
-use crate::restore::RestoreError;
 
 use super::{RestoreCx, TaskImages};
+
+/// Why the mount tree could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum MountsError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("cannot rebuild the mount tree: {what}")]
+    Mount {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+task_error_from!(MountsError);
 
 /// One line of /proc/PID/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,16 +223,20 @@ fn bind_source(entries: &[pb::MntEntry], i: usize) -> Option<(usize, String)> {
 /// Reads the mount tree of `pid` and decides how each mount is restored, refusing what
 /// cannot be. `external` maps mount points (as the tree sees them) to the caller's keys.
 /// Nothing is written; nothing of the task is touched.
-pub fn plan(pid: i32, external: &HashMap<String, String>) -> Result<Vec<pb::MntEntry>, DumpError> {
+pub fn plan(
+    pid: i32,
+    external: &HashMap<String, String>,
+) -> Result<Vec<pb::MntEntry>, MountsError> {
     let text = crate::procfs::read(pid, "mountinfo")?;
     let infos = tree_order(parse_mountinfo(&text));
     if infos.first().map(|m| m.mountpoint.as_str()) != Some("/") {
-        return Err(DumpError::Unsupported {
+        return Err(Unsupported::of(
             pid,
-            object: "mount namespace".into(),
-            what: "its mountinfo has no root mount".into(),
-            hint: String::new(),
-        });
+            "mount namespace",
+            "its mountinfo has no root mount",
+            String::new(),
+        )
+        .into());
     }
     let norm = |p: &str| {
         let t = p.trim_end_matches('/');
@@ -285,18 +302,13 @@ pub fn plan(pid: i32, external: &HashMap<String, String>) -> Result<Vec<pb::MntE
         if code.is_some() && m.root == "/" {
             continue;
         }
-        return Err(DumpError::Unsupported {
-            pid,
-            object: format!("mount {}", m.mountpoint),
-            what: format!(
+        return Err(Unsupported::of(pid, format!("mount {}", m.mountpoint), format!(
                 "{} {} (root {}) is not a file system cryo recreates, nor bound from one inside the tree",
                 m.fstype, m.source, m.root
-            ),
-            hint: format!(
+            ), format!(
                 "mark it external: --external mnt[{}]:KEY at dump, then --external mnt[KEY]:HOSTPATH at restore",
                 m.mountpoint
-            ),
-        });
+            )).into());
     }
     Ok(entries)
 }
@@ -323,7 +335,7 @@ pub fn write(
     ns_id: u32,
     entries: &[pb::MntEntry],
     dir: &ImageDir,
-) -> Result<(), DumpError> {
+) -> Result<(), MountsError> {
     dir.write(&format!("mountpoints-{ns_id}.img"), image::MNTS, entries)?;
     for i in saved_tmpfs(entries) {
         let e = &entries[i];
@@ -348,20 +360,20 @@ pub fn write(
             .stdout(out)
             .stderr(std::process::Stdio::piped())
             .output();
-        let failed = |why: String| DumpError::Unsupported {
-            pid,
-            object: format!("tmpfs {}", e.mountpoint),
-            what: format!("saving its contents with tar failed: {why}"),
-            hint: "is GNU tar installed?".into(),
+        let failed = |why: String| {
+            Unsupported::of(
+                pid,
+                format!("tmpfs {}", e.mountpoint),
+                format!("saving its contents with tar failed: {why}"),
+                "is GNU tar installed?",
+            )
         };
         match st {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
-                return Err(failed(
-                    String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                ))
+                return Err(failed(String::from_utf8_lossy(&o.stderr).trim().to_string()).into())
             }
-            Err(e) => return Err(failed(e.to_string())),
+            Err(e) => return Err(failed(e.to_string()).into()),
         }
         let bytes = std::fs::read(dir.file(&name)).map_err(|source| image::ImageError::Io {
             path: dir.file(&name),
@@ -381,8 +393,8 @@ pub struct MountOpts {
     pub external: HashMap<String, PathBuf>,
 }
 
-fn mnt_err(what: String) -> impl Fn(nix::Error) -> RestoreError {
-    move |e| RestoreError::Mount {
+fn mnt_err(what: String) -> impl Fn(nix::Error) -> MountsError {
+    move |e| MountsError::Mount {
         what: what.clone(),
         source: std::io::Error::from(e),
     }
@@ -395,13 +407,13 @@ pub fn restore(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     opts: &MountOpts,
-) -> Result<(), RestoreError> {
+) -> Result<(), MountsError> {
     let Some(id) = img.ids.mnt_ns_id else {
         return Ok(());
     };
     let entries: Vec<pb::MntEntry> = cx.dir.read(&format!("mountpoints-{id}.img"), image::MNTS)?;
     let root = opts.root.clone().ok_or_else(|| {
-        RestoreError::Unsupported(format!(
+        Unsupported::restore(format!(
             "the tree had a mount namespace of its own (root mount: {} {}): give --root DIR with its root file system",
             entries.first().and_then(|e| e.fsname.clone()).unwrap_or_default(),
             entries.first().map(|e| e.root.as_str()).unwrap_or("?")
@@ -417,10 +429,10 @@ pub fn restore(
     };
     for e in &entries {
         if !clean(&e.mountpoint) || !clean(&e.root) {
-            return Err(RestoreError::BadImage(format!(
+            return Err(TaskError::BadImage(format!(
                 "mountpoints-{id}.img: mount {} has a mount point or root ({}) that is not a plain absolute path",
                 e.mnt_id, e.root
-            )));
+            )).into());
         }
     }
     // Only file systems cryo makes fresh are mounted from the images' own words.
@@ -431,25 +443,27 @@ pub fn restore(
         }
         let named = e.fsname.as_deref().and_then(fstype_code);
         if named.is_none() || named != Some(e.fstype) {
-            return Err(RestoreError::BadImage(format!(
+            return Err(TaskError::BadImage(format!(
                 "mountpoints-{id}.img: mount {} ({}) is not a file system cryo makes fresh",
                 e.mountpoint,
                 e.fsname.as_deref().unwrap_or("?")
-            )));
+            ))
+            .into());
         }
     }
     if entries.first().map(|e| e.mountpoint.as_str()) != Some("/") {
-        return Err(RestoreError::BadImage(format!(
+        return Err(TaskError::BadImage(format!(
             "mountpoints-{id}.img: the first mount is not the root"
-        )));
+        ))
+        .into());
     }
     for e in &entries {
         if let Some(k) = &e.ext_key {
             if !opts.external.contains_key(k) {
-                return Err(RestoreError::Unsupported(format!(
+                return Err(Unsupported::restore(format!(
                     "mount {} is external with key '{k}' and no host path was given for it (--external mnt[{k}]:HOSTPATH)",
                     e.mountpoint
-                )));
+                )).into());
             }
         }
     }
@@ -458,10 +472,10 @@ pub fn restore(
     let (nsfd, ptys) = std::thread::scope(|s| {
         s.spawn(|| build(pid, &root, &entries, &opts.external, &dir))
             .join()
-            .unwrap_or(Err(RestoreError::Internal("the mount builder panicked")))
+            .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
     })?;
     cx.objs.borrow_mut().tty.premade.extend(ptys);
-    cx.setns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")
+    Ok(cx.setns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?)
 }
 
 /// On a thread of its own (namespaces and root are per thread): joins the puppet's net and
@@ -474,7 +488,7 @@ fn build(
     entries: &[pb::MntEntry],
     external: &HashMap<String, PathBuf>,
     dir: &Path,
-) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>), RestoreError> {
+) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>), MountsError> {
     use nix::sched::{setns, unshare, CloneFlags};
     for (ns, flag) in [
         ("net", CloneFlags::CLONE_NEWNET),
@@ -482,7 +496,7 @@ fn build(
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
     ] {
         let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|source| {
-            RestoreError::Mount {
+            MountsError::Mount {
                 what: format!("open the restored {ns} namespace"),
                 source,
             }
@@ -491,7 +505,7 @@ fn build(
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(mnt_err("unshare(CLONE_NEWNS)".into()))?;
     let nsfd: OwnedFd = std::fs::File::open("/proc/thread-self/ns/mnt")
-        .map_err(|source| RestoreError::Mount {
+        .map_err(|source| MountsError::Mount {
             what: "open the new mount namespace".into(),
             source,
         })?
@@ -502,7 +516,7 @@ fn build(
     nix::mount::mount(Some(root), root, none, MsFlags::MS_BIND, none)
         .map_err(mnt_err(format!("bind the new root {}", root.display())))?;
     let mut ptys = Vec::new();
-    let jail = Jail::new(root).map_err(|source| RestoreError::Mount {
+    let jail = Jail::new(root).map_err(|source| MountsError::Mount {
         what: format!("open {}", root.display()),
         source,
     })?;
@@ -606,7 +620,7 @@ fn mount_one(
     external: &HashMap<String, PathBuf>,
     dir: &Path,
     ptys: &mut Vec<(u32, OwnedFd)>,
-) -> Result<(), RestoreError> {
+) -> Result<(), MountsError> {
     let e = &entries[i];
     let none: Option<&str> = None;
     let flags = safe_flags(e.flags);
@@ -617,7 +631,7 @@ fn mount_one(
             e.mountpoint
         )
     };
-    let io = |w: String| move |source| RestoreError::Mount { what: w, source };
+    let io = |w: String| move |source| MountsError::Mount { what: w, source };
     // Where a bind comes from, if it is one: a host path given for an external key, or a
     // path of the tree (found inside its root, or inside the external it is below).
     let from: Option<Found> = if let Some(k) = &e.ext_key {
@@ -732,12 +746,12 @@ fn mount_one(
                         .arg("--file")
                         .arg(&img)
                         .output()
-                        .map_err(|source| RestoreError::Mount {
+                        .map_err(|source| MountsError::Mount {
                             what: what("fill"),
                             source,
                         })?;
                     if !out.status.success() {
-                        return Err(RestoreError::Mount {
+                        return Err(MountsError::Mount {
                             what: what("fill"),
                             source: std::io::Error::other(
                                 String::from_utf8_lossy(&out.stderr).trim().to_string(),

@@ -14,14 +14,21 @@
 //! for a child; children forked afterwards inherit it. Other namespaces are still refused by
 //! `dump::precheck`.
 
+use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
 use super::{DumpCx, RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::{self, pb};
-use crate::restore::RestoreError;
+
+/// Why a namespace could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+task_error_from!(NsError);
 
 /// The namespace id cryo itself has for `kind` ("uts", ...), as `task_ids` computes ids.
 pub fn own_ns_id(kind: &str) -> Option<u32> {
@@ -31,7 +38,7 @@ pub fn own_ns_id(kind: &str) -> Option<u32> {
 }
 
 /// Saves the hostname and domainname of the task's UTS namespace, once per namespace.
-pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> {
+pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), NsError> {
     let Some(id) = img.ids.uts_ns_id else {
         return Ok(());
     };
@@ -65,7 +72,7 @@ const SIOCGIFMTU: u64 = 0x8921;
 
 /// Saves the loopback of a network namespace of the tree (not cryo's), once per namespace;
 /// refuses a namespace with any other device.
-pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> {
+pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), NsError> {
     let Some(id) = img.ids.net_ns_id else {
         return Ok(());
     };
@@ -101,17 +108,12 @@ pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
         .filter_map(|l| l.split(':').next().map(|n| n.trim().to_string()))
         .collect();
     if devs != ["lo"] {
-        return Err(DumpError::Unsupported {
-            pid,
-            object: "net namespace".into(),
-            what: format!(
+        return Err(Unsupported::of(pid, "net namespace", format!(
                 "it has network devices other than the loopback: {}",
                 devs.join(", ")
-            ),
-            hint: format!(
+            ), format!(
                 "network devices are not saved: mark the namespace external (--external net[{ino}]:KEY, then --join-ns net:PATH at restore) or empty (--empty-ns net)"
-            ),
-        });
+            )).into());
     }
     let buf = cx.scratch()?;
     let sk = cx.call(
@@ -121,9 +123,9 @@ pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
     )?;
     let mut ifr = [0u8; 40];
     ifr[..2].copy_from_slice(b"lo");
-    let mut query = |req: u64| -> Result<u32, DumpError> {
+    let mut query = |req: u64| -> Result<u32, NsError> {
         crate::sys::mem::vm_write(pid, &ifr, &[(buf, ifr.len())]).map_err(|source| {
-            DumpError::Memory {
+            TaskError::Memory {
                 pid,
                 addr: buf,
                 what: "writing ifreq",
@@ -171,7 +173,7 @@ pub fn restore_net(
     img: &TaskImages,
     inherited: Option<u32>,
     join: &NsJoin,
-) -> Result<(), RestoreError> {
+) -> Result<(), NsError> {
     let Some(id) = img.ids.net_ns_id.filter(|&id| Some(id) != inherited) else {
         return Ok(());
     };
@@ -189,17 +191,17 @@ pub fn restore_net(
         .filter(|_| root_ns)
         .or_else(|| key.as_ref().and_then(|k| join.by_key.get(k).cloned()));
     if let (Some(k), None) = (&key, &path) {
-        return Err(RestoreError::Unsupported(format!(
+        return Err(Unsupported::restore(format!(
             "the network namespace was saved as external with key '{k}': give the one to join with --join-ns net:PATH (or --inherit-fd fd[N]:{k})"
-        )));
+        )).into());
     }
     if let Some(p) = path {
-        let f = std::fs::File::open(&p).map_err(|source| RestoreError::File {
+        let f = std::fs::File::open(&p).map_err(|source| TaskError::Object {
             id,
             what: format!("open network namespace {}", p.display()),
             source,
         })?;
-        return cx.setns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)");
+        return Ok(cx.setns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?);
     }
     let devs: Vec<pb::NetDeviceEntry> = cx
         .dir
@@ -231,7 +233,7 @@ pub fn restore_net(
         [sk, SIOCSIFFLAGS, a, 0, 0, 0],
     );
     cx.sys("close", libc::SYS_close, [sk, 0, 0, 0, 0, 0])?;
-    r.map(|_| ())
+    Ok(r.map(|_| ())?)
 }
 
 /// Gives the puppet a new, empty IPC namespace when `img`'s differs from the inherited one
@@ -240,15 +242,16 @@ pub fn restore_ipc(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
-) -> Result<(), RestoreError> {
+) -> Result<(), NsError> {
     match img.ids.ipc_ns_id {
-        Some(id) if Some(id) != inherited => cx
-            .sys(
+        Some(id) if Some(id) != inherited => {
+            cx.sys(
                 "unshare(CLONE_NEWIPC)",
                 libc::SYS_unshare,
                 [libc::CLONE_NEWIPC as u64, 0, 0, 0, 0, 0],
-            )
-            .map(|_| ()),
+            )?;
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -259,7 +262,7 @@ pub fn restore_uts(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
-) -> Result<(), RestoreError> {
+) -> Result<(), NsError> {
     let Some(id) = img.ids.uts_ns_id else {
         return Ok(());
     };
@@ -328,22 +331,23 @@ fn from_timespec(t: &pb::Timespec) -> i128 {
 /// The clocks of `pid`'s time namespace now, as CRIU saves them (`timens-ID.img`): its
 /// monotonic and boot-time clocks, so restore can make them go on from these values.
 /// Refuses a task whose children would get another time namespace than its own.
-pub fn dump_time(pid: i32) -> Result<pb::TimensEntry, DumpError> {
+pub fn dump_time(pid: i32) -> Result<pb::TimensEntry, NsError> {
     let ino = |n: &str| {
         std::fs::metadata(format!("/proc/{pid}/ns/{n}"))
             .map(|m| m.ino())
             .ok()
     };
     if ino("time") != ino("time_for_children") {
-        return Err(DumpError::Unsupported {
+        return Err(Unsupported::of(
             pid,
-            object: "time namespace".into(),
-            what: "its children would start in another time namespace than its own".into(),
-            hint: "dump it once it has forked into the new namespace".into(),
-        });
+            "time namespace",
+            "its children would start in another time namespace than its own",
+            "dump it once it has forked into the new namespace",
+        )
+        .into());
     }
     let (their_m, their_b) = timens_offsets(&pid.to_string())
-        .ok_or(DumpError::Internal("cannot read /proc/PID/timens_offsets"))?;
+        .ok_or(TaskError::Internal("cannot read /proc/PID/timens_offsets"))?;
     let (own_m, own_b) = timens_offsets("self").unwrap_or((0, 0));
     Ok(pb::TimensEntry {
         monotonic: to_timespec(clock_ns(libc::CLOCK_MONOTONIC) - own_m + their_m),
@@ -358,7 +362,7 @@ pub fn restore_time(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
-) -> Result<(), RestoreError> {
+) -> Result<(), NsError> {
     let Some(id) = img.ids.time_ns_id.filter(|&id| Some(id) != inherited) else {
         return Ok(());
     };
@@ -388,19 +392,19 @@ pub fn restore_time(
         ts(b)
     );
     let path = format!("/proc/{}/timens_offsets", cx.pid);
-    std::fs::write(&path, text).map_err(|source| RestoreError::File {
+    std::fs::write(&path, text).map_err(|source| TaskError::Object {
         id,
         what: format!("set the time namespace's clock offsets ({path})"),
         source,
     })?;
     let ns = std::fs::File::open(format!("/proc/{}/ns/time_for_children", cx.pid)).map_err(
-        |source| RestoreError::File {
+        |source| TaskError::Object {
             id,
             what: "open the new time namespace".into(),
             source,
         },
     )?;
-    cx.setns(ns.as_fd(), libc::CLONE_NEWTIME, "setns(CLONE_NEWTIME)")
+    Ok(cx.setns(ns.as_fd(), libc::CLONE_NEWTIME, "setns(CLONE_NEWTIME)")?)
 }
 
 thread_local! {
