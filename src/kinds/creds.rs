@@ -7,9 +7,10 @@
 //! suspended, bounding set, securebits, capabilities, ambient set, no_new_privs last.
 
 use super::error::{task_error_from, TaskError};
-use super::{DumpCx, Kind, RestoreCx, TaskImages};
+use super::{DumpCx, Kind, RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
 use crate::procfs;
+use crate::sys::remote::arg;
 
 /// Why credentials could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -85,16 +86,7 @@ impl Kind for Creds {
     type Error = CredsError;
 
     fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), CredsError> {
-        let pid = cx.pid;
-        let p = cx.remote()?;
-        let secbits = p
-            .remote
-            .call(
-                "prctl(PR_GET_SECUREBITS)",
-                libc::SYS_prctl,
-                [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
-            )
-            .map_err(|source| TaskError::Remote { pid, source })?;
+        let secbits = cx.prctl(libc::PR_GET_SECUREBITS, [0; 4])?;
         img.thread().creds = Some(from_status(&cx.status, secbits as u32));
         Ok(())
     }
@@ -113,11 +105,7 @@ pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), C
         Some(i) => i,
         None => {
             let now = procfs::status(cx.pid)?;
-            let secbits = cx.sys(
-                "prctl(PR_GET_SECUREBITS)",
-                libc::SYS_prctl,
-                [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
-            )?;
+            let secbits = cx.prctl(libc::PR_GET_SECUREBITS, [0; 4])?;
             let i = from_status(&now, secbits as u32);
             cx.inherited.creds = Some(i.clone());
             i
@@ -128,53 +116,22 @@ pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), C
     }
     let now = procfs::status(cx.pid)?;
     let cur_secbits = inherited.secbits as u64;
-    let u = |v: u32| v as u64;
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
     let ga = cx.put(1024, &groups)?;
-    cx.sys(
-        "setgroups",
-        libc::SYS_setgroups,
-        [c.groups.len() as u64, ga, 0, 0, 0, 0],
-    )?;
-    cx.sys(
-        "setresgid",
-        libc::SYS_setresgid,
-        [u(c.gid), u(c.egid), u(c.sgid), 0, 0, 0],
-    )?;
-    cx.sys("setfsgid", libc::SYS_setfsgid, [u(c.fsgid), 0, 0, 0, 0, 0])?;
-    cx.sys(
-        "prctl(PR_SET_SECUREBITS)",
-        libc::SYS_prctl,
-        [
-            libc::PR_SET_SECUREBITS as u64,
-            cur_secbits | SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS,
-            0,
-            0,
-            0,
-            0,
-        ],
-    )?;
-    cx.sys(
-        "setresuid",
-        libc::SYS_setresuid,
-        [u(c.uid), u(c.euid), u(c.suid), 0, 0, 0],
-    )?;
-    cx.sys("setfsuid", libc::SYS_setfsuid, [u(c.fsuid), 0, 0, 0, 0, 0])?;
+    cx.setgroups(c.groups.len() as u64, ga)?;
+    cx.setresgid(c.gid, c.egid, c.sgid)?;
+    cx.setfsgid(c.fsgid)?;
+    let keep = cur_secbits | SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS;
+    cx.prctl(libc::PR_SET_SECUREBITS, [keep, 0, 0, 0])?;
+    cx.setresuid(c.uid, c.euid, c.suid)?;
+    cx.setfsuid(c.fsuid)?;
     let bnd = join(&c.cap_bnd);
     for cap in 0..=CAP_LAST {
         if bnd & (1 << cap) == 0 && now.cap_bnd & (1 << cap) != 0 {
-            cx.sys(
-                "prctl(PR_CAPBSET_DROP)",
-                libc::SYS_prctl,
-                [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0],
-            )?;
+            cx.prctl(libc::PR_CAPBSET_DROP, [cap, 0, 0, 0])?;
         }
     }
-    cx.sys(
-        "prctl(PR_SET_SECUREBITS)",
-        libc::SYS_prctl,
-        [libc::PR_SET_SECUREBITS as u64, c.secbits as u64, 0, 0, 0, 0],
-    )?;
+    cx.prctl(libc::PR_SET_SECUREBITS, [u64::from(c.secbits), 0, 0, 0])?;
     // capset(header{version 3, pid 0}, data[2]{effective, permitted, inheritable})
     let (eff, prm, inh) = (join(&c.cap_eff), join(&c.cap_prm), join(&c.cap_inh));
     let mut cap = Vec::with_capacity(32);
@@ -186,30 +143,16 @@ pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), C
         }
     }
     let ca = cx.put(2048, &cap)?;
-    cx.sys("capset", libc::SYS_capset, [ca, ca + 8, 0, 0, 0, 0])?;
+    cx.capset(ca, ca + 8)?;
     let amb = join(&c.cap_amb);
     for capn in 0..=CAP_LAST {
         if amb & (1 << capn) != 0 {
-            cx.sys(
-                "prctl(PR_CAP_AMBIENT_RAISE)",
-                libc::SYS_prctl,
-                [
-                    libc::PR_CAP_AMBIENT as u64,
-                    libc::PR_CAP_AMBIENT_RAISE as u64,
-                    capn,
-                    0,
-                    0,
-                    0,
-                ],
-            )?;
+            let raise = arg(libc::PR_CAP_AMBIENT_RAISE);
+            cx.prctl(libc::PR_CAP_AMBIENT, [raise, capn, 0, 0])?;
         }
     }
     if c.no_new_privs.unwrap_or(0) != 0 {
-        cx.sys(
-            "prctl(PR_SET_NO_NEW_PRIVS)",
-            libc::SYS_prctl,
-            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
-        )?;
+        cx.prctl(libc::PR_SET_NO_NEW_PRIVS, [1, 0, 0, 0])?;
     }
     Ok(())
 }

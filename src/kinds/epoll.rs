@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 
 use super::error::{task_error_from, TaskError, Unsupported};
 use super::files::{obj_err, FdKind, FdObjects, FdProbe, TargetFd, SETFL_MASK};
-use super::{DumpCx, RestoreCx};
+use super::{DumpCx, RestoreCx, Syscalls};
 use crate::image::pb;
 use crate::sys::fd as sysfd;
 
@@ -143,24 +143,16 @@ fn fill(
         .epfd
         .as_ref()
         .ok_or_else(|| super::files::missing(f.id, "eventpoll"))?;
+    let epfd = super::files::fd_number(f)?;
     for t in &ep.tfd {
         // struct epoll_event is packed on x86_64: u32 events, u64 data.
         let mut ev = [0u8; 12];
         ev[..4].copy_from_slice(&t.events.to_ne_bytes());
         ev[4..].copy_from_slice(&t.data.to_ne_bytes());
         let p = cx.put(0, &ev)?;
-        cx.sys(
-            "epoll_ctl(EPOLL_CTL_ADD)",
-            libc::SYS_epoll_ctl,
-            [
-                f.fd as u64,
-                libc::EPOLL_CTL_ADD as u64,
-                t.tfd as u64,
-                p,
-                0,
-                0,
-            ],
-        )?;
+        cx.named("epoll_ctl(EPOLL_CTL_ADD)")
+            // The watched fd as the kernel's int (it checks the number).
+            .epoll_ctl(epfd, libc::EPOLL_CTL_ADD, t.tfd.cast_signed(), p)?;
     }
     Ok(())
 }

@@ -90,6 +90,14 @@ pub enum TaskError {
 }
 
 impl TaskError {
+    /// The errno of a failed in-target syscall, if that is what this is.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            TaskError::Remote { source, .. } | TaskError::Open { source, .. } => source.errno(),
+            _ => None,
+        }
+    }
+
     /// An error making the object of file `id`, for `map_err`.
     pub fn object(id: u32, what: impl Into<String>) -> impl FnOnce(io::Error) -> TaskError {
         let what = what.into();

@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use super::error::{task_error_from, Failure, TaskError, Unsupported};
-use super::{DumpCx, Kind, RestoreCx, TaskImages};
+use super::{DumpCx, Kind, RemoteFd, RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
 use crate::image::ImageDir;
 use crate::procfs;
@@ -783,8 +783,20 @@ impl Kind for Files {
 /// A restored fd table: which fd holds each file id, and the highest fd.
 #[derive(Debug, Clone, Default)]
 pub struct FdTable {
-    pub by_id: HashMap<u32, u32>,
-    pub max_fd: u32,
+    pub by_id: HashMap<u32, RemoteFd>,
+    pub max_fd: RemoteFd,
+}
+
+/// The fd number an fdinfo record names, checked (the image says u32; the kernel's fds are
+/// non-negative ints).
+pub fn fd_number(f: &pb::FdinfoEntry) -> Result<RemoteFd, TaskError> {
+    // Below i32::MAX, so one above the highest is still an fd number.
+    RemoteFd::try_from(f.fd)
+        .ok()
+        .filter(|fd| *fd < RemoteFd::MAX)
+        .ok_or_else(|| {
+            TaskError::BadImage(format!("file {}: fd number {} is out of range", f.id, f.fd))
+        })
 }
 
 /// Recreates the fd table of the task `cx` drives. `inherited` is the table of the parent it
@@ -797,110 +809,86 @@ pub fn restore_fds(
     img: &TaskImages,
     inherited: Option<&FdTable>,
 ) -> Result<FdTable, FilesError> {
-    let mut fds: Vec<&pb::FdinfoEntry> = img.fdinfo.iter().collect();
-    fds.sort_by_key(|f| f.fd);
-    let max_target = fds.iter().map(|f| f.fd).max().unwrap_or(0);
+    let mut fds = img
+        .fdinfo
+        .iter()
+        .map(|f| Ok((fd_number(f)?, f)))
+        .collect::<Result<Vec<(RemoteFd, &pb::FdinfoEntry)>, TaskError>>()?;
+    fds.sort_by_key(|(fd, _)| *fd);
+    let max_target = fds.iter().map(|(fd, _)| *fd).max().unwrap_or(0);
+    // Numbers above every fd in play (max_target < i32::MAX, checked above).
+    let above = max_target + 1;
     // Park what we take over from the parent above every fd in play, then drop the rest.
-    let mut taken: HashMap<u32, u32> = HashMap::new(); // file id -> parked fd
+    let mut taken: HashMap<u32, RemoteFd> = HashMap::new(); // file id -> parked fd
     if let Some(parent) = inherited {
-        let park = max_target.max(parent.max_fd) as u64 + 1;
-        for f in &fds {
+        let park = max_target.max(parent.max_fd) + 1;
+        for (_, f) in &fds {
             if let (Some(&src), false) = (parent.by_id.get(&f.id), taken.contains_key(&f.id)) {
-                let tmp = cx.sys(
-                    "fcntl(F_DUPFD)",
-                    libc::SYS_fcntl,
-                    [src as u64, libc::F_DUPFD as u64, park, 0, 0, 0],
-                )?;
-                taken.insert(f.id, tmp as u32);
+                taken.insert(f.id, cx.dup_above(src, park)?);
             }
         }
-        cx.sys(
-            "close_range",
-            libc::SYS_close_range,
-            [0, park - 1, 0, 0, 0, 0],
-        )?;
+        cx.close_range(0, park.cast_unsigned() - 1)?;
     }
     let objs_cell = cx.objs;
     // The puppet's pidfd of cryo: the one it inherited (kept), or one opened here (closed).
-    let kept = cx.cryo_pidfd.map(|p| p as u64);
-    let mut cryo_pidfd: Option<u64> = kept;
-    let mut opened: HashMap<u32, u32> = HashMap::new(); // file id -> fd
-    for f in &fds {
-        let cloexec = if f.flags & libc::FD_CLOEXEC as u32 != 0 {
-            libc::O_CLOEXEC as u64
-        } else {
-            0
-        };
+    let kept = cx.cryo_pidfd;
+    let mut cryo_pidfd: Option<RemoteFd> = kept;
+    let mut opened: HashMap<u32, RemoteFd> = HashMap::new(); // file id -> fd
+    for &(fd, f) in &fds {
+        let cloexec = f.flags & libc::FD_CLOEXEC.cast_unsigned() != 0;
         if let Some(&src) = opened.get(&f.id).or(taken.get(&f.id)) {
-            cx.sys(
-                "dup3",
-                libc::SYS_dup3,
-                [src as u64, f.fd as u64, cloexec, 0, 0, 0],
-            )?;
-            opened.entry(f.id).or_insert(f.fd);
+            cx.dup3(src, fd, if cloexec { libc::O_CLOEXEC } else { 0 })?;
+            opened.entry(f.id).or_insert(fd);
             continue;
         }
         let tmp = if f.r#type == pb::FdTypes::Reg as i32 {
-            open_reg(cx, f.id)? as u64
+            open_reg(cx, f.id)?
         } else if super::tty::is_dev_tty(cx.files, f.id) {
             if img.pstree.sid == img.pid {
                 // A session leader has no terminal before its setsid: tty::take_ctty opens it.
                 continue;
             }
-            super::tty::open_dev_tty(cx, f.id)? as u64
+            super::tty::open_dev_tty(cx, f.id)?
         } else {
             let local = objs_cell.borrow_mut().get(f.id)?;
             let pidfd = match cryo_pidfd {
                 Some(p) => p,
                 None => {
-                    let p = cx.sys(
-                        "pidfd_open (cryo)",
-                        libc::SYS_pidfd_open,
-                        [std::process::id() as u64, 0, 0, 0, 0, 0],
-                    )?;
+                    let p = cx
+                        .named("pidfd_open (cryo)")
+                        .pidfd_open(crate::sys::proc::own_pid())?;
                     // Out of the way of the fd numbers still to be filled.
-                    let high = cx.sys(
-                        "fcntl(F_DUPFD)",
-                        libc::SYS_fcntl,
-                        [p, libc::F_DUPFD as u64, max_target as u64 + 1, 0, 0, 0],
-                    )?;
-                    cx.sys("close", libc::SYS_close, [p, 0, 0, 0, 0, 0])?;
+                    let high = cx.dup_above(p, above)?;
+                    cx.close(p)?;
                     cryo_pidfd = Some(high);
                     high
                 }
             };
             // The new fd has FD_CLOEXEC set.
-            let got = cx.sys(
-                "pidfd_getfd",
-                libc::SYS_pidfd_getfd,
-                [pidfd, local as u64, 0, 0, 0, 0],
-            )?;
-            if got == f.fd as u64 && cloexec == 0 {
-                cx.sys(
-                    "fcntl(F_SETFD)",
-                    libc::SYS_fcntl,
-                    [got, libc::F_SETFD as u64, 0, 0, 0, 0],
-                )?;
+            let got = cx.pidfd_getfd(pidfd, local)?;
+            if got == fd && !cloexec {
+                cx.set_cloexec(got, false)?;
             }
             got
         };
-        cx.place_fd(tmp, f.fd, cloexec)?;
-        opened.insert(f.id, f.fd);
+        cx.place_fd(tmp, fd, cloexec)?;
+        opened.insert(f.id, fd);
     }
     if let Some(p) = cryo_pidfd.filter(|_| kept.is_none()) {
-        cx.sys("close", libc::SYS_close, [p, 0, 0, 0, 0, 0])?;
+        cx.close(p)?;
     }
     if !taken.is_empty() {
-        let mut ranges = vec![(max_target as u64 + 1, u32::MAX as u64)];
-        if let Some(k) = kept {
-            ranges = vec![(max_target as u64 + 1, k - 1), (k + 1, u32::MAX as u64)];
+        let above = above.cast_unsigned();
+        let mut ranges = vec![(above, u32::MAX)];
+        if let Some(k) = kept.map(i32::cast_unsigned) {
+            ranges = vec![(above, k - 1), (k + 1, u32::MAX)];
         }
         for (lo, hi) in ranges.into_iter().filter(|(lo, hi)| lo <= hi) {
-            cx.sys("close_range", libc::SYS_close_range, [lo, hi, 0, 0, 0, 0])?;
+            cx.close_range(lo, hi)?;
         }
     }
     // What a kind does once every fd of the task exists (epoll watch lists name them).
-    for f in &fds {
+    for (_, f) in &fds {
         if let Some(k) = FdOps::for_type(f.r#type) {
             (k.after_fds)(cx, &mut objs_cell.borrow_mut(), f)?;
         }
@@ -912,7 +900,7 @@ pub fn restore_fds(
 }
 
 /// Opens regular-file record `id` in the puppet, at its saved offset; returns the fd.
-fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, FilesError> {
+fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<RemoteFd, FilesError> {
     let reg = cx.reg(id)?.clone();
     if let Some(size) = reg.size {
         if let Ok(m) = std::fs::metadata(&reg.name) {
@@ -928,23 +916,19 @@ fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, FilesError> {
     }
     let fd = open_file(cx, id, reg.flags)?;
     if reg.pos != 0 {
-        cx.sys(
-            "lseek",
-            libc::SYS_lseek,
-            [fd as u64, reg.pos, libc::SEEK_SET as u64, 0, 0, 0],
-        )?;
+        cx.lseek(fd, reg.pos, libc::SEEK_SET)?;
     }
     Ok(fd)
 }
 
 /// Opens the file of regular-file record `id` in the puppet with `flags` (a deleted file
 /// is recreated from its ghost image by cryo and handed over); returns the puppet's fd.
-pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, FilesError> {
+pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd, FilesError> {
     let cell = cx.objs;
     if cx.files.get(&id).map(|f| f.r#type) == Some(pb::FdTypes::Memfd as i32) {
         // A mapped memfd: the puppet takes cryo's memfd.
         let local = cell.borrow_mut().get(id)?;
-        return Ok(cx.take_from_cryo(local)? as i32);
+        return Ok(cx.take_from_cryo(local)?);
     }
     let reg = cx.reg(id)?.clone();
     let flags = flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
@@ -954,8 +938,8 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Fil
         // mount of the mqueue file system, e.g. /dev/mqueue/NAME).
         let name = reg.name.rsplit('/').next().unwrap_or_default();
         let p = cx.put_path(name)?;
-        let mode = flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32;
-        return Ok(cx.sys("mq_open", libc::SYS_mq_open, [p, mode as u64, 0, 0, 0, 0])? as i32);
+        let mode = flags.cast_signed() & (libc::O_ACCMODE | libc::O_NONBLOCK);
+        return Ok(cx.mq_open(p, mode)?);
     }
     if cell.borrow().ghosts.is_ghost(id) {
         let local = {
@@ -964,7 +948,7 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Fil
             objs.ghosts
                 .open(&objs.dir, id, &reg.name, flags, objs.ns_pid)?
         };
-        return Ok(cx.take_from_cryo(local.as_raw_fd())? as i32);
+        return Ok(cx.take_from_cryo(local.as_raw_fd())?);
     }
     if reg.name == "/dev/tty" {
         // A shell job's terminal: the one cryo runs on, by its real name (/dev/pts/N), as the

@@ -18,7 +18,7 @@
 
 use super::error::{task_error_from, TaskError, Unsupported};
 use crate::image::{self, pb, ImageDir};
-use crate::kinds::{RestoreCx, TaskImages};
+use crate::kinds::{RestoreCx, Syscalls, TaskImages};
 
 /// Why file locks could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -259,12 +259,12 @@ pub fn write(dir: &ImageDir, found: &[Found], imgs: &[TaskImages]) -> Result<(),
 }
 
 /// `flock(2)` operations.
-const LOCK_SH: u64 = 1;
-const LOCK_EX: u64 = 2;
-const LOCK_NB: u64 = 4;
+const LOCK_SH: i32 = 1;
+const LOCK_EX: i32 = 2;
+const LOCK_NB: i32 = 4;
 /// `fcntl(2)` commands.
-const F_SETLK: u64 = 6;
-const F_OFD_SETLK: u64 = 37;
+const F_SETLK: i32 = 6;
+const F_OFD_SETLK: i32 = 37;
 
 /// `struct flock` of x86-64 (short type, short whence, off_t start, off_t len, pid_t pid).
 fn flock_bytes(ty: u32, start: i64, len: i64, pid: i32) -> [u8; 32] {
@@ -295,24 +295,17 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), LocksErro
         if e.fd < 0 {
             return Err(bad("no fd").into());
         }
-        let fd = e.fd as u64;
-        let held = |r: Result<u64, TaskError>| {
-            r.map_err(|err| match err {
-                TaskError::Remote {
-                    source: crate::sys::remote::RemoteError::Errno { source, .. },
-                    ..
-                } if matches!(
-                        source.raw_os_error(),
-                        Some(libc::EAGAIN) | Some(libc::EACCES)
-                    ) =>
-                {
+        let fd = e.fd;
+        let held = |r: Result<(), TaskError>| {
+            r.map_err(|err| match err.errno() {
+                Some(libc::EAGAIN | libc::EACCES) => {
                     Unsupported::restore(format!(
                         "process {} fd {}: the file lock (flag {}, range {}+{}) is held by another process now",
                         e.pid, e.fd, e.flag, e.start, e.len
                     ))
                     .into()
                 }
-                other => other,
+                _ => err,
             })
         };
         if e.flag & FL_FLOCK != 0 {
@@ -321,11 +314,7 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), LocksErro
                 F_WRLCK => LOCK_EX,
                 _ => return Err(bad("unknown flock type").into()),
             };
-            held(cx.sys(
-                "flock (file lock)",
-                libc::SYS_flock,
-                [fd, op | LOCK_NB, 0, 0, 0, 0],
-            ))?;
+            held(cx.named("flock (file lock)").flock(fd, op | LOCK_NB))?;
         } else if e.flag & (FL_POSIX | FL_OFD) != 0 {
             if e.r#type != F_RDLCK && e.r#type != F_WRLCK {
                 return Err(bad("unknown lock type").into());
@@ -336,11 +325,11 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), LocksErro
                 (F_SETLK, e.pid)
             };
             let a = cx.put(0, &flock_bytes(e.r#type, e.start, e.len, pid))?;
-            held(cx.sys(
-                "fcntl(F_SETLK) (file lock)",
-                libc::SYS_fcntl,
-                [fd, cmd, a, 0, 0, 0],
-            ))?;
+            held(
+                cx.named("fcntl(F_SETLK) (file lock)")
+                    .fcntl(fd, cmd, a)
+                    .map(drop),
+            )?;
         } else {
             return Err(bad("leases are not supported").into());
         }

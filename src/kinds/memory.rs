@@ -19,11 +19,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::{DumpCx, Kind, RestoreCx, TaskImages};
+use super::{DumpCx, Kind, RestoreCx, Syscalls, TaskImages};
 use crate::image::manifest::{FileDigest, BLOCK};
 use crate::image::pb;
 use crate::procfs::Vma;
 use crate::sys::mem::{self, page_is, Mapping};
+use crate::sys::remote::arg;
 use crate::sys::PAGE_SIZE;
 use twox_hash::XxHash3_128;
 
@@ -425,16 +426,12 @@ impl Kind for Memory {
             } else {
                 v.prot
             };
-            let flags = (v.flags | libc::MAP_FIXED as u32) as u64;
-            let what = "mmap";
+            // Flags and protection are the kernel's int bits, saved as u32.
+            let flags = v.flags.cast_signed() | libc::MAP_FIXED;
             if cx.cow.contains(&(v.start, v.end)) {
                 // Kept from the parent: already mapped, with the parent's pages.
                 if prot != v.prot {
-                    cx.sys(
-                        "mprotect",
-                        libc::SYS_mprotect,
-                        [v.start, v.end - v.start, prot as u64, 0, 0, 0],
-                    )?;
+                    cx.mprotect(v.start, v.end - v.start, prot.cast_signed())?;
                 }
                 // Pages this process did not have go back to zero.
                 let mut at = v.start;
@@ -449,10 +446,10 @@ impl Kind for Memory {
                     .chain([(v.end, v.end)])
                 {
                     if s > at {
-                        cx.sys(
-                            "madvise(MADV_DONTNEED)",
-                            libc::SYS_madvise,
-                            [at, s - at, libc::MADV_DONTNEED as u64, 0, 0, 0],
+                        cx.named("madvise(MADV_DONTNEED)").madvise(
+                            at,
+                            s - at,
+                            libc::MADV_DONTNEED,
                         )?;
                     }
                     at = at.max(e);
@@ -465,26 +462,18 @@ impl Kind for Memory {
                     v.shmid as u32,
                     v.fdflags.unwrap_or(libc::O_RDONLY as u32),
                 )?;
-                let r = cx.sys(
-                    what,
-                    libc::SYS_mmap,
-                    [
-                        v.start,
-                        v.end - v.start,
-                        prot as u64,
-                        flags,
-                        fd as u64,
-                        v.pgoff,
-                    ],
+                let r = cx.mmap(
+                    v.start,
+                    v.end - v.start,
+                    prot.cast_signed(),
+                    flags,
+                    Some(fd),
+                    v.pgoff,
                 );
-                cx.sys("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
+                cx.close(fd)?;
                 check_addr(r?, v)?;
             } else {
-                let r = cx.sys(
-                    what,
-                    libc::SYS_mmap,
-                    [v.start, v.end - v.start, prot as u64, flags, u64::MAX, 0],
-                )?;
+                let r = cx.mmap(v.start, v.end - v.start, prot.cast_signed(), flags, None, 0)?;
                 check_addr(r, v)?;
             }
         }
@@ -493,20 +482,12 @@ impl Kind for Memory {
         tracing::info!("memory: pages written");
         for (v, fill) in img.mm.vmas.iter().zip(&has_pages) {
             if *fill && v.prot & libc::PROT_WRITE as u32 == 0 {
-                cx.sys(
-                    "mprotect",
-                    libc::SYS_mprotect,
-                    [v.start, v.end - v.start, v.prot as u64, 0, 0, 0],
-                )?;
+                cx.mprotect(v.start, v.end - v.start, v.prot.cast_signed())?;
             }
             if let Some(madv) = v.madv {
-                for bit in 0..64u64 {
-                    if madv & (1 << bit) != 0 {
-                        cx.sys(
-                            "madvise",
-                            libc::SYS_madvise,
-                            [v.start, v.end - v.start, bit, 0, 0, 0],
-                        )?;
+                for advice in 0..64 {
+                    if madv & (1u64 << advice) != 0 {
+                        cx.madvise(v.start, v.end - v.start, advice)?;
                     }
                 }
             }
@@ -759,14 +740,11 @@ fn map_vdso(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryError>
         return Ok(()); // the task had unmapped its vDSO
     };
     let low = specials.iter().map(|v| v.start).min().unwrap_or(vdso.start);
-    const ARCH_MAP_VDSO_64: u64 = 0x2003;
+    const ARCH_MAP_VDSO_64: i32 = 0x2003;
     let mut hint = low;
     for attempt in 0..2 {
-        cx.sys(
-            "arch_prctl(ARCH_MAP_VDSO_64)",
-            libc::SYS_arch_prctl,
-            [ARCH_MAP_VDSO_64, hint, 0, 0, 0, 0],
-        )?;
+        cx.named("arch_prctl(ARCH_MAP_VDSO_64)")
+            .arch_prctl(ARCH_MAP_VDSO_64, hint)?;
         let maps = crate::procfs::read(cx.pid, "maps")?;
         let now = crate::procfs::parse_smaps(&maps).unwrap_or_default();
         let got = now.iter().find(|v| v.name == "[vdso]").map(|v| v.start);
@@ -788,7 +766,7 @@ fn map_vdso(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryError>
                     .iter()
                     .filter(|v| matches!(v.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]"))
                 {
-                    cx.sys("munmap", libc::SYS_munmap, [v.start, v.len(), 0, 0, 0, 0])?;
+                    cx.munmap(v.start, v.len())?;
                 }
                 hint = hint.wrapping_add(vdso.start.wrapping_sub(g));
             }
@@ -878,11 +856,11 @@ impl Thp {
 
 /// The puppet's userfaultfd, taken into cryo.
 fn open_uffd(cx: &mut RestoreCx<'_>) -> Result<mem::Uffd, MemoryError> {
-    let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | mem::UFFD_USER_MODE_ONLY;
-    let fd = cx.sys("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?;
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | mem::UFFD_USER_MODE_ONLY;
+    let fd = cx.userfaultfd(flags)?;
     let taken = crate::sys::fd::pidfd_open(cx.pid)
-        .and_then(|p| crate::sys::fd::pidfd_getfd(std::os::fd::AsFd::as_fd(&p), fd as i32));
-    cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        .and_then(|p| crate::sys::fd::pidfd_getfd(std::os::fd::AsFd::as_fd(&p), fd));
+    cx.close(fd)?;
     let addr = 0;
     let taken = taken.map_err(|source| MemoryError::Uffd { addr, source })?;
     mem::Uffd::new(taken).map_err(|source| MemoryError::Uffd { addr, source })
@@ -1082,7 +1060,7 @@ fn fill_parallel(
         }
     });
     if let Some(fd) = img_fd {
-        cx.sys("close", libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
+        cx.close(fd)?;
     }
     if let Some(e) = first_err.into_inner().expect("lock") {
         return Err(e);
@@ -1267,11 +1245,9 @@ fn puppet_preadv(
             .flat_map(|&(a, l)| a.to_ne_bytes().into_iter().chain((l as u64).to_ne_bytes()))
             .collect();
         let at = cx.put(8192, &iov)?;
-        let n = cx.sys(
-            "preadv (page data)",
-            libc::SYS_preadv,
-            [fd as u64, at, left.len() as u64, off, 0, 0],
-        )? as usize;
+        let n = cx
+            .named("preadv (page data)")
+            .preadv(fd, at, left.len() as u64, off)? as usize;
         if n == 0 {
             return Err(TaskError::BadImage("pages image ended early".into()).into());
         }
@@ -1342,28 +1318,16 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
     m.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
     m.extend_from_slice(&(exe_fd as u32).to_ne_bytes());
     let addr = cx.put(512, &m)?;
-    let r = cx.sys(
-        "prctl(PR_SET_MM, PR_SET_MM_MAP)",
-        libc::SYS_prctl,
-        [
-            libc::PR_SET_MM as u64,
-            libc::PR_SET_MM_MAP as u64,
-            addr,
-            m.len() as u64,
-            0,
-            0,
-        ],
+    let r = cx.named("prctl(PR_SET_MM, PR_SET_MM_MAP)").prctl(
+        libc::PR_SET_MM,
+        [arg(libc::PR_SET_MM_MAP), addr, m.len() as u64, 0],
     );
     if exe_fd >= 0 {
-        cx.sys("close", libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0])?;
+        cx.close(exe_fd)?;
     }
     r?;
     if mm.thp_disabled == Some(true) {
-        cx.sys(
-            "prctl(PR_SET_THP_DISABLE)",
-            libc::SYS_prctl,
-            [libc::PR_SET_THP_DISABLE as u64, 1, 0, 0, 0, 0],
-        )?;
+        cx.prctl(libc::PR_SET_THP_DISABLE, [1, 0, 0, 0])?;
     }
     Ok(())
 }

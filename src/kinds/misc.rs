@@ -4,10 +4,11 @@
 //! dumpable, THP-disable, child-subreaper and parent-death signal.
 
 use super::error::{task_error_from, TaskError};
-use super::{DumpCx, Kind, RestoreCx, TaskImages};
+use super::{DumpCx, Kind, RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
 use crate::procfs;
 use crate::sys::proc;
+use crate::sys::remote::arg;
 
 /// Why the task's miscellaneous state could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -116,41 +117,13 @@ impl Kind for Misc {
         }
         img.ids = task_ids(pid, 2)?;
         // What only the task itself can tell.
-        let p = cx.remote()?;
-        let buf = p
-            .scratch(64 * 1024)
-            .map_err(|source| TaskError::Remote { pid, source })?;
-        let mut call = |what, nr, a| {
-            p.remote
-                .call(what, nr, a)
-                .map_err(|source| TaskError::Remote { pid, source })
-        };
-        let brk = call("brk", libc::SYS_brk, [0; 6])?;
-        let dumpable = call(
-            "prctl(PR_GET_DUMPABLE)",
-            libc::SYS_prctl,
-            [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0],
-        )?;
-        let thp = call(
-            "prctl(PR_GET_THP_DISABLE)",
-            libc::SYS_prctl,
-            [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0],
-        )?;
-        call(
-            "prctl(PR_GET_TID_ADDRESS)",
-            libc::SYS_prctl,
-            [libc::PR_GET_TID_ADDRESS as u64, buf, 0, 0, 0, 0],
-        )?;
-        call(
-            "prctl(PR_GET_PDEATHSIG)",
-            libc::SYS_prctl,
-            [libc::PR_GET_PDEATHSIG as u64, buf + 8, 0, 0, 0, 0],
-        )?;
-        call(
-            "prctl(PR_GET_CHILD_SUBREAPER)",
-            libc::SYS_prctl,
-            [libc::PR_GET_CHILD_SUBREAPER as u64, buf + 16, 0, 0, 0, 0],
-        )?;
+        let buf = cx.scratch()?;
+        let brk = cx.brk(0)?;
+        let dumpable = cx.prctl(libc::PR_GET_DUMPABLE, [0; 4])?;
+        let thp = cx.prctl(libc::PR_GET_THP_DISABLE, [0; 4])?;
+        cx.prctl(libc::PR_GET_TID_ADDRESS, [buf, 0, 0, 0])?;
+        cx.prctl(libc::PR_GET_PDEATHSIG, [buf + 8, 0, 0, 0])?;
+        cx.prctl(libc::PR_GET_CHILD_SUBREAPER, [buf + 16, 0, 0, 0])?;
         let mut raw = [0u8; 24];
         crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 24)]).map_err(|source| {
             TaskError::Memory {
@@ -175,32 +148,23 @@ impl Kind for Misc {
         // task's children exist, groups once every task exists (`restore::set_process_groups`).
         let tc = img.core.tc.clone().unwrap_or_default();
         let th = img.core.thread_core.clone().unwrap_or_default();
-        cx.sys(
-            "personality",
-            libc::SYS_personality,
-            [tc.personality as u64, 0, 0, 0, 0, 0],
-        )?;
-        cx.sys(
-            "umask",
-            libc::SYS_umask,
-            [img.fs.umask.unwrap_or(0o022) as u64, 0, 0, 0, 0, 0],
-        )?;
+        cx.personality(tc.personality)?;
+        cx.umask(img.fs.umask.unwrap_or(0o022))?;
         let root = cx.reg(img.fs.root_id)?.name.clone();
         if root != "/" {
             let p = cx.put_path(&root)?;
-            cx.sys("chroot", libc::SYS_chroot, [p, 0, 0, 0, 0, 0])?;
+            cx.chroot(p)?;
         }
         let cwd = cx.reg(img.fs.cwd_id)?.name.clone();
         let p = cx.put_path(&cwd)?;
-        cx.sys("chdir", libc::SYS_chdir, [p, 0, 0, 0, 0, 0])
-            .map_err(|e| match e {
-                TaskError::Remote { pid, source } => TaskError::Open {
-                    pid,
-                    path: cwd.clone(),
-                    source,
-                },
-                e => e,
-            })?;
+        cx.chdir(p).map_err(|e| match e {
+            TaskError::Remote { pid, source } => TaskError::Open {
+                pid,
+                path: cwd.clone(),
+                source,
+            },
+            e => e,
+        })?;
         let tid_addr = img
             .core
             .thread_info
@@ -209,11 +173,7 @@ impl Kind for Misc {
             .unwrap_or(0);
         super::threads::restore_attrs(cx, &th, tid_addr, &tc.comm)?;
         if tc.child_subreaper == Some(true) {
-            cx.sys(
-                "prctl(PR_SET_CHILD_SUBREAPER)",
-                libc::SYS_prctl,
-                [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0, 0, 0, 0],
-            )?;
+            cx.prctl(libc::PR_SET_CHILD_SUBREAPER, [1, 0, 0, 0])?;
         }
         if let Some(oom) = tc.oom_score_adj {
             let path = format!("/proc/{}/oom_score_adj", cx.pid);
@@ -266,11 +226,7 @@ pub fn ns_id(ino: u64) -> u32 {
 /// The last attributes, set after credentials (a uid change resets them).
 pub fn restore_late(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MiscError> {
     if let Some(d) = img.mm.dumpable {
-        cx.sys(
-            "prctl(PR_SET_DUMPABLE)",
-            libc::SYS_prctl,
-            [libc::PR_SET_DUMPABLE as u64, d as u64, 0, 0, 0, 0],
-        )?;
+        cx.prctl(libc::PR_SET_DUMPABLE, [arg(d), 0, 0, 0])?;
     }
     let pdeath = img
         .core
@@ -278,10 +234,6 @@ pub fn restore_late(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), Misc
         .as_ref()
         .and_then(|t| t.pdeath_sig)
         .unwrap_or(0);
-    cx.sys(
-        "prctl(PR_SET_PDEATHSIG)",
-        libc::SYS_prctl,
-        [libc::PR_SET_PDEATHSIG as u64, pdeath as u64, 0, 0, 0, 0],
-    )?;
+    cx.prctl(libc::PR_SET_PDEATHSIG, [u64::from(pdeath), 0, 0, 0])?;
     Ok(())
 }

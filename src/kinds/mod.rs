@@ -41,8 +41,10 @@ pub use error::{Failure, TaskError, Unsupported};
 use crate::image::pb;
 use crate::image::ImageDir;
 use crate::procfs::{Stat, Status, Vma};
+use crate::sys::clone::CloneArgs;
 use crate::sys::ptrace::{Regs, Tracee};
 use crate::sys::remote::{Parasite, Remote};
+pub use crate::sys::remote::{RemoteFd, Syscalls};
 
 /// A kind of per-task kernel object: both halves of its checkpoint/restore. The pipelines
 /// run kinds through [`dump_kind`] and [`restore_kind`], which log the kind's name as the
@@ -250,15 +252,6 @@ impl<'a> DumpCx<'a> {
             .map_err(|source| TaskError::Remote { pid, source })
     }
 
-    /// Runs a syscall in the target, naming `what` on failure.
-    pub fn call(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, TaskError> {
-        let pid = self.pid;
-        self.remote()?
-            .remote
-            .call(what, nr, a)
-            .map_err(|source| TaskError::Remote { pid, source })
-    }
-
     /// Reads `buf.len()` bytes of the target's memory at `addr` (e.g. what a call wrote).
     pub fn peek(&self, addr: u64, buf: &mut [u8], what: &'static str) -> Result<(), TaskError> {
         let n = buf.len();
@@ -268,6 +261,29 @@ impl<'a> DumpCx<'a> {
             what,
             source,
         })
+    }
+}
+
+impl Syscalls for DumpCx<'_> {
+    type Error = TaskError;
+    /// Runs a syscall in the target (inside the injection window only).
+    fn sys(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, TaskError> {
+        let pid = self.pid;
+        self.remote()?
+            .remote
+            .call(what, nr, a)
+            .map_err(|source| TaskError::Remote { pid, source })
+    }
+}
+
+impl Syscalls for RestoreCx<'_> {
+    type Error = TaskError;
+    /// Runs a syscall in the puppet.
+    fn sys(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, TaskError> {
+        let pid = self.pid;
+        self.remote
+            .call(what, nr, a)
+            .map_err(|source| TaskError::Remote { pid, source })
     }
 }
 
@@ -294,6 +310,11 @@ pub struct RestoreCx<'a> {
     /// cannot name cryo to `pidfd_open`.
     pub cryo_pidfd: Option<i32>,
 }
+
+/// Where [`RestoreCx::clone3_with_tid`] puts `struct clone_args` in scratch.
+const SCRATCH_CLONE_ARGS: u64 = 2048;
+/// Where [`RestoreCx::clone3_with_tid`] puts the `set_tid` array in scratch.
+const SCRATCH_SET_TID: u64 = 3072;
 
 /// State the puppet (and each thread it creates before dropping privileges) starts with.
 #[derive(Debug, Clone, Default)]
@@ -332,15 +353,11 @@ impl RestoreCx<'_> {
     }
 
     /// Opens `path` inside the puppet with `flags`; returns the fd.
-    pub fn open(&mut self, path: &str, flags: u32) -> Result<i32, TaskError> {
+    /// (`flags`: the kernel's int bits, as the images keep them.)
+    pub fn open(&mut self, path: &str, flags: u32) -> Result<RemoteFd, TaskError> {
         let p = self.put_path(path)?;
         self.remote
-            .call(
-                "openat",
-                libc::SYS_openat,
-                [libc::AT_FDCWD as u64, p, flags as u64, 0, 0, 0],
-            )
-            .map(|fd| fd as i32)
+            .openat(libc::AT_FDCWD, p, flags.cast_signed(), 0)
             .map_err(|source| TaskError::Open {
                 pid: self.pid,
                 path: path.to_string(),
@@ -348,69 +365,64 @@ impl RestoreCx<'_> {
             })
     }
 
-    /// Runs a syscall in the puppet, naming `what` on failure.
-    pub fn sys(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, TaskError> {
-        let pid = self.pid;
-        self.remote
-            .call(what, nr, a)
-            .map_err(|source| TaskError::Remote { pid, source })
+    /// Creates a task from the puppet with `clone3(args)` and the exact id `tid` (in the
+    /// puppet's PID namespace): the struct and its `set_tid` array are put into scratch.
+    /// Returns the id the puppet sees (cryo's may differ: `remote.last_child`).
+    pub fn clone3_with_tid(
+        &mut self,
+        what: &'static str,
+        mut args: CloneArgs,
+        tid: i32,
+    ) -> Result<i32, TaskError> {
+        args.set_tid = self.put(SCRATCH_SET_TID, &tid.to_ne_bytes())?;
+        args.set_tid_size = 1;
+        let a = self.put(SCRATCH_CLONE_ARGS, &args.to_bytes())?;
+        self.named(what)
+            .clone3(a, crate::sys::clone::CLONE_ARGS_SIZE as u64)
     }
 
     /// Gives the puppet its own fd for cryo's fd `local` (the same open file description,
     /// through `pidfd_getfd`); returns the puppet's fd, which the caller closes.
-    pub fn take_from_cryo(&mut self, local: i32) -> Result<u64, TaskError> {
+    pub fn take_from_cryo(&mut self, local: i32) -> Result<RemoteFd, TaskError> {
         if let Some(pidfd) = self.cryo_pidfd {
-            return self.sys(
-                "pidfd_getfd",
-                libc::SYS_pidfd_getfd,
-                [pidfd as u64, local as u64, 0, 0, 0, 0],
-            );
+            return self.pidfd_getfd(pidfd, local);
         }
-        let pidfd = self.sys(
-            "pidfd_open (cryo)",
-            libc::SYS_pidfd_open,
-            [std::process::id() as u64, 0, 0, 0, 0, 0],
-        )?;
-        let got = self.sys(
-            "pidfd_getfd",
-            libc::SYS_pidfd_getfd,
-            [pidfd, local as u64, 0, 0, 0, 0],
-        );
-        self.sys("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])?;
+        let pidfd = self
+            .named("pidfd_open (cryo)")
+            .pidfd_open(crate::sys::proc::own_pid())?;
+        let got = self.pidfd_getfd(pidfd, local);
+        self.close(pidfd)?;
         got
     }
 
-    /// Moves the puppet's fd `tmp` to fd number `target` (`cloexec`: `O_CLOEXEC` or 0).
-    pub fn place_fd(&mut self, tmp: u64, target: u32, cloexec: u64) -> Result<(), TaskError> {
-        if tmp != target as u64 {
-            self.sys(
-                "dup3",
-                libc::SYS_dup3,
-                [tmp, target as u64, cloexec, 0, 0, 0],
-            )?;
-            self.sys("close", libc::SYS_close, [tmp, 0, 0, 0, 0, 0])?;
-        } else if cloexec != 0 {
-            self.sys(
-                "fcntl(F_SETFD)",
-                libc::SYS_fcntl,
-                [tmp, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
-            )?;
+    /// Moves the puppet's fd `tmp` to fd number `target`, close-on-exec or not.
+    pub fn place_fd(
+        &mut self,
+        tmp: RemoteFd,
+        target: RemoteFd,
+        cloexec: bool,
+    ) -> Result<(), TaskError> {
+        if tmp != target {
+            self.dup3(tmp, target, if cloexec { libc::O_CLOEXEC } else { 0 })?;
+            self.close(tmp)?;
+        } else if cloexec {
+            self.set_cloexec(tmp, true)?;
         }
         Ok(())
     }
 
     /// Makes the puppet join the namespace cryo holds open as `ns` (`flag`: its CLONE_NEW*
     /// kind): it takes the fd, `setns`es and closes it.
-    pub fn setns(
+    pub fn join_ns(
         &mut self,
         ns: std::os::fd::BorrowedFd<'_>,
         flag: i32,
         what: &'static str,
     ) -> Result<(), TaskError> {
         let fd = self.take_from_cryo(std::os::fd::AsRawFd::as_raw_fd(&ns))?;
-        let r = self.sys(what, libc::SYS_setns, [fd, flag as u64, 0, 0, 0, 0]);
-        self.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-        r.map(|_| ())
+        let r = self.named(what).setns(fd, flag);
+        self.close(fd)?;
+        r
     }
 
     /// Looks up the regular-file record `id` in files.img.

@@ -475,7 +475,7 @@ pub fn restore(
             .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
     })?;
     cx.objs.borrow_mut().tty.premade.extend(ptys);
-    Ok(cx.setns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?)
+    Ok(cx.join_ns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?)
 }
 
 /// On a thread of its own (namespaces and root are per thread): joins the puppet's net and

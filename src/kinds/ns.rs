@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
-use super::{DumpCx, RestoreCx, TaskImages};
+use super::{DumpCx, RestoreCx, Syscalls, TaskImages};
 use crate::image::{self, pb};
 
 /// Why a namespace could not be saved or restored.
@@ -46,7 +46,7 @@ pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), NsError> {
         return Ok(());
     }
     let buf = cx.scratch()?;
-    cx.call("uname", libc::SYS_uname, [buf, 0, 0, 0, 0, 0])?;
+    cx.uname(buf)?;
     // struct utsname: six 65-byte fields; nodename is the 2nd, domainname the 6th.
     let mut u = vec![0u8; 6 * 65];
     cx.peek(buf, &mut u, "reading utsname")?;
@@ -116,11 +116,7 @@ pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), NsError> {
             )).into());
     }
     let buf = cx.scratch()?;
-    let sk = cx.call(
-        "socket(AF_INET, SOCK_DGRAM)",
-        libc::SYS_socket,
-        [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0],
-    )?;
+    let sk = cx.socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
     let mut ifr = [0u8; 40];
     ifr[..2].copy_from_slice(b"lo");
     let mut query = |req: u64| -> Result<u32, NsError> {
@@ -132,14 +128,14 @@ pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), NsError> {
                 source,
             }
         })?;
-        cx.call("ioctl(lo)", libc::SYS_ioctl, [sk, req, buf, 0, 0, 0])?;
+        cx.named("ioctl(lo)").ioctl(sk, req, buf)?;
         let mut out = [0u8; 4];
         cx.peek(buf + 16, &mut out, "reading ifreq")?;
         Ok(u32::from_ne_bytes(out))
     };
     let flags = query(SIOCGIFFLAGS).map(|f| f & 0xffff);
     let mtu = query(SIOCGIFMTU);
-    let _ = cx.call("close", libc::SYS_close, [sk, 0, 0, 0, 0, 0]);
+    let _ = cx.close(sk);
     let (flags, mtu) = (flags?, mtu?);
     cx.files.netdevs.push((
         id,
@@ -201,38 +197,28 @@ pub fn restore_net(
             what: format!("open network namespace {}", p.display()),
             source,
         })?;
-        return Ok(cx.setns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?);
+        return Ok(cx.join_ns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?);
     }
     let devs: Vec<pb::NetDeviceEntry> = cx
         .dir
         .read_opt(&format!("netdev-{id}.img"), image::NETDEV)?
         .unwrap_or_default();
-    cx.sys(
-        "unshare(CLONE_NEWNET)",
-        libc::SYS_unshare,
-        [libc::CLONE_NEWNET as u64, 0, 0, 0, 0, 0],
-    )?;
+    cx.unshare(libc::CLONE_NEWNET)?;
     let Some(lo) = devs.iter().find(|d| d.name == "lo") else {
         return Ok(());
     };
     if lo.flags & libc::IFF_UP as u32 == 0 {
         return Ok(());
     }
-    let sk = cx.sys(
-        "socket(AF_INET, SOCK_DGRAM)",
-        libc::SYS_socket,
-        [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0],
-    )?;
+    let sk = cx.socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
     let mut ifr = [0u8; 40];
     ifr[..2].copy_from_slice(b"lo");
     ifr[16..18].copy_from_slice(&(lo.flags as u16).to_ne_bytes());
     let a = cx.put(0, &ifr)?;
-    let r = cx.sys(
-        "ioctl(lo, SIOCSIFFLAGS)",
-        libc::SYS_ioctl,
-        [sk, SIOCSIFFLAGS, a, 0, 0, 0],
-    );
-    cx.sys("close", libc::SYS_close, [sk, 0, 0, 0, 0, 0])?;
+    let r = cx
+        .named("ioctl(lo, SIOCSIFFLAGS)")
+        .ioctl(sk, SIOCSIFFLAGS, a);
+    cx.close(sk)?;
     Ok(r.map(|_| ())?)
 }
 
@@ -245,11 +231,7 @@ pub fn restore_ipc(
 ) -> Result<(), NsError> {
     match img.ids.ipc_ns_id {
         Some(id) if Some(id) != inherited => {
-            cx.sys(
-                "unshare(CLONE_NEWIPC)",
-                libc::SYS_unshare,
-                [libc::CLONE_NEWIPC as u64, 0, 0, 0, 0, 0],
-            )?;
+            cx.unshare(libc::CLONE_NEWIPC)?;
             Ok(())
         }
         _ => Ok(()),
@@ -270,23 +252,11 @@ pub fn restore_uts(
         return Ok(());
     }
     let e: pb::UtsnsEntry = cx.dir.read_one(&format!("utsns-{id}.img"), image::UTSNS)?;
-    cx.sys(
-        "unshare(CLONE_NEWUTS)",
-        libc::SYS_unshare,
-        [libc::CLONE_NEWUTS as u64, 0, 0, 0, 0, 0],
-    )?;
+    cx.unshare(libc::CLONE_NEWUTS)?;
     let a = cx.put(0, e.nodename.as_bytes())?;
-    cx.sys(
-        "sethostname",
-        libc::SYS_sethostname,
-        [a, e.nodename.len() as u64, 0, 0, 0, 0],
-    )?;
+    cx.sethostname(a, e.nodename.len() as u64)?;
     let a = cx.put(0, e.domainname.as_bytes())?;
-    cx.sys(
-        "setdomainname",
-        libc::SYS_setdomainname,
-        [a, e.domainname.len() as u64, 0, 0, 0, 0],
-    )?;
+    cx.setdomainname(a, e.domainname.len() as u64)?;
     Ok(())
 }
 
@@ -369,11 +339,7 @@ pub fn restore_time(
     let e: pb::TimensEntry = cx
         .dir
         .read_one(&format!("timens-{id}.img"), image::TIMENS)?;
-    cx.sys(
-        "unshare(CLONE_NEWTIME)",
-        libc::SYS_unshare,
-        [libc::CLONE_NEWTIME as u64, 0, 0, 0, 0, 0],
-    )?;
+    cx.unshare(libc::CLONE_NEWTIME)?;
     let (own_m, own_b) = timens_offsets("self").unwrap_or((0, 0));
     let m = from_timespec(&e.monotonic) - (clock_ns(libc::CLOCK_MONOTONIC) - own_m);
     let b = from_timespec(&e.boottime) - (clock_ns(libc::CLOCK_BOOTTIME) - own_b);
@@ -404,7 +370,7 @@ pub fn restore_time(
             source,
         },
     )?;
-    Ok(cx.setns(ns.as_fd(), libc::CLONE_NEWTIME, "setns(CLONE_NEWTIME)")?)
+    Ok(cx.join_ns(ns.as_fd(), libc::CLONE_NEWTIME, "setns(CLONE_NEWTIME)")?)
 }
 
 thread_local! {

@@ -13,7 +13,7 @@
 
 use super::error::{task_error_from, TaskError, Unsupported};
 use crate::image::{self, pb};
-use crate::kinds::{RestoreCx, TaskImages};
+use crate::kinds::{RestoreCx, Syscalls, TaskImages};
 use crate::sys::ptrace::Tracee;
 
 /// Why seccomp filters could not be saved or restored.
@@ -66,6 +66,8 @@ pub fn chain(pid: i32, t: &Tracee) -> Result<Vec<(Vec<u8>, u64)>, SeccompError> 
 /// `SECCOMP_FILTER_FLAG_TSYNC` and `_TSYNC_ESRCH`: not replayed (every thread installs its
 /// own chain on restore).
 const TSYNC_FLAGS: u32 = 1 | 16;
+/// `seccomp(2)` operation installing a filter.
+const SECCOMP_SET_MODE_FILTER: u32 = 1;
 
 /// Adds `chain` to the shared `table` (each filter once per position in a chain); returns the
 /// index of its newest filter, which is what a thread records.
@@ -143,11 +145,9 @@ pub fn restore_core(
         fprog[..2].copy_from_slice(&((f.filter.len() / 8) as u16).to_ne_bytes());
         fprog[8..].copy_from_slice(&prog.to_ne_bytes());
         let a = cx.put(2048, &fprog)?;
-        cx.sys(
-            "seccomp(SECCOMP_SET_MODE_FILTER)",
-            libc::SYS_seccomp,
-            [1, (f.flags.unwrap_or(0) & !TSYNC_FLAGS) as u64, a, 0, 0, 0],
-        )?;
+        let flags = f.flags.unwrap_or(0) & !TSYNC_FLAGS;
+        cx.named("seccomp(SECCOMP_SET_MODE_FILTER)")
+            .seccomp(SECCOMP_SET_MODE_FILTER, flags, a)?;
     }
     Ok(())
 }

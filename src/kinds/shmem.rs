@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 
 use super::error::{task_error_from, TaskError};
 use super::memory::status;
-use super::{DumpCx, RestoreCx, TaskImages};
+use super::{DumpCx, RestoreCx, Syscalls, TaskImages};
 use crate::image::{pb, ImageError};
 use crate::procfs::{ProcError, Vma};
 use crate::sys::mem::Mapping;
@@ -240,20 +240,17 @@ pub fn map_anon(cx: &mut RestoreCx<'_>, v: &pb::VmaEntry, prot: u32) -> Result<(
         objs.shmem.get(&objs.dir, v.shmid)?
     };
     let fd = cx.take_from_cryo(local)?;
-    let flags = (v.flags & !(libc::MAP_ANONYMOUS as u32)) | libc::MAP_FIXED as u32;
-    let r = cx.sys(
-        "mmap (shared memory)",
-        libc::SYS_mmap,
-        [
-            v.start,
-            v.end - v.start,
-            prot as u64,
-            flags as u64,
-            fd,
-            v.pgoff,
-        ],
+    // Flags and protection are the kernel's int bits, saved as u32.
+    let flags = (v.flags.cast_signed() & !libc::MAP_ANONYMOUS) | libc::MAP_FIXED;
+    let r = cx.named("mmap (shared memory)").mmap(
+        v.start,
+        v.end - v.start,
+        prot.cast_signed(),
+        flags,
+        Some(fd),
+        v.pgoff,
     );
-    cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    cx.close(fd)?;
     if r? != v.start {
         return Err(TaskError::BadImage(format!(
             "shared mapping {:#x}-{:#x} landed elsewhere",

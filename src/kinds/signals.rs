@@ -7,7 +7,7 @@
 //! allows for any si_code.
 
 use super::error::{task_error_from, TaskError};
-use super::{DumpCx, Kind, RestoreCx, TaskImages};
+use super::{DumpCx, Kind, RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
 
 /// Why signal state could not be saved or restored.
@@ -26,8 +26,18 @@ const KSA: usize = 32;
 const SS_DISABLE: u32 = 2;
 const SS_ONSTACK: u32 = 1;
 
-fn dumpable_sig(sig: u64) -> bool {
-    sig != libc::SIGKILL as u64 && sig != libc::SIGSTOP as u64
+fn dumpable_sig(sig: i32) -> bool {
+    sig != libc::SIGKILL && sig != libc::SIGSTOP
+}
+
+/// Where signal `sig` (1..=64)'s sigaction lies in a table of 64.
+fn slot(sig: i32) -> usize {
+    (sig.unsigned_abs() as usize - 1) * KSA
+}
+
+/// Signal `sig`'s bit in a 64-bit mask.
+fn bit(sig: i32) -> u64 {
+    1 << (sig - 1)
 }
 
 fn u64_at(b: &[u8], o: usize) -> u64 {
@@ -67,29 +77,14 @@ impl Kind for Signals {
         // SA_NOCLDSTOP matter even with the default action) can differ from the default:
         // the others read as zeroes from the fresh scratch area. Saves ~60 injected calls.
         let asked = cx.status.sig_cgt | cx.status.sig_ign | (1 << (libc::SIGCHLD - 1));
-        let p = cx.remote()?;
-        let buf = p
-            .scratch(64 * 1024)
-            .map_err(|source| TaskError::Remote { pid, source })?;
-        for sig in 1..=64u64 {
-            if dumpable_sig(sig) && asked & (1 << (sig - 1)) != 0 {
-                p.remote
-                    .call(
-                        "rt_sigaction",
-                        libc::SYS_rt_sigaction,
-                        [sig, 0, buf + (sig - 1) * KSA as u64, 8, 0, 0],
-                    )
-                    .map_err(|source| TaskError::Remote { pid, source })?;
+        let buf = cx.scratch()?;
+        for sig in 1..=64 {
+            if dumpable_sig(sig) && asked & bit(sig) != 0 {
+                cx.rt_sigaction(sig, 0, buf + slot(sig) as u64)?;
             }
         }
-        let ss_addr = buf + 64 * KSA as u64;
-        p.remote
-            .call(
-                "sigaltstack",
-                libc::SYS_sigaltstack,
-                [0, ss_addr, 0, 0, 0, 0],
-            )
-            .map_err(|source| TaskError::Remote { pid, source })?;
+        let ss_addr = buf + slot(65) as u64;
+        cx.sigaltstack(0, ss_addr)?;
         let mut raw = vec![0u8; 64 * KSA + 24];
         let n = raw.len();
         crate::sys::mem::vm_read(pid, &mut raw, &[(buf, n)]).map_err(|source| {
@@ -101,10 +96,10 @@ impl Kind for Signals {
             }
         })?;
         let mut acts = Vec::new();
-        for sig in 1..=64u64 {
+        for sig in 1..=64 {
             if dumpable_sig(sig) {
-                let o = (sig as usize - 1) * KSA;
-                if asked & (1 << (sig - 1)) == 0 {
+                let o = slot(sig);
+                if asked & bit(sig) == 0 {
                     acts.push(pb::SaEntry {
                         compat_sigaction: Some(false),
                         ..Default::default()
@@ -138,10 +133,10 @@ impl Kind for Signals {
             })?;
         // The puppet inherited cryo's own dispositions; whatever differs is set.
         let mut raw = vec![0u8; 64 * KSA];
-        let mut sigs = (1..=64u64).filter(|s| dumpable_sig(*s));
+        let mut sigs = (1..=64).filter(|s| dumpable_sig(*s));
         for sa in &tc.sigactions {
             let Some(sig) = sigs.next() else { break };
-            let o = (sig as usize - 1) * KSA;
+            let o = slot(sig);
             raw[o..o + 8].copy_from_slice(&sa.sigaction.to_ne_bytes());
             raw[o + 8..o + 16].copy_from_slice(&sa.flags.to_ne_bytes());
             raw[o + 16..o + 24].copy_from_slice(&sa.restorer.to_ne_bytes());
@@ -150,17 +145,13 @@ impl Kind for Signals {
         let base = cx.put(4096, &raw)?;
         // Only dispositions that differ from what the puppet inherited from cryo.
         let inherited = crate::sys::proc::own_sigactions();
-        let differs = |sig: u64| {
-            let o = (sig as usize - 1) * KSA;
+        let differs = |sig: i32| {
+            let o = slot(sig);
             let want: Vec<u64> = (0..4).map(|w| u64_at(&raw, o + 8 * w)).collect();
-            want[..] != inherited[sig as usize - 1][..]
+            want[..] != inherited[o / KSA][..]
         };
-        for sig in (1..=64u64).filter(|s| dumpable_sig(*s) && differs(*s)) {
-            cx.sys(
-                "rt_sigaction",
-                libc::SYS_rt_sigaction,
-                [sig, base + (sig - 1) * KSA as u64, 0, 8, 0, 0],
-            )?;
+        for sig in (1..=64).filter(|s| dumpable_sig(*s) && differs(*s)) {
+            cx.rt_sigaction(sig, base + slot(sig) as u64, 0)?;
         }
         // Alternate stack: always set (the puppet inherited cryo's).
         let sas = img.core.thread_core.as_ref().and_then(|t| t.sas);
@@ -175,10 +166,10 @@ impl Kind for Signals {
         ss.extend_from_slice(&(flags as u64).to_ne_bytes());
         ss.extend_from_slice(&size.to_ne_bytes());
         let a = cx.put(512, &ss)?;
-        cx.sys("sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
+        cx.sigaltstack(a, 0)?;
         // Pending signals, queued from inside the task (all signals are blocked there), so
         // named by its PID in its own namespace.
-        let pid = img.pid as u64;
+        let pid = img.pid as i32;
         let queue =
             |q: Option<&pb::SignalQueueEntry>| q.map(|q| q.signals.clone()).unwrap_or_default();
         for (shared, q) in [
@@ -200,20 +191,12 @@ impl Kind for Signals {
                     )
                     .into());
                 }
-                let signo = u32::from_ne_bytes(s.siginfo[0..4].try_into().expect("4 bytes")) as u64;
+                let signo = i32::from_ne_bytes(s.siginfo[0..4].try_into().expect("4 bytes"));
                 let a = cx.put(512, &s.siginfo)?;
                 if shared {
-                    cx.sys(
-                        "rt_sigqueueinfo",
-                        libc::SYS_rt_sigqueueinfo,
-                        [pid, signo, a, 0, 0, 0],
-                    )?;
+                    cx.rt_sigqueueinfo(pid, signo, a)?;
                 } else {
-                    cx.sys(
-                        "rt_tgsigqueueinfo",
-                        libc::SYS_rt_tgsigqueueinfo,
-                        [pid, pid, signo, a, 0, 0],
-                    )?;
+                    cx.rt_tgsigqueueinfo(pid, pid, signo, a)?;
                 }
             }
         }

@@ -11,11 +11,12 @@
 //! starts traced and stopped, and cryo shapes it like the leader before letting it go.
 
 use super::error::{task_error_from, TaskError};
-use super::{RestoreCx, TaskImages};
+use super::{RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
 use crate::procfs;
+use crate::sys::clone::CloneArgs;
 use crate::sys::ptrace::{Regs, Stop, Tracee};
-use crate::sys::remote::{Remote, ThreadInjection};
+use crate::sys::remote::{Remote, RemoteError, ThreadInjection};
 
 /// Why a thread could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -84,31 +85,14 @@ pub fn dump_thread(
     // In-thread queries.
     let mut inj = ThreadInjection::new(t, site, th.regs)
         .map_err(|source| TaskError::Remote { pid: tid, source })?;
-    let r = &mut inj.remote;
-    let mut call = |what, nr, a| {
-        r.call(what, nr, a)
-            .map_err(|source| TaskError::Remote { pid: tid, source })
+    let queries = |r: &mut Remote<'_>| -> Result<u64, RemoteError> {
+        r.sigaltstack(0, scratch)?;
+        r.prctl(libc::PR_GET_TID_ADDRESS, [scratch + 32, 0, 0, 0])?;
+        r.prctl(libc::PR_GET_PDEATHSIG, [scratch + 40, 0, 0, 0])?;
+        r.prctl(libc::PR_GET_SECUREBITS, [0; 4])
     };
-    call(
-        "sigaltstack",
-        libc::SYS_sigaltstack,
-        [0, scratch, 0, 0, 0, 0],
-    )?;
-    call(
-        "prctl(PR_GET_TID_ADDRESS)",
-        libc::SYS_prctl,
-        [libc::PR_GET_TID_ADDRESS as u64, scratch + 32, 0, 0, 0, 0],
-    )?;
-    call(
-        "prctl(PR_GET_PDEATHSIG)",
-        libc::SYS_prctl,
-        [libc::PR_GET_PDEATHSIG as u64, scratch + 40, 0, 0, 0, 0],
-    )?;
-    let secbits = call(
-        "prctl(PR_GET_SECUREBITS)",
-        libc::SYS_prctl,
-        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
-    )?;
+    let secbits =
+        queries(&mut inj.remote).map_err(|source| TaskError::Remote { pid: tid, source })?;
     inj.cure()
         .map_err(|source| TaskError::Remote { pid: tid, source })?;
     let mut raw = [0u8; 48];
@@ -164,14 +148,6 @@ pub fn dump_thread(
     })
 }
 
-/// Clone flags of a thread.
-const THREAD_FLAGS: u64 = (libc::CLONE_VM
-    | libc::CLONE_FS
-    | libc::CLONE_FILES
-    | libc::CLONE_SIGHAND
-    | libc::CLONE_THREAD
-    | libc::CLONE_SYSVSEM) as u64;
-
 /// A restored (still stopped) thread and the registers and mask it resumes with.
 pub struct RestoredThread {
     pub tracee: Tracee,
@@ -188,25 +164,14 @@ pub fn restore_threads(
     let mut out = Vec::new();
     for (tid, core) in img.pstree.threads.iter().skip(1).zip(&img.threads) {
         let tid = *tid as i32;
-        // struct clone_args (88 bytes) + set_tid array, in scratch.
-        let set_tid = cx.put(3072, &(tid as u64).to_ne_bytes())?;
-        let mut args = [0u64; 11];
-        args[0] = THREAD_FLAGS;
-        args[8] = set_tid;
-        args[9] = 1;
-        let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let a = cx.put(2048, &bytes)?;
         let got = cx
-            .sys("clone3 (thread)", libc::SYS_clone3, [a, 88, 0, 0, 0, 0])
-            .map_err(|e| match e {
-                TaskError::Remote {
-                    source: crate::sys::remote::RemoteError::Errno { source, .. },
-                    ..
-                } if source.raw_os_error() == Some(libc::EEXIST) => ThreadsError::TidBusy { tid },
-                e => e.into(),
+            .clone3_with_tid("clone3 (thread)", CloneArgs::thread(), tid)
+            .map_err(|e| match e.errno() {
+                Some(libc::EEXIST) => ThreadsError::TidBusy { tid },
+                _ => e.into(),
             })?;
-        let host = cx.remote.last_child.take().unwrap_or(got as i32);
-        if got as i32 != tid {
+        let host = cx.remote.last_child.take().unwrap_or(got);
+        if got != tid {
             let _ = crate::sys::proc::kill(host, libc::SIGKILL);
             return Err(TaskError::BadImage(format!("thread {tid} was created as {got}")).into());
         }
@@ -281,38 +246,15 @@ pub fn restore_attrs(
         c.truncate(15);
         c.push(0);
         let a = cx.put(0, &c)?;
-        cx.sys(
-            "prctl(PR_SET_NAME)",
-            libc::SYS_prctl,
-            [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0],
-        )?;
+        cx.prctl(libc::PR_SET_NAME, [a, 0, 0, 0])?;
     }
     if let Some(r) = th.rseq_entry.as_ref().filter(|r| r.rseq_abi_pointer != 0) {
-        cx.sys(
-            "rseq",
-            libc::SYS_rseq,
-            [
-                r.rseq_abi_pointer,
-                r.rseq_abi_size as u64,
-                0,
-                r.signature as u64,
-                0,
-                0,
-            ],
-        )?;
+        cx.rseq(r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)?;
     }
     if th.futex_rla != 0 {
-        cx.sys(
-            "set_robust_list",
-            libc::SYS_set_robust_list,
-            [th.futex_rla, th.futex_rla_len as u64, 0, 0, 0, 0],
-        )?;
+        cx.set_robust_list(th.futex_rla, u64::from(th.futex_rla_len))?;
     }
-    cx.sys(
-        "set_tid_address",
-        libc::SYS_set_tid_address,
-        [clear_tid_addr, 0, 0, 0, 0, 0],
-    )?;
+    cx.set_tid_address(clear_tid_addr)?;
     if let (Some(policy), Some(prio), Some(nice)) = (th.sched_policy, th.sched_prio, th.sched_nice)
     {
         let now = match cx.inherited.sched {
@@ -361,7 +303,7 @@ fn restore_one(
         ss.extend_from_slice(&((s.ss_flags & !1) as u64).to_ne_bytes());
         ss.extend_from_slice(&s.ss_size.to_ne_bytes());
         let a = cx.put(512, &ss)?;
-        cx.sys("sigaltstack", libc::SYS_sigaltstack, [a, 0, 0, 0, 0, 0])?;
+        cx.sigaltstack(a, 0)?;
     }
     restore_attrs(cx, &th, ti.clear_tid_addr, "")?;
     // Private pending signals, queued by the thread to itself.
@@ -373,13 +315,9 @@ fn restore_one(
                 )
                 .into());
             }
-            let signo = u32::from_ne_bytes(s.siginfo[0..4].try_into().expect("4 bytes")) as u64;
+            let signo = i32::from_ne_bytes(s.siginfo[0..4].try_into().expect("4 bytes"));
             let a = cx.put(512, &s.siginfo)?;
-            cx.sys(
-                "rt_tgsigqueueinfo",
-                libc::SYS_rt_tgsigqueueinfo,
-                [pid as u64, tid as u64, signo, a, 0, 0],
-            )?;
+            cx.rt_tgsigqueueinfo(pid, tid, signo, a)?;
         }
     }
     super::regs::set_xstate(cx, &ti.fpregs)?;
@@ -389,11 +327,7 @@ fn restore_one(
     }
     if let Some(sig) = th.pdeath_sig.filter(|s| *s != 0) {
         // A new thread starts with none.
-        cx.sys(
-            "prctl(PR_SET_PDEATHSIG)",
-            libc::SYS_prctl,
-            [libc::PR_SET_PDEATHSIG as u64, sig as u64, 0, 0, 0, 0],
-        )?;
+        cx.prctl(libc::PR_SET_PDEATHSIG, [u64::from(sig), 0, 0, 0])?;
     }
     Ok(th.blk_sigset.unwrap_or(0))
 }

@@ -5,8 +5,9 @@
 //! overrun count is saved but not replayed.
 
 use super::error::{task_error_from, TaskError, Unsupported};
-use super::{DumpCx, Kind, RestoreCx, TaskImages};
+use super::{DumpCx, Kind, RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
+use crate::sys::remote::PR_TIMER_CREATE_RESTORE_IDS;
 
 /// Why timers could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +27,6 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 /// `sigev_notify` values.
 const SIGEV_NONE: u32 = 1;
 const SIGEV_THREAD_ID: u32 = 4;
-/// `prctl(PR_TIMER_CREATE_RESTORE_IDS)`: timer_create() takes the id passed in.
-const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;
 
 /// Parses /proc/PID/timers (id, signal/sival_ptr, notify kind/tid, clock) into entries whose
 /// times are filled in later from inside the task.
@@ -68,24 +67,15 @@ pub fn parse_posix_timers(text: &str) -> Option<Vec<pb::PosixTimerEntry>> {
     Some(out)
 }
 
-/// Arms a timer from inside the task: `nr(id, [flags,] &{interval, value})`, the four words
-/// (interval sec/sub-sec, value sec/sub-sec) placed in scratch; `arg` is the index of the
-/// pointer argument (1 for setitimer, 2 for timer_settime).
-fn arm(
-    cx: &mut RestoreCx<'_>,
-    what: &'static str,
-    nr: i64,
-    id: u64,
-    arg: usize,
-    words: [u64; 4],
-) -> Result<(), TimersError> {
+/// Puts a timer's four words (interval sec/sub-sec, value sec/sub-sec: an `itimerval` or
+/// an `itimerspec`) into scratch, for `setitimer`/`timer_settime`; returns their address.
+fn put_times(cx: &mut RestoreCx<'_>, words: [u64; 4]) -> Result<u64, TimersError> {
     let raw: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let a = cx.put(512, &raw)?;
-    let mut args = [id, 0, 0, 0, 0, 0];
-    args[arg] = a;
-    cx.sys(what, nr, args)?;
-    Ok(())
+    Ok(cx.put(512, &raw)?)
 }
+
+/// `TIMER_ABSTIME` is not used: `timer_settime` gets the time left.
+const TIMER_RELATIVE: i32 = 0;
 
 /// Recreates POSIX timers with their original ids (the kernel's restore mode), then arms
 /// them; called last, so their remaining time is as close as possible to the dump's.
@@ -96,12 +86,8 @@ fn restore_posix(
     if timers.is_empty() {
         return Ok(());
     }
-    cx.sys(
-        "prctl(PR_TIMER_CREATE_RESTORE_IDS, ON)",
-        libc::SYS_prctl,
-        [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
-    )
-    .map_err(|_| {
+    cx.prctl(PR_TIMER_CREATE_RESTORE_IDS, [1, 0, 0, 0])
+        .map_err(|_| {
         Unsupported::restore(
             "this kernel cannot recreate POSIX timers with given ids (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.15+)",
         )
@@ -116,27 +102,14 @@ fn restore_posix(
         sev[12..16].copy_from_slice(&t.it_sigev_notify.to_ne_bytes());
         sev[16..20].copy_from_slice(&t.notify_thread_id.unwrap_or(0).to_ne_bytes());
         let a = cx.put(4096, &sev)?;
-        let id = cx.put(4160, &(t.it_id as i32).to_ne_bytes())?;
-        cx.sys(
-            "timer_create",
-            libc::SYS_timer_create,
-            [t.clock_id as u64, a, id, 0, 0, 0],
-        )?;
+        // Ids and clocks are the kernel's ints, kept as u32 (the kernel checks them).
+        let id = cx.put(4160, &t.it_id.to_ne_bytes())?;
+        cx.timer_create(t.clock_id.cast_signed(), a, id)?;
     }
-    cx.sys(
-        "prctl(PR_TIMER_CREATE_RESTORE_IDS, OFF)",
-        libc::SYS_prctl,
-        [PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0, 0],
-    )?;
+    cx.prctl(PR_TIMER_CREATE_RESTORE_IDS, [0; 4])?;
     for t in sorted.iter().filter(|t| t.vsec != 0 || t.vnsec != 0) {
-        arm(
-            cx,
-            "timer_settime",
-            libc::SYS_timer_settime,
-            t.it_id as u64,
-            2,
-            [t.isec, t.insec, t.vsec, t.vnsec],
-        )?;
+        let a = put_times(cx, [t.isec, t.insec, t.vsec, t.vnsec])?;
+        cx.timer_settime(t.it_id.cast_signed(), TIMER_RELATIVE, a, 0)?;
     }
     Ok(())
 }
@@ -156,15 +129,10 @@ impl Kind for Timers {
                 String::new(),
             )
         })?;
-        let p = cx.remote()?;
-        let buf = p
-            .scratch(64 * 1024)
-            .map_err(|source| TaskError::Remote { pid, source })?;
+        let buf = cx.scratch()?;
         let mut entries = Vec::new();
-        for which in 0..3u64 {
-            p.remote
-                .call("getitimer", libc::SYS_getitimer, [which, buf, 0, 0, 0, 0])
-                .map_err(|source| TaskError::Remote { pid, source })?;
+        for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
+            cx.getitimer(which, buf)?;
             let mut raw = [0u8; 32];
             crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 32)]).map_err(|source| {
                 TaskError::Memory {
@@ -184,13 +152,7 @@ impl Kind for Timers {
         }
         for t in &mut posix {
             // struct itimerspec { interval {sec, nsec}, value {sec, nsec} }
-            p.remote
-                .call(
-                    "timer_gettime",
-                    libc::SYS_timer_gettime,
-                    [t.it_id as u64, buf, 0, 0, 0, 0],
-                )
-                .map_err(|source| TaskError::Remote { pid, source })?;
+            cx.timer_gettime(t.it_id.cast_signed(), buf)?;
             let mut raw = [0u8; 32];
             crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 32)]).map_err(|source| {
                 TaskError::Memory {
@@ -206,14 +168,9 @@ impl Kind for Timers {
                 u64_at(&raw, 16),
                 u64_at(&raw, 24),
             );
+            // An int the kernel caps at DELAYTIMER_MAX.
             t.overrun =
-                p.remote
-                    .call(
-                        "timer_getoverrun",
-                        libc::SYS_timer_getoverrun,
-                        [t.it_id as u64, 0, 0, 0, 0, 0],
-                    )
-                    .map_err(|source| TaskError::Remote { pid, source })? as u32;
+                u32::try_from(cx.timer_getoverrun(t.it_id.cast_signed())?).unwrap_or(u32::MAX);
         }
         let mut it = entries.into_iter();
         img.tc().timers = Some(pb::TaskTimersEntry {
@@ -230,18 +187,16 @@ impl Kind for Timers {
             return Ok(());
         };
         restore_posix(cx, &t.posix)?;
-        for (which, e) in [&t.real, &t.virt, &t.prof].into_iter().enumerate() {
+        for (which, e) in [
+            (libc::ITIMER_REAL, &t.real),
+            (libc::ITIMER_VIRTUAL, &t.virt),
+            (libc::ITIMER_PROF, &t.prof),
+        ] {
             if e.vsec == 0 && e.vusec == 0 {
                 continue; // disarmed (the puppet has no timers: fork does not inherit them)
             }
-            arm(
-                cx,
-                "setitimer",
-                libc::SYS_setitimer,
-                which as u64,
-                1,
-                [e.isec, e.iusec, e.vsec, e.vusec],
-            )?;
+            let a = put_times(cx, [e.isec, e.iusec, e.vsec, e.vusec])?;
+            cx.setitimer(which, a, 0)?;
         }
         Ok(())
     }

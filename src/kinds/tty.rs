@@ -33,7 +33,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::files::{missing, set_fl, FdKind, FdObjects, FdProbe, TargetFd};
-use super::{DumpCx, FileTable, RestoreCx, TaskImages};
+use super::{DumpCx, FileTable, RemoteFd, RestoreCx, Syscalls, TaskImages};
 use crate::image::{self, pb, ImageDir};
 use crate::procfs;
 use crate::sys;
@@ -1044,7 +1044,7 @@ pub fn is_dev_tty(files: &HashMap<u32, pb::FileEntry>, id: u32) -> bool {
 
 /// Opens `/dev/tty` (file `id`) in the puppet; returns its fd. A shell job's is the
 /// terminal cryo runs on, which the puppet still has.
-pub fn open_dev_tty(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, TtyError> {
+pub fn open_dev_tty(cx: &mut RestoreCx<'_>, id: u32) -> Result<RemoteFd, TtyError> {
     let flags = cx
         .files
         .get(&id)
@@ -1075,12 +1075,8 @@ pub fn take_ctty(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), TtyErro
     };
     if let Some(keeper) = keeper {
         let fd = cx.take_from_cryo(keeper)?;
-        let r = cx.sys(
-            "ioctl(TIOCSCTTY)",
-            libc::SYS_ioctl,
-            [fd, libc::TIOCSCTTY, 0, 0, 0, 0],
-        );
-        cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        let r = cx.named("ioctl(TIOCSCTTY)").ioctl(fd, libc::TIOCSCTTY, 0);
+        cx.close(fd)?;
         r?;
     }
     // The /dev/tty fds restore_fds left for now.
@@ -1090,24 +1086,17 @@ pub fn take_ctty(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), TtyErro
         .filter(|f| is_dev_tty(cx.files, f.id))
         .collect();
     fds.sort_by_key(|f| f.fd);
-    let mut first: HashMap<u32, u32> = HashMap::new();
+    let mut first: HashMap<u32, RemoteFd> = HashMap::new();
     for f in fds {
-        let cloexec = if f.flags & libc::FD_CLOEXEC as u32 != 0 {
-            libc::O_CLOEXEC as u64
-        } else {
-            0
-        };
+        let fd = super::files::fd_number(f)?;
+        let cloexec = f.flags & libc::FD_CLOEXEC.cast_unsigned() != 0;
         if let Some(&src) = first.get(&f.id) {
-            cx.sys(
-                "dup3",
-                libc::SYS_dup3,
-                [src as u64, f.fd as u64, cloexec, 0, 0, 0],
-            )?;
+            cx.dup3(src, fd, if cloexec { libc::O_CLOEXEC } else { 0 })?;
             continue;
         }
-        let tmp = open_dev_tty(cx, f.id)? as u64;
-        cx.place_fd(tmp, f.fd, cloexec)?;
-        first.insert(f.id, f.fd);
+        let tmp = open_dev_tty(cx, f.id)?;
+        cx.place_fd(tmp, fd, cloexec)?;
+        first.insert(f.id, fd);
     }
     Ok(())
 }
@@ -1160,25 +1149,16 @@ pub fn set_foreground(
         })?;
         let mut r = Remote::new(&t, tr, base);
         let remote = |source| TaskError::Remote { pid, source };
-        let me = std::process::id() as u64;
         let pidfd = match cryo_pidfd {
-            Some(fd) => fd as u64,
+            Some(fd) => fd,
             None => r
-                .call(
-                    "pidfd_open (cryo)",
-                    libc::SYS_pidfd_open,
-                    [me, 0, 0, 0, 0, 0],
-                )
+                .named("pidfd_open (cryo)")
+                .pidfd_open(sys::proc::own_pid())
                 .map_err(remote)?,
         };
-        let fd = r.call(
-            "pidfd_getfd",
-            libc::SYS_pidfd_getfd,
-            [pidfd, keeper as u64, 0, 0, 0, 0],
-        );
+        let fd = r.pidfd_getfd(pidfd, keeper);
         if cryo_pidfd.is_none() {
-            r.call("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])
-                .map_err(remote)?;
+            r.close(pidfd).map_err(remote)?;
         }
         let fd = fd.map_err(remote)?;
         let scratch = tr + 4096;
@@ -1192,13 +1172,10 @@ pub fn set_foreground(
                 source,
             }
         })?;
-        let res = r.call(
-            "ioctl(TIOCSPGRP)",
-            libc::SYS_ioctl,
-            [fd, libc::TIOCSPGRP, scratch, 0, 0, 0],
-        );
-        r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
-            .map_err(remote)?;
+        let res = r
+            .named("ioctl(TIOCSPGRP)")
+            .ioctl(fd, libc::TIOCSPGRP, scratch);
+        r.close(fd).map_err(remote)?;
         res.map_err(remote)?;
         tracing::info!("terminal of session {sid}: foreground group {group}");
     }

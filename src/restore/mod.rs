@@ -19,9 +19,10 @@ use crate::kinds::error::{task_error_from, Failure, TaskError, Unsupported};
 use crate::kinds::{self, RestoreCx, TaskImages};
 use crate::notify::{Notifier, NotifyError};
 use crate::procfs;
+use crate::sys::clone::CloneArgs;
 use crate::sys::mem::Mapping;
 use crate::sys::ptrace::{Stop, Tracee};
-use crate::sys::remote::{Remote, RemoteError, SYSCALL_INSN};
+use crate::sys::remote::{Remote, RemoteError, Syscalls, SYSCALL_INSN};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]
@@ -367,9 +368,12 @@ fn ptrace_err(what: &'static str) -> impl Fn(std::io::Error) -> RestoreError {
     move |source| RestoreError::Ptrace { what, source }
 }
 
-/// Turns the stopped puppet `idx` into its task, creating its children (recursively) once
-/// its fds exist so they inherit the shared ones. Every created puppet is pushed to
-/// `puppets` first, so a failure anywhere kills them all.
+/// Turns the stopped puppet `idx` into its task, stage by stage, in the order of the
+/// pipeline (docs/ARCHITECTURE.md §3, step 5): its cgroups, emptying the puppet, its
+/// namespaces, its fds, its memory, its children (recursively, so they inherit what they
+/// share with it) and its session, the task's own state, its threads, and last its
+/// credentials. Every created puppet is pushed to `puppets` first, so a failure anywhere
+/// kills them all.
 fn shape(
     sh: &mut Shared<'_>,
     idx: usize,
@@ -378,27 +382,15 @@ fn shape(
     ready: &mut Vec<Ready>,
     stats: &mut pb::RestoreStatsEntry,
 ) -> Result<(), RestoreError> {
-    let img = &sh.tasks[idx];
+    let tasks = sh.tasks;
+    let img = &tasks[idx];
     let pid = *sh.host.get(&img.pid).ok_or(RestoreError::Internal(
         "a task was shaped before it was created",
     ))?;
     // The task this one was forked from (None for the root, a copy of cryo).
-    let parent = sh
-        .tasks
-        .iter()
-        .find(|t| idx != 0 && t.pid == img.pstree.ppid);
-    // Its cgroups first: before its memory is charged and its children inherit them. A
-    // root with a cgroup namespace of its own unshares it at the namespace's root first.
-    let own_cgns = idx == 0
-        && img.ids.cgroup_ns_id.is_some()
-        && img.ids.cgroup_ns_id != kinds::ns::own_ns_id("cgroup");
-    if let Some(cg) = sh.cgroups {
-        if own_cgns {
-            cg.enter_ns_root(pid, img)?;
-        } else {
-            cg.place(pid, img, parent)?;
-        }
-    }
+    let parent = tasks.iter().find(|t| idx != 0 && t.pid == img.pstree.ppid);
+    tracing::debug!(pid, vpid = img.pid, "shaping");
+    let own_cgns = enter_cgroups(sh, idx, pid, img, parent)?;
     let t = Tracee { tid: pid };
     let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
     let mut cx = RestoreCx {
@@ -414,238 +406,15 @@ fn shape(
         cow: Vec::new(),
         cryo_pidfd: sh.cryo_pidfd,
     };
-    // Empty it: cryo's rseq area (root only: children are forked after it is gone), cryo's
-    // fds (root only: children inherit their parent's restored fds on purpose) and memory.
-    if idx == 0 {
-        let own = t
-            .rseq_conf()
-            .map_err(ptrace_err("PTRACE_GET_RSEQ_CONFIGURATION"))?;
-        if own.rseq_abi_pointer != 0 {
-            cx.sys(
-                "rseq (unregister)",
-                libc::SYS_rseq,
-                [
-                    own.rseq_abi_pointer,
-                    own.rseq_abi_size as u64,
-                    1,
-                    own.signature as u64,
-                    0,
-                    0,
-                ],
-            )?;
-        }
-        match sh.cryo_pidfd {
-            Some(keep) => {
-                cx.sys(
-                    "close_range",
-                    libc::SYS_close_range,
-                    [0, keep as u64 - 1, 0, 0, 0, 0],
-                )?;
-                cx.sys(
-                    "close_range",
-                    libc::SYS_close_range,
-                    [keep as u64 + 1, u32::MAX as u64, 0, 0, 0, 0],
-                )?;
-            }
-            None => {
-                cx.sys(
-                    "close_range",
-                    libc::SYS_close_range,
-                    [0, u32::MAX as u64, 0, 0, 0, 0],
-                )?;
-            }
-        }
-    }
-    if own_cgns {
-        cx.sys(
-            "unshare(CLONE_NEWCGROUP)",
-            libc::SYS_unshare,
-            [libc::CLONE_NEWCGROUP as u64, 0, 0, 0, 0, 0],
-        )?;
-        if let Some(cg) = sh.cgroups {
-            cg.place_now(pid, img)?;
-        }
-    }
-    let tr = sh.tr;
-    // A child starts as a copy of its parent's restored memory: it keeps the private
-    // anonymous mappings it had in common with the parent (copy-on-write) and drops the rest.
-    if let Some(parent) = parent.filter(|_| !img.is_zombie()) {
-        cx.cow = kinds::memory::cow_kept(&parent.mm, &img.mm);
-    }
-    let mut keep = cx.cow.clone();
-    keep.extend([(tr, tr + TR_LEN), (USER_TOP, USER_TOP)]);
-    keep.sort_unstable();
-    let mut from = 0;
-    for &(s, e) in &keep {
-        if s > from {
-            cx.sys("munmap", libc::SYS_munmap, [from, s - from, 0, 0, 0, 0])?;
-        }
-        from = from.max(e);
-    }
-
-    // Its UTS, IPC and net namespaces, if not the ones it inherits (children inherit them).
-    let parent_ids = parent.map(|p| p.ids);
-    let (uts_now, ipc_now, net_now) = match parent_ids {
-        Some(p) => (p.uts_ns_id, p.ipc_ns_id, p.net_ns_id),
-        None => (
-            kinds::ns::own_ns_id("uts"),
-            kinds::ns::own_ns_id("ipc"),
-            kinds::ns::own_ns_id("net"),
-        ),
-    };
-    kinds::ns::restore_uts(&mut cx, img, uts_now)?;
-    // Before its vDSO is mapped (its data pages follow the time namespace).
-    let time_now = parent.map_or_else(|| kinds::ns::own_ns_id("time"), |p| p.ids.time_ns_id);
-    kinds::ns::restore_time(&mut cx, img, time_now)?;
-    kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
-    kinds::ipc::restore(cx.dir, cx.pid, img, ipc_now)?;
-    kinds::ns::restore_net(&mut cx, img, net_now, sh.join)?;
-    // The root's mount namespace, before any file is opened (children inherit it).
-    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
-        kinds::mounts::restore(&mut cx, img, sh.mounts)?;
-        // Terminals are made in the tree's own devpts instances.
-        sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
-    }
-    // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
-    // namespaces of their own still get the root's: refused at dump for mounts).
-    if idx == 0
-        && (img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt")
-            || img.ids.net_ns_id != kinds::ns::own_ns_id("net"))
-    {
-        sh.objs.borrow_mut().ns_pid = Some(pid);
-    }
-    // A child sharing its parent's fd table (CLONE_FILES) has it already.
-    let shares_table = parent.is_some_and(|p| p.ids.files_id == img.ids.files_id);
-    let table = match inherited {
-        Some(t) if shares_table => t.clone(),
-        _ => kinds::files::restore_fds(&mut cx, img, inherited)?,
-    };
-    kinds::locks::restore(&mut cx, img)?;
-    fault_point("files")?;
+    empty_puppet(sh, &mut cx, idx, own_cgns, img, parent)?;
+    enter_namespaces(sh, &mut cx, idx, img, parent)?;
+    let table = restore_files(&mut cx, img, parent, inherited)?;
     // Memory before the children, so they inherit it copy-on-write.
     kinds::restore_kind::<kinds::memory::Memory>(&mut cx, img)?;
     fault_point("memory")?;
-    // Children, forked now so they inherit the fds they share with this task. Those that
-    // stayed in the session this task had before its setsid are forked before it.
-    let mut kids: Vec<usize> = (0..sh.tasks.len())
-        .filter(|&c| sh.tasks[c].pstree.ppid == img.pid && sh.tasks[c].pid != img.pid)
-        .collect();
-    // Early: in another session and not leading their own (children that lead their own
-    // session come after, so their own children can stay in this task's session).
-    let early = |c: &TaskImages| c.pstree.sid != img.pstree.sid && c.pstree.sid != c.pid;
-    kids.sort_by_key(|&c| !early(&sh.tasks[c]));
-    let mut in_own_session = img.pstree.sid != img.pid;
-    for cidx in kids {
-        let child = &sh.tasks[cidx];
-        if !in_own_session && !early(child) {
-            cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
-            kinds::tty::take_ctty(&mut cx, img)?;
-            in_own_session = true;
-        }
-        let cpid = child.pid as i32;
-        let forking = Instant::now();
-        let set_tid = cx.put(3072, &(cpid as u64).to_ne_bytes())?;
-        let mut args = [0u64; 11];
-        if child.ids.files_id == img.ids.files_id && !child.is_zombie() {
-            args[0] = libc::CLONE_FILES as u64;
-        }
-        args[4] = libc::SIGCHLD as u64; // exit_signal
-        args[8] = set_tid;
-        args[9] = 1;
-        let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let a = cx.put(2048, &bytes)?;
-        let got = cx
-            .sys(
-                "clone3 (child process)",
-                libc::SYS_clone3,
-                [a, 88, 0, 0, 0, 0],
-            )
-            .map_err(|e| match e {
-                TaskError::Remote {
-                    source: RemoteError::Errno { source, .. },
-                    ..
-                } if source.raw_os_error() == Some(libc::EEXIST) => RestoreError::PidBusy {
-                    pid: cpid,
-                    who: "a process that appeared meanwhile".into(),
-                },
-                e => e.into(),
-            })?;
-        let host = cx.remote.last_child.take().unwrap_or(got as i32);
-        puppets.0.push(Puppet {
-            tracee: Tracee { tid: host },
-            released: false,
-        });
-        sh.host.insert(child.pid, host);
-        if got as i32 != cpid {
-            return Err(RestoreError::BadImage(format!(
-                "process {cpid} was created as {got}"
-            )));
-        }
-        match puppets
-            .0
-            .last()
-            .expect("pushed")
-            .tracee
-            .wait()
-            .map_err(ptrace_err("waitpid"))?
-        {
-            Stop::Stopped { .. } => {}
-            other => {
-                return Err(RestoreError::Ptrace {
-                    what: "waiting for a new process",
-                    source: std::io::Error::other(format!("unexpected state {other:?}")),
-                })
-            }
-        }
-        cx.stats.forking_time += forking.elapsed().as_micros() as u32;
-        let calls = cx.remote.calls;
-        cx.remote.calls = 0;
-        sh.calls += calls;
-        if child.is_zombie() {
-            make_zombie(sh.tr, child, puppets.0.last_mut().expect("pushed"))?;
-            // Its death queued SIGCHLD in this task, which the dumped task had not got
-            // pending (pending signals are restored from the images): take it back.
-            let set = cx.put(3072, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
-            let ts = cx.put(3080, &[0u8; 16])?;
-            let _ = cx.sys(
-                "rt_sigtimedwait (SIGCHLD)",
-                libc::SYS_rt_sigtimedwait,
-                [set, 0, ts, 8, 0, 0],
-            );
-            continue;
-        }
-        shape(sh, cidx, Some(&table), puppets, ready, cx.stats)?;
-    }
-    if !in_own_session {
-        cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
-        kinds::tty::take_ctty(&mut cx, img)?;
-    }
-
-    kinds::restore_kind::<kinds::rlimits::Rlimits>(&mut cx, img)?;
-    kinds::restore_kind::<kinds::signals::Signals>(&mut cx, img)?;
-    kinds::restore_kind::<kinds::misc::Misc>(&mut cx, img)?;
-    kinds::restore_kind::<kinds::regs::CpuState>(&mut cx, img)?;
-    fault_point("task")?;
-    // Threads are created after everything they share and before the leader drops its
-    // credentials (creating them needs them), and before any seccomp filter: each thread
-    // installs its own chain (suspended for cryo's syscalls), then the leader.
-    let threads = kinds::threads::restore_threads(&mut cx, img)?;
-    kinds::seccomp::restore(&mut cx, img)?;
-    for th in &threads {
-        puppets.0.push(Puppet {
-            tracee: Tracee { tid: th.tracee.tid },
-            released: false,
-        });
-    }
-    if let Some(cg) = sh.cgroups {
-        let ths: Vec<(i32, &pb::CoreEntry)> = threads
-            .iter()
-            .map(|t| t.tracee.tid)
-            .zip(&img.threads)
-            .collect();
-        cg.place_threads(img, &ths)?;
-    }
-    fault_point("threads")?;
+    create_children(sh, &mut cx, img, &table, puppets, ready)?;
+    restore_task_state(&mut cx, img)?;
+    let threads = create_threads(sh, &mut cx, img, puppets)?;
     kinds::restore_kind::<kinds::creds::Creds>(&mut cx, img)?;
     fault_point("creds")?;
     kinds::misc::restore_late(&mut cx, img)?;
@@ -668,6 +437,303 @@ fn shape(
         threads,
     });
     Ok(())
+}
+
+/// Stage "cgroups": moves the task (host PID `pid`) into its saved cgroups before its memory
+/// is charged and its children inherit them. A root with a cgroup namespace of its own is
+/// put at the namespace's root first; returns whether it has one (`empty_puppet` then
+/// unshares it).
+fn enter_cgroups(
+    sh: &Shared<'_>,
+    idx: usize,
+    pid: i32,
+    img: &TaskImages,
+    parent: Option<&TaskImages>,
+) -> Result<bool, RestoreError> {
+    let own_cgns = idx == 0
+        && img.ids.cgroup_ns_id.is_some()
+        && img.ids.cgroup_ns_id != kinds::ns::own_ns_id("cgroup");
+    if let Some(cg) = sh.cgroups {
+        if own_cgns {
+            cg.enter_ns_root(pid, img)?;
+        } else {
+            cg.place(pid, img, parent)?;
+        }
+    }
+    Ok(own_cgns)
+}
+
+/// `rseq` flag: unregister.
+const RSEQ_FLAG_UNREGISTER: i32 = 1;
+
+/// Stage "empty the puppet": drops what it inherited from cryo. The root unregisters cryo's
+/// rseq area and closes cryo's fds (children are forked once both are gone, and inherit
+/// their parent's restored fds on purpose); a root with its own cgroup namespace unshares
+/// it; then every mapping goes but the trampoline and, in a child, the private anonymous
+/// mappings it keeps copy-on-write from its parent (`RestoreCx::cow`).
+fn empty_puppet(
+    sh: &Shared<'_>,
+    cx: &mut RestoreCx<'_>,
+    idx: usize,
+    own_cgns: bool,
+    img: &TaskImages,
+    parent: Option<&TaskImages>,
+) -> Result<(), RestoreError> {
+    if idx == 0 {
+        let own = Tracee { tid: cx.pid }
+            .rseq_conf()
+            .map_err(ptrace_err("PTRACE_GET_RSEQ_CONFIGURATION"))?;
+        if own.rseq_abi_pointer != 0 {
+            cx.named("rseq (unregister)").rseq(
+                own.rseq_abi_pointer,
+                own.rseq_abi_size,
+                RSEQ_FLAG_UNREGISTER,
+                own.signature,
+            )?;
+        }
+        // Every fd but the pidfd of cryo it may hold (a non-negative fd number).
+        match sh.cryo_pidfd.map(i32::cast_unsigned) {
+            Some(keep) => {
+                cx.close_range(0, keep - 1)?;
+                cx.close_range(keep + 1, u32::MAX)?;
+            }
+            None => cx.close_range(0, u32::MAX)?,
+        }
+    }
+    if own_cgns {
+        cx.unshare(libc::CLONE_NEWCGROUP)?;
+        if let Some(cg) = sh.cgroups {
+            cg.place_now(cx.pid, img)?;
+        }
+    }
+    // A child starts as a copy of its parent's restored memory: it keeps the private
+    // anonymous mappings it had in common with the parent (copy-on-write) and drops the rest.
+    if let Some(parent) = parent.filter(|_| !img.is_zombie()) {
+        cx.cow = kinds::memory::cow_kept(&parent.mm, &img.mm);
+    }
+    let tr = sh.tr;
+    let mut keep = cx.cow.clone();
+    keep.extend([(tr, tr + TR_LEN), (USER_TOP, USER_TOP)]);
+    keep.sort_unstable();
+    let mut from = 0;
+    for &(s, e) in &keep {
+        if s > from {
+            cx.munmap(from, s - from)?;
+        }
+        from = from.max(e);
+    }
+    Ok(())
+}
+
+/// Stage "namespaces": the task's UTS, time, IPC and net namespaces when they are not the
+/// ones it inherits (children inherit their parent's), and the root's mount namespace,
+/// before any file is opened.
+fn enter_namespaces(
+    sh: &Shared<'_>,
+    cx: &mut RestoreCx<'_>,
+    idx: usize,
+    img: &TaskImages,
+    parent: Option<&TaskImages>,
+) -> Result<(), RestoreError> {
+    let pid = cx.pid;
+    let parent_ids = parent.map(|p| p.ids);
+    let (uts_now, ipc_now, net_now) = match parent_ids {
+        Some(p) => (p.uts_ns_id, p.ipc_ns_id, p.net_ns_id),
+        None => (
+            kinds::ns::own_ns_id("uts"),
+            kinds::ns::own_ns_id("ipc"),
+            kinds::ns::own_ns_id("net"),
+        ),
+    };
+    kinds::ns::restore_uts(cx, img, uts_now)?;
+    // Before its vDSO is mapped (its data pages follow the time namespace).
+    let time_now = parent.map_or_else(|| kinds::ns::own_ns_id("time"), |p| p.ids.time_ns_id);
+    kinds::ns::restore_time(cx, img, time_now)?;
+    kinds::ns::restore_ipc(cx, img, ipc_now)?;
+    kinds::ipc::restore(cx.dir, pid, img, ipc_now)?;
+    kinds::ns::restore_net(cx, img, net_now, sh.join)?;
+    let own_mnt = img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt");
+    if idx == 0 && img.ids.mnt_ns_id.is_some() && own_mnt {
+        kinds::mounts::restore(cx, img, sh.mounts)?;
+        // Terminals are made in the tree's own devpts instances.
+        sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
+    }
+    // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
+    // namespaces of their own still get the root's: refused at dump for mounts).
+    if idx == 0 && (own_mnt || img.ids.net_ns_id != kinds::ns::own_ns_id("net")) {
+        sh.objs.borrow_mut().ns_pid = Some(pid);
+    }
+    Ok(())
+}
+
+/// Stage "fds": the task's fd table (a child sharing its parent's table, CLONE_FILES, has
+/// it already) and its file locks.
+fn restore_files(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    parent: Option<&TaskImages>,
+    inherited: Option<&kinds::files::FdTable>,
+) -> Result<kinds::files::FdTable, RestoreError> {
+    let shares_table = parent.is_some_and(|p| p.ids.files_id == img.ids.files_id);
+    let table = match inherited {
+        Some(t) if shares_table => t.clone(),
+        _ => kinds::files::restore_fds(cx, img, inherited)?,
+    };
+    kinds::locks::restore(cx, img)?;
+    fault_point("files")?;
+    Ok(table)
+}
+
+/// Stage "children and session": forks the task's children now, so they inherit the fds
+/// they share with it, and shapes each completely before the next. Those that stayed in the
+/// session this task had before its `setsid` (in another session and not leading their own)
+/// are forked before it; a session leader's `setsid` comes next, then the others.
+fn create_children(
+    sh: &mut Shared<'_>,
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    table: &kinds::files::FdTable,
+    puppets: &mut Puppets,
+    ready: &mut Vec<Ready>,
+) -> Result<(), RestoreError> {
+    let tasks = sh.tasks;
+    let mut kids: Vec<usize> = (0..tasks.len())
+        .filter(|&c| tasks[c].pstree.ppid == img.pid && tasks[c].pid != img.pid)
+        .collect();
+    // Early: in another session and not leading their own (children that lead their own
+    // session come after, so their own children can stay in this task's session).
+    let early = |c: &TaskImages| c.pstree.sid != img.pstree.sid && c.pstree.sid != c.pid;
+    kids.sort_by_key(|&c| !early(&tasks[c]));
+    let mut in_own_session = img.pstree.sid != img.pid;
+    for cidx in kids {
+        let child = &tasks[cidx];
+        if !in_own_session && !early(child) {
+            lead_session(cx, img)?;
+            in_own_session = true;
+        }
+        fork_child(sh, cx, img, child, puppets)?;
+        if child.is_zombie() {
+            make_zombie(sh.tr, child, puppets.0.last_mut().expect("pushed"))?;
+            // Its death queued SIGCHLD in this task, which the dumped task had not got
+            // pending (pending signals are restored from the images): take it back.
+            let set = cx.put(3072, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
+            let ts = cx.put(3080, &[0u8; 16])?;
+            let _ = cx.rt_sigtimedwait(set, 0, ts);
+            continue;
+        }
+        shape(sh, cidx, Some(table), puppets, ready, cx.stats)?;
+    }
+    if !in_own_session {
+        lead_session(cx, img)?;
+    }
+    Ok(())
+}
+
+/// A session leader's `setsid`, then its controlling terminal (`tty::take_ctty`), so the
+/// children forked after it inherit both.
+fn lead_session(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    cx.setsid()?;
+    kinds::tty::take_ctty(cx, img)?;
+    Ok(())
+}
+
+/// Makes the task `cx` drives fork `child` (`clone3` with its PID, and `CLONE_FILES` when
+/// it shares the fd table), pushes the new puppet, and waits until it stops, traced.
+fn fork_child(
+    sh: &mut Shared<'_>,
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    child: &TaskImages,
+    puppets: &mut Puppets,
+) -> Result<(), RestoreError> {
+    let cpid = child.pid as i32;
+    let forking = Instant::now();
+    let flags = if child.ids.files_id == img.ids.files_id && !child.is_zombie() {
+        libc::CLONE_FILES as u64
+    } else {
+        0
+    };
+    let args = CloneArgs::process(flags, libc::SIGCHLD);
+    let got = cx
+        .clone3_with_tid("clone3 (child process)", args, cpid)
+        .map_err(|e| match e.errno() {
+            Some(libc::EEXIST) => RestoreError::PidBusy {
+                pid: cpid,
+                who: "a process that appeared meanwhile".into(),
+            },
+            _ => e.into(),
+        })?;
+    let host = cx.remote.last_child.take().unwrap_or(got);
+    puppets.0.push(Puppet {
+        tracee: Tracee { tid: host },
+        released: false,
+    });
+    sh.host.insert(child.pid, host);
+    if got != cpid {
+        return Err(RestoreError::BadImage(format!(
+            "process {cpid} was created as {got}"
+        )));
+    }
+    match puppets
+        .0
+        .last()
+        .expect("pushed")
+        .tracee
+        .wait()
+        .map_err(ptrace_err("waitpid"))?
+    {
+        Stop::Stopped { .. } => {}
+        other => {
+            return Err(RestoreError::Ptrace {
+                what: "waiting for a new process",
+                source: std::io::Error::other(format!("unexpected state {other:?}")),
+            })
+        }
+    }
+    cx.stats.forking_time += forking.elapsed().as_micros() as u32;
+    sh.calls += std::mem::take(&mut cx.remote.calls);
+    Ok(())
+}
+
+/// Stage "task": what belongs to the process as a whole (limits, signal dispositions and
+/// pending signals, the rest of `Misc`, the leader's registers and FPU state).
+fn restore_task_state(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    kinds::restore_kind::<kinds::rlimits::Rlimits>(cx, img)?;
+    kinds::restore_kind::<kinds::signals::Signals>(cx, img)?;
+    kinds::restore_kind::<kinds::misc::Misc>(cx, img)?;
+    kinds::restore_kind::<kinds::regs::CpuState>(cx, img)?;
+    fault_point("task")?;
+    Ok(())
+}
+
+/// Stage "threads": created after everything they share and before the leader drops its
+/// credentials (creating them needs them), and before any seccomp filter: each thread
+/// installs its own chain (suspended for cryo's syscalls), then the leader. Then they join
+/// their cgroups.
+fn create_threads(
+    sh: &Shared<'_>,
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    puppets: &mut Puppets,
+) -> Result<Vec<kinds::threads::RestoredThread>, RestoreError> {
+    let threads = kinds::threads::restore_threads(cx, img)?;
+    kinds::seccomp::restore(cx, img)?;
+    for th in &threads {
+        puppets.0.push(Puppet {
+            tracee: Tracee { tid: th.tracee.tid },
+            released: false,
+        });
+    }
+    if let Some(cg) = sh.cgroups {
+        let ths: Vec<(i32, &pb::CoreEntry)> = threads
+            .iter()
+            .map(|t| t.tracee.tid)
+            .zip(&img.threads)
+            .collect();
+        cg.place_threads(img, &ths)?;
+    }
+    fault_point("threads")?;
+    Ok(threads)
 }
 
 /// Without `-d`, like criu: stay the parent until the restored root exits. A shell job had
@@ -716,7 +782,9 @@ fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreE
     let t = Tracee { tid: p.tracee.tid };
     let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
     let mut r = Remote::new(&t, tr, base);
-    let sig = (status & 0x7f) as u64;
+    // A wait status: the killing signal (7 bits) or the exit code (8 bits).
+    let sig = i32::try_from(status & 0x7f).expect("7 bits");
+    let code = i32::try_from((status >> 8) & 0xff).expect("8 bits");
     let result = if sig != 0 {
         crate::sys::proc::set_rlimit(t.tid, libc::RLIMIT_CORE, 0, 0)
             .map_err(ptrace_err("prlimit64(RLIMIT_CORE)"))?;
@@ -728,37 +796,25 @@ fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreE
                 source,
             }
         })?;
-        r.call(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [sig, scratch, 0, 8, 0, 0],
-        )?;
+        r.rt_sigaction(sig, scratch, 0)?;
         t.set_sigmask(0).map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
-        match r.raw(
-            "kill (zombie)",
-            libc::SYS_kill,
-            // Inside the tree's PID namespace: its own PID there.
-            [img.pid as u64, sig, 0, 0, 0, 0],
-        ) {
+        // Inside the tree's PID namespace: its own PID there.
+        match r.named("kill (zombie)").kill(img.pid as i32, sig) {
             // As its tracer cryo sees the signal first: let it through, and it kills.
-            Err(RemoteError::UnexpectedStop { sig: s, .. }) if s as u64 == sig => {
+            Err(RemoteError::UnexpectedStop { sig: s, .. }) if s == sig => {
                 t.cont(s).map_err(ptrace_err("PTRACE_CONT"))?;
                 match t.wait().map_err(ptrace_err("waitpid"))? {
                     Stop::Killed(_) | Stop::Exited(_) => Err(RemoteError::Died {
                         what: "kill (zombie)",
                         how: format!("signal {s}"),
                     }),
-                    _ => Ok(0),
+                    _ => Ok(()),
                 }
             }
             other => other,
         }
     } else {
-        r.raw(
-            "exit_group (zombie)",
-            libc::SYS_exit_group,
-            [((status >> 8) & 0xff) as u64, 0, 0, 0, 0, 0],
-        )
+        r.named("exit_group (zombie)").exit_group(code)
     };
     match result {
         Err(RemoteError::Died { .. }) => {
@@ -796,8 +852,8 @@ fn set_process_groups(
             let t = Tracee { tid: hpid };
             let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
             let mut r = Remote::new(&t, tr, base);
-            let target = if leaders_pass { 0 } else { pgid as u64 };
-            r.call("setpgid", libc::SYS_setpgid, [0, target, 0, 0, 0, 0])?;
+            let target = if leaders_pass { 0 } else { pgid };
+            r.setpgid(0, target)?;
         }
     }
     Ok(())
@@ -964,17 +1020,11 @@ pub fn run(
         let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
         if let Some(fd) = sh.cryo_pidfd {
             // Shared fd tables (CLONE_FILES) see it closed already: ignore EBADF.
-            let _ = Remote::new(&t, tr, base).raw(
-                "close (cryo's pidfd)",
-                libc::SYS_close,
-                [fd as u64, 0, 0, 0, 0, 0],
-            );
+            let _ = Remote::new(&t, tr, base)
+                .named("close (cryo's pidfd)")
+                .close(fd);
         }
-        Remote::new(&t, tr, base).call_to_exit(
-            "munmap (trampoline)",
-            libc::SYS_munmap,
-            [tr, TR_LEN, 0, 0, 0, 0],
-        )?;
+        Remote::new(&t, tr, base).munmap_to_exit("munmap (trampoline)", tr, TR_LEN)?;
         t.set_regs(&kinds::regs::pb_to_regs(&r.regs, &base))
             .map_err(ptrace_err("PTRACE_SETREGS"))?;
         t.set_sigmask(r.mask)

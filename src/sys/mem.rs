@@ -98,7 +98,7 @@ fn transfer(
 
 /// `userfaultfd(2)` flag: handle only faults from user mode (kernel accesses to a missing page
 /// in a registered range fail instead of waiting for a handler).
-pub const UFFD_USER_MODE_ONLY: u64 = 1;
+pub const UFFD_USER_MODE_ONLY: i32 = 1;
 
 const UFFD_API: u64 = 0xAA;
 /// `_IOWR(0xAA, 0x3F, struct uffdio_api)`.

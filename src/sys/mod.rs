@@ -9,6 +9,7 @@
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("cryo currently supports x86_64 only");
 
+pub mod clone;
 pub mod fd;
 pub mod ipc;
 pub mod mem;

@@ -4,24 +4,8 @@
 
 use std::io;
 
+use super::clone::{CloneArgs, CLONE_ARGS_SIZE};
 use super::cvt;
-
-/// `clone3` arguments (linux/sched.h, version with set_tid).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
 
 /// Creates the restore "puppet": a child with PID `pid` that blocks all signals, arranges to
 /// die with cryo (`PR_SET_PDEATHSIG`), calls `PTRACE_TRACEME` and stops itself with SIGSTOP.
@@ -43,22 +27,12 @@ pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> io::Result<i32
     if sibling {
         flags |= libc::CLONE_PARENT as u64;
     }
-    let args = CloneArgs {
-        flags,
-        // With CLONE_PARENT the kernel wants none: the child gets cryo's own exit signal.
-        exit_signal: if sibling { 0 } else { libc::SIGCHLD as u64 },
-        set_tid: &tid as *const i32 as u64,
-        set_tid_size: 1,
-        ..Default::default()
-    };
+    // With CLONE_PARENT the kernel wants no exit signal: the child gets cryo's own.
+    let mut args = CloneArgs::process(flags, if sibling { 0 } else { libc::SIGCHLD });
+    args.set_tid = &tid as *const i32 as u64;
+    args.set_tid_size = 1;
     // SAFETY: clone3 without CLONE_VM behaves like fork; args is valid for the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, CLONE_ARGS_SIZE) };
     if r == 0 {
         // Child: only raw syscalls, no allocation, never returns.
         // SAFETY: all calls take plain values or valid local pointers.
@@ -82,6 +56,11 @@ pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> io::Result<i32
         }
     }
     cvt(r).map(|p| p as i32)
+}
+
+/// cryo's own PID (in its own PID namespace).
+pub fn own_pid() -> i32 {
+    rustix::process::getpid().as_raw_nonzero().get()
 }
 
 /// `prlimit64(pid, resource, NULL, &old)`: (soft, hard), RLIM_INFINITY as u64::MAX.

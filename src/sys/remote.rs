@@ -36,6 +36,16 @@ pub enum RemoteError {
     },
 }
 
+impl RemoteError {
+    /// The errno of a syscall that ran and failed (None: it did not run to completion).
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            RemoteError::Errno { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
 /// Executes syscalls in a stopped tracee, with `site` holding [`SYSCALL_INSN`].
 pub struct Remote<'t> {
     t: &'t Tracee,
@@ -150,9 +160,21 @@ impl<'t> Remote<'t> {
         Ok(r as u64)
     }
 
-    /// Runs a syscall and leaves the tracee stopped at its exit (for a final `munmap` of the
-    /// very page holding the syscall instruction: there is no `int3` to return to).
-    pub fn call_to_exit(
+    /// `munmap(addr, len)` of the very page holding the syscall instruction (the last call a
+    /// puppet runs): there is no `int3` to return to, so the tracee is left stopped at the
+    /// syscall's exit.
+    pub fn munmap_to_exit(
+        &mut self,
+        what: &'static str,
+        addr: u64,
+        len: u64,
+    ) -> Result<(), RemoteError> {
+        self.call_to_exit(what, libc::SYS_munmap, [addr, len, 0, 0, 0, 0])
+            .map(drop)
+    }
+
+    /// Runs a syscall and leaves the tracee stopped at its exit.
+    fn call_to_exit(
         &mut self,
         what: &'static str,
         nr: i64,
@@ -183,6 +205,471 @@ impl<'t> Remote<'t> {
             });
         }
         Ok(r as u64)
+    }
+}
+
+/// A file descriptor number in the target's table (not in cryo's).
+pub type RemoteFd = i32;
+
+/// A C `int` argument as the syscall ABI passes it (sign-extended to a register).
+pub fn arg(v: i32) -> u64 {
+    i64::from(v).cast_unsigned()
+}
+
+/// A syscall result that is an fd or another `int` (the kernel returns values that fit; a
+/// failure was already turned into an error).
+#[allow(clippy::cast_possible_truncation)] // non-negative results of int-returning syscalls
+fn int_of(r: u64) -> i32 {
+    r as i32
+}
+
+/// The `prctl` option names cryo uses, for error messages.
+fn prctl_name(op: i32) -> &'static str {
+    match op {
+        libc::PR_GET_SECUREBITS => "prctl(PR_GET_SECUREBITS)",
+        libc::PR_SET_SECUREBITS => "prctl(PR_SET_SECUREBITS)",
+        libc::PR_CAPBSET_DROP => "prctl(PR_CAPBSET_DROP)",
+        libc::PR_CAP_AMBIENT => "prctl(PR_CAP_AMBIENT)",
+        libc::PR_SET_NO_NEW_PRIVS => "prctl(PR_SET_NO_NEW_PRIVS)",
+        libc::PR_GET_TID_ADDRESS => "prctl(PR_GET_TID_ADDRESS)",
+        libc::PR_GET_PDEATHSIG => "prctl(PR_GET_PDEATHSIG)",
+        libc::PR_SET_PDEATHSIG => "prctl(PR_SET_PDEATHSIG)",
+        libc::PR_GET_DUMPABLE => "prctl(PR_GET_DUMPABLE)",
+        libc::PR_SET_DUMPABLE => "prctl(PR_SET_DUMPABLE)",
+        libc::PR_GET_THP_DISABLE => "prctl(PR_GET_THP_DISABLE)",
+        libc::PR_SET_THP_DISABLE => "prctl(PR_SET_THP_DISABLE)",
+        libc::PR_GET_CHILD_SUBREAPER => "prctl(PR_GET_CHILD_SUBREAPER)",
+        libc::PR_SET_CHILD_SUBREAPER => "prctl(PR_SET_CHILD_SUBREAPER)",
+        libc::PR_SET_NAME => "prctl(PR_SET_NAME)",
+        libc::PR_SET_MM => "prctl(PR_SET_MM)",
+        PR_TIMER_CREATE_RESTORE_IDS => "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+        _ => "prctl",
+    }
+}
+
+/// `prctl(PR_TIMER_CREATE_RESTORE_IDS)` (Linux 6.15): `timer_create` takes the id passed in.
+pub const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
+
+/// The namespace kinds `unshare` is given, for error messages.
+fn unshare_name(flags: i32) -> &'static str {
+    match flags {
+        libc::CLONE_NEWNET => "unshare(CLONE_NEWNET)",
+        libc::CLONE_NEWIPC => "unshare(CLONE_NEWIPC)",
+        libc::CLONE_NEWUTS => "unshare(CLONE_NEWUTS)",
+        libc::CLONE_NEWCGROUP => "unshare(CLONE_NEWCGROUP)",
+        libc::CLONE_NEWTIME => "unshare(CLONE_NEWTIME)",
+        libc::CLONE_NEWNS => "unshare(CLONE_NEWNS)",
+        _ => "unshare",
+    }
+}
+
+/// Syscalls run inside a task cryo drives (the frozen target at dump, a puppet at restore),
+/// typed. An implementor provides [`Syscalls::sys`], the raw call with its error type;
+/// every other method is one syscall with typed arguments: fds of the target's table as
+/// [`RemoteFd`], addresses and lengths *in the target* as `u64`. A failure names the call
+/// (`what`); [`Syscalls::named`] gives a call a more precise name ("mmap (scratch area)").
+///
+/// `sys` stays for the rare call that has no method here.
+pub trait Syscalls {
+    /// What a failed call returns (`RemoteError`, or `TaskError` naming the process).
+    type Error;
+
+    /// Runs syscall `nr` with arguments `a` in the task; a negative result is an error
+    /// naming `what`.
+    fn sys(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, Self::Error>;
+
+    /// The next call fails as `what` instead of its syscall's name.
+    fn named(&mut self, what: &'static str) -> Named<'_, Self>
+    where
+        Self: Sized,
+    {
+        Named { inner: self, what }
+    }
+
+    // --- fds ---
+
+    /// `close(fd)`.
+    fn close(&mut self, fd: RemoteFd) -> Result<(), Self::Error> {
+        self.sys("close", libc::SYS_close, [arg(fd), 0, 0, 0, 0, 0])
+            .map(drop)
+    }
+    /// `close_range(first, last, 0)`.
+    fn close_range(&mut self, first: u32, last: u32) -> Result<(), Self::Error> {
+        let a = [u64::from(first), u64::from(last), 0, 0, 0, 0];
+        self.sys("close_range", libc::SYS_close_range, a).map(drop)
+    }
+    /// `dup3(old, new, flags)` (`flags`: `O_CLOEXEC` or 0).
+    fn dup3(&mut self, old: RemoteFd, new: RemoteFd, flags: i32) -> Result<(), Self::Error> {
+        let a = [arg(old), arg(new), arg(flags), 0, 0, 0];
+        self.sys("dup3", libc::SYS_dup3, a).map(drop)
+    }
+    /// `fcntl(fd, F_DUPFD, min)`: a copy of `fd` at the lowest free number not below `min`.
+    fn dup_above(&mut self, fd: RemoteFd, min: RemoteFd) -> Result<RemoteFd, Self::Error> {
+        let a = [arg(fd), arg(libc::F_DUPFD), arg(min), 0, 0, 0];
+        self.sys("fcntl(F_DUPFD)", libc::SYS_fcntl, a).map(int_of)
+    }
+    /// `fcntl(fd, F_SETFD, FD_CLOEXEC or 0)`.
+    fn set_cloexec(&mut self, fd: RemoteFd, on: bool) -> Result<(), Self::Error> {
+        let flag = if on { libc::FD_CLOEXEC } else { 0 };
+        let a = [arg(fd), arg(libc::F_SETFD), arg(flag), 0, 0, 0];
+        self.sys("fcntl(F_SETFD)", libc::SYS_fcntl, a).map(drop)
+    }
+    /// `fcntl(fd, cmd, arg)` for any other command (`arg`: an integer or a target address).
+    fn fcntl(&mut self, fd: RemoteFd, cmd: i32, val: u64) -> Result<u64, Self::Error> {
+        self.sys("fcntl", libc::SYS_fcntl, [arg(fd), arg(cmd), val, 0, 0, 0])
+    }
+    /// `lseek(fd, off, whence)`.
+    fn lseek(&mut self, fd: RemoteFd, off: u64, whence: i32) -> Result<u64, Self::Error> {
+        let a = [arg(fd), off, arg(whence), 0, 0, 0];
+        self.sys("lseek", libc::SYS_lseek, a)
+    }
+    /// `ioctl(fd, req, arg)` (`arg`: an integer or a target address).
+    fn ioctl(&mut self, fd: RemoteFd, req: u64, val: u64) -> Result<u64, Self::Error> {
+        self.sys("ioctl", libc::SYS_ioctl, [arg(fd), req, val, 0, 0, 0])
+    }
+    /// `openat(dirfd, path, flags, mode)`, `path` a NUL-terminated string in the target.
+    fn openat(
+        &mut self,
+        dirfd: RemoteFd,
+        path: u64,
+        flags: i32,
+        mode: u32,
+    ) -> Result<RemoteFd, Self::Error> {
+        let a = [arg(dirfd), path, arg(flags), u64::from(mode), 0, 0];
+        self.sys("openat", libc::SYS_openat, a).map(int_of)
+    }
+    /// `preadv(fd, iov, iovcnt, off)`: bytes read.
+    fn preadv(
+        &mut self,
+        fd: RemoteFd,
+        iov: u64,
+        iovcnt: u64,
+        off: u64,
+    ) -> Result<u64, Self::Error> {
+        self.sys(
+            "preadv",
+            libc::SYS_preadv,
+            [arg(fd), iov, iovcnt, off, 0, 0],
+        )
+    }
+    /// `flock(fd, op)`.
+    fn flock(&mut self, fd: RemoteFd, op: i32) -> Result<(), Self::Error> {
+        self.sys("flock", libc::SYS_flock, [arg(fd), arg(op), 0, 0, 0, 0])
+            .map(drop)
+    }
+    /// `socket(domain, type, protocol)`.
+    fn socket(&mut self, domain: i32, ty: i32, protocol: i32) -> Result<RemoteFd, Self::Error> {
+        let a = [arg(domain), arg(ty), arg(protocol), 0, 0, 0];
+        self.sys("socket", libc::SYS_socket, a).map(int_of)
+    }
+    /// `epoll_ctl(epfd, op, fd, event)`, `event` a `struct epoll_event` in the target.
+    fn epoll_ctl(
+        &mut self,
+        epfd: RemoteFd,
+        op: i32,
+        fd: RemoteFd,
+        event: u64,
+    ) -> Result<(), Self::Error> {
+        let a = [arg(epfd), arg(op), arg(fd), event, 0, 0];
+        self.sys("epoll_ctl", libc::SYS_epoll_ctl, a).map(drop)
+    }
+    /// `mq_open(name, oflag, 0, NULL)` of an existing queue, `name` in the target.
+    fn mq_open(&mut self, name: u64, oflag: i32) -> Result<RemoteFd, Self::Error> {
+        let a = [name, arg(oflag), 0, 0, 0, 0];
+        self.sys("mq_open", libc::SYS_mq_open, a).map(int_of)
+    }
+    /// `userfaultfd(flags)`.
+    fn userfaultfd(&mut self, flags: i32) -> Result<RemoteFd, Self::Error> {
+        let a = [arg(flags), 0, 0, 0, 0, 0];
+        self.sys("userfaultfd", libc::SYS_userfaultfd, a)
+            .map(int_of)
+    }
+    /// `pidfd_open(pid, 0)` (`pid` as the task sees it).
+    fn pidfd_open(&mut self, pid: i32) -> Result<RemoteFd, Self::Error> {
+        let a = [arg(pid), 0, 0, 0, 0, 0];
+        self.sys("pidfd_open", libc::SYS_pidfd_open, a).map(int_of)
+    }
+    /// `pidfd_getfd(pidfd, fd, 0)`: the task's own fd for `fd` of the process `pidfd` names.
+    fn pidfd_getfd(&mut self, pidfd: RemoteFd, fd: i32) -> Result<RemoteFd, Self::Error> {
+        let a = [arg(pidfd), arg(fd), 0, 0, 0, 0];
+        self.sys("pidfd_getfd", libc::SYS_pidfd_getfd, a)
+            .map(int_of)
+    }
+
+    // --- memory ---
+
+    /// `mmap(addr, len, prot, flags, fd, off)` (`fd` None: anonymous); the address mapped.
+    fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: i32,
+        flags: i32,
+        fd: Option<RemoteFd>,
+        off: u64,
+    ) -> Result<u64, Self::Error> {
+        let a = [addr, len, arg(prot), arg(flags), arg(fd.unwrap_or(-1)), off];
+        self.sys("mmap", libc::SYS_mmap, a)
+    }
+    /// `munmap(addr, len)`.
+    fn munmap(&mut self, addr: u64, len: u64) -> Result<(), Self::Error> {
+        self.sys("munmap", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])
+            .map(drop)
+    }
+    /// `mprotect(addr, len, prot)`.
+    fn mprotect(&mut self, addr: u64, len: u64, prot: i32) -> Result<(), Self::Error> {
+        let a = [addr, len, arg(prot), 0, 0, 0];
+        self.sys("mprotect", libc::SYS_mprotect, a).map(drop)
+    }
+    /// `madvise(addr, len, advice)`.
+    fn madvise(&mut self, addr: u64, len: u64, advice: i32) -> Result<(), Self::Error> {
+        let a = [addr, len, arg(advice), 0, 0, 0];
+        self.sys("madvise", libc::SYS_madvise, a).map(drop)
+    }
+    /// `brk(addr)`: the break after the call (`brk(0)` reads it).
+    fn brk(&mut self, addr: u64) -> Result<u64, Self::Error> {
+        self.sys("brk", libc::SYS_brk, [addr, 0, 0, 0, 0, 0])
+    }
+
+    // --- the task itself ---
+
+    /// `prctl(op, args...)`.
+    fn prctl(&mut self, op: i32, args: [u64; 4]) -> Result<u64, Self::Error> {
+        let [a2, a3, a4, a5] = args;
+        self.sys(
+            prctl_name(op),
+            libc::SYS_prctl,
+            [arg(op), a2, a3, a4, a5, 0],
+        )
+    }
+    /// `arch_prctl(code, addr)`.
+    fn arch_prctl(&mut self, code: i32, addr: u64) -> Result<u64, Self::Error> {
+        let a = [arg(code), addr, 0, 0, 0, 0];
+        self.sys("arch_prctl", libc::SYS_arch_prctl, a)
+    }
+    /// `personality(persona)`.
+    fn personality(&mut self, persona: u32) -> Result<(), Self::Error> {
+        let a = [u64::from(persona), 0, 0, 0, 0, 0];
+        self.sys("personality", libc::SYS_personality, a).map(drop)
+    }
+    /// `umask(mask)`.
+    fn umask(&mut self, mask: u32) -> Result<(), Self::Error> {
+        let a = [u64::from(mask), 0, 0, 0, 0, 0];
+        self.sys("umask", libc::SYS_umask, a).map(drop)
+    }
+    /// `chdir(path)`, `path` in the target.
+    fn chdir(&mut self, path: u64) -> Result<(), Self::Error> {
+        self.sys("chdir", libc::SYS_chdir, [path, 0, 0, 0, 0, 0])
+            .map(drop)
+    }
+    /// `chroot(path)`, `path` in the target.
+    fn chroot(&mut self, path: u64) -> Result<(), Self::Error> {
+        self.sys("chroot", libc::SYS_chroot, [path, 0, 0, 0, 0, 0])
+            .map(drop)
+    }
+    /// `unshare(flags)`.
+    fn unshare(&mut self, flags: i32) -> Result<(), Self::Error> {
+        let a = [arg(flags), 0, 0, 0, 0, 0];
+        self.sys(unshare_name(flags), libc::SYS_unshare, a)
+            .map(drop)
+    }
+    /// `setns(fd, nstype)`.
+    fn setns(&mut self, fd: RemoteFd, nstype: i32) -> Result<(), Self::Error> {
+        let a = [arg(fd), arg(nstype), 0, 0, 0, 0];
+        self.sys("setns", libc::SYS_setns, a).map(drop)
+    }
+    /// `uname(buf)`, `buf` a `struct utsname` in the target.
+    fn uname(&mut self, buf: u64) -> Result<(), Self::Error> {
+        self.sys("uname", libc::SYS_uname, [buf, 0, 0, 0, 0, 0])
+            .map(drop)
+    }
+    /// `sethostname(name, len)`, `name` in the target.
+    fn sethostname(&mut self, name: u64, len: u64) -> Result<(), Self::Error> {
+        let a = [name, len, 0, 0, 0, 0];
+        self.sys("sethostname", libc::SYS_sethostname, a).map(drop)
+    }
+    /// `setdomainname(name, len)`, `name` in the target.
+    fn setdomainname(&mut self, name: u64, len: u64) -> Result<(), Self::Error> {
+        let a = [name, len, 0, 0, 0, 0];
+        self.sys("setdomainname", libc::SYS_setdomainname, a)
+            .map(drop)
+    }
+    /// `setsid()`.
+    fn setsid(&mut self) -> Result<(), Self::Error> {
+        self.sys("setsid", libc::SYS_setsid, [0; 6]).map(drop)
+    }
+    /// `setpgid(pid, pgid)`.
+    fn setpgid(&mut self, pid: i32, pgid: i32) -> Result<(), Self::Error> {
+        let a = [arg(pid), arg(pgid), 0, 0, 0, 0];
+        self.sys("setpgid", libc::SYS_setpgid, a).map(drop)
+    }
+    /// `set_tid_address(addr)`.
+    fn set_tid_address(&mut self, addr: u64) -> Result<(), Self::Error> {
+        let a = [addr, 0, 0, 0, 0, 0];
+        self.sys("set_tid_address", libc::SYS_set_tid_address, a)
+            .map(drop)
+    }
+    /// `set_robust_list(head, len)`.
+    fn set_robust_list(&mut self, head: u64, len: u64) -> Result<(), Self::Error> {
+        let a = [head, len, 0, 0, 0, 0];
+        self.sys("set_robust_list", libc::SYS_set_robust_list, a)
+            .map(drop)
+    }
+    /// `rseq(addr, len, flags, sig)` (`flags` 1: unregister).
+    fn rseq(&mut self, addr: u64, len: u32, flags: i32, sig: u32) -> Result<(), Self::Error> {
+        let a = [addr, u64::from(len), arg(flags), u64::from(sig), 0, 0];
+        self.sys("rseq", libc::SYS_rseq, a).map(drop)
+    }
+    /// `seccomp(op, flags, args)`, `args` in the target.
+    fn seccomp(&mut self, op: u32, flags: u32, args: u64) -> Result<(), Self::Error> {
+        let a = [u64::from(op), u64::from(flags), args, 0, 0, 0];
+        self.sys("seccomp", libc::SYS_seccomp, a).map(drop)
+    }
+    /// `clone3(args, size)`, `args` a `struct clone_args` in the target; the new task's id
+    /// as the calling task names it.
+    fn clone3(&mut self, args: u64, size: u64) -> Result<i32, Self::Error> {
+        self.sys("clone3", libc::SYS_clone3, [args, size, 0, 0, 0, 0])
+            .map(int_of)
+    }
+
+    // --- credentials ---
+
+    /// `setgroups(n, list)`, `list` n `gid_t`s in the target.
+    fn setgroups(&mut self, n: u64, list: u64) -> Result<(), Self::Error> {
+        self.sys("setgroups", libc::SYS_setgroups, [n, list, 0, 0, 0, 0])
+            .map(drop)
+    }
+    /// `setresuid(r, e, s)`.
+    fn setresuid(&mut self, r: u32, e: u32, s: u32) -> Result<(), Self::Error> {
+        let a = [u64::from(r), u64::from(e), u64::from(s), 0, 0, 0];
+        self.sys("setresuid", libc::SYS_setresuid, a).map(drop)
+    }
+    /// `setresgid(r, e, s)`.
+    fn setresgid(&mut self, r: u32, e: u32, s: u32) -> Result<(), Self::Error> {
+        let a = [u64::from(r), u64::from(e), u64::from(s), 0, 0, 0];
+        self.sys("setresgid", libc::SYS_setresgid, a).map(drop)
+    }
+    /// `setfsuid(uid)`.
+    fn setfsuid(&mut self, uid: u32) -> Result<(), Self::Error> {
+        let a = [u64::from(uid), 0, 0, 0, 0, 0];
+        self.sys("setfsuid", libc::SYS_setfsuid, a).map(drop)
+    }
+    /// `setfsgid(gid)`.
+    fn setfsgid(&mut self, gid: u32) -> Result<(), Self::Error> {
+        let a = [u64::from(gid), 0, 0, 0, 0, 0];
+        self.sys("setfsgid", libc::SYS_setfsgid, a).map(drop)
+    }
+    /// `capset(header, data)`, both in the target.
+    fn capset(&mut self, header: u64, data: u64) -> Result<(), Self::Error> {
+        self.sys("capset", libc::SYS_capset, [header, data, 0, 0, 0, 0])
+            .map(drop)
+    }
+
+    // --- signals and timers ---
+
+    /// `rt_sigaction(sig, act, oact, 8)`, `act`/`oact` kernel `struct sigaction`s in the
+    /// target (0: none).
+    fn rt_sigaction(&mut self, sig: i32, act: u64, oact: u64) -> Result<(), Self::Error> {
+        let a = [arg(sig), act, oact, 8, 0, 0];
+        self.sys("rt_sigaction", libc::SYS_rt_sigaction, a)
+            .map(drop)
+    }
+    /// `sigaltstack(ss, old)`, both `stack_t`s in the target (0: none).
+    fn sigaltstack(&mut self, ss: u64, old: u64) -> Result<(), Self::Error> {
+        let a = [ss, old, 0, 0, 0, 0];
+        self.sys("sigaltstack", libc::SYS_sigaltstack, a).map(drop)
+    }
+    /// `rt_sigqueueinfo(tgid, sig, info)`, `info` a siginfo in the target.
+    fn rt_sigqueueinfo(&mut self, tgid: i32, sig: i32, info: u64) -> Result<(), Self::Error> {
+        let a = [arg(tgid), arg(sig), info, 0, 0, 0];
+        self.sys("rt_sigqueueinfo", libc::SYS_rt_sigqueueinfo, a)
+            .map(drop)
+    }
+    /// `rt_tgsigqueueinfo(tgid, tid, sig, info)`, `info` a siginfo in the target.
+    fn rt_tgsigqueueinfo(
+        &mut self,
+        tgid: i32,
+        tid: i32,
+        sig: i32,
+        info: u64,
+    ) -> Result<(), Self::Error> {
+        let a = [arg(tgid), arg(tid), arg(sig), info, 0, 0];
+        self.sys("rt_tgsigqueueinfo", libc::SYS_rt_tgsigqueueinfo, a)
+            .map(drop)
+    }
+    /// `rt_sigtimedwait(set, info, timeout, 8)`, all in the target (`info` 0: none).
+    fn rt_sigtimedwait(&mut self, set: u64, info: u64, timeout: u64) -> Result<u64, Self::Error> {
+        let a = [set, info, timeout, 8, 0, 0];
+        self.sys("rt_sigtimedwait", libc::SYS_rt_sigtimedwait, a)
+    }
+    /// `exit_group(code)`: the task ends (a successful call never returns: `Died`).
+    fn exit_group(&mut self, code: i32) -> Result<(), Self::Error> {
+        let a = [arg(code), 0, 0, 0, 0, 0];
+        self.sys("exit_group", libc::SYS_exit_group, a).map(drop)
+    }
+    /// `kill(pid, sig)` (`pid` as the task sees it).
+    fn kill(&mut self, pid: i32, sig: i32) -> Result<(), Self::Error> {
+        self.sys("kill", libc::SYS_kill, [arg(pid), arg(sig), 0, 0, 0, 0])
+            .map(drop)
+    }
+    /// `getitimer(which, value)`, `value` in the target.
+    fn getitimer(&mut self, which: i32, value: u64) -> Result<(), Self::Error> {
+        let a = [arg(which), value, 0, 0, 0, 0];
+        self.sys("getitimer", libc::SYS_getitimer, a).map(drop)
+    }
+    /// `setitimer(which, new, old)`, both in the target.
+    fn setitimer(&mut self, which: i32, new: u64, old: u64) -> Result<(), Self::Error> {
+        let a = [arg(which), new, old, 0, 0, 0];
+        self.sys("setitimer", libc::SYS_setitimer, a).map(drop)
+    }
+    /// `timer_create(clock, sevp, id)`, `sevp` and `id` in the target.
+    fn timer_create(&mut self, clock: i32, sevp: u64, id: u64) -> Result<(), Self::Error> {
+        let a = [arg(clock), sevp, id, 0, 0, 0];
+        self.sys("timer_create", libc::SYS_timer_create, a)
+            .map(drop)
+    }
+    /// `timer_settime(id, flags, new, old)`, `new`/`old` in the target.
+    fn timer_settime(
+        &mut self,
+        id: i32,
+        flags: i32,
+        new: u64,
+        old: u64,
+    ) -> Result<(), Self::Error> {
+        let a = [arg(id), arg(flags), new, old, 0, 0];
+        self.sys("timer_settime", libc::SYS_timer_settime, a)
+            .map(drop)
+    }
+    /// `timer_gettime(id, value)`, `value` in the target.
+    fn timer_gettime(&mut self, id: i32, value: u64) -> Result<(), Self::Error> {
+        let a = [arg(id), value, 0, 0, 0, 0];
+        self.sys("timer_gettime", libc::SYS_timer_gettime, a)
+            .map(drop)
+    }
+    /// `timer_getoverrun(id)`.
+    fn timer_getoverrun(&mut self, id: i32) -> Result<u64, Self::Error> {
+        let a = [arg(id), 0, 0, 0, 0, 0];
+        self.sys("timer_getoverrun", libc::SYS_timer_getoverrun, a)
+    }
+}
+
+/// A [`Syscalls`] whose calls fail under one given name (from [`Syscalls::named`]).
+pub struct Named<'a, S> {
+    inner: &'a mut S,
+    what: &'static str,
+}
+
+impl<S: Syscalls> Syscalls for Named<'_, S> {
+    type Error = S::Error;
+    fn sys(&mut self, _what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, S::Error> {
+        self.inner.sys(self.what, nr, a)
+    }
+}
+
+impl Syscalls for Remote<'_> {
+    type Error = RemoteError;
+    fn sys(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, RemoteError> {
+        self.call(what, nr, a)
     }
 }
 
@@ -231,24 +718,16 @@ impl<'t> Parasite<'t> {
                 return Ok(a);
             }
         }
-        let addr = self.remote.call(
-            "mmap (scratch area)",
-            libc::SYS_mmap,
-            [
-                0,
-                len,
-                (libc::PROT_READ | libc::PROT_WRITE) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-                u64::MAX,
-                0,
-            ],
+        let addr = self.remote.named("mmap (scratch area)").mmap(
+            0,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            None,
+            0,
         )?;
         if let Some((a, l)) = self.scratch.replace((addr, len)) {
-            self.remote.call(
-                "munmap (scratch area)",
-                libc::SYS_munmap,
-                [a, l, 0, 0, 0, 0],
-            )?;
+            self.remote.named("munmap (scratch area)").munmap(a, l)?;
         }
         Ok(addr)
     }
@@ -264,11 +743,7 @@ impl<'t> Parasite<'t> {
         let tid = self.remote.tracee().tid;
         let mut first_err = None;
         if let Some((a, l)) = self.scratch.take() {
-            if let Err(e) = self.remote.call(
-                "munmap (scratch area)",
-                libc::SYS_munmap,
-                [a, l, 0, 0, 0, 0],
-            ) {
+            if let Err(e) = self.remote.named("munmap (scratch area)").munmap(a, l) {
                 first_err.get_or_insert(e);
             }
         }
