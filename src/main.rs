@@ -269,14 +269,60 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
 }
 
 /// A progress bar on stderr while a dump or restore runs, only when stderr is a terminal:
-/// a spinner until the memory copy starts, then bytes copied out of the total.
+/// a spinner until the memory copy starts, then bytes copied out of the total. Drawn by a
+/// thread of its own, which the engine stops while it needs cryo single-threaded
+/// (`cryo::progress::pause`).
 struct Progress {
+    msg: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Progress {
-    fn finish_and_clear(mut self) {
+/// The display [`progress`] showed; `finish_and_clear` takes it away.
+struct Shown;
+
+impl Shown {
+    fn finish_and_clear(self) {
+        cryo::progress::hide();
+    }
+}
+
+impl cryo::progress::Display for Progress {
+    fn start(&mut self) {
+        if self.thread.is_some() {
+            return;
+        }
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.stop = flag.clone();
+        let msg = self.msg.clone();
+        self.thread = Some(std::thread::spawn(move || {
+            let pb = indicatif::ProgressBar::new_spinner();
+            pb.set_message(msg);
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .expect("valid template")
+            .progress_chars("=> ");
+            let mut styled = false;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let (done, total) = cryo::progress::get();
+                if total > 0 {
+                    if !styled {
+                        pb.set_style(style.clone());
+                        pb.set_length(total);
+                        styled = true;
+                    }
+                    pb.set_position(done.min(total));
+                } else {
+                    pb.tick();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(80));
+            }
+            pb.finish_and_clear();
+        }));
+    }
+
+    fn stop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -284,40 +330,14 @@ impl Progress {
     }
 }
 
-fn progress(msg: &str) -> Option<Progress> {
+fn progress(msg: &str) -> Option<Shown> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let msg = msg.to_string();
-    let flag = stop.clone();
-    let thread = std::thread::spawn(move || {
-        let pb = indicatif::ProgressBar::new_spinner();
-        pb.set_message(msg);
-        let style = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-        )
-        .expect("valid template")
-        .progress_chars("=> ");
-        let mut styled = false;
-        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            let (done, total) = cryo::progress::get();
-            if total > 0 {
-                if !styled {
-                    pb.set_style(style.clone());
-                    pb.set_length(total);
-                    styled = true;
-                }
-                pb.set_position(done.min(total));
-            } else {
-                pb.tick();
-            }
-            std::thread::sleep(std::time::Duration::from_millis(80));
-        }
-        pb.finish_and_clear();
-    });
-    Some(Progress {
-        stop,
-        thread: Some(thread),
-    })
+    cryo::progress::show(Box::new(Progress {
+        msg: msg.to_string(),
+        stop: Default::default(),
+        thread: None,
+    }));
+    Some(Shown)
 }

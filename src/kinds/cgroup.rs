@@ -617,7 +617,10 @@ fn ns_roots(pid: i32) -> Result<HashMap<String, String>, CgroupError> {
     let inside = std::thread::scope(|s| {
         s.spawn(|| -> io::Result<String> {
             let ns = std::fs::File::open(format!("/proc/{pid}/ns/cgroup"))?;
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWCGROUP)?;
+            crate::sys::ns::setns(
+                std::os::fd::AsFd::as_fd(&ns),
+                crate::sys::ns::NsType::ControlGroup,
+            )?;
             std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         })
         .join()

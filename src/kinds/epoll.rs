@@ -113,8 +113,7 @@ impl FdKind for Epoll {
             .ok_or_else(|| super::files::missing(e.id, "eventpoll"))?;
         let err = |what: &str| obj_err(e.id, format!("epoll: {what}"));
         let fd = sysfd::epoll_create().map_err(err("epoll_create1"))?;
-        sysfd::fcntl(fd.as_fd(), libc::F_SETFL, (ep.flags & SETFL_MASK) as i64)
-            .map_err(err("F_SETFL"))?;
+        sysfd::set_fl(fd.as_fd(), ep.flags & SETFL_MASK).map_err(err("F_SETFL"))?;
         Ok(fd)
     }
 

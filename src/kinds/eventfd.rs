@@ -74,8 +74,7 @@ impl FdKind for EventFd {
             sysfd::write(fd.as_fd(), &ef.counter.to_ne_bytes())
                 .map_err(err(&format!("set the counter to {}", ef.counter)))?;
         }
-        sysfd::fcntl(fd.as_fd(), libc::F_SETFL, (ef.flags & SETFL_MASK) as i64)
-            .map_err(err("F_SETFL"))?;
+        sysfd::set_fl(fd.as_fd(), ef.flags & SETFL_MASK).map_err(err("F_SETFL"))?;
         Ok(fd)
     }
 }

@@ -441,13 +441,13 @@ pub fn reachable_by_path(p: &FdProbe<'_>) -> Result<(), Unsupported> {
 /// Whether fd `fd` of `pid` is on an mqueue filesystem.
 fn is_mqueue(pid: i32, fd: i32) -> bool {
     const MQUEUE_MAGIC: i64 = 0x1980_0202;
-    nix::sys::statfs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
-        .is_ok_and(|s| s.filesystem_type().0 == MQUEUE_MAGIC)
+    rustix::fs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
+        .is_ok_and(|s| s.f_type == MQUEUE_MAGIC)
 }
 
 /// Sets the file-status flags F_SETFL can change on cryo's object `id`.
 pub fn set_fl(fd: BorrowedFd<'_>, flags: u32, id: u32) -> Result<(), TaskError> {
-    sys::fd::fcntl(fd, libc::F_SETFL, (flags & SETFL_MASK) as i64)
+    sys::fd::set_fl(fd, flags & SETFL_MASK)
         .map(|_| ())
         .map_err(TaskError::object(id, "F_SETFL"))
 }

@@ -213,8 +213,7 @@ impl FdKind for Inotify {
                 sysfd::inotify_rm_watch(fd.as_fd(), got).map_err(err("inotify_rm_watch"))?;
             }
         }
-        sysfd::fcntl(fd.as_fd(), libc::F_SETFL, (ify.flags & SETFL_MASK) as i64)
-            .map_err(err("F_SETFL"))?;
+        sysfd::set_fl(fd.as_fd(), ify.flags & SETFL_MASK).map_err(err("F_SETFL"))?;
         Ok(fd)
     }
 }

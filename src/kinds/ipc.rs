@@ -34,12 +34,11 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::FileExt;
 
-use nix::sched::CloneFlags;
-
 use super::error::{task_error_from, Failure, TaskError};
 use super::{DumpCx, FileTable, TaskImages};
 use crate::image::{self, pb, ImageDir, ImageError};
 use crate::sys::ipc::{self as sys, Perm};
+use crate::sys::ns::NsType;
 use crate::sys::PAGE_SIZE;
 
 /// `shm_perm.mode` bits: removed (IPC_RMID) but still attached; locked in memory.
@@ -131,10 +130,8 @@ fn in_ipc_ns<T: Send>(
         .map_err(|source| IpcError::Enter { pid, source })?;
     std::thread::scope(|s| {
         s.spawn(move || {
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWIPC).map_err(|e| IpcError::Enter {
-                pid,
-                source: e.into(),
-            })?;
+            crate::sys::ns::setns(ns.as_fd(), NsType::InterProcessCommunication)
+                .map_err(|source| IpcError::Enter { pid, source })?;
             f()
         })
         .join()
@@ -365,8 +362,8 @@ fn dump_shm(var: &pb::IpcVarEntry) -> Result<Vec<(pb::IpcShmEntry, Vec<u8>)>, Ip
         }
         let at = sys::ShmAttach::new(s.id, s.size, true).map_err(op(&name, "shmat"))?;
         let f = File::open(at.map_files()).map_err(op(&name, "open map_files"))?;
-        let fs = nix::sys::statfs::fstatfs(&f).map_err(|e| op(&name, "fstatfs")(e.into()))?;
-        if fs.filesystem_type().0 == HUGETLBFS_MAGIC {
+        let fs = rustix::fs::fstatfs(&f).map_err(|e| op(&name, "fstatfs")(e.into()))?;
+        if fs.f_type == HUGETLBFS_MAGIC {
             return Err(refuse("it is a hugetlb segment (SHM_HUGETLB)"));
         }
         let mut data = vec![0u8; s.size as usize];
@@ -513,20 +510,17 @@ fn restore_mqueue(e: &pb::CryoMqueueEntry) -> Result<(), IpcError> {
     let object = format!("POSIX message queue /{}", e.name);
     let fd = sys::mq_create(&e.name, e.mode, e.maxmsg, e.msgsize)
         .map_err(op(&object, "mq_open(O_CREAT)"))?;
-    nix::unistd::fchown(&fd, Some(e.uid.into()), Some(e.gid.into())).map_err(|err| {
-        IpcError::Op {
-            object: object.clone(),
-            what: "fchown",
-            source: err.into(),
-        }
+    std::os::unix::fs::fchown(&fd, Some(e.uid), Some(e.gid)).map_err(|source| IpcError::Op {
+        object: object.clone(),
+        what: "fchown",
+        source,
     })?;
-    nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(e.mode)).map_err(
-        |err| IpcError::Op {
-            object: object.clone(),
-            what: "fchmod",
-            source: err.into(),
-        },
-    )?;
+    let mode = rustix::fs::Mode::from_bits_truncate(e.mode);
+    rustix::fs::fchmod(&fd, mode).map_err(|err| IpcError::Op {
+        object: object.clone(),
+        what: "fchmod",
+        source: err.into(),
+    })?;
     for m in &e.msgs {
         sys::mq_put(fd.as_fd(), m.prio, &m.data).map_err(op(&object, "mq_send"))?;
     }

@@ -49,7 +49,7 @@ fn save_inode(
     let meta = f.metadata().map_err(|e| err("stat the memfd", e))?;
     let ino = meta.ino();
     if cx.files.shmem_seen.insert(ino) {
-        let seals = sysfd::fcntl(f.as_fd(), libc::F_GET_SEALS, 0).unwrap_or(0) as u32;
+        let seals = sysfd::seals(f.as_fd()).unwrap_or(0);
         cx.files.memfd_inodes.push(pb::MemfdInodeEntry {
             name: name_of(link).to_string(),
             uid: meta.uid(),
@@ -151,8 +151,7 @@ impl FdKind for Memfd {
             }
             std::os::unix::fs::fchown(&f, Some(ino.uid), Some(ino.gid)).map_err(err("fchown"))?;
             if ino.seals != 0 {
-                sysfd::fcntl(f.as_fd(), libc::F_ADD_SEALS, ino.seals as i64)
-                    .map_err(err("F_ADD_SEALS"))?;
+                sysfd::add_seals(f.as_fd(), ino.seals).map_err(err("F_ADD_SEALS"))?;
             }
             store.made.insert(m.inode_id, (OwnedFd::from(f), false));
         }
@@ -170,9 +169,8 @@ impl FdKind for Memfd {
         };
         set_fl(fd.as_fd(), m.flags, e.id)?;
         if m.pos != 0 {
-            nix::unistd::lseek(&fd, m.pos as i64, nix::unistd::Whence::SeekSet)
-                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
-                .map_err(err("lseek"))?;
+            rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(m.pos))
+                .map_err(|e| err("lseek")(e.into()))?;
         }
         Ok(fd)
     }

@@ -23,7 +23,9 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags};
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+
+use crate::sys::ns::{NsType, UnshareFlags};
 
 use crate::image::{self, pb, ImageDir};
 
@@ -137,38 +139,38 @@ fn encode_dev(major: u32, minor: u32) -> u32 {
 
 /// Per-mount flags from mountinfo's mount options.
 fn mnt_flags(opts: &str) -> u32 {
-    let mut f = MsFlags::empty();
+    let mut f = MountFlags::empty();
     for o in opts.split(',') {
         f |= match o {
-            "ro" => MsFlags::MS_RDONLY,
-            "nosuid" => MsFlags::MS_NOSUID,
-            "nodev" => MsFlags::MS_NODEV,
-            "noexec" => MsFlags::MS_NOEXEC,
-            "noatime" => MsFlags::MS_NOATIME,
-            "nodiratime" => MsFlags::MS_NODIRATIME,
-            "relatime" => MsFlags::MS_RELATIME,
-            "strictatime" => MsFlags::MS_STRICTATIME,
-            _ => MsFlags::empty(),
+            "ro" => MountFlags::RDONLY,
+            "nosuid" => MountFlags::NOSUID,
+            "nodev" => MountFlags::NODEV,
+            "noexec" => MountFlags::NOEXEC,
+            "noatime" => MountFlags::NOATIME,
+            "nodiratime" => MountFlags::NODIRATIME,
+            "relatime" => MountFlags::RELATIME,
+            "strictatime" => MountFlags::STRICTATIME,
+            _ => MountFlags::empty(),
         };
     }
     // mountinfo names relatime and noatime; neither means strictatime.
-    if !f.intersects(MsFlags::MS_RELATIME | MsFlags::MS_NOATIME) {
-        f |= MsFlags::MS_STRICTATIME;
+    if !f.intersects(MountFlags::RELATIME | MountFlags::NOATIME) {
+        f |= MountFlags::STRICTATIME;
     }
-    f.bits() as u32
+    f.bits()
 }
 
 /// The per-mount flags an image may ask for (never bind, move, remount or propagation bits).
-fn safe_flags(bits: u32) -> MsFlags {
-    MsFlags::from_bits_truncate(bits as _)
-        & (MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC
-            | MsFlags::MS_NOATIME
-            | MsFlags::MS_NODIRATIME
-            | MsFlags::MS_RELATIME
-            | MsFlags::MS_STRICTATIME)
+fn safe_flags(bits: u32) -> MountFlags {
+    MountFlags::from_bits_truncate(bits)
+        & (MountFlags::RDONLY
+            | MountFlags::NOSUID
+            | MountFlags::NODEV
+            | MountFlags::NOEXEC
+            | MountFlags::NOATIME
+            | MountFlags::NODIRATIME
+            | MountFlags::RELATIME
+            | MountFlags::STRICTATIME)
 }
 
 /// Whether `inner` is `outer` or below it, as paths.
@@ -280,7 +282,7 @@ pub fn plan(
             master_id: master,
             fsname: Some(m.fstype.clone()),
             sb_flags: Some(if m.super_opts.split(',').any(|o| o == "ro") {
-                MsFlags::MS_RDONLY.bits() as u32
+                MountFlags::RDONLY.bits()
             } else {
                 0
             }),
@@ -393,10 +395,10 @@ pub struct MountOpts {
     pub external: HashMap<String, PathBuf>,
 }
 
-fn mnt_err(what: String) -> impl Fn(nix::Error) -> MountsError {
+fn mnt_err<E: Into<std::io::Error>>(what: String) -> impl Fn(E) -> MountsError {
     move |e| MountsError::Mount {
         what: what.clone(),
-        source: std::io::Error::from(e),
+        source: e.into(),
     }
 }
 
@@ -489,11 +491,11 @@ fn build(
     external: &HashMap<String, PathBuf>,
     dir: &Path,
 ) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>), MountsError> {
-    use nix::sched::{setns, unshare, CloneFlags};
-    for (ns, flag) in [
-        ("net", CloneFlags::CLONE_NEWNET),
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    use std::os::fd::AsFd;
+    for (ns, kind) in [
+        ("net", NsType::Network),
+        ("ipc", NsType::InterProcessCommunication),
+        ("cgroup", NsType::ControlGroup),
     ] {
         let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|source| {
             MountsError::Mount {
@@ -501,19 +503,20 @@ fn build(
                 source,
             }
         })?;
-        setns(&f, flag).map_err(mnt_err(format!("join the restored {ns} namespace")))?;
+        crate::sys::ns::setns(f.as_fd(), kind)
+            .map_err(mnt_err(format!("join the restored {ns} namespace")))?;
     }
-    unshare(CloneFlags::CLONE_NEWNS).map_err(mnt_err("unshare(CLONE_NEWNS)".into()))?;
+    crate::sys::ns::unshare(UnshareFlags::NEWNS).map_err(mnt_err("unshare(CLONE_NEWNS)".into()))?;
     let nsfd: OwnedFd = std::fs::File::open("/proc/thread-self/ns/mnt")
         .map_err(|source| MountsError::Mount {
             what: "open the new mount namespace".into(),
             source,
         })?
         .into();
-    let none: Option<&str> = None;
-    nix::mount::mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+    let private = MountPropagationFlags::REC | MountPropagationFlags::PRIVATE;
+    rustix::mount::mount_change("/", private)
         .map_err(mnt_err("make the new mount namespace private".into()))?;
-    nix::mount::mount(Some(root), root, none, MsFlags::MS_BIND, none)
+    rustix::mount::mount_bind(root, root)
         .map_err(mnt_err(format!("bind the new root {}", root.display())))?;
     let mut ptys = Vec::new();
     let jail = Jail::new(root).map_err(|source| MountsError::Mount {
@@ -526,20 +529,14 @@ fn build(
     // The root's own flags last: a read-only root still gets its mount points made above.
     let rflags = safe_flags(entries[0].flags);
     if !rflags.is_empty() {
-        nix::mount::mount(
-            none,
-            root,
-            none,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | rflags,
-            none,
-        )
-        .map_err(mnt_err("remount the root with its flags".into()))?;
+        rustix::mount::mount_remount(root, MountFlags::BIND | rflags, "")
+            .map_err(mnt_err("remount the root with its flags".into()))?;
     }
-    nix::unistd::chdir(root).map_err(mnt_err(format!("chdir {}", root.display())))?;
-    nix::unistd::pivot_root(".", ".").map_err(mnt_err("pivot_root".into()))?;
-    nix::mount::umount2(".", MntFlags::MNT_DETACH)
+    rustix::process::chdir(root).map_err(mnt_err(format!("chdir {}", root.display())))?;
+    rustix::process::pivot_root(".", ".").map_err(mnt_err("pivot_root".into()))?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH)
         .map_err(mnt_err("detach the old root".into()))?;
-    nix::unistd::chdir("/").map_err(mnt_err("chdir /".into()))?;
+    rustix::process::chdir("/").map_err(mnt_err("chdir /".into()))?;
     Ok((nsfd, ptys))
 }
 
@@ -562,7 +559,7 @@ impl Found {
         PathBuf::from(format!(
             "/proc/{}/task/{}/fd/{}",
             std::process::id(),
-            nix::unistd::gettid(),
+            rustix::thread::gettid().as_raw_nonzero(),
             self.0.as_raw_fd()
         ))
     }
@@ -579,9 +576,9 @@ impl Jail {
     /// Finds `p` (absolute, as seen from the jail's directory); with `create`, makes it
     /// first if missing (a file when `Some(true)`, else a directory).
     fn find(&self, p: &str, create: Option<bool>) -> std::io::Result<Found> {
-        nix::unistd::chroot(&self.dir)?;
+        rustix::process::chroot(&self.dir)?;
         let r = (|| -> std::io::Result<Found> {
-            nix::unistd::chdir("/")?;
+            rustix::process::chdir("/")?;
             let p = if p.is_empty() { "/" } else { p };
             if let Some(file) = create {
                 if std::fs::symlink_metadata(p).is_err() {
@@ -603,8 +600,8 @@ impl Jail {
             Ok(Found(f.into()))
         })();
         // Back to the host's root; a thread stuck in the jail must not go on.
-        nix::unistd::fchdir(&self.host)
-            .and_then(|_| nix::unistd::chroot("."))
+        rustix::process::fchdir(&self.host)
+            .and_then(|_| rustix::process::chroot("."))
             .map_err(|e| std::io::Error::other(format!("cannot leave the new root: {e}")))?;
         r
     }
@@ -622,7 +619,6 @@ fn mount_one(
     ptys: &mut Vec<(u32, OwnedFd)>,
 ) -> Result<(), MountsError> {
     let e = &entries[i];
-    let none: Option<&str> = None;
     let flags = safe_flags(e.flags);
     let what = |w: &str| {
         format!(
@@ -694,17 +690,10 @@ fn mount_one(
     let top = || jail.find(&e.mountpoint, None).map_err(io(what("find")));
     match from {
         Some(src) => {
-            nix::mount::mount(Some(&src.path()), &target, none, MsFlags::MS_BIND, none)
-                .map_err(mnt_err(what("bind")))?;
+            rustix::mount::mount_bind(src.path(), &target).map_err(mnt_err(what("bind")))?;
             if !flags.is_empty() {
-                nix::mount::mount(
-                    none,
-                    &top()?.path(),
-                    none,
-                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
-                    none,
-                )
-                .map_err(mnt_err(what("set the flags of")))?;
+                rustix::mount::mount_remount(top()?.path(), MountFlags::BIND | flags, "")
+                    .map_err(mnt_err(what("set the flags of")))?;
             }
         }
         None => {
@@ -718,17 +707,16 @@ fn mount_one(
                     format!("{data},{ns}")
                 };
             }
-            let sb_ro = e.sb_flags.unwrap_or(0) & MsFlags::MS_RDONLY.bits() as u32 != 0;
-            let ro_later = sb_ro || flags.contains(MsFlags::MS_RDONLY);
-            let first = flags.difference(MsFlags::MS_RDONLY);
-            nix::mount::mount(
-                Some(e.source.as_str()),
-                &target,
-                Some(fstype.as_str()),
-                first,
-                Some(data.as_str()),
-            )
-            .map_err(mnt_err(what("mount")))?;
+            let sb_ro = e.sb_flags.unwrap_or(0) & MountFlags::RDONLY.bits() != 0;
+            let ro_later = sb_ro || flags.contains(MountFlags::RDONLY);
+            let first = flags.difference(MountFlags::RDONLY);
+            let data = std::ffi::CString::new(data).map_err(|_| MountsError::Mount {
+                what: what("mount"),
+                source: std::io::Error::other("its options hold a NUL byte"),
+            })?;
+            let (source, fstype) = (e.source.as_str(), fstype.as_str());
+            rustix::mount::mount(source, &target, fstype, first, data.as_c_str())
+                .map_err(mnt_err(what("mount")))?;
             if e.fstype == TMPFS {
                 let img = dir.join(tmpfs_image(e));
                 if img.exists() {
@@ -761,19 +749,14 @@ fn mount_one(
                 }
             }
             if ro_later {
-                nix::mount::mount(
-                    none,
-                    &top()?.path(),
-                    none,
-                    MsFlags::MS_REMOUNT | flags | MsFlags::MS_RDONLY,
-                    Some(e.options.as_str()),
-                )
-                .map_err(mnt_err(what("make read-only")))?;
+                let ro = flags | MountFlags::RDONLY;
+                rustix::mount::mount_remount(top()?.path(), ro, e.options.as_str())
+                    .map_err(mnt_err(what("make read-only")))?;
             }
         }
     }
     if e.shared_id.is_some() {
-        nix::mount::mount(none, &top()?.path(), none, MsFlags::MS_SHARED, none)
+        rustix::mount::mount_change(top()?.path(), MountPropagationFlags::SHARED)
             .map_err(mnt_err(what("share")))?;
     }
     Ok(())
@@ -795,10 +778,10 @@ mod tests {
         assert_eq!(
             mnt_flags(&m[1].mnt_opts),
             // No atime option in mountinfo: strictatime.
-            (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_STRICTATIME)
-                .bits() as u32
+            (MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::STRICTATIME)
+                .bits()
         );
-        assert_eq!(mnt_flags(&m[0].mnt_opts), MsFlags::MS_NOATIME.bits() as u32);
+        assert_eq!(mnt_flags(&m[0].mnt_opts), MountFlags::NOATIME.bits());
     }
 
     #[test]

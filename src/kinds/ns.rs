@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
+use rustix::time::ClockId;
+
 use super::{DumpCx, RestoreCx, Syscalls, TaskImages};
 use crate::image::{self, pb};
 
@@ -280,11 +282,9 @@ fn timens_offsets(pid: &str) -> Option<(i128, i128)> {
     Some((m?, b?))
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    // These clocks always exist.
-    nix::time::clock_gettime(nix::time::ClockId::from_raw(clock))
-        .map(|ts| ts.tv_sec() as i128 * 1_000_000_000 + ts.tv_nsec() as i128)
-        .unwrap_or(0)
+fn clock_ns(clock: ClockId) -> i128 {
+    let ts = rustix::time::clock_gettime(clock);
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 fn to_timespec(ns: i128) -> pb::Timespec {
@@ -320,8 +320,8 @@ pub fn dump_time(pid: i32) -> Result<pb::TimensEntry, NsError> {
         .ok_or(TaskError::Internal("cannot read /proc/PID/timens_offsets"))?;
     let (own_m, own_b) = timens_offsets("self").unwrap_or((0, 0));
     Ok(pb::TimensEntry {
-        monotonic: to_timespec(clock_ns(libc::CLOCK_MONOTONIC) - own_m + their_m),
-        boottime: to_timespec(clock_ns(libc::CLOCK_BOOTTIME) - own_b + their_b),
+        monotonic: to_timespec(clock_ns(ClockId::Monotonic) - own_m + their_m),
+        boottime: to_timespec(clock_ns(ClockId::Boottime) - own_b + their_b),
     })
 }
 
@@ -341,8 +341,8 @@ pub fn restore_time(
         .read_one(&format!("timens-{id}.img"), image::TIMENS)?;
     cx.unshare(libc::CLONE_NEWTIME)?;
     let (own_m, own_b) = timens_offsets("self").unwrap_or((0, 0));
-    let m = from_timespec(&e.monotonic) - (clock_ns(libc::CLOCK_MONOTONIC) - own_m);
-    let b = from_timespec(&e.boottime) - (clock_ns(libc::CLOCK_BOOTTIME) - own_b);
+    let m = from_timespec(&e.monotonic) - (clock_ns(ClockId::Monotonic) - own_m);
+    let b = from_timespec(&e.boottime) - (clock_ns(ClockId::Boottime) - own_b);
     let ts = |ns: i128| {
         format!(
             "{} {}",
@@ -394,7 +394,7 @@ pub struct InNs {
 
 impl InNs {
     pub fn enter(pid: i32, mnt: bool) -> std::io::Result<InNs> {
-        use nix::sched::{setns, unshare, CloneFlags};
+        use crate::sys::ns::{setns, unshare, NsType, UnshareFlags};
         if IN_NS_DEPTH.with(|d| d.get()) > 0 {
             IN_NS_DEPTH.with(|d| d.set(d.get() + 1));
             return Ok(InNs { back: None });
@@ -418,15 +418,15 @@ impl InNs {
         let cwd = open(".".into())?;
         let root = open("/proc/thread-self/root".into())?;
         if mnt {
-            unshare(CloneFlags::CLONE_FS)?;
+            unshare(UnshareFlags::FS)?;
         }
-        setns(&their_net, CloneFlags::CLONE_NEWNET)?;
+        setns(their_net.as_fd(), NsType::Network)?;
         let guard = InNs {
             back: Some((own_net, own_mnt, cwd, root)),
         };
         IN_NS_DEPTH.with(|d| d.set(1));
         if let Some(m) = &their_mnt {
-            setns(m, CloneFlags::CLONE_NEWNS)?; // the guard goes back on error
+            setns(m.as_fd(), NsType::Mount)?; // the guard goes back on error
         }
         Ok(guard)
     }
@@ -434,18 +434,18 @@ impl InNs {
 
 impl Drop for InNs {
     fn drop(&mut self) {
-        use nix::sched::{setns, CloneFlags};
+        use crate::sys::ns::{setns, NsType};
         IN_NS_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
         if let Some((net, mnt, cwd, root)) = self.back.take() {
-            let back = (|| -> nix::Result<()> {
+            let back = (|| -> std::io::Result<()> {
                 if let Some(m) = mnt {
-                    setns(&m, CloneFlags::CLONE_NEWNS)?;
+                    setns(m.as_fd(), NsType::Mount)?;
                     // setns reset the root to the namespace's: cryo's own, if it had one.
-                    nix::unistd::fchdir(&root)?;
-                    nix::unistd::chroot(".")?;
+                    rustix::process::fchdir(&root)?;
+                    rustix::process::chroot(".")?;
                 }
-                setns(&net, CloneFlags::CLONE_NEWNET)?;
-                nix::unistd::fchdir(&cwd)
+                setns(net.as_fd(), NsType::Network)?;
+                Ok(rustix::process::fchdir(&cwd)?)
             })();
             if let Err(e) = back {
                 // Going on would resolve cryo's own paths in the tree's namespaces. The

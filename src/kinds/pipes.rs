@@ -52,11 +52,9 @@ fn queued(fd: &TargetFd<'_>) -> Result<(u32, Vec<u8>), PipesError> {
         libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
     )
     .map_err(|e| fd.err("open a read end", e))?;
-    let size = sysfd::fcntl(rd.as_fd(), libc::F_GETPIPE_SZ, 0)
-        .map_err(|e| fd.err("F_GETPIPE_SZ", e))? as usize;
+    let size = sysfd::pipe_size(rd.as_fd()).map_err(|e| fd.err("F_GETPIPE_SZ", e))?;
     let (tr, tw) = sysfd::pipe().map_err(|e| fd.err("pipe", e))?;
-    sysfd::fcntl(tw.as_fd(), libc::F_SETPIPE_SZ, size as i64)
-        .map_err(|e| fd.err("F_SETPIPE_SZ on cryo's copy", e))?;
+    sysfd::set_pipe_size(tw.as_fd(), size).map_err(|e| fd.err("F_SETPIPE_SZ on cryo's copy", e))?;
     let n = sysfd::tee(rd.as_fd(), tw.as_fd(), size).map_err(|e| fd.err("tee", e))?;
     let mut buf = vec![0u8; n];
     let mut got = 0;
@@ -175,8 +173,7 @@ impl FdKind for Pipes {
             )
             .map_err(err("reopen through /proc/self/fd"))?
         };
-        sysfd::fcntl(fd.as_fd(), libc::F_SETFL, (pe.flags & SETFL_MASK) as i64)
-            .map_err(err("F_SETFL"))?;
+        sysfd::set_fl(fd.as_fd(), pe.flags & SETFL_MASK).map_err(err("F_SETFL"))?;
         Ok(fd)
     }
 }
@@ -256,8 +253,7 @@ impl FdKind for Fifos {
         let acc = reg.flags & libc::O_ACCMODE as u32;
         let fd = sysfd::open(&reg.name, acc as i32 | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .map_err(err("open"))?;
-        sysfd::fcntl(fd.as_fd(), libc::F_SETFL, (reg.flags & SETFL_MASK) as i64)
-            .map_err(err("F_SETFL"))?;
+        sysfd::set_fl(fd.as_fd(), reg.flags & SETFL_MASK).map_err(err("F_SETFL"))?;
         Ok(fd)
     }
 }
@@ -292,19 +288,20 @@ fn fill(
     };
     let err = |what: &str| obj_err(id, format!("pipe {pipe_id}: {what}"));
     if let Some(size) = e.size {
-        let want = size.max(bytes.len() as u32);
-        let now = sysfd::fcntl(w, libc::F_GETPIPE_SZ, 0).map_err(err("F_GETPIPE_SZ"))?;
-        if now != want as i64 {
-            sysfd::fcntl(w, libc::F_SETPIPE_SZ, want as i64)
-                .map_err(err(&format!("F_SETPIPE_SZ {want}")))?;
+        // u32 to usize is lossless on x86_64.
+        let want = (size as usize).max(bytes.len());
+        let now = sysfd::pipe_size(w).map_err(err("F_GETPIPE_SZ"))?;
+        if now != want {
+            sysfd::set_pipe_size(w, want).map_err(err(&format!("F_SETPIPE_SZ {want}")))?;
         }
     }
-    let fl = sysfd::fcntl(w, libc::F_GETFL, 0).map_err(err("F_GETFL"))?;
-    sysfd::fcntl(w, libc::F_SETFL, fl | libc::O_NONBLOCK as i64).map_err(err("F_SETFL"))?;
+    let fl = sysfd::get_fl(w).map_err(err("F_GETFL"))?;
+    let nonblock = libc::O_NONBLOCK.cast_unsigned();
+    sysfd::set_fl(w, fl | nonblock).map_err(err("F_SETFL"))?;
     let mut off = 0;
     while off < bytes.len() {
         off += sysfd::write(w, &bytes[off..]).map_err(err("write the queued data"))?;
     }
-    sysfd::fcntl(w, libc::F_SETFL, fl).map_err(err("F_SETFL"))?;
+    sysfd::set_fl(w, fl).map_err(err("F_SETFL"))?;
     Ok(())
 }

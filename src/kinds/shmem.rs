@@ -84,18 +84,16 @@ pub fn save_content(
     shmid: u64,
 ) -> Result<(), std::io::Error> {
     let mut ranges = Vec::new();
-    let mut off = 0i64;
-    while (off as u64) < size {
-        use nix::unistd::{lseek, Whence};
-        let Ok(start) = lseek(f, off, Whence::SeekData) else {
+    let mut off = 0u64;
+    while off < size {
+        use rustix::fs::{seek, SeekFrom};
+        let Ok(start) = seek(f, SeekFrom::Data(off)) else {
             break; // ENXIO: no data after off
         };
-        let end = lseek(f, start, Whence::SeekHole)
-            .map(|e| e.min(size as i64))
-            .unwrap_or(size as i64);
+        let end = seek(f, SeekFrom::Hole(start)).map_or(size, |e| e.min(size));
         let (s, e) = (
-            start as u64 & !(PAGE_SIZE - 1),
-            (end as u64).div_ceil(PAGE_SIZE) * PAGE_SIZE,
+            start & !(PAGE_SIZE - 1),
+            end.div_ceil(PAGE_SIZE) * PAGE_SIZE,
         );
         ranges.push((s, e.min(size.div_ceil(PAGE_SIZE) * PAGE_SIZE)));
         off = end;

@@ -64,8 +64,7 @@ impl FdKind for SignalFd {
             .ok_or_else(|| super::files::missing(e.id, "signalfd"))?;
         let err = |what: &str| obj_err(e.id, format!("signalfd: {what}"));
         let fd = sysfd::signalfd(sf.sigmask, libc::SFD_CLOEXEC).map_err(err("signalfd4"))?;
-        sysfd::fcntl(fd.as_fd(), libc::F_SETFL, (sf.flags & SETFL_MASK) as i64)
-            .map_err(err("F_SETFL"))?;
+        sysfd::set_fl(fd.as_fd(), sf.flags & SETFL_MASK).map_err(err("F_SETFL"))?;
         Ok(fd)
     }
 }

@@ -100,8 +100,7 @@ impl FdKind for TimerFd {
         if t.ticks != 0 {
             sysfd::timerfd_set_ticks(fd.as_fd(), t.ticks).map_err(err("TFD_IOC_SET_TICKS"))?;
         }
-        sysfd::fcntl(fd.as_fd(), libc::F_SETFL, (t.flags & SETFL_MASK) as i64)
-            .map_err(err("F_SETFL"))?;
+        sysfd::set_fl(fd.as_fd(), t.flags & SETFL_MASK).map_err(err("F_SETFL"))?;
         Ok(fd)
     }
 }

@@ -362,10 +362,10 @@ fn describe(
     e.termios = Some(to_pb(&termios));
     e.termios_locked = sys::tty::locked_termios(fd).ok().map(|l| to_pb(&l));
     e.winsize = sys::tty::winsize(fd).ok().map(|w| pb::WinsizeEntry {
-        ws_row: w.ws_row as u32,
-        ws_col: w.ws_col as u32,
-        ws_xpixel: w.ws_xpixel as u32,
-        ws_ypixel: w.ws_ypixel as u32,
+        ws_row: w.ws_row.into(),
+        ws_col: w.ws_col.into(),
+        ws_xpixel: w.ws_xpixel.into(),
+        ws_ypixel: w.ws_ypixel.into(),
     });
     e.exclusive = sys::tty::exclusive(fd).unwrap_or(false);
     if side == Side::Master {
@@ -543,8 +543,8 @@ fn too_much() -> std::io::Error {
 /// reads; the description is the task's). In packet mode each read starts with a status
 /// byte: data packets keep their payload, pending control status is dropped.
 fn read_master(fd: BorrowedFd<'_>, packet: bool, out: &mut Vec<u8>) -> std::io::Result<()> {
-    let fl = sys::fd::fcntl(fd, libc::F_GETFL, 0)?;
-    sys::fd::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK as i64)?;
+    let fl = sys::fd::get_fl(fd)?;
+    sys::fd::set_fl(fd, fl | libc::O_NONBLOCK.cast_unsigned())?;
     let mut buf = vec![0u8; 8192];
     let r = loop {
         match sys::fd::read(fd, &mut buf) {
@@ -566,7 +566,7 @@ fn read_master(fd: BorrowedFd<'_>, packet: bool, out: &mut Vec<u8>) -> std::io::
             break Err(too_much());
         }
     };
-    sys::fd::fcntl(fd, libc::F_SETFL, fl)?;
+    sys::fd::set_fl(fd, fl)?;
     r
 }
 
@@ -972,13 +972,18 @@ impl TtyStore {
             }
         }
         if let Some(w) = info.winsize.as_ref() {
-            let w = libc::winsize {
-                ws_row: w.ws_row as u16,
-                ws_col: w.ws_col as u16,
-                ws_xpixel: w.ws_xpixel as u16,
-                ws_ypixel: w.ws_ypixel as u16,
+            let dim = |v: u32| {
+                u16::try_from(v).map_err(|_| {
+                    TaskError::BadImage(format!("tty {index}: window size {v} is out of range"))
+                })
             };
-            sys::tty::set_winsize(master.as_fd(), &w)
+            let w = rustix::termios::Winsize {
+                ws_row: dim(w.ws_row)?,
+                ws_col: dim(w.ws_col)?,
+                ws_xpixel: dim(w.ws_xpixel)?,
+                ws_ypixel: dim(w.ws_ypixel)?,
+            };
+            sys::tty::set_winsize(master.as_fd(), w)
                 .map_err(tty_err(index, "TIOCSWINSZ".into()))?;
         }
         let master_info = minfo.cloned();

@@ -59,6 +59,12 @@ pub enum RestoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create a process with PID {pid}")]
+    Spawn {
+        pid: i32,
+        #[source]
+        source: crate::sys::proc::SpawnError,
+    },
     #[error("{what} failed on the restored process")]
     Ptrace {
         what: &'static str,
@@ -127,6 +133,7 @@ impl RestoreError {
                 return Some("wait until it exits (a killed process is gone once its parent reaps it); a tree dumped as the init of its own PID namespace is restored in a new one, where its PIDs are always free".into())
             }
             RestoreError::Fork { .. }
+            | RestoreError::Spawn { .. }
             | RestoreError::Ptrace { .. }
             | RestoreError::Remote(_)
             | RestoreError::WriteMemory { .. }
@@ -739,7 +746,9 @@ fn create_threads(
 /// Without `-d`, like criu: stay the parent until the restored root exits. A shell job had
 /// the terminal's foreground since before it was released (`run`); cryo takes it back.
 pub fn wait_for(root: i32, shell_job: bool) {
-    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(root), None);
+    if let Some(pid) = rustix::process::Pid::from_raw(root) {
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    }
     if !shell_job {
         return;
     }
@@ -748,11 +757,8 @@ pub fn wait_for(root: i32, shell_job: bool) {
         .write(true)
         .open("/dev/tty")
     {
-        use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
-        let mut ttou = SigSet::empty();
-        ttou.add(Signal::SIGTTOU);
-        let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&ttou), None);
-        let _ = nix::unistd::tcsetpgrp(&tty, nix::unistd::getpgrp());
+        crate::sys::proc::block_signal(libc::SIGTTOU);
+        let _ = rustix::termios::tcsetpgrp(&tty, rustix::process::getpgrp());
     }
 }
 
@@ -766,10 +772,13 @@ fn foreground(root: i32) {
     else {
         return;
     };
-    let Ok(job) = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(root))) else {
+    let Some(root) = rustix::process::Pid::from_raw(root) else {
         return;
     };
-    if let Err(e) = nix::unistd::tcsetpgrp(&tty, job) {
+    let Ok(job) = rustix::process::getpgid(Some(root)) else {
+        return;
+    };
+    if let Err(e) = rustix::termios::tcsetpgrp(&tty, job) {
         tracing::warn!("could not give the terminal to the restored job: {e}");
     }
 }
@@ -929,15 +938,17 @@ pub fn run(
     };
     let forking = Instant::now();
     let sibling = opts.sibling;
-    let child = crate::sys::proc::spawn_puppet(vroot, own_pid_ns, sibling).map_err(|source| {
-        if source.raw_os_error() == Some(libc::EEXIST) {
-            RestoreError::PidBusy {
-                pid: vroot,
-                who: "a process that appeared meanwhile".into(),
-            }
-        } else {
-            RestoreError::Fork { pid: vroot, source }
-        }
+    // The puppet is a fork of cryo, which must then have one thread: the progress display
+    // stops for that moment.
+    let paused = crate::progress::pause();
+    let spawned = crate::sys::proc::spawn_puppet(vroot, own_pid_ns, sibling);
+    drop(paused);
+    let child = spawned.map_err(|source| match source.errno() {
+        Some(libc::EEXIST) => RestoreError::PidBusy {
+            pid: vroot,
+            who: "a process that appeared meanwhile".into(),
+        },
+        _ => RestoreError::Spawn { pid: vroot, source },
     })?;
     // From here on, `root` is the restored root's PID in cryo's namespace.
     let root = child;

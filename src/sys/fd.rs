@@ -3,116 +3,156 @@
 //! handles, and the `tee` that reads a pipe without draining it. Restore builds such objects
 //! here and the puppet takes them with `pidfd_getfd` on cryo, so every fd that shares an open
 //! file description in the images shares one again.
+//!
+//! Calls go through rustix, which types them; these functions only take the raw ints the
+//! images keep (flags, clock ids, signal masks) and give `std::io` results. `unsafe` is left
+//! for what rustix does not cover: `signalfd4`, `TFD_IOC_SET_TICKS`, `open_by_handle_at`, and
+//! adopting a raw fd cryo was handed at exec.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use rustix::event::{epoll, EventfdFlags};
+use rustix::fs::{inotify, MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags};
+use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
 use super::cvt;
 
 fn owned(ret: libc::c_long) -> io::Result<OwnedFd> {
-    let fd = cvt(ret)? as RawFd;
+    let fd = RawFd::try_from(cvt(ret)?).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: the kernel just returned this new fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn cstr(path: &str) -> io::Result<CString> {
-    CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
 }
 
 /// `pidfd_open(pid, 0)`.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain integer arguments.
-    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
+    let pid = Pid::from_raw(pid).ok_or_else(einval)?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// A pidfd of cryo itself at the lowest fd number not below `at` (close-on-exec).
 pub fn pidfd_open_self_at(at: RawFd) -> io::Result<OwnedFd> {
-    let fd = pidfd_open(std::process::id() as i32)?;
-    // SAFETY: plain integer arguments on an fd we own.
-    owned(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, at) } as libc::c_long)
+    let fd = pidfd_open(super::proc::own_pid())?;
+    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, at)?)
 }
 
 /// `pidfd_getfd`: a new fd in cryo for the open file description behind `fd` in the process
 /// `pidfd` refers to (the same description, like SCM_RIGHTS).
 pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain integer arguments.
-    owned(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })
+    Ok(rustix::process::pidfd_getfd(
+        pidfd,
+        fd,
+        PidfdGetfdFlags::empty(),
+    )?)
 }
 
 /// `openat(AT_FDCWD, path, flags)`; also reopens `/proc/PID/fd/N` (a new description of a
-/// pipe, FIFO or file).
+/// pipe, FIFO or file). `flags` are the kernel's `O_*` bits, as images keep them.
 pub fn open(path: &str, flags: i32) -> io::Result<OwnedFd> {
-    let p = cstr(path)?;
-    // SAFETY: p is a valid NUL-terminated string for the call.
-    owned(unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, p.as_ptr(), flags, 0) })
+    let flags = OFlags::from_bits_retain(flags.cast_unsigned());
+    Ok(rustix::fs::open(path, flags, Mode::empty())?)
 }
 
 /// `pipe2(O_CLOEXEC)`: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: fds has room for the two fds.
-    cvt(unsafe { libc::syscall(libc::SYS_pipe2, fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: both fds are new and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?)
 }
 
 /// `tee(in, out, len, SPLICE_F_NONBLOCK)`: copies up to `len` bytes queued in pipe `input`
 /// into pipe `out` without consuming them. 0 when `input` is empty.
 pub fn tee(input: BorrowedFd<'_>, out: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    // SAFETY: plain integer arguments.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_tee,
-            input.as_raw_fd(),
-            out.as_raw_fd(),
-            len,
-            libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    match cvt(r) {
-        Ok(n) => Ok(n as usize),
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(0),
-        Err(e) => Err(e),
+    match rustix::pipe::tee(input, out, len, SpliceFlags::NONBLOCK) {
+        Ok(n) => Ok(n),
+        Err(rustix::io::Errno::AGAIN) => Ok(0),
+        Err(e) => Err(e.into()),
     }
 }
 
-/// `fcntl(fd, cmd, arg)` for the integer commands (F_GETFL, F_SETFL, F_GETPIPE_SZ, ...).
-pub fn fcntl(fd: BorrowedFd<'_>, cmd: i32, arg: i64) -> io::Result<i64> {
-    // SAFETY: integer-argument fcntl commands only.
-    cvt(unsafe { libc::syscall(libc::SYS_fcntl, fd.as_raw_fd(), cmd, arg) })
+/// `fcntl(F_GETFL)`: the file status flags and access mode, as the kernel's `O_*` bits.
+pub fn get_fl(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(rustix::fs::fcntl_getfl(fd)?.bits())
+}
+
+/// `fcntl(F_SETFL, flags)` (the kernel changes only the bits F_SETFL may change).
+pub fn set_fl(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
+    Ok(rustix::fs::fcntl_setfl(
+        fd,
+        OFlags::from_bits_retain(flags),
+    )?)
+}
+
+/// `fcntl(F_GETPIPE_SZ)`: a pipe's capacity in bytes.
+pub fn pipe_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    Ok(rustix::pipe::fcntl_getpipe_size(fd)?)
+}
+
+/// `fcntl(F_SETPIPE_SZ, size)`: the capacity the kernel gave (at least `size`).
+pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
+    Ok(rustix::pipe::fcntl_setpipe_size(fd, size)?)
+}
+
+/// `fcntl(F_GET_SEALS)`: a memfd's seals, as the kernel's `F_SEAL_*` bits.
+pub fn seals(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(rustix::fs::fcntl_get_seals(fd)?.bits())
+}
+
+/// `fcntl(F_ADD_SEALS, seals)`.
+pub fn add_seals(fd: BorrowedFd<'_>, seals: u32) -> io::Result<()> {
+    Ok(rustix::fs::fcntl_add_seals(
+        fd,
+        SealFlags::from_bits_retain(seals),
+    )?)
 }
 
 /// `read(2)` into `buf`.
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for writes of its length.
-    cvt(unsafe { libc::syscall(libc::SYS_read, fd.as_raw_fd(), buf.as_mut_ptr(), buf.len()) })
-        .map(|n| n as usize)
+    Ok(rustix::io::read(fd, buf)?)
 }
 
 /// `write(2)` from `buf`.
 pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for reads of its length.
-    cvt(unsafe { libc::syscall(libc::SYS_write, fd.as_raw_fd(), buf.as_ptr(), buf.len()) })
-        .map(|n| n as usize)
+    Ok(rustix::io::write(fd, buf)?)
 }
 
-/// `eventfd2(0, flags)`.
+/// `eventfd2(0, flags)` (`flags`: the kernel's `EFD_*` bits).
 pub fn eventfd(flags: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain integer arguments.
-    owned(unsafe { libc::syscall(libc::SYS_eventfd2, 0, flags) })
+    let flags = EventfdFlags::from_bits_retain(flags.cast_unsigned());
+    Ok(rustix::event::eventfd(0, flags)?)
 }
 
-/// `signalfd4(-1, mask, flags)` with a raw 64-bit signal mask.
+/// `signalfd4(-1, mask, flags)` with a raw 64-bit signal mask (rustix has no signalfd).
 pub fn signalfd(mask: u64, flags: i32) -> io::Result<OwnedFd> {
     // SAFETY: mask is valid for reads of 8 bytes (the kernel's sigset size).
     owned(unsafe { libc::syscall(libc::SYS_signalfd4, -1, &mask as *const u64, 8, flags) })
 }
 
-/// `timerfd_create(clockid, flags)`.
+/// `timerfd_create(clockid, flags)` (`clockid` as images keep it: realtime, monotonic,
+/// boottime or their alarm variants).
 pub fn timerfd_create(clockid: i32, flags: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain integer arguments.
-    owned(unsafe { libc::syscall(libc::SYS_timerfd_create, clockid, flags) })
+    let clock = match clockid {
+        libc::CLOCK_REALTIME => TimerfdClockId::Realtime,
+        libc::CLOCK_MONOTONIC => TimerfdClockId::Monotonic,
+        libc::CLOCK_BOOTTIME => TimerfdClockId::Boottime,
+        libc::CLOCK_REALTIME_ALARM => TimerfdClockId::RealtimeAlarm,
+        libc::CLOCK_BOOTTIME_ALARM => TimerfdClockId::BoottimeAlarm,
+        _ => return Err(einval()),
+    };
+    let flags = TimerfdFlags::from_bits_retain(flags.cast_unsigned());
+    Ok(rustix::time::timerfd_create(clock, flags)?)
+}
+
+/// A time as (seconds, nanoseconds), checked: both must fit the kernel's `timespec`.
+fn timespec((sec, nsec): (u64, u64)) -> io::Result<Timespec> {
+    Ok(Timespec {
+        tv_sec: i64::try_from(sec).map_err(|_| einval())?,
+        tv_nsec: i64::try_from(nsec).map_err(|_| einval())?,
+    })
 }
 
 /// `timerfd_settime(fd, flags, {interval, value})`, times as (seconds, nanoseconds).
@@ -122,30 +162,17 @@ pub fn timerfd_settime(
     value: (u64, u64),
     interval: (u64, u64),
 ) -> io::Result<()> {
-    let its = libc::itimerspec {
-        it_interval: libc::timespec {
-            tv_sec: interval.0 as i64,
-            tv_nsec: interval.1 as i64,
-        },
-        it_value: libc::timespec {
-            tv_sec: value.0 as i64,
-            tv_nsec: value.1 as i64,
-        },
+    let its = Itimerspec {
+        it_interval: timespec(interval)?,
+        it_value: timespec(value)?,
     };
-    // SAFETY: its is a valid itimerspec; the old value is not requested.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_timerfd_settime,
-            fd.as_raw_fd(),
-            flags,
-            &its as *const libc::itimerspec,
-            0,
-        )
-    })
-    .map(|_| ())
+    let flags = TimerfdTimerFlags::from_bits_retain(flags.cast_unsigned());
+    rustix::time::timerfd_settime(fd, flags, &its)?;
+    Ok(())
 }
 
-/// `TFD_IOC_SET_TICKS`: the expiration count a timerfd reports before its next expiry.
+/// `TFD_IOC_SET_TICKS`: the expiration count a timerfd reports before its next expiry
+/// (rustix has no such ioctl).
 pub fn timerfd_set_ticks(fd: BorrowedFd<'_>, ticks: u64) -> io::Result<()> {
     const TFD_IOC_SET_TICKS: u64 = 0x4008_5400; // _IOW('T', 0, u64)
                                                 // SAFETY: the ioctl reads one u64 from a valid pointer.
@@ -157,51 +184,42 @@ pub fn timerfd_set_ticks(fd: BorrowedFd<'_>, ticks: u64) -> io::Result<()> {
             &ticks as *const u64,
         )
     })
-    .map(|_| ())
+    .map(drop)
 }
 
 /// `epoll_create1(EPOLL_CLOEXEC)`.
 pub fn epoll_create() -> io::Result<OwnedFd> {
-    // SAFETY: plain integer arguments.
-    owned(unsafe { libc::syscall(libc::SYS_epoll_create1, libc::EPOLL_CLOEXEC) })
+    Ok(epoll::create(epoll::CreateFlags::CLOEXEC)?)
 }
 
-/// `inotify_init1(flags)`.
+/// `inotify_init1(flags)` (`flags`: the kernel's `IN_*` creation bits).
 pub fn inotify_init(flags: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain integer arguments.
-    owned(unsafe { libc::syscall(libc::SYS_inotify_init1, flags) })
+    let flags = inotify::CreateFlags::from_bits_retain(flags.cast_unsigned());
+    Ok(inotify::init(flags)?)
 }
 
 /// `inotify_add_watch(fd, path, mask)`: the watch descriptor.
 pub fn inotify_add_watch(fd: BorrowedFd<'_>, path: &str, mask: u32) -> io::Result<i32> {
-    let p = cstr(path)?;
-    // SAFETY: p is a valid NUL-terminated string for the call.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_inotify_add_watch,
-            fd.as_raw_fd(),
-            p.as_ptr(),
-            mask,
-        )
-    })
-    .map(|w| w as i32)
+    let mask = inotify::WatchFlags::from_bits_retain(mask);
+    Ok(inotify::add_watch(fd, path, mask)?)
 }
 
 /// `inotify_rm_watch(fd, wd)`.
 pub fn inotify_rm_watch(fd: BorrowedFd<'_>, wd: i32) -> io::Result<()> {
-    // SAFETY: plain integer arguments.
-    cvt(unsafe { libc::syscall(libc::SYS_inotify_rm_watch, fd.as_raw_fd(), wd) }).map(|_| ())
+    Ok(inotify::remove_watch(fd, wd)?)
 }
 
-/// `open_by_handle_at(mount_fd, {bytes, type, handle}, O_PATH)`: the file a handle names.
+/// `open_by_handle_at(mount_fd, {bytes, type, handle}, O_PATH)`: the file a handle names
+/// (rustix has no file handles).
 pub fn open_by_handle(
     mount_fd: BorrowedFd<'_>,
     handle_type: i32,
     handle: &[u8],
 ) -> io::Result<OwnedFd> {
     // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+    let len = u32::try_from(handle.len()).map_err(|_| einval())?;
     let mut buf = Vec::with_capacity(8 + handle.len());
-    buf.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+    buf.extend_from_slice(&len.to_ne_bytes());
     buf.extend_from_slice(&handle_type.to_ne_bytes());
     buf.extend_from_slice(handle);
     // SAFETY: buf holds a complete file_handle of the length its header states.
@@ -215,11 +233,12 @@ pub fn open_by_handle(
     })
 }
 
-/// `memfd_create(name, flags)`.
+/// `memfd_create(name, flags)` (`flags`: the kernel's `MFD_*` bits).
 pub fn memfd_create(name: &str, flags: u32) -> io::Result<OwnedFd> {
-    let n = cstr(name)?;
-    // SAFETY: n is a valid NUL-terminated string for the call.
-    owned(unsafe { libc::syscall(libc::SYS_memfd_create, n.as_ptr(), flags) })
+    Ok(rustix::fs::memfd_create(
+        name,
+        MemfdFlags::from_bits_retain(flags),
+    )?)
 }
 
 /// Takes ownership of `fd`, an fd this process was given at exec (e.g. `swrk FD`). The
@@ -234,5 +253,7 @@ pub fn adopt(fd: RawFd) -> OwnedFd {
 /// a new fd for the same open file description.
 pub fn dup_raw(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: plain integer arguments; an fd that is not open gives EBADF.
-    owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) } as libc::c_long)
+    owned(libc::c_long::from(unsafe {
+        libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0)
+    }))
 }

@@ -1,8 +1,10 @@
 //! The only place in cryo that talks to the kernel through `unsafe` code.
 //!
 //! Policy: every function here is a small, typed, safe wrapper around one syscall or ioctl
-//! (named after it), returning `std::io::Result` (or `nix::Result`). Callers never see raw
-//! pointers. Operations that *mutate another process* (register writes, pokes, injected
+//! (named after it), returning `std::io::Result`. Callers never see raw pointers. Syscalls
+//! go through rustix wherever it has them; the hand-written `unsafe` left is for what it
+//! lacks (ptrace, `process_vm_*`, `clone3` with `set_tid`, userfaultfd and `PAGEMAP_SCAN`,
+//! SysV IPC, a few tty and socket ioctls). Operations that *mutate another process* (register writes, pokes, injected
 //! syscalls) are methods on [`ptrace::Tracee`] or [`remote::Remote`] so a reader can find every
 //! place where cryo touches a target. The crate denies `unsafe_code`; this module opts in.
 
@@ -15,6 +17,7 @@ pub mod ipc;
 pub mod mem;
 pub mod mount;
 pub mod net;
+pub mod ns;
 pub mod proc;
 pub mod ptrace;
 pub mod remote;

@@ -16,8 +16,14 @@ use super::cvt;
 /// waits in `pause()` for cryo to seize it instead of `PTRACE_TRACEME` (which would make
 /// that parent its tracer).
 ///
-/// The caller must be single-threaded (this is a fork).
-pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> io::Result<i32> {
+/// cryo must have a single thread, checked here at the moment of the fork: the check cannot
+/// go stale, since only a thread of cryo's could start another, and the caller is the only
+/// one. (The child of a multi-threaded fork gets a copy of memory the other threads were in
+/// the middle of changing; the puppet's tracer is the calling thread.) Fails with
+/// [`SpawnError::Threads`] otherwise: callers pause anything that runs in a thread of its
+/// own first (`progress::pause` stops the CLI's progress display).
+pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> Result<i32, SpawnError> {
+    wait_single_threaded()?;
     let tid = pid;
     let mut flags = if new_pid_ns {
         libc::CLONE_NEWPID as u64
@@ -55,7 +61,45 @@ pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> io::Result<i32
             libc::_exit(127);
         }
     }
-    cvt(r).map(|p| p as i32)
+    let pid = cvt(r).map_err(SpawnError::Clone)?;
+    i32::try_from(pid).map_err(|_| SpawnError::Clone(io::Error::from_raw_os_error(libc::EOVERFLOW)))
+}
+
+/// Why the restore puppet could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cryo has {0} threads: the restore puppet must be forked from a single-threaded cryo")]
+    Threads(usize),
+    #[error("clone3 failed")]
+    Clone(#[source] io::Error),
+}
+
+impl SpawnError {
+    /// The errno of a failed clone3.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            SpawnError::Clone(e) => e.raw_os_error(),
+            SpawnError::Threads(_) => None,
+        }
+    }
+}
+
+/// Waits (at most a second) until cryo has one thread. Worker threads that finished their
+/// work (a scope ends when their closures return) take a moment to leave /proc/self/task.
+fn wait_single_threaded() -> Result<(), SpawnError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        match threads().map_err(SpawnError::Clone)? {
+            1 => return Ok(()),
+            n if std::time::Instant::now() >= deadline => return Err(SpawnError::Threads(n)),
+            _ => std::thread::sleep(std::time::Duration::from_micros(200)),
+        }
+    }
+}
+
+/// How many threads cryo has now (entries of /proc/self/task).
+pub fn threads() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 
 /// cryo's own PID (in its own PID namespace).
@@ -172,6 +216,18 @@ pub fn own_sigactions() -> Vec<[u64; 4]> {
             k
         })
         .collect()
+}
+
+/// Blocks signal `sig` in the calling thread (rustix has no sigprocmask).
+pub fn block_signal(sig: i32) {
+    // SAFETY: sigset_t is plain old data filled by sigemptyset/sigaddset; the old mask is not
+    // asked for.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);

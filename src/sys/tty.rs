@@ -1,9 +1,16 @@
 //! Terminal ioctls on cryo's own fds (pty masters and slaves it took from a target with
 //! `pidfd_getfd` at dump, or made itself at restore): termios, window size, pty index, lock,
 //! packet and exclusive modes, session and foreground group, queued byte counts.
+//!
+//! rustix covers the window size, exclusive mode, foreground group, `FIONREAD` and
+//! `statfs`. The rest is hand-written: rustix's `Termios` does not expose every one of the
+//! kernel's 19 control characters (the images keep them all, as CRIU's), and it has no
+//! locked termios, pty index, pty lock or packet-mode ioctls.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+
+use rustix::termios::Winsize;
 
 use super::cvt;
 
@@ -64,29 +71,13 @@ pub fn set_locked_termios(fd: BorrowedFd<'_>, t: &Termios) -> io::Result<()> {
 }
 
 /// `TIOCGWINSZ`.
-pub fn winsize(fd: BorrowedFd<'_>) -> io::Result<libc::winsize> {
-    let mut w = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ writes one struct winsize into w.
-    cvt(unsafe {
-        libc::ioctl(
-            fd.as_raw_fd(),
-            libc::TIOCGWINSZ,
-            &mut w as *mut libc::winsize,
-        )
-    } as libc::c_long)?;
-    Ok(w)
+pub fn winsize(fd: BorrowedFd<'_>) -> io::Result<Winsize> {
+    Ok(rustix::termios::tcgetwinsize(fd)?)
 }
 
 /// `TIOCSWINSZ`.
-pub fn set_winsize(fd: BorrowedFd<'_>, w: &libc::winsize) -> io::Result<()> {
-    // SAFETY: TIOCSWINSZ reads one struct winsize from w.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, w as *const libc::winsize) };
-    cvt(r as libc::c_long).map(|_| ())
+pub fn set_winsize(fd: BorrowedFd<'_>, w: Winsize) -> io::Result<()> {
+    Ok(rustix::termios::tcsetwinsize(fd, w)?)
 }
 
 /// `TIOCGPTN`: the index of a pty master.
@@ -121,36 +112,38 @@ pub fn exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
 
 /// `TIOCEXCL` / `TIOCNXCL`.
 pub fn set_exclusive(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    let req = if on { libc::TIOCEXCL } else { libc::TIOCNXCL };
-    // SAFETY: TIOCEXCL and TIOCNXCL take no argument.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), req) };
-    cvt(r as libc::c_long).map(|_| ())
+    if on {
+        Ok(rustix::termios::ioctl_tiocexcl(fd)?)
+    } else {
+        Ok(rustix::termios::ioctl_tiocnxcl(fd)?)
+    }
 }
 
 /// `TIOCGSID`: the session whose controlling terminal this is (on a master: its slave's).
+/// Hand-written: the kernel answers 0 when the session is not in cryo's PID namespace (a
+/// container's console), which rustix's `Pid` cannot hold.
 pub fn session(fd: BorrowedFd<'_>) -> io::Result<i32> {
     get_int(fd, libc::TIOCGSID)
 }
 
-/// `TIOCGPGRP`: the foreground process group (on a master: its slave's).
+/// `TIOCGPGRP`: the foreground process group (on a master: its slave's); 0 when none.
 pub fn foreground(fd: BorrowedFd<'_>) -> io::Result<i32> {
-    get_int(fd, libc::TIOCGPGRP)
+    match rustix::termios::tcgetpgrp(fd) {
+        Ok(p) => Ok(p.as_raw_nonzero().get()),
+        // rustix's answer when the kernel says 0.
+        Err(rustix::io::Errno::OPNOTSUPP) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `FIONREAD`: bytes a read would return now (in canonical mode: complete lines only).
 pub fn queued(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    get_int(fd, libc::FIONREAD).map(|v| v as usize)
+    let n = rustix::io::ioctl_fionread(fd)?;
+    usize::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
 }
 
 /// `statfs(path)`: is it the root of a devpts mount?
 pub fn is_devpts(path: &str) -> bool {
     const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
-    let Ok(p) = std::ffi::CString::new(path) else {
-        return false;
-    };
-    // SAFETY: statfs is plain old data; zero is a valid value.
-    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: p is NUL-terminated and s outlives the call.
-    let r = unsafe { libc::statfs(p.as_ptr(), &mut s) };
-    r == 0 && s.f_type as i64 == DEVPTS_SUPER_MAGIC
+    rustix::fs::statfs(path).is_ok_and(|s| s.f_type == DEVPTS_SUPER_MAGIC)
 }

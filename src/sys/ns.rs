@@ -1,0 +1,25 @@
+//! The namespaces of cryo's own threads: `setns` into a namespace held open as an fd, and
+//! `unshare`. A thread doing this (the mount-tree builder, the IPC and cgroup workers, the
+//! `InNs` guard) is one cryo starts for the purpose and ends, or brings back.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+pub use rustix::thread::{LinkNameSpaceType as NsType, UnshareFlags};
+
+/// `setns(fd, kind)`: the calling thread joins the namespace `fd` names (of kind `kind`).
+pub fn setns(fd: BorrowedFd<'_>, kind: NsType) -> io::Result<()> {
+    Ok(rustix::thread::move_into_link_name_space(fd, Some(kind))?)
+}
+
+/// `unshare(flags)` for the calling thread: new namespaces, or its own copy of the file
+/// system information (`UnshareFlags::FS`). Its own fd table (`UnshareFlags::FILES`) is
+/// refused: fds other threads hand it would no longer be in its table.
+pub fn unshare(flags: UnshareFlags) -> io::Result<()> {
+    if flags.contains(UnshareFlags::FILES) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: the only hazard of unshare is CLONE_FILES (a thread that no longer shares the
+    // fd table could use fds another thread owns, or lose its own), refused above.
+    Ok(unsafe { rustix::thread::unshare_unsafe(flags) }?)
+}
