@@ -1,6 +1,8 @@
 //! Compiles proto/ (our CRIU-wire-compatible schemas) with protox + prost-build, so no system
 //! `protoc` is needed. Also embeds the descriptor set, which `cryo show` uses to decode any image.
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 
 fn main() {

@@ -10,6 +10,9 @@
 //! - `show`: decode any image to JSON (`cryo show`).
 //! - `logging`: CRIU-style log files and levels.
 
+// Only `sys` may use `unsafe` (each block with a `// SAFETY:` comment).
+#![deny(unsafe_code)]
+
 pub mod cli;
 pub mod dump;
 pub mod fault;
@@ -18,6 +21,7 @@ pub mod image;
 pub mod kinds;
 pub mod logging;
 pub mod notify;
+pub mod num;
 pub mod procfs;
 pub mod progress;
 pub mod restore;

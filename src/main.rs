@@ -1,6 +1,8 @@
 //! The `cryo` binary (also answers as `criu` through a symlink): parses the command line,
 //! sets up logging, runs the command, prints errors with a hint, maps them to exit codes.
 
+#![deny(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

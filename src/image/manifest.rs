@@ -167,7 +167,7 @@ fn open_checked(path: &Path, want: &FileDigest) -> Result<Mapping, ImageError> {
     if want.blocks.len() as u64 != size.div_ceil(BLOCK as u64) {
         return Err(digest_err("block list does not match the size".into()));
     }
-    let map = Mapping::file_ro(&f, size as usize).map_err(|e| io("mmap", e))?;
+    let map = Mapping::file_ro(&f, crate::num::usize_of(size)).map_err(|e| io("mmap", e))?;
     map.advise(libc::MADV_WILLNEED);
     Ok(map)
 }
@@ -182,7 +182,7 @@ mod tests {
     fn block_digest_is_xxh3_128() {
         let data = |n: usize| -> Vec<u8> {
             (0..n)
-                .map(|i| (i.wrapping_mul(31) ^ (i >> 9)) as u8)
+                .map(|i| (i.wrapping_mul(31) ^ (i >> 9)).to_le_bytes()[0])
                 .collect()
         };
         for (n, want) in [

@@ -17,6 +17,8 @@ use std::sync::Mutex;
 
 use prost::Message;
 
+use crate::num::usize_of;
+
 pub use manifest::Manifest;
 
 /// Head magic of ordinary images.
@@ -250,7 +252,7 @@ impl ImageDir {
     ) -> Result<(), ImageError> {
         let mut buf = head(kind);
         for e in entries {
-            buf.extend_from_slice(&(e.encoded_len() as u32).to_ne_bytes());
+            buf.extend_from_slice(&frame_len(e.encoded_len()));
             e.encode(&mut buf).expect("Vec grows");
         }
         self.write_raw(name, &buf)
@@ -345,7 +347,7 @@ impl ImageDir {
     ) -> Result<(), ImageError> {
         let mut buf = head(kind);
         for (e, data) in entries {
-            buf.extend_from_slice(&(e.encoded_len() as u32).to_ne_bytes());
+            buf.extend_from_slice(&frame_len(e.encoded_len()));
             e.encode(&mut buf).expect("Vec grows");
             buf.extend_from_slice(data);
         }
@@ -361,10 +363,10 @@ impl ImageDir {
     ) -> Result<(), ImageError> {
         let mut buf = head(PAGEMAP);
         let head = pb::PagemapHead { pages_id };
-        buf.extend_from_slice(&(head.encoded_len() as u32).to_ne_bytes());
+        buf.extend_from_slice(&frame_len(head.encoded_len()));
         head.encode(&mut buf).expect("Vec grows");
         for e in entries {
-            buf.extend_from_slice(&(e.encoded_len() as u32).to_ne_bytes());
+            buf.extend_from_slice(&frame_len(e.encoded_len()));
             e.encode(&mut buf).expect("Vec grows");
         }
         self.write_raw(name, &buf)
@@ -532,55 +534,66 @@ pub fn entries_with_data<'a>(
             what: "entry payload",
         })?;
         let data_len = extra_len(kind, payload, &bytes[start + len..]);
-        let data = bytes
-            .get(start + len..start + len + data_len)
+        let data = data_len
+            .and_then(|n| (start + len).checked_add(n))
+            .and_then(|end| bytes.get(start + len..end))
             .ok_or(ImageError::Truncated {
                 path: path.to_path_buf(),
                 offset: start + len,
                 what: "queued data after the entry",
             })?;
         out.push((off, payload, data));
-        off = start + len + data_len;
+        off = start + len + data.len();
     }
     Ok(out)
 }
 
 /// Raw bytes that follow an entry of some kinds (pipe and socket queue data, SysV IPC
 /// contents); `rest` is what follows the entry in the file.
-fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
+/// None when the size an entry gives cannot be a size (a damaged image).
+fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> Option<usize> {
     let field = if kind.name == IPCNS_SHM.name {
         // The segment's bytes, padded to 4, unless CRIU put them in a shmem pagemap.
         pb::IpcShmEntry::decode(payload).map(|e| {
             if e.in_pagemaps == Some(true) {
-                0
+                Some(0)
             } else {
-                (e.size as usize).next_multiple_of(4)
+                usize_of(e.size).checked_next_multiple_of(4)
             }
         })
     } else if kind.name == IPCNS_SEM.name {
-        pb::IpcSemEntry::decode(payload).map(|e| sem_values_len(e.nsems as usize))
+        pb::IpcSemEntry::decode(payload).map(|e| Some(sem_values_len(e.nsems as usize)))
     } else if kind.name == IPCNS_MSG.name {
         pb::IpcMsgEntry::decode(payload).map(|e| {
-            split_ipc_msgs(rest, e.qnum as usize)
-                .map(|(_, used)| used)
-                .unwrap_or(rest.len() + 1)
+            Some(
+                split_ipc_msgs(rest, e.qnum as usize)
+                    .map(|(_, used)| used)
+                    .unwrap_or(rest.len() + 1),
+            )
         })
     } else if kind.name == PIPES_DATA.name || kind.name == FIFO_DATA.name {
-        pb::PipeDataEntry::decode(payload).map(|e| e.bytes as usize)
+        pb::PipeDataEntry::decode(payload).map(|e| Some(e.bytes as usize))
     } else if kind.name == SK_QUEUES.name {
-        pb::SkPacketEntry::decode(payload).map(|e| e.length as usize)
+        pb::SkPacketEntry::decode(payload).map(|e| Some(e.length as usize))
     } else if kind.name == GHOST_FILE.name {
         pb::GhostFileEntry::decode(payload).map(|e| {
             if e.chunks == Some(true) {
-                0
+                Some(0)
             } else {
-                e.size.unwrap_or(0) as usize
+                Some(usize_of(e.size.unwrap_or(0)))
             }
         })
     } else {
-        return 0;
+        return Some(0);
     };
-    field.unwrap_or(0)
+    field.unwrap_or(Some(0))
+}
+
+/// The u32 that frames an encoded entry. Protobuf messages are under 2 GiB (the format's own
+/// limit), which a u32 holds.
+#[allow(clippy::cast_possible_truncation)] // below 2 GiB, see above
+fn frame_len(len: usize) -> [u8; 4] {
+    (len as u32).to_ne_bytes()
 }
 
 /// Bytes the values of a semaphore set take in `ipcns-sem`: one u16 each, padded to 8.
@@ -593,7 +606,7 @@ pub fn sem_values_len(nsems: usize) -> usize {
 pub fn ipc_msgs_data(msgs: &[(pb::IpcMsg, Vec<u8>)]) -> Vec<u8> {
     let mut buf = Vec::new();
     for (m, body) in msgs {
-        buf.extend_from_slice(&(m.encoded_len() as u32).to_ne_bytes());
+        buf.extend_from_slice(&frame_len(m.encoded_len()));
         m.encode(&mut buf).expect("Vec grows");
         buf.extend_from_slice(body);
         buf.resize(buf.len() + body.len().next_multiple_of(8) - body.len(), 0);

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use super::TaskImages;
 use crate::image::{self, pb, ImageDir};
+use crate::num::len32;
 
 /// `--manage-cgroups` modes, as CRIU names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -413,7 +414,7 @@ impl CgDump {
                     .get(&name)
                     .filter(|r| below(&path, r).is_some())
                     // The root "/" itself is 1 (0 would mean no namespace).
-                    .map(|r| r.trim_end_matches('/').len().max(1) as u32);
+                    .map(|r| len32(r.trim_end_matches('/').len().max(1)));
                 pb::CgMemberEntry {
                     name,
                     path,
@@ -424,7 +425,7 @@ impl CgDump {
         if let Some(s) = self.sets.iter().find(|s| s.ctls == members) {
             return (s.id, false);
         }
-        let id = self.sets.len() as u32 + 1;
+        let id = len32(self.sets.len()) + 1;
         self.sets.push(pb::CgSetEntry { id, ctls: members });
         (id, true)
     }
@@ -563,7 +564,7 @@ pub fn dump(imgs: &mut [TaskImages], walk_dirs: bool) -> Result<CgDump, CgroupEr
     let mut cg = CgDump::default();
     let own = parse_proc_cgroup(&read(Path::new("/proc/self/cgroup"))?);
     if let Some(root) = imgs.first().filter(|r| !r.is_zombie()) {
-        cg.ns_roots = ns_roots(root.pid as i32)?;
+        cg.ns_roots = ns_roots(root.vpid())?;
     }
     cg.set_id(own.clone());
     let mounts = Mounts::load()?;

@@ -9,6 +9,7 @@
 use super::error::{task_error_from, TaskError};
 use super::{DumpCx, Kind, RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
+use crate::num::low32;
 use crate::procfs;
 use crate::sys::remote::arg;
 
@@ -29,10 +30,10 @@ const CAP_LAST: u64 = 63;
 const CAP_V3: u32 = 0x2008_0522;
 
 fn words(v: u64) -> Vec<u32> {
-    vec![v as u32, (v >> 32) as u32]
+    vec![low32(v), low32(v >> 32)]
 }
 fn join(w: &[u32]) -> u64 {
-    w.first().copied().unwrap_or(0) as u64 | (w.get(1).copied().unwrap_or(0) as u64) << 32
+    u64::from(w.first().copied().unwrap_or(0)) | u64::from(w.get(1).copied().unwrap_or(0)) << 32
 }
 
 /// The credentials part of /proc/PID/status, as an image entry.
@@ -53,7 +54,7 @@ pub(crate) fn from_status(s: &procfs::Status, secbits: u32) -> pb::CredsEntry {
         cap_amb: words(s.cap_amb),
         secbits,
         groups: s.groups.clone(),
-        no_new_privs: Some(s.no_new_privs as u32),
+        no_new_privs: Some(u32::from(s.no_new_privs)),
         ..Default::default()
     }
 }
@@ -87,7 +88,7 @@ impl Kind for Creds {
 
     fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), CredsError> {
         let secbits = cx.prctl(libc::PR_GET_SECUREBITS, [0; 4])?;
-        img.thread().creds = Some(from_status(&cx.status, secbits as u32));
+        img.thread().creds = Some(from_status(&cx.status, low32(secbits)));
         Ok(())
     }
 
@@ -106,7 +107,7 @@ pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), C
         None => {
             let now = procfs::status(cx.pid)?;
             let secbits = cx.prctl(libc::PR_GET_SECUREBITS, [0; 4])?;
-            let i = from_status(&now, secbits as u32);
+            let i = from_status(&now, low32(secbits));
             cx.inherited.creds = Some(i.clone());
             i
         }
@@ -115,7 +116,7 @@ pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), C
         return Ok(()); // the thread already has exactly these credentials
     }
     let now = procfs::status(cx.pid)?;
-    let cur_secbits = inherited.secbits as u64;
+    let cur_secbits = u64::from(inherited.secbits);
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
     let ga = cx.put(1024, &groups)?;
     cx.setgroups(c.groups.len() as u64, ga)?;
@@ -139,7 +140,7 @@ pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), C
     cap.extend_from_slice(&0i32.to_ne_bytes());
     for half in [0, 32] {
         for set in [eff, prm, inh] {
-            cap.extend_from_slice(&((set >> half) as u32).to_ne_bytes());
+            cap.extend_from_slice(&low32(set >> half).to_ne_bytes());
         }
     }
     let ca = cx.put(2048, &cap)?;

@@ -22,6 +22,7 @@ use super::error::{task_error_from, Failure, TaskError, Unsupported};
 use super::{DumpCx, Kind, RemoteFd, RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
 use crate::image::ImageDir;
+use crate::num::c_uint;
 use crate::procfs;
 use crate::sys;
 use crate::sys::proc::{kcmp, KCMP_FILE};
@@ -346,7 +347,7 @@ fn shell_tty(
     let m = meta.filter(|m| shell_job && m.file_type().is_char_device())?;
     let st = procfs::stat(pid).ok()?;
     let ctty = st.tty_nr;
-    (ctty != 0 && m.rdev() == ctty as u64 && !tree.contains(&st.session))
+    (ctty != 0 && m.rdev() == u64::from(ctty) && !tree.contains(&st.session))
         .then(|| "/dev/tty".to_string())
 }
 
@@ -687,7 +688,7 @@ impl Kind for Files {
             // Only fds on the same inode can share a description: compare those alone.
             let key = meta.as_ref().map(|m| (m.dev(), m.ino()));
             for &(opid, other, oid) in cx.files.fds_by_inode.get(&key).into_iter().flatten() {
-                if kcmp(pid, opid, KCMP_FILE, fd as u64, other as u64).ok() == Some(0) {
+                if kcmp(pid, opid, KCMP_FILE, c_uint(fd).into(), c_uint(other).into()).ok() == Some(0) {
                     id = Some(oid);
                     break;
                 }
@@ -768,7 +769,7 @@ impl Kind for Files {
                     0
                 },
                 r#type: kind.map_or(pb::FdTypes::Reg, |k| k.fd_type) as i32,
-                fd: fd as u32,
+                fd: c_uint(fd),
                 xattr_security_selinux: None,
             });
         }
@@ -797,6 +798,14 @@ pub fn fd_number(f: &pb::FdinfoEntry) -> Result<RemoteFd, TaskError> {
         .ok_or_else(|| {
             TaskError::BadImage(format!("file {}: fd number {} is out of range", f.id, f.fd))
         })
+}
+
+/// The first fd number above `fd` (an fd number from an image), checked.
+pub fn fd_number_above(fd: u32) -> Result<RemoteFd, TaskError> {
+    RemoteFd::try_from(fd)
+        .ok()
+        .and_then(|fd| fd.checked_add(1))
+        .ok_or_else(|| TaskError::BadImage(format!("fd number {fd} is out of range")))
 }
 
 /// Recreates the fd table of the task `cx` drives. `inherited` is the table of the parent it
@@ -962,8 +971,8 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
 
 /// The path of cryo's controlling terminal, when one of its stdio fds is on it.
 fn own_terminal() -> Option<String> {
-    let me = std::process::id() as i32;
-    let ctty = procfs::stat(me).ok()?.tty_nr as u64;
+    let me = crate::sys::proc::own_pid();
+    let ctty = u64::from(procfs::stat(me).ok()?.tty_nr);
     (0..3).find_map(|fd| {
         let m = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()?;
         (ctty != 0 && m.file_type().is_char_device() && m.rdev() == ctty)

@@ -46,7 +46,7 @@ pub fn dump(
                         files.ghost_limit
                     ), "raise the limit with --ghost-limit SIZE (e.g. --ghost-limit 64M)").into());
             }
-            let mut content = Vec::with_capacity(meta.len() as usize);
+            let mut content = Vec::with_capacity(crate::num::usize_of(meta.len()));
             std::fs::File::open(proc_path)
                 .and_then(|mut f| f.read_to_end(&mut content))
                 .map_err(|source| TaskError::Fd {
@@ -58,8 +58,9 @@ pub fn dump(
             let g = files.alloc();
             files.ghost_ids.insert(key, g);
             let tv = |s: i64, ns: i64| pb::Timeval {
-                tv_sec: s as u64,
-                tv_usec: (ns / 1000) as u64,
+                // The kernel's time_t bits, as CRIU keeps them.
+                tv_sec: s.cast_unsigned(),
+                tv_usec: (ns / 1000).cast_unsigned(),
             };
             files.ghosts.push((
                 g,
@@ -67,7 +68,7 @@ pub fn dump(
                     uid: meta.uid(),
                     gid: meta.gid(),
                     mode: meta.mode(),
-                    dev: Some(meta.dev() as u32),
+                    dev: Some(crate::num::low32(meta.dev())),
                     ino: Some(meta.ino()),
                     rdev: None,
                     atim: Some(tv(meta.atime(), meta.atime_nsec())),
@@ -192,7 +193,7 @@ impl GhostStore {
         let flags =
             flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
         Ok(
-            crate::sys::fd::open(&at.to_string_lossy(), flags as i32 | libc::O_CLOEXEC)
+            crate::sys::fd::open(&at.to_string_lossy(), crate::num::c_int(flags) | libc::O_CLOEXEC)
                 .map_err(err(format!("open recreated deleted file {}", at.display())))?,
         )
     }

@@ -269,7 +269,7 @@ fn restore_var(e: &pb::IpcVarEntry, phase: Phase) -> Result<(), IpcError> {
     let mut e = e.clone();
     set_ctl(
         "kernel/sem",
-        &e.sem_ctls.iter().map(|&v| v as i64).collect::<Vec<_>>(),
+        &e.sem_ctls.iter().map(|&v| i64::from(v)).collect::<Vec<_>>(),
         phase,
     )?;
     for (name, f) in U64_CTLS {
@@ -282,13 +282,13 @@ fn restore_var(e: &pb::IpcVarEntry, phase: Phase) -> Result<(), IpcError> {
         if phase == Phase::Raise && flag {
             continue;
         }
-        set_ctl(name, &[*f(&mut e) as i64], phase)?;
+        set_ctl(name, &[i64::from(*f(&mut e))], phase)?;
     }
     for (name, f) in OPT_CTLS {
         let next_id = name.ends_with("_next_id");
         if let Some(v) = *f(&mut e) {
             if !(next_id && phase == Phase::Raise) {
-                set_ctl(name, &[v as i64], phase)?;
+                set_ctl(name, &[i64::from(v)], phase)?;
             }
         }
     }
@@ -697,7 +697,7 @@ fn restore_shm(dir: &ImageDir, e: &pb::IpcShmEntry, data: &[u8]) -> Result<(), I
         .map_err(op(&name, "open map_files"))?;
     if e.in_pagemaps == Some(true) {
         // CRIU's layout: the bytes are shmem pages of the segment's id.
-        return super::shmem::load_content(dir, d.id as u64, &f, e.size).map_err(|err| {
+        return super::shmem::load_content(dir, u64::from(d.id), &f, e.size).map_err(|err| {
             IpcError::Op {
                 object: name.clone(),
                 what: "write the content from pagemap-shmem",
@@ -733,7 +733,7 @@ fn restore_msg(e: &pb::IpcMsgEntry, msgs: &[(pb::IpcMsg, Vec<u8>)]) -> Result<()
     let id = create_with_id("msg", &name, d.id, || sys::msg_get(d.key as i32, flags))?;
     // Room for every message even if the limit was lowered after they were sent.
     let total: u64 = msgs.iter().map(|(_, b)| b.len() as u64).sum();
-    let qbytes = e.qbytes as u64;
+    let qbytes = u64::from(e.qbytes);
     sys::msg_set(id, d.uid, d.gid, qbytes.max(total)).map_err(op(&name, "msgctl(IPC_SET)"))?;
     for (m, body) in msgs {
         sys::msg_send(id, m.mtype as i64, body).map_err(op(&name, "msgsnd"))?;

@@ -18,6 +18,7 @@
 
 use super::error::{task_error_from, TaskError, Unsupported};
 use crate::image::{self, pb, ImageDir};
+use crate::num::c_uint;
 use crate::kinds::{RestoreCx, Syscalls, TaskImages};
 
 /// Why file locks could not be saved or restored.
@@ -171,8 +172,8 @@ pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, LocksError> {
                                 pid,
                                 *opid,
                                 crate::sys::proc::KCMP_FILE,
-                                fd as u64,
-                                *ofd as u64,
+                                c_uint(fd).into(),
+                                c_uint(*ofd).into(),
                             )
                             .ok()
                                 == Some(0))
@@ -250,7 +251,7 @@ pub fn write(dir: &ImageDir, found: &[Found], imgs: &[TaskImages]) -> Result<(),
             .get(f.task)
             .ok_or(TaskError::Internal("a file lock of an unknown task"))?;
         entries.push(pb::FileLockEntry {
-            pid: img.pid as i32,
+            pid: img.vpid(),
             ..f.entry
         });
     }
@@ -269,7 +270,8 @@ const F_OFD_SETLK: i32 = 37;
 /// `struct flock` of x86-64 (short type, short whence, off_t start, off_t len, pid_t pid).
 fn flock_bytes(ty: u32, start: i64, len: i64, pid: i32) -> [u8; 32] {
     let mut b = [0u8; 32];
-    b[0..2].copy_from_slice(&(ty as i16).to_ne_bytes());
+    // F_RDLCK or F_WRLCK (checked by the caller).
+    b[0..2].copy_from_slice(&i16::try_from(ty).unwrap_or(-1).to_ne_bytes());
     // l_whence = SEEK_SET (0).
     b[8..16].copy_from_slice(&start.to_ne_bytes());
     b[16..24].copy_from_slice(&len.to_ne_bytes());
@@ -285,7 +287,7 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), LocksErro
     else {
         return Ok(());
     };
-    for e in all.iter().filter(|e| e.pid == img.pid as i32) {
+    for e in all.iter().filter(|e| e.pid == img.vpid()) {
         let bad = |what: &str| {
             TaskError::BadImage(format!(
                 "{IMAGE}: process {} fd {}: {what} (flag {}, type {})",

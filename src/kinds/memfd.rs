@@ -16,6 +16,7 @@ use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, TargetF
 use super::shmem::ShmemError;
 use super::DumpCx;
 use crate::image::{self, pb};
+use crate::num::{c_int, low32};
 use crate::sys::fd as sysfd;
 
 /// memfd file descriptors (and the records of memfd mappings).
@@ -55,7 +56,7 @@ fn save_inode(
             uid: meta.uid(),
             gid: meta.gid(),
             size: meta.len(),
-            shmid: ino as u32,
+            shmid: low32(ino),
             seals,
             inode_id: ino,
             hugetlb_flag: None,
@@ -64,7 +65,7 @@ fn save_inode(
         super::shmem::save_content(cx, &f, meta.len(), ino)
             .map_err(|e| err("read the memfd's content", e))?;
     }
-    Ok(ino as u32)
+    Ok(low32(ino))
 }
 
 /// The MEMFD record of a mapping of a memfd (opened with `fdflags`); returns its file id.
@@ -129,7 +130,7 @@ impl FdKind for Memfd {
                 .dir
                 .read_opt::<pb::MemfdInodeEntry>("memfd.img", image::MEMFD_INODE)?
                 .unwrap_or_default();
-            store.inodes = Some(all.into_iter().map(|i| (i.inode_id as u32, i)).collect());
+            store.inodes = Some(all.into_iter().map(|i| (low32(i.inode_id), i)).collect());
         }
         if !store.made.contains_key(&m.inode_id) {
             let ino = store
@@ -163,7 +164,7 @@ impl FdKind for Memfd {
             // Another open file description of the same memfd.
             sysfd::open(
                 &format!("/proc/self/fd/{}", mfd.as_raw_fd()),
-                (m.flags & libc::O_ACCMODE as u32) as i32 | libc::O_CLOEXEC,
+                (c_int(m.flags) & libc::O_ACCMODE) | libc::O_CLOEXEC,
             )
             .map_err(err("reopen through /proc/self/fd"))?
         };

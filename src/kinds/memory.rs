@@ -24,6 +24,7 @@ use crate::image::manifest::{FileDigest, BLOCK};
 use crate::image::pb;
 use crate::procfs::Vma;
 use crate::sys::mem::{self, page_is, Mapping};
+use crate::num::{c_uint, micros_u32, u64_of, usize_of};
 use crate::sys::remote::arg;
 use crate::sys::PAGE_SIZE;
 use twox_hash::XxHash3_128;
@@ -117,16 +118,16 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
             hint,
         )
     };
-    let mut flags = if v.shared {
+    let mut flags = c_uint(if v.shared {
         libc::MAP_SHARED
     } else {
         libc::MAP_PRIVATE
-    } as u32;
+    });
     if v.has_flag("gd") {
-        flags |= libc::MAP_GROWSDOWN as u32;
+        flags |= c_uint(libc::MAP_GROWSDOWN);
     }
     if v.has_flag("nr") {
-        flags |= libc::MAP_NORESERVE as u32;
+        flags |= c_uint(libc::MAP_NORESERVE);
     }
     let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
     if v.has_flag("ht") {
@@ -165,11 +166,11 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
         }
         _ if v.is_file() => {
             // The open mode the mapping needs: read-write only for a writable shared one.
-            let fdflags = if v.shared && v.has_flag("mw") && v.write {
+            let fdflags = c_uint(if v.shared && v.has_flag("mw") && v.write {
                 libc::O_RDWR
             } else {
                 libc::O_RDONLY
-            } as u32;
+            });
             if v.name.starts_with("/memfd:") {
                 let id = super::memfd::dump_mapping(cx, v, fdflags)?;
                 let kind = if v.shared {
@@ -180,7 +181,7 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
                 return Ok((
                     status::REGULAR | kind | status::MEMFD,
                     flags,
-                    id as u64,
+                    u64::from(id),
                     Some(fdflags),
                 ));
             }
@@ -224,7 +225,7 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
             } else {
                 status::REGULAR | status::FILE_PRIVATE
             };
-            (st, flags, id as u64, Some(fdflags))
+            (st, flags, u64::from(id), Some(fdflags))
         }
         "[heap]" => (
             status::REGULAR | status::HEAP | status::ANON_PRIVATE,
@@ -296,9 +297,11 @@ impl Kind for Memory {
                     madv |= 1 << bit;
                 }
             }
-            let prot = (if v.read { libc::PROT_READ } else { 0 }
-                | if v.write { libc::PROT_WRITE } else { 0 }
-                | if v.exec { libc::PROT_EXEC } else { 0 }) as u32;
+            let prot = c_uint(
+                (if v.read { libc::PROT_READ } else { 0 })
+                    | (if v.write { libc::PROT_WRITE } else { 0 })
+                    | (if v.exec { libc::PROT_EXEC } else { 0 }),
+            );
             img.mm.vmas.push(pb::VmaEntry {
                 start: v.start,
                 end: v.end,
@@ -385,7 +388,7 @@ impl Kind for Memory {
         let digest = write_pages(cx, &name, &runs, off)?;
         cx.dir.record(&name, digest);
         cx.stats.pages_written += off / PAGE_SIZE;
-        cx.stats.memdump_time += t0.elapsed().as_micros() as u32;
+        cx.stats.memdump_time += micros_u32(t0.elapsed());
         cx.stats.memwrite_time = cx.stats.memdump_time;
         Ok(())
     }
@@ -407,7 +410,7 @@ impl Kind for Memory {
                     ))
                     .into());
                 };
-                if p.vaddr < v.start {
+                if p.vaddr < v.start || run_end(p).is_none() {
                     return Err(TaskError::BadImage(format!(
                         "pagemap-{}.img: pages at {:#x} lie outside every mapping",
                         img.pid, p.vaddr
@@ -435,12 +438,11 @@ impl Kind for Memory {
                 }
                 // Pages this process did not have go back to zero.
                 let mut at = v.start;
-                let runs = img.pagemap.iter().map(|p| {
-                    (
-                        p.vaddr,
-                        p.vaddr + p.nr_pages.unwrap_or(p.compat_nr_pages as u64) * PAGE_SIZE,
-                    )
-                });
+                // Every run's end was checked above.
+                let runs = img
+                    .pagemap
+                    .iter()
+                    .map(|p| (p.vaddr, run_end(p).unwrap_or(u64::MAX)));
                 for (s, e) in runs
                     .filter(|&(s, e)| e > v.start && s < v.end)
                     .chain([(v.end, v.end)])
@@ -457,9 +459,16 @@ impl Kind for Memory {
             } else if v.status & status::ANON_SHARED != 0 {
                 super::shmem::map_anon(cx, v, prot)?;
             } else if v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
+                // A file mapping's `shmid` is the id of its file record.
+                let id = u32::try_from(v.shmid).map_err(|_| {
+                    TaskError::BadImage(format!(
+                        "mm-{}.img: mapping {:#x} names file {}",
+                        img.pid, v.start, v.shmid
+                    ))
+                })?;
                 let fd = super::files::open_file(
                     cx,
-                    v.shmid as u32,
+                    id,
                     v.fdflags.unwrap_or(libc::O_RDONLY as u32),
                 )?;
                 let r = cx.mmap(
@@ -494,6 +503,18 @@ impl Kind for Memory {
         }
         set_mm_map(cx, img)
     }
+}
+
+/// The bytes of a page run of a pagemap entry; None if they overflow (a damaged image).
+fn run_bytes(p: &pb::PagemapEntry) -> Option<u64> {
+    p.nr_pages
+        .unwrap_or(u64::from(p.compat_nr_pages))
+        .checked_mul(PAGE_SIZE)
+}
+
+/// Where a page run of a pagemap entry ends; None if it overflows (a damaged image).
+fn run_end(p: &pb::PagemapEntry) -> Option<u64> {
+    p.vaddr.checked_add(run_bytes(p)?)
 }
 
 /// madvise bits that make a child not inherit a mapping's content at fork.
@@ -559,8 +580,8 @@ fn write_pages_mapped(
         })
     };
     file.set_len(total).map_err(|e| io("ftruncate", e))?;
-    let mut map = Mapping::file_rw(file, total as usize).map_err(|e| io("mmap", e))?;
-    let nblocks = total.div_ceil(BLOCK as u64) as usize;
+    let mut map = Mapping::file_rw(file, usize_of(total)).map_err(|e| io("mmap", e))?;
+    let nblocks = usize_of(total.div_ceil(u64_of(BLOCK)));
     let digests = Mutex::new(vec![String::new(); nblocks]);
     let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
     let queue = Mutex::new(map.bytes_mut().chunks_mut(BLOCK).enumerate());
@@ -585,8 +606,8 @@ fn write_pages_mapped(
             let mut at = start;
             while at < end {
                 let step = (end - at).min(1 << 20);
-                let o = (at - start) as usize;
-                let dst = &mut chunk[o..o + step as usize];
+                let o = usize_of(at - start);
+                let dst = &mut chunk[o..o + usize_of(step)];
                 if let Err(e) = copy_block(pid, runs, at, at + step, dst, mem_file) {
                     first_err.lock().expect("lock").get_or_insert(e);
                     return;
@@ -638,10 +659,10 @@ fn write_pages(
     };
     if total <= SMALL_FILL {
         // A small process: copy and write from this thread, no pipeline to start.
-        let mut buf = vec![0u8; total as usize];
+        let mut buf = vec![0u8; usize_of(total)];
         for r in runs {
-            let len = (r.pages * PAGE_SIZE) as usize;
-            let dst = &mut buf[r.off as usize..r.off as usize + len];
+            let len = usize_of(r.pages * PAGE_SIZE);
+            let dst = &mut buf[usize_of(r.off)..usize_of(r.off) + len];
             let got = match (&mem_file, r.via_mem) {
                 (Some(m), true) => m.read_exact_at(dst, r.vaddr),
                 _ => mem::vm_read(pid, dst, &[(r.vaddr, len)]),
@@ -688,7 +709,7 @@ fn copy_block(
             return Ok(());
         }
         let len: usize = ranges.iter().map(|r| r.1).sum();
-        let o = (at - start) as usize;
+        let o = usize_of(at - start);
         mem::vm_read(pid, &mut buf[o..o + len], ranges).map_err(|source| TaskError::Memory {
             pid,
             addr: ranges[0].0,
@@ -705,10 +726,10 @@ fn copy_block(
         let take = (r.pages * PAGE_SIZE - skip).min(end - pos);
         if r.via_mem {
             flush(&mut ranges, batch_at, buf)?;
-            let o = (pos - start) as usize;
+            let o = usize_of(pos - start);
             mem_file
                 .expect("opened when needed")
-                .read_exact_at(&mut buf[o..o + take as usize], r.vaddr + skip)
+                .read_exact_at(&mut buf[o..o + usize_of(take)], r.vaddr + skip)
                 .map_err(|source| TaskError::Memory {
                     pid,
                     addr: r.vaddr + skip,
@@ -720,7 +741,7 @@ fn copy_block(
             if ranges.is_empty() {
                 batch_at = pos;
             }
-            ranges.push((r.vaddr + skip, take as usize));
+            ranges.push((r.vaddr + skip, usize_of(take)));
         }
         pos += take;
         i += 1;
@@ -803,7 +824,7 @@ impl Items {
             }
             let take = len.min(BLOCK - self.cur);
             self.items.last_mut().expect("pushed").1.push((addr, take));
-            addr += take as u64;
+            addr += u64_of(take);
             off += take;
             len -= take;
             self.cur += take;
@@ -888,21 +909,27 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
     };
     let f = File::open(&path).map_err(|e| io("open", e))?;
     let size = f.metadata().map_err(|e| io("stat", e))?.len();
-    let need: u64 = img
+    // Each run's size was checked (`run_end`); their sum is checked here.
+    let need = img
         .pagemap
         .iter()
         .filter(|p| p.flags.unwrap_or(PE_PRESENT) & PE_PRESENT != 0)
-        .map(|p| p.nr_pages.unwrap_or(p.compat_nr_pages as u64) * PAGE_SIZE)
-        .sum();
+        .try_fold(0u64, |sum, p| sum.checked_add(run_bytes(p)?))
+        .ok_or_else(|| {
+            TaskError::BadImage(format!(
+                "pagemap-{}.img: the page runs add up to more than 2^64 bytes",
+                img.pid
+            ))
+        })?;
     if size < need {
         return Err(TaskError::Image(crate::image::ImageError::Truncated {
             path: path.clone(),
-            offset: size as usize,
+            offset: usize_of(size),
             what: "page data",
         })
         .into());
     }
-    let map = Mapping::file_ro(&f, need as usize).map_err(|e| io("mmap", e))?;
+    let map = Mapping::file_ro(&f, usize_of(need)).map_err(|e| io("mmap", e))?;
     map.advise(libc::MADV_SEQUENTIAL);
     let vmas = &img.mm.vmas;
     let thp = Thp::read();
@@ -925,7 +952,7 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
             continue;
         }
         let mut addr = p.vaddr;
-        let mut left = (p.nr_pages.unwrap_or(p.compat_nr_pages as u64) * PAGE_SIZE) as usize;
+        let mut left = usize_of(run_bytes(p).unwrap_or(0));
         while left > 0 {
             let vi = vmas.partition_point(|v| v.end <= addr);
             let Some(v) = vmas.get(vi).filter(|v| v.start <= addr) else {
@@ -935,7 +962,7 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
                 ))
                 .into());
             };
-            let take = left.min((v.end - addr) as usize);
+            let take = left.min(usize_of(v.end - addr));
             if special(v) {
                 // the fresh vDSO already has this content
             } else if cx.cow.contains(&(v.start, v.end)) {
@@ -948,7 +975,7 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
             } else {
                 slow.push(off, addr, take);
             }
-            addr += take as u64;
+            addr += u64_of(take);
             off += take;
             left -= take;
         }
@@ -987,8 +1014,8 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
         let total: usize = cow_runs.iter().map(|r| r.2).sum();
         tracing::info!(
             "memory: {} of {} pages kept from the parent differ and were written",
-            written / PAGE_SIZE as usize,
-            total / PAGE_SIZE as usize
+            written / usize_of(PAGE_SIZE),
+            total / usize_of(PAGE_SIZE)
         );
     }
     Ok(())
@@ -1106,7 +1133,7 @@ fn write_differing(
             let want = &image[off + done..off + done + n];
             let mut p = 0;
             while p < n {
-                let ps = PAGE_SIZE as usize;
+                let ps = usize_of(PAGE_SIZE);
                 if want[p..p + ps] == now[p..p + ps] {
                     p += ps;
                     continue;
@@ -1245,9 +1272,10 @@ fn puppet_preadv(
             .flat_map(|&(a, l)| a.to_ne_bytes().into_iter().chain((l as u64).to_ne_bytes()))
             .collect();
         let at = cx.put(8192, &iov)?;
-        let n = cx
-            .named("preadv (page data)")
-            .preadv(fd, at, left.len() as u64, off)? as usize;
+        let n = usize_of(
+            cx.named("preadv (page data)")
+                .preadv(fd, at, u64_of(left.len()), off)?,
+        );
         if n == 0 {
             return Err(TaskError::BadImage("pages image ended early".into()).into());
         }
@@ -1315,8 +1343,11 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
     ] {
         m.extend_from_slice(&v.to_ne_bytes());
     }
-    m.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
-    m.extend_from_slice(&(exe_fd as u32).to_ne_bytes());
+    // At most a few hundred bytes of auxv (`mm_saved_auxv` is bounded by the kernel's).
+    let auxv_len = u32::try_from(auxv.len())
+        .map_err(|_| TaskError::BadImage(format!("mm-{}.img: auxv too long", img.pid)))?;
+    m.extend_from_slice(&auxv_len.to_ne_bytes());
+    m.extend_from_slice(&exe_fd.to_ne_bytes());
     let addr = cx.put(512, &m)?;
     let r = cx.named("prctl(PR_SET_MM, PR_SET_MM_MAP)").prctl(
         libc::PR_SET_MM,

@@ -93,6 +93,12 @@ pub struct TaskImages {
 }
 
 impl TaskImages {
+    /// The task's pid in its own PID namespace, as the kernel's `pid_t` (restore checks every
+    /// pid of pstree.img when it reads it; 0 for an id that is not one).
+    pub fn vpid(&self) -> i32 {
+        crate::num::pid_from_img(self.pid).unwrap_or(0)
+    }
+
     /// A zombie: only its exit status was saved.
     pub fn is_zombie(&self) -> bool {
         self.core

@@ -215,7 +215,9 @@ pub fn restore_net(
     let sk = cx.socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
     let mut ifr = [0u8; 40];
     ifr[..2].copy_from_slice(b"lo");
-    ifr[16..18].copy_from_slice(&(lo.flags as u16).to_ne_bytes());
+    // ifr_flags is a short: the low 16 bits.
+    let flags = u16::try_from(lo.flags & 0xffff).unwrap_or_default();
+    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
     let a = cx.put(0, &ifr)?;
     let r = cx
         .named("ioctl(lo, SIOCSIFFLAGS)")
@@ -289,13 +291,14 @@ fn clock_ns(clock: ClockId) -> i128 {
 
 fn to_timespec(ns: i128) -> pb::Timespec {
     pb::Timespec {
-        tv_sec: ns.div_euclid(1_000_000_000) as u64,
-        tv_nsec: ns.rem_euclid(1_000_000_000) as u64,
+        // A clock of the tree: not negative, and far below 2^64 seconds.
+        tv_sec: u64::try_from(ns.div_euclid(1_000_000_000)).unwrap_or(0),
+        tv_nsec: u64::try_from(ns.rem_euclid(1_000_000_000)).unwrap_or(0),
     }
 }
 
 fn from_timespec(t: &pb::Timespec) -> i128 {
-    t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
+    i128::from(t.tv_sec) * 1_000_000_000 + i128::from(t.tv_nsec)
 }
 
 /// The clocks of `pid`'s time namespace now, as CRIU saves them (`timens-ID.img`): its

@@ -18,6 +18,7 @@ use super::files::{
 };
 use super::DumpCx;
 use crate::image::{self, pb};
+use crate::num::{c_int, len32, low32};
 use crate::sys::fd as sysfd;
 
 /// Why a pipe or FIFO could not be saved or restored.
@@ -66,7 +67,7 @@ fn queued(fd: &TargetFd<'_>) -> Result<(u32, Vec<u8>), PipesError> {
         }
     }
     buf.truncate(got);
-    Ok((size as u32, buf))
+    Ok((len32(size), buf))
 }
 
 /// The pipes-data / fifo-data entry of pipe `ino`: its capacity and queued bytes.
@@ -75,7 +76,7 @@ fn data_entry(fd: &TargetFd<'_>, ino: u32) -> Result<(pb::PipeDataEntry, Vec<u8>
     Ok((
         pb::PipeDataEntry {
             pipe_id: ino,
-            bytes: data.len() as u32,
+            bytes: len32(data.len()),
             size: Some(size),
         },
         data,
@@ -89,7 +90,7 @@ fn inode(fd: &TargetFd<'_>) -> Result<u32, PipesError> {
         .and_then(|s| s.parse().ok())
         .or_else(|| {
             use std::os::unix::fs::MetadataExt;
-            fd.meta.map(|m| m.ino() as u32)
+            fd.meta.map(|m| low32(m.ino()))
         })
         .ok_or_else(|| {
             fd.err(
@@ -169,7 +170,7 @@ impl FdKind for Pipes {
             // Another open file description of the same end.
             sysfd::open(
                 &format!("/proc/self/fd/{}", end.as_raw_fd()),
-                acc as i32 | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                c_int(acc) | libc::O_NONBLOCK | libc::O_CLOEXEC,
             )
             .map_err(err("reopen through /proc/self/fd"))?
         };
@@ -205,7 +206,7 @@ impl FdKind for Fifos {
                 std::io::Error::from_raw_os_error(libc::ENOENT),
             )
         })?;
-        let ino = meta.ino() as u32;
+        let ino = low32(meta.ino());
         if cx.files.pipes_seen.insert(ino) {
             let e = data_entry(fd, ino)?;
             cx.files.fifo_data.push(e);
@@ -250,8 +251,8 @@ impl FdKind for Fifos {
                 .fifos
                 .insert(fe.pipe_id, keeper);
         }
-        let acc = reg.flags & libc::O_ACCMODE as u32;
-        let fd = sysfd::open(&reg.name, acc as i32 | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        let acc = c_int(reg.flags) & libc::O_ACCMODE;
+        let fd = sysfd::open(&reg.name, acc | libc::O_NONBLOCK | libc::O_CLOEXEC)
             .map_err(err("open"))?;
         sysfd::set_fl(fd.as_fd(), reg.flags & SETFL_MASK).map_err(err("F_SETFL"))?;
         Ok(fd)

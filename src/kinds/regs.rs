@@ -42,7 +42,7 @@ pub fn fix_syscall_restart(r: &mut Regs) -> bool {
             true
         }
         ERESTART_RESTARTBLOCK => {
-            r.rax = (-libc::EINTR) as i64 as u64;
+            r.rax = i64::from(-libc::EINTR) as u64;
             true
         }
         _ => false,
@@ -117,7 +117,7 @@ pub fn pb_to_regs(p: &pb::UserX86RegsEntry, base: &Regs) -> Regs {
 }
 
 fn u16_at(b: &[u8], o: usize) -> u32 {
-    u16::from_le_bytes([b[o], b[o + 1]]) as u32
+    u32::from(u16::from_le_bytes([b[o], b[o + 1]]))
 }
 fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"))
@@ -141,7 +141,7 @@ pub fn xsave_to_pb(x: &[u8]) -> pb::UserX86FpregsEntry {
     }
     e.cwd = u16_at(x, 0);
     e.swd = u16_at(x, 2);
-    e.twd = x[4] as u32;
+    e.twd = u32::from(x[4]);
     e.fop = u16_at(x, 6);
     e.rip = u64_at(x, 8);
     e.rdp = u64_at(x, 16);
@@ -321,7 +321,7 @@ mod tests {
         r.rax = (-(ERESTART_RESTARTBLOCK)) as u64;
         r.rip = 0x2002;
         assert!(fix_syscall_restart(&mut r));
-        assert_eq!(r.rax as i64, -(libc::EINTR as i64));
+        assert_eq!(r.rax as i64, -i64::from(libc::EINTR));
         assert_eq!(r.rip, 0x2002);
 
         let mut r = zero();

@@ -79,7 +79,7 @@ impl Kind for Rlimits {
             return Ok(());
         };
         for (r, e) in rl.rlimits.iter().enumerate().take(RLIM_NLIMITS as usize) {
-            let now = get_rlimit(cx.pid, r as u32).map_err(|source| TaskError::Ptrace {
+            let now = get_rlimit(cx.pid, crate::num::len32(r)).map_err(|source| TaskError::Ptrace {
                 pid: cx.pid,
                 what: "prlimit64",
                 source,
@@ -87,7 +87,7 @@ impl Kind for Rlimits {
             if now == (e.cur, e.max) {
                 continue;
             }
-            set_rlimit(cx.pid, r as u32, e.cur, e.max).map_err(|source| RlimitsError::Limit {
+            set_rlimit(cx.pid, crate::num::len32(r), e.cur, e.max).map_err(|source| RlimitsError::Limit {
                 name: NAMES[r],
                 cur: e.cur,
                 max: e.max,

@@ -77,7 +77,8 @@ pub fn add_chain(table: &mut Vec<pb::SeccompFilter>, chain: &[(Vec<u8>, u64)]) -
         let f = pb::SeccompFilter {
             filter: prog.clone(),
             prev,
-            flags: Some(*flags as u32),
+            // SECCOMP_FILTER_FLAG_* bits, all in the low 32.
+            flags: Some(crate::num::low32(*flags)),
         };
         let idx = match table.iter().position(|t| *t == f) {
             Some(i) => i,
@@ -86,7 +87,7 @@ pub fn add_chain(table: &mut Vec<pb::SeccompFilter>, chain: &[(Vec<u8>, u64)]) -
                 table.len() - 1
             }
         };
-        prev = Some(idx as u32);
+        prev = Some(crate::num::len32(idx));
     }
     prev
 }
@@ -142,7 +143,9 @@ pub fn restore_core(
         let prog = cx.put(4096, &f.filter)?;
         // struct sock_fprog { u16 len; u64 filter; }
         let mut fprog = [0u8; 16];
-        fprog[..2].copy_from_slice(&((f.filter.len() / 8) as u16).to_ne_bytes());
+        // At most 4096 instructions (checked above).
+        let insns = u16::try_from(f.filter.len() / 8).unwrap_or(u16::MAX);
+        fprog[..2].copy_from_slice(&insns.to_ne_bytes());
         fprog[8..].copy_from_slice(&prog.to_ne_bytes());
         let a = cx.put(2048, &fprog)?;
         let flags = f.flags.unwrap_or(0) & !TSYNC_FLAGS;

@@ -19,6 +19,7 @@ use super::error::{task_error_from, TaskError};
 use super::memory::status;
 use super::{DumpCx, RestoreCx, Syscalls, TaskImages};
 use crate::image::{pb, ImageError};
+use crate::num::usize_of;
 use crate::procfs::{ProcError, Vma};
 use crate::sys::mem::Mapping;
 use crate::sys::PAGE_SIZE;
@@ -99,10 +100,10 @@ pub fn save_content(
         off = end;
     }
     let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
-    let mut data = vec![0u8; total as usize];
+    let mut data = vec![0u8; usize_of(total)];
     let mut at = 0usize;
     for &(s, e) in &ranges {
-        let n = (e - s) as usize;
+        let n = usize_of(e - s);
         // The tail past i_size reads short: it stays zero.
         let mut got = 0;
         while got < n {
@@ -119,7 +120,8 @@ pub fn save_content(
         .iter()
         .map(|&(s, e)| pb::PagemapEntry {
             vaddr: s,
-            compat_nr_pages: ((e - s) / PAGE_SIZE) as u32,
+            // Saturated: `nr_pages` holds the count (the u32 is for older readers).
+            compat_nr_pages: u32::try_from((e - s) / PAGE_SIZE).unwrap_or(u32::MAX),
             in_parent: None,
             flags: Some(PE_PRESENT),
             nr_pages: Some((e - s) / PAGE_SIZE),
@@ -157,8 +159,11 @@ pub fn load_content(
     let mut off = 0u64;
     let mut buf = Vec::new();
     for e in entries {
-        let len = e.nr_pages.unwrap_or(e.compat_nr_pages as u64) * PAGE_SIZE;
-        if e.vaddr + len > size.div_ceil(PAGE_SIZE) * PAGE_SIZE {
+        let len = e
+            .nr_pages
+            .unwrap_or(u64::from(e.compat_nr_pages))
+            .saturating_mul(PAGE_SIZE);
+        if e.vaddr.saturating_add(len) > size.div_ceil(PAGE_SIZE) * PAGE_SIZE {
             return Err(TaskError::BadImage(format!(
                 "{}: pages at {:#x}+{len:#x} lie past the {size:#x} bytes of the object",
                 image_name(shmid),
@@ -166,7 +171,7 @@ pub fn load_content(
             ))
             .into());
         }
-        buf.resize(len as usize, 0);
+        buf.resize(usize_of(len), 0);
         pages
             .read_exact_at(&mut buf, off)
             .map_err(|source| ImageError::Io {
@@ -174,7 +179,7 @@ pub fn load_content(
                 op: "read",
                 source,
             })?;
-        let keep = (size - e.vaddr).min(len) as usize;
+        let keep = usize_of((size - e.vaddr).min(len));
         file.write_all_at(&buf[..keep], e.vaddr)
             .map_err(obj(shmid, "write the content"))?;
         off += len;
@@ -216,7 +221,7 @@ impl ShmemStore {
             .get(&shmid)
             .ok_or_else(|| TaskError::BadImage(format!("no mapping uses shared memory {shmid}")))?;
         let err = |what: &str| obj(shmid, what);
-        let m = Mapping::anon_shared(size as usize).map_err(err("mmap"))?;
+        let m = Mapping::anon_shared(usize_of(size)).map_err(err("mmap"))?;
         let path = format!("/proc/self/map_files/{:x}-{:x}", m.addr(), m.addr() + size);
         let fd = crate::sys::fd::open(&path, libc::O_RDWR | libc::O_CLOEXEC)
             .map_err(err("reopen through map_files"))?;

@@ -163,13 +163,13 @@ impl Kind for Signals {
         };
         let mut ss = Vec::with_capacity(24);
         ss.extend_from_slice(&sp.to_ne_bytes());
-        ss.extend_from_slice(&(flags as u64).to_ne_bytes());
+        ss.extend_from_slice(&u64::from(flags).to_ne_bytes());
         ss.extend_from_slice(&size.to_ne_bytes());
         let a = cx.put(512, &ss)?;
         cx.sigaltstack(a, 0)?;
         // Pending signals, queued from inside the task (all signals are blocked there), so
         // named by its PID in its own namespace.
-        let pid = img.pid as i32;
+        let pid = img.vpid();
         let queue =
             |q: Option<&pb::SignalQueueEntry>| q.map(|q| q.signals.clone()).unwrap_or_default();
         for (shared, q) in [

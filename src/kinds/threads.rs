@@ -300,7 +300,7 @@ fn restore_one(
     if let Some(s) = th.sas.filter(|s| s.ss_flags & 2 == 0) {
         let mut ss = Vec::with_capacity(24);
         ss.extend_from_slice(&s.ss_sp.to_ne_bytes());
-        ss.extend_from_slice(&((s.ss_flags & !1) as u64).to_ne_bytes());
+        ss.extend_from_slice(&u64::from(s.ss_flags & !1).to_ne_bytes());
         ss.extend_from_slice(&s.ss_size.to_ne_bytes());
         let a = cx.put(512, &ss)?;
         cx.sigaltstack(a, 0)?;

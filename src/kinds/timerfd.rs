@@ -90,7 +90,7 @@ impl FdKind for TimerFd {
             .as_ref()
             .ok_or_else(|| super::files::missing(e.id, "timerfd"))?;
         let err = |what: &str| obj_err(e.id, format!("timerfd: {what}"));
-        let fd = sysfd::timerfd_create(t.clockid as i32, libc::TFD_CLOEXEC)
+        let fd = sysfd::timerfd_create(crate::num::c_int(t.clockid), libc::TFD_CLOEXEC)
             .map_err(err(&format!("timerfd_create (clock {})", t.clockid)))?;
         if t.vsec != 0 || t.vnsec != 0 {
             // Relative: the saved value is the time that was left.

@@ -89,7 +89,7 @@ pub fn slave_index(rdev: u64) -> u32 {
 
 /// CRIU's tty_info id: `index << 1 | is_master`.
 pub fn info_id(index: u32, master: bool) -> u32 {
-    (index << 1) | master as u32
+    (index << 1) | u32::from(master)
 }
 
 /// The pty index of a master fd, from its fdinfo ("tty-index:").
@@ -157,13 +157,13 @@ pub fn precheck(tree: &[(i32, i32)], shell_job: bool) -> Result<(), TtyError> {
         if st.state == 'Z' {
             continue;
         }
-        let ctty = st.tty_nr as u64;
+        let ctty = u64::from(st.tty_nr);
         let pty = (side(ctty) == Some(Side::Slave)).then(|| slave_index(ctty));
         if st.session == pid && ctty != 0 && !pty.is_some_and(|i| held.contains(&i)) {
             return Err(Unsupported::of(pid, format!("controlling terminal {}:{}", major(ctty), minor(ctty)), "the session leader's controlling terminal is not a pty open in the dumped tree", "keep an fd of the terminal open in the tree, or start the session without one (setsid)").into());
         }
         for &(_, fd) in dev_tty.iter().filter(|(p, _)| *p == pid) {
-            let shell = shell_job && ctty == root_tty as u64 && !pids.contains(&st.session);
+            let shell = shell_job && ctty == u64::from(root_tty) && !pids.contains(&st.session);
             // A slave whose master is outside (a container's console) is restored as the
             // controlling terminal with --orphan-pts-master.
             if !(shell || pty.is_some_and(|i| masters.contains(&i) || held.contains(&i))) {
@@ -205,10 +205,10 @@ fn to_pb(t: &Termios) -> pb::TermiosEntry {
         c_oflag: t.c_oflag,
         c_cflag: t.c_cflag,
         c_lflag: t.c_lflag,
-        c_line: t.c_line as u32,
+        c_line: u32::from(t.c_line),
         c_ispeed: t.c_ispeed,
         c_ospeed: t.c_ospeed,
-        c_cc: t.c_cc.iter().map(|&c| c as u32).collect(),
+        c_cc: t.c_cc.iter().map(|&c| u32::from(c)).collect(),
     }
 }
 

@@ -237,7 +237,7 @@ impl FdKind for UnixSk {
             })?;
         let sk = fd.take()?;
         let o = opts(fd, &sk)?;
-        if d.state as u32 != TCP_LISTEN {
+        if u32::from(d.state) != TCP_LISTEN {
             for msg in peek_queue(fd, &sk)? {
                 cx.files.sk_queues.push((
                     pb::SkPacketEntry {
@@ -277,11 +277,11 @@ impl FdKind for UnixSk {
             usk: Some(pb::UnixSkEntry {
                 id,
                 ino,
-                r#type: d.kind as u32,
-                state: d.state as u32,
+                r#type: u32::from(d.kind),
+                state: u32::from(d.state),
                 flags: fd.flags(),
                 uflags: 0,
-                backlog: if d.state as u32 == TCP_LISTEN {
+                backlog: if u32::from(d.state) == TCP_LISTEN {
                     d.rqlen.1
                 } else {
                     0
@@ -292,7 +292,7 @@ impl FdKind for UnixSk {
                 name,
                 shutdown: Some(shutdown as i32),
                 deleted,
-                cryo_icons: if d.state as u32 == TCP_LISTEN {
+                cryo_icons: if u32::from(d.state) == TCP_LISTEN {
                     d.icons.clone()
                 } else {
                     Vec::new()

@@ -18,6 +18,7 @@ use crate::image::{self, pb, ImageDir, ImageError, Manifest};
 use crate::kinds::error::{task_error_from, Failure, TaskError, Unsupported};
 use crate::kinds::{self, RestoreCx, TaskImages};
 use crate::notify::{Notifier, NotifyError};
+use crate::num::{micros_u32, micros_u64, pid_from_img, usize_of};
 use crate::procfs;
 use crate::sys::clone::CloneArgs;
 use crate::sys::mem::Mapping;
@@ -214,6 +215,17 @@ fn read_tree(
         return Err(RestoreError::BadImage("pstree.img has no process".into()));
     }
     for (i, ps) in tree.iter().enumerate() {
+        // Every id is one the kernel can hand out, so `TaskImages::vpid` and the ids passed
+        // to the kernel below are exact.
+        let ids = [ps.pid, ps.pgid, ps.sid].into_iter().chain(ps.threads.iter().copied());
+        for id in ids.chain((i > 0).then_some(ps.ppid)) {
+            if crate::num::pid_from_img(id).is_none() {
+                return Err(RestoreError::BadImage(format!(
+                    "pstree.img: process {}: {id} is not a process id",
+                    ps.pid
+                )));
+            }
+        }
         let parent_ok = if i == 0 {
             true
         } else {
@@ -300,7 +312,7 @@ fn read_task(dir: &ImageDir, ps: &pb::PstreeEntry) -> Result<TaskImages, Restore
 /// and of cryo itself, for the trampoline.
 fn trampoline_addr(tasks: &[TaskImages], len: u64) -> Result<u64, RestoreError> {
     let own =
-        procfs::parse_smaps(&procfs::read(std::process::id() as i32, "maps")?).unwrap_or_default();
+        procfs::parse_smaps(&procfs::read(crate::sys::proc::own_pid(), "maps")?).unwrap_or_default();
     let mut used: Vec<(u64, u64)> = tasks
         .iter()
         .flat_map(|t| t.mm.vmas.iter().map(|v| (v.start, v.end)))
@@ -653,7 +665,7 @@ fn fork_child(
     child: &TaskImages,
     puppets: &mut Puppets,
 ) -> Result<(), RestoreError> {
-    let cpid = child.pid as i32;
+    let cpid = child.vpid();
     let forking = Instant::now();
     let flags = if child.ids.files_id == img.ids.files_id && !child.is_zombie() {
         libc::CLONE_FILES as u64
@@ -697,7 +709,7 @@ fn fork_child(
             })
         }
     }
-    cx.stats.forking_time += forking.elapsed().as_micros() as u32;
+    cx.stats.forking_time += micros_u32(forking.elapsed());
     sh.calls += std::mem::take(&mut cx.remote.calls);
     Ok(())
 }
@@ -808,7 +820,7 @@ fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreE
         r.rt_sigaction(sig, scratch, 0)?;
         t.set_sigmask(0).map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
         // Inside the tree's PID namespace: its own PID there.
-        match r.named("kill (zombie)").kill(img.pid as i32, sig) {
+        match r.named("kill (zombie)").kill(img.vpid(), sig) {
             // As its tracer cryo sees the signal first: let it through, and it kills.
             Err(RemoteError::UnexpectedStop { sig: s, .. }) if s == sig => {
                 t.cont(s).map_err(ptrace_err("PTRACE_CONT"))?;
@@ -844,14 +856,14 @@ fn set_process_groups(
 ) -> Result<(), RestoreError> {
     for leaders_pass in [true, false] {
         for img in tasks.iter().filter(|t| !t.is_zombie()) {
-            let (pid, pgid) = (img.pid as i32, img.pstree.pgid as i32);
+            let (pid, pgid) = (img.vpid(), pid_from_img(img.pstree.pgid).unwrap_or(0));
             if (pgid == pid) != leaders_pass {
                 continue;
             }
             if img.pstree.sid == img.pid {
                 continue;
             }
-            let Some(&leader) = host.get(&(pgid as u32)) else {
+            let Some(&leader) = host.get(&img.pstree.pgid) else {
                 continue; // a shell job's group outside the tree: it stays in cryo's
             };
             let hpid = host[&img.pid];
@@ -889,15 +901,16 @@ pub fn run(
     // In a PID namespace of its own the tree's PIDs are free by construction.
     for t in tasks.iter().filter(|_| !own_pid_ns) {
         for &tid in &t.pstree.threads {
-            if let Ok(st) = procfs::stat(tid as i32) {
+            let tid = pid_from_img(tid).unwrap_or(0);
+            if let Ok(st) = procfs::stat(tid) {
                 return Err(RestoreError::PidBusy {
-                    pid: tid as i32,
+                    pid: tid,
                     who: format!("{} (state {})", st.comm, st.state),
                 });
             }
         }
     }
-    let vroot = tasks[0].pid as i32;
+    let vroot = tasks[0].vpid();
     // Before any puppet exists (so it drops after them): dirs made here go if we fail.
     let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
     let uses_seccomp = tasks.iter().any(|t| {
@@ -916,7 +929,7 @@ pub fn run(
         .map_err(|source| RestoreError::Fork { pid: vroot, source })?;
     let scratch = Mapping::anon_fixed(
         tr + 4096,
-        (TR_LEN - 4096) as usize,
+        usize_of(TR_LEN - 4096),
         libc::PROT_READ | libc::PROT_WRITE,
     )
     .map_err(|source| RestoreError::Fork { pid: vroot, source })?;
@@ -930,7 +943,7 @@ pub fn run(
             .max()
             .unwrap_or(2);
         Some(
-            crate::sys::fd::pidfd_open_self_at(top as i32 + 1)
+            crate::sys::fd::pidfd_open_self_at(kinds::files::fd_number_above(top)?)
                 .map_err(|source| RestoreError::Fork { pid: vroot, source })?,
         )
     } else {
@@ -997,7 +1010,7 @@ pub fn run(
     let tf = Instant::now();
     let mut stats = pb::RestoreStatsEntry {
         // Creating the tasks: the root here, the others in `shape`.
-        forking_time: forking.as_micros() as u32,
+        forking_time: micros_u32(forking),
         ..Default::default()
     };
     let mut ready = Vec::new();
@@ -1011,7 +1024,7 @@ pub fn run(
         tasks: &tasks,
         mounts: &opts.mounts,
         join: &opts.join,
-        host: HashMap::from([(vroot as u32, root)]),
+        host: HashMap::from([(tasks[0].pid, root)]),
         cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
         cgroups: cgroups.as_ref(),
         tr,
@@ -1054,7 +1067,7 @@ pub fn run(
         }
     }
     sh.calls += 2 * ready.len() as u64;
-    stats.restore_time = tf.elapsed().as_micros() as u32;
+    stats.restore_time = micros_u32(tf.elapsed());
     if let Some(p) = &opts.pidfile {
         std::fs::write(p, format!("{root}")).map_err(|source| ImageError::Io {
             path: p.clone(),
@@ -1094,7 +1107,7 @@ pub fn run(
     let report = RestoreReport {
         pid: root,
         pages_restored: stats.pages_restored.unwrap_or(0),
-        total_us: t0.elapsed().as_micros() as u64,
+        total_us: micros_u64(t0.elapsed()),
         remote_syscalls: sh.calls,
     };
     Ok(report)

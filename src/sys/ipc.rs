@@ -35,7 +35,7 @@ impl Perm {
             gid: p.gid,
             cuid: p.cuid,
             cgid: p.cgid,
-            mode: p.mode as u32,
+            mode: u32::from(p.mode),
         }
     }
 }
@@ -88,7 +88,7 @@ pub fn shm_info() -> io::Result<(i32, i32)> {
     // struct shm_info (48 bytes) is smaller than shmid_ds; its first field is `int used_ids`.
     let mut buf = zeroed_shmid_ds();
     // SAFETY: buf is a writable shmid_ds, larger than the shm_info the kernel writes.
-    let max = cvt(unsafe { libc::shmctl(0, SHM_INFO, &mut buf) } as libc::c_long)?;
+    let max = cvt(libc::c_long::from(unsafe { libc::shmctl(0, SHM_INFO, &mut buf) }))?;
     Ok((max as i32, buf.shm_perm.__key))
 }
 
@@ -96,7 +96,7 @@ pub fn shm_info() -> io::Result<(i32, i32)> {
 pub fn shm_stat(index: i32) -> io::Result<ShmStat> {
     let mut ds = zeroed_shmid_ds();
     // SAFETY: ds is a writable shmid_ds.
-    let id = cvt(unsafe { libc::shmctl(index, SHM_STAT, &mut ds) } as libc::c_long)?;
+    let id = cvt(libc::c_long::from(unsafe { libc::shmctl(index, SHM_STAT, &mut ds) }))?;
     Ok(ShmStat {
         id: id as i32,
         perm: Perm::of(&ds.shm_perm),
@@ -108,24 +108,24 @@ pub fn shm_stat(index: i32) -> io::Result<ShmStat> {
 /// `shmget(key, size, flags)`.
 pub fn shm_get(key: i32, size: u64, flags: i32) -> io::Result<i32> {
     // SAFETY: integer arguments only.
-    cvt(unsafe { libc::shmget(key, size as usize, flags) } as libc::c_long).map(|id| id as i32)
+    cvt(libc::c_long::from(unsafe { libc::shmget(key, size as usize, flags) })).map(|id| id as i32)
 }
 
 /// `shmctl(IPC_STAT)` then `shmctl(IPC_SET)` with the owner `uid`/`gid`.
 pub fn shm_set_owner(id: i32, uid: u32, gid: u32) -> io::Result<()> {
     let mut ds = zeroed_shmid_ds();
     // SAFETY: ds is a writable shmid_ds.
-    cvt(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) } as libc::c_long)?;
+    cvt(libc::c_long::from(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) }))?;
     ds.shm_perm.uid = uid;
     ds.shm_perm.gid = gid;
     // SAFETY: ds is a valid shmid_ds the kernel only reads.
-    cvt(unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) } as libc::c_long).map(|_| ())
+    cvt(libc::c_long::from(unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) })).map(|_| ())
 }
 
 /// `shmctl(SHM_LOCK)`: keeps the segment's pages in memory.
 pub fn shm_lock(id: i32) -> io::Result<()> {
     // SAFETY: SHM_LOCK takes no buffer.
-    cvt(unsafe { libc::shmctl(id, SHM_LOCK, std::ptr::null_mut()) } as libc::c_long).map(|_| ())
+    cvt(libc::c_long::from(unsafe { libc::shmctl(id, SHM_LOCK, std::ptr::null_mut()) })).map(|_| ())
 }
 
 /// A segment attached to cryo's address space (`shmat`), detached on drop. Its content is
@@ -175,8 +175,7 @@ pub fn sem_info() -> io::Result<(i32, i32)> {
     let mut info: libc::seminfo = unsafe { std::mem::zeroed() };
     // SAFETY: SEM_INFO writes one struct seminfo through the pointer.
     let max = cvt(
-        unsafe { libc::semctl(0, 0, libc::SEM_INFO, &mut info as *mut libc::seminfo) }
-            as libc::c_long,
+        libc::c_long::from(unsafe { libc::semctl(0, 0, libc::SEM_INFO, &mut info as *mut libc::seminfo) }),
     )?;
     Ok((max as i32, info.semusz))
 }
@@ -186,8 +185,7 @@ pub fn sem_stat(index: i32) -> io::Result<SemStat> {
     let mut ds = zeroed_semid_ds();
     // SAFETY: SEM_STAT writes one semid_ds through the pointer.
     let id = cvt(
-        unsafe { libc::semctl(index, 0, libc::SEM_STAT, &mut ds as *mut libc::semid_ds) }
-            as libc::c_long,
+        libc::c_long::from(unsafe { libc::semctl(index, 0, libc::SEM_STAT, &mut ds as *mut libc::semid_ds) }),
     )?;
     Ok(SemStat {
         id: id as i32,
@@ -199,7 +197,7 @@ pub fn sem_stat(index: i32) -> io::Result<SemStat> {
 /// `semget(key, nsems, flags)`.
 pub fn sem_get(key: i32, nsems: i32, flags: i32) -> io::Result<i32> {
     // SAFETY: integer arguments only.
-    cvt(unsafe { libc::semget(key, nsems, flags) } as libc::c_long).map(|id| id as i32)
+    cvt(libc::c_long::from(unsafe { libc::semget(key, nsems, flags) })).map(|id| id as i32)
 }
 
 /// `semctl(id, 0, IPC_STAT)`.
@@ -207,7 +205,7 @@ fn sem_ds(id: i32) -> io::Result<libc::semid_ds> {
     let mut ds = zeroed_semid_ds();
     // SAFETY: IPC_STAT writes one semid_ds through the pointer.
     let r = unsafe { libc::semctl(id, 0, libc::IPC_STAT, &mut ds as *mut libc::semid_ds) };
-    cvt(r as libc::c_long).map(|_| ds)
+    cvt(libc::c_long::from(r)).map(|_| ds)
 }
 
 /// `semctl(IPC_STAT)` then `semctl(IPC_SET)` with the owner `uid`/`gid`.
@@ -217,14 +215,14 @@ pub fn sem_set_owner(id: i32, uid: u32, gid: u32) -> io::Result<()> {
     ds.sem_perm.gid = gid;
     // SAFETY: IPC_SET reads one semid_ds through the pointer.
     let r = unsafe { libc::semctl(id, 0, libc::IPC_SET, &mut ds as *mut libc::semid_ds) };
-    cvt(r as libc::c_long).map(|_| ())
+    cvt(libc::c_long::from(r)).map(|_| ())
 }
 
 /// `semctl(GETALL)`: the values of the `nsems` semaphores of set `id`.
 pub fn sem_get_all(id: i32, nsems: usize) -> io::Result<Vec<u16>> {
     let mut v = vec![0u16; nsems.max(1)];
     // SAFETY: GETALL writes nsems unsigned shorts; v holds at least that many.
-    cvt(unsafe { libc::semctl(id, 0, libc::GETALL, v.as_mut_ptr()) } as libc::c_long)?;
+    cvt(libc::c_long::from(unsafe { libc::semctl(id, 0, libc::GETALL, v.as_mut_ptr()) }))?;
     v.truncate(nsems);
     Ok(v)
 }
@@ -239,7 +237,7 @@ pub fn sem_set_all(id: i32, values: &[u16]) -> io::Result<()> {
         ));
     }
     // SAFETY: SETALL reads as many unsigned shorts as the set has: exactly values.len().
-    cvt(unsafe { libc::semctl(id, 0, libc::SETALL, values.as_ptr()) } as libc::c_long).map(|_| ())
+    cvt(libc::c_long::from(unsafe { libc::semctl(id, 0, libc::SETALL, values.as_ptr()) })).map(|_| ())
 }
 
 /// `msgctl(0, MSG_INFO)`: (highest index in use, number of queues).
@@ -247,13 +245,13 @@ pub fn msg_info() -> io::Result<(i32, i32)> {
     // SAFETY: msginfo is plain integers; all zeroes is a valid value.
     let mut info: libc::msginfo = unsafe { std::mem::zeroed() };
     // SAFETY: MSG_INFO writes one struct msginfo (smaller than msqid_ds) through the pointer.
-    let max = cvt(unsafe {
+    let max = cvt(libc::c_long::from(unsafe {
         libc::msgctl(
             0,
             libc::MSG_INFO,
             &mut info as *mut libc::msginfo as *mut libc::msqid_ds,
         )
-    } as libc::c_long)?;
+    }))?;
     Ok((max as i32, info.msgpool))
 }
 
@@ -261,7 +259,7 @@ pub fn msg_info() -> io::Result<(i32, i32)> {
 pub fn msg_stat(index: i32) -> io::Result<MsgStat> {
     let mut ds = zeroed_msqid_ds();
     // SAFETY: ds is a writable msqid_ds.
-    let id = cvt(unsafe { libc::msgctl(index, libc::MSG_STAT, &mut ds) } as libc::c_long)?;
+    let id = cvt(libc::c_long::from(unsafe { libc::msgctl(index, libc::MSG_STAT, &mut ds) }))?;
     Ok(MsgStat {
         id: id as i32,
         perm: Perm::of(&ds.msg_perm),
@@ -274,19 +272,19 @@ pub fn msg_stat(index: i32) -> io::Result<MsgStat> {
 /// `msgget(key, flags)`.
 pub fn msg_get(key: i32, flags: i32) -> io::Result<i32> {
     // SAFETY: integer arguments only.
-    cvt(unsafe { libc::msgget(key, flags) } as libc::c_long).map(|id| id as i32)
+    cvt(libc::c_long::from(unsafe { libc::msgget(key, flags) })).map(|id| id as i32)
 }
 
 /// `msgctl(IPC_STAT)` then `msgctl(IPC_SET)` with the owner and the byte limit.
 pub fn msg_set(id: i32, uid: u32, gid: u32, qbytes: u64) -> io::Result<()> {
     let mut ds = zeroed_msqid_ds();
     // SAFETY: ds is a writable msqid_ds.
-    cvt(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) } as libc::c_long)?;
+    cvt(libc::c_long::from(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) }))?;
     ds.msg_perm.uid = uid;
     ds.msg_perm.gid = gid;
     ds.msg_qbytes = qbytes;
     // SAFETY: ds is a valid msqid_ds the kernel only reads.
-    cvt(unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) } as libc::c_long).map(|_| ())
+    cvt(libc::c_long::from(unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) })).map(|_| ())
 }
 
 /// `msgrcv(id, .., max, index, MSG_COPY | IPC_NOWAIT)`: a copy of the message at position
@@ -315,14 +313,14 @@ pub fn msg_send(id: i32, mtype: i64, body: &[u8]) -> io::Result<()> {
     buf.extend_from_slice(&mtype.to_ne_bytes());
     buf.extend_from_slice(body);
     // SAFETY: buf holds a long (mtype) followed by body.len() bytes, as msgsnd reads.
-    cvt(unsafe {
+    cvt(libc::c_long::from(unsafe {
         libc::msgsnd(
             id,
             buf.as_ptr() as *const libc::c_void,
             body.len(),
             libc::IPC_NOWAIT,
         )
-    } as libc::c_long)
+    }))
     .map(|_| ())
 }
 
@@ -382,7 +380,7 @@ pub fn mq_create(name: &str, mode: u32, maxmsg: u64, msgsize: u64) -> io::Result
             libc::SYS_mq_open,
             n.as_ptr(),
             libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
-            mode as libc::c_long,
+            libc::c_long::from(mode),
             &attr as *const MqAttr,
         )
     })?;

@@ -127,7 +127,7 @@ impl Uffd {
         let mut api = [UFFD_API, 0u64, 0u64];
         // SAFETY: `api` is a valid struct uffdio_api the kernel reads and writes.
         let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, api.as_mut_ptr()) };
-        cvt(r as libc::c_long)?;
+        cvt(libc::c_long::from(r))?;
         if api[2] & (1 << 0x3F) == 0 {
             return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
         }
@@ -141,7 +141,7 @@ impl Uffd {
         let mut reg = [start, len, UFFDIO_REGISTER_MODE_MISSING, 0u64];
         // SAFETY: `reg` is a valid struct uffdio_register the kernel reads and writes.
         let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER as _, reg.as_mut_ptr()) };
-        cvt(r as libc::c_long)?;
+        cvt(libc::c_long::from(r))?;
         if reg[3] & (1 << 0x03) == 0 {
             let _ = self.unregister(start, len);
             return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
@@ -160,7 +160,7 @@ impl Uffd {
                 range.as_mut_ptr(),
             )
         };
-        cvt(r as libc::c_long).map(|_| ())
+        cvt(libc::c_long::from(r)).map(|_| ())
     }
 
     /// `UFFDIO_COPY`: `src` into the owner's registered memory at `dst` (page aligned, pages
@@ -179,7 +179,7 @@ impl Uffd {
             // SAFETY: `c` is a valid struct uffdio_copy whose source lies inside `src`, which
             // the kernel only reads; the destination is in another address space.
             let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY as _, c.as_mut_ptr()) };
-            let r = cvt(r as libc::c_long);
+            let r = cvt(libc::c_long::from(r));
             let copied = c[4] as i64;
             match r {
                 Ok(_) if copied > 0 => done += copied as usize,
@@ -266,8 +266,7 @@ pub fn pagemap_scan(
         };
         // SAFETY: arg is a valid pm_scan_arg whose vec points at `regions` (vec_len entries).
         let n = cvt(
-            unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) }
-                as libc::c_long,
+            libc::c_long::from(unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) }),
         )? as usize;
         for r in &regions[..n] {
             match out.last_mut() {
@@ -413,7 +412,7 @@ impl Mapping {
     /// `mprotect` of the whole mapping.
     pub fn protect(&mut self, prot: i32) -> io::Result<()> {
         // SAFETY: the range is our own mapping.
-        cvt(unsafe { libc::mprotect(self.addr.cast(), self.len, prot) } as libc::c_long).map(|_| ())
+        cvt(libc::c_long::from(unsafe { libc::mprotect(self.addr.cast(), self.len, prot) })).map(|_| ())
     }
 
     /// Advises the kernel (e.g. `MADV_WILLNEED`, `MADV_SEQUENTIAL`).

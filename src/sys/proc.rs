@@ -115,7 +115,7 @@ pub fn get_rlimit(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
     };
     // SAFETY: old is a valid out-pointer.
     let r = unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) };
-    cvt(r as libc::c_long)?;
+    cvt(libc::c_long::from(r))?;
     Ok((old.rlim_cur, old.rlim_max))
 }
 
@@ -126,7 +126,7 @@ pub fn set_rlimit(pid: i32, resource: u32, cur: u64, max: u64) -> io::Result<()>
         rlim_max: max,
     };
     // SAFETY: new is a valid in-pointer.
-    cvt(unsafe { libc::prlimit64(pid, resource as _, &new, std::ptr::null_mut()) } as libc::c_long)
+    cvt(libc::c_long::from(unsafe { libc::prlimit64(pid, resource as _, &new, std::ptr::null_mut()) }))
         .map(|_| ())
 }
 
@@ -151,9 +151,9 @@ pub fn kcmp(pid1: i32, pid2: i32, kind: i32, idx1: u64, idx2: u64) -> io::Result
 pub fn sched(tid: i32) -> io::Result<(i32, i32, i32)> {
     // SAFETY: integer-only syscalls and a valid out-pointer.
     unsafe {
-        let policy = cvt(libc::sched_getscheduler(tid) as libc::c_long)? as i32;
+        let policy = cvt(libc::c_long::from(libc::sched_getscheduler(tid)))? as i32;
         let mut p: libc::sched_param = std::mem::zeroed();
-        cvt(libc::sched_getparam(tid, &mut p) as libc::c_long)?;
+        cvt(libc::c_long::from(libc::sched_getparam(tid, &mut p)))?;
         *libc::__errno_location() = 0;
         let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
         Ok((policy, p.sched_priority, nice))
@@ -167,8 +167,8 @@ pub fn set_sched(tid: i32, policy: i32, prio: i32, nice: i32) -> io::Result<()> 
     };
     // SAFETY: p is a valid in-pointer; integers otherwise.
     unsafe {
-        cvt(libc::sched_setscheduler(tid, policy, &p) as libc::c_long)?;
-        cvt(libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) as libc::c_long)?;
+        cvt(libc::c_long::from(libc::sched_setscheduler(tid, policy, &p)))?;
+        cvt(libc::c_long::from(libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)))?;
     }
     Ok(())
 }
@@ -192,7 +192,7 @@ pub fn robust_list(tid: i32) -> io::Result<(u64, u64)> {
 /// `kill(pid, sig)`.
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     // SAFETY: integer-only syscall.
-    cvt(unsafe { libc::kill(pid, sig) } as libc::c_long).map(|_| ())
+    cvt(libc::c_long::from(unsafe { libc::kill(pid, sig) })).map(|_| ())
 }
 
 /// This process's own signal dispositions, as the kernel's `struct sigaction` words

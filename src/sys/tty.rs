@@ -22,7 +22,7 @@ fn get_int(fd: BorrowedFd<'_>, req: libc::c_ulong) -> io::Result<i32> {
     let mut v: libc::c_int = 0;
     // SAFETY: req is one of the int-out ioctls below; v outlives the call.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, &mut v as *mut libc::c_int) };
-    cvt(r as libc::c_long)?;
+    cvt(libc::c_long::from(r))?;
     Ok(v)
 }
 
@@ -31,7 +31,7 @@ fn set_int(fd: BorrowedFd<'_>, req: libc::c_ulong, v: i32) -> io::Result<()> {
     let v: libc::c_int = v;
     // SAFETY: req is one of the int-in ioctls below; v outlives the call.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), req, &v as *const libc::c_int) };
-    cvt(r as libc::c_long).map(|_| ())
+    cvt(libc::c_long::from(r)).map(|_| ())
 }
 
 /// `TCGETS2`. On a pty master it reads the slave's termios.
@@ -40,7 +40,7 @@ pub fn termios(fd: BorrowedFd<'_>) -> io::Result<Termios> {
     let mut t: Termios = unsafe { std::mem::zeroed() };
     // SAFETY: TCGETS2 writes one struct termios2 into t.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCGETS2, &mut t as *mut Termios) };
-    cvt(r as libc::c_long)?;
+    cvt(libc::c_long::from(r))?;
     Ok(t)
 }
 
@@ -48,7 +48,7 @@ pub fn termios(fd: BorrowedFd<'_>) -> io::Result<Termios> {
 pub fn set_termios(fd: BorrowedFd<'_>, t: &Termios) -> io::Result<()> {
     // SAFETY: TCSETS2 reads one struct termios2 from t.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCSETS2, t as *const Termios) };
-    cvt(r as libc::c_long).map(|_| ())
+    cvt(libc::c_long::from(r)).map(|_| ())
 }
 
 /// `TIOCGLCKTRMIOS`: the locked termios bits (the kernel fills the `struct termios` head of
@@ -59,7 +59,7 @@ pub fn locked_termios(fd: BorrowedFd<'_>) -> io::Result<Termios> {
     // SAFETY: the kernel writes a struct termios, which is shorter than termios2 and has the
     // same leading layout.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGLCKTRMIOS, &mut t as *mut Termios) };
-    cvt(r as libc::c_long)?;
+    cvt(libc::c_long::from(r))?;
     Ok(t)
 }
 
@@ -67,7 +67,7 @@ pub fn locked_termios(fd: BorrowedFd<'_>) -> io::Result<Termios> {
 pub fn set_locked_termios(fd: BorrowedFd<'_>, t: &Termios) -> io::Result<()> {
     // SAFETY: the kernel reads a struct termios, the leading part of t.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSLCKTRMIOS, t as *const Termios) };
-    cvt(r as libc::c_long).map(|_| ())
+    cvt(libc::c_long::from(r)).map(|_| ())
 }
 
 /// `TIOCGWINSZ`.
@@ -92,7 +92,7 @@ pub fn pty_locked(fd: BorrowedFd<'_>) -> io::Result<bool> {
 
 /// `TIOCSPTLCK`.
 pub fn set_pty_locked(fd: BorrowedFd<'_>, locked: bool) -> io::Result<()> {
-    set_int(fd, libc::TIOCSPTLCK, locked as i32)
+    set_int(fd, libc::TIOCSPTLCK, i32::from(locked))
 }
 
 /// `TIOCGPKT`: packet mode of a pty master.
@@ -102,7 +102,7 @@ pub fn packet_mode(fd: BorrowedFd<'_>) -> io::Result<bool> {
 
 /// `TIOCPKT`.
 pub fn set_packet_mode(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    set_int(fd, libc::TIOCPKT, on as i32)
+    set_int(fd, libc::TIOCPKT, i32::from(on))
 }
 
 /// `TIOCGEXCL`: exclusive mode of this side of the tty.
