@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::image::{self, pb, ImageDir};
 use crate::kinds::error::{task_error_from, Failure, TaskError, Unsupported};
 use crate::kinds::{self, DumpCx, FileTable, TaskImages};
+use crate::num::{c_int, c_uint, img_pid, len32, micros_u32, micros_u64};
 use crate::notify::{Notifier, NotifyError};
 use crate::procfs;
 use crate::sys::ptrace::{Stop, Tracee};
@@ -498,7 +499,7 @@ fn check_pid_ns(tree: &[(i32, i32)]) -> Result<(), DumpError> {
     let root = tree[0].0;
     let theirs = ns(root);
     // None: the root is exiting, which the rest of the precheck refuses.
-    if theirs.is_none() || theirs == ns(std::process::id() as i32) {
+    if theirs.is_none() || theirs == ns(crate::sys::proc::own_pid()) {
         return Ok(());
     }
     let vroot = ns_pid(root)?;
@@ -532,7 +533,7 @@ fn check_mnt_ns(
     let root = tree[0].0;
     let theirs = ns(root);
     // None: the root is exiting, which the rest of the precheck refuses.
-    if theirs.is_none() || theirs == ns(std::process::id() as i32) {
+    if theirs.is_none() || theirs == ns(crate::sys::proc::own_pid()) {
         return Ok(None);
     }
     for &(pid, _) in &tree[1..] {
@@ -594,9 +595,9 @@ fn virtualize(imgs: &mut [TaskImages], files: &mut FileTable) -> Result<(), Dump
     let mut map = std::collections::HashMap::new();
     for img in imgs.iter() {
         for &tid in &img.pstree.threads {
-            map.insert(tid, ns_pid(tid as i32)?);
+            map.insert(tid, ns_pid(c_int(tid))?);
         }
-        map.insert(img.pid, ns_pid(img.pid as i32)?);
+        map.insert(img.pid, ns_pid(c_int(img.pid))?);
     }
     let v = |p: u32| map.get(&p).copied().unwrap_or(0);
     files.ttys.rename_pids(v);
@@ -618,7 +619,7 @@ fn virtualize(imgs: &mut [TaskImages], files: &mut FileTable) -> Result<(), Dump
             .map(|t| t.posix.iter_mut());
         for t in timers.into_iter().flatten() {
             if let Some(tid) = t.notify_thread_id.as_mut() {
-                *tid = v(*tid as u32) as i32;
+                *tid = c_int(v(c_uint(*tid)));
             }
         }
     }
@@ -633,18 +634,18 @@ fn is_zombie(pid: i32) -> bool {
 /// wait status its parent has not collected yet.
 fn dump_zombie(pid: i32, img: &mut TaskImages) -> Result<(), DumpError> {
     let st = procfs::stat(pid)?;
-    img.pid = pid as u32;
+    img.pid = img_pid(pid);
     img.pstree = pb::PstreeEntry {
-        pid: pid as u32,
-        ppid: st.ppid as u32,
-        pgid: st.pgrp as u32,
-        sid: st.session as u32,
-        threads: vec![pid as u32],
+        pid: img_pid(pid),
+        ppid: c_uint(st.ppid),
+        pgid: c_uint(st.pgrp),
+        sid: c_uint(st.session),
+        threads: vec![img_pid(pid)],
     };
     img.core.mtype = pb::core_entry::March::X8664 as i32;
     let tc = img.tc();
     tc.task_state = kinds::misc::TASK_DEAD;
-    tc.exit_code = st.exit_code as u32;
+    tc.exit_code = c_uint(st.exit_code);
     tc.comm = st.comm;
     Ok(())
 }
@@ -767,7 +768,7 @@ fn dump_process(
         for th in &others {
             img.threads
                 .push(kinds::threads::dump_thread(pid, th, site, scratch)?);
-            img.pstree.threads.push(th.tracee.tid as u32);
+            img.pstree.threads.push(img_pid(th.tracee.tid));
         }
         Ok(())
     })();
@@ -870,7 +871,7 @@ pub fn run(
     let mut calls = 0;
     for (i, (pid, ppid, seized)) in frozen.iter().enumerate() {
         let mut img = TaskImages {
-            pages_id: i as u32 + 1,
+            pages_id: len32(i) + 1,
             ..Default::default()
         };
         if seized.tracees.is_empty() {
@@ -894,11 +895,11 @@ pub fn run(
             if let Some(sig) = seized.stop_sig {
                 let tc = img.tc();
                 tc.task_state = kinds::misc::TASK_STOPPED;
-                tc.stop_signo = Some(sig as u32);
+                tc.stop_signo = Some(c_uint(sig));
             }
         }
-        img.pstree.ppid = *ppid as u32;
-        img.ids = kinds::misc::task_ids(*pid, i as u32 + 2)?;
+        img.pstree.ppid = c_uint(*ppid);
+        img.ids = kinds::misc::task_ids(*pid, len32(i) + 2)?;
         if let Some(f) = img.files_shared {
             img.ids.files_id = f;
         }
@@ -927,7 +928,7 @@ pub fn run(
     // cgroups, by host PIDs (before `virtualize`).
     files.cgroups =
         kinds::cgroup::dump(&mut imgs, opts.cgroup_mode != kinds::cgroup::Mode::Ignore)?;
-    if imgs[0].ids.pid_ns_id != kinds::misc::task_ids(std::process::id() as i32, 1)?.pid_ns_id {
+    if imgs[0].ids.pid_ns_id != kinds::misc::task_ids(crate::sys::proc::own_pid(), 1)?.pid_ns_id {
         virtualize(&mut imgs, &mut files)?;
     }
 
@@ -936,8 +937,8 @@ pub fn run(
     kinds::locks::write(dir, &locks, &imgs)?;
     tracing::info!("images written");
     let frozen_time = tf.elapsed();
-    stats.freezing_time = freezing.as_micros() as u32;
-    stats.frozen_time = frozen_time.as_micros() as u32;
+    stats.freezing_time = micros_u32(freezing);
+    stats.frozen_time = micros_u32(frozen_time);
     dir.write(
         "stats-dump",
         image::STATS,
@@ -974,8 +975,8 @@ pub fn run(
     Ok(DumpReport {
         pid: root,
         pages_written: stats.pages_written,
-        frozen_us: frozen_time.as_micros() as u64,
-        total_us: t0.elapsed().as_micros() as u64,
+        frozen_us: micros_u64(frozen_time),
+        total_us: micros_u64(t0.elapsed()),
         remote_syscalls: calls,
     })
 }
@@ -987,7 +988,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         &[pb::InventoryEntry {
             img_version: 2,
             fdinfo_per_id: Some(true),
-            root_ids: Some(kinds::misc::task_ids(std::process::id() as i32, 1)?),
+            root_ids: Some(kinds::misc::task_ids(crate::sys::proc::own_pid(), 1)?),
             ns_per_id: Some(true),
             lsmtype: Some(pb::Lsmtype::NoLsm as i32),
             root_cg_set: files.cgroups.own_set(),

@@ -12,6 +12,7 @@ use super::error::{task_error_from, TaskError, Unsupported};
 use super::files::{obj_err, FdKind, FdObjects, FdProbe, TargetFd, SETFL_MASK};
 use super::DumpCx;
 use crate::image::pb;
+use crate::num::{c_int, c_uint, len32};
 use crate::procfs;
 use crate::sys::fd as sysfd;
 
@@ -54,12 +55,13 @@ fn parse_watch(line: &str) -> Option<Watch> {
         let (k, v) = tok.split_once(':')?;
         let hex = || u64::from_str_radix(v, 16).ok();
         match k {
-            "wd" => w.wd = hex()? as u32,
+            "wd" => w.wd = u32::try_from(hex()?).ok()?,
             "ino" => w.ino = hex()?,
-            "sdev" => w.sdev = hex()? as u32,
-            "mask" => w.mask = hex()? as u32,
-            "ignored_mask" => w.ignored_mask = hex()? as u32,
-            "fhandle-type" => w.handle_type = hex()? as i32,
+            "sdev" => w.sdev = u32::try_from(hex()?).ok()?,
+            "mask" => w.mask = u32::try_from(hex()?).ok()?,
+            "ignored_mask" => w.ignored_mask = u32::try_from(hex()?).ok()?,
+            // An int printed as unsigned hex.
+            "fhandle-type" => w.handle_type = c_int(u32::try_from(hex()?).ok()?),
             "f_handle" => {
                 w.handle = (0..v.len() / 2)
                     .map(|i| u8::from_str_radix(&v[2 * i..2 * i + 2], 16).ok())
@@ -155,8 +157,8 @@ impl FdKind for Inotify {
                 s_dev: w.sdev,
                 wd: w.wd,
                 f_handle: pb::FhEntry {
-                    bytes: w.handle.len() as u32,
-                    r#type: w.handle_type as u32,
+                    bytes: len32(w.handle.len()),
+                    r#type: c_uint(w.handle_type),
                     handle: words,
                     path: Some(path),
                     mnt_id: None,
@@ -198,11 +200,11 @@ impl FdKind for Inotify {
             loop {
                 let got = sysfd::inotify_add_watch(fd.as_fd(), path, w.mask)
                     .map_err(err(&format!("watch {path}")))?;
-                if got as u32 == w.wd {
+                if c_uint(got) == w.wd {
                     break;
                 }
                 tries += 1;
-                if got as u32 > w.wd || tries > 1 << 20 {
+                if c_uint(got) > w.wd || tries > 1 << 20 {
                     return Err(InotifyError::WrongWd {
                         id: e.id,
                         path: path.to_string(),

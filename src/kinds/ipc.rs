@@ -38,6 +38,7 @@ use super::error::{task_error_from, Failure, TaskError};
 use super::{DumpCx, FileTable, TaskImages};
 use crate::image::{self, pb, ImageDir, ImageError};
 use crate::sys::ipc::{self as sys, Perm};
+use crate::num::{c_int, c_uint, len32, low32, u64_of, usize_of};
 use crate::sys::ns::NsType;
 use crate::sys::PAGE_SIZE;
 
@@ -186,7 +187,7 @@ fn read_ctl(name: &str) -> Result<Option<Vec<i64>>, IpcError> {
         .map(|w| {
             // u64 values (shmmax) above i64::MAX wrap, and are written back the same.
             w.parse::<i64>()
-                .or_else(|_| w.parse::<u64>().map(|v| v as i64))
+                .or_else(|_| w.parse::<u64>().map(u64::cast_signed))
                 .map_err(|_| IpcError::BadCtl {
                     path: path.clone(),
                     text: s.clone(),
@@ -210,19 +211,19 @@ fn dump_var() -> Result<pb::IpcVarEntry, IpcError> {
         sem_ctls: read_ctl("kernel/sem")?
             .unwrap_or_default()
             .into_iter()
-            .map(|v| v as u32)
+            .map(|v| low32(v.cast_unsigned()))
             .collect(),
         ..Default::default()
     };
     for (name, f) in U32_CTLS.iter().chain(&MQ_CTLS) {
-        *f(&mut e) = one(name)?.unwrap_or(0) as u32;
+        *f(&mut e) = low32(one(name)?.unwrap_or(0).cast_unsigned());
     }
     for (name, f) in U64_CTLS {
-        *f(&mut e) = one(name)?.unwrap_or(0) as u64;
+        *f(&mut e) = one(name)?.unwrap_or(0).cast_unsigned();
     }
     for (name, f) in OPT_CTLS {
         // -1: no next id requested (the kernel refuses to be given it back).
-        *f(&mut e) = one(name)?.filter(|&v| v >= 0).map(|v| v as u32);
+        *f(&mut e) = one(name)?.and_then(|v| u32::try_from(v).ok());
     }
     Ok(e)
 }
@@ -246,7 +247,13 @@ fn set_ctl(name: &str, want: &[i64], phase: Phase) -> Result<(), IpcError> {
         Phase::Raise => want
             .iter()
             .zip(now.iter().chain(std::iter::repeat(&0)))
-            .map(|(&w, &n)| if (w as u64) > (n as u64) { w } else { n })
+            .map(|(&w, &n)| {
+                if w.cast_unsigned() > n.cast_unsigned() {
+                    w
+                } else {
+                    n
+                }
+            })
             .collect(),
     };
     if target == now || target.is_empty() {
@@ -256,7 +263,7 @@ fn set_ctl(name: &str, want: &[i64], phase: Phase) -> Result<(), IpcError> {
         .iter()
         .map(|&v| {
             if name.ends_with("shmmax") || name.ends_with("shmall") {
-                (v as u64).to_string()
+                v.cast_unsigned().to_string()
             } else {
                 v.to_string()
             }
@@ -273,7 +280,7 @@ fn restore_var(e: &pb::IpcVarEntry, phase: Phase) -> Result<(), IpcError> {
         phase,
     )?;
     for (name, f) in U64_CTLS {
-        set_ctl(name, &[*f(&mut e) as i64], phase)?;
+        set_ctl(name, &[f(&mut e).cast_signed()], phase)?;
     }
     for (name, f) in U32_CTLS.iter().chain(&MQ_CTLS) {
         // Flags, not limits: only their final value matters. shm_rmid_forced destroys
@@ -300,13 +307,13 @@ fn restore_var(e: &pb::IpcVarEntry, phase: Phase) -> Result<(), IpcError> {
 
 fn desc(id: i32, p: &Perm) -> pb::IpcDescEntry {
     pb::IpcDescEntry {
-        key: p.key as u32,
+        key: c_uint(p.key),
         uid: p.uid,
         gid: p.gid,
         cuid: p.cuid,
         cgid: p.cgid,
         mode: p.mode,
-        id: id as u32,
+        id: c_uint(id),
     }
 }
 
@@ -331,7 +338,7 @@ fn list<T>(
             }
         }
     }
-    if out.len() != count as usize {
+    if u64_of(out.len()) != u64::from(c_uint(count)) {
         return Err(IpcError::Changed(format!(
             "found {} {what}s, the kernel counts {count}",
             out.len()
@@ -366,7 +373,7 @@ fn dump_shm(var: &pb::IpcVarEntry) -> Result<Vec<(pb::IpcShmEntry, Vec<u8>)>, Ip
         if fs.f_type == HUGETLBFS_MAGIC {
             return Err(refuse("it is a hugetlb segment (SHM_HUGETLB)"));
         }
-        let mut data = vec![0u8; s.size as usize];
+        let mut data = vec![0u8; usize_of(s.size)];
         let mut got = 0;
         while got < data.len() {
             match f.read_at(&mut data[got..], got as u64) {
@@ -395,12 +402,12 @@ fn dump_sem() -> Result<Vec<(pb::IpcSemEntry, Vec<u16>)>, IpcError> {
     for s in list("SysV semaphore set", info, sys::sem_stat)? {
         let name = sem_name(s.id, s.perm.key);
         let values =
-            sys::sem_get_all(s.id, s.nsems as usize).map_err(op(&name, "semctl(GETALL)"))?;
+            sys::sem_get_all(s.id, usize_of(s.nsems)).map_err(op(&name, "semctl(GETALL)"))?;
         tracing::info!("ipc: {name}: values {values:?}");
         out.push((
             pb::IpcSemEntry {
                 desc: desc(s.id, &s.perm),
-                nsems: s.nsems as u32,
+                nsems: low32(s.nsems),
             },
             values,
         ));
@@ -416,12 +423,12 @@ fn dump_msg() -> Result<Vec<Queue>, IpcError> {
         let mut msgs = Vec::new();
         for i in 0..q.qnum {
             // No message is longer than all the queued bytes.
-            let (mtype, body) = sys::msg_copy(q.id, i, q.cbytes.max(1) as usize)
+            let (mtype, body) = sys::msg_copy(q.id, i, usize_of(q.cbytes.max(1)))
                 .map_err(op(&name, "msgrcv(MSG_COPY)"))?;
             msgs.push((
                 pb::IpcMsg {
-                    mtype: mtype as u64,
-                    msize: body.len() as u32,
+                    mtype: mtype.cast_unsigned(),
+                    msize: len32(body.len()),
                 },
                 body,
             ));
@@ -430,8 +437,8 @@ fn dump_msg() -> Result<Vec<Queue>, IpcError> {
         out.push((
             pb::IpcMsgEntry {
                 desc: desc(q.id, &q.perm),
-                qbytes: q.qbytes as u32,
-                qnum: q.qnum as u32,
+                qbytes: low32(q.qbytes),
+                qnum: low32(q.qnum),
             },
             msgs,
         ));
@@ -477,7 +484,7 @@ fn dump_mqueues() -> Result<Vec<pb::CryoMqueueEntry>, IpcError> {
         // Whatever happens, every message taken goes back before this returns.
         let mut msgs = Vec::new();
         let taken = loop {
-            match sys::mq_take(fd.as_fd(), info.msgsize as usize) {
+            match sys::mq_take(fd.as_fd(), usize_of(info.msgsize)) {
                 Ok(Some((prio, data))) => msgs.push(pb::CryoMqMsg { prio, data }),
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
@@ -628,7 +635,7 @@ fn load(dir: &ImageDir, id: u32) -> Result<Option<IpcNs>, IpcError> {
         if e.in_pagemaps == Some(true) {
             data = Vec::new(); // filled from pagemap-shmem-ID.img once the segment exists
         } else {
-            data.truncate(e.size as usize);
+            data.truncate(usize_of(e.size));
         }
         ns.shm.push((e, data));
     }
@@ -663,7 +670,7 @@ fn create_with_id(
 ) -> Result<i32, IpcError> {
     write_ctl(&format!("kernel/{kind}_next_id"), &id.to_string())?;
     let got = create().map_err(op(object, "create"))?;
-    if got != id as i32 {
+    if got != c_int(id) {
         return Err(IpcError::WrongId {
             object: object.to_string(),
             got,
@@ -674,16 +681,16 @@ fn create_with_id(
 
 fn restore_shm(dir: &ImageDir, e: &pb::IpcShmEntry, data: &[u8]) -> Result<(), IpcError> {
     let d = &e.desc;
-    let name = shm_name(d.id as i32, d.key as i32);
+    let name = shm_name(c_int(d.id), c_int(d.key));
     if e.hugetlb_flag.is_some_and(|f| f != 0) {
         return Err(IpcError::Unsupported {
             object: name,
             what: "hugetlb segments are not restored".into(),
         });
     }
-    let flags = (d.mode & 0o777) as i32 | libc::IPC_CREAT | libc::IPC_EXCL;
+    let flags = c_int(d.mode & 0o777) | libc::IPC_CREAT | libc::IPC_EXCL;
     let id = create_with_id("shm", &name, d.id, || {
-        sys::shm_get(d.key as i32, e.size, flags)
+        sys::shm_get(c_int(d.key), e.size, flags)
     })?;
     sys::shm_set_owner(id, d.uid, d.gid).map_err(op(&name, "shmctl(IPC_SET)"))?;
     if d.mode & SHM_LOCKED != 0 {
@@ -706,9 +713,9 @@ fn restore_shm(dir: &ImageDir, e: &pb::IpcShmEntry, data: &[u8]) -> Result<(), I
         });
     }
     // Only pages holding something, so holes stay holes.
-    for (i, page) in data.chunks(PAGE_SIZE as usize).enumerate() {
+    for (i, page) in data.chunks(usize_of(PAGE_SIZE)).enumerate() {
         if page.iter().any(|&b| b != 0) {
-            f.write_all_at(page, i as u64 * PAGE_SIZE)
+            f.write_all_at(page, u64_of(i) * PAGE_SIZE)
                 .map_err(op(&name, "write the content"))?;
         }
     }
@@ -717,10 +724,10 @@ fn restore_shm(dir: &ImageDir, e: &pb::IpcShmEntry, data: &[u8]) -> Result<(), I
 
 fn restore_sem(e: &pb::IpcSemEntry, values: &[u16]) -> Result<(), IpcError> {
     let d = &e.desc;
-    let name = sem_name(d.id as i32, d.key as i32);
-    let flags = (d.mode & 0o777) as i32 | libc::IPC_CREAT | libc::IPC_EXCL;
+    let name = sem_name(c_int(d.id), c_int(d.key));
+    let flags = c_int(d.mode & 0o777) | libc::IPC_CREAT | libc::IPC_EXCL;
     let id = create_with_id("sem", &name, d.id, || {
-        sys::sem_get(d.key as i32, e.nsems as i32, flags)
+        sys::sem_get(c_int(d.key), c_int(e.nsems), flags)
     })?;
     sys::sem_set_owner(id, d.uid, d.gid).map_err(op(&name, "semctl(IPC_SET)"))?;
     sys::sem_set_all(id, values).map_err(op(&name, "semctl(SETALL)"))
@@ -728,15 +735,15 @@ fn restore_sem(e: &pb::IpcSemEntry, values: &[u16]) -> Result<(), IpcError> {
 
 fn restore_msg(e: &pb::IpcMsgEntry, msgs: &[(pb::IpcMsg, Vec<u8>)]) -> Result<(), IpcError> {
     let d = &e.desc;
-    let name = msg_name(d.id as i32, d.key as i32);
-    let flags = (d.mode & 0o777) as i32 | libc::IPC_CREAT | libc::IPC_EXCL;
-    let id = create_with_id("msg", &name, d.id, || sys::msg_get(d.key as i32, flags))?;
+    let name = msg_name(c_int(d.id), c_int(d.key));
+    let flags = c_int(d.mode & 0o777) | libc::IPC_CREAT | libc::IPC_EXCL;
+    let id = create_with_id("msg", &name, d.id, || sys::msg_get(c_int(d.key), flags))?;
     // Room for every message even if the limit was lowered after they were sent.
     let total: u64 = msgs.iter().map(|(_, b)| b.len() as u64).sum();
     let qbytes = u64::from(e.qbytes);
     sys::msg_set(id, d.uid, d.gid, qbytes.max(total)).map_err(op(&name, "msgctl(IPC_SET)"))?;
     for (m, body) in msgs {
-        sys::msg_send(id, m.mtype as i64, body).map_err(op(&name, "msgsnd"))?;
+        sys::msg_send(id, m.mtype.cast_signed(), body).map_err(op(&name, "msgsnd"))?;
     }
     if total > qbytes {
         sys::msg_set(id, d.uid, d.gid, qbytes).map_err(op(&name, "msgctl(IPC_SET)"))?;

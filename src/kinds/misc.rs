@@ -6,6 +6,7 @@
 use super::error::{task_error_from, TaskError};
 use super::{DumpCx, Kind, RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
+use crate::num::{c_int, c_uint, img_pid, low32};
 use crate::procfs;
 use crate::sys::proc;
 use crate::sys::remote::arg;
@@ -50,13 +51,13 @@ impl Kind for Misc {
         use std::os::unix::fs::MetadataExt;
         let pid = cx.pid;
         let st = cx.stat.clone();
-        img.pid = pid as u32;
+        img.pid = img_pid(pid);
         img.pstree = pb::PstreeEntry {
-            pid: pid as u32,
+            pid: img_pid(pid),
             ppid: 0,
-            pgid: st.pgrp as u32,
-            sid: st.session as u32,
-            threads: vec![pid as u32],
+            pgid: c_uint(st.pgrp),
+            sid: c_uint(st.session),
+            threads: vec![img_pid(pid)],
         };
         // exe, cwd, root as regular-file records.
         for (name, slot) in [("exe", 0), ("cwd", 1), ("root", 2)] {
@@ -103,9 +104,9 @@ impl Kind for Misc {
         {
             let th = img.thread();
             th.futex_rla = rla;
-            th.futex_rla_len = rla_len as u32;
-            th.sched_policy = Some(policy as u32);
-            th.sched_prio = Some(prio as u32);
+            th.futex_rla_len = low32(rla_len);
+            th.sched_policy = Some(c_uint(policy));
+            th.sched_prio = Some(c_uint(prio));
             th.sched_nice = Some(nice);
             th.comm = Some(st.comm.clone());
             th.rseq_entry = Some(pb::RseqEntry {
@@ -135,11 +136,11 @@ impl Kind for Misc {
         })?;
         let word = |o: usize| u64::from_ne_bytes(raw[o..o + 8].try_into().expect("8 bytes"));
         img.mm.mm_brk = brk;
-        img.mm.dumpable = Some(dumpable as i32);
+        img.mm.dumpable = Some(c_int(low32(dumpable)));
         img.mm.thp_disabled = Some(thp != 0);
         img.ti().clear_tid_addr = word(0);
-        img.thread().pdeath_sig = Some(word(8) as u32);
-        img.tc().child_subreaper = Some(word(16) as u32 != 0);
+        img.thread().pdeath_sig = Some(low32(word(8)));
+        img.tc().child_subreaper = Some(low32(word(16)) != 0);
         Ok(())
     }
 

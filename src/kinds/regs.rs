@@ -32,17 +32,17 @@ pub struct CpuState;
 /// restart-block syscalls (nanosleep, poll with timeout) whose kernel state cannot be carried
 /// over, sees EINTR with the remaining time already written by the kernel, as CRIU does.
 pub fn fix_syscall_restart(r: &mut Regs) -> bool {
-    if (r.orig_rax as i64) < 0 {
+    if r.orig_rax.cast_signed() < 0 {
         return false;
     }
-    match -(r.rax as i64) {
+    match r.rax.cast_signed().wrapping_neg() {
         ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
             r.rax = r.orig_rax;
             r.rip -= 2;
             true
         }
         ERESTART_RESTARTBLOCK => {
-            r.rax = i64::from(-libc::EINTR) as u64;
+            r.rax = i64::from(-libc::EINTR).cast_unsigned();
             true
         }
         _ => false,
@@ -133,7 +133,7 @@ fn words(b: &[u8], o: usize, n: usize) -> Vec<u32> {
 pub fn xsave_to_pb(x: &[u8]) -> pb::UserX86FpregsEntry {
     let mut e = pb::UserX86FpregsEntry {
         cryo_xsave_raw: Some(x[..x.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1)].to_vec()),
-        cryo_xsave_size: Some(x.len() as u32),
+        cryo_xsave_size: Some(crate::num::len32(x.len())),
         ..Default::default()
     };
     if x.len() < 512 {
@@ -164,11 +164,12 @@ pub fn xsave_to_pb(x: &[u8]) -> pb::UserX86FpregsEntry {
 pub fn pb_to_xsave(e: &pb::UserX86FpregsEntry, len: usize) -> Vec<u8> {
     let mut x = vec![0u8; len.max(576)];
     let put16 =
-        |x: &mut Vec<u8>, o: usize, v: u32| x[o..o + 2].copy_from_slice(&(v as u16).to_le_bytes());
+        // 16-bit fields CRIU keeps as u32: their low two bytes.
+        |x: &mut Vec<u8>, o: usize, v: u32| x[o..o + 2].copy_from_slice(&v.to_le_bytes()[..2]);
     let put32 = |x: &mut Vec<u8>, o: usize, v: u32| x[o..o + 4].copy_from_slice(&v.to_le_bytes());
     put16(&mut x, 0, e.cwd);
     put16(&mut x, 2, e.swd);
-    x[4] = e.twd as u8;
+    x[4] = e.twd.to_le_bytes()[0];
     put16(&mut x, 6, e.fop);
     x[8..16].copy_from_slice(&e.rip.to_le_bytes());
     x[16..24].copy_from_slice(&e.rdp.to_le_bytes());
@@ -311,22 +312,22 @@ mod tests {
     fn restart_rules() {
         let mut r = zero();
         r.orig_rax = 0; // read
-        r.rax = (-(ERESTARTSYS)) as u64;
+        r.rax = (-(ERESTARTSYS)).cast_unsigned();
         r.rip = 0x1002;
         assert!(fix_syscall_restart(&mut r));
         assert_eq!((r.rax, r.rip), (0, 0x1000));
 
         let mut r = zero();
         r.orig_rax = 35; // nanosleep
-        r.rax = (-(ERESTART_RESTARTBLOCK)) as u64;
+        r.rax = (-(ERESTART_RESTARTBLOCK)).cast_unsigned();
         r.rip = 0x2002;
         assert!(fix_syscall_restart(&mut r));
-        assert_eq!(r.rax as i64, -i64::from(libc::EINTR));
+        assert_eq!(r.rax.cast_signed(), -i64::from(libc::EINTR));
         assert_eq!(r.rip, 0x2002);
 
         let mut r = zero();
         r.orig_rax = u64::MAX;
-        r.rax = (-(ERESTARTSYS)) as u64;
+        r.rax = (-(ERESTARTSYS)).cast_unsigned();
         assert!(!fix_syscall_restart(&mut r));
     }
 
@@ -334,7 +335,7 @@ mod tests {
     fn xsave_round_trip_of_legacy_fields() {
         let mut x = vec![0u8; 1024];
         for (i, b) in x.iter_mut().enumerate().take(512) {
-            *b = (i * 7) as u8;
+            *b = (i * 7).to_le_bytes()[0];
         }
         x[512..520].copy_from_slice(&7u64.to_le_bytes());
         let mut e = xsave_to_pb(&x);

@@ -13,6 +13,7 @@
 use super::error::{task_error_from, TaskError};
 use super::{RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
+use crate::num::{c_int, c_uint, low32, pid_from_img};
 use crate::procfs;
 use crate::sys::clone::CloneArgs;
 use crate::sys::ptrace::{Regs, Stop, Tracee};
@@ -115,17 +116,17 @@ pub fn dump_thread(
         }),
         thread_core: Some(pb::ThreadCoreEntry {
             futex_rla: rla,
-            futex_rla_len: rla_len as u32,
+            futex_rla_len: low32(rla_len),
             sched_nice: Some(nice),
-            sched_policy: Some(policy as u32),
-            sched_prio: Some(prio as u32),
+            sched_policy: Some(c_uint(policy)),
+            sched_prio: Some(c_uint(prio)),
             blk_sigset: Some(th.mask),
             sas: Some(pb::ThreadSasEntry {
                 ss_sp: u64_at(&raw, 0),
                 ss_flags: u32::from_ne_bytes(raw[8..12].try_into().expect("4 bytes")),
                 ss_size: u64_at(&raw, 16),
             }),
-            pdeath_sig: Some(u64_at(&raw, 40) as u32),
+            pdeath_sig: Some(low32(u64_at(&raw, 40))),
             signals_p: (!private.is_empty()).then(|| pb::SignalQueueEntry {
                 signals: private
                     .into_iter()
@@ -134,7 +135,7 @@ pub fn dump_thread(
                     })
                     .collect(),
             }),
-            creds: Some(super::creds::from_status(&status, secbits as u32)),
+            creds: Some(super::creds::from_status(&status, low32(secbits))),
             comm: Some(comm),
             rseq_entry: Some(pb::RseqEntry {
                 rseq_abi_pointer: rseq.rseq_abi_pointer,
@@ -163,7 +164,8 @@ pub fn restore_threads(
 ) -> Result<Vec<RestoredThread>, ThreadsError> {
     let mut out = Vec::new();
     for (tid, core) in img.pstree.threads.iter().skip(1).zip(&img.threads) {
-        let tid = *tid as i32;
+        // Checked when pstree.img was read.
+        let tid = pid_from_img(*tid).unwrap_or(0);
         let got = cx
             .clone3_with_tid("clone3 (thread)", CloneArgs::thread(), tid)
             .map_err(|e| match e.errno() {
@@ -210,7 +212,7 @@ pub fn restore_threads(
             cow: Vec::new(),
             cryo_pidfd: cx.cryo_pidfd,
         };
-        let mask = restore_one(&mut tcx, img.pid as i32, tid, core)?;
+        let mask = restore_one(&mut tcx, img.vpid(), tid, core)?;
         cx.remote.calls += tcx.remote.calls;
         // What the next thread inherits comes from the leader, not from this thread: keep only
         // what was learnt (not changed) here.
@@ -269,8 +271,10 @@ pub fn restore_attrs(
                 s
             }
         };
-        if now != (policy as i32, prio as i32, nice) {
-            crate::sys::proc::set_sched(tid, policy as i32, prio as i32, nice).map_err(
+        // The kernel's ints (it checks them).
+        let (policy, prio) = (c_int(policy), c_int(prio));
+        if now != (policy, prio, nice) {
+            crate::sys::proc::set_sched(tid, policy, prio, nice).map_err(
                 |source| TaskError::Ptrace {
                     pid: tid,
                     what: "sched_setscheduler",
@@ -278,7 +282,7 @@ pub fn restore_attrs(
                 },
             )?;
             // Threads created from now on by this task start with these values.
-            cx.inherited.sched = Some((policy as i32, prio as i32, nice));
+            cx.inherited.sched = Some((policy, prio, nice));
         }
     }
     Ok(())
@@ -321,7 +325,7 @@ fn restore_one(
         }
     }
     super::regs::set_xstate(cx, &ti.fpregs)?;
-    super::seccomp::restore_core(cx, core, tid as u32)?;
+    super::seccomp::restore_core(cx, core, c_uint(tid))?;
     if let Some(c) = &th.creds {
         super::creds::restore_creds(cx, c)?;
     }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use super::files::{missing, set_fl, FdKind, FdObjects, FdProbe, TargetFd};
 use super::{DumpCx, FileTable, RemoteFd, RestoreCx, Syscalls, TaskImages};
 use crate::image::{self, pb, ImageDir};
+use crate::num::{c_int, c_uint, len32, low32};
 use crate::procfs;
 use crate::sys;
 use crate::sys::ptrace::Tracee;
@@ -84,7 +85,7 @@ pub fn side(rdev: u64) -> Option<Side> {
 
 /// The pty index of a slave device number.
 pub fn slave_index(rdev: u64) -> u32 {
-    ((major(rdev) - 136) * 256 + minor(rdev)) as u32
+    low32((major(rdev) - 136) * 256 + minor(rdev))
 }
 
 /// CRIU's tty_info id: `index << 1 | is_master`.
@@ -215,14 +216,15 @@ fn to_pb(t: &Termios) -> pb::TermiosEntry {
 fn from_pb(e: &pb::TermiosEntry) -> Termios {
     let mut cc = [0u8; 19];
     for (d, s) in cc.iter_mut().zip(&e.c_cc) {
-        *d = *s as u8;
+        // A control character: the low byte.
+        *d = s.to_le_bytes()[0];
     }
     Termios {
         c_iflag: e.c_iflag,
         c_oflag: e.c_oflag,
         c_cflag: e.c_cflag,
         c_lflag: e.c_lflag,
-        c_line: e.c_line as u8,
+        c_line: e.c_line.to_le_bytes()[0],
         c_cc: cc,
         c_ispeed: e.c_ispeed,
         c_ospeed: e.c_ospeed,
@@ -311,7 +313,7 @@ impl FdKind for Tty {
             return Ok(fd);
         }
         // Each slave fd of the images is its own open file description.
-        let flags = (tfe.flags as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC))
+        let flags = (c_int(tfe.flags) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC))
             | libc::O_NOCTTY
             | libc::O_CLOEXEC;
         Ok(sys::fd::open(&pair.slave_path, flags)
@@ -336,7 +338,7 @@ fn describe(
             pb::TtyType::Pty as i32
         },
         rdev: rdev32(meta.rdev()),
-        dev: Some(meta.dev() as u32),
+        dev: Some(low32(meta.dev())),
         ..Default::default()
     };
     let Some(fd) = fd else { return Ok(e) };
@@ -372,8 +374,8 @@ fn describe(
         e.packet_mode = sys::tty::packet_mode(fd).map_err(|err| t.err("TIOCGPKT", err))?;
         e.locked = sys::tty::pty_locked(fd).map_err(|err| t.err("TIOCGPTLCK", err))?;
         // On a master these read the slave's session and foreground group from outside.
-        e.sid = sys::tty::session(fd).unwrap_or(0).max(0) as u32;
-        e.pgrp = sys::tty::foreground(fd).unwrap_or(0).max(0) as u32;
+        e.sid = c_uint(sys::tty::session(fd).unwrap_or(0).max(0));
+        e.pgrp = c_uint(sys::tty::foreground(fd).unwrap_or(0).max(0));
     }
     Ok(e)
 }
@@ -381,7 +383,7 @@ fn describe(
 /// A device number as the kernel's 32-bit encoding (what /proc/PID/stat tty_nr shows).
 fn rdev32(dev: u64) -> u32 {
     let (ma, mi) = (major(dev), minor(dev));
-    ((mi & 0xff) | (ma << 8) | ((mi & !0xff) << 12)) as u32
+    low32((mi & 0xff) | (ma << 8) | ((mi & !0xff) << 12))
 }
 
 /// Input queued for a slave reader.
@@ -450,8 +452,8 @@ pub fn finish_dump(files: &mut FileTable) -> Result<Drained, TtyError> {
                 for &pid in &tree {
                     if let Ok(st) = procfs::stat(pid) {
                         if st.tty_nr == s.rdev && st.session > 0 {
-                            s.sid = st.session as u32;
-                            s.pgrp = st.tpgid.max(0) as u32;
+                            s.sid = c_uint(st.session);
+                            s.pgrp = c_uint(st.tpgid.max(0));
                             break;
                         }
                     }
@@ -522,7 +524,9 @@ pub fn finish_dump(files: &mut FileTable) -> Result<Drained, TtyError> {
             files.ttys.data.push(pb::TtyDataEntry {
                 tty_id: id & !1,
                 data: d.input.data.clone(),
-                cryo_partial: lines.as_ref().map(|_| d.input.data.len() as u32 - whole),
+                cryo_partial: lines
+                    .as_ref()
+                    .map(|_| len32(d.input.data.len()).saturating_sub(whole)),
                 cryo_lines: lines.unwrap_or_default(),
             });
         }
@@ -599,7 +603,7 @@ fn read_slave(fd: BorrowedFd<'_>, input: &mut Input) -> std::io::Result<()> {
             // 0: a line ended by EOF with nothing on it.
             Ok(n) => {
                 input.data.extend_from_slice(&buf[..n]);
-                lines.push(n as u32);
+                lines.push(len32(n));
             }
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => break,
             Err(e) => return Err(e),
@@ -1168,7 +1172,7 @@ pub fn set_foreground(
         let fd = fd.map_err(remote)?;
         let scratch = tr + 4096;
         // Named inside the session's PID namespace.
-        let group = pgrp as i32;
+        let group = c_int(pgrp);
         sys::mem::vm_write(pid, &group.to_ne_bytes(), &[(scratch, 4)]).map_err(|source| {
             TaskError::Memory {
                 pid,
@@ -1219,7 +1223,7 @@ mod tests {
         assert_eq!(slave_index(pts3), 3);
         let pts300 = (136u64 << 8) | (300 & 0xff) | ((300u64 & !0xff) << 12);
         assert_eq!(slave_index(pts300), 300);
-        assert_eq!(rdev32(pts300), pts300 as u32);
+        assert_eq!(rdev32(pts300), low32(pts300));
         assert_eq!(side((5 << 8) | 2), Some(Side::Master));
         assert_eq!(side(5 << 8), Some(Side::Ctty));
         assert_eq!(side((4 << 8) | 1), None);

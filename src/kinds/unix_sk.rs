@@ -19,6 +19,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, PrecheckFd, TargetFd};
 use super::DumpCx;
 use crate::image::{self, pb};
+use crate::num::{c_int, c_uint, len32, low32};
 use crate::sys::net::{self, Peeked, UnixDiag};
 
 /// Why a unix socket could not be saved or restored.
@@ -174,8 +175,8 @@ fn opts(fd: &TargetFd<'_>, sk: &OwnedFd) -> Result<pb::SkOptsEntry, UnixSkError>
     let (rcv_s, rcv_u) =
         net::getsockopt_tv(s, libc::SO_RCVTIMEO).map_err(|e| fd.err("SO_RCVTIMEO", e))?;
     Ok(pb::SkOptsEntry {
-        so_sndbuf: int(libc::SO_SNDBUF)? as u32,
-        so_rcvbuf: int(libc::SO_RCVBUF)? as u32,
+        so_sndbuf: c_uint(int(libc::SO_SNDBUF)?),
+        so_rcvbuf: c_uint(int(libc::SO_RCVBUF)?),
         so_snd_tmo_sec: snd_s,
         so_snd_tmo_usec: snd_u,
         so_rcv_tmo_sec: rcv_s,
@@ -242,7 +243,7 @@ impl FdKind for UnixSk {
                 cx.files.sk_queues.push((
                     pb::SkPacketEntry {
                         id_for: id,
-                        length: msg.len() as u32,
+                        length: len32(msg.len()),
                         scm: Vec::new(),
                     },
                     msg,
@@ -260,7 +261,7 @@ impl FdKind for UnixSk {
             // Looked up in the task's own root (and mount namespace).
             let on_disk = std::fs::metadata(format!("/proc/{}/root{path}", fd.pid))
                 .ok()
-                .map(|m| m.ino() as u32);
+                .map(|m| low32(m.ino()));
             Some(on_disk != d.vfs.map(|v| v.0))
         } else {
             None
@@ -309,7 +310,7 @@ impl FdKind for UnixSk {
         }
         let u = e.usk.as_ref().ok_or_else(|| missing(e.id, "unix socket"))?;
         let err = |what: &str| obj_err(e.id, format!("unix socket {}: {what}", u.ino));
-        let kind = u.r#type as i32;
+        let kind = c_int(u.r#type);
         load_queues(objs)?;
         let by_ino: HashMap<u32, pb::UnixSkEntry> = objs
             .files
@@ -327,7 +328,7 @@ impl FdKind for UnixSk {
         let sk = if u.state == TCP_LISTEN {
             let s = net::unix_socket(kind).map_err(err("socket"))?;
             bind_name(s.as_fd(), u, e.id)?;
-            net::listen(s.as_fd(), u.backlog as i32).map_err(err("listen"))?;
+            net::listen(s.as_fd(), c_int(u.backlog)).map_err(err("listen"))?;
             accept_again(objs, &s, u, &by_ino)?;
             s
         } else if let Some(l) = by_ino
@@ -434,7 +435,7 @@ fn accept_again(
         let Some(cli) = by_ino.get(&srv.peer).filter(|c| c.peer == srv.ino) else {
             continue;
         };
-        let c = net::unix_socket(cli.r#type as i32).map_err(err("socket"))?;
+        let c = net::unix_socket(c_int(cli.r#type)).map_err(err("socket"))?;
         net::connect(c.as_fd(), &lu.name).map_err(err("connect (re-accept)"))?;
         let a = net::accept(l.as_fd()).map_err(err("accept"))?;
         send_queue(objs, srv.id, c.as_fd())?;
@@ -538,14 +539,14 @@ fn finish(sk: &OwnedFd, u: &pb::UnixSkEntry) -> Result<(), UnixSkError> {
         s,
         libc::SOL_SOCKET,
         libc::SO_SNDBUFFORCE,
-        (o.so_sndbuf / 2) as i32,
+        c_int(o.so_sndbuf / 2),
     )
     .map_err(err("SO_SNDBUFFORCE"))?;
     net::setsockopt_int(
         s,
         libc::SOL_SOCKET,
         libc::SO_RCVBUFFORCE,
-        (o.so_rcvbuf / 2) as i32,
+        c_int(o.so_rcvbuf / 2),
     )
     .map_err(err("SO_RCVBUFFORCE"))?;
     if o.so_snd_tmo_sec != 0 || o.so_snd_tmo_usec != 0 {
