@@ -58,7 +58,7 @@ fn config_has(opt: &str) -> Option<bool> {
 
 /// Runs every probe.
 pub fn probe_all() -> Vec<Feature> {
-    let me = std::process::id() as i32;
+    let me = crate::sys::proc::own_pid();
     let mut v = vec![
         probe(
             "ptrace",

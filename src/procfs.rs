@@ -74,15 +74,18 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
     let n = |i: usize| -> Option<u64> { f.get(i - 3)?.parse::<u64>().ok() };
     let s = |i: usize| -> Option<i64> { f.get(i - 3)?.parse::<i64>().ok() };
+    // Fields the kernel prints from an int (%d) or an unsigned int (%u).
+    let int = |i: usize| -> Option<i32> { f.get(i - 3)?.parse::<i32>().ok() };
+    let uint = |i: usize| -> Option<u32> { f.get(i - 3)?.parse::<u32>().ok() };
     Some(Stat {
         comm,
         state: f.first()?.chars().next()?,
-        ppid: s(4)? as i32,
-        pgrp: s(5)? as i32,
-        session: s(6)? as i32,
-        tty_nr: n(7)? as u32,
-        tpgid: s(8)? as i32,
-        flags: n(9)? as u32,
+        ppid: int(4)?,
+        pgrp: int(5)?,
+        session: int(6)?,
+        tty_nr: uint(7)?,
+        tpgid: int(8)?,
+        flags: uint(9)?,
         num_threads: s(20)?,
         start_code: n(26)?,
         end_code: n(27)?,
@@ -94,7 +97,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
         arg_end: n(49)?,
         env_start: n(50)?,
         env_end: n(51)?,
-        exit_code: s(52)? as i32,
+        exit_code: int(52)?,
     })
 }
 

@@ -92,7 +92,7 @@ pub fn spawn(argv: &[&str], log: &Path) -> i32 {
     // re-creates the process under the same PID.
     #[allow(clippy::zombie_processes)]
     let child = c.spawn().unwrap();
-    child.id() as i32
+    pid_of(&child)
 }
 
 /// Runs cryo with `args`; returns its output.
@@ -304,7 +304,7 @@ pub fn tree_pids(img: &Path) -> Vec<i32> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["pid"].as_i64().unwrap() as i32)
+        .map(|e| i32::try_from(e["pid"].as_i64().unwrap()).unwrap())
         .collect()
 }
 
@@ -328,4 +328,9 @@ pub fn dumped_sleep(name: &str, extra: &[&str]) -> (PathBuf, i32) {
     dump(pid, &img, extra);
     kill(pid);
     (img, pid)
+}
+
+/// The pid of a child process, as the kernel's `pid_t`.
+pub fn pid_of(child: &std::process::Child) -> i32 {
+    i32::try_from(child.id()).expect("a pid fits a pid_t")
 }

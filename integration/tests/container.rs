@@ -197,7 +197,7 @@ fn busybox_container_moves_to_fresh_namespaces() {
         assert_ne!(&now, old, "{ns} namespace is a new one");
         assert_ne!(
             now,
-            own_ns(std::process::id() as i32, ns),
+            own_ns(i32::try_from(std::process::id()).unwrap(), ns),
             "{ns} is not the host's"
         );
     }

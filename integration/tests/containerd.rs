@@ -385,14 +385,14 @@ impl Drop for Daemon {
         // Shims still running for this daemon (a task that would not go).
         let addr = self.sock.display().to_string();
         for p in pids_with(&addr) {
-            if Some(p as u32) != self.child.as_ref().map(|c| c.id()) {
+            if Some(p) != self.child.as_ref().map(integration::pid_of) {
                 // SAFETY: kill with integers; the pid is a shim of this test's daemon.
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
         }
         if let Some(mut c) = self.child.take() {
             // SAFETY: kill with integers; our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(integration::pid_of(&c), libc::SIGTERM) };
             let t = Instant::now();
             while t.elapsed() < Duration::from_secs(10) {
                 if c.try_wait().ok().flatten().is_some() {

@@ -206,7 +206,7 @@ fn dump_interrupted_by_sigterm_releases_the_target_unharmed() {
         .spawn()
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(40));
-    signal(c.id() as i32, libc::SIGTERM);
+    signal(integration::pid_of(&c), libc::SIGTERM);
     let o = c.wait_with_output().unwrap();
     let e = stderr(&o);
     assert!(

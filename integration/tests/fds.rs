@@ -459,7 +459,7 @@ fn inherit_fd_replaces_a_pipe() {
     }
     #[allow(clippy::zombie_processes)]
     let mut child = c.spawn().unwrap();
-    let pid = child.id() as i32;
+    let pid = integration::pid_of(&child);
     let _g = KillOnDrop(pid);
     let before = follow(child.stdout.take().unwrap());
     wait_for("the loop", 10, || before.lock().unwrap().len() >= 3);

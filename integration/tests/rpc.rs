@@ -53,7 +53,7 @@ impl Swrk {
         let b = req.encode_to_vec();
         // SAFETY: b is valid for reads of its length.
         let n = unsafe { libc::send(self.sk.as_raw_fd(), b.as_ptr().cast(), b.len(), 0) };
-        assert_eq!(n as usize, b.len());
+        assert_eq!(usize::try_from(n).ok(), Some(b.len()));
     }
 
     fn recv(&self) -> pb::CriuResp {
@@ -61,7 +61,7 @@ impl Swrk {
         // SAFETY: buf is valid for writes of its length.
         let n = unsafe { libc::recv(self.sk.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         assert!(n > 0, "swrk closed the socket");
-        pb::CriuResp::decode(&buf[..n as usize]).unwrap()
+        pb::CriuResp::decode(&buf[..usize::try_from(n).unwrap()]).unwrap()
     }
 
     /// Sends `req`, acknowledges every NOTIFY (`refuse` answers that one with failure),

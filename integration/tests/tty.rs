@@ -96,7 +96,7 @@ fn interactive_shell_on_a_pty_keeps_its_terminal() {
     // job, then type a line and half of another while the job runs.
     signal(root_pid, libc::SIGUSR1);
     std::thread::sleep(Duration::from_millis(400));
-    let off = std::fs::metadata(&out).unwrap().len() as usize;
+    let off = usize::try_from(std::fs::metadata(&out).unwrap().len()).unwrap();
     type_in(&fifo, "echo queued-$((40+2)); sleep 6\n");
     wait_for("the foreground job", 10, || terminal_of(sh).1 != sh);
     std::thread::sleep(Duration::from_millis(300));
@@ -135,7 +135,7 @@ fn interactive_shell_on_a_pty_keeps_its_terminal() {
     );
     wait_for("the job to end", 10, || terminal_of(sh).1 == sh);
 
-    let off = std::fs::metadata(&out).unwrap().len() as usize;
+    let off = usize::try_from(std::fs::metadata(&out).unwrap().len()).unwrap();
     type_in(&fifo, "stty size; stty -a; echo hello-$((6*7))\n");
     check_stty(&wait_printed(&out, off, "hello-42"));
     assert_eq!(terminal_of(sh), (tty_nr, sh));

@@ -453,7 +453,8 @@ pub fn normalize(args: impl IntoIterator<Item = String>) -> Vec<String> {
             level = Some(if rest.is_empty() {
                 cur + 1
             } else if rest.chars().all(|c| c == 'v') {
-                cur + 1 + rest.len() as u32
+                cur.saturating_add(1)
+                    .saturating_add(u32::try_from(rest.len()).unwrap_or(u32::MAX))
             } else {
                 // getopt hands "rest" to atoi(): leading digits, else 0.
                 rest.chars()

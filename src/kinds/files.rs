@@ -688,7 +688,16 @@ impl Kind for Files {
             // Only fds on the same inode can share a description: compare those alone.
             let key = meta.as_ref().map(|m| (m.dev(), m.ino()));
             for &(opid, other, oid) in cx.files.fds_by_inode.get(&key).into_iter().flatten() {
-                if kcmp(pid, opid, KCMP_FILE, c_uint(fd).into(), c_uint(other).into()).ok() == Some(0) {
+                if kcmp(
+                    pid,
+                    opid,
+                    KCMP_FILE,
+                    c_uint(fd).into(),
+                    c_uint(other).into(),
+                )
+                .ok()
+                    == Some(0)
+                {
                     id = Some(oid);
                     break;
                 }

@@ -192,10 +192,11 @@ impl GhostStore {
             .map_err(err("enter the tree's namespaces".into()))?;
         let flags =
             flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
-        Ok(
-            crate::sys::fd::open(&at.to_string_lossy(), crate::num::c_int(flags) | libc::O_CLOEXEC)
-                .map_err(err(format!("open recreated deleted file {}", at.display())))?,
+        Ok(crate::sys::fd::open(
+            &at.to_string_lossy(),
+            crate::num::c_int(flags) | libc::O_CLOEXEC,
         )
+        .map_err(err(format!("open recreated deleted file {}", at.display())))?)
     }
 
     /// Unlinks every materialised file (the puppets keep them open).

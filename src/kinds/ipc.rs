@@ -37,8 +37,8 @@ use std::os::unix::fs::FileExt;
 use super::error::{task_error_from, Failure, TaskError};
 use super::{DumpCx, FileTable, TaskImages};
 use crate::image::{self, pb, ImageDir, ImageError};
-use crate::sys::ipc::{self as sys, Perm};
 use crate::num::{c_int, c_uint, len32, low32, u64_of, usize_of};
+use crate::sys::ipc::{self as sys, Perm};
 use crate::sys::ns::NsType;
 use crate::sys::PAGE_SIZE;
 

@@ -18,8 +18,8 @@
 
 use super::error::{task_error_from, TaskError, Unsupported};
 use crate::image::{self, pb, ImageDir};
-use crate::num::c_uint;
 use crate::kinds::{RestoreCx, Syscalls, TaskImages};
+use crate::num::c_uint;
 
 /// Why file locks could not be saved or restored.
 #[derive(Debug, thiserror::Error)]

@@ -22,9 +22,9 @@ use std::time::Instant;
 use super::{DumpCx, Kind, RestoreCx, Syscalls, TaskImages};
 use crate::image::manifest::{FileDigest, BLOCK};
 use crate::image::pb;
+use crate::num::{c_uint, micros_u32, u64_of, usize_of};
 use crate::procfs::Vma;
 use crate::sys::mem::{self, page_is, Mapping};
-use crate::num::{c_uint, micros_u32, u64_of, usize_of};
 use crate::sys::remote::arg;
 use crate::sys::PAGE_SIZE;
 use twox_hash::XxHash3_128;
@@ -466,11 +466,8 @@ impl Kind for Memory {
                         img.pid, v.start, v.shmid
                     ))
                 })?;
-                let fd = super::files::open_file(
-                    cx,
-                    id,
-                    v.fdflags.unwrap_or(libc::O_RDONLY as u32),
-                )?;
+                let fd =
+                    super::files::open_file(cx, id, v.fdflags.unwrap_or(libc::O_RDONLY as u32))?;
                 let r = cx.mmap(
                     v.start,
                     v.end - v.start,

@@ -79,19 +79,22 @@ impl Kind for Rlimits {
             return Ok(());
         };
         for (r, e) in rl.rlimits.iter().enumerate().take(RLIM_NLIMITS as usize) {
-            let now = get_rlimit(cx.pid, crate::num::len32(r)).map_err(|source| TaskError::Ptrace {
-                pid: cx.pid,
-                what: "prlimit64",
-                source,
-            })?;
+            let now =
+                get_rlimit(cx.pid, crate::num::len32(r)).map_err(|source| TaskError::Ptrace {
+                    pid: cx.pid,
+                    what: "prlimit64",
+                    source,
+                })?;
             if now == (e.cur, e.max) {
                 continue;
             }
-            set_rlimit(cx.pid, crate::num::len32(r), e.cur, e.max).map_err(|source| RlimitsError::Limit {
-                name: NAMES[r],
-                cur: e.cur,
-                max: e.max,
-                source,
+            set_rlimit(cx.pid, crate::num::len32(r), e.cur, e.max).map_err(|source| {
+                RlimitsError::Limit {
+                    name: NAMES[r],
+                    cur: e.cur,
+                    max: e.max,
+                    source,
+                }
             })?;
         }
         Ok(())

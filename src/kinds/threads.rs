@@ -274,13 +274,13 @@ pub fn restore_attrs(
         // The kernel's ints (it checks them).
         let (policy, prio) = (c_int(policy), c_int(prio));
         if now != (policy, prio, nice) {
-            crate::sys::proc::set_sched(tid, policy, prio, nice).map_err(
-                |source| TaskError::Ptrace {
+            crate::sys::proc::set_sched(tid, policy, prio, nice).map_err(|source| {
+                TaskError::Ptrace {
                     pid: tid,
                     what: "sched_setscheduler",
                     source,
-                },
-            )?;
+                }
+            })?;
             // Threads created from now on by this task start with these values.
             cx.inherited.sched = Some((policy, prio, nice));
         }

@@ -217,7 +217,9 @@ fn read_tree(
     for (i, ps) in tree.iter().enumerate() {
         // Every id is one the kernel can hand out, so `TaskImages::vpid` and the ids passed
         // to the kernel below are exact.
-        let ids = [ps.pid, ps.pgid, ps.sid].into_iter().chain(ps.threads.iter().copied());
+        let ids = [ps.pid, ps.pgid, ps.sid]
+            .into_iter()
+            .chain(ps.threads.iter().copied());
         for id in ids.chain((i > 0).then_some(ps.ppid)) {
             if crate::num::pid_from_img(id).is_none() {
                 return Err(RestoreError::BadImage(format!(
@@ -311,8 +313,8 @@ fn read_task(dir: &ImageDir, ps: &pb::PstreeEntry) -> Result<TaskImages, Restore
 /// A free, page-aligned address range of `len` bytes outside every VMA of the dumped task
 /// and of cryo itself, for the trampoline.
 fn trampoline_addr(tasks: &[TaskImages], len: u64) -> Result<u64, RestoreError> {
-    let own =
-        procfs::parse_smaps(&procfs::read(crate::sys::proc::own_pid(), "maps")?).unwrap_or_default();
+    let own = procfs::parse_smaps(&procfs::read(crate::sys::proc::own_pid(), "maps")?)
+        .unwrap_or_default();
     let mut used: Vec<(u64, u64)> = tasks
         .iter()
         .flat_map(|t| t.mm.vmas.iter().map(|v| (v.start, v.end)))

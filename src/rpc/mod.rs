@@ -425,7 +425,10 @@ fn setup(
             ));
         }
         // CRIU's RPC default level is 2; runtimes ask for 4.
-        let _ = crate::logging::init(o.log_level.unwrap_or(2) as u32, Some(&work.join(f)));
+        let _ = crate::logging::init(
+            crate::num::c_uint(o.log_level.unwrap_or(2).max(0)),
+            Some(&work.join(f)),
+        );
     }
     Ok((dir, images, work))
 }

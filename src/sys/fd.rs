@@ -174,8 +174,9 @@ pub fn timerfd_settime(
 /// `TFD_IOC_SET_TICKS`: the expiration count a timerfd reports before its next expiry
 /// (rustix has no such ioctl).
 pub fn timerfd_set_ticks(fd: BorrowedFd<'_>, ticks: u64) -> io::Result<()> {
-    const TFD_IOC_SET_TICKS: u64 = 0x4008_5400; // _IOW('T', 0, u64)
-                                                // SAFETY: the ioctl reads one u64 from a valid pointer.
+    // _IOW('T', 0, u64)
+    const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
+    // SAFETY: the ioctl reads one u64 from a valid pointer.
     cvt(unsafe {
         libc::syscall(
             libc::SYS_ioctl,

@@ -3,6 +3,14 @@
 //! them, `shmat`/`shmdt`, `semctl(GETALL/SETALL)`, `msgrcv(MSG_COPY)`/`msgsnd`, and a
 //! detached mount of the namespace's mqueue filesystem (`fsopen`/`fsmount`).
 
+// Casts here cross the C ABI with their bits (the kernel checks what it is given):
+// SysV IPC results are ints and longs the kernel bounds (ids, counts, sizes).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -88,7 +96,9 @@ pub fn shm_info() -> io::Result<(i32, i32)> {
     // struct shm_info (48 bytes) is smaller than shmid_ds; its first field is `int used_ids`.
     let mut buf = zeroed_shmid_ds();
     // SAFETY: buf is a writable shmid_ds, larger than the shm_info the kernel writes.
-    let max = cvt(libc::c_long::from(unsafe { libc::shmctl(0, SHM_INFO, &mut buf) }))?;
+    let max = cvt(libc::c_long::from(unsafe {
+        libc::shmctl(0, SHM_INFO, &mut buf)
+    }))?;
     Ok((max as i32, buf.shm_perm.__key))
 }
 
@@ -96,7 +106,9 @@ pub fn shm_info() -> io::Result<(i32, i32)> {
 pub fn shm_stat(index: i32) -> io::Result<ShmStat> {
     let mut ds = zeroed_shmid_ds();
     // SAFETY: ds is a writable shmid_ds.
-    let id = cvt(libc::c_long::from(unsafe { libc::shmctl(index, SHM_STAT, &mut ds) }))?;
+    let id = cvt(libc::c_long::from(unsafe {
+        libc::shmctl(index, SHM_STAT, &mut ds)
+    }))?;
     Ok(ShmStat {
         id: id as i32,
         perm: Perm::of(&ds.shm_perm),
@@ -108,24 +120,35 @@ pub fn shm_stat(index: i32) -> io::Result<ShmStat> {
 /// `shmget(key, size, flags)`.
 pub fn shm_get(key: i32, size: u64, flags: i32) -> io::Result<i32> {
     // SAFETY: integer arguments only.
-    cvt(libc::c_long::from(unsafe { libc::shmget(key, size as usize, flags) })).map(|id| id as i32)
+    cvt(libc::c_long::from(unsafe {
+        libc::shmget(key, size as usize, flags)
+    }))
+    .map(|id| id as i32)
 }
 
 /// `shmctl(IPC_STAT)` then `shmctl(IPC_SET)` with the owner `uid`/`gid`.
 pub fn shm_set_owner(id: i32, uid: u32, gid: u32) -> io::Result<()> {
     let mut ds = zeroed_shmid_ds();
     // SAFETY: ds is a writable shmid_ds.
-    cvt(libc::c_long::from(unsafe { libc::shmctl(id, libc::IPC_STAT, &mut ds) }))?;
+    cvt(libc::c_long::from(unsafe {
+        libc::shmctl(id, libc::IPC_STAT, &mut ds)
+    }))?;
     ds.shm_perm.uid = uid;
     ds.shm_perm.gid = gid;
     // SAFETY: ds is a valid shmid_ds the kernel only reads.
-    cvt(libc::c_long::from(unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) })).map(|_| ())
+    cvt(libc::c_long::from(unsafe {
+        libc::shmctl(id, libc::IPC_SET, &mut ds)
+    }))
+    .map(|_| ())
 }
 
 /// `shmctl(SHM_LOCK)`: keeps the segment's pages in memory.
 pub fn shm_lock(id: i32) -> io::Result<()> {
     // SAFETY: SHM_LOCK takes no buffer.
-    cvt(libc::c_long::from(unsafe { libc::shmctl(id, SHM_LOCK, std::ptr::null_mut()) })).map(|_| ())
+    cvt(libc::c_long::from(unsafe {
+        libc::shmctl(id, SHM_LOCK, std::ptr::null_mut())
+    }))
+    .map(|_| ())
 }
 
 /// A segment attached to cryo's address space (`shmat`), detached on drop. Its content is
@@ -174,9 +197,9 @@ pub fn sem_info() -> io::Result<(i32, i32)> {
     // SAFETY: seminfo is plain integers; all zeroes is a valid value.
     let mut info: libc::seminfo = unsafe { std::mem::zeroed() };
     // SAFETY: SEM_INFO writes one struct seminfo through the pointer.
-    let max = cvt(
-        libc::c_long::from(unsafe { libc::semctl(0, 0, libc::SEM_INFO, &mut info as *mut libc::seminfo) }),
-    )?;
+    let max = cvt(libc::c_long::from(unsafe {
+        libc::semctl(0, 0, libc::SEM_INFO, &mut info as *mut libc::seminfo)
+    }))?;
     Ok((max as i32, info.semusz))
 }
 
@@ -184,9 +207,9 @@ pub fn sem_info() -> io::Result<(i32, i32)> {
 pub fn sem_stat(index: i32) -> io::Result<SemStat> {
     let mut ds = zeroed_semid_ds();
     // SAFETY: SEM_STAT writes one semid_ds through the pointer.
-    let id = cvt(
-        libc::c_long::from(unsafe { libc::semctl(index, 0, libc::SEM_STAT, &mut ds as *mut libc::semid_ds) }),
-    )?;
+    let id = cvt(libc::c_long::from(unsafe {
+        libc::semctl(index, 0, libc::SEM_STAT, &mut ds as *mut libc::semid_ds)
+    }))?;
     Ok(SemStat {
         id: id as i32,
         perm: Perm::of(&ds.sem_perm),
@@ -197,7 +220,10 @@ pub fn sem_stat(index: i32) -> io::Result<SemStat> {
 /// `semget(key, nsems, flags)`.
 pub fn sem_get(key: i32, nsems: i32, flags: i32) -> io::Result<i32> {
     // SAFETY: integer arguments only.
-    cvt(libc::c_long::from(unsafe { libc::semget(key, nsems, flags) })).map(|id| id as i32)
+    cvt(libc::c_long::from(unsafe {
+        libc::semget(key, nsems, flags)
+    }))
+    .map(|id| id as i32)
 }
 
 /// `semctl(id, 0, IPC_STAT)`.
@@ -222,7 +248,9 @@ pub fn sem_set_owner(id: i32, uid: u32, gid: u32) -> io::Result<()> {
 pub fn sem_get_all(id: i32, nsems: usize) -> io::Result<Vec<u16>> {
     let mut v = vec![0u16; nsems.max(1)];
     // SAFETY: GETALL writes nsems unsigned shorts; v holds at least that many.
-    cvt(libc::c_long::from(unsafe { libc::semctl(id, 0, libc::GETALL, v.as_mut_ptr()) }))?;
+    cvt(libc::c_long::from(unsafe {
+        libc::semctl(id, 0, libc::GETALL, v.as_mut_ptr())
+    }))?;
     v.truncate(nsems);
     Ok(v)
 }
@@ -237,7 +265,10 @@ pub fn sem_set_all(id: i32, values: &[u16]) -> io::Result<()> {
         ));
     }
     // SAFETY: SETALL reads as many unsigned shorts as the set has: exactly values.len().
-    cvt(libc::c_long::from(unsafe { libc::semctl(id, 0, libc::SETALL, values.as_ptr()) })).map(|_| ())
+    cvt(libc::c_long::from(unsafe {
+        libc::semctl(id, 0, libc::SETALL, values.as_ptr())
+    }))
+    .map(|_| ())
 }
 
 /// `msgctl(0, MSG_INFO)`: (highest index in use, number of queues).
@@ -259,7 +290,9 @@ pub fn msg_info() -> io::Result<(i32, i32)> {
 pub fn msg_stat(index: i32) -> io::Result<MsgStat> {
     let mut ds = zeroed_msqid_ds();
     // SAFETY: ds is a writable msqid_ds.
-    let id = cvt(libc::c_long::from(unsafe { libc::msgctl(index, libc::MSG_STAT, &mut ds) }))?;
+    let id = cvt(libc::c_long::from(unsafe {
+        libc::msgctl(index, libc::MSG_STAT, &mut ds)
+    }))?;
     Ok(MsgStat {
         id: id as i32,
         perm: Perm::of(&ds.msg_perm),
@@ -279,12 +312,17 @@ pub fn msg_get(key: i32, flags: i32) -> io::Result<i32> {
 pub fn msg_set(id: i32, uid: u32, gid: u32, qbytes: u64) -> io::Result<()> {
     let mut ds = zeroed_msqid_ds();
     // SAFETY: ds is a writable msqid_ds.
-    cvt(libc::c_long::from(unsafe { libc::msgctl(id, libc::IPC_STAT, &mut ds) }))?;
+    cvt(libc::c_long::from(unsafe {
+        libc::msgctl(id, libc::IPC_STAT, &mut ds)
+    }))?;
     ds.msg_perm.uid = uid;
     ds.msg_perm.gid = gid;
     ds.msg_qbytes = qbytes;
     // SAFETY: ds is a valid msqid_ds the kernel only reads.
-    cvt(libc::c_long::from(unsafe { libc::msgctl(id, libc::IPC_SET, &mut ds) })).map(|_| ())
+    cvt(libc::c_long::from(unsafe {
+        libc::msgctl(id, libc::IPC_SET, &mut ds)
+    }))
+    .map(|_| ())
 }
 
 /// `msgrcv(id, .., max, index, MSG_COPY | IPC_NOWAIT)`: a copy of the message at position

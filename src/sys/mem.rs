@@ -1,6 +1,14 @@
 //! Cross-process memory: `process_vm_readv`/`process_vm_writev`, the `PAGEMAP_SCAN` ioctl,
 //! and local `mmap` helpers for the restore trampoline and image files.
 
+// Casts here cross the C ABI with their bits (the kernel checks what it is given):
+// process_vm_*, userfaultfd and PAGEMAP_SCAN pass addresses and counts as register-width words.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -265,9 +273,9 @@ pub fn pagemap_scan(
             return_mask: anyof | mask,
         };
         // SAFETY: arg is a valid pm_scan_arg whose vec points at `regions` (vec_len entries).
-        let n = cvt(
-            libc::c_long::from(unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) }),
-        )? as usize;
+        let n = cvt(libc::c_long::from(unsafe {
+            libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg)
+        }))? as usize;
         for r in &regions[..n] {
             match out.last_mut() {
                 Some(last) if last.1 == r.start => last.1 = r.end,
@@ -412,7 +420,10 @@ impl Mapping {
     /// `mprotect` of the whole mapping.
     pub fn protect(&mut self, prot: i32) -> io::Result<()> {
         // SAFETY: the range is our own mapping.
-        cvt(libc::c_long::from(unsafe { libc::mprotect(self.addr.cast(), self.len, prot) })).map(|_| ())
+        cvt(libc::c_long::from(unsafe {
+            libc::mprotect(self.addr.cast(), self.len, prot)
+        }))
+        .map(|_| ())
     }
 
     /// Advises the kernel (e.g. `MADV_WILLNEED`, `MADV_SEQUENTIAL`).

@@ -4,9 +4,10 @@
 //! (named after it), returning `std::io::Result`. Callers never see raw pointers. Syscalls
 //! go through rustix wherever it has them; the hand-written `unsafe` left is for what it
 //! lacks (ptrace, `process_vm_*`, `clone3` with `set_tid`, userfaultfd and `PAGEMAP_SCAN`,
-//! SysV IPC, a few tty and socket ioctls). Operations that *mutate another process* (register writes, pokes, injected
-//! syscalls) are methods on [`ptrace::Tracee`] or [`remote::Remote`] so a reader can find every
-//! place where cryo touches a target. The crate denies `unsafe_code`; this module opts in.
+//! SysV IPC, a few tty and socket ioctls). Operations that *mutate another process*
+//! (register writes, pokes, injected syscalls) are methods on [`ptrace::Tracee`] or
+//! [`remote::Remote`] so a reader can find every place where cryo touches a target. The
+//! crate denies `unsafe_code`; this module opts in.
 
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("cryo currently supports x86_64 only");

@@ -2,6 +2,14 @@
 //! lists unix sockets with their peers, names and queues, and the socket calls restore needs
 //! (socketpair, bind, listen, connect, accept, options, peeking at queued data).
 
+// Casts here cross the C ABI with their bits (the kernel checks what it is given):
+// socket calls return byte counts the kernel bounds; sockaddr and netlink fields have C widths.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 

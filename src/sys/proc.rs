@@ -126,8 +126,10 @@ pub fn set_rlimit(pid: i32, resource: u32, cur: u64, max: u64) -> io::Result<()>
         rlim_max: max,
     };
     // SAFETY: new is a valid in-pointer.
-    cvt(libc::c_long::from(unsafe { libc::prlimit64(pid, resource as _, &new, std::ptr::null_mut()) }))
-        .map(|_| ())
+    cvt(libc::c_long::from(unsafe {
+        libc::prlimit64(pid, resource as _, &new, std::ptr::null_mut())
+    }))
+    .map(|_| ())
 }
 
 /// `KCMP_FILE`.
@@ -144,18 +146,20 @@ pub const KCMP_SIGHAND: i32 = 4;
 /// `kcmp(pid1, pid2, type, idx1, idx2)`: 0 when equal, 1/2 for ordering, 3 when not comparable.
 pub fn kcmp(pid1: i32, pid2: i32, kind: i32, idx1: u64, idx2: u64) -> io::Result<i32> {
     // SAFETY: kcmp takes only integers.
-    cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) }).map(|r| r as i32)
+    cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, kind, idx1, idx2) })
+        .map(|r| i32::try_from(r).unwrap_or(3))
 }
 
 /// Scheduling policy, priority and nice value of a thread.
 pub fn sched(tid: i32) -> io::Result<(i32, i32, i32)> {
     // SAFETY: integer-only syscalls and a valid out-pointer.
     unsafe {
-        let policy = cvt(libc::c_long::from(libc::sched_getscheduler(tid)))? as i32;
+        let policy = libc::sched_getscheduler(tid);
+        cvt(libc::c_long::from(policy))?;
         let mut p: libc::sched_param = std::mem::zeroed();
         cvt(libc::c_long::from(libc::sched_getparam(tid, &mut p)))?;
         *libc::__errno_location() = 0;
-        let nice = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        let nice = libc::getpriority(libc::PRIO_PROCESS, tid.cast_unsigned());
         Ok((policy, p.sched_priority, nice))
     }
 }
@@ -167,8 +171,14 @@ pub fn set_sched(tid: i32, policy: i32, prio: i32, nice: i32) -> io::Result<()> 
     };
     // SAFETY: p is a valid in-pointer; integers otherwise.
     unsafe {
-        cvt(libc::c_long::from(libc::sched_setscheduler(tid, policy, &p)))?;
-        cvt(libc::c_long::from(libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)))?;
+        cvt(libc::c_long::from(libc::sched_setscheduler(
+            tid, policy, &p,
+        )))?;
+        cvt(libc::c_long::from(libc::setpriority(
+            libc::PRIO_PROCESS,
+            tid.cast_unsigned(),
+            nice,
+        )))?;
     }
     Ok(())
 }

@@ -3,6 +3,14 @@
 //! Dump seizes with `PTRACE_SEIZE` + `PTRACE_INTERRUPT` (the target never sees a signal);
 //! restore uses a child that called `PTRACE_TRACEME` and stopped itself.
 
+// Casts here cross the C ABI with their bits (the kernel checks what it is given):
+// ptrace(2) takes every argument as a register-width word and returns one.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::io;
 
 use super::cvt;

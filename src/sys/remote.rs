@@ -46,6 +46,11 @@ impl RemoteError {
     }
 }
 
+/// The error of a raw syscall result in -4095..0 (`-errno`).
+fn errno_of(r: i64) -> io::Error {
+    io::Error::from_raw_os_error(i32::try_from(-r).unwrap_or(libc::EINVAL))
+}
+
 /// Executes syscalls in a stopped tracee, with `site` holding [`SYSCALL_INSN`].
 pub struct Remote<'t> {
     t: &'t Tracee,
@@ -82,7 +87,7 @@ impl<'t> Remote<'t> {
 
     fn load(&self, nr: i64, a: [u64; 6]) -> Regs {
         let mut r = self.base;
-        r.rax = nr as u64;
+        r.rax = nr.cast_unsigned();
         r.orig_rax = u64::MAX; // not in a syscall: no restart logic on resume
         r.rdi = a[0];
         r.rsi = a[1];
@@ -115,7 +120,8 @@ impl<'t> Remote<'t> {
                             | libc::PTRACE_EVENT_CLONE
                             | libc::PTRACE_EVENT_VFORK
                     ) {
-                        self.last_child = Some(self.t.event_msg().map_err(pt)? as i32);
+                        // The new task's pid, an int the kernel hands over in a word.
+                        self.last_child = i32::try_from(self.t.event_msg().map_err(pt)?).ok();
                     }
                     self.t.cont(0).map_err(pt)?
                 }
@@ -135,7 +141,7 @@ impl<'t> Remote<'t> {
             }
         }
         let r = self.t.regs().map_err(pt)?;
-        Ok(r.rax as i64)
+        Ok(r.rax.cast_signed())
     }
 
     /// Runs a syscall and turns a negative result into an error naming `what`.
@@ -154,10 +160,10 @@ impl<'t> Remote<'t> {
         if (-4095..0).contains(&r) {
             return Err(RemoteError::Errno {
                 what,
-                source: io::Error::from_raw_os_error(-r as i32),
+                source: errno_of(r),
             });
         }
-        Ok(r as u64)
+        Ok(r.cast_unsigned())
     }
 
     /// `munmap(addr, len)` of the very page holding the syscall instruction (the last call a
@@ -197,14 +203,14 @@ impl<'t> Remote<'t> {
             }
         }
         self.calls += 1;
-        let r = self.t.regs().map_err(pt)?.rax as i64;
+        let r = self.t.regs().map_err(pt)?.rax.cast_signed();
         if (-4095..0).contains(&r) {
             return Err(RemoteError::Errno {
                 what,
-                source: io::Error::from_raw_os_error(-r as i32),
+                source: errno_of(r),
             });
         }
-        Ok(r as u64)
+        Ok(r.cast_unsigned())
     }
 }
 

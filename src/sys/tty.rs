@@ -82,7 +82,7 @@ pub fn set_winsize(fd: BorrowedFd<'_>, w: Winsize) -> io::Result<()> {
 
 /// `TIOCGPTN`: the index of a pty master.
 pub fn pty_index(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    get_int(fd, libc::TIOCGPTN).map(|v| v as u32)
+    get_int(fd, libc::TIOCGPTN).map(i32::cast_unsigned)
 }
 
 /// `TIOCGPTLCK`: is the slave locked (unlockpt not called yet)?
