@@ -151,7 +151,7 @@ impl Seized {
             self.done = true;
             for t in &self.tracees {
                 if let Err(e) = t.detach(0) {
-                    tracing::error!("Error detaching from {}: {e}", t.tid);
+                    tracing::error!(tid = t.tid, error = %e, "Error detaching from a task");
                 }
             }
         }

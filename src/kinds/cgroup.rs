@@ -327,7 +327,10 @@ fn yard(name: &str) -> std::io::Result<PathBuf> {
         }
         crate::sys::mount::detached("cgroup", &opts)?
     };
-    tracing::info!("cgroup hierarchy '{name}' is not mounted here: using a detached mount of it");
+    tracing::info!(
+        hierarchy = name,
+        "cgroup hierarchy not mounted here: using a detached mount of it"
+    );
     let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     yard.push((name.to_string(), fd));
     Ok(path)
@@ -440,7 +443,7 @@ impl CgDump {
         let dir = match mounts.dir(name, path) {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!("{e}: its directories are not saved");
+                tracing::warn!(error = %e, "cgroup directories not saved");
                 return;
             }
         };
@@ -786,7 +789,7 @@ impl CgRestore {
                     for s in ce.sets.iter_mut() {
                         for m in s.ctls.iter_mut().filter(|m| m.name == name) {
                             if let Some(p) = reroot(&m.path, head, &new) {
-                                tracing::info!("cgroup {name}:{} -> {p}", m.path);
+                                tracing::info!(hierarchy = %name, from = %m.path, to = %p, "cgroup moved");
                                 m.path = p;
                             }
                         }
@@ -899,7 +902,7 @@ impl CgRestore {
                     path: d.clone(),
                     source,
                 })?;
-                tracing::info!("created cgroup {}", d.display());
+                tracing::info!(cgroup = %d.display(), "created cgroup");
                 self.created.push(d);
             }
             true
@@ -1058,7 +1061,7 @@ impl CgRestore {
                 path: m.dir.clone(),
                 source,
             })?;
-            tracing::debug!("moved {pid} into {}", target.display());
+            tracing::debug!(pid, cgroup = %target.display(), "moved into cgroup");
         }
         Ok(())
     }
@@ -1077,8 +1080,9 @@ impl Drop for CgRestore {
         for d in self.created.iter().rev() {
             if let Err(e) = std::fs::remove_dir(d) {
                 tracing::warn!(
-                    "could not remove cgroup {} made for the failed restore: {e}",
-                    d.display()
+                    cgroup = %d.display(),
+                    error = %e,
+                    "could not remove a cgroup made for the failed restore"
                 );
             }
         }
@@ -1108,9 +1112,9 @@ fn set_prop(dir: &Path, p: &pb::CgroupPropEntry) -> Result<(), CgroupError> {
         // The controller is not enabled there (its parent was not saved): not fatal.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             tracing::warn!(
-                "cgroup {}: no {}, limit not restored",
-                dir.display(),
-                p.name
+                cgroup = %dir.display(),
+                property = %p.name,
+                "no such property: limit not restored"
             );
             Ok(())
         }
@@ -1240,9 +1244,9 @@ impl Freezer {
             return;
         }
         if let Err(e) = self.set(self.was_frozen) {
-            tracing::error!("could not put cgroup {} back: {e}", self.path.display());
+            tracing::error!(cgroup = %self.path.display(), error = %e, "could not put the cgroup back");
         } else if self.was_frozen {
-            tracing::info!("cgroup {} frozen again, as it was", self.path.display());
+            tracing::info!(cgroup = %self.path.display(), "cgroup frozen again, as it was");
         }
     }
 }

@@ -924,10 +924,11 @@ fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<RemoteFd, FilesError> {
         if let Ok(m) = std::fs::metadata(&reg.name) {
             if m.len() < reg.pos {
                 tracing::warn!(
-                    "{}: now {} bytes, shorter than the saved offset {} (was {size} bytes)",
-                    reg.name,
-                    m.len(),
-                    reg.pos
+                    file = %reg.name,
+                    size = m.len(),
+                    offset = reg.pos,
+                    saved_size = size,
+                    "file now shorter than the saved offset"
                 );
             }
         }

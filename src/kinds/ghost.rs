@@ -207,7 +207,7 @@ impl GhostStore {
         let _in = match self.ns_pid.map(|p| super::ns::InNs::enter(p, true)) {
             Some(Err(e)) => {
                 for p in self.made.values() {
-                    tracing::warn!("cannot remove recreated deleted file {}: {e}", p.display());
+                    tracing::warn!(file = %p.display(), error = %e, "cannot remove recreated deleted file");
                 }
                 return;
             }

@@ -382,7 +382,7 @@ fn dump_shm(var: &pb::IpcVarEntry) -> Result<Vec<(pb::IpcShmEntry, Vec<u8>)>, Ip
                 Err(e) => return Err(op(&name, "read the content")(e)),
             }
         }
-        tracing::info!("ipc: {name}: {} bytes", s.size);
+        tracing::info!(object = %name, bytes = s.size, "ipc: shm segment");
         out.push((
             pb::IpcShmEntry {
                 desc: desc(s.id, &s.perm),
@@ -403,7 +403,7 @@ fn dump_sem() -> Result<Vec<(pb::IpcSemEntry, Vec<u16>)>, IpcError> {
         let name = sem_name(s.id, s.perm.key);
         let values =
             sys::sem_get_all(s.id, usize_of(s.nsems)).map_err(op(&name, "semctl(GETALL)"))?;
-        tracing::info!("ipc: {name}: values {values:?}");
+        tracing::info!(object = %name, ?values, "ipc: semaphore set");
         out.push((
             pb::IpcSemEntry {
                 desc: desc(s.id, &s.perm),
@@ -433,7 +433,7 @@ fn dump_msg() -> Result<Vec<Queue>, IpcError> {
                 body,
             ));
         }
-        tracing::info!("ipc: {name}: {} messages", msgs.len());
+        tracing::info!(object = %name, messages = msgs.len(), "ipc: message queue");
         out.push((
             pb::IpcMsgEntry {
                 desc: desc(q.id, &q.perm),
@@ -493,7 +493,7 @@ fn dump_mqueues() -> Result<Vec<pb::CryoMqueueEntry>, IpcError> {
         let mut put_back = Ok(());
         for m in &msgs {
             if let Err(e) = sys::mq_put(fd.as_fd(), m.prio, &m.data) {
-                tracing::error!("{object}: a message could not be put back: {e}");
+                tracing::error!(object = %object, error = %e, "a message could not be put back");
                 put_back = Err(e);
             }
         }
@@ -783,10 +783,11 @@ pub fn restore(
         restore_var(&ns.var, Phase::Final)
     })?;
     tracing::info!(
-        "ipc namespace {id}: {} segments, {} semaphore sets, {} message queues",
-        ns.shm.len(),
-        ns.sem.len(),
-        ns.msg.len()
+        ns = id,
+        segments = ns.shm.len(),
+        semaphore_sets = ns.sem.len(),
+        message_queues = ns.msg.len(),
+        "ipc namespace read"
     );
     Ok(())
 }

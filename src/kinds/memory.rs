@@ -483,9 +483,13 @@ impl Kind for Memory {
                 check_addr(r, v)?;
             }
         }
-        tracing::info!("memory: {} mappings created", img.mm.vmas.len());
+        tracing::info!(
+            pid = cx.pid,
+            mappings = img.mm.vmas.len(),
+            "memory: mappings created"
+        );
         fill_pages(cx, img)?;
-        tracing::info!("memory: pages written");
+        tracing::info!(pid = cx.pid, "memory: pages written");
         for (v, fill) in img.mm.vmas.iter().zip(&has_pages) {
             if *fill && v.prot & libc::PROT_WRITE as u32 == 0 {
                 cx.mprotect(v.start, v.end - v.start, v.prot.cast_signed())?;
@@ -1010,9 +1014,10 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
     if !cow_runs.is_empty() {
         let total: usize = cow_runs.iter().map(|r| r.2).sum();
         tracing::info!(
-            "memory: {} of {} pages kept from the parent differ and were written",
-            written / usize_of(PAGE_SIZE),
-            total / usize_of(PAGE_SIZE)
+            pid,
+            written = written / usize_of(PAGE_SIZE),
+            kept = total / usize_of(PAGE_SIZE),
+            "memory: pages kept from the parent that differ were written"
         );
     }
     Ok(())
@@ -1169,7 +1174,7 @@ fn uffd_fill(
     let uffd = match open_uffd(cx) {
         Ok(u) => u,
         Err(e) => {
-            tracing::info!("memory: no userfaultfd ({e}); filling with preadv/process_vm_writev");
+            tracing::info!(error = %e, "memory: no userfaultfd; filling with preadv/process_vm_writev");
             return Ok(false);
         }
     };
@@ -1178,9 +1183,10 @@ fn uffd_fill(
         let v = &vmas[vi];
         if let Err(e) = uffd.register(v.start, v.end - v.start) {
             tracing::info!(
-                "memory: cannot register {:#x}-{:#x} with userfaultfd ({e}); filling with preadv/process_vm_writev",
-                v.start,
-                v.end
+                start = format_args!("{:#x}", v.start),
+                end = format_args!("{:#x}", v.end),
+                error = %e,
+                "memory: cannot register with userfaultfd; filling with preadv/process_vm_writev"
             );
             for v in registered {
                 unregister(&uffd, v)?;

@@ -181,7 +181,7 @@ impl Kind for Misc {
             let now = std::fs::read_to_string(&path).unwrap_or_default();
             if now.trim().parse::<i32>().ok() != Some(oom) {
                 if let Err(e) = std::fs::write(&path, oom.to_string()) {
-                    tracing::warn!("could not set oom_score_adj to {oom}: {e} (lowering it needs CAP_SYS_RESOURCE)");
+                    tracing::warn!(oom, error = %e, "could not set oom_score_adj (lowering it needs CAP_SYS_RESOURCE)");
                 }
             }
         }

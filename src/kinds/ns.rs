@@ -453,7 +453,7 @@ impl Drop for InNs {
             if let Err(e) = back {
                 // Going on would resolve cryo's own paths in the tree's namespaces. The
                 // puppets die with cryo (PTRACE_O_EXITKILL), so nothing is left behind.
-                tracing::error!("cannot return to cryo's namespaces: {e}; aborting");
+                tracing::error!(error = %e, "cannot return to cryo's namespaces; aborting");
                 std::process::abort();
             }
         }

@@ -225,7 +225,9 @@ pub fn set_xstate(cx: &mut RestoreCx<'_>, fp: &pb::UserX86FpregsEntry) -> Result
         }
         (Some(_), Some(size)) => {
             tracing::warn!(
-                "XSAVE area size differs ({size} bytes saved, {len} here): restoring legacy and AVX state only"
+                saved = size,
+                here = len,
+                "XSAVE area size differs: restoring legacy and AVX state only"
             );
             pb_to_xsave(fp, len)
         }
@@ -246,10 +248,10 @@ impl Kind for CpuState {
         let mut regs = cx.regs;
         if fix_syscall_restart(&mut regs) {
             tracing::debug!(
-                "task {} was in syscall {}; it will resume it (result {:#x})",
-                cx.pid,
-                cx.regs.orig_rax,
-                regs.rax
+                pid = cx.pid,
+                syscall = cx.regs.orig_rax,
+                result = format_args!("{:#x}", regs.rax),
+                "task was in a syscall; it will resume it"
             );
         }
         let xstate = cx.tracee.xstate().map_err(|source| TaskError::Ptrace {

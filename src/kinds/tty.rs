@@ -415,7 +415,7 @@ impl Drop for Drained {
         for d in &self.0 {
             let Some(slave) = &d.slave else {
                 if !d.out.is_empty() {
-                    tracing::warn!("cannot put back {} bytes of pty output", d.out.len());
+                    tracing::warn!(bytes = d.out.len(), "cannot put back pty output");
                 }
                 continue;
             };
@@ -426,7 +426,7 @@ impl Drop for Drained {
                 &d.out,
                 &d.input,
             ) {
-                tracing::error!("putting queued pty data back: {e}");
+                tracing::error!(error = %e, "putting queued pty data back");
             }
         }
     }
@@ -531,9 +531,10 @@ pub fn finish_dump(files: &mut FileTable) -> Result<Drained, TtyError> {
             });
         }
         tracing::info!(
-            "pty {index}: {} bytes queued for the master, {} for the slave",
-            d.out.len(),
-            d.input.data.len()
+            pty = index,
+            for_master = d.out.len(),
+            for_slave = d.input.data.len(),
+            "pty: bytes queued"
         );
     }
     Ok(drained)
@@ -557,7 +558,7 @@ fn read_master(fd: BorrowedFd<'_>, packet: bool, out: &mut Vec<u8>) -> std::io::
                 if buf[0] == 0 {
                     out.extend_from_slice(&buf[1..n]);
                 } else {
-                    tracing::warn!("pty packet-mode status {:#x} not kept", buf[0]);
+                    tracing::warn!(status = buf[0], "pty packet-mode status not kept");
                 }
             }
             Ok(n) => out.extend_from_slice(&buf[..n]),
@@ -946,7 +947,7 @@ impl TtyStore {
         }
         if let (Some(uid), Some(gid)) = (info.uid, info.gid) {
             if let Err(e) = std::os::unix::fs::fchown(&slave, Some(uid), Some(gid)) {
-                tracing::warn!("pty {index}: cannot give {slave_path} to {uid}:{gid}: {e}");
+                tracing::warn!(pty = index, slave = %slave_path, uid, gid, error = %e, "cannot give the slave its owner");
             }
         }
         let t = sinfo
@@ -972,7 +973,7 @@ impl TtyStore {
         }
         if let Some(l) = info.termios_locked.as_ref() {
             if let Err(e) = sys::tty::set_locked_termios(slave.as_fd(), &from_pb(l)) {
-                tracing::warn!("pty {index}: TIOCSLCKTRMIOS: {e}");
+                tracing::warn!(pty = index, error = %e, "TIOCSLCKTRMIOS failed");
             }
         }
         if let Some(w) = info.winsize.as_ref() {
@@ -1004,7 +1005,7 @@ impl TtyStore {
                 .map_err(tty_err(index, "TIOCEXCL".into()))?;
         }
         let locked = master_info.as_ref().is_some_and(|m| m.locked);
-        tracing::info!("pty {index}: made through {master_path}, slave {slave_path}");
+        tracing::info!(pty = index, master = %master_path, slave = %slave_path, "pty made");
         self.pairs.insert(
             index,
             Pair {
@@ -1026,7 +1027,7 @@ impl TtyStore {
         for (index, p) in self.pairs.drain() {
             if p.locked {
                 if let Err(e) = sys::tty::set_pty_locked(p.master.as_fd(), true) {
-                    tracing::warn!("pty {index}: cannot lock it again: {e}");
+                    tracing::warn!(pty = index, error = %e, "cannot lock the pty again");
                 }
             }
             if p.orphan && keep {
@@ -1186,7 +1187,7 @@ pub fn set_foreground(
             .ioctl(fd, libc::TIOCSPGRP, scratch);
         r.close(fd).map_err(remote)?;
         res.map_err(remote)?;
-        tracing::info!("terminal of session {sid}: foreground group {group}");
+        tracing::info!(session = sid, group, "terminal foreground group set");
     }
     Ok(())
 }

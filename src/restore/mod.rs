@@ -793,7 +793,7 @@ fn foreground(root: i32) {
         return;
     };
     if let Err(e) = rustix::termios::tcsetpgrp(&tty, job) {
-        tracing::warn!("could not give the terminal to the restored job: {e}");
+        tracing::warn!(error = %e, "could not give the terminal to the restored job");
     }
 }
 
@@ -894,8 +894,8 @@ pub fn run(
     match Manifest::load(&dir.path)? {
         Some(m) => m.verify(&dir.path, 2)?,
         None => tracing::warn!(
-            "no cryo-manifest.json in {}: images not verified (written by CRIU?)",
-            dir.path.display()
+            dir = %dir.path.display(),
+            "no cryo-manifest.json: images not verified (written by CRIU?)"
         ),
     }
     fault_point("verify")?;
