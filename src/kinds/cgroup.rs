@@ -1202,14 +1202,10 @@ impl Freezer {
             read(&f.file())?.trim() != "THAWED"
         };
         tracing::info!(
-            "freezing cgroup {} (v{}, {})",
-            path.display(),
-            if v2 { 2 } else { 1 },
-            if f.was_frozen {
-                "already frozen"
-            } else {
-                "thawed"
-            }
+            cgroup = %path.display(),
+            version = if v2 { 2 } else { 1 },
+            already_frozen = f.was_frozen,
+            "freezing cgroup"
         );
         f.set(true)?;
         let t0 = Instant::now();

@@ -1104,7 +1104,7 @@ pub fn run(
     }
     if let Err(e) = hooks.notify("post-resume", None) {
         // Too late to undo: the tree runs. Say so, like CRIU.
-        tracing::warn!("{e}");
+        tracing::warn!(error = %e, "post-resume notification failed");
     }
     let report = RestoreReport {
         pid: root,
