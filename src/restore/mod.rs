@@ -44,6 +44,11 @@ pub struct RestoreOpts {
     pub inherit_fd: Vec<(String, i32)>,
     /// `--manage-cgroups` and `--cgroup-root` (`kinds::cgroup`).
     pub cgroups: kinds::cgroup::CgOpts,
+    /// `--network-lock`: how the restored tree's network stays locked until it runs.
+    pub network_lock: crate::netlock::Method,
+    /// Links whose other side is outside the tree (`--external veth[..]`, `macvlan[..]`,
+    /// `--veth-pair`).
+    pub links: kinds::netns::LinkOpts,
 }
 
 /// Why a restore failed.
@@ -112,6 +117,10 @@ pub enum RestoreError {
     Ipc(#[from] crate::kinds::ipc::IpcError),
     #[error(transparent)]
     Cgroup(#[from] crate::kinds::cgroup::CgroupError),
+    #[error(transparent)]
+    Netns(#[from] crate::kinds::netns::NetnsError),
+    #[error(transparent)]
+    NetLock(#[from] crate::netlock::NetLockError),
     #[error("fault injected at stage '{0}' (CRYO_FAULT_INJECT)")]
     Injected(String),
     #[error("interrupted by signal {sig} before stage '{stage}'; nothing was left running")]
@@ -131,6 +140,8 @@ impl RestoreError {
                 "cryo cannot raise a hard limit without CAP_SYS_RESOURCE: run it with limits at least as high (ulimit -H)".into(),
             ),
             RestoreError::Cgroup(e) => e.hint(),
+            RestoreError::Netns(e) => e.hint(),
+            RestoreError::NetLock(e) => e.hint(),
             RestoreError::Image(ImageError::Digest { .. }) => {
                 Some("re-create the checkpoint; the images were damaged after the dump".into())
             }
@@ -340,6 +351,9 @@ struct Shared<'a> {
     tasks: &'a [TaskImages],
     mounts: &'a kinds::mounts::MountOpts,
     join: &'a kinds::ns::NsJoin,
+    links: &'a kinds::netns::LinkOpts,
+    /// The lock of the root's network namespace, taken as soon as it is rebuilt.
+    netlock: &'a std::cell::RefCell<crate::netlock::NetLock>,
     /// Each created task's PID in cryo's namespace, by its dumped PID (they differ inside a
     /// restored PID namespace).
     host: HashMap<u32, i32>,
@@ -487,7 +501,12 @@ fn shape(
     kinds::ns::restore_time(&mut cx, img, time_now)?;
     kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
     kinds::ipc::restore(cx.dir, cx.pid, img, ipc_now)?;
-    kinds::ns::restore_net(&mut cx, img, net_now, sh.join)?;
+    let own_net = kinds::ns::restore_net(&mut cx, img, net_now, sh.join, sh.links)?;
+    if idx == 0 && own_net {
+        // Locked before any socket of the tree exists (CRIU's order).
+        fault_point("netns")?;
+        sh.netlock.borrow_mut().lock_netns_of(pid)?;
+    }
     // The root's mount namespace, before any file is opened (children inherit it).
     if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
         kinds::mounts::restore(&mut cx, img, sh.mounts)?;
@@ -822,6 +841,10 @@ pub fn run(
         }
     }
     let vroot = tasks[0].pid as i32;
+    // Before any puppet exists (so it drops after them: a lock goes once they are dead).
+    let netlock = std::cell::RefCell::new(crate::netlock::NetLock::new(opts.network_lock));
+    let own_netns =
+        tasks[0].ids.net_ns_id.is_some() && tasks[0].ids.net_ns_id != kinds::ns::own_ns_id("net");
     // Before any puppet exists (so it drops after them): dirs made here go if we fail.
     let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
     let uses_seccomp = tasks.iter().any(|t| {
@@ -933,6 +956,8 @@ pub fn run(
         tasks: &tasks,
         mounts: &opts.mounts,
         join: &opts.join,
+        links: &opts.links,
+        netlock: &netlock,
         host: HashMap::from([(vroot as u32, root)]),
         cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
         cgroups: cgroups.as_ref(),
@@ -1003,6 +1028,12 @@ pub fn run(
     objs.borrow_mut().close_all();
     // Everything exists and nothing runs yet: a failing hook still kills it all.
     hooks.notify("post-restore", Some(root))?;
+    // The network opens just before the tree runs (CRIU's `network_unlock`).
+    if own_netns {
+        hooks.notify("network-unlock", None)?;
+    }
+    fault_point("netunlock")?;
+    netlock.borrow_mut().unlock_now()?;
     hooks.notify("pre-resume", None)?;
     if opts.shell_job && !opts.detach {
         foreground(root);
