@@ -1261,9 +1261,8 @@ fn make_link(
             m.header.index = 1;
             m.attributes
                 .retain(|a| !matches!(a, LinkAttribute::IfName(_)));
-            return rt
-                .request(RouteNetlinkMessage::SetLink(m), 0)
-                .map_err(|e| rt.err(format!("link {}: set it up", l.name), e));
+            rt.request(RouteNetlinkMessage::SetLink(m), 0)
+                .map_err(|e| rt.err(format!("link {}: set it up", l.name), e))
         }
         pb::NdType::Veth => {
             m.header.index = l.ifindex;
@@ -1354,7 +1353,7 @@ fn make_link(
             m.attributes.push(LinkAttribute::Link(lower));
             m.attributes
                 .push(LinkAttribute::NetNsFd(target.as_raw_fd()));
-            let mv = l.macvlan.clone().unwrap_or_default();
+            let mv = l.macvlan.unwrap_or_default();
             let mut data = vec![InfoMacVlan::Mode(mv.mode.into())];
             if let Some(f) = mv.flags {
                 data.push(InfoMacVlan::Flags(MacVlanFlags::from_bits_retain(f as u16)));
