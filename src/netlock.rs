@@ -206,17 +206,13 @@ impl NetLock {
         let record = self.record(ino, hint, true);
         let t = &self.name;
         let r = match self.method {
-            Method::Nftables => nft(
-                &ns,
-                ino,
-                "lock the network",
-                &format!(
-                    "table inet {t} {{\n\
-                     \tchain input {{ type filter hook input priority -300; policy drop; meta mark {SOCCR_MARK:#x} accept; }}\n\
-                     \tchain output {{ type filter hook output priority -300; policy drop; meta mark {SOCCR_MARK:#x} accept; }}\n\
-                     }}\n"
-                ),
-            ),
+            Method::Nftables => crate::kinds::netns::within(ns.as_fd(), || nfnl::lock_whole(t))
+                .and_then(|r| r)
+                .map_err(|e| NetLockError::Tool {
+                    what: "lock the network (nf_tables)".into(),
+                    ns: ino,
+                    why: e.to_string(),
+                }),
             Method::Iptables => {
                 let conf = format!(
                     "*filter\n:{t} - [0:0]\n-I INPUT -j {t}\n-I OUTPUT -j {t}\n\
@@ -458,14 +454,13 @@ fn remove_checked(method: Method, name: &str, l: &Locked) -> Result<(), NetLockE
 /// Deletes the table or chain `name` in `ns`; one that does not exist is no error.
 fn delete(method: Method, name: &str, ns: &File, ino: u64) -> Result<(), NetLockError> {
     match method {
-        Method::Nftables => {
-            // `destroy` would ignore a missing table but needs nft 1.0.8.
-            match run_in(ns, ino, "nft", &["delete", "table", "inet", name], None) {
-                Ok(_) => Ok(()),
-                Err(f) if f.why.contains("No such file or directory") => Ok(()),
-                Err(f) => Err(f.named("unlock the network")),
-            }
-        }
+        Method::Nftables => crate::kinds::netns::within(ns.as_fd(), || nfnl::delete_table(name))
+            .and_then(|r| r)
+            .map_err(|e| NetLockError::Tool {
+                what: format!("unlock the network: delete table inet {name} (nf_tables)"),
+                ns: ino,
+                why: e.to_string(),
+            }),
         Method::Iptables => {
             let mut first = Ok(());
             for v6 in [false, true] {
@@ -722,4 +717,221 @@ mod tests {
     fn own_start_time_is_read() {
         assert!(start_time(std::process::id() as i32).is_some());
     }
+}
+
+/// nf_tables over netlink (netlink-packet-netfilter): the whole-namespace lock made and any
+/// lock table deleted in one transaction each, with no program started (a few hundred
+/// microseconds, where `nft` takes about ten milliseconds). Works in the calling thread's
+/// network namespace.
+mod nfnl {
+    use netlink_packet_core::{
+        NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
+        NLM_F_REQUEST,
+    };
+    use netlink_packet_netfilter::nftables::{
+        ChainAttribute, ChainMessage, Cmp, DataAttribute, Expressions, Hook, Immediate,
+        InetHookNumber, Meta, MetaKey, NfTablesMessage, Operator, Register, RuleAttribute,
+        RuleMessage, TableAttribute, TableMessage, Verdict, VerdictAttribute,
+    };
+    use netlink_packet_netfilter::none::ControlMessage;
+    use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
+    use netlink_sys::{Socket, SocketAddr};
+
+    const NETLINK_NETFILTER: isize = 12;
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NF_DROP: u32 = 0;
+    const NF_ACCEPT: u32 = 1;
+
+    fn socket() -> std::io::Result<Socket> {
+        let mut sk = Socket::new(NETLINK_NETFILTER)?;
+        sk.bind_auto()?;
+        sk.connect(&SocketAddr::new(0, 0))?;
+        Ok(sk)
+    }
+
+    fn msg(m: NfTablesMessage, flags: u16, seq: u32) -> Vec<u8> {
+        let mut n = NetlinkMessage::from(NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
+            m,
+        ));
+        n.header.flags = NLM_F_REQUEST | flags;
+        n.header.sequence_number = seq;
+        n.finalize();
+        let mut b = vec![0u8; n.buffer_len()];
+        n.serialize(&mut b);
+        b
+    }
+
+    fn control(c: ControlMessage, seq: u32) -> Vec<u8> {
+        let mut n = NetlinkMessage::from(NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, NFNL_SUBSYS_NFTABLES),
+            c,
+        ));
+        n.header.flags = NLM_F_REQUEST;
+        n.header.sequence_number = seq;
+        n.finalize();
+        let mut b = vec![0u8; n.buffer_len()];
+        n.serialize(&mut b);
+        b
+    }
+
+    /// Sends `msgs` as one transaction and waits for every acknowledgement; the first
+    /// error the kernel reports fails it (and nothing of it is applied).
+    fn transaction(msgs: Vec<(NfTablesMessage, u16)>) -> std::io::Result<()> {
+        let sk = socket()?;
+        let mut buf = control(ControlMessage::BatchBegin, 1);
+        let n = msgs.len();
+        for (i, (m, f)) in msgs.into_iter().enumerate() {
+            buf.extend(msg(m, f | NLM_F_ACK, 2 + i as u32));
+        }
+        buf.extend(control(ControlMessage::BatchEnd, 2 + n as u32));
+        sk.send(&buf, 0)?;
+        let mut acked = 0;
+        while acked < n {
+            for m in recv(&sk)? {
+                if let NetlinkPayload::Error(e) = m.payload {
+                    if e.code.is_some() {
+                        return Err(e.to_io());
+                    }
+                    acked += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn recv(sk: &Socket) -> std::io::Result<Vec<NetlinkMessage<NetfilterMessage>>> {
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+        sk.recv(&mut buf, 0)?;
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + 16 <= buf.len() {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+            if len < 16 || off + len > buf.len() {
+                break;
+            }
+            out.push(
+                NetlinkMessage::<NetfilterMessage>::deserialize(&buf[off..off + len])
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            );
+            off += (len + 3) & !3;
+        }
+        Ok(out)
+    }
+
+    /// `meta mark SOCCR_MARK accept`.
+    fn accept_marked(table: &str, chain: &str) -> NfTablesMessage {
+        NfTablesMessage::NewRule(RuleMessage {
+            attributes: vec![
+                RuleAttribute::Table(table.into()),
+                RuleAttribute::Chain(chain.into()),
+                RuleAttribute::Expressions(vec![
+                    Expressions::Meta(vec![
+                        Meta::Key(MetaKey::Mark),
+                        Meta::DestinationRegister(Register::Reg1),
+                    ])
+                    .into(),
+                    Expressions::Cmp(vec![
+                        Cmp::SourceRegister(Register::Reg1),
+                        Cmp::Op(Operator::Equal),
+                        Cmp::Data(DataAttribute::Value(
+                            super::SOCCR_MARK.to_ne_bytes().to_vec(),
+                        )),
+                    ])
+                    .into(),
+                    Expressions::Immediate(vec![
+                        Immediate::DestinationRegister(Register::Verdict),
+                        Immediate::Data(DataAttribute::Verdict(vec![VerdictAttribute::Code(
+                            Verdict::Other(NF_ACCEPT),
+                        )])),
+                    ])
+                    .into(),
+                ]),
+            ],
+        })
+    }
+
+    fn drop_chain(table: &str, name: &str, hook: InetHookNumber) -> NfTablesMessage {
+        NfTablesMessage::NewChain(ChainMessage {
+            attributes: vec![
+                ChainAttribute::Table(table.into()),
+                ChainAttribute::Name(name.into()),
+                ChainAttribute::Hook(vec![
+                    Hook::Number(hook.into()),
+                    Hook::Priority(-300i32 as u32),
+                ]),
+                ChainAttribute::Policy(NF_DROP),
+                ChainAttribute::Type("filter".into()),
+            ],
+        })
+    }
+
+    /// The whole-namespace lock: table `inet NAME`, chains `input` and `output` (hook
+    /// priority -300, policy drop), each with `meta mark 0xc114 accept`.
+    pub fn lock_whole(table: &str) -> std::io::Result<()> {
+        transaction(vec![
+            (
+                NfTablesMessage::NewTable(TableMessage {
+                    attributes: vec![TableAttribute::Name(table.into())],
+                }),
+                NLM_F_CREATE,
+            ),
+            (
+                drop_chain(table, "input", InetHookNumber::LocalIn),
+                NLM_F_CREATE,
+            ),
+            (
+                drop_chain(table, "output", InetHookNumber::LocalOut),
+                NLM_F_CREATE,
+            ),
+            (accept_marked(table, "input"), NLM_F_CREATE | NLM_F_APPEND),
+            (accept_marked(table, "output"), NLM_F_CREATE | NLM_F_APPEND),
+        ])
+    }
+
+    /// Deletes table `inet NAME`; one that does not exist is no error.
+    pub fn delete_table(table: &str) -> std::io::Result<()> {
+        match transaction(vec![(
+            NfTablesMessage::DeleteTable(TableMessage {
+                attributes: vec![TableAttribute::Name(table.into())],
+            }),
+            0,
+        )]) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Whether the calling thread's network namespace has any nftables table.
+    pub fn has_tables() -> std::io::Result<bool> {
+        let sk = socket()?;
+        let mut n = NetlinkMessage::from(NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
+            NfTablesMessage::GetTable(TableMessage { attributes: vec![] }),
+        ));
+        n.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        n.header.sequence_number = 1;
+        n.finalize();
+        let mut b = vec![0u8; n.buffer_len()];
+        n.serialize(&mut b);
+        sk.send(&b, 0)?;
+        let mut any = false;
+        loop {
+            for m in recv(&sk)? {
+                match m.payload {
+                    NetlinkPayload::Done(_) => return Ok(any),
+                    NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                    NetlinkPayload::InnerMessage(_) => any = true,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Whether the calling thread's network namespace has any nftables table (the namespace
+/// dump skips `nft list ruleset` when it has none). On an error it answers yes, so the
+/// ruleset is asked for anyway.
+pub fn nft_has_tables() -> bool {
+    nfnl::has_tables().unwrap_or(true)
 }

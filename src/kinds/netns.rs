@@ -719,20 +719,37 @@ fn dump_inside(id: u32, host: u32, own: BorrowedFd<'_>) -> Result<NetnsDump, Net
         );
     }
     // The firewall.
-    d.nftables = run_tool(
-        id,
-        "save the nftables ruleset",
-        "nft",
-        &["list", "ruleset"],
-        None,
-    )?
-    .unwrap_or_default();
-    for (tool, out) in [
-        ("iptables-legacy-save", &mut d.iptables),
-        ("ip6tables-legacy-save", &mut d.ip6tables),
+    // (`nft` is started only when there is a table to save.)
+    if crate::netlock::nft_has_tables() {
+        d.nftables = run_tool(
+            id,
+            "save the nftables ruleset",
+            "nft",
+            &["list", "ruleset"],
+            None,
+        )?
+        .ok_or(NetnsError::Tool {
+            ns: id,
+            what: "save the nftables ruleset",
+            tool: "nft",
+            why: "not installed".into(),
+        })?;
+    }
+    for (tool, names, out) in [
+        ("iptables-legacy-save", "ip_tables_names", &mut d.iptables),
+        (
+            "ip6tables-legacy-save",
+            "ip6_tables_names",
+            &mut d.ip6tables,
+        ),
     ] {
-        // Legacy tables, if this system has them at all (iptables-nft rules are in the
-        // nftables ruleset already, as with CRIU).
+        // Legacy tables, if the namespace has any (iptables-nft rules are in the nftables
+        // ruleset already, as with CRIU).
+        let has = std::fs::read_to_string(format!("/proc/thread-self/net/{names}"))
+            .is_ok_and(|t| !t.trim().is_empty());
+        if !has {
+            continue;
+        }
         if let Ok(Some(o)) = run_tool(id, "save the iptables rules", tool, &[], None) {
             if o.windows(2).any(|w| w == b"\n-") || o.windows(2).any(|w| w == b"\n:") {
                 *out = o;
@@ -1110,9 +1127,10 @@ pub fn restore(
         for pass in 0..3 {
             for (i, m) in &parsed {
                 if route_pass(m) == pass {
-                    rt.replay(&routes[*i], None, 0).map_err(|e| {
-                        rt.err(format!("restore a route ({})", describe_route(m)), e)
-                    })?;
+                    rt.replay(&without_link_state(&routes[*i]), None, 0)
+                        .map_err(|e| {
+                            rt.err(format!("restore a route ({})", describe_route(m)), e)
+                        })?;
                 }
             }
         }
@@ -1196,6 +1214,22 @@ pub fn restore(
         t0.elapsed().as_micros()
     );
     Ok(())
+}
+
+/// A saved route without the kernel's link-state flags (RTNH_F_DEAD, RTNH_F_LINKDOWN: set
+/// when the link was down at dump), which it refuses in a request (`ip route restore` and
+/// CRIU fail there).
+fn without_link_state(raw: &[u8]) -> Vec<u8> {
+    const RTNH_F_DEAD: u32 = 1;
+    const RTNH_F_LINKDOWN: u32 = 16;
+    let mut m = raw.to_vec();
+    // struct rtmsg after the 16-byte nlmsghdr: 8 one-byte fields, then u32 rtm_flags.
+    if let Some(f) = m.get_mut(24..28) {
+        let v =
+            u32::from_ne_bytes(f.try_into().expect("4 bytes")) & !(RTNH_F_DEAD | RTNH_F_LINKDOWN);
+        f.copy_from_slice(&v.to_ne_bytes());
+    }
+    m
 }
 
 /// `ip route restore`'s passes: 0 routes to local addresses, 1 on-link routes, 2 routes via
