@@ -929,6 +929,12 @@ mod nfnl {
     }
 }
 
+/// Deletes table `inet NAME` in the calling thread's network namespace, if it exists (the
+/// lock CRIU saves into its images, found again at restore).
+pub fn delete_nft_table(name: &str) -> std::io::Result<()> {
+    nfnl::delete_table(name)
+}
+
 /// Whether the calling thread's network namespace has any nftables table (the namespace
 /// dump skips `nft list ruleset` when it has none). On an error it answers yes, so the
 /// ruleset is asked for anyway.

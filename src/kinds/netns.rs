@@ -12,8 +12,7 @@
 //!   `ip rule save`) and cryo's own `rule6-ID.img` (IPv6); `ip route restore < route-ID.img`
 //!   accepts them, and so does CRIU;
 //! - the namespace's sysctls (`netns-ID.img`: `all`/`default` conf for IPv4 and IPv6,
-//!   `net.unix.max_dgram_qlen`, `net.ipv4.ping_group_range`) and the nsid of cryo's
-//!   namespace;
+//!   `net.unix.max_dgram_qlen`, `net.ipv4.ping_group_range`);
 //! - the firewall: `nft list ruleset` text in `nftables-ID.img`, and legacy iptables rules
 //!   (`iptables-legacy-save`, when any) in `iptables-ID.img` / `ip6tables-ID.img`, as CRIU
 //!   built with libnftables saves them.
@@ -603,12 +602,8 @@ fn dump_inside(id: u32, host: u32, own: BorrowedFd<'_>) -> Result<NetnsDump, Net
         m.attributes.push(NsidAttribute::Fd(own.as_raw_fd() as u32));
         rt.dump_one_nsid(m)
     };
-    if let Some(v) = host_nsid.filter(|&v| v >= 0) {
-        d.entry.nsids.push(pb::NetnsId {
-            target_ns_id: host,
-            netnsid_value: v,
-        });
-    }
+    // (Not saved as `nsids`: CRIU's restore wants every namespace listed there among the
+    // dumped ones, and cryo's own is not.)
     for (_, l) in &links {
         let name = link_name(l);
         let ty = nd_type(l).map_err(|what| NetnsError::Unsupported {
@@ -987,6 +982,10 @@ pub fn restore(
     let rules4 = load_format(id, "rule", RULE_MAGIC, &raw("rule")?)?;
     let rules6 = load_format(id, "rule6", RULE_MAGIC, &raw("rule6")?)?;
     let nft = raw("nftables")?;
+    let criu_run_id = dir
+        .read_opt::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
+        .and_then(|v| v.into_iter().next())
+        .and_then(|i| i.dump_criu_run_id);
     let ipt = raw("iptables")?;
     let ip6t = raw("ip6tables")?;
     // Links made from cryo's namespace (veth peers, macvlans) need it by fd.
@@ -1199,6 +1198,16 @@ pub fn restore(
                 tool: "nft",
                 why: "not installed".into(),
             })?;
+            // CRIU saves its own lock (table inet CRIU-<first 21 characters of its run id>)
+            // with the ruleset and deletes it when it unlocks: so does cryo.
+            if let Some(run) = &criu_run_id {
+                let name: String = format!("CRIU-{run}").chars().take(26).collect();
+                crate::netlock::delete_nft_table(&name).map_err(|source| NetnsError::Netlink {
+                    ns: id,
+                    what: format!("delete CRIU's lock table inet {name}"),
+                    source,
+                })?;
+            }
         }
         Ok(())
     })

@@ -125,6 +125,7 @@ pub fn restore_net(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
+    is_root: bool,
     join: &NsJoin,
     links: &super::netns::LinkOpts,
 ) -> Result<bool, RestoreError> {
@@ -138,7 +139,7 @@ pub fn restore_net(
     let key = ns.as_ref().and_then(|n| n.ext_key.clone());
     // --join-ns is for the tree's own namespace: the one the root has (a child's namespace
     // of its own is new again).
-    let root_ns = inherited == own_ns_id("net");
+    let root_ns = is_root;
     let path = join
         .net
         .clone()

@@ -354,6 +354,13 @@ struct Shared<'a> {
     links: &'a kinds::netns::LinkOpts,
     /// The lock of the root's network namespace, taken as soon as it is rebuilt.
     netlock: &'a std::cell::RefCell<crate::netlock::NetLock>,
+    /// The network namespace id of the dumper (`inventory.root_ids`): the root shares cryo's
+    /// namespace when its own is that one.
+    dumper_net: Option<u32>,
+    /// The dumper's namespace ids (`inventory.root_ids`; CRIU numbers namespaces its own
+    /// way, and cryo's ids are per host): the root shares cryo's namespace of a kind when its
+    /// own is the dumper's.
+    dumper: pb::TaskKobjIdsEntry,
     /// Each created task's PID in cryo's namespace, by its dumped PID (they differ inside a
     /// restored PID namespace).
     host: HashMap<u32, i32>,
@@ -393,7 +400,11 @@ fn shape(
     // root with a cgroup namespace of its own unshares it at the namespace's root first.
     let own_cgns = idx == 0
         && img.ids.cgroup_ns_id.is_some()
-        && img.ids.cgroup_ns_id != kinds::ns::own_ns_id("cgroup");
+        && img.ids.cgroup_ns_id
+            != sh
+                .dumper
+                .cgroup_ns_id
+                .or_else(|| kinds::ns::own_ns_id("cgroup"));
     if let Some(cg) = sh.cgroups {
         if own_cgns {
             cg.enter_ns_root(pid, img)?;
@@ -490,35 +501,40 @@ fn shape(
     let (uts_now, ipc_now, net_now) = match parent_ids {
         Some(p) => (p.uts_ns_id, p.ipc_ns_id, p.net_ns_id),
         None => (
-            kinds::ns::own_ns_id("uts"),
-            kinds::ns::own_ns_id("ipc"),
-            kinds::ns::own_ns_id("net"),
+            sh.dumper.uts_ns_id.or_else(|| kinds::ns::own_ns_id("uts")),
+            sh.dumper.ipc_ns_id.or_else(|| kinds::ns::own_ns_id("ipc")),
+            sh.dumper_net,
         ),
     };
     kinds::ns::restore_uts(&mut cx, img, uts_now)?;
     // Before its vDSO is mapped (its data pages follow the time namespace).
-    let time_now = parent.map_or_else(|| kinds::ns::own_ns_id("time"), |p| p.ids.time_ns_id);
+    let time_now = parent.map_or_else(
+        || {
+            sh.dumper
+                .time_ns_id
+                .or_else(|| kinds::ns::own_ns_id("time"))
+        },
+        |p| p.ids.time_ns_id,
+    );
+    let dumper_mnt = sh.dumper.mnt_ns_id.or_else(|| kinds::ns::own_ns_id("mnt"));
     kinds::ns::restore_time(&mut cx, img, time_now)?;
     kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
     kinds::ipc::restore(cx.dir, cx.pid, img, ipc_now)?;
-    let own_net = kinds::ns::restore_net(&mut cx, img, net_now, sh.join, sh.links)?;
+    let own_net = kinds::ns::restore_net(&mut cx, img, net_now, idx == 0, sh.join, sh.links)?;
     if idx == 0 && own_net {
         // Locked before any socket of the tree exists (CRIU's order).
         fault_point("netns")?;
         sh.netlock.borrow_mut().lock_netns_of(pid)?;
     }
     // The root's mount namespace, before any file is opened (children inherit it).
-    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
+    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != dumper_mnt {
         kinds::mounts::restore(&mut cx, img, sh.mounts)?;
         // Terminals are made in the tree's own devpts instances.
         sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
     }
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
     // namespaces of their own still get the root's: refused at dump for mounts).
-    if idx == 0
-        && (img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt")
-            || img.ids.net_ns_id != kinds::ns::own_ns_id("net"))
-    {
+    if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || own_net) {
         sh.objs.borrow_mut().ns_pid = Some(pid);
     }
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
@@ -843,8 +859,14 @@ pub fn run(
     let vroot = tasks[0].pid as i32;
     // Before any puppet exists (so it drops after them: a lock goes once they are dead).
     let netlock = std::cell::RefCell::new(crate::netlock::NetLock::new(opts.network_lock));
-    let own_netns =
-        tasks[0].ids.net_ns_id.is_some() && tasks[0].ids.net_ns_id != kinds::ns::own_ns_id("net");
+    // The network namespace the dumper ran in (CRIU numbers namespaces its own way; cryo's
+    // ids are per host): a tree that shared it shares cryo's now.
+    let dumper = dir
+        .read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
+        .root_ids
+        .unwrap_or_default();
+    let dumper_net = dumper.net_ns_id.or_else(|| kinds::ns::own_ns_id("net"));
+    let own_netns = tasks[0].ids.net_ns_id.is_some() && tasks[0].ids.net_ns_id != dumper_net;
     // Before any puppet exists (so it drops after them): dirs made here go if we fail.
     let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
     let uses_seccomp = tasks.iter().any(|t| {
@@ -958,6 +980,8 @@ pub fn run(
         join: &opts.join,
         links: &opts.links,
         netlock: &netlock,
+        dumper_net,
+        dumper,
         host: HashMap::from([(vroot as u32, root)]),
         cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
         cgroups: cgroups.as_ref(),
