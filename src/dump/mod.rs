@@ -510,6 +510,7 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
             }
         }
         kinds::files::precheck(pid, opts.shell_job, &pids, &mut socks)?;
+        kinds::netns::precheck_fds(pid)?;
     }
     kinds::unix_sk::precheck(&socks)?;
     kinds::tty::precheck(tree, opts.shell_job)?;

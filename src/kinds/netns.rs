@@ -510,7 +510,8 @@ fn nd_type(l: &LinkMessage) -> Result<pb::NdType, String> {
         Some("veth") => Ok(pb::NdType::Veth),
         Some("bridge") => Ok(pb::NdType::Bridge),
         Some("macvlan") => Ok(pb::NdType::Macvlan),
-        Some(k) => Err(format!("its kind '{k}' cannot be recreated by cryo (supported: loopback, veth, bridge, macvlan)")),
+        Some("tun") => Ok(pb::NdType::Tun),
+        Some(k) => Err(format!("its kind '{k}' cannot be recreated by cryo (supported: loopback, veth, bridge, macvlan, tun/tap)")),
         None => Err("it has no link kind (a physical device?), which cryo cannot recreate".into()),
     }
 }
@@ -559,6 +560,30 @@ pub fn precheck(pid: i32) -> Result<(), NetnsError> {
                 link: link_name(l),
                 what,
                 hint: "delete the link before the dump, or do not save the namespace's contents: --external net[INODE]:KEY (joined again at restore) or --empty-ns net".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses, before the tree is touched, an open tun/tap queue (`/dev/net/tun`, char 10:200)
+/// in process `pid`: reopened by path it would be attached to nothing.
+pub fn precheck_fds(pid: i32) -> Result<(), NetnsError> {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = format!("/proc/{pid}/fd");
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let Ok(m) = std::fs::metadata(e.path()) else {
+            continue;
+        };
+        if m.file_type().is_char_device() && m.rdev() == libc::makedev(10, 200) {
+            return Err(NetnsError::Unsupported {
+                ns: ns_of(pid),
+                link: "tun/tap".into(),
+                what: format!(
+                    "process {pid} holds a tun/tap queue open (fd {}), which cryo does not save",
+                    e.file_name().to_string_lossy()
+                ),
+                hint: "close the queue (a persistent device is saved with its namespace) or stop the program before the dump".into(),
             });
         }
     }
@@ -631,6 +656,9 @@ fn dump_inside(id: u32, host: u32, own: BorrowedFd<'_>) -> Result<NetnsDump, Net
                 LinkAttribute::Controller(m) => e.master = Some(*m),
                 LinkAttribute::LinkInfo(info) => {
                     for i in info {
+                        if let LinkInfo::Data(InfoData::Tun(attrs)) = i {
+                            e.tun = Some(tun_entry(attrs));
+                        }
                         if let LinkInfo::Data(InfoData::MacVlan(mv)) = i {
                             let mut m = pb::MacvlanLinkEntry::default();
                             for x in mv {
@@ -778,6 +806,54 @@ impl Rtnl {
             }
         }
     }
+}
+
+/// tun/tap flags (`TUNSETIFF`), as CRIU saves them in `tun_link_entry.flags`.
+const IFF_TUN: u32 = 0x0001;
+const IFF_TAP: u32 = 0x0002;
+const IFF_MULTI_QUEUE: u32 = 0x0100;
+const IFF_PERSIST: u32 = 0x0800;
+const IFF_NO_PI: u32 = 0x1000;
+const IFF_VNET_HDR: u32 = 0x4000;
+
+/// A tun/tap link's parameters from its `IFLA_INFO_DATA` (owner, group, type, pi, vnet_hdr,
+/// persist, multi_queue); the vnet header size and send buffer are not reported there and
+/// are saved as the kernel's defaults (10, INT_MAX).
+fn tun_entry(attrs: &[netlink_packet_route::link::InfoTun]) -> pb::TunLinkEntry {
+    use netlink_packet_core::Nla;
+    let mut e = pb::TunLinkEntry {
+        flags: 0,
+        owner: -1,
+        group: -1,
+        vnethdr: 10,
+        sndbuf: i32::MAX as u32,
+    };
+    let mut pi = true;
+    for a in attrs {
+        let netlink_packet_route::link::InfoTun::Other(nla) = a else {
+            continue;
+        };
+        let mut v = vec![0u8; nla.value_len()];
+        nla.emit_value(&mut v);
+        let u8v = v.first().copied().unwrap_or(0);
+        let u32v = v
+            .get(..4)
+            .map(|b| u32::from_ne_bytes(b.try_into().expect("4 bytes")));
+        match nla.kind() {
+            1 => e.owner = u32v.map_or(-1, |x| x as i32),
+            2 => e.group = u32v.map_or(-1, |x| x as i32),
+            3 => e.flags |= u8v as u32 & (IFF_TUN | IFF_TAP),
+            4 => pi = u8v != 0,
+            5 if u8v != 0 => e.flags |= IFF_VNET_HDR,
+            6 if u8v != 0 => e.flags |= IFF_PERSIST,
+            7 if u8v != 0 => e.flags |= IFF_MULTI_QUEUE,
+            _ => {}
+        }
+    }
+    if !pi {
+        e.flags |= IFF_NO_PI;
+    }
+    e
 }
 
 fn route_table(m: &RouteMessage) -> u32 {
@@ -1033,7 +1109,7 @@ pub fn restore(
                     });
                 }
             }
-            pb::NdType::Loopback | pb::NdType::Veth | pb::NdType::Bridge => {}
+            pb::NdType::Loopback | pb::NdType::Veth | pb::NdType::Bridge | pb::NdType::Tun => {}
             other => {
                 return Err(NetnsError::Unsupported {
                     ns: id,
@@ -1093,6 +1169,17 @@ pub fn restore(
                 .push(LinkAttribute::Controller(l.master.unwrap_or(0)));
             rt.request(RouteNetlinkMessage::SetLink(m), 0)
                 .map_err(|e| rt.err(format!("link {}: set its master", l.name), e))?;
+        }
+        // A bridge takes the smallest MTU of its ports when one joins: its own again.
+        for l in order
+            .iter()
+            .filter(|l| l.r#type == pb::NdType::Bridge as i32)
+        {
+            let mut m = LinkMessage::default();
+            m.header.index = l.ifindex;
+            m.attributes.push(LinkAttribute::Mtu(l.mtu));
+            rt.request(RouteNetlinkMessage::SetLink(m), 0)
+                .map_err(|e| rt.err(format!("link {}: set its MTU", l.name), e))?;
         }
         for l in &order {
             write_conf(id, "ipv4", &l.name, &l.conf4)?;
@@ -1374,6 +1461,29 @@ fn make_link(
                     .map_err(|e| host_rt.err(format!("add {out} to bridge {bridge}"), e))?;
             }
             Ok(())
+        }
+        pb::NdType::Tun => {
+            // rtnetlink cannot make one: /dev/net/tun in this namespace, persistent, with its
+            // saved index; then its MTU, MAC and flags like any link.
+            let t = l.tun.unwrap_or_default();
+            let keep = IFF_TUN | IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE;
+            crate::sys::tun::create_persistent(
+                &l.name,
+                (t.flags & keep) as u16,
+                l.ifindex,
+                (t.owner >= 0).then_some(t.owner as u32),
+                (t.group >= 0).then_some(t.group as u32),
+            )
+            .map_err(|e| rt.err(format!("link {}: create the tun/tap device", l.name), e))?;
+            m.header.index = l.ifindex;
+            m.attributes
+                .retain(|a| !matches!(a, LinkAttribute::IfName(_)));
+            rt.request(RouteNetlinkMessage::SetLink(m), 0).map_err(|e| {
+                rt.err(
+                    format!("link {}: set its MTU, address and flags", l.name),
+                    e,
+                )
+            })
         }
         pb::NdType::Bridge => {
             m.header.index = l.ifindex;
