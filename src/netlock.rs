@@ -713,6 +713,78 @@ mod tests {
         assert_eq!(Method::from_rpc(3), Ok(Method::Skip));
     }
 
+    /// `lock_connections` in a network namespace of the test thread's own (root and nft
+    /// needed; skipped without): the elements are in the sets, and gone with the table.
+    #[test]
+    fn connections_are_locked_and_unlocked() {
+        let has_nft = Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !nix::unistd::geteuid().is_root() || !has_nft {
+            eprintln!("SKIP: needs root and nft");
+            return;
+        }
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let ruleset = || {
+                let o = Command::new("nft")
+                    .args(["list", "ruleset"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            };
+            for method in [Method::Nftables, Method::Iptables] {
+                if method == Method::Iptables
+                    && !Command::new("iptables")
+                        .arg("-V")
+                        .output()
+                        .is_ok_and(|o| o.status.success())
+                {
+                    continue;
+                }
+                let mut l = NetLock::new(method);
+                let c4 = Conn {
+                    src: "10.1.0.2".parse().unwrap(),
+                    sport: 8080,
+                    dst: "10.1.0.9".parse().unwrap(),
+                    dport: 40000,
+                };
+                let c6 = Conn {
+                    src: "fd00::2".parse().unwrap(),
+                    sport: 8080,
+                    dst: "fd00::9".parse().unwrap(),
+                    dport: 40001,
+                };
+                l.lock_connections(&[c4, c6]).unwrap();
+                let name = l.name().to_string();
+                let shown = if method == Method::Nftables {
+                    ruleset()
+                } else {
+                    let o = Command::new("iptables")
+                        .args(["-S", &name])
+                        .output()
+                        .unwrap();
+                    String::from_utf8_lossy(&o.stdout).into_owned()
+                };
+                assert!(
+                    shown.contains("10.1.0.9") && shown.contains("40000"),
+                    "{shown}"
+                );
+                if method == Method::Nftables {
+                    assert!(
+                        shown.contains("fd00::9") && shown.contains(&name),
+                        "{shown}"
+                    );
+                }
+                l.unlock().unwrap();
+                assert!(!ruleset().contains(&name), "{}", ruleset());
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
     #[test]
     fn own_start_time_is_read() {
         assert!(start_time(std::process::id() as i32).is_some());
