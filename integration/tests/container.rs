@@ -524,6 +524,7 @@ fn hostile_rootfs_and_images_stay_inside_the_root() {
         .filter(|p| p.to_string_lossy().contains("tmpfs-dev-"))
         .collect();
     assert!(!tars.is_empty(), "the dump saved tmpfs contents");
+    let climb_tar = format!("{}{}", "../".repeat(20), victims[2].display());
     let script = format!(
         r#"
 import io, tarfile, sys
@@ -534,7 +535,7 @@ for out in sys.argv[1:]:
             f = tarfile.TarInfo(name); data = b"pwned\n"; f.size = len(data); t.addfile(f, io.BytesIO(data))
 "#,
         victim = victims[2].display(),
-        climb = format!("{}{}", "../".repeat(20), victims[2].display()),
+        climb = climb_tar,
     );
     let st = std::process::Command::new("python3")
         .arg("-c")
