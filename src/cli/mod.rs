@@ -431,11 +431,11 @@ unsupported_opts! {
     lazy_pages: bool = "lazy-pages", "lazy restore is not implemented yet";
     leave_stopped: bool = "leave-stopped" short 's', "stopped final state is not implemented yet";
     exec_cmd: bool = "exec-cmd", "--exec-cmd is not implemented yet";
-    network_lock: Option<String> = "network-lock", "network locking comes with issue #4";
-    lsm_profile: Option<String> = "lsm-profile", "LSM profiles come with issue #5";
+    network_lock: Option<String> = "network-lock", "--network-lock is not implemented yet (the network is not locked)";
+    lsm_profile: Option<String> = "lsm-profile", "LSM profiles are not saved or applied yet";
     cpu_cap: Option<String> = "cpu-cap", "CPU capability checks are not implemented yet";
     stream: bool = "stream", "image streaming is not implemented yet";
-    status_fd: Option<String> = "status-fd", "--status-fd comes with issue #5";
+    status_fd: Option<String> = "status-fd", "--status-fd is not implemented yet";
     config: Option<String> = "config", "configuration files are not read by cryo";
     unprivileged: bool = "unprivileged", "unprivileged mode is not implemented yet";
 }

@@ -150,7 +150,7 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
         _ if v.name.starts_with("/SYSV") => {
             return Err(unsupported(
                 "a mapping of a System V shared memory segment (shmat) is not supported yet",
-                "detach it (shmdt) before the dump: a segment's content is saved with its IPC namespace, its mappings are not (issue #4)",
+                "detach it (shmdt) before the dump: a segment's content is saved with its IPC namespace, its mappings are not",
             ).into())
         }
         _ if v.shared && (!v.is_file() || v.name == "/dev/zero (deleted)") => {
