@@ -96,9 +96,13 @@ pub struct Common {
     /// Accepted for compatibility (each process logs into the same file).
     #[arg(long = "log-pid")]
     pub log_pid: bool,
-    /// Accepted for compatibility: cryo reads no configuration files.
-    #[arg(long = "no-default-config")]
+    /// Accepted for compatibility: cryo reads no configuration files. May be repeated.
+    #[arg(long = "no-default-config", overrides_with = "no_default_config")]
     pub no_default_config: bool,
+    /// restore: write the restored root's PID to FILE (relative to the work directory).
+    /// Accepted by every command, as CRIU does (zdtm passes it to dump too).
+    #[arg(long = "pidfile", value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
     /// Print a machine-readable JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -309,9 +313,6 @@ pub struct RestoreArgs {
     /// Detach after restore: cryo exits and the process runs on.
     #[arg(short = 'd', long = "restore-detached")]
     pub detached: bool,
-    /// Write the restored process's PID to FILE (relative to the work directory).
-    #[arg(long = "pidfile", value_name = "FILE")]
-    pub pidfile: Option<PathBuf>,
     /// Restore a shell job into cryo's session.
     #[arg(short = 'j', long = "shell-job")]
     pub shell_job: bool,
@@ -528,9 +529,26 @@ mod tests {
         let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
         assert_eq!((d.tree, d.common.verbosity, d.leave_running), (7, 4, true));
 
+        // zdtm: --pidfile on dump, and feature probes repeating --no-default-config.
+        let c = parse(&[
+            "criu",
+            "dump",
+            "-t",
+            "7",
+            "--pidfile",
+            "x.pid",
+            "--timeout",
+            "10",
+        ]);
+        let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
+        assert_eq!(
+            d.common.pidfile.as_deref(),
+            Some(std::path::Path::new("x.pid"))
+        );
         let c = parse(&[
             "criu",
             "check",
+            "--no-default-config",
             "--no-default-config",
             "-verbosity=0",
             "--feature",
