@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod dump;
+pub mod fault;
 pub mod features;
 pub mod image;
 pub mod kinds;

@@ -114,9 +114,8 @@ pub enum NetLockError {
     BadConn { what: &'static str, conn: Conn },
 }
 
-impl NetLockError {
-    /// What the user can do about it.
-    pub fn hint(&self) -> Option<String> {
+impl crate::kinds::error::Failure for NetLockError {
+    fn hint(&self) -> Option<String> {
         match self {
             NetLockError::NoTool { tool } => Some(format!(
                 "install it ({}), or choose another method with --network-lock nftables|iptables|skip",

@@ -18,17 +18,30 @@
 //! Anything else (a host directory bound in without `--external`, an unknown file system)
 //! is refused before the tree is touched, naming the mount point.
 
+use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
-use crate::dump::DumpError;
 use crate::image::{self, pb, ImageDir};
-use crate::restore::RestoreError;
 
 use super::{RestoreCx, TaskImages};
+
+/// Why the mount tree could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum MountsError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("cannot rebuild the mount tree: {what}")]
+    Mount {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+task_error_from!(MountsError);
 
 /// One line of /proc/PID/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,16 +223,20 @@ fn bind_source(entries: &[pb::MntEntry], i: usize) -> Option<(usize, String)> {
 /// Reads the mount tree of `pid` and decides how each mount is restored, refusing what
 /// cannot be. `external` maps mount points (as the tree sees them) to the caller's keys.
 /// Nothing is written; nothing of the task is touched.
-pub fn plan(pid: i32, external: &HashMap<String, String>) -> Result<Vec<pb::MntEntry>, DumpError> {
+pub fn plan(
+    pid: i32,
+    external: &HashMap<String, String>,
+) -> Result<Vec<pb::MntEntry>, MountsError> {
     let text = crate::procfs::read(pid, "mountinfo")?;
     let infos = tree_order(parse_mountinfo(&text));
     if infos.first().map(|m| m.mountpoint.as_str()) != Some("/") {
-        return Err(DumpError::Unsupported {
+        return Err(Unsupported::of(
             pid,
-            object: "mount namespace".into(),
-            what: "its mountinfo has no root mount".into(),
-            hint: String::new(),
-        });
+            "mount namespace",
+            "its mountinfo has no root mount",
+            String::new(),
+        )
+        .into());
     }
     let norm = |p: &str| {
         let t = p.trim_end_matches('/');
@@ -285,18 +302,13 @@ pub fn plan(pid: i32, external: &HashMap<String, String>) -> Result<Vec<pb::MntE
         if code.is_some() && m.root == "/" {
             continue;
         }
-        return Err(DumpError::Unsupported {
-            pid,
-            object: format!("mount {}", m.mountpoint),
-            what: format!(
+        return Err(Unsupported::of(pid, format!("mount {}", m.mountpoint), format!(
                 "{} {} (root {}) is not a file system cryo recreates, nor bound from one inside the tree",
                 m.fstype, m.source, m.root
-            ),
-            hint: format!(
+            ), format!(
                 "mark it external: --external mnt[{}]:KEY at dump, then --external mnt[KEY]:HOSTPATH at restore",
                 m.mountpoint
-            ),
-        });
+            )).into());
     }
     Ok(entries)
 }
@@ -323,13 +335,29 @@ pub fn write(
     ns_id: u32,
     entries: &[pb::MntEntry],
     dir: &ImageDir,
-) -> Result<(), DumpError> {
+) -> Result<(), MountsError> {
     dir.write(&format!("mountpoints-{ns_id}.img"), image::MNTS, entries)?;
     for i in saved_tmpfs(entries) {
         let e = &entries[i];
         let name = tmpfs_image(e);
         let out = dir.create_file(&name)?;
-        let src = format!("/proc/{pid}/root{}", e.mountpoint);
+        // The mount point found inside the tree's root, used through cryo's fd on it.
+        let at = crate::sys::fd::open_in_root(
+            &format!("/proc/{pid}/root"),
+            &e.mountpoint,
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(|source| TaskError::Fd {
+            pid,
+            fd: -1,
+            what: format!("find the tmpfs mount {}", e.mountpoint),
+            source,
+        })?;
+        let src = format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&at)
+        );
         let st = std::process::Command::new("tar")
             .args([
                 "--create",
@@ -348,20 +376,20 @@ pub fn write(
             .stdout(out)
             .stderr(std::process::Stdio::piped())
             .output();
-        let failed = |why: String| DumpError::Unsupported {
-            pid,
-            object: format!("tmpfs {}", e.mountpoint),
-            what: format!("saving its contents with tar failed: {why}"),
-            hint: "is GNU tar installed?".into(),
+        let failed = |why: String| {
+            Unsupported::of(
+                pid,
+                format!("tmpfs {}", e.mountpoint),
+                format!("saving its contents with tar failed: {why}"),
+                "is GNU tar installed?",
+            )
         };
         match st {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
-                return Err(failed(
-                    String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                ))
+                return Err(failed(String::from_utf8_lossy(&o.stderr).trim().to_string()).into())
             }
-            Err(e) => return Err(failed(e.to_string())),
+            Err(e) => return Err(failed(e.to_string()).into()),
         }
         let bytes = std::fs::read(dir.file(&name)).map_err(|source| image::ImageError::Io {
             path: dir.file(&name),
@@ -381,8 +409,8 @@ pub struct MountOpts {
     pub external: HashMap<String, PathBuf>,
 }
 
-fn mnt_err(what: String) -> impl Fn(nix::Error) -> RestoreError {
-    move |e| RestoreError::Mount {
+fn mnt_err(what: String) -> impl Fn(nix::Error) -> MountsError {
+    move |e| MountsError::Mount {
         what: what.clone(),
         source: std::io::Error::from(e),
     }
@@ -395,13 +423,13 @@ pub fn restore(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     opts: &MountOpts,
-) -> Result<(), RestoreError> {
+) -> Result<(), MountsError> {
     let Some(id) = img.ids.mnt_ns_id else {
         return Ok(());
     };
     let entries: Vec<pb::MntEntry> = cx.dir.read(&format!("mountpoints-{id}.img"), image::MNTS)?;
     let root = opts.root.clone().ok_or_else(|| {
-        RestoreError::Unsupported(format!(
+        Unsupported::restore(format!(
             "the tree had a mount namespace of its own (root mount: {} {}): give --root DIR with its root file system",
             entries.first().and_then(|e| e.fsname.clone()).unwrap_or_default(),
             entries.first().map(|e| e.root.as_str()).unwrap_or("?")
@@ -417,10 +445,10 @@ pub fn restore(
     };
     for e in &entries {
         if !clean(&e.mountpoint) || !clean(&e.root) {
-            return Err(RestoreError::BadImage(format!(
+            return Err(TaskError::BadImage(format!(
                 "mountpoints-{id}.img: mount {} has a mount point or root ({}) that is not a plain absolute path",
                 e.mnt_id, e.root
-            )));
+            )).into());
         }
     }
     // Only file systems cryo makes fresh are mounted from the images' own words.
@@ -431,25 +459,27 @@ pub fn restore(
         }
         let named = e.fsname.as_deref().and_then(fstype_code);
         if named.is_none() || named != Some(e.fstype) {
-            return Err(RestoreError::BadImage(format!(
+            return Err(TaskError::BadImage(format!(
                 "mountpoints-{id}.img: mount {} ({}) is not a file system cryo makes fresh",
                 e.mountpoint,
                 e.fsname.as_deref().unwrap_or("?")
-            )));
+            ))
+            .into());
         }
     }
     if entries.first().map(|e| e.mountpoint.as_str()) != Some("/") {
-        return Err(RestoreError::BadImage(format!(
+        return Err(TaskError::BadImage(format!(
             "mountpoints-{id}.img: the first mount is not the root"
-        )));
+        ))
+        .into());
     }
     for e in &entries {
         if let Some(k) = &e.ext_key {
             if !opts.external.contains_key(k) {
-                return Err(RestoreError::Unsupported(format!(
+                return Err(Unsupported::restore(format!(
                     "mount {} is external with key '{k}' and no host path was given for it (--external mnt[{k}]:HOSTPATH)",
                     e.mountpoint
-                )));
+                )).into());
             }
         }
     }
@@ -458,10 +488,10 @@ pub fn restore(
     let (nsfd, ptys) = std::thread::scope(|s| {
         s.spawn(|| build(pid, &root, &entries, &opts.external, &dir))
             .join()
-            .unwrap_or(Err(RestoreError::Internal("the mount builder panicked")))
+            .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
     })?;
     cx.objs.borrow_mut().tty.premade.extend(ptys);
-    cx.setns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")
+    Ok(cx.setns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?)
 }
 
 /// On a thread of its own (namespaces and root are per thread): joins the puppet's net and
@@ -474,7 +504,7 @@ fn build(
     entries: &[pb::MntEntry],
     external: &HashMap<String, PathBuf>,
     dir: &Path,
-) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>), RestoreError> {
+) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>), MountsError> {
     use nix::sched::{setns, unshare, CloneFlags};
     for (ns, flag) in [
         ("net", CloneFlags::CLONE_NEWNET),
@@ -482,7 +512,7 @@ fn build(
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
     ] {
         let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|source| {
-            RestoreError::Mount {
+            MountsError::Mount {
                 what: format!("open the restored {ns} namespace"),
                 source,
             }
@@ -491,7 +521,7 @@ fn build(
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(mnt_err("unshare(CLONE_NEWNS)".into()))?;
     let nsfd: OwnedFd = std::fs::File::open("/proc/thread-self/ns/mnt")
-        .map_err(|source| RestoreError::Mount {
+        .map_err(|source| MountsError::Mount {
             what: "open the new mount namespace".into(),
             source,
         })?
@@ -502,7 +532,7 @@ fn build(
     nix::mount::mount(Some(root), root, none, MsFlags::MS_BIND, none)
         .map_err(mnt_err(format!("bind the new root {}", root.display())))?;
     let mut ptys = Vec::new();
-    let jail = Jail::new(root).map_err(|source| RestoreError::Mount {
+    let jail = Jail::new(root).map_err(|source| MountsError::Mount {
         what: format!("open {}", root.display()),
         source,
     })?;
@@ -529,26 +559,25 @@ fn build(
     Ok((nsfd, ptys))
 }
 
-/// Resolves paths of the tree inside a directory as the tree would: the builder thread
-/// chroots there for each lookup, so symlinks (in the root file system, in tmpfs contents
-/// just unpacked, in a host directory bound in) cannot lead outside it, then returns to the
-/// host's root. What it finds is held as an O_PATH fd and used through its /proc path.
+/// Resolves paths of the tree inside a directory as the tree would, with
+/// `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`: `..` stops at the directory and
+/// absolute symlinks (in the root file system, in tmpfs contents just unpacked, in a host
+/// directory bound in) are taken relative to it, so no lookup can lead outside. What it finds
+/// is held as an O_PATH fd and used through its /proc path.
 struct Jail {
-    dir: PathBuf,
-    host: std::fs::File,
+    root: OwnedFd,
 }
 
-/// An O_PATH fd of cryo's builder thread, named by its /proc path (which `mount` and child
-/// processes such as tar follow to the very file).
+/// An O_PATH fd of cryo's, named by its /proc path (which `mount` and child processes such as
+/// tar follow to the very file).
 struct Found(OwnedFd);
 
 impl Found {
     fn path(&self) -> PathBuf {
         use std::os::fd::AsRawFd;
         PathBuf::from(format!(
-            "/proc/{}/task/{}/fd/{}",
+            "/proc/{}/fd/{}",
             std::process::id(),
-            nix::unistd::gettid(),
             self.0.as_raw_fd()
         ))
     }
@@ -556,43 +585,61 @@ impl Found {
 
 impl Jail {
     fn new(dir: &Path) -> std::io::Result<Jail> {
+        use rustix::fs::{open, Mode, OFlags};
         Ok(Jail {
-            dir: dir.to_path_buf(),
-            host: std::fs::File::open("/")?,
+            root: open(
+                dir,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?,
         })
     }
 
-    /// Finds `p` (absolute, as seen from the jail's directory); with `create`, makes it
-    /// first if missing (a file when `Some(true)`, else a directory).
+    /// `p` (absolute or relative, as the tree sees it) inside the jail, opened with `flags`.
+    fn open(&self, p: &str, flags: rustix::fs::OFlags) -> std::io::Result<OwnedFd> {
+        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+        let p = p.trim_start_matches('/');
+        let p = if p.is_empty() { "." } else { p };
+        Ok(openat2(
+            &self.root,
+            p,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )?)
+    }
+
+    /// Finds `p` (as seen from the jail's directory); with `create`, makes it first if
+    /// missing (a file when `Some(true)`, else a directory), each component created in its
+    /// parent as found inside the jail.
     fn find(&self, p: &str, create: Option<bool>) -> std::io::Result<Found> {
-        nix::unistd::chroot(&self.dir)?;
-        let r = (|| -> std::io::Result<Found> {
-            nix::unistd::chdir("/")?;
-            let p = if p.is_empty() { "/" } else { p };
-            if let Some(file) = create {
-                if std::fs::symlink_metadata(p).is_err() {
-                    if file {
-                        if let Some(parent) = Path::new(p).parent() {
-                            std::fs::create_dir_all(parent)?;
-                        }
-                        std::fs::File::create(p)?;
+        use rustix::fs::{mkdirat, openat, Mode, OFlags};
+        if let Some(file) = create {
+            if self.open(p, OFlags::PATH).is_err() {
+                let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+                for (i, name) in parts.iter().enumerate() {
+                    let last = i + 1 == parts.len();
+                    let parent =
+                        self.open(&parts[..i].join("/"), OFlags::PATH | OFlags::DIRECTORY)?;
+                    let r = if last && file {
+                        openat(
+                            &parent,
+                            *name,
+                            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                            Mode::from_raw_mode(0o644),
+                        )
+                        .map(drop)
                     } else {
-                        std::fs::create_dir_all(p)?;
+                        mkdirat(&parent, *name, Mode::from_raw_mode(0o755))
+                    };
+                    match r {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
                     }
                 }
             }
-            use std::os::unix::fs::OpenOptionsExt;
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH)
-                .open(p)?;
-            Ok(Found(f.into()))
-        })();
-        // Back to the host's root; a thread stuck in the jail must not go on.
-        nix::unistd::fchdir(&self.host)
-            .and_then(|_| nix::unistd::chroot("."))
-            .map_err(|e| std::io::Error::other(format!("cannot leave the new root: {e}")))?;
-        r
+        }
+        Ok(Found(self.open(p, OFlags::PATH)?))
     }
 }
 
@@ -606,7 +653,7 @@ fn mount_one(
     external: &HashMap<String, PathBuf>,
     dir: &Path,
     ptys: &mut Vec<(u32, OwnedFd)>,
-) -> Result<(), RestoreError> {
+) -> Result<(), MountsError> {
     let e = &entries[i];
     let none: Option<&str> = None;
     let flags = safe_flags(e.flags);
@@ -617,7 +664,7 @@ fn mount_one(
             e.mountpoint
         )
     };
-    let io = |w: String| move |source| RestoreError::Mount { what: w, source };
+    let io = |w: String| move |source| MountsError::Mount { what: w, source };
     // Where a bind comes from, if it is one: a host path given for an external key, or a
     // path of the tree (found inside its root, or inside the external it is below).
     let from: Option<Found> = if let Some(k) = &e.ext_key {
@@ -732,12 +779,12 @@ fn mount_one(
                         .arg("--file")
                         .arg(&img)
                         .output()
-                        .map_err(|source| RestoreError::Mount {
+                        .map_err(|source| MountsError::Mount {
                             what: what("fill"),
                             source,
                         })?;
                     if !out.status.success() {
-                        return Err(RestoreError::Mount {
+                        return Err(MountsError::Mount {
                             what: what("fill"),
                             source: std::io::Error::other(
                                 String::from_utf8_lossy(&out.stderr).trim().to_string(),

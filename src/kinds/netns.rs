@@ -96,9 +96,8 @@ pub enum NetnsError {
     Image(#[from] ImageError),
 }
 
-impl NetnsError {
-    /// What the user can do about it.
-    pub fn hint(&self) -> Option<String> {
+impl super::error::Failure for NetnsError {
+    fn hint(&self) -> Option<String> {
         match self {
             NetnsError::Unsupported { hint, .. } if !hint.is_empty() => Some(hint.clone()),
             NetnsError::Tool { tool, .. } if *tool == "nft" => Some(

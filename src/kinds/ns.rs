@@ -1,27 +1,46 @@
-//! Namespaces a tree owns (issue #4, first pieces):
+//! Namespaces a tree owns:
 //! - UTS: hostname and domainname, saved once per namespace as `utsns-ID.img` (ID is the
 //!   `uts_ns_id` of `ids-PID.img`), read with `uname` run inside the task;
 //! - IPC: the new namespace itself (`restore_ipc`); its contents (SysV objects, sysctls)
 //!   are `kinds/ipc.rs`.
-//! - net: a network namespace whose only device is the loopback (from `/proc/PID/net/dev`);
-//!   its flags and MTU are read inside the task (`SIOCGIFFLAGS`/`SIOCGIFMTU` on a socket of
-//!   its own) and saved as `netdev-ID.img`; restore makes a new namespace and sets `lo` up
-//!   again if it was. Other devices are refused (veth, tun, ... come with issue #4). Sockets
-//!   in it are refused by `unix_sk::precheck` (it only sees cryo's namespace).
+//! - net: an external namespace (`--external net[INO]:KEY`) or `--empty-ns net` is saved as a
+//!   `netns-ID.img` entry only; any other namespace of the tree with its contents
+//!   (`kinds/netns.rs`); restore makes a new namespace and rebuilds it, or joins the one
+//!   given for an external key.
 //!
 //! Restore gives a task a new namespace (`unshare` inside the puppet, then the UTS names)
 //! when its namespace differs from the one it inherits: cryo's for the root, its parent's
-//! for a child; children forked afterwards inherit it. Other namespaces are still refused by
-//! `dump::precheck`.
+//! for a child; children forked afterwards inherit it. The time namespace is here too
+//! (`dump_time`, `restore_time`); PID, mount and cgroup namespaces are in `restore` and
+//! `kinds/mounts.rs`, `kinds/cgroup.rs`.
 
+use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
 use super::{DumpCx, RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::{self, pb};
-use crate::restore::RestoreError;
+
+/// Why a namespace could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The contents of a network namespace (`kinds/netns.rs`).
+    #[error(transparent)]
+    Netns(#[from] super::netns::NetnsError),
+}
+task_error_from!(NsError, no_failure);
+
+impl super::error::Failure for NsError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            NsError::Task(e) => e.hint(),
+            NsError::Netns(e) => e.hint(),
+        }
+    }
+}
 
 /// The namespace id cryo itself has for `kind` ("uts", ...), as `task_ids` computes ids.
 pub fn own_ns_id(kind: &str) -> Option<u32> {
@@ -31,7 +50,7 @@ pub fn own_ns_id(kind: &str) -> Option<u32> {
 }
 
 /// Saves the hostname and domainname of the task's UTS namespace, once per namespace.
-pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> {
+pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), NsError> {
     let Some(id) = img.ids.uts_ns_id else {
         return Ok(());
     };
@@ -61,7 +80,7 @@ pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
 /// Saves a network namespace of the tree (not cryo's) once: its contents
 /// (`kinds::netns`), or only its key when external (`--external net[INO]:KEY`), or nothing
 /// with `--empty-ns net`.
-pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> {
+pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), NsError> {
     let Some(id) = img.ids.net_ns_id else {
         return Ok(());
     };
@@ -86,7 +105,7 @@ pub fn dump_net_of(
     pid: i32,
     id: u32,
     files: &mut super::FileTable,
-) -> Result<Option<super::netns::NetnsDump>, DumpError> {
+) -> Result<Option<super::netns::NetnsDump>, NsError> {
     let ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))
         .map(|m| m.ino())
         .unwrap_or(0);
@@ -128,7 +147,7 @@ pub fn restore_net(
     is_root: bool,
     join: &NsJoin,
     links: &super::netns::LinkOpts,
-) -> Result<bool, RestoreError> {
+) -> Result<bool, NsError> {
     let Some(id) = img.ids.net_ns_id.filter(|&id| Some(id) != inherited) else {
         return Ok(false);
     };
@@ -146,12 +165,12 @@ pub fn restore_net(
         .filter(|_| root_ns)
         .or_else(|| key.as_ref().and_then(|k| join.by_key.get(k).cloned()));
     if let (Some(k), None) = (&key, &path) {
-        return Err(RestoreError::Unsupported(format!(
+        return Err(Unsupported::restore(format!(
             "the network namespace was saved as external with key '{k}': give the one to join with --join-ns net:PATH (or --inherit-fd fd[N]:{k})"
-        )));
+        )).into());
     }
     if let Some(p) = path {
-        let f = std::fs::File::open(&p).map_err(|source| RestoreError::File {
+        let f = std::fs::File::open(&p).map_err(|source| TaskError::Object {
             id,
             what: format!("open network namespace {}", p.display()),
             source,
@@ -165,7 +184,7 @@ pub fn restore_net(
         [libc::CLONE_NEWNET as u64, 0, 0, 0, 0, 0],
     )?;
     let path = format!("/proc/{}/ns/net", cx.pid);
-    let f = std::fs::File::open(&path).map_err(|source| RestoreError::File {
+    let f = std::fs::File::open(&path).map_err(|source| TaskError::Object {
         id,
         what: format!("open the new network namespace ({path})"),
         source,
@@ -180,15 +199,16 @@ pub fn restore_ipc(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
-) -> Result<(), RestoreError> {
+) -> Result<(), NsError> {
     match img.ids.ipc_ns_id {
-        Some(id) if Some(id) != inherited => cx
-            .sys(
+        Some(id) if Some(id) != inherited => {
+            cx.sys(
                 "unshare(CLONE_NEWIPC)",
                 libc::SYS_unshare,
                 [libc::CLONE_NEWIPC as u64, 0, 0, 0, 0, 0],
-            )
-            .map(|_| ()),
+            )?;
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -199,7 +219,7 @@ pub fn restore_uts(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
-) -> Result<(), RestoreError> {
+) -> Result<(), NsError> {
     let Some(id) = img.ids.uts_ns_id else {
         return Ok(());
     };
@@ -268,22 +288,23 @@ fn from_timespec(t: &pb::Timespec) -> i128 {
 /// The clocks of `pid`'s time namespace now, as CRIU saves them (`timens-ID.img`): its
 /// monotonic and boot-time clocks, so restore can make them go on from these values.
 /// Refuses a task whose children would get another time namespace than its own.
-pub fn dump_time(pid: i32) -> Result<pb::TimensEntry, DumpError> {
+pub fn dump_time(pid: i32) -> Result<pb::TimensEntry, NsError> {
     let ino = |n: &str| {
         std::fs::metadata(format!("/proc/{pid}/ns/{n}"))
             .map(|m| m.ino())
             .ok()
     };
     if ino("time") != ino("time_for_children") {
-        return Err(DumpError::Unsupported {
+        return Err(Unsupported::of(
             pid,
-            object: "time namespace".into(),
-            what: "its children would start in another time namespace than its own".into(),
-            hint: "dump it once it has forked into the new namespace".into(),
-        });
+            "time namespace",
+            "its children would start in another time namespace than its own",
+            "dump it once it has forked into the new namespace",
+        )
+        .into());
     }
     let (their_m, their_b) = timens_offsets(&pid.to_string())
-        .ok_or(DumpError::Internal("cannot read /proc/PID/timens_offsets"))?;
+        .ok_or(TaskError::Internal("cannot read /proc/PID/timens_offsets"))?;
     let (own_m, own_b) = timens_offsets("self").unwrap_or((0, 0));
     Ok(pb::TimensEntry {
         monotonic: to_timespec(clock_ns(libc::CLOCK_MONOTONIC) - own_m + their_m),
@@ -298,7 +319,7 @@ pub fn restore_time(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
-) -> Result<(), RestoreError> {
+) -> Result<(), NsError> {
     let Some(id) = img.ids.time_ns_id.filter(|&id| Some(id) != inherited) else {
         return Ok(());
     };
@@ -328,19 +349,19 @@ pub fn restore_time(
         ts(b)
     );
     let path = format!("/proc/{}/timens_offsets", cx.pid);
-    std::fs::write(&path, text).map_err(|source| RestoreError::File {
+    std::fs::write(&path, text).map_err(|source| TaskError::Object {
         id,
         what: format!("set the time namespace's clock offsets ({path})"),
         source,
     })?;
     let ns = std::fs::File::open(format!("/proc/{}/ns/time_for_children", cx.pid)).map_err(
-        |source| RestoreError::File {
+        |source| TaskError::Object {
             id,
             what: "open the new time namespace".into(),
             source,
         },
     )?;
-    cx.setns(ns.as_fd(), libc::CLONE_NEWTIME, "setns(CLONE_NEWTIME)")
+    Ok(cx.setns(ns.as_fd(), libc::CLONE_NEWTIME, "setns(CLONE_NEWTIME)")?)
 }
 
 thread_local! {

@@ -12,6 +12,7 @@ compile_error!("cryo currently supports x86_64 only");
 pub mod fd;
 pub mod ipc;
 pub mod mem;
+pub mod mount;
 pub mod net;
 pub mod proc;
 pub mod ptrace;
