@@ -324,7 +324,17 @@ fn yard(name: &str) -> std::io::Result<PathBuf> {
         if !controllers {
             opts.push(("none", None));
         }
-        crate::sys::mount::detached("cgroup", &opts)?
+        // A named hierarchy whose last cgroup just went is dying for a moment: EBUSY.
+        let mut tries = 0;
+        loop {
+            match crate::sys::mount::detached("cgroup", &opts) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => break r?,
+            }
+        }
     };
     tracing::info!("cgroup hierarchy '{name}' is not mounted here: using a detached mount of it");
     let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
@@ -661,7 +671,9 @@ pub fn write(dir: &ImageDir, cg: &CgDump) -> Result<(), image::ImageError> {
 struct Member {
     name: String,
     path: String,
-    dir: PathBuf,
+    /// Its directory as cryo reaches it; `None` where cryo itself is in that very cgroup at
+    /// restore (every puppet starts there, so nothing is resolved or mounted for it).
+    dir: Option<PathBuf>,
     /// The cgroup namespace root (the first `cgns_prefix` bytes of the path), host dir.
     ns_root: Option<PathBuf>,
 }
@@ -797,6 +809,7 @@ impl CgRestore {
             dirs.insert(name, flat);
         }
         let mounts = Mounts::load()?;
+        let own = parse_proc_cgroup(&read(Path::new("/proc/self/cgroup"))?);
         let mut me = CgRestore::new(cryo_set);
         for s in &ce.sets {
             let mut members = Vec::new();
@@ -813,10 +826,15 @@ impl CgRestore {
                         Some(mounts.dir(&m.name, if p.is_empty() { "/" } else { p })?)
                     }
                 };
+                let shared = own.iter().any(|(n, p)| *n == m.name && *p == m.path);
                 members.push(Member {
                     name: m.name.clone(),
                     path: m.path.clone(),
-                    dir: mounts.dir(&m.name, &m.path)?,
+                    dir: if shared {
+                        None
+                    } else {
+                        Some(mounts.dir(&m.name, &m.path)?)
+                    },
                     ns_root,
                 });
             }
@@ -838,6 +856,11 @@ impl CgRestore {
             }
         }
         for (name, path, entry) in todo {
+            // A cgroup cryo is in exists and is left as it is (often a hierarchy's root, of
+            // hierarchies that may not even be mounted anywhere).
+            if own.iter().any(|(n, p)| *n == name && *p == path) {
+                continue;
+            }
             let host = mounts.dir(&name, &path)?;
             me.prepare_dir(opts.mode, &host, entry.as_ref())?;
         }
@@ -1025,7 +1048,7 @@ impl CgRestore {
                         Some(Member {
                             name,
                             path,
-                            dir,
+                            dir: Some(dir),
                             ns_root: None,
                         })
                     })
@@ -1048,10 +1071,15 @@ impl CgRestore {
                 "" => "tasks",
                 f => f,
             };
-            let target = m.dir.join(f);
+            let dir = match &m.dir {
+                Some(d) => d.clone(),
+                // cryo's own cgroup at load; the task left it meanwhile (its parent's).
+                None => Mounts::load()?.dir(&m.name, &m.path)?,
+            };
+            let target = dir.join(f);
             std::fs::write(&target, pid.to_string()).map_err(|source| CgroupError::Move {
                 pid,
-                path: m.dir.clone(),
+                path: dir.clone(),
                 source,
             })?;
             tracing::debug!("moved {pid} into {}", target.display());
