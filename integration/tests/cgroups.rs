@@ -530,9 +530,15 @@ fn unmounted_named_hierarchy_is_reached_privately() {
     let ok = member(pid);
     let leftover = mounted();
     kill(pid);
-    // Clean up: mount it again to remove the cgroup; the hierarchy then goes away.
+    // Clean up: mount it again to remove the cgroup; the hierarchy then goes away. The
+    // killed process may take a moment to leave the cgroup.
     mount(true);
-    let _ = std::fs::remove_dir(&cg);
+    for _ in 0..200 {
+        if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     mount(false);
     assert!(ok, "the restored process is back in {line}");
     assert!(!leftover, "cryo left the named hierarchy mounted");

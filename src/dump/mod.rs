@@ -39,6 +39,8 @@ pub struct DumpOpts {
     pub cgroup_mode: kinds::cgroup::Mode,
     /// `--file-locks`: save the tree's file locks (without it, a lock fails the dump).
     pub file_locks: bool,
+    /// `--network-lock`: how the tree's network is locked while it is frozen (`netlock`).
+    pub network_lock: crate::netlock::Method,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -91,6 +93,10 @@ pub enum DumpError {
     Tty(#[from] kinds::tty::TtyError),
     #[error(transparent)]
     Ghost(#[from] kinds::ghost::GhostError),
+    #[error(transparent)]
+    Netns(#[from] kinds::netns::NetnsError),
+    #[error(transparent)]
+    NetLock(#[from] crate::netlock::NetLockError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -125,6 +131,8 @@ impl DumpError {
             DumpError::Locks(e) => e,
             DumpError::Tty(e) => e,
             DumpError::Ghost(e) => e,
+            DumpError::Netns(e) => e,
+            DumpError::NetLock(e) => e,
         };
         kind.hint()
     }
@@ -469,7 +477,7 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                     pid,
                     format!("session {}", st.session),
                     "the process is in a session other than its parent's and does not lead it",
-                    "such session layouts are planned (issue #3)",
+                    "dump from the session leader, or give the tree a layout of §7 of docs/ARCHITECTURE.md",
                 )
                 .into());
             }
@@ -485,9 +493,23 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
             }
         }
         kinds::files::precheck(pid, opts.shell_job, &pids, &mut fds)?;
+        kinds::netns::precheck_fds(pid)?;
     }
     kinds::files::precheck_tree(&fds)?;
     kinds::tty::precheck(tree, opts.shell_job)?;
+    // Network namespaces whose contents are saved: every link must be one cryo recreates.
+    let own_net = ns_ino(crate::sys::proc::own_pid(), "net");
+    let mut seen = Vec::new();
+    for &(pid, _) in tree {
+        let Some(n) = ns_ino(pid, "net").filter(|&n| Some(n) != own_net) else {
+            continue;
+        };
+        if seen.contains(&n) || opts.external_net.contains_key(&n) || opts.empty_net {
+            continue;
+        }
+        seen.push(n);
+        kinds::netns::precheck(pid)?;
+    }
     Ok(())
 }
 
@@ -816,6 +838,8 @@ pub fn run(
         }
         None => None,
     };
+    // Removes what killed cryo processes left (before anything else can fail).
+    let early_lock = crate::netlock::NetLock::new(opts.network_lock);
     let tree0 = collect_tree(root)?;
     precheck(opts, &tree0)?;
     if freezer.is_none() {
@@ -865,6 +889,21 @@ pub fn run(
     files.shell_job = opts.shell_job;
     files.external_net = opts.external_net.clone();
     files.empty_net = opts.empty_net;
+    // A tree with a network namespace of its own: its contents are saved first (so the
+    // lock's table is not among them), then the namespace is locked as a whole, as CRIU
+    // does. Dropped before `frozen` on any error: the network opens before the tasks run.
+    let mut netlock = early_lock;
+    let root_net = ns_ino(root, "net");
+    let own_netns = root_net.is_some() && root_net != ns_ino(crate::sys::proc::own_pid(), "net");
+    if own_netns {
+        let id = kinds::misc::ns_id(root_net.unwrap_or(0));
+        if let Some(d) = kinds::ns::dump_net_of(root, id, &mut files)? {
+            files.netns_content.push(d);
+        }
+        hooks.notify("network-lock", None)?;
+        netlock.lock_netns_of(root)?;
+    }
+    fault_point("netlock")?;
     files.tree = frozen.iter().map(|f| f.0).collect();
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
@@ -955,10 +994,21 @@ pub fn run(
         if let Some(f) = &freezer {
             f.put_back();
         }
+        if own_netns {
+            let _ = hooks.notify("network-unlock", None);
+        }
+        netlock.unlock_now()?;
         for (_, _, seized) in frozen.iter_mut() {
             seized.release();
         }
         return Err(e.into());
+    }
+    // The network opens again before a tree left running goes on (CRIU's order).
+    if opts.leave_running {
+        if own_netns {
+            hooks.notify("network-unlock", None)?;
+        }
+        netlock.unlock_now()?;
     }
     if let (Some(f), true) = (&freezer, opts.leave_running) {
         f.put_back();
@@ -972,6 +1022,8 @@ pub fn run(
             seized.kill();
         }
     }
+    // Killed: nothing is left to protect; the lock goes (never left behind).
+    netlock.unlock_now()?;
     Ok(DumpReport {
         pid: root,
         pages_written: stats.pages_written,
@@ -1008,13 +1060,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     kinds::ipc::write(dir, files)?;
     kinds::tty::write(dir, files)?;
     kinds::cgroup::write(dir, &files.cgroups)?;
-    for (id, e) in &files.netdevs {
-        dir.write(
-            &format!("netdev-{id}.img"),
-            image::NETDEV,
-            std::slice::from_ref(e),
-        )?;
-    }
+    kinds::netns::write(dir, &files.netns_content)?;
     for (id, e) in &files.netns {
         dir.write(
             &format!("netns-{id}.img"),

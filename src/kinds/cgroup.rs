@@ -325,7 +325,17 @@ fn yard(name: &str) -> std::io::Result<PathBuf> {
         if !controllers {
             opts.push(("none", None));
         }
-        crate::sys::mount::detached("cgroup", &opts)?
+        // A named hierarchy whose last cgroup just went is dying for a moment: EBUSY.
+        let mut tries = 0;
+        loop {
+            match crate::sys::mount::detached("cgroup", &opts) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => break r?,
+            }
+        }
     };
     tracing::info!(
         hierarchy = name,
@@ -668,7 +678,9 @@ pub fn write(dir: &ImageDir, cg: &CgDump) -> Result<(), image::ImageError> {
 struct Member {
     name: String,
     path: String,
-    dir: PathBuf,
+    /// Its directory as cryo reaches it; `None` where cryo itself is in that very cgroup at
+    /// restore (every puppet starts there, so nothing is resolved or mounted for it).
+    dir: Option<PathBuf>,
     /// The cgroup namespace root (the first `cgns_prefix` bytes of the path), host dir.
     ns_root: Option<PathBuf>,
 }
@@ -804,6 +816,7 @@ impl CgRestore {
             dirs.insert(name, flat);
         }
         let mounts = Mounts::load()?;
+        let own = parse_proc_cgroup(&read(Path::new("/proc/self/cgroup"))?);
         let mut me = CgRestore::new(cryo_set);
         for s in &ce.sets {
             let mut members = Vec::new();
@@ -820,10 +833,15 @@ impl CgRestore {
                         Some(mounts.dir(&m.name, if p.is_empty() { "/" } else { p })?)
                     }
                 };
+                let shared = own.iter().any(|(n, p)| *n == m.name && *p == m.path);
                 members.push(Member {
                     name: m.name.clone(),
                     path: m.path.clone(),
-                    dir: mounts.dir(&m.name, &m.path)?,
+                    dir: if shared {
+                        None
+                    } else {
+                        Some(mounts.dir(&m.name, &m.path)?)
+                    },
                     ns_root,
                 });
             }
@@ -845,6 +863,11 @@ impl CgRestore {
             }
         }
         for (name, path, entry) in todo {
+            // A cgroup cryo is in exists and is left as it is (often a hierarchy's root, of
+            // hierarchies that may not even be mounted anywhere).
+            if own.iter().any(|(n, p)| *n == name && *p == path) {
+                continue;
+            }
             let host = mounts.dir(&name, &path)?;
             me.prepare_dir(opts.mode, &host, entry.as_ref())?;
         }
@@ -1032,7 +1055,7 @@ impl CgRestore {
                         Some(Member {
                             name,
                             path,
-                            dir,
+                            dir: Some(dir),
                             ns_root: None,
                         })
                     })
@@ -1055,10 +1078,15 @@ impl CgRestore {
                 "" => "tasks",
                 f => f,
             };
-            let target = m.dir.join(f);
+            let dir = match &m.dir {
+                Some(d) => d.clone(),
+                // cryo's own cgroup at load; the task left it meanwhile (its parent's).
+                None => Mounts::load()?.dir(&m.name, &m.path)?,
+            };
+            let target = dir.join(f);
             std::fs::write(&target, pid.to_string()).map_err(|source| CgroupError::Move {
                 pid,
-                path: m.dir.clone(),
+                path: dir.clone(),
                 source,
             })?;
             tracing::debug!(pid, cgroup = %target.display(), "moved into cgroup");

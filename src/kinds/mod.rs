@@ -20,6 +20,7 @@ pub mod memfd;
 pub mod memory;
 pub mod misc;
 pub mod mounts;
+pub mod netns;
 pub mod ns;
 pub mod pipes;
 pub mod regs;
@@ -163,8 +164,9 @@ pub struct FileTable {
     pub ttys: tty::TtyDump,
     /// utsns-ID.img: the names of each UTS namespace of the tree that is not cryo's.
     pub utsns: Vec<(u32, pb::UtsnsEntry)>,
-    /// netdev-ID.img: the loopback of each network namespace of the tree that is not cryo's.
-    pub netdevs: Vec<(u32, pb::NetDeviceEntry)>,
+    /// The contents of each network namespace of the tree that is not cryo's, nor external
+    /// nor empty (`kinds::netns`: netdev-, netns-, ifaddr-, route-, rule-, nftables-ID.img).
+    pub netns_content: Vec<netns::NetnsDump>,
     /// netns-ID.img: each network namespace of the tree that is not cryo's: external (with
     /// the caller's key) or empty (`--empty-ns net`: contents not saved).
     pub netns: Vec<(u32, pb::NetnsEntry)>,

@@ -47,6 +47,11 @@ pub struct RestoreOpts {
     pub inherit_fd: Vec<(String, i32)>,
     /// `--manage-cgroups` and `--cgroup-root` (`kinds::cgroup`).
     pub cgroups: kinds::cgroup::CgOpts,
+    /// `--network-lock`: how the restored tree's network stays locked until it runs.
+    pub network_lock: crate::netlock::Method,
+    /// Links whose other side is outside the tree (`--external veth[..]`, `macvlan[..]`,
+    /// `--veth-pair`).
+    pub links: kinds::netns::LinkOpts,
 }
 
 /// Why a restore failed: the pipeline's own failures, and each kind's error, collected.
@@ -121,6 +126,10 @@ pub enum RestoreError {
     Ghost(#[from] kinds::ghost::GhostError),
     #[error("the images are inconsistent: {0}")]
     BadImage(String),
+    #[error(transparent)]
+    Netns(#[from] kinds::netns::NetnsError),
+    #[error(transparent)]
+    NetLock(#[from] crate::netlock::NetLockError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -159,6 +168,8 @@ impl RestoreError {
             RestoreError::Locks(e) => e,
             RestoreError::Tty(e) => e,
             RestoreError::Ghost(e) => e,
+            RestoreError::Netns(e) => e,
+            RestoreError::NetLock(e) => e,
         };
         kind.hint()
     }
@@ -374,6 +385,16 @@ struct Shared<'a> {
     tasks: &'a [TaskImages],
     mounts: &'a kinds::mounts::MountOpts,
     join: &'a kinds::ns::NsJoin,
+    links: &'a kinds::netns::LinkOpts,
+    /// The lock of the root's network namespace, taken as soon as it is rebuilt.
+    netlock: &'a std::cell::RefCell<crate::netlock::NetLock>,
+    /// The network namespace id of the dumper (`inventory.root_ids`): the root shares cryo's
+    /// namespace when its own is that one.
+    dumper_net: Option<u32>,
+    /// The dumper's namespace ids (`inventory.root_ids`; CRIU numbers namespaces its own
+    /// way, and cryo's ids are per host): the root shares cryo's namespace of a kind when its
+    /// own is the dumper's.
+    dumper: pb::TaskKobjIdsEntry,
     /// Each created task's PID in cryo's namespace, by its dumped PID (they differ inside a
     /// restored PID namespace).
     host: HashMap<u32, i32>,
@@ -473,7 +494,11 @@ fn enter_cgroups(
 ) -> Result<bool, RestoreError> {
     let own_cgns = idx == 0
         && img.ids.cgroup_ns_id.is_some()
-        && img.ids.cgroup_ns_id != kinds::ns::own_ns_id("cgroup");
+        && img.ids.cgroup_ns_id
+            != sh
+                .dumper
+                .cgroup_ns_id
+                .or_else(|| kinds::ns::own_ns_id("cgroup"));
     if let Some(cg) = sh.cgroups {
         if own_cgns {
             cg.enter_ns_root(pid, img)?;
@@ -557,31 +582,45 @@ fn enter_namespaces(
     parent: Option<&TaskImages>,
 ) -> Result<(), RestoreError> {
     let pid = cx.pid;
+    // The root's are compared with the namespaces the dumper ran in (`inventory.root_ids`).
     let parent_ids = parent.map(|p| p.ids);
     let (uts_now, ipc_now, net_now) = match parent_ids {
         Some(p) => (p.uts_ns_id, p.ipc_ns_id, p.net_ns_id),
         None => (
-            kinds::ns::own_ns_id("uts"),
-            kinds::ns::own_ns_id("ipc"),
-            kinds::ns::own_ns_id("net"),
+            sh.dumper.uts_ns_id.or_else(|| kinds::ns::own_ns_id("uts")),
+            sh.dumper.ipc_ns_id.or_else(|| kinds::ns::own_ns_id("ipc")),
+            sh.dumper_net,
         ),
     };
     kinds::ns::restore_uts(cx, img, uts_now)?;
     // Before its vDSO is mapped (its data pages follow the time namespace).
-    let time_now = parent.map_or_else(|| kinds::ns::own_ns_id("time"), |p| p.ids.time_ns_id);
+    let time_now = parent.map_or_else(
+        || {
+            sh.dumper
+                .time_ns_id
+                .or_else(|| kinds::ns::own_ns_id("time"))
+        },
+        |p| p.ids.time_ns_id,
+    );
+    let dumper_mnt = sh.dumper.mnt_ns_id.or_else(|| kinds::ns::own_ns_id("mnt"));
     kinds::ns::restore_time(cx, img, time_now)?;
     kinds::ns::restore_ipc(cx, img, ipc_now)?;
     kinds::ipc::restore(cx.dir, pid, img, ipc_now)?;
-    kinds::ns::restore_net(cx, img, net_now, sh.join)?;
-    let own_mnt = img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt");
-    if idx == 0 && img.ids.mnt_ns_id.is_some() && own_mnt {
+    let own_net = kinds::ns::restore_net(cx, img, net_now, idx == 0, sh.join, sh.links)?;
+    if idx == 0 && own_net {
+        // Locked before any socket of the tree exists (CRIU's order).
+        fault_point("netns")?;
+        sh.netlock.borrow_mut().lock_netns_of(pid)?;
+    }
+    // The root's mount namespace, before any file is opened (children inherit it).
+    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != dumper_mnt {
         kinds::mounts::restore(cx, img, sh.mounts)?;
         // Terminals are made in the tree's own devpts instances.
         sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
     }
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
     // namespaces of their own still get the root's: refused at dump for mounts).
-    if idx == 0 && (own_mnt || img.ids.net_ns_id != kinds::ns::own_ns_id("net")) {
+    if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || own_net) {
         sh.objs.borrow_mut().ns_pid = Some(pid);
     }
     Ok(())
@@ -913,6 +952,16 @@ pub fn run(
         }
     }
     let vroot = tasks[0].vpid();
+    // Before any puppet exists (so it drops after them: a lock goes once they are dead).
+    let netlock = std::cell::RefCell::new(crate::netlock::NetLock::new(opts.network_lock));
+    // The network namespace the dumper ran in (CRIU numbers namespaces its own way; cryo's
+    // ids are per host): a tree that shared it shares cryo's now.
+    let dumper = dir
+        .read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
+        .root_ids
+        .unwrap_or_default();
+    let dumper_net = dumper.net_ns_id.or_else(|| kinds::ns::own_ns_id("net"));
+    let own_netns = tasks[0].ids.net_ns_id.is_some() && tasks[0].ids.net_ns_id != dumper_net;
     // Before any puppet exists (so it drops after them): dirs made here go if we fail.
     let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
     let uses_seccomp = tasks.iter().any(|t| {
@@ -1026,6 +1075,10 @@ pub fn run(
         tasks: &tasks,
         mounts: &opts.mounts,
         join: &opts.join,
+        links: &opts.links,
+        netlock: &netlock,
+        dumper_net,
+        dumper,
         host: HashMap::from([(tasks[0].pid, root)]),
         cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
         cgroups: cgroups.as_ref(),
@@ -1090,6 +1143,12 @@ pub fn run(
     objs.borrow_mut().close_all();
     // Everything exists and nothing runs yet: a failing hook still kills it all.
     hooks.notify("post-restore", Some(root))?;
+    // The network opens just before the tree runs (CRIU's `network_unlock`).
+    if own_netns {
+        hooks.notify("network-unlock", None)?;
+    }
+    fault_point("netunlock")?;
+    netlock.borrow_mut().unlock_now()?;
     hooks.notify("pre-resume", None)?;
     if opts.shell_job && !opts.detach {
         foreground(root);

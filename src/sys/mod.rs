@@ -23,6 +23,7 @@ pub mod proc;
 pub mod ptrace;
 pub mod remote;
 pub mod tty;
+pub mod tun;
 
 /// Turns a libc return value (-1 + errno) into an `io::Result`.
 pub(crate) fn cvt(ret: libc::c_long) -> std::io::Result<libc::c_long> {
