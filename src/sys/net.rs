@@ -11,7 +11,11 @@
 )]
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use rustix::net::sockopt::Timeout;
+use rustix::net::{AddressFamily, SendFlags, Shutdown, SocketAddrUnix, SocketFlags, SocketType};
 
 use super::cvt;
 
@@ -73,7 +77,7 @@ pub fn unix_diag() -> io::Result<Vec<UnixDiag>> {
                                                 // NAME | VFS | PEER | ICONS | RQLEN
     req.extend_from_slice(&(1u32 | 2 | 4 | 8 | 16).to_ne_bytes());
     req.extend_from_slice(&[0xff; 8]); // cookie: none
-    write_all(sk.as_raw_fd(), &req)?;
+    write_all(sk.as_fd(), &req)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -146,92 +150,73 @@ fn parse_diag(b: &[u8]) -> Option<UnixDiag> {
     Some(d)
 }
 
-fn write_all(fd: RawFd, b: &[u8]) -> io::Result<()> {
-    // SAFETY: b is valid for reads of its length.
-    let n = cvt(unsafe { libc::syscall(libc::SYS_write, fd, b.as_ptr(), b.len()) })?;
-    if n as usize != b.len() {
+fn write_all(fd: BorrowedFd<'_>, b: &[u8]) -> io::Result<()> {
+    if rustix::io::write(fd, b)? != b.len() {
         return Err(io::Error::other("short write"));
     }
     Ok(())
 }
 
-/// A `sockaddr_un` for `name` (a path, or an abstract name starting with NUL) and its length.
-fn sockaddr(name: &[u8]) -> io::Result<(libc::sockaddr_un, u32)> {
-    // SAFETY: sockaddr_un is plain old data; all zeroes is valid.
-    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    a.sun_family = libc::AF_UNIX as u16;
-    if name.len() >= a.sun_path.len() {
-        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-    }
-    for (d, s) in a.sun_path.iter_mut().zip(name) {
-        *d = *s as libc::c_char;
-    }
-    let abstract_name = name.first() == Some(&0);
-    let len = 2 + name.len() + usize::from(!abstract_name); // paths end with NUL
-    Ok((a, len as u32))
+/// The `sockaddr_un` of `name`: a path, or an abstract name starting with NUL.
+fn sockaddr(name: &[u8]) -> io::Result<SocketAddrUnix> {
+    use std::os::unix::ffi::OsStrExt;
+    Ok(match name.split_first() {
+        Some((0, abstract_name)) => SocketAddrUnix::new_abstract_name(abstract_name)?,
+        _ => SocketAddrUnix::new(std::ffi::OsStr::from_bytes(name))?,
+    })
 }
 
-/// `socket(AF_UNIX, kind | SOCK_CLOEXEC, 0)`.
+/// `socket(AF_UNIX, kind | SOCK_CLOEXEC, 0)` (`kind`: `SOCK_STREAM`, ... as images keep it).
 pub fn unix_socket(kind: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain integer arguments.
-    owned(unsafe {
-        libc::syscall(
-            libc::SYS_socket,
-            libc::AF_UNIX,
-            kind | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })
+    let ty = SocketType::from_raw(kind.cast_unsigned());
+    Ok(rustix::net::socket_with(
+        AddressFamily::UNIX,
+        ty,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// `socketpair(AF_UNIX, kind | SOCK_CLOEXEC)`.
 pub fn unix_pair(kind: i32) -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: fds has room for two fds.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_socketpair,
-            libc::AF_UNIX,
-            kind | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: both fds are new and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let ty = SocketType::from_raw(kind.cast_unsigned());
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        ty,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// `bind` to a unix name.
 pub fn bind(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
-    let (a, len) = sockaddr(name)?;
-    // SAFETY: a is a valid sockaddr_un of at least len bytes.
-    cvt(unsafe { libc::syscall(libc::SYS_bind, fd.as_raw_fd(), &a as *const _, len) }).map(|_| ())
+    Ok(rustix::net::bind(fd, &sockaddr(name)?)?)
 }
 
 /// `connect` to a unix name.
 pub fn connect(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
-    let (a, len) = sockaddr(name)?;
-    // SAFETY: a is a valid sockaddr_un of at least len bytes.
-    cvt(unsafe { libc::syscall(libc::SYS_connect, fd.as_raw_fd(), &a as *const _, len) })
-        .map(|_| ())
+    Ok(rustix::net::connect(fd, &sockaddr(name)?)?)
 }
 
 /// `listen(fd, backlog)`.
 pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> io::Result<()> {
-    // SAFETY: plain integer arguments.
-    cvt(unsafe { libc::syscall(libc::SYS_listen, fd.as_raw_fd(), backlog) }).map(|_| ())
+    Ok(rustix::net::listen(fd, backlog)?)
 }
 
 /// `accept4(fd, NULL, NULL, SOCK_CLOEXEC)`.
 pub fn accept(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    // SAFETY: no address is requested.
-    owned(unsafe { libc::syscall(libc::SYS_accept4, fd.as_raw_fd(), 0, 0, libc::SOCK_CLOEXEC) })
+    Ok(rustix::net::accept_with(fd, SocketFlags::CLOEXEC)?)
 }
 
-/// `shutdown(fd, how)`.
+/// `shutdown(fd, how)` (`SHUT_RD`, `SHUT_WR` or `SHUT_RDWR`).
 pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> io::Result<()> {
-    // SAFETY: plain integer arguments.
-    cvt(unsafe { libc::syscall(libc::SYS_shutdown, fd.as_raw_fd(), how) }).map(|_| ())
+    let how = match how {
+        libc::SHUT_RD => Shutdown::Read,
+        libc::SHUT_WR => Shutdown::Write,
+        libc::SHUT_RDWR => Shutdown::Both,
+        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    };
+    Ok(rustix::net::shutdown(fd, how)?)
 }
 
 /// An integer socket option.
@@ -277,45 +262,32 @@ pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, opt: i32, v: i32) -> io::R
     .map(|_| ())
 }
 
-/// A timeval socket option (SO_SNDTIMEO/SO_RCVTIMEO) as (sec, usec).
-pub fn getsockopt_tv(fd: BorrowedFd<'_>, opt: i32) -> io::Result<(u64, u64)> {
-    let mut tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 0,
-    };
-    let mut len = std::mem::size_of::<libc::timeval>() as u32;
-    // SAFETY: tv and len are valid for the kernel to write.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_getsockopt,
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            &mut tv as *mut libc::timeval,
-            &mut len as *mut u32,
-        )
-    })?;
-    Ok((tv.tv_sec as u64, tv.tv_usec as u64))
+fn timeout_of(opt: i32) -> io::Result<Timeout> {
+    match opt {
+        libc::SO_SNDTIMEO => Ok(Timeout::Send),
+        libc::SO_RCVTIMEO => Ok(Timeout::Recv),
+        _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+    }
 }
 
-/// Sets a timeval socket option.
+/// A timeout socket option (`SO_SNDTIMEO`/`SO_RCVTIMEO`) as (sec, usec); (0, 0) for none.
+pub fn getsockopt_tv(fd: BorrowedFd<'_>, opt: i32) -> io::Result<(u64, u64)> {
+    let t = rustix::net::sockopt::socket_timeout(fd, timeout_of(opt)?)?;
+    Ok(t.map_or((0, 0), |d| (d.as_secs(), u64::from(d.subsec_micros()))))
+}
+
+/// Sets a timeout socket option from (sec, usec) as images keep it; (0, 0) for none.
 pub fn setsockopt_tv(fd: BorrowedFd<'_>, opt: i32, sec: u64, usec: u64) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: sec as i64,
-        tv_usec: usec as i64,
-    };
-    // SAFETY: tv is a valid timeval.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_setsockopt,
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            &tv as *const libc::timeval,
-            std::mem::size_of::<libc::timeval>(),
-        )
-    })
-    .map(|_| ())
+    let usec = u32::try_from(usec)
+        .ok()
+        .filter(|u| *u < 1_000_000)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let t = (sec != 0 || usec != 0).then(|| Duration::new(sec, usec * 1000));
+    Ok(rustix::net::sockopt::set_socket_timeout(
+        fd,
+        timeout_of(opt)?,
+        t,
+    )?)
 }
 
 /// What a non-destructive read of a socket queue found.
@@ -383,37 +355,17 @@ pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Peeked> {
 
 /// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`.
 pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for reads of its length.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_sendto,
-            fd.as_raw_fd(),
-            buf.as_ptr(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            0,
-            0,
-        )
-    })
-    .map(|n| n as usize)
+    Ok(rustix::net::send(
+        fd,
+        buf,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    )?)
 }
 
 /// `sendto` a unix name (an unconnected datagram).
 pub fn send_to(fd: BorrowedFd<'_>, buf: &[u8], name: &[u8]) -> io::Result<usize> {
-    let (a, len) = sockaddr(name)?;
-    // SAFETY: buf and a are valid for the call.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_sendto,
-            fd.as_raw_fd(),
-            buf.as_ptr(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            &a as *const _,
-            len,
-        )
-    })
-    .map(|n| n as usize)
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    Ok(rustix::net::sendto(fd, buf, flags, &sockaddr(name)?)?)
 }
 
 /// Receives one whole datagram (SEQPACKET message) from `fd`, sized first with
