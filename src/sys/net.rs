@@ -458,3 +458,34 @@ pub fn peer_pid(fd: BorrowedFd<'_>) -> io::Result<i32> {
     })?;
     Ok(cred.pid)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_timeouts_round_trip() {
+        let (a, _b) = unix_pair(libc::SOCK_STREAM).unwrap();
+        assert_eq!(getsockopt_tv(a.as_fd(), libc::SO_SNDTIMEO).unwrap(), (0, 0));
+        setsockopt_tv(a.as_fd(), libc::SO_SNDTIMEO, 2, 500_000).unwrap();
+        setsockopt_tv(a.as_fd(), libc::SO_RCVTIMEO, 7, 0).unwrap();
+        assert_eq!(
+            getsockopt_tv(a.as_fd(), libc::SO_SNDTIMEO).unwrap(),
+            (2, 500_000)
+        );
+        assert_eq!(getsockopt_tv(a.as_fd(), libc::SO_RCVTIMEO).unwrap(), (7, 0));
+        // A damaged image's microseconds are refused, not wrapped.
+        assert!(setsockopt_tv(a.as_fd(), libc::SO_SNDTIMEO, 1, 1_000_000).is_err());
+        setsockopt_tv(a.as_fd(), libc::SO_SNDTIMEO, 0, 0).unwrap();
+        assert_eq!(getsockopt_tv(a.as_fd(), libc::SO_SNDTIMEO).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn abstract_and_path_names_bind() {
+        let s = unix_socket(libc::SOCK_DGRAM).unwrap();
+        let name = format!("\0cryo-test-{}", std::process::id());
+        bind(s.as_fd(), name.as_bytes()).unwrap();
+        let c = unix_socket(libc::SOCK_DGRAM).unwrap();
+        assert_eq!(send_to(c.as_fd(), b"hi", name.as_bytes()).unwrap(), 2);
+    }
+}
