@@ -396,10 +396,33 @@ pub fn restore(
     img: &TaskImages,
     opts: &MountOpts,
 ) -> Result<(), RestoreError> {
-    let Some(id) = img.ids.mnt_ns_id else {
+    let Some((entries, root)) = check(cx.dir, img, opts)? else {
         return Ok(());
     };
-    let entries: Vec<pb::MntEntry> = cx.dir.read(&format!("mountpoints-{id}.img"), image::MNTS)?;
+    let pid = cx.pid;
+    let dir = cx.dir.path.clone();
+    let (nsfd, ptys) = std::thread::scope(|s| {
+        s.spawn(|| build(pid, &root, &entries, &opts.external, &dir))
+            .join()
+            .unwrap_or(Err(RestoreError::Internal("the mount builder panicked")))
+    })?;
+    cx.objs.borrow_mut().tty.premade.extend(ptys);
+    cx.setns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")
+}
+
+/// Reads `mountpoints-ID.img` of `img` and checks it before anything is built: plain
+/// absolute paths, only file systems cryo makes fresh, the root first, a host path for every
+/// external key, and `--root` given. Returns the entries and the new root; None when the
+/// task has no mount namespace recorded.
+pub fn check(
+    dir: &image::ImageDir,
+    img: &TaskImages,
+    opts: &MountOpts,
+) -> Result<Option<(Vec<pb::MntEntry>, PathBuf)>, RestoreError> {
+    let Some(id) = img.ids.mnt_ns_id else {
+        return Ok(None);
+    };
+    let entries: Vec<pb::MntEntry> = dir.read(&format!("mountpoints-{id}.img"), image::MNTS)?;
     let root = opts.root.clone().ok_or_else(|| {
         RestoreError::Unsupported(format!(
             "the tree had a mount namespace of its own (root mount: {} {}): give --root DIR with its root file system",
@@ -453,15 +476,7 @@ pub fn restore(
             }
         }
     }
-    let pid = cx.pid;
-    let dir = cx.dir.path.clone();
-    let (nsfd, ptys) = std::thread::scope(|s| {
-        s.spawn(|| build(pid, &root, &entries, &opts.external, &dir))
-            .join()
-            .unwrap_or(Err(RestoreError::Internal("the mount builder panicked")))
-    })?;
-    cx.objs.borrow_mut().tty.premade.extend(ptys);
-    cx.setns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")
+    Ok(Some((entries, root)))
 }
 
 /// On a thread of its own (namespaces and root are per thread): joins the puppet's net and
@@ -529,13 +544,61 @@ fn build(
     Ok((nsfd, ptys))
 }
 
-/// Resolves paths of the tree inside a directory as the tree would: the builder thread
-/// chroots there for each lookup, so symlinks (in the root file system, in tmpfs contents
-/// just unpacked, in a host directory bound in) cannot lead outside it, then returns to the
-/// host's root. What it finds is held as an O_PATH fd and used through its /proc path.
+/// Resolves, as `build` does, the bind source (if any) and then the mount point of every
+/// entry after the root inside `root`, making missing mount points, without mounting
+/// anything; returns the host paths found. For tests and `cryo-fuzz`: what a hostile image
+/// names must stay inside `root`.
+pub fn resolve_dry(
+    root: &Path,
+    entries: &[pb::MntEntry],
+    external: &HashMap<String, PathBuf>,
+) -> Result<Vec<PathBuf>, RestoreError> {
+    let io = |w: String| move |source| RestoreError::Mount { what: w, source };
+    let jail = Jail::new(root).map_err(io(format!("open {}", root.display())))?;
+    let real = |f: Found| std::fs::read_link(f.path()).map_err(io("read back a path".into()));
+    let mut out = Vec::new();
+    for i in 1..entries.len() {
+        let e = &entries[i];
+        let mut file = false;
+        if e.ext_key.is_none() {
+            if let Some((j, rest)) = bind_source(entries, i) {
+                let src = &entries[j];
+                let found = match &src.ext_key {
+                    Some(k) => {
+                        let host = external.get(k).ok_or_else(|| {
+                            RestoreError::Unsupported(format!("no host path for key '{k}'"))
+                        })?;
+                        Jail::new(host).and_then(|x| x.find(&rest, None))
+                    }
+                    None if j == 0 => jail.find(&rest, None),
+                    None => jail.find(
+                        &format!("{}{}", src.mountpoint.trim_end_matches('/'), rest),
+                        None,
+                    ),
+                };
+                if let Ok(f) = found {
+                    file = std::fs::metadata(f.path()).is_ok_and(|m| m.is_file());
+                    out.push(real(f)?);
+                }
+            }
+        }
+        let target = jail
+            .find(&e.mountpoint, Some(file))
+            .map_err(io(format!("create the mount point {}", e.mountpoint)))?;
+        out.push(real(target)?);
+    }
+    Ok(out)
+}
+
+/// Resolves paths of the tree inside a directory as the tree would, and never outside it:
+/// every lookup is an `openat2` from the directory with `RESOLVE_IN_ROOT` (`..` and absolute
+/// symlinks, in the root file system, in tmpfs contents just unpacked, in a host directory
+/// bound in, stay inside it) and `RESOLVE_NO_MAGICLINKS` (a procfs link such as
+/// `/proc/1/root` or `/proc/self/cwd`, reachable through a proc mount of the tree, would
+/// jump out: refused). Missing mount points are made one component at a time the same way.
+/// What it finds is held as an O_PATH fd and used through its /proc path.
 struct Jail {
-    dir: PathBuf,
-    host: std::fs::File,
+    dir: OwnedFd,
 }
 
 /// An O_PATH fd of cryo's builder thread, named by its /proc path (which `mount` and child
@@ -556,43 +619,58 @@ impl Found {
 
 impl Jail {
     fn new(dir: &Path) -> std::io::Result<Jail> {
-        Ok(Jail {
-            dir: dir.to_path_buf(),
-            host: std::fs::File::open("/")?,
-        })
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)?;
+        Ok(Jail { dir: f.into() })
+    }
+
+    /// `p` (relative to the jail's directory, `/` being that directory) as an O_PATH fd.
+    fn open(&self, p: &str) -> std::io::Result<OwnedFd> {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let p = if p.is_empty() { "/" } else { p };
+        Ok(nix::fcntl::openat2(&self.dir, p, how)?)
     }
 
     /// Finds `p` (absolute, as seen from the jail's directory); with `create`, makes it
-    /// first if missing (a file when `Some(true)`, else a directory).
+    /// first if missing (a file when `Some(true)`, else a directory), each missing
+    /// component made in its parent as found in the jail.
     fn find(&self, p: &str, create: Option<bool>) -> std::io::Result<Found> {
-        nix::unistd::chroot(&self.dir)?;
-        let r = (|| -> std::io::Result<Found> {
-            nix::unistd::chdir("/")?;
-            let p = if p.is_empty() { "/" } else { p };
-            if let Some(file) = create {
-                if std::fs::symlink_metadata(p).is_err() {
-                    if file {
-                        if let Some(parent) = Path::new(p).parent() {
-                            std::fs::create_dir_all(parent)?;
-                        }
-                        std::fs::File::create(p)?;
-                    } else {
-                        std::fs::create_dir_all(p)?;
-                    }
-                }
+        let missing = |r: &std::io::Result<OwnedFd>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        let first = self.open(p);
+        let Some(file) = create.filter(|_| missing(&first)) else {
+            return first.map(Found);
+        };
+        let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+        for k in 0..parts.len() {
+            let at = format!("/{}", parts[..=k].join("/"));
+            if !missing(&self.open(&at)) {
+                continue;
             }
-            use std::os::unix::fs::OpenOptionsExt;
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH)
-                .open(p)?;
-            Ok(Found(f.into()))
-        })();
-        // Back to the host's root; a thread stuck in the jail must not go on.
-        nix::unistd::fchdir(&self.host)
-            .and_then(|_| nix::unistd::chroot("."))
-            .map_err(|e| std::io::Error::other(format!("cannot leave the new root: {e}")))?;
-        r
+            let parent = self.open(&format!("/{}", parts[..k].join("/")))?;
+            let name = parts[k];
+            if file && k + 1 == parts.len() {
+                use nix::fcntl::OFlag;
+                nix::fcntl::openat(
+                    &parent,
+                    name,
+                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW,
+                    nix::sys::stat::Mode::from_bits_truncate(0o644),
+                )?;
+            } else {
+                nix::sys::stat::mkdirat(
+                    &parent,
+                    name,
+                    nix::sys::stat::Mode::from_bits_truncate(0o755),
+                )?;
+            }
+        }
+        self.open(p).map(Found)
     }
 }
 
