@@ -792,6 +792,52 @@ fn set_process_groups(
     Ok(())
 }
 
+/// What restore reads and decides before it creates any process (see [`plan`]).
+pub struct Plan {
+    pub tasks: Vec<TaskImages>,
+    pub files: HashMap<u32, pb::FileEntry>,
+    /// The root had a PID namespace of its own.
+    pub own_pid_ns: bool,
+    /// Where the restore trampoline goes.
+    pub trampoline: u64,
+    /// The checked mount entries and `--root`, when the root task has a mount namespace.
+    pub mounts: Option<(Vec<pb::MntEntry>, std::path::PathBuf)>,
+    pub objs: kinds::files::FdObjects,
+    pub cgroups: Option<kinds::cgroup::CgRestore>,
+}
+
+/// The planning steps of [`run`], up to and not including the first fork, without the
+/// checks that depend on the host's processes (busy PIDs) and without hooks: verify the
+/// manifest, read the tree, load cgroups as `opts` say, place the trampoline, load the fd
+/// objects' images and check the mount plan. Creates no process; for `cryo-fuzz` and tests.
+pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
+    if let Some(m) = Manifest::load(&dir.path)? {
+        m.verify(&dir.path, 1)?;
+    }
+    let (tasks, files, own_pid_ns) = read_tree(dir)?;
+    let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
+    let trampoline = trampoline_addr(&tasks, TR_LEN)?;
+    let objs = kinds::files::FdObjects::new(dir, &files, &tasks)?;
+    // As `shape` decides for the root: a mount namespace other than cryo's is rebuilt.
+    let root = &tasks[0];
+    let mounts = if root.ids.mnt_ns_id.is_some()
+        && root.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt")
+    {
+        kinds::mounts::check(dir, root, &opts.mounts)?
+    } else {
+        None
+    };
+    Ok(Plan {
+        tasks,
+        files,
+        own_pid_ns,
+        trampoline,
+        mounts,
+        objs,
+        cgroups,
+    })
+}
+
 /// Restores the image set in `dir`.
 pub fn run(
     opts: &RestoreOpts,
