@@ -820,13 +820,12 @@ pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
     let objs = kinds::files::FdObjects::new(dir, &files, &tasks)?;
     // As `shape` decides for the root: a mount namespace other than cryo's is rebuilt.
     let root = &tasks[0];
-    let mounts = if root.ids.mnt_ns_id.is_some()
-        && root.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt")
-    {
-        kinds::mounts::check(dir, root, &opts.mounts)?
-    } else {
-        None
-    };
+    let mounts =
+        if root.ids.mnt_ns_id.is_some() && root.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
+            kinds::mounts::check(dir, root, &opts.mounts)?
+        } else {
+            None
+        };
     Ok(Plan {
         tasks,
         files,
