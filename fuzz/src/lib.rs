@@ -414,7 +414,7 @@ pub fn run_input(w: &mut Workdir, input: &Input) -> Result<(), Violation> {
     w.write(&input.files)
         .map_err(|e| Violation(format!("cannot write the input: {e}")))?;
     w.runs += 1;
-    if w.runs % 512 == 0 {
+    if w.runs.is_multiple_of(512) {
         // resolve_dry makes the mount points it needs: start from a clean root now and then.
         w.plant_root()
             .map_err(|e| Violation(format!("cannot reset the root: {e}")))?;
@@ -609,7 +609,7 @@ fn decode(dir: &ImageDir, name: &str, bytes: &[u8]) {
         _ => {}
     }
     // `cryo show`'s generic decoding, on a fraction of the inputs (it is the slowest).
-    if hash(bytes) % 4 == 0 {
+    if hash(bytes).is_multiple_of(4) {
         let _ = cryo::show::show(&dir.file(name));
     }
 }

@@ -22,8 +22,11 @@ fn short_fuzz_run_finds_nothing() {
         .arg(&seeds)
         .status()
         .expect("run fuzz-seeds.sh");
-    assert!(st.success(), "fuzz-seeds.sh failed (needs root and target/release/cryo)");
-    let corpus = cryo_fuzz::Corpus::load(&[seeds.clone()]).unwrap();
+    assert!(
+        st.success(),
+        "fuzz-seeds.sh failed (needs root and target/release/cryo)"
+    );
+    let corpus = cryo_fuzz::Corpus::load(std::slice::from_ref(&seeds)).unwrap();
     let dumped = corpus
         .sets
         .iter()
