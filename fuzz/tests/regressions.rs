@@ -33,3 +33,41 @@ fn fuzz_regressions_replay_cleanly() {
     let _ = std::fs::remove_dir_all(&base);
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+/// VMA bounds no kernel would write (an end at the top of u64, an end before its start, in
+/// a shared anonymous mapping): restore planning (trampoline placement, shmem sizes) refuses
+/// or survives them without overflowing. Made from CRIU's fixture.
+#[test]
+fn hostile_vma_bounds_do_not_overflow_planning() {
+    use cryo::image::{self, pb};
+    use prost::Message;
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../integration/fixtures/criu-4.2-sleep");
+    let mut input = cryo_fuzz::load_saved(&fixture).unwrap();
+    input.files.retain(|(n, _)| n != "README.md");
+    input.whole = true;
+    let (_, mm) = input
+        .files
+        .iter_mut()
+        .find(|(n, _)| n.starts_with("mm-"))
+        .expect("an mm image");
+    let frames = image::entries(Path::new("mm"), image::MM, mm).unwrap();
+    let mut e = pb::MmEntry::decode(frames[0].1).unwrap();
+    assert!(e.vmas.len() >= 3);
+    e.vmas[0].start = 0x1000;
+    e.vmas[0].end = u64::MAX;
+    e.vmas[1].status |= 1 << 8; // ANON_SHARED
+    e.vmas[1].end = e.vmas[1].start - 4096;
+    e.vmas[2].status |= 1 << 8;
+    e.vmas[2].pgoff = u64::MAX - 4096;
+    *mm = cryo_fuzz::frame(image::MM, &[e]);
+    let base = std::env::temp_dir().join(format!("cryo-fuzz-vma-{}", std::process::id()));
+    let mut w = cryo_fuzz::Workdir::new(&base).unwrap();
+    let r = cryo_fuzz::catch(|| cryo_fuzz::run_input(&mut w, &input));
+    let _ = std::fs::remove_dir_all(&base);
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(v)) => panic!("{}", v.0),
+        Err(p) => panic!("planning panicked: {p}"),
+    }
+}

@@ -289,13 +289,14 @@ fn trampoline_addr(tasks: &[TaskImages], len: u64) -> Result<u64, RestoreError> 
     used.sort_unstable();
     let guard = 1 << 20; // keep clear of stack guard gaps
     let mut cand = 1u64 << 24;
+    // VMA bounds come from the images: saturate rather than overflow.
     for (s, e) in used {
-        if cand + len + guard <= s {
+        if cand.saturating_add(len + guard) <= s {
             return Ok(cand);
         }
-        cand = cand.max(e + guard);
+        cand = cand.max(e.saturating_add(guard));
     }
-    if cand + len < 0x7fff_0000_0000 {
+    if cand.saturating_add(len) < 0x7fff_0000_0000 {
         return Ok(cand);
     }
     Err(RestoreError::Internal(
