@@ -394,6 +394,29 @@ impl Workdir {
     }
 }
 
+/// How far inputs got: whole image sets run, planned without error, mount plans resolved.
+pub static REACHED: [std::sync::atomic::AtomicU64; 3] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
+fn reached(i: usize) {
+    REACHED[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `REACHED` as text.
+pub fn reached_summary() -> String {
+    let r: Vec<u64> = REACHED
+        .iter()
+        .map(|a| a.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    format!(
+        "{} whole image sets, {} planned without error, {} mount plans resolved",
+        r[0], r[1], r[2]
+    )
+}
+
 /// A violated property other than a panic (which `catch_unwind` reports).
 #[derive(Debug)]
 pub struct Violation(pub String);
@@ -411,6 +434,7 @@ pub fn run_input(w: &mut Workdir, input: &Input) -> Result<(), Violation> {
         }
         return Ok(());
     }
+    reached(0);
     w.write(&input.files)
         .map_err(|e| Violation(format!("cannot write the input: {e}")))?;
     w.runs += 1;
@@ -444,6 +468,7 @@ pub fn run_input(w: &mut Workdir, input: &Input) -> Result<(), Violation> {
         Ok(p) => p,
         Err(_) => return Ok(()),
     };
+    reached(1);
     // What a child keeps from its parent (pure arithmetic on hostile VMAs).
     for t in &plan.tasks {
         if let Some(p) = plan.tasks.iter().find(|p| p.pid == t.pstree.ppid) {
@@ -455,6 +480,7 @@ pub fn run_input(w: &mut Workdir, input: &Input) -> Result<(), Violation> {
             .canonicalize()
             .map_err(|e| Violation(format!("root: {e}")))?;
         if let Ok(paths) = cryo::kinds::mounts::resolve_dry(root, entries, &opts.mounts.external) {
+            reached(2);
             let ext = opts.mounts.external["key"].clone();
             for p in paths {
                 if !p.starts_with(&canon) && !p.starts_with(&ext) {

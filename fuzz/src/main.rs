@@ -169,7 +169,12 @@ fn worker(a: &Args) {
         }
     }
     let _ = std::fs::remove_dir_all(w.images.parent().unwrap_or(Path::new("/nonexistent")));
-    eprintln!("worker {}..{} done: {findings} findings", a.from, a.to);
+    eprintln!(
+        "worker {}..{} done: {findings} findings; {}",
+        a.from,
+        a.to,
+        cryo_fuzz::reached_summary()
+    );
 }
 
 struct Worker {

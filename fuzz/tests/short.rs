@@ -50,10 +50,11 @@ fn short_fuzz_run_finds_nothing() {
     }
     let _ = std::panic::take_hook();
     eprintln!(
-        "short fuzz run: {n} inputs from {} image sets in {:.1} s, {} findings",
+        "short fuzz run: {n} inputs from {} image sets in {:.1} s, {} findings; {}",
         corpus.sets.len(),
         t0.elapsed().as_secs_f64(),
-        findings.len()
+        findings.len(),
+        cryo_fuzz::reached_summary()
     );
     let _ = std::fs::remove_dir_all(&base);
     let _ = std::fs::remove_dir_all(&seeds);
