@@ -357,6 +357,7 @@ fn replay(a: &Args) {
             t.elapsed().as_secs_f64()
         );
     }
+    let _ = std::fs::remove_dir_all(w.images.parent().unwrap_or(Path::new("/nonexistent")));
     if bad > 0 {
         std::process::exit(1);
     }
