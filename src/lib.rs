@@ -12,10 +12,12 @@
 
 pub mod cli;
 pub mod dump;
+pub mod fault;
 pub mod features;
 pub mod image;
 pub mod kinds;
 pub mod logging;
+pub mod netlock;
 pub mod notify;
 pub mod procfs;
 pub mod progress;

@@ -105,6 +105,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 freeze_cgroup: a.common.freeze_cgroup.clone(),
                 cgroup_mode: a.common.cgroup_mode().map_err(anyhow::Error::msg)?,
                 file_locks: a.common.file_locks,
+                network_lock: a.common.network_lock().map_err(anyhow::Error::msg)?,
             };
             let dir = ImageDir::create(&a.common.images_dir)?;
             let spin = progress(&format!("dumping {}", a.tree));
@@ -159,7 +160,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             );
             let opts = restore::RestoreOpts {
                 detach: a.detached,
-                pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
+                pidfile: a.common.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
                 shell_job: a.shell_job,
                 orphan_pts_master: a.orphan_pts_master,
                 sibling: a.restore_sibling,
@@ -171,6 +172,8 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     .restore_opts(a.common.root.clone()),
                 join,
                 cgroups: a.common.cgroup_opts().map_err(anyhow::Error::msg)?,
+                network_lock: a.common.network_lock().map_err(anyhow::Error::msg)?,
+                links: a.common.links().map_err(anyhow::Error::msg)?,
             };
             let dir = ImageDir::open(&a.common.images_dir)?;
             let spin = progress("restoring");

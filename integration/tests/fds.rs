@@ -284,7 +284,8 @@ fn sockets_cryo_cannot_restore_are_refused() {
     wait_for("python", 20, || !lines(&log2).is_empty());
     let e = dump_fails(pid2, &dir.join("img2"), &[]);
     assert!(
-        e.contains(&format!("fd {} (socket:[", lines(&log2)[0])) && e.contains("only unix sockets"),
+        e.contains(&format!("fd {} (socket:[", lines(&log2)[0]))
+            && e.contains("IPv4 (AF_INET) socket is not supported"),
         "{e}"
     );
     assert!(alive(pid2));

@@ -96,9 +96,13 @@ pub struct Common {
     /// Accepted for compatibility (each process logs into the same file).
     #[arg(long = "log-pid")]
     pub log_pid: bool,
-    /// Accepted for compatibility: cryo reads no configuration files.
-    #[arg(long = "no-default-config")]
+    /// Accepted for compatibility: cryo reads no configuration files. May be repeated.
+    #[arg(long = "no-default-config", overrides_with = "no_default_config")]
     pub no_default_config: bool,
+    /// restore: write the restored root's PID to FILE (relative to the work directory).
+    /// Accepted by every command, as CRIU does (zdtm passes it to dump too).
+    #[arg(long = "pidfile", value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
     /// Print a machine-readable JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -118,7 +122,11 @@ pub struct Common {
     pub root: Option<PathBuf>,
     /// External resources. Mounts: at dump `mnt[MOUNTPOINT]:KEY` saves the mount at
     /// MOUNTPOINT (as the tree sees it) as external, without contents; at restore
-    /// `mnt[KEY]:HOSTPATH` bind-mounts HOSTPATH there again. Other kinds are refused.
+    /// `mnt[KEY]:HOSTPATH` bind-mounts HOSTPATH there again. Network: at dump
+    /// `net[INODE]:KEY` saves a network namespace as external; at restore
+    /// `veth[IN]:OUT[@BRIDGE]` makes the peer of veth IN in cryo's network namespace as OUT
+    /// (added to BRIDGE), `macvlan[IN]:HOSTLINK` makes macvlan IN on HOSTLINK. Other kinds
+    /// are refused.
     #[arg(long = "external", value_name = "RES")]
     pub external: Vec<String>,
     /// Older spelling of mount externals: at dump MOUNTPOINT:KEY, at restore KEY:HOSTPATH.
@@ -152,6 +160,16 @@ pub struct Common {
     /// the tree fails the dump, as in CRIU); restore takes them again. Leases are refused.
     #[arg(short = 'l', long = "file-locks")]
     pub file_locks: bool,
+    /// How the tree's network is locked from the freeze until the restored tree runs
+    /// (packets dropped, never answered with a reset): nftables (the default: a table
+    /// `inet cryo-PID`), iptables (a chain `cryo-PID`), or skip.
+    #[arg(long = "network-lock", value_name = "METHOD")]
+    pub network_lock: Option<String>,
+    /// Restore: the peer of veth IN (inside the tree's network namespace) is made in cryo's
+    /// network namespace as OUT, added to BRIDGE if given. Same as --external
+    /// 'veth[IN]:OUT[@BRIDGE]'.
+    #[arg(long = "veth-pair", value_name = "IN=OUT[@BRIDGE]")]
+    pub veth_pair: Vec<String>,
     /// CRIU options cryo does not support yet (refused with a message).
     #[command(flatten)]
     pub unsupported: Unsupported,
@@ -198,7 +216,11 @@ impl Common {
     /// Parses the mount externals; any other `--external` kind is refused by name.
     pub fn mounts(&self) -> Result<ExternalMounts, String> {
         let mut out = Vec::new();
-        for e in self.external.iter().filter(|e| !e.starts_with("net[")) {
+        for e in self.external.iter().filter(|e| {
+            !["net[", "veth[", "macvlan["]
+                .iter()
+                .any(|k| e.starts_with(k))
+        }) {
             let pair = e
                 .strip_prefix("mnt[")
                 .and_then(|r| r.split_once("]:"))
@@ -207,7 +229,7 @@ impl Common {
                 Some((a, b)) => out.push((a.to_string(), b.to_string())),
                 None => {
                     return Err(format!(
-                        "--external {e}: cryo supports only mounts (mnt[A]:B) and network namespaces (net[INO]:KEY) as external resources yet"
+                        "--external {e}: cryo supports mounts (mnt[A]:B), network namespaces (net[INO]:KEY) and links (veth[IN]:OUT, macvlan[IN]:HOSTLINK) as external resources"
                     ))
                 }
             }
@@ -236,6 +258,26 @@ impl Common {
                     .ok_or_else(|| format!("--external net[{r}: expected net[INODE]:KEY"))
             })
             .collect()
+    }
+
+    /// `--network-lock` (nftables when not given).
+    pub fn network_lock(&self) -> Result<crate::netlock::Method, String> {
+        self.network_lock.as_deref().map_or(
+            Ok(crate::netlock::Method::default()),
+            crate::netlock::Method::parse,
+        )
+    }
+
+    /// Links with a side outside the tree: `--external veth[..]`/`macvlan[..]`, `--veth-pair`.
+    pub fn links(&self) -> Result<crate::kinds::netns::LinkOpts, String> {
+        let mut l = crate::kinds::netns::LinkOpts::default();
+        for e in &self.external {
+            l.add_external(e)?;
+        }
+        for v in &self.veth_pair {
+            l.add_veth_pair(v)?;
+        }
+        Ok(l)
     }
 
     /// `--empty-ns net` (the only kind CRIU accepts).
@@ -309,9 +351,6 @@ pub struct RestoreArgs {
     /// Detach after restore: cryo exits and the process runs on.
     #[arg(short = 'd', long = "restore-detached")]
     pub detached: bool,
-    /// Write the restored process's PID to FILE (relative to the work directory).
-    #[arg(long = "pidfile", value_name = "FILE")]
-    pub pidfile: Option<PathBuf>,
     /// Restore a shell job into cryo's session.
     #[arg(short = 'j', long = "shell-job")]
     pub shell_job: bool,
@@ -431,11 +470,10 @@ unsupported_opts! {
     lazy_pages: bool = "lazy-pages", "lazy restore is not implemented yet";
     leave_stopped: bool = "leave-stopped" short 's', "stopped final state is not implemented yet";
     exec_cmd: bool = "exec-cmd", "--exec-cmd is not implemented yet";
-    network_lock: Option<String> = "network-lock", "network locking comes with issue #4";
-    lsm_profile: Option<String> = "lsm-profile", "LSM profiles come with issue #5";
+    lsm_profile: Option<String> = "lsm-profile", "LSM profiles are not saved or applied yet";
     cpu_cap: Option<String> = "cpu-cap", "CPU capability checks are not implemented yet";
     stream: bool = "stream", "image streaming is not implemented yet";
-    status_fd: Option<String> = "status-fd", "--status-fd comes with issue #5";
+    status_fd: Option<String> = "status-fd", "--status-fd is not implemented yet";
     config: Option<String> = "config", "configuration files are not read by cryo";
     unprivileged: bool = "unprivileged", "unprivileged mode is not implemented yet";
 }
@@ -528,9 +566,26 @@ mod tests {
         let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
         assert_eq!((d.tree, d.common.verbosity, d.leave_running), (7, 4, true));
 
+        // zdtm: --pidfile on dump, and feature probes repeating --no-default-config.
+        let c = parse(&[
+            "criu",
+            "dump",
+            "-t",
+            "7",
+            "--pidfile",
+            "x.pid",
+            "--timeout",
+            "10",
+        ]);
+        let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
+        assert_eq!(
+            d.common.pidfile.as_deref(),
+            Some(std::path::Path::new("x.pid"))
+        );
         let c = parse(&[
             "criu",
             "check",
+            "--no-default-config",
             "--no-default-config",
             "-verbosity=0",
             "--feature",

@@ -8,12 +8,13 @@
 
 use std::time::Instant;
 
-use crate::image::{self, pb, ImageDir, ImageError};
-use crate::kinds::{self, DumpCx, FileTable, Kind, TaskImages};
+use crate::image::{self, pb, ImageDir};
+use crate::kinds::error::{task_error_from, Failure, TaskError, Unsupported};
+use crate::kinds::{self, DumpCx, FileTable, TaskImages};
 use crate::notify::{Notifier, NotifyError};
-use crate::procfs::{self, ProcError};
+use crate::procfs;
 use crate::sys::ptrace::{Stop, Tracee};
-use crate::sys::remote::{Parasite, RemoteError};
+use crate::sys::remote::Parasite;
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]
@@ -37,9 +38,11 @@ pub struct DumpOpts {
     pub cgroup_mode: kinds::cgroup::Mode,
     /// `--file-locks`: save the tree's file locks (without it, a lock fails the dump).
     pub file_locks: bool,
+    /// `--network-lock`: how the tree's network is locked while it is frozen (`netlock`).
+    pub network_lock: crate::netlock::Method,
 }
 
-/// Why a dump failed.
+/// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
     #[error("process {pid} does not exist")]
@@ -50,94 +53,94 @@ pub enum DumpError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{what} failed for process {pid}")]
-    Ptrace {
-        pid: i32,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("in-target syscall failed in process {pid}")]
-    Remote {
-        pid: i32,
-        #[source]
-        source: RemoteError,
-    },
-    #[error("{what} failed at {addr:#x} in process {pid}")]
-    Memory {
-        pid: i32,
-        addr: u64,
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("process {pid}: {object}: {what}")]
-    Unsupported {
-        pid: i32,
-        object: String,
-        what: String,
-        hint: String,
-    },
-    #[error("process {pid}: fd {fd}: {what}")]
-    File {
-        pid: i32,
-        fd: i32,
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A failure every stage can meet (in-target call, /proc, images, refusal, fault point).
     #[error(transparent)]
-    Proc(#[from] ProcError),
-    #[error(transparent)]
-    Image(#[from] ImageError),
+    Task(#[from] TaskError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
     #[error(transparent)]
-    Ipc(#[from] crate::kinds::ipc::IpcError),
+    Files(#[from] kinds::files::FilesError),
     #[error(transparent)]
-    Cgroup(#[from] crate::kinds::cgroup::CgroupError),
-    #[error("fault injected at stage '{0}' (CRYO_FAULT_INJECT)")]
-    Injected(String),
-    #[error("interrupted by signal {sig} before stage '{stage}'; the process was left running")]
-    Interrupted { sig: i32, stage: String },
+    Memory(#[from] kinds::memory::MemoryError),
+    #[error(transparent)]
+    Signals(#[from] kinds::signals::SignalsError),
+    #[error(transparent)]
+    Misc(#[from] kinds::misc::MiscError),
+    #[error(transparent)]
+    Creds(#[from] kinds::creds::CredsError),
+    #[error(transparent)]
+    Timers(#[from] kinds::timers::TimersError),
+    #[error(transparent)]
+    Rlimits(#[from] kinds::rlimits::RlimitsError),
+    #[error(transparent)]
+    Regs(#[from] kinds::regs::RegsError),
+    #[error(transparent)]
+    Threads(#[from] kinds::threads::ThreadsError),
+    #[error(transparent)]
+    Seccomp(#[from] kinds::seccomp::SeccompError),
+    #[error(transparent)]
+    Ns(#[from] kinds::ns::NsError),
+    #[error(transparent)]
+    Ipc(#[from] kinds::ipc::IpcError),
+    #[error(transparent)]
+    Mounts(#[from] kinds::mounts::MountsError),
+    #[error(transparent)]
+    Cgroup(#[from] kinds::cgroup::CgroupError),
+    #[error(transparent)]
+    Locks(#[from] kinds::locks::LocksError),
+    #[error(transparent)]
+    Tty(#[from] kinds::tty::TtyError),
+    #[error(transparent)]
+    Ghost(#[from] kinds::ghost::GhostError),
+    #[error(transparent)]
+    Netns(#[from] kinds::netns::NetnsError),
+    #[error(transparent)]
+    NetLock(#[from] crate::netlock::NetLockError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
+task_error_from!(DumpError, no_failure);
 
 impl DumpError {
-    pub fn remote(pid: i32, source: RemoteError) -> DumpError {
-        DumpError::Remote { pid, source }
-    }
-
     /// What the user can do about it.
     pub fn hint(&self) -> Option<String> {
-        match self {
-            DumpError::Unsupported { hint, .. } if !hint.is_empty() => Some(hint.clone()),
-            DumpError::Seize { .. } => Some(
-                "is it already traced (gdb, strace) or a kernel thread? cryo needs ptrace (root or CAP_SYS_PTRACE)".into(),
-            ),
-            DumpError::NoSuchProcess { .. } => Some("check the pid given with -t/--tree".into()),
-            DumpError::Cgroup(e) => e.hint(),
-            _ => None,
-        }
+        let kind: &dyn Failure = match self {
+            DumpError::Seize { .. } => {
+                return Some("is it already traced (gdb, strace) or a kernel thread? cryo needs ptrace (root or CAP_SYS_PTRACE)".into())
+            }
+            DumpError::NoSuchProcess { .. } => {
+                return Some("check the pid given with -t/--tree".into())
+            }
+            DumpError::Notify(_) | DumpError::Internal(_) => return None,
+            DumpError::Task(e) => e,
+            DumpError::Files(e) => e,
+            DumpError::Memory(e) => e,
+            DumpError::Signals(e) => e,
+            DumpError::Misc(e) => e,
+            DumpError::Creds(e) => e,
+            DumpError::Timers(e) => e,
+            DumpError::Rlimits(e) => e,
+            DumpError::Regs(e) => e,
+            DumpError::Threads(e) => e,
+            DumpError::Seccomp(e) => e,
+            DumpError::Ns(e) => e,
+            DumpError::Ipc(e) => e,
+            DumpError::Mounts(e) => e,
+            DumpError::Cgroup(e) => e,
+            DumpError::Locks(e) => e,
+            DumpError::Tty(e) => e,
+            DumpError::Ghost(e) => e,
+            DumpError::Netns(e) => e,
+            DumpError::NetLock(e) => e,
+        };
+        kind.hint()
     }
 }
 
-/// Test hook: `CRYO_FAULT_INJECT=<stage>` makes that stage fail, to prove a failed dump or
-/// restore leaves nothing harmed. Stages: dump `seize collect parasite memory write`,
-/// restore `verify fork files memory task creds finish`.
-pub fn fault_point(stage: &str) -> Result<(), DumpError> {
-    tracing::info!("stage: {stage}");
-    if let Some(sig) = crate::sys::proc::interrupted() {
-        return Err(DumpError::Interrupted {
-            sig,
-            stage: stage.to_string(),
-        });
-    }
-    if std::env::var("CRYO_FAULT_INJECT").is_ok_and(|v| v == stage) {
-        return Err(DumpError::Injected(stage.to_string()));
-    }
-    Ok(())
+/// A fault point of the dump ([`crate::fault`]); an interrupted dump says that the tree was
+/// left running.
+fn fault_point(stage: &str) -> Result<(), DumpError> {
+    Ok(crate::fault::point(stage)?)
 }
 
 /// The seized threads of a task (leader first); released on drop unless [`Seized::kill`]
@@ -405,16 +408,11 @@ fn collect_tree(root: i32) -> Result<Vec<(i32, i32)>, DumpError> {
 /// Refuses, before touching anything, what the tree's shape does not allow yet.
 fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     let root = opts.pid;
-    let mut socks = Vec::new();
+    let mut fds = kinds::files::Precheck::default();
     let pids: Vec<i32> = tree.iter().map(|t| t.0).collect();
     let root_stat = procfs::stat(root)?;
     if root_stat.session != root && !opts.shell_job {
-        return Err(DumpError::Unsupported {
-            pid: root,
-            object: format!("session {}", root_stat.session),
-            what: "the process is not a session leader, so its session cannot be restored".into(),
-            hint: "start it with setsid, or pass --shell-job (-j) to dump and restore it into cryo's session".into(),
-        });
+        return Err(Unsupported::of(root, format!("session {}", root_stat.session), "the process is not a session leader, so its session cannot be restored", "start it with setsid, or pass --shell-job (-j) to dump and restore it into cryo's session").into());
     }
     // Namespaces other than cryo's own are not restored yet: refuse rather than restore the
     // tree into the wrong ones (files opened in another mount namespace, wrong hostname...).
@@ -434,27 +432,28 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
         for (ns, own) in refused.iter().zip(own) {
             let theirs = ino(&format!("/proc/{pid}/ns/{ns}"));
             if theirs.is_some() && theirs != own {
-                return Err(DumpError::Unsupported {
+                return Err(Unsupported::of(
                     pid,
-                    object: format!("{ns} namespace"),
-                    what: format!(
+                    format!("{ns} namespace"),
+                    format!(
                         "the process runs in its own {ns} namespace, which cryo cannot restore yet"
                     ),
-                    hint: "run cryo inside that namespace (nsenter) to dump what lives there"
-                        .into(),
-                });
+                    "run cryo inside that namespace (nsenter) to dump what lives there",
+                )
+                .into());
             }
         }
     }
     for &(pid, ppid) in tree {
         let st = procfs::stat(pid)?;
         if st.state == 'X' || (st.state == 'Z' && pid == root) {
-            return Err(DumpError::Unsupported {
+            return Err(Unsupported::of(
                 pid,
-                object: "task state".into(),
-                what: "the process is exiting (dead or a zombie)".into(),
-                hint: "nothing is left to dump".into(),
-            });
+                "task state",
+                "the process is exiting (dead or a zombie)",
+                "nothing is left to dump",
+            )
+            .into());
         }
         if st.state == 'Z' {
             continue; // a zombie child is saved as its exit status
@@ -473,29 +472,43 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                     .and_then(|(_, gp)| procfs::stat(*gp).ok())
                     .is_some_and(|g| g.session == st.session && ppid != root);
             if st.session != parent.session && st.session != pid && !stayed {
-                return Err(DumpError::Unsupported {
+                return Err(Unsupported::of(
                     pid,
-                    object: format!("session {}", st.session),
-                    what:
-                        "the process is in a session other than its parent's and does not lead it"
-                            .into(),
-                    hint: "such session layouts are planned (issue #3)".into(),
-                });
+                    format!("session {}", st.session),
+                    "the process is in a session other than its parent's and does not lead it",
+                    "dump from the session leader, or give the tree a layout of §7 of docs/ARCHITECTURE.md",
+                )
+                .into());
             }
             let in_tree = tree.iter().any(|(p, _)| *p == st.pgrp);
             if !(in_tree || opts.shell_job && st.pgrp == root_stat.pgrp) {
-                return Err(DumpError::Unsupported {
+                return Err(Unsupported::of(
                     pid,
-                    object: format!("process group {}", st.pgrp),
-                    what: "its process group leader is outside the dumped tree".into(),
-                    hint: "dump the tree from the group leader".into(),
-                });
+                    format!("process group {}", st.pgrp),
+                    "its process group leader is outside the dumped tree",
+                    "dump the tree from the group leader",
+                )
+                .into());
             }
         }
-        kinds::files::precheck(pid, opts.shell_job, &pids, &mut socks)?;
+        kinds::files::precheck(pid, opts.shell_job, &pids, &mut fds)?;
+        kinds::netns::precheck_fds(pid)?;
     }
-    kinds::unix_sk::precheck(&socks)?;
+    kinds::files::precheck_tree(&fds)?;
     kinds::tty::precheck(tree, opts.shell_job)?;
+    // Network namespaces whose contents are saved: every link must be one cryo recreates.
+    let own_net = ns_ino(std::process::id() as i32, "net");
+    let mut seen = Vec::new();
+    for &(pid, _) in tree {
+        let Some(n) = ns_ino(pid, "net").filter(|&n| Some(n) != own_net) else {
+            continue;
+        };
+        if seen.contains(&n) || opts.external_net.contains_key(&n) || opts.empty_net {
+            continue;
+        }
+        seen.push(n);
+        kinds::netns::precheck(pid)?;
+    }
     Ok(())
 }
 
@@ -512,24 +525,20 @@ fn check_pid_ns(tree: &[(i32, i32)]) -> Result<(), DumpError> {
     }
     let vroot = ns_pid(root)?;
     if vroot != 1 {
-        return Err(DumpError::Unsupported {
-            pid: root,
-            object: "pid namespace".into(),
-            what: format!(
+        return Err(Unsupported::of(root, "pid namespace", format!(
                 "the process is PID {vroot} of a PID namespace, not its init, so the namespace cannot be restored"
-            ),
-            hint: "dump the namespace's init (PID 1 inside it), or run cryo inside the namespace".into(),
-        });
+            ), "dump the namespace's init (PID 1 inside it), or run cryo inside the namespace").into());
     }
     for &(pid, _) in &tree[1..] {
         // A zombie has no namespaces left (nothing to restore in them).
         if ns(pid).is_some_and(|n| Some(n) != theirs) {
-            return Err(DumpError::Unsupported {
+            return Err(Unsupported::of(
                 pid,
-                object: "pid namespace".into(),
-                what: "the process runs in a nested PID namespace".into(),
-                hint: "nested PID namespaces are not supported yet".into(),
-            });
+                "pid namespace",
+                "the process runs in a nested PID namespace",
+                "nested PID namespaces are not supported yet",
+            )
+            .into());
         }
     }
     Ok(())
@@ -551,15 +560,16 @@ fn check_mnt_ns(
     for &(pid, _) in &tree[1..] {
         // A zombie has no namespaces left (nothing to restore in them).
         if ns(pid).is_some_and(|n| Some(n) != theirs) {
-            return Err(DumpError::Unsupported {
+            return Err(Unsupported::of(
                 pid,
-                object: "mount namespace".into(),
-                what: "the process runs in a mount namespace other than the root's".into(),
-                hint: "only one mount namespace per tree is supported yet".into(),
-            });
+                "mount namespace",
+                "the process runs in a mount namespace other than the root's",
+                "only one mount namespace per tree is supported yet",
+            )
+            .into());
         }
     }
-    kinds::mounts::plan(root, &opts.external_mounts).map(Some)
+    Ok(kinds::mounts::plan(root, &opts.external_mounts).map(Some)?)
 }
 
 /// The inode of `pid`'s `kind` namespace (None once it exits).
@@ -577,12 +587,13 @@ fn check_same_ns(tree: &[(i32, i32)], kind: &str) -> Result<(), DumpError> {
     for &(pid, _) in &tree[1..] {
         // A zombie has no namespaces left (nothing to restore in them).
         if ns(pid).is_some_and(|n| Some(n) != theirs) {
-            return Err(DumpError::Unsupported {
+            return Err(Unsupported::of(
                 pid,
-                object: format!("{kind} namespace"),
-                what: format!("the process runs in a {kind} namespace other than the root's"),
-                hint: "only the root's namespace of this kind is restored yet".into(),
-            });
+                format!("{kind} namespace"),
+                format!("the process runs in a {kind} namespace other than the root's"),
+                "only the root's namespace of this kind is restored yet",
+            )
+            .into());
         }
     }
     Ok(())
@@ -673,7 +684,7 @@ fn dump_process(
     let tracee = Tracee { tid: pid };
     let mut others = Vec::new();
     for t in seized.tracees.iter().skip(1) {
-        let pt = |what, source| DumpError::Ptrace {
+        let pt = |what, source| TaskError::Ptrace {
             pid: t.tid,
             what,
             source,
@@ -684,12 +695,12 @@ fn dump_process(
             mask: t.sigmask().map_err(|e| pt("PTRACE_GETSIGMASK", e))?,
         });
     }
-    let regs = tracee.regs().map_err(|source| DumpError::Ptrace {
+    let regs = tracee.regs().map_err(|source| TaskError::Ptrace {
         pid,
         what: "PTRACE_GETREGS",
         source,
     })?;
-    let sigmask = tracee.sigmask().map_err(|source| DumpError::Ptrace {
+    let sigmask = tracee.sigmask().map_err(|source| TaskError::Ptrace {
         pid,
         what: "PTRACE_GETSIGMASK",
         source,
@@ -704,18 +715,19 @@ fn dump_process(
         modes.push(procfs::status(t.tracee.tid)?.seccomp);
     }
     if modes.contains(&1) {
-        return Err(DumpError::Unsupported {
+        return Err(Unsupported::of(
             pid,
-            object: "seccomp".into(),
-            what: "a thread is in seccomp strict mode, where any injected syscall kills it".into(),
-            hint: "strict-mode programs cannot be checkpointed".into(),
-        });
+            "seccomp",
+            "a thread is in seccomp strict mode, where any injected syscall kills it",
+            "strict-mode programs cannot be checkpointed",
+        )
+        .into());
     }
     let mut seccomp_top = None;
     if modes.iter().any(|&m| m != 0) {
         for t in std::iter::once(&tracee).chain(others.iter().map(|o| &o.tracee)) {
             t.set_options(libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_SUSPEND_SECCOMP)
-                .map_err(|source| DumpError::Ptrace {
+                .map_err(|source| TaskError::Ptrace {
                     pid: t.tid,
                     what: "PTRACE_SETOPTIONS(SUSPEND_SECCOMP)",
                     source,
@@ -754,24 +766,26 @@ fn dump_process(
         stats,
     };
     // In-target work, inside the injection bracket.
-    cx.parasite =
-        Some(Parasite::inject(&tracee, site, regs).map_err(|e| DumpError::remote(pid, e))?);
+    cx.parasite = Some(
+        Parasite::inject(&tracee, site, regs)
+            .map_err(|source| TaskError::Remote { pid, source })?,
+    );
     let r = (|| -> Result<(), DumpError> {
-        kinds::signals::Signals::dump(&mut cx, img)?;
+        kinds::dump_kind::<kinds::signals::Signals>(&mut cx, img)?;
         fault_point("parasite")?;
-        kinds::misc::Misc::dump(&mut cx, img)?;
+        kinds::dump_kind::<kinds::misc::Misc>(&mut cx, img)?;
         kinds::ns::dump_uts(&mut cx, img)?;
         kinds::ipc::dump(&mut cx, img)?;
         kinds::ns::dump_net(&mut cx, img)?;
-        kinds::creds::Creds::dump(&mut cx, img)?;
-        kinds::timers::Timers::dump(&mut cx, img)?;
-        kinds::rlimits::Rlimits::dump(&mut cx, img)?;
-        kinds::files::Files::dump(&mut cx, img)?;
-        kinds::regs::CpuState::dump(&mut cx, img)?;
+        kinds::dump_kind::<kinds::creds::Creds>(&mut cx, img)?;
+        kinds::dump_kind::<kinds::timers::Timers>(&mut cx, img)?;
+        kinds::dump_kind::<kinds::rlimits::Rlimits>(&mut cx, img)?;
+        kinds::dump_kind::<kinds::files::Files>(&mut cx, img)?;
+        kinds::dump_kind::<kinds::regs::CpuState>(&mut cx, img)?;
         let scratch = cx
             .remote()?
             .scratch(64 * 1024)
-            .map_err(|e| DumpError::remote(pid, e))?;
+            .map_err(|source| TaskError::Remote { pid, source })?;
         for th in &others {
             img.threads
                 .push(kinds::threads::dump_thread(pid, th, site, scratch)?);
@@ -781,7 +795,9 @@ fn dump_process(
     })();
     let parasite = cx.parasite.take().expect("injected above");
     let calls = parasite.remote.calls;
-    let cured = parasite.cure().map_err(|e| DumpError::remote(pid, e));
+    let cured = parasite
+        .cure()
+        .map_err(|source| TaskError::Remote { pid, source });
     r?;
     cured?;
     if let Some(tops) = seccomp_top {
@@ -795,7 +811,7 @@ fn dump_process(
         }
     }
     // Memory after the cure, so the original code word is what gets saved.
-    kinds::memory::Memory::dump(&mut cx, img)?;
+    kinds::dump_kind::<kinds::memory::Memory>(&mut cx, img)?;
     Ok(calls)
 }
 
@@ -821,6 +837,8 @@ pub fn run(
         }
         None => None,
     };
+    // Removes what killed cryo processes left (before anything else can fail).
+    let early_lock = crate::netlock::NetLock::new(opts.network_lock);
     let tree0 = collect_tree(root)?;
     precheck(opts, &tree0)?;
     if freezer.is_none() {
@@ -870,6 +888,21 @@ pub fn run(
     files.shell_job = opts.shell_job;
     files.external_net = opts.external_net.clone();
     files.empty_net = opts.empty_net;
+    // A tree with a network namespace of its own: its contents are saved first (so the
+    // lock's table is not among them), then the namespace is locked as a whole, as CRIU
+    // does. Dropped before `frozen` on any error: the network opens before the tasks run.
+    let mut netlock = early_lock;
+    let root_net = ns_ino(root, "net");
+    let own_netns = root_net.is_some() && root_net != ns_ino(std::process::id() as i32, "net");
+    if own_netns {
+        let id = kinds::misc::ns_id(root_net.unwrap_or(0));
+        if let Some(d) = kinds::ns::dump_net_of(root, id, &mut files)? {
+            files.netns_content.push(d);
+        }
+        hooks.notify("network-lock", None)?;
+        netlock.lock_netns_of(root)?;
+    }
+    fault_point("netlock")?;
     files.tree = frozen.iter().map(|f| f.0).collect();
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
@@ -891,12 +924,7 @@ pub fn run(
                     continue;
                 }
                 if *opid != *ppid {
-                    return Err(DumpError::Unsupported {
-                        pid: *pid,
-                        object: "fd table".into(),
-                        what: format!("it is shared (CLONE_FILES) with process {opid}, which is not its parent"),
-                        hint: "only a table shared between a parent and its child can be restored".into(),
-                    });
+                    return Err(Unsupported::of(*pid, "fd table", format!("it is shared (CLONE_FILES) with process {opid}, which is not its parent"), "only a table shared between a parent and its child can be restored").into());
                 }
                 img.files_shared = Some(other.ids.files_id);
                 break;
@@ -965,10 +993,21 @@ pub fn run(
         if let Some(f) = &freezer {
             f.put_back();
         }
+        if own_netns {
+            let _ = hooks.notify("network-unlock", None);
+        }
+        netlock.unlock_now()?;
         for (_, _, seized) in frozen.iter_mut() {
             seized.release();
         }
         return Err(e.into());
+    }
+    // The network opens again before a tree left running goes on (CRIU's order).
+    if opts.leave_running {
+        if own_netns {
+            hooks.notify("network-unlock", None)?;
+        }
+        netlock.unlock_now()?;
     }
     if let (Some(f), true) = (&freezer, opts.leave_running) {
         f.put_back();
@@ -982,6 +1021,8 @@ pub fn run(
             seized.kill();
         }
     }
+    // Killed: nothing is left to protect; the lock goes (never left behind).
+    netlock.unlock_now()?;
     Ok(DumpReport {
         pid: root,
         pages_written: stats.pages_written,
@@ -1018,13 +1059,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     kinds::ipc::write(dir, files)?;
     kinds::tty::write(dir, files)?;
     kinds::cgroup::write(dir, &files.cgroups)?;
-    for (id, e) in &files.netdevs {
-        dir.write(
-            &format!("netdev-{id}.img"),
-            image::NETDEV,
-            std::slice::from_ref(e),
-        )?;
-    }
+    kinds::netns::write(dir, &files.netns_content)?;
     for (id, e) in &files.netns {
         dir.write(
             &format!("netns-{id}.img"),

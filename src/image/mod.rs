@@ -284,6 +284,15 @@ impl ImageDir {
         })
     }
 
+    /// Reads a raw image (no framing: iproute2 dumps, firewall text). A missing file, or one
+    /// not listed in the manifest, is `None`.
+    pub fn read_raw_opt(&self, name: &str) -> Result<Option<Vec<u8>>, ImageError> {
+        if self.stale(name) {
+            return Ok(None);
+        }
+        read_opt_bytes(&self.file(name))
+    }
+
     /// Reads every entry of image `name`, which must be of `kind`. A missing file is `None`.
     pub fn read_opt<M: Message + Default>(
         &self,

@@ -6,11 +6,18 @@
 //! kernel's rules require: groups and gids first, then uids with capability fix-ups
 //! suspended, bounding set, securebits, capabilities, ambient set, no_new_privs last.
 
+use super::error::{task_error_from, TaskError};
 use super::{DumpCx, Kind, RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::pb;
 use crate::procfs;
-use crate::restore::RestoreError;
+
+/// Why credentials could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum CredsError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+task_error_from!(CredsError);
 
 /// Credentials of a thread.
 pub struct Creds;
@@ -75,8 +82,9 @@ fn same(a: &pb::CredsEntry, b: &pb::CredsEntry) -> bool {
 
 impl Kind for Creds {
     const NAME: &'static str = "credentials";
+    type Error = CredsError;
 
-    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), CredsError> {
         let pid = cx.pid;
         let p = cx.remote()?;
         let secbits = p
@@ -86,12 +94,12 @@ impl Kind for Creds {
                 libc::SYS_prctl,
                 [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
             )
-            .map_err(|e| DumpError::remote(pid, e))?;
+            .map_err(|source| TaskError::Remote { pid, source })?;
         img.thread().creds = Some(from_status(&cx.status, secbits as u32));
         Ok(())
     }
 
-    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), CredsError> {
         match img.core.thread_core.as_ref().and_then(|t| t.creds.as_ref()) {
             Some(c) => restore_creds(cx, c),
             None => Ok(()),
@@ -100,11 +108,11 @@ impl Kind for Creds {
 }
 
 /// Gives the thread `cx` drives the credentials `c` (credentials are per thread).
-pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), RestoreError> {
+pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), CredsError> {
     let inherited = match cx.inherited.creds.clone() {
         Some(i) => i,
         None => {
-            let now = procfs::status(cx.pid).map_err(RestoreError::Proc)?;
+            let now = procfs::status(cx.pid)?;
             let secbits = cx.sys(
                 "prctl(PR_GET_SECUREBITS)",
                 libc::SYS_prctl,
@@ -118,7 +126,7 @@ pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), R
     if same(&inherited, c) {
         return Ok(()); // the thread already has exactly these credentials
     }
-    let now = procfs::status(cx.pid).map_err(RestoreError::Proc)?;
+    let now = procfs::status(cx.pid)?;
     let cur_secbits = inherited.secbits as u64;
     let u = |v: u32| v as u64;
     let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();

@@ -5,18 +5,33 @@
 //! so restore creates the epoll instance in cryo but fills the list from inside the puppet,
 //! with `epoll_ctl` on the restored fd numbers, once every fd of the task exists.
 
+use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
-use super::files::{obj_err, FdKind, FdObjects, TargetFd, SETFL_MASK};
+use super::error::{task_error_from, TaskError, Unsupported};
+use super::files::{obj_err, FdKind, FdObjects, FdProbe, TargetFd, SETFL_MASK};
 use super::{DumpCx, RestoreCx};
-use crate::dump::DumpError;
 use crate::image::pb;
-use crate::restore::RestoreError;
 use crate::sys::fd as sysfd;
 
 /// epoll instances.
 pub struct Epoll;
+
+/// Why an epoll could not be saved or made again.
+#[derive(Debug, thiserror::Error)]
+pub enum EpollError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("process {pid}: fd {fd}: cannot parse the epoll fdinfo line '{line}'")]
+    Fdinfo { pid: i32, fd: i32, line: String },
+}
+task_error_from!(EpollError);
+
+/// Restore: the epolls whose watch list was already filled (by the first task that has
+/// them).
+#[derive(Default)]
+struct Filled(HashSet<u32>);
 
 /// Parses one "tfd: 5 events: 19 data: 5 pos:0 ino:1c52 sdev:e" line of an epoll fdinfo.
 fn parse_tfd(line: &str) -> Option<pb::EventpollTfdEntry> {
@@ -42,14 +57,21 @@ fn parse_tfd(line: &str) -> Option<pb::EventpollTfdEntry> {
 }
 
 impl FdKind for Epoll {
-    fn dump(_cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+    const NAME: &'static str = "epoll";
+    const TYPE: pb::FdTypes = pb::FdTypes::Eventpoll;
+    type Error = EpollError;
+
+    fn claims(p: &FdProbe<'_>) -> bool {
+        p.link == "anon_inode:[eventpoll]"
+    }
+
+    fn dump(_cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, EpollError> {
         let mut tfds = Vec::new();
         for line in fd.fdinfo.lines().filter(|l| l.starts_with("tfd:")) {
-            let mut t = parse_tfd(line).ok_or_else(|| {
-                fd.err(
-                    format!("epoll fdinfo line '{line}'"),
-                    std::io::Error::from_raw_os_error(libc::EINVAL),
-                )
+            let mut t = parse_tfd(line).ok_or_else(|| EpollError::Fdinfo {
+                pid: fd.pid,
+                fd: fd.fd,
+                line: line.to_string(),
             })?;
             t.id = id;
             // The watched file must still be open at that fd number, or restore could not
@@ -58,16 +80,16 @@ impl FdKind for Epoll {
                 .map(|m| Some(m.ino()) == t.inode)
                 .unwrap_or(false);
             if !same {
-                return Err(DumpError::Unsupported {
-                    pid: fd.pid,
-                    object: format!("fd {} (epoll)", fd.fd),
-                    what: format!(
+                return Err(Unsupported::of(
+                    fd.pid,
+                    format!("fd {} (epoll)", fd.fd),
+                    format!(
                         "it watches a file that is no longer open at fd {} (closed or replaced after EPOLL_CTL_ADD)",
                         t.tfd
                     ),
-                    hint: "cryo restores epoll watches by fd number; keep the watched fd open"
-                        .into(),
-                });
+                    "cryo restores epoll watches by fd number; keep the watched fd open",
+                )
+                .into());
             }
             tfds.push(t);
         }
@@ -84,7 +106,7 @@ impl FdKind for Epoll {
         })
     }
 
-    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, EpollError> {
         let ep = e
             .epfd
             .as_ref()
@@ -95,16 +117,25 @@ impl FdKind for Epoll {
             .map_err(err("F_SETFL"))?;
         Ok(fd)
     }
+
+    /// The watch lists name the fds of the task, which all exist now.
+    fn after_fds(
+        cx: &mut RestoreCx<'_>,
+        objs: &mut FdObjects,
+        f: &pb::FdinfoEntry,
+    ) -> Result<(), EpollError> {
+        fill(cx, objs, f)
+    }
 }
 
 /// Adds the saved watches of the epoll at `f` (already installed in the puppet, like every
 /// fd of the task), unless another task sharing it did already.
-pub fn fill(
+fn fill(
     cx: &mut RestoreCx<'_>,
     objs: &mut FdObjects,
     f: &pb::FdinfoEntry,
-) -> Result<(), RestoreError> {
-    if !objs.epolls_filled.insert(f.id) {
+) -> Result<(), EpollError> {
+    if !objs.kinds.get::<Filled>().0.insert(f.id) {
         return Ok(());
     }
     let ep = objs

@@ -5,21 +5,45 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use super::files::{obj_err, FdKind, FdObjects, TargetFd, SETFL_MASK};
+use super::error::{task_error_from, TaskError};
+use super::files::{obj_err, FdKind, FdObjects, FdProbe, TargetFd, SETFL_MASK};
 use super::DumpCx;
-use crate::dump::DumpError;
 use crate::image::pb;
-use crate::restore::RestoreError;
 use crate::sys::fd as sysfd;
 
 /// eventfd file descriptors.
 pub struct EventFd;
 
+/// Why an eventfd could not be saved or made again.
+#[derive(Debug, thiserror::Error)]
+pub enum EventFdError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("process {pid}: fd {fd}: eventfd-count '{text}' in fdinfo is not a hex number")]
+    Count { pid: i32, fd: i32, text: String },
+}
+task_error_from!(EventFdError);
+
 impl FdKind for EventFd {
-    fn dump(_cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+    const NAME: &'static str = "eventfd";
+    const TYPE: pb::FdTypes = pb::FdTypes::Eventfd;
+    type Error = EventFdError;
+
+    fn claims(p: &FdProbe<'_>) -> bool {
+        p.link == "anon_inode:[eventfd]"
+    }
+
+    fn dump(
+        _cx: &mut DumpCx<'_>,
+        fd: &TargetFd<'_>,
+        id: u32,
+    ) -> Result<pb::FileEntry, EventFdError> {
         let count = fd.field("eventfd-count")?;
-        let counter = u64::from_str_radix(count.trim(), 16)
-            .map_err(|_| fd.err(format!("eventfd-count '{count}'"), einval()))?;
+        let counter = u64::from_str_radix(count.trim(), 16).map_err(|_| EventFdError::Count {
+            pid: fd.pid,
+            fd: fd.fd,
+            text: count.clone(),
+        })?;
         let sem = fd.field("eventfd-semaphore").ok().as_deref() == Some("1");
         Ok(pb::FileEntry {
             r#type: pb::FdTypes::Eventfd as i32,
@@ -35,7 +59,7 @@ impl FdKind for EventFd {
         })
     }
 
-    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, EventFdError> {
         let ef = e
             .efd
             .as_ref()
@@ -54,8 +78,4 @@ impl FdKind for EventFd {
             .map_err(err("F_SETFL"))?;
         Ok(fd)
     }
-}
-
-fn einval() -> std::io::Error {
-    std::io::Error::from_raw_os_error(libc::EINVAL)
 }

@@ -1,129 +1,336 @@
 //! The fd table: which files a task has open, at which fd numbers, with which flags and
-//! offsets (files.img + fdinfo-N.img), and the dispatch to the module of each kind of open
-//! file.
+//! offsets (files.img + fdinfo-N.img), and [`FD_KINDS`], the table of every other kind of
+//! open file.
 //!
 //! Regular files, directories and character devices that are not terminals (/dev/null,
-//! /dev/zero, ...) are CRIU "REG" records by path, handled here. Pipes and FIFOs
-//! (`pipes.rs`), eventfd, signalfd, timerfd, epoll and inotify (one module each) implement
-//! [`FdKind`]: dump reads the object through a copy of the target's fd taken with
-//! `pidfd_getfd`; restore creates the object in cryo ([`FdObjects`]) and the puppet takes it
-//! with `pidfd_getfd` on cryo, so fds that shared an open file description share one again,
-//! across processes too. Anything else makes the dump stop *before* it touches the task,
-//! naming the fd, its type and path, and what to do.
+//! /dev/zero, ...) are CRIU "REG" records by path, handled here. Every other kind of open
+//! file (pipes, FIFOs, eventfd, signalfd, timerfd, epoll, inotify, memfd, unix sockets,
+//! terminals) is a module implementing [`FdKind`] plus one line in [`FD_KINDS`]: the first
+//! kind whose `claims` accepts an fd's /proc link, stat and socket family owns it. Dump
+//! reads the object through a copy of the target's fd taken with `pidfd_getfd`; restore
+//! creates the object in cryo ([`FdObjects`]) and the puppet takes it with `pidfd_getfd` on
+//! cryo, so fds that shared an open file description share one again, across processes too.
+//! An fd no kind claims makes the dump stop *before* it touches the task, naming the fd, its
+//! type and path, and what to do.
 
-use std::collections::{HashMap, HashSet};
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
+use super::error::{task_error_from, Failure, TaskError, Unsupported};
 use super::{DumpCx, Kind, RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::pb;
 use crate::image::ImageDir;
 use crate::procfs;
-use crate::restore::RestoreError;
 use crate::sys;
 use crate::sys::proc::{kcmp, KCMP_FILE};
 
 /// The fd table of a process.
 pub struct Files;
 
-/// What kind of open file an fd is, from its /proc link and stat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    Reg,
-    Pipe,
-    Fifo,
-    EventFd,
-    SignalFd,
-    TimerFd,
-    Epoll,
-    Inotify,
-    UnixSk,
-    Memfd,
-    Tty,
-}
+/// Every kind of open file other than a regular one, in the order their `claims` are asked.
+/// A new kind is a module implementing [`FdKind`] and one line here.
+pub static FD_KINDS: &[FdOps] = &[
+    FdOps::of::<super::pipes::Pipes>(),
+    FdOps::of::<super::pipes::Fifos>(),
+    FdOps::of::<super::eventfd::EventFd>(),
+    FdOps::of::<super::signalfd::SignalFd>(),
+    FdOps::of::<super::timerfd::TimerFd>(),
+    FdOps::of::<super::epoll::Epoll>(),
+    FdOps::of::<super::inotify::Inotify>(),
+    FdOps::of::<super::memfd::Memfd>(),
+    FdOps::of::<super::unix_sk::UnixSk>(),
+    FdOps::of::<super::tty::Tty>(),
+];
 
-impl Class {
-    pub fn fd_type(self) -> pb::FdTypes {
+/// Why the fd table could not be saved or rebuilt.
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The error of the fd kind that owns the object.
+    #[error(transparent)]
+    Kind(#[from] KindFailure),
+    /// A deleted file (saved as a ghost file).
+    #[error(transparent)]
+    Ghost(#[from] super::ghost::GhostError),
+    /// `/dev/tty`, opened in the puppet.
+    #[error(transparent)]
+    Tty(#[from] super::tty::TtyError),
+}
+task_error_from!(FilesError, no_failure);
+
+impl Failure for FilesError {
+    fn hint(&self) -> Option<String> {
         match self {
-            Class::Reg => pb::FdTypes::Reg,
-            Class::Pipe => pb::FdTypes::Pipe,
-            Class::Fifo => pb::FdTypes::Fifo,
-            Class::EventFd => pb::FdTypes::Eventfd,
-            Class::SignalFd => pb::FdTypes::Signalfd,
-            Class::TimerFd => pb::FdTypes::Timerfd,
-            Class::Epoll => pb::FdTypes::Eventpoll,
-            Class::Inotify => pb::FdTypes::Inotify,
-            Class::UnixSk => pb::FdTypes::Unixsk,
-            Class::Memfd => pb::FdTypes::Memfd,
-            Class::Tty => pb::FdTypes::Tty,
+            FilesError::Task(e) => e.hint(),
+            FilesError::Kind(k) => k.inner.hint(),
+            FilesError::Ghost(e) => e.hint(),
+            FilesError::Tty(e) => e.hint(),
         }
     }
 }
 
-/// Decides what an fd is, or why it cannot be dumped yet: (type, hint).
-fn classify(
-    link: &str,
-    meta: Option<&std::fs::Metadata>,
-) -> Result<Class, (&'static str, &'static str)> {
-    let hint_fd = "close it before the dump, or wait for the issue that adds it";
-    if link.starts_with("pipe:") {
-        return Ok(Class::Pipe);
+/// An fd kind's own error, named by the kind (what the table's entry points return).
+#[derive(Debug)]
+pub struct KindFailure {
+    /// The kind's name ([`FdKind::NAME`]).
+    pub kind: &'static str,
+    pub inner: Box<dyn Failure>,
+}
+
+impl std::fmt::Display for KindFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.inner, self.kind)
     }
-    if link.starts_with("socket:") {
-        // Which family is checked against sock_diag (unix_sk::precheck).
-        return Ok(Class::UnixSk);
+}
+
+impl std::error::Error for KindFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source()
+    }
+}
+
+impl FilesError {
+    fn kind<K: FdKind>(e: K::Error) -> FilesError {
+        FilesError::Kind(KindFailure {
+            kind: K::NAME,
+            inner: Box::new(e),
+        })
+    }
+}
+
+/// What cryo knows of an fd before deciding which kind owns it.
+pub struct FdProbe<'a> {
+    pub pid: i32,
+    pub fd: i32,
+    /// readlink of /proc/PID/fd/N ("pipe:[123]", "/tmp/f (deleted)", ...).
+    pub link: &'a str,
+    /// stat of /proc/PID/fd/N (None if it could not be looked up from cryo).
+    pub meta: Option<&'a std::fs::Metadata>,
+    /// For a socket: its (domain, type, protocol), read from the socket itself.
+    pub socket: Option<(i32, i32, i32)>,
+}
+
+impl FdProbe<'_> {
+    /// The file was unlinked while open.
+    pub fn deleted(&self) -> bool {
+        self.link.ends_with(" (deleted)")
+    }
+    /// A path of the file system, not deleted.
+    pub fn live_path(&self) -> bool {
+        self.link.starts_with('/') && !self.deleted()
+    }
+}
+
+/// An fd of the tree, as the tree-wide pre-seize checks see it.
+#[derive(Debug, Clone)]
+pub struct PrecheckFd {
+    pub pid: i32,
+    pub fd: i32,
+    pub link: String,
+}
+
+/// A kind of open file other than a regular one: both halves, side by side, and how an fd
+/// is recognised. Every method but `claims`, `dump` and `open` has a default.
+pub trait FdKind {
+    /// Name in logs and errors ("eventfd", "unix socket", ...).
+    const NAME: &'static str;
+    /// Its files.img record type.
+    const TYPE: pb::FdTypes;
+    /// Restore makes the object inside the tree's network and mount namespaces (a socket
+    /// bound to a name there, a FIFO or a watched file found by its path there).
+    const IN_TREE_NS: bool = false;
+    /// The kind's own error.
+    type Error: Failure + From<TaskError>;
+
+    /// Is the fd `p` one of this kind's?
+    fn claims(p: &FdProbe<'_>) -> bool;
+    /// Checks one fd before the tree is touched.
+    fn precheck(_p: &FdProbe<'_>) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    /// Checks every fd of this kind in the tree at once, before the tree is touched.
+    fn precheck_tree(_fds: &[PrecheckFd]) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    /// The files.img record of a new open file description, with id `id`.
+    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, Self::Error>;
+    /// Reads what `open` needs from the images, before cryo enters the tree's namespaces.
+    fn load(_objs: &mut FdObjects) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    /// Creates the object in cryo from its record; puppets take it with `pidfd_getfd`.
+    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, Self::Error>;
+    /// Runs in the puppet once every fd of the task exists (epoll adds its watches).
+    fn after_fds(
+        _cx: &mut RestoreCx<'_>,
+        _objs: &mut FdObjects,
+        _f: &pb::FdinfoEntry,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+type ClaimsFn = fn(&FdProbe<'_>) -> bool;
+type PrecheckFn = fn(&FdProbe<'_>) -> Result<(), FilesError>;
+type PrecheckTreeFn = fn(&[PrecheckFd]) -> Result<(), FilesError>;
+type DumpFn = fn(&mut DumpCx<'_>, &TargetFd<'_>, u32) -> Result<pb::FileEntry, FilesError>;
+type LoadFn = fn(&mut FdObjects) -> Result<(), FilesError>;
+type OpenFn = fn(&mut FdObjects, &pb::FileEntry) -> Result<OwnedFd, FilesError>;
+type AfterFdsFn =
+    fn(&mut RestoreCx<'_>, &mut FdObjects, &pb::FdinfoEntry) -> Result<(), FilesError>;
+
+/// One line of [`FD_KINDS`]: an [`FdKind`]'s entry points, its errors named by the kind.
+pub struct FdOps {
+    pub name: &'static str,
+    pub fd_type: pb::FdTypes,
+    pub in_tree_ns: bool,
+    pub claims: ClaimsFn,
+    pub precheck: PrecheckFn,
+    pub precheck_tree: PrecheckTreeFn,
+    pub dump: DumpFn,
+    pub load: LoadFn,
+    pub open: OpenFn,
+    pub after_fds: AfterFdsFn,
+}
+
+impl FdOps {
+    /// The table line of kind `K`.
+    pub const fn of<K: FdKind>() -> FdOps {
+        FdOps {
+            name: K::NAME,
+            fd_type: K::TYPE,
+            in_tree_ns: K::IN_TREE_NS,
+            claims: K::claims,
+            precheck: |p| K::precheck(p).map_err(FilesError::kind::<K>),
+            precheck_tree: |fds| K::precheck_tree(fds).map_err(FilesError::kind::<K>),
+            dump: |cx, fd, id| K::dump(cx, fd, id).map_err(FilesError::kind::<K>),
+            load: |objs| K::load(objs).map_err(FilesError::kind::<K>),
+            open: |objs, e| K::open(objs, e).map_err(FilesError::kind::<K>),
+            after_fds: |cx, objs, f| K::after_fds(cx, objs, f).map_err(FilesError::kind::<K>),
+        }
+    }
+
+    /// The line for files.img records of type `t`.
+    pub fn for_type(t: i32) -> Option<&'static FdOps> {
+        FD_KINDS.iter().find(|k| k.fd_type as i32 == t)
+    }
+}
+
+/// A name for a socket family, for messages.
+fn family_name(domain: i32) -> String {
+    match domain {
+        libc::AF_UNIX => "unix".into(),
+        libc::AF_INET => "IPv4 (AF_INET)".into(),
+        libc::AF_INET6 => "IPv6 (AF_INET6)".into(),
+        libc::AF_NETLINK => "netlink".into(),
+        libc::AF_PACKET => "packet".into(),
+        libc::AF_VSOCK => "vsock".into(),
+        libc::AF_ALG => "AF_ALG".into(),
+        libc::AF_XDP => "XDP".into(),
+        libc::AF_BLUETOOTH => "bluetooth".into(),
+        d => format!("family {d}"),
+    }
+}
+
+/// The kind that owns the fd `p`, `None` for a regular-file record, or why it cannot be
+/// dumped: (what it is, what to do).
+fn classify(p: &FdProbe<'_>) -> Result<Option<&'static FdOps>, (String, &'static str)> {
+    if let Some(k) = FD_KINDS.iter().find(|k| (k.claims)(p)) {
+        return Ok(Some(k));
+    }
+    let hint_fd = "close it before the dump";
+    let link = p.link;
+    if let Some((domain, _, _)) = p.socket {
+        return Err((
+            format!("{} socket", family_name(domain)),
+            "close it before the dump",
+        ));
     }
     if let Some(kind) = link.strip_prefix("anon_inode:") {
-        return match kind {
-            "[eventfd]" => Ok(Class::EventFd),
-            "[eventpoll]" => Ok(Class::Epoll),
-            "[signalfd]" => Ok(Class::SignalFd),
-            "[timerfd]" => Ok(Class::TimerFd),
-            "inotify" => Ok(Class::Inotify),
-            "[pidfd]" => Err(("pidfd", hint_fd)),
-            "[io_uring]" => Err(("io_uring", hint_fd)),
-            "[userfaultfd]" => Err(("userfaultfd", hint_fd)),
-            "bpf-map" | "bpf-prog" => Err(("bpf", hint_fd)),
-            "[perf_event]" => Err(("perf_event", hint_fd)),
-            "[fanotify]" => Err(("fanotify", hint_fd)),
-            _ => Err(("anonymous inode", hint_fd)),
+        let what = match kind {
+            "[pidfd]" => "pidfd",
+            "[io_uring]" => "io_uring",
+            "[userfaultfd]" => "userfaultfd",
+            "bpf-map" | "bpf-prog" => "bpf",
+            "[perf_event]" => "perf_event",
+            "[fanotify]" => "fanotify",
+            _ => "anonymous inode",
         };
+        return Err((what.into(), hint_fd));
     }
-    if link.starts_with("/memfd:") {
-        return Ok(Class::Memfd);
+    if link.starts_with("socket:") {
+        return Err(("socket of an unknown family".into(), hint_fd));
     }
-    if link.ends_with(" (deleted)") && !meta.is_some_and(|m| m.is_file()) {
+    if p.deleted() && !p.meta.is_some_and(|m| m.is_file()) {
         // Deleted regular files are saved as ghost files; anything else deleted is not.
-        return Err(("deleted special file", hint_fd));
+        return Err(("deleted special file".into(), hint_fd));
     }
     if !link.starts_with('/') {
-        return Err(("special file", hint_fd));
+        return Err(("special file".into(), hint_fd));
     }
-    let Some(m) = meta else {
-        return Ok(Class::Reg);
+    let Some(m) = p.meta else {
+        return Ok(None);
     };
     let ft = m.file_type();
-    if ft.is_fifo() {
-        return Ok(Class::Fifo);
-    }
     if ft.is_socket() {
-        return Err(("unix socket", "sockets are planned (issue #3)"));
+        return Err((
+            "socket file opened as a file (O_PATH)".into(),
+            "close it before the dump",
+        ));
     }
     if ft.is_char_device() {
-        // pty masters and slaves, and /dev/tty (tty.rs).
-        if super::tty::side(m.rdev()).is_some() {
-            return Ok(Class::Tty);
-        }
         let major = (m.rdev() >> 8) & 0xfff;
         if matches!(major, 4 | 5 | 136..=143) {
             return Err((
-                "terminal",
+                "terminal".into(),
                 "only pseudo-terminals are supported; start the program with stdio redirected to files, /dev/null or a pty",
             ));
         }
     }
-    Ok(Class::Reg)
+    Ok(None)
+}
+
+/// For an fd whose link says it is a socket: its (domain, type, protocol), read through a
+/// copy of it (`pidfd_getfd`; the target is not touched). `pidfd` is opened on first use.
+fn socket_of(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    pidfd: &mut Option<OwnedFd>,
+) -> Result<Option<(i32, i32, i32)>, TaskError> {
+    if !link.starts_with("socket:") {
+        return Ok(None);
+    }
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |source| TaskError::Fd {
+            pid,
+            fd,
+            what,
+            source,
+        }
+    };
+    if pidfd.is_none() {
+        *pidfd = Some(sys::fd::pidfd_open(pid).map_err(err("pidfd_open"))?);
+    }
+    let own = sys::fd::pidfd_getfd(pidfd.as_ref().expect("opened above").as_fd(), fd)
+        .map_err(err("pidfd_getfd"))?;
+    sys::net::socket_kind(own.as_fd())
+        .map(Some)
+        .map_err(err("getsockopt(SO_DOMAIN)"))
+}
+
+/// An fd no kind can dump.
+fn refuse(pid: i32, fd: i32, link: &str, (what, hint): (String, &str)) -> Unsupported {
+    Unsupported::of(
+        pid,
+        format!("fd {fd} ({link})"),
+        format!("{what} is not supported yet"),
+        hint,
+    )
 }
 
 /// With `--shell-job`, an fd on the process's controlling terminal (the terminal of the
@@ -143,69 +350,92 @@ fn shell_tty(
         .then(|| "/dev/tty".to_string())
 }
 
+/// What the pre-seize checks collect over the whole tree: the fds of each kind, for the
+/// kinds' tree-wide checks ([`precheck_tree`]).
+#[derive(Debug, Default)]
+pub struct Precheck {
+    by_kind: HashMap<&'static str, Vec<PrecheckFd>>,
+}
+
 /// Checks every fd of `pid` can be dumped, without touching the task. Called before
-/// seizing. Sockets are collected into `socks` as (pid, fd, inode) for
-/// `unix_sk::precheck`, which looks at the whole tree.
+/// seizing, for every process of the tree; then [`precheck_tree`].
 pub fn precheck(
     pid: i32,
     shell_job: bool,
     tree: &[i32],
-    socks: &mut Vec<(i32, i32, u32)>,
-) -> Result<(), DumpError> {
-    for fd in procfs::fds(pid).map_err(DumpError::Proc)? {
-        let link = procfs::link(pid, &format!("fd/{fd}")).map_err(DumpError::Proc)?;
+    pc: &mut Precheck,
+) -> Result<(), FilesError> {
+    let mut pidfd = None;
+    for fd in procfs::fds(pid)? {
+        let link = procfs::link(pid, &format!("fd/{fd}"))?;
         let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
         if shell_tty(pid, shell_job, meta.as_ref(), tree).is_some() {
             continue;
         }
-        match classify(&link, meta.as_ref()) {
-            Err((what, hint)) => {
-                return Err(DumpError::Unsupported {
+        let p = FdProbe {
+            pid,
+            fd,
+            link: &link,
+            meta: meta.as_ref(),
+            socket: socket_of(pid, fd, &link, &mut pidfd)?,
+        };
+        match classify(&p) {
+            Err(why) => return Err(refuse(pid, fd, &link, why).into()),
+            Ok(Some(k)) => {
+                (k.precheck)(&p)?;
+                pc.by_kind.entry(k.name).or_default().push(PrecheckFd {
                     pid,
-                    object: format!("fd {fd} ({link})"),
-                    what: format!("{what} is not supported yet"),
-                    hint: hint.to_string(),
-                })
-            }
-            Ok(Class::UnixSk) => {
-                if let Some(ino) = super::unix_sk::inode(&link) {
-                    socks.push((pid, fd, ino));
-                }
+                    fd,
+                    link: link.clone(),
+                });
             }
             // A POSIX message queue looks like a regular file named "/NAME": saved as one
             // with `cryo_mqueue` (its queue with the IPC namespace), unless it was unlinked.
-            Ok(Class::Reg) if meta.as_ref().is_some_and(|m| m.is_file()) && is_mqueue(pid, fd) => {
-                if link.ends_with(" (deleted)") {
-                    return Err(DumpError::Unsupported {
+            Ok(None) if meta.as_ref().is_some_and(|m| m.is_file()) && is_mqueue(pid, fd) => {
+                if p.deleted() {
+                    return Err(Unsupported::of(
                         pid,
-                        object: format!("fd {fd} (POSIX message queue {link})"),
-                        what: "the queue was unlinked (mq_unlink) while open".into(),
-                        hint: "close it before the dump".into(),
-                    });
+                        format!("fd {fd} (POSIX message queue {link})"),
+                        "the queue was unlinked (mq_unlink) while open",
+                        "close it before the dump",
+                    )
+                    .into());
                 }
             }
-            Ok(Class::Reg | Class::Fifo) if !link.ends_with(" (deleted)") => {
-                // Reopened by path at restore, in the task's own root and mount namespace:
-                // the path must lead there to this very file.
-                use std::os::unix::fs::MetadataExt;
-                let there = std::fs::metadata(format!("/proc/{pid}/root{link}")).ok();
-                let same = match (&meta, &there) {
-                    (Some(a), Some(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-                    _ => true, // vanished meanwhile: the dump itself says what
-                };
-                if !same {
-                    return Err(DumpError::Unsupported {
-                        pid,
-                        object: format!("fd {fd} ({link})"),
-                        what: "the file is outside the process's root (opened before a chroot or pivot_root, or in another mount namespace), so it cannot be reopened by its path".into(),
-                        hint: "open it from inside the container, or give it to the restored tree with --inherit-fd".into(),
-                    });
-                }
-            }
-            Ok(_) => {}
+            Ok(None) if !p.deleted() => reachable_by_path(&p)?,
+            Ok(None) => {}
         }
     }
     Ok(())
+}
+
+/// Runs every kind's tree-wide check on the fds [`precheck`] collected.
+pub fn precheck_tree(pc: &Precheck) -> Result<(), FilesError> {
+    for k in FD_KINDS {
+        if let Some(fds) = pc.by_kind.get(k.name) {
+            (k.precheck_tree)(fds)?;
+        }
+    }
+    Ok(())
+}
+
+/// A file reopened by path at restore, in the task's own root and mount namespace: the path
+/// must lead there to this very file.
+pub fn reachable_by_path(p: &FdProbe<'_>) -> Result<(), Unsupported> {
+    let there = sys::fd::stat_in_root(&format!("/proc/{}/root", p.pid), p.link).ok();
+    let same = match (p.meta, &there) {
+        (Some(a), Some(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => true, // vanished meanwhile: the dump itself says what
+    };
+    if same {
+        return Ok(());
+    }
+    Err(Unsupported::of(
+        p.pid,
+        format!("fd {} ({})", p.fd, p.link),
+        "the file is outside the process's root (opened before a chroot or pivot_root, or in another mount namespace), so it cannot be reopened by its path",
+        "open it from inside the container, or give it to the restored tree with --inherit-fd",
+    ))
 }
 
 /// Whether fd `fd` of `pid` is on an mqueue filesystem.
@@ -216,10 +446,10 @@ fn is_mqueue(pid: i32, fd: i32) -> bool {
 }
 
 /// Sets the file-status flags F_SETFL can change on cryo's object `id`.
-pub fn set_fl(fd: BorrowedFd<'_>, flags: u32, id: u32) -> Result<(), RestoreError> {
+pub fn set_fl(fd: BorrowedFd<'_>, flags: u32, id: u32) -> Result<(), TaskError> {
     sys::fd::fcntl(fd, libc::F_SETFL, (flags & SETFL_MASK) as i64)
         .map(|_| ())
-        .map_err(obj_err(id, "F_SETFL"))
+        .map_err(TaskError::object(id, "F_SETFL"))
 }
 
 /// One fd of the frozen target, as the kind modules see it at dump.
@@ -243,13 +473,13 @@ impl TargetFd<'_> {
     }
 
     /// A copy of the target's fd in cryo (the same open file description).
-    pub fn take(&self) -> Result<OwnedFd, DumpError> {
+    pub fn take(&self) -> Result<OwnedFd, TaskError> {
         sys::fd::pidfd_getfd(self.pidfd, self.fd).map_err(|e| self.err("pidfd_getfd", e))
     }
 
     /// An error about this fd.
-    pub fn err(&self, what: impl Into<String>, source: std::io::Error) -> DumpError {
-        DumpError::File {
+    pub fn err(&self, what: impl Into<String>, source: std::io::Error) -> TaskError {
+        TaskError::Fd {
             pid: self.pid,
             fd: self.fd,
             what: format!("{} ({}): {}", what.into(), self.link, source),
@@ -258,7 +488,7 @@ impl TargetFd<'_> {
     }
 
     /// A field of the fdinfo text ("eventfd-count", "sigmask", ...).
-    pub fn field(&self, name: &str) -> Result<String, DumpError> {
+    pub fn field(&self, name: &str) -> Result<String, TaskError> {
         self.fdinfo
             .lines()
             .find_map(|l| {
@@ -274,43 +504,48 @@ impl TargetFd<'_> {
     }
 }
 
-/// A kind of open file other than a regular one: both halves, side by side.
-pub trait FdKind {
-    /// The files.img record of a new open file description, with id `id`.
-    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError>;
-    /// Creates the object in cryo from its record; puppets take it with `pidfd_getfd`.
-    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError>;
-}
-
 /// File-status flags F_SETFL can change.
 pub const SETFL_MASK: u32 =
     (libc::O_APPEND | libc::O_NONBLOCK | libc::O_ASYNC | libc::O_NOATIME) as u32;
 
 /// A files.img entry without the record its type needs.
-pub fn missing(id: u32, what: &str) -> RestoreError {
-    RestoreError::BadImage(format!("files.img entry {id} has no {what} record"))
+pub fn missing(id: u32, what: &str) -> TaskError {
+    TaskError::BadImage(format!("files.img entry {id} has no {what} record"))
 }
 
 /// An error creating object `id` in cryo.
-pub fn obj_err(id: u32, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
-    let what = what.into();
-    move |source| RestoreError::File { id, what, source }
+pub fn obj_err(id: u32, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TaskError {
+    TaskError::object(id, what)
+}
+
+/// State of the fd kinds that spans several file ids during one restore (the two ends of a
+/// pipe, a FIFO kept open, a socket's peer), one value per type, made on first use, so a
+/// kind keeps its state in its own module. Dropped when the restore ends.
+#[derive(Default)]
+pub struct KindState(HashMap<TypeId, Box<dyn Any>>);
+
+impl KindState {
+    /// The state of type `T`, made empty on first use.
+    pub fn get<T: Default + 'static>(&mut self) -> &mut T {
+        self.0
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Box::new(T::default()))
+            .downcast_mut()
+            .expect("KindState is keyed by the type it holds")
+    }
 }
 
 /// The open files restore creates in cryo (one per file id, made on first use), with the
-/// per-kind state that spans several ids (the two ends of a pipe, a FIFO kept open).
+/// per-kind state that spans several ids.
 pub struct FdObjects {
     pub dir: ImageDir,
     pub files: HashMap<u32, pb::FileEntry>,
     made: HashMap<u32, OwnedFd>,
-    pub pipes: super::pipes::PipeStore,
-    /// Epoll ids whose watch list was already filled (by the first task that has them).
-    pub epolls_filled: HashSet<u32>,
+    /// The fd kinds' own state ([`KindState::get`]).
+    pub kinds: KindState,
     /// Shared anonymous memory inodes (not fds, but made and handed over the same way).
     pub shmem: super::shmem::ShmemStore,
-    pub unix: super::unix_sk::UnixStore,
     pub ghosts: super::ghost::GhostStore,
-    pub memfds: super::memfd::MemfdStore,
     pub tty: super::tty::TtyStore,
     /// `--inherit-fd` / RPC `inherit_fd`: objects the caller hands in instead of the dumped
     /// ones, by CRIU key (`pipe:[INO]`: every fd of the tree that was pipe inode INO at dump
@@ -330,14 +565,15 @@ pub fn inherit_key_supported(key: &str) -> bool {
 
 impl FdObjects {
     /// Takes dups of the caller's fds for `--inherit-fd` (KEY, fd in cryo's own table).
-    pub fn inherit(&mut self, list: &[(String, i32)]) -> Result<(), RestoreError> {
+    pub fn inherit(&mut self, list: &[(String, i32)]) -> Result<(), TaskError> {
         for (key, fd) in list {
             if !inherit_key_supported(key) {
-                return Err(RestoreError::Unsupported(format!(
+                return Err(Unsupported::restore(format!(
                     "inherit-fd key '{key}': cryo can replace pipes only (pipe:[INODE])"
-                )));
+                ))
+                .into());
             }
-            let dup = crate::sys::fd::dup_raw(*fd).map_err(|source| RestoreError::File {
+            let dup = crate::sys::fd::dup_raw(*fd).map_err(|source| TaskError::Object {
                 id: 0,
                 what: format!("inherited fd {fd} for {key}"),
                 source,
@@ -351,17 +587,14 @@ impl FdObjects {
         dir: &ImageDir,
         files: &HashMap<u32, pb::FileEntry>,
         tasks: &[super::TaskImages],
-    ) -> Result<Self, RestoreError> {
+    ) -> Result<Self, FilesError> {
         Ok(FdObjects {
             dir: ImageDir::open(&dir.path)?,
             files: files.clone(),
             made: HashMap::new(),
-            pipes: Default::default(),
-            epolls_filled: HashSet::new(),
+            kinds: KindState::default(),
             shmem: super::shmem::ShmemStore::new(tasks),
-            unix: Default::default(),
             ghosts: super::ghost::GhostStore::load(dir)?,
-            memfds: Default::default(),
             tty: Default::default(),
             inherited: HashMap::new(),
             ns_pid: None,
@@ -371,72 +604,45 @@ impl FdObjects {
     /// Closes every object cryo made (the puppets hold their own fds now).
     pub fn close_all(&mut self) {
         self.made.clear();
-        self.pipes = Default::default();
+        self.kinds = KindState::default();
         self.shmem = Default::default();
-        self.unix = Default::default();
         self.ghosts.unlink_all();
-        self.memfds = Default::default();
         self.tty.close();
         self.inherited.clear();
     }
 
     /// The record of file `id`.
-    pub fn entry(&self, id: u32) -> Result<&pb::FileEntry, RestoreError> {
-        self.files.get(&id).ok_or(RestoreError::BadImage(format!(
+    pub fn entry(&self, id: u32) -> Result<&pb::FileEntry, TaskError> {
+        self.files.get(&id).ok_or(TaskError::BadImage(format!(
             "files.img has no entry with id {id}"
         )))
     }
 
-    /// cryo's fd for file `id`, created on first use.
-    pub fn get(&mut self, id: u32) -> Result<i32, RestoreError> {
+    /// cryo's fd for file `id`, created on first use by the kind of its record.
+    pub fn get(&mut self, id: u32) -> Result<i32, FilesError> {
         if let Some(fd) = self.made.get(&id) {
             return Ok(fd.as_raw_fd());
         }
         let e = self.entry(id)?.clone();
-        let e = &e;
-        let ty = pb::FdTypes::try_from(e.r#type);
-        let by_path = matches!(
-            ty,
-            Ok(pb::FdTypes::Unixsk | pb::FdTypes::Fifo | pb::FdTypes::Inotify)
-        );
-        let _in_ns = match self.ns_pid.filter(|_| by_path) {
+        let Some(kind) = FdOps::for_type(e.r#type) else {
+            return Err(Unsupported::restore(format!(
+                "file {id} has type {} which this cryo cannot restore",
+                e.r#type
+            ))
+            .into());
+        };
+        let _in_ns = match self.ns_pid.filter(|_| kind.in_tree_ns) {
             Some(pid) => {
                 // Images are read before the paths change.
-                match ty {
-                    Ok(pb::FdTypes::Unixsk) => super::unix_sk::load_queues(self)?,
-                    Ok(pb::FdTypes::Fifo) => {
-                        super::pipes::load(self, true)?;
-                    }
-                    _ => {}
-                }
+                (kind.load)(self)?;
                 Some(
-                    super::ns::InNs::enter(pid, true).map_err(|source| RestoreError::File {
-                        id,
-                        what: "enter the tree's namespaces".into(),
-                        source,
-                    })?,
+                    super::ns::InNs::enter(pid, true)
+                        .map_err(TaskError::object(id, "enter the tree's namespaces"))?,
                 )
             }
             None => None,
         };
-        let fd = match ty {
-            Ok(pb::FdTypes::Pipe) => super::pipes::Pipes::open(self, e)?,
-            Ok(pb::FdTypes::Fifo) => super::pipes::Fifos::open(self, e)?,
-            Ok(pb::FdTypes::Eventfd) => super::eventfd::EventFd::open(self, e)?,
-            Ok(pb::FdTypes::Signalfd) => super::signalfd::SignalFd::open(self, e)?,
-            Ok(pb::FdTypes::Timerfd) => super::timerfd::TimerFd::open(self, e)?,
-            Ok(pb::FdTypes::Eventpoll) => super::epoll::Epoll::open(self, e)?,
-            Ok(pb::FdTypes::Inotify) => super::inotify::Inotify::open(self, e)?,
-            Ok(pb::FdTypes::Unixsk) => super::unix_sk::UnixSk::open(self, e)?,
-            Ok(pb::FdTypes::Memfd) => super::memfd::Memfd::open(self, e)?,
-            Ok(pb::FdTypes::Tty) => super::tty::Tty::open(self, e)?,
-            _ => {
-                return Err(RestoreError::Unsupported(format!(
-                    "file {id} has type {} which this cryo cannot restore",
-                    e.r#type
-                )))
-            }
-        };
+        let fd = (kind.open)(self, &e)?;
         let raw = fd.as_raw_fd();
         self.made.insert(id, fd);
         Ok(raw)
@@ -445,34 +651,36 @@ impl FdObjects {
 
 impl Kind for Files {
     const NAME: &'static str = "files";
+    type Error = FilesError;
 
-    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), FilesError> {
         if img.files_shared.is_some() {
             return Ok(()); // saved with the task it shares the table with
         }
         let pid = cx.pid;
         let mut pidfd = None;
-        for fd in procfs::fds(pid).map_err(DumpError::Proc)? {
-            let link = procfs::link(pid, &format!("fd/{fd}")).map_err(DumpError::Proc)?;
+        for fd in procfs::fds(pid)? {
+            let link = procfs::link(pid, &format!("fd/{fd}"))?;
             let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
             let tty = shell_tty(pid, cx.files.shell_job, meta.as_ref(), &cx.files.tree);
-            let class = match tty {
-                Some(_) => Ok(Class::Reg),
-                None => classify(&link, meta.as_ref()),
+            let kind = match tty {
+                Some(_) => None,
+                None => {
+                    let p = FdProbe {
+                        pid,
+                        fd,
+                        link: &link,
+                        meta: meta.as_ref(),
+                        socket: socket_of(pid, fd, &link, &mut pidfd)?,
+                    };
+                    classify(&p).map_err(|why| refuse(pid, fd, &link, why))?
+                }
             };
-            let class = class.map_err(|(what, hint)| DumpError::Unsupported {
-                pid,
-                object: format!("fd {fd} ({link})"),
-                what: format!("{what} is not supported yet"),
-                hint: hint.to_string(),
-            })?;
             let link = tty.unwrap_or(link);
-            let text = procfs::read(pid, &format!("fdinfo/{fd}")).map_err(DumpError::Proc)?;
-            let info = procfs::parse_fdinfo(&text).ok_or_else(|| {
-                DumpError::Proc(procfs::ProcError::Parse {
-                    path: format!("/proc/{pid}/fdinfo/{fd}").into(),
-                    what: "unexpected format".into(),
-                })
+            let text = procfs::read(pid, &format!("fdinfo/{fd}"))?;
+            let info = procfs::parse_fdinfo(&text).ok_or_else(|| procfs::ProcError::Parse {
+                path: format!("/proc/{pid}/fdinfo/{fd}").into(),
+                what: "unexpected format".into(),
             })?;
             // Same open file description as an earlier fd (of any process)?
             let mut id = None;
@@ -484,15 +692,16 @@ impl Kind for Files {
                     break;
                 }
             }
-            let id = match (id, class) {
+            let id = match (id, kind) {
                 (Some(i), _) => i,
-                (None, Class::Reg) => {
-                    let meta = meta.as_ref().ok_or_else(|| DumpError::Unsupported {
-                        pid,
-                        object: format!("fd {fd} ({link})"),
-                        what: "the file cannot be looked up from cryo".into(),
-                        hint: "is it in another mount namespace? containers come with issue #4"
-                            .into(),
+                (None, None) => {
+                    let meta = meta.as_ref().ok_or_else(|| {
+                        Unsupported::of(
+                            pid,
+                            format!("fd {fd} ({link})"),
+                            "the file cannot be looked up from cryo",
+                            "is it in a mount namespace cryo cannot reach? close it before the dump",
+                        )
                     })?;
                     let deleted = link.strip_suffix(" (deleted)");
                     let id = cx.files.add_reg(
@@ -520,11 +729,11 @@ impl Kind for Files {
                     }
                     id
                 }
-                (None, _) => {
+                (None, Some(k)) => {
                     if pidfd.is_none() {
                         pidfd =
                             Some(
-                                sys::fd::pidfd_open(pid).map_err(|source| DumpError::Ptrace {
+                                sys::fd::pidfd_open(pid).map_err(|source| TaskError::Ptrace {
                                     pid,
                                     what: "pidfd_open",
                                     source,
@@ -541,19 +750,7 @@ impl Kind for Files {
                         pidfd: pidfd.as_ref().expect("opened above").as_fd(),
                     };
                     let id = cx.files.alloc();
-                    let e = match class {
-                        Class::Pipe => super::pipes::Pipes::dump(cx, &t, id)?,
-                        Class::Fifo => super::pipes::Fifos::dump(cx, &t, id)?,
-                        Class::EventFd => super::eventfd::EventFd::dump(cx, &t, id)?,
-                        Class::SignalFd => super::signalfd::SignalFd::dump(cx, &t, id)?,
-                        Class::TimerFd => super::timerfd::TimerFd::dump(cx, &t, id)?,
-                        Class::Epoll => super::epoll::Epoll::dump(cx, &t, id)?,
-                        Class::Inotify => super::inotify::Inotify::dump(cx, &t, id)?,
-                        Class::UnixSk => super::unix_sk::UnixSk::dump(cx, &t, id)?,
-                        Class::Memfd => super::memfd::Memfd::dump(cx, &t, id)?,
-                        Class::Tty => super::tty::Tty::dump(cx, &t, id)?,
-                        Class::Reg => unreachable!("handled above"),
-                    };
+                    let e = (k.dump)(cx, &t, id)?;
                     cx.files.entries.push(e);
                     id
                 }
@@ -570,7 +767,7 @@ impl Kind for Files {
                 } else {
                     0
                 },
-                r#type: class.fd_type() as i32,
+                r#type: kind.map_or(pb::FdTypes::Reg, |k| k.fd_type) as i32,
                 fd: fd as u32,
                 xattr_security_selinux: None,
             });
@@ -578,7 +775,7 @@ impl Kind for Files {
         Ok(())
     }
 
-    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), FilesError> {
         restore_fds(cx, img, None).map(|_| ())
     }
 }
@@ -599,7 +796,7 @@ pub fn restore_fds(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<&FdTable>,
-) -> Result<FdTable, RestoreError> {
+) -> Result<FdTable, FilesError> {
     let mut fds: Vec<&pb::FdinfoEntry> = img.fdinfo.iter().collect();
     fds.sort_by_key(|f| f.fd);
     let max_target = fds.iter().map(|f| f.fd).max().unwrap_or(0);
@@ -702,10 +899,10 @@ pub fn restore_fds(
             cx.sys("close_range", libc::SYS_close_range, [lo, hi, 0, 0, 0, 0])?;
         }
     }
-    // Epoll watch lists name the fds of this task, which all exist now.
+    // What a kind does once every fd of the task exists (epoll watch lists name them).
     for f in &fds {
-        if f.r#type == pb::FdTypes::Eventpoll as i32 {
-            super::epoll::fill(cx, &mut objs_cell.borrow_mut(), f)?;
+        if let Some(k) = FdOps::for_type(f.r#type) {
+            (k.after_fds)(cx, &mut objs_cell.borrow_mut(), f)?;
         }
     }
     Ok(FdTable {
@@ -715,7 +912,7 @@ pub fn restore_fds(
 }
 
 /// Opens regular-file record `id` in the puppet, at its saved offset; returns the fd.
-fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, RestoreError> {
+fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, FilesError> {
     let reg = cx.reg(id)?.clone();
     if let Some(size) = reg.size {
         if let Ok(m) = std::fs::metadata(&reg.name) {
@@ -742,7 +939,7 @@ fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, RestoreError> {
 
 /// Opens the file of regular-file record `id` in the puppet with `flags` (a deleted file
 /// is recreated from its ghost image by cryo and handed over); returns the puppet's fd.
-pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, RestoreError> {
+pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, FilesError> {
     let cell = cx.objs;
     if cx.files.get(&id).map(|f| f.r#type) == Some(pb::FdTypes::Memfd as i32) {
         // A mapped memfd: the puppet takes cryo's memfd.
@@ -773,10 +970,10 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Res
         // A shell job's terminal: the one cryo runs on, by its real name (/dev/pts/N), as the
         // program had it.
         if let Some(p) = own_terminal() {
-            return cx.open(&p, flags);
+            return Ok(cx.open(&p, flags)?);
         }
     }
-    cx.open(&reg.name, flags)
+    Ok(cx.open(&reg.name, flags)?)
 }
 
 /// The path of cryo's controlling terminal, when one of its stdio fds is on it.

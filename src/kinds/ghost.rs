@@ -7,6 +7,7 @@
 //! the open file to the puppet and unlinks the file before the restored tree runs: the
 //! program sees a deleted file with the same content, as before.
 
+use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -14,9 +15,15 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::FileTable;
-use crate::dump::DumpError;
 use crate::image::{self, pb, ImageDir};
-use crate::restore::RestoreError;
+
+/// Why a deleted file (ghost) could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum GhostError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+task_error_from!(GhostError);
 
 /// Saves the content of the deleted file readable at `proc_path` (once per inode) and
 /// links file record `reg_id` to it.
@@ -27,27 +34,22 @@ pub fn dump(
     proc_path: &str,
     meta: &std::fs::Metadata,
     reg_id: u32,
-) -> Result<(), DumpError> {
+) -> Result<(), GhostError> {
     let key = (meta.dev(), meta.ino());
     let ghost_id = match files.ghost_ids.get(&key) {
         Some(&g) => g,
         None => {
             if meta.len() > files.ghost_limit {
-                return Err(DumpError::Unsupported {
-                    pid,
-                    object: object.to_string(),
-                    what: format!(
+                return Err(Unsupported::of(pid, object, format!(
                         "the file was deleted and its {} bytes exceed the ghost file limit of {} bytes",
                         meta.len(),
                         files.ghost_limit
-                    ),
-                    hint: "raise the limit with --ghost-limit SIZE (e.g. --ghost-limit 64M)".into(),
-                });
+                    ), "raise the limit with --ghost-limit SIZE (e.g. --ghost-limit 64M)").into());
             }
             let mut content = Vec::with_capacity(meta.len() as usize);
             std::fs::File::open(proc_path)
                 .and_then(|mut f| f.read_to_end(&mut content))
-                .map_err(|source| DumpError::File {
+                .map_err(|source| TaskError::Fd {
                     pid,
                     fd: -1,
                     what: format!("{object}: read the deleted file's content"),
@@ -88,7 +90,7 @@ pub fn dump(
 }
 
 /// Writes ghost-file-ID.img for every ghost and remap-fpath.img.
-pub fn write(dir: &ImageDir, files: &FileTable) -> Result<(), DumpError> {
+pub fn write(dir: &ImageDir, files: &FileTable) -> Result<(), GhostError> {
     for (id, e, content) in &files.ghosts {
         dir.write_with_data(
             &format!("ghost-file-{id}.img"),
@@ -114,7 +116,7 @@ pub struct GhostStore {
 }
 
 impl GhostStore {
-    pub fn load(dir: &ImageDir) -> Result<Self, RestoreError> {
+    pub fn load(dir: &ImageDir) -> Result<Self, GhostError> {
         let remaps = dir
             .read_opt::<pb::RemapFilePathEntry>("remap-fpath.img", image::REMAP_FPATH)?
             .unwrap_or_default()
@@ -142,20 +144,18 @@ impl GhostStore {
         path: &str,
         flags: u32,
         ns_pid: Option<i32>,
-    ) -> Result<OwnedFd, RestoreError> {
+    ) -> Result<OwnedFd, GhostError> {
         let g = self.remaps[&id];
-        let err = |what: String| move |source| RestoreError::File { id, what, source };
+        let err = |what: String| move |source| TaskError::Object { id, what, source };
         self.ns_pid = ns_pid;
         if let std::collections::hash_map::Entry::Vacant(slot) = self.made.entry(g) {
             let name = format!("ghost-file-{g}.img");
             let mut v = dir.read_with_data::<pb::GhostFileEntry>(&name, image::GHOST_FILE)?;
             if v.len() != 1 {
-                return Err(RestoreError::BadImage(format!(
-                    "{name} must hold one entry"
-                )));
+                return Err(TaskError::BadImage(format!("{name} must hold one entry")).into());
             }
             let (e, content) = v.remove(0);
-            let err = |what: String| move |source| RestoreError::File { id, what, source };
+            let err = |what: String| move |source| TaskError::Object { id, what, source };
             // The image is read; now the path is the tree's.
             let _in = self
                 .ns_pid
@@ -191,8 +191,10 @@ impl GhostStore {
             .map_err(err("enter the tree's namespaces".into()))?;
         let flags =
             flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
-        crate::sys::fd::open(&at.to_string_lossy(), flags as i32 | libc::O_CLOEXEC)
-            .map_err(err(format!("open recreated deleted file {}", at.display())))
+        Ok(
+            crate::sys::fd::open(&at.to_string_lossy(), flags as i32 | libc::O_CLOEXEC)
+                .map_err(err(format!("open recreated deleted file {}", at.display())))?,
+        )
     }
 
     /// Unlinks every materialised file (the puppets keep them open).

@@ -8,16 +8,32 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use super::files::{obj_err, FdKind, FdObjects, TargetFd, SETFL_MASK};
+use super::error::{task_error_from, TaskError, Unsupported};
+use super::files::{obj_err, FdKind, FdObjects, FdProbe, TargetFd, SETFL_MASK};
 use super::DumpCx;
-use crate::dump::DumpError;
 use crate::image::pb;
 use crate::procfs;
-use crate::restore::RestoreError;
 use crate::sys::fd as sysfd;
 
 /// inotify instances.
 pub struct Inotify;
+
+/// Why an inotify instance could not be saved or made again.
+#[derive(Debug, thiserror::Error)]
+pub enum InotifyError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("process {pid}: fd {fd}: cannot parse the inotify fdinfo line '{line}'")]
+    Fdinfo { pid: i32, fd: i32, line: String },
+    #[error("file {id}: inotify watch of {path} got descriptor {got}, not the saved {want}")]
+    WrongWd {
+        id: u32,
+        path: String,
+        got: i32,
+        want: u32,
+    },
+}
+task_error_from!(InotifyError);
 
 /// One "inotify wd:1 ino:2c29 sdev:800003 mask:fce ignored_mask:0 fhandle-bytes:8
 /// fhandle-type:1 f_handle:292c000040d1e1ac" line (all numbers hex).
@@ -73,8 +89,9 @@ fn path_of(pid: i32, w: &Watch) -> Result<String, String> {
         .first()
         .ok_or_else(|| format!("no mount of device {dev} in /proc/{pid}/mountinfo"))?;
     // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF).
-    let mfd = sysfd::open(
-        &format!("/proc/{pid}/root{mnt}"),
+    let mfd = sysfd::open_in_root(
+        &format!("/proc/{pid}/root"),
+        mnt,
         libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
     )
     .map_err(|e| format!("open mount {mnt}: {e}"))?;
@@ -91,21 +108,35 @@ fn path_of(pid: i32, w: &Watch) -> Result<String, String> {
 }
 
 impl FdKind for Inotify {
-    fn dump(_cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+    const NAME: &'static str = "inotify";
+    const TYPE: pb::FdTypes = pb::FdTypes::Inotify;
+    /// Watches are added by path, as the tree sees it.
+    const IN_TREE_NS: bool = true;
+    type Error = InotifyError;
+
+    fn claims(p: &FdProbe<'_>) -> bool {
+        p.link == "anon_inode:inotify"
+    }
+
+    fn dump(
+        _cx: &mut DumpCx<'_>,
+        fd: &TargetFd<'_>,
+        id: u32,
+    ) -> Result<pb::FileEntry, InotifyError> {
         let mut wds = Vec::new();
         for line in fd.fdinfo.lines().filter(|l| l.starts_with("inotify ")) {
-            let w = parse_watch(line).ok_or_else(|| {
-                fd.err(
-                    format!("inotify fdinfo line '{line}'"),
-                    std::io::Error::from_raw_os_error(libc::EINVAL),
-                )
-            })?;
-            let path = path_of(fd.pid, &w).map_err(|why| DumpError::Unsupported {
+            let w = parse_watch(line).ok_or_else(|| InotifyError::Fdinfo {
                 pid: fd.pid,
-                object: format!("fd {} (inotify watch {})", fd.fd, w.wd),
-                what: format!("cannot find the watched file (inode {:#x}): {why}", w.ino),
-                hint: "cryo re-adds inotify watches by path; the watched file must still have one"
-                    .into(),
+                fd: fd.fd,
+                line: line.to_string(),
+            })?;
+            let path = path_of(fd.pid, &w).map_err(|why| {
+                Unsupported::of(
+                    fd.pid,
+                    format!("fd {} (inotify watch {})", fd.fd, w.wd),
+                    format!("cannot find the watched file (inode {:#x}): {why}", w.ino),
+                    "cryo re-adds inotify watches by path; the watched file must still have one",
+                )
             })?;
             let mut words: Vec<u64> = w
                 .handle
@@ -146,7 +177,7 @@ impl FdKind for Inotify {
         })
     }
 
-    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, InotifyError> {
         let ify = e
             .ify
             .as_ref()
@@ -157,7 +188,7 @@ impl FdKind for Inotify {
         wds.sort_by_key(|w| w.wd);
         for w in wds {
             let path = w.f_handle.path.as_deref().ok_or_else(|| {
-                RestoreError::Unsupported(format!(
+                Unsupported::restore(format!(
                     "inotify watch {} of file {} has no path (dumped by CRIU?)",
                     w.wd, e.id
                 ))
@@ -173,10 +204,11 @@ impl FdKind for Inotify {
                 }
                 tries += 1;
                 if got as u32 > w.wd || tries > 1 << 20 {
-                    return Err(RestoreError::File {
+                    return Err(InotifyError::WrongWd {
                         id: e.id,
-                        what: format!("inotify: watch {path} got descriptor {got}, not {}", w.wd),
-                        source: std::io::Error::from_raw_os_error(libc::EEXIST),
+                        path: path.to_string(),
+                        got,
+                        want: w.wd,
                     });
                 }
                 sysfd::inotify_rm_watch(fd.as_fd(), got).map_err(err("inotify_rm_watch"))?;

@@ -36,10 +36,9 @@ use std::os::unix::fs::FileExt;
 
 use nix::sched::CloneFlags;
 
+use super::error::{task_error_from, Failure, TaskError};
 use super::{DumpCx, FileTable, TaskImages};
-use crate::dump::DumpError;
 use crate::image::{self, pb, ImageDir, ImageError};
-use crate::restore::RestoreError;
 use crate::sys::ipc::{self as sys, Perm};
 use crate::sys::PAGE_SIZE;
 
@@ -51,6 +50,8 @@ const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
 /// Failure while saving or recreating the objects of an IPC namespace; names the object.
 #[derive(Debug, thiserror::Error)]
 pub enum IpcError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
     #[error("cannot enter the IPC namespace of process {pid}")]
     Enter {
         pid: i32,
@@ -74,6 +75,17 @@ pub enum IpcError {
     BadCtl { path: String, text: String },
     #[error("the thread working in the IPC namespace died")]
     Worker,
+}
+
+task_error_from!(IpcError, no_failure);
+
+impl Failure for IpcError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            IpcError::Task(e) => e.hint(),
+            _ => None,
+        }
+    }
 }
 
 fn op<'a>(object: &'a str, what: &'static str) -> impl FnOnce(io::Error) -> IpcError + 'a {
@@ -523,7 +535,7 @@ fn restore_mqueue(e: &pb::CryoMqueueEntry) -> Result<(), IpcError> {
 
 /// Saves the contents of the task's IPC namespace, once per namespace, unless it is
 /// cryo's own.
-pub fn dump(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> {
+pub fn dump(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), IpcError> {
     let Some(id) = img.ids.ipc_ns_id else {
         return Ok(());
     };
@@ -543,13 +555,14 @@ pub fn dump(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> {
         })
     })
     .map_err(|e| match e {
-        IpcError::Unsupported { object, what } => DumpError::Unsupported {
+        IpcError::Unsupported { object, what } => super::error::Unsupported::of(
             pid,
             object,
             what,
-            hint: "remove it before the dump, or keep it outside the namespace".into(),
-        },
-        e => DumpError::Ipc(e),
+            "remove it before the dump, or keep it outside the namespace",
+        )
+        .into(),
+        e => e,
     })?;
     cx.files.ipcns.push(ns);
     Ok(())
@@ -602,7 +615,7 @@ pub fn write(dir: &ImageDir, files: &FileTable) -> Result<(), ImageError> {
 
 /// Reads the images of IPC namespace `id`; `None` if it was saved empty (no
 /// `ipcns-var-ID.img`: an image of an older cryo).
-fn load(dir: &ImageDir, id: u32) -> Result<Option<IpcNs>, RestoreError> {
+fn load(dir: &ImageDir, id: u32) -> Result<Option<IpcNs>, IpcError> {
     let Some(var) =
         dir.read_opt::<pb::IpcVarEntry>(&format!("ipcns-var-{id}.img"), image::IPC_VAR)?
     else {
@@ -745,7 +758,7 @@ pub fn restore(
     host_pid: i32,
     img: &TaskImages,
     inherited: Option<u32>,
-) -> Result<(), RestoreError> {
+) -> Result<(), IpcError> {
     let Some(id) = img.ids.ipc_ns_id.filter(|&id| Some(id) != inherited) else {
         return Ok(());
     };

@@ -16,10 +16,17 @@
 //! `flock(fd, LOCK_SH|LOCK_EX | LOCK_NB)` or `fcntl(fd, F_SETLK / F_OFD_SETLK, &flock)`;
 //! never blocking: a lock someone else took meanwhile fails the restore, naming it.
 
-use crate::dump::DumpError;
+use super::error::{task_error_from, TaskError, Unsupported};
 use crate::image::{self, pb, ImageDir};
 use crate::kinds::{RestoreCx, TaskImages};
-use crate::restore::RestoreError;
+
+/// Why file locks could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum LocksError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+task_error_from!(LocksError);
 
 /// `file_lock_entry.flag` values (CRIU's FL_*).
 pub const FL_POSIX: u32 = 1;
@@ -89,18 +96,13 @@ pub struct Found {
     line: LockLine,
 }
 
-fn unsupported(pid: i32, fd: i32, what: String, hint: &str) -> DumpError {
-    DumpError::Unsupported {
-        pid,
-        object: format!("fd {fd} file lock"),
-        what,
-        hint: hint.into(),
-    }
+fn unsupported(pid: i32, fd: i32, what: String, hint: &str) -> Unsupported {
+    Unsupported::of(pid, format!("fd {fd} file lock"), what, hint)
 }
 
 /// The locks held by `tree` (host pids, dump order; zombies have no fds and are skipped).
 /// Without `requested` (`--file-locks`) any lock fails the dump, as in CRIU.
-pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, DumpError> {
+pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, LocksError> {
     let mut out: Vec<(i32, i32, Found)> = Vec::new();
     for (task, &pid) in tree.iter().enumerate() {
         let dir = format!("/proc/{pid}/fdinfo");
@@ -135,7 +137,8 @@ pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, DumpError> {
                             fd,
                             format!("a {other} lock (leases and delegations are not supported)"),
                             "release the lease before the dump",
-                        ))
+                        )
+                        .into())
                     }
                 };
                 if line.mode != "ADVISORY" {
@@ -144,13 +147,16 @@ pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, DumpError> {
                         fd,
                         format!("a {} lock (only advisory locks are supported)", line.mode),
                         "",
-                    ));
+                    )
+                    .into());
                 }
                 let ty = match line.access.as_str() {
                     "READ" => F_RDLCK,
                     "WRITE" => F_WRLCK,
                     other => {
-                        return Err(unsupported(pid, fd, format!("a lock of type {other}"), ""))
+                        return Err(
+                            unsupported(pid, fd, format!("a lock of type {other}"), "").into()
+                        )
                     }
                 };
                 // A POSIX lock shows on the fds of every process sharing the table; it
@@ -183,7 +189,7 @@ pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, DumpError> {
                             line.kind, line.file
                         ),
                         "dump with --file-locks (RPC file_locks)",
-                    ));
+                    ).into());
                 }
                 let len = match line.end {
                     None => 0,
@@ -224,7 +230,8 @@ pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, DumpError> {
                     -1,
                     format!("a POSIX lock on {} held through no open fd", line.file),
                     "",
-                ));
+                )
+                .into());
             }
         }
     }
@@ -233,7 +240,7 @@ pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, DumpError> {
 
 /// Writes `filelocks.img` (only when there are locks), with each holder's pid as the
 /// images name it (`imgs` in dump order, pids already the tree's own).
-pub fn write(dir: &ImageDir, found: &[Found], imgs: &[TaskImages]) -> Result<(), DumpError> {
+pub fn write(dir: &ImageDir, found: &[Found], imgs: &[TaskImages]) -> Result<(), LocksError> {
     if found.is_empty() {
         return Ok(());
     }
@@ -241,7 +248,7 @@ pub fn write(dir: &ImageDir, found: &[Found], imgs: &[TaskImages]) -> Result<(),
     for f in found {
         let img = imgs
             .get(f.task)
-            .ok_or(DumpError::Internal("a file lock of an unknown task"))?;
+            .ok_or(TaskError::Internal("a file lock of an unknown task"))?;
         entries.push(pb::FileLockEntry {
             pid: img.pid as i32,
             ..f.entry
@@ -271,7 +278,7 @@ fn flock_bytes(ty: u32, start: i64, len: i64, pid: i32) -> [u8; 32] {
 }
 
 /// Takes again, in the puppet `cx`, the locks `img`'s task held (its fds exist already).
-pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), LocksError> {
     let Some(all) = cx
         .dir
         .read_opt::<pb::FileLockEntry>(IMAGE, image::FILE_LOCKS)?
@@ -280,27 +287,30 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreEr
     };
     for e in all.iter().filter(|e| e.pid == img.pid as i32) {
         let bad = |what: &str| {
-            RestoreError::BadImage(format!(
+            TaskError::BadImage(format!(
                 "{IMAGE}: process {} fd {}: {what} (flag {}, type {})",
                 e.pid, e.fd, e.flag, e.r#type
             ))
         };
         if e.fd < 0 {
-            return Err(bad("no fd"));
+            return Err(bad("no fd").into());
         }
         let fd = e.fd as u64;
-        let held = |r: Result<u64, RestoreError>| {
+        let held = |r: Result<u64, TaskError>| {
             r.map_err(|err| match err {
-                RestoreError::Remote(crate::sys::remote::RemoteError::Errno { source, .. })
-                    if matches!(
+                TaskError::Remote {
+                    source: crate::sys::remote::RemoteError::Errno { source, .. },
+                    ..
+                } if matches!(
                         source.raw_os_error(),
                         Some(libc::EAGAIN) | Some(libc::EACCES)
                     ) =>
                 {
-                    RestoreError::Unsupported(format!(
+                    Unsupported::restore(format!(
                         "process {} fd {}: the file lock (flag {}, range {}+{}) is held by another process now",
                         e.pid, e.fd, e.flag, e.start, e.len
                     ))
+                    .into()
                 }
                 other => other,
             })
@@ -309,7 +319,7 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreEr
             let op = match e.r#type {
                 F_RDLCK => LOCK_SH,
                 F_WRLCK => LOCK_EX,
-                _ => return Err(bad("unknown flock type")),
+                _ => return Err(bad("unknown flock type").into()),
             };
             held(cx.sys(
                 "flock (file lock)",
@@ -318,7 +328,7 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreEr
             ))?;
         } else if e.flag & (FL_POSIX | FL_OFD) != 0 {
             if e.r#type != F_RDLCK && e.r#type != F_WRLCK {
-                return Err(bad("unknown lock type"));
+                return Err(bad("unknown lock type").into());
             }
             let (cmd, pid) = if e.flag & FL_OFD != 0 {
                 (F_OFD_SETLK, 0)
@@ -332,7 +342,7 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreEr
                 [fd, cmd, a, 0, 0, 0],
             ))?;
         } else {
-            return Err(bad("leases are not supported"));
+            return Err(bad("leases are not supported").into());
         }
     }
     Ok(())

@@ -11,15 +11,26 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, TargetFd};
+use super::error::{task_error_from, TaskError};
+use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, TargetFd};
+use super::shmem::ShmemError;
 use super::DumpCx;
-use crate::dump::DumpError;
 use crate::image::{self, pb};
-use crate::restore::RestoreError;
 use crate::sys::fd as sysfd;
 
 /// memfd file descriptors (and the records of memfd mappings).
 pub struct Memfd;
+
+/// Why a memfd could not be saved or made again.
+#[derive(Debug, thiserror::Error)]
+pub enum MemfdError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// Its content (saved as shared memory).
+    #[error(transparent)]
+    Content(#[from] ShmemError),
+}
+task_error_from!(MemfdError);
 
 /// The memfd name in a "/memfd:NAME (deleted)" link.
 fn name_of(link: &str) -> &str {
@@ -32,8 +43,8 @@ fn save_inode(
     cx: &mut DumpCx<'_>,
     link: &str,
     proc_path: &str,
-    err: impl Fn(&str, std::io::Error) -> DumpError,
-) -> Result<u32, DumpError> {
+    err: impl Fn(&str, std::io::Error) -> TaskError,
+) -> Result<u32, MemfdError> {
     let f = File::open(proc_path).map_err(|e| err("open the memfd", e))?;
     let meta = f.metadata().map_err(|e| err("stat the memfd", e))?;
     let ino = meta.ino();
@@ -61,10 +72,10 @@ pub fn dump_mapping(
     cx: &mut DumpCx<'_>,
     v: &crate::procfs::Vma,
     fdflags: u32,
-) -> Result<u32, DumpError> {
+) -> Result<u32, MemfdError> {
     let pid = cx.pid;
     let proc_path = format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end);
-    let inode_id = save_inode(cx, &v.name, &proc_path, |what, source| DumpError::File {
+    let inode_id = save_inode(cx, &v.name, &proc_path, |what, source| TaskError::Fd {
         pid,
         fd: -1,
         what: format!("mapping {:#x}-{:#x} {}: {what}", v.start, v.end, v.name),
@@ -91,7 +102,15 @@ fn entry(id: u32, flags: u32, pos: u64, inode_id: u32) -> pb::FileEntry {
 }
 
 impl FdKind for Memfd {
-    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+    const NAME: &'static str = "memfd";
+    const TYPE: pb::FdTypes = pb::FdTypes::Memfd;
+    type Error = MemfdError;
+
+    fn claims(p: &FdProbe<'_>) -> bool {
+        p.link.starts_with("/memfd:")
+    }
+
+    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, MemfdError> {
         let inode_id = save_inode(
             cx,
             fd.link,
@@ -101,25 +120,25 @@ impl FdKind for Memfd {
         Ok(entry(id, fd.flags(), fd.info.pos, inode_id))
     }
 
-    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, MemfdError> {
         let m = e.memfd.as_ref().ok_or_else(|| missing(e.id, "memfd"))?;
         let err = |what: &str| obj_err(e.id, format!("memfd: {what}"));
-        if objs.memfds.inodes.is_none() {
+        let store = objs.kinds.get::<MemfdStore>();
+        if store.inodes.is_none() {
             let all = objs
                 .dir
                 .read_opt::<pb::MemfdInodeEntry>("memfd.img", image::MEMFD_INODE)?
                 .unwrap_or_default();
-            objs.memfds.inodes = Some(all.into_iter().map(|i| (i.inode_id as u32, i)).collect());
+            store.inodes = Some(all.into_iter().map(|i| (i.inode_id as u32, i)).collect());
         }
-        if !objs.memfds.made.contains_key(&m.inode_id) {
-            let ino = objs
-                .memfds
+        if !store.made.contains_key(&m.inode_id) {
+            let ino = store
                 .inodes
                 .as_ref()
                 .and_then(|all| all.get(&m.inode_id))
                 .cloned()
                 .ok_or_else(|| {
-                    RestoreError::BadImage(format!("memfd.img has no inode {}", m.inode_id))
+                    TaskError::BadImage(format!("memfd.img has no inode {}", m.inode_id))
                 })?;
             let fd = sysfd::memfd_create(&ino.name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
                 .map_err(err("memfd_create"))?;
@@ -135,11 +154,9 @@ impl FdKind for Memfd {
                 sysfd::fcntl(f.as_fd(), libc::F_ADD_SEALS, ino.seals as i64)
                     .map_err(err("F_ADD_SEALS"))?;
             }
-            objs.memfds
-                .made
-                .insert(m.inode_id, (OwnedFd::from(f), false));
+            store.made.insert(m.inode_id, (OwnedFd::from(f), false));
         }
-        let (mfd, used) = objs.memfds.made.get_mut(&m.inode_id).expect("made");
+        let (mfd, used) = store.made.get_mut(&m.inode_id).expect("made");
         let fd = if !*used {
             *used = true;
             mfd.try_clone().map_err(err("dup"))?

@@ -12,6 +12,7 @@
 //! puppet's `preadv` plus `process_vm_writev`; one worker per CPU), then sets final
 //! protections, madvise bits and the mm fields (`PR_SET_MM_MAP`).
 
+use super::error::{task_error_from, TaskError, Unsupported};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,14 +20,46 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::{DumpCx, Kind, RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::manifest::{FileDigest, BLOCK};
 use crate::image::pb;
 use crate::procfs::Vma;
-use crate::restore::RestoreError;
 use crate::sys::mem::{self, page_is, Mapping};
 use crate::sys::PAGE_SIZE;
 use twox_hash::XxHash3_128;
+
+/// Why memory could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The userfaultfd cryo fills the puppet's memory through.
+    #[error("userfaultfd operation failed at {addr:#x}")]
+    Uffd {
+        addr: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Shmem(#[from] super::shmem::ShmemError),
+    #[error(transparent)]
+    Memfd(#[from] super::memfd::MemfdError),
+    #[error(transparent)]
+    Ghost(#[from] super::ghost::GhostError),
+    #[error(transparent)]
+    Files(#[from] super::files::FilesError),
+}
+task_error_from!(MemoryError);
+
+impl MemoryError {
+    /// The copy of pages was stopped by termination signal `sig`.
+    fn interrupted(sig: i32) -> MemoryError {
+        TaskError::Fault(crate::fault::Fault::Interrupted {
+            sig,
+            stage: "memory".into(),
+        })
+        .into()
+    }
+}
 
 /// `vma_entry.status` bits (CRIU's VMA_AREA_* / VMA_* values).
 pub mod status {
@@ -73,13 +106,15 @@ fn workers() -> usize {
         .clamp(1, 4)
 }
 
-fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>), DumpError> {
+fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>), MemoryError> {
     // Returns (status, mmap flags, shmid, fdflags).
-    let unsupported = |what: &str, hint: &str| DumpError::Unsupported {
-        pid: cx.pid,
-        object: format!("mapping {:#x}-{:#x} {}", v.start, v.end, v.name),
-        what: what.to_string(),
-        hint: hint.to_string(),
+    let unsupported = |what: &str, hint: &str| {
+        Unsupported::of(
+            cx.pid,
+            format!("mapping {:#x}-{:#x} {}", v.start, v.end, v.name),
+            what,
+            hint,
+        )
     };
     let mut flags = if v.shared {
         libc::MAP_SHARED
@@ -94,7 +129,7 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
     }
     let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
     if v.has_flag("ht") {
-        return Err(unsupported("hugetlbfs memory is not supported yet", ""));
+        return Err(unsupported("hugetlbfs memory is not supported yet", "").into());
     }
     Ok(match v.name.as_str() {
         // Kernel-provided mappings are recorded as CRIU does: anonymous private areas with a
@@ -115,8 +150,8 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
         _ if v.name.starts_with("/SYSV") => {
             return Err(unsupported(
                 "a mapping of a System V shared memory segment (shmat) is not supported yet",
-                "detach it (shmdt) before the dump: a segment's content is saved with its IPC namespace, its mappings are not (issue #4)",
-            ))
+                "detach it (shmdt) before the dump: a segment's content is saved with its IPC namespace, its mappings are not",
+            ).into())
         }
         _ if v.shared && (!v.is_file() || v.name == "/dev/zero (deleted)") => {
             let shmid = super::shmem::dump_anon(cx, v)?;
@@ -153,7 +188,7 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
                 cx.pid, v.start, v.end
             ))
             .map_err(|source| {
-                DumpError::Proc(crate::procfs::ProcError::Read {
+                TaskError::Proc(crate::procfs::ProcError::Read {
                     path: format!("/proc/{}/map_files/{:x}-{:x}", cx.pid, v.start, v.end).into(),
                     source,
                 })
@@ -224,12 +259,13 @@ struct Run {
 
 impl Kind for Memory {
     const NAME: &'static str = "memory";
+    type Error = MemoryError;
 
-    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), MemoryError> {
         let t0 = Instant::now();
         let pid = cx.pid;
         let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(|source| {
-            DumpError::Proc(crate::procfs::ProcError::Read {
+            TaskError::Proc(crate::procfs::ProcError::Read {
                 path: format!("/proc/{pid}/pagemap").into(),
                 source,
             })
@@ -245,7 +281,7 @@ impl Kind for Memory {
         img.mm.mm_arg_end = st.arg_end;
         img.mm.mm_env_start = st.env_start;
         img.mm.mm_env_end = st.env_end;
-        let auxv = crate::procfs::auxv(pid).map_err(DumpError::Proc)?;
+        let auxv = crate::procfs::auxv(pid)?;
         img.mm.mm_saved_auxv = auxv.iter().copied().take(CRIU_AUXV_WORDS).collect();
         img.mm.cryo_saved_auxv = auxv;
         let mut runs: Vec<Run> = Vec::new();
@@ -302,7 +338,7 @@ impl Kind for Memory {
                 page_is::PRESENT | page_is::SWAPPED,
                 &mut ranges,
             )
-            .map_err(|source| DumpError::Memory {
+            .map_err(|source| TaskError::Memory {
                 pid,
                 addr: v.start,
                 what: "PAGEMAP_SCAN",
@@ -343,7 +379,7 @@ impl Kind for Memory {
                 nr_pages: Some(r.pages),
             })
             .collect();
-        crate::dump::fault_point("memory")?;
+        crate::fault::point("memory")?;
         let name = format!("pages-{}.img", img.pages_id);
         let digest = write_pages(cx, &name, &runs, off)?;
         cx.dir.record(&name, digest);
@@ -353,7 +389,7 @@ impl Kind for Memory {
         Ok(())
     }
 
-    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryError> {
         map_vdso(cx, img)?;
         // Which VMAs receive page data (they must be writable while we fill them).
         let mut has_pages = vec![false; img.mm.vmas.len()];
@@ -364,16 +400,18 @@ impl Kind for Memory {
                     vi += 1;
                 }
                 let Some(v) = img.mm.vmas.get(vi) else {
-                    return Err(RestoreError::BadImage(format!(
+                    return Err(TaskError::BadImage(format!(
                         "pagemap-{}.img: pages at {:#x} lie outside every mapping",
                         img.pid, p.vaddr
-                    )));
+                    ))
+                    .into());
                 };
                 if p.vaddr < v.start {
-                    return Err(RestoreError::BadImage(format!(
+                    return Err(TaskError::BadImage(format!(
                         "pagemap-{}.img: pages at {:#x} lie outside every mapping",
                         img.pid, p.vaddr
-                    )));
+                    ))
+                    .into());
                 }
                 has_pages[vi] = v.status & (status::VDSO | status::VVAR | status::VSYSCALL) == 0;
             }
@@ -510,12 +548,13 @@ pub fn cow_kept(parent: &pb::MmEntry, child: &pb::MmEntry) -> Vec<(u64, u64)> {
     out
 }
 
-fn check_addr(got: u64, v: &pb::VmaEntry) -> Result<(), RestoreError> {
+fn check_addr(got: u64, v: &pb::VmaEntry) -> Result<(), MemoryError> {
     if got != v.start {
-        return Err(RestoreError::BadImage(format!(
+        return Err(TaskError::BadImage(format!(
             "mapping {:#x}-{:#x} landed at {got:#x}",
             v.start, v.end
-        )));
+        ))
+        .into());
     }
     Ok(())
 }
@@ -530,9 +569,9 @@ fn write_pages_mapped(
     runs: &[Run],
     total: u64,
     mem_file: Option<&File>,
-) -> Result<FileDigest, DumpError> {
+) -> Result<FileDigest, MemoryError> {
     let io = |op, source| {
-        DumpError::Image(crate::image::ImageError::Io {
+        TaskError::Image(crate::image::ImageError::Io {
             path: path.to_path_buf(),
             op,
             source,
@@ -542,7 +581,7 @@ fn write_pages_mapped(
     let mut map = Mapping::file_rw(file, total as usize).map_err(|e| io("mmap", e))?;
     let nblocks = total.div_ceil(BLOCK as u64) as usize;
     let digests = Mutex::new(vec![String::new(); nblocks]);
-    let first_err: Mutex<Option<DumpError>> = Mutex::new(None);
+    let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
     let queue = Mutex::new(map.bytes_mut().chunks_mut(BLOCK).enumerate());
     std::thread::scope(|s| {
         let work = || loop {
@@ -553,10 +592,7 @@ fn write_pages_mapped(
                 first_err
                     .lock()
                     .expect("lock")
-                    .get_or_insert(DumpError::Interrupted {
-                        sig,
-                        stage: "memory".into(),
-                    });
+                    .get_or_insert(MemoryError::interrupted(sig));
                 break;
             }
             let Some((b, chunk)) = queue.lock().expect("lock").next() else {
@@ -603,13 +639,13 @@ fn write_pages(
     name: &str,
     runs: &[Run],
     total: u64,
-) -> Result<FileDigest, DumpError> {
+) -> Result<FileDigest, MemoryError> {
     let pid = cx.pid;
-    let file = cx.dir.create_file(name).map_err(DumpError::Image)?;
+    let file = cx.dir.create_file(name)?;
     let path = cx.dir.file(name);
     let mem_file = if runs.iter().any(|r| r.via_mem) {
         Some(
-            File::open(format!("/proc/{pid}/mem")).map_err(|source| DumpError::Memory {
+            File::open(format!("/proc/{pid}/mem")).map_err(|source| TaskError::Memory {
                 pid,
                 addr: 0,
                 what: "open /proc/PID/mem",
@@ -629,7 +665,7 @@ fn write_pages(
                 (Some(m), true) => m.read_exact_at(dst, r.vaddr),
                 _ => mem::vm_read(pid, dst, &[(r.vaddr, len)]),
             };
-            got.map_err(|source| DumpError::Memory {
+            got.map_err(|source| TaskError::Memory {
                 pid,
                 addr: r.vaddr,
                 what: "reading pages",
@@ -638,7 +674,7 @@ fn write_pages(
         }
         let mut file = file;
         std::io::Write::write_all(&mut file, &buf).map_err(|source| {
-            DumpError::Image(crate::image::ImageError::Io {
+            TaskError::Image(crate::image::ImageError::Io {
                 path,
                 op: "write",
                 source,
@@ -658,7 +694,7 @@ fn copy_block(
     end: u64,
     buf: &mut [u8],
     mem_file: Option<&File>,
-) -> Result<(), DumpError> {
+) -> Result<(), MemoryError> {
     // First run overlapping `start` (runs are sorted by offset).
     let mut i = runs.partition_point(|r| r.off + r.pages * PAGE_SIZE <= start);
     let mut ranges: Vec<(u64, usize)> = Vec::new();
@@ -666,13 +702,13 @@ fn copy_block(
     let flush = |ranges: &mut Vec<(u64, usize)>,
                  at: u64,
                  buf: &mut [u8]|
-     -> Result<(), DumpError> {
+     -> Result<(), MemoryError> {
         if ranges.is_empty() {
             return Ok(());
         }
         let len: usize = ranges.iter().map(|r| r.1).sum();
         let o = (at - start) as usize;
-        mem::vm_read(pid, &mut buf[o..o + len], ranges).map_err(|source| DumpError::Memory {
+        mem::vm_read(pid, &mut buf[o..o + len], ranges).map_err(|source| TaskError::Memory {
             pid,
             addr: ranges[0].0,
             what: "process_vm_readv",
@@ -692,7 +728,7 @@ fn copy_block(
             mem_file
                 .expect("opened when needed")
                 .read_exact_at(&mut buf[o..o + take as usize], r.vaddr + skip)
-                .map_err(|source| DumpError::Memory {
+                .map_err(|source| TaskError::Memory {
                     pid,
                     addr: r.vaddr + skip,
                     what: "read /proc/PID/mem",
@@ -712,7 +748,7 @@ fn copy_block(
 }
 
 /// Maps a fresh vDSO (with its data pages) at the dumped address.
-fn map_vdso(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+fn map_vdso(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryError> {
     let specials: Vec<&pb::VmaEntry> = img
         .mm
         .vmas
@@ -731,7 +767,7 @@ fn map_vdso(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError
             libc::SYS_arch_prctl,
             [ARCH_MAP_VDSO_64, hint, 0, 0, 0, 0],
         )?;
-        let maps = crate::procfs::read(cx.pid, "maps").map_err(RestoreError::Proc)?;
+        let maps = crate::procfs::read(cx.pid, "maps")?;
         let now = crate::procfs::parse_smaps(&maps).unwrap_or_default();
         let got = now.iter().find(|v| v.name == "[vdso]").map(|v| v.start);
         let size_now: u64 = now
@@ -741,9 +777,9 @@ fn map_vdso(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError
             .sum();
         let size_then: u64 = specials.iter().map(|v| v.end - v.start).sum();
         if size_now != size_then {
-            return Err(RestoreError::Unsupported(format!(
+            return Err(Unsupported::restore(format!(
                 "the vDSO of this kernel differs from the dumped one ({size_now} vs {size_then} bytes); restoring across kernels is not supported yet"
-            )));
+            )).into());
         }
         match got {
             Some(g) if g == vdso.start => return Ok(()),
@@ -759,10 +795,7 @@ fn map_vdso(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError
             _ => break,
         }
     }
-    Err(RestoreError::Unsupported(format!(
-        "could not place the vDSO at {:#x}",
-        vdso.start
-    )))
+    Err(Unsupported::restore(format!("could not place the vDSO at {:#x}", vdso.start)).into())
 }
 
 /// Work item: up to `BLOCK` bytes of consecutive image data, as (image offset, remote ranges).
@@ -844,15 +877,15 @@ impl Thp {
 }
 
 /// The puppet's userfaultfd, taken into cryo.
-fn open_uffd(cx: &mut RestoreCx<'_>) -> Result<mem::Uffd, RestoreError> {
+fn open_uffd(cx: &mut RestoreCx<'_>) -> Result<mem::Uffd, MemoryError> {
     let flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64 | mem::UFFD_USER_MODE_ONLY;
     let fd = cx.sys("userfaultfd", libc::SYS_userfaultfd, [flags, 0, 0, 0, 0, 0])?;
     let taken = crate::sys::fd::pidfd_open(cx.pid)
         .and_then(|p| crate::sys::fd::pidfd_getfd(std::os::fd::AsFd::as_fd(&p), fd as i32));
     cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     let addr = 0;
-    let taken = taken.map_err(|source| RestoreError::Memory { addr, source })?;
-    mem::Uffd::new(taken).map_err(|source| RestoreError::Memory { addr, source })
+    let taken = taken.map_err(|source| MemoryError::Uffd { addr, source })?;
+    mem::Uffd::new(taken).map_err(|source| MemoryError::Uffd { addr, source })
 }
 
 /// Writes every page run into the puppet, from a mapping of the pages image.
@@ -862,14 +895,14 @@ fn open_uffd(cx: &mut RestoreCx<'_>) -> Result<mem::Uffd, RestoreError> {
 /// fault. The rest (file-private VMAs; VMAs where a fault would allocate a transparent huge
 /// page, so they get one as before; everything when userfaultfd is not available) is read by
 /// the puppet itself (`preadv`) while the other CPUs push with `process_vm_writev`.
-fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryError> {
     if img.pagemap.is_empty() {
         return Ok(());
     }
     let name = format!("pages-{}.img", img.pages_id);
     let path = cx.dir.file(&name);
     let io = |op, source| {
-        RestoreError::Image(crate::image::ImageError::Io {
+        TaskError::Image(crate::image::ImageError::Io {
             path: path.clone(),
             op,
             source,
@@ -884,11 +917,12 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
         .map(|p| p.nr_pages.unwrap_or(p.compat_nr_pages as u64) * PAGE_SIZE)
         .sum();
     if size < need {
-        return Err(RestoreError::Image(crate::image::ImageError::Truncated {
+        return Err(TaskError::Image(crate::image::ImageError::Truncated {
             path: path.clone(),
             offset: size as usize,
             what: "page data",
-        }));
+        })
+        .into());
     }
     let map = Mapping::file_ro(&f, need as usize).map_err(|e| io("mmap", e))?;
     map.advise(libc::MADV_SEQUENTIAL);
@@ -917,10 +951,11 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
         while left > 0 {
             let vi = vmas.partition_point(|v| v.end <= addr);
             let Some(v) = vmas.get(vi).filter(|v| v.start <= addr) else {
-                return Err(RestoreError::BadImage(format!(
+                return Err(TaskError::BadImage(format!(
                     "pagemap-{}.img: pages at {addr:#x} lie outside every mapping",
                     img.pid
-                )));
+                ))
+                .into());
             };
             let take = left.min((v.end - addr) as usize);
             if special(v) {
@@ -957,7 +992,9 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreErr
         for (o, ranges) in &items {
             let len: usize = ranges.iter().map(|r| r.1).sum();
             mem::vm_write(pid, &bytes[*o..*o + len], ranges).map_err(|source| {
-                RestoreError::Memory {
+                TaskError::Memory {
+                    pid,
+                    what: "writing the restored memory",
                     addr: ranges[0].0,
                     source,
                 }
@@ -987,10 +1024,10 @@ fn fill_parallel(
     path: &std::path::Path,
     items: &[Item],
     bytes: &[u8],
-) -> Result<(), RestoreError> {
+) -> Result<(), MemoryError> {
     let pid = cx.pid;
     let next = AtomicUsize::new(0);
-    let first_err: Mutex<Option<RestoreError>> = Mutex::new(None);
+    let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
     let img_fd = match path.to_str() {
         Some(p) if !items.is_empty() => Some(cx.open(p, libc::O_RDONLY as u32)?),
         _ => None, // nothing left, or a non-UTF-8 path: the helpers do it all
@@ -1011,13 +1048,15 @@ fn fill_parallel(
                 let r = mem::vm_write(pid, &bytes[*o..*o + len], ranges);
                 crate::progress::advance(len as u64);
                 if let Err(source) = r {
-                    first_err
-                        .lock()
-                        .expect("lock")
-                        .get_or_insert(RestoreError::Memory {
+                    first_err.lock().expect("lock").get_or_insert(
+                        TaskError::Memory {
+                            pid,
+                            what: "writing the restored memory",
                             addr: ranges[0].0,
                             source,
-                        });
+                        }
+                        .into(),
+                    );
                     break;
                 }
             });
@@ -1032,10 +1071,7 @@ fn fill_parallel(
                 first_err
                     .lock()
                     .expect("lock")
-                    .get_or_insert(RestoreError::Interrupted {
-                        sig,
-                        stage: "memory".into(),
-                    });
+                    .get_or_insert(MemoryError::interrupted(sig));
                 break;
             }
             crate::progress::advance(ranges.iter().map(|r| r.1 as u64).sum());
@@ -1061,18 +1097,19 @@ fn write_differing(
     pid: i32,
     image: &[u8],
     runs: &[(usize, u64, usize)],
-) -> Result<usize, RestoreError> {
+) -> Result<usize, MemoryError> {
     const CHUNK: usize = 1 << 20;
     if runs.is_empty() {
         return Ok(0);
     }
     // Read through /proc/PID/mem: process_vm_readv pins pages, and pinning a page shared
     // copy-on-write makes the kernel copy it first (unsharing exactly what we keep shared).
-    let procmem =
-        File::open(format!("/proc/{pid}/mem")).map_err(|source| RestoreError::Memory {
-            addr: runs[0].1,
-            source,
-        })?;
+    let procmem = File::open(format!("/proc/{pid}/mem")).map_err(|source| TaskError::Memory {
+        pid,
+        what: "writing the restored memory",
+        addr: runs[0].1,
+        source,
+    })?;
     let mut now = vec![0u8; CHUNK];
     let mut written = 0;
     for &(off, addr, len) in runs {
@@ -1082,7 +1119,12 @@ fn write_differing(
             let at = addr + done as u64;
             procmem
                 .read_exact_at(&mut now[..n], at)
-                .map_err(|source| RestoreError::Memory { addr: at, source })?;
+                .map_err(|source| TaskError::Memory {
+                    pid,
+                    addr: at,
+                    what: "reading the restored memory",
+                    source,
+                })?;
             let want = &image[off + done..off + done + n];
             let mut p = 0;
             while p < n {
@@ -1097,8 +1139,14 @@ fn write_differing(
                     p += ps;
                 }
                 let a = at + start as u64;
-                mem::vm_write(pid, &want[start..p], &[(a, p - start)])
-                    .map_err(|source| RestoreError::Memory { addr: a, source })?;
+                mem::vm_write(pid, &want[start..p], &[(a, p - start)]).map_err(|source| {
+                    TaskError::Memory {
+                        pid,
+                        addr: a,
+                        what: "writing the restored memory",
+                        source,
+                    }
+                })?;
                 written += p - start;
             }
             done += n;
@@ -1115,7 +1163,7 @@ fn uffd_fill(
     fill: &[usize],
     items: &[Item],
     bytes: &[u8],
-) -> Result<bool, RestoreError> {
+) -> Result<bool, MemoryError> {
     let uffd = match open_uffd(cx) {
         Ok(u) => u,
         Err(e) => {
@@ -1151,18 +1199,18 @@ fn uffd_fill(
     r.map(|()| true)
 }
 
-fn unregister(uffd: &mem::Uffd, v: &pb::VmaEntry) -> Result<(), RestoreError> {
+fn unregister(uffd: &mem::Uffd, v: &pb::VmaEntry) -> Result<(), MemoryError> {
     uffd.unregister(v.start, v.end - v.start)
-        .map_err(|source| RestoreError::Memory {
+        .map_err(|source| MemoryError::Uffd {
             addr: v.start,
             source,
         })
 }
 
 /// Runs `UFFDIO_COPY` for every item, on one thread per CPU (this one included).
-fn uffd_copy_all(uffd: &mem::Uffd, items: &[Item], bytes: &[u8]) -> Result<(), RestoreError> {
+fn uffd_copy_all(uffd: &mem::Uffd, items: &[Item], bytes: &[u8]) -> Result<(), MemoryError> {
     let next = AtomicUsize::new(0);
-    let first_err: Mutex<Option<RestoreError>> = Mutex::new(None);
+    let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
     let work = |main: bool| loop {
         if first_err.lock().expect("lock").is_some() {
             break;
@@ -1176,10 +1224,7 @@ fn uffd_copy_all(uffd: &mem::Uffd, items: &[Item], bytes: &[u8]) -> Result<(), R
                 first_err
                     .lock()
                     .expect("lock")
-                    .get_or_insert(RestoreError::Interrupted {
-                        sig,
-                        stage: "memory".into(),
-                    });
+                    .get_or_insert(MemoryError::interrupted(sig));
                 break;
             }
         }
@@ -1189,7 +1234,7 @@ fn uffd_copy_all(uffd: &mem::Uffd, items: &[Item], bytes: &[u8]) -> Result<(), R
                 first_err
                     .lock()
                     .expect("lock")
-                    .get_or_insert(RestoreError::Memory { addr, source });
+                    .get_or_insert(MemoryError::Uffd { addr, source });
                 return;
             }
             o += len;
@@ -1214,7 +1259,7 @@ fn puppet_preadv(
     fd: i32,
     mut off: u64,
     ranges: &[(u64, usize)],
-) -> Result<(), RestoreError> {
+) -> Result<(), MemoryError> {
     let mut left: Vec<(u64, usize)> = ranges.to_vec();
     while !left.is_empty() {
         let iov: Vec<u8> = left
@@ -1228,7 +1273,7 @@ fn puppet_preadv(
             [fd as u64, at, left.len() as u64, off, 0, 0],
         )? as usize;
         if n == 0 {
-            return Err(RestoreError::BadImage("pages image ended early".into()));
+            return Err(TaskError::BadImage("pages image ended early".into()).into());
         }
         off += n as u64;
         // Drop what was read.
@@ -1248,22 +1293,22 @@ fn puppet_preadv(
 }
 
 /// `prctl(PR_SET_MM, PR_SET_MM_MAP)`: code/data/brk/stack/args/env boundaries, auxv, exe.
-fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryError> {
     let mm = &img.mm;
     let exe = cx.reg(mm.exe_file_id)?.name.clone();
     // A child inherits its parent's exe link, which the kernel will not replace while the
     // file is mapped (EBUSY): leave an equal one alone.
-    let same = |a: &str, b: &str| {
+    let same = |a: std::io::Result<std::fs::Metadata>, b: std::io::Result<std::fs::Metadata>| {
         use std::os::unix::fs::MetadataExt;
-        match (std::fs::metadata(a), std::fs::metadata(b)) {
+        match (a, b) {
             (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
             _ => false,
         }
     };
-    // The saved path is the task's own view: look it up through the puppet's root.
+    // The saved path is the task's own view: look it up inside the puppet's root.
     let exe_fd = if same(
-        &format!("/proc/{}/exe", cx.pid),
-        &format!("/proc/{}/root{exe}", cx.pid),
+        std::fs::metadata(format!("/proc/{}/exe", cx.pid)),
+        crate::sys::fd::stat_in_root(&format!("/proc/{}/root", cx.pid), &exe),
     ) {
         -1
     } else {

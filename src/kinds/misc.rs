@@ -3,12 +3,19 @@
 //! registration, robust futex list, clear-child-tid address, scheduling, oom_score_adj,
 //! dumpable, THP-disable, child-subreaper and parent-death signal.
 
+use super::error::{task_error_from, TaskError};
 use super::{DumpCx, Kind, RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::pb;
 use crate::procfs;
-use crate::restore::RestoreError;
 use crate::sys::proc;
+
+/// Why the task's miscellaneous state could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum MiscError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+task_error_from!(MiscError);
 
 /// Miscellaneous per-task state.
 pub struct Misc;
@@ -20,27 +27,25 @@ pub const TASK_DEAD: u32 = 2;
 /// `task_core_entry.task_state`: stopped by job control (`stop_signo` says with what).
 pub const TASK_STOPPED: u32 = 3;
 
-fn read_trim(pid: i32, name: &str) -> Result<String, DumpError> {
-    Ok(procfs::read(pid, name)
-        .map_err(DumpError::Proc)?
-        .trim()
-        .to_string())
+fn read_trim(pid: i32, name: &str) -> Result<String, MiscError> {
+    Ok(procfs::read(pid, name)?.trim().to_string())
 }
 
-fn stat_of(pid: i32, name: &str) -> Result<std::fs::Metadata, DumpError> {
+fn stat_of(pid: i32, name: &str) -> Result<std::fs::Metadata, MiscError> {
     let path = format!("/proc/{pid}/{name}");
-    std::fs::metadata(&path).map_err(|source| {
-        DumpError::Proc(procfs::ProcError::Read {
+    Ok(
+        std::fs::metadata(&path).map_err(|source| procfs::ProcError::Read {
             path: path.into(),
             source,
-        })
-    })
+        })?,
+    )
 }
 
 impl Kind for Misc {
     const NAME: &'static str = "task attributes";
+    type Error = MiscError;
 
-    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), MiscError> {
         use std::os::unix::fs::MetadataExt;
         let pid = cx.pid;
         let st = cx.stat.clone();
@@ -54,7 +59,7 @@ impl Kind for Misc {
         };
         // exe, cwd, root as regular-file records.
         for (name, slot) in [("exe", 0), ("cwd", 1), ("root", 2)] {
-            let path = procfs::link(pid, name).map_err(DumpError::Proc)?;
+            let path = procfs::link(pid, name)?;
             let m = stat_of(pid, name)?;
             let id = cx
                 .files
@@ -79,17 +84,17 @@ impl Kind for Misc {
             tc.oom_score_adj = oom;
             tc.loginuid = loginuid;
         }
-        let (policy, prio, nice) = proc::sched(pid).map_err(|source| DumpError::Ptrace {
+        let (policy, prio, nice) = proc::sched(pid).map_err(|source| TaskError::Ptrace {
             pid,
             what: "sched_getscheduler",
             source,
         })?;
-        let (rla, rla_len) = proc::robust_list(pid).map_err(|source| DumpError::Ptrace {
+        let (rla, rla_len) = proc::robust_list(pid).map_err(|source| TaskError::Ptrace {
             pid,
             what: "get_robust_list",
             source,
         })?;
-        let rseq = cx.tracee.rseq_conf().map_err(|source| DumpError::Ptrace {
+        let rseq = cx.tracee.rseq_conf().map_err(|source| TaskError::Ptrace {
             pid,
             what: "PTRACE_GET_RSEQ_CONFIGURATION",
             source,
@@ -109,16 +114,16 @@ impl Kind for Misc {
                 rseq_cs_pointer: None,
             });
         }
-        img.ids = task_ids(pid, 2).map_err(DumpError::Proc)?;
+        img.ids = task_ids(pid, 2)?;
         // What only the task itself can tell.
         let p = cx.remote()?;
         let buf = p
             .scratch(64 * 1024)
-            .map_err(|e| DumpError::remote(pid, e))?;
+            .map_err(|source| TaskError::Remote { pid, source })?;
         let mut call = |what, nr, a| {
             p.remote
                 .call(what, nr, a)
-                .map_err(|e| DumpError::remote(pid, e))
+                .map_err(|source| TaskError::Remote { pid, source })
         };
         let brk = call("brk", libc::SYS_brk, [0; 6])?;
         let dumpable = call(
@@ -148,7 +153,7 @@ impl Kind for Misc {
         )?;
         let mut raw = [0u8; 24];
         crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 24)]).map_err(|source| {
-            DumpError::Memory {
+            TaskError::Memory {
                 pid,
                 addr: buf,
                 what: "reading prctl results",
@@ -165,7 +170,7 @@ impl Kind for Misc {
         Ok(())
     }
 
-    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MiscError> {
         // Session and process group are set by the restore pipeline: a session before the
         // task's children exist, groups once every task exists (`restore::set_process_groups`).
         let tc = img.core.tc.clone().unwrap_or_default();
@@ -189,7 +194,8 @@ impl Kind for Misc {
         let p = cx.put_path(&cwd)?;
         cx.sys("chdir", libc::SYS_chdir, [p, 0, 0, 0, 0, 0])
             .map_err(|e| match e {
-                RestoreError::Remote(source) => RestoreError::Open {
+                TaskError::Remote { pid, source } => TaskError::Open {
+                    pid,
                     path: cwd.clone(),
                     source,
                 },
@@ -258,7 +264,7 @@ pub fn ns_id(ino: u64) -> u32 {
 }
 
 /// The last attributes, set after credentials (a uid change resets them).
-pub fn restore_late(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+pub fn restore_late(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MiscError> {
     if let Some(d) = img.mm.dumpable {
         cx.sys(
             "prctl(PR_SET_DUMPABLE)",

@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod creds;
 pub mod epoll;
+pub mod error;
 pub mod eventfd;
 pub mod files;
 pub mod ghost;
@@ -19,6 +20,7 @@ pub mod memfd;
 pub mod memory;
 pub mod misc;
 pub mod mounts;
+pub mod netns;
 pub mod ns;
 pub mod pipes;
 pub mod regs;
@@ -35,25 +37,41 @@ pub mod unix_sk;
 
 use std::collections::HashMap;
 
-use crate::dump::DumpError;
+pub use error::{Failure, TaskError, Unsupported};
+
 use crate::image::pb;
 use crate::image::ImageDir;
 use crate::procfs::{Stat, Status, Vma};
-use crate::restore::RestoreError;
 use crate::sys::ptrace::{Regs, Tracee};
 use crate::sys::remote::{Parasite, Remote};
 
-/// A kind of kernel object: both halves of its checkpoint/restore.
+/// A kind of per-task kernel object: both halves of its checkpoint/restore. The pipelines
+/// run kinds through [`dump_kind`] and [`restore_kind`], which log the kind's name as the
+/// stage.
 pub trait Kind {
     /// Name used in logs and errors ("memory", "files", ...).
     const NAME: &'static str;
+    /// The kind's own error (collected by `DumpError`/`RestoreError`).
+    type Error: Failure;
     /// Reads the object from the frozen task into `img`.
-    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError>;
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), Self::Error>;
     /// Recreates the object in the puppet from `img`.
-    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError>;
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), Self::Error>;
 }
 
-/// Everything cryo saves about one process (single-threaded for now).
+/// Runs kind `K`'s dump on one task, logging it as a stage.
+pub fn dump_kind<K: Kind>(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), K::Error> {
+    tracing::debug!(kind = K::NAME, pid = cx.pid, "dump");
+    K::dump(cx, img)
+}
+
+/// Runs kind `K`'s restore on one task, logging it as a stage.
+pub fn restore_kind<K: Kind>(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), K::Error> {
+    tracing::debug!(kind = K::NAME, pid = cx.pid, "restore");
+    K::restore(cx, img)
+}
+
+/// Everything cryo saves about one process: the leader's images and its threads' cores.
 #[derive(Debug, Default, Clone)]
 pub struct TaskImages {
     pub pid: u32,
@@ -138,8 +156,9 @@ pub struct FileTable {
     pub ttys: tty::TtyDump,
     /// utsns-ID.img: the names of each UTS namespace of the tree that is not cryo's.
     pub utsns: Vec<(u32, pb::UtsnsEntry)>,
-    /// netdev-ID.img: the loopback of each network namespace of the tree that is not cryo's.
-    pub netdevs: Vec<(u32, pb::NetDeviceEntry)>,
+    /// The contents of each network namespace of the tree that is not cryo's, nor external
+    /// nor empty (`kinds::netns`: netdev-, netns-, ifaddr-, route-, rule-, nftables-ID.img).
+    pub netns_content: Vec<netns::NetnsDump>,
     /// netns-ID.img: each network namespace of the tree that is not cryo's: external (with
     /// the caller's key) or empty (`--empty-ns net`: contents not saved).
     pub netns: Vec<(u32, pb::NetnsEntry)>,
@@ -219,33 +238,33 @@ pub struct DumpCx<'a> {
 
 impl<'a> DumpCx<'a> {
     /// The remote executor; kinds that need in-target syscalls run while it exists.
-    pub fn remote(&mut self) -> Result<&mut Parasite<'a>, DumpError> {
-        self.parasite.as_mut().ok_or(DumpError::Internal(
+    pub fn remote(&mut self) -> Result<&mut Parasite<'a>, TaskError> {
+        self.parasite.as_mut().ok_or(TaskError::Internal(
             "in-target executor used outside the injection window",
         ))
     }
 
     /// The target's scratch area (64 KiB, mapped once per injection window).
-    pub fn scratch(&mut self) -> Result<u64, DumpError> {
+    pub fn scratch(&mut self) -> Result<u64, TaskError> {
         let pid = self.pid;
         self.remote()?
             .scratch(64 * 1024)
-            .map_err(|e| DumpError::remote(pid, e))
+            .map_err(|source| TaskError::Remote { pid, source })
     }
 
     /// Runs a syscall in the target, naming `what` on failure.
-    pub fn call(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, DumpError> {
+    pub fn call(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, TaskError> {
         let pid = self.pid;
         self.remote()?
             .remote
             .call(what, nr, a)
-            .map_err(|e| DumpError::remote(pid, e))
+            .map_err(|source| TaskError::Remote { pid, source })
     }
 
     /// Reads `buf.len()` bytes of the target's memory at `addr` (e.g. what a call wrote).
-    pub fn peek(&self, addr: u64, buf: &mut [u8], what: &'static str) -> Result<(), DumpError> {
+    pub fn peek(&self, addr: u64, buf: &mut [u8], what: &'static str) -> Result<(), TaskError> {
         let n = buf.len();
-        crate::sys::mem::vm_read(self.pid, buf, &[(addr, n)]).map_err(|source| DumpError::Memory {
+        crate::sys::mem::vm_read(self.pid, buf, &[(addr, n)]).map_err(|source| TaskError::Memory {
             pid: self.pid,
             addr,
             what,
@@ -288,28 +307,34 @@ pub struct Inherited {
 
 impl RestoreCx<'_> {
     /// Copies `bytes` into the puppet's scratch area at `off`; returns the remote address.
-    pub fn put(&mut self, off: u64, bytes: &[u8]) -> Result<u64, RestoreError> {
+    pub fn put(&mut self, off: u64, bytes: &[u8]) -> Result<u64, TaskError> {
         if off + bytes.len() as u64 > self.scratch_len {
-            return Err(RestoreError::Internal("scratch area too small"));
+            return Err(TaskError::Internal("scratch area too small"));
         }
         let addr = self.scratch + off;
         if bytes.is_empty() {
             return Ok(addr);
         }
-        crate::sys::mem::vm_write(self.pid, bytes, &[(addr, bytes.len())])
-            .map_err(|source| RestoreError::Memory { addr, source })?;
+        crate::sys::mem::vm_write(self.pid, bytes, &[(addr, bytes.len())]).map_err(|source| {
+            TaskError::Memory {
+                pid: self.pid,
+                addr,
+                what: "writing the scratch area",
+                source,
+            }
+        })?;
         Ok(addr)
     }
 
     /// Copies a NUL-terminated path into scratch (at offset 0); returns its remote address.
-    pub fn put_path(&mut self, path: &str) -> Result<u64, RestoreError> {
+    pub fn put_path(&mut self, path: &str) -> Result<u64, TaskError> {
         let mut b = path.as_bytes().to_vec();
         b.push(0);
         self.put(0, &b)
     }
 
     /// Opens `path` inside the puppet with `flags`; returns the fd.
-    pub fn open(&mut self, path: &str, flags: u32) -> Result<i32, RestoreError> {
+    pub fn open(&mut self, path: &str, flags: u32) -> Result<i32, TaskError> {
         let p = self.put_path(path)?;
         self.remote
             .call(
@@ -318,20 +343,24 @@ impl RestoreCx<'_> {
                 [libc::AT_FDCWD as u64, p, flags as u64, 0, 0, 0],
             )
             .map(|fd| fd as i32)
-            .map_err(|source| RestoreError::Open {
+            .map_err(|source| TaskError::Open {
+                pid: self.pid,
                 path: path.to_string(),
                 source,
             })
     }
 
     /// Runs a syscall in the puppet, naming `what` on failure.
-    pub fn sys(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, RestoreError> {
-        self.remote.call(what, nr, a).map_err(RestoreError::from)
+    pub fn sys(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, TaskError> {
+        let pid = self.pid;
+        self.remote
+            .call(what, nr, a)
+            .map_err(|source| TaskError::Remote { pid, source })
     }
 
     /// Gives the puppet its own fd for cryo's fd `local` (the same open file description,
     /// through `pidfd_getfd`); returns the puppet's fd, which the caller closes.
-    pub fn take_from_cryo(&mut self, local: i32) -> Result<u64, RestoreError> {
+    pub fn take_from_cryo(&mut self, local: i32) -> Result<u64, TaskError> {
         if let Some(pidfd) = self.cryo_pidfd {
             return self.sys(
                 "pidfd_getfd",
@@ -354,7 +383,7 @@ impl RestoreCx<'_> {
     }
 
     /// Moves the puppet's fd `tmp` to fd number `target` (`cloexec`: `O_CLOEXEC` or 0).
-    pub fn place_fd(&mut self, tmp: u64, target: u32, cloexec: u64) -> Result<(), RestoreError> {
+    pub fn place_fd(&mut self, tmp: u64, target: u32, cloexec: u64) -> Result<(), TaskError> {
         if tmp != target as u64 {
             self.sys(
                 "dup3",
@@ -379,7 +408,7 @@ impl RestoreCx<'_> {
         ns: std::os::fd::BorrowedFd<'_>,
         flag: i32,
         what: &'static str,
-    ) -> Result<(), RestoreError> {
+    ) -> Result<(), TaskError> {
         let fd = self.take_from_cryo(std::os::fd::AsRawFd::as_raw_fd(&ns))?;
         let r = self.sys(what, libc::SYS_setns, [fd, flag as u64, 0, 0, 0, 0]);
         self.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
@@ -387,11 +416,11 @@ impl RestoreCx<'_> {
     }
 
     /// Looks up the regular-file record `id` in files.img.
-    pub fn reg(&self, id: u32) -> Result<&pb::RegFileEntry, RestoreError> {
+    pub fn reg(&self, id: u32) -> Result<&pb::RegFileEntry, TaskError> {
         self.files
             .get(&id)
             .and_then(|f| f.reg.as_ref())
-            .ok_or(RestoreError::BadImage(format!(
+            .ok_or(TaskError::BadImage(format!(
                 "files.img has no regular-file entry with id {id}"
             )))
     }

@@ -18,17 +18,30 @@
 //! Anything else (a host directory bound in without `--external`, an unknown file system)
 //! is refused before the tree is touched, naming the mount point.
 
+use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
-use crate::dump::DumpError;
 use crate::image::{self, pb, ImageDir};
-use crate::restore::RestoreError;
 
 use super::{RestoreCx, TaskImages};
+
+/// Why the mount tree could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum MountsError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("cannot rebuild the mount tree: {what}")]
+    Mount {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+task_error_from!(MountsError);
 
 /// One line of /proc/PID/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,16 +223,20 @@ fn bind_source(entries: &[pb::MntEntry], i: usize) -> Option<(usize, String)> {
 /// Reads the mount tree of `pid` and decides how each mount is restored, refusing what
 /// cannot be. `external` maps mount points (as the tree sees them) to the caller's keys.
 /// Nothing is written; nothing of the task is touched.
-pub fn plan(pid: i32, external: &HashMap<String, String>) -> Result<Vec<pb::MntEntry>, DumpError> {
+pub fn plan(
+    pid: i32,
+    external: &HashMap<String, String>,
+) -> Result<Vec<pb::MntEntry>, MountsError> {
     let text = crate::procfs::read(pid, "mountinfo")?;
     let infos = tree_order(parse_mountinfo(&text));
     if infos.first().map(|m| m.mountpoint.as_str()) != Some("/") {
-        return Err(DumpError::Unsupported {
+        return Err(Unsupported::of(
             pid,
-            object: "mount namespace".into(),
-            what: "its mountinfo has no root mount".into(),
-            hint: String::new(),
-        });
+            "mount namespace",
+            "its mountinfo has no root mount",
+            String::new(),
+        )
+        .into());
     }
     let norm = |p: &str| {
         let t = p.trim_end_matches('/');
@@ -285,18 +302,13 @@ pub fn plan(pid: i32, external: &HashMap<String, String>) -> Result<Vec<pb::MntE
         if code.is_some() && m.root == "/" {
             continue;
         }
-        return Err(DumpError::Unsupported {
-            pid,
-            object: format!("mount {}", m.mountpoint),
-            what: format!(
+        return Err(Unsupported::of(pid, format!("mount {}", m.mountpoint), format!(
                 "{} {} (root {}) is not a file system cryo recreates, nor bound from one inside the tree",
                 m.fstype, m.source, m.root
-            ),
-            hint: format!(
+            ), format!(
                 "mark it external: --external mnt[{}]:KEY at dump, then --external mnt[KEY]:HOSTPATH at restore",
                 m.mountpoint
-            ),
-        });
+            )).into());
     }
     Ok(entries)
 }
@@ -323,13 +335,29 @@ pub fn write(
     ns_id: u32,
     entries: &[pb::MntEntry],
     dir: &ImageDir,
-) -> Result<(), DumpError> {
+) -> Result<(), MountsError> {
     dir.write(&format!("mountpoints-{ns_id}.img"), image::MNTS, entries)?;
     for i in saved_tmpfs(entries) {
         let e = &entries[i];
         let name = tmpfs_image(e);
         let out = dir.create_file(&name)?;
-        let src = format!("/proc/{pid}/root{}", e.mountpoint);
+        // The mount point found inside the tree's root, used through cryo's fd on it.
+        let at = crate::sys::fd::open_in_root(
+            &format!("/proc/{pid}/root"),
+            &e.mountpoint,
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(|source| TaskError::Fd {
+            pid,
+            fd: -1,
+            what: format!("find the tmpfs mount {}", e.mountpoint),
+            source,
+        })?;
+        let src = format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&at)
+        );
         let st = std::process::Command::new("tar")
             .args([
                 "--create",
@@ -348,20 +376,20 @@ pub fn write(
             .stdout(out)
             .stderr(std::process::Stdio::piped())
             .output();
-        let failed = |why: String| DumpError::Unsupported {
-            pid,
-            object: format!("tmpfs {}", e.mountpoint),
-            what: format!("saving its contents with tar failed: {why}"),
-            hint: "is GNU tar installed?".into(),
+        let failed = |why: String| {
+            Unsupported::of(
+                pid,
+                format!("tmpfs {}", e.mountpoint),
+                format!("saving its contents with tar failed: {why}"),
+                "is GNU tar installed?",
+            )
         };
         match st {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
-                return Err(failed(
-                    String::from_utf8_lossy(&o.stderr).trim().to_string(),
-                ))
+                return Err(failed(String::from_utf8_lossy(&o.stderr).trim().to_string()).into())
             }
-            Err(e) => return Err(failed(e.to_string())),
+            Err(e) => return Err(failed(e.to_string()).into()),
         }
         let bytes = std::fs::read(dir.file(&name)).map_err(|source| image::ImageError::Io {
             path: dir.file(&name),
@@ -381,8 +409,8 @@ pub struct MountOpts {
     pub external: HashMap<String, PathBuf>,
 }
 
-fn mnt_err(what: String) -> impl Fn(nix::Error) -> RestoreError {
-    move |e| RestoreError::Mount {
+fn mnt_err(what: String) -> impl Fn(nix::Error) -> MountsError {
+    move |e| MountsError::Mount {
         what: what.clone(),
         source: std::io::Error::from(e),
     }
@@ -395,7 +423,7 @@ pub fn restore(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     opts: &MountOpts,
-) -> Result<(), RestoreError> {
+) -> Result<(), MountsError> {
     let Some((entries, root)) = check(cx.dir, img, opts)? else {
         return Ok(());
     };
@@ -404,27 +432,28 @@ pub fn restore(
     let (nsfd, ptys) = std::thread::scope(|s| {
         s.spawn(|| build(pid, &root, &entries, &opts.external, &dir))
             .join()
-            .unwrap_or(Err(RestoreError::Internal("the mount builder panicked")))
+            .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
     })?;
     cx.objs.borrow_mut().tty.premade.extend(ptys);
-    cx.setns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")
+    Ok(cx.setns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?)
 }
 
 /// Reads `mountpoints-ID.img` of `img` and checks it before anything is built: plain
 /// absolute paths, only file systems cryo makes fresh, the root first, a host path for every
 /// external key, and `--root` given. Returns the entries and the new root; None when the
 /// task has no mount namespace recorded.
+#[allow(clippy::type_complexity)]
 pub fn check(
-    dir: &image::ImageDir,
+    dir: &ImageDir,
     img: &TaskImages,
     opts: &MountOpts,
-) -> Result<Option<(Vec<pb::MntEntry>, PathBuf)>, RestoreError> {
+) -> Result<Option<(Vec<pb::MntEntry>, PathBuf)>, MountsError> {
     let Some(id) = img.ids.mnt_ns_id else {
         return Ok(None);
     };
     let entries: Vec<pb::MntEntry> = dir.read(&format!("mountpoints-{id}.img"), image::MNTS)?;
     let root = opts.root.clone().ok_or_else(|| {
-        RestoreError::Unsupported(format!(
+        Unsupported::restore(format!(
             "the tree had a mount namespace of its own (root mount: {} {}): give --root DIR with its root file system",
             entries.first().and_then(|e| e.fsname.clone()).unwrap_or_default(),
             entries.first().map(|e| e.root.as_str()).unwrap_or("?")
@@ -440,10 +469,10 @@ pub fn check(
     };
     for e in &entries {
         if !clean(&e.mountpoint) || !clean(&e.root) {
-            return Err(RestoreError::BadImage(format!(
+            return Err(TaskError::BadImage(format!(
                 "mountpoints-{id}.img: mount {} has a mount point or root ({}) that is not a plain absolute path",
                 e.mnt_id, e.root
-            )));
+            )).into());
         }
     }
     // Only file systems cryo makes fresh are mounted from the images' own words.
@@ -454,29 +483,77 @@ pub fn check(
         }
         let named = e.fsname.as_deref().and_then(fstype_code);
         if named.is_none() || named != Some(e.fstype) {
-            return Err(RestoreError::BadImage(format!(
+            return Err(TaskError::BadImage(format!(
                 "mountpoints-{id}.img: mount {} ({}) is not a file system cryo makes fresh",
                 e.mountpoint,
                 e.fsname.as_deref().unwrap_or("?")
-            )));
+            ))
+            .into());
         }
     }
     if entries.first().map(|e| e.mountpoint.as_str()) != Some("/") {
-        return Err(RestoreError::BadImage(format!(
+        return Err(TaskError::BadImage(format!(
             "mountpoints-{id}.img: the first mount is not the root"
-        )));
+        ))
+        .into());
     }
     for e in &entries {
         if let Some(k) = &e.ext_key {
             if !opts.external.contains_key(k) {
-                return Err(RestoreError::Unsupported(format!(
+                return Err(Unsupported::restore(format!(
                     "mount {} is external with key '{k}' and no host path was given for it (--external mnt[{k}]:HOSTPATH)",
                     e.mountpoint
-                )));
+                )).into());
             }
         }
     }
     Ok(Some((entries, root)))
+}
+
+/// Resolves, as `build` does, the bind source (if any) and then the mount point of every
+/// entry after the root inside `root`, making missing mount points, without mounting
+/// anything; returns the host paths found. For tests and `cryo-fuzz`: what a hostile image
+/// names must stay inside `root`.
+pub fn resolve_dry(
+    root: &Path,
+    entries: &[pb::MntEntry],
+    external: &HashMap<String, PathBuf>,
+) -> Result<Vec<PathBuf>, MountsError> {
+    let io = |w: String| move |source| MountsError::Mount { what: w, source };
+    let jail = Jail::new(root).map_err(io(format!("open {}", root.display())))?;
+    let real = |f: Found| std::fs::read_link(f.path()).map_err(io("read back a path".into()));
+    let mut out = Vec::new();
+    for i in 1..entries.len() {
+        let e = &entries[i];
+        let mut file = false;
+        if e.ext_key.is_none() {
+            if let Some((j, rest)) = bind_source(entries, i) {
+                let src = &entries[j];
+                let found = match &src.ext_key {
+                    Some(k) => {
+                        let host = external.get(k).ok_or_else(|| {
+                            Unsupported::restore(format!("no host path for key '{k}'"))
+                        })?;
+                        Jail::new(host).and_then(|x| x.find(&rest, None))
+                    }
+                    None if j == 0 => jail.find(&rest, None),
+                    None => jail.find(
+                        &format!("{}{}", src.mountpoint.trim_end_matches('/'), rest),
+                        None,
+                    ),
+                };
+                if let Ok(f) = found {
+                    file = std::fs::metadata(f.path()).is_ok_and(|m| m.is_file());
+                    out.push(real(f)?);
+                }
+            }
+        }
+        let target = jail
+            .find(&e.mountpoint, Some(file))
+            .map_err(io(format!("create the mount point {}", e.mountpoint)))?;
+        out.push(real(target)?);
+    }
+    Ok(out)
 }
 
 /// On a thread of its own (namespaces and root are per thread): joins the puppet's net and
@@ -489,7 +566,7 @@ fn build(
     entries: &[pb::MntEntry],
     external: &HashMap<String, PathBuf>,
     dir: &Path,
-) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>), RestoreError> {
+) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>), MountsError> {
     use nix::sched::{setns, unshare, CloneFlags};
     for (ns, flag) in [
         ("net", CloneFlags::CLONE_NEWNET),
@@ -497,7 +574,7 @@ fn build(
         ("cgroup", CloneFlags::CLONE_NEWCGROUP),
     ] {
         let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|source| {
-            RestoreError::Mount {
+            MountsError::Mount {
                 what: format!("open the restored {ns} namespace"),
                 source,
             }
@@ -506,7 +583,7 @@ fn build(
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(mnt_err("unshare(CLONE_NEWNS)".into()))?;
     let nsfd: OwnedFd = std::fs::File::open("/proc/thread-self/ns/mnt")
-        .map_err(|source| RestoreError::Mount {
+        .map_err(|source| MountsError::Mount {
             what: "open the new mount namespace".into(),
             source,
         })?
@@ -517,7 +594,7 @@ fn build(
     nix::mount::mount(Some(root), root, none, MsFlags::MS_BIND, none)
         .map_err(mnt_err(format!("bind the new root {}", root.display())))?;
     let mut ptys = Vec::new();
-    let jail = Jail::new(root).map_err(|source| RestoreError::Mount {
+    let jail = Jail::new(root).map_err(|source| MountsError::Mount {
         what: format!("open {}", root.display()),
         source,
     })?;
@@ -544,74 +621,25 @@ fn build(
     Ok((nsfd, ptys))
 }
 
-/// Resolves, as `build` does, the bind source (if any) and then the mount point of every
-/// entry after the root inside `root`, making missing mount points, without mounting
-/// anything; returns the host paths found. For tests and `cryo-fuzz`: what a hostile image
-/// names must stay inside `root`.
-pub fn resolve_dry(
-    root: &Path,
-    entries: &[pb::MntEntry],
-    external: &HashMap<String, PathBuf>,
-) -> Result<Vec<PathBuf>, RestoreError> {
-    let io = |w: String| move |source| RestoreError::Mount { what: w, source };
-    let jail = Jail::new(root).map_err(io(format!("open {}", root.display())))?;
-    let real = |f: Found| std::fs::read_link(f.path()).map_err(io("read back a path".into()));
-    let mut out = Vec::new();
-    for i in 1..entries.len() {
-        let e = &entries[i];
-        let mut file = false;
-        if e.ext_key.is_none() {
-            if let Some((j, rest)) = bind_source(entries, i) {
-                let src = &entries[j];
-                let found = match &src.ext_key {
-                    Some(k) => {
-                        let host = external.get(k).ok_or_else(|| {
-                            RestoreError::Unsupported(format!("no host path for key '{k}'"))
-                        })?;
-                        Jail::new(host).and_then(|x| x.find(&rest, None))
-                    }
-                    None if j == 0 => jail.find(&rest, None),
-                    None => jail.find(
-                        &format!("{}{}", src.mountpoint.trim_end_matches('/'), rest),
-                        None,
-                    ),
-                };
-                if let Ok(f) = found {
-                    file = std::fs::metadata(f.path()).is_ok_and(|m| m.is_file());
-                    out.push(real(f)?);
-                }
-            }
-        }
-        let target = jail
-            .find(&e.mountpoint, Some(file))
-            .map_err(io(format!("create the mount point {}", e.mountpoint)))?;
-        out.push(real(target)?);
-    }
-    Ok(out)
-}
-
-/// Resolves paths of the tree inside a directory as the tree would, and never outside it:
-/// every lookup is an `openat2` from the directory with `RESOLVE_IN_ROOT` (`..` and absolute
-/// symlinks, in the root file system, in tmpfs contents just unpacked, in a host directory
-/// bound in, stay inside it) and `RESOLVE_NO_MAGICLINKS` (a procfs link such as
-/// `/proc/1/root` or `/proc/self/cwd`, reachable through a proc mount of the tree, would
-/// jump out: refused). Missing mount points are made one component at a time the same way.
-/// What it finds is held as an O_PATH fd and used through its /proc path.
+/// Resolves paths of the tree inside a directory as the tree would, with
+/// `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`: `..` stops at the directory and
+/// absolute symlinks (in the root file system, in tmpfs contents just unpacked, in a host
+/// directory bound in) are taken relative to it, so no lookup can lead outside. What it finds
+/// is held as an O_PATH fd and used through its /proc path.
 struct Jail {
-    dir: OwnedFd,
+    root: OwnedFd,
 }
 
-/// An O_PATH fd of cryo's builder thread, named by its /proc path (which `mount` and child
-/// processes such as tar follow to the very file).
+/// An O_PATH fd of cryo's, named by its /proc path (which `mount` and child processes such as
+/// tar follow to the very file).
 struct Found(OwnedFd);
 
 impl Found {
     fn path(&self) -> PathBuf {
         use std::os::fd::AsRawFd;
         PathBuf::from(format!(
-            "/proc/{}/task/{}/fd/{}",
+            "/proc/{}/fd/{}",
             std::process::id(),
-            nix::unistd::gettid(),
             self.0.as_raw_fd()
         ))
     }
@@ -619,58 +647,61 @@ impl Found {
 
 impl Jail {
     fn new(dir: &Path) -> std::io::Result<Jail> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-            .open(dir)?;
-        Ok(Jail { dir: f.into() })
+        use rustix::fs::{open, Mode, OFlags};
+        Ok(Jail {
+            root: open(
+                dir,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?,
+        })
     }
 
-    /// `p` (relative to the jail's directory, `/` being that directory) as an O_PATH fd.
-    fn open(&self, p: &str) -> std::io::Result<OwnedFd> {
-        use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-        let how = OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        let p = if p.is_empty() { "/" } else { p };
-        Ok(nix::fcntl::openat2(&self.dir, p, how)?)
+    /// `p` (absolute or relative, as the tree sees it) inside the jail, opened with `flags`.
+    fn open(&self, p: &str, flags: rustix::fs::OFlags) -> std::io::Result<OwnedFd> {
+        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+        let p = p.trim_start_matches('/');
+        let p = if p.is_empty() { "." } else { p };
+        Ok(openat2(
+            &self.root,
+            p,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )?)
     }
 
-    /// Finds `p` (absolute, as seen from the jail's directory); with `create`, makes it
-    /// first if missing (a file when `Some(true)`, else a directory), each missing
-    /// component made in its parent as found in the jail.
+    /// Finds `p` (as seen from the jail's directory); with `create`, makes it first if
+    /// missing (a file when `Some(true)`, else a directory), each component created in its
+    /// parent as found inside the jail.
     fn find(&self, p: &str, create: Option<bool>) -> std::io::Result<Found> {
-        let missing = |r: &std::io::Result<OwnedFd>| matches!(r, Err(e) if e.kind() == std::io::ErrorKind::NotFound);
-        let first = self.open(p);
-        let Some(file) = create.filter(|_| missing(&first)) else {
-            return first.map(Found);
-        };
-        let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
-        for k in 0..parts.len() {
-            let at = format!("/{}", parts[..=k].join("/"));
-            if !missing(&self.open(&at)) {
-                continue;
-            }
-            let parent = self.open(&format!("/{}", parts[..k].join("/")))?;
-            let name = parts[k];
-            if file && k + 1 == parts.len() {
-                use nix::fcntl::OFlag;
-                nix::fcntl::openat(
-                    &parent,
-                    name,
-                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW,
-                    nix::sys::stat::Mode::from_bits_truncate(0o644),
-                )?;
-            } else {
-                nix::sys::stat::mkdirat(
-                    &parent,
-                    name,
-                    nix::sys::stat::Mode::from_bits_truncate(0o755),
-                )?;
+        use rustix::fs::{mkdirat, openat, Mode, OFlags};
+        if let Some(file) = create {
+            if self.open(p, OFlags::PATH).is_err() {
+                let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+                for (i, name) in parts.iter().enumerate() {
+                    let last = i + 1 == parts.len();
+                    let parent =
+                        self.open(&parts[..i].join("/"), OFlags::PATH | OFlags::DIRECTORY)?;
+                    let r = if last && file {
+                        openat(
+                            &parent,
+                            *name,
+                            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                            Mode::from_raw_mode(0o644),
+                        )
+                        .map(drop)
+                    } else {
+                        mkdirat(&parent, *name, Mode::from_raw_mode(0o755))
+                    };
+                    match r {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
         }
-        self.open(p).map(Found)
+        Ok(Found(self.open(p, OFlags::PATH)?))
     }
 }
 
@@ -684,7 +715,7 @@ fn mount_one(
     external: &HashMap<String, PathBuf>,
     dir: &Path,
     ptys: &mut Vec<(u32, OwnedFd)>,
-) -> Result<(), RestoreError> {
+) -> Result<(), MountsError> {
     let e = &entries[i];
     let none: Option<&str> = None;
     let flags = safe_flags(e.flags);
@@ -695,7 +726,7 @@ fn mount_one(
             e.mountpoint
         )
     };
-    let io = |w: String| move |source| RestoreError::Mount { what: w, source };
+    let io = |w: String| move |source| MountsError::Mount { what: w, source };
     // Where a bind comes from, if it is one: a host path given for an external key, or a
     // path of the tree (found inside its root, or inside the external it is below).
     let from: Option<Found> = if let Some(k) = &e.ext_key {
@@ -810,12 +841,12 @@ fn mount_one(
                         .arg("--file")
                         .arg(&img)
                         .output()
-                        .map_err(|source| RestoreError::Mount {
+                        .map_err(|source| MountsError::Mount {
                             what: what("fill"),
                             source,
                         })?;
                     if !out.status.success() {
-                        return Err(RestoreError::Mount {
+                        return Err(MountsError::Mount {
                             what: what("fill"),
                             source: std::io::Error::other(
                                 String::from_utf8_lossy(&out.stderr).trim().to_string(),

@@ -1,27 +1,46 @@
-//! Namespaces a tree owns (issue #4, first pieces):
+//! Namespaces a tree owns:
 //! - UTS: hostname and domainname, saved once per namespace as `utsns-ID.img` (ID is the
 //!   `uts_ns_id` of `ids-PID.img`), read with `uname` run inside the task;
 //! - IPC: the new namespace itself (`restore_ipc`); its contents (SysV objects, sysctls)
 //!   are `kinds/ipc.rs`.
-//! - net: a network namespace whose only device is the loopback (from `/proc/PID/net/dev`);
-//!   its flags and MTU are read inside the task (`SIOCGIFFLAGS`/`SIOCGIFMTU` on a socket of
-//!   its own) and saved as `netdev-ID.img`; restore makes a new namespace and sets `lo` up
-//!   again if it was. Other devices are refused (veth, tun, ... come with issue #4). Sockets
-//!   in it are refused by `unix_sk::precheck` (it only sees cryo's namespace).
+//! - net: an external namespace (`--external net[INO]:KEY`) or `--empty-ns net` is saved as a
+//!   `netns-ID.img` entry only; any other namespace of the tree with its contents
+//!   (`kinds/netns.rs`); restore makes a new namespace and rebuilds it, or joins the one
+//!   given for an external key.
 //!
 //! Restore gives a task a new namespace (`unshare` inside the puppet, then the UTS names)
 //! when its namespace differs from the one it inherits: cryo's for the root, its parent's
-//! for a child; children forked afterwards inherit it. Other namespaces are still refused by
-//! `dump::precheck`.
+//! for a child; children forked afterwards inherit it. The time namespace is here too
+//! (`dump_time`, `restore_time`); PID, mount and cgroup namespaces are in `restore` and
+//! `kinds/mounts.rs`, `kinds/cgroup.rs`.
 
+use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 
 use super::{DumpCx, RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::{self, pb};
-use crate::restore::RestoreError;
+
+/// Why a namespace could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The contents of a network namespace (`kinds/netns.rs`).
+    #[error(transparent)]
+    Netns(#[from] super::netns::NetnsError),
+}
+task_error_from!(NsError, no_failure);
+
+impl super::error::Failure for NsError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            NsError::Task(e) => e.hint(),
+            NsError::Netns(e) => e.hint(),
+        }
+    }
+}
 
 /// The namespace id cryo itself has for `kind` ("uts", ...), as `task_ids` computes ids.
 pub fn own_ns_id(kind: &str) -> Option<u32> {
@@ -31,7 +50,7 @@ pub fn own_ns_id(kind: &str) -> Option<u32> {
 }
 
 /// Saves the hostname and domainname of the task's UTS namespace, once per namespace.
-pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> {
+pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), NsError> {
     let Some(id) = img.ids.uts_ns_id else {
         return Ok(());
     };
@@ -58,99 +77,53 @@ pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> 
     Ok(())
 }
 
-/// ioctl numbers and `struct ifreq` layout (16-byte name, then the union at offset 16).
-const SIOCGIFFLAGS: u64 = 0x8913;
-const SIOCSIFFLAGS: u64 = 0x8914;
-const SIOCGIFMTU: u64 = 0x8921;
-
-/// Saves the loopback of a network namespace of the tree (not cryo's), once per namespace;
-/// refuses a namespace with any other device.
-pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), DumpError> {
+/// Saves a network namespace of the tree (not cryo's) once: its contents
+/// (`kinds::netns`), or only its key when external (`--external net[INO]:KEY`), or nothing
+/// with `--empty-ns net`.
+pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), NsError> {
     let Some(id) = img.ids.net_ns_id else {
         return Ok(());
     };
     if Some(id) == own_ns_id("net")
-        || cx.files.netdevs.iter().any(|(i, _)| *i == id)
+        || cx.files.netns_content.iter().any(|d| d.id == id)
         || cx.files.netns.iter().any(|(i, _)| *i == id)
     {
         return Ok(());
     }
     let pid = cx.pid;
-    let ino = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/{pid}/ns/net"))
-            .map(|m| m.ino())
-            .unwrap_or(0)
-    };
+    let d = dump_net_of(pid, id, cx.files)?;
+    if let Some(d) = d {
+        cx.files.netns_content.push(d);
+    }
+    Ok(())
+}
+
+/// The part of [`dump_net`] that needs no injection (`dump::run` calls it for the root's
+/// namespace before the network is locked): external and empty namespaces are recorded in
+/// `files.netns`; the contents of any other are returned.
+pub fn dump_net_of(
+    pid: i32,
+    id: u32,
+    files: &mut super::FileTable,
+) -> Result<Option<super::netns::NetnsDump>, NsError> {
+    let ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .map(|m| m.ino())
+        .unwrap_or(0);
     // External (the caller gives one at restore) or empty: nothing of it is saved.
-    if let Some(key) = cx.files.external_net.get(&ino).cloned() {
+    if let Some(key) = files.external_net.get(&ino).cloned() {
         let e = pb::NetnsEntry {
             ext_key: Some(key),
             ..Default::default()
         };
-        cx.files.netns.push((id, e));
-        return Ok(());
+        files.netns.push((id, e));
+        return Ok(None);
     }
-    if cx.files.empty_net {
-        cx.files.netns.push((id, pb::NetnsEntry::default()));
-        return Ok(());
+    if files.empty_net {
+        files.netns.push((id, pb::NetnsEntry::default()));
+        return Ok(None);
     }
-    let devs: Vec<String> = crate::procfs::read(pid, "net/dev")?
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_string()))
-        .collect();
-    if devs != ["lo"] {
-        return Err(DumpError::Unsupported {
-            pid,
-            object: "net namespace".into(),
-            what: format!(
-                "it has network devices other than the loopback: {}",
-                devs.join(", ")
-            ),
-            hint: format!(
-                "network devices are not saved: mark the namespace external (--external net[{ino}]:KEY, then --join-ns net:PATH at restore) or empty (--empty-ns net)"
-            ),
-        });
-    }
-    let buf = cx.scratch()?;
-    let sk = cx.call(
-        "socket(AF_INET, SOCK_DGRAM)",
-        libc::SYS_socket,
-        [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0],
-    )?;
-    let mut ifr = [0u8; 40];
-    ifr[..2].copy_from_slice(b"lo");
-    let mut query = |req: u64| -> Result<u32, DumpError> {
-        crate::sys::mem::vm_write(pid, &ifr, &[(buf, ifr.len())]).map_err(|source| {
-            DumpError::Memory {
-                pid,
-                addr: buf,
-                what: "writing ifreq",
-                source,
-            }
-        })?;
-        cx.call("ioctl(lo)", libc::SYS_ioctl, [sk, req, buf, 0, 0, 0])?;
-        let mut out = [0u8; 4];
-        cx.peek(buf + 16, &mut out, "reading ifreq")?;
-        Ok(u32::from_ne_bytes(out))
-    };
-    let flags = query(SIOCGIFFLAGS).map(|f| f & 0xffff);
-    let mtu = query(SIOCGIFMTU);
-    let _ = cx.call("close", libc::SYS_close, [sk, 0, 0, 0, 0, 0]);
-    let (flags, mtu) = (flags?, mtu?);
-    cx.files.netdevs.push((
-        id,
-        pb::NetDeviceEntry {
-            r#type: pb::NdType::Loopback as i32,
-            ifindex: 1,
-            mtu,
-            flags,
-            name: "lo".into(),
-            ..Default::default()
-        },
-    ));
-    Ok(())
+    let host = own_ns_id("net").unwrap_or(0);
+    Ok(Some(super::netns::dump(pid, id, host)?))
 }
 
 /// Namespaces the restored tree joins instead of getting new ones.
@@ -164,16 +137,19 @@ pub struct NsJoin {
 }
 
 /// Gives the puppet a new network namespace when `img`'s differs from the inherited one,
-/// with the loopback up if it was; or joins the one the caller gives (`join`), which an
-/// external namespace requires.
+/// rebuilt from the images (`kinds::netns::restore`: links, addresses, routes, rules,
+/// sysctls, firewall); or joins the one the caller gives (`join`), which an external
+/// namespace requires. Returns whether the task got a namespace of its own (new or joined).
 pub fn restore_net(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
+    is_root: bool,
     join: &NsJoin,
-) -> Result<(), RestoreError> {
+    links: &super::netns::LinkOpts,
+) -> Result<bool, NsError> {
     let Some(id) = img.ids.net_ns_id.filter(|&id| Some(id) != inherited) else {
-        return Ok(());
+        return Ok(false);
     };
     let ns: Option<pb::NetnsEntry> = cx
         .dir
@@ -182,56 +158,39 @@ pub fn restore_net(
     let key = ns.as_ref().and_then(|n| n.ext_key.clone());
     // --join-ns is for the tree's own namespace: the one the root has (a child's namespace
     // of its own is new again).
-    let root_ns = inherited == own_ns_id("net");
+    let root_ns = is_root;
     let path = join
         .net
         .clone()
         .filter(|_| root_ns)
         .or_else(|| key.as_ref().and_then(|k| join.by_key.get(k).cloned()));
     if let (Some(k), None) = (&key, &path) {
-        return Err(RestoreError::Unsupported(format!(
+        return Err(Unsupported::restore(format!(
             "the network namespace was saved as external with key '{k}': give the one to join with --join-ns net:PATH (or --inherit-fd fd[N]:{k})"
-        )));
+        )).into());
     }
     if let Some(p) = path {
-        let f = std::fs::File::open(&p).map_err(|source| RestoreError::File {
+        let f = std::fs::File::open(&p).map_err(|source| TaskError::Object {
             id,
             what: format!("open network namespace {}", p.display()),
             source,
         })?;
-        return cx.setns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)");
+        cx.setns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?;
+        return Ok(true);
     }
-    let devs: Vec<pb::NetDeviceEntry> = cx
-        .dir
-        .read_opt(&format!("netdev-{id}.img"), image::NETDEV)?
-        .unwrap_or_default();
     cx.sys(
         "unshare(CLONE_NEWNET)",
         libc::SYS_unshare,
         [libc::CLONE_NEWNET as u64, 0, 0, 0, 0, 0],
     )?;
-    let Some(lo) = devs.iter().find(|d| d.name == "lo") else {
-        return Ok(());
-    };
-    if lo.flags & libc::IFF_UP as u32 == 0 {
-        return Ok(());
-    }
-    let sk = cx.sys(
-        "socket(AF_INET, SOCK_DGRAM)",
-        libc::SYS_socket,
-        [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0],
-    )?;
-    let mut ifr = [0u8; 40];
-    ifr[..2].copy_from_slice(b"lo");
-    ifr[16..18].copy_from_slice(&(lo.flags as u16).to_ne_bytes());
-    let a = cx.put(0, &ifr)?;
-    let r = cx.sys(
-        "ioctl(lo, SIOCSIFFLAGS)",
-        libc::SYS_ioctl,
-        [sk, SIOCSIFFLAGS, a, 0, 0, 0],
-    );
-    cx.sys("close", libc::SYS_close, [sk, 0, 0, 0, 0, 0])?;
-    r.map(|_| ())
+    let path = format!("/proc/{}/ns/net", cx.pid);
+    let f = std::fs::File::open(&path).map_err(|source| TaskError::Object {
+        id,
+        what: format!("open the new network namespace ({path})"),
+        source,
+    })?;
+    super::netns::restore(cx.dir, id, f.as_fd(), links)?;
+    Ok(true)
 }
 
 /// Gives the puppet a new, empty IPC namespace when `img`'s differs from the inherited one
@@ -240,15 +199,16 @@ pub fn restore_ipc(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
-) -> Result<(), RestoreError> {
+) -> Result<(), NsError> {
     match img.ids.ipc_ns_id {
-        Some(id) if Some(id) != inherited => cx
-            .sys(
+        Some(id) if Some(id) != inherited => {
+            cx.sys(
                 "unshare(CLONE_NEWIPC)",
                 libc::SYS_unshare,
                 [libc::CLONE_NEWIPC as u64, 0, 0, 0, 0, 0],
-            )
-            .map(|_| ()),
+            )?;
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -259,7 +219,7 @@ pub fn restore_uts(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
-) -> Result<(), RestoreError> {
+) -> Result<(), NsError> {
     let Some(id) = img.ids.uts_ns_id else {
         return Ok(());
     };
@@ -328,22 +288,23 @@ fn from_timespec(t: &pb::Timespec) -> i128 {
 /// The clocks of `pid`'s time namespace now, as CRIU saves them (`timens-ID.img`): its
 /// monotonic and boot-time clocks, so restore can make them go on from these values.
 /// Refuses a task whose children would get another time namespace than its own.
-pub fn dump_time(pid: i32) -> Result<pb::TimensEntry, DumpError> {
+pub fn dump_time(pid: i32) -> Result<pb::TimensEntry, NsError> {
     let ino = |n: &str| {
         std::fs::metadata(format!("/proc/{pid}/ns/{n}"))
             .map(|m| m.ino())
             .ok()
     };
     if ino("time") != ino("time_for_children") {
-        return Err(DumpError::Unsupported {
+        return Err(Unsupported::of(
             pid,
-            object: "time namespace".into(),
-            what: "its children would start in another time namespace than its own".into(),
-            hint: "dump it once it has forked into the new namespace".into(),
-        });
+            "time namespace",
+            "its children would start in another time namespace than its own",
+            "dump it once it has forked into the new namespace",
+        )
+        .into());
     }
     let (their_m, their_b) = timens_offsets(&pid.to_string())
-        .ok_or(DumpError::Internal("cannot read /proc/PID/timens_offsets"))?;
+        .ok_or(TaskError::Internal("cannot read /proc/PID/timens_offsets"))?;
     let (own_m, own_b) = timens_offsets("self").unwrap_or((0, 0));
     Ok(pb::TimensEntry {
         monotonic: to_timespec(clock_ns(libc::CLOCK_MONOTONIC) - own_m + their_m),
@@ -358,7 +319,7 @@ pub fn restore_time(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
-) -> Result<(), RestoreError> {
+) -> Result<(), NsError> {
     let Some(id) = img.ids.time_ns_id.filter(|&id| Some(id) != inherited) else {
         return Ok(());
     };
@@ -388,19 +349,19 @@ pub fn restore_time(
         ts(b)
     );
     let path = format!("/proc/{}/timens_offsets", cx.pid);
-    std::fs::write(&path, text).map_err(|source| RestoreError::File {
+    std::fs::write(&path, text).map_err(|source| TaskError::Object {
         id,
         what: format!("set the time namespace's clock offsets ({path})"),
         source,
     })?;
     let ns = std::fs::File::open(format!("/proc/{}/ns/time_for_children", cx.pid)).map_err(
-        |source| RestoreError::File {
+        |source| TaskError::Object {
             id,
             what: "open the new time namespace".into(),
             source,
         },
     )?;
-    cx.setns(ns.as_fd(), libc::CLONE_NEWTIME, "setns(CLONE_NEWTIME)")
+    Ok(cx.setns(ns.as_fd(), libc::CLONE_NEWTIME, "setns(CLONE_NEWTIME)")?)
 }
 
 thread_local! {

@@ -8,15 +8,25 @@
 //! /proc/self/fd for a second description of the same end). A FIFO is reopened by path with
 //! a read-write keeper held by cryo, so opening either end never blocks.
 
+use super::error::{task_error_from, TaskError};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
 
-use super::files::{missing, obj_err, FdKind, FdObjects, TargetFd, SETFL_MASK};
+use super::files::{
+    missing, obj_err, reachable_by_path, FdKind, FdObjects, FdProbe, TargetFd, SETFL_MASK,
+};
 use super::DumpCx;
-use crate::dump::DumpError;
 use crate::image::{self, pb};
-use crate::restore::RestoreError;
 use crate::sys::fd as sysfd;
+
+/// Why a pipe or FIFO could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum PipesError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+task_error_from!(PipesError);
 
 /// Anonymous pipes.
 pub struct Pipes;
@@ -36,7 +46,7 @@ pub struct PipeStore {
 }
 
 /// Reads what is queued in the pipe behind `fd` without consuming it: (capacity, bytes).
-fn queued(fd: &TargetFd<'_>) -> Result<(u32, Vec<u8>), DumpError> {
+fn queued(fd: &TargetFd<'_>) -> Result<(u32, Vec<u8>), PipesError> {
     let rd = sysfd::open(
         &format!("/proc/{}/fd/{}", fd.pid, fd.fd),
         libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
@@ -54,7 +64,7 @@ fn queued(fd: &TargetFd<'_>) -> Result<(u32, Vec<u8>), DumpError> {
         match sysfd::read(tr.as_fd(), &mut buf[got..]) {
             Ok(0) => break,
             Ok(k) => got += k,
-            Err(e) => return Err(fd.err("read cryo's copy", e)),
+            Err(e) => return Err(fd.err("read cryo's copy", e).into()),
         }
     }
     buf.truncate(got);
@@ -62,7 +72,7 @@ fn queued(fd: &TargetFd<'_>) -> Result<(u32, Vec<u8>), DumpError> {
 }
 
 /// The pipes-data / fifo-data entry of pipe `ino`: its capacity and queued bytes.
-fn data_entry(fd: &TargetFd<'_>, ino: u32) -> Result<(pb::PipeDataEntry, Vec<u8>), DumpError> {
+fn data_entry(fd: &TargetFd<'_>, ino: u32) -> Result<(pb::PipeDataEntry, Vec<u8>), PipesError> {
     let (size, data) = queued(fd)?;
     Ok((
         pb::PipeDataEntry {
@@ -74,7 +84,7 @@ fn data_entry(fd: &TargetFd<'_>, ino: u32) -> Result<(pb::PipeDataEntry, Vec<u8>
     ))
 }
 
-fn inode(fd: &TargetFd<'_>) -> Result<u32, DumpError> {
+fn inode(fd: &TargetFd<'_>) -> Result<u32, PipesError> {
     fd.link
         .strip_prefix("pipe:[")
         .and_then(|s| s.strip_suffix(']'))
@@ -88,11 +98,20 @@ fn inode(fd: &TargetFd<'_>) -> Result<u32, DumpError> {
                 "pipe inode",
                 std::io::Error::from_raw_os_error(libc::EINVAL),
             )
+            .into()
         })
 }
 
 impl FdKind for Pipes {
-    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+    const NAME: &'static str = "pipe";
+    const TYPE: pb::FdTypes = pb::FdTypes::Pipe;
+    type Error = PipesError;
+
+    fn claims(p: &FdProbe<'_>) -> bool {
+        p.link.starts_with("pipe:")
+    }
+
+    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, PipesError> {
         let ino = inode(fd)?;
         if cx.files.pipes_seen.insert(ino) {
             let e = data_entry(fd, ino)?;
@@ -111,21 +130,34 @@ impl FdKind for Pipes {
         })
     }
 
-    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, PipesError> {
         let pe = e.pipe.as_ref().ok_or_else(|| missing(e.id, "pipe"))?;
         let err = |what: &str| obj_err(e.id, format!("pipe {}: {what}", pe.pipe_id));
         // A pipe the caller hands in (--inherit-fd pipe:[INO]): its fd, as it is (the caller's
         // flags, no saved data), at every end of the dumped pipe.
         if let Some(fd) = objs.inherited.get(&format!("pipe:[{}]", pe.pipe_id)) {
-            return fd.try_clone().map_err(err("dup of the inherited fd"));
+            return Ok(fd.try_clone().map_err(err("dup of the inherited fd"))?);
         }
-        if !objs.pipes.pipes.contains_key(&pe.pipe_id) {
+        if !objs
+            .kinds
+            .get::<PipeStore>()
+            .pipes
+            .contains_key(&pe.pipe_id)
+        {
             let (r, w) = sysfd::pipe().map_err(err("pipe2"))?;
             let data = load(objs, false)?.remove(&pe.pipe_id);
             fill(w.as_fd(), data, pe.pipe_id, e.id)?;
-            objs.pipes.pipes.insert(pe.pipe_id, (r, w, false, false));
+            objs.kinds
+                .get::<PipeStore>()
+                .pipes
+                .insert(pe.pipe_id, (r, w, false, false));
         }
-        let (r, w, r_used, w_used) = objs.pipes.pipes.get_mut(&pe.pipe_id).expect("made");
+        let (r, w, r_used, w_used) = objs
+            .kinds
+            .get::<PipeStore>()
+            .pipes
+            .get_mut(&pe.pipe_id)
+            .expect("made");
         let acc = pe.flags & libc::O_ACCMODE as u32;
         let (end, used) = if acc == libc::O_WRONLY as u32 {
             (w.as_fd(), w_used)
@@ -150,7 +182,25 @@ impl FdKind for Pipes {
 }
 
 impl FdKind for Fifos {
-    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+    const NAME: &'static str = "FIFO";
+    const TYPE: pb::FdTypes = pb::FdTypes::Fifo;
+    /// Reopened by its path, as the tree sees it.
+    const IN_TREE_NS: bool = true;
+    type Error = PipesError;
+
+    fn claims(p: &FdProbe<'_>) -> bool {
+        p.live_path() && p.meta.is_some_and(|m| m.file_type().is_fifo())
+    }
+
+    fn precheck(p: &FdProbe<'_>) -> Result<(), PipesError> {
+        Ok(reachable_by_path(p)?)
+    }
+
+    fn load(objs: &mut FdObjects) -> Result<(), PipesError> {
+        load(objs, true).map(|_| ())
+    }
+
+    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, PipesError> {
         use std::os::unix::fs::MetadataExt;
         let meta = fd.meta.ok_or_else(|| {
             fd.err(
@@ -179,7 +229,7 @@ impl FdKind for Fifos {
         })
     }
 
-    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, PipesError> {
         let fe = e.fifo.as_ref().ok_or_else(|| missing(e.id, "fifo"))?;
         let reg = fe
             .regf_id
@@ -187,13 +237,21 @@ impl FdKind for Fifos {
             .and_then(|f| f.reg.clone())
             .ok_or_else(|| missing(e.id, "FIFO path (regf_id)"))?;
         let err = |what: &str| obj_err(e.id, format!("FIFO {}: {what}", reg.name));
-        if !objs.pipes.fifos.contains_key(&fe.pipe_id) {
+        if !objs
+            .kinds
+            .get::<PipeStore>()
+            .fifos
+            .contains_key(&fe.pipe_id)
+        {
             // Read-write never blocks and keeps both ends open while the puppets open theirs.
             let keeper = sysfd::open(&reg.name, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC)
                 .map_err(err("open read-write"))?;
             let data = load(objs, true)?.remove(&fe.pipe_id);
             fill(keeper.as_fd(), data, fe.pipe_id, e.id)?;
-            objs.pipes.fifos.insert(fe.pipe_id, keeper);
+            objs.kinds
+                .get::<PipeStore>()
+                .fifos
+                .insert(fe.pipe_id, keeper);
         }
         let acc = reg.flags & libc::O_ACCMODE as u32;
         let fd = sysfd::open(&reg.name, acc as i32 | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -208,15 +266,12 @@ impl FdKind for Fifos {
 pub fn load(
     objs: &mut FdObjects,
     fifo: bool,
-) -> Result<&mut HashMap<u32, (pb::PipeDataEntry, Vec<u8>)>, RestoreError> {
+) -> Result<&mut HashMap<u32, (pb::PipeDataEntry, Vec<u8>)>, PipesError> {
+    let store = objs.kinds.get::<PipeStore>();
     let (slot, name, kind) = if fifo {
-        (&mut objs.pipes.fifo_data, "fifo-data.img", image::FIFO_DATA)
+        (&mut store.fifo_data, "fifo-data.img", image::FIFO_DATA)
     } else {
-        (
-            &mut objs.pipes.pipe_data,
-            "pipes-data.img",
-            image::PIPES_DATA,
-        )
+        (&mut store.pipe_data, "pipes-data.img", image::PIPES_DATA)
     };
     if slot.is_none() {
         let all = objs.dir.read_with_data::<pb::PipeDataEntry>(name, kind)?;
@@ -231,7 +286,7 @@ fn fill(
     data: Option<(pb::PipeDataEntry, Vec<u8>)>,
     pipe_id: u32,
     id: u32,
-) -> Result<(), RestoreError> {
+) -> Result<(), PipesError> {
     let Some((e, bytes)) = data else {
         return Ok(());
     };

@@ -6,11 +6,18 @@
 //! The general-purpose registers are written last, by `restore::finish`, because every
 //! injected syscall before that borrows them.
 
+use super::error::{task_error_from, TaskError};
 use super::{DumpCx, Kind, RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::pb;
-use crate::restore::RestoreError;
 use crate::sys::ptrace::Regs;
+
+/// Why the registers could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RegsError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+task_error_from!(RegsError);
 
 const ERESTARTSYS: i64 = 512;
 const ERESTARTNOINTR: i64 = 513;
@@ -188,14 +195,15 @@ pub fn pb_to_xsave(e: &pb::UserX86FpregsEntry, len: usize) -> Vec<u8> {
 
 /// Loads the saved FPU/vector state into the thread `cx` drives: the raw XSAVE bytes when
 /// they fit this CPU, else CRIU's legacy+AVX fields.
-pub fn set_xstate(cx: &mut RestoreCx<'_>, fp: &pb::UserX86FpregsEntry) -> Result<(), RestoreError> {
+pub fn set_xstate(cx: &mut RestoreCx<'_>, fp: &pb::UserX86FpregsEntry) -> Result<(), RegsError> {
     let t = cx.remote.tracee();
     let len = match cx.inherited.xstate_len {
         Some(l) => l,
         None => {
             let l = t
                 .xstate()
-                .map_err(|source| RestoreError::Ptrace {
+                .map_err(|source| TaskError::Ptrace {
+                    pid: t.tid,
                     what: "PTRACE_GETREGSET(NT_X86_XSTATE)",
                     source,
                 })?
@@ -222,16 +230,18 @@ pub fn set_xstate(cx: &mut RestoreCx<'_>, fp: &pb::UserX86FpregsEntry) -> Result
         }
         _ => pb_to_xsave(fp, len),
     };
-    t.set_xstate(&x).map_err(|source| RestoreError::Ptrace {
+    Ok(t.set_xstate(&x).map_err(|source| TaskError::Ptrace {
+        pid: t.tid,
         what: "PTRACE_SETREGSET(NT_X86_XSTATE)",
         source,
-    })
+    })?)
 }
 
 impl Kind for CpuState {
     const NAME: &'static str = "cpu state";
+    type Error = RegsError;
 
-    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), RegsError> {
         let mut regs = cx.regs;
         if fix_syscall_restart(&mut regs) {
             tracing::debug!(
@@ -241,7 +251,7 @@ impl Kind for CpuState {
                 regs.rax
             );
         }
-        let xstate = cx.tracee.xstate().map_err(|source| DumpError::Ptrace {
+        let xstate = cx.tracee.xstate().map_err(|source| TaskError::Ptrace {
             pid: cx.pid,
             what: "PTRACE_GETREGSET(NT_X86_XSTATE)",
             source,
@@ -253,9 +263,9 @@ impl Kind for CpuState {
         Ok(())
     }
 
-    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RegsError> {
         let ti = img.core.thread_info.as_ref().ok_or_else(|| {
-            RestoreError::BadImage(format!("core-{}.img has no thread_info", img.pid))
+            TaskError::BadImage(format!("core-{}.img has no thread_info", img.pid))
         })?;
         set_xstate(cx, &ti.fpregs)
     }

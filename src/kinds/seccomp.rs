@@ -11,11 +11,18 @@
 //! effect when the task is released. Threads with a chain of their own, strict mode and
 //! user-notification filters are refused at dump.
 
-use crate::dump::DumpError;
+use super::error::{task_error_from, TaskError, Unsupported};
 use crate::image::{self, pb};
 use crate::kinds::{RestoreCx, TaskImages};
-use crate::restore::RestoreError;
 use crate::sys::ptrace::Tracee;
+
+/// Why seccomp filters could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+task_error_from!(SeccompError);
 
 /// `SECCOMP_MODE_FILTER`.
 pub const MODE_FILTER: i32 = 2;
@@ -25,8 +32,8 @@ const REPLAY_FLAGS: u64 = 2 | 4;
 const FLAG_NEW_LISTENER: u64 = 8;
 
 /// The filter chain of thread `t`, oldest first, as (program, flags).
-pub fn chain(pid: i32, t: &Tracee) -> Result<Vec<(Vec<u8>, u64)>, DumpError> {
-    let pt = |what, source| DumpError::Ptrace {
+pub fn chain(pid: i32, t: &Tracee) -> Result<Vec<(Vec<u8>, u64)>, SeccompError> {
+    let pt = |what, source| TaskError::Ptrace {
         pid: t.tid,
         what,
         source,
@@ -41,12 +48,13 @@ pub fn chain(pid: i32, t: &Tracee) -> Result<Vec<(Vec<u8>, u64)>, DumpError> {
             .seccomp_flags(i)
             .map_err(|e| pt("PTRACE_SECCOMP_GET_METADATA", e))?;
         if flags & FLAG_NEW_LISTENER != 0 {
-            return Err(DumpError::Unsupported {
+            return Err(Unsupported::of(
                 pid,
-                object: format!("thread {} seccomp filter {i}", t.tid),
-                what: "it hands syscalls to a user-space supervisor (SECCOMP_FILTER_FLAG_NEW_LISTENER)".into(),
-                hint: "seccomp user notification is not supported".into(),
-            });
+                format!("thread {} seccomp filter {i}", t.tid),
+                "it hands syscalls to a user-space supervisor (SECCOMP_FILTER_FLAG_NEW_LISTENER)",
+                "seccomp user notification is not supported",
+            )
+            .into());
         }
         v.push((p, flags & REPLAY_FLAGS));
         i += 1;
@@ -83,7 +91,7 @@ pub fn add_chain(table: &mut Vec<pb::SeccompFilter>, chain: &[(Vec<u8>, u64)]) -
 
 /// Installs the leader's saved chain in the puppet (which is traced with
 /// `PTRACE_O_SUSPEND_SECCOMP`, so later injected syscalls are not filtered).
-pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), SeccompError> {
     restore_core(cx, &img.core, img.pid)
 }
 
@@ -95,7 +103,7 @@ pub fn restore_core(
     cx: &mut RestoreCx<'_>,
     core: &pb::CoreEntry,
     id: u32,
-) -> Result<(), RestoreError> {
+) -> Result<(), SeccompError> {
     let Some(tc) = core.thread_core.as_ref() else {
         return Ok(());
     };
@@ -113,22 +121,21 @@ pub fn restore_core(
     let mut at = tc.seccomp_filter;
     while let Some(i) = at {
         let f = table.get(i as usize).ok_or_else(|| {
-            RestoreError::BadImage(format!("seccomp.img has no filter {i} (core-{id}.img)"))
+            TaskError::BadImage(format!("seccomp.img has no filter {i} (core-{id}.img)"))
         })?;
         if order.len() > table.len() {
-            return Err(RestoreError::BadImage(
-                "seccomp.img filters form a loop".into(),
-            ));
+            return Err(TaskError::BadImage("seccomp.img filters form a loop".into()).into());
         }
         order.push(f);
         at = f.prev;
     }
     for f in order.iter().rev() {
         if f.filter.is_empty() || f.filter.len() % 8 != 0 || f.filter.len() > 4096 * 8 {
-            return Err(RestoreError::BadImage(format!(
+            return Err(TaskError::BadImage(format!(
                 "seccomp.img: a filter of {} bytes is not a BPF program",
                 f.filter.len()
-            )));
+            ))
+            .into());
         }
         let prog = cx.put(4096, &f.filter)?;
         // struct sock_fprog { u16 len; u64 filter; }

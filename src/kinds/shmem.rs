@@ -15,14 +15,37 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
+use super::error::{task_error_from, TaskError};
 use super::memory::status;
 use super::{DumpCx, RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::{pb, ImageError};
 use crate::procfs::{ProcError, Vma};
-use crate::restore::RestoreError;
 use crate::sys::mem::Mapping;
 use crate::sys::PAGE_SIZE;
+
+/// Why shared memory could not be saved or made again.
+#[derive(Debug, thiserror::Error)]
+pub enum ShmemError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("shared memory {shmid}: cannot {what}")]
+    Object {
+        shmid: u64,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+task_error_from!(ShmemError);
+
+fn obj(shmid: u64, what: &str) -> impl FnOnce(std::io::Error) -> ShmemError {
+    let what = what.to_string();
+    move |source| ShmemError::Object {
+        shmid,
+        what,
+        source,
+    }
+}
 
 /// Pages images of shared memory are numbered from here (task pages images are 1..=tasks).
 const PAGES_ID_BASE: u32 = 1 << 20;
@@ -35,10 +58,10 @@ fn image_name(shmid: u64) -> String {
 }
 
 /// Saves the shared anonymous region behind `v` (once per inode); returns its shmid.
-pub fn dump_anon(cx: &mut DumpCx<'_>, v: &Vma) -> Result<u64, DumpError> {
+pub fn dump_anon(cx: &mut DumpCx<'_>, v: &Vma) -> Result<u64, ShmemError> {
     let path = format!("/proc/{}/map_files/{:x}-{:x}", cx.pid, v.start, v.end);
     let read_err = |source| {
-        DumpError::Proc(ProcError::Read {
+        ShmemError::from(ProcError::Read {
             path: path.clone().into(),
             source,
         })
@@ -123,7 +146,7 @@ pub fn load_content(
     shmid: u64,
     file: &File,
     size: u64,
-) -> Result<(), RestoreError> {
+) -> Result<(), ShmemError> {
     let Some((pages_id, entries)) = dir.read_pagemap(&image_name(shmid))? else {
         return Ok(());
     };
@@ -138,11 +161,12 @@ pub fn load_content(
     for e in entries {
         let len = e.nr_pages.unwrap_or(e.compat_nr_pages as u64) * PAGE_SIZE;
         if e.vaddr + len > size.div_ceil(PAGE_SIZE) * PAGE_SIZE {
-            return Err(RestoreError::BadImage(format!(
+            return Err(TaskError::BadImage(format!(
                 "{}: pages at {:#x}+{len:#x} lie past the {size:#x} bytes of the object",
                 image_name(shmid),
                 e.vaddr
-            )));
+            ))
+            .into());
         }
         buf.resize(len as usize, 0);
         pages
@@ -154,11 +178,7 @@ pub fn load_content(
             })?;
         let keep = (size - e.vaddr).min(len) as usize;
         file.write_all_at(&buf[..keep], e.vaddr)
-            .map_err(|source| RestoreError::File {
-                id: shmid as u32,
-                what: format!("shared memory {shmid}: write the content"),
-                source,
-            })?;
+            .map_err(obj(shmid, "write the content"))?;
         off += len;
     }
     Ok(())
@@ -190,21 +210,15 @@ impl ShmemStore {
     }
 
     /// cryo's fd of shmem inode `shmid`, created and filled on first use.
-    pub fn get(&mut self, dir: &crate::image::ImageDir, shmid: u64) -> Result<i32, RestoreError> {
+    pub fn get(&mut self, dir: &crate::image::ImageDir, shmid: u64) -> Result<i32, ShmemError> {
         if let Some(fd) = self.made.get(&shmid) {
             return Ok(fd.as_raw_fd());
         }
-        let size = *self.sizes.get(&shmid).ok_or_else(|| {
-            RestoreError::BadImage(format!("no mapping uses shared memory {shmid}"))
-        })?;
-        let err = |what: &str| {
-            let what = format!("shared memory {shmid}: {what}");
-            move |source| RestoreError::File {
-                id: shmid as u32,
-                what,
-                source,
-            }
-        };
+        let size = *self
+            .sizes
+            .get(&shmid)
+            .ok_or_else(|| TaskError::BadImage(format!("no mapping uses shared memory {shmid}")))?;
+        let err = |what: &str| obj(shmid, what);
         let m = Mapping::anon_shared(size as usize).map_err(err("mmap"))?;
         let path = format!("/proc/self/map_files/{:x}-{:x}", m.addr(), m.addr() + size);
         let fd = crate::sys::fd::open(&path, libc::O_RDWR | libc::O_CLOEXEC)
@@ -220,7 +234,7 @@ impl ShmemStore {
 }
 
 /// Maps shared anonymous VMA `v` in the puppet from cryo's inode (no pages to fill after).
-pub fn map_anon(cx: &mut RestoreCx<'_>, v: &pb::VmaEntry, prot: u32) -> Result<(), RestoreError> {
+pub fn map_anon(cx: &mut RestoreCx<'_>, v: &pb::VmaEntry, prot: u32) -> Result<(), ShmemError> {
     let local = {
         let mut objs = cx.objs.borrow_mut();
         let objs = &mut *objs;
@@ -242,10 +256,11 @@ pub fn map_anon(cx: &mut RestoreCx<'_>, v: &pb::VmaEntry, prot: u32) -> Result<(
     );
     cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
     if r? != v.start {
-        return Err(RestoreError::BadImage(format!(
+        return Err(TaskError::BadImage(format!(
             "shared mapping {:#x}-{:#x} landed elsewhere",
             v.start, v.end
-        )));
+        ))
+        .into());
     }
     Ok(())
 }

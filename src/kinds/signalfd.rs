@@ -5,24 +5,44 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use super::files::{obj_err, FdKind, FdObjects, TargetFd, SETFL_MASK};
+use super::error::{task_error_from, TaskError};
+use super::files::{obj_err, FdKind, FdObjects, FdProbe, TargetFd, SETFL_MASK};
 use super::DumpCx;
-use crate::dump::DumpError;
 use crate::image::pb;
-use crate::restore::RestoreError;
 use crate::sys::fd as sysfd;
 
 /// signalfd file descriptors.
 pub struct SignalFd;
 
+/// Why a signalfd could not be saved or made again.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalFdError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("process {pid}: fd {fd}: sigmask '{text}' in fdinfo is not a hex number")]
+    Mask { pid: i32, fd: i32, text: String },
+}
+task_error_from!(SignalFdError);
+
 impl FdKind for SignalFd {
-    fn dump(_cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+    const NAME: &'static str = "signalfd";
+    const TYPE: pb::FdTypes = pb::FdTypes::Signalfd;
+    type Error = SignalFdError;
+
+    fn claims(p: &FdProbe<'_>) -> bool {
+        p.link == "anon_inode:[signalfd]"
+    }
+
+    fn dump(
+        _cx: &mut DumpCx<'_>,
+        fd: &TargetFd<'_>,
+        id: u32,
+    ) -> Result<pb::FileEntry, SignalFdError> {
         let m = fd.field("sigmask")?;
-        let sigmask = u64::from_str_radix(&m, 16).map_err(|_| {
-            fd.err(
-                format!("sigmask '{m}'"),
-                std::io::Error::from_raw_os_error(libc::EINVAL),
-            )
+        let sigmask = u64::from_str_radix(&m, 16).map_err(|_| SignalFdError::Mask {
+            pid: fd.pid,
+            fd: fd.fd,
+            text: m.clone(),
         })?;
         Ok(pb::FileEntry {
             r#type: pb::FdTypes::Signalfd as i32,
@@ -37,7 +57,7 @@ impl FdKind for SignalFd {
         })
     }
 
-    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, SignalFdError> {
         let sf = e
             .sgfd
             .as_ref()

@@ -6,10 +6,17 @@
 //! (not dequeued) and re-queued on restore from inside the task itself, which the kernel
 //! allows for any si_code.
 
+use super::error::{task_error_from, TaskError};
 use super::{DumpCx, Kind, RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::pb;
-use crate::restore::RestoreError;
+
+/// Why signal state could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalsError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+task_error_from!(SignalsError);
 
 /// Signal dispositions, mask, queues and alternate stack.
 pub struct Signals;
@@ -29,10 +36,11 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 
 impl Kind for Signals {
     const NAME: &'static str = "signals";
+    type Error = SignalsError;
 
-    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), SignalsError> {
         let pid = cx.pid;
-        let pt = |what, source| DumpError::Ptrace { pid, what, source };
+        let pt = |what, source| TaskError::Ptrace { pid, what, source };
         let shared = cx
             .tracee
             .pending_signals(true)
@@ -62,7 +70,7 @@ impl Kind for Signals {
         let p = cx.remote()?;
         let buf = p
             .scratch(64 * 1024)
-            .map_err(|e| DumpError::remote(pid, e))?;
+            .map_err(|source| TaskError::Remote { pid, source })?;
         for sig in 1..=64u64 {
             if dumpable_sig(sig) && asked & (1 << (sig - 1)) != 0 {
                 p.remote
@@ -71,7 +79,7 @@ impl Kind for Signals {
                         libc::SYS_rt_sigaction,
                         [sig, 0, buf + (sig - 1) * KSA as u64, 8, 0, 0],
                     )
-                    .map_err(|e| DumpError::remote(pid, e))?;
+                    .map_err(|source| TaskError::Remote { pid, source })?;
             }
         }
         let ss_addr = buf + 64 * KSA as u64;
@@ -81,11 +89,11 @@ impl Kind for Signals {
                 libc::SYS_sigaltstack,
                 [0, ss_addr, 0, 0, 0, 0],
             )
-            .map_err(|e| DumpError::remote(pid, e))?;
+            .map_err(|source| TaskError::Remote { pid, source })?;
         let mut raw = vec![0u8; 64 * KSA + 24];
         let n = raw.len();
         crate::sys::mem::vm_read(pid, &mut raw, &[(buf, n)]).map_err(|source| {
-            DumpError::Memory {
+            TaskError::Memory {
                 pid,
                 addr: buf,
                 what: "reading sigactions",
@@ -123,10 +131,11 @@ impl Kind for Signals {
         Ok(())
     }
 
-    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
-        let tc = img.core.tc.as_ref().ok_or_else(|| {
-            RestoreError::BadImage(format!("core-{}.img has no task core", img.pid))
-        })?;
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), SignalsError> {
+        let tc =
+            img.core.tc.as_ref().ok_or_else(|| {
+                TaskError::BadImage(format!("core-{}.img has no task core", img.pid))
+            })?;
         // The puppet inherited cryo's own dispositions; whatever differs is set.
         let mut raw = vec![0u8; 64 * KSA];
         let mut sigs = (1..=64u64).filter(|s| dumpable_sig(*s));
@@ -186,9 +195,10 @@ impl Kind for Signals {
         ] {
             for s in q {
                 if s.siginfo.len() != 128 {
-                    return Err(RestoreError::BadImage(
+                    return Err(TaskError::BadImage(
                         "a pending signal's siginfo is not 128 bytes".into(),
-                    ));
+                    )
+                    .into());
                 }
                 let signo = u32::from_ne_bytes(s.siginfo[0..4].try_into().expect("4 bytes")) as u64;
                 let a = cx.put(512, &s.siginfo)?;

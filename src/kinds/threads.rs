@@ -10,13 +10,30 @@
 //! with `clone3(CLONE_THREAD..., set_tid = TID)`; with `PTRACE_O_TRACECLONE` the new thread
 //! starts traced and stopped, and cryo shapes it like the leader before letting it go.
 
+use super::error::{task_error_from, TaskError};
 use super::{RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::pb;
 use crate::procfs;
-use crate::restore::RestoreError;
 use crate::sys::ptrace::{Regs, Stop, Tracee};
 use crate::sys::remote::{Remote, ThreadInjection};
+
+/// Why a thread could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadsError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("thread id {tid} is in use by another task")]
+    TidBusy { tid: i32 },
+    #[error(transparent)]
+    Regs(#[from] super::regs::RegsError),
+    #[error(transparent)]
+    Seccomp(#[from] super::seccomp::SeccompError),
+    #[error(transparent)]
+    Creds(#[from] super::creds::CredsError),
+    #[error(transparent)]
+    Signals(#[from] super::signals::SignalsError),
+}
+task_error_from!(ThreadsError);
 
 /// A seized non-leader thread and what was captured at seize time.
 pub struct SeizedThread {
@@ -36,10 +53,10 @@ pub fn dump_thread(
     th: &SeizedThread,
     site: u64,
     scratch: u64,
-) -> Result<pb::CoreEntry, DumpError> {
+) -> Result<pb::CoreEntry, ThreadsError> {
     let t = &th.tracee;
     let tid = t.tid;
-    let pt = |what, source| DumpError::Ptrace {
+    let pt = |what, source| TaskError::Ptrace {
         pid: tid,
         what,
         source,
@@ -65,9 +82,13 @@ pub fn dump_thread(
         .to_string();
 
     // In-thread queries.
-    let mut inj = ThreadInjection::new(t, site, th.regs).map_err(|e| DumpError::remote(tid, e))?;
+    let mut inj = ThreadInjection::new(t, site, th.regs)
+        .map_err(|source| TaskError::Remote { pid: tid, source })?;
     let r = &mut inj.remote;
-    let mut call = |what, nr, a| r.call(what, nr, a).map_err(|e| DumpError::remote(tid, e));
+    let mut call = |what, nr, a| {
+        r.call(what, nr, a)
+            .map_err(|source| TaskError::Remote { pid: tid, source })
+    };
     call(
         "sigaltstack",
         libc::SYS_sigaltstack,
@@ -88,10 +109,11 @@ pub fn dump_thread(
         libc::SYS_prctl,
         [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
     )?;
-    inj.cure().map_err(|e| DumpError::remote(tid, e))?;
+    inj.cure()
+        .map_err(|source| TaskError::Remote { pid: tid, source })?;
     let mut raw = [0u8; 48];
     crate::sys::mem::vm_read(pid, &mut raw, &[(scratch, 48)]).map_err(|source| {
-        DumpError::Memory {
+        TaskError::Memory {
             pid,
             addr: scratch,
             what: "reading thread state",
@@ -162,7 +184,7 @@ pub struct RestoredThread {
 pub fn restore_threads(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
-) -> Result<Vec<RestoredThread>, RestoreError> {
+) -> Result<Vec<RestoredThread>, ThreadsError> {
     let mut out = Vec::new();
     for (tid, core) in img.pstree.threads.iter().skip(1).zip(&img.threads) {
         let tid = *tid as i32;
@@ -174,38 +196,38 @@ pub fn restore_threads(
         args[9] = 1;
         let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
         let a = cx.put(2048, &bytes)?;
-        let got =
-            cx.sys("clone3 (thread)", libc::SYS_clone3, [a, 88, 0, 0, 0, 0])
-                .map_err(|e| match e {
-                    RestoreError::Remote(crate::sys::remote::RemoteError::Errno {
-                        source, ..
-                    }) if source.raw_os_error() == Some(libc::EEXIST) => RestoreError::PidBusy {
-                        pid: tid,
-                        who: "another task (thread id taken)".into(),
-                    },
-                    e => e,
-                })?;
+        let got = cx
+            .sys("clone3 (thread)", libc::SYS_clone3, [a, 88, 0, 0, 0, 0])
+            .map_err(|e| match e {
+                TaskError::Remote {
+                    source: crate::sys::remote::RemoteError::Errno { source, .. },
+                    ..
+                } if source.raw_os_error() == Some(libc::EEXIST) => ThreadsError::TidBusy { tid },
+                e => e.into(),
+            })?;
         let host = cx.remote.last_child.take().unwrap_or(got as i32);
         if got as i32 != tid {
             let _ = crate::sys::proc::kill(host, libc::SIGKILL);
-            return Err(RestoreError::BadImage(format!(
-                "thread {tid} was created as {got}"
-            )));
+            return Err(TaskError::BadImage(format!("thread {tid} was created as {got}")).into());
         }
         let t = Tracee { tid: host };
-        match t.wait().map_err(|source| RestoreError::Ptrace {
+        match t.wait().map_err(|source| TaskError::Ptrace {
+            pid: host,
             what: "waiting for a new thread",
             source,
         })? {
             Stop::Stopped { .. } => {}
             other => {
-                return Err(RestoreError::Ptrace {
+                return Err(TaskError::Ptrace {
+                    pid: host,
                     what: "waiting for a new thread",
                     source: std::io::Error::other(format!("unexpected state {other:?}")),
-                })
+                }
+                .into())
             }
         }
-        let base = t.regs().map_err(|source| RestoreError::Ptrace {
+        let base = t.regs().map_err(|source| TaskError::Ptrace {
+            pid: host,
             what: "PTRACE_GETREGS",
             source,
         })?;
@@ -232,7 +254,7 @@ pub fn restore_threads(
         let ti = core
             .thread_info
             .as_ref()
-            .ok_or_else(|| RestoreError::BadImage(format!("core-{tid}.img has no registers")))?;
+            .ok_or_else(|| TaskError::BadImage(format!("core-{tid}.img has no registers")))?;
         out.push(RestoredThread {
             tracee: t,
             regs: super::regs::pb_to_regs(&ti.gpregs, &base),
@@ -251,7 +273,7 @@ pub fn restore_attrs(
     th: &pb::ThreadCoreEntry,
     clear_tid_addr: u64,
     comm_fallback: &str,
-) -> Result<(), RestoreError> {
+) -> Result<(), TaskError> {
     let tid = cx.pid;
     let comm = th.comm.as_deref().unwrap_or(comm_fallback);
     if !comm.is_empty() {
@@ -296,7 +318,8 @@ pub fn restore_attrs(
         let now = match cx.inherited.sched {
             Some(s) => s,
             None => {
-                let s = crate::sys::proc::sched(tid).map_err(|source| RestoreError::Ptrace {
+                let s = crate::sys::proc::sched(tid).map_err(|source| TaskError::Ptrace {
+                    pid: tid,
                     what: "sched_getscheduler",
                     source,
                 })?;
@@ -306,7 +329,8 @@ pub fn restore_attrs(
         };
         if now != (policy as i32, prio as i32, nice) {
             crate::sys::proc::set_sched(tid, policy as i32, prio as i32, nice).map_err(
-                |source| RestoreError::Ptrace {
+                |source| TaskError::Ptrace {
+                    pid: tid,
                     what: "sched_setscheduler",
                     source,
                 },
@@ -324,12 +348,12 @@ fn restore_one(
     pid: i32,
     tid: i32,
     core: &pb::CoreEntry,
-) -> Result<u64, RestoreError> {
+) -> Result<u64, ThreadsError> {
     let th = core.thread_core.clone().unwrap_or_default();
     let ti = core
         .thread_info
         .as_ref()
-        .ok_or_else(|| RestoreError::BadImage(format!("core-{tid}.img has no registers")))?;
+        .ok_or_else(|| TaskError::BadImage(format!("core-{tid}.img has no registers")))?;
     // Alternate stack (the new thread inherited none).
     if let Some(s) = th.sas.filter(|s| s.ss_flags & 2 == 0) {
         let mut ss = Vec::with_capacity(24);
@@ -344,9 +368,10 @@ fn restore_one(
     if let Some(q) = &th.signals_p {
         for s in &q.signals {
             if s.siginfo.len() != 128 {
-                return Err(RestoreError::BadImage(
+                return Err(TaskError::BadImage(
                     "a pending signal's siginfo is not 128 bytes".into(),
-                ));
+                )
+                .into());
             }
             let signo = u32::from_ne_bytes(s.siginfo[0..4].try_into().expect("4 bytes")) as u64;
             let a = cx.put(512, &s.siginfo)?;

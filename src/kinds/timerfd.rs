@@ -7,15 +7,28 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use super::files::{obj_err, FdKind, FdObjects, TargetFd, SETFL_MASK};
+use super::error::{task_error_from, TaskError};
+use super::files::{obj_err, FdKind, FdObjects, FdProbe, TargetFd, SETFL_MASK};
 use super::DumpCx;
-use crate::dump::DumpError;
 use crate::image::pb;
-use crate::restore::RestoreError;
 use crate::sys::fd as sysfd;
 
 /// timerfd file descriptors.
 pub struct TimerFd;
+
+/// Why a timerfd could not be saved or made again.
+#[derive(Debug, thiserror::Error)]
+pub enum TimerFdError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    #[error("process {pid}: fd {fd}: cannot parse '{field}' in the timerfd's fdinfo")]
+    Fdinfo {
+        pid: i32,
+        fd: i32,
+        field: &'static str,
+    },
+}
+task_error_from!(TimerFdError);
 
 /// Parses "(sec, nsec)".
 fn pair(s: &str) -> Option<(u64, u64)> {
@@ -28,12 +41,23 @@ fn pair(s: &str) -> Option<(u64, u64)> {
 }
 
 impl FdKind for TimerFd {
-    fn dump(_cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
-        let bad = |what: &str| {
-            fd.err(
-                format!("timerfd fdinfo {what}"),
-                std::io::Error::from_raw_os_error(libc::EINVAL),
-            )
+    const NAME: &'static str = "timerfd";
+    const TYPE: pb::FdTypes = pb::FdTypes::Timerfd;
+    type Error = TimerFdError;
+
+    fn claims(p: &FdProbe<'_>) -> bool {
+        p.link == "anon_inode:[timerfd]"
+    }
+
+    fn dump(
+        _cx: &mut DumpCx<'_>,
+        fd: &TargetFd<'_>,
+        id: u32,
+    ) -> Result<pb::FileEntry, TimerFdError> {
+        let bad = |field: &'static str| TimerFdError::Fdinfo {
+            pid: fd.pid,
+            fd: fd.fd,
+            field,
         };
         let clockid = fd.field("clockid")?.parse().map_err(|_| bad("clockid"))?;
         let ticks = fd.field("ticks")?.parse().map_err(|_| bad("ticks"))?;
@@ -60,7 +84,7 @@ impl FdKind for TimerFd {
         })
     }
 
-    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, TimerFdError> {
         let t = e
             .tfd
             .as_ref()

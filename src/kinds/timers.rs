@@ -4,10 +4,17 @@
 //! of restore, so the remaining time is as close as possible to what it was at the dump. The
 //! overrun count is saved but not replayed.
 
+use super::error::{task_error_from, TaskError, Unsupported};
 use super::{DumpCx, Kind, RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::pb;
-use crate::restore::RestoreError;
+
+/// Why timers could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum TimersError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+task_error_from!(TimersError);
 
 /// Interval timers of a process.
 pub struct Timers;
@@ -71,12 +78,13 @@ fn arm(
     id: u64,
     arg: usize,
     words: [u64; 4],
-) -> Result<(), RestoreError> {
+) -> Result<(), TimersError> {
     let raw: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
     let a = cx.put(512, &raw)?;
     let mut args = [id, 0, 0, 0, 0, 0];
     args[arg] = a;
-    cx.sys(what, nr, args).map(|_| ())
+    cx.sys(what, nr, args)?;
+    Ok(())
 }
 
 /// Recreates POSIX timers with their original ids (the kernel's restore mode), then arms
@@ -84,7 +92,7 @@ fn arm(
 fn restore_posix(
     cx: &mut RestoreCx<'_>,
     timers: &[pb::PosixTimerEntry],
-) -> Result<(), RestoreError> {
+) -> Result<(), TimersError> {
     if timers.is_empty() {
         return Ok(());
     }
@@ -94,8 +102,8 @@ fn restore_posix(
         [PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0, 0],
     )
     .map_err(|_| {
-        RestoreError::Unsupported(
-            "this kernel cannot recreate POSIX timers with given ids (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.15+)".into(),
+        Unsupported::restore(
+            "this kernel cannot recreate POSIX timers with given ids (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.15+)",
         )
     })?;
     let mut sorted: Vec<&pb::PosixTimerEntry> = timers.iter().collect();
@@ -135,28 +143,31 @@ fn restore_posix(
 
 impl Kind for Timers {
     const NAME: &'static str = "timers";
+    type Error = TimersError;
 
-    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), DumpError> {
+    fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), TimersError> {
         let pid = cx.pid;
-        let text = crate::procfs::read(pid, "timers").map_err(DumpError::Proc)?;
-        let mut posix = parse_posix_timers(&text).ok_or_else(|| DumpError::Unsupported {
-            pid,
-            object: "POSIX timers".into(),
-            what: "/proc/PID/timers has an unexpected format".into(),
-            hint: String::new(),
+        let text = crate::procfs::read(pid, "timers")?;
+        let mut posix = parse_posix_timers(&text).ok_or_else(|| {
+            Unsupported::of(
+                pid,
+                "POSIX timers",
+                "/proc/PID/timers has an unexpected format",
+                String::new(),
+            )
         })?;
         let p = cx.remote()?;
         let buf = p
             .scratch(64 * 1024)
-            .map_err(|e| DumpError::remote(pid, e))?;
+            .map_err(|source| TaskError::Remote { pid, source })?;
         let mut entries = Vec::new();
         for which in 0..3u64 {
             p.remote
                 .call("getitimer", libc::SYS_getitimer, [which, buf, 0, 0, 0, 0])
-                .map_err(|e| DumpError::remote(pid, e))?;
+                .map_err(|source| TaskError::Remote { pid, source })?;
             let mut raw = [0u8; 32];
             crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 32)]).map_err(|source| {
-                DumpError::Memory {
+                TaskError::Memory {
                     pid,
                     addr: buf,
                     what: "reading itimers",
@@ -179,10 +190,10 @@ impl Kind for Timers {
                     libc::SYS_timer_gettime,
                     [t.it_id as u64, buf, 0, 0, 0, 0],
                 )
-                .map_err(|e| DumpError::remote(pid, e))?;
+                .map_err(|source| TaskError::Remote { pid, source })?;
             let mut raw = [0u8; 32];
             crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 32)]).map_err(|source| {
-                DumpError::Memory {
+                TaskError::Memory {
                     pid,
                     addr: buf,
                     what: "reading a POSIX timer",
@@ -195,14 +206,14 @@ impl Kind for Timers {
                 u64_at(&raw, 16),
                 u64_at(&raw, 24),
             );
-            t.overrun = p
-                .remote
-                .call(
-                    "timer_getoverrun",
-                    libc::SYS_timer_getoverrun,
-                    [t.it_id as u64, 0, 0, 0, 0, 0],
-                )
-                .map_err(|e| DumpError::remote(pid, e))? as u32;
+            t.overrun =
+                p.remote
+                    .call(
+                        "timer_getoverrun",
+                        libc::SYS_timer_getoverrun,
+                        [t.it_id as u64, 0, 0, 0, 0, 0],
+                    )
+                    .map_err(|source| TaskError::Remote { pid, source })? as u32;
         }
         let mut it = entries.into_iter();
         img.tc().timers = Some(pb::TaskTimersEntry {
@@ -214,7 +225,7 @@ impl Kind for Timers {
         Ok(())
     }
 
-    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+    fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), TimersError> {
         let Some(t) = img.core.tc.as_ref().and_then(|t| t.timers.as_ref()) else {
             return Ok(());
         };

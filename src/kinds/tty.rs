@@ -25,22 +25,29 @@
 //! `--orphan-pts-master` asks to keep it ([`take_orphan_masters`]). Lock state is applied last
 //! ([`TtyStore::close`]), since a locked slave cannot be opened.
 
+use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::files::{missing, set_fl, FdKind, FdObjects, TargetFd};
+use super::files::{missing, set_fl, FdKind, FdObjects, FdProbe, TargetFd};
 use super::{DumpCx, FileTable, RestoreCx, TaskImages};
-use crate::dump::DumpError;
 use crate::image::{self, pb, ImageDir};
 use crate::procfs;
-use crate::restore::RestoreError;
 use crate::sys;
 use crate::sys::ptrace::Tracee;
 use crate::sys::remote::Remote;
 use crate::sys::tty::Termios;
+
+/// Why a terminal could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum TtyError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+task_error_from!(TtyError);
 
 /// CRIU's fixed index for `/dev/tty` (the caller's controlling terminal).
 pub const CTTY_INDEX: u32 = 1006;
@@ -114,7 +121,7 @@ fn devpts_of(path: &str, side: Side) -> Option<String> {
 /// Checks, from /proc only, what the tree's terminals allow: the controlling terminal of a
 /// session leader must be a pty the tree holds; a `/dev/tty` fd needs a controlling terminal
 /// cryo restores (a pty whose master the tree holds, or the shell job's terminal).
-pub fn precheck(tree: &[(i32, i32)], shell_job: bool) -> Result<(), DumpError> {
+pub fn precheck(tree: &[(i32, i32)], shell_job: bool) -> Result<(), TtyError> {
     let pids: Vec<i32> = tree.iter().map(|t| t.0).collect();
     let mut held = HashSet::new(); // indices of ptys with any end in the tree
     let mut masters = HashSet::new(); // ... with their master in the tree
@@ -153,24 +160,14 @@ pub fn precheck(tree: &[(i32, i32)], shell_job: bool) -> Result<(), DumpError> {
         let ctty = st.tty_nr as u64;
         let pty = (side(ctty) == Some(Side::Slave)).then(|| slave_index(ctty));
         if st.session == pid && ctty != 0 && !pty.is_some_and(|i| held.contains(&i)) {
-            return Err(DumpError::Unsupported {
-                pid,
-                object: format!("controlling terminal {}:{}", major(ctty), minor(ctty)),
-                what: "the session leader's controlling terminal is not a pty open in the dumped tree".into(),
-                hint: "keep an fd of the terminal open in the tree, or start the session without one (setsid)".into(),
-            });
+            return Err(Unsupported::of(pid, format!("controlling terminal {}:{}", major(ctty), minor(ctty)), "the session leader's controlling terminal is not a pty open in the dumped tree", "keep an fd of the terminal open in the tree, or start the session without one (setsid)").into());
         }
         for &(_, fd) in dev_tty.iter().filter(|(p, _)| *p == pid) {
             let shell = shell_job && ctty == root_tty as u64 && !pids.contains(&st.session);
             // A slave whose master is outside (a container's console) is restored as the
             // controlling terminal with --orphan-pts-master.
             if !(shell || pty.is_some_and(|i| masters.contains(&i) || held.contains(&i))) {
-                return Err(DumpError::Unsupported {
-                    pid,
-                    object: format!("fd {fd} (/dev/tty)"),
-                    what: "/dev/tty is open but the process's controlling terminal is not a pty the tree holds".into(),
-                    hint: "pass --shell-job if it is the terminal of the shell the tree runs from".into(),
-                });
+                return Err(Unsupported::of(pid, format!("fd {fd} (/dev/tty)"), "/dev/tty is open but the process's controlling terminal is not a pty the tree holds", "pass --shell-job if it is the terminal of the shell the tree runs from").into());
             }
         }
     }
@@ -236,7 +233,20 @@ fn from_pb(e: &pb::TermiosEntry) -> Termios {
 pub struct Tty;
 
 impl FdKind for Tty {
-    fn dump(cx: &mut DumpCx<'_>, t: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+    const NAME: &'static str = "terminal";
+    const TYPE: pb::FdTypes = pb::FdTypes::Tty;
+    type Error = TtyError;
+
+    /// pty masters and slaves, and /dev/tty.
+    fn claims(p: &FdProbe<'_>) -> bool {
+        p.live_path()
+            && p.meta.is_some_and(|m| {
+                std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type())
+                    && side(m.rdev()).is_some()
+            })
+    }
+
+    fn dump(cx: &mut DumpCx<'_>, t: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, TtyError> {
         let meta = t
             .meta
             .ok_or_else(|| t.err("stat", std::io::Error::from_raw_os_error(libc::ENOENT)))?;
@@ -276,17 +286,17 @@ impl FdKind for Tty {
         })
     }
 
-    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
+    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, TtyError> {
         let tfe = e.tty.as_ref().ok_or_else(|| missing(e.id, "tty"))?;
         let index = tfe.tty_info_id >> 1;
         if index == CTTY_INDEX {
-            return Err(RestoreError::Internal("/dev/tty is opened in the puppet"));
+            return Err(TaskError::Internal("/dev/tty is opened in the puppet").into());
         }
         let objs_ = &mut *objs;
         objs_.tty.ensure(&objs_.dir, &objs_.files, index)?;
         let pair = &objs_.tty.pairs[&index];
         let err = |what: String| {
-            move |source| RestoreError::File {
+            move |source| TaskError::Object {
                 id: e.id,
                 what,
                 source,
@@ -304,7 +314,8 @@ impl FdKind for Tty {
         let flags = (tfe.flags as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC))
             | libc::O_NOCTTY
             | libc::O_CLOEXEC;
-        sys::fd::open(&pair.slave_path, flags).map_err(err(format!("open {}", pair.slave_path)))
+        let node = format!("/proc/self/fd/{}", pair.slave_node.as_raw_fd());
+        Ok(sys::fd::open(&node, flags).map_err(err(format!("open {}", pair.slave_path)))?)
     }
 }
 
@@ -316,7 +327,7 @@ fn describe(
     index: u32,
     fd: Option<BorrowedFd<'_>>,
     meta: &std::fs::Metadata,
-) -> Result<pb::TtyInfoEntry, DumpError> {
+) -> Result<pb::TtyInfoEntry, TtyError> {
     let mut e = pb::TtyInfoEntry {
         id: info,
         r#type: if side == Side::Ctty {
@@ -329,11 +340,13 @@ fn describe(
         ..Default::default()
     };
     let Some(fd) = fd else { return Ok(e) };
-    let devpts = devpts_of(t.link, side).ok_or_else(|| DumpError::Unsupported {
-        pid: t.pid,
-        object: format!("fd {} ({})", t.fd, t.link),
-        what: "the pty's devpts mount cannot be found from the path it was opened by".into(),
-        hint: "open ptys through /dev/ptmx or <devpts>/ptmx and <devpts>/N".into(),
+    let devpts = devpts_of(t.link, side).ok_or_else(|| {
+        Unsupported::of(
+            t.pid,
+            format!("fd {} ({})", t.fd, t.link),
+            "the pty's devpts mount cannot be found from the path it was opened by",
+            "open ptys through /dev/ptmx or <devpts>/ptmx and <devpts>/N",
+        )
     })?;
     e.pty = Some(pb::TtyPtyEntry { index });
     if let Ok(m) = std::fs::metadata(format!("{devpts}/{index}")) {
@@ -420,7 +433,7 @@ impl Drop for Drained {
 /// After every task is dumped: completes the slave records (session, foreground group, lock
 /// and packet mode come from the master, or from /proc for a slave whose master is
 /// outside), and reads the bytes queued in each pty whose master the tree holds.
-pub fn finish_dump(files: &mut FileTable) -> Result<Drained, DumpError> {
+pub fn finish_dump(files: &mut FileTable) -> Result<Drained, TtyError> {
     let tree = files.tree.clone();
     let ids: Vec<u32> = files.ttys.infos.keys().copied().collect();
     for &id in ids.iter().filter(|&&i| i & 1 == 0 && i >> 1 != CTTY_INDEX) {
@@ -455,7 +468,7 @@ pub fn finish_dump(files: &mut FileTable) -> Result<Drained, DumpError> {
         let index = id >> 1;
         let devpts = seen.entry.cryo_devpts.clone().unwrap_or_default();
         let err = |what: String| {
-            move |source: std::io::Error| DumpError::File {
+            move |source: std::io::Error| TaskError::Fd {
                 pid: 0,
                 fd: -1,
                 what: format!("pty {index}: {what}: {source}"),
@@ -607,7 +620,7 @@ fn read_slave(fd: BorrowedFd<'_>, input: &mut Input) -> std::io::Result<()> {
 }
 
 /// Writes tty-info.img and tty-data.img.
-pub fn write(dir: &ImageDir, files: &FileTable) -> Result<(), DumpError> {
+pub fn write(dir: &ImageDir, files: &FileTable) -> Result<(), TtyError> {
     if files.ttys.infos.is_empty() {
         return Ok(());
     }
@@ -770,6 +783,8 @@ pub struct Pair {
     /// cryo's own slave description (queued data, controlling terminal, foreground).
     pub slave: OwnedFd,
     pub slave_path: String,
+    /// An O_PATH fd of the slave's device node, reopened for each slave fd of the images.
+    pub slave_node: OwnedFd,
     /// Its master was outside the dumped tree: cryo's master is temporary.
     orphan: bool,
     locked: bool,
@@ -802,8 +817,8 @@ pub fn take_orphan_masters() -> Vec<OwnedFd> {
     std::mem::take(&mut *ORPHAN_MASTERS.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
-fn tty_err(index: u32, what: String) -> impl FnOnce(std::io::Error) -> RestoreError {
-    move |source| RestoreError::File {
+fn tty_err(index: u32, what: String) -> impl FnOnce(std::io::Error) -> TaskError {
+    move |source| TaskError::Object {
         id: index,
         what: format!("pty {index}: {what}"),
         source,
@@ -812,7 +827,7 @@ fn tty_err(index: u32, what: String) -> impl FnOnce(std::io::Error) -> RestoreEr
 
 impl TtyStore {
     /// Reads tty-info.img and tty-data.img once.
-    fn load(&mut self, dir: &ImageDir) -> Result<(), RestoreError> {
+    fn load(&mut self, dir: &ImageDir) -> Result<(), TtyError> {
         if self.loaded {
             return Ok(());
         }
@@ -848,7 +863,7 @@ impl TtyStore {
         dir: &ImageDir,
         files: &HashMap<u32, pb::FileEntry>,
         index: u32,
-    ) -> Result<(), RestoreError> {
+    ) -> Result<(), TtyError> {
         self.load(dir)?;
         if self.pairs.contains_key(&index) {
             return Ok(());
@@ -856,7 +871,7 @@ impl TtyStore {
         let minfo = self.infos.get(&info_id(index, true));
         let sinfo = self.infos.get(&info_id(index, false));
         let info = sinfo.or(minfo).ok_or_else(|| {
-            RestoreError::BadImage(format!("tty-info.img has no record of pty {index}"))
+            TaskError::BadImage(format!("tty-info.img has no record of pty {index}"))
         })?;
         // The paths the fds were opened by.
         let path_of = |master: bool| {
@@ -878,13 +893,20 @@ impl TtyStore {
             .unwrap_or_else(|| "/dev/pts".into());
         let master_path = path_of(true).unwrap_or_else(|| format!("{devpts}/ptmx"));
         let slave_path = path_of(false).unwrap_or_else(|| format!("{devpts}/{index}"));
-        let via = |p: &str| format!("{}{p}", self.root.as_deref().unwrap_or(""));
+        // Paths as the tree sees them, resolved inside its root.
+        let root = self.root.clone();
+        let open_in = |p: &str, flags: i32| match &root {
+            Some(r) => sys::fd::open_in_root(r, p, flags),
+            None => sys::fd::open(p, flags),
+        };
         let premade = self.premade.remove(&index);
-        if let (Ok(m), None) = (std::fs::metadata(via(&slave_path)), &premade) {
+        let existing =
+            open_in(&slave_path, libc::O_PATH).and_then(|f| std::fs::File::from(f).metadata());
+        if let (Ok(m), None) = (existing, &premade) {
             if m.file_type().is_char_device() && slave_index(m.rdev()) == index {
-                return Err(RestoreError::Unsupported(format!(
+                return Err(Unsupported::restore(format!(
                     "pty {index} is in use by another terminal ({slave_path} exists); close it, or restore where that index is free"
-                )));
+                )).into());
             }
         }
         // devpts hands out the lowest free index: hold masters until ours comes.
@@ -893,8 +915,8 @@ impl TtyStore {
             m
         } else {
             loop {
-                let m = sys::fd::open(
-                    &via(&master_path),
+                let m = open_in(
+                    &master_path,
                     libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
                 )
                 .map_err(tty_err(index, format!("open {master_path}")))?;
@@ -904,9 +926,10 @@ impl TtyStore {
                     break m;
                 }
                 if got > index {
-                    return Err(RestoreError::Unsupported(format!(
+                    return Err(Unsupported::restore(format!(
                     "pty {index} was taken by another terminal meanwhile ({master_path} gave {got})"
-                )));
+                ))
+                    .into());
                 }
                 extras.push(m);
             }
@@ -914,17 +937,17 @@ impl TtyStore {
         drop(extras);
         sys::tty::set_pty_locked(master.as_fd(), false)
             .map_err(tty_err(index, "TIOCSPTLCK".into()))?;
-        let slave = sys::fd::open(
-            &via(&slave_path),
+        let slave = open_in(
+            &slave_path,
             libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
         )
         .map_err(tty_err(index, format!("open {slave_path}")))?;
         let m = std::fs::metadata(format!("/proc/self/fd/{}", slave.as_raw_fd()))
             .map_err(tty_err(index, "stat slave".into()))?;
         if side(m.rdev()) != Some(Side::Slave) || slave_index(m.rdev()) != index {
-            return Err(RestoreError::Unsupported(format!(
+            return Err(Unsupported::restore(format!(
                 "{slave_path} is not the slave of the pty made through {master_path}: different devpts instances?"
-            )));
+            )).into());
         }
         if let (Some(uid), Some(gid)) = (info.uid, info.gid) {
             if let Err(e) = std::os::unix::fs::fchown(&slave, Some(uid), Some(gid)) {
@@ -987,8 +1010,10 @@ impl TtyStore {
             Pair {
                 master,
                 slave,
-                // Opened again by Tty::open, from cryo: through the tree's root.
-                slave_path: via(&slave_path),
+                // Opened again by Tty::open, from cryo: its node, found inside the tree's root.
+                slave_path: slave_path.clone(),
+                slave_node: open_in(&slave_path, libc::O_PATH)
+                    .map_err(tty_err(index, format!("find {slave_path}")))?,
                 orphan: master_info.is_none(),
                 locked,
             },
@@ -1030,7 +1055,7 @@ pub fn is_dev_tty(files: &HashMap<u32, pb::FileEntry>, id: u32) -> bool {
 
 /// Opens `/dev/tty` (file `id`) in the puppet; returns its fd. A shell job's is the
 /// terminal cryo runs on, which the puppet still has.
-pub fn open_dev_tty(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, RestoreError> {
+pub fn open_dev_tty(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, TtyError> {
     let flags = cx
         .files
         .get(&id)
@@ -1038,14 +1063,14 @@ pub fn open_dev_tty(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, RestoreError
         .map(|t| t.flags)
         .ok_or_else(|| missing(id, "tty"))?;
     let flags = flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) as u32);
-    cx.open("/dev/tty", flags | libc::O_NOCTTY as u32)
+    Ok(cx.open("/dev/tty", flags | libc::O_NOCTTY as u32)?)
 }
 
 /// Right after a session leader's `setsid`: makes the pty its session had its controlling
 /// terminal (`TIOCSCTTY` on a slave fd it takes from cryo, then closes), so the children
 /// forked next inherit it, and opens the task's `/dev/tty` fds. `cx.pid` is the puppet's
 /// pid on this host; `img.pid` (the dumped pid) is what the images' sessions name.
-pub fn take_ctty(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), RestoreError> {
+pub fn take_ctty(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), TtyError> {
     let cell = cx.objs;
     let keeper = {
         let mut objs = cell.borrow_mut();
@@ -1108,7 +1133,7 @@ pub fn set_foreground(
     tr: u64,
     cryo_pidfd: Option<i32>,
     host: impl Fn(u32) -> i32,
-) -> Result<(), RestoreError> {
+) -> Result<(), TtyError> {
     // (cryo's slave fd, session, foreground group), for the groups not in the foreground
     // yet: TIOCSCTTY already gave it to the session leader's group.
     let todo: Vec<(i32, u32, u32)> = {
@@ -1139,19 +1164,23 @@ pub fn set_foreground(
     for (keeper, sid, pgrp) in todo {
         let pid = host(sid);
         let t = Tracee { tid: pid };
-        let base = t.regs().map_err(|source| RestoreError::Ptrace {
+        let base = t.regs().map_err(|source| TaskError::Ptrace {
+            pid,
             what: "PTRACE_GETREGS",
             source,
         })?;
         let mut r = Remote::new(&t, tr, base);
+        let remote = |source| TaskError::Remote { pid, source };
         let me = std::process::id() as u64;
         let pidfd = match cryo_pidfd {
             Some(fd) => fd as u64,
-            None => r.call(
-                "pidfd_open (cryo)",
-                libc::SYS_pidfd_open,
-                [me, 0, 0, 0, 0, 0],
-            )?,
+            None => r
+                .call(
+                    "pidfd_open (cryo)",
+                    libc::SYS_pidfd_open,
+                    [me, 0, 0, 0, 0, 0],
+                )
+                .map_err(remote)?,
         };
         let fd = r.call(
             "pidfd_getfd",
@@ -1159,15 +1188,18 @@ pub fn set_foreground(
             [pidfd, keeper as u64, 0, 0, 0, 0],
         );
         if cryo_pidfd.is_none() {
-            r.call("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])?;
+            r.call("close", libc::SYS_close, [pidfd, 0, 0, 0, 0, 0])
+                .map_err(remote)?;
         }
-        let fd = fd?;
+        let fd = fd.map_err(remote)?;
         let scratch = tr + 4096;
         // Named inside the session's PID namespace.
         let group = pgrp as i32;
         sys::mem::vm_write(pid, &group.to_ne_bytes(), &[(scratch, 4)]).map_err(|source| {
-            RestoreError::Memory {
+            TaskError::Memory {
+                pid,
                 addr: scratch,
+                what: "writing the foreground group",
                 source,
             }
         })?;
@@ -1176,8 +1208,9 @@ pub fn set_foreground(
             libc::SYS_ioctl,
             [fd, libc::TIOCSPGRP, scratch, 0, 0, 0],
         );
-        r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-        res?;
+        r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])
+            .map_err(remote)?;
+        res.map_err(remote)?;
         tracing::info!("terminal of session {sid}: foreground group {group}");
     }
     Ok(())

@@ -12,15 +12,25 @@
 //! one connects to it by name. Queued data is sent again by the peer (or, for a named
 //! datagram socket, from a temporary socket), then the shutdown state is applied.
 
+use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 
-use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, TargetFd};
+use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, PrecheckFd, TargetFd};
 use super::DumpCx;
-use crate::dump::DumpError;
 use crate::image::{self, pb};
-use crate::restore::RestoreError;
 use crate::sys::net::{self, Peeked, UnixDiag};
+
+/// Why a unix socket could not be saved or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum UnixSkError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The listener a socket connects to again, made first.
+    #[error(transparent)]
+    Files(#[from] Box<super::files::FilesError>),
+}
+task_error_from!(UnixSkError);
 
 /// Unix sockets.
 pub struct UnixSk;
@@ -62,12 +72,12 @@ pub fn diag_all(pids: &[i32]) -> std::io::Result<HashMap<u32, UnixDiag>> {
 
 /// Checks, before the tree is touched, that every socket of the tree is a unix socket cryo
 /// can restore and that its peer belongs to the tree. `socks` are (pid, fd, inode).
-pub fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), DumpError> {
+fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), UnixSkError> {
     if socks.is_empty() {
         return Ok(());
     }
     let pids: Vec<i32> = socks.iter().map(|s| s.0).collect();
-    let diag = diag_all(&pids).map_err(|source| DumpError::File {
+    let diag = diag_all(&pids).map_err(|source| TaskError::Fd {
         pid: socks[0].0,
         fd: socks[0].1,
         what: "sock_diag query of unix sockets".into(),
@@ -76,12 +86,7 @@ pub fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), DumpError> {
     let mine: HashSet<u32> = socks.iter().map(|s| s.2).collect();
     for &(pid, fd, ino) in socks {
         let Some(d) = diag.get(&ino) else {
-            return Err(DumpError::Unsupported {
-                pid,
-                object: format!("fd {fd} (socket:[{ino}])"),
-                what: "only unix sockets are supported yet (this is an inet, netlink or packet socket)".into(),
-                hint: "TCP and UDP sockets are planned (--tcp-established is refused for now); close it before the dump".into(),
-            });
+            return Err(Unsupported::of(pid, format!("fd {fd} (socket:[{ino}])"), "only unix sockets are supported yet (this is an inet, netlink or packet socket)", "TCP and UDP sockets are planned (--tcp-established is refused for now); close it before the dump").into());
         };
         // peer 0: unconnected, or the peer is gone (closed, or not accepted yet).
         if d.peer != 0 && !mine.contains(&d.peer) {
@@ -89,10 +94,7 @@ pub fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), DumpError> {
                 .get(&d.peer)
                 .map(|p| show_name(&p.name))
                 .unwrap_or_default();
-            return Err(DumpError::Unsupported {
-                pid,
-                object: format!("fd {fd} (unix socket {ino})"),
-                what: format!(
+            return Err(Unsupported::of(pid, format!("fd {fd} (unix socket {ino})"), format!(
                     "its peer (socket {}{}) belongs to a process outside the dumped tree",
                     d.peer,
                     if peer_name.is_empty() {
@@ -100,9 +102,7 @@ pub fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), DumpError> {
                     } else {
                         format!(" {peer_name}")
                     }
-                ),
-                hint: "dump the tree that holds both ends (a common ancestor with -t); external unix sockets are not supported yet".into(),
-            });
+                ), "dump the tree that holds both ends (a common ancestor with -t); external unix sockets are not supported yet").into());
         }
         // A listener's waiting connections are named by their clients.
         for client in &d.icons {
@@ -113,12 +113,13 @@ pub fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), DumpError> {
             } else {
                 continue;
             };
-            return Err(DumpError::Unsupported {
+            return Err(Unsupported::of(
                 pid,
-                object: format!("fd {fd} (listening unix socket {})", show_name(&d.name)),
-                what: what.into(),
-                hint: "let the program accept its pending connections, then dump".into(),
-            });
+                format!("fd {fd} (listening unix socket {})", show_name(&d.name)),
+                what,
+                "let the program accept its pending connections, then dump",
+            )
+            .into());
         }
     }
     Ok(())
@@ -135,7 +136,7 @@ fn show_name(name: &[u8]) -> String {
 
 /// Reads a socket's queue without consuming it: one entry per message (datagram,
 /// seqpacket) or one chunk (stream).
-fn peek_queue(fd: &TargetFd<'_>, sk: &OwnedFd) -> Result<Vec<Vec<u8>>, DumpError> {
+fn peek_queue(fd: &TargetFd<'_>, sk: &OwnedFd) -> Result<Vec<Vec<u8>>, UnixSkError> {
     let s = sk.as_fd();
     let old = net::getsockopt_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF)
         .map_err(|e| fd.err("SO_PEEK_OFF", e))?;
@@ -148,14 +149,15 @@ fn peek_queue(fd: &TargetFd<'_>, sk: &OwnedFd) -> Result<Vec<Vec<u8>>, DumpError
             Ok(Peeked::Data(0)) | Ok(Peeked::Empty) => break Ok(()),
             Ok(Peeked::Data(n)) => out.push(buf[..n.min(buf.len())].to_vec()),
             Ok(Peeked::Fds) => {
-                break Err(DumpError::Unsupported {
-                    pid: fd.pid,
-                    object: format!("fd {} ({})", fd.fd, fd.link),
-                    what: "a queued message carries file descriptors (SCM_RIGHTS)".into(),
-                    hint: "let the program read its queued messages, then dump".into(),
-                })
+                break Err(Unsupported::of(
+                    fd.pid,
+                    format!("fd {} ({})", fd.fd, fd.link),
+                    "a queued message carries file descriptors (SCM_RIGHTS)",
+                    "let the program read its queued messages, then dump",
+                )
+                .into())
             }
-            Err(e) => break Err(fd.err("peek at the queued data", e)),
+            Err(e) => break Err(fd.err("peek at the queued data", e).into()),
         }
     };
     // Put the peek offset back as the program had it.
@@ -163,7 +165,7 @@ fn peek_queue(fd: &TargetFd<'_>, sk: &OwnedFd) -> Result<Vec<Vec<u8>>, DumpError
     r.map(|_| out)
 }
 
-fn opts(fd: &TargetFd<'_>, sk: &OwnedFd) -> Result<pb::SkOptsEntry, DumpError> {
+fn opts(fd: &TargetFd<'_>, sk: &OwnedFd) -> Result<pb::SkOptsEntry, UnixSkError> {
     let s = sk.as_fd();
     let int =
         |opt| net::getsockopt_int(s, libc::SOL_SOCKET, opt).map_err(|e| fd.err("getsockopt", e));
@@ -185,7 +187,30 @@ fn opts(fd: &TargetFd<'_>, sk: &OwnedFd) -> Result<pb::SkOptsEntry, DumpError> {
 }
 
 impl FdKind for UnixSk {
-    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, DumpError> {
+    const NAME: &'static str = "unix socket";
+    const TYPE: pb::FdTypes = pb::FdTypes::Unixsk;
+    /// Bound and connected by name in the tree's network and mount namespaces.
+    const IN_TREE_NS: bool = true;
+    type Error = UnixSkError;
+
+    fn claims(p: &FdProbe<'_>) -> bool {
+        p.socket
+            .is_some_and(|(domain, _, _)| domain == libc::AF_UNIX)
+    }
+
+    fn precheck_tree(fds: &[PrecheckFd]) -> Result<(), UnixSkError> {
+        let socks: Vec<(i32, i32, u32)> = fds
+            .iter()
+            .filter_map(|f| Some((f.pid, f.fd, inode(&f.link)?)))
+            .collect();
+        precheck(&socks)
+    }
+
+    fn load(objs: &mut FdObjects) -> Result<(), UnixSkError> {
+        load_queues(objs)
+    }
+
+    fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, UnixSkError> {
         let ino = inode(fd.link).ok_or_else(|| {
             fd.err(
                 "socket inode",
@@ -202,11 +227,13 @@ impl FdKind for UnixSk {
             .as_ref()
             .and_then(|m| m.get(&ino))
             .cloned()
-            .ok_or_else(|| DumpError::Unsupported {
-                pid: fd.pid,
-                object: format!("fd {} ({})", fd.fd, fd.link),
-                what: "not a unix socket of the tree's network namespaces".into(),
-                hint: "only unix sockets are supported yet".into(),
+            .ok_or_else(|| {
+                Unsupported::of(
+                    fd.pid,
+                    format!("fd {} ({})", fd.fd, fd.link),
+                    "not a unix socket of the tree's network namespaces",
+                    "only unix sockets are supported yet",
+                )
             })?;
         let sk = fd.take()?;
         let o = opts(fd, &sk)?;
@@ -231,7 +258,7 @@ impl FdKind for UnixSk {
             use std::os::unix::fs::MetadataExt;
             let path = String::from_utf8_lossy(&name).into_owned();
             // Looked up in the task's own root (and mount namespace).
-            let on_disk = std::fs::metadata(format!("/proc/{}/root{path}", fd.pid))
+            let on_disk = crate::sys::fd::stat_in_root(&format!("/proc/{}/root", fd.pid), &path)
                 .ok()
                 .map(|m| m.ino() as u32);
             Some(on_disk != d.vfs.map(|v| v.0))
@@ -276,8 +303,8 @@ impl FdKind for UnixSk {
         })
     }
 
-    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, RestoreError> {
-        if let Some(fd) = objs.unix.pending.remove(&e.id) {
+    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, UnixSkError> {
+        if let Some(fd) = objs.kinds.get::<UnixStore>().pending.remove(&e.id) {
             return Ok(fd);
         }
         let u = e.usk.as_ref().ok_or_else(|| missing(e.id, "unix socket"))?;
@@ -309,7 +336,7 @@ impl FdKind for UnixSk {
             .cloned()
         {
             // It waited in a listener's backlog: connect to the listener again.
-            objs.get(l.id)?;
+            objs.get(l.id).map_err(Box::new)?;
             let s = net::unix_socket(kind).map_err(err("socket"))?;
             net::connect(s.as_fd(), &l.name)
                 .map_err(err(&format!("connect to {}", show_name(&l.name))))?;
@@ -318,14 +345,20 @@ impl FdKind for UnixSk {
             if let Some(l) = listener_named(&u.name).or_else(|| listener_named(&p.name)) {
                 // An accepted connection: made by connecting to the listener, which keeps
                 // the names both ends report.
-                objs.get(l.id)?;
-                return objs.unix.pending.remove(&e.id).ok_or_else(|| {
-                    RestoreError::BadImage(format!(
-                        "unix socket {} was not re-accepted by {}",
-                        u.ino,
-                        show_name(&l.name)
-                    ))
-                });
+                objs.get(l.id).map_err(Box::new)?;
+                return objs
+                    .kinds
+                    .get::<UnixStore>()
+                    .pending
+                    .remove(&e.id)
+                    .ok_or_else(|| {
+                        TaskError::BadImage(format!(
+                            "unix socket {} was not re-accepted by {}",
+                            u.ino,
+                            show_name(&l.name)
+                        ))
+                        .into()
+                    });
             }
             // Both ends in the images: a socketpair, with the names it had.
             let (mine, theirs) = net::unix_pair(kind).map_err(err("socketpair"))?;
@@ -339,11 +372,11 @@ impl FdKind for UnixSk {
             send_queue(objs, p.id, mine.as_fd())?;
             finish(&theirs, p)?;
             set_fl(theirs.as_fd(), p.flags, p.id)?;
-            objs.unix.pending.insert(p.id, theirs);
+            objs.kinds.get::<UnixStore>().pending.insert(p.id, theirs);
             mine
         } else if let Some(p) = peer {
             // A datagram socket connected to a named one: connect again by name.
-            objs.get(p.id)?;
+            objs.get(p.id).map_err(Box::new)?;
             let s = net::unix_socket(kind).map_err(err("socket"))?;
             if !u.name.is_empty() {
                 bind_name(s.as_fd(), u, e.id)?;
@@ -364,7 +397,13 @@ impl FdKind for UnixSk {
                 // Messages queued to a named datagram socket come from a stand-in sender.
                 if kind != libc::SOCK_STREAM {
                     let tmp = net::unix_socket(kind).map_err(err("socket"))?;
-                    for msg in objs.unix.queues.remove(&u.id).unwrap_or_default() {
+                    for msg in objs
+                        .kinds
+                        .get::<UnixStore>()
+                        .queues
+                        .remove(&u.id)
+                        .unwrap_or_default()
+                    {
                         net::send_to(tmp.as_fd(), &msg, &u.name)
                             .map_err(err("requeue a datagram"))?;
                     }
@@ -386,7 +425,7 @@ fn accept_again(
     l: &OwnedFd,
     lu: &pb::UnixSkEntry,
     by_ino: &HashMap<u32, pb::UnixSkEntry>,
-) -> Result<(), RestoreError> {
+) -> Result<(), UnixSkError> {
     let err = |what: &str| obj_err(lu.id, format!("unix socket {}: {what}", lu.ino));
     for srv in by_ino
         .values()
@@ -404,8 +443,8 @@ fn accept_again(
         finish(&c, cli)?;
         set_fl(a.as_fd(), srv.flags, srv.id)?;
         set_fl(c.as_fd(), cli.flags, cli.id)?;
-        objs.unix.pending.insert(srv.id, a);
-        objs.unix.pending.insert(cli.id, c);
+        objs.kinds.get::<UnixStore>().pending.insert(srv.id, a);
+        objs.kinds.get::<UnixStore>().pending.insert(cli.id, c);
     }
     Ok(())
 }
@@ -420,17 +459,22 @@ pub struct UnixStore {
     loaded: bool,
 }
 
-pub fn load_queues(objs: &mut FdObjects) -> Result<(), RestoreError> {
-    if objs.unix.loaded {
+pub fn load_queues(objs: &mut FdObjects) -> Result<(), UnixSkError> {
+    if objs.kinds.get::<UnixStore>().loaded {
         return Ok(());
     }
     for (e, data) in objs
         .dir
         .read_with_data::<pb::SkPacketEntry>("sk-queues.img", image::SK_QUEUES)?
     {
-        objs.unix.queues.entry(e.id_for).or_default().push(data);
+        objs.kinds
+            .get::<UnixStore>()
+            .queues
+            .entry(e.id_for)
+            .or_default()
+            .push(data);
     }
-    objs.unix.loaded = true;
+    objs.kinds.get::<UnixStore>().loaded = true;
     Ok(())
 }
 
@@ -439,8 +483,14 @@ fn send_queue(
     objs: &mut FdObjects,
     id: u32,
     from: std::os::fd::BorrowedFd<'_>,
-) -> Result<(), RestoreError> {
-    for msg in objs.unix.queues.remove(&id).unwrap_or_default() {
+) -> Result<(), UnixSkError> {
+    for msg in objs
+        .kinds
+        .get::<UnixStore>()
+        .queues
+        .remove(&id)
+        .unwrap_or_default()
+    {
         let mut off = 0;
         while off < msg.len() {
             off += net::send(from, &msg[off..])
@@ -459,7 +509,7 @@ fn bind_name(
     fd: std::os::fd::BorrowedFd<'_>,
     s: &pb::UnixSkEntry,
     id: u32,
-) -> Result<(), RestoreError> {
+) -> Result<(), UnixSkError> {
     let path_name = s.name.first().is_some_and(|&c| c != 0);
     if path_name {
         use std::os::unix::fs::FileTypeExt;
@@ -479,7 +529,7 @@ fn bind_name(
 }
 
 /// Options and shutdown state, once the queues are refilled.
-fn finish(sk: &OwnedFd, u: &pb::UnixSkEntry) -> Result<(), RestoreError> {
+fn finish(sk: &OwnedFd, u: &pb::UnixSkEntry) -> Result<(), UnixSkError> {
     let s = sk.as_fd();
     let err = |what: &str| obj_err(u.id, format!("unix socket {}: {what}", u.ino));
     let o = &u.opts;

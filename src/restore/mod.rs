@@ -15,9 +15,10 @@ use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use crate::image::{self, pb, ImageDir, ImageError, Manifest};
-use crate::kinds::{self, Kind, RestoreCx, TaskImages};
+use crate::kinds::error::{task_error_from, Failure, TaskError, Unsupported};
+use crate::kinds::{self, RestoreCx, TaskImages};
 use crate::notify::{Notifier, NotifyError};
-use crate::procfs::{self, ProcError};
+use crate::procfs;
 use crate::sys::mem::Mapping;
 use crate::sys::ptrace::{Stop, Tracee};
 use crate::sys::remote::{Remote, RemoteError, SYSCALL_INSN};
@@ -44,9 +45,14 @@ pub struct RestoreOpts {
     pub inherit_fd: Vec<(String, i32)>,
     /// `--manage-cgroups` and `--cgroup-root` (`kinds::cgroup`).
     pub cgroups: kinds::cgroup::CgOpts,
+    /// `--network-lock`: how the restored tree's network stays locked until it runs.
+    pub network_lock: crate::netlock::Method,
+    /// Links whose other side is outside the tree (`--external veth[..]`, `macvlan[..]`,
+    /// `--veth-pair`).
+    pub links: kinds::netns::LinkOpts,
 }
 
-/// Why a restore failed.
+/// Why a restore failed: the pipeline's own failures, and each kind's error, collected.
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error("PID {pid} is in use by another process ({who})")]
@@ -65,88 +71,104 @@ pub enum RestoreError {
     },
     #[error(transparent)]
     Remote(#[from] RemoteError),
-    #[error("cannot open {path} for the restored process")]
-    Open {
-        path: String,
-        #[source]
-        source: RemoteError,
-    },
     #[error("cannot write the restored process's memory at {addr:#x}")]
-    Memory {
+    WriteMemory {
         addr: u64,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot set resource limit RLIMIT_{name} to {cur}/{max}")]
-    Limit {
-        name: &'static str,
-        cur: u64,
-        max: u64,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot recreate file {id} ({what})")]
-    File {
-        id: u32,
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the images are inconsistent: {0}")]
-    BadImage(String),
-    #[error("not supported: {0}")]
-    Unsupported(String),
-    #[error("cannot rebuild the mount tree: {what}")]
-    Mount {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A failure every stage can meet (in-target call, /proc, images, refusal, fault point).
     #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error(transparent)]
-    Proc(#[from] ProcError),
+    Task(#[from] TaskError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
     #[error(transparent)]
-    Ipc(#[from] crate::kinds::ipc::IpcError),
+    Files(#[from] kinds::files::FilesError),
     #[error(transparent)]
-    Cgroup(#[from] crate::kinds::cgroup::CgroupError),
-    #[error("fault injected at stage '{0}' (CRYO_FAULT_INJECT)")]
-    Injected(String),
-    #[error("interrupted by signal {sig} before stage '{stage}'; nothing was left running")]
-    Interrupted { sig: i32, stage: String },
+    Memory(#[from] kinds::memory::MemoryError),
+    #[error(transparent)]
+    Signals(#[from] kinds::signals::SignalsError),
+    #[error(transparent)]
+    Misc(#[from] kinds::misc::MiscError),
+    #[error(transparent)]
+    Creds(#[from] kinds::creds::CredsError),
+    #[error(transparent)]
+    Timers(#[from] kinds::timers::TimersError),
+    #[error(transparent)]
+    Rlimits(#[from] kinds::rlimits::RlimitsError),
+    #[error(transparent)]
+    Regs(#[from] kinds::regs::RegsError),
+    #[error(transparent)]
+    Threads(#[from] kinds::threads::ThreadsError),
+    #[error(transparent)]
+    Seccomp(#[from] kinds::seccomp::SeccompError),
+    #[error(transparent)]
+    Ns(#[from] kinds::ns::NsError),
+    #[error(transparent)]
+    Ipc(#[from] kinds::ipc::IpcError),
+    #[error(transparent)]
+    Mounts(#[from] kinds::mounts::MountsError),
+    #[error(transparent)]
+    Cgroup(#[from] kinds::cgroup::CgroupError),
+    #[error(transparent)]
+    Locks(#[from] kinds::locks::LocksError),
+    #[error(transparent)]
+    Tty(#[from] kinds::tty::TtyError),
+    #[error(transparent)]
+    Ghost(#[from] kinds::ghost::GhostError),
+    #[error("the images are inconsistent: {0}")]
+    BadImage(String),
+    #[error(transparent)]
+    Netns(#[from] kinds::netns::NetnsError),
+    #[error(transparent)]
+    NetLock(#[from] crate::netlock::NetLockError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
+task_error_from!(RestoreError, no_failure);
 
 impl RestoreError {
     /// What the user can do about it.
     pub fn hint(&self) -> Option<String> {
-        match self {
-            RestoreError::PidBusy { .. } => Some(
-                "wait until it exits (a killed process is gone once its parent reaps it); a tree dumped as the init of its own PID namespace is restored in a new one, where its PIDs are always free".into(),
-            ),
-            RestoreError::Limit { .. } => Some(
-                "cryo cannot raise a hard limit without CAP_SYS_RESOURCE: run it with limits at least as high (ulimit -H)".into(),
-            ),
-            RestoreError::Cgroup(e) => e.hint(),
-            RestoreError::Image(ImageError::Digest { .. }) => {
-                Some("re-create the checkpoint; the images were damaged after the dump".into())
+        let kind: &dyn Failure = match self {
+            RestoreError::PidBusy { .. } | RestoreError::Threads(kinds::threads::ThreadsError::TidBusy { .. }) => {
+                return Some("wait until it exits (a killed process is gone once its parent reaps it); a tree dumped as the init of its own PID namespace is restored in a new one, where its PIDs are always free".into())
             }
-            _ => None,
-        }
+            RestoreError::Fork { .. }
+            | RestoreError::Ptrace { .. }
+            | RestoreError::Remote(_)
+            | RestoreError::WriteMemory { .. }
+            | RestoreError::Notify(_)
+            | RestoreError::BadImage(_)
+            | RestoreError::Internal(_) => return None,
+            RestoreError::Task(e) => e,
+            RestoreError::Files(e) => e,
+            RestoreError::Memory(e) => e,
+            RestoreError::Signals(e) => e,
+            RestoreError::Misc(e) => e,
+            RestoreError::Creds(e) => e,
+            RestoreError::Timers(e) => e,
+            RestoreError::Rlimits(e) => e,
+            RestoreError::Regs(e) => e,
+            RestoreError::Threads(e) => e,
+            RestoreError::Seccomp(e) => e,
+            RestoreError::Ns(e) => e,
+            RestoreError::Ipc(e) => e,
+            RestoreError::Mounts(e) => e,
+            RestoreError::Cgroup(e) => e,
+            RestoreError::Locks(e) => e,
+            RestoreError::Tty(e) => e,
+            RestoreError::Ghost(e) => e,
+            RestoreError::Netns(e) => e,
+            RestoreError::NetLock(e) => e,
+        };
+        kind.hint()
     }
 }
 
+/// A fault point of the restore ([`crate::fault`]).
 fn fault_point(stage: &str) -> Result<(), RestoreError> {
-    crate::dump::fault_point(stage).map_err(|e| match e {
-        crate::dump::DumpError::Interrupted { sig, .. } => RestoreError::Interrupted {
-            sig,
-            stage: stage.to_string(),
-        },
-        _ => RestoreError::Injected(stage.to_string()),
-    })
+    Ok(crate::fault::point(stage)?)
 }
 
 /// The puppet; killed on drop unless released.
@@ -184,10 +206,11 @@ fn read_tree(
 ) -> Result<(Vec<TaskImages>, HashMap<u32, pb::FileEntry>, bool), RestoreError> {
     let inv: pb::InventoryEntry = dir.read_one("inventory.img", image::INVENTORY)?;
     if inv.img_version != 2 {
-        return Err(RestoreError::Unsupported(format!(
+        return Err(Unsupported::restore(format!(
             "image version {} (cryo reads version 2)",
             inv.img_version
-        )));
+        ))
+        .into());
     }
     let tree: Vec<pb::PstreeEntry> = dir.read("pstree.img", image::PSTREE)?;
     if tree.is_empty() {
@@ -341,6 +364,16 @@ struct Shared<'a> {
     tasks: &'a [TaskImages],
     mounts: &'a kinds::mounts::MountOpts,
     join: &'a kinds::ns::NsJoin,
+    links: &'a kinds::netns::LinkOpts,
+    /// The lock of the root's network namespace, taken as soon as it is rebuilt.
+    netlock: &'a std::cell::RefCell<crate::netlock::NetLock>,
+    /// The network namespace id of the dumper (`inventory.root_ids`): the root shares cryo's
+    /// namespace when its own is that one.
+    dumper_net: Option<u32>,
+    /// The dumper's namespace ids (`inventory.root_ids`; CRIU numbers namespaces its own
+    /// way, and cryo's ids are per host): the root shares cryo's namespace of a kind when its
+    /// own is the dumper's.
+    dumper: pb::TaskKobjIdsEntry,
     /// Each created task's PID in cryo's namespace, by its dumped PID (they differ inside a
     /// restored PID namespace).
     host: HashMap<u32, i32>,
@@ -380,7 +413,11 @@ fn shape(
     // root with a cgroup namespace of its own unshares it at the namespace's root first.
     let own_cgns = idx == 0
         && img.ids.cgroup_ns_id.is_some()
-        && img.ids.cgroup_ns_id != kinds::ns::own_ns_id("cgroup");
+        && img.ids.cgroup_ns_id
+            != sh
+                .dumper
+                .cgroup_ns_id
+                .or_else(|| kinds::ns::own_ns_id("cgroup"));
     if let Some(cg) = sh.cgroups {
         if own_cgns {
             cg.enter_ns_root(pid, img)?;
@@ -477,30 +514,40 @@ fn shape(
     let (uts_now, ipc_now, net_now) = match parent_ids {
         Some(p) => (p.uts_ns_id, p.ipc_ns_id, p.net_ns_id),
         None => (
-            kinds::ns::own_ns_id("uts"),
-            kinds::ns::own_ns_id("ipc"),
-            kinds::ns::own_ns_id("net"),
+            sh.dumper.uts_ns_id.or_else(|| kinds::ns::own_ns_id("uts")),
+            sh.dumper.ipc_ns_id.or_else(|| kinds::ns::own_ns_id("ipc")),
+            sh.dumper_net,
         ),
     };
     kinds::ns::restore_uts(&mut cx, img, uts_now)?;
     // Before its vDSO is mapped (its data pages follow the time namespace).
-    let time_now = parent.map_or_else(|| kinds::ns::own_ns_id("time"), |p| p.ids.time_ns_id);
+    let time_now = parent.map_or_else(
+        || {
+            sh.dumper
+                .time_ns_id
+                .or_else(|| kinds::ns::own_ns_id("time"))
+        },
+        |p| p.ids.time_ns_id,
+    );
+    let dumper_mnt = sh.dumper.mnt_ns_id.or_else(|| kinds::ns::own_ns_id("mnt"));
     kinds::ns::restore_time(&mut cx, img, time_now)?;
     kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
     kinds::ipc::restore(cx.dir, cx.pid, img, ipc_now)?;
-    kinds::ns::restore_net(&mut cx, img, net_now, sh.join)?;
+    let own_net = kinds::ns::restore_net(&mut cx, img, net_now, idx == 0, sh.join, sh.links)?;
+    if idx == 0 && own_net {
+        // Locked before any socket of the tree exists (CRIU's order).
+        fault_point("netns")?;
+        sh.netlock.borrow_mut().lock_netns_of(pid)?;
+    }
     // The root's mount namespace, before any file is opened (children inherit it).
-    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
+    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != dumper_mnt {
         kinds::mounts::restore(&mut cx, img, sh.mounts)?;
         // Terminals are made in the tree's own devpts instances.
         sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
     }
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
     // namespaces of their own still get the root's: refused at dump for mounts).
-    if idx == 0
-        && (img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt")
-            || img.ids.net_ns_id != kinds::ns::own_ns_id("net"))
-    {
+    if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || own_net) {
         sh.objs.borrow_mut().ns_pid = Some(pid);
     }
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
@@ -512,7 +559,7 @@ fn shape(
     kinds::locks::restore(&mut cx, img)?;
     fault_point("files")?;
     // Memory before the children, so they inherit it copy-on-write.
-    kinds::memory::Memory::restore(&mut cx, img)?;
+    kinds::restore_kind::<kinds::memory::Memory>(&mut cx, img)?;
     fault_point("memory")?;
     // Children, forked now so they inherit the fds they share with this task. Those that
     // stayed in the session this task had before its setsid are forked before it.
@@ -550,15 +597,14 @@ fn shape(
                 [a, 88, 0, 0, 0, 0],
             )
             .map_err(|e| match e {
-                RestoreError::Remote(RemoteError::Errno { source, .. })
-                    if source.raw_os_error() == Some(libc::EEXIST) =>
-                {
-                    RestoreError::PidBusy {
-                        pid: cpid,
-                        who: "a process that appeared meanwhile".into(),
-                    }
-                }
-                e => e,
+                TaskError::Remote {
+                    source: RemoteError::Errno { source, .. },
+                    ..
+                } if source.raw_os_error() == Some(libc::EEXIST) => RestoreError::PidBusy {
+                    pid: cpid,
+                    who: "a process that appeared meanwhile".into(),
+                },
+                e => e.into(),
             })?;
         let host = cx.remote.last_child.take().unwrap_or(got as i32);
         puppets.0.push(Puppet {
@@ -611,10 +657,10 @@ fn shape(
         kinds::tty::take_ctty(&mut cx, img)?;
     }
 
-    kinds::rlimits::Rlimits::restore(&mut cx, img)?;
-    kinds::signals::Signals::restore(&mut cx, img)?;
-    kinds::misc::Misc::restore(&mut cx, img)?;
-    kinds::regs::CpuState::restore(&mut cx, img)?;
+    kinds::restore_kind::<kinds::rlimits::Rlimits>(&mut cx, img)?;
+    kinds::restore_kind::<kinds::signals::Signals>(&mut cx, img)?;
+    kinds::restore_kind::<kinds::misc::Misc>(&mut cx, img)?;
+    kinds::restore_kind::<kinds::regs::CpuState>(&mut cx, img)?;
     fault_point("task")?;
     // Threads are created after everything they share and before the leader drops its
     // credentials (creating them needs them), and before any seccomp filter: each thread
@@ -636,10 +682,10 @@ fn shape(
         cg.place_threads(img, &ths)?;
     }
     fault_point("threads")?;
-    kinds::creds::Creds::restore(&mut cx, img)?;
+    kinds::restore_kind::<kinds::creds::Creds>(&mut cx, img)?;
     fault_point("creds")?;
     kinds::misc::restore_late(&mut cx, img)?;
-    kinds::timers::Timers::restore(&mut cx, img)?;
+    kinds::restore_kind::<kinds::timers::Timers>(&mut cx, img)?;
     sh.calls += cx.remote.calls;
     let ti = img
         .core
@@ -713,7 +759,7 @@ fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreE
         let act = [0u8; 32]; // SIG_DFL, no flags, empty mask
         let scratch = tr + 4096;
         crate::sys::mem::vm_write(t.tid, &act, &[(scratch, 32)]).map_err(|source| {
-            RestoreError::Memory {
+            RestoreError::WriteMemory {
                 addr: scratch,
                 source,
             }
@@ -868,6 +914,16 @@ pub fn run(
         }
     }
     let vroot = tasks[0].pid as i32;
+    // Before any puppet exists (so it drops after them: a lock goes once they are dead).
+    let netlock = std::cell::RefCell::new(crate::netlock::NetLock::new(opts.network_lock));
+    // The network namespace the dumper ran in (CRIU numbers namespaces its own way; cryo's
+    // ids are per host): a tree that shared it shares cryo's now.
+    let dumper = dir
+        .read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
+        .root_ids
+        .unwrap_or_default();
+    let dumper_net = dumper.net_ns_id.or_else(|| kinds::ns::own_ns_id("net"));
+    let own_netns = tasks[0].ids.net_ns_id.is_some() && tasks[0].ids.net_ns_id != dumper_net;
     // Before any puppet exists (so it drops after them): dirs made here go if we fail.
     let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
     let uses_seccomp = tasks.iter().any(|t| {
@@ -979,6 +1035,10 @@ pub fn run(
         tasks: &tasks,
         mounts: &opts.mounts,
         join: &opts.join,
+        links: &opts.links,
+        netlock: &netlock,
+        dumper_net,
+        dumper,
         host: HashMap::from([(vroot as u32, root)]),
         cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
         cgroups: cgroups.as_ref(),
@@ -1049,6 +1109,12 @@ pub fn run(
     objs.borrow_mut().close_all();
     // Everything exists and nothing runs yet: a failing hook still kills it all.
     hooks.notify("post-restore", Some(root))?;
+    // The network opens just before the tree runs (CRIU's `network_unlock`).
+    if own_netns {
+        hooks.notify("network-unlock", None)?;
+    }
+    fault_point("netunlock")?;
+    netlock.borrow_mut().unlock_now()?;
     hooks.notify("pre-resume", None)?;
     if opts.shell_job && !opts.detach {
         foreground(root);

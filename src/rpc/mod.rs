@@ -48,18 +48,13 @@ pub enum RpcError {
     NoRequest,
 }
 
-/// Sends NOTIFY messages and waits for the caller's acknowledgement. Besides the pipeline's
-/// own points it sends what CRIU sends around them: `network-lock` after `pre-dump` and
-/// `network-unlock` after `post-dump` with `leave_running` and before `pre-resume` (when the
-/// tree has a network namespace of its own: `empty_ns` names it), and, before
-/// `post-restore`, one `orphan-pts-master` per pty master kept for the caller, carrying it as
-/// the only SCM_RIGHTS fd.
+/// Sends NOTIFY messages and waits for the caller's acknowledgement: the pipeline's points
+/// (`network-lock`/`network-unlock` among them, sent by the pipelines when the tree has a
+/// network namespace of its own, as CRIU), and, before `post-restore`, one
+/// `orphan-pts-master` per pty master kept for the caller, carrying it as the only
+/// SCM_RIGHTS fd.
 pub struct RpcNotifier<'a> {
     sk: BorrowedFd<'a>,
-    /// The tree has its own network namespace (`empty_ns` ∋ CLONE_NEWNET).
-    net_lock: bool,
-    /// DUMP with `leave_running`: the network is unlocked again after `post-dump`.
-    leave_running: bool,
     /// RESTORE with `orphan_pts_master`.
     orphan_pts_master: bool,
 }
@@ -105,17 +100,7 @@ impl Notifier for RpcNotifier<'_> {
                 self.send("orphan-pts-master", None, Some(m.as_fd()))?;
             }
         }
-        if action == "pre-resume" && self.net_lock {
-            self.send("network-unlock", None, None)?;
-        }
-        self.send(action, pid, None)?;
-        if action == "pre-dump" && self.net_lock {
-            self.send("network-lock", None, None)?;
-        }
-        if action == "post-dump" && self.net_lock && self.leave_running {
-            self.send("network-unlock", None, None)?;
-        }
-        Ok(())
+        self.send(action, pid, None)
     }
 }
 
@@ -291,9 +276,6 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     {
         bad.push("lsm_profile/lsm_mount_context (LSM profiles are not implemented yet)".into());
     }
-    if restore && !o.veths.is_empty() {
-        bad.push("veths (network devices other than the loopback are not implemented yet)".into());
-    }
     if on(o.leave_stopped) {
         bad.push("leave_stopped (not implemented yet)".into());
     }
@@ -313,7 +295,11 @@ fn mount_pairs(o: &pb::CriuOpts) -> Result<Vec<(String, String)>, String> {
         .iter()
         .map(|m| (m.key.clone(), m.val.clone()))
         .collect();
-    for e in o.external.iter().filter(|e| !e.starts_with("net[")) {
+    for e in o.external.iter().filter(|e| {
+        !["net[", "veth[", "macvlan["]
+            .iter()
+            .any(|k| e.starts_with(k))
+    }) {
         match e
             .strip_prefix("mnt[")
             .and_then(|r| r.split_once("]:"))
@@ -322,7 +308,7 @@ fn mount_pairs(o: &pb::CriuOpts) -> Result<Vec<(String, String)>, String> {
             Some((a, b)) => out.push((a.to_string(), b.to_string())),
             None => {
                 return Err(format!(
-                    "external {e} (cryo supports mounts, mnt[A]:B, and network namespaces, net[INODE]:KEY, as external resources)"
+                    "external {e} (cryo supports mounts, mnt[A]:B, network namespaces, net[INODE]:KEY, and links, veth[IN]:OUT and macvlan[IN]:HOSTLINK, as external resources)"
                 ))
             }
         }
@@ -380,6 +366,26 @@ fn signal_status_fd(o: &pb::CriuOpts, peer: i32) {
             tracing::warn!("status_fd {n}: {e}");
         }
     }
+}
+
+/// `network_lock` when given; cryo's default (nftables) otherwise.
+fn network_lock(o: &pb::CriuOpts) -> Result<crate::netlock::Method, String> {
+    match o.network_lock {
+        Some(v) => crate::netlock::Method::from_rpc(v),
+        None => Ok(crate::netlock::Method::default()),
+    }
+}
+
+/// `veths` ({if_in, if_out}) and `external` `veth[IN]:OUT[@BRIDGE]` / `macvlan[IN]:LINK`.
+fn link_opts(o: &pb::CriuOpts) -> Result<kinds::netns::LinkOpts, String> {
+    let mut l = kinds::netns::LinkOpts::default();
+    for v in &o.veths {
+        l.add_veth(&v.if_in, &v.if_out);
+    }
+    for e in &o.external {
+        l.add_external(e)?;
+    }
+    Ok(l)
 }
 
 /// `manage_cgroups` (legacy switch: soft or ignore), overridden by `manage_cgroups_mode`;
@@ -454,8 +460,6 @@ fn hooks<'a>(o: &pb::CriuOpts, sk: BorrowedFd<'a>, images: PathBuf) -> Box<dyn N
     if o.notify_scripts == Some(true) {
         chain.push(Box::new(RpcNotifier {
             sk,
-            net_lock: o.empty_ns.unwrap_or(0) & EMPTY_NS_NET != 0,
-            leave_running: o.leave_running == Some(true),
             orphan_pts_master: o.orphan_pts_master == Some(true),
         }));
     }
@@ -498,6 +502,7 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         cgroup_mode: cgroup_mode(&o)?,
         // containerd's runc always asks (`--file-locks`).
         file_locks: o.file_locks == Some(true),
+        network_lock: network_lock(&o)?,
     };
     let mut n = hooks(&o, sk, images.clone());
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
@@ -552,6 +557,8 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
                 .map(|r| (r.ctrl.clone(), r.path.clone()))
                 .collect(),
         },
+        network_lock: network_lock(&o)?,
+        links: link_opts(&o)?,
     };
     let mut n = hooks(&o, sk, images.clone());
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;

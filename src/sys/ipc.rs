@@ -326,33 +326,10 @@ pub fn msg_send(id: i32, mtype: i64, body: &[u8]) -> io::Result<()> {
     .map(|_| ())
 }
 
-/// A detached mount of the mqueue filesystem of the calling thread's IPC namespace
-/// (`fsopen("mqueue")`, `fsconfig(FSCONFIG_CMD_CREATE)`, `fsmount`); its root is
-/// `/proc/self/fd/FD`.
+/// A detached mount of the mqueue filesystem of the calling thread's IPC namespace; its root
+/// is `/proc/self/fd/FD`.
 pub fn mqueue_mount() -> io::Result<OwnedFd> {
-    const FSOPEN_CLOEXEC: libc::c_long = 1;
-    const FSCONFIG_CMD_CREATE: libc::c_long = 6;
-    const FSMOUNT_CLOEXEC: libc::c_long = 1;
-    // SAFETY: fsopen reads a NUL-terminated name.
-    let fs = cvt(unsafe { libc::syscall(libc::SYS_fsopen, c"mqueue".as_ptr(), FSOPEN_CLOEXEC) })?;
-    // SAFETY: fs is a new fd that nothing else owns.
-    let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
-    use std::os::fd::AsRawFd;
-    // SAFETY: FSCONFIG_CMD_CREATE takes no key or value.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    })?;
-    // SAFETY: integer arguments only.
-    let m = cvt(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
-    // SAFETY: m is a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(m as i32) })
+    super::mount::detached("mqueue", &[])
 }
 
 /// `struct mq_attr`.

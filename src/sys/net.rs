@@ -244,6 +244,15 @@ pub fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, opt: i32) -> io::Result<i3
     Ok(v)
 }
 
+/// A socket's (domain, type, protocol): `SO_DOMAIN`, `SO_TYPE`, `SO_PROTOCOL`.
+pub fn socket_kind(fd: BorrowedFd<'_>) -> io::Result<(i32, i32, i32)> {
+    Ok((
+        getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
+        getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
+        getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?,
+    ))
+}
+
 /// Sets an integer socket option.
 pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, opt: i32, v: i32) -> io::Result<()> {
     // SAFETY: v is valid for reads of 4 bytes.
