@@ -31,3 +31,5 @@ if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2
     exit 1
 fi
+# rust-toolchain.toml pins the toolchain; make rustup find it without a download.
+"$(dirname "$0")/toolchain.sh"

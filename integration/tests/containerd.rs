@@ -28,30 +28,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn available() -> bool {
-    // The shim knows only `-v`.
-    [
-        ("containerd", "--version"),
-        ("ctr", "--version"),
-        ("runc", "--version"),
-        ("containerd-shim-runc-v2", "-v"),
-    ]
-    .iter()
-    .all(|(b, v)| {
-        Command::new(b)
-            .arg(v)
-            .stdin(Stdio::null())
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
+/// What the test drives (the shim knows only `-v`).
+const TOOLS: &[(&str, &str)] = &[
+    ("containerd", "--version"),
+    ("ctr", "--version"),
+    ("runc", "--version"),
+    ("containerd-shim-runc-v2", "-v"),
+];
 
 macro_rules! need_containerd {
     () => {
-        if !available() {
-            eprintln!(
-                "containerd/ctr/runc are not installed (integration/setup.sh installs them): skipped"
-            );
+        if !integration::require_tools(TOOLS) {
             return;
         }
     };

@@ -319,23 +319,9 @@ impl Drop for Podman {
 
 const IMAGE: &str = "localhost/cryo-busybox:test";
 
-fn podman_available() -> bool {
-    Command::new("podman")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-        && Command::new("runc")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-}
-
 macro_rules! need_podman {
     () => {
-        if !podman_available() {
-            eprintln!(
-                "podman or runc is not installed (integration/setup.sh installs them): skipped"
-            );
+        if !integration::require_tools(&[("podman", "--version"), ("runc", "--version")]) {
             return;
         }
     };

@@ -33,13 +33,6 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-fn runc_available() -> bool {
-    Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn runc(args: &[&str]) -> Output {
     Command::new("runc")
         .args(args)
@@ -314,8 +307,7 @@ impl Container {
 
 macro_rules! need_runc {
     () => {
-        if !runc_available() {
-            eprintln!("runc is not installed (integration/setup.sh installs it): skipped");
+        if !integration::require_tools(&[("runc", "--version")]) {
             return;
         }
     };
@@ -564,7 +556,7 @@ fn external_network_namespace() {
     let name = format!("cryo-rt-{}", std::process::id());
     let st = Command::new("ip").args(["netns", "add", &name]).status();
     if !st.is_ok_and(|s| s.success()) {
-        eprintln!("ip netns add failed: skipped");
+        integration::skip("ip netns add failed");
         return;
     }
     let ns = NetNs(name);

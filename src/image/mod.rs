@@ -541,21 +541,24 @@ pub fn entries_with_data<'a>(
             what: "entry payload",
         })?;
         let data_len = extra_len(kind, payload, &bytes[start + len..]);
-        let data = bytes
-            .get(start + len..start + len + data_len)
-            .ok_or(ImageError::Truncated {
-                path: path.to_path_buf(),
-                offset: start + len,
-                what: "queued data after the entry",
-            })?;
+        // A hostile size can be anything up to u64::MAX: no overflow, just truncated.
+        let end = (start + len).checked_add(data_len);
+        let data =
+            end.and_then(|end| bytes.get(start + len..end))
+                .ok_or(ImageError::Truncated {
+                    path: path.to_path_buf(),
+                    offset: start + len,
+                    what: "queued data after the entry",
+                })?;
         out.push((off, payload, data));
-        off = start + len + data_len;
+        off = start + len + data.len();
     }
     Ok(out)
 }
 
 /// Raw bytes that follow an entry of some kinds (pipe and socket queue data, SysV IPC
-/// contents); `rest` is what follows the entry in the file.
+/// contents); `rest` is what follows the entry in the file. A size that cannot be (it
+/// overflows) is `usize::MAX`, which no file holds.
 fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
     let field = if kind.name == IPCNS_SHM.name {
         // The segment's bytes, padded to 4, unless CRIU put them in a shmem pagemap.
@@ -563,7 +566,9 @@ fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
             if e.in_pagemaps == Some(true) {
                 0
             } else {
-                (e.size as usize).next_multiple_of(4)
+                (e.size as usize)
+                    .checked_next_multiple_of(4)
+                    .unwrap_or(usize::MAX)
             }
         })
     } else if kind.name == IPCNS_SEM.name {
@@ -692,6 +697,46 @@ mod tests {
         assert!(matches!(err, ImageError::Truncated { .. }), "{err}");
         assert!(d.read::<pb::PstreeEntry>("pstree.img", CORE).is_err());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Sizes from the image near usize::MAX (found by cryo-fuzz; replayed from
+    /// integration/fixtures/fuzz-regressions by fuzz/tests/regressions.rs): errors, no
+    /// overflow.
+    #[test]
+    fn hostile_sizes_after_entries_are_truncation() {
+        let path = Path::new("x.img");
+        let ghost = pb::GhostFileEntry {
+            size: Some(u64::MAX - 2),
+            ..Default::default()
+        };
+        let shm = pb::IpcShmEntry {
+            size: u64::MAX - 1,
+            ..Default::default()
+        };
+        let frame = |kind: Kind, m: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = head(kind);
+            let mut p = Vec::new();
+            m(&mut p);
+            b.extend_from_slice(&(p.len() as u32).to_ne_bytes());
+            b.extend_from_slice(&p);
+            b.extend_from_slice(b"data");
+            b
+        };
+        let g = frame(GHOST_FILE, &|p| ghost.encode(p).unwrap());
+        let s = frame(IPCNS_SHM, &|p| shm.encode(p).unwrap());
+        for (kind, bytes) in [(GHOST_FILE, g), (IPCNS_SHM, s)] {
+            let err = entries_with_data(path, kind, &bytes).unwrap_err();
+            assert!(matches!(err, ImageError::Truncated { .. }), "{err}");
+        }
+        let mut data = Vec::new();
+        let m = pb::IpcMsg {
+            mtype: 1,
+            msize: u32::MAX,
+        };
+        data.extend_from_slice(&(m.encoded_len() as u32).to_ne_bytes());
+        m.encode(&mut data).unwrap();
+        data.extend_from_slice(b"body");
+        assert!(read_ipc_msgs(path, &data, 1).is_err());
     }
 
     #[test]

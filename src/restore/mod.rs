@@ -312,13 +312,14 @@ fn trampoline_addr(tasks: &[TaskImages], len: u64) -> Result<u64, RestoreError> 
     used.sort_unstable();
     let guard = 1 << 20; // keep clear of stack guard gaps
     let mut cand = 1u64 << 24;
+    // VMA bounds come from the images: saturate rather than overflow.
     for (s, e) in used {
-        if cand + len + guard <= s {
+        if cand.saturating_add(len + guard) <= s {
             return Ok(cand);
         }
-        cand = cand.max(e + guard);
+        cand = cand.max(e.saturating_add(guard));
     }
-    if cand + len < 0x7fff_0000_0000 {
+    if cand.saturating_add(len) < 0x7fff_0000_0000 {
         return Ok(cand);
     }
     Err(RestoreError::Internal(
@@ -836,6 +837,51 @@ fn set_process_groups(
         }
     }
     Ok(())
+}
+
+/// What restore reads and decides before it creates any process (see [`plan`]).
+pub struct Plan {
+    pub tasks: Vec<TaskImages>,
+    pub files: HashMap<u32, pb::FileEntry>,
+    /// The root had a PID namespace of its own.
+    pub own_pid_ns: bool,
+    /// Where the restore trampoline goes.
+    pub trampoline: u64,
+    /// The checked mount entries and `--root`, when the root task has a mount namespace.
+    pub mounts: Option<(Vec<pb::MntEntry>, std::path::PathBuf)>,
+    pub objs: kinds::files::FdObjects,
+    pub cgroups: Option<kinds::cgroup::CgRestore>,
+}
+
+/// The planning steps of [`run`], up to and not including the first fork, without the
+/// checks that depend on the host's processes (busy PIDs) and without hooks: verify the
+/// manifest, read the tree, load cgroups as `opts` say, place the trampoline, load the fd
+/// objects' images and check the mount plan. Creates no process; for `cryo-fuzz` and tests.
+pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
+    if let Some(m) = Manifest::load(&dir.path)? {
+        m.verify(&dir.path, 1)?;
+    }
+    let (tasks, files, own_pid_ns) = read_tree(dir)?;
+    let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
+    let trampoline = trampoline_addr(&tasks, TR_LEN)?;
+    let objs = kinds::files::FdObjects::new(dir, &files, &tasks)?;
+    // As `shape` decides for the root: a mount namespace other than cryo's is rebuilt.
+    let root = &tasks[0];
+    let mounts =
+        if root.ids.mnt_ns_id.is_some() && root.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
+            kinds::mounts::check(dir, root, &opts.mounts)?
+        } else {
+            None
+        };
+    Ok(Plan {
+        tasks,
+        files,
+        own_pid_ns,
+        trampoline,
+        mounts,
+        objs,
+        cgroups,
+    })
 }
 
 /// Restores the image set in `dir`.
