@@ -17,7 +17,7 @@ cargo build --release --workspace --quiet
 echo "== tests"
 log=$(mktemp /tmp/cryo-test-output.XXXXXX)
 set +e
-cargo test --release --workspace --exclude cryo-fuzz 2>&1 | tee "$log"
+cargo test --release --workspace --exclude cryo-fuzz --no-fail-fast 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 # The fuzzer's tests (regressions, the short run) with overflow checks on (profile "fuzz").
 cargo test --profile fuzz -p cryo-fuzz 2>&1 | tee -a "$log"
