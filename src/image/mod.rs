@@ -273,7 +273,11 @@ impl ImageDir {
 
     /// Writes `cryo-manifest.json` with every image recorded so far.
     pub fn finish(&self) -> Result<(), ImageError> {
-        let m = self.written.lock().expect("manifest lock");
+        let mut m = self.written.lock().expect("manifest lock");
+        m.written = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
         let json = serde_json::to_vec_pretty(&*m).expect("manifest serializes");
         let path = self.file(manifest::NAME);
         let mut f = self.create_file(manifest::NAME)?;
@@ -297,16 +301,7 @@ impl ImageDir {
         let Some(bytes) = read_opt_bytes(&path)? else {
             return Ok(None);
         };
-        let mut out = Vec::new();
-        for (off, payload) in entries(&path, kind, &bytes)? {
-            out.push(M::decode(payload).map_err(|source| ImageError::Decode {
-                path: path.clone(),
-                offset: off,
-                message: kind.message,
-                source,
-            })?);
-        }
-        Ok(Some(out))
+        decode_all(&path, kind, &bytes).map(Some)
     }
 
     /// Reads an image whose entries are followed by raw data (pipes-data, fifo-data,
@@ -379,27 +374,7 @@ impl ImageDir {
         let Some(raw) = read_opt_bytes(&path)? else {
             return Ok(None);
         };
-        let frames = entries(&path, PAGEMAP, &raw)?;
-        let decode_err = |offset, message, source| ImageError::Decode {
-            path: path.clone(),
-            offset,
-            message,
-            source,
-        };
-        let Some(((hoff, h), rest)) = frames.split_first() else {
-            return Err(ImageError::Invalid {
-                path: path.clone(),
-                what: "no pagemap_head entry".into(),
-            });
-        };
-        let head = pb::PagemapHead::decode(*h).map_err(|e| decode_err(*hoff, "pagemap_head", e))?;
-        let mut out = Vec::with_capacity(rest.len());
-        for (off, p) in rest {
-            out.push(
-                pb::PagemapEntry::decode(*p).map_err(|e| decode_err(*off, "pagemap_entry", e))?,
-            );
-        }
-        Ok(Some((head.pages_id, out)))
+        decode_pagemap(&path, &raw).map(Some)
     }
 
     /// Like [`ImageDir::read_opt`] but the image must exist.
@@ -421,6 +396,50 @@ impl ImageDir {
         }
         Ok(v.remove(0))
     }
+}
+
+/// Decodes every entry of an image of `kind` held in `bytes` (`path` names it in errors).
+pub fn decode_all<M: Message + Default>(
+    path: &Path,
+    kind: Kind,
+    bytes: &[u8],
+) -> Result<Vec<M>, ImageError> {
+    let mut out = Vec::new();
+    for (off, payload) in entries(path, kind, bytes)? {
+        out.push(M::decode(payload).map_err(|source| ImageError::Decode {
+            path: path.to_path_buf(),
+            offset: off,
+            message: kind.message,
+            source,
+        })?);
+    }
+    Ok(out)
+}
+
+/// Decodes a pagemap image held in `bytes`: (pages image id, entries).
+pub fn decode_pagemap(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(u32, Vec<pb::PagemapEntry>), ImageError> {
+    let frames = entries(path, PAGEMAP, bytes)?;
+    let decode_err = |offset, message, source| ImageError::Decode {
+        path: path.to_path_buf(),
+        offset,
+        message,
+        source,
+    };
+    let Some(((hoff, h), rest)) = frames.split_first() else {
+        return Err(ImageError::Invalid {
+            path: path.to_path_buf(),
+            what: "no pagemap_head entry".into(),
+        });
+    };
+    let head = pb::PagemapHead::decode(*h).map_err(|e| decode_err(*hoff, "pagemap_head", e))?;
+    let mut out = Vec::with_capacity(rest.len());
+    for (off, p) in rest {
+        out.push(pb::PagemapEntry::decode(*p).map_err(|e| decode_err(*off, "pagemap_entry", e))?);
+    }
+    Ok((head.pages_id, out))
 }
 
 /// The bytes of `path`, or `None` if it does not exist.
