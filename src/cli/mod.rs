@@ -129,10 +129,19 @@ pub struct InspectArgs {
     pub pid: Option<u32>,
     /// Find STRING in the saved memory of every process: process, address, mapping and
     /// the bytes around it.
-    #[arg(long, value_name = "STRING", conflicts_with = "search_regex")]
+    #[arg(
+        long,
+        value_name = "STRING",
+        conflicts_with = "search_regex",
+        allow_hyphen_values = true
+    )]
     pub search: Option<String>,
     /// Like --search, with a regular expression (Rust regex syntax, over bytes).
-    #[arg(long = "search-regex", value_name = "REGEX")]
+    #[arg(
+        long = "search-regex",
+        value_name = "REGEX",
+        allow_hyphen_values = true
+    )]
     pub search_regex: Option<String>,
     /// Bytes of context shown on each side of a match.
     #[arg(long, value_name = "N", default_value_t = 24)]
