@@ -9,7 +9,7 @@ use prost::Message;
 
 use super::mem::{self, PageMap};
 use super::model::*;
-use super::source::{Codec, Member, Source};
+use super::source::{Member, Source};
 use super::{InspectError, Options};
 use crate::image::{self, pb, Kind};
 
@@ -1562,10 +1562,7 @@ impl Loaded {
                 } else {
                     "directory"
                 },
-                compression: src
-                    .compression
-                    .filter(|c| *c != Codec::None)
-                    .or(src.compression),
+                compression: src.compression,
                 container: src.container,
             },
             summary,

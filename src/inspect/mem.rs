@@ -595,6 +595,76 @@ mod tests {
         assert_eq!(escape(b"a\0b\n\xff"), "a\\0b\\n\\xff");
     }
 
+    /// A pre-dump chain: the child checkpoint keeps one page in its parent (PE_PARENT,
+    /// `parent` link), another in its own pages image.
+    #[test]
+    fn pages_in_the_parent_are_followed() {
+        use crate::image::{ImageDir, INVENTORY};
+        let base = std::env::temp_dir().join(format!("cryo-mem-chain-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let inv = pb::InventoryEntry {
+            img_version: 2,
+            ..Default::default()
+        };
+        let entry = |vaddr, pages: u64, flags| pb::PagemapEntry {
+            vaddr,
+            compat_nr_pages: pages as u32,
+            in_parent: None,
+            flags: Some(flags),
+            nr_pages: Some(pages),
+        };
+        let parent = ImageDir::create(&base.join("pre")).unwrap();
+        parent
+            .write("inventory.img", INVENTORY, &[inv.clone()])
+            .unwrap();
+        parent
+            .write_pagemap("pagemap-7.img", 1, &[entry(0x10000, 2, PE_PRESENT)])
+            .unwrap();
+        let mut pp = vec![b'a'; 4096];
+        pp.extend(vec![b'b'; 4096]);
+        parent.write_raw("pages-1.img", &pp).unwrap();
+        let child = ImageDir::create(&base.join("dump")).unwrap();
+        child.write("inventory.img", INVENTORY, &[inv]).unwrap();
+        child
+            .write_pagemap(
+                "pagemap-7.img",
+                1,
+                &[entry(0x10000, 1, PE_PARENT), entry(0x11000, 1, PE_PRESENT)],
+            )
+            .unwrap();
+        child.write_raw("pages-1.img", &[b'c'; 4096]).unwrap();
+        std::os::unix::fs::symlink("../pre", base.join("dump/parent")).unwrap();
+        let src = Source::open(&base.join("dump")).unwrap();
+        let mut notes = Vec::new();
+        let map = PageMap::load(&src, "pagemap-7.img", &mut notes)
+            .unwrap()
+            .unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        assert!(map.parent.is_some());
+        assert_eq!(map.count(0x10000, 0x12000), (1, 1, 0));
+        let b = read_ranges(&src, &[(&map, 0x10ffe, 4)]).unwrap().remove(0);
+        assert_eq!(b.data, b"aacc");
+        assert!(b.missing.is_empty());
+        let b = read_ranges(&src, &[(&map, 0x11ffe, 4)]).unwrap().remove(0);
+        assert_eq!(&b.data[..2], b"cc");
+        assert_eq!(b.missing, [(0x12000, 2)]);
+        let h = page_hashes(&src, &map).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[&0x10000], twox_hash::XxHash3_128::oneshot(&[b'a'; 4096]));
+        assert_eq!(h[&0x11000], twox_hash::XxHash3_128::oneshot(&[b'c'; 4096]));
+        // Without the link, the pages in the parent are named as unreadable.
+        std::fs::remove_file(base.join("dump/parent")).unwrap();
+        let src = Source::open(&base.join("dump")).unwrap();
+        let mut notes = Vec::new();
+        let map = PageMap::load(&src, "pagemap-7.img", &mut notes)
+            .unwrap()
+            .unwrap();
+        assert!(notes[0].1.contains("parent checkpoint"), "{notes:?}");
+        let b = read_ranges(&src, &[(&map, 0x10000, 8)]).unwrap().remove(0);
+        assert_eq!(b.missing, [(0x10000, 8)]);
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
     #[test]
     fn vma_words() {
         let v = pb::VmaEntry {

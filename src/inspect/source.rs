@@ -232,8 +232,10 @@ pub struct Source {
     images_prefix: String,
     /// Tar summaries made while indexing (members streamed past).
     summaries: HashMap<String, TarSummary>,
-    /// containerd: the digest-named blob holding the images, and the OCI index.
+    /// containerd: the OCI index that lists the checkpoint's parts.
     pub oci_index: Option<serde_json::Value>,
+    /// Members of a compressed archive up to this size are kept in memory.
+    keep: u64,
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> InspectError + 'a {
@@ -250,6 +252,12 @@ pub const CONTAINERD_CRIU: &str = "application/vnd.containerd.container.criu.che
 impl Source {
     /// Opens `path`: a directory (images, podman checkpoint, OCI layout) or an archive.
     pub fn open(path: &Path) -> Result<Source, InspectError> {
+        Self::open_keeping(path, KEEP_MEMBER)
+    }
+
+    /// Like [`Source::open`], keeping members of a compressed archive up to `keep` bytes in
+    /// memory (the rest is read again from the archive when needed).
+    pub fn open_keeping(path: &Path, keep: u64) -> Result<Source, InspectError> {
         let meta = std::fs::metadata(path).map_err(io_err(path, "stat"))?;
         let mut src = Source {
             path: path.to_path_buf(),
@@ -260,6 +268,7 @@ impl Source {
             images_prefix: String::new(),
             summaries: HashMap::new(),
             oci_index: None,
+            keep,
         };
         if meta.is_dir() {
             src.index_dir(path, "", 0)?;
@@ -282,7 +291,11 @@ impl Source {
                 continue;
             };
             if m.is_dir() {
-                if depth < 3 && e.file_name() != "parent" {
+                // Only where checkpoints keep files: podman's checkpoint/, an OCI layout's
+                // blobs/ALG/ (a `parent` link is followed by the memory reader instead).
+                let wanted = (depth == 0 && (name == "checkpoint" || name == "blobs"))
+                    || (depth == 1 && prefix == "blobs/");
+                if wanted {
                     self.index_dir(&p, &format!("{name}/"), depth + 1)?;
                 }
                 continue;
@@ -342,7 +355,7 @@ impl Source {
                 }
                 let name = clean_name(&e.path().map_err(bad)?.to_string_lossy());
                 let size = e.size();
-                let loc = if size <= KEEP_MEMBER && kept + size <= KEEP_TOTAL {
+                let loc = if size <= self.keep && kept + size <= KEEP_TOTAL {
                     let mut buf = Vec::with_capacity(size as usize);
                     e.read_to_end(&mut buf).map_err(bad)?;
                     kept += size;
@@ -525,7 +538,7 @@ impl Source {
                 let mut res = Ok(());
                 let mut got = Vec::new();
                 self.visit(&[outer], |_, r| {
-                    res = Self::stream_inner_into(&outer.name, r, &mut got, &mut 0);
+                    res = Self::stream_inner_into(&outer.name, r, &mut got, self.keep);
                     Ok(())
                 })?;
                 res.map_err(bad)?;
@@ -544,7 +557,7 @@ impl Source {
         r: &mut dyn Read,
         found: &mut Vec<Member>,
     ) -> io::Result<()> {
-        Self::stream_inner_into(&outer.name, r, found, &mut 0)
+        Self::stream_inner_into(&outer.name, r, found, self.keep)
     }
 
     /// Reads the (possibly compressed) tar in `r`, keeping small members.
@@ -552,8 +565,9 @@ impl Source {
         outer: &str,
         r: &mut dyn Read,
         found: &mut Vec<Member>,
-        kept: &mut u64,
+        keep: u64,
     ) -> io::Result<()> {
+        let mut kept = 0u64;
         let (_, r) = decompressed(r)?;
         let mut ar = tar::Archive::new(r);
         for e in ar.entries()? {
@@ -563,10 +577,10 @@ impl Source {
             }
             let inner = clean_name(&e.path()?.to_string_lossy());
             let size = e.size();
-            let loc = if size <= KEEP_MEMBER && *kept + size <= KEEP_TOTAL {
+            let loc = if size <= keep && kept + size <= KEEP_TOTAL {
                 let mut buf = Vec::with_capacity(size as usize);
                 e.read_to_end(&mut buf)?;
-                *kept += size;
+                kept += size;
                 Loc::Kept(Arc::new(buf))
             } else {
                 Loc::Streamed {
@@ -956,6 +970,57 @@ mod tests {
         std::fs::write(&junk, b"hello").unwrap();
         let e = Source::open(&junk).err().unwrap();
         assert!(e.to_string().contains("not a checkpoint"), "{e}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// containerd's shape: an OCI index naming a blob that is a tar of the images; read
+    /// in place from a plain archive (offsets inside the inner tar) and from a gzipped one
+    /// with nothing kept in memory (every read decompresses the outer tar again).
+    #[test]
+    fn nested_checkpoint_tar_in_an_oci_archive() {
+        let dir = std::env::temp_dir().join(format!("cryo-src-oci-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pages: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
+        let inner = tar_of(&[("inventory.img", b"inv"), ("./pages-1.img", &pages)]);
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{CONTAINERD_CRIU}","digest":"sha256:abc","size":{}}}],"annotations":{{"org.opencontainers.image.ref.name":"img"}}}}"#,
+            inner.len()
+        );
+        let outer = tar_of(&[
+            ("oci-layout", b"{}"),
+            ("blobs/sha256/abc", &inner),
+            ("index.json", index.as_bytes()),
+        ]);
+        let plain = dir.join("oci.tar");
+        std::fs::write(&plain, &outer).unwrap();
+        let gz = dir.join("oci.tar.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &outer).unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        for (p, keep) in [(&plain, KEEP_MEMBER), (&gz, 16), (&gz, KEEP_MEMBER)] {
+            let s = Source::open_keeping(p, keep).unwrap();
+            assert_eq!(s.container, Container::Containerd);
+            assert_eq!(
+                s.oci_index.as_ref().unwrap()["annotations"]["org.opencontainers.image.ref.name"],
+                "img"
+            );
+            assert_eq!(s.bytes(s.image("inventory.img").unwrap()).unwrap(), b"inv");
+            let m = s.image("pages-1.img").unwrap();
+            assert_eq!(m.size, pages.len() as u64);
+            let got = s
+                .read_many(&[(m, 65_000, 100), (m, 1, 3), (m, 69_990, 50)])
+                .unwrap();
+            assert_eq!(got[0], pages[65_000..65_100]);
+            assert_eq!(got[1], pages[1..4]);
+            assert_eq!(got[2], pages[69_990..]);
+            let mut all = Vec::new();
+            s.visit(&[m], |_, r| {
+                r.read_to_end(&mut all).unwrap();
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(all, pages);
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 
