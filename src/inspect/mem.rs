@@ -615,7 +615,7 @@ mod tests {
         };
         let parent = ImageDir::create(&base.join("pre")).unwrap();
         parent
-            .write("inventory.img", INVENTORY, &[inv.clone()])
+            .write("inventory.img", INVENTORY, std::slice::from_ref(&inv))
             .unwrap();
         parent
             .write_pagemap("pagemap-7.img", 1, &[entry(0x10000, 2, PE_PRESENT)])
