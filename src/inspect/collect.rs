@@ -1421,9 +1421,13 @@ impl Loaded {
 
     fn summary(&self) -> Summary {
         let src = &self.src;
+        // Image files only: not logs, the manifest or podman's descriptors.json.
         let images: Vec<&Member> = src
             .image_names()
             .iter()
+            .filter(|n| {
+                image::kind_of(n).is_some() || n.starts_with("pages-") || n.ends_with(".img")
+            })
             .filter_map(|n| src.image(n))
             .collect();
         let tool = match &self.manifest {
