@@ -724,3 +724,147 @@ fn completions_and_man_pages_come_from_the_cli() {
         assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("search"));
     }
 }
+
+/// Every image of the CRIU fixture cut short, emptied, or with bytes flipped: `cryo inspect`
+/// (full, search, diff) answers or refuses with a message, and never panics.
+#[test]
+fn damaged_images_never_panic() {
+    let dir = scratch("inspect-damage");
+    let src = fixture(TREE);
+    let names: Vec<_> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let work = dir.join("w");
+    let mut runs = 0;
+    for n in &names {
+        let orig = std::fs::read(src.join(n)).unwrap();
+        let mut flipped = orig.clone();
+        for i in (0..flipped.len()).step_by(7) {
+            flipped[i] ^= 0xa5;
+        }
+        let mut huge = orig.clone();
+        if huge.len() >= 12 {
+            // An entry size (after the two magics) claiming far more than there is.
+            huge[8..12].copy_from_slice(&0x7fff_fff0u32.to_ne_bytes());
+        }
+        for bad in [orig[..orig.len() / 2].to_vec(), Vec::new(), flipped, huge] {
+            let _ = std::fs::remove_dir_all(&work);
+            std::fs::create_dir_all(&work).unwrap();
+            for m in &names {
+                std::fs::copy(src.join(m), work.join(m)).unwrap();
+            }
+            std::fs::write(work.join(n), &bad).unwrap();
+            let w = work.to_str().unwrap();
+            for args in [
+                vec!["inspect", "--json", w],
+                vec!["inspect", w],
+                vec!["inspect", "--search-regex", "cryo-[a-z]+", w],
+                vec!["diff", src.to_str().unwrap(), w],
+            ] {
+                let o = Command::new(cryo_bin()).args(&args).output().unwrap();
+                runs += 1;
+                let e = err(&o);
+                assert!(
+                    !e.contains("panicked") && o.status.code().is_some(),
+                    "cryo {args:?} with {n:?} damaged: {e}"
+                );
+                if !o.status.success() {
+                    assert!(e.starts_with("Error: "), "{args:?} {n:?}: {e}");
+                }
+            }
+        }
+    }
+    assert!(runs > 300);
+}
+
+/// A pty in the tree (`scripts/pty_shell.py`: python holds the master, `sh -i` runs on the
+/// slave as its controlling terminal), dumped with --leave-running: the TTYS table shows
+/// both sides with the index, session, foreground group and window size, and who holds
+/// them.
+#[test]
+fn ptys_are_shown() {
+    let dir = scratch("inspect-pty");
+    let (fifo, out, log) = (dir.join("in"), dir.join("out"), dir.join("log"));
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let script = root().join("integration/scripts/pty_shell.py");
+    let py = spawn(
+        &[
+            "/usr/bin/python3",
+            script.to_str().unwrap(),
+            fifo.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+        &log,
+    );
+    let _g = KillOnDrop(py);
+    let sh = wait_ready(&log)[0];
+    let _g2 = KillOnDrop(sh);
+    let stdin = || std::fs::read_link(format!("/proc/{sh}/fd/0")).unwrap_or_default();
+    wait_for("the shell on its pty", 10, || {
+        stdin().starts_with("/dev/pts/")
+            && std::fs::read_link(format!("/proc/{sh}/exe"))
+                .is_ok_and(|e| e.ends_with("dash") || e.ends_with("sh"))
+    });
+    let pts = stdin();
+    let index: u64 = pts
+        .to_str()
+        .unwrap()
+        .strip_prefix("/dev/pts/")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let img = dir.join("img");
+    dump(py, &img, &["--leave-running"]);
+    let v = inspect_json(&["--fds", img.to_str().unwrap()]);
+    let ttys = v["ttys"].as_array().unwrap();
+    let side = |s: &str| {
+        ttys.iter()
+            .find(|t| t["side"] == s)
+            .unwrap_or_else(|| panic!("no {s} in {ttys:?}"))
+    };
+    let (slave, master) = (side("slave"), side("master"));
+    for t in [slave, master] {
+        assert_eq!(t["type"], "pty");
+        assert_eq!(t["index"], index);
+        assert_eq!(
+            (t["rows"].as_u64(), t["cols"].as_u64()),
+            (Some(37), Some(91))
+        );
+    }
+    assert_eq!(
+        (slave["sid"].as_i64(), slave["pgrp"].as_i64()),
+        (Some(sh as i64), Some(sh as i64))
+    );
+    let held: Vec<(u64, u64, String)> = slave["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0]["pid"].as_u64().unwrap(),
+                h[0]["fd"].as_u64().unwrap(),
+                h[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for fd in 0..3 {
+        assert!(
+            held.contains(&(sh as u64, fd, pts.to_str().unwrap().to_string())),
+            "{held:?}"
+        );
+    }
+    assert_eq!(master["holders"][0][0]["pid"], py);
+    let shp = process(&v, sh as u64);
+    assert_eq!(fd(shp, 0)["kind"], "tty");
+    assert_eq!(fd(shp, 0)["target"], pts.to_str().unwrap());
+    let t = ok_cryo(&["inspect", "--fds", img.to_str().unwrap()]);
+    assert!(
+        t.contains("TTYS") && t.contains(&format!("(pts {index})")),
+        "{t}"
+    );
+}

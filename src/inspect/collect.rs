@@ -375,6 +375,16 @@ fn proto_name(p: u32) -> String {
     }
 }
 
+/// "master" or "slave" for a pty side (by its device major), "-" for other ttys.
+fn tty_side(i: &pb::TtyInfoEntry) -> &'static str {
+    match major_minor(i.rdev) {
+        // /dev/ptmx (what a Unix98 master's fd reports), or a BSD-style master.
+        (5, 2) | (128..=135, _) if i.pty.is_some() => "master",
+        (136..=143, _) => "slave",
+        _ => "-",
+    }
+}
+
 /// Major/minor of a dev_t as CRIU saves it (32 bits, glibc's encoding).
 fn major_minor(d: u32) -> (u32, u32) {
     ((d >> 8) & 0xfff, (d & 0xff) | ((d >> 12) & 0xfff00))
@@ -489,13 +499,20 @@ impl Loaded {
 
     fn tty_path(&self, w: &FdWorld, t: &pb::TtyFileEntry) -> String {
         if let Some(p) = t.regf_id.and_then(|r| self.reg_path(w, r)) {
-            return p;
+            // A master opened as /dev/ptmx: name its pty.
+            return match w.tty_info.get(&t.tty_info_id) {
+                Some(i) if tty_side(i) == "master" && !p.contains("pts") => {
+                    format!("{p} (pts {})", i.pty.as_ref().map(|x| x.index).unwrap_or(0))
+                }
+                _ => p,
+            };
         }
         match w.tty_info.get(&t.tty_info_id) {
             Some(i) => {
                 let (maj, min) = major_minor(i.rdev);
                 match (maj, i.pty.as_ref()) {
                     (128..=135, Some(p)) => format!("/dev/ptmx (pts {})", p.index),
+                    (5, Some(p)) if min == 2 => format!("/dev/ptmx (pts {})", p.index),
                     (136..=143, Some(p)) => format!("/dev/pts/{}", p.index),
                     (5, _) if min == 0 => "/dev/tty".into(),
                     (5, _) if min == 1 => "/dev/console".into(),
@@ -836,11 +853,11 @@ impl Loaded {
             saved += s;
             parent += p;
             lazy += l;
-            total += v.end - v.start;
+            total += v.end.saturating_sub(v.start);
             vmas.push(Vma {
                 start: hex(v.start),
                 end: hex(v.end),
-                size: v.end - v.start,
+                size: v.end.saturating_sub(v.start),
                 prot: mem::prot_string(v),
                 kind: kind.into(),
                 path,
@@ -1170,6 +1187,7 @@ impl Loaded {
                 kind: pb::TtyType::try_from(i.r#type)
                     .map(|t| t.as_str_name().to_lowercase())
                     .unwrap_or_else(|_| i.r#type.to_string()),
+                side: tty_side(i).into(),
                 index: i.pty.as_ref().map(|p| p.index),
                 sid: i.sid,
                 pgrp: i.pgrp,
@@ -1614,7 +1632,7 @@ impl Loaded {
                             .entry(id)
                             .or_insert_with(|| (t.pid(), t.comm(), Vec::new(), labels.clone()));
                         if e.0 == t.pid() {
-                            e.2.push((v.pgoff, v.start, v.end - v.start));
+                            e.2.push((v.pgoff, v.start, v.end.saturating_sub(v.start)));
                         }
                     }
                 }

@@ -119,6 +119,20 @@ impl PageMap {
                 flags = PE_PRESENT;
             }
             let pages = e.nr_pages.unwrap_or(e.compat_nr_pages as u64);
+            let fits = pages
+                .checked_mul(PAGE)
+                .and_then(|b| e.vaddr.checked_add(b))
+                .is_some();
+            if !fits || e.vaddr % PAGE != 0 {
+                notes.push((
+                    name.to_string(),
+                    format!(
+                        "entry at {:#x} with {pages} pages is not a valid range; the entries from there on are not read",
+                        e.vaddr
+                    ),
+                ));
+                break;
+            }
             runs.push(Run {
                 vaddr: e.vaddr,
                 pages,

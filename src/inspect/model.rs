@@ -267,6 +267,8 @@ pub struct Tty {
     /// pty, console, vt, ctty, ext, serial.
     #[serde(rename = "type")]
     pub kind: String,
+    /// A pty's master or slave side ("-" for other ttys).
+    pub side: String,
     pub index: Option<u32>,
     /// The session it is the controlling terminal of, and its foreground group.
     pub sid: u32,

@@ -517,6 +517,7 @@ fn ttys(ts: &[Tty], st: Style, o: &mut String) {
     let mut t = Table::new(&[
         ("ID", true),
         ("TYPE", false),
+        ("SIDE", false),
         ("INDEX", true),
         ("SID", true),
         ("FG PGRP", true),
@@ -528,6 +529,7 @@ fn ttys(ts: &[Tty], st: Style, o: &mut String) {
         t.row(vec![
             x.id.to_string(),
             x.kind.clone(),
+            x.side.clone(),
             opt(&x.index),
             x.sid.to_string(),
             x.pgrp.to_string(),
@@ -809,7 +811,7 @@ fn container(c: &ContainerInfo, st: Style, o: &mut String) {
     t.row(vec![
         "image".into(),
         match (&c.image, &c.image_id) {
-            (Some(i), Some(id)) => format!("{i} ({})", &id[..id.len().min(12)]),
+            (Some(i), Some(id)) => format!("{i} ({})", id.chars().take(12).collect::<String>()),
             (i, _) => opt(i),
         },
     ]);

@@ -676,7 +676,10 @@ impl Source {
         for (i, (m, off, len)) in reqs.iter().enumerate() {
             let len = (*len as u64).min(m.size.saturating_sub(*off)) as usize;
             match &m.loc {
-                Loc::Kept(b) => out[i] = b[*off as usize..*off as usize + len].to_vec(),
+                Loc::Kept(b) => {
+                    let start = (*off).min(b.len() as u64) as usize;
+                    out[i] = b[start..(start + len).min(b.len())].to_vec()
+                }
                 Loc::File(p) => {
                     let f = File::open(p).map_err(io_err(p, "open"))?;
                     out[i] = vec![0; len];
