@@ -77,7 +77,8 @@ pub enum Cmd {
     /// layout directory), in place. The summary comes first, then the process tree (command
     /// lines and environments read from the saved memory), fds, pipes, ttys, sockets, mounts,
     /// namespaces, cgroups, memory and the container runtime's side (OCI spec, rootfs diff,
-    /// network). Section flags narrow it; --json prints the same as one JSON document
+    /// network). Section flags (--ps, --fds, ...) combine, and without any every section is
+    /// shown; --json prints the same as one JSON document
     /// (docs/inspect.md). What cannot be read is listed under NOT READ, never guessed.
     Inspect(InspectArgs),
     /// Compare two checkpoints of the same process tree: processes added or gone, fds
@@ -105,22 +106,22 @@ pub struct InspectArgs {
     /// Print one JSON document (its shape is documented in docs/inspect.md).
     #[arg(long)]
     pub json: bool,
-    /// Only the process tree: PIDs, states, threads, command lines, environments.
+    /// Show the process tree: PIDs, states, threads, command lines, environments.
     #[arg(long)]
     pub ps: bool,
-    /// Only the open files of each process, pipes and ttys.
+    /// Show the open files of each process, pipes and ttys.
     #[arg(long)]
     pub fds: bool,
-    /// Only sockets: family, state, addresses, queued bytes, holders.
+    /// Show sockets: family, state, addresses, queued bytes, holders.
     #[arg(long)]
     pub sockets: bool,
-    /// Only mounts, namespaces and cgroups.
+    /// Show mounts, namespaces and cgroups.
     #[arg(long)]
     pub mounts: bool,
-    /// Only memory: each process's VMAs and the pages saved in them.
+    /// Show memory: each process's VMAs and the pages saved in them.
     #[arg(long)]
     pub mem: bool,
-    /// Only the container runtime's side (podman, containerd): name, image, OCI spec,
+    /// Show the container runtime's side (podman, containerd): name, image, OCI spec,
     /// rootfs diff, network.
     #[arg(long)]
     pub container: bool,
