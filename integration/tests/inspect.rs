@@ -868,3 +868,69 @@ fn ptys_are_shown() {
         "{t}"
     );
 }
+
+/// CRIU 4.2's images of TCP and UDP sockets (`fixtures/criu-4.2-tcp`, from
+/// `progs/tcpee.c`): addresses, ports, states, the listener's backlog, and the 5 unread
+/// bytes of the accepted connection from its tcp-stream image.
+#[test]
+fn criu_inet_sockets_fixture() {
+    let dir = fixture("integration/fixtures/criu-4.2-tcp");
+    let v = inspect_json(&["--sockets", "--fds", dir.to_str().unwrap()]);
+    let socks = v["sockets"].as_array().unwrap();
+    let by_fd = |fd: u64| {
+        socks
+            .iter()
+            .find(|s| s["holders"] == serde_json::json!([{"pid": 24204, "fd": fd}]))
+            .unwrap_or_else(|| panic!("no socket at fd {fd}: {socks:?}"))
+    };
+    let l = by_fd(3);
+    assert_eq!(
+        (l["family"].as_str(), l["type"].as_str()),
+        (Some("inet"), Some("stream tcp"))
+    );
+    assert_eq!(
+        (l["state"].as_str(), l["local"].as_str()),
+        (Some("listen"), Some("127.0.0.1:47204"))
+    );
+    assert_eq!(l["backlog"], 8);
+    let c = by_fd(4);
+    assert_eq!(c["state"], "established");
+    assert_eq!(
+        (c["local"].as_str(), c["peer"].as_str()),
+        (Some("127.0.0.1:39054"), Some("127.0.0.1:47204"))
+    );
+    assert_eq!(
+        (c["queued_bytes"].as_u64(), c["send_queue_bytes"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let a = by_fd(5);
+    assert_eq!(
+        (a["local"].as_str(), a["peer"].as_str()),
+        (Some("127.0.0.1:47204"), Some("127.0.0.1:39054"))
+    );
+    assert_eq!(a["queued_bytes"], 5);
+    let u = by_fd(6);
+    assert_eq!(
+        (u["type"].as_str(), u["local"].as_str()),
+        (Some("dgram udp"), Some("127.0.0.1:47205"))
+    );
+    let p = &v["processes"][0];
+    assert_eq!(
+        fd(p, 4)["target"],
+        "tcp 127.0.0.1:39054 -> 127.0.0.1:47204 established"
+    );
+    assert_eq!(fd(p, 3)["kind"], "inet");
+    assert_eq!(v["notes"], serde_json::json!([]));
+    // `cryo show` frames the queue bytes after a tcp-stream entry.
+    let s: Value = serde_json::from_str(&ok_cryo(&[
+        "show",
+        dir.join("tcp-stream-4156cc.img").to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(s["entries"][0]["inq_len"], 5);
+    let t = ok_cryo(&["inspect", "--sockets", dir.to_str().unwrap()]);
+    assert!(
+        t.contains("127.0.0.1:47204  127.0.0.1:39054") && t.contains("listen (8)"),
+        "{t}"
+    );
+}

@@ -564,7 +564,7 @@ pub fn entries_with_data<'a>(
     Ok(out)
 }
 
-/// Raw bytes that follow an entry of some kinds (pipe and socket queue data, SysV IPC
+/// Raw bytes that follow an entry of some kinds (pipe, socket and TCP queue data, SysV IPC
 /// contents); `rest` is what follows the entry in the file.
 fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
     let field = if kind.name == IPCNS_SHM.name {
@@ -588,6 +588,9 @@ fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
         pb::PipeDataEntry::decode(payload).map(|e| e.bytes as usize)
     } else if kind.name == SK_QUEUES.name {
         pb::SkPacketEntry::decode(payload).map(|e| e.length as usize)
+    } else if kind.name == TCP_STREAM.name {
+        // The receive queue's bytes, then the send queue's (as CRIU writes them).
+        pb::TcpStreamEntry::decode(payload).map(|e| e.inq_len as usize + e.outq_len as usize)
     } else if kind.name == GHOST_FILE.name {
         pb::GhostFileEntry::decode(payload).map(|e| {
             if e.chunks == Some(true) {

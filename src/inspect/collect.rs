@@ -1005,7 +1005,7 @@ impl Loaded {
         Ok(out)
     }
 
-    fn sockets(&self, o: &Options, w: &FdWorld) -> Vec<Socket> {
+    fn sockets(&self, o: &Options, w: &FdWorld, notes: &mut Vec<(String, String)>) -> Vec<Socket> {
         let mut out = Vec::new();
         let mut ids: Vec<&u32> = self.files.keys().collect();
         ids.sort();
@@ -1042,6 +1042,7 @@ impl Loaded {
                     peer_ino: (u.peer != 0).then_some(u.peer),
                     queued_bytes: qb,
                     queued_packets: qp,
+                    send_queue_bytes: None,
                     backlog: (state == "listen").then_some(u.backlog),
                     state,
                     shutdown: shutdown(u.shutdown),
@@ -1049,6 +1050,28 @@ impl Loaded {
                 });
             } else if let Some(i) = &f.isk {
                 let state = sk_state(i.state);
+                // An established TCP connection's queues are in tcp-stream-INO.img.
+                let (mut qb, mut sendq) = (qb, None);
+                if i.proto == libc::IPPROTO_TCP as u32 && state != "listen" && state != "close" {
+                    let name = format!("tcp-stream-{:x}.img", i.ino);
+                    match self.src.image(&name) {
+                        Some(_) => {
+                            let mut n = Vec::new();
+                            if let Some(t) = img_one::<pb::TcpStreamEntry>(
+                                &self.src,
+                                &name,
+                                image::TCP_STREAM,
+                                &mut n,
+                            ) {
+                                qb = t.inq_len as u64;
+                                sendq = Some(t.outq_len as u64);
+                            }
+                            notes.extend(n);
+                        }
+                        None => notes
+                            .push((name, "missing: the connection's queues are unknown".into())),
+                    }
+                }
                 out.push(Socket {
                     id: *id,
                     ino: Some(i.ino),
@@ -1064,6 +1087,7 @@ impl Loaded {
                     peer_ino: None,
                     queued_bytes: qb,
                     queued_packets: qp,
+                    send_queue_bytes: sendq,
                     backlog: (state == "listen").then_some(i.backlog),
                     state,
                     shutdown: shutdown(i.shutdown),
@@ -1081,6 +1105,7 @@ impl Loaded {
                     peer_ino: None,
                     queued_bytes: qb,
                     queued_packets: qp,
+                    send_queue_bytes: None,
                     backlog: None,
                     shutdown: None,
                     holders,
@@ -1097,6 +1122,7 @@ impl Loaded {
                     peer_ino: None,
                     queued_bytes: qb,
                     queued_packets: qp,
+                    send_queue_bytes: None,
                     backlog: None,
                     shutdown: None,
                     holders,
@@ -1544,7 +1570,9 @@ impl Loaded {
         } else {
             None
         };
-        let sockets = s.sockets.then(|| self.sockets(o, &w));
+        let mut sk_notes = Vec::new();
+        let sockets = s.sockets.then(|| self.sockets(o, &w, &mut sk_notes));
+        self.notes.extend(sk_notes);
         let pipes = s.fds.then(|| self.pipes(o, &w));
         let ttys = s.fds.then(|| self.ttys(o, &w));
         let mounts = if s.mounts { Some(self.mounts(o)) } else { None };

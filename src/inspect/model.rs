@@ -241,6 +241,8 @@ pub struct Socket {
     /// Bytes and packets queued for reading (sk-queues.img).
     pub queued_bytes: u64,
     pub queued_packets: u64,
+    /// TCP: bytes in the send queue (tcp-stream-INO.img), not yet acknowledged.
+    pub send_queue_bytes: Option<u64>,
     /// For a listener.
     pub backlog: Option<u32>,
     pub shutdown: Option<String>,

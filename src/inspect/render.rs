@@ -584,10 +584,10 @@ fn sockets(ss: &[Socket], st: Style, o: &mut String) {
                 (Some(p), _) => p.clone(),
                 (None, _) => "-".into(),
             },
-            if s.queued_packets > 0 {
-                format!("{} B/{}", s.queued_bytes, s.queued_packets)
-            } else {
-                "0".into()
+            match (s.queued_packets, s.send_queue_bytes) {
+                (_, Some(out)) if out > 0 => format!("{} B, {out} B to send", s.queued_bytes),
+                (0, _) => format!("{}", s.queued_bytes),
+                (n, _) => format!("{} B/{n}", s.queued_bytes),
             },
             holders(&s.holders),
         ]);
