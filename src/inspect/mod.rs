@@ -2,7 +2,8 @@
 //!
 //! - `source`: opens an images directory, a podman or containerd checkpoint (directory or
 //!   archive, plain/gzip/zstd tar), read in place.
-//! - `collect`: decodes the images (with `image`'s framing and `pb` types) into a `Report`.
+//! - `collect`: decodes the images (with `image`'s framing and `pb` types) into a `Report`;
+//!   `files` describes fds, pipes, sockets and ttys, `system` mounts, namespaces, cgroups.
 //! - `mem`: the saved memory (pagemap + pages, parent chains): command lines, `--search`,
 //!   `--dump-mem`, page hashes for `diff`.
 //! - `runtime`: the container runtime's files (OCI spec via oci-spec, config, rootfs diff).
@@ -11,11 +12,13 @@
 
 pub mod collect;
 pub mod diff;
+pub mod files;
 pub mod mem;
 pub mod model;
 pub mod render;
 pub mod runtime;
 pub mod source;
+pub mod system;
 
 use std::path::{Path, PathBuf};
 
