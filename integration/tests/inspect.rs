@@ -934,3 +934,63 @@ fn criu_inet_sockets_fixture() {
         "{t}"
     );
 }
+
+/// A podman export made with CRIU 4.2 (`fixtures/podman-criu-4.2/web.tar.zst`): podman's
+/// files (name, image, spec, deleted files, rootfs diff, /dev/shm, network), CRIU's images
+/// (the tree, the environment from memory, external mounts), and stats-dump read from next
+/// to the images, where CRIU under podman writes it.
+#[test]
+fn podman_export_made_by_criu() {
+    let a = fixture("integration/fixtures/podman-criu-4.2/web.tar.zst");
+    let v = inspect_json(&[a.to_str().unwrap()]);
+    assert_eq!(v["source"]["container"], "podman");
+    assert_eq!(v["source"]["compression"], "zstd");
+    let s = &v["summary"];
+    assert!(s["tool"].as_str().unwrap().starts_with("CRIU"), "{s}");
+    assert_eq!(s["stats"]["frozen_us"], 239912);
+    assert_eq!(s["processes"], 2);
+    let c = &v["container"];
+    assert_eq!(
+        (c["name"].as_str(), c["image"].as_str()),
+        (Some("web"), Some("localhost/cryo-busybox:test"))
+    );
+    assert!(c["id"].as_str().unwrap().starts_with("e96374bb2e7f"));
+    assert_eq!(strs(&c["deleted_files"]), ["/etc/group"]);
+    assert_eq!(
+        c["rootfs_diff"]["names"],
+        serde_json::json!([["tmp/started", 8, "f"]])
+    );
+    assert_eq!(c["dev_shm"]["files"], 1);
+    assert_eq!(c["dev_shm"]["bytes"], 14);
+    assert_eq!(c["network"], Value::Null);
+    assert!(strs(&c["spec"]["env"]).contains(&"APP_MODE=fixture".to_string()));
+    assert_eq!(c["spec"]["seccomp"][0], "SCMP_ACT_ERRNO");
+    let init = process(&v, 1);
+    assert_eq!(strs(&init["argv"])[..2], ["sh", "-c"]);
+    assert!(strs(&init["env"]).contains(&"APP_MODE=fixture".to_string()));
+    assert_eq!(process(&v, 14)["ppid"], 1);
+    assert_eq!(strs(&process(&v, 14)["argv"]), ["sleep", "1"]);
+    let data = v["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountpoint"] == "/data")
+        .unwrap();
+    assert_eq!(data["external"], "/data");
+    // Mount order: the root first, each parent before its children.
+    let ms = v["mounts"].as_array().unwrap();
+    assert_eq!(ms[0]["mountpoint"], "/");
+    for (i, m) in ms.iter().enumerate() {
+        if let Some(p) = ms.iter().position(|x| x["mnt_id"] == m["parent_id"]) {
+            assert!(p < i, "{} before its parent", m["mountpoint"]);
+        }
+    }
+    let h = inspect_json(&["--search", "APP_MODE=fixture", a.to_str().unwrap()]);
+    let pids: Vec<u64> = h["search"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["pid"].as_u64().unwrap())
+        .collect();
+    assert!(pids.contains(&1) && pids.contains(&14), "{pids:?}");
+}

@@ -521,8 +521,13 @@ impl Loaded {
                     None => (None, None),
                 },
             };
-        let mut notes = Vec::new();
-        let stats = img::<pb::StatsEntry>(src, "stats-dump", image::STATS, &mut notes)
+        // With the images, or (CRIU under podman writes it to the work dir) next to them.
+        let stats_bytes = src
+            .image("stats-dump")
+            .or_else(|| src.member("stats-dump"))
+            .and_then(|m| src.bytes(m).ok().map(|b| (src.display_name(m), b)));
+        let stats = stats_bytes
+            .and_then(|(path, b)| image::decode_all::<pb::StatsEntry>(&path, image::STATS, &b).ok())
             .and_then(|mut v| v.pop())
             .and_then(|s| s.dump)
             .map(|d| DumpStats {

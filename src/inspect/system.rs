@@ -42,7 +42,35 @@ impl Loaded {
         m
     }
 
+    /// Every mount of the saved mount namespaces, each tree in mount order (a parent
+    /// before its children, siblings by id), whatever order the image has.
     pub(super) fn mounts(&mut self, o: &Options) -> Vec<Mount> {
+        let all = self.mounts_unordered(o);
+        let ids: std::collections::HashSet<(u32, u32)> =
+            all.iter().map(|m| (m.ns, m.mnt_id)).collect();
+        let mut kids: BTreeMap<(u32, u32), Vec<&Mount>> = BTreeMap::new();
+        let mut roots = Vec::new();
+        for m in &all {
+            if ids.contains(&(m.ns, m.parent_id)) && m.parent_id != m.mnt_id {
+                kids.entry((m.ns, m.parent_id)).or_default().push(m);
+            } else {
+                roots.push(m);
+            }
+        }
+        roots.sort_by_key(|m| (m.ns, m.mnt_id));
+        let mut out = Vec::with_capacity(all.len());
+        let mut stack: Vec<&Mount> = roots.into_iter().rev().collect();
+        while let Some(m) = stack.pop() {
+            out.push(m.clone());
+            if let Some(ch) = kids.get_mut(&(m.ns, m.mnt_id)) {
+                ch.sort_by_key(|c| std::cmp::Reverse(c.mnt_id));
+                stack.extend(ch.iter());
+            }
+        }
+        out
+    }
+
+    fn mounts_unordered(&mut self, o: &Options) -> Vec<Mount> {
         let mut out = Vec::new();
         let ids: Vec<u32> = self
             .ns_ids_of(o)
@@ -75,10 +103,11 @@ impl Loaded {
                     source: m.source,
                     root: m.root,
                     options: m.options,
-                    external: if m.ext_mount == Some(true) {
-                        Some(m.ext_key.unwrap_or_default())
-                    } else {
-                        None
+                    // CRIU sets only the key; older images only the flag.
+                    external: match (m.ext_key.filter(|k| !k.is_empty()), m.ext_mount) {
+                        (Some(k), _) => Some(k),
+                        (None, Some(true)) => Some(String::new()),
+                        _ => None,
                     },
                     shared: m.shared_id.filter(|v| *v != 0),
                     master: m.master_id.filter(|v| *v != 0),
