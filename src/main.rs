@@ -155,7 +155,8 @@ fn man(a: cryo::cli::ManArgs) -> Result<ExitCode> {
     let mut pages = vec![(String::from("cryo"), cmd.clone())];
     for sub in cmd.get_subcommands() {
         let name = format!("cryo-{}", sub.get_name());
-        pages.push((name.clone(), sub.clone().name(name)));
+        let bin = format!("cryo {}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name).bin_name(bin)));
     }
     for (name, c) in pages {
         let mut buf = Vec::new();

@@ -56,7 +56,8 @@ impl InspectError {
             InspectError::NotACheckpoint { .. } => Some(
                 "give an images directory (cryo/criu dump -D DIR), a podman checkpoint \
                  (`podman container checkpoint --export FILE`, or its checkpoint directory) or a \
-                 containerd checkpoint exported with `ctr images export --skip-manifest-json FILE REF`"
+                 containerd checkpoint exported with `ctr images export --skip-manifest-json FILE REF`; \
+                 `cryo show FILE` decodes a single image"
                     .into(),
             ),
             InspectError::NoSuchPid { .. } => {
