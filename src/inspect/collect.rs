@@ -400,11 +400,8 @@ impl Loaded {
 
     /// The process section.
     fn processes(&self, o: &Options, w: &FdWorld) -> Result<Vec<Process>, InspectError> {
-        let cmd = if o.sections.ps {
-            self.cmdlines()?
-        } else {
-            HashMap::new()
-        };
+        // Always read (one pass): `null` must mean "not in the checkpoint", not "not asked".
+        let cmd = self.cmdlines()?;
         let mut out = Vec::new();
         for t in &self.tasks {
             if o.pid.is_some_and(|p| p != t.pid()) {
