@@ -20,7 +20,7 @@ command -v tar >/dev/null || need+=(tar)   # tmpfs contents are saved with tar, 
 # recommends apt keeps the runc installed above), conmon, and zstd to list --export archives.
 command -v podman >/dev/null || need+=(podman)
 command -v conmon >/dev/null || need+=(conmon)
-command -v zstd >/dev/null || need+=(zstd)
+command -v zstd >/dev/null || need+=(zstd)   # also tests/inspect.rs: zstd archives (tar --zstd)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -389,6 +389,7 @@ fn export_rm_import() {
             "{f} not in the export: {list}"
         );
     }
+    inspect_export(&tar, &before);
     p.ok(&["rm", "-f", "-t", "0", "c"]);
     // (Not `inspect c`: that also matches an image whose ID starts with "c".)
     assert_eq!(
@@ -399,6 +400,89 @@ fn export_rm_import() {
     let (_, t_rs) = p.timed(&["container", "restore", "--import", &tars]);
     p.check_restored("c", last, &before);
     eprintln!("podman checkpoint --export {t_ck:?}, restore --import {t_rs:?}");
+}
+
+/// `cryo inspect` of the export (zstd, read in place): the container's name, image and
+/// OCI spec from podman's files, the process tree with the shell's command line and
+/// environment from its saved memory, its namespaces, mounts and /dev/shm content, and a
+/// string of its command line found in its memory.
+fn inspect_export(archive: &Path, before: &ContainerState) {
+    let a = archive.to_str().unwrap();
+    let o = Command::new(cryo_bin())
+        .args(["inspect", "--json", a])
+        .output()
+        .unwrap();
+    let out = ok(&o, "cryo inspect --json");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["source"]["container"], "podman", "{}", v["source"]);
+    assert_eq!(v["source"]["compression"], "zstd");
+    assert!(v["summary"]["tool"].as_str().unwrap().starts_with("cryo "));
+    let c = &v["container"];
+    assert_eq!(
+        (c["name"].as_str(), c["image"].as_str()),
+        (Some("c"), Some(IMAGE))
+    );
+    assert_eq!(c["id"].as_str().map(str::len), Some(64), "{c}");
+    let script = "i=0; while :; do i=$((i+1)); echo $i >> /data/log; sleep 0.05; done";
+    assert_eq!(c["spec"]["args"], serde_json::json!(["sh", "-c", script]));
+    assert_eq!(c["spec"]["hostname"], before.hostname.as_str());
+    assert_eq!(c["network"], serde_json::Value::Null, "--network none");
+    let shm: Vec<&str> = c["dev_shm"]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n[0].as_str().unwrap())
+        .collect();
+    assert!(shm.contains(&"data"), "/dev/shm: {shm:?}");
+    let init = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == 1)
+        .expect("pid 1 in the container");
+    assert_eq!(init["argv"], serde_json::json!(["sh", "-c", script]));
+    assert!(init["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "container=podman"));
+    assert_eq!(init["seccomp"], "filter");
+    assert_eq!(init["exe"], "/bin/busybox");
+    let uts = v["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["kind"] == "uts")
+        .unwrap();
+    assert_eq!(uts["saved"], true);
+    assert_eq!(uts["details"]["hostname"], before.hostname.as_str());
+    assert!(v["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["mountpoint"] == "/data" && m["external"].is_string()));
+    let o = Command::new(cryo_bin())
+        .args(["inspect", "--json", "--search", "echo $i >> /data/log", a])
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_str(&ok(&o, "cryo inspect --search")).unwrap();
+    assert!(
+        s["search"]["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["pid"] == 1),
+        "{s}"
+    );
+    let o = Command::new(cryo_bin())
+        .args(["inspect", a])
+        .output()
+        .unwrap();
+    let t = ok(&o, "cryo inspect");
+    assert!(
+        t.contains("podman checkpoint") && t.contains("name          c"),
+        "{t}"
+    );
 }
 
 /// The `criu_statistics` object of `--print-stats` output.

@@ -273,7 +273,11 @@ impl ImageDir {
 
     /// Writes `cryo-manifest.json` with every image recorded so far.
     pub fn finish(&self) -> Result<(), ImageError> {
-        let m = self.written.lock().expect("manifest lock");
+        let mut m = self.written.lock().expect("manifest lock");
+        m.written = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
         let json = serde_json::to_vec_pretty(&*m).expect("manifest serializes");
         let path = self.file(manifest::NAME);
         let mut f = self.create_file(manifest::NAME)?;
@@ -306,16 +310,7 @@ impl ImageDir {
         let Some(bytes) = read_opt_bytes(&path)? else {
             return Ok(None);
         };
-        let mut out = Vec::new();
-        for (off, payload) in entries(&path, kind, &bytes)? {
-            out.push(M::decode(payload).map_err(|source| ImageError::Decode {
-                path: path.clone(),
-                offset: off,
-                message: kind.message,
-                source,
-            })?);
-        }
-        Ok(Some(out))
+        decode_all(&path, kind, &bytes).map(Some)
     }
 
     /// Reads an image whose entries are followed by raw data (pipes-data, fifo-data,
@@ -388,27 +383,7 @@ impl ImageDir {
         let Some(raw) = read_opt_bytes(&path)? else {
             return Ok(None);
         };
-        let frames = entries(&path, PAGEMAP, &raw)?;
-        let decode_err = |offset, message, source| ImageError::Decode {
-            path: path.clone(),
-            offset,
-            message,
-            source,
-        };
-        let Some(((hoff, h), rest)) = frames.split_first() else {
-            return Err(ImageError::Invalid {
-                path: path.clone(),
-                what: "no pagemap_head entry".into(),
-            });
-        };
-        let head = pb::PagemapHead::decode(*h).map_err(|e| decode_err(*hoff, "pagemap_head", e))?;
-        let mut out = Vec::with_capacity(rest.len());
-        for (off, p) in rest {
-            out.push(
-                pb::PagemapEntry::decode(*p).map_err(|e| decode_err(*off, "pagemap_entry", e))?,
-            );
-        }
-        Ok(Some((head.pages_id, out)))
+        decode_pagemap(&path, &raw).map(Some)
     }
 
     /// Like [`ImageDir::read_opt`] but the image must exist.
@@ -430,6 +405,50 @@ impl ImageDir {
         }
         Ok(v.remove(0))
     }
+}
+
+/// Decodes every entry of an image of `kind` held in `bytes` (`path` names it in errors).
+pub fn decode_all<M: Message + Default>(
+    path: &Path,
+    kind: Kind,
+    bytes: &[u8],
+) -> Result<Vec<M>, ImageError> {
+    let mut out = Vec::new();
+    for (off, payload) in entries(path, kind, bytes)? {
+        out.push(M::decode(payload).map_err(|source| ImageError::Decode {
+            path: path.to_path_buf(),
+            offset: off,
+            message: kind.message,
+            source,
+        })?);
+    }
+    Ok(out)
+}
+
+/// Decodes a pagemap image held in `bytes`: (pages image id, entries).
+pub fn decode_pagemap(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(u32, Vec<pb::PagemapEntry>), ImageError> {
+    let frames = entries(path, PAGEMAP, bytes)?;
+    let decode_err = |offset, message, source| ImageError::Decode {
+        path: path.to_path_buf(),
+        offset,
+        message,
+        source,
+    };
+    let Some(((hoff, h), rest)) = frames.split_first() else {
+        return Err(ImageError::Invalid {
+            path: path.to_path_buf(),
+            what: "no pagemap_head entry".into(),
+        });
+    };
+    let head = pb::PagemapHead::decode(*h).map_err(|e| decode_err(*hoff, "pagemap_head", e))?;
+    let mut out = Vec::with_capacity(rest.len());
+    for (off, p) in rest {
+        out.push(pb::PagemapEntry::decode(*p).map_err(|e| decode_err(*off, "pagemap_entry", e))?);
+    }
+    Ok((head.pages_id, out))
 }
 
 /// The bytes of `path`, or `None` if it does not exist.
@@ -556,7 +575,7 @@ pub fn entries_with_data<'a>(
     Ok(out)
 }
 
-/// Raw bytes that follow an entry of some kinds (pipe and socket queue data, SysV IPC
+/// Raw bytes that follow an entry of some kinds (pipe, socket and TCP queue data, SysV IPC
 /// contents); `rest` is what follows the entry in the file. A size that cannot be (it
 /// overflows) is `usize::MAX`, which no file holds.
 fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
@@ -583,6 +602,9 @@ fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
         pb::PipeDataEntry::decode(payload).map(|e| e.bytes as usize)
     } else if kind.name == SK_QUEUES.name {
         pb::SkPacketEntry::decode(payload).map(|e| e.length as usize)
+    } else if kind.name == TCP_STREAM.name {
+        // The receive queue's bytes, then the send queue's (as CRIU writes them).
+        pb::TcpStreamEntry::decode(payload).map(|e| e.inq_len as usize + e.outq_len as usize)
     } else if kind.name == GHOST_FILE.name {
         pb::GhostFileEntry::decode(payload).map(|e| {
             if e.chunks == Some(true) {
