@@ -367,17 +367,28 @@ pub fn precheck(
 ) -> Result<(), FilesError> {
     let mut pidfd = None;
     for fd in procfs::fds(pid)? {
-        let link = procfs::link(pid, &format!("fd/{fd}"))?;
+        // The tree still runs: an fd closed since the listing is no longer ours to check
+        // (the dump itself reads the table again once the tree is frozen).
+        let gone =
+            |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF));
+        let link = match procfs::link(pid, &format!("fd/{fd}")) {
+            Err(procfs::ProcError::Read { source, .. }) if gone(&source) => continue,
+            r => r?,
+        };
         let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
         if shell_tty(pid, shell_job, meta.as_ref(), tree).is_some() {
             continue;
         }
+        let socket = match socket_of(pid, fd, &link, &mut pidfd) {
+            Err(TaskError::Fd { source, .. }) if gone(&source) => continue,
+            r => r?,
+        };
         let p = FdProbe {
             pid,
             fd,
             link: &link,
             meta: meta.as_ref(),
-            socket: socket_of(pid, fd, &link, &mut pidfd)?,
+            socket,
         };
         match classify(&p) {
             Err(why) => return Err(refuse(pid, fd, &link, why).into()),
