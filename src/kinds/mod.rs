@@ -20,6 +20,7 @@ pub mod memfd;
 pub mod memory;
 pub mod misc;
 pub mod mounts;
+pub mod netns;
 pub mod ns;
 pub mod pipes;
 pub mod regs;

@@ -10,6 +10,7 @@
 compile_error!("cryo currently supports x86_64 only");
 
 pub mod fd;
+pub mod inet;
 pub mod ipc;
 pub mod mem;
 pub mod mount;
