@@ -105,6 +105,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 freeze_cgroup: a.common.freeze_cgroup.clone(),
                 cgroup_mode: a.common.cgroup_mode().map_err(anyhow::Error::msg)?,
                 file_locks: a.common.file_locks,
+                sock: a.common.sock_opts(),
             };
             let dir = ImageDir::create(&a.common.images_dir)?;
             let spin = progress(&format!("dumping {}", a.tree));
@@ -171,6 +172,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     .restore_opts(a.common.root.clone()),
                 join,
                 cgroups: a.common.cgroup_opts().map_err(anyhow::Error::msg)?,
+                sock: a.common.sock_opts(),
             };
             let dir = ImageDir::open(&a.common.images_dir)?;
             let spin = progress("restoring");

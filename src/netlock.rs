@@ -704,6 +704,51 @@ fn find_netns(ino: u64, hint: Option<i32>) -> Option<File> {
     None
 }
 
+// The inet part (h-inet): a lock that outlives the dump that took it, because the tree's
+// TCP connections are restored by a later cryo (or CRIU) run, which lifts it.
+impl NetLock {
+    /// A lock named `name`, which a later run can find: the inet part names it after the
+    /// dump's run id as CRIU does (`CRIU-` and 21 characters of `dump_criu_run_id`), so
+    /// CRIU's restore lifts a lock of cryo's dump and the other way round.
+    pub fn named(method: Method, name: String) -> NetLock {
+        cleanup_stale();
+        NetLock {
+            method,
+            name,
+            locked: Vec::new(),
+        }
+    }
+
+    /// Leaves every lock of this run in place (the dump succeeded; the restore lifts them):
+    /// forgets them and their records, so nothing removes them meanwhile.
+    pub fn keep(&mut self) {
+        for l in std::mem::take(&mut self.locked) {
+            let _ = std::fs::remove_file(&l.record);
+        }
+    }
+
+    /// Takes over a lock of this name that an earlier run left in the namespace `ns` (the
+    /// whole namespace, or connections), so that [`NetLock::unlock`] removes it. Nothing is
+    /// recorded: if this run is killed, the lock stays for the next attempt.
+    pub fn adopt(&mut self, ns: BorrowedFd<'_>, whole: bool) -> Result<(), NetLockError> {
+        let ns = File::from(
+            ns.try_clone_to_owned()
+                .map_err(|source| NetLockError::Enter {
+                    what: "(fd)".into(),
+                    source,
+                })?,
+        );
+        let ino = ns.metadata().map(|m| m.ino()).unwrap_or(0);
+        self.locked.push(Locked {
+            ns,
+            ino,
+            whole,
+            record: PathBuf::new(),
+        });
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,6 +38,8 @@ pub struct DumpOpts {
     pub cgroup_mode: kinds::cgroup::Mode,
     /// `--file-locks`: save the tree's file locks (without it, a lock fails the dump).
     pub file_locks: bool,
+    /// `--tcp-established`, `--tcp-close`, `--skip-in-flight`, `--ext-unix-sk`.
+    pub sock: kinds::files::SockOpts,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -401,6 +403,7 @@ fn collect_tree(root: i32) -> Result<Vec<(i32, i32)>, DumpError> {
 fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     let root = opts.pid;
     let mut fds = kinds::files::Precheck::default();
+    fds.sock = opts.sock;
     let pids: Vec<i32> = tree.iter().map(|t| t.0).collect();
     let root_stat = procfs::stat(root)?;
     if root_stat.session != root && !opts.shell_job {
@@ -864,6 +867,7 @@ pub fn run(
     files.shell_job = opts.shell_job;
     files.external_net = opts.external_net.clone();
     files.empty_net = opts.empty_net;
+    files.sock = opts.sock;
     files.tree = frozen.iter().map(|f| f.0).collect();
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
@@ -954,6 +958,8 @@ pub fn run(
         if let Some(f) = &freezer {
             f.put_back();
         }
+        // Connections leave repair mode, the lock goes, before the tree runs on.
+        files.inet.resume();
         for (_, _, seized) in frozen.iter_mut() {
             seized.release();
         }
@@ -961,6 +967,9 @@ pub fn run(
     }
     if let (Some(f), true) = (&freezer, opts.leave_running) {
         f.put_back();
+    }
+    if opts.leave_running {
+        files.inet.resume();
     }
     // Children first: a PID namespace's init, once killed, waits for every other task of
     // the namespace to be reaped, and cryo still traces them.
@@ -971,6 +980,8 @@ pub fn run(
             seized.kill();
         }
     }
+    // Killed: its connections vanish silently; their lock stays until the restore.
+    files.inet.keep();
     Ok(DumpReport {
         pid: root,
         pages_written: stats.pages_written,
@@ -981,19 +992,17 @@ pub fn run(
 }
 
 fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Result<(), DumpError> {
-    dir.write(
-        "inventory.img",
-        image::INVENTORY,
-        &[pb::InventoryEntry {
-            img_version: 2,
-            fdinfo_per_id: Some(true),
-            root_ids: Some(kinds::misc::task_ids(std::process::id() as i32, 1)?),
-            ns_per_id: Some(true),
-            lsmtype: Some(pb::Lsmtype::NoLsm as i32),
-            root_cg_set: files.cgroups.own_set(),
-            ..Default::default()
-        }],
-    )?;
+    let mut inventory = pb::InventoryEntry {
+        img_version: 2,
+        fdinfo_per_id: Some(true),
+        root_ids: Some(kinds::misc::task_ids(std::process::id() as i32, 1)?),
+        ns_per_id: Some(true),
+        lsmtype: Some(pb::Lsmtype::NoLsm as i32),
+        root_cg_set: files.cgroups.own_set(),
+        ..Default::default()
+    };
+    files.inet.fill_inventory(&mut inventory, &files.sock);
+    dir.write("inventory.img", image::INVENTORY, &[inventory])?;
     let tree: Vec<pb::PstreeEntry> = imgs.iter().map(|i| i.pstree.clone()).collect();
     dir.write("pstree.img", image::PSTREE, &tree)?;
     for img in imgs {
@@ -1034,6 +1043,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     if !files.sk_queues.is_empty() {
         dir.write_with_data("sk-queues.img", image::SK_QUEUES, &files.sk_queues)?;
     }
+    files.inet.write(dir)?;
     if !files.fifo_data.is_empty() {
         dir.write_with_data("fifo-data.img", image::FIFO_DATA, &files.fifo_data)?;
     }

@@ -569,6 +569,9 @@ fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
         pb::PipeDataEntry::decode(payload).map(|e| e.bytes as usize)
     } else if kind.name == SK_QUEUES.name {
         pb::SkPacketEntry::decode(payload).map(|e| e.length as usize)
+    } else if kind.name == TCP_STREAM.name {
+        // The receive queue's bytes, then the send queue's.
+        pb::TcpStreamEntry::decode(payload).map(|e| e.inq_len as usize + e.outq_len as usize)
     } else if kind.name == GHOST_FILE.name {
         pb::GhostFileEntry::decode(payload).map(|e| {
             if e.chunks == Some(true) {

@@ -16,7 +16,9 @@ use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 
-use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, PrecheckFd, TargetFd};
+use super::files::{
+    missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, PrecheckFd, SockOpts, TargetFd,
+};
 use super::DumpCx;
 use crate::image::{self, pb};
 use crate::sys::net::{self, Peeked, UnixDiag};
@@ -198,7 +200,7 @@ impl FdKind for UnixSk {
             .is_some_and(|(domain, _, _)| domain == libc::AF_UNIX)
     }
 
-    fn precheck_tree(fds: &[PrecheckFd]) -> Result<(), UnixSkError> {
+    fn precheck_tree(fds: &[PrecheckFd], _opts: &SockOpts) -> Result<(), UnixSkError> {
         let socks: Vec<(i32, i32, u32)> = fds
             .iter()
             .filter_map(|f| Some((f.pid, f.fd, inode(&f.link)?)))
@@ -244,6 +246,7 @@ impl FdKind for UnixSk {
                         id_for: id,
                         length: msg.len() as u32,
                         scm: Vec::new(),
+                        cryo_from: None,
                     },
                     msg,
                 ));

@@ -45,6 +45,8 @@ pub struct RestoreOpts {
     pub inherit_fd: Vec<(String, i32)>,
     /// `--manage-cgroups` and `--cgroup-root` (`kinds::cgroup`).
     pub cgroups: kinds::cgroup::CgOpts,
+    /// `--tcp-established`, `--tcp-close`, `--ext-unix-sk`.
+    pub sock: kinds::files::SockOpts,
 }
 
 /// Why a restore failed: the pipeline's own failures, and each kind's error, collected.
@@ -77,6 +79,8 @@ pub enum RestoreError {
     Task(#[from] TaskError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error(transparent)]
+    InetSk(#[from] kinds::inet_sk::InetSkError),
     #[error(transparent)]
     Files(#[from] kinds::files::FilesError),
     #[error(transparent)]
@@ -150,6 +154,7 @@ impl RestoreError {
             RestoreError::Locks(e) => e,
             RestoreError::Tty(e) => e,
             RestoreError::Ghost(e) => e,
+            RestoreError::InetSk(e) => e,
         };
         kind.hint()
     }
@@ -937,6 +942,7 @@ pub fn run(
     let objs = std::cell::RefCell::new(kinds::files::FdObjects::new(dir, &files, &tasks)?);
     objs.borrow_mut().tty.orphan_pts_master = opts.orphan_pts_master;
     objs.borrow_mut().inherit(&opts.inherit_fd)?;
+    objs.borrow_mut().sock = opts.sock;
     let mut sh = Shared {
         dir,
         files: &files,
@@ -1009,11 +1015,18 @@ pub fn run(
             restore: Some(stats),
         }],
     );
+    // What the inet sockets still need once the tree is complete (their lock lifted, repair
+    // mode left): kept out of the copies closed now.
+    let inet = kinds::inet_sk::take_restored(&mut objs.borrow_mut());
     // cryo's copies of pipes, eventfds, ... must not outlive the restore (a reader would
     // never see EOF while cryo waits for the root without -d).
     objs.borrow_mut().close_all();
     // Everything exists and nothing runs yet: a failing hook still kills it all.
     hooks.notify("post-restore", Some(root))?;
+    // The dump's network lock goes and the connections leave repair mode just before the
+    // tree runs (CRIU's order).
+    fault_point("netunlock")?;
+    inet.run(root)?;
     hooks.notify("pre-resume", None)?;
     if opts.shell_job && !opts.detach {
         foreground(root);

@@ -340,3 +340,75 @@ pub fn send_raw_ip(packet: &[u8], dst: std::net::IpAddr, mark: u32) -> io::Resul
     }
     Ok(())
 }
+
+/// `SO_GET_FILTER`: the socket's classic BPF filter, one `sock_filter` per u64 as CRIU packs
+/// it (`code << 48 | jt << 40 | jf << 32 | k`); empty when none is attached.
+pub fn socket_filter(fd: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
+    const SO_GET_FILTER: i32 = libc::SO_ATTACH_FILTER;
+    // The option's length counts instructions, not bytes. First the count.
+    let mut count: u32 = 0;
+    let mut dummy = [0u8; 8];
+    // SAFETY: a zero length asks only for the count, written to `count`.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_GET_FILTER,
+            dummy.as_mut_ptr(),
+            &mut count as *mut u32,
+        )
+    })?;
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let mut insns = vec![libc::sock_filter { code: 0, jt: 0, jf: 0, k: 0 }; count as usize];
+    let mut len = count;
+    // SAFETY: insns has room for `count` sock_filter entries, which `len` announces.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_GET_FILTER,
+            insns.as_mut_ptr(),
+            &mut len as *mut u32,
+        )
+    })?;
+    insns.truncate(len as usize);
+    Ok(insns
+        .iter()
+        .map(|i| {
+            (i.code as u64) << 48 | (i.jt as u64) << 40 | (i.jf as u64) << 32 | i.k as u64
+        })
+        .collect())
+}
+
+/// `SO_ATTACH_FILTER` with instructions packed as [`socket_filter`] returns them.
+pub fn set_socket_filter(fd: BorrowedFd<'_>, packed: &[u64]) -> io::Result<()> {
+    let mut insns: Vec<libc::sock_filter> = packed
+        .iter()
+        .map(|v| libc::sock_filter {
+            code: (v >> 48) as u16,
+            jt: (v >> 40) as u8,
+            jf: (v >> 32) as u8,
+            k: *v as u32,
+        })
+        .collect();
+    let prog = libc::sock_fprog {
+        len: insns.len() as u16,
+        filter: insns.as_mut_ptr(),
+    };
+    // SAFETY: prog points at `len` valid instructions for the duration of the call.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_setsockopt,
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &prog as *const libc::sock_fprog,
+            std::mem::size_of::<libc::sock_fprog>(),
+        )
+    })
+    .map(|_| ())
+}
