@@ -178,8 +178,10 @@ fn describe(sk: BorrowedFd<'_>, (family, ty, proto): (i32, i32, i32)) -> std::io
     let local = SocketAddr::try_from(local)
         .map_err(|_| std::io::Error::other("getsockname: not an inet address"))?;
     // SO_PEERNAME answers for a connection still being opened, getpeername does not.
+    // The kernel refuses a buffer longer than the family's address.
     let mut b = [0u8; 28];
-    let peer = match inet::getsockopt_bytes(sk, libc::SOL_SOCKET, libc::SO_PEERNAME, &mut b) {
+    let len = if family == libc::AF_INET6 { 28 } else { 16 };
+    let peer = match inet::getsockopt_bytes(sk, libc::SOL_SOCKET, libc::SO_PEERNAME, &mut b[..len]) {
         Ok(n) => parse_sockaddr(&b[..n]),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => None,
         Err(e) => return Err(e),
