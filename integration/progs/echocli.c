@@ -6,7 +6,8 @@
 // most WINDOW bytes not echoed yet, and checks every byte that comes back: each must arrive
 // exactly once, in order. Any error (reset, end of file, wrong byte) is reported.
 //
-// usage: echocli ADDR PORT NCONN OUT [WINDOW [READ_CHUNK]]
+// usage: echocli ADDR PORT NCONN OUT [WINDOW [READ_CHUNK [RCVBUF [PAUSE_US]]]]
+// (a small RCVBUF and a pause between turns keep the server's send queues full)
 // OUT gets "ready NCONN" once connected, "progress BYTES" every 100 ms, and, after SIGUSR1
 // (stop sending, wait until everything sent came back, at most 60 s):
 // "done conns=N sent=S echoed=E errors=X maxrtt_us=R" (exit 0 when X is 0 and E == S).
@@ -54,7 +55,7 @@ static uint64_t now_us(void)
 int main(int argc, char **argv)
 {
 	if (argc < 5) {
-		fprintf(stderr, "usage: echocli ADDR PORT NCONN OUT [WINDOW [READ_CHUNK]]\n");
+		fprintf(stderr, "usage: echocli ADDR PORT NCONN OUT [WINDOW [READ_CHUNK [RCVBUF [PAUSE_US]]]]\n");
 		return 2;
 	}
 	int port = atoi(argv[2]);
@@ -63,6 +64,8 @@ int main(int argc, char **argv)
 	setvbuf(out, NULL, _IOLBF, 0);
 	uint64_t window = argc > 5 ? strtoull(argv[5], NULL, 0) : 262144;
 	size_t rchunk = argc > 6 ? (size_t)atol(argv[6]) : 65536;
+	int rcvbuf = argc > 7 ? atoi(argv[7]) : 0;
+	int pause_us = argc > 8 ? atoi(argv[8]) : 0;
 	signal(SIGUSR1, on_usr1);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -87,6 +90,8 @@ int main(int argc, char **argv)
 	struct pollfd *p = calloc(n, sizeof(*p));
 	for (int k = 0; k < n; k++) {
 		c[k].fd = socket(fam, SOCK_STREAM, 0);
+		if (rcvbuf)
+			setsockopt(c[k].fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
 		if (connect(c[k].fd, (void *)&ss, sl)) {
 			fprintf(out, "error conn %d: connect: %s\n", k, strerror(errno));
 			return 1;
@@ -188,6 +193,8 @@ int main(int argc, char **argv)
 			p[k].events = POLLIN;
 		}
 		poll(p, n, 1);
+		if (pause_us && !stop_at)
+			usleep(pause_us);
 	}
 	uint64_t sent = 0, echoed = 0;
 	for (int k = 0; k < n; k++) {

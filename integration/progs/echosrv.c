@@ -6,7 +6,7 @@
 // receive queues and unacknowledged in its send queues (what a checkpoint must keep).
 // Output not taken by the kernel waits in a per-connection buffer (program memory).
 //
-// usage: echosrv ADDR PORT OUT [CHUNK [PAUSE_US]]
+// usage: echosrv ADDR PORT OUT [CHUNK [PAUSE_US [SNDBUF]]]
 // OUT gets "ready PORT" once listening, and "accepted N" as connections arrive.
 #include <arpa/inet.h>
 #include <errno.h>
@@ -33,12 +33,13 @@ static struct conn conns[MAXC];
 int main(int argc, char **argv)
 {
 	if (argc < 4) {
-		fprintf(stderr, "usage: echosrv ADDR PORT OUT [CHUNK [PAUSE_US]]\n");
+		fprintf(stderr, "usage: echosrv ADDR PORT OUT [CHUNK [PAUSE_US [SNDBUF]]]\n");
 		return 2;
 	}
 	int port = atoi(argv[2]);
 	size_t chunk = argc > 4 ? (size_t)atol(argv[4]) : 65536;
 	int pause_us = argc > 5 ? atoi(argv[5]) : 0;
+	int sndbuf = argc > 6 ? atoi(argv[6]) : 0;
 	FILE *out = fopen(argv[3], "w");
 	setvbuf(out, NULL, _IOLBF, 0);
 
@@ -83,6 +84,8 @@ int main(int argc, char **argv)
 			}
 			int nd = 1;
 			setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &nd, sizeof(nd));
+			if (sndbuf)
+				setsockopt(c, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
 			conns[c] = (struct conn){ .fd = c };
 			fprintf(out, "accepted %d\n", ++accepted);
 			progress = 1;

@@ -588,7 +588,15 @@ mod tests {
         let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
         assert_eq!(d.common.unsupported.first().unwrap().0, "page-server");
         // The socket options are CRIU's spellings.
-        let c = parse(&["criu", "dump", "-t", "1", "--tcp-established", "--skip-in-flight", "-x"]);
+        let c = parse(&[
+            "criu",
+            "dump",
+            "-t",
+            "1",
+            "--tcp-established",
+            "--skip-in-flight",
+            "-x",
+        ]);
         let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
         let o = d.common.sock_opts();
         assert!(o.tcp_established && o.skip_in_flight && o.ext_unix_sk && !o.tcp_close);

@@ -130,7 +130,8 @@ impl Described {
     }
 
     fn is_udp(&self) -> bool {
-        self.ty == libc::SOCK_DGRAM && (self.proto == libc::IPPROTO_UDP || self.proto == IPPROTO_UDPLITE)
+        self.ty == libc::SOCK_DGRAM
+            && (self.proto == libc::IPPROTO_UDP || self.proto == IPPROTO_UDPLITE)
     }
 
     /// A TCP connection (established, half closed or being opened).
@@ -166,14 +167,22 @@ fn parse_sockaddr(b: &[u8]) -> Option<SocketAddr> {
         libc::AF_INET6 => {
             let a: [u8; 16] = b.get(8..24)?.try_into().ok()?;
             let scope = u32::from_ne_bytes(b.get(24..28)?.try_into().ok()?);
-            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(a), port, 0, scope)))
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a),
+                port,
+                0,
+                scope,
+            )))
         }
         _ => None,
     }
 }
 
 /// Reads the socket's addresses and state.
-fn describe(sk: BorrowedFd<'_>, (family, ty, proto): (i32, i32, i32)) -> std::io::Result<Described> {
+fn describe(
+    sk: BorrowedFd<'_>,
+    (family, ty, proto): (i32, i32, i32),
+) -> std::io::Result<Described> {
     let local = rustix::net::getsockname(sk)?;
     let local = SocketAddr::try_from(local)
         .map_err(|_| std::io::Error::other("getsockname: not an inet address"))?;
@@ -181,7 +190,8 @@ fn describe(sk: BorrowedFd<'_>, (family, ty, proto): (i32, i32, i32)) -> std::io
     // The kernel refuses a buffer longer than the family's address.
     let mut b = [0u8; 28];
     let len = if family == libc::AF_INET6 { 28 } else { 16 };
-    let peer = match inet::getsockopt_bytes(sk, libc::SOL_SOCKET, libc::SO_PEERNAME, &mut b[..len]) {
+    let peer = match inet::getsockopt_bytes(sk, libc::SOL_SOCKET, libc::SO_PEERNAME, &mut b[..len])
+    {
         Ok(n) => parse_sockaddr(&b[..n]),
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => None,
         Err(e) => return Err(e),
@@ -225,11 +235,19 @@ fn sockaddr_of(family: u32, port: u32, words: &[u32]) -> Option<SocketAddr> {
         // Images of CRIU 0.1 had 4 words for IPv4 too.
         libc::AF_INET => {
             let a: [u8; 4] = bytes.get(0..4)?.try_into().ok()?;
-            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(a), port as u16)))
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(a),
+                port as u16,
+            )))
         }
         libc::AF_INET6 => {
             let a: [u8; 16] = bytes.get(0..16)?.try_into().ok()?;
-            Some(SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(a), port as u16, 0, 0)))
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a),
+                port as u16,
+                0,
+                0,
+            )))
         }
         _ => None,
     }
@@ -441,18 +459,15 @@ fn peek_datagrams(s: BorrowedFd<'_>) -> std::io::Result<Vec<(Option<SocketAddr>,
     let r = loop {
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
         let mut anc = RecvAncillaryBuffer::default();
-        match rustix::net::recvmsg(
-            s,
-            &mut iov,
-            &mut anc,
-            RecvFlags::PEEK | RecvFlags::DONTWAIT,
-        ) {
+        match rustix::net::recvmsg(s, &mut iov, &mut anc, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
             Ok(m) => {
                 let from = m.address.and_then(|a| SocketAddr::try_from(a).ok());
                 let n = m.bytes.min(buf.len());
                 out.push((from, buf[..n].to_vec()));
                 if out.len() > 1 << 20 {
-                    break Err(std::io::Error::other("more than a million datagrams queued"));
+                    break Err(std::io::Error::other(
+                        "more than a million datagrams queued",
+                    ));
                 }
             }
             Err(e) if e == rustix::io::Errno::AGAIN => break Ok(()),
@@ -512,41 +527,40 @@ impl FdKind for InetSk {
             )
         })?;
         let so = sk_opts(s).map_err(|e| fd.err("socket options", e))?;
-        let mut e = pb::InetSkEntry {
-            id,
-            ino,
-            family: d.family as u32,
-            r#type: d.ty as u32,
-            proto: d.proto as u32,
-            state: d.state,
-            src_port: d.local.port() as u32,
-            dst_port: d.peer.map_or(0, |p| p.port() as u32),
-            flags: fd.flags(),
-            backlog: 0,
-            src_addr: addr_words(d.local.ip()),
-            dst_addr: addr_words(
-                d.peer
-                    .map(|p| p.ip())
-                    .unwrap_or(if d.family == libc::AF_INET6 {
+        let mut e =
+            pb::InetSkEntry {
+                id,
+                ino,
+                family: d.family as u32,
+                r#type: d.ty as u32,
+                proto: d.proto as u32,
+                state: d.state,
+                src_port: d.local.port() as u32,
+                dst_port: d.peer.map_or(0, |p| p.port() as u32),
+                flags: fd.flags(),
+                backlog: 0,
+                src_addr: addr_words(d.local.ip()),
+                dst_addr: addr_words(d.peer.map(|p| p.ip()).unwrap_or(
+                    if d.family == libc::AF_INET6 {
                         IpAddr::V6(Ipv6Addr::UNSPECIFIED)
                     } else {
                         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                    },
+                )),
+                fown: Default::default(),
+                opts: so.clone(),
+                v6only: None,
+                ip_opts: Some(ip_opts(s, d.family).map_err(|e| fd.err("IP options", e))?),
+                ifname: None,
+                ns_id: std::fs::metadata(format!("/proc/{}/ns/net", fd.pid))
+                    .ok()
+                    .map(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        super::misc::ns_id(m.ino())
                     }),
-            ),
-            fown: Default::default(),
-            opts: so.clone(),
-            v6only: None,
-            ip_opts: Some(ip_opts(s, d.family).map_err(|e| fd.err("IP options", e))?),
-            ifname: None,
-            ns_id: std::fs::metadata(format!("/proc/{}/ns/net", fd.pid))
-                .ok()
-                .map(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    super::misc::ns_id(m.ino())
-                }),
-            shutdown: None,
-            tcp_opts: None,
-        };
+                shutdown: None,
+                tcp_opts: None,
+            };
         if d.family == libc::AF_INET6 {
             let v6only = net::getsockopt_int(s, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY)
                 .map_err(|e| fd.err("IPV6_V6ONLY", e))?;
@@ -815,10 +829,7 @@ impl InetDump {
         if let Some(mut l) = self.lock.take() {
             l.keep();
             if let Some(id) = &self.run_id {
-                tracing::info!(
-                    "the network lock {} stays until the restore",
-                    lock_name(id)
-                );
+                tracing::info!("the network lock {} stays until the restore", lock_name(id));
             }
         }
         self.repaired.clear();
@@ -879,6 +890,7 @@ fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
     if objs.kinds.get::<InetStore>().loaded {
         return Ok(());
     }
+    tracing::debug!("inet: loading images");
     let dir = &objs.dir;
     let inv: Option<pb::InventoryEntry> = dir
         .read_opt::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
@@ -893,8 +905,7 @@ fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
         .map(|i| i.id)
         .collect();
     for isk in objs.files.values().filter_map(|f| f.isk.as_ref()) {
-        if isk.proto as i32 == libc::IPPROTO_TCP && isk.dst_port != 0 && is_connection(isk.state)
-        {
+        if isk.proto as i32 == libc::IPPROTO_TCP && isk.dst_port != 0 && is_connection(isk.state) {
             has_conn = true;
             let name = format!("tcp-stream-{:x}.img", isk.ino);
             if let Some((e, data)) = dir
@@ -908,7 +919,9 @@ fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
     }
     let mut queues: HashMap<u32, Vec<(Option<SocketAddr>, Vec<u8>)>> = HashMap::new();
     if !inet_ids.is_empty() {
-        for (e, data) in dir.read_with_data::<pb::SkPacketEntry>("sk-queues.img", image::SK_QUEUES)? {
+        for (e, data) in
+            dir.read_with_data::<pb::SkPacketEntry>("sk-queues.img", image::SK_QUEUES)?
+        {
             if inet_ids.contains(&e.id_for) {
                 let from = e
                     .cryo_from
@@ -932,6 +945,7 @@ fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
     });
     st.cryo_images = cryo_images;
     st.loaded = true;
+    tracing::debug!("inet: {} tcp-stream images loaded", st.streams.len());
     Ok(())
 }
 
@@ -987,13 +1001,23 @@ fn restore_opts(
     keep_sndbuf: bool,
 ) -> Result<(), InetSkError> {
     let err = |what: &str| obj_err(id, format!("inet socket: {what}"));
-    let sol = |opt, v: i32, what: &str| net::setsockopt_int(s, libc::SOL_SOCKET, opt, v).map_err(err(what));
+    let sol = |opt, v: i32, what: &str| {
+        net::setsockopt_int(s, libc::SOL_SOCKET, opt, v).map_err(err(what))
+    };
     let o = &isk.opts;
     // The kernel doubles what it is given and reports the doubled value.
     if !keep_sndbuf {
-        sol(libc::SO_SNDBUFFORCE, (o.so_sndbuf / 2) as i32, "SO_SNDBUFFORCE")?;
+        sol(
+            libc::SO_SNDBUFFORCE,
+            (o.so_sndbuf / 2) as i32,
+            "SO_SNDBUFFORCE",
+        )?;
     }
-    sol(libc::SO_RCVBUFFORCE, (o.so_rcvbuf / 2) as i32, "SO_RCVBUFFORCE")?;
+    sol(
+        libc::SO_RCVBUFFORCE,
+        (o.so_rcvbuf / 2) as i32,
+        "SO_RCVBUFFORCE",
+    )?;
     if let Some(v) = o.so_buf_lock.filter(|&v| v != 0) {
         sol(SO_BUF_LOCK, v as i32, "SO_BUF_LOCK")?;
     }
@@ -1022,7 +1046,8 @@ fn restore_opts(
     if let Some(l) = o.so_linger {
         let mut b = 1i32.to_ne_bytes().to_vec();
         b.extend_from_slice(&(l as i32).to_ne_bytes());
-        inet::setsockopt_bytes(s, libc::SOL_SOCKET, libc::SO_LINGER, &b).map_err(err("SO_LINGER"))?;
+        inet::setsockopt_bytes(s, libc::SOL_SOCKET, libc::SO_LINGER, &b)
+            .map_err(err("SO_LINGER"))?;
     }
     if o.so_snd_tmo_sec != 0 || o.so_snd_tmo_usec != 0 {
         net::setsockopt_tv(s, libc::SO_SNDTIMEO, o.so_snd_tmo_sec, o.so_snd_tmo_usec)
@@ -1059,13 +1084,23 @@ fn restore_opts(
                 set(libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1, "IPV6_FREEBIND")?;
             }
             if ip.pktinfo == Some(true) {
-                set(libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 1, "IPV6_RECVPKTINFO")?;
+                set(
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_RECVPKTINFO,
+                    1,
+                    "IPV6_RECVPKTINFO",
+                )?;
             }
             if let Some(v) = ip.cryo_tclass {
                 set(libc::IPPROTO_IPV6, libc::IPV6_TCLASS, v, "IPV6_TCLASS")?;
             }
             if let Some(v) = ip.cryo_hoplimit {
-                set(libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, v, "IPV6_UNICAST_HOPS")?;
+                set(
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_UNICAST_HOPS,
+                    v,
+                    "IPV6_UNICAST_HOPS",
+                )?;
             }
         } else {
             if ip.freebind == Some(true) {
@@ -1100,7 +1135,11 @@ fn restore_opts(
             (t.keepcnt, libc::TCP_KEEPCNT, "TCP_KEEPCNT"),
             (t.keepidle, libc::TCP_KEEPIDLE, "TCP_KEEPIDLE"),
             (t.keepintvl, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL"),
-            (t.cryo_user_timeout, libc::TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT"),
+            (
+                t.cryo_user_timeout,
+                libc::TCP_USER_TIMEOUT,
+                "TCP_USER_TIMEOUT",
+            ),
         ] {
             if let Some(v) = v {
                 set(opt, v, what)?;
@@ -1136,7 +1175,8 @@ fn requeue_datagrams(
     queue: Vec<(Option<SocketAddr>, Vec<u8>)>,
 ) -> Result<(), InetSkError> {
     let local = SocketAddr::try_from(
-        rustix::net::getsockname(s).map_err(|e| obj_err(id, "inet socket: getsockname")(e.into()))?,
+        rustix::net::getsockname(s)
+            .map_err(|e| obj_err(id, "inet socket: getsockname")(e.into()))?,
     )
     .unwrap_or(local);
     let proto = isk.proto as u8;
@@ -1167,8 +1207,10 @@ fn requeue_datagrams(
         l4.extend_from_slice(&[0, 0]);
         l4.extend_from_slice(&data);
         let pkt = tcp_repair::ip_packet(from_ip, dst, proto, l4, 6);
-        inet::send_raw_ip(&pkt, dst, tcp_repair::SOCCR_MARK)
-            .map_err(obj_err(id, format!("inet socket: requeue a datagram from {from}")))?;
+        inet::send_raw_ip(&pkt, dst, tcp_repair::SOCCR_MARK).map_err(obj_err(
+            id,
+            format!("inet socket: requeue a datagram from {from}"),
+        ))?;
         sent += 1;
     }
     if sent > 0 {
@@ -1189,7 +1231,9 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
     let proto = isk.proto as i32;
     let ty = isk.r#type as i32;
     if family != libc::AF_INET && family != libc::AF_INET6 {
-        return Err(Unsupported::restore(format!("file {id}: inet socket of family {family}")).into());
+        return Err(
+            Unsupported::restore(format!("file {id}: inet socket of family {family}")).into(),
+        );
     }
     if !(ty == libc::SOCK_STREAM || ty == libc::SOCK_DGRAM) {
         return Err(Unsupported::restore(format!(
@@ -1203,6 +1247,7 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
     let peer = sockaddr_of(isk.family, isk.dst_port, &isk.dst_addr).ok_or_else(bad_addr)?;
     let conn = proto == libc::IPPROTO_TCP && isk.dst_port != 0 && is_connection(isk.state);
     let opts = objs.sock;
+    tracing::debug!("inet: restoring file {id}");
     let st = objs.kinds.get::<InetStore>();
     let sk = new_socket(id, isk)?;
     let s = sk.as_fd();
@@ -1282,10 +1327,16 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
         });
         return Ok(sk);
     }
-    let err = |what: String| obj_err(id, format!("inet socket ({}): {what}", proto_name(ty, proto)));
+    let err = |what: String| {
+        obj_err(
+            id,
+            format!("inet socket ({}): {what}", proto_name(ty, proto)),
+        )
+    };
     if isk.src_port != 0 {
         bind(s, local, isk.ifname.as_deref()).map_err(err(format!("bind to {local}")))?;
     }
+    tracing::debug!("inet: bound");
     if isk.state == LISTEN && proto == libc::IPPROTO_TCP {
         rustix::net::listen(s, isk.backlog as i32)
             .map_err(|e| err(format!("listen on {local}"))(e.into()))?;
@@ -1293,7 +1344,9 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
     if proto != libc::IPPROTO_TCP && isk.dst_port != 0 {
         rustix::net::connect(s, &peer).map_err(|e| err(format!("connect to {peer}"))(e.into()))?;
     }
+    tracing::debug!("inet: listening/connected");
     restore_opts(s, id, isk, false)?;
+    tracing::debug!("inet: options");
     if let Some(q) = st.queues.remove(&id) {
         requeue_datagrams(s, id, isk, local, q)?;
     }
@@ -1337,9 +1390,18 @@ impl Finish {
     /// sent yet, and gives every socket its own port-sharing options back. Runs just before
     /// the tree resumes.
     pub fn run(self, ns_pid: i32) -> Result<(), InetSkError> {
-        let has_conn = self.made.iter().any(|m| matches!(m.fix, Fixup::Conn { .. }));
+        let has_conn = self
+            .made
+            .iter()
+            .any(|m| matches!(m.fix, Fixup::Conn { .. }));
         if let (Some((method, run_id)), true) = (&self.lock, has_conn) {
-            unlock_dump(*method, run_id.as_deref(), ns_pid, self.cryo_images, &self.conns)?;
+            unlock_dump(
+                *method,
+                run_id.as_deref(),
+                ns_pid,
+                self.cryo_images,
+                &self.conns,
+            )?;
         }
         for m in self.made {
             let s = m.sk.as_fd();
@@ -1357,10 +1419,20 @@ impl Finish {
                         move |source| InetSkError::Repair { conn, what, source }
                     };
                     inet::set_repair(s, inet::Repair::Off).map_err(fail("TCP_REPAIR off"))?;
-                    net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, i32::from(reuseaddr))
-                        .map_err(fail("SO_REUSEADDR"))?;
-                    net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_REUSEPORT, i32::from(reuseport))
-                        .map_err(fail("SO_REUSEPORT"))?;
+                    net::setsockopt_int(
+                        s,
+                        libc::SOL_SOCKET,
+                        libc::SO_REUSEADDR,
+                        i32::from(reuseaddr),
+                    )
+                    .map_err(fail("SO_REUSEADDR"))?;
+                    net::setsockopt_int(
+                        s,
+                        libc::SOL_SOCKET,
+                        libc::SO_REUSEPORT,
+                        i32::from(reuseport),
+                    )
+                    .map_err(fail("SO_REUSEPORT"))?;
                     let mut off = 0;
                     while off < unsent.len() {
                         match net::send(s, &unsent[off..]) {
@@ -1370,8 +1442,13 @@ impl Finish {
                         }
                     }
                     if let Some(b) = sndbuf {
-                        net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, (b / 2) as i32)
-                            .map_err(fail("SO_SNDBUFFORCE"))?;
+                        net::setsockopt_int(
+                            s,
+                            libc::SOL_SOCKET,
+                            libc::SO_SNDBUFFORCE,
+                            (b / 2) as i32,
+                        )
+                        .map_err(fail("SO_SNDBUFFORCE"))?;
                     }
                 }
                 Fixup::Other {
@@ -1437,22 +1514,47 @@ fn unlock_dump(
 /// `-m mark ! --mark 0xC114 ... -j DROP`); a rule that is gone is no error.
 fn criu_iptables_unlock(conns: &[Conn]) {
     for c in conns {
-        let tool = if c.src.is_ipv4() { "iptables" } else { "ip6tables" };
+        let tool = if c.src.is_ipv4() {
+            "iptables"
+        } else {
+            "ip6tables"
+        };
         for (chain, (s, sp, d, dp)) in [
             ("INPUT", (c.dst, c.dport, c.src, c.sport)),
             ("OUTPUT", (c.src, c.sport, c.dst, c.dport)),
         ] {
             let r = std::process::Command::new(tool)
-                .args(["-w", "-t", "filter", "-D", chain, "--protocol", "tcp", "-m", "mark", "!", "--mark"])
+                .args([
+                    "-w",
+                    "-t",
+                    "filter",
+                    "-D",
+                    chain,
+                    "--protocol",
+                    "tcp",
+                    "-m",
+                    "mark",
+                    "!",
+                    "--mark",
+                ])
                 .arg(format!("{:#x}", tcp_repair::SOCCR_MARK))
                 .args(["--source", &s.to_string(), "--sport", &sp.to_string()])
-                .args(["--destination", &d.to_string(), "--dport", &dp.to_string(), "-j", "DROP"])
+                .args([
+                    "--destination",
+                    &d.to_string(),
+                    "--dport",
+                    &dp.to_string(),
+                    "-j",
+                    "DROP",
+                ])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status();
             if !r.is_ok_and(|s| s.success()) {
-                tracing::warn!("no CRIU iptables lock rule to remove for {s}:{sp} -> {d}:{dp} ({chain})");
+                tracing::warn!(
+                    "no CRIU iptables lock rule to remove for {s}:{sp} -> {d}:{dp} ({chain})"
+                );
             }
         }
     }
@@ -1466,7 +1568,11 @@ mod tests {
     fn addresses_round_trip_through_the_image_encoding() {
         for a in ["10.1.2.3:80", "[fe80::1]:22", "[::ffff:10.0.0.1]:5"] {
             let a: SocketAddr = a.parse().unwrap();
-            let fam = if a.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+            let fam = if a.is_ipv4() {
+                libc::AF_INET
+            } else {
+                libc::AF_INET6
+            };
             let back = sockaddr_of(fam as u32, a.port() as u32, &addr_words(a.ip())).unwrap();
             assert_eq!(back.ip(), a.ip());
             assert_eq!(back.port(), a.port());

@@ -217,11 +217,7 @@ pub fn save(sk: BorrowedFd<'_>) -> Result<Saved, Step> {
     };
     let mut data = inq;
     data.extend_from_slice(&outq);
-    Ok(Saved {
-        entry,
-        data,
-        state,
-    })
+    Ok(Saved { entry, data, state })
 }
 
 /// What [`restore`] leaves for the end of the restore.
@@ -371,13 +367,7 @@ fn forge_from_peer(
     tcp.extend_from_slice(&[5 << 4, flags]);
     tcp.extend_from_slice(&(win.min(0xffff) as u16).to_be_bytes());
     tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
-    let pkt = ip_packet(
-        peer.ip(),
-        local.ip(),
-        libc::IPPROTO_TCP as u8,
-        tcp,
-        16,
-    );
+    let pkt = ip_packet(peer.ip(), local.ip(), libc::IPPROTO_TCP as u8, tcp, 16);
     inet::send_raw_ip(&pkt, unmap(local.ip()), SOCCR_MARK)
         .map_err(step("send the peer's FIN/ACK on a raw socket"))
 }

@@ -244,7 +244,9 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     let mut bad: Vec<String> = Vec::new();
     let on = |b: Option<bool>| b == Some(true);
     if !o.unix_sk_ino.is_empty() {
-        bad.push("unix_sk_ino (external unix sockets by inode are not supported; ext_unix_sk is)".into());
+        bad.push(
+            "unix_sk_ino (external unix sockets by inode are not supported; ext_unix_sk is)".into(),
+        );
     }
     if on(o.track_mem) || o.parent_img.is_some() || on(o.auto_dedup) {
         bad.push("track_mem/parent_img/auto_dedup (incremental dumps need soft-dirty, which this kernel lacks)".into());

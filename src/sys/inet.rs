@@ -362,7 +362,15 @@ pub fn socket_filter(fd: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
     if count == 0 {
         return Ok(Vec::new());
     }
-    let mut insns = vec![libc::sock_filter { code: 0, jt: 0, jf: 0, k: 0 }; count as usize];
+    let mut insns = vec![
+        libc::sock_filter {
+            code: 0,
+            jt: 0,
+            jf: 0,
+            k: 0
+        };
+        count as usize
+    ];
     let mut len = count;
     // SAFETY: insns has room for `count` sock_filter entries, which `len` announces.
     cvt(unsafe {
@@ -378,9 +386,7 @@ pub fn socket_filter(fd: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
     insns.truncate(len as usize);
     Ok(insns
         .iter()
-        .map(|i| {
-            (i.code as u64) << 48 | (i.jt as u64) << 40 | (i.jf as u64) << 32 | i.k as u64
-        })
+        .map(|i| (i.code as u64) << 48 | (i.jt as u64) << 40 | (i.jf as u64) << 32 | i.k as u64)
         .collect())
 }
 
