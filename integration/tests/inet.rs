@@ -381,3 +381,141 @@ fn tcp_server_keeps_50_connections_across_dump_and_restore() {
         .collect();
     assert!(errs.is_empty(), "the server saw errors: {errs:?}");
 }
+
+/// Starts udppeer in namespace `ns`; returns (pid, out, bound port).
+fn udppeer(ns: &str, dir: &Path, name: &str, args: &[&str]) -> (i32, PathBuf, i32) {
+    let exe = prog("udppeer");
+    let out = dir.join(format!("{name}.out"));
+    let mut a = vec![exe.to_str().unwrap()];
+    a.extend_from_slice(&args[..4]);
+    a.push(out.to_str().unwrap());
+    a.extend_from_slice(&args[4..]);
+    let pid = Net::spawn_in(ns, &a, &dir.join(format!("{name}.log")));
+    let port = wait_ready(&out)[0];
+    (pid, out, port)
+}
+
+/// Waits until `out` holds `n` lines starting with `prefix`; returns them.
+fn wait_lines(out: &Path, prefix: &str, n: usize) -> Vec<String> {
+    wait_for(&format!("{n} '{prefix}' lines"), 20, || {
+        lines(out).iter().filter(|l| l.starts_with(prefix)).count() >= n
+    });
+    lines(out)
+        .into_iter()
+        .filter(|l| l.starts_with(prefix))
+        .collect()
+}
+
+/// UDP: a bound server (IPv6) and a connected UDP-Lite client (IPv4), each dumped with
+/// datagrams waiting unread in its socket and restored: the datagrams are delivered after
+/// the restore, in order and from the address they came from (CRIU drops them), and the
+/// exchange goes on.
+#[test]
+fn udp_sockets_keep_their_queued_datagrams() {
+    if !need(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("udp");
+    let net = Net::new("udp", 92);
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    let join = format!("net:{}", Net::path(&net.a));
+
+    // A bound server in A, its client in B.
+    let (srv, srv_out, port) = udppeer(&net.a, &dir, "srv", &["udp", "server", "::", "7101"]);
+    let _g = KillOnDrop(srv);
+    let p = port.to_string();
+    let v6 = net.v6(1);
+    let (cli, cli_out, cport) =
+        udppeer(&net.b, &dir, "cli", &["udp", "client", "::", "0", &v6, &p]);
+    let _gc = KillOnDrop(cli);
+    signal(cli, libc::SIGUSR2);
+    wait_lines(&cli_out, "reply re:c1", 1);
+    signal(srv, libc::SIGUSR1); // the server stops reading
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for _ in 0..5 {
+        signal(cli, libc::SIGUSR2);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let img = dir.join("img-srv");
+    dump(srv, &img, &["--external", &key]);
+    wait_gone(srv);
+    let q = cryo(&["show", img.join("sk-queues.img").to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
+    assert_eq!(v["entries"].as_array().map(|a| a.len()), Some(5), "{v}");
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--join-ns",
+        &join,
+    ]);
+    assert!(o.status.success(), "restore:\n{}", log(&img, "restore.log"));
+    signal(srv, libc::SIGUSR1); // reading again
+    let got = wait_lines(&srv_out, "got ", 6);
+    let from = format!("from [{}]:{cport}", net.v6(2));
+    for (i, l) in got.iter().enumerate() {
+        assert_eq!(l, &format!("got c{} {from}", i + 1), "{got:?}");
+    }
+    let replies = wait_lines(&cli_out, "reply ", 6);
+    assert_eq!(replies[5], "reply re:c6");
+    signal(cli, libc::SIGUSR2);
+    wait_lines(&cli_out, "reply re:c7", 1);
+
+    // A connected UDP-Lite client in A, its server in B.
+    let v4 = net.v4(2);
+    let (srv2, _srv2_out, port2) =
+        udppeer(&net.b, &dir, "srv2", &["udplite", "server", &v4, "7102"]);
+    let _g2 = KillOnDrop(srv2);
+    let p2 = port2.to_string();
+    let (cli2, cli2_out, _) = udppeer(
+        &net.a,
+        &dir,
+        "cli2",
+        &["udplite", "client", &net.v4(1), "7103", &v4, &p2],
+    );
+    let _gc2 = KillOnDrop(cli2);
+    signal(cli2, libc::SIGUSR1); // the client stops reading: the replies queue up
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for _ in 0..4 {
+        signal(cli2, libc::SIGUSR2);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let img2 = dir.join("img-cli");
+    dump(cli2, &img2, &["--external", &key]);
+    wait_gone(cli2);
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img2.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--join-ns",
+        &join,
+    ]);
+    assert!(
+        o.status.success(),
+        "restore:\n{}",
+        log(&img2, "restore.log")
+    );
+    signal(cli2, libc::SIGUSR1);
+    let r = wait_lines(&cli2_out, "reply ", 4);
+    assert_eq!(
+        r,
+        ["reply re:c1", "reply re:c2", "reply re:c3", "reply re:c4"]
+    );
+    signal(cli2, libc::SIGUSR2);
+    wait_lines(&cli2_out, "reply re:c5", 1);
+    assert!(
+        !lines(&cli2_out).iter().any(|l| l.starts_with("error")),
+        "{:?}",
+        lines(&cli2_out)
+    );
+}
