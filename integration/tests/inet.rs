@@ -519,3 +519,210 @@ fn udp_sockets_keep_their_queued_datagrams() {
         lines(&cli2_out)
     );
 }
+
+/// Faults at every dump stage with live connections: the dump fails, the server keeps
+/// serving, its connections are out of repair mode and unlocked; `--leave-running` leaves
+/// them working too. Faults at every restore stage: nothing is left running, the dump's
+/// lock stays (the connections wait), and the next restore brings every connection back.
+/// No client ever sees an error, and nothing is left in nftables.
+#[test]
+fn faults_at_every_stage_keep_the_connections() {
+    if !need(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("tcpfault");
+    let net = Net::new("tf", 93);
+    let srv = start_server(&net, &dir, &net.v4(1), 7201);
+    let _g = KillOnDrop(srv.pid);
+    let (cli, out) = start_clients(&net, &dir, "cli", &net.v4(1), 7201, 10);
+    let _gc = KillOnDrop(cli);
+    wait_progress(&out, 2 << 20);
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    let p = srv.pid.to_string();
+    for stage in ["seize", "collect", "parasite", "memory", "write"] {
+        let img = dir.join(format!("img-{stage}"));
+        let d = img.to_str().unwrap();
+        let o = cryo_env(
+            &[
+                "dump",
+                "-t",
+                &p,
+                "-D",
+                d,
+                "--tcp-established",
+                "--external",
+                &key,
+            ],
+            &[("CRYO_FAULT_INJECT", stage)],
+        );
+        assert!(!o.status.success(), "stage {stage}: the dump should fail");
+        assert!(alive(srv.pid), "stage {stage}: the server died");
+        assert!(
+            !Net::ruleset(&net.a).contains("CRIU-"),
+            "stage {stage}: the lock was left:\n{}",
+            Net::ruleset(&net.a)
+        );
+        wait_progress(&out, 1 << 20);
+    }
+    let img = dir.join("img-running");
+    dump(
+        srv.pid,
+        &img,
+        &["--tcp-established", "--external", &key, "-R"],
+    );
+    assert!(alive(srv.pid));
+    assert!(!Net::ruleset(&net.a).contains("CRIU-"));
+    wait_progress(&out, 1 << 20);
+
+    let img = dir.join("img");
+    dump(srv.pid, &img, &["--tcp-established", "--external", &key]);
+    wait_gone(srv.pid);
+    let d = img.to_str().unwrap();
+    let join = format!("net:{}", Net::path(&net.a));
+    let args = [
+        "restore",
+        "-D",
+        d,
+        "-d",
+        "--tcp-established",
+        "--join-ns",
+        &join,
+    ];
+    for stage in [
+        "verify",
+        "fork",
+        "files",
+        "memory",
+        "task",
+        "threads",
+        "creds",
+        "finish",
+        "netunlock",
+    ] {
+        let o = cryo_env(&args, &[("CRYO_FAULT_INJECT", stage)]);
+        assert!(
+            !o.status.success(),
+            "stage {stage}: the restore should fail"
+        );
+        wait_gone(srv.pid);
+        assert!(
+            Net::ruleset(&net.a).contains("CRIU-"),
+            "stage {stage}: the dump's lock went with a failed restore"
+        );
+    }
+    let o = cryo(&[&args[..], &["-v4", "-o", "restore.log"]].concat());
+    assert!(o.status.success(), "restore:\n{}", log(&img, "restore.log"));
+    assert!(!Net::ruleset(&net.a).contains("CRIU-"));
+    wait_progress(&out, 1 << 20);
+    finish_clients(cli, &out);
+}
+
+/// What cannot be saved as asked is refused before the server is touched, naming the fd,
+/// both addresses and the option to use: a connection without `--tcp-established`, a
+/// listener with connections not accepted yet without `--skip-in-flight`, an MPTCP socket.
+/// With `--skip-in-flight` the listener is saved and serves again after the restore.
+#[test]
+fn connections_are_refused_without_their_options() {
+    if !need(&["ip", "nsenter", "python3"]) {
+        return;
+    }
+    let dir = scratch("tcprefuse");
+    let net = Net::new("tr", 94);
+    let srv = start_server(&net, &dir, &net.v4(1), 7301);
+    let _g = KillOnDrop(srv.pid);
+    let (cli, out) = start_clients(&net, &dir, "cli", &net.v4(1), 7301, 2);
+    let _gc = KillOnDrop(cli);
+    wait_progress(&out, 1 << 20);
+    let e = dump_fails(srv.pid, &dir.join("img1"), &[]);
+    assert!(
+        e.contains(&format!("(TCP {}:7301 <-> {}:", net.v4(1), net.v4(2)))
+            && e.contains("(ESTABLISHED)")
+            && e.contains("established TCP connection")
+            && e.contains("--tcp-established"),
+        "{e}"
+    );
+    assert!(e.contains("fd "), "{e}");
+    wait_progress(&out, 1 << 20);
+
+    // A listener whose connection waits in its accept queue.
+    let py = format!(
+        "import socket,time\ns=socket.socket(); s.bind(('{}',7302)); s.listen(8)\nprint('ready', flush=True)\ntime.sleep(1000)",
+        net.v4(1)
+    );
+    let lout = dir.join("listener.log");
+    let l = Net::spawn_in(&net.a, &["python3", "-c", &py], &lout);
+    let _gl = KillOnDrop(l);
+    wait_for("the listener", 20, || {
+        lines(&lout).iter().any(|x| x == "ready")
+    });
+    let cpy = format!(
+        "import socket,time\nc=socket.create_connection(('{}',7302))\nprint('connected', flush=True)\ntime.sleep(1000)",
+        net.v4(1)
+    );
+    let cout = dir.join("pending.log");
+    let c = Net::spawn_in(&net.b, &["python3", "-c", &cpy], &cout);
+    let _gcc = KillOnDrop(c);
+    wait_for("the pending client", 20, || {
+        lines(&cout).iter().any(|x| x == "connected")
+    });
+    let e = dump_fails(l, &dir.join("img2"), &[]);
+    assert!(
+        e.contains(&format!("(TCP {}:7302 (LISTEN))", net.v4(1)))
+            && e.contains("1 connection(s) are waiting to be accepted")
+            && e.contains("--skip-in-flight"),
+        "{e}"
+    );
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    let img = dir.join("img3");
+    dump(l, &img, &["--skip-in-flight", "--external", &key]);
+    wait_gone(l);
+    let join = format!("net:{}", Net::path(&net.a));
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "--join-ns",
+        &join,
+    ]);
+    assert!(o.status.success());
+    // It listens again: a new client gets in.
+    let c2 = Command::new("nsenter")
+        .arg(format!("--net={}", Net::path(&net.b)))
+        .args([
+            "python3",
+            "-c",
+            &format!(
+                "import socket; socket.create_connection(('{}',7302), timeout=5)",
+                net.v4(1)
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        c2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&c2.stderr)
+    );
+
+    // MPTCP, when the kernel has it.
+    let mp = dir.join("mptcp.log");
+    let m = spawn(
+        &[
+            "python3",
+            "-c",
+            "import socket,time\ntry:\n s=socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)\nexcept OSError:\n print('none', flush=True); time.sleep(1000)\nprint(s.fileno(), flush=True)\ntime.sleep(1000)",
+        ],
+        &mp,
+    );
+    let _gm = KillOnDrop(m);
+    wait_for("python", 20, || !lines(&mp).is_empty());
+    if lines(&mp)[0] != "none" {
+        let e = dump_fails(m, &dir.join("img4"), &[]);
+        assert!(
+            e.contains("MPTCP sockets are not supported") && e.contains("GODEBUG=multipathtcp=0"),
+            "{e}"
+        );
+        assert!(alive(m));
+    }
+}

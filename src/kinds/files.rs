@@ -262,10 +262,13 @@ fn classify(p: &FdProbe<'_>) -> Result<Option<&'static FdOps>, (String, &'static
     let hint_fd = "close it before the dump";
     let link = p.link;
     if let Some((domain, _, _)) = p.socket {
-        return Err((
-            format!("{} socket", family_name(domain)),
-            "close it before the dump",
-        ));
+        let hint = match domain {
+            libc::AF_VSOCK => "vsock connections to the host or to VMs cannot be checkpointed; close it before the dump and connect again after the restore",
+            libc::AF_ALG => "kernel crypto (AF_ALG) sockets cannot be checkpointed; close it before the dump and open it again after the restore",
+            libc::AF_XDP => "XDP sockets (their UMEM and rings) cannot be checkpointed; close it before the dump",
+            _ => "close it before the dump",
+        };
+        return Err((format!("{} socket", family_name(domain)), hint));
     }
     if let Some(kind) = link.strip_prefix("anon_inode:") {
         let what = match kind {
