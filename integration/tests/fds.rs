@@ -271,27 +271,42 @@ fn sockets_cryo_cannot_restore_are_refused() {
     );
     assert!(alive(pid));
 
-    // A socket of a family cryo cannot restore (AF_ALG, kernel crypto): refused by family,
-    // with what to do.
-    let log2 = dir.join("alg.log");
-    let pid2 = spawn(
-        &[
-            "python3",
-            "-c",
-            "import socket,time; s=socket.socket(socket.AF_ALG, socket.SOCK_SEQPACKET); s.bind(('hash','sha256')); print(s.fileno(), flush=True); time.sleep(1000)",
-        ],
-        &log2,
-    );
-    let _g2 = KillOnDrop(pid2);
-    wait_for("python", 20, || !lines(&log2).is_empty());
-    let e = dump_fails(pid2, &dir.join("img2"), &[]);
-    assert!(
-        e.contains(&format!("fd {} (socket:[", lines(&log2)[0]))
-            && e.contains("AF_ALG socket is not supported")
-            && e.contains("open it again after the restore"),
-        "{e}"
-    );
-    assert!(alive(pid2));
+    // Sockets of families cryo cannot restore (vsock, XDP): refused by family, with what to
+    // do.
+    for (fam, ty, what, hint) in [
+        (
+            40,
+            "socket.SOCK_STREAM",
+            "vsock socket is not supported",
+            "connect again after the restore",
+        ),
+        (
+            44,
+            "socket.SOCK_RAW",
+            "XDP socket is not supported",
+            "UMEM and rings",
+        ),
+    ] {
+        let log2 = dir.join(format!("fam{fam}.log"));
+        let pid2 = spawn(
+            &[
+                "python3",
+                "-c",
+                &format!("import socket,time; s=socket.socket({fam}, {ty}, 0); print(s.fileno(), flush=True); time.sleep(1000)"),
+            ],
+            &log2,
+        );
+        let _g2 = KillOnDrop(pid2);
+        wait_for("python", 20, || !lines(&log2).is_empty());
+        let e = dump_fails(pid2, &dir.join(format!("img{fam}")), &[]);
+        assert!(
+            e.contains(&format!("fd {} (socket:[", lines(&log2)[0]))
+                && e.contains(what)
+                && e.contains(hint),
+            "{e}"
+        );
+        assert!(alive(pid2));
+    }
 }
 
 /// One HTTP/1.0 GET over a unix socket; returns the whole response.
