@@ -42,6 +42,7 @@ pub static FD_KINDS: &[FdOps] = &[
     FdOps::of::<super::memfd::Memfd>(),
     FdOps::of::<super::unix_sk::UnixSk>(),
     FdOps::of::<super::inet_sk::InetSk>(),
+    FdOps::of::<super::netlink_sk::NetlinkSk>(),
     FdOps::of::<super::tty::Tty>(),
 ];
 

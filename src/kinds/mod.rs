@@ -21,6 +21,7 @@ pub mod memfd;
 pub mod memory;
 pub mod misc;
 pub mod mounts;
+pub mod netlink_sk;
 pub mod netns;
 pub mod ns;
 pub mod pipes;

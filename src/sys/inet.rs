@@ -418,3 +418,48 @@ pub fn set_socket_filter(fd: BorrowedFd<'_>, packed: &[u64]) -> io::Result<()> {
     })
     .map(|_| ())
 }
+
+/// `socket(domain, ty | SOCK_CLOEXEC, proto)` for any family.
+pub fn socket(domain: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    let r =
+        cvt(unsafe { libc::syscall(libc::SYS_socket, domain, ty | libc::SOCK_CLOEXEC, proto) })?;
+    // SAFETY: the kernel just returned this new fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// `getsockname` as the raw address bytes (any family).
+pub fn sockname(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    name_call(fd, libc::SYS_getsockname)
+}
+
+/// `getpeername` as the raw address bytes; empty when not connected.
+pub fn peername(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    match name_call(fd, libc::SYS_getpeername) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(Vec::new()),
+        r => r,
+    }
+}
+
+fn name_call(fd: BorrowedFd<'_>, nr: libc::c_long) -> io::Result<Vec<u8>> {
+    let mut b = vec![0u8; 128];
+    let mut len = b.len() as u32;
+    // SAFETY: b and len are valid for the kernel to write; len bounds the write.
+    cvt(unsafe { libc::syscall(nr, fd.as_raw_fd(), b.as_mut_ptr(), &mut len as *mut u32) })?;
+    b.truncate((len as usize).min(128));
+    Ok(b)
+}
+
+/// `bind` to an address given as raw bytes (a `sockaddr_*` of the socket's family).
+pub fn bind_raw(fd: BorrowedFd<'_>, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: addr is valid for reads of its length.
+    cvt(unsafe { libc::syscall(libc::SYS_bind, fd.as_raw_fd(), addr.as_ptr(), addr.len()) })
+        .map(|_| ())
+}
+
+/// `connect` to an address given as raw bytes.
+pub fn connect_raw(fd: BorrowedFd<'_>, addr: &[u8]) -> io::Result<()> {
+    // SAFETY: addr is valid for reads of its length.
+    cvt(unsafe { libc::syscall(libc::SYS_connect, fd.as_raw_fd(), addr.as_ptr(), addr.len()) })
+        .map(|_| ())
+}
