@@ -568,3 +568,187 @@ fn connections_are_refused_without_their_options() {
         assert!(alive(m));
     }
 }
+
+/// A free-looking TCP port for a service on 127.0.0.1 (other tests run at the same time).
+fn port_for(base: u16) -> u16 {
+    base + (std::process::id() % 5000) as u16
+}
+
+/// Sends `req` on `c` and reads one HTTP response (headers and a Content-Length body).
+fn http_exchange(c: &mut std::net::TcpStream, req: &str) -> String {
+    use std::io::{Read, Write};
+    c.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        let n = c.read(&mut b).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&b[..n]);
+        let s = String::from_utf8_lossy(&got);
+        if let Some(h) = s.find("\r\n\r\n") {
+            let len = s[..h]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= h + 4 + len {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// python3's http.server on 127.0.0.1, in cryo's own network namespace, while a client is
+/// half-way through its request: dumped with `--tcp-established` (the connection is locked
+/// alone, in cryo's namespace), restored, the client finishes its request on the same
+/// connection and gets the page; a new client gets it too; no lock is left.
+#[test]
+fn python_http_server_on_tcp_finishes_a_request_across_restore() {
+    if !need(&["nft", "python3"]) {
+        return;
+    }
+    let dir = scratch("pyhttp");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.txt"), "hello over tcp\n").unwrap();
+    let port = port_for(21000);
+    let p = port.to_string();
+    let pid = spawn(
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            www.to_str().unwrap(),
+            &p,
+        ],
+        &dir.join("http.log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("http.server", 20, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    std::io::Write::write_all(&mut c, b"GET /index.txt HTTP/1.0\r\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let img = dir.join("img");
+    dump(pid, &img, &["--tcp-established"]);
+    wait_gone(pid);
+    restore_with(&img, &["--tcp-established"]);
+    let r = http_exchange(&mut c, "Host: x\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.0 200") && r.ends_with("hello over tcp\n"),
+        "{r}"
+    );
+    let mut c2 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let r = http_exchange(&mut c2, "GET /index.txt HTTP/1.0\r\n\r\n");
+    assert!(r.ends_with("hello over tcp\n"), "{r}");
+    assert!(
+        !host_ruleset().contains("CRIU-"),
+        "a lock was left in cryo's namespace"
+    );
+}
+
+/// `cryo restore -D IMG -d -v4 -o restore.log EXTRA`, which must succeed.
+fn restore_with(img: &Path, extra: &[&str]) {
+    let d = img.to_str().unwrap();
+    let mut a = vec!["restore", "-D", d, "-d", "-v4", "-o", "restore.log"];
+    a.extend_from_slice(extra);
+    let o = cryo(&a);
+    assert!(o.status.success(), "restore:\n{}", log(img, "restore.log"));
+}
+
+/// cryo's own namespace's nftables ruleset.
+fn host_ruleset() -> String {
+    let o = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// nginx (a master and its worker) listening on 127.0.0.1, with a client's keep-alive
+/// connection open after a first request: dumped with `--tcp-established` and restored,
+/// the same connection serves a second request, and new connections are served. (Its
+/// worker runs as root: cryo reads another user's rlimits with prlimit64, which needs
+/// CAP_SYS_RESOURCE.)
+#[test]
+fn nginx_on_tcp_keeps_serving_a_keepalive_connection() {
+    if !need(&["nft", "nginx"]) {
+        return;
+    }
+    let dir = scratch("nginx");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello from nginx\n").unwrap();
+    let port = port_for(26000);
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log {d}/access.log; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; \
+             fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi; \
+             keepalive_timeout 300s; server {{ listen 127.0.0.1:{port}; root {w}; }} }}\n",
+            d = dir.display(),
+            w = www.display()
+        ),
+    )
+    .unwrap();
+    let pid = spawn(
+        &[
+            "nginx",
+            "-c",
+            conf.to_str().unwrap(),
+            "-p",
+            dir.to_str().unwrap(),
+        ],
+        &dir.join("nginx.log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("nginx", 20, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let req = "GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n";
+    let r = http_exchange(&mut c, req);
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("hello from nginx\n"),
+        "{r}"
+    );
+    let img = dir.join("img");
+    dump(pid, &img, &["--tcp-established"]);
+    wait_tree_gone(&img);
+    restore_with(&img, &["--tcp-established"]);
+    let r = http_exchange(&mut c, req);
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("hello from nginx\n"),
+        "{r}"
+    );
+    let mut c2 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c2.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let r = http_exchange(&mut c2, req);
+    assert!(r.ends_with("hello from nginx\n"), "{r}");
+    assert!(
+        !host_ruleset().contains("CRIU-"),
+        "a lock was left in cryo's namespace"
+    );
+    // The tree is killed by pid (master); its worker goes with it.
+    for p in tree_pids(&img) {
+        let _k = KillOnDrop(p);
+    }
+}
