@@ -165,3 +165,25 @@ pub fn need(tools: &[&str]) -> bool {
     }
     true
 }
+
+/// A TCP connection to `addr` made from the network namespace at `ns_path` (a thread enters
+/// it, connects, and the socket stays in that namespace): the test itself is the client
+/// "host".
+pub fn connect_in(ns_path: &str, addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(ns_path).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only, with a namespace fd we own.
+            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns {ns_path}");
+            let c = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
+                .unwrap();
+            c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+                .unwrap();
+            c
+        })
+        .join()
+        .unwrap()
+    })
+}
