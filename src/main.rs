@@ -160,7 +160,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             );
             let opts = restore::RestoreOpts {
                 detach: a.detached,
-                pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
+                pidfile: a.common.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
                 shell_job: a.shell_job,
                 orphan_pts_master: a.orphan_pts_master,
                 sibling: a.restore_sibling,

@@ -23,6 +23,35 @@ pub fn read(pid: i32, name: &str) -> Result<String, ProcError> {
     std::fs::read_to_string(&path).map_err(|source| ProcError::Read { path, source })
 }
 
+/// The resource limits of `pid` from `/proc/PID/limits`, as (soft, hard) in RLIMIT_* order
+/// (`unlimited` is `u64::MAX`). Unlike `prlimit64`, reading them needs no CAP_SYS_RESOURCE
+/// for a process of another user.
+pub fn limits(pid: i32) -> Result<Vec<(u64, u64)>, ProcError> {
+    let text = read(pid, "limits")?;
+    parse_limits(&text).ok_or_else(|| ProcError::Parse {
+        path: format!("/proc/{pid}/limits").into(),
+        what: "unexpected format".into(),
+    })
+}
+
+/// Parses `/proc/PID/limits`: a header, then one line per limit, printed by the kernel in
+/// fixed columns (name 25, soft 20, hard 20, units).
+pub fn parse_limits(text: &str) -> Option<Vec<(u64, u64)>> {
+    let value = |s: &str| match s.trim() {
+        "unlimited" => Some(u64::MAX),
+        v => v.parse().ok(),
+    };
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let soft = value(l.get(26..47)?)?;
+            let hard = value(l.get(47..68).or_else(|| l.get(47..))?)?;
+            Some((soft, hard))
+        })
+        .collect()
+}
+
 /// Reads a /proc symlink (exe, cwd, root, fd/N).
 pub fn link(pid: i32, name: &str) -> Result<String, ProcError> {
     let path = PathBuf::from(format!("/proc/{pid}/{name}"));
@@ -328,6 +357,24 @@ pub fn auxv(pid: i32) -> Result<Vec<u64>, ProcError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn parses_proc_limits() {
+        let text =
+            "Limit                     Soft Limit           Hard Limit           Units     \n\
+Max cpu time              unlimited            unlimited            seconds   \n\
+Max stack size            8388608              unlimited            bytes     \n\
+Max nice priority         0                    0                    \n";
+        assert_eq!(
+            super::parse_limits(text),
+            Some(vec![(u64::MAX, u64::MAX), (8388608, u64::MAX), (0, 0)])
+        );
+        let own = super::limits(std::process::id() as i32).unwrap();
+        assert_eq!(own.len(), 16);
+        let me = std::process::id() as i32;
+        let nofile = crate::sys::proc::get_rlimit(me, libc::RLIMIT_NOFILE).unwrap();
+        assert_eq!(own[libc::RLIMIT_NOFILE as usize], nofile);
+    }
+
     use super::*;
 
     #[test]

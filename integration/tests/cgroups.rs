@@ -480,3 +480,60 @@ fn cgroup_namespace_keeps_its_root() {
     );
     kill(pid);
 }
+
+/// A named v1 hierarchy that exists but is mounted nowhere (zdtm leaves `name=zdtmtst` so;
+/// any tool that made a named hierarchy and unmounted it does the same). CRIU mounts what it
+/// needs privately; cryo reaches it through a detached mount of its own: a process in a
+/// cgroup of that hierarchy is dumped and restored back into it, and nothing stays mounted.
+#[test]
+fn unmounted_named_hierarchy_is_reached_privately() {
+    let dir = scratch("cgnamed");
+    let name = format!("cryotest{}", std::process::id());
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mount = |on: bool| {
+        let st = if on {
+            std::process::Command::new("mount")
+                .args(["-t", "cgroup", "-o", &format!("none,name={name}"), "cgroup"])
+                .arg(&mnt)
+                .status()
+        } else {
+            std::process::Command::new("umount").arg(&mnt).status()
+        };
+        assert!(st.unwrap().success(), "mount/umount of the named hierarchy");
+    };
+    mount(true);
+    let cg = mnt.join("job");
+    std::fs::create_dir(&cg).unwrap();
+    let pid = spawn(&["sleep", "1000"], &dir.join("sleep.log"));
+    std::fs::write(cg.join("cgroup.procs"), pid.to_string()).unwrap();
+    // The hierarchy outlives its last mount while it has a cgroup.
+    mount(false);
+    let line = format!(":name={name}:/job");
+    let member = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+            .unwrap_or_default()
+            .contains(&line)
+    };
+    assert!(member(pid), "the process is in {line}");
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(&format!("name={name}"))
+    };
+    assert!(!mounted());
+
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    restore(&img);
+    let ok = member(pid);
+    let leftover = mounted();
+    kill(pid);
+    // Clean up: mount it again to remove the cgroup; the hierarchy then goes away.
+    mount(true);
+    let _ = std::fs::remove_dir(&cg);
+    mount(false);
+    assert!(ok, "the restored process is back in {line}");
+    assert!(!leftover, "cryo left the named hierarchy mounted");
+}

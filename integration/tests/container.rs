@@ -461,3 +461,145 @@ fn unix_sockets_inside_a_container() {
     check();
     kill(c.init);
 }
+
+/// Hostile roots: the root file system and the images may come from someone else. After a
+/// dump, the rootfs gets symlinks planted at mount points (`/tmp` → a relative path climbing
+/// out with `..`, `/dev` → an absolute path of the host), and a copy of the images gets a
+/// tmpfs archive that tries to write outside (a symlink to a host directory with a file
+/// below it, and a member named with `..`). Every lookup stays inside `--root`: the host
+/// directories the tricks aim at stay empty and unmounted; the hostile archive fails the
+/// restore cleanly (no process, no mount left); the container restored from its own images
+/// runs on, its mounts placed where the symlinks lead inside its root.
+#[test]
+fn hostile_rootfs_and_images_stay_inside_the_root() {
+    let dir = scratch("container-hostile");
+    let c = start(&dir);
+    let _g = KillOnDrop(c.init);
+    let img = dir.join("img");
+    dump(c.init, &img, &["--external", "mnt[/data]:data"]);
+    wait_gone(c.init);
+    let n = rounds(&c.host);
+
+    // Host directories the tricks aim at (not below /tmp or /dev, which the symlinks
+    // replace inside the root).
+    let base = PathBuf::from(format!("/var/tmp/cryo-victims-{}", std::process::id()));
+    struct RmOnDrop(PathBuf);
+    impl Drop for RmOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = RmOnDrop(base.clone());
+    let victims: Vec<PathBuf> = ["victim-tmp", "victim-dev", "victim-tar"]
+        .iter()
+        .map(|v| base.join(v))
+        .collect();
+    for v in &victims {
+        std::fs::create_dir_all(v).unwrap();
+    }
+    let inside = |p: &Path| c.rootfs.join(p.strip_prefix("/").unwrap());
+    // /tmp -> ../../../..(...)/<victim-tmp>: `..` stops at the root.
+    std::fs::remove_dir_all(c.rootfs.join("tmp")).unwrap();
+    let climb = format!("{}{}", "../".repeat(20), victims[0].display());
+    std::os::unix::fs::symlink(&climb, c.rootfs.join("tmp")).unwrap();
+    std::fs::create_dir_all(inside(&victims[0])).unwrap();
+    // /dev -> /<victim-dev>: absolute, taken inside the root.
+    std::fs::remove_dir_all(c.rootfs.join("dev")).unwrap();
+    std::os::unix::fs::symlink(&victims[1], c.rootfs.join("dev")).unwrap();
+    std::fs::create_dir_all(inside(&victims[1])).unwrap();
+
+    // A copy of the images whose /tmp archive tries to escape (no manifest: CRIU-style
+    // images, so the tampering is not caught by a digest and reaches the archive).
+    let bad = dir.join("img-bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    for e in std::fs::read_dir(&img).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "cryo-manifest.json" {
+            std::fs::copy(e.path(), bad.join(e.file_name())).unwrap();
+        }
+    }
+    let tars: Vec<PathBuf> = std::fs::read_dir(&bad)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("tmpfs-dev-"))
+        .collect();
+    assert!(!tars.is_empty(), "the dump saved tmpfs contents");
+    let climb_tar = format!("{}{}", "../".repeat(20), victims[2].display());
+    let script = format!(
+        r#"
+import io, tarfile, sys
+for out in sys.argv[1:]:
+    with tarfile.open(out, "w:gz") as t:
+        s = tarfile.TarInfo("esc"); s.type = tarfile.SYMTYPE; s.linkname = "{victim}"; t.addfile(s)
+        for name in ["esc/pwned", "{climb}/pwned2"]:
+            f = tarfile.TarInfo(name); data = b"pwned\n"; f.size = len(data); t.addfile(f, io.BytesIO(data))
+"#,
+        victim = victims[2].display(),
+        climb = climb_tar,
+    );
+    let st = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .args(&tars)
+        .status()
+        .unwrap();
+    assert!(st.success(), "writing the hostile archive");
+
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let ext = format!("mnt[data]:{}", c.host.display());
+    let o = cryo(&[
+        "restore",
+        "-D",
+        bad.to_str().unwrap(),
+        "-d",
+        "--root",
+        c.rootfs.to_str().unwrap(),
+        "--external",
+        &ext,
+    ]);
+    assert!(
+        !o.status.success(),
+        "the hostile archive should fail the restore"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+        mounts_before,
+        "a failed restore changed the host's mounts"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        rounds(&c.host),
+        n,
+        "a failed restore left a process running"
+    );
+
+    // The container's own images, on the rootfs with the planted symlinks.
+    let init = restore_container(&c, &img, &[]);
+    let _g2 = KillOnDrop(init);
+    wait_for("the restored container's rounds", 20, || {
+        lines(&c.host.join("count")).len() >= n + 5
+    });
+    rounds(&c.host);
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for v in &victims {
+        let there: Vec<_> = std::fs::read_dir(v).unwrap().collect();
+        assert!(
+            there.is_empty(),
+            "{} was written to: {there:?}",
+            v.display()
+        );
+        assert!(
+            !mi.contains(&format!(" {} ", v.display())),
+            "{} got a mount on the host",
+            v.display()
+        );
+    }
+    // The mounts went where the symlinks lead inside the root.
+    let mi = std::fs::read_to_string(format!("/proc/{init}/mountinfo")).unwrap();
+    assert!(
+        mi.contains(&format!(" {} ", victims[0].display()))
+            && mi.contains(&format!(" {} ", victims[1].display())),
+        "the container's /tmp and /dev are not where its symlinks lead: {mi}"
+    );
+    kill(init);
+}

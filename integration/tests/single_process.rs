@@ -719,3 +719,46 @@ fn restore_sibling_makes_the_caller_the_parent() {
     assert!(alive(pid));
     kill(pid);
 }
+
+/// A process of another user (as zdtm's tests run): cryo reads its resource limits from
+/// /proc, since `prlimit64` on it needs CAP_SYS_RESOURCE, which this VM (and many
+/// containers cryo runs in) does not have. Its uid and limits come back.
+#[test]
+fn process_of_another_user_keeps_its_limits() {
+    let dir = scratch("otheruser");
+    let log = dir.join("out.log");
+    let pid = spawn(
+        &[
+            "setpriv",
+            "--reuid=18943",
+            "--regid=18943",
+            "--clear-groups",
+            "sh",
+            "-c",
+            "ulimit -S -n 123; exec sleep 1000",
+        ],
+        &log,
+    );
+    let _g = KillOnDrop(pid);
+    let ready = || {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .starts_with("sleep")
+    };
+    wait_for("sleep as uid 18943", 10, ready);
+    let limits = || std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let uid = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .to_string()
+    };
+    let (l0, u0) = (limits(), uid());
+    assert!(l0.contains("Max open files            123 "), "{l0}");
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    assert_eq!(uid(), u0);
+    assert_eq!(limits(), l0);
+}

@@ -96,9 +96,13 @@ pub struct Common {
     /// Accepted for compatibility (each process logs into the same file).
     #[arg(long = "log-pid")]
     pub log_pid: bool,
-    /// Accepted for compatibility: cryo reads no configuration files.
-    #[arg(long = "no-default-config")]
+    /// Accepted for compatibility: cryo reads no configuration files. May be repeated.
+    #[arg(long = "no-default-config", overrides_with = "no_default_config")]
     pub no_default_config: bool,
+    /// restore: write the restored root's PID to FILE (relative to the work directory).
+    /// Accepted by every command, as CRIU does (zdtm passes it to dump too).
+    #[arg(long = "pidfile", value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
     /// Print a machine-readable JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -337,9 +341,6 @@ pub struct RestoreArgs {
     /// Detach after restore: cryo exits and the process runs on.
     #[arg(short = 'd', long = "restore-detached")]
     pub detached: bool,
-    /// Write the restored process's PID to FILE (relative to the work directory).
-    #[arg(long = "pidfile", value_name = "FILE")]
-    pub pidfile: Option<PathBuf>,
     /// Restore a shell job into cryo's session.
     #[arg(short = 'j', long = "shell-job")]
     pub shell_job: bool,
@@ -455,11 +456,11 @@ unsupported_opts! {
     lazy_pages: bool = "lazy-pages", "lazy restore is not implemented yet";
     leave_stopped: bool = "leave-stopped" short 's', "stopped final state is not implemented yet";
     exec_cmd: bool = "exec-cmd", "--exec-cmd is not implemented yet";
-    network_lock: Option<String> = "network-lock", "network locking comes with issue #4";
-    lsm_profile: Option<String> = "lsm-profile", "LSM profiles come with issue #5";
+    network_lock: Option<String> = "network-lock", "--network-lock is not implemented yet (the network is not locked)";
+    lsm_profile: Option<String> = "lsm-profile", "LSM profiles are not saved or applied yet";
     cpu_cap: Option<String> = "cpu-cap", "CPU capability checks are not implemented yet";
     stream: bool = "stream", "image streaming is not implemented yet";
-    status_fd: Option<String> = "status-fd", "--status-fd comes with issue #5";
+    status_fd: Option<String> = "status-fd", "--status-fd is not implemented yet";
     config: Option<String> = "config", "configuration files are not read by cryo";
     unprivileged: bool = "unprivileged", "unprivileged mode is not implemented yet";
 }
@@ -552,9 +553,26 @@ mod tests {
         let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
         assert_eq!((d.tree, d.common.verbosity, d.leave_running), (7, 4, true));
 
+        // zdtm: --pidfile on dump, and feature probes repeating --no-default-config.
+        let c = parse(&[
+            "criu",
+            "dump",
+            "-t",
+            "7",
+            "--pidfile",
+            "x.pid",
+            "--timeout",
+            "10",
+        ]);
+        let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
+        assert_eq!(
+            d.common.pidfile.as_deref(),
+            Some(std::path::Path::new("x.pid"))
+        );
         let c = parse(&[
             "criu",
             "check",
+            "--no-default-config",
             "--no-default-config",
             "-verbosity=0",
             "--feature",

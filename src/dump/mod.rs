@@ -471,7 +471,7 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                     pid,
                     format!("session {}", st.session),
                     "the process is in a session other than its parent's and does not lead it",
-                    "such session layouts are planned (issue #3)",
+                    "dump from the session leader, or give the tree a layout of §7 of docs/ARCHITECTURE.md",
                 )
                 .into());
             }

@@ -140,8 +140,13 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
-    #[error("cgroup hierarchy '{ctl}' (for {path}) is not mounted where cryo runs")]
-    NotMounted { ctl: String, path: String },
+    #[error("cgroup hierarchy '{ctl}' (for {path}) is not mounted where cryo runs, and cryo cannot mount it")]
+    NotMounted {
+        ctl: String,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("cgroup {path} does not exist (--manage-cgroups={mode} does not create cgroups)")]
     Missing { path: PathBuf, mode: &'static str },
     #[error("cgroup {path} already exists (--manage-cgroups=strict)")]
@@ -171,7 +176,7 @@ impl super::error::Failure for CgroupError {
     fn hint(&self) -> Option<String> {
         Some(match self {
             CgroupError::NotMounted { .. } => {
-                "mount the hierarchy (e.g. under /sys/fs/cgroup), or restore with --manage-cgroups=ignore".into()
+                "does the hierarchy still exist (a named v1 hierarchy disappears with its last cgroup)? mount it (e.g. under /sys/fs/cgroup), or restore with --manage-cgroups=ignore".into()
             }
             CgroupError::Missing { .. } => {
                 "create it first, or restore with --manage-cgroups=soft (creates missing cgroups) or --cgroup-root".into()
@@ -270,15 +275,61 @@ impl Mounts {
                 return Ok(p);
             }
         }
-        Err(CgroupError::NotMounted {
+        // Not mounted where cryo runs (a named hierarchy another tool made, such as zdtm's
+        // name=zdtmtst, or a controller nobody mounted): reach it through a mount of cryo's
+        // own that is attached nowhere, as CRIU mounts what it needs in a private yard.
+        let root = yard(name).map_err(|source| CgroupError::NotMounted {
             ctl: if name.is_empty() {
                 "cgroup2".into()
             } else {
                 name.to_string()
             },
             path: path.to_string(),
-        })
+            source,
+        })?;
+        let mut p = root;
+        let rest = path.trim_start_matches('/');
+        if !rest.is_empty() {
+            p.push(rest);
+        }
+        Ok(p)
     }
+}
+
+/// The root of hierarchy `name` (`""`: cgroup v2) through a detached mount of cryo's own,
+/// made once per process and kept open until cryo exits (nothing is attached to any mount
+/// namespace, so nothing is left behind).
+fn yard(name: &str) -> std::io::Result<PathBuf> {
+    use std::os::fd::AsRawFd;
+    static YARD: std::sync::Mutex<Vec<(String, std::os::fd::OwnedFd)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut yard = YARD.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, fd)) = yard.iter().find(|(n, _)| n == name) {
+        return Ok(PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())));
+    }
+    let fd = if name.is_empty() {
+        crate::sys::mount::detached("cgroup2", &[])?
+    } else {
+        let mut opts: Vec<(&str, Option<&str>)> = Vec::new();
+        let mut controllers = false;
+        for part in name.split(',') {
+            match part.strip_prefix("name=") {
+                Some(n) => opts.push(("name", Some(n))),
+                None => {
+                    controllers = true;
+                    opts.push((part, None));
+                }
+            }
+        }
+        if !controllers {
+            opts.push(("none", None));
+        }
+        crate::sys::mount::detached("cgroup", &opts)?
+    };
+    tracing::info!("cgroup hierarchy '{name}' is not mounted here: using a detached mount of it");
+    let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    yard.push((name.to_string(), fd));
+    Ok(path)
 }
 
 /// `path` relative to `root` (both absolute cgroup paths), if it is inside it.

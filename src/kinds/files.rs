@@ -447,7 +447,7 @@ pub fn precheck_tree(pc: &Precheck) -> Result<(), FilesError> {
 /// A file reopened by path at restore, in the task's own root and mount namespace: the path
 /// must lead there to this very file.
 pub fn reachable_by_path(p: &FdProbe<'_>) -> Result<(), Unsupported> {
-    let there = std::fs::metadata(format!("/proc/{}/root{}", p.pid, p.link)).ok();
+    let there = sys::fd::stat_in_root(&format!("/proc/{}/root", p.pid), p.link).ok();
     let same = match (p.meta, &there) {
         (Some(a), Some(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
         _ => true, // vanished meanwhile: the dump itself says what

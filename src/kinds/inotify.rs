@@ -89,8 +89,9 @@ fn path_of(pid: i32, w: &Watch) -> Result<String, String> {
         .first()
         .ok_or_else(|| format!("no mount of device {dev} in /proc/{pid}/mountinfo"))?;
     // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF).
-    let mfd = sysfd::open(
-        &format!("/proc/{pid}/root{mnt}"),
+    let mfd = sysfd::open_in_root(
+        &format!("/proc/{pid}/root"),
+        mnt,
         libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
     )
     .map_err(|e| format!("open mount {mnt}: {e}"))?;

@@ -150,7 +150,7 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
         _ if v.name.starts_with("/SYSV") => {
             return Err(unsupported(
                 "a mapping of a System V shared memory segment (shmat) is not supported yet",
-                "detach it (shmdt) before the dump: a segment's content is saved with its IPC namespace, its mappings are not (issue #4)",
+                "detach it (shmdt) before the dump: a segment's content is saved with its IPC namespace, its mappings are not",
             ).into())
         }
         _ if v.shared && (!v.is_file() || v.name == "/dev/zero (deleted)") => {
@@ -1298,17 +1298,17 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
     let exe = cx.reg(mm.exe_file_id)?.name.clone();
     // A child inherits its parent's exe link, which the kernel will not replace while the
     // file is mapped (EBUSY): leave an equal one alone.
-    let same = |a: &str, b: &str| {
+    let same = |a: std::io::Result<std::fs::Metadata>, b: std::io::Result<std::fs::Metadata>| {
         use std::os::unix::fs::MetadataExt;
-        match (std::fs::metadata(a), std::fs::metadata(b)) {
+        match (a, b) {
             (Ok(x), Ok(y)) => (x.dev(), x.ino()) == (y.dev(), y.ino()),
             _ => false,
         }
     };
-    // The saved path is the task's own view: look it up through the puppet's root.
+    // The saved path is the task's own view: look it up inside the puppet's root.
     let exe_fd = if same(
-        &format!("/proc/{}/exe", cx.pid),
-        &format!("/proc/{}/root{exe}", cx.pid),
+        std::fs::metadata(format!("/proc/{}/exe", cx.pid)),
+        crate::sys::fd::stat_in_root(&format!("/proc/{}/root", cx.pid), &exe),
     ) {
         -1
     } else {

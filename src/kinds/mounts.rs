@@ -341,7 +341,23 @@ pub fn write(
         let e = &entries[i];
         let name = tmpfs_image(e);
         let out = dir.create_file(&name)?;
-        let src = format!("/proc/{pid}/root{}", e.mountpoint);
+        // The mount point found inside the tree's root, used through cryo's fd on it.
+        let at = crate::sys::fd::open_in_root(
+            &format!("/proc/{pid}/root"),
+            &e.mountpoint,
+            libc::O_PATH | libc::O_DIRECTORY,
+        )
+        .map_err(|source| TaskError::Fd {
+            pid,
+            fd: -1,
+            what: format!("find the tmpfs mount {}", e.mountpoint),
+            source,
+        })?;
+        let src = format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            std::os::fd::AsRawFd::as_raw_fd(&at)
+        );
         let st = std::process::Command::new("tar")
             .args([
                 "--create",
@@ -543,26 +559,25 @@ fn build(
     Ok((nsfd, ptys))
 }
 
-/// Resolves paths of the tree inside a directory as the tree would: the builder thread
-/// chroots there for each lookup, so symlinks (in the root file system, in tmpfs contents
-/// just unpacked, in a host directory bound in) cannot lead outside it, then returns to the
-/// host's root. What it finds is held as an O_PATH fd and used through its /proc path.
+/// Resolves paths of the tree inside a directory as the tree would, with
+/// `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`: `..` stops at the directory and
+/// absolute symlinks (in the root file system, in tmpfs contents just unpacked, in a host
+/// directory bound in) are taken relative to it, so no lookup can lead outside. What it finds
+/// is held as an O_PATH fd and used through its /proc path.
 struct Jail {
-    dir: PathBuf,
-    host: std::fs::File,
+    root: OwnedFd,
 }
 
-/// An O_PATH fd of cryo's builder thread, named by its /proc path (which `mount` and child
-/// processes such as tar follow to the very file).
+/// An O_PATH fd of cryo's, named by its /proc path (which `mount` and child processes such as
+/// tar follow to the very file).
 struct Found(OwnedFd);
 
 impl Found {
     fn path(&self) -> PathBuf {
         use std::os::fd::AsRawFd;
         PathBuf::from(format!(
-            "/proc/{}/task/{}/fd/{}",
+            "/proc/{}/fd/{}",
             std::process::id(),
-            nix::unistd::gettid(),
             self.0.as_raw_fd()
         ))
     }
@@ -570,43 +585,61 @@ impl Found {
 
 impl Jail {
     fn new(dir: &Path) -> std::io::Result<Jail> {
+        use rustix::fs::{open, Mode, OFlags};
         Ok(Jail {
-            dir: dir.to_path_buf(),
-            host: std::fs::File::open("/")?,
+            root: open(
+                dir,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?,
         })
     }
 
-    /// Finds `p` (absolute, as seen from the jail's directory); with `create`, makes it
-    /// first if missing (a file when `Some(true)`, else a directory).
+    /// `p` (absolute or relative, as the tree sees it) inside the jail, opened with `flags`.
+    fn open(&self, p: &str, flags: rustix::fs::OFlags) -> std::io::Result<OwnedFd> {
+        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+        let p = p.trim_start_matches('/');
+        let p = if p.is_empty() { "." } else { p };
+        Ok(openat2(
+            &self.root,
+            p,
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )?)
+    }
+
+    /// Finds `p` (as seen from the jail's directory); with `create`, makes it first if
+    /// missing (a file when `Some(true)`, else a directory), each component created in its
+    /// parent as found inside the jail.
     fn find(&self, p: &str, create: Option<bool>) -> std::io::Result<Found> {
-        nix::unistd::chroot(&self.dir)?;
-        let r = (|| -> std::io::Result<Found> {
-            nix::unistd::chdir("/")?;
-            let p = if p.is_empty() { "/" } else { p };
-            if let Some(file) = create {
-                if std::fs::symlink_metadata(p).is_err() {
-                    if file {
-                        if let Some(parent) = Path::new(p).parent() {
-                            std::fs::create_dir_all(parent)?;
-                        }
-                        std::fs::File::create(p)?;
+        use rustix::fs::{mkdirat, openat, Mode, OFlags};
+        if let Some(file) = create {
+            if self.open(p, OFlags::PATH).is_err() {
+                let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+                for (i, name) in parts.iter().enumerate() {
+                    let last = i + 1 == parts.len();
+                    let parent =
+                        self.open(&parts[..i].join("/"), OFlags::PATH | OFlags::DIRECTORY)?;
+                    let r = if last && file {
+                        openat(
+                            &parent,
+                            *name,
+                            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                            Mode::from_raw_mode(0o644),
+                        )
+                        .map(drop)
                     } else {
-                        std::fs::create_dir_all(p)?;
+                        mkdirat(&parent, *name, Mode::from_raw_mode(0o755))
+                    };
+                    match r {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
                     }
                 }
             }
-            use std::os::unix::fs::OpenOptionsExt;
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH)
-                .open(p)?;
-            Ok(Found(f.into()))
-        })();
-        // Back to the host's root; a thread stuck in the jail must not go on.
-        nix::unistd::fchdir(&self.host)
-            .and_then(|_| nix::unistd::chroot("."))
-            .map_err(|e| std::io::Error::other(format!("cannot leave the new root: {e}")))?;
-        r
+        }
+        Ok(Found(self.open(p, OFlags::PATH)?))
     }
 }
 

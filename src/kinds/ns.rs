@@ -1,4 +1,4 @@
-//! Namespaces a tree owns (issue #4, first pieces):
+//! Namespaces a tree owns:
 //! - UTS: hostname and domainname, saved once per namespace as `utsns-ID.img` (ID is the
 //!   `uts_ns_id` of `ids-PID.img`), read with `uname` run inside the task;
 //! - IPC: the new namespace itself (`restore_ipc`); its contents (SysV objects, sysctls)
@@ -6,13 +6,13 @@
 //! - net: a network namespace whose only device is the loopback (from `/proc/PID/net/dev`);
 //!   its flags and MTU are read inside the task (`SIOCGIFFLAGS`/`SIOCGIFMTU` on a socket of
 //!   its own) and saved as `netdev-ID.img`; restore makes a new namespace and sets `lo` up
-//!   again if it was. Other devices are refused (veth, tun, ... come with issue #4). Sockets
-//!   in it are refused by `unix_sk::precheck` (it only sees cryo's namespace).
+//!   again if it was. Other devices are refused before the seize, naming them.
 //!
 //! Restore gives a task a new namespace (`unshare` inside the puppet, then the UTS names)
 //! when its namespace differs from the one it inherits: cryo's for the root, its parent's
-//! for a child; children forked afterwards inherit it. Other namespaces are still refused by
-//! `dump::precheck`.
+//! for a child; children forked afterwards inherit it. The time namespace is here too
+//! (`dump_time`, `restore_time`); PID, mount and cgroup namespaces are in `restore` and
+//! `kinds/mounts.rs`, `kinds/cgroup.rs`.
 
 use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::HashMap;

@@ -61,15 +61,12 @@ impl Kind for Rlimits {
     type Error = RlimitsError;
 
     fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), RlimitsError> {
-        let mut v = Vec::new();
-        for r in 0..RLIM_NLIMITS {
-            let (cur, max) = get_rlimit(cx.pid, r).map_err(|source| TaskError::Ptrace {
-                pid: cx.pid,
-                what: "prlimit64",
-                source,
-            })?;
-            v.push(pb::RlimitEntry { cur, max });
-        }
+        // From /proc: prlimit64 on a process of another user needs CAP_SYS_RESOURCE.
+        let v = crate::procfs::limits(cx.pid)?
+            .into_iter()
+            .take(RLIM_NLIMITS as usize)
+            .map(|(cur, max)| pb::RlimitEntry { cur, max })
+            .collect();
         img.tc().rlimits = Some(pb::TaskRlimitsEntry { rlimits: v });
         Ok(())
     }

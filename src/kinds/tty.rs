@@ -314,8 +314,8 @@ impl FdKind for Tty {
         let flags = (tfe.flags as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC))
             | libc::O_NOCTTY
             | libc::O_CLOEXEC;
-        Ok(sys::fd::open(&pair.slave_path, flags)
-            .map_err(err(format!("open {}", pair.slave_path)))?)
+        let node = format!("/proc/self/fd/{}", pair.slave_node.as_raw_fd());
+        Ok(sys::fd::open(&node, flags).map_err(err(format!("open {}", pair.slave_path)))?)
     }
 }
 
@@ -783,6 +783,8 @@ pub struct Pair {
     /// cryo's own slave description (queued data, controlling terminal, foreground).
     pub slave: OwnedFd,
     pub slave_path: String,
+    /// An O_PATH fd of the slave's device node, reopened for each slave fd of the images.
+    pub slave_node: OwnedFd,
     /// Its master was outside the dumped tree: cryo's master is temporary.
     orphan: bool,
     locked: bool,
@@ -891,9 +893,16 @@ impl TtyStore {
             .unwrap_or_else(|| "/dev/pts".into());
         let master_path = path_of(true).unwrap_or_else(|| format!("{devpts}/ptmx"));
         let slave_path = path_of(false).unwrap_or_else(|| format!("{devpts}/{index}"));
-        let via = |p: &str| format!("{}{p}", self.root.as_deref().unwrap_or(""));
+        // Paths as the tree sees them, resolved inside its root.
+        let root = self.root.clone();
+        let open_in = |p: &str, flags: i32| match &root {
+            Some(r) => sys::fd::open_in_root(r, p, flags),
+            None => sys::fd::open(p, flags),
+        };
         let premade = self.premade.remove(&index);
-        if let (Ok(m), None) = (std::fs::metadata(via(&slave_path)), &premade) {
+        let existing =
+            open_in(&slave_path, libc::O_PATH).and_then(|f| std::fs::File::from(f).metadata());
+        if let (Ok(m), None) = (existing, &premade) {
             if m.file_type().is_char_device() && slave_index(m.rdev()) == index {
                 return Err(Unsupported::restore(format!(
                     "pty {index} is in use by another terminal ({slave_path} exists); close it, or restore where that index is free"
@@ -906,8 +915,8 @@ impl TtyStore {
             m
         } else {
             loop {
-                let m = sys::fd::open(
-                    &via(&master_path),
+                let m = open_in(
+                    &master_path,
                     libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
                 )
                 .map_err(tty_err(index, format!("open {master_path}")))?;
@@ -928,8 +937,8 @@ impl TtyStore {
         drop(extras);
         sys::tty::set_pty_locked(master.as_fd(), false)
             .map_err(tty_err(index, "TIOCSPTLCK".into()))?;
-        let slave = sys::fd::open(
-            &via(&slave_path),
+        let slave = open_in(
+            &slave_path,
             libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
         )
         .map_err(tty_err(index, format!("open {slave_path}")))?;
@@ -1001,8 +1010,10 @@ impl TtyStore {
             Pair {
                 master,
                 slave,
-                // Opened again by Tty::open, from cryo: through the tree's root.
-                slave_path: via(&slave_path),
+                // Opened again by Tty::open, from cryo: its node, found inside the tree's root.
+                slave_path: slave_path.clone(),
+                slave_node: open_in(&slave_path, libc::O_PATH)
+                    .map_err(tty_err(index, format!("find {slave_path}")))?,
                 orphan: master_info.is_none(),
                 locked,
             },

@@ -357,7 +357,7 @@ impl FdKind for UnixSk {
             use std::os::unix::fs::MetadataExt;
             let path = String::from_utf8_lossy(&name).into_owned();
             // Looked up in the task's own root (and mount namespace).
-            let on_disk = std::fs::metadata(format!("/proc/{}/root{path}", fd.pid))
+            let on_disk = crate::sys::fd::stat_in_root(&format!("/proc/{}/root", fd.pid), &path)
                 .ok()
                 .map(|m| m.ino() as u32);
             Some(on_disk != d.vfs.map(|v| v.0))

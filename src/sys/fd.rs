@@ -48,6 +48,32 @@ pub fn open(path: &str, flags: i32) -> io::Result<OwnedFd> {
     owned(unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, p.as_ptr(), flags, 0) })
 }
 
+/// Opens `path` as a process whose root is the directory `root` would (typically
+/// `/proc/PID/root`): `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so `..` and
+/// absolute symlinks stay inside it (through `/proc/PID/root` alone, an absolute symlink
+/// would be followed from cryo's own root).
+pub fn open_in_root(root: &str, path: &str, flags: i32) -> io::Result<OwnedFd> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let rel = path.trim_start_matches('/');
+    Ok(openat2(
+        &dir,
+        if rel.is_empty() { "." } else { rel },
+        OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )?)
+}
+
+/// stat of `path` as seen from the root `root` (see [`open_in_root`]).
+pub fn stat_in_root(root: &str, path: &str) -> io::Result<std::fs::Metadata> {
+    std::fs::File::from(open_in_root(root, path, libc::O_PATH)?).metadata()
+}
+
 /// `pipe2(O_CLOEXEC)`: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0i32; 2];
