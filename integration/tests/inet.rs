@@ -679,9 +679,8 @@ fn host_ruleset() -> String {
 
 /// nginx (a master and its worker) listening on 127.0.0.1, with a client's keep-alive
 /// connection open after a first request: dumped with `--tcp-established` and restored,
-/// the same connection serves a second request, and new connections are served. (Its
-/// worker runs as root: cryo reads another user's rlimits with prlimit64, which needs
-/// CAP_SYS_RESOURCE.)
+/// the same connection serves a second request, and new connections are served. Its
+/// worker runs as nginx's unprivileged default user.
 #[test]
 fn nginx_on_tcp_keeps_serving_a_keepalive_connection() {
     if !need(&["nft", "nginx"]) {
@@ -696,7 +695,7 @@ fn nginx_on_tcp_keeps_serving_a_keepalive_connection() {
     std::fs::write(
         &conf,
         format!(
-            "daemon off;\nmaster_process on;\nworker_processes 1;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 64; }}\n\
              http {{ access_log {d}/access.log; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; \
              fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi; \
