@@ -17,7 +17,6 @@ pub mod features;
 pub mod image;
 pub mod kinds;
 pub mod logging;
-pub mod netlock;
 pub mod notify;
 pub mod procfs;
 pub mod progress;

@@ -41,7 +41,7 @@ use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, SockOpt
 use super::tcp_repair::{self, is_connection, state_name, CLOSE, ESTABLISHED, LISTEN};
 use super::DumpCx;
 use crate::image::{self, pb, ImageDir, ImageError};
-use crate::netlock::{Conn, Method, NetLock, NetLockError};
+use super::inet_lock::{self, Conn, ConnLock, LockError};
 use crate::sys::{self, inet, net};
 
 /// Why an inet socket could not be saved or restored.
@@ -51,7 +51,7 @@ pub enum InetSkError {
     Task(#[from] TaskError),
     /// Locking or unlocking the tree's connections.
     #[error(transparent)]
-    Lock(#[from] NetLockError),
+    Lock(#[from] LockError),
     /// A step of TCP repair on one connection.
     #[error("{conn}: {what}")]
     Repair {
@@ -67,7 +67,7 @@ impl Failure for InetSkError {
     fn hint(&self) -> Option<String> {
         match self {
             InetSkError::Task(e) => e.hint(),
-            InetSkError::Lock(e) => e.hint(),
+            InetSkError::Lock(e) => Some(e.hint()),
             InetSkError::Repair { .. } => Some(
                 "TCP repair needs CAP_NET_ADMIN in the socket's network namespace; --tcp-close restores connections closed instead".into(),
             ),
@@ -666,7 +666,7 @@ struct Repaired {
 pub struct InetDump {
     repaired: Vec<Repaired>,
     streams: Vec<(u32, pb::TcpStreamEntry, Vec<u8>)>,
-    lock: Option<NetLock>,
+    lock: Option<ConnLock>,
     /// The id naming the lock (CRIU's `dump_criu_run_id`: the table is `CRIU-` and its
     /// first 21 characters, so CRIU's restore finds it too).
     run_id: Option<String>,
@@ -760,16 +760,22 @@ impl InetDump {
             return Err(TaskError::Internal("empty tree").into());
         };
         let run_id = new_run_id();
-        let mut lock = NetLock::named(Method::Nftables, lock_name(&run_id));
-        let own = std::fs::File::open("/proc/self/ns/net").ok();
-        let theirs = std::fs::File::open(format!("/proc/{root}/ns/net")).ok();
-        if own.as_ref().and_then(ns_ino) != theirs.as_ref().and_then(ns_ino) {
-            lock.lock_netns_of(root)?;
+        let table = lock_name(&run_id);
+        let open = |p: String| {
+            std::fs::File::open(&p).map_err(|source| TaskError::Fd {
+                pid: root,
+                fd: -1,
+                what: format!("open {p}"),
+                source,
+            })
+        };
+        let own = open("/proc/self/ns/net".into())?;
+        let theirs = open(format!("/proc/{root}/ns/net"))?;
+        let lock = if ns_ino(&own) != ns_ino(&theirs) {
+            ConnLock::netns(&table, theirs)?
         } else {
-            let conns = tree_connections(tree);
-            tracing::info!("locking {} TCP connection(s)", conns.len());
-            lock.lock_connections(&conns)?;
-        }
+            ConnLock::conns(&table, theirs, &tree_connections(tree))?
+        };
         self.lock = Some(lock);
         self.run_id = Some(run_id);
         Ok(())
@@ -805,7 +811,7 @@ impl InetDump {
     /// `SO_REUSEADDR` back. Must run before the tree is released.
     pub fn resume(&mut self) {
         if let Some(mut l) = self.lock.take() {
-            if let Err(e) = l.unlock_now() {
+            if let Err(e) = l.unlock() {
                 tracing::error!("{e}");
             }
         }
@@ -1494,20 +1500,47 @@ fn unlock_dump(
     let own = std::fs::File::open("/proc/self/ns/net").ok();
     let whole = own.as_ref().and_then(ns_ino) != ns_ino(&ns);
     match (method, run_id) {
-        (1, Some(id)) => {
-            let mut l = NetLock::named(Method::Nftables, lock_name(id));
-            l.adopt(ns.as_fd(), whole)?;
-            l.unlock()?;
-        }
-        (0, _) if whole => {
-            let mut l = NetLock::named(Method::Iptables, "CRIU".into());
-            l.adopt(ns.as_fd(), true)?;
-            l.unlock()?;
-        }
+        (1, Some(id)) => inet_lock::remove(&lock_name(id), &ns)?,
+        (0, _) if whole => criu_iptables_chain_unlock(&ns),
         (0, _) if !cryo_images => criu_iptables_unlock(conns),
         _ => {}
     }
     Ok(())
+}
+
+/// Runs `tool args` (iptables), quietly; whether it succeeded.
+fn iptables(tool: &str, args: &[String]) -> bool {
+    std::process::Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Removes CRIU's iptables lock of a whole namespace: the jumps to its `CRIU` chain from
+/// INPUT and OUTPUT (again while one is left, as iptables-nft may hold two), then the chain.
+fn criu_iptables_chain_unlock(ns: &std::fs::File) {
+    let _ = inet_lock::in_netns(ns, || {
+        for tool in ["iptables", "ip6tables"] {
+            let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            for _ in 0..4 {
+                let mut left = false;
+                for hook in ["INPUT", "OUTPUT"] {
+                    if iptables(tool, &a(&["-w", "-C", hook, "-j", "CRIU"])) {
+                        left = true;
+                        iptables(tool, &a(&["-w", "-D", hook, "-j", "CRIU"]));
+                    }
+                }
+                if !left {
+                    break;
+                }
+            }
+            iptables(tool, &a(&["-w", "-F", "CRIU"]));
+            iptables(tool, &a(&["-w", "-X", "CRIU"]));
+        }
+    });
 }
 
 /// Deletes the iptables rules CRIU's dump left for each connection (`-I INPUT`/`-I OUTPUT`,

@@ -14,6 +14,7 @@ pub mod inet;
 pub mod ipc;
 pub mod mem;
 pub mod mount;
+pub mod nft;
 pub mod net;
 pub mod proc;
 pub mod ptrace;
