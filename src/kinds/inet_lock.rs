@@ -142,7 +142,11 @@ impl ConnLock {
             return Ok(());
         }
         remove(&self.table, &self.ns)?;
-        tracing::info!("network lock {} removed (namespace {})", self.table, self.ino);
+        tracing::info!(
+            "network lock {} removed (namespace {})",
+            self.table,
+            self.ino
+        );
         Ok(())
     }
 

@@ -38,10 +38,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::error::{task_error_from, Failure, TaskError, Unsupported};
 use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, SockOpts, TargetFd};
+use super::inet_lock::{self, Conn, ConnLock, LockError};
 use super::tcp_repair::{self, is_connection, state_name, CLOSE, ESTABLISHED, LISTEN};
 use super::DumpCx;
 use crate::image::{self, pb, ImageDir, ImageError};
-use super::inet_lock::{self, Conn, ConnLock, LockError};
 use crate::sys::{self, inet, net};
 
 /// Why an inet socket could not be saved or restored.
@@ -613,7 +613,7 @@ impl FdKind for InetSk {
                     source: st.source,
                 })?;
                 e.state = saved.state;
-                inet.streams.push((ino, saved.entry, saved.data));
+                inet.streams.push((ino, [(saved.entry, saved.data)]));
             }
         } else {
             e.shutdown = Some(sh as i32);
@@ -665,7 +665,8 @@ struct Repaired {
 #[derive(Default)]
 pub struct InetDump {
     repaired: Vec<Repaired>,
-    streams: Vec<(u32, pb::TcpStreamEntry, Vec<u8>)>,
+    /// Each tcp-stream image: the socket inode, its entry and queue bytes.
+    streams: Vec<(u32, [(pb::TcpStreamEntry, Vec<u8>); 1])>,
     lock: Option<ConnLock>,
     /// The id naming the lock (CRIU's `dump_criu_run_id`: the table is `CRIU-` and its
     /// first 21 characters, so CRIU's restore finds it too).
@@ -783,12 +784,8 @@ impl InetDump {
 
     /// Writes the tcp-stream images.
     pub fn write(&self, dir: &ImageDir) -> Result<(), ImageError> {
-        for (ino, e, data) in &self.streams {
-            dir.write_with_data(
-                &format!("tcp-stream-{ino:x}.img"),
-                image::TCP_STREAM,
-                &[(e.clone(), data.clone())],
-            )?;
+        for (ino, entry) in &self.streams {
+            dir.write_with_data(&format!("tcp-stream-{ino:x}.img"), image::TCP_STREAM, entry)?;
         }
         Ok(())
     }
@@ -857,8 +854,10 @@ enum Fixup {
     Conn {
         reuseaddr: bool,
         reuseport: bool,
-        /// Written by the program, never sent: sent once out of repair mode.
-        unsent: Vec<u8>,
+        /// Written by the program, never sent: sent once out of repair mode (the socket's
+        /// inode names its tcp-stream image, the range the bytes in it).
+        ino: u32,
+        unsent: std::ops::Range<usize>,
         /// Its own `SO_SNDBUF`, set once `unsent` is queued.
         sndbuf: Option<u32>,
         name: String,
@@ -872,12 +871,20 @@ struct Made {
     fix: Fixup,
 }
 
+/// A tcp-stream image: its entry, the file mapped, and where the queue bytes lie in it.
+type Stream = (
+    pb::TcpStreamEntry,
+    crate::sys::mem::Mapping,
+    std::ops::Range<usize>,
+);
+
 /// The restore's inet state.
 #[derive(Default)]
 pub struct InetStore {
     loaded: bool,
-    /// tcp-stream images by socket inode.
-    streams: HashMap<u32, (pb::TcpStreamEntry, Vec<u8>)>,
+    /// tcp-stream images by socket inode: the entry, the file's bytes and where the queue
+    /// bytes lie in them.
+    streams: HashMap<u32, Stream>,
     /// Datagrams queued on UDP sockets, by file id.
     queues: HashMap<u32, Vec<(Option<SocketAddr>, Vec<u8>)>>,
     /// The dump was made with `--tcp-close`.
@@ -914,12 +921,26 @@ fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
         if isk.proto as i32 == libc::IPPROTO_TCP && isk.dst_port != 0 && is_connection(isk.state) {
             has_conn = true;
             let name = format!("tcp-stream-{:x}.img", isk.ino);
-            if let Some((e, data)) = dir
-                .read_with_data::<pb::TcpStreamEntry>(&name, image::TCP_STREAM)?
-                .into_iter()
-                .next()
-            {
-                streams.insert(isk.ino, (e, data));
+            let Some(map) = dir.map(&name)? else {
+                continue;
+            };
+            let bytes = map.bytes();
+            let path = dir.file(&name);
+            let first = image::entries_with_data(&path, image::TCP_STREAM, bytes)?
+                .first()
+                .map(|(off, payload, data)| {
+                    let at = data.as_ptr() as usize - bytes.as_ptr() as usize;
+                    (*off, payload.to_vec(), at..at + data.len())
+                });
+            if let Some((off, payload, range)) = first {
+                let e = <pb::TcpStreamEntry as prost::Message>::decode(payload.as_slice())
+                    .map_err(|source| ImageError::Decode {
+                        path,
+                        offset: off,
+                        message: image::TCP_STREAM.message,
+                        source,
+                    })?;
+                streams.insert(isk.ino, (e, map, range));
             }
         }
     }
@@ -1279,7 +1300,7 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
             }
             .into());
         }
-        let Some((entry, data)) = st.streams.get(&isk.ino) else {
+        let Some((entry, map, range)) = st.streams.get(&isk.ino) else {
             return Err(TaskError::BadImage(format!(
                 "{show}: tcp-stream-{:x}.img is missing (dumped with --tcp-close? then restore with --tcp-close)",
                 isk.ino
@@ -1299,6 +1320,7 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
             .map_err(repair("SO_RCVBUFFORCE"))?;
         set_fl(s, libc::O_NONBLOCK as u32, id)?;
         let ifname = isk.ifname.as_deref();
+        let data = &map.bytes()[range.clone()];
         let restored = tcp_repair::restore(s, isk.state, entry, data, local, peer, || {
             bind(s, local, ifname).map_err(|source| tcp_repair::Step {
                 what: format!("bind to {local}"),
@@ -1310,7 +1332,8 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
             what: st.what,
             source: st.source,
         })?;
-        let keep_sndbuf = !restored.unsent.is_empty();
+        let unsent = range.start + restored.unsent.start..range.start + restored.unsent.end;
+        let keep_sndbuf = !unsent.is_empty();
         restore_opts(s, id, isk, keep_sndbuf)?;
         restore_shutdown(s, id, isk)?;
         set_fl(s, isk.flags, id)?;
@@ -1326,7 +1349,8 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
             fix: Fixup::Conn {
                 reuseaddr: isk.opts.reuseaddr == Some(true),
                 reuseport: isk.opts.so_reuseport == Some(true),
-                unsent: restored.unsent,
+                ino: isk.ino,
+                unsent,
                 sndbuf: keep_sndbuf.then_some(isk.opts.so_sndbuf),
                 name: show,
             },
@@ -1374,6 +1398,7 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
 #[derive(Default)]
 pub struct Finish {
     made: Vec<Made>,
+    streams: HashMap<u32, Stream>,
     lock: Option<(i32, Option<String>)>,
     cryo_images: bool,
     conns: Vec<Conn>,
@@ -1384,6 +1409,7 @@ pub fn take_restored(objs: &mut FdObjects) -> Finish {
     let st = objs.kinds.get::<InetStore>();
     Finish {
         made: std::mem::take(&mut st.made),
+        streams: std::mem::take(&mut st.streams),
         lock: st.lock.take(),
         cryo_images: st.cryo_images,
         conns: std::mem::take(&mut st.conns),
@@ -1415,10 +1441,15 @@ impl Finish {
                 Fixup::Conn {
                     reuseaddr,
                     reuseport,
+                    ino,
                     unsent,
                     sndbuf,
                     name,
                 } => {
+                    let unsent = self
+                        .streams
+                        .get(&ino)
+                        .map_or(&[][..], |(_, map, _)| &map.bytes()[unsent]);
                     let fail = |what: &str| {
                         let conn = name.clone();
                         let what = what.to_string();

@@ -121,33 +121,37 @@ pub struct Saved {
     pub state: u32,
 }
 
-/// Reads one queue (`q`) of a socket in repair mode: its sequence number and its bytes.
-/// `hint` is the size the queue ioctl reported. The sequence number is read again after the
-/// bytes, and everything again if it moved (a segment that was still being processed).
+/// Reads one queue (`q`) of a socket in repair mode: its sequence number, and its bytes
+/// appended to `out`; returns (sequence, length). `hint` is the size the queue ioctl
+/// reported. The sequence number is read again after the bytes, and everything again if it
+/// moved (a segment that was still being processed).
 fn read_queue(
     sk: BorrowedFd<'_>,
     q: RepairQueue,
     hint: impl Fn() -> std::io::Result<u32>,
-) -> Result<(u32, Vec<u8>), Step> {
+    out: &mut Vec<u8>,
+) -> Result<(u32, usize), Step> {
     let name = if q == RepairQueue::Recv {
         "receive"
     } else {
         "send"
     };
     inet::set_repair_queue(sk, q).map_err(step(format!("TCP_REPAIR_QUEUE ({name})")))?;
+    let start = out.len();
     for _ in 0..8 {
+        out.truncate(start);
         let seq = inet::queue_seq(sk).map_err(step(format!("TCP_QUEUE_SEQ ({name})")))?;
         let len = hint().map_err(step(format!("size of the {name} queue")))? as usize;
-        let mut buf = vec![0u8; len + 1];
+        // One byte more than announced, to be sure there is no more.
         let n = if len == 0 {
             0
         } else {
-            inet::recv_peek(sk, &mut buf).map_err(step(format!("peek at the {name} queue")))?
+            inet::recv_peek_append(sk, out, len + 1)
+                .map_err(step(format!("peek at the {name} queue")))?
         };
         let again = inet::queue_seq(sk).map_err(step(format!("TCP_QUEUE_SEQ ({name})")))?;
         if again == seq && n == len {
-            buf.truncate(n);
-            return Ok((seq, buf));
+            return Ok((seq, n));
         }
     }
     Err(bad(format!(
@@ -165,7 +169,8 @@ pub fn save(sk: BorrowedFd<'_>) -> Result<Saved, Step> {
             state_name(state)
         )));
     }
-    let (inq_seq, inq) = read_queue(sk, RepairQueue::Recv, || inet::inq(sk))?;
+    let mut data = Vec::new();
+    let (inq_seq, inq_len) = read_queue(sk, RepairQueue::Recv, || inet::inq(sk), &mut data)?;
     let mut outq_hint = inet::outq(sk).map_err(step("SIOCOUTQ"))?;
     let mut unsq_len = inet::outq_unsent(sk).map_err(step("SIOCOUTQNSD"))?;
     if state == CLOSE {
@@ -174,14 +179,19 @@ pub fn save(sk: BorrowedFd<'_>) -> Result<Saved, Step> {
         unsq_len = 0;
     }
     let fin_queued = f(state) & (SNDQ_FIRST_FIN | SNDQ_SECOND_FIN) != 0;
-    let (outq_seq, outq) = read_queue(sk, RepairQueue::Send, || {
-        // Our FIN takes a sequence number but holds no byte.
-        Ok(if fin_queued {
-            outq_hint.saturating_sub(1)
-        } else {
-            outq_hint
-        })
-    })?;
+    let (outq_seq, outq_len) = read_queue(
+        sk,
+        RepairQueue::Send,
+        || {
+            // Our FIN takes a sequence number but holds no byte.
+            Ok(if fin_queued {
+                outq_hint.saturating_sub(1)
+            } else {
+                outq_hint
+            })
+        },
+        &mut data,
+    )?;
     if fin_queued {
         unsq_len = unsq_len.saturating_sub(1);
     }
@@ -197,9 +207,9 @@ pub fn save(sk: BorrowedFd<'_>) -> Result<Saved, Step> {
     let win = inet::repair_window(sk).map_err(step("TCP_REPAIR_WINDOW"))?;
     let wscale = opt_mask & OPT_WSCALE != 0;
     let entry = pb::TcpStreamEntry {
-        inq_len: inq.len() as u32,
+        inq_len: inq_len as u32,
         inq_seq,
-        outq_len: outq.len() as u32,
+        outq_len: outq_len as u32,
         outq_seq,
         opt_mask,
         snd_wscale: if wscale { ti.snd_wscale as u32 } else { 0 },
@@ -208,23 +218,22 @@ pub fn save(sk: BorrowedFd<'_>) -> Result<Saved, Step> {
         timestamp,
         cork: None,
         nodelay: None,
-        unsq_len: Some(unsq_len.min(outq.len() as u32)),
+        unsq_len: Some(unsq_len.min(outq_len as u32)),
         snd_wl1: win.map(|w| w.snd_wl1),
         snd_wnd: win.map(|w| w.snd_wnd),
         max_window: win.map(|w| w.max_window),
         rcv_wnd: win.map(|w| w.rcv_wnd),
         rcv_wup: win.map(|w| w.rcv_wup),
     };
-    let mut data = inq;
-    data.extend_from_slice(&outq);
     Ok(Saved { entry, data, state })
 }
 
 /// What [`restore`] leaves for the end of the restore.
 #[derive(Debug, Default)]
 pub struct Restored {
-    /// Bytes written by the program and never sent: sent once repair mode is off.
-    pub unsent: Vec<u8>,
+    /// Where, in the queue bytes given to [`restore`], lie the bytes written by the program
+    /// and never sent: they are sent once repair mode is off.
+    pub unsent: std::ops::Range<usize>,
 }
 
 /// Sends `buf` into the queue repair mode selected (or, out of repair mode, normally), in
@@ -476,7 +485,8 @@ pub fn restore(
             send_all(sk, unsent, "send the unsent bytes")?;
             inet::set_repair(sk, Repair::On).map_err(step("TCP_REPAIR on"))?;
         } else {
-            out.unsent = unsent.to_vec();
+            let end = inq_len + outq_len;
+            out.unsent = end - unsent.len()..end;
         }
     }
     if let (Some(snd_wl1), Some(snd_wnd), Some(max_window), Some(rcv_wnd), Some(rcv_wup)) =

@@ -253,6 +253,35 @@ pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// `recv(MSG_PEEK | MSG_DONTWAIT)` of at most `max` bytes appended to `buf` (its spare
+/// capacity, no zeroing); returns how many. 0 when nothing is queued.
+pub fn recv_peek_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let len = max.min(spare.len());
+    // SAFETY: the spare capacity is valid for writes of `len` bytes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_recvfrom,
+            fd.as_raw_fd(),
+            spare.as_mut_ptr(),
+            len,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            0,
+            0,
+        )
+    };
+    let n = match cvt(r) {
+        Ok(n) => n as usize,
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
+        Err(e) => return Err(e),
+    };
+    let n = n.min(len);
+    // SAFETY: the kernel initialized the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
 /// `poll` with no timeout: the events of `events` the socket has now.
 pub fn poll_now(fd: BorrowedFd<'_>, events: i16) -> io::Result<i16> {
     let mut p = libc::pollfd {

@@ -162,7 +162,13 @@ impl Batch {
     pub fn add_table(&mut self, name: &str) -> &mut Self {
         let mut a = Attrs::new();
         a.str(1, name);
-        self.msg(NEWTABLE, NLM_F_REQUEST | NLM_F_CREATE, NFPROTO_INET, &a.0, true);
+        self.msg(
+            NEWTABLE,
+            NLM_F_REQUEST | NLM_F_CREATE,
+            NFPROTO_INET,
+            &a.0,
+            true,
+        );
         self
     }
 
@@ -191,7 +197,13 @@ impl Batch {
             .nest(4, h)
             .be32(5, policy as u32)
             .str(7, "filter");
-        self.msg(NEWCHAIN, NLM_F_REQUEST | NLM_F_CREATE, NFPROTO_INET, &a.0, true);
+        self.msg(
+            NEWCHAIN,
+            NLM_F_REQUEST | NLM_F_CREATE,
+            NFPROTO_INET,
+            &a.0,
+            true,
+        );
         self
     }
 
