@@ -69,16 +69,26 @@ impl Net {
     /// Namespace B drops every packet it sends to A (`on`), or no longer: a lossy network,
     /// so that what A sends meanwhile stays unacknowledged (sent, in its send queue).
     pub fn lose_b_to_a(&self, on: bool) {
+        self.lose("o", "output", "daddr", 1, on);
+    }
+
+    /// Namespace B drops every packet that comes from A (`on`), or no longer.
+    pub fn lose_a_to_b(&self, on: bool) {
+        self.lose("i", "input", "saddr", 1, on);
+    }
+
+    fn lose(&self, tag: &str, hook: &str, dir: &str, host: u8, on: bool) {
+        let table = format!("cryoloss{tag}");
         let script = if on {
             format!(
-                "table inet cryoloss {{\n chain o {{\n type filter hook output priority 0;\n ip daddr {} drop\n ip6 daddr {} drop\n }}\n}}",
-                self.v4(1),
-                self.v6(1)
+                "table inet {table} {{\n chain c {{\n type filter hook {hook} priority 0;\n ip {dir} {} drop\n ip6 {dir} {} drop\n }}\n}}",
+                self.v4(host),
+                self.v6(host)
             )
         } else {
-            "delete table inet cryoloss".to_string()
+            format!("delete table inet {table}")
         };
-        let f = std::env::temp_dir().join(format!("cryo-loss-{}.nft", std::process::id()));
+        let f = std::env::temp_dir().join(format!("cryo-loss-{}-{tag}.nft", std::process::id()));
         std::fs::write(&f, script + "\n").unwrap();
         let o = Command::new("ip")
             .args(["netns", "exec", &self.b, "nft", "-f"])

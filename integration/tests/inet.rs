@@ -751,3 +751,131 @@ fn nginx_on_tcp_keeps_serving_a_keepalive_connection() {
         let _k = KillOnDrop(p);
     }
 }
+
+/// The TCP states of the server's connections, from files.img.
+fn states(img: &Path) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&cryo(&["show", img.join("files.img").to_str().unwrap()]).stdout)
+            .unwrap();
+    let mut s: Vec<String> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["isk"]["state"].as_u64())
+        .map(|n| {
+            match n {
+                1 => "ESTABLISHED",
+                4 => "FIN_WAIT1",
+                5 => "FIN_WAIT2",
+                7 => "CLOSE",
+                8 => "CLOSE_WAIT",
+                9 => "LAST_ACK",
+                10 => "LISTEN",
+                11 => "CLOSING",
+                _ => "other",
+            }
+            .to_string()
+        })
+        .collect();
+    s.sort();
+    s
+}
+
+/// Half-closed connections (as CRIU restores them): FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT,
+/// LAST_ACK and CLOSING on the server's side, next to an established one, dumped with
+/// `--tcp-established` and restored: the FINs each side had sent and received are where
+/// they were, what may still be sent goes through, and no side sees a reset.
+#[test]
+fn half_closed_connections_stay_half_closed() {
+    if !need(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("tcphalf");
+    let net = Net::new("th", 98);
+    let exe = prog("halfclose");
+    let sout = dir.join("srv.out");
+    let srv = Net::spawn_in(
+        &net.a,
+        &[
+            exe.to_str().unwrap(),
+            "server",
+            "7501",
+            sout.to_str().unwrap(),
+        ],
+        &dir.join("srv.log"),
+    );
+    let _g = KillOnDrop(srv);
+    wait_for("the server", 20, || {
+        lines(&sout).first().is_some_and(|l| l == "ready")
+    });
+    let cout = dir.join("cli.out");
+    let cli = Net::spawn_in(
+        &net.b,
+        &[
+            exe.to_str().unwrap(),
+            "client",
+            &net.v4(1),
+            "7501",
+            cout.to_str().unwrap(),
+        ],
+        &dir.join("cli.log"),
+    );
+    let _gc = KillOnDrop(cli);
+    let has = |f: &Path, l: &str| lines(f).iter().any(|x| x == l);
+    wait_for("the first FINs", 20, || {
+        has(&sout, "conn 2 eof") && has(&sout, "conn 3 eof") && has(&cout, "conn 1 eof")
+    });
+    // The server's next FINs are lost on their way: 3 stays in LAST_ACK, 4 in FIN_WAIT1;
+    // the client's FIN on 5 then crosses the server's: CLOSING.
+    net.lose_a_to_b(true);
+    signal(srv, libc::SIGUSR2);
+    wait_for("the server's shutdowns", 20, || has(&sout, "shut 3 4 5"));
+    signal(cli, libc::SIGUSR2);
+    wait_for("the client's FIN on 5", 20, || has(&sout, "conn 5 eof"));
+    let img = dir.join("img");
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    dump(srv, &img, &["--tcp-established", "--external", &key]);
+    wait_gone(srv);
+    net.lose_a_to_b(false);
+    let st = states(&img);
+    for want in [
+        "CLOSE_WAIT",
+        "CLOSING",
+        "ESTABLISHED",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "LAST_ACK",
+    ] {
+        assert!(st.iter().any(|s| s == want), "no {want} among {st:?}");
+    }
+    restore_with(
+        &img,
+        &[
+            "--tcp-established",
+            "--join-ns",
+            &format!("net:{}", Net::path(&net.a)),
+        ],
+    );
+    // The server's FINs arrive now.
+    wait_for("the server's FINs after the restore", 30, || {
+        has(&cout, "conn 3 eof") && has(&cout, "conn 4 eof") && has(&cout, "conn 5 eof")
+    });
+    // Bytes still flow where the state allows: to the server on 0 and 1 (FIN_WAIT2), from it
+    // on 2 (CLOSE_WAIT) before it closes.
+    signal(cli, libc::SIGUSR1);
+    wait_for("the client's bytes", 20, || {
+        has(&sout, "conn 0 got after 0") && has(&sout, "conn 1 got after 1")
+    });
+    wait_for("the echo", 20, || has(&cout, "conn 0 got after 0"));
+    signal(srv, libc::SIGUSR1);
+    wait_for("the late bytes and the end of conn 2", 20, || {
+        has(&cout, "conn 2 got late 2") && has(&cout, "conn 2 eof")
+    });
+    for f in [&sout, &cout] {
+        let errs: Vec<String> = lines(f)
+            .into_iter()
+            .filter(|l| l.contains("error"))
+            .collect();
+        assert!(errs.is_empty(), "{}: {errs:?}", f.display());
+    }
+}
