@@ -879,3 +879,107 @@ fn half_closed_connections_stay_half_closed() {
         assert!(errs.is_empty(), "{}: {errs:?}", f.display());
     }
 }
+
+/// CRIU 4.2 (`$CRIU`, or /opt/criu42/criu) restores cryo's dump of the echo server with
+/// live connections, and cryo restores CRIU's: the lock each left (cryo's nftables table,
+/// CRIU's iptables chain) is lifted by the other, and every byte comes back. Skipped when
+/// CRIU 4.2 is not there (it is built from source, not packaged).
+#[test]
+fn criu_and_cryo_restore_each_others_tcp_dumps() {
+    let criu = std::env::var("CRIU").unwrap_or_else(|_| "/opt/criu42/criu".into());
+    if !Path::new(&criu).exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CRIU 4.2 is missing ({criu})"
+        );
+        eprintln!("SKIP: CRIU 4.2 is not at {criu} (set CRIU=)");
+        return;
+    }
+    if !need(&["ip", "nft", "nsenter", "iptables"]) {
+        return;
+    }
+    let dir = scratch("tcpcriu");
+    let net = Net::new("tc", 99);
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    let ns = std::fs::File::open(Net::path(&net.a)).unwrap();
+    for (i, (dumper, restorer)) in [("cryo", "criu"), ("criu", "cryo")].into_iter().enumerate() {
+        let run = |tool: &str, args: &[&str]| {
+            let bin = if tool == "criu" {
+                criu.clone()
+            } else {
+                cryo_bin().display().to_string()
+            };
+            let mut c = Command::new(bin);
+            c.args(args);
+            // The namespace to join, as fd 9 (--inherit-fd fd[9]:srvnet).
+            let nsfd = std::os::fd::AsRawFd::as_raw_fd(&ns);
+            // SAFETY: dup2 between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
+                    libc::dup2(nsfd, 9);
+                    Ok(())
+                });
+            }
+            c.output().unwrap()
+        };
+        let port = 7601 + i as u16;
+        let srv = start_server(&net, &dir, &net.v4(1), port);
+        let (cli, out) = start_clients(&net, &dir, &format!("cli{i}"), &net.v4(1), port, 5);
+        let _gc = KillOnDrop(cli);
+        wait_progress(&out, 1 << 20);
+        let img = dir.join(format!("img-{dumper}"));
+        std::fs::create_dir_all(&img).unwrap();
+        let d = img.to_str().unwrap();
+        let p = srv.pid.to_string();
+        let o = run(
+            dumper,
+            &[
+                "dump",
+                "-t",
+                &p,
+                "-D",
+                d,
+                "-o",
+                "dump.log",
+                "-v4",
+                "--tcp-established",
+                "--external",
+                &key,
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "{dumper} dump:\n{}",
+            log(&img, "dump.log")
+        );
+        wait_gone(srv.pid);
+        let o = run(
+            restorer,
+            &[
+                "restore",
+                "-D",
+                d,
+                "-d",
+                "-o",
+                "restore.log",
+                "-v4",
+                "--tcp-established",
+                "--inherit-fd",
+                "fd[9]:srvnet",
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "{restorer} restore:\n{}",
+            log(&img, "restore.log")
+        );
+        let _gs = KillOnDrop(srv.pid);
+        wait_progress(&out, 1 << 20);
+        finish_clients(cli, &out);
+        assert!(
+            !Net::ruleset(&net.a).contains("CRIU"),
+            "{dumper}'s lock was left:\n{}",
+            Net::ruleset(&net.a)
+        );
+    }
+}

@@ -366,6 +366,28 @@ struct Shared<'a> {
     cgroups: Option<&'a kinds::cgroup::CgRestore>,
     tr: u64,
     calls: u64,
+    /// The namespaces the dumper ran in (`inventory.root_ids`): a task in one of them was in
+    /// the host's, and is restored in cryo's. CRIU numbers namespaces its own way, so its
+    /// images are only understood through these.
+    root_ids: Option<pb::TaskKobjIdsEntry>,
+}
+
+impl Shared<'_> {
+    /// The id, in the images' numbering, of the dumper's namespace of `kind` (cryo's own
+    /// when the images do not say).
+    fn host_ns(&self, kind: &str) -> Option<u32> {
+        let r = self.root_ids.as_ref();
+        let id = match kind {
+            "uts" => r.and_then(|r| r.uts_ns_id),
+            "ipc" => r.and_then(|r| r.ipc_ns_id),
+            "net" => r.and_then(|r| r.net_ns_id),
+            "mnt" => r.and_then(|r| r.mnt_ns_id),
+            "time" => r.and_then(|r| r.time_ns_id),
+            "cgroup" => r.and_then(|r| r.cgroup_ns_id),
+            _ => None,
+        };
+        id.or_else(|| kinds::ns::own_ns_id(kind))
+    }
 }
 
 fn ptrace_err(what: &'static str) -> impl Fn(std::io::Error) -> RestoreError {
@@ -394,9 +416,8 @@ fn shape(
         .find(|t| idx != 0 && t.pid == img.pstree.ppid);
     // Its cgroups first: before its memory is charged and its children inherit them. A
     // root with a cgroup namespace of its own unshares it at the namespace's root first.
-    let own_cgns = idx == 0
-        && img.ids.cgroup_ns_id.is_some()
-        && img.ids.cgroup_ns_id != kinds::ns::own_ns_id("cgroup");
+    let own_cgns =
+        idx == 0 && img.ids.cgroup_ns_id.is_some() && img.ids.cgroup_ns_id != sh.host_ns("cgroup");
     if let Some(cg) = sh.cgroups {
         if own_cgns {
             cg.enter_ns_root(pid, img)?;
@@ -492,21 +513,17 @@ fn shape(
     let parent_ids = parent.map(|p| p.ids);
     let (uts_now, ipc_now, net_now) = match parent_ids {
         Some(p) => (p.uts_ns_id, p.ipc_ns_id, p.net_ns_id),
-        None => (
-            kinds::ns::own_ns_id("uts"),
-            kinds::ns::own_ns_id("ipc"),
-            kinds::ns::own_ns_id("net"),
-        ),
+        None => (sh.host_ns("uts"), sh.host_ns("ipc"), sh.host_ns("net")),
     };
     kinds::ns::restore_uts(&mut cx, img, uts_now)?;
     // Before its vDSO is mapped (its data pages follow the time namespace).
-    let time_now = parent.map_or_else(|| kinds::ns::own_ns_id("time"), |p| p.ids.time_ns_id);
+    let time_now = parent.map_or_else(|| sh.host_ns("time"), |p| p.ids.time_ns_id);
     kinds::ns::restore_time(&mut cx, img, time_now)?;
     kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
     kinds::ipc::restore(cx.dir, cx.pid, img, ipc_now)?;
     kinds::ns::restore_net(&mut cx, img, net_now, sh.join)?;
     // The root's mount namespace, before any file is opened (children inherit it).
-    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
+    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != sh.host_ns("mnt") {
         kinds::mounts::restore(&mut cx, img, sh.mounts)?;
         // Terminals are made in the tree's own devpts instances.
         sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
@@ -514,8 +531,7 @@ fn shape(
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
     // namespaces of their own still get the root's: refused at dump for mounts).
     if idx == 0
-        && (img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt")
-            || img.ids.net_ns_id != kinds::ns::own_ns_id("net"))
+        && (img.ids.mnt_ns_id != sh.host_ns("mnt") || img.ids.net_ns_id != sh.host_ns("net"))
     {
         sh.objs.borrow_mut().ns_pid = Some(pid);
     }
@@ -955,6 +971,9 @@ pub fn run(
         cgroups: cgroups.as_ref(),
         tr,
         calls: 0,
+        root_ids: dir
+            .read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
+            .root_ids,
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
     // The root's namespaces exist (runc runs its prestart hooks with this pid).
