@@ -136,7 +136,7 @@ fn start_clients(
     (pid, out)
 }
 
-fn dump_args<'a>(net_key: &'a str) -> Vec<&'a str> {
+fn dump_args(net_key: &str) -> Vec<&str> {
     vec!["--tcp-established", "--external", net_key]
 }
 

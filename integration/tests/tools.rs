@@ -118,10 +118,9 @@ fn cryo_show_decodes_criu_42_tcp_images() {
         let o = cryo(&["show", f.to_str().unwrap()]);
         assert!(o.status.success(), "cryo show {}", f.display());
     }
-    let files: serde_json::Value = serde_json::from_slice(
-        &cryo(&["show", dir.join("files.img").to_str().unwrap()]).stdout,
-    )
-    .unwrap();
+    let files: serde_json::Value =
+        serde_json::from_slice(&cryo(&["show", dir.join("files.img").to_str().unwrap()]).stdout)
+            .unwrap();
     let isk: Vec<&serde_json::Value> = files["entries"]
         .as_array()
         .unwrap()

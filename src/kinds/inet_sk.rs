@@ -450,7 +450,7 @@ fn shutdown_of(s: BorrowedFd<'_>) -> std::io::Result<pb::SkShutdown> {
 
 /// Reads the datagrams queued on a UDP socket without consuming them, each with the address
 /// it came from.
-fn peek_datagrams(s: BorrowedFd<'_>) -> std::io::Result<Vec<(Option<SocketAddr>, Vec<u8>)>> {
+fn peek_datagrams(s: BorrowedFd<'_>) -> std::io::Result<Vec<Datagram>> {
     use rustix::net::{RecvAncillaryBuffer, RecvFlags};
     let old = net::getsockopt_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF)?;
     net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
@@ -652,6 +652,12 @@ impl FdKind for InetSk {
     }
 }
 
+/// A tcp-stream image's one entry and the queue bytes that follow it.
+type StreamImage = (pb::TcpStreamEntry, Vec<u8>);
+
+/// A queued datagram: where it came from, and its bytes.
+type Datagram = (Option<SocketAddr>, Vec<u8>);
+
 /// A connection the dump put in repair mode: cryo's copy of the socket.
 struct Repaired {
     sk: OwnedFd,
@@ -666,7 +672,7 @@ struct Repaired {
 pub struct InetDump {
     repaired: Vec<Repaired>,
     /// Each tcp-stream image: the socket inode, its entry and queue bytes.
-    streams: Vec<(u32, [(pb::TcpStreamEntry, Vec<u8>); 1])>,
+    streams: Vec<(u32, [StreamImage; 1])>,
     lock: Option<ConnLock>,
     /// The id naming the lock (CRIU's `dump_criu_run_id`: the table is `CRIU-` and its
     /// first 21 characters, so CRIU's restore finds it too).
@@ -886,7 +892,7 @@ pub struct InetStore {
     /// bytes lie in them.
     streams: HashMap<u32, Stream>,
     /// Datagrams queued on UDP sockets, by file id.
-    queues: HashMap<u32, Vec<(Option<SocketAddr>, Vec<u8>)>>,
+    queues: HashMap<u32, Vec<Datagram>>,
     /// The dump was made with `--tcp-close`.
     tcp_close: bool,
     /// The dump's lock: CRIU's method number and run id.
@@ -944,7 +950,7 @@ fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
             }
         }
     }
-    let mut queues: HashMap<u32, Vec<(Option<SocketAddr>, Vec<u8>)>> = HashMap::new();
+    let mut queues: HashMap<u32, Vec<Datagram>> = HashMap::new();
     if !inet_ids.is_empty() {
         for (e, data) in
             dir.read_with_data::<pb::SkPacketEntry>("sk-queues.img", image::SK_QUEUES)?
@@ -1199,7 +1205,7 @@ fn requeue_datagrams(
     id: u32,
     isk: &pb::InetSkEntry,
     local: SocketAddr,
-    queue: Vec<(Option<SocketAddr>, Vec<u8>)>,
+    queue: Vec<Datagram>,
 ) -> Result<(), InetSkError> {
     let local = SocketAddr::try_from(
         rustix::net::getsockname(s)
