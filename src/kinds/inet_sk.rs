@@ -1652,7 +1652,7 @@ mod tests {
     #[test]
     fn lock_names_are_criu_s() {
         let id = "0b6ae1f4-6c5f-4bb2-9a4e-4a1f7d8c9e10";
-        assert_eq!(lock_name(id), "CRIU-0b6ae1f4-6c5f-4bb2-9");
+        assert_eq!(lock_name(id), "CRIU-0b6ae1f4-6c5f-4bb2-9a");
         assert_eq!(new_run_id().len(), 36);
     }
 }
