@@ -149,3 +149,82 @@ fn socket_connected_to_a_log_socket_outside_the_tree() {
     signal(pid, libc::SIGUSR1);
     recv("line 2");
 }
+
+/// A raw packet socket bound to the loopback of a namespace of the test's, with auxiliary
+/// data on and a promiscuous membership: restored bound to the same interface with the same
+/// options and membership, it receives the frames sent there again.
+#[test]
+fn packet_socket_keeps_its_interface_and_options() {
+    if !need(&["ip", "nsenter", "python3", "ping"]) {
+        return;
+    }
+    let dir = scratch("packet");
+    let net = Net::new("pk", 100);
+    let out = dir.join("pk.out");
+    let script = root().join("integration/scripts/packet_listener.py");
+    let pid = Net::spawn_in(
+        &net.a,
+        &["python3", script.to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("pk.log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the listener", 20, || {
+        lines(&out).iter().any(|l| l == "ready")
+    });
+    let ping = || {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.a,
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "127.0.0.1",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let frames = || lines(&out).iter().filter(|l| l.starts_with("got ")).count();
+    ping();
+    wait_for("frames", 10, || frames() > 0);
+    let key = format!("net[{}]:k", net.a_ino());
+    let img = dir.join("img");
+    dump(pid, &img, &["--external", &key]);
+    wait_gone(pid);
+    let v: serde_json::Value =
+        serde_json::from_slice(&cryo(&["show", img.join("files.img").to_str().unwrap()]).stdout)
+            .unwrap();
+    let psk = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|e| e.get("psk"))
+        .expect("a packet record")
+        .clone();
+    assert_eq!(psk["aux_data"], true, "{psk}");
+    assert_eq!(psk["mclist"][0]["type"], 1, "{psk}");
+    let join = format!("net:{}", Net::path(&net.a));
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--join-ns",
+        &join,
+    ]);
+    assert!(o.status.success(), "{}", log(&img, "restore.log"));
+    signal(pid, libc::SIGUSR1);
+    wait_for("the options", 10, || {
+        lines(&out).iter().any(|l| l == "opts 1")
+    });
+    let before = frames();
+    ping();
+    wait_for("frames after the restore", 10, || frames() > before);
+}

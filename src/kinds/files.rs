@@ -43,6 +43,7 @@ pub static FD_KINDS: &[FdOps] = &[
     FdOps::of::<super::unix_sk::UnixSk>(),
     FdOps::of::<super::inet_sk::InetSk>(),
     FdOps::of::<super::netlink_sk::NetlinkSk>(),
+    FdOps::of::<super::packet_sk::PacketSk>(),
     FdOps::of::<super::tty::Tty>(),
 ];
 

@@ -24,6 +24,7 @@ pub mod misc;
 pub mod mounts;
 pub mod netlink_sk;
 pub mod ns;
+pub mod packet_sk;
 pub mod pipes;
 pub mod regs;
 pub mod rlimits;

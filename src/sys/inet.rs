@@ -492,3 +492,47 @@ pub fn connect_raw(fd: BorrowedFd<'_>, addr: &[u8]) -> io::Result<()> {
     cvt(unsafe { libc::syscall(libc::SYS_connect, fd.as_raw_fd(), addr.as_ptr(), addr.len()) })
         .map(|_| ())
 }
+
+/// A `sock_diag` dump (`SOCK_DIAG_BY_FAMILY`, `NLM_F_DUMP`) in the calling thread's network
+/// namespace: `req` is the family's request (after the netlink header); returns the payload
+/// of every answer (after its netlink header).
+pub fn diag_dump(req: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    let sk = socket(libc::AF_NETLINK, libc::SOCK_DGRAM, libc::NETLINK_SOCK_DIAG)?;
+    let s = std::os::fd::AsFd::as_fd(&sk);
+    let mut msg = Vec::with_capacity(16 + req.len());
+    msg.extend_from_slice(&((16 + req.len()) as u32).to_ne_bytes());
+    msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(req);
+    if super::fd::write(s, &msg)? != msg.len() {
+        return Err(io::Error::other("short netlink write"));
+    }
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = super::fd::read(s, &mut buf)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let mut off = 0;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
+            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2"));
+            if len < 16 || off + len > n {
+                return Err(io::Error::other("malformed sock_diag answer"));
+            }
+            match ty as i32 {
+                libc::NLMSG_DONE => return Ok(out),
+                libc::NLMSG_ERROR => {
+                    let e = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4"));
+                    return Err(io::Error::from_raw_os_error(-e));
+                }
+                _ => out.push(buf[off + 16..off + len].to_vec()),
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
