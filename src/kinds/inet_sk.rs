@@ -1630,6 +1630,71 @@ fn criu_iptables_unlock(conns: &[Conn]) {
     }
 }
 
+/// `cryo check` probes of what the socket kinds need, with CRIU's feature names: (name,
+/// whether it works: what, or why not).
+pub fn features() -> Vec<(&'static str, Result<String, String>)> {
+    vec![
+        ("tcp_half_closed", half_closed_repair()),
+        ("network_lock_nftables", nftables_lock()),
+        ("sk_ns", socket_netns()),
+        ("ipv6_freebind", ipv6_freebind()),
+        ("sockopt_buf_lock", buf_lock()),
+    ]
+}
+
+/// TCP repair mode on a connection already shut down for writing (Linux 4.10+).
+fn half_closed_repair() -> Result<String, String> {
+    use std::net::{TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let c = TcpStream::connect(l.local_addr().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let (_a, _) = l.accept().map_err(|e| e.to_string())?;
+    c.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    match inet::set_repair(c.as_fd(), inet::Repair::On) {
+        Ok(()) => {
+            let _ = inet::set_repair(c.as_fd(), inet::Repair::OffNoProbe);
+            Ok("TCP repair works on half-closed connections".into())
+        }
+        Err(e) => Err(format!(
+            "TCP_REPAIR on a half-closed connection: {e} (needs Linux 4.10+ and CAP_NET_ADMIN)"
+        )),
+    }
+}
+
+/// An nf_tables table can be made and deleted over netlink (the network lock).
+fn nftables_lock() -> Result<String, String> {
+    let t = format!("cryo-check-{}", std::process::id());
+    let mut b = crate::sys::nft::Batch::new();
+    b.add_table(&t);
+    b.commit().map_err(|e| format!("nf_tables: {e}"))?;
+    let mut b = crate::sys::nft::Batch::new();
+    b.del_table(&t);
+    b.commit().map_err(|e| format!("nf_tables: {e}"))?;
+    Ok("nf_tables tables made and removed over netlink".into())
+}
+
+fn socket_netns() -> Result<String, String> {
+    let s = inet::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).map_err(|e| e.to_string())?;
+    inet::socket_netns(s.as_fd())
+        .map(|_| "SIOCGSKNS works".into())
+        .map_err(|e| format!("SIOCGSKNS: {e}"))
+}
+
+fn ipv6_freebind() -> Result<String, String> {
+    let s = inet::socket(libc::AF_INET6, libc::SOCK_DGRAM, 0).map_err(|e| e.to_string())?;
+    net::setsockopt_int(s.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_FREEBIND, 1)
+        .map(|_| "IPV6_FREEBIND works".into())
+        .map_err(|e| format!("IPV6_FREEBIND: {e}"))
+}
+
+fn buf_lock() -> Result<String, String> {
+    let s = inet::socket(libc::AF_INET, libc::SOCK_DGRAM, 0).map_err(|e| e.to_string())?;
+    net::getsockopt_int(s.as_fd(), libc::SOL_SOCKET, SO_BUF_LOCK)
+        .map(|_| "SO_BUF_LOCK works".into())
+        .map_err(|e| format!("SO_BUF_LOCK: {e} (Linux 5.14+)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
