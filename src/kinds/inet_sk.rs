@@ -789,11 +789,29 @@ impl InetDump {
     }
 
     /// Writes the tcp-stream images.
+    /// Writes the tcp-stream images (on two threads when there are many: creating files
+    /// is most of the cost).
     pub fn write(&self, dir: &ImageDir) -> Result<(), ImageError> {
-        for (ino, entry) in &self.streams {
-            dir.write_with_data(&format!("tcp-stream-{ino:x}.img"), image::TCP_STREAM, entry)?;
+        let write = |part: &[(u32, [StreamImage; 1])]| {
+            part.iter().try_for_each(|(ino, entry)| {
+                dir.write_with_data(&format!("tcp-stream-{ino:x}.img"), image::TCP_STREAM, entry)
+            })
+        };
+        if self.streams.len() < 8 {
+            return write(&self.streams);
         }
-        Ok(())
+        let (a, b) = self.streams.split_at(self.streams.len() / 2);
+        std::thread::scope(|s| {
+            let other = s.spawn(|| write(b));
+            let mine = write(a);
+            other
+                .join()
+                .unwrap_or_else(|_| Err(ImageError::Invalid {
+                    path: dir.path.clone(),
+                    what: "a tcp-stream writer panicked".into(),
+                }))
+                .and(mine)
+        })
     }
 
     /// What inventory.img says about sockets: `--tcp-close`, and the lock the restore must
