@@ -21,6 +21,10 @@ command -v tar >/dev/null || need+=(tar)   # tmpfs contents are saved with tar, 
 command -v podman >/dev/null || need+=(podman)
 command -v conmon >/dev/null || need+=(conmon)
 command -v zstd >/dev/null || need+=(zstd)   # also tests/inspect.rs: zstd archives (tar --zstd)
+# The inet tests (integration/tests/inet.rs): nsenter to start a program in a test
+# namespace, nginx as a real TCP service.
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v nginx >/dev/null || need+=(nginx-light)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -215,6 +215,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 cgroup_mode: a.common.cgroup_mode().map_err(anyhow::Error::msg)?,
                 file_locks: a.common.file_locks,
                 network_lock: a.common.network_lock().map_err(anyhow::Error::msg)?,
+                sock: a.common.sock_opts(),
             };
             let dir = ImageDir::create(&a.common.images_dir)?;
             let spin = progress(&format!("dumping {}", a.tree));
@@ -283,6 +284,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 cgroups: a.common.cgroup_opts().map_err(anyhow::Error::msg)?,
                 network_lock: a.common.network_lock().map_err(anyhow::Error::msg)?,
                 links: a.common.links().map_err(anyhow::Error::msg)?,
+                sock: a.common.sock_opts(),
             };
             let dir = ImageDir::open(&a.common.images_dir)?;
             let spin = progress("restoring");

@@ -5,6 +5,8 @@
 //! re-parented to it and can be reaped at once (PID 1 on the VM reaps orphans only every few
 //! seconds, and a restore needs its PID free).
 
+pub mod netns;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

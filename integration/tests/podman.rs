@@ -538,3 +538,106 @@ fn print_stats() {
     p.check_restored("c", last, &before);
     eprintln!("checkpoint stats {d}\nrestore stats {r}");
 }
+
+/// `podman run` of busybox httpd on the default bridge network; returns the container's
+/// address.
+fn start_web(p: &Podman, name: &str) -> String {
+    let n = nofile_hard();
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--ulimit",
+        &format!("nofile={n}:{n}"),
+        "--ulimit",
+        "nproc=32768:32768",
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello from the container > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    let ip = p.ok(&[
+        "container",
+        "inspect",
+        "--format",
+        "{{.NetworkSettings.IPAddress}}",
+        name,
+    ]);
+    assert!(!ip.is_empty(), "no address on the bridge network");
+    wait_for("httpd", 10, || {
+        std::net::TcpStream::connect((ip.as_str(), 80)).is_ok()
+    });
+    ip
+}
+
+/// A client of the container half-way through its request (the server's child waits for
+/// the end of the headers).
+fn half_request(ip: &str) -> std::net::TcpStream {
+    let mut c = std::net::TcpStream::connect((ip, 80)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::io::Write::write_all(&mut c, b"GET /index.html HTTP/1.0\r\nHost: x\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c
+}
+
+/// The client ends its request and reads the whole answer.
+fn finish_request(mut c: std::net::TcpStream) -> String {
+    std::io::Write::write_all(&mut c, b"\r\n").unwrap();
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut c, &mut s).unwrap();
+    s
+}
+
+/// A container serving HTTP on podman's default (bridge) network, with a client's
+/// connection open half-way through a request: `podman container checkpoint
+/// --tcp-established`, then `restore --tcp-established` in place, and again through
+/// `--export` / `rm` / `restore --import`: each time the client finishes its request on the
+/// same connection and gets the page.
+#[test]
+fn tcp_established_on_the_bridge_network() {
+    need_podman!();
+    let _g = serial();
+    let p = Podman::new("tcpest");
+    p.import_busybox();
+    let ip = start_web(&p, "web");
+    let c = half_request(&ip);
+    p.ok(&[
+        "container",
+        "checkpoint",
+        "--tcp-established",
+        "--keep",
+        "web",
+    ]);
+    assert_ne!(p.status("web"), "running");
+    p.ok(&["container", "restore", "--tcp-established", "--keep", "web"]);
+    assert_eq!(p.status("web"), "running");
+    let r = finish_request(c);
+    assert!(
+        r.starts_with("HTTP/1.") && r.contains("hello from the container"),
+        "{r}"
+    );
+
+    let c = half_request(&ip);
+    let tar = p.dir.join("web.tar.zst");
+    let tars = tar.display().to_string();
+    p.ok(&[
+        "container",
+        "checkpoint",
+        "--tcp-established",
+        "--export",
+        &tars,
+        "web",
+    ]);
+    p.ok(&["rm", "-f", "-t", "0", "web"]);
+    p.ok(&[
+        "container",
+        "restore",
+        "--tcp-established",
+        "--import",
+        &tars,
+    ]);
+    assert_eq!(p.status("web"), "running");
+    let r = finish_request(c);
+    assert!(r.contains("hello from the container"), "{r}");
+}

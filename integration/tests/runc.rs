@@ -719,3 +719,44 @@ fn network_namespace_with_a_veth() {
     c.exec_ok(&["true"]);
     drop(c);
 }
+
+/// `runc checkpoint --tcp-established` / `runc restore --tcp-established`: a container
+/// serving TCP (busybox `nc -ll -e cat` in a network namespace of the test's, joined by a
+/// veth to the client's) keeps a client's connection: a line sent after the restore on the
+/// same connection comes back.
+#[test]
+fn tcp_established_connection_survives() {
+    need_runc!();
+    if !integration::netns::need(&["ip", "nft"]) {
+        return;
+    }
+    let _g = serial();
+    let net = integration::netns::Net::new("rtcp", 96);
+    let path = integration::netns::Net::path(&net.a);
+    let mut c = Container::with("tcp", "tcp", Some(Path::new(&path)));
+    c.start(None, &[]);
+    let addr: std::net::SocketAddr = format!("{}:7000", net.v4(1)).parse().unwrap();
+    let mut conn = None;
+    wait_for("the echo server", 10, || {
+        let b = integration::netns::Net::path(&net.b);
+        let f = std::fs::File::open(&b).unwrap();
+        drop(f);
+        std::panic::catch_unwind(|| integration::netns::connect_in(&b, addr))
+            .map(|s| conn = Some(s))
+            .is_ok()
+    });
+    let mut conn = conn.unwrap();
+    let echo = |conn: &mut std::net::TcpStream, line: &str| {
+        std::io::Write::write_all(conn, line.as_bytes()).unwrap();
+        let mut got = vec![0u8; line.len()];
+        std::io::Read::read_exact(conn, &mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), line);
+    };
+    echo(&mut conn, "before the checkpoint\n");
+    let img = c.checkpoint(0, &["--tcp-established"]);
+    c.gone();
+    c.start(Some(&img), &["--tcp-established"]);
+    echo(&mut conn, "after the restore\n");
+    c.exec_ok(&["true"]);
+    drop(c);
+}

@@ -338,6 +338,23 @@ pub struct Common {
     /// 'veth[IN]:OUT[@BRIDGE]'.
     #[arg(long = "veth-pair", value_name = "IN=OUT[@BRIDGE]")]
     pub veth_pair: Vec<String>,
+    /// Dump: save established TCP connections (TCP repair mode; the peer does not notice:
+    /// they are locked with nftables until the restore). Restore: restore them. Without
+    /// it, a connection makes the dump refuse, naming it.
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Dump: do not save established TCP connections; restore: make them closed sockets.
+    #[arg(long = "tcp-close")]
+    pub tcp_close: bool,
+    /// Dump: drop the connections waiting in a listener's accept queue (their clients see
+    /// a reset) instead of refusing.
+    #[arg(long = "skip-in-flight")]
+    pub skip_in_flight: bool,
+    /// Dump: accept a unix socket whose peer is outside the tree when that peer is a named
+    /// datagram socket (e.g. /dev/log); restore connects it to that name again. CRIU's
+    /// optional list of socket inodes is accepted too (those sockets, any type).
+    #[arg(short = 'x', long = "ext-unix-sk", value_name = "INO,...", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub ext_unix_sk: Option<String>,
     /// CRIU options cryo does not support yet (refused with a message).
     #[command(flatten)]
     pub unsupported: Unsupported,
@@ -368,6 +385,17 @@ impl ExternalMounts {
 }
 
 impl Common {
+    /// The socket options (`--tcp-established`, `--tcp-close`, `--skip-in-flight`,
+    /// `--ext-unix-sk`).
+    pub fn sock_opts(&self) -> crate::kinds::files::SockOpts {
+        crate::kinds::files::SockOpts {
+            tcp_established: self.tcp_established,
+            tcp_close: self.tcp_close,
+            skip_in_flight: self.skip_in_flight,
+            ext_unix_sk: self.ext_unix_sk.is_some(),
+        }
+    }
+
     /// The `--manage-cgroups` mode (soft when not given, as in CRIU).
     pub fn cgroup_mode(&self) -> Result<crate::kinds::cgroup::Mode, String> {
         crate::kinds::cgroup::Mode::parse(self.manage_cgroups.as_deref())
@@ -623,10 +651,6 @@ impl IsSet for Vec<String> {
 }
 
 unsupported_opts! {
-    tcp_established: bool = "tcp-established", "TCP connection repair is not implemented yet";
-    tcp_close: bool = "tcp-close", "TCP sockets are not implemented yet";
-    skip_in_flight: bool = "skip-in-flight", "TCP sockets are not implemented yet";
-    ext_unix_sk: Option<String> = "ext-unix-sk", "external unix sockets are not implemented yet";
     link_remap: bool = "link-remap", "link remaps are not implemented yet";
     evasive_devices: bool = "evasive-devices", "evasive devices are not implemented yet";
     page_server: bool = "page-server", "the page server is not implemented yet";
@@ -793,9 +817,23 @@ mod tests {
 
     #[test]
     fn unsupported_options_are_named() {
-        let c = parse(&["criu", "dump", "-t", "1", "--tcp-established"]);
+        let c = parse(&["criu", "dump", "-t", "1", "--page-server"]);
         let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
-        assert_eq!(d.common.unsupported.first().unwrap().0, "tcp-established");
+        assert_eq!(d.common.unsupported.first().unwrap().0, "page-server");
+        // The socket options are CRIU's spellings.
+        let c = parse(&[
+            "criu",
+            "dump",
+            "-t",
+            "1",
+            "--tcp-established",
+            "--skip-in-flight",
+            "-x",
+        ]);
+        let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
+        let o = d.common.sock_opts();
+        assert!(o.tcp_established && o.skip_in_flight && o.ext_unix_sk && !o.tcp_close);
+        assert!(d.common.unsupported.first().is_none());
         let c = parse(&["criu", "restore", "--lazy-pages"]);
         let Some(Cmd::Restore(r)) = c.cmd else {
             panic!()

@@ -40,6 +40,8 @@ pub struct DumpOpts {
     pub file_locks: bool,
     /// `--network-lock`: how the tree's network is locked while it is frozen (`netlock`).
     pub network_lock: crate::netlock::Method,
+    /// `--tcp-established`, `--tcp-close`, `--skip-in-flight`, `--ext-unix-sk`.
+    pub sock: kinds::files::SockOpts,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -409,6 +411,7 @@ fn collect_tree(root: i32) -> Result<Vec<(i32, i32)>, DumpError> {
 fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     let root = opts.pid;
     let mut fds = kinds::files::Precheck::default();
+    fds.sock = opts.sock;
     let pids: Vec<i32> = tree.iter().map(|t| t.0).collect();
     let root_stat = procfs::stat(root)?;
     if root_stat.session != root && !opts.shell_job {
@@ -903,6 +906,7 @@ pub fn run(
         netlock.lock_netns_of(root)?;
     }
     fault_point("netlock")?;
+    files.sock = opts.sock;
     files.tree = frozen.iter().map(|f| f.0).collect();
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
@@ -993,6 +997,8 @@ pub fn run(
         if let Some(f) = &freezer {
             f.put_back();
         }
+        // Connections leave repair mode, the lock goes, before the tree runs on.
+        files.inet.resume();
         if own_netns {
             let _ = hooks.notify("network-unlock", None);
         }
@@ -1012,6 +1018,9 @@ pub fn run(
     if let (Some(f), true) = (&freezer, opts.leave_running) {
         f.put_back();
     }
+    if opts.leave_running {
+        files.inet.resume();
+    }
     // Children first: a PID namespace's init, once killed, waits for every other task of
     // the namespace to be reaped, and cryo still traces them.
     for (_, _, seized) in frozen.iter_mut().rev() {
@@ -1023,6 +1032,8 @@ pub fn run(
     }
     // Killed: nothing is left to protect; the lock goes (never left behind).
     netlock.unlock_now()?;
+    // Killed: its connections vanish silently; their lock stays until the restore.
+    files.inet.keep();
     Ok(DumpReport {
         pid: root,
         pages_written: stats.pages_written,
@@ -1033,19 +1044,17 @@ pub fn run(
 }
 
 fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Result<(), DumpError> {
-    dir.write(
-        "inventory.img",
-        image::INVENTORY,
-        &[pb::InventoryEntry {
-            img_version: 2,
-            fdinfo_per_id: Some(true),
-            root_ids: Some(kinds::misc::task_ids(std::process::id() as i32, 1)?),
-            ns_per_id: Some(true),
-            lsmtype: Some(pb::Lsmtype::NoLsm as i32),
-            root_cg_set: files.cgroups.own_set(),
-            ..Default::default()
-        }],
-    )?;
+    let mut inventory = pb::InventoryEntry {
+        img_version: 2,
+        fdinfo_per_id: Some(true),
+        root_ids: Some(kinds::misc::task_ids(std::process::id() as i32, 1)?),
+        ns_per_id: Some(true),
+        lsmtype: Some(pb::Lsmtype::NoLsm as i32),
+        root_cg_set: files.cgroups.own_set(),
+        ..Default::default()
+    };
+    files.inet.fill_inventory(&mut inventory, &files.sock);
+    dir.write("inventory.img", image::INVENTORY, &[inventory])?;
     let tree: Vec<pb::PstreeEntry> = imgs.iter().map(|i| i.pstree.clone()).collect();
     dir.write("pstree.img", image::PSTREE, &tree)?;
     for img in imgs {
@@ -1080,6 +1089,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     if !files.sk_queues.is_empty() {
         dir.write_with_data("sk-queues.img", image::SK_QUEUES, &files.sk_queues)?;
     }
+    files.inet.write(dir)?;
     if !files.fifo_data.is_empty() {
         dir.write_with_data("fifo-data.img", image::FIFO_DATA, &files.fifo_data)?;
     }

@@ -340,6 +340,30 @@ impl ImageDir {
         Ok(out)
     }
 
+    /// Maps image `name` read-only (None when missing or stale), for a caller that decodes
+    /// the entries itself with [`entries_with_data`] and uses the raw data that follows them
+    /// in place (TCP queues can be megabytes: no copy, no fresh memory).
+    pub fn map(&self, name: &str) -> Result<Option<crate::sys::mem::Mapping>, ImageError> {
+        if self.stale(name) {
+            return Ok(None);
+        }
+        let path = self.file(name);
+        let io = |op, source| ImageError::Io {
+            path: path.clone(),
+            op,
+            source,
+        };
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("open", e)),
+        };
+        let len = f.metadata().map_err(|e| io("stat", e))?.len() as usize;
+        crate::sys::mem::Mapping::file_ro(&f, len)
+            .map(Some)
+            .map_err(|e| io("mmap", e))
+    }
+
     /// Writes an image whose entries are each followed by raw data.
     pub fn write_with_data<M: Message>(
         &self,

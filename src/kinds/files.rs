@@ -41,6 +41,9 @@ pub static FD_KINDS: &[FdOps] = &[
     FdOps::of::<super::inotify::Inotify>(),
     FdOps::of::<super::memfd::Memfd>(),
     FdOps::of::<super::unix_sk::UnixSk>(),
+    FdOps::of::<super::inet_sk::InetSk>(),
+    FdOps::of::<super::netlink_sk::NetlinkSk>(),
+    FdOps::of::<super::packet_sk::PacketSk>(),
     FdOps::of::<super::tty::Tty>(),
 ];
 
@@ -111,6 +114,23 @@ pub struct FdProbe<'a> {
     pub meta: Option<&'a std::fs::Metadata>,
     /// For a socket: its (domain, type, protocol), read from the socket itself.
     pub socket: Option<(i32, i32, i32)>,
+    /// The socket options of the command (`--tcp-established`, ...).
+    pub sock: SockOpts,
+}
+
+/// The options that decide which sockets can be dumped and how they come back (CRIU's
+/// `--tcp-established`, `--tcp-close`, `--skip-in-flight`, `--ext-unix-sk`; RPC
+/// `tcp_established`, `tcp_close`, `tcp_skip_in_flight`, `ext_unix_sk`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SockOpts {
+    /// Established TCP connections are saved (TCP repair mode) and restored.
+    pub tcp_established: bool,
+    /// Established TCP connections are dropped: restored closed.
+    pub tcp_close: bool,
+    /// Connections waiting in a listener's accept queue are dropped.
+    pub skip_in_flight: bool,
+    /// A unix socket whose peer is outside the tree is connected to that peer again.
+    pub ext_unix_sk: bool,
 }
 
 impl FdProbe<'_> {
@@ -152,7 +172,7 @@ pub trait FdKind {
         Ok(())
     }
     /// Checks every fd of this kind in the tree at once, before the tree is touched.
-    fn precheck_tree(_fds: &[PrecheckFd]) -> Result<(), Self::Error> {
+    fn precheck_tree(_fds: &[PrecheckFd], _opts: &SockOpts) -> Result<(), Self::Error> {
         Ok(())
     }
     /// The files.img record of a new open file description, with id `id`.
@@ -175,7 +195,7 @@ pub trait FdKind {
 
 type ClaimsFn = fn(&FdProbe<'_>) -> bool;
 type PrecheckFn = fn(&FdProbe<'_>) -> Result<(), FilesError>;
-type PrecheckTreeFn = fn(&[PrecheckFd]) -> Result<(), FilesError>;
+type PrecheckTreeFn = fn(&[PrecheckFd], &SockOpts) -> Result<(), FilesError>;
 type DumpFn = fn(&mut DumpCx<'_>, &TargetFd<'_>, u32) -> Result<pb::FileEntry, FilesError>;
 type LoadFn = fn(&mut FdObjects) -> Result<(), FilesError>;
 type OpenFn = fn(&mut FdObjects, &pb::FileEntry) -> Result<OwnedFd, FilesError>;
@@ -205,7 +225,7 @@ impl FdOps {
             in_tree_ns: K::IN_TREE_NS,
             claims: K::claims,
             precheck: |p| K::precheck(p).map_err(FilesError::kind::<K>),
-            precheck_tree: |fds| K::precheck_tree(fds).map_err(FilesError::kind::<K>),
+            precheck_tree: |fds, o| K::precheck_tree(fds, o).map_err(FilesError::kind::<K>),
             dump: |cx, fd, id| K::dump(cx, fd, id).map_err(FilesError::kind::<K>),
             load: |objs| K::load(objs).map_err(FilesError::kind::<K>),
             open: |objs, e| K::open(objs, e).map_err(FilesError::kind::<K>),
@@ -244,10 +264,13 @@ fn classify(p: &FdProbe<'_>) -> Result<Option<&'static FdOps>, (String, &'static
     let hint_fd = "close it before the dump";
     let link = p.link;
     if let Some((domain, _, _)) = p.socket {
-        return Err((
-            format!("{} socket", family_name(domain)),
-            "close it before the dump",
-        ));
+        let hint = match domain {
+            libc::AF_VSOCK => "vsock connections to the host or to VMs cannot be checkpointed; close it before the dump and connect again after the restore",
+            libc::AF_ALG => "kernel crypto (AF_ALG) sockets cannot be checkpointed; close it before the dump and open it again after the restore",
+            libc::AF_XDP => "XDP sockets (their UMEM and rings) cannot be checkpointed; close it before the dump",
+            _ => "close it before the dump",
+        };
+        return Err((format!("{} socket", family_name(domain)), hint));
     }
     if let Some(kind) = link.strip_prefix("anon_inode:") {
         let what = match kind {
@@ -355,6 +378,8 @@ fn shell_tty(
 #[derive(Debug, Default)]
 pub struct Precheck {
     by_kind: HashMap<&'static str, Vec<PrecheckFd>>,
+    /// The command's socket options.
+    pub sock: SockOpts,
 }
 
 /// Checks every fd of `pid` can be dumped, without touching the task. Called before
@@ -389,6 +414,7 @@ pub fn precheck(
             link: &link,
             meta: meta.as_ref(),
             socket,
+            sock: pc.sock,
         };
         match classify(&p) {
             Err(why) => return Err(refuse(pid, fd, &link, why).into()),
@@ -424,7 +450,7 @@ pub fn precheck(
 pub fn precheck_tree(pc: &Precheck) -> Result<(), FilesError> {
     for k in FD_KINDS {
         if let Some(fds) = pc.by_kind.get(k.name) {
-            (k.precheck_tree)(fds)?;
+            (k.precheck_tree)(fds, &pc.sock)?;
         }
     }
     Ok(())
@@ -565,6 +591,8 @@ pub struct FdObjects {
     /// The root puppet (host PID) once the tree's network or mount namespace exists: unix
     /// sockets, FIFOs and inotify watches are made inside its namespaces.
     pub ns_pid: Option<i32>,
+    /// The restore's socket options (`--tcp-established`, ...).
+    pub sock: SockOpts,
 }
 
 /// Is `key` an inherit-fd key cryo can honour (`pipe:[INO]`)?
@@ -609,6 +637,7 @@ impl FdObjects {
             tty: Default::default(),
             inherited: HashMap::new(),
             ns_pid: None,
+            sock: SockOpts::default(),
         })
     }
 
@@ -683,6 +712,7 @@ impl Kind for Files {
                         link: &link,
                         meta: meta.as_ref(),
                         socket: socket_of(pid, fd, &link, &mut pidfd)?,
+                        sock: cx.files.sock,
                     };
                     classify(&p).map_err(|why| refuse(pid, fd, &link, why))?
                 }

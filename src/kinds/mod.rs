@@ -13,6 +13,8 @@ pub mod error;
 pub mod eventfd;
 pub mod files;
 pub mod ghost;
+pub mod inet_lock;
+pub mod inet_sk;
 pub mod inotify;
 pub mod ipc;
 pub mod locks;
@@ -21,7 +23,9 @@ pub mod memory;
 pub mod misc;
 pub mod mounts;
 pub mod netns;
+pub mod netlink_sk;
 pub mod ns;
+pub mod packet_sk;
 pub mod pipes;
 pub mod regs;
 pub mod rlimits;
@@ -29,6 +33,7 @@ pub mod seccomp;
 pub mod shmem;
 pub mod signalfd;
 pub mod signals;
+pub mod tcp_repair;
 pub mod threads;
 pub mod timerfd;
 pub mod timers;
@@ -170,6 +175,10 @@ pub struct FileTable {
     pub ipcns: Vec<ipc::IpcNs>,
     /// cgroup.img and `inventory.root_cg_set`: the tasks' cgroup sets (`cgroup.rs`).
     pub cgroups: cgroup::CgDump,
+    /// The command's socket options (`--tcp-established`, ...).
+    pub sock: files::SockOpts,
+    /// Inet sockets: connections in repair mode, the network lock, tcp-stream images.
+    pub inet: inet_sk::InetDump,
 }
 
 impl FileTable {

@@ -16,7 +16,9 @@ use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 
-use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, PrecheckFd, TargetFd};
+use super::files::{
+    missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, PrecheckFd, SockOpts, TargetFd,
+};
 use super::DumpCx;
 use crate::image::{self, pb};
 use crate::sys::net::{self, Peeked, UnixDiag};
@@ -37,6 +39,51 @@ pub struct UnixSk;
 
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_LISTEN: u32 = 10;
+/// `unix_sk_entry.uflags`: the record stands for a peer outside the tree (CRIU's value).
+const USK_EXTERN: u32 = 1;
+
+/// Connects unix socket `u` (file `id`) again to `peer`, a named datagram socket outside
+/// the tree (`--ext-unix-sk`), e.g. /dev/log.
+fn connect_external(
+    objs: &mut FdObjects,
+    id: u32,
+    u: &pb::UnixSkEntry,
+    peer: &pb::UnixSkEntry,
+) -> Result<OwnedFd, UnixSkError> {
+    if !objs.sock.ext_unix_sk {
+        return Err(Unsupported::restore(format!(
+            "file {id}: unix socket {} was connected to {}, outside the dumped tree: pass --ext-unix-sk to connect it again",
+            u.ino,
+            show_name(&peer.name)
+        ))
+        .into());
+    }
+    let err = |what: &str| obj_err(id, format!("unix socket {}: {what}", u.ino));
+    let s = net::unix_socket(u.r#type as i32).map_err(err("socket"))?;
+    if !u.name.is_empty() {
+        bind_name(s.as_fd(), u, id)?;
+    }
+    net::connect(s.as_fd(), &peer.name).map_err(err(&format!(
+        "connect to {} (outside the tree)",
+        show_name(&peer.name)
+    )))?;
+    finish(&s, u)?;
+    set_fl(s.as_fd(), u.flags, id)?;
+    Ok(s)
+}
+
+/// The inodes of every socket the processes `tree` hold.
+fn tree_socket_inodes(tree: &[i32]) -> HashSet<u32> {
+    tree.iter()
+        .flat_map(|&pid| {
+            crate::procfs::fds(pid)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |fd| crate::procfs::link(pid, &format!("fd/{fd}")).ok())
+        })
+        .filter_map(|l| inode(&l))
+        .collect()
+}
 
 /// Socket inode of a "socket:[N]" link.
 pub fn inode(link: &str) -> Option<u32> {
@@ -72,7 +119,7 @@ pub fn diag_all(pids: &[i32]) -> std::io::Result<HashMap<u32, UnixDiag>> {
 
 /// Checks, before the tree is touched, that every socket of the tree is a unix socket cryo
 /// can restore and that its peer belongs to the tree. `socks` are (pid, fd, inode).
-fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), UnixSkError> {
+fn precheck(socks: &[(i32, i32, u32)], opts: &SockOpts) -> Result<(), UnixSkError> {
     if socks.is_empty() {
         return Ok(());
     }
@@ -90,11 +137,25 @@ fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), UnixSkError> {
         };
         // peer 0: unconnected, or the peer is gone (closed, or not accepted yet).
         if d.peer != 0 && !mine.contains(&d.peer) {
-            let peer_name = diag
-                .get(&d.peer)
-                .map(|p| show_name(&p.name))
-                .unwrap_or_default();
-            return Err(Unsupported::of(pid, format!("fd {fd} (unix socket {ino})"), format!(
+            let peer = diag.get(&d.peer);
+            // --ext-unix-sk: a named datagram peer (a log socket) is connected to again.
+            let named_dgram =
+                peer.is_some_and(|p| p.kind as i32 == libc::SOCK_DGRAM && !p.name.is_empty());
+            if opts.ext_unix_sk && named_dgram {
+                continue;
+            }
+            let peer_name = peer.map(|p| show_name(&p.name)).unwrap_or_default();
+            let hint = if opts.ext_unix_sk {
+                "--ext-unix-sk takes only a peer that is a datagram socket bound to a name (e.g. /dev/log); dump the tree that holds both ends"
+            } else if named_dgram {
+                "pass --ext-unix-sk to connect it to that name again at restore"
+            } else {
+                "dump the tree that holds both ends (a common ancestor with -t); only a named datagram peer can be external (--ext-unix-sk)"
+            };
+            return Err(Unsupported::of(
+                pid,
+                format!("fd {fd} (unix socket {ino})"),
+                format!(
                     "its peer (socket {}{}) belongs to a process outside the dumped tree",
                     d.peer,
                     if peer_name.is_empty() {
@@ -102,7 +163,10 @@ fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), UnixSkError> {
                     } else {
                         format!(" {peer_name}")
                     }
-                ), "dump the tree that holds both ends (a common ancestor with -t); external unix sockets are not supported yet").into());
+                ),
+                hint,
+            )
+            .into());
         }
         // A listener's waiting connections are named by their clients.
         for client in &d.icons {
@@ -198,12 +262,12 @@ impl FdKind for UnixSk {
             .is_some_and(|(domain, _, _)| domain == libc::AF_UNIX)
     }
 
-    fn precheck_tree(fds: &[PrecheckFd]) -> Result<(), UnixSkError> {
+    fn precheck_tree(fds: &[PrecheckFd], opts: &SockOpts) -> Result<(), UnixSkError> {
         let socks: Vec<(i32, i32, u32)> = fds
             .iter()
             .filter_map(|f| Some((f.pid, f.fd, inode(&f.link)?)))
             .collect();
-        precheck(&socks)
+        precheck(&socks, opts)
     }
 
     fn load(objs: &mut FdObjects) -> Result<(), UnixSkError> {
@@ -237,6 +301,40 @@ impl FdKind for UnixSk {
             })?;
         let sk = fd.take()?;
         let o = opts(fd, &sk)?;
+        // --ext-unix-sk: the peer outside the tree gets a record of its own (CRIU's
+        // USK_EXTERN), which restore connects to by name.
+        if d.peer != 0 && cx.files.sock.ext_unix_sk {
+            let known = cx
+                .files
+                .entries
+                .iter()
+                .any(|e| e.usk.as_ref().is_some_and(|u| u.ino == d.peer));
+            if !known && !tree_socket_inodes(&cx.files.tree).contains(&d.peer) {
+                let name = cx
+                    .files
+                    .unix_diag
+                    .as_ref()
+                    .and_then(|m| m.get(&d.peer))
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
+                let pid = cx.files.alloc();
+                cx.files.entries.push(pb::FileEntry {
+                    r#type: pb::FdTypes::Unixsk as i32,
+                    id: pid,
+                    usk: Some(pb::UnixSkEntry {
+                        id: pid,
+                        ino: d.peer,
+                        r#type: libc::SOCK_DGRAM as u32,
+                        state: TCP_LISTEN,
+                        uflags: USK_EXTERN,
+                        peer: 0,
+                        name,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+        }
         if d.state as u32 != TCP_LISTEN {
             for msg in peek_queue(fd, &sk)? {
                 cx.files.sk_queues.push((
@@ -244,6 +342,7 @@ impl FdKind for UnixSk {
                         id_for: id,
                         length: msg.len() as u32,
                         scm: Vec::new(),
+                        cryo_from: None,
                     },
                     msg,
                 ));
@@ -311,11 +410,19 @@ impl FdKind for UnixSk {
         let err = |what: &str| obj_err(e.id, format!("unix socket {}: {what}", u.ino));
         let kind = u.r#type as i32;
         load_queues(objs)?;
-        let by_ino: HashMap<u32, pb::UnixSkEntry> = objs
+        let all: HashMap<u32, pb::UnixSkEntry> = objs
             .files
             .values()
             .filter_map(|f| f.usk.clone())
             .map(|s| (s.ino, s))
+            .collect();
+        // A peer outside the tree (--ext-unix-sk) is only ever connected to, never made.
+        if let Some(p) = all.get(&u.peer).filter(|p| p.uflags & USK_EXTERN != 0) {
+            return connect_external(objs, e.id, u, p);
+        }
+        let by_ino: HashMap<u32, pb::UnixSkEntry> = all
+            .into_iter()
+            .filter(|(_, s)| s.uflags & USK_EXTERN == 0)
             .collect();
         let peer = by_ino.get(&u.peer).cloned();
         let listener_named = |name: &[u8]| {

@@ -50,6 +50,8 @@ pub struct RestoreOpts {
     /// Links whose other side is outside the tree (`--external veth[..]`, `macvlan[..]`,
     /// `--veth-pair`).
     pub links: kinds::netns::LinkOpts,
+    /// `--tcp-established`, `--tcp-close`, `--ext-unix-sk`.
+    pub sock: kinds::files::SockOpts,
 }
 
 /// Why a restore failed: the pipeline's own failures, and each kind's error, collected.
@@ -82,6 +84,8 @@ pub enum RestoreError {
     Task(#[from] TaskError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error(transparent)]
+    InetSk(#[from] kinds::inet_sk::InetSkError),
     #[error(transparent)]
     Files(#[from] kinds::files::FilesError),
     #[error(transparent)]
@@ -161,6 +165,7 @@ impl RestoreError {
             RestoreError::Ghost(e) => e,
             RestoreError::Netns(e) => e,
             RestoreError::NetLock(e) => e,
+            RestoreError::InetSk(e) => e,
         };
         kind.hint()
     }
@@ -1028,6 +1033,7 @@ pub fn run(
     let objs = std::cell::RefCell::new(kinds::files::FdObjects::new(dir, &files, &tasks)?);
     objs.borrow_mut().tty.orphan_pts_master = opts.orphan_pts_master;
     objs.borrow_mut().inherit(&opts.inherit_fd)?;
+    objs.borrow_mut().sock = opts.sock;
     let mut sh = Shared {
         dir,
         files: &files,
@@ -1104,6 +1110,9 @@ pub fn run(
             restore: Some(stats),
         }],
     );
+    // What the inet sockets still need once the tree is complete (their lock lifted, repair
+    // mode left): kept out of the copies closed now.
+    let inet = kinds::inet_sk::take_restored(&mut objs.borrow_mut());
     // cryo's copies of pipes, eventfds, ... must not outlive the restore (a reader would
     // never see EOF while cryo waits for the root without -d).
     objs.borrow_mut().close_all();
@@ -1115,6 +1124,7 @@ pub fn run(
     }
     fault_point("netunlock")?;
     netlock.borrow_mut().unlock_now()?;
+    inet.run(root)?;
     hooks.notify("pre-resume", None)?;
     if opts.shell_job && !opts.detach {
         foreground(root);

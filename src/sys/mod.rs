@@ -10,10 +10,12 @@
 compile_error!("cryo currently supports x86_64 only");
 
 pub mod fd;
+pub mod inet;
 pub mod ipc;
 pub mod mem;
 pub mod mount;
 pub mod net;
+pub mod nft;
 pub mod proc;
 pub mod ptrace;
 pub mod remote;
