@@ -806,10 +806,12 @@ impl InetDump {
             let mine = write(a);
             other
                 .join()
-                .unwrap_or_else(|_| Err(ImageError::Invalid {
-                    path: dir.path.clone(),
-                    what: "a tcp-stream writer panicked".into(),
-                }))
+                .unwrap_or_else(|_| {
+                    Err(ImageError::Invalid {
+                        path: dir.path.clone(),
+                        what: "a tcp-stream writer panicked".into(),
+                    })
+                })
                 .and(mine)
         })
     }
