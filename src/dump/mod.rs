@@ -148,6 +148,11 @@ impl Seized {
     fn release(&mut self) {
         if !self.done {
             self.done = true;
+            if let (Some(sig), Some(leader)) = (self.stop_sig, self.tracees.first()) {
+                // Queued stop signals may have been taken at seize: it stops again once
+                // let go, as CRIU does.
+                let _ = crate::sys::proc::kill(leader.tid, sig);
+            }
             for t in &self.tracees {
                 if let Err(e) = t.detach(0) {
                     tracing::error!("Error detaching from {}: {e}", t.tid);
@@ -209,6 +214,11 @@ fn wait_seized(t: Tracee) -> Result<Option<(Tracee, Option<i32>)>, DumpError> {
                     libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
                 )
                 .then_some(sig);
+                if stopped.is_some() {
+                    if let Err(e) = skip_pending_stops(&t) {
+                        return Err(give_up(&t, e));
+                    }
+                }
                 return Ok(Some((t, stopped)));
             }
             Ok(Stop::Stopped { sig, .. }) => {
@@ -224,6 +234,48 @@ fn wait_seized(t: Tracee) -> Result<Option<(Tracee, Option<i32>)>, DumpError> {
     Err(give_up(
         &t,
         DumpError::Internal("task kept receiving signals while being seized"),
+    ))
+}
+
+/// A stopped task may have stop signals queued on top of its stop (a second SIGSTOP, sent
+/// while it was stopped). The first injected syscall would take one and stop the task in
+/// the middle of the dump, so they are taken now, as CRIU does: the task is let out of its
+/// ptrace stop, takes the signal into a signal-delivery stop, and is interrupted before the
+/// signal is thrown away, so it runs no code of its own. The task is dumped stopped, and a
+/// stop signal is queued again when it is released or restored.
+fn skip_pending_stops(t: &Tracee) -> Result<(), DumpError> {
+    let stop_bit = |sig: i32| 1u64 << (sig - 1);
+    let seize_err = |source| DumpError::Seize { pid: t.tid, source };
+    for _ in 0..8 {
+        let st = procfs::status(t.tid)?;
+        let blocked = t.sigmask().map_err(seize_err)?;
+        let pending = (st.sig_pnd | st.shd_pnd)
+            & (stop_bit(libc::SIGSTOP) | (stop_bit(libc::SIGTSTP) & !blocked));
+        if pending == 0 {
+            return Ok(());
+        }
+        t.cont(0).map_err(seize_err)?;
+        loop {
+            match t.wait().map_err(seize_err)? {
+                Stop::Stopped { event, .. } if event == libc::PTRACE_EVENT_STOP => break,
+                Stop::Stopped { sig, .. } => {
+                    // A signal-delivery stop: trap at once, then drop a stop signal (pass any
+                    // other on: its handler frame is set up, none of its code runs).
+                    let pass = if matches!(sig, libc::SIGSTOP | libc::SIGTSTP) {
+                        0
+                    } else {
+                        sig
+                    };
+                    t.interrupt()
+                        .and_then(|_| t.cont(pass))
+                        .map_err(seize_err)?;
+                }
+                _ => return Err(DumpError::NoSuchProcess { pid: t.tid }),
+            }
+        }
+    }
+    Err(DumpError::Internal(
+        "stop signals kept arriving while the task was seized",
     ))
 }
 
@@ -713,8 +765,16 @@ fn dump_process(
         }
         // Each thread's own chain (they differ when a thread added filters, or the leader
         // did after creating it without TSYNC).
+        // A thread without filters (mode 0) has no chain to read (EINVAL).
         let mut tops = Vec::new();
-        for t in std::iter::once(&tracee).chain(others.iter().map(|o| &o.tracee)) {
+        for (t, mode) in std::iter::once(&tracee)
+            .chain(others.iter().map(|o| &o.tracee))
+            .zip(&modes)
+        {
+            if *mode == 0 {
+                tops.push(None);
+                continue;
+            }
             tops.push(kinds::seccomp::add_chain(
                 &mut files.seccomp,
                 &kinds::seccomp::chain(pid, t)?,

@@ -337,8 +337,8 @@ impl Drop for Puppets {
 struct Ready {
     /// Host PID.
     pid: i32,
-    /// Stopped by job control when dumped: stopped again when released.
-    stopped: bool,
+    /// Stopped by job control when dumped (with this signal): stopped again when released.
+    stopped: Option<i32>,
     regs: pb::UserX86RegsEntry,
     mask: u64,
     threads: Vec<kinds::threads::RestoredThread>,
@@ -365,6 +365,15 @@ struct Shared<'a> {
 
 fn ptrace_err(what: &'static str) -> impl Fn(std::io::Error) -> RestoreError {
     move |source| RestoreError::Ptrace { what, source }
+}
+
+/// The signal that puts a task dumped as stopped back in its group stop: the one that
+/// stopped it, if it is a stop signal (images without one: SIGSTOP).
+fn stop_signal(saved: Option<u32>) -> i32 {
+    match saved.map(|s| s as i32) {
+        Some(s @ (libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)) => s,
+        _ => libc::SIGSTOP,
+    }
 }
 
 /// Turns the stopped puppet `idx` into its task, creating its children (recursively) once
@@ -627,8 +636,10 @@ fn shape(
     kinds::restore_kind::<kinds::regs::CpuState>(&mut cx, img)?;
     fault_point("task")?;
     // Threads are created after everything they share and before the leader drops its
-    // credentials (creating them needs them), and before any seccomp filter: each thread
-    // installs its own chain (suspended for cryo's syscalls), then the leader.
+    // credentials (creating them needs them). The seccomp filters all threads share are
+    // installed first, so the threads inherit them; each thread then installs the rest of
+    // its own chain (suspended for cryo's syscalls), then the leader.
+    kinds::seccomp::restore_shared(&mut cx, img)?;
     let threads = kinds::threads::restore_threads(&mut cx, img)?;
     kinds::seccomp::restore(&mut cx, img)?;
     for th in &threads {
@@ -662,7 +673,8 @@ fn shape(
             .core
             .tc
             .as_ref()
-            .is_some_and(|t| t.task_state == kinds::misc::TASK_STOPPED),
+            .filter(|t| t.task_state == kinds::misc::TASK_STOPPED)
+            .map(|t| stop_signal(t.stop_signo)),
         regs: ti.gpregs,
         mask: img.core.tc.as_ref().map(|t| t.blk_sigset).unwrap_or(0),
         threads,
@@ -728,11 +740,14 @@ fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreE
                 source,
             }
         })?;
-        r.call(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [sig, scratch, 0, 8, 0, 0],
-        )?;
+        // SIGKILL's action cannot be changed (EINVAL), nor needs to be: it always kills.
+        if sig != libc::SIGKILL as u64 {
+            r.call(
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                [sig, scratch, 0, 8, 0, 0],
+            )?;
+        }
         t.set_sigmask(0).map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
         match r.raw(
             "kill (zombie)",
@@ -987,9 +1002,10 @@ pub fn run(
                 .set_sigmask(th.mask)
                 .map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
         }
-        if r.stopped {
-            // Queued now, taken when released: the task enters its group stop again.
-            crate::sys::proc::kill(r.pid, libc::SIGSTOP).map_err(ptrace_err("kill(SIGSTOP)"))?;
+        if let Some(sig) = r.stopped {
+            // Queued now, taken when released: the task enters its group stop again, with
+            // the signal that stopped it (what a parent's waitid reports).
+            crate::sys::proc::kill(r.pid, sig).map_err(ptrace_err("kill (stop signal)"))?;
         }
     }
     sh.calls += 2 * ready.len() as u64;

@@ -17,6 +17,7 @@ pub mod net;
 pub mod proc;
 pub mod ptrace;
 pub mod remote;
+pub mod scm;
 pub mod tty;
 
 /// Turns a libc return value (-1 + errno) into an `io::Result`.
