@@ -719,17 +719,20 @@ fn dump_process(
             what,
             source,
         };
+        let mut regs = t.regs().map_err(|e| pt("PTRACE_GETREGS", e))?;
+        kinds::rseq::leave_critical_section(pid, t, &mut regs)?;
         others.push(kinds::threads::SeizedThread {
             tracee: Tracee { tid: t.tid },
-            regs: t.regs().map_err(|e| pt("PTRACE_GETREGS", e))?,
+            regs,
             mask: t.sigmask().map_err(|e| pt("PTRACE_GETSIGMASK", e))?,
         });
     }
-    let regs = tracee.regs().map_err(|source| TaskError::Ptrace {
+    let mut regs = tracee.regs().map_err(|source| TaskError::Ptrace {
         pid,
         what: "PTRACE_GETREGS",
         source,
     })?;
+    kinds::rseq::leave_critical_section(pid, &tracee, &mut regs)?;
     let sigmask = tracee.sigmask().map_err(|source| TaskError::Ptrace {
         pid,
         what: "PTRACE_GETSIGMASK",

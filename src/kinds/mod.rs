@@ -24,6 +24,7 @@ pub mod ns;
 pub mod pipes;
 pub mod regs;
 pub mod rlimits;
+pub mod rseq;
 pub mod seccomp;
 pub mod shmem;
 pub mod signalfd;
