@@ -744,8 +744,23 @@ fn dump_process(
     // Seccomp: strict mode would kill the task at the first injected syscall; filters are
     // suspended for cryo's syscalls (PTRACE_O_SUSPEND_SECCOMP) and saved.
     let mut modes = vec![status.seccomp];
+    let mut pending = status.sig_pnd | status.shd_pnd;
     for t in &others {
-        modes.push(procfs::status(t.tracee.tid)?.seccomp);
+        let st = procfs::status(t.tracee.tid)?;
+        modes.push(st.seccomp);
+        pending |= st.sig_pnd;
+    }
+    // cryo's injected syscalls end with a trap (SIGTRAP), which must be unblocked meanwhile:
+    // a SIGTRAP the program has pending (blocked) would be taken in the middle. Refused, as
+    // CRIU does, before anything runs in the task.
+    if pending & (1 << (libc::SIGTRAP - 1)) != 0 {
+        return Err(Unsupported::of(
+            pid,
+            "signals",
+            "a SIGTRAP is pending (blocked): cryo's in-task syscalls trap with SIGTRAP and would deliver it",
+            "let the program take or discard its SIGTRAP, then dump",
+        )
+        .into());
     }
     if modes.contains(&1) {
         return Err(Unsupported::of(

@@ -185,6 +185,28 @@ pub fn restore_threads(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
 ) -> Result<Vec<RestoredThread>, ThreadsError> {
+    let mut made = Vec::new();
+    let r = create_threads(cx, img, &mut made);
+    if r.is_err() {
+        // The threads made so far are cryo's tracees: they are killed and reaped here, or
+        // their leader (killed by the caller) could never be reaped.
+        for &tid in made.iter().rev() {
+            let t = Tracee { tid };
+            let _ = crate::sys::proc::kill(tid, libc::SIGKILL);
+            while let Ok(Stop::Stopped { .. }) = t.wait() {
+                let _ = t.cont(0);
+            }
+        }
+    }
+    r
+}
+
+/// [`restore_threads`]: the threads it creates are noted in `made` (host TIDs) as they are.
+fn create_threads(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    made: &mut Vec<i32>,
+) -> Result<Vec<RestoredThread>, ThreadsError> {
     let mut out = Vec::new();
     for (tid, core) in img.pstree.threads.iter().skip(1).zip(&img.threads) {
         let tid = *tid as i32;
@@ -206,6 +228,7 @@ pub fn restore_threads(
                 e => e.into(),
             })?;
         let host = cx.remote.last_child.take().unwrap_or(got as i32);
+        made.push(host);
         if got as i32 != tid {
             let _ = crate::sys::proc::kill(host, libc::SIGKILL);
             return Err(TaskError::BadImage(format!("thread {tid} was created as {got}")).into());
