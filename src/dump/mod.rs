@@ -473,6 +473,18 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     };
     let own = refused.map(|ns| ino(&format!("/proc/self/ns/{ns}")));
     for &(pid, _) in tree {
+        // unshare(CLONE_NEWTIME) without a child yet: the namespace its children would get
+        // has no task to be saved from (CRIU refuses it too).
+        if ino(&format!("/proc/{pid}/ns/time")) != ino(&format!("/proc/{pid}/ns/time_for_children"))
+        {
+            return Err(Unsupported::of(
+                pid,
+                "time namespace",
+                "it made a time namespace for its children (unshare(CLONE_NEWTIME)) and has no child in it yet",
+                "dump it once it has forked into the new namespace",
+            )
+            .into());
+        }
         for (ns, own) in refused.iter().zip(own) {
             let theirs = ino(&format!("/proc/{pid}/ns/{ns}"));
             if theirs.is_some() && theirs != own {
@@ -954,19 +966,24 @@ pub fn run(
         if seized.tracees.is_empty() {
             dump_zombie(*pid, &mut img)?;
         } else {
-            // An fd table shared with an earlier process (clone with CLONE_FILES).
-            for ((opid, _, oseized), other) in frozen[..i].iter().zip(&imgs) {
-                if oseized.tracees.is_empty()
-                    || crate::sys::proc::kcmp(*pid, *opid, crate::sys::proc::KCMP_FILES, 0, 0).ok()
-                        != Some(0)
-                {
-                    continue;
-                }
-                if *opid != *ppid {
-                    return Err(Unsupported::of(*pid, "fd table", format!("it is shared (CLONE_FILES) with process {opid}, which is not its parent"), "only a table shared between a parent and its child can be restored").into());
-                }
-                img.files_shared = Some(other.ids.files_id);
-                break;
+            // An fd table shared with an earlier process (clone with CLONE_FILES). It is
+            // restored by cloning the child from its parent with CLONE_FILES, so the parent
+            // must share it (then so does whoever the parent shares it with).
+            let sharers: Vec<(i32, u32)> = frozen[..i]
+                .iter()
+                .zip(&imgs)
+                .filter(|((opid, _, oseized), _)| {
+                    !oseized.tracees.is_empty()
+                        && crate::sys::proc::kcmp(*pid, *opid, crate::sys::proc::KCMP_FILES, 0, 0)
+                            .ok()
+                            == Some(0)
+                })
+                .map(|((opid, _, _), other)| (*opid, other.ids.files_id))
+                .collect();
+            if let Some(&(_, files_id)) = sharers.iter().find(|(opid, _)| opid == ppid) {
+                img.files_shared = Some(files_id);
+            } else if let Some((opid, _)) = sharers.first() {
+                return Err(Unsupported::of(*pid, "fd table", format!("it is shared (CLONE_FILES) with process {opid}, but not with its parent"), "only a table its parent shares can be restored (the child is cloned from it with CLONE_FILES)").into());
             }
             calls += dump_process(*pid, seized, &mut files, dir, &mut stats, &mut img)?;
             if let Some(sig) = seized.stop_sig {
