@@ -100,6 +100,17 @@ pub struct Memory;
 /// `MAP_DROPPABLE` (Linux 6.11): private anonymous memory the kernel may drop under pressure.
 const MAP_DROPPABLE: u32 = 0x08;
 
+/// `MAP_HUGETLB` plus the page size (log2, at `MAP_HUGE_SHIFT`), as CRIU saves it.
+pub fn hugetlb_flags(page_size: u64) -> u32 {
+    const MAP_HUGE_SHIFT: u32 = 26;
+    let bits = if page_size.is_power_of_two() {
+        page_size.trailing_zeros() << MAP_HUGE_SHIFT
+    } else {
+        0 // the default huge page size
+    };
+    libc::MAP_HUGETLB as u32 | bits
+}
+
 /// Below this many bytes of pages, restore fills from cryo's thread alone (no workers).
 const SMALL_FILL: u64 = 1 << 20;
 
@@ -142,7 +153,33 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
     }
     let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
     if v.has_flag("ht") {
-        return Err(unsupported("hugetlbfs memory is not supported yet", "").into());
+        // Anonymous hugetlb memory (MAP_HUGETLB): mapped again with the same page size; a
+        // shared one is saved once per inode like shared memory, a private one's pages
+        // like any private memory. Files of a hugetlbfs mount and SysV segments are not.
+        if !v.name.starts_with("/anon_hugepage") {
+            return Err(unsupported(
+                "a mapping of a hugetlbfs file or of a huge-page SysV segment is not supported yet",
+                "use anonymous huge pages (MAP_HUGETLB), or unmap it before the dump",
+            )
+            .into());
+        }
+        let huge = hugetlb_flags(v.page_size);
+        return Ok(if v.shared {
+            let shmid = super::shmem::dump_anon(cx, v)?;
+            (
+                status::REGULAR | status::ANON_SHARED,
+                flags | libc::MAP_ANONYMOUS as u32 | huge,
+                shmid,
+                None,
+            )
+        } else {
+            (
+                status::REGULAR | status::ANON_PRIVATE,
+                flags | libc::MAP_ANONYMOUS as u32 | huge,
+                0,
+                None,
+            )
+        });
     }
     Ok(match v.name.as_str() {
         // Kernel-provided mappings are recorded as CRIU does: anonymous private areas with a
@@ -973,8 +1010,12 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
     let thp_disabled = img.mm.thp_disabled == Some(true);
     let special =
         |v: &pb::VmaEntry| v.status & (status::VDSO | status::VVAR | status::VSYSCALL) != 0;
+    // Not hugetlb memory either (UFFDIO_COPY there goes by whole huge pages).
     let by_uffd = |v: &pb::VmaEntry| {
-        v.status & status::ANON_PRIVATE != 0 && !special(v) && !thp.on_fault(v, thp_disabled)
+        v.status & status::ANON_PRIVATE != 0
+            && v.flags & libc::MAP_HUGETLB as u32 == 0
+            && !special(v)
+            && !thp.on_fault(v, thp_disabled)
     };
     // Split the data by the VMA it goes to: `fast` for UFFDIO_COPY, `slow` for the rest.
     let (mut fast, mut slow) = (Items::default(), Items::default());
