@@ -611,7 +611,21 @@ fn shape(
         cx.remote.calls = 0;
         sh.calls += calls;
         if child.is_zombie() {
-            make_zombie(sh.tr, child, puppets.0.last_mut().expect("pushed"))?;
+            // Its process group: its own, or one whose leader is gone and no task of the
+            // tree is in (made for the moment by a helper). A group led by another task of
+            // the tree is not joined (that task is put in it only at the end).
+            let pgid = child.pstree.pgid;
+            let group = if pgid == child.pid {
+                ZombieGroup::Own
+            } else if pgid != 0
+                && pgid != child.pstree.sid
+                && !sh.tasks.iter().any(|t| t.pid == pgid)
+            {
+                ZombieGroup::Orphan(pgid)
+            } else {
+                ZombieGroup::Inherited
+            };
+            make_zombie(sh.tr, child, group, puppets.0.last_mut().expect("pushed"))?;
             // Its death queued SIGCHLD in this task, which the dumped task had not got
             // pending (pending signals are restored from the images): take it back.
             let set = cx.put(3072, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
@@ -720,14 +734,101 @@ fn foreground(root: i32) {
     }
 }
 
+/// The process group a zombie is put in before it dies.
+enum ZombieGroup {
+    /// Its parent's (as forked).
+    Inherited,
+    /// Its own (it leads it).
+    Own,
+    /// This group, whose leader is gone and which no other task of the tree is in.
+    Orphan(u32),
+}
+
+/// Puts the puppet `r` drives (about to become a zombie) in process group `pgid`, whose
+/// leader is gone: a helper child is cloned with PID `pgid` (in the tree's PID namespace),
+/// makes the group, the puppet joins it, and the helper exits and is reaped by the puppet.
+/// The group lives on with the puppet in it, as CRIU's helper tasks do.
+fn join_orphan_group(r: &mut Remote<'_>, tr: u64, pgid: u32) -> Result<(), RestoreError> {
+    let pid = r.tracee().tid;
+    let put = |addr: u64, b: &[u8]| {
+        crate::sys::mem::vm_write(pid, b, &[(addr, b.len())])
+            .map_err(|source| RestoreError::WriteMemory { addr, source })
+    };
+    // struct clone_args (88 bytes) at +2048, set_tid array at +3072.
+    put(tr + 4096 + 3072, &(pgid as u64).to_ne_bytes())?;
+    let mut args = [0u64; 11];
+    args[4] = libc::SIGCHLD as u64;
+    args[8] = tr + 4096 + 3072;
+    args[9] = 1;
+    let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    put(tr + 4096 + 2048, &bytes)?;
+    let got = r.call(
+        "clone3 (process group helper)",
+        libc::SYS_clone3,
+        [tr + 4096 + 2048, 88, 0, 0, 0, 0],
+    )?;
+    let host = r.last_child.take().unwrap_or(got as i32);
+    let helper = Tracee { tid: host };
+    let mut guard = Puppet {
+        tracee: Tracee { tid: host },
+        released: false,
+    };
+    match helper.wait().map_err(ptrace_err("waitpid (helper)"))? {
+        Stop::Stopped { .. } => {}
+        other => {
+            return Err(RestoreError::Ptrace {
+                what: "waiting for a process group helper",
+                source: std::io::Error::other(format!("unexpected state {other:?}")),
+            })
+        }
+    }
+    let hbase = helper.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+    let mut hr = Remote::new(&helper, tr, hbase);
+    hr.call("setpgid (helper)", libc::SYS_setpgid, [0, 0, 0, 0, 0, 0])?;
+    r.call(
+        "setpgid (zombie)",
+        libc::SYS_setpgid,
+        [0, pgid as u64, 0, 0, 0, 0],
+    )?;
+    match hr.raw("exit_group (helper)", libc::SYS_exit_group, [0; 6]) {
+        Err(RemoteError::Died { .. }) => guard.released = true,
+        Ok(_) => {
+            return Err(RestoreError::Internal(
+                "the process group helper did not exit",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // Reaped by its parent, which the dumped tree never saw.
+    r.call(
+        "wait4 (helper)",
+        libc::SYS_wait4,
+        [pgid as u64, 0, libc::__WALL as u64, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
 /// Turns a fresh puppet into the zombie `img` describes: it exits with the saved status
 /// (or dies of the saved signal, without a core file), and cryo, as its tracer, collects
-/// only the tracer's notification; the exit status stays for its restored parent.
-fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreError> {
+/// only the tracer's notification; the exit status stays for its restored parent. First it
+/// enters its process group (`group`).
+fn make_zombie(
+    tr: u64,
+    img: &TaskImages,
+    group: ZombieGroup,
+    p: &mut Puppet,
+) -> Result<(), RestoreError> {
     let status = img.core.tc.as_ref().map(|t| t.exit_code).unwrap_or(0);
     let t = Tracee { tid: p.tracee.tid };
     let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
     let mut r = Remote::new(&t, tr, base);
+    match group {
+        ZombieGroup::Inherited => {}
+        ZombieGroup::Own => {
+            r.call("setpgid (zombie)", libc::SYS_setpgid, [0, 0, 0, 0, 0, 0])?;
+        }
+        ZombieGroup::Orphan(pgid) => join_orphan_group(&mut r, tr, pgid)?,
+    }
     let sig = (status & 0x7f) as u64;
     let result = if sig != 0 {
         crate::sys::proc::set_rlimit(t.tid, libc::RLIMIT_CORE, 0, 0)
