@@ -6,9 +6,9 @@
 //! `PTRACE_SECCOMP_GET_FILTER` (and its flags with `PTRACE_SECCOMP_GET_METADATA`) and
 //! stored once in a shared table, each filter naming the one installed before it (`prev`).
 //! Restore: the puppets are traced with `PTRACE_O_SUSPEND_SECCOMP` too; the leader installs
-//! the filters all its threads share, oldest first, before its threads are created (they
-//! inherit them, so the threads share those filters again and a later TSYNC works); then
-//! each thread and the leader install the rest of their own chain — everything injected
+//! its filters, oldest first, while it creates its threads, each thread once the leader has
+//! the filters the two share (it inherits them, so the threads share those filters again and
+//! a later TSYNC works); then each thread and the leader install the rest of their own chain — everything injected
 //! afterwards runs unfiltered, and the filters take effect when the task is released. A
 //! thread without filters reads none. Strict mode and user-notification filters are refused
 //! at dump.
@@ -133,29 +133,31 @@ fn chain_of(
     Ok(order)
 }
 
-/// Installs, in the leader of `img` before its threads exist, the oldest filters that every
-/// thread of the process has in common: the threads inherit them, so they share those
-/// filters as they did (a later `SECCOMP_FILTER_FLAG_TSYNC` needs every thread's filters to
-/// be the caller's own or its ancestors). Each thread then adds only what follows
-/// (`Inherited::seccomp`).
-pub fn restore_shared(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), SeccompError> {
+/// The leader's saved chain, and for each thread of `img` how many of its oldest filters
+/// the thread shares with the leader. The leader installs them one by one while it creates
+/// its threads (`threads::restore_threads`), each thread being created once the leader has
+/// the filters it shares: it inherits those very filters, as it did, so a later
+/// `SECCOMP_FILTER_FLAG_TSYNC` (which needs every thread's filters to be the caller's own or
+/// their ancestors) works again. Each thread then installs the rest of its own chain
+/// (`Inherited::seccomp` says how many to skip).
+pub fn shared_with_leader(
+    cx: &RestoreCx<'_>,
+    img: &TaskImages,
+) -> Result<(Vec<(u32, pb::SeccompFilter)>, Vec<usize>), SeccompError> {
     let leader = chain_of(cx, &img.core, img.pid)?;
-    let mut shared = leader.len();
+    let mut shared = Vec::new();
     for (i, th) in img.threads.iter().enumerate() {
-        let c = chain_of(cx, th, img.pid + i as u32 + 1)?;
-        let common = leader
-            .iter()
-            .zip(&c)
-            .take_while(|(a, b)| a.0 == b.0)
-            .count();
-        shared = shared.min(common);
+        let tid = img.pstree.threads.get(i + 1).copied().unwrap_or(img.pid);
+        let c = chain_of(cx, th, tid)?;
+        shared.push(
+            leader
+                .iter()
+                .zip(&c)
+                .take_while(|(a, b)| a.0 == b.0)
+                .count(),
+        );
     }
-    if shared == 0 || img.threads.is_empty() {
-        return Ok(());
-    }
-    install(cx, &leader[..shared])?;
-    cx.inherited.seccomp = shared;
-    Ok(())
+    Ok((leader, shared))
 }
 
 /// Installs the chain saved in `core` (a thread's, or the leader's) in the task `cx` drives,
@@ -172,8 +174,8 @@ pub fn restore_core(
     install(cx, &chain[skip..])
 }
 
-/// Installs `filters`, oldest first.
-fn install(
+/// Installs `filters`, oldest first, in the task `cx` drives.
+pub fn install(
     cx: &mut RestoreCx<'_>,
     filters: &[(u32, pb::SeccompFilter)],
 ) -> Result<(), SeccompError> {

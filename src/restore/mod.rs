@@ -650,10 +650,9 @@ fn shape(
     kinds::restore_kind::<kinds::regs::CpuState>(&mut cx, img)?;
     fault_point("task")?;
     // Threads are created after everything they share and before the leader drops its
-    // credentials (creating them needs them). The seccomp filters all threads share are
-    // installed first, so the threads inherit them; each thread then installs the rest of
-    // its own chain (suspended for cryo's syscalls), then the leader.
-    kinds::seccomp::restore_shared(&mut cx, img)?;
+    // credentials (creating them needs them). The leader installs the seccomp filters it
+    // shares with its threads meanwhile, so they inherit them; each thread then installs the
+    // rest of its own chain (suspended for cryo's syscalls), then the leader.
     let threads = kinds::threads::restore_threads(&mut cx, img)?;
     kinds::seccomp::restore(&mut cx, img)?;
     for th in &threads {
