@@ -606,7 +606,10 @@ fn cgroup_properties_and_file_owners_are_restored() {
             .trim(),
         "268435456"
     );
-    assert_eq!(std::fs::read_to_string(dev.join("devices.list")).unwrap(), list);
+    assert_eq!(
+        std::fs::read_to_string(dev.join("devices.list")).unwrap(),
+        list
+    );
     for f in ["", "notify_on_release", "cgroup.procs"] {
         let m = std::fs::metadata(mem.join(f)).unwrap();
         assert_eq!(

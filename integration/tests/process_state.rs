@@ -14,7 +14,11 @@ fn start(case: &str) -> (i32, std::path::PathBuf, std::path::PathBuf) {
     let dir = scratch(&format!("procstate-{case}"));
     let out = dir.join("out");
     let pid = spawn(
-        &[prog("procstate").to_str().unwrap(), case, out.to_str().unwrap()],
+        &[
+            prog("procstate").to_str().unwrap(),
+            case,
+            out.to_str().unwrap(),
+        ],
         &dir.join("log"),
     );
     wait_ready(&out);

@@ -26,11 +26,14 @@ fn run_case(case: &str) -> Vec<String> {
     dump_and_restore(pid, &img);
     signal(pid, libc::SIGUSR1);
     wait_for("the checks", 20, || {
-        lines(&out).iter().any(|l| l == "done" || l.starts_with("Traceback"))
+        lines(&out)
+            .iter()
+            .any(|l| l == "done" || l.starts_with("Traceback"))
     });
     let got = lines(&out);
     assert!(
-        got.iter().all(|l| !l.starts_with("BAD") && !l.starts_with("Traceback")),
+        got.iter()
+            .all(|l| !l.starts_with("BAD") && !l.starts_with("Traceback")),
         "{}",
         got.join("\n")
     );
@@ -44,7 +47,11 @@ fn run_case(case: &str) -> Vec<String> {
 #[test]
 fn files_passed_in_queued_messages_come_back() {
     let got = run_case("scm");
-    assert_eq!(got.iter().filter(|l| l.starts_with("ok")).count(), 5, "{got:?}");
+    assert_eq!(
+        got.iter().filter(|l| l.starts_with("ok")).count(),
+        5,
+        "{got:?}"
+    );
 }
 
 /// A name bound relative to a directory the program left, with its file's mode and owner;
@@ -54,7 +61,11 @@ fn files_passed_in_queued_messages_come_back() {
 #[test]
 fn relative_and_deleted_socket_names() {
     let got = run_case("names");
-    assert_eq!(got.iter().filter(|l| l.starts_with("ok")).count(), 8, "{got:?}");
+    assert_eq!(
+        got.iter().filter(|l| l.starts_with("ok")).count(),
+        8,
+        "{got:?}"
+    );
 }
 
 /// Unconnected stream and seqpacket sockets (reading their queue fails at dump), a datagram
@@ -63,5 +74,9 @@ fn relative_and_deleted_socket_names() {
 #[test]
 fn sockets_in_odd_states() {
     let got = run_case("states");
-    assert_eq!(got.iter().filter(|l| l.starts_with("ok")).count(), 5, "{got:?}");
+    assert_eq!(
+        got.iter().filter(|l| l.starts_with("ok")).count(),
+        5,
+        "{got:?}"
+    );
 }

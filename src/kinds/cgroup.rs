@@ -751,7 +751,9 @@ pub fn write(dir: &ImageDir, cg: &CgDump) -> Result<(), image::ImageError> {
 struct Member {
     name: String,
     path: String,
-    dir: PathBuf,
+    /// The cgroup's directory; None when it could not be reached and cryo is in it itself
+    /// (tasks are born there).
+    dir: Option<PathBuf>,
     /// The cgroup namespace root (the first `cgns_prefix` bytes of the path), host dir.
     ns_root: Option<PathBuf>,
 }
@@ -888,6 +890,10 @@ impl CgRestore {
         }
         let mounts = Mounts::load()?;
         let mut me = CgRestore::new(cryo_set);
+        // cryo's own memberships: a task is born in them, so a cgroup of a set that is one
+        // of them is never moved into and need not be reachable (a named hierarchy another
+        // program mounts and unmounts meanwhile).
+        let own = parse_proc_cgroup(&read(Path::new("/proc/self/cgroup"))?);
         for s in &ce.sets {
             let mut members = Vec::new();
             for m in &s.ctls {
@@ -903,10 +909,15 @@ impl CgRestore {
                         Some(mounts.dir(&m.name, if p.is_empty() { "/" } else { p })?)
                     }
                 };
+                let dir = match mounts.dir(&m.name, &m.path) {
+                    Ok(d) => Some(d),
+                    Err(_) if own.iter().any(|(n, p)| *n == m.name && *p == m.path) => None,
+                    Err(e) => return Err(e),
+                };
                 members.push(Member {
                     name: m.name.clone(),
                     path: m.path.clone(),
-                    dir: mounts.dir(&m.name, &m.path)?,
+                    dir,
                     ns_root,
                 });
             }
@@ -1115,7 +1126,7 @@ impl CgRestore {
                         Some(Member {
                             name,
                             path,
-                            dir,
+                            dir: Some(dir),
                             ns_root: None,
                         })
                     })
@@ -1138,10 +1149,15 @@ impl CgRestore {
                 "" => "tasks",
                 f => f,
             };
-            let target = m.dir.join(f);
+            let dir = match &m.dir {
+                Some(d) => d.clone(),
+                // Unreachable at load and needed now: say why.
+                None => Mounts::load()?.dir(&m.name, &m.path)?,
+            };
+            let target = dir.join(f);
             std::fs::write(&target, pid.to_string()).map_err(|source| CgroupError::Move {
                 pid,
-                path: m.dir.clone(),
+                path: dir.clone(),
                 source,
             })?;
             tracing::debug!("moved {pid} into {}", target.display());
