@@ -593,6 +593,9 @@ pub struct FdObjects {
     pub ns_pid: Option<i32>,
     /// The restore's socket options (`--tcp-established`, ...).
     pub sock: SockOpts,
+    /// The file ids some task's fd table holds (the others are only in flight: passed in
+    /// a message queued on a unix socket).
+    pub held: std::collections::HashSet<u32>,
 }
 
 /// Is `key` an inherit-fd key cryo can honour (`pipe:[INO]`)?
@@ -638,6 +641,10 @@ impl FdObjects {
             inherited: HashMap::new(),
             ns_pid: None,
             sock: SockOpts::default(),
+            held: tasks
+                .iter()
+                .flat_map(|t| t.fdinfo.iter().map(|f| f.id))
+                .collect(),
         })
     }
 
@@ -656,6 +663,57 @@ impl FdObjects {
         self.files.get(&id).ok_or(TaskError::BadImage(format!(
             "files.img has no entry with id {id}"
         )))
+    }
+
+    /// A copy (dup) of cryo's object for file `id`, made on first use, to pass it in a
+    /// message (SCM_RIGHTS). A regular file, which tasks open themselves, is opened by cryo
+    /// for this, in the tree's mount namespace.
+    pub fn dup(&mut self, id: u32) -> Result<OwnedFd, FilesError> {
+        if !self.made.contains_key(&id) && self.entry(id)?.r#type == pb::FdTypes::Reg as i32 {
+            let fd = self.open_reg_here(id)?;
+            self.made.insert(id, fd);
+        }
+        self.get(id)?;
+        Ok(self.made[&id]
+            .try_clone()
+            .map_err(TaskError::object(id, "dup"))?)
+    }
+
+    /// Opens regular-file record `id` in cryo, at its saved offset.
+    fn open_reg_here(&mut self, id: u32) -> Result<OwnedFd, FilesError> {
+        let reg = self
+            .entry(id)?
+            .reg
+            .clone()
+            .ok_or_else(|| missing(id, "regular file"))?;
+        if reg.cryo_mqueue == Some(true) {
+            return Err(Unsupported::restore(format!(
+                "file {id} ({}): a POSIX message queue passed in a queued message cannot be restored",
+                reg.name
+            ))
+            .into());
+        }
+        let flags = (reg.flags
+            & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32))
+            as i32
+            | libc::O_CLOEXEC;
+        let fd = if self.ghosts.is_ghost(id) {
+            self.ghosts
+                .open(&self.dir, id, &reg.name, flags as u32, self.ns_pid)?
+        } else {
+            let _in_ns = self
+                .ns_pid
+                .map(|p| super::ns::InNs::enter(p, true))
+                .transpose()
+                .map_err(TaskError::object(id, "enter the tree's namespaces"))?;
+            sys::fd::open(&reg.name, flags)
+                .map_err(TaskError::object(id, format!("open {}", reg.name)))?
+        };
+        if reg.pos != 0 {
+            nix::unistd::lseek(&fd, reg.pos as i64, nix::unistd::Whence::SeekSet)
+                .map_err(|e| TaskError::object(id, "lseek")(e.into()))?;
+        }
+        Ok(fd)
     }
 
     /// cryo's fd for file `id`, created on first use by the kind of its record.
@@ -689,6 +747,160 @@ impl FdObjects {
     }
 }
 
+/// What [`dump_fd`] saved for one fd.
+struct DumpedFdInfo {
+    id: u32,
+    kind: Option<&'static FdOps>,
+    cloexec: bool,
+}
+
+/// Saves the open file behind fd `fd` of process `pid` (a task of the tree, or cryo itself
+/// for a file in flight) unless an fd dumped earlier shares its open file description, and
+/// returns its file id. `pidfd` is a pidfd of `pid`, opened on first use.
+fn dump_fd(
+    cx: &mut DumpCx<'_>,
+    pid: i32,
+    fd: i32,
+    pidfd: &mut Option<OwnedFd>,
+    of_tree: bool,
+) -> Result<DumpedFdInfo, FilesError> {
+    let link = procfs::link(pid, &format!("fd/{fd}"))?;
+    let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
+    let tty = if of_tree {
+        shell_tty(pid, cx.files.shell_job, meta.as_ref(), &cx.files.tree)
+    } else {
+        None
+    };
+    let kind = match tty {
+        Some(_) => None,
+        None => {
+            let p = FdProbe {
+                pid,
+                fd,
+                link: &link,
+                meta: meta.as_ref(),
+                socket: socket_of(pid, fd, &link, pidfd)?,
+                sock: cx.files.sock,
+            };
+            classify(&p).map_err(|why| refuse(pid, fd, &link, why))?
+        }
+    };
+    let link = tty.unwrap_or(link);
+    let text = procfs::read(pid, &format!("fdinfo/{fd}"))?;
+    let info = procfs::parse_fdinfo(&text).ok_or_else(|| procfs::ProcError::Parse {
+        path: format!("/proc/{pid}/fdinfo/{fd}").into(),
+        what: "unexpected format".into(),
+    })?;
+    // Same open file description as an earlier fd (of any process)?
+    let mut id = None;
+    // Only fds on the same inode can share a description: compare those alone.
+    let key = meta.as_ref().map(|m| (m.dev(), m.ino()));
+    for &(opid, other, oid) in cx.files.fds_by_inode.get(&key).into_iter().flatten() {
+        if kcmp(pid, opid, KCMP_FILE, fd as u64, other as u64).ok() == Some(0) {
+            id = Some(oid);
+            break;
+        }
+    }
+    let id = match (id, kind) {
+        (Some(i), _) => i,
+        (None, None) => {
+            let meta = meta.as_ref().ok_or_else(|| {
+                Unsupported::of(
+                    pid,
+                    format!("fd {fd} ({link})"),
+                    "the file cannot be looked up from cryo",
+                    "is it in a mount namespace cryo cannot reach? close it before the dump",
+                )
+            })?;
+            let deleted = link.strip_suffix(" (deleted)");
+            let id = cx.files.add_reg(
+                deleted.unwrap_or(&link).to_string(),
+                info.flags & !(libc::O_CLOEXEC as u32),
+                info.pos,
+                meta.is_file().then_some(meta.len()),
+                meta.mode(),
+            );
+            if meta.is_file() && is_mqueue(pid, fd) {
+                if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
+                    r.cryo_mqueue = Some(true);
+                    r.size = None;
+                }
+            }
+            if deleted.is_some() {
+                super::ghost::dump(
+                    cx.files,
+                    pid,
+                    &format!("fd {fd} ({link})"),
+                    &format!("/proc/{pid}/fd/{fd}"),
+                    meta,
+                    id,
+                )?;
+            }
+            id
+        }
+        (None, Some(k)) => {
+            if pidfd.is_none() {
+                *pidfd = Some(
+                    sys::fd::pidfd_open(pid).map_err(|source| TaskError::Ptrace {
+                        pid,
+                        what: "pidfd_open",
+                        source,
+                    })?,
+                );
+            }
+            let t = TargetFd {
+                pid,
+                fd,
+                link: &link,
+                meta: meta.as_ref(),
+                info: &info,
+                fdinfo: &text,
+                pidfd: pidfd.as_ref().expect("opened above").as_fd(),
+            };
+            let id = cx.files.alloc();
+            // Known before the kind looks inside it (a socket whose queue holds itself).
+            cx.files
+                .fds_by_inode
+                .entry(key)
+                .or_default()
+                .push((pid, fd, id));
+            let e = (k.dump)(cx, &t, id)?;
+            cx.files.entries.push(e);
+            return Ok(DumpedFdInfo {
+                id,
+                kind,
+                cloexec: info.flags & libc::O_CLOEXEC as u32 != 0,
+            });
+        }
+    };
+    cx.files
+        .fds_by_inode
+        .entry(key)
+        .or_default()
+        .push((pid, fd, id));
+    Ok(DumpedFdInfo {
+        id,
+        kind,
+        cloexec: info.flags & libc::O_CLOEXEC as u32 != 0,
+    })
+}
+
+/// Saves a file no fd of the tree may hold: one passed in a message still queued on a unix
+/// socket (SCM_RIGHTS), which cryo received a reference to by peeking. cryo keeps `file`
+/// open until the dump ends, so fds of the tree dumped later that share its open file
+/// description find it (kcmp). Returns its file id and kind.
+pub fn dump_in_flight(
+    cx: &mut DumpCx<'_>,
+    file: OwnedFd,
+) -> Result<(u32, pb::FdTypes), FilesError> {
+    let me = std::process::id() as i32;
+    let fd = file.as_raw_fd();
+    cx.files.in_flight.push(file);
+    let mut pidfd = None;
+    let d = dump_fd(cx, me, fd, &mut pidfd, false)?;
+    Ok((d.id, d.kind.map_or(pb::FdTypes::Reg, |k| k.fd_type)))
+}
+
 impl Kind for Files {
     const NAME: &'static str = "files";
     type Error = FilesError;
@@ -700,115 +912,15 @@ impl Kind for Files {
         let pid = cx.pid;
         let mut pidfd = None;
         for fd in procfs::fds(pid)? {
-            let link = procfs::link(pid, &format!("fd/{fd}"))?;
-            let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
-            let tty = shell_tty(pid, cx.files.shell_job, meta.as_ref(), &cx.files.tree);
-            let kind = match tty {
-                Some(_) => None,
-                None => {
-                    let p = FdProbe {
-                        pid,
-                        fd,
-                        link: &link,
-                        meta: meta.as_ref(),
-                        socket: socket_of(pid, fd, &link, &mut pidfd)?,
-                        sock: cx.files.sock,
-                    };
-                    classify(&p).map_err(|why| refuse(pid, fd, &link, why))?
-                }
-            };
-            let link = tty.unwrap_or(link);
-            let text = procfs::read(pid, &format!("fdinfo/{fd}"))?;
-            let info = procfs::parse_fdinfo(&text).ok_or_else(|| procfs::ProcError::Parse {
-                path: format!("/proc/{pid}/fdinfo/{fd}").into(),
-                what: "unexpected format".into(),
-            })?;
-            // Same open file description as an earlier fd (of any process)?
-            let mut id = None;
-            // Only fds on the same inode can share a description: compare those alone.
-            let key = meta.as_ref().map(|m| (m.dev(), m.ino()));
-            for &(opid, other, oid) in cx.files.fds_by_inode.get(&key).into_iter().flatten() {
-                if kcmp(pid, opid, KCMP_FILE, fd as u64, other as u64).ok() == Some(0) {
-                    id = Some(oid);
-                    break;
-                }
-            }
-            let id = match (id, kind) {
-                (Some(i), _) => i,
-                (None, None) => {
-                    let meta = meta.as_ref().ok_or_else(|| {
-                        Unsupported::of(
-                            pid,
-                            format!("fd {fd} ({link})"),
-                            "the file cannot be looked up from cryo",
-                            "is it in a mount namespace cryo cannot reach? close it before the dump",
-                        )
-                    })?;
-                    let deleted = link.strip_suffix(" (deleted)");
-                    let id = cx.files.add_reg(
-                        deleted.unwrap_or(&link).to_string(),
-                        info.flags & !(libc::O_CLOEXEC as u32),
-                        info.pos,
-                        meta.is_file().then_some(meta.len()),
-                        meta.mode(),
-                    );
-                    if meta.is_file() && is_mqueue(pid, fd) {
-                        if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
-                            r.cryo_mqueue = Some(true);
-                            r.size = None;
-                        }
-                    }
-                    if deleted.is_some() {
-                        super::ghost::dump(
-                            cx.files,
-                            pid,
-                            &format!("fd {fd} ({link})"),
-                            &format!("/proc/{pid}/fd/{fd}"),
-                            meta,
-                            id,
-                        )?;
-                    }
-                    id
-                }
-                (None, Some(k)) => {
-                    if pidfd.is_none() {
-                        pidfd =
-                            Some(
-                                sys::fd::pidfd_open(pid).map_err(|source| TaskError::Ptrace {
-                                    pid,
-                                    what: "pidfd_open",
-                                    source,
-                                })?,
-                            );
-                    }
-                    let t = TargetFd {
-                        pid,
-                        fd,
-                        link: &link,
-                        meta: meta.as_ref(),
-                        info: &info,
-                        fdinfo: &text,
-                        pidfd: pidfd.as_ref().expect("opened above").as_fd(),
-                    };
-                    let id = cx.files.alloc();
-                    let e = (k.dump)(cx, &t, id)?;
-                    cx.files.entries.push(e);
-                    id
-                }
-            };
-            cx.files
-                .fds_by_inode
-                .entry(key)
-                .or_default()
-                .push((pid, fd, id));
+            let d = dump_fd(cx, pid, fd, &mut pidfd, true)?;
             img.fdinfo.push(pb::FdinfoEntry {
-                id,
-                flags: if info.flags & libc::O_CLOEXEC as u32 != 0 {
+                id: d.id,
+                flags: if d.cloexec {
                     libc::FD_CLOEXEC as u32
                 } else {
                     0
                 },
-                r#type: kind.map_or(pb::FdTypes::Reg, |k| k.fd_type) as i32,
+                r#type: d.kind.map_or(pb::FdTypes::Reg, |k| k.fd_type) as i32,
                 fd: fd as u32,
                 xattr_security_selinux: None,
             });
@@ -945,6 +1057,29 @@ pub fn restore_fds(
         if let Some(k) = FdOps::for_type(f.r#type) {
             (k.after_fds)(cx, &mut objs_cell.borrow_mut(), f)?;
         }
+    }
+    // The same for files in flight to this task (passed in a message queued on one of its
+    // sockets, held by no task): an epoll's watches name the receiver's fds. The puppet
+    // holds the file for that moment only.
+    let ids: Vec<u32> = fds.iter().map(|f| f.id).collect();
+    let in_flight = super::unix_sk::in_flight_to(&mut objs_cell.borrow_mut(), &ids)
+        .map_err(FilesError::kind::<super::unix_sk::UnixSk>)?;
+    for id in in_flight {
+        let t = objs_cell.borrow().entry(id)?.r#type;
+        let Some(k) = FdOps::for_type(t) else {
+            continue;
+        };
+        let local = objs_cell.borrow_mut().get(id)?;
+        let tmp = cx.take_from_cryo(local)?;
+        let f = pb::FdinfoEntry {
+            id,
+            flags: 0,
+            r#type: t,
+            fd: tmp as u32,
+            xattr_security_selinux: None,
+        };
+        (k.after_fds)(cx, &mut objs_cell.borrow_mut(), &f)?;
+        cx.sys("close", libc::SYS_close, [tmp, 0, 0, 0, 0, 0])?;
     }
     Ok(FdTable {
         by_id: opened,

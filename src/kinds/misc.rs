@@ -20,6 +20,9 @@ task_error_from!(MiscError);
 /// Miscellaneous per-task state.
 pub struct Misc;
 
+/// membarrier(2) command returning the registrations of the caller's mm (Linux 6.3).
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+
 /// `task_core_entry.task_state`: alive.
 pub const TASK_ALIVE: u32 = 1;
 /// `task_core_entry.task_state`: dead (a zombie).
@@ -151,6 +154,16 @@ impl Kind for Misc {
             libc::SYS_prctl,
             [libc::PR_GET_CHILD_SUBREAPER as u64, buf + 16, 0, 0, 0, 0],
         )?;
+        // membarrier() registrations of the mm (Linux 6.3+: EINVAL before, then none saved).
+        let membarrier = p
+            .remote
+            .call(
+                "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)",
+                libc::SYS_membarrier,
+                [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0],
+            )
+            .ok()
+            .filter(|&m| m != 0);
         let mut raw = [0u8; 24];
         crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 24)]).map_err(|source| {
             TaskError::Memory {
@@ -167,6 +180,7 @@ impl Kind for Misc {
         img.ti().clear_tid_addr = word(0);
         img.thread().pdeath_sig = Some(word(8) as u32);
         img.tc().child_subreaper = Some(word(16) as u32 != 0);
+        img.tc().membarrier_registration_mask = membarrier.map(|m| m as u32);
         Ok(())
     }
 
@@ -208,6 +222,16 @@ impl Kind for Misc {
             .map(|t| t.clear_tid_addr)
             .unwrap_or(0);
         super::threads::restore_attrs(cx, &th, tid_addr, &tc.comm)?;
+        // Each registration command again (each bit of the mask is one).
+        for bit in 0..32 {
+            if tc.membarrier_registration_mask.unwrap_or(0) & (1 << bit) != 0 {
+                cx.sys(
+                    "membarrier (register)",
+                    libc::SYS_membarrier,
+                    [1 << bit, 0, 0, 0, 0, 0],
+                )?;
+            }
+        }
         if tc.child_subreaper == Some(true) {
             cx.sys(
                 "prctl(PR_SET_CHILD_SUBREAPER)",

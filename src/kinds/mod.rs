@@ -29,6 +29,7 @@ pub mod packet_sk;
 pub mod pipes;
 pub mod regs;
 pub mod rlimits;
+pub mod rseq;
 pub mod seccomp;
 pub mod shmem;
 pub mod signalfd;
@@ -143,6 +144,9 @@ pub struct FileTable {
     pub unix_diag: Option<HashMap<u32, crate::sys::net::UnixDiag>>,
     /// sk-queues.img: data queued on each socket, by socket file id.
     pub sk_queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
+    /// Files passed in queued messages (SCM_RIGHTS), which cryo holds while the dump lasts
+    /// (`files::dump_in_flight`).
+    pub in_flight: Vec<std::os::fd::OwnedFd>,
     /// Ghost files (deleted but open or mapped): id by (dev, inode), their entries and
     /// content, the remap records linking file records to them, and the size limit.
     pub ghost_ids: HashMap<(u64, u64), u32>,
@@ -312,6 +316,9 @@ pub struct Inherited {
     pub creds: Option<pb::CredsEntry>,
     pub sched: Option<(i32, i32, i32)>,
     pub xstate_len: Option<usize>,
+    /// Seccomp filters (the oldest of the saved chain) the leader installed before creating
+    /// its threads, so they have them already.
+    pub seccomp: usize,
 }
 
 impl RestoreCx<'_> {

@@ -354,8 +354,8 @@ impl Drop for Puppets {
 struct Ready {
     /// Host PID.
     pid: i32,
-    /// Stopped by job control when dumped: stopped again when released.
-    stopped: bool,
+    /// Stopped by job control when dumped (with this signal): stopped again when released.
+    stopped: Option<i32>,
     regs: pb::UserX86RegsEntry,
     mask: u64,
     threads: Vec<kinds::threads::RestoredThread>,
@@ -392,6 +392,15 @@ struct Shared<'a> {
 
 fn ptrace_err(what: &'static str) -> impl Fn(std::io::Error) -> RestoreError {
     move |source| RestoreError::Ptrace { what, source }
+}
+
+/// The signal that puts a task dumped as stopped back in its group stop: the one that
+/// stopped it, if it is a stop signal (images without one: SIGSTOP).
+fn stop_signal(saved: Option<u32>) -> i32 {
+    match saved.map(|s| s as i32) {
+        Some(s @ (libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)) => s,
+        _ => libc::SIGSTOP,
+    }
 }
 
 /// Turns the stopped puppet `idx` into its task, creating its children (recursively) once
@@ -643,7 +652,21 @@ fn shape(
         cx.remote.calls = 0;
         sh.calls += calls;
         if child.is_zombie() {
-            make_zombie(sh.tr, child, puppets.0.last_mut().expect("pushed"))?;
+            // Its process group: its own, or one whose leader is gone and no task of the
+            // tree is in (made for the moment by a helper). A group led by another task of
+            // the tree is not joined (that task is put in it only at the end).
+            let pgid = child.pstree.pgid;
+            let group = if pgid == child.pid {
+                ZombieGroup::Own
+            } else if pgid != 0
+                && pgid != child.pstree.sid
+                && !sh.tasks.iter().any(|t| t.pid == pgid)
+            {
+                ZombieGroup::Orphan(pgid)
+            } else {
+                ZombieGroup::Inherited
+            };
+            make_zombie(sh.tr, child, group, puppets.0.last_mut().expect("pushed"))?;
             // Its death queued SIGCHLD in this task, which the dumped task had not got
             // pending (pending signals are restored from the images): take it back.
             let set = cx.put(3072, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
@@ -668,8 +691,9 @@ fn shape(
     kinds::restore_kind::<kinds::regs::CpuState>(&mut cx, img)?;
     fault_point("task")?;
     // Threads are created after everything they share and before the leader drops its
-    // credentials (creating them needs them), and before any seccomp filter: each thread
-    // installs its own chain (suspended for cryo's syscalls), then the leader.
+    // credentials (creating them needs them). The leader installs the seccomp filters it
+    // shares with its threads meanwhile, so they inherit them; each thread then installs the
+    // rest of its own chain (suspended for cryo's syscalls), then the leader.
     let threads = kinds::threads::restore_threads(&mut cx, img)?;
     kinds::seccomp::restore(&mut cx, img)?;
     for th in &threads {
@@ -703,7 +727,8 @@ fn shape(
             .core
             .tc
             .as_ref()
-            .is_some_and(|t| t.task_state == kinds::misc::TASK_STOPPED),
+            .filter(|t| t.task_state == kinds::misc::TASK_STOPPED)
+            .map(|t| stop_signal(t.stop_signo)),
         regs: ti.gpregs,
         mask: img.core.tc.as_ref().map(|t| t.blk_sigset).unwrap_or(0),
         threads,
@@ -749,14 +774,101 @@ fn foreground(root: i32) {
     }
 }
 
+/// The process group a zombie is put in before it dies.
+enum ZombieGroup {
+    /// Its parent's (as forked).
+    Inherited,
+    /// Its own (it leads it).
+    Own,
+    /// This group, whose leader is gone and which no other task of the tree is in.
+    Orphan(u32),
+}
+
+/// Puts the puppet `r` drives (about to become a zombie) in process group `pgid`, whose
+/// leader is gone: a helper child is cloned with PID `pgid` (in the tree's PID namespace),
+/// makes the group, the puppet joins it, and the helper exits and is reaped by the puppet.
+/// The group lives on with the puppet in it, as CRIU's helper tasks do.
+fn join_orphan_group(r: &mut Remote<'_>, tr: u64, pgid: u32) -> Result<(), RestoreError> {
+    let pid = r.tracee().tid;
+    let put = |addr: u64, b: &[u8]| {
+        crate::sys::mem::vm_write(pid, b, &[(addr, b.len())])
+            .map_err(|source| RestoreError::WriteMemory { addr, source })
+    };
+    // struct clone_args (88 bytes) at +2048, set_tid array at +3072.
+    put(tr + 4096 + 3072, &(pgid as u64).to_ne_bytes())?;
+    let mut args = [0u64; 11];
+    args[4] = libc::SIGCHLD as u64;
+    args[8] = tr + 4096 + 3072;
+    args[9] = 1;
+    let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    put(tr + 4096 + 2048, &bytes)?;
+    let got = r.call(
+        "clone3 (process group helper)",
+        libc::SYS_clone3,
+        [tr + 4096 + 2048, 88, 0, 0, 0, 0],
+    )?;
+    let host = r.last_child.take().unwrap_or(got as i32);
+    let helper = Tracee { tid: host };
+    let mut guard = Puppet {
+        tracee: Tracee { tid: host },
+        released: false,
+    };
+    match helper.wait().map_err(ptrace_err("waitpid (helper)"))? {
+        Stop::Stopped { .. } => {}
+        other => {
+            return Err(RestoreError::Ptrace {
+                what: "waiting for a process group helper",
+                source: std::io::Error::other(format!("unexpected state {other:?}")),
+            })
+        }
+    }
+    let hbase = helper.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+    let mut hr = Remote::new(&helper, tr, hbase);
+    hr.call("setpgid (helper)", libc::SYS_setpgid, [0, 0, 0, 0, 0, 0])?;
+    r.call(
+        "setpgid (zombie)",
+        libc::SYS_setpgid,
+        [0, pgid as u64, 0, 0, 0, 0],
+    )?;
+    match hr.raw("exit_group (helper)", libc::SYS_exit_group, [0; 6]) {
+        Err(RemoteError::Died { .. }) => guard.released = true,
+        Ok(_) => {
+            return Err(RestoreError::Internal(
+                "the process group helper did not exit",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // Reaped by its parent, which the dumped tree never saw.
+    r.call(
+        "wait4 (helper)",
+        libc::SYS_wait4,
+        [pgid as u64, 0, libc::__WALL as u64, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
 /// Turns a fresh puppet into the zombie `img` describes: it exits with the saved status
 /// (or dies of the saved signal, without a core file), and cryo, as its tracer, collects
-/// only the tracer's notification; the exit status stays for its restored parent.
-fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreError> {
+/// only the tracer's notification; the exit status stays for its restored parent. First it
+/// enters its process group (`group`).
+fn make_zombie(
+    tr: u64,
+    img: &TaskImages,
+    group: ZombieGroup,
+    p: &mut Puppet,
+) -> Result<(), RestoreError> {
     let status = img.core.tc.as_ref().map(|t| t.exit_code).unwrap_or(0);
     let t = Tracee { tid: p.tracee.tid };
     let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
     let mut r = Remote::new(&t, tr, base);
+    match group {
+        ZombieGroup::Inherited => {}
+        ZombieGroup::Own => {
+            r.call("setpgid (zombie)", libc::SYS_setpgid, [0, 0, 0, 0, 0, 0])?;
+        }
+        ZombieGroup::Orphan(pgid) => join_orphan_group(&mut r, tr, pgid)?,
+    }
     let sig = (status & 0x7f) as u64;
     let result = if sig != 0 {
         crate::sys::proc::set_rlimit(t.tid, libc::RLIMIT_CORE, 0, 0)
@@ -769,11 +881,14 @@ fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreE
                 source,
             }
         })?;
-        r.call(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [sig, scratch, 0, 8, 0, 0],
-        )?;
+        // SIGKILL's action cannot be changed (EINVAL), nor needs to be: it always kills.
+        if sig != libc::SIGKILL as u64 {
+            r.call(
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                [sig, scratch, 0, 8, 0, 0],
+            )?;
+        }
         t.set_sigmask(0).map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
         match r.raw(
             "kill (zombie)",
@@ -1088,9 +1203,10 @@ pub fn run(
                 .set_sigmask(th.mask)
                 .map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
         }
-        if r.stopped {
-            // Queued now, taken when released: the task enters its group stop again.
-            crate::sys::proc::kill(r.pid, libc::SIGSTOP).map_err(ptrace_err("kill(SIGSTOP)"))?;
+        if let Some(sig) = r.stopped {
+            // Queued now, taken when released: the task enters its group stop again, with
+            // the signal that stopped it (what a parent's waitid reports).
+            crate::sys::proc::kill(r.pid, sig).map_err(ptrace_err("kill (stop signal)"))?;
         }
     }
     sh.calls += 2 * ready.len() as u64;

@@ -19,6 +19,7 @@ pub mod nft;
 pub mod proc;
 pub mod ptrace;
 pub mod remote;
+pub mod scm;
 pub mod tty;
 pub mod tun;
 

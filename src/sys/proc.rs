@@ -63,9 +63,17 @@ pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> io::Result<i32
         // Child: only raw syscalls, no allocation, never returns.
         // SAFETY: all calls take plain values or valid local pointers.
         unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            // The raw syscall: glibc's sigfillset/sigprocmask leave its own signals 32 and
+            // 33 (SIGCANCEL, SIGSETXID) unblocked, and a program's pending signal 32 (a
+            // SIGEV_THREAD timer's) would then be delivered while cryo restores.
+            let all: u64 = !0;
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all as *const u64,
+                std::ptr::null_mut::<u64>(),
+                8,
+            );
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             if !new_pid_ns && libc::getppid() == 1 {
                 libc::_exit(1);
