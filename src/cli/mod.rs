@@ -290,6 +290,13 @@ pub struct DumpArgs {
     /// in bytes, or with a K, M or G suffix. Larger ones make the dump refuse. Default 1M.
     #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
     pub ghost_limit: u64,
+    /// Accepted for compatibility: CRIU finds the data of a sparse ghost file with FIEMAP
+    /// (`--ghost-fiemap`) or SEEK_DATA/SEEK_HOLE (`--no-ghost-fiemap`); cryo always uses
+    /// SEEK_DATA/SEEK_HOLE, which finds the same data, and keeps the holes either way.
+    #[arg(long = "ghost-fiemap")]
+    pub ghost_fiemap: bool,
+    #[arg(long = "no-ghost-fiemap", hide = true)]
+    pub no_ghost_fiemap: bool,
     #[command(flatten)]
     pub common: Common,
 }

@@ -264,9 +264,10 @@ fn classify(p: &FdProbe<'_>) -> Result<Option<&'static FdOps>, (String, &'static
     if link.starts_with("socket:") {
         return Err(("socket of an unknown family".into(), hint_fd));
     }
-    if p.deleted() && !p.meta.is_some_and(|m| m.is_file()) {
-        // Deleted regular files are saved as ghost files; anything else deleted is not.
-        return Err(("deleted special file".into(), hint_fd));
+    if p.deleted() && p.meta.is_some_and(|m| m.file_type().is_socket()) {
+        // Deleted files, directories, devices and symlinks are saved as ghost files (FIFOs
+        // by their kind); a socket file cannot be bound again to a name no one sees.
+        return Err(("deleted socket file".into(), hint_fd));
     }
     if !link.starts_with('/') {
         return Err(("special file".into(), hint_fd));
@@ -947,7 +948,7 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Fil
         return Ok(cx.take_from_cryo(local)? as i32);
     }
     let reg = cx.reg(id)?.clone();
-    let flags = flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+    let flags = super::ghost::reopen_flags(flags) as u32;
     if reg.cryo_mqueue == Some(true) {
         // Opened by name in the puppet's IPC namespace, whose queues exist by now.
         // The queue's name is the last component (the fd may have been opened through a

@@ -137,10 +137,10 @@ pub struct FileTable {
     pub unix_diag: Option<HashMap<u32, crate::sys::net::UnixDiag>>,
     /// sk-queues.img: data queued on each socket, by socket file id.
     pub sk_queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
-    /// Ghost files (deleted but open or mapped): id by (dev, inode), their entries and
-    /// content, the remap records linking file records to them, and the size limit.
+    /// Ghost files (deleted but open, mapped or a working directory): id by (dev, inode),
+    /// their entries and content, the remap records linking file records to them, and the size limit.
     pub ghost_ids: HashMap<(u64, u64), u32>,
-    pub ghosts: Vec<(u32, pb::GhostFileEntry, Vec<u8>)>,
+    pub ghosts: Vec<ghost::Ghost>,
     pub remaps: Vec<pb::RemapFilePathEntry>,
     pub ghost_limit: u64,
     /// memfd.img: each memfd inode once.
