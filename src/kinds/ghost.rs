@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::FileTable;
+use super::{FileTable, RestoreCx};
 use crate::image::{self, pb, ImageDir};
 
 /// Why a deleted file (ghost) could not be saved or restored.
@@ -370,6 +370,19 @@ impl Drop for GhostStore {
     fn drop(&mut self) {
         self.unlink_all();
     }
+}
+
+/// The path file record `id` is reached by in the restored tree: its ghost's (made now)
+/// when the file was deleted, else its own.
+pub fn live_path(cx: &RestoreCx<'_>, id: u32) -> Result<String, GhostError> {
+    let name = cx.reg(id)?.name.clone();
+    let mut objs = cx.objs.borrow_mut();
+    if !objs.ghosts.is_ghost(id) {
+        return Ok(name);
+    }
+    let objs = &mut *objs;
+    let at = objs.ghosts.materialize(&objs.dir, id, &name, objs.ns_pid)?;
+    Ok(at.to_string_lossy().into_owned())
 }
 
 /// The flags to reopen a file with: without those that only matter when creating it

@@ -1,0 +1,47 @@
+//! Where a process stands in the file system (issue #12): its root after a chroot, and a
+//! working directory left outside that root (a chroot without chdir), with files open on
+//! both sides of it.
+
+use integration::*;
+
+/// A python that chroots into `jail` without changing directory, holding a file outside
+/// the jail and one inside. After restore /proc shows the same root and working directory,
+/// paths resolve as before (absolute ones in the jail, relative ones from the working
+/// directory outside it), and both files are read through their fds.
+#[test]
+fn chrooted_process_keeps_its_root_and_working_directory() {
+    let dir = scratch("chroot");
+    let jail = dir.join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    let out = dir.join("out");
+    let script = r#"
+import os, signal, sys
+d = sys.argv[1]
+os.chdir(d)
+outside = open("outside", "w+"); outside.write("outside data"); outside.flush()
+os.chroot(d + "/jail")
+inside = open("/inside", "w+"); inside.write("inside data"); inside.flush()
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+print("ready", flush=True)
+signal.sigwait([signal.SIGUSR1])
+outside.seek(0); inside.seek(0)
+print(outside.read(), inside.read(), open("/inside").read(), open("outside").read(),
+      os.path.exists("/jail"), flush=True)
+"#;
+    let pid = spawn(&["python3", "-c", script, dir.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_ready(&out);
+    let link = |what: &str| std::fs::read_link(format!("/proc/{pid}/{what}")).unwrap();
+    assert_eq!(link("root"), jail);
+    assert_eq!(link("cwd"), dir);
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    assert_eq!(link("root"), jail, "root after restore");
+    assert_eq!(link("cwd"), dir, "working directory after restore");
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report", 10, || lines(&out).len() >= 2);
+    assert_eq!(
+        lines(&out)[1],
+        "outside data inside data inside data outside data False"
+    );
+}
