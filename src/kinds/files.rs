@@ -42,6 +42,7 @@ pub static FD_KINDS: &[FdOps] = &[
     FdOps::of::<super::memfd::Memfd>(),
     FdOps::of::<super::unix_sk::UnixSk>(),
     FdOps::of::<super::tty::Tty>(),
+    FdOps::of::<super::pidfd::PidFd>(),
 ];
 
 /// Why the fd table could not be saved or rebuilt.
@@ -58,6 +59,9 @@ pub enum FilesError {
     /// `/dev/tty`, opened in the puppet.
     #[error(transparent)]
     Tty(#[from] super::tty::TtyError),
+    /// A pidfd of a process of the tree, opened in the puppet.
+    #[error(transparent)]
+    PidFd(#[from] super::pidfd::PidFdError),
 }
 task_error_from!(FilesError, no_failure);
 
@@ -68,6 +72,7 @@ impl Failure for FilesError {
             FilesError::Kind(k) => k.inner.hint(),
             FilesError::Ghost(e) => e.hint(),
             FilesError::Tty(e) => e.hint(),
+            FilesError::PidFd(e) => e.hint(),
         }
     }
 }
@@ -832,6 +837,9 @@ pub fn restore_fds(
         } else {
             0
         };
+        if opened_late(cx.files, f.id) && !taken.contains_key(&f.id) {
+            continue; // restore_late_fds
+        }
         if let Some(&src) = opened.get(&f.id).or(taken.get(&f.id)) {
             cx.sys(
                 "dup3",
@@ -910,6 +918,70 @@ pub fn restore_fds(
         by_id: opened,
         max_fd: max_target,
     })
+}
+
+/// Whether file `id` names processes of the tree, so it is opened only once the task's
+/// children exist ([`restore_late_fds`]): a pidfd of a live process, or a file under
+/// `/proc/PID/` (a child's `/proc/PID/stat`, ...).
+fn opened_late(files: &HashMap<u32, pb::FileEntry>, id: u32) -> bool {
+    let Some(e) = files.get(&id) else {
+        return false;
+    };
+    if super::pidfd::is_live(e) {
+        return true;
+    }
+    e.reg.as_ref().is_some_and(|r| {
+        r.name
+            .strip_prefix("/proc/")
+            .and_then(|rest| rest.split('/').next())
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// Opens the fds of the task `cx` drives that name processes of the tree ([`opened_late`]),
+/// once its children exist: pidfds by the PID the tree sees, `/proc/PID/...` files by path.
+/// `table` is what [`restore_fds`] made; the fds opened here are added to it.
+pub fn restore_late_fds(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    table: &mut FdTable,
+) -> Result<(), FilesError> {
+    let mut fds: Vec<&pb::FdinfoEntry> = img
+        .fdinfo
+        .iter()
+        .filter(|f| opened_late(cx.files, f.id) && !table.by_id.contains_key(&f.id))
+        .collect();
+    fds.sort_by_key(|f| f.fd);
+    let mut opened: HashMap<u32, u32> = HashMap::new();
+    for f in fds {
+        let cloexec = if f.flags & libc::FD_CLOEXEC as u32 != 0 {
+            libc::O_CLOEXEC as u64
+        } else {
+            0
+        };
+        if let Some(&src) = opened.get(&f.id) {
+            cx.sys(
+                "dup3",
+                libc::SYS_dup3,
+                [src as u64, f.fd as u64, cloexec, 0, 0, 0],
+            )?;
+            continue;
+        }
+        let e = cx
+            .files
+            .get(&f.id)
+            .cloned()
+            .ok_or_else(|| missing(f.id, "file"))?;
+        let tmp = if e.r#type == pb::FdTypes::Pidfd as i32 {
+            super::pidfd::open_in_task(cx, &e)?
+        } else {
+            open_reg(cx, f.id)? as u64
+        };
+        cx.place_fd(tmp, f.fd, cloexec)?;
+        opened.insert(f.id, f.fd);
+    }
+    table.by_id.extend(opened);
+    Ok(())
 }
 
 /// Opens regular-file record `id` in the puppet, at its saved offset; returns the fd.

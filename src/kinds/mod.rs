@@ -21,6 +21,7 @@ pub mod memory;
 pub mod misc;
 pub mod mounts;
 pub mod ns;
+pub mod pidfd;
 pub mod pipes;
 pub mod regs;
 pub mod rlimits;

@@ -26,6 +26,12 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
 }
 
+/// `pidfd_open(pid, flags)` (`flags`: 0 or `PIDFD_NONBLOCK`); also works on a zombie.
+pub fn pidfd_open_flags(pid: i32, flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })
+}
+
 /// A pidfd of cryo itself at the lowest fd number not below `at` (close-on-exec).
 pub fn pidfd_open_self_at(at: RawFd) -> io::Result<OwnedFd> {
     let fd = pidfd_open(std::process::id() as i32)?;
