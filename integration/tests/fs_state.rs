@@ -45,3 +45,40 @@ print(outside.read(), inside.read(), open("/inside").read(), open("outside").rea
         "outside data inside data inside data outside data False"
     );
 }
+
+/// A pipe whose read end is owned by the process (`F_SETOWN`) with `O_ASYNC` and
+/// `F_SETSIG SIGUSR2`: after restore the owner and signal are the same, and bytes written
+/// into the pipe from outside raise SIGUSR2 (POLL_IN) in the process.
+#[test]
+fn file_owner_and_signal_survive() {
+    let dir = scratch("fown");
+    let out = dir.join("out");
+    let script = r#"
+import fcntl, os, signal
+F_SETSIG, F_GETSIG = 10, 11
+r, w = os.pipe()
+fcntl.fcntl(r, fcntl.F_SETOWN, os.getpid())
+fcntl.fcntl(r, F_SETSIG, signal.SIGUSR2)
+fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_ASYNC)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
+print("ready", r, w, flush=True)
+info = signal.sigwaitinfo([signal.SIGUSR2])
+print(fcntl.fcntl(r, fcntl.F_GETOWN) == os.getpid(), fcntl.fcntl(r, F_GETSIG),
+      info.si_signo, info.si_code, os.read(r, 100), flush=True)
+"#;
+    let pid = spawn(&["python3", "-c", script], &out);
+    let _g = KillOnDrop(pid);
+    let w = wait_ready(&out)[1];
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/fd/{w}"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"wake"))
+        .unwrap();
+    wait_for("the report", 10, || lines(&out).len() >= 2);
+    assert_eq!(
+        lines(&out)[1],
+        format!("True {} {} 1 b'wake'", libc::SIGUSR2, libc::SIGUSR2)
+    );
+}

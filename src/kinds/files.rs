@@ -698,6 +698,7 @@ impl Kind for Files {
                     break;
                 }
             }
+            let fresh = id.is_none();
             let id = match (id, kind) {
                 (Some(i), _) => i,
                 (None, None) => {
@@ -761,6 +762,9 @@ impl Kind for Files {
                     id
                 }
             };
+            if fresh {
+                save_owner(cx, pid, fd, id, &mut pidfd)?;
+            }
             cx.files
                 .fds_by_inode
                 .entry(key)
@@ -784,6 +788,44 @@ impl Kind for Files {
     fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), FilesError> {
         restore_fds(cx, img, None).map(|_| ())
     }
+}
+
+/// Saves the owner and signal of the open file behind fd `fd` of `pid` (`F_SETOWN`,
+/// `F_SETSIG`) in the `fown_entry` of its record `id`, when it has one.
+fn save_owner(
+    cx: &mut DumpCx<'_>,
+    pid: i32,
+    fd: i32,
+    id: u32,
+    pidfd: &mut Option<OwnedFd>,
+) -> Result<(), FilesError> {
+    let err = |what: &'static str| {
+        move |source| TaskError::Fd {
+            pid,
+            fd,
+            what: what.into(),
+            source,
+        }
+    };
+    if pidfd.is_none() {
+        *pidfd = Some(sys::fd::pidfd_open(pid).map_err(err("pidfd_open"))?);
+    }
+    let copy = sys::fd::pidfd_getfd(pidfd.as_ref().expect("opened above").as_fd(), fd)
+        .map_err(err("pidfd_getfd"))?;
+    let Some(owner) = super::fown::dump(copy.as_fd()).map_err(err("read the file's owner"))? else {
+        return Ok(());
+    };
+    if let Some(slot) = cx
+        .files
+        .entries
+        .iter_mut()
+        .rev()
+        .find(|e| e.id == id)
+        .and_then(super::fown::slot)
+    {
+        *slot = owner;
+    }
+    Ok(())
 }
 
 /// A restored fd table: which fd holds each file id, and the highest fd.
@@ -981,6 +1023,20 @@ pub fn restore_late_fds(
         opened.insert(f.id, f.fd);
     }
     table.by_id.extend(opened);
+    // File owners, now that every process they may name exists: once per open file.
+    let mut done = std::collections::HashSet::new();
+    let mut all: Vec<&pb::FdinfoEntry> = img.fdinfo.iter().collect();
+    all.sort_by_key(|f| f.fd);
+    for f in all {
+        let Some(mut e) = cx.files.get(&f.id).cloned() else {
+            continue;
+        };
+        if let Some(o) = super::fown::slot(&mut e).filter(|o| super::fown::is_set(o)) {
+            if done.insert(f.id) {
+                super::fown::restore(cx, f.fd, o)?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod epoll;
 pub mod error;
 pub mod eventfd;
 pub mod files;
+pub mod fown;
 pub mod ghost;
 pub mod inotify;
 pub mod ipc;

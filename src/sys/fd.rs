@@ -268,3 +268,43 @@ pub fn dup_raw(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: plain integer arguments; an fd that is not open gives EBADF.
     owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) } as libc::c_long)
 }
+
+/// Who gets the I/O signals of an open file (`fcntl` `F_GETOWN_EX`, `F_GETSIG`,
+/// `F_GETOWNER_UIDS`): the owner's type (`F_OWNER_TID`/`PID`/`PGRP`) and id (in cryo's PID
+/// namespace; 0: none), the signal (0: SIGIO), and the real and effective uids it was set
+/// with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: i32,
+    pub pid: i32,
+    pub sig: i32,
+    pub uid: u32,
+    pub euid: u32,
+}
+
+/// `fcntl` commands of linux/fcntl.h the libc crate lacks.
+pub const F_SETSIG: i32 = 10;
+pub const F_GETSIG: i32 = 11;
+pub const F_SETOWN_EX: i32 = 15;
+pub const F_GETOWN_EX: i32 = 16;
+pub const F_GETOWNER_UIDS: i32 = 17;
+
+/// The owner of the open file behind `fd` (see [`Owner`]).
+pub fn owner(fd: BorrowedFd<'_>) -> io::Result<Owner> {
+    let mut ex = [0i32; 2]; // struct f_owner_ex { int type; pid_t pid; }
+    let mut uids = [0u32; 2];
+    // SAFETY: each pointer is to a live local of the size the command writes.
+    unsafe {
+        cvt(libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, ex.as_mut_ptr()) as libc::c_long)?;
+        cvt(libc::fcntl(fd.as_raw_fd(), F_GETOWNER_UIDS, uids.as_mut_ptr()) as libc::c_long)?;
+    }
+    // SAFETY: plain integer arguments.
+    let sig = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETSIG) } as libc::c_long)?;
+    Ok(Owner {
+        kind: ex[0],
+        pid: ex[1],
+        sig: sig as i32,
+        uid: uids[0],
+        euid: uids[1],
+    })
+}
