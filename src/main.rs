@@ -105,6 +105,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 freeze_cgroup: a.common.freeze_cgroup.clone(),
                 cgroup_mode: a.common.cgroup_mode().map_err(anyhow::Error::msg)?,
                 file_locks: a.common.file_locks,
+                link_remap: a.common.link_remap,
             };
             let dir = ImageDir::create(&a.common.images_dir)?;
             let spin = progress(&format!("dumping {}", a.tree));

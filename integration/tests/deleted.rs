@@ -75,3 +75,112 @@ fn deleted_files_of_every_kind_come_back() {
     ];
     assert_eq!(got, want);
 }
+
+/// A file removed from the name it was opened by but still linked elsewhere: refused
+/// without `--link-remap` (the error says so); with it the dump leaves a temporary name
+/// beside the old one, the restored fd is the very same inode (what it writes shows in the
+/// other name), and the temporary name is gone after the restore.
+#[test]
+fn removed_file_with_another_name_is_reopened_through_a_link_remap() {
+    let dir = scratch("linkremap");
+    let out = dir.join("out");
+    let script = r#"
+import os, signal, sys
+d = sys.argv[1]
+f = os.open(d + "/a", os.O_RDWR | os.O_CREAT, 0o644)
+os.write(f, b"before ")
+os.link(d + "/a", d + "/b")
+os.unlink(d + "/a")
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+print("ready", f, flush=True)
+signal.sigwait([signal.SIGUSR1])
+os.write(f, b"after")
+print("done", flush=True)
+"#;
+    let pid = spawn(&["python3", "-c", script, dir.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    let fd = wait_ready(&out)[0];
+    let e = dump_fails(pid, &dir.join("refused"), &[]);
+    assert!(
+        e.contains("a (deleted)") && e.contains("--link-remap"),
+        "{e}"
+    );
+    assert!(alive(pid));
+    let names = || {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "out" && n != "img" && n != "refused")
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(), ["b"], "a refused dump leaves no name behind");
+    let img = dir.join("img");
+    dump(pid, &img, &["--link-remap"]);
+    let made = names();
+    assert!(
+        made.len() == 2 && made[1].starts_with("link_remap."),
+        "{made:?}"
+    );
+    wait_gone(pid);
+    restore(&img);
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: String| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        ino(format!("/proc/{pid}/fd/{fd}")),
+        ino(dir.join("b").display().to_string()),
+        "the restored fd is another file"
+    );
+    assert_eq!(
+        names(),
+        ["b"],
+        "the temporary name is removed after the restore"
+    );
+    signal(pid, libc::SIGUSR1);
+    wait_for("the write", 10, || lines(&out).len() >= 2);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("b")).unwrap(),
+        "before after"
+    );
+}
+
+/// An inotify watch on a file deleted while open: the watch comes back on the restored
+/// ghost, so closing the written file after restore is reported (IN_CLOSE_WRITE on the
+/// file's own watch descriptor).
+#[test]
+fn inotify_watch_on_a_deleted_file_follows_its_ghost() {
+    let dir = scratch("inotify-ghost");
+    let out = dir.join("out");
+    let script = r#"
+import ctypes, os, select, signal, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+d = sys.argv[1]
+ify = libc.inotify_init1(os.O_NONBLOCK)
+f = os.open(d + "/watched", os.O_RDWR | os.O_CREAT, 0o644)
+IN_CLOSE_WRITE = 0x8
+wd = libc.inotify_add_watch(ify, (d + "/watched").encode(), IN_CLOSE_WRITE)
+os.unlink(d + "/watched")
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+print("ready", wd, flush=True)
+signal.sigwait([signal.SIGUSR1])
+os.close(f)
+select.select([ify], [], [], 5)
+ev = os.read(ify, 4096)
+got = set()
+while ev:
+    w, mask, cookie, n = struct.unpack("iIII", ev[:16])
+    got.add((w, mask & IN_CLOSE_WRITE))
+    ev = ev[16 + n:]
+print((wd, IN_CLOSE_WRITE) in got, flush=True)
+"#;
+    let pid = spawn(&["python3", "-c", script, dir.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_ready(&out);
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report", 10, || lines(&out).len() >= 2);
+    assert_eq!(lines(&out)[1], "True");
+}

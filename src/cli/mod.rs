@@ -156,6 +156,17 @@ pub struct Common {
     /// the tree fails the dump, as in CRIU); restore takes them again. Leases are refused.
     #[arg(short = 'l', long = "file-locks")]
     pub file_locks: bool,
+    /// Dump: a file whose name was removed while open but which has other names (hard
+    /// links) gets a temporary name beside the old one (`link_remap.N`), through which the
+    /// restore reopens the same file, then removes it. Without it such a file is refused.
+    #[arg(long = "link-remap")]
+    pub link_remap: bool,
+    /// Accepted for compatibility: CRIU's inode-to-path map for notify watches. cryo finds
+    /// watched files through their file handles (`open_by_handle_at`) whatever is given.
+    #[arg(long = "force-irmap")]
+    pub force_irmap: bool,
+    #[arg(long = "irmap-scan-path", value_name = "PATH", hide = true)]
+    pub irmap_scan_path: Vec<String>,
     /// CRIU options cryo does not support yet (refused with a message).
     #[command(flatten)]
     pub unsupported: Unsupported,
@@ -428,7 +439,6 @@ unsupported_opts! {
     tcp_close: bool = "tcp-close", "TCP sockets are not implemented yet";
     skip_in_flight: bool = "skip-in-flight", "TCP sockets are not implemented yet";
     ext_unix_sk: Option<String> = "ext-unix-sk", "external unix sockets are not implemented yet";
-    link_remap: bool = "link-remap", "link remaps are not implemented yet";
     evasive_devices: bool = "evasive-devices", "evasive devices are not implemented yet";
     page_server: bool = "page-server", "the page server is not implemented yet";
     address: Option<String> = "address", "the page server is not implemented yet";

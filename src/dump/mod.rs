@@ -38,6 +38,8 @@ pub struct DumpOpts {
     pub cgroup_mode: kinds::cgroup::Mode,
     /// `--file-locks`: save the tree's file locks (without it, a lock fails the dump).
     pub file_locks: bool,
+    /// `--link-remap`: a removed file with other names gets a temporary one for the restore.
+    pub link_remap: bool,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -861,6 +863,7 @@ pub fn run(
     // 3. Each process.
     let mut files = FileTable::default();
     files.ghost_limit = opts.ghost_limit;
+    files.link_remaps.enabled = opts.link_remap;
     files.shell_job = opts.shell_job;
     files.external_net = opts.external_net.clone();
     files.empty_net = opts.empty_net;
@@ -971,6 +974,7 @@ pub fn run(
             seized.kill();
         }
     }
+    files.link_remaps.keep();
     Ok(DumpReport {
         pid: root,
         pages_written: stats.pages_written,

@@ -62,6 +62,9 @@ pub enum FilesError {
     /// A pidfd of a process of the tree, opened in the puppet.
     #[error(transparent)]
     PidFd(#[from] super::pidfd::PidFdError),
+    /// A removed file with other names (`--link-remap`).
+    #[error(transparent)]
+    LinkRemap(#[from] super::linkremap::LinkRemapError),
 }
 task_error_from!(FilesError, no_failure);
 
@@ -73,6 +76,7 @@ impl Failure for FilesError {
             FilesError::Ghost(e) => e.hint(),
             FilesError::Tty(e) => e.hint(),
             FilesError::PidFd(e) => e.hint(),
+            FilesError::LinkRemap(e) => e.hint(),
         }
     }
 }
@@ -612,7 +616,7 @@ impl FdObjects {
         self.made.clear();
         self.kinds = KindState::default();
         self.shmem = Default::default();
-        self.ghosts.unlink_all();
+        self.ghosts.finish();
         self.tty.close();
         self.inherited.clear();
     }
@@ -724,7 +728,14 @@ impl Kind for Files {
                             r.size = None;
                         }
                     }
-                    if deleted.is_some() {
+                    if let Some(path) = deleted.filter(|_| meta.nlink() > 0) {
+                        // Removed from this name, but it has others: a link remap.
+                        let own_mnt = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino());
+                        let theirs =
+                            std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
+                        let ns = (own_mnt.ok() != theirs.ok()).then_some(pid);
+                        super::linkremap::dump(cx.files, pid, fd, path, ns, id)?;
+                    } else if deleted.is_some() {
                         super::ghost::dump(
                             cx.files,
                             pid,
@@ -1085,6 +1096,16 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Fil
         let p = cx.put_path(name)?;
         let mode = flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32;
         return Ok(cx.sys("mq_open", libc::SYS_mq_open, [p, mode as u64, 0, 0, 0, 0])? as i32);
+    }
+    let linked = cell.borrow().ghosts.linked(id);
+    if let Some(lid) = linked {
+        // Removed from its name, reopened through the temporary one the dump made.
+        let path = cx.reg(lid)?.name.clone();
+        let fd = cx.open(&path, flags)?;
+        let mut objs = cell.borrow_mut();
+        let ns = objs.ns_pid;
+        objs.ghosts.note_linked(&path, ns);
+        return Ok(fd);
     }
     if cell.borrow().ghosts.is_ghost(id) {
         let local = {

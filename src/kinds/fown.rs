@@ -18,7 +18,12 @@ use crate::image::pb;
 /// The owner of the open file behind cryo's copy `fd`, as a `fown_entry` (ids as the tree
 /// sees them), or None when it has neither owner nor signal.
 pub fn dump(fd: BorrowedFd<'_>) -> std::io::Result<Option<pb::FownEntry>> {
-    let o = crate::sys::fd::owner(fd)?;
+    let o = match crate::sys::fd::owner(fd) {
+        Ok(o) => o,
+        // An O_PATH fd has no owner (fcntl refuses it).
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     if o.pid == 0 && o.sig == 0 {
         return Ok(None);
     }

@@ -224,6 +224,20 @@ pub fn write(dir: &ImageDir, files: &FileTable) -> Result<(), GhostError> {
     Ok(())
 }
 
+/// A ghost's image: its entry and data, and its chunks with theirs.
+type GhostImage = (
+    (pb::GhostFileEntry, Vec<u8>),
+    Vec<(pb::GhostChunkEntry, Vec<u8>)>,
+);
+
+/// Reads ghost-file-`g`.img.
+fn read_ghost(dir: &ImageDir, g: u32) -> Result<GhostImage, GhostError> {
+    let name = format!("ghost-file-{g}.img");
+    Ok(dir
+        .read_mixed::<pb::GhostFileEntry, pb::GhostChunkEntry>(&name, image::GHOST_FILE)?
+        .ok_or_else(|| TaskError::BadImage(format!("{name} is missing")))?)
+}
+
 /// A ghost made on restore: where, and whether it is a directory (removed with rmdir).
 struct Made {
     at: PathBuf,
@@ -237,6 +251,13 @@ pub struct GhostStore {
     /// File record id → ghost id.
     remaps: HashMap<u32, u32>,
     made: HashMap<u32, Made>,
+    /// File record id → the record of its temporary name (`--link-remap`), and the names
+    /// used, removed once the restore succeeded ([`GhostStore::finish`]).
+    linked: HashMap<u32, u32>,
+    linked_used: Vec<String>,
+    /// Ghost images read ahead ([`GhostStore::preload`]), and the (dev, inode) of those made.
+    cache: HashMap<u32, GhostImage>,
+    inodes: HashMap<u32, (u32, u64)>,
     /// The root puppet when the tree has namespaces of its own: ghosts are made (and
     /// removed) inside its mount namespace, where their paths lead.
     ns_pid: Option<i32>,
@@ -244,18 +265,47 @@ pub struct GhostStore {
 
 impl GhostStore {
     pub fn load(dir: &ImageDir) -> Result<Self, GhostError> {
-        let remaps = dir
+        let all = dir
             .read_opt::<pb::RemapFilePathEntry>("remap-fpath.img", image::REMAP_FPATH)?
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.remap_type == Some(pb::RemapType::Ghost as i32))
-            .map(|r| (r.orig_id, r.remap_id))
-            .collect();
-        Ok(GhostStore {
-            remaps,
-            made: HashMap::new(),
-            ns_pid: None,
-        })
+            .unwrap_or_default();
+        let of = |t: pb::RemapType| {
+            all.iter()
+                .filter(|r| r.remap_type.unwrap_or(0) == t as i32)
+                .map(|r| (r.orig_id, r.remap_id))
+                .collect()
+        };
+        let mut g = GhostStore::default();
+        g.remaps = of(pb::RemapType::Ghost);
+        g.linked = of(pb::RemapType::Linked);
+        Ok(g)
+    }
+
+    /// The record of the temporary name file record `id` is reopened through
+    /// (`--link-remap`), if it has one.
+    pub fn linked(&self, id: u32) -> Option<u32> {
+        self.linked.get(&id).copied()
+    }
+
+    /// Notes a temporary name used, to remove once the restore succeeded.
+    pub fn note_linked(&mut self, path: &str, ns_pid: Option<i32>) {
+        self.ns_pid = self.ns_pid.or(ns_pid);
+        if !self.linked_used.iter().any(|p| p == path) {
+            self.linked_used.push(path.to_string());
+        }
+    }
+
+    /// The restore succeeded: removes the ghosts and the temporary names of link remaps.
+    pub fn finish(&mut self) {
+        self.unlink_all();
+        if self.linked_used.is_empty() {
+            return;
+        }
+        let _in = self.ns_pid.map(|p| super::ns::InNs::enter(p, true));
+        for p in self.linked_used.drain(..) {
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!("cannot remove link remap {p}: {e}");
+            }
+        }
     }
 
     /// Whether file record `id` is a ghost.
@@ -275,14 +325,71 @@ impl GhostStore {
         let g = *self.remaps.get(&id).ok_or_else(|| {
             TaskError::BadImage(format!("file {id} has no ghost in remap-fpath.img"))
         })?;
+        self.make_ghost(dir, g, id, path, ns_pid)
+    }
+
+    /// Reads the images of every ghost, so that they can be made from inside the tree's
+    /// mount namespace, where the images directory is not (a FIFO or an inotify watch is
+    /// made there).
+    pub fn preload(&mut self, dir: &ImageDir) -> Result<(), GhostError> {
+        let mut ids: Vec<u32> = self.remaps.values().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for g in ids {
+            if !self.made.contains_key(&g) && !self.cache.contains_key(&g) {
+                let img = read_ghost(dir, g)?;
+                self.cache.insert(g, img);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the ghost of the deleted inode `ino` of device `dev` (the kernel's encoding,
+    /// as inotify shows it), if one was saved, and returns where it is. [`preload`] first.
+    pub fn materialize_inode(
+        &mut self,
+        dir: &ImageDir,
+        dev: u32,
+        ino: u64,
+        path: &str,
+        ns_pid: Option<i32>,
+    ) -> Result<Option<PathBuf>, GhostError> {
+        // Outside the tree's namespaces (or already done by the kind's `load`).
+        self.preload(dir)?;
+        let user_dev = libc::makedev(dev >> 20, dev & 0xf_ffff) as u32;
+        let found = self.cache.iter().find_map(|(&g, ((e, _), _))| {
+            (e.ino == Some(ino) && e.dev == Some(user_dev)).then_some(g)
+        });
+        let found = found.or_else(|| {
+            self.inodes
+                .iter()
+                .find_map(|(&g, &k)| (k == (user_dev, ino)).then_some(g))
+        });
+        match found {
+            Some(g) => self.make_ghost(dir, g, 0, path, ns_pid).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes ghost `g` (for file record `id`, whose path was `path`) if not made yet.
+    fn make_ghost(
+        &mut self,
+        dir: &ImageDir,
+        g: u32,
+        id: u32,
+        path: &str,
+        ns_pid: Option<i32>,
+    ) -> Result<PathBuf, GhostError> {
         if let Some(m) = self.made.get(&g) {
             return Ok(m.at.clone());
         }
         self.ns_pid = ns_pid;
-        let name = format!("ghost-file-{g}.img");
-        let ((e, data), chunks) = dir
-            .read_mixed::<pb::GhostFileEntry, pb::GhostChunkEntry>(&name, image::GHOST_FILE)?
-            .ok_or_else(|| TaskError::BadImage(format!("{name} is missing")))?;
+        let ((e, data), chunks) = match self.cache.remove(&g) {
+            Some(img) => img,
+            None => read_ghost(dir, g)?,
+        };
+        self.inodes
+            .insert(g, (e.dev.unwrap_or(0), e.ino.unwrap_or(0)));
         let err = |what: String| move |source| TaskError::Object { id, what, source };
         // The image is read; now the path is the tree's.
         let _in = self

@@ -16,6 +16,7 @@ pub mod fown;
 pub mod ghost;
 pub mod inotify;
 pub mod ipc;
+pub mod linkremap;
 pub mod locks;
 pub mod memfd;
 pub mod memory;
@@ -145,6 +146,8 @@ pub struct FileTable {
     pub ghosts: Vec<ghost::Ghost>,
     pub remaps: Vec<pb::RemapFilePathEntry>,
     pub ghost_limit: u64,
+    /// `--link-remap`, and the temporary names made for removed files with other names.
+    pub link_remaps: linkremap::LinkRemaps,
     /// memfd.img: each memfd inode once.
     pub memfd_inodes: Vec<pb::MemfdInodeEntry>,
     /// seccomp.img: every thread's filter chain, each filter once per chain position.

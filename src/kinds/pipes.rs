@@ -200,6 +200,10 @@ impl FdKind for Fifos {
     }
 
     fn load(objs: &mut FdObjects) -> Result<(), PipesError> {
+        // A deleted FIFO is made from its ghost inside the tree's mount namespace.
+        objs.ghosts.preload(&objs.dir).map_err(|e| match e {
+            super::ghost::GhostError::Task(t) => t,
+        })?;
         load(objs, true).map(|_| ())
     }
 

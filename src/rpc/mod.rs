@@ -498,6 +498,7 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         cgroup_mode: cgroup_mode(&o)?,
         // containerd's runc always asks (`--file-locks`).
         file_locks: o.file_locks == Some(true),
+        link_remap: o.link_remap == Some(true),
     };
     let mut n = hooks(&o, sk, images.clone());
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
