@@ -292,11 +292,13 @@ fn classify(p: &FdProbe<'_>) -> Result<Option<&'static FdOps>, (String, &'static
         ));
     }
     if ft.is_char_device() {
-        let major = (m.rdev() >> 8) & 0xfff;
-        if matches!(major, 4 | 5 | 136..=143) {
+        let (major, minor) = ((m.rdev() >> 8) & 0xfff, m.rdev() & 0xff);
+        // Virtual terminals (4:0-63) and /dev/console (5:1) are reopened by path.
+        let vt_or_console = (major == 4 && minor < 64) || (major == 5 && minor == 1);
+        if matches!(major, 4 | 5 | 136..=143) && !vt_or_console {
             return Err((
                 "terminal".into(),
-                "only pseudo-terminals are supported; start the program with stdio redirected to files, /dev/null or a pty",
+                "only pseudo-terminals, virtual terminals and /dev/console are supported; start the program with stdio redirected to files, /dev/null or a pty",
             ));
         }
     }
@@ -722,6 +724,15 @@ impl Kind for Files {
                         meta.is_file().then_some(meta.len()),
                         meta.mode(),
                     );
+                    if meta.file_type().is_char_device()
+                        && super::tty::is_vt_or_console(meta.rdev())
+                        && procfs::stat(pid)
+                            .is_ok_and(|s| s.session == pid && s.tty_nr as u64 == meta.rdev())
+                    {
+                        if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
+                            r.cryo_ctty = Some(true);
+                        }
+                    }
                     if meta.is_file() && is_mqueue(pid, fd) {
                         if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
                             r.cryo_mqueue = Some(true);
