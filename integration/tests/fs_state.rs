@@ -82,3 +82,58 @@ print(fcntl.fcntl(r, fcntl.F_GETOWN) == os.getpid(), fcntl.fcntl(r, F_GETSIG),
         format!("True {} {} 1 b'wake'", libc::SIGUSR2, libc::SIGUSR2)
     );
 }
+
+/// A fanotify group with an inode mark on a file and a mount mark with an ignored mask
+/// (`FAN_MARK_IGNORED_SURV_MODIFY`): after restore fdinfo shows the same group flags and
+/// marks, and opening the file is reported with an fd on it.
+#[test]
+fn fanotify_group_keeps_its_marks() {
+    let dir = scratch("fanotify");
+    let out = dir.join("out");
+    let script = r#"
+import ctypes, os, select, signal, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+d = sys.argv[1]
+FAN_NONBLOCK, FAN_OPEN, FAN_CLOSE_WRITE, FAN_MODIFY = 0x2, 0x20, 0x8, 0x2
+FAN_MARK_ADD, FAN_MARK_MOUNT, FAN_MARK_IGNORED_MASK, FAN_MARK_IGNORED_SURV_MODIFY = 0x1, 0x10, 0x20, 0x40
+fa = libc.syscall(300, FAN_NONBLOCK, os.O_RDONLY)
+open(d + "/marked", "w").close()
+assert libc.syscall(301, fa, FAN_MARK_ADD, FAN_OPEN | FAN_CLOSE_WRITE, -100, (d + "/marked").encode()) == 0
+assert libc.syscall(301, fa, FAN_MARK_ADD | FAN_MARK_MOUNT | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY,
+                    FAN_MODIFY, -100, d.encode()) == 0
+def marks():
+    return sorted(l.split(" f_handle")[0] for l in open("/proc/self/fdinfo/%d" % fa) if l.startswith("fanotify"))
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+print("ready", fa, flush=True)
+print(marks(), flush=True)
+signal.sigwait([signal.SIGUSR1])
+while select.select([fa], [], [], 0)[0]:
+    try:
+        os.read(fa, 65536)
+    except BlockingIOError:
+        break
+os.close(os.open(d + "/marked", os.O_RDONLY))
+select.select([fa], [], [], 5)
+buf, seen = os.read(fa, 65536), False
+while buf:
+    n, _, _, _, mask, fd, pid = struct.unpack("IBBHQii", buf[:24])
+    if fd >= 0:
+        seen |= pid == os.getpid() and os.readlink("/proc/self/fd/%d" % fd) == d + "/marked"
+        os.close(fd)
+    buf = buf[n:]
+print(marks(), flush=True)
+print(seen, flush=True)
+"#;
+    let pid = spawn(&["python3", "-c", script, dir.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_ready(&out);
+    wait_for("the marks", 10, || lines(&out).len() >= 2);
+    let before = lines(&out)[1].clone();
+    assert!(before.contains("mflags:40"), "{before}");
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report", 10, || lines(&out).len() >= 4);
+    assert_eq!(lines(&out)[2], before, "fanotify marks after restore");
+    assert_eq!(lines(&out)[3], "True", "no event for the marked file");
+}

@@ -39,6 +39,7 @@ pub static FD_KINDS: &[FdOps] = &[
     FdOps::of::<super::timerfd::TimerFd>(),
     FdOps::of::<super::epoll::Epoll>(),
     FdOps::of::<super::inotify::Inotify>(),
+    FdOps::of::<super::fanotify::Fanotify>(),
     FdOps::of::<super::memfd::Memfd>(),
     FdOps::of::<super::unix_sk::UnixSk>(),
     FdOps::of::<super::tty::Tty>(),

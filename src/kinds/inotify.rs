@@ -77,7 +77,20 @@ fn parse_watch(line: &str) -> Option<Watch> {
 /// The path of the file a watch refers to, as cryo sees it, and an fd of that file when it
 /// was deleted (its path then ends with " (deleted)").
 fn path_of(pid: i32, w: &Watch) -> Result<(String, Option<OwnedFd>), String> {
-    let (major, minor) = (w.sdev >> 20, w.sdev & 0xf_ffff);
+    handle_path(pid, w.sdev, w.handle_type, &w.handle)
+}
+
+/// The path of the file of handle (`handle_type`, `handle`) on device `sdev` (the kernel's
+/// encoding, as fdinfo shows it), opened on a mount of that device in `pid`'s mount
+/// namespace, and an fd of the file when it was deleted (its path then ends with
+/// " (deleted)"). Also used by fanotify.
+pub fn handle_path(
+    pid: i32,
+    sdev: u32,
+    handle_type: i32,
+    handle: &[u8],
+) -> Result<(String, Option<OwnedFd>), String> {
+    let (major, minor) = (sdev >> 20, sdev & 0xf_ffff);
     let dev = format!("{major}:{minor}");
     let mi = procfs::read(pid, "mountinfo").map_err(|e| e.to_string())?;
     // A mount of that filesystem, its own root first (any mount of it can open the handle).
@@ -99,7 +112,7 @@ fn path_of(pid: i32, w: &Watch) -> Result<(String, Option<OwnedFd>), String> {
         libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
     )
     .map_err(|e| format!("open mount {mnt}: {e}"))?;
-    let f = sysfd::open_by_handle(mfd.as_fd(), w.handle_type, &w.handle)
+    let f = sysfd::open_by_handle(mfd.as_fd(), handle_type, handle)
         .map_err(|e| format!("open_by_handle_at on {mnt}: {e}"))?;
     let p = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
         .map_err(|e| e.to_string())?

@@ -11,6 +11,7 @@ pub mod creds;
 pub mod epoll;
 pub mod error;
 pub mod eventfd;
+pub mod fanotify;
 pub mod files;
 pub mod fown;
 pub mod ghost;

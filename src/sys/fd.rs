@@ -308,3 +308,26 @@ pub fn owner(fd: BorrowedFd<'_>) -> io::Result<Owner> {
         euid: uids[1],
     })
 }
+
+/// `fanotify_init(flags, event_f_flags)`.
+pub fn fanotify_init(flags: u32, event_flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    owned(unsafe { libc::syscall(libc::SYS_fanotify_init, flags, event_flags) })
+}
+
+/// `fanotify_mark(fd, flags, mask, AT_FDCWD, path)`.
+pub fn fanotify_mark(fd: BorrowedFd<'_>, flags: u32, mask: u64, path: &str) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: p is a valid NUL-terminated string for the call; the rest are integers.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fanotify_mark,
+            fd.as_raw_fd(),
+            flags,
+            mask,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+        )
+    })
+    .map(|_| ())
+}
