@@ -44,6 +44,7 @@ pub static FD_KINDS: &[FdOps] = &[
     FdOps::of::<super::unix_sk::UnixSk>(),
     FdOps::of::<super::tty::Tty>(),
     FdOps::of::<super::pidfd::PidFd>(),
+    FdOps::of::<super::nsfile::NsFile>(),
 ];
 
 /// Why the fd table could not be saved or rebuilt.
@@ -986,13 +987,14 @@ pub fn restore_fds(
 }
 
 /// Whether file `id` names processes of the tree, so it is opened only once the task's
-/// children exist ([`restore_late_fds`]): a pidfd of a live process, or a file under
-/// `/proc/PID/` (a child's `/proc/PID/stat`, ...).
+/// children exist ([`restore_late_fds`]): a pidfd of a live process, a file under
+/// `/proc/PID/` (a child's `/proc/PID/stat`, ...), or a namespace file (opened by the task
+/// itself).
 fn opened_late(files: &HashMap<u32, pb::FileEntry>, id: u32) -> bool {
     let Some(e) = files.get(&id) else {
         return false;
     };
-    if super::pidfd::is_live(e) {
+    if super::pidfd::is_live(e) || e.nsf.is_some() {
         return true;
     }
     e.reg.as_ref().is_some_and(|r| {
@@ -1039,6 +1041,10 @@ pub fn restore_late_fds(
             .ok_or_else(|| missing(f.id, "file"))?;
         let tmp = if e.r#type == pb::FdTypes::Pidfd as i32 {
             super::pidfd::open_in_task(cx, &e)?
+        } else if e.r#type == pb::FdTypes::Ns as i32 {
+            let path = super::nsfile::path_in_task(&e).map_err(FilesError::kind::<super::nsfile::NsFile>)?;
+            let flags = e.nsf.as_ref().map_or(0, |n| n.flags);
+            cx.open(&path, super::ghost::reopen_flags(flags) as u32)? as u64
         } else {
             open_reg(cx, f.id)? as u64
         };

@@ -24,6 +24,7 @@ pub mod memory;
 pub mod misc;
 pub mod mounts;
 pub mod ns;
+pub mod nsfile;
 pub mod pidfd;
 pub mod pipes;
 pub mod regs;
