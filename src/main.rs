@@ -216,6 +216,7 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 file_locks: a.common.file_locks,
                 network_lock: a.common.network_lock().map_err(anyhow::Error::msg)?,
                 sock: a.common.sock_opts(),
+                link_remap: a.common.link_remap,
             };
             let dir = ImageDir::create(&a.common.images_dir)?;
             let spin = progress(&format!("dumping {}", a.tree));

@@ -355,6 +355,17 @@ pub struct Common {
     /// optional list of socket inodes is accepted too (those sockets, any type).
     #[arg(short = 'x', long = "ext-unix-sk", value_name = "INO,...", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     pub ext_unix_sk: Option<String>,
+    /// Dump: a file whose name was removed while open but which has other names (hard
+    /// links) gets a temporary name beside the old one (`link_remap.N`), through which the
+    /// restore reopens the same file, then removes it. Without it such a file is refused.
+    #[arg(long = "link-remap")]
+    pub link_remap: bool,
+    /// Accepted for compatibility: CRIU's inode-to-path map for notify watches. cryo finds
+    /// watched files through their file handles (`open_by_handle_at`) whatever is given.
+    #[arg(long = "force-irmap")]
+    pub force_irmap: bool,
+    #[arg(long = "irmap-scan-path", value_name = "PATH", hide = true)]
+    pub irmap_scan_path: Vec<String>,
     /// CRIU options cryo does not support yet (refused with a message).
     #[command(flatten)]
     pub unsupported: Unsupported,
@@ -524,6 +535,13 @@ pub struct DumpArgs {
     /// in bytes, or with a K, M or G suffix. Larger ones make the dump refuse. Default 1M.
     #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
     pub ghost_limit: u64,
+    /// Accepted for compatibility: CRIU finds the data of a sparse ghost file with FIEMAP
+    /// (`--ghost-fiemap`) or SEEK_DATA/SEEK_HOLE (`--no-ghost-fiemap`); cryo always uses
+    /// SEEK_DATA/SEEK_HOLE, which finds the same data, and keeps the holes either way.
+    #[arg(long = "ghost-fiemap")]
+    pub ghost_fiemap: bool,
+    #[arg(long = "no-ghost-fiemap", hide = true)]
+    pub no_ghost_fiemap: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -651,7 +669,6 @@ impl IsSet for Vec<String> {
 }
 
 unsupported_opts! {
-    link_remap: bool = "link-remap", "link remaps are not implemented yet";
     evasive_devices: bool = "evasive-devices", "evasive devices are not implemented yet";
     page_server: bool = "page-server", "the page server is not implemented yet";
     address: Option<String> = "address", "the page server is not implemented yet";

@@ -42,6 +42,8 @@ pub struct DumpOpts {
     pub network_lock: crate::netlock::Method,
     /// `--tcp-established`, `--tcp-close`, `--skip-in-flight`, `--ext-unix-sk`.
     pub sock: kinds::files::SockOpts,
+    /// `--link-remap`: a removed file with other names gets a temporary one for the restore.
+    pub link_remap: bool,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -978,6 +980,7 @@ pub fn run(
     // 3. Each process.
     let mut files = FileTable::default();
     files.ghost_limit = opts.ghost_limit;
+    files.link_remaps.enabled = opts.link_remap;
     files.shell_job = opts.shell_job;
     files.external_net = opts.external_net.clone();
     files.empty_net = opts.empty_net;
@@ -1129,6 +1132,7 @@ pub fn run(
     netlock.unlock_now()?;
     // Killed: its connections vanish silently; their lock stays until the restore.
     files.inet.keep();
+    files.link_remaps.keep();
     Ok(DumpReport {
         pid: root,
         pages_written: stats.pages_written,

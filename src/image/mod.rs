@@ -380,6 +380,68 @@ impl ImageDir {
         self.write_raw(name, &buf)
     }
 
+    /// Writes an image of `kind` whose first entry is `first` (followed by `data`) and whose
+    /// other entries are of another message type, each followed by its raw bytes (a sparse
+    /// ghost file: its `ghost_file_entry`, then one `ghost_chunk_entry` per data extent).
+    pub fn write_mixed<F: Message, M: Message>(
+        &self,
+        name: &str,
+        kind: Kind,
+        first: (&F, &[u8]),
+        rest: &[(M, &[u8])],
+    ) -> Result<(), ImageError> {
+        let mut buf = head(kind);
+        buf.extend_from_slice(&(first.0.encoded_len() as u32).to_ne_bytes());
+        first.0.encode(&mut buf).expect("Vec grows");
+        buf.extend_from_slice(first.1);
+        for (e, data) in rest {
+            buf.extend_from_slice(&(e.encoded_len() as u32).to_ne_bytes());
+            e.encode(&mut buf).expect("Vec grows");
+            buf.extend_from_slice(data);
+        }
+        self.write_raw(name, &buf)
+    }
+
+    /// Reads an image written by [`ImageDir::write_mixed`]: the first entry and its data,
+    /// then the other entries with theirs. `None` if the file does not exist.
+    #[allow(clippy::type_complexity)]
+    pub fn read_mixed<F: Message + Default, M: Message + Default>(
+        &self,
+        name: &str,
+        kind: Kind,
+    ) -> Result<Option<((F, Vec<u8>), Vec<(M, Vec<u8>)>)>, ImageError> {
+        let path = self.file(name);
+        if self.stale(name) {
+            return Ok(None);
+        }
+        let Some(bytes) = read_opt_bytes(&path)? else {
+            return Ok(None);
+        };
+        let framed = entries_with_data(&path, kind, &bytes)?;
+        let Some(((off, payload, data), rest)) = framed.split_first() else {
+            return Err(ImageError::Invalid {
+                path,
+                what: "the image has no entry".into(),
+            });
+        };
+        let decode_err = |offset: usize, message: &'static str| {
+            let path = path.clone();
+            move |source| ImageError::Decode {
+                path,
+                offset,
+                message,
+                source,
+            }
+        };
+        let first = F::decode(*payload).map_err(decode_err(*off, kind.message))?;
+        let mut out = Vec::with_capacity(rest.len());
+        for (off, payload, data) in rest {
+            let m = M::decode(*payload).map_err(decode_err(*off, "chunk entry"))?;
+            out.push((m, data.to_vec()));
+        }
+        Ok(Some(((first, data.to_vec()), out)))
+    }
+
     /// Writes a pagemap image: a `pagemap_head` naming the pages image, then the entries.
     pub fn write_pagemap(
         &self,
@@ -583,7 +645,7 @@ pub fn entries_with_data<'a>(
             offset: start,
             what: "entry payload",
         })?;
-        let data_len = extra_len(kind, payload, &bytes[start + len..]);
+        let data_len = extra_len(kind, out.is_empty(), payload, &bytes[start + len..]);
         // A hostile size can be anything up to u64::MAX: no overflow, just truncated.
         let end = (start + len).checked_add(data_len);
         let data =
@@ -600,9 +662,10 @@ pub fn entries_with_data<'a>(
 }
 
 /// Raw bytes that follow an entry of some kinds (pipe, socket and TCP queue data, SysV IPC
-/// contents); `rest` is what follows the entry in the file. A size that cannot be (it
-/// overflows) is `usize::MAX`, which no file holds.
-fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
+/// contents, ghost file contents); `first`: the entry is the image's first; `rest` is what
+/// follows the entry in the file. A size that cannot be (it overflows) is `usize::MAX`,
+/// which no file holds.
+fn extra_len(kind: Kind, first: bool, payload: &[u8], rest: &[u8]) -> usize {
     let field = if kind.name == IPCNS_SHM.name {
         // The segment's bytes, padded to 4, unless CRIU put them in a shmem pagemap.
         pb::IpcShmEntry::decode(payload).map(|e| {
@@ -629,6 +692,9 @@ fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
     } else if kind.name == TCP_STREAM.name {
         // The receive queue's bytes, then the send queue's (as CRIU writes them).
         pb::TcpStreamEntry::decode(payload).map(|e| e.inq_len as usize + e.outq_len as usize)
+    } else if kind.name == GHOST_FILE.name && !first {
+        // A sparse ghost: every entry after the first is a chunk, followed by its bytes.
+        pb::GhostChunkEntry::decode(payload).map(|c| c.len as usize)
     } else if kind.name == GHOST_FILE.name {
         pb::GhostFileEntry::decode(payload).map(|e| {
             if e.chunks == Some(true) {

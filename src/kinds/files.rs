@@ -39,12 +39,15 @@ pub static FD_KINDS: &[FdOps] = &[
     FdOps::of::<super::timerfd::TimerFd>(),
     FdOps::of::<super::epoll::Epoll>(),
     FdOps::of::<super::inotify::Inotify>(),
+    FdOps::of::<super::fanotify::Fanotify>(),
     FdOps::of::<super::memfd::Memfd>(),
     FdOps::of::<super::unix_sk::UnixSk>(),
     FdOps::of::<super::inet_sk::InetSk>(),
     FdOps::of::<super::netlink_sk::NetlinkSk>(),
     FdOps::of::<super::packet_sk::PacketSk>(),
     FdOps::of::<super::tty::Tty>(),
+    FdOps::of::<super::pidfd::PidFd>(),
+    FdOps::of::<super::nsfile::NsFile>(),
 ];
 
 /// Why the fd table could not be saved or rebuilt.
@@ -61,6 +64,12 @@ pub enum FilesError {
     /// `/dev/tty`, opened in the puppet.
     #[error(transparent)]
     Tty(#[from] super::tty::TtyError),
+    /// A pidfd of a process of the tree, opened in the puppet.
+    #[error(transparent)]
+    PidFd(#[from] super::pidfd::PidFdError),
+    /// A removed file with other names (`--link-remap`).
+    #[error(transparent)]
+    LinkRemap(#[from] super::linkremap::LinkRemapError),
 }
 task_error_from!(FilesError, no_failure);
 
@@ -71,6 +80,8 @@ impl Failure for FilesError {
             FilesError::Kind(k) => k.inner.hint(),
             FilesError::Ghost(e) => e.hint(),
             FilesError::Tty(e) => e.hint(),
+            FilesError::PidFd(e) => e.hint(),
+            FilesError::LinkRemap(e) => e.hint(),
         }
     }
 }
@@ -287,9 +298,10 @@ fn classify(p: &FdProbe<'_>) -> Result<Option<&'static FdOps>, (String, &'static
     if link.starts_with("socket:") {
         return Err(("socket of an unknown family".into(), hint_fd));
     }
-    if p.deleted() && !p.meta.is_some_and(|m| m.is_file()) {
-        // Deleted regular files are saved as ghost files; anything else deleted is not.
-        return Err(("deleted special file".into(), hint_fd));
+    if p.deleted() && p.meta.is_some_and(|m| m.file_type().is_socket()) {
+        // Deleted files, directories, devices and symlinks are saved as ghost files (FIFOs
+        // by their kind); a socket file cannot be bound again to a name no one sees.
+        return Err(("deleted socket file".into(), hint_fd));
     }
     if !link.starts_with('/') {
         return Err(("special file".into(), hint_fd));
@@ -305,11 +317,13 @@ fn classify(p: &FdProbe<'_>) -> Result<Option<&'static FdOps>, (String, &'static
         ));
     }
     if ft.is_char_device() {
-        let major = (m.rdev() >> 8) & 0xfff;
-        if matches!(major, 4 | 5 | 136..=143) {
+        let (major, minor) = ((m.rdev() >> 8) & 0xfff, m.rdev() & 0xff);
+        // Virtual terminals (4:0-63) and /dev/console (5:1) are reopened by path.
+        let vt_or_console = (major == 4 && minor < 64) || (major == 5 && minor == 1);
+        if matches!(major, 4 | 5 | 136..=143) && !vt_or_console {
             return Err((
                 "terminal".into(),
-                "only pseudo-terminals are supported; start the program with stdio redirected to files, /dev/null or a pty",
+                "only pseudo-terminals, virtual terminals and /dev/console are supported; start the program with stdio redirected to files, /dev/null or a pty",
             ));
         }
     }
@@ -653,7 +667,7 @@ impl FdObjects {
         self.made.clear();
         self.kinds = KindState::default();
         self.shmem = Default::default();
-        self.ghosts.unlink_all();
+        self.ghosts.finish();
         self.tty.close();
         self.inherited.clear();
     }
@@ -801,6 +815,7 @@ fn dump_fd(
             break;
         }
     }
+    let fresh = id.is_none();
     let id = match (id, kind) {
         (Some(i), _) => i,
         (None, None) => {
@@ -820,13 +835,28 @@ fn dump_fd(
                 meta.is_file().then_some(meta.len()),
                 meta.mode(),
             );
+            if meta.file_type().is_char_device()
+                && super::tty::is_vt_or_console(meta.rdev())
+                && procfs::stat(pid)
+                    .is_ok_and(|s| s.session == pid && s.tty_nr as u64 == meta.rdev())
+            {
+                if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
+                    r.cryo_ctty = Some(true);
+                }
+            }
             if meta.is_file() && is_mqueue(pid, fd) {
                 if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
                     r.cryo_mqueue = Some(true);
                     r.size = None;
                 }
             }
-            if deleted.is_some() {
+            if let Some(path) = deleted.filter(|_| meta.nlink() > 0) {
+                // Removed from this name, but it has others: a link remap.
+                let own_mnt = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino());
+                let theirs = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
+                let ns = (own_mnt.ok() != theirs.ok()).then_some(pid);
+                super::linkremap::dump(cx.files, pid, fd, path, ns, id)?;
+            } else if deleted.is_some() {
                 super::ghost::dump(
                     cx.files,
                     pid,
@@ -866,6 +896,7 @@ fn dump_fd(
                 .push((pid, fd, id));
             let e = (k.dump)(cx, &t, id)?;
             cx.files.entries.push(e);
+            save_owner(cx, pid, fd, id, pidfd)?;
             return Ok(DumpedFdInfo {
                 id,
                 kind,
@@ -873,6 +904,9 @@ fn dump_fd(
             });
         }
     };
+    if fresh {
+        save_owner(cx, pid, fd, id, pidfd)?;
+    }
     cx.files
         .fds_by_inode
         .entry(key)
@@ -933,6 +967,44 @@ impl Kind for Files {
     }
 }
 
+/// Saves the owner and signal of the open file behind fd `fd` of `pid` (`F_SETOWN`,
+/// `F_SETSIG`) in the `fown_entry` of its record `id`, when it has one.
+fn save_owner(
+    cx: &mut DumpCx<'_>,
+    pid: i32,
+    fd: i32,
+    id: u32,
+    pidfd: &mut Option<OwnedFd>,
+) -> Result<(), FilesError> {
+    let err = |what: &'static str| {
+        move |source| TaskError::Fd {
+            pid,
+            fd,
+            what: what.into(),
+            source,
+        }
+    };
+    if pidfd.is_none() {
+        *pidfd = Some(sys::fd::pidfd_open(pid).map_err(err("pidfd_open"))?);
+    }
+    let copy = sys::fd::pidfd_getfd(pidfd.as_ref().expect("opened above").as_fd(), fd)
+        .map_err(err("pidfd_getfd"))?;
+    let Some(owner) = super::fown::dump(copy.as_fd()).map_err(err("read the file's owner"))? else {
+        return Ok(());
+    };
+    if let Some(slot) = cx
+        .files
+        .entries
+        .iter_mut()
+        .rev()
+        .find(|e| e.id == id)
+        .and_then(super::fown::slot)
+    {
+        *slot = owner;
+    }
+    Ok(())
+}
+
 /// A restored fd table: which fd holds each file id, and the highest fd.
 #[derive(Debug, Clone, Default)]
 pub struct FdTable {
@@ -984,6 +1056,9 @@ pub fn restore_fds(
         } else {
             0
         };
+        if opened_late(cx.files, f.id) && !taken.contains_key(&f.id) {
+            continue; // restore_late_fds
+        }
         if let Some(&src) = opened.get(&f.id).or(taken.get(&f.id)) {
             cx.sys(
                 "dup3",
@@ -1087,6 +1162,90 @@ pub fn restore_fds(
     })
 }
 
+/// Whether file `id` names processes of the tree, so it is opened only once the task's
+/// children exist ([`restore_late_fds`]): a pidfd of a live process, a file under
+/// `/proc/PID/` (a child's `/proc/PID/stat`, ...), or a namespace file (opened by the task
+/// itself).
+fn opened_late(files: &HashMap<u32, pb::FileEntry>, id: u32) -> bool {
+    let Some(e) = files.get(&id) else {
+        return false;
+    };
+    if super::pidfd::is_live(e) || e.nsf.is_some() {
+        return true;
+    }
+    e.reg.as_ref().is_some_and(|r| {
+        r.name
+            .strip_prefix("/proc/")
+            .and_then(|rest| rest.split('/').next())
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// Opens the fds of the task `cx` drives that name processes of the tree ([`opened_late`]),
+/// once its children exist: pidfds by the PID the tree sees, `/proc/PID/...` files by path.
+/// `table` is what [`restore_fds`] made; the fds opened here are added to it.
+pub fn restore_late_fds(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    table: &mut FdTable,
+) -> Result<(), FilesError> {
+    let mut fds: Vec<&pb::FdinfoEntry> = img
+        .fdinfo
+        .iter()
+        .filter(|f| opened_late(cx.files, f.id) && !table.by_id.contains_key(&f.id))
+        .collect();
+    fds.sort_by_key(|f| f.fd);
+    let mut opened: HashMap<u32, u32> = HashMap::new();
+    for f in fds {
+        let cloexec = if f.flags & libc::FD_CLOEXEC as u32 != 0 {
+            libc::O_CLOEXEC as u64
+        } else {
+            0
+        };
+        if let Some(&src) = opened.get(&f.id) {
+            cx.sys(
+                "dup3",
+                libc::SYS_dup3,
+                [src as u64, f.fd as u64, cloexec, 0, 0, 0],
+            )?;
+            continue;
+        }
+        let e = cx
+            .files
+            .get(&f.id)
+            .cloned()
+            .ok_or_else(|| missing(f.id, "file"))?;
+        let tmp = if e.r#type == pb::FdTypes::Pidfd as i32 {
+            super::pidfd::open_in_task(cx, &e)?
+        } else if e.r#type == pb::FdTypes::Ns as i32 {
+            let path = super::nsfile::path_in_task(&e)
+                .map_err(FilesError::kind::<super::nsfile::NsFile>)?;
+            let flags = e.nsf.as_ref().map_or(0, |n| n.flags);
+            cx.open(&path, super::ghost::reopen_flags(flags) as u32)? as u64
+        } else {
+            open_reg(cx, f.id)? as u64
+        };
+        cx.place_fd(tmp, f.fd, cloexec)?;
+        opened.insert(f.id, f.fd);
+    }
+    table.by_id.extend(opened);
+    // File owners, now that every process they may name exists: once per open file.
+    let mut done = std::collections::HashSet::new();
+    let mut all: Vec<&pb::FdinfoEntry> = img.fdinfo.iter().collect();
+    all.sort_by_key(|f| f.fd);
+    for f in all {
+        let Some(mut e) = cx.files.get(&f.id).cloned() else {
+            continue;
+        };
+        if let Some(o) = super::fown::slot(&mut e).filter(|o| super::fown::is_set(o)) {
+            if done.insert(f.id) {
+                super::fown::restore(cx, f.fd, o)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Opens regular-file record `id` in the puppet, at its saved offset; returns the fd.
 fn open_reg(cx: &mut RestoreCx<'_>, id: u32) -> Result<i32, FilesError> {
     let reg = cx.reg(id)?.clone();
@@ -1123,7 +1282,7 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Fil
         return Ok(cx.take_from_cryo(local)? as i32);
     }
     let reg = cx.reg(id)?.clone();
-    let flags = flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+    let flags = super::ghost::reopen_flags(flags) as u32;
     if reg.cryo_mqueue == Some(true) {
         // Opened by name in the puppet's IPC namespace, whose queues exist by now.
         // The queue's name is the last component (the fd may have been opened through a
@@ -1132,6 +1291,16 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Fil
         let p = cx.put_path(name)?;
         let mode = flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32;
         return Ok(cx.sys("mq_open", libc::SYS_mq_open, [p, mode as u64, 0, 0, 0, 0])? as i32);
+    }
+    let linked = cell.borrow().ghosts.linked(id);
+    if let Some(lid) = linked {
+        // Removed from its name, reopened through the temporary one the dump made.
+        let path = cx.reg(lid)?.name.clone();
+        let fd = cx.open(&path, flags)?;
+        let mut objs = cell.borrow_mut();
+        let ns = objs.ns_pid;
+        objs.ghosts.note_linked(&path, ns);
+        return Ok(fd);
     }
     if cell.borrow().ghosts.is_ghost(id) {
         let local = {

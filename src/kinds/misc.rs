@@ -14,6 +14,9 @@ use crate::sys::proc;
 pub enum MiscError {
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// A working directory or root deleted while in use (saved as a ghost).
+    #[error(transparent)]
+    Ghost(#[from] super::ghost::GhostError),
 }
 task_error_from!(MiscError);
 
@@ -64,9 +67,31 @@ impl Kind for Misc {
         for (name, slot) in [("exe", 0), ("cwd", 1), ("root", 2)] {
             let path = procfs::link(pid, name)?;
             let m = stat_of(pid, name)?;
-            let id = cx
-                .files
-                .reg_for_path(&path, m.is_file().then_some(m.len()), m.mode());
+            let id = match path.strip_suffix(" (deleted)").filter(|_| slot != 0) {
+                // A removed directory: made again as a ghost (shared with fds on it).
+                Some(live) => {
+                    let id = cx.files.add_reg(
+                        live.to_string(),
+                        (libc::O_RDONLY | libc::O_DIRECTORY) as u32,
+                        0,
+                        None,
+                        m.mode(),
+                    );
+                    let what = format!("{name} ({path})");
+                    super::ghost::dump(
+                        cx.files,
+                        pid,
+                        &what,
+                        &format!("/proc/{pid}/{name}"),
+                        &m,
+                        id,
+                    )?;
+                    id
+                }
+                None => cx
+                    .files
+                    .reg_for_path(&path, m.is_file().then_some(m.len()), m.mode()),
+            };
             match slot {
                 0 => img.mm.exe_file_id = id,
                 1 => img.fs.cwd_id = id,
@@ -199,12 +224,10 @@ impl Kind for Misc {
             libc::SYS_umask,
             [img.fs.umask.unwrap_or(0o022) as u64, 0, 0, 0, 0, 0],
         )?;
-        let root = cx.reg(img.fs.root_id)?.name.clone();
-        if root != "/" {
-            let p = cx.put_path(&root)?;
-            cx.sys("chroot", libc::SYS_chroot, [p, 0, 0, 0, 0, 0])?;
-        }
-        let cwd = cx.reg(img.fs.cwd_id)?.name.clone();
+        // Both paths are the mount namespace's: the working directory first, as it may be
+        // outside the root (a chroot without chdir).
+        let root = super::ghost::live_path(cx, img.fs.root_id)?;
+        let cwd = super::ghost::live_path(cx, img.fs.cwd_id)?;
         let p = cx.put_path(&cwd)?;
         cx.sys("chdir", libc::SYS_chdir, [p, 0, 0, 0, 0, 0])
             .map_err(|e| match e {
@@ -215,6 +238,10 @@ impl Kind for Misc {
                 },
                 e => e,
             })?;
+        if root != "/" {
+            let p = cx.put_path(&root)?;
+            cx.sys("chroot", libc::SYS_chroot, [p, 0, 0, 0, 0, 0])?;
+        }
         let tid_addr = img
             .core
             .thread_info

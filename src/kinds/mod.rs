@@ -11,12 +11,15 @@ pub mod creds;
 pub mod epoll;
 pub mod error;
 pub mod eventfd;
+pub mod fanotify;
 pub mod files;
+pub mod fown;
 pub mod ghost;
 pub mod inet_lock;
 pub mod inet_sk;
 pub mod inotify;
 pub mod ipc;
+pub mod linkremap;
 pub mod locks;
 pub mod memfd;
 pub mod memory;
@@ -25,7 +28,9 @@ pub mod mounts;
 pub mod netlink_sk;
 pub mod netns;
 pub mod ns;
+pub mod nsfile;
 pub mod packet_sk;
+pub mod pidfd;
 pub mod pipes;
 pub mod regs;
 pub mod rlimits;
@@ -147,12 +152,14 @@ pub struct FileTable {
     /// Files passed in queued messages (SCM_RIGHTS), which cryo holds while the dump lasts
     /// (`files::dump_in_flight`).
     pub in_flight: Vec<std::os::fd::OwnedFd>,
-    /// Ghost files (deleted but open or mapped): id by (dev, inode), their entries and
-    /// content, the remap records linking file records to them, and the size limit.
+    /// Ghost files (deleted but open, mapped or a working directory): id by (dev, inode),
+    /// their entries and content, the remap records linking file records to them, and the size limit.
     pub ghost_ids: HashMap<(u64, u64), u32>,
-    pub ghosts: Vec<(u32, pb::GhostFileEntry, Vec<u8>)>,
+    pub ghosts: Vec<ghost::Ghost>,
     pub remaps: Vec<pb::RemapFilePathEntry>,
     pub ghost_limit: u64,
+    /// `--link-remap`, and the temporary names made for removed files with other names.
+    pub link_remaps: linkremap::LinkRemaps,
     /// memfd.img: each memfd inode once.
     pub memfd_inodes: Vec<pb::MemfdInodeEntry>,
     /// seccomp.img: every thread's filter chain, each filter once per chain position.

@@ -133,6 +133,9 @@ fn chain_of(
     Ok(order)
 }
 
+/// A filter chain: each filter's image id and the filter.
+type Chain = Vec<(u32, pb::SeccompFilter)>;
+
 /// The leader's saved chain, and for each thread of `img` how many of its oldest filters
 /// the thread shares with the leader. The leader installs them one by one while it creates
 /// its threads (`threads::restore_threads`), each thread being created once the leader has
@@ -143,7 +146,7 @@ fn chain_of(
 pub fn shared_with_leader(
     cx: &RestoreCx<'_>,
     img: &TaskImages,
-) -> Result<(Vec<(u32, pb::SeccompFilter)>, Vec<usize>), SeccompError> {
+) -> Result<(Chain, Vec<usize>), SeccompError> {
     let leader = chain_of(cx, &img.core, img.pid)?;
     let mut shared = Vec::new();
     for (i, th) in img.threads.iter().enumerate() {

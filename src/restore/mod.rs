@@ -566,7 +566,7 @@ fn shape(
     }
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
     let shares_table = parent.is_some_and(|p| p.ids.files_id == img.ids.files_id);
-    let table = match inherited {
+    let mut table = match inherited {
         Some(t) if shares_table => t.clone(),
         _ => kinds::files::restore_fds(&mut cx, img, inherited)?,
     };
@@ -680,6 +680,9 @@ fn shape(
         }
         shape(sh, cidx, Some(&table), puppets, ready, cx.stats)?;
     }
+    // Its fds that name processes of the tree (pidfds, /proc/PID files), which all exist now
+    // but its later siblings.
+    kinds::files::restore_late_fds(&mut cx, img, &mut table)?;
     if !in_own_session {
         cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
         kinds::tty::take_ctty(&mut cx, img)?;

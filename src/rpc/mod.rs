@@ -514,6 +514,7 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         file_locks: o.file_locks == Some(true),
         network_lock: network_lock(&o)?,
         sock: sock_opts(&o),
+        link_remap: o.link_remap == Some(true),
     };
     let mut n = hooks(&o, sk, images.clone());
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
