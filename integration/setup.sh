@@ -20,7 +20,11 @@ command -v tar >/dev/null || need+=(tar)   # tmpfs contents are saved with tar, 
 # recommends apt keeps the runc installed above), conmon, and zstd to list --export archives.
 command -v podman >/dev/null || need+=(podman)
 command -v conmon >/dev/null || need+=(conmon)
-command -v zstd >/dev/null || need+=(zstd)
+command -v zstd >/dev/null || need+=(zstd)   # also tests/inspect.rs: zstd archives (tar --zstd)
+# The inet tests (integration/tests/inet.rs): nsenter to start a program in a test
+# namespace, nginx as a real TCP service.
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v nginx >/dev/null || need+=(nginx-light)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -31,3 +35,5 @@ if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install the Rust toolchain (rustup) first" >&2
     exit 1
 fi
+# rust-toolchain.toml pins the toolchain; make rustup find it without a download.
+"$(dirname "$0")/toolchain.sh"

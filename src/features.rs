@@ -137,6 +137,12 @@ pub fn probe_all() -> Vec<Feature> {
         probe("pidfd_store", false, kernel_at_least(5, 6)),
         probe("seccomp_filters", false, kernel_at_least(4, 4)),
     ];
+    // What the socket kinds need (TCP repair, the network lock, ...).
+    v.extend(
+        crate::kinds::inet_sk::features()
+            .into_iter()
+            .map(|(name, r)| probe(name, false, r)),
+    );
     v.sort_by_key(|f| !f.required);
     v
 }

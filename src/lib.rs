@@ -8,6 +8,7 @@
 //! - `dump`, `restore`: the two pipelines that call the kinds in order.
 //! - `features`: kernel feature probes (`cryo check`).
 //! - `show`: decode any image to JSON (`cryo show`).
+//! - `inspect`: what a checkpoint holds, and two compared (`cryo inspect`, `cryo diff`).
 //! - `logging`: CRIU-style log files and levels.
 
 // Only `sys` may use `unsafe` (each block with a `// SAFETY:` comment).
@@ -18,6 +19,7 @@ pub mod dump;
 pub mod fault;
 pub mod features;
 pub mod image;
+pub mod inspect;
 pub mod kinds;
 pub mod logging;
 pub mod netlock;

@@ -146,12 +146,13 @@ fn version_features_check_and_refusals() {
     let opts = pb::CriuOpts {
         images_dir_fd: d.as_raw_fd(),
         pid: Some(1),
-        tcp_established: Some(true),
+        lazy_pages: Some(true),
         ..Default::default()
     };
     let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(opts)), None);
     assert!(!ok && !r.success);
-    assert!(r.cr_errmsg.unwrap().contains("tcp_established"));
+    let msg = r.cr_errmsg.unwrap();
+    assert!(msg.contains("lazy_pages"), "{msg}");
 }
 
 /// DUMP and RESTORE of a counter through RPC, with notifications: the dump sends pre-dump

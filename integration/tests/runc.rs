@@ -33,13 +33,6 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-fn runc_available() -> bool {
-    Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn runc(args: &[&str]) -> Output {
     Command::new("runc")
         .args(args)
@@ -314,8 +307,7 @@ impl Container {
 
 macro_rules! need_runc {
     () => {
-        if !runc_available() {
-            eprintln!("runc is not installed (integration/setup.sh installs it): skipped");
+        if !integration::require_tools(&[("runc", "--version")]) {
             return;
         }
     };
@@ -564,7 +556,7 @@ fn external_network_namespace() {
     let name = format!("cryo-rt-{}", std::process::id());
     let st = Command::new("ip").args(["netns", "add", &name]).status();
     if !st.is_ok_and(|s| s.success()) {
-        eprintln!("ip netns add failed: skipped");
+        integration::skip("ip netns add failed");
         return;
     }
     let ns = NetNs(name);
@@ -724,6 +716,47 @@ fn network_namespace_with_a_veth() {
     .into_owned();
     assert!(route.contains("10.207.0.0/16 via 10.206.0.1"), "{route}");
     assert!(ping(), "the restored container's namespace answers");
+    c.exec_ok(&["true"]);
+    drop(c);
+}
+
+/// `runc checkpoint --tcp-established` / `runc restore --tcp-established`: a container
+/// serving TCP (busybox `nc -ll -e cat` in a network namespace of the test's, joined by a
+/// veth to the client's) keeps a client's connection: a line sent after the restore on the
+/// same connection comes back.
+#[test]
+fn tcp_established_connection_survives() {
+    need_runc!();
+    if !integration::netns::need(&["ip", "nft"]) {
+        return;
+    }
+    let _g = serial();
+    let net = integration::netns::Net::new("rtcp", 96);
+    let path = integration::netns::Net::path(&net.a);
+    let mut c = Container::with("tcp", "tcp", Some(Path::new(&path)));
+    c.start(None, &[]);
+    let addr: std::net::SocketAddr = format!("{}:7000", net.v4(1)).parse().unwrap();
+    let mut conn = None;
+    wait_for("the echo server", 10, || {
+        let b = integration::netns::Net::path(&net.b);
+        let f = std::fs::File::open(&b).unwrap();
+        drop(f);
+        std::panic::catch_unwind(|| integration::netns::connect_in(&b, addr))
+            .map(|s| conn = Some(s))
+            .is_ok()
+    });
+    let mut conn = conn.unwrap();
+    let echo = |conn: &mut std::net::TcpStream, line: &str| {
+        std::io::Write::write_all(conn, line.as_bytes()).unwrap();
+        let mut got = vec![0u8; line.len()];
+        std::io::Read::read_exact(conn, &mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), line);
+    };
+    echo(&mut conn, "before the checkpoint\n");
+    let img = c.checkpoint(0, &["--tcp-established"]);
+    c.gone();
+    c.start(Some(&img), &["--tcp-established"]);
+    echo(&mut conn, "after the restore\n");
     c.exec_ok(&["true"]);
     drop(c);
 }

@@ -24,6 +24,12 @@ use clap::{Args, Parser, Subcommand};
 ///
 ///   cryo show /tmp/ckpt/core-1234.img                # look inside an image
 ///
+///   cryo inspect /tmp/ckpt                           # processes, files, memory...
+///
+///   cryo inspect --search 'secret' ckpt.tar.zst      # in the saved memory
+///
+///   cryo diff /tmp/ckpt1 /tmp/ckpt2                  # what changed in between
+///
 ///   cryo check                                       # can this kernel do it?
 #[derive(Debug, Parser)]
 #[command(
@@ -63,7 +69,169 @@ pub enum Cmd {
     /// Serve one CRIU RPC request on the SOCK_SEQPACKET socket at fd FD (what runc, podman,
     /// go-criu and libcriu run as `criu swrk FD`).
     Swrk(SwrkArgs),
+    /// Show what a checkpoint holds: processes, files, sockets, mounts, memory, container.
+    ///
+    /// Reads an images directory (cryo's or CRIU's), a podman checkpoint (`podman container
+    /// checkpoint --export` archive, plain, gzip or zstd, or its checkpoint directory) or a
+    /// containerd checkpoint (`ctr images export --skip-manifest-json` archive, or an OCI
+    /// layout directory), in place. The summary comes first, then the process tree (command
+    /// lines and environments read from the saved memory), fds, pipes, ttys, sockets, mounts,
+    /// namespaces, cgroups, memory and the container runtime's side (OCI spec, rootfs diff,
+    /// network). Section flags (--ps, --fds, ...) combine, and without any every section is
+    /// shown; --json prints the same as one JSON document
+    /// (docs/inspect.md). What cannot be read is listed under NOT READ, never guessed.
+    Inspect(InspectArgs),
+    /// Compare two checkpoints of the same process tree: processes added or gone, fds
+    /// changed, saved memory pages changed per VMA.
+    Diff(DiffArgs),
+    /// Print a shell completion script for cryo.
+    ///
+    /// bash: `cryo completions bash > /etc/bash_completion.d/cryo`; zsh: into a directory of
+    /// $fpath as `_cryo`; fish: `~/.config/fish/completions/cryo.fish`.
+    Completions(CompletionsArgs),
+    /// Print cryo's man page (roff), or write one page per command into a directory.
+    ///
+    /// `cryo man | man -l -` reads it; `cryo man --dir /usr/local/share/man/man1` installs
+    /// cryo.1 and cryo-COMMAND.1 for every command.
+    Man(ManArgs),
 }
+
+/// `cryo inspect`.
+#[derive(Debug, Args, Clone)]
+pub struct InspectArgs {
+    /// An images directory, a podman checkpoint (archive or directory) or a containerd
+    /// checkpoint (exported OCI archive or layout directory).
+    #[arg(value_name = "DIR|ARCHIVE")]
+    pub path: PathBuf,
+    /// Print one JSON document (its shape is documented in docs/inspect.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Show the process tree: PIDs, states, threads, command lines, environments.
+    #[arg(long)]
+    pub ps: bool,
+    /// Show the open files of each process, pipes and ttys.
+    #[arg(long)]
+    pub fds: bool,
+    /// Show sockets: family, state, addresses, queued bytes, holders.
+    #[arg(long)]
+    pub sockets: bool,
+    /// Show mounts, namespaces and cgroups.
+    #[arg(long)]
+    pub mounts: bool,
+    /// Show memory: each process's VMAs and the pages saved in them.
+    #[arg(long)]
+    pub mem: bool,
+    /// Show the container runtime's side (podman, containerd): name, image, OCI spec,
+    /// rootfs diff, network.
+    #[arg(long)]
+    pub container: bool,
+    /// Only this process (and what it holds).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Find STRING in the saved memory of every process: process, address, mapping and
+    /// the bytes around it.
+    #[arg(
+        long,
+        value_name = "STRING",
+        conflicts_with = "search_regex",
+        allow_hyphen_values = true
+    )]
+    pub search: Option<String>,
+    /// Like --search, with a regular expression (Rust regex syntax, over bytes).
+    #[arg(
+        long = "search-regex",
+        value_name = "REGEX",
+        allow_hyphen_values = true
+    )]
+    pub search_regex: Option<String>,
+    /// Bytes of context shown on each side of a match.
+    #[arg(long, value_name = "N", default_value_t = 24)]
+    pub context: usize,
+    /// Stop after this many matches.
+    #[arg(long = "max-hits", value_name = "N", default_value_t = 1000)]
+    pub max_hits: usize,
+    /// Write LEN bytes of process PID's saved memory from address ADDR (hex with 0x, or
+    /// decimal; LEN may end in K or M) to --output or stdout. Pages not in the checkpoint
+    /// come out as zeros and are listed on stderr with the reason.
+    #[arg(long = "dump-mem", num_args = 3, value_names = ["PID", "ADDR", "LEN"])]
+    pub dump_mem: Option<Vec<String>>,
+    /// With --dump-mem: the file to write.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+impl InspectArgs {
+    /// The sections asked for: all unless a section flag (or a search) narrows them.
+    pub fn sections(&self) -> crate::inspect::Sections {
+        let any = self.ps || self.fds || self.sockets || self.mounts || self.mem || self.container;
+        if !any {
+            if self.search.is_some() || self.search_regex.is_some() {
+                return crate::inspect::Sections::NONE;
+            }
+            return crate::inspect::Sections::ALL;
+        }
+        crate::inspect::Sections {
+            ps: self.ps,
+            fds: self.fds,
+            sockets: self.sockets,
+            mounts: self.mounts,
+            mem: self.mem,
+            container: self.container,
+        }
+    }
+
+    /// `--dump-mem PID ADDR LEN` parsed.
+    pub fn dump_mem(&self) -> Result<Option<(u32, u64, u64)>, String> {
+        let Some(v) = &self.dump_mem else {
+            return Ok(None);
+        };
+        let pid = v[0]
+            .parse()
+            .map_err(|_| format!("--dump-mem: '{}' is not a PID", v[0]))?;
+        let num = |s: &str| -> Option<u64> {
+            match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                Some(h) => u64::from_str_radix(h, 16).ok(),
+                None => parse_size(s).ok(),
+            }
+        };
+        let addr = num(&v[1]).ok_or_else(|| format!("--dump-mem: '{}' is not an address", v[1]))?;
+        let len = num(&v[2]).ok_or_else(|| format!("--dump-mem: '{}' is not a length", v[2]))?;
+        Ok(Some((pid, addr, len)))
+    }
+}
+
+/// `cryo diff`.
+#[derive(Debug, Args, Clone)]
+pub struct DiffArgs {
+    /// The earlier checkpoint (directory or archive).
+    #[arg(value_name = "A")]
+    pub a: PathBuf,
+    /// The later checkpoint.
+    #[arg(value_name = "B")]
+    pub b: PathBuf,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cryo completions`.
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// `cryo man`.
+#[derive(Debug, Args, Clone)]
+pub struct ManArgs {
+    /// Write cryo.1 and cryo-COMMAND.1 for every command into DIR instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// Commands of cryo's own (not CRIU's): their arguments are not rewritten by `normalize`.
+const OWN_COMMANDS: &[&str] = &["inspect", "diff", "completions", "man"];
 
 /// `cryo swrk FD`.
 #[derive(Debug, Args, Clone)]
@@ -170,6 +338,34 @@ pub struct Common {
     /// 'veth[IN]:OUT[@BRIDGE]'.
     #[arg(long = "veth-pair", value_name = "IN=OUT[@BRIDGE]")]
     pub veth_pair: Vec<String>,
+    /// Dump: save established TCP connections (TCP repair mode; the peer does not notice:
+    /// they are locked with nftables until the restore). Restore: restore them. Without
+    /// it, a connection makes the dump refuse, naming it.
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Dump: do not save established TCP connections; restore: make them closed sockets.
+    #[arg(long = "tcp-close")]
+    pub tcp_close: bool,
+    /// Dump: drop the connections waiting in a listener's accept queue (their clients see
+    /// a reset) instead of refusing.
+    #[arg(long = "skip-in-flight")]
+    pub skip_in_flight: bool,
+    /// Dump: accept a unix socket whose peer is outside the tree when that peer is a named
+    /// datagram socket (e.g. /dev/log); restore connects it to that name again. CRIU's
+    /// optional list of socket inodes is accepted too (those sockets, any type).
+    #[arg(short = 'x', long = "ext-unix-sk", value_name = "INO,...", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub ext_unix_sk: Option<String>,
+    /// Dump: a file whose name was removed while open but which has other names (hard
+    /// links) gets a temporary name beside the old one (`link_remap.N`), through which the
+    /// restore reopens the same file, then removes it. Without it such a file is refused.
+    #[arg(long = "link-remap")]
+    pub link_remap: bool,
+    /// Accepted for compatibility: CRIU's inode-to-path map for notify watches. cryo finds
+    /// watched files through their file handles (`open_by_handle_at`) whatever is given.
+    #[arg(long = "force-irmap")]
+    pub force_irmap: bool,
+    #[arg(long = "irmap-scan-path", value_name = "PATH", hide = true)]
+    pub irmap_scan_path: Vec<String>,
     /// CRIU options cryo does not support yet (refused with a message).
     #[command(flatten)]
     pub unsupported: Unsupported,
@@ -200,6 +396,17 @@ impl ExternalMounts {
 }
 
 impl Common {
+    /// The socket options (`--tcp-established`, `--tcp-close`, `--skip-in-flight`,
+    /// `--ext-unix-sk`).
+    pub fn sock_opts(&self) -> crate::kinds::files::SockOpts {
+        crate::kinds::files::SockOpts {
+            tcp_established: self.tcp_established,
+            tcp_close: self.tcp_close,
+            skip_in_flight: self.skip_in_flight,
+            ext_unix_sk: self.ext_unix_sk.is_some(),
+        }
+    }
+
     /// The `--manage-cgroups` mode (soft when not given, as in CRIU).
     pub fn cgroup_mode(&self) -> Result<crate::kinds::cgroup::Mode, String> {
         crate::kinds::cgroup::Mode::parse(self.manage_cgroups.as_deref())
@@ -328,6 +535,13 @@ pub struct DumpArgs {
     /// in bytes, or with a K, M or G suffix. Larger ones make the dump refuse. Default 1M.
     #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
     pub ghost_limit: u64,
+    /// Accepted for compatibility: CRIU finds the data of a sparse ghost file with FIEMAP
+    /// (`--ghost-fiemap`) or SEEK_DATA/SEEK_HOLE (`--no-ghost-fiemap`); cryo always uses
+    /// SEEK_DATA/SEEK_HOLE, which finds the same data, and keeps the holes either way.
+    #[arg(long = "ghost-fiemap")]
+    pub ghost_fiemap: bool,
+    #[arg(long = "no-ghost-fiemap", hide = true)]
+    pub no_ghost_fiemap: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -455,11 +669,6 @@ impl IsSet for Vec<String> {
 }
 
 unsupported_opts! {
-    tcp_established: bool = "tcp-established", "TCP connection repair is not implemented yet";
-    tcp_close: bool = "tcp-close", "TCP sockets are not implemented yet";
-    skip_in_flight: bool = "skip-in-flight", "TCP sockets are not implemented yet";
-    ext_unix_sk: Option<String> = "ext-unix-sk", "external unix sockets are not implemented yet";
-    link_remap: bool = "link-remap", "link remaps are not implemented yet";
     evasive_devices: bool = "evasive-devices", "evasive devices are not implemented yet";
     page_server: bool = "page-server", "the page server is not implemented yet";
     address: Option<String> = "address", "the page server is not implemented yet";
@@ -482,6 +691,16 @@ unsupported_opts! {
 /// `-v` / `-vv` / `-v4` / `-verbosity=0` (which getopt reads as `-v` + "erbosity=0" → 0)
 /// become `--verbosity=N`.
 pub fn normalize(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let args: Vec<String> = args.into_iter().collect();
+    // A search pattern such as "-v" must reach `cryo inspect` untouched.
+    if args
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|c| OWN_COMMANDS.contains(&c.as_str()))
+    {
+        return args;
+    }
     let mut out = Vec::new();
     let mut level: Option<u32> = None;
     let mut pos = None;
@@ -616,9 +835,23 @@ mod tests {
 
     #[test]
     fn unsupported_options_are_named() {
-        let c = parse(&["criu", "dump", "-t", "1", "--tcp-established"]);
+        let c = parse(&["criu", "dump", "-t", "1", "--page-server"]);
         let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
-        assert_eq!(d.common.unsupported.first().unwrap().0, "tcp-established");
+        assert_eq!(d.common.unsupported.first().unwrap().0, "page-server");
+        // The socket options are CRIU's spellings.
+        let c = parse(&[
+            "criu",
+            "dump",
+            "-t",
+            "1",
+            "--tcp-established",
+            "--skip-in-flight",
+            "-x",
+        ]);
+        let Some(Cmd::Dump(d)) = c.cmd else { panic!() };
+        let o = d.common.sock_opts();
+        assert!(o.tcp_established && o.skip_in_flight && o.ext_unix_sk && !o.tcp_close);
+        assert!(d.common.unsupported.first().is_none());
         let c = parse(&["criu", "restore", "--lazy-pages"]);
         let Some(Cmd::Restore(r)) = c.cmd else {
             panic!()

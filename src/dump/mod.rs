@@ -41,6 +41,10 @@ pub struct DumpOpts {
     pub file_locks: bool,
     /// `--network-lock`: how the tree's network is locked while it is frozen (`netlock`).
     pub network_lock: crate::netlock::Method,
+    /// `--tcp-established`, `--tcp-close`, `--skip-in-flight`, `--ext-unix-sk`.
+    pub sock: kinds::files::SockOpts,
+    /// `--link-remap`: a removed file with other names gets a temporary one for the restore.
+    pub link_remap: bool,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -157,6 +161,11 @@ impl Seized {
     fn release(&mut self) {
         if !self.done {
             self.done = true;
+            if let (Some(sig), Some(leader)) = (self.stop_sig, self.tracees.first()) {
+                // Queued stop signals may have been taken at seize: it stops again once
+                // let go, as CRIU does.
+                let _ = crate::sys::proc::kill(leader.tid, sig);
+            }
             for t in &self.tracees {
                 if let Err(e) = t.detach(0) {
                     tracing::error!(tid = t.tid, error = %e, "Error detaching from a task");
@@ -218,6 +227,11 @@ fn wait_seized(t: Tracee) -> Result<Option<(Tracee, Option<i32>)>, DumpError> {
                     libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
                 )
                 .then_some(sig);
+                if stopped.is_some() {
+                    if let Err(e) = skip_pending_stops(&t) {
+                        return Err(give_up(&t, e));
+                    }
+                }
                 return Ok(Some((t, stopped)));
             }
             Ok(Stop::Stopped { sig, .. }) => {
@@ -233,6 +247,48 @@ fn wait_seized(t: Tracee) -> Result<Option<(Tracee, Option<i32>)>, DumpError> {
     Err(give_up(
         &t,
         DumpError::Internal("task kept receiving signals while being seized"),
+    ))
+}
+
+/// A stopped task may have stop signals queued on top of its stop (a second SIGSTOP, sent
+/// while it was stopped). The first injected syscall would take one and stop the task in
+/// the middle of the dump, so they are taken now, as CRIU does: the task is let out of its
+/// ptrace stop, takes the signal into a signal-delivery stop, and is interrupted before the
+/// signal is thrown away, so it runs no code of its own. The task is dumped stopped, and a
+/// stop signal is queued again when it is released or restored.
+fn skip_pending_stops(t: &Tracee) -> Result<(), DumpError> {
+    let stop_bit = |sig: i32| 1u64 << (sig - 1);
+    let seize_err = |source| DumpError::Seize { pid: t.tid, source };
+    for _ in 0..8 {
+        let st = procfs::status(t.tid)?;
+        let blocked = t.sigmask().map_err(seize_err)?;
+        let pending = (st.sig_pnd | st.shd_pnd)
+            & (stop_bit(libc::SIGSTOP) | (stop_bit(libc::SIGTSTP) & !blocked));
+        if pending == 0 {
+            return Ok(());
+        }
+        t.cont(0).map_err(seize_err)?;
+        loop {
+            match t.wait().map_err(seize_err)? {
+                Stop::Stopped { event, .. } if event == libc::PTRACE_EVENT_STOP => break,
+                Stop::Stopped { sig, .. } => {
+                    // A signal-delivery stop: trap at once, then drop a stop signal (pass any
+                    // other on: its handler frame is set up, none of its code runs).
+                    let pass = if matches!(sig, libc::SIGSTOP | libc::SIGTSTP) {
+                        0
+                    } else {
+                        sig
+                    };
+                    t.interrupt()
+                        .and_then(|_| t.cont(pass))
+                        .map_err(seize_err)?;
+                }
+                _ => return Err(DumpError::NoSuchProcess { pid: t.tid }),
+            }
+        }
+    }
+    Err(DumpError::Internal(
+        "stop signals kept arriving while the task was seized",
     ))
 }
 
@@ -410,6 +466,7 @@ fn collect_tree(root: i32) -> Result<Vec<(i32, i32)>, DumpError> {
 fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     let root = opts.pid;
     let mut fds = kinds::files::Precheck::default();
+    fds.sock = opts.sock;
     let pids: Vec<i32> = tree.iter().map(|t| t.0).collect();
     let root_stat = procfs::stat(root)?;
     if root_stat.session != root && !opts.shell_job {
@@ -430,6 +487,18 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     };
     let own = refused.map(|ns| ino(&format!("/proc/self/ns/{ns}")));
     for &(pid, _) in tree {
+        // unshare(CLONE_NEWTIME) without a child yet: the namespace its children would get
+        // has no task to be saved from (CRIU refuses it too).
+        if ino(&format!("/proc/{pid}/ns/time")) != ino(&format!("/proc/{pid}/ns/time_for_children"))
+        {
+            return Err(Unsupported::of(
+                pid,
+                "time namespace",
+                "it made a time namespace for its children (unshare(CLONE_NEWTIME)) and has no child in it yet",
+                "dump it once it has forked into the new namespace",
+            )
+            .into());
+        }
         for (ns, own) in refused.iter().zip(own) {
             let theirs = ino(&format!("/proc/{pid}/ns/{ns}"));
             if theirs.is_some() && theirs != own {
@@ -690,17 +759,20 @@ fn dump_process(
             what,
             source,
         };
+        let mut regs = t.regs().map_err(|e| pt("PTRACE_GETREGS", e))?;
+        kinds::rseq::leave_critical_section(pid, t, &mut regs)?;
         others.push(kinds::threads::SeizedThread {
             tracee: Tracee { tid: t.tid },
-            regs: t.regs().map_err(|e| pt("PTRACE_GETREGS", e))?,
+            regs,
             mask: t.sigmask().map_err(|e| pt("PTRACE_GETSIGMASK", e))?,
         });
     }
-    let regs = tracee.regs().map_err(|source| TaskError::Ptrace {
+    let mut regs = tracee.regs().map_err(|source| TaskError::Ptrace {
         pid,
         what: "PTRACE_GETREGS",
         source,
     })?;
+    kinds::rseq::leave_critical_section(pid, &tracee, &mut regs)?;
     let sigmask = tracee.sigmask().map_err(|source| TaskError::Ptrace {
         pid,
         what: "PTRACE_GETSIGMASK",
@@ -712,8 +784,23 @@ fn dump_process(
     // Seccomp: strict mode would kill the task at the first injected syscall; filters are
     // suspended for cryo's syscalls (PTRACE_O_SUSPEND_SECCOMP) and saved.
     let mut modes = vec![status.seccomp];
+    let mut pending = status.sig_pnd | status.shd_pnd;
     for t in &others {
-        modes.push(procfs::status(t.tracee.tid)?.seccomp);
+        let st = procfs::status(t.tracee.tid)?;
+        modes.push(st.seccomp);
+        pending |= st.sig_pnd;
+    }
+    // cryo's injected syscalls end with a trap (SIGTRAP), which must be unblocked meanwhile:
+    // a SIGTRAP the program has pending (blocked) would be taken in the middle. Refused, as
+    // CRIU does, before anything runs in the task.
+    if pending & (1 << (libc::SIGTRAP - 1)) != 0 {
+        return Err(Unsupported::of(
+            pid,
+            "signals",
+            "a SIGTRAP is pending (blocked): cryo's in-task syscalls trap with SIGTRAP and would deliver it",
+            "let the program take or discard its SIGTRAP, then dump",
+        )
+        .into());
     }
     if modes.contains(&1) {
         return Err(Unsupported::of(
@@ -736,8 +823,16 @@ fn dump_process(
         }
         // Each thread's own chain (they differ when a thread added filters, or the leader
         // did after creating it without TSYNC).
+        // A thread without filters (mode 0) has no chain to read (EINVAL).
         let mut tops = Vec::new();
-        for t in std::iter::once(&tracee).chain(others.iter().map(|o| &o.tracee)) {
+        for (t, mode) in std::iter::once(&tracee)
+            .chain(others.iter().map(|o| &o.tracee))
+            .zip(&modes)
+        {
+            if *mode == 0 {
+                tops.push(None);
+                continue;
+            }
             tops.push(kinds::seccomp::add_chain(
                 &mut files.seccomp,
                 &kinds::seccomp::chain(pid, t)?,
@@ -886,6 +981,7 @@ pub fn run(
     // 3. Each process.
     let mut files = FileTable::default();
     files.ghost_limit = opts.ghost_limit;
+    files.link_remaps.enabled = opts.link_remap;
     files.shell_job = opts.shell_job;
     files.external_net = opts.external_net.clone();
     files.empty_net = opts.empty_net;
@@ -904,6 +1000,7 @@ pub fn run(
         netlock.lock_netns_of(root)?;
     }
     fault_point("netlock")?;
+    files.sock = opts.sock;
     files.tree = frozen.iter().map(|f| f.0).collect();
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
@@ -916,19 +1013,24 @@ pub fn run(
         if seized.tracees.is_empty() {
             dump_zombie(*pid, &mut img)?;
         } else {
-            // An fd table shared with an earlier process (clone with CLONE_FILES).
-            for ((opid, _, oseized), other) in frozen[..i].iter().zip(&imgs) {
-                if oseized.tracees.is_empty()
-                    || crate::sys::proc::kcmp(*pid, *opid, crate::sys::proc::KCMP_FILES, 0, 0).ok()
-                        != Some(0)
-                {
-                    continue;
-                }
-                if *opid != *ppid {
-                    return Err(Unsupported::of(*pid, "fd table", format!("it is shared (CLONE_FILES) with process {opid}, which is not its parent"), "only a table shared between a parent and its child can be restored").into());
-                }
-                img.files_shared = Some(other.ids.files_id);
-                break;
+            // An fd table shared with an earlier process (clone with CLONE_FILES). It is
+            // restored by cloning the child from its parent with CLONE_FILES, so the parent
+            // must share it (then so does whoever the parent shares it with).
+            let sharers: Vec<(i32, u32)> = frozen[..i]
+                .iter()
+                .zip(&imgs)
+                .filter(|((opid, _, oseized), _)| {
+                    !oseized.tracees.is_empty()
+                        && crate::sys::proc::kcmp(*pid, *opid, crate::sys::proc::KCMP_FILES, 0, 0)
+                            .ok()
+                            == Some(0)
+                })
+                .map(|((opid, _, _), other)| (*opid, other.ids.files_id))
+                .collect();
+            if let Some(&(_, files_id)) = sharers.iter().find(|(opid, _)| opid == ppid) {
+                img.files_shared = Some(files_id);
+            } else if let Some((opid, _)) = sharers.first() {
+                return Err(Unsupported::of(*pid, "fd table", format!("it is shared (CLONE_FILES) with process {opid}, but not with its parent"), "only a table its parent shares can be restored (the child is cloned from it with CLONE_FILES)").into());
             }
             calls += dump_process(*pid, seized, &mut files, dir, &mut stats, &mut img)?;
             if let Some(sig) = seized.stop_sig {
@@ -994,6 +1096,8 @@ pub fn run(
         if let Some(f) = &freezer {
             f.put_back();
         }
+        // Connections leave repair mode, the lock goes, before the tree runs on.
+        files.inet.resume();
         if own_netns {
             let _ = hooks.notify("network-unlock", None);
         }
@@ -1013,6 +1117,9 @@ pub fn run(
     if let (Some(f), true) = (&freezer, opts.leave_running) {
         f.put_back();
     }
+    if opts.leave_running {
+        files.inet.resume();
+    }
     // Children first: a PID namespace's init, once killed, waits for every other task of
     // the namespace to be reaped, and cryo still traces them.
     for (_, _, seized) in frozen.iter_mut().rev() {
@@ -1024,6 +1131,9 @@ pub fn run(
     }
     // Killed: nothing is left to protect; the lock goes (never left behind).
     netlock.unlock_now()?;
+    // Killed: its connections vanish silently; their lock stays until the restore.
+    files.inet.keep();
+    files.link_remaps.keep();
     Ok(DumpReport {
         pid: root,
         pages_written: stats.pages_written,
@@ -1034,19 +1144,17 @@ pub fn run(
 }
 
 fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Result<(), DumpError> {
-    dir.write(
-        "inventory.img",
-        image::INVENTORY,
-        &[pb::InventoryEntry {
-            img_version: 2,
-            fdinfo_per_id: Some(true),
-            root_ids: Some(kinds::misc::task_ids(crate::sys::proc::own_pid(), 1)?),
-            ns_per_id: Some(true),
-            lsmtype: Some(pb::Lsmtype::NoLsm as i32),
-            root_cg_set: files.cgroups.own_set(),
-            ..Default::default()
-        }],
-    )?;
+    let mut inventory = pb::InventoryEntry {
+        img_version: 2,
+        fdinfo_per_id: Some(true),
+        root_ids: Some(kinds::misc::task_ids(crate::sys::proc::own_pid(), 1)?),
+        ns_per_id: Some(true),
+        lsmtype: Some(pb::Lsmtype::NoLsm as i32),
+        root_cg_set: files.cgroups.own_set(),
+        ..Default::default()
+    };
+    files.inet.fill_inventory(&mut inventory, &files.sock);
+    dir.write("inventory.img", image::INVENTORY, &[inventory])?;
     let tree: Vec<pb::PstreeEntry> = imgs.iter().map(|i| i.pstree.clone()).collect();
     dir.write("pstree.img", image::PSTREE, &tree)?;
     for img in imgs {
@@ -1081,6 +1189,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     if !files.sk_queues.is_empty() {
         dir.write_with_data("sk-queues.img", image::SK_QUEUES, &files.sk_queues)?;
     }
+    files.inet.write(dir)?;
     if !files.fifo_data.is_empty() {
         dir.write_with_data("fifo-data.img", image::FIFO_DATA, &files.fifo_data)?;
     }

@@ -52,6 +52,8 @@ pub struct RestoreOpts {
     /// Links whose other side is outside the tree (`--external veth[..]`, `macvlan[..]`,
     /// `--veth-pair`).
     pub links: kinds::netns::LinkOpts,
+    /// `--tcp-established`, `--tcp-close`, `--ext-unix-sk`.
+    pub sock: kinds::files::SockOpts,
 }
 
 /// Why a restore failed: the pipeline's own failures, and each kind's error, collected.
@@ -90,6 +92,8 @@ pub enum RestoreError {
     Task(#[from] TaskError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error(transparent)]
+    InetSk(#[from] kinds::inet_sk::InetSkError),
     #[error(transparent)]
     Files(#[from] kinds::files::FilesError),
     #[error(transparent)]
@@ -170,6 +174,7 @@ impl RestoreError {
             RestoreError::Ghost(e) => e,
             RestoreError::Netns(e) => e,
             RestoreError::NetLock(e) => e,
+            RestoreError::InetSk(e) => e,
         };
         kind.hint()
     }
@@ -334,13 +339,14 @@ fn trampoline_addr(tasks: &[TaskImages], len: u64) -> Result<u64, RestoreError> 
     used.sort_unstable();
     let guard = 1 << 20; // keep clear of stack guard gaps
     let mut cand = 1u64 << 24;
+    // VMA bounds come from the images: saturate rather than overflow.
     for (s, e) in used {
-        if cand + len + guard <= s {
+        if cand.saturating_add(len + guard) <= s {
             return Ok(cand);
         }
-        cand = cand.max(e + guard);
+        cand = cand.max(e.saturating_add(guard));
     }
-    if cand + len < 0x7fff_0000_0000 {
+    if cand.saturating_add(len) < 0x7fff_0000_0000 {
         return Ok(cand);
     }
     Err(RestoreError::Internal(
@@ -370,8 +376,8 @@ impl Drop for Puppets {
 struct Ready {
     /// Host PID.
     pid: i32,
-    /// Stopped by job control when dumped: stopped again when released.
-    stopped: bool,
+    /// Stopped by job control when dumped (with this signal): stopped again when released.
+    stopped: Option<i32>,
     regs: pb::UserX86RegsEntry,
     mask: u64,
     threads: Vec<kinds::threads::RestoredThread>,
@@ -408,6 +414,15 @@ struct Shared<'a> {
 
 fn ptrace_err(what: &'static str) -> impl Fn(std::io::Error) -> RestoreError {
     move |source| RestoreError::Ptrace { what, source }
+}
+
+/// The signal that puts a task dumped as stopped back in its group stop: the one that
+/// stopped it, if it is a stop signal (images without one: SIGSTOP).
+fn stop_signal(saved: Option<u32>) -> i32 {
+    match saved.and_then(|s| i32::try_from(s).ok()) {
+        Some(s @ (libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)) => s,
+        _ => libc::SIGSTOP,
+    }
 }
 
 /// Turns the stopped puppet `idx` into its task, stage by stage, in the order of the
@@ -450,11 +465,11 @@ fn shape(
     };
     empty_puppet(sh, &mut cx, idx, own_cgns, img, parent)?;
     enter_namespaces(sh, &mut cx, idx, img, parent)?;
-    let table = restore_files(&mut cx, img, parent, inherited)?;
+    let mut table = restore_files(&mut cx, img, parent, inherited)?;
     // Memory before the children, so they inherit it copy-on-write.
     kinds::restore_kind::<kinds::memory::Memory>(&mut cx, img)?;
     fault_point("memory")?;
-    create_children(sh, &mut cx, img, &table, puppets, ready)?;
+    create_children(sh, &mut cx, img, &mut table, puppets, ready)?;
     restore_task_state(&mut cx, img)?;
     let threads = create_threads(sh, &mut cx, img, puppets)?;
     kinds::restore_kind::<kinds::creds::Creds>(&mut cx, img)?;
@@ -473,7 +488,8 @@ fn shape(
             .core
             .tc
             .as_ref()
-            .is_some_and(|t| t.task_state == kinds::misc::TASK_STOPPED),
+            .filter(|t| t.task_state == kinds::misc::TASK_STOPPED)
+            .map(|t| stop_signal(t.stop_signo)),
         regs: ti.gpregs,
         mask: img.core.tc.as_ref().map(|t| t.blk_sigset).unwrap_or(0),
         threads,
@@ -652,7 +668,7 @@ fn create_children(
     sh: &mut Shared<'_>,
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
-    table: &kinds::files::FdTable,
+    table: &mut kinds::files::FdTable,
     puppets: &mut Puppets,
     ready: &mut Vec<Ready>,
 ) -> Result<(), RestoreError> {
@@ -673,7 +689,19 @@ fn create_children(
         }
         fork_child(sh, cx, img, child, puppets)?;
         if child.is_zombie() {
-            make_zombie(sh.tr, child, puppets.0.last_mut().expect("pushed"))?;
+            // Its process group: its own, or one whose leader is gone and no task of the
+            // tree is in (made for the moment by a helper). A group led by another task of
+            // the tree is not joined (that task is put in it only at the end).
+            let pgid = child.pstree.pgid;
+            let group = if pgid == child.pid {
+                ZombieGroup::Own
+            } else if pgid != 0 && pgid != child.pstree.sid && !tasks.iter().any(|t| t.pid == pgid)
+            {
+                ZombieGroup::Orphan(pgid)
+            } else {
+                ZombieGroup::Inherited
+            };
+            make_zombie(sh.tr, child, group, puppets.0.last_mut().expect("pushed"))?;
             // Its death queued SIGCHLD in this task, which the dumped task had not got
             // pending (pending signals are restored from the images): take it back.
             let set = cx.put(3072, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
@@ -683,6 +711,9 @@ fn create_children(
         }
         shape(sh, cidx, Some(table), puppets, ready, cx.stats)?;
     }
+    // Its fds that name processes of the tree (pidfds, /proc/PID files), which all exist now
+    // but its later siblings.
+    kinds::files::restore_late_fds(cx, img, table)?;
     if !in_own_session {
         lead_session(cx, img)?;
     }
@@ -836,10 +867,85 @@ fn foreground(root: i32) {
     }
 }
 
+/// The process group a zombie is put in before it dies.
+enum ZombieGroup {
+    /// Its parent's (as forked).
+    Inherited,
+    /// Its own (it leads it).
+    Own,
+    /// This group, whose leader is gone and which no other task of the tree is in.
+    Orphan(u32),
+}
+
+/// Puts the puppet `r` drives (about to become a zombie) in process group `pgid`, whose
+/// leader is gone: a helper child is cloned with PID `pgid` (in the tree's PID namespace),
+/// makes the group, the puppet joins it, and the helper exits and is reaped by the puppet.
+/// The group lives on with the puppet in it, as CRIU's helper tasks do.
+fn join_orphan_group(r: &mut Remote<'_>, tr: u64, pgid: u32) -> Result<(), RestoreError> {
+    let pid = r.tracee().tid;
+    let pgid = pid_from_img(pgid)
+        .ok_or_else(|| RestoreError::BadImage(format!("process group {pgid} is out of range")))?;
+    let put = |addr: u64, b: &[u8]| {
+        crate::sys::mem::vm_write(pid, b, &[(addr, b.len())])
+            .map_err(|source| RestoreError::WriteMemory { addr, source })
+    };
+    // struct clone_args at +2048, set_tid array at +3072 (the scratch page after the
+    // trampoline's).
+    let (args_at, set_tid_at) = (tr + 4096 + 2048, tr + 4096 + 3072);
+    put(set_tid_at, &pgid.to_ne_bytes())?;
+    let args = CloneArgs {
+        set_tid: set_tid_at,
+        set_tid_size: 1,
+        ..CloneArgs::process(0, libc::SIGCHLD)
+    };
+    put(args_at, &args.to_bytes())?;
+    let got = r.named("clone3 (process group helper)").clone3(
+        args_at,
+        crate::num::u64_of(crate::sys::clone::CLONE_ARGS_SIZE),
+    )?;
+    let host = r.last_child.take().unwrap_or(got);
+    let helper = Tracee { tid: host };
+    let mut guard = Puppet {
+        tracee: Tracee { tid: host },
+        released: false,
+    };
+    match helper.wait().map_err(ptrace_err("waitpid (helper)"))? {
+        Stop::Stopped { .. } => {}
+        other => {
+            return Err(RestoreError::Ptrace {
+                what: "waiting for a process group helper",
+                source: std::io::Error::other(format!("unexpected state {other:?}")),
+            })
+        }
+    }
+    let hbase = helper.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+    let mut hr = Remote::new(&helper, tr, hbase);
+    hr.named("setpgid (helper)").setpgid(0, 0)?;
+    r.named("setpgid (zombie)").setpgid(0, pgid)?;
+    match hr.named("exit_group (helper)").exit_group(0) {
+        Err(RemoteError::Died { .. }) => guard.released = true,
+        Ok(()) => {
+            return Err(RestoreError::Internal(
+                "the process group helper did not exit",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // Reaped by its parent, which the dumped tree never saw.
+    r.named("wait4 (helper)").wait4(pgid, 0, libc::__WALL)?;
+    Ok(())
+}
+
 /// Turns a fresh puppet into the zombie `img` describes: it exits with the saved status
 /// (or dies of the saved signal, without a core file), and cryo, as its tracer, collects
-/// only the tracer's notification; the exit status stays for its restored parent.
-fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreError> {
+/// only the tracer's notification; the exit status stays for its restored parent. First it
+/// enters its process group (`group`).
+fn make_zombie(
+    tr: u64,
+    img: &TaskImages,
+    group: ZombieGroup,
+    p: &mut Puppet,
+) -> Result<(), RestoreError> {
     let status = img.core.tc.as_ref().map(|t| t.exit_code).unwrap_or(0);
     let t = Tracee { tid: p.tracee.tid };
     let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
@@ -847,6 +953,11 @@ fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreE
     // A wait status: the killing signal (7 bits) or the exit code (8 bits).
     let sig = i32::try_from(status & 0x7f).expect("7 bits");
     let code = i32::try_from((status >> 8) & 0xff).expect("8 bits");
+    match group {
+        ZombieGroup::Inherited => {}
+        ZombieGroup::Own => r.named("setpgid (zombie)").setpgid(0, 0)?,
+        ZombieGroup::Orphan(pgid) => join_orphan_group(&mut r, tr, pgid)?,
+    }
     let result = if sig != 0 {
         crate::sys::proc::set_rlimit(t.tid, libc::RLIMIT_CORE, 0, 0)
             .map_err(ptrace_err("prlimit64(RLIMIT_CORE)"))?;
@@ -858,7 +969,10 @@ fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreE
                 source,
             }
         })?;
-        r.rt_sigaction(sig, scratch, 0)?;
+        // SIGKILL's action cannot be changed (EINVAL), nor needs to be: it always kills.
+        if sig != libc::SIGKILL {
+            r.rt_sigaction(sig, scratch, 0)?;
+        }
         t.set_sigmask(0).map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
         // Inside the tree's PID namespace: its own PID there.
         match r.named("kill (zombie)").kill(img.vpid(), sig) {
@@ -919,6 +1033,51 @@ fn set_process_groups(
         }
     }
     Ok(())
+}
+
+/// What restore reads and decides before it creates any process (see [`plan`]).
+pub struct Plan {
+    pub tasks: Vec<TaskImages>,
+    pub files: HashMap<u32, pb::FileEntry>,
+    /// The root had a PID namespace of its own.
+    pub own_pid_ns: bool,
+    /// Where the restore trampoline goes.
+    pub trampoline: u64,
+    /// The checked mount entries and `--root`, when the root task has a mount namespace.
+    pub mounts: Option<(Vec<pb::MntEntry>, std::path::PathBuf)>,
+    pub objs: kinds::files::FdObjects,
+    pub cgroups: Option<kinds::cgroup::CgRestore>,
+}
+
+/// The planning steps of [`run`], up to and not including the first fork, without the
+/// checks that depend on the host's processes (busy PIDs) and without hooks: verify the
+/// manifest, read the tree, load cgroups as `opts` say, place the trampoline, load the fd
+/// objects' images and check the mount plan. Creates no process; for `cryo-fuzz` and tests.
+pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
+    if let Some(m) = Manifest::load(&dir.path)? {
+        m.verify(&dir.path, 1)?;
+    }
+    let (tasks, files, own_pid_ns) = read_tree(dir)?;
+    let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
+    let trampoline = trampoline_addr(&tasks, TR_LEN)?;
+    let objs = kinds::files::FdObjects::new(dir, &files, &tasks)?;
+    // As `shape` decides for the root: a mount namespace other than cryo's is rebuilt.
+    let root = &tasks[0];
+    let mounts =
+        if root.ids.mnt_ns_id.is_some() && root.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
+            kinds::mounts::check(dir, root, &opts.mounts)?
+        } else {
+            None
+        };
+    Ok(Plan {
+        tasks,
+        files,
+        own_pid_ns,
+        trampoline,
+        mounts,
+        objs,
+        cgroups,
+    })
 }
 
 /// Restores the image set in `dir`.
@@ -1068,6 +1227,7 @@ pub fn run(
     let objs = std::cell::RefCell::new(kinds::files::FdObjects::new(dir, &files, &tasks)?);
     objs.borrow_mut().tty.orphan_pts_master = opts.orphan_pts_master;
     objs.borrow_mut().inherit(&opts.inherit_fd)?;
+    objs.borrow_mut().sock = opts.sock;
     let mut sh = Shared {
         dir,
         files: &files,
@@ -1116,9 +1276,10 @@ pub fn run(
                 .set_sigmask(th.mask)
                 .map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
         }
-        if r.stopped {
-            // Queued now, taken when released: the task enters its group stop again.
-            crate::sys::proc::kill(r.pid, libc::SIGSTOP).map_err(ptrace_err("kill(SIGSTOP)"))?;
+        if let Some(sig) = r.stopped {
+            // Queued now, taken when released: the task enters its group stop again, with
+            // the signal that stopped it (what a parent's waitid reports).
+            crate::sys::proc::kill(r.pid, sig).map_err(ptrace_err("kill (stop signal)"))?;
         }
     }
     sh.calls += 2 * ready.len() as u64;
@@ -1138,6 +1299,9 @@ pub fn run(
             restore: Some(stats),
         }],
     );
+    // What the inet sockets still need once the tree is complete (their lock lifted, repair
+    // mode left): kept out of the copies closed now.
+    let inet = kinds::inet_sk::take_restored(&mut objs.borrow_mut());
     // cryo's copies of pipes, eventfds, ... must not outlive the restore (a reader would
     // never see EOF while cryo waits for the root without -d).
     objs.borrow_mut().close_all();
@@ -1149,6 +1313,7 @@ pub fn run(
     }
     fault_point("netunlock")?;
     netlock.borrow_mut().unlock_now()?;
+    inet.run(root)?;
     hooks.notify("pre-resume", None)?;
     if opts.shell_job && !opts.detach {
         foreground(root);

@@ -213,15 +213,25 @@ fn caller_path(peer: i32, n: i32) -> PathBuf {
 /// loopback, as it makes for any tree with a namespace of its own).
 const EMPTY_NS_NET: u32 = libc::CLONE_NEWNET as u32;
 
+/// `tcp_established`, `tcp_close`, `tcp_skip_in_flight`, `ext_unix_sk`.
+fn sock_opts(o: &pb::CriuOpts) -> kinds::files::SockOpts {
+    let on = |b: Option<bool>| b == Some(true);
+    kinds::files::SockOpts {
+        tcp_established: on(o.tcp_established),
+        tcp_close: on(o.tcp_close),
+        skip_in_flight: on(o.tcp_skip_in_flight),
+        ext_unix_sk: on(o.ext_unix_sk),
+    }
+}
+
 /// Refuses the options cryo cannot honour, by name.
 fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     let mut bad: Vec<String> = Vec::new();
     let on = |b: Option<bool>| b == Some(true);
-    if on(o.tcp_established) {
-        bad.push("tcp_established (TCP connection repair is not implemented yet)".into());
-    }
-    if on(o.ext_unix_sk) || !o.unix_sk_ino.is_empty() {
-        bad.push("ext_unix_sk (external unix sockets are not implemented yet)".into());
+    if !o.unix_sk_ino.is_empty() {
+        bad.push(
+            "unix_sk_ino (external unix sockets by inode are not supported; ext_unix_sk is)".into(),
+        );
     }
     if on(o.track_mem) || o.parent_img.is_some() || on(o.auto_dedup) {
         bad.push("track_mem/parent_img/auto_dedup (incremental dumps need soft-dirty, which this kernel lacks)".into());
@@ -506,6 +516,8 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         // containerd's runc always asks (`--file-locks`).
         file_locks: o.file_locks == Some(true),
         network_lock: network_lock(&o)?,
+        sock: sock_opts(&o),
+        link_remap: o.link_remap == Some(true),
     };
     let mut n = hooks(&o, sk, images.clone());
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
@@ -562,6 +574,7 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
         },
         network_lock: network_lock(&o)?,
         links: link_opts(&o)?,
+        sock: sock_opts(&o),
     };
     let mut n = hooks(&o, sk, images.clone());
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;

@@ -14,14 +14,17 @@ compile_error!("cryo currently supports x86_64 only");
 
 pub mod clone;
 pub mod fd;
+pub mod inet;
 pub mod ipc;
 pub mod mem;
 pub mod mount;
 pub mod net;
+pub mod nft;
 pub mod ns;
 pub mod proc;
 pub mod ptrace;
 pub mod remote;
+pub mod scm;
 pub mod tty;
 pub mod tun;
 

@@ -390,9 +390,9 @@ pub trait Syscalls {
         self.sys("userfaultfd", libc::SYS_userfaultfd, a)
             .map(int_of)
     }
-    /// `pidfd_open(pid, 0)` (`pid` as the task sees it).
-    fn pidfd_open(&mut self, pid: i32) -> Result<RemoteFd, Self::Error> {
-        let a = [arg(pid), 0, 0, 0, 0, 0];
+    /// `pidfd_open(pid, flags)` (`pid` as the task sees it).
+    fn pidfd_open(&mut self, pid: i32, flags: u32) -> Result<RemoteFd, Self::Error> {
+        let a = [arg(pid), u64::from(flags), 0, 0, 0, 0];
         self.sys("pidfd_open", libc::SYS_pidfd_open, a).map(int_of)
     }
     /// `pidfd_getfd(pidfd, fd, 0)`: the task's own fd for `fd` of the process `pidfd` names.
@@ -431,6 +431,17 @@ pub trait Syscalls {
     fn madvise(&mut self, addr: u64, len: u64, advice: i32) -> Result<(), Self::Error> {
         let a = [addr, len, arg(advice), 0, 0, 0];
         self.sys("madvise", libc::SYS_madvise, a).map(drop)
+    }
+    /// `mlock(addr, len)`.
+    fn mlock(&mut self, addr: u64, len: u64) -> Result<(), Self::Error> {
+        self.sys("mlock", libc::SYS_mlock, [addr, len, 0, 0, 0, 0])
+            .map(drop)
+    }
+    /// `membarrier(cmd, flags, 0)`: a command's result (a registration mask for
+    /// `MEMBARRIER_CMD_GET_REGISTRATIONS`).
+    fn membarrier(&mut self, cmd: i32, flags: u32) -> Result<u64, Self::Error> {
+        let a = [arg(cmd), u64::from(flags), 0, 0, 0, 0];
+        self.sys("membarrier", libc::SYS_membarrier, a)
     }
     /// `brk(addr)`: the break after the call (`brk(0)` reads it).
     fn brk(&mut self, addr: u64) -> Result<u64, Self::Error> {
@@ -612,6 +623,12 @@ pub trait Syscalls {
     fn exit_group(&mut self, code: i32) -> Result<(), Self::Error> {
         let a = [arg(code), 0, 0, 0, 0, 0];
         self.sys("exit_group", libc::SYS_exit_group, a).map(drop)
+    }
+    /// `wait4(pid, status, options, NULL)` (`pid` as the task sees it, `status` in the
+    /// target or 0): the pid reaped.
+    fn wait4(&mut self, pid: i32, status: u64, options: i32) -> Result<i32, Self::Error> {
+        let a = [arg(pid), status, arg(options), 0, 0, 0];
+        self.sys("wait4", libc::SYS_wait4, a).map(int_of)
     }
     /// `kill(pid, sig)` (`pid` as the task sees it).
     fn kill(&mut self, pid: i32, sig: i32) -> Result<(), Self::Error> {
