@@ -19,6 +19,9 @@
 //! A panic is a finding (caught with `catch_unwind`); hangs and allocation blow-ups are
 //! caught by the supervisor in `main.rs` (per-input watchdog, capped allocator).
 
+// No `unsafe` in the fuzzer (the lints are the workspace's; this one is the crate's own).
+#![deny(unsafe_code)]
+
 pub mod mutate;
 
 use std::collections::HashMap;
@@ -284,8 +287,12 @@ fn add_mount_ns(files: &mut Files, rng: &mut Rng) {
         let bind = rng.u8(..3) == 0;
         entries.push(pb::MntEntry {
             fstype,
-            mnt_id: 2 + i as u32,
-            root_dev: if bind { 1 } else { 10 + i as u32 },
+            mnt_id: 2 + u32::try_from(i).expect("a few mounts"),
+            root_dev: if bind {
+                1
+            } else {
+                10 + u32::try_from(i).expect("a few mounts")
+            },
             parent_mnt_id: 1,
             flags: rng.u32(..),
             root: if bind {
@@ -323,7 +330,11 @@ pub fn frame<M: Message>(kind: image::Kind, entries: &[M]) -> Vec<u8> {
         }
     }
     for e in entries {
-        out.extend_from_slice(&(e.encoded_len() as u32).to_ne_bytes());
+        out.extend_from_slice(
+            &u32::try_from(e.encoded_len())
+                .expect("small entries")
+                .to_ne_bytes(),
+        );
         e.encode(&mut out).expect("Vec grows");
     }
     out

@@ -13,6 +13,9 @@
 //! regenerates it (inputs are a pure function of seed and number), saves it, and starts a
 //! new worker after it.
 
+// No `unsafe` in the fuzzer (the lints are the workspace's; this one is the crate's own).
+#![deny(unsafe_code)]
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -238,7 +241,12 @@ fn supervise(a: &Args) {
     let mut workers: Vec<Option<Worker>> = (0..a.jobs)
         .map(|j| {
             let (from, to) = (j * per, ((j + 1) * per).min(a.inputs));
-            Some(spawn_worker(a, from, to, j as usize))
+            Some(spawn_worker(
+                a,
+                from,
+                to,
+                usize::try_from(j).expect("a worker count"),
+            ))
         })
         .collect();
     let mut crashes = Vec::new();

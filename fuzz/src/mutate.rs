@@ -3,6 +3,10 @@
 //! varints, length-delimited fields and the messages nested in them), so most mutants get
 //! past the framing and reach the decoders and the code that trusts decoded values.
 
+// Mutations keep a value's low bits on purpose (a varint's 7-bit groups, an interesting
+// value put in a narrower field): these casts truncate by design.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::path::Path;
 
 use cryo::image;
@@ -433,7 +437,7 @@ pub fn mutate_manifest(bytes: &mut Vec<u8>, rng: &mut Rng) {
         0u64,
         1,
         4096,
-        u32::MAX as u64,
+        u64::from(u32::MAX),
         1 << 40,
         1 << 62,
         i64::MAX as u64,

@@ -922,7 +922,7 @@ fn criu_and_cryo_restore_each_others_tcp_dumps() {
             }
             c.output().unwrap()
         };
-        let port = 7601 + i as u16;
+        let port = 7601 + u16::try_from(i).expect("a few stages");
         let srv = start_server(&net, &dir, &net.v4(1), port);
         let (cli, out) = start_clients(&net, &dir, &format!("cli{i}"), &net.v4(1), port, 5);
         let _gc = KillOnDrop(cli);

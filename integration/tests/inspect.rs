@@ -539,7 +539,7 @@ fn cryo_dumps_inspected_and_diffed() {
     );
     let _g = KillOnDrop(pid);
     let ready = wait_ready(&outf);
-    let child = ready[1] as u64;
+    let child = u64::try_from(ready[1]).unwrap();
     let needle = lines(&outf)[1].split(' ').nth(2).unwrap().to_string();
     let (a, b) = (dir.join("a"), dir.join("b"));
     dump(pid, &a, &["--leave-running"]);
@@ -556,8 +556,8 @@ fn cryo_dumps_inspected_and_diffed() {
         .map(|x| x.parse().unwrap())
         .collect();
     let (new_fd, child2) = (changed[0], changed[1]);
-    let _g2 = KillOnDrop(child2 as i32);
-    let _g1 = KillOnDrop(child as i32);
+    let _g2 = KillOnDrop(i32::try_from(child2).unwrap());
+    let _g1 = KillOnDrop(i32::try_from(child).unwrap());
     dump(pid, &b, &["--leave-running"]);
     let v = inspect_json(&[b.to_str().unwrap()]);
     assert!(
@@ -571,7 +571,7 @@ fn cryo_dumps_inspected_and_diffed() {
         v["summary"]
     );
     assert_eq!(v["summary"]["processes"], 3);
-    let p = process(&v, pid as u64);
+    let p = process(&v, u64::try_from(pid).unwrap());
     assert_eq!(p["threads"].as_array().unwrap().len(), 2);
     assert_eq!(strs(&p["argv"])[1], outf.to_str().unwrap());
     assert!(
@@ -847,7 +847,7 @@ fn ptys_are_shown() {
     }
     assert_eq!(
         (slave["sid"].as_i64(), slave["pgrp"].as_i64()),
-        (Some(sh as i64), Some(sh as i64))
+        (Some(i64::from(sh)), Some(i64::from(sh)))
     );
     let held: Vec<(u64, u64, String)> = slave["holders"]
         .as_array()
@@ -863,12 +863,16 @@ fn ptys_are_shown() {
         .collect();
     for fd in 0..3 {
         assert!(
-            held.contains(&(sh as u64, fd, pts.to_str().unwrap().to_string())),
+            held.contains(&(
+                u64::try_from(sh).unwrap(),
+                fd,
+                pts.to_str().unwrap().to_string()
+            )),
             "{held:?}"
         );
     }
     assert_eq!(master["holders"][0][0]["pid"], py);
-    let shp = process(&v, sh as u64);
+    let shp = process(&v, u64::try_from(sh).unwrap());
     assert_eq!(fd(shp, 0)["kind"], "tty");
     assert_eq!(fd(shp, 0)["target"], pts.to_str().unwrap());
     let t = ok_cryo(&["inspect", "--fds", img.to_str().unwrap()]);

@@ -53,7 +53,7 @@ fn netlink_socket_keeps_its_port_and_groups() {
         .iter()
         .find_map(|e| e.get("nlsk"))
         .expect("a netlink record");
-    assert_eq!(nl["portid"].as_i64(), Some(portid as i64), "{nl}");
+    assert_eq!(nl["portid"].as_i64(), Some(i64::from(portid)), "{nl}");
     let join = format!("net:{}", Net::path(&net.a));
     let o = cryo(&[
         "restore",

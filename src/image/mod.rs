@@ -360,7 +360,7 @@ impl ImageDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("open", e)),
         };
-        let len = f.metadata().map_err(|e| io("stat", e))?.len() as usize;
+        let len = usize_of(f.metadata().map_err(|e| io("stat", e))?.len());
         crate::sys::mem::Mapping::file_ro(&f, len)
             .map(Some)
             .map_err(|e| io("mmap", e))
@@ -393,11 +393,11 @@ impl ImageDir {
         rest: &[(M, &[u8])],
     ) -> Result<(), ImageError> {
         let mut buf = head(kind);
-        buf.extend_from_slice(&(first.0.encoded_len() as u32).to_ne_bytes());
+        buf.extend_from_slice(&frame_len(first.0.encoded_len()));
         first.0.encode(&mut buf).expect("Vec grows");
         buf.extend_from_slice(first.1);
         for (e, data) in rest {
-            buf.extend_from_slice(&(e.encoded_len() as u32).to_ne_bytes());
+            buf.extend_from_slice(&frame_len(e.encoded_len()));
             e.encode(&mut buf).expect("Vec grows");
             buf.extend_from_slice(data);
         }
@@ -839,7 +839,7 @@ mod tests {
             let mut b = head(kind);
             let mut p = Vec::new();
             m(&mut p);
-            b.extend_from_slice(&(p.len() as u32).to_ne_bytes());
+            b.extend_from_slice(&crate::num::len32(p.len()).to_ne_bytes());
             b.extend_from_slice(&p);
             b.extend_from_slice(b"data");
             b
@@ -855,7 +855,7 @@ mod tests {
             mtype: 1,
             msize: u32::MAX,
         };
-        data.extend_from_slice(&(m.encoded_len() as u32).to_ne_bytes());
+        data.extend_from_slice(&crate::num::len32(m.encoded_len()).to_ne_bytes());
         m.encode(&mut data).unwrap();
         data.extend_from_slice(b"body");
         assert!(read_ipc_msgs(path, &data, 1).is_err());

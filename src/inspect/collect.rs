@@ -293,14 +293,14 @@ impl Loaded {
         let path = match kind {
             "file" => self
                 .files
-                .get(&(v.shmid as u32))
+                .get(&u32::try_from(v.shmid).unwrap_or(u32::MAX))
                 .and_then(|f| f.reg.as_ref())
                 .map(|r| r.name.clone()),
             "memfd" => self
                 .files
-                .get(&(v.shmid as u32))
+                .get(&u32::try_from(v.shmid).unwrap_or(u32::MAX))
                 .and_then(|f| f.memfd.as_ref())
-                .map(|m| match self.memfd.get(&(m.inode_id as u64)) {
+                .map(|m| match self.memfd.get(&u64::from(m.inode_id)) {
                     Some(i) => format!("memfd:{}", i.name),
                     None => format!("memfd inode {}", m.inode_id),
                 }),
@@ -314,8 +314,14 @@ impl Loaded {
         match mem::vma_kind(v) {
             "shmem" => Some(v.shmid),
             "memfd" => {
-                let f = self.files.get(&(v.shmid as u32))?.memfd.as_ref()?;
-                self.memfd.get(&(f.inode_id as u64)).map(|i| i.shmid as u64)
+                let f = self
+                    .files
+                    .get(&u32::try_from(v.shmid).ok()?)?
+                    .memfd
+                    .as_ref()?;
+                self.memfd
+                    .get(&u64::from(f.inode_id))
+                    .map(|i| u64::from(i.shmid))
             }
             _ => None,
         }
@@ -376,7 +382,7 @@ impl Loaded {
             ] {
                 // A hostile image cannot make us read gigabytes.
                 if b > a && b - a <= 1 << 20 {
-                    reqs.push((map, a, (b - a) as usize));
+                    reqs.push((map, a, crate::num::usize_of(b - a)));
                 } else {
                     reqs.push((map, a, 0));
                 }
@@ -436,7 +442,7 @@ impl Loaded {
                     c.cap_eff
                         .iter()
                         .enumerate()
-                        .fold(0u64, |a, (i, w)| a | ((*w as u64) << (32 * i.min(1))))
+                        .fold(0u64, |a, (i, w)| a | (u64::from(*w) << (32 * i.min(1))))
                 ),
                 no_new_privs: c.no_new_privs.map(|v| v != 0),
             });
@@ -785,7 +791,7 @@ impl Loaded {
             .pagemap
             .as_ref()
             .ok_or_else(|| addr_err("no pagemap image for this process".into()))?;
-        let b = mem::read_ranges(&self.src, &[(map, addr, len as usize)])?.remove(0);
+        let b = mem::read_ranges(&self.src, &[(map, addr, crate::num::usize_of(len))])?.remove(0);
         let mut why = Vec::new();
         for (s, n) in &b.missing {
             let v = mm.vmas.iter().find(|v| v.start <= *s && *s < v.end);
@@ -827,7 +833,7 @@ fn criu_version(src: &Source) -> Option<String> {
 
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn rfc3339(t: u64) -> String {
-    let days = (t / 86400) as i64;
+    let days = (t / 86400).cast_signed();
     let secs = t % 86400;
     // Howard Hinnant's civil-from-days.
     let z = days + 719_468;

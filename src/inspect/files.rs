@@ -13,7 +13,7 @@ use crate::image::{self, pb};
 
 /// `O_*` flag names.
 pub fn open_flags(f: u32) -> Vec<String> {
-    let f = f as i32;
+    let f = f.cast_signed();
     let mut v = vec![match f & libc::O_ACCMODE {
         libc::O_RDONLY => "O_RDONLY",
         libc::O_WRONLY => "O_WRONLY",
@@ -65,7 +65,7 @@ pub fn sk_state(s: u32) -> String {
 }
 
 pub fn sk_type(t: u32) -> String {
-    match t as i32 {
+    match t.cast_signed() {
         libc::SOCK_STREAM => "stream",
         libc::SOCK_DGRAM => "dgram",
         libc::SOCK_RAW => "raw",
@@ -107,7 +107,7 @@ pub(super) fn inet_addr(family: u32, words: &[u32], port: u32) -> String {
 }
 
 pub(super) fn proto_name(p: u32) -> String {
-    match p as i32 {
+    match p.cast_signed() {
         libc::IPPROTO_TCP => "tcp".into(),
         libc::IPPROTO_UDP => "udp".into(),
         libc::IPPROTO_UDPLITE => "udplite".into(),
@@ -182,13 +182,13 @@ impl Loaded {
             img::<pb::SkPacketEntry>(src, "sk-queues.img", image::SK_QUEUES, n).unwrap_or_default()
         {
             let e = sk_queued.entry(q.id_for).or_default();
-            e.0 += q.length as u64;
+            e.0 += u64::from(q.length);
             e.1 += 1;
         }
         let sum = |v: Vec<pb::PipeDataEntry>| {
             let mut m: HashMap<u32, u64> = HashMap::new();
             for p in v {
-                *m.entry(p.pipe_id).or_default() += p.bytes as u64;
+                *m.entry(p.pipe_id).or_default() += u64::from(p.bytes);
             }
             m
         };
@@ -424,7 +424,7 @@ impl Loaded {
             );
         }
         if let Some(t) = &f.tfd {
-            let clock = match t.clockid as i32 {
+            let clock = match t.clockid.cast_signed() {
                 libc::CLOCK_REALTIME => "realtime".to_string(),
                 libc::CLOCK_MONOTONIC => "monotonic".into(),
                 libc::CLOCK_BOOTTIME => "boottime".into(),
@@ -462,7 +462,7 @@ impl Loaded {
         if let Some(m) = &f.memfd {
             let name = self
                 .memfd
-                .get(&(m.inode_id as u64))
+                .get(&u64::from(m.inode_id))
                 .map(|i| format!("memfd:{} ({} bytes)", i.name, i.size))
                 .unwrap_or_else(|| format!("memfd (inode {})", m.inode_id));
             return mk("memfd", name, Some(m.flags), Some(m.pos));
@@ -594,8 +594,8 @@ impl Loaded {
                                 image::TCP_STREAM,
                                 &mut n,
                             ) {
-                                qb = t.inq_len as u64;
-                                sendq = Some(t.outq_len as u64);
+                                qb = u64::from(t.inq_len);
+                                sendq = Some(u64::from(t.outq_len));
                             }
                             notes.extend(n);
                         }
@@ -695,7 +695,7 @@ impl Loaded {
                 readers: Vec::new(),
                 writers: Vec::new(),
             });
-            let acc = flags as i32 & libc::O_ACCMODE;
+            let acc = flags.cast_signed() & libc::O_ACCMODE;
             for h in w.holders.get(&f.id).into_iter().flatten() {
                 if acc == libc::O_RDONLY || acc == libc::O_RDWR {
                     e.readers.push(h.clone());

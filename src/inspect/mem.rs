@@ -118,7 +118,7 @@ impl PageMap {
             } else if e.flags.is_none() {
                 flags = PE_PRESENT;
             }
-            let pages = e.nr_pages.unwrap_or(e.compat_nr_pages as u64);
+            let pages = e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages));
             let fits = pages
                 .checked_mul(PAGE)
                 .and_then(|b| e.vaddr.checked_add(b))
@@ -257,10 +257,10 @@ pub fn read_ranges(
         let end = addr + *len as u64;
         let mut a = *addr;
         while a < end {
-            let at = (a - addr) as usize;
+            let at = crate::num::usize_of(a - addr);
             match map.run_at(a) {
                 Some(r) => {
-                    let n = (r.end().min(end) - a) as usize;
+                    let n = crate::num::usize_of(r.end().min(end) - a);
                     match (&map.pages, r.present(), r.flags & PE_PARENT != 0) {
                         (Some(p), true, _) if r.file_off + (a - r.vaddr) + n as u64 <= p.size => {
                             here.push((i, at, p, r.file_off + (a - r.vaddr), n))
@@ -352,7 +352,7 @@ pub fn vma_kind_at(v: &pb::VmaEntry, start_stack: u64) -> &'static str {
 
 /// "rwxp" for a VMA.
 pub fn prot_string(v: &pb::VmaEntry) -> String {
-    let p = v.prot as i32;
+    let p = v.prot.cast_signed();
     let shared = v.flags & libc::MAP_SHARED as u32 != 0;
     [
         if p & libc::PROT_READ != 0 { 'r' } else { '-' },
@@ -435,7 +435,7 @@ pub fn search(
             }
             skip(r, run.file_off - pos).map_err(|e| read_err(src, &it.map.pages_name, e))?;
             pos = run.file_off;
-            let total = (run.pages * PAGE) as usize;
+            let total = crate::num::usize_of(run.pages * PAGE);
             let mut done = 0usize;
             let mut carry: Vec<u8> = Vec::new();
             while done < total && !full {
@@ -469,7 +469,8 @@ pub fn search(
             let total = run.pages * PAGE;
             while done < total && !full {
                 let n = (CHUNK as u64).min(total - done);
-                let b = read_ranges(src, &[(it.map, run.vaddr + done, n as usize)])?.remove(0);
+                let b = read_ranges(src, &[(it.map, run.vaddr + done, crate::num::usize_of(n))])?
+                    .remove(0);
                 if b.missing.len() as u64 * PAGE >= n {
                     break;
                 }
@@ -569,7 +570,7 @@ pub fn page_hashes(src: &Source, map: &PageMap) -> Result<BTreeMap<u64, u128>, I
         runs.sort_by_key(|r| r.file_off);
         src.visit(&[m], |_, r| {
             let mut pos = 0u64;
-            let mut page = vec![0u8; PAGE as usize];
+            let mut page = vec![0u8; crate::num::usize_of(PAGE)];
             for run in &runs {
                 if run.file_off < pos {
                     continue;
@@ -622,7 +623,7 @@ mod tests {
         };
         let entry = |vaddr, pages: u64, flags| pb::PagemapEntry {
             vaddr,
-            compat_nr_pages: pages as u32,
+            compat_nr_pages: u32::try_from(pages).unwrap(),
             in_parent: None,
             flags: Some(flags),
             nr_pages: Some(pages),

@@ -98,7 +98,7 @@ pub fn size(b: u64) -> String {
 }
 
 fn ms(us: u32) -> String {
-    format!("{:.1} ms", us as f64 / 1000.0)
+    format!("{:.1} ms", f64::from(us) / 1000.0)
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> String {

@@ -178,7 +178,7 @@ struct Window<'a> {
 impl Read for Window<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let left = self.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
+        let n = crate::num::usize_of((buf.len() as u64).min(left));
         if n == 0 {
             return Ok(0);
         }
@@ -191,9 +191,9 @@ impl Read for Window<'_> {
 impl Seek for Window<'_> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let new = match to {
-            SeekFrom::Start(p) => p as i128,
-            SeekFrom::Current(d) => self.pos as i128 + d as i128,
-            SeekFrom::End(d) => self.len as i128 + d as i128,
+            SeekFrom::Start(p) => i128::from(p),
+            SeekFrom::Current(d) => i128::from(self.pos) + i128::from(d),
+            SeekFrom::End(d) => i128::from(self.len) + i128::from(d),
         };
         if new < 0 {
             return Err(io::Error::new(
@@ -201,7 +201,8 @@ impl Seek for Window<'_> {
                 "seek before the start",
             ));
         }
-        self.pos = new as u64;
+        self.pos = u64::try_from(new)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seek past the end"))?;
         Ok(self.pos)
     }
 }
@@ -356,7 +357,7 @@ impl Source {
                 let name = clean_name(&e.path().map_err(bad)?.to_string_lossy());
                 let size = e.size();
                 let loc = if size <= self.keep && kept + size <= KEEP_TOTAL {
-                    let mut buf = Vec::with_capacity(size as usize);
+                    let mut buf = Vec::with_capacity(crate::num::usize_of(size));
                     e.read_to_end(&mut buf).map_err(bad)?;
                     kept += size;
                     Loc::Kept(Arc::new(buf))
@@ -578,7 +579,7 @@ impl Source {
             let inner = clean_name(&e.path()?.to_string_lossy());
             let size = e.size();
             let loc = if size <= keep && kept + size <= KEEP_TOTAL {
-                let mut buf = Vec::with_capacity(size as usize);
+                let mut buf = Vec::with_capacity(crate::num::usize_of(size));
                 e.read_to_end(&mut buf)?;
                 kept += size;
                 Loc::Kept(Arc::new(buf))
@@ -658,7 +659,7 @@ impl Source {
         match &m.loc {
             Loc::Kept(b) => Ok(b.as_ref().clone()),
             Loc::File(p) => std::fs::read(p).map_err(io_err(p, "read")),
-            _ => self.read_at(m, 0, m.size as usize),
+            _ => self.read_at(m, 0, crate::num::usize_of(m.size)),
         }
     }
 
@@ -674,10 +675,10 @@ impl Source {
         let mut out = vec![Vec::new(); reqs.len()];
         let mut streamed: Vec<usize> = Vec::new();
         for (i, (m, off, len)) in reqs.iter().enumerate() {
-            let len = (*len as u64).min(m.size.saturating_sub(*off)) as usize;
+            let len = crate::num::usize_of((*len as u64).min(m.size.saturating_sub(*off)));
             match &m.loc {
                 Loc::Kept(b) => {
-                    let start = (*off).min(b.len() as u64) as usize;
+                    let start = crate::num::usize_of((*off).min(b.len() as u64));
                     out[i] = b[start..(start + len).min(b.len())].to_vec()
                 }
                 Loc::File(p) => {
@@ -726,13 +727,13 @@ impl Source {
                         })
                         .copied();
                     if let Some(j) = src {
-                        let s = (off - reqs[j].1) as usize;
-                        out[i] = out[j][s..s + len as usize].to_vec();
+                        let s = crate::num::usize_of(off - reqs[j].1);
+                        out[i] = out[j][s..s + crate::num::usize_of(len)].to_vec();
                     }
                     continue;
                 }
                 io::copy(&mut (&mut *r).take(off - pos), &mut io::sink()).map_err(read_err)?;
-                let mut buf = vec![0; len as usize];
+                let mut buf = vec![0; crate::num::usize_of(len)];
                 r.read_exact(&mut buf).map_err(io_err(&path, "read"))?;
                 pos = off + len;
                 out[i] = buf;
@@ -902,7 +903,7 @@ fn is_tar_header(b: &[u8]) -> bool {
             if (148..156).contains(&i) {
                 32
             } else {
-                x as u32
+                u32::from(x)
             }
         })
         .sum();
@@ -964,7 +965,10 @@ mod tests {
             let pages = s.image("pages-1.img").unwrap();
             let (m, off) = (pages, KEEP_MEMBER + 10);
             let got = s.read_many(&[(m, off, 5), (m, 3, 4)]).unwrap();
-            assert_eq!(got[0], big[off as usize..off as usize + 5]);
+            assert_eq!(
+                got[0],
+                big[crate::num::usize_of(off)..crate::num::usize_of(off) + 5]
+            );
             assert_eq!(got[1], big[3..7]);
         }
         assert_eq!(Source::open(&plain).unwrap().compression, Some(Codec::None));

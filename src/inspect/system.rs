@@ -90,7 +90,7 @@ impl Loaded {
                     .clone()
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| {
-                        pb::Fstype::try_from(m.fstype as i32)
+                        pb::Fstype::try_from(m.fstype.cast_signed())
                             .map(|f| f.as_str_name().to_lowercase())
                             .unwrap_or_else(|_| format!("fstype({})", m.fstype))
                     });

@@ -480,7 +480,7 @@ fn read_prop(host: &Path, name: &str, v1: bool) -> Option<pb::CgroupPropEntry> {
     } else {
         let v = std::fs::read_to_string(&path).ok()?;
         let v = v.trim_end_matches('\n').to_string();
-        if v.parse::<i128>().is_ok_and(|n| n >= i64::MAX as i128) {
+        if v.parse::<i128>().is_ok_and(|n| n >= i128::from(i64::MAX)) {
             "-1".to_string()
         } else {
             v

@@ -89,11 +89,13 @@ impl FdKind for Fanotify {
         for line in fd.fdinfo.lines().filter(|l| l.starts_with("fanotify ")) {
             let fs = fields(line).ok_or_else(|| bad(line))?;
             let get = |k| hex(&fs, k).ok_or_else(|| bad(line));
+            // The kernel prints 32-bit fields (flags, masks, ids) in hex.
+            let get32 = |k| get(k).and_then(|v| u32::try_from(v).map_err(|_| bad(line)));
             if line.starts_with("fanotify flags:") {
-                faflags = get("flags")? as u32;
-                evflags = get("event-flags")? as u32;
+                faflags = get32("flags")?;
+                evflags = get32("event-flags")?;
             } else if line.starts_with("fanotify mnt_id:") {
-                let mnt_id = get("mnt_id")? as u32;
+                let mnt_id = get32("mnt_id")?;
                 let path = mount_point(fd.pid, mnt_id).ok_or_else(|| {
                     Unsupported::of(
                         fd.pid,
@@ -105,9 +107,9 @@ impl FdKind for Fanotify {
                 marks.push(pb::FanotifyMarkEntry {
                     id,
                     r#type: pb::MarkType::Mount as i32,
-                    mflags: get("mflags")? as u32,
-                    mask: get("mask")? as u32,
-                    ignored_mask: get("ignored_mask")? as u32,
+                    mflags: get32("mflags")?,
+                    mask: get32("mask")?,
+                    ignored_mask: get32("ignored_mask")?,
                     s_dev: 0,
                     ie: None,
                     me: Some(pb::FanotifyMountMarkEntry {
@@ -116,9 +118,9 @@ impl FdKind for Fanotify {
                     }),
                 });
             } else if line.starts_with("fanotify ino:") {
-                let sdev = get("sdev")? as u32;
+                let sdev = get32("sdev")?;
                 let ino = get("ino")?;
-                let handle_type = get("fhandle-type")? as i32;
+                let handle_type = get32("fhandle-type")?.cast_signed();
                 let text = fs
                     .iter()
                     .find(|(k, _)| *k == "f_handle")
@@ -171,15 +173,15 @@ impl FdKind for Fanotify {
                 marks.push(pb::FanotifyMarkEntry {
                     id,
                     r#type: pb::MarkType::Inode as i32,
-                    mflags: get("mflags")? as u32,
-                    mask: get("mask")? as u32,
-                    ignored_mask: get("ignored_mask")? as u32,
+                    mflags: get32("mflags")?,
+                    mask: get32("mask")?,
+                    ignored_mask: get32("ignored_mask")?,
                     s_dev: sdev,
                     ie: Some(pb::FanotifyInodeMarkEntry {
                         i_ino: ino,
                         f_handle: pb::FhEntry {
-                            bytes: handle.len() as u32,
-                            r#type: handle_type as u32,
+                            bytes: crate::num::len32(handle.len()),
+                            r#type: handle_type.cast_unsigned(),
                             handle: words,
                             path: Some(path),
                             mnt_id: None,
@@ -256,14 +258,14 @@ impl FdKind for Fanotify {
             };
             let flags = FAN_MARK_ADD | kind | (m.mflags & !(FAN_MARK_MOUNT | FAN_MARK_FILESYSTEM));
             if m.mask != 0 {
-                sysfd::fanotify_mark(fd.as_fd(), flags, m.mask as u64, &path)
+                sysfd::fanotify_mark(fd.as_fd(), flags, u64::from(m.mask), &path)
                     .map_err(err(format!("mark {path} (mask {:#x})", m.mask)))?;
             }
             if m.ignored_mask != 0 {
                 sysfd::fanotify_mark(
                     fd.as_fd(),
                     flags | FAN_MARK_IGNORED_MASK,
-                    m.ignored_mask as u64,
+                    u64::from(m.ignored_mask),
                     &path,
                 )
                 .map_err(err(format!(

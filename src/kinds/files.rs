@@ -710,11 +710,11 @@ impl FdObjects {
         }
         let flags = (reg.flags
             & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32))
-            as i32
+            .cast_signed()
             | libc::O_CLOEXEC;
         let fd = if self.ghosts.is_ghost(id) {
             self.ghosts
-                .open(&self.dir, id, &reg.name, flags as u32, self.ns_pid)?
+                .open(&self.dir, id, &reg.name, flags.cast_unsigned(), self.ns_pid)?
         } else {
             let _in_ns = self
                 .ns_pid
@@ -811,7 +811,16 @@ fn dump_fd(
     // Only fds on the same inode can share a description: compare those alone.
     let key = meta.as_ref().map(|m| (m.dev(), m.ino()));
     for &(opid, other, oid) in cx.files.fds_by_inode.get(&key).into_iter().flatten() {
-        if kcmp(pid, opid, KCMP_FILE, fd as u64, other as u64).ok() == Some(0) {
+        if kcmp(
+            pid,
+            opid,
+            KCMP_FILE,
+            c_uint(fd).into(),
+            c_uint(other).into(),
+        )
+        .ok()
+            == Some(0)
+        {
             id = Some(oid);
             break;
         }
@@ -839,7 +848,7 @@ fn dump_fd(
             if meta.file_type().is_char_device()
                 && super::tty::is_vt_or_console(meta.rdev())
                 && procfs::stat(pid)
-                    .is_ok_and(|s| s.session == pid && s.tty_nr as u64 == meta.rdev())
+                    .is_ok_and(|s| s.session == pid && u64::from(s.tty_nr) == meta.rdev())
             {
                 if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
                     r.cryo_ctty = Some(true);
@@ -928,7 +937,7 @@ pub fn dump_in_flight(
     cx: &mut DumpCx<'_>,
     file: OwnedFd,
 ) -> Result<(u32, pb::FdTypes), FilesError> {
-    let me = std::process::id() as i32;
+    let me = std::process::id().cast_signed();
     let fd = file.as_raw_fd();
     cx.files.in_flight.push(file);
     let mut pidfd = None;
@@ -1273,7 +1282,7 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
         return Ok(cx.take_from_cryo(local)?);
     }
     let reg = cx.reg(id)?.clone();
-    let flags = super::ghost::reopen_flags(flags) as u32;
+    let flags = super::ghost::reopen_flags(flags).cast_unsigned();
     if reg.cryo_mqueue == Some(true) {
         // Opened by name in the puppet's IPC namespace, whose queues exist by now.
         // The queue's name is the last component (the fd may have been opened through a

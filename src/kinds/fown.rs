@@ -30,9 +30,9 @@ pub fn dump(fd: BorrowedFd<'_>) -> std::io::Result<Option<pb::FownEntry>> {
     Ok(Some(pb::FownEntry {
         uid: o.uid,
         euid: o.euid,
-        signum: o.sig as u32,
-        pid_type: o.kind as u32,
-        pid: if o.pid == 0 { 0 } else { ns_pid(o.pid) } as u32,
+        signum: o.sig.cast_unsigned(),
+        pid_type: o.kind.cast_unsigned(),
+        pid: (if o.pid == 0 { 0 } else { ns_pid(o.pid) }).cast_unsigned(),
     }))
 }
 

@@ -83,7 +83,7 @@ pub fn dump(
                 uid: meta.uid(),
                 gid: meta.gid(),
                 mode: meta.mode(),
-                dev: Some(meta.dev() as u32),
+                dev: Some(crate::num::low32(meta.dev())),
                 ino: Some(meta.ino()),
                 atim: Some(timeval(meta.atime(), meta.atime_nsec())),
                 mtim: Some(timeval(meta.mtime(), meta.mtime_nsec())),
@@ -107,7 +107,7 @@ pub fn dump(
                 let f = std::fs::File::open(proc_path)
                     .map_err(err("open the deleted file to read it"))?;
                 if meta.len() < CHUNKS_FROM {
-                    let mut content = Vec::with_capacity(meta.len() as usize);
+                    let mut content = Vec::with_capacity(crate::num::usize_of(meta.len()));
                     (&f).read_to_end(&mut content)
                         .map_err(err("read the deleted file's content"))?;
                     entry.size = Some(content.len() as u64);
@@ -128,7 +128,7 @@ pub fn dump(
                 entry.symlnk_target = Some(target.to_string_lossy().into_owned());
                 Body::None
             } else if ft.is_char_device() || ft.is_block_device() {
-                entry.rdev = Some(meta.rdev() as u32);
+                entry.rdev = Some(crate::num::low32(meta.rdev()));
                 Body::None
             } else if ft.is_dir() || ft.is_fifo() {
                 Body::None
@@ -157,8 +157,8 @@ pub fn dump(
 
 fn timeval(s: i64, ns: i64) -> pb::Timeval {
     pb::Timeval {
-        tv_sec: s as u64,
-        tv_usec: (ns / 1000) as u64,
+        tv_sec: s.cast_unsigned(),
+        tv_usec: (ns / 1000).cast_unsigned(),
     }
 }
 
@@ -179,7 +179,7 @@ fn data_extents(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, Vec<u
             break;
         }
         let hole = seek(f, SeekFrom::Hole(data))?.min(size);
-        let mut buf = vec![0u8; (hole - data) as usize];
+        let mut buf = vec![0u8; crate::num::usize_of(hole - data)];
         f.read_exact_at(&mut buf, data)?;
         out.push((data, buf));
         pos = hole;
@@ -356,7 +356,7 @@ impl GhostStore {
     ) -> Result<Option<PathBuf>, GhostError> {
         // Outside the tree's namespaces (or already done by the kind's `load`).
         self.preload(dir)?;
-        let user_dev = libc::makedev(dev >> 20, dev & 0xf_ffff) as u32;
+        let user_dev = crate::num::low32(libc::makedev(dev >> 20, dev & 0xf_ffff));
         let found = self.cache.iter().find_map(|(&g, ((e, _), _))| {
             (e.ino == Some(ino) && e.dev == Some(user_dev)).then_some(g)
         });
@@ -497,7 +497,7 @@ pub fn reopen_flags(flags: u32) -> i32 {
     if f & O_TMPFILE_BIT != 0 {
         f &= !(O_TMPFILE_BIT | libc::O_DIRECTORY as u32);
     }
-    f as i32
+    f.cast_signed()
 }
 
 /// Where to make ghost `g` of `orig`: the original path when it is free and its directory
@@ -570,9 +570,9 @@ fn make(
         libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {
             let rdev = match fmt {
                 libc::S_IFIFO => 0,
-                _ => e.rdev.ok_or_else(|| {
+                _ => u64::from(e.rdev.ok_or_else(|| {
                     std::io::Error::other("the image has no device number for a deleted device")
-                })? as u64,
+                })?),
             };
             rfs::mknodat(
                 CWD,
@@ -612,8 +612,8 @@ fn make(
     }
     if let (Some(a), Some(m)) = (&e.atim, &e.mtim) {
         let ts = |t: &pb::Timeval| rfs::Timespec {
-            tv_sec: t.tv_sec as i64,
-            tv_nsec: (t.tv_usec * 1000) as _,
+            tv_sec: t.tv_sec.cast_signed(),
+            tv_nsec: (t.tv_usec * 1000).cast_signed(),
         };
         rfs::utimensat(
             CWD,

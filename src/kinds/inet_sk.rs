@@ -157,7 +157,7 @@ fn proto_name(ty: i32, proto: i32) -> &'static str {
 
 /// Parses a `struct sockaddr_in`/`sockaddr_in6` as the kernel wrote it.
 fn parse_sockaddr(b: &[u8]) -> Option<SocketAddr> {
-    let family = u16::from_ne_bytes(b.get(0..2)?.try_into().ok()?) as i32;
+    let family = i32::from(u16::from_ne_bytes(b.get(0..2)?.try_into().ok()?));
     let port = u16::from_be_bytes(b.get(2..4)?.try_into().ok()?);
     match family {
         libc::AF_INET => {
@@ -198,7 +198,7 @@ fn describe(
     };
     let (state, tcp) = if ty == libc::SOCK_STREAM && proto == libc::IPPROTO_TCP {
         let ti = inet::tcp_info(sk)?;
-        (ti.state as u32, Some(ti))
+        (u32::from(ti.state), Some(ti))
     } else if peer.is_some() {
         (ESTABLISHED, None)
     } else {
@@ -231,20 +231,20 @@ fn addr_words(a: IpAddr) -> Vec<u32> {
 /// The address an inet_sk_entry (or cryo_inet_addr) names.
 fn sockaddr_of(family: u32, port: u32, words: &[u32]) -> Option<SocketAddr> {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    match family as i32 {
+    match family.cast_signed() {
         // Images of CRIU 0.1 had 4 words for IPv4 too.
         libc::AF_INET => {
             let a: [u8; 4] = bytes.get(0..4)?.try_into().ok()?;
             Some(SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(a),
-                port as u16,
+                u16::try_from(port).ok()?,
             )))
         }
         libc::AF_INET6 => {
             let a: [u8; 16] = bytes.get(0..16)?.try_into().ok()?;
             Some(SocketAddr::V6(SocketAddrV6::new(
                 Ipv6Addr::from(a),
-                port as u16,
+                u16::try_from(port).ok()?,
                 0,
                 0,
             )))
@@ -357,17 +357,17 @@ fn sk_opts(s: BorrowedFd<'_>) -> std::io::Result<pb::SkOptsEntry> {
     let dev = String::from_utf8_lossy(&dev[..n])
         .trim_end_matches('\0')
         .to_string();
-    let mark = int(libc::SO_MARK)? as u32;
+    let mark = int(libc::SO_MARK)?.cast_unsigned();
     Ok(pb::SkOptsEntry {
-        so_sndbuf: int(libc::SO_SNDBUF)? as u32,
-        so_rcvbuf: int(libc::SO_RCVBUF)? as u32,
+        so_sndbuf: int(libc::SO_SNDBUF)?.cast_unsigned(),
+        so_rcvbuf: int(libc::SO_RCVBUF)?.cast_unsigned(),
         so_snd_tmo_sec: snd_s,
         so_snd_tmo_usec: snd_u,
         so_rcv_tmo_sec: rcv_s,
         so_rcv_tmo_usec: rcv_u,
         reuseaddr: Some(int(libc::SO_REUSEADDR)? != 0),
-        so_priority: Some(int(libc::SO_PRIORITY)? as u32),
-        so_rcvlowat: Some(int(libc::SO_RCVLOWAT)? as u32),
+        so_priority: Some(int(libc::SO_PRIORITY)?.cast_unsigned()),
+        so_rcvlowat: Some(int(libc::SO_RCVLOWAT)?.cast_unsigned()),
         so_mark: (mark != 0).then_some(mark),
         so_passcred: None,
         so_passsec: None,
@@ -381,9 +381,9 @@ fn sk_opts(s: BorrowedFd<'_>) -> std::io::Result<pb::SkOptsEntry> {
         tcp_keepcnt: None,
         tcp_keepidle: None,
         tcp_keepintvl: None,
-        so_oobinline: Some(int(libc::SO_OOBINLINE)? as u32),
-        so_linger: (l_onoff != 0).then_some(l_linger as u32),
-        so_buf_lock: int(SO_BUF_LOCK).ok().map(|v| v as u32),
+        so_oobinline: Some(int(libc::SO_OOBINLINE)?.cast_unsigned()),
+        so_linger: (l_onoff != 0).then_some(l_linger.cast_unsigned()),
+        so_buf_lock: int(SO_BUF_LOCK).ok().map(|v| v.cast_unsigned()),
     })
 }
 
@@ -391,7 +391,7 @@ fn sk_opts(s: BorrowedFd<'_>) -> std::io::Result<pb::SkOptsEntry> {
 fn ip_opts(s: BorrowedFd<'_>, family: i32) -> std::io::Result<pb::IpOptsEntry> {
     let ip = |opt| net::getsockopt_int(s, libc::IPPROTO_IP, opt);
     let ip6 = |opt| net::getsockopt_int(s, libc::IPPROTO_IPV6, opt);
-    let nz = |v: i32| (v != 0).then_some(v as u32);
+    let nz = |v: i32| (v != 0).then_some(v.cast_unsigned());
     if family == libc::AF_INET6 {
         let hops = ip6(libc::IPV6_UNICAST_HOPS)?;
         Ok(pb::IpOptsEntry {
@@ -401,7 +401,7 @@ fn ip_opts(s: BorrowedFd<'_>, family: i32) -> std::io::Result<pb::IpOptsEntry> {
             tos: None,
             ttl: None,
             cryo_tclass: nz(ip6(libc::IPV6_TCLASS)?),
-            cryo_hoplimit: (hops != 64 && hops > 0).then_some(hops as u32),
+            cryo_hoplimit: (hops != 64 && hops > 0).then_some(hops.cast_unsigned()),
         })
     } else {
         Ok(pb::IpOptsEntry {
@@ -419,7 +419,7 @@ fn ip_opts(s: BorrowedFd<'_>, family: i32) -> std::io::Result<pb::IpOptsEntry> {
 /// TCP-level options (CRIU's, plus `TCP_USER_TIMEOUT` and the congestion control).
 fn tcp_opts(s: BorrowedFd<'_>) -> std::io::Result<pb::TcpOptsEntry> {
     let tcp = |opt| net::getsockopt_int(s, libc::IPPROTO_TCP, opt);
-    let nz = |v: i32| (v != 0).then_some(v as u32);
+    let nz = |v: i32| (v != 0).then_some(v.cast_unsigned());
     let mut cc = [0u8; 16];
     let n = inet::getsockopt_bytes(s, libc::IPPROTO_TCP, libc::TCP_CONGESTION, &mut cc)?;
     let cc = String::from_utf8_lossy(&cc[..n])
@@ -531,12 +531,12 @@ impl FdKind for InetSk {
             pb::InetSkEntry {
                 id,
                 ino,
-                family: d.family as u32,
-                r#type: d.ty as u32,
-                proto: d.proto as u32,
+                family: d.family.cast_unsigned(),
+                r#type: d.ty.cast_unsigned(),
+                proto: d.proto.cast_unsigned(),
                 state: d.state,
-                src_port: d.local.port() as u32,
-                dst_port: d.peer.map_or(0, |p| p.port() as u32),
+                src_port: u32::from(d.local.port()),
+                dst_port: d.peer.map_or(0, |p| u32::from(p.port())),
                 flags: fd.flags(),
                 backlog: 0,
                 src_addr: addr_words(d.local.ip()),
@@ -621,7 +621,7 @@ impl FdKind for InetSk {
                 cx.files.sk_queues.push((
                     pb::SkPacketEntry {
                         id_for: id,
-                        length: data.len() as u32,
+                        length: crate::num::len32(data.len()),
                         scm: Vec::new(),
                         cryo_from: from.map(|a| pb::CryoInetAddr {
                             family: if a.is_ipv4() {
@@ -629,7 +629,7 @@ impl FdKind for InetSk {
                             } else {
                                 libc::AF_INET6 as u32
                             },
-                            port: a.port() as u32,
+                            port: u32::from(a.port()),
                             addr: addr_words(a.ip()),
                         }),
                     },
@@ -944,7 +944,10 @@ fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
         .map(|i| i.id)
         .collect();
     for isk in objs.files.values().filter_map(|f| f.isk.as_ref()) {
-        if isk.proto as i32 == libc::IPPROTO_TCP && isk.dst_port != 0 && is_connection(isk.state) {
+        if isk.proto.cast_signed() == libc::IPPROTO_TCP
+            && isk.dst_port != 0
+            && is_connection(isk.state)
+        {
             has_conn = true;
             let name = format!("tcp-stream-{:x}.img", isk.ino);
             let Some(map) = dir.map(&name)? else {
@@ -992,7 +995,9 @@ fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
         let inv = inv.as_ref();
         (
             // Absent: iptables, CRIU's default.
-            inv.and_then(|i| i.network_lock_method).unwrap_or(0) as i32,
+            inv.and_then(|i| i.network_lock_method)
+                .unwrap_or(0)
+                .cast_signed(),
             inv.and_then(|i| i.dump_criu_run_id.clone()),
         )
     });
@@ -1006,7 +1011,8 @@ fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
 fn new_socket(id: u32, isk: &pb::InetSkEntry) -> Result<OwnedFd, InetSkError> {
     use rustix::net::{AddressFamily, Protocol, SocketFlags, SocketType};
     let sk = rustix::net::socket_with(
-        AddressFamily::from_raw(isk.family as u16),
+        // A family beyond 16 bits is none (AF_UNSPEC): the kernel refuses it.
+        AddressFamily::from_raw(u16::try_from(isk.family).unwrap_or(0)),
         SocketType::from_raw(isk.r#type),
         SocketFlags::CLOEXEC,
         std::num::NonZeroU32::new(isk.proto).map(Protocol::from_raw),
@@ -1062,26 +1068,26 @@ fn restore_opts(
     if !keep_sndbuf {
         sol(
             libc::SO_SNDBUFFORCE,
-            (o.so_sndbuf / 2) as i32,
+            (o.so_sndbuf / 2).cast_signed(),
             "SO_SNDBUFFORCE",
         )?;
     }
     sol(
         libc::SO_RCVBUFFORCE,
-        (o.so_rcvbuf / 2) as i32,
+        (o.so_rcvbuf / 2).cast_signed(),
         "SO_RCVBUFFORCE",
     )?;
     if let Some(v) = o.so_buf_lock.filter(|&v| v != 0) {
-        sol(SO_BUF_LOCK, v as i32, "SO_BUF_LOCK")?;
+        sol(SO_BUF_LOCK, v.cast_signed(), "SO_BUF_LOCK")?;
     }
     if let Some(v) = o.so_priority {
-        sol(libc::SO_PRIORITY, v as i32, "SO_PRIORITY")?;
+        sol(libc::SO_PRIORITY, v.cast_signed(), "SO_PRIORITY")?;
     }
     if let Some(v) = o.so_rcvlowat.filter(|&v| v > 1) {
-        sol(libc::SO_RCVLOWAT, v as i32, "SO_RCVLOWAT")?;
+        sol(libc::SO_RCVLOWAT, v.cast_signed(), "SO_RCVLOWAT")?;
     }
     if let Some(v) = o.so_mark.filter(|&v| v != 0) {
-        sol(libc::SO_MARK, v as i32, "SO_MARK")?;
+        sol(libc::SO_MARK, v.cast_signed(), "SO_MARK")?;
     }
     for (on, opt, what) in [
         (o.so_dontroute, libc::SO_DONTROUTE, "SO_DONTROUTE"),
@@ -1098,7 +1104,7 @@ fn restore_opts(
     }
     if let Some(l) = o.so_linger {
         let mut b = 1i32.to_ne_bytes().to_vec();
-        b.extend_from_slice(&(l as i32).to_ne_bytes());
+        b.extend_from_slice(&l.cast_signed().to_ne_bytes());
         inet::setsockopt_bytes(s, libc::SOL_SOCKET, libc::SO_LINGER, &b)
             .map_err(err("SO_LINGER"))?;
     }
@@ -1124,13 +1130,13 @@ fn restore_opts(
         (o.tcp_keepintvl, libc::TCP_KEEPINTVL, "TCP_KEEPINTVL"),
     ] {
         if let Some(v) = v {
-            net::setsockopt_int(s, libc::IPPROTO_TCP, opt, v as i32).map_err(err(what))?;
+            net::setsockopt_int(s, libc::IPPROTO_TCP, opt, v.cast_signed()).map_err(err(what))?;
         }
     }
     if let Some(ip) = &isk.ip_opts {
-        let v6 = isk.family as i32 == libc::AF_INET6;
+        let v6 = isk.family.cast_signed() == libc::AF_INET6;
         let set = |level, opt, v: u32, what: &str| {
-            net::setsockopt_int(s, level, opt, v as i32).map_err(err(what))
+            net::setsockopt_int(s, level, opt, v.cast_signed()).map_err(err(what))
         };
         if v6 {
             if ip.freebind == Some(true) {
@@ -1170,9 +1176,9 @@ fn restore_opts(
             }
         }
     }
-    if let (Some(t), true) = (&isk.tcp_opts, isk.proto as i32 == libc::IPPROTO_TCP) {
+    if let (Some(t), true) = (&isk.tcp_opts, isk.proto.cast_signed() == libc::IPPROTO_TCP) {
         let set = |opt, v: u32, what: &str| {
-            net::setsockopt_int(s, libc::IPPROTO_TCP, opt, v as i32).map_err(err(what))
+            net::setsockopt_int(s, libc::IPPROTO_TCP, opt, v.cast_signed()).map_err(err(what))
         };
         if let Some(cc) = t.cryo_congestion.as_deref() {
             inet::setsockopt_bytes(s, libc::IPPROTO_TCP, libc::TCP_CONGESTION, cc.as_bytes())
@@ -1232,7 +1238,12 @@ fn requeue_datagrams(
             .map_err(|e| obj_err(id, "inet socket: getsockname")(e.into()))?,
     )
     .unwrap_or(local);
-    let proto = isk.proto as u8;
+    let proto = u8::try_from(isk.proto).map_err(|_| {
+        TaskError::BadImage(format!(
+            "file {id}: protocol {} is not an IP protocol",
+            isk.proto
+        ))
+    })?;
     let mut sent = 0;
     for (from, data) in queue {
         let Some(from) = from else {
@@ -1252,10 +1263,12 @@ fn requeue_datagrams(
         let mut l4 = Vec::with_capacity(8 + data.len());
         l4.extend_from_slice(&from.port().to_be_bytes());
         l4.extend_from_slice(&local.port().to_be_bytes());
-        if proto as i32 == IPPROTO_UDPLITE {
+        if i32::from(proto) == IPPROTO_UDPLITE {
             l4.extend_from_slice(&0u16.to_be_bytes()); // checksum coverage: all
         } else {
-            l4.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+            // A datagram fits the UDP length field (it came from a socket queue).
+            let udp_len = u16::try_from(8 + data.len()).unwrap_or(u16::MAX);
+            l4.extend_from_slice(&udp_len.to_be_bytes());
         }
         l4.extend_from_slice(&[0, 0]);
         l4.extend_from_slice(&data);
@@ -1280,9 +1293,9 @@ fn requeue_datagrams(
 
 /// Makes the socket of inet record `isk` (file `id`).
 fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<OwnedFd, InetSkError> {
-    let family = isk.family as i32;
-    let proto = isk.proto as i32;
-    let ty = isk.r#type as i32;
+    let family = isk.family.cast_signed();
+    let proto = isk.proto.cast_signed();
+    let ty = isk.r#type.cast_signed();
     if family != libc::AF_INET && family != libc::AF_INET6 {
         return Err(
             Unsupported::restore(format!("file {id}: inet socket of family {family}")).into(),
@@ -1394,7 +1407,7 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
     }
     tracing::debug!("inet: bound");
     if isk.state == LISTEN && proto == libc::IPPROTO_TCP {
-        rustix::net::listen(s, isk.backlog as i32)
+        rustix::net::listen(s, isk.backlog.cast_signed())
             .map_err(|e| err(format!("listen on {local}"))(e.into()))?;
     }
     if proto != libc::IPPROTO_TCP && isk.dst_port != 0 {
@@ -1509,7 +1522,7 @@ impl Finish {
                             s,
                             libc::SOL_SOCKET,
                             libc::SO_SNDBUFFORCE,
-                            (b / 2) as i32,
+                            (b / 2).cast_signed(),
                         )
                         .map_err(fail("SO_SNDBUFFORCE"))?;
                     }
@@ -1728,7 +1741,12 @@ mod tests {
             } else {
                 libc::AF_INET6
             };
-            let back = sockaddr_of(fam as u32, a.port() as u32, &addr_words(a.ip())).unwrap();
+            let back = sockaddr_of(
+                fam.cast_unsigned(),
+                u32::from(a.port()),
+                &addr_words(a.ip()),
+            )
+            .unwrap();
             assert_eq!(back.ip(), a.ip());
             assert_eq!(back.port(), a.port());
         }

@@ -33,6 +33,9 @@ task_error_from!(NetlinkSkError);
 pub struct NetlinkSk;
 
 const SOL_NETLINK: i32 = 270;
+/// `AF_NETLINK` as `sockaddr_nl.nl_family`.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 16
+const AF_NETLINK_U16: u16 = libc::AF_NETLINK as u16;
 const NETLINK_ADD_MEMBERSHIP: i32 = 1;
 const NETLINK_LIST_MEMBERSHIPS: i32 = 9;
 /// `netlink_sk_entry.state`.
@@ -42,7 +45,7 @@ const CONNECTED: u32 = 1;
 /// (port id, groups bitmap of the first 32) of a `sockaddr_nl`.
 fn parse_nl(b: &[u8]) -> Option<(u32, u32)> {
     let fam = u16::from_ne_bytes(b.get(0..2)?.try_into().ok()?);
-    if fam as i32 != libc::AF_NETLINK {
+    if i32::from(fam) != libc::AF_NETLINK {
         return None;
     }
     Some((
@@ -53,7 +56,7 @@ fn parse_nl(b: &[u8]) -> Option<(u32, u32)> {
 
 fn sockaddr_nl(pid: u32, groups: u32) -> Vec<u8> {
     let mut b = Vec::with_capacity(12);
-    b.extend_from_slice(&(libc::AF_NETLINK as u16).to_ne_bytes());
+    b.extend_from_slice(&AF_NETLINK_U16.to_ne_bytes());
     b.extend_from_slice(&[0, 0]);
     b.extend_from_slice(&pid.to_ne_bytes());
     b.extend_from_slice(&groups.to_ne_bytes());
@@ -62,7 +65,7 @@ fn sockaddr_nl(pid: u32, groups: u32) -> Vec<u8> {
 
 /// A name for a netlink protocol, for messages.
 fn proto_name(p: u32) -> String {
-    match p as i32 {
+    match p.cast_signed() {
         libc::NETLINK_ROUTE => "NETLINK_ROUTE".into(),
         libc::NETLINK_AUDIT => "NETLINK_AUDIT".into(),
         libc::NETLINK_KOBJECT_UEVENT => "NETLINK_KOBJECT_UEVENT".into(),
@@ -106,7 +109,8 @@ impl FdKind for NetlinkSk {
         let sk = fd.take()?;
         let s = sk.as_fd();
         let proto = net::getsockopt_int(s, libc::SOL_SOCKET, libc::SO_PROTOCOL)
-            .map_err(|e| fd.err("SO_PROTOCOL", e))? as u32;
+            .map_err(|e| fd.err("SO_PROTOCOL", e))?
+            .cast_unsigned();
         let object = || format!("fd {} ({}, {})", fd.fd, proto_name(proto), fd.link);
         if inet::poll_now(s, libc::POLLIN).map_err(|e| fd.err("poll", e))? & libc::POLLIN != 0 {
             return Err(Unsupported::of(
@@ -139,9 +143,11 @@ impl FdKind for NetlinkSk {
         let ino = super::unix_sk::inode(fd.link).unwrap_or(0);
         let opts = pb::SkOptsEntry {
             so_sndbuf: net::getsockopt_int(s, libc::SOL_SOCKET, libc::SO_SNDBUF)
-                .map_err(|e| fd.err("SO_SNDBUF", e))? as u32,
+                .map_err(|e| fd.err("SO_SNDBUF", e))?
+                .cast_unsigned(),
             so_rcvbuf: net::getsockopt_int(s, libc::SOL_SOCKET, libc::SO_RCVBUF)
-                .map_err(|e| fd.err("SO_RCVBUF", e))? as u32,
+                .map_err(|e| fd.err("SO_RCVBUF", e))?
+                .cast_unsigned(),
             so_passcred: Some(
                 net::getsockopt_int(s, libc::SOL_SOCKET, libc::SO_PASSCRED).unwrap_or(0) != 0,
             ),
@@ -178,7 +184,7 @@ impl FdKind for NetlinkSk {
             .as_ref()
             .ok_or_else(|| missing(e.id, "netlink socket"))?;
         let err = |what: &str| obj_err(e.id, format!("{} socket: {what}", proto_name(n.protocol)));
-        let sk = inet::socket(libc::AF_NETLINK, libc::SOCK_RAW, n.protocol as i32)
+        let sk = inet::socket(libc::AF_NETLINK, libc::SOCK_RAW, n.protocol.cast_signed())
             .map_err(err("socket"))?;
         let s = sk.as_fd();
         if n.portid != 0 {
@@ -195,7 +201,8 @@ impl FdKind for NetlinkSk {
             for (w, bits) in n.groups.iter().enumerate().skip(1) {
                 for b in 0..32 {
                     if bits & (1 << b) != 0 {
-                        let group = (w * 32 + b + 1) as i32;
+                        // Past i32 (a damaged image): a group the kernel refuses, named in the error.
+                        let group = i32::try_from(w * 32 + b + 1).unwrap_or(i32::MAX);
                         net::setsockopt_int(s, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
                             .map_err(err(&format!("join group {group}")))?;
                     }
@@ -215,14 +222,14 @@ impl FdKind for NetlinkSk {
             s,
             libc::SOL_SOCKET,
             libc::SO_SNDBUFFORCE,
-            (o.so_sndbuf / 2) as i32,
+            (o.so_sndbuf / 2).cast_signed(),
         )
         .map_err(err("SO_SNDBUFFORCE"))?;
         net::setsockopt_int(
             s,
             libc::SOL_SOCKET,
             libc::SO_RCVBUFFORCE,
-            (o.so_rcvbuf / 2) as i32,
+            (o.so_rcvbuf / 2).cast_signed(),
         )
         .map_err(err("SO_RCVBUFFORCE"))?;
         if o.so_passcred == Some(true) {

@@ -82,7 +82,7 @@ impl FdKind for NsFile {
             nsf: Some(pb::NsFileEntry {
                 id,
                 ns_id: super::misc::ns_id(ino),
-                ns_cflag: flag as u32,
+                ns_cflag: flag.cast_unsigned(),
                 flags: fd.flags(),
             }),
             ..Default::default()
@@ -107,7 +107,7 @@ pub fn path_in_task(e: &pb::FileEntry) -> Result<String, NsFileError> {
         .ok_or_else(|| missing(e.id, "namespace file"))?;
     let (kind, _) = KINDS
         .iter()
-        .find(|(_, f)| *f as u32 == n.ns_cflag)
+        .find(|(_, f)| (*f).cast_unsigned() == n.ns_cflag)
         .ok_or_else(|| {
             Unsupported::restore(format!(
                 "file {}: namespace file of unknown kind {:#x}",

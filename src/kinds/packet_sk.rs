@@ -30,6 +30,11 @@ task_error_from!(PacketSkError);
 /// Packet sockets.
 pub struct PacketSk;
 
+/// `AF_PACKET` as `sockaddr_ll.sll_family` and the sock_diag request's family byte.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 17
+const AF_PACKET_U16: u16 = libc::AF_PACKET as u16;
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 17
+const AF_PACKET_U8: u8 = libc::AF_PACKET as u8;
 const SOL_PACKET: i32 = 263;
 const PACKET_ADD_MEMBERSHIP: i32 = 1;
 const PACKET_AUXDATA: i32 = 8;
@@ -123,7 +128,7 @@ fn parse(b: &[u8]) -> Option<Diag> {
 /// The packet sockets of the network namespace cryo's thread is in.
 fn diag_all() -> std::io::Result<Vec<Diag>> {
     let mut req = Vec::with_capacity(20);
-    req.push(libc::AF_PACKET as u8);
+    req.push(AF_PACKET_U8);
     req.push(0); // protocol: any
     req.extend_from_slice(&[0, 0]);
     req.extend_from_slice(&0u32.to_ne_bytes()); // ino
@@ -170,7 +175,7 @@ impl FdKind for PacketSk {
         let refuse = |what: &str, hint: &str| -> PacketSkError {
             Unsupported::of(fd.pid, object(), what, hint).into()
         };
-        if d.ty as i32 == SOCK_PACKET {
+        if i32::from(d.ty) == SOCK_PACKET {
             return Err(refuse(
                 "the obsolete SOCK_PACKET type is not supported",
                 "use SOCK_RAW or SOCK_DGRAM, or close it before the dump",
@@ -203,10 +208,10 @@ impl FdKind for PacketSk {
             net::getsockopt_int(s, libc::SOL_SOCKET, opt).map_err(|e| fd.err("getsockopt", e))
         };
         let opts = pb::SkOptsEntry {
-            so_sndbuf: int(libc::SO_SNDBUF)? as u32,
-            so_rcvbuf: int(libc::SO_RCVBUF)? as u32,
-            so_priority: Some(int(libc::SO_PRIORITY)? as u32),
-            so_mark: Some(int(libc::SO_MARK)? as u32).filter(|&m| m != 0),
+            so_sndbuf: int(libc::SO_SNDBUF)?.cast_unsigned(),
+            so_rcvbuf: int(libc::SO_RCVBUF)?.cast_unsigned(),
+            so_priority: Some(int(libc::SO_PRIORITY)?.cast_unsigned()),
+            so_mark: Some(int(libc::SO_MARK)?.cast_unsigned()).filter(|&m| m != 0),
             ..Default::default()
         };
         Ok(pb::FileEntry {
@@ -214,9 +219,9 @@ impl FdKind for PacketSk {
             id,
             psk: Some(pb::PacketSockEntry {
                 id,
-                r#type: d.ty as u32,
+                r#type: u32::from(d.ty),
                 // Network byte order, as socket() takes it.
-                protocol: d.num.to_be() as u32,
+                protocol: u32::from(d.num.to_be()),
                 flags: fd.flags(),
                 ifindex: index,
                 fown: Default::default(),
@@ -234,7 +239,7 @@ impl FdKind for PacketSk {
                     .iter()
                     .map(|(index, _, ty, addr)| pb::PacketMclist {
                         index: *index,
-                        r#type: *ty as u32,
+                        r#type: u32::from(*ty),
                         addr: addr.clone(),
                     })
                     .collect(),
@@ -253,23 +258,27 @@ impl FdKind for PacketSk {
             .as_ref()
             .ok_or_else(|| missing(e.id, "packet socket"))?;
         let err = |what: &str| obj_err(e.id, format!("packet socket: {what}"));
-        if p.rx_ring.is_some() || p.tx_ring.is_some() || p.r#type as i32 == SOCK_PACKET {
+        if p.rx_ring.is_some() || p.tx_ring.is_some() || p.r#type.cast_signed() == SOCK_PACKET {
             return Err(Unsupported::restore(format!(
                 "file {}: a packet socket with mmapped rings or of type SOCK_PACKET",
                 e.id
             ))
             .into());
         }
-        let sk = inet::socket(libc::AF_PACKET, p.r#type as i32, p.protocol as i32)
-            .map_err(err("socket"))?;
+        let sk = inet::socket(
+            libc::AF_PACKET,
+            p.r#type.cast_signed(),
+            p.protocol.cast_signed(),
+        )
+        .map_err(err("socket"))?;
         let s = sk.as_fd();
         // sockaddr_ll: family, protocol (0: keep), ifindex, then unused fields.
         let mut ll = [0u8; 20];
-        ll[0..2].copy_from_slice(&(libc::AF_PACKET as u16).to_ne_bytes());
-        ll[4..8].copy_from_slice(&(p.ifindex as i32).to_ne_bytes());
+        ll[0..2].copy_from_slice(&AF_PACKET_U16.to_ne_bytes());
+        ll[4..8].copy_from_slice(&p.ifindex.cast_signed().to_ne_bytes());
         inet::bind_raw(s, &ll).map_err(err(&format!("bind to interface {}", p.ifindex)))?;
         let set = |opt, v: u32, what: &str| {
-            net::setsockopt_int(s, SOL_PACKET, opt, v as i32).map_err(err(what))
+            net::setsockopt_int(s, SOL_PACKET, opt, v.cast_signed()).map_err(err(what))
         };
         set(PACKET_VERSION, p.version, "PACKET_VERSION")?;
         set(PACKET_RESERVE, p.reserve, "PACKET_RESERVE")?;
@@ -288,10 +297,12 @@ impl FdKind for PacketSk {
         for m in &p.mclist {
             // packet_mreq: ifindex (int), type, alen (u16), address[8].
             let mut mr = [0u8; 16];
-            mr[0..4].copy_from_slice(&(m.index as i32).to_ne_bytes());
-            mr[4..6].copy_from_slice(&(m.r#type as u16).to_ne_bytes());
+            mr[0..4].copy_from_slice(&m.index.cast_signed().to_ne_bytes());
+            // A type beyond 16 bits (a damaged image): one the kernel refuses.
+            let ty = u16::try_from(m.r#type).unwrap_or(u16::MAX);
+            mr[4..6].copy_from_slice(&ty.to_ne_bytes());
             let alen = m.addr.len().min(8);
-            mr[6..8].copy_from_slice(&(alen as u16).to_ne_bytes());
+            mr[6..8].copy_from_slice(&u16::try_from(alen).unwrap_or(8).to_ne_bytes());
             mr[8..8 + alen].copy_from_slice(&m.addr[..alen]);
             inet::setsockopt_bytes(s, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr)
                 .map_err(err("PACKET_ADD_MEMBERSHIP"))?;
@@ -304,22 +315,22 @@ impl FdKind for PacketSk {
             s,
             libc::SOL_SOCKET,
             libc::SO_SNDBUFFORCE,
-            (o.so_sndbuf / 2) as i32,
+            (o.so_sndbuf / 2).cast_signed(),
         )
         .map_err(err("SO_SNDBUFFORCE"))?;
         net::setsockopt_int(
             s,
             libc::SOL_SOCKET,
             libc::SO_RCVBUFFORCE,
-            (o.so_rcvbuf / 2) as i32,
+            (o.so_rcvbuf / 2).cast_signed(),
         )
         .map_err(err("SO_RCVBUFFORCE"))?;
         if let Some(v) = o.so_priority.filter(|&v| v != 0) {
-            net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_PRIORITY, v as i32)
+            net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_PRIORITY, v.cast_signed())
                 .map_err(err("SO_PRIORITY"))?;
         }
         if let Some(v) = o.so_mark {
-            net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_MARK, v as i32)
+            net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_MARK, v.cast_signed())
                 .map_err(err("SO_MARK"))?;
         }
         set_fl(s, p.flags, e.id)?;

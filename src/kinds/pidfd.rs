@@ -97,7 +97,7 @@ impl FdKind for PidFd {
             id,
             pidfd: Some(pb::PidfdEntry {
                 id,
-                ino: fd.meta.map(|m| m.ino() as u32).unwrap_or(0),
+                ino: fd.meta.map(|m| crate::num::low32(m.ino())).unwrap_or(0),
                 flags: fd.flags(),
                 nspid,
                 fown: Default::default(),

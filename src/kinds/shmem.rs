@@ -246,7 +246,7 @@ impl ShmemStore {
         let fd = if let Some(&hf) = self.huge.get(&shmid) {
             // Huge pages cannot be written through the file: filled through cryo's own
             // mapping of them.
-            let mut m = Mapping::anon_shared_huge(usize_of(size), hf as i32)
+            let mut m = Mapping::anon_shared_huge(usize_of(size), hf.cast_signed())
                 .map_err(err("mmap huge pages"))?;
             let bytes = m.bytes_mut();
             load_with(dir, shmid, size, |off, data| {

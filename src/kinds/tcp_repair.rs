@@ -24,6 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::BorrowedFd;
 
 use crate::image::pb;
+use crate::num::len32;
 use crate::sys::inet::{self, Repair, RepairQueue, RepairWindow, TcpInfo};
 
 /// TCP states (include/net/tcp_states.h).
@@ -162,7 +163,7 @@ fn read_queue(
 /// Saves the connection of `sk`, which is in repair mode.
 pub fn save(sk: BorrowedFd<'_>) -> Result<Saved, Step> {
     let ti: TcpInfo = inet::tcp_info(sk).map_err(step("TCP_INFO"))?;
-    let state = ti.state as u32;
+    let state = u32::from(ti.state);
     if !is_connection(state) && state != CLOSE {
         return Err(bad(format!(
             "unexpected TCP state {} in repair mode",
@@ -198,7 +199,7 @@ pub fn save(sk: BorrowedFd<'_>) -> Result<Saved, Step> {
     inet::set_repair_queue(sk, RepairQueue::None).map_err(step("TCP_REPAIR_QUEUE (none)"))?;
     let mss = crate::sys::net::getsockopt_int(sk, libc::IPPROTO_TCP, libc::TCP_MAXSEG)
         .map_err(step("TCP_MAXSEG"))?;
-    let opt_mask = ti.options as u32;
+    let opt_mask = u32::from(ti.options);
     let timestamp = if opt_mask & OPT_TIMESTAMPS != 0 {
         Some(inet::tcp_timestamp(sk).map_err(step("TCP_TIMESTAMP"))?)
     } else {
@@ -207,18 +208,18 @@ pub fn save(sk: BorrowedFd<'_>) -> Result<Saved, Step> {
     let win = inet::repair_window(sk).map_err(step("TCP_REPAIR_WINDOW"))?;
     let wscale = opt_mask & OPT_WSCALE != 0;
     let entry = pb::TcpStreamEntry {
-        inq_len: inq_len as u32,
+        inq_len: len32(inq_len),
         inq_seq,
-        outq_len: outq_len as u32,
+        outq_len: len32(outq_len),
         outq_seq,
         opt_mask,
-        snd_wscale: if wscale { ti.snd_wscale as u32 } else { 0 },
-        mss_clamp: mss as u32,
-        rcv_wscale: wscale.then_some(ti.rcv_wscale as u32),
+        snd_wscale: if wscale { u32::from(ti.snd_wscale) } else { 0 },
+        mss_clamp: mss.cast_unsigned(),
+        rcv_wscale: wscale.then_some(u32::from(ti.rcv_wscale)),
         timestamp,
         cork: None,
         nodelay: None,
-        unsq_len: Some(unsq_len.min(outq_len as u32)),
+        unsq_len: Some(unsq_len.min(len32(outq_len))),
         snd_wl1: win.map(|w| w.snd_wl1),
         snd_wnd: win.map(|w| w.snd_wnd),
         max_window: win.map(|w| w.max_window),
@@ -268,7 +269,12 @@ fn fin_in_send_queue(sk: BorrowedFd<'_>, acked: bool) -> Result<(), Step> {
     Ok(())
 }
 
+/// `IPPROTO_TCP` as the IP header's protocol byte.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // 6
+const IPPROTO_TCP_U8: u8 = libc::IPPROTO_TCP as u8;
+
 /// The Internet checksum of `parts` (one's complement of the one's complement sum).
+#[allow(clippy::cast_possible_truncation)] // folded to 16 bits above
 fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
     let mut odd: Option<u8> = None;
@@ -292,6 +298,9 @@ fn checksum(parts: &[&[u8]]) -> u16 {
 /// An IP packet from `src` to `dst` carrying `l4` (a TCP or UDP header and payload whose
 /// checksum field, at `csum_at`, is zero) of protocol `proto`, with that checksum filled in
 /// (over the pseudo-header). IPv4-mapped IPv6 addresses make an IPv4 packet.
+// Length fields are the IP header's 16 (and the IPv6 pseudo-header's 32) bits: what a socket
+// queue holds (a segment, a datagram) fits them.
+#[allow(clippy::cast_possible_truncation)]
 pub fn ip_packet(src: IpAddr, dst: IpAddr, proto: u8, mut l4: Vec<u8>, csum_at: usize) -> Vec<u8> {
     let (src, dst) = (unmap(src), unmap(dst));
     let len = l4.len();
@@ -303,7 +312,7 @@ pub fn ip_packet(src: IpAddr, dst: IpAddr, proto: u8, mut l4: Vec<u8>, csum_at: 
             pseudo.extend_from_slice(&[0, proto]);
             pseudo.extend_from_slice(&(len as u16).to_be_bytes());
             let mut c = checksum(&[&pseudo, &l4]);
-            if c == 0 && proto == libc::IPPROTO_UDP as u8 {
+            if c == 0 && i32::from(proto) == libc::IPPROTO_UDP {
                 c = 0xffff;
             }
             l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
@@ -376,7 +385,7 @@ fn forge_from_peer(
     tcp.extend_from_slice(&[5 << 4, flags]);
     tcp.extend_from_slice(&(win.min(0xffff) as u16).to_be_bytes());
     tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
-    let pkt = ip_packet(peer.ip(), local.ip(), libc::IPPROTO_TCP as u8, tcp, 16);
+    let pkt = ip_packet(peer.ip(), local.ip(), IPPROTO_TCP_U8, tcp, 16);
     inet::send_raw_ip(&pkt, unmap(local.ip()), SOCCR_MARK)
         .map_err(step("send the peer's FIN/ACK on a raw socket"))
 }
@@ -422,10 +431,10 @@ pub fn restore(
         outq_seq = outq_seq.wrapping_sub(1);
     }
     inet::set_repair_queue(sk, RepairQueue::Recv).map_err(step("TCP_REPAIR_QUEUE (receive)"))?;
-    inet::set_queue_seq(sk, inq_seq.wrapping_sub(inq_len as u32))
+    inet::set_queue_seq(sk, inq_seq.wrapping_sub(len32(inq_len)))
         .map_err(step("TCP_QUEUE_SEQ (receive)"))?;
     inet::set_repair_queue(sk, RepairQueue::Send).map_err(step("TCP_REPAIR_QUEUE (send)"))?;
-    let mut snd = outq_seq.wrapping_sub(outq_len as u32);
+    let mut snd = outq_seq.wrapping_sub(len32(outq_len));
     if state == SYN_SENT {
         snd = snd.wrapping_sub(1);
     }
@@ -509,7 +518,7 @@ pub fn restore(
     if m & SNDQ_FIRST_FIN != 0 {
         fin_in_send_queue(sk, m & SNDQ_FIN_ACKED != 0)?;
     }
-    let snd_una = outq_seq.wrapping_sub(outq_len as u32);
+    let snd_una = outq_seq.wrapping_sub(len32(outq_len));
     if m & (RCVQ_FIRST_FIN | RCVQ_SECOND_FIN) != 0 {
         forge_from_peer(local, peer, inq_seq, snd_una, TH_FIN | TH_ACK, rcv_wnd)?;
     }
@@ -521,7 +530,7 @@ pub fn restore(
     }
     if m & SNDQ_FIN_ACKED != 0 {
         outq_seq = outq_seq.wrapping_add(1);
-        let ack = outq_seq.wrapping_sub(outq_len as u32);
+        let ack = outq_seq.wrapping_sub(len32(outq_len));
         forge_from_peer(local, peer, inq_seq, ack, TH_ACK, rcv_wnd)?;
     }
     Ok(out)

@@ -100,7 +100,7 @@ fn connect_external(
         .into());
     }
     let err = |what: &str| obj_err(id, format!("unix socket {}: {what}", u.ino));
-    let s = net::unix_socket(u.r#type as i32).map_err(err("socket"))?;
+    let s = net::unix_socket(u.r#type.cast_signed()).map_err(err("socket"))?;
     if !u.name.is_empty() {
         bind_name(objs, s.as_fd(), u)?;
     }
@@ -181,7 +181,7 @@ fn precheck(socks: &[(i32, i32, u32)], opts: &SockOpts) -> Result<(), UnixSkErro
             let peer = diag.get(&d.peer);
             // --ext-unix-sk: a named datagram peer (a log socket) is connected to again.
             let named_dgram =
-                peer.is_some_and(|p| p.kind as i32 == libc::SOCK_DGRAM && !p.name.is_empty());
+                peer.is_some_and(|p| i32::from(p.kind) == libc::SOCK_DGRAM && !p.name.is_empty());
             if opts.ext_unix_sk && named_dgram {
                 continue;
             }
@@ -249,10 +249,10 @@ fn dump_queue(
     d: &UnixDiag,
     id: u32,
 ) -> Result<(), UnixSkError> {
-    let kind = d.kind as i32;
+    let kind = i32::from(d.kind);
     // A stream or seqpacket socket that is not connected has no queue, and reading it fails
     // (EINVAL, ENOTCONN).
-    if kind != libc::SOCK_DGRAM && d.state as u32 != TCP_ESTABLISHED {
+    if kind != libc::SOCK_DGRAM && u32::from(d.state) != TCP_ESTABLISHED {
         return Ok(());
     }
     // Stream and seqpacket sockets report the bytes queued: peeking stops there, before
@@ -302,7 +302,7 @@ fn dump_queue(
             cx.files.sk_queues.push((
                 pb::SkPacketEntry {
                     id_for: id,
-                    length: m.len as u32,
+                    length: crate::num::len32(m.len),
                     scm: if rights.is_empty() {
                         Vec::new()
                     } else {
@@ -337,7 +337,7 @@ fn name_file(
     let Ok(file) = scm::unix_file(sk.as_fd()) else {
         let on_disk = crate::sys::fd::stat_in_root(&format!("/proc/{}/root", fd.pid), &text)
             .ok()
-            .map(|m| m.ino() as u32);
+            .map(|m| crate::num::low32(m.ino()));
         return Ok((on_disk != d.vfs.map(|v| v.0), None, None));
     };
     let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
@@ -484,7 +484,7 @@ impl FdKind for UnixSk {
                 });
             }
         }
-        if d.state as u32 != TCP_LISTEN {
+        if u32::from(d.state) != TCP_LISTEN {
             dump_queue(cx, fd, &sk, &d, id)?;
         }
         // A path name whose socket file is gone (unlinked, or replaced by another file).

@@ -324,15 +324,25 @@ pub fn owner(fd: BorrowedFd<'_>) -> io::Result<Owner> {
     let mut uids = [0u32; 2];
     // SAFETY: each pointer is to a live local of the size the command writes.
     unsafe {
-        cvt(libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, ex.as_mut_ptr()) as libc::c_long)?;
-        cvt(libc::fcntl(fd.as_raw_fd(), F_GETOWNER_UIDS, uids.as_mut_ptr()) as libc::c_long)?;
+        cvt(libc::c_long::from(libc::fcntl(
+            fd.as_raw_fd(),
+            F_GETOWN_EX,
+            ex.as_mut_ptr(),
+        )))?;
+        cvt(libc::c_long::from(libc::fcntl(
+            fd.as_raw_fd(),
+            F_GETOWNER_UIDS,
+            uids.as_mut_ptr(),
+        )))?;
     }
     // SAFETY: plain integer arguments.
-    let sig = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETSIG) } as libc::c_long)?;
+    let sig = cvt(libc::c_long::from(unsafe {
+        libc::fcntl(fd.as_raw_fd(), F_GETSIG)
+    }))?;
     Ok(Owner {
         kind: ex[0],
         pid: ex[1],
-        sig: sig as i32,
+        sig: i32::try_from(sig).map_err(|_| einval())?,
         uid: uids[0],
         euid: uids[1],
     })

@@ -5,6 +5,15 @@
 //! network namespace (`SIOCGSKNS`), `poll` with no wait, peeking at a queue, and raw IP
 //! packets sent with a mark (forged FIN/ACK segments, datagrams put back in a queue).
 
+// Casts here cross the C ABI with their bits (the kernel checks what it is given):
+// socket options and ioctls take and give C ints and lengths the kernel bounds; sockaddr,
+// tcp_info and sock_diag fields have C widths.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -415,7 +424,9 @@ pub fn socket_filter(fd: BorrowedFd<'_>) -> io::Result<Vec<u64>> {
     insns.truncate(len as usize);
     Ok(insns
         .iter()
-        .map(|i| (i.code as u64) << 48 | (i.jt as u64) << 40 | (i.jf as u64) << 32 | i.k as u64)
+        .map(|i| {
+            u64::from(i.code) << 48 | u64::from(i.jt) << 40 | u64::from(i.jf) << 32 | u64::from(i.k)
+        })
         .collect())
 }
 
@@ -543,7 +554,7 @@ pub fn diag_dump(req: &[u8]) -> io::Result<Vec<Vec<u8>>> {
             if len < 16 || off + len > n {
                 return Err(io::Error::other("malformed sock_diag answer"));
             }
-            match ty as i32 {
+            match i32::from(ty) {
                 libc::NLMSG_DONE => return Ok(out),
                 libc::NLMSG_ERROR => {
                     let e = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4"));

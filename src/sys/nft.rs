@@ -5,6 +5,14 @@
 //! a few hundred microseconds instead of a program run (several milliseconds to tens on a
 //! busy machine), which matters because the lock lies on the critical path of a migration.
 
+// Casts here cross the C ABI with their bits (the kernel checks what it is given):
+// netlink attribute lengths and nf_tables fields have C widths (u16 lengths, u32 ids).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::io;
 use std::os::fd::AsFd;
 

@@ -137,7 +137,7 @@ pub fn spawn_exiting() -> io::Result<i32> {
             libc::syscall(libc::SYS_exit_group, 0);
         }
     }
-    cvt(r).map(|p| p as i32)
+    cvt(r).and_then(|p| i32::try_from(p).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE)))
 }
 
 /// Waits for cryo's child `pid` to end and reaps it.

@@ -2,6 +2,14 @@
 //! (`SCM_RIGHTS`), peeked at dump and sent again at restore, and the socket file a bound
 //! socket is attached to (`SIOCUNIXFILE`).
 
+// Casts here cross the C ABI with their bits (the kernel checks what it is given):
+// cmsg lengths and fd counts are C widths the kernel bounds (at most SCM_MAX_FD fds).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -142,7 +150,7 @@ pub fn unix_file(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     const SIOCUNIXFILE: libc::c_ulong = 0x89E0; // SIOCPROTOPRIVATE + 0
                                                 // SAFETY: the ioctl takes no argument and returns a new fd.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCUNIXFILE, 0) };
-    let fd = cvt(r as libc::c_long)? as RawFd;
+    let fd = cvt(libc::c_long::from(r))? as RawFd;
     // SAFETY: the kernel just returned this new fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
