@@ -157,12 +157,16 @@ fn write_all(fd: BorrowedFd<'_>, b: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// The `sockaddr_un` of `name`: a path, or an abstract name starting with NUL.
+/// The `sockaddr_un` of `name`: a path, or an abstract name starting with NUL. A path ends
+/// at its first NUL, as the kernel reads it (names from sock_diag may carry trailing NULs).
 fn sockaddr(name: &[u8]) -> io::Result<SocketAddrUnix> {
     use std::os::unix::ffi::OsStrExt;
     Ok(match name.split_first() {
         Some((0, abstract_name)) => SocketAddrUnix::new_abstract_name(abstract_name)?,
-        _ => SocketAddrUnix::new(std::ffi::OsStr::from_bytes(name))?,
+        _ => {
+            let path = name.split(|&b| b == 0).next().unwrap_or_default();
+            SocketAddrUnix::new(std::ffi::OsStr::from_bytes(path))?
+        }
     })
 }
 
@@ -487,5 +491,20 @@ mod tests {
         bind(s.as_fd(), name.as_bytes()).unwrap();
         let c = unix_socket(libc::SOCK_DGRAM).unwrap();
         assert_eq!(send_to(c.as_fd(), b"hi", name.as_bytes()).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_path_name_ends_at_its_first_nul() {
+        let dir = std::env::temp_dir().join(format!("cryo-net-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let s = unix_socket(libc::SOCK_DGRAM).unwrap();
+        bind(s.as_fd(), path.as_os_str().as_encoded_bytes()).unwrap();
+        // As sock_diag may report it: the path, then NULs.
+        let mut named = path.as_os_str().as_encoded_bytes().to_vec();
+        named.extend_from_slice(&[0, 0]);
+        let c = unix_socket(libc::SOCK_DGRAM).unwrap();
+        connect(c.as_fd(), &named).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
