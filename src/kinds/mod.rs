@@ -22,6 +22,7 @@ pub mod misc;
 pub mod mounts;
 pub mod ns;
 pub mod pipes;
+pub mod propagation;
 pub mod regs;
 pub mod rlimits;
 pub mod seccomp;

@@ -34,6 +34,8 @@ use super::{RestoreCx, TaskImages};
 pub enum MountsError {
     #[error(transparent)]
     Task(#[from] TaskError),
+    #[error(transparent)]
+    Propagation(#[from] super::propagation::PropagationError),
     #[error("cannot rebuild the mount tree: {what}")]
     Mount {
         what: String,
@@ -665,8 +667,12 @@ fn build(
         what: format!("open {}", root.display()),
         source,
     })?;
+    // Each mount's root, held for its propagation, set once every mount exists.
+    let mut roots: Vec<Option<OwnedFd>> = vec![None];
     for i in 1..entries.len() {
-        mount_one(pid, &jail, entries, i, external, dir, &mut ptys)?;
+        roots.push(Some(mount_one(
+            pid, &jail, entries, i, external, dir, &mut ptys,
+        )?));
     }
     // The root's own flags last: a read-only root still gets its mount points made above.
     let rflags = safe_flags(entries[0].flags);
@@ -682,6 +688,17 @@ fn build(
     }
     nix::unistd::chdir(root).map_err(mnt_err(format!("chdir {}", root.display())))?;
     nix::unistd::pivot_root(".", ".").map_err(mnt_err("pivot_root".into()))?;
+    // Propagation now that every mount exists (the new root may be shared only once
+    // pivoted).
+    roots[0] = Some(
+        jail.find("/", None)
+            .map_err(|source| MountsError::Mount {
+                what: "find the new root".into(),
+                source,
+            })?
+            .0,
+    );
+    super::propagation::restore(entries, &roots)?;
     nix::mount::umount2(".", MntFlags::MNT_DETACH)
         .map_err(mnt_err("detach the old root".into()))?;
     nix::unistd::chdir("/").map_err(mnt_err("chdir /".into()))?;
@@ -782,7 +799,7 @@ fn mount_one(
     external: &[Option<PathBuf>],
     dir: &Path,
     ptys: &mut Vec<(u32, OwnedFd)>,
-) -> Result<(), MountsError> {
+) -> Result<OwnedFd, MountsError> {
     let e = &entries[i];
     let none: Option<&str> = None;
     let flags = safe_flags(e.flags);
@@ -826,6 +843,7 @@ fn mount_one(
         let found = match &external[j] {
             Some(host) => Jail::new(host).and_then(|x| x.find(&rest, None)),
             None if j == 0 => jail.find(&rest, None),
+            None if rest == "/" => jail.find(&src.mountpoint, None),
             None => jail.find(
                 &format!("{}{}", src.mountpoint.trim_end_matches('/'), rest),
                 None,
@@ -930,11 +948,8 @@ fn mount_one(
             }
         }
     }
-    if e.shared_id.is_some() {
-        nix::mount::mount(none, &top()?.path(), none, MsFlags::MS_SHARED, none)
-            .map_err(mnt_err(what("share")))?;
-    }
-    Ok(())
+    // Private for now: `propagation::restore` sets peer groups once every mount exists.
+    Ok(top()?.0)
 }
 
 #[cfg(test)]

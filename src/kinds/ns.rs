@@ -172,6 +172,7 @@ pub fn restore_net(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
+    root: bool,
     join: &NsJoin,
 ) -> Result<(), NsError> {
     let Some(id) = img.ids.net_ns_id.filter(|&id| Some(id) != inherited) else {
@@ -184,7 +185,7 @@ pub fn restore_net(
     let key = ns.as_ref().and_then(|n| n.ext_key.clone());
     // --join-ns is for the tree's own namespace: the one the root has (a child's namespace
     // of its own is new again).
-    let root_ns = inherited == own_ns_id("net");
+    let root_ns = root;
     let path = join
         .net
         .clone()

@@ -361,6 +361,30 @@ struct Shared<'a> {
     cgroups: Option<&'a kinds::cgroup::CgRestore>,
     tr: u64,
     calls: u64,
+    /// The namespaces of whoever dumped the tree (`inventory.root_ids`): a task whose
+    /// namespace differs from these had one of its own. (Not the restoring cryo's: their
+    /// inode numbers may have been reused since, e.g. by LXC's new mount namespace.)
+    outer: Option<pb::TaskKobjIdsEntry>,
+}
+
+impl Shared<'_> {
+    /// The dumper's namespace of `kind` (cryo's own when the inventory does not say).
+    fn outer_ns(&self, kind: &str) -> Option<u32> {
+        let Some(r) = &self.outer else {
+            return kinds::ns::own_ns_id(kind);
+        };
+        match kind {
+            "uts" => r.uts_ns_id,
+            "ipc" => r.ipc_ns_id,
+            "net" => r.net_ns_id,
+            "mnt" => r.mnt_ns_id,
+            "time" => r.time_ns_id,
+            "cgroup" => r.cgroup_ns_id,
+            "pid" => r.pid_ns_id,
+            _ => None,
+        }
+        .or_else(|| kinds::ns::own_ns_id(kind))
+    }
 }
 
 fn ptrace_err(what: &'static str) -> impl Fn(std::io::Error) -> RestoreError {
@@ -389,9 +413,8 @@ fn shape(
         .find(|t| idx != 0 && t.pid == img.pstree.ppid);
     // Its cgroups first: before its memory is charged and its children inherit them. A
     // root with a cgroup namespace of its own unshares it at the namespace's root first.
-    let own_cgns = idx == 0
-        && img.ids.cgroup_ns_id.is_some()
-        && img.ids.cgroup_ns_id != kinds::ns::own_ns_id("cgroup");
+    let own_cgns =
+        idx == 0 && img.ids.cgroup_ns_id.is_some() && img.ids.cgroup_ns_id != sh.outer_ns("cgroup");
     if let Some(cg) = sh.cgroups {
         if own_cgns {
             cg.enter_ns_root(pid, img)?;
@@ -487,21 +510,17 @@ fn shape(
     let parent_ids = parent.map(|p| p.ids);
     let (uts_now, ipc_now, net_now) = match parent_ids {
         Some(p) => (p.uts_ns_id, p.ipc_ns_id, p.net_ns_id),
-        None => (
-            kinds::ns::own_ns_id("uts"),
-            kinds::ns::own_ns_id("ipc"),
-            kinds::ns::own_ns_id("net"),
-        ),
+        None => (sh.outer_ns("uts"), sh.outer_ns("ipc"), sh.outer_ns("net")),
     };
     kinds::ns::restore_uts(&mut cx, img, uts_now)?;
     // Before its vDSO is mapped (its data pages follow the time namespace).
-    let time_now = parent.map_or_else(|| kinds::ns::own_ns_id("time"), |p| p.ids.time_ns_id);
+    let time_now = parent.map_or_else(|| sh.outer_ns("time"), |p| p.ids.time_ns_id);
     kinds::ns::restore_time(&mut cx, img, time_now)?;
     kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
     kinds::ipc::restore(cx.dir, cx.pid, img, ipc_now)?;
-    kinds::ns::restore_net(&mut cx, img, net_now, sh.join)?;
+    kinds::ns::restore_net(&mut cx, img, net_now, idx == 0, sh.join)?;
     // The root's mount namespace, before any file is opened (children inherit it).
-    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
+    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != sh.outer_ns("mnt") {
         kinds::mounts::restore(&mut cx, img, sh.mounts)?;
         // Terminals are made in the tree's own devpts instances.
         sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
@@ -509,8 +528,7 @@ fn shape(
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
     // namespaces of their own still get the root's: refused at dump for mounts).
     if idx == 0
-        && (img.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt")
-            || img.ids.net_ns_id != kinds::ns::own_ns_id("net"))
+        && (img.ids.mnt_ns_id != sh.outer_ns("mnt") || img.ids.net_ns_id != sh.outer_ns("net"))
     {
         sh.objs.borrow_mut().ns_pid = Some(pid);
     }
@@ -949,6 +967,9 @@ pub fn run(
         cgroups: cgroups.as_ref(),
         tr,
         calls: 0,
+        outer: dir
+            .read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
+            .root_ids,
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
     // The root's namespaces exist (runc runs its prestart hooks with this pid).

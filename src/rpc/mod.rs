@@ -253,13 +253,6 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     for i in &o.inherit_fd {
         if !restore {
             bad.push(format!("inherit_fd {} (a restore option)", i.key));
-        } else if i.key.contains(':') && !crate::kinds::files::inherit_key_supported(&i.key) {
-            // Keys with a colon name files (CRIU's tty[..]:, socket:[..], ...); cryo takes
-            // pipes, and names without one as external namespaces (extRootNetNS).
-            bad.push(format!(
-                "inherit_fd {} (cryo replaces pipes, pipe:[INODE], and joins external namespaces by key)",
-                i.key
-            ));
         }
     }
     for j in &o.join_ns {
