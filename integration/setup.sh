@@ -18,6 +18,10 @@ command -v tar >/dev/null || need+=(tar)   # tmpfs contents are saved with tar, 
 command -v podman >/dev/null || need+=(podman)
 command -v conmon >/dev/null || need+=(conmon)
 command -v zstd >/dev/null || need+=(zstd)
+# The LXC test (integration/tests/lxc.rs): lxc-checkpoint runs `criu` from PATH; the busybox
+# template is in lxc-templates.
+command -v lxc-checkpoint >/dev/null || need+=(lxc)
+[ -e /usr/share/lxc/templates/lxc-busybox ] || need+=(lxc-templates)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
