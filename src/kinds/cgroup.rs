@@ -1081,20 +1081,72 @@ impl Drop for CgRestore {
     }
 }
 
-/// Writes a saved limit back (v2 `cgroup.subtree_control` as `+ctl` words).
+/// v1 cgroup files without a dot in their name that CRIU saves as properties.
+const DOTLESS_V1: &[&str] = &["notify_on_release", "tasks"];
+
+/// Files that hold memberships (restored by moving tasks, never from a property), or that
+/// would run or grant something outside the tree: a property of that name is skipped.
+const NOT_PROPERTIES: &[&str] = &[
+    "cgroup.procs",
+    "cgroup.threads",
+    "tasks",
+    "release_agent",
+    "cgroup.kill",
+    "devices.allow",
+    "devices.deny",
+];
+
+/// Writes a saved limit back (v2 `cgroup.subtree_control` as `+ctl` words, v1
+/// `devices.list` as CRIU restores it: deny everything, then allow each saved line).
 fn set_prop(dir: &Path, p: &pb::CgroupPropEntry) -> Result<(), CgroupError> {
-    // A property is a file of this very directory (`pids.max`, `cpu.shares`, ...).
-    if p.name.is_empty() || p.name.contains('/') || p.name.starts_with('.') || !p.name.contains('.')
+    // A property is a file of this very directory (`pids.max`, `cpu.shares`,
+    // `notify_on_release`, ...).
+    if p.name.is_empty()
+        || p.name.contains('/')
+        || p.name.starts_with('.')
+        || !(p.name.contains('.') || DOTLESS_V1.contains(&p.name.as_str()))
     {
         return Err(CgroupError::BadImage(format!(
             "cgroup property name {:?} is not a cgroup file",
             p.name
         )));
     }
+    if NOT_PROPERTIES.contains(&p.name.as_str()) {
+        // CRIU saves cgroup.procs and tasks with no value, for their permissions.
+        if !p.value.is_empty() {
+            tracing::warn!(
+                "cgroup {}: property {} is not restored from an image (value ignored)",
+                dir.display(),
+                p.name
+            );
+        }
+        return Ok(());
+    }
     let path = dir.join(&p.name);
     if p.name == "cgroup.subtree_control" {
         for c in p.value.split_whitespace() {
             write_file(&path, "enable controller in", &format!("+{c}"))?;
+        }
+        return Ok(());
+    }
+    if p.name == "devices.list" {
+        let now = match std::fs::read_to_string(&path) {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(
+                    "cgroup {}: no devices.list, devices not restored",
+                    dir.display()
+                );
+                return Ok(());
+            }
+            Err(source) => return Err(CgroupError::Read { path, source }),
+        };
+        if now.trim() == p.value.trim() {
+            return Ok(());
+        }
+        write_file(&dir.join("devices.deny"), "set", "a")?;
+        for line in p.value.lines().filter(|l| !l.trim().is_empty()) {
+            write_file(&dir.join("devices.allow"), "set", line.trim())?;
         }
         return Ok(());
     }

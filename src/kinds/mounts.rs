@@ -362,7 +362,9 @@ pub fn plan(pid: i32, policy: &MountPolicy) -> Result<Vec<pb::MntEntry>, MountsE
                 .join(","),
             shared_id: shared,
             master_id: master,
-            fsname: Some(m.fstype.clone()),
+            // CRIU names only file systems mounted by name (AUTO): the others are known by
+            // their `fstype` number, and CRIU refuses a name on them.
+            fsname: None,
             sb_flags: Some(if m.super_opts.split(',').any(|o| o == "ro") {
                 MsFlags::MS_RDONLY.bits() as u32
             } else {
@@ -371,7 +373,8 @@ pub fn plan(pid: i32, policy: &MountPolicy) -> Result<Vec<pb::MntEntry>, MountsE
             ..Default::default()
         };
         if let Some(key) = external.get(&norm(&m.mountpoint)).filter(|_| i > 0) {
-            e.ext_mount = Some(true);
+            // CRIU's current form: the key alone (`ext_mount` is its older one, with the key in
+            // `root`; CRIU refuses both at once).
             e.ext_key = Some(key.clone());
             entries.push(e);
             continue;
@@ -391,13 +394,13 @@ pub fn plan(pid: i32, policy: &MountPolicy) -> Result<Vec<pb::MntEntry>, MountsE
             // again with its source and options.
             let e = entries.last_mut().expect("pushed above");
             e.fstype = AUTO;
+            e.fsname = Some(m.fstype.clone());
             continue;
         }
         if let Some(host) = auto_external_source(m, &own) {
             // --ext-mount-map auto / --external mnt[]: a bind of something outside the tree,
             // saved as CRIU saves it (the host path, without its leading slash, as source).
             let e = entries.last_mut().expect("pushed above");
-            e.ext_mount = Some(true);
             e.ext_key = Some(AUTODETECTED.to_string());
             e.source = host.trim_start_matches('/').to_string();
             continue;
@@ -532,6 +535,47 @@ fn mnt_err(what: String) -> impl Fn(nix::Error) -> MountsError {
     }
 }
 
+/// The saved mounts as restore uses them: parents first, the root first (CRIU writes its
+/// entries children first, the root last), each named by its file system (CRIU names only
+/// `AUTO` ones: the others by their `fstype` number), with CRIU's 0 for "no peer group" or
+/// "no master" read as none.
+fn restore_order(mut entries: Vec<pb::MntEntry>) -> Vec<pb::MntEntry> {
+    if entries.len() > 1 && entries.last().is_some_and(|e| e.mountpoint == "/") {
+        entries.reverse();
+    }
+    for e in &mut entries {
+        if e.fsname.as_deref().is_none_or(str::is_empty) {
+            e.fsname = FRESH
+                .iter()
+                .find(|(_, c)| *c == e.fstype)
+                .map(|(n, _)| n.to_string());
+        }
+        // CRIU's older form of an external mount: the key in `root`.
+        if e.ext_mount == Some(true) && e.ext_key.is_none() {
+            e.ext_key = Some(std::mem::replace(&mut e.root, "/".into()));
+        }
+        e.shared_id = e.shared_id.filter(|&g| g != 0);
+        e.master_id = e.master_id.filter(|&g| g != 0);
+    }
+    let ids: Vec<u32> = entries.iter().map(|e| e.mnt_id).collect();
+    let mut out: Vec<pb::MntEntry> = Vec::with_capacity(entries.len());
+    let mut placed: Vec<u32> = Vec::new();
+    let mut left = entries;
+    while !left.is_empty() {
+        let before = left.len();
+        let (ready, rest): (Vec<_>, Vec<_>) = left
+            .into_iter()
+            .partition(|e| placed.contains(&e.parent_mnt_id) || !ids.contains(&e.parent_mnt_id));
+        placed.extend(ready.iter().map(|e| e.mnt_id));
+        out.extend(ready);
+        left = rest;
+        if left.len() == before {
+            out.append(&mut left);
+        }
+    }
+    out
+}
+
 /// Gives the root puppet (`cx`) the saved mount namespace of `img`, rebuilt on
 /// `opts.root`. Runs after the puppet has its new net and IPC namespaces (sysfs and mqueue
 /// are made in them) and before any file is opened.
@@ -543,7 +587,7 @@ pub fn restore(
     let Some(id) = img.ids.mnt_ns_id else {
         return Ok(());
     };
-    let entries: Vec<pb::MntEntry> = cx.dir.read(&format!("mountpoints-{id}.img"), image::MNTS)?;
+    let entries = restore_order(cx.dir.read(&format!("mountpoints-{id}.img"), image::MNTS)?);
     let root = opts.root.clone().ok_or_else(|| {
         Unsupported::restore(format!(
             "the tree had a mount namespace of its own (root mount: {} {}): give --root DIR with its root file system",
