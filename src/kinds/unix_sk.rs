@@ -511,9 +511,11 @@ fn bind_name(
     id: u32,
 ) -> Result<(), UnixSkError> {
     let path_name = s.name.first().is_some_and(|&c| c != 0);
+    // A path name ends at its first NUL (CRIU's images may keep the terminating one).
+    let path =
+        String::from_utf8_lossy(s.name.split(|&c| c == 0).next().unwrap_or(&[])).into_owned();
     if path_name {
         use std::os::unix::fs::FileTypeExt;
-        let path = String::from_utf8_lossy(&s.name).into_owned();
         if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
             let _ = std::fs::remove_file(&path);
         }
@@ -523,7 +525,7 @@ fn bind_name(
         format!("unix socket {}: bind to {}", s.ino, show_name(&s.name)),
     ))?;
     if path_name && s.deleted == Some(true) {
-        let _ = std::fs::remove_file(String::from_utf8_lossy(&s.name).into_owned());
+        let _ = std::fs::remove_file(&path);
     }
     Ok(())
 }

@@ -51,6 +51,16 @@ pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> io::Result<i32
         set_tid_size: 1,
         ..Default::default()
     };
+    // The parent the child must have (cryo, or cryo's parent with CLONE_PARENT); if it has
+    // another, cryo died meanwhile. (Not "PID 1": cryo may itself be PID 1 of a namespace.)
+    // SAFETY: getpid/getppid take no arguments.
+    let parent = unsafe {
+        if sibling {
+            libc::getppid()
+        } else {
+            libc::getpid()
+        }
+    };
     // SAFETY: clone3 without CLONE_VM behaves like fork; args is valid for the call.
     let r = unsafe {
         libc::syscall(
@@ -67,7 +77,7 @@ pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> io::Result<i32
             libc::sigfillset(&mut all);
             libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if !new_pid_ns && libc::getppid() == 1 {
+            if !new_pid_ns && libc::getppid() != parent {
                 libc::_exit(1);
             }
             if sibling {
