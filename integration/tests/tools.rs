@@ -139,15 +139,21 @@ fn check_answers_like_criu() {
 
 #[test]
 fn unimplemented_criu_options_are_refused_by_name() {
-    let o = cryo(&["dump", "-t", "1", "-D", "/tmp/cryo-x", "--tcp-established"]);
+    let o = cryo(&["dump", "-t", "1", "-D", "/tmp/cryo-x", "--page-server"]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--tcp-established is not supported"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--page-server is not supported"));
     let o = cryo(&["restore", "-D", "/tmp/cryo-x", "--lazy-pages"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--lazy-pages is not supported"));
-    let o = cryo(&["restore", "-D", "/tmp/cryo-x", "--external", "tty[88:1]"]);
+    let o = cryo(&[
+        "restore",
+        "-D",
+        "/tmp/cryo-x",
+        "--external",
+        "veth[eth0]:v0",
+    ]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--external tty[88:1]"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("veth"));
     let o = cryo(&["pre-dump", "-t", "1", "-D", "/tmp/cryo-x"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("soft-dirty"));
