@@ -1043,6 +1043,37 @@ mod tests {
     }
 
     #[test]
+    fn every_criu_option_reaches_clap() {
+        for spec in getopt::OPTIONS {
+            if matches!(
+                spec.kind,
+                getopt::Kind::Help | getopt::Kind::Version | getopt::Kind::Deprecated
+            ) {
+                continue;
+            }
+            let arg = match spec.arg {
+                getopt::HasArg::No => format!("--{}", spec.long),
+                _ => format!("--{}=1", spec.long),
+            };
+            let mut argv = vec!["criu".to_string(), "--no-default-config".to_string()];
+            argv.extend(["dump".to_string(), arg.clone()]);
+            assert!(
+                matches!(parse(&argv), Ok(Invocation::Run(_))),
+                "{arg}: {:?}",
+                parse(&argv).err()
+            );
+            if spec.kind == getopt::Kind::Bool {
+                argv[3] = format!("--no-{}", spec.long);
+                assert!(
+                    matches!(parse(&argv), Ok(Invocation::Run(_))),
+                    "--no-{}",
+                    spec.long
+                );
+            }
+        }
+    }
+
+    #[test]
     fn criu_spellings() {
         let d = opts(&[
             "dump",
