@@ -15,7 +15,19 @@
 #      dump and restore wall time; check: all P PIDs back, every child with the root as parent (N=3)
 #   4. threads: manythreads, one process with T (default 1000) threads (64 KiB stacks) idle in
 #      pause(): dump and restore wall time; check: /proc/PID/task has T+1 entries (N=3)
-# --only takes a comma list of fixed,mem,tree,threads (default: all of them).
+#   5. net: `sleep 1000` in a network namespace of its own with a veth (peer in a "host"
+#      namespace the script makes), IPv4 and IPv6 addresses, 5 routes, an nftables table and a
+#      changed sysctl; each tool runs in the host namespace (nsenter), locks with nftables, and
+#      restores the peer there (--external veth[v0]:NAME); check: the restored namespace has
+#      the address and the 5 routes (N=5)
+#   6. tcp: echosrv, a TCP echo server in a network namespace made by the bench, with C (default
+#      50) connections from echocli in another namespace (joined by a veth pair) streaming
+#      through it; one of them plays ping-pong. Dump with --tcp-established (the namespace is
+#      external: --external net[INO]:srvnet, restored with --inherit-fd) while bytes are in
+#      flight, restore: dump and restore wall time, and the longest a ping request was stalled
+#      (the clients' maxrtt, across dump + restore); check: every byte came back once, in
+#      order, no error (N=5)
+# --only takes a comma list of fixed,mem,tree,threads,net,tcp (default: all of them).
 # --rounds N sets N for every scenario. Dumps go to the page cache (no sync), restores read it back
 # from the page cache. The last line of stdout is a JSON summary. Exits non-zero if any check
 # (checksum, tree, threads) fails or any dump/restore fails (the command, its output and its log
@@ -39,16 +51,20 @@ ROUNDS_FIXED=5
 ROUNDS_MEM=3
 ROUNDS_TREE=3
 ROUNDS_THREADS=3
+ROUNDS_NET=5
 MIB=2048
 NPROCS=100
 NTHREADS=1000
-ONLY=fixed,mem,tree,threads
-USAGE="usage: bench.sh [--only fixed,mem,tree,threads] [--rounds N] [--mib M] [--procs P] [--threads T]"
+ONLY=fixed,mem,tree,threads,net,tcp
+ROUNDS_TCP=5
+NCONN=50
+USAGE="usage: bench.sh [--only fixed,mem,tree,threads,net,tcp] [--rounds N] [--mib M] [--procs P] [--threads T] [--conns C]"
 while [ $# -gt 0 ]; do
     [ $# -ge 2 ] || [[ $1 == -h || $1 == --help ]] || { echo "bench.sh: $1 needs a value ($USAGE)" >&2; exit 2; }
     case $1 in
         --only) ONLY=$2; shift 2 ;;
-        --rounds) ROUNDS_FIXED=$2; ROUNDS_MEM=$2; ROUNDS_TREE=$2; ROUNDS_THREADS=$2; shift 2 ;;
+        --rounds) ROUNDS_FIXED=$2; ROUNDS_MEM=$2; ROUNDS_TREE=$2; ROUNDS_THREADS=$2; ROUNDS_NET=$2; ROUNDS_TCP=$2; shift 2 ;;
+        --conns) NCONN=$2; shift 2 ;;
         --mib) MIB=$2; shift 2 ;;
         --procs) NPROCS=$2; shift 2 ;;
         --threads) NTHREADS=$2; shift 2 ;;
@@ -60,13 +76,13 @@ for v in "$ROUNDS_FIXED" "$MIB" "$NPROCS" "$NTHREADS"; do
     [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds, --mib, --procs and --threads take positive integers" >&2; exit 2; }
 done
 # SCEN: selected scenarios in run order; KIND: scenario -> kind (the prefix of its result keys)
-declare -A KIND=([fixed]=sleep [mem]=mem [tree]=tree [threads]=threads) WANT=()
+declare -A KIND=([fixed]=sleep [mem]=mem [tree]=tree [threads]=threads [net]=net [tcp]=tcp) WANT=()
 for sc in ${ONLY//,/ }; do
-    [ -n "${KIND[$sc]:-}" ] || { echo "bench.sh: unknown scenario '$sc' in --only (fixed,mem,tree,threads)" >&2; exit 2; }
+    [ -n "${KIND[$sc]:-}" ] || { echo "bench.sh: unknown scenario '$sc' in --only (fixed,mem,tree,threads,net,tcp)" >&2; exit 2; }
     WANT[$sc]=1
 done
 SCEN=()
-for sc in fixed mem tree threads; do [ -z "${WANT[$sc]:-}" ] || SCEN+=("$sc"); done
+for sc in fixed mem tree threads net tcp; do [ -z "${WANT[$sc]:-}" ] || SCEN+=("$sc"); done
 [ ${#SCEN[@]} -gt 0 ] || { echo "bench.sh: --only selects no scenario" >&2; exit 2; }
 wants() { [ -n "${WANT[$1]:-}" ]; }
 
@@ -84,8 +100,13 @@ WORK=$(mktemp -d "${BENCH_TMP:-/var/tmp}/cryo-bench.XXXXXX")
 FSTYPE=$(stat -f -c %T "$WORK")
 KEEP_WORK=0
 CUR_PID=""   # the workload's PIDs (or its restored copy's) currently alive, killed on exit
+HOSTNS=""   # the net scenario's "host" network namespace (ip netns), deleted on exit
+NETA="cryo-bench-a-$$" NETB="cryo-bench-b-$$"
 cleanup() {
     if [ -n "$CUR_PID" ]; then kill -9 $CUR_PID 2>/dev/null || true; fi
+    if [ -n "$HOSTNS" ]; then ip netns del "$HOSTNS" 2>/dev/null || true; fi
+    ip netns del "$NETA" 2>/dev/null || true
+    ip netns del "$NETB" 2>/dev/null || true
     if [ "$KEEP_WORK" = 1 ]; then echo "bench.sh: kept $WORK for inspection" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -97,6 +118,29 @@ fi
 ! wants mem || gcc -O2 -o "$WORK/memhog" "$REPO_ROOT/integration/progs/memhog.c"
 ! wants tree || gcc -O2 -o "$WORK/fanout" "$REPO_ROOT/integration/progs/fanout.c"
 ! wants threads || gcc -O2 -pthread -o "$WORK/manythreads" "$REPO_ROOT/integration/progs/manythreads.c"
+if wants net; then
+    for t in ip nft nsenter unshare; do
+        command -v $t >/dev/null || { echo "bench.sh: the net scenario needs $t (integration/setup.sh)" >&2; exit 2; }
+    done
+    HOSTNS=cryo-bench-$$
+    ip netns add "$HOSTNS"
+    ip -n "$HOSTNS" link set lo up
+fi
+if wants tcp; then
+    for t in ip nft nsenter; do
+        command -v $t >/dev/null || { echo "bench.sh: the tcp scenario needs $t (integration/setup.sh)" >&2; exit 2; }
+    done
+    gcc -O2 -o "$WORK/echosrv" "$REPO_ROOT/integration/progs/echosrv.c"
+    gcc -O2 -o "$WORK/echocli" "$REPO_ROOT/integration/progs/echocli.c"
+    # Two namespaces standing for two hosts, joined by a veth pair.
+    ip netns add "$NETA"; ip netns add "$NETB"
+    ip link add "cbv$$" type veth peer name "cbw$$"
+    ip link set "cbv$$" netns "$NETA"; ip link set "cbw$$" netns "$NETB"
+    ip -n "$NETA" addr add 10.97.0.1/24 dev "cbv$$"; ip -n "$NETB" addr add 10.97.0.2/24 dev "cbw$$"
+    for ns in "$NETA" "$NETB"; do ip -n "$ns" link set lo up; done
+    ip -n "$NETA" link set "cbv$$" up; ip -n "$NETB" link set "cbw$$" up
+    NETA_INO=$(stat -L -c %i "/run/netns/$NETA")
+fi
 
 now_us() { local t=${EPOCHREALTIME/[.,]/}; echo "$t"; }
 
@@ -208,9 +252,27 @@ one_round() {
     local extra=()
     if [ "$tool" = cryo ]; then extra=(--json); fi
     local sum1="" sum2="" pids
+    local in_host=() net_extra=()
     if [ "$kind" = sleep ]; then
         start_workload sleep 1000
         while [ "$(cat "/proc/$PID/comm" 2>/dev/null)" != sleep ]; do sleep 0.001; done
+    elif [ "$kind" = net ]; then
+        start_workload unshare -n sleep 1000
+        while [ "$(cat "/proc/$PID/comm" 2>/dev/null)" != sleep ]; do sleep 0.001; done
+        local peer=vb$RANDOM n="nsenter --net=/proc/$PID/ns/net" i
+        ip link add v0 netns "$PID" type veth peer name "$peer" netns "$HOSTNS"
+        ip -n "$HOSTNS" link set "$peer" up   # routes saved without linkdown (CRIU needs it)
+        $n ip link set lo up
+        $n ip link set v0 up
+        $n ip addr add 10.212.0.2/24 dev v0
+        $n ip addr add fd21:2::2/64 dev v0 nodad
+        for i in 1 2 3 4 5; do $n ip route add "10.21$i.0.0/16" via 10.212.0.1; done
+        $n sysctl -qw net.ipv4.conf.v0.rp_filter=2
+        $n nft add table inet app
+        $n nft add chain inet app input '{ type filter hook input priority 0; }'
+        $n nft add rule inet app input tcp dport 7777 drop
+        in_host=(nsenter "--net=/run/netns/$HOSTNS")
+        net_extra=(--network-lock nftables)
     elif [ "$kind" = tree ]; then
         : >"$dir/fanout.out"
         start_workload "$WORK/fanout" "$NPROCS" "$dir/fanout.out"
@@ -225,6 +287,17 @@ one_round() {
         start_workload "$WORK/manythreads" "$NTHREADS" "$dir/manythreads.out"
         wait_lines "$dir/manythreads.out" 1 "$PID"
         wait_all_idle "$PID"
+    elif [ "$kind" = tcp ]; then
+        : >"$dir/srv.out"; : >"$dir/cli.out"
+        start_workload nsenter --net="/run/netns/$NETA" "$WORK/echosrv" 10.97.0.1 7400 "$dir/srv.out" 2048 1000 65536
+        local srv=$PID
+        wait_lines "$dir/srv.out" 1 "$srv"
+        start_workload nsenter --net="/run/netns/$NETB" "$WORK/echocli" 10.97.0.1 7400 "$NCONN" "$dir/cli.out" 1048576 2048 16384 2000
+        CLI=$PID
+        CUR_PID="$srv $CLI"
+        wait_lines "$dir/cli.out" 5 "$CLI"   # ready, then progress lines: data flows
+        PID=$srv
+        extra+=(--tcp-established)
     else
         : >"$dir/memhog.out"
         start_workload "$WORK/memhog" "$MIB" "$dir/memhog.out"
@@ -238,7 +311,9 @@ one_round() {
     local pid=$PID t0 t1 cmd p
     [ "$kind" = tree ] || pids=("$pid")
 
-    cmd=("$bin" dump -t "$pid" -D "$dir/img" -o dump.log "${extra[@]}")
+    local dx=() rx=()
+    if [ "$kind" = tcp ]; then dx=(--external "net[$NETA_INO]:srvnet"); rx=(--inherit-fd "fd[9]:srvnet"); fi
+    cmd=(${in_host[@]+"${in_host[@]}"} "$bin" dump -t "$pid" -D "$dir/img" -o dump.log "${extra[@]}" ${net_extra[@]+"${net_extra[@]}"} ${dx[@]+"${dx[@]}"})
     t0=$(now_us)
     "${cmd[@]}" >"$dir/dump.out" 2>"$dir/dump.err" || fail "$tool" dump "$dir" "$dir/img/dump.log" "${cmd[@]}"
     t1=$(now_us)
@@ -247,9 +322,14 @@ one_round() {
     local img_bytes
     img_bytes=$(du -sb "$dir/img" | cut -f1)
 
-    cmd=("$bin" restore -D "$dir/img" -d -o restore.log "${extra[@]}")
+    [ "$kind" != net ] || net_extra+=(--external "veth[v0]:vr$RANDOM")
+    cmd=(${in_host[@]+"${in_host[@]}"} "$bin" restore -D "$dir/img" -d -o restore.log "${extra[@]}" ${net_extra[@]+"${net_extra[@]}"} ${rx[@]+"${rx[@]}"})
     t0=$(now_us)
-    "${cmd[@]}" >"$dir/restore.out" 2>"$dir/restore.err" || fail "$tool" restore "$dir" "$dir/img/restore.log" "${cmd[@]}"
+    if [ "$kind" = tcp ]; then
+        "${cmd[@]}" >"$dir/restore.out" 2>"$dir/restore.err" 9<"/run/netns/$NETA" || fail "$tool" restore "$dir" "$dir/img/restore.log" "${cmd[@]}"
+    else
+        "${cmd[@]}" >"$dir/restore.out" 2>"$dir/restore.err" || fail "$tool" restore "$dir" "$dir/img/restore.log" "${cmd[@]}"
+    fi
     t1=$(now_us)
     local restore_us=$((t1 - t0))
     [ -e "/proc/$pid" ] || fail "$tool" restore "$dir" "$dir/img/restore.log" "${cmd[@]}" "(restored PID $pid is not running)"
@@ -278,6 +358,34 @@ one_round() {
                 done | head -n 12
             } >&2
         fi
+    elif [ "$kind" = net ]; then
+        local routes addrs
+        routes=$(nsenter "--net=/proc/$pid/ns/net" ip route 2>&1 || true)
+        addrs=$(nsenter "--net=/proc/$pid/ns/net" ip -o addr 2>&1 || true)
+        if [ "$(grep -c "via 10.212.0.1" <<<"$routes")" != 5 ] || ! grep -q 10.212.0.2/24 <<<"$addrs"; then
+            ok=FAIL
+            echo "net check FAIL ($tool, round measured=$measured): routes: $routes; addresses: $addrs" >&2
+        fi
+    elif [ "$kind" = tcp ]; then
+        # The clients go on, then stop sending and wait for every echo.
+        local n0
+        n0=$(wc -l <"$dir/cli.out")
+        wait_lines "$dir/cli.out" $((n0 + 5)) "$CLI"
+        kill -USR1 "$CLI"
+        local deadline=$((SECONDS + 90))
+        until grep -q '^done ' "$dir/cli.out"; do
+            [ $SECONDS -lt $deadline ] || break
+            sleep 0.05
+        done
+        local done_line
+        done_line=$(grep '^done ' "$dir/cli.out" || true)
+        if ! [[ $done_line =~ errors=0 ]] || grep -q '^error' "$dir/cli.out" \
+            || [ "$(sed 's/.* sent=\([0-9]*\).*/\1/' <<<"$done_line")" != "$(sed 's/.* echoed=\([0-9]*\).*/\1/' <<<"$done_line")" ]; then
+            ok=FAIL
+            { echo "tcp check FAIL ($tool, round measured=$measured): ${done_line:-no summary}"; grep '^error' "$dir/cli.out" | head -5; } >&2
+        fi
+        STALL=$(sed -n 's/.*maxrtt_us=\([0-9]*\).*/\1/p' <<<"$done_line")
+        pids=("$pid" "$CLI")
     elif [ "$kind" = threads ]; then
         local ntask ntask2
         ntask=$(ls "/proc/$pid/task" | wc -l)
@@ -305,11 +413,12 @@ one_round() {
         "$(echo "$dump_us" | awk '{print $1/1000}')" "$(echo "$restore_us" | awk '{print $1/1000}')" \
         "$(echo "$img_bytes" | awk '{print $1/1048576}')" \
         "${frozen:+  (frozen $(echo "$frozen" | awk '{print $1/1000}') ms)}" \
-        "$(case $kind in mem) echo "  checksum $ok" ;; tree|threads) echo "  check $ok" ;; esac)"
+        "$(case $kind in mem) echo "  checksum $ok" ;; tree|threads|net) echo "  check $ok" ;; tcp) echo "  stall $(ms "${STALL:-0}") ms, check $ok" ;; esac)"
     if [ "$measured" = 1 ]; then
         add "$tool" "${kind}_dump" "$dump_us"
         add "$tool" "${kind}_restore" "$restore_us"
         [ -z "$frozen" ] || add "$tool" "${kind}_frozen" "$frozen"
+        [ "$kind" != tcp ] || add "$tool" "${kind}_stall" "${STALL:-0}"
     fi
     rm -rf "$dir"
 }
@@ -331,10 +440,12 @@ ms() { awk -v u="$1" 'BEGIN {printf "%.1f", u/1000}'; }
 gbps() { awk -v u="$1" -v m="$MIB" 'BEGIN {printf "%.2f", m*1048576/(u*1000)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
-declare -A ROUNDS=([fixed]=$ROUNDS_FIXED [mem]=$ROUNDS_MEM [tree]=$ROUNDS_TREE [threads]=$ROUNDS_THREADS)
+declare -A ROUNDS=([fixed]=$ROUNDS_FIXED [mem]=$ROUNDS_MEM [tree]=$ROUNDS_TREE [threads]=$ROUNDS_THREADS [net]=$ROUNDS_NET [tcp]=$ROUNDS_TCP)
 declare -A TITLE=([fixed]="fixed cost: sleep 1000" [mem]="memory: memhog $MIB MiB"
-    [tree]="process tree: fanout, $NPROCS processes" [threads]="threads: manythreads, $NTHREADS threads")
-declare -A LABEL=([sleep]="sleep 1000" [mem]="memhog $MIB MiB" [tree]="tree $NPROCS procs" [threads]="$NTHREADS threads")
+    [tree]="process tree: fanout, $NPROCS processes" [threads]="threads: manythreads, $NTHREADS threads"
+    [net]="network namespace: veth, 2 addresses, 5 routes, nftables, nftables lock"
+    [tcp]="TCP: echo server with $NCONN connections (--tcp-established)")
+declare -A LABEL=([sleep]="sleep 1000" [mem]="memhog $MIB MiB" [tree]="tree $NPROCS procs" [threads]="$NTHREADS threads" [net]="netns veth" [tcp]="tcp $NCONN conns")
 
 echo "cryo benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, kernel $(uname -r)"
 echo "  cryo: $CRYO ($("$CRYO" --version 2>&1 | head -1))"
@@ -357,12 +468,14 @@ printf '%-24s %-36s' "scenario" "cryo"
 [ -z "${CRIU:-}" ] || printf ' %-36s %s' "criu" "criu/cryo"
 echo
 JSON="{\"scenarios\":\"$(IFS=,; echo "${SCEN[*]}")\",\"mib\":$MIB,\"procs\":$NPROCS,\"threads\":$NTHREADS"
-JSON="$JSON,\"rounds_fixed\":$ROUNDS_FIXED,\"rounds_mem\":$ROUNDS_MEM,\"rounds_tree\":$ROUNDS_TREE,\"rounds_threads\":$ROUNDS_THREADS"
+JSON="$JSON,\"rounds_fixed\":$ROUNDS_FIXED,\"rounds_mem\":$ROUNDS_MEM,\"rounds_tree\":$ROUNDS_TREE,\"rounds_threads\":$ROUNDS_THREADS,\"rounds_net\":$ROUNDS_NET"
 JSON="$JSON,\"fs\":\"$FSTYPE\",\"synced\":false"
 declare -A TJSON
 for sc in "${SCEN[@]}"; do
     kind=${KIND[$sc]}
-    for op in dump restore; do
+    ops="dump restore"
+    [ "$kind" != tcp ] || ops="dump restore stall"
+    for op in $ops; do
         row=${kind}_$op
         printf '%-24s' "${LABEL[$kind]} $op"
         for t in "${TOOLS[@]}"; do
@@ -396,8 +509,10 @@ echo "cryo frozen time during dump (from --json frozen_us): ${frozen_desc#, }"
 status=0
 declare -A CHECK_DESC=([mem]="memhog checksum before dump == after restore"
     [tree]="tree: all $NPROCS PIDs back with the root as parent"
-    [threads]="threads: /proc/PID/task has $((NTHREADS + 1)) entries")
-declare -A CHECK_KEY=([mem]=checksum [tree]=tree_check [threads]=threads_check)
+    [threads]="threads: /proc/PID/task has $((NTHREADS + 1)) entries"
+    [net]="net: the restored namespace has its address and 5 routes"
+    [tcp]="tcp: every byte of $NCONN connections echoed once, in order, no error")
+declare -A CHECK_KEY=([mem]=checksum [tree]=tree_check [threads]=threads_check [net]=net_check [tcp]=tcp_check)
 for sc in "${SCEN[@]}"; do
     kind=${KIND[$sc]}
     [ "$kind" != sleep ] || continue

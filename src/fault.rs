@@ -23,6 +23,15 @@ pub fn point(stage: &str) -> Result<(), Fault> {
     if std::env::var("CRYO_FAULT_INJECT").is_ok_and(|v| v == stage) {
         return Err(Fault::Injected(stage.to_string()));
     }
+    // `CRYO_FAULT_PAUSE=<stage>:<seconds>` sleeps there instead: a test kills cryo, or probes
+    // what holds meanwhile (the network lock).
+    if let Some(secs) = std::env::var("CRYO_FAULT_PAUSE").ok().and_then(|v| {
+        let (s, t) = v.split_once(':')?;
+        (s == stage).then(|| t.parse::<u64>().ok())?
+    }) {
+        tracing::info!("pausing {secs} s at stage {stage} (CRYO_FAULT_PAUSE)");
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
     Ok(())
 }
 

@@ -133,6 +133,22 @@ fn soft_dirty() -> bool {
     r.is_ok() && u64::from_le_bytes(buf) & (1 << 55) != 0
 }
 
+/// A program cryo runs for a feature, found in PATH.
+fn in_path(tool: &str, what: &str) -> Result<String, String> {
+    let found = std::env::var_os("PATH").is_some_and(|p| {
+        std::env::split_paths(&p).any(|d| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(d.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    });
+    if found {
+        Ok(what.to_string())
+    } else {
+        Err(format!("{tool} is not in PATH"))
+    }
+}
+
 /// A feature cryo does not handle, whatever the kernel offers.
 fn not_in_cryo(why: &str) -> Result<String, String> {
     Err(why.to_string())
@@ -270,22 +286,31 @@ pub fn probe(name: &str) -> Option<Feature> {
         "uffd-noncoop" => not_in_cryo("lazy restore (--lazy-pages) is not implemented in cryo"),
         "pidfd_store" => not_in_cryo("the pidfd store (pid reuse detection across pre-dumps) is not implemented in cryo"),
         "aio_remap" => not_in_cryo("AIO rings are not saved by cryo"),
-        "tun" | "tun_ns" => not_in_cryo("tun/tap devices are not saved by cryo"),
+        "tun" | "tun_ns" => not_in_cryo("open tun/tap queues (tun file descriptors) are not saved by cryo (persistent tun/tap links of a saved network namespace are)"),
         "userns" => not_in_cryo("user namespaces are not supported by cryo yet"),
         "loginuid" => not_in_cryo("cryo saves the login uid but does not restore it"),
         "autofs" => not_in_cryo("autofs mounts are not supported by cryo"),
-        "tcp_half_closed" => not_in_cryo("TCP sockets are not supported by cryo yet"),
         "compat_cr" => not_in_cryo("32-bit (compat) tasks are not supported by cryo"),
-        "sk_ns" => not_in_cryo("sockets of network namespaces other than the tree's own are not supported by cryo"),
         "sk_unix_file" => not_in_cryo("cryo finds a unix socket's file by its path, not with SIOCUNIXFILE"),
         "net_diag_raw" => not_in_cryo("raw sockets are not supported by cryo"),
-        "nsid" | "link_nsid" | "newifindex" => not_in_cryo("network devices other than the loopback are not saved by cryo yet"),
+        "nsid" => kernel_at_least(4, 0).map(|k| format!("{k}: a veth peer's namespace is found by its NETNSA_NSID")),
+        "link_nsid" => kernel_at_least(4, 0).map(|k| format!("{k}: IFLA_LINK_NETNSID names a veth peer's namespace")),
+        "newifindex" => kernel_at_least(4, 15).map(|k| format!("{k}: links are made again with their saved ifindex")),
         "kcmp_epoll" => not_in_cryo("cryo finds epoll targets by fd number, not with KCMP_EPOLL_TFD (an epoll watching a closed fd is refused)"),
-        "nftables" | "network_lock_nftables" | "has_ipt_legacy" => not_in_cryo("cryo does not lock the network or save firewall rules (it saves no TCP connection)"),
+        "nftables" => in_path("nft", "a network namespace's nftables rules are saved with `nft list ruleset` and loaded again with nft"),
+        "has_ipt_legacy" => in_path("iptables-legacy-save", "a network namespace's legacy iptables rules are saved with iptables-legacy-save"),
         "apparmor_stacking" => not_in_cryo("LSM profiles are not supported by cryo"),
-        "sockopt_buf_lock" => not_in_cryo("socket buffer locks (SO_BUF_LOCK) are not saved by cryo"),
-        "memfd_hugetlb" => not_in_cryo("hugetlb memory is not supported by cryo"),
-        "ipv6_freebind" => not_in_cryo("inet sockets are not supported by cryo yet"),
+        "memfd_hugetlb" => not_in_cryo("hugetlb memfds and hugetlbfs files are not supported by cryo (anonymous MAP_HUGETLB mappings are)"),
+        // What the socket kinds need (TCP repair, the network lock, ...): their own probes.
+        "tcp_half_closed" | "network_lock_nftables" | "sk_ns" | "ipv6_freebind" | "sockopt_buf_lock" => {
+            static SOCKETS: std::sync::OnceLock<Vec<(&str, Result<String, String>)>> =
+                std::sync::OnceLock::new();
+            SOCKETS
+                .get_or_init(crate::kinds::inet_sk::features)
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, r)| r.clone())?
+        }
         "overlayfs_maps" => not_in_cryo("not checked by cryo: it reopens mapped files by path"),
         "breakpoints" => not_in_cryo("hardware breakpoints (debug registers) are not saved by cryo"),
         "pagemap_scan_guard_pages" => not_in_cryo("guard regions (MADV_GUARD_INSTALL) are not saved by cryo"),

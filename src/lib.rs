@@ -8,6 +8,7 @@
 //! - `dump`, `restore`: the two pipelines that call the kinds in order.
 //! - `features`: kernel feature probes (`cryo check`).
 //! - `show`: decode any image to JSON (`cryo show`).
+//! - `inspect`: what a checkpoint holds, and two compared (`cryo inspect`, `cryo diff`).
 //! - `logging`: CRIU-style log files and levels.
 
 pub mod cli;
@@ -15,8 +16,10 @@ pub mod dump;
 pub mod fault;
 pub mod features;
 pub mod image;
+pub mod inspect;
 pub mod kinds;
 pub mod logging;
+pub mod netlock;
 pub mod notify;
 pub mod procfs;
 pub mod progress;

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     let Some(cmd) = run.cli.cmd else {
         return usage_error(
             &argv,
-            "a command is needed (dump, restore, show, check); see cryo --help",
+            "a command is needed (dump, restore, show, inspect, diff, check); see cryo --help",
         );
     };
     if let Some(o) = cmd_opts(&cmd) {
@@ -96,7 +96,12 @@ fn cmd_opts(cmd: &Cmd) -> Option<&Opts> {
         | Cmd::Dedup(o)
         | Cmd::Exec(o) => Some(o),
         Cmd::Cpuinfo(c) => Some(&c.opts),
-        Cmd::Show(_) | Cmd::Swrk(_) => None,
+        Cmd::Show(_)
+        | Cmd::Swrk(_)
+        | Cmd::Inspect(_)
+        | Cmd::Diff(_)
+        | Cmd::Completions(_)
+        | Cmd::Man(_) => None,
     }
 }
 
@@ -107,7 +112,115 @@ fn hint(e: &anyhow::Error) -> Option<String> {
     if let Some(r) = e.downcast_ref::<restore::RestoreError>() {
         return r.hint();
     }
+    if let Some(i) = e.downcast_ref::<cryo::inspect::InspectError>() {
+        return i.hint();
+    }
     None
+}
+/// Writes to stdout; a reader that went away (`| head`) ends cryo quietly, without a panic.
+fn emit(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => Ok(r?),
+    }
+}
+
+/// Bold headings when stdout is a terminal and NO_COLOR is not set.
+fn style() -> cryo::inspect::render::Style {
+    cryo::inspect::render::Style {
+        color: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    }
+}
+
+fn inspect(a: cryo::cli::InspectArgs) -> Result<ExitCode> {
+    use cryo::inspect;
+    let mut loaded = inspect::load(&a.path)?;
+    if let Some((pid, addr, len)) = a.dump_mem().map_err(anyhow::Error::msg)? {
+        let (bytes, missing) = loaded.dump_mem(pid, addr, len)?;
+        for m in &missing {
+            eprintln!("not in the checkpoint (written as zeros): {m}");
+        }
+        match &a.output {
+            Some(f) => std::fs::write(f, &bytes)
+                .with_context(|| format!("cannot write {}", f.display()))?,
+            None if std::io::stdout().is_terminal() => {
+                bail!("--dump-mem writes raw bytes: give --output FILE or redirect stdout")
+            }
+            None => emit(&bytes)?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let search = match (&a.search, &a.search_regex) {
+        (Some(p), _) => Some((p.clone(), false)),
+        (None, Some(p)) => Some((p.clone(), true)),
+        _ => None,
+    }
+    .map(|(pattern, regex)| inspect::SearchSpec {
+        pattern,
+        regex,
+        context: a.context,
+        max_hits: a.max_hits,
+    });
+    let sections = a.sections();
+    let opts = inspect::Options {
+        sections,
+        pid: a.pid,
+        summary: sections == inspect::Sections::ALL,
+        search,
+    };
+    let report = loaded.report(&opts)?;
+    if a.json {
+        let mut v = serde_json::to_vec_pretty(&report)?;
+        v.push(b'\n');
+        emit(&v)?;
+    } else {
+        emit(inspect::render::render(&report, style(), &opts).as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn diff(a: cryo::cli::DiffArgs) -> Result<ExitCode> {
+    use cryo::inspect;
+    let mut x = inspect::load(&a.a)?;
+    let mut y = inspect::load(&a.b)?;
+    let d = inspect::diff::diff(&mut x, &mut y)?;
+    if a.json {
+        let mut v = serde_json::to_vec_pretty(&d)?;
+        v.push(b'\n');
+        emit(&v)?;
+    } else {
+        emit(inspect::diff::render(&d, style()).as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cryo man`: the page of cryo, or with --dir one page per command.
+fn man(a: cryo::cli::ManArgs) -> Result<ExitCode> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let Some(dir) = a.dir else {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut buf)?;
+        emit(&buf)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut pages = vec![(String::from("cryo"), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let name = format!("cryo-{}", sub.get_name());
+        let bin = format!("cryo {}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name).bin_name(bin)));
+    }
+    for (name, c) in pages {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).render(&mut buf)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, buf).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves a path given relative to the work directory (CRIU's rule for logs and pidfiles).
@@ -137,28 +250,21 @@ fn setup(c: &Opts, create_dir: bool, config_files: &[PathBuf]) -> Result<()> {
     for f in config_files {
         tracing::debug!("Parsed config file {}", f.display());
     }
-    // Options that permit what cryo refuses object by object, or tune nothing in cryo.
+    // CRIU's words for the options that change what a dump or restore does.
     if c.skip_in_flight {
-        tracing::info!("Will skip in-flight TCP connections (cryo refuses TCP sockets yet, so none is in flight)");
+        tracing::info!("Will skip in-flight TCP connections");
     }
     if c.tcp_established {
-        tracing::info!(
-            "Will dump/restore TCP connections (cryo refuses TCP sockets yet, naming each)"
-        );
+        tracing::info!("Will dump/restore TCP connections");
     }
     if c.tcp_close {
-        tracing::info!("Will drop all TCP connections on restore (cryo refuses TCP sockets yet)");
+        tracing::info!("Will drop all TCP connections on restore");
     }
     if c.link_remap {
-        tracing::info!("Will allow link remaps on FS (cryo saves deleted files as ghosts)");
+        tracing::info!("Will allow link remaps on FS");
     }
     if let Some(l) = &c.libdir {
         tracing::debug!("--libdir {}: cryo has no plugins", l.display());
-    }
-    if let Some(m) = c.network_lock.as_deref() {
-        tracing::info!(
-            "--network-lock {m}: cryo saves no TCP connection, so there is nothing to lock"
-        );
     }
     Ok(())
 }
@@ -182,6 +288,9 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
                 freeze_cgroup: a.freeze_cgroup.clone(),
                 cgroup_mode: a.cgroup_mode().map_err(anyhow::Error::msg)?,
                 file_locks: a.file_locks,
+                network_lock: a.network_lock().map_err(anyhow::Error::msg)?,
+                sock: a.sock_opts(),
+                link_remap: a.link_remap,
             };
             let dir = ImageDir::create(&a.images_dir)?;
             let spin = progress(&format!("dumping {pid}"));
@@ -279,6 +388,9 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
                 mounts,
                 join,
                 cgroups: a.cgroup_opts().map_err(anyhow::Error::msg)?,
+                network_lock: a.network_lock().map_err(anyhow::Error::msg)?,
+                links: a.links().map_err(anyhow::Error::msg)?,
+                sock: a.sock_opts(),
             };
             let dir = ImageDir::open(&a.images_dir)?;
             let spin = progress("restoring");
@@ -331,9 +443,20 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
         }
         Cmd::Show(a) => {
             let v = show::show(&a.file)?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            let mut out = serde_json::to_vec_pretty(&v)?;
+            out.push(b'\n');
+            emit(&out)?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Inspect(a) => inspect(a),
+        Cmd::Diff(a) => diff(a),
+        Cmd::Completions(a) => {
+            let mut buf = Vec::new();
+            clap_complete::generate(a.shell, &mut Cli::command(), "cryo", &mut buf);
+            emit(&buf)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man(a) => man(a),
         Cmd::Check(a) => {
             setup(&a, false, config_files)?;
             check(&a)

@@ -222,6 +222,8 @@ pub struct Vma {
     pub name: String,
     /// Two-letter VmFlags (`rd wr mr mw me ac sd ...`).
     pub vmflags: Vec<String>,
+    /// smaps `KernelPageSize` in bytes (huge for hugetlb mappings; 0 from plain maps).
+    pub page_size: u64,
 }
 
 impl Vma {
@@ -267,6 +269,7 @@ fn parse_maps_line(line: &str) -> Option<Vma> {
         inode: inode.parse().ok()?,
         name,
         vmflags: Vec::new(),
+        page_size: 0,
     })
 }
 
@@ -276,6 +279,13 @@ pub fn parse_smaps(text: &str) -> Option<Vec<Vma>> {
     for line in text.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
             out.last_mut()?.vmflags = flags.split_whitespace().map(str::to_string).collect();
+            continue;
+        }
+        if let Some(kb) = line
+            .strip_prefix("KernelPageSize:")
+            .and_then(|v| v.trim().strip_suffix("kB"))
+        {
+            out.last_mut()?.page_size = kb.trim().parse::<u64>().ok()? * 1024;
             continue;
         }
         // Header lines start with a hex range "xxx-yyy "; field lines start with "Name:".

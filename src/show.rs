@@ -52,7 +52,11 @@ pub fn show(path: &Path) -> Result<Value, ImageError> {
         source,
     })?;
     let kind = detect(path, &bytes)?;
-    let pool = DescriptorPool::decode(pb::DESCRIPTORS).expect("embedded descriptors are valid");
+    // Decoded once: the embedded set is large (every message, with source info).
+    static POOL: std::sync::OnceLock<DescriptorPool> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        DescriptorPool::decode(pb::DESCRIPTORS).expect("embedded descriptors are valid")
+    });
     let opts = SerializeOptions::new()
         .use_proto_field_name(true)
         .stringify_64_bit_integers(false)

@@ -6,10 +6,12 @@ libc = ctypes.CDLL(None, use_errno=True)
 # clone(CLONE_FILES|SIGCHLD) through syscall: child shares the fd table
 CLONE_FILES = 0x400
 r, w = os.pipe()
+# Blocked before the clone: the child must not die of a SIGUSR1 sent before it blocks it.
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
 pid = libc.syscall(56, CLONE_FILES | signal.SIGCHLD, 0, 0, 0, 0)
 if pid == 0:
     # child: waits, then opens a file; the parent must see the new fd
-    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1]); signal.sigwait([signal.SIGUSR1])
+    signal.sigwait([signal.SIGUSR1])
     fd = os.open("/dev/null", os.O_RDONLY)
     os.write(w, b"%d\n" % fd)
     time.sleep(1000)

@@ -5,6 +5,8 @@
 //! re-parented to it and can be reaped at once (PID 1 on the VM reaps orphans only every few
 //! seconds, and a restore needs its PID free).
 
+pub mod netns;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -230,6 +232,66 @@ pub fn ok(o: &Output, what: &str) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// Whether the tests run in CI (`CI=true`, which `.ci/run` sets): there a test that cannot
+/// run (a missing tool, a failed setup) fails instead of being skipped.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// The name of the running test (libtest names each test's thread after it).
+fn test_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("<unnamed test>")
+        .to_string()
+}
+
+/// The running test cannot run here because of `why`. In CI this fails the test (panics);
+/// elsewhere it prints `SKIP: <test>: <why>` past libtest's output capture, and the test
+/// must then return at once; `integration/test.sh` counts these lines and reports such a
+/// test as skipped, not passed. Use as `if !require_tools(..) { return; }` or
+/// `skip(why); return;`.
+pub fn skip(why: &str) {
+    // Straight to the stdout fd: libtest captures only print!/eprint! of a passing test.
+    report_skip(in_ci(), &test_name(), why, &mut std::io::stdout());
+}
+
+fn report_skip(ci: bool, test: &str, why: &str, out: &mut dyn std::io::Write) {
+    if ci {
+        panic!("{test} cannot run: {why} (CI=true: a test that cannot run fails)");
+    }
+    let _ = out.write_all(format!("SKIP: {test}: {why}\n").as_bytes());
+    let _ = out.flush();
+}
+
+/// True if `program arg` runs and exits 0 (e.g. `("runc", "--version")`).
+pub fn have_tool(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// True if every `(program, arg)` runs (see [`have_tool`]); otherwise [`skip`]s the running
+/// test (which fails it in CI), naming the missing ones, and returns false.
+pub fn require_tools(tools: &[(&str, &str)]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(p, a)| !have_tool(p, a))
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    skip(&format!(
+        "{} not installed (integration/setup.sh installs {})",
+        missing.join(", "),
+        if missing.len() == 1 { "it" } else { "them" }
+    ));
+    false
+}
+
 /// Lines of a text file.
 pub fn lines(p: &Path) -> Vec<String> {
     std::fs::read_to_string(p)
@@ -328,4 +390,27 @@ pub fn dumped_sleep(name: &str, extra: &[&str]) -> (PathBuf, i32) {
     dump(pid, &img, extra);
     kill(pid);
     (img, pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_test_that_cannot_run_says_skip_or_fails_in_ci() {
+        assert!(have_tool("true", "x"));
+        assert!(!have_tool("cryo-no-such-tool", "--version"));
+        let mut out = Vec::new();
+        report_skip(false, "runc_ok", "runc not installed", &mut out);
+        assert_eq!(out, b"SKIP: runc_ok: runc not installed\n");
+        let r = std::panic::catch_unwind(|| {
+            report_skip(true, "runc_ok", "runc not installed", &mut Vec::new())
+        });
+        let msg = r.expect_err("in CI a test that cannot run fails");
+        let msg = msg.downcast_ref::<String>().unwrap();
+        assert!(
+            msg.contains("runc_ok cannot run: runc not installed"),
+            "{msg}"
+        );
+    }
 }

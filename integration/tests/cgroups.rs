@@ -530,10 +530,98 @@ fn unmounted_named_hierarchy_is_reached_privately() {
     let ok = member(pid);
     let leftover = mounted();
     kill(pid);
-    // Clean up: mount it again to remove the cgroup; the hierarchy then goes away.
+    // Clean up: mount it again to remove the cgroup; the hierarchy then goes away. The
+    // killed process may take a moment to leave the cgroup.
     mount(true);
-    let _ = std::fs::remove_dir(&cg);
+    for _ in 0..200 {
+        if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     mount(false);
     assert!(ok, "the restored process is back in {line}");
     assert!(!leftover, "cryo left the named hierarchy mounted");
+}
+
+/// CRIU's cgroup properties (zdtm cgroup03/cgroup04): a process in a v1 memory cgroup with a
+/// memory limit, and in a devices cgroup with a whitelist, whose `notify_on_release` and
+/// `cgroup.procs` files and directory were handed to another user (mode 0777, owner
+/// 1000:1000). After a dump the cgroups are removed; the restore (`--manage-cgroups`, soft)
+/// makes them again with the limit, the whitelist, the files' mode and owner.
+#[test]
+fn cgroup_properties_and_file_owners_are_restored() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = scratch("cgprops");
+    let n = format!("cryo-props-{}", std::process::id());
+    let mut cg = Cgroups(Vec::new());
+    let mem = cg.make(&format!("{V1}/memory/{n}"));
+    let dev = cg.make(&format!("{V1}/devices/{n}"));
+    std::fs::write(mem.join("memory.limit_in_bytes"), "268435456").unwrap();
+    for f in ["", "notify_on_release", "cgroup.procs"] {
+        let p = mem.join(f);
+        std::os::unix::fs::chown(&p, Some(1000), Some(1000)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::write(dev.join("devices.deny"), "a").unwrap();
+    let allow = ["c 1:3 rwm", "c 1:5 rwm", "c 1:8 rwm", "c 1:9 rwm"];
+    for a in allow {
+        std::fs::write(dev.join("devices.allow"), a).unwrap();
+    }
+    let list = std::fs::read_to_string(dev.join("devices.list")).unwrap();
+    let out = dir.join("out");
+    let script = format!(
+        "echo $$ > {m}/cgroup.procs; echo $$ > {d}/cgroup.procs; echo r > {o}; exec sleep 1000",
+        m = mem.display(),
+        d = dev.display(),
+        o = out.display()
+    );
+    let pid = spawn(&["/bin/sh", "-c", &script], &dir.join("log"));
+    let _guard = KillOnDrop(pid);
+    wait_for("the process", 10, || {
+        lines(&out).len() == 1
+            && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
+    });
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_tree_gone(&img);
+    for d in [&mem, &dev] {
+        std::fs::remove_dir(d).unwrap();
+    }
+    let d = img.to_str().unwrap();
+    cryo_ok(
+        &[
+            "restore",
+            "-D",
+            d,
+            "-d",
+            "-v4",
+            "-o",
+            "restore.log",
+            "--manage-cgroups",
+        ],
+        &img,
+        "restore.log",
+    );
+    let member = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(member.contains(&format!(":memory:/{n}")), "{member}");
+    assert!(member.contains(&format!(":devices:/{n}")), "{member}");
+    assert_eq!(
+        std::fs::read_to_string(mem.join("memory.limit_in_bytes"))
+            .unwrap()
+            .trim(),
+        "268435456"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dev.join("devices.list")).unwrap(),
+        list
+    );
+    for f in ["", "notify_on_release", "cgroup.procs"] {
+        let m = std::fs::metadata(mem.join(f)).unwrap();
+        assert_eq!(
+            (m.mode() & 0o777, m.uid(), m.gid()),
+            (0o777, 1000, 1000),
+            "{n}/{f}"
+        );
+    }
 }

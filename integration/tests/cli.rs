@@ -104,7 +104,7 @@ fn zdtm_command_lines() {
         ("timens", true),
         ("aio_remap", false),
         ("tun", false),
-        ("network_lock_nftables", false),
+        ("network_lock_nftables", true),
     ] {
         let o = cryo(&[
             "check",

@@ -247,8 +247,8 @@ fn unix_sockets_keep_peers_names_and_queues() {
     );
 }
 
-/// A socket whose peer is outside the dumped tree, or a TCP socket, is refused before the
-/// process is touched, naming the fd.
+/// A socket whose peer is outside the dumped tree, or of a family cryo cannot restore, is
+/// refused before the process is touched, naming the fd.
 #[test]
 fn sockets_cryo_cannot_restore_are_refused() {
     let dir = scratch("extsk");
@@ -271,24 +271,42 @@ fn sockets_cryo_cannot_restore_are_refused() {
     );
     assert!(alive(pid));
 
-    let log2 = dir.join("tcp.log");
-    let pid2 = spawn(
-        &[
-            "python3",
-            "-c",
-            "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(); print(s.fileno(), flush=True); time.sleep(1000)",
-        ],
-        &log2,
-    );
-    let _g2 = KillOnDrop(pid2);
-    wait_for("python", 20, || !lines(&log2).is_empty());
-    let e = dump_fails(pid2, &dir.join("img2"), &[]);
-    assert!(
-        e.contains(&format!("fd {} (socket:[", lines(&log2)[0]))
-            && e.contains("IPv4 (AF_INET) socket is not supported"),
-        "{e}"
-    );
-    assert!(alive(pid2));
+    // Sockets of families cryo cannot restore (vsock, XDP): refused by family, with what to
+    // do.
+    for (fam, ty, what, hint) in [
+        (
+            40,
+            "socket.SOCK_STREAM",
+            "vsock socket is not supported",
+            "connect again after the restore",
+        ),
+        (
+            44,
+            "socket.SOCK_RAW",
+            "XDP socket is not supported",
+            "UMEM and rings",
+        ),
+    ] {
+        let log2 = dir.join(format!("fam{fam}.log"));
+        let pid2 = spawn(
+            &[
+                "python3",
+                "-c",
+                &format!("import socket,time; s=socket.socket({fam}, {ty}, 0); print(s.fileno(), flush=True); time.sleep(1000)"),
+            ],
+            &log2,
+        );
+        let _g2 = KillOnDrop(pid2);
+        wait_for("python", 20, || !lines(&log2).is_empty());
+        let e = dump_fails(pid2, &dir.join(format!("img{fam}")), &[]);
+        assert!(
+            e.contains(&format!("fd {} (socket:[", lines(&log2)[0]))
+                && e.contains(what)
+                && e.contains(hint),
+            "{e}"
+        );
+        assert!(alive(pid2));
+    }
 }
 
 /// One HTTP/1.0 GET over a unix socket; returns the whole response.

@@ -319,23 +319,9 @@ impl Drop for Podman {
 
 const IMAGE: &str = "localhost/cryo-busybox:test";
 
-fn podman_available() -> bool {
-    Command::new("podman")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-        && Command::new("runc")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-}
-
 macro_rules! need_podman {
     () => {
-        if !podman_available() {
-            eprintln!(
-                "podman or runc is not installed (integration/setup.sh installs them): skipped"
-            );
+        if !integration::require_tools(&[("podman", "--version"), ("runc", "--version")]) {
             return;
         }
     };
@@ -403,6 +389,7 @@ fn export_rm_import() {
             "{f} not in the export: {list}"
         );
     }
+    inspect_export(&tar, &before);
     p.ok(&["rm", "-f", "-t", "0", "c"]);
     // (Not `inspect c`: that also matches an image whose ID starts with "c".)
     assert_eq!(
@@ -413,6 +400,89 @@ fn export_rm_import() {
     let (_, t_rs) = p.timed(&["container", "restore", "--import", &tars]);
     p.check_restored("c", last, &before);
     eprintln!("podman checkpoint --export {t_ck:?}, restore --import {t_rs:?}");
+}
+
+/// `cryo inspect` of the export (zstd, read in place): the container's name, image and
+/// OCI spec from podman's files, the process tree with the shell's command line and
+/// environment from its saved memory, its namespaces, mounts and /dev/shm content, and a
+/// string of its command line found in its memory.
+fn inspect_export(archive: &Path, before: &ContainerState) {
+    let a = archive.to_str().unwrap();
+    let o = Command::new(cryo_bin())
+        .args(["inspect", "--json", a])
+        .output()
+        .unwrap();
+    let out = ok(&o, "cryo inspect --json");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["source"]["container"], "podman", "{}", v["source"]);
+    assert_eq!(v["source"]["compression"], "zstd");
+    assert!(v["summary"]["tool"].as_str().unwrap().starts_with("cryo "));
+    let c = &v["container"];
+    assert_eq!(
+        (c["name"].as_str(), c["image"].as_str()),
+        (Some("c"), Some(IMAGE))
+    );
+    assert_eq!(c["id"].as_str().map(str::len), Some(64), "{c}");
+    let script = "i=0; while :; do i=$((i+1)); echo $i >> /data/log; sleep 0.05; done";
+    assert_eq!(c["spec"]["args"], serde_json::json!(["sh", "-c", script]));
+    assert_eq!(c["spec"]["hostname"], before.hostname.as_str());
+    assert_eq!(c["network"], serde_json::Value::Null, "--network none");
+    let shm: Vec<&str> = c["dev_shm"]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n[0].as_str().unwrap())
+        .collect();
+    assert!(shm.contains(&"data"), "/dev/shm: {shm:?}");
+    let init = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == 1)
+        .expect("pid 1 in the container");
+    assert_eq!(init["argv"], serde_json::json!(["sh", "-c", script]));
+    assert!(init["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "container=podman"));
+    assert_eq!(init["seccomp"], "filter");
+    assert_eq!(init["exe"], "/bin/busybox");
+    let uts = v["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["kind"] == "uts")
+        .unwrap();
+    assert_eq!(uts["saved"], true);
+    assert_eq!(uts["details"]["hostname"], before.hostname.as_str());
+    assert!(v["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["mountpoint"] == "/data" && m["external"].is_string()));
+    let o = Command::new(cryo_bin())
+        .args(["inspect", "--json", "--search", "echo $i >> /data/log", a])
+        .output()
+        .unwrap();
+    let s: serde_json::Value = serde_json::from_str(&ok(&o, "cryo inspect --search")).unwrap();
+    assert!(
+        s["search"]["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["pid"] == 1),
+        "{s}"
+    );
+    let o = Command::new(cryo_bin())
+        .args(["inspect", a])
+        .output()
+        .unwrap();
+    let t = ok(&o, "cryo inspect");
+    assert!(
+        t.contains("podman checkpoint") && t.contains("name          c"),
+        "{t}"
+    );
 }
 
 /// The `criu_statistics` object of `--print-stats` output.
@@ -467,4 +537,107 @@ fn print_stats() {
     }
     p.check_restored("c", last, &before);
     eprintln!("checkpoint stats {d}\nrestore stats {r}");
+}
+
+/// `podman run` of busybox httpd on the default bridge network; returns the container's
+/// address.
+fn start_web(p: &Podman, name: &str) -> String {
+    let n = nofile_hard();
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--ulimit",
+        &format!("nofile={n}:{n}"),
+        "--ulimit",
+        "nproc=32768:32768",
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello from the container > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    let ip = p.ok(&[
+        "container",
+        "inspect",
+        "--format",
+        "{{.NetworkSettings.IPAddress}}",
+        name,
+    ]);
+    assert!(!ip.is_empty(), "no address on the bridge network");
+    wait_for("httpd", 10, || {
+        std::net::TcpStream::connect((ip.as_str(), 80)).is_ok()
+    });
+    ip
+}
+
+/// A client of the container half-way through its request (the server's child waits for
+/// the end of the headers).
+fn half_request(ip: &str) -> std::net::TcpStream {
+    let mut c = std::net::TcpStream::connect((ip, 80)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::io::Write::write_all(&mut c, b"GET /index.html HTTP/1.0\r\nHost: x\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    c
+}
+
+/// The client ends its request and reads the whole answer.
+fn finish_request(mut c: std::net::TcpStream) -> String {
+    std::io::Write::write_all(&mut c, b"\r\n").unwrap();
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut c, &mut s).unwrap();
+    s
+}
+
+/// A container serving HTTP on podman's default (bridge) network, with a client's
+/// connection open half-way through a request: `podman container checkpoint
+/// --tcp-established`, then `restore --tcp-established` in place, and again through
+/// `--export` / `rm` / `restore --import`: each time the client finishes its request on the
+/// same connection and gets the page.
+#[test]
+fn tcp_established_on_the_bridge_network() {
+    need_podman!();
+    let _g = serial();
+    let p = Podman::new("tcpest");
+    p.import_busybox();
+    let ip = start_web(&p, "web");
+    let c = half_request(&ip);
+    p.ok(&[
+        "container",
+        "checkpoint",
+        "--tcp-established",
+        "--keep",
+        "web",
+    ]);
+    assert_ne!(p.status("web"), "running");
+    p.ok(&["container", "restore", "--tcp-established", "--keep", "web"]);
+    assert_eq!(p.status("web"), "running");
+    let r = finish_request(c);
+    assert!(
+        r.starts_with("HTTP/1.") && r.contains("hello from the container"),
+        "{r}"
+    );
+
+    let c = half_request(&ip);
+    let tar = p.dir.join("web.tar.zst");
+    let tars = tar.display().to_string();
+    p.ok(&[
+        "container",
+        "checkpoint",
+        "--tcp-established",
+        "--export",
+        &tars,
+        "web",
+    ]);
+    p.ok(&["rm", "-f", "-t", "0", "web"]);
+    p.ok(&[
+        "container",
+        "restore",
+        "--tcp-established",
+        "--import",
+        &tars,
+    ]);
+    assert_eq!(p.status("web"), "running");
+    let r = finish_request(c);
+    assert!(r.contains("hello from the container"), "{r}");
 }

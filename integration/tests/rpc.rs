@@ -151,7 +151,8 @@ fn version_features_check_and_refusals() {
     };
     let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(opts)), None);
     assert!(!ok && !r.success);
-    assert!(r.cr_errmsg.unwrap().contains("lazy_pages"));
+    let msg = r.cr_errmsg.unwrap();
+    assert!(msg.contains("lazy_pages"), "{msg}");
 }
 
 /// runc passes `config_file` (`/etc/criu/runc.conf`, or the container's `org.criu.config`
@@ -179,7 +180,7 @@ fn config_file_overrides_rpc_options() {
         pid: Some(pid),
         log_level: Some(4),
         log_file: Some("dump.log".into()),
-        // runc's own: checked, not refused.
+        // runc sets it for a container with connections: none here.
         tcp_established: Some(true),
         config_file: Some(conf.to_string_lossy().into()),
         ..Default::default()

@@ -33,13 +33,6 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-fn runc_available() -> bool {
-    Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn runc(args: &[&str]) -> Output {
     Command::new("runc")
         .args(args)
@@ -314,8 +307,7 @@ impl Container {
 
 macro_rules! need_runc {
     () => {
-        if !runc_available() {
-            eprintln!("runc is not installed (integration/setup.sh installs it): skipped");
+        if !integration::require_tools(&[("runc", "--version")]) {
             return;
         }
     };
@@ -564,7 +556,7 @@ fn external_network_namespace() {
     let name = format!("cryo-rt-{}", std::process::id());
     let st = Command::new("ip").args(["netns", "add", &name]).status();
     if !st.is_ok_and(|s| s.success()) {
-        eprintln!("ip netns add failed: skipped");
+        integration::skip("ip netns add failed");
         return;
     }
     let ns = NetNs(name);
@@ -586,6 +578,185 @@ fn external_network_namespace() {
         want,
         "the restored container is in the configured network namespace"
     );
+    c.exec_ok(&["true"]);
+    drop(c);
+}
+
+/// A container whose configured network namespace holds a veth (its peer in a "host"
+/// namespace the test makes), an address and a route. runc saves that namespace as external;
+/// while the checkpoint holds the container frozen its network is locked (pings from the host
+/// go unanswered; cryo paused there with `CRYO_FAULT_PAUSE`), and nothing of the lock is left
+/// after the checkpoint or after the restore, which brings the container back into the
+/// namespace with its veth, address and route, answering again.
+#[test]
+fn network_namespace_with_a_veth() {
+    need_runc!();
+    let _g = serial();
+    let me = std::process::id();
+    let (cname, hname) = (format!("cryo-rv-{me}"), format!("cryo-rvh-{me}"));
+    for n in [&cname, &hname] {
+        if !Command::new("ip")
+            .args(["netns", "add", n])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            eprintln!("ip netns add failed: skipped");
+            return;
+        }
+    }
+    let (_ns, _host) = (NetNs(cname.clone()), NetNs(hname.clone()));
+    let has = |t: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has("nft") || !has("ping") {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "nft and ping are needed (integration/setup.sh)"
+        );
+        eprintln!("SKIP: nft or ping missing");
+        return;
+    }
+    let ip = |args: &[&str]| {
+        let o = Command::new("ip").args(args).output().unwrap();
+        ok(&o, &format!("ip {}", args.join(" ")));
+    };
+    ip(&[
+        "link", "add", "v0", "netns", &cname, "type", "veth", "peer", "name", "vh0", "netns",
+        &hname,
+    ]);
+    ip(&["-n", &cname, "link", "set", "lo", "up"]);
+    ip(&["-n", &cname, "link", "set", "v0", "up"]);
+    ip(&["-n", &cname, "addr", "add", "10.206.0.2/24", "dev", "v0"]);
+    ip(&[
+        "-n",
+        &cname,
+        "route",
+        "add",
+        "10.207.0.0/16",
+        "via",
+        "10.206.0.1",
+    ]);
+    ip(&["-n", &hname, "link", "set", "vh0", "up"]);
+    ip(&["-n", &hname, "addr", "add", "10.206.0.1/24", "dev", "vh0"]);
+    let ping = || {
+        Command::new("ip")
+            .args(["netns", "exec", &hname, "ping", "-c1", "-W1", "10.206.0.2"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let tables = || {
+        String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["netns", "exec", &cname, "nft", "list", "tables"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned()
+    };
+    let path = PathBuf::from(format!("/run/netns/{cname}"));
+    let mut c = Container::with("veth", "netns", Some(&path));
+    c.start(None, &[]);
+    c.wait_output(0, 2);
+    assert!(ping(), "the container's namespace answers");
+    // Checkpoint, paused once the network is locked.
+    let img = c.dir.join("img-0");
+    let cryo = cryo_bin().display().to_string();
+    let child = Command::new("runc")
+        .args([
+            "--criu",
+            &cryo,
+            "checkpoint",
+            "--image-path",
+            img.to_str().unwrap(),
+            &c.id,
+        ])
+        .env("CRYO_FAULT_PAUSE", "netlock:3")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the lock", 10, || tables().contains("cryo-"));
+    assert!(
+        !ping(),
+        "a ping was answered while the container was locked"
+    );
+    let o = child.wait_with_output().unwrap();
+    ok(&o, "runc checkpoint");
+    c.gone();
+    assert!(
+        !tables().contains("cryo-"),
+        "lock left after the checkpoint: {}",
+        tables()
+    );
+    let dump_log = std::fs::read_to_string(img.join("dump.log")).unwrap_or_default();
+    assert!(
+        dump_log.contains("network locked") && dump_log.contains("network unlocked"),
+        "{dump_log}"
+    );
+    let before = c.last_output(0);
+    c.start(Some(&img), &[]);
+    c.wait_output(1, before);
+    assert!(
+        !tables().contains("cryo-"),
+        "lock left after the restore: {}",
+        tables()
+    );
+    let route = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["-n", &cname, "route"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(route.contains("10.207.0.0/16 via 10.206.0.1"), "{route}");
+    assert!(ping(), "the restored container's namespace answers");
+    c.exec_ok(&["true"]);
+    drop(c);
+}
+
+/// `runc checkpoint --tcp-established` / `runc restore --tcp-established`: a container
+/// serving TCP (busybox `nc -ll -e cat` in a network namespace of the test's, joined by a
+/// veth to the client's) keeps a client's connection: a line sent after the restore on the
+/// same connection comes back.
+#[test]
+fn tcp_established_connection_survives() {
+    need_runc!();
+    if !integration::netns::need(&["ip", "nft"]) {
+        return;
+    }
+    let _g = serial();
+    let net = integration::netns::Net::new("rtcp", 96);
+    let path = integration::netns::Net::path(&net.a);
+    let mut c = Container::with("tcp", "tcp", Some(Path::new(&path)));
+    c.start(None, &[]);
+    let addr: std::net::SocketAddr = format!("{}:7000", net.v4(1)).parse().unwrap();
+    let mut conn = None;
+    wait_for("the echo server", 10, || {
+        let b = integration::netns::Net::path(&net.b);
+        let f = std::fs::File::open(&b).unwrap();
+        drop(f);
+        std::panic::catch_unwind(|| integration::netns::connect_in(&b, addr))
+            .map(|s| conn = Some(s))
+            .is_ok()
+    });
+    let mut conn = conn.unwrap();
+    let echo = |conn: &mut std::net::TcpStream, line: &str| {
+        std::io::Write::write_all(conn, line.as_bytes()).unwrap();
+        let mut got = vec![0u8; line.len()];
+        std::io::Read::read_exact(conn, &mut got).unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), line);
+    };
+    echo(&mut conn, "before the checkpoint\n");
+    let img = c.checkpoint(0, &["--tcp-established"]);
+    c.gone();
+    c.start(Some(&img), &["--tcp-established"]);
+    echo(&mut conn, "after the restore\n");
     c.exec_ok(&["true"]);
     drop(c);
 }

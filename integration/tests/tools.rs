@@ -109,6 +109,41 @@ fn cryo_show_decodes_criu_42_images() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown image magic"));
 }
 
+/// CRIU's images of a TCP server with a live connection (integration/fixtures/criu-4.2-tcp-netns):
+/// its `inetsk` records and its tcp-stream image, whose receive-queue bytes follow the entry.
+#[test]
+fn cryo_show_decodes_criu_42_tcp_images() {
+    let dir = root().join("integration/fixtures/criu-4.2-tcp-netns");
+    for f in image_files(&dir) {
+        let o = cryo(&["show", f.to_str().unwrap()]);
+        assert!(o.status.success(), "cryo show {}", f.display());
+    }
+    let files: serde_json::Value =
+        serde_json::from_slice(&cryo(&["show", dir.join("files.img").to_str().unwrap()]).stdout)
+            .unwrap();
+    let isk: Vec<&serde_json::Value> = files["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("isk"))
+        .collect();
+    // A listener (state 10) and the accepted connection (state 1), both on port 7700.
+    let mut states: Vec<u64> = isk.iter().map(|i| i["state"].as_u64().unwrap()).collect();
+    states.sort();
+    assert_eq!(states, [1, 10], "{isk:?}");
+    assert!(isk.iter().all(|i| i["src_port"] == 7700));
+    let conn = isk.iter().find(|i| i["state"] == 1).unwrap();
+    let ino = conn["ino"].as_u64().unwrap();
+    let ts = dir.join(format!("tcp-stream-{ino:x}.img"));
+    let v: serde_json::Value =
+        serde_json::from_slice(&cryo(&["show", ts.to_str().unwrap()]).stdout).unwrap();
+    let e = v["entries"].as_array().unwrap();
+    assert_eq!(e.len(), 1, "the queue bytes are not an entry: {v}");
+    assert_eq!(e[0]["inq_len"], 35);
+    assert_eq!(e[0]["outq_len"], 0);
+    assert_eq!(e[0]["opt_mask"], 7);
+}
+
 #[test]
 fn check_answers_like_criu() {
     let o = cryo(&["check"]);

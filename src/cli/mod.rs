@@ -38,6 +38,12 @@ use getopt::{Event, Resolved};
 ///
 ///   cryo show /tmp/ckpt/core-1234.img                # look inside an image
 ///
+///   cryo inspect /tmp/ckpt                           # processes, files, memory...
+///
+///   cryo inspect --search 'secret' ckpt.tar.zst      # in the saved memory
+///
+///   cryo diff /tmp/ckpt1 /tmp/ckpt2                  # what changed in between
+///
 ///   cryo check                                       # can this kernel do it?
 #[derive(Debug, Parser)]
 #[command(
@@ -92,7 +98,170 @@ pub enum Cmd {
     Cpuinfo(CpuinfoArgs),
     /// CRIU's removed `exec` command.
     Exec(Opts),
+    /// Show what a checkpoint holds: processes, files, sockets, mounts, memory, container.
+    ///
+    /// Reads an images directory (cryo's or CRIU's), a podman checkpoint (`podman container
+    /// checkpoint --export` archive, plain, gzip or zstd, or its checkpoint directory) or a
+    /// containerd checkpoint (`ctr images export --skip-manifest-json` archive, or an OCI
+    /// layout directory), in place. The summary comes first, then the process tree (command
+    /// lines and environments read from the saved memory), fds, pipes, ttys, sockets, mounts,
+    /// namespaces, cgroups, memory and the container runtime's side (OCI spec, rootfs diff,
+    /// network). Section flags (--ps, --fds, ...) combine, and without any every section is
+    /// shown; --json prints the same as one JSON document
+    /// (docs/inspect.md). What cannot be read is listed under NOT READ, never guessed.
+    Inspect(InspectArgs),
+    /// Compare two checkpoints of the same process tree: processes added or gone, fds
+    /// changed, saved memory pages changed per VMA.
+    Diff(DiffArgs),
+    /// Print a shell completion script for cryo.
+    ///
+    /// bash: `cryo completions bash > /etc/bash_completion.d/cryo`; zsh: into a directory of
+    /// $fpath as `_cryo`; fish: `~/.config/fish/completions/cryo.fish`.
+    Completions(CompletionsArgs),
+    /// Print cryo's man page (roff), or write one page per command into a directory.
+    ///
+    /// `cryo man | man -l -` reads it; `cryo man --dir /usr/local/share/man/man1` installs
+    /// cryo.1 and cryo-COMMAND.1 for every command.
+    Man(ManArgs),
 }
+
+/// `cryo inspect`.
+#[derive(Debug, Args, Clone)]
+pub struct InspectArgs {
+    /// An images directory, a podman checkpoint (archive or directory) or a containerd
+    /// checkpoint (exported OCI archive or layout directory).
+    #[arg(value_name = "DIR|ARCHIVE")]
+    pub path: PathBuf,
+    /// Print one JSON document (its shape is documented in docs/inspect.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Show the process tree: PIDs, states, threads, command lines, environments.
+    #[arg(long)]
+    pub ps: bool,
+    /// Show the open files of each process, pipes and ttys.
+    #[arg(long)]
+    pub fds: bool,
+    /// Show sockets: family, state, addresses, queued bytes, holders.
+    #[arg(long)]
+    pub sockets: bool,
+    /// Show mounts, namespaces and cgroups.
+    #[arg(long)]
+    pub mounts: bool,
+    /// Show memory: each process's VMAs and the pages saved in them.
+    #[arg(long)]
+    pub mem: bool,
+    /// Show the container runtime's side (podman, containerd): name, image, OCI spec,
+    /// rootfs diff, network.
+    #[arg(long)]
+    pub container: bool,
+    /// Only this process (and what it holds).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Find STRING in the saved memory of every process: process, address, mapping and
+    /// the bytes around it.
+    #[arg(
+        long,
+        value_name = "STRING",
+        conflicts_with = "search_regex",
+        allow_hyphen_values = true
+    )]
+    pub search: Option<String>,
+    /// Like --search, with a regular expression (Rust regex syntax, over bytes).
+    #[arg(
+        long = "search-regex",
+        value_name = "REGEX",
+        allow_hyphen_values = true
+    )]
+    pub search_regex: Option<String>,
+    /// Bytes of context shown on each side of a match.
+    #[arg(long, value_name = "N", default_value_t = 24)]
+    pub context: usize,
+    /// Stop after this many matches.
+    #[arg(long = "max-hits", value_name = "N", default_value_t = 1000)]
+    pub max_hits: usize,
+    /// Write LEN bytes of process PID's saved memory from address ADDR (hex with 0x, or
+    /// decimal; LEN may end in K or M) to --output or stdout. Pages not in the checkpoint
+    /// come out as zeros and are listed on stderr with the reason.
+    #[arg(long = "dump-mem", num_args = 3, value_names = ["PID", "ADDR", "LEN"])]
+    pub dump_mem: Option<Vec<String>>,
+    /// With --dump-mem: the file to write.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+impl InspectArgs {
+    /// The sections asked for: all unless a section flag (or a search) narrows them.
+    pub fn sections(&self) -> crate::inspect::Sections {
+        let any = self.ps || self.fds || self.sockets || self.mounts || self.mem || self.container;
+        if !any {
+            if self.search.is_some() || self.search_regex.is_some() {
+                return crate::inspect::Sections::NONE;
+            }
+            return crate::inspect::Sections::ALL;
+        }
+        crate::inspect::Sections {
+            ps: self.ps,
+            fds: self.fds,
+            sockets: self.sockets,
+            mounts: self.mounts,
+            mem: self.mem,
+            container: self.container,
+        }
+    }
+
+    /// `--dump-mem PID ADDR LEN` parsed.
+    pub fn dump_mem(&self) -> Result<Option<(u32, u64, u64)>, String> {
+        let Some(v) = &self.dump_mem else {
+            return Ok(None);
+        };
+        let pid = v[0]
+            .parse()
+            .map_err(|_| format!("--dump-mem: '{}' is not a PID", v[0]))?;
+        let num = |s: &str| -> Option<u64> {
+            match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                Some(h) => u64::from_str_radix(h, 16).ok(),
+                None => parse_size(s).ok(),
+            }
+        };
+        let addr = num(&v[1]).ok_or_else(|| format!("--dump-mem: '{}' is not an address", v[1]))?;
+        let len = num(&v[2]).ok_or_else(|| format!("--dump-mem: '{}' is not a length", v[2]))?;
+        Ok(Some((pid, addr, len)))
+    }
+}
+
+/// `cryo diff`.
+#[derive(Debug, Args, Clone)]
+pub struct DiffArgs {
+    /// The earlier checkpoint (directory or archive).
+    #[arg(value_name = "A")]
+    pub a: PathBuf,
+    /// The later checkpoint.
+    #[arg(value_name = "B")]
+    pub b: PathBuf,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cryo completions`.
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// `cryo man`.
+#[derive(Debug, Args, Clone)]
+pub struct ManArgs {
+    /// Write cryo.1 and cryo-COMMAND.1 for every command into DIR instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// Commands of cryo's own (not CRIU's): their arguments go to clap as they are, without
+/// CRIU's grammar or configuration files (a search pattern such as `-v` stays a pattern).
+const OWN_COMMANDS: &[&str] = &["inspect", "diff", "completions", "man"];
 
 /// `cryo swrk FD`.
 #[derive(Debug, Args, Clone)]
@@ -172,7 +341,9 @@ pub struct Opts {
     /// restore: accepted; cryo has one mount engine (CRIU's mount-v2 behaviour).
     #[arg(long = "mntns-compat-mode")]
     pub mntns_compat_mode: bool,
-    /// dump: TCP in-flight connections are not saved (cryo refuses every TCP socket yet).
+    /// How the tree's network is locked from the freeze until the restored tree runs
+    /// (packets dropped, never answered with a reset): nftables (the default: a table
+    /// `inet cryo-PID`), iptables (a chain `cryo-PID`), or skip (also `none`).
     #[arg(long = "network-lock", value_name = "METHOD")]
     pub network_lock: Option<String>,
     /// Accepted: a uprobes area is an ordinary special mapping to cryo.
@@ -183,21 +354,26 @@ pub struct Opts {
     /// External resources. Mounts: at dump `mnt[MOUNTPOINT]:KEY` saves the mount at
     /// MOUNTPOINT (as the tree sees it) as external, without contents; at restore
     /// `mnt[KEY]:HOSTPATH` bind-mounts HOSTPATH there again; `mnt[]` (dump) saves every
-    /// bind mount from outside the tree as external. `net[INODE]:KEY`: a network namespace.
-    /// `tty[RDEV:DEV]`: a terminal outside the tree (its fds come back through
-    /// --inherit-fd). Other strings are kept, as CRIU keeps them, for whoever looks them up.
+    /// bind mount from outside the tree as external. Network: at dump `net[INODE]:KEY` saves
+    /// a network namespace as external; at restore `veth[IN]:OUT[@BRIDGE]` makes the peer of
+    /// veth IN in cryo's network namespace as OUT (added to BRIDGE), `macvlan[IN]:HOSTLINK`
+    /// makes macvlan IN on HOSTLINK. `tty[RDEV:DEV]`: a terminal outside the tree (its fds
+    /// come back through --inherit-fd). Other strings are kept, as CRIU keeps them, for
+    /// whoever looks them up.
     #[arg(long = "external", value_name = "RES")]
     pub external: Vec<String>,
 
     // --- Special resources.
-    /// Allow established TCP connections (cryo refuses TCP sockets yet: each is named).
+    /// dump: save established TCP connections (TCP repair mode; the peer does not notice:
+    /// they are locked until the restore); restore: restore them. Without it, a connection
+    /// makes the dump refuse, naming it.
     #[arg(long = "tcp-established")]
     pub tcp_established: bool,
-    /// Skip in-flight TCP connections (cryo refuses every TCP socket yet, so none is
-    /// in flight in a tree it dumps).
+    /// dump: drop the connections waiting in a listener's accept queue (their clients see
+    /// a reset) instead of refusing.
     #[arg(long = "skip-in-flight")]
     pub skip_in_flight: bool,
-    /// Restore TCP connections closed (cryo refuses TCP sockets yet).
+    /// dump: do not save established TCP connections; restore: make them closed sockets.
     #[arg(long = "tcp-close")]
     pub tcp_close: bool,
     /// restore: the directory holding the root file system of a tree that had a mount
@@ -209,15 +385,18 @@ pub struct Opts {
     /// by their path).
     #[arg(long = "evasive-devices")]
     pub evasive_devices: bool,
-    /// Allow linking unlinked files back (cryo saves deleted files as ghosts within
-    /// --ghost-limit).
+    /// dump: a file whose name was removed while open but which has other names (hard
+    /// links) gets a temporary name beside the old one (`link_remap.N`), through which the
+    /// restore reopens the same file, then removes it. Without it such a file is refused.
     #[arg(long = "link-remap")]
     pub link_remap: bool,
     /// dump: largest deleted-but-open file whose content is saved in the images (a "ghost
     /// file"), in bytes, or with a K, M or G suffix. Larger ones make the dump refuse.
     #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = parse_size, default_value = "1M")]
     pub ghost_limit: u64,
-    /// Accepted: cryo reads sparse ghost files with SEEK_DATA/SEEK_HOLE.
+    /// Accepted for compatibility: CRIU finds the data of a sparse ghost file with FIEMAP
+    /// (`--ghost-fiemap`) or SEEK_DATA/SEEK_HOLE (`--no-ghost-fiemap`); cryo always uses
+    /// SEEK_DATA/SEEK_HOLE, which finds the same data, and keeps the holes either way.
     #[arg(long = "ghost-fiemap")]
     pub ghost_fiemap: bool,
     /// Run FILE at every notification point (pre-dump, post-dump, pre-restore,
@@ -240,7 +419,8 @@ pub struct Opts {
     /// dump: seize timeout in seconds (accepted; seizing is immediate).
     #[arg(long = "timeout", value_name = "N")]
     pub timeout: Option<u32>,
-    /// Accepted: cryo always resolves inotify watches to paths at dump (file handles).
+    /// Accepted for compatibility: CRIU's inode-to-path map for notify watches. cryo finds
+    /// watched files through their file handles (`open_by_handle_at`) whatever is given.
     #[arg(long = "force-irmap")]
     pub force_irmap: bool,
     /// Accepted: a hint for the inotify path search cryo does not need.
@@ -286,6 +466,11 @@ pub struct Opts {
     /// then gives the tree a new, empty one.
     #[arg(long = "empty-ns", value_name = "NS")]
     pub empty_ns: Vec<String>,
+    /// restore: the peer of veth IN (inside the tree's network namespace) is made in cryo's
+    /// network namespace as OUT, added to BRIDGE if given. Same as --external
+    /// 'veth[IN]:OUT[@BRIDGE]'.
+    #[arg(long = "veth-pair", value_name = "IN=OUT[@BRIDGE]")]
+    pub veth_pair: Vec<String>,
     /// restore: join an existing namespace instead of creating one: `net:PATH` or `net:PID`
     /// (e.g. /run/netns/NAME).
     #[arg(short = 'J', long = "join-ns", value_name = "NS:PATH")]
@@ -297,8 +482,9 @@ pub struct Opts {
     /// restore: accepted; cryo does not check file permissions against the images.
     #[arg(long = "skip-file-rwx-check")]
     pub skip_file_rwx_check: bool,
-    /// Allow unix sockets whose peer is outside the tree (cryo refuses each such socket,
-    /// naming it). `=INODE` names one.
+    /// dump: accept a unix socket whose peer is outside the tree when that peer is a named
+    /// datagram socket (e.g. /dev/log); restore connects it to that name again. CRIU's
+    /// optional `=INODE` is accepted too.
     #[arg(short = 'x', long = "ext-unix-sk", value_name = "INODE", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     pub ext_unix_sk: Vec<String>,
     /// Close this fd before anything else.
@@ -448,6 +634,9 @@ pub enum External {
     Net(u64, String),
     /// `tty[RDEV:DEV]`.
     Tty(String),
+    /// `veth[IN]:OUT[@BRIDGE]` or `macvlan[IN]:HOSTLINK`: a link with a side outside the
+    /// tree (`kinds::netns::LinkOpts`).
+    Link,
     /// A kind cryo does not handle yet, with the reason.
     Refused(&'static str),
     /// Anything else: kept, as CRIU keeps it, and looked up by nobody (LXC passes
@@ -482,19 +671,55 @@ impl External {
                 _ => return Err(format!("--external {s}: expected net[INODE]:KEY")),
             },
             "tty" => External::Tty(id.to_string()),
-            "dev" => External::Refused("external block device mounts (dev[..]) are not implemented yet"),
+            "dev" => {
+                External::Refused("external block device mounts (dev[..]) are not implemented yet")
+            }
             "file" => External::Refused("external files (file[..]) are not implemented yet"),
             "unix" => External::Refused("external unix sockets (unix[..]) are not implemented yet"),
-            "pid" => External::Refused("restoring into an existing PID namespace (pid[..]) is not implemented yet"),
-            "veth" | "macvlan" | "netdev" => External::Refused(
-                "network devices other than the loopback (veth, macvlan, netdev) are not implemented yet",
+            "pid" => External::Refused(
+                "restoring into an existing PID namespace (pid[..]) is not implemented yet",
             ),
+            "veth" | "macvlan" => {
+                crate::kinds::netns::LinkOpts::default().add_external(s)?;
+                External::Link
+            }
             _ => External::Other,
         })
     }
 }
 
 impl Opts {
+    /// The socket options (`--tcp-established`, `--tcp-close`, `--skip-in-flight`,
+    /// `--ext-unix-sk`).
+    pub fn sock_opts(&self) -> crate::kinds::files::SockOpts {
+        crate::kinds::files::SockOpts {
+            tcp_established: self.tcp_established,
+            tcp_close: self.tcp_close,
+            skip_in_flight: self.skip_in_flight,
+            ext_unix_sk: !self.ext_unix_sk.is_empty(),
+        }
+    }
+
+    /// `--network-lock` (nftables when not given).
+    pub fn network_lock(&self) -> Result<crate::netlock::Method, String> {
+        self.network_lock.as_deref().map_or(
+            Ok(crate::netlock::Method::default()),
+            crate::netlock::Method::parse,
+        )
+    }
+
+    /// Links with a side outside the tree: `--external veth[..]`/`macvlan[..]`, `--veth-pair`.
+    pub fn links(&self) -> Result<crate::kinds::netns::LinkOpts, String> {
+        let mut l = crate::kinds::netns::LinkOpts::default();
+        for e in &self.external {
+            l.add_external(e)?;
+        }
+        for v in &self.veth_pair {
+            l.add_veth_pair(v)?;
+        }
+        Ok(l)
+    }
+
     /// The `--manage-cgroups` mode (soft when not given, as in CRIU).
     pub fn cgroup_mode(&self) -> Result<crate::kinds::cgroup::Mode, String> {
         crate::kinds::cgroup::Mode::parse(self.manage_cgroups.as_deref())
@@ -692,11 +917,12 @@ impl Opts {
                 return Err("Unable to parse a value of --status-fd".into());
             }
         }
-        for v in &self.unsupported.veth_pair {
+        for v in &self.veth_pair {
             if !v.contains('=') {
                 return Err(format!("invalid argument for --veth-pair: {v}"));
             }
         }
+        self.links()?;
         self.cgroup_mode()?;
         crate::kinds::cgroup::CgOpts::parse_roots(&self.cgroup_root)?;
         self.mounts()?;
@@ -807,7 +1033,6 @@ unsupported_opts! {
     cgroup_props_file: Option<String> = "cgroup-props-file", "cryo saves a fixed set of cgroup properties";
     cgroup_dump_controller: Vec<String> = "cgroup-dump-controller", "cryo saves every hierarchy the tree is in";
     cgroup_yard: Option<String> = "cgroup-yard", "cryo uses the hierarchies mounted in its own mount namespace";
-    veth_pair: Vec<String> = "veth-pair", "network devices other than the loopback are not implemented yet";
     unprivileged: bool = "unprivileged", "cryo needs root (unprivileged mode is not implemented yet)";
 }
 
@@ -889,6 +1114,13 @@ pub fn config_events(argv: &[String]) -> Result<(Vec<Event>, Vec<PathBuf>), CliE
 /// Reads the configuration files and `argv` (program name first) as CRIU does.
 pub fn parse(argv: &[String]) -> Result<Invocation, CliError> {
     let args = argv.get(1..).unwrap_or(&[]);
+    if let Some(own) = args
+        .iter()
+        .find(|a| !a.starts_with('-'))
+        .filter(|c| OWN_COMMANDS.contains(&c.as_str()))
+    {
+        return parse_own(argv, own);
+    }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         let cmd = getopt::tokenize(args)
             .ok()
@@ -913,7 +1145,8 @@ pub fn parse(argv: &[String]) -> Result<Invocation, CliError> {
     let mut operands = cmdline.operands.into_iter();
     let Some(command) = operands.next() else {
         return Err(CliError::Usage(
-            "command is required (dump, restore, check, ...; see cryo --help)".into(),
+            "command is required (dump, restore, show, inspect, diff, check, ...; see cryo --help)"
+                .into(),
         ));
     };
     if !COMMANDS.contains(&command.as_str()) {
@@ -966,6 +1199,28 @@ pub fn parse(argv: &[String]) -> Result<Invocation, CliError> {
         cli,
         command,
         config_files,
+    })))
+}
+
+/// A command of cryo's own (`OWN_COMMANDS`), parsed by clap alone.
+fn parse_own(argv: &[String], command: &str) -> Result<Invocation, CliError> {
+    use clap::error::ErrorKind;
+    let matches = match Cli::command().try_get_matches_from(argv) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::DisplayHelp => {
+            return Ok(Invocation::Help(Some(command.to_string())))
+        }
+        Err(e) => return Err(CliError::Clap(e.render().to_string().trim().to_string())),
+    };
+    let cli = Cli::from_arg_matches(&matches)
+        .map_err(|e| CliError::Clap(e.render().to_string().trim().to_string()))?;
+    if cli.version {
+        return Ok(Invocation::Version);
+    }
+    Ok(Invocation::Run(Box::new(Run {
+        cli,
+        command: command.to_string(),
+        config_files: Vec::new(),
     })))
 }
 
@@ -1252,7 +1507,8 @@ mod tests {
         assert!(err(&["dump", "-t", "1", "--page-server"]).contains("--page-server"));
         assert!(err(&["restore", "--lazy-pages"]).contains("--lazy-pages"));
         assert!(err(&["dump", "-t", "1", "-s"]).contains("--leave-stopped"));
-        assert!(err(&["restore", "--external", "veth[eth0]:v0"]).contains("veth"));
+        assert!(err(&["restore", "--external", "veth[eth0]"]).contains("veth[IFNAME]"));
+        assert!(err(&["restore", "--veth-pair", "eth0"]).contains("--veth-pair"));
         assert!(err(&["dump", "-t", "1", "--cpu-cap"]).contains("cpuinfo"));
         // Accepted now: they permit what cryo refuses object by object, or tune nothing.
         for extra in [
@@ -1270,6 +1526,35 @@ mod tests {
         ] {
             opts(&["dump", "-t", "1", extra]).check("dump").unwrap();
         }
+        // The socket options are CRIU's spellings.
+        let o = opts(&[
+            "dump",
+            "-t",
+            "1",
+            "--tcp-established",
+            "--skip-in-flight",
+            "-x",
+        ]);
+        let s = o.sock_opts();
+        assert!(s.tcp_established && s.skip_in_flight && s.ext_unix_sk && !s.tcp_close);
+        // Links with a side outside the tree, both spellings.
+        let r = opts(&[
+            "restore",
+            "--external",
+            "veth[eth0]:v0@br0",
+            "--veth-pair",
+            "eth1=v1",
+            "--external",
+            "macvlan[mv0]:eth9",
+            "--network-lock",
+            "iptables",
+        ]);
+        r.check("restore").unwrap();
+        let l = r.links().unwrap();
+        assert_eq!(l.veth["eth0"], ("v0".to_string(), Some("br0".to_string())));
+        assert_eq!(l.veth["eth1"], ("v1".to_string(), None));
+        assert_eq!(l.macvlan["mv0"], "eth9");
+        assert_eq!(r.network_lock(), Ok(crate::netlock::Method::Iptables));
         // --no- forms switch them off again.
         assert!(
             !opts(&["dump", "-t", "1", "--track-mem", "--no-track-mem"])
@@ -1290,6 +1575,42 @@ mod tests {
         assert!(err(&["dump", "extra"]).contains("excessive parameter for command dump"));
         assert!(err(&["frob"]).contains("unknown command: frob"));
         assert!(err(&["restore", "--exec-cmd"]).contains("requires a command"));
+    }
+
+    #[test]
+    fn own_commands_are_not_rewritten() {
+        let own = |v: &[&str]| {
+            let argv: Vec<String> = std::iter::once("cryo")
+                .chain(v.iter().copied())
+                .map(String::from)
+                .collect();
+            match parse(&argv) {
+                Ok(Invocation::Run(r)) => r,
+                _ => panic!("{v:?}"),
+            }
+        };
+        // A pattern that looks like a CRIU option reaches `inspect` as it is.
+        let r = own(&["inspect", "--search", "-v", "/ckpt"]);
+        let Some(Cmd::Inspect(i)) = r.cli.cmd else {
+            panic!()
+        };
+        assert_eq!(i.search.as_deref(), Some("-v"));
+        assert_eq!(i.path, PathBuf::from("/ckpt"));
+        let r = own(&["diff", "--json", "/a", "/b"]);
+        assert!(matches!(r.cli.cmd, Some(Cmd::Diff(d)) if d.json));
+        let argv: Vec<String> = ["cryo", "man", "--help"].map(String::from).to_vec();
+        assert!(matches!(parse(&argv), Ok(Invocation::Help(Some(c))) if c == "man"));
+        // zdtm: --pidfile on every command, --no-default-config repeated.
+        let d = opts(&["dump", "-t", "7", "--pidfile", "x.pid"]);
+        assert_eq!(d.pidfile.as_deref(), Some(Path::new("x.pid")));
+        let k = opts(&[
+            "check",
+            "--no-default-config",
+            "--no-default-config",
+            "--feature",
+            "mnt_id",
+        ]);
+        assert_eq!(k.feature.as_deref(), Some("mnt_id"));
     }
 
     #[test]
@@ -1336,6 +1657,8 @@ mod tests {
         assert_eq!(External::parse("console:/dev/pts/0").unwrap(), Other);
         assert_eq!(External::parse("apparmor:unconfined").unwrap(), Other);
         assert!(matches!(External::parse("unix[12]").unwrap(), Refused(_)));
+        assert_eq!(External::parse("veth[eth0]:v0").unwrap(), Link);
+        assert!(External::parse("macvlan[mv0]").is_err());
         assert!(External::parse("mnt[x]").is_err());
     }
 

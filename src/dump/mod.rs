@@ -39,6 +39,12 @@ pub struct DumpOpts {
     pub cgroup_mode: kinds::cgroup::Mode,
     /// `--file-locks`: save the tree's file locks (without it, a lock fails the dump).
     pub file_locks: bool,
+    /// `--network-lock`: how the tree's network is locked while it is frozen (`netlock`).
+    pub network_lock: crate::netlock::Method,
+    /// `--tcp-established`, `--tcp-close`, `--skip-in-flight`, `--ext-unix-sk`.
+    pub sock: kinds::files::SockOpts,
+    /// `--link-remap`: a removed file with other names gets a temporary one for the restore.
+    pub link_remap: bool,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -91,6 +97,10 @@ pub enum DumpError {
     Tty(#[from] kinds::tty::TtyError),
     #[error(transparent)]
     Ghost(#[from] kinds::ghost::GhostError),
+    #[error(transparent)]
+    Netns(#[from] kinds::netns::NetnsError),
+    #[error(transparent)]
+    NetLock(#[from] crate::netlock::NetLockError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -125,6 +135,8 @@ impl DumpError {
             DumpError::Locks(e) => e,
             DumpError::Tty(e) => e,
             DumpError::Ghost(e) => e,
+            DumpError::Netns(e) => e,
+            DumpError::NetLock(e) => e,
         };
         kind.hint()
     }
@@ -149,6 +161,11 @@ impl Seized {
     fn release(&mut self) {
         if !self.done {
             self.done = true;
+            if let (Some(sig), Some(leader)) = (self.stop_sig, self.tracees.first()) {
+                // Queued stop signals may have been taken at seize: it stops again once
+                // let go, as CRIU does.
+                let _ = crate::sys::proc::kill(leader.tid, sig);
+            }
             for t in &self.tracees {
                 if let Err(e) = t.detach(0) {
                     tracing::error!("Error detaching from {}: {e}", t.tid);
@@ -210,6 +227,11 @@ fn wait_seized(t: Tracee) -> Result<Option<(Tracee, Option<i32>)>, DumpError> {
                     libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
                 )
                 .then_some(sig);
+                if stopped.is_some() {
+                    if let Err(e) = skip_pending_stops(&t) {
+                        return Err(give_up(&t, e));
+                    }
+                }
                 return Ok(Some((t, stopped)));
             }
             Ok(Stop::Stopped { sig, .. }) => {
@@ -225,6 +247,48 @@ fn wait_seized(t: Tracee) -> Result<Option<(Tracee, Option<i32>)>, DumpError> {
     Err(give_up(
         &t,
         DumpError::Internal("task kept receiving signals while being seized"),
+    ))
+}
+
+/// A stopped task may have stop signals queued on top of its stop (a second SIGSTOP, sent
+/// while it was stopped). The first injected syscall would take one and stop the task in
+/// the middle of the dump, so they are taken now, as CRIU does: the task is let out of its
+/// ptrace stop, takes the signal into a signal-delivery stop, and is interrupted before the
+/// signal is thrown away, so it runs no code of its own. The task is dumped stopped, and a
+/// stop signal is queued again when it is released or restored.
+fn skip_pending_stops(t: &Tracee) -> Result<(), DumpError> {
+    let stop_bit = |sig: i32| 1u64 << (sig - 1);
+    let seize_err = |source| DumpError::Seize { pid: t.tid, source };
+    for _ in 0..8 {
+        let st = procfs::status(t.tid)?;
+        let blocked = t.sigmask().map_err(seize_err)?;
+        let pending = (st.sig_pnd | st.shd_pnd)
+            & (stop_bit(libc::SIGSTOP) | (stop_bit(libc::SIGTSTP) & !blocked));
+        if pending == 0 {
+            return Ok(());
+        }
+        t.cont(0).map_err(seize_err)?;
+        loop {
+            match t.wait().map_err(seize_err)? {
+                Stop::Stopped { event, .. } if event == libc::PTRACE_EVENT_STOP => break,
+                Stop::Stopped { sig, .. } => {
+                    // A signal-delivery stop: trap at once, then drop a stop signal (pass any
+                    // other on: its handler frame is set up, none of its code runs).
+                    let pass = if matches!(sig, libc::SIGSTOP | libc::SIGTSTP) {
+                        0
+                    } else {
+                        sig
+                    };
+                    t.interrupt()
+                        .and_then(|_| t.cont(pass))
+                        .map_err(seize_err)?;
+                }
+                _ => return Err(DumpError::NoSuchProcess { pid: t.tid }),
+            }
+        }
+    }
+    Err(DumpError::Internal(
+        "stop signals kept arriving while the task was seized",
     ))
 }
 
@@ -402,6 +466,7 @@ fn collect_tree(root: i32) -> Result<Vec<(i32, i32)>, DumpError> {
 fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     let root = opts.pid;
     let mut fds = kinds::files::Precheck::default();
+    fds.sock = opts.sock;
     let pids: Vec<i32> = tree.iter().map(|t| t.0).collect();
     let root_stat = procfs::stat(root)?;
     if root_stat.session != root && !opts.shell_job {
@@ -422,6 +487,18 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     };
     let own = refused.map(|ns| ino(&format!("/proc/self/ns/{ns}")));
     for &(pid, _) in tree {
+        // unshare(CLONE_NEWTIME) without a child yet: the namespace its children would get
+        // has no task to be saved from (CRIU refuses it too).
+        if ino(&format!("/proc/{pid}/ns/time")) != ino(&format!("/proc/{pid}/ns/time_for_children"))
+        {
+            return Err(Unsupported::of(
+                pid,
+                "time namespace",
+                "it made a time namespace for its children (unshare(CLONE_NEWTIME)) and has no child in it yet",
+                "dump it once it has forked into the new namespace",
+            )
+            .into());
+        }
         for (ns, own) in refused.iter().zip(own) {
             let theirs = ino(&format!("/proc/{pid}/ns/{ns}"));
             if theirs.is_some() && theirs != own {
@@ -485,9 +562,23 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
             }
         }
         kinds::files::precheck(pid, opts.shell_job, &pids, &mut fds)?;
+        kinds::netns::precheck_fds(pid)?;
     }
     kinds::files::precheck_tree(&fds)?;
     kinds::tty::precheck(tree, opts.shell_job)?;
+    // Network namespaces whose contents are saved: every link must be one cryo recreates.
+    let own_net = ns_ino(std::process::id() as i32, "net");
+    let mut seen = Vec::new();
+    for &(pid, _) in tree {
+        let Some(n) = ns_ino(pid, "net").filter(|&n| Some(n) != own_net) else {
+            continue;
+        };
+        if seen.contains(&n) || opts.external_net.contains_key(&n) || opts.empty_net {
+            continue;
+        }
+        seen.push(n);
+        kinds::netns::precheck(pid)?;
+    }
     Ok(())
 }
 
@@ -668,17 +759,20 @@ fn dump_process(
             what,
             source,
         };
+        let mut regs = t.regs().map_err(|e| pt("PTRACE_GETREGS", e))?;
+        kinds::rseq::leave_critical_section(pid, t, &mut regs)?;
         others.push(kinds::threads::SeizedThread {
             tracee: Tracee { tid: t.tid },
-            regs: t.regs().map_err(|e| pt("PTRACE_GETREGS", e))?,
+            regs,
             mask: t.sigmask().map_err(|e| pt("PTRACE_GETSIGMASK", e))?,
         });
     }
-    let regs = tracee.regs().map_err(|source| TaskError::Ptrace {
+    let mut regs = tracee.regs().map_err(|source| TaskError::Ptrace {
         pid,
         what: "PTRACE_GETREGS",
         source,
     })?;
+    kinds::rseq::leave_critical_section(pid, &tracee, &mut regs)?;
     let sigmask = tracee.sigmask().map_err(|source| TaskError::Ptrace {
         pid,
         what: "PTRACE_GETSIGMASK",
@@ -690,8 +784,23 @@ fn dump_process(
     // Seccomp: strict mode would kill the task at the first injected syscall; filters are
     // suspended for cryo's syscalls (PTRACE_O_SUSPEND_SECCOMP) and saved.
     let mut modes = vec![status.seccomp];
+    let mut pending = status.sig_pnd | status.shd_pnd;
     for t in &others {
-        modes.push(procfs::status(t.tracee.tid)?.seccomp);
+        let st = procfs::status(t.tracee.tid)?;
+        modes.push(st.seccomp);
+        pending |= st.sig_pnd;
+    }
+    // cryo's injected syscalls end with a trap (SIGTRAP), which must be unblocked meanwhile:
+    // a SIGTRAP the program has pending (blocked) would be taken in the middle. Refused, as
+    // CRIU does, before anything runs in the task.
+    if pending & (1 << (libc::SIGTRAP - 1)) != 0 {
+        return Err(Unsupported::of(
+            pid,
+            "signals",
+            "a SIGTRAP is pending (blocked): cryo's in-task syscalls trap with SIGTRAP and would deliver it",
+            "let the program take or discard its SIGTRAP, then dump",
+        )
+        .into());
     }
     if modes.contains(&1) {
         return Err(Unsupported::of(
@@ -714,8 +823,16 @@ fn dump_process(
         }
         // Each thread's own chain (they differ when a thread added filters, or the leader
         // did after creating it without TSYNC).
+        // A thread without filters (mode 0) has no chain to read (EINVAL).
         let mut tops = Vec::new();
-        for t in std::iter::once(&tracee).chain(others.iter().map(|o| &o.tracee)) {
+        for (t, mode) in std::iter::once(&tracee)
+            .chain(others.iter().map(|o| &o.tracee))
+            .zip(&modes)
+        {
+            if *mode == 0 {
+                tops.push(None);
+                continue;
+            }
             tops.push(kinds::seccomp::add_chain(
                 &mut files.seccomp,
                 &kinds::seccomp::chain(pid, t)?,
@@ -816,6 +933,8 @@ pub fn run(
         }
         None => None,
     };
+    // Removes what killed cryo processes left (before anything else can fail).
+    let early_lock = crate::netlock::NetLock::new(opts.network_lock);
     let tree0 = collect_tree(root)?;
     precheck(opts, &tree0)?;
     if freezer.is_none() {
@@ -862,9 +981,26 @@ pub fn run(
     // 3. Each process.
     let mut files = FileTable::default();
     files.ghost_limit = opts.ghost_limit;
+    files.link_remaps.enabled = opts.link_remap;
     files.shell_job = opts.shell_job;
     files.external_net = opts.external_net.clone();
     files.empty_net = opts.empty_net;
+    // A tree with a network namespace of its own: its contents are saved first (so the
+    // lock's table is not among them), then the namespace is locked as a whole, as CRIU
+    // does. Dropped before `frozen` on any error: the network opens before the tasks run.
+    let mut netlock = early_lock;
+    let root_net = ns_ino(root, "net");
+    let own_netns = root_net.is_some() && root_net != ns_ino(std::process::id() as i32, "net");
+    if own_netns {
+        let id = kinds::misc::ns_id(root_net.unwrap_or(0));
+        if let Some(d) = kinds::ns::dump_net_of(root, id, &mut files)? {
+            files.netns_content.push(d);
+        }
+        hooks.notify("network-lock", None)?;
+        netlock.lock_netns_of(root)?;
+    }
+    fault_point("netlock")?;
+    files.sock = opts.sock;
     files.tree = frozen.iter().map(|f| f.0).collect();
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
@@ -877,19 +1013,24 @@ pub fn run(
         if seized.tracees.is_empty() {
             dump_zombie(*pid, &mut img)?;
         } else {
-            // An fd table shared with an earlier process (clone with CLONE_FILES).
-            for ((opid, _, oseized), other) in frozen[..i].iter().zip(&imgs) {
-                if oseized.tracees.is_empty()
-                    || crate::sys::proc::kcmp(*pid, *opid, crate::sys::proc::KCMP_FILES, 0, 0).ok()
-                        != Some(0)
-                {
-                    continue;
-                }
-                if *opid != *ppid {
-                    return Err(Unsupported::of(*pid, "fd table", format!("it is shared (CLONE_FILES) with process {opid}, which is not its parent"), "only a table shared between a parent and its child can be restored").into());
-                }
-                img.files_shared = Some(other.ids.files_id);
-                break;
+            // An fd table shared with an earlier process (clone with CLONE_FILES). It is
+            // restored by cloning the child from its parent with CLONE_FILES, so the parent
+            // must share it (then so does whoever the parent shares it with).
+            let sharers: Vec<(i32, u32)> = frozen[..i]
+                .iter()
+                .zip(&imgs)
+                .filter(|((opid, _, oseized), _)| {
+                    !oseized.tracees.is_empty()
+                        && crate::sys::proc::kcmp(*pid, *opid, crate::sys::proc::KCMP_FILES, 0, 0)
+                            .ok()
+                            == Some(0)
+                })
+                .map(|((opid, _, _), other)| (*opid, other.ids.files_id))
+                .collect();
+            if let Some(&(_, files_id)) = sharers.iter().find(|(opid, _)| opid == ppid) {
+                img.files_shared = Some(files_id);
+            } else if let Some((opid, _)) = sharers.first() {
+                return Err(Unsupported::of(*pid, "fd table", format!("it is shared (CLONE_FILES) with process {opid}, but not with its parent"), "only a table its parent shares can be restored (the child is cloned from it with CLONE_FILES)").into());
             }
             calls += dump_process(*pid, seized, &mut files, dir, &mut stats, &mut img)?;
             if let Some(sig) = seized.stop_sig {
@@ -955,13 +1096,29 @@ pub fn run(
         if let Some(f) = &freezer {
             f.put_back();
         }
+        // Connections leave repair mode, the lock goes, before the tree runs on.
+        files.inet.resume();
+        if own_netns {
+            let _ = hooks.notify("network-unlock", None);
+        }
+        netlock.unlock_now()?;
         for (_, _, seized) in frozen.iter_mut() {
             seized.release();
         }
         return Err(e.into());
     }
+    // The network opens again before a tree left running goes on (CRIU's order).
+    if opts.leave_running {
+        if own_netns {
+            hooks.notify("network-unlock", None)?;
+        }
+        netlock.unlock_now()?;
+    }
     if let (Some(f), true) = (&freezer, opts.leave_running) {
         f.put_back();
+    }
+    if opts.leave_running {
+        files.inet.resume();
     }
     // Children first: a PID namespace's init, once killed, waits for every other task of
     // the namespace to be reaped, and cryo still traces them.
@@ -972,6 +1129,11 @@ pub fn run(
             seized.kill();
         }
     }
+    // Killed: nothing is left to protect; the lock goes (never left behind).
+    netlock.unlock_now()?;
+    // Killed: its connections vanish silently; their lock stays until the restore.
+    files.inet.keep();
+    files.link_remaps.keep();
     Ok(DumpReport {
         pid: root,
         pages_written: stats.pages_written,
@@ -982,19 +1144,17 @@ pub fn run(
 }
 
 fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Result<(), DumpError> {
-    dir.write(
-        "inventory.img",
-        image::INVENTORY,
-        &[pb::InventoryEntry {
-            img_version: 2,
-            fdinfo_per_id: Some(true),
-            root_ids: Some(kinds::misc::task_ids(std::process::id() as i32, 1)?),
-            ns_per_id: Some(true),
-            lsmtype: Some(pb::Lsmtype::NoLsm as i32),
-            root_cg_set: files.cgroups.own_set(),
-            ..Default::default()
-        }],
-    )?;
+    let mut inventory = pb::InventoryEntry {
+        img_version: 2,
+        fdinfo_per_id: Some(true),
+        root_ids: Some(kinds::misc::task_ids(std::process::id() as i32, 1)?),
+        ns_per_id: Some(true),
+        lsmtype: Some(pb::Lsmtype::NoLsm as i32),
+        root_cg_set: files.cgroups.own_set(),
+        ..Default::default()
+    };
+    files.inet.fill_inventory(&mut inventory, &files.sock);
+    dir.write("inventory.img", image::INVENTORY, &[inventory])?;
     let tree: Vec<pb::PstreeEntry> = imgs.iter().map(|i| i.pstree.clone()).collect();
     dir.write("pstree.img", image::PSTREE, &tree)?;
     for img in imgs {
@@ -1008,13 +1168,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     kinds::ipc::write(dir, files)?;
     kinds::tty::write(dir, files)?;
     kinds::cgroup::write(dir, &files.cgroups)?;
-    for (id, e) in &files.netdevs {
-        dir.write(
-            &format!("netdev-{id}.img"),
-            image::NETDEV,
-            std::slice::from_ref(e),
-        )?;
-    }
+    kinds::netns::write(dir, &files.netns_content)?;
     for (id, e) in &files.netns {
         dir.write(
             &format!("netns-{id}.img"),
@@ -1035,6 +1189,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     if !files.sk_queues.is_empty() {
         dir.write_with_data("sk-queues.img", image::SK_QUEUES, &files.sk_queues)?;
     }
+    files.inet.write(dir)?;
     if !files.fifo_data.is_empty() {
         dir.write_with_data("fifo-data.img", image::FIFO_DATA, &files.fifo_data)?;
     }

@@ -50,6 +50,12 @@ pub struct Manifest {
     pub digest: String,
     pub block_size: usize,
     pub files: BTreeMap<String, FileDigest>,
+    /// The program that wrote the images ("cryo 0.1.0"); absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// When the dump finished, in seconds since the epoch; absent in older manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<u64>,
 }
 
 impl Default for Manifest {
@@ -59,6 +65,8 @@ impl Default for Manifest {
             digest: "xxh3-128".into(),
             block_size: BLOCK,
             files: BTreeMap::new(),
+            tool: Some(format!("cryo {}", env!("CARGO_PKG_VERSION"))),
+            written: None,
         }
     }
 }

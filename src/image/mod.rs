@@ -273,7 +273,11 @@ impl ImageDir {
 
     /// Writes `cryo-manifest.json` with every image recorded so far.
     pub fn finish(&self) -> Result<(), ImageError> {
-        let m = self.written.lock().expect("manifest lock");
+        let mut m = self.written.lock().expect("manifest lock");
+        m.written = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs());
         let json = serde_json::to_vec_pretty(&*m).expect("manifest serializes");
         let path = self.file(manifest::NAME);
         let mut f = self.create_file(manifest::NAME)?;
@@ -282,6 +286,15 @@ impl ImageDir {
             op: "write",
             source,
         })
+    }
+
+    /// Reads a raw image (no framing: iproute2 dumps, firewall text). A missing file, or one
+    /// not listed in the manifest, is `None`.
+    pub fn read_raw_opt(&self, name: &str) -> Result<Option<Vec<u8>>, ImageError> {
+        if self.stale(name) {
+            return Ok(None);
+        }
+        read_opt_bytes(&self.file(name))
     }
 
     /// Reads every entry of image `name`, which must be of `kind`. A missing file is `None`.
@@ -297,16 +310,7 @@ impl ImageDir {
         let Some(bytes) = read_opt_bytes(&path)? else {
             return Ok(None);
         };
-        let mut out = Vec::new();
-        for (off, payload) in entries(&path, kind, &bytes)? {
-            out.push(M::decode(payload).map_err(|source| ImageError::Decode {
-                path: path.clone(),
-                offset: off,
-                message: kind.message,
-                source,
-            })?);
-        }
-        Ok(Some(out))
+        decode_all(&path, kind, &bytes).map(Some)
     }
 
     /// Reads an image whose entries are followed by raw data (pipes-data, fifo-data,
@@ -336,6 +340,30 @@ impl ImageDir {
         Ok(out)
     }
 
+    /// Maps image `name` read-only (None when missing or stale), for a caller that decodes
+    /// the entries itself with [`entries_with_data`] and uses the raw data that follows them
+    /// in place (TCP queues can be megabytes: no copy, no fresh memory).
+    pub fn map(&self, name: &str) -> Result<Option<crate::sys::mem::Mapping>, ImageError> {
+        if self.stale(name) {
+            return Ok(None);
+        }
+        let path = self.file(name);
+        let io = |op, source| ImageError::Io {
+            path: path.clone(),
+            op,
+            source,
+        };
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("open", e)),
+        };
+        let len = f.metadata().map_err(|e| io("stat", e))?.len() as usize;
+        crate::sys::mem::Mapping::file_ro(&f, len)
+            .map(Some)
+            .map_err(|e| io("mmap", e))
+    }
+
     /// Writes an image whose entries are each followed by raw data.
     pub fn write_with_data<M: Message>(
         &self,
@@ -350,6 +378,68 @@ impl ImageDir {
             buf.extend_from_slice(data);
         }
         self.write_raw(name, &buf)
+    }
+
+    /// Writes an image of `kind` whose first entry is `first` (followed by `data`) and whose
+    /// other entries are of another message type, each followed by its raw bytes (a sparse
+    /// ghost file: its `ghost_file_entry`, then one `ghost_chunk_entry` per data extent).
+    pub fn write_mixed<F: Message, M: Message>(
+        &self,
+        name: &str,
+        kind: Kind,
+        first: (&F, &[u8]),
+        rest: &[(M, &[u8])],
+    ) -> Result<(), ImageError> {
+        let mut buf = head(kind);
+        buf.extend_from_slice(&(first.0.encoded_len() as u32).to_ne_bytes());
+        first.0.encode(&mut buf).expect("Vec grows");
+        buf.extend_from_slice(first.1);
+        for (e, data) in rest {
+            buf.extend_from_slice(&(e.encoded_len() as u32).to_ne_bytes());
+            e.encode(&mut buf).expect("Vec grows");
+            buf.extend_from_slice(data);
+        }
+        self.write_raw(name, &buf)
+    }
+
+    /// Reads an image written by [`ImageDir::write_mixed`]: the first entry and its data,
+    /// then the other entries with theirs. `None` if the file does not exist.
+    #[allow(clippy::type_complexity)]
+    pub fn read_mixed<F: Message + Default, M: Message + Default>(
+        &self,
+        name: &str,
+        kind: Kind,
+    ) -> Result<Option<((F, Vec<u8>), Vec<(M, Vec<u8>)>)>, ImageError> {
+        let path = self.file(name);
+        if self.stale(name) {
+            return Ok(None);
+        }
+        let Some(bytes) = read_opt_bytes(&path)? else {
+            return Ok(None);
+        };
+        let framed = entries_with_data(&path, kind, &bytes)?;
+        let Some(((off, payload, data), rest)) = framed.split_first() else {
+            return Err(ImageError::Invalid {
+                path,
+                what: "the image has no entry".into(),
+            });
+        };
+        let decode_err = |offset: usize, message: &'static str| {
+            let path = path.clone();
+            move |source| ImageError::Decode {
+                path,
+                offset,
+                message,
+                source,
+            }
+        };
+        let first = F::decode(*payload).map_err(decode_err(*off, kind.message))?;
+        let mut out = Vec::with_capacity(rest.len());
+        for (off, payload, data) in rest {
+            let m = M::decode(*payload).map_err(decode_err(*off, "chunk entry"))?;
+            out.push((m, data.to_vec()));
+        }
+        Ok(Some(((first, data.to_vec()), out)))
     }
 
     /// Writes a pagemap image: a `pagemap_head` naming the pages image, then the entries.
@@ -379,27 +469,7 @@ impl ImageDir {
         let Some(raw) = read_opt_bytes(&path)? else {
             return Ok(None);
         };
-        let frames = entries(&path, PAGEMAP, &raw)?;
-        let decode_err = |offset, message, source| ImageError::Decode {
-            path: path.clone(),
-            offset,
-            message,
-            source,
-        };
-        let Some(((hoff, h), rest)) = frames.split_first() else {
-            return Err(ImageError::Invalid {
-                path: path.clone(),
-                what: "no pagemap_head entry".into(),
-            });
-        };
-        let head = pb::PagemapHead::decode(*h).map_err(|e| decode_err(*hoff, "pagemap_head", e))?;
-        let mut out = Vec::with_capacity(rest.len());
-        for (off, p) in rest {
-            out.push(
-                pb::PagemapEntry::decode(*p).map_err(|e| decode_err(*off, "pagemap_entry", e))?,
-            );
-        }
-        Ok(Some((head.pages_id, out)))
+        decode_pagemap(&path, &raw).map(Some)
     }
 
     /// Like [`ImageDir::read_opt`] but the image must exist.
@@ -421,6 +491,50 @@ impl ImageDir {
         }
         Ok(v.remove(0))
     }
+}
+
+/// Decodes every entry of an image of `kind` held in `bytes` (`path` names it in errors).
+pub fn decode_all<M: Message + Default>(
+    path: &Path,
+    kind: Kind,
+    bytes: &[u8],
+) -> Result<Vec<M>, ImageError> {
+    let mut out = Vec::new();
+    for (off, payload) in entries(path, kind, bytes)? {
+        out.push(M::decode(payload).map_err(|source| ImageError::Decode {
+            path: path.to_path_buf(),
+            offset: off,
+            message: kind.message,
+            source,
+        })?);
+    }
+    Ok(out)
+}
+
+/// Decodes a pagemap image held in `bytes`: (pages image id, entries).
+pub fn decode_pagemap(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(u32, Vec<pb::PagemapEntry>), ImageError> {
+    let frames = entries(path, PAGEMAP, bytes)?;
+    let decode_err = |offset, message, source| ImageError::Decode {
+        path: path.to_path_buf(),
+        offset,
+        message,
+        source,
+    };
+    let Some(((hoff, h), rest)) = frames.split_first() else {
+        return Err(ImageError::Invalid {
+            path: path.to_path_buf(),
+            what: "no pagemap_head entry".into(),
+        });
+    };
+    let head = pb::PagemapHead::decode(*h).map_err(|e| decode_err(*hoff, "pagemap_head", e))?;
+    let mut out = Vec::with_capacity(rest.len());
+    for (off, p) in rest {
+        out.push(pb::PagemapEntry::decode(*p).map_err(|e| decode_err(*off, "pagemap_entry", e))?);
+    }
+    Ok((head.pages_id, out))
 }
 
 /// The bytes of `path`, or `None` if it does not exist.
@@ -531,30 +645,36 @@ pub fn entries_with_data<'a>(
             offset: start,
             what: "entry payload",
         })?;
-        let data_len = extra_len(kind, payload, &bytes[start + len..]);
-        let data = bytes
-            .get(start + len..start + len + data_len)
-            .ok_or(ImageError::Truncated {
-                path: path.to_path_buf(),
-                offset: start + len,
-                what: "queued data after the entry",
-            })?;
+        let data_len = extra_len(kind, out.is_empty(), payload, &bytes[start + len..]);
+        // A hostile size can be anything up to u64::MAX: no overflow, just truncated.
+        let end = (start + len).checked_add(data_len);
+        let data =
+            end.and_then(|end| bytes.get(start + len..end))
+                .ok_or(ImageError::Truncated {
+                    path: path.to_path_buf(),
+                    offset: start + len,
+                    what: "queued data after the entry",
+                })?;
         out.push((off, payload, data));
-        off = start + len + data_len;
+        off = start + len + data.len();
     }
     Ok(out)
 }
 
-/// Raw bytes that follow an entry of some kinds (pipe and socket queue data, SysV IPC
-/// contents); `rest` is what follows the entry in the file.
-fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
+/// Raw bytes that follow an entry of some kinds (pipe, socket and TCP queue data, SysV IPC
+/// contents, ghost file contents); `first`: the entry is the image's first; `rest` is what
+/// follows the entry in the file. A size that cannot be (it overflows) is `usize::MAX`,
+/// which no file holds.
+fn extra_len(kind: Kind, first: bool, payload: &[u8], rest: &[u8]) -> usize {
     let field = if kind.name == IPCNS_SHM.name {
         // The segment's bytes, padded to 4, unless CRIU put them in a shmem pagemap.
         pb::IpcShmEntry::decode(payload).map(|e| {
             if e.in_pagemaps == Some(true) {
                 0
             } else {
-                (e.size as usize).next_multiple_of(4)
+                (e.size as usize)
+                    .checked_next_multiple_of(4)
+                    .unwrap_or(usize::MAX)
             }
         })
     } else if kind.name == IPCNS_SEM.name {
@@ -569,6 +689,12 @@ fn extra_len(kind: Kind, payload: &[u8], rest: &[u8]) -> usize {
         pb::PipeDataEntry::decode(payload).map(|e| e.bytes as usize)
     } else if kind.name == SK_QUEUES.name {
         pb::SkPacketEntry::decode(payload).map(|e| e.length as usize)
+    } else if kind.name == TCP_STREAM.name {
+        // The receive queue's bytes, then the send queue's (as CRIU writes them).
+        pb::TcpStreamEntry::decode(payload).map(|e| e.inq_len as usize + e.outq_len as usize)
+    } else if kind.name == GHOST_FILE.name && !first {
+        // A sparse ghost: every entry after the first is a chunk, followed by its bytes.
+        pb::GhostChunkEntry::decode(payload).map(|c| c.len as usize)
     } else if kind.name == GHOST_FILE.name {
         pb::GhostFileEntry::decode(payload).map(|e| {
             if e.chunks == Some(true) {
@@ -683,6 +809,46 @@ mod tests {
         assert!(matches!(err, ImageError::Truncated { .. }), "{err}");
         assert!(d.read::<pb::PstreeEntry>("pstree.img", CORE).is_err());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Sizes from the image near usize::MAX (found by cryo-fuzz; replayed from
+    /// integration/fixtures/fuzz-regressions by fuzz/tests/regressions.rs): errors, no
+    /// overflow.
+    #[test]
+    fn hostile_sizes_after_entries_are_truncation() {
+        let path = Path::new("x.img");
+        let ghost = pb::GhostFileEntry {
+            size: Some(u64::MAX - 2),
+            ..Default::default()
+        };
+        let shm = pb::IpcShmEntry {
+            size: u64::MAX - 1,
+            ..Default::default()
+        };
+        let frame = |kind: Kind, m: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = head(kind);
+            let mut p = Vec::new();
+            m(&mut p);
+            b.extend_from_slice(&(p.len() as u32).to_ne_bytes());
+            b.extend_from_slice(&p);
+            b.extend_from_slice(b"data");
+            b
+        };
+        let g = frame(GHOST_FILE, &|p| ghost.encode(p).unwrap());
+        let s = frame(IPCNS_SHM, &|p| shm.encode(p).unwrap());
+        for (kind, bytes) in [(GHOST_FILE, g), (IPCNS_SHM, s)] {
+            let err = entries_with_data(path, kind, &bytes).unwrap_err();
+            assert!(matches!(err, ImageError::Truncated { .. }), "{err}");
+        }
+        let mut data = Vec::new();
+        let m = pb::IpcMsg {
+            mtype: 1,
+            msize: u32::MAX,
+        };
+        data.extend_from_slice(&(m.encoded_len() as u32).to_ne_bytes());
+        m.encode(&mut data).unwrap();
+        data.extend_from_slice(b"body");
+        assert!(read_ipc_msgs(path, &data, 1).is_err());
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //! (id 1) and is recorded as `inventory.root_cg_set`, each thread's set id as
 //! `thread_core.cg_set` (and, for the main thread, the older `tc.cg_set`). `cgroup.img` holds
 //! every set but cryo's, and per hierarchy the directory trees under the sets' paths (mode,
-//! owner, a few limits such as `pids.max` or `cpu.shares`), so restore can create what is
-//! missing. As CRIU, nothing is written when every task lives in cryo's set. Dumping only
+//! owner, and CRIU's properties: in v1 `notify_on_release`, `cgroup.clone_children` and the
+//! mode and owner of every one of these files and of `cgroup.procs`/`tasks`, plus each
+//! controller's limits such as `cpu.shares`, `memory.limit_in_bytes`, `cpuset.*`,
+//! `devices.list`, `pids.max`; in v2 `cgroup.subtree_control` and the `*.max` limits), so
+//! restore can create what is missing. As CRIU, nothing is written when every task lives in cryo's set. Dumping only
 //! reads `/proc` and the cgroup file systems. A task in a cgroup namespace of its own is
 //! refused by `dump::precheck`, so `cgns_prefix` is never set.
 //!
@@ -16,7 +19,10 @@
 //! replaces the top directory of a hierarchy (all of them without CTRL) as CRIU does.
 //! `CgRestore::load` rewrites the roots, then checks or creates the directories:
 //! `none`/`props` need them to exist, `soft` creates missing ones (with their saved limits),
-//! `full` also sets the limits of existing ones, `strict` refuses existing ones. Each task is
+//! `full` also sets the limits of existing ones, `strict` refuses existing ones. A property
+//! is written only when it differs (`devices.list` as `devices.deny` "a" plus one
+//! `devices.allow` per line), then its file gets its saved mode and owner; a limit cryo did
+//! not always save that the kernel refuses is only a warning. Each task is
 //! then moved from outside by writing its host PID to `cgroup.procs` (`place`) as soon as
 //! `restore::shape` starts on it, before its memory exists and before it forks its children,
 //! which inherit the membership; a task whose set is its parent's (or, for the root, the set
@@ -324,7 +330,17 @@ fn yard(name: &str) -> std::io::Result<PathBuf> {
         if !controllers {
             opts.push(("none", None));
         }
-        crate::sys::mount::detached("cgroup", &opts)?
+        // A named hierarchy whose last cgroup just went is dying for a moment: EBUSY.
+        let mut tries = 0;
+        loop {
+            match crate::sys::mount::detached("cgroup", &opts) {
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => break r?,
+            }
+        }
     };
     tracing::info!("cgroup hierarchy '{name}' is not mounted here: using a detached mount of it");
     let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
@@ -365,25 +381,116 @@ fn props_of(name: &str) -> &'static [&'static str] {
     }
 }
 
+/// The files of every v1 hierarchy saved with each directory, as CRIU: their mode and owner
+/// (a container engine may hand a cgroup to the container's user), and the value of the
+/// first two.
+const V1_GLOBAL: &[&str] = &[
+    "cgroup.clone_children",
+    "notify_on_release",
+    "cgroup.procs",
+    "tasks",
+];
+
+/// Files whose mode and owner are restored, never their content.
+fn perms_only(name: &str) -> bool {
+    matches!(name, "cgroup.procs" | "tasks")
+}
+
+/// The limits saved per v1 controller: CRIU's list. The ones cryo saved before are applied
+/// strictly; a failure to set any other is a warning ([`essential`]).
 fn v1_props(ctl: &str) -> &'static [&'static str] {
     match ctl {
-        "cpuset" => &["cpuset.cpus", "cpuset.mems"],
-        "cpu" => &["cpu.shares", "cpu.cfs_period_us", "cpu.cfs_quota_us"],
+        "cpuset" => &[
+            "cpuset.cpus",
+            "cpuset.mems",
+            "cpuset.memory_migrate",
+            "cpuset.cpu_exclusive",
+            "cpuset.mem_exclusive",
+            "cpuset.mem_hardwall",
+            "cpuset.memory_spread_page",
+            "cpuset.memory_spread_slab",
+            "cpuset.sched_load_balance",
+            "cpuset.sched_relax_domain_level",
+        ],
+        "cpu" => &[
+            "cpu.shares",
+            "cpu.cfs_period_us",
+            "cpu.cfs_quota_us",
+            "cpu.rt_period_us",
+            "cpu.rt_runtime_us",
+        ],
         "memory" => &[
             "memory.limit_in_bytes",
-            "memory.soft_limit_in_bytes",
+            "memory.memsw.limit_in_bytes",
             "memory.swappiness",
+            "memory.soft_limit_in_bytes",
+            "memory.move_charge_at_immigrate",
+            "memory.oom_control",
+            "memory.use_hierarchy",
+            "memory.kmem.limit_in_bytes",
+            "memory.kmem.tcp.limit_in_bytes",
         ],
+        "blkio" => &["blkio.weight"],
+        "net_cls" => &["net_cls.classid"],
+        "net_prio" => &["net_prio.ifpriomap"],
         "pids" => &["pids.max"],
+        "devices" => &["devices.list"],
         _ => &[],
     }
+}
+
+/// Limits whose restore must succeed (what shapes the restored tasks most).
+fn essential(name: &str) -> bool {
+    matches!(
+        name,
+        "cpuset.cpus"
+            | "cpuset.mems"
+            | "cpu.shares"
+            | "cpu.cfs_period_us"
+            | "cpu.cfs_quota_us"
+            | "memory.limit_in_bytes"
+            | "memory.soft_limit_in_bytes"
+            | "pids.max"
+            | "devices.list"
+    ) || !name.contains('.')
+        || name.starts_with("cgroup.")
 }
 
 fn prop_names(name: &str) -> Vec<&'static str> {
     if name.is_empty() {
         return props_of(name).to_vec();
     }
-    name.split(',').flat_map(v1_props).copied().collect()
+    let mut v: Vec<&'static str> = name.split(',').flat_map(v1_props).copied().collect();
+    v.extend_from_slice(V1_GLOBAL);
+    v
+}
+
+/// One saved property of the cgroup directory `host`: its value (none for `cgroup.procs` and
+/// `tasks`; a value too large for a signed 64-bit number is "-1", as CRIU) and, for v1
+/// hierarchies, the file's mode and owner.
+fn read_prop(host: &Path, name: &str, v1: bool) -> Option<pb::CgroupPropEntry> {
+    let path = host.join(name);
+    let meta = std::fs::metadata(&path).ok()?;
+    let value = if perms_only(name) {
+        String::new()
+    } else {
+        let v = std::fs::read_to_string(&path).ok()?;
+        let v = v.trim_end_matches('\n').to_string();
+        if v.parse::<i128>().is_ok_and(|n| n >= i64::MAX as i128) {
+            "-1".to_string()
+        } else {
+            v
+        }
+    };
+    Some(pb::CgroupPropEntry {
+        name: name.to_string(),
+        value,
+        perms: v1.then(|| pb::CgroupPerms {
+            mode: meta.mode(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }),
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -454,14 +561,7 @@ impl CgDump {
             };
             let properties = prop_names(name)
                 .into_iter()
-                .filter_map(|p| {
-                    let v = std::fs::read_to_string(host.join(p)).ok()?;
-                    Some(pb::CgroupPropEntry {
-                        name: p.to_string(),
-                        value: v.trim_end_matches('\n').to_string(),
-                        perms: None,
-                    })
-                })
+                .filter_map(|p| read_prop(&host, p, !name.is_empty()))
                 .collect();
             list.push((
                 cg.clone(),
@@ -661,7 +761,9 @@ pub fn write(dir: &ImageDir, cg: &CgDump) -> Result<(), image::ImageError> {
 struct Member {
     name: String,
     path: String,
-    dir: PathBuf,
+    /// Its directory as cryo reaches it; `None` where cryo itself is in that very cgroup at
+    /// restore (every puppet starts there, so nothing is resolved or mounted for it).
+    dir: Option<PathBuf>,
     /// The cgroup namespace root (the first `cgns_prefix` bytes of the path), host dir.
     ns_root: Option<PathBuf>,
 }
@@ -797,6 +899,7 @@ impl CgRestore {
             dirs.insert(name, flat);
         }
         let mounts = Mounts::load()?;
+        let own = parse_proc_cgroup(&read(Path::new("/proc/self/cgroup"))?);
         let mut me = CgRestore::new(cryo_set);
         for s in &ce.sets {
             let mut members = Vec::new();
@@ -813,10 +916,15 @@ impl CgRestore {
                         Some(mounts.dir(&m.name, if p.is_empty() { "/" } else { p })?)
                     }
                 };
+                let shared = own.iter().any(|(n, p)| *n == m.name && *p == m.path);
                 members.push(Member {
                     name: m.name.clone(),
                     path: m.path.clone(),
-                    dir: mounts.dir(&m.name, &m.path)?,
+                    dir: if shared {
+                        None
+                    } else {
+                        Some(mounts.dir(&m.name, &m.path)?)
+                    },
                     ns_root,
                 });
             }
@@ -838,6 +946,11 @@ impl CgRestore {
             }
         }
         for (name, path, entry) in todo {
+            // A cgroup cryo is in exists and is left as it is (often a hierarchy's root, of
+            // hierarchies that may not even be mounted anywhere).
+            if own.iter().any(|(n, p)| *n == name && *p == path) {
+                continue;
+            }
             let host = mounts.dir(&name, &path)?;
             me.prepare_dir(opts.mode, &host, entry.as_ref())?;
         }
@@ -1025,7 +1138,7 @@ impl CgRestore {
                         Some(Member {
                             name,
                             path,
-                            dir,
+                            dir: Some(dir),
                             ns_root: None,
                         })
                     })
@@ -1048,10 +1161,15 @@ impl CgRestore {
                 "" => "tasks",
                 f => f,
             };
-            let target = m.dir.join(f);
+            let dir = match &m.dir {
+                Some(d) => d.clone(),
+                // cryo's own cgroup at load; the task left it meanwhile (its parent's).
+                None => Mounts::load()?.dir(&m.name, &m.path)?,
+            };
+            let target = dir.join(f);
             std::fs::write(&target, pid.to_string()).map_err(|source| CgroupError::Move {
                 pid,
-                path: m.dir.clone(),
+                path: dir.clone(),
                 source,
             })?;
             tracing::debug!("moved {pid} into {}", target.display());
@@ -1081,48 +1199,55 @@ impl Drop for CgRestore {
     }
 }
 
-/// v1 cgroup files without a dot in their name that CRIU saves as properties.
-const DOTLESS_V1: &[&str] = &["notify_on_release", "tasks"];
-
-/// Files that hold memberships (restored by moving tasks, never from a property), or that
-/// would run or grant something outside the tree: a property of that name is skipped.
-const NOT_PROPERTIES: &[&str] = &[
-    "cgroup.procs",
+/// Files that hold memberships (restored by moving tasks) or that would run or grant
+/// something outside the tree: a property of that name in an image is skipped.
+const NEVER_WRITTEN: &[&str] = &[
     "cgroup.threads",
-    "tasks",
     "release_agent",
     "cgroup.kill",
     "devices.allow",
     "devices.deny",
 ];
 
-/// Writes a saved limit back (v2 `cgroup.subtree_control` as `+ctl` words, v1
-/// `devices.list` as CRIU restores it: deny everything, then allow each saved line).
+/// Writes a saved property back (v2 `cgroup.subtree_control` as `+ctl` words; v1
+/// `devices.list` as `devices.deny` "a" then one `devices.allow` write per line, as CRIU)
+/// and gives its file the saved mode and owner. Only the limits cryo always saved must
+/// succeed; any other is a warning when the kernel refuses it.
 fn set_prop(dir: &Path, p: &pb::CgroupPropEntry) -> Result<(), CgroupError> {
-    // A property is a file of this very directory (`pids.max`, `cpu.shares`,
-    // `notify_on_release`, ...).
+    if NEVER_WRITTEN.contains(&p.name.as_str()) {
+        tracing::warn!(
+            "cgroup {}: property {} is not restored from an image (ignored)",
+            dir.display(),
+            p.name
+        );
+        return Ok(());
+    }
+    // A property is a file of this very directory (`pids.max`, `notify_on_release`, ...).
     if p.name.is_empty()
         || p.name.contains('/')
         || p.name.starts_with('.')
-        || !(p.name.contains('.') || DOTLESS_V1.contains(&p.name.as_str()))
+        || (!p.name.contains('.') && !V1_GLOBAL.contains(&p.name.as_str()))
     {
         return Err(CgroupError::BadImage(format!(
             "cgroup property name {:?} is not a cgroup file",
             p.name
         )));
     }
-    if NOT_PROPERTIES.contains(&p.name.as_str()) {
-        // CRIU saves cgroup.procs and tasks with no value, for their permissions.
-        if !p.value.is_empty() {
-            tracing::warn!(
-                "cgroup {}: property {} is not restored from an image (value ignored)",
-                dir.display(),
-                p.name
-            );
+    let r = set_value(dir, p).and_then(|_| set_perms(dir, p));
+    match r {
+        Err(e) if !essential(&p.name) => {
+            tracing::warn!("{e} (not restored)");
+            Ok(())
         }
+        r => r,
+    }
+}
+
+fn set_value(dir: &Path, p: &pb::CgroupPropEntry) -> Result<(), CgroupError> {
+    let path = dir.join(&p.name);
+    if perms_only(&p.name) {
         return Ok(());
     }
-    let path = dir.join(&p.name);
     if p.name == "cgroup.subtree_control" {
         for c in p.value.split_whitespace() {
             write_file(&path, "enable controller in", &format!("+{c}"))?;
@@ -1151,7 +1276,21 @@ fn set_prop(dir: &Path, p: &pb::CgroupPropEntry) -> Result<(), CgroupError> {
         return Ok(());
     }
     match std::fs::read_to_string(&path) {
-        Ok(v) if v.trim() == p.value || p.value.is_empty() => Ok(()),
+        Ok(v) if v.trim_end_matches('\n') == p.value || p.value.is_empty() => Ok(()),
+        Ok(_) if p.name == "devices.list" => {
+            write_file(&dir.join("devices.deny"), "set", "a")?;
+            for line in p.value.lines().filter(|l| !l.is_empty()) {
+                write_file(&dir.join("devices.allow"), "set", line)?;
+            }
+            Ok(())
+        }
+        // The kernel reads one "IFNAME PRIO" pair per write.
+        Ok(_) if p.name == "net_prio.ifpriomap" => {
+            for line in p.value.lines().filter(|l| !l.is_empty()) {
+                write_file(&path, "set", line)?;
+            }
+            Ok(())
+        }
         Ok(_) => write_file(&path, "set", &p.value),
         // The controller is not enabled there (its parent was not saved): not fatal.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -1164,6 +1303,35 @@ fn set_prop(dir: &Path, p: &pb::CgroupPropEntry) -> Result<(), CgroupError> {
         }
         Err(source) => Err(CgroupError::Read { path, source }),
     }
+}
+
+/// Gives a property file its saved mode and owner (devices.list's is the kernel's own).
+fn set_perms(dir: &Path, p: &pb::CgroupPropEntry) -> Result<(), CgroupError> {
+    let Some(pm) = p.perms.as_ref().filter(|_| p.name != "devices.list") else {
+        return Ok(());
+    };
+    let path = dir.join(&p.name);
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return Ok(()); // no such file here (see set_value)
+    };
+    if (meta.uid(), meta.gid()) != (pm.uid, pm.gid) {
+        std::os::unix::fs::chown(&path, Some(pm.uid), Some(pm.gid)).map_err(|source| {
+            CgroupError::Io {
+                what: "chown",
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+    if meta.mode() & 0o7777 != pm.mode & 0o7777 {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(pm.mode & 0o7777))
+            .map_err(|source| CgroupError::Io {
+                what: "chmod",
+                path: path.clone(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -39,9 +39,15 @@ pub static FD_KINDS: &[FdOps] = &[
     FdOps::of::<super::timerfd::TimerFd>(),
     FdOps::of::<super::epoll::Epoll>(),
     FdOps::of::<super::inotify::Inotify>(),
+    FdOps::of::<super::fanotify::Fanotify>(),
     FdOps::of::<super::memfd::Memfd>(),
     FdOps::of::<super::unix_sk::UnixSk>(),
+    FdOps::of::<super::inet_sk::InetSk>(),
+    FdOps::of::<super::netlink_sk::NetlinkSk>(),
+    FdOps::of::<super::packet_sk::PacketSk>(),
     FdOps::of::<super::tty::Tty>(),
+    FdOps::of::<super::pidfd::PidFd>(),
+    FdOps::of::<super::nsfile::NsFile>(),
 ];
 
 /// Why the fd table could not be saved or rebuilt.
@@ -58,6 +64,12 @@ pub enum FilesError {
     /// `/dev/tty`, opened in the puppet.
     #[error(transparent)]
     Tty(#[from] super::tty::TtyError),
+    /// A pidfd of a process of the tree, opened in the puppet.
+    #[error(transparent)]
+    PidFd(#[from] super::pidfd::PidFdError),
+    /// A removed file with other names (`--link-remap`).
+    #[error(transparent)]
+    LinkRemap(#[from] super::linkremap::LinkRemapError),
 }
 task_error_from!(FilesError, no_failure);
 
@@ -68,6 +80,8 @@ impl Failure for FilesError {
             FilesError::Kind(k) => k.inner.hint(),
             FilesError::Ghost(e) => e.hint(),
             FilesError::Tty(e) => e.hint(),
+            FilesError::PidFd(e) => e.hint(),
+            FilesError::LinkRemap(e) => e.hint(),
         }
     }
 }
@@ -111,6 +125,23 @@ pub struct FdProbe<'a> {
     pub meta: Option<&'a std::fs::Metadata>,
     /// For a socket: its (domain, type, protocol), read from the socket itself.
     pub socket: Option<(i32, i32, i32)>,
+    /// The socket options of the command (`--tcp-established`, ...).
+    pub sock: SockOpts,
+}
+
+/// The options that decide which sockets can be dumped and how they come back (CRIU's
+/// `--tcp-established`, `--tcp-close`, `--skip-in-flight`, `--ext-unix-sk`; RPC
+/// `tcp_established`, `tcp_close`, `tcp_skip_in_flight`, `ext_unix_sk`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SockOpts {
+    /// Established TCP connections are saved (TCP repair mode) and restored.
+    pub tcp_established: bool,
+    /// Established TCP connections are dropped: restored closed.
+    pub tcp_close: bool,
+    /// Connections waiting in a listener's accept queue are dropped.
+    pub skip_in_flight: bool,
+    /// A unix socket whose peer is outside the tree is connected to that peer again.
+    pub ext_unix_sk: bool,
 }
 
 impl FdProbe<'_> {
@@ -152,7 +183,7 @@ pub trait FdKind {
         Ok(())
     }
     /// Checks every fd of this kind in the tree at once, before the tree is touched.
-    fn precheck_tree(_fds: &[PrecheckFd]) -> Result<(), Self::Error> {
+    fn precheck_tree(_fds: &[PrecheckFd], _opts: &SockOpts) -> Result<(), Self::Error> {
         Ok(())
     }
     /// The files.img record of a new open file description, with id `id`.
@@ -175,7 +206,7 @@ pub trait FdKind {
 
 type ClaimsFn = fn(&FdProbe<'_>) -> bool;
 type PrecheckFn = fn(&FdProbe<'_>) -> Result<(), FilesError>;
-type PrecheckTreeFn = fn(&[PrecheckFd]) -> Result<(), FilesError>;
+type PrecheckTreeFn = fn(&[PrecheckFd], &SockOpts) -> Result<(), FilesError>;
 type DumpFn = fn(&mut DumpCx<'_>, &TargetFd<'_>, u32) -> Result<pb::FileEntry, FilesError>;
 type LoadFn = fn(&mut FdObjects) -> Result<(), FilesError>;
 type OpenFn = fn(&mut FdObjects, &pb::FileEntry) -> Result<OwnedFd, FilesError>;
@@ -205,7 +236,7 @@ impl FdOps {
             in_tree_ns: K::IN_TREE_NS,
             claims: K::claims,
             precheck: |p| K::precheck(p).map_err(FilesError::kind::<K>),
-            precheck_tree: |fds| K::precheck_tree(fds).map_err(FilesError::kind::<K>),
+            precheck_tree: |fds, o| K::precheck_tree(fds, o).map_err(FilesError::kind::<K>),
             dump: |cx, fd, id| K::dump(cx, fd, id).map_err(FilesError::kind::<K>),
             load: |objs| K::load(objs).map_err(FilesError::kind::<K>),
             open: |objs, e| K::open(objs, e).map_err(FilesError::kind::<K>),
@@ -244,10 +275,13 @@ fn classify(p: &FdProbe<'_>) -> Result<Option<&'static FdOps>, (String, &'static
     let hint_fd = "close it before the dump";
     let link = p.link;
     if let Some((domain, _, _)) = p.socket {
-        return Err((
-            format!("{} socket", family_name(domain)),
-            "close it before the dump",
-        ));
+        let hint = match domain {
+            libc::AF_VSOCK => "vsock connections to the host or to VMs cannot be checkpointed; close it before the dump and connect again after the restore",
+            libc::AF_ALG => "kernel crypto (AF_ALG) sockets cannot be checkpointed; close it before the dump and open it again after the restore",
+            libc::AF_XDP => "XDP sockets (their UMEM and rings) cannot be checkpointed; close it before the dump",
+            _ => "close it before the dump",
+        };
+        return Err((format!("{} socket", family_name(domain)), hint));
     }
     if let Some(kind) = link.strip_prefix("anon_inode:") {
         let what = match kind {
@@ -264,9 +298,10 @@ fn classify(p: &FdProbe<'_>) -> Result<Option<&'static FdOps>, (String, &'static
     if link.starts_with("socket:") {
         return Err(("socket of an unknown family".into(), hint_fd));
     }
-    if p.deleted() && !p.meta.is_some_and(|m| m.is_file()) {
-        // Deleted regular files are saved as ghost files; anything else deleted is not.
-        return Err(("deleted special file".into(), hint_fd));
+    if p.deleted() && p.meta.is_some_and(|m| m.file_type().is_socket()) {
+        // Deleted files, directories, devices and symlinks are saved as ghost files (FIFOs
+        // by their kind); a socket file cannot be bound again to a name no one sees.
+        return Err(("deleted socket file".into(), hint_fd));
     }
     if !link.starts_with('/') {
         return Err(("special file".into(), hint_fd));
@@ -282,11 +317,13 @@ fn classify(p: &FdProbe<'_>) -> Result<Option<&'static FdOps>, (String, &'static
         ));
     }
     if ft.is_char_device() {
-        let major = (m.rdev() >> 8) & 0xfff;
-        if matches!(major, 4 | 5 | 136..=143) {
+        let (major, minor) = ((m.rdev() >> 8) & 0xfff, m.rdev() & 0xff);
+        // Virtual terminals (4:0-63) and /dev/console (5:1) are reopened by path.
+        let vt_or_console = (major == 4 && minor < 64) || (major == 5 && minor == 1);
+        if matches!(major, 4 | 5 | 136..=143) && !vt_or_console {
             return Err((
                 "terminal".into(),
-                "only pseudo-terminals are supported; start the program with stdio redirected to files, /dev/null or a pty",
+                "only pseudo-terminals, virtual terminals and /dev/console are supported; start the program with stdio redirected to files, /dev/null or a pty",
             ));
         }
     }
@@ -355,6 +392,8 @@ fn shell_tty(
 #[derive(Debug, Default)]
 pub struct Precheck {
     by_kind: HashMap<&'static str, Vec<PrecheckFd>>,
+    /// The command's socket options.
+    pub sock: SockOpts,
 }
 
 /// Checks every fd of `pid` can be dumped, without touching the task. Called before
@@ -367,17 +406,29 @@ pub fn precheck(
 ) -> Result<(), FilesError> {
     let mut pidfd = None;
     for fd in procfs::fds(pid)? {
-        let link = procfs::link(pid, &format!("fd/{fd}"))?;
+        // The tree still runs: an fd closed since the listing is no longer ours to check
+        // (the dump itself reads the table again once the tree is frozen).
+        let gone =
+            |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF));
+        let link = match procfs::link(pid, &format!("fd/{fd}")) {
+            Err(procfs::ProcError::Read { source, .. }) if gone(&source) => continue,
+            r => r?,
+        };
         let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
         if shell_tty(pid, shell_job, meta.as_ref(), tree).is_some() {
             continue;
         }
+        let socket = match socket_of(pid, fd, &link, &mut pidfd) {
+            Err(TaskError::Fd { source, .. }) if gone(&source) => continue,
+            r => r?,
+        };
         let p = FdProbe {
             pid,
             fd,
             link: &link,
             meta: meta.as_ref(),
-            socket: socket_of(pid, fd, &link, &mut pidfd)?,
+            socket,
+            sock: pc.sock,
         };
         match classify(&p) {
             Err(why) => return Err(refuse(pid, fd, &link, why).into()),
@@ -413,7 +464,7 @@ pub fn precheck(
 pub fn precheck_tree(pc: &Precheck) -> Result<(), FilesError> {
     for k in FD_KINDS {
         if let Some(fds) = pc.by_kind.get(k.name) {
-            (k.precheck_tree)(fds)?;
+            (k.precheck_tree)(fds, &pc.sock)?;
         }
     }
     Ok(())
@@ -554,6 +605,11 @@ pub struct FdObjects {
     /// The root puppet (host PID) once the tree's network or mount namespace exists: unix
     /// sockets, FIFOs and inotify watches are made inside its namespaces.
     pub ns_pid: Option<i32>,
+    /// The restore's socket options (`--tcp-established`, ...).
+    pub sock: SockOpts,
+    /// The file ids some task's fd table holds (the others are only in flight: passed in
+    /// a message queued on a unix socket).
+    pub held: std::collections::HashSet<u32>,
 }
 
 /// Is `key` an inherit-fd key cryo looks up (`pipe:[INO]`, `tty[RDEV:DEV]`)? Other keys
@@ -607,6 +663,11 @@ impl FdObjects {
             tty: Default::default(),
             inherited: HashMap::new(),
             ns_pid: None,
+            sock: SockOpts::default(),
+            held: tasks
+                .iter()
+                .flat_map(|t| t.fdinfo.iter().map(|f| f.id))
+                .collect(),
         })
     }
 
@@ -615,7 +676,7 @@ impl FdObjects {
         self.made.clear();
         self.kinds = KindState::default();
         self.shmem = Default::default();
-        self.ghosts.unlink_all();
+        self.ghosts.finish();
         self.tty.close();
         self.inherited.clear();
     }
@@ -625,6 +686,57 @@ impl FdObjects {
         self.files.get(&id).ok_or(TaskError::BadImage(format!(
             "files.img has no entry with id {id}"
         )))
+    }
+
+    /// A copy (dup) of cryo's object for file `id`, made on first use, to pass it in a
+    /// message (SCM_RIGHTS). A regular file, which tasks open themselves, is opened by cryo
+    /// for this, in the tree's mount namespace.
+    pub fn dup(&mut self, id: u32) -> Result<OwnedFd, FilesError> {
+        if !self.made.contains_key(&id) && self.entry(id)?.r#type == pb::FdTypes::Reg as i32 {
+            let fd = self.open_reg_here(id)?;
+            self.made.insert(id, fd);
+        }
+        self.get(id)?;
+        Ok(self.made[&id]
+            .try_clone()
+            .map_err(TaskError::object(id, "dup"))?)
+    }
+
+    /// Opens regular-file record `id` in cryo, at its saved offset.
+    fn open_reg_here(&mut self, id: u32) -> Result<OwnedFd, FilesError> {
+        let reg = self
+            .entry(id)?
+            .reg
+            .clone()
+            .ok_or_else(|| missing(id, "regular file"))?;
+        if reg.cryo_mqueue == Some(true) {
+            return Err(Unsupported::restore(format!(
+                "file {id} ({}): a POSIX message queue passed in a queued message cannot be restored",
+                reg.name
+            ))
+            .into());
+        }
+        let flags = (reg.flags
+            & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32))
+            as i32
+            | libc::O_CLOEXEC;
+        let fd = if self.ghosts.is_ghost(id) {
+            self.ghosts
+                .open(&self.dir, id, &reg.name, flags as u32, self.ns_pid)?
+        } else {
+            let _in_ns = self
+                .ns_pid
+                .map(|p| super::ns::InNs::enter(p, true))
+                .transpose()
+                .map_err(TaskError::object(id, "enter the tree's namespaces"))?;
+            sys::fd::open(&reg.name, flags)
+                .map_err(TaskError::object(id, format!("open {}", reg.name)))?
+        };
+        if reg.pos != 0 {
+            nix::unistd::lseek(&fd, reg.pos as i64, nix::unistd::Whence::SeekSet)
+                .map_err(|e| TaskError::object(id, "lseek")(e.into()))?;
+        }
+        Ok(fd)
     }
 
     /// cryo's fd for file `id`, created on first use by the kind of its record.
@@ -658,6 +770,180 @@ impl FdObjects {
     }
 }
 
+/// What [`dump_fd`] saved for one fd.
+struct DumpedFdInfo {
+    id: u32,
+    kind: Option<&'static FdOps>,
+    cloexec: bool,
+}
+
+/// Saves the open file behind fd `fd` of process `pid` (a task of the tree, or cryo itself
+/// for a file in flight) unless an fd dumped earlier shares its open file description, and
+/// returns its file id. `pidfd` is a pidfd of `pid`, opened on first use.
+fn dump_fd(
+    cx: &mut DumpCx<'_>,
+    pid: i32,
+    fd: i32,
+    pidfd: &mut Option<OwnedFd>,
+    of_tree: bool,
+) -> Result<DumpedFdInfo, FilesError> {
+    let link = procfs::link(pid, &format!("fd/{fd}"))?;
+    let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
+    let tty = if of_tree {
+        shell_tty(pid, cx.files.shell_job, meta.as_ref(), &cx.files.tree)
+    } else {
+        None
+    };
+    let kind = match tty {
+        Some(_) => None,
+        None => {
+            let p = FdProbe {
+                pid,
+                fd,
+                link: &link,
+                meta: meta.as_ref(),
+                socket: socket_of(pid, fd, &link, pidfd)?,
+                sock: cx.files.sock,
+            };
+            classify(&p).map_err(|why| refuse(pid, fd, &link, why))?
+        }
+    };
+    let link = tty.unwrap_or(link);
+    let text = procfs::read(pid, &format!("fdinfo/{fd}"))?;
+    let info = procfs::parse_fdinfo(&text).ok_or_else(|| procfs::ProcError::Parse {
+        path: format!("/proc/{pid}/fdinfo/{fd}").into(),
+        what: "unexpected format".into(),
+    })?;
+    // Same open file description as an earlier fd (of any process)?
+    let mut id = None;
+    // Only fds on the same inode can share a description: compare those alone.
+    let key = meta.as_ref().map(|m| (m.dev(), m.ino()));
+    for &(opid, other, oid) in cx.files.fds_by_inode.get(&key).into_iter().flatten() {
+        if kcmp(pid, opid, KCMP_FILE, fd as u64, other as u64).ok() == Some(0) {
+            id = Some(oid);
+            break;
+        }
+    }
+    let fresh = id.is_none();
+    let id = match (id, kind) {
+        (Some(i), _) => i,
+        (None, None) => {
+            let meta = meta.as_ref().ok_or_else(|| {
+                Unsupported::of(
+                    pid,
+                    format!("fd {fd} ({link})"),
+                    "the file cannot be looked up from cryo",
+                    "is it in a mount namespace cryo cannot reach? close it before the dump",
+                )
+            })?;
+            let deleted = link.strip_suffix(" (deleted)");
+            let id = cx.files.add_reg(
+                deleted.unwrap_or(&link).to_string(),
+                info.flags & !(libc::O_CLOEXEC as u32),
+                info.pos,
+                meta.is_file().then_some(meta.len()),
+                meta.mode(),
+            );
+            if meta.file_type().is_char_device()
+                && super::tty::is_vt_or_console(meta.rdev())
+                && procfs::stat(pid)
+                    .is_ok_and(|s| s.session == pid && s.tty_nr as u64 == meta.rdev())
+            {
+                if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
+                    r.cryo_ctty = Some(true);
+                }
+            }
+            if meta.is_file() && is_mqueue(pid, fd) {
+                if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
+                    r.cryo_mqueue = Some(true);
+                    r.size = None;
+                }
+            }
+            if let Some(path) = deleted.filter(|_| meta.nlink() > 0) {
+                // Removed from this name, but it has others: a link remap.
+                let own_mnt = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino());
+                let theirs = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
+                let ns = (own_mnt.ok() != theirs.ok()).then_some(pid);
+                super::linkremap::dump(cx.files, pid, fd, path, ns, id)?;
+            } else if deleted.is_some() {
+                super::ghost::dump(
+                    cx.files,
+                    pid,
+                    &format!("fd {fd} ({link})"),
+                    &format!("/proc/{pid}/fd/{fd}"),
+                    meta,
+                    id,
+                )?;
+            }
+            id
+        }
+        (None, Some(k)) => {
+            if pidfd.is_none() {
+                *pidfd = Some(
+                    sys::fd::pidfd_open(pid).map_err(|source| TaskError::Ptrace {
+                        pid,
+                        what: "pidfd_open",
+                        source,
+                    })?,
+                );
+            }
+            let t = TargetFd {
+                pid,
+                fd,
+                link: &link,
+                meta: meta.as_ref(),
+                info: &info,
+                fdinfo: &text,
+                pidfd: pidfd.as_ref().expect("opened above").as_fd(),
+            };
+            let id = cx.files.alloc();
+            // Known before the kind looks inside it (a socket whose queue holds itself).
+            cx.files
+                .fds_by_inode
+                .entry(key)
+                .or_default()
+                .push((pid, fd, id));
+            let e = (k.dump)(cx, &t, id)?;
+            cx.files.entries.push(e);
+            save_owner(cx, pid, fd, id, pidfd)?;
+            return Ok(DumpedFdInfo {
+                id,
+                kind,
+                cloexec: info.flags & libc::O_CLOEXEC as u32 != 0,
+            });
+        }
+    };
+    if fresh {
+        save_owner(cx, pid, fd, id, pidfd)?;
+    }
+    cx.files
+        .fds_by_inode
+        .entry(key)
+        .or_default()
+        .push((pid, fd, id));
+    Ok(DumpedFdInfo {
+        id,
+        kind,
+        cloexec: info.flags & libc::O_CLOEXEC as u32 != 0,
+    })
+}
+
+/// Saves a file no fd of the tree may hold: one passed in a message still queued on a unix
+/// socket (SCM_RIGHTS), which cryo received a reference to by peeking. cryo keeps `file`
+/// open until the dump ends, so fds of the tree dumped later that share its open file
+/// description find it (kcmp). Returns its file id and kind.
+pub fn dump_in_flight(
+    cx: &mut DumpCx<'_>,
+    file: OwnedFd,
+) -> Result<(u32, pb::FdTypes), FilesError> {
+    let me = std::process::id() as i32;
+    let fd = file.as_raw_fd();
+    cx.files.in_flight.push(file);
+    let mut pidfd = None;
+    let d = dump_fd(cx, me, fd, &mut pidfd, false)?;
+    Ok((d.id, d.kind.map_or(pb::FdTypes::Reg, |k| k.fd_type)))
+}
+
 impl Kind for Files {
     const NAME: &'static str = "files";
     type Error = FilesError;
@@ -669,114 +955,15 @@ impl Kind for Files {
         let pid = cx.pid;
         let mut pidfd = None;
         for fd in procfs::fds(pid)? {
-            let link = procfs::link(pid, &format!("fd/{fd}"))?;
-            let meta = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).ok();
-            let tty = shell_tty(pid, cx.files.shell_job, meta.as_ref(), &cx.files.tree);
-            let kind = match tty {
-                Some(_) => None,
-                None => {
-                    let p = FdProbe {
-                        pid,
-                        fd,
-                        link: &link,
-                        meta: meta.as_ref(),
-                        socket: socket_of(pid, fd, &link, &mut pidfd)?,
-                    };
-                    classify(&p).map_err(|why| refuse(pid, fd, &link, why))?
-                }
-            };
-            let link = tty.unwrap_or(link);
-            let text = procfs::read(pid, &format!("fdinfo/{fd}"))?;
-            let info = procfs::parse_fdinfo(&text).ok_or_else(|| procfs::ProcError::Parse {
-                path: format!("/proc/{pid}/fdinfo/{fd}").into(),
-                what: "unexpected format".into(),
-            })?;
-            // Same open file description as an earlier fd (of any process)?
-            let mut id = None;
-            // Only fds on the same inode can share a description: compare those alone.
-            let key = meta.as_ref().map(|m| (m.dev(), m.ino()));
-            for &(opid, other, oid) in cx.files.fds_by_inode.get(&key).into_iter().flatten() {
-                if kcmp(pid, opid, KCMP_FILE, fd as u64, other as u64).ok() == Some(0) {
-                    id = Some(oid);
-                    break;
-                }
-            }
-            let id = match (id, kind) {
-                (Some(i), _) => i,
-                (None, None) => {
-                    let meta = meta.as_ref().ok_or_else(|| {
-                        Unsupported::of(
-                            pid,
-                            format!("fd {fd} ({link})"),
-                            "the file cannot be looked up from cryo",
-                            "is it in a mount namespace cryo cannot reach? close it before the dump",
-                        )
-                    })?;
-                    let deleted = link.strip_suffix(" (deleted)");
-                    let id = cx.files.add_reg(
-                        deleted.unwrap_or(&link).to_string(),
-                        info.flags & !(libc::O_CLOEXEC as u32),
-                        info.pos,
-                        meta.is_file().then_some(meta.len()),
-                        meta.mode(),
-                    );
-                    if meta.is_file() && is_mqueue(pid, fd) {
-                        if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
-                            r.cryo_mqueue = Some(true);
-                            r.size = None;
-                        }
-                    }
-                    if deleted.is_some() {
-                        super::ghost::dump(
-                            cx.files,
-                            pid,
-                            &format!("fd {fd} ({link})"),
-                            &format!("/proc/{pid}/fd/{fd}"),
-                            meta,
-                            id,
-                        )?;
-                    }
-                    id
-                }
-                (None, Some(k)) => {
-                    if pidfd.is_none() {
-                        pidfd =
-                            Some(
-                                sys::fd::pidfd_open(pid).map_err(|source| TaskError::Ptrace {
-                                    pid,
-                                    what: "pidfd_open",
-                                    source,
-                                })?,
-                            );
-                    }
-                    let t = TargetFd {
-                        pid,
-                        fd,
-                        link: &link,
-                        meta: meta.as_ref(),
-                        info: &info,
-                        fdinfo: &text,
-                        pidfd: pidfd.as_ref().expect("opened above").as_fd(),
-                    };
-                    let id = cx.files.alloc();
-                    let e = (k.dump)(cx, &t, id)?;
-                    cx.files.entries.push(e);
-                    id
-                }
-            };
-            cx.files
-                .fds_by_inode
-                .entry(key)
-                .or_default()
-                .push((pid, fd, id));
+            let d = dump_fd(cx, pid, fd, &mut pidfd, true)?;
             img.fdinfo.push(pb::FdinfoEntry {
-                id,
-                flags: if info.flags & libc::O_CLOEXEC as u32 != 0 {
+                id: d.id,
+                flags: if d.cloexec {
                     libc::FD_CLOEXEC as u32
                 } else {
                     0
                 },
-                r#type: kind.map_or(pb::FdTypes::Reg, |k| k.fd_type) as i32,
+                r#type: d.kind.map_or(pb::FdTypes::Reg, |k| k.fd_type) as i32,
                 fd: fd as u32,
                 xattr_security_selinux: None,
             });
@@ -787,6 +974,44 @@ impl Kind for Files {
     fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), FilesError> {
         restore_fds(cx, img, None).map(|_| ())
     }
+}
+
+/// Saves the owner and signal of the open file behind fd `fd` of `pid` (`F_SETOWN`,
+/// `F_SETSIG`) in the `fown_entry` of its record `id`, when it has one.
+fn save_owner(
+    cx: &mut DumpCx<'_>,
+    pid: i32,
+    fd: i32,
+    id: u32,
+    pidfd: &mut Option<OwnedFd>,
+) -> Result<(), FilesError> {
+    let err = |what: &'static str| {
+        move |source| TaskError::Fd {
+            pid,
+            fd,
+            what: what.into(),
+            source,
+        }
+    };
+    if pidfd.is_none() {
+        *pidfd = Some(sys::fd::pidfd_open(pid).map_err(err("pidfd_open"))?);
+    }
+    let copy = sys::fd::pidfd_getfd(pidfd.as_ref().expect("opened above").as_fd(), fd)
+        .map_err(err("pidfd_getfd"))?;
+    let Some(owner) = super::fown::dump(copy.as_fd()).map_err(err("read the file's owner"))? else {
+        return Ok(());
+    };
+    if let Some(slot) = cx
+        .files
+        .entries
+        .iter_mut()
+        .rev()
+        .find(|e| e.id == id)
+        .and_then(super::fown::slot)
+    {
+        *slot = owner;
+    }
+    Ok(())
 }
 
 /// A restored fd table: which fd holds each file id, and the highest fd.
@@ -840,6 +1065,9 @@ pub fn restore_fds(
         } else {
             0
         };
+        if opened_late(cx.files, f.id) && !taken.contains_key(&f.id) {
+            continue; // restore_late_fds
+        }
         if let Some(&src) = opened.get(&f.id).or(taken.get(&f.id)) {
             cx.sys(
                 "dup3",
@@ -914,10 +1142,117 @@ pub fn restore_fds(
             (k.after_fds)(cx, &mut objs_cell.borrow_mut(), f)?;
         }
     }
+    // The same for files in flight to this task (passed in a message queued on one of its
+    // sockets, held by no task): an epoll's watches name the receiver's fds. The puppet
+    // holds the file for that moment only.
+    let ids: Vec<u32> = fds.iter().map(|f| f.id).collect();
+    let in_flight = super::unix_sk::in_flight_to(&mut objs_cell.borrow_mut(), &ids)
+        .map_err(FilesError::kind::<super::unix_sk::UnixSk>)?;
+    for id in in_flight {
+        let t = objs_cell.borrow().entry(id)?.r#type;
+        let Some(k) = FdOps::for_type(t) else {
+            continue;
+        };
+        let local = objs_cell.borrow_mut().get(id)?;
+        let tmp = cx.take_from_cryo(local)?;
+        let f = pb::FdinfoEntry {
+            id,
+            flags: 0,
+            r#type: t,
+            fd: tmp as u32,
+            xattr_security_selinux: None,
+        };
+        (k.after_fds)(cx, &mut objs_cell.borrow_mut(), &f)?;
+        cx.sys("close", libc::SYS_close, [tmp, 0, 0, 0, 0, 0])?;
+    }
     Ok(FdTable {
         by_id: opened,
         max_fd: max_target,
     })
+}
+
+/// Whether file `id` names processes of the tree, so it is opened only once the task's
+/// children exist ([`restore_late_fds`]): a pidfd of a live process, a file under
+/// `/proc/PID/` (a child's `/proc/PID/stat`, ...), or a namespace file (opened by the task
+/// itself).
+fn opened_late(files: &HashMap<u32, pb::FileEntry>, id: u32) -> bool {
+    let Some(e) = files.get(&id) else {
+        return false;
+    };
+    if super::pidfd::is_live(e) || e.nsf.is_some() {
+        return true;
+    }
+    e.reg.as_ref().is_some_and(|r| {
+        r.name
+            .strip_prefix("/proc/")
+            .and_then(|rest| rest.split('/').next())
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// Opens the fds of the task `cx` drives that name processes of the tree ([`opened_late`]),
+/// once its children exist: pidfds by the PID the tree sees, `/proc/PID/...` files by path.
+/// `table` is what [`restore_fds`] made; the fds opened here are added to it.
+pub fn restore_late_fds(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    table: &mut FdTable,
+) -> Result<(), FilesError> {
+    let mut fds: Vec<&pb::FdinfoEntry> = img
+        .fdinfo
+        .iter()
+        .filter(|f| opened_late(cx.files, f.id) && !table.by_id.contains_key(&f.id))
+        .collect();
+    fds.sort_by_key(|f| f.fd);
+    let mut opened: HashMap<u32, u32> = HashMap::new();
+    for f in fds {
+        let cloexec = if f.flags & libc::FD_CLOEXEC as u32 != 0 {
+            libc::O_CLOEXEC as u64
+        } else {
+            0
+        };
+        if let Some(&src) = opened.get(&f.id) {
+            cx.sys(
+                "dup3",
+                libc::SYS_dup3,
+                [src as u64, f.fd as u64, cloexec, 0, 0, 0],
+            )?;
+            continue;
+        }
+        let e = cx
+            .files
+            .get(&f.id)
+            .cloned()
+            .ok_or_else(|| missing(f.id, "file"))?;
+        let tmp = if e.r#type == pb::FdTypes::Pidfd as i32 {
+            super::pidfd::open_in_task(cx, &e)?
+        } else if e.r#type == pb::FdTypes::Ns as i32 {
+            let path = super::nsfile::path_in_task(&e)
+                .map_err(FilesError::kind::<super::nsfile::NsFile>)?;
+            let flags = e.nsf.as_ref().map_or(0, |n| n.flags);
+            cx.open(&path, super::ghost::reopen_flags(flags) as u32)? as u64
+        } else {
+            open_reg(cx, f.id)? as u64
+        };
+        cx.place_fd(tmp, f.fd, cloexec)?;
+        opened.insert(f.id, f.fd);
+    }
+    table.by_id.extend(opened);
+    // File owners, now that every process they may name exists: once per open file.
+    let mut done = std::collections::HashSet::new();
+    let mut all: Vec<&pb::FdinfoEntry> = img.fdinfo.iter().collect();
+    all.sort_by_key(|f| f.fd);
+    for f in all {
+        let Some(mut e) = cx.files.get(&f.id).cloned() else {
+            continue;
+        };
+        if let Some(o) = super::fown::slot(&mut e).filter(|o| super::fown::is_set(o)) {
+            if done.insert(f.id) {
+                super::fown::restore(cx, f.fd, o)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Opens regular-file record `id` in the puppet, at its saved offset; returns the fd.
@@ -956,7 +1291,7 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Fil
         return Ok(cx.take_from_cryo(local)? as i32);
     }
     let reg = cx.reg(id)?.clone();
-    let flags = flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+    let flags = super::ghost::reopen_flags(flags) as u32;
     if reg.cryo_mqueue == Some(true) {
         // Opened by name in the puppet's IPC namespace, whose queues exist by now.
         // The queue's name is the last component (the fd may have been opened through a
@@ -965,6 +1300,16 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<i32, Fil
         let p = cx.put_path(name)?;
         let mode = flags & (libc::O_ACCMODE | libc::O_NONBLOCK) as u32;
         return Ok(cx.sys("mq_open", libc::SYS_mq_open, [p, mode as u64, 0, 0, 0, 0])? as i32);
+    }
+    let linked = cell.borrow().ghosts.linked(id);
+    if let Some(lid) = linked {
+        // Removed from its name, reopened through the temporary one the dump made.
+        let path = cx.reg(lid)?.name.clone();
+        let fd = cx.open(&path, flags)?;
+        let mut objs = cell.borrow_mut();
+        let ns = objs.ns_pid;
+        objs.ghosts.note_linked(&path, ns);
+        return Ok(fd);
     }
     if cell.borrow().ghosts.is_ghost(id) {
         let local = {

@@ -1,20 +1,28 @@
-//! Ghost files: regular files that were deleted while a task still had them open or mapped.
-//! Their content goes into the images (`ghost-file-ID.img`, linked to the file's record by
-//! `remap-fpath.img`, as CRIU lays it out), up to `--ghost-limit` bytes.
+//! Ghost files: files that were deleted while a task still had them open, mapped, or as its
+//! working directory. What makes them again goes into the images (`ghost-file-ID.img`,
+//! linked to the file's record by `remap-fpath.img`, as CRIU lays it out):
 //!
-//! Restore writes the content back to a file at the original path (or, if that path is
-//! taken again, to a hidden name beside it), opens it from cryo with the saved flags, hands
-//! the open file to the puppet and unlinks the file before the restored tree runs: the
-//! program sees a deleted file with the same content, as before.
+//! - a regular file: its content, up to `--ghost-limit` bytes of allocated blocks (as CRIU
+//!   counts it, so a sparse file is measured by its data). From 12 KiB on, only the data
+//!   extents are saved (`ghost_chunk_entry` + bytes, found with `SEEK_DATA`/`SEEK_HOLE`):
+//!   the holes stay holes on restore;
+//! - a directory, a FIFO (its queued bytes are saved by `pipes`), a character or block
+//!   device (its number), a symlink (its target): only the entry.
+//!
+//! Every ghost keeps its mode, owner, and access and modification times. Restore makes the
+//! file again at the original path (or, if that path is taken again or its directory is
+//! gone, at a hidden name in the nearest directory that exists), opens it from cryo with the
+//! saved flags or hands its path to whoever needs it (a FIFO, a working directory), and
+//! removes it before the restored tree runs: the program sees a deleted file, as before.
 
 use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::HashMap;
 use std::io::Read;
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::FileTable;
+use super::{FileTable, RestoreCx};
 use crate::image::{self, pb, ImageDir};
 
 /// Why a deleted file (ghost) could not be saved or restored.
@@ -25,8 +33,30 @@ pub enum GhostError {
 }
 task_error_from!(GhostError);
 
-/// Saves the content of the deleted file readable at `proc_path` (once per inode) and
-/// links file record `reg_id` to it.
+/// Files smaller than this are saved whole; larger ones by their data extents (as CRIU).
+const CHUNKS_FROM: u64 = 3 * 4096;
+
+/// What follows a ghost's entry in its image.
+#[derive(Debug)]
+pub enum Body {
+    /// Not a regular file: nothing.
+    None,
+    /// The whole content.
+    Bytes(Vec<u8>),
+    /// The data extents (offset, bytes); the rest of the file, up to its size, is holes.
+    Chunks(Vec<(u64, Vec<u8>)>),
+}
+
+/// One ghost file to save.
+#[derive(Debug)]
+pub struct Ghost {
+    pub id: u32,
+    pub entry: pb::GhostFileEntry,
+    pub body: Body,
+}
+
+/// Saves what makes the deleted file at `proc_path` again (once per inode) and links file
+/// record `reg_id` to it. `object` names it in errors ("fd 4 (/tmp/x (deleted))").
 pub fn dump(
     files: &mut FileTable,
     pid: i32,
@@ -39,45 +69,81 @@ pub fn dump(
     let ghost_id = match files.ghost_ids.get(&key) {
         Some(&g) => g,
         None => {
-            if meta.len() > files.ghost_limit {
-                return Err(Unsupported::of(pid, object, format!(
-                        "the file was deleted and its {} bytes exceed the ghost file limit of {} bytes",
-                        meta.len(),
-                        files.ghost_limit
-                    ), "raise the limit with --ghost-limit SIZE (e.g. --ghost-limit 64M)").into());
-            }
-            let mut content = Vec::with_capacity(meta.len() as usize);
-            std::fs::File::open(proc_path)
-                .and_then(|mut f| f.read_to_end(&mut content))
-                .map_err(|source| TaskError::Fd {
+            let ft = meta.file_type();
+            let err = |what: &str| {
+                let what = format!("{object}: {what}");
+                move |source| TaskError::Fd {
                     pid,
                     fd: -1,
-                    what: format!("{object}: read the deleted file's content"),
+                    what,
                     source,
-                })?;
+                }
+            };
+            let mut entry = pb::GhostFileEntry {
+                uid: meta.uid(),
+                gid: meta.gid(),
+                mode: meta.mode(),
+                dev: Some(meta.dev() as u32),
+                ino: Some(meta.ino()),
+                atim: Some(timeval(meta.atime(), meta.atime_nsec())),
+                mtim: Some(timeval(meta.mtime(), meta.mtime_nsec())),
+                ..Default::default()
+            };
+            let body = if ft.is_file() {
+                // As CRIU: the limit is on the blocks the file takes, so holes are free.
+                let used = meta.blocks() * 512;
+                if used > files.ghost_limit {
+                    return Err(Unsupported::of(
+                        pid,
+                        object,
+                        format!(
+                            "the file was deleted and its {used} bytes of data exceed the ghost file limit of {} bytes",
+                            files.ghost_limit
+                        ),
+                        "raise the limit with --ghost-limit SIZE (e.g. --ghost-limit 64M)",
+                    )
+                    .into());
+                }
+                let f = std::fs::File::open(proc_path)
+                    .map_err(err("open the deleted file to read it"))?;
+                if meta.len() < CHUNKS_FROM {
+                    let mut content = Vec::with_capacity(meta.len() as usize);
+                    (&f).read_to_end(&mut content)
+                        .map_err(err("read the deleted file's content"))?;
+                    entry.size = Some(content.len() as u64);
+                    Body::Bytes(content)
+                } else {
+                    entry.chunks = Some(true);
+                    entry.size = Some(meta.len());
+                    Body::Chunks(
+                        data_extents(&f, meta.len())
+                            .map_err(err("read the deleted file's data extents"))?,
+                    )
+                }
+            } else if ft.is_symlink() {
+                let f = crate::sys::fd::open(proc_path, libc::O_PATH | libc::O_CLOEXEC)
+                    .map_err(err("open the deleted symlink"))?;
+                let target = rustix::fs::readlinkat(f.as_fd(), "", Vec::new())
+                    .map_err(|e| err("read the deleted symlink's target")(e.into()))?;
+                entry.symlnk_target = Some(target.to_string_lossy().into_owned());
+                Body::None
+            } else if ft.is_char_device() || ft.is_block_device() {
+                entry.rdev = Some(meta.rdev() as u32);
+                Body::None
+            } else if ft.is_dir() || ft.is_fifo() {
+                Body::None
+            } else {
+                return Err(Unsupported::of(
+                    pid,
+                    object,
+                    "a deleted socket file cannot be made again",
+                    "close it before the dump",
+                )
+                .into());
+            };
             let g = files.alloc();
             files.ghost_ids.insert(key, g);
-            let tv = |s: i64, ns: i64| pb::Timeval {
-                tv_sec: s as u64,
-                tv_usec: (ns / 1000) as u64,
-            };
-            files.ghosts.push((
-                g,
-                pb::GhostFileEntry {
-                    uid: meta.uid(),
-                    gid: meta.gid(),
-                    mode: meta.mode(),
-                    dev: Some(meta.dev() as u32),
-                    ino: Some(meta.ino()),
-                    rdev: None,
-                    atim: Some(tv(meta.atime(), meta.atime_nsec())),
-                    mtim: Some(tv(meta.mtime(), meta.mtime_nsec())),
-                    chunks: None,
-                    size: Some(content.len() as u64),
-                    symlnk_target: None,
-                },
-                content,
-            ));
+            files.ghosts.push(Ghost { id: g, entry, body });
             g
         }
     };
@@ -89,14 +155,68 @@ pub fn dump(
     Ok(())
 }
 
+fn timeval(s: i64, ns: i64) -> pb::Timeval {
+    pb::Timeval {
+        tv_sec: s as u64,
+        tv_usec: (ns / 1000) as u64,
+    }
+}
+
+/// The data extents of `f` below `size`, with their bytes (`SEEK_DATA`/`SEEK_HOLE`; a file
+/// system without them is one extent).
+fn data_extents(f: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, Vec<u8>)>> {
+    use rustix::fs::{seek, SeekFrom};
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match seek(f, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break, // only a hole remains
+            Err(rustix::io::Errno::INVAL) if pos == 0 => 0, // no SEEK_DATA here
+            Err(e) => return Err(e.into()),
+        };
+        if data >= size {
+            break;
+        }
+        let hole = seek(f, SeekFrom::Hole(data))?.min(size);
+        let mut buf = vec![0u8; (hole - data) as usize];
+        f.read_exact_at(&mut buf, data)?;
+        out.push((data, buf));
+        pos = hole;
+    }
+    Ok(out)
+}
+
 /// Writes ghost-file-ID.img for every ghost and remap-fpath.img.
 pub fn write(dir: &ImageDir, files: &FileTable) -> Result<(), GhostError> {
-    for (id, e, content) in &files.ghosts {
-        dir.write_with_data(
-            &format!("ghost-file-{id}.img"),
-            image::GHOST_FILE,
-            &[(e.clone(), content.clone())],
-        )?;
+    for g in &files.ghosts {
+        let name = format!("ghost-file-{}.img", g.id);
+        match &g.body {
+            Body::None => {
+                dir.write_with_data(&name, image::GHOST_FILE, &[(g.entry.clone(), vec![])])?
+            }
+            Body::Bytes(b) => dir.write_mixed::<_, pb::GhostChunkEntry>(
+                &name,
+                image::GHOST_FILE,
+                (&g.entry, b),
+                &[],
+            )?,
+            Body::Chunks(chunks) => {
+                let rest: Vec<(pb::GhostChunkEntry, &[u8])> = chunks
+                    .iter()
+                    .map(|(off, b)| {
+                        (
+                            pb::GhostChunkEntry {
+                                len: b.len() as u64,
+                                off: *off,
+                            },
+                            b.as_slice(),
+                        )
+                    })
+                    .collect();
+                dir.write_mixed(&name, image::GHOST_FILE, (&g.entry, &[]), &rest)?
+            }
+        }
     }
     if !files.remaps.is_empty() {
         dir.write("remap-fpath.img", image::REMAP_FPATH, &files.remaps)?;
@@ -104,31 +224,88 @@ pub fn write(dir: &ImageDir, files: &FileTable) -> Result<(), GhostError> {
     Ok(())
 }
 
-/// Restore side: which records are ghosts, and the files materialised for them (unlinked
-/// when the restore ends, or fails).
+/// A ghost's image: its entry and data, and its chunks with theirs.
+type GhostImage = (
+    (pb::GhostFileEntry, Vec<u8>),
+    Vec<(pb::GhostChunkEntry, Vec<u8>)>,
+);
+
+/// Reads ghost-file-`g`.img.
+fn read_ghost(dir: &ImageDir, g: u32) -> Result<GhostImage, GhostError> {
+    let name = format!("ghost-file-{g}.img");
+    Ok(dir
+        .read_mixed::<pb::GhostFileEntry, pb::GhostChunkEntry>(&name, image::GHOST_FILE)?
+        .ok_or_else(|| TaskError::BadImage(format!("{name} is missing")))?)
+}
+
+/// A ghost made on restore: where, and whether it is a directory (removed with rmdir).
+struct Made {
+    at: PathBuf,
+    dir: bool,
+}
+
+/// Restore side: which records are ghosts, and the files made for them (removed when the
+/// restore ends, or fails).
 #[derive(Default)]
 pub struct GhostStore {
+    /// File record id → ghost id.
     remaps: HashMap<u32, u32>,
-    made: HashMap<u32, PathBuf>,
+    made: HashMap<u32, Made>,
+    /// File record id → the record of its temporary name (`--link-remap`), and the names
+    /// used, removed once the restore succeeded ([`GhostStore::finish`]).
+    linked: HashMap<u32, u32>,
+    linked_used: Vec<String>,
+    /// Ghost images read ahead ([`GhostStore::preload`]), and the (dev, inode) of those made.
+    cache: HashMap<u32, GhostImage>,
+    inodes: HashMap<u32, (u32, u64)>,
     /// The root puppet when the tree has namespaces of its own: ghosts are made (and
-    /// unlinked) inside its mount namespace, where their paths lead.
+    /// removed) inside its mount namespace, where their paths lead.
     ns_pid: Option<i32>,
 }
 
 impl GhostStore {
     pub fn load(dir: &ImageDir) -> Result<Self, GhostError> {
-        let remaps = dir
+        let all = dir
             .read_opt::<pb::RemapFilePathEntry>("remap-fpath.img", image::REMAP_FPATH)?
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r.remap_type == Some(pb::RemapType::Ghost as i32))
-            .map(|r| (r.orig_id, r.remap_id))
-            .collect();
-        Ok(GhostStore {
-            remaps,
-            made: HashMap::new(),
-            ns_pid: None,
-        })
+            .unwrap_or_default();
+        let of = |t: pb::RemapType| {
+            all.iter()
+                .filter(|r| r.remap_type.unwrap_or(0) == t as i32)
+                .map(|r| (r.orig_id, r.remap_id))
+                .collect()
+        };
+        let mut g = GhostStore::default();
+        g.remaps = of(pb::RemapType::Ghost);
+        g.linked = of(pb::RemapType::Linked);
+        Ok(g)
+    }
+
+    /// The record of the temporary name file record `id` is reopened through
+    /// (`--link-remap`), if it has one.
+    pub fn linked(&self, id: u32) -> Option<u32> {
+        self.linked.get(&id).copied()
+    }
+
+    /// Notes a temporary name used, to remove once the restore succeeded.
+    pub fn note_linked(&mut self, path: &str, ns_pid: Option<i32>) {
+        self.ns_pid = self.ns_pid.or(ns_pid);
+        if !self.linked_used.iter().any(|p| p == path) {
+            self.linked_used.push(path.to_string());
+        }
+    }
+
+    /// The restore succeeded: removes the ghosts and the temporary names of link remaps.
+    pub fn finish(&mut self) {
+        self.unlink_all();
+        if self.linked_used.is_empty() {
+            return;
+        }
+        let _in = self.ns_pid.map(|p| super::ns::InNs::enter(p, true));
+        for p in self.linked_used.drain(..) {
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!("cannot remove link remap {p}: {e}");
+            }
+        }
     }
 
     /// Whether file record `id` is a ghost.
@@ -136,7 +313,107 @@ impl GhostStore {
         self.remaps.contains_key(&id)
     }
 
-    /// Opens record `id` (a ghost) in cryo with `flags`, materialising its content first.
+    /// Makes the ghost of file record `id` (whose path was `path`) if not made yet, and
+    /// returns where it is, as the tree's mount namespace sees it.
+    pub fn materialize(
+        &mut self,
+        dir: &ImageDir,
+        id: u32,
+        path: &str,
+        ns_pid: Option<i32>,
+    ) -> Result<PathBuf, GhostError> {
+        let g = *self.remaps.get(&id).ok_or_else(|| {
+            TaskError::BadImage(format!("file {id} has no ghost in remap-fpath.img"))
+        })?;
+        self.make_ghost(dir, g, id, path, ns_pid)
+    }
+
+    /// Reads the images of every ghost, so that they can be made from inside the tree's
+    /// mount namespace, where the images directory is not (a FIFO or an inotify watch is
+    /// made there).
+    pub fn preload(&mut self, dir: &ImageDir) -> Result<(), GhostError> {
+        let mut ids: Vec<u32> = self.remaps.values().copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for g in ids {
+            if !self.made.contains_key(&g) && !self.cache.contains_key(&g) {
+                let img = read_ghost(dir, g)?;
+                self.cache.insert(g, img);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the ghost of the deleted inode `ino` of device `dev` (the kernel's encoding,
+    /// as inotify shows it), if one was saved, and returns where it is. [`preload`] first.
+    pub fn materialize_inode(
+        &mut self,
+        dir: &ImageDir,
+        dev: u32,
+        ino: u64,
+        path: &str,
+        ns_pid: Option<i32>,
+    ) -> Result<Option<PathBuf>, GhostError> {
+        // Outside the tree's namespaces (or already done by the kind's `load`).
+        self.preload(dir)?;
+        let user_dev = libc::makedev(dev >> 20, dev & 0xf_ffff) as u32;
+        let found = self.cache.iter().find_map(|(&g, ((e, _), _))| {
+            (e.ino == Some(ino) && e.dev == Some(user_dev)).then_some(g)
+        });
+        let found = found.or_else(|| {
+            self.inodes
+                .iter()
+                .find_map(|(&g, &k)| (k == (user_dev, ino)).then_some(g))
+        });
+        match found {
+            Some(g) => self.make_ghost(dir, g, 0, path, ns_pid).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes ghost `g` (for file record `id`, whose path was `path`) if not made yet.
+    fn make_ghost(
+        &mut self,
+        dir: &ImageDir,
+        g: u32,
+        id: u32,
+        path: &str,
+        ns_pid: Option<i32>,
+    ) -> Result<PathBuf, GhostError> {
+        if let Some(m) = self.made.get(&g) {
+            return Ok(m.at.clone());
+        }
+        self.ns_pid = ns_pid;
+        let ((e, data), chunks) = match self.cache.remove(&g) {
+            Some(img) => img,
+            None => read_ghost(dir, g)?,
+        };
+        self.inodes
+            .insert(g, (e.dev.unwrap_or(0), e.ino.unwrap_or(0)));
+        let err = |what: String| move |source| TaskError::Object { id, what, source };
+        // The image is read; now the path is the tree's.
+        let _in = self
+            .ns_pid
+            .map(|p| super::ns::InNs::enter(p, true))
+            .transpose()
+            .map_err(err("enter the tree's namespaces".into()))?;
+        let at = place(Path::new(path), g);
+        let is_dir = e.mode & libc::S_IFMT == libc::S_IFDIR;
+        make(&at, &e, &data, &chunks).map_err(err(format!(
+            "recreate deleted file {path} at {}",
+            at.display()
+        )))?;
+        self.made.insert(
+            g,
+            Made {
+                at: at.clone(),
+                dir: is_dir,
+            },
+        );
+        Ok(at)
+    }
+
+    /// Opens record `id` (a ghost) in cryo with `flags`, making it first.
     pub fn open(
         &mut self,
         dir: &ImageDir,
@@ -145,74 +422,53 @@ impl GhostStore {
         flags: u32,
         ns_pid: Option<i32>,
     ) -> Result<OwnedFd, GhostError> {
-        let g = self.remaps[&id];
-        let err = |what: String| move |source| TaskError::Object { id, what, source };
-        self.ns_pid = ns_pid;
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.made.entry(g) {
-            let name = format!("ghost-file-{g}.img");
-            let mut v = dir.read_with_data::<pb::GhostFileEntry>(&name, image::GHOST_FILE)?;
-            if v.len() != 1 {
-                return Err(TaskError::BadImage(format!("{name} must hold one entry")).into());
-            }
-            let (e, content) = v.remove(0);
-            let err = |what: String| move |source| TaskError::Object { id, what, source };
-            // The image is read; now the path is the tree's.
-            let _in = self
-                .ns_pid
-                .map(|p| super::ns::InNs::enter(p, true))
-                .transpose()
-                .map_err(err("enter the tree's namespaces".into()))?;
-            let orig = Path::new(path);
-            let at = if orig.symlink_metadata().is_err() {
-                orig.to_path_buf()
-            } else {
-                orig.with_file_name(format!(".cryo-ghost-{g}-{}", std::process::id()))
-            };
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(e.mode & 0o7777)
-                .open(&at)
-                .and_then(|mut f| {
-                    std::io::Write::write_all(&mut f, &content)?;
-                    std::os::unix::fs::fchown(&f, Some(e.uid), Some(e.gid))
-                })
-                .map_err(err(format!(
-                    "recreate deleted file {path} at {}",
-                    at.display()
-                )))?;
-            slot.insert(at);
-        }
-        let at = &self.made[&g];
+        let at = self.materialize(dir, id, path, ns_pid)?;
         let _in = self
             .ns_pid
             .map(|p| super::ns::InNs::enter(p, true))
             .transpose()
-            .map_err(err("enter the tree's namespaces".into()))?;
-        let flags =
-            flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+            .map_err(TaskError::object(id, "enter the tree's namespaces"))?;
         Ok(
-            crate::sys::fd::open(&at.to_string_lossy(), flags as i32 | libc::O_CLOEXEC)
-                .map_err(err(format!("open recreated deleted file {}", at.display())))?,
+            crate::sys::fd::open(&at.to_string_lossy(), reopen_flags(flags) | libc::O_CLOEXEC)
+                .map_err(TaskError::object(
+                    id,
+                    format!("open recreated deleted file {}", at.display()),
+                ))?,
         )
     }
 
-    /// Unlinks every materialised file (the puppets keep them open).
+    /// Removes every file made (the puppets keep them open): files first, then
+    /// directories, deepest first.
     pub fn unlink_all(&mut self) {
         if self.made.is_empty() {
             return;
         }
         let _in = match self.ns_pid.map(|p| super::ns::InNs::enter(p, true)) {
             Some(Err(e)) => {
-                for p in self.made.values() {
-                    tracing::warn!("cannot remove recreated deleted file {}: {e}", p.display());
+                for m in self.made.values() {
+                    tracing::warn!(
+                        "cannot remove recreated deleted file {}: {e}",
+                        m.at.display()
+                    );
                 }
                 return;
             }
             other => other,
         };
-        for (_, p) in self.made.drain() {
-            let _ = std::fs::remove_file(p);
+        let mut all: Vec<Made> = self.made.drain().map(|(_, m)| m).collect();
+        all.sort_by_key(|m| (m.dir, std::cmp::Reverse(m.at.as_os_str().len())));
+        for m in all {
+            let r = if m.dir {
+                std::fs::remove_dir(&m.at)
+            } else {
+                std::fs::remove_file(&m.at)
+            };
+            if let Err(e) = r {
+                tracing::warn!(
+                    "cannot remove recreated deleted file {}: {e}",
+                    m.at.display()
+                );
+            }
         }
     }
 }
@@ -221,4 +477,157 @@ impl Drop for GhostStore {
     fn drop(&mut self) {
         self.unlink_all();
     }
+}
+
+/// The path file record `id` is reached by in the restored tree: its ghost's (made now)
+/// when the file was deleted, else its own.
+pub fn live_path(cx: &RestoreCx<'_>, id: u32) -> Result<String, GhostError> {
+    let name = cx.reg(id)?.name.clone();
+    let mut objs = cx.objs.borrow_mut();
+    if !objs.ghosts.is_ghost(id) {
+        return Ok(name);
+    }
+    let objs = &mut *objs;
+    let at = objs.ghosts.materialize(&objs.dir, id, &name, objs.ns_pid)?;
+    Ok(at.to_string_lossy().into_owned())
+}
+
+/// The flags to reopen a file with: without those that only matter when creating it
+/// (`O_TMPFILE` too, which `fdinfo` shows on a file made by it).
+pub fn reopen_flags(flags: u32) -> i32 {
+    const O_TMPFILE_BIT: u32 = 0o20000000;
+    let mut f = flags & !((libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY) as u32);
+    if f & O_TMPFILE_BIT != 0 {
+        f &= !(O_TMPFILE_BIT | libc::O_DIRECTORY as u32);
+    }
+    f as i32
+}
+
+/// Where to make ghost `g` of `orig`: the original path when it is free and its directory
+/// exists (a program comparing the name of its deleted file or working directory sees the
+/// same), else a hidden name in the nearest directory that exists.
+fn place(orig: &Path, g: u32) -> PathBuf {
+    let parent = orig.parent().unwrap_or(Path::new("/"));
+    if parent.is_dir() && orig.symlink_metadata().is_err() {
+        return orig.to_path_buf();
+    }
+    let hidden = format!(".cryo-ghost-{g}-{}", std::process::id());
+    let mut dir = parent;
+    while !dir.is_dir() {
+        match dir.parent() {
+            Some(p) => dir = p,
+            None => break,
+        }
+    }
+    dir.join(hidden)
+}
+
+/// Makes the file `e` describes at `at`, then gives it its owner, mode and times.
+fn make(
+    at: &Path,
+    e: &pb::GhostFileEntry,
+    data: &[u8],
+    chunks: &[(pb::GhostChunkEntry, Vec<u8>)],
+) -> std::io::Result<()> {
+    use rustix::fs::{self as rfs, FileType, Mode, CWD};
+    let perm = e.mode & 0o7777;
+    let fmt = e.mode & libc::S_IFMT;
+    match fmt {
+        libc::S_IFREG => {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(at)?;
+            let fill = || -> std::io::Result<()> {
+                if e.chunks == Some(true) {
+                    f.set_len(e.size.unwrap_or(0))?;
+                    for (c, bytes) in chunks {
+                        if bytes.len() as u64 != c.len {
+                            return Err(std::io::Error::other(format!(
+                                "chunk at {} holds {} bytes, not {}",
+                                c.off,
+                                bytes.len(),
+                                c.len
+                            )));
+                        }
+                        f.write_all_at(bytes, c.off)?;
+                    }
+                } else {
+                    f.write_all_at(data, 0)?;
+                }
+                Ok(())
+            };
+            if let Err(err) = fill() {
+                let _ = std::fs::remove_file(at);
+                return Err(err);
+            }
+        }
+        libc::S_IFDIR => rfs::mkdirat(CWD, at, Mode::from_raw_mode(0o700))?,
+        libc::S_IFLNK => {
+            let target = e.symlnk_target.as_deref().ok_or_else(|| {
+                std::io::Error::other("the image has no target for a deleted symlink")
+            })?;
+            rfs::symlinkat(target, CWD, at)?;
+        }
+        libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {
+            let rdev = match fmt {
+                libc::S_IFIFO => 0,
+                _ => e.rdev.ok_or_else(|| {
+                    std::io::Error::other("the image has no device number for a deleted device")
+                })? as u64,
+            };
+            rfs::mknodat(
+                CWD,
+                at,
+                FileType::from_raw_mode(fmt),
+                Mode::from_raw_mode(0o600),
+                rdev,
+            )?;
+        }
+        _ => {
+            return Err(std::io::Error::other(format!(
+                "a deleted file of mode {:o} cannot be made",
+                e.mode
+            )))
+        }
+    }
+    let undo = |err: std::io::Error| {
+        let _ = if fmt == libc::S_IFDIR {
+            std::fs::remove_dir(at)
+        } else {
+            std::fs::remove_file(at)
+        };
+        err
+    };
+    // Owner before mode: a chown clears set-user-ID and set-group-ID.
+    rfs::chownat(
+        CWD,
+        at,
+        Some(rustix::fs::Uid::from_raw(e.uid)),
+        Some(rustix::fs::Gid::from_raw(e.gid)),
+        rfs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|x| undo(x.into()))?;
+    if fmt != libc::S_IFLNK {
+        rfs::chmodat(CWD, at, Mode::from_raw_mode(perm), rfs::AtFlags::empty())
+            .map_err(|x| undo(x.into()))?;
+    }
+    if let (Some(a), Some(m)) = (&e.atim, &e.mtim) {
+        let ts = |t: &pb::Timeval| rfs::Timespec {
+            tv_sec: t.tv_sec as i64,
+            tv_nsec: (t.tv_usec * 1000) as _,
+        };
+        rfs::utimensat(
+            CWD,
+            at,
+            &rfs::Timestamps {
+                last_access: ts(a),
+                last_modification: ts(m),
+            },
+            rfs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|x| undo(x.into()))?;
+    }
+    Ok(())
 }

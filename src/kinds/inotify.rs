@@ -25,6 +25,9 @@ pub enum InotifyError {
     Task(#[from] TaskError),
     #[error("process {pid}: fd {fd}: cannot parse the inotify fdinfo line '{line}'")]
     Fdinfo { pid: i32, fd: i32, line: String },
+    /// A watched file that was deleted, saved as a ghost.
+    #[error(transparent)]
+    Ghost(#[from] super::ghost::GhostError),
     #[error("file {id}: inotify watch of {path} got descriptor {got}, not the saved {want}")]
     WrongWd {
         id: u32,
@@ -71,9 +74,23 @@ fn parse_watch(line: &str) -> Option<Watch> {
     Some(w)
 }
 
-/// The path of the file a watch refers to, as cryo sees it.
-fn path_of(pid: i32, w: &Watch) -> Result<String, String> {
-    let (major, minor) = (w.sdev >> 20, w.sdev & 0xf_ffff);
+/// The path of the file a watch refers to, as cryo sees it, and an fd of that file when it
+/// was deleted (its path then ends with " (deleted)").
+fn path_of(pid: i32, w: &Watch) -> Result<(String, Option<OwnedFd>), String> {
+    handle_path(pid, w.sdev, w.handle_type, &w.handle)
+}
+
+/// The path of the file of handle (`handle_type`, `handle`) on device `sdev` (the kernel's
+/// encoding, as fdinfo shows it), opened on a mount of that device in `pid`'s mount
+/// namespace, and an fd of the file when it was deleted (its path then ends with
+/// " (deleted)"). Also used by fanotify.
+pub fn handle_path(
+    pid: i32,
+    sdev: u32,
+    handle_type: i32,
+    handle: &[u8],
+) -> Result<(String, Option<OwnedFd>), String> {
+    let (major, minor) = (sdev >> 20, sdev & 0xf_ffff);
     let dev = format!("{major}:{minor}");
     let mi = procfs::read(pid, "mountinfo").map_err(|e| e.to_string())?;
     // A mount of that filesystem, its own root first (any mount of it can open the handle).
@@ -95,16 +112,19 @@ fn path_of(pid: i32, w: &Watch) -> Result<String, String> {
         libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
     )
     .map_err(|e| format!("open mount {mnt}: {e}"))?;
-    let f = sysfd::open_by_handle(mfd.as_fd(), w.handle_type, &w.handle)
+    let f = sysfd::open_by_handle(mfd.as_fd(), handle_type, handle)
         .map_err(|e| format!("open_by_handle_at on {mnt}: {e}"))?;
     let p = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
         .map_err(|e| e.to_string())?
         .to_string_lossy()
         .into_owned();
-    if p.ends_with(" (deleted)") || !p.starts_with('/') {
+    if !p.starts_with('/') {
         return Err(format!("the watched file is {p}"));
     }
-    Ok(p)
+    if p.ends_with(" (deleted)") {
+        return Ok((p, Some(f)));
+    }
+    Ok((p, None))
 }
 
 impl FdKind for Inotify {
@@ -119,7 +139,7 @@ impl FdKind for Inotify {
     }
 
     fn dump(
-        _cx: &mut DumpCx<'_>,
+        cx: &mut DumpCx<'_>,
         fd: &TargetFd<'_>,
         id: u32,
     ) -> Result<pb::FileEntry, InotifyError> {
@@ -130,14 +150,32 @@ impl FdKind for Inotify {
                 fd: fd.fd,
                 line: line.to_string(),
             })?;
-            let path = path_of(fd.pid, &w).map_err(|why| {
+            let object = format!("fd {} (inotify watch {})", fd.fd, w.wd);
+            let (path, deleted) = path_of(fd.pid, &w).map_err(|why| {
                 Unsupported::of(
                     fd.pid,
-                    format!("fd {} (inotify watch {})", fd.fd, w.wd),
+                    object.clone(),
                     format!("cannot find the watched file (inode {:#x}): {why}", w.ino),
                     "cryo re-adds inotify watches by path; the watched file must still have one",
                 )
             })?;
+            // A deleted file: saved as a ghost (shared with the fds open on it), on which
+            // restore adds the watch; its record names it by its old path.
+            let path = match deleted {
+                Some(f) => {
+                    let live = path.trim_end_matches(" (deleted)").to_string();
+                    let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
+                    let meta = std::fs::metadata(&proc_path)
+                        .map_err(|e| fd.err("stat the watched deleted file", e))?;
+                    use std::os::unix::fs::MetadataExt;
+                    let rid =
+                        cx.files
+                            .add_reg(live.clone(), libc::O_RDONLY as u32, 0, None, meta.mode());
+                    super::ghost::dump(cx.files, fd.pid, &object, &proc_path, &meta, rid)?;
+                    live
+                }
+                None => path,
+            };
             let mut words: Vec<u64> = w
                 .handle
                 .chunks(8)
@@ -177,7 +215,12 @@ impl FdKind for Inotify {
         })
     }
 
-    fn open(_objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, InotifyError> {
+    fn load(objs: &mut FdObjects) -> Result<(), InotifyError> {
+        // A watched file that was deleted is made from its ghost in the tree's namespace.
+        Ok(objs.ghosts.preload(&objs.dir)?)
+    }
+
+    fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, InotifyError> {
         let ify = e
             .ify
             .as_ref()
@@ -193,6 +236,12 @@ impl FdKind for Inotify {
                     w.wd, e.id
                 ))
             })?;
+            // A deleted file: watched on its ghost.
+            let ghost =
+                objs.ghosts
+                    .materialize_inode(&objs.dir, w.s_dev, w.i_ino, path, objs.ns_pid)?;
+            let ghost = ghost.map(|p| p.to_string_lossy().into_owned());
+            let path = ghost.as_deref().unwrap_or(path);
             // Watch descriptors are handed out in increasing order: add and drop until the
             // kernel reaches the saved one.
             let mut tries = 0u32;

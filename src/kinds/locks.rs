@@ -9,11 +9,14 @@
 //! of every task sharing it: kept once, with the first holder (parents come first, children
 //! inherit the description at restore). As CRIU: a lock found without `--file-locks` fails
 //! the dump; a POSIX lock in `/proc/locks` owned by a task of the tree but not reachable
-//! through any of its fds fails it too. Leases, delegations and mandatory locks are refused.
+//! through any of its fds fails it too. Leases (`F_SETLEASE`, CRIU's FL_LEASE) belong to
+//! the open file description like flock locks; one being broken, delegations and mandatory
+//! locks are refused.
 //!
 //! **Restore** (`restore`, after a task's fds are rebuilt, before its children exist):
 //! each entry of that task is taken again from inside the puppet with an injected
-//! `flock(fd, LOCK_SH|LOCK_EX | LOCK_NB)` or `fcntl(fd, F_SETLK / F_OFD_SETLK, &flock)`;
+//! `flock(fd, LOCK_SH|LOCK_EX | LOCK_NB)`, `fcntl(fd, F_SETLK / F_OFD_SETLK, &flock)` or
+//! `fcntl(fd, F_SETLEASE, type)`;
 //! never blocking: a lock someone else took meanwhile fails the restore, naming it.
 
 use super::error::{task_error_from, TaskError, Unsupported};
@@ -32,6 +35,7 @@ task_error_from!(LocksError);
 pub const FL_POSIX: u32 = 1;
 pub const FL_FLOCK: u32 = 2;
 pub const FL_OFD: u32 = 4;
+pub const FL_LEASE: u32 = 8;
 
 /// `file_lock_entry.type` values (`F_RDLCK`, `F_WRLCK`).
 const F_RDLCK: u32 = 0;
@@ -131,17 +135,27 @@ pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, LocksError> {
                     "POSIX" => FL_POSIX,
                     "FLOCK" => FL_FLOCK,
                     "OFDLCK" => FL_OFD,
+                    "LEASE" if line.mode == "ACTIVE" => FL_LEASE,
+                    "LEASE" => {
+                        return Err(unsupported(
+                            pid,
+                            fd,
+                            format!("a lease being broken ({})", line.mode),
+                            "dump again once the lease break is over",
+                        )
+                        .into())
+                    }
                     other => {
                         return Err(unsupported(
                             pid,
                             fd,
-                            format!("a {other} lock (leases and delegations are not supported)"),
-                            "release the lease before the dump",
+                            format!("a {other} lock (delegations are not supported)"),
+                            "release it before the dump",
                         )
                         .into())
                     }
                 };
-                if line.mode != "ADVISORY" {
+                if line.mode != "ADVISORY" && flag != FL_LEASE {
                     return Err(unsupported(
                         pid,
                         fd,
@@ -265,6 +279,7 @@ const LOCK_NB: u64 = 4;
 /// `fcntl(2)` commands.
 const F_SETLK: u64 = 6;
 const F_OFD_SETLK: u64 = 37;
+const F_SETLEASE: u64 = 1024;
 
 /// `struct flock` of x86-64 (short type, short whence, off_t start, off_t len, pid_t pid).
 fn flock_bytes(ty: u32, start: i64, len: i64, pid: i32) -> [u8; 32] {
@@ -341,8 +356,17 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), LocksErro
                 libc::SYS_fcntl,
                 [fd, cmd, a, 0, 0, 0],
             ))?;
+        } else if e.flag & FL_LEASE != 0 {
+            if e.r#type != F_RDLCK && e.r#type != F_WRLCK {
+                return Err(bad("a lease being broken (not supported)").into());
+            }
+            held(cx.sys(
+                "fcntl(F_SETLEASE) (lease)",
+                libc::SYS_fcntl,
+                [fd, F_SETLEASE, e.r#type as u64, 0, 0, 0],
+            ))?;
         } else {
-            return Err(bad("leases are not supported").into());
+            return Err(bad("unknown lock kind").into());
         }
     }
     Ok(())

@@ -84,6 +84,8 @@ const PE_PRESENT: u32 = 4;
 
 /// smaps VmFlags that are madvise() state, with their MADV_* numbers.
 const MADV_FLAGS: &[(&str, u32)] = &[
+    ("sr", libc::MADV_SEQUENTIAL as u32),
+    ("rr", libc::MADV_RANDOM as u32),
     ("dc", libc::MADV_DONTFORK as u32),
     ("hg", libc::MADV_HUGEPAGE as u32),
     ("nh", libc::MADV_NOHUGEPAGE as u32),
@@ -94,6 +96,20 @@ const MADV_FLAGS: &[(&str, u32)] = &[
 
 /// The address space of a process.
 pub struct Memory;
+
+/// `MAP_DROPPABLE` (Linux 6.11): private anonymous memory the kernel may drop under pressure.
+const MAP_DROPPABLE: u32 = 0x08;
+
+/// `MAP_HUGETLB` plus the page size (log2, at `MAP_HUGE_SHIFT`), as CRIU saves it.
+pub fn hugetlb_flags(page_size: u64) -> u32 {
+    const MAP_HUGE_SHIFT: u32 = 26;
+    let bits = if page_size.is_power_of_two() {
+        page_size.trailing_zeros() << MAP_HUGE_SHIFT
+    } else {
+        0 // the default huge page size
+    };
+    libc::MAP_HUGETLB as u32 | bits
+}
 
 /// Below this many bytes of pages, restore fills from cryo's thread alone (no workers).
 const SMALL_FILL: u64 = 1 << 20;
@@ -127,9 +143,43 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
     if v.has_flag("nr") {
         flags |= libc::MAP_NORESERVE as u32;
     }
+    // mlock()ed or MAP_LOCKED: restore maps it unlocked, fills it, then locks it.
+    if v.has_flag("lo") {
+        flags |= libc::MAP_LOCKED as u32;
+    }
+    // MAP_DROPPABLE (Linux 6.11) is a mapping type of its own, not MAP_PRIVATE.
+    if v.has_flag("dp") && !v.shared {
+        flags = (flags & !(libc::MAP_PRIVATE as u32)) | MAP_DROPPABLE;
+    }
     let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
     if v.has_flag("ht") {
-        return Err(unsupported("hugetlbfs memory is not supported yet", "").into());
+        // Anonymous hugetlb memory (MAP_HUGETLB): mapped again with the same page size; a
+        // shared one is saved once per inode like shared memory, a private one's pages
+        // like any private memory. Files of a hugetlbfs mount and SysV segments are not.
+        if !v.name.starts_with("/anon_hugepage") {
+            return Err(unsupported(
+                "a mapping of a hugetlbfs file or of a huge-page SysV segment is not supported yet",
+                "use anonymous huge pages (MAP_HUGETLB), or unmap it before the dump",
+            )
+            .into());
+        }
+        let huge = hugetlb_flags(v.page_size);
+        return Ok(if v.shared {
+            let shmid = super::shmem::dump_anon(cx, v)?;
+            (
+                status::REGULAR | status::ANON_SHARED,
+                flags | libc::MAP_ANONYMOUS as u32 | huge,
+                shmid,
+                None,
+            )
+        } else {
+            (
+                status::REGULAR | status::ANON_PRIVATE,
+                flags | libc::MAP_ANONYMOUS as u32 | huge,
+                0,
+                None,
+            )
+        });
     }
     Ok(match v.name.as_str() {
         // Kernel-provided mappings are recorded as CRIU does: anonymous private areas with a
@@ -162,9 +212,24 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
                 None,
             )
         }
+        // A private mapping of shared anonymous memory (mmap of its /proc/PID/map_files
+        // entry): the same shmem inode, mapped privately. Pages it has not written show the
+        // shared pages, so it is mapped from the restored inode, and the pages it wrote are
+        // saved as its own.
+        _ if !v.shared && v.name == "/dev/zero (deleted)" => {
+            let shmid = super::shmem::dump_anon(cx, v)?;
+            (
+                status::REGULAR | status::ANON_SHARED | status::FILE_PRIVATE,
+                flags | libc::MAP_ANONYMOUS as u32,
+                shmid,
+                None,
+            )
+        }
         _ if v.is_file() => {
             // The open mode the mapping needs: read-write only for a writable shared one.
-            let fdflags = if v.shared && v.has_flag("mw") && v.write {
+            // VM_MAYWRITE ("mw") on a shared mapping means the file was opened for writing,
+            // so the program may mprotect it writable later even if it is read-only now.
+            let fdflags = if v.shared && v.has_flag("mw") {
                 libc::O_RDWR
             } else {
                 libc::O_RDONLY
@@ -311,7 +376,11 @@ impl Kind for Memory {
                 fdflags,
             });
             let special = st & (status::VSYSCALL | status::VVAR | status::VDSO) != 0;
-            let private_mem = !special && st & (status::ANON_PRIVATE | status::FILE_PRIVATE) != 0;
+            // The kernel may drop MAP_DROPPABLE pages at any time: like CRIU, they are not
+            // saved, and come back as zero pages.
+            let droppable = flags & MAP_DROPPABLE != 0;
+            let private_mem =
+                !special && !droppable && st & (status::ANON_PRIVATE | status::FILE_PRIVATE) != 0;
             if st & status::VDSO != 0 {
                 // CRIU's restorer reads the dumped vDSO to compare it with the running one;
                 // cryo maps a fresh vDSO and skips this content.
@@ -425,7 +494,8 @@ impl Kind for Memory {
             } else {
                 v.prot
             };
-            let flags = (v.flags | libc::MAP_FIXED as u32) as u64;
+            // A locked mapping is locked once filled (MAP_LOCKED would fault it all in now).
+            let flags = ((v.flags & !(libc::MAP_LOCKED as u32)) | libc::MAP_FIXED as u32) as u64;
             let what = "mmap";
             if cx.cow.contains(&(v.start, v.end)) {
                 // Kept from the parent: already mapped, with the parent's pages.
@@ -509,6 +579,15 @@ impl Kind for Memory {
                         )?;
                     }
                 }
+            }
+            if v.flags & libc::MAP_LOCKED as u32 != 0
+                && v.status & (status::VSYSCALL | status::VVAR | status::VDSO) == 0
+            {
+                cx.sys(
+                    "mlock",
+                    libc::SYS_mlock,
+                    [v.start, v.end - v.start, 0, 0, 0, 0],
+                )?;
             }
         }
         set_mm_map(cx, img)
@@ -931,8 +1010,12 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
     let thp_disabled = img.mm.thp_disabled == Some(true);
     let special =
         |v: &pb::VmaEntry| v.status & (status::VDSO | status::VVAR | status::VSYSCALL) != 0;
+    // Not hugetlb memory either (UFFDIO_COPY there goes by whole huge pages).
     let by_uffd = |v: &pb::VmaEntry| {
-        v.status & status::ANON_PRIVATE != 0 && !special(v) && !thp.on_fault(v, thp_disabled)
+        v.status & status::ANON_PRIVATE != 0
+            && v.flags & libc::MAP_HUGETLB as u32 == 0
+            && !special(v)
+            && !thp.on_fault(v, thp_disabled)
     };
     // Split the data by the VMA it goes to: `fast` for UFFDIO_COPY, `slow` for the rest.
     let (mut fast, mut slow) = (Items::default(), Items::default());

@@ -14,11 +14,17 @@ use crate::sys::proc;
 pub enum MiscError {
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// A working directory or root deleted while in use (saved as a ghost).
+    #[error(transparent)]
+    Ghost(#[from] super::ghost::GhostError),
 }
 task_error_from!(MiscError);
 
 /// Miscellaneous per-task state.
 pub struct Misc;
+
+/// membarrier(2) command returning the registrations of the caller's mm (Linux 6.3).
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
 
 /// `task_core_entry.task_state`: alive.
 pub const TASK_ALIVE: u32 = 1;
@@ -61,9 +67,31 @@ impl Kind for Misc {
         for (name, slot) in [("exe", 0), ("cwd", 1), ("root", 2)] {
             let path = procfs::link(pid, name)?;
             let m = stat_of(pid, name)?;
-            let id = cx
-                .files
-                .reg_for_path(&path, m.is_file().then_some(m.len()), m.mode());
+            let id = match path.strip_suffix(" (deleted)").filter(|_| slot != 0) {
+                // A removed directory: made again as a ghost (shared with fds on it).
+                Some(live) => {
+                    let id = cx.files.add_reg(
+                        live.to_string(),
+                        (libc::O_RDONLY | libc::O_DIRECTORY) as u32,
+                        0,
+                        None,
+                        m.mode(),
+                    );
+                    let what = format!("{name} ({path})");
+                    super::ghost::dump(
+                        cx.files,
+                        pid,
+                        &what,
+                        &format!("/proc/{pid}/{name}"),
+                        &m,
+                        id,
+                    )?;
+                    id
+                }
+                None => cx
+                    .files
+                    .reg_for_path(&path, m.is_file().then_some(m.len()), m.mode()),
+            };
             match slot {
                 0 => img.mm.exe_file_id = id,
                 1 => img.fs.cwd_id = id,
@@ -151,6 +179,16 @@ impl Kind for Misc {
             libc::SYS_prctl,
             [libc::PR_GET_CHILD_SUBREAPER as u64, buf + 16, 0, 0, 0, 0],
         )?;
+        // membarrier() registrations of the mm (Linux 6.3+: EINVAL before, then none saved).
+        let membarrier = p
+            .remote
+            .call(
+                "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)",
+                libc::SYS_membarrier,
+                [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0],
+            )
+            .ok()
+            .filter(|&m| m != 0);
         let mut raw = [0u8; 24];
         crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 24)]).map_err(|source| {
             TaskError::Memory {
@@ -167,6 +205,7 @@ impl Kind for Misc {
         img.ti().clear_tid_addr = word(0);
         img.thread().pdeath_sig = Some(word(8) as u32);
         img.tc().child_subreaper = Some(word(16) as u32 != 0);
+        img.tc().membarrier_registration_mask = membarrier.map(|m| m as u32);
         Ok(())
     }
 
@@ -185,12 +224,10 @@ impl Kind for Misc {
             libc::SYS_umask,
             [img.fs.umask.unwrap_or(0o022) as u64, 0, 0, 0, 0, 0],
         )?;
-        let root = cx.reg(img.fs.root_id)?.name.clone();
-        if root != "/" {
-            let p = cx.put_path(&root)?;
-            cx.sys("chroot", libc::SYS_chroot, [p, 0, 0, 0, 0, 0])?;
-        }
-        let cwd = cx.reg(img.fs.cwd_id)?.name.clone();
+        // Both paths are the mount namespace's: the working directory first, as it may be
+        // outside the root (a chroot without chdir).
+        let root = super::ghost::live_path(cx, img.fs.root_id)?;
+        let cwd = super::ghost::live_path(cx, img.fs.cwd_id)?;
         let p = cx.put_path(&cwd)?;
         cx.sys("chdir", libc::SYS_chdir, [p, 0, 0, 0, 0, 0])
             .map_err(|e| match e {
@@ -201,6 +238,10 @@ impl Kind for Misc {
                 },
                 e => e,
             })?;
+        if root != "/" {
+            let p = cx.put_path(&root)?;
+            cx.sys("chroot", libc::SYS_chroot, [p, 0, 0, 0, 0, 0])?;
+        }
         let tid_addr = img
             .core
             .thread_info
@@ -208,6 +249,16 @@ impl Kind for Misc {
             .map(|t| t.clear_tid_addr)
             .unwrap_or(0);
         super::threads::restore_attrs(cx, &th, tid_addr, &tc.comm)?;
+        // Each registration command again (each bit of the mask is one).
+        for bit in 0..32 {
+            if tc.membarrier_registration_mask.unwrap_or(0) & (1 << bit) != 0 {
+                cx.sys(
+                    "membarrier (register)",
+                    libc::SYS_membarrier,
+                    [1 << bit, 0, 0, 0, 0, 0],
+                )?;
+            }
+        }
         if tc.child_subreaper == Some(true) {
             cx.sys(
                 "prctl(PR_SET_CHILD_SUBREAPER)",

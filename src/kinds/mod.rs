@@ -11,24 +11,36 @@ pub mod creds;
 pub mod epoll;
 pub mod error;
 pub mod eventfd;
+pub mod fanotify;
 pub mod files;
+pub mod fown;
 pub mod ghost;
+pub mod inet_lock;
+pub mod inet_sk;
 pub mod inotify;
 pub mod ipc;
+pub mod linkremap;
 pub mod locks;
 pub mod memfd;
 pub mod memory;
 pub mod misc;
 pub mod mounts;
+pub mod netlink_sk;
+pub mod netns;
 pub mod ns;
+pub mod nsfile;
+pub mod packet_sk;
+pub mod pidfd;
 pub mod pipes;
 pub mod propagation;
 pub mod regs;
 pub mod rlimits;
+pub mod rseq;
 pub mod seccomp;
 pub mod shmem;
 pub mod signalfd;
 pub mod signals;
+pub mod tcp_repair;
 pub mod threads;
 pub mod timerfd;
 pub mod timers;
@@ -138,12 +150,17 @@ pub struct FileTable {
     pub unix_diag: Option<HashMap<u32, crate::sys::net::UnixDiag>>,
     /// sk-queues.img: data queued on each socket, by socket file id.
     pub sk_queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
-    /// Ghost files (deleted but open or mapped): id by (dev, inode), their entries and
-    /// content, the remap records linking file records to them, and the size limit.
+    /// Files passed in queued messages (SCM_RIGHTS), which cryo holds while the dump lasts
+    /// (`files::dump_in_flight`).
+    pub in_flight: Vec<std::os::fd::OwnedFd>,
+    /// Ghost files (deleted but open, mapped or a working directory): id by (dev, inode),
+    /// their entries and content, the remap records linking file records to them, and the size limit.
     pub ghost_ids: HashMap<(u64, u64), u32>,
-    pub ghosts: Vec<(u32, pb::GhostFileEntry, Vec<u8>)>,
+    pub ghosts: Vec<ghost::Ghost>,
     pub remaps: Vec<pb::RemapFilePathEntry>,
     pub ghost_limit: u64,
+    /// `--link-remap`, and the temporary names made for removed files with other names.
+    pub link_remaps: linkremap::LinkRemaps,
     /// memfd.img: each memfd inode once.
     pub memfd_inodes: Vec<pb::MemfdInodeEntry>,
     /// seccomp.img: every thread's filter chain, each filter once per chain position.
@@ -156,8 +173,9 @@ pub struct FileTable {
     pub ttys: tty::TtyDump,
     /// utsns-ID.img: the names of each UTS namespace of the tree that is not cryo's.
     pub utsns: Vec<(u32, pb::UtsnsEntry)>,
-    /// netdev-ID.img: the loopback of each network namespace of the tree that is not cryo's.
-    pub netdevs: Vec<(u32, pb::NetDeviceEntry)>,
+    /// The contents of each network namespace of the tree that is not cryo's, nor external
+    /// nor empty (`kinds::netns`: netdev-, netns-, ifaddr-, route-, rule-, nftables-ID.img).
+    pub netns_content: Vec<netns::NetnsDump>,
     /// netns-ID.img: each network namespace of the tree that is not cryo's: external (with
     /// the caller's key) or empty (`--empty-ns net`: contents not saved).
     pub netns: Vec<(u32, pb::NetnsEntry)>,
@@ -169,6 +187,10 @@ pub struct FileTable {
     pub ipcns: Vec<ipc::IpcNs>,
     /// cgroup.img and `inventory.root_cg_set`: the tasks' cgroup sets (`cgroup.rs`).
     pub cgroups: cgroup::CgDump,
+    /// The command's socket options (`--tcp-established`, ...).
+    pub sock: files::SockOpts,
+    /// Inet sockets: connections in repair mode, the network lock, tcp-stream images.
+    pub inet: inet_sk::InetDump,
 }
 
 impl FileTable {
@@ -302,6 +324,9 @@ pub struct Inherited {
     pub creds: Option<pb::CredsEntry>,
     pub sched: Option<(i32, i32, i32)>,
     pub xstate_len: Option<usize>,
+    /// Seccomp filters (the oldest of the saved chain) the leader installed before creating
+    /// its threads, so they have them already.
+    pub seccomp: usize,
 }
 
 impl RestoreCx<'_> {

@@ -584,10 +584,39 @@ pub fn restore(
     img: &TaskImages,
     opts: &MountOpts,
 ) -> Result<(), MountsError> {
-    let Some(id) = img.ids.mnt_ns_id else {
+    let Some((entries, root)) = check(cx.dir, img, opts)? else {
         return Ok(());
     };
-    let entries = restore_order(cx.dir.read(&format!("mountpoints-{id}.img"), image::MNTS)?);
+    // The host path of each external mount (None for the others).
+    let ext_paths: Vec<Option<PathBuf>> = entries
+        .iter()
+        .map(|e| e.ext_key.as_ref().and_then(|k| opts.external_path(k, e)))
+        .collect();
+    let pid = cx.pid;
+    let dir = cx.dir.path.clone();
+    let (nsfd, ptys) = std::thread::scope(|s| {
+        s.spawn(|| build(pid, &root, &entries, &ext_paths, &dir))
+            .join()
+            .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
+    })?;
+    cx.objs.borrow_mut().tty.premade.extend(ptys);
+    Ok(cx.setns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?)
+}
+
+/// Reads `mountpoints-ID.img` of `img` and checks it before anything is built: plain
+/// absolute paths, only file systems cryo makes fresh, the root first, a host path for every
+/// external key, and `--root` given. Returns the entries and the new root; None when the
+/// task has no mount namespace recorded.
+#[allow(clippy::type_complexity)]
+pub fn check(
+    dir: &ImageDir,
+    img: &TaskImages,
+    opts: &MountOpts,
+) -> Result<Option<(Vec<pb::MntEntry>, PathBuf)>, MountsError> {
+    let Some(id) = img.ids.mnt_ns_id else {
+        return Ok(None);
+    };
+    let entries = restore_order(dir.read(&format!("mountpoints-{id}.img"), image::MNTS)?);
     let root = opts.root.clone().ok_or_else(|| {
         Unsupported::restore(format!(
             "the tree had a mount namespace of its own (root mount: {} {}): give --root DIR with its root file system",
@@ -653,20 +682,54 @@ pub fn restore(
             }
         }
     }
-    // The host path of each external mount (None for the others).
-    let ext_paths: Vec<Option<PathBuf>> = entries
-        .iter()
-        .map(|e| e.ext_key.as_ref().and_then(|k| opts.external_path(k, e)))
-        .collect();
-    let pid = cx.pid;
-    let dir = cx.dir.path.clone();
-    let (nsfd, ptys) = std::thread::scope(|s| {
-        s.spawn(|| build(pid, &root, &entries, &ext_paths, &dir))
-            .join()
-            .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
-    })?;
-    cx.objs.borrow_mut().tty.premade.extend(ptys);
-    Ok(cx.setns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?)
+    Ok(Some((entries, root)))
+}
+
+/// Resolves, as `build` does, the bind source (if any) and then the mount point of every
+/// entry after the root inside `root`, making missing mount points, without mounting
+/// anything; returns the host paths found. For tests and `cryo-fuzz`: what a hostile image
+/// names must stay inside `root`.
+pub fn resolve_dry(
+    root: &Path,
+    entries: &[pb::MntEntry],
+    external: &HashMap<String, PathBuf>,
+) -> Result<Vec<PathBuf>, MountsError> {
+    let io = |w: String| move |source| MountsError::Mount { what: w, source };
+    let jail = Jail::new(root).map_err(io(format!("open {}", root.display())))?;
+    let real = |f: Found| std::fs::read_link(f.path()).map_err(io("read back a path".into()));
+    let mut out = Vec::new();
+    for i in 1..entries.len() {
+        let e = &entries[i];
+        let mut file = false;
+        if e.ext_key.is_none() {
+            if let Some((j, rest)) = bind_source(entries, i) {
+                let src = &entries[j];
+                let found = match &src.ext_key {
+                    Some(k) => {
+                        let host = external.get(k).ok_or_else(|| {
+                            Unsupported::restore(format!("no host path for key '{k}'"))
+                        })?;
+                        Jail::new(host).and_then(|x| x.find(&rest, None))
+                    }
+                    None if j == 0 => jail.find(&rest, None),
+                    None if rest == "/" => jail.find(&src.mountpoint, None),
+                    None => jail.find(
+                        &format!("{}{}", src.mountpoint.trim_end_matches('/'), rest),
+                        None,
+                    ),
+                };
+                if let Ok(f) = found {
+                    file = std::fs::metadata(f.path()).is_ok_and(|m| m.is_file());
+                    out.push(real(f)?);
+                }
+            }
+        }
+        let target = jail
+            .find(&e.mountpoint, Some(file))
+            .map_err(io(format!("create the mount point {}", e.mountpoint)))?;
+        out.push(real(target)?);
+    }
+    Ok(out)
 }
 
 /// On a thread of its own (namespaces and root are per thread): joins the puppet's net and

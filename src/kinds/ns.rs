@@ -3,10 +3,10 @@
 //!   `uts_ns_id` of `ids-PID.img`), read with `uname` run inside the task;
 //! - IPC: the new namespace itself (`restore_ipc`); its contents (SysV objects, sysctls)
 //!   are `kinds/ipc.rs`.
-//! - net: a network namespace whose only device is the loopback (from `/proc/PID/net/dev`);
-//!   its flags and MTU are read inside the task (`SIOCGIFFLAGS`/`SIOCGIFMTU` on a socket of
-//!   its own) and saved as `netdev-ID.img`; restore makes a new namespace and sets `lo` up
-//!   again if it was. Other devices are refused before the seize, naming them.
+//! - net: an external namespace (`--external net[INO]:KEY`) or `--empty-ns net` is saved as a
+//!   `netns-ID.img` entry only; any other namespace of the tree with its contents
+//!   (`kinds/netns.rs`); restore makes a new namespace and rebuilds it, or joins the one
+//!   given for an external key.
 //!
 //! Restore gives a task a new namespace (`unshare` inside the puppet, then the UTS names)
 //! when its namespace differs from the one it inherits: cryo's for the root, its parent's
@@ -27,8 +27,20 @@ use crate::image::{self, pb};
 pub enum NsError {
     #[error(transparent)]
     Task(#[from] TaskError),
+    /// The contents of a network namespace (`kinds/netns.rs`).
+    #[error(transparent)]
+    Netns(#[from] super::netns::NetnsError),
 }
-task_error_from!(NsError);
+task_error_from!(NsError, no_failure);
+
+impl super::error::Failure for NsError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            NsError::Task(e) => e.hint(),
+            NsError::Netns(e) => e.hint(),
+        }
+    }
+}
 
 /// The namespace id cryo itself has for `kind` ("uts", ...), as `task_ids` computes ids.
 pub fn own_ns_id(kind: &str) -> Option<u32> {
@@ -65,94 +77,53 @@ pub fn dump_uts(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), NsError> {
     Ok(())
 }
 
-/// ioctl numbers and `struct ifreq` layout (16-byte name, then the union at offset 16).
-const SIOCGIFFLAGS: u64 = 0x8913;
-const SIOCSIFFLAGS: u64 = 0x8914;
-const SIOCGIFMTU: u64 = 0x8921;
-
-/// Saves the loopback of a network namespace of the tree (not cryo's), once per namespace;
-/// refuses a namespace with any other device.
+/// Saves a network namespace of the tree (not cryo's) once: its contents
+/// (`kinds::netns`), or only its key when external (`--external net[INO]:KEY`), or nothing
+/// with `--empty-ns net`.
 pub fn dump_net(cx: &mut DumpCx<'_>, img: &TaskImages) -> Result<(), NsError> {
     let Some(id) = img.ids.net_ns_id else {
         return Ok(());
     };
     if Some(id) == own_ns_id("net")
-        || cx.files.netdevs.iter().any(|(i, _)| *i == id)
+        || cx.files.netns_content.iter().any(|d| d.id == id)
         || cx.files.netns.iter().any(|(i, _)| *i == id)
     {
         return Ok(());
     }
     let pid = cx.pid;
-    let ino = {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(format!("/proc/{pid}/ns/net"))
-            .map(|m| m.ino())
-            .unwrap_or(0)
-    };
+    let d = dump_net_of(pid, id, cx.files)?;
+    if let Some(d) = d {
+        cx.files.netns_content.push(d);
+    }
+    Ok(())
+}
+
+/// The part of [`dump_net`] that needs no injection (`dump::run` calls it for the root's
+/// namespace before the network is locked): external and empty namespaces are recorded in
+/// `files.netns`; the contents of any other are returned.
+pub fn dump_net_of(
+    pid: i32,
+    id: u32,
+    files: &mut super::FileTable,
+) -> Result<Option<super::netns::NetnsDump>, NsError> {
+    let ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .map(|m| m.ino())
+        .unwrap_or(0);
     // External (the caller gives one at restore) or empty: nothing of it is saved.
-    if let Some(key) = cx.files.external_net.get(&ino).cloned() {
+    if let Some(key) = files.external_net.get(&ino).cloned() {
         let e = pb::NetnsEntry {
             ext_key: Some(key),
             ..Default::default()
         };
-        cx.files.netns.push((id, e));
-        return Ok(());
+        files.netns.push((id, e));
+        return Ok(None);
     }
-    if cx.files.empty_net {
-        cx.files.netns.push((id, pb::NetnsEntry::default()));
-        return Ok(());
+    if files.empty_net {
+        files.netns.push((id, pb::NetnsEntry::default()));
+        return Ok(None);
     }
-    let devs: Vec<String> = crate::procfs::read(pid, "net/dev")?
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_string()))
-        .collect();
-    if devs != ["lo"] {
-        return Err(Unsupported::of(pid, "net namespace", format!(
-                "it has network devices other than the loopback: {}",
-                devs.join(", ")
-            ), format!(
-                "network devices are not saved: mark the namespace external (--external net[{ino}]:KEY, then --join-ns net:PATH at restore) or empty (--empty-ns net)"
-            )).into());
-    }
-    let buf = cx.scratch()?;
-    let sk = cx.call(
-        "socket(AF_INET, SOCK_DGRAM)",
-        libc::SYS_socket,
-        [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0],
-    )?;
-    let mut ifr = [0u8; 40];
-    ifr[..2].copy_from_slice(b"lo");
-    let mut query = |req: u64| -> Result<u32, NsError> {
-        crate::sys::mem::vm_write(pid, &ifr, &[(buf, ifr.len())]).map_err(|source| {
-            TaskError::Memory {
-                pid,
-                addr: buf,
-                what: "writing ifreq",
-                source,
-            }
-        })?;
-        cx.call("ioctl(lo)", libc::SYS_ioctl, [sk, req, buf, 0, 0, 0])?;
-        let mut out = [0u8; 4];
-        cx.peek(buf + 16, &mut out, "reading ifreq")?;
-        Ok(u32::from_ne_bytes(out))
-    };
-    let flags = query(SIOCGIFFLAGS).map(|f| f & 0xffff);
-    let mtu = query(SIOCGIFMTU);
-    let _ = cx.call("close", libc::SYS_close, [sk, 0, 0, 0, 0, 0]);
-    let (flags, mtu) = (flags?, mtu?);
-    cx.files.netdevs.push((
-        id,
-        pb::NetDeviceEntry {
-            r#type: pb::NdType::Loopback as i32,
-            ifindex: 1,
-            mtu,
-            flags,
-            name: "lo".into(),
-            ..Default::default()
-        },
-    ));
-    Ok(())
+    let host = own_ns_id("net").unwrap_or(0);
+    Ok(Some(super::netns::dump(pid, id, host)?))
 }
 
 /// Namespaces the restored tree joins instead of getting new ones.
@@ -166,17 +137,19 @@ pub struct NsJoin {
 }
 
 /// Gives the puppet a new network namespace when `img`'s differs from the inherited one,
-/// with the loopback up if it was; or joins the one the caller gives (`join`), which an
-/// external namespace requires.
+/// rebuilt from the images (`kinds::netns::restore`: links, addresses, routes, rules,
+/// sysctls, firewall); or joins the one the caller gives (`join`), which an external
+/// namespace requires. Returns whether the task got a namespace of its own (new or joined).
 pub fn restore_net(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
-    root: bool,
+    is_root: bool,
     join: &NsJoin,
-) -> Result<(), NsError> {
+    links: &super::netns::LinkOpts,
+) -> Result<bool, NsError> {
     let Some(id) = img.ids.net_ns_id.filter(|&id| Some(id) != inherited) else {
-        return Ok(());
+        return Ok(false);
     };
     let ns: Option<pb::NetnsEntry> = cx
         .dir
@@ -185,7 +158,7 @@ pub fn restore_net(
     let key = ns.as_ref().and_then(|n| n.ext_key.clone());
     // --join-ns is for the tree's own namespace: the one the root has (a child's namespace
     // of its own is new again).
-    let root_ns = root;
+    let root_ns = is_root;
     let path = join
         .net
         .clone()
@@ -202,39 +175,22 @@ pub fn restore_net(
             what: format!("open network namespace {}", p.display()),
             source,
         })?;
-        return Ok(cx.setns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?);
+        cx.setns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?;
+        return Ok(true);
     }
-    let devs: Vec<pb::NetDeviceEntry> = cx
-        .dir
-        .read_opt(&format!("netdev-{id}.img"), image::NETDEV)?
-        .unwrap_or_default();
     cx.sys(
         "unshare(CLONE_NEWNET)",
         libc::SYS_unshare,
         [libc::CLONE_NEWNET as u64, 0, 0, 0, 0, 0],
     )?;
-    let Some(lo) = devs.iter().find(|d| d.name == "lo") else {
-        return Ok(());
-    };
-    if lo.flags & libc::IFF_UP as u32 == 0 {
-        return Ok(());
-    }
-    let sk = cx.sys(
-        "socket(AF_INET, SOCK_DGRAM)",
-        libc::SYS_socket,
-        [libc::AF_INET as u64, libc::SOCK_DGRAM as u64, 0, 0, 0, 0],
-    )?;
-    let mut ifr = [0u8; 40];
-    ifr[..2].copy_from_slice(b"lo");
-    ifr[16..18].copy_from_slice(&(lo.flags as u16).to_ne_bytes());
-    let a = cx.put(0, &ifr)?;
-    let r = cx.sys(
-        "ioctl(lo, SIOCSIFFLAGS)",
-        libc::SYS_ioctl,
-        [sk, SIOCSIFFLAGS, a, 0, 0, 0],
-    );
-    cx.sys("close", libc::SYS_close, [sk, 0, 0, 0, 0, 0])?;
-    Ok(r.map(|_| ())?)
+    let path = format!("/proc/{}/ns/net", cx.pid);
+    let f = std::fs::File::open(&path).map_err(|source| TaskError::Object {
+        id,
+        what: format!("open the new network namespace ({path})"),
+        source,
+    })?;
+    super::netns::restore(cx.dir, id, f.as_fd(), links)?;
+    Ok(true)
 }
 
 /// Gives the puppet a new, empty IPC namespace when `img`'s differs from the inherited one

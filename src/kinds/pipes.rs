@@ -189,14 +189,21 @@ impl FdKind for Fifos {
     type Error = PipesError;
 
     fn claims(p: &FdProbe<'_>) -> bool {
-        p.live_path() && p.meta.is_some_and(|m| m.file_type().is_fifo())
+        p.link.starts_with('/') && p.meta.is_some_and(|m| m.file_type().is_fifo())
     }
 
     fn precheck(p: &FdProbe<'_>) -> Result<(), PipesError> {
+        if p.deleted() {
+            return Ok(()); // made again as a ghost
+        }
         Ok(reachable_by_path(p)?)
     }
 
     fn load(objs: &mut FdObjects) -> Result<(), PipesError> {
+        // A deleted FIFO is made from its ghost inside the tree's mount namespace.
+        objs.ghosts.preload(&objs.dir).map_err(|e| match e {
+            super::ghost::GhostError::Task(t) => t,
+        })?;
         load(objs, true).map(|_| ())
     }
 
@@ -213,10 +220,29 @@ impl FdKind for Fifos {
             let e = data_entry(fd, ino)?;
             cx.files.fifo_data.push(e);
         }
-        // The path lives in a regular-file record of its own, as CRIU does.
-        let regf_id = cx
-            .files
-            .add_reg(fd.link.to_string(), fd.flags(), 0, None, meta.mode());
+        // The path lives in a regular-file record of its own, as CRIU does; a FIFO deleted
+        // while open is made again from a ghost (once per inode).
+        let deleted = fd.link.strip_suffix(" (deleted)");
+        let regf_id = cx.files.add_reg(
+            deleted.unwrap_or(fd.link).to_string(),
+            fd.flags(),
+            0,
+            None,
+            meta.mode(),
+        );
+        if deleted.is_some() {
+            super::ghost::dump(
+                cx.files,
+                fd.pid,
+                &format!("fd {} ({})", fd.fd, fd.link),
+                &format!("/proc/{}/fd/{}", fd.pid, fd.fd),
+                meta,
+                regf_id,
+            )
+            .map_err(|e| match e {
+                super::ghost::GhostError::Task(t) => t,
+            })?;
+        }
         Ok(pb::FileEntry {
             r#type: pb::FdTypes::Fifo as i32,
             id,
@@ -236,6 +262,16 @@ impl FdKind for Fifos {
             .and_then(|r| objs.files.get(&r))
             .and_then(|f| f.reg.clone())
             .ok_or_else(|| missing(e.id, "FIFO path (regf_id)"))?;
+        let mut reg = reg;
+        if let Some(regf_id) = fe.regf_id.filter(|&r| objs.ghosts.is_ghost(r)) {
+            let at = objs
+                .ghosts
+                .materialize(&objs.dir, regf_id, &reg.name, objs.ns_pid)
+                .map_err(|e| match e {
+                    super::ghost::GhostError::Task(t) => t,
+                })?;
+            reg.name = at.to_string_lossy().into_owned();
+        }
         let err = |what: &str| obj_err(e.id, format!("FIFO {}: {what}", reg.name));
         if !objs
             .kinds

@@ -6,10 +6,12 @@
 //! `PTRACE_SECCOMP_GET_FILTER` (and its flags with `PTRACE_SECCOMP_GET_METADATA`) and
 //! stored once in a shared table, each filter naming the one installed before it (`prev`).
 //! Restore: the puppets are traced with `PTRACE_O_SUSPEND_SECCOMP` too; the leader installs
-//! its chain, oldest first, after its registers and before its threads are created (they
-//! inherit it) — everything injected afterwards runs unfiltered, and the filters take
-//! effect when the task is released. Threads with a chain of their own, strict mode and
-//! user-notification filters are refused at dump.
+//! its filters, oldest first, while it creates its threads, each thread once the leader has
+//! the filters the two share (it inherits them, so the threads share those filters again and
+//! a later TSYNC works); then each thread and the leader install the rest of their own chain — everything injected
+//! afterwards runs unfiltered, and the filters take effect when the task is released. A
+//! thread without filters reads none. Strict mode and user-notification filters are refused
+//! at dump.
 
 use super::error::{task_error_from, TaskError, Unsupported};
 use crate::image::{self, pb};
@@ -95,20 +97,18 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), SeccompEr
     restore_core(cx, &img.core, img.pid)
 }
 
-/// Installs the chain saved in `core` (a thread's, or the leader's) in the task `cx` drives.
-/// Each thread installs its own whole chain: threads are created before any filter is, so
-/// chains that differ between threads come back as they were. TSYNC is dropped for the same
-/// reason.
-pub fn restore_core(
-    cx: &mut RestoreCx<'_>,
+/// The filter chain saved in `core` (a thread's, or the leader's), oldest first, as
+/// indices into seccomp.img's table (empty without filters).
+fn chain_of(
+    cx: &RestoreCx<'_>,
     core: &pb::CoreEntry,
     id: u32,
-) -> Result<(), SeccompError> {
+) -> Result<Vec<(u32, pb::SeccompFilter)>, SeccompError> {
     let Some(tc) = core.thread_core.as_ref() else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     if tc.seccomp_mode != Some(MODE_FILTER) {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let table = cx
         .dir
@@ -116,7 +116,7 @@ pub fn restore_core(
         .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)))
         .unwrap_or_default()
         .seccomp_filters;
-    // Newest to oldest through `prev`, then install oldest first.
+    // Newest to oldest through `prev`, then oldest first.
     let mut order = Vec::new();
     let mut at = tc.seccomp_filter;
     while let Some(i) = at {
@@ -126,10 +126,63 @@ pub fn restore_core(
         if order.len() > table.len() {
             return Err(TaskError::BadImage("seccomp.img filters form a loop".into()).into());
         }
-        order.push(f);
+        order.push((i, f.clone()));
         at = f.prev;
     }
-    for f in order.iter().rev() {
+    order.reverse();
+    Ok(order)
+}
+
+/// A filter chain: each filter's image id and the filter.
+type Chain = Vec<(u32, pb::SeccompFilter)>;
+
+/// The leader's saved chain, and for each thread of `img` how many of its oldest filters
+/// the thread shares with the leader. The leader installs them one by one while it creates
+/// its threads (`threads::restore_threads`), each thread being created once the leader has
+/// the filters it shares: it inherits those very filters, as it did, so a later
+/// `SECCOMP_FILTER_FLAG_TSYNC` (which needs every thread's filters to be the caller's own or
+/// their ancestors) works again. Each thread then installs the rest of its own chain
+/// (`Inherited::seccomp` says how many to skip).
+pub fn shared_with_leader(
+    cx: &RestoreCx<'_>,
+    img: &TaskImages,
+) -> Result<(Chain, Vec<usize>), SeccompError> {
+    let leader = chain_of(cx, &img.core, img.pid)?;
+    let mut shared = Vec::new();
+    for (i, th) in img.threads.iter().enumerate() {
+        let tid = img.pstree.threads.get(i + 1).copied().unwrap_or(img.pid);
+        let c = chain_of(cx, th, tid)?;
+        shared.push(
+            leader
+                .iter()
+                .zip(&c)
+                .take_while(|(a, b)| a.0 == b.0)
+                .count(),
+        );
+    }
+    Ok((leader, shared))
+}
+
+/// Installs the chain saved in `core` (a thread's, or the leader's) in the task `cx` drives,
+/// but for the filters it inherited from the leader. Threads are created before their own
+/// filters are installed, so chains that differ between threads come back as they were.
+/// TSYNC is not replayed.
+pub fn restore_core(
+    cx: &mut RestoreCx<'_>,
+    core: &pb::CoreEntry,
+    id: u32,
+) -> Result<(), SeccompError> {
+    let chain = chain_of(cx, core, id)?;
+    let skip = cx.inherited.seccomp.min(chain.len());
+    install(cx, &chain[skip..])
+}
+
+/// Installs `filters`, oldest first, in the task `cx` drives.
+pub fn install(
+    cx: &mut RestoreCx<'_>,
+    filters: &[(u32, pb::SeccompFilter)],
+) -> Result<(), SeccompError> {
+    for (_, f) in filters {
         if f.filter.is_empty() || f.filter.len() % 8 != 0 || f.filter.len() > 4096 * 8 {
             return Err(TaskError::BadImage(format!(
                 "seccomp.img: a filter of {} bytes is not a BPF program",

@@ -47,6 +47,9 @@ fn obj(shmid: u64, what: &str) -> impl FnOnce(std::io::Error) -> ShmemError {
     }
 }
 
+/// The page size bits of mmap flags (`MAP_HUGE_MASK << MAP_HUGE_SHIFT`).
+const HUGE_SIZE_BITS: u32 = 0x3f << 26;
+
 /// Pages images of shared memory are numbered from here (task pages images are 1..=tasks).
 const PAGES_ID_BASE: u32 = 1 << 20;
 
@@ -147,6 +150,17 @@ pub fn load_content(
     file: &File,
     size: u64,
 ) -> Result<(), ShmemError> {
+    load_with(dir, shmid, size, |off, data| file.write_all_at(data, off))
+}
+
+/// Reads the saved content of shmem object `shmid` (`size` bytes), handing each run to
+/// `put(offset, bytes)`.
+fn load_with(
+    dir: &crate::image::ImageDir,
+    shmid: u64,
+    size: u64,
+    mut put: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+) -> Result<(), ShmemError> {
     let Some((pages_id, entries)) = dir.read_pagemap(&image_name(shmid))? else {
         return Ok(());
     };
@@ -177,8 +191,7 @@ pub fn load_content(
                 source,
             })?;
         let keep = (size - e.vaddr).min(len) as usize;
-        file.write_all_at(&buf[..keep], e.vaddr)
-            .map_err(obj(shmid, "write the content"))?;
+        put(e.vaddr, &buf[..keep]).map_err(obj(shmid, "write the content"))?;
         off += len;
     }
     Ok(())
@@ -189,21 +202,30 @@ pub fn load_content(
 pub struct ShmemStore {
     /// Size each inode needs: the furthest end any VMA maps.
     sizes: HashMap<u64, u64>,
+    /// Inodes of huge pages (hugetlb): `MAP_HUGETLB` and the page size bits.
+    huge: HashMap<u64, u32>,
     made: HashMap<u64, OwnedFd>,
 }
 
 impl ShmemStore {
     pub fn new(tasks: &[TaskImages]) -> Self {
         let mut sizes: HashMap<u64, u64> = HashMap::new();
+        let mut huge = HashMap::new();
         for v in tasks.iter().flat_map(|t| &t.mm.vmas) {
             if v.status & status::ANON_SHARED != 0 {
-                let end = v.pgoff + (v.end - v.start);
+                // Bounds from the image: saturate (a size no memfd takes fails later).
+                let end = v.pgoff.saturating_add(v.end.saturating_sub(v.start));
                 let s = sizes.entry(v.shmid).or_default();
                 *s = (*s).max(end);
+                let hf = v.flags & (libc::MAP_HUGETLB as u32 | HUGE_SIZE_BITS);
+                if hf & libc::MAP_HUGETLB as u32 != 0 {
+                    huge.insert(v.shmid, hf);
+                }
             }
         }
         ShmemStore {
             sizes,
+            huge,
             made: HashMap::new(),
         }
     }
@@ -218,14 +240,29 @@ impl ShmemStore {
             .get(&shmid)
             .ok_or_else(|| TaskError::BadImage(format!("no mapping uses shared memory {shmid}")))?;
         let err = |what: &str| obj(shmid, what);
-        let m = Mapping::anon_shared(size as usize).map_err(err("mmap"))?;
-        let path = format!("/proc/self/map_files/{:x}-{:x}", m.addr(), m.addr() + size);
-        let fd = crate::sys::fd::open(&path, libc::O_RDWR | libc::O_CLOEXEC)
-            .map_err(err("reopen through map_files"))?;
-        drop(m);
-        let file = File::from(fd);
-        load_content(dir, shmid, &file, size)?;
-        let fd = OwnedFd::from(file);
+        let fd = if let Some(&hf) = self.huge.get(&shmid) {
+            // Huge pages cannot be written through the file: filled through cryo's own
+            // mapping of them.
+            let mut m = Mapping::anon_shared_huge(size as usize, hf as i32)
+                .map_err(err("mmap huge pages"))?;
+            let bytes = m.bytes_mut();
+            load_with(dir, shmid, size, |off, data| {
+                bytes[off as usize..off as usize + data.len()].copy_from_slice(data);
+                Ok(())
+            })?;
+            let path = format!("/proc/self/map_files/{:x}-{:x}", m.addr(), m.addr() + size);
+            crate::sys::fd::open(&path, libc::O_RDWR | libc::O_CLOEXEC)
+                .map_err(err("reopen through map_files"))?
+        } else {
+            let m = Mapping::anon_shared(size as usize).map_err(err("mmap"))?;
+            let path = format!("/proc/self/map_files/{:x}-{:x}", m.addr(), m.addr() + size);
+            let fd = crate::sys::fd::open(&path, libc::O_RDWR | libc::O_CLOEXEC)
+                .map_err(err("reopen through map_files"))?;
+            drop(m);
+            let file = File::from(fd);
+            load_content(dir, shmid, &file, size)?;
+            OwnedFd::from(file)
+        };
         let raw = fd.as_raw_fd();
         self.made.insert(shmid, fd);
         Ok(raw)

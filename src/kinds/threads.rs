@@ -185,9 +185,42 @@ pub fn restore_threads(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
 ) -> Result<Vec<RestoredThread>, ThreadsError> {
+    let mut made = Vec::new();
+    let r = create_threads(cx, img, &mut made);
+    if r.is_err() {
+        // The threads made so far are cryo's tracees: they are killed and reaped here, or
+        // their leader (killed by the caller) could never be reaped.
+        for &tid in made.iter().rev() {
+            let t = Tracee { tid };
+            let _ = crate::sys::proc::kill(tid, libc::SIGKILL);
+            while let Ok(Stop::Stopped { .. }) = t.wait() {
+                let _ = t.cont(0);
+            }
+        }
+    }
+    r
+}
+
+/// [`restore_threads`]: the threads it creates are noted in `made` (host TIDs) as they are.
+fn create_threads(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    made: &mut Vec<i32>,
+) -> Result<Vec<RestoredThread>, ThreadsError> {
+    // Threads are created in the order of the seccomp filters they share with the leader,
+    // which installs those filters in between (see `seccomp::shared_with_leader`).
+    let (leader_chain, shared) = super::seccomp::shared_with_leader(cx, img)?;
+    let mut order: Vec<usize> = (0..img.threads.len()).collect();
+    order.sort_by_key(|&i| shared[i]);
+    let mut installed = 0;
     let mut out = Vec::new();
-    for (tid, core) in img.pstree.threads.iter().skip(1).zip(&img.threads) {
-        let tid = *tid as i32;
+    for i in order {
+        let (tid, core) = (img.pstree.threads[i + 1], &img.threads[i]);
+        if shared[i] > installed {
+            super::seccomp::install(cx, &leader_chain[installed..shared[i]])?;
+            installed = shared[i];
+        }
+        let tid = tid as i32;
         // struct clone_args (88 bytes) + set_tid array, in scratch.
         let set_tid = cx.put(3072, &(tid as u64).to_ne_bytes())?;
         let mut args = [0u64; 11];
@@ -206,6 +239,7 @@ pub fn restore_threads(
                 e => e.into(),
             })?;
         let host = cx.remote.last_child.take().unwrap_or(got as i32);
+        made.push(host);
         if got as i32 != tid {
             let _ = crate::sys::proc::kill(host, libc::SIGKILL);
             return Err(TaskError::BadImage(format!("thread {tid} was created as {got}")).into());
@@ -241,7 +275,10 @@ pub fn restore_threads(
             files: cx.files,
             objs: cx.objs,
             stats: &mut *cx.stats,
-            inherited: cx.inherited.clone(),
+            inherited: super::Inherited {
+                seccomp: installed,
+                ..cx.inherited.clone()
+            },
             cow: Vec::new(),
             cryo_pidfd: cx.cryo_pidfd,
         };
@@ -255,13 +292,19 @@ pub fn restore_threads(
             .thread_info
             .as_ref()
             .ok_or_else(|| TaskError::BadImage(format!("core-{tid}.img has no registers")))?;
-        out.push(RestoredThread {
-            tracee: t,
-            regs: super::regs::pb_to_regs(&ti.gpregs, &base),
-            mask,
-        });
+        out.push((
+            i,
+            RestoredThread {
+                tracee: t,
+                regs: super::regs::pb_to_regs(&ti.gpregs, &base),
+                mask,
+            },
+        ));
     }
-    Ok(out)
+    // The leader has these already.
+    cx.inherited.seccomp = installed;
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, t)| t).collect())
 }
 
 /// Per-thread attributes every thread (the leader included) gets back from inside itself:

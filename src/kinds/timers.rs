@@ -56,8 +56,14 @@ pub fn parse_posix_timers(text: &str) -> Option<Vec<pb::PosixTimerEntry>> {
                     "thread" => SIGEV_THREAD_ID,
                     _ => return None,
                 };
-                let tid = who.split_once('.')?.1.parse().ok()?;
-                if t.it_sigev_notify == SIGEV_THREAD_ID {
+                // Newer kernels print "signal/tid.N" for SIGEV_THREAD_ID (a flag on top of
+                // the notify kind), older ones "thread/tid.N".
+                let (whom, tid) = who.split_once('.')?;
+                let tid = tid.parse().ok()?;
+                if whom == "tid" {
+                    t.it_sigev_notify |= SIGEV_THREAD_ID;
+                }
+                if t.it_sigev_notify & SIGEV_THREAD_ID != 0 {
                     t.notify_thread_id = Some(tid);
                 }
             }
@@ -255,9 +261,10 @@ mod tests {
     fn parses_proc_timers() {
         let t = "ID: 0\nsignal: 34/0000000000001234\nnotify: signal/pid.77\nClockID: 1\n\
                  ID: 1\nsignal: 14/0000000000000000\nnotify: thread/tid.78\nClockID: 0\n\
-                 ID: 2\nsignal: 0/0000000000000000\nnotify: none/pid.77\nClockID: 0\n";
+                 ID: 2\nsignal: 0/0000000000000000\nnotify: none/pid.77\nClockID: 0\n\
+                 ID: 3\nsignal: 32/0000000000000000\nnotify: signal/tid.79\nClockID: 1\n";
         let v = parse_posix_timers(t).unwrap();
-        assert_eq!(v.len(), 3);
+        assert_eq!(v.len(), 4);
         assert_eq!(
             (v[0].it_id, v[0].si_signo, v[0].sival_ptr, v[0].clock_id),
             (0, 34, 0x1234, 1)
@@ -267,6 +274,11 @@ mod tests {
             (SIGEV_THREAD_ID, Some(78))
         );
         assert_eq!(v[2].it_sigev_notify, SIGEV_NONE);
+        // Linux 6.13+: SIGEV_THREAD_ID shown as a flag of the kind.
+        assert_eq!(
+            (v[3].it_sigev_notify, v[3].notify_thread_id),
+            (SIGEV_THREAD_ID, Some(79))
+        );
         assert!(parse_posix_timers("garbage").is_none());
     }
 }

@@ -159,7 +159,11 @@ pub fn precheck(tree: &[(i32, i32)], shell_job: bool) -> Result<(), TtyError> {
         }
         let ctty = st.tty_nr as u64;
         let pty = (side(ctty) == Some(Side::Slave)).then(|| slave_index(ctty));
-        if st.session == pid && ctty != 0 && !pty.is_some_and(|i| held.contains(&i)) {
+        if st.session == pid
+            && ctty != 0
+            && !pty.is_some_and(|i| held.contains(&i))
+            && !holds_vt_ctty(pid, ctty)
+        {
             return Err(Unsupported::of(pid, format!("controlling terminal {}:{}", major(ctty), minor(ctty)), "the session leader's controlling terminal is not a pty open in the dumped tree", "keep an fd of the terminal open in the tree, or start the session without one (setsid)").into());
         }
         for &(_, fd) in dev_tty.iter().filter(|(p, _)| *p == pid) {
@@ -172,6 +176,24 @@ pub fn precheck(tree: &[(i32, i32)], shell_job: bool) -> Result<(), TtyError> {
         }
     }
     Ok(())
+}
+
+/// Whether `rdev` is a virtual terminal (4:0-63) or /dev/console (5:1), which are reopened
+/// by path (regular-file records).
+pub fn is_vt_or_console(rdev: u64) -> bool {
+    let (ma, mi) = (major(rdev), minor(rdev));
+    (ma == 4 && mi < 64) || (ma == 5 && mi == 1)
+}
+
+/// Whether `pid` holds an fd on `ctty`, a virtual terminal or /dev/console.
+fn holds_vt_ctty(pid: i32, ctty: u64) -> bool {
+    is_vt_or_console(ctty)
+        && procfs::fds(pid).is_ok_and(|fds| {
+            fds.iter().any(|fd| {
+                std::fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+                    .is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == ctty)
+            })
+        })
 }
 
 /// One side of a tty seen during the dump: its tty-info record and cryo's copy of the fd.
@@ -237,9 +259,10 @@ impl FdKind for Tty {
     const TYPE: pb::FdTypes = pb::FdTypes::Tty;
     type Error = TtyError;
 
-    /// pty masters and slaves, and /dev/tty.
+    /// pty masters and slaves, and /dev/tty. A slave whose master was closed is shown as
+    /// deleted (devpts removed its node): it is the same pty, as CRIU takes it.
     fn claims(p: &FdProbe<'_>) -> bool {
-        p.live_path()
+        p.link.starts_with('/')
             && p.meta.is_some_and(|m| {
                 std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type())
                     && side(m.rdev()).is_some()
@@ -265,9 +288,10 @@ impl FdKind for Tty {
                 (info_id(i, false), i, Some(t.take()?))
             }
         };
+        let link = t.link.trim_end_matches(" (deleted)");
         let regf = cx
             .files
-            .add_reg(t.link.to_string(), t.flags(), 0, None, meta.mode());
+            .add_reg(link.to_string(), t.flags(), 0, None, meta.mode());
         if let std::collections::btree_map::Entry::Vacant(v) = cx.files.ttys.infos.entry(info) {
             let entry = describe(t, side, info, index, fd.as_ref().map(|f| f.as_fd()), meta)?;
             v.insert(Seen { entry, fd });
@@ -356,7 +380,7 @@ fn describe(
         ..Default::default()
     };
     let Some(fd) = fd else { return Ok(e) };
-    let devpts = devpts_of(t.link, side).ok_or_else(|| {
+    let devpts = devpts_of(t.link.trim_end_matches(" (deleted)"), side).ok_or_else(|| {
         Unsupported::of(
             t.pid,
             format!("fd {} ({})", t.fd, t.link),
@@ -1109,6 +1133,18 @@ pub fn take_ctty(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), TtyErro
         );
         cx.sys("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
         r?;
+    } else if let Some(f) = img.fdinfo.iter().find(|f| {
+        cx.files
+            .get(&f.id)
+            .and_then(|e| e.reg.as_ref())
+            .is_some_and(|r| r.cryo_ctty == Some(true))
+    }) {
+        // A virtual terminal or the console, reopened by path with the other files.
+        cx.sys(
+            "ioctl(TIOCSCTTY)",
+            libc::SYS_ioctl,
+            [f.fd as u64, libc::TIOCSCTTY, 0, 0, 0, 0],
+        )?;
     }
     // The /dev/tty fds restore_fds left for now.
     let mut fds: Vec<&pb::FdinfoEntry> = img

@@ -1,42 +1,129 @@
 //! Unix sockets: stream, datagram and seqpacket; socketpairs, listeners (with connections
-//! not accepted yet), connected and unconnected sockets, path and abstract names, options,
-//! shutdown state and queued data (files.img UNIXSK records + sk-queues.img).
+//! not accepted yet), connected and unconnected sockets, path (absolute or relative) and
+//! abstract names, socket files deleted or replaced by other files, options, shutdown state,
+//! queued data and the files passed in queued messages (files.img UNIXSK records +
+//! sk-queues.img).
 //!
 //! Dump learns each socket's peer, name and queues from `sock_diag`, and reads the queued
 //! data without consuming it (`MSG_PEEK` with `SO_PEEK_OFF`, through a copy of the target's
-//! fd). Every peer must be in the dumped tree: that is checked before the tree is touched.
+//! fd). Files passed in a queued message (SCM_RIGHTS) come to cryo with the peek and are
+//! saved like any open file (`files::dump_in_flight`), named by file id in the message's
+//! `scm` entry. The socket file of a path name is found with `SIOCUNIXFILE`: whether it was
+//! deleted, its mode and owner, and for a relative name the directory it was bound in
+//! (`name_dir`). Every peer must be in the dumped tree: that is checked before the tree is
+//! touched.
 //!
 //! Restore makes the sockets in cryo: a connected pair becomes a `socketpair`; a listener is
 //! bound (a stale socket file is replaced) and listens; a socket whose peer waited in a
 //! listener's backlog connects to that listener again; a datagram socket connected to a named
-//! one connects to it by name. Queued data is sent again by the peer (or, for a named
-//! datagram socket, from a temporary socket), then the shutdown state is applied.
+//! one (or to itself) connects to it by name. A relative name is bound from its directory
+//! (a helper thread with its own working directory). A deleted socket file is bound where it
+//! was (the directory made again if it is gone, whatever file took its place moved aside for
+//! the moment), reached by a temporary hard link while its peers connect, and unlinked; the
+//! links and made directories go when the restore ends. Queued data is sent again by the
+//! peer (or, for a named datagram socket, from a temporary socket; for an unnamed one whose
+//! peer is gone, from a socketpair end closed after), with the passed files attached; then
+//! the shutdown state is applied.
 
-use super::error::{task_error_from, TaskError, Unsupported};
+use super::error::{task_error_from, Failure, TaskError, Unsupported};
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
-use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, PrecheckFd, TargetFd};
+use super::files::{
+    missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, PrecheckFd, SockOpts, TargetFd,
+};
 use super::DumpCx;
 use crate::image::{self, pb};
-use crate::sys::net::{self, Peeked, UnixDiag};
+use crate::sys::net::{self, UnixDiag};
+use crate::sys::scm;
 
 /// Why a unix socket could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum UnixSkError {
     #[error(transparent)]
     Task(#[from] TaskError),
-    /// The listener a socket connects to again, made first.
+    /// The listener a socket connects to again, made first, or a file passed in a queued
+    /// message (SCM_RIGHTS), made to be sent again.
     #[error(transparent)]
     Files(#[from] Box<super::files::FilesError>),
+    /// A file passed in a queued message (SCM_RIGHTS) could not be saved.
+    #[error(
+        "process {pid}: fd {fd} ({link}): a file passed in a message queued on it (SCM_RIGHTS)"
+    )]
+    InFlight {
+        pid: i32,
+        fd: i32,
+        link: String,
+        #[source]
+        source: Box<super::files::FilesError>,
+    },
 }
-task_error_from!(UnixSkError);
+task_error_from!(UnixSkError, no_failure);
+
+impl Failure for UnixSkError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            UnixSkError::Task(e) => e.hint(),
+            UnixSkError::Files(e) => e.hint(),
+            UnixSkError::InFlight { source, .. } => source
+                .hint()
+                .or_else(|| Some("let the program receive its queued messages, then dump".into())),
+        }
+    }
+}
 
 /// Unix sockets.
 pub struct UnixSk;
 
 const TCP_ESTABLISHED: u32 = 1;
 const TCP_LISTEN: u32 = 10;
+/// `unix_sk_entry.uflags`: the record stands for a peer outside the tree (CRIU's value).
+const USK_EXTERN: u32 = 1;
+
+/// Connects unix socket `u` (file `id`) again to `peer`, a named datagram socket outside
+/// the tree (`--ext-unix-sk`), e.g. /dev/log.
+fn connect_external(
+    objs: &mut FdObjects,
+    id: u32,
+    u: &pb::UnixSkEntry,
+    peer: &pb::UnixSkEntry,
+) -> Result<OwnedFd, UnixSkError> {
+    if !objs.sock.ext_unix_sk {
+        return Err(Unsupported::restore(format!(
+            "file {id}: unix socket {} was connected to {}, outside the dumped tree: pass --ext-unix-sk to connect it again",
+            u.ino,
+            show_name(&peer.name)
+        ))
+        .into());
+    }
+    let err = |what: &str| obj_err(id, format!("unix socket {}: {what}", u.ino));
+    let s = net::unix_socket(u.r#type as i32).map_err(err("socket"))?;
+    if !u.name.is_empty() {
+        bind_name(objs, s.as_fd(), u)?;
+    }
+    net::connect(s.as_fd(), &peer.name).map_err(err(&format!(
+        "connect to {} (outside the tree)",
+        show_name(&peer.name)
+    )))?;
+    finish(&s, u)?;
+    set_fl(s.as_fd(), u.flags, id)?;
+    Ok(s)
+}
+
+/// The inodes of every socket the processes `tree` hold.
+fn tree_socket_inodes(tree: &[i32]) -> HashSet<u32> {
+    tree.iter()
+        .flat_map(|&pid| {
+            crate::procfs::fds(pid)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |fd| crate::procfs::link(pid, &format!("fd/{fd}")).ok())
+        })
+        .filter_map(|l| inode(&l))
+        .collect()
+}
 
 /// Socket inode of a "socket:[N]" link.
 pub fn inode(link: &str) -> Option<u32> {
@@ -72,7 +159,7 @@ pub fn diag_all(pids: &[i32]) -> std::io::Result<HashMap<u32, UnixDiag>> {
 
 /// Checks, before the tree is touched, that every socket of the tree is a unix socket cryo
 /// can restore and that its peer belongs to the tree. `socks` are (pid, fd, inode).
-fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), UnixSkError> {
+fn precheck(socks: &[(i32, i32, u32)], opts: &SockOpts) -> Result<(), UnixSkError> {
     if socks.is_empty() {
         return Ok(());
     }
@@ -90,11 +177,25 @@ fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), UnixSkError> {
         };
         // peer 0: unconnected, or the peer is gone (closed, or not accepted yet).
         if d.peer != 0 && !mine.contains(&d.peer) {
-            let peer_name = diag
-                .get(&d.peer)
-                .map(|p| show_name(&p.name))
-                .unwrap_or_default();
-            return Err(Unsupported::of(pid, format!("fd {fd} (unix socket {ino})"), format!(
+            let peer = diag.get(&d.peer);
+            // --ext-unix-sk: a named datagram peer (a log socket) is connected to again.
+            let named_dgram =
+                peer.is_some_and(|p| p.kind as i32 == libc::SOCK_DGRAM && !p.name.is_empty());
+            if opts.ext_unix_sk && named_dgram {
+                continue;
+            }
+            let peer_name = peer.map(|p| show_name(&p.name)).unwrap_or_default();
+            let hint = if opts.ext_unix_sk {
+                "--ext-unix-sk takes only a peer that is a datagram socket bound to a name (e.g. /dev/log); dump the tree that holds both ends"
+            } else if named_dgram {
+                "pass --ext-unix-sk to connect it to that name again at restore"
+            } else {
+                "dump the tree that holds both ends (a common ancestor with -t); only a named datagram peer can be external (--ext-unix-sk)"
+            };
+            return Err(Unsupported::of(
+                pid,
+                format!("fd {fd} (unix socket {ino})"),
+                format!(
                     "its peer (socket {}{}) belongs to a process outside the dumped tree",
                     d.peer,
                     if peer_name.is_empty() {
@@ -102,7 +203,10 @@ fn precheck(socks: &[(i32, i32, u32)]) -> Result<(), UnixSkError> {
                     } else {
                         format!(" {peer_name}")
                     }
-                ), "dump the tree that holds both ends (a common ancestor with -t); external unix sockets are not supported yet").into());
+                ),
+                hint,
+            )
+            .into());
         }
         // A listener's waiting connections are named by their clients.
         for client in &d.icons {
@@ -134,35 +238,143 @@ fn show_name(name: &[u8]) -> String {
     }
 }
 
-/// Reads a socket's queue without consuming it: one entry per message (datagram,
-/// seqpacket) or one chunk (stream).
-fn peek_queue(fd: &TargetFd<'_>, sk: &OwnedFd) -> Result<Vec<Vec<u8>>, UnixSkError> {
+/// Saves a socket's queue without consuming it (`sk-queues.img`): one entry per message
+/// (datagram, seqpacket record) or chunk (stream), with the files passed in it saved and
+/// named by file id.
+fn dump_queue(
+    cx: &mut DumpCx<'_>,
+    fd: &TargetFd<'_>,
+    sk: &OwnedFd,
+    d: &UnixDiag,
+    id: u32,
+) -> Result<(), UnixSkError> {
+    let kind = d.kind as i32;
+    // A stream or seqpacket socket that is not connected has no queue, and reading it fails
+    // (EINVAL, ENOTCONN).
+    if kind != libc::SOCK_DGRAM && d.state as u32 != TCP_ESTABLISHED {
+        return Ok(());
+    }
+    // Stream and seqpacket sockets report the bytes queued: peeking stops there, before
+    // the end of the queue would hand over (and clear) a pending error such as ECONNRESET.
+    let queued = (kind != libc::SOCK_DGRAM).then_some(d.rqlen.0 as usize);
     let s = sk.as_fd();
     let old = net::getsockopt_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF)
         .map_err(|e| fd.err("SO_PEEK_OFF", e))?;
     net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)
         .map_err(|e| fd.err("SO_PEEK_OFF", e))?;
-    let mut out = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
-    let r = loop {
-        match net::peek(s, &mut buf) {
-            Ok(Peeked::Data(0)) | Ok(Peeked::Empty) => break Ok(()),
-            Ok(Peeked::Data(n)) => out.push(buf[..n.min(buf.len())].to_vec()),
-            Ok(Peeked::Fds) => {
-                break Err(Unsupported::of(
+    let mut seen = 0usize;
+    let r = (|| -> Result<(), UnixSkError> {
+        loop {
+            if queued.is_some_and(|q| seen >= q) {
+                return Ok(());
+            }
+            let m = match scm::peek_msg(s, &mut buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(fd.err("peek at the queued data", e).into()),
+            };
+            if m.truncated {
+                return Err(Unsupported::of(
                     fd.pid,
                     format!("fd {} ({})", fd.fd, fd.link),
-                    "a queued message carries file descriptors (SCM_RIGHTS)",
+                    format!("a queued message is larger than {} bytes", buf.len()),
                     "let the program read its queued messages, then dump",
                 )
-                .into())
+                .into());
             }
-            Err(e) => break Err(fd.err("peek at the queued data", e).into()),
+            if m.len == 0 && m.fds.is_empty() {
+                return Ok(()); // end of the stream, or an empty datagram (not kept)
+            }
+            seen += m.len;
+            let mut rights = Vec::new();
+            for f in m.fds {
+                let (rid, _) =
+                    super::files::dump_in_flight(cx, f).map_err(|e| UnixSkError::InFlight {
+                        pid: fd.pid,
+                        fd: fd.fd,
+                        link: fd.link.to_string(),
+                        source: Box::new(e),
+                    })?;
+                rights.push(rid);
+            }
+            cx.files.sk_queues.push((
+                pb::SkPacketEntry {
+                    id_for: id,
+                    length: m.len as u32,
+                    scm: if rights.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![pb::ScmEntry {
+                            r#type: libc::SCM_RIGHTS as u32,
+                            rights,
+                        }]
+                    },
+                    cryo_from: None,
+                },
+                buf[..m.len].to_vec(),
+            ));
         }
-    };
+    })();
     // Put the peek offset back as the program had it.
     let _ = net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old);
-    r.map(|_| out)
+    r
+}
+
+/// What the socket file of a socket bound to a path tells: whether it is gone (unlinked, or
+/// replaced by another file), the directory a relative name was bound in, and the file's
+/// mode and owner. `SIOCUNIXFILE` names the very file the socket is attached to; without it
+/// (old kernels) the name is looked up in the task's root and compared by inode.
+fn name_file(
+    fd: &TargetFd<'_>,
+    sk: &OwnedFd,
+    name: &[u8],
+    d: &UnixDiag,
+) -> Result<(bool, Option<String>, Option<pb::FilePermsEntry>), UnixSkError> {
+    use std::os::unix::fs::MetadataExt;
+    let text = String::from_utf8_lossy(name).into_owned();
+    let Ok(file) = scm::unix_file(sk.as_fd()) else {
+        let on_disk = crate::sys::fd::stat_in_root(&format!("/proc/{}/root", fd.pid), &text)
+            .ok()
+            .map(|m| m.ino() as u32);
+        return Ok((on_disk != d.vfs.map(|v| v.0), None, None));
+    };
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| fd.err("readlink of the socket file", e))?;
+    let meta = std::fs::File::from(file)
+        .metadata()
+        .map_err(|e| fd.err("stat of the socket file", e))?;
+    let link = link.to_string_lossy().into_owned();
+    let (path, deleted) = match link.strip_suffix(" (deleted)") {
+        Some(p) => (p.to_string(), true),
+        None => (link, false),
+    };
+    let perms = pb::FilePermsEntry {
+        mode: meta.mode(),
+        uid: meta.uid(),
+        gid: meta.gid(),
+    };
+    if text.starts_with('/') {
+        return Ok((deleted, None, Some(perms)));
+    }
+    // Bound by a relative name: the directory is the path without the name.
+    let dir = path
+        .strip_suffix(text.as_str())
+        .and_then(|d| d.strip_suffix('/'))
+        .filter(|d| !d.is_empty())
+        .or(path
+            .strip_suffix(text.as_str())
+            .filter(|d| *d == "/")
+            .map(|_| "/"))
+        .ok_or_else(|| {
+            Unsupported::of(
+                fd.pid,
+                format!("fd {} (unix socket {text})", fd.fd),
+                format!("its relative name does not end the path of its socket file ({path})"),
+                "bind it by an absolute path, or close it before the dump",
+            )
+        })?;
+    Ok((deleted, Some(dir.to_string()), Some(perms)))
 }
 
 fn opts(fd: &TargetFd<'_>, sk: &OwnedFd) -> Result<pb::SkOptsEntry, UnixSkError> {
@@ -198,12 +410,12 @@ impl FdKind for UnixSk {
             .is_some_and(|(domain, _, _)| domain == libc::AF_UNIX)
     }
 
-    fn precheck_tree(fds: &[PrecheckFd]) -> Result<(), UnixSkError> {
+    fn precheck_tree(fds: &[PrecheckFd], opts: &SockOpts) -> Result<(), UnixSkError> {
         let socks: Vec<(i32, i32, u32)> = fds
             .iter()
             .filter_map(|f| Some((f.pid, f.fd, inode(&f.link)?)))
             .collect();
-        precheck(&socks)
+        precheck(&socks, opts)
     }
 
     fn load(objs: &mut FdObjects) -> Result<(), UnixSkError> {
@@ -237,33 +449,53 @@ impl FdKind for UnixSk {
             })?;
         let sk = fd.take()?;
         let o = opts(fd, &sk)?;
-        if d.state as u32 != TCP_LISTEN {
-            for msg in peek_queue(fd, &sk)? {
-                cx.files.sk_queues.push((
-                    pb::SkPacketEntry {
-                        id_for: id,
-                        length: msg.len() as u32,
-                        scm: Vec::new(),
-                    },
-                    msg,
-                ));
+        // --ext-unix-sk: the peer outside the tree gets a record of its own (CRIU's
+        // USK_EXTERN), which restore connects to by name.
+        if d.peer != 0 && cx.files.sock.ext_unix_sk {
+            let known = cx
+                .files
+                .entries
+                .iter()
+                .any(|e| e.usk.as_ref().is_some_and(|u| u.ino == d.peer));
+            if !known && !tree_socket_inodes(&cx.files.tree).contains(&d.peer) {
+                let name = cx
+                    .files
+                    .unix_diag
+                    .as_ref()
+                    .and_then(|m| m.get(&d.peer))
+                    .map(|p| p.name.clone())
+                    .unwrap_or_default();
+                let pid = cx.files.alloc();
+                cx.files.entries.push(pb::FileEntry {
+                    r#type: pb::FdTypes::Unixsk as i32,
+                    id: pid,
+                    usk: Some(pb::UnixSkEntry {
+                        id: pid,
+                        ino: d.peer,
+                        r#type: libc::SOCK_DGRAM as u32,
+                        state: TCP_LISTEN,
+                        uflags: USK_EXTERN,
+                        peer: 0,
+                        name,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
             }
+        }
+        if d.state as u32 != TCP_LISTEN {
+            dump_queue(cx, fd, &sk, &d, id)?;
         }
         // A path name whose socket file is gone (unlinked, or replaced by another file).
         let mut name = d.name.clone();
         while name.len() > 1 && name.last() == Some(&0) && name[0] != 0 {
             name.pop();
         }
-        let deleted = if !name.is_empty() && name[0] != 0 {
-            use std::os::unix::fs::MetadataExt;
-            let path = String::from_utf8_lossy(&name).into_owned();
-            // Looked up in the task's own root (and mount namespace).
-            let on_disk = crate::sys::fd::stat_in_root(&format!("/proc/{}/root", fd.pid), &path)
-                .ok()
-                .map(|m| m.ino() as u32);
-            Some(on_disk != d.vfs.map(|v| v.0))
+        let (deleted, name_dir, file_perms) = if !name.is_empty() && name[0] != 0 {
+            let (deleted, dir, perms) = name_file(fd, &sk, &name, &d)?;
+            (Some(deleted), dir, perms)
         } else {
-            None
+            (None, None, None)
         };
         let shutdown = match d.shutdown & 3 {
             0 => pb::SkShutdown::None,
@@ -291,6 +523,8 @@ impl FdKind for UnixSk {
                 opts: o,
                 name,
                 shutdown: Some(shutdown as i32),
+                file_perms,
+                name_dir,
                 deleted,
                 cryo_icons: if d.state as u32 == TCP_LISTEN {
                     d.icons.clone()
@@ -311,11 +545,20 @@ impl FdKind for UnixSk {
         let err = |what: &str| obj_err(e.id, format!("unix socket {}: {what}", u.ino));
         let kind = u.r#type as i32;
         load_queues(objs)?;
-        let by_ino: HashMap<u32, pb::UnixSkEntry> = objs
+        objs.kinds.get::<UnixStore>().ns_pid = objs.ns_pid;
+        let all: HashMap<u32, pb::UnixSkEntry> = objs
             .files
             .values()
             .filter_map(|f| f.usk.clone())
             .map(|s| (s.ino, s))
+            .collect();
+        // A peer outside the tree (--ext-unix-sk) is only ever connected to, never made.
+        if let Some(p) = all.get(&u.peer).filter(|p| p.uflags & USK_EXTERN != 0) {
+            return connect_external(objs, e.id, u, p);
+        }
+        let by_ino: HashMap<u32, pb::UnixSkEntry> = all
+            .into_iter()
+            .filter(|(_, s)| s.uflags & USK_EXTERN == 0)
             .collect();
         let peer = by_ino.get(&u.peer).cloned();
         let listener_named = |name: &[u8]| {
@@ -326,7 +569,7 @@ impl FdKind for UnixSk {
         };
         let sk = if u.state == TCP_LISTEN {
             let s = net::unix_socket(kind).map_err(err("socket"))?;
-            bind_name(s.as_fd(), u, e.id)?;
+            bind_name(objs, s.as_fd(), u)?;
             net::listen(s.as_fd(), u.backlog as i32).map_err(err("listen"))?;
             accept_again(objs, &s, u, &by_ino)?;
             s
@@ -338,10 +581,10 @@ impl FdKind for UnixSk {
             // It waited in a listener's backlog: connect to the listener again.
             objs.get(l.id).map_err(Box::new)?;
             let s = net::unix_socket(kind).map_err(err("socket"))?;
-            net::connect(s.as_fd(), &l.name)
+            connect_to(objs, s.as_fd(), &l)
                 .map_err(err(&format!("connect to {}", show_name(&l.name))))?;
             s
-        } else if let Some(p) = peer.as_ref().filter(|p| p.peer == u.ino) {
+        } else if let Some(p) = peer.as_ref().filter(|p| p.peer == u.ino && p.ino != u.ino) {
             if let Some(l) = listener_named(&u.name).or_else(|| listener_named(&p.name)) {
                 // An accepted connection: made by connecting to the listener, which keeps
                 // the names both ends report.
@@ -364,7 +607,7 @@ impl FdKind for UnixSk {
             let (mine, theirs) = net::unix_pair(kind).map_err(err("socketpair"))?;
             for (fd, s) in [(&mine, u), (&theirs, p)] {
                 if !s.name.is_empty() {
-                    bind_name(fd.as_fd(), s, s.id)?;
+                    bind_name(objs, fd.as_fd(), s)?;
                 }
             }
             // Each queue is refilled by the other end.
@@ -374,16 +617,6 @@ impl FdKind for UnixSk {
             set_fl(theirs.as_fd(), p.flags, p.id)?;
             objs.kinds.get::<UnixStore>().pending.insert(p.id, theirs);
             mine
-        } else if let Some(p) = peer {
-            // A datagram socket connected to a named one: connect again by name.
-            objs.get(p.id).map_err(Box::new)?;
-            let s = net::unix_socket(kind).map_err(err("socket"))?;
-            if !u.name.is_empty() {
-                bind_name(s.as_fd(), u, e.id)?;
-            }
-            net::connect(s.as_fd(), &p.name)
-                .map_err(err(&format!("connect to {}", show_name(&p.name))))?;
-            s
         } else if u.state == TCP_ESTABLISHED && kind != libc::SOCK_DGRAM {
             // Its peer is gone: what is queued is still readable, then end of file.
             let (mine, theirs) = net::unix_pair(kind).map_err(err("socketpair"))?;
@@ -391,23 +624,31 @@ impl FdKind for UnixSk {
             drop(theirs);
             mine
         } else {
-            let s = net::unix_socket(kind).map_err(err("socket"))?;
+            let queued = objs.kinds.get::<UnixStore>().queues.contains_key(&u.id);
+            let s = if kind == libc::SOCK_DGRAM && u.name.is_empty() && queued {
+                // Unnamed, with messages from a peer that is gone: they come from the other
+                // end of a socketpair, closed after.
+                let (mine, theirs) = net::unix_pair(kind).map_err(err("socketpair"))?;
+                send_queue(objs, u.id, theirs.as_fd())?;
+                mine
+            } else {
+                net::unix_socket(kind).map_err(err("socket"))?
+            };
             if !u.name.is_empty() {
-                bind_name(s.as_fd(), u, e.id)?;
+                bind_name(objs, s.as_fd(), u)?;
                 // Messages queued to a named datagram socket come from a stand-in sender.
-                if kind != libc::SOCK_STREAM {
+                if kind != libc::SOCK_STREAM && queued {
                     let tmp = net::unix_socket(kind).map_err(err("socket"))?;
-                    for msg in objs
-                        .kinds
-                        .get::<UnixStore>()
-                        .queues
-                        .remove(&u.id)
-                        .unwrap_or_default()
-                    {
-                        net::send_to(tmp.as_fd(), &msg, &u.name)
-                            .map_err(err("requeue a datagram"))?;
-                    }
+                    send_queue_to(objs, u.id, tmp.as_fd(), u)?;
                 }
+            }
+            // A datagram socket connected to a named one, or to itself: connected by name.
+            if let Some(p) = peer.as_ref().filter(|_| kind == libc::SOCK_DGRAM) {
+                if p.ino != u.ino {
+                    objs.get(p.id).map_err(Box::new)?;
+                }
+                connect_to(objs, s.as_fd(), p)
+                    .map_err(err(&format!("connect to {}", show_name(&p.name))))?;
             }
             s
         };
@@ -435,7 +676,10 @@ fn accept_again(
             continue;
         };
         let c = net::unix_socket(cli.r#type as i32).map_err(err("socket"))?;
-        net::connect(c.as_fd(), &lu.name).map_err(err("connect (re-accept)"))?;
+        if !cli.name.is_empty() {
+            bind_name(objs, c.as_fd(), cli)?;
+        }
+        connect_to(objs, c.as_fd(), lu).map_err(err("connect (re-accept)"))?;
         let a = net::accept(l.as_fd()).map_err(err("accept"))?;
         send_queue(objs, srv.id, c.as_fd())?;
         send_queue(objs, cli.id, a.as_fd())?;
@@ -449,14 +693,56 @@ fn accept_again(
     Ok(())
 }
 
+/// One message queued on a socket.
+struct Queued {
+    data: Vec<u8>,
+    /// Files passed with it (SCM_RIGHTS), by file id.
+    rights: Vec<u32>,
+}
+
 /// Restore-side state spanning several unix sockets.
 #[derive(Default)]
 pub struct UnixStore {
     /// Sockets made together with another one (the other end of a socketpair), by file id.
     pub pending: HashMap<u32, OwnedFd>,
     /// Queued messages by socket file id (sk-queues.img), loaded once.
-    queues: HashMap<u32, Vec<Vec<u8>>>,
+    queues: HashMap<u32, Vec<Queued>>,
+    /// Files passed in the messages queued on each socket (by socket file id).
+    rights: HashMap<u32, Vec<u32>>,
     loaded: bool,
+    /// How to reach a socket whose file was deleted, by inode: a hard link to its file,
+    /// made for the restore.
+    links: HashMap<u32, PathBuf>,
+    /// What the restore made for deleted sockets and removes when it ends: the links, and
+    /// directories made again (parents first).
+    made_links: Vec<PathBuf>,
+    made_dirs: Vec<PathBuf>,
+    /// The tree's namespaces those paths are in (the root puppet).
+    ns_pid: Option<i32>,
+    /// Files in flight whose kind's per-task step (an epoll's watches) ran.
+    in_flight_done: HashSet<u32>,
+}
+
+impl Drop for UnixStore {
+    fn drop(&mut self) {
+        if self.made_links.is_empty() && self.made_dirs.is_empty() {
+            return;
+        }
+        let _in = self
+            .ns_pid
+            .and_then(|p| super::ns::InNs::enter(p, true).ok());
+        for l in &self.made_links {
+            let _ = std::fs::remove_file(l);
+        }
+        for d in self.made_dirs.iter().rev() {
+            if let Err(e) = std::fs::remove_dir(d) {
+                tracing::warn!(
+                    "could not remove {} (made for a deleted unix socket): {e}",
+                    d.display()
+                );
+            }
+        }
+    }
 }
 
 pub fn load_queues(objs: &mut FdObjects) -> Result<(), UnixSkError> {
@@ -467,15 +753,62 @@ pub fn load_queues(objs: &mut FdObjects) -> Result<(), UnixSkError> {
         .dir
         .read_with_data::<pb::SkPacketEntry>("sk-queues.img", image::SK_QUEUES)?
     {
-        objs.kinds
-            .get::<UnixStore>()
+        let mut rights = Vec::new();
+        for scm in &e.scm {
+            if scm.r#type != libc::SCM_RIGHTS as u32 {
+                return Err(Unsupported::restore(format!(
+                    "sk-queues.img: a message queued on file {} carries control data of type {} (only SCM_RIGHTS is restored)",
+                    e.id_for, scm.r#type
+                ))
+                .into());
+            }
+            rights.extend_from_slice(&scm.rights);
+        }
+        let store = objs.kinds.get::<UnixStore>();
+        store
+            .rights
+            .entry(e.id_for)
+            .or_default()
+            .extend_from_slice(&rights);
+        store
             .queues
             .entry(e.id_for)
             .or_default()
-            .push(data);
+            .push(Queued { data, rights });
     }
     objs.kinds.get::<UnixStore>().loaded = true;
     Ok(())
+}
+
+/// Files in flight (passed in a message queued on one of `sockets`, the file ids a task
+/// holds) that no task holds and whose per-task step has not run yet: an epoll's watch
+/// list names the fds of the task that receives it.
+pub fn in_flight_to(objs: &mut FdObjects, sockets: &[u32]) -> Result<Vec<u32>, UnixSkError> {
+    load_queues(objs)?;
+    let mut out = Vec::new();
+    for s in sockets {
+        let ids = objs
+            .kinds
+            .get::<UnixStore>()
+            .rights
+            .get(s)
+            .cloned()
+            .unwrap_or_default();
+        for id in ids {
+            if !objs.held.contains(&id) && objs.kinds.get::<UnixStore>().in_flight_done.insert(id) {
+                out.push(id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The files passed with a message, as cryo's own copies (made on first use).
+fn rights_fds(objs: &mut FdObjects, rights: &[u32]) -> Result<Vec<OwnedFd>, UnixSkError> {
+    rights
+        .iter()
+        .map(|&r| objs.dup(r).map_err(|e| UnixSkError::Files(Box::new(e))))
+        .collect()
 }
 
 /// Sends the messages queued for socket `id` through `from` (its peer).
@@ -484,18 +817,21 @@ fn send_queue(
     id: u32,
     from: std::os::fd::BorrowedFd<'_>,
 ) -> Result<(), UnixSkError> {
-    for msg in objs
+    let queue = objs
         .kinds
         .get::<UnixStore>()
         .queues
         .remove(&id)
-        .unwrap_or_default()
-    {
+        .unwrap_or_default();
+    for msg in queue {
+        let fds = rights_fds(objs, &msg.rights)?;
+        let mut pass: Vec<std::os::fd::BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
         let mut off = 0;
-        while off < msg.len() {
-            off += net::send(from, &msg[off..])
+        loop {
+            off += scm::send_rights(from, &msg.data[off..], &pass, None)
                 .map_err(obj_err(id, "unix socket: requeue the data"))?;
-            if msg.is_empty() {
+            pass.clear(); // the files go with the first bytes
+            if off >= msg.data.len() {
                 break;
             }
         }
@@ -503,31 +839,188 @@ fn send_queue(
     Ok(())
 }
 
-/// Binds `s` to its saved name, replacing a stale socket file; a deleted one is unlinked
-/// again after binding.
-fn bind_name(
-    fd: std::os::fd::BorrowedFd<'_>,
-    s: &pb::UnixSkEntry,
+/// Sends the messages queued for named datagram (or seqpacket) socket `u` from `from`, an
+/// unnamed stand-in, by name.
+fn send_queue_to(
+    objs: &mut FdObjects,
     id: u32,
+    from: std::os::fd::BorrowedFd<'_>,
+    u: &pb::UnixSkEntry,
 ) -> Result<(), UnixSkError> {
-    let path_name = s.name.first().is_some_and(|&c| c != 0);
-    // A path name ends at its first NUL (CRIU's images may keep the terminating one).
-    let path =
-        String::from_utf8_lossy(s.name.split(|&c| c == 0).next().unwrap_or(&[])).into_owned();
-    if path_name {
-        use std::os::unix::fs::FileTypeExt;
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-    net::bind(fd, &s.name).map_err(obj_err(
-        id,
-        format!("unix socket {}: bind to {}", s.ino, show_name(&s.name)),
-    ))?;
-    if path_name && s.deleted == Some(true) {
-        let _ = std::fs::remove_file(&path);
+    let queue = objs
+        .kinds
+        .get::<UnixStore>()
+        .queues
+        .remove(&id)
+        .unwrap_or_default();
+    let to = address(objs, u);
+    for msg in queue {
+        let fds = rights_fds(objs, &msg.rights)?;
+        let pass: Vec<std::os::fd::BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        with_address(&to, |a| scm::send_rights(from, &msg.data, &pass, Some(a)))
+            .map_err(obj_err(id, "unix socket: requeue a datagram"))?;
     }
     Ok(())
+}
+
+/// Where a socket bound to a path can be reached now: the link to a deleted one's file,
+/// its directory and name for a relative name, or its name.
+fn address(objs: &mut FdObjects, s: &pb::UnixSkEntry) -> Vec<u8> {
+    if let Some(l) = objs.kinds.get::<UnixStore>().links.get(&s.ino) {
+        return l.as_os_str().as_bytes().to_vec();
+    }
+    match full_path(s) {
+        Some(p) => p.as_os_str().as_bytes().to_vec(),
+        None => s.name.clone(),
+    }
+}
+
+/// Connects `fd` to the socket `to` (made already) by the address it can be reached at.
+fn connect_to(
+    objs: &mut FdObjects,
+    fd: std::os::fd::BorrowedFd<'_>,
+    to: &pb::UnixSkEntry,
+) -> std::io::Result<()> {
+    let a = address(objs, to);
+    with_address(&a, |a| net::connect(fd, a))
+}
+
+/// Runs `op` on unix address `a`; a path too long for `sockaddr_un` is given relative to
+/// its directory, from a thread working there.
+fn with_address<T: Send>(
+    a: &[u8],
+    op: impl FnOnce(&[u8]) -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
+    const SUN_PATH: usize = 108;
+    if a.len() < SUN_PATH || a.first() == Some(&0) {
+        return op(a);
+    }
+    let p = Path::new(std::ffi::OsStr::from_bytes(a));
+    let (Some(dir), Some(base)) = (p.parent(), p.file_name()) else {
+        return op(a);
+    };
+    in_dir(dir, || op(base.as_bytes()))
+}
+
+/// Runs `f` in a thread of its own whose working directory is `dir` (the thread gets a
+/// private fs context, so cryo's own stays where it is): relative unix names resolve there.
+/// The thread shares the caller's namespaces.
+fn in_dir<T: Send>(
+    dir: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+            std::env::set_current_dir(dir)?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("helper thread panicked")))
+    })
+}
+
+/// The path of a socket's name: absolute as saved, or a relative name under the directory
+/// it was bound in. None for unnamed and abstract sockets.
+fn full_path(s: &pb::UnixSkEntry) -> Option<PathBuf> {
+    if s.name.first().is_none_or(|&c| c == 0) {
+        return None;
+    }
+    // A path name ends at its first NUL (CRIU's images may keep the terminating one).
+    let name = s.name.split(|&c| c == 0).next().unwrap_or(&[]);
+    let name = Path::new(std::ffi::OsStr::from_bytes(name));
+    Some(match (&s.name_dir, name.is_absolute()) {
+        (Some(d), false) => Path::new(d).join(name),
+        _ => name.to_path_buf(),
+    })
+}
+
+/// Binds `fd` to socket `s`'s saved name. A relative name is bound from its directory. A
+/// stale socket file in the way is replaced, and the file takes the saved mode and owner. A
+/// socket whose file was deleted is bound where it was (its directory made again if gone,
+/// another file there moved aside meanwhile), then its file is unlinked, leaving a hard link
+/// for its peers to connect through until the restore ends.
+fn bind_name(
+    objs: &mut FdObjects,
+    fd: std::os::fd::BorrowedFd<'_>,
+    s: &pb::UnixSkEntry,
+) -> Result<(), UnixSkError> {
+    let id = s.id;
+    let what = |w: &str| format!("unix socket {}: {w} {}", s.ino, show_name(&s.name));
+    let Some(full) = full_path(s) else {
+        return net::bind(fd, &s.name)
+            .map_err(obj_err(id, what("bind to")))
+            .map_err(Into::into);
+    };
+    let bind = || -> std::io::Result<()> {
+        match (&s.name_dir, s.name.first()) {
+            (Some(dir), Some(&c)) if c != b'/' => in_dir(Path::new(dir), || net::bind(fd, &s.name)),
+            _ => net::bind(fd, &s.name),
+        }
+    };
+    let dir = full.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let deleted = s.deleted == Some(true);
+    // Directories removed since the bind are made again (and removed at the end when the
+    // socket's file was deleted too).
+    let mut missing_dirs = Vec::new();
+    let mut at = dir.as_path();
+    while at.symlink_metadata().is_err() {
+        missing_dirs.push(at.to_path_buf());
+        match at.parent() {
+            Some(p) => at = p,
+            None => break,
+        }
+    }
+    for d in missing_dirs.iter().rev() {
+        std::fs::create_dir(d).map_err(obj_err(id, what(&format!("make {} for", d.display()))))?;
+        if deleted {
+            objs.kinds.get::<UnixStore>().made_dirs.push(d.clone());
+        }
+    }
+    if !deleted {
+        use std::os::unix::fs::FileTypeExt;
+        if std::fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&full);
+        }
+        bind().map_err(obj_err(id, what("bind to")))?;
+        if let Some(p) = &s.file_perms {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&full, std::fs::Permissions::from_mode(p.mode & 0o7777))
+                .map_err(obj_err(id, what("chmod")))?;
+            std::os::unix::fs::lchown(&full, Some(p.uid), Some(p.gid))
+                .map_err(obj_err(id, what("chown")))?;
+        }
+        return Ok(());
+    }
+    let me = std::process::id();
+    let aside = dir.join(format!(".cryo-aside-{me}-{}", s.ino));
+    let moved = full.symlink_metadata().is_ok();
+    if moved {
+        std::fs::rename(&full, &aside).map_err(obj_err(id, what("move aside what is now at")))?;
+    }
+    let link = dir.join(format!(".cryo-sk-{me}-{}", s.ino));
+    let r = bind()
+        .map_err(obj_err(id, what("bind to")))
+        .and_then(|_| {
+            std::fs::hard_link(&full, &link)
+                .map_err(obj_err(id, what("link the deleted socket file")))
+        })
+        .and_then(|_| {
+            let store = objs.kinds.get::<UnixStore>();
+            store.links.insert(s.ino, link.clone());
+            store.made_links.push(link.clone());
+            std::fs::remove_file(&full).map_err(obj_err(id, what("unlink")))
+        });
+    if moved {
+        if let Err(e) = std::fs::rename(&aside, &full) {
+            tracing::error!(
+                "cannot put {} back from {}: {e}",
+                full.display(),
+                aside.display()
+            );
+        }
+    }
+    r.map_err(Into::into)
 }
 
 /// Options and shutdown state, once the queues are refilled.

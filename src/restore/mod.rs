@@ -45,6 +45,13 @@ pub struct RestoreOpts {
     pub inherit_fd: Vec<(String, i32)>,
     /// `--manage-cgroups` and `--cgroup-root` (`kinds::cgroup`).
     pub cgroups: kinds::cgroup::CgOpts,
+    /// `--network-lock`: how the restored tree's network stays locked until it runs.
+    pub network_lock: crate::netlock::Method,
+    /// Links whose other side is outside the tree (`--external veth[..]`, `macvlan[..]`,
+    /// `--veth-pair`).
+    pub links: kinds::netns::LinkOpts,
+    /// `--tcp-established`, `--tcp-close`, `--ext-unix-sk`.
+    pub sock: kinds::files::SockOpts,
 }
 
 /// Why a restore failed: the pipeline's own failures, and each kind's error, collected.
@@ -77,6 +84,8 @@ pub enum RestoreError {
     Task(#[from] TaskError),
     #[error(transparent)]
     Notify(#[from] NotifyError),
+    #[error(transparent)]
+    InetSk(#[from] kinds::inet_sk::InetSkError),
     #[error(transparent)]
     Files(#[from] kinds::files::FilesError),
     #[error(transparent)]
@@ -113,6 +122,10 @@ pub enum RestoreError {
     Ghost(#[from] kinds::ghost::GhostError),
     #[error("the images are inconsistent: {0}")]
     BadImage(String),
+    #[error(transparent)]
+    Netns(#[from] kinds::netns::NetnsError),
+    #[error(transparent)]
+    NetLock(#[from] crate::netlock::NetLockError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -150,6 +163,9 @@ impl RestoreError {
             RestoreError::Locks(e) => e,
             RestoreError::Tty(e) => e,
             RestoreError::Ghost(e) => e,
+            RestoreError::Netns(e) => e,
+            RestoreError::NetLock(e) => e,
+            RestoreError::InetSk(e) => e,
         };
         kind.hint()
     }
@@ -301,13 +317,14 @@ fn trampoline_addr(tasks: &[TaskImages], len: u64) -> Result<u64, RestoreError> 
     used.sort_unstable();
     let guard = 1 << 20; // keep clear of stack guard gaps
     let mut cand = 1u64 << 24;
+    // VMA bounds come from the images: saturate rather than overflow.
     for (s, e) in used {
-        if cand + len + guard <= s {
+        if cand.saturating_add(len + guard) <= s {
             return Ok(cand);
         }
-        cand = cand.max(e + guard);
+        cand = cand.max(e.saturating_add(guard));
     }
-    if cand + len < 0x7fff_0000_0000 {
+    if cand.saturating_add(len) < 0x7fff_0000_0000 {
         return Ok(cand);
     }
     Err(RestoreError::Internal(
@@ -337,8 +354,8 @@ impl Drop for Puppets {
 struct Ready {
     /// Host PID.
     pid: i32,
-    /// Stopped by job control when dumped: stopped again when released.
-    stopped: bool,
+    /// Stopped by job control when dumped (with this signal): stopped again when released.
+    stopped: Option<i32>,
     regs: pb::UserX86RegsEntry,
     mask: u64,
     threads: Vec<kinds::threads::RestoredThread>,
@@ -352,6 +369,16 @@ struct Shared<'a> {
     tasks: &'a [TaskImages],
     mounts: &'a kinds::mounts::MountOpts,
     join: &'a kinds::ns::NsJoin,
+    links: &'a kinds::netns::LinkOpts,
+    /// The lock of the root's network namespace, taken as soon as it is rebuilt.
+    netlock: &'a std::cell::RefCell<crate::netlock::NetLock>,
+    /// The network namespace id of the dumper (`inventory.root_ids`): the root shares cryo's
+    /// namespace when its own is that one.
+    dumper_net: Option<u32>,
+    /// The dumper's namespace ids (`inventory.root_ids`; CRIU numbers namespaces its own
+    /// way, and cryo's ids are per host): the root shares cryo's namespace of a kind when its
+    /// own is the dumper's.
+    dumper: pb::TaskKobjIdsEntry,
     /// Each created task's PID in cryo's namespace, by its dumped PID (they differ inside a
     /// restored PID namespace).
     host: HashMap<u32, i32>,
@@ -361,34 +388,19 @@ struct Shared<'a> {
     cgroups: Option<&'a kinds::cgroup::CgRestore>,
     tr: u64,
     calls: u64,
-    /// The namespaces of whoever dumped the tree (`inventory.root_ids`): a task whose
-    /// namespace differs from these had one of its own. (Not the restoring cryo's: their
-    /// inode numbers may have been reused since, e.g. by LXC's new mount namespace.)
-    outer: Option<pb::TaskKobjIdsEntry>,
-}
-
-impl Shared<'_> {
-    /// The dumper's namespace of `kind` (cryo's own when the inventory does not say).
-    fn outer_ns(&self, kind: &str) -> Option<u32> {
-        let Some(r) = &self.outer else {
-            return kinds::ns::own_ns_id(kind);
-        };
-        match kind {
-            "uts" => r.uts_ns_id,
-            "ipc" => r.ipc_ns_id,
-            "net" => r.net_ns_id,
-            "mnt" => r.mnt_ns_id,
-            "time" => r.time_ns_id,
-            "cgroup" => r.cgroup_ns_id,
-            "pid" => r.pid_ns_id,
-            _ => None,
-        }
-        .or_else(|| kinds::ns::own_ns_id(kind))
-    }
 }
 
 fn ptrace_err(what: &'static str) -> impl Fn(std::io::Error) -> RestoreError {
     move |source| RestoreError::Ptrace { what, source }
+}
+
+/// The signal that puts a task dumped as stopped back in its group stop: the one that
+/// stopped it, if it is a stop signal (images without one: SIGSTOP).
+fn stop_signal(saved: Option<u32>) -> i32 {
+    match saved.map(|s| s as i32) {
+        Some(s @ (libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU)) => s,
+        _ => libc::SIGSTOP,
+    }
 }
 
 /// Turns the stopped puppet `idx` into its task, creating its children (recursively) once
@@ -413,8 +425,13 @@ fn shape(
         .find(|t| idx != 0 && t.pid == img.pstree.ppid);
     // Its cgroups first: before its memory is charged and its children inherit them. A
     // root with a cgroup namespace of its own unshares it at the namespace's root first.
-    let own_cgns =
-        idx == 0 && img.ids.cgroup_ns_id.is_some() && img.ids.cgroup_ns_id != sh.outer_ns("cgroup");
+    let own_cgns = idx == 0
+        && img.ids.cgroup_ns_id.is_some()
+        && img.ids.cgroup_ns_id
+            != sh
+                .dumper
+                .cgroup_ns_id
+                .or_else(|| kinds::ns::own_ns_id("cgroup"));
     if let Some(cg) = sh.cgroups {
         if own_cgns {
             cg.enter_ns_root(pid, img)?;
@@ -510,31 +527,46 @@ fn shape(
     let parent_ids = parent.map(|p| p.ids);
     let (uts_now, ipc_now, net_now) = match parent_ids {
         Some(p) => (p.uts_ns_id, p.ipc_ns_id, p.net_ns_id),
-        None => (sh.outer_ns("uts"), sh.outer_ns("ipc"), sh.outer_ns("net")),
+        None => (
+            sh.dumper.uts_ns_id.or_else(|| kinds::ns::own_ns_id("uts")),
+            sh.dumper.ipc_ns_id.or_else(|| kinds::ns::own_ns_id("ipc")),
+            sh.dumper_net,
+        ),
     };
     kinds::ns::restore_uts(&mut cx, img, uts_now)?;
     // Before its vDSO is mapped (its data pages follow the time namespace).
-    let time_now = parent.map_or_else(|| sh.outer_ns("time"), |p| p.ids.time_ns_id);
+    let time_now = parent.map_or_else(
+        || {
+            sh.dumper
+                .time_ns_id
+                .or_else(|| kinds::ns::own_ns_id("time"))
+        },
+        |p| p.ids.time_ns_id,
+    );
+    let dumper_mnt = sh.dumper.mnt_ns_id.or_else(|| kinds::ns::own_ns_id("mnt"));
     kinds::ns::restore_time(&mut cx, img, time_now)?;
     kinds::ns::restore_ipc(&mut cx, img, ipc_now)?;
     kinds::ipc::restore(cx.dir, cx.pid, img, ipc_now)?;
-    kinds::ns::restore_net(&mut cx, img, net_now, idx == 0, sh.join)?;
+    let own_net = kinds::ns::restore_net(&mut cx, img, net_now, idx == 0, sh.join, sh.links)?;
+    if idx == 0 && own_net {
+        // Locked before any socket of the tree exists (CRIU's order).
+        fault_point("netns")?;
+        sh.netlock.borrow_mut().lock_netns_of(pid)?;
+    }
     // The root's mount namespace, before any file is opened (children inherit it).
-    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != sh.outer_ns("mnt") {
+    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != dumper_mnt {
         kinds::mounts::restore(&mut cx, img, sh.mounts)?;
         // Terminals are made in the tree's own devpts instances.
         sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
     }
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
     // namespaces of their own still get the root's: refused at dump for mounts).
-    if idx == 0
-        && (img.ids.mnt_ns_id != sh.outer_ns("mnt") || img.ids.net_ns_id != sh.outer_ns("net"))
-    {
+    if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || own_net) {
         sh.objs.borrow_mut().ns_pid = Some(pid);
     }
     // A child sharing its parent's fd table (CLONE_FILES) has it already.
     let shares_table = parent.is_some_and(|p| p.ids.files_id == img.ids.files_id);
-    let table = match inherited {
+    let mut table = match inherited {
         Some(t) if shares_table => t.clone(),
         _ => kinds::files::restore_fds(&mut cx, img, inherited)?,
     };
@@ -620,7 +652,21 @@ fn shape(
         cx.remote.calls = 0;
         sh.calls += calls;
         if child.is_zombie() {
-            make_zombie(sh.tr, child, puppets.0.last_mut().expect("pushed"))?;
+            // Its process group: its own, or one whose leader is gone and no task of the
+            // tree is in (made for the moment by a helper). A group led by another task of
+            // the tree is not joined (that task is put in it only at the end).
+            let pgid = child.pstree.pgid;
+            let group = if pgid == child.pid {
+                ZombieGroup::Own
+            } else if pgid != 0
+                && pgid != child.pstree.sid
+                && !sh.tasks.iter().any(|t| t.pid == pgid)
+            {
+                ZombieGroup::Orphan(pgid)
+            } else {
+                ZombieGroup::Inherited
+            };
+            make_zombie(sh.tr, child, group, puppets.0.last_mut().expect("pushed"))?;
             // Its death queued SIGCHLD in this task, which the dumped task had not got
             // pending (pending signals are restored from the images): take it back.
             let set = cx.put(3072, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
@@ -634,6 +680,9 @@ fn shape(
         }
         shape(sh, cidx, Some(&table), puppets, ready, cx.stats)?;
     }
+    // Its fds that name processes of the tree (pidfds, /proc/PID files), which all exist now
+    // but its later siblings.
+    kinds::files::restore_late_fds(&mut cx, img, &mut table)?;
     if !in_own_session {
         cx.sys("setsid", libc::SYS_setsid, [0; 6])?;
         kinds::tty::take_ctty(&mut cx, img)?;
@@ -645,8 +694,9 @@ fn shape(
     kinds::restore_kind::<kinds::regs::CpuState>(&mut cx, img)?;
     fault_point("task")?;
     // Threads are created after everything they share and before the leader drops its
-    // credentials (creating them needs them), and before any seccomp filter: each thread
-    // installs its own chain (suspended for cryo's syscalls), then the leader.
+    // credentials (creating them needs them). The leader installs the seccomp filters it
+    // shares with its threads meanwhile, so they inherit them; each thread then installs the
+    // rest of its own chain (suspended for cryo's syscalls), then the leader.
     let threads = kinds::threads::restore_threads(&mut cx, img)?;
     kinds::seccomp::restore(&mut cx, img)?;
     for th in &threads {
@@ -680,7 +730,8 @@ fn shape(
             .core
             .tc
             .as_ref()
-            .is_some_and(|t| t.task_state == kinds::misc::TASK_STOPPED),
+            .filter(|t| t.task_state == kinds::misc::TASK_STOPPED)
+            .map(|t| stop_signal(t.stop_signo)),
         regs: ti.gpregs,
         mask: img.core.tc.as_ref().map(|t| t.blk_sigset).unwrap_or(0),
         threads,
@@ -726,14 +777,101 @@ fn foreground(root: i32) {
     }
 }
 
+/// The process group a zombie is put in before it dies.
+enum ZombieGroup {
+    /// Its parent's (as forked).
+    Inherited,
+    /// Its own (it leads it).
+    Own,
+    /// This group, whose leader is gone and which no other task of the tree is in.
+    Orphan(u32),
+}
+
+/// Puts the puppet `r` drives (about to become a zombie) in process group `pgid`, whose
+/// leader is gone: a helper child is cloned with PID `pgid` (in the tree's PID namespace),
+/// makes the group, the puppet joins it, and the helper exits and is reaped by the puppet.
+/// The group lives on with the puppet in it, as CRIU's helper tasks do.
+fn join_orphan_group(r: &mut Remote<'_>, tr: u64, pgid: u32) -> Result<(), RestoreError> {
+    let pid = r.tracee().tid;
+    let put = |addr: u64, b: &[u8]| {
+        crate::sys::mem::vm_write(pid, b, &[(addr, b.len())])
+            .map_err(|source| RestoreError::WriteMemory { addr, source })
+    };
+    // struct clone_args (88 bytes) at +2048, set_tid array at +3072.
+    put(tr + 4096 + 3072, &(pgid as u64).to_ne_bytes())?;
+    let mut args = [0u64; 11];
+    args[4] = libc::SIGCHLD as u64;
+    args[8] = tr + 4096 + 3072;
+    args[9] = 1;
+    let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    put(tr + 4096 + 2048, &bytes)?;
+    let got = r.call(
+        "clone3 (process group helper)",
+        libc::SYS_clone3,
+        [tr + 4096 + 2048, 88, 0, 0, 0, 0],
+    )?;
+    let host = r.last_child.take().unwrap_or(got as i32);
+    let helper = Tracee { tid: host };
+    let mut guard = Puppet {
+        tracee: Tracee { tid: host },
+        released: false,
+    };
+    match helper.wait().map_err(ptrace_err("waitpid (helper)"))? {
+        Stop::Stopped { .. } => {}
+        other => {
+            return Err(RestoreError::Ptrace {
+                what: "waiting for a process group helper",
+                source: std::io::Error::other(format!("unexpected state {other:?}")),
+            })
+        }
+    }
+    let hbase = helper.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+    let mut hr = Remote::new(&helper, tr, hbase);
+    hr.call("setpgid (helper)", libc::SYS_setpgid, [0, 0, 0, 0, 0, 0])?;
+    r.call(
+        "setpgid (zombie)",
+        libc::SYS_setpgid,
+        [0, pgid as u64, 0, 0, 0, 0],
+    )?;
+    match hr.raw("exit_group (helper)", libc::SYS_exit_group, [0; 6]) {
+        Err(RemoteError::Died { .. }) => guard.released = true,
+        Ok(_) => {
+            return Err(RestoreError::Internal(
+                "the process group helper did not exit",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // Reaped by its parent, which the dumped tree never saw.
+    r.call(
+        "wait4 (helper)",
+        libc::SYS_wait4,
+        [pgid as u64, 0, libc::__WALL as u64, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
 /// Turns a fresh puppet into the zombie `img` describes: it exits with the saved status
 /// (or dies of the saved signal, without a core file), and cryo, as its tracer, collects
-/// only the tracer's notification; the exit status stays for its restored parent.
-fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreError> {
+/// only the tracer's notification; the exit status stays for its restored parent. First it
+/// enters its process group (`group`).
+fn make_zombie(
+    tr: u64,
+    img: &TaskImages,
+    group: ZombieGroup,
+    p: &mut Puppet,
+) -> Result<(), RestoreError> {
     let status = img.core.tc.as_ref().map(|t| t.exit_code).unwrap_or(0);
     let t = Tracee { tid: p.tracee.tid };
     let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
     let mut r = Remote::new(&t, tr, base);
+    match group {
+        ZombieGroup::Inherited => {}
+        ZombieGroup::Own => {
+            r.call("setpgid (zombie)", libc::SYS_setpgid, [0, 0, 0, 0, 0, 0])?;
+        }
+        ZombieGroup::Orphan(pgid) => join_orphan_group(&mut r, tr, pgid)?,
+    }
     let sig = (status & 0x7f) as u64;
     let result = if sig != 0 {
         crate::sys::proc::set_rlimit(t.tid, libc::RLIMIT_CORE, 0, 0)
@@ -746,11 +884,14 @@ fn make_zombie(tr: u64, img: &TaskImages, p: &mut Puppet) -> Result<(), RestoreE
                 source,
             }
         })?;
-        r.call(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [sig, scratch, 0, 8, 0, 0],
-        )?;
+        // SIGKILL's action cannot be changed (EINVAL), nor needs to be: it always kills.
+        if sig != libc::SIGKILL as u64 {
+            r.call(
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                [sig, scratch, 0, 8, 0, 0],
+            )?;
+        }
         t.set_sigmask(0).map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
         match r.raw(
             "kill (zombie)",
@@ -821,6 +962,55 @@ fn set_process_groups(
     Ok(())
 }
 
+/// What restore reads and decides before it creates any process (see [`plan`]).
+pub struct Plan {
+    pub tasks: Vec<TaskImages>,
+    pub files: HashMap<u32, pb::FileEntry>,
+    /// The root had a PID namespace of its own.
+    pub own_pid_ns: bool,
+    /// Where the restore trampoline goes.
+    pub trampoline: u64,
+    /// The checked mount entries and `--root`, when the root task has a mount namespace.
+    pub mounts: Option<(Vec<pb::MntEntry>, std::path::PathBuf)>,
+    pub objs: kinds::files::FdObjects,
+    pub cgroups: Option<kinds::cgroup::CgRestore>,
+}
+
+/// The planning steps of [`run`], up to and not including the first fork, without the
+/// checks that depend on the host's processes (busy PIDs) and without hooks: verify the
+/// manifest, read the tree, load cgroups as `opts` say, place the trampoline, load the fd
+/// objects' images and check the mount plan. Creates no process; for `cryo-fuzz` and tests.
+pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
+    if let Some(m) = Manifest::load(&dir.path)? {
+        m.verify(&dir.path, 1)?;
+    }
+    let (tasks, files, own_pid_ns) = read_tree(dir)?;
+    let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
+    let trampoline = trampoline_addr(&tasks, TR_LEN)?;
+    let objs = kinds::files::FdObjects::new(dir, &files, &tasks)?;
+    // As `shape` decides for the root: a mount namespace other than cryo's is rebuilt.
+    let root = &tasks[0];
+    let dumper_mnt = dir
+        .read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
+        .root_ids
+        .and_then(|r| r.mnt_ns_id)
+        .or_else(|| kinds::ns::own_ns_id("mnt"));
+    let mounts = if root.ids.mnt_ns_id.is_some() && root.ids.mnt_ns_id != dumper_mnt {
+        kinds::mounts::check(dir, root, &opts.mounts)?
+    } else {
+        None
+    };
+    Ok(Plan {
+        tasks,
+        files,
+        own_pid_ns,
+        trampoline,
+        mounts,
+        objs,
+        cgroups,
+    })
+}
+
 /// Restores the image set in `dir`.
 pub fn run(
     opts: &RestoreOpts,
@@ -851,6 +1041,16 @@ pub fn run(
         }
     }
     let vroot = tasks[0].pid as i32;
+    // Before any puppet exists (so it drops after them: a lock goes once they are dead).
+    let netlock = std::cell::RefCell::new(crate::netlock::NetLock::new(opts.network_lock));
+    // The network namespace the dumper ran in (CRIU numbers namespaces its own way; cryo's
+    // ids are per host): a tree that shared it shares cryo's now.
+    let dumper = dir
+        .read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
+        .root_ids
+        .unwrap_or_default();
+    let dumper_net = dumper.net_ns_id.or_else(|| kinds::ns::own_ns_id("net"));
+    let own_netns = tasks[0].ids.net_ns_id.is_some() && tasks[0].ids.net_ns_id != dumper_net;
     // Before any puppet exists (so it drops after them): dirs made here go if we fail.
     let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
     let uses_seccomp = tasks.iter().any(|t| {
@@ -955,6 +1155,7 @@ pub fn run(
     let objs = std::cell::RefCell::new(kinds::files::FdObjects::new(dir, &files, &tasks)?);
     objs.borrow_mut().tty.orphan_pts_master = opts.orphan_pts_master;
     objs.borrow_mut().inherit(&opts.inherit_fd)?;
+    objs.borrow_mut().sock = opts.sock;
     let mut sh = Shared {
         dir,
         files: &files,
@@ -962,14 +1163,15 @@ pub fn run(
         tasks: &tasks,
         mounts: &opts.mounts,
         join: &opts.join,
+        links: &opts.links,
+        netlock: &netlock,
+        dumper_net,
+        dumper,
         host: HashMap::from([(vroot as u32, root)]),
         cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
         cgroups: cgroups.as_ref(),
         tr,
         calls: 0,
-        outer: dir
-            .read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
-            .root_ids,
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
     // The root's namespaces exist (runc runs its prestart hooks with this pid).
@@ -1008,9 +1210,10 @@ pub fn run(
                 .set_sigmask(th.mask)
                 .map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
         }
-        if r.stopped {
-            // Queued now, taken when released: the task enters its group stop again.
-            crate::sys::proc::kill(r.pid, libc::SIGSTOP).map_err(ptrace_err("kill(SIGSTOP)"))?;
+        if let Some(sig) = r.stopped {
+            // Queued now, taken when released: the task enters its group stop again, with
+            // the signal that stopped it (what a parent's waitid reports).
+            crate::sys::proc::kill(r.pid, sig).map_err(ptrace_err("kill (stop signal)"))?;
         }
     }
     sh.calls += 2 * ready.len() as u64;
@@ -1030,11 +1233,21 @@ pub fn run(
             restore: Some(stats),
         }],
     );
+    // What the inet sockets still need once the tree is complete (their lock lifted, repair
+    // mode left): kept out of the copies closed now.
+    let inet = kinds::inet_sk::take_restored(&mut objs.borrow_mut());
     // cryo's copies of pipes, eventfds, ... must not outlive the restore (a reader would
     // never see EOF while cryo waits for the root without -d).
     objs.borrow_mut().close_all();
     // Everything exists and nothing runs yet: a failing hook still kills it all.
     hooks.notify("post-restore", Some(root))?;
+    // The network opens just before the tree runs (CRIU's `network_unlock`).
+    if own_netns {
+        hooks.notify("network-unlock", None)?;
+    }
+    fault_point("netunlock")?;
+    netlock.borrow_mut().unlock_now()?;
+    inet.run(root)?;
     hooks.notify("pre-resume", None)?;
     if opts.shell_job && !opts.detach {
         foreground(root);

@@ -50,18 +50,13 @@ pub enum RpcError {
     NoRequest,
 }
 
-/// Sends NOTIFY messages and waits for the caller's acknowledgement. Besides the pipeline's
-/// own points it sends what CRIU sends around them: `network-lock` after `pre-dump` and
-/// `network-unlock` after `post-dump` with `leave_running` and before `pre-resume` (when the
-/// tree has a network namespace of its own: `empty_ns` names it), and, before
-/// `post-restore`, one `orphan-pts-master` per pty master kept for the caller, carrying it as
-/// the only SCM_RIGHTS fd.
+/// Sends NOTIFY messages and waits for the caller's acknowledgement: the pipeline's points
+/// (`network-lock`/`network-unlock` among them, sent by the pipelines when the tree has a
+/// network namespace of its own, as CRIU), and, before `post-restore`, one
+/// `orphan-pts-master` per pty master kept for the caller, carrying it as the only
+/// SCM_RIGHTS fd.
 pub struct RpcNotifier<'a> {
     sk: BorrowedFd<'a>,
-    /// The tree has its own network namespace (`empty_ns` ∋ CLONE_NEWNET).
-    net_lock: bool,
-    /// DUMP with `leave_running`: the network is unlocked again after `post-dump`.
-    leave_running: bool,
     /// RESTORE with `orphan_pts_master`.
     orphan_pts_master: bool,
 }
@@ -107,17 +102,7 @@ impl Notifier for RpcNotifier<'_> {
                 self.send("orphan-pts-master", None, Some(m.as_fd()))?;
             }
         }
-        if action == "pre-resume" && self.net_lock {
-            self.send("network-unlock", None, None)?;
-        }
-        self.send(action, pid, None)?;
-        if action == "pre-dump" && self.net_lock {
-            self.send("network-lock", None, None)?;
-        }
-        if action == "post-dump" && self.net_lock && self.leave_running {
-            self.send("network-unlock", None, None)?;
-        }
-        Ok(())
+        self.send(action, pid, None)
     }
 }
 
@@ -230,14 +215,29 @@ fn caller_path(peer: i32, n: i32) -> PathBuf {
 /// loopback, as it makes for any tree with a namespace of its own).
 const EMPTY_NS_NET: u32 = libc::CLONE_NEWNET as u32;
 
+/// `tcp_established`, `tcp_close`, `tcp_skip_in_flight`, `ext_unix_sk`.
+fn sock_opts(o: &pb::CriuOpts) -> kinds::files::SockOpts {
+    let on = |b: Option<bool>| b == Some(true);
+    kinds::files::SockOpts {
+        tcp_established: on(o.tcp_established),
+        tcp_close: on(o.tcp_close),
+        skip_in_flight: on(o.tcp_skip_in_flight),
+        ext_unix_sk: on(o.ext_unix_sk),
+    }
+}
+
 /// Refuses the options cryo cannot honour, by name.
 fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     let mut bad: Vec<String> = Vec::new();
     let on = |b: Option<bool>| b == Some(true);
-    // tcp_established, tcp_skip_in_flight, tcp_close, ext_unix_sk, link_remap,
-    // evasive_devices and force_irmap permit what cryo refuses object by object, naming it
-    // (a TCP socket, an external peer...), or tune nothing cryo does: accepted, as on the
-    // command line.
+    if !o.unix_sk_ino.is_empty() {
+        bad.push(
+            "unix_sk_ino (external unix sockets by inode are not supported; ext_unix_sk is)".into(),
+        );
+    }
+    // tcp_established, tcp_skip_in_flight, tcp_close, ext_unix_sk (sock_opts) and
+    // link_remap are honoured; evasive_devices and force_irmap tune nothing cryo does:
+    // accepted, as on the command line.
     if on(o.track_mem) || o.parent_img.is_some() || on(o.auto_dedup) {
         bad.push("track_mem/parent_img/auto_dedup (incremental dumps need soft-dirty, which this kernel lacks)".into());
     }
@@ -283,9 +283,6 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
             .is_some_and(|p| !p.is_empty())
     {
         bad.push("lsm_profile/lsm_mount_context (LSM profiles are not implemented yet)".into());
-    }
-    if restore && !o.veths.is_empty() {
-        bad.push("veths (network devices other than the loopback are not implemented yet)".into());
     }
     if on(o.leave_stopped) {
         bad.push("leave_stopped (not implemented yet)".into());
@@ -390,6 +387,26 @@ fn signal_status_fd(o: &pb::CriuOpts, peer: i32) {
     }
 }
 
+/// `network_lock` when given; cryo's default (nftables) otherwise.
+fn network_lock(o: &pb::CriuOpts) -> Result<crate::netlock::Method, String> {
+    match o.network_lock {
+        Some(v) => crate::netlock::Method::from_rpc(v),
+        None => Ok(crate::netlock::Method::default()),
+    }
+}
+
+/// `veths` ({if_in, if_out}) and `external` `veth[IN]:OUT[@BRIDGE]` / `macvlan[IN]:LINK`.
+fn link_opts(o: &pb::CriuOpts) -> Result<kinds::netns::LinkOpts, String> {
+    let mut l = kinds::netns::LinkOpts::default();
+    for v in &o.veths {
+        l.add_veth(&v.if_in, &v.if_out);
+    }
+    for e in &o.external {
+        l.add_external(e)?;
+    }
+    Ok(l)
+}
+
 /// `manage_cgroups` (legacy switch: soft or ignore), overridden by `manage_cgroups_mode`;
 /// soft when neither is given, as CRIU.
 fn cgroup_mode(o: &pb::CriuOpts) -> Result<kinds::cgroup::Mode, String> {
@@ -474,8 +491,6 @@ fn hooks<'a>(l: &config::Layered, sk: BorrowedFd<'a>, images: PathBuf) -> Box<dy
     if o.notify_scripts == Some(true) {
         chain.push(Box::new(RpcNotifier {
             sk,
-            net_lock: o.empty_ns.unwrap_or(0) & EMPTY_NS_NET != 0,
-            leave_running: o.leave_running == Some(true),
             orphan_pts_master: o.orphan_pts_master == Some(true),
         }));
     }
@@ -529,6 +544,9 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         cgroup_mode: cgroup_mode(&o)?,
         // containerd's runc always asks (`--file-locks`).
         file_locks: o.file_locks == Some(true),
+        network_lock: network_lock(&o)?,
+        sock: sock_opts(&o),
+        link_remap: o.link_remap == Some(true),
     };
     let mut n = hooks(&l, sk, images.clone());
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
@@ -586,6 +604,9 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
                 .map(|r| (r.ctrl.clone(), r.path.clone()))
                 .collect(),
         },
+        network_lock: network_lock(&o)?,
+        links: link_opts(&o)?,
+        sock: sock_opts(&o),
     };
     let mut n = hooks(&l, sk, images.clone());
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;

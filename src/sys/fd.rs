@@ -26,6 +26,12 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
 }
 
+/// `pidfd_open(pid, flags)` (`flags`: 0 or `PIDFD_NONBLOCK`); also works on a zombie.
+pub fn pidfd_open_flags(pid: i32, flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) })
+}
+
 /// A pidfd of cryo itself at the lowest fd number not below `at` (close-on-exec).
 pub fn pidfd_open_self_at(at: RawFd) -> io::Result<OwnedFd> {
     let fd = pidfd_open(std::process::id() as i32)?;
@@ -261,4 +267,67 @@ pub fn adopt(fd: RawFd) -> OwnedFd {
 pub fn dup_raw(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: plain integer arguments; an fd that is not open gives EBADF.
     owned(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) } as libc::c_long)
+}
+
+/// Who gets the I/O signals of an open file (`fcntl` `F_GETOWN_EX`, `F_GETSIG`,
+/// `F_GETOWNER_UIDS`): the owner's type (`F_OWNER_TID`/`PID`/`PGRP`) and id (in cryo's PID
+/// namespace; 0: none), the signal (0: SIGIO), and the real and effective uids it was set
+/// with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: i32,
+    pub pid: i32,
+    pub sig: i32,
+    pub uid: u32,
+    pub euid: u32,
+}
+
+/// `fcntl` commands of linux/fcntl.h the libc crate lacks.
+pub const F_SETSIG: i32 = 10;
+pub const F_GETSIG: i32 = 11;
+pub const F_SETOWN_EX: i32 = 15;
+pub const F_GETOWN_EX: i32 = 16;
+pub const F_GETOWNER_UIDS: i32 = 17;
+
+/// The owner of the open file behind `fd` (see [`Owner`]).
+pub fn owner(fd: BorrowedFd<'_>) -> io::Result<Owner> {
+    let mut ex = [0i32; 2]; // struct f_owner_ex { int type; pid_t pid; }
+    let mut uids = [0u32; 2];
+    // SAFETY: each pointer is to a live local of the size the command writes.
+    unsafe {
+        cvt(libc::fcntl(fd.as_raw_fd(), F_GETOWN_EX, ex.as_mut_ptr()) as libc::c_long)?;
+        cvt(libc::fcntl(fd.as_raw_fd(), F_GETOWNER_UIDS, uids.as_mut_ptr()) as libc::c_long)?;
+    }
+    // SAFETY: plain integer arguments.
+    let sig = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETSIG) } as libc::c_long)?;
+    Ok(Owner {
+        kind: ex[0],
+        pid: ex[1],
+        sig: sig as i32,
+        uid: uids[0],
+        euid: uids[1],
+    })
+}
+
+/// `fanotify_init(flags, event_f_flags)`.
+pub fn fanotify_init(flags: u32, event_flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments.
+    owned(unsafe { libc::syscall(libc::SYS_fanotify_init, flags, event_flags) })
+}
+
+/// `fanotify_mark(fd, flags, mask, AT_FDCWD, path)`.
+pub fn fanotify_mark(fd: BorrowedFd<'_>, flags: u32, mask: u64, path: &str) -> io::Result<()> {
+    let p = cstr(path)?;
+    // SAFETY: p is a valid NUL-terminated string for the call; the rest are integers.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_fanotify_mark,
+            fd.as_raw_fd(),
+            flags,
+            mask,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+        )
+    })
+    .map(|_| ())
 }

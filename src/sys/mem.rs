@@ -339,6 +339,29 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts_mut(self.addr, self.len) }
     }
 
+    /// A new shared anonymous mapping of `len` bytes of huge pages (hugetlb), read-write;
+    /// `huge` holds `MAP_HUGETLB` and the page size bits (`MAP_HUGE_*`).
+    pub fn anon_shared_huge(len: usize, huge: i32) -> io::Result<Mapping> {
+        // SAFETY: a fresh mapping at an address the kernel picks.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | huge,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            addr: p.cast(),
+            len,
+        })
+    }
+
     /// A new shared anonymous (shmem) mapping of `len` bytes, read-write.
     pub fn anon_shared(len: usize) -> io::Result<Mapping> {
         // SAFETY: a fresh mapping at an address the kernel picks.

@@ -10,14 +10,18 @@
 compile_error!("cryo currently supports x86_64 only");
 
 pub mod fd;
+pub mod inet;
 pub mod ipc;
 pub mod mem;
 pub mod mount;
 pub mod net;
+pub mod nft;
 pub mod proc;
 pub mod ptrace;
 pub mod remote;
+pub mod scm;
 pub mod tty;
+pub mod tun;
 
 /// Turns a libc return value (-1 + errno) into an `io::Result`.
 pub(crate) fn cvt(ret: libc::c_long) -> std::io::Result<libc::c_long> {

@@ -73,9 +73,17 @@ pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> io::Result<i32
         // Child: only raw syscalls, no allocation, never returns.
         // SAFETY: all calls take plain values or valid local pointers.
         unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            // The raw syscall: glibc's sigfillset/sigprocmask leave its own signals 32 and
+            // 33 (SIGCANCEL, SIGSETXID) unblocked, and a program's pending signal 32 (a
+            // SIGEV_THREAD timer's) would then be delivered while cryo restores.
+            let all: u64 = !0;
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all as *const u64,
+                std::ptr::null_mut::<u64>(),
+                8,
+            );
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             if !new_pid_ns && libc::getppid() != parent {
                 libc::_exit(1);
@@ -92,6 +100,38 @@ pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> io::Result<i32
         }
     }
     cvt(r).map(|p| p as i32)
+}
+
+/// Creates a child that exits at once and is left unreaped (a zombie): what a pidfd of a
+/// dead process is made from. Returns its PID; the caller reaps it with [`reap`].
+pub fn spawn_exiting() -> io::Result<i32> {
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork; args is valid for the call. The
+    // child makes one raw syscall and never returns, so a multi-threaded parent is fine.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r == 0 {
+        // SAFETY: exit_group takes a plain integer and does not return.
+        unsafe {
+            libc::syscall(libc::SYS_exit_group, 0);
+        }
+    }
+    cvt(r).map(|p| p as i32)
+}
+
+/// Waits for cryo's child `pid` to end and reaps it.
+pub fn reap(pid: i32) -> io::Result<()> {
+    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None)
+        .map(|_| ())
+        .map_err(io::Error::from)
 }
 
 /// `prlimit64(pid, resource, NULL, &old)`: (soft, hard), RLIM_INFINITY as u64::MAX.

@@ -13,6 +13,8 @@
 //!   in `/dev/shm/count`;
 //! - `netns`: `pipe` in the existing network namespace at path HOSTDIR (e.g.
 //!   `/run/netns/NAME`): runc then tells the checkpoint it is external (`extRootNetNS`).
+//! - `tcp`: a TCP echo server (busybox `nc -ll -p 7000 -e cat`: one `cat` per connection)
+//!   in the existing network namespace at path HOSTDIR.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,7 +51,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (kind, dir) = match args.as_slice() {
         [k, d, ..] => (k.as_str(), PathBuf::from(d)),
-        _ => die("usage: mkbundle pipe|tty|binds|shm|netns DIR [HOSTDIR|NETNS]".into()),
+        _ => die("usage: mkbundle pipe|tty|binds|shm|netns|tcp DIR [HOSTDIR|NETNS]".into()),
     };
     let hostdir = args.get(2).map(PathBuf::from);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| die(format!("{}: {e}", dir.display())));
@@ -75,6 +77,14 @@ fn main() {
     let (terminal, argv, extra): (bool, Vec<String>, Vec<Mount>) = match kind {
         "pipe" | "netns" => (false, sh(LOOP, "/dev/shm/count"), vec![]),
         "tty" => (true, vec!["sh".into()], vec![]),
+        "tcp" => (
+            false,
+            ["nc", "-ll", "-p", "7000", "-e", "cat"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            vec![],
+        ),
         "binds" => {
             let h = hostdir
                 .clone()
@@ -115,7 +125,7 @@ fn main() {
     process.set_args(Some(argv));
     spec.set_process(Some(process));
     spec.set_hostname(Some(format!("cryo-{kind}")));
-    if kind == "netns" {
+    if kind == "netns" || kind == "tcp" {
         let path = hostdir
             .clone()
             .unwrap_or_else(|| die("netns needs the namespace's path".into()));

@@ -1,0 +1,985 @@
+//! Inet sockets (issue #10, parts 1 and 5): a TCP echo server with 50 live connections from
+//! clients in another network namespace, dumped with `--tcp-established` while bytes are in
+//! flight both ways and restored; UDP sockets with queued datagrams; what is refused; and
+//! faults at every stage with live connections.
+//!
+//! Every test makes two network namespaces of its own, joined by a veth pair: the server's
+//! ("A", 10.X.0.1 and fd00:X::1) and the clients' ("B", 10.X.0.2 and fd00:X::2), standing for
+//! two hosts. The server runs in A through `nsenter --net` (A is then an external network
+//! namespace of the dump, joined again at restore); all traffic stays on those addresses.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use integration::netns::{need, Net};
+use integration::*;
+
+/// The last "progress N" line of the clients' output.
+fn progress(out: &Path) -> u64 {
+    lines(out)
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("progress ")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until the clients moved at least `bytes` bytes past where they were.
+fn wait_progress(out: &Path, bytes: u64) {
+    let start = progress(out);
+    wait_for("the connections to move data", 60, || {
+        progress(out) >= start + bytes
+    });
+}
+
+/// Stops the clients (SIGUSR1), waits for their summary and checks every byte came back
+/// once, in order, without an error; returns the summary.
+fn finish_clients(pid: i32, out: &Path) -> String {
+    signal(pid, libc::SIGUSR1);
+    wait_for("the clients' summary", 90, || {
+        lines(out).iter().any(|l| l.starts_with("done "))
+    });
+    let done = lines(out)
+        .into_iter()
+        .find(|l| l.starts_with("done "))
+        .unwrap();
+    let errors: Vec<String> = lines(out)
+        .into_iter()
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert!(errors.is_empty(), "the clients saw errors: {errors:?}");
+    assert!(done.contains("errors=0"), "{done}");
+    let field = |k: &str| {
+        done.split(' ')
+            .find_map(|f| f.strip_prefix(k))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(field("sent="), field("echoed="), "{done}");
+    done
+}
+
+/// The tcp-stream entries of a dump: (inq_len, outq_len, unsq_len).
+fn streams(img: &Path) -> Vec<(u64, u64, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(img).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("tcp-stream-") {
+            continue;
+        }
+        let o = cryo(&["show", e.path().to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let s = &v["entries"][0];
+        let n = |k: &str| s[k].as_u64().unwrap_or(0);
+        out.push((n("inq_len"), n("outq_len"), n("unsq_len")));
+    }
+    out
+}
+
+struct Server {
+    pid: i32,
+    out: PathBuf,
+}
+
+/// echosrv in namespace A on `addr` (":: " for dual stack), pacing itself so that bytes
+/// wait in its queues.
+fn start_server(net: &Net, dir: &Path, addr: &str, port: u16) -> Server {
+    let exe = prog("echosrv");
+    let out = dir.join("srv.out");
+    let p = port.to_string();
+    let pid = Net::spawn_in(
+        &net.a,
+        &[
+            exe.to_str().unwrap(),
+            addr,
+            &p,
+            out.to_str().unwrap(),
+            "2048",
+            "1000",
+            "65536",
+        ],
+        &dir.join("srv.log"),
+    );
+    wait_ready(&out);
+    Server { pid, out }
+}
+
+/// echocli in namespace B: `n` connections to `addr`, reading slowly with a small receive
+/// buffer, so the server's send queues fill up.
+fn start_clients(
+    net: &Net,
+    dir: &Path,
+    name: &str,
+    addr: &str,
+    port: u16,
+    n: usize,
+) -> (i32, PathBuf) {
+    let exe = prog("echocli");
+    let out = dir.join(format!("{name}.out"));
+    let p = port.to_string();
+    let k = n.to_string();
+    let pid = Net::spawn_in(
+        &net.b,
+        &[
+            exe.to_str().unwrap(),
+            addr,
+            &p,
+            &k,
+            out.to_str().unwrap(),
+            "1048576",
+            "2048",
+            "16384",
+            "2000",
+        ],
+        &dir.join(format!("{name}.log")),
+    );
+    wait_ready(&out);
+    (pid, out)
+}
+
+fn dump_args(net_key: &str) -> Vec<&str> {
+    vec!["--tcp-established", "--external", net_key]
+}
+
+/// A dual-stack TCP echo server with 50 connections (25 over IPv4, i.e. IPv4-mapped on its
+/// IPv6 socket, and 25 over IPv6) from clients in another namespace, dumped while bytes
+/// wait unread in its receive queues and unacknowledged in its send queues, then killed and
+/// restored: every connection goes on, every byte arrives once and in order, no client sees
+/// a reset or an error, and no lock is left.
+#[test]
+fn tcp_server_keeps_50_connections_across_dump_and_restore() {
+    if !need(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("tcp50");
+    let net = Net::new("t50", 91);
+    let srv = start_server(&net, &dir, "::", 7001);
+    let _g = KillOnDrop(srv.pid);
+    let (c4, out4) = start_clients(&net, &dir, "cli4", &net.v4(1), 7001, 25);
+    let _g4 = KillOnDrop(c4);
+    let (c6, out6) = start_clients(&net, &dir, "cli6", &net.v6(1), 7001, 25);
+    let _g6 = KillOnDrop(c6);
+    wait_progress(&out4, 4 << 20);
+    wait_progress(&out6, 4 << 20);
+
+    let img = dir.join("img");
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    // The clients' acknowledgements (and new bytes) are lost for a moment: what the server
+    // sent meanwhile is still unacknowledged when it is dumped.
+    net.lose_b_to_a(true);
+    dump(srv.pid, &img, &dump_args(&key));
+    net.lose_b_to_a(false);
+    wait_gone(srv.pid);
+    // Bytes were waiting both ways, and the lock holds the connections meanwhile.
+    let st = streams(&img);
+    eprintln!("streams (inq, outq, unsent): {st:?}");
+    assert_eq!(st.len(), 50, "{st:?}");
+    assert!(
+        st.iter().any(|s| s.0 > 0),
+        "no unread bytes were saved: {st:?}"
+    );
+    assert!(
+        st.iter().any(|s| s.1 > 0),
+        "no unacknowledged bytes were saved: {st:?}"
+    );
+    assert!(
+        st.iter().any(|s| s.1 > s.2),
+        "no bytes were in flight (sent, not acknowledged): {st:?}"
+    );
+    assert!(
+        Net::ruleset(&net.a).contains("CRIU-"),
+        "no lock after the dump"
+    );
+    let before = (progress(&out4), progress(&out6));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let d = img.to_str().unwrap();
+    let o = cryo(&[
+        "restore",
+        "-D",
+        d,
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--tcp-established",
+        "--join-ns",
+        &format!("net:{}", Net::path(&net.a)),
+    ]);
+    assert!(o.status.success(), "restore:\n{}", log(&img, "restore.log"));
+    assert!(
+        !Net::ruleset(&net.a).contains("CRIU-"),
+        "the lock is still there after the restore:\n{}",
+        Net::ruleset(&net.a)
+    );
+    wait_progress(&out4, 8 << 20);
+    wait_progress(&out6, 8 << 20);
+    assert!(progress(&out4) > before.0 && progress(&out6) > before.1);
+    let d4 = finish_clients(c4, &out4);
+    let d6 = finish_clients(c6, &out6);
+    eprintln!("{d4}\n{d6}");
+    let errs: Vec<String> = lines(&srv.out)
+        .into_iter()
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert!(errs.is_empty(), "the server saw errors: {errs:?}");
+}
+
+/// Starts udppeer in namespace `ns`; returns (pid, out, bound port).
+fn udppeer(ns: &str, dir: &Path, name: &str, args: &[&str]) -> (i32, PathBuf, i32) {
+    let exe = prog("udppeer");
+    let out = dir.join(format!("{name}.out"));
+    let mut a = vec![exe.to_str().unwrap()];
+    a.extend_from_slice(&args[..4]);
+    a.push(out.to_str().unwrap());
+    a.extend_from_slice(&args[4..]);
+    let pid = Net::spawn_in(ns, &a, &dir.join(format!("{name}.log")));
+    let port = wait_ready(&out)[0];
+    (pid, out, port)
+}
+
+/// Waits until `out` holds `n` lines starting with `prefix`; returns them.
+fn wait_lines(out: &Path, prefix: &str, n: usize) -> Vec<String> {
+    wait_for(&format!("{n} '{prefix}' lines"), 20, || {
+        lines(out).iter().filter(|l| l.starts_with(prefix)).count() >= n
+    });
+    lines(out)
+        .into_iter()
+        .filter(|l| l.starts_with(prefix))
+        .collect()
+}
+
+/// UDP: a bound server (IPv6) and a connected UDP-Lite client (IPv4), each dumped with
+/// datagrams waiting unread in its socket and restored: the datagrams are delivered after
+/// the restore, in order and from the address they came from (CRIU drops them), and the
+/// exchange goes on.
+#[test]
+fn udp_sockets_keep_their_queued_datagrams() {
+    if !need(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("udp");
+    let net = Net::new("udp", 92);
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    let join = format!("net:{}", Net::path(&net.a));
+
+    // A bound server in A, its client in B.
+    let (srv, srv_out, port) = udppeer(&net.a, &dir, "srv", &["udp", "server", "::", "7101"]);
+    let _g = KillOnDrop(srv);
+    let p = port.to_string();
+    let v6 = net.v6(1);
+    let (cli, cli_out, cport) =
+        udppeer(&net.b, &dir, "cli", &["udp", "client", "::", "0", &v6, &p]);
+    let _gc = KillOnDrop(cli);
+    signal(cli, libc::SIGUSR2);
+    wait_lines(&cli_out, "reply re:c1", 1);
+    signal(srv, libc::SIGUSR1); // the server stops reading
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for _ in 0..5 {
+        signal(cli, libc::SIGUSR2);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let img = dir.join("img-srv");
+    dump(srv, &img, &["--external", &key]);
+    wait_gone(srv);
+    let q = cryo(&["show", img.join("sk-queues.img").to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
+    assert_eq!(v["entries"].as_array().map(|a| a.len()), Some(5), "{v}");
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--join-ns",
+        &join,
+    ]);
+    assert!(o.status.success(), "restore:\n{}", log(&img, "restore.log"));
+    signal(srv, libc::SIGUSR1); // reading again
+    let got = wait_lines(&srv_out, "got ", 6);
+    let from = format!("from [{}]:{cport}", net.v6(2));
+    for (i, l) in got.iter().enumerate() {
+        assert_eq!(l, &format!("got c{} {from}", i + 1), "{got:?}");
+    }
+    let replies = wait_lines(&cli_out, "reply ", 6);
+    assert_eq!(replies[5], "reply re:c6");
+    signal(cli, libc::SIGUSR2);
+    wait_lines(&cli_out, "reply re:c7", 1);
+
+    // A connected UDP-Lite client in A, its server in B.
+    let v4 = net.v4(2);
+    let (srv2, _srv2_out, port2) =
+        udppeer(&net.b, &dir, "srv2", &["udplite", "server", &v4, "7102"]);
+    let _g2 = KillOnDrop(srv2);
+    let p2 = port2.to_string();
+    let (cli2, cli2_out, _) = udppeer(
+        &net.a,
+        &dir,
+        "cli2",
+        &["udplite", "client", &net.v4(1), "7103", &v4, &p2],
+    );
+    let _gc2 = KillOnDrop(cli2);
+    signal(cli2, libc::SIGUSR1); // the client stops reading: the replies queue up
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for _ in 0..4 {
+        signal(cli2, libc::SIGUSR2);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let img2 = dir.join("img-cli");
+    dump(cli2, &img2, &["--external", &key]);
+    wait_gone(cli2);
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img2.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--join-ns",
+        &join,
+    ]);
+    assert!(
+        o.status.success(),
+        "restore:\n{}",
+        log(&img2, "restore.log")
+    );
+    signal(cli2, libc::SIGUSR1);
+    let r = wait_lines(&cli2_out, "reply ", 4);
+    assert_eq!(
+        r,
+        ["reply re:c1", "reply re:c2", "reply re:c3", "reply re:c4"]
+    );
+    signal(cli2, libc::SIGUSR2);
+    wait_lines(&cli2_out, "reply re:c5", 1);
+    assert!(
+        !lines(&cli2_out).iter().any(|l| l.starts_with("error")),
+        "{:?}",
+        lines(&cli2_out)
+    );
+}
+
+/// Faults at every dump stage with live connections: the dump fails, the server keeps
+/// serving, its connections are out of repair mode and unlocked; `--leave-running` leaves
+/// them working too. Faults at every restore stage: nothing is left running, the dump's
+/// lock stays (the connections wait), and the next restore brings every connection back.
+/// No client ever sees an error, and nothing is left in nftables.
+#[test]
+fn faults_at_every_stage_keep_the_connections() {
+    if !need(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("tcpfault");
+    let net = Net::new("tf", 93);
+    let srv = start_server(&net, &dir, &net.v4(1), 7201);
+    let _g = KillOnDrop(srv.pid);
+    let (cli, out) = start_clients(&net, &dir, "cli", &net.v4(1), 7201, 10);
+    let _gc = KillOnDrop(cli);
+    wait_progress(&out, 2 << 20);
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    let p = srv.pid.to_string();
+    for stage in ["seize", "collect", "parasite", "memory", "write"] {
+        let img = dir.join(format!("img-{stage}"));
+        let d = img.to_str().unwrap();
+        let o = cryo_env(
+            &[
+                "dump",
+                "-t",
+                &p,
+                "-D",
+                d,
+                "--tcp-established",
+                "--external",
+                &key,
+            ],
+            &[("CRYO_FAULT_INJECT", stage)],
+        );
+        assert!(!o.status.success(), "stage {stage}: the dump should fail");
+        assert!(alive(srv.pid), "stage {stage}: the server died");
+        assert!(
+            !Net::ruleset(&net.a).contains("CRIU-"),
+            "stage {stage}: the lock was left:\n{}",
+            Net::ruleset(&net.a)
+        );
+        wait_progress(&out, 1 << 20);
+    }
+    let img = dir.join("img-running");
+    dump(
+        srv.pid,
+        &img,
+        &["--tcp-established", "--external", &key, "-R"],
+    );
+    assert!(alive(srv.pid));
+    assert!(!Net::ruleset(&net.a).contains("CRIU-"));
+    wait_progress(&out, 1 << 20);
+
+    let img = dir.join("img");
+    dump(srv.pid, &img, &["--tcp-established", "--external", &key]);
+    wait_gone(srv.pid);
+    let d = img.to_str().unwrap();
+    let join = format!("net:{}", Net::path(&net.a));
+    let args = [
+        "restore",
+        "-D",
+        d,
+        "-d",
+        "--tcp-established",
+        "--join-ns",
+        &join,
+    ];
+    for stage in [
+        "verify",
+        "fork",
+        "files",
+        "memory",
+        "task",
+        "threads",
+        "creds",
+        "finish",
+        "netunlock",
+    ] {
+        let o = cryo_env(&args, &[("CRYO_FAULT_INJECT", stage)]);
+        assert!(
+            !o.status.success(),
+            "stage {stage}: the restore should fail"
+        );
+        wait_gone(srv.pid);
+        assert!(
+            Net::ruleset(&net.a).contains("CRIU-"),
+            "stage {stage}: the dump's lock went with a failed restore"
+        );
+    }
+    let o = cryo(&[&args[..], &["-v4", "-o", "restore.log"]].concat());
+    assert!(o.status.success(), "restore:\n{}", log(&img, "restore.log"));
+    assert!(!Net::ruleset(&net.a).contains("CRIU-"));
+    wait_progress(&out, 1 << 20);
+    finish_clients(cli, &out);
+}
+
+/// What cannot be saved as asked is refused before the server is touched, naming the fd,
+/// both addresses and the option to use: a connection without `--tcp-established`, a
+/// listener with connections not accepted yet without `--skip-in-flight`, an MPTCP socket.
+/// With `--skip-in-flight` the listener is saved and serves again after the restore.
+#[test]
+fn connections_are_refused_without_their_options() {
+    if !need(&["ip", "nsenter", "python3"]) {
+        return;
+    }
+    let dir = scratch("tcprefuse");
+    let net = Net::new("tr", 94);
+    let srv = start_server(&net, &dir, &net.v4(1), 7301);
+    let _g = KillOnDrop(srv.pid);
+    let (cli, out) = start_clients(&net, &dir, "cli", &net.v4(1), 7301, 2);
+    let _gc = KillOnDrop(cli);
+    wait_progress(&out, 1 << 20);
+    let e = dump_fails(srv.pid, &dir.join("img1"), &[]);
+    assert!(
+        e.contains(&format!("(TCP {}:7301 <-> {}:", net.v4(1), net.v4(2)))
+            && e.contains("(ESTABLISHED)")
+            && e.contains("established TCP connection")
+            && e.contains("--tcp-established"),
+        "{e}"
+    );
+    assert!(e.contains("fd "), "{e}");
+    wait_progress(&out, 1 << 20);
+
+    // A listener whose connection waits in its accept queue.
+    let py = format!(
+        "import socket,time\ns=socket.socket(); s.bind(('{}',7302)); s.listen(8)\nprint('ready', flush=True)\ntime.sleep(1000)",
+        net.v4(1)
+    );
+    let lout = dir.join("listener.log");
+    let l = Net::spawn_in(&net.a, &["python3", "-c", &py], &lout);
+    let _gl = KillOnDrop(l);
+    wait_for("the listener", 20, || {
+        lines(&lout).iter().any(|x| x == "ready")
+    });
+    let cpy = format!(
+        "import socket,time\nc=socket.create_connection(('{}',7302))\nprint('connected', flush=True)\ntime.sleep(1000)",
+        net.v4(1)
+    );
+    let cout = dir.join("pending.log");
+    let c = Net::spawn_in(&net.b, &["python3", "-c", &cpy], &cout);
+    let _gcc = KillOnDrop(c);
+    wait_for("the pending client", 20, || {
+        lines(&cout).iter().any(|x| x == "connected")
+    });
+    let e = dump_fails(l, &dir.join("img2"), &[]);
+    assert!(
+        e.contains(&format!("(TCP {}:7302 (LISTEN))", net.v4(1)))
+            && e.contains("1 connection(s) are waiting to be accepted")
+            && e.contains("--skip-in-flight"),
+        "{e}"
+    );
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    let img = dir.join("img3");
+    dump(l, &img, &["--skip-in-flight", "--external", &key]);
+    wait_gone(l);
+    let join = format!("net:{}", Net::path(&net.a));
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "--join-ns",
+        &join,
+    ]);
+    assert!(o.status.success());
+    // It listens again: a new client gets in.
+    let c2 = Command::new("nsenter")
+        .arg(format!("--net={}", Net::path(&net.b)))
+        .args([
+            "python3",
+            "-c",
+            &format!(
+                "import socket; socket.create_connection(('{}',7302), timeout=5)",
+                net.v4(1)
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        c2.status.success(),
+        "{}",
+        String::from_utf8_lossy(&c2.stderr)
+    );
+
+    // MPTCP, when the kernel has it.
+    let mp = dir.join("mptcp.log");
+    let m = spawn(
+        &[
+            "python3",
+            "-c",
+            "import socket,time\ntry:\n s=socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)\nexcept OSError:\n print('none', flush=True); time.sleep(1000)\nprint(s.fileno(), flush=True)\ntime.sleep(1000)",
+        ],
+        &mp,
+    );
+    let _gm = KillOnDrop(m);
+    wait_for("python", 20, || !lines(&mp).is_empty());
+    if lines(&mp)[0] != "none" {
+        let e = dump_fails(m, &dir.join("img4"), &[]);
+        assert!(
+            e.contains("MPTCP sockets are not supported") && e.contains("GODEBUG=multipathtcp=0"),
+            "{e}"
+        );
+        assert!(alive(m));
+    }
+}
+
+/// A free-looking TCP port for a service on 127.0.0.1 (other tests run at the same time).
+fn port_for(base: u16) -> u16 {
+    base + (std::process::id() % 5000) as u16
+}
+
+/// Sends `req` on `c` and reads one HTTP response (headers and a Content-Length body).
+fn http_exchange(c: &mut std::net::TcpStream, req: &str) -> String {
+    use std::io::{Read, Write};
+    c.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        let n = c.read(&mut b).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&b[..n]);
+        let s = String::from_utf8_lossy(&got);
+        if let Some(h) = s.find("\r\n\r\n") {
+            let len = s[..h]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= h + 4 + len {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// python3's http.server on 127.0.0.1, in cryo's own network namespace, while a client is
+/// half-way through its request: dumped with `--tcp-established` (the connection is locked
+/// alone, in cryo's namespace), restored, the client finishes its request on the same
+/// connection and gets the page; a new client gets it too; no lock is left.
+#[test]
+fn python_http_server_on_tcp_finishes_a_request_across_restore() {
+    if !need(&["nft", "python3"]) {
+        return;
+    }
+    let dir = scratch("pyhttp");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.txt"), "hello over tcp\n").unwrap();
+    let port = port_for(21000);
+    let p = port.to_string();
+    let pid = spawn(
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            www.to_str().unwrap(),
+            &p,
+        ],
+        &dir.join("http.log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("http.server", 20, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    std::io::Write::write_all(&mut c, b"GET /index.txt HTTP/1.0\r\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let img = dir.join("img");
+    dump(pid, &img, &["--tcp-established"]);
+    wait_gone(pid);
+    restore_with(&img, &["--tcp-established"]);
+    let r = http_exchange(&mut c, "Host: x\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.0 200") && r.ends_with("hello over tcp\n"),
+        "{r}"
+    );
+    let mut c2 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let r = http_exchange(&mut c2, "GET /index.txt HTTP/1.0\r\n\r\n");
+    assert!(r.ends_with("hello over tcp\n"), "{r}");
+    assert!(
+        !host_ruleset().contains("CRIU-"),
+        "a lock was left in cryo's namespace"
+    );
+}
+
+/// `cryo restore -D IMG -d -v4 -o restore.log EXTRA`, which must succeed.
+fn restore_with(img: &Path, extra: &[&str]) {
+    let d = img.to_str().unwrap();
+    let mut a = vec!["restore", "-D", d, "-d", "-v4", "-o", "restore.log"];
+    a.extend_from_slice(extra);
+    let o = cryo(&a);
+    assert!(o.status.success(), "restore:\n{}", log(img, "restore.log"));
+}
+
+/// cryo's own namespace's nftables ruleset.
+fn host_ruleset() -> String {
+    let o = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// nginx (a master and its worker) listening on 127.0.0.1, with a client's keep-alive
+/// connection open after a first request: dumped with `--tcp-established` and restored,
+/// the same connection serves a second request, and new connections are served. Its
+/// worker runs as nginx's unprivileged default user.
+#[test]
+fn nginx_on_tcp_keeps_serving_a_keepalive_connection() {
+    if !need(&["nft", "nginx"]) {
+        return;
+    }
+    let dir = scratch("nginx");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "hello from nginx\n").unwrap();
+    let port = port_for(26000);
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log {d}/access.log; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; \
+             fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi; \
+             keepalive_timeout 300s; server {{ listen 127.0.0.1:{port}; root {w}; }} }}\n",
+            d = dir.display(),
+            w = www.display()
+        ),
+    )
+    .unwrap();
+    let pid = spawn(
+        &[
+            "nginx",
+            "-c",
+            conf.to_str().unwrap(),
+            "-p",
+            dir.to_str().unwrap(),
+        ],
+        &dir.join("nginx.log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("nginx", 20, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let req = "GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n";
+    let r = http_exchange(&mut c, req);
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("hello from nginx\n"),
+        "{r}"
+    );
+    let img = dir.join("img");
+    dump(pid, &img, &["--tcp-established"]);
+    wait_tree_gone(&img);
+    restore_with(&img, &["--tcp-established"]);
+    let r = http_exchange(&mut c, req);
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("hello from nginx\n"),
+        "{r}"
+    );
+    let mut c2 = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c2.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let r = http_exchange(&mut c2, req);
+    assert!(r.ends_with("hello from nginx\n"), "{r}");
+    assert!(
+        !host_ruleset().contains("CRIU-"),
+        "a lock was left in cryo's namespace"
+    );
+    // The tree is killed by pid (master); its worker goes with it.
+    for p in tree_pids(&img) {
+        let _k = KillOnDrop(p);
+    }
+}
+
+/// The TCP states of the server's connections, from files.img.
+fn states(img: &Path) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&cryo(&["show", img.join("files.img").to_str().unwrap()]).stdout)
+            .unwrap();
+    let mut s: Vec<String> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["isk"]["state"].as_u64())
+        .map(|n| {
+            match n {
+                1 => "ESTABLISHED",
+                4 => "FIN_WAIT1",
+                5 => "FIN_WAIT2",
+                7 => "CLOSE",
+                8 => "CLOSE_WAIT",
+                9 => "LAST_ACK",
+                10 => "LISTEN",
+                11 => "CLOSING",
+                _ => "other",
+            }
+            .to_string()
+        })
+        .collect();
+    s.sort();
+    s
+}
+
+/// Half-closed connections (as CRIU restores them): FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT,
+/// LAST_ACK and CLOSING on the server's side, next to an established one, dumped with
+/// `--tcp-established` and restored: the FINs each side had sent and received are where
+/// they were, what may still be sent goes through, and no side sees a reset.
+#[test]
+fn half_closed_connections_stay_half_closed() {
+    if !need(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("tcphalf");
+    let net = Net::new("th", 98);
+    let exe = prog("halfclose");
+    let sout = dir.join("srv.out");
+    let srv = Net::spawn_in(
+        &net.a,
+        &[
+            exe.to_str().unwrap(),
+            "server",
+            "7501",
+            sout.to_str().unwrap(),
+        ],
+        &dir.join("srv.log"),
+    );
+    let _g = KillOnDrop(srv);
+    wait_for("the server", 20, || {
+        lines(&sout).first().is_some_and(|l| l == "ready")
+    });
+    let cout = dir.join("cli.out");
+    let cli = Net::spawn_in(
+        &net.b,
+        &[
+            exe.to_str().unwrap(),
+            "client",
+            &net.v4(1),
+            "7501",
+            cout.to_str().unwrap(),
+        ],
+        &dir.join("cli.log"),
+    );
+    let _gc = KillOnDrop(cli);
+    let has = |f: &Path, l: &str| lines(f).iter().any(|x| x == l);
+    wait_for("the first FINs", 20, || {
+        has(&sout, "conn 2 eof") && has(&sout, "conn 3 eof") && has(&cout, "conn 1 eof")
+    });
+    // The server's next FINs are lost on their way: 3 stays in LAST_ACK, 4 in FIN_WAIT1;
+    // the client's FIN on 5 then crosses the server's: CLOSING.
+    net.lose_a_to_b(true);
+    signal(srv, libc::SIGUSR2);
+    wait_for("the server's shutdowns", 20, || has(&sout, "shut 3 4 5"));
+    signal(cli, libc::SIGUSR2);
+    wait_for("the client's FIN on 5", 20, || has(&sout, "conn 5 eof"));
+    let img = dir.join("img");
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    dump(srv, &img, &["--tcp-established", "--external", &key]);
+    wait_gone(srv);
+    net.lose_a_to_b(false);
+    let st = states(&img);
+    for want in [
+        "CLOSE_WAIT",
+        "CLOSING",
+        "ESTABLISHED",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "LAST_ACK",
+    ] {
+        assert!(st.iter().any(|s| s == want), "no {want} among {st:?}");
+    }
+    restore_with(
+        &img,
+        &[
+            "--tcp-established",
+            "--join-ns",
+            &format!("net:{}", Net::path(&net.a)),
+        ],
+    );
+    // The server's FINs arrive now.
+    wait_for("the server's FINs after the restore", 30, || {
+        has(&cout, "conn 3 eof") && has(&cout, "conn 4 eof") && has(&cout, "conn 5 eof")
+    });
+    // Bytes still flow where the state allows: to the server on 0 and 1 (FIN_WAIT2), from it
+    // on 2 (CLOSE_WAIT) before it closes.
+    signal(cli, libc::SIGUSR1);
+    wait_for("the client's bytes", 20, || {
+        has(&sout, "conn 0 got after 0") && has(&sout, "conn 1 got after 1")
+    });
+    wait_for("the echo", 20, || has(&cout, "conn 0 got after 0"));
+    signal(srv, libc::SIGUSR1);
+    wait_for("the late bytes and the end of conn 2", 20, || {
+        has(&cout, "conn 2 got late 2") && has(&cout, "conn 2 eof")
+    });
+    for f in [&sout, &cout] {
+        let errs: Vec<String> = lines(f)
+            .into_iter()
+            .filter(|l| l.contains("error"))
+            .collect();
+        assert!(errs.is_empty(), "{}: {errs:?}", f.display());
+    }
+}
+
+/// CRIU 4.2 (`$CRIU`, or /opt/criu42/criu) restores cryo's dump of the echo server with
+/// live connections, and cryo restores CRIU's: the lock each left (cryo's nftables table,
+/// CRIU's iptables chain) is lifted by the other, and every byte comes back. Skipped when
+/// CRIU 4.2 is not there (it is built from source, not packaged).
+#[test]
+fn criu_and_cryo_restore_each_others_tcp_dumps() {
+    let criu = std::env::var("CRIU").unwrap_or_else(|_| "/opt/criu42/criu".into());
+    if !Path::new(&criu).exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CRIU 4.2 is missing ({criu})"
+        );
+        eprintln!("SKIP: CRIU 4.2 is not at {criu} (set CRIU=)");
+        return;
+    }
+    if !need(&["ip", "nft", "nsenter", "iptables"]) {
+        return;
+    }
+    let dir = scratch("tcpcriu");
+    let net = Net::new("tc", 99);
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    let ns = std::fs::File::open(Net::path(&net.a)).unwrap();
+    for (i, (dumper, restorer)) in [("cryo", "criu"), ("criu", "cryo")].into_iter().enumerate() {
+        let run = |tool: &str, args: &[&str]| {
+            let bin = if tool == "criu" {
+                criu.clone()
+            } else {
+                cryo_bin().display().to_string()
+            };
+            let mut c = Command::new(bin);
+            c.args(args);
+            // The namespace to join, as fd 9 (--inherit-fd fd[9]:srvnet).
+            let nsfd = std::os::fd::AsRawFd::as_raw_fd(&ns);
+            // SAFETY: dup2 between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
+                    libc::dup2(nsfd, 9);
+                    Ok(())
+                });
+            }
+            c.output().unwrap()
+        };
+        let port = 7601 + i as u16;
+        let srv = start_server(&net, &dir, &net.v4(1), port);
+        let (cli, out) = start_clients(&net, &dir, &format!("cli{i}"), &net.v4(1), port, 5);
+        let _gc = KillOnDrop(cli);
+        wait_progress(&out, 1 << 20);
+        let img = dir.join(format!("img-{dumper}"));
+        std::fs::create_dir_all(&img).unwrap();
+        let d = img.to_str().unwrap();
+        let p = srv.pid.to_string();
+        let o = run(
+            dumper,
+            &[
+                "dump",
+                "-t",
+                &p,
+                "-D",
+                d,
+                "-o",
+                "dump.log",
+                "-v4",
+                "--tcp-established",
+                "--external",
+                &key,
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "{dumper} dump:\n{}",
+            log(&img, "dump.log")
+        );
+        wait_gone(srv.pid);
+        let o = run(
+            restorer,
+            &[
+                "restore",
+                "-D",
+                d,
+                "-d",
+                "-o",
+                "restore.log",
+                "-v4",
+                "--tcp-established",
+                "--inherit-fd",
+                "fd[9]:srvnet",
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "{restorer} restore:\n{}",
+            log(&img, "restore.log")
+        );
+        let _gs = KillOnDrop(srv.pid);
+        wait_progress(&out, 1 << 20);
+        finish_clients(cli, &out);
+        assert!(
+            !Net::ruleset(&net.a).contains("CRIU"),
+            "{dumper}'s lock was left:\n{}",
+            Net::ruleset(&net.a)
+        );
+    }
+}

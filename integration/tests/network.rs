@@ -1,0 +1,918 @@
+//! Network namespaces and the network lock (issue #10), with real processes: the dumped
+//! process lives in a network namespace of its own, joined by a veth to a "host" namespace
+//! the test makes (`ip netns add`), which stands for another machine; all traffic is on
+//! addresses of namespaces the test made.
+//!
+//! - `namespace_comes_back_whole_on_another_host`: links (veth with MTU, MAC), IPv4 and IPv6
+//!   addresses, routes (main and table 100), a rule, sysctls and an nftables rule are saved
+//!   (the iproute2-format images are read back by `ip ... showdump`, the others by crit),
+//!   the images are copied, and the process is restored from a second host namespace with
+//!   the veth's peer placed there (`--external veth[v0]:NAME`, as CRIU): everything is back
+//!   and the namespace answers pings through the veth, IPv4 and IPv6.
+//! - `lock_drops_packets_without_reset`: while the tree is frozen (a dump paused with
+//!   `CRYO_FAULT_PAUSE` after the lock), a peer's TCP connect to a closed port times out
+//!   instead of being refused (no RST reaches it); afterwards it is refused again and no table
+//!   is left. Also with `--network-lock iptables` and `skip`.
+//! - `faults_leave_nothing_behind`: a fault at every dump stage leaves the process running,
+//!   reachable and without a lock table; at every restore stage, no process, no veth peer in
+//!   the host namespace (so no namespace either), no table.
+//! - `killed_cryo_lock_is_removed_by_the_next_run`: cryo SIGKILLed while the lock is held
+//!   leaves its table; the next cryo run removes it and says so.
+//! - `unsupported_link_is_refused_before_the_dump`: a link kind cryo cannot make again is
+//!   refused by name, the process untouched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use integration::{
+    alive, cryo, cryo_bin, cryo_env, dump, kill, lines, log, ok, scratch, spawn, wait_for,
+    wait_gone, KillOnDrop,
+};
+
+/// The tests of this file run one at a time: every cryo run removes the locks of dead cryo
+/// processes, which the killed-cryo test wants to see done by its own run.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Tools the tests need: missing ones make the test fail under CI, else skip it.
+fn need(tools: &[&str]) -> bool {
+    for t in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{t} is missing (integration/setup.sh installs it)");
+            }
+            eprintln!("SKIP: {t} is not installed (integration/setup.sh installs it)");
+            return false;
+        }
+    }
+    true
+}
+
+fn run(argv: &[&str]) -> Output {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", argv[0]))
+}
+
+fn sh(what: &str, argv: &[&str]) -> String {
+    ok(&run(argv), &format!("{what}: {}", argv.join(" ")))
+}
+
+/// A command run inside the network namespace of `pid`.
+fn in_ns(pid: i32, argv: &[&str]) -> Output {
+    let net = format!("--net=/proc/{pid}/ns/net");
+    let mut a = vec!["nsenter", net.as_str()];
+    a.extend_from_slice(argv);
+    run(&a)
+}
+
+/// Named network namespaces (`ip netns add`), deleted on drop: the test's "hosts".
+struct Hosts(Vec<String>);
+
+impl Hosts {
+    fn new(test: &str, tags: &[&str]) -> Hosts {
+        let me = std::process::id();
+        let h = Hosts(tags.iter().map(|t| format!("cn-{me}-{test}-{t}")).collect());
+        for n in &h.0 {
+            sh("ip netns add", &["ip", "netns", "add", n]);
+            sh("lo up", &["ip", "-n", n, "link", "set", "lo", "up"]);
+        }
+        h
+    }
+
+    fn path(&self, i: usize) -> String {
+        format!("/run/netns/{}", self.0[i])
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = run(&["ip", "netns", "del", n]);
+        }
+    }
+}
+
+/// A process in a network namespace of its own, joined to host `host` by a veth (`v0` inside,
+/// `vh0` on the host), 10.203.0.2/24 and fd20:3::2/64 inside, .1 on the host side. It prints
+/// "ready" and then a line per SIGUSR1.
+fn start_server(dir: &Path, host: &str) -> (i32, PathBuf) {
+    let out = dir.join("out");
+    let script = r#"
+import signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+print("ready", flush=True)
+n = 0
+while True:
+    signal.sigwait([signal.SIGUSR1])
+    n += 1
+    print("signal", n, flush=True)
+"#;
+    let pid = spawn(&["unshare", "-n", "python3", "-c", script], &out);
+    wait_for("the server", 10, || {
+        lines(&out).first().is_some_and(|l| l == "ready")
+    });
+    let p = pid.to_string();
+    // Made right in the two namespaces (tests run concurrently in the same root namespace).
+    sh(
+        "veth",
+        &[
+            "ip", "link", "add", "v0", "netns", &p, "type", "veth", "peer", "name", "vh0", "netns",
+            host,
+        ],
+    );
+    let inside: &[&[&str]] = &[
+        &["ip", "link", "set", "lo", "up"],
+        &[
+            "ip",
+            "link",
+            "set",
+            "v0",
+            "mtu",
+            "1400",
+            "address",
+            "02:00:0a:cb:00:02",
+        ],
+        &["ip", "link", "set", "v0", "up"],
+        &["ip", "addr", "add", "10.203.0.2/24", "dev", "v0"],
+        &["ip", "addr", "add", "fd20:3::2/64", "dev", "v0", "nodad"],
+        &["ip", "route", "add", "10.204.0.0/16", "via", "10.203.0.1"],
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.205.0.0/16",
+            "dev",
+            "v0",
+            "table",
+            "100",
+        ],
+        &[
+            "ip",
+            "rule",
+            "add",
+            "from",
+            "10.203.0.2",
+            "lookup",
+            "100",
+            "pref",
+            "1000",
+        ],
+        &["sysctl", "-qw", "net.ipv4.conf.v0.rp_filter=2"],
+        &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        &["sysctl", "-qw", "net.unix.max_dgram_qlen=99"],
+        &["nft", "add", "table", "inet", "app"],
+        &[
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "app",
+            "input",
+            "{ type filter hook input priority 0; }",
+        ],
+        &[
+            "nft", "add", "rule", "inet", "app", "input", "tcp", "dport", "7777", "drop",
+        ],
+    ];
+    for c in inside {
+        ok(
+            &in_ns(pid, c),
+            &format!("in the server's namespace: {}", c.join(" ")),
+        );
+    }
+    host_side(host);
+    (pid, out)
+}
+
+/// The host's end of the veth: 10.203.0.1/24, fd20:3::1/64, up.
+fn host_side(host: &str) {
+    for c in [
+        vec![
+            "ip",
+            "-n",
+            host,
+            "addr",
+            "add",
+            "10.203.0.1/24",
+            "dev",
+            "vh0",
+        ],
+        vec![
+            "ip",
+            "-n",
+            host,
+            "addr",
+            "add",
+            "fd20:3::1/64",
+            "dev",
+            "vh0",
+            "nodad",
+        ],
+        vec!["ip", "-n", host, "link", "set", "vh0", "up"],
+    ] {
+        sh("host side", &c);
+    }
+}
+
+/// What the namespace of `pid` looks like, for comparing before and after.
+fn snapshot(pid: i32) -> Vec<String> {
+    let mut s = Vec::new();
+    let keep = |o: Output| -> String {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            // Kernel-made and timing-dependent entries.
+            .filter(|l| {
+                !l.contains("fe80::") && !l.contains("tentative") && !l.contains("valid_lft")
+            })
+            .map(|l| l.replace(" linkdown", "").trim().to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    s.push(
+        keep(in_ns(pid, &["ip", "-o", "link", "show", "v0"]))
+            .split("link-netns")
+            .next()
+            .unwrap_or("")
+            .replace("NO-CARRIER,", "")
+            .replace("LOWER_UP,", "")
+            .replace(",LOWER_UP", "")
+            .replace("state UP", "")
+            .replace("state DOWN", "")
+            .split_whitespace()
+            .filter(|w| !w.starts_with("state"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    s.push(keep(in_ns(pid, &["ip", "-o", "addr", "show"])));
+    s.push(
+        keep(in_ns(pid, &["ip", "route", "show", "table", "all"]))
+            .lines()
+            .filter(|l| !l.contains("table local") && !l.starts_with("multicast"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    s.push(keep(in_ns(pid, &["ip", "rule"])));
+    s.push(keep(in_ns(pid, &["ip", "-6", "rule"])));
+    s.push(keep(in_ns(
+        pid,
+        &[
+            "sysctl",
+            "net.ipv4.conf.v0.rp_filter",
+            "net.ipv4.ip_forward",
+            "net.unix.max_dgram_qlen",
+            "net.ipv6.conf.v0.mtu",
+        ],
+    )));
+    s.push(keep(in_ns(pid, &["nft", "list", "ruleset"])));
+    s
+}
+
+fn ping(host: &str, addr: &str) -> bool {
+    let v6 = addr.contains(':');
+    let mut a = vec!["ip", "netns", "exec", host, "ping", "-c1", "-W2"];
+    if v6 {
+        a.push("-6");
+    }
+    a.push(addr);
+    run(&a).status.success()
+}
+
+/// nftables tables in the namespace of `pid` (or a named host).
+fn tables_of(pid: i32) -> String {
+    String::from_utf8_lossy(&in_ns(pid, &["nft", "list", "tables"]).stdout).into_owned()
+}
+
+fn host_tables(host: &str) -> String {
+    String::from_utf8_lossy(&run(&["ip", "netns", "exec", host, "nft", "list", "tables"]).stdout)
+        .into_owned()
+}
+
+/// A TCP connect from host `host` to 10.203.0.2:`port`: "refused", "timeout" or "connected".
+fn connect(host: &str, port: u16) -> String {
+    let script = format!(
+        r#"
+import socket
+s = socket.socket()
+s.settimeout(1.5)
+try:
+    s.connect(("10.203.0.2", {port}))
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")
+except (socket.timeout, TimeoutError):
+    print("timeout")
+"#
+    );
+    let o = run(&["ip", "netns", "exec", host, "python3", "-c", &script]);
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn images_named(img: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(img)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `ip OBJ showdump < FILE` (iproute2 reads its own save format).
+fn showdump(obj: &[&str], file: &Path) -> String {
+    let mut a = vec!["ip"];
+    a.extend_from_slice(obj);
+    a.push("showdump");
+    let o = Command::new(a[0])
+        .args(&a[1..])
+        .stdin(std::fs::File::open(file).unwrap())
+        .output()
+        .unwrap();
+    ok(
+        &o,
+        &format!("ip {} showdump < {}", obj.join(" "), file.display()),
+    )
+}
+
+#[test]
+fn namespace_comes_back_whole_on_another_host() {
+    let _s = serial();
+    if !need(&["ip", "nft", "nsenter", "ping", "crit"]) {
+        return;
+    }
+    let dir = scratch("netns-whole");
+    let hosts = Hosts::new("whole", &["a", "b", "c"]);
+    let (a, b) = (hosts.0[0].clone(), hosts.0[1].clone());
+    let (pid, out) = start_server(&dir, &a);
+    let _g = KillOnDrop(pid);
+    assert!(ping(&a, "10.203.0.2"), "the server answers before the dump");
+    let before = snapshot(pid);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    assert!(
+        !host_tables(&a).contains("cryo-")
+            && !tables_of(std::process::id() as i32).contains("cryo-"),
+        "a lock table was left"
+    );
+    // The images: CRIU's names and formats.
+    let id = images_named(&img, "netns-")[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("netns-")
+        .trim_end_matches(".img")
+        .to_string();
+    let f = |n: &str| img.join(format!("{n}-{id}.img"));
+    let routes = showdump(&["route"], &f("route"));
+    assert!(routes.contains("10.204.0.0/16 via 10.203.0.1"), "{routes}");
+    assert!(
+        routes.contains("10.205.0.0/16 dev") && routes.contains("table 100"),
+        "{routes}"
+    );
+    let addrs = showdump(&["addr"], &f("ifaddr"));
+    assert!(
+        addrs.contains("10.203.0.2/24") && addrs.contains("fd20:3::2/64"),
+        "{addrs}"
+    );
+    // `ip rule` has no showdump: `ip rule restore` takes the image in a scratch namespace.
+    let o = Command::new("ip")
+        .args(["-n", &hosts.0[2], "rule", "restore"])
+        .stdin(std::fs::File::open(f("rule")).unwrap())
+        .output()
+        .unwrap();
+    ok(&o, "ip rule restore < rule image");
+    let rules = sh("rules", &["ip", "-n", &hosts.0[2], "rule"]);
+    assert!(rules.contains("from 10.203.0.2 lookup 100"), "{rules}");
+    let nft = std::fs::read_to_string(f("nftables")).unwrap();
+    assert!(
+        nft.contains("tcp dport 7777 drop") && !nft.contains("cryo-"),
+        "{nft}"
+    );
+    for n in ["netdev", "netns"] {
+        let j = sh("crit", &["crit", "decode", "-i", f(n).to_str().unwrap()]);
+        if n == "netdev" {
+            assert!(
+                j.contains("\"v0\"") && j.contains("VETH") && j.contains("1400"),
+                "{j}"
+            );
+        }
+    }
+
+    // Another "host": the images are copied; cryo runs in that host's network namespace, so
+    // the veth's peer is made there, under the name given.
+    let moved = dir.join("img-b");
+    sh(
+        "cp",
+        &["cp", "-a", img.to_str().unwrap(), moved.to_str().unwrap()],
+    );
+    let m = moved.to_str().unwrap();
+    // Without the peer's name the restore says what to give.
+    let o = run(&[
+        "nsenter",
+        &format!("--net={}", hosts.path(1)),
+        cryo_bin().to_str().unwrap(),
+        "restore",
+        "-D",
+        m,
+        "-d",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("veth[v0]"), "{e}");
+    assert!(!alive(pid));
+    let o = run(&[
+        "nsenter",
+        &format!("--net={}", hosts.path(1)),
+        cryo_bin().to_str().unwrap(),
+        "restore",
+        "-D",
+        m,
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--external",
+        "veth[v0]:vh0",
+    ]);
+    assert!(
+        o.status.success(),
+        "restore: {}",
+        log(&moved, "restore.log")
+    );
+    let _g2 = KillOnDrop(pid);
+    assert!(alive(pid), "restored with its pid");
+    let ino = |p: &str| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap()
+    };
+    let theirs = ino(&format!("/proc/{pid}/ns/net"));
+    assert_ne!(theirs, ino("/proc/self/ns/net"));
+    assert_ne!(theirs, ino(&hosts.path(1)));
+    let after = snapshot(pid);
+    assert_eq!(before, after, "the namespace came back different");
+    assert!(
+        !tables_of(pid).contains("cryo-"),
+        "lock table left: {}",
+        tables_of(pid)
+    );
+    // The peer is on host b now, where the host side is set up as on a.
+    assert!(!sh("links of b", &["ip", "-n", &b, "-o", "link"]).is_empty());
+    host_side(&b);
+    assert!(
+        ping(&b, "10.203.0.2"),
+        "the restored namespace answers over the veth"
+    );
+    assert!(
+        ping(&b, "fd20:3::2"),
+        "the restored namespace answers over IPv6"
+    );
+    integration::signal(pid, libc::SIGUSR1);
+    wait_for("the restored server", 10, || {
+        lines(&out).iter().any(|l| l == "signal 1")
+    });
+    kill(pid);
+}
+
+/// A dump of `pid` started in the background with `CRYO_FAULT_PAUSE`.
+fn paused_dump(pid: i32, img: &Path, pause: &str, extra: &[&str]) -> std::process::Child {
+    let p = pid.to_string();
+    let mut c = Command::new(cryo_bin());
+    c.args([
+        "dump",
+        "-t",
+        &p,
+        "-D",
+        img.to_str().unwrap(),
+        "-v4",
+        "-o",
+        "dump.log",
+    ])
+    .args(extra)
+    .env("CRYO_FAULT_PAUSE", pause)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    c.spawn().unwrap()
+}
+
+#[test]
+fn lock_drops_packets_without_reset() {
+    let _s = serial();
+    if !need(&["ip", "nft", "nsenter", "ping", "iptables"]) {
+        return;
+    }
+    let dir = scratch("netns-lock");
+    let hosts = Hosts::new("lock", &["a"]);
+    let a = hosts.0[0].clone();
+    let (pid, _) = start_server(&dir, &a);
+    let _g = KillOnDrop(pid);
+    assert_eq!(
+        connect(&a, 9),
+        "refused",
+        "a closed port answers with a reset"
+    );
+    for (method, table) in [("nftables", true), ("iptables", false)] {
+        let img = dir.join(format!("img-{method}"));
+        let child = paused_dump(
+            pid,
+            &img,
+            "netlock:4",
+            &["--leave-running", "--network-lock", method],
+        );
+        let locked = || {
+            if table {
+                tables_of(pid).contains("cryo-")
+            } else {
+                String::from_utf8_lossy(&in_ns(pid, &["iptables", "-S"]).stdout)
+                    .contains("-j cryo-")
+            }
+        };
+        wait_for("the lock", 10, locked);
+        // The tree is frozen and locked: the peer hears nothing, not even a reset.
+        assert_eq!(
+            connect(&a, 9),
+            "timeout",
+            "{method}: a reset reached the peer"
+        );
+        assert!(
+            !ping(&a, "10.203.0.2"),
+            "{method}: ping answered while locked"
+        );
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "dump: {}", log(&img, "dump.log"));
+        assert!(alive(pid));
+        assert!(!locked(), "{method}: the lock was left");
+        assert!(!tables_of(pid).contains("cryo-"));
+        let rules = String::from_utf8_lossy(&in_ns(pid, &["iptables", "-S"]).stdout).into_owned();
+        assert!(!rules.contains("cryo-"), "{rules}");
+        assert_eq!(connect(&a, 9), "refused", "{method}: unlocked again");
+    }
+    // skip: no lock at all.
+    let img = dir.join("img-skip");
+    let child = paused_dump(
+        pid,
+        &img,
+        "netlock:2",
+        &["--leave-running", "--network-lock", "skip"],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(connect(&a, 9), "refused");
+    assert!(child.wait_with_output().unwrap().status.success());
+    kill(pid);
+}
+
+#[test]
+fn faults_leave_nothing_behind() {
+    let _s = serial();
+    if !need(&["ip", "nft", "nsenter", "ping"]) {
+        return;
+    }
+    let dir = scratch("netns-faults");
+    let hosts = Hosts::new("faults", &["a", "b"]);
+    let (a, b) = (hosts.0[0].clone(), hosts.0[1].clone());
+    let (pid, _) = start_server(&dir, &a);
+    let _g = KillOnDrop(pid);
+    for stage in ["seize", "netlock", "collect", "parasite", "memory", "write"] {
+        let img = dir.join(format!("dump-{stage}"));
+        let p = pid.to_string();
+        let o = cryo_env(
+            &["dump", "-t", &p, "-D", img.to_str().unwrap()],
+            &[("CRYO_FAULT_INJECT", stage)],
+        );
+        assert!(!o.status.success(), "{stage}: the fault was not injected");
+        assert!(alive(pid), "{stage}: the process died");
+        assert!(!tables_of(pid).contains("cryo-"), "{stage}: lock left");
+        assert!(ping(&a, "10.203.0.2"), "{stage}: the network stayed locked");
+    }
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    let d = img.to_str().unwrap();
+    let peer_gone =
+        || !String::from_utf8_lossy(&run(&["ip", "-n", &b, "-o", "link"]).stdout).contains("vh0");
+    for stage in [
+        "verify",
+        "fork",
+        "netns",
+        "files",
+        "memory",
+        "task",
+        "threads",
+        "creds",
+        "finish",
+        "netunlock",
+    ] {
+        let o = Command::new("nsenter")
+            .arg(format!("--net={}", hosts.path(1)))
+            .arg(cryo_bin())
+            .args(["restore", "-D", d, "-d", "--external", "veth[v0]:vh0"])
+            .env("CRYO_FAULT_INJECT", stage)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{stage}: the fault was not injected");
+        wait_gone(pid);
+        // The peer goes when the namespace does (the kernel frees it asynchronously).
+        wait_for(&format!("{stage}: the veth peer to go"), 10, peer_gone);
+        assert!(!host_tables(&b).contains("cryo-"), "{stage}: table left");
+    }
+    // And then it restores.
+    let o = Command::new("nsenter")
+        .arg(format!("--net={}", hosts.path(1)))
+        .arg(cryo_bin())
+        .args(["restore", "-D", d, "-d", "--veth-pair", "v0=vh0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _g2 = KillOnDrop(pid);
+    host_side(&b);
+    assert!(ping(&b, "10.203.0.2"));
+    kill(pid);
+}
+
+#[test]
+fn killed_cryo_lock_is_removed_by_the_next_run() {
+    let _s = serial();
+    if !need(&["ip", "nft", "nsenter", "ping"]) {
+        return;
+    }
+    let dir = scratch("netns-killed");
+    let hosts = Hosts::new("killed", &["a"]);
+    let a = hosts.0[0].clone();
+    let (pid, _) = start_server(&dir, &a);
+    let _g = KillOnDrop(pid);
+    let img = dir.join("img");
+    let mut child = paused_dump(pid, &img, "netlock:60", &[]);
+    let cryo_pid = child.id();
+    wait_for("the lock", 10, || tables_of(pid).contains("cryo-"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The dumped process goes on (its tracer is gone), but its network stays locked.
+    wait_for("the process to run again", 10, || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .is_ok_and(|s| s.contains("TracerPid:\t0"))
+    });
+    let name = format!("cryo-{cryo_pid}");
+    // (Any cryo run removes it, also one of another test running meanwhile.)
+    if tables_of(pid).contains(&name) {
+        assert!(
+            !ping(&a, "10.203.0.2"),
+            "the network of a killed cryo's tree is still locked"
+        );
+    }
+    // Any later run cleans up and says so.
+    let img2 = dir.join("img2");
+    let p = pid.to_string();
+    let o = cryo(&[
+        "dump",
+        "-t",
+        &p,
+        "-D",
+        img2.to_str().unwrap(),
+        "--leave-running",
+    ]);
+    assert!(o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    // Any cryo run cleans up: one of a test running meanwhile may have been first.
+    if !e.contains(&name) {
+        eprintln!("note: another cryo run removed {name} first");
+    } else {
+        assert!(e.contains(&cryo_pid.to_string()), "{e}");
+    }
+    assert!(!tables_of(pid).contains("cryo-"), "{}", tables_of(pid));
+    assert!(ping(&a, "10.203.0.2"));
+    kill(pid);
+}
+
+#[test]
+fn unsupported_link_is_refused_before_the_dump() {
+    let _s = serial();
+    if !need(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("netns-refused");
+    let hosts = Hosts::new("refused", &["a"]);
+    let (pid, _) = start_server(&dir, &hosts.0[0]);
+    let _g = KillOnDrop(pid);
+    // A link kind cryo does not make again: an IPv4-in-IPv6 tunnel, a VLAN or a bond,
+    // whichever this kernel has.
+    let made = [
+        vec![
+            "ip", "link", "add", "vl0", "link", "v0", "type", "vlan", "id", "5",
+        ],
+        vec!["ip", "link", "add", "bond0", "type", "bond"],
+        vec![
+            "ip",
+            "link",
+            "add",
+            "ipip0",
+            "type",
+            "ipip",
+            "remote",
+            "10.203.0.1",
+        ],
+        vec![
+            "ip", "link", "add", "vx0", "type", "vxlan", "id", "5", "dstport", "4789",
+        ],
+    ]
+    .iter()
+    .find_map(|c| in_ns(pid, c).status.success().then(|| c[3].to_string()));
+    let Some(link) = made else {
+        eprintln!("SKIP: this kernel has none of vlan, bond, ipip, vxlan");
+        return;
+    };
+    let e = integration::dump_fails(pid, &dir.join("img"), &[]);
+    assert!(e.contains(&link) && e.contains("--external net["), "{e}");
+    assert!(alive(pid));
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(st.contains("TracerPid:\t0"));
+    kill(pid);
+}
+
+/// A bridge with a persistent tap enslaved to it, and a macvlan on a link of the first host,
+/// come back: the tap with its index, owner, flags and MAC, the bridge as its master, the
+/// macvlan (mode bridge, same MAC and address) on the second host's link named by
+/// `--external macvlan[mv0]:LINK`. An open tun/tap queue in the tree is refused by name.
+#[test]
+fn bridge_tap_and_macvlan_come_back() {
+    let _s = serial();
+    if !need(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("netns-links");
+    let hosts = Hosts::new("links", &["a", "b"]);
+    let (a, b) = (hosts.0[0].clone(), hosts.0[1].clone());
+    let (pid, _) = start_server(&dir, &a);
+    let _g = KillOnDrop(pid);
+    let p = pid.to_string();
+    let inside: &[&[&str]] = &[
+        &["ip", "link", "add", "br0", "type", "bridge"],
+        &[
+            "ip", "tuntap", "add", "dev", "tap0", "mode", "tap", "user", "1000",
+        ],
+        &[
+            "ip",
+            "link",
+            "set",
+            "tap0",
+            "address",
+            "02:00:0a:cb:00:10",
+            "master",
+            "br0",
+        ],
+        &["ip", "link", "set", "br0", "up", "mtu", "1400"],
+        &["ip", "addr", "add", "10.208.0.2/24", "dev", "br0"],
+    ];
+    for c in inside {
+        ok(&in_ns(pid, c), &c.join(" "));
+    }
+    // The macvlan is made on host a's link, then moved into the server's namespace.
+    sh(
+        "lower a",
+        &[
+            "ip", "-n", &a, "link", "add", "la0", "type", "veth", "peer", "name", "la1",
+        ],
+    );
+    let mv = run(&[
+        "ip", "-n", &a, "link", "add", "mv0", "link", "la0", "type", "macvlan", "mode", "bridge",
+    ]);
+    let macvlan = mv.status.success();
+    if macvlan {
+        sh(
+            "move mv0",
+            &["ip", "-n", &a, "link", "set", "mv0", "netns", &p],
+        );
+        ok(
+            &in_ns(
+                pid,
+                &[
+                    "ip",
+                    "link",
+                    "set",
+                    "mv0",
+                    "address",
+                    "02:00:0a:cb:00:20",
+                    "up",
+                ],
+            ),
+            "mv0",
+        );
+        ok(
+            &in_ns(pid, &["ip", "addr", "add", "10.209.0.2/24", "dev", "mv0"]),
+            "mv0 addr",
+        );
+    } else {
+        eprintln!("note: no macvlan in this kernel; checking the bridge and the tap only");
+    }
+    let show = |pid: i32, l: &str| {
+        let o = in_ns(pid, &["ip", "-d", "-o", "link", "show", l]);
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let tap_before = show(pid, "tap0");
+    // `ip` shows the owner by name when uid 1000 has one.
+    let user = tap_before
+        .split(" user ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .map(|u| format!("user {u}"))
+        .unwrap_or_default();
+    assert!(
+        tap_before.contains("master br0") && !user.is_empty(),
+        "{tap_before}"
+    );
+    let idx = |s: &str| s.split(':').next().unwrap().trim().to_string();
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    sh(
+        "lower b",
+        &[
+            "ip", "-n", &b, "link", "add", "lb0", "type", "veth", "peer", "name", "lb1",
+        ],
+    );
+    let m = img.to_str().unwrap();
+    let net_b = format!("--net={}", hosts.path(1));
+    let bin = cryo_bin();
+    let mut args = vec![
+        "nsenter",
+        &net_b,
+        bin.to_str().unwrap(),
+        "restore",
+        "-D",
+        m,
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--external",
+        "veth[v0]:vh0",
+    ];
+    if macvlan {
+        // Without the lower link, the restore says what to give.
+        let o = run(&args);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains("macvlan[mv0]"), "{e}");
+        args.extend(["--external", "macvlan[mv0]:lb0"]);
+    }
+    let o = run(&args);
+    assert!(o.status.success(), "restore: {}", log(&img, "restore.log"));
+    let _g2 = KillOnDrop(pid);
+    let tap_after = show(pid, "tap0");
+    assert_eq!(idx(&tap_before), idx(&tap_after), "{tap_after}");
+    for want in [
+        "master br0",
+        user.as_str(),
+        "02:00:0a:cb:00:10",
+        "tap",
+        "persist on",
+    ] {
+        assert!(tap_after.contains(want), "{want}: {tap_after}");
+    }
+    let br = show(pid, "br0");
+    assert!(br.contains("mtu 1400") && br.contains("bridge"), "{br}");
+    let addrs = String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "addr"]).stdout).into_owned();
+    assert!(addrs.contains("10.208.0.2/24"), "{addrs}");
+    if macvlan {
+        let mv = show(pid, "mv0");
+        assert!(
+            mv.contains("macvlan mode bridge") && mv.contains("02:00:0a:cb:00:20"),
+            "{mv}"
+        );
+        assert!(addrs.contains("10.209.0.2/24"), "{addrs}");
+    }
+    // A program holding a tap queue open is refused before it is touched.
+    let holder = spawn(
+        &[
+            "nsenter",
+            &format!("--net=/proc/{pid}/ns/net"),
+            "python3",
+            "-c",
+            "import fcntl, os, struct, time\nf = os.open('/dev/net/tun', os.O_RDWR)\nfcntl.ioctl(f, 0x400454ca, struct.pack('16sH', b'tap0', 0x1002))\nprint('ready', flush=True)\ntime.sleep(100)",
+        ],
+        &dir.join("holder"),
+    );
+    let _g3 = KillOnDrop(holder);
+    wait_for("the tap holder", 10, || {
+        lines(&dir.join("holder"))
+            .first()
+            .is_some_and(|l| l == "ready")
+    });
+    let e = integration::dump_fails(holder, &dir.join("img2"), &[]);
+    assert!(e.contains("tun/tap"), "{e}");
+    assert!(alive(holder));
+    kill(holder);
+    kill(pid);
+}

@@ -1,0 +1,142 @@
+//! Process, memory and signal state in less common shapes (issue #12): a stopped child with
+//! a stop signal queued on top, zombies and their process groups, locked, sequential,
+//! droppable and huge-page mappings, a private mapping of shared memory, a shared file
+//! mapping made writable later, membarrier registrations, a pending signal 32 (glibc's
+//! timer signal) and a SIGEV_THREAD timer, seccomp filters shared by threads (TSYNC after the
+//! restore), an fd table shared with a grandchild, a thread inside an rseq critical section;
+//! and what must be refused without harm: a pending SIGTRAP, a time namespace made for
+//! children not forked yet. Each test runs one case of integration/progs/procstate.c.
+
+use integration::*;
+
+/// Starts `procstate CASE`, waits until it is set up; returns (pid, its output file, dir).
+fn start(case: &str) -> (i32, std::path::PathBuf, std::path::PathBuf) {
+    let dir = scratch(&format!("procstate-{case}"));
+    let out = dir.join("out");
+    let pid = spawn(
+        &[
+            prog("procstate").to_str().unwrap(),
+            case,
+            out.to_str().unwrap(),
+        ],
+        &dir.join("log"),
+    );
+    wait_ready(&out);
+    (pid, out, dir)
+}
+
+/// Lets the program check itself (SIGUSR1); returns its "ok" lines, failing on any "BAD".
+fn finish(pid: i32, out: &std::path::Path) -> Vec<String> {
+    signal(pid, libc::SIGUSR1);
+    wait_for("the checks", 20, || lines(out).iter().any(|l| l == "done"));
+    let got = lines(out);
+    assert!(
+        got.iter().all(|l| !l.starts_with("BAD")),
+        "{}",
+        got.join("\n")
+    );
+    got.into_iter().filter(|l| l.starts_with("ok")).collect()
+}
+
+/// One dump/restore cycle of a case; returns its "ok" lines.
+fn cycle(case: &str) -> (Vec<String>, std::path::PathBuf) {
+    let (pid, out, dir) = start(case);
+    let _g = KillOnDrop(pid);
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    let ok = finish(pid, &out);
+    for p in tree_pids(&img) {
+        kill(p);
+    }
+    (ok, img)
+}
+
+/// A child stopped by SIGSTOP with another SIGSTOP queued while it was stopped (the dump
+/// must not stop in the middle of its in-task syscalls), and one stopped by SIGTSTP: after
+/// the restore their parent sees them stopped, by the same signals, and once continued
+/// they go on.
+#[test]
+fn stopped_children_keep_their_stop_signal() {
+    assert_eq!(cycle("stopped").0.len(), 4);
+}
+
+/// Unreaped children: one killed by SIGKILL, one leading its own process group, one in a
+/// group whose leader was reaped before the dump. The parent reaps them after the restore
+/// with the same statuses, and they are in the same groups.
+#[test]
+fn zombies_keep_status_and_process_group() {
+    assert_eq!(cycle("zombies").0.len(), 5);
+}
+
+/// mlock()ed and MADV_SEQUENTIAL mappings keep their flags, MAP_DROPPABLE memory comes back
+/// empty (as CRIU), a read-only shared mapping of a file opened read-write can be made
+/// writable, a private mapping of shared anonymous memory still sees the pages it did not
+/// write, huge pages (when the system has free ones) keep their data and page size, and a
+/// membarrier registration is still there.
+#[test]
+fn memory_flags_mappings_and_registrations_survive() {
+    let (ok, _) = cycle("memory");
+    assert!(ok.len() >= 4, "{ok:?}");
+}
+
+/// A thread with signal 32 blocked and pending (what a SIGEV_THREAD timer's helper thread
+/// can have at any moment) gets it after the restore, and the timer keeps ticking.
+#[test]
+fn pending_signal_32_and_sigev_thread_timer() {
+    assert_eq!(cycle("signal32").0.len(), 2);
+}
+
+/// Threads sharing a seccomp filter, and one without any: after the restore the program
+/// adds a filter to all of them at once with SECCOMP_FILTER_FLAG_TSYNC, which the kernel
+/// allows only if their filters are shared, not copies.
+#[test]
+fn seccomp_filters_stay_shared_between_threads() {
+    assert_eq!(cycle("seccomp").0.len(), 3);
+}
+
+/// A process, its child and its grandchild share one fd table (CLONE_FILES): an fd the root
+/// opens after the restore is in the grandchild's table too.
+#[test]
+fn fd_table_shared_with_a_grandchild() {
+    assert_eq!(cycle("files").0.len(), 1);
+}
+
+/// A thread running long rseq critical sections is dumped inside one: it is saved at the
+/// section's abort handler, so it never completes a section whose descriptor the kernel
+/// dropped.
+#[test]
+fn thread_inside_an_rseq_critical_section() {
+    let (ok, img) = cycle("rseq");
+    if ok.is_empty() {
+        eprintln!("SKIP: glibc registers no rseq area here");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "no rseq area");
+        return;
+    }
+    assert_eq!(ok.len(), 2);
+    assert!(
+        log(&img, "dump.log").contains("inside an rseq critical section"),
+        "the thread was expected to be dumped inside its critical section"
+    );
+}
+
+/// A blocked SIGTRAP pending: cryo's in-task syscalls trap with SIGTRAP, so the dump is
+/// refused before anything runs in the task, naming it, and the signal is still pending.
+#[test]
+fn pending_sigtrap_is_refused_and_left_alone() {
+    let (pid, out, dir) = start("sigtrap");
+    let _g = KillOnDrop(pid);
+    let e = dump_fails(pid, &dir.join("img"), &[]);
+    assert!(e.contains("SIGTRAP is pending"), "{e}");
+    assert_eq!(finish(pid, &out).len(), 1);
+}
+
+/// A time namespace made for children (unshare(CLONE_NEWTIME)) before any child is in it
+/// is refused before the seize, as CRIU does; the process goes on.
+#[test]
+fn time_namespace_for_children_is_refused() {
+    let (pid, out, dir) = start("timens");
+    let _g = KillOnDrop(pid);
+    let e = dump_fails(pid, &dir.join("img"), &[]);
+    assert!(e.contains("time namespace"), "{e}");
+    assert_eq!(finish(pid, &out).len(), 1);
+}

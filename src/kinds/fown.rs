@@ -1,0 +1,135 @@
+//! File owners: who gets the SIGIO (or the signal set with `F_SETSIG`) of an open file with
+//! `O_ASYNC` (`F_SETOWN`/`F_SETOWN_EX`), saved in the `fown_entry` every kind of file record
+//! carries, as CRIU does.
+//!
+//! Dump reads the owner from cryo's copy of the fd (the owner belongs to the open file
+//! description, so no syscall runs in the target): its type (thread, process or group), its
+//! id as the tree sees it, the signal, and the real and effective uids it was set with,
+//! which decide whether the signal may be sent. Restore sets the signal and, with those uids
+//! taken for the moment, the owner, once every process of the task's subtree exists (an
+//! owner must exist to be named).
+
+use std::os::fd::BorrowedFd;
+
+use super::error::TaskError;
+use super::RestoreCx;
+use crate::image::pb;
+
+/// The owner of the open file behind cryo's copy `fd`, as a `fown_entry` (ids as the tree
+/// sees them), or None when it has neither owner nor signal.
+pub fn dump(fd: BorrowedFd<'_>) -> std::io::Result<Option<pb::FownEntry>> {
+    let o = match crate::sys::fd::owner(fd) {
+        Ok(o) => o,
+        // An O_PATH fd has no owner (fcntl refuses it).
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if o.pid == 0 && o.sig == 0 {
+        return Ok(None);
+    }
+    Ok(Some(pb::FownEntry {
+        uid: o.uid,
+        euid: o.euid,
+        signum: o.sig as u32,
+        pid_type: o.kind as u32,
+        pid: if o.pid == 0 { 0 } else { ns_pid(o.pid) } as u32,
+    }))
+}
+
+/// `pid` (of cryo's namespace) as its own PID namespace sees it: the last `NSpid` field.
+/// For a process group whose leader is gone, the number itself.
+fn ns_pid(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(pid)
+}
+
+/// The `fown_entry` of a file record, whichever kind it is (None: the kind has none).
+pub fn slot(e: &mut pb::FileEntry) -> Option<&mut pb::FownEntry> {
+    macro_rules! first {
+        ($($f:ident),*) => {
+            $(if let Some(x) = e.$f.as_mut() { return Some(&mut x.fown); })*
+        };
+    }
+    first!(reg, pipe, efd, epfd, sgfd, tfd, ify, ffy, usk, tty, memfd, pidfd, isk, nlsk, psk);
+    None
+}
+
+/// Whether `f` says anything (an owner or a signal).
+pub fn is_set(f: &pb::FownEntry) -> bool {
+    f.pid != 0 || f.signum != 0
+}
+
+/// Gives the puppet's fd `fd` the signal and owner of `f`.
+pub fn restore(cx: &mut RestoreCx<'_>, fd: u32, f: &pb::FownEntry) -> Result<(), TaskError> {
+    let fd = fd as u64;
+    if f.signum != 0 {
+        cx.sys(
+            "fcntl(F_SETSIG)",
+            libc::SYS_fcntl,
+            [
+                fd,
+                crate::sys::fd::F_SETSIG as u64,
+                f.signum as u64,
+                0,
+                0,
+                0,
+            ],
+        )?;
+    }
+    if f.pid == 0 {
+        return Ok(());
+    }
+    // struct f_owner_ex { int type; pid_t pid; }
+    let mut ex = (f.pid_type as i32).to_ne_bytes().to_vec();
+    ex.extend_from_slice(&(f.pid as i32).to_ne_bytes());
+    let at = cx.put(1024, &ex)?;
+    // The owner's uids decide who may be signalled: take them for the call (the puppet is
+    // still root, with a saved uid to come back with).
+    let (ruid, euid, suid) = uids(cx.pid)?;
+    let change = (f.uid, f.euid) != (ruid, euid);
+    if change {
+        cx.sys(
+            "setresuid (file owner)",
+            libc::SYS_setresuid,
+            [f.uid as u64, f.euid as u64, u32::MAX as u64, 0, 0, 0],
+        )?;
+    }
+    let r = cx.sys(
+        "fcntl(F_SETOWN_EX)",
+        libc::SYS_fcntl,
+        [fd, crate::sys::fd::F_SETOWN_EX as u64, at, 0, 0, 0],
+    );
+    if change {
+        cx.sys(
+            "setresuid (back)",
+            libc::SYS_setresuid,
+            [ruid as u64, euid as u64, suid as u64, 0, 0, 0],
+        )?;
+    }
+    r.map(|_| ())
+}
+
+/// The real, effective and saved uids of `pid`.
+fn uids(pid: i32) -> Result<(u32, u32, u32), TaskError> {
+    let text = crate::procfs::read(pid, "status")?;
+    let v: Vec<u32> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    match v[..] {
+        [r, e, s, ..] => Ok((r, e, s)),
+        _ => Err(TaskError::Internal("no Uid line in /proc/PID/status")),
+    }
+}

@@ -1,0 +1,141 @@
+//! Link remaps (`--link-remap`): a file whose opened name was removed but which still has
+//! another name (a hard link elsewhere) cannot be a ghost (that would be a copy, cut off from
+//! its other names), and cannot be reopened by its old path. As CRIU does, the dump gives
+//! it a temporary name beside the old one (`link_remap.ID`, a hard link made from the open
+//! file) saved as a regular-file record, and a LINKED `remap-fpath` entry points the
+//! original record at it. Restore opens that name, so the task gets the very same inode,
+//! and removes it once the restore succeeded (a failed restore keeps it for the next try).
+//!
+//! Without `--link-remap` such a file is refused, as CRIU does. A dump that fails removes
+//! the names it made ([`LinkRemaps`] does on drop unless the dump succeeded).
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use super::error::{task_error_from, TaskError, Unsupported};
+use super::FileTable;
+use crate::image::pb;
+
+/// Why a link remap could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkRemapError {
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+task_error_from!(LinkRemapError);
+
+/// The temporary names one dump made: removed on drop unless [`LinkRemaps::keep`].
+#[derive(Debug, Default)]
+pub struct LinkRemaps {
+    /// `--link-remap` was given.
+    pub enabled: bool,
+    /// (the tree's root, when its mount namespace is not cryo's; the name made there).
+    made: Vec<(Option<i32>, PathBuf)>,
+    kept: bool,
+}
+
+impl LinkRemaps {
+    /// The dump succeeded: the names stay for the restore.
+    pub fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for LinkRemaps {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        for (ns, p) in self.made.drain(..) {
+            let _in = ns.map(|pid| super::ns::InNs::enter(pid, true));
+            if let Err(e) = std::fs::remove_file(&p) {
+                tracing::warn!("cannot remove link remap {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+/// Saves record `reg_id` (fd `fd` of `pid`, a file removed from `path` that still has other
+/// names) as a link remap, or refuses it without `--link-remap`. `mnt_ns_pid`: the tree's
+/// root when its mount namespace is not cryo's (the name is made there).
+pub fn dump(
+    files: &mut FileTable,
+    pid: i32,
+    fd: i32,
+    path: &str,
+    mnt_ns_pid: Option<i32>,
+    reg_id: u32,
+) -> Result<(), LinkRemapError> {
+    let object = format!("fd {fd} ({path} (deleted))");
+    if !files.link_remaps.enabled {
+        return Err(Unsupported::of(
+            pid,
+            object,
+            "the file's name was removed but it has other names (hard links), so it can be neither copied nor reopened by its name",
+            "add --link-remap: cryo then gives it a temporary name beside the old one for the restore",
+        )
+        .into());
+    }
+    let err = |what: String| {
+        move |source| TaskError::Fd {
+            pid,
+            fd,
+            what,
+            source,
+        }
+    };
+    // Opened from cryo's /proc before entering the tree's mount namespace.
+    let file = crate::sys::fd::open(
+        &format!("/proc/{pid}/fd/{fd}"),
+        libc::O_PATH | libc::O_CLOEXEC,
+    )
+    .map_err(err("open the file to link it".into()))?;
+    let lid = files.alloc();
+    let mut dir = Path::new(path)
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    let _in = mnt_ns_pid
+        .map(|p| super::ns::InNs::enter(p, true))
+        .transpose()
+        .map_err(err("enter the tree's mount namespace".into()))?;
+    let at = loop {
+        let at = dir.join(format!("link_remap.{lid}"));
+        match rustix::fs::linkat(
+            file.as_fd(),
+            "",
+            rustix::fs::CWD,
+            &at,
+            rustix::fs::AtFlags::EMPTY_PATH,
+        ) {
+            Ok(()) => break at,
+            // The directory went too: use the nearest one that is left, as CRIU.
+            Err(rustix::io::Errno::NOENT) if dir.parent().is_some() => {
+                dir = dir.parent().expect("checked").to_path_buf();
+            }
+            Err(e) => {
+                return Err(err(format!("link it to {}", at.display()))(e.into()).into());
+            }
+        }
+    };
+    files.link_remaps.made.push((mnt_ns_pid, at.clone()));
+    files.entries.push(pb::FileEntry {
+        r#type: pb::FdTypes::Reg as i32,
+        id: lid,
+        reg: Some(pb::RegFileEntry {
+            id: lid,
+            flags: 0,
+            pos: 0,
+            fown: Default::default(),
+            name: at.to_string_lossy().into_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    files.remaps.push(pb::RemapFilePathEntry {
+        orig_id: reg_id,
+        remap_id: lid,
+        remap_type: Some(pb::RemapType::Linked as i32),
+    });
+    Ok(())
+}
