@@ -147,24 +147,26 @@ fn corrupt_images_are_refused_before_anything_starts() {
 
 #[test]
 fn unsupported_fd_is_refused_and_target_keeps_running() {
-    let dir = scratch("pidfd");
-    // A python3 holding a pidfd (not supported yet) at fd 3.
+    let dir = scratch("uffd");
+    // A python3 holding a userfaultfd (not supported: CRIU refuses it too).
     let log = dir.join("py.log");
     let pid = spawn(
         &[
             "python3",
             "-c",
-            "import os,time; fd=os.pidfd_open(os.getpid()); print(fd, flush=True); time.sleep(1000)",
+            "import ctypes,time; fd=ctypes.CDLL(None, use_errno=True).syscall(323, 0); print(fd, flush=True); time.sleep(1000)",
         ],
         &log,
     );
     let _guard = KillOnDrop(pid);
-    wait_for("python to open its pidfd", 20, || !lines(&log).is_empty());
+    wait_for("python to open its userfaultfd", 20, || {
+        !lines(&log).is_empty()
+    });
     let fd = lines(&log)[0].clone();
     let e = dump_fails(pid, &dir.join("img"), &[]);
     assert!(
-        e.contains(&format!("fd {fd} (anon_inode:[pidfd])"))
-            && e.contains("pidfd is not supported")
+        e.contains(&format!("fd {fd} (anon_inode:[userfaultfd])"))
+            && e.contains("userfaultfd is not supported")
             && e.contains("hint:"),
         "{e}"
     );

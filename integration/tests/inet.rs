@@ -882,19 +882,19 @@ fn half_closed_connections_stay_half_closed() {
 
 /// CRIU 4.2 (`$CRIU`, or /opt/criu42/criu) restores cryo's dump of the echo server with
 /// live connections, and cryo restores CRIU's: the lock each left (cryo's nftables table,
-/// CRIU's iptables chain) is lifted by the other, and every byte comes back. Skipped when
-/// CRIU 4.2 is not there (it is built from source, not packaged).
+/// CRIU's iptables chain) is lifted by the other, and every byte comes back. CRIU 4.2 is
+/// built from source on a developer's machine and never in CI (the project ships no script
+/// that fetches it), so this test is ignored unless asked for: `integration/test.sh` runs
+/// the ignored tests when it finds CRIU (`$CRIU` or /opt/criu42/criu), and libtest counts
+/// them as ignored otherwise, never as passed.
 #[test]
+#[ignore = "needs CRIU 4.2 built from source ($CRIU or /opt/criu42/criu)"]
 fn criu_and_cryo_restore_each_others_tcp_dumps() {
     let criu = std::env::var("CRIU").unwrap_or_else(|_| "/opt/criu42/criu".into());
-    if !Path::new(&criu).exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CRIU 4.2 is missing ({criu})"
-        );
-        eprintln!("SKIP: CRIU 4.2 is not at {criu} (set CRIU=)");
-        return;
-    }
+    assert!(
+        Path::new(&criu).exists(),
+        "CRIU 4.2 is not at {criu} (set CRIU=)"
+    );
     if !need(&["ip", "nft", "nsenter", "iptables"]) {
         return;
     }

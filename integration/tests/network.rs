@@ -46,10 +46,9 @@ fn need(tools: &[&str]) -> bool {
             .output()
             .is_ok_and(|o| o.status.success());
         if !found {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("{t} is missing (integration/setup.sh installs it)");
-            }
-            eprintln!("SKIP: {t} is not installed (integration/setup.sh installs it)");
+            integration::skip(&format!(
+                "{t} is not installed (integration/setup.sh installs it)"
+            ));
             return false;
         }
     }
@@ -288,6 +287,12 @@ fn ping(host: &str, addr: &str) -> bool {
     run(&a).status.success()
 }
 
+/// Whether `addr` answers a ping from `host` within a few tries (a loaded machine can drop
+/// one echo; a locked network drops them all).
+fn answers(host: &str, addr: &str) -> bool {
+    (0..4).any(|_| ping(host, addr))
+}
+
 /// nftables tables in the namespace of `pid` (or a named host).
 fn tables_of(pid: i32) -> String {
     String::from_utf8_lossy(&in_ns(pid, &["nft", "list", "tables"]).stdout).into_owned()
@@ -356,7 +361,10 @@ fn namespace_comes_back_whole_on_another_host() {
     let (a, b) = (hosts.0[0].clone(), hosts.0[1].clone());
     let (pid, out) = start_server(&dir, &a);
     let _g = KillOnDrop(pid);
-    assert!(ping(&a, "10.203.0.2"), "the server answers before the dump");
+    assert!(
+        answers(&a, "10.203.0.2"),
+        "the server answers before the dump"
+    );
     let before = snapshot(pid);
     let img = dir.join("img");
     dump(pid, &img, &[]);
@@ -594,7 +602,10 @@ fn faults_leave_nothing_behind() {
         assert!(!o.status.success(), "{stage}: the fault was not injected");
         assert!(alive(pid), "{stage}: the process died");
         assert!(!tables_of(pid).contains("cryo-"), "{stage}: lock left");
-        assert!(ping(&a, "10.203.0.2"), "{stage}: the network stayed locked");
+        assert!(
+            answers(&a, "10.203.0.2"),
+            "{stage}: the network stayed locked"
+        );
     }
     let img = dir.join("img");
     dump(pid, &img, &[]);
@@ -639,7 +650,7 @@ fn faults_leave_nothing_behind() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let _g2 = KillOnDrop(pid);
     host_side(&b);
-    assert!(ping(&b, "10.203.0.2"));
+    assert!(answers(&b, "10.203.0.2"));
     kill(pid);
 }
 
@@ -693,7 +704,7 @@ fn killed_cryo_lock_is_removed_by_the_next_run() {
         assert!(e.contains(&cryo_pid.to_string()), "{e}");
     }
     assert!(!tables_of(pid).contains("cryo-"), "{}", tables_of(pid));
-    assert!(ping(&a, "10.203.0.2"));
+    assert!(answers(&a, "10.203.0.2"));
     kill(pid);
 }
 
@@ -731,7 +742,7 @@ fn unsupported_link_is_refused_before_the_dump() {
     .iter()
     .find_map(|c| in_ns(pid, c).status.success().then(|| c[3].to_string()));
     let Some(link) = made else {
-        eprintln!("SKIP: this kernel has none of vlan, bond, ipip, vxlan");
+        integration::skip("this kernel has none of vlan, bond, ipip, vxlan");
         return;
     };
     let e = integration::dump_fails(pid, &dir.join("img"), &[]);

@@ -106,16 +106,25 @@ fn fd_table_shared_with_a_grandchild() {
 /// dropped.
 #[test]
 fn thread_inside_an_rseq_critical_section() {
-    let (ok, img) = cycle("rseq");
-    if ok.is_empty() {
-        eprintln!("SKIP: glibc registers no rseq area here");
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "no rseq area");
-        return;
+    // The thread is almost always inside a section; on a loaded machine it may be caught
+    // between two. Every cycle must restore correctly; at least one of five must have caught
+    // it inside (so the abort-handler path is what was tested).
+    let mut inside = 0;
+    for _ in 0..5 {
+        let (ok, img) = cycle("rseq");
+        if ok.is_empty() {
+            integration::skip("glibc registers no rseq area here");
+            return;
+        }
+        assert_eq!(ok.len(), 2);
+        if log(&img, "dump.log").contains("inside an rseq critical section") {
+            inside += 1;
+            break;
+        }
     }
-    assert_eq!(ok.len(), 2);
     assert!(
-        log(&img, "dump.log").contains("inside an rseq critical section"),
-        "the thread was expected to be dumped inside its critical section"
+        inside > 0,
+        "in five dumps the thread was never inside its critical section"
     );
 }
 
