@@ -21,6 +21,10 @@ command -v tar >/dev/null || need+=(tar)   # tmpfs contents are saved with tar, 
 command -v podman >/dev/null || need+=(podman)
 command -v conmon >/dev/null || need+=(conmon)
 command -v zstd >/dev/null || need+=(zstd)   # also tests/inspect.rs: zstd archives (tar --zstd)
+# The LXC test (integration/tests/lxc.rs): lxc-checkpoint runs `criu` from PATH; the busybox
+# template is in lxc-templates.
+command -v lxc-checkpoint >/dev/null || need+=(lxc)
+[ -e /usr/share/lxc/templates/lxc-busybox ] || need+=(lxc-templates)
 # The inet tests (integration/tests/inet.rs): nsenter to start a program in a test
 # namespace, nginx as a real TCP service.
 command -v nsenter >/dev/null || need+=(util-linux)

@@ -39,7 +39,7 @@ failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
 # (grep finds nothing in CI, where nothing may skip: pipefail must not end the script there.)
 skipped=$({ grep -Eo 'SKIP: [^ ]+: ' "$log" || true; } | wc -l)
 grep -E 'SKIP: [^ ]+: ' "$log" | sed 's/.*SKIP: /SKIP: /' || true
-rm -f "$log"
 ignored_n=$(grep -Eo '[0-9]+ ignored;' "$log" | awk '{s += $1} END {print s + 0}')
+rm -f "$log"
 echo "tests: $((passed - skipped)) passed, $failed failed, $skipped skipped, $ignored_n ignored (need CRIU 4.2)"
 exit "$rc"

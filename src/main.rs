@@ -8,34 +8,52 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
 
-use cryo::cli::{Cli, Cmd, Common};
+use clap::CommandFactory;
+
+use cryo::cli::{Cli, Cmd, Invocation, Opts};
 use cryo::image::ImageDir;
 use cryo::{dump, features, restore, show};
 
 fn main() -> ExitCode {
-    let args = cryo::cli::normalize(std::env::args());
-    let cli = match Cli::try_parse_from(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
+    let argv: Vec<String> = std::env::args().collect();
+    let run = match cryo::cli::parse(&argv) {
+        Ok(Invocation::Help(cmd)) => {
+            let mut c = Cli::command();
+            let sub = cmd
+                .as_deref()
+                .and_then(|n| c.find_subcommand_mut(n).cloned());
+            let _ = match sub {
+                Some(mut s) => s.print_long_help(),
+                None => c.print_long_help(),
             };
+            return ExitCode::SUCCESS;
         }
+        Ok(Invocation::Version) => {
+            println!("Version: 4.2\ncryo {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Invocation::Run(r)) => r,
+        Err(e) => return usage_error(&argv, &e.to_string()),
     };
-    if cli.version {
-        println!("Version: 4.2\ncryo {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    let Some(cmd) = run.cli.cmd else {
+        return usage_error(
+            &argv,
+            "a command is needed (dump, restore, show, inspect, diff, check); see cryo --help",
+        );
+    };
+    if let Some(o) = cmd_opts(&cmd) {
+        if let Err(e) = o.check(&run.command) {
+            return usage_error(&argv, &e);
+        }
+        // CRIU's --close: before anything else.
+        for &fd in &o.close {
+            if fd >= 0 && Path::new(&format!("/proc/self/fd/{fd}")).exists() {
+                drop(cryo::sys::fd::adopt(fd));
+            }
+        }
     }
-    let Some(cmd) = cli.cmd else {
-        eprintln!("cryo: a command is needed (dump, restore, show, inspect, diff, check); see cryo --help");
-        return ExitCode::from(1);
-    };
-    match run(cmd) {
+    match run_cmd(cmd, &run.config_files) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -51,6 +69,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command line cryo cannot use: the error on stderr and, as CRIU logs its errors, in the
+/// log file the command line names when it can be made out (zdtm reads it).
+fn usage_error(argv: &[String], msg: &str) -> ExitCode {
+    eprintln!("Error: {msg}");
+    eprintln!("Try -h|--help for more info");
+    if let Some(log) = cryo::cli::log_file_of(argv) {
+        if log
+            .parent()
+            .is_none_or(|d| d.as_os_str().is_empty() || d.is_dir())
+        {
+            let _ = std::fs::write(&log, format!("Error (cryo): {msg}\n"));
+        }
+    }
+    ExitCode::from(1)
+}
+
+/// The options of a command that has them.
+fn cmd_opts(cmd: &Cmd) -> Option<&Opts> {
+    match cmd {
+        Cmd::Dump(o)
+        | Cmd::Restore(o)
+        | Cmd::Check(o)
+        | Cmd::PreDump(o)
+        | Cmd::PageServer(o)
+        | Cmd::LazyPages(o)
+        | Cmd::Service(o)
+        | Cmd::Dedup(o)
+        | Cmd::Exec(o) => Some(o),
+        Cmd::Cpuinfo(c) => Some(&c.opts),
+        Cmd::Show(_)
+        | Cmd::Swrk(_)
+        | Cmd::Inspect(_)
+        | Cmd::Diff(_)
+        | Cmd::Completions(_)
+        | Cmd::Man(_) => None,
+    }
+}
+
 fn hint(e: &anyhow::Error) -> Option<String> {
     if let Some(d) = e.downcast_ref::<dump::DumpError>() {
         return d.hint();
@@ -63,7 +119,6 @@ fn hint(e: &anyhow::Error) -> Option<String> {
     }
     None
 }
-
 /// Writes to stdout; a reader that went away (`| head`) ends cryo quietly, without a panic.
 fn emit(bytes: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -171,7 +226,7 @@ fn man(a: cryo::cli::ManArgs) -> Result<ExitCode> {
 }
 
 /// Resolves a path given relative to the work directory (CRIU's rule for logs and pidfiles).
-fn in_workdir(c: &Common, p: &Path) -> PathBuf {
+fn in_workdir(c: &Opts, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -180,49 +235,68 @@ fn in_workdir(c: &Common, p: &Path) -> PathBuf {
 }
 
 /// The `--action-script` programs.
-fn scripts(c: &Common) -> cryo::notify::ActionScripts {
+fn scripts(c: &Opts) -> cryo::notify::ActionScripts {
     cryo::notify::ActionScripts {
         scripts: c.action_script.clone(),
         images_dir: c.images_dir.clone(),
     }
 }
 
-fn setup(c: &Common, create_dir: bool) -> Result<()> {
-    if let Some((opt, why)) = c.unsupported.first() {
-        bail!("option --{opt} is not supported by cryo yet: {why}");
-    }
+fn setup(c: &Opts, create_dir: bool, config_files: &[PathBuf]) -> Result<()> {
     if create_dir {
         ImageDir::create(&c.images_dir)?;
     }
     let log = c.log_file.as_ref().map(|f| in_workdir(c, f));
     cryo::logging::init(c.verbosity, log.as_deref())
         .with_context(|| format!("cannot open log file {}", log.unwrap_or_default().display()))?;
+    for f in config_files {
+        tracing::debug!("Parsed config file {}", f.display());
+    }
+    // CRIU's words for the options that change what a dump or restore does.
+    if c.skip_in_flight {
+        tracing::info!("Will skip in-flight TCP connections");
+    }
+    if c.tcp_established {
+        tracing::info!("Will dump/restore TCP connections");
+    }
+    if c.tcp_close {
+        tracing::info!("Will drop all TCP connections on restore");
+    }
+    if c.link_remap {
+        tracing::info!("Will allow link remaps on FS");
+    }
+    if let Some(l) = &c.libdir {
+        tracing::debug!("--libdir {}: cryo has no plugins", l.display());
+    }
     Ok(())
 }
 
-fn run(cmd: Cmd) -> Result<ExitCode> {
+fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
     cryo::sys::proc::catch_termination_signals();
     match cmd {
         Cmd::Dump(a) => {
-            setup(&a.common, true)?;
+            setup(&a, true, config_files)?;
+            let Some(pid) = a.tree else {
+                bail!("pid not specified (-t PID)");
+            };
             let opts = dump::DumpOpts {
-                pid: a.tree,
+                pid,
                 leave_running: a.leave_running,
                 shell_job: a.shell_job,
                 ghost_limit: a.ghost_limit,
-                external_mounts: a.common.mounts().map_err(anyhow::Error::msg)?.dump_map(),
-                external_net: a.common.net_externals().map_err(anyhow::Error::msg)?,
-                empty_net: a.common.empty_net().map_err(anyhow::Error::msg)?,
-                freeze_cgroup: a.common.freeze_cgroup.clone(),
-                cgroup_mode: a.common.cgroup_mode().map_err(anyhow::Error::msg)?,
-                file_locks: a.common.file_locks,
-                network_lock: a.common.network_lock().map_err(anyhow::Error::msg)?,
-                sock: a.common.sock_opts(),
-                link_remap: a.common.link_remap,
+                mounts: a.mount_policy().map_err(anyhow::Error::msg)?,
+                external_net: a.net_externals().map_err(anyhow::Error::msg)?,
+                empty_net: a.empty_net().map_err(anyhow::Error::msg)?,
+                freeze_cgroup: a.freeze_cgroup.clone(),
+                cgroup_mode: a.cgroup_mode().map_err(anyhow::Error::msg)?,
+                file_locks: a.file_locks,
+                network_lock: a.network_lock().map_err(anyhow::Error::msg)?,
+                sock: a.sock_opts(),
+                link_remap: a.link_remap,
             };
-            let dir = ImageDir::create(&a.common.images_dir)?;
-            let spin = progress(&format!("dumping {}", a.tree));
-            let mut hooks = scripts(&a.common);
+            let dir = ImageDir::create(&a.images_dir)?;
+            let spin = progress(&format!("dumping {pid}"));
+            let mut hooks = scripts(&a);
             let r = dump::run(&opts, &dir, &mut hooks);
             if let Some(s) = spin {
                 s.finish_and_clear();
@@ -236,9 +310,9 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 r.pages_written,
                 r.remote_syscalls
             );
-            if a.common.json {
+            if a.json {
                 println!("{}", serde_json::to_string(&r)?);
-            } else if a.common.display_stats {
+            } else if a.display_stats {
                 eprintln!(
                     "dumped pid {}: {} pages, frozen {:.1} ms, total {:.1} ms",
                     r.pid,
@@ -250,14 +324,45 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::PreDump(a) => {
-            setup(&a.common, false)?;
+            setup(&a, false, config_files)?;
             bail!(
                 "pre-dump is not supported: it needs soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY), \
                  and incremental dumps are not implemented yet; use `cryo dump`"
             )
         }
+        Cmd::PageServer(a) | Cmd::LazyPages(a) => {
+            setup(&a, false, config_files)?;
+            bail!("the page server and lazy restore are not implemented in cryo yet")
+        }
+        Cmd::Service(a) => {
+            setup(&a, false, config_files)?;
+            bail!("`service` (an RPC daemon on a socket) is not implemented in cryo yet; runtimes use `swrk`, which is")
+        }
+        Cmd::Cpuinfo(c) => {
+            setup(&c.opts, false, config_files)?;
+            bail!(
+                "cpuinfo {}: cryo writes no cpuinfo image; at restore it checks that the saved FPU state fits this CPU",
+                c.action
+            )
+        }
+        Cmd::Exec(a) => {
+            setup(&a, false, config_files)?;
+            bail!("The \"exec\" action is deprecated by the Compel library.")
+        }
+        Cmd::Dedup(a) => {
+            setup(&a, false, config_files)?;
+            // Deduplication works against a parent dump (pre-dumps); cryo makes none.
+            if a.images_dir.join("parent").exists() {
+                bail!("dedup: incremental dumps (a parent images directory) are not implemented in cryo yet");
+            }
+            tracing::info!("dedup: no parent images, nothing to deduplicate");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Restore(a) => {
-            setup(&a.common, false)?;
+            setup(&a, false, config_files)?;
+            if a.tree.is_some() {
+                tracing::warn!("Using -t with criu restore is obsoleted");
+            }
             // --inherit-fd: pipes are handed to the tree; a key without a colon names an
             // external namespace, joined through the fd.
             let (inherit_fd, ns_keys): (Vec<_>, Vec<_>) = a
@@ -265,33 +370,33 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 .map_err(anyhow::Error::msg)?
                 .into_iter()
                 .partition(|(k, _)| k.contains(':'));
-            let mut join = a.common.join().map_err(anyhow::Error::msg)?;
+            let mut join = a.join().map_err(anyhow::Error::msg)?;
             join.by_key.extend(
                 ns_keys
                     .into_iter()
                     .map(|(k, n)| (k, std::path::PathBuf::from(format!("/proc/self/fd/{n}")))),
             );
+            let ext = a.mounts().map_err(anyhow::Error::msg)?;
+            let mut mounts = ext.restore_opts(a.root.clone());
+            mounts.enable_fs = a.enabled_fs();
+            mounts.auto_external = ext.auto;
             let opts = restore::RestoreOpts {
-                detach: a.detached,
-                pidfile: a.common.pidfile.as_ref().map(|p| in_workdir(&a.common, p)),
+                detach: a.restore_detached,
+                pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a, p)),
                 shell_job: a.shell_job,
                 orphan_pts_master: a.orphan_pts_master,
                 sibling: a.restore_sibling,
                 inherit_fd,
-                mounts: a
-                    .common
-                    .mounts()
-                    .map_err(anyhow::Error::msg)?
-                    .restore_opts(a.common.root.clone()),
+                mounts,
                 join,
-                cgroups: a.common.cgroup_opts().map_err(anyhow::Error::msg)?,
-                network_lock: a.common.network_lock().map_err(anyhow::Error::msg)?,
-                links: a.common.links().map_err(anyhow::Error::msg)?,
-                sock: a.common.sock_opts(),
+                cgroups: a.cgroup_opts().map_err(anyhow::Error::msg)?,
+                network_lock: a.network_lock().map_err(anyhow::Error::msg)?,
+                links: a.links().map_err(anyhow::Error::msg)?,
+                sock: a.sock_opts(),
             };
-            let dir = ImageDir::open(&a.common.images_dir)?;
+            let dir = ImageDir::open(&a.images_dir)?;
             let spin = progress("restoring");
-            let mut hooks = scripts(&a.common);
+            let mut hooks = scripts(&a);
             let r = restore::run(&opts, &dir, &mut hooks);
             // Held until cryo exits (the RPC layer is to send them to its client).
             let _masters = cryo::kinds::tty::take_orphan_masters();
@@ -306,9 +411,9 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                 r.pages_restored,
                 r.remote_syscalls
             );
-            if a.common.json {
+            if a.json {
                 println!("{}", serde_json::to_string(&r)?);
-            } else if a.common.display_stats {
+            } else if a.display_stats {
                 eprintln!(
                     "restored pid {}: {} pages in {:.1} ms",
                     r.pid,
@@ -316,7 +421,16 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
                     r.total_us as f64 / 1e3
                 );
             }
-            if !a.detached {
+            if a.exec_cmd {
+                // CRIU's --exec-cmd: the command takes cryo's place as the restored root's
+                // parent.
+                use std::os::unix::process::CommandExt;
+                let err = std::process::Command::new(&a.command[0])
+                    .args(&a.command[1..])
+                    .exec();
+                bail!("Failed to exec command {}: {err}", a.command[0]);
+            }
+            if !a.restore_detached {
                 restore::wait_for(r.pid, a.shell_job);
             }
             Ok(ExitCode::SUCCESS)
@@ -339,7 +453,6 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Inspect(a) => inspect(a),
         Cmd::Diff(a) => diff(a),
         Cmd::Completions(a) => {
-            use clap::CommandFactory;
             let mut buf = Vec::new();
             clap_complete::generate(a.shell, &mut Cli::command(), "cryo", &mut buf);
             emit(&buf)?;
@@ -347,54 +460,73 @@ fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Man(a) => man(a),
         Cmd::Check(a) => {
-            setup(&a.common, false)?;
-            let all = features::probe_all();
-            if let Some(name) = a.feature.as_deref() {
-                if name == "list" {
-                    for f in &all {
-                        println!("{}", f.name);
-                    }
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let Some(f) = all.iter().find(|f| f.name == name) else {
-                    bail!("unknown feature {name}; `cryo check --feature list` lists them");
-                };
-                if a.common.json {
-                    println!("{}", serde_json::to_string(f)?);
-                } else if f.ok {
-                    println!("{name} is supported");
-                } else {
-                    println!("{name} is NOT supported: {}", f.detail);
-                }
-                return Ok(if f.ok {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                });
-            }
-            let bad: Vec<_> = all
-                .iter()
-                .filter(|f| !f.ok && (f.required || a.all))
-                .collect();
-            if a.common.json {
-                println!("{}", serde_json::to_string(&all)?);
-            } else {
-                for f in &bad {
-                    println!("{}: missing: {}", f.name, f.detail);
-                }
-                if bad.is_empty() {
-                    println!("Looks good.");
-                } else if bad.iter().all(|f| !f.required) {
-                    println!("Looks good but some kernel features are missing.");
-                }
-            }
-            Ok(if bad.iter().any(|f| f.required || a.all) {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            setup(&a, false, config_files)?;
+            check(&a)
         }
     }
+}
+
+/// `check`: one feature (`--feature NAME`: "NAME is supported", exit 0, or why not, exit 1),
+/// or every required feature (`--extra`, `--experimental`: the optional ones too), as
+/// CRIU words it.
+fn check(a: &Opts) -> Result<ExitCode> {
+    if let Some(name) = a.feature.as_deref() {
+        if name == "list" {
+            for n in features::CRIU_FEATURES {
+                println!("{n}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let Some(f) = features::probe(name) else {
+            bail!("Unknown feature {name}");
+        };
+        if a.json {
+            println!("{}", serde_json::to_string(&f)?);
+        } else if f.ok {
+            println!("{name} is supported");
+        } else {
+            println!("{name} is NOT supported: {}", f.detail);
+        }
+        return Ok(if f.ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let all = features::probe_all();
+    let bad: Vec<_> = all
+        .iter()
+        .filter(|f| {
+            !f.ok
+                && match f.category {
+                    features::Category::Required => true,
+                    features::Category::Extra => a.extra,
+                    features::Category::Experimental => a.experimental,
+                }
+        })
+        .collect();
+    if a.json {
+        println!("{}", serde_json::to_string(&all)?);
+    } else {
+        for f in &bad {
+            println!("{}: missing: {}", f.name, f.detail);
+        }
+        if bad.is_empty() {
+            println!("Looks good.");
+        } else if bad
+            .iter()
+            .all(|f| f.category != features::Category::Required)
+        {
+            println!("Looks good but some kernel features are missing\nwhich, depending on your process tree, may cause\ndump or restore failure.");
+        } else {
+            println!("Does not look good.");
+        }
+    }
+    Ok(if bad.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// A progress bar on stderr while a dump or restore runs, only when stderr is a terminal:

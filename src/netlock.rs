@@ -410,6 +410,7 @@ impl NetLock {
         let rec = serde_json::json!({
             "cryo": me,
             "start": start_time(crate::sys::proc::own_pid()),
+            "pidns": own_pid_ns(),
             "method": self.method.name(),
             "name": self.name,
             "ino": ino,
@@ -604,7 +605,14 @@ fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Removes the locks recorded by cryo processes that are gone, saying so.
+/// The inode of cryo's PID namespace: a record's `cryo` PID means something only there.
+fn own_pid_ns() -> Option<u64> {
+    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
+/// Removes the locks recorded by cryo processes that are gone, saying so. A record made by a
+/// cryo in another PID namespace (a test suite running cryo in a container) is left alone:
+/// its PID cannot be checked from here.
 pub fn cleanup_stale() {
     let Ok(dir) = std::fs::read_dir(RECORDS) else {
         return;
@@ -617,6 +625,12 @@ pub fn cleanup_stale() {
         else {
             continue;
         };
+        if rec["pidns"]
+            .as_u64()
+            .is_some_and(|ns| Some(ns) != own_pid_ns())
+        {
+            continue;
+        }
         let cryo = rec["cryo"]
             .as_i64()
             .and_then(|p| i32::try_from(p).ok())

@@ -468,6 +468,7 @@ pub fn run_input(w: &mut Workdir, input: &Input) -> Result<(), Violation> {
         mounts: cryo::kinds::mounts::MountOpts {
             root: Some(w.root.clone()),
             external: HashMap::from([("key".to_string(), w.root.join("etc"))]),
+            ..Default::default()
         },
         cgroups: cryo::kinds::cgroup::CgOpts {
             mode: cryo::kinds::cgroup::Mode::None,

@@ -155,6 +155,55 @@ fn version_features_check_and_refusals() {
     assert!(msg.contains("lazy_pages"), "{msg}");
 }
 
+/// runc passes `config_file` (`/etc/criu/runc.conf`, or the container's `org.criu.config`
+/// annotation) on every request; CRIU reads it after the request's options, which it
+/// overrides: here `leave-running` keeps the dumped process alive and `log-file` moves the
+/// log. A configuration file that does not exist is skipped, as CRIU skips it.
+#[test]
+fn config_file_overrides_rpc_options() {
+    let dir = scratch("rpc-conf");
+    let pid = spawn(&["/bin/sleep", "1000"], &dir.join("log"));
+    let _g = KillOnDrop(pid);
+    wait_for("sleep", 10, || {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p.ends_with("sleep"))
+    });
+    let conf = dir.join("runc.conf");
+    std::fs::write(
+        &conf,
+        "# as a container annotation would name it\nleave-running\nlog-file from-conf.log\n",
+    )
+    .unwrap();
+    let img = dir.join("img");
+    let d = dir_fd(&img);
+    let opts = pb::CriuOpts {
+        images_dir_fd: d.as_raw_fd(),
+        pid: Some(pid),
+        log_level: Some(4),
+        log_file: Some("dump.log".into()),
+        // runc sets it for a container with connections: none here.
+        tcp_established: Some(true),
+        config_file: Some(conf.to_string_lossy().into()),
+        ..Default::default()
+    };
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(opts.clone())), None);
+    assert!(ok && r.success, "{:?}", r.cr_errmsg);
+    assert!(alive(pid), "leave-running from the configuration file");
+    assert!(img.join("from-conf.log").exists());
+    assert!(!img.join("dump.log").exists());
+    // A configuration file that is not there changes nothing.
+    let img2 = dir.join("img2");
+    let d2 = dir_fd(&img2);
+    let opts = pb::CriuOpts {
+        images_dir_fd: d2.as_raw_fd(),
+        leave_running: Some(true),
+        config_file: Some("/etc/criu/cryo-no-such-runc.conf".into()),
+        ..opts
+    };
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(opts)), None);
+    assert!(ok && r.success, "{:?}", r.cr_errmsg);
+    assert!(img2.join("dump.log").exists());
+}
+
 /// DUMP and RESTORE of a counter through RPC, with notifications: the dump sends pre-dump
 /// and post-dump, the restore pre-restore, setup-namespaces and post-restore (with the
 /// restored pid), post-setup-namespaces, pre-resume and post-resume; the counter goes on. A caller that refuses post-dump makes the dump

@@ -102,6 +102,13 @@ fn failed_dump_or_restore_of_threads_harms_nothing() {
     let dir = scratch("threadfault");
     let (pid, out) = start(&dir);
     let _guard = KillOnDrop(pid);
+    // The main thread shows SIGUSR1 unblocked only inside sigwait(), which it enters just
+    // after writing "ready": compare from there.
+    wait_for("the main thread in sigwait", 10, || {
+        threads_state(pid)
+            .first()
+            .is_some_and(|t| t.2 == "SigBlk:\t0000000000000000")
+    });
     let before = threads_state(pid);
     for stage in ["parasite", "memory"] {
         let o = cryo_env(
@@ -115,11 +122,10 @@ fn failed_dump_or_restore_of_threads_harms_nothing() {
             &[("CRYO_FAULT_INJECT", stage)],
         );
         assert!(!o.status.success());
-        assert_eq!(
-            threads_state(pid),
-            before,
-            "stage {stage} changed the threads"
-        );
+        // (Back in its sigwait once it runs again.)
+        wait_for(&format!("the threads as before stage {stage}"), 10, || {
+            threads_state(pid) == before
+        });
     }
     let c1 = counters(&out, pid, 1);
     std::thread::sleep(Duration::from_millis(100));

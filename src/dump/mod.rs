@@ -25,9 +25,10 @@ pub struct DumpOpts {
     pub shell_job: bool,
     /// Largest deleted-but-open file saved as a ghost file (bytes).
     pub ghost_limit: u64,
-    /// Mounts not to save but to re-bind at restore: mount point (as the tree sees it) →
-    /// the key the restore gives a host path for (`--external mnt[PATH]:KEY`).
-    pub external_mounts: std::collections::HashMap<String, String>,
+    /// What to do with the tree's mounts: externals (`--external mnt[PATH]:KEY`, mount point
+    /// as the tree sees it → the key the restore gives a host path for), auto-detected
+    /// externals, `--enable-fs`, `--skip-mnt`, external sharing and masters.
+    pub mounts: kinds::mounts::MountPolicy,
     /// Network namespaces (by inode) saved as external, with the caller's key
     /// (`--external net[INO]:KEY`).
     pub external_net: std::collections::HashMap<u64, String>,
@@ -639,7 +640,7 @@ fn check_mnt_ns(
             .into());
         }
     }
-    Ok(kinds::mounts::plan(root, &opts.external_mounts).map(Some)?)
+    Ok(kinds::mounts::plan(root, &opts.mounts).map(Some)?)
 }
 
 /// The inode of `pid`'s `kind` namespace (None once it exits).

@@ -1207,11 +1207,29 @@ impl Drop for CgRestore {
     }
 }
 
+/// Files that hold memberships (restored by moving tasks) or that would run or grant
+/// something outside the tree: a property of that name in an image is skipped.
+const NEVER_WRITTEN: &[&str] = &[
+    "cgroup.threads",
+    "release_agent",
+    "cgroup.kill",
+    "devices.allow",
+    "devices.deny",
+];
+
 /// Writes a saved property back (v2 `cgroup.subtree_control` as `+ctl` words; v1
 /// `devices.list` as `devices.deny` "a" then one `devices.allow` write per line, as CRIU)
 /// and gives its file the saved mode and owner. Only the limits cryo always saved must
 /// succeed; any other is a warning when the kernel refuses it.
 fn set_prop(dir: &Path, p: &pb::CgroupPropEntry) -> Result<(), CgroupError> {
+    if NEVER_WRITTEN.contains(&p.name.as_str()) {
+        tracing::warn!(
+            "cgroup {}: property {} is not restored from an image (ignored)",
+            dir.display(),
+            p.name
+        );
+        return Ok(());
+    }
     // A property is a file of this very directory (`pids.max`, `notify_on_release`, ...).
     if p.name.is_empty()
         || p.name.contains('/')
@@ -1241,6 +1259,27 @@ fn set_value(dir: &Path, p: &pb::CgroupPropEntry) -> Result<(), CgroupError> {
     if p.name == "cgroup.subtree_control" {
         for c in p.value.split_whitespace() {
             write_file(&path, "enable controller in", &format!("+{c}"))?;
+        }
+        return Ok(());
+    }
+    if p.name == "devices.list" {
+        let now = match std::fs::read_to_string(&path) {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(
+                    "cgroup {}: no devices.list, devices not restored",
+                    dir.display()
+                );
+                return Ok(());
+            }
+            Err(source) => return Err(CgroupError::Read { path, source }),
+        };
+        if now.trim() == p.value.trim() {
+            return Ok(());
+        }
+        write_file(&dir.join("devices.deny"), "set", "a")?;
+        for line in p.value.lines().filter(|l| !l.trim().is_empty()) {
+            write_file(&dir.join("devices.allow"), "set", line.trim())?;
         }
         return Ok(());
     }

@@ -613,11 +613,21 @@ pub struct FdObjects {
     pub held: std::collections::HashSet<u32>,
 }
 
-/// Is `key` an inherit-fd key cryo can honour (`pipe:[INO]`)?
+/// Is `key` an inherit-fd key cryo looks up (`pipe:[INO]`, `tty[RDEV:DEV]`)? Other keys
+/// are accepted and match nothing, as in CRIU.
 pub fn inherit_key_supported(key: &str) -> bool {
-    key.strip_prefix("pipe:[")
+    let pipe = key
+        .strip_prefix("pipe:[")
         .and_then(|r| r.strip_suffix(']'))
-        .is_some_and(|n| n.parse::<u32>().is_ok())
+        .is_some_and(|n| n.parse::<u32>().is_ok());
+    let tty = key
+        .strip_prefix("tty[")
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|r| r.split_once(':'))
+        .is_some_and(|(a, b)| {
+            u64::from_str_radix(a, 16).is_ok() && u64::from_str_radix(b, 16).is_ok()
+        });
+    pipe || tty
 }
 
 impl FdObjects {
@@ -625,10 +635,9 @@ impl FdObjects {
     pub fn inherit(&mut self, list: &[(String, i32)]) -> Result<(), TaskError> {
         for (key, fd) in list {
             if !inherit_key_supported(key) {
-                return Err(Unsupported::restore(format!(
-                    "inherit-fd key '{key}': cryo can replace pipes only (pipe:[INODE])"
-                ))
-                .into());
+                tracing::warn!(
+                    "inherit-fd key '{key}': cryo replaces pipes (pipe:[INODE]) and terminals (tty[RDEV:DEV]); nothing else is looked up"
+                );
             }
             let dup = crate::sys::fd::dup_raw(*fd).map_err(|source| TaskError::Object {
                 id: 0,

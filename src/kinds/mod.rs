@@ -32,6 +32,7 @@ pub mod nsfile;
 pub mod packet_sk;
 pub mod pidfd;
 pub mod pipes;
+pub mod propagation;
 pub mod regs;
 pub mod rlimits;
 pub mod rseq;

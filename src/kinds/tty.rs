@@ -319,6 +319,22 @@ impl FdKind for Tty {
             return Err(TaskError::Internal("/dev/tty is opened in the puppet").into());
         }
         let objs_ = &mut *objs;
+        // A terminal the caller hands in (`--inherit-fd fd[N]:tty[RDEV:DEV]`, CRIU's key of a
+        // terminal saved as external, such as a container's console): every fd that was
+        // that terminal gets the caller's.
+        objs_.tty.load(&objs_.dir)?;
+        if let Some(info) = objs_.tty.infos.get(&tfe.tty_info_id) {
+            let key = format!("tty[{:x}:{:x}]", info.rdev, info.dev.unwrap_or(0));
+            if let Some(fd) = objs_.inherited.get(&key) {
+                let fd = fd.try_clone().map_err(|source| TaskError::Object {
+                    id: e.id,
+                    what: format!("dup of the inherited {key}"),
+                    source,
+                })?;
+                set_fl(fd.as_fd(), tfe.flags, e.id)?;
+                return Ok(fd);
+            }
+        }
         objs_.tty.ensure(&objs_.dir, &objs_.files, index)?;
         let pair = &objs_.tty.pairs[&index];
         let err = |what: String| {

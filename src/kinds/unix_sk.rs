@@ -927,7 +927,9 @@ fn full_path(s: &pb::UnixSkEntry) -> Option<PathBuf> {
     if s.name.first().is_none_or(|&c| c == 0) {
         return None;
     }
-    let name = Path::new(std::ffi::OsStr::from_bytes(&s.name));
+    // A path name ends at its first NUL (CRIU's images may keep the terminating one).
+    let name = s.name.split(|&c| c == 0).next().unwrap_or(&[]);
+    let name = Path::new(std::ffi::OsStr::from_bytes(name));
     Some(match (&s.name_dir, name.is_absolute()) {
         (Some(d), false) => Path::new(d).join(name),
         _ => name.to_path_buf(),

@@ -1063,12 +1063,16 @@ pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
     let objs = kinds::files::FdObjects::new(dir, &files, &tasks)?;
     // As `shape` decides for the root: a mount namespace other than cryo's is rebuilt.
     let root = &tasks[0];
-    let mounts =
-        if root.ids.mnt_ns_id.is_some() && root.ids.mnt_ns_id != kinds::ns::own_ns_id("mnt") {
-            kinds::mounts::check(dir, root, &opts.mounts)?
-        } else {
-            None
-        };
+    let dumper_mnt = dir
+        .read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
+        .root_ids
+        .and_then(|r| r.mnt_ns_id)
+        .or_else(|| kinds::ns::own_ns_id("mnt"));
+    let mounts = if root.ids.mnt_ns_id.is_some() && root.ids.mnt_ns_id != dumper_mnt {
+        kinds::mounts::check(dir, root, &opts.mounts)?
+    } else {
+        None
+    };
     Ok(Plan {
         tasks,
         files,

@@ -29,6 +29,8 @@ use crate::notify::{ActionScripts, Chain, NoHooks, Notifier, NotifyError};
 use crate::sys::net;
 use crate::{dump, features, kinds, restore};
 
+pub mod config;
+
 /// The CRIU version cryo answers VERSION with (runc needs at least 3.0.0; 3.17.1 or higher
 /// keeps every runtime's feature gates open).
 const VERSION: (i32, i32, i32) = (4, 2, 0);
@@ -233,6 +235,9 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
             "unix_sk_ino (external unix sockets by inode are not supported; ext_unix_sk is)".into(),
         );
     }
+    // tcp_established, tcp_skip_in_flight, tcp_close, ext_unix_sk (sock_opts) and
+    // link_remap are honoured; evasive_devices and force_irmap tune nothing cryo does:
+    // accepted, as on the command line.
     if on(o.track_mem) || o.parent_img.is_some() || on(o.auto_dedup) {
         bad.push("track_mem/parent_img/auto_dedup (incremental dumps need soft-dirty, which this kernel lacks)".into());
     }
@@ -248,13 +253,6 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     for i in &o.inherit_fd {
         if !restore {
             bad.push(format!("inherit_fd {} (a restore option)", i.key));
-        } else if i.key.contains(':') && !crate::kinds::files::inherit_key_supported(&i.key) {
-            // Keys with a colon name files (CRIU's tty[..]:, socket:[..], ...); cryo takes
-            // pipes, and names without one as external namespaces (extRootNetNS).
-            bad.push(format!(
-                "inherit_fd {} (cryo replaces pipes, pipe:[INODE], and joins external namespaces by key)",
-                i.key
-            ));
         }
     }
     for j in &o.join_ns {
@@ -297,33 +295,44 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
 }
 
 /// The mount pairs of `ext_mnt` (`{key, val}`) and of `external` strings `mnt[A]:B`: at
-/// DUMP (container mount point, name), at RESTORE (name, host path). Any other `external`
-/// kind is an error naming it.
+/// DUMP (container mount point, name), at RESTORE (name, host path). Other `external` kinds
+/// cryo cannot honour are an error naming them; kinds it does not look up (`console:...`)
+/// are kept, as CRIU keeps them.
 fn mount_pairs(o: &pb::CriuOpts) -> Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = o
         .ext_mnt
         .iter()
         .map(|m| (m.key.clone(), m.val.clone()))
         .collect();
-    for e in o.external.iter().filter(|e| {
-        !["net[", "veth[", "macvlan["]
-            .iter()
-            .any(|k| e.starts_with(k))
-    }) {
-        match e
-            .strip_prefix("mnt[")
-            .and_then(|r| r.split_once("]:"))
-            .filter(|(a, b)| !a.is_empty() && !b.is_empty())
-        {
-            Some((a, b)) => out.push((a.to_string(), b.to_string())),
-            None => {
-                return Err(format!(
-                    "external {e} (cryo supports mounts, mnt[A]:B, network namespaces, net[INODE]:KEY, and links, veth[IN]:OUT and macvlan[IN]:HOSTLINK, as external resources)"
-                ))
-            }
+    for e in &o.external {
+        match crate::cli::External::parse(e).map_err(|m| format!("external {e}: {m}"))? {
+            crate::cli::External::Mount(a, b) => out.push((a, b)),
+            crate::cli::External::Refused(why) => return Err(format!("external {e} ({why})")),
+            _ => {}
         }
     }
     Ok(out)
+}
+
+/// `auto_ext_mnt`, or `external` `mnt[]`: auto-detected external mounts.
+fn auto_ext_mounts(o: &pb::CriuOpts) -> bool {
+    o.auto_ext_mnt == Some(true)
+        || o.external.iter().any(|e| {
+            matches!(
+                crate::cli::External::parse(e),
+                Ok(crate::cli::External::MountAuto(_))
+            )
+        })
+}
+
+/// `enable_fs` values, split at commas.
+fn enable_fs(o: &pb::CriuOpts) -> Vec<String> {
+    o.enable_fs
+        .iter()
+        .flat_map(|v| v.split(','))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// The network namespaces of `external` `net[INODE]:KEY` (runc sends
@@ -411,13 +420,19 @@ fn cgroup_mode(o: &pb::CriuOpts) -> Result<kinds::cgroup::Mode, String> {
 }
 
 /// Opens the images directory and the log for a DUMP or RESTORE request; returns the images
-/// directory, its path and the work directory's (`work_dir_fd`, else the images directory).
+/// directory, its path and the work directory's. Images: the request's `config_file`
+/// `images-dir`, else `images_dir_fd`, else `images_dir`. Work: the `config_file`
+/// `work-dir`, else `work_dir_fd`, else a default configuration file's `work-dir`, else the
+/// images directory (CRIU's order).
 fn setup(
-    o: &pb::CriuOpts,
+    l: &config::Layered,
     peer: i32,
     create: bool,
 ) -> Result<(ImageDir, PathBuf, PathBuf), String> {
-    let images = if o.images_dir_fd >= 0 {
+    let o = &l.opts;
+    let images = if let Some(d) = &l.images_dir_from_rpc_conf {
+        d.clone()
+    } else if o.images_dir_fd >= 0 {
         caller_path(peer, o.images_dir_fd)
     } else if let Some(d) = &o.images_dir {
         PathBuf::from(d)
@@ -430,12 +445,14 @@ fn setup(
         ImageDir::open(&images)
     }
     .map_err(|e| e.to_string())?;
-    let work = o
-        .work_dir_fd
-        .map(|n| caller_path(peer, n))
-        .unwrap_or_else(|| images.clone());
+    let work = match (&l.work_dir, l.work_dir_from_rpc_conf, o.work_dir_fd) {
+        (Some(w), true, _) => w.clone(),
+        (_, _, Some(n)) => caller_path(peer, n),
+        (Some(w), false, None) => w.clone(),
+        (None, _, None) => images.clone(),
+    };
     if let Some(f) = &o.log_file {
-        if f.contains('/') {
+        if l.log_file_from_request && f.contains('/') {
             return Err(format!(
                 "log_file {f:?} must be a plain name in the work directory"
             ));
@@ -445,6 +462,9 @@ fn setup(
             crate::num::c_uint(o.log_level.unwrap_or(2).max(0)),
             Some(&work.join(f)),
         );
+    }
+    for f in &l.files {
+        tracing::debug!("Parsed config file {}", f.display());
     }
     Ok((dir, images, work))
 }
@@ -466,9 +486,10 @@ fn copy_stats(images: &std::path::Path, work: &std::path::Path, name: &str) {
 }
 
 /// The notifiers of a request: the caller's NOTIFY round trips if it asked for them, then
-/// the action scripts named in the environment's `CRYO_ACTION_SCRIPTS` (colon-separated;
-/// CRIU runs both in RPC mode, its scripts coming from a config file cryo does not read).
-fn hooks<'a>(o: &pb::CriuOpts, sk: BorrowedFd<'a>, images: PathBuf) -> Box<dyn Notifier + 'a> {
+/// the configuration files' `action-script`s and those named in the environment's
+/// `CRYO_ACTION_SCRIPTS` (colon-separated): CRIU runs both in RPC mode.
+fn hooks<'a>(l: &config::Layered, sk: BorrowedFd<'a>, images: PathBuf) -> Box<dyn Notifier + 'a> {
+    let o = &l.opts;
     let mut chain: Vec<Box<dyn Notifier + 'a>> = Vec::new();
     if o.notify_scripts == Some(true) {
         chain.push(Box::new(RpcNotifier {
@@ -476,9 +497,12 @@ fn hooks<'a>(o: &pb::CriuOpts, sk: BorrowedFd<'a>, images: PathBuf) -> Box<dyn N
             orphan_pts_master: o.orphan_pts_master == Some(true),
         }));
     }
-    let scripts: Vec<PathBuf> = std::env::var_os("CRYO_ACTION_SCRIPTS")
-        .map(|v| std::env::split_paths(&v).collect())
-        .unwrap_or_default();
+    let mut scripts: Vec<PathBuf> = l.action_scripts.clone();
+    scripts.extend(
+        std::env::var_os("CRYO_ACTION_SCRIPTS")
+            .map(|v| std::env::split_paths(&v).collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
     if !scripts.is_empty() {
         chain.push(Box::new(ActionScripts {
             scripts,
@@ -493,9 +517,10 @@ fn hooks<'a>(o: &pb::CriuOpts, sk: BorrowedFd<'a>, images: PathBuf) -> Box<dyn N
 }
 
 fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuResp, String> {
-    let o = req.opts.clone().ok_or("DUMP without options")?;
+    let l = config::layer(req.opts.as_ref().ok_or("DUMP without options")?)?;
+    let o = l.opts.clone();
     refuse_unsupported(&o, false)?;
-    let (dir, images, work) = setup(&o, peer, true)?;
+    let (dir, images, work) = setup(&l, peer, true)?;
     let opts = dump::DumpOpts {
         // CRIU dumps the caller itself when no pid is given; cryo cannot freeze its caller.
         pid: o
@@ -506,7 +531,14 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         ghost_limit: o.ghost_limit.map(u64::from).unwrap_or(1 << 20),
         // Container mount point → name (runc also lists device paths that match no mount:
         // those are ignored, as CRIU does).
-        external_mounts: mount_pairs(&o)?.into_iter().collect(),
+        mounts: kinds::mounts::MountPolicy {
+            external: mount_pairs(&o)?.into_iter().collect(),
+            auto_external: auto_ext_mounts(&o),
+            enable_fs: enable_fs(&o),
+            skip: o.skip_mnt.clone(),
+            external_sharing: o.ext_sharing == Some(true),
+            external_masters: o.ext_masters == Some(true),
+        },
         external_net: net_externals(&o)?,
         // runc always asks: the container's netns is recreated empty (CRIU saves no links,
         // addresses or routes then either).
@@ -519,7 +551,7 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         sock: sock_opts(&o),
         link_remap: o.link_remap == Some(true),
     };
-    let mut n = hooks(&o, sk, images.clone());
+    let mut n = hooks(&l, sk, images.clone());
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
     copy_stats(&images, &work, "stats-dump");
     signal_status_fd(&o, peer);
@@ -538,9 +570,10 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
 }
 
 fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuResp, String> {
-    let o = req.opts.clone().ok_or("RESTORE without options")?;
+    let l = config::layer(req.opts.as_ref().ok_or("RESTORE without options")?)?;
+    let o = l.opts.clone();
     refuse_unsupported(&o, true)?;
-    let (dir, images, work) = setup(&o, peer, false)?;
+    let (dir, images, work) = setup(&l, peer, false)?;
     // RPC restores always detach (CRIU forces it): the caller, not cryo, is the parent.
     let opts = restore::RestoreOpts {
         detach: true,
@@ -563,6 +596,8 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
                 .into_iter()
                 .map(|(k, v)| (k, PathBuf::from(v)))
                 .collect(),
+            enable_fs: enable_fs(&o),
+            auto_external: auto_ext_mounts(&o),
         },
         cgroups: kinds::cgroup::CgOpts {
             mode: cgroup_mode(&o)?,
@@ -576,7 +611,7 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
         links: link_opts(&o)?,
         sock: sock_opts(&o),
     };
-    let mut n = hooks(&o, sk, images.clone());
+    let mut n = hooks(&l, sk, images.clone());
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
     copy_stats(&images, &work, "stats-restore");
     signal_status_fd(&o, peer);

@@ -31,3 +31,52 @@ pub fn detached(fstype: &str, options: &[FsOption<'_>]) -> io::Result<OwnedFd> {
         MountAttrFlags::empty(),
     )?)
 }
+
+/// The propagation `mount_setattr(2)` can set on a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    Shared,
+    Slave,
+    Private,
+}
+
+/// `mount_setattr(fd, "", AT_EMPTY_PATH, {propagation})`: sets the propagation of the mount
+/// whose root `fd` holds (an O_PATH fd is enough), without a path (Linux 5.12+).
+pub fn set_propagation(fd: std::os::fd::BorrowedFd<'_>, p: Propagation) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    /// `struct mount_attr` (linux/mount.h, MOUNT_ATTR_SIZE_VER0).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let propagation = match p {
+        Propagation::Shared => libc::MS_SHARED,
+        Propagation::Slave => libc::MS_SLAVE,
+        Propagation::Private => libc::MS_PRIVATE,
+    };
+    let attr = MountAttr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation,
+        userns_fd: 0,
+    };
+    // SAFETY: `fd` is a valid fd for the call, the path is a NUL-terminated empty string,
+    // and `attr` is a live `struct mount_attr` of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -37,6 +37,13 @@ pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> Result<i32, Sp
     let mut args = CloneArgs::process(flags, if sibling { 0 } else { libc::SIGCHLD });
     args.set_tid = &tid as *const i32 as u64;
     args.set_tid_size = 1;
+    // The parent the child must have (cryo, or cryo's parent with CLONE_PARENT); if it has
+    // another, cryo died meanwhile. (Not "PID 1": cryo may itself be PID 1 of a namespace.)
+    let parent = if sibling {
+        rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
+    } else {
+        own_pid()
+    };
     // SAFETY: clone3 without CLONE_VM behaves like fork; args is valid for the call.
     let r = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, CLONE_ARGS_SIZE) };
     if r == 0 {
@@ -55,7 +62,7 @@ pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> Result<i32, Sp
                 8,
             );
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if !new_pid_ns && libc::getppid() == 1 {
+            if !new_pid_ns && libc::getppid() != parent {
                 libc::_exit(1);
             }
             if sibling {
