@@ -92,9 +92,9 @@ impl FdKind for TimerFd {
         let err = |what: &str| obj_err(e.id, format!("timerfd: {what}"));
         let fd = sysfd::timerfd_create(crate::num::c_int(t.clockid), libc::TFD_CLOEXEC)
             .map_err(err(&format!("timerfd_create (clock {})", t.clockid)))?;
-        if t.vsec != 0 || t.vnsec != 0 {
+        if let Some(value) = arm_value(t) {
             // Relative: the saved value is the time that was left.
-            sysfd::timerfd_settime(fd.as_fd(), 0, (t.vsec, t.vnsec), (t.isec, t.insec))
+            sysfd::timerfd_settime(fd.as_fd(), 0, value, (t.isec, t.insec))
                 .map_err(err("timerfd_settime"))?;
         }
         if t.ticks != 0 {
@@ -105,8 +105,41 @@ impl FdKind for TimerFd {
     }
 }
 
+/// The value a restored timer is armed with (None: left disarmed): the time that was left.
+/// A periodic timer that had expired without being read shows 0 left in fdinfo (the kernel
+/// moves it on only when it is read); it is armed one interval away, or a value of 0 would
+/// disarm it for good.
+fn arm_value(t: &pb::TimerfdEntry) -> Option<(u64, u64)> {
+    if t.vsec != 0 || t.vnsec != 0 {
+        Some((t.vsec, t.vnsec))
+    } else if t.isec != 0 || t.insec != 0 {
+        Some((t.isec, t.insec))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use crate::image::pb;
+
+    #[test]
+    fn an_expired_periodic_timer_is_armed_one_interval_away() {
+        let t = |vsec, vnsec, isec, insec| pb::TimerfdEntry {
+            vsec,
+            vnsec,
+            isec,
+            insec,
+            ..Default::default()
+        };
+        assert_eq!(super::arm_value(&t(0, 48, 0, 50)), Some((0, 48)));
+        assert_eq!(
+            super::arm_value(&t(0, 0, 0, 50_000_000)),
+            Some((0, 50_000_000))
+        );
+        assert_eq!(super::arm_value(&t(0, 0, 0, 0)), None);
+    }
+
     #[test]
     fn parses_fdinfo_pairs() {
         assert_eq!(super::pair(" (1, 999884)"), Some((1, 999884)));
