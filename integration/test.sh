@@ -31,15 +31,15 @@ cargo test --profile fuzz -p cryo-fuzz 2>&1 | tee -a "$log"
 rc_fuzz=${PIPESTATUS[0]}
 [ "$rc" = 0 ] && rc=$rc_fuzz
 set -e
-passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
-failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
+passed=$(grep -aEo '^test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -aEo '[0-9]+ failed;' "$log" | awk '{s += $1} END {print s + 0}')
 # A test that cannot run here (a missing tool: integration::skip) prints "SKIP: <test>: <why>"
 # and returns, which libtest counts as passed: count it as skipped instead (in CI, CI=true,
 # such a test fails rather than skips).
 # (grep finds nothing in CI, where nothing may skip: pipefail must not end the script there.)
-skipped=$({ grep -Eo 'SKIP: [^ ]+: ' "$log" || true; } | wc -l)
-grep -E 'SKIP: [^ ]+: ' "$log" | sed 's/.*SKIP: /SKIP: /' || true
-ignored_n=$(grep -Eo '[0-9]+ ignored;' "$log" | awk '{s += $1} END {print s + 0}')
+skipped=$({ grep -aEo 'SKIP: [^ ]+: ' "$log" || true; } | wc -l)
+grep -aE 'SKIP: [^ ]+: ' "$log" | sed 's/.*SKIP: /SKIP: /' || true
+ignored_n=$(grep -aEo '[0-9]+ ignored;' "$log" | awk '{s += $1} END {print s + 0}')
 rm -f "$log"
 echo "tests: $((passed - skipped)) passed, $failed failed, $skipped skipped, $ignored_n ignored (need CRIU 4.2)"
 exit "$rc"
