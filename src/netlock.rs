@@ -195,7 +195,11 @@ struct Locked {
     ino: u64,
     /// The whole namespace, or only connections.
     whole: bool,
-    record: PathBuf,
+    /// A lock of this name was there already (a restore in the namespace its dump locked):
+    /// it is the dump's, removed on success (`unlock_now`) but left on failure (`Drop`) for
+    /// the next attempt.
+    adopted: bool,
+    record: Option<PathBuf>,
 }
 
 /// The locks one cryo run holds; everything is removed by [`NetLock::unlock_now`] or on drop,
@@ -303,8 +307,19 @@ impl NetLock {
         if self.holds_whole(ino) {
             return Ok(());
         }
-        let record = self.record(ino, hint, true);
         let t = self.name.clone();
+        if self.exists(&ns, ino) {
+            tracing::info!(table = %t, ns = ino, "the dump's network lock is there: kept until the restore succeeds");
+            self.locked.push(Locked {
+                ns,
+                ino,
+                whole: true,
+                adopted: true,
+                record: None,
+            });
+            return Ok(());
+        }
+        let record = self.record(ino, hint, true);
         let r = match self.method {
             Method::Nftables => in_ns(&ns, || nfnl::lock_whole(&t))
                 .and_then(|r| r)
@@ -322,7 +337,7 @@ impl NetLock {
         tracing::info!(
             table = %self.name,
             ns = ino,
-            "network namespace locked ({})",
+            "network locked ({}): the whole namespace",
             self.method.name()
         );
         Ok(())
@@ -388,7 +403,7 @@ impl NetLock {
             table = %self.name,
             ns = ino,
             conns = conns.len(),
-            "TCP connections locked ({})",
+            "network locked ({}): the TCP connections",
             self.method.name()
         );
         Ok(())
@@ -407,7 +422,8 @@ impl NetLock {
             ns,
             ino,
             whole,
-            record,
+            adopted: false,
+            record: Some(record),
         };
         match r {
             Ok(()) => {
@@ -452,6 +468,23 @@ impl NetLock {
         }
     }
 
+    /// Whether a lock of this run's name is in the namespace `ns` already.
+    fn exists(&self, ns: &File, ino: u64) -> bool {
+        match self.method {
+            Method::Nftables => {
+                let t = self.name.clone();
+                in_ns(ns, || nfnl::has_table(&t))
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(false)
+            }
+            Method::Iptables => {
+                run_in(ns, ino, "iptables", &["-w", "-n", "-L", &self.name], None).is_ok()
+            }
+            Method::Skip => false,
+        }
+    }
+
     /// Removes every lock of this run; the first error is returned after trying them all.
     pub fn unlock_now(&mut self) -> Result<(), NetLockError> {
         let mut first = None;
@@ -476,7 +509,9 @@ impl NetLock {
                 ns = l.ino,
                 "the network lock stays until the restore"
             );
-            let _ = std::fs::remove_file(&l.record);
+            if let Some(r) = &l.record {
+                let _ = std::fs::remove_file(r);
+            }
         }
         self.repair_done();
     }
@@ -588,7 +623,10 @@ impl NetLock {
 }
 
 impl Drop for NetLock {
+    /// A run that failed: its own locks go; a dump's lock it found in place stays for the
+    /// next attempt.
     fn drop(&mut self) {
+        self.locked.retain(|l| !l.adopted);
         let _ = self.unlock_now();
         self.repair_done();
     }
@@ -633,7 +671,9 @@ fn in_ns<T: Send>(ns: &File, f: impl FnOnce() -> T + Send) -> std::io::Result<T>
 /// Deletes a lock (the table or chain) and, once gone, its record.
 fn remove(method: Method, name: &str, l: &Locked) -> Result<(), NetLockError> {
     delete(method, name, &l.ns, l.ino)?;
-    let _ = std::fs::remove_file(&l.record);
+    if let Some(r) = &l.record {
+        let _ = std::fs::remove_file(r);
+    }
     Ok(())
 }
 
@@ -1258,6 +1298,41 @@ mod nfnl {
         }
     }
 
+    /// Whether table `inet NAME` exists in the calling thread's network namespace.
+    pub fn has_table(table: &str) -> std::io::Result<bool> {
+        let sk = socket()?;
+        let b = serialize(
+            NetlinkMessage::from(NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
+                NfTablesMessage::GetTable(TableMessage {
+                    attributes: vec![TableAttribute::Name(table.into())],
+                }),
+            )),
+            NLM_F_ACK,
+            1,
+        );
+        sk.send(&b, 0)?;
+        loop {
+            let got = recv(&sk)?;
+            if got.is_empty() {
+                return Ok(false);
+            }
+            for m in got {
+                match m.payload {
+                    NetlinkPayload::Error(e) => match e.code {
+                        Some(_) if e.to_io().raw_os_error() == Some(libc::ENOENT) => {
+                            return Ok(false)
+                        }
+                        Some(_) => return Err(e.to_io()),
+                        None => return Ok(true),
+                    },
+                    NetlinkPayload::InnerMessage(_) => return Ok(true),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// Whether the calling thread's network namespace has any nftables table.
     pub fn has_tables() -> std::io::Result<bool> {
         let sk = socket()?;
@@ -1309,7 +1384,7 @@ mod tests {
     #[test]
     fn lock_names_are_criu_s() {
         let id = "0b4a2f33-9d0c-4d6b-8a9e-1f2e3d4c5b6a";
-        assert_eq!(lock_name(id), "CRIU-0b4a2f33-9d0c-4d6b-8");
+        assert_eq!(lock_name(id), "CRIU-0b4a2f33-9d0c-4d6b-8a");
         assert_eq!(new_run_id().len(), 36);
     }
 
@@ -1376,7 +1451,7 @@ mod tests {
                         "{shown}"
                     );
                 }
-                let record = l.locked[0].record.clone();
+                let record = l.locked[0].record.clone().unwrap();
                 assert!(record.exists());
                 l.unlock_now().unwrap();
                 assert!(!record.exists());
@@ -1384,10 +1459,27 @@ mod tests {
 
                 let own = File::open("/proc/thread-self/ns/net").unwrap();
                 l.lock_netns(own.as_fd(), None).unwrap();
-                assert!(ruleset().contains(&name));
+                if method == Method::Nftables {
+                    assert!(ruleset().contains(&name));
+                }
                 assert!(l.holds_whole(ino_of(&own)));
-                drop(l);
+                // A restore under the dump's name finds the lock: a failed one leaves it, a
+                // successful one removes it.
+                l.keep();
+                let mut r = NetLock::named(method, l.run_id().to_string());
+                r.lock_netns(own.as_fd(), None).unwrap();
+                drop(r);
+                if method == Method::Nftables {
+                    assert!(
+                        ruleset().contains(&name),
+                        "a failed restore removed the dump's lock"
+                    );
+                }
+                let mut r = NetLock::named(method, l.run_id().to_string());
+                r.lock_netns(own.as_fd(), None).unwrap();
+                r.unlock_now().unwrap();
                 assert!(!ruleset().contains(&name), "{}", ruleset());
+                drop(l);
             }
         })
         .join()

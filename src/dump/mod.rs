@@ -1133,10 +1133,11 @@ pub fn run(
             seized.kill();
         }
     }
-    // Killed: its connections vanish silently. A namespace saved with the tree dies with it
-    // (its lock goes, never left behind); any other lock (connections in cryo's namespace,
-    // an external namespace) stays until the restore lifts it, as CRIU's.
-    if files.netns_content.is_empty() {
+    // Killed: its connections vanish silently. A lock that protects TCP connections saved
+    // with `--tcp-established` stays until the restore lifts it, as CRIU's (connections in
+    // cryo's namespace, or an external namespace); any other goes now (a namespace saved
+    // with the tree dies with it; nothing waits for the restore): never left behind.
+    if files.netns_content.is_empty() && files.inet.has_connections() {
         files.netlock.keep();
     } else {
         files.netlock.unlock_now()?;

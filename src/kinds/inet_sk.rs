@@ -760,6 +760,12 @@ impl InetDump {
         Ok(())
     }
 
+    /// Whether TCP connections of the tree were locked and saved in repair mode (their lock
+    /// must then stay until the restore).
+    pub fn has_connections(&self) -> bool {
+        self.locked
+    }
+
     /// Writes the tcp-stream images.
     /// Writes the tcp-stream images (on two threads when there are many: creating files
     /// is most of the cost).
