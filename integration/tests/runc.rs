@@ -778,10 +778,15 @@ fn pre_dump_then_checkpoint_with_parent() {
         Path::new("../img-0")
     );
     let log = std::fs::read_to_string(img.join("dump.log")).unwrap_or_default();
-    assert!(log.contains("uffd-wp"), "the final dump used the pre-dump's tracking:\n{log}");
+    assert!(
+        log.contains("uffd-wp"),
+        "the final dump used the pre-dump's tracking:\n{log}"
+    );
     let o = integration::cryo(&["show", img.join("stats-dump").to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let skipped = v["entries"][0]["dump"]["pages_skipped_parent"].as_u64().unwrap_or(0);
+    let skipped = v["entries"][0]["dump"]["pages_skipped_parent"]
+        .as_u64()
+        .unwrap_or(0);
     assert!(skipped > 0, "pages left in the parent: {v}");
     let before = c.last_output(0);
     c.start(Some(&img), &[]);
