@@ -266,7 +266,7 @@ fn setup(c: &Opts, create_dir: bool, config_files: &[PathBuf]) -> Result<()> {
         tracing::info!("Will allow link remaps on FS");
     }
     if let Some(l) = &c.libdir {
-        tracing::debug!("--libdir {}: cryo has no plugins", l.display());
+        tracing::debug!(libdir = %l.display(), "cryo has no plugins");
     }
     Ok(())
 }

@@ -220,6 +220,11 @@ fn leftover_images_of_an_earlier_dump_are_ignored() {
         log(&img, "restore.log")
     );
     let _g = KillOnDrop(pid);
-    assert!(log(&img, "restore.log").contains("filelocks.img: not in cryo-manifest.json"));
+    let restore_log = log(&img, "restore.log");
+    assert!(
+        restore_log.contains("not in cryo-manifest.json")
+            && restore_log.contains("image=filelocks.img"),
+        "{restore_log}"
+    );
     kill(pid);
 }

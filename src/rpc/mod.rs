@@ -382,7 +382,7 @@ fn signal_status_fd(o: &pb::CriuOpts, peer: i32) {
             .open(caller_path(peer, n))
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
         {
-            tracing::warn!("status_fd {n}: {e}");
+            tracing::warn!(status_fd = n, error = %e, "cannot write the status fd");
         }
     }
 }
@@ -481,7 +481,7 @@ fn copy_stats(images: &std::path::Path, work: &std::path::Path, name: &str) {
         return;
     }
     if let Err(e) = std::fs::copy(images.join(name), work.join(name)) {
-        tracing::warn!("{name} into the work directory {}: {e}", work.display());
+        tracing::warn!(file = %name, work_dir = %work.display(), error = %e, "cannot copy into the work directory");
     }
 }
 
