@@ -290,7 +290,7 @@ pub fn probe(name: &str) -> Option<Feature> {
         "autofs" => not_in_cryo("autofs mounts are not supported by cryo"),
         "compat_cr" => not_in_cryo("32-bit (compat) tasks are not supported by cryo"),
         "sk_unix_file" => not_in_cryo("cryo finds a unix socket's file by its path, not with SIOCUNIXFILE"),
-        "net_diag_raw" => not_in_cryo("raw sockets are not supported by cryo"),
+        "net_diag_raw" => Ok("raw sockets are saved (cryo reads each through a copy of the target's fd, not through sock_diag)".into()),
         "nsid" => kernel_at_least(4, 0).map(|k| format!("{k}: a veth peer's namespace is found by its NETNSA_NSID")),
         "link_nsid" => kernel_at_least(4, 0).map(|k| format!("{k}: IFLA_LINK_NETNSID names a veth peer's namespace")),
         "newifindex" => kernel_at_least(4, 15).map(|k| format!("{k}: links are made again with their saved ifindex")),
