@@ -484,8 +484,10 @@ fn killed_at(srv: i32, img: &Path, key: &str, stage: &str) -> u32 {
         .unwrap();
     let cryo_pid = c.id();
     wait_for("the dump to pause", 60, || {
-        std::fs::read_to_string(img.join("dump.log"))
-            .is_ok_and(|l| l.contains(&format!("pausing 120 s at stage {stage}")))
+        std::fs::read_to_string(img.join("dump.log")).is_ok_and(|l| {
+            l.lines()
+                .any(|l| l.contains("CRYO_FAULT_PAUSE") && l.contains(&format!("\"{stage}\"")))
+        })
     });
     assert!(
         !lock_records_of(cryo_pid).is_empty(),
