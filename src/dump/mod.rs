@@ -883,9 +883,18 @@ fn dump_process(
             .remote()?
             .scratch(64 * 1024)
             .map_err(|source| TaskError::Remote { pid, source })?;
+        let area = cx
+            .remote()?
+            .batch_area()
+            .map_err(|source| TaskError::Remote { pid, source })?;
         for th in &others {
-            img.threads
-                .push(kinds::threads::dump_thread(pid, th, site, scratch)?);
+            img.threads.push(kinds::threads::dump_thread(
+                pid,
+                th,
+                site,
+                scratch,
+                Some(area),
+            )?);
             img.pstree.threads.push(img_pid(th.tracee.tid));
         }
         Ok(())

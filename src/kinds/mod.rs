@@ -56,7 +56,7 @@ use crate::image::ImageDir;
 use crate::procfs::{Stat, Status, Vma};
 use crate::sys::clone::CloneArgs;
 use crate::sys::ptrace::{Regs, Tracee};
-use crate::sys::remote::{Parasite, Remote};
+use crate::sys::remote::{Batch, Parasite, Remote};
 pub use crate::sys::remote::{RemoteFd, Syscalls};
 
 /// A kind of per-task kernel object: both halves of its checkpoint/restore. The pipelines
@@ -281,6 +281,15 @@ impl<'a> DumpCx<'a> {
             .map_err(|source| TaskError::Remote { pid, source })
     }
 
+    /// Runs the calls queued in `b` in the target, in one stop where possible (see
+    /// [`Remote::run_batch`](crate::sys::remote::Remote::run_batch)); returns their results.
+    pub fn batch(&mut self, b: &Batch) -> Result<Vec<u64>, TaskError> {
+        let pid = self.pid;
+        self.remote()?
+            .run_batch(b)
+            .map_err(|source| TaskError::Remote { pid, source })
+    }
+
     /// Reads `buf.len()` bytes of the target's memory at `addr` (e.g. what a call wrote).
     pub fn peek(&self, addr: u64, buf: &mut [u8], what: &'static str) -> Result<(), TaskError> {
         let n = buf.len();
@@ -357,6 +366,18 @@ pub struct Inherited {
 }
 
 impl RestoreCx<'_> {
+    /// Runs the calls queued in `b` in the puppet, in one stop where possible (see
+    /// [`Remote::run_batch`](crate::sys::remote::Remote::run_batch)); returns their results.
+    pub fn batch(&mut self, b: &Batch) -> Result<Vec<u64>, TaskError> {
+        let pid = self.pid;
+        if b.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.remote
+            .run_batch(b)
+            .map_err(|source| TaskError::Remote { pid, source })
+    }
+
     /// Copies `bytes` into the puppet's scratch area at `off`; returns the remote address.
     pub fn put(&mut self, off: u64, bytes: &[u8]) -> Result<u64, TaskError> {
         if off + bytes.len() as u64 > self.scratch_len {
