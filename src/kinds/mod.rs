@@ -141,9 +141,10 @@ pub struct FileTable {
     next: u32,
     /// Path-only records (mapped files, exe, cwd, root) already added, by path.
     by_path: HashMap<String, u32>,
-    /// Every dumped fd so far as (pid, fd, file id), by the (device, inode) of the open
-    /// file (None: could not stat it): fds of any process that share an open file
-    /// description (kcmp) share the record, and only fds on one inode can.
+    /// One dumped fd per open file description so far as (pid, fd, file id), by the
+    /// (device, inode) of the open file (None: could not stat it), in kcmp order: fds of any
+    /// process that share an open file description (kcmp) share the record, and only fds on
+    /// one inode can.
     pub fds_by_inode: HashMap<Option<(u64, u64)>, Vec<DumpedFd>>,
     /// pipes-data.img and fifo-data.img: bytes queued in each pipe, saved once per pipe.
     pub pipe_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
