@@ -1,9 +1,11 @@
-//! Inet sockets in cryo's own process, where `rustix` has no typed call: `TCP_INFO`, the
-//! queue-size ioctls (`SIOCINQ`, `SIOCOUTQ`, `SIOCOUTQNSD`), the kernel's TCP repair mode
-//! (`TCP_REPAIR`, `TCP_REPAIR_QUEUE`, `TCP_QUEUE_SEQ`, `TCP_REPAIR_OPTIONS`,
+//! Inet sockets in cryo's own process. Raw calls only where `rustix` has no typed call:
+//! `TCP_INFO`, the queue-size ioctls `SIOCOUTQ` and `SIOCOUTQNSD`, the kernel's TCP repair
+//! mode (`TCP_REPAIR`, `TCP_REPAIR_QUEUE`, `TCP_QUEUE_SEQ`, `TCP_REPAIR_OPTIONS`,
 //! `TCP_REPAIR_WINDOW`, `TCP_TIMESTAMP`), options read or written as bytes, a socket's
-//! network namespace (`SIOCGSKNS`), `poll` with no wait, peeking at a queue, and raw IP
-//! packets sent with a mark (forged FIN/ACK segments, datagrams put back in a queue).
+//! network namespace (`SIOCGSKNS`), classic BPF filters and the packet `sock_diag` dump
+//! (netlink-packet-sock-diag has only inet and unix). Through rustix: `SIOCINQ`
+//! (`FIONREAD`), `poll` with no wait, peeking at a queue, raw IP packets sent with a mark
+//! (forged FIN/ACK segments, datagrams put back in a queue), sockets, names, bind and connect.
 
 // Casts here cross the C ABI with their bits (the kernel checks what it is given):
 // socket options and ioctls take and give C ints and lengths the kernel bounds; sockaddr,
@@ -16,6 +18,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use rustix::net::{RecvFlags, SendFlags, SocketAddrAny};
 
 use super::cvt;
 
@@ -30,8 +34,7 @@ pub const TCP_REPAIR_WINDOW: i32 = 29;
 const SIOCOUTQNSD: u64 = 0x894B;
 /// `SIOCGSKNS`: an fd of the socket's network namespace.
 const SIOCGSKNS: u64 = 0x894C;
-/// `SIOCINQ` (= FIONREAD) and `SIOCOUTQ` (= TIOCOUTQ).
-const SIOCINQ: u64 = 0x541B;
+/// `SIOCOUTQ` (= TIOCOUTQ).
 const SIOCOUTQ: u64 = 0x5411;
 
 /// `TCP_REPAIR` values: on, off (the kernel sends a window probe), off without the probe.
@@ -128,9 +131,10 @@ fn ioctl_int(fd: BorrowedFd<'_>, req: u64) -> io::Result<u32> {
     Ok(v as u32)
 }
 
-/// `SIOCINQ`: bytes in the receive queue (TCP: not read yet).
+/// `SIOCINQ` (= `FIONREAD`): bytes in the receive queue (TCP: not read yet).
 pub fn inq(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    ioctl_int(fd, SIOCINQ)
+    let n = rustix::io::ioctl_fionread(fd)?;
+    u32::try_from(n).map_err(|_| io::Error::from_raw_os_error(libc::EOVERFLOW))
 }
 
 /// `SIOCOUTQ`: bytes in the send queue (TCP: not acknowledged yet, sent or not).
@@ -243,22 +247,10 @@ pub fn set_repair_window(fd: BorrowedFd<'_>, w: &RepairWindow) -> io::Result<()>
 /// `recv(MSG_PEEK | MSG_DONTWAIT)`: copies queued bytes without consuming them (in repair
 /// mode, from the queue `TCP_REPAIR_QUEUE` selected). 0 when nothing is queued.
 pub fn recv_peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for writes of its length.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_recvfrom,
-            fd.as_raw_fd(),
-            buf.as_mut_ptr(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            0,
-            0,
-        )
-    };
-    match cvt(r) {
-        Ok(n) => Ok(n as usize),
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(0),
-        Err(e) => Err(e),
+    match rustix::net::recv(fd, buf, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((n, _)) => Ok(n),
+        Err(rustix::io::Errno::AGAIN) => Ok(0),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -268,111 +260,63 @@ pub fn recv_peek_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io
     buf.reserve(max);
     let spare = buf.spare_capacity_mut();
     let len = max.min(spare.len());
-    // SAFETY: the spare capacity is valid for writes of `len` bytes.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_recvfrom,
-            fd.as_raw_fd(),
-            spare.as_mut_ptr(),
-            len,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            0,
-            0,
-        )
+    let n = match rustix::net::recv(fd, &mut spare[..len], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok(((init, _), _)) => init.len(),
+        Err(rustix::io::Errno::AGAIN) => 0,
+        Err(e) => return Err(e.into()),
     };
-    let n = match cvt(r) {
-        Ok(n) => n as usize,
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => 0,
-        Err(e) => return Err(e),
-    };
-    let n = n.min(len);
-    // SAFETY: the kernel initialized the first `n` bytes of the spare capacity.
+    // SAFETY: rustix reports the first `n` bytes of the spare capacity initialized.
     unsafe { buf.set_len(buf.len() + n) };
     Ok(n)
 }
 
 /// `poll` with no timeout: the events of `events` the socket has now.
 pub fn poll_now(fd: BorrowedFd<'_>, events: i16) -> io::Result<i16> {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events,
-        revents: 0,
-    };
-    // SAFETY: p is one valid pollfd.
-    cvt(unsafe { libc::syscall(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, 0) })?;
-    Ok(p.revents)
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut p = [PollFd::from_borrowed_fd(
+        fd,
+        PollFlags::from_bits_retain(events.cast_unsigned()),
+    )];
+    rustix::event::poll(&mut p, Some(&Timespec::default()))?;
+    Ok(p[0].revents().bits().cast_signed())
 }
 
 /// Sends one complete IP packet (`packet` starts with its IPv4 or IPv6 header) to `dst` on a
 /// raw socket whose packets carry `mark` (`SO_MARK`), so they pass a network lock that
 /// accepts that mark. Made in the caller's network namespace.
 pub fn send_raw_ip(packet: &[u8], dst: std::net::IpAddr, mark: u32) -> io::Result<()> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
     let v6 = dst.is_ipv6();
-    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-    // SAFETY: plain integer arguments.
-    let r = cvt(unsafe {
-        libc::syscall(
-            libc::SYS_socket,
-            family,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_RAW,
-        )
-    })?;
-    // SAFETY: the kernel just returned this new fd and nothing else owns it.
-    let sk = unsafe { OwnedFd::from_raw_fd(r as RawFd) };
+    let family = if v6 {
+        AddressFamily::INET6
+    } else {
+        AddressFamily::INET
+    };
+    let sk = rustix::net::socket_with(
+        family,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC,
+        Some(rustix::net::ipproto::RAW),
+    )?;
     let s = std::os::fd::AsFd::as_fd(&sk);
     set_int(s, libc::SOL_SOCKET, libc::SO_MARK, mark as i32)?;
     if v6 {
         set_int(s, libc::IPPROTO_IPV6, libc::IPV6_HDRINCL, 1)?;
     }
-    let r = match dst {
-        std::net::IpAddr::V4(a) => {
-            let sa = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: packet and sa are valid for the call.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_sendto,
-                    sk.as_raw_fd(),
-                    packet.as_ptr(),
-                    packet.len(),
-                    0,
-                    &sa as *const libc::sockaddr_in,
-                    std::mem::size_of::<libc::sockaddr_in>(),
-                )
-            }
-        }
-        std::net::IpAddr::V6(a) => {
-            let sa = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as u16,
-                sin6_port: 0,
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: packet and sa are valid for the call.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_sendto,
-                    sk.as_raw_fd(),
-                    packet.as_ptr(),
-                    packet.len(),
-                    0,
-                    &sa as *const libc::sockaddr_in6,
-                    std::mem::size_of::<libc::sockaddr_in6>(),
-                )
-            }
-        }
+    let n = match dst {
+        std::net::IpAddr::V4(a) => rustix::net::sendto(
+            s,
+            packet,
+            SendFlags::empty(),
+            &std::net::SocketAddrV4::new(a, 0),
+        )?,
+        std::net::IpAddr::V6(a) => rustix::net::sendto(
+            s,
+            packet,
+            SendFlags::empty(),
+            &std::net::SocketAddrV6::new(a, 0, 0, 0),
+        )?,
     };
-    let n = cvt(r)? as usize;
     if n != packet.len() {
         return Err(io::Error::other("short raw send"));
     }
@@ -489,38 +433,42 @@ pub fn if_index(name: &str) -> io::Result<u32> {
 
 /// `getsockname` as the raw address bytes (any family).
 pub fn sockname(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
-    name_call(fd, libc::SYS_getsockname)
+    Ok(addr_bytes(&rustix::net::getsockname(fd)?))
 }
 
 /// `getpeername` as the raw address bytes; empty when not connected.
 pub fn peername(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
-    match name_call(fd, libc::SYS_getpeername) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(Vec::new()),
-        r => r,
+    match rustix::net::getpeername(fd) {
+        Ok(a) => Ok(a.as_ref().map(addr_bytes).unwrap_or_default()),
+        Err(rustix::io::Errno::NOTCONN) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
     }
 }
 
-fn name_call(fd: BorrowedFd<'_>, nr: libc::c_long) -> io::Result<Vec<u8>> {
-    let mut b = vec![0u8; 128];
-    let mut len = b.len() as u32;
-    // SAFETY: b and len are valid for the kernel to write; len bounds the write.
-    cvt(unsafe { libc::syscall(nr, fd.as_raw_fd(), b.as_mut_ptr(), &mut len as *mut u32) })?;
-    b.truncate((len as usize).min(128));
-    Ok(b)
+/// The bytes of a socket address as the kernel gave them.
+fn addr_bytes(a: &SocketAddrAny) -> Vec<u8> {
+    // SAFETY: a SocketAddrAny holds `addr_len` initialized bytes at `as_ptr`.
+    unsafe { std::slice::from_raw_parts(a.as_ptr().cast::<u8>(), a.addr_len() as usize) }.to_vec()
+}
+
+/// A socket address from raw bytes (a `sockaddr_*` of some family, as images keep them).
+fn addr_of(addr: &[u8]) -> io::Result<SocketAddrAny> {
+    if addr.len() < 2 || addr.len() > std::mem::size_of::<rustix::net::addr::SocketAddrStorage>() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `addr` holds `len` initialized bytes, within the storage's size (checked); the
+    // kernel checks the address itself.
+    Ok(unsafe { SocketAddrAny::read(addr.as_ptr().cast(), addr.len() as u32) })
 }
 
 /// `bind` to an address given as raw bytes (a `sockaddr_*` of the socket's family).
 pub fn bind_raw(fd: BorrowedFd<'_>, addr: &[u8]) -> io::Result<()> {
-    // SAFETY: addr is valid for reads of its length.
-    cvt(unsafe { libc::syscall(libc::SYS_bind, fd.as_raw_fd(), addr.as_ptr(), addr.len()) })
-        .map(|_| ())
+    Ok(rustix::net::bind(fd, &addr_of(addr)?)?)
 }
 
 /// `connect` to an address given as raw bytes.
 pub fn connect_raw(fd: BorrowedFd<'_>, addr: &[u8]) -> io::Result<()> {
-    // SAFETY: addr is valid for reads of its length.
-    cvt(unsafe { libc::syscall(libc::SYS_connect, fd.as_raw_fd(), addr.as_ptr(), addr.len()) })
-        .map(|_| ())
+    Ok(rustix::net::connect(fd, &addr_of(addr)?)?)
 }
 
 /// A `sock_diag` dump (`SOCK_DIAG_BY_FAMILY`, `NLM_F_DUMP`) in the calling thread's network

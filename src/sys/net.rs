@@ -1,5 +1,5 @@
 //! Sockets cryo inspects or creates in its own process: the `sock_diag` netlink query that
-//! lists unix sockets with their peers, names and queues, and the socket calls restore needs
+//! lists unix sockets with their peers, names and queues (netlink-packet-sock-diag), and the socket calls restore needs
 //! (socketpair, bind, listen, connect, accept, options, peeking at queued data).
 
 // Casts here cross the C ABI with their bits (the kernel checks what it is given):
@@ -11,19 +11,13 @@
 )]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::net::sockopt::Timeout;
 use rustix::net::{AddressFamily, SendFlags, Shutdown, SocketAddrUnix, SocketFlags, SocketType};
 
 use super::cvt;
-
-fn owned(ret: libc::c_long) -> io::Result<OwnedFd> {
-    let fd = cvt(ret)? as RawFd;
-    // SAFETY: the kernel just returned this new fd and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
 
 /// One unix socket as `sock_diag` reports it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,107 +41,104 @@ pub struct UnixDiag {
     pub shutdown: u8,
 }
 
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_ERROR: u16 = 2;
-
-/// Every unix socket of cryo's network namespace.
+/// Every unix socket of cryo's network namespace: one `sock_diag` dump (netlink-packet-sock-diag
+/// builds the request and parses the answers).
 pub fn unix_diag() -> io::Result<Vec<UnixDiag>> {
-    // SAFETY: plain integer arguments.
-    let sk = owned(unsafe {
-        libc::syscall(
-            libc::SYS_socket,
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    })?;
-    // nlmsghdr (16) + unix_diag_req (24)
-    let mut req = Vec::with_capacity(40);
-    req.extend_from_slice(&40u32.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    req.push(libc::AF_UNIX as u8);
-    req.push(0); // protocol
-    req.extend_from_slice(&0u16.to_ne_bytes());
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
-    req.extend_from_slice(&0u32.to_ne_bytes()); // ino
-                                                // NAME | VFS | PEER | ICONS | RQLEN
-    req.extend_from_slice(&(1u32 | 2 | 4 | 8 | 16).to_ne_bytes());
-    req.extend_from_slice(&[0xff; 8]); // cookie: none
-    write_all(sk.as_fd(), &req)?;
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+    use netlink_packet_sock_diag::unix::{ShowFlags, StateFlags, UnixRequest};
+    use netlink_packet_sock_diag::SockDiagMessage;
+
+    let sk = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(rustix::net::netlink::SOCK_DIAG),
+    )?;
+    let mut req = NetlinkMessage::from(SockDiagMessage::UnixRequest(UnixRequest {
+        // Every state (unconnected datagram sockets are TCP_CLOSE).
+        state_flags: StateFlags::from_bits_retain(u32::MAX),
+        inode: 0,
+        show_flags: ShowFlags::NAME
+            | ShowFlags::VFS
+            | ShowFlags::PEER
+            | ShowFlags::ICONS
+            | ShowFlags::RQLEN,
+        cookie: [0xff; 8],
+    }));
+    req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut b = vec![0u8; req.buffer_len()];
+    req.serialize(&mut b);
+    write_all(sk.as_fd(), &b)?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: buf is valid for writes of its length.
-        let n = cvt(unsafe {
-            libc::syscall(
-                libc::SYS_recvfrom,
-                sk.as_raw_fd(),
-                buf.as_mut_ptr(),
-                buf.len(),
-                0,
-                0,
-                0,
-            )
-        })? as usize;
+        let n = rustix::io::read(&sk, &mut buf)?;
+        if n == 0 {
+            return Err(io::Error::other("sock_diag: the answer ended early"));
+        }
         let mut off = 0;
         while off + 16 <= n {
             let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4")) as usize;
-            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2"));
             if len < 16 || off + len > n {
                 return Err(io::Error::other("malformed sock_diag reply"));
             }
-            match ty {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let e = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().expect("4"));
-                    return Err(io::Error::from_raw_os_error(-e));
+            let m = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[off..off + len])
+                .map_err(|e| io::Error::other(format!("sock_diag reply: {e}")))?;
+            match m.payload {
+                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(r)) => {
+                    out.push(unix_of(&r));
                 }
-                _ => {
-                    if let Some(d) = parse_diag(&buf[off + 16..off + len]) {
-                        out.push(d);
-                    }
-                }
+                _ => {}
             }
             off += (len + 3) & !3;
         }
     }
 }
 
-/// Parses a unix_diag_msg and its attributes.
-fn parse_diag(b: &[u8]) -> Option<UnixDiag> {
-    let u32_at = |b: &[u8], o: usize| -> Option<u32> {
-        Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?))
-    };
+/// A unix socket of a `sock_diag` answer. A name is kept as the kernel reports it: a path
+/// with its NUL, an abstract name after its leading NUL.
+fn unix_of(r: &netlink_packet_sock_diag::unix::UnixResponse) -> UnixDiag {
+    use netlink_packet_core::Emitable;
+    use netlink_packet_sock_diag::unix::nlas::{Nla, UnixDiagName};
+    use std::os::unix::ffi::OsStrExt;
+
     let mut d = UnixDiag {
-        kind: *b.get(1)?,
-        state: *b.get(2)?,
-        ino: u32_at(b, 4)?,
+        kind: r.header.kind,
+        state: r.header.state,
+        ino: r.header.inode,
         ..Default::default()
     };
-    let mut off = 16;
-    while off + 4 <= b.len() {
-        let len = u16::from_ne_bytes(b[off..off + 2].try_into().ok()?) as usize;
-        let ty = u16::from_ne_bytes(b[off + 2..off + 4].try_into().ok()?);
-        if len < 4 || off + len > b.len() {
-            break;
-        }
-        let v = &b[off + 4..off + len];
-        match ty {
-            0 => d.name = v.to_vec(),
-            1 => d.vfs = Some((u32_at(v, 0)?, u32_at(v, 4)?)),
-            2 => d.peer = u32_at(v, 0)?,
-            3 => d.icons = v.chunks_exact(4).filter_map(|c| u32_at(c, 0)).collect(),
-            4 => d.rqlen = (u32_at(v, 0)?, u32_at(v, 4)?),
-            6 => d.shutdown = *v.first()?,
+    for nla in &r.nlas {
+        match nla {
+            Nla::Name(UnixDiagName::Pathname(p)) => {
+                d.name = p.as_bytes().to_vec();
+                d.name.push(0);
+            }
+            Nla::Name(UnixDiagName::Abstract(a)) => {
+                d.name = [&[0u8][..], a].concat();
+            }
+            Nla::Vfs(v) => {
+                // (Its fields are private: read back from its wire form, inode then device.)
+                let mut b = [0u8; 8];
+                v.emit(&mut b);
+                let (ino, dev) = b.split_at(4);
+                d.vfs = Some((
+                    u32::from_ne_bytes(ino.try_into().expect("4")),
+                    u32::from_ne_bytes(dev.try_into().expect("4")),
+                ));
+            }
+            Nla::Peer(p) => d.peer = *p,
+            Nla::PendingConnections(v) => d.icons = v.clone(),
+            Nla::ReceiveQueueLength(a, b) => d.rqlen = (*a, *b),
+            Nla::Shutdown(s) => d.shutdown = *s,
             _ => {}
         }
-        off += (len + 3) & !3;
     }
-    Some(d)
+    d
 }
 
 fn write_all(fd: BorrowedFd<'_>, b: &[u8]) -> io::Result<()> {
@@ -159,7 +150,7 @@ fn write_all(fd: BorrowedFd<'_>, b: &[u8]) -> io::Result<()> {
 
 /// The `sockaddr_un` of `name`: a path, or an abstract name starting with NUL. A path ends
 /// at its first NUL, as the kernel reads it (names from sock_diag may carry trailing NULs).
-fn sockaddr(name: &[u8]) -> io::Result<SocketAddrUnix> {
+pub fn unix_addr(name: &[u8]) -> io::Result<SocketAddrUnix> {
     use std::os::unix::ffi::OsStrExt;
     Ok(match name.split_first() {
         Some((0, abstract_name)) => SocketAddrUnix::new_abstract_name(abstract_name)?,
@@ -194,12 +185,12 @@ pub fn unix_pair(kind: i32) -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// `bind` to a unix name.
 pub fn bind(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
-    Ok(rustix::net::bind(fd, &sockaddr(name)?)?)
+    Ok(rustix::net::bind(fd, &unix_addr(name)?)?)
 }
 
 /// `connect` to a unix name.
 pub fn connect(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
-    Ok(rustix::net::connect(fd, &sockaddr(name)?)?)
+    Ok(rustix::net::connect(fd, &unix_addr(name)?)?)
 }
 
 /// `listen(fd, backlog)`.
@@ -369,7 +360,7 @@ pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 /// `sendto` a unix name (an unconnected datagram).
 pub fn send_to(fd: BorrowedFd<'_>, buf: &[u8], name: &[u8]) -> io::Result<usize> {
     let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
-    Ok(rustix::net::sendto(fd, buf, flags, &sockaddr(name)?)?)
+    Ok(rustix::net::sendto(fd, buf, flags, &unix_addr(name)?)?)
 }
 
 /// Receives one whole datagram (SEQPACKET message) from `fd`, sized first with

@@ -1,6 +1,7 @@
 //! Unix-socket calls beyond the plain ones of `net`: messages that carry file descriptors
-//! (`SCM_RIGHTS`), peeked at dump and sent again at restore, and the socket file a bound
-//! socket is attached to (`SIOCUNIXFILE`).
+//! (`SCM_RIGHTS`), peeked at dump and sent again at restore (rustix's `recvmsg`/`sendmsg`
+//! with ancillary buffers), and the socket file a bound socket is attached to
+//! (`SIOCUNIXFILE`, which rustix has no call for).
 
 // Casts here cross the C ABI with their bits (the kernel checks what it is given):
 // cmsg lengths and fd counts are C widths the kernel bounds (at most SCM_MAX_FD fds).
@@ -10,8 +11,14 @@
     clippy::cast_possible_wrap
 )]
 
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
 
 use super::cvt;
 
@@ -32,51 +39,27 @@ pub struct PeekedMsg {
 /// `SO_PEEK_OFF`; `None` when nothing (more) is queued. The kernel gives the peeker its own
 /// references to files passed in the message: the queue keeps them too.
 pub fn peek_msg(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<PeekedMsg>> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
     // Room for a full SCM_RIGHTS (and a credentials message, if SO_PASSCRED is on).
-    let mut cbuf = vec![0u64; (MAX_FDS * 4 + 128) / 8];
-    // SAFETY: msghdr is plain old data; all zeroes is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = cbuf.len() * 8;
-    // SAFETY: msg points at valid iovec and control buffers for the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_recvmsg,
-            fd.as_raw_fd(),
-            &mut msg as *mut libc::msghdr,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-        )
-    };
-    let n = match cvt(r) {
-        Ok(n) => n as usize,
-        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => return Ok(None),
-        Err(e) => return Err(e),
+    let mut space = vec![
+        MaybeUninit::<u8>::uninit();
+        rustix::cmsg_space!(ScmRights(MAX_FDS), ScmCredentials(1))
+    ];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let flags = RecvFlags::PEEK | RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC;
+    let r = match rustix::net::recvmsg(fd, &mut [IoSliceMut::new(buf)], &mut control, flags) {
+        Ok(r) => r,
+        Err(rustix::io::Errno::AGAIN) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
     let mut fds = Vec::new();
-    // SAFETY: the CMSG_* macros walk the control buffer the kernel just filled; every fd in
-    // an SCM_RIGHTS message is new in cryo's table and owned by nobody else.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c) as *const RawFd;
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / 4;
-                for i in 0..count {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
         }
     }
     Ok(Some(PeekedMsg {
-        len: n.min(buf.len()),
-        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        len: r.bytes.min(buf.len()),
+        truncated: r.flags.contains(ReturnFlags::TRUNC),
         fds,
     }))
 }
@@ -92,55 +75,21 @@ pub fn send_rights(
     if fds.len() > MAX_FDS {
         return Err(io::Error::from_raw_os_error(libc::ETOOMANYREFS));
     }
-    let mut iov = libc::iovec {
-        iov_base: buf.as_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
-    let mut cbuf = vec![0u64; (MAX_FDS * 4 + 64) / 8];
-    // SAFETY: msghdr and sockaddr_un are plain old data; all zeroes is valid.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(name) = name {
-        if name.len() >= addr.sun_path.len() {
-            return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
-        }
-        addr.sun_family = libc::AF_UNIX as u16;
-        for (d, s) in addr.sun_path.iter_mut().zip(name) {
-            *d = *s as libc::c_char;
-        }
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_un).cast();
-        msg.msg_namelen = (2 + name.len() + usize::from(name.first() != Some(&0))) as u32;
+    let mut space =
+        vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(fds.len().max(1)))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("SCM_RIGHTS: control buffer too small"));
     }
-    if !fds.is_empty() {
-        let bytes = (fds.len() * 4) as u32;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE is a pure computation.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(bytes) } as usize;
-        // SAFETY: the control buffer holds one cmsg with up to MAX_FDS ints.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&msg);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(bytes) as usize;
-            let data = libc::CMSG_DATA(c) as *mut RawFd;
-            for (i, f) in fds.iter().enumerate() {
-                data.add(i).write_unaligned(f.as_raw_fd());
-            }
+    let iov = [IoSlice::new(buf)];
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    Ok(match name {
+        Some(name) => {
+            let addr = super::net::unix_addr(name)?;
+            rustix::net::sendmsg_addr(fd, &addr, &iov, &mut control, flags)?
         }
-    }
-    // SAFETY: msg points at valid buffers for the call.
-    cvt(unsafe {
-        libc::syscall(
-            libc::SYS_sendmsg,
-            fd.as_raw_fd(),
-            &msg as *const libc::msghdr,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
+        None => rustix::net::sendmsg(fd, &iov, &mut control, flags)?,
     })
-    .map(|n| n as usize)
 }
 
 /// `ioctl(SIOCUNIXFILE)`: an `O_PATH` fd of the socket file a bound unix socket is attached
