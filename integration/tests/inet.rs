@@ -576,6 +576,212 @@ fn killed_cryo_leaves_nothing_the_next_run_does_not_remove() {
     finish_clients(cli, &out);
 }
 
+/// Runs `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().unwrap();
+    ok(&o, &format!("ip {}", args.join(" ")));
+}
+
+/// Named network namespaces of a test, deleted on drop.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// Migration between two "hosts": a TCP echo server in a network namespace of its own (a
+/// veth to host A, 10.211.0.2/24, default route via A) serves a client that lives behind
+/// both hosts (namespace C, 10.212.1.2 towards A and 10.212.2.2 towards B, the server's
+/// subnet routed via A). The server is dumped with `--tcp-established` (its namespace saved
+/// with it: link, address, route), the images are copied, and it is restored by a cryo
+/// running on host B with the veth's peer placed there (`--external veth[v0]:vh0`); B takes
+/// the gateway address and C's route moves to B, as a migration's network does. The client's
+/// long-lived connections go on: every byte arrives exactly once, in order, no error.
+#[test]
+fn server_migrates_to_another_host_with_its_connections() {
+    if !need(&["ip", "nsenter", "unshare"]) {
+        return;
+    }
+    let dir = scratch("tcpmig");
+    let me = std::process::id() % 100000;
+    let (ha, hb, cl) = (
+        format!("cm-{me}-ha"),
+        format!("cm-{me}-hb"),
+        format!("cm-{me}-cl"),
+    );
+    let _ns = Namespaces(vec![ha.clone(), hb.clone(), cl.clone()]);
+    for n in [&ha, &hb, &cl] {
+        let _ = Command::new("ip").args(["netns", "del", n]).output();
+        ip(&["netns", "add", n]);
+        ip(&["-n", n, "link", "set", "lo", "up"]);
+        ip(&["netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    }
+    // C to A and C to B.
+    for (h, x) in [(&ha, "1"), (&hb, "2")] {
+        let (c_if, h_if) = (format!("mc{me}{x}"), format!("mh{me}{x}"));
+        ip(&[
+            "link", "add", &c_if, "netns", &cl, "type", "veth", "peer", "name", &h_if, "netns", h,
+        ]);
+        ip(&[
+            "-n",
+            &cl,
+            "addr",
+            "add",
+            &format!("10.212.{x}.2/24"),
+            "dev",
+            &c_if,
+        ]);
+        ip(&["-n", &cl, "link", "set", &c_if, "up"]);
+        ip(&[
+            "-n",
+            h,
+            "addr",
+            "add",
+            &format!("10.212.{x}.1/24"),
+            "dev",
+            &h_if,
+        ]);
+        ip(&["-n", h, "link", "set", &h_if, "up"]);
+    }
+    ip(&[
+        "-n",
+        &cl,
+        "route",
+        "add",
+        "10.211.0.0/24",
+        "via",
+        "10.212.1.1",
+    ]);
+    // B reaches the client's A-side address through C (replies after the move).
+    ip(&[
+        "-n",
+        &hb,
+        "route",
+        "add",
+        "10.212.1.0/24",
+        "via",
+        "10.212.2.2",
+    ]);
+
+    // The server, in a namespace of its own joined to A.
+    let out = dir.join("srv.out");
+    let exe = prog("echosrv");
+    let srv = spawn(
+        &[
+            "unshare",
+            "-n",
+            exe.to_str().unwrap(),
+            "0.0.0.0",
+            "7501",
+            out.to_str().unwrap(),
+            "2048",
+            "1000",
+            "65536",
+        ],
+        &dir.join("srv.log"),
+    );
+    let _g = KillOnDrop(srv);
+    wait_ready(&out);
+    let p = srv.to_string();
+    ip(&[
+        "link", "add", "v0", "netns", &p, "type", "veth", "peer", "name", "vh0", "netns", &ha,
+    ]);
+    let inside = |args: &[&str]| {
+        let net = format!("--net=/proc/{srv}/ns/net");
+        let o = Command::new("nsenter")
+            .arg(&net)
+            .arg("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        ok(
+            &o,
+            &format!("in the server's namespace: ip {}", args.join(" ")),
+        );
+    };
+    inside(&["link", "set", "lo", "up"]);
+    inside(&["addr", "add", "10.211.0.2/24", "dev", "v0"]);
+    inside(&["link", "set", "v0", "up"]);
+    inside(&["route", "add", "default", "via", "10.211.0.1"]);
+    ip(&["-n", &ha, "addr", "add", "10.211.0.1/24", "dev", "vh0"]);
+    ip(&["-n", &ha, "link", "set", "vh0", "up"]);
+
+    let cli_out = dir.join("cli.out");
+    let cexe = prog("echocli");
+    let cli = Net::spawn_in(
+        &cl,
+        &[
+            cexe.to_str().unwrap(),
+            "10.211.0.2",
+            "7501",
+            "4",
+            cli_out.to_str().unwrap(),
+            "1048576",
+            "2048",
+            "16384",
+            "2000",
+        ],
+        &dir.join("cli.log"),
+    );
+    let _gc = KillOnDrop(cli);
+    wait_ready(&cli_out);
+    wait_progress(&cli_out, 1 << 20);
+
+    // Host A: dump (the namespace is saved with the server), copy the images.
+    let img = dir.join("img");
+    dump(srv, &img, &["--tcp-established"]);
+    wait_gone(srv);
+    assert!(!streams(&img).is_empty(), "no tcp-stream image");
+    let moved = dir.join("img-b");
+    let o = Command::new("cp")
+        .args(["-a", img.to_str().unwrap(), moved.to_str().unwrap()])
+        .output()
+        .unwrap();
+    ok(&o, "cp");
+
+    // Host B: restore there, the veth's peer made on B; then B is the gateway and the
+    // client's route moves to B.
+    let m = moved.to_str().unwrap();
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{hb}"))
+        .arg(cryo_bin())
+        .args(["restore", "-D", m, "-d", "-v4", "-o", "restore.log"])
+        .args(["--tcp-established", "--external", "veth[v0]:vh0"])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "restore on host B: {}",
+        log(&moved, "restore.log")
+    );
+    let _g2 = KillOnDrop(srv);
+    assert!(alive(srv), "restored with its pid");
+    ip(&["-n", &hb, "addr", "add", "10.211.0.1/24", "dev", "vh0"]);
+    ip(&["-n", &hb, "link", "set", "vh0", "up"]);
+    ip(&[
+        "-n",
+        &cl,
+        "route",
+        "replace",
+        "10.211.0.0/24",
+        "via",
+        "10.212.2.1",
+    ]);
+    let tables = Command::new("nsenter")
+        .arg(format!("--net=/proc/{srv}/ns/net"))
+        .args(["nft", "list", "tables"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(!tables.contains("CRIU-"), "lock left: {tables}");
+    wait_progress(&cli_out, 1 << 20);
+    finish_clients(cli, &cli_out);
+}
+
 /// What cannot be saved as asked is refused before the server is touched, naming the fd,
 /// both addresses and the option to use: a connection without `--tcp-established`, a
 /// listener with connections not accepted yet without `--skip-in-flight`, an MPTCP socket.
