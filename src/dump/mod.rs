@@ -1304,10 +1304,11 @@ pub fn run(
         }
     }
     // Killed: its connections vanish silently. A lock that protects TCP connections saved
-    // with `--tcp-established` stays until the restore lifts it, as CRIU's (connections in
-    // cryo's namespace, or an external namespace); any other goes now (a namespace saved
-    // with the tree dies with it; nothing waits for the restore): never left behind.
-    if files.netns_content.is_empty() && files.inet.has_connections() {
+    // with `--tcp-established` stays until the restore lifts it, as CRIU's (in cryo's
+    // namespace, or an external one; a namespace saved with the tree dies with it, lock
+    // and all: lifted before, it would let a peer's retransmission meet no socket and be
+    // answered with a reset). Any other lock goes now: never left behind.
+    if files.inet.has_connections() {
         files.netlock.keep();
     } else {
         files.netlock.unlock_now()?;
