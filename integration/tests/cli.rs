@@ -131,7 +131,7 @@ fn runtime_probes_are_answered_like_criu() {
         ("external_net_ns", true),
         ("uffd-noncoop", false),
         ("uffd", false),
-        ("userns", false),
+        ("userns", true),
         ("mem_dirty_track", false),
     ] {
         let o = cryo(&["check", "--feature", feature]);
