@@ -29,7 +29,7 @@ pub fn point(stage: &str) -> Result<(), Fault> {
         let (s, t) = v.split_once(':')?;
         (s == stage).then(|| t.parse::<u64>().ok())?
     }) {
-        tracing::info!("pausing {secs} s at stage {stage} (CRYO_FAULT_PAUSE)");
+        tracing::info!(stage, secs, "pausing at a fault point (CRYO_FAULT_PAUSE)");
         std::thread::sleep(std::time::Duration::from_secs(secs));
     }
     Ok(())

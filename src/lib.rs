@@ -22,6 +22,7 @@ pub mod image;
 pub mod inspect;
 pub mod kinds;
 pub mod logging;
+pub mod memtrack;
 pub mod netlock;
 pub mod notify;
 pub mod num;

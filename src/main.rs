@@ -17,6 +17,13 @@ use cryo::{dump, features, restore, show};
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
+    // The holder of an incremental dump's write tracking (spawned by cryo, not for users).
+    if argv.get(1).map(String::as_str) == Some(cryo::memtrack::HOLD_CMD) {
+        return match cryo::memtrack::hold(&argv[2..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        };
+    }
     let run = match cryo::cli::parse(&argv) {
         Ok(Invocation::Help(cmd)) => {
             let mut c = Cli::command();
@@ -242,6 +249,28 @@ fn scripts(c: &Opts) -> cryo::notify::ActionScripts {
     }
 }
 
+/// What `dump` and `pre-dump` take from the options.
+fn dump_opts(a: &Opts, pid: i32) -> Result<dump::DumpOpts> {
+    Ok(dump::DumpOpts {
+        pid,
+        leave_running: a.leave_running,
+        shell_job: a.shell_job,
+        ghost_limit: a.ghost_limit,
+        mounts: a.mount_policy().map_err(anyhow::Error::msg)?,
+        external_net: a.net_externals().map_err(anyhow::Error::msg)?,
+        empty_net: a.empty_net().map_err(anyhow::Error::msg)?,
+        freeze_cgroup: a.freeze_cgroup.clone(),
+        cgroup_mode: a.cgroup_mode().map_err(anyhow::Error::msg)?,
+        file_locks: a.file_locks,
+        network_lock: a.network_lock().map_err(anyhow::Error::msg)?,
+        sock: a.sock_opts(),
+        link_remap: a.link_remap,
+        prev_images_dir: a.prev_images_dir.clone(),
+        track_mem: a.track_mem,
+        pre_dump_mode: a.pre_dump_mode.clone(),
+    })
+}
+
 fn setup(c: &Opts, create_dir: bool, config_files: &[PathBuf]) -> Result<()> {
     if create_dir {
         ImageDir::create(&c.images_dir)?;
@@ -266,7 +295,7 @@ fn setup(c: &Opts, create_dir: bool, config_files: &[PathBuf]) -> Result<()> {
         tracing::info!("Will allow link remaps on FS");
     }
     if let Some(l) = &c.libdir {
-        tracing::debug!("--libdir {}: cryo has no plugins", l.display());
+        tracing::debug!(libdir = %l.display(), "cryo has no plugins");
     }
     Ok(())
 }
@@ -279,21 +308,7 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
             let Some(pid) = a.tree else {
                 bail!("pid not specified (-t PID)");
             };
-            let opts = dump::DumpOpts {
-                pid,
-                leave_running: a.leave_running,
-                shell_job: a.shell_job,
-                ghost_limit: a.ghost_limit,
-                mounts: a.mount_policy().map_err(anyhow::Error::msg)?,
-                external_net: a.net_externals().map_err(anyhow::Error::msg)?,
-                empty_net: a.empty_net().map_err(anyhow::Error::msg)?,
-                freeze_cgroup: a.freeze_cgroup.clone(),
-                cgroup_mode: a.cgroup_mode().map_err(anyhow::Error::msg)?,
-                file_locks: a.file_locks,
-                network_lock: a.network_lock().map_err(anyhow::Error::msg)?,
-                sock: a.sock_opts(),
-                link_remap: a.link_remap,
-            };
+            let opts = dump_opts(&a, pid)?;
             let dir = ImageDir::create(&a.images_dir)?;
             let spin = progress(&format!("dumping {pid}"));
             let mut hooks = scripts(&a);
@@ -324,11 +339,33 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::PreDump(a) => {
-            setup(&a, false, config_files)?;
-            bail!(
-                "pre-dump is not supported: it needs soft-dirty memory tracking (CONFIG_MEM_SOFT_DIRTY), \
-                 and incremental dumps are not implemented yet; use `cryo dump`"
-            )
+            setup(&a, true, config_files)?;
+            let Some(pid) = a.tree else {
+                bail!("pid not specified (-t PID)");
+            };
+            let opts = dump_opts(&a, pid)?;
+            let dir = ImageDir::create(&a.images_dir)?;
+            let mut hooks = scripts(&a);
+            let r = dump::predump::run(&opts, &dir, &mut hooks)?;
+            tracing::info!(
+                "Pre-dumped {} in {} us (frozen {} us, {} pages)",
+                r.pid,
+                r.total_us,
+                r.frozen_us,
+                r.pages_written
+            );
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else if a.display_stats {
+                eprintln!(
+                    "pre-dumped pid {}: {} pages, frozen {:.1} ms, total {:.1} ms",
+                    r.pid,
+                    r.pages_written,
+                    r.frozen_us as f64 / 1e3,
+                    r.total_us as f64 / 1e3
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::PageServer(a) | Cmd::LazyPages(a) => {
             setup(&a, false, config_files)?;

@@ -55,7 +55,7 @@ impl Notifier for ActionScripts {
             if let Some(p) = pid {
                 c.env("CRTOOLS_INIT_PID", p.to_string());
             }
-            tracing::info!("action script {} for {action}", s.display());
+            tracing::info!(script = %s.display(), action = %action, "running action script");
             let st = c.status().map_err(|e| NotifyError::Script {
                 script: s.clone(),
                 action: action.to_string(),

@@ -132,7 +132,8 @@ fn runtime_probes_are_answered_like_criu() {
         ("uffd-noncoop", false),
         ("uffd", false),
         ("userns", true),
-        ("mem_dirty_track", false),
+        // Soft-dirty is off here; userfaultfd write protection tracks written pages.
+        ("mem_dirty_track", true),
     ] {
         let o = cryo(&["check", "--feature", feature]);
         assert_eq!(o.status.success(), supported, "{feature}: {}", stdout(&o));

@@ -641,3 +641,30 @@ fn tcp_established_on_the_bridge_network() {
     let r = finish_request(c);
     assert!(r.contains("hello from the container"), "{r}");
 }
+
+/// Test: `podman container checkpoint --pre-checkpoint` (runc's pre-dump: the container runs
+/// on), then `checkpoint --with-previous` (a dump whose parent is the pre-checkpoint: only
+/// the pages written since are saved) and `restore`: the counter goes on.
+#[test]
+fn pre_checkpoint_then_with_previous() {
+    need_podman!();
+    let _g = serial();
+    let p = Podman::new("precheckpoint");
+    let before = started(&p);
+    p.ok(&["container", "checkpoint", "--pre-checkpoint", "c"]);
+    assert_eq!(p.status("c"), "running", "after --pre-checkpoint");
+    let at = p.numbers().last().copied().unwrap_or(0);
+    wait_for("the counter to go on", 10, || {
+        p.numbers().last().is_some_and(|&n| n > at + 2)
+    });
+    p.ok(&["container", "checkpoint", "--with-previous", "--keep", "c"]);
+    let last = p.check_stopped("c");
+    let userdata = p.ok(&["container", "inspect", "--format", "{{.StaticDir}}", "c"]);
+    let dump_log = std::fs::read_to_string(Path::new(&userdata).join("dump.log")).unwrap();
+    assert!(
+        dump_log.contains("uffd-wp") && dump_log.contains("parent"),
+        "dump.log: {dump_log}"
+    );
+    p.ok(&["container", "restore", "--keep", "c"]);
+    p.check_restored("c", last, &before);
+}

@@ -131,15 +131,15 @@ fn version_features_check_and_refusals() {
     assert!(ok && r.success);
     assert_eq!(
         (f.mem_track, f.lazy_pages),
-        (Some(false), Some(false)),
-        "soft-dirty is off here and lazy pages are not implemented"
+        (Some(true), Some(false)),
+        "written pages are tracked with uffd-wp here; lazy pages are not implemented"
     );
 
     let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Check, None), None);
     assert!(ok && r.success, "{:?}", r.cr_errmsg);
 
     let (_, r, ok) = swrk().call(&req(pb::CriuReqType::PreDump, None), None);
-    assert!(!ok && !r.success && r.cr_errmsg.unwrap().contains("soft-dirty"));
+    assert!(!ok && !r.success && r.cr_errmsg.unwrap().contains("PRE_DUMP without options"));
 
     let dir = scratch("rpc-refuse");
     let d = dir_fd(&dir);

@@ -755,3 +755,42 @@ fn tcp_established_connection_survives() {
     c.exec_ok(&["true"]);
     drop(c);
 }
+
+/// runc's incremental checkpoint: `checkpoint --pre-dump --image-path P1` (the container runs
+/// on; cryo answers PRE_DUMP over RPC after a FEATURE_CHECK of mem_track), then `checkpoint
+/// --parent-path ../P1 --image-path P2` (a DUMP with `parent_img` and `track_mem`: only what
+/// was written since is in P2), and `restore` from P2: the counter goes on from where it was.
+#[test]
+fn pre_dump_then_checkpoint_with_parent() {
+    need_runc!();
+    let _g = serial();
+    let mut c = Container::new("predump", "pipe");
+    c.start(None, &[]);
+    let n = c.wait_output(0, 2);
+    let p1 = c.checkpoint(0, &["--pre-dump"]);
+    assert!(p1.join("inventory.img").exists());
+    c.check_running();
+    c.wait_output(0, n + 2);
+    let img = c.checkpoint(1, &["--parent-path", "../img-0"]);
+    c.gone();
+    assert_eq!(
+        std::fs::read_link(img.join("parent")).unwrap(),
+        Path::new("../img-0")
+    );
+    let log = std::fs::read_to_string(img.join("dump.log")).unwrap_or_default();
+    assert!(
+        log.contains("uffd-wp"),
+        "the final dump used the pre-dump's tracking:\n{log}"
+    );
+    let o = integration::cryo(&["show", img.join("stats-dump").to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let skipped = v["entries"][0]["dump"]["pages_skipped_parent"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(skipped > 0, "pages left in the parent: {v}");
+    let before = c.last_output(0);
+    c.start(Some(&img), &[]);
+    let first = c.wait_output(1, 0);
+    assert_eq!(c.out[1].numbers()[0], before + 1, "{first}");
+    c.exec_ok(&["true"]);
+}

@@ -1,5 +1,5 @@
-//! Netlink sockets, packet sockets, and unix sockets whose peer is outside the tree
-//! (issue #10, part 4).
+//! Netlink sockets, packet sockets, ping and raw IP sockets, and unix sockets whose peer is
+//! outside the tree (issue #10, part 4; issue #12 for ping and raw sockets).
 
 use std::process::Command;
 
@@ -227,4 +227,86 @@ fn packet_socket_keeps_its_interface_and_options() {
     let before = frames();
     ping();
     wait_for("frames after the restore", 10, || frames() > before);
+}
+
+/// A ping socket (ICMP echo, its echo id), a raw ICMP socket bound to an address with an
+/// ICMP type filter, a connected raw UDP socket and a raw IPv6 IPPROTO_RAW socket, in a
+/// network namespace of the test's: after the restore each has its id, address, peer and
+/// options back, and the ping socket gets an answer to a new echo request.
+#[test]
+fn ping_and_raw_sockets_keep_their_ids_addresses_and_filters() {
+    if !need(&["ip", "nsenter", "python3"]) {
+        return;
+    }
+    let dir = scratch("pingraw");
+    let net = Net::new("pr", 101);
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.a,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ping_group_range=0 0",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.join("pr.out");
+    let script = root().join("integration/scripts/ping_raw.py");
+    let pid = Net::spawn_in(
+        &net.a,
+        &["python3", script.to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("pr.log"),
+    );
+    let _g = KillOnDrop(pid);
+    let ident = wait_ready(&out)[0];
+    let report = |n: usize| -> Vec<String> {
+        signal(pid, libc::SIGUSR1);
+        wait_for("the report", 10, || {
+            lines(&out)
+                .iter()
+                .filter(|l| l.starts_with("reply") || *l == "noreply")
+                .count()
+                >= n
+        });
+        lines(&out)
+    };
+    let before = report(1);
+    let want = [
+        format!("ident {ident}"),
+        format!("filter {}", 1 << 13),
+        "raw 127.0.0.14".into(),
+        "peer 127.0.0.10".into(),
+        "hdrincl 1".into(),
+        "reply 0".into(),
+    ];
+    for w in &want {
+        assert!(before.contains(w), "before the dump: {w} in {before:?}");
+    }
+    let key = format!("net[{}]:k", net.a_ino());
+    let img = dir.join("img");
+    dump(pid, &img, &["--external", &key]);
+    wait_gone(pid);
+    let join = format!("net:{}", Net::path(&net.a));
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--join-ns",
+        &join,
+    ]);
+    assert!(o.status.success(), "{}", log(&img, "restore.log"));
+    let all = report(2);
+    let after = &all[before.len()..];
+    for w in &want {
+        assert!(
+            after.iter().any(|l| l == w),
+            "after the restore: {w} in {after:?}"
+        );
+    }
 }

@@ -78,7 +78,8 @@ pub enum Cmd {
     /// Check that this kernel has what cryo needs (`--feature NAME`: one of CRIU's feature
     /// names; `--extra`, `--experimental`, `--all`: the optional ones too).
     Check(Opts),
-    /// Not implemented yet: incremental memory dumps (needs soft-dirty tracking).
+    /// Save the tree's memory while it runs on (an incremental dump's step): frozen only to
+    /// list its pages and arm write tracking; `--prev-images-dir` names the step before.
     #[command(name = "pre-dump")]
     PreDump(Opts),
     /// Serve one CRIU RPC request on the SOCK_SEQPACKET socket at fd FD (what runc, podman,
@@ -527,9 +528,18 @@ pub struct Opts {
     pub json: bool,
 
     // --- Memory dumping.
-    /// pre-dump mode (splice or read); accepted.
+    /// pre-dump mode (splice or read); accepted (cryo always copies after the tree runs
+    /// again, as `read` does).
     #[arg(long = "pre-dump-mode", value_name = "MODE")]
     pub pre_dump_mode: Option<String>,
+    /// Track the pages the tree writes from now on, for a later incremental dump (implied by
+    /// `pre-dump`).
+    #[arg(long = "track-mem")]
+    pub track_mem: bool,
+    /// The images directory of the previous step of an incremental dump (relative to the
+    /// images directory, as CRIU takes it): its `parent` link.
+    #[arg(long = "prev-images-dir", value_name = "DIR")]
+    pub prev_images_dir: Option<String>,
 
     // --- Page server (refused by `page-server`, `--page-server`, `lazy-pages`).
     /// Page server address (used only with a page server).
@@ -1021,8 +1031,6 @@ impl IsSet for Vec<String> {
 
 unsupported_opts! {
     page_server: bool = "page-server", "the page server is not implemented yet";
-    track_mem: bool = "track-mem", "memory tracking needs soft-dirty, which this kernel lacks, and incremental dumps are not implemented yet";
-    prev_images_dir: Option<String> = "prev-images-dir", "incremental dumps are not implemented yet";
     auto_dedup: bool = "auto-dedup", "incremental dumps (and deduplication against them) are not implemented yet";
     lazy_pages: bool = "lazy-pages", "lazy restore is not implemented yet";
     leave_stopped: bool = "leave-stopped" short 's', "leaving the tree stopped is not implemented yet";
@@ -1556,11 +1564,7 @@ mod tests {
         assert_eq!(l.macvlan["mv0"], "eth9");
         assert_eq!(r.network_lock(), Ok(crate::netlock::Method::Iptables));
         // --no- forms switch them off again.
-        assert!(
-            !opts(&["dump", "-t", "1", "--track-mem", "--no-track-mem"])
-                .unsupported
-                .track_mem
-        );
+        assert!(!opts(&["dump", "-t", "1", "--track-mem", "--no-track-mem"]).track_mem);
     }
 
     #[test]

@@ -15,7 +15,9 @@ use crate::notify::{Notifier, NotifyError};
 use crate::num::{c_int, c_uint, img_pid, len32, micros_u32, micros_u64};
 use crate::procfs;
 use crate::sys::ptrace::{Stop, Tracee};
-use crate::sys::remote::Parasite;
+use crate::sys::remote::{Parasite, Syscalls};
+
+pub mod predump;
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +48,14 @@ pub struct DumpOpts {
     pub sock: kinds::files::SockOpts,
     /// `--link-remap`: a removed file with other names gets a temporary one for the restore.
     pub link_remap: bool,
+    /// `--prev-images-dir`: the previous step of an incremental dump (relative to the images
+    /// directory): only pages written since are saved, the others are marked in the parent.
+    pub prev_images_dir: Option<String>,
+    /// `--track-mem`: take the previous step's write tracking, and (with `--leave-running`)
+    /// keep tracking for a later step.
+    pub track_mem: bool,
+    /// `--pre-dump-mode` (`splice`, `read`): recorded in the inventory, as CRIU does.
+    pub pre_dump_mode: Option<String>,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -104,6 +114,8 @@ pub enum DumpError {
     Userns(#[from] kinds::userns::UsernsError),
     #[error(transparent)]
     NetLock(#[from] crate::netlock::NetLockError),
+    #[error(transparent)]
+    Track(#[from] crate::memtrack::TrackError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -120,6 +132,10 @@ impl DumpError {
                 return Some("check the pid given with -t/--tree".into())
             }
             DumpError::Notify(_) | DumpError::Internal(_) => return None,
+            DumpError::Track(crate::memtrack::TrackError::Parent { .. }) => {
+                return Some("--prev-images-dir is relative to the images directory (-D), as in CRIU: e.g. ../previous".into())
+            }
+            DumpError::Track(_) => return None,
             DumpError::Task(e) => e,
             DumpError::Files(e) => e,
             DumpError::Memory(e) => e,
@@ -740,6 +756,7 @@ fn dump_process(
     dir: &ImageDir,
     stats: &mut pb::DumpStatsEntry,
     img: &mut TaskImages,
+    mut chain: Option<&mut crate::memtrack::Chain>,
 ) -> Result<u64, DumpError> {
     let tracee = Tracee { tid: pid };
     let mut others = Vec::new();
@@ -850,6 +867,7 @@ fn dump_process(
         files,
         dir,
         stats,
+        chain: None,
     };
     // In-target work, inside the injection bracket.
     cx.parasite = Some(
@@ -877,6 +895,14 @@ fn dump_process(
                 .push(kinds::threads::dump_thread(pid, th, site, scratch)?);
             img.pstree.threads.push(img_pid(th.tracee.tid));
         }
+        // Write tracking for a later step (`--track-mem --leave-running`).
+        if let Some(c) = chain
+            .as_deref_mut()
+            .filter(|c| c.rearm && c.needs_uffd(pid))
+        {
+            let vpid = c.vpid(pid);
+            make_uffd(c, pid, vpid, cx.remote()?);
+        }
         Ok(())
     })();
     let parasite = cx.parasite.take().expect("injected above");
@@ -897,8 +923,77 @@ fn dump_process(
         }
     }
     // Memory after the cure, so the original code word is what gets saved.
+    cx.chain = chain;
     kinds::dump_kind::<kinds::memory::Memory>(&mut cx, img)?;
     Ok(calls)
+}
+
+/// Makes a userfaultfd inside `pid` (through the injection bracket), takes it into cryo and
+/// gives it to `chain` for write tracking. A process where that fails is simply not tracked
+/// (its pages are saved whole at each step): the failure is logged, never fatal.
+fn make_uffd(chain: &mut crate::memtrack::Chain, pid: i32, vpid: u32, remote: &mut Parasite<'_>) {
+    let flags = libc::O_CLOEXEC | libc::O_NONBLOCK | crate::sys::mem::UFFD_USER_MODE_ONLY;
+    let r = (|| -> Result<std::os::fd::OwnedFd, String> {
+        let fd = remote
+            .remote
+            .userfaultfd(flags)
+            .map_err(|e| e.to_string())?;
+        let taken = crate::sys::fd::pidfd_open(pid)
+            .and_then(|p| crate::sys::fd::pidfd_getfd(std::os::fd::AsFd::as_fd(&p), fd));
+        remote.remote.close(fd).map_err(|e| e.to_string())?;
+        taken.map_err(|e| e.to_string())
+    })();
+    match r.and_then(|fd| chain.adopt(pid, vpid, fd).map_err(|e| e.to_string())) {
+        Ok(()) => {}
+        Err(e) => tracing::warn!(
+            pid,
+            error = %e,
+            "memory tracking: no userfaultfd in the process; its pages are saved whole at every step"
+        ),
+    }
+}
+
+/// Seizes every process of the tree under `root` not in `frozen` yet; a running process may
+/// fork meanwhile, so the tree is walked again until nothing new appears (frozen processes
+/// cannot fork).
+fn freeze_tree(
+    root: i32,
+    mut frozen: Vec<(i32, i32, Seized)>,
+) -> Result<Vec<(i32, i32, Seized)>, DumpError> {
+    for _ in 0..10 {
+        let tree = collect_tree(root)?;
+        let mut new = false;
+        for (pid, ppid) in tree {
+            if frozen.iter().any(|(p, _, _)| *p == pid) {
+                continue;
+            }
+            let seized = if is_zombie(pid) {
+                Seized {
+                    tracees: Vec::new(),
+                    done: true,
+                    stop_sig: None,
+                }
+            } else {
+                seize(pid)?
+            };
+            frozen.push((pid, ppid, seized));
+            new = true;
+        }
+        if !new {
+            break;
+        }
+    }
+    Ok(frozen)
+}
+
+/// The PID each process of the tree has in the images: its PID in the tree's own PID
+/// namespace when that is not cryo's (as `virtualize` renames them), else its PID.
+fn image_pids(root: i32, pids: &[i32]) -> Result<Vec<u32>, DumpError> {
+    let own = kinds::misc::task_ids(crate::sys::proc::own_pid(), 1)?.pid_ns_id;
+    let virt = kinds::misc::task_ids(root, 1)?.pid_ns_id != own;
+    pids.iter()
+        .map(|&p| if virt { ns_pid(p) } else { Ok(img_pid(p)) })
+        .collect()
 }
 
 /// Dumps the process tree rooted at `opts.pid` into `dir`.
@@ -935,38 +1030,33 @@ pub fn run(
     // 2. Freeze the whole tree; a running process may fork meanwhile, so walk again until
     //    nothing new appears (frozen processes cannot fork).
     let tf = Instant::now();
-    let mut frozen: Vec<(i32, i32, Seized)> = match &freezer {
+    let frozen: Vec<(i32, i32, Seized)> = match &freezer {
         Some(f) => seize_frozen(root, f)?,
         None => Vec::new(),
     };
-    for _ in 0..10 {
-        let tree = collect_tree(root)?;
-        let mut new = false;
-        for (pid, ppid) in tree {
-            if frozen.iter().any(|(p, _, _)| *p == pid) {
-                continue;
-            }
-            let seized = if is_zombie(pid) {
-                Seized {
-                    tracees: Vec::new(),
-                    done: true,
-                    stop_sig: None,
-                }
-            } else {
-                seize(pid)?
-            };
-            frozen.push((pid, ppid, seized));
-            new = true;
-        }
-        if !new {
-            break;
-        }
-    }
+    let mut frozen = freeze_tree(root, frozen)?;
     if frozen.len() != tree0.len() {
         let tree: Vec<(i32, i32)> = frozen.iter().map(|(p, pp, _)| (*p, *pp)).collect();
         precheck(opts, &tree)?;
     }
     let freezing = tf.elapsed();
+    // An incremental dump: the parent, its write tracking, and tracking kept for a later
+    // step with --track-mem --leave-running. Dropped on any error: tracking ends.
+    let mut chain = if opts.prev_images_dir.is_some() || (opts.track_mem && opts.leave_running) {
+        let mut c = crate::memtrack::Chain::open(
+            dir,
+            opts.prev_images_dir.as_deref(),
+            opts.track_mem || opts.prev_images_dir.is_some(),
+        )?;
+        c.rearm = opts.track_mem && opts.leave_running;
+        let pids: Vec<i32> = frozen.iter().map(|f| f.0).collect();
+        for (p, v) in pids.iter().zip(image_pids(root, &pids)?) {
+            c.set_vpid(*p, v);
+        }
+        Some(c)
+    } else {
+        None
+    };
 
     // 3. Each process.
     let mut files = FileTable::default();
@@ -1023,7 +1113,15 @@ pub fn run(
             } else if let Some((opid, _)) = sharers.first() {
                 return Err(Unsupported::of(*pid, "fd table", format!("it is shared (CLONE_FILES) with process {opid}, but not with its parent"), "only a table its parent shares can be restored (the child is cloned from it with CLONE_FILES)").into());
             }
-            calls += dump_process(*pid, seized, &mut files, dir, &mut stats, &mut img)?;
+            calls += dump_process(
+                *pid,
+                seized,
+                &mut files,
+                dir,
+                &mut stats,
+                &mut img,
+                chain.as_mut(),
+            )?;
             if let Some(sig) = seized.stop_sig {
                 let tc = img.tc();
                 tc.task_state = kinds::misc::TASK_STOPPED;
@@ -1079,6 +1177,12 @@ pub fn run(
             restore: None,
         }],
     )?;
+    if let Some(c) = chain.take() {
+        if c.rearm {
+            // Tracking goes on for the next step, held by a new holder.
+            c.keep(dir, &host_pids)?;
+        }
+    }
     dir.finish()?;
 
     // 5. Final state. A failing post-dump hook leaves the tree running (the dump failed).

@@ -208,7 +208,10 @@ impl ImageDir {
     fn stale(&self, name: &str) -> bool {
         let stale = self.listed.as_ref().is_some_and(|l| !l.contains(name));
         if stale && self.file(name).exists() {
-            tracing::info!("{name}: not in cryo-manifest.json (left by an earlier dump); ignored");
+            tracing::info!(
+                image = %name,
+                "not in cryo-manifest.json (left by an earlier dump); ignored"
+            );
         }
         stale
     }

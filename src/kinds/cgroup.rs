@@ -1244,7 +1244,7 @@ fn set_prop(dir: &Path, p: &pb::CgroupPropEntry) -> Result<(), CgroupError> {
     let r = set_value(dir, p).and_then(|_| set_perms(dir, p));
     match r {
         Err(e) if !essential(&p.name) => {
-            tracing::warn!("{e} (not restored)");
+            tracing::warn!(error = %e, "cgroup property not restored");
             Ok(())
         }
         r => r,

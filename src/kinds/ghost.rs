@@ -303,7 +303,7 @@ impl GhostStore {
         let _in = self.ns_pid.map(|p| super::ns::InNs::enter(p, true));
         for p in self.linked_used.drain(..) {
             if let Err(e) = std::fs::remove_file(&p) {
-                tracing::warn!("cannot remove link remap {p}: {e}");
+                tracing::warn!(path = %p, error = %e, "cannot remove link remap");
             }
         }
     }

@@ -1,7 +1,10 @@
 //! Inet sockets, IPv4 and IPv6 (IPv4-mapped too): TCP (unbound, bound, listening,
-//! established and half-closed connections) and UDP / UDP-Lite (bound, connected, with their
-//! queued datagrams), each restored on the same fd with its options, as CRIU's `inetsk`
-//! records in files.img (`inet_sk_entry`), plus `tcp-stream-INO.img` per connection.
+//! established and half-closed connections), UDP / UDP-Lite (bound, connected, with their
+//! queued datagrams), ICMP echo ("ping") sockets and raw sockets of any protocol (bound,
+//! connected, with their header-include, no-defrag and ICMP filter options; what is queued
+//! on them is not saved, as in CRIU), each restored on the same fd with its options, as
+//! CRIU's `inetsk` records in files.img (`inet_sk_entry`), plus `tcp-stream-INO.img` per
+//! connection.
 //!
 //! Dump, through cryo's copy of the target's socket (`pidfd_getfd`: the same socket):
 //! addresses (`getsockname`, `SO_PEERNAME`), the TCP state and a listener's backlog
@@ -29,8 +32,8 @@
 //! Refused before the tree is touched ([`InetSk::precheck`]), naming the fd and the
 //! addresses: a connection without `--tcp-established`/`--tcp-close`, a listener with
 //! connections not accepted yet without `--skip-in-flight`, a corked UDP socket, a socket of
-//! another network namespace than its process's, and protocols other than TCP, UDP and
-//! UDP-Lite (raw, ping, MPTCP, SCTP).
+//! another network namespace than its process's, and protocols other than TCP, UDP,
+//! UDP-Lite, ping and raw (MPTCP, SCTP).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -134,10 +137,24 @@ impl Described {
             && (self.proto == libc::IPPROTO_UDP || self.proto == IPPROTO_UDPLITE)
     }
 
+    /// An ICMP echo ("ping") socket: a datagram socket whose port is its echo id.
+    fn is_ping(&self) -> bool {
+        is_ping(self.ty, self.proto)
+    }
+
+    /// A raw IP socket of any protocol (its "port" is the protocol number).
+    fn is_raw(&self) -> bool {
+        self.ty == libc::SOCK_RAW
+    }
+
     /// A TCP connection (established, half closed or being opened).
     fn is_conn(&self) -> bool {
         self.is_tcp() && is_connection(self.state)
     }
+}
+
+fn is_ping(ty: i32, proto: i32) -> bool {
+    ty == libc::SOCK_DGRAM && (proto == libc::IPPROTO_ICMP || proto == libc::IPPROTO_ICMPV6)
 }
 
 fn proto_name(ty: i32, proto: i32) -> &'static str {
@@ -286,11 +303,11 @@ fn check(
     let refuse = |what: String, hint: &str| -> InetSkError {
         Unsupported::of(pid, object.clone(), what, hint).into()
     };
-    if !d.is_tcp() && !d.is_udp() {
+    if !d.is_tcp() && !d.is_udp() && !d.is_ping() && !d.is_raw() {
         let hint = if d.proto == IPPROTO_MPTCP {
             "MPTCP is not supported; for a Go program, GODEBUG=multipathtcp=0 makes it use TCP; otherwise close the socket before the dump"
         } else {
-            "only TCP, UDP and UDP-Lite sockets are supported; close it before the dump"
+            "only TCP, UDP, UDP-Lite, ICMP (ping) and raw sockets are supported; close it before the dump"
         };
         return Err(refuse(
             format!("{} sockets are not supported yet", d.proto_name()),
@@ -316,6 +333,9 @@ fn check(
                 "let the program finish its datagram (uncork), then dump",
             ));
         }
+        return Ok(());
+    }
+    if d.is_ping() || d.is_raw() {
         return Ok(());
     }
     let ti = d.tcp.unwrap_or_default();
@@ -414,6 +434,117 @@ fn ip_opts(s: BorrowedFd<'_>, family: i32) -> std::io::Result<pb::IpOptsEntry> {
             cryo_hoplimit: None,
         })
     }
+}
+
+/// The peer of a connected ping or raw socket, which `getpeername` and `SO_PEERNAME` do not
+/// tell (it has no peer port): its line in `/proc/PID/net/{raw,raw6,icmp,icmp6}`, found by
+/// inode, in the network namespace of `pid`.
+fn proc_net_peer(pid: i32, d: &Described, ino: u32) -> Option<SocketAddr> {
+    let v6 = d.family == libc::AF_INET6;
+    let file = match (d.is_raw(), v6) {
+        (true, false) => "raw",
+        (true, true) => "raw6",
+        (false, false) => "icmp",
+        (false, true) => "icmp6",
+    };
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).ok()?;
+    let line = text.lines().skip(1).find(|l| {
+        l.split_whitespace()
+            .nth(9)
+            .and_then(|i| i.parse::<u32>().ok())
+            == Some(ino)
+    })?;
+    let rem = line.split_whitespace().nth(2)?;
+    let (addr, port) = rem.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // Each 32-bit word of the address as the kernel holds it, printed as a number.
+    let words: Vec<u32> = addr
+        .as_bytes()
+        .chunks(8)
+        .map(|c| u32::from_str_radix(std::str::from_utf8(c).ok()?, 16).ok())
+        .collect::<Option<_>>()?;
+    let peer = sockaddr_of(d.family.cast_unsigned(), u32::from(port), &words)?;
+    (!peer.ip().is_unspecified()).then_some(peer)
+}
+
+/// `SOL_RAW`, `ICMP_FILTER`, `SOL_ICMPV6`, `ICMPV6_FILTER`, `IP_NODEFRAG`, `IPV6_HDRINCL`
+/// (linux/in.h, linux/icmp.h, linux/in6.h).
+const SOL_RAW: i32 = 255;
+const ICMP_FILTER: i32 = 1;
+const SOL_ICMPV6: i32 = 58;
+const ICMPV6_FILTER: i32 = 1;
+const IP_NODEFRAG: i32 = 22;
+const IPV6_HDRINCL: i32 = 36;
+
+/// A raw socket's own options, as CRIU's `ip_opts_raw_entry` holds them: header included,
+/// no defragmentation (IPv4), and the ICMP type filter of an ICMP / ICMPv6 socket.
+fn raw_opts(s: BorrowedFd<'_>, family: i32, proto: i32) -> std::io::Result<pb::IpOptsRawEntry> {
+    let mut r = pb::IpOptsRawEntry::default();
+    let words = |b: &[u8]| -> Vec<u32> {
+        b.chunks_exact(4)
+            .map(|c| u32::from_ne_bytes(c.try_into().expect("4 bytes")))
+            .collect()
+    };
+    if family == libc::AF_INET6 {
+        // IPV6_HDRINCL is Linux 4.5+; older kernels have no such option to save.
+        r.hdrincl = net::getsockopt_int(s, libc::IPPROTO_IPV6, IPV6_HDRINCL)
+            .ok()
+            .filter(|&v| v != 0)
+            .map(|_| true);
+        if proto == libc::IPPROTO_ICMPV6 {
+            let mut f = [0u8; 32];
+            let n = inet::getsockopt_bytes(s, SOL_ICMPV6, ICMPV6_FILTER, &mut f)?;
+            r.icmpv_filter = words(&f[..n]);
+        }
+    } else {
+        r.hdrincl =
+            Some(net::getsockopt_int(s, libc::IPPROTO_IP, libc::IP_HDRINCL)? != 0).filter(|&b| b);
+        r.nodefrag =
+            Some(net::getsockopt_int(s, libc::IPPROTO_IP, IP_NODEFRAG)? != 0).filter(|&b| b);
+        if proto == libc::IPPROTO_ICMP {
+            let mut f = [0u8; 4];
+            let n = inet::getsockopt_bytes(s, SOL_RAW, ICMP_FILTER, &mut f)?;
+            r.icmpv_filter = words(&f[..n]);
+        }
+    }
+    Ok(r)
+}
+
+/// Sets a raw socket's own options back (see [`raw_opts`]).
+fn restore_raw_opts(
+    s: BorrowedFd<'_>,
+    id: u32,
+    family: i32,
+    r: &pb::IpOptsRawEntry,
+) -> Result<(), InetSkError> {
+    let err = |what: &str| obj_err(id, format!("raw socket: {what}"));
+    let bytes: Vec<u8> = r
+        .icmpv_filter
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect();
+    if family == libc::AF_INET6 {
+        if r.hdrincl == Some(true) {
+            net::setsockopt_int(s, libc::IPPROTO_IPV6, IPV6_HDRINCL, 1)
+                .map_err(err("IPV6_HDRINCL"))?;
+        }
+        if !bytes.is_empty() {
+            inet::setsockopt_bytes(s, SOL_ICMPV6, ICMPV6_FILTER, &bytes)
+                .map_err(err("ICMPV6_FILTER"))?;
+        }
+    } else {
+        if r.hdrincl == Some(true) {
+            net::setsockopt_int(s, libc::IPPROTO_IP, libc::IP_HDRINCL, 1)
+                .map_err(err("IP_HDRINCL"))?;
+        }
+        if r.nodefrag == Some(true) {
+            net::setsockopt_int(s, libc::IPPROTO_IP, IP_NODEFRAG, 1).map_err(err("IP_NODEFRAG"))?;
+        }
+        if !bytes.is_empty() {
+            inet::setsockopt_bytes(s, SOL_RAW, ICMP_FILTER, &bytes).map_err(err("ICMP_FILTER"))?;
+        }
+    }
+    Ok(())
 }
 
 /// TCP-level options (CRIU's, plus `TCP_USER_TIMEOUT` and the congestion control).
@@ -551,6 +682,7 @@ impl FdKind for InetSk {
                 opts: so.clone(),
                 v6only: None,
                 ip_opts: Some(ip_opts(s, d.family).map_err(|e| fd.err("IP options", e))?),
+                // Filled below for a raw socket.
                 ifname: None,
                 ns_id: std::fs::metadata(format!("/proc/{}/ns/net", fd.pid))
                     .ok()
@@ -581,6 +713,13 @@ impl FdKind for InetSk {
                         }
                     }
                 }
+            }
+        }
+        if (d.is_ping() || d.is_raw()) && d.peer.is_none() {
+            if let Some(p) = proc_net_peer(fd.pid, &d, ino) {
+                e.state = ESTABLISHED;
+                e.dst_port = u32::from(p.port());
+                e.dst_addr = addr_words(p.ip());
             }
         }
         let sh = shutdown_of(s).map_err(|e| fd.err("poll (shutdown state)", e))?;
@@ -614,6 +753,21 @@ impl FdKind for InetSk {
                 })?;
                 e.state = saved.state;
                 inet.streams.push((ino, [(saved.entry, saved.data)]));
+            }
+        } else if d.is_ping() || d.is_raw() {
+            e.shutdown = Some(sh as i32);
+            if d.is_raw() {
+                let raw =
+                    raw_opts(s, d.family, d.proto).map_err(|e| fd.err("raw socket options", e))?;
+                if let Some(ip) = e.ip_opts.as_mut() {
+                    ip.raw = Some(raw);
+                }
+            }
+            // What is queued on a ping or raw socket is not saved (as in CRIU): replies and
+            // copies of packets the program had not read yet are lost.
+            let queued = inet::inq(s).unwrap_or(0);
+            if queued > 0 {
+                tracing::warn!(pid = fd.pid, fd = fd.fd, socket = %d.show(), queued, "datagrams queued on the socket are not saved");
             }
         } else {
             e.shutdown = Some(sh as i32);
@@ -1301,7 +1455,7 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
             Unsupported::restore(format!("file {id}: inet socket of family {family}")).into(),
         );
     }
-    if !(ty == libc::SOCK_STREAM || ty == libc::SOCK_DGRAM) {
+    if !(ty == libc::SOCK_STREAM || ty == libc::SOCK_DGRAM || ty == libc::SOCK_RAW) {
         return Err(Unsupported::restore(format!(
             "file {id}: {} sockets cannot be restored yet",
             proto_name(ty, proto)
@@ -1402,7 +1556,9 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
             format!("inet socket ({}): {what}", proto_name(ty, proto)),
         )
     };
-    if isk.src_port != 0 {
+    // A raw socket's port is its protocol: it is bound only to an address of its own.
+    let raw = ty == libc::SOCK_RAW;
+    if isk.src_port != 0 && !(raw && local.ip().is_unspecified()) {
         bind(s, local, isk.ifname.as_deref()).map_err(err(format!("bind to {local}")))?;
     }
     tracing::debug!("inet: bound");
@@ -1410,11 +1566,24 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
         rustix::net::listen(s, isk.backlog.cast_signed())
             .map_err(|e| err(format!("listen on {local}"))(e.into()))?;
     }
-    if proto != libc::IPPROTO_TCP && isk.dst_port != 0 {
+    // A connected ping or raw socket has no peer port.
+    let portless = raw || is_ping(ty, proto);
+    if proto != libc::IPPROTO_TCP
+        && (isk.dst_port != 0
+            || (portless && isk.state == ESTABLISHED && !peer.ip().is_unspecified()))
+    {
         rustix::net::connect(s, &peer).map_err(|e| err(format!("connect to {peer}"))(e.into()))?;
     }
     tracing::debug!("inet: listening/connected");
     restore_opts(s, id, isk, false)?;
+    if let Some(r) = isk
+        .ip_opts
+        .as_ref()
+        .and_then(|ip| ip.raw.as_ref())
+        .filter(|_| raw)
+    {
+        restore_raw_opts(s, id, family, r)?;
+    }
     tracing::debug!("inet: options");
     if let Some(q) = st.queues.remove(&id) {
         requeue_datagrams(s, id, isk, local, q)?;

@@ -49,7 +49,7 @@ impl Drop for LinkRemaps {
         for (ns, p) in self.made.drain(..) {
             let _in = ns.map(|pid| super::ns::InNs::enter(pid, true));
             if let Err(e) = std::fs::remove_file(&p) {
-                tracing::warn!("cannot remove link remap {}: {e}", p.display());
+                tracing::warn!(path = %p.display(), error = %e, "cannot remove link remap");
             }
         }
     }

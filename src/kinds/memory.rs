@@ -81,8 +81,9 @@ pub mod status {
 /// Most auxv words CRIU accepts in `mm_saved_auxv` (its AT_VECTOR_SIZE on x86_64).
 const CRIU_AUXV_WORDS: usize = 44;
 
-/// `pagemap_entry.flags`: page data is in the pages image.
-const PE_PRESENT: u32 = 4;
+/// `pagemap_entry.flags`: page data is in the pages image, or in the parent's.
+const PE_PRESENT: u32 = crate::memtrack::PE_PRESENT;
+const PE_PARENT: u32 = crate::memtrack::PE_PARENT;
 
 /// smaps VmFlags that are madvise() state, with their MADV_* numbers.
 const MADV_FLAGS: &[(&str, u32)] = &[
@@ -315,13 +316,13 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
 
 /// One run of pages in the pages image.
 #[derive(Debug, Clone, Copy)]
-struct Run {
-    vaddr: u64,
-    pages: u64,
+pub struct Run {
+    pub vaddr: u64,
+    pub pages: u64,
     /// Offset of the run in the pages image.
-    off: u64,
+    pub off: u64,
     /// The VMA lacks PROT_READ: read through /proc/PID/mem instead of process_vm_readv.
-    via_mem: bool,
+    pub via_mem: bool,
 }
 
 impl Kind for Memory {
@@ -352,6 +353,7 @@ impl Kind for Memory {
         img.mm.mm_saved_auxv = auxv.iter().copied().take(CRIU_AUXV_WORDS).collect();
         img.mm.cryo_saved_auxv = auxv;
         let mut runs: Vec<Run> = Vec::new();
+        let mut parents: Vec<(u64, u64)> = Vec::new();
         let mut off = 0u64;
         let vmas = cx.vmas.clone();
         for v in &vmas {
@@ -401,22 +403,8 @@ impl Kind for Memory {
             if !private_mem {
                 continue;
             }
-            let mut ranges = Vec::new();
-            mem::pagemap_scan(
-                &pagemap,
-                v.start,
-                v.end,
-                page_is::PFNZERO | page_is::FILE,
-                page_is::PFNZERO | page_is::FILE,
-                page_is::PRESENT | page_is::SWAPPED,
-                &mut ranges,
-            )
-            .map_err(|source| TaskError::Memory {
-                pid,
-                addr: v.start,
-                what: "PAGEMAP_SCAN",
-                source,
-            })?;
+            let (ranges, parent) = scan_private(cx, &pagemap, v)?;
+            parents.extend(parent);
             for (s, e) in ranges {
                 let pages = (e - s) / PAGE_SIZE;
                 runs.push(Run {
@@ -442,16 +430,11 @@ impl Kind for Memory {
         if img.pages_id == 0 {
             img.pages_id = 1;
         }
-        img.pagemap = runs
+        img.pagemap = pagemap_entries(&runs, &parents);
+        cx.stats.pages_skipped_parent += parents
             .iter()
-            .map(|r| pb::PagemapEntry {
-                vaddr: r.vaddr,
-                compat_nr_pages: u32::try_from(r.pages).unwrap_or(0),
-                in_parent: None,
-                flags: Some(PE_PRESENT),
-                nr_pages: Some(r.pages),
-            })
-            .collect();
+            .map(|(s, e)| (e - s) / PAGE_SIZE)
+            .sum::<u64>();
         crate::fault::point("memory")?;
         let name = format!("pages-{}.img", img.pages_id);
         let digest = write_pages(cx, &name, &runs, off)?;
@@ -581,6 +564,75 @@ impl Kind for Memory {
     }
 }
 
+/// Address ranges `[start, end)`.
+type Ranges = Vec<(u64, u64)>;
+
+/// The pages of a private VMA to save: (copied, in the parent). Without a parent every present
+/// page is copied; with one, `memtrack::Chain` keeps only those written since.
+fn scan_private(
+    cx: &mut DumpCx<'_>,
+    pagemap: &File,
+    v: &Vma,
+) -> Result<(Ranges, Ranges), MemoryError> {
+    let pid = cx.pid;
+    if let Some(chain) = cx.chain.as_deref_mut() {
+        let vpid = chain.vpid(pid);
+        let p = chain
+            .scan_vma(pid, vpid, pagemap, v.start, v.end)
+            .map_err(|e| TaskError::Memory {
+                pid,
+                addr: v.start,
+                what: "PAGEMAP_SCAN (incremental)",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        return Ok((p.copy, p.parent));
+    }
+    let mut ranges = Vec::new();
+    mem::pagemap_scan(
+        pagemap,
+        v.start,
+        v.end,
+        page_is::PFNZERO | page_is::FILE,
+        page_is::PFNZERO | page_is::FILE,
+        page_is::PRESENT | page_is::SWAPPED,
+        &mut ranges,
+    )
+    .map_err(|source| TaskError::Memory {
+        pid,
+        addr: v.start,
+        what: "PAGEMAP_SCAN",
+        source,
+    })?;
+    Ok((ranges, Vec::new()))
+}
+
+/// Pagemap entries in address order: the copied runs (`PE_PRESENT`, in image order) and the
+/// ranges left in the parent (`PE_PARENT`, as CRIU writes them).
+pub fn pagemap_entries(runs: &[Run], parents: &[(u64, u64)]) -> Vec<pb::PagemapEntry> {
+    let mut out: Vec<pb::PagemapEntry> = runs
+        .iter()
+        .map(|r| pb::PagemapEntry {
+            vaddr: r.vaddr,
+            compat_nr_pages: u32::try_from(r.pages).unwrap_or(0),
+            in_parent: None,
+            flags: Some(PE_PRESENT),
+            nr_pages: Some(r.pages),
+        })
+        .chain(parents.iter().map(|&(s, e)| {
+            let pages = (e - s) / PAGE_SIZE;
+            pb::PagemapEntry {
+                vaddr: s,
+                compat_nr_pages: u32::try_from(pages).unwrap_or(0),
+                in_parent: None,
+                flags: Some(PE_PARENT),
+                nr_pages: Some(pages),
+            }
+        }))
+        .collect();
+    out.sort_by_key(|e| e.vaddr);
+    out
+}
+
 /// The bytes of a page run of a pagemap entry; None if they overflow (a damaged image).
 fn run_bytes(p: &pb::PagemapEntry) -> Option<u64> {
     p.nr_pages
@@ -647,6 +699,7 @@ fn write_pages_mapped(
     runs: &[Run],
     total: u64,
     mem_file: Option<&File>,
+    lenient: bool,
 ) -> Result<FileDigest, MemoryError> {
     let io = |op, source| {
         TaskError::Image(crate::image::ImageError::Io {
@@ -685,8 +738,12 @@ fn write_pages_mapped(
                 let o = usize_of(at - start);
                 let dst = &mut chunk[o..o + usize_of(step)];
                 if let Err(e) = copy_block(pid, runs, at, at + step, dst, mem_file) {
-                    first_err.lock().expect("lock").get_or_insert(e);
-                    return;
+                    if lenient {
+                        copy_block_lenient(pid, runs, at, at + step, dst, mem_file);
+                    } else {
+                        first_err.lock().expect("lock").get_or_insert(e);
+                        return;
+                    }
                 }
                 h.write(dst);
                 at += step;
@@ -718,9 +775,22 @@ fn write_pages(
     runs: &[Run],
     total: u64,
 ) -> Result<FileDigest, MemoryError> {
-    let pid = cx.pid;
-    let file = cx.dir.create_file(name)?;
-    let path = cx.dir.file(name);
+    write_pages_of(cx.pid, cx.dir, name, runs, total, false)
+}
+
+/// [`write_pages`] for process `pid` into `dir`. `lenient` (a pre-dump, copying while the
+/// tree runs): a range the process unmapped meanwhile is saved as zeros instead of failing;
+/// the next step sees it as a new or written range and saves it again.
+pub fn write_pages_of(
+    pid: i32,
+    dir: &crate::image::ImageDir,
+    name: &str,
+    runs: &[Run],
+    total: u64,
+    lenient: bool,
+) -> Result<FileDigest, MemoryError> {
+    let file = dir.create_file(name)?;
+    let path = dir.file(name);
     let mem_file = if runs.iter().any(|r| r.via_mem) {
         Some(
             File::open(format!("/proc/{pid}/mem")).map_err(|source| TaskError::Memory {
@@ -743,6 +813,13 @@ fn write_pages(
                 (Some(m), true) => m.read_exact_at(dst, r.vaddr),
                 _ => mem::vm_read(pid, dst, &[(r.vaddr, len)]),
             };
+            let got = match got {
+                Err(_) if lenient => {
+                    read_lenient(pid, dst, r.vaddr, mem_file.as_ref());
+                    Ok(())
+                }
+                g => g,
+            };
             got.map_err(|source| TaskError::Memory {
                 pid,
                 addr: r.vaddr,
@@ -761,7 +838,20 @@ fn write_pages(
         return Ok(FileDigest::of(&buf));
     }
     crate::progress::start(total);
-    write_pages_mapped(pid, &file, &path, runs, total, mem_file.as_ref())
+    write_pages_mapped(pid, &file, &path, runs, total, mem_file.as_ref(), lenient)
+}
+
+/// Reads `dst.len()` bytes at `addr` page by page; pages that cannot be read are zeros.
+fn read_lenient(pid: i32, dst: &mut [u8], addr: u64, mem_file: Option<&File>) {
+    for (i, page) in dst.chunks_mut(usize_of(PAGE_SIZE)).enumerate() {
+        let a = addr + u64_of(i) * PAGE_SIZE;
+        let len = page.len();
+        let ok = mem::vm_read(pid, page, &[(a, len)]).is_ok()
+            || mem_file.is_some_and(|m| m.read_exact_at(page, a).is_ok());
+        if !ok {
+            page.fill(0);
+        }
+    }
 }
 
 /// Fills `buf` with image bytes [start, end) by reading the task's memory.
@@ -823,6 +913,33 @@ fn copy_block(
         i += 1;
     }
     flush(&mut ranges, batch_at, buf)
+}
+
+/// [`copy_block`] page by page, zeros where the process has nothing readable any more.
+fn copy_block_lenient(
+    pid: i32,
+    runs: &[Run],
+    start: u64,
+    end: u64,
+    buf: &mut [u8],
+    mem_file: Option<&File>,
+) {
+    let mut i = runs.partition_point(|r| r.off + r.pages * PAGE_SIZE <= start);
+    let mut pos = start;
+    while pos < end {
+        let r = runs[i];
+        let skip = pos - r.off;
+        let take = (r.pages * PAGE_SIZE - skip).min(end - pos);
+        let o = usize_of(pos - start);
+        read_lenient(
+            pid,
+            &mut buf[o..o + usize_of(take)],
+            r.vaddr + skip,
+            mem_file,
+        );
+        pos += take;
+        i += 1;
+    }
 }
 
 /// Maps a fresh vDSO (with its data pages) at the dumped address.
@@ -974,8 +1091,129 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
     if img.pagemap.is_empty() {
         return Ok(());
     }
-    let name = format!("pages-{}.img", img.pages_id);
-    let path = cx.dir.file(&name);
+    for (path, runs) in page_sources(cx, img)? {
+        if !runs.is_empty() {
+            fill_from(cx, img, &path, &runs)?;
+        }
+    }
+    Ok(())
+}
+
+/// One page source: a pages image and its runs (image offset, address, bytes).
+type Source = (std::path::PathBuf, Vec<(u64, u64, u64)>);
+
+/// Where every page of the task comes from: its own pages image for `PE_PRESENT` entries, and
+/// for `PE_PARENT` ones the pages images up the `parent` links (an incremental dump), each
+/// step's pagemap naming its own. A page marked in the parent that no parent holds is a
+/// damaged chain, refused before anything is written.
+fn page_sources(cx: &RestoreCx<'_>, img: &TaskImages) -> Result<Vec<Source>, MemoryError> {
+    let pm_name = format!("pagemap-{}.img", img.pid);
+    let bad = |what: String| MemoryError::from(TaskError::BadImage(what));
+    // (image offset if present here, start, end) for each entry of one pagemap.
+    let layout = |entries: &[pb::PagemapEntry], dir: &std::path::Path| {
+        let mut off = 0u64;
+        let mut out = Vec::new();
+        let mut want = Vec::new();
+        for p in entries {
+            let (Some(len), Some(end)) = (run_bytes(p), run_end(p)) else {
+                return Err(bad(format!(
+                    "{}: pages at {:#x} overflow",
+                    dir.join(&pm_name).display(),
+                    p.vaddr
+                )));
+            };
+            let flags = p.flags.unwrap_or(if p.in_parent == Some(true) {
+                PE_PARENT
+            } else {
+                PE_PRESENT
+            });
+            if flags & PE_PRESENT != 0 {
+                out.push((Some(off), p.vaddr, end));
+                off = off.checked_add(len).ok_or_else(|| {
+                    bad(format!(
+                        "{}: page runs overflow",
+                        dir.join(&pm_name).display()
+                    ))
+                })?;
+            } else if flags & PE_PARENT != 0 {
+                out.push((None, p.vaddr, end));
+                want.push((p.vaddr, end));
+            }
+        }
+        Ok((out, want))
+    };
+    let top = cx.dir.file("");
+    let (entries, mut want) = layout(&img.pagemap, &top)?;
+    let runs = entries
+        .iter()
+        .filter_map(|&(o, s, e)| Some((o?, s, e - s)))
+        .collect();
+    let mut out: Vec<Source> = vec![(cx.dir.file(&format!("pages-{}.img", img.pages_id)), runs)];
+    let mut dir = top;
+    let mut depth = 0;
+    while !want.is_empty() {
+        depth += 1;
+        dir = dir.join(crate::memtrack::PARENT_LINK);
+        if depth > crate::memtrack::MAX_DEPTH || !dir.is_dir() {
+            return Err(bad(format!(
+                "pagemap-{}.img: pages at {:#x} are in the parent images, but {} is not an images directory",
+                img.pid,
+                want[0].0,
+                dir.display()
+            )));
+        }
+        let pdir = crate::image::ImageDir::open(&dir).map_err(TaskError::Image)?;
+        let Some((pages_id, pentries)) = pdir.read_pagemap(&pm_name).map_err(TaskError::Image)?
+        else {
+            return Err(bad(format!(
+                "{}: missing (pages at {:#x} are in the parent)",
+                dir.join(&pm_name).display(),
+                want[0].0
+            )));
+        };
+        let (layout, _) = layout(&pentries, &dir)?;
+        let mut runs = Vec::new();
+        let mut next = Vec::new();
+        let mut covered = Vec::new();
+        for &(o, s, e) in &layout {
+            for (ws, we) in crate::memtrack::intersect(&want, &[(s, e)]) {
+                covered.push((ws, we));
+                match o {
+                    Some(o) => runs.push((o + (ws - s), ws, we - ws)),
+                    None => next.push((ws, we)),
+                }
+            }
+        }
+        covered.sort_unstable();
+        if let Some(&(gs, _)) = crate::memtrack::subtract(&want, &covered).first() {
+            return Err(bad(format!(
+                "pagemap-{}.img: pages at {gs:#x} are marked in the parent, but {} does not have them",
+                img.pid,
+                dir.display()
+            )));
+        }
+        next.sort_unstable();
+        want = next;
+        out.push((pdir.file(&format!("pages-{pages_id}.img")), runs));
+    }
+    Ok(out)
+}
+
+/// Writes the page runs `runs` (image offset, address, bytes) of one pages image into the
+/// puppet, from a read-only mapping of the image.
+///
+/// Pages of anonymous private VMAs are written with `UFFDIO_COPY` by one cryo thread per CPU:
+/// it allocates each page and copies into it, without zeroing it first and without a page
+/// fault. The rest (file-private VMAs; VMAs where a fault would allocate a transparent huge
+/// page, so they get one as before; everything when userfaultfd is not available) is read by
+/// the puppet itself (`preadv`) while the other CPUs push with `process_vm_writev`.
+fn fill_from(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    path: &std::path::Path,
+    runs: &[(u64, u64, u64)],
+) -> Result<(), MemoryError> {
+    let path = path.to_path_buf();
     let io = |op, source| {
         TaskError::Image(crate::image::ImageError::Io {
             path: path.clone(),
@@ -985,19 +1223,18 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
     };
     let f = File::open(&path).map_err(|e| io("open", e))?;
     let size = f.metadata().map_err(|e| io("stat", e))?.len();
-    // Each run's size was checked (`run_end`); their sum is checked here.
-    let need = img
-        .pagemap
+    // Each run's size was checked (`run_end`); the end of the data is checked here.
+    let map_len = runs
         .iter()
-        .filter(|p| p.flags.unwrap_or(PE_PRESENT) & PE_PRESENT != 0)
-        .try_fold(0u64, |sum, p| sum.checked_add(run_bytes(p)?))
+        .try_fold(0u64, |m, &(o, _, l)| Some(m.max(o.checked_add(l)?)))
         .ok_or_else(|| {
             TaskError::BadImage(format!(
                 "pagemap-{}.img: the page runs add up to more than 2^64 bytes",
                 img.pid
             ))
         })?;
-    if size < need {
+    let need: u64 = runs.iter().map(|r| r.2).sum();
+    if size < map_len {
         return Err(TaskError::Image(crate::image::ImageError::Truncated {
             path: path.clone(),
             offset: usize_of(size),
@@ -1005,7 +1242,7 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
         })
         .into());
     }
-    let map = Mapping::file_ro(&f, usize_of(need)).map_err(|e| io("mmap", e))?;
+    let map = Mapping::file_ro(&f, usize_of(map_len)).map_err(|e| io("mmap", e))?;
     map.advise(libc::MADV_SEQUENTIAL);
     let vmas = &img.mm.vmas;
     let thp = Thp::read();
@@ -1022,17 +1259,14 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
     // Split the data by the VMA it goes to: `fast` for UFFDIO_COPY, `slow` for the rest.
     let (mut fast, mut slow) = (Items::default(), Items::default());
     let mut fast_vmas: Vec<usize> = Vec::new();
-    let mut off = 0usize; // image offset of the next entry's data
     let mut cow_runs: Vec<(usize, u64, usize)> = Vec::new(); // (image offset, addr, len)
                                                              // A small process (most of a process tree) is filled from cryo's thread alone: setting
                                                              // up a userfaultfd or workers would cost more than the copy.
     let small = need <= SMALL_FILL;
-    for p in &img.pagemap {
-        if p.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
-            continue;
-        }
-        let mut addr = p.vaddr;
-        let mut left = usize_of(run_bytes(p).unwrap_or(0));
+    for &(o, a, l) in runs {
+        let mut off = usize_of(o);
+        let mut addr = a;
+        let mut left = usize_of(l);
         while left > 0 {
             let vi = vmas.partition_point(|v| v.end <= addr);
             let Some(v) = vmas.get(vi).filter(|v| v.start <= addr) else {

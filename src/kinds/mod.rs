@@ -266,6 +266,8 @@ pub struct DumpCx<'a> {
     pub files: &'a mut FileTable,
     pub dir: &'a ImageDir,
     pub stats: &'a mut pb::DumpStatsEntry,
+    /// An incremental dump's parent and write tracking (`--prev-images-dir`).
+    pub chain: Option<&'a mut crate::memtrack::Chain>,
 }
 
 impl<'a> DumpCx<'a> {

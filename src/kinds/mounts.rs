@@ -270,7 +270,7 @@ fn skip_mounts(infos: Vec<MountInfo>, skip: &[String]) -> Vec<MountInfo> {
             !s.is_empty() && path_within(&m.mountpoint, s).is_some()
         });
         if skipped || gone.contains(&m.parent) {
-            tracing::info!("--skip-mnt: mount {} is not saved", m.mountpoint);
+            tracing::info!(mount = %m.mountpoint, "--skip-mnt: mount not saved");
             gone.push(m.id);
         } else {
             out.push(m);

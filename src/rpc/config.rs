@@ -185,7 +185,9 @@ fn apply(o: &mut pb::CriuOpts, l: &mut Layered, e: &Event) -> Result<(), String>
             })
         }
         "action-script" => l.action_scripts.push(PathBuf::from(v)),
-        other => tracing::debug!("configuration option {other}: nothing to do in RPC mode"),
+        other => {
+            tracing::debug!(option = %other, "configuration option: nothing to do in RPC mode")
+        }
     }
     Ok(())
 }

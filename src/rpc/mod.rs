@@ -1,7 +1,8 @@
 //! `cryo swrk FD`: CRIU's RPC service, as container runtimes and go-criu/libcriu drive it.
 //!
 //! One request per process over the SOCK_SEQPACKET socket at FD: a `criu_req` (VERSION,
-//! FEATURE_CHECK, CHECK, DUMP, RESTORE; PRE_DUMP is refused), then, for DUMP and RESTORE
+//! FEATURE_CHECK, CHECK, DUMP, RESTORE, PRE_DUMP and SINGLE_PRE_DUMP; after a PRE_DUMP, as
+//! CRIU, more PRE_DUMPs and a final DUMP on the same socket), then, for DUMP and RESTORE
 //! with `notify_scripts`, NOTIFY round trips at every action point (each must be
 //! acknowledged with `notify_success`), then one `criu_resp`. Paths come as fds in the
 //! *caller's* table (`images_dir_fd`, `work_dir_fd`), reached through
@@ -140,31 +141,64 @@ pub fn serve(fd: i32) -> Result<bool, RpcError> {
                 Err(format!("missing kernel features: {}", missing.join("; ")))
             }
         }
-        pb::CriuReqType::Dump => do_dump(&req, peer, sk.as_fd()),
+        pb::CriuReqType::Dump => do_dump(&req, peer, sk.as_fd(), false),
         pb::CriuReqType::Restore => do_restore(&req, peer, sk.as_fd()),
-        pb::CriuReqType::PreDump | pb::CriuReqType::SinglePreDump => Err(
-            "pre-dump is not supported: it needs soft-dirty memory tracking, which this kernel lacks"
-                .into(),
-        ),
-        _ => Err(format!("request type {} is not supported by cryo", req.r#type)),
+        pb::CriuReqType::PreDump | pb::CriuReqType::SinglePreDump => {
+            do_dump(&req, peer, sk.as_fd(), true)
+        }
+        _ => Err(format!(
+            "request type {} is not supported by cryo",
+            req.r#type
+        )),
     };
+    let ok = answer(sk.as_fd(), fd, ty, result)?;
+    if ty != pb::CriuReqType::PreDump || !ok {
+        return Ok(ok);
+    }
+    // CRIU's pre-dump loop: more PRE_DUMPs, then the DUMP, on the same socket (runc kills
+    // the service after the first answer instead; the tracking lives in its own holder).
+    loop {
+        let raw = net::recv_msg(sk.as_fd()).map_err(|source| RpcError::Socket { fd, source })?;
+        if raw.is_empty() {
+            return Ok(true);
+        }
+        let req = pb::CriuReq::decode(raw.as_slice())?;
+        let ty = pb::CriuReqType::try_from(req.r#type).unwrap_or(pb::CriuReqType::Empty);
+        let result = match ty {
+            pb::CriuReqType::PreDump => do_dump(&req, peer, sk.as_fd(), true),
+            pb::CriuReqType::Dump => do_dump(&req, peer, sk.as_fd(), false),
+            _ => Err("Bad req seq".to_string()),
+        };
+        let ok = answer(sk.as_fd(), fd, ty, result)?;
+        if ty != pb::CriuReqType::PreDump || !ok {
+            return Ok(ok);
+        }
+    }
+}
+
+/// Sends the answer to one request (an error as CRIU sends it); returns whether it succeeded.
+fn answer(
+    sk: BorrowedFd<'_>,
+    fd: i32,
+    ty: pb::CriuReqType,
+    result: Result<pb::CriuResp, String>,
+) -> Result<bool, RpcError> {
     let (out, ok) = match result {
         Ok(r) => (r, true),
         Err(msg) => {
             tracing::error!("{msg}");
             // An unknown type decodes as EMPTY, which is what CRIU answers it with.
-            let t = ty;
             (
                 pb::CriuResp {
                     cr_errno: Some(libc::EINVAL),
                     cr_errmsg: Some(msg),
-                    ..resp(t, false)
+                    ..resp(ty, false)
                 },
                 false,
             )
         }
     };
-    net::send_msg(sk.as_fd(), &out.encode_to_vec(), None)
+    net::send_msg(sk, &out.encode_to_vec(), None)
         .map_err(|source| RpcError::Socket { fd, source })?;
     Ok(ok)
 }
@@ -195,8 +229,9 @@ fn take_fd(fd: i32) -> Result<OwnedFd, RpcError> {
 fn feature_check() -> pb::CriuResp {
     pb::CriuResp {
         features: Some(pb::CriuFeatures {
-            // Incremental dumps need soft-dirty (off here) and are not implemented.
-            mem_track: Some(false),
+            // Write tracking for pre-dumps: uffd-wp or soft-dirty (`memtrack`); without
+            // either a chain still works but saves every page each step.
+            mem_track: Some(crate::memtrack::Method::detect() != crate::memtrack::Method::Full),
             // Lazy restore is not implemented.
             lazy_pages: Some(false),
             // The pidfd store (pid reuse detection across pre-dumps) is not implemented.
@@ -238,8 +273,8 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     // tcp_established, tcp_skip_in_flight, tcp_close, ext_unix_sk (sock_opts) and
     // link_remap are honoured; evasive_devices and force_irmap tune nothing cryo does:
     // accepted, as on the command line.
-    if on(o.track_mem) || o.parent_img.is_some() || on(o.auto_dedup) {
-        bad.push("track_mem/parent_img/auto_dedup (incremental dumps need soft-dirty, which this kernel lacks)".into());
+    if on(o.auto_dedup) {
+        bad.push("auto_dedup (deduplication of parent images is not implemented yet)".into());
     }
     if on(o.lazy_pages) || o.ps.is_some() {
         bad.push("lazy_pages/ps (lazy restore and the page server are not implemented yet)".into());
@@ -382,7 +417,7 @@ fn signal_status_fd(o: &pb::CriuOpts, peer: i32) {
             .open(caller_path(peer, n))
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
         {
-            tracing::warn!("status_fd {n}: {e}");
+            tracing::warn!(status_fd = n, error = %e, "cannot write the status fd");
         }
     }
 }
@@ -481,7 +516,7 @@ fn copy_stats(images: &std::path::Path, work: &std::path::Path, name: &str) {
         return;
     }
     if let Err(e) = std::fs::copy(images.join(name), work.join(name)) {
-        tracing::warn!("{name} into the work directory {}: {e}", work.display());
+        tracing::warn!(file = %name, work_dir = %work.display(), error = %e, "cannot copy into the work directory");
     }
 }
 
@@ -516,8 +551,19 @@ fn hooks<'a>(l: &config::Layered, sk: BorrowedFd<'a>, images: PathBuf) -> Box<dy
     }
 }
 
-fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuResp, String> {
-    let l = config::layer(req.opts.as_ref().ok_or("DUMP without options")?)?;
+/// DUMP, or with `pre` PRE_DUMP / SINGLE_PRE_DUMP (answered with the request's type).
+fn do_dump(
+    req: &pb::CriuReq,
+    peer: i32,
+    sk: BorrowedFd<'_>,
+    pre: bool,
+) -> Result<pb::CriuResp, String> {
+    let what = if pre {
+        "PRE_DUMP without options"
+    } else {
+        "DUMP without options"
+    };
+    let l = config::layer(req.opts.as_ref().ok_or(what)?)?;
     let o = l.opts.clone();
     refuse_unsupported(&o, false)?;
     let (dir, images, work) = setup(&l, peer, true)?;
@@ -550,8 +596,20 @@ fn do_dump(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::CriuR
         network_lock: network_lock(&o)?,
         sock: sock_opts(&o),
         link_remap: o.link_remap == Some(true),
+        prev_images_dir: o.parent_img.clone(),
+        track_mem: o.track_mem == Some(true),
+        // criu_pre_dump_mode: SPLICE = 1, READ = 2.
+        pre_dump_mode: (o.pre_dump_mode == Some(2)).then(|| "read".to_string()),
     };
     let mut n = hooks(&l, sk, images.clone());
+    if pre {
+        let r =
+            dump::predump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
+        copy_stats(&images, &work, "stats-dump");
+        tracing::info!("Pre-dumped {} (frozen {} us)", r.pid, r.frozen_us);
+        let ty = pb::CriuReqType::try_from(req.r#type).unwrap_or(pb::CriuReqType::PreDump);
+        return Ok(resp(ty, true));
+    }
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
     copy_stats(&images, &work, "stats-dump");
     signal_status_fd(&o, peer);

@@ -370,3 +370,44 @@ pub fn fanotify_mark(fd: BorrowedFd<'_>, flags: u32, mask: u64, path: &str) -> i
     })
     .map(|_| ())
 }
+
+/// Sets or clears `FD_CLOEXEC` on one of cryo's fds (cleared: a program cryo spawns inherits
+/// it at the same number).
+pub fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = if on {
+        rustix::io::FdFlags::CLOEXEC
+    } else {
+        rustix::io::FdFlags::empty()
+    };
+    Ok(rustix::io::fcntl_setfd(fd, flags)?)
+}
+
+/// Closes every fd of this process above 2 except `keep`: what a helper cryo spawned does
+/// first with what it inherited (it must not hold its caller's sockets or pipes open).
+/// Returns the kept fds, owned.
+pub fn close_all_except(keep: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // The directory's own fd is closed by now; the fds listed are inherited ones that no
+    // object of this process owns yet (this runs first in the helper's main).
+    let mut kept = Vec::new();
+    for fd in open {
+        if fd <= 2
+            || rustix::io::fcntl_getfd(
+                // SAFETY: `fd` was listed as open just above and is only borrowed for this call.
+                unsafe { BorrowedFd::borrow_raw(fd) },
+            )
+            .is_err()
+        {
+            continue;
+        }
+        // SAFETY: `fd` is open (checked above) and owned by nothing else in this process, so
+        // this takes ownership of it once; dropping it closes it.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        if keep.contains(&fd) {
+            kept.push(owned);
+        }
+    }
+    Ok(kept)
+}

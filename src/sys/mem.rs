@@ -117,8 +117,27 @@ const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
 const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_AA01;
 /// `_IOWR(0xAA, 0x03, struct uffdio_copy)`.
 const UFFDIO_COPY: libc::c_ulong = 0xC028_AA03;
+/// `_IOWR(0xAA, 0x06, struct uffdio_writeprotect)`.
+const UFFDIO_WRITEPROTECT: libc::c_ulong = 0xC018_AA06;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
 const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;
+/// `UFFD_FEATURE_WP_UNPOPULATED`: pages not populated yet are write-protected too.
+const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+/// `UFFD_FEATURE_WP_ASYNC`: a write to a protected page is resolved by the kernel itself
+/// (the protection is dropped, `PAGE_IS_WRITTEN` set); no message, no handler.
+const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+
+/// `userfaultfd(UFFD_USER_MODE_ONLY | O_CLOEXEC)` in cryo itself (a probe of what the kernel
+/// offers; tracking another process needs one made inside it).
+pub fn userfaultfd_local() -> io::Result<OwnedFd> {
+    // SAFETY: integer-only syscall; it returns a new fd or -1.
+    let r = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | UFFD_USER_MODE_ONLY) };
+    let fd = cvt(r)? as i32;
+    // SAFETY: the kernel just returned this new fd and nothing else owns it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
 
 /// A userfaultfd of another process (made inside it, taken with `pidfd_getfd`): registration
 /// and `UFFDIO_COPY` act on that process's address space, with sources in cryo's own memory.
@@ -142,19 +161,68 @@ impl Uffd {
         Ok(Uffd { fd })
     }
 
+    /// Takes `fd` (a new userfaultfd) and asks for asynchronous write protection
+    /// (`UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED`, Linux 6.7+): written pages are
+    /// then read back with `PAGEMAP_SCAN` (`PAGE_IS_WRITTEN`). ENOTSUP without them.
+    pub fn new_wp_async(fd: OwnedFd) -> io::Result<Uffd> {
+        let want = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+        let mut api = [UFFD_API, want, 0u64];
+        // SAFETY: `api` is a valid struct uffdio_api the kernel reads and writes.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, api.as_mut_ptr()) };
+        cvt(libc::c_long::from(r))?;
+        if api[1] & want != want {
+            return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+        }
+        Ok(Uffd { fd })
+    }
+
+    /// A userfaultfd whose `UFFDIO_API` handshake was done earlier (by an earlier cryo run).
+    pub fn from_tracking(fd: OwnedFd) -> Uffd {
+        Uffd { fd }
+    }
+
+    /// The fd (for handing it to another process).
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
     /// `UFFDIO_REGISTER` (missing-page mode) of `[start, start + len)` in the owner's memory.
     /// Until [`Uffd::unregister`], a user-mode access to a missing page there blocks.
     pub fn register(&self, start: u64, len: u64) -> io::Result<()> {
+        self.register_mode(start, len, UFFDIO_REGISTER_MODE_MISSING, 0x03)
+    }
+
+    /// `UFFDIO_REGISTER` in write-protect mode (with `WP_ASYNC`: nothing ever blocks).
+    pub fn register_wp(&self, start: u64, len: u64) -> io::Result<()> {
+        self.register_mode(start, len, UFFDIO_REGISTER_MODE_WP, 0x06)
+    }
+
+    fn register_mode(&self, start: u64, len: u64, mode: u64, needed_ioctl: u32) -> io::Result<()> {
         // struct uffdio_register: range (start, len), mode, ioctls
-        let mut reg = [start, len, UFFDIO_REGISTER_MODE_MISSING, 0u64];
+        let mut reg = [start, len, mode, 0u64];
         // SAFETY: `reg` is a valid struct uffdio_register the kernel reads and writes.
         let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_REGISTER as _, reg.as_mut_ptr()) };
         cvt(libc::c_long::from(r))?;
-        if reg[3] & (1 << 0x03) == 0 {
+        if reg[3] & (1 << needed_ioctl) == 0 {
             let _ = self.unregister(start, len);
             return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
         }
         Ok(())
+    }
+
+    /// `UFFDIO_WRITEPROTECT` of `[start, start + len)` (registered in WP mode): every page,
+    /// populated or not, counts as not written from now on.
+    pub fn write_protect(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut wp = [start, len, UFFDIO_WRITEPROTECT_MODE_WP];
+        // SAFETY: `wp` is a valid struct uffdio_writeprotect.
+        let r = unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                UFFDIO_WRITEPROTECT as _,
+                wp.as_mut_ptr(),
+            )
+        };
+        cvt(libc::c_long::from(r)).map(|_| ())
     }
 
     /// `UFFDIO_UNREGISTER` of `[start, start + len)`.
@@ -210,10 +278,21 @@ impl Uffd {
 
 /// Page categories of the `PAGEMAP_SCAN` ioctl (linux/fs.h).
 pub mod page_is {
+    pub const WPALLOWED: u64 = 1 << 0;
+    pub const WRITTEN: u64 = 1 << 1;
     pub const FILE: u64 = 1 << 2;
     pub const PRESENT: u64 = 1 << 3;
     pub const SWAPPED: u64 = 1 << 4;
     pub const PFNZERO: u64 = 1 << 5;
+    pub const SOFT_DIRTY: u64 = 1 << 7;
+}
+
+/// `pm_scan_arg.flags`.
+pub mod pm_scan {
+    /// Write-protect the pages that match (re-arms `PAGE_IS_WRITTEN` tracking).
+    pub const WP_MATCHING: u64 = 1 << 0;
+    /// Fail with EPERM when a VMA in the range has no asynchronous write protection.
+    pub const CHECK_WPASYNC: u64 = 1 << 1;
 }
 
 #[repr(C)]
@@ -255,12 +334,29 @@ pub fn pagemap_scan(
     anyof: u64,
     out: &mut Vec<(u64, u64)>,
 ) -> io::Result<()> {
+    pagemap_scan_flags(pagemap, 0, start, end, inverted, mask, anyof, out)
+}
+
+/// [`pagemap_scan`] with `pm_scan_arg.flags` ([`pm_scan`]). With `WP_MATCHING` the matching
+/// pages are write-protected again. Warning: that changes the target's page tables (not what it
+/// sees: with `WP_ASYNC` its next write just sets `PAGE_IS_WRITTEN` again).
+#[allow(clippy::too_many_arguments)]
+pub fn pagemap_scan_flags(
+    pagemap: &File,
+    flags: u64,
+    start: u64,
+    end: u64,
+    inverted: u64,
+    mask: u64,
+    anyof: u64,
+    out: &mut Vec<(u64, u64)>,
+) -> io::Result<()> {
     let mut regions = vec![PageRegion::default(); 512];
     let mut cur = start;
     while cur < end {
         let mut arg = PmScanArg {
             size: std::mem::size_of::<PmScanArg>() as u64,
-            flags: 0,
+            flags,
             start: cur,
             end,
             walk_end: 0,

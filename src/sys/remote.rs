@@ -103,10 +103,10 @@ impl Drop for TransportGuard {
 
 /// `struct msghdr` (56 bytes), its `iovec`, a one-byte buffer and room for one SCM_RIGHTS
 /// control message, at these offsets of the 256 bytes [`Remote::take_cryo_fd`] is given.
-const MSG_IOV: u64 = 64;
-const MSG_DATA: u64 = 96;
-const MSG_CONTROL: u64 = 128;
-const MSG_CONTROL_LEN: u64 = 24;
+const MSG_IOV: usize = 64;
+const MSG_DATA: usize = 96;
+const MSG_CONTROL: usize = 128;
+const MSG_CONTROL_LEN: usize = 24;
 
 impl<'t> Remote<'t> {
     /// `base` is the register template (segment registers etc. are taken from it).
@@ -154,17 +154,17 @@ impl<'t> Remote<'t> {
             what: "sendmsg (an fd to the restored process)",
             source,
         })?;
-        let mut hdr = [0u8; MSG_CONTROL as usize];
+        let mut hdr = [0u8; MSG_CONTROL];
         let put =
             |h: &mut [u8], off: usize, v: u64| h[off..off + 8].copy_from_slice(&v.to_ne_bytes());
         // msghdr: name, namelen, iov, iovlen, control, controllen, flags.
-        put(&mut hdr, 16, buf + MSG_IOV);
+        put(&mut hdr, 16, buf + MSG_IOV as u64);
         put(&mut hdr, 24, 1);
-        put(&mut hdr, 32, buf + MSG_CONTROL);
-        put(&mut hdr, 40, MSG_CONTROL_LEN);
+        put(&mut hdr, 32, buf + MSG_CONTROL as u64);
+        put(&mut hdr, 40, MSG_CONTROL_LEN as u64);
         // iovec: base, len.
-        put(&mut hdr, MSG_IOV as usize, buf + MSG_DATA);
-        put(&mut hdr, MSG_IOV as usize + 8, 1);
+        put(&mut hdr, MSG_IOV, buf + MSG_DATA as u64);
+        put(&mut hdr, MSG_IOV + 8, 1);
         let mem = |what: &'static str| move |source| RemoteError::Ptrace { what, source };
         super::mem::vm_write(self.t.tid, &hdr, &[(buf, hdr.len())])
             .map_err(mem("writing a msghdr"))?;
@@ -175,11 +175,11 @@ impl<'t> Remote<'t> {
             [arg(chan), buf, flags, 0, 0, 0],
         )?;
         // cmsghdr: len (8), level (4), type (4), then the fd.
-        let mut c = [0u8; MSG_CONTROL_LEN as usize];
+        let mut c = [0u8; MSG_CONTROL_LEN];
         super::mem::vm_read(
             self.t.tid,
             &mut c,
-            &[(buf + MSG_CONTROL, MSG_CONTROL_LEN as usize)],
+            &[(buf + MSG_CONTROL as u64, MSG_CONTROL_LEN)],
         )
         .map_err(mem("reading the received fd"))?;
         let word = |o: usize| i32::from_ne_bytes([c[o], c[o + 1], c[o + 2], c[o + 3]]);
