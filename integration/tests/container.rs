@@ -54,14 +54,16 @@ fn start_cmd(dir: &Path, prefix: &[&str], cmd: &[&str], out: &str) -> Container 
         .unwrap();
     assert!(st.success(), "building the busybox rootfs");
     std::fs::write(rootfs.join("loop.sh"), LOOP).unwrap();
-    // A static test program the busybox rootfs can run.
-    let st = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(rootfs.join("usock"))
-        .arg(root().join("integration/progs/usock.c"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "building usock");
+    // Static test programs the busybox rootfs can run.
+    for prog in ["usock", "ptyhold"] {
+        let st = std::process::Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(rootfs.join(prog))
+            .arg(root().join(format!("integration/progs/{prog}.c")))
+            .status()
+            .unwrap();
+        assert!(st.success(), "building {prog}");
+    }
     let script = root().join("integration/scripts/container.sh");
     let mut argv: Vec<&str> = prefix.to_vec();
     argv.extend([
@@ -459,6 +461,43 @@ fn unix_sockets_inside_a_container() {
         lines(&out).len() >= n + 6
     });
     check();
+    kill(c.init);
+}
+
+/// A pty of the container's own devpts instance (not pty 0, its console), with a line
+/// queued for the slave: the dump reads the pty through the container's root, not the host's
+/// /dev/pts (where the same index is another terminal, or none), and after the restore the
+/// program reads the line it had not read.
+#[test]
+fn pty_of_the_containers_own_devpts() {
+    let dir = scratch("container-pty");
+    let mut c = start_cmd(&dir, &[], &["/ptyhold", "/data/pty"], "pty");
+    let _g = KillOnDrop(c.init);
+    let out = c.host.join("pty");
+    let first = lines(&out)[0].clone();
+    assert!(first.starts_with("round 1 pts/"), "{first}");
+    let img = dir.join("img");
+    dump(c.init, &img, &["--external", "mnt[/data]:data"]);
+    wait_gone(c.init);
+    let n = lines(&out).len();
+    c.init = restore_container(&c, &img, &[]);
+    let _g2 = KillOnDrop(c.init);
+    wait_for("new rounds after restore", 20, || {
+        lines(&out).len() >= n + 3
+    });
+    signal(c.init, libc::SIGUSR1);
+    wait_for("the queued line", 20, || {
+        lines(&out).iter().any(|l| l.starts_with("got "))
+    });
+    let v = lines(&out);
+    assert!(v.contains(&"got ping".to_string()), "{v:?}");
+    let idx = first.rsplit('/').next().unwrap().to_string();
+    assert!(
+        v.iter()
+            .filter(|l| l.starts_with("round "))
+            .all(|l| l.ends_with(&format!("pts/{idx}"))),
+        "{v:?}"
+    );
     kill(c.init);
 }
 

@@ -677,16 +677,23 @@ fn check_same_ns(tree: &[(i32, i32)], kind: &str) -> Result<(), DumpError> {
 
 /// A task's PID in its own PID namespace (the last `NSpid` field of its status).
 fn ns_pid(pid: i32) -> Result<u32, DumpError> {
-    let text = procfs::read(pid, "status")?;
+    ns_status_id(pid, "NSpid:").ok_or(DumpError::Internal("no NSpid line in /proc/PID/status"))
+}
+
+/// The innermost value of a `NSpid:`/`NSpgid:`/`NSsid:` line of a task's status: the id as
+/// the task's own PID namespace sees it (a process group or session whose leader is gone
+/// has no task to ask, but its members know its id).
+fn ns_status_id(pid: i32, line: &str) -> Option<u32> {
+    let text = procfs::read(pid, "status").ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
+        .find_map(|l| l.strip_prefix(line))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
-        .ok_or(DumpError::Internal("no NSpid line in /proc/PID/status"))
 }
 
 /// Renames every task, thread and process group of `imgs` to the PIDs the tree sees in its
-/// own PID namespace, as CRIU saves them. Ids outside the tree (cryo's session, for a shell
+/// own PID namespace, as CRIU saves them. A process group or session whose leader is gone
+/// keeps the id its members see; ids outside the PID namespace (cryo's session, for a shell
 /// job) become 0.
 fn virtualize(imgs: &mut [TaskImages], files: &mut FileTable) -> Result<(), DumpError> {
     let mut map = std::collections::HashMap::new();
@@ -699,12 +706,24 @@ fn virtualize(imgs: &mut [TaskImages], files: &mut FileTable) -> Result<(), Dump
     let v = |p: u32| map.get(&p).copied().unwrap_or(0);
     files.ttys.rename_pids(v);
     for img in imgs.iter_mut() {
+        // A group or session whose leader is gone (not in the tree): its id as the task
+        // itself sees it; restore makes it with a helper task, as CRIU does.
+        let own = |p: u32, line: &str| {
+            map.get(&p)
+                .copied()
+                .or_else(|| ns_status_id(c_int(img.pid), line))
+                .unwrap_or(0)
+        };
+        let (pgid, sid) = (
+            own(img.pstree.pgid, "NSpgid:"),
+            own(img.pstree.sid, "NSsid:"),
+        );
         img.pid = v(img.pid);
         let ps = &mut img.pstree;
         ps.pid = v(ps.pid);
         ps.ppid = v(ps.ppid);
-        ps.pgid = v(ps.pgid);
-        ps.sid = v(ps.sid);
+        ps.pgid = pgid;
+        ps.sid = sid;
         for t in ps.threads.iter_mut() {
             *t = v(*t);
         }
