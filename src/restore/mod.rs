@@ -215,11 +215,9 @@ pub struct RestoreReport {
 }
 
 /// Reads the whole image set: every task of pstree.img (parents before children) and the
-/// shared files.img.
-/// Also says whether the root had a PID namespace of its own (it is then its PID 1).
-#[allow(clippy::type_complexity)]
-/// The tree, the files, whether the root had a PID namespace of its own, and the key of an
-/// external one it ran in (`pidns-ID.img`, `--external pid[INO]:KEY` at dump).
+/// shared files.img. Also says whether the root had a PID namespace of its own (it is then
+/// its PID 1), and gives the key of an external one it ran in (`pidns-ID.img`, `--external
+/// pid[INO]:KEY` at dump).
 #[allow(clippy::type_complexity)]
 fn read_tree(
     dir: &ImageDir,
