@@ -777,6 +777,42 @@ fn dump_zombie(pid: i32, img: &mut TaskImages) -> Result<(), DumpError> {
     Ok(())
 }
 
+/// Looks for `pid`'s fd table among `tables` (one process per distinct table, with its files
+/// id, in the kernel's order of tables: `kcmp(KCMP_FILES)` orders them), by binary search;
+/// if the kernel refuses a comparison, every entry is compared for equality instead.
+fn find_table(tables: &[(i32, u32)], pid: i32) -> Option<(i32, u32)> {
+    search_table(tables, pid).ok()
+}
+
+fn search_table(tables: &[(i32, u32)], pid: i32) -> Result<(i32, u32), usize> {
+    use crate::sys::proc::{kcmp, KCMP_FILES};
+    let failed = std::cell::Cell::new(false);
+    let r = tables.binary_search_by(|&(opid, _)| match kcmp(opid, pid, KCMP_FILES, 0, 0) {
+        Ok(0) => std::cmp::Ordering::Equal,
+        Ok(1) => std::cmp::Ordering::Less,
+        Ok(2) => std::cmp::Ordering::Greater,
+        _ => {
+            failed.set(true);
+            std::cmp::Ordering::Less
+        }
+    });
+    if !failed.get() {
+        return r.map(|i| tables[i]);
+    }
+    tables
+        .iter()
+        .find(|&&(opid, _)| kcmp(opid, pid, KCMP_FILES, 0, 0).ok() == Some(0))
+        .copied()
+        .ok_or(tables.len())
+}
+
+/// Adds a process with a table not seen before to `tables` (see [`find_table`]).
+fn add_table(tables: &mut Vec<(i32, u32)>, e: (i32, u32)) {
+    if let Err(i) = search_table(tables, e.0) {
+        tables.insert(i, e);
+    }
+}
+
 /// Dumps one seized process (all its threads) into `img`. Returns the number of injected
 /// syscalls.
 fn dump_process(
@@ -920,9 +956,18 @@ fn dump_process(
             .remote()?
             .scratch(64 * 1024)
             .map_err(|source| TaskError::Remote { pid, source })?;
+        let area = cx
+            .remote()?
+            .batch_area()
+            .map_err(|source| TaskError::Remote { pid, source })?;
         for th in &others {
-            img.threads
-                .push(kinds::threads::dump_thread(pid, th, site, scratch)?);
+            img.threads.push(kinds::threads::dump_thread(
+                pid,
+                th,
+                site,
+                scratch,
+                Some(area),
+            )?);
             img.pstree.threads.push(img_pid(th.tracee.tid));
         }
         // Write tracking for a later step (`--track-mem --leave-running`).
@@ -1115,6 +1160,7 @@ pub fn run(
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
     let mut calls = 0;
+    let mut tables: Vec<(i32, u32)> = Vec::new();
     for (i, (pid, ppid, seized)) in frozen.iter().enumerate() {
         let mut img = TaskImages {
             pages_id: len32(i) + 1,
@@ -1125,22 +1171,21 @@ pub fn run(
         } else {
             // An fd table shared with an earlier process (clone with CLONE_FILES). It is
             // restored by cloning the child from its parent with CLONE_FILES, so the parent
-            // must share it (then so does whoever the parent shares it with).
-            let sharers: Vec<(i32, u32)> = frozen[..i]
-                .iter()
-                .zip(&imgs)
-                .filter(|((opid, _, oseized), _)| {
-                    !oseized.tracees.is_empty()
-                        && crate::sys::proc::kcmp(*pid, *opid, crate::sys::proc::KCMP_FILES, 0, 0)
+            // must share it (then so does whoever the parent shares it with). `tables` holds
+            // one process per distinct table in kcmp order: a binary search per process.
+            if let Some((opid, files_id)) = find_table(&tables, *pid) {
+                let parent_shares = frozen[..i].iter().any(|(p, _, s)| {
+                    p == ppid
+                        && !s.tracees.is_empty()
+                        && crate::sys::proc::kcmp(*pid, *ppid, crate::sys::proc::KCMP_FILES, 0, 0)
                             .ok()
                             == Some(0)
-                })
-                .map(|((opid, _, _), other)| (*opid, other.ids.files_id))
-                .collect();
-            if let Some(&(_, files_id)) = sharers.iter().find(|(opid, _)| opid == ppid) {
-                img.files_shared = Some(files_id);
-            } else if let Some((opid, _)) = sharers.first() {
-                return Err(Unsupported::of(*pid, "fd table", format!("it is shared (CLONE_FILES) with process {opid}, but not with its parent"), "only a table its parent shares can be restored (the child is cloned from it with CLONE_FILES)").into());
+                });
+                if parent_shares {
+                    img.files_shared = Some(files_id);
+                } else {
+                    return Err(Unsupported::of(*pid, "fd table", format!("it is shared (CLONE_FILES) with process {opid}, but not with its parent"), "only a table its parent shares can be restored (the child is cloned from it with CLONE_FILES)").into());
+                }
             }
             calls += dump_process(
                 *pid,
@@ -1161,6 +1206,8 @@ pub fn run(
         img.ids = kinds::misc::task_ids(*pid, len32(i) + 2)?;
         if let Some(f) = img.files_shared {
             img.ids.files_id = f;
+        } else if !seized.tracees.is_empty() {
+            add_table(&mut tables, (*pid, img.ids.files_id));
         }
         imgs.push(img);
     }

@@ -56,7 +56,7 @@ use crate::image::ImageDir;
 use crate::procfs::{Stat, Status, Vma};
 use crate::sys::clone::CloneArgs;
 use crate::sys::ptrace::{Regs, Tracee};
-use crate::sys::remote::{Parasite, Remote};
+use crate::sys::remote::{Batch, Parasite, Remote};
 pub use crate::sys::remote::{RemoteFd, Syscalls};
 
 /// A kind of per-task kernel object: both halves of its checkpoint/restore. The pipelines
@@ -141,9 +141,10 @@ pub struct FileTable {
     next: u32,
     /// Path-only records (mapped files, exe, cwd, root) already added, by path.
     by_path: HashMap<String, u32>,
-    /// Every dumped fd so far as (pid, fd, file id), by the (device, inode) of the open
-    /// file (None: could not stat it): fds of any process that share an open file
-    /// description (kcmp) share the record, and only fds on one inode can.
+    /// One dumped fd per open file description so far as (pid, fd, file id), by the
+    /// (device, inode) of the open file (None: could not stat it), in kcmp order: fds of any
+    /// process that share an open file description (kcmp) share the record, and only fds on
+    /// one inode can.
     pub fds_by_inode: HashMap<Option<(u64, u64)>, Vec<DumpedFd>>,
     /// pipes-data.img and fifo-data.img: bytes queued in each pipe, saved once per pipe.
     pub pipe_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
@@ -283,6 +284,15 @@ impl<'a> DumpCx<'a> {
             .map_err(|source| TaskError::Remote { pid, source })
     }
 
+    /// Runs the calls queued in `b` in the target, in one stop where possible (see
+    /// [`Remote::run_batch`](crate::sys::remote::Remote::run_batch)); returns their results.
+    pub fn batch(&mut self, b: &Batch) -> Result<Vec<u64>, TaskError> {
+        let pid = self.pid;
+        self.remote()?
+            .run_batch(b)
+            .map_err(|source| TaskError::Remote { pid, source })
+    }
+
     /// Reads `buf.len()` bytes of the target's memory at `addr` (e.g. what a call wrote).
     pub fn peek(&self, addr: u64, buf: &mut [u8], what: &'static str) -> Result<(), TaskError> {
         let n = buf.len();
@@ -359,6 +369,18 @@ pub struct Inherited {
 }
 
 impl RestoreCx<'_> {
+    /// Runs the calls queued in `b` in the puppet, in one stop where possible (see
+    /// [`Remote::run_batch`](crate::sys::remote::Remote::run_batch)); returns their results.
+    pub fn batch(&mut self, b: &Batch) -> Result<Vec<u64>, TaskError> {
+        let pid = self.pid;
+        if b.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.remote
+            .run_batch(b)
+            .map_err(|source| TaskError::Remote { pid, source })
+    }
+
     /// Copies `bytes` into the puppet's scratch area at `off`; returns the remote address.
     pub fn put(&mut self, off: u64, bytes: &[u8]) -> Result<u64, TaskError> {
         if off + bytes.len() as u64 > self.scratch_len {

@@ -22,8 +22,8 @@ use crate::num::{micros_u32, micros_u64, pid_from_img, usize_of};
 use crate::procfs;
 use crate::sys::clone::CloneArgs;
 use crate::sys::mem::Mapping;
-use crate::sys::ptrace::{Stop, Tracee};
-use crate::sys::remote::{Remote, RemoteError, Syscalls, SYSCALL_INSN};
+use crate::sys::ptrace::{Regs, Stop, Tracee};
+use crate::sys::remote::{Batch, BatchArea, Remote, RemoteError, Syscalls, SYSCALL_INSN};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]
@@ -356,6 +356,26 @@ fn trampoline_addr(tasks: &[TaskImages], len: u64) -> Result<u64, RestoreError> 
 
 /// Size of the trampoline area (one code page + scratch).
 const TR_LEN: u64 = 16 * 4096;
+/// The last bytes of the trampoline area: results of batched calls, not scratch.
+const SCRATCH_RESULTS: u64 = 4096;
+
+/// A [`Remote`] for a puppet task at the trampoline `tr`, which runs batches of calls from
+/// the rest of the trampoline's code page (results in its last scratch page).
+pub(crate) fn batch_remote(t: &Tracee, tr: u64, base: Regs) -> Remote<'_> {
+    let mut r = Remote::new(t, tr, base);
+    r.set_batch_area(trampoline_batch_area(tr));
+    r
+}
+
+/// Where batches run in a puppet whose trampoline is at `tr`.
+pub(crate) fn trampoline_batch_area(tr: u64) -> BatchArea {
+    BatchArea {
+        code: tr + 16,
+        code_len: 4096 - 16,
+        results: tr + TR_LEN - SCRATCH_RESULTS,
+        results_len: SCRATCH_RESULTS,
+    }
+}
 /// Top of the user address space (47-bit).
 const USER_TOP: u64 = 0x7fff_ffff_f000;
 
@@ -452,9 +472,9 @@ fn shape(
     let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
     let mut cx = RestoreCx {
         pid,
-        remote: Remote::new(&t, sh.tr, base),
+        remote: batch_remote(&t, sh.tr, base),
         scratch: sh.tr + 4096,
-        scratch_len: TR_LEN - 4096,
+        scratch_len: TR_LEN - 4096 - SCRATCH_RESULTS,
         dir: sh.dir,
         files: sh.files,
         objs: sh.objs,
@@ -578,12 +598,14 @@ fn empty_puppet(
     keep.extend([(tr, tr + TR_LEN), (USER_TOP, USER_TOP)]);
     keep.sort_unstable();
     let mut from = 0;
+    let mut b = Batch::new();
     for &(s, e) in &keep {
         if s > from {
-            cx.munmap(from, s - from)?;
+            b.munmap(from, s - from)?;
         }
         from = from.max(e);
     }
+    cx.batch(&b)?;
     Ok(())
 }
 
