@@ -1142,8 +1142,9 @@ pub fn run(
     files.empty_net = opts.empty_net;
     // A tree with a network namespace of its own: its contents are saved first (so the
     // lock's table is not among them), then the namespace is locked as a whole, as CRIU
-    // does. Dropped before `frozen` on any error: the network opens before the tasks run.
-    let mut netlock = early_lock;
+    // does. Held by `files`, dropped before `frozen` on any error: the network opens before
+    // the tasks run. A tree in cryo's namespace has its connections locked by the inet part.
+    files.netlock = early_lock;
     let root_net = ns_ino(root, "net");
     let own_netns = root_net.is_some() && root_net != ns_ino(crate::sys::proc::own_pid(), "net");
     if own_netns {
@@ -1152,7 +1153,7 @@ pub fn run(
             files.netns_content.push(d);
         }
         hooks.notify("network-lock", None)?;
-        netlock.lock_netns_of(root)?;
+        files.netlock.lock_netns_of(root)?;
     }
     fault_point("netlock")?;
     files.sock = opts.sock;
@@ -1267,12 +1268,13 @@ pub fn run(
         if let Some(f) = &freezer {
             f.put_back();
         }
-        // Connections leave repair mode, the lock goes, before the tree runs on.
-        files.inet.resume();
+        // The lock goes, connections leave repair mode, before the tree runs on.
         if own_netns {
             let _ = hooks.notify("network-unlock", None);
         }
-        netlock.unlock_now()?;
+        files.netlock.unlock_now()?;
+        files.inet.resume();
+        files.netlock.repair_done();
         for (_, _, seized) in frozen.iter_mut() {
             seized.release();
         }
@@ -1283,13 +1285,14 @@ pub fn run(
         if own_netns {
             hooks.notify("network-unlock", None)?;
         }
-        netlock.unlock_now()?;
+        files.netlock.unlock_now()?;
     }
     if let (Some(f), true) = (&freezer, opts.leave_running) {
         f.put_back();
     }
     if opts.leave_running {
         files.inet.resume();
+        files.netlock.repair_done();
     }
     // Children first: a PID namespace's init, once killed, waits for every other task of
     // the namespace to be reaped, and cryo still traces them.
@@ -1300,9 +1303,15 @@ pub fn run(
             seized.kill();
         }
     }
-    // Killed: nothing is left to protect; the lock goes (never left behind).
-    netlock.unlock_now()?;
-    // Killed: its connections vanish silently; their lock stays until the restore.
+    // Killed: its connections vanish silently. A lock that protects TCP connections saved
+    // with `--tcp-established` stays until the restore lifts it, as CRIU's (connections in
+    // cryo's namespace, or an external namespace); any other goes now (a namespace saved
+    // with the tree dies with it; nothing waits for the restore): never left behind.
+    if files.netns_content.is_empty() && files.inet.has_connections() {
+        files.netlock.keep();
+    } else {
+        files.netlock.unlock_now()?;
+    }
     files.inet.keep();
     files.link_remaps.keep();
     Ok(DumpReport {
@@ -1324,7 +1333,9 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         root_cg_set: files.cgroups.own_set(),
         ..Default::default()
     };
-    files.inet.fill_inventory(&mut inventory, &files.sock);
+    files
+        .inet
+        .fill_inventory(&mut inventory, &files.sock, &files.netlock);
     dir.write("inventory.img", image::INVENTORY, &[inventory])?;
     let tree: Vec<pb::PstreeEntry> = imgs.iter().map(|i| i.pstree.clone()).collect();
     dir.write("pstree.img", image::PSTREE, &tree)?;

@@ -15,7 +15,6 @@ pub mod fanotify;
 pub mod files;
 pub mod fown;
 pub mod ghost;
-pub mod inet_lock;
 pub mod inet_sk;
 pub mod inotify;
 pub mod ipc;
@@ -198,7 +197,10 @@ pub struct FileTable {
     pub cgroups: cgroup::CgDump,
     /// The command's socket options (`--tcp-established`, ...).
     pub sock: files::SockOpts,
-    /// Inet sockets: connections in repair mode, the network lock, tcp-stream images.
+    /// The network lock of the dump (`netlock`): before `inet`, so that on an error it is
+    /// lifted before the connections leave repair mode.
+    pub netlock: crate::netlock::NetLock,
+    /// Inet sockets: connections in repair mode, tcp-stream images.
     pub inet: inet_sk::InetDump,
 }
 

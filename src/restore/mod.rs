@@ -1138,13 +1138,15 @@ pub fn run(
     }
     let vroot = tasks[0].vpid();
     // Before any puppet exists (so it drops after them: a lock goes once they are dead).
-    let netlock = std::cell::RefCell::new(crate::netlock::NetLock::new(opts.network_lock));
+    // Named after the dump's run id, as CRIU's restore names its lock.
+    let inventory = dir.read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?;
+    let netlock = std::cell::RefCell::new(crate::netlock::NetLock::for_restore(
+        opts.network_lock,
+        inventory.dump_criu_run_id.as_deref(),
+    ));
     // The network namespace the dumper ran in (CRIU numbers namespaces its own way; cryo's
     // ids are per host): a tree that shared it shares cryo's now.
-    let dumper = dir
-        .read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
-        .root_ids
-        .unwrap_or_default();
+    let dumper = inventory.root_ids.unwrap_or_default();
     let dumper_net = dumper.net_ns_id.or_else(|| kinds::ns::own_ns_id("net"));
     let own_netns = tasks[0].ids.net_ns_id.is_some() && tasks[0].ids.net_ns_id != dumper_net;
     // Before any puppet exists (so it drops after them): dirs made here go if we fail.
@@ -1339,7 +1341,7 @@ pub fn run(
     }
     fault_point("netunlock")?;
     netlock.borrow_mut().unlock_now()?;
-    inet.run(root)?;
+    inet.run(root, &mut netlock.borrow_mut())?;
     hooks.notify("pre-resume", None)?;
     if opts.shell_job && !opts.detach {
         foreground(root);
