@@ -111,6 +111,8 @@ pub enum DumpError {
     #[error(transparent)]
     Netns(#[from] kinds::netns::NetnsError),
     #[error(transparent)]
+    Userns(#[from] kinds::userns::UsernsError),
+    #[error(transparent)]
     NetLock(#[from] crate::netlock::NetLockError),
     #[error(transparent)]
     Track(#[from] crate::memtrack::TrackError),
@@ -153,6 +155,7 @@ impl DumpError {
             DumpError::Tty(e) => e,
             DumpError::Ghost(e) => e,
             DumpError::Netns(e) => e,
+            DumpError::Userns(e) => e,
             DumpError::NetLock(e) => e,
         };
         kind.hint()
@@ -497,12 +500,12 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     check_mnt_ns(opts, tree)?;
     check_same_ns(tree, "time")?;
     check_same_ns(tree, "cgroup")?;
-    let refused = ["user"];
+    // A user namespace of the tree's own (a child of cryo's, holding every task).
+    kinds::userns::precheck(tree)?;
     let ino = |p: &str| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).map(|m| m.ino()).ok()
     };
-    let own = refused.map(|ns| ino(&format!("/proc/self/ns/{ns}")));
     for &(pid, _) in tree {
         // unshare(CLONE_NEWTIME) without a child yet: the namespace its children would get
         // has no task to be saved from (CRIU refuses it too).
@@ -515,20 +518,6 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                 "dump it once it has forked into the new namespace",
             )
             .into());
-        }
-        for (ns, own) in refused.iter().zip(own) {
-            let theirs = ino(&format!("/proc/{pid}/ns/{ns}"));
-            if theirs.is_some() && theirs != own {
-                return Err(Unsupported::of(
-                    pid,
-                    format!("{ns} namespace"),
-                    format!(
-                        "the process runs in its own {ns} namespace, which cryo cannot restore yet"
-                    ),
-                    "run cryo inside that namespace (nsenter) to dump what lives there",
-                )
-                .into());
-            }
         }
     }
     for &(pid, ppid) in tree {
@@ -1140,6 +1129,7 @@ pub fn run(
     files.shell_job = opts.shell_job;
     files.external_net = opts.external_net.clone();
     files.empty_net = opts.empty_net;
+    files.userns = kinds::userns::dump(root, ns_ino(root, "user").map(kinds::misc::ns_id))?;
     // A tree with a network namespace of its own: its contents are saved first (so the
     // lock's table is not among them), then the namespace is locked as a whole, as CRIU
     // does. Held by `files`, dropped before `frozen` on any error: the network opens before
@@ -1358,6 +1348,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
             std::slice::from_ref(e),
         )?;
     }
+    kinds::userns::write(dir, &files.userns)?;
     for (id, e) in &files.utsns {
         dir.write(
             &format!("utsns-{id}.img"),
