@@ -111,6 +111,8 @@ pub enum DumpError {
     #[error(transparent)]
     Netns(#[from] kinds::netns::NetnsError),
     #[error(transparent)]
+    Userns(#[from] kinds::userns::UsernsError),
+    #[error(transparent)]
     NetLock(#[from] crate::netlock::NetLockError),
     #[error(transparent)]
     Track(#[from] crate::memtrack::TrackError),
@@ -153,6 +155,7 @@ impl DumpError {
             DumpError::Tty(e) => e,
             DumpError::Ghost(e) => e,
             DumpError::Netns(e) => e,
+            DumpError::Userns(e) => e,
             DumpError::NetLock(e) => e,
         };
         kind.hint()
@@ -557,12 +560,12 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     check_mnt_ns(opts, tree)?;
     check_same_ns(tree, "time")?;
     check_same_ns(tree, "cgroup")?;
-    let refused = ["user"];
+    // A user namespace of the tree's own (a child of cryo's, holding every task).
+    kinds::userns::precheck(tree)?;
     let ino = |p: &str| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).map(|m| m.ino()).ok()
     };
-    let own = refused.map(|ns| ino(&format!("/proc/self/ns/{ns}")));
     for &(pid, _) in tree {
         // unshare(CLONE_NEWTIME) without a child yet: the namespace its children would get
         // has no task to be saved from (CRIU refuses it too).
@@ -575,20 +578,6 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                 "dump it once it has forked into the new namespace",
             )
             .into());
-        }
-        for (ns, own) in refused.iter().zip(own) {
-            let theirs = ino(&format!("/proc/{pid}/ns/{ns}"));
-            if theirs.is_some() && theirs != own {
-                return Err(Unsupported::of(
-                    pid,
-                    format!("{ns} namespace"),
-                    format!(
-                        "the process runs in its own {ns} namespace, which cryo cannot restore yet"
-                    ),
-                    "run cryo inside that namespace (nsenter) to dump what lives there",
-                )
-                .into());
-            }
         }
     }
     for &(pid, ppid) in tree {
@@ -1208,10 +1197,12 @@ pub fn run(
     files.shell_job = opts.shell_job;
     files.external_net = opts.external_net.clone();
     files.empty_net = opts.empty_net;
+    files.userns = kinds::userns::dump(root, ns_ino(root, "user").map(kinds::misc::ns_id))?;
     // A tree with a network namespace of its own: its contents are saved first (so the
     // lock's table is not among them), then the namespace is locked as a whole, as CRIU
-    // does. Dropped before `frozen` on any error: the network opens before the tasks run.
-    let mut netlock = early_lock;
+    // does. Held by `files`, dropped before `frozen` on any error: the network opens before
+    // the tasks run. A tree in cryo's namespace has its connections locked by the inet part.
+    files.netlock = early_lock;
     let root_net = ns_ino(root, "net");
     let own_netns = root_net.is_some() && root_net != ns_ino(crate::sys::proc::own_pid(), "net");
     if own_netns {
@@ -1220,7 +1211,7 @@ pub fn run(
             files.netns_content.push(d);
         }
         hooks.notify("network-lock", None)?;
-        netlock.lock_netns_of(root)?;
+        files.netlock.lock_netns_of(root)?;
     }
     fault_point("netlock")?;
     files.sock = opts.sock;
@@ -1335,12 +1326,13 @@ pub fn run(
         if let Some(f) = &freezer {
             f.put_back();
         }
-        // Connections leave repair mode, the lock goes, before the tree runs on.
-        files.inet.resume();
+        // The lock goes, connections leave repair mode, before the tree runs on.
         if own_netns {
             let _ = hooks.notify("network-unlock", None);
         }
-        netlock.unlock_now()?;
+        files.netlock.unlock_now()?;
+        files.inet.resume();
+        files.netlock.repair_done();
         for (_, _, seized) in frozen.iter_mut() {
             seized.release();
         }
@@ -1351,13 +1343,14 @@ pub fn run(
         if own_netns {
             hooks.notify("network-unlock", None)?;
         }
-        netlock.unlock_now()?;
+        files.netlock.unlock_now()?;
     }
     if let (Some(f), true) = (&freezer, opts.leave_running) {
         f.put_back();
     }
     if opts.leave_running {
         files.inet.resume();
+        files.netlock.repair_done();
     }
     // Children first: a PID namespace's init, once killed, waits for every other task of
     // the namespace to be reaped, and cryo still traces them.
@@ -1368,9 +1361,15 @@ pub fn run(
             seized.kill();
         }
     }
-    // Killed: nothing is left to protect; the lock goes (never left behind).
-    netlock.unlock_now()?;
-    // Killed: its connections vanish silently; their lock stays until the restore.
+    // Killed: its connections vanish silently. A lock that protects TCP connections saved
+    // with `--tcp-established` stays until the restore lifts it, as CRIU's (connections in
+    // cryo's namespace, or an external namespace); any other goes now (a namespace saved
+    // with the tree dies with it; nothing waits for the restore): never left behind.
+    if files.netns_content.is_empty() && files.inet.has_connections() {
+        files.netlock.keep();
+    } else {
+        files.netlock.unlock_now()?;
+    }
     files.inet.keep();
     files.link_remaps.keep();
     Ok(DumpReport {
@@ -1392,7 +1391,9 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         root_cg_set: files.cgroups.own_set(),
         ..Default::default()
     };
-    files.inet.fill_inventory(&mut inventory, &files.sock);
+    files
+        .inet
+        .fill_inventory(&mut inventory, &files.sock, &files.netlock);
     dir.write("inventory.img", image::INVENTORY, &[inventory])?;
     let tree: Vec<pb::PstreeEntry> = imgs.iter().map(|i| i.pstree.clone()).collect();
     dir.write("pstree.img", image::PSTREE, &tree)?;
@@ -1413,6 +1414,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
             std::slice::from_ref(e),
         )?;
     }
+    kinds::userns::write(dir, &files.userns)?;
     for (id, e) in &files.utsns {
         dir.write(
             &format!("utsns-{id}.img"),

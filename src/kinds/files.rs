@@ -1152,7 +1152,7 @@ pub fn restore_fds(
                 }
             };
             // The new fd has FD_CLOEXEC set.
-            let got = cx.pidfd_getfd(pidfd, local)?;
+            let got = cx.take_via(pidfd, local)?;
             if got == fd && !cloexec {
                 cx.set_cloexec(got, false)?;
             }

@@ -15,7 +15,6 @@ pub mod fanotify;
 pub mod files;
 pub mod fown;
 pub mod ghost;
-pub mod inet_lock;
 pub mod inet_sk;
 pub mod inotify;
 pub mod ipc;
@@ -46,6 +45,7 @@ pub mod timerfd;
 pub mod timers;
 pub mod tty;
 pub mod unix_sk;
+pub mod userns;
 
 use std::collections::HashMap;
 
@@ -180,6 +180,8 @@ pub struct FileTable {
     pub tree: Vec<i32>,
     /// Terminals: tty-info records, cryo's copies of the fds, queued data (`tty.rs`).
     pub ttys: tty::TtyDump,
+    /// userns-ID.img: the root's user namespace when it is not cryo's (`userns.rs`).
+    pub userns: Option<(u32, pb::UsernsEntry)>,
     /// utsns-ID.img: the names of each UTS namespace of the tree that is not cryo's.
     pub utsns: Vec<(u32, pb::UtsnsEntry)>,
     /// The contents of each network namespace of the tree that is not cryo's, nor external
@@ -198,7 +200,10 @@ pub struct FileTable {
     pub cgroups: cgroup::CgDump,
     /// The command's socket options (`--tcp-established`, ...).
     pub sock: files::SockOpts,
-    /// Inet sockets: connections in repair mode, the network lock, tcp-stream images.
+    /// The network lock of the dump (`netlock`): before `inet`, so that on an error it is
+    /// lifted before the connections leave repair mode.
+    pub netlock: crate::netlock::NetLock,
+    /// Inet sockets: connections in repair mode, tcp-stream images.
     pub inet: inet_sk::InetDump,
 }
 
@@ -440,8 +445,8 @@ impl RestoreCx<'_> {
     /// Gives the puppet its own fd for cryo's fd `local` (the same open file description,
     /// through `pidfd_getfd`); returns the puppet's fd, which the caller closes.
     pub fn take_from_cryo(&mut self, local: i32) -> Result<RemoteFd, TaskError> {
-        if let Some(pidfd) = self.cryo_pidfd {
-            return self.pidfd_getfd(pidfd, local);
+        if let Some(chan) = self.cryo_pidfd {
+            return self.take_via(chan, local);
         }
         let pidfd = self
             .named("pidfd_open (cryo)")
@@ -449,6 +454,17 @@ impl RestoreCx<'_> {
         let got = self.pidfd_getfd(pidfd, local);
         self.close(pidfd)?;
         got
+    }
+
+    /// The puppet's fd for cryo's fd `local`, through `chan`: its pidfd of cryo, or its end
+    /// of the fd transport (`sys::remote::set_transport`, a puppet in another user
+    /// namespace). The new fd is close-on-exec.
+    pub fn take_via(&mut self, chan: RemoteFd, local: i32) -> Result<RemoteFd, TaskError> {
+        let buf = self.scratch + self.scratch_len - 256;
+        let pid = self.pid;
+        self.remote
+            .take_cryo_fd(chan, local, buf)
+            .map_err(|source| TaskError::Remote { pid, source })
     }
 
     /// Moves the puppet's fd `tmp` to fd number `target`, close-on-exec or not.

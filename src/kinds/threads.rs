@@ -143,7 +143,7 @@ pub fn dump_thread(
                     })
                     .collect(),
             }),
-            creds: Some(super::creds::from_status(status, low32(secbits))),
+            creds: Some(super::creds::from_status(tid, status, low32(secbits))),
             comm: Some(comm),
             rseq_entry: Some(pb::RseqEntry {
                 rseq_abi_pointer: rseq.rseq_abi_pointer,

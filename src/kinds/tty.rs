@@ -1240,7 +1240,8 @@ pub fn set_foreground(
                 .pidfd_open(sys::proc::own_pid(), 0)
                 .map_err(remote)?,
         };
-        let fd = r.pidfd_getfd(pidfd, keeper);
+        // Its scratch's first bytes hold the group below.
+        let fd = r.take_cryo_fd(pidfd, keeper, tr + 2 * 4096);
         if cryo_pidfd.is_none() {
             r.close(pidfd).map_err(remote)?;
         }

@@ -70,6 +70,51 @@ pub struct Remote<'t> {
     pub stops: u64,
 }
 
+/// cryo's end of the socket through which restored puppets in another user namespace take
+/// cryo's fds: such a puppet may not `pidfd_getfd` from cryo (that needs ptrace rights over
+/// cryo, in cryo's user namespace), so cryo sends each fd with SCM_RIGHTS instead. Set by
+/// the restore for its duration ([`set_transport`]); None otherwise.
+static TRANSPORT: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
+
+/// Sets (or, with None, drops) cryo's end of the fd transport (see [`Remote::take_cryo_fd`]).
+pub fn set_transport(end: Option<std::os::fd::OwnedFd>) {
+    *TRANSPORT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = end;
+}
+
+/// A new fd transport: a socket pair whose one end cryo keeps as the transport until the
+/// returned guard drops; the other end is returned at fd number `at` or above, for the
+/// puppet to inherit.
+pub fn new_transport(at: i32) -> io::Result<(TransportGuard, std::os::fd::OwnedFd)> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    let (mine, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let theirs = rustix::io::fcntl_dupfd_cloexec(&theirs, at)?;
+    set_transport(Some(mine));
+    Ok((TransportGuard(()), theirs))
+}
+
+/// Drops cryo's end of the fd transport when dropped.
+pub struct TransportGuard(());
+
+impl Drop for TransportGuard {
+    fn drop(&mut self) {
+        set_transport(None);
+    }
+}
+
+/// `struct msghdr` (56 bytes), its `iovec`, a one-byte buffer and room for one SCM_RIGHTS
+/// control message, at these offsets of the 256 bytes [`Remote::take_cryo_fd`] is given.
+const MSG_IOV: usize = 64;
+const MSG_DATA: usize = 96;
+const MSG_CONTROL: usize = 128;
+const MSG_CONTROL_LEN: usize = 24;
+
 impl<'t> Remote<'t> {
     /// `base` is the register template (segment registers etc. are taken from it).
     pub fn new(t: &'t Tracee, site: u64, base: Regs) -> Self {
@@ -261,6 +306,78 @@ impl<'t> Remote<'t> {
                 }
             }
         }
+    }
+
+    /// The tracee's own fd (close-on-exec) for cryo's fd `local`: taken with `pidfd_getfd`
+    /// through `chan`, its pidfd of cryo; or, while a transport is set ([`set_transport`]),
+    /// sent by cryo over it and received with `recvmsg` on `chan`, the tracee's end, using
+    /// 256 bytes of its memory at `buf`.
+    pub fn take_cryo_fd(
+        &mut self,
+        chan: RemoteFd,
+        local: i32,
+        buf: u64,
+    ) -> Result<RemoteFd, RemoteError> {
+        use std::os::fd::{AsFd, BorrowedFd};
+        let sent = {
+            let t = TRANSPORT
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match t.as_ref() {
+                None => None,
+                Some(end) => {
+                    // SAFETY: `local` is an fd cryo's caller holds open for this call.
+                    let pass = unsafe { BorrowedFd::borrow_raw(local) };
+                    Some(super::net::send_msg(end.as_fd(), b"F", Some(pass)))
+                }
+            }
+        };
+        let Some(sent) = sent else {
+            let a = [arg(chan), arg(local), 0, 0, 0, 0];
+            return self
+                .call("pidfd_getfd", libc::SYS_pidfd_getfd, a)
+                .map(int_of);
+        };
+        sent.map_err(|source| RemoteError::Errno {
+            what: "sendmsg (an fd to the restored process)",
+            source,
+        })?;
+        let mut hdr = [0u8; MSG_CONTROL];
+        let put =
+            |h: &mut [u8], off: usize, v: u64| h[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        // msghdr: name, namelen, iov, iovlen, control, controllen, flags.
+        put(&mut hdr, 16, buf + MSG_IOV as u64);
+        put(&mut hdr, 24, 1);
+        put(&mut hdr, 32, buf + MSG_CONTROL as u64);
+        put(&mut hdr, 40, MSG_CONTROL_LEN as u64);
+        // iovec: base, len.
+        put(&mut hdr, MSG_IOV, buf + MSG_DATA as u64);
+        put(&mut hdr, MSG_IOV + 8, 1);
+        let mem = |what: &'static str| move |source| RemoteError::Ptrace { what, source };
+        super::mem::vm_write(self.t.tid, &hdr, &[(buf, hdr.len())])
+            .map_err(mem("writing a msghdr"))?;
+        let flags = arg(libc::MSG_CMSG_CLOEXEC);
+        self.call(
+            "recvmsg (an fd from cryo)",
+            libc::SYS_recvmsg,
+            [arg(chan), buf, flags, 0, 0, 0],
+        )?;
+        // cmsghdr: len (8), level (4), type (4), then the fd.
+        let mut c = [0u8; MSG_CONTROL_LEN];
+        super::mem::vm_read(
+            self.t.tid,
+            &mut c,
+            &[(buf + MSG_CONTROL as u64, MSG_CONTROL_LEN)],
+        )
+        .map_err(mem("reading the received fd"))?;
+        let word = |o: usize| i32::from_ne_bytes([c[o], c[o + 1], c[o + 2], c[o + 3]]);
+        if word(8) != libc::SOL_SOCKET || word(12) != libc::SCM_RIGHTS {
+            return Err(RemoteError::Errno {
+                what: "recvmsg (an fd from cryo)",
+                source: io::Error::other("no fd came with the message"),
+            });
+        }
+        Ok(word(16))
     }
 
     /// Address of the syscall instruction this executor uses.
