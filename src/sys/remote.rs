@@ -830,6 +830,14 @@ pub trait Syscalls {
         let a = [addr, len, arg(advice), 0, 0, 0];
         self.sys("madvise", libc::SYS_madvise, a).map(drop)
     }
+    /// `shmat(id, addr, flags)`: attaches SysV segment `id` at `addr`; the address attached.
+    fn shmat(&mut self, id: i32, addr: u64, flags: i32) -> Result<u64, Self::Error> {
+        self.sys(
+            "shmat",
+            libc::SYS_shmat,
+            [arg(id), addr, arg(flags), 0, 0, 0],
+        )
+    }
     /// `mlock(addr, len)`.
     fn mlock(&mut self, addr: u64, len: u64) -> Result<(), Self::Error> {
         self.sys("mlock", libc::SYS_mlock, [addr, len, 0, 0, 0, 0])
