@@ -34,6 +34,9 @@ pub struct DumpOpts {
     /// Network namespaces (by inode) saved as external, with the caller's key
     /// (`--external net[INO]:KEY`).
     pub external_net: std::collections::HashMap<u64, String>,
+    /// PID namespaces (by inode) saved as external, with the caller's key
+    /// (`--external pid[INO]:KEY`): the tree's, when it is not the tree's own (a pod's).
+    pub external_pid: std::collections::HashMap<u64, String>,
     /// `--empty-ns net`: a private network namespace is not saved; restore makes it empty.
     pub empty_net: bool,
     /// `--freeze-cgroup PATH`: freeze this cgroup while the tree is seized.
@@ -585,7 +588,7 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     // tree into the wrong ones (files opened in another mount namespace, wrong hostname...).
     // UTS, (empty) IPC and (loopback-only) net are restored (kinds/ns.rs); a PID namespace
     // whose init is the root (`check_pid_ns`).
-    check_pid_ns(tree)?;
+    check_pid_ns(tree, &opts.external_pid)?;
     check_mnt_ns(opts, tree)?;
     check_same_ns(tree, "time")?;
     check_same_ns(tree, "cgroup")?;
@@ -680,7 +683,10 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
 /// A tree in a PID namespace other than cryo's is dumped when the namespace is the tree's own:
 /// its root is the namespace's init (PID 1) and every task lives in it. PIDs are then saved
 /// as the tree sees them, and restore makes a new namespace.
-fn check_pid_ns(tree: &[(i32, i32)]) -> Result<(), DumpError> {
+fn check_pid_ns(
+    tree: &[(i32, i32)],
+    external: &std::collections::HashMap<u64, String>,
+) -> Result<(), DumpError> {
     let ns = |pid: i32| ns_ino(pid, "pid");
     let root = tree[0].0;
     let theirs = ns(root);
@@ -689,10 +695,12 @@ fn check_pid_ns(tree: &[(i32, i32)]) -> Result<(), DumpError> {
         return Ok(());
     }
     let vroot = ns_pid(root)?;
-    if vroot != 1 {
+    // An external namespace (a pod's): the tree is restored into the one the caller gives.
+    let ext = theirs.is_some_and(|t| external.contains_key(&t));
+    if vroot != 1 && !ext {
         return Err(Unsupported::of(root, "pid namespace", format!(
                 "the process is PID {vroot} of a PID namespace, not its init, so the namespace cannot be restored"
-            ), "dump the namespace's init (PID 1 inside it), or run cryo inside the namespace").into());
+            ), format!("dump the namespace's init (PID 1 inside it), run cryo inside the namespace, or name it external (--external pid[{}]:KEY) to restore into one given then", theirs.unwrap_or(0))).into());
     }
     for &(pid, _) in &tree[1..] {
         // A zombie has no namespaces left (nothing to restore in them).
@@ -1254,6 +1262,13 @@ pub fn run(
     files.shell_job = opts.shell_job;
     files.external_net = opts.external_net.clone();
     files.empty_net = opts.empty_net;
+    // An external PID namespace (`--external pid[INO]:KEY`): only its key is saved.
+    files.pidns = ns_ino(root, "pid")
+        .and_then(|i| Some((i, opts.external_pid.get(&i)?.clone())))
+        .map(|(i, k)| {
+            let e = pb::PidnsEntry { ext_key: Some(k) };
+            (kinds::misc::ns_id(i), e)
+        });
     files.userns = kinds::userns::dump(root, ns_ino(root, "user").map(kinds::misc::ns_id))?;
     // A tree with a network namespace of its own: its contents are saved first (so the
     // lock's table is not among them), then the namespace is locked as a whole, as CRIU
@@ -1472,6 +1487,13 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         )?;
     }
     kinds::userns::write(dir, &files.userns)?;
+    if let Some((id, e)) = &files.pidns {
+        dir.write(
+            &format!("pidns-{id}.img"),
+            image::PIDNS,
+            std::slice::from_ref(e),
+        )?;
+    }
     for (id, e) in &files.utsns {
         dir.write(
             &format!("utsns-{id}.img"),
