@@ -56,6 +56,8 @@ pub struct DumpOpts {
     pub track_mem: bool,
     /// `--pre-dump-mode` (`splice`, `read`): recorded in the inventory, as CRIU does.
     pub pre_dump_mode: Option<String>,
+    /// `--page-server --address A --port N`: the pages go to this page server (`host:port`).
+    pub page_server: Option<String>,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -114,6 +116,8 @@ pub enum DumpError {
     NetLock(#[from] crate::netlock::NetLockError),
     #[error(transparent)]
     Track(#[from] crate::memtrack::TrackError),
+    #[error(transparent)]
+    PageServer(#[from] crate::pageserver::PsError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -134,6 +138,9 @@ impl DumpError {
                 return Some("--prev-images-dir is relative to the images directory (-D), as in CRIU: e.g. ../previous".into())
             }
             DumpError::Track(_) => return None,
+            DumpError::PageServer(_) => {
+                return Some("is `cryo page-server` (or `criu page-server`) listening at --address/--port?".into())
+            }
             DumpError::Task(e) => e,
             DumpError::Files(e) => e,
             DumpError::Memory(e) => e,
@@ -768,6 +775,7 @@ fn dump_process(
     stats: &mut pb::DumpStatsEntry,
     img: &mut TaskImages,
     mut chain: Option<&mut crate::memtrack::Chain>,
+    page_server: Option<(&mut crate::pageserver::Client, u32)>,
 ) -> Result<u64, DumpError> {
     let tracee = Tracee { tid: pid };
     let mut others = Vec::new();
@@ -879,6 +887,7 @@ fn dump_process(
         dir,
         stats,
         chain: None,
+        page_server: None,
     };
     // In-target work, inside the injection bracket.
     cx.parasite = Some(
@@ -935,6 +944,7 @@ fn dump_process(
     }
     // Memory after the cure, so the original code word is what gets saved.
     cx.chain = chain;
+    cx.page_server = page_server;
     kinds::dump_kind::<kinds::memory::Memory>(&mut cx, img)?;
     Ok(calls)
 }
@@ -1033,6 +1043,11 @@ pub fn run(
     let early_lock = crate::netlock::NetLock::new(opts.network_lock);
     let tree0 = collect_tree(root)?;
     precheck(opts, &tree0)?;
+    // The page server, connected before anything is frozen (as CRIU does).
+    let mut ps = match &opts.page_server {
+        Some(a) => Some(crate::pageserver::Client::connect(a)?),
+        None => None,
+    };
     if freezer.is_none() {
         hooks.notify("pre-dump", None)?;
     }
@@ -1063,10 +1078,20 @@ pub fn run(
         let pids: Vec<i32> = frozen.iter().map(|f| f.0).collect();
         for (p, v) in pids.iter().zip(image_pids(root, &pids)?) {
             c.set_vpid(*p, v);
+            // The parent's pages are on the page server: it says whether it has them.
+            if let Some(ps) = ps.as_mut() {
+                c.set_remote_parent(v, ps.has_parent(v)?);
+            }
         }
         Some(c)
     } else {
         None
+    };
+    let vpids = if ps.is_some() {
+        let pids: Vec<i32> = frozen.iter().map(|f| f.0).collect();
+        image_pids(root, &pids)?
+    } else {
+        Vec::new()
     };
 
     // 3. Each process.
@@ -1131,6 +1156,7 @@ pub fn run(
                 &mut stats,
                 &mut img,
                 chain.as_mut(),
+                ps.as_mut().map(|c| (c, vpids[i])),
             )?;
             if let Some(sig) = seized.stop_sig {
                 let tc = img.tc();
@@ -1144,6 +1170,9 @@ pub fn run(
             img.ids.files_id = f;
         }
         imgs.push(img);
+    }
+    if let Some(ps) = ps.take() {
+        ps.close()?;
     }
     // Queued terminal bytes, read last; put back when `tty_data` drops (before a release).
     let tty_data = kinds::tty::finish_dump(&mut files)?;
@@ -1340,6 +1369,8 @@ fn write_task(dir: &ImageDir, img: &TaskImages) -> Result<(), DumpError> {
             &img.fdinfo,
         )?;
     }
-    dir.write_pagemap(&format!("pagemap-{pid}.img"), img.pages_id, &img.pagemap)?;
+    if !img.pages_remote {
+        dir.write_pagemap(&format!("pagemap-{pid}.img"), img.pages_id, &img.pagemap)?;
+    }
     Ok(())
 }
