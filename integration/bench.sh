@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark cryo (and optionally CRIU) dump/restore.
 #
-# Usage: integration/bench.sh [--only SCENARIOS] [--rounds N] [--mib M] [--procs P] [--threads T]
+# Usage: integration/bench.sh [--only SCENARIOS] [--rounds N] [--mib M] [--procs P[,P...]]
+#                             [--threads T[,T...]]
 #   CRYO=path   cryo binary (default: <repo>/target/release/cryo; run `cargo build --release` first)
 #   CRIU=path   optional CRIU binary; when set, CRIU runs alternately with cryo on the same
 #               workloads and the table shows criu_time / cryo_time (>1: cryo is faster)
@@ -15,6 +16,9 @@
 #      dump and restore wall time; check: all P PIDs back, every child with the root as parent (N=3)
 #   4. threads: manythreads, one process with T (default 1000) threads (64 KiB stacks) idle in
 #      pause(): dump and restore wall time; check: /proc/PID/task has T+1 entries (N=3)
+#   --procs and --threads take comma lists (--procs 10,100,1000): the scenario runs once per
+#   size, and its rows and JSON keys carry the size (tree100_dump_ms); with one size the keys
+#   are tree_* and threads_* as before.
 #   5. net: `sleep 1000` in a network namespace of its own with a veth (peer in a "host"
 #      namespace the script makes), IPv4 and IPv6 addresses, 5 routes, an nftables table and a
 #      changed sysctl; each tool runs in the host namespace (nsenter), locks with nftables, and
@@ -53,8 +57,8 @@ ROUNDS_TREE=3
 ROUNDS_THREADS=3
 ROUNDS_NET=5
 MIB=2048
-NPROCS=100
-NTHREADS=1000
+PROCS_LIST=100
+THREADS_LIST=1000
 ONLY=fixed,mem,tree,threads,net,tcp
 ROUNDS_TCP=5
 NCONN=50
@@ -66,13 +70,13 @@ while [ $# -gt 0 ]; do
         --rounds) ROUNDS_FIXED=$2; ROUNDS_MEM=$2; ROUNDS_TREE=$2; ROUNDS_THREADS=$2; ROUNDS_NET=$2; ROUNDS_TCP=$2; shift 2 ;;
         --conns) NCONN=$2; shift 2 ;;
         --mib) MIB=$2; shift 2 ;;
-        --procs) NPROCS=$2; shift 2 ;;
-        --threads) NTHREADS=$2; shift 2 ;;
+        --procs) PROCS_LIST=$2; shift 2 ;;
+        --threads) THREADS_LIST=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 ($USAGE)" >&2; exit 2 ;;
     esac
 done
-for v in "$ROUNDS_FIXED" "$MIB" "$NPROCS" "$NTHREADS"; do
+for v in "$ROUNDS_FIXED" "$MIB" ${PROCS_LIST//,/ } ${THREADS_LIST//,/ }; do
     [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds, --mib, --procs and --threads take positive integers" >&2; exit 2; }
 done
 # SCEN: selected scenarios in run order; KIND: scenario -> kind (the prefix of its result keys)
@@ -397,8 +401,8 @@ one_round() {
         fi
     fi
     if [ "$kind" != sleep ]; then
-        [ "$ok" = PASS ] || CHECK[$tool,$kind]=FAIL
-        [ "${CHECK[$tool,$kind]:-}" = FAIL ] || CHECK[$tool,$kind]=PASS
+        [ "$ok" = PASS ] || CHECK[$tool,$RKEY]=FAIL
+        [ "${CHECK[$tool,$RKEY]:-}" = FAIL ] || CHECK[$tool,$RKEY]=PASS
     fi
     kill -9 "${pids[@]}" 2>/dev/null || true
     for p in "${pids[@]}"; do wait_dead "$p" gone; done
@@ -415,10 +419,10 @@ one_round() {
         "${frozen:+  (frozen $(echo "$frozen" | awk '{print $1/1000}') ms)}" \
         "$(case $kind in mem) echo "  checksum $ok" ;; tree|threads|net) echo "  check $ok" ;; tcp) echo "  stall $(ms "${STALL:-0}") ms, check $ok" ;; esac)"
     if [ "$measured" = 1 ]; then
-        add "$tool" "${kind}_dump" "$dump_us"
-        add "$tool" "${kind}_restore" "$restore_us"
-        [ -z "$frozen" ] || add "$tool" "${kind}_frozen" "$frozen"
-        [ "$kind" != tcp ] || add "$tool" "${kind}_stall" "${STALL:-0}"
+        add "$tool" "${RKEY}_dump" "$dump_us"
+        add "$tool" "${RKEY}_restore" "$restore_us"
+        [ -z "$frozen" ] || add "$tool" "${RKEY}_frozen" "$frozen"
+        [ "$kind" != tcp ] || add "$tool" "${RKEY}_stall" "${STALL:-0}"
     fi
     rm -rf "$dir"
 }
@@ -440,12 +444,58 @@ ms() { awk -v u="$1" 'BEGIN {printf "%.1f", u/1000}'; }
 gbps() { awk -v u="$1" -v m="$MIB" 'BEGIN {printf "%.2f", m*1048576/(u*1000)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
+# RUNS: one entry per measured scenario and size, "scenario:size:key" (key: the prefix of its
+# result rows and JSON keys).
+RUNS=()
+for sc in "${SCEN[@]}"; do
+    case $sc in
+        tree) list=$PROCS_LIST ;;
+        threads) list=$THREADS_LIST ;;
+        *) list=0 ;;
+    esac
+    for n in ${list//,/ }; do
+        key=${KIND[$sc]}
+        [[ $list != *,* ]] || key=$key$n
+        RUNS+=("$sc:$n:$key")
+    done
+done
+# set_run ENTRY: sets sc, kind, RKEY and the size (NPROCS or NTHREADS) of a run.
+set_run() {
+    IFS=: read -r sc n RKEY <<<"$1"
+    kind=${KIND[$sc]}
+    case $sc in tree) NPROCS=$n ;; threads) NTHREADS=$n ;; esac
+}
+title() {
+    case $1 in
+        fixed) echo "fixed cost: sleep 1000" ;;
+        mem) echo "memory: memhog $MIB MiB" ;;
+        tree) echo "process tree: fanout, $NPROCS processes" ;;
+        threads) echo "threads: manythreads, $NTHREADS threads" ;;
+        net) echo "network namespace: veth, 2 addresses, 5 routes, nftables, nftables lock" ;;
+        tcp) echo "TCP: echo server with $NCONN connections (--tcp-established)" ;;
+    esac
+}
+label() {
+    case $1 in
+        sleep) echo "sleep 1000" ;;
+        mem) echo "memhog $MIB MiB" ;;
+        tree) echo "tree $NPROCS procs" ;;
+        threads) echo "$NTHREADS threads" ;;
+        net) echo "netns veth" ;;
+        tcp) echo "tcp $NCONN conns" ;;
+    esac
+}
+check_desc() {
+    case $1 in
+        mem) echo "memhog checksum before dump == after restore" ;;
+        tree) echo "tree: all $NPROCS PIDs back with the root as parent" ;;
+        threads) echo "threads: /proc/PID/task has $((NTHREADS + 1)) entries" ;;
+        net) echo "net: the restored namespace has its address and 5 routes" ;;
+        tcp) echo "tcp: every byte of $NCONN connections echoed once, in order, no error" ;;
+    esac
+}
+
 declare -A ROUNDS=([fixed]=$ROUNDS_FIXED [mem]=$ROUNDS_MEM [tree]=$ROUNDS_TREE [threads]=$ROUNDS_THREADS [net]=$ROUNDS_NET [tcp]=$ROUNDS_TCP)
-declare -A TITLE=([fixed]="fixed cost: sleep 1000" [mem]="memory: memhog $MIB MiB"
-    [tree]="process tree: fanout, $NPROCS processes" [threads]="threads: manythreads, $NTHREADS threads"
-    [net]="network namespace: veth, 2 addresses, 5 routes, nftables, nftables lock"
-    [tcp]="TCP: echo server with $NCONN connections (--tcp-established)")
-declare -A LABEL=([sleep]="sleep 1000" [mem]="memhog $MIB MiB" [tree]="tree $NPROCS procs" [threads]="$NTHREADS threads" [net]="netns veth" [tcp]="tcp $NCONN conns")
 
 echo "cryo benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, kernel $(uname -r)"
 echo "  cryo: $CRYO ($("$CRYO" --version 2>&1 | head -1))"
@@ -455,9 +505,10 @@ rounds_desc=""
 for sc in "${SCEN[@]}"; do rounds_desc="$rounds_desc, $sc ${ROUNDS[$sc]}"; done
 echo "  rounds: 1 warm-up + N (${rounds_desc#, })${CRIU:+; cryo and criu alternate, order flips each round}"
 echo
-for sc in "${SCEN[@]}"; do
-    echo "${TITLE[$sc]}"
-    run_scenario "${KIND[$sc]}" "${ROUNDS[$sc]}"
+for run in "${RUNS[@]}"; do
+    set_run "$run"
+    title "$sc"
+    run_scenario "$kind" "${ROUNDS[$sc]}"
 done
 
 echo
@@ -467,17 +518,17 @@ echo
 printf '%-24s %-36s' "scenario" "cryo"
 [ -z "${CRIU:-}" ] || printf ' %-36s %s' "criu" "criu/cryo"
 echo
-JSON="{\"scenarios\":\"$(IFS=,; echo "${SCEN[*]}")\",\"mib\":$MIB,\"procs\":$NPROCS,\"threads\":$NTHREADS"
+JSON="{\"scenarios\":\"$(IFS=,; echo "${SCEN[*]}")\",\"mib\":$MIB,\"procs\":\"$PROCS_LIST\",\"threads\":\"$THREADS_LIST\""
 JSON="$JSON,\"rounds_fixed\":$ROUNDS_FIXED,\"rounds_mem\":$ROUNDS_MEM,\"rounds_tree\":$ROUNDS_TREE,\"rounds_threads\":$ROUNDS_THREADS,\"rounds_net\":$ROUNDS_NET"
 JSON="$JSON,\"fs\":\"$FSTYPE\",\"synced\":false"
 declare -A TJSON
-for sc in "${SCEN[@]}"; do
-    kind=${KIND[$sc]}
+for run in "${RUNS[@]}"; do
+    set_run "$run"
     ops="dump restore"
     [ "$kind" != tcp ] || ops="dump restore stall"
     for op in $ops; do
-        row=${kind}_$op
-        printf '%-24s' "${LABEL[$kind]} $op"
+        row=${RKEY}_$op
+        printf '%-24s' "$(label "$kind") $op"
         for t in "${TOOLS[@]}"; do
             m=$(med "$t" "$row")
             cell="$(ms "$m") ms"
@@ -498,30 +549,27 @@ for sc in "${SCEN[@]}"; do
     done
 done
 frozen_desc=""
-for sc in "${SCEN[@]}"; do
-    kind=${KIND[$sc]}
-    m=$(med cryo "${kind}_frozen")
+for run in "${RUNS[@]}"; do
+    set_run "$run"
+    m=$(med cryo "${RKEY}_frozen")
     [ -n "$m" ] || continue
-    TJSON[cryo]="${TJSON[cryo]}\"${kind}_frozen_ms\":$(ms "$m"),"
-    frozen_desc="$frozen_desc, ${LABEL[$kind]} $(ms "$m") ms"
+    TJSON[cryo]="${TJSON[cryo]}\"${RKEY}_frozen_ms\":$(ms "$m"),"
+    frozen_desc="$frozen_desc, $(label "$kind") $(ms "$m") ms"
 done
 echo "cryo frozen time during dump (from --json frozen_us): ${frozen_desc#, }"
 status=0
-declare -A CHECK_DESC=([mem]="memhog checksum before dump == after restore"
-    [tree]="tree: all $NPROCS PIDs back with the root as parent"
-    [threads]="threads: /proc/PID/task has $((NTHREADS + 1)) entries"
-    [net]="net: the restored namespace has its address and 5 routes"
-    [tcp]="tcp: every byte of $NCONN connections echoed once, in order, no error")
 declare -A CHECK_KEY=([mem]=checksum [tree]=tree_check [threads]=threads_check [net]=net_check [tcp]=tcp_check)
-for sc in "${SCEN[@]}"; do
-    kind=${KIND[$sc]}
+for run in "${RUNS[@]}"; do
+    set_run "$run"
     [ "$kind" != sleep ] || continue
-    printf '%s (all %s rounds):' "${CHECK_DESC[$kind]}" "$((${ROUNDS[$sc]} + 1))"
+    printf '%s (all %s rounds):' "$(check_desc "$kind")" "$((${ROUNDS[$sc]} + 1))"
     for t in "${TOOLS[@]}"; do
-        c=${CHECK[$t,$kind]:-FAIL}
+        c=${CHECK[$t,$RKEY]:-FAIL}
         printf ' %s %s' "$t" "$c"
         [ "$c" = PASS ] || status=1
-        TJSON[$t]="${TJSON[$t]}\"${CHECK_KEY[$kind]}\":\"$c\","
+        ck=${CHECK_KEY[$kind]}
+        [ "$RKEY" = "$kind" ] || ck=${RKEY}_${ck#*_}
+        TJSON[$t]="${TJSON[$t]}\"$ck\":\"$c\","
     done
     echo
 done

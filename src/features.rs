@@ -257,6 +257,7 @@ pub fn probe(name: &str) -> Option<Feature> {
             .map(|k| format!("{k}: PTRACE_O_SUSPEND_SECCOMP (cryo injects syscalls past filters)")),
         "seccomp_filters" => kernel_at_least(4, 4)
             .map(|k| format!("{k}: PTRACE_SECCOMP_GET_FILTER (cryo saves each thread's filters)")),
+        "userns" => exists("/proc/self/ns/user", "user namespaces (a tree's own, child of cryo's, with its uid/gid maps and setgroups state)"),
         "cgroupns" => exists("/proc/self/ns/cgroup", "cgroup namespaces"),
         "timens" => exists("/proc/self/ns/time", "time namespaces (clocks go on from their saved values)"),
         "external_net_ns" => Ok("--external net[INODE]:KEY at dump, --inherit-fd fd[N]:KEY or --join-ns at restore".into()),
@@ -285,7 +286,6 @@ pub fn probe(name: &str) -> Option<Feature> {
         "pidfd_store" => not_in_cryo("the pidfd store (pid reuse detection across pre-dumps) is not implemented in cryo"),
         "aio_remap" => not_in_cryo("AIO rings are not saved by cryo"),
         "tun" | "tun_ns" => not_in_cryo("open tun/tap queues (tun file descriptors) are not saved by cryo (persistent tun/tap links of a saved network namespace are)"),
-        "userns" => not_in_cryo("user namespaces are not supported by cryo yet"),
         "loginuid" => not_in_cryo("cryo saves the login uid but does not restore it"),
         "autofs" => not_in_cryo("autofs mounts are not supported by cryo"),
         "compat_cr" => not_in_cryo("32-bit (compat) tasks are not supported by cryo"),

@@ -1,32 +1,37 @@
-//! The network lock (issue #10): from the moment a tree is frozen until its restored copy
-//! runs, packets of its connections are dropped, never answered (no RST reaches a peer, so a
-//! migrated TCP connection survives), as CRIU 4.x does with `--network-lock`.
+//! The network lock (issue #10), the one place cryo locks and unlocks a tree's network: from
+//! the moment a tree is frozen (before the first connection goes into TCP repair mode) until
+//! its restored copy runs, packets of its connections are dropped, never answered, so no peer
+//! sees a reset and a migrated TCP connection survives. As CRIU 4.x (`--network-lock`, RPC
+//! `network_lock_method`):
 //!
-//! - A tree with a network namespace of its own is locked as a whole (`lock_netns`): inside
-//!   that namespace a table `inet cryo-<pid>` (cryo's pid) with `input` and `output` base
-//!   chains, `policy drop`, that accept only packets marked [`SOCCR_MARK`] (0xC114, CRIU's
-//!   mark for its own TCP-repair packets). Its chains hook in at priority -300 (raw), ahead of
-//!   the tree's own filter chains, so none of them can answer a packet with a reset first.
-//! - A tree in cryo's own namespace (the host's) is locked per TCP connection
-//!   (`lock_connections`, for the inet part): the same table in cryo's namespace, created on
-//!   first use, with a `conns4`/`conns6` set of (saddr . sport . daddr . dport) and a drop rule
-//!   in both directions, as CRIU's `nftables_lock_connection`.
-//! - `--network-lock iptables` does the same with a chain `cryo-<pid>` in the filter table
-//!   (`iptables-restore --noflush`, IPv4 and IPv6), as CRIU's `CRIU` chain; `skip` does nothing.
+//! - The lock of one run is named after its run id as CRIU names it, `CRIU-` and the first 21
+//!   characters of the id (`inventory.dump_criu_run_id`), so that CRIU's restore lifts a lock
+//!   of cryo's dump and cryo's restore one of CRIU's. A restore uses the id of the dump.
+//! - A tree with a network namespace of its own is locked as a whole ([`NetLock::lock_netns`]):
+//!   inside that namespace a table `inet CRIU-…` with `input` and `output` base chains,
+//!   `policy drop`, that accept only packets marked [`SOCCR_MARK`] (0xC114, the mark of the
+//!   packets cryo forges itself). Its chains hook in at priority -300 (raw), ahead of the
+//!   tree's own filter chains, so none of them can answer a packet with a reset first.
+//! - A tree in cryo's own namespace is locked per TCP connection
+//!   ([`NetLock::lock_connections`]): the same table with policy accept and a drop rule per
+//!   direction of each connection.
+//! - nftables (the default) is spoken over netlink (netlink-packet-netfilter): one
+//!   transaction to lock, one to unlock, each a few hundred microseconds with no program
+//!   started. `--network-lock iptables` makes a chain of the same name in the filter table
+//!   (`iptables-restore --noflush`, IPv4 and IPv6); `skip` does nothing.
+//! - runc's `network-lock`/`network-unlock` notifications are sent by the pipelines around
+//!   the whole-namespace lock (`dump/mod.rs`, `restore/mod.rs`), as CRIU sends them.
 //!
-//! Nothing is ever left behind: `unlock` (and `Drop`, on every error path) deletes the table
-//! or chain. Against a cryo killed mid-way (SIGKILL runs no destructor) every lock is first
-//! recorded in `/run/cryo/netlock/` (cryo's pid, its start time, the namespace's inode and a
-//! pid living in it); [`NetLock::new`] removes what dead cryo processes left (the namespace is
-//! found again by inode: the recorded pid, `/run/netns`, then every process), with a warning
-//! naming each table.
-//!
-//! The rules are made with the `nft` program (and `iptables-restore`), run by a cryo thread
-//! that entered the namespace: the same tool saves and restores a namespace's ruleset
-//! (`kinds/netns.rs`), one process per lock or unlock is a few milliseconds, and it needs no
-//! C library at build time (see ARCHITECTURE.md §3b).
+//! Nothing is ever left behind. `unlock` (and `Drop`, on every error path) deletes what this
+//! run made; after a dump whose tree was killed the lock stays on purpose for the restore
+//! ([`NetLock::keep`]: it is then named in the images, and the restore lifts it with
+//! [`NetLock::lift_dump_lock`]). Against a cryo killed mid-way (SIGKILL runs no destructor)
+//! every lock is first recorded in `/run/cryo/netlock/` (cryo's pid, its start time and PID
+//! namespace, the network namespace's inode and a pid living in it), with the connections cryo
+//! put in repair mode; [`cleanup_stale`], run first by every dump and restore, removes what
+//! dead cryo processes left (the namespace is found again by inode) and takes those
+//! connections out of repair mode, with a warning naming each.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::net::IpAddr;
@@ -35,20 +40,20 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The mark of packets that pass the lock (CRIU's `SOCCR_MARK`): a socket of the inet part
-/// sets it (`SO_MARK`) on what it must send while the tree is locked.
+/// The mark of packets that pass the lock (CRIU's `SOCCR_MARK`): what cryo sends itself
+/// while the tree is locked carries it (`SO_MARK`).
 pub const SOCCR_MARK: u32 = 0xC114;
 
-/// Where locks are recorded until they are removed.
+/// Where locks are recorded until they are removed or handed to the images.
 const RECORDS: &str = "/run/cryo/netlock";
 
-/// How the network is locked (`--network-lock`, RPC `network_lock`).
+/// How the network is locked (`--network-lock`, RPC `network_lock_method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Method {
-    /// An nftables table (the default).
+    /// An nftables table (the default, as CRIU 4.x).
     #[default]
     Nftables,
-    /// An iptables chain, as CRIU's default build does.
+    /// An iptables chain.
     Iptables,
     /// No lock at all.
     Skip,
@@ -79,6 +84,24 @@ impl Method {
         }
     }
 
+    /// `inventory.network_lock_method`, CRIU's internal numbering (IPTABLES 0, NFTABLES 1,
+    /// SKIP 2); absent in old images, which mean iptables.
+    pub fn to_inventory(self) -> u32 {
+        match self {
+            Method::Iptables => 0,
+            Method::Nftables => 1,
+            Method::Skip => 2,
+        }
+    }
+
+    pub fn from_inventory(v: Option<u32>) -> Method {
+        match v {
+            Some(1) => Method::Nftables,
+            Some(2) => Method::Skip,
+            _ => Method::Iptables,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Method::Nftables => "nftables",
@@ -88,7 +111,8 @@ impl Method {
     }
 }
 
-/// One TCP connection as the tree sees it: its own address and port, and its peer's.
+/// One TCP connection as the tree sees it: its own address and port, and its peer's (both
+/// of one family; IPv4-mapped addresses as IPv4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Conn {
     pub src: IpAddr,
@@ -97,65 +121,137 @@ pub struct Conn {
     pub dport: u16,
 }
 
+/// A socket of the tree that cryo is about to put in repair mode: fd `fd` of process `pid`,
+/// socket inode `ino` (recorded, so that a later run takes it out if cryo is killed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepairedSk {
+    pub pid: i32,
+    pub fd: i32,
+    pub ino: u64,
+}
+
 /// Why locking or unlocking failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetLockError {
     #[error("network lock: {tool} is not installed")]
     NoTool { tool: &'static str },
-    #[error("network lock: {what} in network namespace {ns}: {why}")]
-    Tool { what: String, ns: u64, why: String },
-    #[error("network lock: cannot enter network namespace {what}")]
+    #[error("network lock {name}: {what} in network namespace {ns}: {why}")]
+    Tool {
+        name: String,
+        what: String,
+        ns: u64,
+        why: String,
+    },
+    #[error("network lock: cannot open network namespace {what}")]
     Enter {
         what: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("network lock: {what}: mixed address families in connection {conn:?}")]
-    BadConn { what: &'static str, conn: Conn },
 }
 
 impl crate::kinds::error::Failure for NetLockError {
     fn hint(&self) -> Option<String> {
         match self {
             NetLockError::NoTool { tool } => Some(format!(
-                "install it ({}), or choose another method with --network-lock nftables|iptables|skip",
-                if *tool == "nft" { "apt-get install nftables" } else { "apt-get install iptables" }
+                "install it (apt-get install {tool}), or choose another method with --network-lock nftables|iptables|skip"
             )),
             NetLockError::Tool { .. } => Some(
-                "the kernel needs nf_tables (nftables) or xt_mark (iptables); --network-lock skip does without a lock, at the price of connections being reset".into(),
+                "the kernel needs nf_tables (nftables, inet family) or xt_mark (iptables) and cryo CAP_NET_ADMIN in that namespace; --network-lock skip does without a lock, at the price of connections being reset".into(),
             ),
-            _ => None,
+            NetLockError::Enter { .. } => None,
         }
     }
 }
 
-/// One namespace cryo locked.
+/// A new CRIU-style run id (a random UUID).
+pub fn new_run_id() -> String {
+    let mut b = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// The nftables table (or iptables chain) of the lock of run id `id`, as CRIU names it.
+pub fn lock_name(id: &str) -> String {
+    format!("CRIU-{}", id.chars().take(21).collect::<String>())
+}
+
+/// One namespace this run locked.
 struct Locked {
     /// The namespace (an fd of it, so it is found again even if the tree dies).
     ns: File,
     ino: u64,
-    /// The whole namespace, or only connections (a table with sets, made on first use).
+    /// The whole namespace, or only connections.
     whole: bool,
-    record: PathBuf,
+    /// A lock of this name was there already (a restore in the namespace its dump locked):
+    /// it is the dump's, removed on success (`unlock_now`) but left on failure (`Drop`) for
+    /// the next attempt.
+    adopted: bool,
+    record: Option<PathBuf>,
 }
 
-/// The locks one cryo run holds; everything is removed by [`NetLock::unlock`] or on drop.
+/// The locks one cryo run holds; everything is removed by [`NetLock::unlock_now`] or on drop,
+/// unless handed to the images with [`NetLock::keep`].
 pub struct NetLock {
     method: Method,
-    /// `cryo-<pid>`: the nftables table (family inet) or the iptables chain.
+    run_id: String,
+    /// `CRIU-<21 characters of the run id>`: the nftables table or the iptables chain.
     name: String,
     locked: Vec<Locked>,
+    /// The record of the connections put in repair mode (if any).
+    repair_record: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for NetLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetLock")
+            .field("method", &self.method)
+            .field("name", &self.name)
+            .field("locked", &self.locked.len())
+            .finish()
+    }
+}
+
+impl Default for NetLock {
+    fn default() -> Self {
+        NetLock::named(Method::default(), new_run_id())
+    }
 }
 
 impl NetLock {
-    /// A lock of the given method, holding nothing yet. First removes what dead cryo
-    /// processes left behind.
+    /// A lock of the given method for a dump, holding nothing yet, under a new run id. First
+    /// removes what dead cryo processes left behind.
     pub fn new(method: Method) -> NetLock {
         cleanup_stale();
+        NetLock::named(method, new_run_id())
+    }
+
+    /// The lock of a restore: named after the dump's run id when the images have one (CRIU
+    /// does the same), so a lock either left is found by the same name. Also cleans up first.
+    pub fn for_restore(method: Method, dump_run_id: Option<&str>) -> NetLock {
+        cleanup_stale();
+        NetLock::named(method, dump_run_id.map_or_else(new_run_id, str::to_string))
+    }
+
+    fn named(method: Method, run_id: String) -> NetLock {
         NetLock {
             method,
-            name: format!("cryo-{}", std::process::id()),
+            name: lock_name(&run_id),
+            run_id,
             locked: Vec::new(),
+            repair_record: None,
         }
     }
 
@@ -163,21 +259,30 @@ impl NetLock {
         self.method
     }
 
+    /// The run id (`inventory.dump_criu_run_id`).
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
     /// The table (nftables) or chain (iptables) name this run uses.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Whether the namespace `ns` (an fd of it) is locked by this run.
-    pub fn holds(&self, ino: u64) -> bool {
-        self.locked.iter().any(|l| l.ino == ino)
+    /// Whether this run locked anything.
+    pub fn is_held(&self) -> bool {
+        !self.locked.is_empty()
+    }
+
+    /// Whether the network namespace with inode `ino` is locked as a whole by this run.
+    pub fn holds_whole(&self, ino: u64) -> bool {
+        self.locked.iter().any(|l| l.ino == ino && l.whole)
     }
 
     /// Locks the whole network namespace of `pid` (the root of a tree with a namespace of
     /// its own): everything but marked packets is dropped there.
     pub fn lock_netns_of(&mut self, pid: i32) -> Result<(), NetLockError> {
-        let path = format!("/proc/{pid}/ns/net");
-        let ns = File::open(&path).map_err(|source| NetLockError::Enter { what: path, source })?;
+        let ns = open_ns(&format!("/proc/{pid}/ns/net"))?;
         self.lock_netns(ns.as_fd(), Some(pid))
     }
 
@@ -198,148 +303,67 @@ impl NetLock {
                     source,
                 })?,
         );
-        let ino = ns.metadata().map(|m| m.ino()).unwrap_or(0);
-        if self.holds(ino) {
+        let ino = ino_of(&ns);
+        if self.holds_whole(ino) {
+            return Ok(());
+        }
+        let t = self.name.clone();
+        if self.exists(&ns, ino) {
+            tracing::info!(table = %t, ns = ino, "the dump's network lock is there: kept until the restore succeeds");
+            self.locked.push(Locked {
+                ns,
+                ino,
+                whole: true,
+                adopted: true,
+                record: None,
+            });
             return Ok(());
         }
         let record = self.record(ino, hint, true);
-        let t = &self.name;
         let r = match self.method {
-            Method::Nftables => crate::kinds::netns::within(ns.as_fd(), || nfnl::lock_whole(t))
+            Method::Nftables => in_ns(&ns, || nfnl::lock_whole(&t))
                 .and_then(|r| r)
-                .map_err(|e| NetLockError::Tool {
-                    what: "lock the network (nf_tables)".into(),
-                    ns: ino,
-                    why: e.to_string(),
-                }),
+                .map_err(|e| self.failed("lock the namespace (nf_tables)", ino, &e)),
             Method::Iptables => {
                 let conf = format!(
                     "*filter\n:{t} - [0:0]\n-I INPUT -j {t}\n-I OUTPUT -j {t}\n\
                      -A {t} -m mark --mark {SOCCR_MARK:#x} -j ACCEPT\n-A {t} -j DROP\nCOMMIT\n"
                 );
-                iptables_restore(&ns, ino, "lock the network", &conf, false)
-                    .and_then(|_| iptables_restore(&ns, ino, "lock the network", &conf, true))
+                self.iptables_both(&ns, ino, "lock the namespace", &conf)
             }
             Method::Skip => Ok(()),
         };
-        let l = Locked {
-            ns,
-            ino,
-            whole: true,
-            record,
-        };
-        match r {
-            Ok(()) => {
-                tracing::info!("network locked ({}) in namespace {ino}", self.method.name());
-                self.locked.push(l);
-                Ok(())
-            }
-            Err(e) => {
-                // A half-made lock (iptables: the IPv4 part) goes again.
-                remove(self.method, &self.name, &l);
-                Err(e)
-            }
-        }
+        self.held_or_undone(ns, ino, true, record, r)?;
+        tracing::info!(
+            table = %self.name,
+            ns = ino,
+            "network locked ({}): the whole namespace",
+            self.method.name()
+        );
+        Ok(())
     }
 
-    /// Locks TCP connections of a tree living in cryo's own network namespace (for the inet
-    /// part, before it puts each socket in repair mode).
-    pub fn lock_connections(&mut self, conns: &[Conn]) -> Result<(), NetLockError> {
+    /// Locks the TCP connections `conns` of a tree living in the network namespace of `pid`
+    /// (cryo's own, usually): their packets, both ways, are dropped unless marked. Called
+    /// once, before the first of them goes into repair mode; nothing to do when that
+    /// namespace is locked whole.
+    pub fn lock_connections(&mut self, pid: i32, conns: &[Conn]) -> Result<(), NetLockError> {
         if self.method == Method::Skip || conns.is_empty() {
             return Ok(());
         }
-        let path = "/proc/thread-self/ns/net";
-        let ns = File::open(path).map_err(|source| NetLockError::Enter {
-            what: path.into(),
-            source,
-        })?;
-        let ino = ns.metadata().map(|m| m.ino()).unwrap_or(0);
-        let t = self.name.clone();
-        if let Some(l) = self.locked.iter().find(|l| l.ino == ino) {
-            if l.whole {
-                return Ok(()); // everything is dropped there already
-            }
-        } else {
-            let record = self.record(ino, Some(crate::sys::proc::own_pid()), false);
-            let r = match self.method {
-                Method::Nftables => {
-                    let (m4, m6) = (
-                        "ip saddr . tcp sport . ip daddr . tcp dport @conns4 drop",
-                        "ip6 saddr . tcp sport . ip6 daddr . tcp dport @conns6 drop",
-                    );
-                    nft(
-                        &ns,
-                        ino,
-                        "make the connection lock",
-                        &format!(
-                            "table inet {t} {{\n\
-                             \tset conns4 {{ type ipv4_addr . inet_service . ipv4_addr . inet_service; }}\n\
-                             \tset conns6 {{ type ipv6_addr . inet_service . ipv6_addr . inet_service; }}\n\
-                             \tchain input {{ type filter hook input priority -300; meta mark {SOCCR_MARK:#x} accept; {m4}; {m6}; }}\n\
-                             \tchain output {{ type filter hook output priority -300; meta mark {SOCCR_MARK:#x} accept; {m4}; {m6}; }}\n\
-                             }}\n"
-                        ),
-                    )
-                }
-                Method::Iptables => {
-                    let conf = format!(
-                        "*filter\n:{t} - [0:0]\n-I INPUT -j {t}\n-I OUTPUT -j {t}\nCOMMIT\n"
-                    );
-                    iptables_restore(&ns, ino, "make the connection lock", &conf, false).and_then(
-                        |_| iptables_restore(&ns, ino, "make the connection lock", &conf, true),
-                    )
-                }
-                Method::Skip => Ok(()),
-            };
-            let l = Locked {
-                ns,
-                ino,
-                whole: false,
-                record,
-            };
-            if let Err(e) = r {
-                remove(self.method, &self.name, &l);
-                return Err(e);
-            }
-            self.locked.push(l);
+        let ns = open_ns(&format!("/proc/{pid}/ns/net"))?;
+        let ino = ino_of(&ns);
+        if self.locked.iter().any(|l| l.ino == ino) {
+            return Ok(());
         }
-        let l = self
-            .locked
-            .iter()
-            .find(|l| l.ino == ino)
-            .expect("pushed above");
-        match self.method {
-            Method::Nftables => {
-                let mut v4 = Vec::new();
-                let mut v6 = Vec::new();
-                for c in conns {
-                    let (a, b) = (
-                        format!("{} . {} . {} . {}", c.dst, c.dport, c.src, c.sport),
-                        format!("{} . {} . {} . {}", c.src, c.sport, c.dst, c.dport),
-                    );
-                    match (c.src, c.dst) {
-                        (IpAddr::V4(_), IpAddr::V4(_)) => v4.extend([a, b]),
-                        (IpAddr::V6(_), IpAddr::V6(_)) => v6.extend([a, b]),
-                        _ => {
-                            return Err(NetLockError::BadConn {
-                                what: "lock",
-                                conn: *c,
-                            })
-                        }
-                    }
-                }
-                let mut script = String::new();
-                if !v4.is_empty() {
-                    script += &format!("add element inet {t} conns4 {{ {} }}\n", v4.join(", "));
-                }
-                if !v6.is_empty() {
-                    script += &format!("add element inet {t} conns6 {{ {} }}\n", v6.join(", "));
-                }
-                nft(&l.ns, ino, "lock connections", &script)
-            }
+        let record = self.record(ino, Some(pid), false);
+        let t = self.name.clone();
+        let r = match self.method {
+            Method::Nftables => in_ns(&ns, || nfnl::lock_conns(&t, conns))
+                .and_then(|r| r)
+                .map_err(|e| self.failed("lock the connections (nf_tables)", ino, &e)),
             Method::Iptables => {
-                let mut c4 = String::new();
-                let mut c6 = String::new();
+                let (mut c4, mut c6) = (String::new(), String::new());
                 for c in conns {
                     let rule = |s: &IpAddr, sp: u16, d: &IpAddr, dp: u16| {
                         format!(
@@ -354,46 +378,119 @@ impl NetLock {
                         c6 += &both;
                     }
                 }
-                if !c4.is_empty() {
-                    iptables_restore(
-                        &l.ns,
+                let head = format!("*filter\n:{t} - [0:0]\n-I INPUT -j {t}\n-I OUTPUT -j {t}\n");
+                self.iptables_restore(
+                    &ns,
+                    ino,
+                    "lock the connections",
+                    &format!("{head}{c4}COMMIT\n"),
+                    false,
+                )
+                .and_then(|()| {
+                    self.iptables_restore(
+                        &ns,
                         ino,
-                        "lock connections",
-                        &format!("*filter\n{c4}COMMIT\n"),
-                        false,
-                    )?;
-                }
-                if !c6.is_empty() {
-                    iptables_restore(
-                        &l.ns,
-                        ino,
-                        "lock connections",
-                        &format!("*filter\n{c6}COMMIT\n"),
+                        "lock the connections",
+                        &format!("{head}{c6}COMMIT\n"),
                         true,
-                    )?;
-                }
-                Ok(())
+                    )
+                })
             }
             Method::Skip => Ok(()),
+        };
+        self.held_or_undone(ns, ino, false, record, r)?;
+        tracing::info!(
+            table = %self.name,
+            ns = ino,
+            conns = conns.len(),
+            "network locked ({}): the TCP connections",
+            self.method.name()
+        );
+        Ok(())
+    }
+
+    /// Keeps a lock just made (with its record), or removes what a failed one made.
+    fn held_or_undone(
+        &mut self,
+        ns: File,
+        ino: u64,
+        whole: bool,
+        record: PathBuf,
+        r: Result<(), NetLockError>,
+    ) -> Result<(), NetLockError> {
+        let l = Locked {
+            ns,
+            ino,
+            whole,
+            adopted: false,
+            record: Some(record),
+        };
+        match r {
+            Ok(()) => {
+                self.locked.push(l);
+                Ok(())
+            }
+            Err(e) => {
+                // A half-made lock (iptables: the IPv4 part) goes again.
+                if let Err(e2) = remove(self.method, &self.name, &l) {
+                    tracing::error!("{e2}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Records the sockets about to go into repair mode, so that a later run takes them out
+    /// of it if this one is killed. Best effort (a warning if it cannot be written).
+    pub fn record_repair(&mut self, socks: &[RepairedSk]) {
+        if socks.is_empty() {
+            return;
+        }
+        let path = PathBuf::from(format!("{RECORDS}/{}-repair", std::process::id()));
+        let list: Vec<serde_json::Value> = socks
+            .iter()
+            .map(|s| serde_json::json!([s.pid, start_time(s.pid), s.fd, s.ino]))
+            .collect();
+        let rec = serde_json::json!({
+            "cryo": std::process::id(),
+            "start": start_time(crate::sys::proc::own_pid()),
+            "pidns": own_pid_ns(),
+            "repair": list,
+        });
+        write_record(&path, &rec, "the connections in repair mode");
+        self.repair_record = Some(path);
+    }
+
+    /// The connections left repair mode (or the tree was killed): their record goes.
+    pub fn repair_done(&mut self) {
+        if let Some(p) = self.repair_record.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// Whether a lock of this run's name is in the namespace `ns` already.
+    fn exists(&self, ns: &File, ino: u64) -> bool {
+        match self.method {
+            Method::Nftables => {
+                let t = self.name.clone();
+                in_ns(ns, || nfnl::has_table(&t))
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or(false)
+            }
+            Method::Iptables => {
+                run_in(ns, ino, "iptables", &["-w", "-n", "-L", &self.name], None).is_ok()
+            }
+            Method::Skip => false,
         }
     }
 
     /// Removes every lock of this run; the first error is returned after trying them all.
-    pub fn unlock(mut self) -> Result<(), NetLockError> {
-        self.unlock_all()
-    }
-
-    /// [`NetLock::unlock`] for a lock held in place (it can lock again afterwards).
     pub fn unlock_now(&mut self) -> Result<(), NetLockError> {
-        self.unlock_all()
-    }
-
-    fn unlock_all(&mut self) -> Result<(), NetLockError> {
         let mut first = None;
         for l in std::mem::take(&mut self.locked) {
-            let r = remove_checked(self.method, &self.name, &l);
-            match r {
-                Ok(()) => tracing::info!("network unlocked in namespace {}", l.ino),
+            match remove(self.method, &self.name, &l) {
+                Ok(()) => tracing::info!(table = %self.name, ns = l.ino, "network unlocked"),
                 Err(e) => {
                     tracing::error!("{e}");
                     first.get_or_insert(e);
@@ -401,6 +498,109 @@ impl NetLock {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// Leaves the locks in place for the restore (the tree was killed; the images name the
+    /// lock): they are no longer this run's, so their records go.
+    pub fn keep(&mut self) {
+        for l in std::mem::take(&mut self.locked) {
+            tracing::info!(
+                table = %self.name,
+                ns = l.ino,
+                "the network lock stays until the restore"
+            );
+            if let Some(r) = &l.record {
+                let _ = std::fs::remove_file(r);
+            }
+        }
+        self.repair_done();
+    }
+
+    /// Removes the lock a dump left for its connections in the network namespace of
+    /// `ns_pid` (the restored root): cryo's or CRIU's nftables table of `run_id`, cryo's
+    /// iptables chain of that name, or CRIU's iptables lock (its `CRIU` chain of a whole
+    /// namespace, or a rule pair per connection, `conns`). A lock that is not there is no
+    /// error.
+    pub fn lift_dump_lock(
+        &mut self,
+        method: Method,
+        run_id: Option<&str>,
+        ns_pid: i32,
+        cryo_images: bool,
+        conns: &[Conn],
+    ) -> Result<(), NetLockError> {
+        let ns = open_ns(&format!("/proc/{ns_pid}/ns/net"))?;
+        let ino = ino_of(&ns);
+        let whole = own_net_ino() != Some(ino);
+        match (method, run_id) {
+            (Method::Nftables, Some(id)) => {
+                let name = lock_name(id);
+                in_ns(&ns, || nfnl::delete_table(&name))
+                    .and_then(|r| r)
+                    .map_err(|e| NetLockError::Tool {
+                        name: name.clone(),
+                        what: "lift the dump's lock (nf_tables)".into(),
+                        ns: ino,
+                        why: e.to_string(),
+                    })?;
+            }
+            (Method::Iptables, Some(id)) if cryo_images => {
+                delete(Method::Iptables, &lock_name(id), &ns, ino)?;
+            }
+            (Method::Iptables, _) if whole => {
+                // CRIU's chain of a whole namespace.
+                let _ = delete(Method::Iptables, "CRIU", &ns, ino);
+            }
+            (Method::Iptables, _) if !cryo_images => {
+                in_ns(&ns, || criu_iptables_unlock(conns)).map_err(|source| {
+                    NetLockError::Enter {
+                        what: format!("{ino}"),
+                        source,
+                    }
+                })?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn failed(&self, what: &str, ns: u64, e: &std::io::Error) -> NetLockError {
+        NetLockError::Tool {
+            name: self.name.clone(),
+            what: what.into(),
+            ns,
+            why: e.to_string(),
+        }
+    }
+
+    fn iptables_both(
+        &self,
+        ns: &File,
+        ino: u64,
+        what: &str,
+        conf: &str,
+    ) -> Result<(), NetLockError> {
+        self.iptables_restore(ns, ino, what, conf, false)
+            .and_then(|()| self.iptables_restore(ns, ino, what, conf, true))
+    }
+
+    /// `iptables-restore -w --noflush` (or ip6tables-) with `conf` inside `ns`.
+    fn iptables_restore(
+        &self,
+        ns: &File,
+        ino: u64,
+        what: &str,
+        conf: &str,
+        v6: bool,
+    ) -> Result<(), NetLockError> {
+        let tool = if v6 {
+            "ip6tables-restore"
+        } else {
+            "iptables-restore"
+        };
+        run_in(ns, ino, tool, &["-w", "--noflush"], Some(conf))
+            .map(|_| ())
+            .map_err(|e| e.named(&self.name, what))
     }
 
     /// Writes the record a later run needs if this one is killed.
@@ -417,47 +617,74 @@ impl NetLock {
             "pid": hint,
             "whole": whole,
         });
-        let r =
-            std::fs::create_dir_all(RECORDS).and_then(|_| std::fs::write(&path, rec.to_string()));
-        if let Err(e) = r {
-            tracing::warn!(
-                "cannot record the network lock in {}: {e}; if cryo is killed, remove table inet {} by hand",
-                path.display(),
-                self.name
-            );
-        }
+        write_record(&path, &rec, &format!("the lock {}", self.name));
         path
     }
 }
 
 impl Drop for NetLock {
+    /// A run that failed: its own locks go; a dump's lock it found in place stays for the
+    /// next attempt.
     fn drop(&mut self) {
-        let _ = self.unlock_all();
+        self.locked.retain(|l| !l.adopted);
+        let _ = self.unlock_now();
+        self.repair_done();
     }
 }
 
-/// Deletes a lock, logging (not returning) failures.
-fn remove(method: Method, name: &str, l: &Locked) {
-    if let Err(e) = remove_checked(method, name, l) {
-        tracing::error!("{e}");
+fn write_record(path: &Path, rec: &serde_json::Value, what: &str) {
+    let r = std::fs::create_dir_all(RECORDS).and_then(|()| std::fs::write(path, rec.to_string()));
+    if let Err(e) = r {
+        tracing::warn!(
+            "cannot record {what} in {}: {e}; if cryo is killed, it is not cleaned up by the next run",
+            path.display()
+        );
     }
 }
 
-fn remove_checked(method: Method, name: &str, l: &Locked) -> Result<(), NetLockError> {
-    let r = delete(method, name, &l.ns, l.ino);
-    if r.is_ok() {
-        let _ = std::fs::remove_file(&l.record);
+fn open_ns(path: &str) -> Result<File, NetLockError> {
+    File::open(path).map_err(|source| NetLockError::Enter {
+        what: path.into(),
+        source,
+    })
+}
+
+fn ino_of(f: &File) -> u64 {
+    f.metadata().map(|m| m.ino()).unwrap_or(0)
+}
+
+fn own_net_ino() -> Option<u64> {
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Runs `f` in the network namespace `ns`: right here when it is cryo's own, else on a cryo
+/// thread that entered it.
+fn in_ns<T: Send>(ns: &File, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    if own_net_ino() == Some(ino_of(ns)) {
+        return Ok(f());
     }
-    r
+    crate::kinds::netns::within(ns.as_fd(), f)
+}
+
+/// Deletes a lock (the table or chain) and, once gone, its record.
+fn remove(method: Method, name: &str, l: &Locked) -> Result<(), NetLockError> {
+    delete(method, name, &l.ns, l.ino)?;
+    if let Some(r) = &l.record {
+        let _ = std::fs::remove_file(r);
+    }
+    Ok(())
 }
 
 /// Deletes the table or chain `name` in `ns`; one that does not exist is no error.
 fn delete(method: Method, name: &str, ns: &File, ino: u64) -> Result<(), NetLockError> {
     match method {
-        Method::Nftables => crate::kinds::netns::within(ns.as_fd(), || nfnl::delete_table(name))
+        Method::Nftables => in_ns(ns, || nfnl::delete_table(name))
             .and_then(|r| r)
             .map_err(|e| NetLockError::Tool {
-                what: format!("unlock the network: delete table inet {name} (nf_tables)"),
+                name: name.into(),
+                what: "unlock: delete the table (nf_tables)".into(),
                 ns: ino,
                 why: e.to_string(),
             }),
@@ -482,7 +709,7 @@ fn delete(method: Method, name: &str, ns: &File, ino: u64) -> Result<(), NetLock
                     let r = run_in(ns, ino, tool, &["-w", "-F", name], None)
                         .and_then(|_| run_in(ns, ino, tool, &["-w", "-X", name], None));
                     if first.is_ok() {
-                        first = r.map(|_| ()).map_err(|f| f.named("unlock the network"));
+                        first = r.map(|_| ()).map_err(|f| f.named(name, "unlock"));
                     }
                 }
             }
@@ -492,30 +719,37 @@ fn delete(method: Method, name: &str, ns: &File, ino: u64) -> Result<(), NetLock
     }
 }
 
-/// Runs `nft -f -` with `script` inside `ns`.
-fn nft(ns: &File, ino: u64, what: &str, script: &str) -> Result<(), NetLockError> {
-    tracing::debug!("nft in namespace {ino}: {script}");
-    run_in(ns, ino, "nft", &["-f", "-"], Some(script))
-        .map(|_| ())
-        .map_err(|e| e.named(what))
-}
-
-/// `iptables-restore -w --noflush` (or ip6tables-) with `conf` inside `ns`.
-fn iptables_restore(
-    ns: &File,
-    ino: u64,
-    what: &str,
-    conf: &str,
-    v6: bool,
-) -> Result<(), NetLockError> {
-    let tool = if v6 {
-        "ip6tables-restore"
-    } else {
-        "iptables-restore"
-    };
-    run_in(ns, ino, tool, &["-w", "--noflush"], Some(conf))
-        .map(|_| ())
-        .map_err(|e| e.named(what))
+/// Deletes the iptables rules CRIU's dump left for each connection (`-I INPUT`/`-I OUTPUT`,
+/// `-m mark ! --mark 0xC114 ... -j DROP`) in the calling thread's namespace; a rule that is
+/// gone is no error.
+fn criu_iptables_unlock(conns: &[Conn]) {
+    for c in conns {
+        let tool = if c.src.is_ipv4() {
+            "iptables"
+        } else {
+            "ip6tables"
+        };
+        for (chain, (s, sp, d, dp)) in [
+            ("INPUT", (c.dst, c.dport, c.src, c.sport)),
+            ("OUTPUT", (c.src, c.sport, c.dst, c.dport)),
+        ] {
+            let r = Command::new(tool)
+                .args(["-w", "-t", "filter", "-D", chain, "--protocol", "tcp"])
+                .args(["-m", "mark", "!", "--mark", &format!("{SOCCR_MARK:#x}")])
+                .args(["--source", &s.to_string(), "--sport", &sp.to_string()])
+                .args(["--destination", &d.to_string(), "--dport", &dp.to_string()])
+                .args(["-j", "DROP"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if !r.is_ok_and(|s| s.success()) {
+                tracing::warn!(
+                    "no CRIU iptables lock rule to remove for {s}:{sp} -> {d}:{dp} ({chain})"
+                );
+            }
+        }
+    }
 }
 
 /// A tool's failure before it is named by what cryo was doing.
@@ -527,22 +761,17 @@ struct ToolFailure {
 }
 
 impl ToolFailure {
-    fn named(self, what: &str) -> NetLockError {
+    fn named(self, name: &str, what: &str) -> NetLockError {
         if self.missing {
             NetLockError::NoTool { tool: self.tool }
         } else {
             NetLockError::Tool {
+                name: name.into(),
                 what: format!("{what} ({})", self.tool),
                 ns: self.ns,
                 why: self.why,
             }
         }
-    }
-}
-
-impl From<ToolFailure> for NetLockError {
-    fn from(f: ToolFailure) -> Self {
-        f.named("run")
     }
 }
 
@@ -561,7 +790,7 @@ fn run_in(
         missing,
         why,
     };
-    let r = crate::kinds::netns::within(ns.as_fd(), || {
+    let r = in_ns(ns, || {
         let mut c = Command::new(tool);
         c.args(args)
             .stdin(if input.is_some() {
@@ -610,9 +839,14 @@ fn own_pid_ns() -> Option<u64> {
     std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
 }
 
-/// Removes the locks recorded by cryo processes that are gone, saying so. A record made by a
-/// cryo in another PID namespace (a test suite running cryo in a container) is left alone:
-/// its PID cannot be checked from here.
+fn as_i32(v: &serde_json::Value) -> Option<i32> {
+    v.as_i64().and_then(|p| i32::try_from(p).ok())
+}
+
+/// Removes the locks recorded by cryo processes that are gone, and takes the connections
+/// they left in repair mode out of it, saying so. A record made by a cryo in another PID
+/// namespace (a test suite running cryo in a container) is left alone: its PID cannot be
+/// checked from here.
 pub fn cleanup_stale() {
     let Ok(dir) = std::fs::read_dir(RECORDS) else {
         return;
@@ -631,13 +865,15 @@ pub fn cleanup_stale() {
         {
             continue;
         }
-        let cryo = rec["cryo"]
-            .as_i64()
-            .and_then(|p| i32::try_from(p).ok())
-            .unwrap_or(0);
+        let cryo = as_i32(&rec["cryo"]).unwrap_or(0);
         let start = rec["start"].as_u64();
         if cryo <= 0 || (start.is_some() && start_time(cryo) == start) {
             continue; // still running
+        }
+        if let Some(list) = rec["repair"].as_array() {
+            repair_off(cryo, list);
+            let _ = std::fs::remove_file(&path);
+            continue;
         }
         let method = match rec["method"].as_str() {
             Some("iptables") => Method::Iptables,
@@ -645,8 +881,7 @@ pub fn cleanup_stale() {
         };
         let name = rec["name"].as_str().unwrap_or_default().to_string();
         let ino = rec["ino"].as_u64().unwrap_or(0);
-        let hint = rec["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
-        if !name.starts_with("cryo-") {
+        if !name.starts_with("CRIU-") && !name.starts_with("cryo-") {
             let _ = std::fs::remove_file(&path);
             continue;
         }
@@ -654,7 +889,7 @@ pub fn cleanup_stale() {
             Method::Iptables => format!("iptables chain {name}"),
             _ => format!("nftables table inet {name}"),
         };
-        match find_netns(ino, hint) {
+        match find_netns(ino, as_i32(&rec["pid"])) {
             Some(ns) => match delete(method, &name, &ns, ino) {
                 Ok(()) => {
                     tracing::warn!(
@@ -676,6 +911,52 @@ pub fn cleanup_stale() {
     }
 }
 
+/// Takes the sockets of `list` (`[pid, start time, fd, inode]`) that a dead cryo left in
+/// repair mode out of it, if they are still the same sockets of the same processes.
+fn repair_off(cryo: i32, list: &[serde_json::Value]) {
+    let mut fixed = 0;
+    for s in list {
+        let (Some(pid), start, Some(fd), Some(ino)) =
+            (as_i32(&s[0]), s[1].as_u64(), as_i32(&s[2]), s[3].as_u64())
+        else {
+            continue;
+        };
+        if start.is_none() || start_time(pid) != start {
+            continue;
+        }
+        let Ok(pidfd) = crate::sys::fd::pidfd_open(pid) else {
+            continue;
+        };
+        let Ok(sk) = crate::sys::fd::pidfd_getfd(pidfd.as_fd(), fd) else {
+            continue;
+        };
+        if std::fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&sk)
+        ))
+        .map(|m| m.ino())
+        .ok()
+            != Some(ino)
+        {
+            continue;
+        }
+        let on = crate::sys::net::getsockopt_int(sk.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR);
+        if on.is_ok_and(|v| v != 0) {
+            match crate::sys::inet::set_repair(sk.as_fd(), crate::sys::inet::Repair::Off) {
+                Ok(()) => fixed += 1,
+                Err(e) => tracing::warn!(
+                    "cannot take fd {fd} of process {pid} out of TCP repair mode (left by cryo process {cryo}, which is gone): {e}"
+                ),
+            }
+        }
+    }
+    if fixed > 0 {
+        tracing::warn!(
+            "took {fixed} connection(s) that cryo process {cryo}, which is gone, left in TCP repair mode out of it"
+        );
+    }
+}
+
 /// Opens the network namespace with inode `ino`: through `hint`'s, a name in /run/netns,
 /// or any process's.
 fn find_netns(ino: u64, hint: Option<i32>) -> Option<File> {
@@ -686,7 +967,6 @@ fn find_netns(ino: u64, hint: Option<i32>) -> Option<File> {
     if let Some(f) = hint.and_then(|p| try_open(Path::new(&format!("/proc/{p}/ns/net")))) {
         return Some(f);
     }
-    let mut seen: HashMap<u64, ()> = HashMap::new();
     for dir in ["/run/netns", "/var/run/netns"] {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             if let Some(f) = try_open(&e.path()) {
@@ -694,6 +974,7 @@ fn find_netns(ino: u64, hint: Option<i32>) -> Option<File> {
             }
         }
     }
+    let mut seen = std::collections::HashSet::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let name = e.file_name();
         if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
@@ -703,7 +984,7 @@ fn find_netns(ino: u64, hint: Option<i32>) -> Option<File> {
         let Ok(m) = std::fs::metadata(&p) else {
             continue;
         };
-        if seen.insert(m.ino(), ()).is_some() {
+        if !seen.insert(m.ino()) {
             continue;
         }
         if m.ino() == ino {
@@ -715,120 +996,58 @@ fn find_netns(ino: u64, hint: Option<i32>) -> Option<File> {
     None
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn methods_parse_like_criu() {
-        assert_eq!(Method::parse("nftables"), Ok(Method::Nftables));
-        assert_eq!(Method::parse("iptables"), Ok(Method::Iptables));
-        assert_eq!(Method::parse("skip"), Ok(Method::Skip));
-        assert!(Method::parse("bpf").is_err());
-        assert_eq!(Method::from_rpc(2), Ok(Method::Nftables));
-        assert_eq!(Method::from_rpc(3), Ok(Method::Skip));
-    }
-
-    /// `lock_connections` in a network namespace of the test thread's own (root and nft
-    /// needed; skipped without): the elements are in the sets, and gone with the table.
-    #[test]
-    fn connections_are_locked_and_unlocked() {
-        let has_nft = Command::new("nft")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !rustix::process::geteuid().is_root() || !has_nft {
-            eprintln!("SKIP: needs root and nft");
-            return;
-        }
-        std::thread::spawn(|| {
-            crate::sys::ns::unshare(crate::sys::ns::UnshareFlags::NEWNET).unwrap();
-            let ruleset = || {
-                let o = Command::new("nft")
-                    .args(["list", "ruleset"])
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&o.stdout).into_owned()
-            };
-            for method in [Method::Nftables, Method::Iptables] {
-                if method == Method::Iptables
-                    && !Command::new("iptables")
-                        .arg("-V")
-                        .output()
-                        .is_ok_and(|o| o.status.success())
-                {
-                    continue;
-                }
-                let mut l = NetLock::new(method);
-                let c4 = Conn {
-                    src: "10.1.0.2".parse().unwrap(),
-                    sport: 8080,
-                    dst: "10.1.0.9".parse().unwrap(),
-                    dport: 40000,
-                };
-                let c6 = Conn {
-                    src: "fd00::2".parse().unwrap(),
-                    sport: 8080,
-                    dst: "fd00::9".parse().unwrap(),
-                    dport: 40001,
-                };
-                l.lock_connections(&[c4, c6]).unwrap();
-                let name = l.name().to_string();
-                let shown = if method == Method::Nftables {
-                    ruleset()
-                } else {
-                    let o = Command::new("iptables")
-                        .args(["-S", &name])
-                        .output()
-                        .unwrap();
-                    String::from_utf8_lossy(&o.stdout).into_owned()
-                };
-                assert!(
-                    shown.contains("10.1.0.9") && shown.contains("40000"),
-                    "{shown}"
-                );
-                if method == Method::Nftables {
-                    assert!(
-                        shown.contains("fd00::9") && shown.contains(&name),
-                        "{shown}"
-                    );
-                }
-                l.unlock().unwrap();
-                assert!(!ruleset().contains(&name), "{}", ruleset());
-            }
-        })
-        .join()
-        .unwrap();
-    }
-
-    #[test]
-    fn own_start_time_is_read() {
-        assert!(start_time(crate::sys::proc::own_pid()).is_some());
-    }
+/// Deletes table `inet NAME` in the calling thread's network namespace, if it exists (the
+/// lock CRIU saves into its images with a namespace's ruleset, found again at restore).
+pub fn delete_nft_table(name: &str) -> std::io::Result<()> {
+    nfnl::delete_table(name)
 }
 
-/// nf_tables over netlink (netlink-packet-netfilter): the whole-namespace lock made and any
-/// lock table deleted in one transaction each, with no program started (a few hundred
-/// microseconds, where `nft` takes about ten milliseconds). Works in the calling thread's
-/// network namespace.
+/// Whether the calling thread's network namespace has any nftables table (the namespace
+/// dump skips `nft list ruleset` when it has none). On an error it answers yes, so the
+/// ruleset is asked for anyway.
+pub fn nft_has_tables() -> bool {
+    nfnl::has_tables().unwrap_or(true)
+}
+
+/// `cryo check`: an nf_tables table can be made and deleted over netlink.
+pub fn probe_nftables() -> Result<String, String> {
+    let t = format!("cryo-check-{}", std::process::id());
+    nfnl::transaction(vec![(
+        nfnl::new_table(&t),
+        netlink_packet_core::NLM_F_CREATE,
+    )])
+    .and_then(|()| nfnl::delete_table(&t))
+    .map_err(|e| format!("nf_tables: {e}"))?;
+    Ok("nf_tables tables made and removed over netlink".into())
+}
+
+/// nf_tables over netlink (netlink-packet-netfilter): each lock made and deleted in one
+/// transaction, in the calling thread's network namespace.
 mod nfnl {
+    use std::net::IpAddr;
+
     use netlink_packet_core::{
         NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP,
         NLM_F_REQUEST,
     };
     use netlink_packet_netfilter::nftables::{
         ChainAttribute, ChainMessage, Cmp, DataAttribute, Expressions, Hook, Immediate,
-        InetHookNumber, Meta, MetaKey, NfTablesMessage, Operator, Register, RuleAttribute,
+        InetHookNumber, Meta, MetaKey, NfTablesMessage, Operator, Payload, Register, RuleAttribute,
         RuleMessage, TableAttribute, TableMessage, Verdict, VerdictAttribute,
     };
     use netlink_packet_netfilter::none::ControlMessage;
     use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
     use netlink_sys::{Socket, SocketAddr};
 
+    use super::Conn;
+
     const NETLINK_NETFILTER: isize = 12;
     const NFNL_SUBSYS_NFTABLES: u16 = 10;
     const NF_DROP: u32 = 0;
     const NF_ACCEPT: u32 = 1;
+    /// `NFT_PAYLOAD_NETWORK_HEADER`, `NFT_PAYLOAD_TRANSPORT_HEADER`.
+    const NETWORK: u32 = 1;
+    const TRANSPORT: u32 = 2;
 
     fn socket() -> std::io::Result<Socket> {
         let mut sk = Socket::new(NETLINK_NETFILTER)?;
@@ -837,11 +1056,7 @@ mod nfnl {
         Ok(sk)
     }
 
-    fn msg(m: NfTablesMessage, flags: u16, seq: u32) -> Vec<u8> {
-        let mut n = NetlinkMessage::from(NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
-            m,
-        ));
+    fn serialize(mut n: NetlinkMessage<NetfilterMessage>, flags: u16, seq: u32) -> Vec<u8> {
         n.header.flags = NLM_F_REQUEST | flags;
         n.header.sequence_number = seq;
         n.finalize();
@@ -850,22 +1065,31 @@ mod nfnl {
         b
     }
 
+    fn msg(m: NfTablesMessage, flags: u16, seq: u32) -> Vec<u8> {
+        serialize(
+            NetlinkMessage::from(NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
+                m,
+            )),
+            flags,
+            seq,
+        )
+    }
+
     fn control(c: ControlMessage, seq: u32) -> Vec<u8> {
-        let mut n = NetlinkMessage::from(NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, NFNL_SUBSYS_NFTABLES),
-            c,
-        ));
-        n.header.flags = NLM_F_REQUEST;
-        n.header.sequence_number = seq;
-        n.finalize();
-        let mut b = vec![0u8; n.buffer_len()];
-        n.serialize(&mut b);
-        b
+        serialize(
+            NetlinkMessage::from(NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, NFNL_SUBSYS_NFTABLES),
+                c,
+            )),
+            0,
+            seq,
+        )
     }
 
     /// Sends `msgs` as one transaction and waits for every acknowledgement; the first
     /// error the kernel reports fails it (and nothing of it is applied).
-    fn transaction(msgs: Vec<(NfTablesMessage, u16)>) -> std::io::Result<()> {
+    pub fn transaction(msgs: Vec<(NfTablesMessage, u16)>) -> std::io::Result<()> {
         let sk = socket()?;
         let mut buf = control(ControlMessage::BatchBegin, 1);
         let n = msgs.len();
@@ -876,7 +1100,11 @@ mod nfnl {
         sk.send(&buf, 0)?;
         let mut acked = 0;
         while acked < n {
-            for m in recv(&sk)? {
+            let got = recv(&sk)?;
+            if got.is_empty() {
+                return Err(std::io::Error::other("nf_tables: no answer"));
+            }
+            for m in got {
                 if let NetlinkPayload::Error(e) = m.payload {
                     if e.code.is_some() {
                         return Err(e.to_io());
@@ -907,39 +1135,89 @@ mod nfnl {
         Ok(out)
     }
 
-    /// `meta mark SOCCR_MARK accept`.
-    fn accept_marked(table: &str, chain: &str) -> NfTablesMessage {
+    /// A comparison of register 1 with `value`.
+    fn cmp_eq(value: Vec<u8>) -> Expressions {
+        Expressions::Cmp(vec![
+            Cmp::SourceRegister(Register::Reg1),
+            Cmp::Op(Operator::Equal),
+            Cmp::Data(DataAttribute::Value(value)),
+        ])
+    }
+
+    fn meta_eq(key: MetaKey, value: Vec<u8>) -> [Expressions; 2] {
+        [
+            Expressions::Meta(vec![
+                Meta::Key(key),
+                Meta::DestinationRegister(Register::Reg1),
+            ]),
+            cmp_eq(value),
+        ]
+    }
+
+    fn payload_eq(base: u32, offset: u32, value: Vec<u8>) -> [Expressions; 2] {
+        [
+            Expressions::Payload(vec![
+                Payload::DestinationRegister(Register::Reg1),
+                Payload::Base(base),
+                Payload::Offset(offset),
+                Payload::Len(crate::num::len32(value.len())),
+            ]),
+            cmp_eq(value),
+        ]
+    }
+
+    /// A rule of `table`/`chain`: when every test holds, `verdict`.
+    fn rule(table: &str, chain: &str, tests: Vec<Expressions>, verdict: u32) -> NfTablesMessage {
+        let mut exprs: Vec<_> = tests.into_iter().map(Into::into).collect();
+        exprs.push(
+            Expressions::Immediate(vec![
+                Immediate::DestinationRegister(Register::Verdict),
+                Immediate::Data(DataAttribute::Verdict(vec![VerdictAttribute::Code(
+                    Verdict::Other(verdict),
+                )])),
+            ])
+            .into(),
+        );
         NfTablesMessage::NewRule(RuleMessage {
             attributes: vec![
                 RuleAttribute::Table(table.into()),
                 RuleAttribute::Chain(chain.into()),
-                RuleAttribute::Expressions(vec![
-                    Expressions::Meta(vec![
-                        Meta::Key(MetaKey::Mark),
-                        Meta::DestinationRegister(Register::Reg1),
-                    ])
-                    .into(),
-                    Expressions::Cmp(vec![
-                        Cmp::SourceRegister(Register::Reg1),
-                        Cmp::Op(Operator::Equal),
-                        Cmp::Data(DataAttribute::Value(
-                            super::SOCCR_MARK.to_ne_bytes().to_vec(),
-                        )),
-                    ])
-                    .into(),
-                    Expressions::Immediate(vec![
-                        Immediate::DestinationRegister(Register::Verdict),
-                        Immediate::Data(DataAttribute::Verdict(vec![VerdictAttribute::Code(
-                            Verdict::Other(NF_ACCEPT),
-                        )])),
-                    ])
-                    .into(),
-                ]),
+                RuleAttribute::Expressions(exprs),
             ],
         })
     }
 
-    fn drop_chain(table: &str, name: &str, hook: InetHookNumber) -> NfTablesMessage {
+    /// The tests matching TCP packets from `src` port `sport` to `dst` port `dport`.
+    fn tcp_tuple(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Vec<Expressions> {
+        let (proto, s_off, d_off, s, d) = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                (2u8, 12, 16, s.octets().to_vec(), d.octets().to_vec())
+            }
+            (s, d) => {
+                let v6 = |a: IpAddr| match a {
+                    IpAddr::V6(v) => v.octets().to_vec(),
+                    IpAddr::V4(v) => v.to_ipv6_mapped().octets().to_vec(),
+                };
+                (10u8, 8, 24, v6(s), v6(d))
+            }
+        };
+        let mut t = Vec::with_capacity(12);
+        t.extend(meta_eq(MetaKey::Nfproto, vec![proto]));
+        t.extend(meta_eq(MetaKey::L4Proto, vec![6])); // IPPROTO_TCP
+        t.extend(payload_eq(NETWORK, s_off, s));
+        t.extend(payload_eq(NETWORK, d_off, d));
+        t.extend(payload_eq(TRANSPORT, 0, sport.to_be_bytes().to_vec()));
+        t.extend(payload_eq(TRANSPORT, 2, dport.to_be_bytes().to_vec()));
+        t
+    }
+
+    pub fn new_table(table: &str) -> NfTablesMessage {
+        NfTablesMessage::NewTable(TableMessage {
+            attributes: vec![TableAttribute::Name(table.into())],
+        })
+    }
+
+    fn base_chain(table: &str, name: &str, hook: InetHookNumber, policy: u32) -> NfTablesMessage {
         NfTablesMessage::NewChain(ChainMessage {
             attributes: vec![
                 ChainAttribute::Table(table.into()),
@@ -948,33 +1226,63 @@ mod nfnl {
                     Hook::Number(hook.into()),
                     Hook::Priority((-300i32).cast_unsigned()),
                 ]),
-                ChainAttribute::Policy(NF_DROP),
+                ChainAttribute::Policy(policy),
                 ChainAttribute::Type("filter".into()),
             ],
         })
     }
 
-    /// The whole-namespace lock: table `inet NAME`, chains `input` and `output` (hook
-    /// priority -300, policy drop), each with `meta mark 0xc114 accept`.
+    /// Table `inet NAME` with chains `input` and `output` of `policy`, each starting with
+    /// `meta mark 0xc114 accept`, then `more(chain)`.
+    fn lock(
+        table: &str,
+        policy: u32,
+        more: impl Fn(InetHookNumber) -> Vec<NfTablesMessage>,
+    ) -> std::io::Result<()> {
+        let mut msgs = vec![(new_table(table), NLM_F_CREATE)];
+        for (chain, hook) in [
+            ("input", InetHookNumber::LocalIn),
+            ("output", InetHookNumber::LocalOut),
+        ] {
+            msgs.push((base_chain(table, chain, hook, policy), NLM_F_CREATE));
+            let mark = meta_eq(MetaKey::Mark, super::SOCCR_MARK.to_ne_bytes().to_vec());
+            msgs.push((
+                rule(table, chain, mark.into(), NF_ACCEPT),
+                NLM_F_CREATE | NLM_F_APPEND,
+            ));
+            for r in more(hook) {
+                msgs.push((r, NLM_F_CREATE | NLM_F_APPEND));
+            }
+        }
+        transaction(msgs)
+    }
+
+    /// The whole-namespace lock: policy drop.
     pub fn lock_whole(table: &str) -> std::io::Result<()> {
-        transaction(vec![
-            (
-                NfTablesMessage::NewTable(TableMessage {
-                    attributes: vec![TableAttribute::Name(table.into())],
-                }),
-                NLM_F_CREATE,
-            ),
-            (
-                drop_chain(table, "input", InetHookNumber::LocalIn),
-                NLM_F_CREATE,
-            ),
-            (
-                drop_chain(table, "output", InetHookNumber::LocalOut),
-                NLM_F_CREATE,
-            ),
-            (accept_marked(table, "input"), NLM_F_CREATE | NLM_F_APPEND),
-            (accept_marked(table, "output"), NLM_F_CREATE | NLM_F_APPEND),
-        ])
+        lock(table, NF_DROP, |_| Vec::new())
+    }
+
+    /// The connection lock: policy accept, a drop rule per direction of each connection (in:
+    /// from the peer to the tree; out: from the tree to the peer).
+    pub fn lock_conns(table: &str, conns: &[Conn]) -> std::io::Result<()> {
+        lock(table, NF_ACCEPT, |hook| {
+            let chain = if hook == InetHookNumber::LocalIn {
+                "input"
+            } else {
+                "output"
+            };
+            conns
+                .iter()
+                .map(|c| {
+                    let t = if hook == InetHookNumber::LocalIn {
+                        tcp_tuple(c.dst, c.dport, c.src, c.sport)
+                    } else {
+                        tcp_tuple(c.src, c.sport, c.dst, c.dport)
+                    };
+                    rule(table, chain, t, NF_DROP)
+                })
+                .collect()
+        })
     }
 
     /// Deletes table `inet NAME`; one that does not exist is no error.
@@ -990,22 +1298,60 @@ mod nfnl {
         }
     }
 
+    /// Whether table `inet NAME` exists in the calling thread's network namespace.
+    pub fn has_table(table: &str) -> std::io::Result<bool> {
+        let sk = socket()?;
+        let b = serialize(
+            NetlinkMessage::from(NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::Inet, 0, 0),
+                NfTablesMessage::GetTable(TableMessage {
+                    attributes: vec![TableAttribute::Name(table.into())],
+                }),
+            )),
+            NLM_F_ACK,
+            1,
+        );
+        sk.send(&b, 0)?;
+        loop {
+            let got = recv(&sk)?;
+            if got.is_empty() {
+                return Ok(false);
+            }
+            for m in got {
+                match m.payload {
+                    NetlinkPayload::Error(e) => match e.code {
+                        Some(_) if e.to_io().raw_os_error() == Some(libc::ENOENT) => {
+                            return Ok(false)
+                        }
+                        Some(_) => return Err(e.to_io()),
+                        None => return Ok(true),
+                    },
+                    NetlinkPayload::InnerMessage(_) => return Ok(true),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// Whether the calling thread's network namespace has any nftables table.
     pub fn has_tables() -> std::io::Result<bool> {
         let sk = socket()?;
-        let mut n = NetlinkMessage::from(NetfilterMessage::new(
-            NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
-            NfTablesMessage::GetTable(TableMessage { attributes: vec![] }),
-        ));
-        n.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-        n.header.sequence_number = 1;
-        n.finalize();
-        let mut b = vec![0u8; n.buffer_len()];
-        n.serialize(&mut b);
+        let b = serialize(
+            NetlinkMessage::from(NetfilterMessage::new(
+                NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
+                NfTablesMessage::GetTable(TableMessage { attributes: vec![] }),
+            )),
+            NLM_F_DUMP,
+            1,
+        );
         sk.send(&b, 0)?;
         let mut any = false;
         loop {
-            for m in recv(&sk)? {
+            let got = recv(&sk)?;
+            if got.is_empty() {
+                return Ok(any);
+            }
+            for m in got {
                 match m.payload {
                     NetlinkPayload::Done(_) => return Ok(any),
                     NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
@@ -1017,15 +1363,131 @@ mod nfnl {
     }
 }
 
-/// Deletes table `inet NAME` in the calling thread's network namespace, if it exists (the
-/// lock CRIU saves into its images, found again at restore).
-pub fn delete_nft_table(name: &str) -> std::io::Result<()> {
-    nfnl::delete_table(name)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Whether the calling thread's network namespace has any nftables table (the namespace
-/// dump skips `nft list ruleset` when it has none). On an error it answers yes, so the
-/// ruleset is asked for anyway.
-pub fn nft_has_tables() -> bool {
-    nfnl::has_tables().unwrap_or(true)
+    #[test]
+    fn methods_parse_like_criu() {
+        assert_eq!(Method::parse("nftables"), Ok(Method::Nftables));
+        assert_eq!(Method::parse("iptables"), Ok(Method::Iptables));
+        assert_eq!(Method::parse("skip"), Ok(Method::Skip));
+        assert!(Method::parse("bpf").is_err());
+        assert_eq!(Method::from_rpc(2), Ok(Method::Nftables));
+        assert_eq!(Method::from_rpc(3), Ok(Method::Skip));
+        for m in [Method::Nftables, Method::Iptables, Method::Skip] {
+            assert_eq!(Method::from_inventory(Some(m.to_inventory())), m);
+        }
+        assert_eq!(Method::from_inventory(None), Method::Iptables);
+    }
+
+    #[test]
+    fn lock_names_are_criu_s() {
+        let id = "0b4a2f33-9d0c-4d6b-8a9e-1f2e3d4c5b6a";
+        assert_eq!(lock_name(id), "CRIU-0b4a2f33-9d0c-4d6b-8a");
+        assert_eq!(new_run_id().len(), 36);
+    }
+
+    /// Both kinds of lock in a network namespace of the test thread's own (root and nft
+    /// needed; skipped without): the rules are there while held, a record names each lock,
+    /// and nothing is left once unlocked.
+    #[test]
+    fn locks_are_made_and_removed() {
+        let has_nft = Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !rustix::process::geteuid().is_root() || !has_nft {
+            eprintln!("SKIP: needs root and nft");
+            return;
+        }
+        std::thread::spawn(|| {
+            crate::sys::ns::unshare(crate::sys::ns::UnshareFlags::NEWNET).unwrap();
+            let ruleset = || {
+                let o = Command::new("nft")
+                    .args(["list", "ruleset"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            };
+            let tid = rustix::thread::gettid().as_raw_nonzero().get();
+            for method in [Method::Nftables, Method::Iptables] {
+                if method == Method::Iptables
+                    && !Command::new("iptables")
+                        .arg("-V")
+                        .output()
+                        .is_ok_and(|o| o.status.success())
+                {
+                    continue;
+                }
+                let mut l = NetLock::named(method, new_run_id());
+                let c4 = Conn {
+                    src: "10.1.0.2".parse().unwrap(),
+                    sport: 8080,
+                    dst: "10.1.0.9".parse().unwrap(),
+                    dport: 40000,
+                };
+                let c6 = Conn {
+                    src: "fd00::2".parse().unwrap(),
+                    sport: 8080,
+                    dst: "fd00::9".parse().unwrap(),
+                    dport: 40001,
+                };
+                l.lock_connections(tid, &[c4, c6]).unwrap();
+                let name = l.name().to_string();
+                let shown = if method == Method::Nftables {
+                    ruleset()
+                } else {
+                    let o = Command::new("iptables-save").output().unwrap();
+                    String::from_utf8_lossy(&o.stdout).into_owned()
+                };
+                assert!(
+                    shown.contains("10.1.0.9") && shown.contains("40000"),
+                    "{shown}"
+                );
+                if method == Method::Nftables {
+                    assert!(
+                        shown.contains("fd00::9") && shown.contains(&name),
+                        "{shown}"
+                    );
+                }
+                let record = l.locked[0].record.clone().unwrap();
+                assert!(record.exists());
+                l.unlock_now().unwrap();
+                assert!(!record.exists());
+                assert!(!ruleset().contains(&name), "{}", ruleset());
+
+                let own = File::open("/proc/thread-self/ns/net").unwrap();
+                l.lock_netns(own.as_fd(), None).unwrap();
+                if method == Method::Nftables {
+                    assert!(ruleset().contains(&name));
+                }
+                assert!(l.holds_whole(ino_of(&own)));
+                // A restore under the dump's name finds the lock: a failed one leaves it, a
+                // successful one removes it.
+                l.keep();
+                let mut r = NetLock::named(method, l.run_id().to_string());
+                r.lock_netns(own.as_fd(), None).unwrap();
+                drop(r);
+                if method == Method::Nftables {
+                    assert!(
+                        ruleset().contains(&name),
+                        "a failed restore removed the dump's lock"
+                    );
+                }
+                let mut r = NetLock::named(method, l.run_id().to_string());
+                r.lock_netns(own.as_fd(), None).unwrap();
+                r.unlock_now().unwrap();
+                assert!(!ruleset().contains(&name), "{}", ruleset());
+                drop(l);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn own_start_time_is_read() {
+        assert!(start_time(crate::sys::proc::own_pid()).is_some());
+    }
 }

@@ -9,22 +9,33 @@
 #   hostname cryo-box, loopback up; stdio /dev/null (the container's).
 # With CONTAINER_NETNS=keep it stays in the network namespace it was started in (e.g. under
 # `ip netns exec NAME`) instead of getting a new one.
+# With CONTAINER_USERNS=1 it is rootless-style: every namespace is owned by a new user
+# namespace (`--user --map-root-user`: uid and gid 0 mapped to the caller's, setgroups
+# denied), and /dev/null and /dev/zero are binds of the host's (no mknod there).
 set -e
 net=--net
 if [ "${CONTAINER_NETNS:-}" = keep ]; then net=; fi
-export NET="$net"
+user=
+if [ "${CONTAINER_USERNS:-}" = 1 ]; then user="--user --map-root-user"; fi
+export NET="$net" USERNS="${CONTAINER_USERNS:-}"
 rootfs=$1
 hostdir=$2
 shift 2
-exec unshare --pid --fork --mount --uts --ipc $net --propagation private /bin/sh -c '
+exec unshare $user --pid --fork --mount --uts --ipc $net --propagation private /bin/sh -c '
 set -e
 r=$1; h=$2; shift 2
 mount --bind "$r" "$r"
 mount --bind "$h" "$r/data"
 mount -t tmpfs -o size=4m,mode=1777 tmpfs "$r/tmp"
 mount -t tmpfs -o size=1m,mode=755 tmpfs "$r/dev"
-mknod -m 666 "$r/dev/null" c 1 3
-mknod -m 666 "$r/dev/zero" c 1 5
+if [ -n "$USERNS" ]; then
+  touch "$r/dev/null" "$r/dev/zero"
+  mount --bind /dev/null "$r/dev/null"
+  mount --bind /dev/zero "$r/dev/zero"
+else
+  mknod -m 666 "$r/dev/null" c 1 3
+  mknod -m 666 "$r/dev/zero" c 1 5
+fi
 mkdir "$r/dev/pts" "$r/dev/mqueue"
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$r/dev/pts"
 ln -s pts/ptmx "$r/dev/ptmx"
@@ -40,6 +51,13 @@ mount -o remount,bind,ro "$r/etc"
 hostname cryo-box
 if [ -n "$NET" ]; then ip link set lo up; fi
 cd "$r"
+proc="mount -t proc -o nosuid,nodev,noexec proc /proc"
+if [ -n "$USERNS" ]; then
+  # A user namespace may mount proc only while another proc is fully visible: before the
+  # host root goes.
+  mount -t proc -o nosuid,nodev,noexec proc "$r/proc"
+  proc=true
+fi
 pivot_root . .
-exec /bin/busybox sh -c "umount -l . && mount -t proc -o nosuid,nodev,noexec proc /proc && cd / && exec setsid \"\$@\" </dev/null >/dev/null 2>&1" sh "$@"
+exec /bin/busybox sh -c "umount -l . && $proc && cd / && exec setsid \"\$@\" </dev/null >/dev/null 2>&1" sh "$@"
 ' sh "$rootfs" "$hostdir" "$@"

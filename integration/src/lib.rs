@@ -13,12 +13,15 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-/// Repository root.
+/// Repository root: the parent of this crate's directory, as cargo gives it to the running
+/// test (`CARGO_MANIFEST_DIR` at run time), else as it was at compile time. The run-time
+/// value wins so that a test binary built in one checkout and run from another (a copied
+/// `target/`, a second worktree) tests that checkout's cryo, not the one it was built beside.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    dir.parent().unwrap_or(Path::new("/")).to_path_buf()
 }
 
 /// The cryo binary under test ($CRYO, or target/release/cryo).

@@ -131,7 +131,7 @@ fn runtime_probes_are_answered_like_criu() {
         ("external_net_ns", true),
         ("uffd-noncoop", false),
         ("uffd", false),
-        ("userns", false),
+        ("userns", true),
         // Soft-dirty is off here; userfaultfd write protection tracks written pages.
         ("mem_dirty_track", true),
     ] {

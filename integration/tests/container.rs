@@ -54,14 +54,16 @@ fn start_cmd(dir: &Path, prefix: &[&str], cmd: &[&str], out: &str) -> Container 
         .unwrap();
     assert!(st.success(), "building the busybox rootfs");
     std::fs::write(rootfs.join("loop.sh"), LOOP).unwrap();
-    // A static test program the busybox rootfs can run.
-    let st = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(rootfs.join("usock"))
-        .arg(root().join("integration/progs/usock.c"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "building usock");
+    // Static test programs the busybox rootfs can run.
+    for prog in ["usock", "ptyhold"] {
+        let st = std::process::Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(rootfs.join(prog))
+            .arg(root().join(format!("integration/progs/{prog}.c")))
+            .status()
+            .unwrap();
+        assert!(st.success(), "building {prog}");
+    }
     let script = root().join("integration/scripts/container.sh");
     let mut argv: Vec<&str> = prefix.to_vec();
     argv.extend([
@@ -462,6 +464,43 @@ fn unix_sockets_inside_a_container() {
     kill(c.init);
 }
 
+/// A pty of the container's own devpts instance (not pty 0, its console), with a line
+/// queued for the slave: the dump reads the pty through the container's root, not the host's
+/// /dev/pts (where the same index is another terminal, or none), and after the restore the
+/// program reads the line it had not read.
+#[test]
+fn pty_of_the_containers_own_devpts() {
+    let dir = scratch("container-pty");
+    let mut c = start_cmd(&dir, &[], &["/ptyhold", "/data/pty"], "pty");
+    let _g = KillOnDrop(c.init);
+    let out = c.host.join("pty");
+    let first = lines(&out)[0].clone();
+    assert!(first.starts_with("round 1 pts/"), "{first}");
+    let img = dir.join("img");
+    dump(c.init, &img, &["--external", "mnt[/data]:data"]);
+    wait_gone(c.init);
+    let n = lines(&out).len();
+    c.init = restore_container(&c, &img, &[]);
+    let _g2 = KillOnDrop(c.init);
+    wait_for("new rounds after restore", 20, || {
+        lines(&out).len() >= n + 3
+    });
+    signal(c.init, libc::SIGUSR1);
+    wait_for("the queued line", 20, || {
+        lines(&out).iter().any(|l| l.starts_with("got "))
+    });
+    let v = lines(&out);
+    assert!(v.contains(&"got ping".to_string()), "{v:?}");
+    let idx = first.rsplit('/').next().unwrap().to_string();
+    assert!(
+        v.iter()
+            .filter(|l| l.starts_with("round "))
+            .all(|l| l.ends_with(&format!("pts/{idx}"))),
+        "{v:?}"
+    );
+    kill(c.init);
+}
+
 /// Hostile roots: the root file system and the images may come from someone else. After a
 /// dump, the rootfs gets symlinks planted at mount points (`/tmp` → a relative path climbing
 /// out with `..`, `/dev` → an absolute path of the host), and a copy of the images gets a
@@ -602,4 +641,160 @@ for out in sys.argv[1:]:
         "the container's /tmp and /dev are not where its symlinks lead: {mi}"
     );
     kill(init);
+}
+
+/// Processes running cryo's binary in a user namespace other than the test's: restore
+/// puppets a failed restore left behind.
+fn puppets_in_other_userns() -> Vec<i32> {
+    let own = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let bin = std::fs::canonicalize(cryo_bin()).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_link(format!("/proc/{p}/exe")).ok().as_ref() == Some(&bin)
+                && std::fs::read_link(format!("/proc/{p}/ns/user")).is_ok_and(|u| u != own)
+        })
+        .collect()
+}
+
+/// The owner of `pid`'s `ns` namespace is its user namespace (`NS_GET_USERNS`).
+fn owned_by_its_userns(pid: i32, ns: &str) -> bool {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).unwrap();
+    // SAFETY: NS_GET_USERNS (_IO(0xb7, 0x1)) takes no argument and returns a new fd.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), 0xb701) };
+    assert!(r >= 0, "NS_GET_USERNS on {ns}");
+    // SAFETY: the ioctl just returned this fd; nothing else owns it.
+    let owner = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(r) });
+    owner.metadata().unwrap().ino()
+        == std::fs::metadata(format!("/proc/{pid}/ns/user"))
+            .unwrap()
+            .ino()
+}
+
+/// A rootless-style container (issue #16): `unshare --user --map-root-user` owns its pid,
+/// mount, uts, ipc and net namespaces; it has a busybox root, a devpts with its console pty
+/// and a tmpfs holding a deleted open file. It is moved twice: each time restored into a new
+/// user namespace with the same maps and setgroups state, owning every other new namespace,
+/// with the loop's credentials inside it, and a tree of mounts it may change itself. Faults
+/// after the new user namespace exists leave no process and no mount behind.
+#[test]
+fn rootless_container_moves_twice() {
+    let dir = scratch("container-userns");
+    let mut c = start_with(&dir, &["env", "CONTAINER_USERNS=1"]);
+    let _g = KillOnDrop(c.init);
+    let userns_of = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+    let host_userns = userns_of(i32::try_from(std::process::id()).unwrap());
+    assert_ne!(
+        userns_of(c.init),
+        host_userns,
+        "the container has its own user namespace"
+    );
+    let maps = |pid: i32| {
+        ["uid_map", "gid_map", "setgroups"]
+            .map(|f| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap())
+    };
+    let saved = maps(c.init);
+    assert_eq!(saved[2].trim(), "deny");
+    let dump_ext = [
+        "--external",
+        "mnt[/dev/null]:null",
+        "--external",
+        "mnt[/dev/zero]:zero",
+    ];
+    let restore_ext = [
+        "--external",
+        "mnt[null]:/dev/null",
+        "--external",
+        "mnt[zero]:/dev/zero",
+    ];
+    let check = |init: i32, old_userns: &PathBuf| {
+        let now = userns_of(init);
+        assert_ne!(&now, old_userns, "a new user namespace");
+        assert_ne!(now, host_userns, "not the host's user namespace");
+        assert_eq!(maps(init), saved, "the maps and setgroups state");
+        for ns in ["pid", "mnt", "net", "ipc", "uts"] {
+            assert!(
+                owned_by_its_userns(init, ns),
+                "{ns} is owned by the new user namespace"
+            );
+        }
+        let st = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+        assert!(st.contains("\nUid:\t0\t0\t0\t0\n"), "{st}");
+        // The mount namespace is the container's own: it may change it (EPERM in one owned
+        // by the host's user namespace).
+        let o = std::process::Command::new("nsenter")
+            .args([
+                "-t",
+                &init.to_string(),
+                "-U",
+                "-m",
+                "--",
+                "mount",
+                "--make-rprivate",
+                "/",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mount --make-rprivate inside: {o:?}");
+    };
+    // Held open, so the old user namespace lives on and its inode number cannot be reused.
+    let hold = |pid: i32| std::fs::File::open(format!("/proc/{pid}/ns/user")).unwrap();
+    let _held = hold(c.init);
+    let old = userns_of(c.init);
+    c.init = cycle_with(&c, &dir.join("img"), &dump_ext, &restore_ext);
+    let _g2 = KillOnDrop(c.init);
+    check(c.init, &old);
+    // The second move, with faults first once the new user namespace exists.
+    let _held2 = hold(c.init);
+    let old = userns_of(c.init);
+    let img = dir.join("img2");
+    let mut ext = vec!["--external", "mnt[/data]:data"];
+    ext.extend_from_slice(&dump_ext);
+    dump(c.init, &img, &ext);
+    wait_gone(c.init);
+    let n = rounds(&c.host);
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = img.to_str().unwrap();
+    let rootfs = c.rootfs.to_str().unwrap();
+    let data = format!("mnt[data]:{}", c.host.display());
+    for stage in ["userns", "netns", "files", "creds", "finish"] {
+        let mut args = vec![
+            "restore",
+            "-D",
+            d,
+            "-d",
+            "--root",
+            rootfs,
+            "--external",
+            &data,
+        ];
+        args.extend_from_slice(&restore_ext);
+        let o = cryo_env(&args, &[("CRYO_FAULT_INJECT", stage)]);
+        assert!(!o.status.success(), "fault at {stage}");
+        assert_eq!(
+            std::fs::read_to_string("/proc/self/mountinfo").unwrap(),
+            mounts_before,
+            "a restore failed at {stage} changed the host's mounts"
+        );
+        wait_for("the failed restore's processes to go", 10, || {
+            puppets_in_other_userns().is_empty()
+        });
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        rounds(&c.host),
+        n,
+        "a failed restore left the container running"
+    );
+    c.init = restore_container(&c, &img, &restore_ext);
+    let _g3 = KillOnDrop(c.init);
+    wait_for("the restored container's rounds", 20, || {
+        lines(&c.host.join("count")).len() >= n + 5
+    });
+    rounds(&c.host);
+    check(c.init, &old);
+    kill(c.init);
 }

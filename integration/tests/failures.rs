@@ -298,8 +298,8 @@ signal.pause()
     }
 }
 
-/// A process in namespaces of its own that cryo cannot restore yet (here a private mount
-/// namespace) is refused before it is touched, naming the namespace.
+/// A process in namespaces of its own that cryo cannot restore yet (here a user namespace
+/// without a PID namespace of its own) is refused before it is touched, naming the namespace.
 #[test]
 fn foreign_namespaces_are_refused() {
     let dir = scratch("foreignns");
@@ -310,5 +310,6 @@ fn foreign_namespaces_are_refused() {
     });
     let e = dump_fails(pid, &dir.join("img"), &[]);
     assert!(e.contains("user namespace"), "{e}");
+    assert!(e.contains("PID namespace of its own"), "{e}");
     assert!(alive(pid));
 }

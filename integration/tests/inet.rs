@@ -381,7 +381,7 @@ fn faults_at_every_stage_keep_the_connections() {
     wait_progress(&out, 2 << 20);
     let key = format!("net[{}]:srvnet", net.a_ino());
     let p = srv.pid.to_string();
-    for stage in ["seize", "collect", "parasite", "memory", "write"] {
+    for stage in ["seize", "netlock", "collect", "parasite", "memory", "write"] {
         let img = dir.join(format!("img-{stage}"));
         let d = img.to_str().unwrap();
         let o = cryo_env(
@@ -455,6 +455,123 @@ fn faults_at_every_stage_keep_the_connections() {
     let o = cryo(&[&args[..], &["-v4", "-o", "restore.log"]].concat());
     assert!(o.status.success(), "restore:\n{}", log(&img, "restore.log"));
     assert!(!Net::ruleset(&net.a).contains("CRIU-"));
+    wait_progress(&out, 1 << 20);
+    finish_clients(cli, &out);
+}
+
+/// The records of the network lock that cryo process `pid` made (`/run/cryo/netlock`).
+fn lock_records_of(pid: u32) -> Vec<String> {
+    std::fs::read_dir("/run/cryo/netlock")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("{pid}-")))
+        .collect()
+}
+
+/// A dump paused at `stage` (`CRYO_FAULT_PAUSE`) until it is killed: waits until it is there.
+fn killed_at(srv: i32, img: &Path, key: &str, stage: &str) -> u32 {
+    let p = srv.to_string();
+    let mut c = Command::new(cryo_bin())
+        .args(["dump", "-t", &p, "-D", img.to_str().unwrap(), "-v4"])
+        .args(["-o", "dump.log", "--tcp-established", "--external", key])
+        .env("CRYO_FAULT_PAUSE", format!("{stage}:120"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let cryo_pid = c.id();
+    wait_for("the dump to pause", 60, || {
+        std::fs::read_to_string(img.join("dump.log")).is_ok_and(|l| {
+            l.lines()
+                .any(|l| l.contains("CRYO_FAULT_PAUSE") && l.contains(&format!("\"{stage}\"")))
+        })
+    });
+    assert!(
+        !lock_records_of(cryo_pid).is_empty(),
+        "stage {stage}: no record of the lock"
+    );
+    c.kill().unwrap();
+    c.wait().unwrap();
+    wait_for("the server to run again", 10, || {
+        std::fs::read_to_string(format!("/proc/{srv}/status"))
+            .is_ok_and(|s| s.contains("TracerPid:\t0"))
+    });
+    cryo_pid
+}
+
+/// Any later cryo run removes what the killed one left, says so, and its records go.
+fn next_run_cleans_up(dir: &Path, cryo_pid: u32, net: &Net) -> String {
+    let sleeper = spawn(&["sleep", "600"], &dir.join("sleep.log"));
+    let _g = KillOnDrop(sleeper);
+    let img = dir.join(format!("img-after-{cryo_pid}"));
+    let o = cryo(&[
+        "dump",
+        "-t",
+        &sleeper.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+        "-R",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        lock_records_of(cryo_pid).is_empty(),
+        "records left: {:?}",
+        lock_records_of(cryo_pid)
+    );
+    assert!(
+        !Net::ruleset(&net.a).contains("CRIU-"),
+        "the killed cryo's lock is still there:\n{}",
+        Net::ruleset(&net.a)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// cryo SIGKILLed in the middle of a dump with live connections (paused with
+/// `CRYO_FAULT_PAUSE`): its lock stays (nothing runs in a killed process), and the next cryo
+/// run, whatever it does, removes it and says so. Killed once the namespace is locked, the
+/// connections then go on with every byte exactly once. Killed once they are in repair mode
+/// (the server runs on meanwhile and may drop some: a socket in repair mode refuses to be
+/// read), the next run also takes those still open out of repair mode; the server serves new
+/// connections.
+#[test]
+fn killed_cryo_leaves_nothing_the_next_run_does_not_remove() {
+    if !need(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("tcpkilled");
+    let net = Net::new("tk", 97);
+    let srv = start_server(&net, &dir, &net.v4(1), 7401);
+    let _g = KillOnDrop(srv.pid);
+    let (cli, out) = start_clients(&net, &dir, "cli", &net.v4(1), 7401, 10);
+    let _gc = KillOnDrop(cli);
+    wait_progress(&out, 2 << 20);
+    let key = format!("net[{}]:srvnet", net.a_ino());
+
+    let cryo_pid = killed_at(srv.pid, &dir.join("img-lock"), &key, "netlock");
+    // (Another test's cryo run may have cleaned up first: then it is simply gone.)
+    let left = Net::ruleset(&net.a).contains("CRIU-");
+    let e = next_run_cleans_up(&dir, cryo_pid, &net);
+    if left {
+        assert!(
+            e.contains("removed the network lock") && e.contains(&cryo_pid.to_string()),
+            "{e}"
+        );
+    }
+    wait_progress(&out, 1 << 20);
+    finish_clients(cli, &out);
+
+    let (cli, out) = start_clients(&net, &dir, "cli2", &net.v4(1), 7401, 10);
+    let _gc2 = KillOnDrop(cli);
+    wait_progress(&out, 1 << 20);
+    let cryo_pid = killed_at(srv.pid, &dir.join("img-repair"), &key, "write");
+    let e = next_run_cleans_up(&dir, cryo_pid, &net);
+    eprintln!("the next run said:\n{e}");
+    assert!(alive(srv.pid), "the server died");
+    let (cli, out) = start_clients(&net, &dir, "cli3", &net.v4(1), 7401, 4);
+    let _gc3 = KillOnDrop(cli);
     wait_progress(&out, 1 << 20);
     finish_clients(cli, &out);
 }

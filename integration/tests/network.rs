@@ -370,8 +370,8 @@ fn namespace_comes_back_whole_on_another_host() {
     dump(pid, &img, &[]);
     wait_gone(pid);
     assert!(
-        !host_tables(&a).contains("cryo-")
-            && !tables_of(i32::try_from(std::process::id()).unwrap()).contains("cryo-"),
+        !host_tables(&a).contains("CRIU-")
+            && !tables_of(i32::try_from(std::process::id()).unwrap()).contains("CRIU-"),
         "a lock table was left"
     );
     // The images: CRIU's names and formats.
@@ -405,7 +405,7 @@ fn namespace_comes_back_whole_on_another_host() {
     assert!(rules.contains("from 10.203.0.2 lookup 100"), "{rules}");
     let nft = std::fs::read_to_string(f("nftables")).unwrap();
     assert!(
-        nft.contains("tcp dport 7777 drop") && !nft.contains("cryo-"),
+        nft.contains("tcp dport 7777 drop") && !nft.contains("CRIU-"),
         "{nft}"
     );
     for n in ["netdev", "netns"] {
@@ -471,7 +471,7 @@ fn namespace_comes_back_whole_on_another_host() {
     let after = snapshot(pid);
     assert_eq!(before, after, "the namespace came back different");
     assert!(
-        !tables_of(pid).contains("cryo-"),
+        !tables_of(pid).contains("CRIU-"),
         "lock table left: {}",
         tables_of(pid)
     );
@@ -541,10 +541,10 @@ fn lock_drops_packets_without_reset() {
         );
         let locked = || {
             if table {
-                tables_of(pid).contains("cryo-")
+                tables_of(pid).contains("CRIU-")
             } else {
                 String::from_utf8_lossy(&in_ns(pid, &["iptables", "-S"]).stdout)
-                    .contains("-j cryo-")
+                    .contains("-j CRIU-")
             }
         };
         wait_for("the lock", 10, locked);
@@ -562,9 +562,9 @@ fn lock_drops_packets_without_reset() {
         assert!(o.status.success(), "dump: {}", log(&img, "dump.log"));
         assert!(alive(pid));
         assert!(!locked(), "{method}: the lock was left");
-        assert!(!tables_of(pid).contains("cryo-"));
+        assert!(!tables_of(pid).contains("CRIU-"));
         let rules = String::from_utf8_lossy(&in_ns(pid, &["iptables", "-S"]).stdout).into_owned();
-        assert!(!rules.contains("cryo-"), "{rules}");
+        assert!(!rules.contains("CRIU-"), "{rules}");
         assert_eq!(connect(&a, 9), "refused", "{method}: unlocked again");
     }
     // skip: no lock at all.
@@ -601,7 +601,7 @@ fn faults_leave_nothing_behind() {
         );
         assert!(!o.status.success(), "{stage}: the fault was not injected");
         assert!(alive(pid), "{stage}: the process died");
-        assert!(!tables_of(pid).contains("cryo-"), "{stage}: lock left");
+        assert!(!tables_of(pid).contains("CRIU-"), "{stage}: lock left");
         assert!(
             answers(&a, "10.203.0.2"),
             "{stage}: the network stayed locked"
@@ -637,7 +637,7 @@ fn faults_leave_nothing_behind() {
         wait_gone(pid);
         // The peer goes when the namespace does (the kernel frees it asynchronously).
         wait_for(&format!("{stage}: the veth peer to go"), 10, peer_gone);
-        assert!(!host_tables(&b).contains("cryo-"), "{stage}: table left");
+        assert!(!host_tables(&b).contains("CRIU-"), "{stage}: table left");
     }
     // And then it restores.
     let o = Command::new("nsenter")
@@ -668,7 +668,7 @@ fn killed_cryo_lock_is_removed_by_the_next_run() {
     let img = dir.join("img");
     let mut child = paused_dump(pid, &img, "netlock:60", &[]);
     let cryo_pid = child.id();
-    wait_for("the lock", 10, || tables_of(pid).contains("cryo-"));
+    wait_for("the lock", 10, || tables_of(pid).contains("CRIU-"));
     child.kill().unwrap();
     child.wait().unwrap();
     // The dumped process goes on (its tracer is gone), but its network stays locked.
@@ -676,9 +676,10 @@ fn killed_cryo_lock_is_removed_by_the_next_run() {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .is_ok_and(|s| s.contains("TracerPid:\t0"))
     });
-    let name = format!("cryo-{cryo_pid}");
+    // The lock is named after the run id (CRIU's name); the next run names the dead cryo.
+    let name = format!("cryo process {cryo_pid}");
     // (Any cryo run removes it, also one of another test running meanwhile.)
-    if tables_of(pid).contains(&name) {
+    if tables_of(pid).contains("CRIU-") {
         assert!(
             !ping(&a, "10.203.0.2"),
             "the network of a killed cryo's tree is still locked"
@@ -703,7 +704,7 @@ fn killed_cryo_lock_is_removed_by_the_next_run() {
     } else {
         assert!(e.contains(&cryo_pid.to_string()), "{e}");
     }
-    assert!(!tables_of(pid).contains("cryo-"), "{}", tables_of(pid));
+    assert!(!tables_of(pid).contains("CRIU-"), "{}", tables_of(pid));
     assert!(answers(&a, "10.203.0.2"));
     kill(pid);
 }

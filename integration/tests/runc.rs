@@ -675,7 +675,7 @@ fn network_namespace_with_a_veth() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for("the lock", 10, || tables().contains("cryo-"));
+    wait_for("the lock", 10, || tables().contains("CRIU-"));
     assert!(
         !ping(),
         "a ping was answered while the container was locked"
@@ -684,7 +684,7 @@ fn network_namespace_with_a_veth() {
     ok(&o, "runc checkpoint");
     c.gone();
     assert!(
-        !tables().contains("cryo-"),
+        !tables().contains("CRIU-"),
         "lock left after the checkpoint: {}",
         tables()
     );
@@ -697,7 +697,7 @@ fn network_namespace_with_a_veth() {
     c.start(Some(&img), &[]);
     c.wait_output(1, before);
     assert!(
-        !tables().contains("cryo-"),
+        !tables().contains("CRIU-"),
         "lock left after the restore: {}",
         tables()
     );

@@ -511,3 +511,66 @@ print("parent sees", m[4096:4102], flush=True)
     assert_eq!(lines(&out)[1], "parent sees b'child!'");
     assert_eq!(&std::fs::read(&data).unwrap()[4096..4102], b"child!");
 }
+
+/// A zombie in a process group whose leader is gone, in a tree that is its own PID
+/// namespace (zdtm's zombie01 in the ns flavor): the group's id is saved as the zombie sees
+/// it (not the host's, which is no process of the tree), and the restored zombie is in that
+/// group again with its exit status.
+#[test]
+fn zombie_in_an_orphaned_process_group_of_a_pid_namespace() {
+    let dir = scratch("zgroup");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/zombie_group.py");
+    let unshare = spawn(
+        &[
+            "unshare",
+            "--pid",
+            "--fork",
+            "python3",
+            script.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+        &dir.join("log"),
+    );
+    let _g = KillOnDrop(unshare);
+    wait_for("the zombie", 20, || !lines(&out).is_empty());
+    let before = lines(&out)[0].clone();
+    let f: Vec<&str> = before.split_whitespace().collect();
+    assert_eq!(
+        (f[0], f[2], f[4], f[6], f[7]),
+        ("zombie", "pgid", "leader", "status", "7")
+    );
+    assert_eq!(
+        f[3], f[5],
+        "the zombie's group is its gone leader's: {before}"
+    );
+    let init = children(unshare)[0];
+    let img = dir.join("img");
+    dump(init, &img, &[]);
+    wait_gone(init);
+    let pidfile = dir.join("pid");
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", log(&img, "restore.log"));
+    let restored: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _g2 = KillOnDrop(restored);
+    signal(restored, libc::SIGUSR1);
+    wait_for("the report after the restore", 20, || {
+        lines(&out).len() >= 2
+    });
+    assert_eq!(lines(&out)[1], before);
+    kill(restored);
+}

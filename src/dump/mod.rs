@@ -113,6 +113,8 @@ pub enum DumpError {
     #[error(transparent)]
     Netns(#[from] kinds::netns::NetnsError),
     #[error(transparent)]
+    Userns(#[from] kinds::userns::UsernsError),
+    #[error(transparent)]
     NetLock(#[from] crate::netlock::NetLockError),
     #[error(transparent)]
     Track(#[from] crate::memtrack::TrackError),
@@ -160,6 +162,7 @@ impl DumpError {
             DumpError::Tty(e) => e,
             DumpError::Ghost(e) => e,
             DumpError::Netns(e) => e,
+            DumpError::Userns(e) => e,
             DumpError::NetLock(e) => e,
         };
         kind.hint()
@@ -504,12 +507,12 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     check_mnt_ns(opts, tree)?;
     check_same_ns(tree, "time")?;
     check_same_ns(tree, "cgroup")?;
-    let refused = ["user"];
+    // A user namespace of the tree's own (a child of cryo's, holding every task).
+    kinds::userns::precheck(tree)?;
     let ino = |p: &str| {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).map(|m| m.ino()).ok()
     };
-    let own = refused.map(|ns| ino(&format!("/proc/self/ns/{ns}")));
     for &(pid, _) in tree {
         // unshare(CLONE_NEWTIME) without a child yet: the namespace its children would get
         // has no task to be saved from (CRIU refuses it too).
@@ -522,20 +525,6 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                 "dump it once it has forked into the new namespace",
             )
             .into());
-        }
-        for (ns, own) in refused.iter().zip(own) {
-            let theirs = ino(&format!("/proc/{pid}/ns/{ns}"));
-            if theirs.is_some() && theirs != own {
-                return Err(Unsupported::of(
-                    pid,
-                    format!("{ns} namespace"),
-                    format!(
-                        "the process runs in its own {ns} namespace, which cryo cannot restore yet"
-                    ),
-                    "run cryo inside that namespace (nsenter) to dump what lives there",
-                )
-                .into());
-            }
         }
     }
     for &(pid, ppid) in tree {
@@ -695,16 +684,23 @@ fn check_same_ns(tree: &[(i32, i32)], kind: &str) -> Result<(), DumpError> {
 
 /// A task's PID in its own PID namespace (the last `NSpid` field of its status).
 fn ns_pid(pid: i32) -> Result<u32, DumpError> {
-    let text = procfs::read(pid, "status")?;
+    ns_status_id(pid, "NSpid:").ok_or(DumpError::Internal("no NSpid line in /proc/PID/status"))
+}
+
+/// The innermost value of a `NSpid:`/`NSpgid:`/`NSsid:` line of a task's status: the id as
+/// the task's own PID namespace sees it (a process group or session whose leader is gone
+/// has no task to ask, but its members know its id).
+fn ns_status_id(pid: i32, line: &str) -> Option<u32> {
+    let text = procfs::read(pid, "status").ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
+        .find_map(|l| l.strip_prefix(line))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
-        .ok_or(DumpError::Internal("no NSpid line in /proc/PID/status"))
 }
 
 /// Renames every task, thread and process group of `imgs` to the PIDs the tree sees in its
-/// own PID namespace, as CRIU saves them. Ids outside the tree (cryo's session, for a shell
+/// own PID namespace, as CRIU saves them. A process group or session whose leader is gone
+/// keeps the id its members see; ids outside the PID namespace (cryo's session, for a shell
 /// job) become 0.
 fn virtualize(imgs: &mut [TaskImages], files: &mut FileTable) -> Result<(), DumpError> {
     let mut map = std::collections::HashMap::new();
@@ -717,12 +713,24 @@ fn virtualize(imgs: &mut [TaskImages], files: &mut FileTable) -> Result<(), Dump
     let v = |p: u32| map.get(&p).copied().unwrap_or(0);
     files.ttys.rename_pids(v);
     for img in imgs.iter_mut() {
+        // A group or session whose leader is gone (not in the tree): its id as the task
+        // itself sees it; restore makes it with a helper task, as CRIU does.
+        let own = |p: u32, line: &str| {
+            map.get(&p)
+                .copied()
+                .or_else(|| ns_status_id(c_int(img.pid), line))
+                .unwrap_or(0)
+        };
+        let (pgid, sid) = (
+            own(img.pstree.pgid, "NSpgid:"),
+            own(img.pstree.sid, "NSsid:"),
+        );
         img.pid = v(img.pid);
         let ps = &mut img.pstree;
         ps.pid = v(ps.pid);
         ps.ppid = v(ps.ppid);
-        ps.pgid = v(ps.pgid);
-        ps.sid = v(ps.sid);
+        ps.pgid = pgid;
+        ps.sid = sid;
         for t in ps.threads.iter_mut() {
             *t = v(*t);
         }
@@ -763,6 +771,42 @@ fn dump_zombie(pid: i32, img: &mut TaskImages) -> Result<(), DumpError> {
     tc.exit_code = c_uint(st.exit_code);
     tc.comm = st.comm;
     Ok(())
+}
+
+/// Looks for `pid`'s fd table among `tables` (one process per distinct table, with its files
+/// id, in the kernel's order of tables: `kcmp(KCMP_FILES)` orders them), by binary search;
+/// if the kernel refuses a comparison, every entry is compared for equality instead.
+fn find_table(tables: &[(i32, u32)], pid: i32) -> Option<(i32, u32)> {
+    search_table(tables, pid).ok()
+}
+
+fn search_table(tables: &[(i32, u32)], pid: i32) -> Result<(i32, u32), usize> {
+    use crate::sys::proc::{kcmp, KCMP_FILES};
+    let failed = std::cell::Cell::new(false);
+    let r = tables.binary_search_by(|&(opid, _)| match kcmp(opid, pid, KCMP_FILES, 0, 0) {
+        Ok(0) => std::cmp::Ordering::Equal,
+        Ok(1) => std::cmp::Ordering::Less,
+        Ok(2) => std::cmp::Ordering::Greater,
+        _ => {
+            failed.set(true);
+            std::cmp::Ordering::Less
+        }
+    });
+    if !failed.get() {
+        return r.map(|i| tables[i]);
+    }
+    tables
+        .iter()
+        .find(|&&(opid, _)| kcmp(opid, pid, KCMP_FILES, 0, 0).ok() == Some(0))
+        .copied()
+        .ok_or(tables.len())
+}
+
+/// Adds a process with a table not seen before to `tables` (see [`find_table`]).
+fn add_table(tables: &mut Vec<(i32, u32)>, e: (i32, u32)) {
+    if let Err(i) = search_table(tables, e.0) {
+        tables.insert(i, e);
+    }
 }
 
 /// Dumps one seized process (all its threads) into `img`. Returns the number of injected
@@ -910,9 +954,18 @@ fn dump_process(
             .remote()?
             .scratch(64 * 1024)
             .map_err(|source| TaskError::Remote { pid, source })?;
+        let area = cx
+            .remote()?
+            .batch_area()
+            .map_err(|source| TaskError::Remote { pid, source })?;
         for th in &others {
-            img.threads
-                .push(kinds::threads::dump_thread(pid, th, site, scratch)?);
+            img.threads.push(kinds::threads::dump_thread(
+                pid,
+                th,
+                site,
+                scratch,
+                Some(area),
+            )?);
             img.pstree.threads.push(img_pid(th.tracee.tid));
         }
         // Write tracking for a later step (`--track-mem --leave-running`).
@@ -1101,10 +1154,12 @@ pub fn run(
     files.shell_job = opts.shell_job;
     files.external_net = opts.external_net.clone();
     files.empty_net = opts.empty_net;
+    files.userns = kinds::userns::dump(root, ns_ino(root, "user").map(kinds::misc::ns_id))?;
     // A tree with a network namespace of its own: its contents are saved first (so the
     // lock's table is not among them), then the namespace is locked as a whole, as CRIU
-    // does. Dropped before `frozen` on any error: the network opens before the tasks run.
-    let mut netlock = early_lock;
+    // does. Held by `files`, dropped before `frozen` on any error: the network opens before
+    // the tasks run. A tree in cryo's namespace has its connections locked by the inet part.
+    files.netlock = early_lock;
     let root_net = ns_ino(root, "net");
     let own_netns = root_net.is_some() && root_net != ns_ino(crate::sys::proc::own_pid(), "net");
     if own_netns {
@@ -1113,7 +1168,7 @@ pub fn run(
             files.netns_content.push(d);
         }
         hooks.notify("network-lock", None)?;
-        netlock.lock_netns_of(root)?;
+        files.netlock.lock_netns_of(root)?;
     }
     fault_point("netlock")?;
     files.sock = opts.sock;
@@ -1121,6 +1176,7 @@ pub fn run(
     let mut stats = pb::DumpStatsEntry::default();
     let mut imgs: Vec<TaskImages> = Vec::new();
     let mut calls = 0;
+    let mut tables: Vec<(i32, u32)> = Vec::new();
     for (i, (pid, ppid, seized)) in frozen.iter().enumerate() {
         let mut img = TaskImages {
             pages_id: len32(i) + 1,
@@ -1131,22 +1187,21 @@ pub fn run(
         } else {
             // An fd table shared with an earlier process (clone with CLONE_FILES). It is
             // restored by cloning the child from its parent with CLONE_FILES, so the parent
-            // must share it (then so does whoever the parent shares it with).
-            let sharers: Vec<(i32, u32)> = frozen[..i]
-                .iter()
-                .zip(&imgs)
-                .filter(|((opid, _, oseized), _)| {
-                    !oseized.tracees.is_empty()
-                        && crate::sys::proc::kcmp(*pid, *opid, crate::sys::proc::KCMP_FILES, 0, 0)
+            // must share it (then so does whoever the parent shares it with). `tables` holds
+            // one process per distinct table in kcmp order: a binary search per process.
+            if let Some((opid, files_id)) = find_table(&tables, *pid) {
+                let parent_shares = frozen[..i].iter().any(|(p, _, s)| {
+                    p == ppid
+                        && !s.tracees.is_empty()
+                        && crate::sys::proc::kcmp(*pid, *ppid, crate::sys::proc::KCMP_FILES, 0, 0)
                             .ok()
                             == Some(0)
-                })
-                .map(|((opid, _, _), other)| (*opid, other.ids.files_id))
-                .collect();
-            if let Some(&(_, files_id)) = sharers.iter().find(|(opid, _)| opid == ppid) {
-                img.files_shared = Some(files_id);
-            } else if let Some((opid, _)) = sharers.first() {
-                return Err(Unsupported::of(*pid, "fd table", format!("it is shared (CLONE_FILES) with process {opid}, but not with its parent"), "only a table its parent shares can be restored (the child is cloned from it with CLONE_FILES)").into());
+                });
+                if parent_shares {
+                    img.files_shared = Some(files_id);
+                } else {
+                    return Err(Unsupported::of(*pid, "fd table", format!("it is shared (CLONE_FILES) with process {opid}, but not with its parent"), "only a table its parent shares can be restored (the child is cloned from it with CLONE_FILES)").into());
+                }
             }
             calls += dump_process(
                 *pid,
@@ -1168,6 +1223,8 @@ pub fn run(
         img.ids = kinds::misc::task_ids(*pid, len32(i) + 2)?;
         if let Some(f) = img.files_shared {
             img.ids.files_id = f;
+        } else if !seized.tracees.is_empty() {
+            add_table(&mut tables, (*pid, img.ids.files_id));
         }
         imgs.push(img);
     }
@@ -1230,12 +1287,13 @@ pub fn run(
         if let Some(f) = &freezer {
             f.put_back();
         }
-        // Connections leave repair mode, the lock goes, before the tree runs on.
-        files.inet.resume();
+        // The lock goes, connections leave repair mode, before the tree runs on.
         if own_netns {
             let _ = hooks.notify("network-unlock", None);
         }
-        netlock.unlock_now()?;
+        files.netlock.unlock_now()?;
+        files.inet.resume();
+        files.netlock.repair_done();
         for (_, _, seized) in frozen.iter_mut() {
             seized.release();
         }
@@ -1246,13 +1304,14 @@ pub fn run(
         if own_netns {
             hooks.notify("network-unlock", None)?;
         }
-        netlock.unlock_now()?;
+        files.netlock.unlock_now()?;
     }
     if let (Some(f), true) = (&freezer, opts.leave_running) {
         f.put_back();
     }
     if opts.leave_running {
         files.inet.resume();
+        files.netlock.repair_done();
     }
     // Children first: a PID namespace's init, once killed, waits for every other task of
     // the namespace to be reaped, and cryo still traces them.
@@ -1263,9 +1322,15 @@ pub fn run(
             seized.kill();
         }
     }
-    // Killed: nothing is left to protect; the lock goes (never left behind).
-    netlock.unlock_now()?;
-    // Killed: its connections vanish silently; their lock stays until the restore.
+    // Killed: its connections vanish silently. A lock that protects TCP connections saved
+    // with `--tcp-established` stays until the restore lifts it, as CRIU's (connections in
+    // cryo's namespace, or an external namespace); any other goes now (a namespace saved
+    // with the tree dies with it; nothing waits for the restore): never left behind.
+    if files.netns_content.is_empty() && files.inet.has_connections() {
+        files.netlock.keep();
+    } else {
+        files.netlock.unlock_now()?;
+    }
     files.inet.keep();
     files.link_remaps.keep();
     Ok(DumpReport {
@@ -1287,7 +1352,9 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
         root_cg_set: files.cgroups.own_set(),
         ..Default::default()
     };
-    files.inet.fill_inventory(&mut inventory, &files.sock);
+    files
+        .inet
+        .fill_inventory(&mut inventory, &files.sock, &files.netlock);
     dir.write("inventory.img", image::INVENTORY, &[inventory])?;
     let tree: Vec<pb::PstreeEntry> = imgs.iter().map(|i| i.pstree.clone()).collect();
     dir.write("pstree.img", image::PSTREE, &tree)?;
@@ -1310,6 +1377,7 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
             std::slice::from_ref(e),
         )?;
     }
+    kinds::userns::write(dir, &files.userns)?;
     for (id, e) in &files.utsns {
         dir.write(
             &format!("utsns-{id}.img"),

@@ -36,8 +36,11 @@ fn join(w: &[u32]) -> u64 {
     u64::from(w.first().copied().unwrap_or(0)) | u64::from(w.get(1).copied().unwrap_or(0)) << 32
 }
 
-/// The credentials part of /proc/PID/status, as an image entry.
-pub(crate) fn from_status(s: &procfs::Status, secbits: u32) -> pb::CredsEntry {
+/// The credentials part of /proc/PID/status, as an image entry, with the ids as `pid` sees
+/// them inside its user namespace (`userns::inside`).
+pub(crate) fn from_status(pid: i32, s: &procfs::Status, secbits: u32) -> pb::CredsEntry {
+    let mut s = s.clone();
+    super::userns::inside(pid, &mut s);
     pb::CredsEntry {
         uid: s.uids[0],
         euid: s.uids[1],
@@ -88,7 +91,7 @@ impl Kind for Creds {
 
     fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), CredsError> {
         let secbits = cx.prctl(libc::PR_GET_SECUREBITS, [0; 4])?;
-        img.thread().creds = Some(from_status(&cx.status, low32(secbits)));
+        img.thread().creds = Some(from_status(cx.pid, &cx.status, low32(secbits)));
         Ok(())
     }
 
@@ -107,7 +110,7 @@ pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), C
         None => {
             let now = procfs::status(cx.pid)?;
             let secbits = cx.prctl(libc::PR_GET_SECUREBITS, [0; 4])?;
-            let i = from_status(&now, low32(secbits));
+            let i = from_status(cx.pid, &now, low32(secbits));
             cx.inherited.creds = Some(i.clone());
             i
         }
@@ -117,9 +120,12 @@ pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), C
     }
     let now = procfs::status(cx.pid)?;
     let cur_secbits = u64::from(inherited.secbits);
-    let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
-    let ga = cx.put(1024, &groups)?;
-    cx.setgroups(c.groups.len() as u64, ga)?;
+    // Only when they differ: in a user namespace whose setgroups is "deny" the call fails.
+    if inherited.groups != c.groups {
+        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_ne_bytes()).collect();
+        let ga = cx.put(1024, &groups)?;
+        cx.setgroups(c.groups.len() as u64, ga)?;
+    }
     cx.setresgid(c.gid, c.egid, c.sgid)?;
     cx.setfsgid(c.fsgid)?;
     let keep = cur_secbits | SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS;

@@ -23,6 +23,13 @@ pub trait Failure: std::error::Error + Send + Sync + 'static {
     }
 }
 
+// A queued call ([`Batch`](crate::sys::remote::Batch)) cannot fail.
+impl From<std::convert::Infallible> for TaskError {
+    fn from(e: std::convert::Infallible) -> Self {
+        match e {}
+    }
+}
+
 /// A failure of an operation on a task or its objects, shared by every kind.
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -194,6 +201,12 @@ macro_rules! task_error_from {
         }
     };
     ($t:ty, no_failure) => {
+        // A queued call ([`Batch`](crate::sys::remote::Batch)) cannot fail.
+        impl From<std::convert::Infallible> for $t {
+            fn from(e: std::convert::Infallible) -> Self {
+                match e {}
+            }
+        }
         impl From<$crate::procfs::ProcError> for $t {
             fn from(e: $crate::procfs::ProcError) -> Self {
                 Self::Task(e.into())

@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 use super::error::{task_error_from, Failure, TaskError, Unsupported};
-use super::{DumpCx, Kind, RemoteFd, RestoreCx, Syscalls, TaskImages};
+use super::{DumpCx, DumpedFd, Kind, RemoteFd, RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
 use crate::image::ImageDir;
 use crate::num::c_uint;
@@ -772,6 +772,56 @@ impl FdObjects {
 }
 
 /// What [`dump_fd`] saved for one fd.
+/// Looks for the open file description of `pid`'s `fd` among `list`, one fd per distinct
+/// description, kept in the kernel's order of descriptions (`kcmp(KCMP_FILE)` orders them):
+/// a binary search, so a tree of n processes holding fds on one file costs O(n log n)
+/// comparisons, not O(n²). `Err` carries where it would go. Should the kernel refuse a
+/// comparison, every entry is compared for equality instead.
+fn find_description(list: &[DumpedFd], pid: i32, fd: i32) -> Result<DumpedFd, usize> {
+    let failed = std::cell::Cell::new(false);
+    let cmp = |&(opid, other, _): &DumpedFd| match kcmp(
+        opid,
+        pid,
+        KCMP_FILE,
+        c_uint(other).into(),
+        c_uint(fd).into(),
+    ) {
+        Ok(0) => std::cmp::Ordering::Equal,
+        Ok(1) => std::cmp::Ordering::Less,
+        Ok(2) => std::cmp::Ordering::Greater,
+        _ => {
+            failed.set(true);
+            std::cmp::Ordering::Less
+        }
+    };
+    let r = list.binary_search_by(cmp);
+    if !failed.get() {
+        return r.map(|i| list[i]);
+    }
+    list.iter()
+        .find(|&&(opid, other, _)| {
+            kcmp(
+                opid,
+                pid,
+                KCMP_FILE,
+                c_uint(other).into(),
+                c_uint(fd).into(),
+            )
+            .ok()
+                == Some(0)
+        })
+        .copied()
+        .ok_or(list.len())
+}
+
+/// Adds a new description's fd to `list` in kcmp order (see [`find_description`]).
+fn add_description(list: &mut Vec<DumpedFd>, e: DumpedFd) {
+    match find_description(list, e.0, e.1) {
+        Ok(_) => {}
+        Err(i) => list.insert(i, e),
+    }
+}
+
 struct DumpedFdInfo {
     id: u32,
     kind: Option<&'static FdOps>,
@@ -815,25 +865,15 @@ fn dump_fd(
         path: format!("/proc/{pid}/fdinfo/{fd}").into(),
         what: "unexpected format".into(),
     })?;
-    // Same open file description as an earlier fd (of any process)?
-    let mut id = None;
-    // Only fds on the same inode can share a description: compare those alone.
+    // Same open file description as an earlier fd (of any process)? Only fds on the same
+    // inode can share one: those alone are searched.
     let key = meta.as_ref().map(|m| (m.dev(), m.ino()));
-    for &(opid, other, oid) in cx.files.fds_by_inode.get(&key).into_iter().flatten() {
-        if kcmp(
-            pid,
-            opid,
-            KCMP_FILE,
-            c_uint(fd).into(),
-            c_uint(other).into(),
-        )
-        .ok()
-            == Some(0)
-        {
-            id = Some(oid);
-            break;
-        }
-    }
+    let id = cx
+        .files
+        .fds_by_inode
+        .get(&key)
+        .and_then(|l| find_description(l, pid, fd).ok())
+        .map(|(_, _, oid)| oid);
     let fresh = id.is_none();
     let id = match (id, kind) {
         (Some(i), _) => i,
@@ -908,11 +948,7 @@ fn dump_fd(
             };
             let id = cx.files.alloc();
             // Known before the kind looks inside it (a socket whose queue holds itself).
-            cx.files
-                .fds_by_inode
-                .entry(key)
-                .or_default()
-                .push((pid, fd, id));
+            add_description(cx.files.fds_by_inode.entry(key).or_default(), (pid, fd, id));
             let e = (k.dump)(cx, &t, id)?;
             cx.files.entries.push(e);
             save_owner(cx, pid, fd, id, pidfd)?;
@@ -925,12 +961,8 @@ fn dump_fd(
     };
     if fresh {
         save_owner(cx, pid, fd, id, pidfd)?;
+        add_description(cx.files.fds_by_inode.entry(key).or_default(), (pid, fd, id));
     }
-    cx.files
-        .fds_by_inode
-        .entry(key)
-        .or_default()
-        .push((pid, fd, id));
     Ok(DumpedFdInfo {
         id,
         kind,
@@ -1120,7 +1152,7 @@ pub fn restore_fds(
                 }
             };
             // The new fd has FD_CLOEXEC set.
-            let got = cx.pidfd_getfd(pidfd, local)?;
+            let got = cx.take_via(pidfd, local)?;
             if got == fd && !cloexec {
                 cx.set_cloexec(got, false)?;
             }

@@ -41,10 +41,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::error::{task_error_from, Failure, TaskError, Unsupported};
 use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, SockOpts, TargetFd};
-use super::inet_lock::{self, Conn, ConnLock, LockError};
 use super::tcp_repair::{self, is_connection, state_name, CLOSE, ESTABLISHED, LISTEN};
 use super::DumpCx;
 use crate::image::{self, pb, ImageDir, ImageError};
+use crate::netlock::{Conn, Method, NetLock, NetLockError, RepairedSk};
 use crate::sys::{self, inet, net};
 
 /// Why an inet socket could not be saved or restored.
@@ -54,7 +54,7 @@ pub enum InetSkError {
     Task(#[from] TaskError),
     /// Locking or unlocking the tree's connections.
     #[error(transparent)]
-    Lock(#[from] LockError),
+    Lock(#[from] NetLockError),
     /// A step of TCP repair on one connection.
     #[error("{conn}: {what}")]
     Repair {
@@ -70,7 +70,7 @@ impl Failure for InetSkError {
     fn hint(&self) -> Option<String> {
         match self {
             InetSkError::Task(e) => e.hint(),
-            InetSkError::Lock(e) => Some(e.hint()),
+            InetSkError::Lock(e) => e.hint(),
             InetSkError::Repair { .. } => Some(
                 "TCP repair needs CAP_NET_ADMIN in the socket's network namespace; --tcp-close restores connections closed instead".into(),
             ),
@@ -735,7 +735,7 @@ impl FdKind for InetSk {
                 let tree = cx.files.tree.clone();
                 let name = format!("fd {} of process {} ({})", fd.fd, fd.pid, d.show());
                 let inet = &mut cx.files.inet;
-                inet.ensure_locked(&tree)?;
+                inet.ensure_locked(&tree, &mut cx.files.netlock)?;
                 inet::set_repair(s, inet::Repair::On).map_err(|source| InetSkError::Repair {
                     conn: name.clone(),
                     what: "TCP_REPAIR on".into(),
@@ -827,10 +827,8 @@ pub struct InetDump {
     repaired: Vec<Repaired>,
     /// Each tcp-stream image: the socket inode, its entry and queue bytes.
     streams: Vec<(u32, [StreamImage; 1])>,
-    lock: Option<ConnLock>,
-    /// The id naming the lock (CRIU's `dump_criu_run_id`: the table is `CRIU-` and its
-    /// first 21 characters, so CRIU's restore finds it too).
-    run_id: Option<String>,
+    /// Whether the tree's connections are locked (`FileTable::netlock`).
+    locked: bool,
 }
 
 impl std::fmt::Debug for InetDump {
@@ -838,39 +836,17 @@ impl std::fmt::Debug for InetDump {
         f.debug_struct("InetDump")
             .field("repaired", &self.repaired.len())
             .field("streams", &self.streams.len())
-            .field("run_id", &self.run_id)
+            .field("locked", &self.locked)
             .finish()
     }
 }
 
-/// A new CRIU-style run id (a random UUID).
-fn new_run_id() -> String {
-    let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-/// The nftables table (or iptables chain) of the lock named by run id `id`, as CRIU names it.
-pub fn lock_name(id: &str) -> String {
-    format!("CRIU-{}", id.chars().take(21).collect::<String>())
-}
-
-/// The TCP connections of the tree, as the lock names them (IPv4-mapped addresses as IPv4).
-fn tree_connections(tree: &[i32]) -> Vec<Conn> {
+/// The TCP connections of the tree, as the lock names them (IPv4-mapped addresses as IPv4),
+/// and where each is (process, fd, inode: recorded before they go into repair mode).
+fn tree_connections(tree: &[i32]) -> (Vec<Conn>, Vec<RepairedSk>) {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
+    let mut socks = Vec::new();
     for &pid in tree {
         let Ok(pidfd) = sys::fd::pidfd_open(pid) else {
             continue;
@@ -904,42 +880,44 @@ fn tree_connections(tree: &[i32]) -> Vec<Conn> {
                     dst: tcp_repair::unmap(p.ip()),
                     dport: p.port(),
                 });
+                socks.push(RepairedSk {
+                    pid,
+                    fd,
+                    ino: u64::from(ino),
+                });
             }
         }
     }
-    out
+    (out, socks)
 }
 
 impl InetDump {
-    /// Locks the tree's connections, once, before the first goes into repair mode: its whole
-    /// network namespace when it has one of its own, else each of its connections in cryo's.
-    fn ensure_locked(&mut self, tree: &[i32]) -> Result<(), InetSkError> {
-        if self.lock.is_some() {
+    /// Locks the tree's connections, once, before the first goes into repair mode (their
+    /// whole network namespace is locked already when the tree has one of its own), and
+    /// records where they are, for a later run if cryo is killed.
+    fn ensure_locked(&mut self, tree: &[i32], lock: &mut NetLock) -> Result<(), InetSkError> {
+        if self.locked {
             return Ok(());
         }
         let Some(&root) = tree.first() else {
             return Err(TaskError::Internal("empty tree").into());
         };
-        let run_id = new_run_id();
-        let table = lock_name(&run_id);
-        let open = |p: String| {
-            std::fs::File::open(&p).map_err(|source| TaskError::Fd {
-                pid: root,
-                fd: -1,
-                what: format!("open {p}"),
-                source,
-            })
-        };
-        let own = open("/proc/self/ns/net".into())?;
-        let theirs = open(format!("/proc/{root}/ns/net"))?;
-        let lock = if ns_ino(&own) != ns_ino(&theirs) {
-            ConnLock::netns(&table, theirs)?
-        } else {
-            ConnLock::conns(&table, theirs, &tree_connections(tree))?
-        };
-        self.lock = Some(lock);
-        self.run_id = Some(run_id);
+        let (conns, socks) = tree_connections(tree);
+        lock.record_repair(&socks);
+        let root_ns = std::fs::metadata(format!("/proc/{root}/ns/net"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0);
+        if !lock.holds_whole(root_ns) {
+            lock.lock_connections(root, &conns)?;
+        }
+        self.locked = true;
         Ok(())
+    }
+
+    /// Whether TCP connections of the tree were locked and saved in repair mode (their lock
+    /// must then stay until the restore).
+    pub fn has_connections(&self) -> bool {
+        self.locked
     }
 
     /// Writes the tcp-stream images.
@@ -972,26 +950,20 @@ impl InetDump {
 
     /// What inventory.img says about sockets: `--tcp-close`, and the lock the restore must
     /// lift (method and run id).
-    pub fn fill_inventory(&self, inv: &mut pb::InventoryEntry, sock: &SockOpts) {
+    pub fn fill_inventory(&self, inv: &mut pb::InventoryEntry, sock: &SockOpts, lock: &NetLock) {
         if sock.tcp_close {
             inv.tcp_close = Some(true);
         }
-        if let Some(id) = &self.run_id {
-            // CRIU's internal numbering: IPTABLES 0, NFTABLES 1, SKIP 2.
-            inv.network_lock_method = Some(1);
-            inv.dump_criu_run_id = Some(id.clone());
+        if lock.is_held() {
+            inv.network_lock_method = Some(lock.method().to_inventory());
+            inv.dump_criu_run_id = Some(lock.run_id().to_string());
         }
     }
 
-    /// The tree goes on (a failed dump, `--leave-running`): the lock goes, then each
-    /// connection leaves repair mode (the kernel sends a window probe) and gets its
-    /// `SO_REUSEADDR` back. Must run before the tree is released.
+    /// The tree goes on (a failed dump, `--leave-running`): each connection leaves repair
+    /// mode (the kernel sends a window probe) and gets its `SO_REUSEADDR` back. Must run
+    /// after the lock is lifted and before the tree is released.
     pub fn resume(&mut self) {
-        if let Some(mut l) = self.lock.take() {
-            if let Err(e) = l.unlock() {
-                tracing::error!("{e}");
-            }
-        }
         for r in self.repaired.drain(..) {
             let s = r.sk.as_fd();
             if let Err(e) = inet::set_repair(s, inet::Repair::Off) {
@@ -1007,14 +979,8 @@ impl InetDump {
     }
 
     /// The tree was killed: cryo's copies close in repair mode, so the connections vanish
-    /// without a packet, and the lock stays until the restore lifts it.
+    /// without a packet (the lock stays until the restore lifts it: `NetLock::keep`).
     pub fn keep(&mut self) {
-        if let Some(mut l) = self.lock.take() {
-            l.keep();
-            if let Some(id) = &self.run_id {
-                tracing::info!("the network lock {} stays until the restore", lock_name(id));
-            }
-        }
         self.repaired.clear();
     }
 }
@@ -1070,7 +1036,7 @@ pub struct InetStore {
     /// The dump was made with `--tcp-close`.
     tcp_close: bool,
     /// The dump's lock: CRIU's method number and run id.
-    lock: Option<(i32, Option<String>)>,
+    lock: Option<(Method, Option<String>)>,
     /// The images are cryo's (a lock is then always an nftables table).
     cryo_images: bool,
     made: Vec<Made>,
@@ -1149,9 +1115,7 @@ fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
         let inv = inv.as_ref();
         (
             // Absent: iptables, CRIU's default.
-            inv.and_then(|i| i.network_lock_method)
-                .unwrap_or(0)
-                .cast_signed(),
+            Method::from_inventory(inv.and_then(|i| i.network_lock_method)),
             inv.and_then(|i| i.dump_criu_run_id.clone()),
         )
     });
@@ -1427,7 +1391,7 @@ fn requeue_datagrams(
         l4.extend_from_slice(&[0, 0]);
         l4.extend_from_slice(&data);
         let pkt = tcp_repair::ip_packet(from_ip, dst, proto, l4, 6);
-        inet::send_raw_ip(&pkt, dst, tcp_repair::SOCCR_MARK).map_err(obj_err(
+        inet::send_raw_ip(&pkt, dst, crate::netlock::SOCCR_MARK).map_err(obj_err(
             id,
             format!("inet socket: requeue a datagram from {from}"),
         ))?;
@@ -1607,7 +1571,7 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
 pub struct Finish {
     made: Vec<Made>,
     streams: HashMap<u32, Stream>,
-    lock: Option<(i32, Option<String>)>,
+    lock: Option<(Method, Option<String>)>,
     cryo_images: bool,
     conns: Vec<Conn>,
 }
@@ -1629,13 +1593,13 @@ impl Finish {
     /// or cryo's own), takes every connection out of repair mode and sends what it had not
     /// sent yet, and gives every socket its own port-sharing options back. Runs just before
     /// the tree resumes.
-    pub fn run(self, ns_pid: i32) -> Result<(), InetSkError> {
+    pub fn run(self, ns_pid: i32, lock: &mut NetLock) -> Result<(), InetSkError> {
         let has_conn = self
             .made
             .iter()
             .any(|m| matches!(m.fix, Fixup::Conn { .. }));
         if let (Some((method, run_id)), true) = (&self.lock, has_conn) {
-            unlock_dump(
+            lock.lift_dump_lock(
                 *method,
                 run_id.as_deref(),
                 ns_pid,
@@ -1719,125 +1683,12 @@ impl Finish {
     }
 }
 
-/// Removes the lock a dump left for its connections: cryo's (an nftables table named after
-/// the run id), or CRIU's (the same table; with iptables, a rule pair per connection in
-/// cryo's namespace, or the CRIU chain in the tree's own).
-fn unlock_dump(
-    method: i32,
-    run_id: Option<&str>,
-    ns_pid: i32,
-    cryo_images: bool,
-    conns: &[Conn],
-) -> Result<(), InetSkError> {
-    let ns_path = format!("/proc/{ns_pid}/ns/net");
-    let ns = std::fs::File::open(&ns_path).map_err(|source| TaskError::Fd {
-        pid: ns_pid,
-        fd: -1,
-        what: "open its network namespace".into(),
-        source,
-    })?;
-    let own = std::fs::File::open("/proc/self/ns/net").ok();
-    let whole = own.as_ref().and_then(ns_ino) != ns_ino(&ns);
-    match (method, run_id) {
-        (1, Some(id)) => inet_lock::remove(&lock_name(id), &ns)?,
-        (0, _) if whole => criu_iptables_chain_unlock(&ns),
-        (0, _) if !cryo_images => criu_iptables_unlock(conns),
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Runs `tool args` (iptables), quietly; whether it succeeded.
-fn iptables(tool: &str, args: &[String]) -> bool {
-    std::process::Command::new(tool)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Removes CRIU's iptables lock of a whole namespace: the jumps to its `CRIU` chain from
-/// INPUT and OUTPUT (again while one is left, as iptables-nft may hold two), then the chain.
-fn criu_iptables_chain_unlock(ns: &std::fs::File) {
-    let _ = inet_lock::in_netns(ns, || {
-        for tool in ["iptables", "ip6tables"] {
-            let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-            for _ in 0..4 {
-                let mut left = false;
-                for hook in ["INPUT", "OUTPUT"] {
-                    if iptables(tool, &a(&["-w", "-C", hook, "-j", "CRIU"])) {
-                        left = true;
-                        iptables(tool, &a(&["-w", "-D", hook, "-j", "CRIU"]));
-                    }
-                }
-                if !left {
-                    break;
-                }
-            }
-            iptables(tool, &a(&["-w", "-F", "CRIU"]));
-            iptables(tool, &a(&["-w", "-X", "CRIU"]));
-        }
-    });
-}
-
-/// Deletes the iptables rules CRIU's dump left for each connection (`-I INPUT`/`-I OUTPUT`,
-/// `-m mark ! --mark 0xC114 ... -j DROP`); a rule that is gone is no error.
-fn criu_iptables_unlock(conns: &[Conn]) {
-    for c in conns {
-        let tool = if c.src.is_ipv4() {
-            "iptables"
-        } else {
-            "ip6tables"
-        };
-        for (chain, (s, sp, d, dp)) in [
-            ("INPUT", (c.dst, c.dport, c.src, c.sport)),
-            ("OUTPUT", (c.src, c.sport, c.dst, c.dport)),
-        ] {
-            let r = std::process::Command::new(tool)
-                .args([
-                    "-w",
-                    "-t",
-                    "filter",
-                    "-D",
-                    chain,
-                    "--protocol",
-                    "tcp",
-                    "-m",
-                    "mark",
-                    "!",
-                    "--mark",
-                ])
-                .arg(format!("{:#x}", tcp_repair::SOCCR_MARK))
-                .args(["--source", &s.to_string(), "--sport", &sp.to_string()])
-                .args([
-                    "--destination",
-                    &d.to_string(),
-                    "--dport",
-                    &dp.to_string(),
-                    "-j",
-                    "DROP",
-                ])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-            if !r.is_ok_and(|s| s.success()) {
-                tracing::warn!(
-                    "no CRIU iptables lock rule to remove for {s}:{sp} -> {d}:{dp} ({chain})"
-                );
-            }
-        }
-    }
-}
-
 /// `cryo check` probes of what the socket kinds need, with CRIU's feature names: (name,
 /// whether it works: what, or why not).
 pub fn features() -> Vec<(&'static str, Result<String, String>)> {
     vec![
         ("tcp_half_closed", half_closed_repair()),
-        ("network_lock_nftables", nftables_lock()),
+        ("network_lock_nftables", crate::netlock::probe_nftables()),
         ("sk_ns", socket_netns()),
         ("ipv6_freebind", ipv6_freebind()),
         ("sockopt_buf_lock", buf_lock()),
@@ -1862,18 +1713,6 @@ fn half_closed_repair() -> Result<String, String> {
             "TCP_REPAIR on a half-closed connection: {e} (needs Linux 4.10+ and CAP_NET_ADMIN)"
         )),
     }
-}
-
-/// An nf_tables table can be made and deleted over netlink (the network lock).
-fn nftables_lock() -> Result<String, String> {
-    let t = format!("cryo-check-{}", std::process::id());
-    let mut b = crate::sys::nft::Batch::new();
-    b.add_table(&t);
-    b.commit().map_err(|e| format!("nf_tables: {e}"))?;
-    let mut b = crate::sys::nft::Batch::new();
-    b.del_table(&t);
-    b.commit().map_err(|e| format!("nf_tables: {e}"))?;
-    Ok("nf_tables tables made and removed over netlink".into())
 }
 
 fn socket_netns() -> Result<String, String> {
@@ -1919,12 +1758,5 @@ mod tests {
             assert_eq!(back.ip(), a.ip());
             assert_eq!(back.port(), a.port());
         }
-    }
-
-    #[test]
-    fn lock_names_are_criu_s() {
-        let id = "0b6ae1f4-6c5f-4bb2-9a4e-4a1f7d8c9e10";
-        assert_eq!(lock_name(id), "CRIU-0b6ae1f4-6c5f-4bb2-9a");
-        assert_eq!(new_run_id().len(), 36);
     }
 }

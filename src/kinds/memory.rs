@@ -25,7 +25,7 @@ use crate::image::pb;
 use crate::num::{c_uint, micros_u32, u64_of, usize_of};
 use crate::procfs::Vma;
 use crate::sys::mem::{self, Mapping};
-use crate::sys::remote::arg;
+use crate::sys::remote::{arg, Batch};
 use crate::sys::PAGE_SIZE;
 use twox_hash::XxHash3_128;
 
@@ -478,6 +478,21 @@ impl Kind for Memory {
                 has_pages[vi] = v.status & (status::VDSO | status::VVAR | status::VSYSCALL) == 0;
             }
         }
+        // Calls that need nothing back run in batches (one stop each); a mapping that needs an
+        // fd opened first, or cryo's shared memory, runs the batch so far before it.
+        let mut b = Batch::new();
+        let mut anon: Vec<(usize, &pb::VmaEntry)> = Vec::new();
+        let run = |cx: &mut RestoreCx<'_>,
+                   b: &mut Batch,
+                   anon: &mut Vec<(usize, &pb::VmaEntry)>|
+         -> Result<(), MemoryError> {
+            let got = cx.batch(b)?;
+            for (i, v) in anon.drain(..) {
+                check_addr(got[i], v)?;
+            }
+            b.calls.clear();
+            Ok(())
+        };
         for (v, fill) in img.mm.vmas.iter().zip(&has_pages) {
             if v.status & (status::VSYSCALL | status::VVAR | status::VDSO) != 0 {
                 continue;
@@ -493,7 +508,7 @@ impl Kind for Memory {
             if cx.cow.contains(&(v.start, v.end)) {
                 // Kept from the parent: already mapped, with the parent's pages.
                 if prot != v.prot {
-                    cx.mprotect(v.start, v.end - v.start, prot.cast_signed())?;
+                    b.mprotect(v.start, v.end - v.start, prot.cast_signed())?;
                 }
                 // Pages this process did not have go back to zero.
                 let mut at = v.start;
@@ -507,7 +522,7 @@ impl Kind for Memory {
                     .chain([(v.end, v.end)])
                 {
                     if s > at {
-                        cx.named("madvise(MADV_DONTNEED)").madvise(
+                        b.named("madvise(MADV_DONTNEED)").madvise(
                             at,
                             s - at,
                             libc::MADV_DONTNEED,
@@ -516,6 +531,7 @@ impl Kind for Memory {
                     at = at.max(e);
                 }
             } else if v.status & status::ANON_SHARED != 0 {
+                run(cx, &mut b, &mut anon)?;
                 super::shmem::map_anon(cx, v, prot)?;
             } else if v.status & (status::FILE_PRIVATE | status::FILE_SHARED) != 0 {
                 // A file mapping's `shmid` is the id of its file record.
@@ -525,6 +541,7 @@ impl Kind for Memory {
                         img.pid, v.start, v.shmid
                     ))
                 })?;
+                run(cx, &mut b, &mut anon)?;
                 let fd =
                     super::files::open_file(cx, id, v.fdflags.unwrap_or(libc::O_RDONLY as u32))?;
                 let r = cx.mmap(
@@ -538,10 +555,11 @@ impl Kind for Memory {
                 cx.close(fd)?;
                 check_addr(r?, v)?;
             } else {
-                let r = cx.mmap(v.start, v.end - v.start, prot.cast_signed(), flags, None, 0)?;
-                check_addr(r, v)?;
+                anon.push((b.len(), v));
+                b.mmap(v.start, v.end - v.start, prot.cast_signed(), flags, None, 0)?;
             }
         }
+        run(cx, &mut b, &mut anon)?;
         tracing::info!(
             pid = cx.pid,
             mappings = img.mm.vmas.len(),
@@ -549,23 +567,25 @@ impl Kind for Memory {
         );
         fill_pages(cx, img)?;
         tracing::info!(pid = cx.pid, "memory: pages written");
+        let mut b = Batch::new();
         for (v, fill) in img.mm.vmas.iter().zip(&has_pages) {
             if *fill && v.prot & libc::PROT_WRITE as u32 == 0 {
-                cx.mprotect(v.start, v.end - v.start, v.prot.cast_signed())?;
+                b.mprotect(v.start, v.end - v.start, v.prot.cast_signed())?;
             }
             if let Some(madv) = v.madv {
                 for advice in 0..64 {
                     if madv & (1u64 << advice) != 0 {
-                        cx.madvise(v.start, v.end - v.start, advice)?;
+                        b.madvise(v.start, v.end - v.start, advice)?;
                     }
                 }
             }
             if v.flags & libc::MAP_LOCKED as u32 != 0
                 && v.status & (status::VSYSCALL | status::VVAR | status::VDSO) == 0
             {
-                cx.mlock(v.start, v.end - v.start)?;
+                b.mlock(v.start, v.end - v.start)?;
             }
         }
+        cx.batch(&b)?;
         set_mm_map(cx, img)
     }
 }

@@ -9,7 +9,7 @@ use crate::image::pb;
 use crate::num::{c_int, c_uint, img_pid, low32};
 use crate::procfs;
 use crate::sys::proc;
-use crate::sys::remote::arg;
+use crate::sys::remote::{arg, Batch};
 
 /// Why the task's miscellaneous state could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -147,12 +147,15 @@ impl Kind for Misc {
         img.ids = task_ids(pid, 2)?;
         // What only the task itself can tell.
         let buf = cx.scratch()?;
-        let brk = cx.brk(0)?;
-        let dumpable = cx.prctl(libc::PR_GET_DUMPABLE, [0; 4])?;
-        let thp = cx.prctl(libc::PR_GET_THP_DISABLE, [0; 4])?;
-        cx.prctl(libc::PR_GET_TID_ADDRESS, [buf, 0, 0, 0])?;
-        cx.prctl(libc::PR_GET_PDEATHSIG, [buf + 8, 0, 0, 0])?;
-        cx.prctl(libc::PR_GET_CHILD_SUBREAPER, [buf + 16, 0, 0, 0])?;
+        let mut b = Batch::new();
+        b.brk(0)?;
+        b.prctl(libc::PR_GET_DUMPABLE, [0; 4])?;
+        b.prctl(libc::PR_GET_THP_DISABLE, [0; 4])?;
+        b.prctl(libc::PR_GET_TID_ADDRESS, [buf, 0, 0, 0])?;
+        b.prctl(libc::PR_GET_PDEATHSIG, [buf + 8, 0, 0, 0])?;
+        b.prctl(libc::PR_GET_CHILD_SUBREAPER, [buf + 16, 0, 0, 0])?;
+        let got = cx.batch(&b)?;
+        let (brk, dumpable, thp) = (got[0], got[1], got[2]);
         // membarrier() registrations of the mm (Linux 6.3+: EINVAL before, then none saved).
         let membarrier = cx
             .named("membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)")

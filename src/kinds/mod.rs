@@ -15,7 +15,6 @@ pub mod fanotify;
 pub mod files;
 pub mod fown;
 pub mod ghost;
-pub mod inet_lock;
 pub mod inet_sk;
 pub mod inotify;
 pub mod ipc;
@@ -46,6 +45,7 @@ pub mod timerfd;
 pub mod timers;
 pub mod tty;
 pub mod unix_sk;
+pub mod userns;
 
 use std::collections::HashMap;
 
@@ -56,7 +56,7 @@ use crate::image::ImageDir;
 use crate::procfs::{Stat, Status, Vma};
 use crate::sys::clone::CloneArgs;
 use crate::sys::ptrace::{Regs, Tracee};
-use crate::sys::remote::{Parasite, Remote};
+use crate::sys::remote::{Batch, Parasite, Remote};
 pub use crate::sys::remote::{RemoteFd, Syscalls};
 
 /// A kind of per-task kernel object: both halves of its checkpoint/restore. The pipelines
@@ -143,9 +143,10 @@ pub struct FileTable {
     next: u32,
     /// Path-only records (mapped files, exe, cwd, root) already added, by path.
     by_path: HashMap<String, u32>,
-    /// Every dumped fd so far as (pid, fd, file id), by the (device, inode) of the open
-    /// file (None: could not stat it): fds of any process that share an open file
-    /// description (kcmp) share the record, and only fds on one inode can.
+    /// One dumped fd per open file description so far as (pid, fd, file id), by the
+    /// (device, inode) of the open file (None: could not stat it), in kcmp order: fds of any
+    /// process that share an open file description (kcmp) share the record, and only fds on
+    /// one inode can.
     pub fds_by_inode: HashMap<Option<(u64, u64)>, Vec<DumpedFd>>,
     /// pipes-data.img and fifo-data.img: bytes queued in each pipe, saved once per pipe.
     pub pipe_data: Vec<(pb::PipeDataEntry, Vec<u8>)>,
@@ -181,6 +182,8 @@ pub struct FileTable {
     pub tree: Vec<i32>,
     /// Terminals: tty-info records, cryo's copies of the fds, queued data (`tty.rs`).
     pub ttys: tty::TtyDump,
+    /// userns-ID.img: the root's user namespace when it is not cryo's (`userns.rs`).
+    pub userns: Option<(u32, pb::UsernsEntry)>,
     /// utsns-ID.img: the names of each UTS namespace of the tree that is not cryo's.
     pub utsns: Vec<(u32, pb::UtsnsEntry)>,
     /// The contents of each network namespace of the tree that is not cryo's, nor external
@@ -199,7 +202,10 @@ pub struct FileTable {
     pub cgroups: cgroup::CgDump,
     /// The command's socket options (`--tcp-established`, ...).
     pub sock: files::SockOpts,
-    /// Inet sockets: connections in repair mode, the network lock, tcp-stream images.
+    /// The network lock of the dump (`netlock`): before `inet`, so that on an error it is
+    /// lifted before the connections leave repair mode.
+    pub netlock: crate::netlock::NetLock,
+    /// Inet sockets: connections in repair mode, tcp-stream images.
     pub inet: inet_sk::InetDump,
 }
 
@@ -287,6 +293,15 @@ impl<'a> DumpCx<'a> {
             .map_err(|source| TaskError::Remote { pid, source })
     }
 
+    /// Runs the calls queued in `b` in the target, in one stop where possible (see
+    /// [`Remote::run_batch`](crate::sys::remote::Remote::run_batch)); returns their results.
+    pub fn batch(&mut self, b: &Batch) -> Result<Vec<u64>, TaskError> {
+        let pid = self.pid;
+        self.remote()?
+            .run_batch(b)
+            .map_err(|source| TaskError::Remote { pid, source })
+    }
+
     /// Reads `buf.len()` bytes of the target's memory at `addr` (e.g. what a call wrote).
     pub fn peek(&self, addr: u64, buf: &mut [u8], what: &'static str) -> Result<(), TaskError> {
         let n = buf.len();
@@ -363,6 +378,18 @@ pub struct Inherited {
 }
 
 impl RestoreCx<'_> {
+    /// Runs the calls queued in `b` in the puppet, in one stop where possible (see
+    /// [`Remote::run_batch`](crate::sys::remote::Remote::run_batch)); returns their results.
+    pub fn batch(&mut self, b: &Batch) -> Result<Vec<u64>, TaskError> {
+        let pid = self.pid;
+        if b.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.remote
+            .run_batch(b)
+            .map_err(|source| TaskError::Remote { pid, source })
+    }
+
     /// Copies `bytes` into the puppet's scratch area at `off`; returns the remote address.
     pub fn put(&mut self, off: u64, bytes: &[u8]) -> Result<u64, TaskError> {
         if off + bytes.len() as u64 > self.scratch_len {
@@ -422,8 +449,8 @@ impl RestoreCx<'_> {
     /// Gives the puppet its own fd for cryo's fd `local` (the same open file description,
     /// through `pidfd_getfd`); returns the puppet's fd, which the caller closes.
     pub fn take_from_cryo(&mut self, local: i32) -> Result<RemoteFd, TaskError> {
-        if let Some(pidfd) = self.cryo_pidfd {
-            return self.pidfd_getfd(pidfd, local);
+        if let Some(chan) = self.cryo_pidfd {
+            return self.take_via(chan, local);
         }
         let pidfd = self
             .named("pidfd_open (cryo)")
@@ -431,6 +458,17 @@ impl RestoreCx<'_> {
         let got = self.pidfd_getfd(pidfd, local);
         self.close(pidfd)?;
         got
+    }
+
+    /// The puppet's fd for cryo's fd `local`, through `chan`: its pidfd of cryo, or its end
+    /// of the fd transport (`sys::remote::set_transport`, a puppet in another user
+    /// namespace). The new fd is close-on-exec.
+    pub fn take_via(&mut self, chan: RemoteFd, local: i32) -> Result<RemoteFd, TaskError> {
+        let buf = self.scratch + self.scratch_len - 256;
+        let pid = self.pid;
+        self.remote
+            .take_cryo_fd(chan, local, buf)
+            .map_err(|source| TaskError::Remote { pid, source })
     }
 
     /// Moves the puppet's fd `tmp` to fd number `target`, close-on-exec or not.

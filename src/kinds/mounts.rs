@@ -29,7 +29,7 @@ use crate::sys::ns::{NsType, UnshareFlags};
 
 use crate::image::{self, pb, ImageDir};
 
-use super::{RestoreCx, TaskImages};
+use super::{RestoreCx, Syscalls, TaskImages};
 
 /// Why the mount tree could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -595,9 +595,26 @@ pub fn restore(
         .map(|e| e.ext_key.as_ref().and_then(|k| opts.external_path(k, e)))
         .collect();
     let pid = cx.pid;
-    let dir = cx.dir.path.clone();
+    // Absolute: a builder that joins a mount namespace starts at its root, not in cryo's
+    // working directory.
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let dir = abs(&cx.dir.path);
+    let root = abs(&root);
+    let ext_paths: Vec<Option<PathBuf>> = ext_paths.iter().map(|p| p.as_deref().map(abs)).collect();
+    // A puppet in a user namespace of its own makes the mount namespace itself, so that
+    // namespace owns it (mounts made in it are then the tree's to change); the builder joins
+    // it. Otherwise the builder makes one.
+    let userns = |p: &str| {
+        std::fs::metadata(format!("/proc/{p}/ns/user"))
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    };
+    let own = userns(&pid.to_string()) != userns("self");
+    if own {
+        cx.unshare(libc::CLONE_NEWNS)?;
+    }
     let (nsfd, ptys) = std::thread::scope(|s| {
-        s.spawn(|| build(pid, &root, &entries, &ext_paths, &dir))
+        s.spawn(|| build(pid, own, &root, &entries, &ext_paths, &dir))
             .join()
             .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
     })?;
@@ -735,11 +752,13 @@ pub fn resolve_dry(
 }
 
 /// On a thread of its own (namespaces and root are per thread): joins the puppet's net and
-/// IPC namespaces, makes a private mount namespace, mounts every entry under `root`, pivots
-/// into it and returns an fd of the namespace, and the ptys it had to make (index, master).
+/// IPC namespaces, makes a private mount namespace (or, with `join`, joins the one the
+/// puppet made in its user namespace), mounts every entry under `root`, pivots into it and
+/// returns an fd of the namespace, and the ptys it had to make (index, master).
 #[allow(clippy::type_complexity)]
 fn build(
     pid: i32,
+    join: bool,
     root: &Path,
     entries: &[pb::MntEntry],
     external: &[Option<PathBuf>],
@@ -760,7 +779,20 @@ fn build(
         crate::sys::ns::setns(f.as_fd(), kind)
             .map_err(mnt_err(format!("join the restored {ns} namespace")))?;
     }
-    crate::sys::ns::unshare(UnshareFlags::NEWNS).map_err(mnt_err("unshare(CLONE_NEWNS)".into()))?;
+    if join {
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).map_err(|source| {
+            MountsError::Mount {
+                what: "open the restored mount namespace".into(),
+                source,
+            }
+        })?;
+        crate::sys::ns::unshare(UnshareFlags::FS).map_err(mnt_err("unshare(CLONE_FS)".into()))?;
+        crate::sys::ns::setns(f.as_fd(), NsType::Mount)
+            .map_err(mnt_err("join the restored mount namespace".into()))?;
+    } else {
+        crate::sys::ns::unshare(UnshareFlags::NEWNS)
+            .map_err(mnt_err("unshare(CLONE_NEWNS)".into()))?;
+    }
     let nsfd: OwnedFd = std::fs::File::open("/proc/thread-self/ns/mnt")
         .map_err(|source| MountsError::Mount {
             what: "open the new mount namespace".into(),

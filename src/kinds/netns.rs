@@ -1290,7 +1290,7 @@ pub fn restore(
             // CRIU saves its own lock (table inet CRIU-<first 21 characters of its run id>)
             // with the ruleset and deletes it when it unlocks: so does cryo.
             if let Some(run) = &criu_run_id {
-                let name: String = format!("CRIU-{run}").chars().take(26).collect();
+                let name = crate::netlock::lock_name(run);
                 crate::netlock::delete_nft_table(&name).map_err(|source| NetnsError::Netlink {
                     ns: id,
                     what: format!("delete CRIU's lock table inet {name}"),

@@ -9,6 +9,7 @@
 use super::error::{task_error_from, TaskError};
 use super::{DumpCx, Kind, RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
+use crate::sys::remote::Batch;
 
 /// Why signal state could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -78,13 +79,15 @@ impl Kind for Signals {
         // the others read as zeroes from the fresh scratch area. Saves ~60 injected calls.
         let asked = cx.status.sig_cgt | cx.status.sig_ign | (1 << (libc::SIGCHLD - 1));
         let buf = cx.scratch()?;
+        let mut b = Batch::new();
         for sig in 1..=64 {
             if dumpable_sig(sig) && asked & bit(sig) != 0 {
-                cx.rt_sigaction(sig, 0, buf + slot(sig) as u64)?;
+                b.rt_sigaction(sig, 0, buf + slot(sig) as u64)?;
             }
         }
         let ss_addr = buf + slot(65) as u64;
-        cx.sigaltstack(0, ss_addr)?;
+        b.sigaltstack(0, ss_addr)?;
+        cx.batch(&b)?;
         let mut raw = vec![0u8; 64 * KSA + 24];
         let n = raw.len();
         crate::sys::mem::vm_read(pid, &mut raw, &[(buf, n)]).map_err(|source| {
@@ -150,8 +153,9 @@ impl Kind for Signals {
             let want: Vec<u64> = (0..4).map(|w| u64_at(&raw, o + 8 * w)).collect();
             want[..] != inherited[o / KSA][..]
         };
+        let mut b = Batch::new();
         for sig in (1..=64).filter(|s| dumpable_sig(*s) && differs(*s)) {
-            cx.rt_sigaction(sig, base + slot(sig) as u64, 0)?;
+            b.rt_sigaction(sig, base + slot(sig) as u64, 0)?;
         }
         // Alternate stack: always set (the puppet inherited cryo's).
         let sas = img.core.thread_core.as_ref().and_then(|t| t.sas);
@@ -166,7 +170,8 @@ impl Kind for Signals {
         ss.extend_from_slice(&u64::from(flags).to_ne_bytes());
         ss.extend_from_slice(&size.to_ne_bytes());
         let a = cx.put(512, &ss)?;
-        cx.sigaltstack(a, 0)?;
+        b.sigaltstack(a, 0)?;
+        cx.batch(&b)?;
         // Pending signals, queued from inside the task (all signals are blocked there), so
         // named by its PID in its own namespace.
         let pid = img.vpid();

@@ -66,7 +66,7 @@ const TCPOPT_TIMESTAMP: u32 = 8;
 
 /// The mark of the packets cryo forges, which the network lock lets through (CRIU's
 /// `SOCCR_MARK`).
-pub const SOCCR_MARK: u32 = 0xC114;
+pub const SOCCR_MARK: u32 = crate::netlock::SOCCR_MARK;
 
 /// Is `state` one a connection can be saved in (a connection, established or half closed,
 /// or one being opened)?

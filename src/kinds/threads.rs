@@ -17,7 +17,7 @@ use crate::num::{c_int, c_uint, low32, pid_from_img};
 use crate::procfs;
 use crate::sys::clone::CloneArgs;
 use crate::sys::ptrace::{Regs, Stop, Tracee};
-use crate::sys::remote::{Remote, RemoteError, ThreadInjection};
+use crate::sys::remote::{Batch, BatchArea, Remote, ThreadInjection};
 
 /// Why a thread could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +49,14 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 }
 
 /// Dumps one non-leader thread `th` of process `pid`. `site` holds the syscall instruction
-/// (already swapped in by the leader's injection) and `scratch` is the leader's scratch area.
+/// (already swapped in by the leader's injection) and `scratch` is the leader's scratch area;
+/// `area`, the leader's batch area, runs the thread's queries in one stop.
 pub fn dump_thread(
     pid: i32,
     th: &SeizedThread,
     site: u64,
     scratch: u64,
+    area: Option<BatchArea>,
 ) -> Result<pb::CoreEntry, ThreadsError> {
     let t = &th.tracee;
     let tid = t.tid;
@@ -86,14 +88,18 @@ pub fn dump_thread(
     // In-thread queries.
     let mut inj = ThreadInjection::new(t, site, th.regs)
         .map_err(|source| TaskError::Remote { pid: tid, source })?;
-    let queries = |r: &mut Remote<'_>| -> Result<u64, RemoteError> {
-        r.sigaltstack(0, scratch)?;
-        r.prctl(libc::PR_GET_TID_ADDRESS, [scratch + 32, 0, 0, 0])?;
-        r.prctl(libc::PR_GET_PDEATHSIG, [scratch + 40, 0, 0, 0])?;
-        r.prctl(libc::PR_GET_SECUREBITS, [0; 4])
-    };
-    let secbits =
-        queries(&mut inj.remote).map_err(|source| TaskError::Remote { pid: tid, source })?;
+    if let Some(a) = area {
+        inj.remote.set_batch_area(a);
+    }
+    let mut b = Batch::new();
+    b.sigaltstack(0, scratch)?;
+    b.prctl(libc::PR_GET_TID_ADDRESS, [scratch + 32, 0, 0, 0])?;
+    b.prctl(libc::PR_GET_PDEATHSIG, [scratch + 40, 0, 0, 0])?;
+    b.prctl(libc::PR_GET_SECUREBITS, [0; 4])?;
+    let secbits = inj
+        .remote
+        .run_batch(&b)
+        .map_err(|source| TaskError::Remote { pid: tid, source })?[3];
     inj.cure()
         .map_err(|source| TaskError::Remote { pid: tid, source })?;
     let mut raw = [0u8; 48];
@@ -135,7 +141,7 @@ pub fn dump_thread(
                     })
                     .collect(),
             }),
-            creds: Some(super::creds::from_status(&status, low32(secbits))),
+            creds: Some(super::creds::from_status(tid, &status, low32(secbits))),
             comm: Some(comm),
             rseq_entry: Some(pb::RseqEntry {
                 rseq_abi_pointer: rseq.rseq_abi_pointer,
@@ -235,7 +241,13 @@ fn create_threads(
         let th = Tracee { tid: host };
         let mut tcx = RestoreCx {
             pid: host,
-            remote: Remote::new(&th, cx.remote.site(), base),
+            remote: {
+                let mut r = Remote::new(&th, cx.remote.site(), base);
+                if let Some(a) = cx.remote.batch_area() {
+                    r.set_batch_area(a);
+                }
+                r
+            },
             scratch: cx.scratch,
             scratch_len: cx.scratch_len,
             dir: cx.dir,
@@ -286,20 +298,23 @@ pub fn restore_attrs(
 ) -> Result<(), TaskError> {
     let tid = cx.pid;
     let comm = th.comm.as_deref().unwrap_or(comm_fallback);
+    // One stop for all of them (thousands of threads make this count).
+    let mut b = Batch::new();
     if !comm.is_empty() {
         let mut c = comm.as_bytes().to_vec();
         c.truncate(15);
         c.push(0);
         let a = cx.put(0, &c)?;
-        cx.prctl(libc::PR_SET_NAME, [a, 0, 0, 0])?;
+        b.prctl(libc::PR_SET_NAME, [a, 0, 0, 0])?;
     }
     if let Some(r) = th.rseq_entry.as_ref().filter(|r| r.rseq_abi_pointer != 0) {
-        cx.rseq(r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)?;
+        b.rseq(r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)?;
     }
     if th.futex_rla != 0 {
-        cx.set_robust_list(th.futex_rla, u64::from(th.futex_rla_len))?;
+        b.set_robust_list(th.futex_rla, u64::from(th.futex_rla_len))?;
     }
-    cx.set_tid_address(clear_tid_addr)?;
+    b.set_tid_address(clear_tid_addr)?;
+    cx.batch(&b)?;
     if let (Some(policy), Some(prio), Some(nice)) = (th.sched_policy, th.sched_prio, th.sched_nice)
     {
         let now = match cx.inherited.sched {

@@ -7,7 +7,7 @@
 use super::error::{task_error_from, TaskError, Unsupported};
 use super::{DumpCx, Kind, RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
-use crate::sys::remote::PR_TIMER_CREATE_RESTORE_IDS;
+use crate::sys::remote::{Batch, PR_TIMER_CREATE_RESTORE_IDS};
 
 /// Why timers could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -137,23 +137,28 @@ impl Kind for Timers {
         })?;
         let buf = cx.scratch()?;
         let mut entries = Vec::new();
-        for which in [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
-            cx.getitimer(which, buf)?;
-            let mut raw = [0u8; 32];
-            crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 32)]).map_err(|source| {
-                TaskError::Memory {
-                    pid,
-                    addr: buf,
-                    what: "reading itimers",
-                    source,
-                }
-            })?;
+        let mut b = Batch::new();
+        let which = [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF];
+        for (i, w) in (0u64..).zip(which) {
+            b.getitimer(w, buf + 32 * i)?;
+        }
+        cx.batch(&b)?;
+        let mut raw = [0u8; 96];
+        crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 96)]).map_err(|source| {
+            TaskError::Memory {
+                pid,
+                addr: buf,
+                what: "reading itimers",
+                source,
+            }
+        })?;
+        for o in [0, 32, 64] {
             // struct itimerval { interval {sec, usec}, value {sec, usec} }
             entries.push(pb::ItimerEntry {
-                isec: u64_at(&raw, 0),
-                iusec: u64_at(&raw, 8),
-                vsec: u64_at(&raw, 16),
-                vusec: u64_at(&raw, 24),
+                isec: u64_at(&raw, o),
+                iusec: u64_at(&raw, o + 8),
+                vsec: u64_at(&raw, o + 16),
+                vusec: u64_at(&raw, o + 24),
             });
         }
         for t in &mut posix {

@@ -104,15 +104,22 @@ fn fdinfo_index(fdinfo: &str) -> Option<u32> {
 /// The devpts mount a pty lives in, from the path one of its ends was opened by: a slave's
 /// directory; for a master, the directory of its ptmx node if that is a devpts mount
 /// (`/dev/pts/ptmx`), else its `pts` subdirectory (`/dev/ptmx` → `/dev/pts`, as the kernel
-/// finds it).
-fn devpts_of(path: &str, side: Side) -> Option<String> {
+/// finds it). The path is the process's own; it is looked at through `/proc/PID/root`, in
+/// the process's mount namespace (a container's devpts instance is not cryo's).
+fn devpts_of(pid: i32, path: &str, side: Side) -> Option<String> {
     let dir = std::path::Path::new(path).parent()?.to_str()?;
-    let cand = if side == Side::Master && !sys::tty::is_devpts(dir) {
+    let is_devpts = |d: &str| sys::tty::is_devpts(&in_root(pid, d));
+    let cand = if side == Side::Master && !is_devpts(dir) {
         format!("{}/pts", dir.trim_end_matches('/'))
     } else {
         dir.to_string()
     };
-    sys::tty::is_devpts(&cand).then_some(cand)
+    is_devpts(&cand).then_some(cand)
+}
+
+/// `path` of process `pid` as cryo reaches it: through the process's root.
+fn in_root(pid: i32, path: &str) -> String {
+    format!("/proc/{pid}/root{path}")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -202,6 +209,8 @@ fn holds_vt_ctty(pid: i32, ctty: u64) -> bool {
 struct Seen {
     entry: pb::TtyInfoEntry,
     fd: Option<OwnedFd>,
+    /// The process whose fd it was: its root is where the devpts paths lead.
+    pid: i32,
 }
 
 /// What the dump collects about ttys (in [`FileTable`]).
@@ -296,7 +305,11 @@ impl FdKind for Tty {
             .add_reg(link.to_string(), t.flags(), 0, None, meta.mode());
         if let std::collections::btree_map::Entry::Vacant(v) = cx.files.ttys.infos.entry(info) {
             let entry = describe(t, side, info, index, fd.as_ref().map(|f| f.as_fd()), meta)?;
-            v.insert(Seen { entry, fd });
+            v.insert(Seen {
+                entry,
+                fd,
+                pid: t.pid,
+            });
         }
         Ok(pb::FileEntry {
             r#type: pb::FdTypes::Tty as i32,
@@ -382,16 +395,17 @@ fn describe(
         ..Default::default()
     };
     let Some(fd) = fd else { return Ok(e) };
-    let devpts = devpts_of(t.link.trim_end_matches(" (deleted)"), side).ok_or_else(|| {
-        Unsupported::of(
-            t.pid,
-            format!("fd {} ({})", t.fd, t.link),
-            "the pty's devpts mount cannot be found from the path it was opened by",
-            "open ptys through /dev/ptmx or <devpts>/ptmx and <devpts>/N",
-        )
-    })?;
+    let devpts =
+        devpts_of(t.pid, t.link.trim_end_matches(" (deleted)"), side).ok_or_else(|| {
+            Unsupported::of(
+                t.pid,
+                format!("fd {} ({})", t.fd, t.link),
+                "the pty's devpts mount cannot be found from the path it was opened by",
+                "open ptys through /dev/ptmx or <devpts>/ptmx and <devpts>/N",
+            )
+        })?;
     e.pty = Some(pb::TtyPtyEntry { index });
-    if let Ok(m) = std::fs::metadata(format!("{devpts}/{index}")) {
+    if let Ok(m) = std::fs::metadata(in_root(t.pid, &format!("{devpts}/{index}"))) {
         e.uid = Some(m.uid());
         e.gid = Some(m.gid());
     }
@@ -529,7 +543,7 @@ pub fn finish_dump(files: &mut FileTable) -> Result<Drained, TtyError> {
             }
             let path = format!("{devpts}/{index}");
             let s = sys::fd::open(
-                &path,
+                &in_root(seen.pid, &path),
                 libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_CLOEXEC,
             );
             if locked {
@@ -1226,7 +1240,8 @@ pub fn set_foreground(
                 .pidfd_open(sys::proc::own_pid(), 0)
                 .map_err(remote)?,
         };
-        let fd = r.pidfd_getfd(pidfd, keeper);
+        // Its scratch's first bytes hold the group below.
+        let fd = r.take_cryo_fd(pidfd, keeper, tr + 2 * 4096);
         if cryo_pidfd.is_none() {
             r.close(pidfd).map_err(remote)?;
         }

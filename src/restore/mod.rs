@@ -22,8 +22,8 @@ use crate::num::{micros_u32, micros_u64, pid_from_img, usize_of};
 use crate::procfs;
 use crate::sys::clone::CloneArgs;
 use crate::sys::mem::Mapping;
-use crate::sys::ptrace::{Stop, Tracee};
-use crate::sys::remote::{Remote, RemoteError, Syscalls, SYSCALL_INSN};
+use crate::sys::ptrace::{Regs, Stop, Tracee};
+use crate::sys::remote::{Batch, BatchArea, Remote, RemoteError, Syscalls, SYSCALL_INSN};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]
@@ -133,6 +133,8 @@ pub enum RestoreError {
     #[error(transparent)]
     Netns(#[from] kinds::netns::NetnsError),
     #[error(transparent)]
+    Userns(#[from] kinds::userns::UsernsError),
+    #[error(transparent)]
     NetLock(#[from] crate::netlock::NetLockError),
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -173,6 +175,7 @@ impl RestoreError {
             RestoreError::Tty(e) => e,
             RestoreError::Ghost(e) => e,
             RestoreError::Netns(e) => e,
+            RestoreError::Userns(e) => e,
             RestoreError::NetLock(e) => e,
             RestoreError::InetSk(e) => e,
         };
@@ -357,6 +360,26 @@ fn trampoline_addr(tasks: &[TaskImages], len: u64) -> Result<u64, RestoreError> 
 
 /// Size of the trampoline area (one code page + scratch).
 const TR_LEN: u64 = 16 * 4096;
+/// The last bytes of the trampoline area: results of batched calls, not scratch.
+const SCRATCH_RESULTS: u64 = 4096;
+
+/// A [`Remote`] for a puppet task at the trampoline `tr`, which runs batches of calls from
+/// the rest of the trampoline's code page (results in its last scratch page).
+pub(crate) fn batch_remote(t: &Tracee, tr: u64, base: Regs) -> Remote<'_> {
+    let mut r = Remote::new(t, tr, base);
+    r.set_batch_area(trampoline_batch_area(tr));
+    r
+}
+
+/// Where batches run in a puppet whose trampoline is at `tr`.
+pub(crate) fn trampoline_batch_area(tr: u64) -> BatchArea {
+    BatchArea {
+        code: tr + 16,
+        code_len: 4096 - 16,
+        results: tr + TR_LEN - SCRATCH_RESULTS,
+        results_len: SCRATCH_RESULTS,
+    }
+}
 /// Top of the user address space (47-bit).
 const USER_TOP: u64 = 0x7fff_ffff_f000;
 
@@ -453,9 +476,9 @@ fn shape(
     let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
     let mut cx = RestoreCx {
         pid,
-        remote: Remote::new(&t, sh.tr, base),
+        remote: batch_remote(&t, sh.tr, base),
         scratch: sh.tr + 4096,
-        scratch_len: TR_LEN - 4096,
+        scratch_len: TR_LEN - 4096 - SCRATCH_RESULTS,
         dir: sh.dir,
         files: sh.files,
         objs: sh.objs,
@@ -579,12 +602,14 @@ fn empty_puppet(
     keep.extend([(tr, tr + TR_LEN), (USER_TOP, USER_TOP)]);
     keep.sort_unstable();
     let mut from = 0;
+    let mut b = Batch::new();
     for &(s, e) in &keep {
         if s > from {
-            cx.munmap(from, s - from)?;
+            b.munmap(from, s - from)?;
         }
         from = from.max(e);
     }
+    cx.batch(&b)?;
     Ok(())
 }
 
@@ -1042,6 +1067,8 @@ pub struct Plan {
     pub files: HashMap<u32, pb::FileEntry>,
     /// The root had a PID namespace of its own.
     pub own_pid_ns: bool,
+    /// The root's user namespace, when it had one of its own.
+    pub userns: Option<pb::UsernsEntry>,
     /// Where the restore trampoline goes.
     pub trampoline: u64,
     /// The checked mount entries and `--root`, when the root task has a mount namespace.
@@ -1064,11 +1091,12 @@ pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
     let objs = kinds::files::FdObjects::new(dir, &files, &tasks)?;
     // As `shape` decides for the root: a mount namespace other than cryo's is rebuilt.
     let root = &tasks[0];
-    let dumper_mnt = dir
+    let dumper = dir
         .read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
         .root_ids
-        .and_then(|r| r.mnt_ns_id)
-        .or_else(|| kinds::ns::own_ns_id("mnt"));
+        .unwrap_or_default();
+    let userns = kinds::userns::load(dir, root.ids.user_ns_id, dumper.user_ns_id)?;
+    let dumper_mnt = dumper.mnt_ns_id.or_else(|| kinds::ns::own_ns_id("mnt"));
     let mounts = if root.ids.mnt_ns_id.is_some() && root.ids.mnt_ns_id != dumper_mnt {
         kinds::mounts::check(dir, root, &opts.mounts)?
     } else {
@@ -1078,6 +1106,7 @@ pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
         tasks,
         files,
         own_pid_ns,
+        userns,
         trampoline,
         mounts,
         objs,
@@ -1117,17 +1146,27 @@ pub fn run(
     }
     let vroot = tasks[0].vpid();
     // Before any puppet exists (so it drops after them: a lock goes once they are dead).
-    let netlock = std::cell::RefCell::new(crate::netlock::NetLock::new(opts.network_lock));
+    // Named after the dump's run id, as CRIU's restore names its lock.
+    let inventory = dir.read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?;
+    let netlock = std::cell::RefCell::new(crate::netlock::NetLock::for_restore(
+        opts.network_lock,
+        inventory.dump_criu_run_id.as_deref(),
+    ));
     // The network namespace the dumper ran in (CRIU numbers namespaces its own way; cryo's
     // ids are per host): a tree that shared it shares cryo's now.
-    let dumper = dir
-        .read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
-        .root_ids
-        .unwrap_or_default();
+    let dumper = inventory.root_ids.unwrap_or_default();
     let dumper_net = dumper.net_ns_id.or_else(|| kinds::ns::own_ns_id("net"));
     let own_netns = tasks[0].ids.net_ns_id.is_some() && tasks[0].ids.net_ns_id != dumper_net;
     // Before any puppet exists (so it drops after them): dirs made here go if we fail.
     let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
+    // A root in a user namespace of its own: the puppet is cloned into a new one.
+    let userns = kinds::userns::load(dir, tasks[0].ids.user_ns_id, dumper.user_ns_id)?;
+    if userns.is_some() && !own_pid_ns {
+        return Err(Unsupported::restore(
+            "the tree had a user namespace of its own without a PID namespace of its own",
+        )
+        .into());
+    }
     let uses_seccomp = tasks.iter().any(|t| {
         t.core
             .thread_core
@@ -1151,16 +1190,24 @@ pub fn run(
     fault_point("fork")?;
     // A puppet in a new PID namespace gets a pidfd of cryo with it, at an fd number above
     // every saved one (closed again before the tree runs).
+    let mut transport = None;
     let cryo_pidfd = if own_pid_ns {
         let top = tasks
             .iter()
             .flat_map(|t| t.fdinfo.iter().map(|f| f.fd))
             .max()
             .unwrap_or(2);
-        Some(
-            crate::sys::fd::pidfd_open_self_at(kinds::files::fd_number_above(top)?)
-                .map_err(|source| RestoreError::Fork { pid: vroot, source })?,
-        )
+        let at = kinds::files::fd_number_above(top)?;
+        let fork_err = |source| RestoreError::Fork { pid: vroot, source };
+        if userns.is_some() {
+            // In another user namespace it may not take cryo's fds with pidfd_getfd: it
+            // gets its end of a socket cryo sends them over, at that fd number.
+            let (guard, end) = crate::sys::remote::new_transport(at).map_err(fork_err)?;
+            transport = Some(guard);
+            Some(end)
+        } else {
+            Some(crate::sys::fd::pidfd_open_self_at(at).map_err(fork_err)?)
+        }
     } else {
         None
     };
@@ -1169,7 +1216,7 @@ pub fn run(
     // The puppet is a fork of cryo, which must then have one thread: the progress display
     // stops for that moment.
     let paused = crate::progress::pause();
-    let spawned = crate::sys::proc::spawn_puppet(vroot, own_pid_ns, sibling);
+    let spawned = crate::sys::proc::spawn_puppet(vroot, own_pid_ns, userns.is_some(), sibling);
     drop(paused);
     let child = spawned.map_err(|source| match source.errno() {
         Some(libc::EEXIST) => RestoreError::PidBusy {
@@ -1206,6 +1253,11 @@ pub fn run(
         }
     }
     let forking = forking.elapsed();
+    if let Some(u) = &userns {
+        // Before the puppet does anything: its credentials inside depend on them.
+        kinds::userns::set_maps(child, u)?;
+        fault_point("userns")?;
+    }
     puppets.0[0]
         .tracee
         .set_options(
@@ -1318,7 +1370,7 @@ pub fn run(
     }
     fault_point("netunlock")?;
     netlock.borrow_mut().unlock_now()?;
-    inet.run(root)?;
+    inet.run(root, &mut netlock.borrow_mut())?;
     hooks.notify("pre-resume", None)?;
     if opts.shell_job && !opts.detach {
         foreground(root);
@@ -1335,6 +1387,7 @@ pub fn run(
         // Too late to undo: the tree runs. Say so, like CRIU.
         tracing::warn!(error = %e, "post-resume notification failed");
     }
+    drop(transport);
     let report = RestoreReport {
         pid: root,
         pages_restored: stats.pages_restored.unwrap_or(0),

@@ -19,7 +19,6 @@ pub mod ipc;
 pub mod mem;
 pub mod mount;
 pub mod net;
-pub mod nft;
 pub mod ns;
 pub mod proc;
 pub mod ptrace;

@@ -23,3 +23,19 @@ pub fn unshare(flags: UnshareFlags) -> io::Result<()> {
     // fd table could use fds another thread owns, or lose its own), refused above.
     Ok(unsafe { rustix::thread::unshare_unsafe(flags) }?)
 }
+
+/// `ioctl(NS_GET_PARENT)` (`_IO(0xb7, 0x2)`).
+const NS_GET_PARENT: libc::c_ulong = 0xb702;
+
+/// The parent of the user (or PID) namespace `fd` names, as a new fd (`NS_GET_PARENT`).
+/// Fails with EPERM when the parent is outside cryo's own user namespace.
+pub fn parent(fd: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: NS_GET_PARENT takes no argument and returns a new fd, or -1 with errno set.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_PARENT) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just handed us this fd; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r) })
+}

@@ -14,7 +14,9 @@ use super::cvt;
 /// and the PID returned is the one it has in cryo's namespace. With `sibling` it is created
 /// with `CLONE_PARENT` (cryo's parent is its parent, as CRIU's `--restore-sibling`) and
 /// waits in `pause()` for cryo to seize it instead of `PTRACE_TRACEME` (which would make
-/// that parent its tracer).
+/// that parent its tracer). With `new_user_ns` it is also in a new user namespace (which then
+/// owns the new PID namespace); it has no uid/gid maps until the caller writes them, and
+/// needs none to stop.
 ///
 /// cryo must have a single thread, checked here at the moment of the fork: the check cannot
 /// go stale, since only a thread of cryo's could start another, and the caller is the only
@@ -22,7 +24,12 @@ use super::cvt;
 /// the middle of changing; the puppet's tracer is the calling thread.) Fails with
 /// [`SpawnError::Threads`] otherwise: callers pause anything that runs in a thread of its
 /// own first (`progress::pause` stops the CLI's progress display).
-pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> Result<i32, SpawnError> {
+pub fn spawn_puppet(
+    pid: i32,
+    new_pid_ns: bool,
+    new_user_ns: bool,
+    sibling: bool,
+) -> Result<i32, SpawnError> {
     wait_single_threaded()?;
     let tid = pid;
     let mut flags = if new_pid_ns {
@@ -32,6 +39,9 @@ pub fn spawn_puppet(pid: i32, new_pid_ns: bool, sibling: bool) -> Result<i32, Sp
     };
     if sibling {
         flags |= libc::CLONE_PARENT as u64;
+    }
+    if new_user_ns {
+        flags |= libc::CLONE_NEWUSER as u64;
     }
     // With CLONE_PARENT the kernel wants no exit signal: the child gets cryo's own.
     let mut args = CloneArgs::process(flags, if sibling { 0 } else { libc::SIGCHLD });

@@ -61,7 +61,58 @@ pub struct Remote<'t> {
     /// The task created by the last fork/clone event seen, as cryo (not the tracee) numbers
     /// it: differs from the syscall's result when the tracee is in another PID namespace.
     pub last_child: Option<i32>,
+    /// Where batches run; None: [`Remote::run_batch`] makes the calls one by one.
+    batch: Option<BatchArea>,
+    /// The tracee's `/proc/PID/mem`, opened for the first batch.
+    mem: Option<std::fs::File>,
+    /// Number of stops (round trips) the calls took.
+    pub stops: u64,
 }
+
+/// cryo's end of the socket through which restored puppets in another user namespace take
+/// cryo's fds: such a puppet may not `pidfd_getfd` from cryo (that needs ptrace rights over
+/// cryo, in cryo's user namespace), so cryo sends each fd with SCM_RIGHTS instead. Set by
+/// the restore for its duration ([`set_transport`]); None otherwise.
+static TRANSPORT: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
+
+/// Sets (or, with None, drops) cryo's end of the fd transport (see [`Remote::take_cryo_fd`]).
+pub fn set_transport(end: Option<std::os::fd::OwnedFd>) {
+    *TRANSPORT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = end;
+}
+
+/// A new fd transport: a socket pair whose one end cryo keeps as the transport until the
+/// returned guard drops; the other end is returned at fd number `at` or above, for the
+/// puppet to inherit.
+pub fn new_transport(at: i32) -> io::Result<(TransportGuard, std::os::fd::OwnedFd)> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    let (mine, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let theirs = rustix::io::fcntl_dupfd_cloexec(&theirs, at)?;
+    set_transport(Some(mine));
+    Ok((TransportGuard(()), theirs))
+}
+
+/// Drops cryo's end of the fd transport when dropped.
+pub struct TransportGuard(());
+
+impl Drop for TransportGuard {
+    fn drop(&mut self) {
+        set_transport(None);
+    }
+}
+
+/// `struct msghdr` (56 bytes), its `iovec`, a one-byte buffer and room for one SCM_RIGHTS
+/// control message, at these offsets of the 256 bytes [`Remote::take_cryo_fd`] is given.
+const MSG_IOV: usize = 64;
+const MSG_DATA: usize = 96;
+const MSG_CONTROL: usize = 128;
+const MSG_CONTROL_LEN: usize = 24;
 
 impl<'t> Remote<'t> {
     /// `base` is the register template (segment registers etc. are taken from it).
@@ -72,7 +123,256 @@ impl<'t> Remote<'t> {
             base,
             calls: 0,
             last_child: None,
+            batch: None,
+            mem: None,
+            stops: 0,
         }
+    }
+
+    /// Lets [`Remote::run_batch`] run whole batches in one stop from `area`.
+    pub fn set_batch_area(&mut self, area: BatchArea) {
+        self.batch = Some(area);
+    }
+
+    /// The area batches run from, if any.
+    pub fn batch_area(&self) -> Option<BatchArea> {
+        self.batch
+    }
+
+    /// Writes `bytes` at `addr` in the tracee through `/proc/PID/mem`, which writes text
+    /// pages too (a private copy of the page, as `PTRACE_POKEDATA`).
+    /// Warning: writes another process's memory.
+    pub fn write_code(&mut self, addr: u64, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.mem.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(format!("/proc/{}/mem", self.t.tid))?;
+            self.mem = Some(f);
+        }
+        let f = self.mem.as_ref().expect("opened above");
+        f.write_all_at(bytes, addr)
+    }
+
+    /// Reads `buf.len()` bytes at `addr` through `/proc/PID/mem` (text pages included).
+    pub fn read_code(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.mem.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(format!("/proc/{}/mem", self.t.tid))?;
+            self.mem = Some(f);
+        }
+        let f = self.mem.as_ref().expect("opened above");
+        f.read_exact_at(buf, addr)
+    }
+
+    /// Runs the calls of `b` in order, as many per stop as the batch area holds, and stops at
+    /// the first failure (its error names that call; the calls after it do not run). Returns
+    /// every call's result (0 for all when the area keeps no results). Without a batch area
+    /// the calls are made one by one, with the same outcome.
+    pub fn run_batch(&mut self, b: &Batch) -> Result<Vec<u64>, RemoteError> {
+        let Some(area) = self
+            .batch
+            .filter(|a| crate::num::usize_of(a.code_len) > CALL_CODE_MAX + 1)
+        else {
+            return b
+                .calls
+                .iter()
+                .map(|c| self.call(c.what, c.nr, c.a))
+                .collect();
+        };
+        let mut out = Vec::with_capacity(b.calls.len());
+        let per_code = (crate::num::usize_of(area.code_len) - 1) / CALL_CODE_MAX;
+        let per = if area.results != 0 {
+            per_code.min(crate::num::usize_of(area.results_len) / 8)
+        } else {
+            per_code
+        };
+        for chunk in b.calls.chunks(per.max(1)) {
+            if chunk.len() == 1 {
+                let c = chunk[0];
+                out.push(self.call(c.what, c.nr, c.a)?);
+                continue;
+            }
+            let results = (area.results != 0).then_some(area.results);
+            let (code, traps) = batch_code(chunk, results);
+            let what = chunk[0].what;
+            let pt = |source| RemoteError::Ptrace { what, source };
+            self.write_code(area.code, &code).map_err(pt)?;
+            let mut regs = self.base;
+            regs.orig_rax = u64::MAX;
+            regs.rip = area.code;
+            self.t.set_regs(&regs).map_err(pt)?;
+            self.t.cont(0).map_err(pt)?;
+            self.stops += 1;
+            self.wait_trap(what)?;
+            let r = self.t.regs().map_err(pt)?;
+            let end = crate::num::usize_of(r.rip.wrapping_sub(area.code));
+            let done = if end == code.len() {
+                chunk.len()
+            } else {
+                traps
+                    .iter()
+                    .position(|&t| t == end)
+                    .ok_or(RemoteError::UnexpectedStop {
+                        what,
+                        sig: libc::SIGTRAP,
+                    })?
+            };
+            self.calls += done as u64 + u64::from(done < chunk.len());
+            let mut vals = vec![0u8; 8 * chunk.len()];
+            if let Some(res) = results {
+                let n = vals.len();
+                crate::sys::mem::vm_read(self.t.tid, &mut vals, &[(res, n)]).map_err(pt)?;
+            }
+            for (i, c) in chunk.iter().enumerate().take(done) {
+                let v = u64::from_le_bytes(vals[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+                tracing::debug!(
+                    "{}: {}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {v:#x} (batched)",
+                    self.t.tid,
+                    c.what,
+                    c.a[0],
+                    c.a[1],
+                    c.a[2],
+                    c.a[3],
+                    c.a[4],
+                    c.a[5]
+                );
+                out.push(v);
+            }
+            if done < chunk.len() {
+                let c = chunk[done];
+                let e = r.rax.cast_signed();
+                tracing::debug!(
+                    "{}: {}({:#x}, {:#x}, {:#x}, ...) = {e} (batched)",
+                    self.t.tid,
+                    c.what,
+                    c.a[0],
+                    c.a[1],
+                    c.a[2]
+                );
+                return Err(RemoteError::Errno {
+                    what: c.what,
+                    source: errno_of(e),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits until the tracee reaches its `int3` (SIGTRAP), continuing past ptrace events.
+    fn wait_trap(&mut self, what: &'static str) -> Result<(), RemoteError> {
+        let pt = |source| RemoteError::Ptrace { what, source };
+        loop {
+            match self.t.wait().map_err(pt)? {
+                Stop::Stopped {
+                    sig: libc::SIGTRAP,
+                    event: 0,
+                } => return Ok(()),
+                // A fork/clone event: note the new task; a group-stop / interrupt
+                // notification: just continue to the trap.
+                Stop::Stopped { event, .. } if event != 0 => {
+                    if matches!(
+                        event,
+                        libc::PTRACE_EVENT_FORK
+                            | libc::PTRACE_EVENT_CLONE
+                            | libc::PTRACE_EVENT_VFORK
+                    ) {
+                        // The new task's pid, an int the kernel hands over in a word.
+                        self.last_child = i32::try_from(self.t.event_msg().map_err(pt)?).ok();
+                    }
+                    self.t.cont(0).map_err(pt)?
+                }
+                Stop::Stopped { sig, .. } => return Err(RemoteError::UnexpectedStop { what, sig }),
+                Stop::Exited(c) => {
+                    return Err(RemoteError::Died {
+                        what,
+                        how: format!("exit code {c}"),
+                    })
+                }
+                Stop::Killed(s) => {
+                    return Err(RemoteError::Died {
+                        what,
+                        how: format!("killed by signal {s}"),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The tracee's own fd (close-on-exec) for cryo's fd `local`: taken with `pidfd_getfd`
+    /// through `chan`, its pidfd of cryo; or, while a transport is set ([`set_transport`]),
+    /// sent by cryo over it and received with `recvmsg` on `chan`, the tracee's end, using
+    /// 256 bytes of its memory at `buf`.
+    pub fn take_cryo_fd(
+        &mut self,
+        chan: RemoteFd,
+        local: i32,
+        buf: u64,
+    ) -> Result<RemoteFd, RemoteError> {
+        use std::os::fd::{AsFd, BorrowedFd};
+        let sent = {
+            let t = TRANSPORT
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match t.as_ref() {
+                None => None,
+                Some(end) => {
+                    // SAFETY: `local` is an fd cryo's caller holds open for this call.
+                    let pass = unsafe { BorrowedFd::borrow_raw(local) };
+                    Some(super::net::send_msg(end.as_fd(), b"F", Some(pass)))
+                }
+            }
+        };
+        let Some(sent) = sent else {
+            let a = [arg(chan), arg(local), 0, 0, 0, 0];
+            return self
+                .call("pidfd_getfd", libc::SYS_pidfd_getfd, a)
+                .map(int_of);
+        };
+        sent.map_err(|source| RemoteError::Errno {
+            what: "sendmsg (an fd to the restored process)",
+            source,
+        })?;
+        let mut hdr = [0u8; MSG_CONTROL];
+        let put =
+            |h: &mut [u8], off: usize, v: u64| h[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        // msghdr: name, namelen, iov, iovlen, control, controllen, flags.
+        put(&mut hdr, 16, buf + MSG_IOV as u64);
+        put(&mut hdr, 24, 1);
+        put(&mut hdr, 32, buf + MSG_CONTROL as u64);
+        put(&mut hdr, 40, MSG_CONTROL_LEN as u64);
+        // iovec: base, len.
+        put(&mut hdr, MSG_IOV, buf + MSG_DATA as u64);
+        put(&mut hdr, MSG_IOV + 8, 1);
+        let mem = |what: &'static str| move |source| RemoteError::Ptrace { what, source };
+        super::mem::vm_write(self.t.tid, &hdr, &[(buf, hdr.len())])
+            .map_err(mem("writing a msghdr"))?;
+        let flags = arg(libc::MSG_CMSG_CLOEXEC);
+        self.call(
+            "recvmsg (an fd from cryo)",
+            libc::SYS_recvmsg,
+            [arg(chan), buf, flags, 0, 0, 0],
+        )?;
+        // cmsghdr: len (8), level (4), type (4), then the fd.
+        let mut c = [0u8; MSG_CONTROL_LEN];
+        super::mem::vm_read(
+            self.t.tid,
+            &mut c,
+            &[(buf + MSG_CONTROL as u64, MSG_CONTROL_LEN)],
+        )
+        .map_err(mem("reading the received fd"))?;
+        let word = |o: usize| i32::from_ne_bytes([c[o], c[o + 1], c[o + 2], c[o + 3]]);
+        if word(8) != libc::SOL_SOCKET || word(12) != libc::SCM_RIGHTS {
+            return Err(RemoteError::Errno {
+                what: "recvmsg (an fd from cryo)",
+                source: io::Error::other("no fd came with the message"),
+            });
+        }
+        Ok(word(16))
     }
 
     /// Address of the syscall instruction this executor uses.
@@ -105,41 +405,8 @@ impl<'t> Remote<'t> {
         self.t.set_regs(&self.load(nr, a)).map_err(pt)?;
         self.t.cont(0).map_err(pt)?;
         self.calls += 1;
-        loop {
-            match self.t.wait().map_err(pt)? {
-                Stop::Stopped {
-                    sig: libc::SIGTRAP,
-                    event: 0,
-                } => break,
-                // A fork/clone event: note the new task; a group-stop / interrupt
-                // notification: just continue to the trap.
-                Stop::Stopped { event, .. } if event != 0 => {
-                    if matches!(
-                        event,
-                        libc::PTRACE_EVENT_FORK
-                            | libc::PTRACE_EVENT_CLONE
-                            | libc::PTRACE_EVENT_VFORK
-                    ) {
-                        // The new task's pid, an int the kernel hands over in a word.
-                        self.last_child = i32::try_from(self.t.event_msg().map_err(pt)?).ok();
-                    }
-                    self.t.cont(0).map_err(pt)?
-                }
-                Stop::Stopped { sig, .. } => return Err(RemoteError::UnexpectedStop { what, sig }),
-                Stop::Exited(c) => {
-                    return Err(RemoteError::Died {
-                        what,
-                        how: format!("exit code {c}"),
-                    })
-                }
-                Stop::Killed(s) => {
-                    return Err(RemoteError::Died {
-                        what,
-                        how: format!("killed by signal {s}"),
-                    })
-                }
-            }
-        }
+        self.stops += 1;
+        self.wait_trap(what)?;
         let r = self.t.regs().map_err(pt)?;
         Ok(r.rax.cast_signed())
     }
@@ -212,6 +479,127 @@ impl<'t> Remote<'t> {
         }
         Ok(r.cast_unsigned())
     }
+}
+
+/// One queued call of a [`Batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Call {
+    pub what: &'static str,
+    pub nr: i64,
+    pub a: [u64; 6],
+}
+
+/// Syscalls queued to run in the target in one stop ([`Remote::run_batch`]): each typed
+/// [`Syscalls`] method queues its call and returns 0, so a batch holds only calls whose
+/// results the caller does not need at once (side effects, or queries that write into
+/// target memory read back afterwards, or whose results `run_batch` returns). The calls run
+/// in order and stop at the first failure, which is reported under its own name, exactly
+/// as the same calls made one by one with `?`.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub calls: Vec<Call>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch::default()
+    }
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+}
+
+impl Syscalls for Batch {
+    /// Queueing cannot fail; the calls' failures come from [`Remote::run_batch`].
+    type Error = std::convert::Infallible;
+    fn sys(
+        &mut self,
+        what: &'static str,
+        nr: i64,
+        a: [u64; 6],
+    ) -> Result<u64, std::convert::Infallible> {
+        self.calls.push(Call { what, nr, a });
+        Ok(0)
+    }
+}
+
+/// Where [`Remote::run_batch`] puts its generated code and results in the tracee.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchArea {
+    /// Executable memory the code is written to (through `/proc/PID/mem`, which may write
+    /// read-only text): `code_len` bytes from `code`.
+    pub code: u64,
+    pub code_len: u64,
+    /// Writable memory for the calls' results (8 bytes each), `results_len` bytes; 0: the
+    /// results are not kept (the calls' side effects are what matters).
+    pub results: u64,
+    pub results_len: u64,
+}
+
+/// Largest code one call takes: 7 × `mov r64, imm64` (10), `syscall` (2), the store (10),
+/// `cmp rax, -4095` (6), `jb +1` (2), `int3` (1).
+const CALL_CODE_MAX: usize = 7 * 10 + 2 + 10 + 6 + 2 + 1;
+
+/// The machine code of one batch: for every call the number and arguments are loaded,
+/// `syscall` runs, its result is stored (when `results` is set), and a failure
+/// (`rax` in -4095..-1) traps at once with an `int3` of its own; the end is a final `int3`.
+/// Returns the code and, for each call, the offset just after its failure `int3`.
+fn batch_code(calls: &[Call], results: Option<u64>) -> (Vec<u8>, Vec<usize>) {
+    // REX prefix and opcode of `mov r64, imm64`, and the short zeroing `xor r32, r32`, for
+    // rax, rdi, rsi, rdx, r10, r8, r9.
+    const MOV: [[u8; 2]; 7] = [
+        [0x48, 0xb8],
+        [0x48, 0xbf],
+        [0x48, 0xbe],
+        [0x48, 0xba],
+        [0x49, 0xba],
+        [0x49, 0xb8],
+        [0x49, 0xb9],
+    ];
+    const XOR: [&[u8]; 7] = [
+        &[0x31, 0xc0],
+        &[0x31, 0xff],
+        &[0x31, 0xf6],
+        &[0x31, 0xd2],
+        &[0x45, 0x31, 0xd2],
+        &[0x45, 0x31, 0xc0],
+        &[0x45, 0x31, 0xc9],
+    ];
+    let mut code = Vec::with_capacity(calls.len() * CALL_CODE_MAX + 1);
+    let mut traps = Vec::with_capacity(calls.len());
+    for (i, c) in calls.iter().enumerate() {
+        let vals = [
+            c.nr.cast_unsigned(),
+            c.a[0],
+            c.a[1],
+            c.a[2],
+            c.a[3],
+            c.a[4],
+            c.a[5],
+        ];
+        for (r, v) in vals.into_iter().enumerate() {
+            if v == 0 {
+                code.extend_from_slice(XOR[r]);
+            } else {
+                code.extend_from_slice(&MOV[r]);
+                code.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        code.extend_from_slice(&[0x0f, 0x05]); // syscall
+        if let Some(res) = results {
+            // movabs [res + 8 i], rax
+            code.extend_from_slice(&[0x48, 0xa3]);
+            code.extend_from_slice(&(res + 8 * i as u64).to_le_bytes());
+        }
+        // cmp rax, -4095; jb +1; int3
+        code.extend_from_slice(&[0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x72, 0x01, 0xcc]);
+        traps.push(code.len());
+    }
+    code.push(0xcc);
+    (code, traps)
 }
 
 /// A file descriptor number in the target's table (not in cryo's).
@@ -696,6 +1084,10 @@ impl Syscalls for Remote<'_> {
     }
 }
 
+/// The last bytes of a dump's scratch area, where batches store their results: kinds use
+/// the scratch area below it.
+pub const SCRATCH_RESULTS: u64 = 4096;
+
 /// Dump-side injection bracket: original code word, registers and signal mask are saved and
 /// put back by [`Parasite::cure`]. While it lives, the target's signals are blocked (except
 /// SIGTRAP, which the executor needs), so nothing is delivered mid-injection.
@@ -706,6 +1098,9 @@ pub struct Parasite<'t> {
     orig_regs: Regs,
     orig_mask: u64,
     scratch: Option<(u64, u64)>,
+    /// The original bytes of the batch code area (after the code word), saved before the
+    /// first batch overwrote them.
+    saved_code: Option<Vec<u8>>,
     cured: bool,
 }
 
@@ -730,8 +1125,47 @@ impl<'t> Parasite<'t> {
             orig_regs,
             orig_mask,
             scratch: None,
+            saved_code: None,
             cured: false,
         })
+    }
+
+    /// Makes batches possible ([`Remote::run_batch`]): the rest of the code word's page holds
+    /// their code (its bytes are saved first and put back by the cure) and, once a scratch
+    /// area exists, its last 4 KiB their results. Returns the area, for the other threads.
+    pub fn batch_area(&mut self) -> Result<BatchArea, RemoteError> {
+        let code = self.site + 8;
+        let code_len = 4096 - (code & 4095);
+        if self.saved_code.is_none() {
+            let mut buf = vec![0u8; usize::try_from(code_len).unwrap_or(0)];
+            self.remote
+                .read_code(code, &mut buf)
+                .map_err(|source| RemoteError::Ptrace {
+                    what: "saving the batch code area",
+                    source,
+                })?;
+            self.saved_code = Some(buf);
+        }
+        let (results, results_len) = match self.scratch {
+            Some((a, l)) if l >= SCRATCH_RESULTS + 4096 => {
+                (a + l - SCRATCH_RESULTS, SCRATCH_RESULTS)
+            }
+            _ => (0, 0),
+        };
+        let area = BatchArea {
+            code,
+            code_len,
+            results,
+            results_len,
+        };
+        self.remote.set_batch_area(area);
+        Ok(area)
+    }
+
+    /// Runs `b` in one stop (see [`Remote::run_batch`]); returns the calls' results.
+    pub fn run_batch(&mut self, b: &Batch) -> Result<Vec<u64>, RemoteError> {
+        self.batch_area()?;
+        self.remote.run_batch(b)
     }
 
     /// Maps (once) and returns a private read-write scratch area of `len` bytes in the target.
@@ -751,6 +1185,9 @@ impl<'t> Parasite<'t> {
         )?;
         if let Some((a, l)) = self.scratch.replace((addr, len)) {
             self.remote.named("munmap (scratch area)").munmap(a, l)?;
+        }
+        if self.saved_code.is_some() {
+            self.batch_area()?;
         }
         Ok(addr)
     }
@@ -775,6 +1212,11 @@ impl<'t> Parasite<'t> {
             source,
         };
         let t2 = Tracee { tid };
+        if let Some(saved) = self.saved_code.take() {
+            if let Err(e) = self.remote.write_code(self.site + 8, &saved) {
+                first_err.get_or_insert(pt(e));
+            }
+        }
         if let Err(e) = t2.poke(self.site, self.orig_word) {
             first_err.get_or_insert(pt(e));
         }
@@ -858,5 +1300,114 @@ impl Drop for ThreadInjection<'_> {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_code_traps_after_each_call_and_at_the_end() {
+        let calls = [
+            Call {
+                what: "getpid",
+                nr: libc::SYS_getpid,
+                a: [0; 6],
+            },
+            Call {
+                what: "close",
+                nr: libc::SYS_close,
+                a: [7, 0, 0, 0, 0, 0],
+            },
+        ];
+        let (code, traps) = batch_code(&calls, Some(0x1000));
+        assert_eq!(traps.len(), 2);
+        assert_eq!(code.last(), Some(&0xcc));
+        assert_eq!(*traps.last().unwrap(), code.len() - 1);
+        for &t in &traps {
+            assert_eq!(code[t - 1], 0xcc, "a failure traps right after its call");
+        }
+        // getpid: xor of every argument register, syscall, the store to 0x1000.
+        assert_eq!(&code[..2], &[0x48, 0xb8]);
+        assert!(code
+            .windows(10)
+            .any(|w| w[..2] == [0x48, 0xa3] && w[2..] == 0x1000u64.to_le_bytes()));
+        assert!(code
+            .windows(10)
+            .any(|w| w[..2] == [0x48, 0xa3] && w[2..] == 0x1008u64.to_le_bytes()));
+    }
+
+    /// A real process runs batches: results come back in order, a failure names its call
+    /// and stops the batch there, and the cure puts the code page back as it was.
+    #[test]
+    fn batches_run_in_a_seized_process_and_stop_at_the_first_failure() {
+        if rustix::process::geteuid().as_raw() != 0 {
+            eprintln!("SKIP: needs root for ptrace");
+            return;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let t = Tracee::seize(pid, 0).unwrap();
+        loop {
+            if let Stop::Stopped { event, .. } = t.wait().unwrap() {
+                if event == libc::PTRACE_EVENT_STOP {
+                    break;
+                }
+            }
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let site = maps
+            .lines()
+            .find(|l| l.split_whitespace().nth(1).is_some_and(|p| p.contains('x')))
+            .and_then(|l| l.split('-').next())
+            .map(|a| u64::from_str_radix(a, 16).unwrap())
+            .unwrap();
+        let mut before = vec![0u8; 4096];
+        let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+        std::os::unix::fs::FileExt::read_exact_at(&mem, &mut before, site).unwrap();
+        let regs = t.regs().unwrap();
+        let mut p = Parasite::inject(&t, site, regs).unwrap();
+        p.scratch(64 * 1024).unwrap();
+        let mut b = Batch::new();
+        let Ok(_) = b.sys("getpid", libc::SYS_getpid, [0; 6]);
+        let Ok(_) = b.sys("getppid", libc::SYS_getppid, [0; 6]);
+        let got = p.run_batch(&b).unwrap();
+        assert_eq!(got[0], u64::try_from(pid).unwrap());
+        assert_eq!(got[1], u64::from(std::process::id()));
+        assert_eq!(p.remote.stops, 2, "the scratch mmap and one batch");
+        // The second call fails: the third (a mapping at a fixed free address) never runs.
+        let probe = 0x3a00_0000_0000u64;
+        let mut b = Batch::new();
+        let Ok(_) = b.sys("getpid", libc::SYS_getpid, [0; 6]);
+        let Ok(()) = b.named("close (bad fd)").close(-1);
+        let Ok(_) = b.mmap(
+            probe,
+            4096,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            None,
+            0,
+        );
+        let e = p.run_batch(&b).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EBADF));
+        assert!(e.to_string().contains("close (bad fd)"), "{e}");
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        assert!(
+            !maps.contains("3a0000000000-"),
+            "the call after the failure ran:\n{maps}"
+        );
+        p.cure().unwrap();
+        let mut after = vec![0u8; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(&mem, &mut after, site).unwrap();
+        assert!(before == after, "the code page differs after the cure");
+        assert_eq!(t.regs().unwrap().rip, regs.rip);
+        t.detach(0).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
