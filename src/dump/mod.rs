@@ -811,6 +811,8 @@ fn add_table(tables: &mut Vec<(i32, u32)>, e: (i32, u32)) {
 
 /// Dumps one seized process (all its threads) into `img`. Returns the number of injected
 /// syscalls.
+// The pipeline's state for one process, passed as it is (the memory options are two of them).
+#[allow(clippy::too_many_arguments)]
 fn dump_process(
     pid: i32,
     seized: &Seized,
