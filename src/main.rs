@@ -329,6 +329,7 @@ fn dump_opts(a: &Opts, pid: i32) -> Result<dump::DumpOpts> {
         ghost_limit: a.ghost_limit,
         mounts: a.mount_policy().map_err(anyhow::Error::msg)?,
         external_net: a.net_externals().map_err(anyhow::Error::msg)?,
+        external_pid: a.pid_externals().map_err(anyhow::Error::msg)?,
         empty_net: a.empty_net().map_err(anyhow::Error::msg)?,
         freeze_cgroup: a.freeze_cgroup.clone(),
         cgroup_mode: a.cgroup_mode().map_err(anyhow::Error::msg)?,

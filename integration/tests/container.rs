@@ -798,3 +798,127 @@ fn rootless_container_moves_twice() {
     check(c.init, &old);
     kill(c.init);
 }
+
+/// A pod (issue #16): a second container joins the first's PID, IPC, UTS and network
+/// namespaces (as runc does with namespace paths in config.json); the member is dumped with
+/// the PID and network namespaces external (runc's `extRootPidNS`, `extRootNetNS`) and
+/// restored into them: `--inherit-fd` for the keys, `--join-ns` for IPC and UTS. It keeps
+/// its PID inside the pod's namespace. Without the PID namespace the restore is refused by
+/// its key and leaves nothing.
+#[test]
+fn pod_member_restores_into_its_pods_namespaces() {
+    let dir = scratch("pod");
+    let out = dir.join("member.out");
+    let launcher = spawn(
+        &[
+            "unshare",
+            "--pid",
+            "--fork",
+            "--ipc",
+            "--uts",
+            "--net",
+            "sh",
+            "-c",
+            "hostname pod-a; while :; do sleep 0.2 & wait; done",
+        ],
+        &dir.join("infra.log"),
+    );
+    let _gl = KillOnDrop(launcher);
+    let mut infra = 0;
+    wait_for("the pod's init", 10, || {
+        infra = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        infra > 0
+    });
+    let _gi = KillOnDrop(infra);
+    let a = infra.to_string();
+    let script = format!(
+        "while true; do echo $$ $(hostname) >> {}; sleep 0.05; done",
+        out.display()
+    );
+    let argv = [
+        "nsenter", "-t", &a, "--pid", "--ipc", "--uts", "--net", "--", "setsid", "sh", "-c",
+        &script,
+    ];
+    spawn(&argv, &dir.join("member.log"));
+    wait_for("the member's first lines", 10, || lines(&out).len() >= 3);
+    let vpid: String = lines(&out)[0].split_whitespace().next().unwrap().into();
+    let ns = |pid: i32, n: &str| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap();
+    // The member's host PID: in the pod's PID namespace, with that PID there.
+    let member = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&p| {
+            std::fs::read_link(format!("/proc/{p}/ns/pid")).ok() == Some(ns(infra, "pid"))
+                && std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("NSpid:"))
+                        .and_then(|l| l.split_whitespace().last().map(String::from))
+                        == Some(vpid.clone())
+                })
+        })
+        .expect("the member's host PID");
+    use std::os::unix::fs::MetadataExt;
+    let ino = |n: &str| {
+        std::fs::metadata(format!("/proc/{infra}/ns/{n}"))
+            .unwrap()
+            .ino()
+    };
+    let img = dir.join("img");
+    let ext_pid = format!("pid[{}]:extRootPidNS", ino("pid"));
+    let ext_net = format!("net[{}]:extRootNetNS", ino("net"));
+    dump(
+        member,
+        &img,
+        &["--external", &ext_pid, "--external", &ext_net],
+    );
+    wait_gone(member);
+    let n = lines(&out).len();
+    let d = img.to_str().unwrap();
+    let o = cryo(&["restore", "-D", d, "-d"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("extRootPidNS"), "{e}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lines(&out).len(), n, "a refused restore ran the member");
+    let pidfile = img.join("pid");
+    let cmd = format!(
+        "exec {} restore -D {d} -d -v4 -o restore.log --inherit-fd fd[3]:extRootPidNS --inherit-fd fd[4]:extRootNetNS --join-ns ipc:/proc/{a}/ns/ipc --join-ns uts:/proc/{a}/ns/uts --pidfile {} 3</proc/{a}/ns/pid 4</proc/{a}/ns/net",
+        cryo_bin().display(),
+        pidfile.display()
+    );
+    let o = std::process::Command::new("sh")
+        .args(["-c", &cmd])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "restore: {o:?}\n{}",
+        log(&img, "restore.log")
+    );
+    let restored: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _gm = KillOnDrop(restored);
+    for n in ["pid", "net", "ipc", "uts"] {
+        assert_eq!(
+            ns(restored, n),
+            ns(infra, n),
+            "the member is in the pod's {n} namespace"
+        );
+    }
+    wait_for("the restored member's lines", 10, || {
+        lines(&out).len() >= n + 5
+    });
+    for l in lines(&out) {
+        assert_eq!(
+            l,
+            format!("{vpid} pod-a"),
+            "every line from the same PID in the pod"
+        );
+    }
+    kill(restored);
+}

@@ -478,6 +478,32 @@ fn ipc_image(img: &Path, kind: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| panic!("no {prefix}*.img in {}", img.display()))
 }
 
+/// A SysV segment attached twice (`shmattach.c`: read-write with its middle page made
+/// read-only, and read-only elsewhere), in an IPC namespace of the process's own: after the
+/// restore both attachments are the restored segment again (a byte written through one shows
+/// through the other), with its content and each mapping's permissions.
+#[test]
+fn sysv_shm_attachments_come_back() {
+    let dir = scratch("shmattach");
+    let out = dir.join("out");
+    let pid = spawn(
+        &["unshare", "-i", prog("shmattach").to_str().unwrap()],
+        &out,
+    );
+    let _g = KillOnDrop(pid);
+    wait_ready(&out);
+    wait_for("the first report", 10, || lines(&out).len() >= 2);
+    let want = "have 1 1 rw-s r--s rw-s r--s";
+    assert_eq!(lines(&out)[1], want);
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report after the restore", 10, || {
+        lines(&out).len() >= 3
+    });
+    assert_eq!(lines(&out)[2], want);
+}
+
 /// A process in an IPC namespace of its own (`ipcns.c`) holding a SysV shm segment (with a
 /// hole) and a private one, a semaphore set and a message queue with 4 messages (one above
 /// the default msgmax, which it raised) is restored into a new namespace with the same ids,

@@ -646,6 +646,9 @@ pub enum External {
     MountAuto(String),
     /// `net[INODE]:KEY`.
     Net(u64, String),
+    /// `pid[INODE]:KEY`: the tree's PID namespace belongs to someone else (a pod's); the
+    /// restore is given it to create the tree in (CRIU's `extRootPidNS`).
+    Pid(u64, String),
     /// `tty[RDEV:DEV]`.
     Tty(String),
     /// `veth[IN]:OUT[@BRIDGE]` or `macvlan[IN]:HOSTLINK`: a link with a side outside the
@@ -690,9 +693,10 @@ impl External {
             }
             "file" => External::Refused("external files (file[..]) are not implemented yet"),
             "unix" => External::Refused("external unix sockets (unix[..]) are not implemented yet"),
-            "pid" => External::Refused(
-                "restoring into an existing PID namespace (pid[..]) is not implemented yet",
-            ),
+            "pid" => match (id.parse::<u64>(), val.filter(|v| !v.is_empty())) {
+                (Ok(ino), Some(k)) => External::Pid(ino, k.to_string()),
+                _ => return Err(format!("--external {s}: expected pid[INODE]:KEY")),
+            },
             "veth" | "macvlan" => {
                 crate::kinds::netns::LinkOpts::default().add_external(s)?;
                 External::Link
@@ -787,6 +791,18 @@ impl Opts {
             .collect())
     }
 
+    /// `--external pid[INO]:KEY`: PID namespaces (by inode) saved as external.
+    pub fn pid_externals(&self) -> Result<std::collections::HashMap<u64, String>, String> {
+        Ok(self
+            .externals()?
+            .into_iter()
+            .filter_map(|e| match e {
+                External::Pid(i, k) => Some((i, k)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// `--empty-ns net` (the only kind CRIU accepts).
     pub fn empty_net(&self) -> Result<bool, String> {
         for ns in &self.empty_ns {
@@ -797,7 +813,8 @@ impl Opts {
         Ok(!self.empty_ns.is_empty())
     }
 
-    /// `--join-ns net:PATH` or `net:PID` (other kinds are refused).
+    /// `--join-ns KIND:PATH` or `KIND:PID` for net, ipc and uts (CRIU's user and time are
+    /// refused).
     pub fn join(&self) -> Result<crate::kinds::ns::NsJoin, String> {
         let mut j = crate::kinds::ns::NsJoin::default();
         for s in &self.join_ns {
@@ -805,18 +822,23 @@ impl Opts {
                 return Err(format!("invalid argument for --join-ns: {s}"));
             };
             let file = rest.split(',').next().unwrap_or("");
-            match ns {
-                "net" if !file.is_empty() => {
-                    j.net = Some(if file.chars().all(|c| c.is_ascii_digit()) {
-                        PathBuf::from(format!("/proc/{file}/ns/net"))
-                    } else {
-                        PathBuf::from(file)
-                    })
+            let path = || {
+                if file.chars().all(|c| c.is_ascii_digit()) {
+                    PathBuf::from(format!("/proc/{file}/ns/{ns}"))
+                } else {
+                    PathBuf::from(file)
                 }
-                "net" => return Err(format!("invalid argument for --join-ns: {s}")),
+            };
+            match ns {
+                "net" | "ipc" | "uts" if file.is_empty() => {
+                    return Err(format!("invalid argument for --join-ns: {s}"))
+                }
+                "net" => j.net = Some(path()),
+                "ipc" => j.ipc = Some(path()),
+                "uts" => j.uts = Some(path()),
                 _ => {
                     return Err(format!(
-                        "--join-ns {s}: cryo joins only a network namespace yet (net:PATH)"
+                        "--join-ns {s}: cryo joins network, IPC and UTS namespaces (net:, ipc:, uts:PATH); a PID namespace is given with --external pid[INO]:KEY and --inherit-fd fd[N]:KEY"
                     ))
                 }
             }

@@ -74,6 +74,8 @@ pub mod status {
     pub const FILE_SHARED: u32 = 1 << 7;
     pub const ANON_SHARED: u32 = 1 << 8;
     pub const ANON_PRIVATE: u32 = 1 << 9;
+    /// An attachment of a SysV shared memory segment (`shmat`); `shmid` is its id.
+    pub const SYSVIPC: u32 = 1 << 10;
     pub const VVAR: u32 = 1 << 12;
     pub const MEMFD: u32 = 1 << 14;
 }
@@ -200,11 +202,22 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
             0,
             None,
         ),
+        // An attached SysV segment (its inode number is its id): its content is saved with
+        // its IPC namespace, the attachment is made again with shmat, as CRIU does.
         _ if v.name.starts_with("/SYSV") => {
-            return Err(unsupported(
-                "a mapping of a System V shared memory segment (shmat) is not supported yet",
-                "detach it (shmdt) before the dump: a segment's content is saved with its IPC namespace, its mappings are not",
-            ).into())
+            if !v.shared {
+                return Err(unsupported(
+                    "a private mapping of a System V shared memory segment",
+                    "attach the segment with shmat (a shared mapping)",
+                )
+                .into());
+            }
+            (
+                status::REGULAR | status::ANON_SHARED | status::SYSVIPC,
+                flags | libc::MAP_ANONYMOUS as u32,
+                v.inode,
+                None,
+            )
         }
         _ if v.shared && (!v.is_file() || v.name == "/dev/zero (deleted)") => {
             let shmid = super::shmem::dump_anon(cx, v)?;
@@ -530,6 +543,8 @@ impl Kind for Memory {
                     }
                     at = at.max(e);
                 }
+            } else if v.status & status::SYSVIPC != 0 {
+                attach_sysv(cx, img, v)?;
             } else if v.status & status::ANON_SHARED != 0 {
                 run(cx, &mut b, &mut anon)?;
                 super::shmem::map_anon(cx, v, prot)?;
@@ -650,6 +665,72 @@ pub fn pagemap_entries(runs: &[Run], parents: &[(u64, u64)]) -> Vec<pb::PagemapE
         .collect();
     out.sort_by_key(|e| e.vaddr);
     out
+}
+
+/// One SysV attachment: a single `shmat` maps the whole segment, which may show as several
+/// mappings (parts mprotect()ed differently). The first (offset 0) attaches it read-write if
+/// any part of the chain is writable (else `SHM_RDONLY`), executable if any is; every part
+/// then gets its own protection. A chain without its first part (the program unmapped it) is
+/// refused, as CRIU does.
+fn attach_sysv(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    v: &pb::VmaEntry,
+) -> Result<(), MemoryError> {
+    let vmas = &img.mm.vmas;
+    let at = vmas.iter().position(|x| std::ptr::eq(x, v)).unwrap_or(0);
+    // Back to the chain's first part, then forward over its parts.
+    let mut head = at;
+    while vmas[head].pgoff != 0 {
+        let prev = head.checked_sub(1).map(|i| &vmas[i]);
+        match prev {
+            Some(p) if p.status & status::SYSVIPC != 0 && p.shmid == v.shmid && p.end == vmas[head].start => head -= 1,
+            _ => {
+                return Err(Unsupported::restore(format!(
+                    "mm-{}.img: SysV segment {} is attached at {:#x} without its first part (partly unmapped attachments are not supported)",
+                    img.pid, v.shmid, v.start
+                ))
+                .into())
+            }
+        }
+    }
+    let chain = vmas[head..]
+        .iter()
+        .enumerate()
+        .take_while(|(i, x)| {
+            *i == 0
+                || (x.status & status::SYSVIPC != 0
+                    && x.shmid == v.shmid
+                    && x.pgoff != 0
+                    && x.start == vmas[head + i - 1].end)
+        })
+        .map(|(_, x)| x);
+    let (mut rw, mut exec) = (false, false);
+    for x in chain {
+        rw |= x.prot & libc::PROT_WRITE as u32 != 0;
+        exec |= x.prot & libc::PROT_EXEC as u32 != 0;
+    }
+    const SHM_RDONLY: i32 = 0o10000;
+    const SHM_REMAP: i32 = 0o40000;
+    const SHM_EXEC: i32 = 0o100000;
+    let attached_prot = libc::PROT_READ
+        | if rw { libc::PROT_WRITE } else { 0 }
+        | if exec { libc::PROT_EXEC } else { 0 };
+    if v.pgoff == 0 {
+        let id = i32::try_from(v.shmid).map_err(|_| {
+            TaskError::BadImage(format!(
+                "mm-{}.img: mapping {:#x} names SysV segment {}",
+                img.pid, v.start, v.shmid
+            ))
+        })?;
+        let flags = SHM_REMAP | if rw { 0 } else { SHM_RDONLY } | if exec { SHM_EXEC } else { 0 };
+        let got = cx.named("shmat (SysV segment)").shmat(id, v.start, flags)?;
+        check_addr(got, v)?;
+    }
+    if v.prot.cast_signed() != attached_prot {
+        cx.mprotect(v.start, v.end - v.start, v.prot.cast_signed())?;
+    }
+    Ok(())
 }
 
 /// The bytes of a page run of a pagemap entry; None if they overflow (a damaged image).

@@ -182,6 +182,8 @@ pub struct FileTable {
     pub tree: Vec<i32>,
     /// Terminals: tty-info records, cryo's copies of the fds, queued data (`tty.rs`).
     pub ttys: tty::TtyDump,
+    /// pidns-ID.img: the root's PID namespace when it is external (`--external pid[INO]:KEY`).
+    pub pidns: Option<(u32, pb::PidnsEntry)>,
     /// userns-ID.img: the root's user namespace when it is not cryo's (`userns.rs`).
     pub userns: Option<(u32, pb::UsernsEntry)>,
     /// utsns-ID.img: the names of each UTS namespace of the tree that is not cryo's.

@@ -133,6 +133,10 @@ pub fn dump_net_of(
 pub struct NsJoin {
     /// `--join-ns net:PATH`: the root's network namespace.
     pub net: Option<std::path::PathBuf>,
+    /// `--join-ns ipc:PATH`: the root's IPC namespace (its contents are not restored).
+    pub ipc: Option<std::path::PathBuf>,
+    /// `--join-ns uts:PATH`: the root's UTS namespace (its names are not set).
+    pub uts: Option<std::path::PathBuf>,
     /// External namespaces by the key they were saved with (`--inherit-fd fd[N]:KEY` gives
     /// `/proc/self/fd/N`).
     pub by_key: HashMap<String, std::path::PathBuf>,
@@ -193,32 +197,60 @@ pub fn restore_net(
 
 /// Gives the puppet a new, empty IPC namespace when `img`'s differs from the inherited one
 /// (`ipc::restore` fills it next).
+/// With `join` (the root's `--join-ns ipc:PATH`) it joins that one instead; returns whether
+/// it did (its contents are then the owner's, not restored).
 pub fn restore_ipc(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
-) -> Result<(), NsError> {
+    join: Option<&std::path::Path>,
+) -> Result<bool, NsError> {
     match img.ids.ipc_ns_id {
         Some(id) if Some(id) != inherited => {
+            if let Some(p) = join {
+                join_path(cx, id, p, libc::CLONE_NEWIPC, "setns(CLONE_NEWIPC)")?;
+                return Ok(true);
+            }
             cx.unshare(libc::CLONE_NEWIPC)?;
-            Ok(())
+            Ok(false)
         }
-        _ => Ok(()),
+        _ => Ok(false),
     }
+}
+
+/// Makes the puppet join the namespace at `path` (of kind `flag`).
+fn join_path(
+    cx: &mut RestoreCx<'_>,
+    id: u32,
+    path: &std::path::Path,
+    flag: i32,
+    what: &'static str,
+) -> Result<(), NsError> {
+    let f = std::fs::File::open(path).map_err(|source| TaskError::Object {
+        id,
+        what: format!("open the namespace to join {}", path.display()),
+        source,
+    })?;
+    Ok(cx.join_ns(f.as_fd(), flag, what)?)
 }
 
 /// Gives the puppet a new UTS namespace with the saved names when `img`'s differs from the
 /// one it has now (`inherited`: its parent's id, or cryo's for the root).
+/// With `join` (the root's `--join-ns uts:PATH`) it joins that one instead.
 pub fn restore_uts(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
+    join: Option<&std::path::Path>,
 ) -> Result<(), NsError> {
     let Some(id) = img.ids.uts_ns_id else {
         return Ok(());
     };
     if Some(id) == inherited {
         return Ok(());
+    }
+    if let Some(p) = join {
+        return join_path(cx, id, p, libc::CLONE_NEWUTS, "setns(CLONE_NEWUTS)");
     }
     let e: pb::UtsnsEntry = cx.dir.read_one(&format!("utsns-{id}.img"), image::UTSNS)?;
     cx.unshare(libc::CLONE_NEWUTS)?;

@@ -215,7 +215,7 @@ impl ShmemStore {
         let mut sizes: HashMap<u64, u64> = HashMap::new();
         let mut huge = HashMap::new();
         for v in tasks.iter().flat_map(|t| &t.mm.vmas) {
-            if v.status & status::ANON_SHARED != 0 {
+            if v.status & status::ANON_SHARED != 0 && v.status & status::SYSVIPC == 0 {
                 // Bounds from the image: saturate (a size no memfd takes fails later).
                 let end = v.pgoff.saturating_add(v.end.saturating_sub(v.start));
                 let s = sizes.entry(v.shmid).or_default();

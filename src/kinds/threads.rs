@@ -17,7 +17,7 @@ use crate::num::{c_int, c_uint, low32, pid_from_img};
 use crate::procfs;
 use crate::sys::clone::CloneArgs;
 use crate::sys::ptrace::{Regs, Stop, Tracee};
-use crate::sys::remote::{Batch, BatchArea, Remote, ThreadInjection};
+use crate::sys::remote::{Batch, Remote, ThreadInjection};
 
 /// Why a thread could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,8 @@ pub struct SeizedThread {
     pub tracee: Tracee,
     pub regs: Regs,
     pub mask: u64,
+    /// Its `/proc/PID/task/TID/status`, read once at seize time.
+    pub status: procfs::Status,
 }
 
 fn u64_at(b: &[u8], o: usize) -> u64 {
@@ -50,13 +52,13 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 
 /// Dumps one non-leader thread `th` of process `pid`. `site` holds the syscall instruction
 /// (already swapped in by the leader's injection) and `scratch` is the leader's scratch area;
-/// `area`, the leader's batch area, runs the thread's queries in one stop.
+/// `leader`, the leader's executor, lends its batch area: the thread's queries take one stop.
 pub fn dump_thread(
     pid: i32,
     th: &SeizedThread,
     site: u64,
     scratch: u64,
-    area: Option<BatchArea>,
+    leader: Option<&Remote<'_>>,
 ) -> Result<pb::CoreEntry, ThreadsError> {
     let t = &th.tracee;
     let tid = t.tid;
@@ -80,7 +82,7 @@ pub fn dump_thread(
         crate::sys::proc::robust_list(tid).map_err(|e| pt("get_robust_list", e))?;
     let (policy, prio, nice) =
         crate::sys::proc::sched(tid).map_err(|e| pt("sched_getscheduler", e))?;
-    let status = procfs::status(tid)?;
+    let status = &th.status;
     let comm = procfs::read(pid, &format!("task/{tid}/comm"))?
         .trim_end()
         .to_string();
@@ -88,8 +90,8 @@ pub fn dump_thread(
     // In-thread queries.
     let mut inj = ThreadInjection::new(t, site, th.regs)
         .map_err(|source| TaskError::Remote { pid: tid, source })?;
-    if let Some(a) = area {
-        inj.remote.set_batch_area(a);
+    if let Some(leader) = leader {
+        inj.remote.batch_like(leader);
     }
     let mut b = Batch::new();
     b.sigaltstack(0, scratch)?;
@@ -141,7 +143,7 @@ pub fn dump_thread(
                     })
                     .collect(),
             }),
-            creds: Some(super::creds::from_status(tid, &status, low32(secbits))),
+            creds: Some(super::creds::from_status(tid, status, low32(secbits))),
             comm: Some(comm),
             rseq_entry: Some(pb::RseqEntry {
                 rseq_abi_pointer: rseq.rseq_abi_pointer,
@@ -243,9 +245,7 @@ fn create_threads(
             pid: host,
             remote: {
                 let mut r = Remote::new(&th, cx.remote.site(), base);
-                if let Some(a) = cx.remote.batch_area() {
-                    r.set_batch_area(a);
-                }
+                r.batch_like(&cx.remote);
                 r
             },
             scratch: cx.scratch,

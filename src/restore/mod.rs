@@ -11,7 +11,7 @@
 //! failure kills the puppet, so a failed restore leaves no process behind.
 
 use std::collections::HashMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
 
 use crate::image::{self, pb, ImageDir, ImageError, Manifest};
@@ -215,12 +215,21 @@ pub struct RestoreReport {
 }
 
 /// Reads the whole image set: every task of pstree.img (parents before children) and the
-/// shared files.img.
-/// Also says whether the root had a PID namespace of its own (it is then its PID 1).
+/// shared files.img. Also says whether the root had a PID namespace of its own (it is then
+/// its PID 1), and gives the key of an external one it ran in (`pidns-ID.img`, `--external
+/// pid[INO]:KEY` at dump).
 #[allow(clippy::type_complexity)]
 fn read_tree(
     dir: &ImageDir,
-) -> Result<(Vec<TaskImages>, HashMap<u32, pb::FileEntry>, bool), RestoreError> {
+) -> Result<
+    (
+        Vec<TaskImages>,
+        HashMap<u32, pb::FileEntry>,
+        bool,
+        Option<String>,
+    ),
+    RestoreError,
+> {
     let inv: pb::InventoryEntry = dir.read_one("inventory.img", image::INVENTORY)?;
     if inv.img_version != 2 {
         return Err(Unsupported::restore(format!(
@@ -268,20 +277,31 @@ fn read_tree(
         .into_iter()
         .map(|f| (f.id, f))
         .collect();
-    let own_pid_ns = match (
+    let mut own_pid_ns = match (
         inv.root_ids.and_then(|r| r.pid_ns_id),
         tasks[0].ids.pid_ns_id,
     ) {
         (Some(cryo), Some(root)) => cryo != root,
         _ => false,
     };
+    let ext_pid = match tasks[0].ids.pid_ns_id.filter(|_| own_pid_ns) {
+        Some(id) => dir
+            .read_opt::<pb::PidnsEntry>(&format!("pidns-{id}.img"), image::PIDNS)?
+            .and_then(|v| v.into_iter().next())
+            .and_then(|e| e.ext_key),
+        None => None,
+    };
+    if ext_pid.is_some() {
+        // Not the tree's: the caller gives the namespace to create it in.
+        own_pid_ns = false;
+    }
     if own_pid_ns && tasks[0].pid != 1 {
         return Err(RestoreError::BadImage(format!(
             "the root process {} has a PID namespace of its own but is not its PID 1",
             tasks[0].pid
         )));
     }
-    Ok((tasks, files, own_pid_ns))
+    Ok((tasks, files, own_pid_ns, ext_pid))
 }
 
 /// Reads the images of one task.
@@ -634,7 +654,8 @@ fn enter_namespaces(
             sh.dumper_net,
         ),
     };
-    kinds::ns::restore_uts(cx, img, uts_now)?;
+    let root_join = |p: &Option<std::path::PathBuf>| p.clone().filter(|_| idx == 0);
+    kinds::ns::restore_uts(cx, img, uts_now, root_join(&sh.join.uts).as_deref())?;
     // Before its vDSO is mapped (its data pages follow the time namespace).
     let time_now = parent.map_or_else(
         || {
@@ -646,8 +667,9 @@ fn enter_namespaces(
     );
     let dumper_mnt = sh.dumper.mnt_ns_id.or_else(|| kinds::ns::own_ns_id("mnt"));
     kinds::ns::restore_time(cx, img, time_now)?;
-    kinds::ns::restore_ipc(cx, img, ipc_now)?;
-    kinds::ipc::restore(cx.dir, pid, img, ipc_now)?;
+    if !kinds::ns::restore_ipc(cx, img, ipc_now, root_join(&sh.join.ipc).as_deref())? {
+        kinds::ipc::restore(cx.dir, pid, img, ipc_now)?;
+    }
     let own_net = kinds::ns::restore_net(cx, img, net_now, idx == 0, sh.join, sh.links)?;
     if idx == 0 && own_net {
         // Locked before any socket of the tree exists (CRIU's order).
@@ -1085,7 +1107,7 @@ pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
     if let Some(m) = Manifest::load(&dir.path)? {
         m.verify(&dir.path, 1)?;
     }
-    let (tasks, files, own_pid_ns) = read_tree(dir)?;
+    let (tasks, files, own_pid_ns, _) = read_tree(dir)?;
     let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
     let trampoline = trampoline_addr(&tasks, TR_LEN)?;
     let objs = kinds::files::FdObjects::new(dir, &files, &tasks)?;
@@ -1131,9 +1153,27 @@ pub fn run(
         ),
     }
     fault_point("verify")?;
-    let (tasks, files, own_pid_ns) = read_tree(dir)?;
-    // In a PID namespace of its own the tree's PIDs are free by construction.
-    for t in tasks.iter().filter(|_| !own_pid_ns) {
+    let (tasks, files, own_pid_ns, ext_pid) = read_tree(dir)?;
+    // The external PID namespace to create the tree in (`--external pid[INO]:KEY` at dump;
+    // `--inherit-fd fd[N]:KEY`, RPC `inherit_fd`, at restore).
+    let ext_pidns = match &ext_pid {
+        Some(k) => {
+            let p = opts.join.by_key.get(k).ok_or_else(|| {
+                Unsupported::restore(format!(
+                    "the tree ran in an external PID namespace saved with key '{k}': give it with --inherit-fd fd[N]:{k}"
+                ))
+            })?;
+            Some(std::fs::File::open(p).map_err(|source| ImageError::Io {
+                path: p.clone(),
+                op: "open the external PID namespace",
+                source,
+            })?)
+        }
+        None => None,
+    };
+    // In a PID namespace of its own the tree's PIDs are free by construction (in an
+    // external one, clone3 says EEXIST).
+    for t in tasks.iter().filter(|_| !own_pid_ns && ext_pidns.is_none()) {
         for &tid in &t.pstree.threads {
             let tid = pid_from_img(tid).unwrap_or(0);
             if let Ok(st) = procfs::stat(tid) {
@@ -1191,7 +1231,7 @@ pub fn run(
     // A puppet in a new PID namespace gets a pidfd of cryo with it, at an fd number above
     // every saved one (closed again before the tree runs).
     let mut transport = None;
-    let cryo_pidfd = if own_pid_ns {
+    let cryo_pidfd = if own_pid_ns || ext_pidns.is_some() {
         let top = tasks
             .iter()
             .flat_map(|t| t.fdinfo.iter().map(|f| f.fd))
@@ -1216,7 +1256,10 @@ pub fn run(
     // The puppet is a fork of cryo, which must then have one thread: the progress display
     // stops for that moment.
     let paused = crate::progress::pause();
-    let spawned = crate::sys::proc::spawn_puppet(vroot, own_pid_ns, userns.is_some(), sibling);
+    let spawned = match &ext_pidns {
+        Some(ns) => crate::sys::proc::spawn_puppet_in(ns.as_fd(), vroot, sibling),
+        None => crate::sys::proc::spawn_puppet(vroot, own_pid_ns, userns.is_some(), sibling),
+    };
     drop(paused);
     let child = spawned.map_err(|source| match source.errno() {
         Some(libc::EEXIST) => RestoreError::PidBusy {

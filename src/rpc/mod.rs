@@ -12,7 +12,8 @@
 //! What container runtimes send (runc 1.1.5): `root` (the restore's new root), `ext_mnt` and
 //! `external mnt[..]` (external bind mounts: at DUMP mount point → name, at RESTORE name →
 //! host path), `inherit_fd` (`pipe:[INO]` → one of cryo's own fds, the container's stdio;
-//! `extRootNetNS` → a network namespace to join), `external net[INO]:KEY`, `join_ns` net,
+//! `extRootNetNS`, `extRootPidNS` → a network or PID namespace to join), `external
+//! net[INO]:KEY` and `pid[INO]:KEY`, `join_ns` net, ipc and uts,
 //! `empty_ns` (CLONE_NEWNET only), `orphan_pts_master` (the new pty master goes back in an
 //! `orphan-pts-master` NOTIFY), `status_fd`, `rst_sibling` (see `do_restore`), and the cgroup
 //! options (`cgroup_mode`, `kinds::cgroup`). containerd's runc adds `file_locks`
@@ -291,9 +292,9 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
         }
     }
     for j in &o.join_ns {
-        if j.ns != "net" {
+        if !matches!(j.ns.as_str(), "net" | "ipc" | "uts") {
             bad.push(format!(
-                "join_ns {} (only a network namespace can be joined)",
+                "join_ns {} (network, IPC and UTS namespaces can be joined; a PID namespace is external: external pid[INO]:KEY and inherit_fd)",
                 j.ns
             ));
         }
@@ -385,15 +386,34 @@ fn net_externals(o: &pb::CriuOpts) -> Result<HashMap<u64, String>, String> {
         .collect()
 }
 
+/// The PID namespaces of `external` `pid[INODE]:KEY` (runc sends `pid[INO]:extRootPidNS`
+/// when the config names a PID namespace path: a pod's), by inode.
+fn pid_externals(o: &pb::CriuOpts) -> Result<HashMap<u64, String>, String> {
+    o.external
+        .iter()
+        .filter_map(|e| e.strip_prefix("pid["))
+        .map(|r| {
+            r.split_once("]:")
+                .and_then(|(ino, key)| Some((ino.parse::<u64>().ok()?, key.to_string())))
+                .filter(|(_, k)| !k.is_empty())
+                .ok_or_else(|| format!("external pid[{r} (expected pid[INODE]:KEY)"))
+        })
+        .collect()
+}
+
 /// What a RESTORE joins instead of creating: `join_ns` net, and `inherit_fd` entries that
 /// name an external namespace (`extRootNetNS` → the fd, one of cryo's own).
 fn ns_join(o: &pb::CriuOpts) -> crate::kinds::ns::NsJoin {
-    crate::kinds::ns::NsJoin {
-        net: o
-            .join_ns
+    let kind = |k: &str| {
+        o.join_ns
             .iter()
-            .find(|j| j.ns == "net")
-            .map(|j| PathBuf::from(&j.ns_file)),
+            .find(|j| j.ns == k)
+            .map(|j| PathBuf::from(&j.ns_file))
+    };
+    crate::kinds::ns::NsJoin {
+        net: kind("net"),
+        ipc: kind("ipc"),
+        uts: kind("uts"),
         by_key: o
             .inherit_fd
             .iter()
@@ -586,6 +606,7 @@ fn do_dump(
             external_masters: o.ext_masters == Some(true),
         },
         external_net: net_externals(&o)?,
+        external_pid: pid_externals(&o)?,
         // runc always asks: the container's netns is recreated empty (CRIU saves no links,
         // addresses or routes then either).
         empty_net: o.empty_ns.unwrap_or(0) & EMPTY_NS_NET != 0,

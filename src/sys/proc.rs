@@ -30,6 +30,37 @@ pub fn spawn_puppet(
     new_user_ns: bool,
     sibling: bool,
 ) -> Result<i32, SpawnError> {
+    spawn(pid, new_pid_ns, new_user_ns, sibling, !new_pid_ns)
+}
+
+/// [`spawn_puppet`] into the existing PID namespace `ns` (an external one, a pod's), where
+/// the puppet gets PID `pid`: the calling thread's namespace for children is `ns` for the
+/// fork and then its own again.
+pub fn spawn_puppet_in(
+    ns: std::os::fd::BorrowedFd<'_>,
+    pid: i32,
+    sibling: bool,
+) -> Result<i32, SpawnError> {
+    use std::os::fd::AsFd;
+    let own = std::fs::File::open("/proc/thread-self/ns/pid").map_err(SpawnError::Clone)?;
+    super::ns::setns(ns, super::ns::NsType::ProcessID).map_err(SpawnError::Clone)?;
+    // The child cannot see cryo from there (getppid is 0): no parent check.
+    let r = spawn(pid, false, false, sibling, false);
+    if let Err(e) = super::ns::setns(own.as_fd(), super::ns::NsType::ProcessID) {
+        // Every later child of this thread would be created there.
+        tracing::error!(error = %e, "cannot return to cryo's PID namespace; aborting");
+        std::process::abort();
+    }
+    r
+}
+
+fn spawn(
+    pid: i32,
+    new_pid_ns: bool,
+    new_user_ns: bool,
+    sibling: bool,
+    check_parent: bool,
+) -> Result<i32, SpawnError> {
     wait_single_threaded()?;
     let tid = pid;
     let mut flags = if new_pid_ns {
@@ -72,7 +103,7 @@ pub fn spawn_puppet(
                 8,
             );
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if !new_pid_ns && libc::getppid() != parent {
+            if check_parent && libc::getppid() != parent {
                 libc::_exit(1);
             }
             if sibling {

@@ -63,8 +63,9 @@ pub struct Remote<'t> {
     pub last_child: Option<i32>,
     /// Where batches run; None: [`Remote::run_batch`] makes the calls one by one.
     batch: Option<BatchArea>,
-    /// The tracee's `/proc/PID/mem`, opened for the first batch.
-    mem: Option<std::fs::File>,
+    /// The tracee's `/proc/PID/mem`, opened for the first batch (or shared with another
+    /// thread of the same process: one memory).
+    mem: Option<std::rc::Rc<std::fs::File>>,
     /// Number of stops (round trips) the calls took.
     pub stops: u64,
 }
@@ -139,34 +140,38 @@ impl<'t> Remote<'t> {
         self.batch
     }
 
+    /// Runs batches like `other`, a thread of the same process: the same area, and its
+    /// `/proc/PID/mem` (one memory, opened once for thousands of threads).
+    pub fn batch_like(&mut self, other: &Remote<'_>) {
+        self.batch = other.batch;
+        if other.mem.is_some() {
+            self.mem.clone_from(&other.mem);
+        }
+    }
+
+    fn mem(&mut self) -> io::Result<&std::fs::File> {
+        if self.mem.is_none() {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(format!("/proc/{}/mem", self.t.tid))?;
+            self.mem = Some(std::rc::Rc::new(f));
+        }
+        Ok(self.mem.as_deref().expect("opened above"))
+    }
+
     /// Writes `bytes` at `addr` in the tracee through `/proc/PID/mem`, which writes text
     /// pages too (a private copy of the page, as `PTRACE_POKEDATA`).
     /// Warning: writes another process's memory.
     pub fn write_code(&mut self, addr: u64, bytes: &[u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        if self.mem.is_none() {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(format!("/proc/{}/mem", self.t.tid))?;
-            self.mem = Some(f);
-        }
-        let f = self.mem.as_ref().expect("opened above");
-        f.write_all_at(bytes, addr)
+        self.mem()?.write_all_at(bytes, addr)
     }
 
     /// Reads `buf.len()` bytes at `addr` through `/proc/PID/mem` (text pages included).
     pub fn read_code(&mut self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        if self.mem.is_none() {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(format!("/proc/{}/mem", self.t.tid))?;
-            self.mem = Some(f);
-        }
-        let f = self.mem.as_ref().expect("opened above");
-        f.read_exact_at(buf, addr)
+        self.mem()?.read_exact_at(buf, addr)
     }
 
     /// Runs the calls of `b` in order, as many per stop as the batch area holds, and stops at
@@ -819,6 +824,14 @@ pub trait Syscalls {
     fn madvise(&mut self, addr: u64, len: u64, advice: i32) -> Result<(), Self::Error> {
         let a = [addr, len, arg(advice), 0, 0, 0];
         self.sys("madvise", libc::SYS_madvise, a).map(drop)
+    }
+    /// `shmat(id, addr, flags)`: attaches SysV segment `id` at `addr`; the address attached.
+    fn shmat(&mut self, id: i32, addr: u64, flags: i32) -> Result<u64, Self::Error> {
+        self.sys(
+            "shmat",
+            libc::SYS_shmat,
+            [arg(id), addr, arg(flags), 0, 0, 0],
+        )
     }
     /// `mlock(addr, len)`.
     fn mlock(&mut self, addr: u64, len: u64) -> Result<(), Self::Error> {
