@@ -199,26 +199,27 @@ fn create_threads(
     order.sort_by_key(|&i| shared[i]);
     let mut installed = 0;
     let mut out = Vec::new();
-    for i in order {
-        let (tid, core) = (img.pstree.threads[i + 1], &img.threads[i]);
-        if shared[i] > installed {
-            super::seccomp::install(cx, &leader_chain[installed..shared[i]])?;
-            installed = shared[i];
+    // Threads are created in groups that share the same filters, many per stop.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for &i in &order {
+        match groups.last_mut() {
+            Some(g) if shared[g[0]] == shared[i] && g.len() < CLONES_PER_STOP => g.push(i),
+            _ => groups.push(vec![i]),
         }
+    }
+    let mut made_threads: Vec<(usize, i32)> = Vec::new();
+    for group in groups {
+        if shared[group[0]] > installed {
+            super::seccomp::install(cx, &leader_chain[installed..shared[group[0]]])?;
+            installed = shared[group[0]];
+        }
+        let hosts = clone_group(cx, img, &group, made)?;
+        made_threads.extend(group.into_iter().zip(hosts));
+    }
+    for (i, host) in made_threads {
+        let core = &img.threads[i];
         // Checked when pstree.img was read.
-        let tid = pid_from_img(tid).unwrap_or(0);
-        let got = cx
-            .clone3_with_tid("clone3 (thread)", CloneArgs::thread(), tid)
-            .map_err(|e| match e.errno() {
-                Some(libc::EEXIST) => ThreadsError::TidBusy { tid },
-                _ => e.into(),
-            })?;
-        let host = cx.remote.last_child.take().unwrap_or(got);
-        made.push(host);
-        if got != tid {
-            let _ = crate::sys::proc::kill(host, libc::SIGKILL);
-            return Err(TaskError::BadImage(format!("thread {tid} was created as {got}")).into());
-        }
+        let tid = pid_from_img(img.pstree.threads[i + 1]).unwrap_or(0);
         let t = Tracee { tid: host };
         match t.wait().map_err(|source| TaskError::Ptrace {
             pid: host,
@@ -284,6 +285,70 @@ fn create_threads(
     cx.inherited.seccomp = installed;
     out.sort_by_key(|(i, _)| *i);
     Ok(out.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Most threads one stop creates: each takes a `clone_args` and its `set_tid` in scratch
+/// (`CLONE_SLOT` bytes from `CLONE_AREA`), and the batch's code page holds about as many calls.
+const CLONES_PER_STOP: usize = 40;
+const CLONE_AREA: u64 = 8192;
+const CLONE_SLOT: usize = 128;
+
+/// Creates the threads `group` (indexes into `img.threads`) with one batch of
+/// `clone3(CLONE_THREAD..., set_tid = TID)`: returns their host TIDs in order; each is
+/// noted in `made` as soon as it exists. The new threads start stopped (PTRACE_O_TRACECLONE)
+/// and run nothing until they are given their registers.
+fn clone_group(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    group: &[usize],
+    made: &mut Vec<i32>,
+) -> Result<Vec<i32>, ThreadsError> {
+    let tids: Vec<i32> = group
+        .iter()
+        // Checked when pstree.img was read.
+        .map(|&i| pid_from_img(img.pstree.threads[i + 1]).unwrap_or(0))
+        .collect();
+    let mut buf = vec![0u8; CLONE_SLOT * tids.len()];
+    let mut b = Batch::new();
+    for (j, &tid) in tids.iter().enumerate() {
+        let at = cx.scratch + CLONE_AREA + (CLONE_SLOT * j) as u64;
+        let mut args = CloneArgs::thread();
+        args.set_tid = at + 96;
+        args.set_tid_size = 1;
+        let slot = &mut buf[CLONE_SLOT * j..CLONE_SLOT * (j + 1)];
+        slot[..crate::sys::clone::CLONE_ARGS_SIZE].copy_from_slice(&args.to_bytes());
+        slot[96..100].copy_from_slice(&tid.to_ne_bytes());
+        let Ok(_) = b
+            .named("clone3 (thread)")
+            .clone3(at, crate::sys::clone::CLONE_ARGS_SIZE as u64);
+    }
+    cx.put(CLONE_AREA, &buf)?;
+    cx.remote.children.clear();
+    let r = cx.batch(&b);
+    let hosts: Vec<i32> = cx.remote.children.drain(..).collect();
+    made.extend(&hosts);
+    let got = r.map_err(|e| match &e {
+        TaskError::Remote { source, .. } if source.errno() == Some(libc::EEXIST) => {
+            ThreadsError::TidBusy {
+                tid: tids.get(hosts.len()).copied().unwrap_or(0),
+            }
+        }
+        _ => e.into(),
+    })?;
+    if hosts.len() != tids.len() {
+        return Err(TaskError::BadImage(format!(
+            "{} threads were asked for, {} created",
+            tids.len(),
+            hosts.len()
+        ))
+        .into());
+    }
+    for (&tid, &g) in tids.iter().zip(&got) {
+        if i64::from(tid).cast_unsigned() != g {
+            return Err(TaskError::BadImage(format!("thread {tid} was created as {g}")).into());
+        }
+    }
+    Ok(hosts)
 }
 
 /// Per-thread attributes every thread (the leader included) gets back from inside itself:

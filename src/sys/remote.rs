@@ -61,6 +61,9 @@ pub struct Remote<'t> {
     /// The task created by the last fork/clone event seen, as cryo (not the tracee) numbers
     /// it: differs from the syscall's result when the tracee is in another PID namespace.
     pub last_child: Option<i32>,
+    /// Every task created by fork/clone events so far, as cryo numbers them, in order
+    /// (a batch of `clone3` creates many); the caller clears it.
+    pub children: Vec<i32>,
     /// Where batches run; None: [`Remote::run_batch`] makes the calls one by one.
     batch: Option<BatchArea>,
     /// The tracee's `/proc/PID/mem`, opened for the first batch (or shared with another
@@ -124,6 +127,7 @@ impl<'t> Remote<'t> {
             base,
             calls: 0,
             last_child: None,
+            children: Vec::new(),
             batch: None,
             mem: None,
             stops: 0,
@@ -288,6 +292,7 @@ impl<'t> Remote<'t> {
                     ) {
                         // The new task's pid, an int the kernel hands over in a word.
                         self.last_child = i32::try_from(self.t.event_msg().map_err(pt)?).ok();
+                        self.children.extend(self.last_child);
                     }
                     self.t.cont(0).map_err(pt)?
                 }
