@@ -2,7 +2,7 @@
 # Benchmark cryo (and optionally CRIU) dump/restore.
 #
 # Usage: integration/bench.sh [--only SCENARIOS] [--rounds N] [--mib M] [--procs P[,P...]]
-#                             [--threads T[,T...]]
+#                             [--threads T[,T...]] [--json FILE]
 #   CRYO=path   cryo binary (default: <repo>/target/release/cryo; run `cargo build --release` first)
 #   CRIU=path   optional CRIU binary; when set, CRIU runs alternately with cryo on the same
 #               workloads and the table shows criu_time / cryo_time (>1: cryo is faster)
@@ -32,6 +32,7 @@
 #      (the clients' maxrtt, across dump + restore); check: every byte came back once, in
 #      order, no error (N=5)
 # --only takes a comma list of fixed,mem,tree,threads,net,tcp (default: all of them).
+# --json FILE also writes the JSON summary (the last line of stdout) to FILE.
 # --rounds N sets N for every scenario. Dumps go to the page cache (no sync), restores read it back
 # from the page cache. The last line of stdout is a JSON summary. Exits non-zero if any check
 # (checksum, tree, threads) fails or any dump/restore fails (the command, its output and its log
@@ -60,6 +61,7 @@ MIB=2048
 PROCS_LIST=100
 THREADS_LIST=1000
 ONLY=fixed,mem,tree,threads,net,tcp
+JSON_OUT=""
 ROUNDS_TCP=5
 NCONN=50
 USAGE="usage: bench.sh [--only fixed,mem,tree,threads,net,tcp] [--rounds N] [--mib M] [--procs P] [--threads T] [--conns C]"
@@ -72,6 +74,7 @@ while [ $# -gt 0 ]; do
         --mib) MIB=$2; shift 2 ;;
         --procs) PROCS_LIST=$2; shift 2 ;;
         --threads) THREADS_LIST=$2; shift 2 ;;
+        --json) JSON_OUT=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $1 ($USAGE)" >&2; exit 2 ;;
     esac
@@ -576,4 +579,5 @@ done
 for t in "${TOOLS[@]}"; do JSON="$JSON,\"$t\":{${TJSON[$t]%,}}"; done
 [ -z "${TJSON[ratio]:-}" ] || JSON="$JSON,\"ratio_criu_over_cryo\":{${TJSON[ratio]%,}}"
 echo "$JSON}"
+[ -z "${JSON_OUT:-}" ] || echo "$JSON}" >"$JSON_OUT"
 exit $status

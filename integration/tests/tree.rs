@@ -574,3 +574,31 @@ fn zombie_in_an_orphaned_process_group_of_a_pid_namespace() {
     assert_eq!(lines(&out)[1], before);
     kill(restored);
 }
+
+/// A tree that forks short-lived children all the time (zdtm's transition/fork): a child
+/// that exits between the listing of the tree and the reading of its /proc files does not
+/// fail the dump; the tree is checked again, and once frozen. Several rounds, as the race
+/// is one of timing.
+#[test]
+fn dump_of_a_tree_forking_all_the_time() {
+    let dir = scratch("forkstorm");
+    let out = dir.join("out");
+    let script = "import os,sys,time\nn=0\nwhile True:\n    p=os.fork()\n    if p==0:\n        os._exit(0)\n    os.waitpid(p,0)\n    n+=1\n    if n%200==0:\n        open(sys.argv[1],'a').write(f'{n}\\n')\n";
+    let pid = spawn(
+        &["python3", "-c", script, out.to_str().unwrap()],
+        &dir.join("log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the forks", 20, || !lines(&out).is_empty());
+    for round in 0..5 {
+        let img = dir.join(format!("img{round}"));
+        dump(pid, &img, &["--leave-running"]);
+    }
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_tree_gone(&img);
+    restore(&img);
+    let n = lines(&out).len();
+    wait_for("forks after the restore", 20, || lines(&out).len() > n + 2);
+    kill(pid);
+}

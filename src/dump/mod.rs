@@ -317,8 +317,9 @@ fn skip_pending_stops(t: &Tracee) -> Result<(), DumpError> {
 /// list until no new thread appears. Pipelined: every thread is seized and interrupted
 /// first, then the stops are collected, so the tasks stop concurrently instead of one
 /// ptrace round trip after another (1000 threads or processes: a few ms instead of ~100).
-/// On failure every task seized so far is let go.
-fn seize_all(pids: &[i32]) -> Result<Vec<Seized>, DumpError> {
+/// On failure every task seized so far is let go. A process other than `root` that exited
+/// meanwhile is `None`.
+fn seize_all(pids: &[i32], root: i32) -> Result<Vec<Option<Seized>>, DumpError> {
     let mut out: Vec<Seized> = Vec::with_capacity(pids.len());
     let mut pending: Vec<(usize, Tracee)> = Vec::new();
     let mut err = None;
@@ -361,10 +362,8 @@ fn seize_all(pids: &[i32]) -> Result<Vec<Seized>, DumpError> {
     if let Some(e) = err {
         return Err(e);
     }
+    let mut res = Vec::with_capacity(pids.len());
     for (i, &pid) in pids.iter().enumerate() {
-        if out[i].tracees.first().map(|t| t.tid) != Some(pid) {
-            return Err(DumpError::NoSuchProcess { pid });
-        }
         let s = std::mem::replace(
             &mut out[i],
             Seized {
@@ -373,9 +372,19 @@ fn seize_all(pids: &[i32]) -> Result<Vec<Seized>, DumpError> {
                 stop_sig: None,
             },
         );
-        out[i] = seize_new_threads(pid, s)?;
+        if s.tracees.first().map(|t| t.tid) != Some(pid) {
+            // A descendant that exited meanwhile (a fork-and-exit loop): the next walk of
+            // the tree finds it as a zombie, or not at all. The root must be there.
+            if pid == root {
+                return Err(DumpError::NoSuchProcess { pid });
+            }
+            tracing::info!(pid, "a process of the tree exited while it was seized");
+            res.push(None);
+            continue;
+        }
+        res.push(Some(seize_new_threads(pid, s)?));
     }
-    Ok(out)
+    Ok(res)
 }
 
 /// Seizes the threads of `pid` that `s` does not hold yet, until none appears.
@@ -532,12 +541,22 @@ pub struct DumpReport {
 }
 
 /// The processes of the tree rooted at `root`, parents before children, with their parent.
+/// A descendant that exits while it is listed is left out (its children, reparented, are
+/// found again on a later walk).
 fn collect_tree(root: i32) -> Result<Vec<(i32, i32)>, DumpError> {
     let mut out = vec![(root, 0)];
     let mut i = 0;
     while i < out.len() {
         let (pid, _) = out[i];
-        for tid in procfs::threads(pid)? {
+        let threads = match procfs::threads(pid) {
+            Ok(t) => t,
+            Err(_) if pid != root => {
+                i += 1;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for tid in threads {
             let Ok(children) = procfs::read(pid, &format!("task/{tid}/children")) else {
                 continue;
             };
@@ -550,6 +569,16 @@ fn collect_tree(root: i32) -> Result<Vec<(i32, i32)>, DumpError> {
         i += 1;
     }
     Ok(out)
+}
+
+/// Whether two listings of the tree hold the same processes.
+fn same_tasks(a: &[(i32, i32)], b: &[(i32, i32)]) -> bool {
+    let pids = |v: &[(i32, i32)]| {
+        let mut p: Vec<i32> = v.iter().map(|t| t.0).collect();
+        p.sort_unstable();
+        p
+    };
+    pids(a) == pids(b)
 }
 
 /// Refuses, before touching anything, what the tree's shape does not allow yet.
@@ -1120,11 +1149,15 @@ fn freeze_tree(
             .map(|f| f.0)
             .filter(|&p| !is_zombie(p))
             .collect();
-        let mut seized = seize_all(&live)?.into_iter();
+        let mut seized = seize_all(&live, root)?.into_iter();
         let live: std::collections::HashSet<i32> = live.into_iter().collect();
         for (pid, ppid) in fresh {
             let s = if live.contains(&pid) {
-                seized.next().expect("one per live process")
+                match seized.next().expect("one per live process") {
+                    Some(s) => s,
+                    // Gone: looked at again by the next walk.
+                    None => continue,
+                }
             } else {
                 Seized {
                     tracees: Vec::new(),
@@ -1135,6 +1168,11 @@ fn freeze_tree(
             frozen.push((pid, ppid, s));
         }
     }
+    // A zombie its parent reaped while the parent was being stopped (its wait4 finished
+    // first) is gone: once every live task is stopped, none can disappear any more.
+    frozen.retain(|(pid, _, s)| {
+        !s.tracees.is_empty() || std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
     Ok(frozen)
 }
 
@@ -1172,8 +1210,27 @@ pub fn run(
     };
     // Removes what killed cryo processes left (before anything else can fail).
     let early_lock = crate::netlock::NetLock::new(opts.network_lock);
-    let tree0 = collect_tree(root)?;
-    precheck(opts, &tree0)?;
+    // A tree that forks and exits while cryo looks at it (a task gone between the listing
+    // and the reading of its /proc files) is checked again; one that keeps changing is
+    // checked once frozen. A refusal of a tree that did not change stands.
+    let mut tree0 = collect_tree(root)?;
+    let mut checked = false;
+    for _ in 0..5 {
+        match precheck(opts, &tree0) {
+            Ok(()) => {
+                checked = true;
+                break;
+            }
+            Err(e) => {
+                let now = collect_tree(root)?;
+                if same_tasks(&now, &tree0) {
+                    return Err(e);
+                }
+                tracing::info!(error = %e, "the tree changed while it was checked: checking it again");
+                tree0 = now;
+            }
+        }
+    }
     // The page server, connected before anything is frozen (as CRIU does).
     let mut ps = match &opts.page_server {
         Some(a) => Some(crate::pageserver::Client::connect(a)?),
@@ -1192,8 +1249,8 @@ pub fn run(
         None => Vec::new(),
     };
     let mut frozen = freeze_tree(root, frozen)?;
-    if frozen.len() != tree0.len() {
-        let tree: Vec<(i32, i32)> = frozen.iter().map(|(p, pp, _)| (*p, *pp)).collect();
+    let tree: Vec<(i32, i32)> = frozen.iter().map(|(p, pp, _)| (*p, *pp)).collect();
+    if !checked || !same_tasks(&tree, &tree0) {
         precheck(opts, &tree)?;
     }
     let freezing = tf.elapsed();
