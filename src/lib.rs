@@ -26,6 +26,7 @@ pub mod memtrack;
 pub mod netlock;
 pub mod notify;
 pub mod num;
+pub mod pageserver;
 pub mod procfs;
 pub mod progress;
 pub mod restore;

@@ -249,6 +249,77 @@ fn scripts(c: &Opts) -> cryo::notify::ActionScripts {
     }
 }
 
+/// The environment variable a daemonized page server finds its listening socket's fd in.
+const PS_LISTEN_FD: &str = "CRYO_PS_LISTEN_FD";
+
+/// `cryo page-server`: listens at `--address`/`--port` and serves one client into `-D`. With
+/// `-d` it listens first, then goes on in a child of its own (its pid in `--pidfile`) and
+/// returns; `--status-fd FD` gets a NUL byte once it listens.
+fn page_server(a: &Opts) -> Result<ExitCode> {
+    let dir = &a.images_dir;
+    if let Some(prev) = &a.prev_images_dir {
+        let link = dir.join(cryo::memtrack::PARENT_LINK);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(prev, &link)
+            .with_context(|| format!("cannot make {}", link.display()))?;
+    }
+    let listener = match std::env::var(PS_LISTEN_FD)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(fd) => std::net::TcpListener::from(cryo::sys::fd::adopt(fd)),
+        None => {
+            let addr = cryo::pageserver::address(a.address.as_deref(), a.port.as_deref(), true)
+                .map_err(anyhow::Error::msg)?;
+            let l = std::net::TcpListener::bind(&addr)
+                .with_context(|| format!("page server: cannot listen at {addr}"))?;
+            tracing::info!(address = %addr, "page server: listening");
+            l
+        }
+    };
+    if a.restore_detached && std::env::var_os(PS_LISTEN_FD).is_none() {
+        // Daemon: the child serves on the socket already listening.
+        use std::os::fd::AsFd;
+        cryo::sys::fd::set_cloexec(listener.as_fd(), false)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let args: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|w| w != "-d" && w != "--daemon" && w != "--restore-detached")
+            .collect();
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(&args)
+            .env(PS_LISTEN_FD, fd.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("page server: cannot start the daemon")?;
+        if let Some(p) = &a.pidfile {
+            std::fs::write(in_workdir(a, p), format!("{}\n", child.id()))?;
+        }
+        status_ready(a);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if std::env::var_os(PS_LISTEN_FD).is_none() {
+        status_ready(a);
+    }
+    let bytes = cryo::pageserver::run_server(dir, listener)?;
+    tracing::info!("page server: {bytes} bytes of pages received");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--status-fd FD`: one NUL byte once ready (CRIU's `status_ready`).
+fn status_ready(a: &Opts) {
+    if let Some(fd) = a.status_fd.as_deref().and_then(|f| f.parse::<i32>().ok()) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/proc/self/fd/{fd}"))
+        {
+            let _ = std::io::Write::write_all(&mut f, &[0]);
+        }
+    }
+}
+
 /// What `dump` and `pre-dump` take from the options.
 fn dump_opts(a: &Opts, pid: i32) -> Result<dump::DumpOpts> {
     Ok(dump::DumpOpts {
@@ -269,6 +340,14 @@ fn dump_opts(a: &Opts, pid: i32) -> Result<dump::DumpOpts> {
         prev_images_dir: a.prev_images_dir.clone(),
         track_mem: a.track_mem,
         pre_dump_mode: a.pre_dump_mode.clone(),
+        page_server: if a.page_server {
+            Some(
+                cryo::pageserver::address(a.address.as_deref(), a.port.as_deref(), false)
+                    .map_err(anyhow::Error::msg)?,
+            )
+        } else {
+            None
+        },
     })
 }
 
@@ -368,9 +447,13 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::PageServer(a) | Cmd::LazyPages(a) => {
+        Cmd::PageServer(a) => {
+            setup(&a, true, config_files)?;
+            page_server(&a)
+        }
+        Cmd::LazyPages(a) => {
             setup(&a, false, config_files)?;
-            bail!("the page server and lazy restore are not implemented in cryo yet")
+            bail!("lazy restore (the lazy-pages daemon) is not implemented in cryo yet")
         }
         Cmd::Service(a) => {
             setup(&a, false, config_files)?;

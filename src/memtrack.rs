@@ -208,6 +208,9 @@ pub struct Chain {
     tasks: HashMap<i32, Task>,
     coverage: HashMap<u32, Vec<(u64, u64)>>,
     vpids: HashMap<i32, u32>,
+    /// Page server mode: the parent's pagemaps are on the server, which only says whether
+    /// it has one for a process (`PS_IOV_PARENT`).
+    remote_parent: HashMap<u32, bool>,
 }
 
 impl Chain {
@@ -224,6 +227,7 @@ impl Chain {
             tasks: HashMap::new(),
             coverage: HashMap::new(),
             vpids: HashMap::new(),
+            remote_parent: HashMap::new(),
         };
         let Some(prev) = prev else {
             tracing::info!(
@@ -328,6 +332,11 @@ impl Chain {
         self.vpids.insert(pid, vpid);
     }
 
+    /// Page server mode: whether the server's parent directory has pages of `vpid`.
+    pub fn set_remote_parent(&mut self, vpid: u32, has: bool) {
+        self.remote_parent.insert(vpid, has);
+    }
+
     /// The PID the images give host process `pid`.
     pub fn vpid(&self, pid: i32) -> u32 {
         self.vpids
@@ -370,6 +379,11 @@ impl Chain {
     /// The pages of the parent chain for `vpid`: every range its pagemap names (present there
     /// or further up).
     fn coverage(&mut self, vpid: u32) -> &[(u64, u64)] {
+        if let Some(&has) = self.remote_parent.get(&vpid) {
+            // Only the server knows; its parent was written by the step that tracked.
+            let all = if has { vec![(0, u64::MAX)] } else { Vec::new() };
+            return self.coverage.entry(vpid).or_insert(all);
+        }
         let parent = self.parent.clone();
         self.coverage.entry(vpid).or_insert_with(|| {
             let Some(p) = parent else { return Vec::new() };
@@ -404,17 +418,7 @@ impl Chain {
     ) -> Result<Pages, TrackError> {
         let rearm = self.rearm;
         let io = |what| move |source| TrackError::Io { pid, what, source };
-        let mut present = Vec::new();
-        mem::pagemap_scan(
-            pagemap,
-            start,
-            end,
-            page_is::PFNZERO | page_is::FILE,
-            page_is::PFNZERO | page_is::FILE,
-            page_is::PRESENT | page_is::SWAPPED,
-            &mut present,
-        )
-        .map_err(io("PAGEMAP_SCAN"))?;
+        let present = present_pages(pagemap, start, end).map_err(io("PAGEMAP_SCAN"))?;
         let dirty_bit = match self.method {
             Method::UffdWp => page_is::WRITTEN,
             Method::SoftDirty => page_is::SOFT_DIRTY,
@@ -463,6 +467,21 @@ impl Chain {
             let clean = subtract(&present, &written);
             let cover = self.coverage(vpid).to_vec();
             pages.parent = intersect(&clean, &cover);
+            let missing = subtract(&clean, &pages.parent);
+            if !missing.is_empty() {
+                // Present, not written, yet not in the parent: a page that appeared without a
+                // write (e.g. read from swap after the parent step); copied.
+                tracing::debug!(
+                    pid,
+                    start = format_args!("{start:#x}"),
+                    pages = missing
+                        .iter()
+                        .map(|(s, e)| (e - s) / PAGE_SIZE)
+                        .sum::<u64>(),
+                    first = format_args!("{:#x}", missing[0].0),
+                    "memory tracking: clean pages the parent does not hold"
+                );
+            }
             pages.copy = subtract(&present, &pages.parent);
         } else {
             pages.copy = present;
@@ -572,6 +591,69 @@ impl Drop for Chain {
     fn drop(&mut self) {
         self.end();
     }
+}
+
+/// The pages of `[start, end)` that hold data: present (not the zero page, not a clean file
+/// page) or swapped out. `PAGEMAP_SCAN` reports the write-protection markers that
+/// `UFFD_FEATURE_WP_UNPOPULATED` leaves in empty page table entries as `PAGE_IS_SWAPPED` too;
+/// they are told from real swap entries by their swap type in `/proc/PID/pagemap` (31,
+/// `SWP_PTE_MARKER`) and left out: they are holes.
+pub fn present_pages(pagemap: &File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut present = Vec::new();
+    mem::pagemap_scan(
+        pagemap,
+        start,
+        end,
+        page_is::PFNZERO | page_is::FILE,
+        page_is::PFNZERO | page_is::FILE,
+        page_is::PRESENT,
+        &mut present,
+    )?;
+    let mut swapped = Vec::new();
+    mem::pagemap_scan(
+        pagemap,
+        start,
+        end,
+        page_is::FILE,
+        page_is::FILE,
+        page_is::SWAPPED,
+        &mut swapped,
+    )?;
+    if swapped.is_empty() {
+        return Ok(present);
+    }
+    use std::os::unix::fs::FileExt;
+    const PM_SWAP: u64 = 1 << 62;
+    const SWP_PTE_MARKER: u64 = 31;
+    let mut real = Vec::new();
+    for (s, e) in swapped {
+        let n = crate::num::usize_of((e - s) / PAGE_SIZE);
+        let mut raw = vec![0u8; n * 8];
+        pagemap.read_exact_at(&mut raw, s / PAGE_SIZE * 8)?;
+        for (i, w) in raw.chunks_exact(8).enumerate() {
+            let v = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            if v & PM_SWAP != 0 && v & 0x1f != SWP_PTE_MARKER {
+                let a = s + crate::num::u64_of(i) * PAGE_SIZE;
+                match real.last_mut() {
+                    Some((_, le)) if *le == a => *le = a + PAGE_SIZE,
+                    _ => real.push((a, a + PAGE_SIZE)),
+                }
+            }
+        }
+    }
+    if real.is_empty() {
+        return Ok(present);
+    }
+    present.extend(real);
+    present.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(present.len());
+    for (s, e) in present {
+        match merged.last_mut() {
+            Some((_, le)) if *le >= s => *le = (*le).max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    Ok(merged)
 }
 
 /// What one VMA's pages become in a step.

@@ -794,3 +794,65 @@ fn pre_dump_then_checkpoint_with_parent() {
     assert_eq!(c.out[1].numbers()[0], before + 1, "{first}");
     c.exec_ok(&["true"]);
 }
+
+/// `runc checkpoint --page-server 127.0.0.1:PORT` to `cryo page-server` (RPC `ps`): the pages
+/// go to the server's directory, the rest to the image path; merged, they restore.
+#[test]
+fn checkpoint_to_a_page_server() {
+    need_runc!();
+    let _g = serial();
+    let mut c = Container::new("pageserver", "pipe");
+    c.start(None, &[]);
+    c.wait_output(0, 2);
+    let srv = c.dir.join("srv");
+    std::fs::create_dir_all(&srv).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let pidfile = srv.join("ps.pid");
+    let o = integration::cryo(&[
+        "page-server",
+        "-D",
+        srv.to_str().unwrap(),
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "-d",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+        "-v4",
+        "-o",
+        "ps.log",
+    ]);
+    ok(&o, "cryo page-server -d");
+    let ps = format!("127.0.0.1:{port}");
+    let img = c.checkpoint(0, &["--page-server", &ps]);
+    c.gone();
+    let before = c.last_output(0);
+    let server: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for("the page server to finish", 10, || {
+        !integration::alive(server)
+    });
+    assert!(!std::fs::read_dir(&img).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with("pages-")));
+    for e in std::fs::read_dir(&srv).unwrap() {
+        let e = e.unwrap();
+        if e.file_name().to_string_lossy().ends_with(".img") {
+            std::fs::copy(e.path(), img.join(e.file_name())).unwrap();
+        }
+    }
+    c.start(Some(&img), &[]);
+    c.wait_output(1, 0);
+    assert_eq!(c.out[1].numbers()[0], before + 1);
+}

@@ -183,9 +183,9 @@ fn check_answers_like_criu() {
 
 #[test]
 fn unimplemented_criu_options_are_refused_by_name() {
-    let o = cryo(&["dump", "-t", "1", "-D", "/tmp/cryo-x", "--page-server"]);
+    let o = cryo(&["dump", "-t", "1", "-D", "/tmp/cryo-x", "--stream"]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--page-server is not supported"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--stream is not supported"));
     let o = cryo(&["restore", "-D", "/tmp/cryo-x", "--lazy-pages"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--lazy-pages is not supported"));

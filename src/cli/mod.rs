@@ -85,7 +85,8 @@ pub enum Cmd {
     /// Serve one CRIU RPC request on the SOCK_SEQPACKET socket at fd FD (what runc, podman,
     /// go-criu and libcriu run as `criu swrk FD`).
     Swrk(SwrkArgs),
-    /// Not implemented yet: CRIU's page server.
+    /// Receive the pages of a dump over TCP (`-D DIR --port N [--address A] [-d]
+    /// [--status-fd FD] [--prev-images-dir ../PREV]`): CRIU's page server.
     #[command(name = "page-server")]
     PageServer(Opts),
     /// Not implemented yet: CRIU's lazy-pages daemon.
@@ -541,11 +542,14 @@ pub struct Opts {
     #[arg(long = "prev-images-dir", value_name = "DIR")]
     pub prev_images_dir: Option<String>,
 
-    // --- Page server (refused by `page-server`, `--page-server`, `lazy-pages`).
-    /// Page server address (used only with a page server).
+    // --- Page server.
+    /// Send the pages to a page server (`--address`, `--port`) instead of writing them.
+    #[arg(long = "page-server")]
+    pub page_server: bool,
+    /// Page server address (the server's to listen on, the dump's to connect to).
     #[arg(long = "address", value_name = "ADDR")]
     pub address: Option<String>,
-    /// Page server port (used only with a page server).
+    /// Page server port.
     #[arg(long = "port", value_name = "PORT")]
     pub port: Option<String>,
     /// Page server socket (used only with a page server).
@@ -1052,7 +1056,6 @@ impl IsSet for Vec<String> {
 }
 
 unsupported_opts! {
-    page_server: bool = "page-server", "the page server is not implemented yet";
     auto_dedup: bool = "auto-dedup", "incremental dumps (and deduplication against them) are not implemented yet";
     lazy_pages: bool = "lazy-pages", "lazy restore is not implemented yet";
     leave_stopped: bool = "leave-stopped" short 's', "leaving the tree stopped is not implemented yet";
@@ -1534,7 +1537,7 @@ mod tests {
 
     #[test]
     fn unsupported_options_are_named() {
-        assert!(err(&["dump", "-t", "1", "--page-server"]).contains("--page-server"));
+        assert!(err(&["dump", "-t", "1", "--stream"]).contains("--stream"));
         assert!(err(&["restore", "--lazy-pages"]).contains("--lazy-pages"));
         assert!(err(&["dump", "-t", "1", "-s"]).contains("--leave-stopped"));
         assert!(err(&["restore", "--external", "veth[eth0]"]).contains("veth[IFNAME]"));

@@ -59,6 +59,8 @@ pub struct DumpOpts {
     pub track_mem: bool,
     /// `--pre-dump-mode` (`splice`, `read`): recorded in the inventory, as CRIU does.
     pub pre_dump_mode: Option<String>,
+    /// `--page-server --address A --port N`: the pages go to this page server (`host:port`).
+    pub page_server: Option<String>,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -119,6 +121,8 @@ pub enum DumpError {
     NetLock(#[from] crate::netlock::NetLockError),
     #[error(transparent)]
     Track(#[from] crate::memtrack::TrackError),
+    #[error(transparent)]
+    PageServer(#[from] crate::pageserver::PsError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -139,6 +143,9 @@ impl DumpError {
                 return Some("--prev-images-dir is relative to the images directory (-D), as in CRIU: e.g. ../previous".into())
             }
             DumpError::Track(_) => return None,
+            DumpError::PageServer(_) => {
+                return Some("is `cryo page-server` (or `criu page-server`) listening at --address/--port?".into())
+            }
             DumpError::Task(e) => e,
             DumpError::Files(e) => e,
             DumpError::Memory(e) => e,
@@ -901,6 +908,8 @@ fn add_table(tables: &mut Vec<(i32, u32)>, e: (i32, u32)) {
 
 /// Dumps one seized process (all its threads) into `img`. Returns the number of injected
 /// syscalls.
+// The pipeline's state for one process, passed as it is (the memory options are two of them).
+#[allow(clippy::too_many_arguments)]
 fn dump_process(
     pid: i32,
     seized: &Seized,
@@ -909,6 +918,7 @@ fn dump_process(
     stats: &mut pb::DumpStatsEntry,
     img: &mut TaskImages,
     mut chain: Option<&mut crate::memtrack::Chain>,
+    page_server: Option<(&mut crate::pageserver::Client, u32)>,
 ) -> Result<u64, DumpError> {
     let tracee = Tracee { tid: pid };
     let mut others = Vec::new();
@@ -1020,6 +1030,7 @@ fn dump_process(
         dir,
         stats,
         chain: None,
+        page_server: None,
     };
     // In-target work, inside the injection bracket.
     cx.parasite = Some(
@@ -1085,6 +1096,7 @@ fn dump_process(
     }
     // Memory after the cure, so the original code word is what gets saved.
     cx.chain = chain;
+    cx.page_server = page_server;
     kinds::dump_kind::<kinds::memory::Memory>(&mut cx, img)?;
     Ok(calls)
 }
@@ -1219,6 +1231,11 @@ pub fn run(
             }
         }
     }
+    // The page server, connected before anything is frozen (as CRIU does).
+    let mut ps = match &opts.page_server {
+        Some(a) => Some(crate::pageserver::Client::connect(a)?),
+        None => None,
+    };
     if freezer.is_none() {
         hooks.notify("pre-dump", None)?;
     }
@@ -1249,10 +1266,20 @@ pub fn run(
         let pids: Vec<i32> = frozen.iter().map(|f| f.0).collect();
         for (p, v) in pids.iter().zip(image_pids(root, &pids)?) {
             c.set_vpid(*p, v);
+            // The parent's pages are on the page server: it says whether it has them.
+            if let Some(ps) = ps.as_mut() {
+                c.set_remote_parent(v, ps.has_parent(v)?);
+            }
         }
         Some(c)
     } else {
         None
+    };
+    let vpids = if ps.is_some() {
+        let pids: Vec<i32> = frozen.iter().map(|f| f.0).collect();
+        image_pids(root, &pids)?
+    } else {
+        Vec::new()
     };
 
     // 3. Each process.
@@ -1326,6 +1353,7 @@ pub fn run(
                 &mut stats,
                 &mut img,
                 chain.as_mut(),
+                ps.as_mut().map(|c| (c, vpids[i])),
             )?;
             if let Some(sig) = seized.stop_sig {
                 let tc = img.tc();
@@ -1341,6 +1369,9 @@ pub fn run(
             add_table(&mut tables, (*pid, img.ids.files_id));
         }
         imgs.push(img);
+    }
+    if let Some(ps) = ps.take() {
+        ps.close()?;
     }
     // Queued terminal bytes, read last; put back when `tty_data` drops (before a release).
     let tty_data = kinds::tty::finish_dump(&mut files)?;
@@ -1617,6 +1648,8 @@ fn write_task(dir: &ImageDir, img: &TaskImages) -> Result<(), DumpError> {
             &img.fdinfo,
         )?;
     }
-    dir.write_pagemap(&format!("pagemap-{pid}.img"), img.pages_id, &img.pagemap)?;
+    if !img.pages_remote {
+        dir.write_pagemap(&format!("pagemap-{pid}.img"), img.pages_id, &img.pagemap)?;
+    }
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 use super::{fault_point, freeze_tree, image_pids, DumpError, DumpOpts, DumpReport};
 use crate::image::{self, pb, ImageDir};
 use crate::kinds::error::TaskError;
-use crate::kinds::memory::{pagemap_entries, write_pages_of, Run};
+use crate::kinds::memory::{pagemap_entries, send_pages, write_pages_of, Run};
 use crate::memtrack::Chain;
 use crate::notify::Notifier;
 use crate::num::{micros_u32, micros_u64};
@@ -58,6 +58,10 @@ pub fn run(
     // Dropped on any error: the tracking ends (its holder is killed, cryo's fds closed).
     let mut chain = Chain::open(dir, opts.prev_images_dir.as_deref(), true)?;
     chain.rearm = true;
+    let mut ps = match &opts.page_server {
+        Some(a) => Some(crate::pageserver::Client::connect(a)?),
+        None => None,
+    };
     hooks.notify("pre-dump", None)?;
     fault_point("seize")?;
     let tf = Instant::now();
@@ -71,6 +75,9 @@ pub fn run(
                 continue; // a zombie has no memory
             }
             chain.set_vpid(*pid, vpid);
+            if let (Some(ps), true) = (ps.as_mut(), chain.parent.is_some()) {
+                chain.set_remote_parent(vpid, ps.has_parent(vpid)?);
+            }
             plans.push(plan_process(&mut chain, *pid, vpid)?);
         }
         fault_point("memory")?;
@@ -94,20 +101,24 @@ pub fn run(
     };
     for (i, p) in plans.iter().enumerate() {
         let pages_id = u32::try_from(i + 1).unwrap_or(u32::MAX);
-        let name = format!("pages-{pages_id}.img");
-        let digest = write_pages_of(p.pid, dir, &name, &p.runs, p.total, true)?;
-        dir.record(&name, digest);
-        dir.write_pagemap(
-            &format!("pagemap-{}.img", p.vpid),
-            pages_id,
-            &pagemap_entries(&p.runs, &p.parents),
-        )?;
+        let entries = pagemap_entries(&p.runs, &p.parents);
+        if let Some(ps) = ps.as_mut() {
+            send_pages(ps, p.pid, p.vpid, &entries, &p.runs, true)?;
+        } else {
+            let name = format!("pages-{pages_id}.img");
+            let digest = write_pages_of(p.pid, dir, &name, &p.runs, p.total, true)?;
+            dir.record(&name, digest);
+            dir.write_pagemap(&format!("pagemap-{}.img", p.vpid), pages_id, &entries)?;
+        }
         stats.pages_written += p.total / PAGE_SIZE;
         stats.pages_skipped_parent += p
             .parents
             .iter()
             .map(|(s, e)| (e - s) / PAGE_SIZE)
             .sum::<u64>();
+    }
+    if let Some(ps) = ps.take() {
+        ps.close()?;
     }
     fault_point("write")?;
     // CRIU's dump_uptime: microseconds since boot (its pid-reuse check of a later step).

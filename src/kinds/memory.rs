@@ -24,7 +24,7 @@ use crate::image::manifest::{FileDigest, BLOCK};
 use crate::image::pb;
 use crate::num::{c_uint, micros_u32, u64_of, usize_of};
 use crate::procfs::Vma;
-use crate::sys::mem::{self, page_is, Mapping};
+use crate::sys::mem::{self, Mapping};
 use crate::sys::remote::{arg, Batch};
 use crate::sys::PAGE_SIZE;
 use twox_hash::XxHash3_128;
@@ -449,9 +449,15 @@ impl Kind for Memory {
             .map(|(s, e)| (e - s) / PAGE_SIZE)
             .sum::<u64>();
         crate::fault::point("memory")?;
-        let name = format!("pages-{}.img", img.pages_id);
-        let digest = write_pages(cx, &name, &runs, off)?;
-        cx.dir.record(&name, digest);
+        if let Some((ps, vpid)) = cx.page_server.as_mut() {
+            // The pages go to the page server; no pagemap or pages image here (CRIU's way).
+            send_pages(ps, pid, *vpid, &img.pagemap, &runs, false)?;
+            img.pages_remote = true;
+        } else {
+            let name = format!("pages-{}.img", img.pages_id);
+            let digest = write_pages(cx, &name, &runs, off)?;
+            cx.dir.record(&name, digest);
+        }
         cx.stats.pages_written += off / PAGE_SIZE;
         cx.stats.memdump_time += micros_u32(t0.elapsed());
         cx.stats.memwrite_time = cx.stats.memdump_time;
@@ -622,21 +628,14 @@ fn scan_private(
             })?;
         return Ok((p.copy, p.parent));
     }
-    let mut ranges = Vec::new();
-    mem::pagemap_scan(
-        pagemap,
-        v.start,
-        v.end,
-        page_is::PFNZERO | page_is::FILE,
-        page_is::PFNZERO | page_is::FILE,
-        page_is::PRESENT | page_is::SWAPPED,
-        &mut ranges,
-    )
-    .map_err(|source| TaskError::Memory {
-        pid,
-        addr: v.start,
-        what: "PAGEMAP_SCAN",
-        source,
+    // Present or swapped pages (write-protection markers of a tracking chain left out).
+    let ranges = crate::memtrack::present_pages(pagemap, v.start, v.end).map_err(|source| {
+        TaskError::Memory {
+            pid,
+            addr: v.start,
+            what: "PAGEMAP_SCAN",
+            source,
+        }
     })?;
     Ok((ranges, Vec::new()))
 }
@@ -877,6 +876,73 @@ fn write_pages(
     total: u64,
 ) -> Result<FileDigest, MemoryError> {
     write_pages_of(cx.pid, cx.dir, name, runs, total, false)
+}
+
+/// Sends process `pid`'s pagemap `entries` (sorted; `PE_PRESENT` ones are `runs`, in order)
+/// to a page server as process `vpid`, reading the pages from the process. `lenient` as in
+/// [`write_pages_of`]. Returns the bytes sent.
+pub fn send_pages(
+    ps: &mut crate::pageserver::Client,
+    pid: i32,
+    vpid: u32,
+    entries: &[pb::PagemapEntry],
+    runs: &[Run],
+    lenient: bool,
+) -> Result<u64, MemoryError> {
+    let ps_err = |e: crate::pageserver::PsError| {
+        MemoryError::from(TaskError::Memory {
+            pid,
+            addr: 0,
+            what: "sending pages to the page server",
+            source: std::io::Error::other(e.to_string()),
+        })
+    };
+    ps.open(vpid).map_err(ps_err)?;
+    let mem_file = if runs.iter().any(|r| r.via_mem) {
+        File::open(format!("/proc/{pid}/mem")).ok()
+    } else {
+        None
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut runs = runs.iter();
+    let mut sent = 0u64;
+    for e in entries {
+        ps.add(vpid, e, &[]).map_err(ps_err)?;
+        if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
+            continue;
+        }
+        let Some(r) = runs.next() else {
+            return Err(TaskError::Internal("pagemap entries and page runs disagree").into());
+        };
+        let len = r.pages * PAGE_SIZE;
+        let mut at = 0u64;
+        while at < len {
+            let n = usize_of((len - at).min(buf.len() as u64));
+            let dst = &mut buf[..n];
+            let a = r.vaddr + at;
+            let got = match (&mem_file, r.via_mem) {
+                (Some(m), true) => m.read_exact_at(dst, a),
+                _ => mem::vm_read(pid, dst, &[(a, n)]),
+            };
+            if let Err(source) = got {
+                if !lenient {
+                    return Err(TaskError::Memory {
+                        pid,
+                        addr: a,
+                        what: "reading pages",
+                        source,
+                    }
+                    .into());
+                }
+                read_lenient(pid, dst, a, mem_file.as_ref());
+            }
+            ps.data(dst).map_err(ps_err)?;
+            at += n as u64;
+            sent += n as u64;
+            crate::progress::advance(n as u64);
+        }
+    }
+    Ok(sent)
 }
 
 /// [`write_pages`] for process `pid` into `dir`. `lenient` (a pre-dump, copying while the

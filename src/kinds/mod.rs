@@ -103,6 +103,8 @@ pub struct TaskImages {
     /// Dump: the fd table is shared (CLONE_FILES) with the earlier task whose `files_id` this
     /// is; its fds are saved once, with that task.
     pub files_shared: Option<u32>,
+    /// Dump: the pagemap and pages went to a page server (nothing is written here).
+    pub pages_remote: bool,
 }
 
 impl TaskImages {
@@ -273,6 +275,8 @@ pub struct DumpCx<'a> {
     pub stats: &'a mut pb::DumpStatsEntry,
     /// An incremental dump's parent and write tracking (`--prev-images-dir`).
     pub chain: Option<&'a mut crate::memtrack::Chain>,
+    /// `--page-server`: the connection the pages go to, and this process's PID in the images.
+    pub page_server: Option<(&'a mut crate::pageserver::Client, u32)>,
 }
 
 impl<'a> DumpCx<'a> {

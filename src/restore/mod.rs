@@ -345,6 +345,7 @@ fn read_task(dir: &ImageDir, ps: &pb::PstreeEntry) -> Result<TaskImages, Restore
             .map(|tid| dir.read_one(&format!("core-{tid}.img"), image::CORE))
             .collect::<Result<_, _>>()?,
         files_shared: None,
+        pages_remote: false,
     };
     Ok(img)
 }

@@ -277,8 +277,8 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     if on(o.auto_dedup) {
         bad.push("auto_dedup (deduplication of parent images is not implemented yet)".into());
     }
-    if on(o.lazy_pages) || o.ps.is_some() {
-        bad.push("lazy_pages/ps (lazy restore and the page server are not implemented yet)".into());
+    if on(o.lazy_pages) {
+        bad.push("lazy_pages (lazy restore is not implemented yet)".into());
     }
     if let Err(e) = mount_pairs(o) {
         bad.push(e);
@@ -621,6 +621,15 @@ fn do_dump(
         track_mem: o.track_mem == Some(true),
         // criu_pre_dump_mode: SPLICE = 1, READ = 2.
         pre_dump_mode: (o.pre_dump_mode == Some(2)).then(|| "read".to_string()),
+        // `ps`: the page server the pages go to (runc's --page-server ADDR:PORT).
+        page_server: match &o.ps {
+            Some(ps) => Some(crate::pageserver::address(
+                ps.address.as_deref(),
+                ps.port.map(|p| p.to_string()).as_deref(),
+                false,
+            )?),
+            None => None,
+        },
     };
     let mut n = hooks(&l, sk, images.clone());
     if pre {

@@ -1,0 +1,412 @@
+//! CRIU's page server, both ends: `cryo page-server` receives the pages of a dump over TCP
+//! and writes them as `pagemap-ID.img` + `pages-N.img` into its images directory, and `cryo
+//! dump|pre-dump --page-server --address A --port N` sends them there instead of writing them
+//! (so the pages of a big process never touch the source's disk). The protocol is CRIU's
+//! (`criu/page-xfer.c`), so either end can be CRIU 4.2.
+//!
+//! The wire: fixed 32-byte little-endian records `{u32 cmd, u32 pad, u64 nr_pages, u64 vaddr,
+//! u64 dst_id}`. `dst_id` is `id << 8 | type` (type 1: a process's pagemap, id its PID in the
+//! images; 2: shared memory). Commands: `OPEN2` (the server answers one byte: does its parent
+//! images directory hold this pagemap), `OPEN` (no answer), `PARENT` (answer: an `i32`),
+//! `ADD_F` with the pagemap flags in the high 16 bits of `cmd` (`PE_PRESENT` ones are followed
+//! by the page bytes; `PE_PARENT` ones are not), the legacy `ADD` / `HOLE`, and `CLOSE` (the
+//! server answers an `i32` 0 once everything is written, then waits for the client to close).
+//! Each `OPEN` starts a new pages image (ids from 1, in order), as CRIU's local writer does.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+
+use crate::image::{pb, ImageDir};
+use crate::memtrack::{PE_PARENT, PE_PRESENT};
+use crate::sys::PAGE_SIZE;
+
+pub const PS_IOV_ADD: u32 = 1;
+pub const PS_IOV_HOLE: u32 = 2;
+pub const PS_IOV_OPEN: u32 = 3;
+pub const PS_IOV_OPEN2: u32 = 4;
+pub const PS_IOV_PARENT: u32 = 5;
+pub const PS_IOV_ADD_F: u32 = 6;
+pub const PS_IOV_GET: u32 = 7;
+pub const PS_IOV_CLOSE: u32 = 0x1023;
+pub const PS_IOV_FORCE_CLOSE: u32 = 0x1024;
+const PS_CMD_BITS: u32 = 16;
+const PS_TYPE_BITS: u32 = 8;
+pub const PS_TYPE_PID: u64 = 1;
+pub const PS_TYPE_SHMEM: u64 = 2;
+
+/// Why a page-server session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PsError {
+    #[error("page server connection {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("page server protocol: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PsError {
+    let what = what.into();
+    move |source| PsError::Io { what, source }
+}
+
+/// One protocol record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Iov {
+    pub cmd: u32,
+    pub nr_pages: u64,
+    pub vaddr: u64,
+    pub dst_id: u64,
+}
+
+impl Iov {
+    pub const SIZE: usize = 32;
+
+    pub fn to_bytes(self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[0..4].copy_from_slice(&self.cmd.to_le_bytes());
+        b[8..16].copy_from_slice(&self.nr_pages.to_le_bytes());
+        b[16..24].copy_from_slice(&self.vaddr.to_le_bytes());
+        b[24..32].copy_from_slice(&self.dst_id.to_le_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; 32]) -> Iov {
+        let u64_at = |o: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(w)
+        };
+        Iov {
+            cmd: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            nr_pages: u64_at(8),
+            vaddr: u64_at(16),
+            dst_id: u64_at(24),
+        }
+    }
+
+    fn command(&self) -> u32 {
+        self.cmd & ((1 << PS_CMD_BITS) - 1)
+    }
+
+    fn flags(&self) -> u32 {
+        self.cmd >> PS_CMD_BITS
+    }
+}
+
+/// `dst_id` of a process's pagemap (`id`: its PID in the images).
+pub fn pid_dst(id: u32) -> u64 {
+    u64::from(id) << PS_TYPE_BITS | PS_TYPE_PID
+}
+
+/// The pagemap image a `dst_id` names; CRIU's older type numbers too (`decode_pm`).
+fn pagemap_name(dst_id: u64) -> Option<String> {
+    let id = dst_id >> PS_TYPE_BITS;
+    match dst_id & ((1 << PS_TYPE_BITS) - 1) {
+        1 | 10 | 11 | 16 | 17 => Some(format!("pagemap-{id}.img")),
+        2 | 27 | 28 | 29 | 32 | 33 | 34 => Some(format!("pagemap-shmem-{id}.img")),
+        _ => None,
+    }
+}
+
+/// The pagemap being received.
+struct Open {
+    name: String,
+    pages_id: u32,
+    pages: std::fs::File,
+    entries: Vec<pb::PagemapEntry>,
+}
+
+/// The receiving end: writes what one client sends into `dir`.
+pub struct Server {
+    dir: ImageDir,
+    next_pages_id: u32,
+    open: Option<Open>,
+    /// Bytes of page data received (for the log).
+    pub bytes: u64,
+}
+
+impl Server {
+    pub fn new(dir: ImageDir) -> Server {
+        Server {
+            dir,
+            next_pages_id: 1,
+            open: None,
+            bytes: 0,
+        }
+    }
+
+    fn has_parent(&self, dst_id: u64) -> bool {
+        pagemap_name(dst_id)
+            .is_some_and(|n| self.dir.file(crate::memtrack::PARENT_LINK).join(n).exists())
+    }
+
+    /// Writes the open pagemap image.
+    fn finish(&mut self) -> Result<(), PsError> {
+        if let Some(o) = self.open.take() {
+            o.pages
+                .sync_data()
+                .map_err(io("fsync of the pages image"))?;
+            self.dir.write_pagemap(&o.name, o.pages_id, &o.entries)?;
+            tracing::info!(image = %o.name, pages_id = o.pages_id, entries = o.entries.len(), "page server: pagemap written");
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, dst_id: u64) -> Result<(), PsError> {
+        self.finish()?;
+        let name = pagemap_name(dst_id)
+            .ok_or_else(|| PsError::Protocol(format!("unknown pagemap type in {dst_id:#x}")))?;
+        let pages_id = self.next_pages_id;
+        self.next_pages_id += 1;
+        let pages = self.dir.create_file(&format!("pages-{pages_id}.img"))?;
+        tracing::info!(image = %name, pages_id, "page server: opening");
+        self.open = Some(Open {
+            name,
+            pages_id,
+            pages,
+            entries: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Serves one session on `sk` until the client's CLOSE (then waits for it to hang up).
+    pub fn serve(&mut self, sk: &mut TcpStream) -> Result<(), PsError> {
+        let _ = sk.set_nodelay(true);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let mut raw = [0u8; Iov::SIZE];
+            match read_full(sk, &mut raw).map_err(io("read"))? {
+                0 => {
+                    return Err(PsError::Protocol(
+                        "the client went away before CLOSE: the data were not flushed".into(),
+                    ))
+                }
+                Iov::SIZE => {}
+                n => return Err(PsError::Protocol(format!("a record cut after {n} bytes"))),
+            }
+            let pi = Iov::from_bytes(&raw);
+            match pi.command() {
+                PS_IOV_OPEN => self.open(pi.dst_id)?,
+                PS_IOV_OPEN2 => {
+                    self.open(pi.dst_id)?;
+                    let p = u8::from(self.has_parent(pi.dst_id));
+                    sk.write_all(&[p]).map_err(io("write (OPEN2 answer)"))?;
+                }
+                PS_IOV_PARENT => {
+                    let p = i32::from(self.has_parent(pi.dst_id));
+                    sk.write_all(&p.to_le_bytes())
+                        .map_err(io("write (PARENT answer)"))?;
+                }
+                c @ (PS_IOV_ADD_F | PS_IOV_ADD | PS_IOV_HOLE) => {
+                    let flags = match c {
+                        PS_IOV_ADD_F => pi.flags(),
+                        PS_IOV_ADD => PE_PRESENT,
+                        _ => PE_PARENT,
+                    };
+                    if self.open.is_none() {
+                        // CRIU's "deprecated IO w/o open".
+                        self.open(pi.dst_id)?;
+                    }
+                    let o = self.open.as_mut().expect("opened");
+                    o.entries.push(pb::PagemapEntry {
+                        vaddr: pi.vaddr,
+                        compat_nr_pages: u32::try_from(pi.nr_pages).unwrap_or(0),
+                        in_parent: None,
+                        flags: Some(flags),
+                        nr_pages: Some(pi.nr_pages),
+                    });
+                    if flags & PE_PRESENT != 0 {
+                        let mut left = pi.nr_pages.checked_mul(PAGE_SIZE).ok_or_else(|| {
+                            PsError::Protocol(format!("{} pages overflow", pi.nr_pages))
+                        })?;
+                        while left > 0 {
+                            let n =
+                                usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
+                            sk.read_exact(&mut buf[..n])
+                                .map_err(io("read (page data)"))?;
+                            o.pages
+                                .write_all(&buf[..n])
+                                .map_err(io("write of the pages image"))?;
+                            left -= n as u64;
+                            self.bytes += n as u64;
+                        }
+                    }
+                }
+                PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE => {
+                    self.finish()?;
+                    sk.write_all(&0i32.to_le_bytes())
+                        .map_err(io("write (CLOSE answer)"))?;
+                    // Wait for the client to hang up (no TIME_WAIT here), as CRIU does.
+                    let mut c = [0u8; 1];
+                    let _ = sk.read(&mut c);
+                    return Ok(());
+                }
+                PS_IOV_GET => {
+                    return Err(PsError::Protocol(
+                        "GET (lazy pages) is not served by this page server".into(),
+                    ))
+                }
+                other => return Err(PsError::Protocol(format!("unknown command {other:#x}"))),
+            }
+        }
+    }
+}
+
+/// Reads until `buf` is full or the peer closes; returns the bytes read.
+fn read_full(sk: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match sk.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// `cryo page-server`: listens, serves one client into `dir`, and returns.
+pub fn run_server(dir: &Path, listener: TcpListener) -> Result<u64, PsError> {
+    let (mut sk, peer) = listener.accept().map_err(io("accept"))?;
+    drop(listener);
+    tracing::info!(%peer, "page server: client connected");
+    let mut s = Server::new(ImageDir::create(dir)?);
+    s.serve(&mut sk)?;
+    tracing::info!(bytes = s.bytes, "page server: session over");
+    Ok(s.bytes)
+}
+
+/// The sending end, for a dump or pre-dump.
+pub struct Client {
+    sk: TcpStream,
+    /// Where it is connected (for messages).
+    pub addr: String,
+}
+
+impl Client {
+    pub fn connect(addr: &str) -> Result<Client, PsError> {
+        let sk = TcpStream::connect(addr).map_err(io(format!("to {addr}")))?;
+        let _ = sk.set_nodelay(true);
+        Ok(Client {
+            sk,
+            addr: addr.to_string(),
+        })
+    }
+
+    fn send(&mut self, pi: Iov) -> Result<(), PsError> {
+        self.sk
+            .write_all(&pi.to_bytes())
+            .map_err(io(format!("to {} (write)", self.addr)))
+    }
+
+    fn recv<const N: usize>(&mut self) -> Result<[u8; N], PsError> {
+        let mut b = [0u8; N];
+        self.sk
+            .read_exact(&mut b)
+            .map_err(io(format!("to {} (read)", self.addr)))?;
+        Ok(b)
+    }
+
+    /// `PARENT`: does the server's parent images directory hold pages of `id`?
+    pub fn has_parent(&mut self, id: u32) -> Result<bool, PsError> {
+        self.send(Iov {
+            cmd: PS_IOV_PARENT,
+            dst_id: pid_dst(id),
+            ..Default::default()
+        })?;
+        Ok(i32::from_le_bytes(self.recv::<4>()?) != 0)
+    }
+
+    /// `OPEN2` of process `id`'s pagemap; returns whether the server has a parent for it.
+    pub fn open(&mut self, id: u32) -> Result<bool, PsError> {
+        self.send(Iov {
+            cmd: PS_IOV_OPEN2,
+            dst_id: pid_dst(id),
+            ..Default::default()
+        })?;
+        Ok(self.recv::<1>()?[0] != 0)
+    }
+
+    /// `ADD_F` of one pagemap entry of process `id`; `data` (the pages, for `PE_PRESENT`)
+    /// follows it.
+    pub fn add(&mut self, id: u32, e: &pb::PagemapEntry, data: &[u8]) -> Result<(), PsError> {
+        let flags = e.flags.unwrap_or(PE_PRESENT);
+        self.send(Iov {
+            cmd: flags << PS_CMD_BITS | PS_IOV_ADD_F,
+            nr_pages: e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages)),
+            vaddr: e.vaddr,
+            dst_id: pid_dst(id),
+        })?;
+        self.sk
+            .write_all(data)
+            .map_err(io(format!("to {} (page data)", self.addr)))
+    }
+
+    /// Writes page data that follows the last `add` (in pieces).
+    pub fn data(&mut self, data: &[u8]) -> Result<(), PsError> {
+        self.sk
+            .write_all(data)
+            .map_err(io(format!("to {} (page data)", self.addr)))
+    }
+
+    /// `CLOSE`: waits until the server has written everything.
+    pub fn close(mut self) -> Result<(), PsError> {
+        self.send(Iov {
+            cmd: PS_IOV_CLOSE,
+            ..Default::default()
+        })?;
+        let st = i32::from_le_bytes(self.recv::<4>()?);
+        if st != 0 {
+            return Err(PsError::Protocol(format!(
+                "the server ended with status {st}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The address `--address A --port N` names (default: all addresses for a server, loopback
+/// for a client).
+pub fn address(addr: Option<&str>, port: Option<&str>, server: bool) -> Result<String, String> {
+    let port: u16 = port
+        .ok_or("--port is needed")?
+        .parse()
+        .map_err(|_| "--port: not a port number".to_string())?;
+    let a = addr.unwrap_or(if server { "0.0.0.0" } else { "127.0.0.1" });
+    Ok(if a.contains(':') && !a.starts_with('[') {
+        format!("[{a}]:{port}")
+    } else {
+        format!("{a}:{port}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let i = Iov {
+            cmd: PE_PRESENT << 16 | PS_IOV_ADD_F,
+            nr_pages: 3,
+            vaddr: 0x7f00_0000_1000,
+            dst_id: pid_dst(42),
+        };
+        let b = i.to_bytes();
+        assert_eq!(Iov::from_bytes(&b), i);
+        assert_eq!(i.command(), PS_IOV_ADD_F);
+        assert_eq!(i.flags(), PE_PRESENT);
+        assert_eq!(pagemap_name(i.dst_id).unwrap(), "pagemap-42.img");
+        assert_eq!(pagemap_name(7 << 8 | 2).unwrap(), "pagemap-shmem-7.img");
+        assert_eq!(pagemap_name(7 << 8 | 99), None);
+        assert_eq!(address(None, Some("1"), false).unwrap(), "127.0.0.1:1");
+        assert_eq!(address(Some("::1"), Some("5"), true).unwrap(), "[::1]:5");
+    }
+}
