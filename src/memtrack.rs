@@ -158,6 +158,34 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether `h` is still the holder a step started: same start time, and a process running
+/// cryo's own executable as `cryo __memtrack-hold`. The record comes from an images
+/// directory, which may be hostile: without this a crafted record would make cryo kill, or
+/// take fds from, any process it names.
+fn is_holder(h: Proc) -> bool {
+    if start_time(h.pid) != Some(h.start) {
+        return false;
+    }
+    let exe = |p: &str| std::fs::read_link(p).ok();
+    let same_exe = match (exe(&format!("/proc/{}/exe", h.pid)), exe("/proc/self/exe")) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    };
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", h.pid)).unwrap_or_default();
+    same_exe
+        && cmdline
+            .split(|b| *b == 0)
+            .nth(1)
+            .is_some_and(|a| a == HOLD_CMD.as_bytes())
+}
+
+/// Whether an fd taken from a holder is a userfaultfd (and not whatever a crafted record
+/// pointed at).
+fn is_userfaultfd(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|l| l.as_os_str() == "anon_inode:[userfaultfd]")
+}
+
 /// `cryo-memtrack.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Record {
@@ -289,7 +317,7 @@ impl Chain {
     /// Takes the parent step's userfaultfds from its holder (which is killed once this step
     /// is done or fails). A task whose fd cannot be had is simply untracked (saved whole).
     fn take_from_holder(&mut self, h: Proc, tasks: &[TaskRec]) {
-        if start_time(h.pid) != Some(h.start) {
+        if !is_holder(h) {
             tracing::warn!(
                 holder = h.pid,
                 "memory tracking: the previous step's holder is gone; every page is saved"
@@ -306,6 +334,11 @@ impl Chain {
                 continue;
             }
             match crate::sys::fd::pidfd_getfd(pidfd.as_fd(), fd) {
+                Ok(f) if !is_userfaultfd(&f) => tracing::warn!(
+                    pid = t.proc.pid,
+                    fd,
+                    "memory tracking: the holder's fd is not a userfaultfd; every page is saved"
+                ),
                 Ok(f) => {
                     self.tasks.insert(
                         t.proc.pid,
@@ -755,7 +788,7 @@ fn spawn_holder(tasks: &HashMap<i32, Task>, fds: &[(i32, i32)]) -> Result<Proc, 
 }
 
 fn kill_holder(h: Proc) {
-    if start_time(h.pid) == Some(h.start) {
+    if is_holder(h) {
         let _ = crate::sys::proc::kill(h.pid, libc::SIGKILL);
         tracing::info!(holder = h.pid, "memory tracking: previous holder stopped");
     }

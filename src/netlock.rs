@@ -22,7 +22,7 @@
 //! - runc's `network-lock`/`network-unlock` notifications are sent by the pipelines around
 //!   the whole-namespace lock (`dump/mod.rs`, `restore/mod.rs`), as CRIU sends them.
 //!
-//! Nothing is ever left behind. `unlock` (and `Drop`, on every error path) deletes what this
+//! Nothing is left behind but the lock a dump keeps on purpose for its restore. `unlock` (and `Drop`, on every error path) deletes what this
 //! run made; after a dump whose tree was killed the lock stays on purpose for the restore
 //! ([`NetLock::keep`]: it is then named in the images, and the restore lifts it with
 //! [`NetLock::lift_dump_lock`]). Against a cryo killed mid-way (SIGKILL runs no destructor)

@@ -834,6 +834,14 @@ fn pod_member_restores_into_its_pods_namespaces() {
     });
     let _gi = KillOnDrop(infra);
     let a = infra.to_string();
+    // The member joins only once the pod has its name (the pod's shell may not have run
+    // `hostname` yet when its PID shows up).
+    wait_for("the pod's hostname", 10, || {
+        std::process::Command::new("nsenter")
+            .args(["-t", &a, "--uts", "hostname"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "pod-a")
+    });
     let script = format!(
         "while true; do echo $$ $(hostname) >> {}; sleep 0.05; done",
         out.display()

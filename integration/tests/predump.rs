@@ -310,3 +310,45 @@ fn criu_restores_cryos_chain() {
     );
     assert_eq!(memhog_sum(pid, &out), sum);
 }
+
+/// The chain record (`cryo-memtrack.json`) comes from an images directory, which may be
+/// hostile: a record naming another process as its holder must neither get that process
+/// killed nor have fds taken from it. The next step saves every page instead.
+#[test]
+fn a_forged_holder_in_the_record_is_left_alone() {
+    let dir = scratch("predump-forged");
+    let (pid, _out) = start_dirtier(&dir, 8, 1000);
+    let _g = KillOnDrop(pid);
+    let victim = spawn(&["sleep", "600"], &dir.join("victim.log"));
+    let _v = KillOnDrop(victim);
+    pre_dump(pid, &dir.join("p1"), None, &[]);
+    let real = holder(&dir.join("p1")).expect("holder of step 1");
+    // Point the record at the victim: its pid and start time, and its fd 1 as "the uffd".
+    let stat = std::fs::read_to_string(format!("/proc/{victim}/stat")).unwrap();
+    let start: u64 = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rec_path = dir.join("p1").join("cryo-memtrack.json");
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    rec["holder"] = serde_json::json!({ "pid": victim, "start": start });
+    for t in rec["tasks"].as_array_mut().unwrap() {
+        t["fd"] = serde_json::json!(1);
+    }
+    std::fs::write(&rec_path, serde_json::to_vec(&rec).unwrap()).unwrap();
+    pre_dump(pid, &dir.join("p2"), Some("../p1"), &[]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        alive(victim),
+        "cryo killed the process a forged record named"
+    );
+    let (here, _) = pagemap_pages(&dir.join("p2"), pid);
+    assert!(
+        here >= 8 * 256,
+        "without the parent's tracking every page is saved ({here} pages)"
+    );
+    kill(real);
+}

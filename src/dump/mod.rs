@@ -336,7 +336,7 @@ fn seize_all(pids: &[i32], root: i32) -> Result<Vec<Option<Seized>>, DumpError> 
         for tid in tids {
             match Tracee::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
                 Ok(t) => pending.push((i, t)),
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) if exited(tid, &e) => {}
                 Err(source) => {
                     err = Some(DumpError::Seize { pid: tid, source });
                     break 'issue;
@@ -400,7 +400,7 @@ fn seize_new_threads(pid: i32, mut s: Seized) -> Result<Seized, DumpError> {
             }
             match Tracee::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
                 Ok(t) => pending.push(t),
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) if exited(tid, &e) => {}
                 Err(source) => {
                     err = Some(DumpError::Seize { pid: tid, source });
                     break;
@@ -464,7 +464,7 @@ fn seize_frozen(
                         }
                         match Tracee::seize(tid, libc::PTRACE_O_TRACESYSGOOD) {
                             Ok(t) => ts.push(t),
-                            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+                            Err(e) if exited(tid, &e) => continue,
                             Err(source) => return Err(DumpError::Seize { pid: tid, source }),
                         }
                         more = true;
@@ -844,6 +844,17 @@ fn virtualize(imgs: &mut [TaskImages], files: &mut FileTable) -> Result<(), Dump
         }
     }
     Ok(())
+}
+
+/// Whether a failed `PTRACE_SEIZE` of `tid` means the task exited meanwhile: ESRCH (gone),
+/// or EPERM for a task that is already a zombie or gone by now (the kernel refuses to attach
+/// to an exiting task with EPERM; a tree that forks and exits all the time hits that).
+fn exited(tid: i32, e: &std::io::Error) -> bool {
+    match e.raw_os_error() {
+        Some(libc::ESRCH) => true,
+        Some(libc::EPERM) => procfs::stat(tid).map_or(true, |s| matches!(s.state, 'Z' | 'X')),
+        _ => false,
+    }
 }
 
 fn is_zombie(pid: i32) -> bool {
