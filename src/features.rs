@@ -149,6 +149,45 @@ fn in_path(tool: &str, what: &str) -> Result<String, String> {
     }
 }
 
+/// Whether this process can set its login uid, as a restored task must (CRIU's `LUID_FULL`):
+/// `/proc/self/loginuid` exists (audit syscall support) and writing the current value back is
+/// allowed (CAP_AUDIT_CONTROL, loginuid not immutable). Only the login session id of cryo
+/// itself changes. Asked once per process.
+pub fn loginuid_writable() -> Result<(), String> {
+    static ANSWER: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    ANSWER
+        .get_or_init(|| {
+            let path = "/proc/self/loginuid";
+            let now = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            std::fs::write(path, now.trim())
+                .map_err(|e| format!("{path} cannot be written here: {e}"))
+        })
+        .clone()
+}
+
+/// `KCMP_EPOLL_TFD` (Linux 4.13): an epoll item whose registered fd was closed or replaced is
+/// found at another fd of the task on its file. Probed on an eventfd in an epoll of cryo's.
+fn kcmp_epoll() -> Result<String, String> {
+    use rustix::event::epoll;
+    use std::os::fd::AsRawFd;
+    let ep = sys::fd::epoll_create().map_err(|e| format!("epoll_create1: {e}"))?;
+    let ev = sys::fd::eventfd(libc::EFD_CLOEXEC).map_err(|e| format!("eventfd: {e}"))?;
+    epoll::add(
+        &ep,
+        &ev,
+        epoll::EventData::new_u64(0),
+        epoll::EventFlags::IN,
+    )
+    .map_err(|e| format!("epoll_ctl: {e}"))?;
+    let me = sys::proc::own_pid();
+    let fd = ev.as_raw_fd();
+    match sys::proc::kcmp_epoll_tfd(me, fd, ep.as_raw_fd(), fd.cast_unsigned(), 0) {
+        Ok(true) => Ok("an epoll watch whose fd was closed or replaced is found at another fd on its file".into()),
+        Ok(false) => Err("kcmp(KCMP_EPOLL_TFD) does not match an epoll's own target".into()),
+        Err(e) => Err(format!("kcmp(KCMP_EPOLL_TFD): {e}")),
+    }
+}
+
 /// A feature cryo does not handle, whatever the kernel offers.
 fn not_in_cryo(why: &str) -> Result<String, String> {
     Err(why.to_string())
@@ -286,7 +325,7 @@ pub fn probe(name: &str) -> Option<Feature> {
         "pidfd_store" => not_in_cryo("the pidfd store (pid reuse detection across pre-dumps) is not implemented in cryo"),
         "aio_remap" => not_in_cryo("AIO rings are not saved by cryo"),
         "tun" | "tun_ns" => not_in_cryo("open tun/tap queues (tun file descriptors) are not saved by cryo (persistent tun/tap links of a saved network namespace are)"),
-        "loginuid" => not_in_cryo("cryo saves the login uid but does not restore it"),
+        "loginuid" => loginuid_writable().map(|()| "a task's login uid (/proc/PID/loginuid) is restored".into()),
         "autofs" => not_in_cryo("autofs mounts are not supported by cryo"),
         "compat_cr" => not_in_cryo("32-bit (compat) tasks are not supported by cryo"),
         "sk_unix_file" => not_in_cryo("cryo finds a unix socket's file by its path, not with SIOCUNIXFILE"),
@@ -294,7 +333,7 @@ pub fn probe(name: &str) -> Option<Feature> {
         "nsid" => kernel_at_least(4, 0).map(|k| format!("{k}: a veth peer's namespace is found by its NETNSA_NSID")),
         "link_nsid" => kernel_at_least(4, 0).map(|k| format!("{k}: IFLA_LINK_NETNSID names a veth peer's namespace")),
         "newifindex" => kernel_at_least(4, 15).map(|k| format!("{k}: links are made again with their saved ifindex")),
-        "kcmp_epoll" => not_in_cryo("cryo finds epoll targets by fd number, not with KCMP_EPOLL_TFD (an epoll watching a closed fd is refused)"),
+        "kcmp_epoll" => kcmp_epoll(),
         "nftables" => in_path("nft", "a network namespace's nftables rules are saved with `nft list ruleset` and loaded again with nft"),
         "has_ipt_legacy" => in_path("iptables-legacy-save", "a network namespace's legacy iptables rules are saved with iptables-legacy-save"),
         "apparmor_stacking" => not_in_cryo("LSM profiles are not supported by cryo"),

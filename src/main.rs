@@ -377,6 +377,9 @@ fn setup(c: &Opts, create_dir: bool, config_files: &[PathBuf]) -> Result<()> {
     if let Some(l) = &c.libdir {
         tracing::debug!(libdir = %l.display(), "cryo has no plugins");
     }
+    if let Some(y) = &c.cgroup_yard {
+        cryo::kinds::cgroup::set_yard(in_workdir(c, Path::new(y)));
+    }
     Ok(())
 }
 

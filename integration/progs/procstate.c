@@ -19,6 +19,9 @@
  *   sigtrap  a blocked SIGTRAP pending (the dump must be refused, the signal left alone)
  *   timens   a time namespace made for children not forked yet (the dump must be refused)
  *   rseq     a thread running long rseq critical sections (almost always inside one)
+ *   strict   a child in seccomp strict mode (only read, write, exit), blocked in read()
+ *   epoll    epoll watches registered under fd numbers since closed or reused, whose files
+ *            are still open at other fds (CRIU finds them with KCMP_EPOLL_TFD)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -34,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -496,6 +500,77 @@ static void timens(void)
     check("still running", 1);
 }
 
+/* The child enters strict mode and then echoes one byte back; the parent checks its mode
+ * after the restore, then the echo, then that it exited normally (not killed). */
+static void strict(void)
+{
+    int in[2], back[2];
+    if (pipe(in) || pipe(back))
+        exit(1);
+    pid_t c = fork();
+    if (c == 0) {
+        char b;
+        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT))
+            syscall(SYS_exit, 3);
+        if (read(in[0], &b, 1) != 1)
+            syscall(SYS_exit, 4);
+        b++;
+        if (write(back[1], &b, 1) != 1)
+            syscall(SYS_exit, 5);
+        syscall(SYS_exit, 0);
+    }
+    usleep(100000);
+    ready();
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/status", c);
+    FILE *f = fopen(path, "r");
+    int mode = -1;
+    while (f && fgets(line, sizeof line, f))
+        sscanf(line, "Seccomp:\t%d", &mode);
+    if (f)
+        fclose(f);
+    check("the child is in strict mode", mode == SECCOMP_MODE_STRICT);
+    char b = 'a';
+    int st = 0;
+    check("the child read and wrote", write(in[1], &b, 1) == 1 && read(back[0], &b, 1) == 1 && b == 'b');
+    check("the child exited by itself", waitpid(c, &st, 0) == c && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* Three pipes watched by one epoll: the first registered as fd 700, which was closed (its
+ * read end is still open at its first number), the second as fd 701, closed and then reused
+ * by the third pipe's read end, which is registered as 701 too. After the restore each pipe
+ * wakes the epoll with its own data. */
+static void epoll_case(void)
+{
+    int ep = epoll_create1(0), p[3][2];
+    for (int i = 0; i < 3; i++)
+        if (pipe(p[i]))
+            exit(1);
+    struct epoll_event ev = {.events = EPOLLIN};
+    ev.data.u64 = 100;
+    dup2(p[0][0], 700);
+    epoll_ctl(ep, EPOLL_CTL_ADD, 700, &ev);
+    close(700);
+    ev.data.u64 = 101;
+    dup2(p[1][0], 701);
+    epoll_ctl(ep, EPOLL_CTL_ADD, 701, &ev);
+    close(701);
+    ev.data.u64 = 102;
+    dup2(p[2][0], 701);
+    epoll_ctl(ep, EPOLL_CTL_ADD, 701, &ev);
+    ready();
+    int good = 1;
+    for (int i = 0; i < 3; i++) {
+        char b = 'x';
+        struct epoll_event got;
+        if (write(p[i][1], &b, 1) != 1 || epoll_wait(ep, &got, 1, 5000) != 1 || got.data.u64 != (uint64_t)(100 + i))
+            good = 0;
+        if (read(p[i][0], &b, 1) != 1)
+            good = 0;
+    }
+    check("each pipe wakes the epoll with its data", good);
+}
+
 int main(int argc, char **argv)
 {
     if (argc != 3)
@@ -531,6 +606,10 @@ int main(int argc, char **argv)
         timens();
     else if (!strcmp(c, "rseq"))
         rseq_case();
+    else if (!strcmp(c, "strict"))
+        strict();
+    else if (!strcmp(c, "epoll"))
+        epoll_case();
     else
         return 2;
     fprintf(out, "done\n");

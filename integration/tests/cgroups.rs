@@ -625,3 +625,62 @@ fn cgroup_properties_and_file_owners_are_restored() {
         );
     }
 }
+
+/// `--cgroup-yard DIR` (zdtm's static/cgroup_yard): the caller mounted the hierarchies in a
+/// yard of its own, one per subdirectory named as CRIU names them (`NAME` for `name=NAME`).
+/// cryo takes the option at dump and restore, uses the yard's mounts, and a process in a
+/// cgroup of a named hierarchy mounted only there is restored back into it.
+#[test]
+fn cgroup_yard_is_used() {
+    let dir = scratch("cgyard");
+    let name = format!("cryoyard{}", std::process::id());
+    let yard = dir.join("yard");
+    let mnt = yard.join(&name);
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mount = |on: bool| {
+        let st = if on {
+            std::process::Command::new("mount")
+                .args(["-t", "cgroup", "-o", &format!("none,name={name}"), "cgroup"])
+                .arg(&mnt)
+                .status()
+        } else {
+            std::process::Command::new("umount").arg(&mnt).status()
+        };
+        assert!(st.unwrap().success(), "mount/umount of the named hierarchy");
+    };
+    mount(true);
+    let cg = mnt.join("job");
+    std::fs::create_dir(&cg).unwrap();
+    let pid = spawn(&["sleep", "1000"], &dir.join("sleep.log"));
+    let _g = KillOnDrop(pid);
+    std::fs::write(cg.join("cgroup.procs"), pid.to_string()).unwrap();
+    let line = format!(":name={name}:/job");
+    let member = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+            .unwrap_or_default()
+            .contains(&line)
+    };
+    assert!(member(pid), "the process is in {line}");
+
+    let img = dir.join("img");
+    let y = yard.to_str().unwrap();
+    dump(pid, &img, &["--manage-cgroups", "--cgroup-yard", y]);
+    wait_gone(pid);
+    let d = img.to_str().unwrap();
+    let o = cryo(&[
+        "restore", "-D", d, "-d", "-v4", "-o", "restore.log", "--manage-cgroups",
+        "--cgroup-yard", y,
+    ]);
+    let ok = o.status.success() && member(pid);
+    let logs = log(&img, "dump.log") + &log(&img, "restore.log");
+    kill(pid);
+    for _ in 0..200 {
+        if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    mount(false);
+    assert!(ok, "the restored process is back in {line}:\n{logs}");
+    assert!(logs.contains("using the cgroup yard"), "{logs}");
+}

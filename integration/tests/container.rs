@@ -930,3 +930,72 @@ fn pod_member_restores_into_its_pods_namespaces() {
     }
     kill(restored);
 }
+
+/// The container's processes as it sees them: (PID, parent's PID, session, command) from
+/// the host's /proc (`NSpid`, `NSsid`), but for the loop's short-lived `usleep`s.
+fn ns_processes(init: i32) -> Vec<(String, String, String, String)> {
+    let pidns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let want = pidns(&init.to_string());
+    let field = |p: &str, key: &str| -> Option<String> {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|l| l.split_whitespace().last().map(String::from))
+    };
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let p = e.file_name().to_string_lossy().into_owned();
+        if !p.bytes().all(|b| b.is_ascii_digit()) || pidns(&p) != want {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+        if comm.trim() == "usleep" {
+            continue;
+        }
+        let (Some(pid), Some(ppid), Some(sid)) =
+            (field(&p, "NSpid:"), field(&p, "PPid:"), field(&p, "NSsid:"))
+        else {
+            continue;
+        };
+        let ppid = if pid == "1" { "0".into() } else { field(&ppid, "NSpid:").unwrap_or_default() };
+        v.push((pid, ppid, sid, comm.trim().to_string()));
+    }
+    v.sort();
+    v
+}
+
+/// Orphans of other sessions (zdtm's session00 and child_subreaper_and_reparent): in a
+/// container whose init is a shell, one `sleep` stays in a session whose leader exited and
+/// another in the session of a live leader that is not its parent; both were reparented to
+/// the init. After a restore every process has the same PID, parent and session in the
+/// container as before (cryo forks them through helpers that exit at once, as CRIU does).
+#[test]
+fn orphans_keep_sessions_whose_leader_is_gone_or_elsewhere() {
+    let dir = scratch("container-sessions");
+    let script = "setsid sh -c 'sleep 1000 & exit 0'; \
+        setsid sh -c 'sh -c \"sleep 1001 &\"; exec sleep 1002' & \
+        i=0; while true; do i=$((i+1)); echo $i >> /data/sess; usleep 50000; done";
+    let mut c = start_cmd(&dir, &[], &["/bin/sh", "-c", script], "sess");
+    let _g = KillOnDrop(c.init);
+    wait_for("the orphans", 20, || {
+        let v = ns_processes(c.init);
+        v.iter().filter(|p| p.3 == "sleep" && p.1 == "1").count() == 3
+    });
+    let before = ns_processes(c.init);
+    // Two orphans whose session is neither the init's nor their own.
+    let odd: Vec<_> = before
+        .iter()
+        .filter(|p| p.3 == "sleep" && p.1 == "1" && p.2 != "1" && p.2 != p.0)
+        .collect();
+    assert_eq!(odd.len(), 2, "{before:?}");
+    let img = dir.join("img");
+    dump(c.init, &img, &["--external", "mnt[/data]:data"]);
+    wait_gone(c.init);
+    c.init = restore_container(&c, &img, &[]);
+    let _g2 = KillOnDrop(c.init);
+    let n = lines(&c.host.join("sess")).len();
+    wait_for("the restored loop", 20, || lines(&c.host.join("sess")).len() >= n + 3);
+    assert_eq!(ns_processes(c.init), before, "{}", log(&img, "restore.log"));
+    kill(c.init);
+}

@@ -42,3 +42,28 @@ fn pidfd_of_a_process_outside_the_tree_is_refused() {
     );
     assert!(alive(pid), "a refused dump left the process running");
 }
+
+/// A process holding the /proc directory, and a file in it, of a child it killed and reaped
+/// (zdtm's unhashed_proc, remap_dead_pid). The dump saves the gone PID (CRIU's PROCFS remap);
+/// the restore makes a stand-in with that PID while the files are opened, then ends it. After
+/// the restore both fds are valid, the directory is that PID's (gone again), and the PID is
+/// free.
+#[test]
+fn proc_files_of_a_reaped_child_come_back() {
+    let dir = scratch("dead-proc");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/dead_proc.py");
+    let pid = spawn(&["python3", script.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    let child = wait_ready(&out)[0];
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report", 10, || lines(&out).len() >= 2);
+    assert_eq!(
+        lines(&out)[1],
+        format!("True True /proc/{child} (deleted) True"),
+        "{}",
+        log(&img, "restore.log")
+    );
+}

@@ -5,7 +5,8 @@
 //! timer signal) and a SIGEV_THREAD timer, seccomp filters shared by threads (TSYNC after the
 //! restore), an fd table shared with a grandchild, a thread inside an rseq critical section;
 //! and what must be refused without harm: a pending SIGTRAP, a time namespace made for
-//! children not forked yet. Each test runs one case of integration/progs/procstate.c.
+//! children not forked yet. Each test runs one case of integration/progs/procstate.c, but
+//! the login uid's (a shell that sets its own, then execs sleep).
 
 use integration::*;
 
@@ -128,6 +129,22 @@ fn thread_inside_an_rseq_critical_section() {
     );
 }
 
+/// A child in seccomp strict mode (zdtm's static/seccomp_strict): dumped with seccomp
+/// suspended for cryo's syscalls, it is in strict mode again after the restore, and still
+/// reads, writes and exits normally (not killed).
+#[test]
+fn seccomp_strict_mode_comes_back() {
+    assert_eq!(cycle("strict").0.len(), 3);
+}
+
+/// An epoll whose watches were registered under fd numbers since closed, or reused for
+/// another watched file (zdtm's static/epoll01): each watch is saved at an fd still open on
+/// its file, and after the restore each pipe wakes the epoll with its own data.
+#[test]
+fn epoll_watches_of_closed_fd_numbers_come_back() {
+    assert_eq!(cycle("epoll").0.len(), 1);
+}
+
 /// A blocked SIGTRAP pending: cryo's in-task syscalls trap with SIGTRAP, so the dump is
 /// refused before anything runs in the task, naming it, and the signal is still pending.
 #[test]
@@ -148,4 +165,27 @@ fn time_namespace_for_children_is_refused() {
     let e = dump_fails(pid, &dir.join("img"), &[]);
     assert!(e.contains("time namespace"), "{e}");
     assert_eq!(finish(pid, &out).len(), 1);
+}
+
+/// A process whose login uid differs from cryo's (zdtm's static/loginuid): after the restore
+/// /proc/PID/loginuid is the saved value again, not the one the restored task inherited.
+#[test]
+fn login_uid_comes_back() {
+    if !cryo(&["check", "--feature", "loginuid"]).status.success() {
+        integration::skip("this process cannot set login uids (no audit support or CAP_AUDIT_CONTROL)");
+        return;
+    }
+    let dir = scratch("loginuid");
+    // The shell writes its own login uid (the redirection is the shell's open), then becomes sleep.
+    let pid = spawn(
+        &["sh", "-c", "echo 4242 > /proc/self/loginuid && exec sleep 1000"],
+        &dir.join("log"),
+    );
+    let _g = KillOnDrop(pid);
+    let luid = || std::fs::read_to_string(format!("/proc/{pid}/loginuid")).unwrap_or_default();
+    wait_for("the login uid", 10, || {
+        luid() == "4242" && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("sleep"))
+    });
+    dump_and_restore(pid, &dir.join("img"));
+    assert_eq!(luid(), "4242", "{}", log(&dir.join("img"), "restore.log"));
 }

@@ -440,6 +440,12 @@ pub struct Opts {
     /// (cryo saves the directories from the tasks' own cgroups down). May be repeated.
     #[arg(long = "cgroup-root", value_name = "[CTRL:]PATH")]
     pub cgroup_root: Vec<String>,
+    /// A directory where the cgroup hierarchies are already mounted, one per subdirectory
+    /// (CRIU's yard: `cpu,cpuacct`, `zdtmtst` for `name=zdtmtst`, `unified` for v2; relative
+    /// to the work directory): cryo uses those mounts first instead of mounting a hierarchy
+    /// it does not find mounted.
+    #[arg(long = "cgroup-yard", value_name = "PATH")]
+    pub cgroup_yard: Option<String>,
     /// dump: ignore this mount point (and what is mounted below it) when saving the mount
     /// namespace; it is not restored.
     #[arg(long = "skip-mnt", value_name = "PATH")]
@@ -1065,7 +1071,6 @@ unsupported_opts! {
     cgroup_props: Option<String> = "cgroup-props", "cryo saves a fixed set of cgroup properties";
     cgroup_props_file: Option<String> = "cgroup-props-file", "cryo saves a fixed set of cgroup properties";
     cgroup_dump_controller: Vec<String> = "cgroup-dump-controller", "cryo saves every hierarchy the tree is in";
-    cgroup_yard: Option<String> = "cgroup-yard", "cryo uses the hierarchies mounted in its own mount namespace";
     unprivileged: bool = "unprivileged", "cryo needs root (unprivileged mode is not implemented yet)";
 }
 

@@ -581,6 +581,16 @@ fn same_tasks(a: &[(i32, i32)], b: &[(i32, i32)]) -> bool {
     pids(a) == pids(b)
 }
 
+/// Whether `pid` is the init (PID 1) of its own PID namespace (`NSpid` ends with 1).
+fn is_pid_ns_init(pid: i32) -> bool {
+    procfs::read(pid, "status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|l| l.split_whitespace().last())
+            == Some("1")
+    })
+}
+
 /// Refuses, before touching anything, what the tree's shape does not allow yet.
 fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     let root = opts.pid;
@@ -619,7 +629,31 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
             .into());
         }
     }
-    for &(pid, ppid) in tree {
+    // Sessions: what fork order and helpers the restore needs (crate::restore::sessions);
+    // a shape it cannot make again is refused here.
+    let mut stats = std::collections::HashMap::new();
+    for &(pid, _) in tree {
+        stats.insert(pid, procfs::stat(pid)?);
+    }
+    let plan_tasks: Vec<crate::restore::sessions::Task> = tree
+        .iter()
+        .map(|&(pid, ppid)| crate::restore::sessions::Task {
+            pid: pid.cast_unsigned(),
+            ppid: ppid.cast_unsigned(),
+            sid: stats[&pid].session.cast_unsigned(),
+            zombie: stats[&pid].state == 'Z',
+        })
+        .collect();
+    let sessions = crate::restore::sessions::plan(&plan_tasks, is_pid_ns_init(root))
+        .map_err(|why| {
+            Unsupported::of(
+                root,
+                "sessions",
+                why,
+                "dump from the session leader, or give the tree a layout of §7 of docs/ARCHITECTURE.md",
+            )
+        })?;
+    for &(pid, _) in tree {
         let st = procfs::stat(pid)?;
         if st.state == 'X' || (st.state == 'Z' && pid == root) {
             return Err(Unsupported::of(
@@ -634,29 +668,13 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
             continue; // a zombie child is saved as its exit status
         }
         if pid != root {
-            let parent = procfs::stat(ppid)?;
-            // A child lives in its parent's session or leads its own; anything else needs a
-            // fork order cryo does not reproduce yet.
-            // A child that stayed in the session its parent left (fork, then setsid in the
-            // parent) is forked before the parent's setsid on restore: its session is the
-            // grandparent's.
-            let stayed = parent.session == ppid
-                && tree
-                    .iter()
-                    .find(|(p, _)| *p == ppid)
-                    .and_then(|(_, gp)| procfs::stat(*gp).ok())
-                    .is_some_and(|g| g.session == st.session && ppid != root);
-            if st.session != parent.session && st.session != pid && !stayed {
-                return Err(Unsupported::of(
-                    pid,
-                    format!("session {}", st.session),
-                    "the process is in a session other than its parent's and does not lead it",
-                    "dump from the session leader, or give the tree a layout of §7 of docs/ARCHITECTURE.md",
-                )
-                .into());
-            }
             let in_tree = tree.iter().any(|(p, _)| *p == st.pgrp);
-            if !(in_tree || opts.shell_job && st.pgrp == root_stat.pgrp) {
+            // A group named after a gone session leader lives on in the session's helper.
+            let helper_group = st.pgrp == st.session
+                && sessions.via.values().any(|v| {
+                    *v == crate::restore::sessions::Via::NewLeader(st.session.cast_unsigned())
+                });
+            if !(in_tree || helper_group || opts.shell_job && st.pgrp == root_stat.pgrp) {
                 return Err(Unsupported::of(
                     pid,
                     format!("process group {}", st.pgrp),
@@ -982,15 +1000,8 @@ fn dump_process(
         )
         .into());
     }
-    if modes.contains(&1) {
-        return Err(Unsupported::of(
-            pid,
-            "seccomp",
-            "a thread is in seccomp strict mode, where any injected syscall kills it",
-            "strict-mode programs cannot be checkpointed",
-        )
-        .into());
-    }
+    // Strict mode (1) is suspended the same way (the kernel skips every seccomp check of a
+    // tracee with PTRACE_O_SUSPEND_SECCOMP), as CRIU does; it has no filters to read.
     let mut seccomp_top = None;
     if modes.iter().any(|&m| m != 0) {
         for t in std::iter::once(&tracee).chain(others.iter().map(|o| &o.tracee)) {
@@ -1009,7 +1020,7 @@ fn dump_process(
             .chain(others.iter().map(|o| &o.tracee))
             .zip(&modes)
         {
-            if *mode == 0 {
+            if i32::try_from(*mode) != Ok(kinds::seccomp::MODE_FILTER) {
                 tops.push(None);
                 continue;
             }
@@ -1018,7 +1029,7 @@ fn dump_process(
                 &kinds::seccomp::chain(pid, t)?,
             ));
         }
-        seccomp_top = Some(tops);
+        seccomp_top = Some((tops, modes));
     }
     fault_point("collect")?;
     let site = vmas
@@ -1095,13 +1106,15 @@ fn dump_process(
         .map_err(|source| TaskError::Remote { pid, source });
     r?;
     cured?;
-    if let Some(tops) = seccomp_top {
+    if let Some((tops, modes)) = seccomp_top {
         let cores = std::iter::once(&mut img.core).chain(img.threads.iter_mut());
-        for (core, top) in cores.zip(tops) {
+        for ((core, top), mode) in cores.zip(tops).zip(modes) {
             let tc = core.thread_core.get_or_insert_with(Default::default);
             if top.is_some() {
                 tc.seccomp_mode = Some(kinds::seccomp::MODE_FILTER);
                 tc.seccomp_filter = top;
+            } else if i32::try_from(mode) == Ok(kinds::seccomp::MODE_STRICT) {
+                tc.seccomp_mode = Some(kinds::seccomp::MODE_STRICT);
             }
         }
     }

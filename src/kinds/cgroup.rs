@@ -238,15 +238,30 @@ pub fn parse_proc_cgroup(text: &str) -> Vec<(String, String)> {
 /// The cgroup file systems mounted in cryo's mount namespace.
 struct Mounts(Vec<super::mounts::MountInfo>);
 
+/// `--cgroup-yard`: where the caller mounted the hierarchies (set once, from the options).
+static YARD_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the `--cgroup-yard` directory: its cgroup mounts are used before any other (CRIU uses
+/// the yard instead of mounting hierarchies itself).
+pub fn set_yard(dir: PathBuf) {
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    tracing::info!(yard = %dir.display(), "using the cgroup yard");
+    let _ = YARD_DIR.set(dir);
+}
+
 impl Mounts {
     fn load() -> Result<Mounts, CgroupError> {
         let path = Path::new("/proc/self/mountinfo");
         let all = super::mounts::parse_mountinfo(&read(path)?);
-        Ok(Mounts(
-            all.into_iter()
-                .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
-                .collect(),
-        ))
+        let mut v: Vec<_> = all
+            .into_iter()
+            .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+            .collect();
+        // The yard's mounts first, so `dir` finds a hierarchy there before anywhere else.
+        if let Some(yard) = YARD_DIR.get() {
+            v.sort_by_key(|m| !Path::new(&m.mountpoint).starts_with(yard));
+        }
+        Ok(Mounts(v))
     }
 
     /// The directory of cgroup `path` of hierarchy `name`: below a mount of that hierarchy

@@ -66,7 +66,9 @@ impl FdKind for Epoll {
     }
 
     fn dump(_cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, EpollError> {
-        let mut tfds = Vec::new();
+        let mut tfds: Vec<pb::EventpollTfdEntry> = Vec::new();
+        // The fd numbers as registered (`tfds` gets the numbers restore will use).
+        let mut registered: Vec<u32> = Vec::new();
         for line in fd.fdinfo.lines().filter(|l| l.starts_with("tfd:")) {
             let mut t = parse_tfd(line).ok_or_else(|| EpollError::Fdinfo {
                 pid: fd.pid,
@@ -74,25 +76,14 @@ impl FdKind for Epoll {
                 line: line.to_string(),
             })?;
             t.id = id;
-            // The watched file must still be open at that fd number, or restore could not
-            // name it. An epoll in flight (passed in a queued message, held by cryo now) is
-            // filled from the task receiving it, as CRIU does, unchecked.
-            let in_flight = fd.pid == std::process::id().cast_signed();
-            let same = in_flight
-                || std::fs::metadata(format!("/proc/{}/fd/{}", fd.pid, t.tfd))
-                    .map(|m| Some(m.ino()) == t.inode)
-                    .unwrap_or(false);
-            if !same {
-                return Err(Unsupported::of(
-                    fd.pid,
-                    format!("fd {} (epoll)", fd.fd),
-                    format!(
-                        "it watches a file that is no longer open at fd {} (closed or replaced after EPOLL_CTL_ADD)",
-                        t.tfd
-                    ),
-                    "cryo restores epoll watches by fd number; keep the watched fd open",
-                )
-                .into());
+            // An epoll in flight (passed in a queued message, held by cryo now) is filled from
+            // the task receiving it, as CRIU does, unchecked.
+            if fd.pid != std::process::id().cast_signed() {
+                // The item's place among those registered with the same fd number (fdinfo
+                // lists them in the epoll's order, which KCMP_EPOLL_TFD counts in).
+                let toff = registered.iter().filter(|&&o| o == t.tfd).count();
+                registered.push(t.tfd);
+                t.tfd = target_fd(fd, &t, u32::try_from(toff).unwrap_or(u32::MAX))?;
             }
             tfds.push(t);
         }
@@ -128,6 +119,49 @@ impl FdKind for Epoll {
     ) -> Result<(), EpollError> {
         fill(cx, objs, f)
     }
+}
+
+/// The fd number at which restore can name the file an epoll item watches: the number it was
+/// registered with, if that fd is still the same file, else another fd of the task on that
+/// file (the registered one was closed or replaced: CRIU finds it the same way, with
+/// `KCMP_EPOLL_TFD`). A watched file the task no longer has open at all is refused.
+fn target_fd(fd: &TargetFd<'_>, t: &pb::EventpollTfdEntry, toff: u32) -> Result<u32, EpollError> {
+    let same = |n: i32| -> bool {
+        let ino = std::fs::metadata(format!("/proc/{}/fd/{n}", fd.pid)).map(|m| m.ino());
+        ino.is_ok_and(|i| Some(i) == t.inode)
+            && crate::sys::proc::kcmp_epoll_tfd(fd.pid, n, fd.fd, t.tfd, toff).unwrap_or(false)
+    };
+    if i32::try_from(t.tfd).is_ok_and(same) {
+        return Ok(t.tfd);
+    }
+    // KCMP_EPOLL_TFD is missing (before Linux 4.13): as before, only the registered number.
+    if crate::sys::proc::kcmp_epoll_tfd(fd.pid, fd.fd, fd.fd, t.tfd, toff)
+        .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
+    {
+        let ino = std::fs::metadata(format!("/proc/{}/fd/{}", fd.pid, t.tfd)).map(|m| m.ino());
+        if ino.is_ok_and(|i| Some(i) == t.inode) {
+            return Ok(t.tfd);
+        }
+    }
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{}/fd", fd.pid))
+        .map_err(|e| fd.err("listing /proc/PID/fd", e))?
+        .filter_map(|d| d.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    if let Some(n) = fds.into_iter().find(|&n| same(n)) {
+        tracing::debug!(pid = fd.pid, epoll = fd.fd, registered = t.tfd, now = n, "epoll target found at another fd");
+        return Ok(n.cast_unsigned());
+    }
+    Err(Unsupported::of(
+        fd.pid,
+        format!("fd {} (epoll)", fd.fd),
+        format!(
+            "it watches a file (registered as fd {}) that the process no longer has open",
+            t.tfd
+        ),
+        "keep one fd on each watched file open, or remove the watch (EPOLL_CTL_DEL)",
+    )
+    .into())
 }
 
 /// Adds the saved watches of the epoll at `f` (already installed in the puppet, like every

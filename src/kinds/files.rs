@@ -490,6 +490,18 @@ pub fn reachable_by_path(p: &FdProbe<'_>) -> Result<(), Unsupported> {
     ))
 }
 
+/// The PID of a process gone since fd `fd` of `pid` opened its /proc directory or a file in
+/// it (`name`: /proc/N or /proc/N/...): the fd is on procfs and /proc/N no longer exists in
+/// the task's view.
+fn dead_proc_pid(pid: i32, fd: i32, name: &str) -> Option<u32> {
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    let n: u32 = name.strip_prefix("/proc/")?.split('/').next()?.parse().ok()?;
+    let on_proc = rustix::fs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
+        .is_ok_and(|s| s.f_type == PROC_SUPER_MAGIC);
+    let gone = std::fs::symlink_metadata(format!("/proc/{pid}/root/proc/{n}")).is_err();
+    (on_proc && gone).then_some(n)
+}
+
 /// Whether fd `fd` of `pid` is on an mqueue filesystem.
 fn is_mqueue(pid: i32, fd: i32) -> bool {
     const MQUEUE_MAGIC: i64 = 0x1980_0202;
@@ -887,6 +899,7 @@ fn dump_fd(
                 )
             })?;
             let deleted = link.strip_suffix(" (deleted)");
+            let dead = dead_proc_pid(pid, fd, deleted.unwrap_or(&link));
             let id = cx.files.add_reg(
                 deleted.unwrap_or(&link).to_string(),
                 info.flags & !(libc::O_CLOEXEC as u32),
@@ -909,7 +922,23 @@ fn dump_fd(
                     r.size = None;
                 }
             }
-            if let Some(path) = deleted.filter(|_| meta.nlink() > 0) {
+            if let Some(n) = dead {
+                // The /proc directory of a process gone since (CRIU's dead-process remap): the
+                // restore makes a helper with that PID while the file is opened.
+                let procfs = pb::RemapType::Procfs as i32;
+                if !cx
+                    .files
+                    .remaps
+                    .iter()
+                    .any(|r| r.remap_type == Some(procfs) && r.remap_id == n)
+                {
+                    cx.files.remaps.push(pb::RemapFilePathEntry {
+                        orig_id: id,
+                        remap_id: n,
+                        remap_type: Some(procfs),
+                    });
+                }
+            } else if let Some(path) = deleted.filter(|_| meta.nlink() > 0) {
                 // Removed from this name, but it has others: a link remap.
                 let own_mnt = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino());
                 let theirs = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());

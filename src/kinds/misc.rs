@@ -220,6 +220,7 @@ impl Kind for Misc {
                     .membarrier(1i32 << bit, 0)?;
             }
         }
+        restore_loginuid(cx, tc.loginuid)?;
         if tc.child_subreaper == Some(true) {
             cx.prctl(libc::PR_SET_CHILD_SUBREAPER, [1, 0, 0, 0])?;
         }
@@ -234,6 +235,34 @@ impl Kind for Misc {
         }
         Ok(())
     }
+}
+
+/// The login uid, as CRIU: a saved value other than "unset" is written by the task itself
+/// (the kernel lets only a task set its own) when it differs from the one it inherited from
+/// cryo, and only where cryo may set login uids (`cryo check --feature loginuid`); a task
+/// whose login uid cannot be set then fails the restore, as its audit identity would be wrong.
+fn restore_loginuid(cx: &mut RestoreCx<'_>, saved: Option<u32>) -> Result<(), MiscError> {
+    let Some(uid) = saved.filter(|&u| u != u32::MAX) else {
+        return Ok(());
+    };
+    let path = format!("/proc/{}/loginuid", cx.pid);
+    let now = std::fs::read_to_string(&path).ok();
+    if now.as_deref().map(str::trim) == Some(uid.to_string().as_str()) {
+        return Ok(());
+    }
+    if let Err(why) = crate::features::loginuid_writable() {
+        tracing::warn!(uid, %why, "the login uid is not restored");
+        return Ok(());
+    }
+    let fd = cx.open("/proc/self/loginuid", libc::O_WRONLY as u32)?;
+    let text = uid.to_string();
+    let buf = cx.put(1024, text.as_bytes())?;
+    let wrote = cx
+        .named("write (/proc/self/loginuid)")
+        .write(fd, buf, crate::num::u64_of(text.len()));
+    cx.close(fd)?;
+    wrote?;
+    Ok(())
 }
 
 /// Namespace kinds in `task_kobj_ids_entry` order (pid, net, ipc, uts, mnt, user, cgroup, time).

@@ -10,8 +10,9 @@
 //! the filters the two share (it inherits them, so the threads share those filters again and
 //! a later TSYNC works); then each thread and the leader install the rest of their own chain — everything injected
 //! afterwards runs unfiltered, and the filters take effect when the task is released. A
-//! thread without filters reads none. Strict mode and user-notification filters are refused
-//! at dump.
+//! thread without filters reads none. Strict mode (`seccomp_mode` 1, no filters) is suspended
+//! the same way at dump and entered again last at restore, as CRIU does. User-notification
+//! filters are refused at dump.
 
 use super::error::{task_error_from, TaskError, Unsupported};
 use crate::image::{self, pb};
@@ -26,8 +27,12 @@ pub enum SeccompError {
 }
 task_error_from!(SeccompError);
 
+/// `SECCOMP_MODE_STRICT`: only read, write, exit and sigreturn.
+pub const MODE_STRICT: i32 = 1;
 /// `SECCOMP_MODE_FILTER`.
 pub const MODE_FILTER: i32 = 2;
+/// `seccomp(2)` operation entering strict mode.
+const SECCOMP_SET_MODE_STRICT: u32 = 0;
 /// Filter flags that are replayed at install: LOG and SPEC_ALLOW.
 const REPLAY_FLAGS: u64 = 2 | 4;
 /// `SECCOMP_FILTER_FLAG_NEW_LISTENER`.
@@ -177,7 +182,18 @@ pub fn restore_core(
 ) -> Result<(), SeccompError> {
     let chain = chain_of(cx, core, id)?;
     let skip = cx.inherited.seccomp.min(chain.len());
-    install(cx, &chain[skip..])
+    install(cx, &chain[skip..])?;
+    let strict = core
+        .thread_core
+        .as_ref()
+        .is_some_and(|t| t.seccomp_mode == Some(MODE_STRICT));
+    if strict {
+        // After the task's children exist (they did not inherit it) and before its threads'
+        // last syscalls, which the suspension lets through.
+        cx.named("seccomp(SECCOMP_SET_MODE_STRICT)")
+            .seccomp(SECCOMP_SET_MODE_STRICT, 0, 0)?;
+    }
+    Ok(())
 }
 
 /// Installs `filters`, oldest first, in the task `cx` drives.

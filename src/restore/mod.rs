@@ -10,6 +10,8 @@
 //! registers and detaches. Until that moment nothing of the program has run, and every
 //! failure kills the puppet, so a failed restore leaves no process behind.
 
+pub mod sessions;
+
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Instant;
@@ -452,6 +454,16 @@ struct Shared<'a> {
     cryo_pidfd: Option<i32>,
     /// The saved cgroups, to move each task into (None: `--manage-cgroups=ignore`).
     cgroups: Option<&'a kinds::cgroup::CgRestore>,
+    /// The fork order and helpers the tree's sessions need ([`sessions`]).
+    sessions: &'a sessions::Plan,
+    /// Children forked by a copy of another task than their parent (through a session
+    /// helper): the task whose memory and fds the copy had, by child PID.
+    forked_by: HashMap<u32, u32>,
+    /// PIDs of processes gone before the dump whose /proc directories the tree holds
+    /// (`remap-fpath.img`, CRIU's PROCFS remaps), and the helpers standing in for them while
+    /// the tree opens its files (host PID, PID in the tree's namespace).
+    dead_pids: Vec<u32>,
+    dead_helpers: Vec<(i32, i32)>,
     tr: u64,
     calls: u64,
 }
@@ -489,7 +501,8 @@ fn shape(
         "a task was shaped before it was created",
     ))?;
     // The task this one was forked from (None for the root, a copy of cryo).
-    let parent = tasks.iter().find(|t| idx != 0 && t.pid == img.pstree.ppid);
+    let forker = sh.forked_by.get(&img.pid).copied().unwrap_or(img.pstree.ppid);
+    let parent = tasks.iter().find(|t| idx != 0 && t.pid == forker);
     tracing::debug!(pid, vpid = img.pid, "shaping");
     let own_cgns = enter_cgroups(sh, idx, pid, img, parent)?;
     let t = Tracee { tid: pid };
@@ -721,12 +734,29 @@ fn create_children(
     ready: &mut Vec<Ready>,
 ) -> Result<(), RestoreError> {
     let tasks = sh.tasks;
+    let plan = sh.sessions;
+    // The root first makes the stand-ins of gone processes whose /proc files the tree opens
+    // (children open theirs while the root forks them).
+    if std::ptr::eq(img, &tasks[0]) {
+        for n in sh.dead_pids.clone() {
+            let h = fork_helper(sh, cx, Some(n), puppets)?;
+            sh.dead_helpers.push(h);
+        }
+    }
+    // Children forked through a session helper are not forked here.
     let mut kids: Vec<usize> = (0..tasks.len())
-        .filter(|&c| tasks[c].pstree.ppid == img.pid && tasks[c].pid != img.pid)
+        .filter(|&c| {
+            tasks[c].pstree.ppid == img.pid
+                && tasks[c].pid != img.pid
+                && !plan.via.contains_key(&tasks[c].pid)
+        })
         .collect();
-    // Early: in another session and not leading their own (children that lead their own
-    // session come after, so their own children can stay in this task's session).
-    let early = |c: &TaskImages| c.pstree.sid != img.pstree.sid && c.pstree.sid != c.pid;
+    // Early: forked in the session this task had before its setsid() (they do not lead their
+    // own session, or led one only after forking a child there: `sessions::Plan::born`).
+    // The others come after, so their own children can stay in this task's session.
+    let early = |c: &TaskImages| {
+        plan.born_in(c.pid, c.pstree.sid, img.pstree.sid) != img.pstree.sid
+    };
     kids.sort_by_key(|&c| !early(&tasks[c]));
     let mut in_own_session = img.pstree.sid != img.pid;
     for cidx in kids {
@@ -737,6 +767,17 @@ fn create_children(
         }
         fork_child(sh, cx, img, child, puppets)?;
         if child.is_zombie() {
+            // A zombie that leads the session of orphans of the tree forks them before it
+            // dies, after its setsid() (`sessions::Via::ZombieLeader`).
+            let hosted = plan.hosted_by(child.pid);
+            if !hosted.is_empty() {
+                let host = *puppets.0.last().map(|p| &p.tracee.tid).expect("pushed");
+                let t = Tracee { tid: host };
+                let mut zcx = helper_cx(sh, &t, &mut *cx.stats)?;
+                zcx.setsid()?;
+                fork_adopted(sh, &mut zcx, img, &hosted, table, puppets, ready)?;
+                sh.calls += std::mem::take(&mut zcx.remote.calls);
+            }
             // Its process group: its own, or one whose leader is gone and no task of the
             // tree is in (made for the moment by a helper). A group led by another task of
             // the tree is not joined (that task is put in it only at the end).
@@ -759,11 +800,221 @@ fn create_children(
         }
         shape(sh, cidx, Some(table), puppets, ready, cx.stats)?;
     }
+    if !in_own_session {
+        lead_session(cx, img)?;
+    }
+    session_helpers(sh, cx, img, table, puppets, ready)?;
     // Its fds that name processes of the tree (pidfds, /proc/PID files), which all exist now
     // but its later siblings.
     kinds::files::restore_late_fds(cx, img, table)?;
-    if !in_own_session {
-        lead_session(cx, img)?;
+    Ok(())
+}
+
+/// The session helpers this task hosts (`sessions::Via`): as the root, one helper per session
+/// whose leader is gone (PID = the session, which it leads); as a live leader, one helper
+/// with a free PID for the orphans of its session. Each helper forks its children, which are
+/// shaped completely, then exits; its children return to the root (the PID namespace's init)
+/// and this task reaps it.
+fn session_helpers(
+    sh: &mut Shared<'_>,
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    table: &mut kinds::files::FdTable,
+    puppets: &mut Puppets,
+    ready: &mut Vec<Ready>,
+) -> Result<(), RestoreError> {
+    let plan = sh.sessions;
+    let mut helpers: Vec<(Option<u32>, Vec<u32>)> = Vec::new();
+    if std::ptr::eq(img, &sh.tasks[0]) {
+        helpers.extend(plan.new_leaders().into_iter().map(|(s, c)| (Some(s), c)));
+    }
+    let hosted = plan.hosted_by(img.pid);
+    if !hosted.is_empty() && !img.is_zombie() {
+        helpers.push((None, hosted));
+    }
+    for (sid, kids) in helpers {
+        let (hpid, vpid) = fork_helper(sh, cx, sid, puppets)?;
+        {
+            let t = Tracee { tid: hpid };
+            let mut hcx = helper_cx(sh, &t, &mut *cx.stats)?;
+            if sid.is_some() {
+                hcx.named("setsid (session helper)").setsid()?;
+            }
+            fork_adopted(sh, &mut hcx, img, &kids, table, puppets, ready)?;
+            match hcx.named("exit_group (session helper)").exit_group(0) {
+                Err(TaskError::Remote {
+                    source: RemoteError::Died { .. },
+                    ..
+                }) => {}
+                Ok(()) => return Err(RestoreError::Internal("the session helper did not exit")),
+                Err(e) => return Err(e.into()),
+            }
+            sh.calls += std::mem::take(&mut hcx.remote.calls);
+        }
+        if let Some(p) = puppets.0.iter_mut().find(|p| p.tracee.tid == hpid) {
+            p.released = true;
+        }
+        // Reaped by this task, which the dumped tree never saw; its SIGCHLD taken back.
+        cx.named("wait4 (session helper)").wait4(vpid, 0, libc::__WALL)?;
+        let set = cx.put(3072, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
+        let ts = cx.put(3080, &[0u8; 16])?;
+        let _ = cx.rt_sigtimedwait(set, 0, ts);
+    }
+    Ok(())
+}
+
+/// The PIDs of gone processes whose /proc directories the tree holds (PROCFS remaps).
+fn dead_pids(dir: &ImageDir) -> Result<Vec<u32>, RestoreError> {
+    let mut v: Vec<u32> = dir
+        .read_opt::<pb::RemapFilePathEntry>("remap-fpath.img", image::REMAP_FPATH)?
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.remap_type == Some(pb::RemapType::Procfs as i32))
+        .map(|r| r.remap_id)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    Ok(v)
+}
+
+/// Every file of the tree is open: the stand-ins of gone processes exit and the root (their
+/// parent) reaps them; the SIGCHLDs their deaths queued in the root are taken back.
+fn end_dead_pid_helpers(sh: &Shared<'_>, root: i32, puppets: &mut Puppets) -> Result<(), RestoreError> {
+    if sh.dead_helpers.is_empty() {
+        return Ok(());
+    }
+    for &(host, _) in &sh.dead_helpers {
+        let t = Tracee { tid: host };
+        let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+        match Remote::new(&t, sh.tr, base)
+            .named("exit_group (dead pid helper)")
+            .exit_group(0)
+        {
+            Err(RemoteError::Died { .. }) => {}
+            Ok(()) => return Err(RestoreError::Internal("a dead pid helper did not exit")),
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(p) = puppets.0.iter_mut().find(|p| p.tracee.tid == host) {
+            p.released = true;
+        }
+    }
+    let t = Tracee { tid: root };
+    let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+    let mut r = Remote::new(&t, sh.tr, base);
+    for &(_, vpid) in &sh.dead_helpers {
+        r.named("wait4 (dead pid helper)").wait4(vpid, 0, libc::__WALL)?;
+    }
+    let (set, ts) = (sh.tr + 4096 + 3072, sh.tr + 4096 + 3080);
+    let mask = (1u64 << (libc::SIGCHLD - 1)).to_ne_bytes();
+    for (addr, b) in [(set, &mask[..]), (ts, &[0u8; 16][..])] {
+        crate::sys::mem::vm_write(root, b, &[(addr, b.len())])
+            .map_err(|source| RestoreError::WriteMemory { addr, source })?;
+    }
+    let _ = r.rt_sigtimedwait(set, 0, ts);
+    Ok(())
+}
+
+/// A restore context driving the task `t` (a session helper, or a zombie-to-be leader).
+fn helper_cx<'a>(
+    sh: &Shared<'a>,
+    t: &'a Tracee,
+    stats: &'a mut pb::RestoreStatsEntry,
+) -> Result<RestoreCx<'a>, RestoreError> {
+    let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+    Ok(RestoreCx {
+        pid: t.tid,
+        remote: batch_remote(t, sh.tr, base),
+        scratch: sh.tr + 4096,
+        scratch_len: TR_LEN - 4096 - SCRATCH_RESULTS,
+        dir: sh.dir,
+        files: sh.files,
+        objs: sh.objs,
+        stats,
+        inherited: Default::default(),
+        cow: Vec::new(),
+        cryo_pidfd: sh.cryo_pidfd,
+    })
+}
+
+/// Forks a session helper from the task `cx` drives: with PID `sid` (a gone leader's), or
+/// with the first free PID above every PID of the tree. Returns its host PID and its PID in
+/// the tree's namespace; it is stopped, traced, and killed with the others on failure.
+fn fork_helper(
+    sh: &Shared<'_>,
+    cx: &mut RestoreCx<'_>,
+    sid: Option<u32>,
+    puppets: &mut Puppets,
+) -> Result<(i32, i32), RestoreError> {
+    let top = sh
+        .tasks
+        .iter()
+        .flat_map(|t| [t.pid, t.pstree.sid, t.pstree.pgid])
+        .chain(sh.tasks.iter().flat_map(|t| t.pstree.threads.iter().copied()))
+        .max()
+        .unwrap_or(1);
+    let candidates: Vec<u32> = match sid {
+        Some(s) => vec![s],
+        None => (1..=64).map(|i| top + i).collect(),
+    };
+    let mut last = None;
+    for want in candidates {
+        let want = pid_from_img(want)
+            .ok_or_else(|| RestoreError::BadImage(format!("PID {want} is out of range")))?;
+        let args = CloneArgs::process(0, libc::SIGCHLD);
+        match cx.clone3_with_tid("clone3 (session helper)", args, want) {
+            Ok(got) => {
+                let host = cx.remote.last_child.take().unwrap_or(got);
+                puppets.0.push(Puppet {
+                    tracee: Tracee { tid: host },
+                    released: false,
+                });
+                match puppets.0.last().expect("pushed").tracee.wait() {
+                    Ok(Stop::Stopped { .. }) => return Ok((host, got)),
+                    other => {
+                        return Err(RestoreError::Ptrace {
+                            what: "waiting for a session helper",
+                            source: std::io::Error::other(format!("unexpected state {other:?}")),
+                        })
+                    }
+                }
+            }
+            Err(e) if e.errno() == Some(libc::EEXIST) && sid.is_none() => last = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.map_or(RestoreError::Internal("no free PID for a session helper"), Into::into))
+}
+
+/// Forks `kids` (children of the root in the images) from the copy of `forker` that `hcx`
+/// drives, and shapes each completely (as if `forker` had forked it: its memory and fds).
+fn fork_adopted(
+    sh: &mut Shared<'_>,
+    hcx: &mut RestoreCx<'_>,
+    forker: &TaskImages,
+    kids: &[u32],
+    table: &mut kinds::files::FdTable,
+    puppets: &mut Puppets,
+    ready: &mut Vec<Ready>,
+) -> Result<(), RestoreError> {
+    let tasks = sh.tasks;
+    for &k in kids {
+        let cidx = tasks
+            .iter()
+            .position(|t| t.pid == k)
+            .ok_or(RestoreError::Internal("a session helper's child is not in the tree"))?;
+        let child = &tasks[cidx];
+        sh.forked_by.insert(child.pid, forker.pid);
+        fork_child(sh, hcx, forker, child, puppets)?;
+        if child.is_zombie() {
+            let group = if child.pstree.pgid == child.pid {
+                ZombieGroup::Own
+            } else {
+                ZombieGroup::Inherited
+            };
+            make_zombie(sh.tr, child, group, puppets.0.last_mut().expect("pushed"))?;
+            continue;
+        }
+        shape(sh, cidx, Some(table), puppets, ready, hcx.stats)?;
     }
     Ok(())
 }
@@ -1003,6 +1254,14 @@ fn make_zombie(
     let code = i32::try_from((status >> 8) & 0xff).expect("8 bits");
     match group {
         ZombieGroup::Inherited => {}
+        // A session leader (its group is its session's): setsid(), unless it did already
+        // (to fork orphans of its session, `create_children`).
+        ZombieGroup::Own if img.pstree.sid == img.pid => {
+            match r.named("setsid (zombie)").setsid() {
+                Err(e) if e.errno() == Some(libc::EPERM) => {}
+                other => other?,
+            }
+        }
         ZombieGroup::Own => r.named("setpgid (zombie)").setpgid(0, 0)?,
         ZombieGroup::Orphan(pgid) => join_orphan_group(&mut r, tr, pgid)?,
     }
@@ -1083,6 +1342,23 @@ fn set_process_groups(
     Ok(())
 }
 
+/// The fork order and helpers the tree's sessions need; a tree whose sessions cannot be made
+/// again is a damaged image (the dump refuses such trees).
+fn session_plan(tasks: &[TaskImages], own_pid_ns: bool) -> Result<sessions::Plan, RestoreError> {
+    let v: Vec<sessions::Task> = tasks
+        .iter()
+        .map(|t| sessions::Task {
+            pid: t.pid,
+            ppid: t.pstree.ppid,
+            sid: t.pstree.sid,
+            zombie: t.is_zombie(),
+        })
+        .collect();
+    let root_is_init = own_pid_ns && tasks.first().is_some_and(|t| t.pid == 1);
+    sessions::plan(&v, root_is_init)
+        .map_err(|why| RestoreError::BadImage(format!("pstree.img: sessions: {why}")))
+}
+
 /// What restore reads and decides before it creates any process (see [`plan`]).
 pub struct Plan {
     pub tasks: Vec<TaskImages>,
@@ -1108,6 +1384,7 @@ pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
         m.verify(&dir.path, 1)?;
     }
     let (tasks, files, own_pid_ns, _) = read_tree(dir)?;
+    session_plan(&tasks, own_pid_ns)?;
     let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
     let trampoline = trampoline_addr(&tasks, TR_LEN)?;
     let objs = kinds::files::FdObjects::new(dir, &files, &tasks)?;
@@ -1154,6 +1431,7 @@ pub fn run(
     }
     fault_point("verify")?;
     let (tasks, files, own_pid_ns, ext_pid) = read_tree(dir)?;
+    let session_plan = session_plan(&tasks, own_pid_ns)?;
     // The external PID namespace to create the tree in (`--external pid[INO]:KEY` at dump;
     // `--inherit-fd fd[N]:KEY`, RPC `inherit_fd`, at restore).
     let ext_pidns = match &ext_pid {
@@ -1211,7 +1489,12 @@ pub fn run(
         t.core
             .thread_core
             .as_ref()
-            .is_some_and(|c| c.seccomp_mode == Some(kinds::seccomp::MODE_FILTER))
+            .is_some_and(|c| {
+                matches!(
+                    c.seccomp_mode,
+                    Some(kinds::seccomp::MODE_FILTER | kinds::seccomp::MODE_STRICT)
+                )
+            })
     });
 
     // 2. Trampoline + root puppet.
@@ -1342,10 +1625,15 @@ pub fn run(
         host: HashMap::from([(tasks[0].pid, root)]),
         cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
         cgroups: cgroups.as_ref(),
+        sessions: &session_plan,
+        forked_by: HashMap::new(),
+        dead_pids: dead_pids(dir)?,
+        dead_helpers: Vec::new(),
         tr,
         calls: 0,
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
+    end_dead_pid_helpers(&sh, root, &mut puppets)?;
     // The root's namespaces exist (runc runs its prestart hooks with this pid).
     hooks.notify("setup-namespaces", Some(root))?;
     hooks.notify("post-setup-namespaces", None)?;

@@ -307,9 +307,11 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     if o.cgroup_props.is_some()
         || o.cgroup_props_file.is_some()
         || !o.cgroup_dump_controller.is_empty()
-        || o.cgroup_yard.is_some()
     {
-        bad.push("cgroup_props/cgroup_props_file/cgroup_dump_controller/cgroup_yard (cryo saves a fixed set of cgroup limits and uses the mounted hierarchies)".into());
+        bad.push("cgroup_props/cgroup_props_file/cgroup_dump_controller (cryo saves a fixed set of cgroup limits)".into());
+    }
+    if let Some(y) = &o.cgroup_yard {
+        crate::kinds::cgroup::set_yard(PathBuf::from(y));
     }
     if o.lsm_profile
         .as_deref()

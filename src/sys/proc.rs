@@ -239,6 +239,33 @@ pub fn kcmp(pid1: i32, pid2: i32, kind: i32, idx1: u64, idx2: u64) -> io::Result
         .map(|r| i32::try_from(r).unwrap_or(3))
 }
 
+/// `KCMP_EPOLL_TFD`.
+pub const KCMP_EPOLL_TFD: i32 = 7;
+
+/// `kcmp(pid, pid, KCMP_EPOLL_TFD, fd, {efd, tfd, toff})`: whether fd `fd` of `pid` is the file
+/// of the `toff`-th item (in the epoll's order) registered with fd number `tfd` in the epoll at
+/// fd `efd` of `pid`. ENOENT when there is no such item.
+pub fn kcmp_epoll_tfd(pid: i32, fd: i32, efd: i32, tfd: u32, toff: u32) -> io::Result<bool> {
+    /// `struct kcmp_epoll_slot`.
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    let slot = Slot {
+        efd: efd.cast_unsigned(),
+        tfd,
+        toff,
+    };
+    let at = std::ptr::from_ref(&slot) as u64;
+    // SAFETY: the slot outlives the call, which only reads it.
+    cvt(unsafe {
+        libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_EPOLL_TFD, fd, at)
+    })
+    .map(|r| r == 0)
+}
+
 /// Scheduling policy, priority and nice value of a thread.
 pub fn sched(tid: i32) -> io::Result<(i32, i32, i32)> {
     // SAFETY: integer-only syscalls and a valid out-pointer.

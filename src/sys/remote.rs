@@ -756,6 +756,10 @@ pub trait Syscalls {
             [arg(fd), iov, iovcnt, off, 0, 0],
         )
     }
+    /// `write(fd, buf, len)`, `buf` in the target: bytes written.
+    fn write(&mut self, fd: RemoteFd, buf: u64, len: u64) -> Result<u64, Self::Error> {
+        self.sys("write", libc::SYS_write, [arg(fd), buf, len, 0, 0, 0])
+    }
     /// `flock(fd, op)`.
     fn flock(&mut self, fd: RemoteFd, op: i32) -> Result<(), Self::Error> {
         self.sys("flock", libc::SYS_flock, [arg(fd), arg(op), 0, 0, 0, 0])
