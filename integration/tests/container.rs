@@ -283,7 +283,10 @@ fn sandbox_nested_in_a_container_moves_twice() {
     let unshare = kid(c.init);
     let loop_pid = kid(unshare);
     let before = (nspid(unshare), nspid(loop_pid));
-    assert!(before.1.ends_with(" 1"), "the loop is PID 1 of its namespace: {before:?}");
+    assert!(
+        before.1.ends_with(" 1"),
+        "the loop is PID 1 of its namespace: {before:?}"
+    );
     let procs_at = |pid: i32| {
         std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
             .unwrap()
@@ -291,7 +294,11 @@ fn sandbox_nested_in_a_container_moves_twice() {
             .filter(|l| l.split(' ').nth(4) == Some("/proc"))
             .count()
     };
-    assert_eq!(procs_at(loop_pid), 2, "the container's /proc and the sandbox's on it");
+    assert_eq!(
+        procs_at(loop_pid),
+        2,
+        "the container's /proc and the sandbox's on it"
+    );
     let mut guards = Vec::new();
     for round in 0..2 {
         c.init = cycle(&c, &dir.join(format!("img{round}")));
@@ -303,7 +310,11 @@ fn sandbox_nested_in_a_container_moves_twice() {
         assert_ne!(ns(loop_pid, "mnt"), ns(c.init, "mnt"));
         assert_eq!(ns(unshare, "mnt"), ns(loop_pid, "mnt"));
         assert_eq!(procs_at(loop_pid), 2);
-        assert_eq!(procs_at(c.init), 1, "the sandbox's /proc is not the container's");
+        assert_eq!(
+            procs_at(c.init),
+            1,
+            "the sandbox's /proc is not the container's"
+        );
     }
     kill(c.init);
 }
