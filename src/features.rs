@@ -182,7 +182,10 @@ fn kcmp_epoll() -> Result<String, String> {
     let me = sys::proc::own_pid();
     let fd = ev.as_raw_fd();
     match sys::proc::kcmp_epoll_tfd(me, fd, ep.as_raw_fd(), fd.cast_unsigned(), 0) {
-        Ok(true) => Ok("an epoll watch whose fd was closed or replaced is found at another fd on its file".into()),
+        Ok(true) => Ok(
+            "an epoll watch whose fd was closed or replaced is found at another fd on its file"
+                .into(),
+        ),
         Ok(false) => Err("kcmp(KCMP_EPOLL_TFD) does not match an epoll's own target".into()),
         Err(e) => Err(format!("kcmp(KCMP_EPOLL_TFD): {e}")),
     }

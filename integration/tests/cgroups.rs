@@ -668,8 +668,16 @@ fn cgroup_yard_is_used() {
     wait_gone(pid);
     let d = img.to_str().unwrap();
     let o = cryo(&[
-        "restore", "-D", d, "-d", "-v4", "-o", "restore.log", "--manage-cgroups",
-        "--cgroup-yard", y,
+        "restore",
+        "-D",
+        d,
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--manage-cgroups",
+        "--cgroup-yard",
+        y,
     ]);
     let ok = o.status.success() && member(pid);
     let logs = log(&img, "dump.log") + &log(&img, "restore.log");

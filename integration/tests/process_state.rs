@@ -172,19 +172,26 @@ fn time_namespace_for_children_is_refused() {
 #[test]
 fn login_uid_comes_back() {
     if !cryo(&["check", "--feature", "loginuid"]).status.success() {
-        integration::skip("this process cannot set login uids (no audit support or CAP_AUDIT_CONTROL)");
+        integration::skip(
+            "this process cannot set login uids (no audit support or CAP_AUDIT_CONTROL)",
+        );
         return;
     }
     let dir = scratch("loginuid");
     // The shell writes its own login uid (the redirection is the shell's open), then becomes sleep.
     let pid = spawn(
-        &["sh", "-c", "echo 4242 > /proc/self/loginuid && exec sleep 1000"],
+        &[
+            "sh",
+            "-c",
+            "echo 4242 > /proc/self/loginuid && exec sleep 1000",
+        ],
         &dir.join("log"),
     );
     let _g = KillOnDrop(pid);
     let luid = || std::fs::read_to_string(format!("/proc/{pid}/loginuid")).unwrap_or_default();
     wait_for("the login uid", 10, || {
-        luid() == "4242" && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("sleep"))
+        luid() == "4242"
+            && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("sleep"))
     });
     dump_and_restore(pid, &dir.join("img"));
     assert_eq!(luid(), "4242", "{}", log(&dir.join("img"), "restore.log"));

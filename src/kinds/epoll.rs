@@ -149,7 +149,13 @@ fn target_fd(fd: &TargetFd<'_>, t: &pb::EventpollTfdEntry, toff: u32) -> Result<
         .collect();
     fds.sort_unstable();
     if let Some(n) = fds.into_iter().find(|&n| same(n)) {
-        tracing::debug!(pid = fd.pid, epoll = fd.fd, registered = t.tfd, now = n, "epoll target found at another fd");
+        tracing::debug!(
+            pid = fd.pid,
+            epoll = fd.fd,
+            registered = t.tfd,
+            now = n,
+            "epoll target found at another fd"
+        );
         return Ok(n.cast_unsigned());
     }
     Err(Unsupported::of(

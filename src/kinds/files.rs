@@ -495,7 +495,12 @@ pub fn reachable_by_path(p: &FdProbe<'_>) -> Result<(), Unsupported> {
 /// the task's view.
 fn dead_proc_pid(pid: i32, fd: i32, name: &str) -> Option<u32> {
     const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-    let n: u32 = name.strip_prefix("/proc/")?.split('/').next()?.parse().ok()?;
+    let n: u32 = name
+        .strip_prefix("/proc/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()?;
     let on_proc = rustix::fs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
         .is_ok_and(|s| s.f_type == PROC_SUPER_MAGIC);
     let gone = std::fs::symlink_metadata(format!("/proc/{pid}/root/proc/{n}")).is_err();

@@ -64,6 +64,7 @@ impl Kind for Misc {
             pgid: c_uint(st.pgrp),
             sid: c_uint(st.session),
             threads: vec![img_pid(pid)],
+            ..Default::default()
         };
         // exe, cwd, root as regular-file records.
         for (name, slot) in [("exe", 0), ("cwd", 1), ("root", 2)] {
@@ -257,9 +258,9 @@ fn restore_loginuid(cx: &mut RestoreCx<'_>, saved: Option<u32>) -> Result<(), Mi
     let fd = cx.open("/proc/self/loginuid", libc::O_WRONLY as u32)?;
     let text = uid.to_string();
     let buf = cx.put(1024, text.as_bytes())?;
-    let wrote = cx
-        .named("write (/proc/self/loginuid)")
-        .write(fd, buf, crate::num::u64_of(text.len()));
+    let wrote =
+        cx.named("write (/proc/self/loginuid)")
+            .write(fd, buf, crate::num::u64_of(text.len()));
     cx.close(fd)?;
     wrote?;
     Ok(())

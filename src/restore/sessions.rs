@@ -116,9 +116,12 @@ pub fn plan(tasks: &[Task], root_is_init: bool) -> Result<Plan, String> {
             continue;
         }
         let mut y = x;
-        let mut a = *by_pid
-            .get(&x.ppid)
-            .ok_or_else(|| format!("process {}: its parent {} is not in the tree", x.pid, x.ppid))?;
+        let mut a = *by_pid.get(&x.ppid).ok_or_else(|| {
+            format!(
+                "process {}: its parent {} is not in the tree",
+                x.pid, x.ppid
+            )
+        })?;
         loop {
             if a.sid == s {
                 break; // forked in S by a process of S (its leader or a member)
@@ -169,7 +172,10 @@ pub fn plan(tasks: &[Task], root_is_init: bool) -> Result<Plan, String> {
             }
             y = a;
             a = *by_pid.get(&a.ppid).ok_or_else(|| {
-                format!("process {}: its parent {} is not in the tree", a.pid, a.ppid)
+                format!(
+                    "process {}: its parent {} is not in the tree",
+                    a.pid, a.ppid
+                )
             })?;
         }
     }
@@ -208,15 +214,15 @@ mod tests {
     fn session00_shapes() {
         let tasks = [
             t(1, 0, 1),
-            t(4, 1, 4),   // NEWSID
-            t(5, 1, 1),   // same session
-            t(8, 1, 8),   // CHANGESID: forked 9 before its setsid
+            t(4, 1, 4), // NEWSID
+            t(5, 1, 1), // same session
+            t(8, 1, 8), // CHANGESID: forked 9 before its setsid
             t(9, 8, 1),
             t(10, 1, 10), // DOUBLE_CHANGESID
             t(11, 10, 11),
             t(12, 11, 1),
-            t(3, 1, 1),   // DETACH: orphan in the root's session
-            t(7, 1, 6),   // DETACH|NEWSID: orphan whose leader 6 is gone
+            t(3, 1, 1), // DETACH: orphan in the root's session
+            t(7, 1, 6), // DETACH|NEWSID: orphan whose leader 6 is gone
         ];
         let p = plan(&tasks, true).unwrap();
         assert_eq!(p.born.get(&8), Some(&1));
@@ -237,7 +243,10 @@ mod tests {
         assert_eq!(p.hosted_by(2), vec![3]);
         let mut z = tasks;
         z[1].zombie = true;
-        assert_eq!(plan(&z, true).unwrap().via.get(&3), Some(&Via::ZombieLeader(2)));
+        assert_eq!(
+            plan(&z, true).unwrap().via.get(&3),
+            Some(&Via::ZombieLeader(2))
+        );
     }
 
     /// A child in a session that is neither its parent's nor one its parent was in.
@@ -249,7 +258,10 @@ mod tests {
         // The same with 2 an orphan of the root: forked through 5's helper.
         let tasks = [t(1, 0, 1), t(2, 1, 2), t(3, 2, 5), t(5, 1, 5)];
         let p = plan(&tasks, true).unwrap();
-        assert_eq!((p.born.get(&2), p.via.get(&2)), (Some(&5), Some(&Via::LeaderHelper(5))));
+        assert_eq!(
+            (p.born.get(&2), p.via.get(&2)),
+            (Some(&5), Some(&Via::LeaderHelper(5)))
+        );
         let tasks = [t(1, 0, 1), t(2, 1, 1), t(3, 2, 7)];
         assert!(plan(&tasks, true).is_err()); // 2 is in session 1 without leading it
     }

@@ -260,10 +260,7 @@ pub fn kcmp_epoll_tfd(pid: i32, fd: i32, efd: i32, tfd: u32, toff: u32) -> io::R
     };
     let at = std::ptr::from_ref(&slot) as u64;
     // SAFETY: the slot outlives the call, which only reads it.
-    cvt(unsafe {
-        libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_EPOLL_TFD, fd, at)
-    })
-    .map(|r| r == 0)
+    cvt(unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_EPOLL_TFD, fd, at) }).map(|r| r == 0)
 }
 
 /// Scheduling policy, priority and nice value of a thread.
