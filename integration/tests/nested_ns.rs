@@ -162,3 +162,117 @@ fn nested_mount_and_pid_namespaces_keep_pids_and_mounts() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// `--join-ns mnt:PATH` and `--join-ns time:PATH` (CRIU's, as runtimes use them for
+/// containers sharing namespaces): the restored root enters the given mount and time
+/// namespaces instead of the ones it had. A program of cryo's namespaces is restored into a
+/// mount namespace where a tmpfs with a file is mounted and a time namespace whose boot-time
+/// clock is ten days ahead; it sees both.
+#[test]
+fn restore_joins_given_mount_and_time_namespaces() {
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("join-mnt-time");
+    let out = dir.join("out");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mnt_s = mnt.to_str().unwrap().to_string();
+    // The holder of the namespaces to join.
+    let holder = spawn(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--time",
+            "--boottime",
+            "864000",
+            "--fork",
+            "sh",
+            "-c",
+            &format!(
+                "mount -t tmpfs joined {mnt_s} && echo in-joined-ns >{mnt_s}/f && exec sleep 1000"
+            ),
+        ],
+        &dir.join("holder.log"),
+    );
+    let _h = KillOnDrop(holder);
+    wait_for("the holder's mount", 10, || {
+        children(holder)
+            .first()
+            .is_some_and(|&c| std::fs::read_to_string(format!("/proc/{c}/root{mnt_s}/f")).is_ok())
+    });
+    let inner = children(holder)[0];
+    let _i = KillOnDrop(inner);
+    let prog = dir.join("prog.py");
+    std::fs::write(
+        &prog,
+        r#"import sys, time
+n = 0
+while True:
+    try:
+        data = open(sys.argv[1] + "/f").read().strip()
+    except OSError:
+        data = "none"
+    boot = int(time.clock_gettime(time.CLOCK_BOOTTIME))
+    print(f"{n} data={data} boot={boot}", flush=True)
+    n += 1
+    time.sleep(0.1)
+"#,
+    )
+    .unwrap();
+    let pid = spawn(&["python3", prog.to_str().unwrap(), &mnt_s], &out);
+    let _g = KillOnDrop(pid);
+    let field = |l: &str, k: &str| -> String {
+        l.split_whitespace()
+            .find_map(|f| f.strip_prefix(k))
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for("the program's output", 10, || lines(&out).len() >= 2);
+    let before = lines(&out).last().cloned().unwrap();
+    assert_eq!(field(&before, "data="), "none");
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    let n = lines(&out).len();
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--join-ns",
+        &format!("mnt:/proc/{inner}/ns/mnt"),
+        "--join-ns",
+        &format!("time:{inner}"),
+    ]);
+    assert!(
+        o.status.success(),
+        "restore failed:\n{}",
+        log(&img, "restore.log")
+    );
+    assert_eq!(ns(pid, "mnt"), ns(inner, "mnt"));
+    assert_eq!(ns(pid, "time"), ns(inner, "time"));
+    wait_for("the restored program", 10, || lines(&out).len() >= n + 3);
+    let after = lines(&out).last().cloned().unwrap();
+    assert_eq!(field(&after, "data="), "in-joined-ns", "{after}");
+    let boot = |l: &str| field(l, "boot=").parse::<i64>().unwrap();
+    assert!(
+        boot(&after) - boot(&before) >= 864_000,
+        "{before} / {after}"
+    );
+    // An unknown or unsupported kind is refused by name.
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "--join-ns",
+        "user:1",
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("user namespace cannot be joined"));
+}

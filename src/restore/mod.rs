@@ -721,7 +721,10 @@ fn enter_namespaces(
         |p| p.ids.time_ns_id,
     );
     let dumper_mnt = sh.dumper.mnt_ns_id.or_else(|| kinds::ns::own_ns_id("mnt"));
-    kinds::ns::restore_time(cx, img, time_now)?;
+    match root_join(&sh.join.time) {
+        Some(p) => kinds::ns::join_path(cx, 0, &p, libc::CLONE_NEWTIME, "setns(CLONE_NEWTIME)")?,
+        None => kinds::ns::restore_time(cx, img, time_now)?,
+    }
     if !kinds::ns::restore_ipc(cx, img, ipc_now, root_join(&sh.join.ipc).as_deref())? {
         kinds::ipc::restore(cx.dir, pid, img, ipc_now)?;
     }
@@ -731,8 +734,13 @@ fn enter_namespaces(
         fault_point("netns")?;
         sh.netlock.borrow_mut().lock_netns_of(pid)?;
     }
-    // The root's mount namespace, before any file is opened (children inherit it).
-    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != dumper_mnt {
+    // The root's mount namespace, before any file is opened (children inherit it): the
+    // one given with --join-ns mnt:PATH, or its own rebuilt.
+    let joined_mnt = root_join(&sh.join.mnt);
+    if let Some(p) = &joined_mnt {
+        kinds::ns::join_path(cx, 0, p, libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?;
+        sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
+    } else if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != dumper_mnt {
         kinds::mounts::restore(cx, img, sh.mounts)?;
         // Terminals are made in the tree's own devpts instances.
         sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
@@ -750,7 +758,7 @@ fn enter_namespaces(
     }
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
     // namespaces of their own still get the root's).
-    if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || own_net) {
+    if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || own_net || joined_mnt.is_some()) {
         sh.objs.borrow_mut().ns_pid = Some(pid);
     }
     Ok(())
@@ -1247,7 +1255,10 @@ pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
         .unwrap_or_default();
     let userns = kinds::userns::load(dir, root.ids.user_ns_id, dumper.user_ns_id)?;
     let dumper_mnt = dumper.mnt_ns_id.or_else(|| kinds::ns::own_ns_id("mnt"));
-    let mounts = if root.ids.mnt_ns_id.is_some() && root.ids.mnt_ns_id != dumper_mnt {
+    let mounts = if root.ids.mnt_ns_id.is_some()
+        && root.ids.mnt_ns_id != dumper_mnt
+        && opts.join.mnt.is_none()
+    {
         kinds::mounts::check(dir, root, &opts.mounts)?
     } else {
         None
