@@ -98,12 +98,22 @@ fn shape(tree: &[i32], mnt: &str) -> Shape {
     }
 }
 
-#[test]
-fn nested_mount_and_pid_namespaces_keep_pids_and_mounts() {
+/// A started sandbox tree: (root, unshare, the nested init, its child), its output file and
+/// the tmpfs mount point inside. The guards kill it.
+struct Sandbox {
+    tree: Vec<i32>,
+    out: std::path::PathBuf,
+    mnt: String,
+    _guards: Vec<KillOnDrop>,
+}
+
+/// Starts a tree whose root stays in cryo's namespaces; unshare (its child) makes the mount,
+/// UTS, IPC and net namespaces and the PID namespace its own child is the init of. None when
+/// a tool is missing.
+fn start_sandbox(dir: &Path) -> Option<Sandbox> {
     if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
-        return;
+        return None;
     }
-    let dir = scratch("nested-ns");
     let out = dir.join("out");
     let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -111,13 +121,11 @@ fn nested_mount_and_pid_namespaces_keep_pids_and_mounts() {
     let inner = dir.join("inner.py");
     std::fs::write(&inner, INNER).unwrap();
     let inner = inner.to_str().unwrap();
-    // The root stays in cryo's namespaces; unshare (its child) makes the mount, UTS and IPC
-    // namespaces and the PID namespace its own child is the init of.
     let script = format!(
         "unshare --mount --pid --fork --mount-proc --uts --ipc --net sh -c 'hostname inner-ns && mount -t tmpfs cryo-nested {mnt_s} && echo hello >{mnt_s}/f && exec python3 {inner} {mnt_s}' & wait"
     );
     let root = spawn(&["/bin/sh", "-c", &script], &out);
-    let _g = KillOnDrop(root);
+    let mut guards = vec![KillOnDrop(root)];
     wait_for("the nested init's status", 20, || {
         last_status(&out).is_some()
     });
@@ -126,7 +134,24 @@ fn nested_mount_and_pid_namespaces_keep_pids_and_mounts() {
     wait_for("the init's child", 10, || !children(init).is_empty());
     let sleeper = children(init)[0];
     let tree = vec![root, unshare, init, sleeper];
-    let _k: Vec<KillOnDrop> = tree[1..].iter().map(|&p| KillOnDrop(p)).collect();
+    guards.extend(tree[1..].iter().map(|&p| KillOnDrop(p)));
+    Some(Sandbox {
+        tree,
+        out,
+        mnt: mnt_s,
+        _guards: guards,
+    })
+}
+
+#[test]
+fn nested_mount_and_pid_namespaces_keep_pids_and_mounts() {
+    let dir = scratch("nested-ns");
+    let Some(sb) = start_sandbox(&dir) else {
+        return;
+    };
+    let (tree, out, mnt_s) = (sb.tree.clone(), sb.out.clone(), sb.mnt.clone());
+    let mnt = std::path::PathBuf::from(&mnt_s);
+    let root = tree[0];
     let before = shape(&tree, &mnt_s);
     assert_eq!(before.inner_mnt, vec!["tmpfs"], "{before:?}");
     assert_eq!(before.inner_proc.last().map(String::as_str), Some("proc"));
@@ -275,4 +300,85 @@ while True:
     ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("user namespace cannot be joined"));
+}
+
+/// A fault once the nested namespaces exist (every task created, the nested mount
+/// namespace built, its proc mounted): the restore fails and leaves no process and no
+/// mount behind; the next restore works.
+#[test]
+fn fault_after_nested_namespaces_leaves_nothing_behind() {
+    let dir = scratch("nested-ns-fault");
+    let Some(sb) = start_sandbox(&dir) else {
+        return;
+    };
+    let img = dir.join("img");
+    dump(sb.tree[0], &img, &[]);
+    wait_tree_gone(&img);
+    let own_mounts = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .count()
+    };
+    let mounts_before = own_mounts();
+    let d = img.to_str().unwrap();
+    for stage in ["finish", "creds"] {
+        let o = cryo_env(
+            &["restore", "-D", d, "-d", "-v4", "-o", "restore.log"],
+            &[("CRYO_FAULT_INJECT", stage)],
+        );
+        assert!(
+            !o.status.success(),
+            "the fault at {stage} must fail the restore"
+        );
+        for &p in &sb.tree {
+            wait_gone(p);
+        }
+        assert!(mounted_at(std::process::id().cast_signed(), &sb.mnt).is_empty());
+        assert_eq!(
+            own_mounts(),
+            mounts_before,
+            "a mount was left in cryo's namespace"
+        );
+    }
+    restore(&img);
+    for &p in &sb.tree {
+        assert!(alive(p), "process {p} was not restored");
+    }
+}
+
+/// A process that entered with setns (nsenter) a mount namespace another process of the
+/// tree made is refused by name before anything is touched; the tree keeps running.
+#[test]
+fn setns_into_a_sibling_mount_namespace_is_refused() {
+    if !require_tools(&[("unshare", "--help"), ("nsenter", "--help")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-setns");
+    let root = spawn(
+        &[
+            "/bin/sh",
+            "-c",
+            "unshare --mount sleep 1000 & a=$!; sleep 0.3; nsenter --mount=/proc/$a/ns/mnt sleep 1000 & wait",
+        ],
+        &dir.join("out"),
+    );
+    let _g = KillOnDrop(root);
+    wait_for("the entered child", 10, || {
+        let k = children(root);
+        k.len() == 2 && ns(k[1], "mnt") == ns(k[0], "mnt") && ns(k[0], "mnt") != ns(root, "mnt")
+    });
+    let kids = children(root);
+    let _k: Vec<KillOnDrop> = kids.iter().map(|&p| KillOnDrop(p)).collect();
+    let e = dump_fails(root, &dir.join("img"), &[]);
+    assert!(
+        e.contains(&format!("process {}", kids[1]))
+            && e.contains("mount namespace")
+            && e.contains("setns"),
+        "{e}"
+    );
+    assert!(
+        alive(root) && kids.iter().all(|&k| alive(k)),
+        "the refused tree keeps running"
+    );
 }
