@@ -43,8 +43,8 @@ fn pidfd_of_a_process_outside_the_tree_is_refused() {
     assert!(alive(pid), "a refused dump left the process running");
 }
 
-/// A process holding the /proc directory, and a file in it, of a child it killed and reaped
-/// (zdtm's unhashed_proc, remap_dead_pid). The dump saves the gone PID (CRIU's PROCFS remap);
+/// A process holding the /proc directory (an fd, and its working directory), and a file in
+/// it, of a child it killed and reaped (zdtm's unhashed_proc, remap_dead_pid). The dump saves the gone PID (CRIU's PROCFS remap);
 /// the restore makes a stand-in with that PID while the files are opened, then ends it. After
 /// the restore both fds are valid, the directory is that PID's (gone again), and the PID is
 /// free.
@@ -62,7 +62,7 @@ fn proc_files_of_a_reaped_child_come_back() {
     wait_for("the report", 10, || lines(&out).len() >= 2);
     assert_eq!(
         lines(&out)[1],
-        format!("True True /proc/{child} (deleted) True"),
+        format!("True True /proc/{child} (deleted) True True"),
         "{}",
         log(&img, "restore.log")
     );

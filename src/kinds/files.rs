@@ -494,6 +494,11 @@ pub fn reachable_by_path(p: &FdProbe<'_>) -> Result<(), Unsupported> {
 /// it (`name`: /proc/N or /proc/N/...): the fd is on procfs and /proc/N no longer exists in
 /// the task's view.
 fn dead_proc_pid(pid: i32, fd: i32, name: &str) -> Option<u32> {
+    dead_proc_pid_at(pid, &format!("fd/{fd}"), name)
+}
+
+/// [`dead_proc_pid`] for `/proc/PID/LINK` (`fd/N`, `cwd`, `root`) of `pid` naming `name`.
+pub fn dead_proc_pid_at(pid: i32, link: &str, name: &str) -> Option<u32> {
     const PROC_SUPER_MAGIC: i64 = 0x9fa0;
     let n: u32 = name
         .strip_prefix("/proc/")?
@@ -501,7 +506,7 @@ fn dead_proc_pid(pid: i32, fd: i32, name: &str) -> Option<u32> {
         .next()?
         .parse()
         .ok()?;
-    let on_proc = rustix::fs::statfs(format!("/proc/{pid}/fd/{fd}").as_str())
+    let on_proc = rustix::fs::statfs(format!("/proc/{pid}/{link}").as_str())
         .is_ok_and(|s| s.f_type == PROC_SUPER_MAGIC);
     let gone = std::fs::symlink_metadata(format!("/proc/{pid}/root/proc/{n}")).is_err();
     (on_proc && gone).then_some(n)
@@ -930,19 +935,7 @@ fn dump_fd(
             if let Some(n) = dead {
                 // The /proc directory of a process gone since (CRIU's dead-process remap): the
                 // restore makes a helper with that PID while the file is opened.
-                let procfs = pb::RemapType::Procfs as i32;
-                if !cx
-                    .files
-                    .remaps
-                    .iter()
-                    .any(|r| r.remap_type == Some(procfs) && r.remap_id == n)
-                {
-                    cx.files.remaps.push(pb::RemapFilePathEntry {
-                        orig_id: id,
-                        remap_id: n,
-                        remap_type: Some(procfs),
-                    });
-                }
+                cx.files.note_dead_pid(id, n);
             } else if let Some(path) = deleted.filter(|_| meta.nlink() > 0) {
                 // Removed from this name, but it has others: a link remap.
                 let own_mnt = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino());

@@ -70,9 +70,18 @@ impl Kind for Misc {
         for (name, slot) in [("exe", 0), ("cwd", 1), ("root", 2)] {
             let path = procfs::link(pid, name)?;
             let m = stat_of(pid, name)?;
-            let id = match path.strip_suffix(" (deleted)").filter(|_| slot != 0) {
+            let deleted = path.strip_suffix(" (deleted)").filter(|_| slot != 0);
+            let dead = deleted.and_then(|d| super::files::dead_proc_pid_at(pid, name, d));
+            let id = match (deleted, dead) {
+                // The /proc directory of a process gone since: reopened while a stand-in
+                // with that PID exists (zdtm's unhashed_proc).
+                (Some(live), Some(n)) => {
+                    let id = cx.files.reg_for_path(live, None, m.mode());
+                    cx.files.note_dead_pid(id, n);
+                    id
+                }
                 // A removed directory: made again as a ghost (shared with fds on it).
-                Some(live) => {
+                (Some(live), None) => {
                     let id = cx.files.add_reg(
                         live.to_string(),
                         (libc::O_RDONLY | libc::O_DIRECTORY) as u32,
@@ -91,7 +100,7 @@ impl Kind for Misc {
                     )?;
                     id
                 }
-                None => cx
+                (None, _) => cx
                     .files
                     .reg_for_path(&path, m.is_file().then_some(m.len()), m.mode()),
             };

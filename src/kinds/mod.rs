@@ -240,6 +240,24 @@ impl FileTable {
         self.next
     }
 
+    /// Records that file `id` is (in) the /proc directory of gone process `pid` (CRIU's
+    /// PROCFS remap, once per PID): the restore makes a stand-in with that PID while the
+    /// tree opens its files.
+    pub fn note_dead_pid(&mut self, id: u32, pid: u32) {
+        let procfs = pb::RemapType::Procfs as i32;
+        if !self
+            .remaps
+            .iter()
+            .any(|r| r.remap_type == Some(procfs) && r.remap_id == pid)
+        {
+            self.remaps.push(pb::RemapFilePathEntry {
+                orig_id: id,
+                remap_id: pid,
+                remap_type: Some(procfs),
+            });
+        }
+    }
+
     /// The record for a file referenced by path only (a mapping, exe, cwd, root): one per
     /// path, opened read-only (a mapping's open mode is in `vma_entry.fdflags`).
     pub fn reg_for_path(&mut self, name: &str, size: Option<u64>, mode: u32) -> u32 {
