@@ -454,6 +454,8 @@ struct Shared<'a> {
     cgroups: Option<&'a kinds::cgroup::CgRestore>,
     tr: u64,
     calls: u64,
+    /// The credentials every puppet process starts with, once learnt (`Inherited::creds`).
+    creds: Option<pb::CredsEntry>,
 }
 
 fn ptrace_err(what: &'static str) -> impl Fn(std::io::Error) -> RestoreError {
@@ -507,6 +509,9 @@ fn shape(
         cow: Vec::new(),
         cryo_pidfd: sh.cryo_pidfd,
     };
+    // Every process of the tree has the root puppet's credentials until its own are set
+    // (a child is forked before its parent's): learnt once for all.
+    cx.inherited.creds.clone_from(&sh.creds);
     empty_puppet(sh, &mut cx, idx, own_cgns, img, parent)?;
     enter_namespaces(sh, &mut cx, idx, img, parent)?;
     let mut table = restore_files(&mut cx, img, parent, inherited)?;
@@ -517,6 +522,9 @@ fn shape(
     restore_task_state(&mut cx, img)?;
     let threads = create_threads(sh, &mut cx, img, puppets)?;
     kinds::restore_kind::<kinds::creds::Creds>(&mut cx, img)?;
+    if sh.creds.is_none() {
+        sh.creds.clone_from(&cx.inherited.creds);
+    }
     fault_point("creds")?;
     kinds::misc::restore_late(&mut cx, img)?;
     kinds::restore_kind::<kinds::timers::Timers>(&mut cx, img)?;
@@ -616,6 +624,12 @@ fn empty_puppet(
     // anonymous mappings it had in common with the parent (copy-on-write) and drops the rest.
     if let Some(parent) = parent.filter(|_| !img.is_zombie()) {
         cx.cow = kinds::memory::cow_kept(&parent.mm, &img.mm);
+        // Its vDSO too, where the parent has the same one (its data pages follow the time
+        // namespace: only in the parent's).
+        if img.ids.time_ns_id == parent.ids.time_ns_id {
+            cx.cow.extend(kinds::memory::vdso_kept(&parent.mm, &img.mm));
+            cx.cow.sort_unstable();
+        }
     }
     let tr = sh.tr;
     let mut keep = cx.cow.clone();
@@ -729,14 +743,34 @@ fn create_children(
     let early = |c: &TaskImages| c.pstree.sid != img.pstree.sid && c.pstree.sid != c.pid;
     kids.sort_by_key(|&c| !early(&tasks[c]));
     let mut in_own_session = img.pstree.sid != img.pid;
-    for cidx in kids {
+    let mut next = 0;
+    while next < kids.len() {
+        let cidx = kids[next];
         let child = &tasks[cidx];
         if !in_own_session && !early(child) {
             lead_session(cx, img)?;
             in_own_session = true;
         }
+        if !child.is_zombie() {
+            // A run of live children forked at this point (all before, or all after, this
+            // task's setsid) is forked in one stop; their first stops are awaited together.
+            // The parent changes nothing between their forks, so each is the same copy as
+            // when they were forked one by one.
+            let run = kids[next..]
+                .iter()
+                .take(FORKS_PER_STOP)
+                .take_while(|&&c| !tasks[c].is_zombie() && (in_own_session || early(&tasks[c])))
+                .count();
+            fork_children(sh, cx, img, &kids[next..next + run], puppets)?;
+            for &c in &kids[next..next + run] {
+                shape(sh, c, Some(table), puppets, ready, cx.stats)?;
+            }
+            next += run;
+            continue;
+        }
+        next += 1;
         fork_child(sh, cx, img, child, puppets)?;
-        if child.is_zombie() {
+        {
             // Its process group: its own, or one whose leader is gone and no task of the
             // tree is in (made for the moment by a helper). A group led by another task of
             // the tree is not joined (that task is put in it only at the end).
@@ -755,9 +789,7 @@ fn create_children(
             let set = cx.put(3072, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
             let ts = cx.put(3080, &[0u8; 16])?;
             let _ = cx.rt_sigtimedwait(set, 0, ts);
-            continue;
         }
-        shape(sh, cidx, Some(table), puppets, ready, cx.stats)?;
     }
     // Its fds that name processes of the tree (pidfds, /proc/PID files), which all exist now
     // but its later siblings.
@@ -827,6 +859,100 @@ fn fork_child(
                 what: "waiting for a new process",
                 source: std::io::Error::other(format!("unexpected state {other:?}")),
             })
+        }
+    }
+    cx.stats.forking_time += micros_u32(forking.elapsed());
+    sh.calls += std::mem::take(&mut cx.remote.calls);
+    Ok(())
+}
+
+/// Most children one stop forks: each takes a `clone_args` and its `set_tid` in scratch
+/// (`FORK_SLOT` bytes from `FORK_AREA`), and the batch's code page holds about as many calls.
+const FORKS_PER_STOP: usize = 40;
+const FORK_AREA: u64 = 8192;
+const FORK_SLOT: usize = 128;
+
+/// Makes the task `cx` drives fork the live children `kids` (indexes into the tree) in one
+/// batch of `clone3` (each with its PID, and `CLONE_FILES` when it shares the fd table),
+/// pushes each new puppet as soon as it exists, then waits until every one has stopped,
+/// traced. The children run concurrently up to their first stop.
+fn fork_children(
+    sh: &mut Shared<'_>,
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    kids: &[usize],
+    puppets: &mut Puppets,
+) -> Result<(), RestoreError> {
+    let tasks = sh.tasks;
+    if let [only] = kids {
+        return fork_child(sh, cx, img, &tasks[*only], puppets);
+    }
+    let forking = Instant::now();
+    let size = crate::sys::clone::CLONE_ARGS_SIZE;
+    let mut buf = vec![0u8; FORK_SLOT * kids.len()];
+    let mut b = Batch::new();
+    for (j, &c) in kids.iter().enumerate() {
+        let child = &tasks[c];
+        let flags = if child.ids.files_id == img.ids.files_id {
+            libc::CLONE_FILES as u64
+        } else {
+            0
+        };
+        let at = cx.scratch + FORK_AREA + (FORK_SLOT * j) as u64;
+        let mut args = CloneArgs::process(flags, libc::SIGCHLD);
+        args.set_tid = at + 96;
+        args.set_tid_size = 1;
+        let slot = &mut buf[FORK_SLOT * j..FORK_SLOT * (j + 1)];
+        slot[..size].copy_from_slice(&args.to_bytes());
+        slot[96..100].copy_from_slice(&child.vpid().to_ne_bytes());
+        b.named("clone3 (child process)").clone3(at, size as u64)?;
+    }
+    cx.put(FORK_AREA, &buf)?;
+    cx.remote.children.clear();
+    let r = cx.batch(&b);
+    let hosts: Vec<i32> = cx.remote.children.drain(..).collect();
+    cx.remote.last_child = None;
+    for (&host, &c) in hosts.iter().zip(kids) {
+        puppets.0.push(Puppet {
+            tracee: Tracee { tid: host },
+            released: false,
+        });
+        sh.host.insert(tasks[c].pid, host);
+    }
+    let got = r.map_err(|e| match e.errno() {
+        Some(libc::EEXIST) => RestoreError::PidBusy {
+            pid: kids.get(hosts.len()).map_or(0, |&c| tasks[c].vpid()),
+            who: "a process that appeared meanwhile".into(),
+        },
+        _ => e.into(),
+    })?;
+    if hosts.len() != kids.len() {
+        return Err(RestoreError::BadImage(format!(
+            "{} processes were asked for, {} created",
+            kids.len(),
+            hosts.len()
+        )));
+    }
+    for (&c, &g) in kids.iter().zip(&got) {
+        let cpid = tasks[c].vpid();
+        if i64::from(cpid).cast_unsigned() != g {
+            return Err(RestoreError::BadImage(format!(
+                "process {cpid} was created as {g}"
+            )));
+        }
+    }
+    for &host in &hosts {
+        match (Tracee { tid: host })
+            .wait()
+            .map_err(ptrace_err("waitpid"))?
+        {
+            Stop::Stopped { .. } => {}
+            other => {
+                return Err(RestoreError::Ptrace {
+                    what: "waiting for a new process",
+                    source: std::io::Error::other(format!("unexpected state {other:?}")),
+                })
+            }
         }
     }
     cx.stats.forking_time += micros_u32(forking.elapsed());
@@ -1344,6 +1470,7 @@ pub fn run(
         cgroups: cgroups.as_ref(),
         tr,
         calls: 0,
+        creds: None,
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
     // The root's namespaces exist (runc runs its prestart hooks with this pid).
@@ -1354,17 +1481,37 @@ pub fn run(
     fault_point("finish")?;
 
     // 4. Last injected syscall of each task unmaps the trampoline; then the dumped registers.
-    for r in &ready {
-        let t = Tracee { tid: r.pid };
+    // Every task runs its munmap at the same time: each step is started in all of them
+    // before the first is waited for, so their wake-ups overlap.
+    let tracees: Vec<Tracee> = ready.iter().map(|r| Tracee { tid: r.pid }).collect();
+    let mut bases = Vec::with_capacity(ready.len());
+    for t in &tracees {
         let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
         if let Some(fd) = sh.cryo_pidfd {
             // Shared fd tables (CLONE_FILES) see it closed already: ignore EBADF.
-            let _ = Remote::new(&t, tr, base)
+            let _ = Remote::new(t, tr, base)
                 .named("close (cryo's pidfd)")
                 .close(fd);
         }
-        Remote::new(&t, tr, base).munmap_to_exit("munmap (trampoline)", tr, TR_LEN)?;
-        t.set_regs(&kinds::regs::pb_to_regs(&r.regs, &base))
+        bases.push(base);
+    }
+    let mut unmaps: Vec<Remote<'_>> = tracees
+        .iter()
+        .zip(&bases)
+        .map(|(t, &base)| Remote::new(t, tr, base))
+        .collect();
+    const UNMAP: &str = "munmap (trampoline)";
+    for u in &mut unmaps {
+        u.start_munmap_to_exit(UNMAP, tr, TR_LEN)?;
+    }
+    for at_entry in [true, false] {
+        for u in &mut unmaps {
+            u.step_to_exit(UNMAP, at_entry)?;
+        }
+    }
+    drop(unmaps);
+    for ((r, t), base) in ready.iter().zip(&tracees).zip(&bases) {
+        t.set_regs(&kinds::regs::pb_to_regs(&r.regs, base))
             .map_err(ptrace_err("PTRACE_SETREGS"))?;
         t.set_sigmask(r.mask)
             .map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
