@@ -1131,18 +1131,27 @@ pub fn restore_fds(
     let above = max_target + 1;
     // Park what we take over from the parent above every fd in play, then drop the rest.
     let mut taken: HashMap<u32, RemoteFd> = HashMap::new(); // file id -> parked fd
+                                                            // The puppet's pidfd of cryo: the one it inherited (kept), or one opened here (closed).
+    let kept = cx.cryo_pidfd;
+    // The dup3s and closes of inherited fds need no result: they run in batches (one stop
+    // for a child that only inherits its fds), flushed before any other call.
+    let mut b = crate::sys::remote::Batch::new();
     if let Some(parent) = inherited {
-        let park = max_target.max(parent.max_fd) + 1;
+        // A child's table is its parent's (every fd at most `parent.max_fd`) plus the kept
+        // pidfd of cryo: the numbers above all of them are free, so the parked copies go
+        // there with dup3 at known numbers.
+        let mut park = max_target.max(parent.max_fd).max(kept.unwrap_or(0)) + 1;
         for (_, f) in &fds {
             if let (Some(&src), false) = (parent.by_id.get(&f.id), taken.contains_key(&f.id)) {
-                taken.insert(f.id, cx.dup_above(src, park)?);
+                b.named("dup3 (park an inherited fd)").dup3(src, park, 0)?;
+                taken.insert(f.id, park);
+                park += 1;
             }
         }
-        cx.close_range(0, park.cast_unsigned() - 1)?;
+        // Every fd of the parent's (the kept pidfd lies above them all).
+        b.close_range(0, max_target.max(parent.max_fd).cast_unsigned())?;
     }
     let objs_cell = cx.objs;
-    // The puppet's pidfd of cryo: the one it inherited (kept), or one opened here (closed).
-    let kept = cx.cryo_pidfd;
     let mut cryo_pidfd: Option<RemoteFd> = kept;
     let mut opened: HashMap<u32, RemoteFd> = HashMap::new(); // file id -> fd
     for &(fd, f) in &fds {
@@ -1151,10 +1160,11 @@ pub fn restore_fds(
             continue; // restore_late_fds
         }
         if let Some(&src) = opened.get(&f.id).or(taken.get(&f.id)) {
-            cx.dup3(src, fd, if cloexec { libc::O_CLOEXEC } else { 0 })?;
+            b.dup3(src, fd, if cloexec { libc::O_CLOEXEC } else { 0 })?;
             opened.entry(f.id).or_insert(fd);
             continue;
         }
+        cx.batch(&std::mem::take(&mut b))?;
         let tmp = if f.r#type == pb::FdTypes::Reg as i32 {
             open_reg(cx, f.id)?
         } else if super::tty::is_dev_tty(cx.files, f.id) {
@@ -1189,7 +1199,7 @@ pub fn restore_fds(
         opened.insert(f.id, fd);
     }
     if let Some(p) = cryo_pidfd.filter(|_| kept.is_none()) {
-        cx.close(p)?;
+        b.close(p)?;
     }
     if !taken.is_empty() {
         let above = above.cast_unsigned();
@@ -1198,9 +1208,10 @@ pub fn restore_fds(
             ranges = vec![(above, k - 1), (k + 1, u32::MAX)];
         }
         for (lo, hi) in ranges.into_iter().filter(|(lo, hi)| lo <= hi) {
-            cx.close_range(lo, hi)?;
+            b.close_range(lo, hi)?;
         }
     }
+    cx.batch(&b)?;
     // What a kind does once every fd of the task exists (epoll watch lists name them).
     for (_, f) in &fds {
         if let Some(k) = FdOps::for_type(f.r#type) {

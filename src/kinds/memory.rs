@@ -600,8 +600,7 @@ impl Kind for Memory {
                 b.mlock(v.start, v.end - v.start)?;
             }
         }
-        cx.batch(&b)?;
-        set_mm_map(cx, img)
+        set_mm_map(cx, img, b)
     }
 }
 
@@ -776,6 +775,26 @@ pub fn cow_kept(parent: &pb::MmEntry, child: &pb::MmEntry) -> Vec<(u64, u64)> {
         .collect();
     out.sort_unstable();
     out
+}
+
+/// The vDSO and vvar mappings a child keeps from its parent (forked in the same time
+/// namespace): all of them when the child's are exactly the parent's, else none.
+pub fn vdso_kept(parent: &pb::MmEntry, child: &pb::MmEntry) -> Vec<(u64, u64)> {
+    let specials = |m: &pb::MmEntry| -> Vec<(u64, u64, u32)> {
+        let mut v: Vec<(u64, u64, u32)> = m
+            .vmas
+            .iter()
+            .filter(|v| v.status & (status::VDSO | status::VVAR) != 0)
+            .map(|v| (v.start, v.end, v.status))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let c = specials(child);
+    if c.is_empty() || c != specials(parent) {
+        return Vec::new();
+    }
+    c.into_iter().map(|(s, e, _)| (s, e)).collect()
 }
 
 fn check_addr(got: u64, v: &pb::VmaEntry) -> Result<(), MemoryError> {
@@ -1120,6 +1139,9 @@ fn map_vdso(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryError>
     let Some(vdso) = specials.iter().find(|v| v.status & status::VDSO != 0) else {
         return Ok(()); // the task had unmapped its vDSO
     };
+    if specials.iter().all(|v| cx.cow.contains(&(v.start, v.end))) {
+        return Ok(()); // kept from the parent, where it is already checked and placed
+    }
     let low = specials.iter().map(|v| v.start).min().unwrap_or(vdso.start);
     const ARCH_MAP_VDSO_64: i32 = 0x2003;
     let mut hint = low;
@@ -1203,7 +1225,17 @@ struct Thp {
 }
 
 impl Thp {
+    /// The modes, read once per cryo process (they are the host's).
     fn read() -> Thp {
+        static ONCE: std::sync::OnceLock<Thp> = std::sync::OnceLock::new();
+        let t = ONCE.get_or_init(Thp::read_now);
+        Thp {
+            always: t.always,
+            madvise: t.madvise,
+        }
+    }
+
+    fn read_now() -> Thp {
         let dir = std::path::Path::new("/sys/kernel/mm/transparent_hugepage");
         let mode = |p: &std::path::Path| {
             let s = std::fs::read_to_string(p).unwrap_or_default();
@@ -1780,7 +1812,8 @@ fn puppet_preadv(
 }
 
 /// `prctl(PR_SET_MM, PR_SET_MM_MAP)`: code/data/brk/stack/args/env boundaries, auxv, exe.
-fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryError> {
+/// `b`: calls to run first, in the same stop when no exe fd has to be opened (a child).
+fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages, mut b: Batch) -> Result<(), MemoryError> {
     let mm = &img.mm;
     let exe = cx.reg(mm.exe_file_id)?.name.clone();
     // A child inherits its parent's exe link, which the kernel will not replace while the
@@ -1799,6 +1832,7 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
     ) {
         -1
     } else {
+        cx.batch(&std::mem::take(&mut b))?;
         cx.open(&exe, libc::O_RDONLY as u32)?
     };
     // struct prctl_mm_map: 11 u64, auxv pointer, auxv_size u32, exe_fd u32.
@@ -1832,16 +1866,17 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
     m.extend_from_slice(&auxv_len.to_ne_bytes());
     m.extend_from_slice(&exe_fd.to_ne_bytes());
     let addr = cx.put(512, &m)?;
-    let r = cx.named("prctl(PR_SET_MM, PR_SET_MM_MAP)").prctl(
+    b.named("prctl(PR_SET_MM, PR_SET_MM_MAP)").prctl(
         libc::PR_SET_MM,
         [arg(libc::PR_SET_MM_MAP), addr, m.len() as u64, 0],
-    );
+    )?;
+    if mm.thp_disabled == Some(true) {
+        b.prctl(libc::PR_SET_THP_DISABLE, [1, 0, 0, 0])?;
+    }
+    let r = cx.batch(&b);
     if exe_fd >= 0 {
         cx.close(exe_fd)?;
     }
     r?;
-    if mm.thp_disabled == Some(true) {
-        cx.prctl(libc::PR_SET_THP_DISABLE, [1, 0, 0, 0])?;
-    }
     Ok(())
 }

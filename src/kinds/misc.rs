@@ -197,24 +197,25 @@ impl Kind for Misc {
         // task's children exist, groups once every task exists (`restore::set_process_groups`).
         let tc = img.core.tc.clone().unwrap_or_default();
         let th = img.core.thread_core.clone().unwrap_or_default();
-        cx.personality(tc.personality)?;
-        cx.umask(img.fs.umask.unwrap_or(0o022))?;
+        // All of these and the thread attributes run in one stop.
+        let mut b = Batch::new();
+        b.personality(tc.personality)?;
+        b.umask(img.fs.umask.unwrap_or(0o022))?;
         // Both paths are the mount namespace's: the working directory first, as it may be
-        // outside the root (a chroot without chdir).
+        // outside the root (a chroot without chdir). Each has its own place in scratch
+        // (the thread attributes use its start).
         let root = super::ghost::live_path(cx, img.fs.root_id)?;
         let cwd = super::ghost::live_path(cx, img.fs.cwd_id)?;
-        let p = cx.put_path(&cwd)?;
-        cx.chdir(p).map_err(|e| match e {
-            TaskError::Remote { pid, source } => TaskError::Open {
-                pid,
-                path: cwd.clone(),
-                source,
-            },
-            e => e,
-        })?;
+        let nul = |p: &str| {
+            let mut v = p.as_bytes().to_vec();
+            v.push(0);
+            v
+        };
+        let p = cx.put(CWD_AT, &nul(&cwd))?;
+        b.named(CHDIR).chdir(p)?;
         if root != "/" {
-            let p = cx.put_path(&root)?;
-            cx.chroot(p)?;
+            let p = cx.put(ROOT_AT, &nul(&root))?;
+            b.chroot(p)?;
         }
         let tid_addr = img
             .core
@@ -222,7 +223,14 @@ impl Kind for Misc {
             .as_ref()
             .map(|t| t.clear_tid_addr)
             .unwrap_or(0);
-        super::threads::restore_attrs(cx, &th, tid_addr, &tc.comm)?;
+        super::threads::restore_attrs(cx, &th, tid_addr, &tc.comm, b).map_err(|e| match e {
+            TaskError::Remote { pid, source } if source.what() == CHDIR => TaskError::Open {
+                pid,
+                path: cwd.clone(),
+                source,
+            },
+            e => e,
+        })?;
         // Each registration command again (each bit of the mask is one).
         for bit in 0..31 {
             if tc.membarrier_registration_mask.unwrap_or(0) & (1u32 << bit) != 0 {
@@ -275,6 +283,12 @@ fn restore_loginuid(cx: &mut RestoreCx<'_>, saved: Option<u32>) -> Result<(), Mi
     Ok(())
 }
 
+/// Where `Misc` puts the working directory and root paths in scratch (each up to PATH_MAX,
+/// after the areas the other kinds use), and the name of its batched `chdir`.
+const CWD_AT: u64 = 16384;
+const ROOT_AT: u64 = CWD_AT + 4096 + 8;
+const CHDIR: &str = "chdir";
+
 /// Namespace kinds in `task_kobj_ids_entry` order (pid, net, ipc, uts, mnt, user, cgroup, time).
 const NS: [&str; 8] = ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time"];
 
@@ -312,8 +326,9 @@ pub fn ns_id(ino: u64) -> u32 {
 
 /// The last attributes, set after credentials (a uid change resets them).
 pub fn restore_late(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MiscError> {
+    let mut b = Batch::new();
     if let Some(d) = img.mm.dumpable {
-        cx.prctl(libc::PR_SET_DUMPABLE, [arg(d), 0, 0, 0])?;
+        b.prctl(libc::PR_SET_DUMPABLE, [arg(d), 0, 0, 0])?;
     }
     let pdeath = img
         .core
@@ -321,6 +336,7 @@ pub fn restore_late(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), Misc
         .as_ref()
         .and_then(|t| t.pdeath_sig)
         .unwrap_or(0);
-    cx.prctl(libc::PR_SET_PDEATHSIG, [u64::from(pdeath), 0, 0, 0])?;
+    b.prctl(libc::PR_SET_PDEATHSIG, [u64::from(pdeath), 0, 0, 0])?;
+    cx.batch(&b)?;
     Ok(())
 }

@@ -216,81 +216,128 @@ fn create_threads(
         let hosts = clone_group(cx, img, &group, made)?;
         made_threads.extend(group.into_iter().zip(hosts));
     }
-    for (i, host) in made_threads {
-        let core = &img.threads[i];
-        // Checked when pstree.img was read.
-        let tid = pid_from_img(img.pstree.threads[i + 1]).unwrap_or(0);
-        let t = Tracee { tid: host };
-        match t.wait().map_err(|source| TaskError::Ptrace {
-            pid: host,
-            what: "waiting for a new thread",
-            source,
-        })? {
-            Stop::Stopped { .. } => {}
-            other => {
-                return Err(TaskError::Ptrace {
-                    pid: host,
-                    what: "waiting for a new thread",
-                    source: std::io::Error::other(format!("unexpected state {other:?}")),
+    for chunk in made_threads.chunks(PIPELINE) {
+        let tracees: Vec<Tracee> = chunk
+            .iter()
+            .map(|&(_, host)| Tracee { tid: host })
+            .collect();
+        let mut bases = Vec::with_capacity(chunk.len());
+        for t in &tracees {
+            let host = t.tid;
+            match t.wait().map_err(|source| TaskError::Ptrace {
+                pid: host,
+                what: "waiting for a new thread",
+                source,
+            })? {
+                Stop::Stopped { .. } => {}
+                other => {
+                    return Err(TaskError::Ptrace {
+                        pid: host,
+                        what: "waiting for a new thread",
+                        source: std::io::Error::other(format!("unexpected state {other:?}")),
+                    }
+                    .into())
                 }
-                .into())
             }
+            bases.push(t.regs().map_err(|source| TaskError::Ptrace {
+                pid: host,
+                what: "PTRACE_GETREGS",
+                source,
+            })?);
         }
-        let base = t.regs().map_err(|source| TaskError::Ptrace {
-            pid: host,
-            what: "PTRACE_GETREGS",
-            source,
-        })?;
-        let th = Tracee { tid: host };
-        let mut tcx = RestoreCx {
-            pid: host,
-            remote: {
-                let mut r = Remote::new(&th, cx.remote.site(), base);
+        // The per-thread attributes of the whole chunk run pipelined: each call is started
+        // in every thread before the first is waited for, so the threads run them at once.
+        let mut batches = Vec::with_capacity(chunk.len());
+        for (j, &(i, _)) in chunk.iter().enumerate() {
+            let core = &img.threads[i];
+            let th = core.thread_core.clone().unwrap_or_default();
+            let clear_tid = core.thread_info.as_ref().map_or(0, |t| t.clear_tid_addr);
+            let comm_at = COMM_AREA + (COMM_SLOT * j) as u64;
+            batches.push(attr_batch(cx, &th, clear_tid, "", comm_at, Batch::new())?);
+        }
+        let mut remotes: Vec<Remote<'_>> = tracees
+            .iter()
+            .zip(&bases)
+            .map(|(t, &base)| {
+                let mut r = Remote::new(t, cx.remote.site(), base);
                 r.batch_like(&cx.remote);
                 r
-            },
-            scratch: cx.scratch,
-            scratch_len: cx.scratch_len,
-            dir: cx.dir,
-            files: cx.files,
-            objs: cx.objs,
-            stats: &mut *cx.stats,
-            inherited: super::Inherited {
-                seccomp: installed,
-                ..cx.inherited.clone()
-            },
-            cow: Vec::new(),
-            cryo_pidfd: cx.cryo_pidfd,
-        };
-        // Its pending signals are queued from inside, with the ids its PID namespace gives.
-        let local = (
-            img.local_pid(),
-            img.ns_ids(i + 1).last().copied().unwrap_or(tid),
-        );
-        let mask = restore_one(&mut tcx, local, tid, core)?;
-        cx.remote.calls += tcx.remote.calls;
-        // What the next thread inherits comes from the leader, not from this thread: keep only
-        // what was learnt (not changed) here.
-        cx.inherited.creds = tcx.inherited.creds.clone();
-        cx.inherited.xstate_len = tcx.inherited.xstate_len;
-        let ti = core
-            .thread_info
-            .as_ref()
-            .ok_or_else(|| TaskError::BadImage(format!("core-{tid}.img has no registers")))?;
-        out.push((
-            i,
-            RestoredThread {
-                tracee: t,
-                regs: super::regs::pb_to_regs(&ti.gpregs, &base),
-                mask,
-            },
-        ));
+            })
+            .collect();
+        let rounds = batches.iter().map(|b| b.calls.len()).max().unwrap_or(0);
+        for k in 0..rounds {
+            for (r, b) in remotes.iter_mut().zip(&batches) {
+                if let Some(c) = b.calls.get(k) {
+                    let pid = r.tracee().tid;
+                    r.start_call(c.what, c.nr, c.a)
+                        .map_err(|source| TaskError::Remote { pid, source })?;
+                }
+            }
+            for (r, b) in remotes.iter_mut().zip(&batches) {
+                if let Some(c) = b.calls.get(k) {
+                    let pid = r.tracee().tid;
+                    r.finish_call(c.what)
+                        .map_err(|source| TaskError::Remote { pid, source })?;
+                }
+            }
+        }
+        for ((&(i, host), remote), base) in chunk.iter().zip(remotes).zip(bases) {
+            let core = &img.threads[i];
+            // Checked when pstree.img was read.
+            let tid = pid_from_img(img.pstree.threads[i + 1]).unwrap_or(0);
+            let t = Tracee { tid: host };
+            let mut tcx = RestoreCx {
+                pid: host,
+                remote,
+                scratch: cx.scratch,
+                scratch_len: cx.scratch_len,
+                dir: cx.dir,
+                files: cx.files,
+                objs: cx.objs,
+                stats: &mut *cx.stats,
+                inherited: super::Inherited {
+                    seccomp: installed,
+                    ..cx.inherited.clone()
+                },
+                cow: Vec::new(),
+                cryo_pidfd: cx.cryo_pidfd,
+            };
+            // Its pending signals are queued from inside, with the ids its PID namespace gives.
+            let local = (
+                img.local_pid(),
+                img.ns_ids(i + 1).last().copied().unwrap_or(tid),
+            );
+            let mask = restore_one(&mut tcx, local, tid, core)?;
+            cx.remote.calls += tcx.remote.calls;
+            // What the next thread inherits comes from the leader, not from this thread: keep only
+            // what was learnt (not changed) here.
+            cx.inherited.creds = tcx.inherited.creds.clone();
+            cx.inherited.xstate_len = tcx.inherited.xstate_len;
+            let ti = core
+                .thread_info
+                .as_ref()
+                .ok_or_else(|| TaskError::BadImage(format!("core-{tid}.img has no registers")))?;
+            out.push((
+                i,
+                RestoredThread {
+                    tracee: t,
+                    regs: super::regs::pb_to_regs(&ti.gpregs, &base),
+                    mask,
+                },
+            ));
+        }
     }
     // The leader has these already.
     cx.inherited.seccomp = installed;
     out.sort_by_key(|(i, _)| *i);
     Ok(out.into_iter().map(|(_, t)| t).collect())
 }
+
+/// Threads whose attribute calls run pipelined (`create_threads`), and where each one's
+/// name goes in scratch for that (threads share one memory: one slot each).
+const PIPELINE: usize = 64;
+const COMM_AREA: u64 = 28672;
+const COMM_SLOT: usize = 16;
 
 /// Most threads one stop creates: each takes a `clone_args` and its `set_tid` in scratch
 /// (`CLONE_SLOT` bytes from `CLONE_AREA`), and the batch's code page holds about as many calls.
@@ -370,21 +417,36 @@ fn clone_group(
 /// name (`comm_fallback` when the thread entry has none), rseq registration, robust futex
 /// list, clear-child-tid address, and scheduling (set from outside, only when it differs
 /// from what the thread inherited).
+/// `b` holds calls to run before them, in the same stop (a process's own attributes).
 pub fn restore_attrs(
     cx: &mut RestoreCx<'_>,
     th: &pb::ThreadCoreEntry,
     clear_tid_addr: u64,
     comm_fallback: &str,
+    b: Batch,
 ) -> Result<(), TaskError> {
-    let tid = cx.pid;
-    let comm = th.comm.as_deref().unwrap_or(comm_fallback);
     // One stop for all of them (thousands of threads make this count).
-    let mut b = Batch::new();
+    let b = attr_batch(cx, th, clear_tid_addr, comm_fallback, 0, b)?;
+    cx.batch(&b)?;
+    restore_sched(cx, th)
+}
+
+/// The calls of [`restore_attrs`] made inside the thread, appended to `b`; the name is put
+/// at `comm_at` in scratch.
+fn attr_batch(
+    cx: &mut RestoreCx<'_>,
+    th: &pb::ThreadCoreEntry,
+    clear_tid_addr: u64,
+    comm_fallback: &str,
+    comm_at: u64,
+    mut b: Batch,
+) -> Result<Batch, TaskError> {
+    let comm = th.comm.as_deref().unwrap_or(comm_fallback);
     if !comm.is_empty() {
         let mut c = comm.as_bytes().to_vec();
         c.truncate(15);
         c.push(0);
-        let a = cx.put(0, &c)?;
+        let a = cx.put(comm_at, &c)?;
         b.prctl(libc::PR_SET_NAME, [a, 0, 0, 0])?;
     }
     if let Some(r) = th.rseq_entry.as_ref().filter(|r| r.rseq_abi_pointer != 0) {
@@ -394,7 +456,12 @@ pub fn restore_attrs(
         b.set_robust_list(th.futex_rla, u64::from(th.futex_rla_len))?;
     }
     b.set_tid_address(clear_tid_addr)?;
-    cx.batch(&b)?;
+    Ok(b)
+}
+
+/// The scheduling part of [`restore_attrs`], set from outside.
+fn restore_sched(cx: &mut RestoreCx<'_>, th: &pb::ThreadCoreEntry) -> Result<(), TaskError> {
+    let tid = cx.pid;
     if let (Some(policy), Some(prio), Some(nice)) = (th.sched_policy, th.sched_prio, th.sched_nice)
     {
         let now = match cx.inherited.sched {
@@ -447,7 +514,8 @@ fn restore_one(
         let a = cx.put(512, &ss)?;
         cx.sigaltstack(a, 0)?;
     }
-    restore_attrs(cx, &th, ti.clear_tid_addr, "")?;
+    // The calls of `restore_attrs` ran already (pipelined, `create_threads`).
+    restore_sched(cx, &th)?;
     // Private pending signals, queued by the thread to itself.
     if let Some(q) = &th.signals_p {
         for s in &q.signals {

@@ -521,6 +521,8 @@ struct Shared<'a> {
     pending_mounts: Vec<kinds::mounts::PendingMounts>,
     tr: u64,
     calls: u64,
+    /// The credentials every puppet process starts with, once learnt (`Inherited::creds`).
+    creds: Option<pb::CredsEntry>,
 }
 
 fn ptrace_err(what: &'static str) -> impl Fn(std::io::Error) -> RestoreError {
@@ -579,6 +581,9 @@ fn shape(
         cow: Vec::new(),
         cryo_pidfd: sh.cryo_pidfd,
     };
+    // Every process of the tree has the root puppet's credentials until its own are set
+    // (a child is forked before its parent's): learnt once for all.
+    cx.inherited.creds.clone_from(&sh.creds);
     empty_puppet(sh, &mut cx, idx, own_cgns, img, parent)?;
     enter_namespaces(sh, &mut cx, idx, img, parent)?;
     let mut table = restore_files(&mut cx, img, parent, inherited)?;
@@ -589,6 +594,9 @@ fn shape(
     restore_task_state(&mut cx, img)?;
     let threads = create_threads(sh, &mut cx, img, puppets)?;
     kinds::restore_kind::<kinds::creds::Creds>(&mut cx, img)?;
+    if sh.creds.is_none() {
+        sh.creds.clone_from(&cx.inherited.creds);
+    }
     fault_point("creds")?;
     kinds::misc::restore_late(&mut cx, img)?;
     kinds::restore_kind::<kinds::timers::Timers>(&mut cx, img)?;
@@ -688,6 +696,12 @@ fn empty_puppet(
     // anonymous mappings it had in common with the parent (copy-on-write) and drops the rest.
     if let Some(parent) = parent.filter(|_| !img.is_zombie()) {
         cx.cow = kinds::memory::cow_kept(&parent.mm, &img.mm);
+        // Its vDSO too, where the parent has the same one (its data pages follow the time
+        // namespace: only in the parent's).
+        if img.ids.time_ns_id == parent.ids.time_ns_id {
+            cx.cow.extend(kinds::memory::vdso_kept(&parent.mm, &img.mm));
+            cx.cow.sort_unstable();
+        }
     }
     let tr = sh.tr;
     let mut keep = cx.cow.clone();
@@ -836,14 +850,44 @@ fn create_children(
         |c: &TaskImages| plan.born_in(c.pid, c.pstree.sid, img.pstree.sid) != img.pstree.sid;
     kids.sort_by_key(|&c| !early(&tasks[c]));
     let mut in_own_session = img.pstree.sid != img.pid;
-    for cidx in kids {
+    let mut next = 0;
+    while next < kids.len() {
+        let cidx = kids[next];
         let child = &tasks[cidx];
         if !in_own_session && !early(child) {
             lead_session(cx, img)?;
             in_own_session = true;
         }
+        if !child.is_zombie() {
+            // A run of live children forked at this point (all before, or all after, this
+            // task's setsid) is forked in one stop; their first stops are awaited together.
+            // The parent changes nothing between their forks, so each is the same copy as
+            // when they were forked one by one.
+            let run = kids[next..]
+                .iter()
+                .take(FORKS_PER_STOP)
+                .take_while(|&&c| {
+                    let t = &tasks[c];
+                    !t.is_zombie()
+                        && (in_own_session || early(t))
+                        // Same PID namespace as this task, its ids fit a slot, and no mount
+                        // waits for a namespace's init: else forked alone (`fork_child`).
+                        && t.ns_depth() == img.ns_depth()
+                        && 96 + 4 * t.ns_ids(0).len() <= FORK_SLOT
+                        && sh.pending_mounts.is_empty()
+                })
+                .count()
+                .max(1);
+            fork_children(sh, cx, img, &kids[next..next + run], puppets)?;
+            for &c in &kids[next..next + run] {
+                shape(sh, c, Some(table), puppets, ready, cx.stats)?;
+            }
+            next += run;
+            continue;
+        }
+        next += 1;
         fork_child(sh, cx, img, child, puppets)?;
-        if child.is_zombie() {
+        {
             // A zombie that leads the session of orphans of the tree forks them before it
             // dies, after its setsid() (`sessions::Via::ZombieLeader`).
             let hosted = plan.hosted_by(child.pid);
@@ -880,9 +924,7 @@ fn create_children(
             let set = cx.put(3072, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
             let ts = cx.put(3080, &[0u8; 16])?;
             let _ = cx.rt_sigtimedwait(set, 0, ts);
-            continue;
         }
-        shape(sh, cidx, Some(table), puppets, ready, cx.stats)?;
     }
     // A process that made a PID namespace for its children (unshare(CLONE_NEWPID)) forks
     // into it again: it enters the one its child is the init of.
@@ -1218,6 +1260,107 @@ fn fork_child(
         }
         sh.pending_mounts.retain(kinds::mounts::is_pending);
     }
+    Ok(())
+}
+
+/// Most children one stop forks: each takes a `clone_args` and its `set_tid` in scratch
+/// (`FORK_SLOT` bytes from `FORK_AREA`), and the batch's code page holds about as many calls.
+const FORKS_PER_STOP: usize = 40;
+const FORK_AREA: u64 = 8192;
+const FORK_SLOT: usize = 128;
+
+/// Makes the task `cx` drives fork the live children `kids` (indexes into the tree) in one
+/// batch of `clone3` (each with its PID, and `CLONE_FILES` when it shares the fd table),
+/// pushes each new puppet as soon as it exists, then waits until every one has stopped,
+/// traced. The children run concurrently up to their first stop.
+fn fork_children(
+    sh: &mut Shared<'_>,
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    kids: &[usize],
+    puppets: &mut Puppets,
+) -> Result<(), RestoreError> {
+    let tasks = sh.tasks;
+    if let [only] = kids {
+        return fork_child(sh, cx, img, &tasks[*only], puppets);
+    }
+    let forking = Instant::now();
+    // The id the parent sees.
+    let seen = |t: &TaskImages| t.ns_ids(0).get(img.ns_depth()).copied().unwrap_or(0);
+    let size = crate::sys::clone::CLONE_ARGS_SIZE;
+    let mut buf = vec![0u8; FORK_SLOT * kids.len()];
+    let mut b = Batch::new();
+    for (j, &c) in kids.iter().enumerate() {
+        let child = &tasks[c];
+        let flags = if child.ids.files_id == img.ids.files_id {
+            libc::CLONE_FILES as u64
+        } else {
+            0
+        };
+        let at = cx.scratch + FORK_AREA + (FORK_SLOT * j) as u64;
+        // Its ids from the tree's PID namespace down to its own (this task's), innermost
+        // first in set_tid; `create_children` checked that they fit the slot.
+        let ids = child.ns_ids(0);
+        let mut args = CloneArgs::process(flags, libc::SIGCHLD);
+        args.set_tid = at + 96;
+        args.set_tid_size = crate::num::u64_of(ids.len());
+        let slot = &mut buf[FORK_SLOT * j..FORK_SLOT * (j + 1)];
+        slot[..size].copy_from_slice(&args.to_bytes());
+        for (k, id) in ids.iter().rev().enumerate() {
+            slot[96 + 4 * k..100 + 4 * k].copy_from_slice(&id.to_ne_bytes());
+        }
+        b.named("clone3 (child process)").clone3(at, size as u64)?;
+    }
+    cx.put(FORK_AREA, &buf)?;
+    cx.remote.children.clear();
+    let r = cx.batch(&b);
+    let hosts: Vec<i32> = cx.remote.children.drain(..).collect();
+    cx.remote.last_child = None;
+    for (&host, &c) in hosts.iter().zip(kids) {
+        puppets.0.push(Puppet {
+            tracee: Tracee { tid: host },
+            released: false,
+        });
+        sh.host.insert(tasks[c].pid, host);
+    }
+    let got = r.map_err(|e| match e.errno() {
+        Some(libc::EEXIST) => RestoreError::PidBusy {
+            pid: kids.get(hosts.len()).map_or(0, |&c| seen(&tasks[c])),
+            who: "a process that appeared meanwhile".into(),
+        },
+        _ => e.into(),
+    })?;
+    if hosts.len() != kids.len() {
+        return Err(RestoreError::BadImage(format!(
+            "{} processes were asked for, {} created",
+            kids.len(),
+            hosts.len()
+        )));
+    }
+    for (&c, &g) in kids.iter().zip(&got) {
+        let cpid = seen(&tasks[c]);
+        if i64::from(cpid).cast_unsigned() != g {
+            return Err(RestoreError::BadImage(format!(
+                "process {cpid} was created as {g}"
+            )));
+        }
+    }
+    for &host in &hosts {
+        match (Tracee { tid: host })
+            .wait()
+            .map_err(ptrace_err("waitpid"))?
+        {
+            Stop::Stopped { .. } => {}
+            other => {
+                return Err(RestoreError::Ptrace {
+                    what: "waiting for a new process",
+                    source: std::io::Error::other(format!("unexpected state {other:?}")),
+                })
+            }
+        }
+    }
+    cx.stats.forking_time += micros_u32(forking.elapsed());
+    sh.calls += std::mem::take(&mut cx.remote.calls);
     Ok(())
 }
 
@@ -1801,6 +1944,7 @@ pub fn run(
         pending_mounts: Vec::new(),
         tr,
         calls: 0,
+        creds: None,
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
     end_dead_pid_helpers(&sh, root, &mut puppets)?;
@@ -1818,17 +1962,37 @@ pub fn run(
     fault_point("finish")?;
 
     // 4. Last injected syscall of each task unmaps the trampoline; then the dumped registers.
-    for r in &ready {
-        let t = Tracee { tid: r.pid };
+    // Every task runs its munmap at the same time: each step is started in all of them
+    // before the first is waited for, so their wake-ups overlap.
+    let tracees: Vec<Tracee> = ready.iter().map(|r| Tracee { tid: r.pid }).collect();
+    let mut bases = Vec::with_capacity(ready.len());
+    for t in &tracees {
         let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
         if let Some(fd) = sh.cryo_pidfd {
             // Shared fd tables (CLONE_FILES) see it closed already: ignore EBADF.
-            let _ = Remote::new(&t, tr, base)
+            let _ = Remote::new(t, tr, base)
                 .named("close (cryo's pidfd)")
                 .close(fd);
         }
-        Remote::new(&t, tr, base).munmap_to_exit("munmap (trampoline)", tr, TR_LEN)?;
-        t.set_regs(&kinds::regs::pb_to_regs(&r.regs, &base))
+        bases.push(base);
+    }
+    let mut unmaps: Vec<Remote<'_>> = tracees
+        .iter()
+        .zip(&bases)
+        .map(|(t, &base)| Remote::new(t, tr, base))
+        .collect();
+    const UNMAP: &str = "munmap (trampoline)";
+    for u in &mut unmaps {
+        u.start_munmap_to_exit(UNMAP, tr, TR_LEN)?;
+    }
+    for at_entry in [true, false] {
+        for u in &mut unmaps {
+            u.step_to_exit(UNMAP, at_entry)?;
+        }
+    }
+    drop(unmaps);
+    for ((r, t), base) in ready.iter().zip(&tracees).zip(&bases) {
+        t.set_regs(&kinds::regs::pb_to_regs(&r.regs, base))
             .map_err(ptrace_err("PTRACE_SETREGS"))?;
         t.set_sigmask(r.mask)
             .map_err(ptrace_err("PTRACE_SETSIGMASK"))?;

@@ -37,6 +37,16 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    /// The call this error names.
+    pub fn what(&self) -> &'static str {
+        match self {
+            RemoteError::Ptrace { what, .. }
+            | RemoteError::UnexpectedStop { what, .. }
+            | RemoteError::Died { what, .. }
+            | RemoteError::Errno { what, .. } => what,
+        }
+    }
+
     /// The errno of a syscall that ran and failed (None: it did not run to completion).
     pub fn errno(&self) -> Option<i32> {
         match self {
@@ -443,6 +453,38 @@ impl<'t> Remote<'t> {
         Ok(r.cast_unsigned())
     }
 
+    /// Starts `nr(args)` and returns at once: the tracee runs it while the caller starts the
+    /// same in other tracees; [`Remote::finish_call`] waits for it.
+    pub fn start_call(
+        &mut self,
+        what: &'static str,
+        nr: i64,
+        a: [u64; 6],
+    ) -> Result<(), RemoteError> {
+        let pt = |source| RemoteError::Ptrace { what, source };
+        self.t.set_regs(&self.load(nr, a)).map_err(pt)?;
+        self.t.cont(0).map_err(pt)?;
+        self.calls += 1;
+        self.stops += 1;
+        Ok(())
+    }
+
+    /// Waits for the call [`Remote::start_call`] started and returns its result, a negative
+    /// one turned into an error naming `what`.
+    pub fn finish_call(&mut self, what: &'static str) -> Result<u64, RemoteError> {
+        let pt = |source| RemoteError::Ptrace { what, source };
+        self.wait_trap(what)?;
+        let r = self.t.regs().map_err(pt)?.rax.cast_signed();
+        tracing::debug!("{}: {what}(...) = {r:#x} (pipelined)", self.t.tid);
+        if (-4095..0).contains(&r) {
+            return Err(RemoteError::Errno {
+                what,
+                source: errno_of(r),
+            });
+        }
+        Ok(r.cast_unsigned())
+    }
+
     /// `munmap(addr, len)` of the very page holding the syscall instruction (the last call a
     /// puppet runs): there is no `int3` to return to, so the tracee is left stopped at the
     /// syscall's exit.
@@ -454,6 +496,50 @@ impl<'t> Remote<'t> {
     ) -> Result<(), RemoteError> {
         self.call_to_exit(what, libc::SYS_munmap, [addr, len, 0, 0, 0, 0])
             .map(drop)
+    }
+
+    /// The first step of [`Remote::munmap_to_exit`], split so that many tracees run theirs
+    /// concurrently: loads `munmap(addr, len)` and lets the tracee run to the syscall's
+    /// entry. [`Remote::finish_to_exit`] takes it to the exit.
+    pub fn start_munmap_to_exit(
+        &mut self,
+        what: &'static str,
+        addr: u64,
+        len: u64,
+    ) -> Result<(), RemoteError> {
+        let pt = |source| RemoteError::Ptrace { what, source };
+        let regs = self.load(libc::SYS_munmap, [addr, len, 0, 0, 0, 0]);
+        self.t.set_regs(&regs).map_err(pt)?;
+        self.t.cont_syscall().map_err(pt)
+    }
+
+    /// Waits for the syscall-entry (`at_entry`) or syscall-exit stop of a call started with
+    /// [`Remote::start_munmap_to_exit`]; at the entry it lets the tracee run on to the exit,
+    /// at the exit it checks the result and leaves the tracee stopped there.
+    pub fn step_to_exit(&mut self, what: &'static str, at_entry: bool) -> Result<(), RemoteError> {
+        let pt = |source| RemoteError::Ptrace { what, source };
+        match self.t.wait().map_err(pt)? {
+            Stop::Stopped { sig, .. } if sig == (libc::SIGTRAP | 0x80) => {}
+            Stop::Stopped { sig, .. } => return Err(RemoteError::UnexpectedStop { what, sig }),
+            other => {
+                return Err(RemoteError::Died {
+                    what,
+                    how: format!("{other:?}"),
+                })
+            }
+        }
+        if at_entry {
+            return self.t.cont_syscall().map_err(pt);
+        }
+        self.calls += 1;
+        let r = self.t.regs().map_err(pt)?.rax.cast_signed();
+        if (-4095..0).contains(&r) {
+            return Err(RemoteError::Errno {
+                what,
+                source: errno_of(r),
+            });
+        }
+        Ok(())
     }
 
     /// Runs a syscall and leaves the tracee stopped at its exit.
