@@ -606,6 +606,9 @@ pub struct FdObjects {
     /// The root puppet (host PID) once the tree's network or mount namespace exists: unix
     /// sockets, FIFOs and inotify watches are made inside its namespaces.
     pub ns_pid: Option<i32>,
+    /// The puppet whose fds are being made, while its network namespace is not the root's:
+    /// its sockets are made in its own network namespace.
+    pub net_pid: Option<i32>,
     /// The restore's socket options (`--tcp-established`, ...).
     pub sock: SockOpts,
     /// The file ids some task's fd table holds (the others are only in flight: passed in
@@ -664,6 +667,7 @@ impl FdObjects {
             tty: Default::default(),
             inherited: HashMap::new(),
             ns_pid: None,
+            net_pid: None,
             sock: SockOpts::default(),
             held: tasks
                 .iter()
@@ -753,12 +757,13 @@ impl FdObjects {
             ))
             .into());
         };
-        let _in_ns = match self.ns_pid.filter(|_| kind.in_tree_ns) {
+        let net_pid = self.net_pid.or(self.ns_pid);
+        let _in_ns = match net_pid.filter(|_| kind.in_tree_ns) {
             Some(pid) => {
                 // Images are read before the paths change.
                 (kind.load)(self)?;
                 Some(
-                    super::ns::InNs::enter(pid, true)
+                    super::ns::InNs::enter_split(pid, self.ns_pid)
                         .map_err(TaskError::object(id, "enter the tree's namespaces"))?,
                 )
             }
@@ -1114,11 +1119,35 @@ pub fn restore_fds(
         cx.close_range(0, park.cast_unsigned() - 1)?;
     }
     let objs_cell = cx.objs;
+    // A task in another network namespace than the root's has its sockets made in it.
+    let net_of = |pid: Option<i32>| {
+        let p = pid.map_or_else(
+            || "/proc/self/ns/net".to_string(),
+            |p| format!("/proc/{p}/ns/net"),
+        );
+        std::fs::metadata(p).map(|m| m.ino()).ok()
+    };
+    let ns_pid = objs_cell.borrow().ns_pid;
+    objs_cell.borrow_mut().net_pid = (net_of(Some(cx.pid)) != net_of(ns_pid)).then_some(cx.pid);
+    let r = restore_fds_in(cx, img, &fds, &taken, above);
+    objs_cell.borrow_mut().net_pid = None;
+    r
+}
+
+/// The part of [`restore_fds`] that makes the fds (the parent's are parked at `taken`).
+fn restore_fds_in(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    fds: &[(RemoteFd, &pb::FdinfoEntry)],
+    taken: &HashMap<u32, RemoteFd>,
+    above: RemoteFd,
+) -> Result<FdTable, FilesError> {
+    let objs_cell = cx.objs;
     // The puppet's pidfd of cryo: the one it inherited (kept), or one opened here (closed).
     let kept = cx.cryo_pidfd;
     let mut cryo_pidfd: Option<RemoteFd> = kept;
     let mut opened: HashMap<u32, RemoteFd> = HashMap::new(); // file id -> fd
-    for &(fd, f) in &fds {
+    for &(fd, f) in fds {
         let cloexec = f.flags & libc::FD_CLOEXEC.cast_unsigned() != 0;
         if opened_late(cx.files, f.id) && !taken.contains_key(&f.id) {
             continue; // restore_late_fds
@@ -1175,7 +1204,7 @@ pub fn restore_fds(
         }
     }
     // What a kind does once every fd of the task exists (epoll watch lists name them).
-    for (_, f) in &fds {
+    for (_, f) in fds {
         if let Some(k) = FdOps::for_type(f.r#type) {
             (k.after_fds)(cx, &mut objs_cell.borrow_mut(), f)?;
         }
@@ -1205,7 +1234,7 @@ pub fn restore_fds(
     }
     Ok(FdTable {
         by_id: opened,
-        max_fd: max_target,
+        max_fd: above - 1,
     })
 }
 

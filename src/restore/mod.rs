@@ -683,7 +683,8 @@ fn enter_namespaces(
         sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
     }
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
-    // namespaces of their own still get the root's: refused at dump for mounts).
+    // mount namespaces of their own still get the root's: refused at dump; a child in a
+    // network namespace of its own gets its sockets made there, `FdObjects::net_pid`).
     if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || own_net) {
         sh.objs.borrow_mut().ns_pid = Some(pid);
     }
