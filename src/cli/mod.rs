@@ -813,7 +813,7 @@ impl Opts {
         Ok(!self.empty_ns.is_empty())
     }
 
-    /// `--join-ns KIND:PATH` or `KIND:PID` for net, ipc and uts (CRIU's user and time are
+    /// `--join-ns KIND:PATH` or `KIND:PID` for net, ipc, uts, mnt and time (CRIU's user is
     /// refused).
     pub fn join(&self) -> Result<crate::kinds::ns::NsJoin, String> {
         let mut j = crate::kinds::ns::NsJoin::default();
@@ -830,15 +830,17 @@ impl Opts {
                 }
             };
             match ns {
-                "net" | "ipc" | "uts" if file.is_empty() => {
+                "net" | "ipc" | "uts" | "mnt" | "time" if file.is_empty() => {
                     return Err(format!("invalid argument for --join-ns: {s}"))
                 }
                 "net" => j.net = Some(path()),
                 "ipc" => j.ipc = Some(path()),
                 "uts" => j.uts = Some(path()),
+                "mnt" => j.mnt = Some(path()),
+                "time" => j.time = Some(path()),
                 _ => {
                     return Err(format!(
-                        "--join-ns {s}: cryo joins network, IPC and UTS namespaces (net:, ipc:, uts:PATH); a PID namespace is given with --external pid[INO]:KEY and --inherit-fd fd[N]:KEY"
+                        "--join-ns {s}: cryo joins network, IPC, UTS, mount and time namespaces (net:, ipc:, uts:, mnt:, time:PATH); a PID namespace is given with --external pid[INO]:KEY and --inherit-fd fd[N]:KEY; a user namespace cannot be joined yet"
                     ))
                 }
             }

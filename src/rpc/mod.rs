@@ -292,9 +292,9 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
         }
     }
     for j in &o.join_ns {
-        if !matches!(j.ns.as_str(), "net" | "ipc" | "uts") {
+        if !matches!(j.ns.as_str(), "net" | "ipc" | "uts" | "mnt" | "time") {
             bad.push(format!(
-                "join_ns {} (network, IPC and UTS namespaces can be joined; a PID namespace is external: external pid[INO]:KEY and inherit_fd)",
+                "join_ns {} (network, IPC, UTS, mount and time namespaces can be joined; a PID namespace is external: external pid[INO]:KEY and inherit_fd)",
                 j.ns
             ));
         }
@@ -414,6 +414,8 @@ fn ns_join(o: &pb::CriuOpts) -> crate::kinds::ns::NsJoin {
         net: kind("net"),
         ipc: kind("ipc"),
         uts: kind("uts"),
+        mnt: kind("mnt"),
+        time: kind("time"),
         by_key: o
             .inherit_fd
             .iter()
