@@ -213,7 +213,9 @@ mod tests {
 
     #[test]
     fn digest_of_parts_is_the_digest_of_their_concatenation() {
-        let big: Vec<u8> = (0..BLOCK + 777).map(|i| (i * 7 % 251).to_le_bytes()[0]).collect();
+        let big: Vec<u8> = (0..BLOCK + 777)
+            .map(|i| (i * 7 % 251).to_le_bytes()[0])
+            .collect();
         for cut in [0, 1, 100, BLOCK - 3, BLOCK, BLOCK + 5, big.len()] {
             let (a, b) = big.split_at(cut);
             assert_eq!(
