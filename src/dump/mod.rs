@@ -61,6 +61,8 @@ pub struct DumpOpts {
     pub pre_dump_mode: Option<String>,
     /// `--page-server --address A --port N`: the pages go to this page server (`host:port`).
     pub page_server: Option<String>,
+    /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, this CPU goes into cpuinfo.img.
+    pub cpu_cap: u32,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -118,6 +120,8 @@ pub enum DumpError {
     #[error(transparent)]
     Userns(#[from] kinds::userns::UsernsError),
     #[error(transparent)]
+    Cpuinfo(#[from] kinds::cpuinfo::CpuinfoError),
+    #[error(transparent)]
     NetLock(#[from] crate::netlock::NetLockError),
     #[error(transparent)]
     Track(#[from] crate::memtrack::TrackError),
@@ -167,6 +171,7 @@ impl DumpError {
             DumpError::Netns(e) => e,
             DumpError::Userns(e) => e,
             DumpError::NetLock(e) => e,
+            DumpError::Cpuinfo(e) => e,
         };
         kind.hint()
     }
@@ -1395,6 +1400,10 @@ pub fn run(
                 tree0 = now;
             }
         }
+    }
+    // What this CPU can do, for a restore elsewhere to check (`--cpu-cap`), as CRIU does.
+    if opts.cpu_cap & kinds::cpuinfo::CAP_IMAGE != 0 {
+        kinds::cpuinfo::dump(dir)?;
     }
     // The page server, connected before anything is frozen (as CRIU does).
     let mut ps = match &opts.page_server {

@@ -54,6 +54,9 @@ pub struct RestoreOpts {
     pub links: kinds::netns::LinkOpts,
     /// `--tcp-established`, `--tcp-close`, `--ext-unix-sk`.
     pub sock: kinds::files::SockOpts,
+    /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, cpuinfo.img is checked against
+    /// this CPU before anything is created.
+    pub cpu_cap: u32,
 }
 
 /// Why a restore failed: the pipeline's own failures, and each kind's error, collected.
@@ -135,6 +138,8 @@ pub enum RestoreError {
     #[error(transparent)]
     Userns(#[from] kinds::userns::UsernsError),
     #[error(transparent)]
+    Cpuinfo(#[from] kinds::cpuinfo::CpuinfoError),
+    #[error(transparent)]
     NetLock(#[from] crate::netlock::NetLockError),
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -176,6 +181,7 @@ impl RestoreError {
             RestoreError::Ghost(e) => e,
             RestoreError::Netns(e) => e,
             RestoreError::Userns(e) => e,
+            RestoreError::Cpuinfo(e) => e,
             RestoreError::NetLock(e) => e,
             RestoreError::InetSk(e) => e,
         };
@@ -1294,6 +1300,9 @@ pub fn run(
             dir = %dir.path.display(),
             "no cryo-manifest.json: images not verified (written by CRIU?)"
         ),
+    }
+    if opts.cpu_cap & kinds::cpuinfo::CAP_IMAGE != 0 {
+        kinds::cpuinfo::check(dir, opts.cpu_cap)?;
     }
     fault_point("verify")?;
     let (tasks, files, own_pid_ns, ext_pid) = read_tree(dir)?;

@@ -147,6 +147,7 @@ pub fn serve(fd: i32) -> Result<bool, RpcError> {
         pb::CriuReqType::PreDump | pb::CriuReqType::SinglePreDump => {
             do_dump(&req, peer, sk.as_fd(), true)
         }
+        pb::CriuReqType::CpuinfoDump | pb::CriuReqType::CpuinfoCheck => do_cpuinfo(&req, peer, ty),
         _ => Err(format!(
             "request type {} is not supported by cryo",
             req.r#type
@@ -574,6 +575,36 @@ fn hooks<'a>(l: &config::Layered, sk: BorrowedFd<'a>, images: PathBuf) -> Box<dy
 }
 
 /// DUMP, or with `pre` PRE_DUMP / SINGLE_PRE_DUMP (answered with the request's type).
+/// `--cpu-cap` as RPC `cpu_cap` gives it: the checks asked for, and the image always (CRIU).
+fn cpu_cap(o: &pb::CriuOpts) -> u32 {
+    use kinds::cpuinfo::{CAP_ALL, CAP_IMAGE};
+    o.cpu_cap.map_or(0, |c| (c & CAP_ALL) | CAP_IMAGE)
+}
+
+/// CPUINFO_DUMP and CPUINFO_CHECK: cpuinfo.img written, or checked against this CPU (a CPU
+/// that cannot run the images is `success=false` with `cr_errno` ENOTSUP, as CRIU answers).
+fn do_cpuinfo(req: &pb::CriuReq, peer: i32, ty: pb::CriuReqType) -> Result<pb::CriuResp, String> {
+    let l = config::layer(req.opts.as_ref().ok_or("CPUINFO request without options")?)?;
+    let dump = ty == pb::CriuReqType::CpuinfoDump;
+    let (dir, _, _) = setup(&l, peer, dump)?;
+    if dump {
+        kinds::cpuinfo::dump(&dir).map_err(|e| e.to_string())?;
+        return Ok(resp(ty, true));
+    }
+    let cap = match cpu_cap(&l.opts) & kinds::cpuinfo::CAP_ALL {
+        0 => kinds::cpuinfo::CAP_ALL,
+        c => c,
+    };
+    match kinds::cpuinfo::check(&dir, cap) {
+        Ok(()) => Ok(resp(ty, true)),
+        Err(e) => Ok(pb::CriuResp {
+            cr_errno: Some(libc::ENOTSUP),
+            cr_errmsg: Some(e.to_string()),
+            ..resp(ty, false)
+        }),
+    }
+}
+
 fn do_dump(
     req: &pb::CriuReq,
     peer: i32,
@@ -623,6 +654,7 @@ fn do_dump(
         track_mem: o.track_mem == Some(true),
         // criu_pre_dump_mode: SPLICE = 1, READ = 2.
         pre_dump_mode: (o.pre_dump_mode == Some(2)).then(|| "read".to_string()),
+        cpu_cap: cpu_cap(&o),
         // `ps`: the page server the pages go to (runc's --page-server ADDR:PORT).
         page_server: match &o.ps {
             Some(ps) => Some(crate::pageserver::address(
@@ -700,6 +732,7 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
         network_lock: network_lock(&o)?,
         links: link_opts(&o)?,
         sock: sock_opts(&o),
+        cpu_cap: cpu_cap(&o),
     };
     let mut n = hooks(&l, sk, images.clone());
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
