@@ -530,12 +530,25 @@ impl NetLock {
         conns: &[Conn],
     ) -> Result<(), NetLockError> {
         let ns = open_ns(&format!("/proc/{ns_pid}/ns/net"))?;
-        let ino = ino_of(&ns);
+        self.lift_dump_lock_in(method, run_id, &ns, cryo_images, conns)
+    }
+
+    /// [`NetLock::lift_dump_lock`] in the network namespace `ns` (one a restored connection
+    /// lives in).
+    pub fn lift_dump_lock_in(
+        &mut self,
+        method: Method,
+        run_id: Option<&str>,
+        ns: &File,
+        cryo_images: bool,
+        conns: &[Conn],
+    ) -> Result<(), NetLockError> {
+        let ino = ino_of(ns);
         let whole = own_net_ino() != Some(ino);
         match (method, run_id) {
             (Method::Nftables, Some(id)) => {
                 let name = lock_name(id);
-                in_ns(&ns, || nfnl::delete_table(&name))
+                in_ns(ns, || nfnl::delete_table(&name))
                     .and_then(|r| r)
                     .map_err(|e| NetLockError::Tool {
                         name: name.clone(),
@@ -545,14 +558,14 @@ impl NetLock {
                     })?;
             }
             (Method::Iptables, Some(id)) if cryo_images => {
-                delete(Method::Iptables, &lock_name(id), &ns, ino)?;
+                delete(Method::Iptables, &lock_name(id), ns, ino)?;
             }
             (Method::Iptables, _) if whole => {
                 // CRIU's chain of a whole namespace.
-                let _ = delete(Method::Iptables, "CRIU", &ns, ino);
+                let _ = delete(Method::Iptables, "CRIU", ns, ino);
             }
             (Method::Iptables, _) if !cryo_images => {
-                in_ns(&ns, || criu_iptables_unlock(conns)).map_err(|source| {
+                in_ns(ns, || criu_iptables_unlock(conns)).map_err(|source| {
                     NetLockError::Enter {
                         what: format!("{ino}"),
                         source,

@@ -1306,3 +1306,80 @@ fn criu_and_cryo_restore_each_others_tcp_dumps() {
         );
     }
 }
+
+/// A tree whose root stays in cryo's network namespace while its child, the server, runs
+/// in namespace A (external): the child's connections are locked per connection in A, where
+/// they live (not in the root's namespace), from the freeze until the restore lifts that
+/// lock in A; every byte arrives once, and nothing is left in either namespace.
+#[test]
+fn connections_of_a_child_in_another_namespace_are_locked_in_it() {
+    if !need(&["ip", "nft", "nsenter", "sh"]) {
+        return;
+    }
+    let dir = scratch("tcpchildns");
+    let net = Net::new("tn", 103);
+    let out = dir.join("srv.out");
+    let script = format!(
+        "nsenter --net={} {} {} 7501 {} 2048 1000 65536 & wait",
+        Net::path(&net.a),
+        prog("echosrv").display(),
+        net.v4(1),
+        out.display()
+    );
+    let root = spawn(&["sh", "-c", &script], &dir.join("root.log"));
+    let _g = KillOnDrop(root);
+    wait_ready(&out);
+    let srv: i32 = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the server runs as the root's child");
+    let _gs = KillOnDrop(srv);
+    let (cli, cout) = start_clients(&net, &dir, "cli", &net.v4(1), 7501, 8);
+    let _gc = KillOnDrop(cli);
+    wait_progress(&cout, 2 << 20);
+
+    let img = dir.join("img");
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    dump(root, &img, &dump_args(&key));
+    wait_gone(srv);
+    wait_gone(root);
+    let l = log(&img, "dump.log");
+    let table = l
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("table="))
+        .expect("the dump names its lock")
+        .to_string();
+    assert!(
+        Net::ruleset(&net.a).contains(&table),
+        "the child's connections are not locked in their namespace:\n{}",
+        Net::ruleset(&net.a)
+    );
+    assert!(
+        !host_ruleset().contains(&table),
+        "the lock went to the root's namespace instead"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    let d = img.to_str().unwrap();
+    let o = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "exec {} restore -D {d} -d -v4 -o restore.log --tcp-established --inherit-fd fd[9]:srvnet 9<{}",
+                cryo_bin().display(),
+                Net::path(&net.a)
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "restore:\n{}", log(&img, "restore.log"));
+    assert!(
+        !Net::ruleset(&net.a).contains("CRIU-"),
+        "the lock is still there after the restore:\n{}",
+        Net::ruleset(&net.a)
+    );
+    wait_progress(&cout, 2 << 20);
+    finish_clients(cli, &cout);
+}

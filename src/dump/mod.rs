@@ -1596,6 +1596,8 @@ pub fn run(
 
     // 4. Images.
     write_images(dir, &imgs, &files)?;
+    // The tcp-stream images, written meanwhile by a thread of their own.
+    files.inet.write(dir)?;
     kinds::locks::write(dir, &locks, &imgs)?;
     tracing::info!("images written");
     let frozen_time = tf.elapsed();
@@ -1623,20 +1625,24 @@ pub fn run(
         if let Some(f) = &freezer {
             f.put_back();
         }
-        // The lock goes, connections leave repair mode, before the tree runs on.
+        // Connections leave repair mode while the lock holds, then the lock goes (CRIU's
+        // `network_unlock`), before the tree runs on.
+        files.inet.resume();
+        files.netlock.repair_done();
         if own_netns {
             let _ = hooks.notify("network-unlock", None);
         }
         files.netlock.unlock_now()?;
-        files.inet.resume();
-        files.netlock.repair_done();
         for (_, _, seized) in frozen.iter_mut() {
             seized.release();
         }
         return Err(e.into());
     }
-    // The network opens again before a tree left running goes on (CRIU's order).
+    // The network opens again before a tree left running goes on (CRIU's order: its
+    // connections leave repair mode while the lock still holds, then the lock goes).
     if opts.leave_running {
+        files.inet.resume();
+        files.netlock.repair_done();
         if own_netns {
             hooks.notify("network-unlock", None)?;
         }
@@ -1644,10 +1650,6 @@ pub fn run(
     }
     if let (Some(f), true) = (&freezer, opts.leave_running) {
         f.put_back();
-    }
-    if opts.leave_running {
-        files.inet.resume();
-        files.netlock.repair_done();
     }
     // Children first: a PID namespace's init, once killed, waits for every other task of
     // the namespace to be reaped, and cryo still traces them.
@@ -1663,12 +1665,12 @@ pub fn run(
     // namespace, or an external one; a namespace saved with the tree dies with it, lock
     // and all: lifted before, it would let a peer's retransmission meet no socket and be
     // answered with a reset). Any other lock goes now: never left behind.
+    files.inet.keep();
     if files.inet.has_connections() {
         files.netlock.keep();
     } else {
         files.netlock.unlock_now()?;
     }
-    files.inet.keep();
     files.link_remaps.keep();
     Ok(DumpReport {
         pid: root,
@@ -1733,7 +1735,6 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     if !files.sk_queues.is_empty() {
         dir.write_with_data("sk-queues.img", image::SK_QUEUES, &files.sk_queues)?;
     }
-    files.inet.write(dir)?;
     if !files.fifo_data.is_empty() {
         dir.write_with_data("fifo-data.img", image::FIFO_DATA, &files.fifo_data)?;
     }

@@ -36,6 +36,33 @@ impl FileDigest {
             blocks: bytes.chunks(BLOCK).map(block_digest).collect(),
         }
     }
+
+    /// Digest of a file made of `parts` one after the other (the same as [`FileDigest::of`]
+    /// their concatenation), without joining them.
+    pub fn of_parts(parts: &[&[u8]]) -> FileDigest {
+        let mut blocks = Vec::new();
+        let mut h = twox_hash::xxhash3_128::Hasher::new();
+        let (mut in_block, mut size) = (0usize, 0u64);
+        for part in parts {
+            let mut rest = *part;
+            while !rest.is_empty() {
+                let n = rest.len().min(BLOCK - in_block);
+                h.write(&rest[..n]);
+                in_block += n;
+                size += n as u64;
+                rest = &rest[n..];
+                if in_block == BLOCK {
+                    blocks.push(format!("{:032x}", h.finish_128()));
+                    h = twox_hash::xxhash3_128::Hasher::new();
+                    in_block = 0;
+                }
+            }
+        }
+        if in_block > 0 {
+            blocks.push(format!("{:032x}", h.finish_128()));
+        }
+        FileDigest { size, blocks }
+    }
 }
 
 /// Digest of one block.
@@ -183,6 +210,26 @@ fn open_checked(path: &Path, want: &FileDigest) -> Result<Mapping, ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digest_of_parts_is_the_digest_of_their_concatenation() {
+        let big: Vec<u8> = (0..BLOCK + 777)
+            .map(|i| (i * 7 % 251).to_le_bytes()[0])
+            .collect();
+        for cut in [0, 1, 100, BLOCK - 3, BLOCK, BLOCK + 5, big.len()] {
+            let (a, b) = big.split_at(cut);
+            assert_eq!(
+                FileDigest::of_parts(&[a, b]),
+                FileDigest::of(&big),
+                "cut {cut}"
+            );
+            assert_eq!(
+                FileDigest::of_parts(&[&[], a, &[], b]),
+                FileDigest::of(&big)
+            );
+        }
+        assert_eq!(FileDigest::of_parts(&[]), FileDigest::of(&[]));
+    }
 
     /// Digests must not change: manifests written by earlier versions name the same
     /// algorithm. Expected values from the reference xxh3-128 (xxhash-rust 0.8).

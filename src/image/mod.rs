@@ -385,6 +385,36 @@ impl ImageDir {
         self.write_raw(name, &buf)
     }
 
+    /// Writes image `path` of `kind` with one entry `e` followed by `data` (as
+    /// [`ImageDir::write_with_data`] with one entry), without copying `data`: usable from a
+    /// thread of its own, the caller records the digest returned ([`ImageDir::record`]).
+    pub fn write_one_with_data_at<M: Message>(
+        path: &Path,
+        kind: Kind,
+        e: &M,
+        data: &[u8],
+    ) -> Result<manifest::FileDigest, ImageError> {
+        let mut buf = head(kind);
+        buf.extend_from_slice(&frame_len(e.encoded_len()));
+        e.encode(&mut buf).expect("Vec grows");
+        let io = |op, source| ImageError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| io("create", e))?;
+        f.write_all(&buf)
+            .and_then(|()| f.write_all(data))
+            .map_err(|e| io("write", e))?;
+        Ok(manifest::FileDigest::of_parts(&[&buf, data]))
+    }
+
     /// Writes an image of `kind` whose first entry is `first` (followed by `data`) and whose
     /// other entries are of another message type, each followed by its raw bytes (a sparse
     /// ghost file: its `ghost_file_entry`, then one `ghost_chunk_entry` per data extent).

@@ -628,6 +628,9 @@ pub struct FdObjects {
     /// The root puppet (host PID) once the tree's network or mount namespace exists: unix
     /// sockets, FIFOs and inotify watches are made inside its namespaces.
     pub ns_pid: Option<i32>,
+    /// The puppet whose fds are being made, while its network namespace is not the root's:
+    /// its sockets are made in its own network namespace.
+    pub net_pid: Option<i32>,
     /// The restore's socket options (`--tcp-established`, ...).
     pub sock: SockOpts,
     /// The file ids some task's fd table holds (the others are only in flight: passed in
@@ -686,6 +689,7 @@ impl FdObjects {
             tty: Default::default(),
             inherited: HashMap::new(),
             ns_pid: None,
+            net_pid: None,
             sock: SockOpts::default(),
             held: tasks
                 .iter()
@@ -775,12 +779,13 @@ impl FdObjects {
             ))
             .into());
         };
-        let _in_ns = match self.ns_pid.filter(|_| kind.in_tree_ns) {
+        let net_pid = self.net_pid.or(self.ns_pid);
+        let _in_ns = match net_pid.filter(|_| kind.in_tree_ns) {
             Some(pid) => {
                 // Images are read before the paths change.
                 (kind.load)(self)?;
                 Some(
-                    super::ns::InNs::enter(pid, true)
+                    super::ns::InNs::enter_split(pid, self.ns_pid)
                         .map_err(TaskError::object(id, "enter the tree's namespaces"))?,
                 )
             }
@@ -1120,6 +1125,28 @@ pub fn restore_fds(
     img: &TaskImages,
     inherited: Option<&FdTable>,
 ) -> Result<FdTable, FilesError> {
+    // A task in another network namespace than the root's has its sockets made in it.
+    let net_of = |pid: Option<i32>| {
+        let p = pid.map_or_else(
+            || "/proc/self/ns/net".to_string(),
+            |p| format!("/proc/{p}/ns/net"),
+        );
+        std::fs::metadata(p).map(|m| m.ino()).ok()
+    };
+    let objs_cell = cx.objs;
+    let ns_pid = objs_cell.borrow().ns_pid;
+    objs_cell.borrow_mut().net_pid = (net_of(Some(cx.pid)) != net_of(ns_pid)).then_some(cx.pid);
+    let r = restore_fds_in(cx, img, inherited);
+    objs_cell.borrow_mut().net_pid = None;
+    r
+}
+
+/// The part of [`restore_fds`] that makes the fds.
+fn restore_fds_in(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    inherited: Option<&FdTable>,
+) -> Result<FdTable, FilesError> {
     let mut fds = img
         .fdinfo
         .iter()
@@ -1243,7 +1270,7 @@ pub fn restore_fds(
     }
     Ok(FdTable {
         by_id: opened,
-        max_fd: max_target,
+        max_fd: above - 1,
     })
 }
 

@@ -43,6 +43,7 @@ use super::error::{task_error_from, Failure, TaskError, Unsupported};
 use super::files::{missing, obj_err, set_fl, FdKind, FdObjects, FdProbe, SockOpts, TargetFd};
 use super::tcp_repair::{self, is_connection, state_name, CLOSE, ESTABLISHED, LISTEN};
 use super::DumpCx;
+use crate::image::manifest::FileDigest;
 use crate::image::{self, pb, ImageDir, ImageError};
 use crate::netlock::{Conn, Method, NetLock, NetLockError, RepairedSk};
 use crate::sys::{self, inet, net};
@@ -746,13 +747,14 @@ impl FdKind for InetSk {
                     reuseaddr: so.reuseaddr == Some(true),
                     name: name.clone(),
                 });
-                let saved = tcp_repair::save(s).map_err(|st| InetSkError::Repair {
+                let mut data = inet.buffer();
+                let saved = tcp_repair::save(s, &mut data).map_err(|st| InetSkError::Repair {
                     conn: name,
                     what: st.what,
                     source: st.source,
                 })?;
                 e.state = saved.state;
-                inet.streams.push((ino, [(saved.entry, saved.data)]));
+                inet.write_stream(cx.dir, ino, saved.entry, data);
             }
         } else if d.is_ping() || d.is_raw() {
             e.shutdown = Some(sh as i32);
@@ -806,9 +808,6 @@ impl FdKind for InetSk {
     }
 }
 
-/// A tcp-stream image's one entry and the queue bytes that follow it.
-type StreamImage = (pb::TcpStreamEntry, Vec<u8>);
-
 /// A queued datagram: where it came from, and its bytes.
 type Datagram = (Option<SocketAddr>, Vec<u8>);
 
@@ -820,13 +819,83 @@ struct Repaired {
     name: String,
 }
 
+/// A tcp-stream image for the writer: the socket inode, its entry, its queue bytes.
+type StreamJob = (u32, pb::TcpStreamEntry, Vec<u8>);
+/// What the writer did: each image written (name, digest), or the first error.
+type Written = Result<Vec<(String, FileDigest)>, ImageError>;
+
+/// Writes the tcp-stream images on a thread of its own while the dump reads the next
+/// connections (the queue bytes are copied once, from the buffer that peeked them into the
+/// file); the buffers come back to be used again.
+struct StreamWriter {
+    jobs: Option<std::sync::mpsc::SyncSender<StreamJob>>,
+    back: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<Written>>,
+}
+
+impl StreamWriter {
+    fn start(dir: &std::path::Path) -> StreamWriter {
+        let dir = dir.to_path_buf();
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<StreamJob>(2);
+        let (tx_back, back) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut done = Vec::new();
+            let mut failed = None;
+            for (ino, entry, data) in rx {
+                if failed.is_none() {
+                    let name = format!("tcp-stream-{ino:x}.img");
+                    match ImageDir::write_one_with_data_at(
+                        &dir.join(&name),
+                        image::TCP_STREAM,
+                        &entry,
+                        &data,
+                    ) {
+                        Ok(d) => done.push((name, d)),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                let _ = tx_back.send(data);
+            }
+            failed.map_or(Ok(done), Err)
+        });
+        StreamWriter {
+            jobs: Some(jobs),
+            back,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits for every image to be written.
+    fn finish(&mut self) -> Written {
+        self.jobs = None;
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            None => Ok(Vec::new()),
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(ImageError::Invalid {
+                path: std::path::PathBuf::new(),
+                what: "the tcp-stream writer panicked".into(),
+            }),
+        }
+    }
+}
+
+impl Drop for StreamWriter {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
 /// The dump's inet state: the connections it put in repair mode, the lock that protects
-/// them, and their tcp-stream images.
+/// them, and the writer of their tcp-stream images.
 #[derive(Default)]
 pub struct InetDump {
     repaired: Vec<Repaired>,
-    /// Each tcp-stream image: the socket inode, its entry and queue bytes.
-    streams: Vec<(u32, [StreamImage; 1])>,
+    /// Writes the tcp-stream images (started at the first connection).
+    writer: Option<StreamWriter>,
+    /// How many tcp-stream images were handed to the writer.
+    streams: usize,
+    /// A buffer for the next connection's queues.
+    spare: Vec<u8>,
     /// Whether the tree's connections are locked (`FileTable::netlock`).
     locked: bool,
 }
@@ -835,22 +904,27 @@ impl std::fmt::Debug for InetDump {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InetDump")
             .field("repaired", &self.repaired.len())
-            .field("streams", &self.streams.len())
+            .field("streams", &self.streams)
             .field("locked", &self.locked)
             .finish()
     }
 }
 
 /// The TCP connections of the tree, as the lock names them (IPv4-mapped addresses as IPv4),
-/// and where each is (process, fd, inode: recorded before they go into repair mode).
-fn tree_connections(tree: &[i32]) -> (Vec<Conn>, Vec<RepairedSk>) {
+/// by network namespace (its inode, and a process of the tree in it), and where each is
+/// (process, fd, inode: recorded before they go into repair mode).
+type NsConns = Vec<(u64, i32, Vec<Conn>)>;
+fn tree_connections(tree: &[i32]) -> (NsConns, Vec<RepairedSk>) {
     let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
+    let mut out: NsConns = Vec::new();
     let mut socks = Vec::new();
     for &pid in tree {
         let Ok(pidfd) = sys::fd::pidfd_open(pid) else {
             continue;
         };
+        let ns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap_or(0);
         for fd in crate::procfs::fds(pid).unwrap_or_default() {
             let Ok(link) = crate::procfs::link(pid, &format!("fd/{fd}")) else {
                 continue;
@@ -874,12 +948,17 @@ fn tree_connections(tree: &[i32]) -> (Vec<Conn>, Vec<RepairedSk>) {
                 continue;
             };
             if let (true, Some(p)) = (d.is_conn(), d.peer) {
-                out.push(Conn {
+                // In its process's namespace (`check` refuses a socket of another).
+                let conn = Conn {
                     src: tcp_repair::unmap(d.local.ip()),
                     sport: d.local.port(),
                     dst: tcp_repair::unmap(p.ip()),
                     dport: p.port(),
-                });
+                };
+                match out.iter_mut().find(|(i, _, _)| *i == ns) {
+                    Some((_, _, l)) => l.push(conn),
+                    None => out.push((ns, pid, vec![conn])),
+                }
                 socks.push(RepairedSk {
                     pid,
                     fd,
@@ -899,16 +978,17 @@ impl InetDump {
         if self.locked {
             return Ok(());
         }
-        let Some(&root) = tree.first() else {
+        if tree.is_empty() {
             return Err(TaskError::Internal("empty tree").into());
-        };
-        let (conns, socks) = tree_connections(tree);
+        }
+        let (by_ns, socks) = tree_connections(tree);
         lock.record_repair(&socks);
-        let root_ns = std::fs::metadata(format!("/proc/{root}/ns/net"))
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap_or(0);
-        if !lock.holds_whole(root_ns) {
-            lock.lock_connections(root, &conns)?;
+        // Each namespace the connections live in (the root's, or another one a task of the
+        // tree is in), unless it is locked whole already.
+        for (ns, pid, conns) in &by_ns {
+            if !lock.holds_whole(*ns) {
+                lock.lock_connections(*pid, conns)?;
+            }
         }
         self.locked = true;
         Ok(())
@@ -920,32 +1000,51 @@ impl InetDump {
         self.locked
     }
 
-    /// Writes the tcp-stream images.
-    /// Writes the tcp-stream images (on two threads when there are many: creating files
-    /// is most of the cost).
-    pub fn write(&self, dir: &ImageDir) -> Result<(), ImageError> {
-        let write = |part: &[(u32, [StreamImage; 1])]| {
-            part.iter().try_for_each(|(ino, entry)| {
-                dir.write_with_data(&format!("tcp-stream-{ino:x}.img"), image::TCP_STREAM, entry)
-            })
-        };
-        if self.streams.len() < 8 {
-            return write(&self.streams);
+    /// A buffer for a connection's queues: one the writer is done with, or a new one.
+    fn buffer(&mut self) -> Vec<u8> {
+        if self.spare.capacity() > 0 {
+            return std::mem::take(&mut self.spare);
         }
-        let (a, b) = self.streams.split_at(self.streams.len() / 2);
-        std::thread::scope(|s| {
-            let other = s.spawn(|| write(b));
-            let mine = write(a);
-            other
-                .join()
-                .unwrap_or_else(|_| {
-                    Err(ImageError::Invalid {
-                        path: dir.path.clone(),
-                        what: "a tcp-stream writer panicked".into(),
-                    })
-                })
-                .and(mine)
-        })
+        self.writer
+            .as_ref()
+            .and_then(|w| w.back.try_recv().ok())
+            .unwrap_or_default()
+    }
+
+    /// Hands a connection's tcp-stream image to the writer (started the first time).
+    fn write_stream(&mut self, dir: &ImageDir, ino: u32, entry: pb::TcpStreamEntry, data: Vec<u8>) {
+        let w = self
+            .writer
+            .get_or_insert_with(|| StreamWriter::start(&dir.path));
+        self.streams += 1;
+        if let Some(jobs) = &w.jobs {
+            if let Err(std::sync::mpsc::SendError((_, _, data))) = jobs.send((ino, entry, data)) {
+                // The writer is gone (it panicked): `write` reports it.
+                self.spare = data;
+            }
+        }
+    }
+
+    /// Waits until the tcp-stream images are written, and records them in the manifest.
+    pub fn write(&mut self, dir: &ImageDir) -> Result<(), ImageError> {
+        let Some(mut w) = self.writer.take() else {
+            return Ok(());
+        };
+        let done = w.finish()?;
+        if done.len() != self.streams {
+            return Err(ImageError::Invalid {
+                path: dir.path.clone(),
+                what: format!(
+                    "{} tcp-stream images written of {}",
+                    done.len(),
+                    self.streams
+                ),
+            });
+        }
+        for (name, d) in done {
+            dir.record(&name, d);
+        }
+        Ok(())
     }
 
     /// What inventory.img says about sockets: `--tcp-close`, and the lock the restore must
@@ -961,8 +1060,9 @@ impl InetDump {
     }
 
     /// The tree goes on (a failed dump, `--leave-running`): each connection leaves repair
-    /// mode (the kernel sends a window probe) and gets its `SO_REUSEADDR` back. Must run
-    /// after the lock is lifted and before the tree is released.
+    /// mode (the kernel sends a window probe) and gets its `SO_REUSEADDR` back. Runs while
+    /// the lock still holds, as CRIU's `network_unlock` (the probe is dropped; the peer's
+    /// next retransmission passes once the lock is lifted), and before the tree is released.
     pub fn resume(&mut self) {
         for r in self.repaired.drain(..) {
             let s = r.sk.as_fd();
@@ -1606,6 +1706,39 @@ impl Finish {
                 self.cryo_images,
                 &self.conns,
             )?;
+            // Connections of tasks in other namespaces than the root's were locked there.
+            let root_ns = std::fs::metadata(format!("/proc/{ns_pid}/ns/net"))
+                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                .ok();
+            let mut done: Vec<u64> = root_ns.into_iter().collect();
+            for m in self
+                .made
+                .iter()
+                .filter(|m| matches!(m.fix, Fixup::Conn { .. }))
+            {
+                let Some(ns) = inet::socket_netns(m.sk.as_fd())
+                    .ok()
+                    .map(std::fs::File::from)
+                else {
+                    continue;
+                };
+                let Ok(ino) = ns
+                    .metadata()
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                else {
+                    continue;
+                };
+                if !done.contains(&ino) {
+                    done.push(ino);
+                    lock.lift_dump_lock_in(
+                        *method,
+                        run_id.as_deref(),
+                        &ns,
+                        self.cryo_images,
+                        &self.conns,
+                    )?;
+                }
+            }
         }
         for m in self.made {
             let s = m.sk.as_fd();

@@ -227,11 +227,13 @@ pub struct FileTable {
     pub cgroups: cgroup::CgDump,
     /// The command's socket options (`--tcp-established`, ...).
     pub sock: files::SockOpts,
-    /// The network lock of the dump (`netlock`): before `inet`, so that on an error it is
-    /// lifted before the connections leave repair mode.
-    pub netlock: crate::netlock::NetLock,
-    /// Inet sockets: connections in repair mode, tcp-stream images.
+    /// Inet sockets: connections in repair mode, tcp-stream images. Declared before
+    /// `netlock`, so that on an error the connections leave repair mode while the lock still
+    /// holds, as CRIU (`network_unlock`: repair off, then unlock), and the record of them a
+    /// later run would use if cryo were killed goes only once they are out.
     pub inet: inet_sk::InetDump,
+    /// The network lock of the dump (`netlock`), dropped after `inet`.
+    pub netlock: crate::netlock::NetLock,
 }
 
 impl FileTable {

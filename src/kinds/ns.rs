@@ -400,17 +400,22 @@ pub struct InNs {
 
 impl InNs {
     pub fn enter(pid: i32, mnt: bool) -> std::io::Result<InNs> {
+        InNs::enter_split(pid, mnt.then_some(pid))
+    }
+
+    /// As [`InNs::enter`], with the network namespace of `net_pid` and the mount namespace
+    /// of `mnt_pid` (a task of the tree in a network namespace other than the root's).
+    pub fn enter_split(net_pid: i32, mnt_pid: Option<i32>) -> std::io::Result<InNs> {
         use crate::sys::ns::{setns, unshare, NsType, UnshareFlags};
         if IN_NS_DEPTH.with(|d| d.get()) > 0 {
             IN_NS_DEPTH.with(|d| d.set(d.get() + 1));
             return Ok(InNs { back: None });
         }
         let open = |p: String| std::fs::File::open(p);
-        let their_net = open(format!("/proc/{pid}/ns/net"))?;
-        let their_mnt = if mnt {
-            Some(open(format!("/proc/{pid}/ns/mnt"))?)
-        } else {
-            None
+        let their_net = open(format!("/proc/{net_pid}/ns/net"))?;
+        let their_mnt = match mnt_pid {
+            Some(pid) => Some(open(format!("/proc/{pid}/ns/mnt"))?),
+            None => None,
         };
         let own_net = open("/proc/thread-self/ns/net".into())?;
         let own_mnt_file = open("/proc/thread-self/ns/mnt".into())?;

@@ -114,11 +114,10 @@ fn bad(what: impl Into<String>) -> Step {
     }
 }
 
-/// A connection's saved state: the image entry, its queue bytes (receive queue then send
-/// queue), and its state.
+/// A connection's saved state: the image entry (its queue bytes, receive queue then send
+/// queue, are in the caller's buffer), and its state.
 pub struct Saved {
     pub entry: pb::TcpStreamEntry,
-    pub data: Vec<u8>,
     pub state: u32,
 }
 
@@ -160,8 +159,9 @@ fn read_queue(
     )))
 }
 
-/// Saves the connection of `sk`, which is in repair mode.
-pub fn save(sk: BorrowedFd<'_>) -> Result<Saved, Step> {
+/// Saves the connection of `sk`, which is in repair mode; its queues' bytes go to `data`
+/// (emptied first; a buffer the caller reuses from one connection to the next).
+pub fn save(sk: BorrowedFd<'_>, data: &mut Vec<u8>) -> Result<Saved, Step> {
     let ti: TcpInfo = inet::tcp_info(sk).map_err(step("TCP_INFO"))?;
     let state = u32::from(ti.state);
     if !is_connection(state) && state != CLOSE {
@@ -170,9 +170,11 @@ pub fn save(sk: BorrowedFd<'_>) -> Result<Saved, Step> {
             state_name(state)
         )));
     }
-    let mut data = Vec::new();
-    let (inq_seq, inq_len) = read_queue(sk, RepairQueue::Recv, || inet::inq(sk), &mut data)?;
+    data.clear();
     let mut outq_hint = inet::outq(sk).map_err(step("SIOCOUTQ"))?;
+    // Room for both queues at once (one more byte each: see `read_queue`).
+    data.reserve(inet::inq(sk).unwrap_or(0) as usize + outq_hint as usize + 2);
+    let (inq_seq, inq_len) = read_queue(sk, RepairQueue::Recv, || inet::inq(sk), data)?;
     let mut unsq_len = inet::outq_unsent(sk).map_err(step("SIOCOUTQNSD"))?;
     if state == CLOSE {
         // A reset connection: what is left to send can never be read by anyone.
@@ -191,7 +193,7 @@ pub fn save(sk: BorrowedFd<'_>) -> Result<Saved, Step> {
                 outq_hint
             })
         },
-        &mut data,
+        data,
     )?;
     if fin_queued {
         unsq_len = unsq_len.saturating_sub(1);
@@ -226,7 +228,7 @@ pub fn save(sk: BorrowedFd<'_>) -> Result<Saved, Step> {
         rcv_wnd: win.map(|w| w.rcv_wnd),
         rcv_wup: win.map(|w| w.rcv_wup),
     };
-    Ok(Saved { entry, data, state })
+    Ok(Saved { entry, state })
 }
 
 /// What [`restore`] leaves for the end of the restore.

@@ -788,7 +788,8 @@ fn enter_namespaces(
         sh.pending_mounts.extend(pending);
     }
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
-    // namespaces of their own still get the root's).
+    // mount namespaces of their own still get the root's; a child in a network namespace
+    // of its own gets its sockets made there, `FdObjects::net_pid`).
     if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || own_net || joined_mnt.is_some()) {
         sh.objs.borrow_mut().ns_pid = Some(pid);
     }
