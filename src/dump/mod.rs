@@ -61,6 +61,9 @@ pub struct DumpOpts {
     pub pre_dump_mode: Option<String>,
     /// `--page-server --address A --port N`: the pages go to this page server (`host:port`).
     pub page_server: Option<String>,
+    /// `--lazy-pages --address A --port N`: the pages of private anonymous memory are kept
+    /// and served there (`host:port`) to a lazy-pages daemon once the dump is done.
+    pub lazy_pages: Option<String>,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -930,6 +933,7 @@ fn dump_process(
     img: &mut TaskImages,
     mut chain: Option<&mut crate::memtrack::Chain>,
     page_server: Option<(&mut crate::pageserver::Client, u32)>,
+    lazy: Option<(&mut crate::pageserver::LazyStore, u32)>,
 ) -> Result<u64, DumpError> {
     let tracee = Tracee { tid: pid };
     let mut others = Vec::new();
@@ -1042,6 +1046,7 @@ fn dump_process(
         stats,
         chain: None,
         page_server: None,
+        lazy: None,
     };
     // In-target work, inside the injection bracket.
     cx.parasite = Some(
@@ -1108,6 +1113,7 @@ fn dump_process(
     // Memory after the cure, so the original code word is what gets saved.
     cx.chain = chain;
     cx.page_server = page_server;
+    cx.lazy = lazy;
     kinds::dump_kind::<kinds::memory::Memory>(&mut cx, img)?;
     Ok(calls)
 }
@@ -1242,6 +1248,30 @@ pub fn run(
             }
         }
     }
+    // `--lazy-pages`: the port the lazy-pages daemon takes the pages from, bound before
+    // anything is frozen (it connects when it likes; served once the dump is done).
+    let mut lazy = match &opts.lazy_pages {
+        Some(a) => {
+            if opts.prev_images_dir.is_some() || opts.page_server.is_some() {
+                return Err(Unsupported::of(
+                    root,
+                    "memory",
+                    "--lazy-pages with --prev-images-dir or --page-server",
+                    "dump with --lazy-pages alone (its pages are served from this dump)",
+                )
+                .into());
+            }
+            let l = std::net::TcpListener::bind(a).map_err(|source| {
+                crate::pageserver::PsError::Io {
+                    what: format!("cannot listen at {a}"),
+                    source,
+                }
+            })?;
+            tracing::info!(address = %a, "lazy pages: listening");
+            Some((l, crate::pageserver::LazyStore::default()))
+        }
+        None => None,
+    };
     // The page server, connected before anything is frozen (as CRIU does).
     let mut ps = match &opts.page_server {
         Some(a) => Some(crate::pageserver::Client::connect(a)?),
@@ -1286,7 +1316,7 @@ pub fn run(
     } else {
         None
     };
-    let vpids = if ps.is_some() {
+    let vpids = if ps.is_some() || lazy.is_some() {
         let pids: Vec<i32> = frozen.iter().map(|f| f.0).collect();
         image_pids(root, &pids)?
     } else {
@@ -1365,6 +1395,7 @@ pub fn run(
                 &mut img,
                 chain.as_mut(),
                 ps.as_mut().map(|c| (c, vpids[i])),
+                lazy.as_mut().map(|(_, s)| (s, vpids[i])),
             )?;
             if let Some(sig) = seized.stop_sig {
                 let tc = img.tc();
@@ -1487,6 +1518,11 @@ pub fn run(
     }
     files.inet.keep();
     files.link_remaps.keep();
+    if let Some((l, store)) = lazy.take() {
+        // The images are complete; the lazy pages go to the daemon now (CRIU's
+        // `cr_lazy_mem_dump`). The tree is no more: a failure here is the restore's.
+        crate::pageserver::serve_lazy(l, &store)?;
+    }
     Ok(DumpReport {
         pid: root,
         pages_written: stats.pages_written,

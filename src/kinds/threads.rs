@@ -261,6 +261,7 @@ fn create_threads(
             },
             cow: Vec::new(),
             cryo_pidfd: cx.cryo_pidfd,
+            lazy: cx.lazy,
         };
         let mask = restore_one(&mut tcx, img.vpid(), tid, core)?;
         cx.remote.calls += tcx.remote.calls;

@@ -54,6 +54,9 @@ pub struct RestoreOpts {
     pub links: kinds::netns::LinkOpts,
     /// `--tcp-established`, `--tcp-close`, `--ext-unix-sk`.
     pub sock: kinds::files::SockOpts,
+    /// `--lazy-pages`: the lazy-pages daemon's socket (`crate::lazy`); private anonymous
+    /// memory is left to it.
+    pub lazy_pages: Option<std::path::PathBuf>,
 }
 
 /// Why a restore failed: the pipeline's own failures, and each kind's error, collected.
@@ -136,6 +139,8 @@ pub enum RestoreError {
     Userns(#[from] kinds::userns::UsernsError),
     #[error(transparent)]
     NetLock(#[from] crate::netlock::NetLockError),
+    #[error(transparent)]
+    Lazy(#[from] crate::lazy::LazyError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -155,6 +160,7 @@ impl RestoreError {
             | RestoreError::WriteMemory { .. }
             | RestoreError::Notify(_)
             | RestoreError::BadImage(_)
+            | RestoreError::Lazy(_)
             | RestoreError::Internal(_) => return None,
             RestoreError::Task(e) => e,
             RestoreError::Files(e) => e,
@@ -452,6 +458,8 @@ struct Shared<'a> {
     cryo_pidfd: Option<i32>,
     /// The saved cgroups, to move each task into (None: `--manage-cgroups=ignore`).
     cgroups: Option<&'a kinds::cgroup::CgRestore>,
+    /// A lazy restore's connection to the lazy-pages daemon.
+    lazy: Option<&'a crate::lazy::Sink>,
     tr: u64,
     calls: u64,
 }
@@ -506,6 +514,7 @@ fn shape(
         inherited: Default::default(),
         cow: Vec::new(),
         cryo_pidfd: sh.cryo_pidfd,
+        lazy: sh.lazy,
     };
     empty_puppet(sh, &mut cx, idx, own_cgns, img, parent)?;
     enter_namespaces(sh, &mut cx, idx, img, parent)?;
@@ -514,6 +523,10 @@ fn shape(
     kinds::restore_kind::<kinds::memory::Memory>(&mut cx, img)?;
     fault_point("memory")?;
     create_children(sh, &mut cx, img, &mut table, puppets, ready)?;
+    // A lazy restore registers the memory its daemon fills only now: the children were
+    // forked without it (each rebuilt its own memory, none kept copy-on-write), and nothing
+    // so far touched those pages. What comes next may (rseq, the program itself).
+    kinds::memory::lazy_register(&mut cx, img)?;
     restore_task_state(&mut cx, img)?;
     let threads = create_threads(sh, &mut cx, img, puppets)?;
     kinds::restore_kind::<kinds::creds::Creds>(&mut cx, img)?;
@@ -614,7 +627,8 @@ fn empty_puppet(
     }
     // A child starts as a copy of its parent's restored memory: it keeps the private
     // anonymous mappings it had in common with the parent (copy-on-write) and drops the rest.
-    if let Some(parent) = parent.filter(|_| !img.is_zombie()) {
+    // Not in a lazy restore: the parent's lazy memory has no pages yet.
+    if let Some(parent) = parent.filter(|_| !img.is_zombie() && sh.lazy.is_none()) {
         cx.cow = kinds::memory::cow_kept(&parent.mm, &img.mm);
     }
     let tr = sh.tr;
@@ -1207,6 +1221,11 @@ pub fn run(
         )
         .into());
     }
+    // A lazy restore: the daemon must be there before anything is created.
+    let lazy = match &opts.lazy_pages {
+        Some(p) => Some(crate::lazy::Sink::connect(p)?),
+        None => None,
+    };
     let uses_seccomp = tasks.iter().any(|t| {
         t.core
             .thread_core
@@ -1342,10 +1361,18 @@ pub fn run(
         host: HashMap::from([(tasks[0].pid, root)]),
         cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
         cgroups: cgroups.as_ref(),
+        lazy: lazy.as_ref(),
         tr,
         calls: 0,
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
+    if let Some(l) = &lazy {
+        // The daemon counts the tree's processes: the zombies too (CRIU sends them negated).
+        for t in tasks.iter().filter(|t| t.is_zombie()) {
+            l.send_zombie(t.pid)
+                .map_err(ptrace_err("sending a zombie to the lazy-pages daemon"))?;
+        }
+    }
     // The root's namespaces exist (runc runs its prestart hooks with this pid).
     hooks.notify("setup-namespaces", Some(root))?;
     hooks.notify("post-setup-namespaces", None)?;

@@ -622,6 +622,7 @@ fn do_dump(
         // criu_pre_dump_mode: SPLICE = 1, READ = 2.
         pre_dump_mode: (o.pre_dump_mode == Some(2)).then(|| "read".to_string()),
         // `ps`: the page server the pages go to (runc's --page-server ADDR:PORT).
+        lazy_pages: None,
         page_server: match &o.ps {
             Some(ps) => Some(crate::pageserver::address(
                 ps.address.as_deref(),
@@ -698,6 +699,7 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
         network_lock: network_lock(&o)?,
         links: link_opts(&o)?,
         sock: sock_opts(&o),
+        lazy_pages: None,
     };
     let mut n = hooks(&l, sk, images.clone());
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
