@@ -9,7 +9,10 @@
  * (the child's heap). OUT gets "ready PID CPID", then "needle STATIC HEAP" (addresses).
  *
  * SIGUSR1 makes the parent change: it opens /dev/null, forks a second child, fills one more
- * heap page with 'x' and appends "changed FD CPID2" to OUT. */
+ * heap page with 'x' and appends "changed FD CPID2" to OUT. Only the main thread takes SIGUSR1
+ * (the idle thread blocks it) and it waits in sigsuspend: a process-directed signal may go to
+ * any thread that does not block it, and just after a ptrace detach the main thread still has
+ * TIF_SIGPENDING set, so the kernel hands the signal to the other thread. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <pthread.h>
@@ -75,9 +78,13 @@ int main(int argc, char **argv)
     char *heap = malloc(64 << 10);
     memset(heap, 0, 64 << 10);
     snprintf(heap, 64, "cryo-needle-heap-%d", getpid());
+    sigset_t usr1set, waitmask;
+    sigemptyset(&usr1set);
+    sigaddset(&usr1set, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1set, &waitmask); /* the idle thread and the children inherit it */
+    signal(SIGUSR1, on_usr1);
     pthread_t t;
     pthread_create(&t, NULL, idle, NULL);
-    signal(SIGUSR1, on_usr1);
     pid_t c = fork();
     if (c == 0) {
         close(p[1]);
@@ -96,7 +103,7 @@ int main(int argc, char **argv)
     fprintf(out, "ready %d %d\nneedle %p %p\n", getpid(), c, (void *)needle_static, (void *)heap);
     fclose(out);
     for (;;) {
-        pause();
+        sigsuspend(&waitmask);
         if (usr1) {
             usr1 = 0;
             int nfd = open("/dev/null", O_RDONLY);

@@ -240,6 +240,85 @@ fn busybox_container_moves_to_fresh_namespaces() {
     kill(c.init);
 }
 
+/// A sandbox inside the container: its init (in the container's namespaces) runs `unshare
+/// --mount --pid --fork --mount-proc` for the loop, which is then PID 1 of a PID namespace
+/// nested in the container's, in a mount namespace copied from the container's with its own
+/// /proc. Moved twice: every PID kept at all three levels, the nested namespaces rebuilt
+/// inside the restored container's (not the host's).
+#[test]
+fn sandbox_nested_in_a_container_moves_twice() {
+    let dir = scratch("container-nested");
+    let mut c = start_cmd(
+        &dir,
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "unshare --mount --pid --fork --mount-proc /bin/sh /loop.sh & wait",
+        ],
+        "count",
+    );
+    let _g = KillOnDrop(c.init);
+    let kid = |pid: i32| -> i32 {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .expect("a child")
+            .parse()
+            .unwrap()
+    };
+    let nspid = |pid: i32| -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("NSpid:"))
+            .unwrap()
+            .split_whitespace()
+            .skip(2) // the host's level changes: the container gets new namespaces
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let ns = |pid: i32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    let unshare = kid(c.init);
+    let loop_pid = kid(unshare);
+    let before = (nspid(unshare), nspid(loop_pid));
+    assert!(
+        before.1.ends_with(" 1"),
+        "the loop is PID 1 of its namespace: {before:?}"
+    );
+    let procs_at = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some("/proc"))
+            .count()
+    };
+    assert_eq!(
+        procs_at(loop_pid),
+        2,
+        "the container's /proc and the sandbox's on it"
+    );
+    let mut guards = Vec::new();
+    for round in 0..2 {
+        c.init = cycle(&c, &dir.join(format!("img{round}")));
+        guards.push(KillOnDrop(c.init));
+        let unshare = kid(c.init);
+        let loop_pid = kid(unshare);
+        assert_eq!((nspid(unshare), nspid(loop_pid)), before);
+        assert_ne!(ns(loop_pid, "pid"), ns(c.init, "pid"));
+        assert_ne!(ns(loop_pid, "mnt"), ns(c.init, "mnt"));
+        assert_eq!(ns(unshare, "mnt"), ns(loop_pid, "mnt"));
+        assert_eq!(procs_at(loop_pid), 2);
+        assert_eq!(
+            procs_at(c.init),
+            1,
+            "the sandbox's /proc is not the container's"
+        );
+    }
+    kill(c.init);
+}
+
 #[test]
 fn container_mount_refusals_name_the_mount() {
     let dir = scratch("container-refuse");

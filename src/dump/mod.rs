@@ -691,8 +691,9 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
 }
 
 /// A tree in a PID namespace other than cryo's is dumped when the namespace is the tree's own:
-/// its root is the namespace's init (PID 1) and every task lives in it. PIDs are then saved
-/// as the tree sees them, and restore makes a new namespace.
+/// its root is the namespace's init (PID 1) and every task lives in it or in a namespace
+/// nested in it (`check_nested_pid_ns`). PIDs are then saved as the tree sees them, and
+/// restore makes a new namespace.
 fn check_pid_ns(
     tree: &[(i32, i32)],
     external: &std::collections::HashMap<u64, String>,
@@ -701,25 +702,63 @@ fn check_pid_ns(
     let root = tree[0].0;
     let theirs = ns(root);
     // None: the root is exiting, which the rest of the precheck refuses.
-    if theirs.is_none() || theirs == ns(crate::sys::proc::own_pid()) {
+    if theirs.is_none() {
         return Ok(());
     }
-    let vroot = ns_pid(root)?;
-    // An external namespace (a pod's): the tree is restored into the one the caller gives.
-    let ext = theirs.is_some_and(|t| external.contains_key(&t));
-    if vroot != 1 && !ext {
-        return Err(Unsupported::of(root, "pid namespace", format!(
-                "the process is PID {vroot} of a PID namespace, not its init, so the namespace cannot be restored"
-            ), format!("dump the namespace's init (PID 1 inside it), run cryo inside the namespace, or name it external (--external pid[{}]:KEY) to restore into one given then", theirs.unwrap_or(0))).into());
+    if theirs != ns(crate::sys::proc::own_pid()) {
+        let vroot = ns_pid(root)?;
+        // An external namespace (a pod's): the tree is restored into the one the caller gives.
+        let ext = theirs.is_some_and(|t| external.contains_key(&t));
+        if vroot != 1 && !ext {
+            return Err(Unsupported::of(root, "pid namespace", format!(
+                    "the process is PID {vroot} of a PID namespace, not its init, so the namespace cannot be restored"
+                ), format!("dump the namespace's init (PID 1 inside it), run cryo inside the namespace, or name it external (--external pid[{}]:KEY) to restore into one given then", theirs.unwrap_or(0))).into());
+        }
     }
-    for &(pid, _) in &tree[1..] {
+    check_nested_pid_ns(tree)
+}
+
+/// PID namespaces nested in the tree's: each was made by a task of the tree for its child,
+/// which is the namespace's init (PID 1 there, one level below its parent), and holds that
+/// init's descendants. A task that entered a namespace with `setns` (its parent is not in
+/// it and it is not its init), or made one for children it has not forked yet, is refused.
+fn check_nested_pid_ns(tree: &[(i32, i32)]) -> Result<(), DumpError> {
+    let ns = |pid: i32| ns_ino(pid, "pid");
+    let mut made: Vec<u64> = Vec::new();
+    for &(pid, ppid) in &tree[1..] {
         // A zombie has no namespaces left (nothing to restore in them).
-        if ns(pid).is_some_and(|n| Some(n) != theirs) {
+        let (Some(n), Some(pn)) = (ns(pid), ns(ppid)) else {
+            continue;
+        };
+        if n == pn {
+            continue;
+        }
+        let (ids, pids) = (
+            ns_status_ids(pid, "NSpid:").unwrap_or_default(),
+            ns_status_ids(ppid, "NSpid:").unwrap_or_default(),
+        );
+        if ids.len() != pids.len() + 1 || ids.last() != Some(&1) || made.contains(&n) {
             return Err(Unsupported::of(
                 pid,
                 "pid namespace",
-                "the process runs in a nested PID namespace",
-                "nested PID namespaces are not supported yet",
+                "the process runs in a PID namespace other than its parent's without being the init its parent made it as (it entered it with setns)",
+                "only PID namespaces made by a process of the tree for its child (unshare or clone with CLONE_NEWPID), whose init is that child, are restored",
+            )
+            .into());
+        }
+        made.push(n);
+    }
+    for &(pid, _) in tree {
+        let (own, kids) = (ns(pid), ns_ino(pid, "pid_for_children"));
+        if own.is_none() || kids.is_none() || kids == own {
+            continue;
+        }
+        if !tree.iter().any(|&(c, pp)| pp == pid && ns(c) == kids) {
+            return Err(Unsupported::of(
+                pid,
+                "pid namespace",
+                "it made a PID namespace for its children (unshare(CLONE_NEWPID)) and has no child that is its init",
+                "dump it once it has forked into the new namespace",
             )
             .into());
         }
@@ -727,12 +766,16 @@ fn check_pid_ns(
     Ok(())
 }
 
-/// A tree in a mount namespace other than cryo's: every task in the root's, and every
-/// mount restorable (`mounts::plan`). Returns the plan, or None in cryo's namespace.
+/// A tree in a mount namespace other than cryo's: every mount of the root's restorable
+/// (`mounts::plan`), and every mount namespace nested in the tree too (`nested_mnt_ns`).
+/// Returns the root's plan, or None in cryo's namespace.
 fn check_mnt_ns(
     opts: &DumpOpts,
     tree: &[(i32, i32)],
 ) -> Result<Option<Vec<pb::MntEntry>>, DumpError> {
+    for n in nested_mnt_ns(tree)? {
+        plan_nested_mnt(opts, tree, &n)?;
+    }
     let ns = |pid: i32| ns_ino(pid, "mnt");
     let root = tree[0].0;
     let theirs = ns(root);
@@ -740,19 +783,58 @@ fn check_mnt_ns(
     if theirs.is_none() || theirs == ns(crate::sys::proc::own_pid()) {
         return Ok(None);
     }
-    for &(pid, _) in &tree[1..] {
+    Ok(kinds::mounts::plan(root, &opts.mounts).map(Some)?)
+}
+
+/// Mount namespaces nested in the tree: (a task that made it, that task's parent, the
+/// namespace's inode), in tree order. Each must have been made by a task of the tree whose
+/// parent is in another one (`unshare -m`): a task that entered one with `setns` (the
+/// root's, cryo's, or one another task made) is refused.
+fn nested_mnt_ns(tree: &[(i32, i32)]) -> Result<Vec<(i32, i32, u64)>, DumpError> {
+    let ns = |pid: i32| ns_ino(pid, "mnt");
+    let (root, own) = (ns(tree[0].0), ns(crate::sys::proc::own_pid()));
+    let mut out: Vec<(i32, i32, u64)> = Vec::new();
+    for &(pid, ppid) in &tree[1..] {
         // A zombie has no namespaces left (nothing to restore in them).
-        if ns(pid).is_some_and(|n| Some(n) != theirs) {
+        let (Some(n), Some(pn)) = (ns(pid), ns(ppid)) else {
+            continue;
+        };
+        if n == pn {
+            continue;
+        }
+        if Some(n) == root || Some(n) == own || out.iter().any(|o| o.2 == n) {
             return Err(Unsupported::of(
                 pid,
                 "mount namespace",
-                "the process runs in a mount namespace other than the root's",
-                "only one mount namespace per tree is supported yet",
+                "the process entered a mount namespace other than its parent's that its parent did not make for it (setns)",
+                "only mount namespaces made by a process of the tree (unshare -m) are restored",
             )
             .into());
         }
+        out.push((pid, ppid, n));
     }
-    Ok(kinds::mounts::plan(root, &opts.mounts).map(Some)?)
+    Ok(out)
+}
+
+/// The plan of the nested mount namespace `n` (`nested_mnt_ns`): a proc mount there is
+/// saved with the tree's PID of a task in the PID namespace it shows.
+fn plan_nested_mnt(
+    opts: &DumpOpts,
+    tree: &[(i32, i32)],
+    &(pid, ppid, _): &(i32, i32, u64),
+) -> Result<Vec<pb::MntEntry>, DumpError> {
+    let level = tree_level(tree[0].0)?;
+    let proc_pid = |ino: u64| {
+        tree.iter()
+            .find(|&&(t, _)| ns_ino(t, "pid") == Some(ino))
+            .and_then(|&(t, _)| ns_status_id(t, "NSpid:", level))
+    };
+    Ok(kinds::mounts::plan_nested(
+        pid,
+        ppid,
+        &opts.mounts,
+        &proc_pid,
+    )?)
 }
 
 /// The inode of `pid`'s `kind` namespace (None once it exits).
@@ -784,31 +866,95 @@ fn check_same_ns(tree: &[(i32, i32)], kind: &str) -> Result<(), DumpError> {
 
 /// A task's PID in its own PID namespace (the last `NSpid` field of its status).
 fn ns_pid(pid: i32) -> Result<u32, DumpError> {
-    ns_status_id(pid, "NSpid:").ok_or(DumpError::Internal("no NSpid line in /proc/PID/status"))
+    ns_status_ids(pid, "NSpid:")
+        .and_then(|v| v.last().copied())
+        .ok_or(DumpError::Internal("no NSpid line in /proc/PID/status"))
 }
 
-/// The innermost value of a `NSpid:`/`NSpgid:`/`NSsid:` line of a task's status: the id as
-/// the task's own PID namespace sees it (a process group or session whose leader is gone
-/// has no task to ask, but its members know its id).
-fn ns_status_id(pid: i32, line: &str) -> Option<u32> {
+/// The fields of a `NSpid:`/`NSpgid:`/`NSsid:` line of a task's status: the id in each PID
+/// namespace the task is in, from the one of cryo's /proc down to its own.
+fn ns_status_ids(pid: i32, line: &str) -> Option<Vec<u32>> {
     let text = procfs::read(pid, "status").ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(line))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
+    text.lines().find_map(|l| l.strip_prefix(line)).map(|l| {
+        l.split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect()
+    })
+}
+
+/// The level of the tree's PID namespace in `NSpid:` lines (the root's own one): ids at that
+/// level are the ones the images hold.
+fn tree_level(root: i32) -> Result<usize, DumpError> {
+    ns_status_ids(root, "NSpid:")
+        .and_then(|v| v.len().checked_sub(1))
+        .ok_or(DumpError::Internal("no NSpid line in /proc/PID/status"))
+}
+
+/// A task's id at `level` of a `NSpid:`/`NSpgid:`/`NSsid:` line: as the tree's own PID
+/// namespace sees it (a process group or session whose leader is gone has no task to ask,
+/// but its members know its id). None when the task is not in that namespace or the id is
+/// not visible there (0).
+fn ns_status_id(pid: i32, line: &str, level: usize) -> Option<u32> {
+    ns_status_ids(pid, line)?
+        .get(level)
+        .copied()
+        .filter(|&v| v != 0)
+}
+
+/// A task's PID in the tree's PID namespace (`level`: `tree_level`).
+fn level_pid(pid: i32, level: usize) -> Result<u32, DumpError> {
+    ns_status_id(pid, "NSpid:", level).ok_or(DumpError::Internal(
+        "a task of the tree has no PID in the tree's PID namespace",
+    ))
+}
+
+/// Records, in each process's pstree entry, the ids its threads have in the PID namespaces
+/// nested below the tree's (`level`: `tree_level`), and whether it made the namespace its
+/// child is the init of for its next children (`pid_for_children`). Before `virtualize`:
+/// `imgs` still name tasks by host PID.
+fn record_nested_pids(imgs: &mut [TaskImages], level: usize) -> Result<(), DumpError> {
+    for img in imgs.iter_mut() {
+        let mut depth = None;
+        let mut tids = Vec::new();
+        for &tid in &img.pstree.threads {
+            let ids = ns_status_ids(c_int(tid), "NSpid:").unwrap_or_default();
+            let inner = ids.get(level + 1..).unwrap_or_default();
+            if *depth.get_or_insert(inner.len()) != inner.len() {
+                return Err(DumpError::Internal(
+                    "threads of one process in PID namespaces of different depths",
+                ));
+            }
+            tids.extend_from_slice(inner);
+        }
+        let depth = depth.unwrap_or(0);
+        if depth > 0 {
+            img.pstree.cryo_ns_depth = Some(len32(depth));
+            img.pstree.cryo_ns_tids = tids;
+        }
+        let pid = c_int(img.pid);
+        let (own, kids) = (ns_ino(pid, "pid"), ns_ino(pid, "pid_for_children"));
+        if own.is_some() && kids.is_some() && kids != own {
+            img.pstree.cryo_pidns_for_children = Some(true);
+        }
+    }
+    Ok(())
 }
 
 /// Renames every task, thread and process group of `imgs` to the PIDs the tree sees in its
 /// own PID namespace, as CRIU saves them. A process group or session whose leader is gone
 /// keeps the id its members see; ids outside the PID namespace (cryo's session, for a shell
 /// job) become 0.
-fn virtualize(imgs: &mut [TaskImages], files: &mut FileTable) -> Result<(), DumpError> {
+fn virtualize(
+    imgs: &mut [TaskImages],
+    files: &mut FileTable,
+    level: usize,
+) -> Result<(), DumpError> {
     let mut map = std::collections::HashMap::new();
     for img in imgs.iter() {
         for &tid in &img.pstree.threads {
-            map.insert(tid, ns_pid(c_int(tid))?);
+            map.insert(tid, level_pid(c_int(tid), level)?);
         }
-        map.insert(img.pid, ns_pid(c_int(img.pid))?);
+        map.insert(img.pid, level_pid(c_int(img.pid), level)?);
     }
     let v = |p: u32| map.get(&p).copied().unwrap_or(0);
     files.ttys.rename_pids(v);
@@ -818,7 +964,7 @@ fn virtualize(imgs: &mut [TaskImages], files: &mut FileTable) -> Result<(), Dump
         let own = |p: u32, line: &str| {
             map.get(&p)
                 .copied()
-                .or_else(|| ns_status_id(c_int(img.pid), line))
+                .or_else(|| ns_status_id(c_int(img.pid), line, level))
                 .unwrap_or(0)
         };
         let (pgid, sid) = (
@@ -875,6 +1021,7 @@ fn dump_zombie(pid: i32, img: &mut TaskImages) -> Result<(), DumpError> {
         pgid: c_uint(st.pgrp),
         sid: c_uint(st.session),
         threads: vec![img_pid(pid)],
+        ..Default::default()
     };
     img.core.mtype = pb::core_entry::March::X8664 as i32;
     let tc = img.tc();
@@ -1198,8 +1345,15 @@ fn freeze_tree(
 fn image_pids(root: i32, pids: &[i32]) -> Result<Vec<u32>, DumpError> {
     let own = kinds::misc::task_ids(crate::sys::proc::own_pid(), 1)?.pid_ns_id;
     let virt = kinds::misc::task_ids(root, 1)?.pid_ns_id != own;
+    let level = tree_level(root)?;
     pids.iter()
-        .map(|&p| if virt { ns_pid(p) } else { Ok(img_pid(p)) })
+        .map(|&p| {
+            if virt {
+                level_pid(p, level)
+            } else {
+                Ok(img_pid(p))
+            }
+        })
         .collect()
 }
 
@@ -1423,6 +1577,11 @@ pub fn run(
         let id = imgs[0].ids.mnt_ns_id.unwrap_or(0);
         kinds::mounts::write(root, id, &mounts, dir)?;
     }
+    // Mount namespaces nested in the tree, each from a task that made it.
+    for n in nested_mnt_ns(&tree)? {
+        let mounts = plan_nested_mnt(opts, &tree, &n)?;
+        kinds::mounts::write(n.0, kinds::misc::ns_id(n.2), &mounts, dir)?;
+    }
     // The clocks of the tree's time namespace, now that it is frozen.
     if let Some(id) = imgs[0]
         .ids
@@ -1438,8 +1597,10 @@ pub fn run(
     // cgroups, by host PIDs (before `virtualize`).
     files.cgroups =
         kinds::cgroup::dump(&mut imgs, opts.cgroup_mode != kinds::cgroup::Mode::Ignore)?;
+    let level = tree_level(root)?;
+    record_nested_pids(&mut imgs, level)?;
     if imgs[0].ids.pid_ns_id != kinds::misc::task_ids(crate::sys::proc::own_pid(), 1)?.pid_ns_id {
-        virtualize(&mut imgs, &mut files)?;
+        virtualize(&mut imgs, &mut files, level)?;
     }
 
     // 4. Images.

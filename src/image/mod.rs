@@ -811,6 +811,7 @@ mod tests {
             pgid: 7,
             sid: 7,
             threads: vec![7],
+            ..Default::default()
         };
         d.write("pstree.img", PSTREE, &[e.clone(), e.clone()])
             .unwrap();

@@ -64,6 +64,7 @@ impl Kind for Misc {
             pgid: c_uint(st.pgrp),
             sid: c_uint(st.session),
             threads: vec![img_pid(pid)],
+            ..Default::default()
         };
         // exe, cwd, root as regular-file records.
         for (name, slot) in [("exe", 0), ("cwd", 1), ("root", 2)] {

@@ -114,6 +114,28 @@ impl TaskImages {
         crate::num::pid_from_img(self.pid).unwrap_or(0)
     }
 
+    /// How many PID namespaces below the tree's the process is in (pstree's
+    /// `cryo_ns_depth`; 0 in the tree's own).
+    pub fn ns_depth(&self) -> usize {
+        crate::num::usize_of(u64::from(self.pstree.cryo_ns_depth.unwrap_or(0)))
+    }
+
+    /// The ids thread `i` (0: the leader) has in each PID namespace from the tree's down to
+    /// its own (one id in the tree's namespace; checked when pstree.img was read).
+    pub fn ns_ids(&self, i: usize) -> Vec<i32> {
+        let d = self.ns_depth();
+        let first = self.pstree.threads.get(i).copied().unwrap_or(self.pid);
+        std::iter::once(first)
+            .chain(self.pstree.cryo_ns_tids.iter().skip(i * d).take(d).copied())
+            .map(|t| crate::num::pid_from_img(t).unwrap_or(0))
+            .collect()
+    }
+
+    /// The process's PID as it sees it itself, in its own PID namespace.
+    pub fn local_pid(&self) -> i32 {
+        self.ns_ids(0).last().copied().unwrap_or(0)
+    }
+
     /// A zombie: only its exit status was saved.
     pub fn is_zombie(&self) -> bool {
         self.core
@@ -444,11 +466,23 @@ impl RestoreCx<'_> {
     pub fn clone3_with_tid(
         &mut self,
         what: &'static str,
-        mut args: CloneArgs,
+        args: CloneArgs,
         tid: i32,
     ) -> Result<i32, TaskError> {
-        args.set_tid = self.put(SCRATCH_SET_TID, &tid.to_ne_bytes())?;
-        args.set_tid_size = 1;
+        self.clone3_with_tids(what, args, &[tid])
+    }
+
+    /// [`Self::clone3_with_tid`] with the task's ids in several PID namespaces: `tids`,
+    /// innermost (the new task's own) first, as clone3's `set_tid` takes them.
+    pub fn clone3_with_tids(
+        &mut self,
+        what: &'static str,
+        mut args: CloneArgs,
+        tids: &[i32],
+    ) -> Result<i32, TaskError> {
+        let bytes: Vec<u8> = tids.iter().flat_map(|t| t.to_ne_bytes()).collect();
+        args.set_tid = self.put(SCRATCH_SET_TID, &bytes)?;
+        args.set_tid_size = crate::num::u64_of(tids.len());
         let a = self.put(SCRATCH_CLONE_ARGS, &args.to_bytes())?;
         self.named(what)
             .clone3(a, crate::sys::clone::CLONE_ARGS_SIZE as u64)

@@ -418,13 +418,204 @@ pub fn plan(pid: i32, policy: &MountPolicy) -> Result<Vec<pb::MntEntry>, MountsE
     Ok(entries)
 }
 
+/// `cryo_copied` values: how a mount of a nested namespace, copied from its parent
+/// namespace's when the namespace was made, had its propagation afterwards.
+pub const COPIED_AS_IS: u32 = 1;
+pub const COPIED_PRIVATE: u32 = 2;
+pub const COPIED_SLAVE: u32 = 3;
+
+/// The key a copied mount is matched by in its parent namespace: mount point, root and the
+/// k-th such mount (stacked ones).
+fn copy_keys<'a>(infos: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(String, String, usize)> {
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    infos
+        .map(|(mp, root)| {
+            let k = (mp.to_string(), root.to_string());
+            let n = seen.entry(k.clone()).or_insert(0);
+            *n += 1;
+            (k.0, k.1, *n)
+        })
+        .collect()
+}
+
+fn shared_of(m: &MountInfo) -> Option<u32> {
+    m.optional
+        .iter()
+        .find_map(|o| o.strip_prefix("shared:")?.parse().ok())
+}
+
+fn master_of(m: &MountInfo) -> Option<u32> {
+    m.optional
+        .iter()
+        .find_map(|o| o.strip_prefix("master:")?.parse().ok())
+}
+
+/// Plans the mount namespace of `pid`, nested in the tree: a namespace other than its parent
+/// `ppid`'s, made as a copy of it (`unshare(CLONE_NEWNS)`, `clone(CLONE_NEWNS)`). Mounts that
+/// are still the copies of the parent's (same file system, root and mount point) are saved
+/// as `cryo_copied` with what became of their propagation; restore copies the parent's
+/// restored namespace the same way, removes what the task unmounted and mounts what it
+/// mounted. Those new mounts must be ones `plan` restores from inside the namespace (fresh
+/// file systems, binds of other mounts of it; not external ones); a proc mount is saved with
+/// a process of the PID namespace it shows (`proc_pid`: the tree's id of a task in the PID
+/// namespace whose inode is given, None if the tree has none). A namespace whose root is not
+/// its parent's (after `pivot_root`) is refused.
+pub fn plan_nested(
+    pid: i32,
+    ppid: i32,
+    policy: &MountPolicy,
+    proc_pid: &dyn Fn(u64) -> Option<u32>,
+) -> Result<Vec<pb::MntEntry>, MountsError> {
+    let infos = skip_mounts(
+        tree_order(parse_mountinfo(&crate::procfs::read(pid, "mountinfo")?)),
+        &policy.skip,
+    );
+    let base = tree_order(parse_mountinfo(&crate::procfs::read(ppid, "mountinfo")?));
+    let refuse = |m: &MountInfo, why: String| -> MountsError {
+        Unsupported::of(
+            pid,
+            format!("mount {}", m.mountpoint),
+            format!("in a mount namespace nested in the tree: {why}"),
+            "only mount namespaces copied from their parent's (unshare -m), with file systems cryo makes fresh or binds of their own mounts added, are restored yet",
+        )
+        .into()
+    };
+    let base_keys = copy_keys(
+        base.iter()
+            .map(|m| (m.mountpoint.as_str(), m.root.as_str())),
+    );
+    let keys = copy_keys(
+        infos
+            .iter()
+            .map(|m| (m.mountpoint.as_str(), m.root.as_str())),
+    );
+    let base_groups: std::collections::HashSet<u32> = base.iter().filter_map(shared_of).collect();
+    let mut entries: Vec<pb::MntEntry> = Vec::new();
+    let mut copied_ids: Vec<u32> = Vec::new();
+    for (i, m) in infos.iter().enumerate() {
+        let origin = base_keys
+            .iter()
+            .position(|k| *k == keys[i])
+            .map(|j| &base[j])
+            .filter(|b| b.major == m.major && b.minor == m.minor)
+            .filter(|_| i == 0 || copied_ids.contains(&m.parent));
+        let (shared, master) = (shared_of(m), master_of(m));
+        let mut e = pb::MntEntry {
+            fstype: fstype_code(&m.fstype).unwrap_or(0),
+            mnt_id: m.id,
+            root_dev: encode_dev(m.major, m.minor),
+            parent_mnt_id: m.parent,
+            flags: mnt_flags(&m.mnt_opts),
+            root: m.root.clone(),
+            mountpoint: m.mountpoint.clone(),
+            source: m.source.clone(),
+            options: m
+                .super_opts
+                .split(',')
+                .filter(|o| *o != "rw" && *o != "ro")
+                .collect::<Vec<_>>()
+                .join(","),
+            shared_id: shared,
+            master_id: master,
+            fsname: None,
+            sb_flags: Some(if m.super_opts.split(',').any(|o| o == "ro") {
+                MountFlags::RDONLY.bits()
+            } else {
+                0
+            }),
+            ..Default::default()
+        };
+        if let Some(b) = origin {
+            let how = if shared == shared_of(b) && master == master_of(b) {
+                COPIED_AS_IS
+            } else if shared.is_none() && master.is_none() {
+                COPIED_PRIVATE
+            } else if shared.is_none() && master.is_some() && master == shared_of(b) {
+                COPIED_SLAVE
+            } else {
+                return Err(refuse(m, format!(
+                    "its propagation (shared {shared:?}, master {master:?}) is not what a copy of its parent namespace's mount (shared {:?}, master {:?}) becomes by one change",
+                    shared_of(b), master_of(b)
+                )));
+            };
+            e.cryo_copied = Some(how);
+            // Named, so the restore can tell stacked copies apart.
+            e.fsname = Some(m.fstype.clone());
+            copied_ids.push(m.id);
+            entries.push(e);
+            continue;
+        }
+        if i == 0 {
+            return Err(refuse(
+                m,
+                "its root is not its parent namespace's (pivot_root or chroot after the copy)"
+                    .into(),
+            ));
+        }
+        if shared.is_some_and(|g| base_groups.contains(&g))
+            || master.is_some_and(|g| base_groups.contains(&g))
+        {
+            return Err(refuse(
+                m,
+                "it propagates to or from its parent namespace's mounts".into(),
+            ));
+        }
+        let code = fstype_code(&m.fstype);
+        entries.push(e);
+        if bind_source(&entries, i).is_some() {
+            continue;
+        }
+        if code == Some(PROC) && m.root == "/" {
+            // The PID namespace it shows: that of its init (PID 1 there).
+            let at = format!(
+                "/proc/{pid}/root{}/1/ns/pid",
+                m.mountpoint.trim_end_matches('/')
+            );
+            let dev_ok = crate::sys::fd::stat_in_root(&format!("/proc/{pid}/root"), &m.mountpoint)
+                .is_ok_and(|st| {
+                    use std::os::unix::fs::MetadataExt;
+                    encode_dev(rustix::fs::major(st.dev()), rustix::fs::minor(st.dev()))
+                        == encode_dev(m.major, m.minor)
+                });
+            let ns = std::fs::metadata(&at)
+                .ok()
+                .map(|st| std::os::unix::fs::MetadataExt::ino(&st));
+            let Some(p) = ns.filter(|_| dev_ok).and_then(proc_pid) else {
+                return Err(refuse(m, "the PID namespace it shows has no process of the tree, or it is covered by another mount".into()));
+            };
+            if shared.is_some() || master.is_some() {
+                return Err(refuse(m, "a proc mount with propagation".into()));
+            }
+            entries.last_mut().expect("pushed above").cryo_proc_pid = Some(p);
+            continue;
+        }
+        if code.is_some() && m.root == "/" {
+            continue;
+        }
+        if policy.fs_enabled(&m.fstype) {
+            let e = entries.last_mut().expect("pushed above");
+            e.fstype = AUTO;
+            e.fsname = Some(m.fstype.clone());
+            continue;
+        }
+        return Err(refuse(m, format!(
+            "{} {} (root {}) is not a file system cryo recreates, nor bound from a mount of the namespace",
+            m.fstype, m.source, m.root
+        )));
+    }
+    Ok(entries)
+}
+
 /// The tmpfs mounts whose contents are saved: fresh ones (not external, not bound from an
 /// earlier mount).
 fn saved_tmpfs(entries: &[pb::MntEntry]) -> Vec<usize> {
     (1..entries.len())
         .filter(|&i| {
             let e = &entries[i];
-            e.fstype == TMPFS && e.ext_key.is_none() && bind_source(entries, i).is_none()
+            e.fstype == TMPFS
+                && e.ext_key.is_none()
+                && e.cryo_copied.is_none()
+                && bind_source(entries, i).is_none()
         })
         .collect()
 }
@@ -622,6 +813,332 @@ pub fn restore(
     Ok(cx.join_ns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?)
 }
 
+/// The entries of the nested mount namespace `id` (`plan_nested`), checked before anything
+/// is built: plain absolute paths; copied mounts named; new ones only file systems cryo makes
+/// fresh (or enabled with `--enable-fs`) or binds of mounts of the namespace, never external.
+pub fn check_nested(
+    dir: &ImageDir,
+    id: u32,
+    opts: &MountOpts,
+) -> Result<Vec<pb::MntEntry>, MountsError> {
+    let entries = restore_order(dir.read(&format!("mountpoints-{id}.img"), image::MNTS)?);
+    let bad = |what: String| -> MountsError {
+        TaskError::BadImage(format!("mountpoints-{id}.img: {what}")).into()
+    };
+    if entries.first().and_then(|e| e.cryo_copied).is_none() {
+        return Err(bad(
+            "the root of a nested mount namespace is not a copy of its parent's".into(),
+        ));
+    }
+    for (i, e) in entries.iter().enumerate() {
+        // A copy's root is only compared (an nsfs mount's is `net:[INO]`).
+        if !clean_path(&e.mountpoint) || (e.cryo_copied.is_none() && !clean_path(&e.root)) {
+            return Err(bad(format!(
+                "mount {} has a mount point or root ({}) that is not a plain absolute path",
+                e.mnt_id, e.root
+            )));
+        }
+        if e.ext_key.is_some() {
+            return Err(Unsupported::restore(format!(
+                "mount {} of a mount namespace nested in the tree is external: cryo does not bind external mounts there yet",
+                e.mountpoint
+            ))
+            .into());
+        }
+        match e.cryo_copied {
+            Some(COPIED_AS_IS | COPIED_PRIVATE | COPIED_SLAVE) if e.fsname.is_some() => continue,
+            Some(_) => {
+                return Err(bad(format!(
+                    "copied mount {} is not described",
+                    e.mountpoint
+                )))
+            }
+            None => {}
+        }
+        if bind_source(&entries, i).is_some() {
+            continue;
+        }
+        let named = e.fsname.as_deref().and_then(fstype_code);
+        let enabled = e.fstype == AUTO
+            && e.fsname.as_deref().is_some_and(|n| {
+                !n.is_empty() && opts.enable_fs.iter().any(|f| f == "all" || f == n)
+            });
+        if !enabled && (named.is_none() || named != Some(e.fstype)) {
+            return Err(bad(format!(
+                "mount {} ({}) is not a file system cryo makes fresh",
+                e.mountpoint,
+                e.fsname.as_deref().unwrap_or("?")
+            )));
+        }
+    }
+    Ok(entries)
+}
+
+/// Mounts of a nested mount namespace not made yet: proc mounts of a PID namespace whose
+/// init is created later than the task that made the mount namespace (`unshare --mount
+/// --pid --fork --mount-proc`: the parent makes the mount namespace, the child is the PID
+/// namespace's init), and what is mounted below them.
+pub struct PendingMounts {
+    /// Host PID of a puppet in the namespace.
+    owner: i32,
+    entries: Vec<pb::MntEntry>,
+    /// Indexes into `entries` still to mount, in order.
+    todo: Vec<usize>,
+    dir: PathBuf,
+}
+
+/// Gives the puppet `cx` (a child whose mount namespace is not its parent's) the saved
+/// nested mount namespace of `img`: the puppet copies the one it inherited
+/// (`unshare(CLONE_NEWNS)`, as the namespace was made), then a cryo thread that joined it
+/// sets the propagation of the copied mounts as saved, unmounts the copies the task had
+/// unmounted, and mounts the new ones (`host_of`: a tree PID's host PID, for the PID
+/// namespace of a proc mount; those whose PID namespace is not there yet are returned for
+/// [`finish_pending`]). Runs before any file of the task is opened.
+pub fn restore_nested(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    opts: &MountOpts,
+    host_of: &(dyn Fn(u32) -> Option<i32> + Sync),
+) -> Result<Option<PendingMounts>, MountsError> {
+    let Some(id) = img.ids.mnt_ns_id else {
+        return Ok(None);
+    };
+    let entries = check_nested(cx.dir, id, opts)?;
+    let pid = cx.pid;
+    cx.unshare(libc::CLONE_NEWNS)?;
+    // The copy, as the puppet sees it; each copied entry is matched with its mount there.
+    let current = tree_order(parse_mountinfo(&crate::procfs::read(pid, "mountinfo")?));
+    let cur_keys = copy_keys(
+        current
+            .iter()
+            .map(|m| (m.mountpoint.as_str(), m.root.as_str())),
+    );
+    let copied: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].cryo_copied.is_some())
+        .collect();
+    let saved_keys = copy_keys(
+        copied
+            .iter()
+            .map(|&i| (entries[i].mountpoint.as_str(), entries[i].root.as_str())),
+    );
+    // For each current mount, the entry it is the copy of.
+    let mut of_current: Vec<Option<usize>> = vec![None; current.len()];
+    for (k, &i) in saved_keys.iter().zip(&copied) {
+        let e = &entries[i];
+        let found = cur_keys
+            .iter()
+            .position(|c| c == k)
+            .filter(|&j| Some(current[j].fstype.as_str()) == e.fsname.as_deref());
+        let Some(j) = found else {
+            return Err(Unsupported::restore(format!(
+                "mount {} ({} {}) was a copy of a mount of its parent namespace, which has no such mount now",
+                e.mountpoint,
+                e.fsname.as_deref().unwrap_or("?"),
+                e.root
+            ))
+            .into());
+        };
+        of_current[j] = Some(i);
+    }
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let dir = abs(&cx.dir.path);
+    let todo: Vec<usize> = (1..entries.len())
+        .filter(|&i| entries[i].cryo_copied.is_none())
+        .collect();
+    let mut pending = PendingMounts {
+        owner: pid,
+        entries,
+        todo,
+        dir,
+    };
+    let ptys = std::thread::scope(|s| {
+        s.spawn(|| build_nested(&mut pending, Some((&current, &of_current)), host_of))
+            .join()
+            .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
+    })?;
+    cx.objs.borrow_mut().tty.premade.extend(ptys);
+    Ok((!pending.todo.is_empty()).then_some(pending))
+}
+
+/// Mounts what `pending` could not before: those whose PID namespace now has its init
+/// (`host_of`). Returns the ptys made on the way; `pending.todo` keeps what is still waiting.
+pub fn finish_pending(
+    pending: &mut PendingMounts,
+    host_of: &(dyn Fn(u32) -> Option<i32> + Sync),
+) -> Result<Vec<(u32, OwnedFd)>, MountsError> {
+    let ready = pending.todo.iter().any(|&i| {
+        pending.entries[i]
+            .cryo_proc_pid
+            .is_none_or(|p| host_of(p).is_some())
+    });
+    if !ready {
+        return Ok(Vec::new());
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| build_nested(pending, None, host_of))
+            .join()
+            .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
+    })
+}
+
+/// Whether `pending` still waits for a PID namespace (its todo is not empty).
+pub fn is_pending(pending: &PendingMounts) -> bool {
+    !pending.todo.is_empty()
+}
+
+/// The mount `m` of the namespace the calling thread is in (by its id), through its mount
+/// point: it must be the topmost one there.
+fn reach(jail: &Jail, m: &MountInfo) -> Result<Found, MountsError> {
+    let f = jail
+        .find(&m.mountpoint, None)
+        .map_err(mnt_err(format!("find the copied mount {}", m.mountpoint)))?;
+    let st = rustix::fs::statx(
+        &f.0,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::MNT_ID,
+    )
+    .map_err(mnt_err(format!("statx {}", m.mountpoint)))?;
+    if st.stx_mnt_id != u64::from(m.id) {
+        return Err(MountsError::Mount {
+            what: format!("reach the copied mount {} (id {})", m.mountpoint, m.id),
+            source: std::io::Error::other("another mount covers it"),
+        });
+    }
+    Ok(f)
+}
+
+/// On a thread of its own: joins the owner puppet's net, IPC and cgroup namespaces and its
+/// mount namespace, then takes cryo's root back (`chroot` to an fd of it kept from before:
+/// paths through cryo's /proc keep working; mount targets are reached through fds of the
+/// namespace). With `copy` (the copy's mounts and the entry each is a copy of) it first sets
+/// the copies' propagation and unmounts the unmatched ones; then mounts what of
+/// `pending.todo` it can, and sets the new mounts' propagation.
+fn build_nested(
+    pending: &mut PendingMounts,
+    copy: Option<(&[MountInfo], &[Option<usize>])>,
+    host_of: &(dyn Fn(u32) -> Option<i32> + Sync),
+) -> Result<Vec<(u32, OwnedFd)>, MountsError> {
+    use crate::sys::mount::{set_propagation, Propagation};
+    use rustix::fs::{open, Mode, OFlags};
+    let pid = pending.owner;
+    let host_root = open(
+        "/",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(mnt_err("open cryo's root".into()))?;
+    crate::sys::ns::unshare(UnshareFlags::FS).map_err(mnt_err("unshare(CLONE_FS)".into()))?;
+    for (ns, kind) in [
+        ("net", NsType::Network),
+        ("ipc", NsType::InterProcessCommunication),
+        ("cgroup", NsType::ControlGroup),
+        ("mnt", NsType::Mount),
+    ] {
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|source| {
+            MountsError::Mount {
+                what: format!("open the restored {ns} namespace"),
+                source,
+            }
+        })?;
+        crate::sys::ns::setns(f.as_fd(), kind)
+            .map_err(mnt_err(format!("join the restored {ns} namespace")))?;
+    }
+    let jail = Jail::new(Path::new("/")).map_err(mnt_err("open the namespace's root".into()))?;
+    rustix::process::fchdir(&host_root).map_err(mnt_err("fchdir to cryo's root".into()))?;
+    rustix::process::chroot(".").map_err(mnt_err("chroot to cryo's root".into()))?;
+    let entries = &pending.entries;
+    if let Some((current, of_current)) = copy {
+        // Propagation first, so that nothing unmounted below propagates to the parent
+        // namespace; unmatched copies are made private before they go.
+        let mut fds: HashMap<u32, Found> = HashMap::new();
+        for (m, e) in current.iter().zip(of_current) {
+            let how = e.and_then(|i| entries[i].cryo_copied);
+            let p = match how {
+                Some(COPIED_AS_IS) => continue,
+                Some(COPIED_SLAVE) => Propagation::Slave,
+                _ => Propagation::Private,
+            };
+            let Ok(f) = reach(&jail, m) else {
+                // Covered by another mount: fine when it is as it must be already (an
+                // unmatched one goes with its unmatched parent, or is unmounted below).
+                let already = match p {
+                    Propagation::Slave => shared_of(m).is_none() && master_of(m).is_some(),
+                    _ => shared_of(m).is_none() && master_of(m).is_none(),
+                };
+                if e.is_some() && !already {
+                    reach(&jail, m)?;
+                }
+                continue;
+            };
+            set_propagation(f.0.as_fd(), p).map_err(mnt_err(format!(
+                "set the propagation of the copied mount {}",
+                m.mountpoint
+            )))?;
+            fds.insert(m.id, f);
+        }
+        for (j, m) in current.iter().enumerate().rev() {
+            if of_current[j].is_some() {
+                continue;
+            }
+            let parent = current.iter().position(|p| p.id == m.parent);
+            let parent_matched = parent.is_some_and(|p| of_current[p].is_some());
+            if !parent_matched {
+                continue; // goes with its unmatched parent
+            }
+            let p = parent.expect("matched");
+            let pe = of_current[p].map(|i| &entries[i]);
+            if pe.is_some_and(|e| e.cryo_copied == Some(COPIED_AS_IS))
+                && shared_of(&current[p]).is_some()
+            {
+                return Err(Unsupported::restore(format!(
+                    "mount {} is in the parent namespace but was not in the nested one, below a mount shared with the parent's: unmounting it would unmount the parent's too",
+                    m.mountpoint
+                ))
+                .into());
+            }
+            let f = match fds.remove(&m.id) {
+                Some(f) => f,
+                None => reach(&jail, m)?,
+            };
+            rustix::mount::unmount(f.path(), UnmountFlags::DETACH).map_err(mnt_err(format!(
+                "unmount the copied mount {}",
+                m.mountpoint
+            )))?;
+        }
+    }
+    let mut ptys = Vec::new();
+    let mut fds: Vec<Option<OwnedFd>> = (0..entries.len()).map(|_| None).collect();
+    let mut left = Vec::new();
+    let none: Vec<Option<PathBuf>> = vec![None; entries.len()];
+    for &i in &pending.todo {
+        let e = &entries[i];
+        let waits_parent = left
+            .iter()
+            .any(|&j: &usize| entries[j].mnt_id == e.parent_mnt_id);
+        let procns = match e.cryo_proc_pid {
+            Some(p) => host_of(p),
+            None => Some(pid),
+        };
+        let Some(procns) = procns.filter(|_| !waits_parent) else {
+            left.push(i);
+            continue;
+        };
+        fds[i] = Some(mount_one(
+            procns,
+            &jail,
+            entries,
+            i,
+            &none,
+            &pending.dir,
+            &mut ptys,
+        )?);
+    }
+    super::propagation::restore(entries, &fds)?;
+    pending.todo = left;
+    Ok(ptys)
+}
+
 /// Reads `mountpoints-ID.img` of `img` and checks it before anything is built: plain
 /// absolute paths, only file systems cryo makes fresh, the root first, a host path for every
 /// external key, and `--root` given. Returns the entries and the new root; None when the
@@ -643,16 +1160,8 @@ pub fn check(
             entries.first().map(|e| e.root.as_str()).unwrap_or("?")
         ))
     })?;
-    // A hostile image must not reach outside the new root: absolute paths without `..`.
-    let clean = |p: &str| {
-        p.starts_with('/')
-            && !p.contains('\0')
-            && std::path::Path::new(p)
-                .components()
-                .all(|c| !matches!(c, std::path::Component::ParentDir))
-    };
     for e in &entries {
-        if !clean(&e.mountpoint) || !clean(&e.root) {
+        if !clean_path(&e.mountpoint) || !clean_path(&e.root) {
             return Err(TaskError::BadImage(format!(
                 "mountpoints-{id}.img: mount {} has a mount point or root ({}) that is not a plain absolute path",
                 e.mnt_id, e.root
@@ -702,6 +1211,15 @@ pub fn check(
         }
     }
     Ok(Some((entries, root)))
+}
+
+/// A hostile image must not reach outside the new root: absolute paths without `..`.
+fn clean_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.contains('\0')
+        && Path::new(p)
+            .components()
+            .all(|c| !matches!(c, std::path::Component::ParentDir))
 }
 
 /// Resolves, as `build` does, the bind source (if any) and then the mount point of every

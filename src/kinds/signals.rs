@@ -174,7 +174,7 @@ impl Kind for Signals {
         cx.batch(&b)?;
         // Pending signals, queued from inside the task (all signals are blocked there), so
         // named by its PID in its own namespace.
-        let pid = img.vpid();
+        let pid = img.local_pid();
         let queue =
             |q: Option<&pb::SignalQueueEntry>| q.map(|q| q.signals.clone()).unwrap_or_default();
         for (shared, q) in [

@@ -10,7 +10,7 @@
 //! with `clone3(CLONE_THREAD..., set_tid = TID)`; with `PTRACE_O_TRACECLONE` the new thread
 //! starts traced and stopped, and cryo shapes it like the leader before letting it go.
 
-use super::error::{task_error_from, TaskError};
+use super::error::{task_error_from, TaskError, Unsupported};
 use super::{RestoreCx, Syscalls, TaskImages};
 use crate::image::pb;
 use crate::num::{c_int, c_uint, low32, pid_from_img};
@@ -263,7 +263,12 @@ fn create_threads(
             cryo_pidfd: cx.cryo_pidfd,
             lazy: cx.lazy,
         };
-        let mask = restore_one(&mut tcx, img.vpid(), tid, core)?;
+        // Its pending signals are queued from inside, with the ids its PID namespace gives.
+        let local = (
+            img.local_pid(),
+            img.ns_ids(i + 1).last().copied().unwrap_or(tid),
+        );
+        let mask = restore_one(&mut tcx, local, tid, core)?;
         cx.remote.calls += tcx.remote.calls;
         // What the next thread inherits comes from the leader, not from this thread: keep only
         // what was learnt (not changed) here.
@@ -304,21 +309,31 @@ fn clone_group(
     group: &[usize],
     made: &mut Vec<i32>,
 ) -> Result<Vec<i32>, ThreadsError> {
-    let tids: Vec<i32> = group
-        .iter()
-        // Checked when pstree.img was read.
-        .map(|&i| pid_from_img(img.pstree.threads[i + 1]).unwrap_or(0))
-        .collect();
+    // Each thread's ids from the tree's PID namespace down to its own (checked when
+    // pstree.img was read); clone3 returns the last, and takes them innermost first.
+    let ids: Vec<Vec<i32>> = group.iter().map(|&i| img.ns_ids(i + 1)).collect();
+    let tids: Vec<i32> = ids.iter().map(|v| v.last().copied().unwrap_or(0)).collect();
     let mut buf = vec![0u8; CLONE_SLOT * tids.len()];
     let mut b = Batch::new();
-    for (j, &tid) in tids.iter().enumerate() {
+    for (j, levels) in ids.iter().enumerate() {
         let at = cx.scratch + CLONE_AREA + (CLONE_SLOT * j) as u64;
+        if 96 + 4 * levels.len() > CLONE_SLOT {
+            return Err(TaskError::Unsupported(Unsupported::restore(format!(
+                "thread {} is {} PID namespaces below the tree's (cryo restores threads up to {} levels deep)",
+                levels[0],
+                levels.len() - 1,
+                (CLONE_SLOT - 96) / 4 - 1
+            )))
+            .into());
+        }
         let mut args = CloneArgs::thread();
         args.set_tid = at + 96;
-        args.set_tid_size = 1;
+        args.set_tid_size = levels.len() as u64;
         let slot = &mut buf[CLONE_SLOT * j..CLONE_SLOT * (j + 1)];
         slot[..crate::sys::clone::CLONE_ARGS_SIZE].copy_from_slice(&args.to_bytes());
-        slot[96..100].copy_from_slice(&tid.to_ne_bytes());
+        for (k, tid) in levels.iter().rev().enumerate() {
+            slot[96 + 4 * k..100 + 4 * k].copy_from_slice(&tid.to_ne_bytes());
+        }
         let Ok(_) = b
             .named("clone3 (thread)")
             .clone3(at, crate::sys::clone::CLONE_ARGS_SIZE as u64);
@@ -415,7 +430,7 @@ pub fn restore_attrs(
 /// Applies a thread's own state from inside it; returns its blocked mask.
 fn restore_one(
     cx: &mut RestoreCx<'_>,
-    pid: i32,
+    (pid, local_tid): (i32, i32),
     tid: i32,
     core: &pb::CoreEntry,
 ) -> Result<u64, ThreadsError> {
@@ -445,7 +460,7 @@ fn restore_one(
             }
             let signo = i32::from_ne_bytes(s.siginfo[0..4].try_into().expect("4 bytes"));
             let a = cx.put(512, &s.siginfo)?;
-            cx.rt_tgsigqueueinfo(pid, tid, signo, a)?;
+            cx.rt_tgsigqueueinfo(pid, local_tid, signo, a)?;
         }
     }
     super::regs::set_xstate(cx, &ti.fpregs)?;

@@ -278,6 +278,7 @@ fn read_tree(
         .iter()
         .map(|ps| read_task(dir, ps))
         .collect::<Result<Vec<_>, _>>()?;
+    check_nested_pids(&tasks)?;
     let files = dir
         .read::<pb::FileEntry>("files.img", image::FILES)?
         .into_iter()
@@ -308,6 +309,52 @@ fn read_tree(
         )));
     }
     Ok((tasks, files, own_pid_ns, ext_pid))
+}
+
+/// PID namespaces nested in the tree's (pstree's `cryo_ns_depth`/`cryo_ns_tids`): every id
+/// one the kernel can hand out, one list per thread, a process as deep as its parent (the
+/// same namespace) or one level deeper as the init (PID 1) of a namespace its parent made.
+fn check_nested_pids(tasks: &[TaskImages]) -> Result<(), RestoreError> {
+    for (i, t) in tasks.iter().enumerate() {
+        let ps = &t.pstree;
+        let bad =
+            |why: &str| RestoreError::BadImage(format!("pstree.img: process {}: {why}", ps.pid));
+        let d = t.ns_depth();
+        if d > 31 {
+            return Err(bad("nested more than 32 PID namespaces deep"));
+        }
+        if ps.cryo_ns_tids.len() != d * ps.threads.len() {
+            return Err(bad(
+                "its ids in nested PID namespaces do not match its threads",
+            ));
+        }
+        if ps.cryo_ns_tids.iter().any(|&v| pid_from_img(v).is_none()) {
+            return Err(bad("an id in a nested PID namespace is not a process id"));
+        }
+        if i == 0 {
+            if d != 0 || !ps.cryo_ns_tids.is_empty() {
+                return Err(bad("the root is in a PID namespace below the tree's"));
+            }
+            continue;
+        }
+        // Checked by read_tree: the parent comes first.
+        let Some(p) = tasks[..i].iter().find(|p| p.pid == ps.ppid) else {
+            continue;
+        };
+        let pd = p.ns_depth();
+        let same = t.ids.pid_ns_id.is_none() || t.ids.pid_ns_id == p.ids.pid_ns_id;
+        let ok = if d == pd {
+            same
+        } else {
+            d == pd + 1 && t.local_pid() == 1 && !p.is_zombie()
+        };
+        if !ok {
+            return Err(bad(
+                "its PID namespace is neither its parent's nor one its parent made for it as its init",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads the images of one task.
@@ -460,6 +507,8 @@ struct Shared<'a> {
     cgroups: Option<&'a kinds::cgroup::CgRestore>,
     /// A lazy restore's connection to the lazy-pages daemon.
     lazy: Option<&'a crate::lazy::Sink>,
+    /// Mounts of nested mount namespaces that wait for the init of their PID namespace.
+    pending_mounts: Vec<kinds::mounts::PendingMounts>,
     tr: u64,
     calls: u64,
 }
@@ -651,7 +700,7 @@ fn empty_puppet(
 /// ones it inherits (children inherit their parent's), and the root's mount namespace,
 /// before any file is opened.
 fn enter_namespaces(
-    sh: &Shared<'_>,
+    sh: &mut Shared<'_>,
     cx: &mut RestoreCx<'_>,
     idx: usize,
     img: &TaskImages,
@@ -696,8 +745,19 @@ fn enter_namespaces(
         // Terminals are made in the tree's own devpts instances.
         sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
     }
+    // A child's mount namespace of its own (nested in the tree): a copy of its parent's,
+    // changed as saved.
+    if let Some(p) =
+        parent.filter(|p| img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != p.ids.mnt_ns_id)
+    {
+        tracing::debug!(pid, from = ?p.ids.mnt_ns_id, to = ?img.ids.mnt_ns_id, "nested mount namespace");
+        let host = &sh.host;
+        let pending =
+            kinds::mounts::restore_nested(cx, img, sh.mounts, &|p| host.get(&p).copied())?;
+        sh.pending_mounts.extend(pending);
+    }
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
-    // namespaces of their own still get the root's: refused at dump for mounts).
+    // namespaces of their own still get the root's).
     if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || own_net) {
         sh.objs.borrow_mut().ns_pid = Some(pid);
     }
@@ -759,6 +819,13 @@ fn create_children(
                 ZombieGroup::Own
             } else if pgid != 0 && pgid != child.pstree.sid && !tasks.iter().any(|t| t.pid == pgid)
             {
+                if child.ns_depth() > 0 {
+                    return Err(Unsupported::restore(format!(
+                        "zombie {} is in process group {pgid}, whose leader is gone, in a nested PID namespace",
+                        child.pid
+                    ))
+                    .into());
+                }
                 ZombieGroup::Orphan(pgid)
             } else {
                 ZombieGroup::Inherited
@@ -772,6 +839,25 @@ fn create_children(
             continue;
         }
         shape(sh, cidx, Some(table), puppets, ready, cx.stats)?;
+    }
+    // A process that made a PID namespace for its children (unshare(CLONE_NEWPID)) forks
+    // into it again: it enters the one its child is the init of.
+    if img.pstree.cryo_pidns_for_children == Some(true) {
+        let init = tasks
+            .iter()
+            .find(|c| c.pstree.ppid == img.pid && c.ns_depth() > img.ns_depth() && !c.is_zombie())
+            .and_then(|c| sh.host.get(&c.pid).copied())
+            .ok_or_else(|| RestoreError::BadImage(format!(
+                "pstree.img: process {} made a PID namespace for its children and has no child that is its init",
+                img.pid
+            )))?;
+        let path = format!("/proc/{init}/ns/pid");
+        let f = std::fs::File::open(&path).map_err(|source| ImageError::Io {
+            path: path.clone().into(),
+            op: "open the restored child PID namespace",
+            source,
+        })?;
+        cx.join_ns(f.as_fd(), libc::CLONE_NEWPID, "setns(CLONE_NEWPID)")?;
     }
     // Its fds that name processes of the tree (pidfds, /proc/PID files), which all exist now
     // but its later siblings.
@@ -799,16 +885,24 @@ fn fork_child(
     child: &TaskImages,
     puppets: &mut Puppets,
 ) -> Result<(), RestoreError> {
-    let cpid = child.vpid();
     let forking = Instant::now();
-    let flags = if child.ids.files_id == img.ids.files_id && !child.is_zombie() {
+    let mut flags = if child.ids.files_id == img.ids.files_id && !child.is_zombie() {
         libc::CLONE_FILES as u64
     } else {
         0
     };
+    // Its ids from the tree's PID namespace down to its own; one level deeper than its
+    // parent, it is the init of a namespace of its own (checked by `check_nested_pids`).
+    let ids = child.ns_ids(0);
+    if child.ns_depth() > img.ns_depth() {
+        flags |= libc::CLONE_NEWPID as u64;
+    }
+    // The id the parent sees.
+    let cpid = ids.get(img.ns_depth()).copied().unwrap_or(0);
+    let set_tid: Vec<i32> = ids.iter().rev().copied().collect();
     let args = CloneArgs::process(flags, libc::SIGCHLD);
     let got = cx
-        .clone3_with_tid("clone3 (child process)", args, cpid)
+        .clone3_with_tids("clone3 (child process)", args, &set_tid)
         .map_err(|e| match e.errno() {
             Some(libc::EEXIST) => RestoreError::PidBusy {
                 pid: cpid,
@@ -845,6 +939,16 @@ fn fork_child(
     }
     cx.stats.forking_time += micros_u32(forking.elapsed());
     sh.calls += std::mem::take(&mut cx.remote.calls);
+    // The init of a PID namespace exists now: proc mounts showing it can be made, before
+    // it opens any file.
+    if !sh.pending_mounts.is_empty() {
+        let host = &sh.host;
+        for p in &mut sh.pending_mounts {
+            let ptys = kinds::mounts::finish_pending(p, &|v| host.get(&v).copied())?;
+            cx.objs.borrow_mut().tty.premade.extend(ptys);
+        }
+        sh.pending_mounts.retain(kinds::mounts::is_pending);
+    }
     Ok(())
 }
 
@@ -1037,7 +1141,7 @@ fn make_zombie(
         }
         t.set_sigmask(0).map_err(ptrace_err("PTRACE_SETSIGMASK"))?;
         // Inside the tree's PID namespace: its own PID there.
-        match r.named("kill (zombie)").kill(img.vpid(), sig) {
+        match r.named("kill (zombie)").kill(img.local_pid(), sig) {
             // As its tracer cryo sees the signal first: let it through, and it kills.
             Err(RemoteError::UnexpectedStop { sig: s, .. }) if s == sig => {
                 t.cont(s).map_err(ptrace_err("PTRACE_CONT"))?;
@@ -1087,10 +1191,28 @@ fn set_process_groups(
             if procfs::stat(hpid)?.pgrp == leader {
                 continue;
             }
+            // The group as the task names it, in its own PID namespace: the leader's id at
+            // the task's level (a leader it cannot see is one it only inherits, above).
+            let depth = img.ns_depth();
+            let local = if depth == 0 {
+                Some(pgid)
+            } else {
+                tasks
+                    .iter()
+                    .find(|t| t.pid == img.pstree.pgid && t.ids.pid_ns_id == img.ids.pid_ns_id)
+                    .map(TaskImages::local_pid)
+            };
+            let Some(local) = local else {
+                return Err(Unsupported::restore(format!(
+                    "process {} is in process group {pgid}, whose leader is outside its PID namespace",
+                    img.pid
+                ))
+                .into());
+            };
             let t = Tracee { tid: hpid };
             let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
             let mut r = Remote::new(&t, tr, base);
-            let target = if leaders_pass { 0 } else { pgid };
+            let target = if leaders_pass { 0 } else { local };
             r.setpgid(0, target)?;
         }
     }
@@ -1138,6 +1260,15 @@ pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
     } else {
         None
     };
+    // As `enter_namespaces` decides for a child: a mount namespace nested in the tree.
+    for t in &tasks[1..] {
+        let parent = tasks.iter().find(|p| p.pid == t.pstree.ppid);
+        if let (Some(id), Some(p)) = (t.ids.mnt_ns_id, parent) {
+            if Some(id) != p.ids.mnt_ns_id {
+                kinds::mounts::check_nested(dir, id, &opts.mounts)?;
+            }
+        }
+    }
     Ok(Plan {
         tasks,
         files,
@@ -1250,7 +1381,10 @@ pub fn run(
     // A puppet in a new PID namespace gets a pidfd of cryo with it, at an fd number above
     // every saved one (closed again before the tree runs).
     let mut transport = None;
-    let cryo_pidfd = if own_pid_ns || ext_pidns.is_some() {
+    // Likewise for a tree with PID namespaces nested in its own: a puppet there cannot name
+    // cryo either.
+    let nested_pidns = tasks.iter().any(|t| t.ns_depth() > 0);
+    let cryo_pidfd = if own_pid_ns || ext_pidns.is_some() || nested_pidns {
         let top = tasks
             .iter()
             .flat_map(|t| t.fdinfo.iter().map(|f| f.fd))
@@ -1362,6 +1496,7 @@ pub fn run(
         cryo_pidfd: cryo_pidfd.as_ref().map(|f| f.as_raw_fd()),
         cgroups: cgroups.as_ref(),
         lazy: lazy.as_ref(),
+        pending_mounts: Vec::new(),
         tr,
         calls: 0,
     };
@@ -1372,6 +1507,12 @@ pub fn run(
             l.send_zombie(t.pid)
                 .map_err(ptrace_err("sending a zombie to the lazy-pages daemon"))?;
         }
+    }
+    if !sh.pending_mounts.is_empty() {
+        return Err(RestoreError::BadImage(
+            "a proc mount of a nested mount namespace shows a PID namespace no task was created in"
+                .into(),
+        ));
     }
     // The root's namespaces exist (runc runs its prestart hooks with this pid).
     hooks.notify("setup-namespaces", Some(root))?;
