@@ -412,6 +412,7 @@ fn dump_opts(a: &Opts, pid: i32) -> Result<dump::DumpOpts> {
         } else {
             None
         },
+        cpu_cap: a.cpu_cap_bits().map_err(anyhow::Error::msg)?,
         page_server: if a.page_server {
             Some(
                 cryo::pageserver::address(a.address.as_deref(), a.port.as_deref(), false)
@@ -532,11 +533,8 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
             bail!("`service` (an RPC daemon on a socket) is not implemented in cryo yet; runtimes use `swrk`, which is")
         }
         Cmd::Cpuinfo(c) => {
-            setup(&c.opts, false, config_files)?;
-            bail!(
-                "cpuinfo {}: cryo writes no cpuinfo image; at restore it checks that the saved FPU state fits this CPU",
-                c.action
-            )
+            setup(&c.opts, c.action == "dump", config_files)?;
+            cpuinfo(&c.action, &c.opts)
         }
         Cmd::Exec(a) => {
             setup(&a, false, config_files)?;
@@ -589,6 +587,7 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
                 lazy_pages: a.lazy_pages.then(|| {
                     cryo::lazy::socket_path(a.work_dir.as_deref().unwrap_or(&a.images_dir))
                 }),
+                cpu_cap: a.cpu_cap_bits().map_err(anyhow::Error::msg)?,
             };
             let dir = ImageDir::open(&a.images_dir)?;
             let spin = progress("restoring");
@@ -657,8 +656,40 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
         Cmd::Man(a) => man(a),
         Cmd::Check(a) => {
             setup(&a, false, config_files)?;
+            if !a.cpu_cap.is_empty() {
+                return cpuinfo("check", &a);
+            }
             check(&a)
         }
+    }
+}
+
+/// `cpuinfo dump|check`, and `check --cpu-cap -D DIR`: CRIU checks everything when no
+/// `--cpu-cap` narrows it.
+fn cpuinfo(action: &str, a: &Opts) -> Result<ExitCode> {
+    use cryo::kinds::cpuinfo;
+    match action {
+        "dump" => {
+            cpuinfo::dump(&ImageDir::open(&a.images_dir)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "check" => {
+            let cap = match a.cpu_cap_bits().map_err(anyhow::Error::msg)? {
+                0 => cpuinfo::CAP_ALL,
+                c => c,
+            };
+            match cpuinfo::check(&ImageDir::open(&a.images_dir)?, cap) {
+                Ok(()) => {
+                    println!("this CPU can run the tree in {}", a.images_dir.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        other => bail!("cpuinfo: unknown action {other:?}: use dump or check"),
     }
 }
 

@@ -582,6 +582,63 @@ fn external_network_namespace() {
     drop(c);
 }
 
+/// A pod of two runc containers: the second's config.json names the first's PID, IPC and
+/// network namespaces by path (`/proc/INIT/ns/...`). runc checkpoints the second with its
+/// PID and network namespaces external (`extRootPidNS`, `extRootNetNS`) and restores it with
+/// them handed back (`inherit_fd`) and the IPC one joined (`join_ns`): the restored member
+/// is in the first container's three namespaces again, keeps its PID there, and its counter
+/// goes on; the first container never stopped.
+#[test]
+fn pod_member_restores_into_the_first_containers_namespaces() {
+    need_runc!();
+    let _g = serial();
+    let mut a = Container::new("pod-infra", "pipe");
+    a.start(None, &[]);
+    let infra = a.state()["pid"].as_i64().unwrap();
+    let nsdir = PathBuf::from(format!("/proc/{infra}/ns"));
+    let mut b = Container::with("pod-member", "pod", Some(&nsdir));
+    b.start(None, &[]);
+    let ns_of = |pid: i64, kind: &str| ns_inode(&format!("/proc/{pid}/ns/{kind}"));
+    let member = b.state()["pid"].as_i64().unwrap();
+    for kind in ["pid", "ipc", "net"] {
+        assert_eq!(ns_of(member, kind), ns_of(infra, kind), "{kind} before");
+    }
+    let nspid = |pid: i64| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("NSpid:")
+                    .map(|v| v.split_whitespace().last().unwrap().to_string())
+            })
+            .unwrap()
+    };
+    let inside = nspid(member);
+    assert_ne!(inside, "1", "the member is not its PID namespace's init");
+    b.wait_output(0, 2);
+    let img = b.checkpoint(0, &[]);
+    b.gone();
+    // Its PID in the pod is free again once it is reaped (by the test, runc's subreaper).
+    integration::wait_gone(i32::try_from(member).unwrap());
+    let before = b.last_output(0);
+    b.start(Some(&img), &[]);
+    b.wait_output(1, before);
+    let member = b.state()["pid"].as_i64().unwrap();
+    for kind in ["pid", "ipc", "net"] {
+        assert_eq!(
+            ns_of(member, kind),
+            ns_of(infra, kind),
+            "{kind} after the restore"
+        );
+    }
+    assert_eq!(nspid(member), inside, "its PID inside the pod");
+    b.exec_ok(&["true"]);
+    a.check_running();
+    a.wait_output(0, 2);
+    drop(b);
+    drop(a);
+}
+
 /// A container whose configured network namespace holds a veth (its peer in a "host"
 /// namespace the test makes), an address and a route. runc saves that namespace as external;
 /// while the checkpoint holds the container frozen its network is locked (pings from the host

@@ -97,7 +97,9 @@ pub enum Cmd {
     Service(Opts),
     /// Deduplicate pages against a parent dump (cryo writes no parent dumps: nothing to do).
     Dedup(Opts),
-    /// Not implemented: CPU description images (`cpuinfo dump|check`).
+    /// Record this CPU in DIR/cpuinfo.img (`cpuinfo dump -D DIR`), or check that this CPU can
+    /// run what was dumped with `--cpu-cap` (`cpuinfo check -D DIR [--cpu-cap=CAP]`, all
+    /// checks by default): exit 0 if it can, else 1 with every missing feature named.
     Cpuinfo(CpuinfoArgs),
     /// CRIU's removed `exec` command.
     Exec(Opts),
@@ -323,8 +325,11 @@ pub struct Opts {
     /// Write the restored root's PID to FILE (relative to the work directory).
     #[arg(long = "pidfile", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
-    /// CPU capabilities to check: `none` and `fpu` (what cryo always checks: the FPU state
-    /// must fit this CPU) are accepted; cryo writes no cpuinfo image for the others.
+    /// dump: record this CPU in cpuinfo.img; restore: refuse, before anything is created,
+    /// a CPU that lacks what the recorded one had. CAP (CRIU's words, commas between, `^`
+    /// inverts): `fpu` (the saved FPU/XSAVE state fits), `ins` (every instruction-set
+    /// extension is here), `cpu` (all feature words equal), `all`, `none`. Default checks
+    /// fpu,ins; a bare `--cpu-cap` means all.
     #[arg(long = "cpu-cap", value_name = "CAP", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     pub cpu_cap: Vec<String>,
     /// restore: run this command (after `--`) once the tree is restored, as the parent of
@@ -715,6 +720,11 @@ impl External {
 impl Opts {
     /// The socket options (`--tcp-established`, `--tcp-close`, `--skip-in-flight`,
     /// `--ext-unix-sk`).
+    /// `--cpu-cap` as `kinds::cpuinfo` bits (0 without the option: no cpuinfo image).
+    pub fn cpu_cap_bits(&self) -> Result<u32, String> {
+        Ok(crate::kinds::cpuinfo::parse_cap(&self.cpu_cap)?.unwrap_or(0))
+    }
+
     pub fn sock_opts(&self) -> crate::kinds::files::SockOpts {
         crate::kinds::files::SockOpts {
             tcp_established: self.tcp_established,
@@ -819,7 +829,7 @@ impl Opts {
         Ok(!self.empty_ns.is_empty())
     }
 
-    /// `--join-ns KIND:PATH` or `KIND:PID` for net, ipc and uts (CRIU's user and time are
+    /// `--join-ns KIND:PATH` or `KIND:PID` for net, ipc, uts, mnt and time (CRIU's user is
     /// refused).
     pub fn join(&self) -> Result<crate::kinds::ns::NsJoin, String> {
         let mut j = crate::kinds::ns::NsJoin::default();
@@ -836,15 +846,17 @@ impl Opts {
                 }
             };
             match ns {
-                "net" | "ipc" | "uts" if file.is_empty() => {
+                "net" | "ipc" | "uts" | "mnt" | "time" if file.is_empty() => {
                     return Err(format!("invalid argument for --join-ns: {s}"))
                 }
                 "net" => j.net = Some(path()),
                 "ipc" => j.ipc = Some(path()),
                 "uts" => j.uts = Some(path()),
+                "mnt" => j.mnt = Some(path()),
+                "time" => j.time = Some(path()),
                 _ => {
                     return Err(format!(
-                        "--join-ns {s}: cryo joins network, IPC and UTS namespaces (net:, ipc:, uts:PATH); a PID namespace is given with --external pid[INO]:KEY and --inherit-fd fd[N]:KEY"
+                        "--join-ns {s}: cryo joins network, IPC, UTS, mount and time namespaces (net:, ipc:, uts:, mnt:, time:PATH); a PID namespace is given with --external pid[INO]:KEY and --inherit-fd fd[N]:KEY; a user namespace cannot be joined yet"
                     ))
                 }
             }
@@ -946,9 +958,7 @@ impl Opts {
                 return Err(format!("Unknown file validation method `{m}' selected"));
             }
         }
-        for c in &self.cpu_cap {
-            cpu_cap_ok(c)?;
-        }
+        self.cpu_cap_bits()?;
         if let Some(p) = self.port.as_deref() {
             if p.trim().parse::<u16>().map_or(true, |n| n == 0) {
                 return Err(format!("invalid argument for --port: {p}"));
@@ -980,43 +990,6 @@ impl Opts {
         }
         Ok(())
     }
-}
-
-/// `--cpu-cap` values: CRIU's words (`fpu`, `all`, `none`, `cpu`, `ins`, `^` to invert,
-/// commas between). cryo honours `none` and `fpu`; a request to check more than the FPU is
-/// refused, as cryo writes no cpuinfo image.
-fn cpu_cap_ok(v: &str) -> Result<(), String> {
-    if v.is_empty() {
-        return Err(
-            "--cpu-cap (all): cryo checks only that the FPU state fits this CPU; it writes no cpuinfo image"
-                .into(),
-        );
-    }
-    let mut rest = v;
-    let mut inverse = false;
-    while !rest.is_empty() {
-        if let Some(r) = rest.strip_prefix('^') {
-            inverse = !inverse;
-            rest = r;
-            continue;
-        }
-        if let Some(r) = rest.strip_prefix(',') {
-            inverse = false;
-            rest = r;
-            continue;
-        }
-        let word = ["fpu", "all", "none", "cpu", "ins"]
-            .into_iter()
-            .find(|w| rest.starts_with(w))
-            .ok_or_else(|| format!("Unknown FPU mode `{rest}' selected"))?;
-        rest = &rest[word.len()..];
-        if !inverse && matches!(word, "all" | "cpu" | "ins") {
-            return Err(format!(
-                "--cpu-cap {v}: cryo checks only that the FPU state fits this CPU (fpu) or nothing (none); it writes no cpuinfo image"
-            ));
-        }
-    }
-    Ok(())
 }
 
 macro_rules! unsupported_opts {
@@ -1546,7 +1519,7 @@ mod tests {
         assert!(err(&["dump", "-t", "1", "-s"]).contains("--leave-stopped"));
         assert!(err(&["restore", "--external", "veth[eth0]"]).contains("veth[IFNAME]"));
         assert!(err(&["restore", "--veth-pair", "eth0"]).contains("--veth-pair"));
-        assert!(err(&["dump", "-t", "1", "--cpu-cap"]).contains("cpuinfo"));
+        assert!(err(&["dump", "-t", "1", "--cpu-cap=avx"]).contains("avx"));
         // Accepted now: they permit what cryo refuses object by object, or tune nothing.
         for extra in [
             "--tcp-established",
@@ -1558,6 +1531,8 @@ mod tests {
             "--force-irmap",
             "--cpu-cap=fpu",
             "--cpu-cap=none",
+            "--cpu-cap=^ins,cpu",
+            "--cpu-cap",
             "--network-lock=skip",
             "--libdir=/nowhere",
         ] {

@@ -64,6 +64,8 @@ pub struct DumpOpts {
     /// `--lazy-pages --address A --port N`: the pages of private anonymous memory are kept
     /// and served there (`host:port`) to a lazy-pages daemon once the dump is done.
     pub lazy_pages: Option<String>,
+    /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, this CPU goes into cpuinfo.img.
+    pub cpu_cap: u32,
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -121,6 +123,8 @@ pub enum DumpError {
     #[error(transparent)]
     Userns(#[from] kinds::userns::UsernsError),
     #[error(transparent)]
+    Cpuinfo(#[from] kinds::cpuinfo::CpuinfoError),
+    #[error(transparent)]
     NetLock(#[from] crate::netlock::NetLockError),
     #[error(transparent)]
     Track(#[from] crate::memtrack::TrackError),
@@ -170,6 +174,7 @@ impl DumpError {
             DumpError::Netns(e) => e,
             DumpError::Userns(e) => e,
             DumpError::NetLock(e) => e,
+            DumpError::Cpuinfo(e) => e,
         };
         kind.hint()
     }
@@ -1426,6 +1431,10 @@ pub fn run(
         }
         None => None,
     };
+    // What this CPU can do, for a restore elsewhere to check (`--cpu-cap`), as CRIU does.
+    if opts.cpu_cap & kinds::cpuinfo::CAP_IMAGE != 0 {
+        kinds::cpuinfo::dump(dir)?;
+    }
     // The page server, connected before anything is frozen (as CRIU does).
     let mut ps = match &opts.page_server {
         Some(a) => Some(crate::pageserver::Client::connect(a)?),

@@ -7,6 +7,7 @@
 //! order; see docs/ARCHITECTURE.md for why the order is what it is.
 
 pub mod cgroup;
+pub mod cpuinfo;
 pub mod creds;
 pub mod epoll;
 pub mod error;

@@ -137,6 +137,12 @@ pub struct NsJoin {
     pub ipc: Option<std::path::PathBuf>,
     /// `--join-ns uts:PATH`: the root's UTS namespace (its names are not set).
     pub uts: Option<std::path::PathBuf>,
+    /// `--join-ns mnt:PATH`: the root's mount namespace, joined whatever the tree had (its
+    /// saved mounts are not rebuilt), as CRIU does.
+    pub mnt: Option<std::path::PathBuf>,
+    /// `--join-ns time:PATH`: the root's time namespace, joined whatever the tree had (its
+    /// saved clocks are not set), as CRIU does.
+    pub time: Option<std::path::PathBuf>,
     /// External namespaces by the key they were saved with (`--inherit-fd fd[N]:KEY` gives
     /// `/proc/self/fd/N`).
     pub by_key: HashMap<String, std::path::PathBuf>,
@@ -219,7 +225,7 @@ pub fn restore_ipc(
 }
 
 /// Makes the puppet join the namespace at `path` (of kind `flag`).
-fn join_path(
+pub fn join_path(
     cx: &mut RestoreCx<'_>,
     id: u32,
     path: &std::path::Path,

@@ -57,6 +57,9 @@ pub struct RestoreOpts {
     /// `--lazy-pages`: the lazy-pages daemon's socket (`crate::lazy`); private anonymous
     /// memory is left to it.
     pub lazy_pages: Option<std::path::PathBuf>,
+    /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, cpuinfo.img is checked against
+    /// this CPU before anything is created.
+    pub cpu_cap: u32,
 }
 
 /// Why a restore failed: the pipeline's own failures, and each kind's error, collected.
@@ -138,6 +141,8 @@ pub enum RestoreError {
     #[error(transparent)]
     Userns(#[from] kinds::userns::UsernsError),
     #[error(transparent)]
+    Cpuinfo(#[from] kinds::cpuinfo::CpuinfoError),
+    #[error(transparent)]
     NetLock(#[from] crate::netlock::NetLockError),
     #[error(transparent)]
     Lazy(#[from] crate::lazy::LazyError),
@@ -182,6 +187,7 @@ impl RestoreError {
             RestoreError::Ghost(e) => e,
             RestoreError::Netns(e) => e,
             RestoreError::Userns(e) => e,
+            RestoreError::Cpuinfo(e) => e,
             RestoreError::NetLock(e) => e,
             RestoreError::InetSk(e) => e,
         };
@@ -729,7 +735,10 @@ fn enter_namespaces(
         |p| p.ids.time_ns_id,
     );
     let dumper_mnt = sh.dumper.mnt_ns_id.or_else(|| kinds::ns::own_ns_id("mnt"));
-    kinds::ns::restore_time(cx, img, time_now)?;
+    match root_join(&sh.join.time) {
+        Some(p) => kinds::ns::join_path(cx, 0, &p, libc::CLONE_NEWTIME, "setns(CLONE_NEWTIME)")?,
+        None => kinds::ns::restore_time(cx, img, time_now)?,
+    }
     if !kinds::ns::restore_ipc(cx, img, ipc_now, root_join(&sh.join.ipc).as_deref())? {
         kinds::ipc::restore(cx.dir, pid, img, ipc_now)?;
     }
@@ -739,8 +748,13 @@ fn enter_namespaces(
         fault_point("netns")?;
         sh.netlock.borrow_mut().lock_netns_of(pid)?;
     }
-    // The root's mount namespace, before any file is opened (children inherit it).
-    if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != dumper_mnt {
+    // The root's mount namespace, before any file is opened (children inherit it): the
+    // one given with --join-ns mnt:PATH, or its own rebuilt.
+    let joined_mnt = root_join(&sh.join.mnt);
+    if let Some(p) = &joined_mnt {
+        kinds::ns::join_path(cx, 0, p, libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?;
+        sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
+    } else if idx == 0 && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != dumper_mnt {
         kinds::mounts::restore(cx, img, sh.mounts)?;
         // Terminals are made in the tree's own devpts instances.
         sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
@@ -758,7 +772,7 @@ fn enter_namespaces(
     }
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
     // namespaces of their own still get the root's).
-    if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || own_net) {
+    if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || own_net || joined_mnt.is_some()) {
         sh.objs.borrow_mut().ns_pid = Some(pid);
     }
     Ok(())
@@ -1255,7 +1269,10 @@ pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
         .unwrap_or_default();
     let userns = kinds::userns::load(dir, root.ids.user_ns_id, dumper.user_ns_id)?;
     let dumper_mnt = dumper.mnt_ns_id.or_else(|| kinds::ns::own_ns_id("mnt"));
-    let mounts = if root.ids.mnt_ns_id.is_some() && root.ids.mnt_ns_id != dumper_mnt {
+    let mounts = if root.ids.mnt_ns_id.is_some()
+        && root.ids.mnt_ns_id != dumper_mnt
+        && opts.join.mnt.is_none()
+    {
         kinds::mounts::check(dir, root, &opts.mounts)?
     } else {
         None
@@ -1296,6 +1313,9 @@ pub fn run(
             dir = %dir.path.display(),
             "no cryo-manifest.json: images not verified (written by CRIU?)"
         ),
+    }
+    if opts.cpu_cap & kinds::cpuinfo::CAP_IMAGE != 0 {
+        kinds::cpuinfo::check(dir, opts.cpu_cap)?;
     }
     fault_point("verify")?;
     let (tasks, files, own_pid_ns, ext_pid) = read_tree(dir)?;

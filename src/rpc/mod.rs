@@ -147,6 +147,7 @@ pub fn serve(fd: i32) -> Result<bool, RpcError> {
         pb::CriuReqType::PreDump | pb::CriuReqType::SinglePreDump => {
             do_dump(&req, peer, sk.as_fd(), true)
         }
+        pb::CriuReqType::CpuinfoDump | pb::CriuReqType::CpuinfoCheck => do_cpuinfo(&req, peer, ty),
         _ => Err(format!(
             "request type {} is not supported by cryo",
             req.r#type
@@ -292,9 +293,9 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
         }
     }
     for j in &o.join_ns {
-        if !matches!(j.ns.as_str(), "net" | "ipc" | "uts") {
+        if !matches!(j.ns.as_str(), "net" | "ipc" | "uts" | "mnt" | "time") {
             bad.push(format!(
-                "join_ns {} (network, IPC and UTS namespaces can be joined; a PID namespace is external: external pid[INO]:KEY and inherit_fd)",
+                "join_ns {} (network, IPC, UTS, mount and time namespaces can be joined; a PID namespace is external: external pid[INO]:KEY and inherit_fd)",
                 j.ns
             ));
         }
@@ -414,6 +415,8 @@ fn ns_join(o: &pb::CriuOpts) -> crate::kinds::ns::NsJoin {
         net: kind("net"),
         ipc: kind("ipc"),
         uts: kind("uts"),
+        mnt: kind("mnt"),
+        time: kind("time"),
         by_key: o
             .inherit_fd
             .iter()
@@ -572,6 +575,36 @@ fn hooks<'a>(l: &config::Layered, sk: BorrowedFd<'a>, images: PathBuf) -> Box<dy
 }
 
 /// DUMP, or with `pre` PRE_DUMP / SINGLE_PRE_DUMP (answered with the request's type).
+/// `--cpu-cap` as RPC `cpu_cap` gives it: the checks asked for, and the image always (CRIU).
+fn cpu_cap(o: &pb::CriuOpts) -> u32 {
+    use kinds::cpuinfo::{CAP_ALL, CAP_IMAGE};
+    o.cpu_cap.map_or(0, |c| (c & CAP_ALL) | CAP_IMAGE)
+}
+
+/// CPUINFO_DUMP and CPUINFO_CHECK: cpuinfo.img written, or checked against this CPU (a CPU
+/// that cannot run the images is `success=false` with `cr_errno` ENOTSUP, as CRIU answers).
+fn do_cpuinfo(req: &pb::CriuReq, peer: i32, ty: pb::CriuReqType) -> Result<pb::CriuResp, String> {
+    let l = config::layer(req.opts.as_ref().ok_or("CPUINFO request without options")?)?;
+    let dump = ty == pb::CriuReqType::CpuinfoDump;
+    let (dir, _, _) = setup(&l, peer, dump)?;
+    if dump {
+        kinds::cpuinfo::dump(&dir).map_err(|e| e.to_string())?;
+        return Ok(resp(ty, true));
+    }
+    let cap = match cpu_cap(&l.opts) & kinds::cpuinfo::CAP_ALL {
+        0 => kinds::cpuinfo::CAP_ALL,
+        c => c,
+    };
+    match kinds::cpuinfo::check(&dir, cap) {
+        Ok(()) => Ok(resp(ty, true)),
+        Err(e) => Ok(pb::CriuResp {
+            cr_errno: Some(libc::ENOTSUP),
+            cr_errmsg: Some(e.to_string()),
+            ..resp(ty, false)
+        }),
+    }
+}
+
 fn do_dump(
     req: &pb::CriuReq,
     peer: i32,
@@ -621,6 +654,7 @@ fn do_dump(
         track_mem: o.track_mem == Some(true),
         // criu_pre_dump_mode: SPLICE = 1, READ = 2.
         pre_dump_mode: (o.pre_dump_mode == Some(2)).then(|| "read".to_string()),
+        cpu_cap: cpu_cap(&o),
         // `ps`: the page server the pages go to (runc's --page-server ADDR:PORT).
         lazy_pages: None,
         page_server: match &o.ps {
@@ -700,6 +734,7 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
         links: link_opts(&o)?,
         sock: sock_opts(&o),
         lazy_pages: None,
+        cpu_cap: cpu_cap(&o),
     };
     let mut n = hooks(&l, sk, images.clone());
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;

@@ -13,6 +13,7 @@
 compile_error!("cryo currently supports x86_64 only");
 
 pub mod clone;
+pub mod cpuid;
 pub mod fd;
 pub mod inet;
 pub mod ipc;

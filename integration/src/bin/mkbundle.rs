@@ -13,6 +13,10 @@
 //!   in `/dev/shm/count`;
 //! - `netns`: `pipe` in the existing network namespace at path HOSTDIR (e.g.
 //!   `/run/netns/NAME`): runc then tells the checkpoint it is external (`extRootNetNS`).
+//! - `pod`: `pipe` as a pod member: in the PID, IPC and network namespaces at HOSTDIR/pid,
+//!   HOSTDIR/ipc and HOSTDIR/net (e.g. `/proc/PID/ns` of another container's init), so not
+//!   PID 1 there; runc saves the PID and network namespaces as external and joins the IPC one
+//!   at restore (`join_ns`);
 //! - `tcp`: a TCP echo server (busybox `nc -ll -p 7000 -e cat`: one `cat` per connection)
 //!   in the existing network namespace at path HOSTDIR.
 
@@ -75,7 +79,7 @@ fn main() {
             .collect()
     };
     let (terminal, argv, extra): (bool, Vec<String>, Vec<Mount>) = match kind {
-        "pipe" | "netns" => (false, sh(LOOP, "/dev/shm/count"), vec![]),
+        "pipe" | "netns" | "pod" => (false, sh(LOOP, "/dev/shm/count"), vec![]),
         "tty" => (true, vec!["sh".into()], vec![]),
         "tcp" => (
             false,
@@ -135,6 +139,24 @@ fn main() {
             if ns.typ() == LinuxNamespaceType::Network {
                 ns.set_path(Some(path.clone()));
             }
+        }
+        linux.set_namespaces(Some(nss));
+        spec.set_linux(Some(linux));
+    }
+    if kind == "pod" {
+        let base = hostdir
+            .clone()
+            .unwrap_or_else(|| die("pod needs the directory of the namespaces to join".into()));
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        let mut nss = linux.namespaces().clone().unwrap_or_default();
+        for ns in nss.iter_mut() {
+            let name = match ns.typ() {
+                LinuxNamespaceType::Pid => "pid",
+                LinuxNamespaceType::Ipc => "ipc",
+                LinuxNamespaceType::Network => "net",
+                _ => continue,
+            };
+            ns.set_path(Some(base.join(name)));
         }
         linux.set_namespaces(Some(nss));
         spec.set_linux(Some(linux));
