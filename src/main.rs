@@ -664,8 +664,8 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
     }
 }
 
-/// `cpuinfo dump|check`, and `check --cpu-cap -D DIR`: CRIU checks everything when no
-/// `--cpu-cap` narrows it.
+/// `cpuinfo dump|check`, and `check --cpu-cap -D DIR`: CRIU's default checks (fpu, ins)
+/// unless `--cpu-cap` says otherwise (`none`: all of them, as CRIU).
 fn cpuinfo(action: &str, a: &Opts) -> Result<ExitCode> {
     use cryo::kinds::cpuinfo;
     match action {
@@ -674,10 +674,7 @@ fn cpuinfo(action: &str, a: &Opts) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "check" => {
-            let cap = match a.cpu_cap_bits().map_err(anyhow::Error::msg)? {
-                0 => cpuinfo::CAP_ALL,
-                c => c,
-            };
+            let cap = a.cpu_checks().map_err(anyhow::Error::msg)?;
             match cpuinfo::check(&ImageDir::open(&a.images_dir)?, cap) {
                 Ok(()) => {
                     println!("this CPU can run the tree in {}", a.images_dir.display());

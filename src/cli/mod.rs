@@ -718,13 +718,24 @@ impl External {
 }
 
 impl Opts {
-    /// The socket options (`--tcp-established`, `--tcp-close`, `--skip-in-flight`,
-    /// `--ext-unix-sk`).
     /// `--cpu-cap` as `kinds::cpuinfo` bits (0 without the option: no cpuinfo image).
     pub fn cpu_cap_bits(&self) -> Result<u32, String> {
         Ok(crate::kinds::cpuinfo::parse_cap(&self.cpu_cap)?.unwrap_or(0))
     }
 
+    /// The checks of `cpuinfo check`: CRIU's default (fpu, ins) without `--cpu-cap`, all of
+    /// them for `none`.
+    pub fn cpu_checks(&self) -> Result<u32, String> {
+        use crate::kinds::cpuinfo::{CAP_ALL, CAP_DEFAULT};
+        Ok(match crate::kinds::cpuinfo::parse_cap(&self.cpu_cap)? {
+            None => CAP_DEFAULT,
+            Some(0) => CAP_ALL,
+            Some(c) => c & CAP_ALL,
+        })
+    }
+
+    /// The socket options (`--tcp-established`, `--tcp-close`, `--skip-in-flight`,
+    /// `--ext-unix-sk`).
     pub fn sock_opts(&self) -> crate::kinds::files::SockOpts {
         crate::kinds::files::SockOpts {
             tcp_established: self.tcp_established,

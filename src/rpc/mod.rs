@@ -574,7 +574,6 @@ fn hooks<'a>(l: &config::Layered, sk: BorrowedFd<'a>, images: PathBuf) -> Box<dy
     }
 }
 
-/// DUMP, or with `pre` PRE_DUMP / SINGLE_PRE_DUMP (answered with the request's type).
 /// `--cpu-cap` as RPC `cpu_cap` gives it: the checks asked for, and the image always (CRIU).
 fn cpu_cap(o: &pb::CriuOpts) -> u32 {
     use kinds::cpuinfo::{CAP_ALL, CAP_IMAGE};
@@ -591,10 +590,11 @@ fn do_cpuinfo(req: &pb::CriuReq, peer: i32, ty: pb::CriuReqType) -> Result<pb::C
         kinds::cpuinfo::dump(&dir).map_err(|e| e.to_string())?;
         return Ok(resp(ty, true));
     }
-    let cap = match cpu_cap(&l.opts) & kinds::cpuinfo::CAP_ALL {
-        0 => kinds::cpuinfo::CAP_ALL,
-        c => c,
-    };
+    // CRIU's default checks without `cpu_cap`; with it, the ones it names.
+    let cap = l
+        .opts
+        .cpu_cap
+        .map_or(kinds::cpuinfo::CAP_DEFAULT, |c| c & kinds::cpuinfo::CAP_ALL);
     match kinds::cpuinfo::check(&dir, cap) {
         Ok(()) => Ok(resp(ty, true)),
         Err(e) => Ok(pb::CriuResp {
@@ -605,6 +605,7 @@ fn do_cpuinfo(req: &pb::CriuReq, peer: i32, ty: pb::CriuReqType) -> Result<pb::C
     }
 }
 
+/// DUMP, or with `pre` PRE_DUMP / SINGLE_PRE_DUMP (answered with the request's type).
 fn do_dump(
     req: &pb::CriuReq,
     peer: i32,
