@@ -323,8 +323,13 @@ pub fn probe(name: &str) -> Option<Feature> {
             let why = format!("{}: {} (soft-dirty is {sd} in this kernel)", m.name(), m.describe());
             if m == crate::memtrack::Method::Full { Err(why) } else { Ok(why) }
         }
-        "uffd" => not_in_cryo("lazy restore (--lazy-pages) is not implemented in cryo; it uses userfaultfd only to fill memory during a restore"),
-        "uffd-noncoop" => not_in_cryo("lazy restore (--lazy-pages) is not implemented in cryo"),
+        "uffd" => crate::sys::mem::userfaultfd_full()
+            .map(|_| "userfaultfd: lazy restore (--lazy-pages) and the restore's memory fill".to_string())
+            .map_err(|e| format!("userfaultfd (kernel faults included; needs CAP_SYS_PTRACE): {e}")),
+        "uffd-noncoop" => crate::sys::mem::userfaultfd_full()
+            .and_then(crate::sys::mem::Uffd::new_lazy)
+            .map(|_| "userfaultfd fork/remap/remove/unmap events: lazy restore (--lazy-pages) follows the program's fork, mremap, MADV_DONTNEED and munmap".to_string())
+            .map_err(|e| format!("userfaultfd without the fork/remap/remove/unmap events lazy restore needs: {e}")),
         "pidfd_store" => not_in_cryo("the pidfd store (pid reuse detection across pre-dumps) is not implemented in cryo"),
         "aio_remap" => not_in_cryo("AIO rings are not saved by cryo"),
         "tun" | "tun_ns" => not_in_cryo("open tun/tap queues (tun file descriptors) are not saved by cryo (persistent tun/tap links of a saved network namespace are)"),
@@ -401,8 +406,8 @@ mod tests {
             assert!(probe(n).is_some(), "{n}");
         }
         assert!(probe("bogus").is_none());
-        // What runc and podman ask before they use it: cryo has no lazy pages nor pre-dump.
-        assert!(!probe("uffd-noncoop").unwrap().ok);
+        // What runc and podman ask before they use lazy pages (Linux 4.11+ with the events).
+        assert!(probe("uffd-noncoop").unwrap().ok);
         // uffd-wp on 6.7+ kernels (this VM), soft-dirty elsewhere; either way it names itself.
         assert!(probe("mem_dirty_track")
             .unwrap()

@@ -21,6 +21,7 @@ pub mod features;
 pub mod image;
 pub mod inspect;
 pub mod kinds;
+pub mod lazy;
 pub mod logging;
 pub mod memtrack;
 pub mod netlock;

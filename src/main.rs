@@ -308,6 +308,70 @@ fn page_server(a: &Opts) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The environment variable a daemonized lazy-pages daemon finds its listening socket in.
+const LAZY_LISTEN_FD: &str = "CRYO_LAZY_LISTEN_FD";
+
+/// `cryo lazy-pages`: listens on `lazy-pages.socket` in the work directory and serves the
+/// memory of one `restore --lazy-pages` (from the images, or with `--page-server` from the
+/// `dump --lazy-pages` at `--address`/`--port`), then exits. `-d` and `--status-fd` as for the
+/// page server.
+fn lazy_pages(a: &Opts) -> Result<ExitCode> {
+    let server = if a.page_server {
+        Some(
+            cryo::pageserver::address(a.address.as_deref(), a.port.as_deref(), false)
+                .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        None
+    };
+    let listener = match std::env::var(LAZY_LISTEN_FD)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(fd) => std::os::unix::net::UnixListener::from(cryo::sys::fd::adopt(fd)),
+        None => {
+            let path = cryo::lazy::socket_path(a.work_dir.as_deref().unwrap_or(&a.images_dir));
+            let l = cryo::lazy::listen(&path)?;
+            tracing::info!(socket = %path.display(), "lazy pages: listening");
+            l
+        }
+    };
+    if a.restore_detached && std::env::var_os(LAZY_LISTEN_FD).is_none() {
+        use std::os::fd::AsFd;
+        cryo::sys::fd::set_cloexec(listener.as_fd(), false)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let args: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|w| w != "-d" && w != "--daemon" && w != "--restore-detached")
+            .collect();
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(&args)
+            .env(LAZY_LISTEN_FD, fd.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("lazy pages: cannot start the daemon")?;
+        if let Some(p) = &a.pidfile {
+            std::fs::write(in_workdir(a, p), format!("{}\n", child.id()))?;
+        }
+        status_ready(a);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if std::env::var_os(LAZY_LISTEN_FD).is_none() {
+        status_ready(a);
+    }
+    let r = cryo::lazy::serve(&a.images_dir, listener, server.as_deref())?;
+    tracing::info!(
+        "lazy pages: {} processes, {} pages on faults, {} pushed, {} zero pages",
+        r.tasks,
+        r.pages_faulted,
+        r.pages_pushed,
+        r.zero_pages
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `--status-fd FD`: one NUL byte once ready (CRIU's `status_ready`).
 fn status_ready(a: &Opts) {
     if let Some(fd) = a.status_fd.as_deref().and_then(|f| f.parse::<i32>().ok()) {
@@ -340,6 +404,14 @@ fn dump_opts(a: &Opts, pid: i32) -> Result<dump::DumpOpts> {
         prev_images_dir: a.prev_images_dir.clone(),
         track_mem: a.track_mem,
         pre_dump_mode: a.pre_dump_mode.clone(),
+        lazy_pages: if a.lazy_pages {
+            Some(
+                cryo::pageserver::address(a.address.as_deref(), a.port.as_deref(), true)
+                    .map_err(|e| anyhow::anyhow!("--lazy-pages: {e} (the port the lazy-pages daemon takes the pages from)"))?,
+            )
+        } else {
+            None
+        },
         cpu_cap: a.cpu_cap_bits().map_err(anyhow::Error::msg)?,
         page_server: if a.page_server {
             Some(
@@ -457,7 +529,7 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
         }
         Cmd::LazyPages(a) => {
             setup(&a, false, config_files)?;
-            bail!("lazy restore (the lazy-pages daemon) is not implemented in cryo yet")
+            lazy_pages(&a)
         }
         Cmd::Service(a) => {
             setup(&a, false, config_files)?;
@@ -515,6 +587,9 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
                 network_lock: a.network_lock().map_err(anyhow::Error::msg)?,
                 links: a.links().map_err(anyhow::Error::msg)?,
                 sock: a.sock_opts(),
+                lazy_pages: a.lazy_pages.then(|| {
+                    cryo::lazy::socket_path(a.work_dir.as_deref().unwrap_or(&a.images_dir))
+                }),
                 cpu_cap: a.cpu_cap_bits().map_err(anyhow::Error::msg)?,
             };
             let dir = ImageDir::open(&a.images_dir)?;

@@ -283,6 +283,94 @@ pub fn run_server(dir: &Path, listener: TcpListener) -> Result<u64, PsError> {
     Ok(s.bytes)
 }
 
+/// The pages a `dump --lazy-pages` keeps for the lazy-pages daemon (copied out of the tree
+/// while it was frozen: the tree is gone once the dump ends, as with CRIU).
+#[derive(Debug, Default)]
+pub struct LazyStore {
+    /// By process (its PID in the images): runs (address, bytes), in address order.
+    procs: std::collections::HashMap<u32, Vec<(u64, Vec<u8>)>>,
+    /// Bytes kept.
+    pub bytes: u64,
+}
+
+impl LazyStore {
+    /// Keeps the pages `data` of process `id` at `vaddr`.
+    pub fn add(&mut self, id: u32, vaddr: u64, data: Vec<u8>) {
+        self.bytes += data.len() as u64;
+        let runs = self.procs.entry(id).or_default();
+        runs.push((vaddr, data));
+        runs.sort_by_key(|r| r.0);
+    }
+
+    /// `nr` pages of process `id` at `vaddr`, if one run holds them all.
+    fn find(&self, id: u32, vaddr: u64, nr: u64) -> Option<&[u8]> {
+        let runs = self.procs.get(&id)?;
+        let i = runs.partition_point(|r| r.0 + r.1.len() as u64 <= vaddr);
+        let (start, data) = runs.get(i)?;
+        let from = usize::try_from(vaddr.checked_sub(*start)?).ok()?;
+        let len = usize::try_from(nr.checked_mul(PAGE_SIZE)?).ok()?;
+        data.get(from..from.checked_add(len)?)
+    }
+}
+
+/// `dump --lazy-pages`: serves `GET`s from `store` to one lazy-pages daemon until its
+/// `CLOSE` (CRIU's `cr_lazy_mem_dump`). Returns the bytes sent.
+pub fn serve_lazy(listener: TcpListener, store: &LazyStore) -> Result<u64, PsError> {
+    tracing::info!(
+        bytes = store.bytes,
+        "lazy pages: waiting for the lazy-pages daemon"
+    );
+    let (mut sk, peer) = listener.accept().map_err(io("accept"))?;
+    drop(listener);
+    let _ = sk.set_nodelay(true);
+    tracing::info!(%peer, "lazy pages: the lazy-pages daemon connected");
+    let mut sent = 0u64;
+    loop {
+        let mut raw = [0u8; Iov::SIZE];
+        match read_full(&mut sk, &mut raw).map_err(io("read"))? {
+            0 => {
+                return Err(PsError::Protocol(format!(
+                    "the lazy-pages daemon went away before CLOSE ({sent} bytes sent)"
+                )))
+            }
+            Iov::SIZE => {}
+            n => return Err(PsError::Protocol(format!("a record cut after {n} bytes"))),
+        }
+        let pi = Iov::from_bytes(&raw);
+        match pi.command() {
+            PS_IOV_GET => {
+                let id = u32::try_from(pi.dst_id >> PS_TYPE_BITS).unwrap_or(u32::MAX);
+                let Some(data) = store.find(id, pi.vaddr, pi.nr_pages) else {
+                    return Err(PsError::Protocol(format!(
+                        "GET of {} pages at {:#x} of process {id}: not among the lazy pages",
+                        pi.nr_pages, pi.vaddr
+                    )));
+                };
+                let a = Iov {
+                    cmd: PE_PRESENT << PS_CMD_BITS | PS_IOV_ADD_F,
+                    ..pi
+                };
+                sk.write_all(&a.to_bytes()).map_err(io("write"))?;
+                sk.write_all(data).map_err(io("write (page data)"))?;
+                sent += data.len() as u64;
+            }
+            PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE => {
+                sk.write_all(&0i32.to_le_bytes())
+                    .map_err(io("write (CLOSE answer)"))?;
+                let mut c = [0u8; 1];
+                let _ = sk.read(&mut c);
+                tracing::info!(sent, "lazy pages: the lazy-pages daemon has every page");
+                return Ok(sent);
+            }
+            other => {
+                return Err(PsError::Protocol(format!(
+                    "command {other:#x} to a lazy dump's page server"
+                )))
+            }
+        }
+    }
+}
+
 /// The sending end, for a dump or pre-dump.
 pub struct Client {
     sk: TcpStream,
@@ -353,6 +441,31 @@ impl Client {
     pub fn data(&mut self, data: &[u8]) -> Result<(), PsError> {
         self.sk
             .write_all(data)
+            .map_err(io(format!("to {} (page data)", self.addr)))
+    }
+
+    /// `GET` (lazy pages): `nr` pages of process `id` at `vaddr` into `buf`, from a `dump
+    /// --lazy-pages` serving them. The answer is an `ADD_F` record naming what follows.
+    pub fn get(&mut self, id: u32, vaddr: u64, nr: u64, buf: &mut [u8]) -> Result<(), PsError> {
+        self.send(Iov {
+            cmd: PS_IOV_GET,
+            nr_pages: nr,
+            vaddr,
+            dst_id: pid_dst(id),
+        })?;
+        let a = Iov::from_bytes(&self.recv::<{ Iov::SIZE }>()?);
+        if !matches!(a.command(), PS_IOV_ADD_F | PS_IOV_ADD) || a.nr_pages != nr || a.vaddr != vaddr
+        {
+            return Err(PsError::Protocol(format!(
+                "asked for {nr} pages at {vaddr:#x} of process {id}, got {} at {:#x} (command {:#x})",
+                a.nr_pages,
+                a.vaddr,
+                a.command()
+            )));
+        }
+        let len = usize::try_from(nr * PAGE_SIZE).unwrap_or(usize::MAX);
+        self.sk
+            .read_exact(&mut buf[..len])
             .map_err(io(format!("to {} (page data)", self.addr)))
     }
 

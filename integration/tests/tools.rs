@@ -186,9 +186,15 @@ fn unimplemented_criu_options_are_refused_by_name() {
     let o = cryo(&["dump", "-t", "1", "-D", "/tmp/cryo-x", "--stream"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--stream is not supported"));
-    let o = cryo(&["restore", "-D", "/tmp/cryo-x", "--lazy-pages"]);
+    let o = cryo(&[
+        "restore",
+        "-D",
+        "/tmp/cryo-x",
+        "--lsm-profile",
+        "apparmor:x",
+    ]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--lazy-pages is not supported"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--lsm-profile is not supported"));
     let o = cryo(&["restore", "-D", "/tmp/cryo-x", "--external", "unix[12]"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("unix[..]"));

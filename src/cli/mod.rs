@@ -89,7 +89,8 @@ pub enum Cmd {
     /// [--status-fd FD] [--prev-images-dir ../PREV]`): CRIU's page server.
     #[command(name = "page-server")]
     PageServer(Opts),
-    /// Not implemented yet: CRIU's lazy-pages daemon.
+    /// The lazy-pages daemon: serves the memory of a `restore --lazy-pages` from the images
+    /// (or, with `--page-server`, from a `dump --lazy-pages` at `--address`/`--port`).
     #[command(name = "lazy-pages")]
     LazyPages(Opts),
     /// Not implemented yet: CRIU's RPC daemon on a socket (use `swrk`).
@@ -553,6 +554,11 @@ pub struct Opts {
     #[arg(long = "prev-images-dir", value_name = "DIR")]
     pub prev_images_dir: Option<String>,
 
+    /// Lazy restore: `restore` leaves private anonymous memory to the `lazy-pages` daemon,
+    /// which brings each page on its first touch; `dump` keeps those pages and serves them on
+    /// `--port` to a `lazy-pages --page-server` until every one is taken.
+    #[arg(long = "lazy-pages")]
+    pub lazy_pages: bool,
     // --- Page server.
     /// Send the pages to a page server (`--address`, `--port`) instead of writing them.
     #[arg(long = "page-server")]
@@ -1047,7 +1053,6 @@ impl IsSet for Vec<String> {
 
 unsupported_opts! {
     auto_dedup: bool = "auto-dedup", "incremental dumps (and deduplication against them) are not implemented yet";
-    lazy_pages: bool = "lazy-pages", "lazy restore is not implemented yet";
     leave_stopped: bool = "leave-stopped" short 's', "leaving the tree stopped is not implemented yet";
     lsm_profile: Option<String> = "lsm-profile", "LSM profiles are not saved or applied yet";
     lsm_mount_context: Option<String> = "lsm-mount-context", "LSM mount contexts are not applied yet";
@@ -1527,7 +1532,6 @@ mod tests {
     #[test]
     fn unsupported_options_are_named() {
         assert!(err(&["dump", "-t", "1", "--stream"]).contains("--stream"));
-        assert!(err(&["restore", "--lazy-pages"]).contains("--lazy-pages"));
         assert!(err(&["dump", "-t", "1", "-s"]).contains("--leave-stopped"));
         assert!(err(&["restore", "--external", "veth[eth0]"]).contains("veth[IFNAME]"));
         assert!(err(&["restore", "--veth-pair", "eth0"]).contains("--veth-pair"));

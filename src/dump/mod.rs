@@ -61,6 +61,9 @@ pub struct DumpOpts {
     pub pre_dump_mode: Option<String>,
     /// `--page-server --address A --port N`: the pages go to this page server (`host:port`).
     pub page_server: Option<String>,
+    /// `--lazy-pages --address A --port N`: the pages of private anonymous memory are kept
+    /// and served there (`host:port`) to a lazy-pages daemon once the dump is done.
+    pub lazy_pages: Option<String>,
     /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, this CPU goes into cpuinfo.img.
     pub cpu_cap: u32,
 }
@@ -1100,6 +1103,7 @@ fn dump_process(
     img: &mut TaskImages,
     mut chain: Option<&mut crate::memtrack::Chain>,
     page_server: Option<(&mut crate::pageserver::Client, u32)>,
+    lazy: Option<(&mut crate::pageserver::LazyStore, u32)>,
 ) -> Result<u64, DumpError> {
     let tracee = Tracee { tid: pid };
     let mut others = Vec::new();
@@ -1205,6 +1209,7 @@ fn dump_process(
         stats,
         chain: None,
         page_server: None,
+        lazy: None,
     };
     // In-target work, inside the injection bracket.
     cx.parasite = Some(
@@ -1273,6 +1278,7 @@ fn dump_process(
     // Memory after the cure, so the original code word is what gets saved.
     cx.chain = chain;
     cx.page_server = page_server;
+    cx.lazy = lazy;
     kinds::dump_kind::<kinds::memory::Memory>(&mut cx, img)?;
     Ok(calls)
 }
@@ -1414,6 +1420,30 @@ pub fn run(
             }
         }
     }
+    // `--lazy-pages`: the port the lazy-pages daemon takes the pages from, bound before
+    // anything is frozen (it connects when it likes; served once the dump is done).
+    let mut lazy = match &opts.lazy_pages {
+        Some(a) => {
+            if opts.prev_images_dir.is_some() || opts.page_server.is_some() {
+                return Err(Unsupported::of(
+                    root,
+                    "memory",
+                    "--lazy-pages with --prev-images-dir or --page-server",
+                    "dump with --lazy-pages alone (its pages are served from this dump)",
+                )
+                .into());
+            }
+            let l = std::net::TcpListener::bind(a).map_err(|source| {
+                crate::pageserver::PsError::Io {
+                    what: format!("cannot listen at {a}"),
+                    source,
+                }
+            })?;
+            tracing::info!(address = %a, "lazy pages: listening");
+            Some((l, crate::pageserver::LazyStore::default()))
+        }
+        None => None,
+    };
     // What this CPU can do, for a restore elsewhere to check (`--cpu-cap`), as CRIU does.
     if opts.cpu_cap & kinds::cpuinfo::CAP_IMAGE != 0 {
         kinds::cpuinfo::dump(dir)?;
@@ -1462,7 +1492,7 @@ pub fn run(
     } else {
         None
     };
-    let vpids = if ps.is_some() {
+    let vpids = if ps.is_some() || lazy.is_some() {
         let pids: Vec<i32> = frozen.iter().map(|f| f.0).collect();
         image_pids(root, &pids)?
     } else {
@@ -1541,6 +1571,7 @@ pub fn run(
                 &mut img,
                 chain.as_mut(),
                 ps.as_mut().map(|c| (c, vpids[i])),
+                lazy.as_mut().map(|(_, s)| (s, vpids[i])),
             )?;
             if let Some(sig) = seized.stop_sig {
                 let tc = img.tc();
@@ -1672,6 +1703,11 @@ pub fn run(
         files.netlock.unlock_now()?;
     }
     files.link_remaps.keep();
+    if let Some((l, store)) = lazy.take() {
+        // The images are complete; the lazy pages go to the daemon now (CRIU's
+        // `cr_lazy_mem_dump`). The tree is no more: a failure here is the restore's.
+        crate::pageserver::serve_lazy(l, &store)?;
+    }
     Ok(DumpReport {
         pid: root,
         pages_written: stats.pages_written,

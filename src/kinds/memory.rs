@@ -86,6 +86,7 @@ const CRIU_AUXV_WORDS: usize = 44;
 /// `pagemap_entry.flags`: page data is in the pages image, or in the parent's.
 const PE_PRESENT: u32 = crate::memtrack::PE_PRESENT;
 const PE_PARENT: u32 = crate::memtrack::PE_PARENT;
+const PE_LAZY: u32 = crate::memtrack::PE_LAZY;
 
 /// smaps VmFlags that are madvise() state, with their MADV_* numbers.
 const MADV_FLAGS: &[(&str, u32)] = &[
@@ -449,6 +450,43 @@ impl Kind for Memory {
             .map(|(s, e)| (e - s) / PAGE_SIZE)
             .sum::<u64>();
         crate::fault::point("memory")?;
+        if let Some((store, vpid)) = cx.lazy.as_mut() {
+            // `dump --lazy-pages`: the pages of lazy mappings are kept for the daemon and
+            // marked `PE_LAZY` (no data here); the rest are written as usual.
+            let (mut kept, mut lazy_at, mut at) = (Vec::new(), Vec::new(), 0u64);
+            for r in &runs {
+                let vi = img.mm.vmas.partition_point(|v| v.end <= r.vaddr);
+                let len = r.pages * PAGE_SIZE;
+                if img
+                    .mm
+                    .vmas
+                    .get(vi)
+                    .is_some_and(|v| v.start <= r.vaddr && lazy_vma(v))
+                {
+                    let mut data = vec![0u8; usize_of(len)];
+                    mem::vm_read(pid, &mut data, &[(r.vaddr, usize_of(len))]).map_err(
+                        |source| TaskError::Memory {
+                            pid,
+                            addr: r.vaddr,
+                            what: "reading pages",
+                            source,
+                        },
+                    )?;
+                    store.add(*vpid, r.vaddr, data);
+                    lazy_at.push(r.vaddr);
+                } else {
+                    kept.push(Run { off: at, ..*r });
+                    at += len;
+                }
+            }
+            for e in &mut img.pagemap {
+                if lazy_at.binary_search(&e.vaddr).is_ok() {
+                    e.flags = Some(PE_LAZY);
+                }
+            }
+            runs = kept;
+            off = at;
+        }
         if let Some((ps, vpid)) = cx.page_server.as_mut() {
             // The pages go to the page server; no pagemap or pages image here (CRIU's way).
             send_pages(ps, pid, *vpid, &img.pagemap, &runs, false)?;
@@ -1299,20 +1337,60 @@ fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryErro
 }
 
 /// One page source: a pages image and its runs (image offset, address, bytes).
-type Source = (std::path::PathBuf, Vec<(u64, u64, u64)>);
+pub type Source = (std::path::PathBuf, Vec<(u64, u64, u64)>);
 
 /// Where every page of the task comes from: its own pages image for `PE_PRESENT` entries, and
 /// for `PE_PARENT` ones the pages images up the `parent` links (an incremental dump), each
 /// step's pagemap naming its own. A page marked in the parent that no parent holds is a
 /// damaged chain, refused before anything is written.
 fn page_sources(cx: &RestoreCx<'_>, img: &TaskImages) -> Result<Vec<Source>, MemoryError> {
-    let pm_name = format!("pagemap-{}.img", img.pid);
+    let (sources, lazy_only) = page_sources_in(cx.dir, img.pid, &img.pagemap, img.pages_id)?;
+    // Pages a `dump --lazy-pages` left on its page server: only a lazy restore gets them,
+    // and only into the memory its lazy-pages daemon serves.
+    if let Some(&(s, _)) = lazy_only.first() {
+        if cx.lazy.is_none() {
+            return Err(TaskError::BadImage(format!(
+                "pagemap-{}.img: the pages at {s:#x} are not in the images (a dump with --lazy-pages left them on its page server): restore with --lazy-pages and `cryo lazy-pages --page-server`",
+                img.pid
+            ))
+            .into());
+        }
+        for &(s, e) in &lazy_only {
+            let vi = img.mm.vmas.partition_point(|v| v.end <= s);
+            if !img
+                .mm
+                .vmas
+                .get(vi)
+                .is_some_and(|v| v.start <= s && e <= v.end && lazy_vma(v))
+            {
+                return Err(TaskError::BadImage(format!(
+                    "pagemap-{}.img: lazy pages at {s:#x} are not in a private anonymous mapping",
+                    img.pid
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(sources)
+}
+
+/// [`page_sources`] of process `pid` (in the images) of `dir`, from its pagemap `entries`;
+/// also the ranges its pagemap marks lazy with no data here (`PE_LAZY` without
+/// `PE_PRESENT`: left on the page server of a `dump --lazy-pages`).
+pub fn page_sources_in(
+    dir: &crate::image::ImageDir,
+    pid: u32,
+    entries: &[pb::PagemapEntry],
+    pages_id: u32,
+) -> Result<(Vec<Source>, Ranges), MemoryError> {
+    let pm_name = format!("pagemap-{pid}.img");
     let bad = |what: String| MemoryError::from(TaskError::BadImage(what));
     // (image offset if present here, start, end) for each entry of one pagemap.
     let layout = |entries: &[pb::PagemapEntry], dir: &std::path::Path| {
         let mut off = 0u64;
         let mut out = Vec::new();
         let mut want = Vec::new();
+        let mut lazy = Vec::new();
         for p in entries {
             let (Some(len), Some(end)) = (run_bytes(p), run_end(p)) else {
                 return Err(bad(format!(
@@ -1337,17 +1415,19 @@ fn page_sources(cx: &RestoreCx<'_>, img: &TaskImages) -> Result<Vec<Source>, Mem
             } else if flags & PE_PARENT != 0 {
                 out.push((None, p.vaddr, end));
                 want.push((p.vaddr, end));
+            } else if flags & PE_LAZY != 0 {
+                lazy.push((p.vaddr, end));
             }
         }
-        Ok((out, want))
+        Ok((out, want, lazy))
     };
-    let top = cx.dir.file("");
-    let (entries, mut want) = layout(&img.pagemap, &top)?;
-    let runs = entries
+    let top = dir.file("");
+    let (layout0, mut want, lazy_only) = layout(entries, &top)?;
+    let runs = layout0
         .iter()
         .filter_map(|&(o, s, e)| Some((o?, s, e - s)))
         .collect();
-    let mut out: Vec<Source> = vec![(cx.dir.file(&format!("pages-{}.img", img.pages_id)), runs)];
+    let mut out: Vec<Source> = vec![(dir.file(&format!("pages-{pages_id}.img")), runs)];
     let mut dir = top;
     let mut depth = 0;
     while !want.is_empty() {
@@ -1356,7 +1436,7 @@ fn page_sources(cx: &RestoreCx<'_>, img: &TaskImages) -> Result<Vec<Source>, Mem
         if depth > crate::memtrack::MAX_DEPTH || !dir.is_dir() {
             return Err(bad(format!(
                 "pagemap-{}.img: pages at {:#x} are in the parent images, but {} is not an images directory",
-                img.pid,
+                pid,
                 want[0].0,
                 dir.display()
             )));
@@ -1370,7 +1450,13 @@ fn page_sources(cx: &RestoreCx<'_>, img: &TaskImages) -> Result<Vec<Source>, Mem
                 want[0].0
             )));
         };
-        let (layout, _) = layout(&pentries, &dir)?;
+        let (layout, _, plazy) = layout(&pentries, &dir)?;
+        if let Some(&(s, _)) = plazy.first() {
+            return Err(bad(format!(
+                "{}: lazy pages at {s:#x} in a parent image (a lazy dump cannot be a parent)",
+                dir.join(&pm_name).display()
+            )));
+        }
         let mut runs = Vec::new();
         let mut next = Vec::new();
         let mut covered = Vec::new();
@@ -1387,7 +1473,7 @@ fn page_sources(cx: &RestoreCx<'_>, img: &TaskImages) -> Result<Vec<Source>, Mem
         if let Some(&(gs, _)) = crate::memtrack::subtract(&want, &covered).first() {
             return Err(bad(format!(
                 "pagemap-{}.img: pages at {gs:#x} are marked in the parent, but {} does not have them",
-                img.pid,
+                pid,
                 dir.display()
             )));
         }
@@ -1395,7 +1481,7 @@ fn page_sources(cx: &RestoreCx<'_>, img: &TaskImages) -> Result<Vec<Source>, Mem
         want = next;
         out.push((pdir.file(&format!("pages-{pages_id}.img")), runs));
     }
-    Ok(out)
+    Ok((out, lazy_only))
 }
 
 /// Writes the page runs `runs` (image offset, address, bytes) of one pages image into the
@@ -1462,6 +1548,7 @@ fn fill_from(
                                                              // A small process (most of a process tree) is filled from cryo's thread alone: setting
                                                              // up a userfaultfd or workers would cost more than the copy.
     let small = need <= SMALL_FILL;
+    let mut lazy_bytes = 0u64;
     for &(o, a, l) in runs {
         let mut off = usize_of(o);
         let mut addr = a;
@@ -1478,6 +1565,9 @@ fn fill_from(
             let take = left.min(usize_of(v.end - addr));
             if special(v) {
                 // the fresh vDSO already has this content
+            } else if cx.lazy.is_some() && lazy_vma(v) {
+                // A lazy restore: the lazy-pages daemon brings these pages.
+                lazy_bytes += u64_of(take);
             } else if cx.cow.contains(&(v.start, v.end)) {
                 cow_runs.push((off, addr, take)); // written only where it differs, below
             } else if !small && by_uffd(v) {
@@ -1522,7 +1612,8 @@ fn fill_from(
         fill_parallel(cx, &path, &items, bytes)?;
     }
     let written = write_differing(pid, bytes, &cow_runs)?;
-    cx.stats.pages_restored = Some(cx.stats.pages_restored.unwrap_or(0) + need / PAGE_SIZE);
+    cx.stats.pages_restored =
+        Some(cx.stats.pages_restored.unwrap_or(0) + (need - lazy_bytes) / PAGE_SIZE);
     if !cow_runs.is_empty() {
         let total: usize = cow_runs.iter().map(|r| r.2).sum();
         tracing::info!(
@@ -1808,6 +1899,115 @@ fn puppet_preadv(
             }
         }
     }
+    Ok(())
+}
+
+/// Can the pages of `v` come lazily (a lazy restore leaves them to the lazy-pages daemon)?
+/// Private anonymous memory that is readable, not locked (`mlock` would fault it all in
+/// before the daemon has it), not hugetlb and not the vDSO: CRIU's `vma_entry_can_be_lazy`.
+pub fn lazy_vma(v: &pb::VmaEntry) -> bool {
+    v.status & status::ANON_PRIVATE != 0
+        && v.status & (status::VDSO | status::VVAR | status::VSYSCALL) == 0
+        && v.flags & (libc::MAP_HUGETLB | libc::MAP_LOCKED) as u32 == 0
+        && v.prot & libc::PROT_READ as u32 != 0
+}
+
+/// What the lazy-pages daemon serves for one process: the runs of saved pages in its lazy
+/// mappings, each from a pages image here or (`remote`) from the page server.
+#[derive(Debug, Default)]
+pub struct LazyPlan {
+    /// (pages image, runs (image offset, address, bytes)) inside lazy mappings.
+    pub local: Vec<Source>,
+    /// `[start, end)` ranges whose pages are on the page server (`PE_LAZY` only).
+    pub remote: Vec<(u64, u64)>,
+}
+
+/// The lazy pages of process `vpid` of the images in `dir` (see [`LazyPlan`]).
+pub fn lazy_plan(dir: &crate::image::ImageDir, vpid: u32) -> Result<LazyPlan, MemoryError> {
+    let mm: pb::MmEntry = dir
+        .read_one(&format!("mm-{vpid}.img"), crate::image::MM)
+        .map_err(TaskError::Image)?;
+    let (pages_id, entries) = dir
+        .read_pagemap(&format!("pagemap-{vpid}.img"))
+        .map_err(TaskError::Image)?
+        .ok_or_else(|| {
+            TaskError::Image(crate::image::ImageError::Missing {
+                path: dir.file(&format!("pagemap-{vpid}.img")),
+            })
+        })?;
+    let (sources, remote) = page_sources_in(dir, vpid, &entries, pages_id)?;
+    let lazy: Vec<(u64, u64)> = mm
+        .vmas
+        .iter()
+        .filter(|v| lazy_vma(v))
+        .map(|v| (v.start, v.end))
+        .collect();
+    let mut plan = LazyPlan {
+        remote: crate::memtrack::intersect(&remote, &lazy),
+        ..Default::default()
+    };
+    for (path, runs) in sources {
+        let mut keep = Vec::new();
+        for (o, a, l) in runs {
+            for (s, e) in crate::memtrack::intersect(&[(a, a + l)], &lazy) {
+                keep.push((o + (s - a), s, e - s));
+            }
+        }
+        if !keep.is_empty() {
+            plan.local.push((path, keep));
+        }
+    }
+    Ok(plan)
+}
+
+/// A lazy restore, once the task's children exist (they were forked with no userfaultfd, so
+/// each rebuilds its own memory): a userfaultfd made inside the task (without
+/// `UFFD_USER_MODE_ONLY`, so the kernel's own accesses wait for pages too), registered over
+/// every lazy mapping that has saved pages, and handed with a pidfd of the task to the
+/// lazy-pages daemon. From here on a touch of a missing page there waits for the daemon.
+pub fn lazy_register(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryError> {
+    let Some(sink) = cx.lazy else {
+        return Ok(());
+    };
+    let has = |v: &pb::VmaEntry| {
+        img.pagemap.iter().any(|p| {
+            p.flags.unwrap_or(PE_PRESENT) & (PE_PRESENT | PE_PARENT | PE_LAZY) != 0
+                && p.vaddr < v.end
+                && run_end(p).is_some_and(|e| e > v.start)
+        })
+    };
+    let vmas: Vec<&pb::VmaEntry> = img
+        .mm
+        .vmas
+        .iter()
+        .filter(|v| lazy_vma(v) && has(v))
+        .collect();
+    let fd = cx.userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
+    let uffd_err = |addr, source| MemoryError::Uffd { addr, source };
+    let taken = crate::sys::fd::pidfd_open(cx.pid).and_then(|p| {
+        let t = crate::sys::fd::pidfd_getfd(std::os::fd::AsFd::as_fd(&p), fd)?;
+        Ok((p, t))
+    });
+    cx.close(fd)?;
+    let (pidfd, taken) = taken.map_err(|e| uffd_err(0, e))?;
+    let uffd = mem::Uffd::new_lazy(taken).map_err(|e| uffd_err(0, e))?;
+    for v in &vmas {
+        uffd.register(v.start, v.end - v.start)
+            .map_err(|e| uffd_err(v.start, e))?;
+    }
+    sink.send(img.pid, uffd.fd(), &pidfd).map_err(|e| {
+        MemoryError::from(TaskError::Memory {
+            pid: cx.pid,
+            addr: 0,
+            what: "handing the userfaultfd to the lazy-pages daemon",
+            source: std::io::Error::other(e.to_string()),
+        })
+    })?;
+    tracing::info!(
+        pid = cx.pid,
+        mappings = vmas.len(),
+        "memory: lazy mappings registered and handed to the lazy-pages daemon"
+    );
     Ok(())
 }
 

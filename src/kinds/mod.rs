@@ -320,6 +320,9 @@ pub struct DumpCx<'a> {
     pub chain: Option<&'a mut crate::memtrack::Chain>,
     /// `--page-server`: the connection the pages go to, and this process's PID in the images.
     pub page_server: Option<(&'a mut crate::pageserver::Client, u32)>,
+    /// `dump --lazy-pages`: where the pages of lazy mappings go (kept in cryo for the
+    /// lazy-pages daemon), with the process's PID in the images.
+    pub lazy: Option<(&'a mut crate::pageserver::LazyStore, u32)>,
 }
 
 impl<'a> DumpCx<'a> {
@@ -404,6 +407,9 @@ pub struct RestoreCx<'a> {
     /// A pidfd of cryo the puppet holds at this fd number: a puppet in a new PID namespace
     /// cannot name cryo to `pidfd_open`.
     pub cryo_pidfd: Option<i32>,
+    /// A lazy restore (`--lazy-pages`): where each task's userfaultfd goes (the lazy-pages
+    /// daemon), and a sign that lazy mappings are not filled.
+    pub lazy: Option<&'a crate::lazy::Sink>,
 }
 
 /// Where [`RestoreCx::clone3_with_tid`] puts `struct clone_args` in scratch.

@@ -56,6 +56,9 @@ pub struct RestoreOpts {
     pub links: kinds::netns::LinkOpts,
     /// `--tcp-established`, `--tcp-close`, `--ext-unix-sk`.
     pub sock: kinds::files::SockOpts,
+    /// `--lazy-pages`: the lazy-pages daemon's socket (`crate::lazy`); private anonymous
+    /// memory is left to it.
+    pub lazy_pages: Option<std::path::PathBuf>,
     /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, cpuinfo.img is checked against
     /// this CPU before anything is created.
     pub cpu_cap: u32,
@@ -143,6 +146,8 @@ pub enum RestoreError {
     Cpuinfo(#[from] kinds::cpuinfo::CpuinfoError),
     #[error(transparent)]
     NetLock(#[from] crate::netlock::NetLockError),
+    #[error(transparent)]
+    Lazy(#[from] crate::lazy::LazyError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -162,6 +167,7 @@ impl RestoreError {
             | RestoreError::WriteMemory { .. }
             | RestoreError::Notify(_)
             | RestoreError::BadImage(_)
+            | RestoreError::Lazy(_)
             | RestoreError::Internal(_) => return None,
             RestoreError::Task(e) => e,
             RestoreError::Files(e) => e,
@@ -517,6 +523,8 @@ struct Shared<'a> {
     /// the tree opens its files (host PID, PID in the tree's namespace).
     dead_pids: Vec<u32>,
     dead_helpers: Vec<(i32, i32)>,
+    /// A lazy restore's connection to the lazy-pages daemon.
+    lazy: Option<&'a crate::lazy::Sink>,
     /// Mounts of nested mount namespaces that wait for the init of their PID namespace.
     pending_mounts: Vec<kinds::mounts::PendingMounts>,
     tr: u64,
@@ -580,6 +588,7 @@ fn shape(
         inherited: Default::default(),
         cow: Vec::new(),
         cryo_pidfd: sh.cryo_pidfd,
+        lazy: sh.lazy,
     };
     // Every process of the tree has the root puppet's credentials until its own are set
     // (a child is forked before its parent's): learnt once for all.
@@ -591,6 +600,10 @@ fn shape(
     kinds::restore_kind::<kinds::memory::Memory>(&mut cx, img)?;
     fault_point("memory")?;
     create_children(sh, &mut cx, img, &mut table, puppets, ready)?;
+    // A lazy restore registers the memory its daemon fills only now: the children were
+    // forked without it (each rebuilt its own memory, none kept copy-on-write), and nothing
+    // so far touched those pages. What comes next may (rseq, the program itself).
+    kinds::memory::lazy_register(&mut cx, img)?;
     restore_task_state(&mut cx, img)?;
     let threads = create_threads(sh, &mut cx, img, puppets)?;
     kinds::restore_kind::<kinds::creds::Creds>(&mut cx, img)?;
@@ -694,7 +707,8 @@ fn empty_puppet(
     }
     // A child starts as a copy of its parent's restored memory: it keeps the private
     // anonymous mappings it had in common with the parent (copy-on-write) and drops the rest.
-    if let Some(parent) = parent.filter(|_| !img.is_zombie()) {
+    // Not in a lazy restore: the parent's lazy memory has no pages yet.
+    if let Some(parent) = parent.filter(|_| !img.is_zombie() && sh.lazy.is_none()) {
         cx.cow = kinds::memory::cow_kept(&parent.mm, &img.mm);
         // Its vDSO too, where the parent has the same one (its data pages follow the time
         // namespace: only in the parent's).
@@ -1798,6 +1812,11 @@ pub fn run(
         )
         .into());
     }
+    // A lazy restore: the daemon must be there before anything is created.
+    let lazy = match &opts.lazy_pages {
+        Some(p) => Some(crate::lazy::Sink::connect(p)?),
+        None => None,
+    };
     let uses_seccomp = tasks.iter().any(|t| {
         t.core.thread_core.as_ref().is_some_and(|c| {
             matches!(
@@ -1942,6 +1961,7 @@ pub fn run(
         forked_by: HashMap::new(),
         dead_pids: dead_pids(dir)?,
         dead_helpers: Vec::new(),
+        lazy: lazy.as_ref(),
         pending_mounts: Vec::new(),
         tr,
         calls: 0,
@@ -1949,6 +1969,13 @@ pub fn run(
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
     end_dead_pid_helpers(&sh, root, &mut puppets)?;
+    if let Some(l) = &lazy {
+        // The daemon counts the tree's processes: the zombies too (CRIU sends them negated).
+        for t in tasks.iter().filter(|t| t.is_zombie()) {
+            l.send_zombie(t.pid)
+                .map_err(ptrace_err("sending a zombie to the lazy-pages daemon"))?;
+        }
+    }
     if !sh.pending_mounts.is_empty() {
         return Err(RestoreError::BadImage(
             "a proc mount of a nested mount namespace shows a PID namespace no task was created in"

@@ -659,6 +659,7 @@ fn do_dump(
         pre_dump_mode: (o.pre_dump_mode == Some(2)).then(|| "read".to_string()),
         cpu_cap: cpu_cap(&o),
         // `ps`: the page server the pages go to (runc's --page-server ADDR:PORT).
+        lazy_pages: None,
         page_server: match &o.ps {
             Some(ps) => Some(crate::pageserver::address(
                 ps.address.as_deref(),
@@ -735,6 +736,7 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
         network_lock: network_lock(&o)?,
         links: link_opts(&o)?,
         sock: sock_opts(&o),
+        lazy_pages: None,
         cpu_cap: cpu_cap(&o),
     };
     let mut n = hooks(&l, sk, images.clone());

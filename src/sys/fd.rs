@@ -49,6 +49,12 @@ pub fn pidfd_open_flags(pid: i32, flags: u32) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// `pidfd_send_signal(pidfd, sig)`: no PID reuse can make it hit another process.
+pub fn pidfd_kill(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    let sig = rustix::process::Signal::from_named_raw(sig).ok_or_else(einval)?;
+    Ok(rustix::process::pidfd_send_signal(pidfd, sig)?)
+}
+
 /// A pidfd of cryo itself at the lowest fd number not below `at` (close-on-exec).
 pub fn pidfd_open_self_at(at: RawFd) -> io::Result<OwnedFd> {
     let fd = pidfd_open(super::proc::own_pid())?;

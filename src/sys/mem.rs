@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use super::cvt;
 
@@ -137,6 +137,16 @@ pub fn userfaultfd_local() -> io::Result<OwnedFd> {
     let fd = cvt(r)? as i32;
     // SAFETY: the kernel just returned this new fd and nothing else owns it.
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// `userfaultfd(O_CLOEXEC | O_NONBLOCK)` in cryo itself, kernel faults included (a probe of
+/// what a lazy restore needs: CAP_SYS_PTRACE or `vm.unprivileged_userfaultfd`).
+pub fn userfaultfd_full() -> io::Result<OwnedFd> {
+    // SAFETY: the syscall takes flags and returns a new fd or -1.
+    let r = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    let fd = cvt(r)? as RawFd;
+    // SAFETY: the kernel just returned this new fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// A userfaultfd of another process (made inside it, taken with `pidfd_getfd`): registration
@@ -273,6 +283,184 @@ impl Uffd {
             }
         }
         Ok(())
+    }
+}
+
+/// `UFFDIO_WAKE`: `_IOR(0xAA, 0x02, struct uffdio_range)`.
+const UFFDIO_WAKE: libc::c_ulong = 0x8010_AA02;
+/// `UFFDIO_ZEROPAGE`: `_IOWR(0xAA, 0x04, struct uffdio_zeropage)`.
+const UFFDIO_ZEROPAGE: libc::c_ulong = 0xC020_AA04;
+/// The non-cooperative events a lazy restore follows: the program's fork (the child's
+/// memory gets a userfaultfd of its own), mremap, MADV_DONTNEED/REMOVE and munmap.
+const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
+const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+
+/// One `struct uffd_msg` read from a userfaultfd (lazy restore).
+#[derive(Debug)]
+pub enum UffdMsg {
+    /// A missing page was touched at `addr` (not aligned).
+    PageFault { addr: u64 },
+    /// The process forked: `uffd` covers the child's copy of the registered memory.
+    Fork { uffd: OwnedFd },
+    /// `mremap` moved `[from, from + len)` to `to`.
+    Remap { from: u64, to: u64, len: u64 },
+    /// `[start, end)` was dropped (MADV_DONTNEED / MADV_REMOVE) or unmapped: it reads as
+    /// zeros (or is gone) from now on.
+    Remove { start: u64, end: u64 },
+    /// Something else (ignored).
+    Other(u8),
+}
+
+/// What one `UFFDIO_COPY` / `UFFDIO_ZEROPAGE` of a lazy restore did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Filled {
+    /// Every page is there now (copied, or already present: `EEXIST` pages are skipped).
+    Done,
+    /// The memory layout is changing (an event is pending): read the events, then retry
+    /// from `done` bytes on.
+    Again { done: usize },
+    /// The range is no longer mapped (`ENOENT`): nothing to do there.
+    Gone,
+    /// The process's memory is gone (it exited: `ESRCH`).
+    Exited,
+}
+
+impl Uffd {
+    /// Takes `fd` (a new userfaultfd made without `UFFD_USER_MODE_ONLY`, so the kernel's own
+    /// accesses wait for pages too) and asks for the events a lazy restore follows (fork,
+    /// mremap, remove, unmap). `EVENT_FORK` needs CAP_SYS_PTRACE (cryo's).
+    pub fn new_lazy(fd: OwnedFd) -> io::Result<Uffd> {
+        let want = UFFD_FEATURE_EVENT_FORK
+            | UFFD_FEATURE_EVENT_REMAP
+            | UFFD_FEATURE_EVENT_REMOVE
+            | UFFD_FEATURE_EVENT_UNMAP;
+        let mut api = [UFFD_API, want, 0u64];
+        // SAFETY: `api` is a valid struct uffdio_api the kernel reads and writes.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, api.as_mut_ptr()) };
+        cvt(libc::c_long::from(r))?;
+        if api[1] & want != want {
+            return Err(io::Error::from_raw_os_error(libc::ENOTSUP));
+        }
+        Ok(Uffd { fd })
+    }
+
+    /// `UFFDIO_COPY` of `src` to `dst` waking whoever waits there; pages already present are
+    /// skipped. Warning: writes another process's memory.
+    pub fn copy_wake(&self, dst: u64, src: &[u8]) -> io::Result<Filled> {
+        let mut done = 0usize;
+        while done < src.len() {
+            let mut c = [
+                dst + done as u64,
+                src[done..].as_ptr() as u64,
+                (src.len() - done) as u64,
+                0u64,
+                0u64,
+            ];
+            // SAFETY: `c` is a valid struct uffdio_copy whose source lies inside `src`, which
+            // the kernel only reads; the destination is in another address space.
+            let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_COPY as _, c.as_mut_ptr()) };
+            let copied = c[4] as i64;
+            if r == 0 {
+                // All of it (the kernel reports the bytes copied).
+                done += usize::try_from(copied)
+                    .ok()
+                    .filter(|&c| c > 0)
+                    .unwrap_or(src.len() - done);
+                continue;
+            }
+            if copied > 0 {
+                done += copied as usize;
+                continue;
+            }
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EEXIST) => {
+                    // This page is there already (the program faulted it or a copy raced):
+                    // wake any waiter and go on after it.
+                    let _ = self.wake(dst + done as u64, 4096);
+                    done += 4096;
+                }
+                Some(libc::EAGAIN) => return Ok(Filled::Again { done }),
+                Some(libc::ENOENT) => return Ok(Filled::Gone),
+                Some(libc::ESRCH) => return Ok(Filled::Exited),
+                _ => return Err(io::Error::last_os_error()),
+            }
+        }
+        Ok(Filled::Done)
+    }
+
+    /// `UFFDIO_ZEROPAGE` of `[start, start + len)`, waking waiters (a page that was never
+    /// saved reads as zeros, as it did).
+    pub fn zeropage(&self, start: u64, len: u64) -> io::Result<Filled> {
+        let mut z = [start, len, 0u64, 0u64];
+        // SAFETY: `z` is a valid struct uffdio_zeropage.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_ZEROPAGE as _, z.as_mut_ptr()) };
+        if r == 0 {
+            return Ok(Filled::Done);
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EEXIST) => {
+                let _ = self.wake(start, len);
+                Ok(Filled::Done)
+            }
+            Some(libc::EAGAIN) => Ok(Filled::Again { done: 0 }),
+            Some(libc::ENOENT) => Ok(Filled::Gone),
+            Some(libc::ESRCH) => Ok(Filled::Exited),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
+    /// `UFFDIO_WAKE` of `[start, start + len)`.
+    pub fn wake(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut range = [start, len];
+        // SAFETY: `range` is a valid struct uffdio_range.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), UFFDIO_WAKE as _, range.as_mut_ptr()) };
+        cvt(libc::c_long::from(r)).map(|_| ())
+    }
+
+    /// Reads the pending messages (the fd is non-blocking: none is an empty list).
+    pub fn read_msgs(&self) -> io::Result<Vec<UffdMsg>> {
+        let mut buf = [0u8; 32 * 16];
+        // SAFETY: reading into a buffer we own.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(Vec::new()),
+                _ => Err(e),
+            };
+        }
+        let u64_at = |m: &[u8], o: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&m[o..o + 8]);
+            u64::from_ne_bytes(w)
+        };
+        let mut out = Vec::new();
+        for m in buf[..n as usize].chunks_exact(32) {
+            out.push(match m[0] {
+                0x12 => UffdMsg::PageFault {
+                    addr: u64_at(m, 16),
+                },
+                0x13 => {
+                    let fd = u32::from_ne_bytes([m[8], m[9], m[10], m[11]]) as RawFd;
+                    // SAFETY: the kernel installed this new fd in our table for us.
+                    let uffd = unsafe { OwnedFd::from_raw_fd(fd) };
+                    UffdMsg::Fork { uffd }
+                }
+                0x14 => UffdMsg::Remap {
+                    from: u64_at(m, 8),
+                    to: u64_at(m, 16),
+                    len: u64_at(m, 24),
+                },
+                0x15 | 0x16 => UffdMsg::Remove {
+                    start: u64_at(m, 8),
+                    end: u64_at(m, 16),
+                },
+                e => UffdMsg::Other(e),
+            });
+        }
+        Ok(out)
     }
 }
 

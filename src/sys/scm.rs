@@ -103,3 +103,23 @@ pub fn unix_file(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: the kernel just returned this new fd and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// `recvmsg(MSG_CMSG_CLOEXEC)` of up to `buf.len()` bytes with the fds they carry
+/// (SCM_RIGHTS); blocking as the socket is. `(0, [])` at end of stream.
+pub fn recv_rights(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let r = rustix::net::recvmsg(
+        fd,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    Ok((r.bytes.min(buf.len()), fds))
+}

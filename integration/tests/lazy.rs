@@ -1,0 +1,231 @@
+//! Lazy (post-copy) restore: `cryo restore --lazy-pages` runs the tree before its memory has
+//! arrived; `cryo lazy-pages` serves each page on first touch (from the images, or from the
+//! page server a `cryo dump --lazy-pages` keeps) and pushes the rest; a lost page source
+//! kills the tree, and nothing is left behind.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use integration::*;
+
+/// A TCP port free right now on loopback.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `cryo lazy-pages -D DIR [extra]`, once its socket is there (not probed by connecting: the
+/// daemon serves the first restore that connects).
+fn daemon(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
+    let _ = std::fs::remove_file(dir.join("lazy-pages.socket"));
+    let child = Command::new(cryo_bin())
+        .args([
+            "lazy-pages",
+            "-D",
+            dir.to_str().unwrap(),
+            "-v4",
+            "-o",
+            "lazy.log",
+        ])
+        .args(extra)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the lazy-pages socket", 20, || {
+        dir.join("lazy-pages.socket").exists()
+    });
+    child
+}
+
+fn restore_lazy(dir: &Path) {
+    let o = cryo(&[
+        "restore",
+        "-D",
+        dir.to_str().unwrap(),
+        "--lazy-pages",
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+    ]);
+    ok(&o, &format!("lazy restore\n{}", log(dir, "restore.log")));
+}
+
+/// The daemon's counts from its last log line.
+fn counted(dir: &Path, what: &str) -> u64 {
+    let l = log(dir, "lazy.log");
+    let line = l
+        .lines()
+        .rfind(|l| l.contains("lazy pages: ") && l.contains(what))
+        .unwrap_or_else(|| panic!("no '{what}' in lazy.log:\n{l}"));
+    line.split(what)
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A 256 MiB process restored lazily with the background push held back: its checksum,
+/// computed by the restored program touching every page, is the one it had, and every page it
+/// read came through a fault. Once it exits, the daemon ends cleanly.
+#[test]
+fn lazily_restored_memory_comes_on_first_touch() {
+    let dir = scratch("lazy-touch");
+    let (pid, out) = start_memhog(&dir, 256);
+    let _g = KillOnDrop(pid);
+    let before = memhog_sum(pid, &out);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    let mut d = daemon(&img, &[], &[("CRYO_FAULT_PAUSE", "lazy-push:600")]);
+    restore_lazy(&img);
+    assert!(alive(pid), "the restored process runs");
+    assert_eq!(
+        memhog_sum(pid, &out),
+        before,
+        "checksum after a lazy restore"
+    );
+    kill(pid);
+    let st = d.wait().unwrap();
+    assert!(st.success(), "daemon: {st}\n{}", log(&img, "lazy.log"));
+    assert!(
+        counted(&img, "faulted=") >= 65536,
+        "the program's reads brought its pages:\n{}",
+        log(&img, "lazy.log")
+    );
+    assert_eq!(counted(&img, "pushed="), 0, "nothing was pushed");
+}
+
+/// Without a pause the daemon pushes every page in the background and exits once all are
+/// in; the checksum is then the one the process had.
+#[test]
+fn lazy_restore_brings_every_page() {
+    let dir = scratch("lazy-all");
+    let (pid, out) = start_memhog(&dir, 256);
+    let _g = KillOnDrop(pid);
+    let before = memhog_sum(pid, &out);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    let mut d = daemon(&img, &[], &[]);
+    restore_lazy(&img);
+    let st = d.wait().unwrap();
+    assert!(st.success(), "daemon: {st}\n{}", log(&img, "lazy.log"));
+    assert!(log(&img, "lazy.log").contains("every page is in"));
+    assert_eq!(
+        memhog_sum(pid, &out),
+        before,
+        "checksum once every page arrived"
+    );
+}
+
+/// `dump --lazy-pages --port N` keeps the memory on the source and serves it; on the
+/// destination (a copy of the images without those pages) `lazy-pages --page-server` takes
+/// it from there. The images hold none of the lazy pages; the checksum is the process's.
+#[test]
+fn lazy_restore_from_a_page_server() {
+    let dir = scratch("lazy-ps");
+    let (pid, out) = start_memhog(&dir, 256);
+    let _g = KillOnDrop(pid);
+    let before = memhog_sum(pid, &out);
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    let port = free_port().to_string();
+    let mut dumper = Command::new(cryo_bin())
+        .args(["dump", "-t", &pid.to_string(), "-D", src.to_str().unwrap()])
+        .args(["--lazy-pages", "--address", "127.0.0.1", "--port", &port])
+        .args(["-v4", "-o", "dump.log"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the dump's images", 120, || {
+        log(&src, "dump.log").contains("waiting for the lazy-pages daemon")
+    });
+    wait_gone(pid);
+    std::fs::create_dir_all(&dst).unwrap();
+    let mut size = 0;
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() && e.file_name() != "dump.log" {
+            size += e.metadata().unwrap().len();
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    assert!(
+        size < 64 << 20,
+        "the lazy pages stayed on the source ({size} bytes of images)"
+    );
+    let mut d = daemon(
+        &dst,
+        &["--page-server", "--address", "127.0.0.1", "--port", &port],
+        &[],
+    );
+    restore_lazy(&dst);
+    let st = d.wait().unwrap();
+    assert!(st.success(), "daemon: {st}\n{}", log(&dst, "lazy.log"));
+    let st = dumper.wait().unwrap();
+    assert!(st.success(), "dump: {st}\n{}", log(&src, "dump.log"));
+    assert_eq!(
+        memhog_sum(pid, &out),
+        before,
+        "checksum after a lazy migration"
+    );
+}
+
+/// The page source dies while the restored process still lacks most of its memory: the
+/// daemon kills the process (never lets it run on zero-filled memory) and fails, and no
+/// process of the restore or of cryo is left.
+#[test]
+fn a_lost_page_source_kills_the_tree() {
+    let dir = scratch("lazy-lost");
+    let (pid, out) = start_memhog(&dir, 64);
+    let _g = KillOnDrop(pid);
+    memhog_sum(pid, &out);
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    let port = free_port().to_string();
+    let mut dumper = Command::new(cryo_bin())
+        .args(["dump", "-t", &pid.to_string(), "-D", src.to_str().unwrap()])
+        .args(["--lazy-pages", "--address", "127.0.0.1", "--port", &port])
+        .args(["-v4", "-o", "dump.log"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the dump's images", 120, || {
+        log(&src, "dump.log").contains("waiting for the lazy-pages daemon")
+    });
+    wait_gone(pid);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    let mut d = daemon(
+        &dst,
+        &["--page-server", "--address", "127.0.0.1", "--port", &port],
+        &[("CRYO_FAULT_PAUSE", "lazy-push:600")],
+    );
+    restore_lazy(&dst);
+    assert!(alive(pid));
+    // The source goes away; the next page the program needs cannot come.
+    dumper.kill().unwrap();
+    dumper.wait().unwrap();
+    signal(pid, libc::SIGUSR1);
+    let st = d.wait().unwrap();
+    assert!(!st.success(), "the daemon reports the loss");
+    let l = log(&dst, "lazy.log");
+    assert!(l.contains("page source is lost"), "{l}");
+    wait_gone(pid);
+    assert_eq!(
+        lines(&out).iter().filter(|l| l.starts_with("sum")).count(),
+        1,
+        "no checksum came from partial memory"
+    );
+}

@@ -1,0 +1,654 @@
+//! Lazy (post-copy) restore, CRIU's way: `cryo restore --lazy-pages` builds the tree without
+//! the pages of its private anonymous memory, registers that memory with a userfaultfd made
+//! inside each task and hands the fd (with a pidfd of the task) to `cryo lazy-pages`, the
+//! daemon, over the unix socket `lazy-pages.socket` in the work directory (CRIU's socket and
+//! message: the task's PID in the images as an `int`, then the fd by SCM_RIGHTS; a negative
+//! PID for a zombie). The tree runs at once; the daemon serves each page on its first touch
+//! (`UFFDIO_COPY`, or `UFFDIO_ZEROPAGE` for a page never saved) and pushes the others in the
+//! background, from where the last fault was, until every page is in; then it exits.
+//!
+//! The pages come from the images (`pages-N.img`, through the `parent` chain) or, with
+//! `--page-server`, from the page server a `cryo dump --lazy-pages` keeps running on the
+//! source (`PS_IOV_GET`, `pageserver::Client::get`). The program's fork, mremap,
+//! `MADV_DONTNEED` and munmap are followed (userfaultfd events): a child's memory gets its
+//! own userfaultfd and the pages its parent had not received yet. A page source that fails
+//! (the page server gone, an image unreadable) kills the restored tree and everything it
+//! forked since, loudly: a process is never left running with memory it did not have.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::image::{pb, ImageDir};
+use crate::sys::mem::{Filled, Uffd, UffdMsg};
+use crate::sys::PAGE_SIZE;
+
+/// CRIU's name for the socket, in the work directory.
+pub const SOCKET_NAME: &str = "lazy-pages.socket";
+
+/// Pages pushed in the background per step (between two looks at the page faults).
+const PUSH_BYTES: u64 = 1 << 20;
+/// Pages served around a fault, from the faulting one on (a program reads memory in order
+/// more often than not).
+const FAULT_BYTES: u64 = 16 * PAGE_SIZE;
+
+/// Why a lazy restore failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LazyError {
+    #[error("lazy pages: {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no lazy-pages daemon listens at {path}: start `cryo lazy-pages -D DIR` (same images and work directory) before `cryo restore --lazy-pages`")]
+    NoDaemon {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the page source is lost ({0}); the restored tree was killed")]
+    Lost(String),
+    #[error("the restore stopped before it handed over every process ({got} of {want}); what it had restored was killed")]
+    Incomplete { got: usize, want: usize },
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    PageServer(#[from] crate::pageserver::PsError),
+    #[error(transparent)]
+    Memory(#[from] crate::kinds::memory::MemoryError),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> LazyError {
+    let what = what.into();
+    move |source| LazyError::Io { what, source }
+}
+
+/// The socket path for work directory `dir`.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join(SOCKET_NAME)
+}
+
+/// The restore's end: one connection to the daemon, one message per task.
+pub struct Sink {
+    sk: UnixStream,
+}
+
+impl Sink {
+    /// Connects to the daemon's socket at `path`.
+    pub fn connect(path: &Path) -> Result<Sink, LazyError> {
+        let sk = UnixStream::connect(path).map_err(|source| LazyError::NoDaemon {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Sink { sk })
+    }
+
+    fn send_raw(&self, vpid: i32, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let buf = vpid.to_ne_bytes();
+        loop {
+            match crate::sys::scm::send_rights(self.sk.as_fd(), &buf, fds, None) {
+                Ok(4) => return Ok(()),
+                Ok(n) => return Err(io::Error::other(format!("sent {n} of 4 bytes"))),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Hands the task `vpid` (its PID in the images) over: its userfaultfd and a pidfd.
+    pub fn send(&self, vpid: u32, uffd: &OwnedFd, pidfd: &OwnedFd) -> io::Result<()> {
+        let vpid = i32::try_from(vpid).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.send_raw(vpid, &[uffd.as_fd(), pidfd.as_fd()])
+    }
+
+    /// A zombie of the tree: nothing to serve (CRIU sends its PID negated).
+    pub fn send_zombie(&self, vpid: u32) -> io::Result<()> {
+        let vpid = i32::try_from(vpid).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        self.send_raw(-vpid, &[])
+    }
+}
+
+/// Where the daemon's pages come from.
+enum Source {
+    /// The images: open pages images (by index).
+    Local(Vec<std::fs::File>),
+    /// The images for what they hold, and a page server for the pages they lack.
+    Remote(Vec<std::fs::File>, crate::pageserver::Client),
+}
+
+/// A run of pages still to bring: `[start, end)` where it is mapped now, `orig` the address
+/// its data was saved at (mremap moves the first), and where that data is.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    start: u64,
+    end: u64,
+    orig: u64,
+    /// `Some((file index, offset of orig))` in a pages image; `None`: on the page server.
+    file: Option<(usize, u64)>,
+}
+
+/// One address space being served.
+struct Task {
+    uffd: Uffd,
+    /// The process whose saved pages these are (its PID in the images).
+    vpid: u32,
+    /// The restored process (none for a child the program forked: found at kill time).
+    pidfd: Option<OwnedFd>,
+    /// Sorted, disjoint.
+    runs: Vec<Run>,
+    /// Where the background push goes on.
+    cursor: u64,
+    /// Page faults read and not served yet (page addresses).
+    pending: VecDeque<u64>,
+    /// The memory is gone (the process exited).
+    gone: bool,
+}
+
+impl Task {
+    /// Drops `[s, e)` from the runs (brought, unmapped or dropped by the program).
+    fn cut(&mut self, s: u64, e: u64) {
+        let mut out = Vec::with_capacity(self.runs.len() + 1);
+        for r in self.runs.drain(..) {
+            if r.end <= s || r.start >= e {
+                out.push(r);
+                continue;
+            }
+            if r.start < s {
+                out.push(Run { end: s, ..r });
+            }
+            if r.end > e {
+                let d = e - r.start;
+                out.push(Run {
+                    start: e,
+                    orig: r.orig + d,
+                    file: r.file.map(|(f, o)| (f, o + d)),
+                    ..r
+                });
+            }
+        }
+        self.runs = out;
+    }
+
+    /// `mremap` moved `[from, from + len)` to `to`.
+    fn remap(&mut self, from: u64, to: u64, len: u64) {
+        let end = from + len;
+        let mut moved = Vec::new();
+        for r in &self.runs {
+            let (s, e) = (r.start.max(from), r.end.min(end));
+            if s < e {
+                let d = s - r.start;
+                moved.push(Run {
+                    start: to + (s - from),
+                    end: to + (e - from),
+                    orig: r.orig + d,
+                    file: r.file.map(|(f, o)| (f, o + d)),
+                });
+            }
+        }
+        self.cut(from, end);
+        // Whatever was at the destination was unmapped by the move.
+        self.cut(to, to + len);
+        self.runs.extend(moved);
+        self.runs.sort_by_key(|r| r.start);
+    }
+
+    fn run_at(&self, addr: u64) -> Option<Run> {
+        let i = self.runs.partition_point(|r| r.end <= addr);
+        self.runs.get(i).filter(|r| r.start <= addr).copied()
+    }
+
+    fn done(&self) -> bool {
+        self.gone || (self.runs.is_empty() && self.pending.is_empty())
+    }
+}
+
+/// What the daemon did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct DaemonReport {
+    /// Processes handed over (zombies included) and address spaces served (forks included).
+    pub tasks: usize,
+    pub spaces: usize,
+    /// Pages brought on a fault, pushed in the background, and zero pages given.
+    pub pages_faulted: u64,
+    pub pages_pushed: u64,
+    pub zero_pages: u64,
+}
+
+/// Binds the daemon's socket at `path` (a stale socket file is replaced).
+pub fn listen(path: &Path) -> Result<UnixListener, LazyError> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).map_err(io_err(format!("cannot listen at {}", path.display())))
+}
+
+/// `cryo lazy-pages`: serves one restore of the images in `dir` (the tree's size comes from
+/// its `pstree.img`), its pages from there or from the page server at `page_server`.
+pub fn serve(
+    dir: &Path,
+    listener: UnixListener,
+    page_server: Option<&str>,
+) -> Result<DaemonReport, LazyError> {
+    let images = ImageDir::open(dir)?;
+    let want = images
+        .read::<pb::PstreeEntry>("pstree.img", crate::image::PSTREE)?
+        .len();
+    let (conn, _) = listener.accept().map_err(io_err("accept"))?;
+    tracing::info!(processes = want, "lazy pages: the restore connected");
+    let source = match page_server {
+        Some(a) => Source::Remote(Vec::new(), crate::pageserver::Client::connect(a)?),
+        None => Source::Local(Vec::new()),
+    };
+    let mut d = Daemon {
+        images,
+        source,
+        paths: Vec::new(),
+        tasks: Vec::new(),
+        report: DaemonReport::default(),
+        buf: vec![0u8; usize::try_from(PUSH_BYTES).unwrap_or(1 << 20)],
+        push_after: push_delay().map(|d| Instant::now() + d),
+        next: 0,
+    };
+    match d.run(conn, want) {
+        Ok(()) => {
+            if let Source::Remote(_, ps) = d.source {
+                ps.close()?;
+            }
+            tracing::info!(
+                faulted = d.report.pages_faulted,
+                pushed = d.report.pages_pushed,
+                zero = d.report.zero_pages,
+                "lazy pages: every page is in"
+            );
+            Ok(d.report)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "lazy pages: killing the restored tree");
+            d.kill_all();
+            Err(e)
+        }
+    }
+}
+
+/// `CRYO_FAULT_PAUSE=lazy-push:<seconds>` (tests): no background push for that long, so the
+/// tree's own touches are what bring its pages meanwhile.
+fn push_delay() -> Option<Duration> {
+    let v = std::env::var("CRYO_FAULT_PAUSE").ok()?;
+    let (s, t) = v.split_once(':')?;
+    (s == "lazy-push").then(|| t.parse().ok().map(Duration::from_secs))?
+}
+
+struct Daemon {
+    images: ImageDir,
+    source: Source,
+    /// The pages images opened, by index.
+    paths: Vec<PathBuf>,
+    tasks: Vec<Task>,
+    report: DaemonReport,
+    buf: Vec<u8>,
+    push_after: Option<Instant>,
+    /// Round robin of the background push.
+    next: usize,
+}
+
+impl Daemon {
+    fn run(&mut self, conn: UnixStream, want: usize) -> Result<(), LazyError> {
+        let mut conn = Some(conn);
+        let mut got = 0usize;
+        loop {
+            self.tasks.retain(|t| !t.done());
+            if got == want && self.tasks.is_empty() {
+                return Ok(());
+            }
+            let pushing = self.tasks.iter().any(|t| !t.runs.is_empty());
+            let timeout = match self.push_after {
+                _ if !pushing => None,
+                Some(t) => {
+                    let now = Instant::now();
+                    if t > now {
+                        Some(t - now)
+                    } else {
+                        self.push_after = None;
+                        Some(Duration::ZERO)
+                    }
+                }
+                None => Some(Duration::ZERO),
+            };
+            let mut fds: Vec<rustix::event::PollFd<'_>> = Vec::new();
+            if let Some(c) = &conn {
+                fds.push(rustix::event::PollFd::new(c, rustix::event::PollFlags::IN));
+            }
+            for t in &self.tasks {
+                fds.push(rustix::event::PollFd::new(
+                    t.uffd.fd(),
+                    rustix::event::PollFlags::IN,
+                ));
+            }
+            // A process that exits needs nothing more (its pidfd turns readable).
+            let watched: Vec<usize> = (0..self.tasks.len())
+                .filter(|&i| self.tasks[i].pidfd.is_some())
+                .collect();
+            for &i in &watched {
+                if let Some(p) = &self.tasks[i].pidfd {
+                    fds.push(rustix::event::PollFd::new(p, rustix::event::PollFlags::IN));
+                }
+            }
+            let ts = timeout.map(|d| rustix::event::Timespec {
+                tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(d.subsec_nanos()),
+            });
+            match rustix::event::poll(&mut fds, ts.as_ref()) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(io_err("poll")(e.into())),
+            }
+            let mut ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+            drop(fds);
+            let exited = ready.split_off(ready.len() - watched.len());
+            for (&i, e) in watched.iter().zip(exited) {
+                if e {
+                    tracing::info!(vpid = self.tasks[i].vpid, "lazy pages: a process exited");
+                    self.tasks[i].gone = true;
+                }
+            }
+            let mut ready = ready.into_iter();
+            if conn.is_some() && ready.next() == Some(true) {
+                let c = conn.as_ref().expect("checked");
+                let mut b = [0u8; 4];
+                let (n, mut rights) =
+                    crate::sys::scm::recv_rights(c.as_fd(), &mut b).map_err(io_err("recvmsg"))?;
+                if n == 0 {
+                    conn = None;
+                    if got < want {
+                        return Err(LazyError::Incomplete { got, want });
+                    }
+                } else if n < 4 {
+                    return Err(io_err("a message from the restore")(io::Error::other(
+                        "cut short",
+                    )));
+                } else {
+                    got += 1;
+                    self.report.tasks += 1;
+                    let vpid = i32::from_ne_bytes(b);
+                    if vpid > 0 {
+                        if rights.is_empty() {
+                            return Err(io_err(format!("process {vpid}"))(io::Error::other(
+                                "no userfaultfd came with it",
+                            )));
+                        }
+                        let uffd = rights.remove(0);
+                        let pidfd = (!rights.is_empty()).then(|| rights.remove(0));
+                        self.add_task(vpid.unsigned_abs(), uffd, pidfd)?;
+                    }
+                }
+            }
+            let mut forks = Vec::new();
+            for (t, r) in self.tasks.iter_mut().zip(ready) {
+                if !r {
+                    continue;
+                }
+                let msgs = t
+                    .uffd
+                    .read_msgs()
+                    .map_err(io_err("reading the userfaultfd"))?;
+                for m in msgs {
+                    match m {
+                        UffdMsg::PageFault { addr } => t.pending.push_back(addr & !(PAGE_SIZE - 1)),
+                        UffdMsg::Fork { uffd } => forks.push(Task {
+                            uffd: Uffd::from_tracking(uffd),
+                            vpid: t.vpid,
+                            pidfd: None,
+                            runs: t.runs.clone(),
+                            cursor: t.cursor,
+                            pending: VecDeque::new(),
+                            gone: false,
+                        }),
+                        UffdMsg::Remap { from, to, len } => t.remap(from, to, len),
+                        UffdMsg::Remove { start, end } => t.cut(start, end),
+                        UffdMsg::Other(e) => {
+                            tracing::debug!(event = e, "lazy pages: event ignored");
+                        }
+                    }
+                }
+            }
+            self.report.spaces += forks.len();
+            self.tasks.extend(forks);
+            for i in 0..self.tasks.len() {
+                self.serve_faults(i)?;
+            }
+            if self.push_after.is_none() {
+                self.push_one()?;
+            }
+        }
+    }
+
+    fn add_task(
+        &mut self,
+        vpid: u32,
+        uffd: OwnedFd,
+        pidfd: Option<OwnedFd>,
+    ) -> Result<(), LazyError> {
+        let plan = crate::kinds::memory::lazy_plan(&self.images, vpid)?;
+        let mut runs = Vec::new();
+        for (path, rs) in plan.local {
+            let idx = match self.paths.iter().position(|p| *p == path) {
+                Some(i) => i,
+                None => {
+                    let f = std::fs::File::open(&path)
+                        .map_err(io_err(format!("open {}", path.display())))?;
+                    match &mut self.source {
+                        Source::Local(v) | Source::Remote(v, _) => v.push(f),
+                    }
+                    self.paths.push(path);
+                    self.paths.len() - 1
+                }
+            };
+            for (o, a, l) in rs {
+                runs.push(Run {
+                    start: a,
+                    end: a + l,
+                    orig: a,
+                    file: Some((idx, o)),
+                });
+            }
+        }
+        if !plan.remote.is_empty() && !matches!(self.source, Source::Remote(..)) {
+            return Err(LazyError::Lost(format!(
+                "process {vpid}: its pages at {:#x} are on a page server; start `cryo lazy-pages --page-server --address A --port N`",
+                plan.remote[0].0
+            )));
+        }
+        for (s, e) in plan.remote {
+            runs.push(Run {
+                start: s,
+                end: e,
+                orig: s,
+                file: None,
+            });
+        }
+        runs.sort_by_key(|r| r.start);
+        let pages: u64 = runs.iter().map(|r| (r.end - r.start) / PAGE_SIZE).sum();
+        tracing::info!(vpid, pages, "lazy pages: a process was handed over");
+        self.report.spaces += 1;
+        self.tasks.push(Task {
+            uffd: Uffd::from_tracking(uffd),
+            vpid,
+            pidfd,
+            runs,
+            cursor: 0,
+            pending: VecDeque::new(),
+            gone: false,
+        });
+        Ok(())
+    }
+
+    /// Reads `[orig, orig + len)` of `vpid`'s saved pages (one run) into `self.buf`.
+    fn fetch(&mut self, vpid: u32, r: &Run, at: u64, len: u64) -> Result<(), LazyError> {
+        let n = usize::try_from(len).unwrap_or(0);
+        let buf = &mut self.buf[..n];
+        let d = at - r.start;
+        match (r.file, &mut self.source) {
+            (Some((f, o)), Source::Local(files) | Source::Remote(files, _)) => files[f]
+                .read_exact_at(buf, o + d)
+                .map_err(|e| LazyError::Lost(format!("reading {}: {e}", self.paths[f].display()))),
+            (None, Source::Remote(_, ps)) => ps
+                .get(vpid, r.orig + d, len / PAGE_SIZE, buf)
+                .map_err(|e| LazyError::Lost(format!("page server: {e}"))),
+            (None, Source::Local(_)) => Err(LazyError::Lost("no page server".into())),
+        }
+    }
+
+    /// Brings `[at, at + len)` (inside one run) into task `i`. Returns false when the memory
+    /// is changing (events pending: retry after reading them).
+    fn bring(&mut self, i: usize, r: Run, at: u64, len: u64) -> Result<bool, LazyError> {
+        let vpid = self.tasks[i].vpid;
+        self.fetch(vpid, &r, at, len)?;
+        let n = usize::try_from(len).unwrap_or(0);
+        let t = &mut self.tasks[i];
+        let filled = t
+            .uffd
+            .copy_wake(at, &self.buf[..n])
+            .map_err(io_err(format!("UFFDIO_COPY at {at:#x}")))?;
+        Ok(match filled {
+            Filled::Done | Filled::Gone => {
+                t.cut(at, at + len);
+                true
+            }
+            Filled::Again { done } => {
+                t.cut(at, at + u64::try_from(done).unwrap_or(0));
+                false
+            }
+            Filled::Exited => {
+                t.gone = true;
+                true
+            }
+        })
+    }
+
+    fn serve_faults(&mut self, i: usize) -> Result<(), LazyError> {
+        while let Some(addr) = self.tasks[i].pending.pop_front() {
+            let t = &mut self.tasks[i];
+            if t.gone {
+                return Ok(());
+            }
+            let ok = match t.run_at(addr) {
+                Some(r) => {
+                    let len = FAULT_BYTES.min(r.end - addr);
+                    t.cursor = addr + len;
+                    let ok = self.bring(i, r, addr, len)?;
+                    if ok {
+                        self.report.pages_faulted += len / PAGE_SIZE;
+                    }
+                    ok
+                }
+                None => match t
+                    .uffd
+                    .zeropage(addr, PAGE_SIZE)
+                    .map_err(io_err(format!("UFFDIO_ZEROPAGE at {addr:#x}")))?
+                {
+                    Filled::Again { .. } => false,
+                    Filled::Exited => {
+                        t.gone = true;
+                        true
+                    }
+                    Filled::Done | Filled::Gone => {
+                        self.report.zero_pages += 1;
+                        true
+                    }
+                },
+            };
+            if !ok {
+                // An event is pending: served again once it is read.
+                self.tasks[i].pending.push_front(addr);
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes one step of background pages into one task (round robin).
+    fn push_one(&mut self) -> Result<(), LazyError> {
+        let n = self.tasks.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            let t = &self.tasks[i];
+            if t.gone || t.runs.is_empty() {
+                continue;
+            }
+            let j = t.runs.partition_point(|r| r.end <= t.cursor);
+            let r = t.runs.get(j).copied().unwrap_or(t.runs[0]);
+            let at = r.start.max(t.cursor.min(r.end.saturating_sub(PAGE_SIZE)));
+            let at = if at >= r.end { r.start } else { at };
+            let len = PUSH_BYTES.min(r.end - at);
+            self.tasks[i].cursor = at + len;
+            if self.bring(i, r, at, len)? {
+                self.report.pages_pushed += len / PAGE_SIZE;
+            }
+            self.next = i + 1;
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// The page source is lost: kill every restored process and what it forked since.
+    fn kill_all(&mut self) {
+        let mut pids = Vec::new();
+        for t in &self.tasks {
+            if let Some(p) = &t.pidfd {
+                if let Some(pid) = pidfd_pid(p) {
+                    pids.push(pid);
+                }
+            }
+        }
+        for pid in descendants(&pids) {
+            let _ = crate::sys::proc::kill(pid, libc::SIGKILL);
+        }
+        for t in &self.tasks {
+            if let Some(p) = &t.pidfd {
+                let _ = crate::sys::fd::pidfd_kill(p.as_fd(), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The PID a pidfd refers to (its fdinfo's `Pid:`), if the process still exists.
+fn pidfd_pid(p: &OwnedFd) -> Option<i32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", p.as_raw_fd())).ok()?;
+    let pid: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (pid > 0).then_some(pid)
+}
+
+/// Every process below `roots` (children of children...), found through /proc.
+fn descendants(roots: &[i32]) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Ok(st) = crate::procfs::stat(pid) {
+                parent_of.push((pid, st.ppid));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo: Vec<i32> = roots.to_vec();
+    while let Some(p) = todo.pop() {
+        for &(c, pp) in &parent_of {
+            if pp == p && !out.contains(&c) && !roots.contains(&c) {
+                out.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
