@@ -382,3 +382,50 @@ fn setns_into_a_sibling_mount_namespace_is_refused() {
         "the refused tree keeps running"
     );
 }
+
+/// A child that stayed in the root's mount namespace while its parent left it (the parent
+/// forked it, then made a mount namespace of its own, as zdtm's tempfs_subns does): after a
+/// restore the child is in the root's namespace again and the parent in its own, with its
+/// tmpfs.
+#[test]
+fn child_left_in_the_roots_mount_namespace_stays_there() {
+    if !require_tools(&[("unshare", "--help")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-left");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mnt_s = mnt.to_str().unwrap().to_string();
+    let inner = format!(
+        "sleep 1000 & exec unshare --mount --propagation private sh -c 'mount -t tmpfs left {mnt_s} && exec sleep 1000'"
+    );
+    let root = spawn(
+        &["/bin/sh", "-c", &format!("sh -c \"{inner}\" & wait")],
+        &dir.join("out"),
+    );
+    let _g = KillOnDrop(root);
+    wait_for("the parent's tmpfs", 10, || {
+        children(root)
+            .first()
+            .is_some_and(|&a| mounted_at(a, &mnt_s).len() == 1 && children(a).len() == 1)
+    });
+    let a = children(root)[0];
+    let b = children(a)[0];
+    let _k = [KillOnDrop(a), KillOnDrop(b)];
+    let check = || {
+        assert_eq!(
+            ns(b, "mnt"),
+            ns(root, "mnt"),
+            "the child is in the root's namespace"
+        );
+        assert_ne!(ns(a, "mnt"), ns(root, "mnt"), "the parent has its own");
+        assert_eq!(mounted_at(a, &mnt_s), vec!["tmpfs left rw".to_string()]);
+        assert!(mounted_at(b, &mnt_s).is_empty());
+    };
+    check();
+    let img = dir.join("img");
+    dump(root, &img, &[]);
+    wait_tree_gone(&img);
+    restore(&img);
+    check();
+}

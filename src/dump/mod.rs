@@ -811,8 +811,9 @@ fn check_mnt_ns(
 
 /// Mount namespaces nested in the tree: (a task that made it, that task's parent, the
 /// namespace's inode), in tree order. Each must have been made by a task of the tree whose
-/// parent is in another one (`unshare -m`): a task that entered one with `setns` (the
-/// root's, cryo's, or one another task made) is refused.
+/// parent is in another one (`unshare -m`): a task that entered one with `setns` (cryo's,
+/// or one another task made) is refused. A task in the root's namespace whose parent left
+/// it (the parent unshared after the fork) is restored there (`enter_namespaces`).
 fn nested_mnt_ns(tree: &[(i32, i32)]) -> Result<Vec<(i32, i32, u64)>, DumpError> {
     let ns = |pid: i32| ns_ino(pid, "mnt");
     let (root, own) = (ns(tree[0].0), ns(crate::sys::proc::own_pid()));
@@ -822,10 +823,10 @@ fn nested_mnt_ns(tree: &[(i32, i32)]) -> Result<Vec<(i32, i32, u64)>, DumpError>
         let (Some(n), Some(pn)) = (ns(pid), ns(ppid)) else {
             continue;
         };
-        if n == pn {
+        if n == pn || Some(n) == root {
             continue;
         }
-        if Some(n) == root || Some(n) == own || out.iter().any(|o| o.2 == n) {
+        if Some(n) == own || out.iter().any(|o| o.2 == n) {
             return Err(Unsupported::of(
                 pid,
                 "mount namespace",

@@ -790,11 +790,22 @@ fn enter_namespaces(
         // Terminals are made in the tree's own devpts instances.
         sh.objs.borrow_mut().tty.root = Some(format!("/proc/{pid}/root"));
     }
+    // A child in the root's mount namespace that its parent left (it unshared after the
+    // fork): it goes back there.
+    let root_mnt = sh.tasks[0].ids.mnt_ns_id;
+    let back_to_root = parent.is_some_and(|p| p.ids.mnt_ns_id != img.ids.mnt_ns_id)
+        && img.ids.mnt_ns_id.is_some()
+        && img.ids.mnt_ns_id == root_mnt;
+    if back_to_root {
+        let root_host = sh.host[&sh.tasks[0].pid];
+        let p = std::path::PathBuf::from(format!("/proc/{root_host}/ns/mnt"));
+        kinds::ns::join_path(cx, 0, &p, libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?;
+    }
     // A child's mount namespace of its own (nested in the tree): a copy of its parent's,
     // changed as saved.
-    if let Some(p) =
-        parent.filter(|p| img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != p.ids.mnt_ns_id)
-    {
+    if let Some(p) = parent.filter(|p| {
+        !back_to_root && img.ids.mnt_ns_id.is_some() && img.ids.mnt_ns_id != p.ids.mnt_ns_id
+    }) {
         tracing::debug!(pid, from = ?p.ids.mnt_ns_id, to = ?img.ids.mnt_ns_id, "nested mount namespace");
         let host = &sh.host;
         let pending =
@@ -1720,7 +1731,7 @@ pub fn plan(dir: &ImageDir, opts: &RestoreOpts) -> Result<Plan, RestoreError> {
     for t in &tasks[1..] {
         let parent = tasks.iter().find(|p| p.pid == t.pstree.ppid);
         if let (Some(id), Some(p)) = (t.ids.mnt_ns_id, parent) {
-            if Some(id) != p.ids.mnt_ns_id {
+            if Some(id) != p.ids.mnt_ns_id && Some(id) != root.ids.mnt_ns_id {
                 kinds::mounts::check_nested(dir, id, &opts.mounts)?;
             }
         }
