@@ -1110,6 +1110,8 @@ fn helper_cx<'a>(
         inherited: Default::default(),
         cow: Vec::new(),
         cryo_pidfd: sh.cryo_pidfd,
+        // Helpers and zombies-to-be get no memory of the tree's.
+        lazy: None,
     })
 }
 
