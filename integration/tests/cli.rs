@@ -129,8 +129,9 @@ fn runtime_probes_are_answered_like_criu() {
     // runc's test suite asks these before it uses them.
     for (feature, supported) in [
         ("external_net_ns", true),
-        ("uffd-noncoop", false),
-        ("uffd", false),
+        // userfaultfd with fork/remap events (lazy restore): on in this kind of VM's kernel.
+        ("uffd-noncoop", true),
+        ("uffd", true),
         ("userns", true),
         // Soft-dirty is off here; userfaultfd write protection tracks written pages.
         ("mem_dirty_track", true),
