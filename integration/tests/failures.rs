@@ -325,15 +325,36 @@ const RARE_FEATURES: &[(usize, u32, &str)] = &[
     (9, 16, "avx512f"),
 ];
 
+/// Rewrites the one entry of image `path` with `f`.
+fn rewrite_one<M: prost::Message + Default>(path: &Path, f: impl FnOnce(&mut M)) {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u32::from_ne_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let mut e = M::decode(&bytes[12..12 + len]).unwrap();
+    f(&mut e);
+    let mut out = bytes[..8].to_vec();
+    let msg = e.encode_to_vec();
+    out.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_ne_bytes());
+    out.extend_from_slice(&msg);
+    std::fs::write(path, out).unwrap();
+}
+
 /// Rewrites `img`/cpuinfo.img as if dumped on a CPU with one instruction set, one XSAVE
 /// component and a larger XSAVE frame than this one; returns the instruction set's name.
 fn forge_richer_cpu(img: &Path) -> &'static str {
-    use cryo::image::pb;
-    use prost::Message;
-    let path = img.join("cpuinfo.img");
-    let bytes = std::fs::read(&path).unwrap();
-    let len = u32::from_ne_bytes(bytes[8..12].try_into().unwrap()) as usize;
-    let mut e = pb::CpuinfoEntry::decode(&bytes[12..12 + len]).unwrap();
+    let mut feature = "";
+    rewrite_one(
+        &img.join("cpuinfo.img"),
+        |e: &mut cryo::image::pb::CpuinfoEntry| {
+            feature = richer(e);
+        },
+    );
+    // The manifest would (rightly) call the edited image damaged: this stands for a dump
+    // made elsewhere, whose images are not verified. (`cpuinfo dump` alone writes none.)
+    let _ = std::fs::remove_file(img.join("cryo-manifest.json"));
+    feature
+}
+
+fn richer(e: &mut cryo::image::pb::CpuinfoEntry) -> &'static str {
     let x = &mut e.x86_entry[0];
     let &(w, b, name) = RARE_FEATURES
         .iter()
@@ -345,16 +366,48 @@ fn forge_richer_cpu(img: &Path) -> &'static str {
     let extra = if mask & (1 << 9) == 0 { 1 << 9 } else { 1 << 5 };
     x.xfeatures_mask = Some(mask | extra);
     x.xsave_size = Some(x.xsave_size.unwrap() + 64);
-    let mut out = bytes[..8].to_vec();
-    let msg = e.encode_to_vec();
-    out.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_ne_bytes());
-    out.extend_from_slice(&msg);
-    std::fs::write(&path, out).unwrap();
-    // The manifest would (rightly) call the edited image damaged: this stands for a dump
-    // made elsewhere, whose images are not verified.
-    // (`cpuinfo dump` alone writes none.)
-    let _ = std::fs::remove_file(img.join("cryo-manifest.json"));
     name
+}
+
+/// A process whose saved registers hold XSAVE state this CPU has not enabled (dumped on a
+/// CPU with AVX-512, say, by code that used it) is refused before anything is created, with
+/// or without `--cpu-cap`: restored, it would die of SIGILL.
+#[test]
+fn registers_this_cpu_cannot_hold_are_refused_before_anything_starts() {
+    let (img, pid) = dumped_sleep("xstate", &[]);
+    // A component this CPU lacks: MPX (gone from current CPUs), else AMX, else AVX-512.
+    let xcr0 = {
+        let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+        let has = |f: &str| {
+            flags
+                .lines()
+                .any(|l| l.starts_with("flags") && l.split_whitespace().any(|w| w == f))
+        };
+        [(3u32, "mpx"), (17, "amx_tile"), (5, "avx512f")]
+            .into_iter()
+            .find(|(_, f)| !has(f))
+            .expect("this CPU has MPX, AMX and AVX-512")
+    };
+    let core = img.join(format!("core-{pid}.img"));
+    rewrite_one(&core, |c: &mut cryo::image::pb::CoreEntry| {
+        let fp = &mut c.thread_info.as_mut().unwrap().fpregs;
+        if let Some(x) = fp.xsave.as_mut() {
+            x.xstate_bv |= 1 << xcr0.0;
+        }
+        if let Some(r) = fp.cryo_xsave_raw.as_mut() {
+            r.resize(r.len().max(520), 0);
+            r[512 + (xcr0.0 / 8) as usize] |= 1 << (xcr0.0 % 8);
+        }
+    });
+    let _ = std::fs::remove_file(img.join("cryo-manifest.json"));
+    let o = cryo(&["restore", "-D", img.to_str().unwrap(), "-d"]);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success(),
+        "restored registers this CPU cannot hold"
+    );
+    assert!(e.contains("XSAVE state") && e.contains("SIGILL"), "{e}");
+    assert!(!alive(pid), "the refused restore created process {pid}");
 }
 
 #[test]

@@ -177,6 +177,13 @@ pub enum CpuinfoError {
     Bad { path: String, what: String },
     #[error("{dir}: no cpuinfo.img: the dump was made without --cpu-cap, so there is nothing to check this CPU against (restore without --cpu-cap, or dump again with it)")]
     NoImage { dir: String },
+    #[error("thread {tid}'s saved registers hold XSAVE state this CPU does not have: {missing} (xstate_bv {xstate_bv:#x}, this CPU enables {here:#x}); it ran on a CPU with them and its code uses them (it would die of SIGILL here): restore it on such a CPU")]
+    SavedState {
+        tid: u32,
+        missing: String,
+        xstate_bv: u64,
+        here: u64,
+    },
     #[error("this CPU cannot run the tree saved in {dir} (dumped on {source_cpu}): {}. Restore it on a CPU that has them, or restore with --cpu-cap=none at your own risk", .problems.join("; "))]
     Incompatible {
         dir: String,
@@ -481,6 +488,38 @@ pub fn problems(saved: &CpuDesc, here: &CpuDesc, cap: u32) -> Vec<String> {
         ));
     }
     p
+}
+
+/// Refuses registers whose saved XSAVE area holds state components (AVX-512, AMX, ...) this
+/// CPU has not enabled: always checked at restore, with or without `--cpu-cap`.
+pub fn check_saved_state(tid: u32, fp: &pb::UserX86FpregsEntry) -> Result<(), CpuinfoError> {
+    let raw_bv = fp
+        .cryo_xsave_raw
+        .as_ref()
+        .and_then(|r| r.get(512..520))
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let Some(bv) = fp.xsave.as_ref().map(|x| x.xstate_bv).or(raw_bv) else {
+        return Ok(());
+    };
+    let here = crate::sys::cpuid::xcr0().unwrap_or(0b11);
+    let extra = bv & !here;
+    if extra == 0 {
+        return Ok(());
+    }
+    let names: Vec<String> = (0..64)
+        .filter(|i| extra & (1 << i) != 0)
+        .map(|i| {
+            XFEATURE_NAMES
+                .get(i)
+                .map_or_else(|| format!("xfeature {i}"), |n| (*n).to_string())
+        })
+        .collect();
+    Err(CpuinfoError::SavedState {
+        tid,
+        missing: names.join(" "),
+        xstate_bv: bv,
+        here,
+    })
 }
 
 /// Writes `cpuinfo.img` for this CPU.

@@ -1771,6 +1771,16 @@ pub fn run(
     }
     fault_point("verify")?;
     let (tasks, files, own_pid_ns, ext_pid) = read_tree(dir)?;
+    // Registers this CPU cannot load (AVX-512 state on a CPU without it) fail here, not as a
+    // SIGILL once the tree runs.
+    for t in &tasks {
+        let tids = t.pstree.threads.iter();
+        for (tid, core) in tids.zip(std::iter::once(&t.core).chain(&t.threads)) {
+            if let Some(ti) = &core.thread_info {
+                kinds::cpuinfo::check_saved_state(*tid, &ti.fpregs)?;
+            }
+        }
+    }
     let session_plan = session_plan(&tasks, own_pid_ns)?;
     // The external PID namespace to create the tree in (`--external pid[INO]:KEY` at dump;
     // `--inherit-fd fd[N]:KEY`, RPC `inherit_fd`, at restore).

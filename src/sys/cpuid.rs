@@ -8,3 +8,21 @@ pub fn cpuid(leaf: u32, sub: u32) -> [u32; 4] {
     let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, sub) };
     [r.eax, r.ebx, r.ecx, r.edx]
 }
+
+/// XCR0: the XSAVE components the kernel enabled for user space (None without OSXSAVE).
+pub fn xcr0() -> Option<u64> {
+    if cpuid(1, 0)[2] & (1 << 27) == 0 {
+        return None;
+    }
+    // SAFETY: OSXSAVE (checked above) means XGETBV is available and XCR0 readable.
+    Some(unsafe { xgetbv0() })
+}
+
+#[target_feature(enable = "xsave")]
+unsafe fn xgetbv0() -> u64 {
+    #[allow(unused_unsafe)]
+    // SAFETY: the caller checked OSXSAVE.
+    unsafe {
+        core::arch::x86_64::_xgetbv(0)
+    }
+}
