@@ -386,6 +386,12 @@ fn status_ready(a: &Opts) {
 
 /// What `dump` and `pre-dump` take from the options.
 fn dump_opts(a: &Opts, pid: i32) -> Result<dump::DumpOpts> {
+    if a.compress && (a.page_server || a.lazy_pages) {
+        bail!(
+            "--compress cannot be used with {}: the page server and the lazy-pages daemon take CRIU's raw pages; drop --compress",
+            if a.page_server { "--page-server" } else { "--lazy-pages" }
+        );
+    }
     Ok(dump::DumpOpts {
         pid,
         leave_running: a.leave_running,
@@ -466,6 +472,7 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
             };
             let opts = dump_opts(&a, pid)?;
             let dir = ImageDir::create(&a.images_dir)?;
+            dir.set_compress(a.compress);
             let spin = progress(&format!("dumping {pid}"));
             let mut hooks = scripts(&a);
             let r = dump::run(&opts, &dir, &mut hooks);
@@ -501,6 +508,7 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
             };
             let opts = dump_opts(&a, pid)?;
             let dir = ImageDir::create(&a.images_dir)?;
+            dir.set_compress(a.compress);
             let mut hooks = scripts(&a);
             let r = dump::predump::run(&opts, &dir, &mut hooks)?;
             tracing::info!(

@@ -51,6 +51,9 @@ pub fn show(path: &Path) -> Result<Value, ImageError> {
         op: "read",
         source,
     })?;
+    if bytes.starts_with(&0x184D_2A5Cu32.to_le_bytes()) {
+        return show_compressed_pages(path, &bytes);
+    }
     let kind = detect(path, &bytes)?;
     // Decoded once: the embedded set is large (every message, with source info).
     static POOL: std::sync::OnceLock<DescriptorPool> = std::sync::OnceLock::new();
@@ -86,4 +89,31 @@ pub fn show(path: &Path) -> Result<Value, ImageError> {
         entries.push(v);
     }
     Ok(json!({ "magic": kind.name.to_uppercase().replace('-', "_"), "entries": entries }))
+}
+
+/// A compressed pages image (`dump --compress`): its head and one entry per block (where
+/// its data lies in the raw `pages-N.img`, how large it is compressed, its digest).
+fn show_compressed_pages(path: &Path, bytes: &[u8]) -> Result<Value, ImageError> {
+    let (h, blocks) = image::pages::index(path, bytes)?;
+    let entries: Vec<Value> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, len, digest))| {
+            let at = i as u64 * h.block as u64;
+            json!({
+                "raw_offset": at,
+                "raw_size": (h.size - at).min(h.block as u64),
+                "compressed_size": len,
+                "xxh3_128": format!("{digest:032x}"),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "magic": "PAGES_ZST",
+        "codec": "zstd",
+        "block_size": h.block,
+        "size": h.size,
+        "compressed_size": bytes.len(),
+        "entries": entries,
+    }))
 }

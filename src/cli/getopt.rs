@@ -84,8 +84,8 @@ macro_rules! spec {
     };
 }
 
-/// Every option CRIU 4.2 accepts (`criu/config.c`), in its order, plus cryo's own two
-/// (`--json`, `--orphan-pts-master`, which CRIU has over RPC only).
+/// Every option CRIU 4.2 accepts (`criu/config.c`), in its order, plus cryo's own
+/// (`--json`, `--compress`, and `--orphan-pts-master`, which CRIU has over RPC only).
 pub static OPTIONS: &[Spec] = &[
     spec!("tree", Some('t'), Required, Value),
     spec!("leave-stopped", Some('s'), No, FinalState),
@@ -174,6 +174,7 @@ pub static OPTIONS: &[Spec] = &[
     spec!("allow-uprobes", None, No, Bool),
     // cryo's own.
     spec!("json", None, No, Bool),
+    spec!("compress", None, No, Bool),
     spec!("orphan-pts-master", None, No, Bool),
 ];
 

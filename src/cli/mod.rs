@@ -553,6 +553,11 @@ pub struct Opts {
     /// images directory, as CRIU takes it): its `parent` link.
     #[arg(long = "prev-images-dir", value_name = "DIR")]
     pub prev_images_dir: Option<String>,
+    /// dump, pre-dump: write the pages images compressed with zstd (`pages-N.img.zst`, cryo's
+    /// own; `zstd -d` turns one back into CRIU's `pages-N.img`). CRIU cannot restore such a
+    /// dump; `cryo restore` reads both.
+    #[arg(long = "compress")]
+    pub compress: bool,
 
     /// Lazy restore: `restore` leaves private anonymous memory to the `lazy-pages` daemon,
     /// which brings each page on its first touch; `dump` keeps those pages and serves them on

@@ -1731,6 +1731,11 @@ fn write_images(dir: &ImageDir, imgs: &[TaskImages], files: &FileTable) -> Resul
     files
         .inet
         .fill_inventory(&mut inventory, &files.sock, &files.netlock);
+    if dir.compress() {
+        inventory.plugins_entry = Some(pb::PluginsEntry {
+            plugins: vec![image::pages::CRIU_MARK.into()],
+        });
+    }
     dir.write("inventory.img", image::INVENTORY, &[inventory])?;
     let tree: Vec<pb::PstreeEntry> = imgs.iter().map(|i| i.pstree.clone()).collect();
     dir.write("pstree.img", image::PSTREE, &tree)?;

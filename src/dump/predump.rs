@@ -106,8 +106,7 @@ pub fn run(
             send_pages(ps, p.pid, p.vpid, &entries, &p.runs, true)?;
         } else {
             let name = format!("pages-{pages_id}.img");
-            let digest = write_pages_of(p.pid, dir, &name, &p.runs, p.total, true)?;
-            dir.record(&name, digest);
+            write_pages_of(p.pid, dir, &name, &p.runs, p.total, true)?;
             dir.write_pagemap(&format!("pagemap-{}.img", p.vpid), pages_id, &entries)?;
         }
         stats.pages_written += p.total / PAGE_SIZE;
@@ -138,6 +137,10 @@ pub fn run(
             2
         } else {
             1
+        }),
+        // CRIU refuses a compressed dump by this mark (`image::pages::CRIU_MARK`).
+        plugins_entry: dir.compress().then(|| pb::PluginsEntry {
+            plugins: vec![crate::image::pages::CRIU_MARK.into()],
         }),
         ..Default::default()
     };

@@ -40,28 +40,57 @@ impl FileDigest {
     /// Digest of a file made of `parts` one after the other (the same as [`FileDigest::of`]
     /// their concatenation), without joining them.
     pub fn of_parts(parts: &[&[u8]]) -> FileDigest {
-        let mut blocks = Vec::new();
-        let mut h = twox_hash::xxhash3_128::Hasher::new();
-        let (mut in_block, mut size) = (0usize, 0u64);
-        for part in parts {
-            let mut rest = *part;
-            while !rest.is_empty() {
-                let n = rest.len().min(BLOCK - in_block);
-                h.write(&rest[..n]);
-                in_block += n;
-                size += n as u64;
-                rest = &rest[n..];
-                if in_block == BLOCK {
-                    blocks.push(format!("{:032x}", h.finish_128()));
-                    h = twox_hash::xxhash3_128::Hasher::new();
-                    in_block = 0;
-                }
+        let mut d = Digester::default();
+        parts.iter().for_each(|p| d.write(p));
+        d.finish()
+    }
+}
+
+/// A [`FileDigest`] computed as the file's bytes go by, in order.
+pub struct Digester {
+    h: twox_hash::xxhash3_128::Hasher,
+    in_block: usize,
+    size: u64,
+    blocks: Vec<String>,
+}
+
+impl Default for Digester {
+    fn default() -> Self {
+        Digester {
+            h: twox_hash::xxhash3_128::Hasher::new(),
+            in_block: 0,
+            size: 0,
+            blocks: Vec::new(),
+        }
+    }
+}
+
+impl Digester {
+    /// The next bytes of the file.
+    pub fn write(&mut self, mut rest: &[u8]) {
+        while !rest.is_empty() {
+            let n = rest.len().min(BLOCK - self.in_block);
+            self.h.write(&rest[..n]);
+            self.in_block += n;
+            self.size += n as u64;
+            rest = &rest[n..];
+            if self.in_block == BLOCK {
+                let h = std::mem::replace(&mut self.h, twox_hash::xxhash3_128::Hasher::new());
+                self.blocks.push(format!("{:032x}", h.finish_128()));
+                self.in_block = 0;
             }
         }
-        if in_block > 0 {
-            blocks.push(format!("{:032x}", h.finish_128()));
+    }
+
+    /// The digest of everything written.
+    pub fn finish(mut self) -> FileDigest {
+        if self.in_block > 0 {
+            self.blocks.push(format!("{:032x}", self.h.finish_128()));
         }
-        FileDigest { size, blocks }
+        FileDigest {
+            size: self.size,
+            blocks: self.blocks,
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! ignore that file.
 
 pub mod manifest;
+pub mod pages;
 pub mod pb;
 
 use std::fs::{File, OpenOptions};
@@ -150,6 +151,8 @@ pub struct ImageDir {
     /// Restore side: the files cryo-manifest.json lists. An optional image it does not list
     /// is left over from an older dump into the same directory and is not read.
     listed: Option<std::collections::BTreeSet<String>>,
+    /// Dump side, `--compress`: pages images are written compressed (`pages`).
+    compress: std::sync::atomic::AtomicBool,
 }
 
 impl ImageDir {
@@ -182,6 +185,7 @@ impl ImageDir {
             path: path.to_path_buf(),
             written: Mutex::new(Manifest::default()),
             listed: None,
+            compress: false.into(),
         })
     }
 
@@ -200,6 +204,7 @@ impl ImageDir {
             path: path.to_path_buf(),
             written: Mutex::new(Manifest::default()),
             listed,
+            compress: false.into(),
         })
     }
 
@@ -214,6 +219,53 @@ impl ImageDir {
             );
         }
         stale
+    }
+
+    /// `dump --compress`: write the pages images of this directory compressed.
+    pub fn set_compress(&self, on: bool) {
+        self.compress
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Are pages images written compressed (`pages-N.img.zst`)?
+    pub fn compress(&self) -> bool {
+        self.compress.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Creates pages image `name` (`pages-N.img`) under the name this directory writes it
+    /// with (compressed: `pages-N.img.zst`), removing the other name's leftover of an
+    /// earlier dump. Returns the file and the name it has.
+    pub fn create_pages(&self, name: &str) -> Result<(File, String), ImageError> {
+        let (this, other) = if self.compress() {
+            (pages::compressed_name(name), name.to_string())
+        } else {
+            (name.to_string(), pages::compressed_name(name))
+        };
+        match std::fs::remove_file(self.file(&other)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(ImageError::Io {
+                    path: self.file(&other),
+                    op: "remove",
+                    source: e,
+                })
+            }
+            _ => {}
+        }
+        Ok((self.create_file(&this)?, this))
+    }
+
+    /// Writes pages image `name` holding `bytes`, compressed when this directory compresses,
+    /// and records its digest.
+    pub fn write_pages(&self, name: &str, bytes: &[u8]) -> Result<(), ImageError> {
+        if !self.compress() {
+            // removes a compressed leftover, then writes as before
+            drop(self.create_pages(name)?);
+            return self.write_raw(name, bytes);
+        }
+        let (f, this) = self.create_pages(name)?;
+        let d = pages::write_all(&f, &self.file(&this), bytes)?;
+        self.record(&this, d);
+        Ok(())
     }
 
     pub fn file(&self, name: &str) -> PathBuf {

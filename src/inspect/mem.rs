@@ -80,6 +80,9 @@ pub struct PageMap {
     /// The pages image (`None` when it is missing).
     pub pages: Option<Member>,
     pub pages_name: String,
+    /// The pages image is compressed (`dump --compress`, `pages-N.img.zst`): read through
+    /// a zstd decoder.
+    pub compressed: bool,
     pub parent: Option<Box<Parent>>,
 }
 
@@ -144,8 +147,30 @@ impl PageMap {
             }
             any_parent |= flags & PE_PARENT != 0;
         }
-        let pages_name = format!("pages-{pages_id}.img");
-        let pages = src.image(&pages_name).cloned();
+        let mut pages_name = format!("pages-{pages_id}.img");
+        let mut pages = src.image(&pages_name).cloned();
+        let mut raw_size = pages.as_ref().map(|p| p.size);
+        let mut compressed = false;
+        if pages.is_none() {
+            let zname = crate::image::pages::compressed_name(&pages_name);
+            if let Some(m) = src.image(&zname).cloned() {
+                // The size that counts is the raw data's, in the head.
+                let mut head = Vec::new();
+                src.visit(&[&m], |_, r| {
+                    r.take(64)
+                        .read_to_end(&mut head)
+                        .map_err(|e| read_err(src, &zname, e))?;
+                    Ok(())
+                })?;
+                match crate::image::pages::head(Path::new(&zname), &head) {
+                    Ok(h) => raw_size = Some(h.size),
+                    Err(e) => notes.push((zname.clone(), e.to_string())),
+                }
+                pages_name = zname;
+                pages = Some(m);
+                compressed = true;
+            }
+        }
         match &pages {
             None if off > 0 => notes.push((
                 pages_name.clone(),
@@ -154,11 +179,11 @@ impl PageMap {
                     off / PAGE
                 ),
             )),
-            Some(p) if p.size < off => notes.push((
+            Some(_) if raw_size.unwrap_or(0) < off => notes.push((
                 pages_name.clone(),
                 format!(
                     "truncated: {} bytes, {name} needs {off}; pages past the end cannot be read",
-                    p.size
+                    raw_size.unwrap_or(0)
                 ),
             )),
             _ => {}
@@ -188,6 +213,7 @@ impl PageMap {
             runs,
             pages,
             pages_name,
+            compressed,
             parent,
         }))
     }
@@ -423,6 +449,14 @@ pub fn search(
     let refs: Vec<&Member> = members.iter().map(|(_, m)| *m).collect();
     src.visit(&refs, |k, r| {
         let it = &items[members[k].0];
+        let mut z;
+        let r: &mut dyn Read = if it.map.compressed {
+            z = zstd::stream::read::Decoder::new(r)
+                .map_err(|e| read_err(src, &it.map.pages_name, e))?;
+            &mut z
+        } else {
+            r
+        };
         let mut pos = 0u64;
         let mut runs: Vec<&Run> = it.map.runs.iter().filter(|r| r.present()).collect();
         runs.sort_by_key(|r| r.file_off);
@@ -569,6 +603,14 @@ pub fn page_hashes(src: &Source, map: &PageMap) -> Result<BTreeMap<u64, u128>, I
         let mut runs: Vec<&Run> = map.runs.iter().filter(|r| r.present()).collect();
         runs.sort_by_key(|r| r.file_off);
         src.visit(&[m], |_, r| {
+            let mut z;
+            let r: &mut dyn Read = if map.compressed {
+                z = zstd::stream::read::Decoder::new(r)
+                    .map_err(|e| read_err(src, &map.pages_name, e))?;
+                &mut z
+            } else {
+                r
+            };
             let mut pos = 0u64;
             let mut page = vec![0u8; crate::num::usize_of(PAGE)];
             for run in &runs {

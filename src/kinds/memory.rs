@@ -493,8 +493,7 @@ impl Kind for Memory {
             img.pages_remote = true;
         } else {
             let name = format!("pages-{}.img", img.pages_id);
-            let digest = write_pages(cx, &name, &runs, off)?;
-            cx.dir.record(&name, digest);
+            write_pages(cx, &name, &runs, off)?;
         }
         cx.stats.pages_written += off / PAGE_SIZE;
         cx.stats.memdump_time += micros_u32(t0.elapsed());
@@ -926,12 +925,7 @@ fn write_pages_mapped(
 /// Copies every run from the frozen task into the pages image; returns the file's digest.
 /// Under 1 MiB from this thread with one write; otherwise through a shared mapping of the
 /// image (`write_pages_mapped`).
-fn write_pages(
-    cx: &DumpCx<'_>,
-    name: &str,
-    runs: &[Run],
-    total: u64,
-) -> Result<FileDigest, MemoryError> {
+fn write_pages(cx: &DumpCx<'_>, name: &str, runs: &[Run], total: u64) -> Result<(), MemoryError> {
     write_pages_of(cx.pid, cx.dir, name, runs, total, false)
 }
 
@@ -1002,9 +996,10 @@ pub fn send_pages(
     Ok(sent)
 }
 
-/// [`write_pages`] for process `pid` into `dir`. `lenient` (a pre-dump, copying while the
-/// tree runs): a range the process unmapped meanwhile is saved as zeros instead of failing;
-/// the next step sees it as a new or written range and saves it again.
+/// [`write_pages`] for process `pid` into `dir`, compressed when `dir` compresses
+/// (`image::pages`); records the image in the manifest. `lenient` (a pre-dump, copying while
+/// the tree runs): a range the process unmapped meanwhile is saved as zeros instead of
+/// failing; the next step sees it as a new or written range and saves it again.
 pub fn write_pages_of(
     pid: i32,
     dir: &crate::image::ImageDir,
@@ -1012,9 +1007,24 @@ pub fn write_pages_of(
     runs: &[Run],
     total: u64,
     lenient: bool,
+) -> Result<(), MemoryError> {
+    let (file, this) = dir.create_pages(name)?;
+    let path = dir.file(&this);
+    let digest = pages_of(pid, dir.compress(), &file, &path, runs, total, lenient)?;
+    dir.record(&this, digest);
+    Ok(())
+}
+
+/// [`write_pages_of`] into `file` (at `path`); returns its digest.
+fn pages_of(
+    pid: i32,
+    compress: bool,
+    file: &File,
+    path: &std::path::Path,
+    runs: &[Run],
+    total: u64,
+    lenient: bool,
 ) -> Result<FileDigest, MemoryError> {
-    let file = dir.create_file(name)?;
-    let path = dir.file(name);
     let mem_file = if runs.iter().any(|r| r.via_mem) {
         Some(
             File::open(format!("/proc/{pid}/mem")).map_err(|source| TaskError::Memory {
@@ -1051,10 +1061,13 @@ pub fn write_pages_of(
                 source,
             })?;
         }
+        if compress {
+            return Ok(crate::image::pages::write_all(file, path, &buf).map_err(TaskError::Image)?);
+        }
         let mut file = file;
         std::io::Write::write_all(&mut file, &buf).map_err(|source| {
             TaskError::Image(crate::image::ImageError::Io {
-                path,
+                path: path.to_path_buf(),
                 op: "write",
                 source,
             })
@@ -1062,7 +1075,95 @@ pub fn write_pages_of(
         return Ok(FileDigest::of(&buf));
     }
     crate::progress::start(total);
-    write_pages_mapped(pid, &file, &path, runs, total, mem_file.as_ref(), lenient)
+    if compress {
+        return write_pages_compressed(pid, file, path, runs, total, mem_file.as_ref(), lenient);
+    }
+    write_pages_mapped(pid, file, path, runs, total, mem_file.as_ref(), lenient)
+}
+
+/// `write_pages` compressed (`dump --compress`): every worker copies a block of the image
+/// from the task into its own buffer, compresses it and appends it in block order
+/// (`image::pages::Writer`).
+fn write_pages_compressed(
+    pid: i32,
+    file: &File,
+    path: &std::path::Path,
+    runs: &[Run],
+    total: u64,
+    mem_file: Option<&File>,
+    lenient: bool,
+) -> Result<FileDigest, MemoryError> {
+    use crate::image::pages;
+    let w = pages::Writer::new(file, path, total).map_err(TaskError::Image)?;
+    let nblocks = usize_of(total.div_ceil(u64_of(pages::BLOCK)));
+    let next = AtomicUsize::new(0);
+    let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
+    let fail = |e: MemoryError| {
+        first_err.lock().expect("lock").get_or_insert(e);
+        w.fail();
+    };
+    std::thread::scope(|s| {
+        let work = || {
+            let mut c = match pages::Writer::compressor() {
+                Ok(c) => c,
+                Err(source) => {
+                    return fail(
+                        TaskError::Image(crate::image::ImageError::Io {
+                            path: path.to_path_buf(),
+                            op: "zstd",
+                            source,
+                        })
+                        .into(),
+                    )
+                }
+            };
+            let mut raw = vec![0u8; pages::BLOCK];
+            let mut enc = Vec::new();
+            loop {
+                if let Some(sig) = crate::sys::proc::interrupted() {
+                    return fail(MemoryError::interrupted(sig));
+                }
+                let b = next.fetch_add(1, Ordering::Relaxed);
+                if b >= nblocks {
+                    return;
+                }
+                let start = u64_of(b) * u64_of(pages::BLOCK);
+                let end = (start + u64_of(pages::BLOCK)).min(total);
+                let dst = &mut raw[..usize_of(end - start)];
+                if let Err(e) = copy_block(pid, runs, start, end, dst, mem_file) {
+                    if lenient {
+                        copy_block_lenient(pid, runs, start, end, dst, mem_file);
+                    } else {
+                        return fail(e);
+                    }
+                }
+                if let Err(source) = pages::Writer::encode(&mut c, dst, &mut enc) {
+                    return fail(
+                        TaskError::Image(crate::image::ImageError::Io {
+                            path: path.to_path_buf(),
+                            op: "zstd",
+                            source,
+                        })
+                        .into(),
+                    );
+                }
+                match w.put(b, &enc) {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => return fail(TaskError::Image(e).into()),
+                }
+                crate::progress::advance(end - start);
+            }
+        };
+        for _ in 1..workers() {
+            s.spawn(work);
+        }
+        work();
+    });
+    if let Some(e) = first_err.into_inner().expect("lock") {
+        return Err(e);
+    }
+    Ok(w.finish())
 }
 
 /// Reads `dst.len()` bytes at `addr` page by page; pages that cannot be read are zeros.
@@ -1499,15 +1600,13 @@ fn fill_from(
     runs: &[(u64, u64, u64)],
 ) -> Result<(), MemoryError> {
     let path = path.to_path_buf();
-    let io = |op, source| {
-        TaskError::Image(crate::image::ImageError::Io {
-            path: path.clone(),
-            op,
-            source,
-        })
-    };
-    let f = File::open(&path).map_err(|e| io("open", e))?;
-    let size = f.metadata().map_err(|e| io("stat", e))?.len();
+    // The raw image mapped, or a compressed one (`dump --compress`) decompressed.
+    let (map, compressed) = crate::image::pages::load(&path, workers())
+        .map_err(TaskError::Image)?
+        .ok_or_else(|| {
+            TaskError::Image(crate::image::ImageError::Missing { path: path.clone() })
+        })?;
+    let size = u64_of(map.bytes().len());
     // Each run's size was checked (`run_end`); the end of the data is checked here.
     let map_len = runs
         .iter()
@@ -1527,8 +1626,9 @@ fn fill_from(
         })
         .into());
     }
-    let map = Mapping::file_ro(&f, usize_of(map_len)).map_err(|e| io("mmap", e))?;
-    map.advise(libc::MADV_SEQUENTIAL);
+    if !compressed {
+        map.advise(libc::MADV_SEQUENTIAL);
+    }
     let vmas = &img.mm.vmas;
     let thp = Thp::read();
     let thp_disabled = img.mm.thp_disabled == Some(true);
@@ -1609,7 +1709,8 @@ fn fill_from(
             })?;
         }
     } else {
-        fill_parallel(cx, &path, &items, bytes)?;
+        // The puppet reads a raw image itself; decompressed data is only in cryo.
+        fill_parallel(cx, (!compressed).then_some(&*path), &items, bytes)?;
     }
     let written = write_differing(pid, bytes, &cow_runs)?;
     cx.stats.pages_restored =
@@ -1631,14 +1732,14 @@ fn fill_from(
 /// from this thread, which is its tracer; the other CPUs push theirs with process_vm_writev.
 fn fill_parallel(
     cx: &mut RestoreCx<'_>,
-    path: &std::path::Path,
+    path: Option<&std::path::Path>,
     items: &[Item],
     bytes: &[u8],
 ) -> Result<(), MemoryError> {
     let pid = cx.pid;
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
-    let img_fd = match path.to_str() {
+    let img_fd = match path.and_then(|p| p.to_str()) {
         Some(p) if !items.is_empty() => Some(cx.open(p, libc::O_RDONLY as u32)?),
         _ => None, // nothing left, or a non-UTF-8 path: the helpers do it all
     };
@@ -1947,6 +2048,17 @@ pub fn lazy_plan(dir: &crate::image::ImageDir, vpid: u32) -> Result<LazyPlan, Me
         ..Default::default()
     };
     for (path, runs) in sources {
+        if !runs.is_empty() && !path.exists() {
+            let mut z = path.clone().into_os_string();
+            z.push(crate::image::pages::SUFFIX);
+            if std::path::Path::new(&z).exists() {
+                return Err(TaskError::BadImage(format!(
+                    "{}: the pages image is compressed (dump --compress); lazy pages are served from raw images only: restore without --lazy-pages, or dump without --compress",
+                    std::path::Path::new(&z).display()
+                ))
+                .into());
+            }
+        }
         let mut keep = Vec::new();
         for (o, a, l) in runs {
             for (s, e) in crate::memtrack::intersect(&[(a, a + l)], &lazy) {

@@ -135,7 +135,7 @@ pub fn save_content(
         .write_pagemap(&image_name(shmid), pages_id, &entries)
         .map_err(io)?;
     cx.dir
-        .write_raw(&format!("pages-{pages_id}.img"), &data)
+        .write_pages(&format!("pages-{pages_id}.img"), &data)
         .map_err(io)?;
     cx.stats.shpages_scanned = Some(cx.stats.shpages_scanned.unwrap_or(0) + size / PAGE_SIZE);
     cx.stats.shpages_written = Some(cx.stats.shpages_written.unwrap_or(0) + total / PAGE_SIZE);
@@ -165,13 +165,13 @@ fn load_with(
         return Ok(());
     };
     let pname = format!("pages-{pages_id}.img");
-    let pages = File::open(dir.file(&pname)).map_err(|source| ImageError::Io {
-        path: dir.file(&pname),
-        op: "open",
-        source,
-    })?;
+    // Raw, or compressed by `dump --compress` (decompressed here).
+    let (pages, _) =
+        crate::image::pages::load(&dir.file(&pname), 1)?.ok_or_else(|| ImageError::Missing {
+            path: dir.file(&pname),
+        })?;
+    let pages = pages.bytes();
     let mut off = 0u64;
-    let mut buf = Vec::new();
     for e in entries {
         let len = e
             .nr_pages
@@ -185,14 +185,17 @@ fn load_with(
             ))
             .into());
         }
-        buf.resize(usize_of(len), 0);
-        pages
-            .read_exact_at(&mut buf, off)
-            .map_err(|source| ImageError::Io {
+        let Some(buf) = usize::try_from(off)
+            .ok()
+            .and_then(|o| pages.get(o..o.checked_add(usize_of(len))?))
+        else {
+            return Err(ImageError::Truncated {
                 path: dir.file(&pname),
-                op: "read",
-                source,
-            })?;
+                offset: pages.len(),
+                what: "shared memory pages",
+            }
+            .into());
+        };
         let keep = usize_of(size.saturating_sub(e.vaddr).min(len));
         put(e.vaddr, &buf[..keep]).map_err(obj(shmid, "write the content"))?;
         off += len;
