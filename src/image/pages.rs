@@ -200,7 +200,10 @@ pub fn decode(path: &Path, threads: usize) -> Result<Mapping, ImageError> {
                     format!("block {i} (page data bytes {raw_at}..{raw_end}) is corrupt: {why}"),
                 )
             };
-            let r = match d.decompress_to_buffer(&bytes[o..o + fl], &mut *dst) {
+            let r = d.decompress_to_buffer(&bytes[o..o + fl], &mut *dst);
+            // Read: out of cryo's RSS (the page cache keeps it).
+            src.release(o, fl);
+            let r = match r {
                 Ok(n) if n != dst.len() => {
                     Err(bad(format!("it holds {n} bytes, {} expected", dst.len())))
                 }
