@@ -13,6 +13,9 @@
 #   2. memory: memhog holding M MiB (default 2048) of random anonymous memory: dump and restore
 #      wall time and GB/s (10^9 B/s), memory checksum before dump == after restore (N=3),
 #      and each tool's peak RSS while dumping and restoring (GNU time's %M, /usr/bin/time)
+#   2b. tmem, zmem: memhog holding 1024 MiB of compressible text (words and numbers): dump and
+#      restore wall time and GB/s, image size, checksum; tmem with the plain format, zmem with
+#      cryo's `--compress` (CRIU, when set, dumps plain in both: it has no compression) (N=3)
 #   3. tree: fanout, a tree of P (default 100) processes by fork fan-out, all idle in sigsuspend():
 #      dump and restore wall time; check: all P PIDs back, every child with the root as parent (N=3)
 #   4. threads: manythreads, one process with T (default 1000) threads (64 KiB stacks) idle in
@@ -32,7 +35,7 @@
 #      flight, restore: dump and restore wall time, and the longest a ping request was stalled
 #      (the clients' maxrtt, across dump + restore); check: every byte came back once, in
 #      order, no error (N=5)
-# --only takes a comma list of fixed,mem,tree,threads,net,tcp (default: all of them).
+# --only takes a comma list of fixed,mem,tmem,zmem,tree,threads,net,tcp (default: all of them).
 # --json FILE also writes the JSON summary (the last line of stdout) to FILE.
 # --rounds N sets N for every scenario. Dumps go to the page cache (no sync), restores read it back
 # from the page cache. The last line of stdout is a JSON summary. Exits non-zero if any check
@@ -61,11 +64,12 @@ ROUNDS_NET=5
 MIB=2048
 PROCS_LIST=100
 THREADS_LIST=1000
-ONLY=fixed,mem,tree,threads,net,tcp
+ONLY=fixed,mem,tmem,zmem,tree,threads,net,tcp
+ZMIB=1024
 JSON_OUT=""
 ROUNDS_TCP=5
 NCONN=50
-USAGE="usage: bench.sh [--only fixed,mem,tree,threads,net,tcp] [--rounds N] [--mib M] [--procs P] [--threads T] [--conns C]"
+USAGE="usage: bench.sh [--only fixed,mem,tmem,zmem,tree,threads,net,tcp] [--rounds N] [--mib M] [--procs P] [--threads T] [--conns C]"
 while [ $# -gt 0 ]; do
     [ $# -ge 2 ] || [[ $1 == -h || $1 == --help ]] || { echo "bench.sh: $1 needs a value ($USAGE)" >&2; exit 2; }
     case $1 in
@@ -84,13 +88,13 @@ for v in "$ROUNDS_FIXED" "$MIB" ${PROCS_LIST//,/ } ${THREADS_LIST//,/ }; do
     [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds, --mib, --procs and --threads take positive integers" >&2; exit 2; }
 done
 # SCEN: selected scenarios in run order; KIND: scenario -> kind (the prefix of its result keys)
-declare -A KIND=([fixed]=sleep [mem]=mem [tree]=tree [threads]=threads [net]=net [tcp]=tcp) WANT=()
+declare -A KIND=([fixed]=sleep [mem]=mem [tmem]=tmem [zmem]=zmem [tree]=tree [threads]=threads [net]=net [tcp]=tcp) WANT=()
 for sc in ${ONLY//,/ }; do
-    [ -n "${KIND[$sc]:-}" ] || { echo "bench.sh: unknown scenario '$sc' in --only (fixed,mem,tree,threads,net,tcp)" >&2; exit 2; }
+    [ -n "${KIND[$sc]:-}" ] || { echo "bench.sh: unknown scenario '$sc' in --only (fixed,mem,tmem,zmem,tree,threads,net,tcp)" >&2; exit 2; }
     WANT[$sc]=1
 done
 SCEN=()
-for sc in fixed mem tree threads net tcp; do [ -z "${WANT[$sc]:-}" ] || SCEN+=("$sc"); done
+for sc in fixed mem tmem zmem tree threads net tcp; do [ -z "${WANT[$sc]:-}" ] || SCEN+=("$sc"); done
 [ ${#SCEN[@]} -gt 0 ] || { echo "bench.sh: --only selects no scenario" >&2; exit 2; }
 wants() { [ -n "${WANT[$1]:-}" ]; }
 
@@ -123,7 +127,7 @@ avail_mib=$(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo)
 if wants mem && [ $((MIB * 3)) -gt "$avail_mib" ]; then
     echo "bench.sh: warning: ${MIB} MiB workload + images + restore need ~$((MIB * 3)) MiB, only ${avail_mib} MiB available" >&2
 fi
-! wants mem || gcc -O2 -o "$WORK/memhog" "$REPO_ROOT/integration/progs/memhog.c"
+{ ! wants mem && ! wants tmem && ! wants zmem; } || gcc -O2 -o "$WORK/memhog" "$REPO_ROOT/integration/progs/memhog.c"
 ! wants tree || gcc -O2 -o "$WORK/fanout" "$REPO_ROOT/integration/progs/fanout.c"
 ! wants threads || gcc -O2 -pthread -o "$WORK/manythreads" "$REPO_ROOT/integration/progs/manythreads.c"
 if wants net; then
@@ -259,6 +263,7 @@ one_round() {
     mkdir -p "$dir/img"
     local extra=()
     if [ "$tool" = cryo ]; then extra=(--json); fi
+    if [ "$tool" = cryo ] && [ "$kind" = zmem ]; then extra+=(--compress); fi
     local sum1="" sum2="" pids
     local in_host=() net_extra=()
     if [ "$kind" = sleep ]; then
@@ -308,7 +313,9 @@ one_round() {
         extra+=(--tcp-established)
     else
         : >"$dir/memhog.out"
-        start_workload "$WORK/memhog" "$MIB" "$dir/memhog.out"
+        local text=()
+        [ "$kind" = mem ] || text=("$ZMIB" text)
+        start_workload "$WORK/memhog" "${text[0]:-$MIB}" "$dir/memhog.out" ${text[1]:+"${text[1]}"}
         wait_lines "$dir/memhog.out" 1 "$PID"
         wait_in_pause "$PID"
         kill -USR1 "$PID"
@@ -323,7 +330,7 @@ one_round() {
     if [ "$kind" = tcp ]; then dx=(--external "net[$NETA_INO]:srvnet"); rx=(--inherit-fd "fd[9]:srvnet"); fi
     # The memory scenario also measures each tool's peak RSS (GNU time, %M in KiB).
     local rss_dump=() rss_restore=()
-    if [ "$kind" = mem ] && [ -x /usr/bin/time ]; then
+    if [[ $kind == *mem ]] && [ -x /usr/bin/time ]; then
         rss_dump=(/usr/bin/time -f %M -o "$dir/dump.rss")
         rss_restore=(/usr/bin/time -f %M -o "$dir/restore.rss")
     fi
@@ -349,7 +356,7 @@ one_round() {
     [ -e "/proc/$pid" ] || fail "$tool" restore "$dir" "$dir/img/restore.log" "${cmd[@]}" "(restored PID $pid is not running)"
 
     local ok=PASS
-    if [ "$kind" = mem ]; then
+    if [[ $kind == *mem ]]; then
         wait_in_pause "$pid"
         kill -USR1 "$pid"
         wait_lines "$dir/memhog.out" 3 "$pid"
@@ -427,12 +434,13 @@ one_round() {
         "$(echo "$dump_us" | awk '{print $1/1000}')" "$(echo "$restore_us" | awk '{print $1/1000}')" \
         "$(echo "$img_bytes" | awk '{print $1/1048576}')" \
         "${frozen:+  (frozen $(echo "$frozen" | awk '{print $1/1000}') ms)}" \
-        "$(case $kind in mem) echo "  checksum $ok${rss_dump[0]:+, peak RSS dump $(($(tail -1 "$dir/dump.rss") / 1024)) MiB restore $(($(tail -1 "$dir/restore.rss") / 1024)) MiB}" ;; tree|threads|net) echo "  check $ok" ;; tcp) echo "  stall $(ms "${STALL:-0}") ms, check $ok" ;; esac)"
+        "$(case $kind in mem|tmem|zmem) echo "  checksum $ok${rss_dump[0]:+, peak RSS dump $(($(tail -1 "$dir/dump.rss") / 1024)) MiB restore $(($(tail -1 "$dir/restore.rss") / 1024)) MiB}" ;; tree|threads|net) echo "  check $ok" ;; tcp) echo "  stall $(ms "${STALL:-0}") ms, check $ok" ;; esac)"
     if [ "$measured" = 1 ]; then
         add "$tool" "${RKEY}_dump" "$dump_us"
         add "$tool" "${RKEY}_restore" "$restore_us"
         [ -z "$frozen" ] || add "$tool" "${RKEY}_frozen" "$frozen"
         [ "$kind" != tcp ] || add "$tool" "${RKEY}_stall" "${STALL:-0}"
+        add "$tool" "${RKEY}_img" "$img_bytes"
         if [ -n "${rss_dump[0]:-}" ]; then
             add "$tool" "${RKEY}_dump_rss" "$(tail -1 "$dir/dump.rss")"
             add "$tool" "${RKEY}_restore_rss" "$(tail -1 "$dir/restore.rss")"
@@ -455,7 +463,7 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END {if (NR == 0) ex
 minmax() { tr ' ' '\n' | grep . | sort -n | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.1f-%.1f", lo/1000, hi/1000}'; }
 med() { echo "${RES[$1,$2]:-}" | median; }          # us
 ms() { awk -v u="$1" 'BEGIN {printf "%.1f", u/1000}'; }
-gbps() { awk -v u="$1" -v m="$MIB" 'BEGIN {printf "%.2f", m*1048576/(u*1000)}'; }
+gbps() { awk -v u="$1" -v m="${2:-$MIB}" 'BEGIN {printf "%.2f", m*1048576/(u*1000)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
 # RUNS: one entry per measured scenario and size, "scenario:size:key" (key: the prefix of its
@@ -483,6 +491,8 @@ title() {
     case $1 in
         fixed) echo "fixed cost: sleep 1000" ;;
         mem) echo "memory: memhog $MIB MiB" ;;
+        tmem) echo "compressible memory: memhog $ZMIB MiB of text, plain images" ;;
+        zmem) echo "compressible memory: memhog $ZMIB MiB of text, cryo dump --compress" ;;
         tree) echo "process tree: fanout, $NPROCS processes" ;;
         threads) echo "threads: manythreads, $NTHREADS threads" ;;
         net) echo "network namespace: veth, 2 addresses, 5 routes, nftables, nftables lock" ;;
@@ -493,6 +503,8 @@ label() {
     case $1 in
         sleep) echo "sleep 1000" ;;
         mem) echo "memhog $MIB MiB" ;;
+        tmem) echo "text $ZMIB MiB" ;;
+        zmem) echo "text $ZMIB MiB zstd" ;;
         tree) echo "tree $NPROCS procs" ;;
         threads) echo "$NTHREADS threads" ;;
         net) echo "netns veth" ;;
@@ -502,6 +514,7 @@ label() {
 check_desc() {
     case $1 in
         mem) echo "memhog checksum before dump == after restore" ;;
+        tmem|zmem) echo "$(label "$1"): memhog checksum before dump == after restore" ;;
         tree) echo "tree: all $NPROCS PIDs back with the root as parent" ;;
         threads) echo "threads: /proc/PID/task has $((NTHREADS + 1)) entries" ;;
         net) echo "net: the restored namespace has its address and 5 routes" ;;
@@ -509,7 +522,7 @@ check_desc() {
     esac
 }
 
-declare -A ROUNDS=([fixed]=$ROUNDS_FIXED [mem]=$ROUNDS_MEM [tree]=$ROUNDS_TREE [threads]=$ROUNDS_THREADS [net]=$ROUNDS_NET [tcp]=$ROUNDS_TCP)
+declare -A ROUNDS=([fixed]=$ROUNDS_FIXED [mem]=$ROUNDS_MEM [tmem]=$ROUNDS_MEM [zmem]=$ROUNDS_MEM [tree]=$ROUNDS_TREE [threads]=$ROUNDS_THREADS [net]=$ROUNDS_NET [tcp]=$ROUNDS_TCP)
 
 echo "cryo benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, kernel $(uname -r)"
 echo "  cryo: $CRYO ($("$CRYO" --version 2>&1 | head -1))"
@@ -528,6 +541,7 @@ done
 echo
 printf 'Medians (range min-max in ms).'
 ! wants mem || printf ' GB/s = %s MiB / wall time, 10^9 B/s.' "$MIB"
+{ ! wants tmem && ! wants zmem; } || printf ' text rows: GB/s = %s MiB / wall time.' "$ZMIB"
 echo
 printf '%-24s %-36s' "scenario" "cryo"
 [ -z "${CRIU:-}" ] || printf ' %-36s %s' "criu" "criu/cryo"
@@ -547,9 +561,11 @@ for run in "${RUNS[@]}"; do
             m=$(med "$t" "$row")
             cell="$(ms "$m") ms"
             TJSON[$t]="${TJSON[$t]:-}\"${row}_ms\":$(ms "$m"),"
-            if [ "$kind" = mem ]; then
-                cell="$cell, $(gbps "$m") GB/s"
-                TJSON[$t]="${TJSON[$t]}\"${row}_gbps\":$(gbps "$m"),"
+            if [[ $kind == *mem ]]; then
+                mib=$MIB
+                [ "$kind" = mem ] || mib=$ZMIB
+                cell="$cell, $(gbps "$m" "$mib") GB/s"
+                TJSON[$t]="${TJSON[$t]}\"${row}_gbps\":$(gbps "$m" "$mib"),"
             fi
             cell="$cell ($(echo "${RES[$t,$row]}" | minmax))"
             printf ' %-36s' "$cell"
@@ -573,7 +589,20 @@ done
 echo "cryo frozen time during dump (from --json frozen_us): ${frozen_desc#, }"
 for run in "${RUNS[@]}"; do
     set_run "$run"
-    [ "$kind" = mem ] || continue
+    [[ $kind == ?mem ]] || continue
+    img_desc=""
+    for t in "${TOOLS[@]}"; do
+        m=$(med "$t" "${RKEY}_img")
+        [ -n "$m" ] || continue
+        m=$(awk -v b="$m" 'BEGIN {printf "%.1f", b / 1048576}')
+        img_desc="$img_desc, $t $m MiB"
+        TJSON[$t]="${TJSON[$t]}\"${RKEY}_images_mib\":$m,"
+    done
+    echo "images, $(label "$kind") (du, medians): ${img_desc#, }"
+done
+for run in "${RUNS[@]}"; do
+    set_run "$run"
+    [[ $kind == *mem ]] || continue
     rss_desc=""
     for op in dump restore; do
         for t in "${TOOLS[@]}"; do
@@ -587,7 +616,7 @@ for run in "${RUNS[@]}"; do
     [ -z "$rss_desc" ] || echo "peak RSS, $(label "$kind") (GNU time, medians): ${rss_desc#, }"
 done
 status=0
-declare -A CHECK_KEY=([mem]=checksum [tree]=tree_check [threads]=threads_check [net]=net_check [tcp]=tcp_check)
+declare -A CHECK_KEY=([mem]=checksum [tmem]=tmem_checksum [zmem]=zmem_checksum [tree]=tree_check [threads]=threads_check [net]=net_check [tcp]=tcp_check)
 for run in "${RUNS[@]}"; do
     set_run "$run"
     [ "$kind" != sleep ] || continue

@@ -1,5 +1,7 @@
 /* Holds argv[1] MiB of pseudo-random anonymous memory. On SIGUSR1 it appends the checksum of
- * that memory to argv[2]. The checksum must be identical before and after restore. */
+ * that memory to argv[2]. The checksum must be identical before and after restore. With
+ * argv[3] "text" the memory is compressible text instead (words and numbers picked at
+ * random, like a heap of log lines or JSON), for `dump --compress`. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -18,9 +20,26 @@ int main(int argc, char **argv) {
     uint64_t *m = mmap(0, mib << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return 1;
     uint64_t x = 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
-    for (size_t i = 0; i < n; i++) { /* xorshift64*: never zero, incompressible */
-        x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
-        m[i] = x * 0x2545F4914F6CDD1Dull;
+    if (argc > 3 && strcmp(argv[3], "text") == 0) {
+        static const char *w[] = {"alpha ", "beta ", "gamma ", "delta ", "user=", "name=",
+            "value ", "http://example.com/", "id:", "count ", "error ", "info ", "request ",
+            "session ", "token ", "2026-12-07 ", "\n", "{\"k\": ", "}, "};
+        char *p = (char *)m, *end = p + (mib << 20);
+        while (p < end) {
+            x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+            uint64_t r = x * 0x2545F4914F6CDD1Dull;
+            char t[48];
+            int k = (r & 3) == 0 ? snprintf(t, sizeof t, "%llu ", (unsigned long long)(r >> 40))
+                                 : snprintf(t, sizeof t, "%s", w[(r >> 8) % (sizeof w / sizeof *w)]);
+            if (k > end - p) k = (int)(end - p);
+            memcpy(p, t, (size_t)k);
+            p += k;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) { /* xorshift64*: never zero, incompressible */
+            x ^= x >> 12; x ^= x << 25; x ^= x >> 27;
+            m[i] = x * 0x2545F4914F6CDD1Dull;
+        }
     }
     /* SIGUSR1 is only unblocked inside sigsuspend(), so a request can never slip in between
      * the flag check and the wait (a plain pause() loop would lose it). */

@@ -225,7 +225,6 @@ pub fn decode(path: &Path, threads: usize) -> Result<Mapping, ImageError> {
         }
         work();
     });
-    drop(chunks);
     match first_err.into_inner().expect("lock") {
         Some(e) => Err(e),
         None => Ok(out),
