@@ -238,6 +238,7 @@ pub fn serve(
     let want = images
         .read::<pb::PstreeEntry>("pstree.img", crate::image::PSTREE)?
         .len();
+    crate::pageserver::wait_readable(listener.as_fd(), None).map_err(io_err("accept"))?;
     let (conn, _) = listener.accept().map_err(io_err("accept"))?;
     tracing::info!(processes = want, "lazy pages: the restore connected");
     let source = match page_server {
@@ -628,7 +629,7 @@ fn pidfd_pid(p: &OwnedFd) -> Option<i32> {
 }
 
 /// Every process below `roots` (children of children...), found through /proc.
-fn descendants(roots: &[i32]) -> Vec<i32> {
+pub(crate) fn descendants(roots: &[i32]) -> Vec<i32> {
     let mut parent_of = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {

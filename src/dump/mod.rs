@@ -64,6 +64,10 @@ pub struct DumpOpts {
     /// `--lazy-pages --address A --port N`: the pages of private anonymous memory are kept
     /// and served there (`host:port`) to a lazy-pages daemon once the dump is done.
     pub lazy_pages: Option<String>,
+    /// With `lazy_pages`: a file (`--status-fd`'s `/proc/.../fd/N`) that gets one NUL byte
+    /// once the images are complete and the lazy pages are being served (CRIU's
+    /// `status_ready`), which is when runc lets `checkpoint --lazy-pages` go on.
+    pub lazy_ready: Option<std::path::PathBuf>,
     /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, this CPU goes into cpuinfo.img.
     pub cpu_cap: u32,
 }
@@ -1707,6 +1711,9 @@ pub fn run(
     if let Some((l, store)) = lazy.take() {
         // The images are complete; the lazy pages go to the daemon now (CRIU's
         // `cr_lazy_mem_dump`). The tree is no more: a failure here is the restore's.
+        if let Some(p) = &opts.lazy_ready {
+            crate::notify::status_ready(p);
+        }
         crate::pageserver::serve_lazy(l, &store)?;
     }
     Ok(DumpReport {
