@@ -24,6 +24,14 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::from(1),
         };
     }
+    // The keeper of a lazy-pages daemon's userfaultfds (spawned by it, not for users).
+    if argv.get(1).map(String::as_str) == Some(cryo::lazy::KEEPER_CMD) {
+        let fd = argv.get(2).and_then(|f| f.parse().ok()).unwrap_or(-1);
+        return match cryo::lazy::keep(fd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        };
+    }
     let run = match cryo::cli::parse(&argv) {
         Ok(Invocation::Help(cmd)) => {
             let mut c = Cli::command();
