@@ -1711,6 +1711,9 @@ pub fn run(
     if let Some((l, store)) = lazy.take() {
         // The images are complete; the lazy pages go to the daemon now (CRIU's
         // `cr_lazy_mem_dump`). The tree is no more: a failure here is the restore's.
+        // CRIU's `status_ready`: the `status-ready` notification (runc waits for it over
+        // RPC and writes its own --status-fd then), and `--status-fd`.
+        hooks.notify("status-ready", None)?;
         if let Some(p) = &opts.lazy_ready {
             crate::notify::status_ready(p);
         }
