@@ -730,6 +730,7 @@ fn do_dump(
         // criu_pre_dump_mode: SPLICE = 1, READ = 2.
         pre_dump_mode: (o.pre_dump_mode == Some(2)).then(|| "read".to_string()),
         cpu_cap: cpu_cap(&o),
+        timeout: o.timeout,
         // `lazy_pages` (runc's `checkpoint --lazy-pages --page-server ADDR:PORT`): `ps` is
         // where the lazy-pages daemon takes the pages from; `status_fd` is written once it
         // can (after the images, before the pages are served), as CRIU does.
