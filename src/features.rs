@@ -331,7 +331,8 @@ pub fn probe(name: &str) -> Option<Feature> {
             .map(|_| "userfaultfd fork/remap/remove/unmap events: lazy restore (--lazy-pages) follows the program's fork, mremap, MADV_DONTNEED and munmap".to_string())
             .map_err(|e| format!("userfaultfd without the fork/remap/remove/unmap events lazy restore needs: {e}")),
         "pidfd_store" => not_in_cryo("the pidfd store (pid reuse detection across pre-dumps) is not implemented in cryo"),
-        "aio_remap" => not_in_cryo("AIO rings are not saved by cryo"),
+        // Rings are made again with io_setup and moved to their address (Linux 3.19+).
+        "aio_remap" => kernel_at_least(3, 19).map(|k| format!("{k}: AIO rings can be moved with mremap")),
         "tun" | "tun_ns" => not_in_cryo("open tun/tap queues (tun file descriptors) are not saved by cryo (persistent tun/tap links of a saved network namespace are)"),
         "loginuid" => loginuid_writable().map(|()| "a task's login uid (/proc/PID/loginuid) is restored".into()),
         "autofs" => not_in_cryo("autofs mounts are not supported by cryo"),
@@ -358,7 +359,11 @@ pub fn probe(name: &str) -> Option<Feature> {
         }
         "overlayfs_maps" => not_in_cryo("not checked by cryo: it reopens mapped files by path"),
         "breakpoints" => not_in_cryo("hardware breakpoints (debug registers) are not saved by cryo"),
-        "pagemap_scan_guard_pages" => not_in_cryo("guard regions (MADV_GUARD_INSTALL) are not saved by cryo"),
+        "pagemap_scan_guard_pages" => match sys::mem::guard_pages_reported() {
+            Ok(true) => Ok("PAGEMAP_SCAN reports guard regions (MADV_GUARD_INSTALL)".into()),
+            Ok(false) => Err("PAGEMAP_SCAN does not report guard regions; needs Linux 6.14+".into()),
+            Err(e) => Err(format!("guard regions cannot be probed ({e}); need Linux 6.14+")),
+        },
         _ => return None,
     };
     let name: &'static str = CRIU_FEATURES

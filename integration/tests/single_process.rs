@@ -507,7 +507,8 @@ fn sysv_shm_attachments_come_back() {
 /// A process in an IPC namespace of its own (`ipcns.c`) holding a SysV shm segment (with a
 /// hole) and a private one, a semaphore set and a message queue with 4 messages (one above
 /// the default msgmax, which it raised) is restored into a new namespace with the same ids,
-/// segment bytes, semaphore values, messages in order, and sysctls; the images decode with
+/// segment bytes, semaphore values, messages in order, and sysctls (kernel.sem too, whose
+/// text is longer than a first short read); the images decode with
 /// crit; nothing leaks into the host's namespace.
 #[test]
 fn ipc_namespace_keeps_its_objects() {
@@ -585,6 +586,10 @@ fn ipc_namespace_keeps_its_objects() {
     assert_eq!(types, [(1, 5), (5, 14), (2, 8500), (1, 0)]);
     let var = crit("var");
     assert_eq!(var["entries"][0]["msg_ctlmax"], 9000);
+    assert_eq!(
+        var["entries"][0]["sem_ctls"],
+        serde_json::json!([567_543_001, 826_660_645, 1_189_648_053, 13156])
+    );
 }
 
 /// POSIX message queues of a private IPC namespace come back with their attributes, mode

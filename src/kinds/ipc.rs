@@ -178,7 +178,7 @@ const OPT_CTLS: [OptField; 5] = [
 /// kernel has no such sysctl.
 fn read_ctl(name: &str) -> Result<Option<Vec<i64>>, IpcError> {
     let path = format!("/proc/sys/{name}");
-    let s = match std::fs::read_to_string(&path) {
+    let s = match crate::procfs::sysctl(name) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(op(&path, "read")(source)),

@@ -5,6 +5,8 @@
 //! every fd or mapping of it gets a MEMFD file record pointing at the inode. Restore makes
 //! the memfd in cryo with the same name, size and content, applies the seals last, and hands
 //! it to the puppets: fds and mappings of several processes share one inode again.
+//! An fd of shared anonymous memory ("/dev/zero (deleted)", a shmem inode too) is saved
+//! and restored as a memfd, as CRIU does.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -49,7 +51,10 @@ fn save_inode(
     let f = File::open(proc_path).map_err(|e| err("open the memfd", e))?;
     let meta = f.metadata().map_err(|e| err("stat the memfd", e))?;
     let ino = meta.ino();
-    if cx.files.shmem_seen.insert(ino) {
+    // The content is saved once per inode, by a mapping of it (shared anonymous memory) or
+    // by this; the inode record once too.
+    let content_saved = !cx.files.shmem_seen.insert(ino);
+    if !cx.files.memfd_inodes.iter().any(|i| i.inode_id == ino) {
         let seals = sysfd::seals(f.as_fd()).unwrap_or(0);
         cx.files.memfd_inodes.push(pb::MemfdInodeEntry {
             name: name_of(link).to_string(),
@@ -62,8 +67,10 @@ fn save_inode(
             hugetlb_flag: None,
             mode: Some(meta.mode()),
         });
-        super::shmem::save_content(cx, &f, meta.len(), ino)
-            .map_err(|e| err("read the memfd's content", e))?;
+        if !content_saved {
+            super::shmem::save_content(cx, &f, meta.len(), ino)
+                .map_err(|e| err("read the memfd's content", e))?;
+        }
     }
     Ok(low32(ino))
 }
@@ -108,7 +115,11 @@ impl FdKind for Memfd {
     type Error = MemfdError;
 
     fn claims(p: &FdProbe<'_>) -> bool {
+        // An fd of shared anonymous memory (opened through /proc/PID/map_files, the mapping
+        // maybe gone since) is a shmem inode as a memfd's: saved and restored as one, as
+        // CRIU does (the real /dev/zero is a character device).
         p.link.starts_with("/memfd:")
+            || (p.link == "/dev/zero (deleted)" && p.meta.is_some_and(|m| m.file_type().is_file()))
     }
 
     fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, MemfdError> {
