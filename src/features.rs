@@ -337,7 +337,17 @@ pub fn probe(name: &str) -> Option<Feature> {
         "loginuid" => loginuid_writable().map(|()| "a task's login uid (/proc/PID/loginuid) is restored".into()),
         "autofs" => not_in_cryo("autofs mounts are not supported by cryo"),
         "compat_cr" => not_in_cryo("32-bit (compat) tasks are not supported by cryo"),
-        "sk_unix_file" => not_in_cryo("cryo finds a unix socket's file by its path, not with SIOCUNIXFILE"),
+        // As CRIU's probe: on an unbound socket the ioctl, if the kernel has it, finds no
+        // file (ENOENT).
+        "sk_unix_file" => sys::net::unix_socket(libc::SOCK_DGRAM)
+            .map_err(|e| format!("socket: {e}"))
+            .and_then(|s| match sys::scm::unix_file(std::os::fd::AsFd::as_fd(&s)) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    Ok("SIOCUNIXFILE finds a unix socket's file".into())
+                }
+                Ok(_) => Ok("SIOCUNIXFILE finds a unix socket's file".into()),
+                Err(e) => Err(format!("SIOCUNIXFILE is not supported ({e}); Linux 6.6+")),
+            }),
         "net_diag_raw" => Ok("raw sockets are saved (cryo reads each through a copy of the target's fd, not through sock_diag)".into()),
         "nsid" => kernel_at_least(4, 0).map(|k| format!("{k}: a veth peer's namespace is found by its NETNSA_NSID")),
         "link_nsid" => kernel_at_least(4, 0).map(|k| format!("{k}: IFLA_LINK_NETNSID names a veth peer's namespace")),
@@ -346,7 +356,9 @@ pub fn probe(name: &str) -> Option<Feature> {
         "nftables" => in_path("nft", "a network namespace's nftables rules are saved with `nft list ruleset` and loaded again with nft"),
         "has_ipt_legacy" => in_path("iptables-legacy-save", "a network namespace's legacy iptables rules are saved with iptables-legacy-save"),
         "apparmor_stacking" => not_in_cryo("LSM profiles are not supported by cryo"),
-        "memfd_hugetlb" => not_in_cryo("hugetlb memfds and hugetlbfs files are not supported by cryo (anonymous MAP_HUGETLB mappings are)"),
+        "memfd_hugetlb" => sys::fd::memfd_create("cryo-probe", libc::MFD_CLOEXEC | libc::MFD_HUGETLB)
+            .map(|_| "memfd_create(MFD_HUGETLB) works (hugetlbfs files other than memfds are not supported)".into())
+            .map_err(|e| format!("memfd_create(MFD_HUGETLB) fails ({e})")),
         // What the socket kinds need (TCP repair, the network lock, ...): their own probes.
         "tcp_half_closed" | "network_lock_nftables" | "sk_ns" | "ipv6_freebind" | "sockopt_buf_lock" => {
             static SOCKETS: std::sync::OnceLock<Vec<(&str, Result<String, String>)>> =

@@ -793,3 +793,31 @@ fn process_of_another_user_keeps_its_limits() {
     assert_eq!(uid(), u0);
     assert_eq!(limits(), l0);
 }
+
+/// A SysV hugetlb segment (SHM_HUGETLB, zdtm's shm-hugetlb) in the process's own IPC
+/// namespace, detached, comes back on huge pages with its id and content (the dump
+/// refused it before). Skipped when the kernel has no free huge page.
+#[test]
+fn sysv_hugetlb_segment_comes_back() {
+    let dir = scratch("shm-huge");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/shm_huge.py");
+    let pid = spawn(
+        &["unshare", "-i", "python3", script.to_str().unwrap()],
+        &out,
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the segment", 20, || !lines(&out).is_empty());
+    if lines(&out)[0].starts_with("nohuge") {
+        skip(&format!(
+            "no huge pages for a SysV segment: {}",
+            lines(&out)[0]
+        ));
+        return;
+    }
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the answer", 20, || lines(&out).len() >= 2);
+    assert_eq!(lines(&out)[1], "b'huge data' b'huge data' 2097152");
+}

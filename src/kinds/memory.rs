@@ -166,7 +166,8 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
         flags = (flags & !(libc::MAP_PRIVATE as u32)) | MAP_DROPPABLE;
     }
     let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
-    if v.has_flag("ht") {
+    // A hugetlb memfd is mapped as any memfd (its file brings the huge pages back).
+    if v.has_flag("ht") && !v.name.starts_with("/memfd:") {
         // Anonymous hugetlb memory (MAP_HUGETLB): mapped again with the same page size; a
         // shared one is saved once per inode like shared memory, a private one's pages
         // like any private memory. Files of a hugetlbfs mount and SysV segments are not.
