@@ -1,5 +1,5 @@
-"""ghost_rofs.py DIR: deleted files on read-only mounts (zdtm's ghost_on_rofs). Run in a
-mount namespace of its own (unshare -m --propagation private): mounts a tmpfs on DIR/ro and
+"""ghost_rofs.py DIR: deleted files on read-only mounts (zdtm's ghost_on_rofs). Mounts (in
+the mount namespace it runs in; the caller unmounts them) a tmpfs on DIR/ro and
 binds it on DIR/bind; opens a file in each (read-only), writes "ghost N", deletes both, then
 makes both mounts read-only (the bind also nosuid). Prints "ready", then on SIGUSR1:
 "read b'ghost 1' b'ghost 2' rofs True left []" (what the fds read, whether creating a file

@@ -102,7 +102,7 @@ fn zdtm_command_lines() {
         ("mnt_id", true),
         ("get_rseq_conf", true),
         ("timens", true),
-        ("aio_remap", false),
+        ("aio_remap", true),
         ("tun", false),
         ("network_lock_nftables", true),
     ] {

@@ -733,9 +733,8 @@ impl FdObjects {
     /// made already): a socket whose queue is refilled before its `open` returns may carry
     /// itself, or a file whose own queue carries it back, and must not be made twice.
     pub fn provide(&mut self, id: u32, fd: &OwnedFd) -> Result<(), FilesError> {
-        if !self.made.contains_key(&id) {
-            let dup = fd.try_clone().map_err(TaskError::object(id, "dup"))?;
-            self.made.insert(id, dup);
+        if let std::collections::hash_map::Entry::Vacant(e) = self.made.entry(id) {
+            e.insert(fd.try_clone().map_err(TaskError::object(id, "dup"))?);
         }
         Ok(())
     }

@@ -524,12 +524,15 @@ impl Kind for Memory {
         cx.stats.pages_written += off / PAGE_SIZE;
         // Guard regions: no page or mapping of their own, found by PAGEMAP_SCAN; they are
         // recorded last (after the uses of the real VMAs above).
-        if let (Some(first), Some(last)) = (vmas.first(), vmas.last()) {
+        // Over the user address space only ([vsyscall] lies above it: EFAULT).
+        let user = |v: &&Vma| v.name != "[vsyscall]";
+        let end = vmas.iter().filter(user).map(|v| v.end).max();
+        if let (Some(first), Some(end)) = (vmas.iter().find(user), end) {
             let mut guards = Vec::new();
             match mem::pagemap_scan(
                 &pagemap,
                 first.start,
-                last.end,
+                end,
                 0,
                 mem::page_is::GUARD,
                 0,

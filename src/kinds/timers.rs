@@ -203,13 +203,8 @@ impl Kind for Timers {
             (libc::ITIMER_VIRTUAL, &t.virt),
             (libc::ITIMER_PROF, &t.prof),
         ] {
-            // Disarmed (the puppet has no timers: fork does not inherit them). A real timer
-            // with an interval whose value reads 0 fired while the task was stopped: its
-            // SIGALRM is pending (saved with the signals), and the kernel arms it again
-            // when the signal is taken, by the interval setitimer records even with a zero
-            // value (zdtm timers: left unset, the real timer never ticked again).
-            if e.vsec == 0 && e.vusec == 0 && e.isec == 0 && e.iusec == 0 {
-                continue;
+            if e.vsec == 0 && e.vusec == 0 {
+                continue; // disarmed (the puppet has no timers: fork does not inherit them)
             }
             let a = put_times(cx, [e.isec, e.iusec, e.vsec, e.vusec])?;
             cx.setitimer(which, a, 0)?;
