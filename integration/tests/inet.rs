@@ -1297,6 +1297,49 @@ fn closed_connections_and_shut_down_datagram_sockets_come_back() {
     );
 }
 
+/// Sockets in the states and with the options services set (issue #10 item 1): an unbound
+/// non-blocking TCP socket, a bound one (SO_REUSEADDR/REUSEPORT, SO_MARK, SO_PRIORITY,
+/// IP_TOS, IP_TTL, IP_FREEBIND, a locked receive buffer), an IPv6-only listener with its
+/// backlog, keepalive idle/interval/count, NODELAY, CORK, user timeout and congestion
+/// control, a socket whose buffer locks differ from what setting its sizes implies
+/// (SO_BUF_LOCK), and a UDP socket bound to a device: the program reads every option back
+/// after the restore and finds what it had set.
+#[test]
+fn socket_options_and_states_come_back() {
+    if !need(&["ip", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("inetopts");
+    let net = Net::new("to", 105);
+    let exe = prog("inetopts");
+    let out = dir.join("opts.out");
+    let pid = Net::spawn_in(
+        &net.a,
+        &[exe.to_str().unwrap(), "7531", out.to_str().unwrap()],
+        &dir.join("opts.log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the sockets", 20, || {
+        lines(&out).iter().any(|l| l == "ready")
+    });
+    let img = dir.join("img");
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    dump(pid, &img, &["--external", &key]);
+    wait_gone(pid);
+    restore_with(&img, &["--join-ns", &format!("net:{}", Net::path(&net.a))]);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the program's checks", 30, || {
+        lines(&out).iter().any(|l| l == "done")
+    });
+    let all = lines(&out);
+    let errs: Vec<&String> = all.iter().filter(|l| l.starts_with("error")).collect();
+    assert!(errs.is_empty(), "after the restore: {errs:?}");
+    assert!(
+        all.iter().filter(|l| l.starts_with("ok ")).count() >= 30,
+        "{all:?}"
+    );
+}
+
 /// CRIU 4.2 (`$CRIU`, or /opt/criu42/criu) restores cryo's dump of the echo server with
 /// live connections, and cryo restores CRIU's: the lock each left (cryo's nftables table,
 /// CRIU's iptables chain) is lifted by the other, and every byte comes back. CRIU 4.2 is

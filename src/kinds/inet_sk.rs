@@ -1132,8 +1132,10 @@ enum Fixup {
         /// inode names its tcp-stream image, the range the bytes in it).
         ino: u32,
         unsent: std::ops::Range<usize>,
-        /// Its own `SO_SNDBUF`, set once `unsent` is queued.
+        /// Its own `SO_SNDBUF`, set once `unsent` is queued, and then its own
+        /// `SO_BUF_LOCK` again.
         sndbuf: Option<u32>,
+        buf_lock: Option<u32>,
         name: String,
     },
     /// Any other socket: its own port sharing options.
@@ -1326,7 +1328,8 @@ fn restore_opts(
         (o.so_rcvbuf / 2).cast_signed(),
         "SO_RCVBUFFORCE",
     )?;
-    if let Some(v) = o.so_buf_lock.filter(|&v| v != 0) {
+    // Setting a size locks that buffer: the saved locks, none too, come after (CRIU's order).
+    if let Some(v) = o.so_buf_lock {
         sol(SO_BUF_LOCK, v.cast_signed(), "SO_BUF_LOCK")?;
     }
     if let Some(v) = o.so_priority {
@@ -1647,6 +1650,7 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
                 ino: isk.ino,
                 unsent,
                 sndbuf: keep_sndbuf.then_some(isk.opts.so_sndbuf),
+                buf_lock: isk.opts.so_buf_lock,
                 name: show,
             },
         });
@@ -1787,6 +1791,7 @@ impl Finish {
                     ino,
                     unsent,
                     sndbuf,
+                    buf_lock,
                     name,
                 } => {
                     let unsent = self
@@ -1829,6 +1834,10 @@ impl Finish {
                             (b / 2).cast_signed(),
                         )
                         .map_err(fail("SO_SNDBUFFORCE"))?;
+                        if let Some(l) = buf_lock {
+                            net::setsockopt_int(s, libc::SOL_SOCKET, SO_BUF_LOCK, l.cast_signed())
+                                .map_err(fail("SO_BUF_LOCK"))?;
+                        }
                     }
                 }
                 Fixup::Other {
