@@ -998,6 +998,8 @@ fn write_pages_mapped(
                     }
                 }
                 h.write(dst);
+                // Written: out of cryo's RSS (the page cache keeps it).
+                crate::sys::mem::release_written(dst);
                 at += step;
             }
             digests.lock().expect("lock")[b] = format!("{:032x}", h.finish_128());
@@ -1681,7 +1683,7 @@ fn fill_from(
     crate::progress::start(need);
     let bytes = map.bytes();
     if !fast.items.is_empty() {
-        match uffd_fill(cx, vmas, &fast_vmas, &fast.items, bytes) {
+        match uffd_fill(cx, vmas, &fast_vmas, &fast.items, &map) {
             Ok(true) => {}
             Ok(false) => slow.items.append(&mut fast.items), // no userfaultfd here
             Err(e) => return Err(e),
@@ -1702,9 +1704,10 @@ fn fill_from(
                     source,
                 }
             })?;
+            map.release(*o, len);
         }
     } else {
-        fill_parallel(cx, &path, &items, bytes)?;
+        fill_parallel(cx, &path, &items, &map)?;
     }
     let written = write_differing(pid, bytes, &cow_runs)?;
     cx.stats.pages_restored =
@@ -1728,8 +1731,9 @@ fn fill_parallel(
     cx: &mut RestoreCx<'_>,
     path: &std::path::Path,
     items: &[Item],
-    bytes: &[u8],
+    map: &Mapping,
 ) -> Result<(), MemoryError> {
+    let bytes = map.bytes();
     let pid = cx.pid;
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
@@ -1751,6 +1755,8 @@ fn fill_parallel(
                 };
                 let len: usize = ranges.iter().map(|r| r.1).sum();
                 let r = mem::vm_write(pid, &bytes[*o..*o + len], ranges);
+                // Used: out of cryo's RSS (it stays in the page cache).
+                map.release(*o, len);
                 crate::progress::advance(len as u64);
                 if let Err(source) = r {
                     first_err.lock().expect("lock").get_or_insert(
@@ -1867,7 +1873,7 @@ fn uffd_fill(
     vmas: &[pb::VmaEntry],
     fill: &[usize],
     items: &[Item],
-    bytes: &[u8],
+    map: &Mapping,
 ) -> Result<bool, MemoryError> {
     let uffd = match open_uffd(cx) {
         Ok(u) => u,
@@ -1893,7 +1899,7 @@ fn uffd_fill(
         }
         registered.push(v);
     }
-    let mut r = uffd_copy_all(&uffd, items, bytes);
+    let mut r = uffd_copy_all(&uffd, items, map);
     // Unregister everything (closing the last fd would too, but an error shows here): a
     // user-mode access to a page still missing would wait for a handler that is not there.
     for v in registered {
@@ -1914,7 +1920,8 @@ fn unregister(uffd: &mem::Uffd, v: &pb::VmaEntry) -> Result<(), MemoryError> {
 }
 
 /// Runs `UFFDIO_COPY` for every item, on one thread per CPU (this one included).
-fn uffd_copy_all(uffd: &mem::Uffd, items: &[Item], bytes: &[u8]) -> Result<(), MemoryError> {
+fn uffd_copy_all(uffd: &mem::Uffd, items: &[Item], map: &Mapping) -> Result<(), MemoryError> {
+    let bytes = map.bytes();
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
     let work = |main: bool| loop {
@@ -1945,6 +1952,8 @@ fn uffd_copy_all(uffd: &mem::Uffd, items: &[Item], bytes: &[u8]) -> Result<(), M
             }
             o += len;
         }
+        // Copied: out of cryo's RSS (it stays in the page cache).
+        map.release(items[i].0, o - items[i].0);
         crate::progress::advance((o - items[i].0) as u64);
     };
     std::thread::scope(|s| {
