@@ -596,6 +596,7 @@ pub fn guard_pages_reported() -> io::Result<bool> {
     let m = Mapping {
         addr: p.cast(),
         len: 4096,
+        file: false,
     };
     // SAFETY: advice on our own mapping, which nothing reads (MADV_GUARD_INSTALL = 102).
     cvt(libc::c_long::from(unsafe { libc::madvise(p, 4096, 102) }))?;
