@@ -777,7 +777,17 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                 && sessions.via.values().any(|v| {
                     *v == crate::restore::sessions::Via::NewLeader(st.session.cast_unsigned())
                 });
-            if !(in_tree || helper_group || opts.shell_job && st.pgrp == root_stat.pgrp) {
+            // A group whose leader is gone (no process has its PID) is made again at
+            // restore by its first member, through a helper with that PID (CRIU's
+            // process-group helpers); the root's own group outside the tree is a shell's.
+            let leader_gone = st.pgrp != root_stat.pgrp
+                && !std::path::Path::new(&format!("/proc/{}", st.pgrp)).exists()
+                && ns_ino(pid, "pid") == ns_ino(root, "pid");
+            if !(in_tree
+                || helper_group
+                || leader_gone
+                || opts.shell_job && st.pgrp == root_stat.pgrp)
+            {
                 return Err(Unsupported::of(
                     pid,
                     format!("process group {}", st.pgrp),
