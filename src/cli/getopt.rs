@@ -175,6 +175,8 @@ pub static OPTIONS: &[Spec] = &[
     // cryo's own.
     spec!("json", None, No, Bool),
     spec!("compress", None, No, Bool),
+    spec!("to", None, Required, Value),
+    spec!("max-rounds", None, Required, Value),
     spec!("orphan-pts-master", None, No, Bool),
 ];
 

@@ -473,6 +473,8 @@ pub mod page_is {
     pub const SWAPPED: u64 = 1 << 4;
     pub const PFNZERO: u64 = 1 << 5;
     pub const SOFT_DIRTY: u64 = 1 << 7;
+    /// A guard region page (`MADV_GUARD_INSTALL`, Linux 6.13; reported since 6.14).
+    pub const GUARD: u64 = 1 << 8;
 }
 
 /// `pm_scan_arg.flags`.
@@ -572,6 +574,44 @@ pub fn pagemap_scan_flags(
         cur = arg.walk_end;
     }
     Ok(())
+}
+
+/// Whether this kernel installs guard regions (`MADV_GUARD_INSTALL`) and reports them to
+/// `PAGEMAP_SCAN` ([`page_is::GUARD`]): tried on a private page of cryo's own.
+pub fn guard_pages_reported() -> io::Result<bool> {
+    // SAFETY: a fresh private mapping at an address the kernel picks, ours alone.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let m = Mapping {
+        addr: p.cast(),
+        len: 4096,
+        file: false,
+    };
+    // SAFETY: advice on our own mapping, which nothing reads (MADV_GUARD_INSTALL = 102).
+    cvt(libc::c_long::from(unsafe { libc::madvise(p, 4096, 102) }))?;
+    let pagemap = File::open("/proc/self/pagemap")?;
+    let mut out = Vec::new();
+    pagemap_scan(
+        &pagemap,
+        m.addr(),
+        m.addr() + super::PAGE_SIZE,
+        0,
+        page_is::GUARD,
+        0,
+        &mut out,
+    )?;
+    Ok(!out.is_empty())
 }
 
 /// A local anonymous or file mapping, unmapped on drop.
