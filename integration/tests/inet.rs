@@ -1306,7 +1306,7 @@ fn closed_connections_and_shut_down_datagram_sockets_come_back() {
 /// after the restore and finds what it had set.
 #[test]
 fn socket_options_and_states_come_back() {
-    if !need(&["ip", "nsenter"]) {
+    if !need(&["ip", "nft", "nsenter"]) {
         return;
     }
     let dir = scratch("inetopts");
@@ -1326,7 +1326,26 @@ fn socket_options_and_states_come_back() {
     let key = format!("net[{}]:srvnet", net.a_ino());
     dump(pid, &img, &["--external", &key]);
     wait_gone(pid);
+    // The namespace was locked whole: the lock stays until the restore, connections or not
+    // (as CRIU's; zdtm netns_lock_nftables), and the restore lifts it.
+    let tables = || {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &net.a, "nft", "list", "tables"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    assert!(
+        tables().contains("CRIU-"),
+        "no lock in the namespace between dump and restore: {}",
+        tables()
+    );
     restore_with(&img, &["--join-ns", &format!("net:{}", Net::path(&net.a))]);
+    assert!(
+        !tables().contains("CRIU-"),
+        "the lock is left after the restore: {}",
+        tables()
+    );
     signal(pid, libc::SIGUSR1);
     wait_for("the program's checks", 30, || {
         lines(&out).iter().any(|l| l == "done")

@@ -1798,9 +1798,11 @@ pub fn run(
     // with `--tcp-established` stays until the restore lifts it, as CRIU's (in cryo's
     // namespace, or an external one; a namespace saved with the tree dies with it, lock
     // and all: lifted before, it would let a peer's retransmission meet no socket and be
-    // answered with a reset). Any other lock goes now: never left behind.
+    // answered with a reset). So does the lock of a whole namespace, connections or not,
+    // as CRIU's: the restore that joins that namespace again lifts it (zdtm
+    // netns_lock_nftables/iptables). Any other lock goes now: never left behind.
     files.inet.keep();
-    if files.inet.has_connections() {
+    if files.inet.has_connections() || files.netlock.holds_a_whole_namespace() {
         files.netlock.keep();
     } else {
         files.netlock.unlock_now()?;
