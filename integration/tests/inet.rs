@@ -1539,3 +1539,42 @@ fn connections_of_a_child_in_another_namespace_are_locked_in_it() {
     wait_progress(&cout, 2 << 20);
     finish_clients(cli, &cout);
 }
+
+/// A namespace locked whole with `--network-lock iptables` stays locked between dump and
+/// restore (no connections needed), and a restore given no method lifts it with the dump's
+/// method (inventory.img), as CRIU: before, it tried nftables and left the iptables chain,
+/// so the restored server was unreachable (zdtm netns_lock_iptables).
+#[test]
+fn a_kept_iptables_lock_is_lifted_by_a_restore_with_the_default_method() {
+    if !need(&["ip", "iptables", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("iptlock");
+    let net = Net::new("tl", 106);
+    let log = dir.join("sleep.log");
+    let pid = Net::spawn_in(&net.a, &["sleep", "1000"], &log);
+    let _g = KillOnDrop(pid);
+    let img = dir.join("img");
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    dump(pid, &img, &["--external", &key, "--network-lock", "iptables"]);
+    wait_gone(pid);
+    let chains = || {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &net.a, "iptables", "-w", "-n", "-L"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    assert!(
+        chains().contains("CRIU-"),
+        "no iptables lock between dump and restore:\n{}",
+        chains()
+    );
+    restore_with(&img, &["--join-ns", &format!("net:{}", Net::path(&net.a))]);
+    assert!(alive(pid));
+    assert!(
+        !chains().contains("CRIU-"),
+        "the iptables lock is left after the restore:\n{}",
+        chains()
+    );
+}

@@ -1869,8 +1869,16 @@ pub fn run(
     // Before any puppet exists (so it drops after them: a lock goes once they are dead).
     // Named after the dump's run id, as CRIU's restore names its lock.
     let inventory = dir.read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?;
+    // A lock the dump left (inventory names its method) is lifted, and the network locked
+    // during the restore, with the dump's method whatever --network-lock says, as CRIU.
+    let lock_method = match inventory.network_lock_method {
+        Some(m) if inventory.dump_criu_run_id.is_some() => {
+            crate::netlock::Method::from_inventory(Some(m))
+        }
+        _ => opts.network_lock,
+    };
     let netlock = std::cell::RefCell::new(crate::netlock::NetLock::for_restore(
-        opts.network_lock,
+        lock_method,
         inventory.dump_criu_run_id.as_deref(),
     ));
     // The network namespace the dumper ran in (CRIU numbers namespaces its own way; cryo's
