@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 use std::io::IsTerminal;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -277,10 +278,28 @@ fn page_server(a: &Opts) -> Result<ExitCode> {
             l
         }
     };
-    if a.restore_detached && std::env::var_os(PS_LISTEN_FD).is_none() {
-        // Daemon: the child serves on the socket already listening.
-        use std::os::fd::AsFd;
-        cryo::sys::fd::set_cloexec(listener.as_fd(), false)?;
+    if serve_here(a, listener.as_fd(), PS_LISTEN_FD, "page server")? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bytes = cryo::pageserver::run_server(dir, listener)?;
+    tracing::info!("page server: {bytes} bytes of pages received");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The start of a server command (`page-server`, `lazy-pages`) once its socket listens: with
+/// `-d`, a copy of this command is started in the background with the socket's fd in the
+/// environment variable `env` (its pid written to `--pidfile`), readiness is reported and
+/// `true` is returned (this process is done). Otherwise readiness is reported (unless this
+/// is that background copy, whose parent did) and the caller serves.
+fn serve_here(
+    a: &Opts,
+    listener: std::os::fd::BorrowedFd<'_>,
+    env: &str,
+    what: &str,
+) -> Result<bool> {
+    let daemon_copy = std::env::var_os(env).is_some();
+    if a.restore_detached && !daemon_copy {
+        cryo::sys::fd::set_cloexec(listener, false)?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
         let args: Vec<String> = std::env::args()
             .skip(1)
@@ -288,24 +307,22 @@ fn page_server(a: &Opts) -> Result<ExitCode> {
             .collect();
         let child = std::process::Command::new(std::env::current_exe()?)
             .args(&args)
-            .env(PS_LISTEN_FD, fd.to_string())
+            .env(env, fd.to_string())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .context("page server: cannot start the daemon")?;
+            .with_context(|| format!("{what}: cannot start the daemon"))?;
         if let Some(p) = &a.pidfile {
             std::fs::write(in_workdir(a, p), format!("{}\n", child.id()))?;
         }
         status_ready(a);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(true);
     }
-    if std::env::var_os(PS_LISTEN_FD).is_none() {
+    if !daemon_copy {
         status_ready(a);
     }
-    let bytes = cryo::pageserver::run_server(dir, listener)?;
-    tracing::info!("page server: {bytes} bytes of pages received");
-    Ok(ExitCode::SUCCESS)
+    Ok(false)
 }
 
 /// The environment variable a daemonized lazy-pages daemon finds its listening socket in.
@@ -336,30 +353,8 @@ fn lazy_pages(a: &Opts) -> Result<ExitCode> {
             l
         }
     };
-    if a.restore_detached && std::env::var_os(LAZY_LISTEN_FD).is_none() {
-        use std::os::fd::AsFd;
-        cryo::sys::fd::set_cloexec(listener.as_fd(), false)?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-        let args: Vec<String> = std::env::args()
-            .skip(1)
-            .filter(|w| w != "-d" && w != "--daemon" && w != "--restore-detached")
-            .collect();
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .args(&args)
-            .env(LAZY_LISTEN_FD, fd.to_string())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("lazy pages: cannot start the daemon")?;
-        if let Some(p) = &a.pidfile {
-            std::fs::write(in_workdir(a, p), format!("{}\n", child.id()))?;
-        }
-        status_ready(a);
+    if serve_here(a, listener.as_fd(), LAZY_LISTEN_FD, "lazy pages")? {
         return Ok(ExitCode::SUCCESS);
-    }
-    if std::env::var_os(LAZY_LISTEN_FD).is_none() {
-        status_ready(a);
     }
     let r = cryo::lazy::serve(&a.images_dir, listener, server.as_deref())?;
     tracing::info!(
@@ -413,6 +408,7 @@ fn dump_opts(a: &Opts, pid: i32) -> Result<dump::DumpOpts> {
             None
         },
         cpu_cap: a.cpu_cap_bits().map_err(anyhow::Error::msg)?,
+        timeout: a.timeout,
         page_server: if a.page_server {
             Some(
                 cryo::pageserver::address(a.address.as_deref(), a.port.as_deref(), false)

@@ -509,3 +509,43 @@ fn criu_and_cryo_write_the_same_cpuinfo_and_check_each_others() {
         .status
         .success());
 }
+
+/// A parent inside vfork() cannot stop until its child execs or exits, and the child is in
+/// the tree, so cryo froze it: the dump gives up after `--timeout` seconds, names the
+/// thread and vfork, and lets everything go: the child finishes its sleep, the parent goes
+/// on. (Before, the dump waited for ever.)
+#[test]
+fn a_parent_stuck_in_vfork_fails_the_dump_after_the_timeout_and_runs_on() {
+    let dir = scratch("vfork");
+    let out = dir.join("out");
+    let log = dir.join("log");
+    let pid = spawn(
+        &[
+            prog("vforker").to_str().unwrap(),
+            out.to_str().unwrap(),
+            "6",
+        ],
+        &log,
+    );
+    let _guard = KillOnDrop(pid);
+    wait_for("the vfork child", 20, || {
+        lines(&out).iter().any(|l| l.starts_with("child "))
+    });
+    let e = dump_fails(pid, &dir.join("img"), &["--timeout", "1"]);
+    assert!(
+        e.contains(&format!("thread {pid} did not stop within 1 s"))
+            && e.contains("vfork")
+            && e.contains("runs on"),
+        "{e}"
+    );
+    // Released: the child's sleep ends, the parent comes back from vfork and counts.
+    wait_for("the parent to come back from vfork", 30, || {
+        lines(&out).iter().any(|l| l.starts_with("tick "))
+    });
+    assert!(alive(pid));
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        st.lines().any(|l| l == "TracerPid:\t0"),
+        "the parent should not be traced any more:\n{st}"
+    );
+}

@@ -1203,6 +1203,143 @@ fn half_closed_connections_stay_half_closed() {
     }
 }
 
+/// Connections that are over but whose socket the program still holds (zdtm's
+/// socket-tcp-closed and socket-tcp-reseted shapes): one the peer reset while bytes it had
+/// sent were still unread, one closed by both sides (the server's FIN acknowledged: CLOSE).
+/// Dumped with `--tcp-established` they go through repair mode as CRIU does, and after the
+/// restore the program still reads the unread bytes and the end, cannot write, and its
+/// sockets name the same peer and local address. Next to them, a connected UDP pair shut
+/// down for writing on one side and for reading on the other (zdtm's socket_udp_shutdown):
+/// the write-shut one still cannot send (`poll` does not show a datagram socket's write
+/// shutdown: sock_diag tells).
+#[test]
+fn closed_connections_and_shut_down_datagram_sockets_come_back() {
+    if !need(&["ip", "nft", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("tcpclosed");
+    let net = Net::new("tz", 104);
+    let exe = prog("tcpclosed");
+    let sout = dir.join("srv.out");
+    let srv = Net::spawn_in(
+        &net.a,
+        &[
+            exe.to_str().unwrap(),
+            "server",
+            "7521",
+            sout.to_str().unwrap(),
+        ],
+        &dir.join("srv.log"),
+    );
+    let _g = KillOnDrop(srv);
+    wait_for("the server", 20, || {
+        lines(&sout).first().is_some_and(|l| l == "ready")
+    });
+    let cout = dir.join("cli.out");
+    let cli = Net::spawn_in(
+        &net.b,
+        &[
+            exe.to_str().unwrap(),
+            "client",
+            &net.v4(1),
+            "7521",
+            cout.to_str().unwrap(),
+        ],
+        &dir.join("cli.log"),
+    );
+    let _gc = KillOnDrop(cli);
+    wait_for("both connections closed", 30, || {
+        lines(&sout).iter().any(|l| l == "closed")
+    });
+    let img = dir.join("img");
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    dump(srv, &img, &["--tcp-established", "--external", &key]);
+    wait_gone(srv);
+    let st = states(&img);
+    assert_eq!(
+        st.iter().filter(|s| *s == "CLOSE").count(),
+        2,
+        "two closed connections: {st:?}"
+    );
+    let streams = std::fs::read_dir(&img)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("tcp-stream-")
+        })
+        .count();
+    assert_eq!(streams, 2, "a tcp-stream image per closed connection");
+    restore_with(
+        &img,
+        &[
+            "--tcp-established",
+            "--join-ns",
+            &format!("net:{}", Net::path(&net.a)),
+        ],
+    );
+    signal(srv, libc::SIGUSR1);
+    wait_for("the server's checks", 30, || {
+        lines(&sout).iter().any(|l| l == "done")
+    });
+    let errs: Vec<String> = lines(&sout)
+        .into_iter()
+        .filter(|l| l.starts_with("error"))
+        .collect();
+    assert!(errs.is_empty(), "after the restore: {errs:?}");
+    assert_eq!(
+        lines(&sout).iter().filter(|l| l.starts_with("ok ")).count(),
+        9,
+        "{:?}",
+        lines(&sout)
+    );
+}
+
+/// Sockets in the states and with the options services set (issue #10 item 1): an unbound
+/// non-blocking TCP socket, a bound one (SO_REUSEADDR/REUSEPORT, SO_MARK, SO_PRIORITY,
+/// IP_TOS, IP_TTL, IP_FREEBIND, a locked receive buffer), an IPv6-only listener with its
+/// backlog, keepalive idle/interval/count, NODELAY, CORK, user timeout and congestion
+/// control, a socket whose buffer locks differ from what setting its sizes implies
+/// (SO_BUF_LOCK), and a UDP socket bound to a device: the program reads every option back
+/// after the restore and finds what it had set.
+#[test]
+fn socket_options_and_states_come_back() {
+    if !need(&["ip", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("inetopts");
+    let net = Net::new("to", 105);
+    let exe = prog("inetopts");
+    let out = dir.join("opts.out");
+    let pid = Net::spawn_in(
+        &net.a,
+        &[exe.to_str().unwrap(), "7531", out.to_str().unwrap()],
+        &dir.join("opts.log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the sockets", 20, || {
+        lines(&out).iter().any(|l| l == "ready")
+    });
+    let img = dir.join("img");
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    dump(pid, &img, &["--external", &key]);
+    wait_gone(pid);
+    restore_with(&img, &["--join-ns", &format!("net:{}", Net::path(&net.a))]);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the program's checks", 30, || {
+        lines(&out).iter().any(|l| l == "done")
+    });
+    let all = lines(&out);
+    let errs: Vec<&String> = all.iter().filter(|l| l.starts_with("error")).collect();
+    assert!(errs.is_empty(), "after the restore: {errs:?}");
+    assert!(
+        all.iter().filter(|l| l.starts_with("ok ")).count() >= 30,
+        "{all:?}"
+    );
+}
+
 /// CRIU 4.2 (`$CRIU`, or /opt/criu42/criu) restores cryo's dump of the echo server with
 /// live connections, and cryo restores CRIU's: the lock each left (cryo's nftables table,
 /// CRIU's iptables chain) is lifted by the other, and every byte comes back. CRIU 4.2 is

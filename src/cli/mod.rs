@@ -424,7 +424,10 @@ pub struct Opts {
     /// Plugin directory (cryo has no plugins; accepted).
     #[arg(short = 'L', long = "libdir", value_name = "PATH")]
     pub libdir: Option<PathBuf>,
-    /// dump: seize timeout in seconds (accepted; seizing is immediate).
+    /// dump, pre-dump: how many seconds every thread of the tree may take to stop once
+    /// seized (default 10, as CRIU). A thread that cannot stop — a parent in vfork() whose
+    /// child was frozen with it, an endless uninterruptible sleep — fails the dump by name
+    /// after that, and the tree runs on.
     #[arg(long = "timeout", value_name = "N")]
     pub timeout: Option<u32>,
     /// Accepted for compatibility: CRIU's inode-to-path map for notify watches. cryo finds

@@ -66,6 +66,69 @@ pub struct DumpOpts {
     pub lazy_pages: Option<String>,
     /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, this CPU goes into cpuinfo.img.
     pub cpu_cap: u32,
+    /// `--timeout N`: how long every thread of the tree may take to stop once seized
+    /// (`None`: CRIU's default, [`DEFAULT_SEIZE_TIMEOUT`] seconds).
+    pub timeout: Option<u32>,
+}
+
+/// CRIU's default `--timeout`, in seconds.
+pub const DEFAULT_SEIZE_TIMEOUT: u32 = 10;
+
+impl DumpOpts {
+    /// When seizing must be over, counted from now.
+    fn seize_deadline(&self) -> SeizeDeadline {
+        SeizeDeadline::after(self.timeout.unwrap_or(DEFAULT_SEIZE_TIMEOUT))
+    }
+}
+
+/// The moment by which every seized thread must have stopped (`--timeout`). A thread that
+/// cannot stop — one in `vfork()` whose child is frozen, one in an uninterruptible sleep
+/// that never ends — would otherwise hang the dump for ever.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SeizeDeadline {
+    at: Instant,
+    secs: u32,
+}
+
+impl SeizeDeadline {
+    pub(crate) fn after(secs: u32) -> SeizeDeadline {
+        SeizeDeadline {
+            at: Instant::now() + std::time::Duration::from_secs(u64::from(secs)),
+            secs,
+        }
+    }
+
+    /// The error for thread `tid`, which has not stopped: why, as far as /proc tells.
+    fn missed(&self, tid: i32) -> DumpError {
+        let state = procfs::stat(tid).map(|s| s.state).unwrap_or('?');
+        let wchan = procfs::read(tid, "wchan").unwrap_or_default();
+        // A vfork parent sleeps in wait_for_vfork_done(), which the kernel inlines into
+        // kernel_clone(): no other sleep there outlasts a timeout.
+        let why = if wchan.contains("vfork") || wchan == "kernel_clone" {
+            format!(
+                "it is in vfork(), waiting for its child, which was frozen with it: a parent \
+                 cannot stop before its vfork child calls exec or exits; dump again once it \
+                 has (or raise --timeout, now {})",
+                self.secs
+            )
+        } else {
+            let at = if wchan.is_empty() || wchan == "0" {
+                String::new()
+            } else {
+                format!(", in {wchan}")
+            };
+            format!(
+                "state {state}{at}: it is in an uninterruptible wait; dump again when it is \
+                 out of it, or give a longer --timeout (now {})",
+                self.secs
+            )
+        };
+        DumpError::SeizeTimeout {
+            tid,
+            secs: u64::from(self.secs),
+            why,
+        }
+    }
 }
 
 /// Why a dump failed: the pipeline's own failures, and each kind's error, collected.
@@ -130,6 +193,11 @@ pub enum DumpError {
     Track(#[from] crate::memtrack::TrackError),
     #[error(transparent)]
     PageServer(#[from] crate::pageserver::PsError),
+    #[error(
+        "thread {tid} did not stop within {secs} s of being seized ({why}); nothing was \
+         saved and the tree runs on as it was"
+    )]
+    SeizeTimeout { tid: i32, secs: u64, why: String },
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -145,7 +213,9 @@ impl DumpError {
             DumpError::NoSuchProcess { .. } => {
                 return Some("check the pid given with -t/--tree".into())
             }
-            DumpError::Notify(_) | DumpError::Internal(_) => return None,
+            DumpError::Notify(_) | DumpError::Internal(_) | DumpError::SeizeTimeout { .. } => {
+                return None
+            }
             DumpError::Track(crate::memtrack::TrackError::Parent { .. }) => {
                 return Some("--prev-images-dir is relative to the images directory (-D), as in CRIU: e.g. ../previous".into())
             }
@@ -264,14 +334,24 @@ impl Drop for Seized {
 
 /// Waits until a seized and interrupted thread is in its ptrace stop: a thread that exited
 /// meanwhile is None; a job-control stop reports its signal.
-fn wait_seized(t: Tracee) -> Result<Option<(Tracee, Option<i32>)>, DumpError> {
+/// A thread that has not stopped by `deadline` fails the dump: it cannot be detached while it
+/// runs, so it stays attached (and is let go without ever stopping) until cryo exits.
+fn wait_seized(
+    t: Tracee,
+    deadline: SeizeDeadline,
+) -> Result<Option<(Tracee, Option<i32>)>, DumpError> {
     let tid = t.tid;
     let give_up = |t: &Tracee, e| {
         let _ = t.detach(0);
         e
     };
     for _ in 0..100 {
-        match t.wait() {
+        let st = match t.wait_until(deadline.at) {
+            Ok(Some(st)) => Ok(st),
+            Ok(None) => return Err(deadline.missed(tid)),
+            Err(e) => Err(e),
+        };
+        match st {
             Ok(Stop::Stopped { sig, event }) if event == libc::PTRACE_EVENT_STOP => {
                 // In a group stop (job control) the stop reports the stop signal; a running
                 // task interrupted by PTRACE_INTERRUPT reports SIGTRAP.
@@ -351,7 +431,11 @@ fn skip_pending_stops(t: &Tracee) -> Result<(), DumpError> {
 /// ptrace round trip after another (1000 threads or processes: a few ms instead of ~100).
 /// On failure every task seized so far is let go. A process other than `root` that exited
 /// meanwhile is `None`.
-fn seize_all(pids: &[i32], root: i32) -> Result<Vec<Option<Seized>>, DumpError> {
+fn seize_all(
+    pids: &[i32],
+    root: i32,
+    deadline: SeizeDeadline,
+) -> Result<Vec<Option<Seized>>, DumpError> {
     let mut out: Vec<Seized> = Vec::with_capacity(pids.len());
     let mut pending: Vec<(usize, Tracee)> = Vec::new();
     let mut err = None;
@@ -378,7 +462,7 @@ fn seize_all(pids: &[i32], root: i32) -> Result<Vec<Option<Seized>>, DumpError> 
     }
     for (i, t) in pending {
         let leader = t.tid == pids[i];
-        match wait_seized(t) {
+        match wait_seized(t, deadline) {
             Ok(Some((t, stopped))) => {
                 if leader {
                     out[i].stop_sig = stopped;
@@ -414,13 +498,17 @@ fn seize_all(pids: &[i32], root: i32) -> Result<Vec<Option<Seized>>, DumpError> 
             res.push(None);
             continue;
         }
-        res.push(Some(seize_new_threads(pid, s)?));
+        res.push(Some(seize_new_threads(pid, s, deadline)?));
     }
     Ok(res)
 }
 
 /// Seizes the threads of `pid` that `s` does not hold yet, until none appears.
-fn seize_new_threads(pid: i32, mut s: Seized) -> Result<Seized, DumpError> {
+fn seize_new_threads(
+    pid: i32,
+    mut s: Seized,
+    deadline: SeizeDeadline,
+) -> Result<Seized, DumpError> {
     for _ in 0..10 {
         let mut new = false;
         let held: std::collections::HashSet<i32> = s.tracees.iter().map(|t| t.tid).collect();
@@ -440,7 +528,7 @@ fn seize_new_threads(pid: i32, mut s: Seized) -> Result<Seized, DumpError> {
             }
         }
         for t in pending {
-            match wait_seized(t) {
+            match wait_seized(t, deadline) {
                 Ok(Some((t, _))) => {
                     s.tracees.push(t);
                     new = true;
@@ -472,6 +560,7 @@ fn seize_new_threads(pid: i32, mut s: Seized) -> Result<Seized, DumpError> {
 fn seize_frozen(
     root: i32,
     freezer: &kinds::cgroup::Freezer,
+    opts: &DumpOpts,
 ) -> Result<Vec<(i32, i32, Seized)>, DumpError> {
     // (pid, ppid, threads held; empty for a zombie)
     let mut held: Vec<(i32, i32, Vec<Tracee>)> = Vec::new();
@@ -516,6 +605,8 @@ fn seize_frozen(
     if let Err(e) = freezer.thaw() {
         err.get_or_insert(e.into());
     }
+    // The stops arrive only now that the cgroup is thawed.
+    let deadline = opts.seize_deadline();
     let mut out = Vec::new();
     for (pid, ppid, ts) in held {
         let zombie = ts.is_empty();
@@ -527,7 +618,7 @@ fn seize_frozen(
         let mut leader_gone = false;
         for t in ts {
             let is_leader = t.tid == pid;
-            match wait_seized(t) {
+            match wait_seized(t, deadline) {
                 Ok(Some((t, stopped))) => {
                     if is_leader {
                         s.stop_sig = stopped;
@@ -544,7 +635,7 @@ fn seize_frozen(
             if leader_gone || s.tracees.first().is_none_or(|t| t.tid != pid) {
                 err = Some(DumpError::NoSuchProcess { pid });
             } else {
-                match seize_new_threads(pid, s) {
+                match seize_new_threads(pid, s, deadline) {
                     Ok(s) => out.push((pid, ppid, s)),
                     Err(e) => err = Some(e),
                 }
@@ -1381,6 +1472,7 @@ fn make_uffd(chain: &mut crate::memtrack::Chain, pid: i32, vpid: u32, remote: &m
 fn freeze_tree(
     root: i32,
     mut frozen: Vec<(i32, i32, Seized)>,
+    deadline: SeizeDeadline,
 ) -> Result<Vec<(i32, i32, Seized)>, DumpError> {
     for _ in 0..10 {
         let tree = collect_tree(root)?;
@@ -1398,7 +1490,7 @@ fn freeze_tree(
             .map(|f| f.0)
             .filter(|&p| !is_zombie(p))
             .collect();
-        let mut seized = seize_all(&live, root)?.into_iter();
+        let mut seized = seize_all(&live, root, deadline)?.into_iter();
         let live: std::collections::HashSet<i32> = live.into_iter().collect();
         for (pid, ppid) in fresh {
             let s = if live.contains(&pid) {
@@ -1529,10 +1621,10 @@ pub fn run(
     //    nothing new appears (frozen processes cannot fork).
     let tf = Instant::now();
     let frozen: Vec<(i32, i32, Seized)> = match &freezer {
-        Some(f) => seize_frozen(root, f)?,
+        Some(f) => seize_frozen(root, f, opts)?,
         None => Vec::new(),
     };
-    let mut frozen = freeze_tree(root, frozen)?;
+    let mut frozen = freeze_tree(root, frozen, opts.seize_deadline())?;
     let tree: Vec<(i32, i32)> = frozen.iter().map(|(p, pp, _)| (*p, *pp)).collect();
     if !checked || !same_tasks(&tree, &tree0) {
         precheck(opts, &tree)?;

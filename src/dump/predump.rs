@@ -65,7 +65,7 @@ pub fn run(
     hooks.notify("pre-dump", None)?;
     fault_point("seize")?;
     let tf = Instant::now();
-    let mut frozen = freeze_tree(root, Vec::new())?;
+    let mut frozen = freeze_tree(root, Vec::new(), opts.seize_deadline())?;
     let host_pids: Vec<i32> = frozen.iter().map(|f| f.0).collect();
     let plans = (|| -> Result<Vec<Plan>, DumpError> {
         let vpids = image_pids(root, &host_pids)?;

@@ -152,6 +152,13 @@ impl Described {
     fn is_conn(&self) -> bool {
         self.is_tcp() && is_connection(self.state)
     }
+
+    /// A TCP connection closed (both FINs acknowledged, or reset) whose socket still names
+    /// its peer: saved through repair mode too with `--tcp-established`, as CRIU does, so
+    /// that it comes back with its addresses and what was left to read.
+    fn is_closed_conn(&self) -> bool {
+        self.is_tcp() && self.state == CLOSE && self.peer.is_some()
+    }
 }
 
 fn is_ping(ty: i32, proto: i32) -> bool {
@@ -580,6 +587,27 @@ fn shutdown_of(s: BorrowedFd<'_>) -> std::io::Result<pb::SkShutdown> {
     })
 }
 
+/// A datagram socket's shutdown state: `poll` shows its receive side only, sock_diag both
+/// (asked in its process's network namespace; `polled` when sock_diag cannot tell).
+fn udp_shutdown(pid: i32, d: &Described, ino: u32, polled: pb::SkShutdown) -> pb::SkShutdown {
+    if polled == pb::SkShutdown::Both {
+        return polled;
+    }
+    let (Ok(family), Ok(proto)) = (u8::try_from(d.family), u8::try_from(d.proto)) else {
+        return polled;
+    };
+    let bits =
+        super::ns::InNs::enter(pid, false).and_then(|_in| net::inet_shutdown(family, proto, ino));
+    match bits {
+        Ok(Some(b)) => pb::SkShutdown::try_from(i32::from(b & 3)).unwrap_or(polled),
+        Ok(None) => polled,
+        Err(e) => {
+            tracing::warn!(pid, socket = %d.show(), "sock_diag (its write shutdown): {e}; the receive side's is saved only");
+            polled
+        }
+    }
+}
+
 /// Reads the datagrams queued on a UDP socket without consuming them, each with the address
 /// it came from.
 fn peek_datagrams(s: BorrowedFd<'_>) -> std::io::Result<Vec<Datagram>> {
@@ -732,7 +760,7 @@ impl FdKind for InetSk {
             if d.state == LISTEN {
                 e.backlog = d.tcp.map_or(0, |t| t.sacked);
             }
-            if d.is_conn() && opts.tcp_established && !opts.tcp_close {
+            if (d.is_conn() || d.is_closed_conn()) && opts.tcp_established && !opts.tcp_close {
                 let tree = cx.files.tree.clone();
                 let name = format!("fd {} of process {} ({})", fd.fd, fd.pid, d.show());
                 let inet = &mut cx.files.inet;
@@ -772,7 +800,7 @@ impl FdKind for InetSk {
                 tracing::warn!(pid = fd.pid, fd = fd.fd, socket = %d.show(), queued, "datagrams queued on the socket are not saved");
             }
         } else {
-            e.shutdown = Some(sh as i32);
+            e.shutdown = Some(udp_shutdown(fd.pid, &d, ino, sh) as i32);
             for (from, data) in peek_datagrams(s).map_err(|e| fd.err("peek at the datagrams", e))? {
                 cx.files.sk_queues.push((
                     pb::SkPacketEntry {
@@ -947,7 +975,7 @@ fn tree_connections(tree: &[i32]) -> (NsConns, Vec<RepairedSk>) {
             let Ok(d) = describe(sk.as_fd(), kind) else {
                 continue;
             };
-            if let (true, Some(p)) = (d.is_conn(), d.peer) {
+            if let (true, Some(p)) = (d.is_conn() || d.is_closed_conn(), d.peer) {
                 // In its process's namespace (`check` refuses a socket of another).
                 let conn = Conn {
                     src: tcp_repair::unmap(d.local.ip()),
@@ -1104,8 +1132,10 @@ enum Fixup {
         /// inode names its tcp-stream image, the range the bytes in it).
         ino: u32,
         unsent: std::ops::Range<usize>,
-        /// Its own `SO_SNDBUF`, set once `unsent` is queued.
+        /// Its own `SO_SNDBUF`, set once `unsent` is queued, and then its own
+        /// `SO_BUF_LOCK` again.
         sndbuf: Option<u32>,
+        buf_lock: Option<u32>,
         name: String,
     },
     /// Any other socket: its own port sharing options.
@@ -1164,13 +1194,16 @@ fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
         .map(|i| i.id)
         .collect();
     for isk in objs.files.values().filter_map(|f| f.isk.as_ref()) {
+        // Closed connections that named their peer have a tcp-stream image too when they
+        // were saved with `--tcp-established` (CRIU's, too).
         if isk.proto.cast_signed() == libc::IPPROTO_TCP
             && isk.dst_port != 0
-            && is_connection(isk.state)
+            && (is_connection(isk.state) || isk.state == CLOSE)
         {
-            has_conn = true;
             let name = format!("tcp-stream-{:x}.img", isk.ino);
-            let Some(map) = dir.map(&name)? else {
+            let map = dir.map(&name)?;
+            has_conn |= is_connection(isk.state) || map.is_some();
+            let Some(map) = map else {
                 continue;
             };
             let bytes = map.bytes();
@@ -1295,7 +1328,8 @@ fn restore_opts(
         (o.so_rcvbuf / 2).cast_signed(),
         "SO_RCVBUFFORCE",
     )?;
-    if let Some(v) = o.so_buf_lock.filter(|&v| v != 0) {
+    // Setting a size locks that buffer: the saved locks, none too, come after (CRIU's order).
+    if let Some(v) = o.so_buf_lock {
         sol(SO_BUF_LOCK, v.cast_signed(), "SO_BUF_LOCK")?;
     }
     if let Some(v) = o.so_priority {
@@ -1529,17 +1563,24 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
     let bad_addr = || TaskError::BadImage(format!("inet socket {id} has a malformed address"));
     let local = sockaddr_of(isk.family, isk.src_port, &isk.src_addr).ok_or_else(bad_addr)?;
     let peer = sockaddr_of(isk.family, isk.dst_port, &isk.dst_addr).ok_or_else(bad_addr)?;
-    let conn = proto == libc::IPPROTO_TCP && isk.dst_port != 0 && is_connection(isk.state);
+    let tcp_peer = proto == libc::IPPROTO_TCP && isk.dst_port != 0;
     let opts = objs.sock;
     tracing::debug!("inet: restoring file {id}");
     let st = objs.kinds.get::<InetStore>();
+    // A closed connection that still named its peer comes back through repair mode when it
+    // was saved so (a tcp-stream image, `--tcp-established`), else as a socket never
+    // connected, as CRIU restores it.
+    let closed = tcp_peer
+        && isk.state == CLOSE
+        && !(opts.tcp_established && st.streams.contains_key(&isk.ino));
+    let conn = tcp_peer && (is_connection(isk.state) || (isk.state == CLOSE && !closed));
     let sk = new_socket(id, isk)?;
     let s = sk.as_fd();
     let show = format!(
         "TCP {local} <-> {peer} ({}, file {id})",
         state_name(isk.state)
     );
-    if conn && (opts.tcp_close || st.tcp_close) {
+    if closed || (conn && (opts.tcp_close || st.tcp_close)) {
         // Restored closed: a socket that was never connected.
         restore_opts(s, id, isk, false)?;
         let _ = rustix::net::shutdown(s, rustix::net::Shutdown::Both);
@@ -1609,6 +1650,7 @@ fn open_inet(objs: &mut FdObjects, id: u32, isk: &pb::InetSkEntry) -> Result<Own
                 ino: isk.ino,
                 unsent,
                 sndbuf: keep_sndbuf.then_some(isk.opts.so_sndbuf),
+                buf_lock: isk.opts.so_buf_lock,
                 name: show,
             },
         });
@@ -1749,6 +1791,7 @@ impl Finish {
                     ino,
                     unsent,
                     sndbuf,
+                    buf_lock,
                     name,
                 } => {
                     let unsent = self
@@ -1791,6 +1834,10 @@ impl Finish {
                             (b / 2).cast_signed(),
                         )
                         .map_err(fail("SO_SNDBUFFORCE"))?;
+                        if let Some(l) = buf_lock {
+                            net::setsockopt_int(s, libc::SOL_SOCKET, SO_BUF_LOCK, l.cast_signed())
+                                .map_err(fail("SO_BUF_LOCK"))?;
+                        }
                     }
                 }
                 Fixup::Other {

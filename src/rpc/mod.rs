@@ -658,6 +658,7 @@ fn do_dump(
         // criu_pre_dump_mode: SPLICE = 1, READ = 2.
         pre_dump_mode: (o.pre_dump_mode == Some(2)).then(|| "read".to_string()),
         cpu_cap: cpu_cap(&o),
+        timeout: o.timeout,
         // `ps`: the page server the pages go to (runc's --page-server ADDR:PORT).
         lazy_pages: None,
         page_server: match &o.ps {

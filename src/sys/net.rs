@@ -44,17 +44,10 @@ pub struct UnixDiag {
 /// Every unix socket of cryo's network namespace: one `sock_diag` dump (netlink-packet-sock-diag
 /// builds the request and parses the answers).
 pub fn unix_diag() -> io::Result<Vec<UnixDiag>> {
-    use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
     use netlink_packet_sock_diag::unix::{ShowFlags, StateFlags, UnixRequest};
     use netlink_packet_sock_diag::SockDiagMessage;
 
-    let sk = rustix::net::socket_with(
-        AddressFamily::NETLINK,
-        SocketType::DGRAM,
-        SocketFlags::CLOEXEC,
-        Some(rustix::net::netlink::SOCK_DIAG),
-    )?;
-    let mut req = NetlinkMessage::from(SockDiagMessage::UnixRequest(UnixRequest {
+    let req = SockDiagMessage::UnixRequest(UnixRequest {
         // Every state (unconnected datagram sockets are TCP_CLOSE).
         state_flags: StateFlags::from_bits_retain(u32::MAX),
         inode: 0,
@@ -64,14 +57,78 @@ pub fn unix_diag() -> io::Result<Vec<UnixDiag>> {
             | ShowFlags::ICONS
             | ShowFlags::RQLEN,
         cookie: [0xff; 8],
-    }));
+    });
+    let mut out = Vec::new();
+    diag_dump(req, |m| {
+        if let SockDiagMessage::UnixResponse(r) = m {
+            out.push(unix_of(&r));
+        }
+    })?;
+    Ok(out)
+}
+
+/// The shutdown state (RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2) of the inet socket of inode `ino`
+/// (`family` AF_INET or AF_INET6, `protocol` IPPROTO_UDP, ...), from an inet `sock_diag`
+/// dump of the calling thread's network namespace; None when it is not listed. (`poll`
+/// shows a datagram socket's receive shutdown only.)
+pub fn inet_shutdown(family: u8, protocol: u8, ino: u32) -> io::Result<Option<u8>> {
+    use netlink_packet_sock_diag::inet::{
+        nlas::Nla, ExtensionFlags, InetRequest, SocketId, StateFlags,
+    };
+    use netlink_packet_sock_diag::SockDiagMessage;
+    let req = SockDiagMessage::InetRequest(InetRequest {
+        family,
+        protocol,
+        extensions: ExtensionFlags::empty(),
+        states: StateFlags::from_bits_retain(u32::MAX),
+        socket_id: if i32::from(family) == libc::AF_INET6 {
+            SocketId::new_v6()
+        } else {
+            SocketId::new_v4()
+        },
+    });
+    let mut found = None;
+    diag_dump(req, |m| {
+        if let SockDiagMessage::InetResponse(r) = m {
+            if r.header.inode == ino {
+                // The kernel always adds INET_DIAG_SHUTDOWN.
+                found = Some(
+                    r.nlas
+                        .iter()
+                        .find_map(|n| match n {
+                            Nla::Shutdown(s) => Some(*s),
+                            _ => None,
+                        })
+                        .unwrap_or(0),
+                );
+            }
+        }
+    })?;
+    Ok(found)
+}
+
+/// Sends the `sock_diag` dump request `req` (netlink-packet-sock-diag builds it and parses
+/// the answers) in the calling thread's network namespace and gives each answer to `each`.
+fn diag_dump(
+    req: netlink_packet_sock_diag::SockDiagMessage,
+    mut each: impl FnMut(netlink_packet_sock_diag::SockDiagMessage),
+) -> io::Result<()> {
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+    use netlink_packet_sock_diag::SockDiagMessage;
+
+    let sk = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(rustix::net::netlink::SOCK_DIAG),
+    )?;
+    let mut req = NetlinkMessage::from(req);
     req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     req.header.sequence_number = 1;
     req.finalize();
     let mut b = vec![0u8; req.buffer_len()];
     req.serialize(&mut b);
     write_all(sk.as_fd(), &b)?;
-    let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = rustix::io::read(&sk, &mut buf)?;
@@ -87,11 +144,9 @@ pub fn unix_diag() -> io::Result<Vec<UnixDiag>> {
             let m = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[off..off + len])
                 .map_err(|e| io::Error::other(format!("sock_diag reply: {e}")))?;
             match m.payload {
-                NetlinkPayload::Done(_) => return Ok(out),
+                NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
-                NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(r)) => {
-                    out.push(unix_of(&r));
-                }
+                NetlinkPayload::InnerMessage(m) => each(m),
                 _ => {}
             }
             off += (len + 3) & !3;

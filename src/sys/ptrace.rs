@@ -78,7 +78,39 @@ pub fn wait(tid: i32) -> io::Result<Stop> {
         }
         break;
     }
-    Ok(if libc::WIFSTOPPED(status) {
+    Ok(decode(status))
+}
+
+/// `waitpid(tid, __WALL)` like [`wait`], but gives up at `deadline`: `None` if the thread had
+/// not changed state by then. Polls with `WNOHANG` (a stop that has already happened is taken
+/// at once; otherwise the sleep between polls grows from 20 µs to 2 ms).
+pub fn wait_until(tid: i32, deadline: std::time::Instant) -> io::Result<Option<Stop>> {
+    let mut nap = std::time::Duration::from_micros(20);
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a valid out-pointer.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+        if r == -1 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r != 0 {
+            return Ok(Some(decode(status)));
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(nap.min(deadline - now));
+        nap = (nap * 2).min(std::time::Duration::from_millis(2));
+    }
+}
+
+fn decode(status: i32) -> Stop {
+    if libc::WIFSTOPPED(status) {
         Stop::Stopped {
             sig: libc::WSTOPSIG(status),
             event: status >> 16,
@@ -87,7 +119,7 @@ pub fn wait(tid: i32) -> io::Result<Stop> {
         Stop::Killed(libc::WTERMSIG(status))
     } else {
         Stop::Exited(libc::WEXITSTATUS(status))
-    })
+    }
 }
 
 /// `waitpid(tid, __WALL | WNOHANG)`: None while `tid` has nothing to report.
@@ -336,5 +368,10 @@ impl Tracee {
     /// Waits for this tracee's next state change.
     pub fn wait(&self) -> io::Result<Stop> {
         wait(self.tid)
+    }
+
+    /// [`wait_until`] for this thread.
+    pub fn wait_until(&self, deadline: std::time::Instant) -> io::Result<Option<Stop>> {
+        wait_until(self.tid, deadline)
     }
 }
