@@ -11,7 +11,8 @@
 # Scenarios, each preceded by one discarded warm-up round, reporting the median:
 #   1. fixed cost: `sleep 1000` (setsid, stdio /dev/null): dump and restore wall time (N=5)
 #   2. memory: memhog holding M MiB (default 2048) of random anonymous memory: dump and restore
-#      wall time and GB/s (10^9 B/s), memory checksum before dump == after restore (N=3)
+#      wall time and GB/s (10^9 B/s), memory checksum before dump == after restore (N=3),
+#      and each tool's peak RSS while dumping and restoring (GNU time's %M, /usr/bin/time)
 #   3. tree: fanout, a tree of P (default 100) processes by fork fan-out, all idle in sigsuspend():
 #      dump and restore wall time; check: all P PIDs back, every child with the root as parent (N=3)
 #   4. threads: manythreads, one process with T (default 1000) threads (64 KiB stacks) idle in
@@ -320,7 +321,13 @@ one_round() {
 
     local dx=() rx=()
     if [ "$kind" = tcp ]; then dx=(--external "net[$NETA_INO]:srvnet"); rx=(--inherit-fd "fd[9]:srvnet"); fi
-    cmd=(${in_host[@]+"${in_host[@]}"} "$bin" dump -t "$pid" -D "$dir/img" -o dump.log "${extra[@]}" ${net_extra[@]+"${net_extra[@]}"} ${dx[@]+"${dx[@]}"})
+    # The memory scenario also measures each tool's peak RSS (GNU time, %M in KiB).
+    local rss_dump=() rss_restore=()
+    if [ "$kind" = mem ] && [ -x /usr/bin/time ]; then
+        rss_dump=(/usr/bin/time -f %M -o "$dir/dump.rss")
+        rss_restore=(/usr/bin/time -f %M -o "$dir/restore.rss")
+    fi
+    cmd=(${rss_dump[@]+"${rss_dump[@]}"} ${in_host[@]+"${in_host[@]}"} "$bin" dump -t "$pid" -D "$dir/img" -o dump.log "${extra[@]}" ${net_extra[@]+"${net_extra[@]}"} ${dx[@]+"${dx[@]}"})
     t0=$(now_us)
     "${cmd[@]}" >"$dir/dump.out" 2>"$dir/dump.err" || fail "$tool" dump "$dir" "$dir/img/dump.log" "${cmd[@]}"
     t1=$(now_us)
@@ -330,7 +337,7 @@ one_round() {
     img_bytes=$(du -sb "$dir/img" | cut -f1)
 
     [ "$kind" != net ] || net_extra+=(--external "veth[v0]:vr$RANDOM")
-    cmd=(${in_host[@]+"${in_host[@]}"} "$bin" restore -D "$dir/img" -d -o restore.log "${extra[@]}" ${net_extra[@]+"${net_extra[@]}"} ${rx[@]+"${rx[@]}"})
+    cmd=(${rss_restore[@]+"${rss_restore[@]}"} ${in_host[@]+"${in_host[@]}"} "$bin" restore -D "$dir/img" -d -o restore.log "${extra[@]}" ${net_extra[@]+"${net_extra[@]}"} ${rx[@]+"${rx[@]}"})
     t0=$(now_us)
     if [ "$kind" = tcp ]; then
         "${cmd[@]}" >"$dir/restore.out" 2>"$dir/restore.err" 9<"/run/netns/$NETA" || fail "$tool" restore "$dir" "$dir/img/restore.log" "${cmd[@]}"
@@ -420,12 +427,16 @@ one_round() {
         "$(echo "$dump_us" | awk '{print $1/1000}')" "$(echo "$restore_us" | awk '{print $1/1000}')" \
         "$(echo "$img_bytes" | awk '{print $1/1048576}')" \
         "${frozen:+  (frozen $(echo "$frozen" | awk '{print $1/1000}') ms)}" \
-        "$(case $kind in mem) echo "  checksum $ok" ;; tree|threads|net) echo "  check $ok" ;; tcp) echo "  stall $(ms "${STALL:-0}") ms, check $ok" ;; esac)"
+        "$(case $kind in mem) echo "  checksum $ok${rss_dump[0]:+, peak RSS dump $(($(tail -1 "$dir/dump.rss") / 1024)) MiB restore $(($(tail -1 "$dir/restore.rss") / 1024)) MiB}" ;; tree|threads|net) echo "  check $ok" ;; tcp) echo "  stall $(ms "${STALL:-0}") ms, check $ok" ;; esac)"
     if [ "$measured" = 1 ]; then
         add "$tool" "${RKEY}_dump" "$dump_us"
         add "$tool" "${RKEY}_restore" "$restore_us"
         [ -z "$frozen" ] || add "$tool" "${RKEY}_frozen" "$frozen"
         [ "$kind" != tcp ] || add "$tool" "${RKEY}_stall" "${STALL:-0}"
+        if [ -n "${rss_dump[0]:-}" ]; then
+            add "$tool" "${RKEY}_dump_rss" "$(tail -1 "$dir/dump.rss")"
+            add "$tool" "${RKEY}_restore_rss" "$(tail -1 "$dir/restore.rss")"
+        fi
     fi
     rm -rf "$dir"
 }
@@ -560,6 +571,21 @@ for run in "${RUNS[@]}"; do
     frozen_desc="$frozen_desc, $(label "$kind") $(ms "$m") ms"
 done
 echo "cryo frozen time during dump (from --json frozen_us): ${frozen_desc#, }"
+for run in "${RUNS[@]}"; do
+    set_run "$run"
+    [ "$kind" = mem ] || continue
+    rss_desc=""
+    for op in dump restore; do
+        for t in "${TOOLS[@]}"; do
+            m=$(med "$t" "${RKEY}_${op}_rss")
+            [ -n "$m" ] || continue
+            m=$(awk -v k="$m" 'BEGIN {printf "%d", k / 1024}')
+            rss_desc="$rss_desc, $op $t $m MiB"
+            TJSON[$t]="${TJSON[$t]}\"${RKEY}_${op}_peak_rss_mib\":$m,"
+        done
+    done
+    [ -z "$rss_desc" ] || echo "peak RSS, $(label "$kind") (GNU time, medians): ${rss_desc#, }"
+done
 status=0
 declare -A CHECK_KEY=([mem]=checksum [tree]=tree_check [threads]=threads_check [net]=net_check [tcp]=tcp_check)
 for run in "${RUNS[@]}"; do

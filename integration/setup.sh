@@ -16,6 +16,7 @@ command -v runc >/dev/null || need+=(runc)    # the runc tests (bundles/) drive 
 command -v containerd >/dev/null || need+=(containerd)  # the containerd test: a private daemon, ctr, the runc shim
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)  # container tests: the rootfs (bundles/busybox)
 command -v tar >/dev/null || need+=(tar)   # tmpfs contents are saved with tar, as CRIU does
+[ -x /usr/bin/time ] || need+=(time)   # bench.sh: peak RSS of cryo and CRIU (GNU time)
 # The podman tests (integration/tests/podman.rs): podman 4.3 with runc (no crun: without
 # recommends apt keeps the runc installed above), conmon, and zstd to list --export archives.
 command -v podman >/dev/null || need+=(podman)

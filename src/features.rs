@@ -331,12 +331,23 @@ pub fn probe(name: &str) -> Option<Feature> {
             .map(|_| "userfaultfd fork/remap/remove/unmap events: lazy restore (--lazy-pages) follows the program's fork, mremap, MADV_DONTNEED and munmap".to_string())
             .map_err(|e| format!("userfaultfd without the fork/remap/remove/unmap events lazy restore needs: {e}")),
         "pidfd_store" => not_in_cryo("the pidfd store (pid reuse detection across pre-dumps) is not implemented in cryo"),
-        "aio_remap" => not_in_cryo("AIO rings are not saved by cryo"),
+        // Rings are made again with io_setup and moved to their address (Linux 3.19+).
+        "aio_remap" => kernel_at_least(3, 19).map(|k| format!("{k}: AIO rings can be moved with mremap")),
         "tun" | "tun_ns" => not_in_cryo("open tun/tap queues (tun file descriptors) are not saved by cryo (persistent tun/tap links of a saved network namespace are)"),
         "loginuid" => loginuid_writable().map(|()| "a task's login uid (/proc/PID/loginuid) is restored".into()),
         "autofs" => not_in_cryo("autofs mounts are not supported by cryo"),
         "compat_cr" => not_in_cryo("32-bit (compat) tasks are not supported by cryo"),
-        "sk_unix_file" => not_in_cryo("cryo finds a unix socket's file by its path, not with SIOCUNIXFILE"),
+        // As CRIU's probe: on an unbound socket the ioctl, if the kernel has it, finds no
+        // file (ENOENT).
+        "sk_unix_file" => sys::net::unix_socket(libc::SOCK_DGRAM)
+            .map_err(|e| format!("socket: {e}"))
+            .and_then(|s| match sys::scm::unix_file(std::os::fd::AsFd::as_fd(&s)) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    Ok("SIOCUNIXFILE finds a unix socket's file".into())
+                }
+                Ok(_) => Ok("SIOCUNIXFILE finds a unix socket's file".into()),
+                Err(e) => Err(format!("SIOCUNIXFILE is not supported ({e}); Linux 6.6+")),
+            }),
         "net_diag_raw" => Ok("raw sockets are saved (cryo reads each through a copy of the target's fd, not through sock_diag)".into()),
         "nsid" => kernel_at_least(4, 0).map(|k| format!("{k}: a veth peer's namespace is found by its NETNSA_NSID")),
         "link_nsid" => kernel_at_least(4, 0).map(|k| format!("{k}: IFLA_LINK_NETNSID names a veth peer's namespace")),
@@ -345,7 +356,9 @@ pub fn probe(name: &str) -> Option<Feature> {
         "nftables" => in_path("nft", "a network namespace's nftables rules are saved with `nft list ruleset` and loaded again with nft"),
         "has_ipt_legacy" => in_path("iptables-legacy-save", "a network namespace's legacy iptables rules are saved with iptables-legacy-save"),
         "apparmor_stacking" => not_in_cryo("LSM profiles are not supported by cryo"),
-        "memfd_hugetlb" => not_in_cryo("hugetlb memfds and hugetlbfs files are not supported by cryo (anonymous MAP_HUGETLB mappings are)"),
+        "memfd_hugetlb" => sys::fd::memfd_create("cryo-probe", libc::MFD_CLOEXEC | libc::MFD_HUGETLB)
+            .map(|_| "memfd_create(MFD_HUGETLB) works (hugetlbfs files other than memfds are not supported)".into())
+            .map_err(|e| format!("memfd_create(MFD_HUGETLB) fails ({e})")),
         // What the socket kinds need (TCP repair, the network lock, ...): their own probes.
         "tcp_half_closed" | "network_lock_nftables" | "sk_ns" | "ipv6_freebind" | "sockopt_buf_lock" => {
             static SOCKETS: std::sync::OnceLock<Vec<(&str, Result<String, String>)>> =
@@ -358,7 +371,11 @@ pub fn probe(name: &str) -> Option<Feature> {
         }
         "overlayfs_maps" => not_in_cryo("not checked by cryo: it reopens mapped files by path"),
         "breakpoints" => not_in_cryo("hardware breakpoints (debug registers) are not saved by cryo"),
-        "pagemap_scan_guard_pages" => not_in_cryo("guard regions (MADV_GUARD_INSTALL) are not saved by cryo"),
+        "pagemap_scan_guard_pages" => match sys::mem::guard_pages_reported() {
+            Ok(true) => Ok("PAGEMAP_SCAN reports guard regions (MADV_GUARD_INSTALL)".into()),
+            Ok(false) => Err("PAGEMAP_SCAN does not report guard regions; needs Linux 6.14+".into()),
+            Err(e) => Err(format!("guard regions cannot be probed ({e}); need Linux 6.14+")),
+        },
         _ => return None,
     };
     let name: &'static str = CRIU_FEATURES

@@ -23,6 +23,19 @@ pub fn read(pid: i32, name: &str) -> Result<String, ProcError> {
     std::fs::read_to_string(&path).map_err(|source| ProcError::Read { path, source })
 }
 
+/// Reads the sysctl `/proc/sys/NAME` (of the calling thread's namespaces) as text, in one
+/// `read`: the kernel formats a sysctl anew at every read and answers a read at a non-zero
+/// offset with end of file, so a value longer than the first read's buffer (std's
+/// `read_to_string` starts with 32 bytes; `kernel.sem` is up to 43) came back cut.
+pub fn sysctl(name: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(format!("/proc/sys/{name}"))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let n = f.read(&mut buf)?;
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 /// The resource limits of `pid` from `/proc/PID/limits`, as (soft, hard) in RLIMIT_* order
 /// (`unlimited` is `u64::MAX`). Unlike `prlimit64`, reading them needs no CAP_SYS_RESOURCE
 /// for a process of another user.

@@ -5,7 +5,7 @@
  *     except its second page (a hole), then detached; and a private 1-page segment;
  *   - semaphore set key 0x43720002 with 5 semaphores;
  *   - message queue key 0x43720003 with 4 messages, one of 8500 bytes (above the default
- *     msgmax, which it raises to 9000 in its namespace);
+ *     msgmax, which it raises to 9000 in its namespace); kernel.sem set to long values;
  * prints "ready SHMID SEMID MSQID PRIVID", then the state it expects ("want ...").
  * On SIGUSR1 it reads everything back (looking segments up by key, receiving the messages)
  * and prints it the same way ("have ..."), then waits for the next SIGUSR1.
@@ -193,7 +193,11 @@ static void report(const char *tag, int shmid, int semid, int msqid, int privid,
 	} else {
 		printf(" left 0");
 	}
-	printf(" ctl %d %d\n", read_ctl("msgmax"), read_ctl("msgmnb"));
+	struct seminfo si;
+	if (semctl(0, 0, SEM_INFO, (struct semid_ds *)&si) < 0)
+		die("semctl(SEM_INFO)");
+	printf(" ctl %d %d sem %d %d %d %d\n", read_ctl("msgmax"), read_ctl("msgmnb"), si.semmsl,
+	       si.semmns, si.semopm, si.semmni);
 	fflush(stdout);
 	free(buf);
 }
@@ -215,6 +219,10 @@ int main(int argc, char **argv)
 	}
 	write_ctl("msgmax", 9000);
 	write_ctl("msgmnb", 20000);
+	/* kernel.sem longer than 32 characters (it came back cut: semmni 13156 read as 1). */
+	FILE *sem = fopen("/proc/sys/kernel/sem", "w");
+	if (!sem || fprintf(sem, "567543001 826660645 1189648053 13156") < 0 || fclose(sem))
+		die("/proc/sys/kernel/sem");
 
 	/* Ids with a sequence number, as a long-lived namespace has. */
 	write_ctl("shm_next_id", 2 * 32768 + 5);

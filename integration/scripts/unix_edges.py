@@ -13,6 +13,9 @@ CASE is one of:
          whose file was replaced by a FIFO (with a connected client)
   states unconnected stream and seqpacket sockets, a datagram socket connected to itself, a
          datagram queued by a peer that closed, datagrams from senders that are gone
+  loop   sockets in flight in their own queues (zdtm scm06): a datagram socketpair with
+         abstract names, each end passed over each end; and two pairs each holding in its
+         queue an end of the other
 """
 import array, os, select, signal, socket, stat, sys
 
@@ -98,6 +101,18 @@ elif case == "states":
         t = socket.socket(AF, DG)
         t.sendto(b"s%d" % i, d + "/named.sock")
         t.close()
+elif case == "loop":
+    ska = socket.socketpair(AF, DG)
+    names = [b"\0cryo-loop-%d-%d" % (os.getpid(), i) for i in range(2)]
+    for i in range(2):
+        ska[i].bind(names[i])
+    for i in range(2):
+        for j in range(2):
+            socket.send_fds(ska[i], [b"s"], [ska[j].fileno()])
+    x1, x2 = socket.socketpair(AF, DG)
+    y1, y2 = socket.socketpair(AF, DG)
+    socket.send_fds(x1, [b"y1"], [y1.fileno()])
+    socket.send_fds(y1, [b"x2"], [x2.fileno()])
 else:
     sys.exit("unknown case " + case)
 
@@ -153,4 +168,17 @@ elif case == "states":
     check("datagram connected to itself", me.recv(100) == b"me" and me.send(b"again") == 5 and me.recv(100) == b"again")
     check("datagram from a closed peer", oa.recv(100) == b"from the dead")
     check("datagrams from gone senders", [named.recv(100) for _ in range(3)] == [b"s0", b"s1", b"s2"])
+elif case == "loop":
+    skc, got = ska[0], []
+    for i in range(3):
+        _, fds = recv_fds(skc, 1)
+        skc = socket.socket(fileno=fds[0])
+        got.append(skc.getsockname() == names[i % 2])
+    check("each end passed over each end " + str(got), got == [True] * 3)
+    m, fds = recv_fds(x2, 1)
+    socket.socket(fileno=fds[0]).send(b"q")
+    m2, fds2 = recv_fds(y2, 1)
+    x1.send(b"p")
+    ok = (m, m2) == (b"y1", b"x2") and y2.recv(10) == b"q" and os.read(fds2[0], 10) == b"p"
+    check("two pairs holding each other's ends", ok)
 print("done", flush=True)

@@ -102,7 +102,7 @@ fn zdtm_command_lines() {
         ("mnt_id", true),
         ("get_rseq_conf", true),
         ("timens", true),
-        ("aio_remap", false),
+        ("aio_remap", true),
         ("tun", false),
         ("network_lock_nftables", true),
     ] {
@@ -363,4 +363,27 @@ fn configuration_files_in_criu_order() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("cmd.conf, line 1"), "{}", stderr(&o));
     let _ = Stdio::null();
+}
+
+/// `check --feature sk_unix_file` answers as the kernel does (CRIU's probe: SIOCUNIXFILE on
+/// an unbound unix socket fails with ENOENT where the ioctl exists); cryo uses that ioctl to
+/// find a socket's file, so it answered no wrongly before and zdtm skipped sk-unix-mntns.
+#[test]
+fn sk_unix_file_is_answered_as_the_kernel_has_it() {
+    let probe = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket, fcntl, errno\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ntry:\n    fcntl.ioctl(s.fileno(), 0x89E0)\n    print('yes')\nexcept OSError as e:\n    print('yes' if e.errno == errno.ENOENT else 'no')",
+        ])
+        .output()
+        .unwrap();
+    let kernel_has_it = String::from_utf8_lossy(&probe.stdout).trim() == "yes";
+    let o = cryo(&["check", "--feature", "sk_unix_file"]);
+    assert_eq!(
+        o.status.success(),
+        kernel_has_it,
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -177,6 +177,28 @@ fn cycle_with(c: &Container, img: &Path, dump_extra: &[&str], restore_extra: &[&
     init
 }
 
+/// `--external mnt[KEY]:PATH` with a relative PATH at restore is taken from "/", as CRIU
+/// takes it (zdtm's mnt_root_ext passes `mnt[MNT]:.zdtm_root_ext.tmp`), not from cryo's
+/// working directory: the container's /data is bound from the host directory again and its
+/// rounds go on there.
+#[test]
+fn relative_external_mount_path_is_taken_from_the_root() {
+    let dir = scratch("container-relext");
+    let mut c = start(&dir);
+    let _g = KillOnDrop(c.init);
+    let rel = c.host.strip_prefix("/").unwrap().display().to_string();
+    let ext = format!("mnt[data]:{rel}");
+    c.init = cycle_with(&c, &dir.join("img"), &[], &["--external", &ext]);
+    let _g2 = KillOnDrop(c.init);
+    let mi = std::fs::read_to_string(format!("/proc/{}/mountinfo", c.init)).unwrap();
+    assert!(
+        mi.lines()
+            .any(|l| l.contains(&format!(" {} /data ", c.host.display()))),
+        "{mi}"
+    );
+    kill(c.init);
+}
+
 #[test]
 fn busybox_container_moves_to_fresh_namespaces() {
     let dir = scratch("container");

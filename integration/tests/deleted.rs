@@ -184,3 +184,46 @@ print((wd, IN_CLOSE_WRITE) in got, flush=True)
     wait_for("the report", 10, || lines(&out).len() >= 2);
     assert_eq!(lines(&out)[1], "True");
 }
+
+/// Unmounts (lazily) the mounts a test made in cryo's own mount namespace.
+struct Unmount(Vec<std::path::PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(m)
+                .status();
+        }
+    }
+}
+
+/// Deleted files on read-only mounts of a writable file system (zdtm's ghost_on_rofs): a
+/// process holds a deleted file on a tmpfs made read-only (`remount,bind,ro`) and one on a
+/// read-only, nosuid bind of it. The restore makes the ghosts through a writable copy of
+/// the mount nobody sees (creating them there failed with EROFS): the fds read their
+/// content, the mounts are still read-only, and nothing is left in them.
+#[test]
+fn deleted_files_on_read_only_mounts_come_back() {
+    let dir = scratch("ghost-rofs");
+    let work = dir.join("work");
+    std::fs::create_dir(&work).unwrap();
+    let _mounts = Unmount(vec![work.join("bind"), work.join("ro")]);
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/ghost_rofs.py");
+    let pid = spawn(
+        &["python3", script.to_str().unwrap(), work.to_str().unwrap()],
+        &out,
+    );
+    let _g = KillOnDrop(pid);
+    wait_ready(&out);
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report", 10, || lines(&out).len() >= 2);
+    assert_eq!(
+        lines(&out)[1],
+        "read b'ghost 1' b'ghost 2' rofs True left []"
+    );
+}

@@ -435,6 +435,57 @@ fn memfd_is_shared_again_by_fd_and_mappings() {
     );
 }
 
+/// An fd of shared anonymous memory whose mapping is gone (integration/scripts/shmemfd.py,
+/// zdtm's shmemfd: opened through /proc/self/map_files, linked as "/dev/zero (deleted)")
+/// comes back as that memory, not as /dev/zero: its content, offset, O_APPEND, size and
+/// FD_CLOEXEC unset; it is saved as a memfd, as CRIU does.
+#[test]
+fn shared_anonymous_memory_fd_comes_back() {
+    let dir = scratch("shmemfd");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/shmemfd.py");
+    let pid = spawn(&["python3", script.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_ready(&out);
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the answer", 10, || lines(&out).len() == 2);
+    assert_eq!(lines(&out)[1], "True 0 3 b'hello' 5 True");
+}
+
+/// A hugetlb memfd (zdtm's memfd02-hugetlb: MFD_HUGETLB, 2 MiB) open and mapped shared and
+/// privately comes back on huge pages (block size 2 MiB) with its content; a write through
+/// the shared mapping shows through the fd and the private mapping, a private write stays
+/// private. `check --feature memfd_hugetlb` answers yes. Skipped when the kernel has no free
+/// huge page.
+#[test]
+fn hugetlb_memfd_comes_back() {
+    let dir = scratch("memfd-huge");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/memfd_huge.py");
+    let pid = spawn(&["python3", script.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("the memfd", 20, || !lines(&out).is_empty());
+    if lines(&out)[0].starts_with("nohuge") {
+        skip(&format!(
+            "no huge pages for a hugetlb memfd: {}",
+            lines(&out)[0]
+        ));
+        return;
+    }
+    let o = cryo(&["check", "--feature", "memfd_hugetlb"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the answer", 20, || lines(&out).len() >= 2);
+    assert_eq!(
+        lines(&out)[1],
+        "b'write1' b'write1' b'write1' 2097152 b'write2' b'write2' b'write2'"
+    );
+}
+
 /// Reads the lines of `r` in a thread.
 fn follow(r: impl Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<u64>>> {
     use std::io::BufRead;

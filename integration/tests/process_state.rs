@@ -205,3 +205,69 @@ fn login_uid_comes_back() {
     dump_and_restore(pid, &dir.join("img"));
     assert_eq!(luid(), "4242", "{}", log(&dir.join("img"), "restore.log"));
 }
+
+/// Guard regions (`MADV_GUARD_INSTALL`, zdtm's maps12): two guard pages among four private
+/// anonymous pages come back as guard pages (pagemap marks them, and a child writing to one
+/// dies of SIGSEGV), the pages between keep their content; `check --feature
+/// pagemap_scan_guard_pages` answers yes on such a kernel.
+#[test]
+fn guard_regions_come_back() {
+    let dir = scratch("guard-pages");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/guard_pages.py");
+    let pid = spawn(&["python3", script.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_ready(&out);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report", 20, || lines(&out).len() >= 2);
+    let want = "guards [0, 1, 0, 1] data ['A', 'C'] segv True";
+    if lines(&out)[1] != want {
+        skip(&format!(
+            "this kernel does not report guard pages: {}",
+            lines(&out)[1]
+        ));
+        return;
+    }
+    let o = cryo(&["check", "--feature", "pagemap_scan_guard_pages"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report after the restore", 20, || {
+        lines(&out).len() >= 3
+    });
+    assert_eq!(lines(&out)[2], want);
+}
+
+/// An AIO ring (`io_setup`, zdtm's aio01) with its head and tail mid-way round comes back
+/// at its address with the same size, head, tail and events left: a new request moves the
+/// tail by one, and io_getevents returns the events left plus the new one. `check
+/// --feature aio_remap` answers yes.
+#[test]
+fn aio_ring_comes_back() {
+    let dir = scratch("aio-ring");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/aio_ring.py");
+    let pid = spawn(&["python3", script.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_ready(&out);
+    wait_for("the ring's state", 20, || lines(&out).len() >= 2);
+    let before = lines(&out)[1].clone();
+    let f: Vec<u32> = before
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (nr, head, tail) = (f[0], f[1], f[2]);
+    assert!(head != 0 && tail < head, "{before}");
+    let o = cryo(&["check", "--feature", "aio_remap"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report after the restore", 20, || {
+        lines(&out).len() >= 4
+    });
+    assert_eq!(lines(&out)[2], before);
+    let left = (tail + nr - head) % nr;
+    assert_eq!(lines(&out)[3], format!("after 0 1 events {}", left + 1));
+}

@@ -602,3 +602,100 @@ fn dump_of_a_tree_forking_all_the_time() {
     wait_for("forks after the restore", 20, || lines(&out).len() > n + 2);
     kill(pid);
 }
+
+/// A process group whose leader is gone (zdtm's session01): a live member and a zombie of
+/// the tree stay in the group of a process that exited and was reaped (the dump refused
+/// such a group before). After the restore both are in that group again, in the session
+/// they had, the zombie with its exit status, and a signal sent to the group reaches the
+/// member.
+#[test]
+fn process_group_of_a_gone_leader_comes_back() {
+    let dir = scratch("gone-leader-group");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/gone_leader_group.py");
+    let pid = spawn(&["python3", script.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    let x = wait_ready(&out)[0];
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report", 10, || lines(&out).len() >= 2);
+    let before = lines(&out)[1].clone();
+    let kids = children(pid);
+    let _g2: Vec<KillOnDrop> = kids.iter().map(|&k| KillOnDrop(k)).collect();
+    let f: Vec<&str> = before.split_whitespace().collect();
+    assert_eq!(
+        (f[2], f[4], f[7], f[9], f[11]),
+        (
+            x.to_string().as_str(),
+            pid.to_string().as_str(),
+            x.to_string().as_str(),
+            "3",
+            "True"
+        ),
+        "{before}"
+    );
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report after the restore", 10, || {
+        lines(&out).len() >= 3
+    });
+    assert_eq!(lines(&out)[2], before);
+}
+
+/// A zombie session leader whose session lives on in an orphan (zdtm's zombie_leader): in a
+/// tree that is its own PID namespace, Z called setsid(), forked G and exited; G was
+/// reparented to the init. The restore has the zombie-to-be fork G after its setsid() and
+/// before it dies (it used to turn G, not Z, into the zombie and fail at the end): G is
+/// in Z's session again, the init's child, and Z a zombie.
+#[test]
+fn zombie_session_leader_with_an_orphan_in_a_pid_namespace() {
+    let dir = scratch("zleader");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/zombie_leader.py");
+    let unshare = spawn(
+        &[
+            "unshare",
+            "--pid",
+            "--fork",
+            "python3",
+            script.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+        &dir.join("log"),
+    );
+    let _g = KillOnDrop(unshare);
+    wait_for("the zombie", 20, || !lines(&out).is_empty());
+    let before = lines(&out)[0].clone();
+    let f: Vec<&str> = before.split_whitespace().collect();
+    assert_eq!((f[4], f[8], f[10]), ("True", f[6], "3"), "{before}");
+    assert_eq!(f[2], f[6], "G is in the zombie's session: {before}");
+    let init = children(unshare)[0];
+    let img = dir.join("img");
+    dump(init, &img, &[]);
+    wait_gone(init);
+    let pidfile = dir.join("pid");
+    let o = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore.log",
+        "--pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", log(&img, "restore.log"));
+    let restored: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _g2 = KillOnDrop(restored);
+    signal(restored, libc::SIGUSR1);
+    wait_for("the report after the restore", 20, || {
+        lines(&out).len() >= 2
+    });
+    assert_eq!(lines(&out)[1], before);
+    kill(restored);
+}

@@ -80,3 +80,17 @@ fn sockets_in_odd_states() {
         "{got:?}"
     );
 }
+
+/// Sockets in flight in their own queues (zdtm scm06): a datagram socketpair with abstract
+/// names whose ends were each passed over each end, and two pairs each holding an end of
+/// the other in its queue, come back once each (the restore made the first pair twice and
+/// failed with EADDRINUSE): each received socket is the one that was sent.
+#[test]
+fn sockets_passed_over_themselves() {
+    let got = run_case("loop");
+    assert_eq!(
+        got.iter().filter(|l| l.starts_with("ok")).count(),
+        2,
+        "{got:?}"
+    );
+}

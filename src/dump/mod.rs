@@ -64,6 +64,10 @@ pub struct DumpOpts {
     /// `--lazy-pages --address A --port N`: the pages of private anonymous memory are kept
     /// and served there (`host:port`) to a lazy-pages daemon once the dump is done.
     pub lazy_pages: Option<String>,
+    /// With `lazy_pages`: a file (`--status-fd`'s `/proc/.../fd/N`) that gets one NUL byte
+    /// once the images are complete and the lazy pages are being served (CRIU's
+    /// `status_ready`), which is when runc lets `checkpoint --lazy-pages` go on.
+    pub lazy_ready: Option<std::path::PathBuf>,
     /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, this CPU goes into cpuinfo.img.
     pub cpu_cap: u32,
     /// `--timeout N`: how long every thread of the tree may take to stop once seized
@@ -797,7 +801,17 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
                 && sessions.via.values().any(|v| {
                     *v == crate::restore::sessions::Via::NewLeader(st.session.cast_unsigned())
                 });
-            if !(in_tree || helper_group || opts.shell_job && st.pgrp == root_stat.pgrp) {
+            // A group whose leader is gone (no process has its PID) is made again at
+            // restore by its first member, through a helper with that PID (CRIU's
+            // process-group helpers); the root's own group outside the tree is a shell's.
+            let leader_gone = st.pgrp != root_stat.pgrp
+                && !std::path::Path::new(&format!("/proc/{}", st.pgrp)).exists()
+                && ns_ino(pid, "pid") == ns_ino(root, "pid");
+            if !(in_tree
+                || helper_group
+                || leader_gone
+                || opts.shell_job && st.pgrp == root_stat.pgrp)
+            {
                 return Err(Unsupported::of(
                     pid,
                     format!("process group {}", st.pgrp),
@@ -1886,6 +1900,12 @@ pub fn run(
     if let Some((l, store)) = lazy.take() {
         // The images are complete; the lazy pages go to the daemon now (CRIU's
         // `cr_lazy_mem_dump`). The tree is no more: a failure here is the restore's.
+        // CRIU's `status_ready`: the `status-ready` notification (runc waits for it over
+        // RPC and writes its own --status-fd then), and `--status-fd`.
+        hooks.notify("status-ready", None)?;
+        if let Some(p) = &opts.lazy_ready {
+            crate::notify::status_ready(p);
+        }
         crate::pageserver::serve_lazy(l, &store)?;
     }
     Ok(DumpReport {

@@ -729,6 +729,16 @@ impl FdObjects {
             .map_err(TaskError::object(id, "dup"))?)
     }
 
+    /// Records `fd` as the object of file `id` while its kind is still making it (unless
+    /// made already): a socket whose queue is refilled before its `open` returns may carry
+    /// itself, or a file whose own queue carries it back, and must not be made twice.
+    pub fn provide(&mut self, id: u32, fd: &OwnedFd) -> Result<(), FilesError> {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.made.entry(id) {
+            e.insert(fd.try_clone().map_err(TaskError::object(id, "dup"))?);
+        }
+        Ok(())
+    }
+
     /// Opens regular-file record `id` in cryo, at its saved offset.
     fn open_reg_here(&mut self, id: u32) -> Result<OwnedFd, FilesError> {
         let reg = self

@@ -19,7 +19,7 @@ use super::error::{task_error_from, TaskError, Unsupported};
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::{FileTable, RestoreCx};
@@ -242,6 +242,9 @@ fn read_ghost(dir: &ImageDir, g: u32) -> Result<GhostImage, GhostError> {
 struct Made {
     at: PathBuf,
     dir: bool,
+    /// Made under a read-only mount: a writable copy of that mount, rooted at the file's
+    /// directory, through which it was made and is removed.
+    via: Option<OwnedFd>,
 }
 
 /// Restore side: which records are ghosts, and the files made for them (removed when the
@@ -399,15 +402,28 @@ impl GhostStore {
             .map_err(err("enter the tree's namespaces".into()))?;
         let at = place(Path::new(path), g);
         let is_dir = e.mode & libc::S_IFMT == libc::S_IFDIR;
-        make(&at, &e, &data, &chunks).map_err(err(format!(
-            "recreate deleted file {path} at {}",
-            at.display()
-        )))?;
+        let what = || format!("recreate deleted file {path} at {}", at.display());
+        let via = match make(rustix::fs::CWD, &at, &e, &data, &chunks) {
+            Ok(()) => None,
+            // A read-only mount of a writable file system (zdtm ghost_on_rofs): made
+            // through a writable copy of the mount, that the program never sees.
+            Err(x) if x.raw_os_error() == Some(libc::EROFS) => {
+                let (dir, name) = split(&at);
+                let clone = crate::sys::mount::writable_clone(dir).map_err(err(format!(
+                    "{} (a read-only mount): make a writable copy of the mount",
+                    what()
+                )))?;
+                make(clone.as_fd(), name, &e, &data, &chunks).map_err(err(what()))?;
+                Some(clone)
+            }
+            Err(x) => return Err(err(what())(x).into()),
+        };
         self.made.insert(
             g,
             Made {
                 at: at.clone(),
                 dir: is_dir,
+                via,
             },
         );
         Ok(at)
@@ -428,13 +444,30 @@ impl GhostStore {
             .map(|p| super::ns::InNs::enter(p, true))
             .transpose()
             .map_err(TaskError::object(id, "enter the tree's namespaces"))?;
-        Ok(
-            crate::sys::fd::open(&at.to_string_lossy(), reopen_flags(flags) | libc::O_CLOEXEC)
-                .map_err(TaskError::object(
-                    id,
-                    format!("open recreated deleted file {}", at.display()),
-                ))?,
-        )
+        let how = reopen_flags(flags) | libc::O_CLOEXEC;
+        let what = || format!("open recreated deleted file {}", at.display());
+        match crate::sys::fd::open(&at.to_string_lossy(), how) {
+            // Open for writing under a read-only mount (made so after the open): through
+            // the writable copy the file was made in.
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+                let via = self
+                    .made
+                    .values()
+                    .find(|m| m.at == at)
+                    .and_then(|m| m.via.as_ref())
+                    .ok_or(e)
+                    .map_err(TaskError::object(id, what()))?;
+                let f = rustix::fs::openat(
+                    via,
+                    split(&at).1,
+                    rustix::fs::OFlags::from_bits_retain(how.cast_unsigned()),
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|x| TaskError::object(id, what())(x.into()))?;
+                Ok(f)
+            }
+            r => Ok(r.map_err(TaskError::object(id, what()))?),
+        }
     }
 
     /// Removes every file made (the puppets keep them open): files first, then
@@ -455,11 +488,16 @@ impl GhostStore {
         let mut all: Vec<Made> = self.made.drain().map(|(_, m)| m).collect();
         all.sort_by_key(|m| (m.dir, std::cmp::Reverse(m.at.as_os_str().len())));
         for m in all {
-            let r = if m.dir {
-                std::fs::remove_dir(&m.at)
-            } else {
-                std::fs::remove_file(&m.at)
+            let (dir, name) = match &m.via {
+                Some(v) => (v.as_fd(), split(&m.at).1),
+                None => (rustix::fs::CWD, m.at.as_path()),
             };
+            let flags = if m.dir {
+                rustix::fs::AtFlags::REMOVEDIR
+            } else {
+                rustix::fs::AtFlags::empty()
+            };
+            let r = rustix::fs::unlinkat(dir, name, flags);
             if let Err(e) = r {
                 tracing::warn!(
                     "cannot remove recreated deleted file {}: {e}",
@@ -519,23 +557,34 @@ fn place(orig: &Path, g: u32) -> PathBuf {
     dir.join(hidden)
 }
 
-/// Makes the file `e` describes at `at`, then gives it its owner, mode and times.
+/// The directory and name of `at` (a ghost's place: an absolute path).
+fn split(at: &Path) -> (&Path, &Path) {
+    (
+        at.parent().unwrap_or(Path::new("/")),
+        at.file_name().map_or(at, Path::new),
+    )
+}
+
+/// Makes the file `e` describes at `at` (relative to `dir`), then gives it its owner, mode
+/// and times.
 fn make(
+    dir: std::os::fd::BorrowedFd<'_>,
     at: &Path,
     e: &pb::GhostFileEntry,
     data: &[u8],
     chunks: &[(pb::GhostChunkEntry, Vec<u8>)],
 ) -> std::io::Result<()> {
-    use rustix::fs::{self as rfs, FileType, Mode, CWD};
+    use rustix::fs::{self as rfs, FileType, Mode, OFlags};
     let perm = e.mode & 0o7777;
     let fmt = e.mode & libc::S_IFMT;
     match fmt {
         libc::S_IFREG => {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(at)?;
+            let f = std::fs::File::from(rfs::openat(
+                dir,
+                at,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?);
             let fill = || -> std::io::Result<()> {
                 if e.chunks == Some(true) {
                     f.set_len(e.size.unwrap_or(0))?;
@@ -556,16 +605,16 @@ fn make(
                 Ok(())
             };
             if let Err(err) = fill() {
-                let _ = std::fs::remove_file(at);
+                let _ = rfs::unlinkat(dir, at, rfs::AtFlags::empty());
                 return Err(err);
             }
         }
-        libc::S_IFDIR => rfs::mkdirat(CWD, at, Mode::from_raw_mode(0o700))?,
+        libc::S_IFDIR => rfs::mkdirat(dir, at, Mode::from_raw_mode(0o700))?,
         libc::S_IFLNK => {
             let target = e.symlnk_target.as_deref().ok_or_else(|| {
                 std::io::Error::other("the image has no target for a deleted symlink")
             })?;
-            rfs::symlinkat(target, CWD, at)?;
+            rfs::symlinkat(target, dir, at)?;
         }
         libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {
             let rdev = match fmt {
@@ -575,7 +624,7 @@ fn make(
                 })?),
             };
             rfs::mknodat(
-                CWD,
+                dir,
                 at,
                 FileType::from_raw_mode(fmt),
                 Mode::from_raw_mode(0o600),
@@ -590,16 +639,17 @@ fn make(
         }
     }
     let undo = |err: std::io::Error| {
-        let _ = if fmt == libc::S_IFDIR {
-            std::fs::remove_dir(at)
+        let flags = if fmt == libc::S_IFDIR {
+            rfs::AtFlags::REMOVEDIR
         } else {
-            std::fs::remove_file(at)
+            rfs::AtFlags::empty()
         };
+        let _ = rfs::unlinkat(dir, at, flags);
         err
     };
     // Owner before mode: a chown clears set-user-ID and set-group-ID.
     rfs::chownat(
-        CWD,
+        dir,
         at,
         Some(rustix::fs::Uid::from_raw(e.uid)),
         Some(rustix::fs::Gid::from_raw(e.gid)),
@@ -607,7 +657,7 @@ fn make(
     )
     .map_err(|x| undo(x.into()))?;
     if fmt != libc::S_IFLNK {
-        rfs::chmodat(CWD, at, Mode::from_raw_mode(perm), rfs::AtFlags::empty())
+        rfs::chmodat(dir, at, Mode::from_raw_mode(perm), rfs::AtFlags::empty())
             .map_err(|x| undo(x.into()))?;
     }
     if let (Some(a), Some(m)) = (&e.atim, &e.mtim) {
@@ -616,7 +666,7 @@ fn make(
             tv_nsec: (t.tv_usec * 1000).cast_signed(),
         };
         rfs::utimensat(
-            CWD,
+            dir,
             at,
             &rfs::Timestamps {
                 last_access: ts(a),

@@ -32,7 +32,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 use super::error::{task_error_from, Failure, TaskError};
 use super::{DumpCx, FileTable, TaskImages};
@@ -178,7 +178,7 @@ const OPT_CTLS: [OptField; 5] = [
 /// kernel has no such sysctl.
 fn read_ctl(name: &str) -> Result<Option<Vec<i64>>, IpcError> {
     let path = format!("/proc/sys/{name}");
-    let s = match std::fs::read_to_string(&path) {
+    let s = match crate::procfs::sysctl(name) {
         Ok(s) => s,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(op(&path, "read")(source)),
@@ -370,9 +370,14 @@ fn dump_shm(var: &pb::IpcVarEntry) -> Result<Vec<(pb::IpcShmEntry, Vec<u8>)>, Ip
         let at = sys::ShmAttach::new(s.id, s.size, true).map_err(op(&name, "shmat"))?;
         let f = File::open(at.map_files()).map_err(op(&name, "open map_files"))?;
         let fs = rustix::fs::fstatfs(&f).map_err(|e| op(&name, "fstatfs")(e.into()))?;
-        if fs.f_type == HUGETLBFS_MAGIC {
-            return Err(refuse("it is a hugetlb segment (SHM_HUGETLB)"));
-        }
+        // A hugetlb segment (SHM_HUGETLB): CRIU's flag, with the page size's log2 at
+        // SHM_HUGE_SHIFT (hugetlbfs reports its page size as the block size).
+        let hugetlb_flag = if fs.f_type == HUGETLBFS_MAGIC {
+            let blk = f.metadata().map_err(op(&name, "fstat"))?.blksize();
+            Some(c_uint(libc::SHM_HUGETLB) | (blk.trailing_zeros() << 26))
+        } else {
+            None
+        };
         let mut data = vec![0u8; usize_of(s.size)];
         let mut got = 0;
         while got < data.len() {
@@ -388,7 +393,7 @@ fn dump_shm(var: &pb::IpcVarEntry) -> Result<Vec<(pb::IpcShmEntry, Vec<u8>)>, Ip
                 desc: desc(s.id, &s.perm),
                 size: s.size,
                 in_pagemaps: Some(false),
-                hugetlb_flag: None,
+                hugetlb_flag,
             },
             data,
         ));
@@ -452,7 +457,6 @@ fn dump_msg() -> Result<Vec<Queue>, IpcError> {
 /// lives in its namespace). A queue with an `mq_notify` registration is refused: refilling
 /// it would fire the notification.
 fn dump_mqueues() -> Result<Vec<pb::CryoMqueueEntry>, IpcError> {
-    use std::os::unix::fs::MetadataExt;
     let mnt = sys::mqueue_mount().map_err(op("the mqueue filesystem", "fsopen/fsmount"))?;
     let root = format!("/proc/self/fd/{}", mnt.as_raw_fd());
     let mut names: Vec<String> = std::fs::read_dir(&root)
@@ -682,13 +686,8 @@ fn create_with_id(
 fn restore_shm(dir: &ImageDir, e: &pb::IpcShmEntry, data: &[u8]) -> Result<(), IpcError> {
     let d = &e.desc;
     let name = shm_name(c_int(d.id), c_int(d.key));
-    if e.hugetlb_flag.is_some_and(|f| f != 0) {
-        return Err(IpcError::Unsupported {
-            object: name,
-            what: "hugetlb segments are not restored".into(),
-        });
-    }
-    let flags = c_int(d.mode & 0o777) | libc::IPC_CREAT | libc::IPC_EXCL;
+    let huge = e.hugetlb_flag.unwrap_or(0);
+    let flags = c_int((d.mode & 0o777) | huge) | libc::IPC_CREAT | libc::IPC_EXCL;
     let id = create_with_id("shm", &name, d.id, || {
         sys::shm_get(c_int(d.key), e.size, flags)
     })?;
@@ -696,7 +695,17 @@ fn restore_shm(dir: &ImageDir, e: &pb::IpcShmEntry, data: &[u8]) -> Result<(), I
     if d.mode & SHM_LOCKED != 0 {
         sys::shm_lock(id).map_err(op(&name, "shmctl(SHM_LOCK)"))?;
     }
-    let at = sys::ShmAttach::new(id, e.size, false).map_err(op(&name, "shmat"))?;
+    let mut at = sys::ShmAttach::new(id, e.size, false).map_err(op(&name, "shmat"))?;
+    if huge & c_uint(libc::SHM_HUGETLB) != 0 && e.in_pagemaps != Some(true) {
+        // hugetlbfs has no write(): through the attachment.
+        for (i, page) in data.chunks(usize_of(PAGE_SIZE)).enumerate() {
+            if page.iter().any(|&b| b != 0) {
+                at.write_at(u64_of(i) * PAGE_SIZE, page)
+                    .map_err(op(&name, "write the content"))?;
+            }
+        }
+        return Ok(());
+    }
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -5,6 +5,9 @@
 //! every fd or mapping of it gets a MEMFD file record pointing at the inode. Restore makes
 //! the memfd in cryo with the same name, size and content, applies the seals last, and hands
 //! it to the puppets: fds and mappings of several processes share one inode again.
+//! A hugetlb memfd (`MFD_HUGETLB`) keeps its page size (`hugetlb_flag`, as CRIU writes it);
+//! its content is written back through a mapping. An fd of shared anonymous memory ("/dev/zero (deleted)", a shmem inode too) is saved
+//! and restored as a memfd, as CRIU does.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -33,6 +36,9 @@ pub enum MemfdError {
 }
 task_error_from!(MemfdError);
 
+/// `statfs.f_type` of hugetlbfs.
+const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+
 /// The memfd name in a "/memfd:NAME (deleted)" link.
 fn name_of(link: &str) -> &str {
     let n = link.strip_prefix("/memfd:").unwrap_or(link);
@@ -49,7 +55,19 @@ fn save_inode(
     let f = File::open(proc_path).map_err(|e| err("open the memfd", e))?;
     let meta = f.metadata().map_err(|e| err("stat the memfd", e))?;
     let ino = meta.ino();
-    if cx.files.shmem_seen.insert(ino) {
+    // A hugetlb memfd (MFD_HUGETLB): CRIU's flag is MFD_HUGETLB with the page size's log2 at
+    // MFD_HUGE_SHIFT; hugetlbfs reports its page size as the block size.
+    let hugetlb_flag = rustix::fs::fstatfs(&f)
+        .ok()
+        .filter(|st| st.f_type.cast_unsigned() == HUGETLBFS_MAGIC)
+        .map(|_| {
+            let bits = meta.blksize().trailing_zeros() << 26;
+            libc::MFD_HUGETLB | bits
+        });
+    // The content is saved once per inode, by a mapping of it (shared anonymous memory) or
+    // by this; the inode record once too.
+    let content_saved = !cx.files.shmem_seen.insert(ino);
+    if !cx.files.memfd_inodes.iter().any(|i| i.inode_id == ino) {
         let seals = sysfd::seals(f.as_fd()).unwrap_or(0);
         cx.files.memfd_inodes.push(pb::MemfdInodeEntry {
             name: name_of(link).to_string(),
@@ -59,11 +77,13 @@ fn save_inode(
             shmid: low32(ino),
             seals,
             inode_id: ino,
-            hugetlb_flag: None,
+            hugetlb_flag,
             mode: Some(meta.mode()),
         });
-        super::shmem::save_content(cx, &f, meta.len(), ino)
-            .map_err(|e| err("read the memfd's content", e))?;
+        if !content_saved {
+            super::shmem::save_content(cx, &f, meta.len(), ino)
+                .map_err(|e| err("read the memfd's content", e))?;
+        }
     }
     Ok(low32(ino))
 }
@@ -108,7 +128,11 @@ impl FdKind for Memfd {
     type Error = MemfdError;
 
     fn claims(p: &FdProbe<'_>) -> bool {
+        // An fd of shared anonymous memory (opened through /proc/PID/map_files, the mapping
+        // maybe gone since) is a shmem inode as a memfd's: saved and restored as one, as
+        // CRIU does (the real /dev/zero is a character device).
         p.link.starts_with("/memfd:")
+            || (p.link == "/dev/zero (deleted)" && p.meta.is_some_and(|m| m.file_type().is_file()))
     }
 
     fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, MemfdError> {
@@ -141,11 +165,20 @@ impl FdKind for Memfd {
                 .ok_or_else(|| {
                     TaskError::BadImage(format!("memfd.img has no inode {}", m.inode_id))
                 })?;
-            let fd = sysfd::memfd_create(&ino.name, libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-                .map_err(err("memfd_create"))?;
+            let huge = ino.hugetlb_flag.unwrap_or(0);
+            let fd = sysfd::memfd_create(
+                &ino.name,
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | huge,
+            )
+            .map_err(err("memfd_create"))?;
             let f = File::from(fd);
             f.set_len(ino.size).map_err(err("ftruncate"))?;
-            super::shmem::load_content(&objs.dir, ino.inode_id, &f, ino.size)?;
+            if huge & libc::MFD_HUGETLB != 0 {
+                // hugetlbfs has no write(): the content goes through a shared mapping.
+                super::shmem::load_content_mapped(&objs.dir, ino.inode_id, &f, ino.size)?;
+            } else {
+                super::shmem::load_content(&objs.dir, ino.inode_id, &f, ino.size)?;
+            }
             if let Some(mode) = ino.mode {
                 f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
                     .map_err(err("fchmod"))?;

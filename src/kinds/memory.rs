@@ -77,8 +77,16 @@ pub mod status {
     /// An attachment of a SysV shared memory segment (`shmat`); `shmid` is its id.
     pub const SYSVIPC: u32 = 1 << 10;
     pub const VVAR: u32 = 1 << 12;
+    /// An AIO ring (`io_setup`), made again by `kinds::aio`.
+    pub const AIORING: u32 = 1 << 13;
     pub const MEMFD: u32 = 1 << 14;
+    /// Not a mapping: a range of guard pages (`MADV_GUARD_INSTALL`) inside the mappings,
+    /// recorded after every real VMA of mm-PID.img (CRIU's `VMA_AREA_GUARD`).
+    pub const GUARD: u32 = 1 << 16;
 }
+
+/// `MADV_GUARD_INSTALL` (Linux 6.13).
+const MADV_GUARD_INSTALL: i32 = 102;
 
 /// Most auxv words CRIU accepts in `mm_saved_auxv` (its AT_VECTOR_SIZE on x86_64).
 const CRIU_AUXV_WORDS: usize = 44;
@@ -158,7 +166,8 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
         flags = (flags & !(libc::MAP_PRIVATE as u32)) | MAP_DROPPABLE;
     }
     let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
-    if v.has_flag("ht") {
+    // A hugetlb memfd is mapped as any memfd (its file brings the huge pages back).
+    if v.has_flag("ht") && !v.name.starts_with("/memfd:") {
         // Anonymous hugetlb memory (MAP_HUGETLB): mapped again with the same page size; a
         // shared one is saved once per inode like shared memory, a private one's pages
         // like any private memory. Files of a hugetlbfs mount and SysV segments are not.
@@ -186,6 +195,10 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
                 None,
             )
         });
+    }
+    if super::aio::is_ring(v) {
+        // As CRIU records it: only the marker, and MAP_SHARED.
+        return Ok((status::AIORING, libc::MAP_SHARED as u32, 0, None));
     }
     Ok(match v.name.as_str() {
         // Kernel-provided mappings are recorded as CRIU does: anonymous private areas with a
@@ -401,7 +414,19 @@ impl Kind for Memory {
             let droppable = flags & MAP_DROPPABLE != 0;
             let private_mem =
                 !special && !droppable && st & (status::ANON_PRIVATE | status::FILE_PRIVATE) != 0;
-            if st & status::VDSO != 0 {
+            if st & status::AIORING != 0 {
+                // The whole ring (the kernel writes it; no page of it is "dirty" to track).
+                let e = super::aio::ring_entry(v).ok_or_else(|| {
+                    Unsupported::of(
+                        pid,
+                        format!("mapping {:#x}-{:#x} {}", v.start, v.end, v.name),
+                        "an AIO ring that is not a whole number of pages",
+                        "unmap it before the dump",
+                    )
+                })?;
+                img.mm.aios.push(e);
+            }
+            if st & (status::VDSO | status::AIORING) != 0 {
                 // CRIU's restorer reads the dumped vDSO to compare it with the running one;
                 // cryo maps a fresh vDSO and skips this content.
                 let pages = v.len() / PAGE_SIZE;
@@ -497,6 +522,45 @@ impl Kind for Memory {
             cx.dir.record(&name, digest);
         }
         cx.stats.pages_written += off / PAGE_SIZE;
+        // Guard regions: no page or mapping of their own, found by PAGEMAP_SCAN; they are
+        // recorded last (after the uses of the real VMAs above).
+        // Over the user address space only ([vsyscall] lies above it: EFAULT).
+        let user = |v: &&Vma| v.name != "[vsyscall]";
+        let end = vmas.iter().filter(user).map(|v| v.end).max();
+        if let (Some(first), Some(end)) = (vmas.iter().find(user), end) {
+            let mut guards = Vec::new();
+            match mem::pagemap_scan(
+                &pagemap,
+                first.start,
+                end,
+                0,
+                mem::page_is::GUARD,
+                0,
+                &mut guards,
+            ) {
+                Ok(()) => {}
+                // A kernel that does not know the category has no guard pages to report.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => guards.clear(),
+                Err(source) => {
+                    return Err(TaskError::Memory {
+                        pid,
+                        addr: first.start,
+                        what: "finding guard pages (PAGEMAP_SCAN)",
+                        source,
+                    }
+                    .into())
+                }
+            }
+            img.mm
+                .vmas
+                .extend(guards.into_iter().map(|(start, end)| pb::VmaEntry {
+                    start,
+                    end,
+                    status: status::GUARD,
+                    fd: -1,
+                    ..Default::default()
+                }));
+        }
         cx.stats.memdump_time += micros_u32(t0.elapsed());
         cx.stats.memwrite_time = cx.stats.memdump_time;
         Ok(())
@@ -583,6 +647,17 @@ impl Kind for Memory {
                 }
             } else if v.status & status::SYSVIPC != 0 {
                 attach_sysv(cx, img, v)?;
+            } else if v.status & status::AIORING != 0 {
+                // An area for the saved ring, replaced by a new ring once filled.
+                anon.push((b.len(), v));
+                b.mmap(
+                    v.start,
+                    v.end - v.start,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                    None,
+                    0,
+                )?;
             } else if v.status & status::ANON_SHARED != 0 {
                 run(cx, &mut b, &mut anon)?;
                 super::shmem::map_anon(cx, v, prot)?;
@@ -620,6 +695,7 @@ impl Kind for Memory {
         );
         fill_pages(cx, img)?;
         tracing::info!(pid = cx.pid, "memory: pages written");
+        super::aio::restore(cx, img)?;
         let mut b = Batch::new();
         for (v, fill) in img.mm.vmas.iter().zip(&has_pages) {
             if *fill && v.prot & libc::PROT_WRITE as u32 == 0 {
@@ -638,12 +714,31 @@ impl Kind for Memory {
                 b.mlock(v.start, v.end - v.start)?;
             }
         }
+        // Guard regions go back last, over the filled pages (installing one drops what is
+        // there).
+        for &(start, end) in &img.guards {
+            b.named("madvise(MADV_GUARD_INSTALL)").madvise(
+                start,
+                end - start,
+                MADV_GUARD_INSTALL,
+            )?;
+        }
         set_mm_map(cx, img, b)
     }
 }
 
 /// Address ranges `[start, end)`.
 type Ranges = Vec<(u64, u64)>;
+
+/// Takes the guard-region records ([`status::GUARD`]) out of `mm`'s VMAs, leaving the real
+/// mappings (sorted, as everything else expects them); returns their ranges.
+pub fn split_guards(mm: &mut pb::MmEntry) -> Ranges {
+    let (guards, vmas): (Vec<_>, Vec<_>) = std::mem::take(&mut mm.vmas)
+        .into_iter()
+        .partition(|v| v.status & status::GUARD != 0);
+    mm.vmas = vmas;
+    guards.into_iter().map(|v| (v.start, v.end)).collect()
+}
 
 /// The pages of a private VMA to save: (copied, in the parent). Without a parent every present
 /// page is copied; with one, `memtrack::Chain` keeps only those written since.
@@ -903,6 +998,8 @@ fn write_pages_mapped(
                     }
                 }
                 h.write(dst);
+                // Written: out of cryo's RSS (the page cache keeps it).
+                crate::sys::mem::release_written(dst);
                 at += step;
             }
             digests.lock().expect("lock")[b] = format!("{:032x}", h.finish_128());
@@ -1586,7 +1683,7 @@ fn fill_from(
     crate::progress::start(need);
     let bytes = map.bytes();
     if !fast.items.is_empty() {
-        match uffd_fill(cx, vmas, &fast_vmas, &fast.items, bytes) {
+        match uffd_fill(cx, vmas, &fast_vmas, &fast.items, &map) {
             Ok(true) => {}
             Ok(false) => slow.items.append(&mut fast.items), // no userfaultfd here
             Err(e) => return Err(e),
@@ -1607,9 +1704,10 @@ fn fill_from(
                     source,
                 }
             })?;
+            map.release(*o, len);
         }
     } else {
-        fill_parallel(cx, &path, &items, bytes)?;
+        fill_parallel(cx, &path, &items, &map)?;
     }
     let written = write_differing(pid, bytes, &cow_runs)?;
     cx.stats.pages_restored =
@@ -1633,8 +1731,9 @@ fn fill_parallel(
     cx: &mut RestoreCx<'_>,
     path: &std::path::Path,
     items: &[Item],
-    bytes: &[u8],
+    map: &Mapping,
 ) -> Result<(), MemoryError> {
+    let bytes = map.bytes();
     let pid = cx.pid;
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
@@ -1656,6 +1755,8 @@ fn fill_parallel(
                 };
                 let len: usize = ranges.iter().map(|r| r.1).sum();
                 let r = mem::vm_write(pid, &bytes[*o..*o + len], ranges);
+                // Used: out of cryo's RSS (it stays in the page cache).
+                map.release(*o, len);
                 crate::progress::advance(len as u64);
                 if let Err(source) = r {
                     first_err.lock().expect("lock").get_or_insert(
@@ -1772,7 +1873,7 @@ fn uffd_fill(
     vmas: &[pb::VmaEntry],
     fill: &[usize],
     items: &[Item],
-    bytes: &[u8],
+    map: &Mapping,
 ) -> Result<bool, MemoryError> {
     let uffd = match open_uffd(cx) {
         Ok(u) => u,
@@ -1798,7 +1899,7 @@ fn uffd_fill(
         }
         registered.push(v);
     }
-    let mut r = uffd_copy_all(&uffd, items, bytes);
+    let mut r = uffd_copy_all(&uffd, items, map);
     // Unregister everything (closing the last fd would too, but an error shows here): a
     // user-mode access to a page still missing would wait for a handler that is not there.
     for v in registered {
@@ -1819,7 +1920,8 @@ fn unregister(uffd: &mem::Uffd, v: &pb::VmaEntry) -> Result<(), MemoryError> {
 }
 
 /// Runs `UFFDIO_COPY` for every item, on one thread per CPU (this one included).
-fn uffd_copy_all(uffd: &mem::Uffd, items: &[Item], bytes: &[u8]) -> Result<(), MemoryError> {
+fn uffd_copy_all(uffd: &mem::Uffd, items: &[Item], map: &Mapping) -> Result<(), MemoryError> {
+    let bytes = map.bytes();
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
     let work = |main: bool| loop {
@@ -1850,6 +1952,8 @@ fn uffd_copy_all(uffd: &mem::Uffd, items: &[Item], bytes: &[u8]) -> Result<(), M
             }
             o += len;
         }
+        // Copied: out of cryo's RSS (it stays in the page cache).
+        map.release(items[i].0, o - items[i].0);
         crate::progress::advance((o - items[i].0) as u64);
     };
     std::thread::scope(|s| {
@@ -1924,9 +2028,10 @@ pub struct LazyPlan {
 
 /// The lazy pages of process `vpid` of the images in `dir` (see [`LazyPlan`]).
 pub fn lazy_plan(dir: &crate::image::ImageDir, vpid: u32) -> Result<LazyPlan, MemoryError> {
-    let mm: pb::MmEntry = dir
+    let mut mm: pb::MmEntry = dir
         .read_one(&format!("mm-{vpid}.img"), crate::image::MM)
         .map_err(TaskError::Image)?;
+    split_guards(&mut mm);
     let (pages_id, entries) = dir
         .read_pagemap(&format!("pagemap-{vpid}.img"))
         .map_err(TaskError::Image)?

@@ -6,6 +6,7 @@
 //! The dump and restore pipelines (`crate::dump`, `crate::restore`) call the kinds in a fixed
 //! order; see docs/ARCHITECTURE.md for why the order is what it is.
 
+pub mod aio;
 pub mod cgroup;
 pub mod cpuinfo;
 pub mod creds;
@@ -94,6 +95,9 @@ pub struct TaskImages {
     pub core: pb::CoreEntry,
     pub ids: pb::TaskKobjIdsEntry,
     pub mm: pb::MmEntry,
+    /// Restore: the guard regions (`MADV_GUARD_INSTALL`) recorded in mm-PID.img, taken out
+    /// of `mm.vmas` (dump records them at the end of `mm.vmas`).
+    pub guards: Vec<(u64, u64)>,
     pub fs: pb::FsEntry,
     pub fdinfo: Vec<pb::FdinfoEntry>,
     pub pagemap: Vec<pb::PagemapEntry>,

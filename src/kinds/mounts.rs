@@ -791,7 +791,13 @@ pub fn restore(
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let dir = abs(&cx.dir.path);
     let root = abs(&root);
-    let ext_paths: Vec<Option<PathBuf>> = ext_paths.iter().map(|p| p.as_deref().map(abs)).collect();
+    // A relative host path of an external mount is taken from "/", as CRIU's bind (made
+    // from the root of the namespace it restores in) takes it: zdtm's mnt_root_ext gives
+    // `--external mnt[MNT]:.zdtm_root_ext.tmp` for /.zdtm_root_ext.tmp.
+    let ext_paths: Vec<Option<PathBuf>> = ext_paths
+        .iter()
+        .map(|p| p.as_deref().map(|p| Path::new("/").join(p)))
+        .collect();
     // A puppet in a user namespace of its own makes the mount namespace itself, so that
     // namespace owns it (mounts made in it are then the tree's to change); the builder joins
     // it. Otherwise the builder makes one.

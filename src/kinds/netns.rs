@@ -363,7 +363,7 @@ const CTL_32: i32 = 6;
 /// Reads one sysctl under /proc/sys (the calling thread's namespace): None if it does not
 /// exist (or, for `stable_secret`, is unset).
 fn read_sysctl(path: &str, string: bool) -> Option<pb::SysctlEntry> {
-    let text = std::fs::read_to_string(format!("/proc/sys/{path}")).ok()?;
+    let text = crate::procfs::sysctl(path).ok()?;
     let text = text.trim_end_matches('\n');
     Some(if string {
         pb::SysctlEntry {

@@ -153,6 +153,35 @@ pub fn load_content(
     load_with(dir, shmid, size, |off, data| file.write_all_at(data, off))
 }
 
+/// [`load_content`] through a shared mapping of `file` (hugetlbfs files have no `write`;
+/// `size` is a whole number of their pages).
+pub fn load_content_mapped(
+    dir: &crate::image::ImageDir,
+    shmid: u64,
+    file: &File,
+    size: u64,
+) -> Result<(), ShmemError> {
+    if size == 0 {
+        return Ok(());
+    }
+    let fail = |what: &str| {
+        let what = what.to_string();
+        move |source| ShmemError::Object {
+            shmid,
+            what,
+            source,
+        }
+    };
+    let mut m = Mapping::file_rw(file, usize_of(size)).map_err(fail("map it"))?;
+    load_with(dir, shmid, size, |off, data| {
+        if off.saturating_add(data.len() as u64) > size {
+            return Err(std::io::Error::other("saved pages lie past its end"));
+        }
+        m.write_at(usize_of(off), data);
+        Ok(())
+    })
+}
+
 /// Reads the saved content of shmem object `shmid` (`size` bytes), handing each run to
 /// `put(offset, bytes)`.
 fn load_with(

@@ -611,16 +611,19 @@ impl FdKind for UnixSk {
                     bind_name(objs, fd.as_fd(), s)?;
                 }
             }
-            // Each queue is refilled by the other end.
+            // Each queue is refilled by the other end. Both ends are known before: a queue
+            // may carry either (zdtm scm06 passes each end over both).
+            objs.provide(u.id, &mine).map_err(Box::new)?;
+            objs.provide(p.id, &theirs).map_err(Box::new)?;
             send_queue(objs, u.id, theirs.as_fd())?;
             send_queue(objs, p.id, mine.as_fd())?;
             finish(&theirs, p)?;
             set_fl(theirs.as_fd(), p.flags, p.id)?;
-            objs.kinds.get::<UnixStore>().pending.insert(p.id, theirs);
             mine
         } else if u.state == TCP_ESTABLISHED && kind != libc::SOCK_DGRAM {
             // Its peer is gone: what is queued is still readable, then end of file.
             let (mine, theirs) = net::unix_pair(kind).map_err(err("socketpair"))?;
+            objs.provide(u.id, &mine).map_err(Box::new)?;
             send_queue(objs, u.id, theirs.as_fd())?;
             drop(theirs);
             mine
@@ -630,6 +633,7 @@ impl FdKind for UnixSk {
                 // Unnamed, with messages from a peer that is gone: they come from the other
                 // end of a socketpair, closed after.
                 let (mine, theirs) = net::unix_pair(kind).map_err(err("socketpair"))?;
+                objs.provide(u.id, &mine).map_err(Box::new)?;
                 send_queue(objs, u.id, theirs.as_fd())?;
                 mine
             } else {
@@ -639,6 +643,7 @@ impl FdKind for UnixSk {
                 bind_name(objs, s.as_fd(), u)?;
                 // Messages queued to a named datagram socket come from a stand-in sender.
                 if kind != libc::SOCK_STREAM && queued {
+                    objs.provide(u.id, &s).map_err(Box::new)?;
                     let tmp = net::unix_socket(kind).map_err(err("socket"))?;
                     send_queue_to(objs, u.id, tmp.as_fd(), u)?;
                 }

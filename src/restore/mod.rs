@@ -438,12 +438,15 @@ fn read_task(dir: &ImageDir, ps: &pb::PstreeEntry) -> Result<TaskImages, Restore
         .ok_or_else(|| ImageError::Missing {
             path: dir.file(&format!("pagemap-{pid}.img")),
         })?;
+    let mut mm: pb::MmEntry = dir.read_one(&format!("mm-{pid}.img"), image::MM)?;
+    let guards = kinds::memory::split_guards(&mut mm);
     let img = TaskImages {
         pid,
         pstree: ps.clone(),
         core,
         ids,
-        mm: dir.read_one(&format!("mm-{pid}.img"), image::MM)?,
+        mm,
+        guards,
         fs: dir.read_one(&format!("fs-{pid}.img"), image::FS)?,
         fdinfo: dir
             .read_opt(&format!("fdinfo-{}.img", ids.files_id), image::FDINFO)?
@@ -965,6 +968,8 @@ fn create_children(
         }
         next += 1;
         fork_child(sh, cx, img, child, puppets)?;
+        // The zombie-to-be's puppet (the orphans it forks are pushed after it).
+        let zombie_at = puppets.0.len() - 1;
         {
             // A zombie that leads the session of orphans of the tree forks them before it
             // dies, after its setsid() (`sessions::Via::ZombieLeader`).
@@ -996,7 +1001,7 @@ fn create_children(
             } else {
                 ZombieGroup::Inherited
             };
-            make_zombie(sh.tr, child, group, puppets.0.last_mut().expect("pushed"))?;
+            make_zombie(sh.tr, child, group, &mut puppets.0[zombie_at])?;
             // Its death queued SIGCHLD in this task, which the dumped task had not got
             // pending (pending signals are restored from the images): take it back.
             let set = cx.put(3072, &(1u64 << (libc::SIGCHLD - 1)).to_ne_bytes())?;
@@ -1580,10 +1585,12 @@ enum ZombieGroup {
     Orphan(u32),
 }
 
-/// Puts the puppet `r` drives (about to become a zombie) in process group `pgid`, whose
-/// leader is gone: a helper child is cloned with PID `pgid` (in the tree's PID namespace),
-/// makes the group, the puppet joins it, and the helper exits and is reaped by the puppet.
-/// The group lives on with the puppet in it, as CRIU's helper tasks do.
+/// Puts the puppet `r` drives (about to become a zombie, or a live member) in process group
+/// `pgid`, whose leader is gone: a helper child is cloned with PID `pgid` (in the tree's PID
+/// namespace), makes the group, the puppet joins it, and the helper exits and is reaped by
+/// the puppet. The group lives on with the puppet in it, as CRIU's helper tasks do. The
+/// helper has no exit signal: no SIGCHLD is left queued in a live member, and one that
+/// ignores SIGCHLD does not have it reaped away before its wait4.
 fn join_orphan_group(r: &mut Remote<'_>, tr: u64, pgid: u32) -> Result<(), RestoreError> {
     let pid = r.tracee().tid;
     let pgid = pid_from_img(pgid)
@@ -1599,7 +1606,7 @@ fn join_orphan_group(r: &mut Remote<'_>, tr: u64, pgid: u32) -> Result<(), Resto
     let args = CloneArgs {
         set_tid: set_tid_at,
         set_tid_size: 1,
-        ..CloneArgs::process(0, libc::SIGCHLD)
+        ..CloneArgs::process(0, 0)
     };
     put(args_at, &args.to_bytes())?;
     let got = r.named("clone3 (process group helper)").clone3(
@@ -1730,7 +1737,16 @@ fn set_process_groups(
                 continue;
             }
             let Some(&leader) = host.get(&img.pstree.pgid) else {
-                continue; // a shell job's group outside the tree: it stays in cryo's
+                // A shell job's group outside the tree: it stays in cryo's. Else a group
+                // whose leader is gone (zdtm session01): made again by its first member.
+                if pgid != 0
+                    && tasks
+                        .first()
+                        .is_some_and(|r| r.pstree.pgid != img.pstree.pgid)
+                {
+                    join_gone_leaders_group(img, host[&img.pid], pgid, tr)?;
+                }
+                continue;
             };
             let hpid = host[&img.pid];
             if procfs::stat(hpid)?.pgrp == leader {
@@ -1762,6 +1778,43 @@ fn set_process_groups(
         }
     }
     Ok(())
+}
+
+/// Puts live task `img` (host PID `hpid`) in process group `pgid` (as the tree's PID
+/// namespace numbers it) whose leader is gone: it joins the group if another member or a
+/// zombie made it already, else it makes it through a helper with that PID
+/// ([`join_orphan_group`]).
+fn join_gone_leaders_group(
+    img: &TaskImages,
+    hpid: i32,
+    pgid: i32,
+    tr: u64,
+) -> Result<(), RestoreError> {
+    if img.ns_depth() > 0 {
+        return Err(Unsupported::restore(format!(
+            "process {} is in process group {pgid}, whose leader is gone, in a nested PID namespace",
+            img.pid
+        ))
+        .into());
+    }
+    // Its group as its own PID namespace numbers it (the last NSpgid).
+    let now = procfs::parse_status(&procfs::read(hpid, "status")?)
+        .get("NSpgid")
+        .and_then(|v| {
+            v.split_whitespace()
+                .last()
+                .and_then(|x| x.parse::<i32>().ok())
+        });
+    if now == Some(pgid) {
+        return Ok(()); // forked in it (a gone session leader's group, made by its helper)
+    }
+    let t = Tracee { tid: hpid };
+    let base = t.regs().map_err(ptrace_err("PTRACE_GETREGS"))?;
+    let mut r = Remote::new(&t, tr, base);
+    match r.named("setpgid (group of a gone leader)").setpgid(0, pgid) {
+        Err(e) if e.errno() == Some(libc::EPERM) => join_orphan_group(&mut r, tr, img.pstree.pgid),
+        other => other.map_err(Into::into),
+    }
 }
 
 /// The fork order and helpers the tree's sessions need; a tree whose sessions cannot be made

@@ -175,6 +175,27 @@ impl ShmAttach {
         })
     }
 
+    /// Copies `data` into the attachment at `off` (a segment on hugetlbfs has no `write`).
+    /// The attachment must be writable (`read_only` false).
+    pub fn write_at(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
+        let Ok(at) = usize::try_from(off) else {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        };
+        if at.saturating_add(data.len()) as u64 > self.len {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
+        // SAFETY: the range lies inside our writable attachment (checked above), which
+        // nothing else in cryo references.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.addr as *mut u8).add(at),
+                data.len(),
+            );
+        }
+        Ok(())
+    }
+
     /// `/proc/self/map_files/START-END` of the attachment: a file on the segment.
     pub fn map_files(&self) -> String {
         format!(

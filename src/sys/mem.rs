@@ -473,6 +473,8 @@ pub mod page_is {
     pub const SWAPPED: u64 = 1 << 4;
     pub const PFNZERO: u64 = 1 << 5;
     pub const SOFT_DIRTY: u64 = 1 << 7;
+    /// A guard region page (`MADV_GUARD_INSTALL`, Linux 6.13; reported since 6.14).
+    pub const GUARD: u64 = 1 << 8;
 }
 
 /// `pm_scan_arg.flags`.
@@ -574,10 +576,50 @@ pub fn pagemap_scan_flags(
     Ok(())
 }
 
+/// Whether this kernel installs guard regions (`MADV_GUARD_INSTALL`) and reports them to
+/// `PAGEMAP_SCAN` ([`page_is::GUARD`]): tried on a private page of cryo's own.
+pub fn guard_pages_reported() -> io::Result<bool> {
+    // SAFETY: a fresh private mapping at an address the kernel picks, ours alone.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let m = Mapping {
+        addr: p.cast(),
+        len: 4096,
+        file: false,
+    };
+    // SAFETY: advice on our own mapping, which nothing reads (MADV_GUARD_INSTALL = 102).
+    cvt(libc::c_long::from(unsafe { libc::madvise(p, 4096, 102) }))?;
+    let pagemap = File::open("/proc/self/pagemap")?;
+    let mut out = Vec::new();
+    pagemap_scan(
+        &pagemap,
+        m.addr(),
+        m.addr() + super::PAGE_SIZE,
+        0,
+        page_is::GUARD,
+        0,
+        &mut out,
+    )?;
+    Ok(!out.is_empty())
+}
+
 /// A local anonymous or file mapping, unmapped on drop.
 pub struct Mapping {
     addr: *mut u8,
     len: usize,
+    /// A file mapping ([`Mapping::release`] keeps its bytes).
+    file: bool,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; sharing read access is fine.
@@ -607,6 +649,7 @@ impl Mapping {
             return Ok(Mapping {
                 addr: std::ptr::NonNull::dangling().as_ptr(),
                 len: 0,
+                file: true,
             });
         }
         // SAFETY: a fresh mapping chosen by the kernel; we own it until drop.
@@ -617,6 +660,7 @@ impl Mapping {
         Ok(Mapping {
             addr: p.cast(),
             len,
+            file: true,
         })
     }
 
@@ -650,6 +694,7 @@ impl Mapping {
         Ok(Mapping {
             addr: p.cast(),
             len,
+            file: false,
         })
     }
 
@@ -672,6 +717,7 @@ impl Mapping {
         Ok(Mapping {
             addr: p.cast(),
             len,
+            file: false,
         })
     }
 
@@ -705,6 +751,7 @@ impl Mapping {
         Ok(Mapping {
             addr: p.cast(),
             len,
+            file: false,
         })
     }
 
@@ -733,12 +780,58 @@ impl Mapping {
         .map(|_| ())
     }
 
+    /// Drops this mapping's page-table entries for the whole pages inside `[off, off + len)`,
+    /// so that image bytes already used stop counting in cryo's RSS (a 2 GiB image read or
+    /// written through a mapping would otherwise make cryo's RSS 2 GiB). Only file mappings:
+    /// their bytes stay what they were (the page cache keeps them, written ones of a shared
+    /// mapping too); a no-op on anonymous ones.
+    pub fn release(&self, off: usize, len: usize) {
+        if self.file {
+            // SAFETY: the range lies inside our mapping (clamped); for a file mapping
+            // MADV_DONTNEED changes no byte anyone can read.
+            unsafe { madvise_inner(self.addr, self.len, off, len, libc::MADV_DONTNEED) };
+        }
+    }
+
     /// Advises the kernel (e.g. `MADV_WILLNEED`, `MADV_SEQUENTIAL`).
     pub fn advise(&self, advice: i32) {
         if self.len > 0 {
             // SAFETY: advice on our own mapping cannot affect memory safety.
             unsafe { libc::madvise(self.addr.cast(), self.len, advice) };
         }
+    }
+}
+
+/// Drops the page-table entries of the whole pages inside `chunk`, a part of a shared file
+/// mapping that was written ([`Mapping::file_rw`]): the bytes stay in the file's page cache
+/// and cryo's RSS stops counting them. (On anonymous memory the pages would read as zeros
+/// afterwards: `chunk` is borrowed exclusively, so that is only a write through it.)
+pub fn release_written(chunk: &mut [u8]) {
+    // SAFETY: the range is `chunk`'s own, exclusively borrowed.
+    unsafe {
+        madvise_inner(
+            chunk.as_mut_ptr(),
+            chunk.len(),
+            0,
+            chunk.len(),
+            libc::MADV_DONTNEED,
+        )
+    };
+}
+
+/// `madvise(advice)` on the whole pages inside `[base + off, base + off + len)`, clamped to
+/// `[base, base + size)`.
+///
+/// # Safety
+/// `[base, base + size)` must be memory this process mapped and may change as `advice` does.
+unsafe fn madvise_inner(base: *mut u8, size: usize, off: usize, len: usize, advice: i32) {
+    let page = 4096usize;
+    let start = (base as usize).saturating_add(off.min(size));
+    let end = (base as usize).saturating_add(off.saturating_add(len).min(size));
+    let (a, b) = (start.div_ceil(page) * page, end / page * page);
+    if b > a {
+        // SAFETY: a page-aligned range inside the caller's mapping (see above).
+        unsafe { libc::madvise(a as *mut libc::c_void, b - a, advice) };
     }
 }
 

@@ -40,29 +40,60 @@ pub enum Propagation {
     Private,
 }
 
+/// `struct mount_attr` (linux/mount.h, MOUNT_ATTR_SIZE_VER0).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
 /// `mount_setattr(fd, "", AT_EMPTY_PATH, {propagation})`: sets the propagation of the mount
 /// whose root `fd` holds (an O_PATH fd is enough), without a path (Linux 5.12+).
 pub fn set_propagation(fd: std::os::fd::BorrowedFd<'_>, p: Propagation) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    /// `struct mount_attr` (linux/mount.h, MOUNT_ATTR_SIZE_VER0).
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
     let propagation = match p {
         Propagation::Shared => libc::MS_SHARED,
         Propagation::Slave => libc::MS_SLAVE,
         Propagation::Private => libc::MS_PRIVATE,
     };
-    let attr = MountAttr {
-        attr_set: 0,
-        attr_clr: 0,
-        propagation,
-        userns_fd: 0,
-    };
+    setattr(
+        fd,
+        &MountAttr {
+            attr_set: 0,
+            attr_clr: 0,
+            propagation,
+            userns_fd: 0,
+        },
+    )
+}
+
+/// A detached, writable copy of the mount at directory `dir` (`open_tree(OPEN_TREE_CLONE)`,
+/// then `MOUNT_ATTR_RDONLY` cleared on the copy alone), rooted at `dir`: files under a
+/// read-only mount of a writable file system are made or removed through
+/// `/proc/self/fd/FD/NAME`. Nothing else sees the copy; it goes away with the fd.
+pub fn writable_clone(dir: &std::path::Path) -> io::Result<OwnedFd> {
+    use rustix::mount::{open_tree, OpenTreeFlags};
+    let fd = open_tree(
+        rustix::fs::CWD,
+        dir,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )?;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    setattr(
+        std::os::fd::AsFd::as_fd(&fd),
+        &MountAttr {
+            attr_set: 0,
+            attr_clr: MOUNT_ATTR_RDONLY,
+            propagation: 0,
+            userns_fd: 0,
+        },
+    )?;
+    Ok(fd)
+}
+
+fn setattr(fd: std::os::fd::BorrowedFd<'_>, attr: &MountAttr) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
     // SAFETY: `fd` is a valid fd for the call, the path is a NUL-terminated empty string,
     // and `attr` is a live `struct mount_attr` of the size passed.
     let r = unsafe {
@@ -71,7 +102,7 @@ pub fn set_propagation(fd: std::os::fd::BorrowedFd<'_>, p: Propagation) -> io::R
             fd.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
+            attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
