@@ -14,6 +14,15 @@
 //! own userfaultfd and the pages its parent had not received yet. A page source that fails
 //! (the page server gone, an image unreadable) kills the restored tree and everything it
 //! forked since, loudly: a process is never left running with memory it did not have.
+//!
+//! The daemon itself may die (SIGKILL, OOM): its userfaultfds would close with it, and the
+//! kernel would then fill every page not served yet with zeros. So a keeper (`cryo
+//! __lazy-keeper FD`, a child of the daemon) holds a copy of each userfaultfd and the
+//! pidfds, sent over a socket pair as the daemon gets them; while it holds them, a fault
+//! waits instead of reading zeros. When the daemon is done with a space it tells the keeper
+//! to drop its copy; at a normal end it says so and the keeper exits. If the socket ends
+//! without that (the daemon is gone), the keeper SIGKILLs the restored tree and everything
+//! below it, then exits.
 
 use std::collections::VecDeque;
 use std::io;
@@ -136,6 +145,8 @@ struct Run {
 
 /// One address space being served.
 struct Task {
+    /// Its number for the keeper.
+    id: u64,
     uffd: Uffd,
     /// The process whose saved pages these are (its PID in the images).
     vpid: u32,
@@ -209,6 +220,119 @@ impl Task {
     }
 }
 
+/// The hidden command of the keeper (see the module's comment).
+pub const KEEPER_CMD: &str = "__lazy-keeper";
+
+/// The daemon's end of its keeper's socket.
+struct Keeper {
+    sk: UnixStream,
+    /// The keeper process (reaped at the end).
+    child: std::process::Child,
+}
+
+impl Keeper {
+    /// Starts `cryo __lazy-keeper FD`, FD being its end of a new socket pair.
+    fn start() -> Result<Keeper, LazyError> {
+        let (ours, theirs) = UnixStream::pair().map_err(io_err("socketpair for the keeper"))?;
+        crate::sys::fd::set_cloexec(theirs.as_fd(), false).map_err(io_err("keeper socket"))?;
+        let child = std::process::Command::new(
+            std::env::current_exe().map_err(io_err("cannot find cryo itself"))?,
+        )
+        .arg(KEEPER_CMD)
+        .arg(theirs.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(io_err("starting the keeper"))?;
+        drop(theirs);
+        tracing::info!(keeper = child.id(), "lazy pages: keeper started");
+        Ok(Keeper { sk: ours, child })
+    }
+
+    fn send(&self, op: u8, id: u64, fds: &[BorrowedFd<'_>]) -> Result<(), LazyError> {
+        let mut b = [0u8; 9];
+        b[0] = op;
+        b[1..].copy_from_slice(&id.to_le_bytes());
+        match crate::sys::scm::send_rights(self.sk.as_fd(), &b, fds, None) {
+            Ok(9) => Ok(()),
+            Ok(n) => Err(io_err("to the keeper")(io::Error::other(format!(
+                "sent {n} of 9 bytes"
+            )))),
+            Err(e) => Err(io_err("to the keeper")(e)),
+        }
+    }
+
+    /// The keeper holds `uffd` (and `pidfd`) as number `id`.
+    fn hold(
+        &self,
+        id: u64,
+        uffd: BorrowedFd<'_>,
+        pidfd: Option<BorrowedFd<'_>>,
+    ) -> Result<(), LazyError> {
+        let mut fds = vec![uffd];
+        fds.extend(pidfd);
+        self.send(b'A', id, &fds)
+    }
+
+    /// The keeper lets `id` go (every page of it is in, or it exited).
+    fn release(&self, id: u64) -> Result<(), LazyError> {
+        self.send(b'C', id, &[])
+    }
+
+    /// A normal end: the keeper lets everything go and exits.
+    fn done(mut self) {
+        let _ = self.send(b'D', 0, &[]);
+        drop(self.sk);
+        let _ = self.child.wait();
+    }
+}
+
+/// The keeper's main (`cryo __lazy-keeper FD`): holds what the daemon sends on FD until it
+/// says it is done; if FD ends first, SIGKILLs every process it holds a pidfd of and every
+/// process below them.
+pub fn keep(fd: i32) -> io::Result<()> {
+    let _kept = crate::sys::fd::close_all_except(&[fd])?;
+    let sk = crate::sys::fd::adopt(fd);
+    let mut held: std::collections::HashMap<u64, Vec<OwnedFd>> = std::collections::HashMap::new();
+    let mut pidfds: Vec<OwnedFd> = Vec::new();
+    loop {
+        let mut b = [0u8; 9];
+        let (n, mut fds) = match crate::sys::scm::recv_rights(sk.as_fd(), &mut b) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => (0, Vec::new()),
+        };
+        if n == 9 {
+            let id = u64::from_le_bytes(b[1..].try_into().unwrap_or([0; 8]));
+            match b[0] {
+                b'A' => {
+                    if fds.len() > 1 {
+                        pidfds.push(fds.remove(1));
+                    }
+                    held.insert(id, fds);
+                }
+                b'C' => {
+                    held.remove(&id);
+                }
+                b'D' => return Ok(()),
+                _ => {}
+            }
+            continue;
+        }
+        // The daemon is gone without finishing: the tree must not read zeros.
+        let roots: Vec<i32> = pidfds.iter().filter_map(pidfd_pid).collect();
+        for pid in descendants(&roots) {
+            let _ = crate::sys::proc::kill(pid, libc::SIGKILL);
+        }
+        for p in &pidfds {
+            let _ = crate::sys::fd::pidfd_kill(p.as_fd(), libc::SIGKILL);
+        }
+        drop(held);
+        return Ok(());
+    }
+}
+
 /// What the daemon did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct DaemonReport {
@@ -238,8 +362,10 @@ pub fn serve(
     let want = images
         .read::<pb::PstreeEntry>("pstree.img", crate::image::PSTREE)?
         .len();
+    crate::pageserver::wait_readable(listener.as_fd(), None).map_err(io_err("accept"))?;
     let (conn, _) = listener.accept().map_err(io_err("accept"))?;
     tracing::info!(processes = want, "lazy pages: the restore connected");
+    let keeper = Keeper::start()?;
     let source = match page_server {
         Some(a) => Source::Remote(Vec::new(), crate::pageserver::Client::connect(a)?),
         None => Source::Local(Vec::new()),
@@ -253,9 +379,12 @@ pub fn serve(
         buf: vec![0u8; usize::try_from(PUSH_BYTES).unwrap_or(1 << 20)],
         push_after: push_delay().map(|d| Instant::now() + d),
         next: 0,
+        keeper,
+        next_id: 0,
     };
     match d.run(conn, want) {
         Ok(()) => {
+            d.keeper.done();
             if let Source::Remote(_, ps) = d.source {
                 ps.close()?;
             }
@@ -294,6 +423,10 @@ struct Daemon {
     push_after: Option<Instant>,
     /// Round robin of the background push.
     next: usize,
+    /// Holds a copy of every userfaultfd (see the module's comment).
+    keeper: Keeper,
+    /// The next task's number for the keeper.
+    next_id: u64,
 }
 
 impl Daemon {
@@ -301,6 +434,9 @@ impl Daemon {
         let mut conn = Some(conn);
         let mut got = 0usize;
         loop {
+            for t in self.tasks.iter().filter(|t| t.done()) {
+                self.keeper.release(t.id)?;
+            }
             self.tasks.retain(|t| !t.done());
             if got == want && self.tasks.is_empty() {
                 return Ok(());
@@ -399,6 +535,7 @@ impl Daemon {
                     match m {
                         UffdMsg::PageFault { addr } => t.pending.push_back(addr & !(PAGE_SIZE - 1)),
                         UffdMsg::Fork { uffd } => forks.push(Task {
+                            id: 0,
                             uffd: Uffd::from_tracking(uffd),
                             vpid: t.vpid,
                             pidfd: None,
@@ -416,7 +553,12 @@ impl Daemon {
                 }
             }
             self.report.spaces += forks.len();
-            self.tasks.extend(forks);
+            for mut f in forks {
+                f.id = self.next_id;
+                self.next_id += 1;
+                self.keeper.hold(f.id, f.uffd.fd().as_fd(), None)?;
+                self.tasks.push(f);
+            }
             for i in 0..self.tasks.len() {
                 self.serve_faults(i)?;
             }
@@ -474,7 +616,12 @@ impl Daemon {
         let pages: u64 = runs.iter().map(|r| (r.end - r.start) / PAGE_SIZE).sum();
         tracing::info!(vpid, pages, "lazy pages: a process was handed over");
         self.report.spaces += 1;
+        let id = self.next_id;
+        self.next_id += 1;
+        self.keeper
+            .hold(id, uffd.as_fd(), pidfd.as_ref().map(AsFd::as_fd))?;
         self.tasks.push(Task {
+            id,
             uffd: Uffd::from_tracking(uffd),
             vpid,
             pidfd,
@@ -628,7 +775,7 @@ fn pidfd_pid(p: &OwnedFd) -> Option<i32> {
 }
 
 /// Every process below `roots` (children of children...), found through /proc.
-fn descendants(roots: &[i32]) -> Vec<i32> {
+pub(crate) fn descendants(roots: &[i32]) -> Vec<i32> {
     let mut parent_of = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {

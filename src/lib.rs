@@ -6,6 +6,7 @@
 //! - `image`: CRIU image framing, magic numbers, generated protobuf types, the digest manifest.
 //! - `kinds`: one module per kernel object kind, dump and restore side by side.
 //! - `dump`, `restore`: the two pipelines that call the kinds in order.
+//! - `migrate`: live migration (`cryo migrate` / `cryo receive`): pre-copy rounds, hand-over.
 //! - `features`: kernel feature probes (`cryo check`).
 //! - `show`: decode any image to JSON (`cryo show`).
 //! - `inspect`: what a checkpoint holds, and two compared (`cryo inspect`, `cryo diff`).
@@ -24,6 +25,7 @@ pub mod kinds;
 pub mod lazy;
 pub mod logging;
 pub mod memtrack;
+pub mod migrate;
 pub mod netlock;
 pub mod notify;
 pub mod num;

@@ -25,6 +25,14 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::from(1),
         };
     }
+    // The keeper of a lazy-pages daemon's userfaultfds (spawned by it, not for users).
+    if argv.get(1).map(String::as_str) == Some(cryo::lazy::KEEPER_CMD) {
+        let fd = argv.get(2).and_then(|f| f.parse().ok()).unwrap_or(-1);
+        return match cryo::lazy::keep(fd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        };
+    }
     let run = match cryo::cli::parse(&argv) {
         Ok(Invocation::Help(cmd)) => {
             let mut c = Cli::command();
@@ -102,6 +110,8 @@ fn cmd_opts(cmd: &Cmd) -> Option<&Opts> {
         | Cmd::PreDump(o)
         | Cmd::PageServer(o)
         | Cmd::LazyPages(o)
+        | Cmd::Migrate(o)
+        | Cmd::Receive(o)
         | Cmd::Service(o)
         | Cmd::Dedup(o)
         | Cmd::Exec(o) => Some(o),
@@ -121,6 +131,9 @@ fn hint(e: &anyhow::Error) -> Option<String> {
     }
     if let Some(r) = e.downcast_ref::<restore::RestoreError>() {
         return r.hint();
+    }
+    if let Some(m) = e.downcast_ref::<cryo::migrate::MigrateError>() {
+        return m.hint();
     }
     if let Some(i) = e.downcast_ref::<cryo::inspect::InspectError>() {
         return i.hint();
@@ -251,7 +264,7 @@ fn scripts(c: &Opts) -> cryo::notify::ActionScripts {
 }
 
 /// The environment variable a daemonized page server finds its listening socket's fd in.
-const PS_LISTEN_FD: &str = "CRYO_PS_LISTEN_FD";
+const PS_LISTEN_FD: &str = cryo::pageserver::LISTEN_FD_ENV;
 
 /// `cryo page-server`: listens at `--address`/`--port` and serves one client into `-D`. With
 /// `-d` it listens first, then goes on in a child of its own (its pid in `--pidfile`) and
@@ -367,6 +380,102 @@ fn lazy_pages(a: &Opts) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `cryo migrate -t PID --to ADDR:PORT`: prints each round and the downtime (`--json`: one
+/// JSON document at the end).
+fn migrate(a: &Opts) -> Result<ExitCode> {
+    let Some(pid) = a.tree else {
+        bail!("pid not specified (-t PID)");
+    };
+    let Some(to) = a.to.clone() else {
+        bail!("migrate needs --to ADDR:PORT (where `cryo receive --port PORT` listens)");
+    };
+    if a.lazy_pages {
+        bail!("migrate --lazy-pages (post-copy) is not implemented yet: the pages go before the tree runs on the destination");
+    }
+    let opts = cryo::migrate::MigrateOpts {
+        dump: dump_opts(a, pid)?,
+        to,
+        max_rounds: a.max_rounds.unwrap_or(8),
+        small_pages: 256,
+        work: a.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+    };
+    let json = a.json;
+    let r = cryo::migrate::migrate(&opts, &mut |r| {
+        if !json {
+            let rate = r.dirty_pages_per_s.map_or(String::new(), |d| {
+                format!(
+                    ", dirty rate {:.0} pages/s ({:.1} MiB/s)",
+                    d,
+                    d * 4096.0 / 1048576.0
+                )
+            });
+            println!(
+                "round {}: {} pages ({:.1} MiB) in {:.0} ms, frozen {:.1} ms{rate}",
+                r.round,
+                r.pages,
+                cryo::migrate::mib(r.pages),
+                r.ms,
+                r.frozen_ms
+            );
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "final: {} pages ({:.1} MiB); downtime {:.1} ms (restore {:.1} ms); running on the destination as pid {}",
+            r.final_pages,
+            cryo::migrate::mib(r.final_pages),
+            r.downtime_ms,
+            r.restore_ms,
+            r.restored_pid
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cryo receive --port PORT [--address A] [-D DIR]`: one migration, restored here.
+fn receive(a: &Opts) -> Result<ExitCode> {
+    let addr = cryo::pageserver::address(a.address.as_deref(), a.port.as_deref(), true)
+        .map_err(anyhow::Error::msg)?;
+    let listener = std::net::TcpListener::bind(&addr)
+        .with_context(|| format!("receive: cannot listen at {addr}"))?;
+    tracing::info!(address = %addr, "receive: listening");
+    status_ready(a);
+    let dir = if a.images_dir == Path::new(".") {
+        std::env::temp_dir().join(format!("cryo-receive-{}", std::process::id()))
+    } else {
+        a.images_dir.clone()
+    };
+    let opts = cryo::migrate::ReceiveOpts {
+        keep: a.images_dir != Path::new("."),
+        dir,
+        restore: restore::RestoreOpts {
+            detach: true,
+            pidfile: a.pidfile.as_ref().map(|p| in_workdir(a, p)),
+            cgroups: a.cgroup_opts().map_err(anyhow::Error::msg)?,
+            network_lock: a.network_lock().map_err(anyhow::Error::msg)?,
+            links: a.links().map_err(anyhow::Error::msg)?,
+            sock: a.sock_opts(),
+            cpu_cap: a.cpu_cap_bits().map_err(anyhow::Error::msg)?,
+            ..Default::default()
+        },
+    };
+    let r = cryo::migrate::receive(&opts, &listener)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "received {} rounds ({:.1} MiB of pages); restored in {:.1} ms; running as pid {}",
+            r.rounds,
+            r.bytes as f64 / 1048576.0,
+            r.restore_ms,
+            r.pid
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `--status-fd FD`: one NUL byte once ready (CRIU's `status_ready`).
 fn status_ready(a: &Opts) {
     if let Some(fd) = a.status_fd.as_deref().and_then(|f| f.parse::<i32>().ok()) {
@@ -407,6 +516,12 @@ fn dump_opts(a: &Opts, pid: i32) -> Result<dump::DumpOpts> {
         } else {
             None
         },
+        lazy_ready: a
+            .status_fd
+            .as_deref()
+            .filter(|_| a.lazy_pages)
+            .and_then(|f| f.trim().parse::<i32>().ok())
+            .map(|n| std::path::PathBuf::from(format!("/proc/self/fd/{n}"))),
         cpu_cap: a.cpu_cap_bits().map_err(anyhow::Error::msg)?,
         timeout: a.timeout,
         page_server: if a.page_server {
@@ -526,6 +641,14 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
         Cmd::LazyPages(a) => {
             setup(&a, false, config_files)?;
             lazy_pages(&a)
+        }
+        Cmd::Migrate(a) => {
+            setup(&a, false, config_files)?;
+            migrate(&a)
+        }
+        Cmd::Receive(a) => {
+            setup(&a, false, config_files)?;
+            receive(&a)
         }
         Cmd::Service(a) => {
             setup(&a, false, config_files)?;

@@ -272,20 +272,23 @@ impl Chain {
             what: format!("cannot make the parent link: {e}"),
         })?;
         let pdir = dir.file(PARENT_LINK);
-        if !pdir.join("inventory.img").exists() {
-            return Err(TrackError::Parent {
-                dir: pdir,
-                what: "no inventory.img: not an images directory (give --prev-images-dir relative to the images directory, as CRIU does)".into(),
-            });
-        }
-        chain.parent = Some(pdir.clone());
-        let rec: Record = match std::fs::read(pdir.join(RECORD)) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| TrackError::Parent {
+        // A step that fails here leaves no `parent` link behind (a later dump into the same
+        // directory would otherwise read through it).
+        let fail = |what: String| {
+            let _ = std::fs::remove_file(&link);
+            TrackError::Parent {
                 dir: pdir.clone(),
-                what: format!("{RECORD}: {e}"),
-            })?,
+                what,
+            }
+        };
+        if !pdir.join("inventory.img").exists() {
+            return Err(fail("no inventory.img: not an images directory (give --prev-images-dir relative to the images directory, as CRIU does)".into()));
+        }
+        let rec: Record = match std::fs::read(pdir.join(RECORD)) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| fail(format!("{RECORD}: {e}")))?,
             Err(_) => Record::default(), // CRIU's images, or a step that tracked nothing
         };
+        chain.parent = Some(pdir.clone());
         if let (Some(h), true) = (rec.holder, track && method == Method::UffdWp) {
             chain.take_from_holder(h, &rec.tasks);
         } else if track && method == Method::SoftDirty && rec.method == Some(Method::SoftDirty) {

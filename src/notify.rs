@@ -19,6 +19,9 @@ pub enum NotifyError {
     },
     #[error("the caller did not acknowledge notification '{action}': {why}")]
     Rpc { action: String, why: String },
+    /// A hook of cryo's own (`migrate`'s hand-over at `post-dump`) failed.
+    #[error("at '{action}': {why}")]
+    Hook { action: String, why: String },
 }
 
 /// Receives the notification points.
@@ -82,5 +85,18 @@ impl Notifier for Chain<'_> {
             n.notify(action, pid)?;
         }
         Ok(())
+    }
+}
+
+/// `--status-fd` / RPC `status_fd`: one NUL byte written to `path` (`/proc/PID/fd/N`, the fd
+/// in the table of whoever asked), CRIU's `status_ready`. A failure is only logged: the job
+/// itself went well.
+pub fn status_ready(path: &std::path::Path) {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
+    {
+        tracing::warn!(status_fd = %path.display(), error = %e, "cannot write the status fd");
     }
 }

@@ -272,9 +272,52 @@ fn read_full(sk: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
+/// Waits until `fd` is readable (a listening socket: a client is there), or `watch` is (then
+/// returns false), checking for a termination signal (SIGTERM, SIGINT...) every 200 ms: cryo
+/// catches them with SA_RESTART, so a plain blocking `accept` or `read` would never return.
+pub fn wait_readable(
+    fd: std::os::fd::BorrowedFd<'_>,
+    watch: Option<std::os::fd::BorrowedFd<'_>>,
+) -> std::io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    loop {
+        if let Some(sig) = crate::sys::proc::interrupted() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                format!("interrupted by signal {sig}"),
+            ));
+        }
+        let mut fds = vec![PollFd::new(&fd, PollFlags::IN)];
+        if let Some(w) = &watch {
+            fds.push(PollFd::new(w, PollFlags::IN));
+        }
+        let t = Timespec {
+            tv_sec: 0,
+            tv_nsec: 200_000_000,
+        };
+        match poll(&mut fds, Some(&t)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if fds.get(1).is_some_and(|w| !w.revents().is_empty()) {
+            return Ok(false);
+        }
+        if !fds[0].revents().is_empty() {
+            return Ok(true);
+        }
+    }
+}
+
+/// `accept` that a termination signal ends (see [`wait_readable`]).
+pub fn accept(listener: &TcpListener) -> std::io::Result<(TcpStream, std::net::SocketAddr)> {
+    use std::os::fd::AsFd;
+    wait_readable(listener.as_fd(), None)?;
+    listener.accept()
+}
+
 /// `cryo page-server`: listens, serves one client into `dir`, and returns.
 pub fn run_server(dir: &Path, listener: TcpListener) -> Result<u64, PsError> {
-    let (mut sk, peer) = listener.accept().map_err(io("accept"))?;
+    let (mut sk, peer) = accept(&listener).map_err(io("accept"))?;
     drop(listener);
     tracing::info!(%peer, "page server: client connected");
     let mut s = Server::new(ImageDir::create(dir)?);
@@ -282,6 +325,10 @@ pub fn run_server(dir: &Path, listener: TcpListener) -> Result<u64, PsError> {
     tracing::info!(bytes = s.bytes, "page server: session over");
     Ok(s.bytes)
 }
+
+/// The environment variable in which `cryo page-server` finds a socket already listening
+/// (its `-d` child, and the page servers the RPC service starts).
+pub const LISTEN_FD_ENV: &str = "CRYO_PS_LISTEN_FD";
 
 /// The pages a `dump --lazy-pages` keeps for the lazy-pages daemon (copied out of the tree
 /// while it was frozen: the tree is gone once the dump ends, as with CRIU).
@@ -320,7 +367,7 @@ pub fn serve_lazy(listener: TcpListener, store: &LazyStore) -> Result<u64, PsErr
         bytes = store.bytes,
         "lazy pages: waiting for the lazy-pages daemon"
     );
-    let (mut sk, peer) = listener.accept().map_err(io("accept"))?;
+    let (mut sk, peer) = accept(&listener).map_err(io("accept"))?;
     drop(listener);
     let _ = sk.set_nodelay(true);
     tracing::info!(%peer, "lazy pages: the lazy-pages daemon connected");

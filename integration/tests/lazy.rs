@@ -229,3 +229,42 @@ fn a_lost_page_source_kills_the_tree() {
         "no checksum came from partial memory"
     );
 }
+
+/// The daemon itself is killed (SIGKILL: no cleanup) while the restored process still lacks
+/// most of its memory: its keeper, which holds a copy of every userfaultfd meanwhile (so a
+/// fault waits instead of reading zeros), kills the process. No checksum ever comes from
+/// zero-filled memory, and nothing of the restore is left.
+#[test]
+fn a_killed_daemon_takes_the_tree_with_it() {
+    let dir = scratch("lazy-killed");
+    let (pid, out) = start_memhog(&dir, 64);
+    let _g = KillOnDrop(pid);
+    memhog_sum(pid, &out);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    let mut d = daemon(&img, &[], &[("CRYO_FAULT_PAUSE", "lazy-push:600")]);
+    restore_lazy(&img);
+    assert!(alive(pid));
+    wait_for("the keeper", 20, || {
+        log(&img, "lazy.log").contains("keeper started")
+    });
+    d.kill().unwrap();
+    d.wait().unwrap();
+    // The program reads all of its memory now: it must die, not sum zeros.
+    let _ = signal_if_alive(pid);
+    wait_gone(pid);
+    assert_eq!(
+        lines(&out).iter().filter(|l| l.starts_with("sum")).count(),
+        1,
+        "no checksum came from zero-filled memory"
+    );
+}
+
+/// SIGUSR1 to `pid` if it still exists (the keeper may already have killed it).
+fn signal_if_alive(pid: i32) -> bool {
+    alive(pid) && {
+        signal(pid, libc::SIGUSR1);
+        true
+    }
+}

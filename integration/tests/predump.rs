@@ -269,6 +269,24 @@ fn failed_step_removes_the_tracking() {
     wait_for("the holder to be stopped", 10, || !alive(h1));
     wait_for("the protection to go", 10, || tracked_vmas(pid) == 0);
     assert!(alive(pid));
+    // A previous directory that is not one: refused, and no `parent` link is left behind.
+    let d3 = dir.join("p3");
+    let o = cryo(&[
+        "pre-dump",
+        "-t",
+        &p,
+        "-D",
+        d3.to_str().unwrap(),
+        "--prev-images-dir",
+        "../nothing-here",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not an images directory"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(std::fs::symlink_metadata(d3.join("parent")).is_err());
     stop_writer(pid, &out);
     let a = memhog_sum(pid, &out);
     assert_eq!(a, memhog_sum(pid, &out));

@@ -131,8 +131,8 @@ fn version_features_check_and_refusals() {
     assert!(ok && r.success);
     assert_eq!(
         (f.mem_track, f.lazy_pages),
-        (Some(true), Some(false)),
-        "written pages are tracked with uffd-wp here; lazy pages are not implemented"
+        (Some(true), Some(true)),
+        "written pages are tracked with uffd-wp here; lazy restore has userfaultfd's events"
     );
 
     let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Check, None), None);
@@ -146,13 +146,13 @@ fn version_features_check_and_refusals() {
     let opts = pb::CriuOpts {
         images_dir_fd: d.as_raw_fd(),
         pid: Some(1),
-        lazy_pages: Some(true),
+        auto_dedup: Some(true),
         ..Default::default()
     };
     let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(opts)), None);
     assert!(!ok && !r.success);
     let msg = r.cr_errmsg.unwrap();
-    assert!(msg.contains("lazy_pages"), "{msg}");
+    assert!(msg.contains("auto_dedup"), "{msg}");
 }
 
 /// runc passes `config_file` (`/etc/criu/runc.conf`, or the container's `org.criu.config`
@@ -445,5 +445,99 @@ fn action_script_hook_runs_at_every_point() {
             "pre-resume -".into(),
             "post-resume -".into(),
         ]
+    );
+}
+
+/// PAGE_SERVER with `keep_open` (CRIU's way of a caller that runs its own page server): the
+/// answer names the server's pid and the port it listens on (0 asked: one picked), the
+/// socket stays open, and a DUMP on it with `ps` sends the pages there; the server takes
+/// them and exits; the pages and the other images, merged, restore the counter, which goes
+/// on from where it was.
+#[test]
+fn page_server_request_then_dump_to_it_on_the_same_socket() {
+    let dir = scratch("rpc-ps");
+    let out = dir.join("counter.out");
+    let pid = spawn(
+        &[prog("counter").to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the counter", 10, || lines(&out).len() >= 3);
+    let srv = dir.join("srv");
+    let sd = dir_fd(&srv);
+    let s = swrk();
+    let mut ps_req = req(
+        pb::CriuReqType::PageServer,
+        Some(pb::CriuOpts {
+            images_dir_fd: sd.as_raw_fd(),
+            log_level: Some(4),
+            log_file: Some("page-server.log".into()),
+            ps: Some(pb::CriuPageServerInfo {
+                address: Some("127.0.0.1".into()),
+                port: Some(0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    );
+    ps_req.keep_open = Some(true);
+    s.send(&ps_req);
+    let r = s.recv();
+    assert!(r.success, "{:?}", r.cr_errmsg);
+    assert_eq!(r.r#type, pb::CriuReqType::PageServer as i32);
+    let info = r.ps.expect("the page server's pid and port");
+    let (server, port) = (info.pid.unwrap(), info.port.unwrap());
+    assert!(server > 0 && port > 0, "{info:?}");
+    assert!(alive(server));
+
+    let img = dir.join("img");
+    let d = dir_fd(&img);
+    s.send(&req(
+        pb::CriuReqType::Dump,
+        Some(pb::CriuOpts {
+            images_dir_fd: d.as_raw_fd(),
+            pid: Some(pid),
+            log_level: Some(4),
+            log_file: Some("dump.log".into()),
+            ps: Some(pb::CriuPageServerInfo {
+                address: Some("127.0.0.1".into()),
+                port: Some(port),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    ));
+    let r = s.recv();
+    assert!(r.success, "{:?}\n{}", r.cr_errmsg, log(&img, "dump.log"));
+    assert_eq!(r.r#type, pb::CriuReqType::Dump as i32);
+    let Swrk { mut child, sk } = s;
+    drop(sk);
+    assert!(child.wait().unwrap().success());
+    wait_gone(pid);
+    let at_dump = lines(&out).len();
+    wait_gone(server);
+    assert!(
+        log(&srv, "page-server.log").contains("page server"),
+        "the server logs where the request said"
+    );
+    let mut pages = 0;
+    for e in std::fs::read_dir(&srv).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".img") {
+            pages += usize::from(name.starts_with("pages-"));
+            std::fs::copy(e.path(), img.join(e.file_name())).unwrap();
+        }
+    }
+    assert!(pages > 0, "the pages went to the page server");
+    restore(&img);
+    let _g2 = KillOnDrop(pid);
+    wait_for("the counter after restore", 10, || {
+        lines(&out).len() >= at_dump + 2
+    });
+    let v: Vec<u64> = lines(&out).iter().map(|l| l.parse().unwrap()).collect();
+    assert!(
+        v.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap or restart: {v:?}"
     );
 }

@@ -913,3 +913,108 @@ fn checkpoint_to_a_page_server() {
     c.wait_output(1, 0);
     assert_eq!(c.out[1].numbers()[0], before + 1);
 }
+
+/// runc's lazy migration (its checkpoint.bats "checkpoint --lazy-pages and restore"):
+/// `runc checkpoint --lazy-pages --page-server 127.0.0.1:PORT --status-fd FD` (FEATURE_CHECK
+/// lazy_pages, then a DUMP with `lazy_pages`, `ps` and `status_fd`) writes the images and
+/// keeps the memory, says so on FD and waits; `cryo lazy-pages --page-server` takes the
+/// pages from it for `runc restore --lazy-pages` (a RESTORE with `lazy_pages`: the daemon's
+/// socket in the work directory) under a new name: the counter goes on from where it was,
+/// and the checkpoint ends once every page has gone over.
+#[test]
+fn lazy_pages_checkpoint_and_restore() {
+    need_runc!();
+    let _g = serial();
+    let mut c = Container::new("lazy", "pipe");
+    c.start(None, &[]);
+    c.wait_output(0, 2);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let mut fds = [0i32; 2];
+    // SAFETY: fds has room for the two fds pipe2 returns.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), 0) }, 0);
+    // SAFETY: both fds are new and owned here.
+    let (r, w) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    // The read end stays here: not inherited by runc.
+    // SAFETY: fcntl on an fd owned here.
+    unsafe { libc::fcntl(fds[0], libc::F_SETFD, libc::FD_CLOEXEC) };
+    let img = c.dir.join("img-0");
+    let cryo = cryo_bin().display().to_string();
+    let ps = format!("127.0.0.1:{port}");
+    let wfd = fds[1].to_string();
+    let cpt = Command::new("runc")
+        .args([
+            "--criu",
+            &cryo,
+            "checkpoint",
+            "--lazy-pages",
+            "--page-server",
+        ])
+        .args([&ps, "--status-fd", &wfd, "--image-path"])
+        .arg(&img)
+        .arg(&c.id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runc checkpoint");
+    drop(w);
+    let mut byte = [0u8; 1];
+    let n = std::io::Read::read(&mut &r, &mut byte).unwrap();
+    if n != 1 {
+        let o = cpt.wait_with_output().unwrap();
+        panic!(
+            "runc checkpoint --lazy-pages ended without a status byte: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            std::fs::read_to_string(img.join("dump.log")).unwrap_or_default()
+        );
+    }
+    assert_eq!(byte[0], 0);
+    assert!(img.join("inventory.img").exists());
+    let before = c.last_output(0);
+    let o = integration::cryo(&[
+        "lazy-pages",
+        "--page-server",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "lazy-pages.log",
+    ]);
+    ok(&o, "cryo lazy-pages -d");
+    let old = c.id.clone();
+    c.id = format!("{old}-restored");
+    c.start(Some(&img), &["--lazy-pages"]);
+    let first = c.wait_output(1, 0);
+    assert_eq!(c.out[1].numbers()[0], before + 1, "{first}");
+    let o = cpt.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "runc checkpoint --lazy-pages: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        std::fs::read_to_string(img.join("dump.log")).unwrap_or_default()
+    );
+    let _ = runc(&["delete", "-f", &old]);
+    wait_for("the lazy-pages daemon to finish", 20, || {
+        std::fs::read_to_string(img.join("lazy-pages.log"))
+            .unwrap_or_default()
+            .contains("every page is in")
+    });
+    c.wait_output(1, first + 2);
+    c.exec_ok(&["true"]);
+}

@@ -174,6 +174,8 @@ pub static OPTIONS: &[Spec] = &[
     spec!("allow-uprobes", None, No, Bool),
     // cryo's own.
     spec!("json", None, No, Bool),
+    spec!("to", None, Required, Value),
+    spec!("max-rounds", None, Required, Value),
     spec!("orphan-pts-master", None, No, Bool),
 ];
 

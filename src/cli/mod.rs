@@ -93,6 +93,14 @@ pub enum Cmd {
     /// (or, with `--page-server`, from a `dump --lazy-pages` at `--address`/`--port`).
     #[command(name = "lazy-pages")]
     LazyPages(Opts),
+    /// Live migration (cryo's): `migrate -t PID --to ADDR:PORT [--max-rounds N] [--json]`
+    /// copies the tree's memory to `cryo receive` while it runs (rounds until the written
+    /// pages stop shrinking), then freezes it, sends the last pages and the other images,
+    /// and kills it once the destination runs it. Any failure before that leaves it running.
+    Migrate(Opts),
+    /// The destination of `cryo migrate`: `receive --port PORT [--address A] [-D DIR]`
+    /// receives one migration into DIR and restores the tree here (detached).
+    Receive(Opts),
     /// Not implemented yet: CRIU's RPC daemon on a socket (use `swrk`).
     Service(Opts),
     /// Deduplicate pages against a parent dump (cryo writes no parent dumps: nothing to do).
@@ -542,6 +550,12 @@ pub struct Opts {
     /// Print a machine-readable JSON summary on stdout (cryo's).
     #[arg(long)]
     pub json: bool,
+    /// migrate: the destination, `ADDR:PORT` of a `cryo receive`.
+    #[arg(long = "to", value_name = "ADDR:PORT")]
+    pub to: Option<String>,
+    /// migrate: at most N pre-copy rounds before the final freeze (default 8).
+    #[arg(long = "max-rounds", value_name = "N")]
+    pub max_rounds: Option<u32>,
 
     // --- Memory dumping.
     /// pre-dump mode (splice or read); accepted (cryo always copies after the tree runs
@@ -1080,6 +1094,8 @@ const COMMANDS: &[&str] = &[
     "exec",
     "show",
     "cpuinfo",
+    "migrate",
+    "receive",
 ];
 
 /// A command line that cannot be used.

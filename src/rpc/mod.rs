@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
 use prost::Message;
@@ -111,11 +112,35 @@ impl Notifier for RpcNotifier<'_> {
 /// Serves one request on socket `fd`. Returns whether it succeeded (the exit status).
 pub fn serve(fd: i32) -> Result<bool, RpcError> {
     let sk = take_fd(fd)?;
-    let raw = net::recv_msg(sk.as_fd()).map_err(|source| RpcError::Socket { fd, source })?;
-    if raw.is_empty() {
-        return Err(RpcError::NoRequest);
+    let mut first = true;
+    loop {
+        let raw = net::recv_msg(sk.as_fd()).map_err(|source| RpcError::Socket { fd, source })?;
+        if raw.is_empty() {
+            return if first {
+                Err(RpcError::NoRequest)
+            } else {
+                Ok(true)
+            };
+        }
+        first = false;
+        let req = pb::CriuReq::decode(raw.as_slice())?;
+        let ty = pb::CriuReqType::try_from(req.r#type).unwrap_or(pb::CriuReqType::Empty);
+        // `keep_open`: CRIU serves more requests on the socket after a PAGE_SERVER(_CHLD)
+        // (they only start a process); after any other request the service ends.
+        let again = req.keep_open == Some(true)
+            && matches!(
+                ty,
+                pb::CriuReqType::PageServer | pb::CriuReqType::PageServerChld
+            );
+        let ok = serve_one(&sk, fd, req)?;
+        if !again || !ok {
+            return Ok(ok);
+        }
     }
-    let req = pb::CriuReq::decode(raw.as_slice())?;
+}
+
+/// One request (and, after a PRE_DUMP, CRIU's pre-dump loop); returns whether it succeeded.
+fn serve_one(sk: &OwnedFd, fd: i32, req: pb::CriuReq) -> Result<bool, RpcError> {
     let ty = pb::CriuReqType::try_from(req.r#type).unwrap_or(pb::CriuReqType::Empty);
     let peer = net::peer_pid(sk.as_fd()).map_err(|source| RpcError::Socket { fd, source })?;
     let result = match ty {
@@ -148,6 +173,7 @@ pub fn serve(fd: i32) -> Result<bool, RpcError> {
             do_dump(&req, peer, sk.as_fd(), true)
         }
         pb::CriuReqType::CpuinfoDump | pb::CriuReqType::CpuinfoCheck => do_cpuinfo(&req, peer, ty),
+        pb::CriuReqType::PageServer | pb::CriuReqType::PageServerChld => do_page_server(&req, peer),
         _ => Err(format!(
             "request type {} is not supported by cryo",
             req.r#type
@@ -234,8 +260,9 @@ fn feature_check() -> pb::CriuResp {
             // Write tracking for pre-dumps: uffd-wp or soft-dirty (`memtrack`); without
             // either a chain still works but saves every page each step.
             mem_track: Some(crate::memtrack::Method::detect() != crate::memtrack::Method::Full),
-            // Lazy restore is not implemented.
-            lazy_pages: Some(false),
+            // Lazy restore (`lazy`): userfaultfd with the fork/remap/remove/unmap events,
+            // probed as `check --feature uffd-noncoop` does.
+            lazy_pages: Some(features::probe("uffd-noncoop").is_some_and(|f| f.ok)),
             // The pidfd store (pid reuse detection across pre-dumps) is not implemented.
             pidfd_store: Some(false),
         }),
@@ -277,9 +304,6 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     // accepted, as on the command line.
     if on(o.auto_dedup) {
         bad.push("auto_dedup (deduplication of parent images is not implemented yet)".into());
-    }
-    if on(o.lazy_pages) {
-        bad.push("lazy_pages (lazy restore is not implemented yet)".into());
     }
     if let Err(e) = mount_pairs(o) {
         bad.push(e);
@@ -437,13 +461,7 @@ fn ns_join(o: &pb::CriuOpts) -> crate::kinds::ns::NsJoin {
 /// the caller's, reached through /proc.
 fn signal_status_fd(o: &pb::CriuOpts, peer: i32) {
     if let Some(n) = o.status_fd {
-        if let Err(e) = std::fs::OpenOptions::new()
-            .write(true)
-            .open(caller_path(peer, n))
-            .and_then(|mut f| std::io::Write::write_all(&mut f, b"\0"))
-        {
-            tracing::warn!(status_fd = n, error = %e, "cannot write the status fd");
-        }
+        crate::notify::status_ready(&caller_path(peer, n));
     }
 }
 
@@ -607,6 +625,60 @@ fn do_cpuinfo(req: &pb::CriuReq, peer: i32, ty: pb::CriuReqType) -> Result<pb::C
     }
 }
 
+/// PAGE_SERVER and PAGE_SERVER_CHLD: a page server (`cryo page-server`) receiving into the
+/// images directory, listening at `ps.address`/`ps.port` (port 0: one the kernel picks) before
+/// the answer goes back with its pid and port, as CRIU answers (type PAGE_SERVER for both).
+/// It is a process of its own in either case (CRIU's PAGE_SERVER daemonizes, its
+/// PAGE_SERVER_CHLD stays the service's child; both outlive the request), serving one
+/// client, then exiting.
+fn do_page_server(req: &pb::CriuReq, peer: i32) -> Result<pb::CriuResp, String> {
+    let l = config::layer(req.opts.as_ref().ok_or("PAGE_SERVER without options")?)?;
+    let o = l.opts.clone();
+    let (_, images, work) = setup(&l, peer, true)?;
+    let ps = o.ps.clone().unwrap_or_default();
+    let port = ps.port.unwrap_or(0);
+    let addr = crate::pageserver::address(ps.address.as_deref(), Some(&port.to_string()), true)?;
+    let listener = std::net::TcpListener::bind(&addr)
+        .map_err(|e| format!("page server: cannot listen at {addr}: {e}"))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    // The caller's fds (`/proc/<peer>/fd/<n>`) may be closed once it has the answer: the
+    // server gets the directories they name.
+    let real =
+        |p: &std::path::Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
+    let mut cmd = std::process::Command::new(
+        std::env::current_exe().map_err(|e| format!("cannot find cryo itself: {e}"))?,
+    );
+    cmd.arg("page-server").arg("-D").arg(real(&images)?);
+    if let Some(f) = &o.log_file {
+        cmd.arg("-W").arg(real(&work)?).arg("-o").arg(f);
+        cmd.arg(format!("-v{}", o.log_level.unwrap_or(2).clamp(0, 4)));
+    }
+    if let Some(p) = &o.parent_img {
+        cmd.arg("--prev-images-dir").arg(p);
+    }
+    crate::sys::fd::set_cloexec(listener.as_fd(), false).map_err(|e| e.to_string())?;
+    let child = cmd
+        .env(
+            crate::pageserver::LISTEN_FD_ENV,
+            std::os::fd::AsRawFd::as_raw_fd(&listener).to_string(),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("page server: cannot start it: {e}"))?;
+    tracing::info!(pid = child.id(), port, "page server started");
+    Ok(pb::CriuResp {
+        ps: Some(pb::CriuPageServerInfo {
+            pid: i32::try_from(child.id()).ok(),
+            port: Some(i32::from(port)),
+            ..Default::default()
+        }),
+        ..resp(pb::CriuReqType::PageServer, true)
+    })
+}
+
 /// DUMP, or with `pre` PRE_DUMP / SINGLE_PRE_DUMP (answered with the request's type).
 fn do_dump(
     req: &pb::CriuReq,
@@ -659,9 +731,27 @@ fn do_dump(
         pre_dump_mode: (o.pre_dump_mode == Some(2)).then(|| "read".to_string()),
         cpu_cap: cpu_cap(&o),
         timeout: o.timeout,
-        // `ps`: the page server the pages go to (runc's --page-server ADDR:PORT).
-        lazy_pages: None,
+        // `lazy_pages` (runc's `checkpoint --lazy-pages --page-server ADDR:PORT`): `ps` is
+        // where the lazy-pages daemon takes the pages from; `status_fd` is written once it
+        // can (after the images, before the pages are served), as CRIU does.
+        lazy_pages: match (&o.ps, o.lazy_pages == Some(true)) {
+            (Some(ps), true) => Some(crate::pageserver::address(
+                ps.address.as_deref(),
+                ps.port.map(|p| p.to_string()).as_deref(),
+                true,
+            )?),
+            (None, true) => {
+                return Err("lazy_pages needs ps (the address and port the lazy-pages daemon takes the pages from)".into())
+            }
+            _ => None,
+        },
+        lazy_ready: o
+            .status_fd
+            .filter(|_| o.lazy_pages == Some(true))
+            .map(|n| caller_path(peer, n)),
+        // `ps` otherwise: the page server the pages go to (runc's --page-server ADDR:PORT).
         page_server: match &o.ps {
+            Some(_) if o.lazy_pages == Some(true) => None,
             Some(ps) => Some(crate::pageserver::address(
                 ps.address.as_deref(),
                 ps.port.map(|p| p.to_string()).as_deref(),
@@ -681,7 +771,9 @@ fn do_dump(
     }
     let r = dump::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;
     copy_stats(&images, &work, "stats-dump");
-    signal_status_fd(&o, peer);
+    if opts.lazy_ready.is_none() {
+        signal_status_fd(&o, peer);
+    }
     tracing::info!(
         "Dumped {} in {} us (frozen {} us)",
         r.pid,
@@ -737,7 +829,9 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
         network_lock: network_lock(&o)?,
         links: link_opts(&o)?,
         sock: sock_opts(&o),
-        lazy_pages: None,
+        // runc's `restore --lazy-pages`: the lazy-pages daemon (`cryo lazy-pages`, started
+        // by the user) listens in the work directory, as CRIU's does.
+        lazy_pages: (o.lazy_pages == Some(true)).then(|| crate::lazy::socket_path(&work)),
         cpu_cap: cpu_cap(&o),
     };
     let mut n = hooks(&l, sk, images.clone());

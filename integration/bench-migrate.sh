@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Live-migration benchmarks (issue #11), cryo and, in the same run, CRIU where it can do the job.
+#
+# Usage: integration/bench-migrate.sh [--rounds N] [--lazy-mib M] [--mig-mib M]
+#   CRYO=path   cryo binary (default: <repo>/target/release/cryo)
+#   CRIU=path   optional CRIU binary (e.g. /opt/criu42/criu); runs alternately with cryo
+#   BENCH_TMP   parent directory for images (default /var/tmp)
+#
+# 1. lazy: memhog holding M MiB (default 2048) of random anonymous memory, dumped once per
+#    tool; then per round a full restore (`restore -d`: the tree runs when it returns) and a
+#    lazy one (`lazy-pages` daemon, then `restore --lazy-pages -d`: the tree runs when it
+#    returns, its memory arriving after). Reported: time to first instruction (the restore's
+#    wall time) of each, and for lazy the time until every page is in (the daemon exits);
+#    check: memhog's checksum equals the one before the dump.
+# 2. migrate: migratee (integration/progs) with M MiB (default 256) rewritten page by page
+#    (one page every 300 us, ~13 MiB/s) in a PID namespace of its own; `cryo migrate` to a
+#    `cryo receive` on 127.0.0.1. Reported: downtime (final freeze to running on the
+#    destination), the rounds, and the time of a stop-and-copy migration of the same process
+#    (dump to a page server + restore, no pre-copy) by cryo and by CRIU (CRIU cannot pre-dump
+#    on a kernel without soft-dirty, such as this VM's: `criu check --feature mem_dirty_track`);
+#    check: the process verifies every page after the move.
+# The last line of stdout is a JSON summary.
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROUNDS=3
+LAZY_MIB=2048
+MIG_MIB=256
+while [ $# -gt 0 ]; do
+    case $1 in
+        --rounds) ROUNDS=$2; shift 2 ;;
+        --lazy-mib) LAZY_MIB=$2; shift 2 ;;
+        --mig-mib) MIG_MIB=$2; shift 2 ;;
+        *) echo "usage: bench-migrate.sh [--rounds N] [--lazy-mib M] [--mig-mib M]" >&2; exit 2 ;;
+    esac
+done
+CRYO=${CRYO:-$REPO_ROOT/target/release/cryo}
+[ -x "$CRYO" ] || { echo "no cryo at $CRYO (cargo build --release)" >&2; exit 2; }
+WORK=$(mktemp -d "${BENCH_TMP:-/var/tmp}/cryo-bench-mig.XXXXXX")
+BIN=$WORK/bin
+mkdir -p "$BIN"
+gcc -O2 -o "$BIN/memhog" "$REPO_ROOT/integration/progs/memhog.c"
+gcc -O2 -pthread -o "$BIN/migratee" "$REPO_ROOT/integration/progs/migratee.c"
+TOOLS=(cryo)
+[ -z "${CRIU:-}" ] || TOOLS+=(criu)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+now_us() { local t=${EPOCHREALTIME/[.,]/}; echo "$t"; }
+ms() { awk -v u="$1" 'BEGIN {printf "%.1f", u/1000}'; }
+median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END {if (NR == 0) exit; if (NR % 2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+declare -A RES
+add() { RES[$1]="${RES[$1]:-} $2"; }
+med() { echo "${RES[$1]:-}" | median; }
+bin() { if [ "$1" = cryo ]; then echo "$CRYO"; else echo "$CRIU"; fi; }
+wait_line() { # FILE PATTERN SECONDS
+    local i
+    for ((i = 0; i < $3 * 20; i++)); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
+    echo "timed out waiting for '$2' in $1" >&2
+    return 1
+}
+gone() { local i; for ((i = 0; i < 600; i++)); do [ -d "/proc/$1" ] || return 0; sleep 0.05; done; return 1; }
+sum_of() { # PID OUT: asks memhog for its checksum, prints it
+    local n
+    n=$(grep -c '^sum' "$2" || true)
+    kill -USR1 "$1"
+    local i
+    for ((i = 0; i < 1200; i++)); do
+        [ "$(grep -c '^sum' "$2" || true)" -gt "$n" ] && break
+        sleep 0.05
+    done
+    grep '^sum' "$2" | tail -1
+}
+declare -A CHECK
+
+echo "cryo migration benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, kernel $(uname -r)"
+echo "  cryo: $CRYO; criu: ${CRIU:-not run}; rounds: $ROUNDS"
+
+# --- 1. lazy restore
+echo "lazy restore: memhog $LAZY_MIB MiB"
+for t in "${TOOLS[@]}"; do
+    d=$WORK/lazy-$t
+    mkdir -p "$d/img"
+    setsid "$BIN/memhog" "$LAZY_MIB" "$d/out" </dev/null >/dev/null 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_line "$d/out" '^ready' 120
+    want=$(sum_of "$pid" "$d/out")
+    "$(bin "$t")" dump -t "$pid" -D "$d/img" -o dump.log -v2 || { echo "$t dump failed" >&2; tail "$d/img/dump.log" >&2; exit 1; }
+    gone "$pid"
+    CHECK[lazy_$t]=PASS
+    for ((r = 0; r < ROUNDS; r++)); do
+        t0=$(now_us)
+        "$(bin "$t")" restore -D "$d/img" -d -o restore.log -v2 || { echo "$t restore failed" >&2; exit 1; }
+        add "${t}_full" $(($(now_us) - t0))
+        [ "$(sum_of "$pid" "$d/out")" = "$want" ] || CHECK[lazy_$t]=FAIL
+        kill -9 "$pid"; gone "$pid"
+        rm -f "$d/img/lazy-pages.socket"
+        if [ "$t" = cryo ]; then
+            "$CRYO" lazy-pages -D "$d/img" -d -o lazy.log -v2 --pidfile lazy.pid
+            lp=$(cat "$d/img/lazy.pid")
+        else
+            "$CRIU" lazy-pages -D "$d/img" -o lazy.log -v2 &
+            lp=$!
+            wait_line "$d/img/lazy.log" 'lazy-pages.socket\|Waiting for incoming' 10 || sleep 0.5
+        fi
+        PIDS+=("$lp")
+        t0=$(now_us)
+        "$(bin "$t")" restore -D "$d/img" -d --lazy-pages -o restore-lazy.log -v2 || { echo "$t lazy restore failed" >&2; tail "$d/img/restore-lazy.log" >&2; exit 1; }
+        t1=$(now_us)
+        add "${t}_lazy_first" $((t1 - t0))
+        gone "$lp" || { echo "$t: the lazy-pages daemon did not finish" >&2; exit 1; }
+        add "${t}_lazy_all" $(($(now_us) - t0))
+        [ "$(sum_of "$pid" "$d/out")" = "$want" ] || CHECK[lazy_$t]=FAIL
+        kill -9 "$pid"; gone "$pid"
+    done
+done
+
+# --- 2. migrate
+echo "migrate: migratee $MIG_MIB MiB, one page rewritten every 300 us"
+start_migratee() { # DIR: prints the tree's root
+    setsid unshare --pid --fork setsid "$BIN/migratee" "$MIG_MIB" "$1/out" 300 </dev/null >/dev/null 2>&1 &
+    local l=$!
+    PIDS+=("$l")
+    wait_line "$1/out" '^ready' 60
+    cat "/proc/$l/task/$l/children" | awk '{print $1}'
+}
+verify() { # PID OUT
+    kill -USR1 "$1"
+    wait_line "$2" '^verify' 120
+    grep -q '^verify ok' "$2"
+}
+PORT=$((27300 + $$ % 1000))
+CHECK[migrate]=PASS
+for ((r = 0; r < ROUNDS; r++)); do
+    d=$WORK/mig-$r
+    mkdir -p "$d/src" "$d/dst"
+    root=$(start_migratee "$d")
+    "$CRYO" receive --port $PORT --address 127.0.0.1 -D "$d/dst" -W "$d" -o receive.log -v2 >"$d/rx.out" 2>&1 &
+    rx=$!
+    wait_line "$d/receive.log" 'listening' 10 || sleep 0.5
+    "$CRYO" migrate -t "$root" --to 127.0.0.1:$PORT -W "$d/src" -o migrate.log -v2 --json >"$d/mig.json" || { echo "migrate failed" >&2; cat "$d/rx.out" >&2; exit 1; }
+    wait "$rx"
+    j=$(tail -1 "$d/mig.json")
+    down=$(echo "$j" | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["downtime_ms"]*1000))')
+    nr=$(echo "$j" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["rounds"]))')
+    fin=$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["final_pages"])')
+    moved=$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["restored_pid"])')
+    add cryo_downtime "$down"
+    add cryo_rounds "$nr"
+    add cryo_final "$fin"
+    PIDS+=("$moved")
+    verify "$moved" "$d/out" || CHECK[migrate]=FAIL
+    kill -9 "$moved"
+    # Stop-and-copy of the same process, per tool: dump to a page server, then restore.
+    for t in "${TOOLS[@]}"; do
+        e=$d/sc-$t
+        mkdir -p "$e/img" "$e/pages"
+        : >"$e/out"
+        root=$(start_migratee "$e")
+        ps=$((PORT + 1))
+        "$(bin "$t")" page-server -D "$e/pages" --address 127.0.0.1 --port $ps -o ps.log -v2 &
+        psp=$!
+        wait_line "$e/pages/ps.log" '.' 5 || sleep 0.5
+        t0=$(now_us)
+        "$(bin "$t")" dump -t "$root" -D "$e/img" --page-server --address 127.0.0.1 --port $ps -o dump.log -v2 || { echo "$t stop-and-copy dump failed" >&2; tail "$e/img/dump.log" >&2; kill -9 $psp; continue; }
+        wait "$psp" || true
+        cp "$e/img"/*.img "$e/pages/"
+        if "$(bin "$t")" restore -D "$e/pages" -d -o restore.log -v2 --pidfile rpid; then
+            add "${t}_stopcopy" $(($(now_us) - t0))
+            kill -9 "$(cat "$e/pages/rpid")" 2>/dev/null || true
+        else
+            echo "$t: stop-and-copy restore failed: $(grep -i error "$e/pages/restore.log" | tail -2)" >&2
+        fi
+    done
+done
+
+echo
+printf '%-44s %-14s %s\n' "" cryo criu
+printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: full restore (first instr.)" "$(ms "$(med cryo_full)") ms" "${CRIU:+$(ms "$(med criu_full)") ms}"
+printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: lazy restore, first instr." "$(ms "$(med cryo_lazy_first)") ms" "${CRIU:+$(ms "$(med criu_lazy_first)") ms}"
+printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: lazy restore, all pages in" "$(ms "$(med cryo_lazy_all)") ms" "${CRIU:+$(ms "$(med criu_lazy_all)") ms}"
+printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: downtime (pre-copy)" "$(ms "$(med cryo_downtime)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
+printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: stop-and-copy downtime" "$(ms "$(med cryo_stopcopy)") ms" "${CRIU:+$( [ -n "$(med criu_stopcopy)" ] && echo "$(ms "$(med criu_stopcopy)") ms" || echo failed)}"
+echo "migrate rounds (median): $(med cryo_rounds), final pages (median): $(med cryo_final)"
+echo "checks: lazy checksum cryo ${CHECK[lazy_cryo]}${CRIU:+ criu ${CHECK[lazy_criu]:-}}; migrated process verified every page: ${CHECK[migrate]}"
+J="{\"lazy_mib\":$LAZY_MIB,\"mig_mib\":$MIG_MIB,\"rounds\":$ROUNDS"
+for k in cryo_full cryo_lazy_first cryo_lazy_all cryo_downtime cryo_stopcopy criu_full criu_lazy_first criu_lazy_all criu_stopcopy; do
+    m=$(med $k)
+    [ -z "$m" ] || J="$J,\"${k}_ms\":$(ms "$m")"
+done
+echo "$J}"
+status=0
+for c in "${CHECK[@]}"; do [ "$c" = PASS ] || status=1; done
+exit $status

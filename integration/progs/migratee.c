@@ -1,0 +1,96 @@
+/* A process whose memory changes while it is migrated, and which can prove afterwards that none
+ * of it was lost: argv[1] MiB of anonymous memory, filled page by page by "steps" (step s writes
+ * page s % pages with a pattern of s), so the content of every page follows from the number of
+ * steps done. The first `pages` steps fill it; a thread then goes on, one step every argv[3]
+ * microseconds. SIGUSR1 stops the thread after its current step and checks every page against
+ * the step count: "verify ok STEPS" or "verify bad PAGE STEPS" is appended to argv[2]. Every
+ * second the step count is appended too ("steps N"), so a test sees it going on. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <fcntl.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t want_check;
+static volatile int stop, stopped;
+static uint64_t *m;
+static uint64_t pages, steps;
+static unsigned delay_us;
+
+static void on_usr1(int s) { (void)s; want_check = 1; }
+
+static uint64_t word(uint64_t s, uint64_t i) {
+    uint64_t x = s * 0x9E3779B97F4A7C15ull + i * 0xBF58476D1CE4E5B9ull + 1;
+    x ^= x >> 31; x *= 0x94D049BB133111EBull; x ^= x >> 29;
+    return x;
+}
+
+static void step(uint64_t s) {
+    uint64_t *pg = m + (s % pages) * 512;
+    for (uint64_t i = 0; i < 512; i++) pg[i] = word(s, i);
+}
+
+static void *writer(void *arg) {
+    (void)arg;
+    while (!stop) {
+        uint64_t s = __atomic_load_n(&steps, __ATOMIC_SEQ_CST);
+        step(s);
+        __atomic_store_n(&steps, s + 1, __ATOMIC_SEQ_CST);
+        if (delay_us) usleep(delay_us);
+    }
+    __atomic_store_n(&stopped, 1, __ATOMIC_SEQ_CST);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) return 2;
+    uint64_t mib = strtoull(argv[1], 0, 10);
+    pages = mib << 8;
+    delay_us = strtoul(argv[3], 0, 10);
+    m = mmap(0, mib << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return 1;
+    for (uint64_t s = 0; s < pages; s++) step(s);
+    steps = pages;
+    sigset_t usr1, waitmask;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, &waitmask); /* the writer thread inherits the block */
+    sigdelset(&waitmask, SIGUSR1);
+    signal(SIGUSR1, on_usr1);
+    pthread_t t;
+    pthread_create(&t, 0, writer, 0);
+    int out = open(argv[2], O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dprintf(out, "ready\n");
+    for (;;) {
+        struct timespec one = {1, 0};
+        sigset_t none;
+        sigemptyset(&none);
+        /* A second of waiting in which SIGUSR1 may arrive. */
+        sigprocmask(SIG_SETMASK, &waitmask, 0);
+        nanosleep(&one, 0);
+        sigprocmask(SIG_BLOCK, &usr1, 0);
+        if (want_check) {
+            stop = 1;
+            while (!__atomic_load_n(&stopped, __ATOMIC_SEQ_CST)) usleep(1000);
+            uint64_t k = steps, last = k - 1, r = last % pages;
+            for (uint64_t p = 0; p < pages; p++) {
+                uint64_t s = p <= r ? last - (r - p) : last - (r + pages - p);
+                uint64_t *pg = m + p * 512;
+                for (uint64_t i = 0; i < 512; i++) {
+                    if (pg[i] != word(s, i)) {
+                        dprintf(out, "verify bad %llu %llu\n", (unsigned long long)p,
+                                (unsigned long long)k);
+                        for (;;) pause();
+                    }
+                }
+            }
+            dprintf(out, "verify ok %llu\n", (unsigned long long)k);
+            for (;;) pause();
+        }
+        dprintf(out, "steps %llu\n", (unsigned long long)__atomic_load_n(&steps, __ATOMIC_SEQ_CST));
+    }
+}

@@ -1,0 +1,314 @@
+//! `cryo migrate` / `cryo receive` (issue #11): a process that keeps writing its memory is
+//! migrated between two network namespaces standing for two hosts (the destination listens in
+//! B, the source connects from A over a veth). Pre-copy rounds while it runs, a short final
+//! freeze, the restore on the destination, the source killed only then; the process proves
+//! afterwards that every page it wrote arrived (`migratee`'s check). Faults: a destination
+//! that refuses (its restore fails) and one that stops in the middle leave the source running
+//! unharmed and nothing on the destination.
+//!
+//! On one machine the migrated tree runs in a PID namespace of its own: its PIDs are restored
+//! as they were, and the frozen source still holds them until the destination runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use integration::netns::{need, Net};
+use integration::*;
+
+/// `cryo ARGS` in network namespace `ns` (nsenter: only the network namespace changes).
+fn cryo_in(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", Net::path(ns)))
+        .arg(cryo_bin())
+        .args(args)
+        .stdin(Stdio::null());
+    c
+}
+
+/// `cryo receive` in B, listening on B's address; killed on drop.
+struct Receiver {
+    child: Option<Child>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Receiver {
+    fn start(net: &Net, port: u16, dest: &Path, wd: &Path, env: &[(&str, &str)]) -> Receiver {
+        std::fs::create_dir_all(wd).unwrap();
+        let mut c = cryo_in(
+            &net.b,
+            &[
+                "receive",
+                "--port",
+                &port.to_string(),
+                "--address",
+                &net.v4(2),
+                "-D",
+                dest.to_str().unwrap(),
+                "-W",
+                wd.to_str().unwrap(),
+                "-v4",
+                "-o",
+                "receive.log",
+            ],
+        );
+        c.envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = c.spawn().expect("cryo receive");
+        wait_for("cryo receive to listen", 20, || {
+            log(wd, "receive.log").contains("receive: listening")
+        });
+        Receiver { child: Some(child) }
+    }
+
+    fn wait(mut self) -> Output {
+        self.child.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+/// `migratee MIB OUT DELAY_US` in A; with `pidns`, as the init of a PID namespace of its own
+/// (`unshare --pid --fork`, then `setsid`: the tree's root leads its session). Returns the
+/// launcher (our child) and the tree's root.
+fn start_migratee(
+    net: &Net,
+    dir: &Path,
+    mib: u32,
+    delay_us: u32,
+    pidns: bool,
+) -> (i32, i32, PathBuf) {
+    let out = dir.join("migratee.out");
+    let exe = prog("migratee");
+    let m = mib.to_string();
+    let d = delay_us.to_string();
+    let mut argv = vec![];
+    if pidns {
+        argv.extend(["unshare", "--pid", "--fork", "setsid"]);
+    }
+    argv.extend([exe.to_str().unwrap(), &m, out.to_str().unwrap(), &d]);
+    let launcher = Net::spawn_in(&net.a, &argv, &dir.join("migratee.log"));
+    wait_ready(&out);
+    let root = if pidns {
+        std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .expect("unshare has a child")
+            .parse()
+            .unwrap()
+    } else {
+        launcher
+    };
+    (launcher, root, out)
+}
+
+/// The last "steps N" the process wrote.
+fn steps(out: &Path) -> u64 {
+    lines(out)
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("steps ")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Asks the process to stop writing and check every page; panics unless all are right.
+fn verify(pid: i32, out: &Path) {
+    signal(pid, libc::SIGUSR1);
+    wait_for("the page check", 60, || {
+        lines(out).iter().any(|l| l.starts_with("verify"))
+    });
+    let v = lines(out)
+        .into_iter()
+        .find(|l| l.starts_with("verify"))
+        .unwrap();
+    assert!(v.starts_with("verify ok"), "{v}");
+}
+
+fn port() -> u16 {
+    20000 + u16::try_from(std::process::id() % 20000).unwrap()
+}
+
+/// The whole migration: rounds that shrink, a final freeze, the process running in B with
+/// every page it wrote (before, between and during the rounds), the source gone.
+#[test]
+fn a_writing_process_moves_to_another_namespace_with_all_its_pages() {
+    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+        return;
+    }
+    let dir = scratch("migrate");
+    let net = Net::new("mig", 131);
+    let (launcher, root, out) = start_migratee(&net, &dir, 64, 300, true);
+    let _g = KillOnDrop(launcher);
+    let dest = dir.join("dest");
+    let wd = dir.join("work");
+    let rx = Receiver::start(&net, port(), &dest, &wd, &[]);
+    wait_for("the writer to go on", 20, || steps(&out) > 0);
+    let before = steps(&out);
+    let o = cryo_in(
+        &net.a,
+        &[
+            "migrate",
+            "-t",
+            &root.to_string(),
+            "--to",
+            &format!("{}:{}", net.v4(2), port()),
+            "-W",
+            wd.to_str().unwrap(),
+            "-v4",
+            "-o",
+            "migrate.log",
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
+    let got = rx.wait();
+    assert!(
+        o.status.success(),
+        "migrate: {}\n{}\nreceive: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        log(&wd, "migrate.log"),
+        String::from_utf8_lossy(&got.stderr),
+        log(&wd, "receive.log")
+    );
+    assert!(got.status.success(), "{}", log(&wd, "receive.log"));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rounds = r["rounds"].as_array().unwrap();
+    assert!(!rounds.is_empty(), "{r}");
+    assert!(
+        rounds[0]["pages"].as_u64().unwrap() >= 64 * 256,
+        "round 1 sends every page: {r}"
+    );
+    let last = rounds.last().unwrap()["pages"].as_u64().unwrap();
+    assert!(
+        r["final_pages"].as_u64().unwrap() < rounds[0]["pages"].as_u64().unwrap()
+            && last < 64 * 256,
+        "the final freeze sends only what was written since: {r}"
+    );
+    assert!(r["downtime_ms"].as_f64().unwrap() > 0.0, "{r}");
+    let moved = i32::try_from(r["restored_pid"].as_i64().unwrap()).unwrap();
+    let _g2 = KillOnDrop(moved);
+    wait_gone(root);
+    assert!(alive(moved));
+    // It runs in B now, and writes on from where it was.
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/net")).unwrap();
+    let b = Net::spawn_in(&net.b, &["sleep", "30"], &dir.join("sleep.log"));
+    let _g3 = KillOnDrop(b);
+    assert_eq!(ns(moved), ns(b), "the process is in B's network namespace");
+    let at = steps(&out);
+    assert!(at >= before);
+    wait_for("the writer to go on after the move", 20, || {
+        steps(&out) > at
+    });
+    verify(moved, &out);
+    assert!(dest.join("final").exists(), "-D DIR keeps the images");
+}
+
+/// The destination refuses at the very end: its restore fails (here the tree shares the
+/// host's PID namespace, so its PIDs still belong to the frozen source). The source, frozen
+/// for the final step, runs on with every page; nothing is left on the destination.
+#[test]
+fn a_destination_that_cannot_restore_leaves_the_source_running() {
+    if !need(&["ip", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("migrate-refused");
+    let net = Net::new("migr", 132);
+    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, false);
+    let _g = KillOnDrop(launcher);
+    let dest = dir.join("dest");
+    let wd = dir.join("work");
+    let rx = Receiver::start(&net, port(), &dest, &wd, &[]);
+    let o = cryo_in(
+        &net.a,
+        &[
+            "migrate",
+            "-t",
+            &root.to_string(),
+            "--to",
+            &format!("{}:{}", net.v4(2), port()),
+            "-W",
+            wd.to_str().unwrap(),
+            "-v4",
+            "-o",
+            "migrate.log",
+        ],
+    )
+    .output()
+    .unwrap();
+    let got = rx.wait();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("in use"), "the destination's reason: {err}");
+    assert!(!got.status.success());
+    assert!(alive(root), "the source runs on");
+    let at = steps(&out);
+    wait_for("the source to go on writing", 20, || steps(&out) > at);
+    verify(root, &out);
+    assert!(!dest.exists(), "nothing left on the destination");
+}
+
+/// The destination stops in the middle (SIGTERM while it holds round 2): the source hears
+/// why, runs on unharmed (its write tracking removed), and the destination removes what it
+/// had received.
+#[test]
+fn a_destination_stopped_mid_stream_leaves_the_source_running_and_nothing_behind() {
+    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+        return;
+    }
+    let dir = scratch("migrate-stopped");
+    let net = Net::new("migs", 133);
+    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, true);
+    let _g = KillOnDrop(launcher);
+    let dest = dir.join("dest");
+    let wd = dir.join("work");
+    let mut rx = Receiver::start(
+        &net,
+        port(),
+        &dest,
+        &wd,
+        &[("CRYO_FAULT_PAUSE", "receive-r2:5")],
+    );
+    let mig = cryo_in(
+        &net.a,
+        &[
+            "migrate",
+            "-t",
+            &root.to_string(),
+            "--to",
+            &format!("{}:{}", net.v4(2), port()),
+            "-W",
+            wd.to_str().unwrap(),
+            "-v4",
+            "-o",
+            "migrate.log",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for("the destination to hold round 2", 30, || {
+        log(&wd, "receive.log").contains("pausing at a fault point")
+    });
+    assert!(dest.join("r1").exists(), "round 1 arrived");
+    let rx_pid = i32::try_from(rx.child.as_ref().unwrap().id()).unwrap();
+    // nsenter execs cryo in place: this is cryo receive itself.
+    signal(rx_pid, libc::SIGTERM);
+    let o = mig.wait_with_output().unwrap();
+    let got = rx.child.take().unwrap().wait_with_output().unwrap();
+    assert!(!o.status.success(), "{}", log(&wd, "migrate.log"));
+    assert!(!got.status.success());
+    assert!(alive(root), "the source runs on");
+    let at = steps(&out);
+    wait_for("the source to go on writing", 20, || steps(&out) > at);
+    verify(root, &out);
+    assert!(!dest.exists(), "nothing left on the destination");
+}
