@@ -274,6 +274,11 @@ impl NetLock {
         !self.locked.is_empty()
     }
 
+    /// Whether this run locked some network namespace as a whole.
+    pub fn holds_a_whole_namespace(&self) -> bool {
+        self.locked.iter().any(|l| l.whole)
+    }
+
     /// Whether the network namespace with inode `ino` is locked as a whole by this run.
     pub fn holds_whole(&self, ino: u64) -> bool {
         self.locked.iter().any(|l| l.ino == ino && l.whole)

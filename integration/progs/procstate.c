@@ -15,6 +15,8 @@
  *   seccomp  a thread without filters, threads sharing a filter; after the restore a filter
  *            is added to every thread at once (SECCOMP_FILTER_FLAG_TSYNC), which needs the
  *            threads' filters to be the caller's own (shared, not copies)
+ *   thrfilter a process of uid 1000 whose only filter is a thread's own, refusing prctl
+ *            (the leader has none: restore must still suspend filters for its syscalls)
  *   files    an fd table shared (CLONE_FILES) by a process, its child and its grandchild
  *   sigtrap  a blocked SIGTRAP pending (the dump must be refused, the signal left alone)
  *   timens   a time namespace made for children not forked yet (the dump must be refused)
@@ -342,6 +344,36 @@ static void seccomp_case(void)
     check("the filtered thread has both", res[1][0] == EPERM && res[1][1] == EACCES);
 }
 
+static volatile long thr_res[2];
+static void *prctl_filtered_thread(void *arg)
+{
+    (void)arg;
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    if (add_filter(SYS_prctl, EPERM, 0))
+        exit(1);
+    pthread_barrier_wait(&bar); /* filtered */
+    pthread_barrier_wait(&bar); /* restored */
+    errno = 0;
+    thr_res[0] = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) < 0 ? errno : 0;
+    thr_res[1] = getuid();
+    return NULL;
+}
+
+static void thread_filter_case(void)
+{
+    pthread_t t;
+    if (setresgid(1000, 1000, 1000) || setresuid(1000, 1000, 1000))
+        exit(1);
+    pthread_barrier_init(&bar, NULL, 2);
+    pthread_create(&t, NULL, prctl_filtered_thread, NULL);
+    pthread_barrier_wait(&bar);
+    ready();
+    pthread_barrier_wait(&bar);
+    pthread_join(t, NULL);
+    check("the thread's own filter still refuses prctl", thr_res[0] == EPERM);
+    check("the thread has its uid", thr_res[1] == 1000);
+}
+
 static int share_pipe[2];
 static int grandchild(void *arg)
 {
@@ -598,6 +630,8 @@ int main(int argc, char **argv)
         signal32();
     else if (!strcmp(c, "seccomp"))
         seccomp_case();
+    else if (!strcmp(c, "thrfilter"))
+        thread_filter_case();
     else if (!strcmp(c, "files"))
         files();
     else if (!strcmp(c, "sigtrap"))

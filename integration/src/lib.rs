@@ -375,7 +375,10 @@ pub fn tree_pids(img: &Path) -> Vec<i32> {
 
 /// Waits until every process of a dump is gone (their PIDs must be free to restore).
 pub fn wait_tree_gone(img: &Path) {
-    for p in tree_pids(img) {
+    // Children first: the init of a PID namespace nested in the tree finishes exiting only
+    // once every task of its namespace is reaped, also one whose parent was outside it (then
+    // re-parented to this process).
+    for p in tree_pids(img).into_iter().rev() {
         wait_gone(p);
     }
 }

@@ -1306,7 +1306,7 @@ fn closed_connections_and_shut_down_datagram_sockets_come_back() {
 /// after the restore and finds what it had set.
 #[test]
 fn socket_options_and_states_come_back() {
-    if !need(&["ip", "nsenter"]) {
+    if !need(&["ip", "nft", "nsenter"]) {
         return;
     }
     let dir = scratch("inetopts");
@@ -1326,7 +1326,26 @@ fn socket_options_and_states_come_back() {
     let key = format!("net[{}]:srvnet", net.a_ino());
     dump(pid, &img, &["--external", &key]);
     wait_gone(pid);
+    // The namespace was locked whole: the lock stays until the restore, connections or not
+    // (as CRIU's; zdtm netns_lock_nftables), and the restore lifts it.
+    let tables = || {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &net.a, "nft", "list", "tables"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    assert!(
+        tables().contains("CRIU-"),
+        "no lock in the namespace between dump and restore: {}",
+        tables()
+    );
     restore_with(&img, &["--join-ns", &format!("net:{}", Net::path(&net.a))]);
+    assert!(
+        !tables().contains("CRIU-"),
+        "the lock is left after the restore: {}",
+        tables()
+    );
     signal(pid, libc::SIGUSR1);
     wait_for("the program's checks", 30, || {
         lines(&out).iter().any(|l| l == "done")
@@ -1519,4 +1538,43 @@ fn connections_of_a_child_in_another_namespace_are_locked_in_it() {
     );
     wait_progress(&cout, 2 << 20);
     finish_clients(cli, &cout);
+}
+
+/// A namespace locked whole with `--network-lock iptables` stays locked between dump and
+/// restore (no connections needed), and a restore given no method lifts it with the dump's
+/// method (inventory.img), as CRIU: before, it tried nftables and left the iptables chain,
+/// so the restored server was unreachable (zdtm netns_lock_iptables).
+#[test]
+fn a_kept_iptables_lock_is_lifted_by_a_restore_with_the_default_method() {
+    if !need(&["ip", "iptables", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("iptlock");
+    let net = Net::new("tl", 106);
+    let log = dir.join("sleep.log");
+    let pid = Net::spawn_in(&net.a, &["sleep", "1000"], &log);
+    let _g = KillOnDrop(pid);
+    let img = dir.join("img");
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    dump(pid, &img, &["--external", &key, "--network-lock", "iptables"]);
+    wait_gone(pid);
+    let chains = || {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &net.a, "iptables", "-w", "-n", "-L"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    assert!(
+        chains().contains("CRIU-"),
+        "no iptables lock between dump and restore:\n{}",
+        chains()
+    );
+    restore_with(&img, &["--join-ns", &format!("net:{}", Net::path(&net.a))]);
+    assert!(alive(pid));
+    assert!(
+        !chains().contains("CRIU-"),
+        "the iptables lock is left after the restore:\n{}",
+        chains()
+    );
 }

@@ -267,6 +267,8 @@ fn a_destination_stopped_mid_stream_leaves_the_source_running_and_nothing_behind
     let net = Net::new("migs", 133);
     let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, true);
     let _g = KillOnDrop(launcher);
+    // The tree's root is unshare's child: killing the launcher leaves it running.
+    let _r = KillOnDrop(root);
     let dest = dir.join("dest");
     let wd = dir.join("work");
     let mut rx = Receiver::start(

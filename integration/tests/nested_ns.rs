@@ -429,3 +429,335 @@ fn child_left_in_the_roots_mount_namespace_stays_there() {
     restore(&img);
     check();
 }
+
+/// A multi-threaded process that made a PID namespace for its children (a thread started,
+/// then unshare(CLONE_NEWPID) and a fork: the child is PID 1 there): after a restore it has
+/// its threads again, its next children still go into its child's namespace, and both go on.
+#[test]
+fn threaded_process_that_made_a_pid_namespace_keeps_its_threads() {
+    if !require_tools(&[("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-threads");
+    let prog = dir.join("prog.py");
+    std::fs::write(
+        &prog,
+        r#"import ctypes, os, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+threading.Thread(target=lambda: time.sleep(100000), daemon=True).start()
+if libc.unshare(0x20000000) != 0:
+    sys.exit(f"unshare: {ctypes.get_errno()}")
+who = "parent"
+if os.fork() == 0:
+    who = "child"
+n = 0
+while True:
+    print(f"{n} {who} pid={os.getpid()}", flush=True)
+    n += 1
+    time.sleep(0.1)
+"#,
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let pid = spawn(&["python3", prog.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("the child", 20, || {
+        lines(&out).iter().any(|l| l.contains("child pid=1"))
+    });
+    let child = children(pid)[0];
+    let _c = KillOnDrop(child);
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .count()
+    };
+    let check = || {
+        assert_eq!(threads(), 2, "the parent has its two threads");
+        assert_eq!(ns(pid, "pid_for_children"), ns(child, "pid"));
+        assert_ne!(ns(pid, "pid"), ns(child, "pid"));
+        assert!(nspid(child).ends_with("\t1"), "{}", nspid(child));
+    };
+    check();
+    let last = |who: &str| {
+        lines(&out)
+            .iter()
+            .rev()
+            .find(|l| l.contains(who))
+            .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_tree_gone(&img);
+    let (p0, c0) = (last(" parent "), last(" child "));
+    restore(&img);
+    check();
+    wait_for("both to go on", 20, || {
+        last(" parent ") > p0 + 2 && last(" child ") > c0 + 2
+    });
+}
+
+/// A POSIX timer that signals a thread by id (`SIGEV_THREAD_ID`), made by the init of a PID
+/// namespace its parent made (its id 1 there): the id is read in the timer's owner's PID
+/// namespace, so it is saved as the owner sees it. After a restore the timer still ticks to
+/// that thread.
+#[test]
+fn timer_of_a_nested_init_signals_its_own_thread() {
+    if !require_tools(&[("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-pids");
+    let prog = dir.join("prog.py");
+    std::fs::write(
+        &prog,
+        r#"import ctypes, os, signal, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x20000000) != 0:
+    sys.exit(f"unshare: {ctypes.get_errno()}")
+child = os.fork()
+n = 0
+if child == 0:
+    ticks = 0
+    def tick(*_):
+        global ticks
+        ticks += 1
+    signal.signal(signal.SIGUSR1, tick)
+    class SigEvent(ctypes.Structure):
+        _fields_ = [("value", ctypes.c_void_p), ("signo", ctypes.c_int),
+                    ("notify", ctypes.c_int), ("tid", ctypes.c_int), ("pad", ctypes.c_byte * 44)]
+    SIGEV_THREAD_ID = 4
+    sev = SigEvent(None, signal.SIGUSR1, SIGEV_THREAD_ID, threading.get_native_id())
+    timer = ctypes.c_void_p()
+    if libc.timer_create(1, ctypes.byref(sev), ctypes.byref(timer)) != 0:
+        sys.exit(f"timer_create: {ctypes.get_errno()}")
+    spec = (ctypes.c_long * 4)(0, 200_000_000, 0, 200_000_000)
+    if libc.timer_settime(timer, 0, spec, None) != 0:
+        sys.exit(f"timer_settime: {ctypes.get_errno()}")
+    while True:
+        print(f"{n} child pid={os.getpid()} ticks={ticks}", flush=True)
+        n += 1
+        time.sleep(0.1)
+while True:
+    print(f"{n} parent child={child}", flush=True)
+    n += 1
+    time.sleep(0.1)
+"#,
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let pid = spawn(&["python3", prog.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    let field = |who: &str, k: &str| -> String {
+        lines(&out)
+            .iter()
+            .rev()
+            .find(|l| l.contains(who))
+            .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix(k)))
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for("both processes", 20, || {
+        !field(" parent ", "child=").is_empty()
+            && field(" child ", "ticks=").parse().unwrap_or(0) > 1
+    });
+    let child = children(pid)[0];
+    let _c = KillOnDrop(child);
+    assert_eq!(field(" child ", "pid="), "1");
+    let timer_thread = || {
+        std::fs::read_to_string(format!("/proc/{child}/timers"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("notify:"))
+            .and_then(|v| v.split_once('.'))
+            .map(|(_, tid)| tid.trim().to_string())
+            .unwrap_or_default()
+    };
+    let check = || {
+        assert_eq!(
+            timer_thread(),
+            child.to_string(),
+            "the timer signals the child"
+        );
+    };
+    check();
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_tree_gone(&img);
+    let n = lines(&out).len();
+    let ticks: u64 = field(" child ", "ticks=").parse().unwrap();
+    restore(&img);
+    check();
+    wait_for("both to go on", 20, || {
+        lines(&out).len() > n + 6
+            && field(" child ", "ticks=").parse::<u64>().unwrap_or(0) > ticks + 2
+    });
+}
+
+/// Hostile images of a tree with nested namespaces are refused by name before any process
+/// is made: a process of a nested PID namespace whose first thread is another id, and a
+/// proc mount of a nested mount namespace showing the PID namespace of no process of the
+/// tree.
+#[test]
+fn hostile_nested_namespace_images_are_refused_before_anything_starts() {
+    use cryo::image::{pb, ImageDir, MNTS, PSTREE};
+    let dir = scratch("nested-ns-hostile");
+    let Some(sb) = start_sandbox(&dir) else {
+        return;
+    };
+    let img = dir.join("img");
+    dump(sb.tree[0], &img, &[]);
+    wait_tree_gone(&img);
+    let edited = |name: &str, edit: &dyn Fn(&ImageDir)| -> String {
+        let copy = dir.join(name);
+        let _ = std::fs::remove_dir_all(&copy);
+        let o = std::process::Command::new("cp")
+            .args(["-a", img.to_str().unwrap(), copy.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        edit(&ImageDir::open(&copy).unwrap());
+        std::fs::remove_file(copy.join("cryo-manifest.json")).unwrap();
+        let o = cryo(&["restore", "-D", copy.to_str().unwrap(), "-d"]);
+        assert!(!o.status.success(), "{name}: the restore must fail");
+        for &p in &sb.tree {
+            assert!(!alive(p), "{name}: process {p} was made");
+        }
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let e = edited("first-thread", &|d| {
+        let mut ps: Vec<pb::PstreeEntry> = d.read("pstree.img", PSTREE).unwrap();
+        let init = ps.iter_mut().find(|p| p.cryo_ns_depth == Some(1)).unwrap();
+        init.threads[0] = init.pid + 1;
+        d.write("pstree.img", PSTREE, &ps).unwrap();
+    });
+    assert!(e.contains("first thread is not the process itself"), "{e}");
+    let e = edited("proc-pid", &|d| {
+        let mut found = false;
+        for f in std::fs::read_dir(&d.path).unwrap() {
+            let name = f.unwrap().file_name().to_string_lossy().to_string();
+            if !name.starts_with("mountpoints-") {
+                continue;
+            }
+            let mut m: Vec<pb::MntEntry> = d.read(&name, MNTS).unwrap();
+            for e in m.iter_mut().filter(|e| e.cryo_proc_pid.is_some()) {
+                e.cryo_proc_pid = Some(999_999);
+                found = true;
+            }
+            d.write(&name, MNTS, &m).unwrap();
+        }
+        assert!(found, "the nested namespace has a proc mount");
+    });
+    assert!(e.contains("not a live process of the tree"), "{e}");
+}
+
+/// A process that made a PID namespace and forked twice into it: its first child is PID 1
+/// there, the second PID 2. Both come back with their PIDs at both levels, and the parent
+/// still forks into that namespace.
+#[test]
+fn second_child_forked_into_a_made_pid_namespace_keeps_its_pids() {
+    if !require_tools(&[("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-second");
+    let prog = dir.join("prog.py");
+    std::fs::write(
+        &prog,
+        r#"import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x20000000) != 0:
+    sys.exit(f"unshare: {ctypes.get_errno()}")
+who = "parent"
+for name in ("first", "second"):
+    if os.fork() == 0:
+        who = name
+        break
+    time.sleep(0.2)
+n = 0
+while True:
+    print(f"{n} {who} pid={os.getpid()}", flush=True)
+    n += 1
+    time.sleep(0.1)
+"#,
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let pid = spawn(&["python3", prog.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("both children", 20, || {
+        let l = lines(&out);
+        l.iter().any(|l| l.contains("first pid=1")) && l.iter().any(|l| l.contains("second pid=2"))
+    });
+    let kids = children(pid);
+    assert_eq!(kids.len(), 2);
+    let _k: Vec<KillOnDrop> = kids.iter().map(|&p| KillOnDrop(p)).collect();
+    let check = || {
+        assert_eq!(ns(kids[0], "pid"), ns(kids[1], "pid"));
+        assert_eq!(ns(pid, "pid_for_children"), ns(kids[0], "pid"));
+        assert!(nspid(kids[0]).ends_with("\t1"), "{}", nspid(kids[0]));
+        assert!(nspid(kids[1]).ends_with("\t2"), "{}", nspid(kids[1]));
+    };
+    check();
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_tree_gone(&img);
+    let n = lines(&out).len();
+    restore(&img);
+    check();
+    wait_for("all three to go on", 20, || {
+        let l = lines(&out);
+        l.len() > n + 9
+            && ["parent", "first pid=1", "second pid=2"]
+                .iter()
+                .all(|w| l[n..].iter().any(|x| x.contains(w)))
+    });
+}
+
+/// The peer group (`shared:N`) of what is mounted at `at` in `pid`'s mount namespace.
+fn peer_group(pid: i32, at: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(at))?
+        .split(" - ")
+        .next()?
+        .split(' ')
+        .skip(6)
+        .find(|f| f.starts_with("shared:"))
+        .map(str::to_string)
+}
+
+/// A peer group whose mounts are made at two moments of the restore: a shared tmpfs of the
+/// nested mount namespace, and its bind below the namespace's /proc (made only once the
+/// init of the PID namespace it shows exists). After a restore they are still one group.
+#[test]
+fn peer_group_with_a_mount_below_the_nested_proc_stays_one() {
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-peers");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mnt_s = mnt.to_str().unwrap().to_string();
+    let out = dir.join("out");
+    let script = format!(
+        "unshare --mount --propagation private --pid --fork --mount-proc sh -c 'mount -t tmpfs peers {mnt_s} && mount --make-shared {mnt_s} && mount --bind {mnt_s} /proc/sys && echo ready && exec sleep 1000' & wait"
+    );
+    let root = spawn(&["/bin/sh", "-c", &script], &out);
+    let _g = KillOnDrop(root);
+    wait_for("the bind below /proc", 20, || {
+        lines(&out).iter().any(|l| l == "ready")
+    });
+    let unshare = children(root)[0];
+    let init = children(unshare)[0];
+    let _k = [KillOnDrop(unshare), KillOnDrop(init)];
+    let check = || {
+        let (a, b) = (peer_group(init, &mnt_s), peer_group(init, "/proc/sys"));
+        assert!(a.is_some() && a == b, "one peer group: {a:?} {b:?}");
+    };
+    check();
+    let img = dir.join("img");
+    dump(root, &img, &[]);
+    wait_tree_gone(&img);
+    restore(&img);
+    check();
+}

@@ -95,6 +95,15 @@ fn seccomp_filters_stay_shared_between_threads() {
     assert_eq!(cycle("seccomp").0.len(), 3);
 }
 
+/// A process of uid 1000 whose leader has no seccomp filter and whose thread has one of its
+/// own refusing prctl: the restore's syscalls in that thread (its credentials) run past the
+/// filter, which is there again afterwards (zdtm's seccomp_filter_threads in a user
+/// namespace).
+#[test]
+fn seccomp_filter_of_a_thread_only() {
+    assert_eq!(cycle("thrfilter").0.len(), 2);
+}
+
 /// A process, its child and its grandchild share one fd table (CLONE_FILES): an fd the root
 /// opens after the restore is in the grandchild's table too.
 #[test]

@@ -285,20 +285,44 @@ impl Seized {
             }
         }
     }
-    fn kill(&mut self) {
-        self.done = true;
+    fn sigkill(&self) {
         if let Some(leader) = self.tracees.first() {
             let _ = crate::sys::proc::kill(leader.tid, libc::SIGKILL);
         }
+    }
+    /// Kills the task and takes its threads' exit notifications. `bounded`: the init of a
+    /// PID namespace nested in the tree, whose exit waits until every task of its namespace
+    /// is reaped, also those whose parent is outside it (children its parent forked into
+    /// the namespace after it), which only their new parent (a subreaper, PID 1) reaps:
+    /// after a while its exit is left to finish without cryo.
+    fn kill(&mut self, bounded: bool) {
+        self.done = true;
+        self.sigkill();
         // Reap our tracee notifications; the real parent gets the exit status. The leader
         // reports last: its exit waits until every other thread has been reaped.
         for t in self.tracees.iter().rev() {
             let _ = t.detach(0);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
             loop {
-                match t.wait() {
-                    Ok(Stop::Exited(_)) | Ok(Stop::Killed(_)) | Err(_) => break,
-                    Ok(Stop::Stopped { .. }) => {
+                let got = if bounded {
+                    crate::sys::ptrace::try_wait(t.tid)
+                } else {
+                    t.wait().map(Some)
+                };
+                match got {
+                    Ok(Some(Stop::Exited(_) | Stop::Killed(_))) | Err(_) => break,
+                    Ok(Some(Stop::Stopped { .. })) => {
                         let _ = t.cont(0);
+                    }
+                    Ok(None) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Ok(None) => {
+                        tracing::warn!(
+                            tid = t.tid,
+                            "the init of a nested PID namespace is still exiting: left to finish"
+                        );
+                        break;
                     }
                 }
             }
@@ -848,10 +872,13 @@ fn check_pid_ns(
 
 /// PID namespaces nested in the tree's: each was made by a task of the tree for its child,
 /// which is the namespace's init (PID 1 there, one level below its parent), and holds that
-/// init's descendants. A task that entered a namespace with `setns` (its parent is not in
-/// it and it is not its init), or made one for children it has not forked yet, is refused.
+/// init's descendants and the parent's later children (forked into it too). A task that
+/// entered a namespace with `setns` (its parent is not in it and it is not its init nor a
+/// later child of the init's parent), or made one for children it has not forked yet, is
+/// refused.
 fn check_nested_pid_ns(tree: &[(i32, i32)]) -> Result<(), DumpError> {
     let ns = |pid: i32| ns_ino(pid, "pid");
+    let local = |pid: i32| ns_status_ids(pid, "NSpid:").and_then(|v| v.last().copied());
     let mut made: Vec<u64> = Vec::new();
     for &(pid, ppid) in &tree[1..] {
         // A zombie has no namespaces left (nothing to restore in them).
@@ -865,16 +892,32 @@ fn check_nested_pid_ns(tree: &[(i32, i32)]) -> Result<(), DumpError> {
             ns_status_ids(pid, "NSpid:").unwrap_or_default(),
             ns_status_ids(ppid, "NSpid:").unwrap_or_default(),
         );
-        if ids.len() != pids.len() + 1 || ids.last() != Some(&1) || made.contains(&n) {
-            return Err(Unsupported::of(
+        let refuse = |why: &str| -> DumpError {
+            Unsupported::of(
                 pid,
                 "pid namespace",
-                "the process runs in a PID namespace other than its parent's without being the init its parent made it as (it entered it with setns)",
-                "only PID namespaces made by a process of the tree for its child (unshare or clone with CLONE_NEWPID), whose init is that child, are restored",
+                why,
+                "only PID namespaces made by a process of the tree for its children (unshare or clone with CLONE_NEWPID), whose init is its child, are restored",
             )
-            .into());
+            .into()
+        };
+        if ids.len() != pids.len() + 1 {
+            return Err(refuse("the process runs in a PID namespace other than its parent's that is not one level below it (it entered it with setns)"));
         }
-        made.push(n);
+        if ids.last() == Some(&1) {
+            if made.contains(&n) {
+                return Err(refuse("the process is PID 1 of a PID namespace another process of the tree is the init of"));
+            }
+            made.push(n);
+            continue;
+        }
+        // A later child of the namespace's maker: its init is a sibling, still alive.
+        let init_is_sibling = tree
+            .iter()
+            .any(|&(c, pp)| pp == ppid && ns(c) == Some(n) && local(c) == Some(1));
+        if !init_is_sibling {
+            return Err(refuse("the process runs in a PID namespace one level below its parent's whose init is not a child of its parent (it entered it with setns)"));
+        }
     }
     for &(pid, _) in tree {
         let (own, kids) = (ns(pid), ns_ino(pid, "pid_for_children"));
@@ -1057,6 +1100,26 @@ fn record_nested_pids(imgs: &mut [TaskImages], level: usize) -> Result<(), DumpE
         }
         let depth = depth.unwrap_or(0);
         if depth > 0 {
+            // A POSIX timer's thread as the process names it in its own PID namespace, where
+            // timer_create reads it at restore.
+            let local: std::collections::HashMap<u32, u32> = img
+                .pstree
+                .threads
+                .iter()
+                .copied()
+                .zip(tids.chunks(depth).map(|c| c[depth - 1]))
+                .collect();
+            let timers = img
+                .core
+                .tc
+                .as_mut()
+                .and_then(|t| t.timers.as_mut())
+                .map(|t| t.posix.iter_mut());
+            for t in timers.into_iter().flatten() {
+                if let Some(tid) = t.notify_thread_id.as_mut() {
+                    *tid = c_int(local.get(&c_uint(*tid)).copied().unwrap_or(0));
+                }
+            }
             img.pstree.cryo_ns_depth = Some(len32(depth));
             img.pstree.cryo_ns_tids = tids;
         }
@@ -1100,6 +1163,7 @@ fn virtualize(
             own(img.pstree.pgid, "NSpgid:"),
             own(img.pstree.sid, "NSsid:"),
         );
+        let d = img.ns_depth();
         img.pid = v(img.pid);
         let ps = &mut img.pstree;
         ps.pid = v(ps.pid);
@@ -1115,6 +1179,8 @@ fn virtualize(
             .as_mut()
             .and_then(|t| t.timers.as_mut())
             .map(|t| t.posix.iter_mut());
+        // A nested task's are its own namespace's already (`record_nested_pids`).
+        let timers = timers.filter(|_| d == 0);
         for t in timers.into_iter().flatten() {
             if let Some(tid) = t.notify_thread_id.as_mut() {
                 *tid = c_int(v(c_uint(*tid)));
@@ -1789,22 +1855,45 @@ pub fn run(
     if let (Some(f), true) = (&freezer, opts.leave_running) {
         f.put_back();
     }
-    // Children first: a PID namespace's init, once killed, waits for every other task of
-    // the namespace to be reaped, and cryo still traces them.
-    for (_, _, seized) in frozen.iter_mut().rev() {
+    // Every task is killed before any is waited for (a nested PID namespace's init may wait
+    // for a task whose parent is outside its namespace: that parent must die to let it be
+    // reaped). Then children first: a PID namespace's init, once killed, waits for every
+    // other task of the namespace to be reaped, and cryo still traces them.
+    let root_level = frozen
+        .first()
+        .and_then(|(_, _, s)| s.tracees.first())
+        .and_then(|t| ns_status_ids(t.tid, "NSpid:"))
+        .map_or(0, |v| v.len());
+    let nested_init: Vec<bool> = frozen
+        .iter()
+        .map(|(_, _, s)| {
+            s.tracees.first().is_some_and(|t| {
+                ns_status_ids(t.tid, "NSpid:")
+                    .is_some_and(|v| v.len() > root_level && v.last() == Some(&1))
+            })
+        })
+        .collect();
+    if !opts.leave_running {
+        for (_, _, seized) in frozen.iter() {
+            seized.sigkill();
+        }
+    }
+    for ((_, _, seized), &init) in frozen.iter_mut().zip(&nested_init).rev() {
         if opts.leave_running {
             seized.release();
         } else {
-            seized.kill();
+            seized.kill(init);
         }
     }
     // Killed: its connections vanish silently. A lock that protects TCP connections saved
     // with `--tcp-established` stays until the restore lifts it, as CRIU's (in cryo's
     // namespace, or an external one; a namespace saved with the tree dies with it, lock
     // and all: lifted before, it would let a peer's retransmission meet no socket and be
-    // answered with a reset). Any other lock goes now: never left behind.
+    // answered with a reset). So does the lock of a whole namespace, connections or not,
+    // as CRIU's: the restore that joins that namespace again lifts it (zdtm
+    // netns_lock_nftables/iptables). Any other lock goes now: never left behind.
     files.inet.keep();
-    if files.inet.has_connections() {
+    if files.inet.has_connections() || files.netlock.holds_a_whole_namespace() {
         files.netlock.keep();
     } else {
         files.netlock.unlock_now()?;

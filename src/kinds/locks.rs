@@ -16,7 +16,8 @@
 //! **Restore** (`restore`, after a task's fds are rebuilt, before its children exist):
 //! each entry of that task is taken again from inside the puppet with an injected
 //! `flock(fd, LOCK_SH|LOCK_EX | LOCK_NB)`, `fcntl(fd, F_SETLK / F_OFD_SETLK, &flock)` or
-//! `fcntl(fd, F_SETLEASE, type)`;
+//! `fcntl(fd, F_SETLEASE, type)` (a lease the puppet may not take, in a user namespace of
+//! its own, is taken by cryo through its copy of the fd: it belongs to the open file);
 //! never blocking: a lock someone else took meanwhile fails the restore, naming it.
 
 use super::error::{task_error_from, TaskError, Unsupported};
@@ -351,16 +352,45 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), LocksErro
             if e.r#type != F_RDLCK && e.r#type != F_WRLCK {
                 return Err(bad("a lease being broken (not supported)").into());
             }
-            held(
-                cx.named("fcntl(F_SETLEASE) (lease)")
-                    .fcntl(fd, F_SETLEASE, u64::from(e.r#type))
-                    .map(drop),
-            )?;
+            let r = cx
+                .named("fcntl(F_SETLEASE) (lease)")
+                .fcntl(fd, F_SETLEASE, u64::from(e.r#type))
+                .map(drop);
+            // Only the file's owner (by fsuid) or a holder of CAP_LEASE in the initial user
+            // namespace may take a lease: a puppet in a user namespace of its own, still with
+            // cryo's ids, is neither. The lease belongs to the open file description, so
+            // cryo takes it through its own copy of the fd.
+            let r = match r {
+                Err(err) if err.errno() == Some(libc::EACCES) => {
+                    lease_from_cryo(cx.pid, fd, e.r#type)
+                }
+                r => r,
+            };
+            held(r)?;
         } else {
             return Err(bad("unknown lock kind").into());
         }
     }
     Ok(())
+}
+
+/// Takes the lease `ty` on the open file behind fd `fd` of process `pid` through cryo's copy
+/// of it (`pidfd_getfd`).
+fn lease_from_cryo(pid: i32, fd: i32, ty: u32) -> Result<(), TaskError> {
+    let err = |what: &'static str| {
+        move |source| TaskError::Fd {
+            pid,
+            fd,
+            what: what.into(),
+            source,
+        }
+    };
+    let pidfd = crate::sys::fd::pidfd_open(pid).map_err(err("pidfd_open"))?;
+    let copy = crate::sys::fd::pidfd_getfd(std::os::fd::AsFd::as_fd(&pidfd), fd)
+        .map_err(err("pidfd_getfd"))?;
+    let ty = i32::try_from(ty).unwrap_or(-1);
+    crate::sys::fd::set_lease(std::os::fd::AsFd::as_fd(&copy), ty)
+        .map_err(err("fcntl(F_SETLEASE) through cryo's copy"))
 }
 
 #[cfg(test)]

@@ -1115,19 +1115,46 @@ fn build_nested(
     }
     let mut ptys = Vec::new();
     let mut fds: Vec<Option<OwnedFd>> = (0..entries.len()).map(|_| None).collect();
-    let mut left = Vec::new();
+    // What waits: a proc mount of a PID namespace whose init is not created yet, what is
+    // mounted below one that waits, and what is in a peer group (or is a slave of one) with
+    // one that waits: `propagation::restore` joins only the mounts of one batch.
+    let groups = |e: &pb::MntEntry| [e.shared_id, e.master_id];
+    let related = |a: &pb::MntEntry, b: &pb::MntEntry| {
+        groups(a)
+            .into_iter()
+            .flatten()
+            .any(|g| groups(b).contains(&Some(g)))
+    };
+    let mut waits: Vec<bool> = vec![false; entries.len()];
+    loop {
+        let mut changed = false;
+        for &i in &pending.todo {
+            if waits[i] {
+                continue;
+            }
+            let e = &entries[i];
+            let w = e.cryo_proc_pid.is_some_and(|p| host_of(p).is_none())
+                || pending.todo.iter().any(|&j| {
+                    waits[j] && (entries[j].mnt_id == e.parent_mnt_id || related(&entries[j], e))
+                });
+            if w {
+                waits[i] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    let left: Vec<usize> = pending.todo.iter().copied().filter(|&i| waits[i]).collect();
     let none: Vec<Option<PathBuf>> = vec![None; entries.len()];
     for &i in &pending.todo {
         let e = &entries[i];
-        let waits_parent = left
-            .iter()
-            .any(|&j: &usize| entries[j].mnt_id == e.parent_mnt_id);
         let procns = match e.cryo_proc_pid {
             Some(p) => host_of(p),
             None => Some(pid),
         };
-        let Some(procns) = procns.filter(|_| !waits_parent) else {
-            left.push(i);
+        let Some(procns) = procns.filter(|_| !waits[i]) else {
             continue;
         };
         fds[i] = Some(mount_one(

@@ -342,9 +342,11 @@ const COMM_SLOT: usize = 16;
 
 /// Most threads one stop creates: each takes a `clone_args` and its `set_tid` in scratch
 /// (`CLONE_SLOT` bytes from `CLONE_AREA`), and the batch's code page holds about as many calls.
+/// A slot holds ids for the 32 PID namespace levels the kernel allows, as deep as a process
+/// may be (`check_nested_pids` in restore).
 const CLONES_PER_STOP: usize = 40;
 const CLONE_AREA: u64 = 8192;
-const CLONE_SLOT: usize = 128;
+const CLONE_SLOT: usize = 96 + 4 * 32;
 
 /// Creates the threads `group` (indexes into `img.threads`) with one batch of
 /// `clone3(CLONE_THREAD..., set_tid = TID)`: returns their host TIDs in order; each is

@@ -287,6 +287,7 @@ fn read_tree(
         .map(|ps| read_task(dir, ps))
         .collect::<Result<Vec<_>, _>>()?;
     check_nested_pids(&tasks)?;
+    check_proc_pids(dir, &tasks)?;
     let files = dir
         .read::<pb::FileEntry>("files.img", image::FILES)?
         .into_iter()
@@ -339,6 +340,12 @@ fn check_nested_pids(tasks: &[TaskImages]) -> Result<(), RestoreError> {
         if ps.cryo_ns_tids.iter().any(|&v| pid_from_img(v).is_none()) {
             return Err(bad("an id in a nested PID namespace is not a process id"));
         }
+        // Its ids in nested namespaces are its first thread's (`TaskImages::ns_ids`).
+        if d > 0 && ps.threads.first() != Some(&ps.pid) {
+            return Err(bad(
+                "it is in a nested PID namespace and its first thread is not the process itself",
+            ));
+        }
         if i == 0 {
             if d != 0 || !ps.cryo_ns_tids.is_empty() {
                 return Err(bad("the root is in a PID namespace below the tree's"));
@@ -349,20 +356,64 @@ fn check_nested_pids(tasks: &[TaskImages]) -> Result<(), RestoreError> {
         let Some(p) = tasks[..i].iter().find(|p| p.pid == ps.ppid) else {
             continue;
         };
+        if p.is_zombie() {
+            // A zombie is made by exiting: it forks no child.
+            return Err(bad(&format!("its parent {} is a zombie", p.pid)));
+        }
         let pd = p.ns_depth();
         let same = t.ids.pid_ns_id.is_none() || t.ids.pid_ns_id == p.ids.pid_ns_id;
         let ok = if d == pd {
             same
         } else {
-            d == pd + 1 && t.local_pid() == 1 && !p.is_zombie()
+            d == pd + 1 && (t.local_pid() == 1 || init_sibling(&tasks[..i], t).is_some())
         };
         if !ok {
             return Err(bad(
-                "its PID namespace is neither its parent's nor one its parent made for it as its init",
+                "its PID namespace is neither its parent's nor one its parent made for its children, whose init is an earlier child",
             ));
         }
     }
     Ok(())
+}
+
+/// A proc mount of a nested mount namespace is made once the init of the PID namespace it
+/// shows exists: `cryo_proc_pid` must name a live process of the tree.
+fn check_proc_pids(dir: &ImageDir, tasks: &[TaskImages]) -> Result<(), RestoreError> {
+    let mut seen = std::collections::HashSet::new();
+    for id in tasks.iter().filter_map(|t| t.ids.mnt_ns_id) {
+        if !seen.insert(id) {
+            continue;
+        }
+        let name = format!("mountpoints-{id}.img");
+        let Some(entries) = dir.read_opt::<pb::MntEntry>(&name, image::MNTS)? else {
+            continue;
+        };
+        for e in &entries {
+            let Some(p) = e.cryo_proc_pid else { continue };
+            if !tasks.iter().any(|t| t.pid == p && !t.is_zombie()) {
+                return Err(RestoreError::BadImage(format!(
+                    "{name}: proc mount {} shows the PID namespace of process {p}, which is not a live process of the tree",
+                    e.mountpoint
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The init (PID 1) of the nested PID namespace `t` was forked into by its parent after it
+/// (`t` is a later child of the namespace's maker): a sibling among `earlier`, one level
+/// below the parent, in `t`'s PID namespace (any such sibling for a zombie, whose namespace
+/// was not saved).
+fn init_sibling<'a>(earlier: &'a [TaskImages], t: &TaskImages) -> Option<&'a TaskImages> {
+    earlier.iter().find(|s| {
+        s.pstree.ppid == t.pstree.ppid
+            && s.pid != t.pid
+            && s.ns_depth() == t.ns_depth()
+            && s.local_pid() == 1
+            && !s.is_zombie()
+            && (t.ids.pid_ns_id.is_none() || s.ids.pid_ns_id == t.ids.pid_ns_id)
+    })
 }
 
 /// Reads the images of one task.
@@ -609,6 +660,7 @@ fn shape(
     kinds::memory::lazy_register(&mut cx, img)?;
     restore_task_state(&mut cx, img)?;
     let threads = create_threads(sh, &mut cx, img, puppets)?;
+    enter_childrens_pid_ns(sh, &mut cx, img)?;
     kinds::restore_kind::<kinds::creds::Creds>(&mut cx, img)?;
     if sh.creds.is_none() {
         sh.creds.clone_from(&cx.inherited.creds);
@@ -957,25 +1009,6 @@ fn create_children(
             let _ = cx.rt_sigtimedwait(set, 0, ts);
         }
     }
-    // A process that made a PID namespace for its children (unshare(CLONE_NEWPID)) forks
-    // into it again: it enters the one its child is the init of.
-    if img.pstree.cryo_pidns_for_children == Some(true) {
-        let init = tasks
-            .iter()
-            .find(|c| c.pstree.ppid == img.pid && c.ns_depth() > img.ns_depth() && !c.is_zombie())
-            .and_then(|c| sh.host.get(&c.pid).copied())
-            .ok_or_else(|| RestoreError::BadImage(format!(
-                "pstree.img: process {} made a PID namespace for its children and has no child that is its init",
-                img.pid
-            )))?;
-        let path = format!("/proc/{init}/ns/pid");
-        let f = std::fs::File::open(&path).map_err(|source| ImageError::Io {
-            path: path.clone().into(),
-            op: "open the restored child PID namespace",
-            source,
-        })?;
-        cx.join_ns(f.as_fd(), libc::CLONE_NEWPID, "setns(CLONE_NEWPID)")?;
-    }
     if !in_own_session {
         lead_session(cx, img)?;
     }
@@ -983,6 +1016,49 @@ fn create_children(
     // Its fds that name processes of the tree (pidfds, /proc/PID files), which all exist now
     // but its later siblings.
     kinds::files::restore_late_fds(cx, img, table)?;
+    Ok(())
+}
+
+/// A process that made a PID namespace for its children (unshare(CLONE_NEWPID)) forks into
+/// it again: it enters the one its child is the init of (its last made). After its threads: a process whose
+/// `pid_for_children` is not its own PID namespace cannot create threads (clone(CLONE_THREAD)
+/// fails with EINVAL), and before its credentials are dropped (setns needs CAP_SYS_ADMIN).
+fn enter_childrens_pid_ns(
+    sh: &Shared<'_>,
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+) -> Result<(), RestoreError> {
+    let tasks = sh.tasks;
+    if img.pstree.cryo_pidns_for_children == Some(true) {
+        let init = tasks
+            .iter()
+            .rev()
+            .find(|c| {
+                c.pstree.ppid == img.pid
+                    && c.ns_depth() > img.ns_depth()
+                    && c.local_pid() == 1
+                    && !c.is_zombie()
+            })
+            .and_then(|c| sh.host.get(&c.pid).copied())
+            .ok_or_else(|| RestoreError::BadImage(format!(
+                "pstree.img: process {} made a PID namespace for its children and has no child that is its init",
+                img.pid
+            )))?;
+        join_pid_ns(cx, init, "open the restored child PID namespace")?;
+    }
+    Ok(())
+}
+
+/// The task `cx` drives forks its next children into the PID namespace of process `of`
+/// (host PID): setns(CLONE_NEWPID) sets its `pid_for_children`.
+fn join_pid_ns(cx: &mut RestoreCx<'_>, of: i32, op: &'static str) -> Result<(), RestoreError> {
+    let path = format!("/proc/{of}/ns/pid");
+    let f = std::fs::File::open(&path).map_err(|source| ImageError::Io {
+        path: path.clone().into(),
+        op,
+        source,
+    })?;
+    cx.join_ns(f.as_fd(), libc::CLONE_NEWPID, "setns(CLONE_NEWPID)")?;
     Ok(())
 }
 
@@ -1238,9 +1314,27 @@ fn fork_child(
     // Its ids from the tree's PID namespace down to its own; one level deeper than its
     // parent, it is the init of a namespace of its own (checked by `check_nested_pids`).
     let ids = child.ns_ids(0);
-    if child.ns_depth() > img.ns_depth() {
+    let deeper = child.ns_depth() > img.ns_depth();
+    if deeper && child.local_pid() == 1 {
         flags |= libc::CLONE_NEWPID as u64;
     }
+    // A later child of a process that made a PID namespace: forked into it, the namespace
+    // of its init (a sibling forked before it), then the parent's children are its own
+    // namespace's again until `enter_childrens_pid_ns`.
+    let joined = if deeper && child.local_pid() != 1 {
+        let init = init_sibling(sh.tasks, child)
+            .and_then(|s| sh.host.get(&s.pid).copied())
+            .ok_or_else(|| {
+                RestoreError::BadImage(format!(
+                    "pstree.img: process {} is in the PID namespace of a sibling that is not created before it",
+                    child.pid
+                ))
+            })?;
+        join_pid_ns(cx, init, "open the PID namespace of the child's init")?;
+        true
+    } else {
+        false
+    };
     // The id the parent sees.
     let cpid = ids.get(img.ns_depth()).copied().unwrap_or(0);
     let set_tid: Vec<i32> = ids.iter().rev().copied().collect();
@@ -1260,6 +1354,9 @@ fn fork_child(
         released: false,
     });
     sh.host.insert(child.pid, host);
+    if joined {
+        join_pid_ns(cx, cx.pid, "open the parent's own PID namespace")?;
+    }
     if got != cpid {
         return Err(RestoreError::BadImage(format!(
             "process {cpid} was created as {got}"
@@ -1869,8 +1966,16 @@ pub fn run(
     // Before any puppet exists (so it drops after them: a lock goes once they are dead).
     // Named after the dump's run id, as CRIU's restore names its lock.
     let inventory = dir.read_one::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?;
+    // A lock the dump left (inventory names its method) is lifted, and the network locked
+    // during the restore, with the dump's method whatever --network-lock says, as CRIU.
+    let lock_method = match inventory.network_lock_method {
+        Some(m) if inventory.dump_criu_run_id.is_some() => {
+            crate::netlock::Method::from_inventory(Some(m))
+        }
+        _ => opts.network_lock,
+    };
     let netlock = std::cell::RefCell::new(crate::netlock::NetLock::for_restore(
-        opts.network_lock,
+        lock_method,
         inventory.dump_criu_run_id.as_deref(),
     ));
     // The network namespace the dumper ran in (CRIU numbers namespaces its own way; cryo's
@@ -1893,14 +1998,18 @@ pub fn run(
         Some(p) => Some(crate::lazy::Sink::connect(p)?),
         None => None,
     };
-    let uses_seccomp = tasks.iter().any(|t| {
-        t.core.thread_core.as_ref().is_some_and(|c| {
-            matches!(
-                c.seccomp_mode,
-                Some(kinds::seccomp::MODE_FILTER | kinds::seccomp::MODE_STRICT)
-            )
-        })
-    });
+    // Any thread's filters, not only a leader's (threads may have filters of their own).
+    let uses_seccomp = tasks
+        .iter()
+        .flat_map(|t| std::iter::once(&t.core).chain(&t.threads))
+        .any(|core| {
+            core.thread_core.as_ref().is_some_and(|c| {
+                matches!(
+                    c.seccomp_mode,
+                    Some(kinds::seccomp::MODE_FILTER | kinds::seccomp::MODE_STRICT)
+                )
+            })
+        });
 
     // 2. Trampoline + root puppet.
     let tr = trampoline_addr(&tasks, TR_LEN)?;

@@ -317,6 +317,16 @@ pub struct Owner {
     pub euid: u32,
 }
 
+/// `fcntl(fd, F_SETLEASE, ty)` (`F_RDLCK`, `F_WRLCK`): a lease on the open file behind
+/// `fd`, which belongs to that open file description (whoever holds an fd on it).
+pub fn set_lease(fd: BorrowedFd<'_>, ty: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments.
+    cvt(libc::c_long::from(unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, ty)
+    }))
+    .map(drop)
+}
+
 /// `fcntl` commands of linux/fcntl.h the libc crate lacks.
 pub const F_SETSIG: i32 = 10;
 pub const F_GETSIG: i32 = 11;

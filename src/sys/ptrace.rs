@@ -122,6 +122,29 @@ fn decode(status: i32) -> Stop {
     }
 }
 
+/// `waitpid(tid, __WALL | WNOHANG)`: None while `tid` has nothing to report.
+pub fn try_wait(tid: i32) -> io::Result<Option<Stop>> {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer.
+    let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
+    if r == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if r == 0 {
+        return Ok(None);
+    }
+    Ok(Some(if libc::WIFSTOPPED(status) {
+        Stop::Stopped {
+            sig: libc::WSTOPSIG(status),
+            event: status >> 16,
+        }
+    } else if libc::WIFSIGNALED(status) {
+        Stop::Killed(libc::WTERMSIG(status))
+    } else {
+        Stop::Exited(libc::WEXITSTATUS(status))
+    }))
+}
+
 /// `PTRACE_TRACEME` (called by a restore child on itself).
 pub fn traceme() -> io::Result<()> {
     req(libc::PTRACE_TRACEME, 0, 0, 0).map(|_| ())
