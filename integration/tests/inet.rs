@@ -1556,7 +1556,11 @@ fn a_kept_iptables_lock_is_lifted_by_a_restore_with_the_default_method() {
     let _g = KillOnDrop(pid);
     let img = dir.join("img");
     let key = format!("net[{}]:srvnet", net.a_ino());
-    dump(pid, &img, &["--external", &key, "--network-lock", "iptables"]);
+    dump(
+        pid,
+        &img,
+        &["--external", &key, "--network-lock", "iptables"],
+    );
     wait_gone(pid);
     let chains = || {
         let o = Command::new("ip")
