@@ -170,6 +170,14 @@ fn pre_dump_chain_restores_a_process_writing_its_heap() {
     }
     restore(&dirs[3]);
     assert_eq!(memhog_sum(pid, &out), sum, "the heap after restore");
+    // A pre-dump's stats name the shared-memory page counts (none: shared memory is not
+    // pre-dumped), which zdtm's `--pre` runs read (check_pages_counts: shpages_written).
+    let o = cryo(&["show", dirs[0].join("stats-dump").to_str().unwrap()]);
+    assert!(o.status.success(), "cryo show stats-dump");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let dump = &v["entries"][0]["dump"];
+    assert_eq!(dump["shpages_written"], 0, "{v}");
+    assert!(dump["pages_written"].as_u64().unwrap_or(0) > 0, "{v}");
     // `cryo show` reads every step.
     for d in &dirs {
         for f in ["inventory.img", &format!("pagemap-{pid}.img")] {

@@ -271,3 +271,23 @@ fn aio_ring_comes_back() {
     let left = (tail + nr - head) % nr;
     assert_eq!(lines(&out)[3], format!("after 0 1 events {}", left + 1));
 }
+
+/// A real interval timer dumped while its SIGALRM is pending (blocked): the kernel has not
+/// armed it again (getitimer reads value 0 with its interval), and setitimer keeps an
+/// interval only with a value, so the restore arms it to fire at once, as CRIU; after the
+/// restore it ticks on (zdtm timers, which met this moment).
+#[test]
+fn real_timer_with_its_signal_pending_ticks_on() {
+    let dir = scratch("itimer-pending");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/itimer_pending.py");
+    let pid = spawn(&["python3", script.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("the timer", 20, || lines(&out).len() >= 2);
+    assert_eq!(lines(&out)[1], "timer (0.0, 0.05)");
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the ticks", 20, || lines(&out).len() >= 3);
+    assert_eq!(lines(&out)[2], "ticks True");
+}

@@ -95,8 +95,12 @@ pub fn run(
         "pre-dump: tree running again; copying pages"
     );
 
+    // Shared memory is not pre-dumped; zdtm (check_pages_counts) reads shpages_written.
     let mut stats = pb::DumpStatsEntry {
         frozen_time: micros_u32(frozen_time),
+        shpages_scanned: Some(0),
+        shpages_skipped_parent: Some(0),
+        shpages_written: Some(0),
         ..Default::default()
     };
     for (i, p) in plans.iter().enumerate() {

@@ -203,10 +203,20 @@ impl Kind for Timers {
             (libc::ITIMER_VIRTUAL, &t.virt),
             (libc::ITIMER_PROF, &t.prof),
         ] {
-            if e.vsec == 0 && e.vusec == 0 {
+            if e.vsec == 0 && e.vusec == 0 && e.isec == 0 && e.iusec == 0 {
                 continue; // disarmed (the puppet has no timers: fork does not inherit them)
             }
-            let a = put_times(cx, [e.isec, e.iusec, e.vsec, e.vusec])?;
+            // A value of 0 with an interval: the timer fired while the task was stopped and
+            // its signal is pending (saved with the signals); the kernel would arm it again
+            // when the signal is taken, but setitimer keeps the interval only with a value.
+            // As CRIU: armed to fire at once (its signal merges with the pending one), then
+            // every interval (zdtm timers: the real timer never ticked again).
+            let vusec = if e.vsec == 0 && e.vusec == 0 {
+                1
+            } else {
+                e.vusec
+            };
+            let a = put_times(cx, [e.isec, e.iusec, e.vsec, vusec])?;
             cx.setitimer(which, a, 0)?;
         }
         Ok(())
