@@ -29,6 +29,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,8 @@ pub enum LazyError {
     },
     #[error("the page source is lost ({0}); the restored tree was killed")]
     Lost(String),
+    #[error("the pages images are damaged ({0}); the restored tree was killed")]
+    Damaged(String),
     #[error("the restore stopped before it handed over every process ({got} of {want}); what it had restored was killed")]
     Incomplete { got: usize, want: usize },
     #[error(transparent)]
@@ -75,6 +78,29 @@ pub enum LazyError {
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> LazyError {
     let what = what.into();
     move |source| LazyError::Io { what, source }
+}
+
+/// The images a lazy restore leaves to its daemon to verify: the pages images, whose blocks
+/// the daemon hashes against the manifest in the background while it serves them.
+pub fn verified_by_daemon(name: &str) -> bool {
+    name.starts_with("pages-")
+}
+
+/// Starts hashing the pages images of `dir` against its manifest on a thread of its own;
+/// the result arrives on the returned channel (none to wait for without a manifest).
+fn verify_in_background(
+    dir: &Path,
+) -> Result<Option<std::sync::mpsc::Receiver<Result<(), String>>>, LazyError> {
+    let Some(mut m) = crate::image::manifest::Manifest::load(dir)? else {
+        return Ok(None);
+    };
+    m.files.retain(|n, _| verified_by_daemon(n));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = dir.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(m.verify(&dir, 1).map_err(|e| e.to_string()));
+    });
+    Ok(Some(rx))
 }
 
 /// The socket path for work directory `dir`.
@@ -240,6 +266,9 @@ impl Keeper {
         )
         .arg(KEEPER_CMD)
         .arg(theirs.as_raw_fd().to_string())
+        // Its own process group: a terminal's Ctrl-C (or a signal to the daemon's group)
+        // must not take the keeper down with the daemon it watches.
+        .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -366,6 +395,10 @@ pub fn serve(
     let (conn, _) = listener.accept().map_err(io_err("accept"))?;
     tracing::info!(processes = want, "lazy pages: the restore connected");
     let keeper = Keeper::start()?;
+    let verifying = match page_server {
+        None => verify_in_background(dir)?,
+        Some(_) => None,
+    };
     let source = match page_server {
         Some(a) => Source::Remote(Vec::new(), crate::pageserver::Client::connect(a)?),
         None => Source::Local(Vec::new()),
@@ -381,6 +414,7 @@ pub fn serve(
         next: 0,
         keeper,
         next_id: 0,
+        verifying,
     };
     match d.run(conn, want) {
         Ok(()) => {
@@ -427,6 +461,8 @@ struct Daemon {
     keeper: Keeper,
     /// The next task's number for the keeper.
     next_id: u64,
+    /// The pages images' check against the manifest, while it runs (`verify_in_background`).
+    verifying: Option<std::sync::mpsc::Receiver<Result<(), String>>>,
 }
 
 impl Daemon {
@@ -434,10 +470,27 @@ impl Daemon {
         let mut conn = Some(conn);
         let mut got = 0usize;
         loop {
-            for t in self.tasks.iter().filter(|t| t.done()) {
+            if let Some(rx) = &self.verifying {
+                match rx.try_recv() {
+                    Ok(Ok(())) => {
+                        tracing::info!("lazy pages: the pages images match the manifest");
+                        self.verifying = None;
+                    }
+                    Ok(Err(e)) => return Err(LazyError::Damaged(e)),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        return Err(LazyError::Damaged("the check stopped".into()))
+                    }
+                }
+            }
+            // Processes stay known until the images are verified: damage found late must
+            // still kill them.
+            let verifying = self.verifying.is_some();
+            let over = |t: &Task| t.done() && (!verifying || t.gone);
+            for t in self.tasks.iter().filter(|t| over(t)) {
                 self.keeper.release(t.id)?;
             }
-            self.tasks.retain(|t| !t.done());
+            self.tasks.retain(|t| !over(t));
             if got == want && self.tasks.is_empty() {
                 return Ok(());
             }
@@ -474,6 +527,12 @@ impl Daemon {
                     fds.push(rustix::event::PollFd::new(p, rustix::event::PollFlags::IN));
                 }
             }
+            // Look at the images' check again soon while it runs.
+            let timeout = match (&self.verifying, timeout) {
+                (Some(_), None) => Some(Duration::from_millis(20)),
+                (Some(_), Some(t)) => Some(t.min(Duration::from_millis(20))),
+                (None, t) => t,
+            };
             let ts = timeout.map(|d| rustix::event::Timespec {
                 tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
                 tv_nsec: i64::from(d.subsec_nanos()),

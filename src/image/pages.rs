@@ -115,6 +115,18 @@ pub type BlockAt = (usize, usize, u128);
 pub fn index(path: &Path, bytes: &[u8]) -> Result<(Head, Vec<BlockAt>), ImageError> {
     let h = head(path, bytes)?;
     let n = usize_of(h.size.div_ceil(u64_of(h.block)));
+    // Every block has a head in the file: a head claiming more blocks than the file can
+    // hold is refused before anything is allocated for them.
+    if n > bytes.len().saturating_sub(HEAD_LEN) / BLOCK_HEAD_LEN {
+        return Err(invalid(
+            path,
+            format!(
+                "the head claims {} bytes in {n} blocks, more than the file's {} bytes can hold; the image is corrupt",
+                h.size,
+                bytes.len()
+            ),
+        ));
+    }
     let mut out = Vec::with_capacity(n);
     let mut at = HEAD_LEN;
     for i in 0..n {
@@ -133,7 +145,9 @@ pub fn index(path: &Path, bytes: &[u8]) -> Result<(Head, Vec<BlockAt>), ImageErr
             ));
         }
         let digest = u128::from_le_bytes(
-            bytes[at + 12..at + BLOCK_HEAD_LEN]
+            bytes
+                .get(at + 12..at + BLOCK_HEAD_LEN)
+                .ok_or_else(trunc)?
                 .try_into()
                 .expect("16 bytes"),
         );
@@ -436,6 +450,15 @@ mod tests {
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let e = decode(&path, 1).err().unwrap().to_string();
         assert!(e.contains("truncated"), "{e}");
+        // Cut inside a block head: an error, not a panic.
+        let cut = blocks[1].0 - BLOCK_HEAD_LEN + 14;
+        let e = index(&path, &bytes[..cut]).err().unwrap().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        // A head claiming an enormous size: refused before anything is allocated for it.
+        let mut huge = bytes.clone();
+        huge[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+        let e = index(&path, &huge).err().unwrap().to_string();
+        assert!(e.contains("more than the file"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
