@@ -30,6 +30,10 @@ command -v lxc-checkpoint >/dev/null || need+=(lxc)
 # namespace, nginx as a real TCP service.
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v nginx >/dev/null || need+=(nginx-light)
+# The unprivileged test (integration/tests/unprivileged.rs): setcap gives a copy of cryo its
+# file capabilities; setpriv (util-linux) runs it as another user.
+[ -x /usr/sbin/setcap ] || [ -x /sbin/setcap ] || need+=(libcap2-bin)
+command -v setpriv >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -30,6 +30,7 @@ pub mod netlock;
 pub mod notify;
 pub mod num;
 pub mod pageserver;
+pub mod privilege;
 pub mod procfs;
 pub mod progress;
 pub mod restore;

@@ -62,6 +62,13 @@ fn main() -> ExitCode {
         if let Err(e) = o.check(&run.command) {
             return usage_error(&argv, &e);
         }
+        // CRIU's start-up check: the capabilities cryo needs, and --unprivileged for a
+        // non-root user.
+        if let Err(e) = cryo::privilege::check(o.unprivileged) {
+            eprintln!("Error: {e}");
+            eprintln!("  hint: {}", e.hint());
+            return ExitCode::from(1);
+        }
         // CRIU's --close: before anything else.
         for &fd in &o.close {
             if fd >= 0 && Path::new(&format!("/proc/self/fd/{fd}")).exists() {
@@ -126,6 +133,9 @@ fn cmd_opts(cmd: &Cmd) -> Option<&Opts> {
 }
 
 fn hint(e: &anyhow::Error) -> Option<String> {
+    if let Some(p) = e.downcast_ref::<cryo::privilege::PrivilegeError>() {
+        return Some(p.hint());
+    }
     if let Some(d) = e.downcast_ref::<dump::DumpError>() {
         return d.hint();
     }
@@ -824,6 +834,18 @@ fn cpuinfo(action: &str, a: &Opts) -> Result<ExitCode> {
 /// or every required feature (`--extra`, `--experimental`: the optional ones too), as
 /// CRIU words it.
 fn check(a: &Opts) -> Result<ExitCode> {
+    if a.unprivileged && a.feature.is_none() {
+        let p = cryo::privilege::Privilege::current()?;
+        let lines = p.report();
+        if a.json {
+            println!("{}", serde_json::to_string(&lines)?);
+        } else {
+            for l in &lines {
+                println!("{l}");
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(name) = a.feature.as_deref() {
         if name == "list" {
             for n in features::CRIU_FEATURES {

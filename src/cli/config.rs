@@ -60,6 +60,13 @@ pub fn sources(no_default: bool, cmdline: Option<&str>) -> Vec<PathBuf> {
     v
 }
 
+/// One of the default files (not a file named by `--config` or $CRIU_CONFIG_FILE).
+fn is_default(path: &Path) -> bool {
+    path == Path::new(GLOBAL)
+        || std::env::var_os("HOME")
+            .is_some_and(|h| path == Path::new(&h).join(".criu/default.conf"))
+}
+
 /// One statement (line) as command-line words: `--NAME` and, if present, its argument.
 fn statement(line: &str) -> Result<Vec<String>, &'static str> {
     let s = line.trim_start();
@@ -107,6 +114,12 @@ pub fn read(path: &Path) -> Result<Option<Vec<Event>>, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // A default file this user may not read (root's $HOME, for a cryo run by another
+        // user with root's environment) is skipped, as CRIU skips any it cannot open.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && is_default(path) => {
+            tracing::debug!(path = %path.display(), "default configuration file not readable: skipped");
+            return Ok(None);
+        }
         Err(source) => {
             return Err(ConfigError::Read {
                 path: path.into(),

@@ -366,6 +366,14 @@ pub struct Opts {
     #[arg(long = "allow-uprobes")]
     pub allow_uprobes: bool,
 
+    /// Run as a non-root user, accepting the limits: cryo needs CAP_CHECKPOINT_RESTORE
+    /// (a copy given file capabilities: `setcap cap_checkpoint_restore,cap_sys_ptrace+eip
+    /// cryo`) and then does only what the kernel lets this user do (its own processes, no
+    /// new namespaces but user ones, no TCP repair); anything more is refused by name before
+    /// anything is touched. `check --unprivileged` says what works.
+    #[arg(long = "unprivileged")]
+    pub unprivileged: bool,
+
     // --- External resources.
     /// External resources. Mounts: at dump `mnt[MOUNTPOINT]:KEY` saves the mount at
     /// MOUNTPOINT (as the tree sees it) as external, without contents; at restore
@@ -1082,7 +1090,6 @@ unsupported_opts! {
     cgroup_props: Option<String> = "cgroup-props", "cryo saves a fixed set of cgroup properties";
     cgroup_props_file: Option<String> = "cgroup-props-file", "cryo saves a fixed set of cgroup properties";
     cgroup_dump_controller: Vec<String> = "cgroup-dump-controller", "cryo saves every hierarchy the tree is in";
-    unprivileged: bool = "unprivileged", "cryo needs root (unprivileged mode is not implemented yet)";
 }
 
 /// The commands CRIU knows (`crtools.c`), plus cryo's `show`.

@@ -128,8 +128,17 @@ pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), C
     }
     cx.setresgid(c.gid, c.egid, c.sgid)?;
     cx.setfsgid(c.fsgid)?;
-    let keep = cur_secbits | SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS;
-    cx.prctl(libc::PR_SET_SECUREBITS, [keep, 0, 0, 0])?;
+    // Securebits are changed only when needed (it takes CAP_SETPCAP, which an unprivileged
+    // cryo has not): kept capabilities across a change of uids, then the saved bits.
+    let uids = |c: &pb::CredsEntry| [c.uid, c.euid, c.suid, c.fsuid];
+    let mut secbits_now = cur_secbits;
+    if uids(&inherited) != uids(c) {
+        let keep = cur_secbits | SECBIT_NO_SETUID_FIXUP | SECBIT_KEEP_CAPS;
+        if keep != secbits_now {
+            cx.prctl(libc::PR_SET_SECUREBITS, [keep, 0, 0, 0])?;
+            secbits_now = keep;
+        }
+    }
     cx.setresuid(c.uid, c.euid, c.suid)?;
     cx.setfsuid(c.fsuid)?;
     let bnd = join(&c.cap_bnd);
@@ -138,7 +147,9 @@ pub fn restore_creds(cx: &mut RestoreCx<'_>, c: &pb::CredsEntry) -> Result<(), C
             cx.prctl(libc::PR_CAPBSET_DROP, [cap, 0, 0, 0])?;
         }
     }
-    cx.prctl(libc::PR_SET_SECUREBITS, [u64::from(c.secbits), 0, 0, 0])?;
+    if u64::from(c.secbits) != secbits_now {
+        cx.prctl(libc::PR_SET_SECUREBITS, [u64::from(c.secbits), 0, 0, 0])?;
+    }
     // capset(header{version 3, pid 0}, data[2]{effective, permitted, inheritable})
     let (eff, prm, inh) = (join(&c.cap_eff), join(&c.cap_prm), join(&c.cap_inh));
     let mut cap = Vec::with_capacity(32);

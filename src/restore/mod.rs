@@ -148,6 +148,8 @@ pub enum RestoreError {
     NetLock(#[from] crate::netlock::NetLockError),
     #[error(transparent)]
     Lazy(#[from] crate::lazy::LazyError),
+    #[error(transparent)]
+    Privilege(#[from] crate::privilege::PrivilegeError),
     #[error("internal error: {0}")]
     Internal(&'static str),
 }
@@ -160,6 +162,7 @@ impl RestoreError {
             RestoreError::PidBusy { .. } | RestoreError::Threads(kinds::threads::ThreadsError::TidBusy { .. }) => {
                 return Some("wait until it exits (a killed process is gone once its parent reaps it); a tree dumped as the init of its own PID namespace is restored in a new one, where its PIDs are always free".into())
             }
+            RestoreError::Privilege(p) => return Some(p.hint()),
             RestoreError::Fork { .. }
             | RestoreError::Spawn { .. }
             | RestoreError::Ptrace { .. }
@@ -1989,6 +1992,53 @@ pub fn run(
     let dumper = inventory.root_ids.unwrap_or_default();
     let dumper_net = dumper.net_ns_id.or_else(|| kinds::ns::own_ns_id("net"));
     let own_netns = tasks[0].ids.net_ns_id.is_some() && tasks[0].ids.net_ns_id != dumper_net;
+    // A cryo that is not root: what these images need that it may not do is refused now.
+    let me = crate::privilege::Privilege::current()?;
+    if !me.is_root() {
+        let creds = tasks
+            .iter()
+            .filter_map(|t| {
+                let c = t.core.thread_core.as_ref()?.creds.as_ref()?;
+                Some((
+                    t.vpid(),
+                    [c.uid, c.euid, c.suid, c.fsuid],
+                    [c.gid, c.egid, c.sgid, c.fsgid],
+                ))
+            })
+            .collect();
+        let ids = &tasks[0].ids;
+        let mut new_namespaces = Vec::new();
+        for (name, mine, theirs) in [
+            ("PID", dumper.pid_ns_id, ids.pid_ns_id),
+            ("mount", dumper.mnt_ns_id, ids.mnt_ns_id),
+            ("network", dumper_net, ids.net_ns_id),
+            ("IPC", dumper.ipc_ns_id, ids.ipc_ns_id),
+            ("UTS", dumper.uts_ns_id, ids.uts_ns_id),
+            ("cgroup", dumper.cgroup_ns_id, ids.cgroup_ns_id),
+            ("time", dumper.time_ns_id, ids.time_ns_id),
+        ] {
+            if theirs.is_some() && mine.is_some() && theirs != mine {
+                new_namespaces.push(name);
+            }
+        }
+        if own_pid_ns && !new_namespaces.contains(&"PID") {
+            new_namespaces.insert(0, "PID");
+        }
+        let tcp_repair = std::fs::read_dir(&dir.path)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-"))
+            })
+            .unwrap_or(false);
+        crate::privilege::restore_precheck(
+            &me,
+            &crate::privilege::RestoreNeeds {
+                creds,
+                new_namespaces,
+                tcp_repair,
+            },
+        )?;
+    }
     // Before any puppet exists (so it drops after them): dirs made here go if we fail.
     let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
     // A root in a user namespace of its own: the puppet is cloned into a new one.

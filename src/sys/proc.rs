@@ -103,6 +103,10 @@ fn spawn(
                 8,
             );
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // A cryo run from a file with capabilities (`--unprivileged`) is not dumpable,
+            // and neither would its child be: its /proc files would belong to root, which
+            // cryo's own uid could not open. The task's saved dumpable mode is set last.
+            libc::prctl(libc::PR_SET_DUMPABLE, 1);
             if check_parent && libc::getppid() != parent {
                 libc::_exit(1);
             }
@@ -156,6 +160,13 @@ fn wait_single_threaded() -> Result<(), SpawnError> {
 /// How many threads cryo has now (entries of /proc/self/task).
 pub fn threads() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// Makes cryo dumpable or not (`PR_SET_DUMPABLE`): a cryo started from a file with
+/// capabilities is not, and its /proc files (and its children's) then belong to root.
+pub fn set_dumpable(on: bool) {
+    // SAFETY: a prctl with plain integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, libc::c_ulong::from(on)) };
 }
 
 /// cryo's own PID (in its own PID namespace).

@@ -1,0 +1,221 @@
+//! cryo run by a user other than root (issue #16 item 5, CRIU's `--unprivileged`): a copy of
+//! cryo given CAP_CHECKPOINT_RESTORE and CAP_SYS_PTRACE as file capabilities, run as
+//! `nobody`, checkpoints and restores that user's own process; without `--unprivileged` it
+//! refuses to start, as CRIU; and images of a process of another user are refused before
+//! anything is created, naming the process and the capability it would take.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use integration::*;
+
+const NOBODY: u32 = 65534;
+
+/// A directory `nobody` may write in, holding a copy of cryo with file capabilities and a
+/// copy of the counter program; `None` (skipped) without setcap or setpriv.
+fn setup(name: &str) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let setcap = ["/usr/sbin/setcap", "/sbin/setcap"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    if setcap.is_none() || !have_tool("setpriv", "--version") {
+        skip("setcap (libcap2-bin) and setpriv (util-linux) are needed: run integration/setup.sh");
+        return None;
+    }
+    let dir = scratch(name);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cryo = dir.join("cryo");
+    std::fs::copy(cryo_bin(), &cryo).unwrap();
+    let o = Command::new(setcap.unwrap())
+        .args(["cap_checkpoint_restore,cap_sys_ptrace+eip"])
+        .arg(&cryo)
+        .output()
+        .unwrap();
+    ok(&o, "setcap on the copy of cryo");
+    let counter = dir.join("counter");
+    std::fs::copy(prog("counter"), &counter).unwrap();
+    std::fs::set_permissions(&counter, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some((dir, cryo, counter))
+}
+
+/// `argv` run as `nobody` (its HOME in `dir`, as a user's own would be).
+fn as_nobody(dir: &Path, argv: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "env",
+        ])
+        .arg(format!("HOME={}", dir.display()))
+        .args(argv)
+        .output()
+        .unwrap()
+}
+
+/// A line `Name:\tvalue...` of /proc/PID/status.
+fn status_field(pid: i32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_user_checkpoints_and_restores_its_own_process_with_file_capabilities() {
+    let Some((dir, cryo, counter)) = setup("unpriv") else {
+        return;
+    };
+    let out = dir.join("count.out");
+    // Its stdout is a file of its own user's (one of root's it could not open again).
+    let stdout = dir.join("counter.log");
+    std::fs::write(&stdout, "").unwrap();
+    std::os::unix::fs::chown(&stdout, Some(NOBODY), Some(NOBODY)).unwrap();
+    let nobody = format!("--reuid={NOBODY}");
+    let gid = format!("--regid={NOBODY}");
+    let pid = spawn(
+        &[
+            "setpriv",
+            &nobody,
+            &gid,
+            "--clear-groups",
+            counter.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+        &stdout,
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the counter", 10, || lines(&out).len() > 2);
+    assert_eq!(
+        status_field(pid, "Uid").split_whitespace().next(),
+        Some("65534")
+    );
+    let (c, p, img) = (
+        cryo.to_str().unwrap(),
+        pid.to_string(),
+        dir.join("img").display().to_string(),
+    );
+
+    // Without --unprivileged a non-root cryo stops before anything, as CRIU.
+    let o = as_nobody(&dir, &[c, "dump", "-t", &p, "-D", &img]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--unprivileged"),
+        "{err}"
+    );
+    assert!(alive(pid));
+
+    // `check --unprivileged` says what this user can and cannot do.
+    let o = as_nobody(&dir, &[c, "check", "--unprivileged"]);
+    let said = ok(&o, "cryo check --unprivileged");
+    assert!(said.contains("uid 65534"), "{said}");
+    assert!(said.contains("yes: checkpoint/restore at all"), "{said}");
+    assert!(said.contains("no:  restore PID, mount"), "{said}");
+
+    let o = as_nobody(
+        &dir,
+        &[
+            c,
+            "dump",
+            "--unprivileged",
+            "-t",
+            &p,
+            "-D",
+            &img,
+            "-v4",
+            "-o",
+            "dump.log",
+        ],
+    );
+    ok(
+        &o,
+        &format!("unprivileged dump\n{}", log(Path::new(&img), "dump.log")),
+    );
+    wait_gone(pid);
+    let before: u64 = lines(&out).last().unwrap().parse().unwrap();
+    let o = as_nobody(
+        &dir,
+        &[
+            c,
+            "restore",
+            "--unprivileged",
+            "-D",
+            &img,
+            "-d",
+            "-v4",
+            "-o",
+            "restore.log",
+        ],
+    );
+    ok(
+        &o,
+        &format!(
+            "unprivileged restore\n{}",
+            log(Path::new(&img), "restore.log")
+        ),
+    );
+    assert!(alive(pid), "the restored counter runs with its PID");
+    wait_for("the counter to go on", 10, || {
+        lines(&out)
+            .last()
+            .and_then(|l| l.parse::<u64>().ok())
+            .is_some_and(|n| n > before + 2)
+    });
+    let nums: Vec<u64> = lines(&out).iter().filter_map(|l| l.parse().ok()).collect();
+    let at = nums.iter().position(|&n| n == before).unwrap();
+    assert_eq!(nums.get(at + 1), Some(&(before + 1)), "no gap, no restart");
+    // The user it was, with none of cryo's capabilities.
+    assert!(status_field(pid, "Uid").starts_with("65534"));
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
+}
+
+#[test]
+fn a_process_of_another_user_is_refused_before_anything_is_created() {
+    let Some((dir, cryo, counter)) = setup("unpriv-other") else {
+        return;
+    };
+    // root's counter, dumped by root.
+    let out = dir.join("count.out");
+    let pid = spawn(
+        &[counter.to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("counter.log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the counter", 10, || lines(&out).len() > 1);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    // Readable by nobody, as a user given root's images would have them.
+    let o = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    ok(&o, "chmod");
+    let o = as_nobody(
+        &dir,
+        &[
+            cryo.to_str().unwrap(),
+            "restore",
+            "--unprivileged",
+            "-D",
+            img.to_str().unwrap(),
+            "-d",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "restored by nobody: {err}");
+    assert!(
+        err.contains(&format!("process {pid}")) && err.contains("CAP_SETUID"),
+        "{err}"
+    );
+    assert!(!alive(pid), "nothing was created");
+    let after = lines(&out).len();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(lines(&out).len(), after, "the counter does not run");
+}
