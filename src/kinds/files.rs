@@ -406,6 +406,7 @@ pub fn precheck(
     pc: &mut Precheck,
 ) -> Result<(), FilesError> {
     let mut pidfd = None;
+    let mut mounts = MountsSeen::default();
     for fd in procfs::fds(pid)? {
         // The tree still runs: an fd closed since the listing is no longer ours to check
         // (the dump itself reads the table again once the tree is frozen).
@@ -454,11 +455,77 @@ pub fn precheck(
                     .into());
                 }
             }
-            Ok(None) if !p.deleted() => reachable_by_path(&p)?,
+            Ok(None) if !p.deleted() => {
+                reachable_by_path(&p)?;
+                if meta.as_ref().is_some_and(|m| m.is_file()) {
+                    not_overmounted(&p, &mut mounts)?;
+                }
+            }
             Ok(None) => {}
         }
     }
     Ok(())
+}
+
+/// What [`not_overmounted`] learnt of a task's mounts: its mountinfo, and per mount id
+/// whether its mount point still leads to it.
+#[derive(Default)]
+struct MountsSeen {
+    infos: Option<Vec<super::mounts::MountInfo>>,
+    covered: HashMap<u32, bool>,
+}
+
+/// A regular file whose mount, in the task's mount namespace, another mount now covers
+/// (zdtm's overmounted_file: a bind mounted over the directory holding it) is refused, as
+/// CRIU refuses it ("open files on overmounted mounts are not supported"): the restore
+/// reopens files by path, which would lead to the covering mount.
+fn not_overmounted(p: &FdProbe<'_>, seen: &mut MountsSeen) -> Result<(), Unsupported> {
+    let Ok(info) = procfs::fdinfo(p.pid, p.fd) else {
+        return Ok(()); // closed meanwhile: the dump itself says what
+    };
+    let Ok(id) = u32::try_from(info.mnt_id) else {
+        return Ok(());
+    };
+    if seen.infos.is_none() {
+        seen.infos = Some(
+            procfs::read(p.pid, "mountinfo")
+                .map(|t| super::mounts::parse_mountinfo(&t))
+                .unwrap_or_default(),
+        );
+    }
+    let infos = seen.infos.as_deref().unwrap_or_default();
+    let covered = *seen.covered.entry(id).or_insert_with(|| {
+        // Only a mount of the task's namespace (a file opened elsewhere is refused by
+        // `reachable_by_path` when its path leads elsewhere).
+        let Some(m) = infos.iter().find(|m| m.id == id) else {
+            return false;
+        };
+        let at = sys::fd::open_in_root(
+            &format!("/proc/{}/root", p.pid),
+            &m.mountpoint,
+            libc::O_PATH,
+        );
+        at.ok()
+            .and_then(|f| {
+                rustix::fs::statx(
+                    &f,
+                    "",
+                    rustix::fs::AtFlags::EMPTY_PATH,
+                    rustix::fs::StatxFlags::MNT_ID,
+                )
+                .ok()
+            })
+            .is_some_and(|st| st.stx_mnt_id != u64::from(id))
+    });
+    if !covered {
+        return Ok(());
+    }
+    Err(Unsupported::of(
+        p.pid,
+        format!("fd {} ({})", p.fd, p.link),
+        format!("the file is on mount {id}, which another mount now covers (overmounted), so it cannot be reopened by its path"),
+        "unmount what covers it before the dump, or close the file",
+    ))
 }
 
 /// Runs every kind's tree-wide check on the fds [`precheck`] collected.
