@@ -982,15 +982,6 @@ fn python_http_server_on_tcp_finishes_a_request_across_restore() {
     );
 }
 
-/// `cryo restore -D IMG -d -v4 -o restore.log EXTRA`, which must succeed.
-fn restore_with(img: &Path, extra: &[&str]) {
-    let d = img.to_str().unwrap();
-    let mut a = vec!["restore", "-D", d, "-d", "-v4", "-o", "restore.log"];
-    a.extend_from_slice(extra);
-    let o = cryo(&a);
-    assert!(o.status.success(), "restore:\n{}", log(img, "restore.log"));
-}
-
 /// cryo's own namespace's nftables ruleset.
 fn host_ruleset() -> String {
     let o = Command::new("nft")
