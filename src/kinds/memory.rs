@@ -173,13 +173,15 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
     }
     let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
     // A hugetlb memfd is mapped as any memfd (its file brings the huge pages back).
-    if v.has_flag("ht") && !v.name.starts_with("/memfd:") {
+    // An attached SysV hugetlb segment goes the SysV way below (shmat of the segment its IPC
+    // namespace brings back on huge pages).
+    if v.has_flag("ht") && !v.name.starts_with("/memfd:") && !v.name.starts_with("/SYSV") {
         // Anonymous hugetlb memory (MAP_HUGETLB): mapped again with the same page size; a
         // shared one is saved once per inode like shared memory, a private one's pages
-        // like any private memory. Files of a hugetlbfs mount and SysV segments are not.
+        // like any private memory. Files of a hugetlbfs mount are not.
         if !v.name.starts_with("/anon_hugepage") {
             return Err(unsupported(
-                "a mapping of a hugetlbfs file or of a huge-page SysV segment is not supported yet",
+                "a mapping of a hugetlbfs file is not supported yet",
                 "use anonymous huge pages (MAP_HUGETLB), or unmap it before the dump",
             )
             .into());
