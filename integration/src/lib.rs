@@ -140,8 +140,16 @@ pub fn dump(pid: i32, dir: &Path, extra: &[&str]) {
 
 /// `cryo restore -D DIR -d -v4 -o restore.log`; panics on failure.
 pub fn restore(dir: &Path) {
+    restore_with(dir, &[]);
+}
+
+/// `cryo restore -D DIR -d -v4 -o restore.log` plus `extra`; panics on failure, showing
+/// the restore's log.
+pub fn restore_with(dir: &Path, extra: &[&str]) {
     let d = dir.to_str().unwrap();
-    let out = cryo(&["restore", "-D", d, "-d", "-v4", "-o", "restore.log"]);
+    let mut a = vec!["restore", "-D", d, "-d", "-v4", "-o", "restore.log"];
+    a.extend_from_slice(extra);
+    let out = cryo(&a);
     assert!(
         out.status.success(),
         "restore failed:\n{}",

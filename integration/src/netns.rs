@@ -121,6 +121,63 @@ impl Net {
         std::fs::metadata(Net::path(&self.a)).unwrap().ino()
     }
 
+    /// `--external net[INO]:srvnet`: namespace A, where the servers run, is external (the
+    /// dump leaves it to the test; the restore joins it again, see [`Net::join_a`]).
+    pub fn a_external(&self) -> String {
+        format!("net[{}]:srvnet", self.a_ino())
+    }
+
+    /// `--join-ns net:PATH` of namespace A, for the restore.
+    pub fn join_a(&self) -> String {
+        format!("net:{}", Net::path(&self.a))
+    }
+
+    /// `cryo dump --tcp-established --external net[A]:srvnet` of `pid`, waiting until it is gone.
+    pub fn dump_established(&self, pid: i32, img: &Path) {
+        crate::dump(
+            pid,
+            img,
+            &["--tcp-established", "--external", &self.a_external()],
+        );
+        crate::wait_gone(pid);
+    }
+
+    /// `cryo restore --tcp-established --join-ns net:A`.
+    pub fn restore_established(&self, img: &Path) {
+        crate::restore_with(img, &["--tcp-established", "--join-ns", &self.join_a()]);
+    }
+
+    /// `exe server PORT OUT` in namespace A and `exe client ADDR PORT OUT` in B (ADDR: A's
+    /// IPv4 address), the server first, ready once its OUT says `ready`; both killed when the
+    /// returned pair is dropped. The programs write their progress into `dir`/srv.out and
+    /// cli.out.
+    pub fn server_and_client(&self, dir: &Path, exe: &Path, port: u16) -> Pair {
+        let exe = exe.to_str().unwrap();
+        let port = port.to_string();
+        let sout = dir.join("srv.out");
+        let srv = Net::spawn_in(
+            &self.a,
+            &[exe, "server", &port, sout.to_str().unwrap()],
+            &dir.join("srv.log"),
+        );
+        let srv = crate::KillOnDrop(srv);
+        wait_for("the server", 20, || {
+            crate::lines(&sout).first().is_some_and(|l| l == "ready")
+        });
+        let cout = dir.join("cli.out");
+        let cli = Net::spawn_in(
+            &self.b,
+            &[exe, "client", &self.v4(1), &port, cout.to_str().unwrap()],
+            &dir.join("cli.log"),
+        );
+        Pair {
+            srv,
+            cli: crate::KillOnDrop(cli),
+            sout,
+            cout,
+        }
+    }
+
     /// `nft list ruleset` in namespace `ns`.
     pub fn ruleset(ns: &str) -> String {
         let o = Command::new("ip")
@@ -144,6 +201,15 @@ impl Net {
         });
         pid
     }
+}
+
+/// A server and its client in two namespaces ([`Net::server_and_client`]).
+pub struct Pair {
+    pub srv: crate::KillOnDrop,
+    pub cli: crate::KillOnDrop,
+    /// What each program wrote, a line per event.
+    pub sout: std::path::PathBuf,
+    pub cout: std::path::PathBuf,
 }
 
 impl Drop for Net {

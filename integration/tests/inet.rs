@@ -162,7 +162,7 @@ fn tcp_server_keeps_50_connections_across_dump_and_restore() {
     wait_progress(&out6, 4 << 20);
 
     let img = dir.join("img");
-    let key = format!("net[{}]:srvnet", net.a_ino());
+    let key = net.a_external();
     // The clients' acknowledgements (and new bytes) are lost for a moment: what the server
     // sent meanwhile is still unacknowledged when it is dumped.
     net.lose_b_to_a(true);
@@ -203,7 +203,7 @@ fn tcp_server_keeps_50_connections_across_dump_and_restore() {
         "restore.log",
         "--tcp-established",
         "--join-ns",
-        &format!("net:{}", Net::path(&net.a)),
+        &net.join_a(),
     ]);
     assert!(o.status.success(), "restore:\n{}", log(&img, "restore.log"));
     assert!(
@@ -259,8 +259,8 @@ fn udp_sockets_keep_their_queued_datagrams() {
     }
     let dir = scratch("udp");
     let net = Net::new("udp", 92);
-    let key = format!("net[{}]:srvnet", net.a_ino());
-    let join = format!("net:{}", Net::path(&net.a));
+    let key = net.a_external();
+    let join = net.join_a();
 
     // A bound server in A, its client in B.
     let (srv, srv_out, port) = udppeer(&net.a, &dir, "srv", &["udp", "server", "::", "7101"]);
@@ -379,7 +379,7 @@ fn faults_at_every_stage_keep_the_connections() {
     let (cli, out) = start_clients(&net, &dir, "cli", &net.v4(1), 7201, 10);
     let _gc = KillOnDrop(cli);
     wait_progress(&out, 2 << 20);
-    let key = format!("net[{}]:srvnet", net.a_ino());
+    let key = net.a_external();
     let p = srv.pid.to_string();
     for stage in ["seize", "netlock", "collect", "parasite", "memory", "write"] {
         let img = dir.join(format!("img-{stage}"));
@@ -420,7 +420,7 @@ fn faults_at_every_stage_keep_the_connections() {
     dump(srv.pid, &img, &["--tcp-established", "--external", &key]);
     wait_gone(srv.pid);
     let d = img.to_str().unwrap();
-    let join = format!("net:{}", Net::path(&net.a));
+    let join = net.join_a();
     let args = [
         "restore",
         "-D",
@@ -548,7 +548,7 @@ fn killed_cryo_leaves_nothing_the_next_run_does_not_remove() {
     let (cli, out) = start_clients(&net, &dir, "cli", &net.v4(1), 7401, 10);
     let _gc = KillOnDrop(cli);
     wait_progress(&out, 2 << 20);
-    let key = format!("net[{}]:srvnet", net.a_ino());
+    let key = net.a_external();
 
     let cryo_pid = killed_at(srv.pid, &dir.join("img-lock"), &key, "netlock");
     // (Another test's cryo run may have cleaned up first: then it is simply gone.)
@@ -837,11 +837,11 @@ fn connections_are_refused_without_their_options() {
             && e.contains("--skip-in-flight"),
         "{e}"
     );
-    let key = format!("net[{}]:srvnet", net.a_ino());
+    let key = net.a_external();
     let img = dir.join("img3");
     dump(l, &img, &["--skip-in-flight", "--external", &key]);
     wait_gone(l);
-    let join = format!("net:{}", Net::path(&net.a));
+    let join = net.join_a();
     let o = cryo(&[
         "restore",
         "-D",
@@ -982,15 +982,6 @@ fn python_http_server_on_tcp_finishes_a_request_across_restore() {
     );
 }
 
-/// `cryo restore -D IMG -d -v4 -o restore.log EXTRA`, which must succeed.
-fn restore_with(img: &Path, extra: &[&str]) {
-    let d = img.to_str().unwrap();
-    let mut a = vec!["restore", "-D", d, "-d", "-v4", "-o", "restore.log"];
-    a.extend_from_slice(extra);
-    let o = cryo(&a);
-    assert!(o.status.success(), "restore:\n{}", log(img, "restore.log"));
-}
-
 /// cryo's own namespace's nftables ruleset.
 fn host_ruleset() -> String {
     let o = Command::new("nft")
@@ -1115,35 +1106,8 @@ fn half_closed_connections_stay_half_closed() {
     }
     let dir = scratch("tcphalf");
     let net = Net::new("th", 98);
-    let exe = prog("halfclose");
-    let sout = dir.join("srv.out");
-    let srv = Net::spawn_in(
-        &net.a,
-        &[
-            exe.to_str().unwrap(),
-            "server",
-            "7501",
-            sout.to_str().unwrap(),
-        ],
-        &dir.join("srv.log"),
-    );
-    let _g = KillOnDrop(srv);
-    wait_for("the server", 20, || {
-        lines(&sout).first().is_some_and(|l| l == "ready")
-    });
-    let cout = dir.join("cli.out");
-    let cli = Net::spawn_in(
-        &net.b,
-        &[
-            exe.to_str().unwrap(),
-            "client",
-            &net.v4(1),
-            "7501",
-            cout.to_str().unwrap(),
-        ],
-        &dir.join("cli.log"),
-    );
-    let _gc = KillOnDrop(cli);
+    let p = net.server_and_client(&dir, &prog("halfclose"), 7501);
+    let (srv, cli, sout, cout) = (p.srv.0, p.cli.0, p.sout.clone(), p.cout.clone());
     let has = |f: &Path, l: &str| lines(f).iter().any(|x| x == l);
     wait_for("the first FINs", 20, || {
         has(&sout, "conn 2 eof") && has(&sout, "conn 3 eof") && has(&cout, "conn 1 eof")
@@ -1156,9 +1120,7 @@ fn half_closed_connections_stay_half_closed() {
     signal(cli, libc::SIGUSR2);
     wait_for("the client's FIN on 5", 20, || has(&sout, "conn 5 eof"));
     let img = dir.join("img");
-    let key = format!("net[{}]:srvnet", net.a_ino());
-    dump(srv, &img, &["--tcp-established", "--external", &key]);
-    wait_gone(srv);
+    net.dump_established(srv, &img);
     net.lose_a_to_b(false);
     let st = states(&img);
     for want in [
@@ -1171,14 +1133,7 @@ fn half_closed_connections_stay_half_closed() {
     ] {
         assert!(st.iter().any(|s| s == want), "no {want} among {st:?}");
     }
-    restore_with(
-        &img,
-        &[
-            "--tcp-established",
-            "--join-ns",
-            &format!("net:{}", Net::path(&net.a)),
-        ],
-    );
+    net.restore_established(&img);
     // The server's FINs arrive now.
     wait_for("the server's FINs after the restore", 30, || {
         has(&cout, "conn 3 eof") && has(&cout, "conn 4 eof") && has(&cout, "conn 5 eof")
@@ -1219,42 +1174,13 @@ fn closed_connections_and_shut_down_datagram_sockets_come_back() {
     }
     let dir = scratch("tcpclosed");
     let net = Net::new("tz", 104);
-    let exe = prog("tcpclosed");
-    let sout = dir.join("srv.out");
-    let srv = Net::spawn_in(
-        &net.a,
-        &[
-            exe.to_str().unwrap(),
-            "server",
-            "7521",
-            sout.to_str().unwrap(),
-        ],
-        &dir.join("srv.log"),
-    );
-    let _g = KillOnDrop(srv);
-    wait_for("the server", 20, || {
-        lines(&sout).first().is_some_and(|l| l == "ready")
-    });
-    let cout = dir.join("cli.out");
-    let cli = Net::spawn_in(
-        &net.b,
-        &[
-            exe.to_str().unwrap(),
-            "client",
-            &net.v4(1),
-            "7521",
-            cout.to_str().unwrap(),
-        ],
-        &dir.join("cli.log"),
-    );
-    let _gc = KillOnDrop(cli);
+    let p = net.server_and_client(&dir, &prog("tcpclosed"), 7521);
+    let (srv, sout) = (p.srv.0, p.sout.clone());
     wait_for("both connections closed", 30, || {
         lines(&sout).iter().any(|l| l == "closed")
     });
     let img = dir.join("img");
-    let key = format!("net[{}]:srvnet", net.a_ino());
-    dump(srv, &img, &["--tcp-established", "--external", &key]);
-    wait_gone(srv);
+    net.dump_established(srv, &img);
     let st = states(&img);
     assert_eq!(
         st.iter().filter(|s| *s == "CLOSE").count(),
@@ -1272,14 +1198,7 @@ fn closed_connections_and_shut_down_datagram_sockets_come_back() {
         })
         .count();
     assert_eq!(streams, 2, "a tcp-stream image per closed connection");
-    restore_with(
-        &img,
-        &[
-            "--tcp-established",
-            "--join-ns",
-            &format!("net:{}", Net::path(&net.a)),
-        ],
-    );
+    net.restore_established(&img);
     signal(srv, libc::SIGUSR1);
     wait_for("the server's checks", 30, || {
         lines(&sout).iter().any(|l| l == "done")
@@ -1323,7 +1242,7 @@ fn socket_options_and_states_come_back() {
         lines(&out).iter().any(|l| l == "ready")
     });
     let img = dir.join("img");
-    let key = format!("net[{}]:srvnet", net.a_ino());
+    let key = net.a_external();
     dump(pid, &img, &["--external", &key]);
     wait_gone(pid);
     // The namespace was locked whole: the lock stays until the restore, connections or not
@@ -1340,7 +1259,7 @@ fn socket_options_and_states_come_back() {
         "no lock in the namespace between dump and restore: {}",
         tables()
     );
-    restore_with(&img, &["--join-ns", &format!("net:{}", Net::path(&net.a))]);
+    restore_with(&img, &["--join-ns", &net.join_a()]);
     assert!(
         !tables().contains("CRIU-"),
         "the lock is left after the restore: {}",
@@ -1379,7 +1298,7 @@ fn criu_and_cryo_restore_each_others_tcp_dumps() {
     }
     let dir = scratch("tcpcriu");
     let net = Net::new("tc", 99);
-    let key = format!("net[{}]:srvnet", net.a_ino());
+    let key = net.a_external();
     let ns = std::fs::File::open(Net::path(&net.a)).unwrap();
     for (i, (dumper, restorer)) in [("cryo", "criu"), ("criu", "cryo")].into_iter().enumerate() {
         let run = |tool: &str, args: &[&str]| {
@@ -1497,7 +1416,7 @@ fn connections_of_a_child_in_another_namespace_are_locked_in_it() {
     wait_progress(&cout, 2 << 20);
 
     let img = dir.join("img");
-    let key = format!("net[{}]:srvnet", net.a_ino());
+    let key = net.a_external();
     dump(root, &img, &dump_args(&key));
     wait_gone(srv);
     wait_gone(root);
@@ -1555,7 +1474,7 @@ fn a_kept_iptables_lock_is_lifted_by_a_restore_with_the_default_method() {
     let pid = Net::spawn_in(&net.a, &["sleep", "1000"], &log);
     let _g = KillOnDrop(pid);
     let img = dir.join("img");
-    let key = format!("net[{}]:srvnet", net.a_ino());
+    let key = net.a_external();
     dump(
         pid,
         &img,
@@ -1574,7 +1493,7 @@ fn a_kept_iptables_lock_is_lifted_by_a_restore_with_the_default_method() {
         "no iptables lock between dump and restore:\n{}",
         chains()
     );
-    restore_with(&img, &["--join-ns", &format!("net:{}", Net::path(&net.a))]);
+    restore_with(&img, &["--join-ns", &net.join_a()]);
     assert!(alive(pid));
     assert!(
         !chains().contains("CRIU-"),

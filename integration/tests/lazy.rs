@@ -41,20 +41,6 @@ fn daemon(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
     child
 }
 
-fn restore_lazy(dir: &Path) {
-    let o = cryo(&[
-        "restore",
-        "-D",
-        dir.to_str().unwrap(),
-        "--lazy-pages",
-        "-d",
-        "-v4",
-        "-o",
-        "restore.log",
-    ]);
-    ok(&o, &format!("lazy restore\n{}", log(dir, "restore.log")));
-}
-
 /// The daemon's counts from its last log line.
 fn counted(dir: &Path, what: &str) -> u64 {
     let l = log(dir, "lazy.log");
@@ -85,7 +71,7 @@ fn lazily_restored_memory_comes_on_first_touch() {
     dump(pid, &img, &[]);
     wait_gone(pid);
     let mut d = daemon(&img, &[], &[("CRYO_FAULT_PAUSE", "lazy-push:600")]);
-    restore_lazy(&img);
+    restore_with(&img, &["--lazy-pages"]);
     assert!(alive(pid), "the restored process runs");
     assert_eq!(
         memhog_sum(pid, &out),
@@ -115,7 +101,7 @@ fn lazy_restore_brings_every_page() {
     dump(pid, &img, &[]);
     wait_gone(pid);
     let mut d = daemon(&img, &[], &[]);
-    restore_lazy(&img);
+    restore_with(&img, &["--lazy-pages"]);
     let st = d.wait().unwrap();
     assert!(st.success(), "daemon: {st}\n{}", log(&img, "lazy.log"));
     assert!(log(&img, "lazy.log").contains("every page is in"));
@@ -166,7 +152,7 @@ fn lazy_restore_from_a_page_server() {
         &["--page-server", "--address", "127.0.0.1", "--port", &port],
         &[],
     );
-    restore_lazy(&dst);
+    restore_with(&dst, &["--lazy-pages"]);
     let st = d.wait().unwrap();
     assert!(st.success(), "daemon: {st}\n{}", log(&dst, "lazy.log"));
     let st = dumper.wait().unwrap();
@@ -212,7 +198,7 @@ fn a_lost_page_source_kills_the_tree() {
         &["--page-server", "--address", "127.0.0.1", "--port", &port],
         &[("CRYO_FAULT_PAUSE", "lazy-push:600")],
     );
-    restore_lazy(&dst);
+    restore_with(&dst, &["--lazy-pages"]);
     assert!(alive(pid));
     // The source goes away; the next page the program needs cannot come.
     dumper.kill().unwrap();
@@ -244,7 +230,7 @@ fn a_killed_daemon_takes_the_tree_with_it() {
     dump(pid, &img, &[]);
     wait_gone(pid);
     let mut d = daemon(&img, &[], &[("CRYO_FAULT_PAUSE", "lazy-push:600")]);
-    restore_lazy(&img);
+    restore_with(&img, &["--lazy-pages"]);
     assert!(alive(pid));
     wait_for("the keeper", 20, || {
         log(&img, "lazy.log").contains("keeper started")

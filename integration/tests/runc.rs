@@ -472,6 +472,57 @@ fn ten_cycles() {
     }
 }
 
+/// Eight different containers checkpointed at the same time by eight `runc checkpoint`s
+/// (eight cryo processes), then restored at the same time (issue #13 item 5): every one
+/// succeeds, each counter goes on from where its own container stopped, and each
+/// container's /dev/shm is its own. No global lock or shared temp path in cryo may make one
+/// fail or wait for another (bench-runc.sh `--concurrent 8` times it).
+#[test]
+fn eight_containers_checkpointed_and_restored_at_once() {
+    need_runc!();
+    let _g = serial();
+    let mut cs: Vec<Container> = (0..8)
+        .map(|i| Container::new(&format!("par{i}"), "pipe"))
+        .collect();
+    for c in cs.iter_mut() {
+        c.start(None, &[]);
+    }
+    for c in &cs {
+        c.wait_output(0, 2);
+    }
+    // Each container's /dev/shm gets a mark of its own, which must come back to it.
+    for c in &cs {
+        c.exec_ok(&["sh", "-c", &format!("echo {} > /dev/shm/mark", c.id)]);
+    }
+    let imgs: Vec<PathBuf> = std::thread::scope(|s| {
+        let hs: Vec<_> = cs
+            .iter()
+            .map(|c| s.spawn(move || c.checkpoint(0, &[])))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut before = Vec::new();
+    for c in &cs {
+        c.gone();
+        before.push(c.last_output(0));
+    }
+    std::thread::scope(|s| {
+        for (c, img) in cs.iter_mut().zip(&imgs) {
+            s.spawn(move || c.start(Some(img), &[]));
+        }
+    });
+    for (c, before) in cs.iter().zip(before) {
+        let first = c.wait_output(1, 0);
+        assert_eq!(
+            c.out[1].numbers()[0],
+            before + 1,
+            "{}: the counter went on from {before} at {first}",
+            c.id
+        );
+        assert_eq!(c.exec_ok(&["cat", "/dev/shm/mark"]), c.id);
+    }
+}
+
 /// `runc restore` without `-d`: runc waits for the restored init (reparented to runc, a
 /// subreaper, when cryo exits) and exits with its status once it is killed.
 #[test]

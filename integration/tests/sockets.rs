@@ -54,7 +54,7 @@ fn netlink_socket_keeps_its_port_and_groups() {
         .find_map(|e| e.get("nlsk"))
         .expect("a netlink record");
     assert_eq!(nl["portid"].as_i64(), Some(i64::from(portid)), "{nl}");
-    let join = format!("net:{}", Net::path(&net.a));
+    let join = net.join_a();
     let o = cryo(&[
         "restore",
         "-D",
@@ -207,7 +207,7 @@ fn packet_socket_keeps_its_interface_and_options() {
         .clone();
     assert_eq!(psk["aux_data"], true, "{psk}");
     assert_eq!(psk["mclist"][0]["type"], 1, "{psk}");
-    let join = format!("net:{}", Net::path(&net.a));
+    let join = net.join_a();
     let o = cryo(&[
         "restore",
         "-D",
@@ -288,7 +288,7 @@ fn ping_and_raw_sockets_keep_their_ids_addresses_and_filters() {
     let img = dir.join("img");
     dump(pid, &img, &["--external", &key]);
     wait_gone(pid);
-    let join = format!("net:{}", Net::path(&net.a));
+    let join = net.join_a();
     let o = cryo(&[
         "restore",
         "-D",

@@ -730,13 +730,45 @@ impl Kind for Memory {
 type Ranges = Vec<(u64, u64)>;
 
 /// Takes the guard-region records ([`status::GUARD`]) out of `mm`'s VMAs, leaving the real
-/// mappings (sorted, as everything else expects them); returns their ranges.
-pub fn split_guards(mm: &mut pb::MmEntry) -> Ranges {
+/// mappings (sorted, as everything else expects them); returns their ranges. A range that is
+/// not page-aligned or not inside the saved mappings (which the dump never writes) is a bad
+/// image: it would put guard pages where the program never had them.
+pub fn split_guards(mm: &mut pb::MmEntry) -> Result<Ranges, TaskError> {
     let (guards, vmas): (Vec<_>, Vec<_>) = std::mem::take(&mut mm.vmas)
         .into_iter()
         .partition(|v| v.status & status::GUARD != 0);
     mm.vmas = vmas;
-    guards.into_iter().map(|v| (v.start, v.end)).collect()
+    let page = 4096u64;
+    guards
+        .into_iter()
+        .map(|g| {
+            let (start, end) = (g.start, g.end);
+            let covered = start < end
+                && start % page == 0
+                && end % page == 0
+                && covered_by_vmas(&mm.vmas, start, end);
+            if covered {
+                Ok((start, end))
+            } else {
+                Err(TaskError::BadImage(format!(
+                    "guard pages {start:#x}-{end:#x} are not whole pages inside the saved \
+                     mappings"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// Whether `[start, end)` lies inside VMAs of `vmas` that follow one another without a gap.
+fn covered_by_vmas(vmas: &[pb::VmaEntry], start: u64, end: u64) -> bool {
+    let mut at = start;
+    while at < end {
+        match vmas.iter().find(|v| v.start <= at && at < v.end) {
+            Some(v) => at = v.end,
+            None => return false,
+        }
+    }
+    true
 }
 
 /// The pages of a private VMA to save: (copied, in the parent). Without a parent every present
@@ -964,7 +996,10 @@ fn write_pages_mapped(
     let nblocks = usize_of(total.div_ceil(u64_of(BLOCK)));
     let digests = Mutex::new(vec![String::new(); nblocks]);
     let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
-    let queue = Mutex::new(map.bytes_mut().chunks_mut(BLOCK).enumerate());
+    let chunks = map
+        .file_chunks_mut(BLOCK)
+        .expect("Mapping::file_rw is a file mapping");
+    let queue = Mutex::new(chunks.enumerate());
     std::thread::scope(|s| {
         let work = || loop {
             if first_err.lock().expect("lock").is_some() {
@@ -977,7 +1012,7 @@ fn write_pages_mapped(
                     .get_or_insert(MemoryError::interrupted(sig));
                 break;
             }
-            let Some((b, chunk)) = queue.lock().expect("lock").next() else {
+            let Some((b, mut chunk)) = queue.lock().expect("lock").next() else {
                 break;
             };
             let start = b as u64 * BLOCK as u64;
@@ -998,7 +1033,7 @@ fn write_pages_mapped(
                 }
                 h.write(dst);
                 // Written: out of cryo's RSS (the page cache keeps it).
-                crate::sys::mem::release_written(dst);
+                chunk.release(o, usize_of(step));
                 at += step;
             }
             digests.lock().expect("lock")[b] = format!("{:032x}", h.finish_128());
@@ -1009,6 +1044,7 @@ fn write_pages_mapped(
         }
         work();
     });
+    drop(queue);
     drop(map);
     if let Some(e) = first_err.into_inner().expect("lock") {
         return Err(e);
@@ -2132,7 +2168,7 @@ pub fn lazy_plan(dir: &crate::image::ImageDir, vpid: u32) -> Result<LazyPlan, Me
     let mut mm: pb::MmEntry = dir
         .read_one(&format!("mm-{vpid}.img"), crate::image::MM)
         .map_err(TaskError::Image)?;
-    split_guards(&mut mm);
+    split_guards(&mut mm)?;
     let (pages_id, entries) = dir
         .read_pagemap(&format!("pagemap-{vpid}.img"))
         .map_err(TaskError::Image)?
@@ -2296,4 +2332,47 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages, mut b: Batch) -> Result<
     }
     r?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vma(start: u64, end: u64, status: u32) -> pb::VmaEntry {
+        pb::VmaEntry {
+            start,
+            end,
+            status,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn guard_ranges_must_lie_inside_the_saved_mappings() {
+        let mm = |guard: (u64, u64)| pb::MmEntry {
+            vmas: vec![
+                vma(0x10000, 0x20000, 0),
+                vma(0x20000, 0x30000, 0),
+                vma(0x40000, 0x50000, 0),
+                vma(guard.0, guard.1, status::GUARD),
+            ],
+            ..Default::default()
+        };
+        // Inside one mapping, and across two that follow one another.
+        for ok in [(0x11000, 0x12000), (0x1f000, 0x21000)] {
+            let mut m = mm(ok);
+            assert_eq!(split_guards(&mut m).unwrap(), vec![ok]);
+            assert_eq!(m.vmas.len(), 3);
+        }
+        // Over a gap, outside every mapping, unaligned, empty.
+        for bad in [
+            (0x2f000, 0x41000),
+            (0x60000, 0x61000),
+            (0x11000, 0x11800),
+            (0x12000, 0x12000),
+        ] {
+            let e = split_guards(&mut mm(bad)).unwrap_err().to_string();
+            assert!(e.contains("guard pages"), "{e}");
+        }
+    }
 }

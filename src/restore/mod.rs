@@ -439,7 +439,7 @@ fn read_task(dir: &ImageDir, ps: &pb::PstreeEntry) -> Result<TaskImages, Restore
             path: dir.file(&format!("pagemap-{pid}.img")),
         })?;
     let mut mm: pb::MmEntry = dir.read_one(&format!("mm-{pid}.img"), image::MM)?;
-    let guards = kinds::memory::split_guards(&mut mm);
+    let guards = kinds::memory::split_guards(&mut mm)?;
     let img = TaskImages {
         pid,
         pstree: ps.clone(),

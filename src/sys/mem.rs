@@ -674,6 +674,19 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts_mut(self.addr, self.len) }
     }
 
+    /// A read-write file mapping's bytes in blocks of `size` (the last one shorter), each
+    /// of which can be released once written; `None` for an anonymous mapping.
+    pub fn file_chunks_mut(&mut self, size: usize) -> Option<impl Iterator<Item = FileChunk<'_>>> {
+        if !self.file {
+            return None;
+        }
+        Some(
+            self.bytes_mut()
+                .chunks_mut(size)
+                .map(|bytes| FileChunk { bytes }),
+        )
+    }
+
     /// A new shared anonymous mapping of `len` bytes of huge pages (hugetlb), read-write;
     /// `huge` holds `MAP_HUGETLB` and the page size bits (`MAP_HUGE_*`).
     pub fn anon_shared_huge(len: usize, huge: i32) -> io::Result<Mapping> {
@@ -802,21 +815,43 @@ impl Mapping {
     }
 }
 
-/// Drops the page-table entries of the whole pages inside `chunk`, a part of a shared file
-/// mapping that was written ([`Mapping::file_rw`]): the bytes stay in the file's page cache
-/// and cryo's RSS stops counting them. (On anonymous memory the pages would read as zeros
-/// afterwards: `chunk` is borrowed exclusively, so that is only a write through it.)
-pub fn release_written(chunk: &mut [u8]) {
-    // SAFETY: the range is `chunk`'s own, exclusively borrowed.
-    unsafe {
-        madvise_inner(
-            chunk.as_mut_ptr(),
-            chunk.len(),
-            0,
-            chunk.len(),
-            libc::MADV_DONTNEED,
-        )
-    };
+/// A block of a read-write file mapping, handed out by [`Mapping::file_chunks_mut`]: written
+/// through, then [`FileChunk::release`]d so that cryo's RSS stops counting it while the
+/// bytes stay in the file's page cache.
+pub struct FileChunk<'a> {
+    bytes: &'a mut [u8],
+}
+
+impl FileChunk<'_> {
+    /// Drops the page-table entries of the whole pages inside `[off, off + len)` of this
+    /// block (clamped to it). Their bytes stay what they were: the block belongs to a
+    /// shared file mapping, whose pages the page cache keeps.
+    pub fn release(&mut self, off: usize, len: usize) {
+        // SAFETY: the range is clamped to this block, exclusively borrowed, inside a shared
+        // file mapping (the only way to get a FileChunk), where MADV_DONTNEED changes no byte.
+        unsafe {
+            madvise_inner(
+                self.bytes.as_mut_ptr(),
+                self.bytes.len(),
+                off,
+                len,
+                libc::MADV_DONTNEED,
+            )
+        };
+    }
+}
+
+impl std::ops::Deref for FileChunk<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.bytes
+    }
+}
+
+impl std::ops::DerefMut for FileChunk<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.bytes
+    }
 }
 
 /// `madvise(advice)` on the whole pages inside `[base + off, base + off + len)`, clamped to
