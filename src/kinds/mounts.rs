@@ -560,6 +560,21 @@ pub fn plan_nested(
                 "it propagates to or from its parent namespace's mounts".into(),
             ));
         }
+        // Mounted again under a copy that is still a peer of its parent namespace's mount,
+        // it would propagate there too (the parent namespace would get a second one).
+        if let Some(p) = entries.iter().find(|p| {
+            p.mnt_id == m.parent
+                && p.cryo_copied == Some(COPIED_AS_IS)
+                && p.shared_id.is_some_and(|g| base_groups.contains(&g))
+        }) {
+            return Err(refuse(
+                m,
+                format!(
+                    "it is mounted under {}, which is still shared with its parent namespace's mount: mounting it again there would propagate it to the parent namespace",
+                    p.mountpoint
+                ),
+            ));
+        }
         let code = fstype_code(&m.fstype);
         entries.push(e);
         if bind_source(&entries, i).is_some() {
