@@ -140,11 +140,13 @@ for ((r = 0; r < ROUNDS; r++)); do
     d=$WORK/mig-$r
     mkdir -p "$d/src" "$d/dst"
     root=$(start_migratee "$d")
-    "$CRYO" receive --port $PORT --address 127.0.0.1 -D "$d/dst" -W "$d" -o receive.log -v2 >"$d/rx.out" 2>&1 &
+    "$CRYO" receive --port $PORT --address 127.0.0.1 -D "$d/dst" -W "$d" -o receive.log -v3 >"$d/rx.out" 2>&1 &
     rx=$!
     wait_line "$d/receive.log" 'listening' 10 || sleep 0.5
-    "$CRYO" migrate -t "$root" --to 127.0.0.1:$PORT -W "$d/src" -o migrate.log -v2 --json >"$d/mig.json" || { echo "migrate failed" >&2; cat "$d/rx.out" >&2; exit 1; }
+    "$CRYO" migrate -t "$root" --to 127.0.0.1:$PORT -W "$d/src" -o migrate.log -v3 --json >"$d/mig.json" || { echo "migrate failed" >&2; cat "$d/rx.out" >&2; exit 1; }
     wait "$rx"
+    # Where the downtime goes: the final step's stages, from the freeze.
+    echo "  round $r: $(grep -o 'stages=.*' "$d/src/migrate.log" | tail -1)"
     j=$(tail -1 "$d/mig.json")
     down=$(echo "$j" | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["downtime_ms"]*1000))')
     nr=$(echo "$j" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["rounds"]))')

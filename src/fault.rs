@@ -35,6 +35,12 @@ pub fn point(stage: &str) -> Result<(), Fault> {
     Ok(())
 }
 
+/// Is a fault injected at `stage` (`CRYO_FAULT_INJECT=<stage>`)? For fault points that are
+/// not a pipeline stage (a worker thread that panics).
+pub fn injected(stage: &str) -> bool {
+    std::env::var("CRYO_FAULT_INJECT").is_ok_and(|v| v == stage)
+}
+
 /// Fails if a termination signal arrived (for loops that check often, e.g. page copies),
 /// naming the `stage` it interrupted. Injected faults are not checked here.
 pub fn interrupted(stage: &str) -> Result<(), Fault> {

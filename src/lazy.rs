@@ -400,7 +400,10 @@ pub fn serve(
         Some(_) => None,
     };
     let source = match page_server {
-        Some(a) => Source::Remote(Vec::new(), crate::pageserver::Client::connect(a)?),
+        Some(a) => Source::Remote(
+            Vec::new(),
+            crate::pageserver::Client::connect(a, crate::pageserver::DEFAULT_IDLE_TIMEOUT)?,
+        ),
         None => Source::Local(Vec::new()),
     };
     let mut d = Daemon {

@@ -304,7 +304,12 @@ fn page_server(a: &Opts) -> Result<ExitCode> {
     if serve_here(a, listener.as_fd(), PS_LISTEN_FD, "page server")? {
         return Ok(ExitCode::SUCCESS);
     }
-    let bytes = cryo::pageserver::run_server(dir, listener)?;
+    let timeout = a
+        .timeout
+        .map_or(cryo::pageserver::DEFAULT_IDLE_TIMEOUT, |t| {
+            std::time::Duration::from_secs(u64::from(t.max(1)))
+        });
+    let bytes = cryo::pageserver::run_server(dir, listener, Some(timeout))?;
     tracing::info!("page server: {bytes} bytes of pages received");
     Ok(ExitCode::SUCCESS)
 }
@@ -470,6 +475,11 @@ fn receive(a: &Opts) -> Result<ExitCode> {
             cpu_cap: a.cpu_cap_bits().map_err(anyhow::Error::msg)?,
             ..Default::default()
         },
+        timeout: a
+            .timeout
+            .map_or(cryo::pageserver::DEFAULT_IDLE_TIMEOUT, |t| {
+                std::time::Duration::from_secs(u64::from(t.max(1)))
+            }),
     };
     let r = cryo::migrate::receive(&opts, &listener)?;
     if a.json {

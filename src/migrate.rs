@@ -10,6 +10,14 @@
 //! before that (the destination refusing, dying, its restore failing) leaves the source
 //! running as it was, tracking removed; the destination removes what it received.
 //!
+//! The hand-over commits once: the destination restores the tree but holds it before it
+//! runs and says `Restored`; the source kills its tree (`SIGKILL`, frozen: it never runs
+//! again) and says `Commit`; only then does the destination let its copy run (`Running`).
+//! A destination that hears no `Commit` (the link broke, the source gave up or cannot kill
+//! its tree, `--timeout` passed) kills its copy: two copies never run. Every wait of the
+//! source while its tree is frozen is bounded by `--timeout` (default 10 s): past it the
+//! tree runs on where it was and the error names the stage that stalled.
+//!
 //! The wire: one TCP port on the destination. The first connection is the control channel:
 //! messages of a little-endian `u32` length and a JSON [`Msg`], a file's bytes following its
 //! `File` message. Each round's pages come on a connection of their own, in CRIU's
@@ -40,6 +48,10 @@ enum Msg {
         version: u32,
         tcp_established: bool,
         shell_job: bool,
+        /// The source's `--timeout` (seconds): how long the destination holds a restored
+        /// tree waiting for `Commit`.
+        #[serde(default)]
+        timeout_s: Option<u32>,
     },
     /// Source → destination: the pages of round `name` come next, on a new connection.
     Round { name: String },
@@ -49,6 +61,10 @@ enum Msg {
     Restore,
     /// Destination → source: go on.
     Ready,
+    /// Destination → source: the tree is restored, held before it runs, until `Commit`.
+    Restored { pid: i32, restore_us: u64 },
+    /// Source → destination: the source's tree is killed: let yours run.
+    Commit,
     /// Destination → source: the restored tree runs.
     Running { pid: i32, restore_us: u64 },
     /// Either way: it failed (the destination has removed what it received).
@@ -66,6 +82,10 @@ pub enum MigrateError {
     },
     #[error("the destination refused: {0}")]
     Refused(String),
+    #[error("{stage}: nothing from the other side for {secs} s (--timeout)")]
+    Timeout { stage: String, secs: u64 },
+    #[error("the tree is lost: the source was killed but the destination did not take the commit ({0}); it kills its copy")]
+    Lost(String),
     #[error("migration protocol: {0}")]
     Protocol(String),
     #[error(transparent)]
@@ -88,6 +108,9 @@ impl MigrateError {
             MigrateError::Io { .. } => Some(
                 "is `cryo receive --port PORT` running on the destination, and reachable?".into(),
             ),
+            MigrateError::Timeout { .. } => Some(
+                "the tree runs on here; is the destination overloaded? A bigger --timeout gives it more time".into(),
+            ),
             _ => None,
         }
     }
@@ -95,7 +118,10 @@ impl MigrateError {
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MigrateError {
     let what = what.into();
-    move |source| MigrateError::Io { what, source }
+    move |source| MigrateError::Io {
+        what,
+        source: crate::pageserver::timed_out(source),
+    }
 }
 
 /// Largest control message (a JSON header, not a file's bytes).
@@ -131,9 +157,43 @@ fn recv(sk: &mut TcpStream) -> Result<Msg, MigrateError> {
     serde_json::from_slice(&b).map_err(|e| MigrateError::Protocol(e.to_string()))
 }
 
-/// Waits for `Ready` (or the destination's error).
-fn expect_ready(sk: &mut TcpStream) -> Result<(), MigrateError> {
-    match recv(sk)? {
+/// The next message, within `wait` (named `stage` if it does not come by then); a
+/// termination signal ends the wait too.
+fn recv_within(sk: &mut TcpStream, wait: Duration, stage: &str) -> Result<Msg, MigrateError> {
+    let timeout = || MigrateError::Timeout {
+        stage: stage.to_string(),
+        secs: wait.as_secs(),
+    };
+    match crate::pageserver::wait_readable_until(sk.as_fd(), None, Some(Instant::now() + wait)) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Err(timeout()),
+        Err(e) => return Err(io_err(stage)(e)),
+    }
+    // The rest of the message comes within the same time (the socket's timeout).
+    let _ = sk.set_read_timeout(Some(wait));
+    match recv(sk) {
+        Err(MigrateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::TimedOut => {
+            Err(timeout())
+        }
+        r => r,
+    }
+}
+
+/// Valid names of rounds and files from the other side: a plain name in the images
+/// directory, never a path (`/`, `..`, hidden names) nor the chain's `parent` link.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name != crate::memtrack::PARENT_LINK
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Waits for `Ready` (or the destination's error), within `wait`.
+fn expect_ready(sk: &mut TcpStream, wait: Duration, stage: &str) -> Result<(), MigrateError> {
+    match recv_within(sk, wait, stage)? {
         Msg::Ready => Ok(()),
         Msg::Error { what } => Err(MigrateError::Refused(what)),
         m => Err(MigrateError::Protocol(format!("unexpected {m:?}"))),
@@ -198,12 +258,45 @@ fn ms(d: Duration) -> f64 {
 struct FinalHooks<'a> {
     ctl: &'a mut TcpStream,
     dir: PathBuf,
+    /// The source tree's root.
+    pid: i32,
+    /// `--timeout`: the bound of every wait for the destination.
+    wait: Duration,
     frozen_at: Option<Instant>,
+    /// The source's tree was killed (`SIGKILL` sent to every task): no way back.
+    killed: bool,
+    /// `Commit` sent: `None` if it could not be.
+    commit: Option<Result<(), String>>,
+    /// The destination's `Running`: when, its pid, its restore's time.
     running: Option<(Instant, i32, u64)>,
+    /// The destination's `Restored` (pid, restore time), before it ran.
+    restored: Option<(Instant, i32, u64)>,
+    /// Why no `Running` came after the commit (a warning).
+    unconfirmed: Option<String>,
+    /// Stage timestamps (since the freeze), for the log.
+    stages: Vec<(&'static str, Instant)>,
 }
 
 impl FinalHooks<'_> {
+    /// The source's tree dies: `SIGKILL` to every task (frozen, it cannot run again; the
+    /// dump reaps them). Fails only if the root cannot be killed.
+    fn kill_source(&mut self) -> Result<(), MigrateError> {
+        crate::fault::point("migrate-commit")?;
+        let tasks = crate::lazy::descendants(&[self.pid]);
+        crate::sys::proc::kill(self.pid, libc::SIGKILL).map_err(io_err(format!(
+            "killing the source tree (pid {})",
+            self.pid
+        )))?;
+        for p in tasks {
+            let _ = crate::sys::proc::kill(p, libc::SIGKILL);
+        }
+        self.killed = true;
+        Ok(())
+    }
+
     fn hand_over(&mut self) -> Result<(), MigrateError> {
+        self.stages.push(("images dumped", Instant::now()));
+        let _ = self.ctl.set_write_timeout(Some(self.wait));
         let mut names: Vec<String> = Vec::new();
         for e in std::fs::read_dir(&self.dir).map_err(io_err("listing the final images"))? {
             let e = e.map_err(io_err("listing the final images"))?;
@@ -229,15 +322,43 @@ impl FinalHooks<'_> {
                 return Err(MigrateError::Protocol(format!("{name} changed while sent")));
             }
         }
-        send(self.ctl, &Msg::Restore)?;
-        match recv(self.ctl)? {
-            Msg::Running { pid, restore_us } => {
-                self.running = Some((Instant::now(), pid, restore_us));
-                Ok(())
+        send(self.ctl, &Msg::Restore).map_err(|e| match e {
+            MigrateError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut => {
+                MigrateError::Timeout {
+                    stage: "sending the final images".into(),
+                    secs: self.wait.as_secs(),
+                }
             }
-            Msg::Error { what } => Err(MigrateError::Refused(what)),
-            m => Err(MigrateError::Protocol(format!("unexpected {m:?}"))),
+            e => e,
+        })?;
+        self.stages.push(("images sent", Instant::now()));
+        match recv_within(self.ctl, self.wait, "the destination's restore")? {
+            Msg::Restored { pid, restore_us } => {
+                self.restored = Some((Instant::now(), pid, restore_us));
+            }
+            Msg::Error { what } => return Err(MigrateError::Refused(what)),
+            m => return Err(MigrateError::Protocol(format!("unexpected {m:?}"))),
         }
+        self.stages
+            .push(("restored on the destination", Instant::now()));
+        // The commit: the source dies, then the destination runs. Before the kill, any
+        // failure resumes the source (and the destination, hearing no commit, kills its copy).
+        self.kill_source()?;
+        self.stages.push(("source killed", Instant::now()));
+        self.commit = Some(send(self.ctl, &Msg::Commit).map_err(|e| error_chain(&e)));
+        if !matches!(self.commit, Some(Ok(()))) {
+            return Ok(());
+        }
+        match recv_within(self.ctl, self.wait, "the destination's resume") {
+            Ok(Msg::Running { pid, restore_us }) => {
+                self.running = Some((Instant::now(), pid, restore_us));
+                self.stages
+                    .push(("running on the destination", Instant::now()));
+            }
+            Ok(m) => self.unconfirmed = Some(format!("it answered {m:?}")),
+            Err(e) => self.unconfirmed = Some(error_chain(&e)),
+        }
+        Ok(())
     }
 }
 
@@ -327,15 +448,18 @@ fn rounds_and_hand_over(
     ctl: &mut TcpStream,
 ) -> Result<MigrateReport, MigrateError> {
     let pid = opts.dump.pid;
+    let wait = opts.dump.io_timeout();
+    let _ = ctl.set_write_timeout(Some(wait));
     send(
         ctl,
         &Msg::Hello {
             version: 1,
             tcp_established: opts.dump.sock.tcp_established,
             shell_job: opts.dump.shell_job,
+            timeout_s: u32::try_from(wait.as_secs()).ok(),
         },
     )?;
-    expect_ready(ctl)?;
+    expect_ready(ctl, wait, "the destination's greeting")?;
     tracing::info!(to = %opts.to, "migrate: the destination is ready");
 
     let mut rounds: Vec<Round> = Vec::new();
@@ -344,7 +468,11 @@ fn rounds_and_hand_over(
     for n in 1..=opts.max_rounds.max(1) {
         let name = format!("r{n}");
         send(ctl, &Msg::Round { name: name.clone() })?;
-        expect_ready(ctl)?;
+        expect_ready(
+            ctl,
+            wait,
+            &format!("the destination's readiness for round {n}"),
+        )?;
         let d = DumpOpts {
             track_mem: true,
             leave_running: true,
@@ -386,7 +514,7 @@ fn rounds_and_hand_over(
             name: "final".into(),
         },
     )?;
-    expect_ready(ctl)?;
+    expect_ready(ctl, wait, "the destination's readiness for the final round")?;
     let d = DumpOpts {
         track_mem: true,
         leave_running: false,
@@ -401,15 +529,54 @@ fn rounds_and_hand_over(
     let mut hooks = FinalHooks {
         ctl,
         dir: fdir.clone(),
+        pid,
+        wait,
         frozen_at: None,
+        killed: false,
+        commit: None,
         running: None,
+        restored: None,
+        unconfirmed: None,
+        stages: Vec::new(),
     };
     let tf = Instant::now();
-    let r = dump::run(&d, &dir, &mut hooks)?;
-    let (at, restored_pid, restore_us) = hooks
-        .running
-        .ok_or_else(|| MigrateError::Protocol("the dump ended without the destination".into()))?;
-    let downtime = at.duration_since(hooks.frozen_at.unwrap_or(tf));
+    let r = dump::run(&d, &dir, &mut hooks);
+    let frozen_at = hooks.frozen_at.unwrap_or(tf);
+    let stages: Vec<String> = hooks
+        .stages
+        .iter()
+        .map(|(what, t)| format!("{what} +{:.1} ms", ms(t.duration_since(frozen_at))))
+        .collect();
+    tracing::info!(stages = %stages.join(", "), "migrate: the final step (from the freeze)");
+    let final_pages = match r {
+        Ok(r) => r.pages_written,
+        // The tree is killed: what failed after that (its reaping, the network lock) is
+        // the source host's business, no longer the migration's.
+        Err(e) if hooks.killed => {
+            tracing::warn!(error = %error_chain(&e), "migrate: after the source was killed");
+            0
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(Err(why)) = &hooks.commit {
+        return Err(MigrateError::Lost(why.clone()));
+    }
+    let (at, restored_pid, restore_us) = match (hooks.running, hooks.restored) {
+        (Some(r), _) => r,
+        (None, Some((at, pid, us))) if hooks.commit.is_some() => {
+            // Committed: the destination runs it, but did not say so in time.
+            let why = hooks.unconfirmed.clone().unwrap_or_default();
+            tracing::warn!(%why, "migrate: the destination did not confirm that the tree runs");
+            eprintln!("warning: the destination took the commit but did not confirm that the tree runs ({why}): check pid {pid} there");
+            (at, pid, us)
+        }
+        _ => {
+            return Err(MigrateError::Protocol(
+                "the dump ended without the destination".into(),
+            ))
+        }
+    };
+    let downtime = at.duration_since(frozen_at);
     tracing::info!(
         pid,
         restored_pid,
@@ -419,7 +586,7 @@ fn rounds_and_hand_over(
     Ok(MigrateReport {
         pid,
         rounds,
-        final_pages: r.pages_written,
+        final_pages,
         downtime_ms: ms(downtime),
         restore_ms: restore_us as f64 / 1e3,
         restored_pid,
@@ -436,6 +603,8 @@ pub struct ReceiveOpts {
     pub keep: bool,
     /// Restore options (the source's `Hello` adds its socket options).
     pub restore: RestoreOpts,
+    /// `--timeout`: how long the source may send nothing in the middle of a migration.
+    pub timeout: Duration,
 }
 
 /// What `cryo receive` did.
@@ -447,18 +616,21 @@ pub struct ReceiveReport {
     pub restore_ms: f64,
 }
 
-/// `cryo receive`: serves one migration on `listener`. On any failure the directories it made
-/// are removed and the source is told why (if it can still hear it).
+/// `cryo receive`: serves one migration on `listener` (the first peer that connects is the
+/// source: `--address` says where to listen). On any failure the directories it made are
+/// removed and the source is told why (if it can still hear it).
 pub fn receive(opts: &ReceiveOpts, listener: &TcpListener) -> Result<ReceiveReport, MigrateError> {
     let made_dir = !opts.dir.exists();
     let (mut ctl, peer) = crate::pageserver::accept(listener).map_err(io_err("accept"))?;
     let _ = ctl.set_nodelay(true);
+    let _ = ctl.set_write_timeout(Some(opts.timeout));
     tracing::info!(%peer, "receive: the source connected");
     let mut made: Vec<PathBuf> = Vec::new();
-    let r = receive_in(opts, listener, &mut ctl, &mut made);
+    let r = receive_in(opts, listener, &mut ctl, peer.ip(), &mut made);
     match &r {
         Ok(_) if opts.keep => {}
         _ => {
+            // Only what this receive made (rounds it created, the directory if it did).
             for d in &made {
                 let _ = std::fs::remove_dir_all(d);
             }
@@ -478,21 +650,80 @@ pub fn receive(opts: &ReceiveOpts, listener: &TcpListener) -> Result<ReceiveRepo
     r
 }
 
+/// The destination's restore hooks: once everything exists and before anything runs
+/// (`pre-resume`), `Restored` goes to the source and its `Commit` is awaited; anything else
+/// (its error, the connection ending, `wait` passing) fails the restore, which kills what it
+/// made.
+struct CommitHooks<'a> {
+    ctl: &'a mut TcpStream,
+    wait: Duration,
+    t0: Instant,
+    root: i32,
+}
+
+impl CommitHooks<'_> {
+    fn commit(&mut self) -> Result<(), MigrateError> {
+        let restore_us = u64::try_from(self.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        send(
+            self.ctl,
+            &Msg::Restored {
+                pid: self.root,
+                restore_us,
+            },
+        )?;
+        tracing::info!(
+            pid = self.root,
+            restore_us,
+            "receive: restored, waiting for the commit"
+        );
+        // `receive-commit`: a test makes the destination fail here.
+        crate::fault::point("receive-commit")?;
+        match recv_within(self.ctl, self.wait, "the source's commit")? {
+            Msg::Commit => Ok(()),
+            Msg::Error { what } => Err(MigrateError::Protocol(format!(
+                "the source gave up: {what}"
+            ))),
+            m => Err(MigrateError::Protocol(format!("unexpected {m:?}"))),
+        }
+    }
+}
+
+impl Notifier for CommitHooks<'_> {
+    fn notify(&mut self, action: &str, pid: Option<i32>) -> Result<(), NotifyError> {
+        match action {
+            "post-restore" => self.root = pid.unwrap_or(0),
+            "pre-resume" => self.commit().map_err(|e| NotifyError::Hook {
+                action: action.into(),
+                why: error_chain(&e),
+            })?,
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 fn receive_in(
     opts: &ReceiveOpts,
     listener: &TcpListener,
     ctl: &mut TcpStream,
+    source: std::net::IpAddr,
     made: &mut Vec<PathBuf>,
 ) -> Result<ReceiveReport, MigrateError> {
     let mut ro = opts.restore.clone();
-    match recv(ctl)? {
+    let idle = opts.timeout;
+    let mut commit_wait = idle;
+    match recv_within(ctl, idle, "the source's greeting")? {
         Msg::Hello {
             version: 1,
             tcp_established,
             shell_job,
+            timeout_s,
         } => {
             ro.sock.tcp_established |= tcp_established;
             ro.shell_job |= shell_job;
+            if let Some(t) = timeout_s {
+                commit_wait = Duration::from_secs(u64::from(t.max(1)));
+            }
         }
         m => return Err(MigrateError::Protocol(format!("expected Hello, got {m:?}"))),
     }
@@ -502,17 +733,21 @@ fn receive_in(
     let mut bytes = 0u64;
     let mut rounds = 0u32;
     loop {
-        crate::pageserver::wait_readable(ctl.as_fd(), None)
-            .map_err(io_err("waiting for the source"))?;
-        match recv(ctl)? {
+        match recv_within(ctl, idle, "waiting for the source")? {
             Msg::Round { name } => {
-                if name.contains('/') || name.starts_with('.') || name.is_empty() {
+                if !plain_name(&name) {
                     return Err(MigrateError::Protocol(format!("round name {name:?}")));
                 }
                 // `receive-r1`, ..., `receive-final`: tests make the destination fail there.
                 crate::fault::point(&format!("receive-{name}"))?;
                 let path = opts.dir.join(&name);
-                let _ = std::fs::remove_dir_all(&path);
+                // Never over what this receive did not make (nor a round twice).
+                if path.symlink_metadata().is_ok() {
+                    return Err(MigrateError::Protocol(format!(
+                        "round {name:?}: {} exists already",
+                        path.display()
+                    )));
+                }
                 let dir = ImageDir::create(&path)?;
                 made.push(path.clone());
                 if let Some(p) = &prev {
@@ -523,21 +758,9 @@ fn receive_in(
                     .map_err(io_err("making the parent link"))?;
                 }
                 send(ctl, &Msg::Ready)?;
-                // The pages' connection, unless the source gives up meanwhile (its control
-                // connection closes, or says why).
-                if !crate::pageserver::wait_readable(listener.as_fd(), Some(ctl.as_fd()))
-                    .map_err(io_err("waiting for the pages"))?
-                {
-                    return Err(match recv(ctl) {
-                        Ok(Msg::Error { what }) => {
-                            MigrateError::Protocol(format!("the source gave up: {what}"))
-                        }
-                        Ok(m) => MigrateError::Protocol(format!("unexpected {m:?}")),
-                        Err(e) => e,
-                    });
-                }
-                let (mut sk, _) = listener.accept().map_err(io_err("accept (pages)"))?;
+                let mut sk = accept_pages(listener, ctl, source, idle)?;
                 let mut s = crate::pageserver::Server::new(dir);
+                s.timeout = Some(idle);
                 s.serve(&mut sk)?;
                 bytes += s.bytes;
                 tracing::info!(round = %name, bytes = s.bytes, "receive: round received");
@@ -552,15 +775,13 @@ fn receive_in(
                         "a file before the final round".into(),
                     ));
                 };
-                if name.contains('/')
-                    || name.starts_with('.')
-                    || name == crate::memtrack::PARENT_LINK
-                {
+                if !plain_name(&name) {
                     return Err(MigrateError::Protocol(format!("file name {name:?}")));
                 }
                 let path = opts.dir.join(last).join(&name);
                 let mut f = std::fs::File::create(&path)
                     .map_err(io_err(format!("create {}", path.display())))?;
+                let _ = ctl.set_read_timeout(Some(idle));
                 let n = std::io::copy(&mut (&mut *ctl).take(len), &mut f)
                     .map_err(io_err(format!("receiving {name}")))?;
                 if n != len {
@@ -575,13 +796,32 @@ fn receive_in(
                         "restore before the final round".into(),
                     ));
                 }
+                crate::fault::point("receive-restore")?;
+                // The source may have given up meanwhile (its `--timeout`): no restore then.
+                if crate::pageserver::wait_readable_until(ctl.as_fd(), None, Some(Instant::now()))
+                    .is_ok_and(|r| r)
+                {
+                    return Err(match recv(ctl) {
+                        Ok(Msg::Error { what }) => {
+                            MigrateError::Protocol(format!("the source gave up: {what}"))
+                        }
+                        Ok(m) => MigrateError::Protocol(format!("unexpected {m:?}")),
+                        Err(e) => e,
+                    });
+                }
                 let dir = ImageDir::open(&opts.dir.join("final"))?;
                 let t = Instant::now();
-                let r = restore::run(&ro, &dir, &mut crate::notify::NoHooks)?;
+                let mut hooks = CommitHooks {
+                    ctl: &mut *ctl,
+                    wait: commit_wait,
+                    t0: t,
+                    root: 0,
+                };
+                let r = restore::run(&ro, &dir, &mut hooks)?;
                 let restore_us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
                 tracing::info!(pid = r.pid, restore_us, "receive: the tree runs here");
-                // The source is told; from now on it is the source's to kill itself. If it
-                // cannot be told, it resumes: the tree here must go.
+                // Committed: the source is gone and this copy runs, whether or not the
+                // source hears it.
                 if let Err(e) = send(
                     ctl,
                     &Msg::Running {
@@ -589,11 +829,7 @@ fn receive_in(
                         restore_us,
                     },
                 ) {
-                    for p in crate::lazy::descendants(&[r.pid]) {
-                        let _ = crate::sys::proc::kill(p, libc::SIGKILL);
-                    }
-                    let _ = crate::sys::proc::kill(r.pid, libc::SIGKILL);
-                    return Err(e);
+                    tracing::warn!(error = %error_chain(&e), "receive: the source did not hear that the tree runs");
                 }
                 return Ok(ReceiveReport {
                     pid: r.pid,
@@ -607,7 +843,67 @@ fn receive_in(
     }
 }
 
+/// The connection of a round's pages: from the source's address only (others are closed),
+/// within `idle`, unless the source gives up meanwhile (its control connection closes, or
+/// says why).
+fn accept_pages(
+    listener: &TcpListener,
+    ctl: &mut TcpStream,
+    source: std::net::IpAddr,
+    idle: Duration,
+) -> Result<TcpStream, MigrateError> {
+    let deadline = Instant::now() + idle;
+    loop {
+        let ready = match crate::pageserver::wait_readable_until(
+            listener.as_fd(),
+            Some(ctl.as_fd()),
+            Some(deadline),
+        ) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(MigrateError::Timeout {
+                    stage: "waiting for the pages' connection".into(),
+                    secs: idle.as_secs(),
+                })
+            }
+            Err(e) => return Err(io_err("waiting for the pages")(e)),
+        };
+        if !ready {
+            return Err(match recv(ctl) {
+                Ok(Msg::Error { what }) => {
+                    MigrateError::Protocol(format!("the source gave up: {what}"))
+                }
+                Ok(m) => MigrateError::Protocol(format!("unexpected {m:?}")),
+                Err(e) => e,
+            });
+        }
+        let (sk, peer) = listener.accept().map_err(io_err("accept (pages)"))?;
+        if peer.ip() == source {
+            return Ok(sk);
+        }
+        tracing::warn!(%peer, %source, "receive: a connection from another address than the source's: closed");
+    }
+}
+
 /// Pages as MiB, for messages.
 pub fn mib(pages: u64) -> f64 {
     (pages * PAGE_SIZE) as f64 / f64::from(1u32 << 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_names_come_from_the_other_side() {
+        for ok in ["r1", "final", "pages-1.img", "inventory.img", "a_b-c.d"] {
+            assert!(plain_name(ok), "{ok}");
+        }
+        for bad in [
+            "", ".", "..", "../x", "/tmp", "a/b", ".hidden", "parent", "a\\b", "x y", "é",
+        ] {
+            assert!(!plain_name(bad), "{bad:?}");
+        }
+        assert!(!plain_name(&"a".repeat(129)));
+    }
 }

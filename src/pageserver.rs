@@ -16,6 +16,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::time::Duration;
 
 use crate::image::{pb, ImageDir};
 use crate::memtrack::{PE_PARENT, PE_PRESENT};
@@ -52,7 +53,25 @@ pub enum PsError {
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PsError {
     let what = what.into();
-    move |source| PsError::Io { what, source }
+    move |source| PsError::Io {
+        what,
+        source: timed_out(source),
+    }
+}
+
+/// How long a page-server connection may make no progress (`--timeout` of `page-server`
+/// and `receive`): a peer that stops sending mid-stream fails the receiver by then.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` end in `EAGAIN`) said as what it is.
+pub fn timed_out(e: std::io::Error) -> std::io::Error {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "timed out: the peer made no progress",
+        ),
+        _ => e,
+    }
 }
 
 /// One protocol record.
@@ -129,6 +148,8 @@ pub struct Server {
     open: Option<Open>,
     /// Bytes of page data received (for the log).
     pub bytes: u64,
+    /// How long the client may send nothing (none: for ever).
+    pub timeout: Option<Duration>,
 }
 
 impl Server {
@@ -138,6 +159,7 @@ impl Server {
             next_pages_id: 1,
             open: None,
             bytes: 0,
+            timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
 
@@ -176,19 +198,31 @@ impl Server {
     }
 
     /// Serves one session on `sk` until the client's CLOSE (then waits for it to hang up).
+    /// A client that sends nothing for `timeout` fails it, named.
     pub fn serve(&mut self, sk: &mut TcpStream) -> Result<(), PsError> {
         let _ = sk.set_nodelay(true);
+        sk.set_read_timeout(self.timeout)
+            .and_then(|()| sk.set_write_timeout(self.timeout))
+            .map_err(io("setting its timeout"))?;
+        let peer = sk
+            .peer_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string());
+        let from = |what: &str| format!("from {peer}: {what}");
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let mut raw = [0u8; Iov::SIZE];
-            match read_full(sk, &mut raw).map_err(io("read"))? {
+            match read_full(sk, &mut raw).map_err(io(from("read")))? {
                 0 => {
-                    return Err(PsError::Protocol(
-                        "the client went away before CLOSE: the data were not flushed".into(),
-                    ))
+                    return Err(PsError::Protocol(format!(
+                        "the client {peer} went away before CLOSE: the data were not flushed"
+                    )))
                 }
                 Iov::SIZE => {}
-                n => return Err(PsError::Protocol(format!("a record cut after {n} bytes"))),
+                n => {
+                    return Err(PsError::Protocol(format!(
+                        "from {peer}: a record cut after {n} bytes"
+                    )))
+                }
             }
             let pi = Iov::from_bytes(&raw);
             match pi.command() {
@@ -196,12 +230,13 @@ impl Server {
                 PS_IOV_OPEN2 => {
                     self.open(pi.dst_id)?;
                     let p = u8::from(self.has_parent(pi.dst_id));
-                    sk.write_all(&[p]).map_err(io("write (OPEN2 answer)"))?;
+                    sk.write_all(&[p])
+                        .map_err(io(from("write (OPEN2 answer)")))?;
                 }
                 PS_IOV_PARENT => {
                     let p = i32::from(self.has_parent(pi.dst_id));
                     sk.write_all(&p.to_le_bytes())
-                        .map_err(io("write (PARENT answer)"))?;
+                        .map_err(io(from("write (PARENT answer)")))?;
                 }
                 c @ (PS_IOV_ADD_F | PS_IOV_ADD | PS_IOV_HOLE) => {
                     let flags = match c {
@@ -229,7 +264,7 @@ impl Server {
                             let n =
                                 usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
                             sk.read_exact(&mut buf[..n])
-                                .map_err(io("read (page data)"))?;
+                                .map_err(io(from("read (page data)")))?;
                             o.pages
                                 .write_all(&buf[..n])
                                 .map_err(io("write of the pages image"))?;
@@ -241,7 +276,7 @@ impl Server {
                 PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE => {
                     self.finish()?;
                     sk.write_all(&0i32.to_le_bytes())
-                        .map_err(io("write (CLOSE answer)"))?;
+                        .map_err(io(from("write (CLOSE answer)")))?;
                     // Wait for the client to hang up (no TIME_WAIT here), as CRIU does.
                     let mut c = [0u8; 1];
                     let _ = sk.read(&mut c);
@@ -279,6 +314,15 @@ pub fn wait_readable(
     fd: std::os::fd::BorrowedFd<'_>,
     watch: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> std::io::Result<bool> {
+    wait_readable_until(fd, watch, None)
+}
+
+/// [`wait_readable`] until `deadline` at most: then an error of kind `TimedOut`.
+pub fn wait_readable_until(
+    fd: std::os::fd::BorrowedFd<'_>,
+    watch: Option<std::os::fd::BorrowedFd<'_>>,
+    deadline: Option<std::time::Instant>,
+) -> std::io::Result<bool> {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
     loop {
         if let Some(sig) = crate::sys::proc::interrupted() {
@@ -291,9 +335,13 @@ pub fn wait_readable(
         if let Some(w) = &watch {
             fds.push(PollFd::new(w, PollFlags::IN));
         }
+        let step = deadline.map_or(Duration::from_millis(200), |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+                .min(Duration::from_millis(200))
+        });
         let t = Timespec {
             tv_sec: 0,
-            tv_nsec: 200_000_000,
+            tv_nsec: i64::from(step.subsec_nanos()),
         };
         match poll(&mut fds, Some(&t)) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
@@ -304,6 +352,12 @@ pub fn wait_readable(
         }
         if !fds[0].revents().is_empty() {
             return Ok(true);
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "timed out",
+            ));
         }
     }
 }
@@ -316,11 +370,16 @@ pub fn accept(listener: &TcpListener) -> std::io::Result<(TcpStream, std::net::S
 }
 
 /// `cryo page-server`: listens, serves one client into `dir`, and returns.
-pub fn run_server(dir: &Path, listener: TcpListener) -> Result<u64, PsError> {
+pub fn run_server(
+    dir: &Path,
+    listener: TcpListener,
+    timeout: Option<Duration>,
+) -> Result<u64, PsError> {
     let (mut sk, peer) = accept(&listener).map_err(io("accept"))?;
     drop(listener);
     tracing::info!(%peer, "page server: client connected");
     let mut s = Server::new(ImageDir::create(dir)?);
+    s.timeout = timeout;
     s.serve(&mut sk)?;
     tracing::info!(bytes = s.bytes, "page server: session over");
     Ok(s.bytes)
@@ -426,9 +485,14 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn connect(addr: &str) -> Result<Client, PsError> {
+    /// Connects to `addr`; a server that takes no data or gives no answer for `timeout`
+    /// fails the session (a dump then leaves its tree running).
+    pub fn connect(addr: &str, timeout: Duration) -> Result<Client, PsError> {
         let sk = TcpStream::connect(addr).map_err(io(format!("to {addr}")))?;
         let _ = sk.set_nodelay(true);
+        sk.set_read_timeout(Some(timeout))
+            .and_then(|()| sk.set_write_timeout(Some(timeout)))
+            .map_err(io(format!("to {addr} (setting its timeout)")))?;
         Ok(Client {
             sk,
             addr: addr.to_string(),
@@ -522,6 +586,10 @@ impl Client {
             cmd: PS_IOV_CLOSE,
             ..Default::default()
         })?;
+        // The server syncs the pages to its disk first: more time for that answer.
+        if let Ok(Some(t)) = self.sk.read_timeout() {
+            let _ = self.sk.set_read_timeout(Some(t * 6));
+        }
         let st = i32::from_le_bytes(self.recv::<4>()?);
         if st != 0 {
             return Err(PsError::Protocol(format!(

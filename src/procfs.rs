@@ -381,6 +381,27 @@ pub fn auxv(pid: i32) -> Result<Vec<u64>, ProcError> {
         .collect())
 }
 
+/// The ids of a `NSpid:`-style line of `pid`'s status (`NSpid:`, `NSpgid:`, `NSsid:`): one
+/// per PID namespace from the one of cryo's /proc down to the task's own.
+pub fn ns_ids(pid: i32, line: &str) -> Option<Vec<i32>> {
+    let text = read(pid, "status").ok()?;
+    text.lines().find_map(|l| l.strip_prefix(line)).map(|l| {
+        l.split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect()
+    })
+}
+
+/// `pid`'s id in the PID namespace of process `root` (cryo's PIDs), the tree's: the one the
+/// images hold. None when it is not in that namespace or one below it.
+pub fn tree_pid(root: i32, pid: i32) -> Option<i32> {
+    let level = ns_ids(root, "NSpid:")?.len().checked_sub(1)?;
+    ns_ids(pid, "NSpid:")?
+        .get(level)
+        .copied()
+        .filter(|&v| v > 0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -9,6 +9,9 @@
 #   hostname cryo-box, loopback up; stdio /dev/null (the container's).
 # With CONTAINER_NETNS=keep it stays in the network namespace it was started in (e.g. under
 # `ip netns exec NAME`) instead of getting a new one.
+# With CONTAINER_DATA_SLAVE=1, /data is a slave of HOSTDIR's mount (which must then be a
+# shared mount of the caller's namespace: mounts made there appear in /data); every other
+# mount stays private.
 # With CONTAINER_USERNS=1 it is rootless-style: every namespace is owned by a new user
 # namespace (`--user --map-root-user`: uid and gid 0 mapped to the caller's, setgroups
 # denied), and /dev/null and /dev/zero are binds of the host's (no mknod there).
@@ -17,11 +20,13 @@ net=--net
 if [ "${CONTAINER_NETNS:-}" = keep ]; then net=; fi
 user=
 if [ "${CONTAINER_USERNS:-}" = 1 ]; then user="--user --map-root-user"; fi
-export NET="$net" USERNS="${CONTAINER_USERNS:-}"
+prop=private
+if [ "${CONTAINER_DATA_SLAVE:-}" = 1 ]; then prop=slave; fi
+export NET="$net" USERNS="${CONTAINER_USERNS:-}" DATA_SLAVE="${CONTAINER_DATA_SLAVE:-}"
 rootfs=$1
 hostdir=$2
 shift 2
-exec unshare $user --pid --fork --mount --uts --ipc $net --propagation private /bin/sh -c '
+exec unshare $user --pid --fork --mount --uts --ipc $net --propagation $prop /bin/sh -c '
 set -e
 r=$1; h=$2; shift 2
 mount --bind "$r" "$r"
@@ -48,6 +53,15 @@ mount -t mqueue mqueue "$r/dev/mqueue"
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$r/sys"
 mount --bind "$r/etc" "$r/etc"
 mount -o remount,bind,ro "$r/etc"
+if [ -n "$DATA_SLAVE" ]; then
+  # everything private again but /data, the slave of the host directory
+  for m in $(awk "{print \$5}" /proc/self/mountinfo); do
+    case "$m" in
+      "$r/data") ;;
+      "$r"|"$r"/*) mount --make-private "$m" ;;
+    esac
+  done
+fi
 hostname cryo-box
 if [ -n "$NET" ]; then ip link set lo up; fi
 cd "$r"

@@ -124,6 +124,44 @@ pub fn cryo_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     out
 }
 
+/// Runs cryo with `args` under GNU time; returns its output and its peak RSS in KiB (its
+/// VmHWM; the processes it restores are not its children and do not count). `None` when
+/// /usr/bin/time is missing.
+pub fn cryo_peak_rss(args: &[&str]) -> Option<(Output, u64)> {
+    init();
+    let time = Path::new("/usr/bin/time");
+    if !time.exists() {
+        return None;
+    }
+    let rss = std::env::temp_dir().join(format!(
+        "cryo-it-rss-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let out = Command::new(time)
+        .args(["-f", "%M", "-o", rss.to_str().unwrap()])
+        .arg(cryo_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running cryo under /usr/bin/time");
+    eprintln!(
+        "$ time cryo {} -> {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kib = std::fs::read_to_string(&rss)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .next_back()
+        .expect("GNU time wrote the peak RSS");
+    let _ = std::fs::remove_file(&rss);
+    Some((out, kib))
+}
+
 /// `cryo dump -t PID -D DIR -v4 -o dump.log` plus `extra`; panics on failure.
 pub fn dump(pid: i32, dir: &Path, extra: &[&str]) {
     let d = dir.to_str().unwrap();
@@ -327,13 +365,18 @@ pub fn memhog_sum(pid: i32, out: &Path) -> String {
 
 /// Starts memhog with `mib` MiB and waits until it is ready.
 pub fn start_memhog(dir: &Path, mib: u32) -> (i32, PathBuf) {
+    start_memhog_with(dir, mib, &[])
+}
+
+/// Starts memhog with `mib` MiB and its extra arguments `mode` (`["text"]`: compressible
+/// text instead of random words) and waits until it is ready.
+pub fn start_memhog_with(dir: &Path, mib: u32, mode: &[&str]) -> (i32, PathBuf) {
     let out = dir.join("memhog.out");
     let exe = prog("memhog");
     let m = mib.to_string();
-    let pid = spawn(
-        &[exe.to_str().unwrap(), &m, out.to_str().unwrap()],
-        &dir.join("memhog.log"),
-    );
+    let mut argv = vec![exe.to_str().unwrap(), &m, out.to_str().unwrap()];
+    argv.extend_from_slice(mode);
+    let pid = spawn(&argv, &dir.join("memhog.log"));
     wait_for("memhog ready", 60, || {
         lines(&out).first().is_some_and(|l| l == "ready")
     });

@@ -268,3 +268,121 @@ fn compress_is_refused_with_a_page_server_or_lazy_pages() {
         );
     }
 }
+
+/// The pages image of `img` that holds the most (the process's own, not its shmem).
+fn largest_zst(img: &Path) -> String {
+    std::fs::read_dir(img)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pages-") && n.ends_with(".img.zst"))
+        .max_by_key(|n| std::fs::metadata(img.join(n)).unwrap().len())
+        .unwrap()
+}
+
+/// A compressed restore streams: cryo decodes block by block into small buffers and never
+/// holds the image, so its peak RSS (GNU time) stays far below the 256 MiB it restores. The
+/// image read is the one the dump wrote (its inventory), not a leftover raw image beside it.
+#[test]
+fn a_compressed_restore_does_not_hold_the_image_in_memory() {
+    let dir = scratch("compress-rss");
+    let (pid, out) = start_memhog_with(&dir, 256, &["text"]);
+    let _guard = KillOnDrop(pid);
+    let sum = memhog_sum(pid, &out);
+    let z = dir.join("z");
+    dump(pid, &z, &["--compress"]);
+    wait_gone(pid);
+    let zname = largest_zst(&z);
+    // A raw image of the same number left by an earlier dump: not read (it holds garbage).
+    let raw = z.join(zname.trim_end_matches(".zst"));
+    std::fs::write(&raw, vec![0x5au8; 300 << 20]).unwrap();
+    let d = z.to_str().unwrap();
+    let Some((o, kib)) = cryo_peak_rss(&["restore", "-D", d, "-d", "-v4", "-o", "restore.log"])
+    else {
+        return skip("GNU time (/usr/bin/time) is needed to measure cryo's peak RSS");
+    };
+    assert!(
+        o.status.success(),
+        "restore failed:\n{}",
+        log(&z, "restore.log")
+    );
+    eprintln!(
+        "cryo restore of 256 MiB compressed: peak RSS {} MiB",
+        kib / 1024
+    );
+    assert_eq!(
+        memhog_sum(pid, &out),
+        sum,
+        "the memory changed over the restore"
+    );
+    assert!(
+        kib < 64 << 10,
+        "cryo's peak RSS restoring 256 MiB from a compressed image was {} MiB (at most 64 expected)",
+        kib / 1024
+    );
+    kill(pid);
+}
+
+/// A compressed image whose sizes are hostile (no manifest to catch it): a block head
+/// claiming a 4 GiB frame, and a head claiming 64 MiB blocks, are refused with the reason
+/// before any process exists; nothing is allocated for them.
+#[test]
+fn a_hostile_block_size_is_refused() {
+    let dir = scratch("compress-hostile");
+    let (pid, _out) = start_memhog_with(&dir, 8, &["text"]);
+    let _guard = KillOnDrop(pid);
+    let z = dir.join("z");
+    dump(pid, &z, &["--compress"]);
+    wait_gone(pid);
+    std::fs::remove_file(z.join("cryo-manifest.json")).unwrap();
+    let zname = largest_zst(&z);
+    let path = z.join(&zname);
+    let good = std::fs::read(&path).unwrap();
+    // Head: 8 + 8 + 4 + 4 + 8 bytes; then the first block's head: 8 + frame length (4) + digest.
+    let (head, frame_len) = (32, 32 + 8);
+
+    let mut bad = good.clone();
+    bad[frame_len..frame_len + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    std::fs::write(&path, &bad).unwrap();
+    let err = restore_fails(&z);
+    assert!(
+        err.contains(&zname) && err.contains("claims a frame of 4294967295 bytes"),
+        "{err}"
+    );
+    assert!(!alive(pid), "a process was left behind");
+
+    let mut bad = good.clone();
+    bad[head - 12..head - 8].copy_from_slice(&(64u32 << 20).to_le_bytes());
+    std::fs::write(&path, &bad).unwrap();
+    let err = restore_fails(&z);
+    assert!(
+        err.contains(&zname) && err.contains("blocks of 67108864 bytes"),
+        "{err}"
+    );
+    assert!(!alive(pid), "a process was left behind");
+}
+
+/// A compression thread that panics (a bug, injected here) fails the dump with an error
+/// naming it instead of leaving the other threads waiting for its block forever; the
+/// process runs on unchanged.
+#[test]
+fn a_panicking_compression_thread_fails_the_dump() {
+    let dir = scratch("compress-panic");
+    let (pid, out) = start_memhog_with(&dir, 64, &["text"]);
+    let _guard = KillOnDrop(pid);
+    let sum = memhog_sum(pid, &out);
+    let z = dir.join("z");
+    let p = pid.to_string();
+    let o = cryo_env(
+        &["dump", "-t", &p, "-D", z.to_str().unwrap(), "--compress"],
+        &[("CRYO_FAULT_INJECT", "compress-worker-panic")],
+    );
+    assert!(!o.status.success(), "the dump should have failed");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("a thread compressing the pages panicked"),
+        "{err}"
+    );
+    assert!(alive(pid), "the dump's failure killed the process");
+    assert_eq!(memhog_sum(pid, &out), sum, "the process changed");
+    kill(pid);
+}

@@ -1106,3 +1106,180 @@ fn orphans_keep_sessions_whose_leader_is_gone_or_elsewhere() {
     assert_eq!(ns_processes(c.init), before, "{}", log(&img, "restore.log"));
     kill(c.init);
 }
+
+/// Mounts covered by other mounts, made inside the container as zdtm's tempfs,
+/// tempfs_overmounted, tempfs_overmounted01, overmount_with_shared_parent and mntns_deleted
+/// leave them; after the restore (on /data/go) the script reads what the covers hide and
+/// takes every mount off in the order the tree had them, which only works when each came
+/// back under the mount it was under.
+const OVERMOUNTS: &str = r#"#!/bin/sh
+set -e
+cd /tmp
+# a tmpfs whose files are partly under another tmpfs
+mkdir u; mount -t tmpfs u u; echo top-ok > u/top; mkdir u/sub; echo hidden-ok > u/sub/hidden
+mount -t tmpfs cover u/sub
+# stacks on a mount point whose parent mount is covered later
+mkdir -p o/a/b
+mount -t tmpfs t1 o/a/b; mount -t tmpfs t2 o/a/b; mkdir o/a/b/c; mount -t tmpfs t3 o/a/b/c
+mount -t tmpfs t4 o/a; mount -t tmpfs t5 o/a; mkdir o/a/b; mount -t tmpfs t6 o/a/b
+# a tmpfs reachable only through a bind of it; a bind covering the mount it is bound from
+mkdir c; mount -t tmpfs c c; mkdir c/a c/b
+mount -t tmpfs z1 c/a; mount --bind c/a c/b; mkdir -p c/a/b/c
+mount --bind c/a/b c/a; mount --move c/b c/a/c
+mount -t tmpfs z2 c/b; mkdir -p c/b/b/z; mount --bind c/b c/b/b; mount --bind c/b/b/b c/b/b
+# a shared bind whose mount below a cover was propagated under the cover
+mkdir s; mount --bind s s; mount --make-shared s; mkdir -p s/a/b/c s/d
+mount --bind s/a/b s/a; mount --bind s/d s/a/c
+# binds of a directory and a file deleted since
+mkdir d-src d-dst; touch f-src f-dst
+mount --bind d-src d-dst; mount --bind f-src f-dst; rmdir d-src; rm f-src
+set +e
+i=0
+while [ ! -e /data/go ]; do i=$((i+1)); echo "$i" >> /data/out; sleep 0.05; done
+r="$(cat u/top)"; umount u/sub; r="$r $(cat u/sub/hidden)"
+umount o/a/b && umount o/a && umount o/a && umount o/a/b/c && umount o/a/b && umount o/a/b && r="$r stack-ok"
+umount -l c/a && umount -l c/b/b && umount -l c/b/b && test -d c/a/b/c && test -d c/b/b/z && r="$r chain-ok"
+umount s/a/c && umount s/a && r="$r shared-ok"
+umount d-dst && umount f-dst && r="$r deleted-ok"
+echo "result $r" >> /data/out
+exec sleep 1000
+"#;
+
+/// Mounts under covers come back under the mount they were under, with the files the covers
+/// hide (zdtm's tempfs, tempfs_overmounted, tempfs_overmounted01,
+/// overmount_with_shared_parent, mntns_deleted): each mount is mounted where it was inside
+/// its parent mount (found from the parent's root, not by its path from the root), a tmpfs's
+/// files are read from a copy of its mount alone, through a mount of it its path leads to,
+/// and a bind of something deleted since is bound from a stand-in removed after.
+#[test]
+fn covered_mounts_come_back_under_their_covers() {
+    let dir = scratch("container-overmounts");
+    std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+    std::fs::write(dir.join("rootfs/overmounts.sh"), OVERMOUNTS).unwrap();
+    let c = start_cmd(&dir, &[], &["/bin/sh", "/overmounts.sh"], "out");
+    let _g = KillOnDrop(c.init);
+    let img = dir.join("img");
+    dump(c.init, &img, &["--external", "mnt[/data]:data"]);
+    wait_gone(c.init);
+    let init = restore_container(&c, &img, &[]);
+    let _g2 = KillOnDrop(init);
+    let n = lines(&c.host.join("out")).len();
+    wait_for("the restored loop", 20, || {
+        lines(&c.host.join("out")).len() >= n + 3
+    });
+    std::fs::write(c.host.join("go"), "").unwrap();
+    wait_for("the result", 20, || {
+        lines(&c.host.join("out"))
+            .iter()
+            .any(|l| l.starts_with("result"))
+    });
+    let out = lines(&c.host.join("out"));
+    let result = out.iter().find(|l| l.starts_with("result")).unwrap();
+    assert_eq!(
+        result,
+        "result top-ok hidden-ok stack-ok chain-ok shared-ok deleted-ok",
+        "{}",
+        log(&img, "restore.log")
+    );
+    kill(init);
+}
+
+/// A file open on a mount that another mount now covers is refused, as CRIU refuses it
+/// (zdtm's overmounted_file, a test CRIU must fail): it would be reopened by a path that
+/// leads to the cover. The container goes on.
+#[test]
+fn file_on_a_covered_mount_is_refused() {
+    const SCRIPT: &str = r#"#!/bin/sh
+cd /tmp
+mkdir m; mount -t tmpfs m m; echo data > m/file
+exec 5<m/file
+mount --bind m m
+i=0
+while true; do i=$((i+1)); echo "$i" >> /data/out; sleep 0.05; done
+"#;
+    let dir = scratch("container-overmounted-file");
+    std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+    std::fs::write(dir.join("rootfs/overmounted.sh"), SCRIPT).unwrap();
+    let c = start_cmd(&dir, &[], &["/bin/sh", "/overmounted.sh"], "out");
+    let _g = KillOnDrop(c.init);
+    let err = dump_fails(c.init, &dir.join("img"), &["--external", "mnt[/data]:data"]);
+    assert!(err.contains("fd 5"), "{err}");
+    assert!(err.contains("covers"), "{err}");
+    let n = lines(&c.host.join("out")).len();
+    wait_for("the container to go on", 10, || {
+        lines(&c.host.join("out")).len() >= n + 3
+    });
+    kill(c.init);
+}
+
+/// A container whose /data is the slave of a shared mount of the host (a host directory
+/// bound there, mounts made on the host appear inside): after dump and restore (external,
+/// `--enable-external-masters` as LXC and zdtm's mnt_ext_master pass it) /data is that
+/// mount's slave again, not a private copy: what the host mounts there afterwards appears in
+/// the container.
+#[test]
+fn external_mount_comes_back_as_the_slave_of_its_host_master() {
+    let dir = scratch("container-extmaster");
+    let host = dir.join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let sh = |c: &str| {
+        let st = std::process::Command::new("sh")
+            .args(["-c", c])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{c}");
+    };
+    let h = host.display().to_string();
+    sh(&format!(
+        "mount --bind {h} {h} && mount --make-private {h} && mount --make-shared {h}"
+    ));
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .args(["-R", "-l", &self.0])
+                .status();
+        }
+    }
+    let _u = Unmount(h.clone());
+    let mut c = start_with(&dir, &["env", "CONTAINER_DATA_SLAVE=1"]);
+    let _g = KillOnDrop(c.init);
+    let master = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .unwrap()
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some("/data"))
+            .map(|l| {
+                l.split(" - ")
+                    .next()
+                    .unwrap()
+                    .split(' ')
+                    .skip(6)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default()
+    };
+    let before = master(c.init);
+    assert!(
+        before.contains("master:"),
+        "/data before the dump: {before}"
+    );
+    c.init = cycle_with(&c, &dir.join("img"), &["--enable-external-masters"], &[]);
+    let _g2 = KillOnDrop(c.init);
+    let after = master(c.init);
+    assert_eq!(after, before, "/data's propagation after the restore");
+    // A mount made on the host now propagates into the container.
+    std::fs::create_dir_all(host.join("late")).unwrap();
+    sh(&format!(
+        "mount -t tmpfs late {h}/late && echo late-ok > {h}/late/f"
+    ));
+    let inside = format!("/proc/{}/root/data/late/f", c.init);
+    assert_eq!(
+        std::fs::read_to_string(&inside).unwrap_or_default().trim(),
+        "late-ok",
+        "the host's new mount is not seen in the restored container"
+    );
+    sh(&format!("umount {h}/late"));
+    kill(c.init);
+}

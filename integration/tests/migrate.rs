@@ -314,3 +314,191 @@ fn a_destination_stopped_mid_stream_leaves_the_source_running_and_nothing_behind
     verify(root, &out);
     assert!(!dest.exists(), "nothing left on the destination");
 }
+
+/// `migratee` processes in network namespace `ns` (a copy restored there).
+fn migratees_in(ns: &str) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::metadata(Net::path(ns)).unwrap().ino();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "migratee")
+                && alive(p)
+                && std::fs::metadata(format!("/proc/{p}/ns/net")).is_ok_and(|m| m.ino() == want)
+        })
+        .collect()
+}
+
+/// `cryo migrate` of `root` to the receiver in B, with `extra` arguments and `env`.
+fn migrate_to(net: &Net, root: i32, wd: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let to = format!("{}:{}", net.v4(2), port());
+    let mut args = vec![
+        "migrate",
+        "-t",
+        "",
+        "--to",
+        &to,
+        "-W",
+        wd.to_str().unwrap(),
+        "-v4",
+        "-o",
+        "migrate.log",
+    ];
+    let r = root.to_string();
+    args[2] = &r;
+    args.extend_from_slice(extra);
+    cryo_in(&net.a, &args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// The destination takes longer than `--timeout` to restore (it pauses before): the frozen
+/// source does not wait for ever: it runs on unharmed, migrate fails naming the stage, and
+/// the destination, hearing that the source gave up, restores nothing and removes what it had.
+#[test]
+fn a_destination_slower_than_the_timeout_leaves_the_source_running() {
+    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+        return;
+    }
+    let dir = scratch("migrate-timeout");
+    let net = Net::new("migt", 134);
+    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, true);
+    let _g = KillOnDrop(launcher);
+    let _r = KillOnDrop(root);
+    let dest = dir.join("dest");
+    let wd = dir.join("work");
+    let rx = Receiver::start(
+        &net,
+        port(),
+        &dest,
+        &wd,
+        &[("CRYO_FAULT_PAUSE", "receive-restore:8")],
+    );
+    let o = migrate_to(&net, root, &wd, &["--timeout", "2"], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("the destination's restore") && err.contains("--timeout"),
+        "the error names the stage that stalled: {err}"
+    );
+    assert!(alive(root), "the source runs on");
+    let at = steps(&out);
+    wait_for("the source to go on writing", 20, || steps(&out) > at);
+    let got = rx.wait();
+    assert!(!got.status.success(), "{}", log(&wd, "receive.log"));
+    assert!(
+        log(&wd, "receive.log").contains("the source gave up"),
+        "{}",
+        log(&wd, "receive.log")
+    );
+    assert_eq!(migratees_in(&net.b), Vec::<i32>::new(), "no copy in B");
+    verify(root, &out);
+    assert!(!dest.exists(), "nothing left on the destination");
+}
+
+/// The commit: the destination has restored the tree and holds it; the source fails just
+/// before killing its own (an injected fault at `migrate-commit`). The source runs on, and
+/// the destination, without the commit, kills its held copy: never two copies running.
+#[test]
+fn without_the_commit_the_destination_kills_its_copy() {
+    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+        return;
+    }
+    let dir = scratch("migrate-nocommit");
+    let net = Net::new("migc", 135);
+    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, true);
+    let _g = KillOnDrop(launcher);
+    let _r = KillOnDrop(root);
+    let dest = dir.join("dest");
+    let wd = dir.join("work");
+    let rx = Receiver::start(&net, port(), &dest, &wd, &[]);
+    let o = migrate_to(
+        &net,
+        root,
+        &wd,
+        &[],
+        &[("CRYO_FAULT_INJECT", "migrate-commit")],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("migrate-commit"), "{err}");
+    let got = rx.wait();
+    assert!(!got.status.success());
+    let rlog = log(&wd, "receive.log");
+    assert!(
+        rlog.contains("restored, waiting for the commit"),
+        "the destination had the tree restored: {rlog}"
+    );
+    assert!(rlog.contains("the source gave up"), "{rlog}");
+    assert_eq!(migratees_in(&net.b), Vec::<i32>::new(), "no copy in B");
+    assert!(alive(root), "the source runs on");
+    let at = steps(&out);
+    wait_for("the source to go on writing", 20, || steps(&out) > at);
+    verify(root, &out);
+    assert!(!dest.exists(), "nothing left on the destination");
+}
+
+/// `cryo receive` takes no path from the other side: a round named `../victim` is refused,
+/// and so is a round whose directory exists already (receive removes only what it made).
+#[test]
+fn receive_refuses_round_names_that_leave_its_directory() {
+    use std::io::Write;
+    let dir = scratch("migrate-names");
+    for (name, pre) in [("../victim", false), ("r1", true), ("/tmp", false)] {
+        let dest = dir.join("dest");
+        let victim = dir.join("victim");
+        std::fs::create_dir_all(victim.join("keep")).unwrap();
+        let _ = std::fs::remove_dir_all(&dest);
+        if pre {
+            std::fs::create_dir_all(dest.join("r1").join("keep")).unwrap();
+        }
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        drop(l);
+        let rx = Command::new(cryo_bin())
+            .args(["receive", "--address", "127.0.0.1", "--port"])
+            .arg(p.to_string())
+            .arg("-D")
+            .arg(&dest)
+            .args(["-v4", "-o"])
+            .arg(dir.join("receive.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut sk = None;
+        wait_for("cryo receive to listen", 20, || {
+            sk = std::net::TcpStream::connect(("127.0.0.1", p)).ok();
+            sk.is_some()
+        });
+        let mut sk = sk.unwrap();
+        let mut msg = |v: serde_json::Value| {
+            let b = serde_json::to_vec(&v).unwrap();
+            sk.write_all(&u32::try_from(b.len()).unwrap().to_le_bytes())
+                .unwrap();
+            sk.write_all(&b).unwrap();
+        };
+        msg(
+            serde_json::json!({"hello": {"version": 1, "tcp_established": false, "shell_job": false}}),
+        );
+        msg(serde_json::json!({"round": {"name": name}}));
+        let o = rx.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{name}: {err}");
+        assert!(
+            err.contains("round name") || err.contains("exists already"),
+            "{name}: {err}"
+        );
+        assert!(victim.join("keep").exists(), "{name}: the sibling is kept");
+        if pre {
+            assert!(
+                dest.join("r1").join("keep").exists(),
+                "what receive did not make is kept"
+            );
+        }
+    }
+}

@@ -761,3 +761,166 @@ fn peer_group_with_a_mount_below_the_nested_proc_stays_one() {
     restore(&img);
     check();
 }
+
+/// pidfds and file owners are saved with the tree's PIDs and named at restore as each holder
+/// sees them: a process of the tree's PID namespace holds a pidfd of its child, the init of a
+/// PID namespace it made (PID 1 there), and owns a pipe's signals (`F_SETOWN`) with it; the
+/// child holds the same pipe (one open file). After a restore the pidfd and the owner are that
+/// child again (not PID 1 of the tree's namespace), and the child's restore, which sees the
+/// owner as 1, does not fail.
+#[test]
+fn pidfd_and_file_owner_name_a_nested_init() {
+    if !require_tools(&[("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-pidfd");
+    let prog = dir.join("prog.py");
+    std::fs::write(
+        &prog,
+        r#"import ctypes, fcntl, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x20000000) != 0:
+    sys.exit(f"unshare: {ctypes.get_errno()}")
+r, w = os.pipe()
+child = os.fork()
+n = 0
+if child == 0:
+    while True:
+        print(f"{n} child pid={os.getpid()} own={fcntl.fcntl(r, fcntl.F_GETOWN)}", flush=True)
+        n += 1
+        time.sleep(0.1)
+pidfd = os.pidfd_open(child)
+fcntl.fcntl(r, fcntl.F_SETOWN, child)
+while True:
+    own = fcntl.fcntl(r, fcntl.F_GETOWN)
+    print(f"{n} parent pidfd={pidfd} child={child} own={own}", flush=True)
+    n += 1
+    time.sleep(0.1)
+"#,
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let pid = spawn(&["python3", prog.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    let field = |who: &str, k: &str| -> String {
+        lines(&out)
+            .iter()
+            .rev()
+            .find(|l| l.contains(who))
+            .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix(k)))
+            .unwrap_or_default()
+            .to_string()
+    };
+    wait_for("both processes", 20, || {
+        !field(" parent ", "own=").is_empty() && field(" child ", "own=") == "1"
+    });
+    let child = children(pid)[0];
+    let _c = KillOnDrop(child);
+    let pidfd = field(" parent ", "pidfd=");
+    let pidfd_target = || {
+        std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{pidfd}"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(pidfd_target(), child.to_string());
+    assert_eq!(field(" parent ", "own="), child.to_string());
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_tree_gone(&img);
+    let n = lines(&out).len();
+    restore(&img);
+    assert_eq!(
+        pidfd_target(),
+        child.to_string(),
+        "the pidfd names the child"
+    );
+    wait_for("both to go on", 20, || {
+        let l = lines(&out);
+        l.len() > n + 6
+            && l[n..].iter().any(|x| x.contains(" parent "))
+            && l[n..].iter().any(|x| x.contains(" child "))
+    });
+    assert_eq!(
+        field(" parent ", "own="),
+        child.to_string(),
+        "the owner is the child"
+    );
+    assert_eq!(
+        field(" child ", "own="),
+        "1",
+        "the child sees itself as the owner"
+    );
+}
+/// A mount of a nested mount namespace that its parent namespace does not have, under a copy
+/// that is still a peer of the parent's mount (`unshare --propagation unchanged` under a
+/// shared mount; the new mount made private, a mount put on it, and its propagated copy then
+/// unmounted in the parent namespace, which leaves the busy one in the child): mounted again
+/// at restore it would propagate to the parent namespace (cryo's). The dump refuses it by
+/// name and the tree keeps running.
+#[test]
+fn new_mount_under_a_copy_still_shared_with_the_parent_is_refused() {
+    if !require_tools(&[("unshare", "--help"), ("mount", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-shared-copy");
+    let base = dir.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    let base_s = base.to_str().unwrap().to_string();
+    let sh = |cmd: &str| {
+        let o = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd}: {o:?}");
+    };
+    /// Takes the shared tmpfs (and what propagated under it) out of cryo's namespace.
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .args(["-R", "-l", &self.0])
+                .status();
+        }
+    }
+    sh(&format!(
+        "mount -t tmpfs cryo-shared-base {base_s} && mount --make-shared {base_s} && mkdir {base_s}/x"
+    ));
+    let _u = Unmount(base_s.clone());
+    let root = spawn(
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "unshare --mount --propagation unchanged sh -c 'mount -t tmpfs cryo-new {base_s}/x && mount --make-private {base_s}/x && mkdir {base_s}/x/y && mount -t tmpfs cryo-sub {base_s}/x/y && touch {base_s}/x/ready && exec sleep 1000' & wait"
+            ),
+        ],
+        &dir.join("out"),
+    );
+    let _g = KillOnDrop(root);
+    wait_for("the nested mount", 10, || {
+        children(root).first().is_some_and(|&c| {
+            mounted_at(c, &format!("{base_s}/x")).len() == 1
+                && std::path::Path::new(&format!("/proc/{c}/root{base_s}/x/ready")).exists()
+        })
+    });
+    let child = children(root)[0];
+    let _c = KillOnDrop(child);
+    // cryo's namespace got the propagated copy of the new mount: take it away.
+    sh(&format!("umount {base_s}/x"));
+    let me = std::process::id().cast_signed();
+    assert!(mounted_at(me, &format!("{base_s}/x")).is_empty());
+    assert_eq!(mounted_at(child, &format!("{base_s}/x")).len(), 1);
+    let e = dump_fails(root, &dir.join("img"), &[]);
+    assert!(
+        e.contains(&format!("mount {base_s}/x"))
+            && e.contains("still shared with its parent namespace's mount"),
+        "{e}"
+    );
+    assert!(
+        alive(root) && alive(child),
+        "the refused tree keeps running"
+    );
+}

@@ -411,3 +411,29 @@ fn criu_and_cryo_page_servers_interoperate() {
         assert_eq!(memhog_sum(pid, &out), sum, "{dumper} → {server}");
     }
 }
+
+/// A client that connects and stalls in the middle of a record does not hold the page
+/// server for ever: past `--timeout` it fails, naming the client.
+#[test]
+fn a_client_that_stalls_mid_stream_fails_the_page_server_by_name() {
+    let dir = scratch("ps-stall");
+    let srv = dir.join("srv");
+    let port = free_port();
+    let mut child = page_server(&srv, port, &["--timeout", "2"]);
+    let mut sk = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let me = sk.local_addr().unwrap();
+    // Half of an OPEN2 record, then nothing (the connection stays open).
+    sk.write_all(&[4, 0, 0, 0, 0, 0, 0, 0, 1, 0]).unwrap();
+    let mut st = None;
+    wait_for("the page server to give up", 60, || {
+        st = child.try_wait().unwrap();
+        st.is_some()
+    });
+    assert!(!st.unwrap().success());
+    let l = log(&srv, "ps.log");
+    assert!(
+        l.contains(&format!("from {me}")) && l.contains("timed out"),
+        "the error names the client and why: {l}"
+    );
+    drop(sk);
+}

@@ -541,3 +541,61 @@ fn page_server_request_then_dump_to_it_on_the_same_socket() {
         "gap or restart: {v:?}"
     );
 }
+
+/// The page servers PAGE_SERVER and PAGE_SERVER_CHLD start are reaped by the service as
+/// soon as they end, while it goes on serving (`keep_open`): no zombie is left behind.
+#[test]
+fn page_servers_the_service_started_leave_no_zombies() {
+    use std::io::{Read, Write};
+    let dir = scratch("rpc-ps-reap");
+    let s = swrk();
+    let mut servers = Vec::new();
+    for (i, ty) in [pb::CriuReqType::PageServer, pb::CriuReqType::PageServerChld]
+        .into_iter()
+        .enumerate()
+    {
+        let d = dir_fd(&dir.join(format!("srv{i}")));
+        let mut r = req(
+            ty,
+            Some(pb::CriuOpts {
+                images_dir_fd: d.as_raw_fd(),
+                ps: Some(pb::CriuPageServerInfo {
+                    address: Some("127.0.0.1".into()),
+                    port: Some(0),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        );
+        r.keep_open = Some(true);
+        s.send(&r);
+        let a = s.recv();
+        assert!(a.success, "{:?}", a.cr_errmsg);
+        let info = a.ps.unwrap();
+        servers.push((info.pid.unwrap(), info.port.unwrap()));
+    }
+    for &(pid, port) in &servers {
+        // A client with nothing to send: CLOSE, the answer, hang up; the server exits.
+        let mut sk =
+            std::net::TcpStream::connect(("127.0.0.1", u16::try_from(port).unwrap())).unwrap();
+        let mut rec = [0u8; 32];
+        rec[..4].copy_from_slice(&0x1023u32.to_le_bytes());
+        sk.write_all(&rec).unwrap();
+        let mut st = [0u8; 4];
+        sk.read_exact(&mut st).unwrap();
+        assert_eq!(i32::from_le_bytes(st), 0);
+        drop(sk);
+        // Gone from /proc, not a zombie of the service (which still runs: it waits for the
+        // next request). Not reaped here: neither server is this test's child.
+        wait_for("the page server to be reaped", 30, || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+    }
+    let Swrk { mut child, sk } = s;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the service was still serving"
+    );
+    drop(sk);
+    assert!(child.wait().unwrap().success());
+}

@@ -821,3 +821,38 @@ fn sysv_hugetlb_segment_comes_back() {
     wait_for("the answer", 20, || lines(&out).len() >= 2);
     assert_eq!(lines(&out)[1], "b'huge data' b'huge data' 2097152");
 }
+
+/// A SysV hugetlb segment still attached at the dump (zdtm's shm-hugetlb) comes back
+/// attached at the same address, on huge pages, with its content: the mapping goes the
+/// SysV way (shmat of the restored segment) instead of being refused as a hugetlbfs file.
+/// Skipped when the kernel has no free huge page.
+#[test]
+fn attached_sysv_hugetlb_segment_comes_back() {
+    let dir = scratch("shm-huge-attached");
+    let out = dir.join("out");
+    let script = root().join("integration/scripts/shm_huge.py");
+    let pid = spawn(
+        &[
+            "unshare",
+            "-i",
+            "python3",
+            script.to_str().unwrap(),
+            "attached",
+        ],
+        &out,
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the segment", 20, || !lines(&out).is_empty());
+    if lines(&out)[0].starts_with("nohuge") {
+        skip(&format!(
+            "no huge pages for a SysV segment: {}",
+            lines(&out)[0]
+        ));
+        return;
+    }
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the answer", 20, || lines(&out).len() >= 2);
+    assert_eq!(lines(&out)[1], "b'huge data' b'huge data' 2097152");
+}

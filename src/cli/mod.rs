@@ -98,8 +98,11 @@ pub enum Cmd {
     /// pages stop shrinking), then freezes it, sends the last pages and the other images,
     /// and kills it once the destination runs it. Any failure before that leaves it running.
     Migrate(Opts),
-    /// The destination of `cryo migrate`: `receive --port PORT [--address A] [-D DIR]`
-    /// receives one migration into DIR and restores the tree here (detached).
+    /// The destination of `cryo migrate`: `receive --port PORT [--address A] [-D DIR]
+    /// [--timeout N]` receives one migration into DIR and restores the tree here (detached).
+    /// It listens on every address unless --address names one, and serves the first peer
+    /// that connects (with no authentication: listen on a private network, or a firewalled
+    /// port).
     Receive(Opts),
     /// Not implemented yet: CRIU's RPC daemon on a socket (use `swrk`).
     Service(Opts),
@@ -443,7 +446,9 @@ pub struct Opts {
     /// dump, pre-dump: how many seconds every thread of the tree may take to stop once
     /// seized (default 10, as CRIU). A thread that cannot stop — a parent in vfork() whose
     /// child was frozen with it, an endless uninterruptible sleep — fails the dump by name
-    /// after that, and the tree runs on.
+    /// after that, and the tree runs on. migrate: also how long any wait for the destination
+    /// may take while the tree is frozen (past it the tree runs on here). page-server,
+    /// receive: how long a connected peer may send nothing (default 60).
     #[arg(long = "timeout", value_name = "N")]
     pub timeout: Option<u32>,
     /// Accepted for compatibility: CRIU's inode-to-path map for notify watches. cryo finds

@@ -83,6 +83,14 @@ impl DumpOpts {
     fn seize_deadline(&self) -> SeizeDeadline {
         SeizeDeadline::after(self.timeout.unwrap_or(DEFAULT_SEIZE_TIMEOUT))
     }
+
+    /// How long a page server may take no data or give no answer (`--timeout` too): while
+    /// the tree is frozen, a stalled page server fails the dump and the tree runs on.
+    pub fn io_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(
+            self.timeout.unwrap_or(DEFAULT_SEIZE_TIMEOUT).max(1),
+        ))
+    }
 }
 
 /// The moment by which every seized thread must have stopped (`--timeout`). A thread that
@@ -1623,7 +1631,7 @@ pub fn run(
     }
     // The page server, connected before anything is frozen (as CRIU does).
     let mut ps = match &opts.page_server {
-        Some(a) => Some(crate::pageserver::Client::connect(a)?),
+        Some(a) => Some(crate::pageserver::Client::connect(a, opts.io_timeout())?),
         None => None,
     };
     if freezer.is_none() {

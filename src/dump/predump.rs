@@ -59,7 +59,7 @@ pub fn run(
     let mut chain = Chain::open(dir, opts.prev_images_dir.as_deref(), true)?;
     chain.rearm = true;
     let mut ps = match &opts.page_server {
-        Some(a) => Some(crate::pageserver::Client::connect(a)?),
+        Some(a) => Some(crate::pageserver::Client::connect(a, opts.io_timeout())?),
         None => None,
     };
     hooks.notify("pre-dump", None)?;

@@ -153,6 +153,8 @@ pub struct ImageDir {
     listed: Option<std::collections::BTreeSet<String>>,
     /// Dump side, `--compress`: pages images are written compressed (`pages`).
     compress: std::sync::atomic::AtomicBool,
+    /// Restore side: did the dump write the pages images compressed (its inventory)?
+    pages_compressed: std::sync::OnceLock<bool>,
 }
 
 impl ImageDir {
@@ -186,6 +188,7 @@ impl ImageDir {
             written: Mutex::new(Manifest::default()),
             listed: None,
             compress: false.into(),
+            pages_compressed: std::sync::OnceLock::new(),
         })
     }
 
@@ -205,6 +208,7 @@ impl ImageDir {
             written: Mutex::new(Manifest::default()),
             listed,
             compress: false.into(),
+            pages_compressed: std::sync::OnceLock::new(),
         })
     }
 
@@ -230,6 +234,21 @@ impl ImageDir {
     /// Are pages images written compressed (`pages-N.img.zst`)?
     pub fn compress(&self) -> bool {
         self.compress.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Restore side: were the pages images of this directory written compressed
+    /// (`pages-N.img.zst`)? What the dump wrote says so: its inventory.img names
+    /// [`pages::CRIU_MARK`]. Which files happen to exist does not matter.
+    pub fn pages_compressed(&self) -> Result<bool, ImageError> {
+        if let Some(&c) = self.pages_compressed.get() {
+            return Ok(c);
+        }
+        let c = self
+            .read_opt::<pb::InventoryEntry>("inventory.img", INVENTORY)?
+            .and_then(|v| v.into_iter().next())
+            .and_then(|i| i.plugins_entry)
+            .is_some_and(|e| e.plugins.iter().any(|p| p == pages::CRIU_MARK));
+        Ok(*self.pages_compressed.get_or_init(|| c))
     }
 
     /// Creates pages image `name` (`pages-N.img`) under the name this directory writes it

@@ -406,6 +406,7 @@ pub fn precheck(
     pc: &mut Precheck,
 ) -> Result<(), FilesError> {
     let mut pidfd = None;
+    let mut mounts = MountsSeen::default();
     for fd in procfs::fds(pid)? {
         // The tree still runs: an fd closed since the listing is no longer ours to check
         // (the dump itself reads the table again once the tree is frozen).
@@ -454,11 +455,77 @@ pub fn precheck(
                     .into());
                 }
             }
-            Ok(None) if !p.deleted() => reachable_by_path(&p)?,
+            Ok(None) if !p.deleted() => {
+                reachable_by_path(&p)?;
+                if meta.as_ref().is_some_and(|m| m.is_file()) {
+                    not_overmounted(&p, &mut mounts)?;
+                }
+            }
             Ok(None) => {}
         }
     }
     Ok(())
+}
+
+/// What [`not_overmounted`] learnt of a task's mounts: its mountinfo, and per mount id
+/// whether its mount point still leads to it.
+#[derive(Default)]
+struct MountsSeen {
+    infos: Option<Vec<super::mounts::MountInfo>>,
+    covered: HashMap<u32, bool>,
+}
+
+/// A regular file whose mount, in the task's mount namespace, another mount now covers
+/// (zdtm's overmounted_file: a bind mounted over the directory holding it) is refused, as
+/// CRIU refuses it ("open files on overmounted mounts are not supported"): the restore
+/// reopens files by path, which would lead to the covering mount.
+fn not_overmounted(p: &FdProbe<'_>, seen: &mut MountsSeen) -> Result<(), Unsupported> {
+    let Ok(info) = procfs::fdinfo(p.pid, p.fd) else {
+        return Ok(()); // closed meanwhile: the dump itself says what
+    };
+    let Ok(id) = u32::try_from(info.mnt_id) else {
+        return Ok(());
+    };
+    if seen.infos.is_none() {
+        seen.infos = Some(
+            procfs::read(p.pid, "mountinfo")
+                .map(|t| super::mounts::parse_mountinfo(&t))
+                .unwrap_or_default(),
+        );
+    }
+    let infos = seen.infos.as_deref().unwrap_or_default();
+    let covered = *seen.covered.entry(id).or_insert_with(|| {
+        // Only a mount of the task's namespace (a file opened elsewhere is refused by
+        // `reachable_by_path` when its path leads elsewhere).
+        let Some(m) = infos.iter().find(|m| m.id == id) else {
+            return false;
+        };
+        let at = sys::fd::open_in_root(
+            &format!("/proc/{}/root", p.pid),
+            &m.mountpoint,
+            libc::O_PATH,
+        );
+        at.ok()
+            .and_then(|f| {
+                rustix::fs::statx(
+                    &f,
+                    "",
+                    rustix::fs::AtFlags::EMPTY_PATH,
+                    rustix::fs::StatxFlags::MNT_ID,
+                )
+                .ok()
+            })
+            .is_some_and(|st| st.stx_mnt_id != u64::from(id))
+    });
+    if !covered {
+        return Ok(());
+    }
+    Err(Unsupported::of(
+        p.pid,
+        format!("fd {} ({})", p.fd, p.link),
+        format!("the file is on mount {id}, which another mount now covers (overmounted), so it cannot be reopened by its path"),
+        "unmount what covers it before the dump, or close the file",
+    ))
 }
 
 /// Runs every kind's tree-wide check on the fds [`precheck`] collected.
@@ -636,6 +703,63 @@ pub struct FdObjects {
     /// The file ids some task's fd table holds (the others are only in flight: passed in
     /// a message queued on a unix socket).
     pub held: std::collections::HashSet<u32>,
+    /// Which id each process of the tree has in each nested PID namespace (pidfds and file
+    /// owners are saved with the tree's ids).
+    pub pids: PidView,
+}
+
+/// The tree's processes by their PID in the images: ids from the tree's PID namespace down
+/// to their own, depth, own namespace, parent.
+#[derive(Default)]
+pub struct PidView {
+    tasks: HashMap<u32, (Vec<i32>, usize, Option<u32>, u32)>,
+}
+
+impl PidView {
+    fn new(tasks: &[super::TaskImages]) -> PidView {
+        PidView {
+            tasks: tasks
+                .iter()
+                .map(|t| {
+                    (
+                        t.pid,
+                        (t.ns_ids(0), t.ns_depth(), t.ids.pid_ns_id, t.pstree.ppid),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The id process `holder` gives the kernel for `pid` (the tree's PID), in its own PID
+    /// namespace: None when `pid` is not in that namespace or one below it. An id that names
+    /// no process of the tree is passed on as it is from the tree's namespace.
+    pub fn seen_from(&self, pid: u32, holder: u32) -> Option<i32> {
+        let d = self.tasks.get(&holder).map_or(0, |h| h.1);
+        let Some(o) = self.tasks.get(&pid) else {
+            return (d == 0).then_some(pid.cast_signed());
+        };
+        if d == 0 {
+            return o.0.first().copied();
+        }
+        // The owner's namespace at depth d: that of its nearest ancestor (or itself) there
+        // (a nested namespace is made by a process for its children).
+        let mut cur = pid;
+        let ns = loop {
+            let t = self.tasks.get(&cur)?;
+            if t.1 == d {
+                break t.2;
+            }
+            if t.1 < d {
+                return None;
+            }
+            cur = t.3;
+        };
+        if ns.is_some() && ns == self.tasks.get(&holder)?.2 {
+            o.0.get(d).copied()
+        } else {
+            None
+        }
+    }
 }
 
 /// Is `key` an inherit-fd key cryo looks up (`pipe:[INO]`, `tty[RDEV:DEV]`)? Other keys
@@ -695,6 +819,7 @@ impl FdObjects {
                 .iter()
                 .flat_map(|t| t.fdinfo.iter().map(|f| f.id))
                 .collect(),
+            pids: PidView::new(tasks),
         })
     }
 
@@ -1082,7 +1207,10 @@ fn save_owner(
     }
     let copy = sys::fd::pidfd_getfd(pidfd.as_ref().expect("opened above").as_fd(), fd)
         .map_err(err("pidfd_getfd"))?;
-    let Some(owner) = super::fown::dump(copy.as_fd()).map_err(err("read the file's owner"))? else {
+    let Some(owner) =
+        super::fown::dump(cx.files.tree.first().copied().unwrap_or(pid), copy.as_fd())
+            .map_err(err("read the file's owner"))?
+    else {
         return Ok(());
     };
     if let Some(slot) = cx
@@ -1331,7 +1459,7 @@ pub fn restore_late_fds(
             .cloned()
             .ok_or_else(|| missing(f.id, "file"))?;
         let tmp = if e.r#type == pb::FdTypes::Pidfd as i32 {
-            super::pidfd::open_in_task(cx, &e)?
+            super::pidfd::open_in_task(cx, &e, img.pid)?
         } else if e.r#type == pb::FdTypes::Ns as i32 {
             let path = super::nsfile::path_in_task(&e)
                 .map_err(FilesError::kind::<super::nsfile::NsFile>)?;
@@ -1358,7 +1486,7 @@ pub fn restore_late_fds(
         };
         if let Some(o) = super::fown::slot(&mut e).filter(|o| super::fown::is_set(o)) {
             if done.insert(f.id) {
-                super::fown::restore(cx, fd, o)?;
+                super::fown::restore(cx, fd, o, img.pid)?;
             }
         }
     }

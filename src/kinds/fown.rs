@@ -4,7 +4,8 @@
 //!
 //! Dump reads the owner from cryo's copy of the fd (the owner belongs to the open file
 //! description, so no syscall runs in the target): its type (thread, process or group), its
-//! id as the tree sees it, the signal, and the real and effective uids it was set with,
+//! id as the tree sees it (a holder in a PID namespace nested in the tree's names it by its
+//! id there at restore), the signal, and the real and effective uids it was set with,
 //! which decide whether the signal may be sent. Restore sets the signal and, with those uids
 //! taken for the moment, the owner, once every process of the task's subtree exists (an
 //! owner must exist to be named).
@@ -17,7 +18,7 @@ use crate::image::pb;
 
 /// The owner of the open file behind cryo's copy `fd`, as a `fown_entry` (ids as the tree
 /// sees them), or None when it has neither owner nor signal.
-pub fn dump(fd: BorrowedFd<'_>) -> std::io::Result<Option<pb::FownEntry>> {
+pub fn dump(root: i32, fd: BorrowedFd<'_>) -> std::io::Result<Option<pb::FownEntry>> {
     let o = match crate::sys::fd::owner(fd) {
         Ok(o) => o,
         // An O_PATH fd has no owner (fcntl refuses it).
@@ -32,22 +33,15 @@ pub fn dump(fd: BorrowedFd<'_>) -> std::io::Result<Option<pb::FownEntry>> {
         euid: o.euid,
         signum: o.sig.cast_unsigned(),
         pid_type: o.kind.cast_unsigned(),
-        pid: (if o.pid == 0 { 0 } else { ns_pid(o.pid) }).cast_unsigned(),
+        pid: (if o.pid == 0 { 0 } else { tree_pid(root, o.pid) }).cast_unsigned(),
     }))
 }
 
-/// `pid` (of cryo's namespace) as its own PID namespace sees it: the last `NSpid` field.
-/// For a process group whose leader is gone, the number itself.
-fn ns_pid(pid: i32) -> i32 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("NSpid:"))
-                .and_then(|l| l.split_whitespace().last())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(pid)
+/// `pid` (of cryo's namespace) as the tree sees it (`root`'s PID namespace; a holder in one
+/// nested in it names it by its own id there at restore, `FdObjects::pids`). For a process
+/// group whose leader is gone, the number itself.
+fn tree_pid(root: i32, pid: i32) -> i32 {
+    crate::procfs::tree_pid(root, pid).unwrap_or(pid)
 }
 
 /// The `fown_entry` of a file record, whichever kind it is (None: the kind has none).
@@ -66,8 +60,16 @@ pub fn is_set(f: &pb::FownEntry) -> bool {
     f.pid != 0 || f.signum != 0
 }
 
-/// Gives the puppet's fd `fd` the signal and owner of `f`.
-pub fn restore(cx: &mut RestoreCx<'_>, fd: RemoteFd, f: &pb::FownEntry) -> Result<(), TaskError> {
+/// Gives the puppet's fd `fd` the signal and owner of `f`; the puppet is the restored
+/// process `holder` (its PID in the images), which names the owner in its own PID namespace:
+/// an owner it cannot see there is left to another holder of the file (the kernel keeps one
+/// owner per open file).
+pub fn restore(
+    cx: &mut RestoreCx<'_>,
+    fd: RemoteFd,
+    f: &pb::FownEntry,
+    holder: u32,
+) -> Result<(), TaskError> {
     if f.signum != 0 {
         cx.named("fcntl(F_SETSIG)")
             .fcntl(fd, crate::sys::fd::F_SETSIG, u64::from(f.signum))?;
@@ -75,9 +77,12 @@ pub fn restore(cx: &mut RestoreCx<'_>, fd: RemoteFd, f: &pb::FownEntry) -> Resul
     if f.pid == 0 {
         return Ok(());
     }
+    let Some(pid) = cx.objs.borrow().pids.seen_from(f.pid, holder) else {
+        return Ok(());
+    };
     // struct f_owner_ex { int type; pid_t pid; } (the kernel's int bits, as saved)
     let mut ex = f.pid_type.to_ne_bytes().to_vec();
-    ex.extend_from_slice(&f.pid.to_ne_bytes());
+    ex.extend_from_slice(&pid.to_ne_bytes());
     let at = cx.put(1024, &ex)?;
     // The owner's uids decide who may be signalled: take them for the call (the puppet is
     // still root, with a saved uid to come back with).

@@ -49,6 +49,12 @@ pub enum MemoryError {
     Ghost(#[from] super::ghost::GhostError),
     #[error(transparent)]
     Files(#[from] super::files::FilesError),
+    /// A bug: a thread compressing pages panicked. The dump stops (the tree runs on).
+    #[error("{path}: a thread compressing the pages panicked ({what}); the dump stopped, the process runs on: please report this")]
+    WorkerPanicked {
+        path: std::path::PathBuf,
+        what: String,
+    },
 }
 task_error_from!(MemoryError);
 
@@ -167,13 +173,15 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
     }
     let anon = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u32;
     // A hugetlb memfd is mapped as any memfd (its file brings the huge pages back).
-    if v.has_flag("ht") && !v.name.starts_with("/memfd:") {
+    // An attached SysV hugetlb segment goes the SysV way below (shmat of the segment its IPC
+    // namespace brings back on huge pages).
+    if v.has_flag("ht") && !v.name.starts_with("/memfd:") && !v.name.starts_with("/SYSV") {
         // Anonymous hugetlb memory (MAP_HUGETLB): mapped again with the same page size; a
         // shared one is saved once per inode like shared memory, a private one's pages
-        // like any private memory. Files of a hugetlbfs mount and SysV segments are not.
+        // like any private memory. Files of a hugetlbfs mount are not.
         if !v.name.starts_with("/anon_hugepage") {
             return Err(unsupported(
-                "a mapping of a hugetlbfs file or of a huge-page SysV segment is not supported yet",
+                "a mapping of a hugetlbfs file is not supported yet",
                 "use anonymous huge pages (MAP_HUGETLB), or unmap it before the dump",
             )
             .into());
@@ -1232,68 +1240,92 @@ fn write_pages_compressed(
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
     let fail = |e: MemoryError| {
-        first_err.lock().expect("lock").get_or_insert(e);
+        first_err
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
         w.fail();
     };
-    std::thread::scope(|s| {
-        let work = || {
-            let mut c = match pages::Writer::compressor() {
-                Ok(c) => c,
-                Err(source) => {
-                    return fail(
-                        TaskError::Image(crate::image::ImageError::Io {
-                            path: path.to_path_buf(),
-                            op: "zstd",
-                            source,
-                        })
-                        .into(),
-                    )
-                }
-            };
-            let mut raw = vec![0u8; pages::BLOCK];
-            let mut enc = Vec::new();
-            loop {
-                if let Some(sig) = crate::sys::proc::interrupted() {
-                    return fail(MemoryError::interrupted(sig));
-                }
-                let b = next.fetch_add(1, Ordering::Relaxed);
-                if b >= nblocks {
-                    return;
-                }
-                let start = u64_of(b) * u64_of(pages::BLOCK);
-                let end = (start + u64_of(pages::BLOCK)).min(total);
-                let dst = &mut raw[..usize_of(end - start)];
-                if let Err(e) = copy_block(pid, runs, start, end, dst, mem_file) {
-                    if lenient {
-                        copy_block_lenient(pid, runs, start, end, dst, mem_file);
-                    } else {
-                        return fail(e);
-                    }
-                }
-                if let Err(source) = pages::Writer::encode(&mut c, dst, &mut enc) {
-                    return fail(
-                        TaskError::Image(crate::image::ImageError::Io {
-                            path: path.to_path_buf(),
-                            op: "zstd",
-                            source,
-                        })
-                        .into(),
-                    );
-                }
-                match w.put(b, &enc) {
-                    Ok(true) => {}
-                    Ok(false) => return,
-                    Err(e) => return fail(TaskError::Image(e).into()),
-                }
-                crate::progress::advance(end - start);
+    // Test hook: a compression thread panics at its second block (a bug must fail the
+    // dump, not hang it).
+    let panic_at = crate::fault::injected("compress-worker-panic").then_some(1);
+    let work = || {
+        let mut c = match pages::Writer::compressor() {
+            Ok(c) => c,
+            Err(source) => {
+                return fail(
+                    TaskError::Image(crate::image::ImageError::Io {
+                        path: path.to_path_buf(),
+                        op: "zstd",
+                        source,
+                    })
+                    .into(),
+                )
             }
         };
-        for _ in 1..workers() {
-            s.spawn(work);
+        let mut raw = vec![0u8; pages::BLOCK];
+        let mut enc = Vec::new();
+        loop {
+            if let Some(sig) = crate::sys::proc::interrupted() {
+                return fail(MemoryError::interrupted(sig));
+            }
+            let b = next.fetch_add(1, Ordering::Relaxed);
+            if b >= nblocks {
+                return;
+            }
+            let start = u64_of(b) * u64_of(pages::BLOCK);
+            let end = (start + u64_of(pages::BLOCK)).min(total);
+            let dst = &mut raw[..usize_of(end - start)];
+            if let Err(e) = copy_block(pid, runs, start, end, dst, mem_file) {
+                if lenient {
+                    copy_block_lenient(pid, runs, start, end, dst, mem_file);
+                } else {
+                    return fail(e);
+                }
+            }
+            assert!(
+                panic_at != Some(b),
+                "CRYO_FAULT_INJECT=compress-worker-panic"
+            );
+            if let Err(source) = pages::Writer::encode(&mut c, dst, &mut enc) {
+                return fail(
+                    TaskError::Image(crate::image::ImageError::Io {
+                        path: path.to_path_buf(),
+                        op: "zstd",
+                        source,
+                    })
+                    .into(),
+                );
+            }
+            match w.put(b, &mut enc) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => return fail(TaskError::Image(e).into()),
+            }
+            crate::progress::advance(end - start);
         }
-        work();
+    };
+    // A panicking thread fails the dump: the others, waiting for its block, give up.
+    let guarded = || {
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(&work)) {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            fail(MemoryError::WorkerPanicked {
+                path: path.to_path_buf(),
+                what,
+            });
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..workers() {
+            s.spawn(guarded);
+        }
+        guarded();
     });
-    if let Some(e) = first_err.into_inner().expect("lock") {
+    if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
     }
     Ok(w.finish())
@@ -1661,7 +1693,13 @@ pub fn page_sources_in(
         .iter()
         .filter_map(|&(o, s, e)| Some((o?, s, e - s)))
         .collect();
-    let mut out: Vec<Source> = vec![(dir.file(&format!("pages-{pages_id}.img")), runs)];
+    // The pages image under the name the dump wrote it (compressed or not: its inventory).
+    let file = |d: &crate::image::ImageDir, id: u32| {
+        crate::image::pages::file_of(d, &format!("pages-{id}.img"))
+            .map(|f| f.0)
+            .map_err(|e| MemoryError::from(TaskError::Image(e)))
+    };
+    let mut out: Vec<Source> = vec![(file(dir, pages_id)?, runs)];
     let mut dir = top;
     let mut depth = 0;
     while !want.is_empty() {
@@ -1713,7 +1751,7 @@ pub fn page_sources_in(
         }
         next.sort_unstable();
         want = next;
-        out.push((pdir.file(&format!("pages-{pages_id}.img")), runs));
+        out.push((file(&pdir, pages_id)?, runs));
     }
     Ok((out, lazy_only))
 }
@@ -1733,13 +1771,6 @@ fn fill_from(
     runs: &[(u64, u64, u64)],
 ) -> Result<(), MemoryError> {
     let path = path.to_path_buf();
-    // The raw image mapped, or a compressed one (`dump --compress`) decompressed.
-    let (map, compressed) = crate::image::pages::load(&path, workers())
-        .map_err(TaskError::Image)?
-        .ok_or_else(|| {
-            TaskError::Image(crate::image::ImageError::Missing { path: path.clone() })
-        })?;
-    let size = u64_of(map.bytes().len());
     // Each run's size was checked (`run_end`); the end of the data is checked here.
     let map_len = runs
         .iter()
@@ -1751,17 +1782,42 @@ fn fill_from(
             ))
         })?;
     let need: u64 = runs.iter().map(|r| r.2).sum();
-    if size < map_len {
-        return Err(TaskError::Image(crate::image::ImageError::Truncated {
-            path: path.clone(),
-            offset: usize_of(size),
-            what: "page data",
-        })
-        .into());
-    }
-    if !compressed {
+    // The raw image mapped, or a compressed one (`dump --compress`) read block by block:
+    // only the blocks holding the first `map_len` bytes, which the pagemap needs.
+    let data = if is_compressed(&path) {
+        if !path.exists() {
+            return Err(TaskError::Image(crate::image::ImageError::Missing { path }).into());
+        }
+        let z = crate::image::pages::Compressed::open(&path, map_len).map_err(TaskError::Image)?;
+        Pages::Compressed(z)
+    } else {
+        let io = |op, source| {
+            TaskError::Image(crate::image::ImageError::Io {
+                path: path.clone(),
+                op,
+                source,
+            })
+        };
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TaskError::Image(crate::image::ImageError::Missing { path }).into())
+            }
+            Err(e) => return Err(io("open", e).into()),
+        };
+        let len = usize_of(f.metadata().map_err(|e| io("stat", e))?.len());
+        let map = Mapping::file_ro(&f, len).map_err(|e| io("mmap", e))?;
+        if u64_of(len) < map_len {
+            return Err(TaskError::Image(crate::image::ImageError::Truncated {
+                path: path.clone(),
+                offset: len,
+                what: "page data",
+            })
+            .into());
+        }
         map.advise(libc::MADV_SEQUENTIAL);
-    }
+        Pages::Raw(map)
+    };
     let vmas = &img.mm.vmas;
     let thp = Thp::read();
     let thp_disabled = img.mm.thp_disabled == Some(true);
@@ -1817,36 +1873,44 @@ fn fill_from(
         }
     }
     crate::progress::start(need);
-    let bytes = map.bytes();
-    if !fast.items.is_empty() {
-        match uffd_fill(cx, vmas, &fast_vmas, &fast.items, &map) {
-            Ok(true) => {}
-            Ok(false) => slow.items.append(&mut fast.items), // no userfaultfd here
-            Err(e) => return Err(e),
+    let written = match &data {
+        Pages::Compressed(z) => {
+            fill_compressed(cx, vmas, &fast_vmas, fast.items, slow.items, &cow_runs, z)?
         }
-    }
-    let items = slow.items;
-    let pid = cx.pid;
-    if small {
-        // A small process (most of a process tree): one process_vm_writev per item from
-        // here costs less than opening the image in the puppet and starting workers.
-        for (o, ranges) in &items {
-            let len: usize = ranges.iter().map(|r| r.1).sum();
-            mem::vm_write(pid, &bytes[*o..*o + len], ranges).map_err(|source| {
-                TaskError::Memory {
-                    pid,
-                    what: "writing the restored memory",
-                    addr: ranges[0].0,
-                    source,
+        Pages::Raw(map) => {
+            let bytes = map.bytes();
+            if !fast.items.is_empty() {
+                match uffd_fill(cx, vmas, &fast_vmas, &fast.items, map) {
+                    Ok(true) => {}
+                    Ok(false) => slow.items.append(&mut fast.items), // no userfaultfd here
+                    Err(e) => return Err(e),
                 }
-            })?;
-            map.release(*o, len);
+            }
+            let items = slow.items;
+            let pid = cx.pid;
+            if small {
+                // A small process (most of a process tree): one process_vm_writev per item
+                // from here costs less than opening the image in the puppet and starting
+                // workers.
+                for (o, ranges) in &items {
+                    let len: usize = ranges.iter().map(|r| r.1).sum();
+                    mem::vm_write(pid, &bytes[*o..*o + len], ranges).map_err(|source| {
+                        TaskError::Memory {
+                            pid,
+                            what: "writing the restored memory",
+                            addr: ranges[0].0,
+                            source,
+                        }
+                    })?;
+                    map.release(*o, len);
+                }
+            } else {
+                fill_parallel(cx, Some(&*path), &items, map)?;
+            }
+            write_differing(pid, bytes, &cow_runs)?
         }
-    } else {
-        // The puppet reads a raw image itself; decompressed data is only in cryo.
-        fill_parallel(cx, (!compressed).then_some(&*path), &items, &map)?;
-    }
-    let written = write_differing(pid, bytes, &cow_runs)?;
+    };
+    let pid = cx.pid;
     cx.stats.pages_restored =
         Some(cx.stats.pages_restored.unwrap_or(0) + (need - lazy_bytes) / PAGE_SIZE);
     if !cow_runs.is_empty() {
@@ -1859,6 +1923,195 @@ fn fill_from(
         );
     }
     Ok(())
+}
+
+/// The page data of one pages image, as [`fill_from`] reads it.
+enum Pages {
+    /// A raw `pages-N.img`, mapped.
+    Raw(Mapping),
+    /// A `pages-N.img.zst` (`dump --compress`), decoded block by block.
+    Compressed(crate::image::pages::Compressed),
+}
+
+/// Is `path` a compressed pages image (the name [`page_sources_in`] gives one)?
+fn is_compressed(path: &std::path::Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| crate::image::pages::is_compressed_name(&n.to_string_lossy()))
+}
+
+/// How a piece of image data gets into the puppet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// `UFFDIO_COPY` (anonymous private memory registered with the userfaultfd).
+    Copy,
+    /// `process_vm_writev`.
+    Write,
+    /// Written only where it differs from the parent's page (`write_differing`).
+    Differ,
+}
+
+/// Writes the pages of a compressed image into the puppet without holding the image in
+/// memory: one thread per CPU takes the next block, decodes it into its own one-block
+/// buffer (checked against the block's digest) and writes every piece of the block where it
+/// goes, as [`fill_from`] sorted them: `fast` with `UFFDIO_COPY` (or `process_vm_writev`
+/// when the puppet cannot have a userfaultfd), `slow` with `process_vm_writev`, `cow` only
+/// where it differs. cryo's memory stays a few blocks per thread, whatever the image's size.
+/// Returns the bytes of `cow` written.
+fn fill_compressed(
+    cx: &mut RestoreCx<'_>,
+    vmas: &[pb::VmaEntry],
+    fast_vmas: &[usize],
+    fast: Vec<Item>,
+    slow: Vec<Item>,
+    cow: &[(usize, u64, usize)],
+    z: &crate::image::pages::Compressed,
+) -> Result<usize, MemoryError> {
+    let pid = cx.pid;
+    let uffd = if fast.is_empty() {
+        None
+    } else {
+        uffd_register(cx, vmas, fast_vmas)?
+    };
+    let copy = if uffd.is_some() {
+        How::Copy
+    } else {
+        How::Write
+    };
+    // Every piece (image offset, address, length, how), sorted by image offset.
+    let mut segs: Vec<(usize, u64, usize, How)> = Vec::new();
+    for (items, how) in [(&fast, copy), (&slow, How::Write)] {
+        for (o, ranges) in items {
+            let mut off = *o;
+            for &(a, l) in ranges {
+                segs.push((off, a, l, how));
+                off += l;
+            }
+        }
+    }
+    segs.extend(cow.iter().map(|&(o, a, l)| (o, a, l, How::Differ)));
+    segs.sort_unstable_by_key(|s| s.0);
+    let block = z.block();
+    let mut blocks: Vec<usize> = Vec::new();
+    for &(o, _, l, _) in &segs {
+        for b in o / block..(o + l).div_ceil(block) {
+            if blocks.last().is_none_or(|&x| x < b) {
+                blocks.push(b);
+            }
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
+    let written = AtomicUsize::new(0);
+    let fail = |e: MemoryError| {
+        first_err
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
+    };
+    let failed = || {
+        first_err
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    };
+    let work = || {
+        let mut d = match z.decoder() {
+            Ok(d) => d,
+            Err(e) => return fail(TaskError::Image(e).into()),
+        };
+        let mem_err = |addr, source| -> MemoryError {
+            TaskError::Memory {
+                pid,
+                what: "writing the restored memory",
+                addr,
+                source,
+            }
+            .into()
+        };
+        while !failed() {
+            if let Some(sig) = crate::sys::proc::interrupted() {
+                return fail(MemoryError::interrupted(sig));
+            }
+            let Some(&b) = blocks.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                return;
+            };
+            let at = match z.decode(b, &mut d) {
+                Ok(at) => usize_of(at),
+                Err(e) => return fail(TaskError::Image(e).into()),
+            };
+            let end = at + d.raw.len();
+            let raw = &d.raw;
+            // process_vm_writev of consecutive pieces at once: (block offset, ranges).
+            let mut batch: (usize, Vec<(u64, usize)>) = (0, Vec::new());
+            let flush = |batch: &mut (usize, Vec<(u64, usize)>)| -> Result<(), MemoryError> {
+                if batch.1.is_empty() {
+                    return Ok(());
+                }
+                let len: usize = batch.1.iter().map(|r| r.1).sum();
+                mem::vm_write(pid, &raw[batch.0..batch.0 + len], &batch.1)
+                    .map_err(|e| mem_err(batch.1[0].0, e))?;
+                batch.1.clear();
+                Ok(())
+            };
+            let mut differ = Vec::new();
+            let mut done = 0usize;
+            let mut i = segs.partition_point(|s| s.0 + s.2 <= at);
+            let r = (|| -> Result<(), MemoryError> {
+                while let Some(&(o, a, l, how)) = segs.get(i).filter(|s| s.0 < end) {
+                    i += 1;
+                    let (lo, hi) = (o.max(at), (o + l).min(end));
+                    let addr = a + u64_of(lo - o);
+                    let (bo, n) = (lo - at, hi - lo);
+                    done += n;
+                    match how {
+                        How::Write => {
+                            let len: usize = batch.1.iter().map(|r| r.1).sum();
+                            if batch.1.len() >= 1024 || batch.0 + len != bo {
+                                flush(&mut batch)?;
+                            }
+                            if batch.1.is_empty() {
+                                batch.0 = bo;
+                            }
+                            batch.1.push((addr, n));
+                        }
+                        How::Copy => {
+                            let u = uffd.as_ref().expect("Copy only with a userfaultfd");
+                            u.0.copy(addr, &raw[bo..hi - at])
+                                .map_err(|source| MemoryError::Uffd { addr, source })?;
+                        }
+                        How::Differ => differ.push((bo, addr, n)),
+                    }
+                }
+                flush(&mut batch)?;
+                written.fetch_add(write_differing(pid, raw, &differ)?, Ordering::Relaxed);
+                Ok(())
+            })();
+            if let Err(e) = r {
+                return fail(e);
+            }
+            crate::progress::advance(u64_of(done));
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..workers().min(blocks.len()) {
+            s.spawn(work);
+        }
+        work();
+    });
+    let mut r = match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(written.into_inner()),
+    };
+    if let Some((u, registered)) = uffd {
+        for v in registered {
+            if let Err(e) = unregister(&u, v) {
+                if r.is_ok() {
+                    r = Err(e);
+                }
+            }
+        }
+    }
+    r
 }
 
 /// Fills `items` with two kinds of workers taking from one queue: the puppet itself reads
@@ -2012,11 +2265,34 @@ fn uffd_fill(
     items: &[Item],
     map: &Mapping,
 ) -> Result<bool, MemoryError> {
+    let Some((uffd, registered)) = uffd_register(cx, vmas, fill)? else {
+        return Ok(false);
+    };
+    let mut r = uffd_copy_all(&uffd, items, map);
+    // Unregister everything (closing the last fd would too, but an error shows here): a
+    // user-mode access to a page still missing would wait for a handler that is not there.
+    for v in registered {
+        let u = unregister(&uffd, v);
+        if r.is_ok() {
+            r = u;
+        }
+    }
+    r.map(|()| true)
+}
+
+/// The puppet's userfaultfd with the VMAs `fill` registered (the caller unregisters them
+/// when done). `Ok(None)` when the puppet cannot have one, or a VMA cannot be registered
+/// (nothing is registered then).
+fn uffd_register<'v>(
+    cx: &mut RestoreCx<'_>,
+    vmas: &'v [pb::VmaEntry],
+    fill: &[usize],
+) -> Result<Option<(mem::Uffd, Vec<&'v pb::VmaEntry>)>, MemoryError> {
     let uffd = match open_uffd(cx) {
         Ok(u) => u,
         Err(e) => {
             tracing::info!(error = %e, "memory: no userfaultfd; filling with preadv/process_vm_writev");
-            return Ok(false);
+            return Ok(None);
         }
     };
     let mut registered = Vec::new();
@@ -2032,20 +2308,11 @@ fn uffd_fill(
             for v in registered {
                 unregister(&uffd, v)?;
             }
-            return Ok(false);
+            return Ok(None);
         }
         registered.push(v);
     }
-    let mut r = uffd_copy_all(&uffd, items, map);
-    // Unregister everything (closing the last fd would too, but an error shows here): a
-    // user-mode access to a page still missing would wait for a handler that is not there.
-    for v in registered {
-        let u = unregister(&uffd, v);
-        if r.is_ok() {
-            r = u;
-        }
-    }
-    r.map(|()| true)
+    Ok(Some((uffd, registered)))
 }
 
 fn unregister(uffd: &mem::Uffd, v: &pb::VmaEntry) -> Result<(), MemoryError> {
@@ -2189,16 +2456,12 @@ pub fn lazy_plan(dir: &crate::image::ImageDir, vpid: u32) -> Result<LazyPlan, Me
         ..Default::default()
     };
     for (path, runs) in sources {
-        if !runs.is_empty() && !path.exists() {
-            let mut z = path.clone().into_os_string();
-            z.push(crate::image::pages::SUFFIX);
-            if std::path::Path::new(&z).exists() {
-                return Err(TaskError::BadImage(format!(
-                    "{}: the pages image is compressed (dump --compress); lazy pages are served from raw images only: restore without --lazy-pages, or dump without --compress",
-                    std::path::Path::new(&z).display()
-                ))
-                .into());
-            }
+        if !runs.is_empty() && is_compressed(&path) {
+            return Err(TaskError::BadImage(format!(
+                "{}: the pages image is compressed (dump --compress); lazy pages are served from raw images only: restore without --lazy-pages, or dump without --compress",
+                path.display()
+            ))
+            .into());
         }
         let mut keep = Vec::new();
         for (o, a, l) in runs {

@@ -19,7 +19,7 @@
 //! is refused before the tree is touched, naming the mount point.
 
 use super::error::{task_error_from, TaskError, Unsupported};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -560,6 +560,21 @@ pub fn plan_nested(
                 "it propagates to or from its parent namespace's mounts".into(),
             ));
         }
+        // Mounted again under a copy that is still a peer of its parent namespace's mount,
+        // it would propagate there too (the parent namespace would get a second one).
+        if let Some(p) = entries.iter().find(|p| {
+            p.mnt_id == m.parent
+                && p.cryo_copied == Some(COPIED_AS_IS)
+                && p.shared_id.is_some_and(|g| base_groups.contains(&g))
+        }) {
+            return Err(refuse(
+                m,
+                format!(
+                    "it is mounted under {}, which is still shared with its parent namespace's mount: mounting it again there would propagate it to the parent namespace",
+                    p.mountpoint
+                ),
+            ));
+        }
         let code = fstype_code(&m.fstype);
         entries.push(e);
         if bind_source(&entries, i).is_some() {
@@ -624,6 +639,157 @@ fn tmpfs_image(e: &pb::MntEntry) -> String {
     format!("tmpfs-dev-{}.tar.gz.img", e.root_dev)
 }
 
+/// The saved tmpfs `entries[i]` of `pid`, opened (O_PATH) through the tree's root: at its
+/// own mount point, or at that of another mount of the same file system and root when
+/// another mount covers this one (zdtm's tempfs_overmounted01); checked by mount id.
+fn open_saved_mount(
+    pid: i32,
+    entries: &[pb::MntEntry],
+    i: usize,
+) -> Result<(OwnedFd, bool), MountsError> {
+    let e = &entries[i];
+    let root = format!("/proc/{pid}/root");
+    let same = entries.iter().filter(|x| {
+        x.mnt_id != e.mnt_id && x.root_dev == e.root_dev && x.root == e.root && x.ext_key.is_none()
+    });
+    let mut first: Option<OwnedFd> = None;
+    for m in std::iter::once(e).chain(same) {
+        let Ok(fd) =
+            crate::sys::fd::open_in_root(&root, &m.mountpoint, libc::O_PATH | libc::O_DIRECTORY)
+        else {
+            continue;
+        };
+        let id = rustix::fs::statx(
+            &fd,
+            "",
+            rustix::fs::AtFlags::EMPTY_PATH,
+            rustix::fs::StatxFlags::MNT_ID,
+        )
+        .map(|st| st.stx_mnt_id)
+        .ok();
+        if id == Some(u64::from(m.mnt_id)) {
+            return Ok((fd, true));
+        }
+        first.get_or_insert(fd);
+    }
+    if let Some(fd) = first {
+        return Ok((fd, false));
+    }
+    Err(TaskError::Fd {
+        pid,
+        fd: -1,
+        what: format!("find the tmpfs mount {}", e.mountpoint),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    }
+    .into())
+}
+
+/// A detached copy of the mount `at` holds the root of, without what is mounted in it.
+fn clone_alone(at: &OwnedFd) -> rustix::io::Result<OwnedFd> {
+    use rustix::mount::{open_tree, OpenTreeFlags};
+    open_tree(
+        at,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )
+}
+
+/// A tmpfs (`e`) of `pid` that no path of the tree leads to, every mount of it being covered
+/// by another (zdtm's tempfs_overmounted): a copy of one of its mounts alone, made on a thread
+/// of its own in a private copy of the tree's mount namespace (every mount made private
+/// first, so that nothing propagates back), where the mounts covering it are detached.
+fn uncover_tmpfs(pid: i32, e: &pb::MntEntry) -> Option<OwnedFd> {
+    use rustix::fs::{open, statx, AtFlags, Mode, OFlags, StatxFlags};
+    let work = || -> Option<OwnedFd> {
+        let mnt = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok()?;
+        // cryo's /proc: the tree's, seen from its namespace, does not know cryo's threads.
+        let proc = open(
+            "/proc",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        crate::sys::ns::unshare(UnshareFlags::FS).ok()?;
+        crate::sys::ns::setns(mnt.as_fd(), NsType::Mount).ok()?;
+        crate::sys::ns::unshare(UnshareFlags::NEWNS).ok()?;
+        rustix::mount::mount_change(
+            "/",
+            MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+        )
+        .ok()?;
+        let own = rustix::fs::openat(
+            &proc,
+            "thread-self/mountinfo",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let infos = parse_mountinfo(&std::io::read_to_string(std::fs::File::from(own)).ok()?);
+        let id_at = |p: &str| -> Option<u64> {
+            let f = open(p, OFlags::PATH | OFlags::CLOEXEC, Mode::empty()).ok()?;
+            Some(
+                statx(&f, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
+                    .ok()?
+                    .stx_mnt_id,
+            )
+        };
+        let of_it = infos
+            .iter()
+            .filter(|m| encode_dev(m.major, m.minor) == e.root_dev && m.root == e.root);
+        'mounts: for m in of_it {
+            // The mount and the mounts it is in.
+            let mut chain = vec![u64::from(m.id)];
+            let mut up = m.parent;
+            while let Some(p) = infos
+                .iter()
+                .find(|x| x.id == up && !chain.contains(&u64::from(x.id)))
+            {
+                chain.push(u64::from(p.id));
+                up = p.parent;
+            }
+            let parts: Vec<&str> = m.mountpoint.split('/').filter(|c| !c.is_empty()).collect();
+            for k in 1..=parts.len() {
+                let p = format!("/{}", parts[..k].join("/"));
+                let mut tries = 0;
+                loop {
+                    let Some(id) = id_at(&p) else {
+                        continue 'mounts;
+                    };
+                    if chain.contains(&id) {
+                        break;
+                    }
+                    tries += 1;
+                    if tries > 64
+                        || rustix::mount::unmount(p.as_str(), UnmountFlags::DETACH).is_err()
+                    {
+                        continue 'mounts;
+                    }
+                }
+            }
+            let f = open(
+                m.mountpoint.as_str(),
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()?;
+            let id = statx(&f, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)
+                .ok()?
+                .stx_mnt_id;
+            if id == u64::from(m.id) {
+                tracing::info!(
+                    "tmpfs {}: read in a copy of the namespace, its covers detached",
+                    e.mountpoint
+                );
+                return clone_alone(&f).ok();
+            }
+        }
+        None
+    };
+    std::thread::scope(|s| s.spawn(work).join().ok().flatten())
+}
+
 /// Writes the mount entries and the tmpfs contents (read through /proc/PID/root while the
 /// tree is frozen).
 pub fn write(
@@ -637,22 +803,36 @@ pub fn write(
         let e = &entries[i];
         let name = tmpfs_image(e);
         let out = dir.create_file(&name)?;
-        // The mount point found inside the tree's root, used through cryo's fd on it.
-        let at = crate::sys::fd::open_in_root(
-            &format!("/proc/{pid}/root"),
-            &e.mountpoint,
-            libc::O_PATH | libc::O_DIRECTORY,
-        )
-        .map_err(|source| TaskError::Fd {
-            pid,
-            fd: -1,
-            what: format!("find the tmpfs mount {}", e.mountpoint),
-            source,
-        })?;
+        // A copy of the mount alone (open_tree, not recursive), so that files under
+        // directories other mounts cover are saved too (zdtm's tempfs). open_tree copies
+        // mounts of the caller's namespace: made from inside the tree's; the mount itself if
+        // that fails. A tmpfs every mount of which is covered is reached in a private copy
+        // of the namespace.
+        let (at, alone) = match open_saved_mount(pid, entries, i) {
+            Ok((at, true)) => {
+                let _in = super::ns::InNs::enter(pid, true).ok();
+                let alone = clone_alone(&at).ok();
+                (Some(at), alone)
+            }
+            Ok((at, false)) => (Some(at), uncover_tmpfs(pid, e)),
+            Err(err) => match uncover_tmpfs(pid, e) {
+                Some(c) => (None, Some(c)),
+                None => return Err(err),
+            },
+        };
+        if alone.is_none() {
+            tracing::warn!(
+                "tmpfs {}: no copy of it alone could be made; its contents are read where its mount point leads",
+                e.mountpoint
+            );
+        }
+        let Some(held) = alone.as_ref().or(at.as_ref()) else {
+            return Err(TaskError::Internal("a tmpfs was neither reached nor copied").into());
+        };
         let src = format!(
             "/proc/{}/fd/{}",
             std::process::id(),
-            std::os::fd::AsRawFd::as_raw_fd(&at)
+            std::os::fd::AsRawFd::as_raw_fd(held)
         );
         let st = std::process::Command::new("tar")
             .args([
@@ -1165,9 +1345,10 @@ fn build_nested(
             &none,
             &pending.dir,
             &mut ptys,
+            None,
         )?);
     }
-    super::propagation::restore(entries, &fds)?;
+    super::propagation::restore(entries, &fds, &[])?;
     pending.todo = left;
     Ok(ptys)
 }
@@ -1302,6 +1483,47 @@ pub fn resolve_dry(
     Ok(out)
 }
 
+/// For each external mount that was the slave of a peer group outside the tree
+/// (`--enable-external-masters`): the root of a mount of cryo's namespace in that group, if
+/// there is one (the host's mount the external one was bound from, on the same machine), so
+/// that the restored mount is made its slave again, as CRIU does. None for the others.
+fn external_masters(
+    entries: &[pb::MntEntry],
+    external: &[Option<PathBuf>],
+) -> Vec<Option<OwnedFd>> {
+    use rustix::fs::{open, Mode, OFlags};
+    let in_tree: HashSet<u32> = entries.iter().filter_map(|e| e.shared_id).collect();
+    let wanted = |i: usize| {
+        let e = &entries[i];
+        e.master_id
+            .filter(|m| external.get(i).is_some_and(Option::is_some) && !in_tree.contains(m))
+    };
+    if !(0..entries.len()).any(|i| wanted(i).is_some()) {
+        return entries.iter().map(|_| None).collect();
+    }
+    let own = std::fs::read_to_string("/proc/thread-self/mountinfo")
+        .map(|t| parse_mountinfo(&t))
+        .unwrap_or_default();
+    (0..entries.len())
+        .map(|i| {
+            let m = wanted(i)?;
+            let host = own.iter().find(|o| shared_of(o) == Some(m))?;
+            let fd = open(
+                host.mountpoint.as_str(),
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()?;
+            tracing::info!(
+                "mount {} was a slave of peer group {m}, outside the tree: it will be the slave of {} again",
+                entries[i].mountpoint,
+                host.mountpoint
+            );
+            Some(fd)
+        })
+        .collect()
+}
+
 /// On a thread of its own (namespaces and root are per thread): joins the puppet's net and
 /// IPC namespaces, makes a private mount namespace (or, with `join`, joins the one the
 /// puppet made in its user namespace), mounts every entry under `root`, pivots into it and
@@ -1316,6 +1538,8 @@ fn build(
     dir: &Path,
 ) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>), MountsError> {
     use std::os::fd::AsFd;
+    // Masters outside the tree, reached from cryo's namespace (before leaving it).
+    let ext_masters = external_masters(entries, external);
     for (ns, kind) in [
         ("net", NsType::Network),
         ("ipc", NsType::InterProcessCommunication),
@@ -1360,12 +1584,36 @@ fn build(
         what: format!("open {}", root.display()),
         source,
     })?;
-    // Each mount's root, held for its propagation, set once every mount exists.
-    let mut roots: Vec<Option<OwnedFd>> = vec![None];
-    for i in 1..entries.len() {
-        roots.push(Some(mount_one(
-            pid, &jail, entries, i, external, dir, &mut ptys,
-        )?));
+    // Each mount's root, held for its propagation and to reach what is mounted inside it.
+    let mut roots: Vec<Option<OwnedFd>> = (0..entries.len()).map(|_| None).collect();
+    roots[0] = Some(
+        jail.root
+            .try_clone()
+            .map_err(mnt_err("hold the new root".into()))?,
+    );
+    // Where each mount sits: the directory of its mount point inside its parent mount, and
+    // its name there (the root: the directory of `root` on the host).
+    let mut places: Vec<Option<(Jail, String)>> = (0..entries.len()).map(|_| None).collect();
+    places[0] = match (root.parent(), root.file_name()) {
+        (Some(up), Some(name)) => Jail::new(up)
+            .ok()
+            .map(|j| (j, name.to_string_lossy().into_owned())),
+        _ => None,
+    };
+    for i in mount_sequence(entries) {
+        let place = place_of(entries, i, &roots, &places)?;
+        let fd = mount_one(
+            pid,
+            &jail,
+            entries,
+            i,
+            external,
+            dir,
+            &mut ptys,
+            place.as_ref().map(|(d, n)| (&roots[..], d, n.as_str())),
+        )?;
+        roots[i] = Some(fd);
+        places[i] = place;
     }
     // The root's own flags last: a read-only root still gets its mount points made above.
     let rflags = safe_flags(entries[0].flags);
@@ -1385,11 +1633,130 @@ fn build(
             })?
             .0,
     );
-    super::propagation::restore(entries, &roots)?;
+    super::propagation::restore(entries, &roots, &ext_masters)?;
     rustix::mount::unmount(".", UnmountFlags::DETACH)
         .map_err(mnt_err("detach the old root".into()))?;
     rustix::process::chdir("/").map_err(mnt_err("chdir /".into()))?;
     Ok((nsfd, ptys))
+}
+
+/// The order `build` mounts `entries[1..]` in: a parent before its children and a bind's
+/// source before the bind (`bind_source` is an earlier entry); among the children of one
+/// mount, one whose mount point lies below another's (`a/b` under `a`: the tree had `a`
+/// mounted over it later) first, so that reaching its mount point inside the parent never
+/// crosses the sibling that covers it. When both cannot hold, the source goes first.
+fn mount_sequence(entries: &[pb::MntEntry]) -> Vec<usize> {
+    let n = entries.len();
+    let index = |id: u32| entries.iter().position(|e| e.mnt_id == id);
+    let parent: Vec<Option<usize>> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| index(e.parent_mnt_id).filter(|&p| p != i))
+        .collect();
+    let source: Vec<Option<usize>> = (0..n)
+        .map(|i| {
+            if i == 0 || entries[i].ext_key.is_some() {
+                None
+            } else {
+                bind_source(entries, i).map(|(j, _)| j)
+            }
+        })
+        .collect();
+    let under = |i: usize, k: usize| {
+        entries[i].mountpoint != entries[k].mountpoint
+            && path_within(&entries[i].mountpoint, &entries[k].mountpoint).is_some()
+    };
+    let mut placed = vec![false; n];
+    placed[0] = true;
+    let mut out = Vec::with_capacity(n.saturating_sub(1));
+    while out.len() + 1 < n {
+        let ready = |i: usize, placed: &[bool]| {
+            !placed[i] && parent[i].is_none_or(|p| placed[p]) && source[i].is_none_or(|j| placed[j])
+        };
+        let pick = (1..n)
+            .find(|&k| {
+                ready(k, &placed)
+                    && !(1..n)
+                        .any(|i| i != k && !placed[i] && parent[i] == parent[k] && under(i, k))
+            })
+            .or_else(|| (1..n).find(|&k| ready(k, &placed)))
+            .or_else(|| (1..n).find(|&k| !placed[k]));
+        let Some(k) = pick else { break };
+        placed[k] = true;
+        out.push(k);
+    }
+    out
+}
+
+/// Where `entries[i]` is mounted, once its parent mount is: the directory holding its
+/// mount point, reached inside the parent mount from the parent's root (not from the
+/// namespace's root, where another mount may cover it), and the mount point's name in it. A
+/// mount on its parent's root sits where the parent does. None when the parent is not known
+/// (mount points are then reached from the root).
+fn place_of(
+    entries: &[pb::MntEntry],
+    i: usize,
+    roots: &[Option<OwnedFd>],
+    places: &[Option<(Jail, String)>],
+) -> Result<Option<(Jail, String)>, MountsError> {
+    let e = &entries[i];
+    let Some(p) = entries.iter().position(|x| x.mnt_id == e.parent_mnt_id) else {
+        return Ok(None);
+    };
+    let (Some(proot), Some(rel)) = (
+        &roots[p],
+        path_within(&e.mountpoint, &entries[p].mountpoint),
+    ) else {
+        return Ok(None);
+    };
+    if rel == "/" {
+        return Ok(match &places[p] {
+            Some((d, n)) => Some((
+                d.dup().map_err(mnt_err("hold a mount point".into()))?,
+                n.clone(),
+            )),
+            None => None,
+        });
+    }
+    let rel = rel.trim_end_matches('/');
+    let (up, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let parent = Jail::of(proot)
+        .and_then(|j| j.find(up, Some(false)))
+        .map_err(mnt_err(format!(
+            "create the directory of the mount point {}",
+            e.mountpoint
+        )))?;
+    Ok(Some((Jail { root: parent.0 }, name.to_string())))
+}
+
+/// Removes the stand-in made for a deleted bind source (`path` inside the source mount
+/// `entries[j]`); a failure is only logged (the bind is made).
+fn remove_deleted_source(
+    jail: &Jail,
+    entries: &[pb::MntEntry],
+    j: usize,
+    roots: Option<&[Option<OwnedFd>]>,
+    path: &str,
+    file: bool,
+) {
+    let p = path.trim_end_matches('/');
+    let (up, name) = p.rsplit_once('/').unwrap_or(("", p));
+    let dir = match roots.and_then(|r| r.get(j)?.as_ref()) {
+        Some(r) => Jail::of(r).and_then(|x| x.open(up, rustix::fs::OFlags::DIRECTORY)),
+        None if j == 0 => jail.open(up, rustix::fs::OFlags::DIRECTORY),
+        None => jail.open(
+            &format!("{}/{}", entries[j].mountpoint.trim_end_matches('/'), up),
+            rustix::fs::OFlags::DIRECTORY,
+        ),
+    };
+    let flags = if file {
+        rustix::fs::AtFlags::empty()
+    } else {
+        rustix::fs::AtFlags::REMOVEDIR
+    };
+    if let Err(err) = dir.and_then(|d| Ok(rustix::fs::unlinkat(&d, name, flags)?)) {
+        tracing::warn!("could not remove {path}, made again for a bind of it: {err}");
+    }
 }
 
 /// Resolves paths of the tree inside a directory as the tree would, with
@@ -1417,6 +1784,17 @@ impl Found {
 }
 
 impl Jail {
+    /// A jail at the directory `fd` holds.
+    fn of(fd: &OwnedFd) -> std::io::Result<Jail> {
+        Ok(Jail {
+            root: fd.try_clone()?,
+        })
+    }
+
+    fn dup(&self) -> std::io::Result<Jail> {
+        Jail::of(&self.root)
+    }
+
     fn new(dir: &Path) -> std::io::Result<Jail> {
         use rustix::fs::{open, Mode, OFlags};
         Ok(Jail {
@@ -1476,7 +1854,13 @@ impl Jail {
     }
 }
 
-/// Mounts `entries[i]` under `root` (`jail` resolves in it).
+/// Where `mount_one` mounts an entry: the roots of the mounts made so far (bind sources are
+/// reached inside them), the directory holding the mount point and its name there
+/// (`place_of`).
+type Place<'a> = (&'a [Option<OwnedFd>], &'a Jail, &'a str);
+
+/// Mounts `entries[i]` under `root` (`jail` resolves in it); at `place` when given, else at
+/// its mount point as reached from the root.
 #[allow(clippy::too_many_arguments)]
 fn mount_one(
     pid: i32,
@@ -1486,6 +1870,7 @@ fn mount_one(
     external: &[Option<PathBuf>],
     dir: &Path,
     ptys: &mut Vec<(u32, OwnedFd)>,
+    place: Option<Place<'_>>,
 ) -> Result<OwnedFd, MountsError> {
     let e = &entries[i];
     let flags = safe_flags(e.flags);
@@ -1499,6 +1884,9 @@ fn mount_one(
     let io = |w: String| move |source| MountsError::Mount { what: w, source };
     // Where a bind comes from, if it is one: a host path given for an external key, or a
     // path of the tree (found inside its root, or inside the external it is below).
+    // A deleted bind source made again for the bind (path in the source mount, a file?,
+    // the source entry), removed once the bind is made.
+    let mut remove_after: Option<(String, bool, usize)> = None;
     let from: Option<Found> = if let Some(host) = &external[i] {
         // The caller's host path, taken as it is (a file or a directory).
         use std::os::unix::fs::OpenOptionsExt;
@@ -1510,13 +1898,23 @@ fn mount_one(
         Some(Found(f.into()))
     } else if let Some((j, rest)) = bind_source(entries, i) {
         let src = &entries[j];
+        // The root of the source mount, when it is held (found from there, not through
+        // paths another mount may cover).
+        let src_root = place
+            .and_then(|(roots, _, _)| roots.get(j)?.as_ref())
+            .filter(|_| external[j].is_none())
+            .map(Jail::of)
+            .transpose()
+            .map_err(io(format!("hold the root of {}", src.mountpoint)))?;
         // A bind of a pty slave (runc's /dev/console is devpts root /N): the pty must exist
         // in the new devpts instance first; the terminal restore takes its master.
         if src.fsname.as_deref() == Some("devpts") && src.ext_key.is_none() {
             if let Ok(index) = rest.trim_start_matches('/').parse::<u32>() {
-                let devpts = jail
-                    .find(&src.mountpoint, None)
-                    .map_err(io(format!("find {}", src.mountpoint)))?;
+                let devpts = match &src_root {
+                    Some(r) => r.find("/", None),
+                    None => jail.find(&src.mountpoint, None),
+                }
+                .map_err(io(format!("find {}", src.mountpoint)))?;
                 if !devpts.path().join(index.to_string()).exists() {
                     let ptmx = devpts.path().join("ptmx");
                     let m = super::tty::make_pty_at(&ptmx.to_string_lossy(), index).map_err(io(
@@ -1526,14 +1924,40 @@ fn mount_one(
                 }
             }
         }
-        let found = match &external[j] {
-            Some(host) => Jail::new(host).and_then(|x| x.find(&rest, None)),
-            None if j == 0 => jail.find(&rest, None),
-            None if rest == "/" => jail.find(&src.mountpoint, None),
-            None => jail.find(
+        // A bind of a directory or file deleted since (mountinfo's root ends in
+        // "//deleted"): made again for the bind, removed after it, as CRIU does.
+        let (rest, deleted) = match rest.strip_suffix("//deleted") {
+            Some(r) => (r.to_string(), true),
+            None => (rest, false),
+        };
+        let find_src = |create: Option<bool>| match (&external[j], &src_root) {
+            (Some(host), _) => Jail::new(host).and_then(|x| x.find(&rest, create)),
+            (None, Some(r)) => r.find(&rest, create),
+            (None, None) if j == 0 => jail.find(&rest, create),
+            (None, None) if rest == "/" => jail.find(&src.mountpoint, create),
+            (None, None) => jail.find(
                 &format!("{}{}", src.mountpoint.trim_end_matches('/'), rest),
-                None,
+                create,
             ),
+        };
+        let found = match find_src(None) {
+            Err(err) if deleted && err.kind() == std::io::ErrorKind::NotFound => {
+                // Of the kind of its mount point (a file bind is mounted on a file).
+                let file = match place {
+                    Some((_, d, n)) => d.open(n, rustix::fs::OFlags::PATH).ok(),
+                    None => jail.open(&e.mountpoint, rustix::fs::OFlags::PATH).ok(),
+                }
+                .is_some_and(|f| {
+                    rustix::fs::fstat(&f)
+                        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
+                });
+                let f = find_src(Some(file));
+                if f.is_ok() {
+                    remove_after = Some((rest.clone(), file, j));
+                }
+                f
+            }
+            f => f,
         };
         Some(found.map_err(io(format!(
             "find the source of the bind at {}",
@@ -1547,16 +1971,29 @@ fn mount_one(
     let file = from
         .as_ref()
         .is_some_and(|f| std::fs::metadata(f.path()).is_ok_and(|m| m.is_file()));
-    let target = jail
-        .find(&e.mountpoint, Some(file))
-        .map_err(io(format!("create the mount point {}", e.mountpoint)))?;
+    let target = match place {
+        Some((_, d, n)) => d.find(n, Some(file)),
+        None => jail.find(&e.mountpoint, Some(file)),
+    }
+    .map_err(io(format!("create the mount point {}", e.mountpoint)))?;
     let _target_fd = target;
     let target = _target_fd.path();
     // After the mount, the path leads to the new mount (the fd to what was under it).
-    let top = || jail.find(&e.mountpoint, None).map_err(io(what("find")));
+    let top = || {
+        match place {
+            Some((_, d, n)) => d.find(n, None),
+            None => jail.find(&e.mountpoint, None),
+        }
+        .map_err(io(what("find")))
+    };
     match from {
         Some(src) => {
-            rustix::mount::mount_bind(src.path(), &target).map_err(mnt_err(what("bind")))?;
+            let bound = rustix::mount::mount_bind(src.path(), &target);
+            drop(src);
+            if let Some((p, file, j)) = remove_after.take() {
+                remove_deleted_source(jail, entries, j, place.map(|(r, _, _)| r), &p, file);
+            }
+            bound.map_err(mnt_err(what("bind")))?;
             if !flags.is_empty() {
                 rustix::mount::mount_remount(top()?.path(), MountFlags::BIND | flags, "")
                     .map_err(mnt_err(what("set the flags of")))?;
@@ -1587,7 +2024,7 @@ fn mount_one(
                 let img = dir.join(tmpfs_image(e));
                 if img.exists() {
                     // The new mount, not what the path led to before it.
-                    let top = jail.find(&e.mountpoint, None).map_err(io(what("find")))?;
+                    let top = top()?;
                     let out = std::process::Command::new("tar")
                         .args([
                             "--extract",

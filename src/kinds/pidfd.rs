@@ -1,5 +1,6 @@
 //! pidfds (files.img PIDFD records, `pidfd_entry` as CRIU 4.x writes it): the process a
-//! pidfd refers to, by the PID the tree sees (`nspid`), its flags (`PIDFD_NONBLOCK`), and
+//! pidfd refers to, by the PID the tree sees (`nspid`; a holder in a PID namespace nested in
+//! the tree's opens it by the PID it sees there, `FdObjects::pids`), its flags (`PIDFD_NONBLOCK`), and
 //! its pidfs inode, which says which pidfds refer to one process.
 //!
 //! A pidfd of a process of the dumped tree is opened again inside the restored task that
@@ -85,12 +86,10 @@ impl FdKind for PidFd {
                 )
                 .into());
             }
-            // The PID in the process's own namespace (the tree's): NSpid's last field.
-            fd.field("NSpid")?
-                .split_whitespace()
-                .last()
-                .and_then(|v| v.parse().ok())
-                .ok_or(bad("NSpid"))?
+            // The PID the tree sees (its own in a PID namespace nested in the tree's is not
+            // what the holder sees: restore translates it, `FdObjects::pids`).
+            let root = cx.files.tree.first().copied().unwrap_or(pid);
+            crate::procfs::tree_pid(root, pid).ok_or(bad("NSpid"))?
         };
         Ok(pb::FileEntry {
             r#type: pb::FdTypes::Pidfd as i32,
@@ -151,12 +150,28 @@ pub fn is_live(e: &pb::FileEntry) -> bool {
     e.pidfd.as_ref().is_some_and(|p| p.nspid >= 0)
 }
 
-/// Opens the pidfd of record `e` (a live process of the tree) in the puppet `cx` drives;
-/// returns the puppet's fd.
-pub fn open_in_task(cx: &mut RestoreCx<'_>, e: &pb::FileEntry) -> Result<RemoteFd, PidFdError> {
+/// Opens the pidfd of record `e` (a live process of the tree) in the puppet `cx` drives,
+/// the restored process `holder` (its PID in the images); returns the puppet's fd.
+pub fn open_in_task(
+    cx: &mut RestoreCx<'_>,
+    e: &pb::FileEntry,
+    holder: u32,
+) -> Result<RemoteFd, PidFdError> {
     let p = e.pidfd.as_ref().ok_or_else(|| missing(e.id, "pidfd"))?;
     let flags = p.flags & PIDFD_NONBLOCK;
-    cx.pidfd_open(p.nspid, flags)
+    // The PID as the holder names it in its own PID namespace.
+    let seen = cx
+        .objs
+        .borrow()
+        .pids
+        .seen_from(p.nspid.cast_unsigned(), holder)
+        .ok_or_else(|| {
+            TaskError::Unsupported(Unsupported::restore(format!(
+                "process {holder} holds a pidfd of process {}, which is outside its PID namespace",
+                p.nspid
+            )))
+        })?;
+    cx.pidfd_open(seen, flags)
         .map_err(|source| PidFdError::Open {
             id: e.id,
             nspid: p.nspid,

@@ -8,8 +8,10 @@
 //! mount exists, [`restore`] recreates each saved peer group: its widest member (a root
 //! containing the others') is made shared, then every other member joins that group with
 //! `move_mount(MOVE_MOUNT_SET_GROUP)`, which copies both the peer group and the master.
-//! A slave joins its master's group the same way and is then made a slave. A group whose
-//! master is outside the tree (`--enable-external-masters`) is restored without it; a
+//! A slave joins its master's group the same way and is then made a slave. An external
+//! mount whose master is outside the tree (`--enable-external-masters`) joins the peer
+//! group of a mount of cryo's namespace in that group, when there is one, and is made its
+//! slave again; another mount whose master is outside is restored without it; a
 //! member whose root is not inside the widest member's (SET_GROUP needs that) gets a group
 //! of its own, with a warning.
 
@@ -33,6 +35,8 @@ pub struct PropagationError {
 struct Groups<'a> {
     entries: &'a [pb::MntEntry],
     fds: &'a [Option<OwnedFd>],
+    /// Per mount: the root of a mount outside the tree in its master's peer group.
+    ext_masters: &'a [Option<OwnedFd>],
     members: BTreeMap<u32, Vec<usize>>,
     rep: HashMap<u32, usize>,
     done: HashSet<u32>,
@@ -71,8 +75,13 @@ impl Groups<'_> {
 
     /// Puts mount `to` in `from`'s peer group and under its master.
     fn join(&self, from: usize, to: usize) -> Result<(), PropagationError> {
+        self.join_fd(self.fds[from].as_ref().expect("mounted"), to)
+    }
+
+    /// Puts mount `to` in the peer group (and under the master) of the mount whose root `f`
+    /// holds.
+    fn join_fd(&self, f: &OwnedFd, to: usize) -> Result<(), PropagationError> {
         use rustix::mount::{move_mount, MoveMountFlags};
-        let f = self.fds[from].as_ref().expect("mounted");
         let t = self.fds[to].as_ref().expect("mounted");
         move_mount(
             f.as_fd(),
@@ -126,8 +135,15 @@ impl Groups<'_> {
         Ok(())
     }
 
-    /// Makes mount `i` a slave of peer group `m`, if that group is in the tree.
+    /// Makes mount `i` a slave of peer group `m`, if that group is in the tree (or reached
+    /// outside it, `ext_masters`).
     fn slave(&mut self, i: usize, m: u32) -> Result<(), PropagationError> {
+        if let Some(from) = self.ext_masters.get(i).and_then(Option::as_ref) {
+            if !self.members.contains_key(&m) {
+                self.join_fd(from, i)?;
+                return self.set(i, Propagation::Slave, "make a slave");
+            }
+        }
         if !self.members.contains_key(&m) {
             tracing::info!(
                 "mount {} was a slave of peer group {m}, outside the tree: restored without that master",
@@ -153,8 +169,13 @@ impl Groups<'_> {
 }
 
 /// Sets the saved propagation of every mount of `entries` whose root cryo holds in `fds`
-/// (same order; all of them private so far).
-pub fn restore(entries: &[pb::MntEntry], fds: &[Option<OwnedFd>]) -> Result<(), PropagationError> {
+/// (same order; all of them private so far). `ext_masters` (same order, may be shorter):
+/// for a mount whose master is outside the tree, the root of a mount in that peer group.
+pub fn restore(
+    entries: &[pb::MntEntry],
+    fds: &[Option<OwnedFd>],
+    ext_masters: &[Option<OwnedFd>],
+) -> Result<(), PropagationError> {
     let mut members: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (i, e) in entries.iter().enumerate() {
         if let (Some(g), Some(_)) = (e.shared_id, &fds[i]) {
@@ -174,6 +195,7 @@ pub fn restore(entries: &[pb::MntEntry], fds: &[Option<OwnedFd>]) -> Result<(), 
     let mut groups = Groups {
         entries,
         fds,
+        ext_masters,
         members,
         rep,
         done: HashSet::new(),

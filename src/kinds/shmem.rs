@@ -194,11 +194,11 @@ fn load_with(
         return Ok(());
     };
     let pname = format!("pages-{pages_id}.img");
-    // Raw, or compressed by `dump --compress` (decompressed here).
-    let (pages, _) =
-        crate::image::pages::load(&dir.file(&pname), 1)?.ok_or_else(|| ImageError::Missing {
-            path: dir.file(&pname),
-        })?;
+    // Raw, or compressed by `dump --compress` (decompressed here), as the dump wrote it.
+    let (pages, _) = crate::image::pages::load(dir, &pname, 1)?.ok_or_else(|| {
+        crate::image::pages::file_of(dir, &pname)
+            .map_or_else(|e| e, |(path, _)| ImageError::Missing { path })
+    })?;
     let pages = pages.bytes();
     let mut off = 0u64;
     for e in entries {

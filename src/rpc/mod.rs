@@ -668,15 +668,33 @@ fn do_page_server(req: &pb::CriuReq, peer: i32) -> Result<pb::CriuResp, String> 
         .process_group(0)
         .spawn()
         .map_err(|e| format!("page server: cannot start it: {e}"))?;
-    tracing::info!(pid = child.id(), port, "page server started");
+    let pid = child.id();
+    tracing::info!(pid, port, "page server started");
+    // Reaped as soon as it exits while this service lives (it serves more requests with
+    // `keep_open`): no zombie is left; once the service exits, init reaps it.
+    reap_in_background(child);
     Ok(pb::CriuResp {
         ps: Some(pb::CriuPageServerInfo {
-            pid: i32::try_from(child.id()).ok(),
+            pid: i32::try_from(pid).ok(),
             port: Some(i32::from(port)),
             ..Default::default()
         }),
         ..resp(pb::CriuReqType::PageServer, true)
     })
+}
+
+/// Waits for `child` in a thread of its own (which ends with it or with this process).
+fn reap_in_background(mut child: std::process::Child) {
+    let pid = child.id();
+    let spawned = std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(move || match child.wait() {
+            Ok(st) => tracing::info!(pid, %st, "page server exited"),
+            Err(e) => tracing::warn!(pid, error = %e, "page server: cannot wait for it"),
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(pid, error = %e, "page server: no thread to reap it");
+    }
 }
 
 /// DUMP, or with `pre` PRE_DUMP / SINGLE_PRE_DUMP (answered with the request's type).
