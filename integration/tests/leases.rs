@@ -42,3 +42,83 @@ print(*report(), flush=True)
         format!("{} {} {}", libc::F_RDLCK, libc::F_UNLCK, libc::F_WRLCK)
     );
 }
+
+/// A lease taken in a user namespace of the tree's own, whose root is not cryo's (ids 0..
+/// inside are 100000.. outside): the restored puppet, in a new user namespace and still with
+/// cryo's ids, may not take it itself (`F_SETLEASE` wants the file's owner or CAP_LEASE in
+/// the initial user namespace); the lease comes back on its description all the same.
+#[test]
+fn lease_in_a_user_namespace_comes_back() {
+    let dir = scratch("leases-userns");
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::os::unix::fs::chown(&files, Some(100_000), Some(100_000)).unwrap();
+    let out = dir.join("out");
+    // The launcher makes a child a user namespace (maps written from outside), which makes
+    // a PID namespace whose init, the tree, takes a read lease on a file it owns.
+    let script = r#"
+import ctypes, fcntl, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+d = sys.argv[1]
+child_r, parent_w = os.pipe()
+parent_r, child_w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    if libc.unshare(0x10000000) != 0:
+        sys.exit(f"unshare(CLONE_NEWUSER): {ctypes.get_errno()}")
+    os.write(child_w, b"u")
+    os.read(child_r, 1)
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    if libc.unshare(0x20000000) != 0:
+        sys.exit(f"unshare(CLONE_NEWPID): {ctypes.get_errno()}")
+    if os.fork() == 0:
+        os.setsid()
+        F_SETLEASE, F_GETLEASE = 1024, 1025
+        fd = os.open(d + "/f", os.O_RDONLY | os.O_CREAT, 0o644)
+        fcntl.fcntl(fd, F_SETLEASE, fcntl.F_RDLCK)
+        n = 0
+        while True:
+            print(f"{n} pid={os.getpid()} uid={os.getuid()} lease={fcntl.fcntl(fd, F_GETLEASE)}", flush=True)
+            n += 1
+            time.sleep(0.1)
+    os.wait()
+    sys.exit(0)
+os.read(parent_r, 1)
+for f, m in (("uid_map", "0 100000 65536"), ("gid_map", "0 100000 65536")):
+    with open(f"/proc/{pid}/{f}", "w") as w:
+        w.write(m + "\n")
+os.write(parent_w, b"m")
+os.wait()
+"#;
+    let launcher = spawn(&["python3", "-c", script, files.to_str().unwrap()], &out);
+    let _g = KillOnDrop(launcher);
+    let last = || {
+        lines(&out)
+            .into_iter()
+            .rev()
+            .find(|l| l.contains(" lease="))
+    };
+    wait_for("the lease", 20, || last().is_some());
+    let child = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+        .unwrap()
+        .trim()
+        .parse::<i32>()
+        .unwrap();
+    let root = std::fs::read_to_string(format!("/proc/{child}/task/{child}/children"))
+        .unwrap()
+        .trim()
+        .parse::<i32>()
+        .unwrap();
+    let _r = KillOnDrop(root);
+    let state = |l: String| l.split_once(' ').map(|(_, s)| s.to_string()).unwrap();
+    let before = state(last().unwrap());
+    assert_eq!(before, format!("pid=1 uid=0 lease={}", libc::F_RDLCK));
+    let img = dir.join("img");
+    dump(root, &img, &["--file-locks"]);
+    wait_gone(root);
+    let n = lines(&out).len();
+    restore(&img);
+    wait_for("the restored tree", 20, || lines(&out).len() >= n + 3);
+    assert_eq!(state(last().unwrap()), before);
+}

@@ -28,9 +28,14 @@ pub fn dump(root: i32, fd: BorrowedFd<'_>) -> std::io::Result<Option<pb::FownEnt
     if o.pid == 0 && o.sig == 0 {
         return Ok(None);
     }
+    // The uids as the tree sees them in its user namespace (CRIU's).
+    let inside = |id| match super::userns::maps_of(root) {
+        Some((uids, _)) => super::userns::to_inside(&uids, id),
+        None => id,
+    };
     Ok(Some(pb::FownEntry {
-        uid: o.uid,
-        euid: o.euid,
+        uid: inside(o.uid),
+        euid: inside(o.euid),
         signum: o.sig.cast_unsigned(),
         pid_type: o.kind.cast_unsigned(),
         pid: (if o.pid == 0 { 0 } else { tree_pid(root, o.pid) }).cast_unsigned(),
@@ -84,6 +89,9 @@ pub fn restore(
     let mut ex = f.pid_type.to_ne_bytes().to_vec();
     ex.extend_from_slice(&pid.to_ne_bytes());
     let at = cx.put(1024, &ex)?;
+    if let Some((uids, _)) = super::userns::maps_of(cx.pid) {
+        return set_in_userns(cx, fd, at, f, &uids);
+    }
     // The owner's uids decide who may be signalled: take them for the call (the puppet is
     // still root, with a saved uid to come back with).
     let (ruid, euid, suid) = uids(cx.pid)?;
@@ -99,6 +107,49 @@ pub fn restore(
         cx.named("setresuid (back)").setresuid(ruid, euid, suid)?;
     }
     r.map(drop)
+}
+
+/// [`restore`] by a puppet in a user namespace of its own: it still has cryo's ids, which
+/// are not mapped there, so it could not take them back after taking the owner's. It names
+/// the owner (as it sees it), then cryo sets the same owner again through its own copy of
+/// the file, with the owner's uids (`uids`: the namespace's uid map) on its calling thread.
+fn set_in_userns(
+    cx: &mut RestoreCx<'_>,
+    fd: RemoteFd,
+    at: u64,
+    f: &pb::FownEntry,
+    uids: &[pb::UidGidExtent],
+) -> Result<(), TaskError> {
+    cx.named("fcntl(F_SETOWN_EX)")
+        .fcntl(fd, crate::sys::fd::F_SETOWN_EX, at)?;
+    let (Some(uid), Some(euid)) = (
+        super::userns::to_outside(uids, f.uid),
+        super::userns::to_outside(uids, f.euid),
+    ) else {
+        return Err(TaskError::BadImage(format!(
+            "file owner uids {}/{} are not mapped in the tree's user namespace",
+            f.uid, f.euid
+        )));
+    };
+    let pid = cx.pid;
+    let err = |what: &'static str| {
+        move |source| TaskError::Fd {
+            pid,
+            fd,
+            what: what.into(),
+            source,
+        }
+    };
+    let pidfd = crate::sys::fd::pidfd_open(pid).map_err(err("pidfd_open"))?;
+    let copy = crate::sys::fd::pidfd_getfd(std::os::fd::AsFd::as_fd(&pidfd), fd)
+        .map_err(err("pidfd_getfd"))?;
+    let copy = std::os::fd::AsFd::as_fd(&copy);
+    let o = crate::sys::fd::owner(copy).map_err(err("fcntl(F_GETOWN_EX)"))?;
+    crate::sys::proc::with_uids(uid, euid, || crate::sys::fd::set_owner(copy, o.kind, o.pid))
+        .and_then(|r| r)
+        .map_err(err(
+            "fcntl(F_SETOWN_EX) with the owner's uids, through cryo's copy",
+        ))
 }
 
 /// The real, effective and saved uids of `pid`.

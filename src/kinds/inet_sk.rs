@@ -1261,13 +1261,33 @@ fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
 /// A new socket of the record's family, type and protocol, sharing ports for now.
 fn new_socket(id: u32, isk: &pb::InetSkEntry) -> Result<OwnedFd, InetSkError> {
     use rustix::net::{AddressFamily, Protocol, SocketFlags, SocketType};
-    let sk = rustix::net::socket_with(
-        // A family beyond 16 bits is none (AF_UNSPEC): the kernel refuses it.
-        AddressFamily::from_raw(u16::try_from(isk.family).unwrap_or(0)),
-        SocketType::from_raw(isk.r#type),
-        SocketFlags::CLOEXEC,
-        std::num::NonZeroU32::new(isk.proto).map(Protocol::from_raw),
-    )
+    let make = || {
+        rustix::net::socket_with(
+            // A family beyond 16 bits is none (AF_UNSPEC): the kernel refuses it.
+            AddressFamily::from_raw(u16::try_from(isk.family).unwrap_or(0)),
+            SocketType::from_raw(isk.r#type),
+            SocketFlags::CLOEXEC,
+            std::num::NonZeroU32::new(isk.proto).map(Protocol::from_raw),
+        )
+    };
+    let sk = match make() {
+        // A ping socket may be made only by a group of the namespace's
+        // `net.ipv4.ping_group_range` (restored already): in a user namespace that is one
+        // of its gids, not cryo's. Made with the range's first gid as effective gid.
+        Err(rustix::io::Errno::ACCESS)
+            if is_ping(isk.r#type.cast_signed(), isk.proto.cast_signed()) =>
+        {
+            let low = crate::procfs::sysctl("net/ipv4/ping_group_range")
+                .ok()
+                .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()));
+            match low {
+                Some(gid) => crate::sys::proc::with_egid(gid, make)
+                    .map_err(obj_err(id, "inet socket: socket (as the ping group)"))?,
+                None => Err(rustix::io::Errno::ACCESS),
+            }
+        }
+        r => r,
+    }
     .map_err(|e| obj_err(id, "inet socket: socket")(e.into()))?;
     let s = sk.as_fd();
     let set = |level, opt, v, what: &str| {

@@ -99,15 +99,34 @@ pub fn dump(
         .map(|p| super::ns::InNs::enter(p, true))
         .transpose()
         .map_err(err("enter the tree's mount namespace".into()))?;
+    // In a file system of the tree's user namespace cryo's ids (not mapped there) may not
+    // make a name (EOVERFLOW): the link is made with the file's owner's ids, as CRIU does.
+    let owner = rustix::fs::fstat(file.as_fd())
+        .ok()
+        .filter(|_| super::userns::maps_of(pid).is_some())
+        .map(|st| (st.st_uid, st.st_gid));
+    let link = |at: &Path| {
+        let l = || {
+            rustix::fs::linkat(
+                file.as_fd(),
+                "",
+                rustix::fs::CWD,
+                at,
+                rustix::fs::AtFlags::EMPTY_PATH,
+            )
+        };
+        match (l(), owner) {
+            (Err(rustix::io::Errno::OVERFLOW | rustix::io::Errno::PERM), Some((uid, gid))) => {
+                crate::sys::proc::with_fs_ids(uid, gid, l).unwrap_or_else(|e| {
+                    Err(rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::PERM))
+                })
+            }
+            (r, _) => r,
+        }
+    };
     let at = loop {
         let at = dir.join(format!("link_remap.{lid}"));
-        match rustix::fs::linkat(
-            file.as_fd(),
-            "",
-            rustix::fs::CWD,
-            &at,
-            rustix::fs::AtFlags::EMPTY_PATH,
-        ) {
+        match link(&at) {
             Ok(()) => break at,
             // The directory went too: use the nearest one that is left, as CRIU.
             Err(rustix::io::Errno::NOENT) if dir.parent().is_some() => {

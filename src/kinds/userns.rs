@@ -84,6 +84,13 @@ pub fn to_inside(map: &[pb::UidGidExtent], id: u32) -> u32 {
         .map_or(OVERFLOW_ID, |e| e.first + (id - e.lower_first))
 }
 
+/// The id outside (in cryo's namespace) of `id` inside, through `map`; None if unmapped.
+pub fn to_outside(map: &[pb::UidGidExtent], id: u32) -> Option<u32> {
+    map.iter()
+        .find(|e| id >= e.first && u64::from(id) < u64::from(e.first) + u64::from(e.count))
+        .map(|e| e.lower_first + (id - e.first))
+}
+
 /// The uid and gid maps of `pid`'s user namespace when it is not cryo's (outside ids as
 /// cryo's namespace sees them).
 pub fn maps_of(pid: i32) -> Option<(Vec<pb::UidGidExtent>, Vec<pb::UidGidExtent>)> {

@@ -327,6 +327,17 @@ pub fn set_lease(fd: BorrowedFd<'_>, ty: i32) -> io::Result<()> {
     .map(drop)
 }
 
+/// `fcntl(fd, F_SETOWN_EX, {kind, pid})`: `pid` in cryo's PID namespace; the owner's uids
+/// are the calling thread's.
+pub fn set_owner(fd: BorrowedFd<'_>, kind: i32, pid: i32) -> io::Result<()> {
+    let ex = [kind, pid]; // struct f_owner_ex { int type; pid_t pid; }
+                          // SAFETY: the pointer is to a live local of the size the command reads.
+    cvt(libc::c_long::from(unsafe {
+        libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, ex.as_ptr())
+    }))
+    .map(drop)
+}
+
 /// `fcntl` commands of linux/fcntl.h the libc crate lacks.
 pub const F_SETSIG: i32 = 10;
 pub const F_GETSIG: i32 = 11;

@@ -7,6 +7,69 @@ use std::io;
 use super::clone::{CloneArgs, CLONE_ARGS_SIZE};
 use super::cvt;
 
+/// Runs `f` with the calling thread's real and effective uids set to `ruid`/`euid` (its
+/// saved uid kept), then gives it its own back. Raw syscalls: they change this thread only
+/// (glibc's wrappers would change every thread of cryo). What `f` does with those ids is
+/// recorded as theirs (`F_SETOWN_EX` keeps the caller's uids).
+pub fn with_uids<T>(ruid: u32, euid: u32, f: impl FnOnce() -> T) -> io::Result<T> {
+    let (mut r, mut e, mut s) = (0u32, 0u32, 0u32);
+    // SAFETY: pointers to live locals of the size the call writes.
+    cvt(unsafe { libc::syscall(libc::SYS_getresuid, &raw mut r, &raw mut e, &raw mut s) })?;
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_setresuid, ruid, euid, u32::MAX) })?;
+    let out = f();
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_setresuid, r, e, s) })?;
+    Ok(out)
+}
+
+/// Runs `f` with the calling thread's effective gid set to `egid`, then gives it its own
+/// back (this thread only, as [`with_uids`]).
+pub fn with_egid<T>(egid: u32, f: impl FnOnce() -> T) -> io::Result<T> {
+    let (mut r, mut e, mut s) = (0u32, 0u32, 0u32);
+    // SAFETY: pointers to live locals of the size the call writes.
+    cvt(unsafe { libc::syscall(libc::SYS_getresgid, &raw mut r, &raw mut e, &raw mut s) })?;
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_setresgid, u32::MAX, egid, u32::MAX) })?;
+    let out = f();
+    // SAFETY: plain integer arguments.
+    cvt(unsafe { libc::syscall(libc::SYS_setresgid, u32::MAX, e, u32::MAX) })?;
+    Ok(out)
+}
+
+/// Runs `f` with the calling thread's file-system ids set to `uid`/`gid` and every
+/// capability it is permitted effective (an fsuid other than 0 drops the file ones), then
+/// gives it its own ids and capabilities back (this thread only, as [`with_uids`]).
+pub fn with_fs_ids<T>(uid: u32, gid: u32, f: impl FnOnce() -> T) -> io::Result<T> {
+    // struct __user_cap_header_struct { version (_LINUX_CAPABILITY_VERSION_3), pid (0:
+    // this thread) }; two struct __user_cap_data_struct { effective, permitted, inheritable }.
+    let mut hdr = [0x2008_0522u32, 0];
+    let mut caps = [0u32; 6];
+    // SAFETY: pointers to live locals of the sizes the call reads and writes.
+    cvt(unsafe { libc::syscall(libc::SYS_capget, hdr.as_mut_ptr(), caps.as_mut_ptr()) })?;
+    // SAFETY: plain integer arguments; both return the previous id.
+    let (old_uid, old_gid) = unsafe {
+        (
+            libc::syscall(libc::SYS_setfsuid, uid),
+            libc::syscall(libc::SYS_setfsgid, gid),
+        )
+    };
+    let mut raised = caps;
+    raised[0] = caps[1];
+    raised[3] = caps[4];
+    // SAFETY: pointers to live locals of the sizes the call reads.
+    let set = cvt(unsafe { libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), raised.as_ptr()) });
+    let out = set.map(|_| f());
+    // SAFETY: plain integer arguments.
+    unsafe {
+        libc::syscall(libc::SYS_setfsuid, old_uid);
+        libc::syscall(libc::SYS_setfsgid, old_gid);
+    }
+    // SAFETY: pointers to live locals of the sizes the call reads.
+    cvt(unsafe { libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), caps.as_ptr()) })?;
+    out
+}
+
 /// Creates the restore "puppet": a child with PID `pid` that blocks all signals, arranges to
 /// die with cryo (`PR_SET_PDEATHSIG`), calls `PTRACE_TRACEME` and stops itself with SIGSTOP.
 /// From then on it only ever executes what its tracer points it at. Returns the child's PID.
