@@ -212,6 +212,9 @@ pub struct NetLock {
     locked: Vec<Locked>,
     /// The record of the connections put in repair mode (if any).
     repair_record: Option<PathBuf>,
+    /// The namespaces `unlock_now` removed this run's lock from: a restore's lock has the
+    /// dump's name, so the dump's lock is gone from them too.
+    cleared: Vec<u64>,
 }
 
 impl std::fmt::Debug for NetLock {
@@ -252,6 +255,7 @@ impl NetLock {
             run_id,
             locked: Vec::new(),
             repair_record: None,
+            cleared: Vec::new(),
         }
     }
 
@@ -313,7 +317,27 @@ impl NetLock {
             return Ok(());
         }
         let t = self.name.clone();
-        if self.exists(&ns, ino) {
+        // nftables: whether the dump's table is there and, if not, the lock, on one trip
+        // into the namespace; the record is written first (cryo may be killed in between).
+        let record = self.record(ino, hint, true);
+        let nft = match self.method {
+            Method::Nftables => Some(
+                in_ns(&ns, || match nfnl::has_table(&t) {
+                    Ok(true) => Ok(true),
+                    _ => nfnl::lock_whole(&t).map(|()| false),
+                })
+                .and_then(|r| r)
+                .map_err(|e| self.failed("lock the namespace (nf_tables)", ino, &e)),
+            ),
+            _ => None,
+        };
+        let there = match &nft {
+            Some(Ok(adopted)) => *adopted,
+            Some(Err(_)) => false,
+            None => self.exists(&ns, ino),
+        };
+        if there {
+            let _ = std::fs::remove_file(&record);
             tracing::info!(table = %t, ns = ino, "the dump's network lock is there: kept until the restore succeeds");
             self.locked.push(Locked {
                 ns,
@@ -324,11 +348,8 @@ impl NetLock {
             });
             return Ok(());
         }
-        let record = self.record(ino, hint, true);
         let r = match self.method {
-            Method::Nftables => in_ns(&ns, || nfnl::lock_whole(&t))
-                .and_then(|r| r)
-                .map_err(|e| self.failed("lock the namespace (nf_tables)", ino, &e)),
+            Method::Nftables => nft.map_or(Ok(()), |r| r.map(|_| ())),
             Method::Iptables => {
                 let conf = format!(
                     "*filter\n:{t} - [0:0]\n-I INPUT -j {t}\n-I OUTPUT -j {t}\n\
@@ -452,9 +473,21 @@ impl NetLock {
             return;
         }
         let path = PathBuf::from(format!("{RECORDS}/{}-repair", std::process::id()));
+        let mut starts: Vec<(i32, Option<u64>)> = Vec::new();
         let list: Vec<serde_json::Value> = socks
             .iter()
-            .map(|s| serde_json::json!([s.pid, start_time(s.pid), s.fd, s.ino]))
+            .map(|s| {
+                // Read once per process.
+                let start = match starts.iter().find(|(p, _)| *p == s.pid) {
+                    Some((_, t)) => *t,
+                    None => {
+                        let t = start_time(s.pid);
+                        starts.push((s.pid, t));
+                        t
+                    }
+                };
+                serde_json::json!([s.pid, start, s.fd, s.ino])
+            })
             .collect();
         let rec = serde_json::json!({
             "cryo": std::process::id(),
@@ -495,7 +528,10 @@ impl NetLock {
         let mut first = None;
         for l in std::mem::take(&mut self.locked) {
             match remove(self.method, &self.name, &l) {
-                Ok(()) => tracing::info!(table = %self.name, ns = l.ino, "network unlocked"),
+                Ok(()) => {
+                    tracing::info!(table = %self.name, ns = l.ino, "network unlocked");
+                    self.cleared.push(l.ino);
+                }
                 Err(e) => {
                     tracing::error!("{e}");
                     first.get_or_insert(e);
@@ -549,6 +585,14 @@ impl NetLock {
         conns: &[Conn],
     ) -> Result<(), NetLockError> {
         let ino = ino_of(ns);
+        // (CRIU's iptables locks have other names than its run id's.)
+        if method == self.method
+            && (method == Method::Nftables || cryo_images)
+            && run_id.is_some_and(|id| lock_name(id) == self.name)
+            && self.cleared.contains(&ino)
+        {
+            return Ok(()); // removed already by `unlock_now`
+        }
         let whole = own_net_ino() != Some(ino);
         match (method, run_id) {
             (Method::Nftables, Some(id)) => {

@@ -126,6 +126,11 @@ pub struct FdProbe<'a> {
     pub meta: Option<&'a std::fs::Metadata>,
     /// For a socket: its (domain, type, protocol), read from the socket itself.
     pub socket: Option<(i32, i32, i32)>,
+    /// For a socket: cryo's copy of it (`pidfd_getfd`, taken to read `socket`), so that a
+    /// kind's check does not take another.
+    pub copy: Option<BorrowedFd<'a>>,
+    /// For a socket: the inode of its process's network namespace (read once per process).
+    pub netns: Option<u64>,
     /// The socket options of the command (`--tcp-established`, ...).
     pub sock: SockOpts,
 }
@@ -331,14 +336,18 @@ fn classify(p: &FdProbe<'_>) -> Result<Option<&'static FdOps>, (String, &'static
     Ok(None)
 }
 
+/// A socket's (domain, type, protocol) and cryo's copy of it.
+type SocketCopy = ((i32, i32, i32), OwnedFd);
+
 /// For an fd whose link says it is a socket: its (domain, type, protocol), read through a
-/// copy of it (`pidfd_getfd`; the target is not touched). `pidfd` is opened on first use.
+/// copy of it (`pidfd_getfd`; the target is not touched), and that copy, which the kind's
+/// checks and dump use too. `pidfd` is opened on first use.
 fn socket_of(
     pid: i32,
     fd: i32,
     link: &str,
     pidfd: &mut Option<OwnedFd>,
-) -> Result<Option<(i32, i32, i32)>, TaskError> {
+) -> Result<Option<SocketCopy>, TaskError> {
     if !link.starts_with("socket:") {
         return Ok(None);
     }
@@ -356,9 +365,8 @@ fn socket_of(
     }
     let own = sys::fd::pidfd_getfd(pidfd.as_ref().expect("opened above").as_fd(), fd)
         .map_err(err("pidfd_getfd"))?;
-    sys::net::socket_kind(own.as_fd())
-        .map(Some)
-        .map_err(err("getsockopt(SO_DOMAIN)"))
+    let kind = sys::net::socket_kind(own.as_fd()).map_err(err("getsockopt(SO_DOMAIN)"))?;
+    Ok(Some((kind, own)))
 }
 
 /// An fd no kind can dump.
@@ -406,6 +414,7 @@ pub fn precheck(
     pc: &mut Precheck,
 ) -> Result<(), FilesError> {
     let mut pidfd = None;
+    let mut netns = None;
     let mut mounts = MountsSeen::default();
     for fd in procfs::fds(pid)? {
         // The tree still runs: an fd closed since the listing is no longer ours to check
@@ -429,7 +438,18 @@ pub fn precheck(
             fd,
             link: &link,
             meta: meta.as_ref(),
-            socket,
+            socket: socket.as_ref().map(|s| s.0),
+            copy: socket.as_ref().map(|s| s.1.as_fd()),
+            netns: match (&socket, netns) {
+                (None, _) => None,
+                (Some(_), Some(n)) => Some(n),
+                (Some(_), None) => {
+                    netns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                        .ok()
+                        .map(|m| m.ino());
+                    netns
+                }
+            },
             sock: pc.sock,
         };
         match classify(&p) {
@@ -605,6 +625,9 @@ pub struct TargetFd<'a> {
     pub fdinfo: &'a str,
     /// A pidfd of the target, for `pidfd_getfd`.
     pub pidfd: BorrowedFd<'a>,
+    /// For a socket: its (domain, type, protocol) and cryo's copy of it.
+    pub socket: Option<(i32, i32, i32)>,
+    pub copy: Option<BorrowedFd<'a>>,
 }
 
 impl TargetFd<'_> {
@@ -615,7 +638,14 @@ impl TargetFd<'_> {
 
     /// A copy of the target's fd in cryo (the same open file description).
     pub fn take(&self) -> Result<OwnedFd, TaskError> {
-        sys::fd::pidfd_getfd(self.pidfd, self.fd).map_err(|e| self.err("pidfd_getfd", e))
+        match self.copy {
+            Some(c) => c
+                .try_clone_to_owned()
+                .map_err(|e| self.err("F_DUPFD_CLOEXEC", e)),
+            None => {
+                sys::fd::pidfd_getfd(self.pidfd, self.fd).map_err(|e| self.err("pidfd_getfd", e))
+            }
+        }
     }
 
     /// An error about this fd.
@@ -1007,15 +1037,19 @@ fn dump_fd(
     } else {
         None
     };
+    let mut socket = None;
     let kind = match tty {
         Some(_) => None,
         None => {
+            socket = socket_of(pid, fd, &link, pidfd)?;
             let p = FdProbe {
                 pid,
                 fd,
                 link: &link,
                 meta: meta.as_ref(),
-                socket: socket_of(pid, fd, &link, pidfd)?,
+                socket: socket.as_ref().map(|s| s.0),
+                copy: socket.as_ref().map(|s| s.1.as_fd()),
+                netns: None,
                 sock: cx.files.sock,
             };
             classify(&p).map_err(|why| refuse(pid, fd, &link, why))?
@@ -1112,13 +1146,15 @@ fn dump_fd(
                 info: &info,
                 fdinfo: &text,
                 pidfd: pidfd.as_ref().expect("opened above").as_fd(),
+                socket: socket.as_ref().map(|s| s.0),
+                copy: socket.as_ref().map(|s| s.1.as_fd()),
             };
             let id = cx.files.alloc();
             // Known before the kind looks inside it (a socket whose queue holds itself).
             add_description(cx.files.fds_by_inode.entry(key).or_default(), (pid, fd, id));
             let e = (k.dump)(cx, &t, id)?;
             cx.files.entries.push(e);
-            save_owner(cx, pid, fd, id, pidfd)?;
+            save_owner(cx, pid, fd, id, pidfd, socket.as_ref().map(|s| s.1.as_fd()))?;
             return Ok(DumpedFdInfo {
                 id,
                 kind,
@@ -1127,7 +1163,7 @@ fn dump_fd(
         }
     };
     if fresh {
-        save_owner(cx, pid, fd, id, pidfd)?;
+        save_owner(cx, pid, fd, id, pidfd, socket.as_ref().map(|s| s.1.as_fd()))?;
         add_description(cx.files.fds_by_inode.entry(key).or_default(), (pid, fd, id));
     }
     Ok(DumpedFdInfo {
@@ -1193,6 +1229,7 @@ fn save_owner(
     fd: i32,
     id: u32,
     pidfd: &mut Option<OwnedFd>,
+    copy: Option<BorrowedFd<'_>>,
 ) -> Result<(), FilesError> {
     let err = |what: &'static str| {
         move |source| TaskError::Fd {
@@ -1202,14 +1239,20 @@ fn save_owner(
             source,
         }
     };
-    if pidfd.is_none() {
-        *pidfd = Some(sys::fd::pidfd_open(pid).map_err(err("pidfd_open"))?);
-    }
-    let copy = sys::fd::pidfd_getfd(pidfd.as_ref().expect("opened above").as_fd(), fd)
-        .map_err(err("pidfd_getfd"))?;
-    let Some(owner) =
-        super::fown::dump(cx.files.tree.first().copied().unwrap_or(pid), copy.as_fd())
-            .map_err(err("read the file's owner"))?
+    let taken;
+    let copy = match copy {
+        Some(c) => c,
+        None => {
+            if pidfd.is_none() {
+                *pidfd = Some(sys::fd::pidfd_open(pid).map_err(err("pidfd_open"))?);
+            }
+            taken = sys::fd::pidfd_getfd(pidfd.as_ref().expect("opened above").as_fd(), fd)
+                .map_err(err("pidfd_getfd"))?;
+            taken.as_fd()
+        }
+    };
+    let Some(owner) = super::fown::dump(cx.files.tree.first().copied().unwrap_or(pid), copy)
+        .map_err(err("read the file's owner"))?
     else {
         return Ok(());
     };

@@ -298,14 +298,23 @@ fn ns_ino(f: &std::fs::File) -> Option<u64> {
     f.metadata().ok().map(|m| m.ino())
 }
 
-/// What cryo cannot save about socket `d` (fd `fd` of `pid`), as a refusal; the same checks
-/// before the seize and again while frozen.
+/// The inode of the network namespace of process `pid`.
+fn proc_netns(pid: i32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// What cryo cannot save about socket `d` (fd `fd` of `pid`, whose network namespace is
+/// `proc_ns`), as a refusal; the same checks before the seize and again while frozen.
 fn check(
     pid: i32,
     fd: i32,
     sk: BorrowedFd<'_>,
     d: &Described,
     opts: &SockOpts,
+    proc_ns: Option<u64>,
 ) -> Result<(), InetSkError> {
     let object = format!("fd {fd} ({})", d.show());
     let refuse = |what: String, hint: &str| -> InetSkError {
@@ -323,11 +332,8 @@ fn check(
         ));
     }
     // The socket must live in its process's network namespace: restore makes it there.
-    if let (Ok(theirs), Ok(own)) = (
-        inet::socket_netns(sk).map(std::fs::File::from),
-        std::fs::File::open(format!("/proc/{pid}/ns/net")),
-    ) {
-        if ns_ino(&theirs) != ns_ino(&own) {
+    if let (Ok(theirs), Some(own)) = (inet::socket_netns(sk).map(std::fs::File::from), proc_ns) {
+        if ns_ino(&theirs) != Some(own) {
             return Err(refuse(
                 "the socket belongs to another network namespace than its process's".into(),
                 "close it before the dump, or dump from inside that namespace",
@@ -659,14 +665,23 @@ impl FdKind for InetSk {
         let Some(kind) = p.socket else {
             return Ok(());
         };
-        let sk = copy_of(p)?;
-        let d = describe(sk.as_fd(), kind).map_err(|source| TaskError::Fd {
+        // The copy the kind was read through; another only if there is none.
+        let taken;
+        let sk = match p.copy {
+            Some(c) => c,
+            None => {
+                taken = copy_of(p)?;
+                taken.as_fd()
+            }
+        };
+        let d = describe(sk, kind).map_err(|source| TaskError::Fd {
             pid: p.pid,
             fd: p.fd,
             what: "read the socket's addresses and state".into(),
             source,
         })?;
-        check(p.pid, p.fd, sk.as_fd(), &d, &p.sock)
+        let ns = p.netns.or_else(|| proc_netns(p.pid));
+        check(p.pid, p.fd, sk, &d, &p.sock, ns)
     }
 
     fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
@@ -676,10 +691,14 @@ impl FdKind for InetSk {
     fn dump(cx: &mut DumpCx<'_>, fd: &TargetFd<'_>, id: u32) -> Result<pb::FileEntry, InetSkError> {
         let sk = fd.take()?;
         let s = sk.as_fd();
-        let kind = net::socket_kind(s).map_err(|e| fd.err("SO_DOMAIN", e))?;
+        let kind = match fd.socket {
+            Some(k) => k,
+            None => net::socket_kind(s).map_err(|e| fd.err("SO_DOMAIN", e))?,
+        };
         let d = describe(s, kind).map_err(|e| fd.err("addresses and state", e))?;
         let opts = cx.files.sock;
-        check(fd.pid, fd.fd, s, &d, &opts)?;
+        let proc_ns = cx.files.inet.netns_of(fd.pid);
+        check(fd.pid, fd.fd, s, &d, &opts, proc_ns)?;
         let ino = inode(fd.link).ok_or_else(|| {
             fd.err(
                 "socket inode",
@@ -713,12 +732,7 @@ impl FdKind for InetSk {
                 ip_opts: Some(ip_opts(s, d.family).map_err(|e| fd.err("IP options", e))?),
                 // Filled below for a raw socket.
                 ifname: None,
-                ns_id: std::fs::metadata(format!("/proc/{}/ns/net", fd.pid))
-                    .ok()
-                    .map(|m| {
-                        use std::os::unix::fs::MetadataExt;
-                        super::misc::ns_id(m.ino())
-                    }),
+                ns_id: proc_ns.map(super::misc::ns_id),
                 shutdown: None,
                 tcp_opts: None,
             };
@@ -864,7 +878,9 @@ struct StreamWriter {
 impl StreamWriter {
     fn start(dir: &std::path::Path) -> StreamWriter {
         let dir = dir.to_path_buf();
-        let (jobs, rx) = std::sync::mpsc::sync_channel::<StreamJob>(2);
+        // Room for a few connections, so that the dump rarely waits for the writer (each
+        // wait is a trip through the scheduler, long on a loaded machine).
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<StreamJob>(8);
         let (tx_back, back) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let mut done = Vec::new();
@@ -926,6 +942,9 @@ pub struct InetDump {
     spare: Vec<u8>,
     /// Whether the tree's connections are locked (`FileTable::netlock`).
     locked: bool,
+    /// The last process whose sockets were dumped, and its network namespace (read once
+    /// per process, not per socket).
+    proc_ns: Option<(i32, Option<u64>)>,
 }
 
 impl std::fmt::Debug for InetDump {
@@ -940,19 +959,19 @@ impl std::fmt::Debug for InetDump {
 
 /// The TCP connections of the tree, as the lock names them (IPv4-mapped addresses as IPv4),
 /// by network namespace (its inode, and a process of the tree in it), and where each is
-/// (process, fd, inode: recorded before they go into repair mode).
+/// (process, fd, inode: recorded before they go into repair mode). In a namespace `whole`
+/// says is locked whole already, no connection needs a rule of its own: every socket of
+/// the tree there is recorded as it is (a later run takes only those it finds in repair
+/// mode out of it), without looking inside.
 type NsConns = Vec<(u64, i32, Vec<Conn>)>;
-fn tree_connections(tree: &[i32]) -> (NsConns, Vec<RepairedSk>) {
+fn tree_connections(tree: &[i32], whole: impl Fn(u64) -> bool) -> (NsConns, Vec<RepairedSk>) {
     let mut seen = std::collections::HashSet::new();
     let mut out: NsConns = Vec::new();
     let mut socks = Vec::new();
     for &pid in tree {
-        let Ok(pidfd) = sys::fd::pidfd_open(pid) else {
-            continue;
-        };
-        let ns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap_or(0);
+        let ns = proc_netns(pid).unwrap_or(0);
+        let whole = whole(ns);
+        let mut pidfd = None;
         for fd in crate::procfs::fds(pid).unwrap_or_default() {
             let Ok(link) = crate::procfs::link(pid, &format!("fd/{fd}")) else {
                 continue;
@@ -963,6 +982,20 @@ fn tree_connections(tree: &[i32]) -> (NsConns, Vec<RepairedSk>) {
             if !seen.insert(ino) {
                 continue;
             }
+            if whole {
+                socks.push(RepairedSk {
+                    pid,
+                    fd,
+                    ino: u64::from(ino),
+                });
+                continue;
+            }
+            if pidfd.is_none() {
+                pidfd = sys::fd::pidfd_open(pid).ok();
+            }
+            let Some(pidfd) = &pidfd else {
+                break;
+            };
             let Ok(sk) = sys::fd::pidfd_getfd(pidfd.as_fd(), fd) else {
                 continue;
             };
@@ -999,6 +1032,18 @@ fn tree_connections(tree: &[i32]) -> (NsConns, Vec<RepairedSk>) {
 }
 
 impl InetDump {
+    /// The inode of the network namespace of `pid` (frozen: it cannot change meanwhile).
+    fn netns_of(&mut self, pid: i32) -> Option<u64> {
+        match self.proc_ns {
+            Some((p, ns)) if p == pid => ns,
+            _ => {
+                let ns = proc_netns(pid);
+                self.proc_ns = Some((pid, ns));
+                ns
+            }
+        }
+    }
+
     /// Locks the tree's connections, once, before the first goes into repair mode (their
     /// whole network namespace is locked already when the tree has one of its own), and
     /// records where they are, for a later run if cryo is killed.
@@ -1009,7 +1054,7 @@ impl InetDump {
         if tree.is_empty() {
             return Err(TaskError::Internal("empty tree").into());
         }
-        let (by_ns, socks) = tree_connections(tree);
+        let (by_ns, socks) = tree_connections(tree, |ns| lock.holds_whole(ns));
         lock.record_repair(&socks);
         // Each namespace the connections live in (the root's, or another one a task of the
         // tree is in), unless it is locked whole already.
@@ -1752,10 +1797,11 @@ pub fn take_restored(objs: &mut FdObjects) -> Finish {
 
 impl Finish {
     /// Lifts the lock the dump left (in the network namespace of `ns_pid`, the restored root,
-    /// or cryo's own), takes every connection out of repair mode and sends what it had not
-    /// sent yet, and gives every socket its own port-sharing options back. Runs just before
-    /// the tree resumes.
-    pub fn run(self, ns_pid: i32, lock: &mut NetLock) -> Result<(), InetSkError> {
+    /// or cryo's own, and, unless `one_netns` says every task is in the root's, in each other
+    /// namespace a connection lives in), takes every connection out of repair mode and sends
+    /// what it had not sent yet, and gives every socket its own port-sharing options back.
+    /// Runs just before the tree resumes.
+    pub fn run(self, ns_pid: i32, one_netns: bool, lock: &mut NetLock) -> Result<(), InetSkError> {
         let has_conn = self
             .made
             .iter()
@@ -1776,7 +1822,7 @@ impl Finish {
             for m in self
                 .made
                 .iter()
-                .filter(|m| matches!(m.fix, Fixup::Conn { .. }))
+                .filter(|m| !one_netns && matches!(m.fix, Fixup::Conn { .. }))
             {
                 let Some(ns) = inet::socket_netns(m.sk.as_fd())
                     .ok()

@@ -2310,7 +2310,10 @@ pub fn run(
     }
     fault_point("netunlock")?;
     netlock.borrow_mut().unlock_now()?;
-    inet.run(root, &mut netlock.borrow_mut())?;
+    let one_netns = tasks
+        .iter()
+        .all(|t| t.ids.net_ns_id == tasks[0].ids.net_ns_id);
+    inet.run(root, one_netns, &mut netlock.borrow_mut())?;
     hooks.notify("pre-resume", None)?;
     if opts.shell_job && !opts.detach {
         foreground(root);
