@@ -12,7 +12,10 @@
 #   1. fixed cost: `sleep 1000` (setsid, stdio /dev/null): dump and restore wall time (N=5)
 #   2. memory: memhog holding M MiB (default 2048) of random anonymous memory: dump and restore
 #      wall time and GB/s (10^9 B/s), memory checksum before dump == after restore (N=3),
-#      and each tool's peak RSS while dumping and restoring (GNU time's %M, /usr/bin/time)
+#      and each tool's peak RSS while dumping and restoring (GNU time's %M, /usr/bin/time),
+#      and cryo's CPU time (user + system) with the GB it moves per CPU-second (what a loaded
+#      machine distorts least; CRIU's is not comparable: its parasite and restored tasks do
+#      its work and are not counted)
 #   2b. tmem, zmem: memhog holding 1024 MiB of compressible text (words and numbers): dump and
 #      restore wall time and GB/s, image size, checksum; tmem with the plain format, zmem with
 #      cryo's `--compress` (CRIU, when set, dumps plain in both: it has no compression) (N=3)
@@ -328,11 +331,12 @@ one_round() {
 
     local dx=() rx=()
     if [ "$kind" = tcp ]; then dx=(--external "net[$NETA_INO]:srvnet"); rx=(--inherit-fd "fd[9]:srvnet"); fi
-    # The memory scenario also measures each tool's peak RSS (GNU time, %M in KiB).
+    # The memory scenarios also measure each tool's peak RSS and CPU time (GNU time: %M in
+    # KiB, user and system seconds): CPU time is what a loaded machine does not distort.
     local rss_dump=() rss_restore=()
     if [[ $kind == *mem ]] && [ -x /usr/bin/time ]; then
-        rss_dump=(/usr/bin/time -f %M -o "$dir/dump.rss")
-        rss_restore=(/usr/bin/time -f %M -o "$dir/restore.rss")
+        rss_dump=(/usr/bin/time -f "%M %U %S" -o "$dir/dump.rss")
+        rss_restore=(/usr/bin/time -f "%M %U %S" -o "$dir/restore.rss")
     fi
     cmd=(${rss_dump[@]+"${rss_dump[@]}"} ${in_host[@]+"${in_host[@]}"} "$bin" dump -t "$pid" -D "$dir/img" -o dump.log "${extra[@]}" ${net_extra[@]+"${net_extra[@]}"} ${dx[@]+"${dx[@]}"})
     t0=$(now_us)
@@ -434,7 +438,7 @@ one_round() {
         "$(echo "$dump_us" | awk '{print $1/1000}')" "$(echo "$restore_us" | awk '{print $1/1000}')" \
         "$(echo "$img_bytes" | awk '{print $1/1048576}')" \
         "${frozen:+  (frozen $(echo "$frozen" | awk '{print $1/1000}') ms)}" \
-        "$(case $kind in mem|tmem|zmem) echo "  checksum $ok${rss_dump[0]:+, peak RSS dump $(($(tail -1 "$dir/dump.rss") / 1024)) MiB restore $(($(tail -1 "$dir/restore.rss") / 1024)) MiB}" ;; tree|threads|net) echo "  check $ok" ;; tcp) echo "  stall $(ms "${STALL:-0}") ms, check $ok" ;; esac)"
+        "$(case $kind in mem|tmem|zmem) echo "  checksum $ok${rss_dump[0]:+, peak RSS dump $(($(rss_kib "$dir/dump.rss") / 1024)) MiB restore $(($(rss_kib "$dir/restore.rss") / 1024)) MiB, CPU dump $(cpu_ms "$dir/dump.rss") ms restore $(cpu_ms "$dir/restore.rss") ms}" ;; tree|threads|net) echo "  check $ok" ;; tcp) echo "  stall $(ms "${STALL:-0}") ms, check $ok" ;; esac)"
     if [ "$measured" = 1 ]; then
         add "$tool" "${RKEY}_dump" "$dump_us"
         add "$tool" "${RKEY}_restore" "$restore_us"
@@ -442,8 +446,10 @@ one_round() {
         [ "$kind" != tcp ] || add "$tool" "${RKEY}_stall" "${STALL:-0}"
         add "$tool" "${RKEY}_img" "$img_bytes"
         if [ -n "${rss_dump[0]:-}" ]; then
-            add "$tool" "${RKEY}_dump_rss" "$(tail -1 "$dir/dump.rss")"
-            add "$tool" "${RKEY}_restore_rss" "$(tail -1 "$dir/restore.rss")"
+            add "$tool" "${RKEY}_dump_rss" "$(rss_kib "$dir/dump.rss")"
+            add "$tool" "${RKEY}_restore_rss" "$(rss_kib "$dir/restore.rss")"
+            add "$tool" "${RKEY}_dump_cpu" "$(cpu_ms "$dir/dump.rss")"
+            add "$tool" "${RKEY}_restore_cpu" "$(cpu_ms "$dir/restore.rss")"
         fi
     fi
     rm -rf "$dir"
@@ -463,6 +469,9 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END {if (NR == 0) ex
 minmax() { tr ' ' '\n' | grep . | sort -n | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.1f-%.1f", lo/1000, hi/1000}'; }
 med() { echo "${RES[$1,$2]:-}" | median; }          # us
 ms() { awk -v u="$1" 'BEGIN {printf "%.1f", u/1000}'; }
+# Peak RSS (KiB) and CPU time (ms, user + system) from a GNU time file ("%M %U %S").
+rss_kib() { tail -1 "$1" | awk '{print $1}'; }
+cpu_ms() { tail -1 "$1" | awk '{printf "%d", ($2 + $3) * 1000}'; }
 gbps() { awk -v u="$1" -v m="${2:-$MIB}" 'BEGIN {printf "%.2f", m*1048576/(u*1000)}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
@@ -614,6 +623,22 @@ for run in "${RUNS[@]}"; do
         done
     done
     [ -z "$rss_desc" ] || echo "peak RSS, $(label "$kind") (GNU time, medians): ${rss_desc#, }"
+    cpu_desc=""
+    mib=$MIB
+    [ "$kind" = mem ] || mib=$ZMIB
+    for op in dump restore; do
+        for t in "${TOOLS[@]}"; do
+            # cryo only: CRIU's work runs in its parasite and in the restored tasks, which
+            # GNU time does not count as CRIU's.
+            [ "$t" = cryo ] || continue
+            m=$(med "$t" "${RKEY}_${op}_cpu")
+            [ -n "$m" ] || continue
+            g=$(awk -v c="$m" -v m="$mib" 'BEGIN {printf "%.2f", (c > 0 ? m * 1048576 / (c * 1e6) : 0)}')
+            cpu_desc="$cpu_desc, $op $t $m ms ($g GB per CPU-second)"
+            TJSON[$t]="${TJSON[$t]}\"${RKEY}_${op}_cpu_ms\":$m,"
+        done
+    done
+    [ -z "$cpu_desc" ] || echo "CPU time (user + system), $(label "$kind") (GNU time, medians): ${cpu_desc#, }"
 done
 status=0
 declare -A CHECK_KEY=([mem]=checksum [tmem]=tmem_checksum [zmem]=zmem_checksum [tree]=tree_check [threads]=threads_check [net]=net_check [tcp]=tcp_check)
