@@ -64,7 +64,12 @@ fn main() -> ExitCode {
         }
         // CRIU's start-up check: the capabilities cryo needs, and --unprivileged for a
         // non-root user.
-        if let Err(e) = cryo::privilege::check(o.unprivileged) {
+        // (`check --unprivileged` reports what is missing instead.)
+        let report_only = matches!(cmd, Cmd::Check(_)) && o.unprivileged;
+        if let Err(e) = cryo::privilege::check(o.unprivileged)
+            .map(|_| ())
+            .or_else(|e| if report_only { Ok(()) } else { Err(e) })
+        {
             eprintln!("Error: {e}");
             eprintln!("  hint: {}", e.hint());
             return ExitCode::from(1);

@@ -3,7 +3,7 @@
 //! cryo always needs CAP_CHECKPOINT_RESTORE (or CAP_SYS_ADMIN), as CRIU: root has both; a
 //! non-root user runs a copy of cryo given file capabilities (`setcap
 //! cap_checkpoint_restore,cap_sys_ptrace+eip cryo`) and says `--unprivileged`, accepting that
-//! cryo then does only what the kernel lets such a user do. [`check`] is CRIU's start-up
+//! cryo then does only what the kernel lets such a user do, and only to that user's processes. [`check`] is CRIU's start-up
 //! check (`check_caps`); [`restore_precheck`] refuses, by name and before anything is
 //! created, a restore that would need more (another uid, new namespaces, TCP repair); and
 //! [`Privilege::report`] is what `cryo check --unprivileged` prints.
@@ -27,6 +27,8 @@ pub enum PrivilegeError {
     NeedsUnprivileged(u32),
     #[error("cannot read cryo's own capabilities")]
     Proc(#[from] procfs::ProcError),
+    #[error("an unprivileged cryo (uid {uid}) dumps only its own user's processes: process {pid} runs as uid {other}")]
+    NotOwn { uid: u32, pid: i32, other: u32 },
     #[error("an unprivileged cryo (uid {uid}) cannot restore {what}: it needs {cap}")]
     Restore {
         uid: u32,
@@ -46,6 +48,9 @@ impl PrivilegeError {
                 "add --unprivileged (cryo then does only what the kernel allows this user; `cryo check --unprivileged` says what), or run it as root".into()
             }
             PrivilegeError::Proc(_) => "is /proc mounted?".into(),
+            PrivilegeError::NotOwn { .. } => {
+                "dump it as root (or as its own user)".into()
+            }
             PrivilegeError::Restore { .. } => {
                 "restore these images as root, or give this copy of cryo that capability too".into()
             }
@@ -98,9 +103,9 @@ impl Privilege {
             " (CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN)",
         );
         line(
-            self.is_root() || yes(CAP_SYS_PTRACE),
+            self.is_root(),
             "dump processes of other users",
-            " (CAP_SYS_PTRACE)",
+            " (root only: an unprivileged cryo refuses them)",
         );
         line(
             self.is_root() || (yes(CAP_SETUID) && yes(CAP_SETGID)),
@@ -142,6 +147,23 @@ pub fn check(unprivileged: bool) -> Result<Privilege, PrivilegeError> {
     }
     crate::sys::proc::set_dumpable(true);
     Ok(p)
+}
+
+/// Refuses the dump of process `pid` by a cryo that is not root when any of its uids is
+/// not cryo's own.
+pub fn dump_precheck(p: &Privilege, pid: i32) -> Result<(), PrivilegeError> {
+    if p.is_root() {
+        return Ok(());
+    }
+    let s = procfs::status(pid)?;
+    match s.uids.iter().find(|&&u| u != p.uid) {
+        Some(&other) => Err(PrivilegeError::NotOwn {
+            uid: p.uid,
+            pid,
+            other,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// What a restore of these images needs from cryo, checked before anything is created when

@@ -599,3 +599,188 @@ fn page_servers_the_service_started_leave_no_zombies() {
     drop(sk);
     assert!(child.wait().unwrap().success());
 }
+
+/// `network_lock` (CRIU's `criu_network_lock_method`) chooses how a tree with a network
+/// namespace of its own is locked between dump and restore: IPTABLES a chain, NFTABLES a
+/// table, SKIP nothing; inventory.img names the method, and a RESTORE over RPC (joining
+/// the namespace, as runc does) lifts the lock with it, the sleeper running on each time.
+#[test]
+fn network_lock_method_chooses_how_the_namespace_is_locked() {
+    if !integration::netns::need(&["ip", "iptables", "nft", "nsenter"]) {
+        return;
+    }
+    let dir = scratch("rpc-netlock");
+    let net = integration::netns::Net::new("rl", 107);
+    let pid = integration::netns::Net::spawn_in(&net.a, &["sleep", "1000"], &dir.join("log"));
+    let _g = KillOnDrop(pid);
+    let locks = || {
+        let run = |args: &[&str]| {
+            let o = Command::new("ip")
+                .args(["netns", "exec", &net.a])
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).contains("CRIU-")
+        };
+        (
+            run(&["iptables", "-w", "-n", "-L"]),
+            run(&["nft", "list", "tables"]),
+        )
+    };
+    let key = format!("net[{}]:srvnet", net.a_ino());
+    // (RPC method, the lock it leaves: iptables chain, nftables table, inventory number)
+    for (method, chain, table, inv) in [
+        (pb::CriuNetworkLockMethod::Iptables, true, false, Some(0)),
+        (pb::CriuNetworkLockMethod::Nftables, false, true, Some(1)),
+        (pb::CriuNetworkLockMethod::Skip, false, false, None),
+    ] {
+        let img = dir.join(format!("img-{method:?}"));
+        let d = dir_fd(&img);
+        let opts = pb::CriuOpts {
+            images_dir_fd: d.as_raw_fd(),
+            pid: Some(pid),
+            log_level: Some(4),
+            log_file: Some("dump.log".into()),
+            external: vec![key.clone()],
+            network_lock: Some(method as i32),
+            ..Default::default()
+        };
+        let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(opts)), None);
+        assert!(
+            ok && r.success,
+            "{method:?}: {:?}\n{}",
+            r.cr_errmsg,
+            log(&img, "dump.log")
+        );
+        wait_gone(pid);
+        assert_eq!(
+            locks(),
+            (chain, table),
+            "{method:?}: (iptables chain, nftables table) between dump and restore"
+        );
+        let inventory: Vec<pb::InventoryEntry> = cryo::image::ImageDir::open(&img)
+            .unwrap()
+            .read("inventory.img", cryo::image::INVENTORY)
+            .unwrap();
+        assert_eq!(
+            inventory[0].network_lock_method, inv,
+            "{method:?}: inventory.img's network_lock_method"
+        );
+        let ropts = pb::CriuOpts {
+            images_dir_fd: d.as_raw_fd(),
+            log_level: Some(4),
+            log_file: Some("restore.log".into()),
+            rst_sibling: Some(true),
+            join_ns: vec![pb::JoinNamespace {
+                ns: "net".into(),
+                ns_file: integration::netns::Net::path(&net.a),
+                extra_opt: None,
+            }],
+            ..Default::default()
+        };
+        let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Restore, Some(ropts)), None);
+        assert!(
+            ok && r.success,
+            "{method:?}: {:?}\n{}",
+            r.cr_errmsg,
+            log(&img, "restore.log")
+        );
+        assert!(alive(pid), "{method:?}: restored");
+        assert_eq!(
+            locks(),
+            (false, false),
+            "{method:?}: a lock is left after the restore"
+        );
+    }
+}
+
+/// `ext_unix_sk` over RPC, as `--ext-unix-sk`: a program connected to a log socket outside
+/// the tree is refused without it (and runs on), dumped with it, refused at RESTORE without
+/// it, and restored with it connected to the same log socket, where its next line arrives.
+#[test]
+fn ext_unix_sk_lets_a_log_client_be_dumped_and_restored() {
+    let dir = scratch("rpc-extunix");
+    let log_path = dir.join("log.sock");
+    let syslog = std::os::unix::net::UnixDatagram::bind(&log_path).unwrap();
+    syslog
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let out = dir.join("client.out");
+    let script = root().join("integration/scripts/log_client.py");
+    let pid = spawn(
+        &[
+            "python3",
+            script.to_str().unwrap(),
+            log_path.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+        &dir.join("client.log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the log client", 20, || {
+        lines(&out).iter().any(|l| l == "ready")
+    });
+    let recv = |want: &str| {
+        let mut b = [0u8; 256];
+        let n = syslog.recv(&mut b).expect("a log line");
+        assert_eq!(std::str::from_utf8(&b[..n]).unwrap(), want);
+    };
+    signal(pid, libc::SIGUSR1);
+    recv("line 1");
+    let img = dir.join("img");
+    let d = dir_fd(&img);
+    let opts = pb::CriuOpts {
+        images_dir_fd: d.as_raw_fd(),
+        pid: Some(pid),
+        log_level: Some(4),
+        log_file: Some("dump.log".into()),
+        ..Default::default()
+    };
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(opts.clone())), None);
+    assert!(!ok && !r.success, "dumped without ext_unix_sk: {r:?}");
+    assert!(
+        log(&img, "dump.log").contains("outside the dumped tree"),
+        "{}",
+        log(&img, "dump.log")
+    );
+    assert!(alive(pid));
+    let opts = pb::CriuOpts {
+        ext_unix_sk: Some(true),
+        ..opts
+    };
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(opts)), None);
+    assert!(
+        ok && r.success,
+        "{:?}\n{}",
+        r.cr_errmsg,
+        log(&img, "dump.log")
+    );
+    wait_gone(pid);
+    let ropts = pb::CriuOpts {
+        images_dir_fd: d.as_raw_fd(),
+        log_level: Some(4),
+        log_file: Some("restore.log".into()),
+        rst_sibling: Some(true),
+        ..Default::default()
+    };
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Restore, Some(ropts.clone())), None);
+    assert!(!ok && !r.success, "restored without ext_unix_sk: {r:?}");
+    assert!(!alive(pid));
+    // The killed puppet of that restore (a sibling: this test's child) is reaped here.
+    wait_gone(pid);
+    assert!(log_path.exists(), "the log socket must be left alone");
+    let ropts = pb::CriuOpts {
+        ext_unix_sk: Some(true),
+        ..ropts
+    };
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Restore, Some(ropts)), None);
+    assert!(
+        ok && r.success,
+        "{:?}\n{}",
+        r.cr_errmsg,
+        log(&img, "restore.log")
+    );
+    assert_eq!(r.restore.unwrap().pid, pid);
+    signal(pid, libc::SIGUSR1);
+    recv("line 2");
+}

@@ -1,8 +1,8 @@
 //! cryo run by a user other than root (issue #16 item 5, CRIU's `--unprivileged`): a copy of
 //! cryo given CAP_CHECKPOINT_RESTORE and CAP_SYS_PTRACE as file capabilities, run as
 //! `nobody`, checkpoints and restores that user's own process; without `--unprivileged` it
-//! refuses to start, as CRIU; and images of a process of another user are refused before
-//! anything is created, naming the process and the capability it would take.
+//! refuses to start, as CRIU; another user's process is refused at dump, and images of one
+//! at restore before anything is created, naming the process and the capability it would take.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -187,6 +187,27 @@ fn a_process_of_another_user_is_refused_before_anything_is_created() {
     );
     let _g = KillOnDrop(pid);
     wait_for("the counter", 10, || lines(&out).len() > 1);
+    // Its own user's only: root's counter is refused by name and runs on.
+    let o = as_nobody(
+        &dir,
+        &[
+            cryo.to_str().unwrap(),
+            "dump",
+            "--unprivileged",
+            "-t",
+            &pid.to_string(),
+            "-D",
+            dir.join("nobody-img").to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "nobody dumped root's process: {err}");
+    assert!(
+        err.contains(&format!("process {pid} runs as uid 0")),
+        "{err}"
+    );
+    let n = lines(&out).len();
+    wait_for("root's counter to go on", 10, || lines(&out).len() > n);
     let img = dir.join("img");
     dump(pid, &img, &[]);
     wait_gone(pid);

@@ -158,6 +158,8 @@ pub enum DumpError {
     #[error(transparent)]
     Task(#[from] TaskError),
     #[error(transparent)]
+    Privilege(#[from] crate::privilege::PrivilegeError),
+    #[error(transparent)]
     Notify(#[from] NotifyError),
     #[error(transparent)]
     Files(#[from] kinds::files::FilesError),
@@ -225,6 +227,7 @@ impl DumpError {
             DumpError::NoSuchProcess { .. } => {
                 return Some("check the pid given with -t/--tree".into())
             }
+            DumpError::Privilege(p) => return Some(p.hint()),
             DumpError::Notify(_) | DumpError::Internal(_) | DumpError::SeizeTimeout { .. } => {
                 return None
             }
@@ -732,6 +735,12 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
     let mut fds = kinds::files::Precheck::default();
     fds.sock = opts.sock;
     let pids: Vec<i32> = tree.iter().map(|t| t.0).collect();
+    // A cryo that is not root dumps only its own user's processes, whatever capabilities
+    // its file gives it (CAP_SYS_PTRACE would let it read anyone's memory).
+    let me = crate::privilege::Privilege::current()?;
+    for &pid in &pids {
+        crate::privilege::dump_precheck(&me, pid)?;
+    }
     let root_stat = procfs::stat(root)?;
     if root_stat.session != root && !opts.shell_job {
         return Err(Unsupported::of(root, format!("session {}", root_stat.session), "the process is not a session leader, so its session cannot be restored", "start it with setsid, or pass --shell-job (-j) to dump and restore it into cryo's session").into());

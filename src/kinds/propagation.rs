@@ -140,8 +140,19 @@ impl Groups<'_> {
     fn slave(&mut self, i: usize, m: u32) -> Result<(), PropagationError> {
         if let Some(from) = self.ext_masters.get(i).and_then(Option::as_ref) {
             if !self.members.contains_key(&m) {
-                self.join_fd(from, i)?;
-                return self.set(i, Propagation::Slave, "make a slave");
+                // Peer group numbers are the kernel's and get reused: the host mount found
+                // by number may be an unrelated one (another file system: EINVAL). Then the
+                // mount is restored without that master, as when none is found.
+                match self.join_fd(from, i) {
+                    Ok(()) => return self.set(i, Propagation::Slave, "make a slave"),
+                    Err(e) => {
+                        tracing::warn!(
+                            "mount {} was a slave of peer group {m}, outside the tree; the host's mount of that group cannot be its master ({e}): restored without that master",
+                            self.entries[i].mountpoint
+                        );
+                        return Ok(());
+                    }
+                }
             }
         }
         if !self.members.contains_key(&m) {

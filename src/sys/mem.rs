@@ -597,6 +597,7 @@ pub fn guard_pages_reported() -> io::Result<bool> {
         addr: p.cast(),
         len: 4096,
         file: false,
+        shared_rw: false,
     };
     // SAFETY: advice on our own mapping, which nothing reads (MADV_GUARD_INSTALL = 102).
     cvt(libc::c_long::from(unsafe { libc::madvise(p, 4096, 102) }))?;
@@ -620,6 +621,9 @@ pub struct Mapping {
     len: usize,
     /// A file mapping ([`Mapping::release`] keeps its bytes).
     file: bool,
+    /// A shared, writable file mapping ([`Mapping::file_rw`]): what
+    /// [`Mapping::file_chunks_mut`] hands out blocks of.
+    shared_rw: bool,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; sharing read access is fine.
@@ -645,11 +649,13 @@ impl Mapping {
     }
 
     fn map_file(file: &File, len: usize, prot: i32, flags: i32) -> io::Result<Mapping> {
+        let shared_rw = flags & libc::MAP_SHARED != 0 && prot & libc::PROT_WRITE != 0;
         if len == 0 {
             return Ok(Mapping {
                 addr: std::ptr::NonNull::dangling().as_ptr(),
                 len: 0,
                 file: true,
+                shared_rw,
             });
         }
         // SAFETY: a fresh mapping chosen by the kernel; we own it until drop.
@@ -661,6 +667,7 @@ impl Mapping {
             addr: p.cast(),
             len,
             file: true,
+            shared_rw,
         })
     }
 
@@ -674,10 +681,11 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts_mut(self.addr, self.len) }
     }
 
-    /// A read-write file mapping's bytes in blocks of `size` (the last one shorter), each
-    /// of which can be released once written; `None` for an anonymous mapping.
+    /// A shared read-write file mapping's bytes ([`Mapping::file_rw`]) in blocks of `size`
+    /// (the last one shorter), each of which can be released once written; `None` for any
+    /// other mapping.
     pub fn file_chunks_mut(&mut self, size: usize) -> Option<impl Iterator<Item = FileChunk<'_>>> {
-        if !self.file {
+        if !self.shared_rw {
             return None;
         }
         Some(
@@ -708,6 +716,7 @@ impl Mapping {
             addr: p.cast(),
             len,
             file: false,
+            shared_rw: false,
         })
     }
 
@@ -731,6 +740,7 @@ impl Mapping {
             addr: p.cast(),
             len,
             file: false,
+            shared_rw: false,
         })
     }
 
@@ -765,6 +775,7 @@ impl Mapping {
             addr: p.cast(),
             len,
             file: false,
+            shared_rw: false,
         })
     }
 
