@@ -386,8 +386,9 @@ pub fn start_memhog_with(dir: &Path, mib: u32, mode: &[&str]) -> (i32, PathBuf) 
 /// Waits until the first line of `out` is "ready [N ...]" (a test program set itself up);
 /// returns the numbers after "ready".
 pub fn wait_ready(out: &Path) -> Vec<i32> {
+    // The whole line: a read racing the program's write can see "ready" without its PIDs.
     wait_for("the program to be ready", 20, || {
-        lines(out).first().is_some_and(|l| l.starts_with("ready"))
+        std::fs::read_to_string(out).is_ok_and(|t| t.starts_with("ready") && t.contains('\n'))
     });
     lines(out)[0]
         .split(' ')
