@@ -16,6 +16,9 @@ echo "== build"
 cargo build --release --workspace --quiet
 echo "== tests"
 log=$(mktemp /tmp/cryo-test-output.XXXXXX)
+# Made now: the tests' scratch directories newer than it are this run's (removed at the end
+# when every test passed; a failed run keeps them for a look).
+started=$(mktemp /tmp/cryo-test-started.XXXXXX)
 set +e
 # Tests that need CRIU 4.2 (built from source, never in CI) are #[ignore]d; they run when it
 # is here ($CRIU or /opt/criu42/criu), and are reported as ignored otherwise.
@@ -41,5 +44,9 @@ skipped=$({ grep -aEo 'SKIP: [^ ]+: ' "$log" || true; } | wc -l)
 grep -aE 'SKIP: [^ ]+: ' "$log" | sed 's/.*SKIP: /SKIP: /' || true
 ignored_n=$(grep -aEo '[0-9]+ ignored;' "$log" | awk '{s += $1} END {print s + 0}')
 rm -f "$log"
+if [ "$rc" = 0 ]; then
+    find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'cryo-it-*' -newer "$started" -exec rm -rf {} + 2>/dev/null || true
+fi
+rm -f "$started"
 echo "tests: $((passed - skipped)) passed, $failed failed, $skipped skipped, $ignored_n ignored (need CRIU 4.2)"
 exit "$rc"
