@@ -754,20 +754,16 @@ impl CommitHooks<'_> {
 
 impl Notifier for CommitHooks<'_> {
     fn notify(&mut self, action: &str, pid: Option<i32>) -> Result<(), NotifyError> {
-        match action {
-            // Before the network opens (the lock lifted, the connections out of repair
-            // mode): a copy killed for want of the commit closes its connections silently
-            // (in repair mode no reset goes to the peers, whose connections the source
-            // still holds).
-            "post-restore" => {
-                self.root = pid.unwrap_or(0);
-                self.commit().map_err(|e| NotifyError::Hook {
-                    action: action.into(),
-                    why: error_chain(&e),
-                })?;
-                self.committed = true;
-            }
-            _ => {}
+        // Before the network opens (the lock lifted, the connections out of repair mode): a
+        // copy killed for want of the commit closes its connections silently (in repair
+        // mode no reset goes to the peers, whose connections the source still holds).
+        if action == "post-restore" {
+            self.root = pid.unwrap_or(0);
+            self.commit().map_err(|e| NotifyError::Hook {
+                action: action.into(),
+                why: error_chain(&e),
+            })?;
+            self.committed = true;
         }
         Ok(())
     }
