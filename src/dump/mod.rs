@@ -1428,14 +1428,14 @@ fn dump_process(
         leader
             .batch_area()
             .map_err(|source| TaskError::Remote { pid, source })?;
+        img.threads.extend(kinds::threads::dump_threads(
+            pid,
+            &others,
+            site,
+            scratch,
+            &mut leader.remote,
+        )?);
         for th in &others {
-            img.threads.push(kinds::threads::dump_thread(
-                pid,
-                th,
-                site,
-                scratch,
-                Some(&leader.remote),
-            )?);
             img.pstree.threads.push(img_pid(th.tracee.tid));
         }
         // Write tracking for a later step (`--track-mem --leave-running`).
