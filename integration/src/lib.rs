@@ -478,3 +478,17 @@ mod tests {
         );
     }
 }
+
+/// The counter writing one number per line to `out`, which had written `at` lines when it
+/// was dumped, goes on after its restore: two more lines come, and every number is the one
+/// before it plus one (no gap, no restart).
+pub fn count_goes_on(out: &Path, at: usize) {
+    wait_for("the count to go on after the restore", 10, || {
+        lines(out).len() >= at + 2
+    });
+    let v: Vec<u64> = lines(out).iter().map(|l| l.parse().unwrap()).collect();
+    assert!(
+        v.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap or restart: {v:?}"
+    );
+}

@@ -200,14 +200,7 @@ fn dump_and_restore_over_rpc_with_notifications() {
         Some(pid),
         "post-restore carries the restored pid"
     );
-    wait_for("the counter after restore", 10, || {
-        lines(&out).len() >= at_dump + 2
-    });
-    let v: Vec<u64> = lines(&out).iter().map(|l| l.parse().unwrap()).collect();
-    assert!(
-        v.windows(2).all(|w| w[1] == w[0] + 1),
-        "gap or restart: {v:?}"
-    );
+    count_goes_on(&out, at_dump);
 }
 
 /// A work directory of its own (`work_dir_fd`, as runc gets from `--work-path` and podman
@@ -443,14 +436,7 @@ fn page_server_request_then_dump_to_it_on_the_same_socket() {
     assert!(pages > 0, "the pages went to the page server");
     restore(&img);
     let _g2 = KillOnDrop(pid);
-    wait_for("the counter after restore", 10, || {
-        lines(&out).len() >= at_dump + 2
-    });
-    let v: Vec<u64> = lines(&out).iter().map(|l| l.parse().unwrap()).collect();
-    assert!(
-        v.windows(2).all(|w| w[1] == w[0] + 1),
-        "gap or restart: {v:?}"
-    );
+    count_goes_on(&out, at_dump);
 }
 
 /// The page servers PAGE_SERVER and PAGE_SERVER_CHLD start are reaped by the service as
