@@ -334,6 +334,13 @@ fn images_named(img: &Path, prefix: &str) -> Vec<PathBuf> {
     v
 }
 
+/// An image file as `cryo show` decodes it (JSON).
+fn showdump_json(file: &Path) -> serde_json::Value {
+    let o = cryo(&["show", file.to_str().unwrap()]);
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("cryo show {}: {e}: {}", file.display(), ok(&o, "show")))
+}
+
 /// `ip OBJ showdump < FILE` (iproute2 reads its own save format).
 fn showdump(obj: &[&str], file: &Path) -> String {
     let mut a = vec!["ip"];
@@ -926,5 +933,157 @@ fn bridge_tap_and_macvlan_come_back() {
     assert!(e.contains("tun/tap"), "{e}");
     assert!(alive(holder));
     kill(holder);
+    kill(pid);
+}
+
+/// A program in a network namespace of its own holding a raw packet socket with a receive
+/// and a transmit ring (PACKET_RX_RING / PACKET_TX_RING) mapped shared, a SOCK_PACKET socket
+/// bound to "lo" and an unbound one (zdtm packet_sock_mmap, packet_sock_spkt): the images
+/// keep the rings' parameters (CRIU's `packet_ring` fields) and a socket mapping naming the
+/// socket's file; after the restore the mapping is at the same address and maps the socket
+/// the program holds, frames sent on the loopback land in the mapped ring, and the
+/// SOCK_PACKET sockets are back bound (or not) as they were, the bound one receiving.
+#[test]
+fn packet_rings_and_sock_packet_sockets_come_back() {
+    let _s = serial();
+    if !need(&["ip", "python3", "unshare"]) {
+        return;
+    }
+    let dir = scratch("netns-packet-rings");
+    let out = dir.join("out");
+    let script = integration::root().join("integration/scripts/packet_rings.py");
+    let pid = spawn(
+        &[
+            "unshare",
+            "-n",
+            "python3",
+            script.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+        &dir.join("log"),
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("the program", 20, || {
+        lines(&out).first().is_some_and(|l| l.starts_with("ready "))
+    });
+    let addr = lines(&out)[0]["ready ".len()..].to_string();
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    let files = showdump_json(&img.join("files.img"));
+    let psks: Vec<&serde_json::Value> = files["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("psk"))
+        .collect();
+    assert_eq!(psks.len(), 3, "{files}");
+    let ring = psks
+        .iter()
+        .find(|p| p.get("rx_ring").is_some())
+        .unwrap_or_else(|| panic!("no packet record with a ring: {files}"));
+    let rx = &ring["rx_ring"];
+    assert_eq!(
+        (
+            &rx["block_size"],
+            &rx["block_nr"],
+            &rx["frame_size"],
+            &rx["frame_nr"]
+        ),
+        (&4096.into(), &2.into(), &2048.into(), &4.into()),
+        "{ring}"
+    );
+    assert_eq!(ring["tx_ring"]["block_nr"], 1, "{ring}");
+    assert_eq!(ring["tx_ring"]["frame_nr"], 2, "{ring}");
+    assert_eq!(
+        psks.iter().filter(|p| p["type"] == 10).count(),
+        2,
+        "two SOCK_PACKET records: {files}"
+    );
+    // The mapping is a socket mapping (CRIU's VMA_AREA_SOCKET) naming the ring's file.
+    let mm = images_named(&img, "mm-");
+    let mm = showdump_json(&mm[0]);
+    let start = u64::from_str_radix(&addr, 16).unwrap();
+    let vma = mm["entries"][0]["vmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["start"].as_u64() == Some(start))
+        .unwrap_or_else(|| panic!("no mapping at {addr}: {mm}"))
+        .clone();
+    assert_ne!(vma["status"].as_u64().unwrap() & (1 << 11), 0, "{vma}");
+    assert_eq!(vma["shmid"], ring["id"], "{vma}");
+    integration::restore(&img);
+    integration::signal(pid, libc::SIGUSR1);
+    wait_for("the report", 20, || lines(&out).iter().any(|l| l == "done"));
+    let got = lines(&out);
+    for want in [
+        format!("map {addr} 1"),
+        "spkt lo 10".to_string(),
+        "spkt - 10".to_string(),
+    ] {
+        assert!(got.contains(&want), "{want}: {got:?}");
+    }
+    let n = |prefix: &str| -> u64 {
+        got.iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(n("rx ") > 0, "no frame in the restored ring: {got:?}");
+    assert!(
+        n("spkt-rx ") > 0,
+        "the bound SOCK_PACKET socket got nothing: {got:?}"
+    );
+    kill(pid);
+}
+
+/// IPv6 conf sysctls CRIU saves of a namespace (zdtm netns-dev): `stable_secret` of
+/// `default` and of the loopback (unset, it cannot even be read: EIO) and the MLD report
+/// intervals of `all`, `default` and `lo`: after the restore each has its value again.
+#[test]
+fn ipv6_stable_secret_and_mld_intervals_come_back() {
+    let _s = serial();
+    if !need(&["ip", "sysctl", "nsenter", "unshare"]) {
+        return;
+    }
+    let dir = scratch("netns-conf6");
+    let pid = spawn(&["unshare", "-n", "sleep", "1000"], &dir.join("log"));
+    let _g = KillOnDrop(pid);
+    wait_for("the sleeper", 10, || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
+    let secret = "2607:f0d0:1002:0051:0000:0000:0000:0004";
+    let set = [
+        ("net.ipv6.conf.default.stable_secret", secret),
+        ("net.ipv6.conf.lo.stable_secret", secret),
+        (
+            "net.ipv6.conf.all.mldv1_unsolicited_report_interval",
+            "12000",
+        ),
+        (
+            "net.ipv6.conf.default.mldv2_unsolicited_report_interval",
+            "3000",
+        ),
+        (
+            "net.ipv6.conf.lo.mldv1_unsolicited_report_interval",
+            "20000",
+        ),
+    ];
+    let read = |pid: i32, key: &str| -> String {
+        let o = in_ns(pid, &["sysctl", "-n", key]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    for (k, v) in set {
+        ok(&in_ns(pid, &["sysctl", "-qw", &format!("{k}={v}")]), k);
+        assert_eq!(read(pid, k), v, "{k} before the dump");
+    }
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    integration::restore(&img);
+    for (k, v) in set {
+        assert_eq!(read(pid, k), v, "{k} after the restore");
+    }
     kill(pid);
 }

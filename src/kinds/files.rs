@@ -1613,6 +1613,19 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
     Ok(cx.open(&reg.name, flags)?)
 }
 
+/// The puppet's fd on the packet socket of file `id` (the one its fds have: cryo's object,
+/// made with the fds, rings set), for a mapping of its rings.
+pub fn open_socket(cx: &mut RestoreCx<'_>, id: u32) -> Result<RemoteFd, FilesError> {
+    if cx.files.get(&id).map(|f| f.r#type) != Some(pb::FdTypes::Packetsk as i32) {
+        return Err(TaskError::BadImage(format!(
+            "a socket mapping names file {id}, which is not a packet socket"
+        ))
+        .into());
+    }
+    let local = cx.objs.borrow_mut().get(id)?;
+    Ok(cx.take_from_cryo(local)?)
+}
+
 /// The path of cryo's controlling terminal, when one of its stdio fds is on it.
 fn own_terminal() -> Option<String> {
     let me = crate::sys::proc::own_pid();

@@ -82,6 +82,9 @@ pub mod status {
     pub const ANON_PRIVATE: u32 = 1 << 9;
     /// An attachment of a SysV shared memory segment (`shmat`); `shmid` is its id.
     pub const SYSVIPC: u32 = 1 << 10;
+    /// A mapping of a packet socket's rings; `shmid` is the socket's file id (its rings are
+    /// made again with the socket, the mapping of the new socket without saved contents).
+    pub const SOCKET: u32 = 1 << 11;
     pub const VVAR: u32 = 1 << 12;
     /// An AIO ring (`io_setup`), made again by `kinds::aio`.
     pub const AIORING: u32 = 1 << 13;
@@ -263,6 +266,14 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
                 None,
             )
         }
+        // A packet socket's rings (the name is the socket's, "socket:[INO]"): as CRIU, the
+        // mapping names the socket's file record, which the process's fds saved already.
+        _ if v.is_file() && v.name.starts_with("socket:[") => (
+            status::REGULAR | status::SOCKET,
+            flags,
+            u64::from(socket_file(cx, v).map_err(|(what, hint)| unsupported(what, hint))?),
+            None,
+        ),
         _ if v.is_file() => {
             // The open mode the mapping needs: read-write only for a writable shared one.
             // VM_MAYWRITE ("mw") on a shared mapping means the file was opened for writing,
@@ -347,6 +358,48 @@ fn classify(cx: &mut DumpCx<'_>, v: &Vma) -> Result<(u32, u32, u64, Option<u32>)
             None,
         ),
     })
+}
+
+/// The file id of the packet socket mapping `v` maps: one of the process's fds on it
+/// (saved before its memory), else any fd of the tree on it. Err: (what, hint).
+fn socket_file(cx: &DumpCx<'_>, v: &Vma) -> Result<u32, (&'static str, &'static str)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(format!(
+        "/proc/{}/map_files/{:x}-{:x}",
+        cx.pid, v.start, v.end
+    ))
+    .map_err(|_| {
+        (
+            "its socket cannot be looked at (/proc/PID/map_files)",
+            "unmap it before the dump",
+        )
+    })?;
+    let fds = cx
+        .files
+        .fds_by_inode
+        .get(&Some((meta.dev(), meta.ino())))
+        .filter(|l| !l.is_empty())
+        .ok_or((
+            "a mapping of a socket no fd of the tree has open",
+            "keep the socket open while it is mapped, or unmap it before the dump",
+        ))?;
+    let id = fds
+        .iter()
+        .find(|(pid, _, _)| *pid == cx.pid)
+        .unwrap_or(&fds[0])
+        .2;
+    let packet = cx
+        .files
+        .entries
+        .iter()
+        .any(|e| e.id == id && e.r#type == pb::FdTypes::Packetsk as i32);
+    if !packet {
+        return Err((
+            "a mapping of a socket that is not a packet socket's rings",
+            "unmap it before the dump",
+        ));
+    }
+    Ok(id)
 }
 
 /// One run of pages in the pages image.
@@ -665,6 +718,26 @@ impl Kind for Memory {
                     None,
                     0,
                 )?;
+            } else if v.status & status::SOCKET != 0 {
+                // The packet socket restored with the process's fds, rings set: mapped again.
+                let id = u32::try_from(v.shmid).map_err(|_| {
+                    TaskError::BadImage(format!(
+                        "mm-{}.img: mapping {:#x} names socket {}",
+                        img.pid, v.start, v.shmid
+                    ))
+                })?;
+                run(cx, &mut b, &mut anon)?;
+                let fd = super::files::open_socket(cx, id)?;
+                let r = cx.mmap(
+                    v.start,
+                    v.end - v.start,
+                    prot.cast_signed(),
+                    flags,
+                    Some(fd),
+                    v.pgoff,
+                );
+                cx.close(fd)?;
+                check_addr(r?, v)?;
             } else if v.status & status::ANON_SHARED != 0 {
                 run(cx, &mut b, &mut anon)?;
                 super::shmem::map_anon(cx, v, prot)?;

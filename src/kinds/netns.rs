@@ -422,14 +422,17 @@ fn write_conf(
         };
         let path = format!("net/{proto}/conf/{dev}/{}", names[i]);
         let string = names[i] == "stable_secret";
-        let Some(now) = read_sysctl(&path, string).and_then(|e| sysctl_text(&e)) else {
-            if !string {
-                tracing::warn!(ns, sysctl = %path, "sysctl does not exist here; not restored");
+        match read_sysctl(&path, string).and_then(|e| sysctl_text(&e)) {
+            Some(now) if now == want => continue,
+            Some(_) => {}
+            // An unset stable_secret cannot be read (EIO) but is there to be set.
+            None if string && std::path::Path::new(&format!("/proc/sys/{path}")).exists() => {}
+            None => {
+                if !string {
+                    tracing::warn!(ns, sysctl = %path, "sysctl does not exist here; not restored");
+                }
+                continue;
             }
-            continue;
-        };
-        if now == want {
-            continue;
         }
         write_sysctl(ns, &path, &want)?;
     }

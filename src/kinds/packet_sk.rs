@@ -5,11 +5,16 @@
 //! fanout group, as CRIU saves them, from `sock_diag` (`PACKET_DIAG_*`), queried in the
 //! socket's network namespace.
 //!
+//! Its receive and transmit rings (`PACKET_RX_RING`/`PACKET_TX_RING`) are saved by their
+//! parameters (CRIU's `packet_ring`); the program's mappings of them are saved by
+//! `kinds::memory` as socket mappings naming this file (contents not saved: frames in a
+//! ring are lost, as in CRIU). The obsolete `SOCK_PACKET` type is saved with the interface
+//! it is bound to (by index; bound again by name, as its bind takes one).
+//!
 //! Restore makes the socket in the tree's network namespace, binds it to the same interface
-//! index (the interface must have it), and sets everything back in CRIU's order. Frames
-//! waiting in the socket are lost, as in CRIU. Refused, naming the fd: mmapped rings
-//! (`PACKET_RX_RING`/`PACKET_TX_RING`: CRIU re-maps them, cryo not yet), the obsolete
-//! `SOCK_PACKET` type, and a membership counted more than once.
+//! index (the interface must have it), and sets everything back in CRIU's order, rings
+//! before the fanout. Frames waiting in the socket are lost, as in CRIU. Refused, naming the
+//! fd: a membership counted more than once.
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -46,6 +51,8 @@ const PACKET_VNET_HDR: i32 = 15;
 const PACKET_TIMESTAMP: i32 = 17;
 const PACKET_FANOUT: i32 = 18;
 const PACKET_COPY_THRESH: i32 = 7;
+const PACKET_RX_RING: i32 = 5;
+const PACKET_TX_RING: i32 = 13;
 /// `PACKET_DIAG_*` attributes (numbered from 0).
 const DIAG_INFO: u16 = 0;
 const DIAG_MCLIST: u16 = 1;
@@ -73,7 +80,8 @@ struct Diag {
     info: Option<[u32; 6]>,
     /// (index, count, type, address).
     mclist: Vec<(u32, u32, u16, Vec<u8>)>,
-    rings: bool,
+    rx_ring: Option<pb::PacketRing>,
+    tx_ring: Option<pb::PacketRing>,
     fanout: Option<u32>,
 }
 
@@ -116,13 +124,45 @@ fn parse(b: &[u8]) -> Option<Diag> {
                     ));
                 }
             }
-            DIAG_RX_RING | DIAG_TX_RING => d.rings = true,
+            DIAG_RX_RING => d.rx_ring = Some(ring(v)?),
+            DIAG_TX_RING => d.tx_ring = Some(ring(v)?),
             DIAG_FANOUT => d.fanout = u32_at(v, 0),
             _ => {}
         }
         off += (len + 3) & !3;
     }
     Some(d)
+}
+
+/// A `packet_diag_ring`: block size and count, frame size and count, retire timeout, private
+/// size, features (u32 each), as CRIU's `packet_ring`.
+fn ring(v: &[u8]) -> Option<pb::PacketRing> {
+    Some(pb::PacketRing {
+        block_size: u32_at(v, 0)?,
+        block_nr: u32_at(v, 4)?,
+        frame_size: u32_at(v, 8)?,
+        frame_nr: u32_at(v, 12)?,
+        retire_tmo: u32_at(v, 16)?,
+        sizeof_priv: u32_at(v, 20)?,
+        features: u32_at(v, 24)?,
+    })
+}
+
+/// Sets a ring back (`tpacket_req3`: the kernel reads the fields its TPACKET version uses).
+fn set_ring(s: std::os::fd::BorrowedFd<'_>, opt: i32, r: &pb::PacketRing) -> std::io::Result<()> {
+    let mut req = Vec::with_capacity(28);
+    for w in [
+        r.block_size,
+        r.block_nr,
+        r.frame_size,
+        r.frame_nr,
+        r.retire_tmo,
+        r.sizeof_priv,
+        r.features,
+    ] {
+        req.extend_from_slice(&w.to_ne_bytes());
+    }
+    inet::setsockopt_bytes(s, SOL_PACKET, opt, &req)
 }
 
 /// The packet sockets of the network namespace cryo's thread is in.
@@ -175,18 +215,6 @@ impl FdKind for PacketSk {
         let refuse = |what: &str, hint: &str| -> PacketSkError {
             Unsupported::of(fd.pid, object(), what, hint).into()
         };
-        if i32::from(d.ty) == SOCK_PACKET {
-            return Err(refuse(
-                "the obsolete SOCK_PACKET type is not supported",
-                "use SOCK_RAW or SOCK_DGRAM, or close it before the dump",
-            ));
-        }
-        if d.rings {
-            return Err(refuse(
-                "mmapped rings (PACKET_RX_RING/PACKET_TX_RING) are not supported yet",
-                "close it before the dump",
-            ));
-        }
         if let Some(m) = d.mclist.iter().find(|m| m.1 != 1) {
             return Err(refuse(
                 &format!(
@@ -244,8 +272,8 @@ impl FdKind for PacketSk {
                     })
                     .collect(),
                 fanout: d.fanout.filter(|&f| f != NO_FANOUT),
-                rx_ring: None,
-                tx_ring: None,
+                rx_ring: d.rx_ring,
+                tx_ring: d.tx_ring,
                 ns_id: None,
             }),
             ..Default::default()
@@ -258,12 +286,8 @@ impl FdKind for PacketSk {
             .as_ref()
             .ok_or_else(|| missing(e.id, "packet socket"))?;
         let err = |what: &str| obj_err(e.id, format!("packet socket: {what}"));
-        if p.rx_ring.is_some() || p.tx_ring.is_some() || p.r#type.cast_signed() == SOCK_PACKET {
-            return Err(Unsupported::restore(format!(
-                "file {}: a packet socket with mmapped rings or of type SOCK_PACKET",
-                e.id
-            ))
-            .into());
+        if p.r#type.cast_signed() == SOCK_PACKET {
+            return open_spkt(e, p);
         }
         let sk = inet::socket(
             libc::AF_PACKET,
@@ -307,33 +331,71 @@ impl FdKind for PacketSk {
             inet::setsockopt_bytes(s, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr)
                 .map_err(err("PACKET_ADD_MEMBERSHIP"))?;
         }
+        if let Some(r) = &p.rx_ring {
+            set_ring(s, PACKET_RX_RING, r).map_err(err("PACKET_RX_RING"))?;
+        }
+        if let Some(r) = &p.tx_ring {
+            set_ring(s, PACKET_TX_RING, r).map_err(err("PACKET_TX_RING"))?;
+        }
         if let Some(f) = p.fanout.filter(|&f| f != NO_FANOUT) {
             set(PACKET_FANOUT, f, "PACKET_FANOUT")?;
         }
-        let o = &p.opts;
-        net::setsockopt_int(
-            s,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            (o.so_sndbuf / 2).cast_signed(),
-        )
-        .map_err(err("SO_SNDBUFFORCE"))?;
-        net::setsockopt_int(
-            s,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (o.so_rcvbuf / 2).cast_signed(),
-        )
-        .map_err(err("SO_RCVBUFFORCE"))?;
-        if let Some(v) = o.so_priority.filter(|&v| v != 0) {
-            net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_PRIORITY, v.cast_signed())
-                .map_err(err("SO_PRIORITY"))?;
-        }
-        if let Some(v) = o.so_mark {
-            net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_MARK, v.cast_signed())
-                .map_err(err("SO_MARK"))?;
-        }
-        set_fl(s, p.flags, e.id)?;
+        set_sk_opts(s, p, e.id)?;
         Ok(sk)
     }
+}
+
+/// A `SOCK_PACKET` socket, as CRIU makes it: bound (when it was) to its interface by name,
+/// then its file flags and socket options; it has no packet options.
+fn open_spkt(e: &pb::FileEntry, p: &pb::PacketSockEntry) -> Result<OwnedFd, PacketSkError> {
+    let err = |what: &str| obj_err(e.id, format!("packet socket (SOCK_PACKET): {what}"));
+    let sk = inet::socket(libc::AF_PACKET, SOCK_PACKET, p.protocol.cast_signed())
+        .map_err(err("socket"))?;
+    let s = sk.as_fd();
+    if p.ifindex > 0 {
+        let name =
+            inet::if_name(p.ifindex).map_err(err(&format!("name of interface {}", p.ifindex)))?;
+        // struct sockaddr: family, then the name in sa_data[14] (NUL-terminated).
+        let mut sa = [0u8; 16];
+        sa[0..2].copy_from_slice(&AF_PACKET_U16.to_ne_bytes());
+        let n = name.len().min(13);
+        sa[2..2 + n].copy_from_slice(&name.as_bytes()[..n]);
+        inet::bind_raw(s, &sa).map_err(err(&format!("bind to {name}")))?;
+    }
+    set_sk_opts(s, p, e.id)?;
+    Ok(sk)
+}
+
+/// The socket options and file flags, last (CRIU's `restore_socket_opts`, `rst_file_params`).
+fn set_sk_opts(
+    s: std::os::fd::BorrowedFd<'_>,
+    p: &pb::PacketSockEntry,
+    id: u32,
+) -> Result<(), PacketSkError> {
+    let err = |what: &str| obj_err(id, format!("packet socket: {what}"));
+    let o = &p.opts;
+    net::setsockopt_int(
+        s,
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUFFORCE,
+        (o.so_sndbuf / 2).cast_signed(),
+    )
+    .map_err(err("SO_SNDBUFFORCE"))?;
+    net::setsockopt_int(
+        s,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        (o.so_rcvbuf / 2).cast_signed(),
+    )
+    .map_err(err("SO_RCVBUFFORCE"))?;
+    if let Some(v) = o.so_priority.filter(|&v| v != 0) {
+        net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_PRIORITY, v.cast_signed())
+            .map_err(err("SO_PRIORITY"))?;
+    }
+    if let Some(v) = o.so_mark {
+        net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_MARK, v.cast_signed())
+            .map_err(err("SO_MARK"))?;
+    }
+    set_fl(s, p.flags, id)?;
+    Ok(())
 }

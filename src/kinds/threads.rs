@@ -17,7 +17,7 @@ use crate::num::{c_int, c_uint, low32, pid_from_img};
 use crate::procfs;
 use crate::sys::clone::CloneArgs;
 use crate::sys::ptrace::{Regs, Stop, Tracee};
-use crate::sys::remote::{Batch, Remote, ThreadInjection};
+use crate::sys::remote::{table_bytes, table_outcome, Batch, Remote, ThreadInjection, TABLE_CODE};
 
 /// Why a thread could not be saved or restored.
 #[derive(Debug, thiserror::Error)]
@@ -216,12 +216,21 @@ fn create_threads(
         let hosts = clone_group(cx, img, &group, made)?;
         made_threads.extend(group.into_iter().zip(hosts));
     }
+    // Each thread makes its own calls (name, rseq, robust list, clear-child-tid address)
+    // from a table in scratch, all of them in one stop, with code the leader's batches run
+    // from; a chunk of threads run theirs at once. The threads were cloned from the
+    // leader: its register template is theirs.
+    let code = cx
+        .remote
+        .batch_area()
+        .map(|a| a.code)
+        .ok_or(TaskError::Internal("no code area for the threads' calls"))?;
+    let base = cx.remote.base();
     for chunk in made_threads.chunks(PIPELINE) {
         let tracees: Vec<Tracee> = chunk
             .iter()
             .map(|&(_, host)| Tracee { tid: host })
             .collect();
-        let mut bases = Vec::with_capacity(chunk.len());
         for t in &tracees {
             let host = t.tid;
             match t.wait().map_err(|source| TaskError::Ptrace {
@@ -239,49 +248,64 @@ fn create_threads(
                     .into())
                 }
             }
-            bases.push(t.regs().map_err(|source| TaskError::Ptrace {
-                pid: host,
-                what: "PTRACE_GETREGS",
-                source,
-            })?);
         }
-        // The per-thread attributes of the whole chunk run pipelined: each call is started
-        // in every thread before the first is waited for, so the threads run them at once.
         let mut batches = Vec::with_capacity(chunk.len());
+        let mut tables = vec![0u8; TABLE_SLOT * chunk.len()];
         for (j, &(i, _)) in chunk.iter().enumerate() {
             let core = &img.threads[i];
             let th = core.thread_core.clone().unwrap_or_default();
             let clear_tid = core.thread_info.as_ref().map_or(0, |t| t.clear_tid_addr);
             let comm_at = COMM_AREA + (COMM_SLOT * j) as u64;
-            batches.push(attr_batch(cx, &th, clear_tid, "", comm_at, Batch::new())?);
+            let b = attr_batch(cx, &th, clear_tid, "", comm_at, Batch::new())?;
+            let t = table_bytes(&b.calls);
+            let slot = tables
+                .get_mut(TABLE_SLOT * j..TABLE_SLOT * j + t.len())
+                .ok_or(TaskError::Internal("a thread's calls do not fit its table"))?;
+            slot.copy_from_slice(&t);
+            batches.push(b);
         }
+        let at = cx.put(TABLE_AREA, &tables)?;
+        cx.remote
+            .write_code(code, &TABLE_CODE)
+            .map_err(|source| TaskError::Ptrace {
+                pid: cx.pid,
+                what: "writing the threads' call code",
+                source,
+            })?;
         let mut remotes: Vec<Remote<'_>> = tracees
             .iter()
-            .zip(&bases)
-            .map(|(t, &base)| {
+            .map(|t| {
                 let mut r = Remote::new(t, cx.remote.site(), base);
                 r.batch_like(&cx.remote);
                 r
             })
             .collect();
-        let rounds = batches.iter().map(|b| b.calls.len()).max().unwrap_or(0);
-        for k in 0..rounds {
-            for (r, b) in remotes.iter_mut().zip(&batches) {
-                if let Some(c) = b.calls.get(k) {
-                    let pid = r.tracee().tid;
-                    r.start_call(c.what, c.nr, c.a)
-                        .map_err(|source| TaskError::Remote { pid, source })?;
-                }
-            }
-            for (r, b) in remotes.iter_mut().zip(&batches) {
-                if let Some(c) = b.calls.get(k) {
-                    let pid = r.tracee().tid;
-                    r.finish_call(c.what)
-                        .map_err(|source| TaskError::Remote { pid, source })?;
-                }
-            }
+        const WHAT: &str = "a thread's own calls (name, rseq, robust list, clear-child-tid)";
+        for (j, (r, b)) in remotes.iter_mut().zip(&batches).enumerate() {
+            let pid = r.tracee().tid;
+            r.start_table(WHAT, code, at + (TABLE_SLOT * j) as u64, b.calls.len())
+                .map_err(|source| TaskError::Remote { pid, source })?;
         }
-        for ((&(i, host), remote), base) in chunk.iter().zip(remotes).zip(bases) {
+        for r in &mut remotes {
+            let pid = r.tracee().tid;
+            r.finish_table(WHAT)
+                .map_err(|source| TaskError::Remote { pid, source })?;
+        }
+        let mut back = vec![0u8; tables.len()];
+        crate::sys::mem::vm_read(cx.pid, &mut back, &[(at, tables.len())]).map_err(|source| {
+            TaskError::Memory {
+                pid: cx.pid,
+                addr: at,
+                what: "reading the threads' calls back",
+                source,
+            }
+        })?;
+        for (j, (r, b)) in remotes.iter().zip(&batches).enumerate() {
+            let pid = r.tracee().tid;
+            table_outcome(&b.calls, &back[TABLE_SLOT * j..TABLE_SLOT * (j + 1)])
+                .map_err(|source| TaskError::Remote { pid, source })?;
+        }
+        for (&(i, host), remote) in chunk.iter().zip(remotes) {
             let core = &img.threads[i];
             // Checked when pstree.img was read.
             let tid = pid_from_img(img.pstree.threads[i + 1]).unwrap_or(0);
@@ -334,11 +358,14 @@ fn create_threads(
     Ok(out.into_iter().map(|(_, t)| t).collect())
 }
 
-/// Threads whose attribute calls run pipelined (`create_threads`), and where each one's
-/// name goes in scratch for that (threads share one memory: one slot each).
+/// Threads whose own calls run at the same time (`create_threads`), where each one's name
+/// goes in scratch for that (threads share one memory: one slot each), and where each
+/// one's table of calls goes (`TABLE_SLOT` bytes from `TABLE_AREA`: 5 calls).
 const PIPELINE: usize = 64;
 const COMM_AREA: u64 = 28672;
 const COMM_SLOT: usize = 16;
+const TABLE_AREA: u64 = 30720;
+const TABLE_SLOT: usize = 8 + 64 * 5 + 8;
 
 /// Most threads one stop creates: each takes a `clone_args` and its `set_tid` in scratch
 /// (`CLONE_SLOT` bytes from `CLONE_AREA`), and the batch's code page holds about as many calls.
@@ -517,7 +544,7 @@ fn restore_one(
         let a = cx.put(512, &ss)?;
         cx.sigaltstack(a, 0)?;
     }
-    // The calls of `restore_attrs` ran already (pipelined, `create_threads`).
+    // The calls of `restore_attrs` ran already (from a table, `create_threads`).
     restore_sched(cx, &th)?;
     // Private pending signals, queued by the thread to itself.
     if let Some(q) = &th.signals_p {

@@ -431,6 +431,18 @@ pub fn if_index(name: &str) -> io::Result<u32> {
     Ok(rustix::net::netdevice::name_to_index(&s, name)?)
 }
 
+/// The name of network interface `index` in the calling thread's network namespace
+/// (`SIOCGIFNAME`).
+pub fn if_name(index: u32) -> io::Result<String> {
+    let s = rustix::net::socket_with(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    Ok(rustix::net::netdevice::index_to_name(&s, index)?)
+}
+
 /// `getsockname` as the raw address bytes (any family).
 pub fn sockname(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     Ok(addr_bytes(&rustix::net::getsockname(fd)?))

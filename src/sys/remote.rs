@@ -395,6 +395,39 @@ impl<'t> Remote<'t> {
         Ok(word(16))
     }
 
+    /// The register template this executor loads calls into.
+    pub fn base(&self) -> Regs {
+        self.base
+    }
+
+    /// Starts the tracee on the table of calls at `table` with [`TABLE_CODE`] at `code` and
+    /// returns at once, so that many threads run theirs at the same time;
+    /// [`Remote::finish_table`] waits for it, [`table_outcome`] tells how it went. `calls`:
+    /// how many the table holds (for the count of calls made).
+    pub fn start_table(
+        &mut self,
+        what: &'static str,
+        code: u64,
+        table: u64,
+        calls: usize,
+    ) -> Result<(), RemoteError> {
+        let pt = |source| RemoteError::Ptrace { what, source };
+        let mut regs = self.base;
+        regs.orig_rax = u64::MAX;
+        regs.rip = code;
+        regs.rbx = table;
+        self.t.set_regs(&regs).map_err(pt)?;
+        self.t.cont(0).map_err(pt)?;
+        self.calls += calls as u64;
+        self.stops += 1;
+        Ok(())
+    }
+
+    /// Waits for the table run [`Remote::start_table`] started to reach its end (its `int3`).
+    pub fn finish_table(&mut self, what: &'static str) -> Result<(), RemoteError> {
+        self.wait_trap(what)
+    }
+
     /// Address of the syscall instruction this executor uses.
     pub fn site(&self) -> u64 {
         self.site
@@ -696,6 +729,95 @@ fn batch_code(calls: &[Call], results: Option<u64>) -> (Vec<u8>, Vec<usize>) {
     }
     code.push(0xcc);
     (code, traps)
+}
+
+/// Code that runs a table of syscalls from memory in the thread executing it, `rbx` pointing
+/// at the table ([`table_bytes`]): it makes each call in turn, stores its result in the
+/// entry, counts it in the table's first word, stops at the first failure or at the end
+/// marker, and traps (`int3`). Many threads of one process run it at once from the same
+/// code, each on its own table: one stop per thread for all its calls.
+///
+/// ```text
+///   lea r12, [rbx+8]
+/// loop:
+///   mov rax, [r12]        ; number; -1 ends the table
+///   cmp rax, -1
+///   je done
+///   mov rdi, [r12+8] ... mov r9, [r12+48]
+///   syscall
+///   mov [r12+56], rax     ; result
+///   cmp rax, -4095
+///   jae done              ; failed: stop here
+///   inc qword [rbx]       ; one more done
+///   add r12, 64
+///   jmp loop
+/// done:
+///   int3
+/// ```
+pub const TABLE_CODE: [u8; 69] = [
+    0x4c, 0x8d, 0x63, 0x08, 0x49, 0x8b, 0x04, 0x24, 0x48, 0x83, 0xf8, 0xff, 0x74, 0x36, 0x49, 0x8b,
+    0x7c, 0x24, 0x08, 0x49, 0x8b, 0x74, 0x24, 0x10, 0x49, 0x8b, 0x54, 0x24, 0x18, 0x4d, 0x8b, 0x54,
+    0x24, 0x20, 0x4d, 0x8b, 0x44, 0x24, 0x28, 0x4d, 0x8b, 0x4c, 0x24, 0x30, 0x0f, 0x05, 0x49, 0x89,
+    0x44, 0x24, 0x38, 0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, 0x73, 0x09, 0x48, 0xff, 0x03, 0x49, 0x83,
+    0xc4, 0x40, 0xeb, 0xc0, 0xcc,
+];
+
+/// Bytes of one call in a table: number, six arguments, result.
+const TABLE_ENTRY: usize = 64;
+
+/// Bytes a table of `n` calls takes: the count of calls done, the entries, the end marker.
+pub fn table_len(n: usize) -> usize {
+    8 + TABLE_ENTRY * n + 8
+}
+
+/// The table of `calls` as [`TABLE_CODE`] reads it (none done yet).
+pub fn table_bytes(calls: &[Call]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(table_len(calls.len()));
+    t.extend_from_slice(&0u64.to_ne_bytes());
+    for c in calls {
+        t.extend_from_slice(&c.nr.to_ne_bytes());
+        for a in c.a {
+            t.extend_from_slice(&a.to_ne_bytes());
+        }
+        t.extend_from_slice(&0u64.to_ne_bytes());
+    }
+    t.extend_from_slice(&u64::MAX.to_ne_bytes());
+    t
+}
+
+/// What a run of the table of `calls` left in `bytes` (the table read back): every call's
+/// result, or the error of the one that failed (the calls after it did not run), named as
+/// [`Remote::run_batch`] names it.
+pub fn table_outcome(calls: &[Call], bytes: &[u8]) -> Result<Vec<u64>, RemoteError> {
+    let word = |o: usize| -> Option<u64> {
+        bytes
+            .get(o..o + 8)
+            .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")))
+    };
+    let short = || RemoteError::Ptrace {
+        what: "reading a table of calls back",
+        source: io::Error::other("short table"),
+    };
+    let done = crate::num::usize_of(word(0).ok_or_else(short)?);
+    let mut out = Vec::with_capacity(calls.len());
+    for (i, c) in calls.iter().enumerate() {
+        let r = word(8 + TABLE_ENTRY * i + 56).ok_or_else(short)?;
+        if i >= done {
+            let e = r.cast_signed();
+            if (-4095..0).contains(&e) {
+                return Err(RemoteError::Errno {
+                    what: c.what,
+                    source: errno_of(e),
+                });
+            }
+            return Err(RemoteError::Ptrace {
+                what: c.what,
+                source: io::Error::other("the call did not run"),
+            });
+        }
+        out.push(r);
+    }
+    Ok(out)
 }
 
 /// A file descriptor number in the target's table (not in cryo's).
