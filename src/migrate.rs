@@ -14,9 +14,14 @@
 //! runs and says `Restored`; the source kills its tree (`SIGKILL`, frozen: it never runs
 //! again) and says `Commit`; only then does the destination let its copy run (`Running`).
 //! A destination that hears no `Commit` (the link broke, the source gave up or cannot kill
-//! its tree, `--timeout` passed) kills its copy: two copies never run. Every wait of the
-//! source while its tree is frozen is bounded by `--timeout` (default 10 s): past it the
-//! tree runs on where it was and the error names the stage that stalled.
+//! its tree, `--timeout` passed) kills its copy: two copies never run. The destination
+//! holds its copy for the commit before its network opens (lock lifted, connections out of
+//! repair mode), so a copy killed then sends no reset to peers the source still serves.
+//! What fails on the destination after the commit (its network opening, the release) kills
+//! its copy too: the tree is lost, and both sides fail naming the stage; so does a source
+//! that hears nothing from the destination after the commit. Every wait of the source while
+//! its tree is frozen is bounded by `--timeout` (default 10 s): past it the tree runs on
+//! where it was and the error names the stage that stalled.
 //!
 //! The wire: one TCP port on the destination. The first connection is the control channel:
 //! messages of a little-endian `u32` length and a JSON [`Msg`], a file's bytes following its
@@ -86,6 +91,17 @@ pub enum MigrateError {
     Timeout { stage: String, secs: u64 },
     #[error("the tree is lost: the source was killed but the destination did not take the commit ({0}); it kills its copy")]
     Lost(String),
+    /// The destination failed after the commit (its copy killed, the source's gone).
+    #[error(
+        "the tree is lost: the source was killed at the commit, then the destination failed: {0}"
+    )]
+    FailedAfterCommit(String),
+    /// No word from the destination after the commit: its copy runs there or nowhere.
+    #[error("the destination did not confirm that the tree runs after the commit ({why}): the source is gone; check pid {pid} on the destination")]
+    Unconfirmed { why: String, pid: i32 },
+    /// The destination's restore failed after the source's commit.
+    #[error("the restore failed after the commit (the source's tree is gone, the restored copy killed): {0}")]
+    AfterCommit(String),
     #[error("migration protocol: {0}")]
     Protocol(String),
     #[error(transparent)]
@@ -271,8 +287,10 @@ struct FinalHooks<'a> {
     running: Option<(Instant, i32, u64)>,
     /// The destination's `Restored` (pid, restore time), before it ran.
     restored: Option<(Instant, i32, u64)>,
-    /// Why no `Running` came after the commit (a warning).
+    /// Why no `Running` came after the commit.
     unconfirmed: Option<String>,
+    /// The destination's error after the commit (its copy is gone too).
+    failed_after_commit: Option<String>,
     /// Stage timestamps (since the freeze), for the log.
     stages: Vec<(&'static str, Instant)>,
 }
@@ -282,7 +300,7 @@ impl FinalHooks<'_> {
     /// dump reaps them). Fails only if the root cannot be killed.
     fn kill_source(&mut self) -> Result<(), MigrateError> {
         crate::fault::point("migrate-commit")?;
-        let tasks = crate::lazy::descendants(&[self.pid]);
+        let tasks = tree_below(self.pid);
         crate::sys::proc::kill(self.pid, libc::SIGKILL).map_err(io_err(format!(
             "killing the source tree (pid {})",
             self.pid
@@ -349,12 +367,16 @@ impl FinalHooks<'_> {
         if !matches!(self.commit, Some(Ok(()))) {
             return Ok(());
         }
-        match recv_within(self.ctl, self.wait, "the destination's resume") {
+        // The source is gone: waiting longer costs no downtime, and a slow destination
+        // that does run the tree is not reported as a failure.
+        let after = self.wait.max(crate::pageserver::DEFAULT_IDLE_TIMEOUT);
+        match recv_within(self.ctl, after, "the destination's resume") {
             Ok(Msg::Running { pid, restore_us }) => {
                 self.running = Some((Instant::now(), pid, restore_us));
                 self.stages
                     .push(("running on the destination", Instant::now()));
             }
+            Ok(Msg::Error { what }) => self.failed_after_commit = Some(what),
             Ok(m) => self.unconfirmed = Some(format!("it answered {m:?}")),
             Err(e) => self.unconfirmed = Some(error_chain(&e)),
         }
@@ -376,6 +398,33 @@ impl Notifier for FinalHooks<'_> {
         }
         Ok(())
     }
+}
+
+/// Every process below `root`, read from the `children` files of its threads (the tree is
+/// frozen: it does not change; cheaper than a scan of all of /proc).
+fn tree_below(root: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![root];
+    while let Some(p) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in rd.flatten() {
+            let f = t.path().join("children");
+            for c in std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                if let Ok(c) = c.parse::<i32>() {
+                    if c != root && !out.contains(&c) {
+                        out.push(c);
+                        todo.push(c);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -448,7 +497,14 @@ fn rounds_and_hand_over(
     ctl: &mut TcpStream,
 ) -> Result<MigrateReport, MigrateError> {
     let pid = opts.dump.pid;
-    let wait = opts.dump.io_timeout();
+    // While the tree is frozen (the final step) every wait is bounded by `--timeout`, by
+    // default CRIU's 10 s (not the page server's 60 s: the tree's downtime is at stake).
+    let secs = opts
+        .dump
+        .timeout
+        .unwrap_or(dump::DEFAULT_SEIZE_TIMEOUT)
+        .max(1);
+    let wait = Duration::from_secs(u64::from(secs));
     let _ = ctl.set_write_timeout(Some(wait));
     send(
         ctl,
@@ -522,6 +578,7 @@ fn rounds_and_hand_over(
         page_server: Some(opts.to.clone()),
         lazy_pages: None,
         lazy_ready: None,
+        timeout: Some(secs),
         ..opts.dump.clone()
     };
     let fdir = work.join("final");
@@ -537,6 +594,7 @@ fn rounds_and_hand_over(
         running: None,
         restored: None,
         unconfirmed: None,
+        failed_after_commit: None,
         stages: Vec::new(),
     };
     let tf = Instant::now();
@@ -561,14 +619,18 @@ fn rounds_and_hand_over(
     if let Some(Err(why)) = &hooks.commit {
         return Err(MigrateError::Lost(why.clone()));
     }
+    // After the commit only the destination's copy may run: one that failed (it killed its
+    // copy) or said nothing is an error the user must hear, never a success.
+    if let Some(what) = hooks.failed_after_commit.take() {
+        tracing::error!(%what, "migrate: the destination failed after the commit");
+        return Err(MigrateError::FailedAfterCommit(what));
+    }
     let (at, restored_pid, restore_us) = match (hooks.running, hooks.restored) {
         (Some(r), _) => r,
-        (None, Some((at, pid, us))) if hooks.commit.is_some() => {
-            // Committed: the destination runs it, but did not say so in time.
+        (None, Some((_, pid, _))) if hooks.commit.is_some() => {
             let why = hooks.unconfirmed.clone().unwrap_or_default();
-            tracing::warn!(%why, "migrate: the destination did not confirm that the tree runs");
-            eprintln!("warning: the destination took the commit but did not confirm that the tree runs ({why}): check pid {pid} there");
-            (at, pid, us)
+            tracing::error!(%why, pid, "migrate: the destination did not confirm that the tree runs");
+            return Err(MigrateError::Unconfirmed { why, pid });
         }
         _ => {
             return Err(MigrateError::Protocol(
@@ -650,15 +712,17 @@ pub fn receive(opts: &ReceiveOpts, listener: &TcpListener) -> Result<ReceiveRepo
     r
 }
 
-/// The destination's restore hooks: once everything exists and before anything runs
-/// (`pre-resume`), `Restored` goes to the source and its `Commit` is awaited; anything else
-/// (its error, the connection ending, `wait` passing) fails the restore, which kills what it
-/// made.
+/// The destination's restore hooks: once everything exists and before anything runs or
+/// the network opens (`post-restore`), `Restored` goes to the source and its `Commit` is
+/// awaited; anything else (its error, the connection ending, `wait` passing) fails the
+/// restore, which kills what it made.
 struct CommitHooks<'a> {
     ctl: &'a mut TcpStream,
     wait: Duration,
     t0: Instant,
     root: i32,
+    /// `Commit` came: the source's tree is gone; a failure now loses the tree.
+    committed: bool,
 }
 
 impl CommitHooks<'_> {
@@ -690,13 +754,16 @@ impl CommitHooks<'_> {
 
 impl Notifier for CommitHooks<'_> {
     fn notify(&mut self, action: &str, pid: Option<i32>) -> Result<(), NotifyError> {
-        match action {
-            "post-restore" => self.root = pid.unwrap_or(0),
-            "pre-resume" => self.commit().map_err(|e| NotifyError::Hook {
+        // Before the network opens (the lock lifted, the connections out of repair mode): a
+        // copy killed for want of the commit closes its connections silently (in repair
+        // mode no reset goes to the peers, whose connections the source still holds).
+        if action == "post-restore" {
+            self.root = pid.unwrap_or(0);
+            self.commit().map_err(|e| NotifyError::Hook {
                 action: action.into(),
                 why: error_chain(&e),
-            })?,
-            _ => {}
+            })?;
+            self.committed = true;
         }
         Ok(())
     }
@@ -816,8 +883,18 @@ fn receive_in(
                     wait: commit_wait,
                     t0: t,
                     root: 0,
+                    committed: false,
                 };
-                let r = restore::run(&ro, &dir, &mut hooks)?;
+                let r = match restore::run(&ro, &dir, &mut hooks) {
+                    Ok(r) => r,
+                    Err(e) if hooks.committed => {
+                        // The restore killed its copy; the source's is gone: say so loudly.
+                        let e = MigrateError::AfterCommit(error_chain(&e));
+                        tracing::error!(error = %e, "receive: failed after the commit");
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 let restore_us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
                 tracing::info!(pid = r.pid, restore_us, "receive: the tree runs here");
                 // Committed: the source is gone and this copy runs, whether or not the
@@ -905,5 +982,28 @@ mod tests {
             assert!(!plain_name(bad), "{bad:?}");
         }
         assert!(!plain_name(&"a".repeat(129)));
+    }
+
+    #[test]
+    fn the_tree_below_a_process_is_found_through_children_files() {
+        let mut c = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(c.id()).unwrap();
+        let mut below = Vec::new();
+        for _ in 0..200 {
+            below = tree_below(pid);
+            if below.len() == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for p in &below {
+            let _ = crate::sys::proc::kill(*p, libc::SIGKILL);
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        assert_eq!(below.len(), 2, "{below:?}");
     }
 }

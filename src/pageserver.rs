@@ -482,6 +482,8 @@ pub struct Client {
     sk: TcpStream,
     /// Where it is connected (for messages).
     pub addr: String,
+    /// Its read and write timeout (for messages).
+    timeout: Duration,
 }
 
 impl Client {
@@ -496,20 +498,28 @@ impl Client {
         Ok(Client {
             sk,
             addr: addr.to_string(),
+            timeout,
         })
     }
 
+    /// "to ADDR (OP, ...)": the peer, what was done, and the timeout that bounds it.
+    fn what(&self, op: &str) -> String {
+        format!(
+            "to {} ({op}; at most {} s without progress, --timeout)",
+            self.addr,
+            self.timeout.as_secs()
+        )
+    }
+
     fn send(&mut self, pi: Iov) -> Result<(), PsError> {
-        self.sk
-            .write_all(&pi.to_bytes())
-            .map_err(io(format!("to {} (write)", self.addr)))
+        let what = self.what("write");
+        self.sk.write_all(&pi.to_bytes()).map_err(io(what))
     }
 
     fn recv<const N: usize>(&mut self) -> Result<[u8; N], PsError> {
         let mut b = [0u8; N];
-        self.sk
-            .read_exact(&mut b)
-            .map_err(io(format!("to {} (read)", self.addr)))?;
+        let what = self.what("read");
+        self.sk.read_exact(&mut b).map_err(io(what))?;
         Ok(b)
     }
 
@@ -543,16 +553,12 @@ impl Client {
             vaddr: e.vaddr,
             dst_id: pid_dst(id),
         })?;
-        self.sk
-            .write_all(data)
-            .map_err(io(format!("to {} (page data)", self.addr)))
+        self.sk.write_all(data).map_err(io(self.what("page data")))
     }
 
     /// Writes page data that follows the last `add` (in pieces).
     pub fn data(&mut self, data: &[u8]) -> Result<(), PsError> {
-        self.sk
-            .write_all(data)
-            .map_err(io(format!("to {} (page data)", self.addr)))
+        self.sk.write_all(data).map_err(io(self.what("page data")))
     }
 
     /// `GET` (lazy pages): `nr` pages of process `id` at `vaddr` into `buf`, from a `dump
@@ -577,7 +583,7 @@ impl Client {
         let len = usize::try_from(nr * PAGE_SIZE).unwrap_or(usize::MAX);
         self.sk
             .read_exact(&mut buf[..len])
-            .map_err(io(format!("to {} (page data)", self.addr)))
+            .map_err(io(self.what("page data")))
     }
 
     /// `CLOSE`: waits until the server has written everything.

@@ -166,15 +166,38 @@ pub fn dump_precheck(p: &Privilege, pid: i32) -> Result<(), PrivilegeError> {
     }
 }
 
+/// One thread's saved credentials.
+pub struct TaskCreds {
+    /// The thread and its process.
+    pub tid: i32,
+    pub pid: i32,
+    /// Real, effective, saved and filesystem uids; the same for gids.
+    pub uids: [u32; 4],
+    pub gids: [u32; 4],
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
 /// What a restore of these images needs from cryo, checked before anything is created when
 /// cryo runs as a user other than root.
 pub struct RestoreNeeds<'a> {
-    /// Each process's PID and its uids (real, effective, saved, fs) and gids.
-    pub creds: Vec<(i32, [u32; 4], [u32; 4])>,
-    /// Namespaces the restore creates ("PID", "network", ...), other than a user namespace.
+    /// Every thread's credentials.
+    pub creds: Vec<TaskCreds>,
+    /// cryo's own supplementary groups (a thread keeps them without CAP_SETGID).
+    pub own_groups: Vec<u32>,
+    /// Namespaces the restore creates ("PID", "network", ...) outside a user namespace of
+    /// the tree's own (those inside it are cryo's to make).
     pub new_namespaces: Vec<&'a str>,
+    /// The tree's own user namespace, whose maps cryo writes.
+    pub userns: Option<&'a crate::image::pb::UsernsEntry>,
     /// Established TCP connections come back through TCP repair.
     pub tcp_repair: bool,
+}
+
+/// Whether a user without CAP_SETUID/SETGID may write `map` into a user namespace it
+/// made: only one id, its own (user_namespaces(7)).
+fn own_id_only(map: &[crate::image::pb::UidGidExtent], own: u32) -> bool {
+    matches!(map, [e] if e.count == 1 && e.lower_first == own)
 }
 
 /// Refuses, naming it, the first thing of `needs` that `p` may not do.
@@ -187,16 +210,67 @@ pub fn restore_precheck(p: &Privilege, needs: &RestoreNeeds<'_>) -> Result<(), P
         what,
         cap,
     };
-    for &(pid, uids, gids) in &needs.creds {
-        if uids.iter().any(|&u| u != p.uid) && !p.has(CAP_SETUID) {
+    // Ids as the parent user namespace sees them: inside the tree's own one they are
+    // whatever its maps make of cryo's.
+    let (own_uid, own_gid) = match needs.userns {
+        Some(u) => (
+            crate::kinds::userns::to_inside(&u.uid_map, p.uid),
+            crate::kinds::userns::to_inside(&u.gid_map, p.gid),
+        ),
+        None => (p.uid, p.gid),
+    };
+    for c in &needs.creds {
+        let who = if c.tid == c.pid {
+            format!("process {}", c.pid)
+        } else {
+            format!("thread {} of process {}", c.tid, c.pid)
+        };
+        if c.uids.iter().any(|&u| u != own_uid) && !p.has(CAP_SETUID) {
             return Err(refuse(
-                format!("process {pid}, which ran as uid {}", uids[1]),
+                format!("{who}, which ran as uid {}", c.uids[1]),
                 "CAP_SETUID",
             ));
         }
-        if gids.iter().any(|&g| g != p.gid) && !p.has(CAP_SETGID) {
+        if c.gids.iter().any(|&g| g != own_gid) && !p.has(CAP_SETGID) {
             return Err(refuse(
-                format!("process {pid}, which ran as gid {}", gids[1]),
+                format!("{who}, which ran as gid {}", c.gids[1]),
+                "CAP_SETGID",
+            ));
+        }
+        let mut want = c.groups.clone();
+        let mut have = if needs.userns.is_some() {
+            // A new user namespace's tasks have no groups it maps unless setgroups is allowed.
+            want.clone()
+        } else {
+            needs.own_groups.clone()
+        };
+        want.sort_unstable();
+        have.sort_unstable();
+        if want != have && !p.has(CAP_SETGID) {
+            return Err(refuse(
+                format!("{who}, which had the supplementary groups {want:?} (cryo has {have:?})"),
+                "CAP_SETGID",
+            ));
+        }
+    }
+    if let Some(u) = needs.userns {
+        if !own_id_only(&u.uid_map, p.uid) && !p.has(CAP_SETUID) {
+            return Err(refuse(
+                format!(
+                    "the tree's user namespace, whose uid map has {} extent(s) and maps more than uid {}",
+                    u.uid_map.len(),
+                    p.uid
+                ),
+                "CAP_SETUID",
+            ));
+        }
+        let gid_ok = own_id_only(&u.gid_map, p.gid) && u.cryo_setgroups_deny == Some(true);
+        if !gid_ok && !p.has(CAP_SETGID) {
+            return Err(refuse(
+                format!(
+                    "the tree's user namespace, whose gid map maps more than gid {} or allows setgroups",
+                    p.gid
+                ),
                 "CAP_SETGID",
             ));
         }
@@ -211,7 +285,7 @@ pub fn restore_precheck(p: &Privilege, needs: &RestoreNeeds<'_>) -> Result<(), P
     }
     if needs.tcp_repair && !p.has(CAP_NET_ADMIN) {
         return Err(refuse(
-            "established TCP connections (TCP repair)".into(),
+            "established TCP connections (TCP repair; --tcp-close restores them closed)".into(),
             "CAP_NET_ADMIN",
         ));
     }
@@ -229,34 +303,75 @@ mod tests {
             gid: 1000,
             cap_eff: 1 << CAP_CHECKPOINT_RESTORE,
         };
-        let own = |pid| (pid, [1000; 4], [1000; 4]);
-        let ok = RestoreNeeds {
-            creds: vec![own(5), own(6)],
-            new_namespaces: vec![],
-            tcp_repair: false,
+        let own = |tid| TaskCreds {
+            tid,
+            pid: 5,
+            uids: [1000; 4],
+            gids: [1000; 4],
+            groups: vec![],
         };
-        restore_precheck(&user, &ok).unwrap();
-        let other = RestoreNeeds {
-            creds: vec![own(5), (6, [0; 4], [1000; 4])],
-            ..ok
+        let needs = |creds, new_namespaces, userns, tcp_repair| RestoreNeeds {
+            creds,
+            own_groups: vec![],
+            new_namespaces,
+            userns,
+            tcp_repair,
         };
-        let e = restore_precheck(&user, &other).unwrap_err().to_string();
-        assert!(e.contains("process 6") && e.contains("CAP_SETUID"), "{e}");
-        let ns = RestoreNeeds {
-            creds: vec![own(5)],
-            new_namespaces: vec!["PID"],
-            tcp_repair: true,
+        restore_precheck(&user, &needs(vec![own(5), own(6)], vec![], None, false)).unwrap();
+        let e = |n: RestoreNeeds| restore_precheck(&user, &n).unwrap_err().to_string();
+        // Another uid, in a thread other than the leader.
+        let other = TaskCreds {
+            uids: [0; 4],
+            ..own(7)
         };
-        let e = restore_precheck(&user, &ns).unwrap_err().to_string();
+        let m = e(needs(vec![own(5), other], vec![], None, false));
         assert!(
-            e.contains("PID namespace") && e.contains("CAP_SYS_ADMIN"),
-            "{e}"
+            m.contains("thread 7 of process 5") && m.contains("CAP_SETUID"),
+            "{m}"
         );
+        let grouped = TaskCreds {
+            groups: vec![27],
+            ..own(8)
+        };
+        let m = e(needs(vec![grouped], vec![], None, false));
+        assert!(m.contains("[27]") && m.contains("CAP_SETGID"), "{m}");
+        let m = e(needs(vec![own(5)], vec!["PID"], None, true));
+        assert!(
+            m.contains("PID namespace") && m.contains("CAP_SYS_ADMIN"),
+            "{m}"
+        );
+        let m = e(needs(vec![own(5)], vec![], None, true));
+        assert!(m.contains("CAP_NET_ADMIN"), "{m}");
+        // A user namespace of its own mapping root to cryo's uid: allowed, with root's
+        // ids inside; a map of more than cryo's own id is not.
+        let ext = |first, lower_first, count| crate::image::pb::UidGidExtent {
+            first,
+            lower_first,
+            count,
+        };
+        let ns = crate::image::pb::UsernsEntry {
+            uid_map: vec![ext(0, 1000, 1)],
+            gid_map: vec![ext(0, 1000, 1)],
+            cryo_setgroups_deny: Some(true),
+        };
+        let root_inside = TaskCreds {
+            uids: [0; 4],
+            gids: [0; 4],
+            ..own(9)
+        };
+        restore_precheck(&user, &needs(vec![root_inside], vec![], Some(&ns), false)).unwrap();
+        let wide = crate::image::pb::UsernsEntry {
+            uid_map: vec![ext(0, 100000, 65536)],
+            ..ns.clone()
+        };
+        let m = e(needs(vec![], vec![], Some(&wide), false));
+        assert!(m.contains("uid map") && m.contains("CAP_SETUID"), "{m}");
         let root = Privilege {
             uid: 0,
             gid: 0,
             cap_eff: 0,
         };
+        let ns = needs(vec![own(5)], vec!["PID"], None, true);
         restore_precheck(&root, &ns).unwrap();
     }
 }

@@ -395,11 +395,24 @@ pub fn ns_ids(pid: i32, line: &str) -> Option<Vec<i32>> {
 /// `pid`'s id in the PID namespace of process `root` (cryo's PIDs), the tree's: the one the
 /// images hold. None when it is not in that namespace or one below it.
 pub fn tree_pid(root: i32, pid: i32) -> Option<i32> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
     let level = ns_ids(root, "NSpid:")?.len().checked_sub(1)?;
-    ns_ids(pid, "NSpid:")?
-        .get(level)
-        .copied()
-        .filter(|&v| v > 0)
+    let ids = ns_ids(pid, "NSpid:")?;
+    let id = ids.get(level).copied().filter(|&v| v > 0)?;
+    // At the same depth is not enough: `pid`'s namespace, `ids.len() - 1 - level` levels
+    // up, must be the root's (not a sibling's of the same depth).
+    let ns = |p: i32| std::fs::File::open(format!("/proc/{p}/ns/pid")).ok();
+    let same = |a: &std::fs::File, b: &std::fs::File| {
+        let (a, b) = (a.metadata().ok()?, b.metadata().ok()?);
+        Some(a.dev() == b.dev() && a.ino() == b.ino())
+    };
+    let want = ns(root)?;
+    let mut at = std::os::fd::OwnedFd::from(ns(pid)?);
+    for _ in 0..ids.len() - 1 - level {
+        at = crate::sys::ns::parent(at.as_fd()).ok()?;
+    }
+    same(&std::fs::File::from(at), &want)?.then_some(id)
 }
 
 #[cfg(test)]

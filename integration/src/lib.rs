@@ -6,6 +6,7 @@
 //! seconds, and a restore needs its PID free).
 
 pub mod netns;
+pub mod rpc;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

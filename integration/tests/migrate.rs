@@ -441,6 +441,49 @@ fn without_the_commit_the_destination_kills_its_copy() {
     assert!(!dest.exists(), "nothing left on the destination");
 }
 
+/// The destination fails after the commit (a fault injected just before its network opens,
+/// `netunlock`): the commit came before that point, so the source's tree is already killed;
+/// the destination kills its copy. Both sides fail naming the stage: no copy runs anywhere,
+/// and not silently. (Were the commit awaited after the network opened, as before, this
+/// fault would come before the commit and the source would run on.)
+#[test]
+fn a_destination_failing_after_the_commit_is_reported_by_both_sides() {
+    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+        return;
+    }
+    let dir = scratch("migrate-aftercommit");
+    let net = Net::new("miga", 136);
+    let (launcher, root, _out) = start_migratee(&net, &dir, 16, 300, true);
+    let _g = KillOnDrop(launcher);
+    let _r = KillOnDrop(root);
+    let dest = dir.join("dest");
+    let wd = dir.join("work");
+    let rx = Receiver::start(
+        &net,
+        port(),
+        &dest,
+        &wd,
+        &[("CRYO_FAULT_INJECT", "netunlock")],
+    );
+    let o = migrate_to(&net, root, &wd, &[], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    let got = rx.wait();
+    let rerr = String::from_utf8_lossy(&got.stderr);
+    assert!(!o.status.success(), "migrate must fail: {err}");
+    assert!(
+        err.contains("the tree is lost") && err.contains("netunlock"),
+        "the source names the destination's stage: {err}"
+    );
+    assert!(!got.status.success(), "receive must fail: {rerr}");
+    assert!(
+        rerr.contains("after the commit") && rerr.contains("netunlock"),
+        "{rerr}"
+    );
+    wait_gone(root);
+    assert_eq!(migratees_in(&net.b), Vec::<i32>::new(), "no copy in B");
+    assert_eq!(migratees_in(&net.a), Vec::<i32>::new(), "no copy in A");
+}
+
 /// `cryo receive` takes no path from the other side: a round named `../victim` is refused,
 /// and so is a round whose directory exists already (receive removes only what it made).
 #[test]

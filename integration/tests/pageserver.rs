@@ -319,6 +319,57 @@ fn page_server_dying_mid_stream_leaves_the_process_unharmed() {
     assert_eq!(memhog_sum(pid, &out), sum);
 }
 
+/// A page server that accepts the dump's connection and then never answers: the dump does
+/// not wait for ever: past `--timeout` it fails naming the page server's address, and the
+/// process runs on unharmed, untraced. (Without `--timeout` the bound is 60 s.)
+#[test]
+fn a_stalled_page_server_fails_the_dump_by_name_after_the_timeout() {
+    let dir = scratch("ps-stalled");
+    let (pid, out) = start_memhog(&dir, 32);
+    let _g = KillOnDrop(pid);
+    let sum = memhog_sum(pid, &out);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port().to_string();
+    // Accepts, reads nothing, answers nothing; holds the connection until the dump ends.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let (sk, _) = l.accept().unwrap();
+        let _ = rx.recv();
+        drop(sk);
+    });
+    let img = dir.join("img");
+    let o = cryo(&[
+        "dump",
+        "-t",
+        &pid.to_string(),
+        "-D",
+        img.to_str().unwrap(),
+        "-v4",
+        "-o",
+        "dump.log",
+        "--page-server",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--timeout",
+        "2",
+    ]);
+    let _ = tx.send(());
+    holder.join().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the dump must fail: {err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("timed out"),
+        "the error names the page server and the timeout: {err}"
+    );
+    assert!(alive(pid));
+    assert!(!img.join("cryo-manifest.json").exists());
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(st.contains("TracerPid:\t0"), "{st}");
+    assert_eq!(memhog_sum(pid, &out), sum);
+}
+
 fn criu() -> String {
     let c = std::env::var("CRIU").unwrap_or_else(|_| "/opt/criu42/criu".into());
     assert!(Path::new(&c).exists(), "CRIU 4.2 is not at {c} (set CRIU=)");

@@ -65,11 +65,8 @@ fn status_field(pid: i32, name: &str) -> String {
         .unwrap_or_default()
 }
 
-#[test]
-fn a_user_checkpoints_and_restores_its_own_process_with_file_capabilities() {
-    let Some((dir, cryo, counter)) = setup("unpriv") else {
-        return;
-    };
+/// `counter` started as `nobody` in `dir`, writing to `dir/count.out`; its PID and that path.
+fn nobodys_counter(dir: &Path, counter: &Path) -> (i32, PathBuf) {
     let out = dir.join("count.out");
     // Its stdout is a file of its own user's (one of root's it could not open again).
     let stdout = dir.join("counter.log");
@@ -93,12 +90,34 @@ fn a_user_checkpoints_and_restores_its_own_process_with_file_capabilities() {
         ],
         &stdout,
     );
-    let _g = KillOnDrop(pid);
     wait_for("the counter", 10, || lines(&out).len() > 2);
     assert_eq!(
         status_field(pid, "Uid").split_whitespace().next(),
         Some("65534")
     );
+    (pid, out)
+}
+
+/// The counter writing to `out` goes on from where it was, without a gap.
+fn goes_on_without_gap(out: &Path, before: u64) {
+    wait_for("the counter to go on", 10, || {
+        lines(out)
+            .last()
+            .and_then(|l| l.parse::<u64>().ok())
+            .is_some_and(|n| n > before + 2)
+    });
+    let nums: Vec<u64> = lines(out).iter().filter_map(|l| l.parse().ok()).collect();
+    let at = nums.iter().position(|&n| n == before).unwrap();
+    assert_eq!(nums.get(at + 1), Some(&(before + 1)), "no gap, no restart");
+}
+
+#[test]
+fn a_user_checkpoints_and_restores_its_own_process_with_file_capabilities() {
+    let Some((dir, cryo, counter)) = setup("unpriv") else {
+        return;
+    };
+    let (pid, out) = nobodys_counter(&dir, &counter);
+    let _g = KillOnDrop(pid);
     let (c, p, img) = (
         cryo.to_str().unwrap(),
         pid.to_string(),
@@ -164,15 +183,7 @@ fn a_user_checkpoints_and_restores_its_own_process_with_file_capabilities() {
         ),
     );
     assert!(alive(pid), "the restored counter runs with its PID");
-    wait_for("the counter to go on", 10, || {
-        lines(&out)
-            .last()
-            .and_then(|l| l.parse::<u64>().ok())
-            .is_some_and(|n| n > before + 2)
-    });
-    let nums: Vec<u64> = lines(&out).iter().filter_map(|l| l.parse().ok()).collect();
-    let at = nums.iter().position(|&n| n == before).unwrap();
-    assert_eq!(nums.get(at + 1), Some(&(before + 1)), "no gap, no restart");
+    goes_on_without_gap(&out, before);
     // The user it was, with none of cryo's capabilities.
     assert!(status_field(pid, "Uid").starts_with("65534"));
     assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
@@ -244,4 +255,66 @@ fn a_process_of_another_user_is_refused_before_anything_is_created() {
     let after = lines(&out).len();
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(lines(&out).len(), after, "the counter does not run");
+}
+
+/// Over RPC (`cryo swrk`, as runc drives it), the same rules: a non-root service without
+/// `unprivileged` refuses the request, as CRIU's; with it, it dumps and restores the user's
+/// own process.
+#[test]
+fn the_rpc_service_run_by_a_user_needs_unprivileged_too() {
+    use cryo::image::pb;
+    use integration::rpc::{req, swrk_as};
+    let Some((dir, cryo, counter)) = setup("unpriv-rpc") else {
+        return;
+    };
+    let (pid, out) = nobodys_counter(&dir, &counter);
+    let _g = KillOnDrop(pid);
+    let img = dir.join("img");
+    std::fs::create_dir(&img).unwrap();
+    std::os::unix::fs::chown(&img, Some(NOBODY), Some(NOBODY)).unwrap();
+    let opts = |unprivileged| pb::CriuOpts {
+        pid: Some(pid),
+        images_dir_fd: -1,
+        images_dir: Some(img.display().to_string()),
+        log_file: Some("dump.log".into()),
+        log_level: Some(4),
+        unprivileged,
+        ..Default::default()
+    };
+    let (_, r, ok) =
+        swrk_as(&cryo, Some(NOBODY)).call(&req(pb::CriuReqType::Dump, Some(opts(None))), None);
+    let msg = r.cr_errmsg.unwrap_or_default();
+    assert!(!r.success && !ok && msg.contains("unprivileged"), "{msg}");
+    assert!(alive(pid), "the refused request left the counter running");
+
+    let (_, r, ok) = swrk_as(&cryo, Some(NOBODY))
+        .call(&req(pb::CriuReqType::Dump, Some(opts(Some(true)))), None);
+    assert!(
+        r.success && ok,
+        "unprivileged RPC dump: {:?}\n{}",
+        r.cr_errmsg,
+        log(&img, "dump.log")
+    );
+    wait_gone(pid);
+    let before: u64 = lines(&out).last().unwrap().parse().unwrap();
+    let ropts = pb::CriuOpts {
+        log_file: Some("restore.log".into()),
+        ..opts(Some(true))
+    };
+    let (_, r, ok) = swrk_as(&cryo, Some(NOBODY)).call(
+        &req(
+            pb::CriuReqType::Restore,
+            Some(pb::CriuOpts { pid: None, ..ropts }),
+        ),
+        None,
+    );
+    assert!(
+        r.success && ok,
+        "unprivileged RPC restore: {:?}\n{}",
+        r.cr_errmsg,
+        log(&img, "restore.log")
+    );
+    assert!(alive(pid), "the restored counter runs with its PID");
+    goes_on_without_gap(&out, before);
+    assert!(status_field(pid, "Uid").starts_with("65534"));
 }

@@ -446,9 +446,10 @@ pub struct Opts {
     /// dump, pre-dump: how many seconds every thread of the tree may take to stop once
     /// seized (default 10, as CRIU). A thread that cannot stop — a parent in vfork() whose
     /// child was frozen with it, an endless uninterruptible sleep — fails the dump by name
-    /// after that, and the tree runs on. migrate: also how long any wait for the destination
-    /// may take while the tree is frozen (past it the tree runs on here). page-server,
-    /// receive: how long a connected peer may send nothing (default 60).
+    /// after that, and the tree runs on. dump, pre-dump --page-server: also how long the page
+    /// server may make no progress (default 60). migrate: also how long any wait for the
+    /// destination may take while the tree is frozen (default 10; past it the tree runs on
+    /// here). page-server, receive: how long a connected peer may send nothing (default 60).
     #[arg(long = "timeout", value_name = "N")]
     pub timeout: Option<u32>,
     /// Accepted for compatibility: CRIU's inode-to-path map for notify watches. cryo finds

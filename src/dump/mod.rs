@@ -84,12 +84,15 @@ impl DumpOpts {
         SeizeDeadline::after(self.timeout.unwrap_or(DEFAULT_SEIZE_TIMEOUT))
     }
 
-    /// How long a page server may take no data or give no answer (`--timeout` too): while
-    /// the tree is frozen, a stalled page server fails the dump and the tree runs on.
+    /// How long a page server may take no data or give no answer: `--timeout` if given,
+    /// else [`crate::pageserver::DEFAULT_IDLE_TIMEOUT`] (60 s: a loaded machine can stall a
+    /// page server longer than CRIU's 10 s seize timeout). Past it the dump fails naming
+    /// the page server, and the tree runs on.
     pub fn io_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(u64::from(
-            self.timeout.unwrap_or(DEFAULT_SEIZE_TIMEOUT).max(1),
-        ))
+        self.timeout
+            .map_or(crate::pageserver::DEFAULT_IDLE_TIMEOUT, |t| {
+                std::time::Duration::from_secs(u64::from(t.max(1)))
+            })
     }
 }
 
@@ -1425,14 +1428,14 @@ fn dump_process(
         leader
             .batch_area()
             .map_err(|source| TaskError::Remote { pid, source })?;
+        img.threads.extend(kinds::threads::dump_threads(
+            pid,
+            &others,
+            site,
+            scratch,
+            &mut leader.remote,
+        )?);
         for th in &others {
-            img.threads.push(kinds::threads::dump_thread(
-                pid,
-                th,
-                site,
-                scratch,
-                Some(&leader.remote),
-            )?);
             img.pstree.threads.push(img_pid(th.tracee.tid));
         }
         // Write tracking for a later step (`--track-mem --leave-running`).
@@ -1709,6 +1712,8 @@ pub fn run(
     // does. Held by `files`, dropped before `frozen` on any error: the network opens before
     // the tasks run. A tree in cryo's namespace has its connections locked by the inet part.
     files.netlock = early_lock;
+    // (The tree's pids first: a veth's peer may be in a namespace of another of them.)
+    files.tree = frozen.iter().map(|f| f.0).collect();
     let root_net = ns_ino(root, "net");
     let own_netns = root_net.is_some() && root_net != ns_ino(crate::sys::proc::own_pid(), "net");
     if own_netns {
@@ -2107,4 +2112,19 @@ fn write_task(dir: &ImageDir, img: &TaskImages) -> Result<(), DumpError> {
         dir.write_pagemap(&format!("pagemap-{pid}.img"), img.pages_id, &img.pagemap)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_server_may_stall_60_s_unless_timeout_says_otherwise() {
+        let mut o = DumpOpts::default();
+        assert_eq!(o.io_timeout(), std::time::Duration::from_secs(60));
+        o.timeout = Some(3);
+        assert_eq!(o.io_timeout(), std::time::Duration::from_secs(3));
+        o.timeout = Some(0);
+        assert_eq!(o.io_timeout(), std::time::Duration::from_secs(1));
+    }
 }

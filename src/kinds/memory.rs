@@ -1155,11 +1155,19 @@ pub fn send_pages(
     lenient: bool,
 ) -> Result<u64, MemoryError> {
     let ps_err = |e: crate::pageserver::PsError| {
+        // The whole chain: the socket's own error (a timeout) is what the user needs.
+        let mut why = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            why.push_str(": ");
+            why.push_str(&c.to_string());
+            cause = c.source();
+        }
         MemoryError::from(TaskError::Memory {
             pid,
             addr: 0,
             what: "sending pages to the page server",
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(why),
         })
     };
     ps.open(vpid).map_err(ps_err)?;

@@ -814,7 +814,21 @@ pub fn write(
                 let alone = clone_alone(&at).ok();
                 (Some(at), alone)
             }
-            Ok((at, false)) => (Some(at), uncover_tmpfs(pid, e)),
+            // `at` is where its mount point leads: another mount covering it. Its contents
+            // are read in a copy of the namespace with the cover detached, or not at all
+            // (never the cover's files saved as the tmpfs's).
+            Ok((_, false)) => match uncover_tmpfs(pid, e) {
+                Some(c) => (None, Some(c)),
+                None => {
+                    return Err(Unsupported::of(
+                        pid,
+                        format!("tmpfs {}", e.mountpoint),
+                        "every mount of it is covered by another mount, and no copy of the tree's mount namespace with the cover detached could be made to read it",
+                        "unmount what covers it before the dump",
+                    )
+                    .into())
+                }
+            },
             Err(err) => match uncover_tmpfs(pid, e) {
                 Some(c) => (None, Some(c)),
                 None => return Err(err),
@@ -1658,11 +1672,14 @@ pub type MountRoots = HashMap<u32, (String, OwnedFd)>;
 /// crosses the sibling that covers it. When both cannot hold, the source goes first.
 fn mount_sequence(entries: &[pb::MntEntry]) -> Vec<usize> {
     let n = entries.len();
-    let index = |id: u32| entries.iter().position(|e| e.mnt_id == id);
+    let mut by_id = std::collections::HashMap::with_capacity(n);
+    for (i, e) in entries.iter().enumerate() {
+        by_id.entry(e.mnt_id).or_insert(i);
+    }
     let parent: Vec<Option<usize>> = entries
         .iter()
         .enumerate()
-        .map(|(i, e)| index(e.parent_mnt_id).filter(|&p| p != i))
+        .map(|(i, e)| by_id.get(&e.parent_mnt_id).copied().filter(|&p| p != i))
         .collect();
     let source: Vec<Option<usize>> = (0..n)
         .map(|i| {
@@ -1677,6 +1694,20 @@ fn mount_sequence(entries: &[pb::MntEntry]) -> Vec<usize> {
         entries[i].mountpoint != entries[k].mountpoint
             && path_within(&entries[i].mountpoint, &entries[k].mountpoint).is_some()
     };
+    // Mounts by parent, and for each mount how many of its unplaced siblings sit under its
+    // mount point (those go first, so that it covers them as it did): counted once and
+    // kept up to date as mounts are placed, which keeps this quadratic, not cubic.
+    let mut siblings: std::collections::HashMap<Option<usize>, Vec<usize>> =
+        std::collections::HashMap::new();
+    for (k, &p) in parent.iter().enumerate().skip(1) {
+        siblings.entry(p).or_default().push(k);
+    }
+    let mut blocked = vec![0usize; n];
+    for group in siblings.values() {
+        for &k in group {
+            blocked[k] = group.iter().filter(|&&i| i != k && under(i, k)).count();
+        }
+    }
     let mut placed = vec![false; n];
     placed[0] = true;
     let mut out = Vec::with_capacity(n.saturating_sub(1));
@@ -1685,16 +1716,17 @@ fn mount_sequence(entries: &[pb::MntEntry]) -> Vec<usize> {
             !placed[i] && parent[i].is_none_or(|p| placed[p]) && source[i].is_none_or(|j| placed[j])
         };
         let pick = (1..n)
-            .find(|&k| {
-                ready(k, &placed)
-                    && !(1..n)
-                        .any(|i| i != k && !placed[i] && parent[i] == parent[k] && under(i, k))
-            })
+            .find(|&k| ready(k, &placed) && blocked[k] == 0)
             .or_else(|| (1..n).find(|&k| ready(k, &placed)))
             .or_else(|| (1..n).find(|&k| !placed[k]));
-        let Some(k) = pick else { break };
-        placed[k] = true;
-        out.push(k);
+        let Some(x) = pick else { break };
+        placed[x] = true;
+        out.push(x);
+        for &k in &siblings[&parent[x]] {
+            if k != x && under(x, k) {
+                blocked[k] -= 1;
+            }
+        }
     }
     out
 }
@@ -2086,6 +2118,28 @@ fn mount_one(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mounts_go_in_parent_first_and_under_a_sibling_before_it() {
+        let m = |id: u32, parent: u32, at: &str| pb::MntEntry {
+            mnt_id: id,
+            parent_mnt_id: parent,
+            mountpoint: at.into(),
+            root_dev: id,
+            root: "/".into(),
+            ..Default::default()
+        };
+        // /x/y is a sibling of /x (both on /) that /x covers: it goes first; /x/z, on /x,
+        // after /x; the rest in image order.
+        let entries = vec![
+            m(1, 1, "/"),
+            m(2, 1, "/x"),
+            m(3, 1, "/x/y"),
+            m(4, 2, "/x/z"),
+            m(5, 1, "/w"),
+        ];
+        assert_eq!(super::mount_sequence(&entries), vec![2, 1, 3, 4]);
+    }
+
     use super::*;
 
     #[test]

@@ -50,16 +50,153 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
     u64::from_ne_bytes(b[o..o + 8].try_into().expect("8 bytes"))
 }
 
-/// Dumps one non-leader thread `th` of process `pid`. `site` holds the syscall instruction
-/// (already swapped in by the leader's injection) and `scratch` is the leader's scratch area;
-/// `leader`, the leader's executor, lends its batch area: the thread's queries take one stop.
-pub fn dump_thread(
+/// What a thread reports from inside itself: its alternate stack (24 bytes), clear-child-tid
+/// address (at 32) and parent-death signal (at 40), as the kernel wrote them, and its
+/// securebits.
+struct InThread {
+    raw: [u8; 48],
+    secbits: u64,
+}
+
+/// Threads whose in-thread calls run at the same time (`dump_threads`), and the scratch
+/// bytes each one takes: its table of calls, then what the calls write.
+const DUMP_CHUNK: usize = 128;
+const DUMP_TABLE: usize = 8 + 64 * 4 + 8;
+const DUMP_SLOT: usize = DUMP_TABLE + 48;
+
+/// Dumps the non-leader threads `ths` of process `pid`, in order. `site` holds the
+/// syscall instruction (already swapped in by the leader's injection), `scratch` is the
+/// leader's scratch area and `leader` its executor, whose code area runs the threads'
+/// calls: each thread makes its own from a table of its own, a chunk of threads at once
+/// (one stop per thread, all overlapping).
+pub fn dump_threads(
     pid: i32,
-    th: &SeizedThread,
+    ths: &[SeizedThread],
     site: u64,
     scratch: u64,
-    leader: Option<&Remote<'_>>,
-) -> Result<pb::CoreEntry, ThreadsError> {
+    leader: &mut Remote<'_>,
+) -> Result<Vec<pb::CoreEntry>, ThreadsError> {
+    let mut out = Vec::with_capacity(ths.len());
+    for chunk in ths.chunks(DUMP_CHUNK) {
+        let inside = in_thread_calls(pid, chunk, site, scratch, leader)?;
+        for (th, ins) in chunk.iter().zip(inside) {
+            out.push(dump_thread(pid, th, &ins)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the in-thread queries of every thread of `chunk` at once (see [`dump_threads`]).
+/// A thread that started its calls is always waited for and cured, even when another
+/// failed: none is left running cryo's code.
+fn in_thread_calls(
+    pid: i32,
+    chunk: &[SeizedThread],
+    site: u64,
+    scratch: u64,
+    leader: &mut Remote<'_>,
+) -> Result<Vec<InThread>, ThreadsError> {
+    let remote = |tid| move |source| TaskError::Remote { pid: tid, source };
+    let code = leader
+        .batch_area()
+        .filter(|a| crate::num::usize_of(a.code_len) >= TABLE_CODE.len())
+        .map(|a| a.code)
+        .ok_or(TaskError::Internal("no code area for the threads' calls"))?;
+    let mut buf = vec![0u8; DUMP_SLOT * chunk.len()];
+    let mut batches = Vec::with_capacity(chunk.len());
+    for j in 0..chunk.len() {
+        let slot = scratch + (DUMP_SLOT * j) as u64;
+        let outs = slot + DUMP_TABLE as u64;
+        let mut b = Batch::new();
+        b.sigaltstack(0, outs)?;
+        b.prctl(libc::PR_GET_TID_ADDRESS, [outs + 32, 0, 0, 0])?;
+        b.prctl(libc::PR_GET_PDEATHSIG, [outs + 40, 0, 0, 0])?;
+        b.prctl(libc::PR_GET_SECUREBITS, [0; 4])?;
+        let t = table_bytes(&b.calls);
+        buf[DUMP_SLOT * j..DUMP_SLOT * j + t.len()].copy_from_slice(&t);
+        batches.push(b);
+    }
+    let mem = |what, source| TaskError::Memory {
+        pid,
+        addr: scratch,
+        what,
+        source,
+    };
+    crate::sys::mem::vm_write(pid, &buf, &[(scratch, buf.len())])
+        .map_err(|e| mem("writing the threads' calls", e))?;
+    leader
+        .write_code(code, &TABLE_CODE)
+        .map_err(|source| TaskError::Ptrace {
+            pid,
+            what: "writing the threads' call code",
+            source,
+        })?;
+    const WHAT: &str = "a thread's own queries (sigaltstack, prctl)";
+    let mut injs = Vec::with_capacity(chunk.len());
+    let mut first: Option<ThreadsError> = None;
+    for (j, (th, b)) in chunk.iter().zip(&batches).enumerate() {
+        let tid = th.tracee.tid;
+        let started =
+            ThreadInjection::with_mask(&th.tracee, site, th.regs, th.mask).and_then(|mut inj| {
+                let table = scratch + (DUMP_SLOT * j) as u64;
+                match inj.remote.start_table(WHAT, code, table, b.calls.len()) {
+                    Ok(()) => Ok(inj),
+                    Err(e) => {
+                        // Not started: put it back now.
+                        let _ = inj.cure();
+                        Err(e)
+                    }
+                }
+            });
+        match started {
+            Ok(inj) => injs.push(inj),
+            Err(e) => {
+                first = Some(remote(tid)(e).into());
+                break;
+            }
+        }
+    }
+    // Every started thread is waited for before anything else happens.
+    let mut stopped = Vec::with_capacity(injs.len());
+    for mut inj in injs {
+        let tid = inj.remote.tracee().tid;
+        match inj.remote.finish_table(WHAT) {
+            Ok(()) => stopped.push(inj),
+            Err(e) => {
+                // Not stopped at its trap (gone): nothing to put back.
+                std::mem::forget(inj);
+                first.get_or_insert(remote(tid)(e).into());
+            }
+        }
+    }
+    let mut back = vec![0u8; buf.len()];
+    if first.is_none() {
+        if let Err(e) = crate::sys::mem::vm_read(pid, &mut back, &[(scratch, buf.len())]) {
+            first = Some(mem("reading the threads' answers", e).into());
+        }
+    }
+    for inj in stopped {
+        let tid = inj.remote.tracee().tid;
+        if let Err(e) = inj.cure() {
+            first.get_or_insert(remote(tid)(e).into());
+        }
+    }
+    if let Some(e) = first {
+        return Err(e);
+    }
+    let mut res = Vec::with_capacity(chunk.len());
+    for (j, (th, b)) in chunk.iter().zip(&batches).enumerate() {
+        let slot = &back[DUMP_SLOT * j..DUMP_SLOT * (j + 1)];
+        let r = table_outcome(&b.calls, &slot[..DUMP_TABLE]).map_err(remote(th.tracee.tid))?;
+        let mut raw = [0u8; 48];
+        raw.copy_from_slice(&slot[DUMP_TABLE..]);
+        res.push(InThread { raw, secbits: r[3] });
+    }
+    Ok(res)
+}
+
+/// One non-leader thread `th` of process `pid`, with what it reported from inside.
+fn dump_thread(pid: i32, th: &SeizedThread, ins: &InThread) -> Result<pb::CoreEntry, ThreadsError> {
     let t = &th.tracee;
     let tid = t.tid;
     let pt = |what, source| TaskError::Ptrace {
@@ -86,38 +223,13 @@ pub fn dump_thread(
     let comm = procfs::read(pid, &format!("task/{tid}/comm"))?
         .trim_end()
         .to_string();
-
-    // In-thread queries.
-    let mut inj = ThreadInjection::new(t, site, th.regs)
-        .map_err(|source| TaskError::Remote { pid: tid, source })?;
-    if let Some(leader) = leader {
-        inj.remote.batch_like(leader);
-    }
-    let mut b = Batch::new();
-    b.sigaltstack(0, scratch)?;
-    b.prctl(libc::PR_GET_TID_ADDRESS, [scratch + 32, 0, 0, 0])?;
-    b.prctl(libc::PR_GET_PDEATHSIG, [scratch + 40, 0, 0, 0])?;
-    b.prctl(libc::PR_GET_SECUREBITS, [0; 4])?;
-    let secbits = inj
-        .remote
-        .run_batch(&b)
-        .map_err(|source| TaskError::Remote { pid: tid, source })?[3];
-    inj.cure()
-        .map_err(|source| TaskError::Remote { pid: tid, source })?;
-    let mut raw = [0u8; 48];
-    crate::sys::mem::vm_read(pid, &mut raw, &[(scratch, 48)]).map_err(|source| {
-        TaskError::Memory {
-            pid,
-            addr: scratch,
-            what: "reading thread state",
-            source,
-        }
-    })?;
+    let raw = &ins.raw;
+    let secbits = ins.secbits;
 
     Ok(pb::CoreEntry {
         mtype: pb::core_entry::March::X8664 as i32,
         thread_info: Some(pb::ThreadInfoX86 {
-            clear_tid_addr: u64_at(&raw, 32),
+            clear_tid_addr: u64_at(raw, 32),
             gpregs: super::regs::regs_to_pb(&regs),
             fpregs: super::regs::xsave_to_pb(&xstate),
             tls: Vec::new(),
@@ -130,11 +242,11 @@ pub fn dump_thread(
             sched_prio: Some(c_uint(prio)),
             blk_sigset: Some(th.mask),
             sas: Some(pb::ThreadSasEntry {
-                ss_sp: u64_at(&raw, 0),
+                ss_sp: u64_at(raw, 0),
                 ss_flags: u32::from_ne_bytes(raw[8..12].try_into().expect("4 bytes")),
-                ss_size: u64_at(&raw, 16),
+                ss_size: u64_at(raw, 16),
             }),
-            pdeath_sig: Some(low32(u64_at(&raw, 40))),
+            pdeath_sig: Some(low32(u64_at(raw, 40))),
             signals_p: (!private.is_empty()).then(|| pb::SignalQueueEntry {
                 signals: private
                     .into_iter()

@@ -1983,30 +1983,45 @@ pub fn run(
         }
         _ => opts.network_lock,
     };
-    let netlock = std::cell::RefCell::new(crate::netlock::NetLock::for_restore(
-        lock_method,
-        inventory.dump_criu_run_id.as_deref(),
-    ));
     // The network namespace the dumper ran in (CRIU numbers namespaces its own way; cryo's
     // ids are per host): a tree that shared it shares cryo's now.
     let dumper = inventory.root_ids.unwrap_or_default();
     let dumper_net = dumper.net_ns_id.or_else(|| kinds::ns::own_ns_id("net"));
     let own_netns = tasks[0].ids.net_ns_id.is_some() && tasks[0].ids.net_ns_id != dumper_net;
-    // A cryo that is not root: what these images need that it may not do is refused now.
+    // A cryo that is not root: what these images need that it may not do is refused now,
+    // before anything (even a stale network lock's cleanup) is touched.
     let me = crate::privilege::Privilege::current()?;
     if !me.is_root() {
+        // Every thread's credentials: a thread may run as another user than its leader.
         let creds = tasks
             .iter()
-            .filter_map(|t| {
-                let c = t.core.thread_core.as_ref()?.creds.as_ref()?;
-                Some((
-                    t.vpid(),
-                    [c.uid, c.euid, c.suid, c.fsuid],
-                    [c.gid, c.egid, c.sgid, c.fsgid],
-                ))
+            .flat_map(|t| {
+                let tids = t
+                    .pstree
+                    .threads
+                    .iter()
+                    .map(|&x| pid_from_img(x).unwrap_or(0));
+                let pid = t.vpid();
+                std::iter::once(&t.core)
+                    .chain(&t.threads)
+                    .zip(std::iter::once(pid).chain(tids.skip(1)))
+                    .map(move |x| (pid, x))
+            })
+            .filter_map(|(pid, (core, tid))| {
+                let c = core.thread_core.as_ref()?.creds.as_ref()?;
+                Some(crate::privilege::TaskCreds {
+                    tid,
+                    pid,
+                    uids: [c.uid, c.euid, c.suid, c.fsuid],
+                    gids: [c.gid, c.egid, c.sgid, c.fsgid],
+                    groups: c.groups.clone(),
+                })
             })
             .collect();
         let ids = &tasks[0].ids;
+        // Made inside a user namespace of the tree's own, its other namespaces are that
+        // namespace's (cryo owns it): only the maps written into it need more.
+        let userns = kinds::userns::load(dir, ids.user_ns_id, dumper.user_ns_id)?;
         let mut new_namespaces = Vec::new();
         for (name, mine, theirs) in [
             ("PID", dumper.pid_ns_id, ids.pid_ns_id),
@@ -2024,21 +2039,33 @@ pub fn run(
         if own_pid_ns && !new_namespaces.contains(&"PID") {
             new_namespaces.insert(0, "PID");
         }
-        let tcp_repair = std::fs::read_dir(&dir.path)
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-"))
-            })
-            .unwrap_or(false);
+        if userns.is_some() {
+            new_namespaces.clear();
+        }
+        // Connections restored closed (`--tcp-close`, now or at the dump) need no repair.
+        let tcp_repair = !opts.sock.tcp_close
+            && inventory.tcp_close != Some(true)
+            && std::fs::read_dir(&dir.path)
+                .map(|d| {
+                    d.flatten()
+                        .any(|e| e.file_name().to_string_lossy().starts_with("tcp-stream-"))
+                })
+                .unwrap_or(false);
         crate::privilege::restore_precheck(
             &me,
             &crate::privilege::RestoreNeeds {
                 creds,
+                own_groups: procfs::status(crate::sys::proc::own_pid())?.groups,
                 new_namespaces,
+                userns: userns.as_ref(),
                 tcp_repair,
             },
         )?;
     }
+    let netlock = std::cell::RefCell::new(crate::netlock::NetLock::for_restore(
+        lock_method,
+        inventory.dump_criu_run_id.as_deref(),
+    ));
     // Before any puppet exists (so it drops after them): dirs made here go if we fail.
     let cgroups = kinds::cgroup::CgRestore::load(dir, &opts.cgroups)?;
     // A root in a user namespace of its own: the puppet is cloned into a new one.

@@ -231,6 +231,10 @@ pub fn layer(req: &pb::CriuOpts) -> Result<Layered, String> {
             None => tracing::debug!("RPC configuration file {f} does not exist"),
         }
     }
+    // CRIU's start-up check, as on the command line: the capabilities cryo needs, and
+    // `unprivileged` for a non-root user (cryo then makes itself dumpable).
+    crate::privilege::check(base.unprivileged == Some(true))
+        .map_err(|e| format!("{e}: {}", e.hint()))?;
     l.opts = base;
     Ok(l)
 }

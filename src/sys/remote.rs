@@ -1503,6 +1503,27 @@ impl<'t> ThreadInjection<'t> {
         })
     }
 
+    /// [`ThreadInjection::new`] for a thread whose signal mask the caller read already
+    /// (`orig_mask`): one ptrace call less.
+    pub fn with_mask(
+        t: &'t Tracee,
+        site: u64,
+        orig_regs: Regs,
+        orig_mask: u64,
+    ) -> Result<Self, RemoteError> {
+        t.set_sigmask(!(1u64 << (libc::SIGTRAP - 1)))
+            .map_err(|source| RemoteError::Ptrace {
+                what: "thread injection setup",
+                source,
+            })?;
+        Ok(ThreadInjection {
+            remote: Remote::new(t, site, orig_regs),
+            orig_regs,
+            orig_mask,
+            cured: false,
+        })
+    }
+
     /// Puts the thread's registers and signal mask back.
     pub fn cure(mut self) -> Result<(), RemoteError> {
         self.cure_inner()
