@@ -55,7 +55,7 @@ fn start_cmd(dir: &Path, prefix: &[&str], cmd: &[&str], out: &str) -> Container 
     assert!(st.success(), "building the busybox rootfs");
     std::fs::write(rootfs.join("loop.sh"), LOOP).unwrap();
     // Static test programs the busybox rootfs can run.
-    for prog in ["usock", "ptyhold"] {
+    for prog in ["usock", "ptyhold", "oversock"] {
         let st = std::process::Command::new("gcc")
             .args(["-static", "-O2", "-o"])
             .arg(rootfs.join(prog))
@@ -1153,10 +1153,22 @@ exec sleep 1000
 /// and a bind of something deleted since is bound from a stand-in removed after.
 #[test]
 fn covered_mounts_come_back_under_their_covers() {
-    let dir = scratch("container-overmounts");
+    script_result_is(
+        "container-overmounts",
+        OVERMOUNTS,
+        "result top-ok hidden-ok stack-ok chain-ok shared-ok deleted-ok",
+    );
+}
+
+/// Runs `script` (it writes numbered lines to /data/out until /data/go exists, then a
+/// "result ..." line) as the init of a container, dumps and restores the container, lets
+/// the restored script go on and checks its result line is `expected` (the restore log is
+/// printed if not).
+fn script_result_is(name: &str, script: &str, expected: &str) {
+    let dir = scratch(name);
     std::fs::create_dir_all(dir.join("rootfs")).unwrap();
-    std::fs::write(dir.join("rootfs/overmounts.sh"), OVERMOUNTS).unwrap();
-    let c = start_cmd(&dir, &[], &["/bin/sh", "/overmounts.sh"], "out");
+    std::fs::write(dir.join("rootfs/script.sh"), script).unwrap();
+    let c = start_cmd(&dir, &[], &["/bin/sh", "/script.sh"], "out");
     let _g = KillOnDrop(c.init);
     let img = dir.join("img");
     dump(c.init, &img, &["--external", "mnt[/data]:data"]);
@@ -1175,13 +1187,66 @@ fn covered_mounts_come_back_under_their_covers() {
     });
     let out = lines(&c.host.join("out"));
     let result = out.iter().find(|l| l.starts_with("result")).unwrap();
-    assert_eq!(
-        result,
-        "result top-ok hidden-ok stack-ok chain-ok shared-ok deleted-ok",
-        "{}",
-        log(&img, "restore.log")
-    );
+    assert_eq!(result.trim_end(), expected, "{}", log(&img, "restore.log"));
     kill(init);
+}
+
+/// Deleted files on a read-only mount of a writable tmpfs inside a container (zdtm's
+/// ghost_on_rofs in its namespace flavor): the tmpfs is rebuilt read-only as a mount only,
+/// not as a file system (its superblock was remounted read-only before: the deleted file
+/// could not be made again, restore failed with EROFS). After restore the fd reads the
+/// file, the mount refuses writes, a writable bind of the same tmpfs still takes them, and
+/// nothing is left of the deleted file.
+#[test]
+fn deleted_file_on_a_read_only_mount_in_a_container() {
+    const SCRIPT: &str = r#"#!/bin/sh
+cd /tmp
+mkdir ro rw
+mount -t tmpfs cryo-ro ro; mount --bind ro rw
+echo ghost-ok > ro/ghost
+exec 5<ro/ghost
+rm ro/ghost
+mount -o remount,bind,ro ro
+i=0
+while [ ! -e /data/go ]; do i=$((i+1)); echo "$i" >> /data/out; sleep 0.05; done
+left="$(ls ro | tr '\n' ' ')"
+touch ro/new 2>/dev/null && r=writable || r=read-only
+touch rw/new 2>/dev/null && w=writable || w=read-only
+echo "result $(cat <&5) ro $r rw $w left:$left" >> /data/out
+exec sleep 1000
+"#;
+    script_result_is(
+        "container-ghost-rofs",
+        SCRIPT,
+        "result ghost-ok ro read-only rw writable left:",
+    );
+}
+
+/// Unix sockets whose files are under a mount made after they were bound (zdtm's
+/// overmount_sock): in each of the container's root and its /tmp tmpfs, a listener bound
+/// in a directory, a connection accepted from it (the listener closed) and a tmpfs then
+/// mounted over the directory (`progs/oversock.c`). The restore binds them where their
+/// files were, under the covers (before, they were bound inside the covering tmpfs, whose
+/// unmount then failed with EBUSY): after restore the connections carry data, the covers
+/// unmount, and the socket files are there to unlink.
+#[test]
+fn sockets_bound_under_a_later_mount_come_back_under_it() {
+    const SCRIPT: &str = r#"#!/bin/sh
+mkdir -p /over /tmp/over
+/oversock /over /data/root.out &
+/oversock /tmp/over /data/tmp.out &
+until [ -s /data/root.out ] && [ -s /data/tmp.out ]; do sleep 0.05; done
+i=0
+while [ ! -e /data/go ]; do i=$((i+1)); echo "$i" >> /data/out; sleep 0.05; done
+until grep -q result /data/root.out && grep -q result /data/tmp.out; do sleep 0.05; done
+echo "result root: $(grep result /data/root.out | cut -d' ' -f2-) tmp: $(grep result /data/tmp.out | cut -d' ' -f2-)" >> /data/out
+exec sleep 1000
+"#;
+    script_result_is(
+        "container-oversock",
+        SCRIPT,
+        "result root: data-ok umount-ok unlink-ok tmp: data-ok umount-ok unlink-ok",
+    );
 }
 
 /// A file open on a mount that another mount now covers is refused, as CRIU refuses it

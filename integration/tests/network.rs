@@ -1087,3 +1087,203 @@ fn ipv6_stable_secret_and_mld_intervals_come_back() {
     }
     kill(pid);
 }
+
+/// A parent in a network namespace of its own and its child in another, joined by a veth
+/// (zdtm netns_sub_veth): the parent's end is a port of a bridge holding 10.210.0.1/24, the
+/// child's end holds 10.210.0.2/24. The images name the peer's namespace (`peer_nsid`);
+/// after the restore (no option needed: both ends were saved) the two namespaces are joined
+/// again, each end with its name, MAC and the parent's end in the bridge, and the parent's
+/// namespace reaches the child's address through them.
+#[test]
+fn veth_between_two_saved_namespaces_comes_back() {
+    let _s = serial();
+    if !need(&["ip", "nsenter", "unshare", "python3", "ping"]) {
+        return;
+    }
+    let dir = scratch("netns-nested-veth");
+    let out = dir.join("out");
+    let script = "import subprocess\nc = subprocess.Popen(['unshare', '-n', 'sleep', '1000'])\nprint('ready', c.pid, flush=True)\nc.wait()\n";
+    let parent = spawn(&["unshare", "-n", "python3", "-c", script], &out);
+    let _g = KillOnDrop(parent);
+    let child = integration::wait_ready(&out)[0];
+    let _g2 = KillOnDrop(child);
+    let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    wait_for("the child's own namespace", 10, || {
+        ns(child).is_some() && ns(child) != ns(parent)
+    });
+    let (p, c) = (parent.to_string(), child.to_string());
+    sh(
+        "veth",
+        &[
+            "ip",
+            "link",
+            "add",
+            "vp0",
+            "netns",
+            &p,
+            "address",
+            "02:00:0a:d2:00:01",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vc0",
+            "netns",
+            &c,
+            "address",
+            "02:00:0a:d2:00:02",
+        ],
+    );
+    for (pid, cmd) in [
+        (parent, vec!["ip", "link", "set", "lo", "up"]),
+        (parent, vec!["ip", "link", "add", "br0", "type", "bridge"]),
+        (
+            parent,
+            vec!["ip", "link", "set", "vp0", "master", "br0", "up"],
+        ),
+        (parent, vec!["ip", "link", "set", "br0", "up"]),
+        (
+            parent,
+            vec!["ip", "addr", "add", "10.210.0.1/24", "dev", "br0"],
+        ),
+        (child, vec!["ip", "link", "set", "lo", "up"]),
+        (child, vec!["ip", "link", "set", "vc0", "up"]),
+        (
+            child,
+            vec!["ip", "addr", "add", "10.210.0.2/24", "dev", "vc0"],
+        ),
+    ] {
+        ok(&in_ns(pid, &cmd), &cmd.join(" "));
+    }
+    let reach = || {
+        in_ns(parent, &["ping", "-c", "1", "-W", "2", "10.210.0.2"])
+            .status
+            .success()
+    };
+    wait_for("the child's address", 20, reach);
+    let show = |pid: i32, l: &str| {
+        String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "link", "show", l]).stdout).into_owned()
+    };
+    let img = dir.join("img");
+    dump(parent, &img, &[]);
+    integration::wait_tree_gone(&img);
+    // Each end names the other's saved namespace.
+    let netdevs = images_named(&img, "netdev-");
+    assert_eq!(netdevs.len(), 2, "{netdevs:?}");
+    let ids: Vec<u64> = netdevs
+        .iter()
+        .map(|f| {
+            let n = f.file_name().unwrap().to_string_lossy().into_owned();
+            n["netdev-".len()..n.len() - ".img".len()].parse().unwrap()
+        })
+        .collect();
+    for (i, f) in netdevs.iter().enumerate() {
+        let v = showdump_json(f);
+        let veth = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "vp0" || e["name"] == "vc0")
+            .unwrap_or_else(|| panic!("no veth in {}: {v}", f.display()))
+            .clone();
+        assert_eq!(veth["peer_nsid"].as_u64(), Some(ids[1 - i]), "{veth}");
+    }
+    integration::restore(&img);
+    let _g3 = KillOnDrop(parent);
+    let vp0 = show(parent, "vp0");
+    assert!(
+        vp0.contains("master br0") && vp0.contains("02:00:0a:d2:00:01"),
+        "{vp0}"
+    );
+    let vc0 = show(child, "vc0");
+    assert!(vc0.contains("02:00:0a:d2:00:02"), "{vc0}");
+    wait_for("the child's address after the restore", 20, reach);
+    kill(parent);
+}
+
+/// `--external netdev[IN]:OUT` (zdtm cr_veth02, CRIU's `move_veth`): a veth whose peer was
+/// in the host's namespace is not made at restore: the device OUT the user made beforehand
+/// in cryo's namespace is moved in as IN, with IN's saved index, MAC and address, and its
+/// peer stays where the user put it (here a "host" namespace, which reaches the restored
+/// namespace through it).
+#[test]
+fn external_netdev_is_moved_into_the_namespace() {
+    let _s = serial();
+    if !need(&["ip", "nsenter", "unshare", "ping"]) {
+        return;
+    }
+    let dir = scratch("netns-netdev");
+    let hosts = Hosts::new("netdev", &["a", "b"]);
+    let (pid, _) = start_server(&dir, &hosts.0[0]);
+    let _g = KillOnDrop(pid);
+    let index = |pid: i32| {
+        String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "link", "show", "v0"]).stdout)
+            .split(':')
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let before = index(pid);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    // The user's pair: one end in cryo's namespace (to be moved in), the other in host b.
+    let out = format!("nd{}", std::process::id() % 100_000);
+    sh(
+        "the user's veth",
+        &[
+            "ip",
+            "link",
+            "add",
+            &out,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vh0",
+            "netns",
+            &hosts.0[1],
+        ],
+    );
+    host_side(&hosts.0[1]);
+    let cleanup = Cleanup(out.clone());
+    let missing = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "--external",
+        "netdev[v0]:no-such-dev",
+    ]);
+    let e = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && e.contains("no-such-dev"),
+        "{e}"
+    );
+    integration::restore_with(&img, &["--external", &format!("netdev[v0]:{out}")]);
+    let _g2 = KillOnDrop(pid);
+    assert_eq!(index(pid), before);
+    let v0 = String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "addr", "show", "v0"]).stdout)
+        .into_owned();
+    assert!(v0.contains("10.203.0.2/24"), "{v0}");
+    assert!(
+        !run(&["ip", "link", "show", &out]).status.success(),
+        "{out} is still in cryo's namespace"
+    );
+    assert!(
+        answers(&hosts.0[1], "10.203.0.2"),
+        "host b cannot reach the restored namespace"
+    );
+    drop(cleanup);
+    kill(pid);
+}
+
+/// Deletes a link of the test's namespace on drop (if still there).
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "link", "del", &self.0]);
+    }
+}

@@ -1712,6 +1712,8 @@ pub fn run(
     // does. Held by `files`, dropped before `frozen` on any error: the network opens before
     // the tasks run. A tree in cryo's namespace has its connections locked by the inet part.
     files.netlock = early_lock;
+    // (The tree's pids first: a veth's peer may be in a namespace of another of them.)
+    files.tree = frozen.iter().map(|f| f.0).collect();
     let root_net = ns_ino(root, "net");
     let own_netns = root_net.is_some() && root_net != ns_ino(crate::sys::proc::own_pid(), "net");
     if own_netns {

@@ -736,6 +736,9 @@ pub struct FdObjects {
     /// Which id each process of the tree has in each nested PID namespace (pidfds and file
     /// owners are saved with the tree's ids).
     pub pids: PidView,
+    /// The mounts of the tree's restored mount namespace (`mounts::restore`), by their id
+    /// in the images: mount point and root.
+    pub mount_roots: super::mounts::MountRoots,
 }
 
 /// The tree's processes by their PID in the images: ids from the tree's PID namespace down
@@ -850,6 +853,7 @@ impl FdObjects {
                 .flat_map(|t| t.fdinfo.iter().map(|f| f.id))
                 .collect(),
             pids: PidView::new(tasks),
+            mount_roots: HashMap::new(),
         })
     }
 
@@ -861,6 +865,7 @@ impl FdObjects {
         self.ghosts.finish();
         self.tty.close();
         self.inherited.clear();
+        self.mount_roots.clear();
     }
 
     /// The record of file `id`.

@@ -1004,12 +1004,13 @@ pub fn restore(
     if own {
         cx.unshare(libc::CLONE_NEWNS)?;
     }
-    let (nsfd, ptys) = std::thread::scope(|s| {
+    let (nsfd, ptys, roots) = std::thread::scope(|s| {
         s.spawn(|| build(pid, own, &root, &entries, &ext_paths, &dir))
             .join()
             .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
     })?;
     cx.objs.borrow_mut().tty.premade.extend(ptys);
+    cx.objs.borrow_mut().mount_roots.extend(roots);
     Ok(cx.join_ns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?)
 }
 
@@ -1550,7 +1551,7 @@ fn build(
     entries: &[pb::MntEntry],
     external: &[Option<PathBuf>],
     dir: &Path,
-) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>), MountsError> {
+) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>, MountRoots), MountsError> {
     use std::os::fd::AsFd;
     // Masters outside the tree, reached from cryo's namespace (before leaving it).
     let ext_masters = external_masters(entries, external);
@@ -1651,8 +1652,18 @@ fn build(
     rustix::mount::unmount(".", UnmountFlags::DETACH)
         .map_err(mnt_err("detach the old root".into()))?;
     rustix::process::chdir("/").map_err(mnt_err("chdir /".into()))?;
-    Ok((nsfd, ptys))
+    let held = entries
+        .iter()
+        .zip(roots)
+        .filter_map(|(e, r)| Some((e.mnt_id, (e.mountpoint.clone(), r?))))
+        .collect();
+    Ok((nsfd, ptys, held))
 }
+
+/// The mounts of a restored mount namespace by their id in the images: each one's mount
+/// point and an O_PATH fd of its root (what is under a mount another one covers is reached
+/// through it: unix sockets bound there, `unix_sk`).
+pub type MountRoots = HashMap<u32, (String, OwnedFd)>;
 
 /// The order `build` mounts `entries[1..]` in: a parent before its children and a bind's
 /// source before the bind (`bind_source` is an earlier entry); among the children of one
@@ -2043,7 +2054,6 @@ fn mount_one(
                 };
             }
             let sb_ro = e.sb_flags.unwrap_or(0) & MountFlags::RDONLY.bits() != 0;
-            let ro_later = sb_ro || flags.contains(MountFlags::RDONLY);
             let first = flags.difference(MountFlags::RDONLY);
             let data = std::ffi::CString::new(data).map_err(|_| MountsError::Mount {
                 what: what("mount"),
@@ -2083,9 +2093,21 @@ fn mount_one(
                     }
                 }
             }
-            if ro_later {
+            // Read-only last (its tmpfs contents are in). A read-only superblock is remounted
+            // so (which makes this mount read-only too: made writable again if it was); a
+            // read-only mount of a writable superblock only as a mount (`bind,remount`):
+            // other mounts of it, and ghosts made through a writable copy of it
+            // (zdtm ghost_on_rofs), may still write there.
+            if sb_ro {
                 let ro = flags | MountFlags::RDONLY;
                 rustix::mount::mount_remount(top()?.path(), ro, e.options.as_str())
+                    .map_err(mnt_err(what("make read-only")))?;
+                if !flags.contains(MountFlags::RDONLY) {
+                    rustix::mount::mount_remount(top()?.path(), MountFlags::BIND | flags, "")
+                        .map_err(mnt_err(what("set the flags of")))?;
+                }
+            } else if flags.contains(MountFlags::RDONLY) {
+                rustix::mount::mount_remount(top()?.path(), MountFlags::BIND | flags, "")
                     .map_err(mnt_err(what("make read-only")))?;
             }
         }

@@ -21,9 +21,12 @@
 //! namespace's sysctls, links (each with its saved ifindex, so the saved addresses and
 //! routes point at it; masters after), each device's sysctls, addresses, routes (three
 //! passes like `ip route restore`: local, on-link, via a gateway), rules (the defaults
-//! flushed first, as CRIU), iptables, nftables. A veth's peer is made in cryo's own network
-//! namespace, named by `--external veth[IN]:OUT[@BRIDGE]` / `--veth-pair IN=OUT[@BRIDGE]`
-//! (then added to BRIDGE and set up); without one it is refused, naming the option. A
+//! flushed first, as CRIU), iptables, nftables. A veth whose peer is in another saved
+//! namespace of the tree is made by the second of the two rebuilt, its peer put in the first
+//! (with its master, sysctls and addresses there). A veth's peer outside is made in cryo's
+//! own network namespace, named by `--external veth[IN]:OUT[@BRIDGE]` / `--veth-pair
+//! IN=OUT[@BRIDGE]` (then added to BRIDGE and set up), or the user's device OUT is moved in
+//! as IN by `--external netdev[IN]:OUT`; without one it is refused, naming the options. A
 //! macvlan is made on the host link named by `--external macvlan[IN]:HOSTLINK`. A failed
 //! restore leaves nothing: everything lives in the puppet's namespace, which dies with it
 //! (and a veth's peer with its other end).
@@ -591,20 +594,37 @@ pub fn precheck_fds(pid: i32) -> Result<(), NetnsError> {
 }
 
 /// Saves the contents of `pid`'s network namespace (id `id` in the images). cryo's own
-/// namespace id (`host`) marks veth peers that live there.
-pub fn dump(pid: i32, id: u32, host: u32) -> Result<NetnsDump, NetnsError> {
+/// namespace id (`host`) marks veth peers that live there; the other network namespaces of
+/// `tree` (the dumped processes) are saved too, so a veth whose peer is in one of them names
+/// it (`peer_nsid`, as CRIU).
+pub fn dump(pid: i32, id: u32, host: u32, tree: &[i32]) -> Result<NetnsDump, NetnsError> {
     let ns = open_ns(pid)?;
     let own = File::open("/proc/thread-self/ns/net").map_err(|source| NetnsError::Enter {
         what: "cryo".into(),
         source,
     })?;
+    let mine = ns.metadata().map(|m| m.ino()).ok();
+    let cryo = own.metadata().map(|m| m.ino()).ok();
+    let mut others: Vec<(u32, File)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for &p in tree {
+        let Ok(f) = File::open(format!("/proc/{p}/ns/net")) else {
+            continue;
+        };
+        let Ok(ino) = f.metadata().map(|m| m.ino()) else {
+            continue;
+        };
+        if Some(ino) != mine && Some(ino) != cryo && seen.insert(ino) {
+            others.push((super::misc::ns_id(ino), f));
+        }
+    }
     let t0 = std::time::Instant::now();
-    let d = within(ns.as_fd(), || dump_inside(id, host, own.as_fd())).map_err(|source| {
-        NetnsError::Enter {
+    let d = within(ns.as_fd(), || dump_inside(id, host, own.as_fd(), &others)).map_err(
+        |source| NetnsError::Enter {
             what: format!("process {pid}"),
             source,
-        }
-    })??;
+        },
+    )??;
     tracing::info!(
         ns = id,
         links = d.links.len(),
@@ -614,7 +634,12 @@ pub fn dump(pid: i32, id: u32, host: u32) -> Result<NetnsDump, NetnsError> {
     Ok(d)
 }
 
-fn dump_inside(id: u32, host: u32, own: BorrowedFd<'_>) -> Result<NetnsDump, NetnsError> {
+fn dump_inside(
+    id: u32,
+    host: u32,
+    own: BorrowedFd<'_>,
+    others: &[(u32, File)],
+) -> Result<NetnsDump, NetnsError> {
     let mut rt = Rtnl::new(id)?;
     let mut d = NetnsDump {
         id,
@@ -629,6 +654,16 @@ fn dump_inside(id: u32, host: u32, own: BorrowedFd<'_>) -> Result<NetnsDump, Net
             .push(NsidAttribute::Fd(crate::num::c_uint(own.as_raw_fd())));
         rt.dump_one_nsid(m)
     };
+    // The ids this namespace gives the tree's other namespaces (saved ids by local nsid).
+    let tree_nsids: HashMap<i32, u32> = others
+        .iter()
+        .filter_map(|(saved, f)| {
+            let mut m = NsidMessage::default();
+            m.attributes
+                .push(NsidAttribute::Fd(crate::num::c_uint(f.as_raw_fd())));
+            rt.dump_one_nsid(m).filter(|&n| n >= 0).map(|n| (n, *saved))
+        })
+        .collect();
     // (Not saved as `nsids`: CRIU's restore wants every namespace listed there among the
     // dumped ones, and cryo's own is not.)
     for (_, l) in &links {
@@ -683,6 +718,7 @@ fn dump_inside(id: u32, host: u32, own: BorrowedFd<'_>) -> Result<NetnsDump, Net
             match peer_ns {
                 None => e.peer_nsid = Some(id),
                 Some(n) if Some(n) == host_nsid => e.peer_nsid = Some(host),
+                Some(n) if tree_nsids.contains_key(&n) => e.peer_nsid = Some(tree_nsids[&n]),
                 Some(_) => tracing::warn!(
                     ns = id,
                     veth = %name,
@@ -993,6 +1029,15 @@ pub struct LinkOpts {
     pub veth: HashMap<String, (String, Option<String>)>,
     /// `--external macvlan[IN]:HOSTLINK`: the link in cryo's namespace a macvlan sits on.
     pub macvlan: HashMap<String, String>,
+    /// `--external netdev[IN]:OUT`: a veth IN whose peer was outside the saved namespace is
+    /// not made: the user's veth OUT (made beforehand in cryo's namespace, its peer where
+    /// the user wants it) is moved in, renamed IN, with IN's saved index, MTU, MAC and
+    /// flags (CRIU's `move_veth`).
+    pub netdev: HashMap<String, String>,
+    /// The tree's network namespaces rebuilt so far in this restore (by saved id): a veth
+    /// whose peer is in another saved namespace is made by the second of the two, its peer
+    /// put in the first.
+    pub restored: std::sync::Arc<std::sync::Mutex<HashMap<u32, File>>>,
 }
 
 impl LinkOpts {
@@ -1008,6 +1053,12 @@ impl LinkOpts {
                 "--external {e}: expected veth[IFNAME]:OUTNAME[@BRIDGE]"
             ))?;
             self.add_veth(&i, &o);
+            return Ok(true);
+        }
+        if let Some(r) = e.strip_prefix("netdev[") {
+            let (i, o) =
+                parse(r).ok_or(format!("--external {e}: expected netdev[IFNAME]:OUTNAME"))?;
+            self.netdev.insert(i, o);
             return Ok(true);
         }
         if let Some(r) = e.strip_prefix("macvlan[") {
@@ -1063,6 +1114,65 @@ pub fn restore(
     let rules4 = load_format(id, "rule", RULE_MAGIC, &raw("rule")?)?;
     let rules6 = load_format(id, "rule6", RULE_MAGIC, &raw("rule6")?)?;
     let nft = raw("nftables")?;
+    // Veths whose peer is in another namespace of the tree: (this end's index) -> (the
+    // peer's namespace if rebuilt already, the peer's record, that namespace's addresses).
+    // A peer whose namespace comes later is made by it (this end is "deferred" here: not
+    // made, nor its master, sysctls, addresses and routes set; the later one does it).
+    let mut cross: HashMap<u32, CrossPeer> = HashMap::new();
+    for l in links
+        .iter()
+        .filter(|l| l.r#type == pb::NdType::Veth as i32 && !opts.netdev.contains_key(&l.name))
+    {
+        let Some(b) = l.peer_nsid.filter(|&b| b != id) else {
+            continue;
+        };
+        let Some(peers) =
+            dir.read_opt::<pb::NetDeviceEntry>(&format!("netdev-{b}.img"), image::NETDEV)?
+        else {
+            continue; // cryo's namespace at the dump: --external veth[..] names the peer
+        };
+        let peer = peers
+            .into_iter()
+            .find(|p| Some(p.ifindex) == l.peer_ifindex)
+            .ok_or_else(|| NetnsError::BadImage {
+                ns: id,
+                name: "netdev".into(),
+                what: format!(
+                    "veth {}: no peer with index {:?} in namespace {b}",
+                    l.name, l.peer_ifindex
+                ),
+            })?;
+        let ns = opts
+            .restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&b)
+            .and_then(|f| f.try_clone().ok());
+        let addrs = match ns {
+            Some(_) => load_format(
+                b,
+                "ifaddr",
+                ADDR_MAGIC,
+                &dir.read_raw_opt(&format!("ifaddr-{b}.img"))?
+                    .unwrap_or_default(),
+            )?,
+            None => Vec::new(),
+        };
+        cross.insert(
+            l.ifindex,
+            CrossPeer {
+                ns_id: b,
+                ns,
+                peer,
+                addrs,
+            },
+        );
+    }
+    let deferred: std::collections::HashSet<u32> = cross
+        .iter()
+        .filter(|(_, c)| c.ns.is_none())
+        .map(|(&i, _)| i)
+        .collect();
     let criu_run_id = dir
         .read_opt::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
         .and_then(|v| v.into_iter().next())
@@ -1083,14 +1193,32 @@ pub fn restore(
     for l in &links {
         let ty = pb::NdType::try_from(l.r#type).unwrap_or(pb::NdType::Extlink);
         match ty {
-            pb::NdType::Veth if !opts.veth.contains_key(&l.name) && l.peer_nsid != Some(id) => {
+            pb::NdType::Veth if opts.netdev.contains_key(&l.name) => {
+                let out = &opts.netdev[&l.name];
+                if !host_links.contains_key(out) {
+                    return Err(NetnsError::Unsupported {
+                        ns: id,
+                        link: l.name.clone(),
+                        what: format!(
+                            "the device {out} to move in (--external netdev[{}]:{out}) does not exist in cryo's network namespace",
+                            l.name
+                        ),
+                        hint: String::new(),
+                    });
+                }
+            }
+            pb::NdType::Veth
+                if !opts.veth.contains_key(&l.name)
+                    && l.peer_nsid != Some(id)
+                    && !cross.contains_key(&l.ifindex) =>
+            {
                 return Err(NetnsError::Unsupported {
                     ns: id,
                     link: l.name.clone(),
                     what: "its peer was outside the saved namespace".into(),
                     hint: format!(
-                        "name the peer cryo makes in its own network namespace: --external veth[{}]:NAME (or --veth-pair {}=NAME[@BRIDGE])",
-                        l.name, l.name
+                        "name the peer cryo makes in its own network namespace: --external veth[{}]:NAME (or --veth-pair {}=NAME[@BRIDGE]), or a veth of yours to move in: --external netdev[{}]:NAME",
+                        l.name, l.name, l.name
                     ),
                 });
             }
@@ -1154,6 +1282,7 @@ pub fn restore(
         // Links: loopback first (it exists), then the others, masters last.
         let mut order: Vec<&pb::NetDeviceEntry> = links.iter().collect();
         order.sort_by_key(|l| l.r#type != pb::NdType::Loopback as i32);
+        order.retain(|l| !deferred.contains(&l.ifindex));
         for l in &order {
             make_link(
                 &mut rt,
@@ -1165,6 +1294,7 @@ pub fn restore(
                 &own,
                 &target_fd,
                 &host_links,
+                cross.get(&l.ifindex),
             )?;
         }
         for l in order.iter().filter(|l| l.master.is_some()) {
@@ -1191,7 +1321,10 @@ pub fn restore(
             write_conf(id, "ipv6", &l.name, &l.conf6)?;
         }
         // Addresses, routes (three passes, as `ip route restore`), rules.
-        for a in &addrs {
+        for a in addrs
+            .iter()
+            .filter(|a| addr_index(a).is_none_or(|i| !deferred.contains(&i)))
+        {
             rt.replay(a, None, 0)
                 .map_err(|e| rt.err("restore an address".into(), e))?;
         }
@@ -1217,7 +1350,7 @@ pub fn restore(
         }
         for pass in 0..3 {
             for (i, m) in &parsed {
-                if route_pass(m) == pass {
+                if route_pass(m) == pass && route_oif(m).is_none_or(|o| !deferred.contains(&o)) {
                     rt.replay(&without_link_state(&routes[*i]), None, 0)
                         .map_err(|e| {
                             rt.err(format!("restore a route ({})", describe_route(m)), e)
@@ -1307,6 +1440,12 @@ pub fn restore(
         what: "the restored tree".into(),
         source,
     })??;
+    if let Ok(f) = target.try_clone_to_owned() {
+        opts.restored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, File::from(f));
+    }
     tracing::info!(
         ns = id,
         links = links.len(),
@@ -1356,6 +1495,78 @@ fn route_pass(m: &RouteMessage) -> u32 {
     }
 }
 
+/// The peer of a veth of one saved namespace in another one of the tree.
+struct CrossPeer {
+    /// The peer's saved namespace id.
+    ns_id: u32,
+    /// That namespace, once rebuilt (else the link is made when it is).
+    ns: Option<File>,
+    peer: pb::NetDeviceEntry,
+    /// That namespace's saved addresses (when rebuilt already).
+    addrs: Vec<Vec<u8>>,
+}
+
+/// The peer end of a veth made into the namespace rebuilt earlier (which left it out): its
+/// master, its sysctls and its addresses there, as that namespace's restore would have set
+/// them. (Routes through it are not made again.)
+fn finish_cross_peer(c: &CrossPeer) -> Result<(), NetnsError> {
+    let Some(ns) = &c.ns else {
+        return Ok(());
+    };
+    let (b, p) = (c.ns_id, &c.peer);
+    within(ns.as_fd(), || -> Result<(), NetnsError> {
+        let mut rt = Rtnl::new(b)?;
+        rt.request(RouteNetlinkMessage::SetLink(up_flags(p)), 0)
+            .map_err(|e| rt.err(format!("link {}: set its flags", p.name), e))?;
+        if let Some(master) = p.master {
+            let mut m = LinkMessage::default();
+            m.header.index = p.ifindex;
+            m.attributes.push(LinkAttribute::Controller(master));
+            rt.request(RouteNetlinkMessage::SetLink(m), 0)
+                .map_err(|e| rt.err(format!("link {}: set its master", p.name), e))?;
+        }
+        write_conf(b, "ipv4", &p.name, &p.conf4)?;
+        write_conf(b, "ipv6", &p.name, &p.conf6)?;
+        for a in c.addrs.iter().filter(|a| addr_index(a) == Some(p.ifindex)) {
+            rt.replay(a, None, 0)
+                .map_err(|e| rt.err(format!("link {}: restore an address", p.name), e))?;
+        }
+        Ok(())
+    })
+    .map_err(|source| NetnsError::Enter {
+        what: format!("namespace {b} (a veth's peer)"),
+        source,
+    })?
+}
+
+/// A message setting a made link's saved up/down state.
+fn up_flags(p: &pb::NetDeviceEntry) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = p.ifindex;
+    m.header.flags = LinkFlags::from_bits_retain(p.flags) & LinkFlags::Up;
+    m.header.change_mask = LinkFlags::Up;
+    m
+}
+
+/// The interface index a saved address message is on.
+fn addr_index(raw: &[u8]) -> Option<u32> {
+    match NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw)
+        .ok()?
+        .payload
+    {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(m)) => Some(m.header.index),
+        _ => None,
+    }
+}
+
+/// The output interface of a route, when it names one.
+fn route_oif(m: &RouteMessage) -> Option<u32> {
+    m.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
 fn describe_route(m: &RouteMessage) -> String {
     let dst = m.attributes.iter().find_map(|a| match a {
         RouteAttribute::Destination(d) => Some(format!("{d:?}")),
@@ -1381,6 +1592,7 @@ fn make_link(
     own: &File,
     target: &File,
     host_links: &HashMap<String, u32>,
+    cross: Option<&CrossPeer>,
 ) -> Result<(), NetnsError> {
     let ty = pb::NdType::try_from(l.r#type).unwrap_or(pb::NdType::Extlink);
     let mut m = LinkMessage::default();
@@ -1400,15 +1612,56 @@ fn make_link(
             rt.request(RouteNetlinkMessage::SetLink(m), 0)
                 .map_err(|e| rt.err(format!("link {}: set it up", l.name), e))
         }
+        pb::NdType::Veth if opts.netdev.contains_key(&l.name) => {
+            // The user's device, moved in from cryo's namespace under the saved name and
+            // index (IFLA_NEW_IFINDEX: the saved addresses and routes name the index).
+            let out = &opts.netdev[&l.name];
+            let Some(&index) = host_links.get(out) else {
+                return Err(NetnsError::Unsupported {
+                    ns: id,
+                    link: l.name.clone(),
+                    what: format!("the device {out} to move in is gone"),
+                    hint: String::new(),
+                });
+            };
+            m.header.index = index;
+            m.attributes
+                .push(LinkAttribute::NewIfIndex(l.ifindex.cast_signed()));
+            m.attributes
+                .push(LinkAttribute::NetNsFd(target.as_raw_fd()));
+            host_rt
+                .request(RouteNetlinkMessage::NewLink(m), 0)
+                .map_err(|e| {
+                    host_rt.err(format!("link {}: move {out} into the namespace", l.name), e)
+                })
+        }
         pb::NdType::Veth => {
             m.header.index = l.ifindex;
             let mut peer = LinkMessage::default();
+            let mut same_ns_peer = None;
             match opts.veth.get(&l.name) {
                 Some((out, _)) => {
                     // The peer goes to cryo's namespace, with the name the user gave.
                     peer.attributes.push(LinkAttribute::IfName(out.clone()));
                     peer.attributes
                         .push(LinkAttribute::NetNsFd(own.as_raw_fd()));
+                }
+                None if cross.is_some_and(|c| c.ns.is_some()) => {
+                    // The peer's namespace (another of the tree's) is rebuilt already: the
+                    // peer goes there, as it was saved.
+                    let c = cross.unwrap_or_else(|| unreachable!());
+                    let p = &c.peer;
+                    // Its flags once made (a peer brought up while being made has no peer
+                    // yet: ENOTCONN), as CRIU.
+                    peer.header.index = p.ifindex;
+                    peer.attributes.push(LinkAttribute::IfName(p.name.clone()));
+                    peer.attributes.push(LinkAttribute::Mtu(p.mtu));
+                    if let Some(a) = &p.address {
+                        peer.attributes.push(LinkAttribute::Address(a.clone()));
+                    }
+                    if let Some(ns) = &c.ns {
+                        peer.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+                    }
                 }
                 None => {
                     // Both ends saved in this namespace: made once, from the lower index,
@@ -1426,8 +1679,9 @@ fn make_link(
                     if p.ifindex < l.ifindex {
                         return Ok(()); // made with its peer
                     }
+                    // Its flags once made (see above).
                     peer.header.index = p.ifindex;
-                    peer.header.flags = LinkFlags::from_bits_retain(p.flags);
+                    same_ns_peer = Some(p);
                     peer.attributes.push(LinkAttribute::IfName(p.name.clone()));
                     peer.attributes.push(LinkAttribute::Mtu(p.mtu));
                     if let Some(a) = &p.address {
@@ -1441,6 +1695,13 @@ fn make_link(
             ]));
             rt.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
                 .map_err(|e| what(e, rt))?;
+            if let Some(p) = same_ns_peer {
+                rt.request(RouteNetlinkMessage::SetLink(up_flags(p)), 0)
+                    .map_err(|e| rt.err(format!("link {}: set its flags", p.name), e))?;
+            }
+            if let Some(c) = cross.filter(|c| c.ns.is_some()) {
+                finish_cross_peer(c)?;
+            }
             if let Some((out, Some(bridge))) = opts.veth.get(&l.name) {
                 // The peer joins the bridge and comes up (CRIU does it after post-restore).
                 let (Some(&pi), Some(&bi)) = (

@@ -125,7 +125,7 @@ pub fn dump_net_of(
         return Ok(None);
     }
     let host = own_ns_id("net").unwrap_or(0);
-    Ok(Some(super::netns::dump(pid, id, host)?))
+    Ok(Some(super::netns::dump(pid, id, host, &files.tree)?))
 }
 
 /// Namespaces the restored tree joins instead of getting new ones.

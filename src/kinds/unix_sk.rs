@@ -322,23 +322,55 @@ fn dump_queue(
     r
 }
 
-/// What the socket file of a socket bound to a path tells: whether it is gone (unlinked, or
-/// replaced by another file), the directory a relative name was bound in, and the file's
-/// mode and owner. `SIOCUNIXFILE` names the very file the socket is attached to; without it
-/// (old kernels) the name is looked up in the task's root and compared by inode.
+/// What the socket file of a socket bound to a path tells.
+struct NameFile {
+    /// Gone (unlinked, or replaced by another file).
+    deleted: bool,
+    /// The directory a relative name was bound in.
+    dir: Option<String>,
+    /// The file's mode and owner.
+    perms: Option<pb::FilePermsEntry>,
+    /// The mount the file is on, when the task is in a mount namespace other than cryo's
+    /// (CRIU's `mnt_id`): restore reaches the file through that mount even if another one
+    /// covers its directory now (zdtm overmount_sock).
+    mnt_id: Option<i32>,
+}
+
+/// What the socket file of a socket bound to a path tells ([`NameFile`]). `SIOCUNIXFILE`
+/// names the very file the socket is attached to; without it (old kernels) the name is
+/// looked up in the task's root and compared by inode.
 fn name_file(
     fd: &TargetFd<'_>,
     sk: &OwnedFd,
     name: &[u8],
     d: &UnixDiag,
-) -> Result<(bool, Option<String>, Option<pb::FilePermsEntry>), UnixSkError> {
+) -> Result<NameFile, UnixSkError> {
     use std::os::unix::fs::MetadataExt;
     let text = String::from_utf8_lossy(name).into_owned();
     let Ok(file) = scm::unix_file(sk.as_fd()) else {
         let on_disk = crate::sys::fd::stat_in_root(&format!("/proc/{}/root", fd.pid), &text)
             .ok()
             .map(|m| crate::num::low32(m.ino()));
-        return Ok((on_disk != d.vfs.map(|v| v.0), None, None));
+        return Ok(NameFile {
+            deleted: on_disk != d.vfs.map(|v| v.0),
+            dir: None,
+            perms: None,
+            mnt_id: None,
+        });
+    };
+    let mnt_ns = |p: String| std::fs::metadata(p).map(|m| m.ino()).ok();
+    let mnt_id = if mnt_ns(format!("/proc/{}/ns/mnt", fd.pid)) != mnt_ns("/proc/self/ns/mnt".into())
+    {
+        rustix::fs::statx(
+            &file,
+            "",
+            rustix::fs::AtFlags::EMPTY_PATH,
+            rustix::fs::StatxFlags::MNT_ID,
+        )
+        .ok()
+        .and_then(|st| i32::try_from(st.stx_mnt_id).ok())
+    } else {
+        None
     };
     let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .map_err(|e| fd.err("readlink of the socket file", e))?;
@@ -356,7 +388,12 @@ fn name_file(
         gid: meta.gid(),
     };
     if text.starts_with('/') {
-        return Ok((deleted, None, Some(perms)));
+        return Ok(NameFile {
+            deleted,
+            dir: None,
+            perms: Some(perms),
+            mnt_id,
+        });
     }
     // Bound by a relative name: the directory is the path without the name.
     let dir = path
@@ -375,7 +412,12 @@ fn name_file(
                 "bind it by an absolute path, or close it before the dump",
             )
         })?;
-    Ok((deleted, Some(dir.to_string()), Some(perms)))
+    Ok(NameFile {
+        deleted,
+        dir: Some(dir.to_string()),
+        perms: Some(perms),
+        mnt_id,
+    })
 }
 
 fn opts(fd: &TargetFd<'_>, sk: &OwnedFd) -> Result<pb::SkOptsEntry, UnixSkError> {
@@ -492,11 +534,11 @@ impl FdKind for UnixSk {
         while name.len() > 1 && name.last() == Some(&0) && name[0] != 0 {
             name.pop();
         }
-        let (deleted, name_dir, file_perms) = if !name.is_empty() && name[0] != 0 {
-            let (deleted, dir, perms) = name_file(fd, &sk, &name, &d)?;
-            (Some(deleted), dir, perms)
+        let (deleted, name_dir, file_perms, mnt_id) = if !name.is_empty() && name[0] != 0 {
+            let f = name_file(fd, &sk, &name, &d)?;
+            (Some(f.deleted), f.dir, f.perms, f.mnt_id)
         } else {
-            (None, None, None)
+            (None, None, None, None)
         };
         let shutdown = match d.shutdown & 3 {
             0 => pb::SkShutdown::None,
@@ -527,6 +569,7 @@ impl FdKind for UnixSk {
                 file_perms,
                 name_dir,
                 deleted,
+                mnt_id,
                 cryo_icons: if u32::from(d.state) == TCP_LISTEN {
                     d.icons.clone()
                 } else {
@@ -723,6 +766,9 @@ pub struct UnixStore {
     /// directories made again (parents first).
     made_links: Vec<PathBuf>,
     made_dirs: Vec<PathBuf>,
+    /// How to reach a socket bound under a mount that another mount covers, by inode: its
+    /// directory (held, as bound) and its file name there.
+    covered: HashMap<u32, (OwnedFd, std::ffi::OsString)>,
     /// The tree's namespaces those paths are in (the root puppet).
     ns_pid: Option<i32>,
     /// Files in flight whose kind's per-task step (an epoll's watches) ran.
@@ -859,12 +905,13 @@ fn send_queue_to(
         .queues
         .remove(&id)
         .unwrap_or_default();
-    let to = address(objs, u);
     for msg in queue {
         let fds = rights_fds(objs, &msg.rights)?;
         let pass: Vec<std::os::fd::BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        with_address(&to, |a| scm::send_rights(from, &msg.data, &pass, Some(a)))
-            .map_err(obj_err(id, "unix socket: requeue a datagram"))?;
+        at_address(objs, u, |a| {
+            scm::send_rights(from, &msg.data, &pass, Some(a))
+        })
+        .map_err(obj_err(id, "unix socket: requeue a datagram"))?;
     }
     Ok(())
 }
@@ -887,8 +934,24 @@ fn connect_to(
     fd: std::os::fd::BorrowedFd<'_>,
     to: &pb::UnixSkEntry,
 ) -> std::io::Result<()> {
-    let a = address(objs, to);
-    with_address(&a, |a| net::connect(fd, a))
+    at_address(objs, to, |a| net::connect(fd, a))
+}
+
+/// Runs `op` on the address socket `s` (made already) is reached at: by its file name from
+/// a thread working in its directory when a mount covers that directory now, else as
+/// [`address`] says.
+fn at_address<T: Send>(
+    objs: &mut FdObjects,
+    s: &pb::UnixSkEntry,
+    op: impl FnOnce(&[u8]) -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
+    if let Some((dir, name)) = objs.kinds.get::<UnixStore>().covered.get(&s.ino) {
+        let dir = dir.try_clone()?;
+        let name = name.clone();
+        return in_dir_fd(&dir, || op(name.as_bytes()));
+    }
+    let a = address(objs, s);
+    with_address(&a, op)
 }
 
 /// Runs `op` on unix address `a`; a path too long for `sockaddr_un` is given relative to
@@ -920,6 +983,114 @@ fn in_dir<T: Send>(
             crate::sys::ns::unshare(crate::sys::ns::UnshareFlags::FS)?;
             std::env::set_current_dir(dir)?;
             f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("helper thread panicked")))
+    })
+}
+
+/// As [`in_dir`], working in the directory `dir` holds.
+fn in_dir_fd<T: Send>(
+    dir: &OwnedFd,
+    f: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            crate::sys::ns::unshare(crate::sys::ns::UnshareFlags::FS)?;
+            rustix::process::fchdir(dir)?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("helper thread panicked")))
+    })
+}
+
+/// Whether the directory `dir` (a path of the tree) does not lead to the mount whose root
+/// `root` holds, where the socket file was: another mount covers it now, or it cannot be
+/// reached.
+fn covered_dir(dir: &Path, root: &OwnedFd) -> bool {
+    use rustix::fs::{statx, AtFlags, StatxFlags};
+    let id = |st: rustix::fs::Statx| st.stx_mnt_id;
+    let mine = statx(root, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).map(id);
+    let there = statx(rustix::fs::CWD, dir, AtFlags::empty(), StatxFlags::MNT_ID).map(id);
+    match (mine, there) {
+        (Ok(a), Ok(b)) => a != b,
+        (Ok(_), Err(_)) => true,
+        (Err(_), _) => false,
+    }
+}
+
+/// Binds `fd` to `s`'s name where its file was, in a directory that a mount made after the
+/// bind covers now (zdtm overmount_sock): from a thread with a private copy of the tree's
+/// mount namespace in which the socket's mount, alone (`open_tree` without its submounts),
+/// is put over its mount point (or, for the root, made the thread's root), so the name,
+/// bound as the program bound it, leads under the cover. Nothing of this is seen outside
+/// the thread: the tree's mounts stay as they are, and unmounting the cover later is not
+/// kept busy by the socket. Returns the directory the file is in (held) and its name, by
+/// which the socket's peers connect.
+fn bind_covered(
+    fd: std::os::fd::BorrowedFd<'_>,
+    s: &pb::UnixSkEntry,
+    full: &Path,
+    mountpoint: &str,
+    root: &OwnedFd,
+) -> std::io::Result<(OwnedFd, std::ffi::OsString)> {
+    use crate::sys::ns::{unshare, UnshareFlags};
+    use rustix::fs::{Mode, OFlags};
+    use rustix::mount::{MountPropagationFlags, MoveMountFlags, OpenTreeFlags};
+    let (Some(dir), Some(base)) = (full.parent(), full.file_name()) else {
+        return Err(std::io::Error::other("the name has no directory"));
+    };
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            // In the tree's namespace still: a copy of that mount alone.
+            let alone = rustix::mount::open_tree(
+                root,
+                "",
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                    | OpenTreeFlags::AT_EMPTY_PATH,
+            )?;
+            unshare(UnshareFlags::NEWNS | UnshareFlags::FS)?;
+            // Nothing mounted in the copy may propagate to the tree's mounts.
+            rustix::mount::mount_change(
+                "/",
+                MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+            )?;
+            if mountpoint == "/" {
+                rustix::process::fchdir(&alone)?;
+                rustix::process::chroot(".")?;
+            } else {
+                rustix::mount::move_mount(
+                    &alone,
+                    "",
+                    rustix::fs::CWD,
+                    mountpoint,
+                    MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+                )?;
+            }
+            // A stale socket file in the way (the program's, left on a disk) is replaced.
+            {
+                use std::os::unix::fs::FileTypeExt;
+                if std::fs::symlink_metadata(full).is_ok_and(|m| m.file_type().is_socket()) {
+                    std::fs::remove_file(full)?;
+                }
+            }
+            // A relative name from the directory it was bound in.
+            if let Some(d) = s
+                .name_dir
+                .as_ref()
+                .filter(|_| s.name.first() != Some(&b'/'))
+            {
+                std::env::set_current_dir(d)?;
+            }
+            net::bind(fd, &s.name)?;
+            let held = rustix::fs::open(
+                dir,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            Ok((held, base.to_os_string()))
         })
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("helper thread panicked")))
@@ -966,6 +1137,43 @@ fn bind_name(
     };
     let dir = full.parent().unwrap_or(Path::new("/")).to_path_buf();
     let deleted = s.deleted == Some(true);
+    // Its file's mount, restored: a mount made after the bind may cover the directory.
+    let mount = s
+        .mnt_id
+        .and_then(|m| u32::try_from(m).ok())
+        .and_then(|m| objs.mount_roots.get(&m))
+        .map(|(mp, r)| r.try_clone().map(|r| (mp.clone(), r)))
+        .transpose()
+        .map_err(obj_err(id, what("hold the mount of")))?;
+    if let Some((mountpoint, root)) = mount.filter(|(_, r)| !deleted && covered_dir(&dir, r)) {
+        let (held, base) = bind_covered(fd, s, &full, &mountpoint, &root).map_err(obj_err(
+            id,
+            what("bind (under a mount that covers it now) to"),
+        ))?;
+        if let Some(p) = &s.file_perms {
+            use rustix::fs::{chmodat, chownat, AtFlags, Gid, Mode, Uid};
+            chmodat(
+                &held,
+                &base,
+                Mode::from_raw_mode(p.mode & 0o7777),
+                AtFlags::empty(),
+            )
+            .map_err(|e| obj_err(id, what("chmod"))(e.into()))?;
+            chownat(
+                &held,
+                &base,
+                Some(Uid::from_raw(p.uid)),
+                Some(Gid::from_raw(p.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| obj_err(id, what("chown"))(e.into()))?;
+        }
+        objs.kinds
+            .get::<UnixStore>()
+            .covered
+            .insert(s.ino, (held, base));
+        return Ok(());
+    }
     // Directories removed since the bind are made again (and removed at the end when the
     // socket's file was deleted too).
     let mut missing_dirs = Vec::new();
