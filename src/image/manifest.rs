@@ -173,41 +173,67 @@ impl Manifest {
         threads: usize,
         later: impl Fn(&str) -> bool,
     ) -> Result<(), ImageError> {
+        // Small files (thousands of core images for a process of as many threads) are read
+        // whole by the workers: an open, a read and a close each, where mapping them one by
+        // one first cost more than hashing them. Large ones are mapped and checked per block.
+        let mut small = Vec::new();
         let mut maps = Vec::new();
         for (name, want) in &self.files {
             let path = dir.join(name);
-            let map = open_checked(&path, want)?;
-            if !later(name) {
-                maps.push((path.clone(), want, map));
+            if later(name) {
+                open_checked(&path, want)?;
+            } else if want.size <= SMALL {
+                small.push((path, want));
+            } else {
+                let map = open_checked(&path, want)?;
+                maps.push((path, want, map));
             }
         }
-        let work: Vec<(usize, usize)> = maps
-            .iter()
-            .enumerate()
-            .flat_map(|(f, (_, want, _))| (0..want.blocks.len()).map(move |b| (f, b)))
+        enum Work {
+            Small(usize),
+            Block(usize, usize),
+        }
+        let work: Vec<Work> = (0..small.len())
+            .map(Work::Small)
+            .chain(maps.iter().enumerate().flat_map(|(f, (_, want, _))| {
+                (0..want.blocks.len()).map(move |b| Work::Block(f, b))
+            }))
             .collect();
         let next = AtomicUsize::new(0);
         let first_err = Mutex::new(None);
         std::thread::scope(|s| {
             for _ in 0..threads.clamp(1, work.len().max(1)) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(f, b)) = work.get(i) else { break };
-                    let (path, want, map) = &maps[f];
-                    let bytes = map.bytes();
-                    let end = ((b + 1) * BLOCK).min(bytes.len());
-                    let ok = block_digest(&bytes[b * BLOCK..end]) == want.blocks[b];
-                    // Read: out of cryo's RSS (it stays in the page cache).
-                    map.release(b * BLOCK, end - b * BLOCK);
-                    if !ok {
-                        first_err
-                            .lock()
-                            .expect("lock")
-                            .get_or_insert(ImageError::Digest {
-                                path: path.clone(),
-                                what: format!("bytes {}..{end} changed", b * BLOCK),
-                            });
-                        break;
+                s.spawn(|| {
+                    let mut buf = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let r = match work.get(i) {
+                            None => break,
+                            Some(&Work::Small(f)) => {
+                                let (path, want) = &small[f];
+                                check_small(path, want, &mut buf)
+                            }
+                            Some(&Work::Block(f, b)) => {
+                                let (path, want, map) = &maps[f];
+                                let bytes = map.bytes();
+                                let end = ((b + 1) * BLOCK).min(bytes.len());
+                                let ok = block_digest(&bytes[b * BLOCK..end]) == want.blocks[b];
+                                // Read: out of cryo's RSS (it stays in the page cache).
+                                map.release(b * BLOCK, end - b * BLOCK);
+                                if ok {
+                                    Ok(())
+                                } else {
+                                    Err(ImageError::Digest {
+                                        path: path.clone(),
+                                        what: format!("bytes {}..{end} changed", b * BLOCK),
+                                    })
+                                }
+                            }
+                        };
+                        if let Err(e) = r {
+                            first_err.lock().expect("lock").get_or_insert(e);
+                            break;
+                        }
                     }
                 });
             }
@@ -217,6 +243,59 @@ impl Manifest {
             None => Ok(()),
         }
     }
+}
+
+/// Files up to this size are verified by reading them whole ([`check_small`]).
+const SMALL: u64 = 1 << 20;
+
+/// Reads a small listed file into `buf` and checks its size, block count and digest.
+fn check_small(path: &Path, want: &FileDigest, buf: &mut Vec<u8>) -> Result<(), ImageError> {
+    use std::io::Read;
+    let digest_err = |what: String| ImageError::Digest {
+        path: path.to_path_buf(),
+        what,
+    };
+    let mut f = std::fs::File::open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ImageError::Missing {
+                path: path.to_path_buf(),
+            }
+        } else {
+            ImageError::Io {
+                path: path.to_path_buf(),
+                op: "open",
+                source,
+            }
+        }
+    })?;
+    buf.clear();
+    // One byte more than listed: a longer file is seen as such without reading it all.
+    (&mut f)
+        .take(want.size + 1)
+        .read_to_end(buf)
+        .map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            op: "read",
+            source,
+        })?;
+    let size = buf.len() as u64;
+    if size != want.size {
+        let size = f.metadata().map_or(size, |m| m.len());
+        return Err(digest_err(format!(
+            "size is {size} bytes, manifest says {}",
+            want.size
+        )));
+    }
+    if want.blocks.len() as u64 != size.div_ceil(BLOCK as u64) {
+        return Err(digest_err("block list does not match the size".into()));
+    }
+    for (b, chunk) in buf.chunks(BLOCK).enumerate() {
+        if block_digest(chunk) != want.blocks[b] {
+            let end = b * BLOCK + chunk.len();
+            return Err(digest_err(format!("bytes {}..{end} changed", b * BLOCK)));
+        }
+    }
+    Ok(())
 }
 
 /// Opens and maps a listed file after checking its size and block count.
@@ -276,6 +355,49 @@ mod tests {
             );
         }
         assert_eq!(FileDigest::of_parts(&[]), FileDigest::of(&[]));
+    }
+
+    #[test]
+    fn small_files_are_checked_whole() {
+        let dir = std::env::temp_dir().join(format!("cryo-manifest-small-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i % 253).to_le_bytes()[0]).collect();
+        let want = FileDigest::of(&data);
+        let path = dir.join("core-1.img");
+        let mut buf = Vec::new();
+        std::fs::write(&path, &data).unwrap();
+        check_small(&path, &want, &mut buf).unwrap();
+        let mut bad = data.clone();
+        bad[2500] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let e = check_small(&path, &want, &mut buf).unwrap_err().to_string();
+        assert!(e.contains("changed"), "{e}");
+        let mut long = data.clone();
+        long.push(0);
+        std::fs::write(&path, &long).unwrap();
+        let e = format!("{:?}", check_small(&path, &want, &mut buf).unwrap_err());
+        assert!(e.contains("size is 5001 bytes"), "{e}");
+        std::fs::write(&path, &data[..4000]).unwrap();
+        let e = format!("{:?}", check_small(&path, &want, &mut buf).unwrap_err());
+        assert!(e.contains("size is 4000 bytes"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            check_small(&path, &want, &mut buf),
+            Err(ImageError::Missing { .. })
+        ));
+        let m = Manifest {
+            format: 1,
+            digest: "xxh3-128".into(),
+            block_size: BLOCK,
+            files: [("core-1.img".to_string(), want)].into_iter().collect(),
+            tool: None,
+            written: None,
+        };
+        std::fs::write(&path, &data).unwrap();
+        m.verify(&dir, 2).unwrap();
+        std::fs::write(&path, &bad).unwrap();
+        assert!(m.verify(&dir, 2).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Digests must not change: manifests written by earlier versions name the same
