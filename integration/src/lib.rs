@@ -456,6 +456,20 @@ pub fn pid_of(child: &std::process::Child) -> i32 {
     i32::try_from(child.id()).expect("a pid fits a pid_t")
 }
 
+/// The counter writing one number per line to `out`, which had written `at` lines when it
+/// was dumped, goes on after its restore: two more lines come, and every number is the one
+/// before it plus one (no gap, no restart).
+pub fn count_goes_on(out: &Path, at: usize) {
+    wait_for("the count to go on after the restore", 10, || {
+        lines(out).len() >= at + 2
+    });
+    let v: Vec<u64> = lines(out).iter().map(|l| l.parse().unwrap()).collect();
+    assert!(
+        v.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap or restart: {v:?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,18 +491,4 @@ mod tests {
             "{msg}"
         );
     }
-}
-
-/// The counter writing one number per line to `out`, which had written `at` lines when it
-/// was dumped, goes on after its restore: two more lines come, and every number is the one
-/// before it plus one (no gap, no restart).
-pub fn count_goes_on(out: &Path, at: usize) {
-    wait_for("the count to go on after the restore", 10, || {
-        lines(out).len() >= at + 2
-    });
-    let v: Vec<u64> = lines(out).iter().map(|l| l.parse().unwrap()).collect();
-    assert!(
-        v.windows(2).all(|w| w[1] == w[0] + 1),
-        "gap or restart: {v:?}"
-    );
 }
