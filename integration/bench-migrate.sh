@@ -15,7 +15,8 @@
 # 2. migrate: migratee (integration/progs) with M MiB (default 256) rewritten page by page
 #    (one page every 300 us, ~13 MiB/s) in a PID namespace of its own; `cryo migrate` to a
 #    `cryo receive` on 127.0.0.1. Reported: downtime (final freeze to running on the
-#    destination), the rounds, and the time of a stop-and-copy migration of the same process
+#    destination) with the destination restoring in full and lazily (`receive --lazy-pages`),
+#    the rounds, and the time of a stop-and-copy migration of the same process
 #    (dump to a page server + restore, no pre-copy) by cryo and by CRIU (CRIU cannot pre-dump
 #    on a kernel without soft-dirty, such as this VM's: `criu check --feature mem_dirty_track`);
 #    check: the process verifies every page after the move.
@@ -139,25 +140,38 @@ CHECK[migrate]=PASS
 for ((r = 0; r < ROUNDS; r++)); do
     d=$WORK/mig-$r
     mkdir -p "$d/src" "$d/dst"
-    root=$(start_migratee "$d")
-    "$CRYO" receive --port $PORT --address 127.0.0.1 -D "$d/dst" -W "$d" -o receive.log -v3 >"$d/rx.out" 2>&1 &
-    rx=$!
-    wait_line "$d/receive.log" 'listening' 10 || sleep 0.5
-    "$CRYO" migrate -t "$root" --to 127.0.0.1:$PORT -W "$d/src" -o migrate.log -v3 --json >"$d/mig.json" || { echo "migrate failed" >&2; cat "$d/rx.out" >&2; exit 1; }
-    wait "$rx"
-    # Where the downtime goes: the final step's stages, from the freeze.
-    echo "  round $r: $(grep -o 'stages=.*' "$d/src/migrate.log" | tail -1)"
-    j=$(tail -1 "$d/mig.json")
-    down=$(echo "$j" | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["downtime_ms"]*1000))')
-    nr=$(echo "$j" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["rounds"]))')
-    fin=$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["final_pages"])')
-    moved=$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["restored_pid"])')
-    add cryo_downtime "$down"
-    add cryo_rounds "$nr"
-    add cryo_final "$fin"
-    PIDS+=("$moved")
-    verify "$moved" "$d/out" || CHECK[migrate]=FAIL
-    kill -9 "$moved"
+    # Twice: the destination restoring every page before the tree runs (full), and lazily
+    # (`receive --lazy-pages`: a lazy-pages daemon brings the pages from the received images
+    # while the tree runs).
+    for mode in full lazy; do
+        m=$d/$mode
+        mkdir -p "$m/src" "$m/dst"
+        root=$(start_migratee "$m")
+        lz=()
+        [ "$mode" = full ] || lz=(--lazy-pages)
+        "$CRYO" receive --port $PORT --address 127.0.0.1 -D "$m/dst" -W "$m" -o receive.log -v3 "${lz[@]}" >"$m/rx.out" 2>&1 &
+        rx=$!
+        wait_line "$m/receive.log" 'listening' 10 || sleep 0.5
+        "$CRYO" migrate -t "$root" --to 127.0.0.1:$PORT -W "$m/src" -o migrate.log -v3 --json >"$m/mig.json" || { echo "migrate ($mode) failed" >&2; cat "$m/rx.out" >&2; exit 1; }
+        wait "$rx"
+        # Where the downtime goes: the final step's stages, from the freeze.
+        echo "  round $r ($mode restore): $(grep -o 'stages=.*' "$m/src/migrate.log" | tail -1)"
+        j=$(tail -1 "$m/mig.json")
+        down=$(echo "$j" | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["downtime_ms"]*1000))')
+        nr=$(echo "$j" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["rounds"]))')
+        fin=$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["final_pages"])')
+        moved=$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["restored_pid"])')
+        add "cryo_downtime_$mode" "$down"
+        add cryo_rounds "$nr"
+        add cryo_final "$fin"
+        PIDS+=("$moved")
+        # (lazy: the check reads every page, so it also waits for those not in yet)
+        verify "$moved" "$m/out" || CHECK[migrate]=FAIL
+        kill -9 "$moved"
+        if [ "$mode" = lazy ]; then
+            wait_line "$m/lazy-pages.log" 'every page is in' 60 || CHECK[migrate]=FAIL
+        fi
+    done
     # Stop-and-copy of the same process, per tool: dump to a page server, then restore.
     for t in "${TOOLS[@]}"; do
         e=$d/sc-$t
@@ -186,12 +200,13 @@ printf '%-44s %-14s %s\n' "" cryo criu
 printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: full restore (first instr.)" "$(ms "$(med cryo_full)") ms" "${CRIU:+$(ms "$(med criu_full)") ms}"
 printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: lazy restore, first instr." "$(ms "$(med cryo_lazy_first)") ms" "${CRIU:+$(ms "$(med criu_lazy_first)") ms}"
 printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: lazy restore, all pages in" "$(ms "$(med cryo_lazy_all)") ms" "${CRIU:+$(ms "$(med criu_lazy_all)") ms}"
-printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: downtime (pre-copy)" "$(ms "$(med cryo_downtime)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
+printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: downtime (pre-copy)" "$(ms "$(med cryo_downtime_full)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
+printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: downtime (pre-copy, lazy dest.)" "$(ms "$(med cryo_downtime_lazy)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
 printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: stop-and-copy downtime" "$(ms "$(med cryo_stopcopy)") ms" "${CRIU:+$( [ -n "$(med criu_stopcopy)" ] && echo "$(ms "$(med criu_stopcopy)") ms" || echo failed)}"
 echo "migrate rounds (median): $(med cryo_rounds), final pages (median): $(med cryo_final)"
 echo "checks: lazy checksum cryo ${CHECK[lazy_cryo]}${CRIU:+ criu ${CHECK[lazy_criu]:-}}; migrated process verified every page: ${CHECK[migrate]}"
 J="{\"lazy_mib\":$LAZY_MIB,\"mig_mib\":$MIG_MIB,\"rounds\":$ROUNDS"
-for k in cryo_full cryo_lazy_first cryo_lazy_all cryo_downtime cryo_stopcopy criu_full criu_lazy_first criu_lazy_all criu_stopcopy; do
+for k in cryo_full cryo_lazy_first cryo_lazy_all cryo_downtime_full cryo_downtime_lazy cryo_stopcopy criu_full criu_lazy_first criu_lazy_all criu_stopcopy; do
     m=$(med $k)
     [ -z "$m" ] || J="$J,\"${k}_ms\":$(ms "$m")"
 done

@@ -40,6 +40,33 @@ use crate::sys::PAGE_SIZE;
 /// CRIU's name for the socket, in the work directory.
 pub const SOCKET_NAME: &str = "lazy-pages.socket";
 
+/// The environment variable a daemon started by another cryo (`lazy-pages -d`, `receive
+/// --lazy-pages`) finds its listening socket in.
+pub const LISTEN_FD_ENV: &str = "CRYO_LAZY_LISTEN_FD";
+
+/// The environment variable that lists what a daemon started by `receive --lazy-pages`
+/// removes once it has ended (the received images: `R:PATH` a whole directory, `E:PATH`
+/// one if it is empty; one a line).
+pub const REMOVE_AFTER_ENV: &str = "CRYO_LAZY_REMOVE_AFTER";
+
+/// Removes what [`REMOVE_AFTER_ENV`] lists (the daemon's end, whether it served every page
+/// or failed: the tree has its memory, or is dead).
+pub fn remove_after() {
+    let Ok(v) = std::env::var(REMOVE_AFTER_ENV) else {
+        return;
+    };
+    for l in v.lines() {
+        let r = match (l.strip_prefix("R:"), l.strip_prefix("E:")) {
+            (Some(p), _) => std::fs::remove_dir_all(p),
+            (_, Some(p)) => std::fs::remove_dir(p),
+            _ => continue,
+        };
+        if let Err(e) = r {
+            tracing::warn!(path = l, error = %e, "lazy pages: cannot remove the received images");
+        }
+    }
+}
+
 /// Pages pushed in the background per step (between two looks at the page faults).
 const PUSH_BYTES: u64 = 1 << 20;
 /// Pages served around a fault, from the faulting one on (a program reads memory in order
@@ -387,12 +414,27 @@ pub fn serve(
     listener: UnixListener,
     page_server: Option<&str>,
 ) -> Result<DaemonReport, LazyError> {
-    let images = ImageDir::open(dir)?;
-    let want = images
-        .read::<pb::PstreeEntry>("pstree.img", crate::image::PSTREE)?
-        .len();
+    let read = || -> Result<(ImageDir, usize), LazyError> {
+        let images = ImageDir::open(dir)?;
+        let want = images
+            .read::<pb::PstreeEntry>("pstree.img", crate::image::PSTREE)?
+            .len();
+        Ok((images, want))
+    };
+    // Images that are there are read (and refused) before anything connects; those still
+    // arriving (`receive --lazy-pages` starts the daemon with the final round) are complete
+    // once the restore connects.
+    let early = if dir.join("pstree.img").exists() {
+        Some(read()?)
+    } else {
+        None
+    };
     crate::pageserver::wait_readable(listener.as_fd(), None).map_err(io_err("accept"))?;
     let (conn, _) = listener.accept().map_err(io_err("accept"))?;
+    let (images, want) = match early {
+        Some(e) => e,
+        None => read()?,
+    };
     tracing::info!(processes = want, "lazy pages: the restore connected");
     let keeper = Keeper::start()?;
     let verifying = match page_server {

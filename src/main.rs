@@ -359,7 +359,7 @@ fn serve_here(
 }
 
 /// The environment variable a daemonized lazy-pages daemon finds its listening socket in.
-const LAZY_LISTEN_FD: &str = "CRYO_LAZY_LISTEN_FD";
+const LAZY_LISTEN_FD: &str = cryo::lazy::LISTEN_FD_ENV;
 
 /// `cryo lazy-pages`: listens on `lazy-pages.socket` in the work directory and serves the
 /// memory of one `restore --lazy-pages` (from the images, or with `--page-server` from the
@@ -389,7 +389,10 @@ fn lazy_pages(a: &Opts) -> Result<ExitCode> {
     if serve_here(a, listener.as_fd(), LAZY_LISTEN_FD, "lazy pages")? {
         return Ok(ExitCode::SUCCESS);
     }
-    let r = cryo::lazy::serve(&a.images_dir, listener, server.as_deref())?;
+    let r = cryo::lazy::serve(&a.images_dir, listener, server.as_deref());
+    // Started by `receive --lazy-pages` without -D: the received images go now.
+    cryo::lazy::remove_after();
+    let r = r?;
     tracing::info!(
         "lazy pages: {} processes, {} pages on faults, {} pushed, {} zero pages",
         r.tasks,
@@ -467,6 +470,30 @@ fn receive(a: &Opts) -> Result<ExitCode> {
     } else {
         a.images_dir.clone()
     };
+    // --lazy-pages: the tree runs at once, a daemon brings its pages from the received
+    // images (checked here, before the source is told to go on).
+    let lazy = if a.lazy_pages {
+        cryo::sys::mem::userfaultfd_full()
+            .and_then(cryo::sys::mem::Uffd::new_lazy)
+            .context("receive --lazy-pages: this kernel's userfaultfd lacks the fork/remap/remove/unmap events a lazy restore needs; run receive without --lazy-pages")?;
+        // Its log: lazy-pages.log in the work directory (or -D); without either, next to
+        // receive's own directory (which the daemon removes at its end).
+        let log = match (&a.work_dir, a.images_dir != Path::new(".")) {
+            (Some(w), _) => w.join("lazy-pages.log"),
+            (None, true) => dir.join("lazy-pages.log"),
+            (None, false) => std::env::temp_dir().join(format!(
+                "cryo-receive-{}-lazy-pages.log",
+                std::process::id()
+            )),
+        };
+        Some(cryo::migrate::LazyReceive {
+            exe: std::env::current_exe().context("cannot find cryo itself")?,
+            log,
+            verbosity: a.verbosity,
+        })
+    } else {
+        None
+    };
     let opts = cryo::migrate::ReceiveOpts {
         keep: a.images_dir != Path::new("."),
         dir,
@@ -485,6 +512,7 @@ fn receive(a: &Opts) -> Result<ExitCode> {
             .map_or(cryo::pageserver::DEFAULT_IDLE_TIMEOUT, |t| {
                 std::time::Duration::from_secs(u64::from(t.max(1)))
             }),
+        lazy,
     };
     let r = cryo::migrate::receive(&opts, &listener)?;
     if a.json {

@@ -656,6 +656,18 @@ fn rounds_and_hand_over(
     })
 }
 
+/// `receive --lazy-pages`: how the lazy-pages daemon is started (`cryo lazy-pages` on the
+/// final images, a process of its own that outlives receive).
+#[derive(Debug, Clone)]
+pub struct LazyReceive {
+    /// cryo itself.
+    pub exe: PathBuf,
+    /// The daemon's log file.
+    pub log: PathBuf,
+    /// Its log level.
+    pub verbosity: u32,
+}
+
 /// What `cryo receive` was asked.
 #[derive(Debug, Clone)]
 pub struct ReceiveOpts {
@@ -667,6 +679,9 @@ pub struct ReceiveOpts {
     pub restore: RestoreOpts,
     /// `--timeout`: how long the source may send nothing in the middle of a migration.
     pub timeout: Duration,
+    /// `--lazy-pages`: the tree runs before its memory is in; a daemon brings the pages
+    /// from the received images (local) on first touch and in the background.
+    pub lazy: Option<LazyReceive>,
 }
 
 /// What `cryo receive` did.
@@ -688,9 +703,11 @@ pub fn receive(opts: &ReceiveOpts, listener: &TcpListener) -> Result<ReceiveRepo
     let _ = ctl.set_write_timeout(Some(opts.timeout));
     tracing::info!(%peer, "receive: the source connected");
     let mut made: Vec<PathBuf> = Vec::new();
-    let r = receive_in(opts, listener, &mut ctl, peer.ip(), &mut made);
+    let r = receive_in(opts, listener, &mut ctl, peer.ip(), &mut made, made_dir);
     match &r {
         Ok(_) if opts.keep => {}
+        // The lazy-pages daemon still reads them: it removes them when it is done.
+        Ok(_) if opts.lazy.is_some() => {}
         _ => {
             // Only what this receive made (rounds it created, the directory if it did).
             for d in &made {
@@ -775,6 +792,7 @@ fn receive_in(
     ctl: &mut TcpStream,
     source: std::net::IpAddr,
     made: &mut Vec<PathBuf>,
+    made_dir: bool,
 ) -> Result<ReceiveReport, MigrateError> {
     let mut ro = opts.restore.clone();
     let idle = opts.timeout;
@@ -799,6 +817,8 @@ fn receive_in(
     let mut prev: Option<String> = None;
     let mut bytes = 0u64;
     let mut rounds = 0u32;
+    // `--lazy-pages`: the daemon, from the final round on.
+    let mut daemon: Option<LazyDaemon> = None;
     loop {
         match recv_within(ctl, idle, "waiting for the source")? {
             Msg::Round { name } => {
@@ -823,6 +843,20 @@ fn receive_in(
                         path.join(crate::memtrack::PARENT_LINK),
                     )
                     .map_err(io_err("making the parent link"))?;
+                }
+                // A lazy restore: its daemon is started now, while the final pages and
+                // images come (not in the frozen tree's time after them); it waits for the
+                // restore to connect. Ended if the migration fails.
+                if let (Some(l), "final") = (&opts.lazy, name.as_str()) {
+                    // What the daemon removes once every page is in (without -D).
+                    let mut remove: Vec<String> = Vec::new();
+                    if !opts.keep {
+                        remove.extend(made.iter().map(|d| format!("R:{}", d.display())));
+                        if made_dir {
+                            remove.push(format!("E:{}", opts.dir.display()));
+                        }
+                    }
+                    daemon = Some(LazyDaemon::start(l, &path, &remove)?);
                 }
                 send(ctl, &Msg::Ready)?;
                 let mut sk = accept_pages(listener, ctl, source, idle)?;
@@ -878,6 +912,9 @@ fn receive_in(
                 }
                 let dir = ImageDir::open(&opts.dir.join("final"))?;
                 let t = Instant::now();
+                if let Some(d) = &daemon {
+                    ro.lazy_pages = Some(d.socket.clone());
+                }
                 let mut hooks = CommitHooks {
                     ctl: &mut *ctl,
                     wait: commit_wait,
@@ -885,7 +922,13 @@ fn receive_in(
                     root: 0,
                     committed: false,
                 };
-                let r = match restore::run(&ro, &dir, &mut hooks) {
+                let r = restore::run(&ro, &dir, &mut hooks);
+                if let Some(d) = daemon.take() {
+                    // Restored: the daemon serves the tree on its own (and outlives
+                    // receive); failed: ended (dropped) with the tree it served.
+                    d.restore_done(r.is_ok());
+                }
+                let r = match r {
                     Ok(r) => r,
                     Err(e) if hooks.committed => {
                         // The restore killed its copy; the source's is gone: say so loudly.
@@ -916,6 +959,71 @@ fn receive_in(
                 });
             }
             m => return Err(MigrateError::Protocol(format!("unexpected {m:?}"))),
+        }
+    }
+}
+
+/// `receive --lazy-pages`: the `cryo lazy-pages` daemon serving the final images (through
+/// their `parent` chain) to the restored tree. A process of its own (its own process group):
+/// it outlives receive, brings every page in, and then removes the images it was given
+/// (`lazy::REMOVE_AFTER_ENV`) when receive was not told to keep them.
+struct LazyDaemon {
+    /// Killed and reaped on drop (the migration failed), unless the restore succeeded.
+    child: Option<std::process::Child>,
+    /// Its socket, in the final images directory (removed once the restore ended).
+    socket: PathBuf,
+}
+
+impl Drop for LazyDaemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl LazyDaemon {
+    fn start(l: &LazyReceive, fdir: &Path, remove: &[String]) -> Result<LazyDaemon, MigrateError> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let socket = crate::lazy::socket_path(fdir);
+        let listener = crate::lazy::listen(&socket)
+            .map_err(|e| MigrateError::Protocol(format!("the lazy-pages daemon: {e}")))?;
+        crate::sys::fd::set_cloexec(listener.as_fd(), false)
+            .map_err(io_err("the lazy-pages daemon's socket"))?;
+        let child = std::process::Command::new(&l.exe)
+            .arg("lazy-pages")
+            .arg("-D")
+            .arg(fdir)
+            .arg("-o")
+            .arg(&l.log)
+            .arg(format!("-v{}", l.verbosity))
+            .env(crate::lazy::LISTEN_FD_ENV, listener.as_raw_fd().to_string())
+            .env(crate::lazy::REMOVE_AFTER_ENV, remove.join("\n"))
+            // Not in receive's process group: a signal to it (Ctrl-C) must not take the
+            // pages of a tree that already runs.
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(io_err("starting the lazy-pages daemon"))?;
+        drop(listener);
+        tracing::info!(daemon = child.id(), socket = %socket.display(), "receive: lazy-pages daemon started");
+        Ok(LazyDaemon {
+            child: Some(child),
+            socket,
+        })
+    }
+
+    /// The restore ended: its socket goes; the daemon of a restored tree goes on alone (the
+    /// tree's pages are its to bring), that of a failed one is ended (it may still wait for
+    /// the restore to connect; the tree it served is dead).
+    fn restore_done(mut self, ok: bool) {
+        if ok {
+            self.child = None;
         }
     }
 }

@@ -5,6 +5,7 @@
 //! re-parented to it and can be reaped at once (PID 1 on the VM reaps orphans only every few
 //! seconds, and a restore needs its PID free).
 
+pub mod echo;
 pub mod netns;
 pub mod rpc;
 

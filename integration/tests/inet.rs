@@ -11,52 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use integration::echo::{finish_clients, progress, wait_progress};
 use integration::netns::{need, Net};
 use integration::*;
-
-/// The last "progress N" line of the clients' output.
-fn progress(out: &Path) -> u64 {
-    lines(out)
-        .iter()
-        .rev()
-        .find_map(|l| l.strip_prefix("progress ")?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Waits until the clients moved at least `bytes` bytes past where they were.
-fn wait_progress(out: &Path, bytes: u64) {
-    let start = progress(out);
-    wait_for("the connections to move data", 60, || {
-        progress(out) >= start + bytes
-    });
-}
-
-/// Stops the clients (SIGUSR1), waits for their summary and checks every byte came back
-/// once, in order, without an error; returns the summary.
-fn finish_clients(pid: i32, out: &Path) -> String {
-    signal(pid, libc::SIGUSR1);
-    wait_for("the clients' summary", 90, || {
-        lines(out).iter().any(|l| l.starts_with("done "))
-    });
-    let done = lines(out)
-        .into_iter()
-        .find(|l| l.starts_with("done "))
-        .unwrap();
-    let errors: Vec<String> = lines(out)
-        .into_iter()
-        .filter(|l| l.starts_with("error"))
-        .collect();
-    assert!(errors.is_empty(), "the clients saw errors: {errors:?}");
-    assert!(done.contains("errors=0"), "{done}");
-    let field = |k: &str| {
-        done.split(' ')
-            .find_map(|f| f.strip_prefix(k))
-            .unwrap()
-            .to_string()
-    };
-    assert_eq!(field("sent="), field("echoed="), "{done}");
-    done
-}
 
 /// The tcp-stream entries of a dump: (inq_len, outq_len, unsq_len).
 fn streams(img: &Path) -> Vec<(u64, u64, u64)> {

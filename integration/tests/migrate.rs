@@ -41,24 +41,39 @@ impl Drop for Receiver {
 
 impl Receiver {
     fn start(net: &Net, port: u16, dest: &Path, wd: &Path, env: &[(&str, &str)]) -> Receiver {
+        Receiver::start_with(net, port, Some(dest), wd, env, &[])
+    }
+
+    /// `cryo receive` with `-D dest` (none: receive's own directory, removed after) and
+    /// `extra` arguments.
+    fn start_with(
+        net: &Net,
+        port: u16,
+        dest: Option<&Path>,
+        wd: &Path,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Receiver {
         std::fs::create_dir_all(wd).unwrap();
-        let mut c = cryo_in(
-            &net.b,
-            &[
-                "receive",
-                "--port",
-                &port.to_string(),
-                "--address",
-                &net.v4(2),
-                "-D",
-                dest.to_str().unwrap(),
-                "-W",
-                wd.to_str().unwrap(),
-                "-v4",
-                "-o",
-                "receive.log",
-            ],
-        );
+        let port = port.to_string();
+        let addr = net.v4(2);
+        let mut args = vec![
+            "receive",
+            "--port",
+            &port,
+            "--address",
+            &addr,
+            "-W",
+            wd.to_str().unwrap(),
+            "-v4",
+            "-o",
+            "receive.log",
+        ];
+        if let Some(d) = dest {
+            args.extend(["-D", d.to_str().unwrap()]);
+        }
+        args.extend_from_slice(extra);
+        let mut c = cryo_in(&net.b, &args);
         c.envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -209,6 +224,60 @@ fn a_writing_process_moves_to_another_namespace_with_all_its_pages() {
     });
     verify(moved, &out);
     assert!(dest.join("final").exists(), "-D DIR keeps the images");
+}
+
+/// `receive --lazy-pages`: the destination's restore leaves the memory to a lazy-pages
+/// daemon reading the received images (local), so the tree runs before its pages are in.
+/// The daemon outlives receive, brings every page in (the process checks each one it wrote)
+/// and then removes the images receive made (no `-D`).
+#[test]
+fn a_lazily_restored_destination_gets_every_page_and_its_images_go_after() {
+    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+        return;
+    }
+    let dir = scratch("migrate-lazy");
+    let net = Net::new("migl", 137);
+    let (launcher, root, out) = start_migratee(&net, &dir, 64, 300, true);
+    let _g = KillOnDrop(launcher);
+    let _r = KillOnDrop(root);
+    let wd = dir.join("work");
+    let rx = Receiver::start_with(&net, port(), None, &wd, &[], &["--lazy-pages"]);
+    let rx_pid = rx.child.as_ref().unwrap().id();
+    let images = std::env::temp_dir().join(format!("cryo-receive-{rx_pid}"));
+    wait_for("the writer to go on", 20, || steps(&out) > 0);
+    let o = migrate_to(&net, root, &wd, &["--json"], &[]);
+    let got = rx.wait();
+    assert!(
+        o.status.success(),
+        "migrate: {}\n{}\nreceive: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        log(&wd, "migrate.log"),
+        String::from_utf8_lossy(&got.stderr),
+        log(&wd, "receive.log")
+    );
+    assert!(got.status.success(), "{}", log(&wd, "receive.log"));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let moved = i32::try_from(r["restored_pid"].as_i64().unwrap()).unwrap();
+    let _g2 = KillOnDrop(moved);
+    wait_gone(root);
+    assert!(alive(moved));
+    assert!(
+        log(&wd, "receive.log").contains("lazy-pages daemon started"),
+        "{}",
+        log(&wd, "receive.log")
+    );
+    let at = steps(&out);
+    wait_for("the writer to go on after the move", 20, || {
+        steps(&out) > at
+    });
+    wait_for("the daemon to bring every page in", 120, || {
+        log(&wd, "lazy-pages.log").contains("every page is in")
+    });
+    wait_for("the daemon to remove the received images", 30, || {
+        !images.exists()
+    });
+    // Every page the process wrote, before and during the rounds, is what it reads now.
+    verify(moved, &out);
 }
 
 /// The destination refuses at the very end: its restore fails (here the tree shares the

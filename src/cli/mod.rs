@@ -592,7 +592,8 @@ pub struct Opts {
 
     /// Lazy restore: `restore` leaves private anonymous memory to the `lazy-pages` daemon,
     /// which brings each page on its first touch; `dump` keeps those pages and serves them on
-    /// `--port` to a `lazy-pages --page-server` until every one is taken.
+    /// `--port` to a `lazy-pages --page-server` until every one is taken; `receive` restores
+    /// the migrated tree so, a `lazy-pages` daemon serving the received images.
     #[arg(long = "lazy-pages")]
     pub lazy_pages: bool,
     // --- Page server.
