@@ -1249,6 +1249,50 @@ exec sleep 1000
     );
 }
 
+/// A binfmt_misc mount inside a container (zdtm's binfmt_misc, mountpoints): it was
+/// refused at dump; now it is mounted again at restore, showing the registrations of the
+/// instance it was a mount of (the one cryo sees: without a user namespace of its own, the
+/// container shares the host's). A registration the container made, disabled, is still
+/// there after restore, with its interpreter and extension, and still disabled.
+#[test]
+fn binfmt_misc_mount_comes_back_with_its_registrations() {
+    let name = format!("cryo-it-{}", std::process::id());
+    // The registration is the host's too: removed whatever happens to the test.
+    struct Unregister(String);
+    impl Drop for Unregister {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("unshare")
+                .args(["-m", "sh", "-c"])
+                .arg(format!(
+                    "d=$(mktemp -d) && mount -t binfmt_misc none $d && \
+                     {{ [ ! -e $d/{0} ] || echo -1 > $d/{0}; }}; umount $d; rmdir $d",
+                    self.0
+                ))
+                .status();
+        }
+    }
+    let _u = Unregister(name.clone());
+    let script = format!(
+        r#"#!/bin/sh
+mkdir /tmp/bf
+mount -t binfmt_misc cryo-bf /tmp/bf
+echo ':{name}:E::{name}::/bin/true:' > /tmp/bf/register
+echo 0 > /tmp/bf/{name}
+i=0
+while [ ! -e /data/go ]; do i=$((i+1)); echo "$i" >> /data/out; sleep 0.05; done
+r="$(tr '\n' ' ' < /tmp/bf/{name})"
+echo -1 > /tmp/bf/{name}
+echo "result $r" >> /data/out
+exec sleep 1000
+"#
+    );
+    script_result_is(
+        "container-binfmt",
+        &script,
+        &format!("result disabled interpreter /bin/true flags:  extension .{name}"),
+    );
+}
+
 /// A file open on a mount that another mount now covers is refused, as CRIU refuses it
 /// (zdtm's overmounted_file, a test CRIU must fail): it would be reopened by a path that
 /// leads to the cover. The container goes on.

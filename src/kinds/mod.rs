@@ -7,6 +7,7 @@
 //! order; see docs/ARCHITECTURE.md for why the order is what it is.
 
 pub mod aio;
+pub mod binfmt;
 pub mod cgroup;
 pub mod cpuinfo;
 pub mod creds;

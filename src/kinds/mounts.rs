@@ -38,6 +38,8 @@ pub enum MountsError {
     Task(#[from] TaskError),
     #[error(transparent)]
     Propagation(#[from] super::propagation::PropagationError),
+    #[error(transparent)]
+    Binfmt(#[from] super::binfmt::BinfmtError),
     #[error("cannot rebuild the mount tree: {what}")]
     Mount {
         what: String,
@@ -116,6 +118,8 @@ const FRESH: &[(&str, u32)] = &[
     ("proc", 1),
     ("sysfs", 2),
     ("devtmpfs", 3),
+    // With its registrations (`binfmt`).
+    ("binfmt_misc", 4),
     ("tmpfs", 5),
     ("devpts", 6),
     ("pstore", 8),
@@ -127,6 +131,7 @@ const FRESH: &[(&str, u32)] = &[
     ("cgroup2", 23),
 ];
 const TMPFS: u32 = 5;
+const BINFMT_MISC: u32 = 4;
 const PROC: u32 = 1;
 
 fn fstype_code(name: &str) -> Option<u32> {
@@ -887,6 +892,30 @@ pub fn write(
             source,
         })?;
         dir.record(&name, image::manifest::FileDigest::of(&bytes));
+    }
+    // binfmt_misc registrations, read through the mount itself (its mount point may lead
+    // to another mount: refused then).
+    for e in entries
+        .iter()
+        .skip(1)
+        .filter(|e| e.fstype == BINFMT_MISC && e.root == "/" && e.ext_key.is_none())
+    {
+        let i = entries
+            .iter()
+            .position(|x| x.mnt_id == e.mnt_id)
+            .unwrap_or(0);
+        match open_saved_mount(pid, entries, i) {
+            Ok((at, true)) => super::binfmt::dump(pid, &at, &e.mountpoint, dir)?,
+            _ => {
+                return Err(Unsupported::of(
+                    pid,
+                    format!("mount {}", e.mountpoint),
+                    "a binfmt_misc mount another mount covers: its registrations cannot be read",
+                    "unmount what covers it before the dump",
+                )
+                .into())
+            }
+        }
     }
     Ok(())
 }
@@ -2062,6 +2091,9 @@ fn mount_one(
             let (source, fstype) = (e.source.as_str(), fstype.as_str());
             rustix::mount::mount(source, &target, fstype, first, data.as_c_str())
                 .map_err(mnt_err(what("mount")))?;
+            if e.fstype == BINFMT_MISC {
+                super::binfmt::restore(dir, &top()?.path(), &e.mountpoint)?;
+            }
             if e.fstype == TMPFS {
                 let img = dir.join(tmpfs_image(e));
                 if img.exists() {
