@@ -123,8 +123,17 @@ pub fn dump(pid: i32, at: &OwnedFd, mountpoint: &str, dir: &ImageDir) -> Result<
     names.sort();
     let mut entries = Vec::new();
     for n in names {
-        let text = std::fs::read_to_string(Path::new(&base).join(&n))
+        let raw = std::fs::read(Path::new(&base).join(&n))
             .map_err(err(format!("read registration {n}")))?;
+        // An extension of any bytes the kernel takes: cryo's image holds text only.
+        let text = String::from_utf8(raw).map_err(|_| {
+            Unsupported::of(
+                pid,
+                format!("binfmt_misc registration {n} (mount {mountpoint})"),
+                "its extension or interpreter is not UTF-8 text, which binfmt-misc.img cannot hold",
+                "remove the registration before the dump",
+            )
+        })?;
         let e = parse(&n, &text).map_err(|why| {
             Unsupported::of(
                 pid,
