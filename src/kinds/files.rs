@@ -739,6 +739,9 @@ pub struct FdObjects {
     /// The mounts of the tree's restored mount namespace (`mounts::restore`), by their id
     /// in the images: mount point and root.
     pub mount_roots: super::mounts::MountRoots,
+    /// binfmt_misc registrations the restore made: removed again if it fails (dropped),
+    /// kept once the tree runs.
+    pub binfmt: Vec<super::binfmt::Made>,
 }
 
 /// The tree's processes by their PID in the images: ids from the tree's PID namespace down
@@ -854,6 +857,7 @@ impl FdObjects {
                 .collect(),
             pids: PidView::new(tasks),
             mount_roots: HashMap::new(),
+            binfmt: Vec::new(),
         })
     }
 

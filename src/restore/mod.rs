@@ -1390,6 +1390,7 @@ fn fork_child(
         for p in &mut sh.pending_mounts {
             let ptys = kinds::mounts::finish_pending(p, &|v| host.get(&v).copied())?;
             cx.objs.borrow_mut().tty.premade.extend(ptys);
+            cx.objs.borrow_mut().binfmt.append(&mut p.binfmt);
         }
         sh.pending_mounts.retain(kinds::mounts::is_pending);
     }
@@ -2347,6 +2348,9 @@ pub fn run(
     }
     if let Some(cg) = &cgroups {
         cg.keep();
+    }
+    for made in std::mem::take(&mut objs.borrow_mut().binfmt) {
+        made.keep();
     }
     // 5. Let them run: children and threads before their parents.
     for p in puppets.0.iter_mut().rev().filter(|p| !p.released) {
