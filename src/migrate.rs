@@ -713,6 +713,14 @@ pub fn receive(opts: &ReceiveOpts, listener: &TcpListener) -> Result<ReceiveRepo
             for d in &made {
                 let _ = std::fs::remove_dir_all(d);
             }
+            // The lazy-pages daemon's log, when it went in the directory receive made.
+            if let Some(l) = opts
+                .lazy
+                .as_ref()
+                .filter(|l| made_dir && l.log.parent() == Some(&opts.dir))
+            {
+                let _ = std::fs::remove_file(&l.log);
+            }
             if made_dir {
                 let _ = std::fs::remove_dir(&opts.dir);
             }
@@ -848,10 +856,14 @@ fn receive_in(
                 // images come (not in the frozen tree's time after them); it waits for the
                 // restore to connect. Ended if the migration fails.
                 if let (Some(l), "final") = (&opts.lazy, name.as_str()) {
-                    // What the daemon removes once every page is in (without -D).
+                    // What the daemon removes once every page is in (without -D): the
+                    // rounds, its own log if it is there, the directory if receive made it.
                     let mut remove: Vec<String> = Vec::new();
                     if !opts.keep {
                         remove.extend(made.iter().map(|d| format!("R:{}", d.display())));
+                        if l.log.parent() == Some(&opts.dir) {
+                            remove.push(format!("F:{}", l.log.display()));
+                        }
                         if made_dir {
                             remove.push(format!("E:{}", opts.dir.display()));
                         }
@@ -964,14 +976,20 @@ fn receive_in(
 }
 
 /// `receive --lazy-pages`: the `cryo lazy-pages` daemon serving the final images (through
-/// their `parent` chain) to the restored tree. A process of its own (its own process group):
-/// it outlives receive, brings every page in, and then removes the images it was given
-/// (`lazy::REMOVE_AFTER_ENV`) when receive was not told to keep them.
+/// their `parent` chain) to the restored tree. A process of its own (its own process group).
+/// Until a restore connects it reads no image (they are still arriving) and dies with
+/// receive (`PR_SET_PDEATHSIG`: a receive killed before the restore leaves no daemon
+/// waiting forever); once the restore connected it outlives receive, brings every page in,
+/// and only then removes the images it was given (`lazy::REMOVE_AFTER_ENV`) when receive
+/// was not told to keep them. A daemon that fails leaves them.
 struct LazyDaemon {
     /// Killed and reaped on drop (the migration failed), unless the restore succeeded.
     child: Option<std::process::Child>,
     /// Its socket, in the final images directory (removed once the restore ended).
     socket: PathBuf,
+    /// Gets a byte once the daemon, connected to by the restore, no longer dies with
+    /// receive (`lazy::DETACHED_FD_ENV`).
+    detached: std::os::fd::OwnedFd,
 }
 
 impl Drop for LazyDaemon {
@@ -993,6 +1011,10 @@ impl LazyDaemon {
             .map_err(|e| MigrateError::Protocol(format!("the lazy-pages daemon: {e}")))?;
         crate::sys::fd::set_cloexec(listener.as_fd(), false)
             .map_err(io_err("the lazy-pages daemon's socket"))?;
+        let (detached, tell) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| io_err("a pipe for the lazy-pages daemon")(e.into()))?;
+        crate::sys::fd::set_cloexec(tell.as_fd(), false)
+            .map_err(io_err("a pipe for the lazy-pages daemon"))?;
         let child = std::process::Command::new(&l.exe)
             .arg("lazy-pages")
             .arg("-D")
@@ -1002,6 +1024,8 @@ impl LazyDaemon {
             .arg(format!("-v{}", l.verbosity))
             .env(crate::lazy::LISTEN_FD_ENV, listener.as_raw_fd().to_string())
             .env(crate::lazy::REMOVE_AFTER_ENV, remove.join("\n"))
+            .env(crate::lazy::RECEIVE_PID_ENV, std::process::id().to_string())
+            .env(crate::lazy::DETACHED_FD_ENV, tell.as_raw_fd().to_string())
             // Not in receive's process group: a signal to it (Ctrl-C) must not take the
             // pages of a tree that already runs.
             .process_group(0)
@@ -1011,20 +1035,39 @@ impl LazyDaemon {
             .spawn()
             .map_err(io_err("starting the lazy-pages daemon"))?;
         drop(listener);
+        drop(tell);
         tracing::info!(daemon = child.id(), socket = %socket.display(), "receive: lazy-pages daemon started");
         Ok(LazyDaemon {
             child: Some(child),
             socket,
+            detached,
         })
     }
 
     /// The restore ended: its socket goes; the daemon of a restored tree goes on alone (the
-    /// tree's pages are its to bring), that of a failed one is ended (it may still wait for
-    /// the restore to connect; the tree it served is dead).
+    /// tree's pages are its to bring: receive waits until it says it no longer dies with
+    /// receive), that of a failed one is ended (it may still wait for the restore to
+    /// connect; the tree it served is dead).
     fn restore_done(mut self, ok: bool) {
-        if ok {
-            self.child = None;
+        if !ok {
+            return;
         }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let said =
+            crate::pageserver::wait_readable_until(self.detached.as_fd(), None, Some(deadline))
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    let mut b = [0u8; 1];
+                    match rustix::io::read(&self.detached, &mut b) {
+                        Ok(1) => Ok(()),
+                        Ok(_) => Err("it is gone".to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                });
+        if let Err(why) = said {
+            tracing::warn!(%why, "receive: the lazy-pages daemon did not say it took over the restored tree");
+        }
+        self.child = None;
     }
 }
 
