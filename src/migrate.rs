@@ -18,8 +18,9 @@
 //! holds its copy for the commit before its network opens (lock lifted, connections out of
 //! repair mode), so a copy killed then sends no reset to peers the source still serves.
 //! What fails on the destination after the commit (its network opening, the release) kills
-//! its copy too: the tree is lost, and both sides fail naming the stage; so does a source
-//! that hears nothing from the destination after the commit. Every wait of the source while
+//! its copy too: both sides fail naming the stage (so does a source that hears nothing
+//! from the destination after the commit), and the destination keeps the received images,
+//! the tree's only copy left, for another restore. Every wait of the source while
 //! its tree is frozen is bounded by `--timeout` (default 10 s): past it the tree runs on
 //! where it was and the error names the stage that stalled.
 //!
@@ -99,9 +100,10 @@ pub enum MigrateError {
     /// No word from the destination after the commit: its copy runs there or nowhere.
     #[error("the destination did not confirm that the tree runs after the commit ({why}): the source is gone; check pid {pid} on the destination")]
     Unconfirmed { why: String, pid: i32 },
-    /// The destination's restore failed after the source's commit.
-    #[error("the restore failed after the commit (the source's tree is gone, the restored copy killed): {0}")]
-    AfterCommit(String),
+    /// The destination's restore failed after the source's commit: the received images are
+    /// the tree's only copy now, and stay.
+    #[error("the restore failed after the commit (the source's tree is gone, the restored copy killed): {why}; the received images stay: `cryo restore -D {}` may try again", images.display())]
+    AfterCommit { why: String, images: PathBuf },
     #[error("migration protocol: {0}")]
     Protocol(String),
     #[error(transparent)]
@@ -708,6 +710,8 @@ pub fn receive(opts: &ReceiveOpts, listener: &TcpListener) -> Result<ReceiveRepo
         Ok(_) if opts.keep => {}
         // The lazy-pages daemon still reads them: it removes them when it is done.
         Ok(_) if opts.lazy.is_some() => {}
+        // The source's tree is gone: they are all that is left of it.
+        Err(MigrateError::AfterCommit { .. }) => {}
         _ => {
             // Only what this receive made (rounds it created, the directory if it did).
             for d in &made {
@@ -944,7 +948,10 @@ fn receive_in(
                     Ok(r) => r,
                     Err(e) if hooks.committed => {
                         // The restore killed its copy; the source's is gone: say so loudly.
-                        let e = MigrateError::AfterCommit(error_chain(&e));
+                        let e = MigrateError::AfterCommit {
+                            why: error_chain(&e),
+                            images: opts.dir.join("final"),
+                        };
                         tracing::error!(error = %e, "receive: failed after the commit");
                         return Err(e);
                     }

@@ -485,8 +485,11 @@ fn migratees_in(ns: &str) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "migratee")
-                && alive(p)
+            // `prog` builds it as cryo-prog-migratee-PID (its comm is cut to 15 bytes).
+            std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| {
+                e.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("cryo-prog-migratee-"))
+            }) && alive(p)
                 && std::fs::metadata(format!("/proc/{p}/ns/net")).is_ok_and(|m| m.ino() == want)
         })
         .collect()
@@ -606,7 +609,9 @@ fn without_the_commit_the_destination_kills_its_copy() {
 /// `netunlock`): the commit came before that point, so the source's tree is already killed;
 /// the destination kills its copy. Both sides fail naming the stage: no copy runs anywhere,
 /// and not silently. (Were the commit awaited after the network opened, as before, this
-/// fault would come before the commit and the source would run on.)
+/// fault would come before the commit and the source would run on.) The received images,
+/// the tree's only copy now, stay (they used to be removed): a restore from them brings the
+/// process back with every page it wrote.
 #[test]
 fn a_destination_failing_after_the_commit_is_reported_by_both_sides() {
     if !need(&["ip", "nsenter", "unshare", "setsid"]) {
@@ -614,7 +619,7 @@ fn a_destination_failing_after_the_commit_is_reported_by_both_sides() {
     }
     let dir = scratch("migrate-aftercommit");
     let net = Net::new("miga", 136);
-    let (launcher, root, _out) = start_migratee(&net, &dir, 16, 300, true);
+    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, true);
     let _g = KillOnDrop(launcher);
     let _r = KillOnDrop(root);
     let dest = dir.join("dest");
@@ -643,6 +648,30 @@ fn a_destination_failing_after_the_commit_is_reported_by_both_sides() {
     wait_gone(root);
     assert_eq!(migratees_in(&net.b), Vec::<i32>::new(), "no copy in B");
     assert_eq!(migratees_in(&net.a), Vec::<i32>::new(), "no copy in A");
+    let fin = dest.join("final");
+    assert!(
+        fin.join("pstree.img").exists() && rerr.contains(fin.to_str().unwrap()),
+        "the received images stay, and receive says where: {rerr}"
+    );
+    let again = cryo_in(
+        &net.b,
+        &[
+            "restore",
+            "-D",
+            fin.to_str().unwrap(),
+            "-d",
+            "-v4",
+            "-o",
+            "again.log",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(again.status.success(), "{}", log(&fin, "again.log"));
+    let back = migratees_in(&net.b);
+    assert_eq!(back.len(), 1, "{back:?}");
+    let _g2 = KillOnDrop(back[0]);
+    verify(back[0], &out);
 }
 
 /// `cryo receive` takes no path from the other side: a round named `../victim` is refused,
