@@ -1910,6 +1910,22 @@ pub fn run(
     dir: &ImageDir,
     hooks: &mut dyn Notifier,
 ) -> Result<RestoreReport, RestoreError> {
+    let r = run_tree(opts, dir, hooks);
+    // The devices a failed restore moved into its namespaces (`--external netdev`) go
+    // back to cryo's: the namespaces die with the tree, and a veth with them.
+    match &r {
+        Ok(_) => opts.links.keep_moved(),
+        Err(_) => opts.links.give_back(),
+    }
+    r
+}
+
+/// [`run`]'s work; `run` gives back what a failure must not take with the tree.
+fn run_tree(
+    opts: &RestoreOpts,
+    dir: &ImageDir,
+    hooks: &mut dyn Notifier,
+) -> Result<RestoreReport, RestoreError> {
     let t0 = Instant::now();
     hooks.notify("pre-restore", None)?;
     // 1. Verify before creating anything.
@@ -2237,6 +2253,9 @@ pub fn run(
         creds: None,
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
+    // A veth left for a namespace that never came (its peer's) is an error, not a link
+    // silently missing.
+    kinds::netns::all_links_made(&opts.links)?;
     end_dead_pid_helpers(&sh, root, &mut puppets)?;
     if let Some(l) = &lazy {
         // The daemon counts the tree's processes: the zombies too (CRIU sends them negated).
