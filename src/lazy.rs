@@ -45,20 +45,75 @@ pub const SOCKET_NAME: &str = "lazy-pages.socket";
 pub const LISTEN_FD_ENV: &str = "CRYO_LAZY_LISTEN_FD";
 
 /// The environment variable that lists what a daemon started by `receive --lazy-pages`
-/// removes once it has ended (the received images: `R:PATH` a whole directory, `E:PATH`
-/// one if it is empty; one a line).
+/// removes once every page is in (the received images: `R:PATH` a whole directory, `F:PATH`
+/// a file, `E:PATH` a directory if it is empty; one a line).
 pub const REMOVE_AFTER_ENV: &str = "CRYO_LAZY_REMOVE_AFTER";
 
-/// Removes what [`REMOVE_AFTER_ENV`] lists (the daemon's end, whether it served every page
-/// or failed: the tree has its memory, or is dead).
+/// The environment variable that says a daemon was started by `receive --lazy-pages`: the
+/// PID of that receive. Such a daemon reads no image before the restore connects (receive
+/// writes them until then), dies with receive until then (`PR_SET_PDEATHSIG`), and
+/// afterwards tells receive it lives on alone ([`DETACHED_FD_ENV`]).
+pub const RECEIVE_PID_ENV: &str = "CRYO_LAZY_RECEIVE_PID";
+
+/// The environment variable naming the fd (a pipe's write end) a daemon started by receive
+/// writes one byte to once the restore connected and it no longer dies with receive.
+pub const DETACHED_FD_ENV: &str = "CRYO_LAZY_DETACHED_FD";
+
+/// A daemon's tie to the `receive --lazy-pages` that started it (from its environment).
+pub struct ReceiveTie {
+    /// Receive's PID.
+    pub parent: i32,
+    /// Where to say "detached" (see [`DETACHED_FD_ENV`]).
+    pub detached: Option<OwnedFd>,
+}
+
+impl ReceiveTie {
+    /// The tie, when this daemon was started by receive (`RECEIVE_PID_ENV` is set).
+    pub fn from_env() -> Option<ReceiveTie> {
+        let parent = std::env::var(RECEIVE_PID_ENV).ok()?.parse().ok()?;
+        let detached = std::env::var(DETACHED_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(crate::sys::fd::adopt);
+        Some(ReceiveTie { parent, detached })
+    }
+
+    /// Until the restore connects, this daemon dies with receive (killed: nothing of the
+    /// tree exists yet, and no one would ever connect). Fails if receive is gone already.
+    fn bind(&self) -> Result<(), LazyError> {
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+            .map_err(|e| io_err("prctl(PR_SET_PDEATHSIG)")(e.into()))?;
+        let ppid = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+        if ppid != self.parent {
+            return Err(LazyError::ReceiveGone(self.parent));
+        }
+        Ok(())
+    }
+
+    /// The restore connected: this daemon now outlives receive (the tree's pages are its to
+    /// bring), and says so to receive.
+    fn release(self) -> Result<(), LazyError> {
+        rustix::process::set_parent_process_death_signal(None)
+            .map_err(|e| io_err("prctl(PR_SET_PDEATHSIG)")(e.into()))?;
+        if let Some(fd) = self.detached {
+            rustix::io::write(&fd, &[1]).map_err(|e| io_err("telling receive")(e.into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes what [`REMOVE_AFTER_ENV`] lists: only once every page is in (the tree has its
+/// memory). A daemon that failed leaves the received images where they are: a restore may
+/// be tried again from them.
 pub fn remove_after() {
     let Ok(v) = std::env::var(REMOVE_AFTER_ENV) else {
         return;
     };
     for l in v.lines() {
-        let r = match (l.strip_prefix("R:"), l.strip_prefix("E:")) {
-            (Some(p), _) => std::fs::remove_dir_all(p),
-            (_, Some(p)) => std::fs::remove_dir(p),
+        let r = match l.split_at_checked(2) {
+            Some(("R:", p)) => std::fs::remove_dir_all(p),
+            Some(("F:", p)) => std::fs::remove_file(p),
+            Some(("E:", p)) => std::fs::remove_dir(p),
             _ => continue,
         };
         if let Err(e) = r {
@@ -92,6 +147,8 @@ pub enum LazyError {
     Lost(String),
     #[error("the pages images are damaged ({0}); the restored tree was killed")]
     Damaged(String),
+    #[error("cryo receive (pid {0}) that started this daemon is gone before a restore connected: nothing to serve")]
+    ReceiveGone(i32),
     #[error("the restore stopped before it handed over every process ({got} of {want}); what it had restored was killed")]
     Incomplete { got: usize, want: usize },
     #[error(transparent)]
@@ -413,6 +470,7 @@ pub fn serve(
     dir: &Path,
     listener: UnixListener,
     page_server: Option<&str>,
+    receive: Option<ReceiveTie>,
 ) -> Result<DaemonReport, LazyError> {
     let read = || -> Result<(ImageDir, usize), LazyError> {
         let images = ImageDir::open(dir)?;
@@ -421,16 +479,22 @@ pub fn serve(
             .len();
         Ok((images, want))
     };
-    // Images that are there are read (and refused) before anything connects; those still
-    // arriving (`receive --lazy-pages` starts the daemon with the final round) are complete
-    // once the restore connects.
-    let early = if dir.join("pstree.img").exists() {
-        Some(read()?)
-    } else {
-        None
+    // Images that are there are read (and refused) before anything connects. Those of
+    // `receive --lazy-pages` (which starts the daemon with the final round) are still being
+    // written until the restore connects: read only then.
+    let early = match &receive {
+        Some(r) => {
+            r.bind()?;
+            None
+        }
+        None if dir.join("pstree.img").exists() => Some(read()?),
+        None => None,
     };
     crate::pageserver::wait_readable(listener.as_fd(), None).map_err(io_err("accept"))?;
     let (conn, _) = listener.accept().map_err(io_err("accept"))?;
+    if let Some(r) = receive {
+        r.release()?;
+    }
     let (images, want) = match early {
         Some(e) => e,
         None => read()?,

@@ -389,9 +389,23 @@ fn lazy_pages(a: &Opts) -> Result<ExitCode> {
     if serve_here(a, listener.as_fd(), LAZY_LISTEN_FD, "lazy pages")? {
         return Ok(ExitCode::SUCCESS);
     }
-    let r = cryo::lazy::serve(&a.images_dir, listener, server.as_deref());
-    // Started by `receive --lazy-pages` without -D: the received images go now.
-    cryo::lazy::remove_after();
+    let r = cryo::lazy::serve(
+        &a.images_dir,
+        listener,
+        server.as_deref(),
+        cryo::lazy::ReceiveTie::from_env(),
+    );
+    match &r {
+        // Started by `receive --lazy-pages` without -D: every page is in, the received
+        // images go now.
+        Ok(_) => cryo::lazy::remove_after(),
+        // Not on a failure: they are what a restore may be tried again from.
+        Err(_) if std::env::var_os(cryo::lazy::RECEIVE_PID_ENV).is_some() => tracing::warn!(
+            images = %a.images_dir.display(),
+            "lazy pages: the received images stay (restore again from them, or remove them)"
+        ),
+        Err(_) => {}
+    }
     let r = r?;
     tracing::info!(
         "lazy pages: {} processes, {} pages on faults, {} pushed, {} zero pages",
@@ -476,15 +490,11 @@ fn receive(a: &Opts) -> Result<ExitCode> {
         cryo::sys::mem::userfaultfd_full()
             .and_then(cryo::sys::mem::Uffd::new_lazy)
             .context("receive --lazy-pages: this kernel's userfaultfd lacks the fork/remap/remove/unmap events a lazy restore needs; run receive without --lazy-pages")?;
-        // Its log: lazy-pages.log in the work directory (or -D); without either, next to
-        // receive's own directory (which the daemon removes at its end).
-        let log = match (&a.work_dir, a.images_dir != Path::new(".")) {
-            (Some(w), _) => w.join("lazy-pages.log"),
-            (None, true) => dir.join("lazy-pages.log"),
-            (None, false) => std::env::temp_dir().join(format!(
-                "cryo-receive-{}-lazy-pages.log",
-                std::process::id()
-            )),
+        // Its log: lazy-pages.log in the work directory, else in the images directory (-D,
+        // or receive's own, removed with it once every page is in).
+        let log = match &a.work_dir {
+            Some(w) => w.join("lazy-pages.log"),
+            None => dir.join("lazy-pages.log"),
         };
         Some(cryo::migrate::LazyReceive {
             exe: std::env::current_exe().context("cannot find cryo itself")?,

@@ -18,8 +18,9 @@
 //! holds its copy for the commit before its network opens (lock lifted, connections out of
 //! repair mode), so a copy killed then sends no reset to peers the source still serves.
 //! What fails on the destination after the commit (its network opening, the release) kills
-//! its copy too: the tree is lost, and both sides fail naming the stage; so does a source
-//! that hears nothing from the destination after the commit. Every wait of the source while
+//! its copy too: both sides fail naming the stage (so does a source that hears nothing
+//! from the destination after the commit), and the destination keeps the received images,
+//! the tree's only copy left, for another restore. Every wait of the source while
 //! its tree is frozen is bounded by `--timeout` (default 10 s): past it the tree runs on
 //! where it was and the error names the stage that stalled.
 //!
@@ -99,9 +100,10 @@ pub enum MigrateError {
     /// No word from the destination after the commit: its copy runs there or nowhere.
     #[error("the destination did not confirm that the tree runs after the commit ({why}): the source is gone; check pid {pid} on the destination")]
     Unconfirmed { why: String, pid: i32 },
-    /// The destination's restore failed after the source's commit.
-    #[error("the restore failed after the commit (the source's tree is gone, the restored copy killed): {0}")]
-    AfterCommit(String),
+    /// The destination's restore failed after the source's commit: the received images are
+    /// the tree's only copy now, and stay.
+    #[error("the restore failed after the commit (the source's tree is gone, the restored copy killed): {why}; the received images stay: `cryo restore -D {}` may try again", images.display())]
+    AfterCommit { why: String, images: PathBuf },
     #[error("migration protocol: {0}")]
     Protocol(String),
     #[error(transparent)]
@@ -708,10 +710,20 @@ pub fn receive(opts: &ReceiveOpts, listener: &TcpListener) -> Result<ReceiveRepo
         Ok(_) if opts.keep => {}
         // The lazy-pages daemon still reads them: it removes them when it is done.
         Ok(_) if opts.lazy.is_some() => {}
+        // The source's tree is gone: they are all that is left of it.
+        Err(MigrateError::AfterCommit { .. }) => {}
         _ => {
             // Only what this receive made (rounds it created, the directory if it did).
             for d in &made {
                 let _ = std::fs::remove_dir_all(d);
+            }
+            // The lazy-pages daemon's log, when it went in the directory receive made.
+            if let Some(l) = opts
+                .lazy
+                .as_ref()
+                .filter(|l| made_dir && l.log.parent() == Some(&opts.dir))
+            {
+                let _ = std::fs::remove_file(&l.log);
             }
             if made_dir {
                 let _ = std::fs::remove_dir(&opts.dir);
@@ -848,10 +860,14 @@ fn receive_in(
                 // images come (not in the frozen tree's time after them); it waits for the
                 // restore to connect. Ended if the migration fails.
                 if let (Some(l), "final") = (&opts.lazy, name.as_str()) {
-                    // What the daemon removes once every page is in (without -D).
+                    // What the daemon removes once every page is in (without -D): the
+                    // rounds, its own log if it is there, the directory if receive made it.
                     let mut remove: Vec<String> = Vec::new();
                     if !opts.keep {
                         remove.extend(made.iter().map(|d| format!("R:{}", d.display())));
+                        if l.log.parent() == Some(&opts.dir) {
+                            remove.push(format!("F:{}", l.log.display()));
+                        }
                         if made_dir {
                             remove.push(format!("E:{}", opts.dir.display()));
                         }
@@ -932,7 +948,10 @@ fn receive_in(
                     Ok(r) => r,
                     Err(e) if hooks.committed => {
                         // The restore killed its copy; the source's is gone: say so loudly.
-                        let e = MigrateError::AfterCommit(error_chain(&e));
+                        let e = MigrateError::AfterCommit {
+                            why: error_chain(&e),
+                            images: opts.dir.join("final"),
+                        };
                         tracing::error!(error = %e, "receive: failed after the commit");
                         return Err(e);
                     }
@@ -964,14 +983,20 @@ fn receive_in(
 }
 
 /// `receive --lazy-pages`: the `cryo lazy-pages` daemon serving the final images (through
-/// their `parent` chain) to the restored tree. A process of its own (its own process group):
-/// it outlives receive, brings every page in, and then removes the images it was given
-/// (`lazy::REMOVE_AFTER_ENV`) when receive was not told to keep them.
+/// their `parent` chain) to the restored tree. A process of its own (its own process group).
+/// Until a restore connects it reads no image (they are still arriving) and dies with
+/// receive (`PR_SET_PDEATHSIG`: a receive killed before the restore leaves no daemon
+/// waiting forever); once the restore connected it outlives receive, brings every page in,
+/// and only then removes the images it was given (`lazy::REMOVE_AFTER_ENV`) when receive
+/// was not told to keep them. A daemon that fails leaves them.
 struct LazyDaemon {
     /// Killed and reaped on drop (the migration failed), unless the restore succeeded.
     child: Option<std::process::Child>,
     /// Its socket, in the final images directory (removed once the restore ended).
     socket: PathBuf,
+    /// Gets a byte once the daemon, connected to by the restore, no longer dies with
+    /// receive (`lazy::DETACHED_FD_ENV`).
+    detached: std::os::fd::OwnedFd,
 }
 
 impl Drop for LazyDaemon {
@@ -993,6 +1018,10 @@ impl LazyDaemon {
             .map_err(|e| MigrateError::Protocol(format!("the lazy-pages daemon: {e}")))?;
         crate::sys::fd::set_cloexec(listener.as_fd(), false)
             .map_err(io_err("the lazy-pages daemon's socket"))?;
+        let (detached, tell) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| io_err("a pipe for the lazy-pages daemon")(e.into()))?;
+        crate::sys::fd::set_cloexec(tell.as_fd(), false)
+            .map_err(io_err("a pipe for the lazy-pages daemon"))?;
         let child = std::process::Command::new(&l.exe)
             .arg("lazy-pages")
             .arg("-D")
@@ -1002,6 +1031,8 @@ impl LazyDaemon {
             .arg(format!("-v{}", l.verbosity))
             .env(crate::lazy::LISTEN_FD_ENV, listener.as_raw_fd().to_string())
             .env(crate::lazy::REMOVE_AFTER_ENV, remove.join("\n"))
+            .env(crate::lazy::RECEIVE_PID_ENV, std::process::id().to_string())
+            .env(crate::lazy::DETACHED_FD_ENV, tell.as_raw_fd().to_string())
             // Not in receive's process group: a signal to it (Ctrl-C) must not take the
             // pages of a tree that already runs.
             .process_group(0)
@@ -1011,20 +1042,39 @@ impl LazyDaemon {
             .spawn()
             .map_err(io_err("starting the lazy-pages daemon"))?;
         drop(listener);
+        drop(tell);
         tracing::info!(daemon = child.id(), socket = %socket.display(), "receive: lazy-pages daemon started");
         Ok(LazyDaemon {
             child: Some(child),
             socket,
+            detached,
         })
     }
 
     /// The restore ended: its socket goes; the daemon of a restored tree goes on alone (the
-    /// tree's pages are its to bring), that of a failed one is ended (it may still wait for
-    /// the restore to connect; the tree it served is dead).
+    /// tree's pages are its to bring: receive waits until it says it no longer dies with
+    /// receive), that of a failed one is ended (it may still wait for the restore to
+    /// connect; the tree it served is dead).
     fn restore_done(mut self, ok: bool) {
-        if ok {
-            self.child = None;
+        if !ok {
+            return;
         }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let said =
+            crate::pageserver::wait_readable_until(self.detached.as_fd(), None, Some(deadline))
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    let mut b = [0u8; 1];
+                    match rustix::io::read(&self.detached, &mut b) {
+                        Ok(1) => Ok(()),
+                        Ok(_) => Err("it is gone".to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                });
+        if let Err(why) = said {
+            tracing::warn!(%why, "receive: the lazy-pages daemon did not say it took over the restored tree");
+        }
+        self.child = None;
     }
 }
 

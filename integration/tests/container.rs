@@ -1252,8 +1252,13 @@ exec sleep 1000
 /// A binfmt_misc mount inside a container (zdtm's binfmt_misc, mountpoints): it was
 /// refused at dump; now it is mounted again at restore, showing the registrations of the
 /// instance it was a mount of (the one cryo sees: without a user namespace of its own, the
-/// container shares the host's). A registration the container made, disabled, is still
-/// there after restore, with its interpreter and extension, and still disabled.
+/// container shares the host's). A registration the container made, disabled, with the F
+/// flag (the kernel opens the interpreter when it is registered) and an interpreter that
+/// exists only inside the container, is saved in binfmt-misc.img and is there after
+/// restore, with its interpreter, flags and extension, still disabled: registered once the
+/// container's root is in place. A restore that fails after the mounts (injected fault)
+/// takes back what it registered in the instance, which a process of the host holds
+/// mounted meanwhile (systemd does on most hosts), so that it outlives the failed restore.
 #[test]
 fn binfmt_misc_mount_comes_back_with_its_registrations() {
     let name = format!("cryo-it-{}", std::process::id());
@@ -1276,7 +1281,7 @@ fn binfmt_misc_mount_comes_back_with_its_registrations() {
         r#"#!/bin/sh
 mkdir /tmp/bf
 mount -t binfmt_misc cryo-bf /tmp/bf
-echo ':{name}:E::{name}::/bin/true:' > /tmp/bf/register
+echo ':{name}:E::{name}::/cryo-interp:F' > /tmp/bf/register
 echo 0 > /tmp/bf/{name}
 i=0
 while [ ! -e /data/go ]; do i=$((i+1)); echo "$i" >> /data/out; sleep 0.05; done
@@ -1286,11 +1291,139 @@ echo "result $r" >> /data/out
 exec sleep 1000
 "#
     );
-    script_result_is(
-        "container-binfmt",
-        &script,
-        &format!("result disabled interpreter /bin/true flags:  extension .{name}"),
+    let dir = scratch("container-binfmt");
+    std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+    std::fs::write(dir.join("rootfs/script.sh"), &script).unwrap();
+    // Only in the container: the host has no /cryo-interp.
+    assert!(!Path::new("/cryo-interp").exists());
+    std::fs::write(dir.join("rootfs/cryo-interp"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("rootfs/cryo-interp"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let c = start_cmd(&dir, &[], &["/bin/sh", "/script.sh"], "out");
+    let _g = KillOnDrop(c.init);
+    let img = dir.join("img");
+    dump(c.init, &img, &["--external", "mnt[/data]:data"]);
+    wait_gone(c.init);
+    // Saved by cryo (a host that keeps the instance mounted would keep the registration
+    // without it).
+    let saved = std::fs::read(img.join("binfmt-misc.img")).expect("binfmt-misc.img written");
+    assert!(
+        saved.windows(name.len()).any(|w| w == name.as_bytes()),
+        "binfmt-misc.img holds {name}"
     );
+    // The instance goes with its last mount (the container's, torn down after it died),
+    // and its registrations with it.
+    let host_has = || {
+        std::process::Command::new("unshare")
+            .args(["-m", "sh", "-c"])
+            .arg(format!(
+                "d=$(mktemp -d) && mount -t binfmt_misc none $d && \
+                 {{ [ -e $d/{name} ]; r=$?; umount $d; rmdir $d; exit $r; }}"
+            ))
+            .status()
+            .unwrap()
+            .success()
+    };
+    wait_for(
+        "the registration to go with the container's mount",
+        10,
+        || !host_has(),
+    );
+    // From now on a process of the host holds the instance mounted (as systemd's
+    // /proc/sys/fs/binfmt_misc does on most hosts): what a restore registers is the host's.
+    let keep_at = dir.join("bf-host");
+    std::fs::create_dir_all(&keep_at).unwrap();
+    let keeper = spawn(
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &format!(
+                "mount -t binfmt_misc none {} && touch {}/ready && exec sleep 1000",
+                keep_at.display(),
+                dir.display()
+            ),
+        ],
+        &dir.join("keeper.log"),
+    );
+    let _k = KillOnDrop(keeper);
+    wait_for("the host's binfmt_misc mount", 10, || {
+        dir.join("ready").exists()
+    });
+    let registered = || {
+        Path::new(&format!("/proc/{keeper}/root"))
+            .join(keep_at.strip_prefix("/").unwrap())
+            .join(&name)
+            .exists()
+    };
+    assert!(
+        Path::new(&format!("/proc/{keeper}/root"))
+            .join(keep_at.strip_prefix("/").unwrap())
+            .join("status")
+            .exists(),
+        "the keeper's mount is seen"
+    );
+    assert!(!registered());
+    let ext = format!("mnt[data]:{}", c.host.display());
+    let failed = cryo_env(
+        &[
+            "restore",
+            "-D",
+            img.to_str().unwrap(),
+            "-d",
+            "-v4",
+            "-o",
+            "restore-fault.log",
+            "--root",
+            c.rootfs.to_str().unwrap(),
+            "--external",
+            &ext,
+        ],
+        &[("CRYO_FAULT_INJECT", "finish")],
+    );
+    assert!(
+        !failed.status.success(),
+        "the injected fault fails the restore"
+    );
+    assert!(
+        log(&img, "restore-fault.log").contains("binfmt_misc registration"),
+        "{}",
+        log(&img, "restore-fault.log")
+    );
+    assert!(
+        !registered(),
+        "the failed restore left its registration in the host's instance:\n{}",
+        log(&img, "restore-fault.log")
+    );
+    let init = restore_container(&c, &img, &[]);
+    let _g2 = KillOnDrop(init);
+    let n = lines(&c.host.join("out")).len();
+    wait_for("the restored loop", 20, || {
+        lines(&c.host.join("out")).len() >= n + 3
+    });
+    assert!(registered(), "registered again, in the host's instance too");
+    std::fs::write(c.host.join("go"), "").unwrap();
+    wait_for("the result", 20, || {
+        lines(&c.host.join("out"))
+            .iter()
+            .any(|l| l.starts_with("result"))
+    });
+    let out = lines(&c.host.join("out"));
+    let result = out.iter().find(|l| l.starts_with("result")).unwrap();
+    assert_eq!(
+        result.trim_end(),
+        format!("result disabled interpreter /cryo-interp flags: F extension .{name}"),
+        "{}",
+        log(&img, "restore.log")
+    );
+    kill(init);
+    kill(keeper);
 }
 
 /// A file open on a mount that another mount now covers is refused, as CRIU refuses it

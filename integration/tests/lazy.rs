@@ -258,7 +258,8 @@ fn signal_if_alive(pid: i32) -> bool {
 /// A lazy restore does not hash the pages images before the tree starts (that took ~1 s for
 /// 2 GiB before its first instruction): its daemon checks them against the manifest in the
 /// background while it serves them, and damage found there kills the tree, loudly, as a lost
-/// page source does.
+/// page source does. What the daemon was told to remove once every page is in (as `receive
+/// --lazy-pages` tells it: the received images) stays: a restore may be tried again from it.
 #[test]
 fn damaged_pages_found_by_the_daemon_kill_the_tree() {
     let dir = scratch("lazy-damaged");
@@ -284,7 +285,18 @@ fn damaged_pages_found_by_the_daemon_kill_the_tree() {
     let mid = data.len() / 2;
     data[mid] ^= 0x5a;
     std::fs::write(&pages, &data).unwrap();
-    let mut d = daemon(&img, &[], &[("CRYO_FAULT_PAUSE", "lazy-push:600")]);
+    let received = dir.join("received");
+    std::fs::create_dir_all(&received).unwrap();
+    std::fs::write(received.join("pages-1.img"), b"x").unwrap();
+    let remove = format!("R:{}", received.display());
+    let mut d = daemon(
+        &img,
+        &[],
+        &[
+            ("CRYO_FAULT_PAUSE", "lazy-push:600"),
+            ("CRYO_LAZY_REMOVE_AFTER", &remove),
+        ],
+    );
     // The daemon may find the damage while the restore is still finishing, which then
     // fails as the tree dies under it: either way nothing may be left running.
     let _ = cryo(&[
@@ -303,6 +315,10 @@ fn damaged_pages_found_by_the_daemon_kill_the_tree() {
     assert!(
         l.contains("pages images are damaged") && l.contains("killed"),
         "{l}"
+    );
+    assert!(
+        received.join("pages-1.img").exists(),
+        "a failed daemon removed what it was to remove once every page is in: {l}"
     );
     wait_gone(pid);
     assert_eq!(

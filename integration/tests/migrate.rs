@@ -229,7 +229,8 @@ fn a_writing_process_moves_to_another_namespace_with_all_its_pages() {
 /// `receive --lazy-pages`: the destination's restore leaves the memory to a lazy-pages
 /// daemon reading the received images (local), so the tree runs before its pages are in.
 /// The daemon outlives receive, brings every page in (the process checks each one it wrote)
-/// and then removes the images receive made (no `-D`).
+/// and only then removes the images receive made (no `-D`): they are there while pages are
+/// still missing (its background push held back 3 s), gone afterwards.
 #[test]
 fn a_lazily_restored_destination_gets_every_page_and_its_images_go_after() {
     if !need(&["ip", "nsenter", "unshare", "setsid"]) {
@@ -241,7 +242,14 @@ fn a_lazily_restored_destination_gets_every_page_and_its_images_go_after() {
     let _g = KillOnDrop(launcher);
     let _r = KillOnDrop(root);
     let wd = dir.join("work");
-    let rx = Receiver::start_with(&net, port(), None, &wd, &[], &["--lazy-pages"]);
+    let rx = Receiver::start_with(
+        &net,
+        port(),
+        None,
+        &wd,
+        &[("CRYO_FAULT_PAUSE", "lazy-push:3")],
+        &["--lazy-pages"],
+    );
     let rx_pid = rx.child.as_ref().unwrap().id();
     let images = std::env::temp_dir().join(format!("cryo-receive-{rx_pid}"));
     wait_for("the writer to go on", 20, || steps(&out) > 0);
@@ -256,6 +264,13 @@ fn a_lazily_restored_destination_gets_every_page_and_its_images_go_after() {
         log(&wd, "receive.log")
     );
     assert!(got.status.success(), "{}", log(&wd, "receive.log"));
+    // Where receive put them (so that "removed" below means something), still there.
+    assert!(
+        images.join("final").join("pstree.img").exists(),
+        "the received images are not at {}: {}",
+        images.display(),
+        log(&wd, "receive.log")
+    );
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let moved = i32::try_from(r["restored_pid"].as_i64().unwrap()).unwrap();
     let _g2 = KillOnDrop(moved);
@@ -278,6 +293,83 @@ fn a_lazily_restored_destination_gets_every_page_and_its_images_go_after() {
     });
     // Every page the process wrote, before and during the rounds, is what it reads now.
     verify(moved, &out);
+}
+
+/// The PID in the `daemon=PID` field of receive's "lazy-pages daemon started" line.
+fn lazy_daemon_pid(wd: &Path) -> i32 {
+    let l = log(wd, "receive.log");
+    l.lines()
+        .find(|l| l.contains("lazy-pages daemon started"))
+        .and_then(|l| l.split("daemon=").nth(1))
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no lazy-pages daemon in receive.log: {l}"))
+}
+
+/// `receive --lazy-pages` killed (SIGKILL, no cleanup) after its lazy-pages daemon started
+/// with the final round and before any restore connected: the daemon goes with it (it used
+/// to wait forever for a restore that would never come), and the source runs on with every
+/// page.
+#[test]
+fn a_lazy_receive_killed_before_the_restore_leaves_no_daemon() {
+    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+        return;
+    }
+    let dir = scratch("migrate-lazy-killed");
+    let net = Net::new("migk", 138);
+    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, true);
+    let _g = KillOnDrop(launcher);
+    let _r = KillOnDrop(root);
+    let wd = dir.join("work");
+    let mut rx = Receiver::start_with(
+        &net,
+        port(),
+        None,
+        &wd,
+        &[("CRYO_FAULT_PAUSE", "receive-restore:60")],
+        &["--lazy-pages"],
+    );
+    let rx_pid = i32::try_from(rx.child.as_ref().unwrap().id()).unwrap();
+    let images = std::env::temp_dir().join(format!("cryo-receive-{rx_pid}"));
+    let mig = cryo_in(
+        &net.a,
+        &[
+            "migrate",
+            "-t",
+            &root.to_string(),
+            "--to",
+            &format!("{}:{}", net.v4(2), port()),
+            "-W",
+            wd.to_str().unwrap(),
+            "-v4",
+            "-o",
+            "migrate.log",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for("receive to hold the final images", 60, || {
+        log(&wd, "receive.log").contains("pausing at a fault point")
+    });
+    let daemon = lazy_daemon_pid(&wd);
+    let _d = KillOnDrop(daemon);
+    assert!(alive(daemon), "the daemon waits for the restore");
+    // nsenter execs cryo in place: this is cryo receive itself.
+    signal(rx_pid, libc::SIGKILL);
+    let _ = rx.child.take().unwrap().wait_with_output().unwrap();
+    wait_for("the lazy-pages daemon to go with receive", 10, || {
+        !alive(daemon)
+    });
+    let o = mig.wait_with_output().unwrap();
+    assert!(!o.status.success(), "{}", log(&wd, "migrate.log"));
+    assert!(alive(root), "the source runs on");
+    let at = steps(&out);
+    wait_for("the source to go on writing", 20, || steps(&out) > at);
+    verify(root, &out);
+    // SIGKILLed receive could not remove what it received.
+    let _ = std::fs::remove_dir_all(&images);
 }
 
 /// The destination refuses at the very end: its restore fails (here the tree shares the
@@ -393,8 +485,11 @@ fn migratees_in(ns: &str) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "migratee")
-                && alive(p)
+            // `prog` builds it as cryo-prog-migratee-PID (its comm is cut to 15 bytes).
+            std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| {
+                e.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("cryo-prog-migratee-"))
+            }) && alive(p)
                 && std::fs::metadata(format!("/proc/{p}/ns/net")).is_ok_and(|m| m.ino() == want)
         })
         .collect()
@@ -514,7 +609,9 @@ fn without_the_commit_the_destination_kills_its_copy() {
 /// `netunlock`): the commit came before that point, so the source's tree is already killed;
 /// the destination kills its copy. Both sides fail naming the stage: no copy runs anywhere,
 /// and not silently. (Were the commit awaited after the network opened, as before, this
-/// fault would come before the commit and the source would run on.)
+/// fault would come before the commit and the source would run on.) The received images,
+/// the tree's only copy now, stay (they used to be removed): a restore from them brings the
+/// process back with every page it wrote.
 #[test]
 fn a_destination_failing_after_the_commit_is_reported_by_both_sides() {
     if !need(&["ip", "nsenter", "unshare", "setsid"]) {
@@ -522,7 +619,7 @@ fn a_destination_failing_after_the_commit_is_reported_by_both_sides() {
     }
     let dir = scratch("migrate-aftercommit");
     let net = Net::new("miga", 136);
-    let (launcher, root, _out) = start_migratee(&net, &dir, 16, 300, true);
+    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, true);
     let _g = KillOnDrop(launcher);
     let _r = KillOnDrop(root);
     let dest = dir.join("dest");
@@ -551,6 +648,30 @@ fn a_destination_failing_after_the_commit_is_reported_by_both_sides() {
     wait_gone(root);
     assert_eq!(migratees_in(&net.b), Vec::<i32>::new(), "no copy in B");
     assert_eq!(migratees_in(&net.a), Vec::<i32>::new(), "no copy in A");
+    let fin = dest.join("final");
+    assert!(
+        fin.join("pstree.img").exists() && rerr.contains(fin.to_str().unwrap()),
+        "the received images stay, and receive says where: {rerr}"
+    );
+    let again = cryo_in(
+        &net.b,
+        &[
+            "restore",
+            "-D",
+            fin.to_str().unwrap(),
+            "-d",
+            "-v4",
+            "-o",
+            "again.log",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(again.status.success(), "{}", log(&fin, "again.log"));
+    let back = migratees_in(&net.b);
+    assert_eq!(back.len(), 1, "{back:?}");
+    let _g2 = KillOnDrop(back[0]);
+    verify(back[0], &out);
 }
 
 /// `cryo receive` takes no path from the other side: a round named `../victim` is refused,

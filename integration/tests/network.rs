@@ -1090,9 +1090,14 @@ fn ipv6_stable_secret_and_mld_intervals_come_back() {
 
 /// A parent in a network namespace of its own and its child in another, joined by a veth
 /// (zdtm netns_sub_veth): the parent's end is a port of a bridge holding 10.210.0.1/24, the
-/// child's end holds 10.210.0.2/24. The images name the peer's namespace (`peer_nsid`);
-/// after the restore (no option needed: both ends were saved) the two namespaces are joined
-/// again, each end with its name, MAC and the parent's end in the bridge, and the parent's
+/// child's end holds 10.210.0.2/24, and the parent's namespace routes 10.9.0.0/24 and
+/// (through the child's address, onlink) 10.9.1.0/24 via its end. The images name the peer's
+/// namespace (`peer_nsid`). A restore that joins another namespace for the parent
+/// (`--join-ns net:`) cannot make the child's end (its peer's namespace is not rebuilt):
+/// it fails naming it, and nothing is left. After the plain restore (no option needed: both
+/// ends were saved) the two namespaces are joined again, each end with its name, MAC and the
+/// parent's end in the bridge, the parent's routes through its end are back (its namespace
+/// is rebuilt first, before that end exists: they used to be lost), and the parent's
 /// namespace reaches the child's address through them.
 #[test]
 fn veth_between_two_saved_namespaces_comes_back() {
@@ -1146,6 +1151,24 @@ fn veth_between_two_saved_namespaces_comes_back() {
             parent,
             vec!["ip", "addr", "add", "10.210.0.1/24", "dev", "br0"],
         ),
+        (
+            parent,
+            vec!["ip", "route", "add", "10.9.0.0/24", "dev", "vp0"],
+        ),
+        (
+            parent,
+            vec![
+                "ip",
+                "route",
+                "add",
+                "10.9.1.0/24",
+                "via",
+                "10.210.0.2",
+                "dev",
+                "vp0",
+                "onlink",
+            ],
+        ),
         (child, vec!["ip", "link", "set", "lo", "up"]),
         (child, vec!["ip", "link", "set", "vc0", "up"]),
         (
@@ -1188,8 +1211,40 @@ fn veth_between_two_saved_namespaces_comes_back() {
             .clone();
         assert_eq!(veth["peer_nsid"].as_u64(), Some(ids[1 - i]), "{veth}");
     }
+    let routes = |pid: i32| {
+        String::from_utf8_lossy(&in_ns(pid, &["ip", "route", "show"]).stdout).into_owned()
+    };
+    // The parent's namespace joined, not rebuilt: the child's end has nowhere to go.
+    let hosts = Hosts::new("nveth", &["j"]);
+    let joined = cryo(&[
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        "restore-joined.log",
+        "--join-ns",
+        &format!("net:{}", hosts.path(0)),
+    ]);
+    let e = String::from_utf8_lossy(&joined.stderr);
+    assert!(
+        !joined.status.success() && e.contains("vc0"),
+        "{e}\n{}",
+        log(&img, "restore-joined.log")
+    );
+    assert!(
+        !alive(parent) && !alive(child),
+        "nothing of the failed restore is left"
+    );
+    integration::wait_tree_gone(&img);
     integration::restore(&img);
     let _g3 = KillOnDrop(parent);
+    let r = routes(parent);
+    assert!(
+        r.contains("10.9.0.0/24 dev vp0") && r.contains("10.9.1.0/24 via 10.210.0.2 dev vp0"),
+        "the parent's routes through vp0: {r}"
+    );
     let vp0 = show(parent, "vp0");
     assert!(
         vp0.contains("master br0") && vp0.contains("02:00:0a:d2:00:01"),
@@ -1205,7 +1260,9 @@ fn veth_between_two_saved_namespaces_comes_back() {
 /// in the host's namespace is not made at restore: the device OUT the user made beforehand
 /// in cryo's namespace is moved in as IN, with IN's saved index, MAC and address, and its
 /// peer stays where the user put it (here a "host" namespace, which reaches the restored
-/// namespace through it).
+/// namespace through it). A restore that fails after the move (a fault injected at
+/// `finish`) gives the device back to cryo's namespace, with its name and MAC (it used to
+/// be destroyed with the failed restore's namespace), its peer untouched.
 #[test]
 fn external_netdev_is_moved_into_the_namespace() {
     let _s = serial();
@@ -1260,6 +1317,45 @@ fn external_netdev_is_moved_into_the_namespace() {
     assert!(
         !missing.status.success() && e.contains("no-such-dev"),
         "{e}"
+    );
+    // A restore that fails once the device is in its namespace gives it back, as it was.
+    let link = |dev: &str| {
+        String::from_utf8_lossy(&run(&["ip", "-o", "link", "show", dev]).stdout).into_owned()
+    };
+    let was = link(&out);
+    let failed = cryo_env(
+        &[
+            "restore",
+            "-D",
+            img.to_str().unwrap(),
+            "-d",
+            "-v4",
+            "-o",
+            "restore-fault.log",
+            "--external",
+            &format!("netdev[v0]:{out}"),
+        ],
+        &[("CRYO_FAULT_INJECT", "finish")],
+    );
+    assert!(!failed.status.success());
+    let rl = log(&img, "restore-fault.log");
+    assert!(rl.contains("stage=\"finish\""), "{rl}");
+    let mac = |l: &str| {
+        l.split("link/ether ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+    };
+    let now = link(&out);
+    assert!(
+        now.contains(&format!(": {out}@")) && mac(&now).is_some() && mac(&now) == mac(&was),
+        "{out} is not back in cryo's namespace as it was ({was}): {now}\n{rl}"
+    );
+    assert!(
+        run(&["ip", "-n", &hosts.0[1], "link", "show", "vh0"])
+            .status
+            .success(),
+        "its peer vh0 is gone from host b"
     );
     integration::restore_with(&img, &["--external", &format!("netdev[v0]:{out}")]);
     let _g2 = KillOnDrop(pid);

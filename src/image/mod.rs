@@ -317,6 +317,16 @@ impl ImageDir {
             .insert(name.to_string(), entry);
     }
 
+    /// Whether this dump wrote (or recorded) `name` already (dump side; a file an earlier
+    /// dump left in the directory does not count).
+    pub fn written_now(&self, name: &str) -> bool {
+        self.written
+            .lock()
+            .expect("manifest lock")
+            .files
+            .contains_key(name)
+    }
+
     /// Writes a whole image: head for `kind`, then every message length-prefixed.
     pub fn write<M: Message>(
         &self,

@@ -1,13 +1,20 @@
 //! binfmt_misc registrations of a binfmt_misc mount of the tree (binfmt-misc.img, CRIU's
 //! layout). A binfmt_misc file system keeps its registrations only while it is mounted
-//! somewhere (and, since Linux 6.7, one instance per user namespace): once the dumped tree's
-//! mount namespace is gone, so may they be. Dump reads each registration's file (enabled or
+//! somewhere (since Linux 6.7 one instance per user namespace): once the dumped tree's
+//! mount namespace is gone, so are they, unless another mount (systemd's
+//! /proc/sys/fs/binfmt_misc on most hosts) holds the instance. Dump reads each registration's file (enabled or
 //! disabled, interpreter, flags, and either its magic, mask and offset or its extension);
-//! restore, once the file system is mounted again, registers those it does not show (a
-//! registration the instance kept is left as it is) and disables those that were disabled.
+//! restore, once the file system is mounted again and the tree's root is in place (an
+//! interpreter with the F flag is opened at registration, from the registering thread's
+//! root), registers those it does not show (a registration the instance kept is left as it
+//! is) and disables those that were disabled. The instance may be the host's (a tree without
+//! a user namespace of its own shares it): what a failed restore registered is removed
+//! again ([`Made`]).
 
 use super::error::{task_error_from, TaskError, Unsupported};
-use std::os::fd::{AsRawFd, OwnedFd};
+use rustix::fs::{openat, statat, AtFlags, Mode, OFlags};
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use crate::image::{self, pb, ImageDir};
@@ -100,10 +107,11 @@ fn register_line(e: &pb::BinfmtMiscEntry) -> Result<String, String> {
 }
 
 /// Saves the registrations the binfmt_misc mount whose root `at` holds shows (the tree's
-/// mount at `mountpoint`, in the namespace of process `pid`), once per dump: a second binfmt_misc mount of the tree shows the
-/// same instance (the tree's user namespace's) and is not saved again.
+/// mount at `mountpoint`, in the namespace of process `pid`), once per dump: a second
+/// binfmt_misc mount of the tree shows the same instance (the tree's user namespace's) and is
+/// not saved again. An image an earlier dump left in the directory is replaced or removed.
 pub fn dump(pid: i32, at: &OwnedFd, mountpoint: &str, dir: &ImageDir) -> Result<(), BinfmtError> {
-    if dir.file(IMAGE).exists() {
+    if dir.written_now(IMAGE) {
         return Ok(());
     }
     let err = |what: String| {
@@ -152,18 +160,84 @@ pub fn dump(pid: i32, at: &OwnedFd, mountpoint: &str, dir: &ImageDir) -> Result<
         })?;
         entries.push(e);
     }
-    if !entries.is_empty() {
+    if entries.is_empty() {
+        // None now: what an earlier dump into this directory saved must not come back.
+        match std::fs::remove_file(dir.file(IMAGE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err("remove the earlier dump's image".into())(e))
+            }
+            _ => {}
+        }
+    } else {
         dir.write(IMAGE, image::BINFMT_MISC, &entries)?;
     }
     Ok(())
 }
 
-/// Registers again, in the binfmt_misc mount at `root` (its path, just mounted), what
-/// `images` saved and the instance does not show, and disables what was disabled.
-pub fn restore(images: &Path, root: &Path, mountpoint: &str) -> Result<(), BinfmtError> {
+/// The registrations a restore made in one binfmt_misc mount: removed again when dropped
+/// (a failed restore), unless [`Made::keep`] was called (the tree runs).
+#[derive(Debug)]
+pub struct Made {
+    at: OwnedFd,
+    mountpoint: String,
+    names: Vec<String>,
+}
+
+impl Made {
+    /// The tree runs with them: they stay.
+    pub fn keep(mut self) {
+        self.names.clear();
+    }
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        for n in self.names.drain(..).rev() {
+            let gone = openat(
+                &self.at,
+                n.as_str(),
+                OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+            .and_then(|f| std::fs::File::from(f).write_all(b"-1"));
+            match gone {
+                Ok(()) => {
+                    tracing::info!(mount = %self.mountpoint, "binfmt_misc registration {n} removed again (restore failed)")
+                }
+                Err(e) => {
+                    tracing::error!(mount = %self.mountpoint, "binfmt_misc registration {n} made by the failed restore could not be removed: {e}; remove it with `echo -1 > .../binfmt_misc/{n}`")
+                }
+            }
+        }
+    }
+}
+
+/// What `images` saved (nothing when the dump saw no registration).
+pub fn load(images: &Path) -> Result<Vec<pb::BinfmtMiscEntry>, BinfmtError> {
     let dir = ImageDir::open(images)?;
-    let Some(entries) = dir.read_opt::<pb::BinfmtMiscEntry>(IMAGE, image::BINFMT_MISC)? else {
-        return Ok(());
+    Ok(dir
+        .read_opt::<pb::BinfmtMiscEntry>(IMAGE, image::BINFMT_MISC)?
+        .unwrap_or_default())
+}
+
+/// Registers again, in the binfmt_misc mount whose root `at` holds (mounted again at
+/// `mountpoint`), the saved `entries` ([`load`]) the instance does not show, and disables
+/// what was disabled. Runs with the tree's root as the caller's root (the F flag opens the
+/// interpreter now). On an error, what it registered is removed again.
+pub fn restore(
+    entries: &[pb::BinfmtMiscEntry],
+    at: BorrowedFd<'_>,
+    mountpoint: &str,
+) -> Result<Made, BinfmtError> {
+    let mut made = Made {
+        at: at.try_clone_to_owned().map_err(|source| BinfmtError::Io {
+            mountpoint: mountpoint.to_string(),
+            what: "hold its root".into(),
+            source,
+        })?,
+        mountpoint: mountpoint.to_string(),
+        names: Vec::new(),
     };
     let err = |what: String| {
         let mountpoint = mountpoint.to_string();
@@ -173,21 +247,30 @@ pub fn restore(images: &Path, root: &Path, mountpoint: &str) -> Result<(), Binfm
             source,
         }
     };
-    for e in &entries {
+    for e in entries {
         let line = register_line(e).map_err(|why| {
             TaskError::BadImage(format!("{IMAGE}: registration {:?}: {why}", e.name))
         })?;
-        let file = root.join(&e.name);
-        if file.exists() {
+        if statat(&made.at, e.name.as_str(), AtFlags::empty()).is_ok() {
             continue;
         }
-        std::fs::write(root.join("register"), line.as_bytes())
-            .map_err(err(format!("register {}", e.name)))?;
+        let write = |name: &str, data: &[u8]| {
+            openat(
+                &made.at,
+                name,
+                OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+            .and_then(|f| std::fs::File::from(f).write_all(data))
+        };
+        write("register", line.as_bytes()).map_err(err(format!("register {}", e.name)))?;
+        made.names.push(e.name.clone());
         if !e.enabled {
-            std::fs::write(&file, b"0").map_err(err(format!("disable {}", e.name)))?;
+            write(&e.name, b"0").map_err(err(format!("disable {}", e.name)))?;
         }
     }
-    Ok(())
+    Ok(made)
 }
 
 #[cfg(test)]

@@ -781,6 +781,9 @@ pub struct FdObjects {
     /// The saved namespaces that have their mounts in the images (not the one the tree
     /// shares with the dumper).
     mnt_saved: std::collections::HashSet<u32>,
+    /// binfmt_misc registrations the restore made: removed again if it fails (dropped),
+    /// kept once the tree runs.
+    pub binfmt: Vec<super::binfmt::Made>,
 }
 
 /// The tree's processes by their PID in the images: ids from the tree's PID namespace down
@@ -907,6 +910,7 @@ impl FdObjects {
             mnt_of: None,
             root_mnt_ns: tasks.first().and_then(|t| t.ids.mnt_ns_id),
             mnt_saved: Default::default(),
+            binfmt: Vec::new(),
         })
     }
 

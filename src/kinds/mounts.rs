@@ -1033,13 +1033,14 @@ pub fn restore(
     if own {
         cx.unshare(libc::CLONE_NEWNS)?;
     }
-    let (nsfd, ptys, roots) = std::thread::scope(|s| {
+    let (nsfd, ptys, roots, binfmt) = std::thread::scope(|s| {
         s.spawn(|| build(pid, own, &root, &entries, &ext_paths, &dir))
             .join()
             .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
     })?;
     cx.objs.borrow_mut().tty.premade.extend(ptys);
     cx.objs.borrow_mut().mount_roots.extend(roots);
+    cx.objs.borrow_mut().binfmt.extend(binfmt);
     Ok(cx.join_ns(nsfd.as_fd(), libc::CLONE_NEWNS, "setns(CLONE_NEWNS)")?)
 }
 
@@ -1115,6 +1116,8 @@ pub struct PendingMounts {
     /// Indexes into `entries` still to mount, in order.
     todo: Vec<usize>,
     dir: PathBuf,
+    /// Registrations made in its binfmt_misc mounts (removed again if the restore fails).
+    pub binfmt: Vec<super::binfmt::Made>,
 }
 
 /// Gives the puppet `cx` (a child whose mount namespace is not its parent's) the saved
@@ -1180,6 +1183,7 @@ pub fn restore_nested(
         entries,
         todo,
         dir,
+        binfmt: Vec::new(),
     };
     let ptys = std::thread::scope(|s| {
         s.spawn(|| build_nested(&mut pending, Some((&current, &of_current)), host_of))
@@ -1187,6 +1191,7 @@ pub fn restore_nested(
             .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
     })?;
     cx.objs.borrow_mut().tty.premade.extend(ptys);
+    cx.objs.borrow_mut().binfmt.append(&mut pending.binfmt);
     Ok((!pending.todo.is_empty()).then_some(pending))
 }
 
@@ -1393,6 +1398,14 @@ fn build_nested(
         )?);
     }
     super::propagation::restore(entries, &fds, &[])?;
+    // (This thread has cryo's root: an F-flag interpreter of a binfmt_misc mount made only
+    // in a nested namespace is looked up there.)
+    if entries.iter().any(|e| e.fstype == BINFMT_MISC) {
+        let saved = super::binfmt::load(&pending.dir)?;
+        pending
+            .binfmt
+            .extend(register_binfmt(entries, &fds, &saved)?);
+    }
     pending.todo = left;
     Ok(ptys)
 }
@@ -1580,10 +1593,24 @@ fn build(
     entries: &[pb::MntEntry],
     external: &[Option<PathBuf>],
     dir: &Path,
-) -> Result<(OwnedFd, Vec<(u32, OwnedFd)>, MountRoots), MountsError> {
+) -> Result<
+    (
+        OwnedFd,
+        Vec<(u32, OwnedFd)>,
+        MountRoots,
+        Vec<super::binfmt::Made>,
+    ),
+    MountsError,
+> {
     use std::os::fd::AsFd;
     // Masters outside the tree, reached from cryo's namespace (before leaving it).
     let ext_masters = external_masters(entries, external);
+    // Read while the images are still reachable (not after `pivot_root`).
+    let saved_binfmt = if entries.iter().any(|e| e.fstype == BINFMT_MISC) {
+        super::binfmt::load(dir)?
+    } else {
+        Vec::new()
+    };
     for (ns, kind) in [
         ("net", NsType::Network),
         ("ipc", NsType::InterProcessCommunication),
@@ -1681,12 +1708,36 @@ fn build(
     rustix::mount::unmount(".", UnmountFlags::DETACH)
         .map_err(mnt_err("detach the old root".into()))?;
     rustix::process::chdir("/").map_err(mnt_err("chdir /".into()))?;
+    // The tree's root is this thread's now: an F-flag interpreter is opened from it.
+    let binfmt = register_binfmt(entries, &roots, &saved_binfmt)?;
     let held = entries
         .iter()
         .zip(roots)
         .filter_map(|(e, r)| Some((e.mnt_id, (e.mountpoint.clone(), r?))))
         .collect();
-    Ok((nsfd, ptys, held))
+    Ok((nsfd, ptys, held, binfmt))
+}
+
+/// Registers again what binfmt-misc.img saved in the binfmt_misc mounts of `entries` just
+/// made (`roots`: their roots), from the calling thread (its root decides where an F-flag
+/// interpreter is opened). One instance is shared by all of them: the first registers, the
+/// others find the registrations there. External mounts are the host's and left alone.
+fn register_binfmt(
+    entries: &[pb::MntEntry],
+    roots: &[Option<OwnedFd>],
+    saved: &[pb::BinfmtMiscEntry],
+) -> Result<Vec<super::binfmt::Made>, MountsError> {
+    use std::os::fd::AsFd;
+    let mut made = Vec::new();
+    if saved.is_empty() {
+        return Ok(made);
+    }
+    for (e, r) in entries.iter().zip(roots).skip(1) {
+        if let (BINFMT_MISC, None, Some(r)) = (e.fstype, &e.ext_key, r) {
+            made.push(super::binfmt::restore(saved, r.as_fd(), &e.mountpoint)?);
+        }
+    }
+    Ok(made)
 }
 
 /// The mounts of a restored mount namespace by their id in the images: each one's mount
@@ -2091,9 +2142,7 @@ fn mount_one(
             let (source, fstype) = (e.source.as_str(), fstype.as_str());
             rustix::mount::mount(source, &target, fstype, first, data.as_c_str())
                 .map_err(mnt_err(what("mount")))?;
-            if e.fstype == BINFMT_MISC {
-                super::binfmt::restore(dir, &top()?.path(), &e.mountpoint)?;
-            }
+            // Its registrations come once the tree's root is in place (`register_binfmt`).
             if e.fstype == TMPFS {
                 let img = dir.join(tmpfs_image(e));
                 if img.exists() {

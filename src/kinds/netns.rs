@@ -23,13 +23,15 @@
 //! passes like `ip route restore`: local, on-link, via a gateway), rules (the defaults
 //! flushed first, as CRIU), iptables, nftables. A veth whose peer is in another saved
 //! namespace of the tree is made by the second of the two rebuilt, its peer put in the first
-//! (with its master, sysctls and addresses there). A veth's peer outside is made in cryo's
+//! (with its master, sysctls, addresses and the first one's routes through it there); one
+//! whose other namespace is never rebuilt is an error naming it ([`all_links_made`]). A veth's peer outside is made in cryo's
 //! own network namespace, named by `--external veth[IN]:OUT[@BRIDGE]` / `--veth-pair
 //! IN=OUT[@BRIDGE]` (then added to BRIDGE and set up), or the user's device OUT is moved in
 //! as IN by `--external netdev[IN]:OUT`; without one it is refused, naming the options. A
 //! macvlan is made on the host link named by `--external macvlan[IN]:HOSTLINK`. A failed
 //! restore leaves nothing: everything lives in the puppet's namespace, which dies with it
-//! (and a veth's peer with its other end).
+//! (and a veth's peer with its other end); a device moved in by `--external netdev` is moved
+//! back to cryo's namespace first ([`LinkOpts::give_back`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -1038,6 +1040,35 @@ pub struct LinkOpts {
     /// whose peer is in another saved namespace is made by the second of the two, its peer
     /// put in the first.
     pub restored: std::sync::Arc<std::sync::Mutex<HashMap<u32, File>>>,
+    /// Veths left for a later namespace to make (their peer's namespace was not rebuilt
+    /// yet), by (saved namespace id, index): (name, the peer's namespace id). What is still
+    /// here once the tree exists was never made ([`all_links_made`]).
+    pub deferred: std::sync::Arc<std::sync::Mutex<Deferred>>,
+    /// The user's devices moved into a restored namespace (`--external netdev`): moved back
+    /// if the restore fails ([`LinkOpts::give_back`]), as their namespace dies with the tree.
+    pub moved: std::sync::Arc<std::sync::Mutex<Vec<MovedIn>>>,
+}
+
+/// Veths left for a later namespace: (saved namespace id, index) -> (name, peer's namespace).
+pub type Deferred = HashMap<(u32, u32), (String, u32)>;
+
+/// A device of cryo's namespace moved into a restored one (`--external netdev[IN]:OUT`), as
+/// it was before the move.
+#[derive(Debug)]
+pub struct MovedIn {
+    /// The namespace it went to (held open: it outlives the failed tree until the device
+    /// is back).
+    ns: File,
+    /// That namespace's saved id.
+    ns_id: u32,
+    /// Its index there (the saved one).
+    index: u32,
+    /// Its name (OUT), index, MTU, MAC and up/down state in cryo's namespace.
+    name: String,
+    out_index: u32,
+    mtu: Option<u32>,
+    address: Option<Vec<u8>>,
+    up: bool,
 }
 
 impl LinkOpts {
@@ -1087,6 +1118,94 @@ impl LinkOpts {
         };
         self.veth.insert(inside.to_string(), (o, b));
     }
+
+    /// A failed restore: the user's devices moved into its namespaces (`--external netdev`)
+    /// go back to cryo's namespace as they were (name, index when free, MTU, MAC, up/down);
+    /// a namespace's end would destroy them. A device that cannot go back is logged.
+    pub fn give_back(&self) {
+        let moved = std::mem::take(&mut *self.moved.lock().unwrap_or_else(|e| e.into_inner()));
+        for m in moved {
+            match move_back(&m) {
+                Ok(()) => tracing::info!(
+                    device = %m.name,
+                    "the restore failed: the device moved in (--external netdev) is back in cryo's network namespace"
+                ),
+                Err(e) => tracing::error!(
+                    device = %m.name,
+                    error = %e,
+                    "the restore failed and the device moved in (--external netdev) could not be moved back: it goes with the restored namespace"
+                ),
+            }
+        }
+    }
+
+    /// A restore that succeeded: the moved devices stay where they are (the namespaces
+    /// held for a move back are let go).
+    pub fn keep_moved(&self) {
+        self.moved.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Moves `m` from the namespace it was moved into back to cryo's (see [`LinkOpts::give_back`]).
+fn move_back(m: &MovedIn) -> Result<(), NetnsError> {
+    let own = File::open("/proc/thread-self/ns/net").map_err(|source| NetnsError::Enter {
+        what: "cryo".into(),
+        source,
+    })?;
+    within(m.ns.as_fd(), || -> Result<(), NetnsError> {
+        let mut rt = Rtnl::new(m.ns_id)?;
+        let msg = |old_index: bool| {
+            let mut l = LinkMessage::default();
+            l.header.index = m.index;
+            l.header.flags = if m.up {
+                LinkFlags::Up
+            } else {
+                LinkFlags::empty()
+            };
+            l.header.change_mask = LinkFlags::Up;
+            l.attributes.push(LinkAttribute::IfName(m.name.clone()));
+            if let Some(mtu) = m.mtu {
+                l.attributes.push(LinkAttribute::Mtu(mtu));
+            }
+            if let Some(a) = &m.address {
+                l.attributes.push(LinkAttribute::Address(a.clone()));
+            }
+            if old_index {
+                l.attributes
+                    .push(LinkAttribute::NewIfIndex(m.out_index.cast_signed()));
+            }
+            l.attributes.push(LinkAttribute::NetNsFd(own.as_raw_fd()));
+            l
+        };
+        // Its old index if nothing took it meanwhile, else the kernel's choice.
+        rt.request(RouteNetlinkMessage::NewLink(msg(true)), 0)
+            .or_else(|_| rt.request(RouteNetlinkMessage::NewLink(msg(false)), 0))
+            .map_err(|e| rt.err(format!("move {} back to cryo's namespace", m.name), e))
+    })
+    .map_err(|source| NetnsError::Enter {
+        what: "the failed restore's namespace".into(),
+        source,
+    })?
+}
+
+/// The tree exists: every veth a namespace left for a later one to make (its peer's
+/// namespace) was made. One that was not had its peer in a namespace of the images this
+/// restore did not rebuild (joined with `--join-ns`, or no process of the tree in it).
+pub fn all_links_made(opts: &LinkOpts) -> Result<(), NetnsError> {
+    let left = opts.deferred.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((&(ns, _), (name, peer_ns))) = left.iter().min_by_key(|(k, _)| **k) else {
+        return Ok(());
+    };
+    Err(NetnsError::Unsupported {
+        ns,
+        link: name.clone(),
+        what: format!(
+            "the veth was not made: its peer is in saved network namespace {peer_ns}, which this restore did not rebuild"
+        ),
+        hint: format!(
+            "restore that namespace with the tree (no --join-ns net: for it), so that both ends of {name} are made"
+        ),
+    })
 }
 
 /// Rebuilds saved namespace `id` in `target` (the root puppet's new namespace).
@@ -1148,15 +1267,21 @@ pub fn restore(
             .unwrap_or_else(|e| e.into_inner())
             .get(&b)
             .and_then(|f| f.try_clone().ok());
-        let addrs = match ns {
-            Some(_) => load_format(
-                b,
-                "ifaddr",
-                ADDR_MAGIC,
-                &dir.read_raw_opt(&format!("ifaddr-{b}.img"))?
-                    .unwrap_or_default(),
-            )?,
-            None => Vec::new(),
+        let (addrs, routes) = match ns {
+            Some(_) => {
+                let raw_b = |name: &str| -> Result<Vec<u8>, NetnsError> {
+                    Ok(dir
+                        .read_raw_opt(&format!("{name}-{b}.img"))?
+                        .unwrap_or_default())
+                };
+                let mut routes = load_format(b, "route", ROUTE_MAGIC, &raw_b("route")?)?;
+                routes.extend(load_format(b, "route6", ROUTE_MAGIC, &raw_b("route6")?)?);
+                (
+                    load_format(b, "ifaddr", ADDR_MAGIC, &raw_b("ifaddr")?)?,
+                    routes,
+                )
+            }
+            None => (Vec::new(), Vec::new()),
         };
         cross.insert(
             l.ifindex,
@@ -1165,6 +1290,7 @@ pub fn restore(
                 ns,
                 peer,
                 addrs,
+                routes,
             },
         );
     }
@@ -1173,6 +1299,13 @@ pub fn restore(
         .filter(|(_, c)| c.ns.is_none())
         .map(|(&i, _)| i)
         .collect();
+    {
+        let mut left = opts.deferred.lock().unwrap_or_else(|e| e.into_inner());
+        for l in links.iter().filter(|l| deferred.contains(&l.ifindex)) {
+            let b = cross.get(&l.ifindex).map_or(0, |c| c.ns_id);
+            left.insert((id, l.ifindex), (l.name.clone(), b));
+        }
+    }
     let criu_run_id = dir
         .read_opt::<pb::InventoryEntry>("inventory.img", image::INVENTORY)?
         .and_then(|v| v.into_iter().next())
@@ -1328,36 +1461,9 @@ pub fn restore(
             rt.replay(a, None, 0)
                 .map_err(|e| rt.err("restore an address".into(), e))?;
         }
-        let parsed: Vec<(usize, RouteMessage)> = routes
-            .iter()
-            .enumerate()
-            .filter_map(
-                |(i, r)| match NetlinkMessage::<RouteNetlinkMessage>::deserialize(r) {
-                    Ok(NetlinkMessage {
-                        payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(m)),
-                        ..
-                    }) => Some((i, m)),
-                    _ => None,
-                },
-            )
-            .collect();
-        if parsed.len() != routes.len() {
-            return Err(NetnsError::BadImage {
-                ns: id,
-                name: "route".into(),
-                what: "a message is not a route".into(),
-            });
-        }
-        for pass in 0..3 {
-            for (i, m) in &parsed {
-                if route_pass(m) == pass && route_oif(m).is_none_or(|o| !deferred.contains(&o)) {
-                    rt.replay(&without_link_state(&routes[*i]), None, 0)
-                        .map_err(|e| {
-                            rt.err(format!("restore a route ({})", describe_route(m)), e)
-                        })?;
-                }
-            }
-        }
+        replay_routes(&mut rt, id, &routes, |m| {
+            route_oif(m).is_none_or(|o| !deferred.contains(&o))
+        })?;
         for (fam, saved) in [
             (AddressFamily::Inet, &rules4),
             (AddressFamily::Inet6, &rules6),
@@ -1457,6 +1563,45 @@ pub fn restore(
     Ok(())
 }
 
+/// Replays the saved `routes` that `keep` selects in `rt`'s namespace (saved id `id`), in
+/// the three passes of `ip route restore`.
+fn replay_routes(
+    rt: &mut Rtnl,
+    id: u32,
+    routes: &[Vec<u8>],
+    keep: impl Fn(&RouteMessage) -> bool,
+) -> Result<(), NetnsError> {
+    let parsed: Vec<(usize, RouteMessage)> = routes
+        .iter()
+        .enumerate()
+        .filter_map(
+            |(i, r)| match NetlinkMessage::<RouteNetlinkMessage>::deserialize(r) {
+                Ok(NetlinkMessage {
+                    payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(m)),
+                    ..
+                }) => Some((i, m)),
+                _ => None,
+            },
+        )
+        .collect();
+    if parsed.len() != routes.len() {
+        return Err(NetnsError::BadImage {
+            ns: id,
+            name: "route".into(),
+            what: "a message is not a route".into(),
+        });
+    }
+    for pass in 0..3 {
+        for (i, m) in &parsed {
+            if route_pass(m) == pass && keep(m) {
+                rt.replay(&without_link_state(&routes[*i]), None, 0)
+                    .map_err(|e| rt.err(format!("restore a route ({})", describe_route(m)), e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A saved route without the kernel's link-state flags (RTNH_F_DEAD, RTNH_F_LINKDOWN: set
 /// when the link was down at dump), which it refuses in a request (`ip route restore` and
 /// CRIU fail there).
@@ -1502,13 +1647,14 @@ struct CrossPeer {
     /// That namespace, once rebuilt (else the link is made when it is).
     ns: Option<File>,
     peer: pb::NetDeviceEntry,
-    /// That namespace's saved addresses (when rebuilt already).
+    /// That namespace's saved addresses and routes (when rebuilt already).
     addrs: Vec<Vec<u8>>,
+    routes: Vec<Vec<u8>>,
 }
 
 /// The peer end of a veth made into the namespace rebuilt earlier (which left it out): its
-/// master, its sysctls and its addresses there, as that namespace's restore would have set
-/// them. (Routes through it are not made again.)
+/// master, its sysctls, its addresses and the routes through it there, as that namespace's
+/// restore would have set them (its routes were replayed before the link existed).
 fn finish_cross_peer(c: &CrossPeer) -> Result<(), NetnsError> {
     let Some(ns) = &c.ns else {
         return Ok(());
@@ -1531,7 +1677,7 @@ fn finish_cross_peer(c: &CrossPeer) -> Result<(), NetnsError> {
             rt.replay(a, None, 0)
                 .map_err(|e| rt.err(format!("link {}: restore an address", p.name), e))?;
         }
-        Ok(())
+        replay_routes(&mut rt, b, &c.routes, |m| route_oif(m) == Some(p.ifindex))
     })
     .map_err(|source| NetnsError::Enter {
         what: format!("namespace {b} (a veth's peer)"),
@@ -1624,6 +1770,36 @@ fn make_link(
                     hint: String::new(),
                 });
             };
+            // As it is now, for a move back if the restore fails.
+            let was = list_links(host_rt)?
+                .into_iter()
+                .map(|(_, x)| x)
+                .find(|x| x.header.index == index);
+            let back = MovedIn {
+                ns: target.try_clone().map_err(|source| NetnsError::Enter {
+                    what: "the new namespace".into(),
+                    source,
+                })?,
+                ns_id: id,
+                index: l.ifindex,
+                name: out.clone(),
+                out_index: index,
+                mtu: was.as_ref().and_then(|x| {
+                    x.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::Mtu(v) => Some(*v),
+                        _ => None,
+                    })
+                }),
+                address: was.as_ref().and_then(|x| {
+                    x.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::Address(v) => Some(v.clone()),
+                        _ => None,
+                    })
+                }),
+                up: was
+                    .as_ref()
+                    .is_some_and(|x| x.header.flags.contains(LinkFlags::Up)),
+            };
             m.header.index = index;
             m.attributes
                 .push(LinkAttribute::NewIfIndex(l.ifindex.cast_signed()));
@@ -1633,7 +1809,12 @@ fn make_link(
                 .request(RouteNetlinkMessage::NewLink(m), 0)
                 .map_err(|e| {
                     host_rt.err(format!("link {}: move {out} into the namespace", l.name), e)
-                })
+                })?;
+            opts.moved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(back);
+            Ok(())
         }
         pb::NdType::Veth => {
             m.header.index = l.ifindex;
@@ -1701,6 +1882,10 @@ fn make_link(
             }
             if let Some(c) = cross.filter(|c| c.ns.is_some()) {
                 finish_cross_peer(c)?;
+                opts.deferred
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&(c.ns_id, c.peer.ifindex));
             }
             if let Some((out, Some(bridge))) = opts.veth.get(&l.name) {
                 // The peer joins the bridge and comes up (CRIU does it after post-restore).

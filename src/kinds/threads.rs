@@ -163,8 +163,14 @@ fn in_thread_calls(
         match inj.remote.finish_table(WHAT) {
             Ok(()) => stopped.push(inj),
             Err(e) => {
-                // Not stopped at its trap (gone): nothing to put back.
-                std::mem::forget(inj);
+                if matches!(e, crate::sys::remote::RemoteError::Died { .. }) {
+                    // Gone: nothing to put back.
+                    std::mem::forget(inj);
+                } else if let Err(c) = inj.cure() {
+                    // Stopped elsewhere (another's SIGSTOP, a fault): its own registers and
+                    // mask go back, so that once detached it runs its own code, not cryo's.
+                    tracing::error!("thread {tid}: could not be put back after its table: {c}");
+                }
                 first.get_or_insert(remote(tid)(e).into());
             }
         }

@@ -1393,6 +1393,7 @@ fn fork_child(
         for p in &mut sh.pending_mounts {
             let ptys = kinds::mounts::finish_pending(p, &|v| host.get(&v).copied())?;
             cx.objs.borrow_mut().tty.premade.extend(ptys);
+            cx.objs.borrow_mut().binfmt.append(&mut p.binfmt);
         }
         sh.pending_mounts.retain(kinds::mounts::is_pending);
     }
@@ -1912,6 +1913,22 @@ pub fn run(
     dir: &ImageDir,
     hooks: &mut dyn Notifier,
 ) -> Result<RestoreReport, RestoreError> {
+    let r = run_tree(opts, dir, hooks);
+    // The devices a failed restore moved into its namespaces (`--external netdev`) go
+    // back to cryo's: the namespaces die with the tree, and a veth with them.
+    match &r {
+        Ok(_) => opts.links.keep_moved(),
+        Err(_) => opts.links.give_back(),
+    }
+    r
+}
+
+/// [`run`]'s work; `run` gives back what a failure must not take with the tree.
+fn run_tree(
+    opts: &RestoreOpts,
+    dir: &ImageDir,
+    hooks: &mut dyn Notifier,
+) -> Result<RestoreReport, RestoreError> {
     let t0 = Instant::now();
     hooks.notify("pre-restore", None)?;
     // 1. Verify before creating anything.
@@ -2239,6 +2256,9 @@ pub fn run(
         creds: None,
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
+    // A veth left for a namespace that never came (its peer's) is an error, not a link
+    // silently missing.
+    kinds::netns::all_links_made(&opts.links)?;
     end_dead_pid_helpers(&sh, root, &mut puppets)?;
     if let Some(l) = &lazy {
         // The daemon counts the tree's processes: the zombies too (CRIU sends them negated).
@@ -2350,6 +2370,9 @@ pub fn run(
     }
     if let Some(cg) = &cgroups {
         cg.keep();
+    }
+    for made in std::mem::take(&mut objs.borrow_mut().binfmt) {
+        made.keep();
     }
     // 5. Let them run: children and threads before their parents.
     for p in puppets.0.iter_mut().rev().filter(|p| !p.released) {
