@@ -924,3 +924,90 @@ fn new_mount_under_a_copy_still_shared_with_the_parent_is_refused() {
         "the refused tree keeps running"
     );
 }
+
+/// The child of [`file_of_the_parents_namespace_stays_the_parents`]: counts on the fd it
+/// inherited (argv[1]), one number a line, every 100 ms.
+const COUNT_ON_FD: &str = r#"
+import os, sys, time
+fd, n = int(sys.argv[1]), 0
+while True:
+    os.write(fd, f"{n}\n".encode())
+    n += 1
+    time.sleep(0.1)
+"#;
+
+/// A child that made a mount namespace of its own and mounted a tmpfs over the directory
+/// of a file it inherited from its parent, holding the file by the same name in both (a
+/// sandbox helper given a log file, say): after a restore, what the child writes on the fd
+/// still reaches its parent's file (the host's), not the one of the same name on its own
+/// tmpfs, and the fd is on the parent's mount. The parent closed its fd (else the child's
+/// would be taken over from it).
+#[test]
+fn file_of_the_parents_namespace_stays_the_parents() {
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-parent-file");
+    let d = dir.join("d");
+    std::fs::create_dir_all(&d).unwrap();
+    let d_s = d.to_str().unwrap().to_string();
+    let f = d.join("f");
+    std::fs::write(&f, "").unwrap();
+    let child = dir.join("child.py");
+    std::fs::write(&child, COUNT_ON_FD).unwrap();
+    let child = child.to_str().unwrap();
+    let parent = format!(
+        "import os, subprocess\n\
+         fd = os.open('{d_s}/f', os.O_WRONLY | os.O_APPEND)\n\
+         p = subprocess.Popen(['unshare', '--mount', '--propagation', 'private', 'sh', '-c', \
+         'mount -t tmpfs inner {d_s} && echo inner >{d_s}/f && exec python3 {child} %d' % fd], \
+         pass_fds=[fd])\n\
+         os.close(fd)\n\
+         p.wait()\n"
+    );
+    let root = spawn(&["python3", "-c", &parent], &dir.join("out"));
+    let _g = KillOnDrop(root);
+    wait_for("the child's count", 20, || lines(&f).len() > 2);
+    let kid = children(root)[0];
+    let _k = KillOnDrop(kid);
+    let inner = format!("/proc/{kid}/root{d_s}/f");
+    // The fd's mount (fdinfo mnt_id) is one of the parent's, not the child's copy.
+    let fd_mount = |pid: i32| -> String {
+        let fd = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == f))
+            .expect("the child holds the parent's file")
+            .file_name();
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.to_string_lossy()))
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("mnt_id:"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let ids = |pid: i32| -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .unwrap()
+            .lines()
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect()
+    };
+    let check = || {
+        let m = fd_mount(kid);
+        assert!(ids(root).contains(&m), "fd on mount {m}, not the parent's");
+        assert!(!ids(kid).contains(&m), "fd on mount {m}, the child's own");
+        assert_eq!(std::fs::read_to_string(&inner).unwrap(), "inner\n");
+    };
+    check();
+    for round in 0..2 {
+        let img = dir.join(format!("img{round}"));
+        dump(root, &img, &[]);
+        wait_tree_gone(&img);
+        let at = lines(&f).len();
+        restore(&img);
+        count_goes_on(&f, at);
+        check();
+    }
+}

@@ -476,7 +476,11 @@ pub fn precheck(
                 }
             }
             Ok(None) if !p.deleted() => {
-                reachable_by_path(&p)?;
+                if let Err(e) = reachable_by_path(&p) {
+                    if !reachable_from_tree(&p, tree) {
+                        return Err(e.into());
+                    }
+                }
                 if meta.as_ref().is_some_and(|m| m.is_file()) {
                     not_overmounted(&p, &mut mounts)?;
                 }
@@ -575,6 +579,30 @@ pub fn reachable_by_path(p: &FdProbe<'_>) -> Result<(), Unsupported> {
         "the file is outside the process's root (opened before a chroot or pivot_root, or in another mount namespace), so it cannot be reopened by its path",
         "open it from inside the container, or give it to the restored tree with --inherit-fd",
     ))
+}
+
+/// A file opened through a mount of another mount namespace of the tree (a child that made
+/// its own after inheriting the fd): the path leads to it in the root of a task of the tree
+/// whose namespace has that mount. The restore opens it there (`mnt_id`).
+fn reachable_from_tree(p: &FdProbe<'_>, tree: &[i32]) -> bool {
+    let Ok(id) = procfs::fdinfo(p.pid, p.fd).map(|i| i.mnt_id.to_string()) else {
+        return false;
+    };
+    let mnt_ns = |pid: i32| {
+        std::fs::metadata(format!("/proc/{pid}/ns/mnt"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    let own = mnt_ns(p.pid);
+    let mut seen = std::collections::HashSet::new();
+    tree.iter()
+        .filter(|&&t| t != p.pid)
+        .filter(|&&t| mnt_ns(t).is_some_and(|n| Some(n) != own && seen.insert(n)))
+        .any(|&t| {
+            let has = procfs::read(t, "mountinfo")
+                .is_ok_and(|m| m.lines().any(|l| l.split(' ').next() == Some(id.as_str())));
+            has && reachable_by_path(&FdProbe { pid: t, ..*p }).is_ok()
+        })
 }
 
 /// The PID of a process gone since fd `fd` of `pid` opened its /proc directory or a file in
@@ -739,6 +767,20 @@ pub struct FdObjects {
     /// The mounts of the tree's restored mount namespace (`mounts::restore`), by their id
     /// in the images: mount point and root.
     pub mount_roots: super::mounts::MountRoots,
+    /// A restored process (host PID) in each saved mount namespace of the tree, by the
+    /// namespace's id in the images, once it is there.
+    pub mnt_ns_host: HashMap<u32, i32>,
+    /// The saved mount namespace of the puppet whose fds are being made.
+    pub cur_mnt_ns: Option<u32>,
+    /// The saved mount namespaces of the tree, and (read on first use) which of them each
+    /// saved mount id belongs to.
+    mnt_ns_ids: Vec<u32>,
+    mnt_of: Option<HashMap<u32, u32>>,
+    /// The root's saved mount namespace.
+    root_mnt_ns: Option<u32>,
+    /// The saved namespaces that have their mounts in the images (not the one the tree
+    /// shares with the dumper).
+    mnt_saved: std::collections::HashSet<u32>,
     /// binfmt_misc registrations the restore made: removed again if it fails (dropped),
     /// kept once the tree runs.
     pub binfmt: Vec<super::binfmt::Made>,
@@ -857,6 +899,17 @@ impl FdObjects {
                 .collect(),
             pids: PidView::new(tasks),
             mount_roots: HashMap::new(),
+            mnt_ns_host: HashMap::new(),
+            cur_mnt_ns: None,
+            mnt_ns_ids: {
+                let mut v: Vec<u32> = tasks.iter().filter_map(|t| t.ids.mnt_ns_id).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            },
+            mnt_of: None,
+            root_mnt_ns: tasks.first().and_then(|t| t.ids.mnt_ns_id),
+            mnt_saved: Default::default(),
             binfmt: Vec::new(),
         })
     }
@@ -938,6 +991,59 @@ impl FdObjects {
                 .map_err(|e| TaskError::object(id, "lseek")(e.into()))?;
         }
         Ok(fd)
+    }
+
+    /// The saved mount namespace that saved mount `mnt_id` belongs to, from the
+    /// `mountpoints-ID.img` of the tree's namespaces (read once). None when no saved
+    /// namespace has it (the tree shares cryo's, or the file came from outside the tree).
+    pub fn mnt_ns_of(&mut self, mnt_id: u32) -> Result<Option<u32>, FilesError> {
+        if self.mnt_of.is_none() {
+            let mut map = HashMap::new();
+            for &ns in &self.mnt_ns_ids {
+                let name = format!("mountpoints-{ns}.img");
+                let entries: Option<Vec<pb::MntEntry>> = self
+                    .dir
+                    .read_opt(&name, crate::image::MNTS)
+                    .map_err(TaskError::from)?;
+                if let Some(entries) = entries {
+                    self.mnt_saved.insert(ns);
+                    for e in entries {
+                        map.entry(e.mnt_id).or_insert(ns);
+                    }
+                }
+            }
+            self.mnt_of = Some(map);
+        }
+        Ok(self.mnt_of.as_ref().and_then(|m| m.get(&mnt_id).copied()))
+    }
+
+    /// The root (`/proc/PID/root` of a restored process) of the mount namespace that the
+    /// file of `reg` was opened in, when that is another saved namespace of the tree than the
+    /// one of the puppet whose fds are being made (a child in a mount namespace of its own
+    /// holding a file its parent opened: zdtm mntns_open). None: open it in the puppet.
+    pub fn other_mnt_ns_root(
+        &mut self,
+        reg: &pb::RegFileEntry,
+    ) -> Result<Option<String>, FilesError> {
+        let (Some(m), Some(own)) = (
+            reg.mnt_id.and_then(|m| u32::try_from(m).ok()),
+            self.cur_mnt_ns,
+        ) else {
+            return Ok(None);
+        };
+        // A mount no saved namespace has, held by a task whose namespace is saved: the
+        // root's, when the tree shares that one with the dumper (its mounts are not saved).
+        let ns = match self.mnt_ns_of(m)? {
+            Some(ns) => Some(ns),
+            None if self.mnt_saved.contains(&own) => {
+                self.root_mnt_ns.filter(|r| !self.mnt_saved.contains(r))
+            }
+            None => None,
+        };
+        let Some(ns) = ns.filter(|&ns| ns != own) else {
+            return Ok(None);
+        };
+        Ok(self.mnt_ns_host.get(&ns).map(|h| format!("/proc/{h}/root")))
     }
 
     /// cryo's fd for file `id`, created on first use by the kind of its record.
@@ -1100,6 +1206,11 @@ fn dump_fd(
                 meta.is_file().then_some(meta.len()),
                 meta.mode(),
             );
+            // The mount it was opened through (CRIU's `mnt_id`): a task in a mount namespace
+            // nested in the tree may hold a file of another namespace's mount.
+            if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
+                r.mnt_id = (info.mnt_id >= 0).then_some(info.mnt_id);
+            }
             if meta.file_type().is_char_device()
                 && super::tty::is_vt_or_console(meta.rdev())
                 && procfs::stat(pid)
@@ -1326,8 +1437,10 @@ pub fn restore_fds(
     let objs_cell = cx.objs;
     let ns_pid = objs_cell.borrow().ns_pid;
     objs_cell.borrow_mut().net_pid = (net_of(Some(cx.pid)) != net_of(ns_pid)).then_some(cx.pid);
+    objs_cell.borrow_mut().cur_mnt_ns = img.ids.mnt_ns_id;
     let r = restore_fds_in(cx, img, inherited);
     objs_cell.borrow_mut().net_pid = None;
+    objs_cell.borrow_mut().cur_mnt_ns = None;
     r
 }
 
@@ -1605,6 +1718,15 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
             objs.ghosts
                 .open(&objs.dir, id, &reg.name, flags, objs.ns_pid)?
         };
+        return Ok(cx.take_from_cryo(local.as_raw_fd())?);
+    }
+    let other = cell.borrow_mut().other_mnt_ns_root(&reg)?;
+    if let Some(root) = other {
+        // Opened through a mount of another mount namespace of the tree: cryo opens it in
+        // that namespace's root and hands it over, so its mount is that one.
+        let local = sys::fd::open_in_root(&root, &reg.name, flags.cast_signed()).map_err(
+            TaskError::object(id, format!("open {} (in {root})", reg.name)),
+        )?;
         return Ok(cx.take_from_cryo(local.as_raw_fd())?);
     }
     if reg.name == "/dev/tty" {

@@ -870,6 +870,9 @@ fn enter_namespaces(
             kinds::mounts::restore_nested(cx, img, sh.mounts, &|p| host.get(&p).copied())?;
         sh.pending_mounts.extend(pending);
     }
+    if let Some(ns) = img.ids.mnt_ns_id {
+        sh.objs.borrow_mut().mnt_ns_host.entry(ns).or_insert(pid);
+    }
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
     // mount namespaces of their own still get the root's; a child in a network namespace
     // of its own gets its sockets made there, `FdObjects::net_pid`).
