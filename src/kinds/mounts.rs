@@ -871,20 +871,24 @@ pub fn write(
             .stdout(out)
             .stderr(std::process::Stdio::piped())
             .output();
-        let failed = |why: String| {
+        let failed = |why: String, hint: &str| {
             Unsupported::of(
                 pid,
                 format!("tmpfs {}", e.mountpoint),
                 format!("saving its contents with tar failed: {why}"),
-                "is GNU tar installed?",
+                hint,
             )
         };
         match st {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
-                return Err(failed(String::from_utf8_lossy(&o.stderr).trim().to_string()).into())
+                return Err(failed(
+                    String::from_utf8_lossy(&o.stderr).trim().to_string(),
+                    "tar names the file it could not read: cryo must be able to read every file of the tmpfs (a non-root cryo only its own user's)",
+                )
+                .into())
             }
-            Err(e) => return Err(failed(e.to_string()).into()),
+            Err(e) => return Err(failed(e.to_string(), "is GNU tar installed?").into()),
         }
         let bytes = std::fs::read(dir.file(&name)).map_err(|source| image::ImageError::Io {
             path: dir.file(&name),
