@@ -218,20 +218,7 @@ impl FdKind for NetlinkSk {
             inet::connect_raw(s, &sockaddr_nl(n.dst_portid, g)).map_err(err("connect"))?;
         }
         let o = &n.opts;
-        net::setsockopt_int(
-            s,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            (o.so_sndbuf / 2).cast_signed(),
-        )
-        .map_err(err("SO_SNDBUFFORCE"))?;
-        net::setsockopt_int(
-            s,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (o.so_rcvbuf / 2).cast_signed(),
-        )
-        .map_err(err("SO_RCVBUFFORCE"))?;
+        net::set_buffer_sizes(s, o.so_sndbuf, o.so_rcvbuf).map_err(|(what, e)| err(what)(e))?;
         if o.so_passcred == Some(true) {
             net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_PASSCRED, 1)
                 .map_err(err("SO_PASSCRED"))?;

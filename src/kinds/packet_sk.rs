@@ -380,20 +380,7 @@ fn set_sk_opts(
 ) -> Result<(), PacketSkError> {
     let err = |what: &str| obj_err(id, format!("packet socket: {what}"));
     let o = &p.opts;
-    net::setsockopt_int(
-        s,
-        libc::SOL_SOCKET,
-        libc::SO_SNDBUFFORCE,
-        (o.so_sndbuf / 2).cast_signed(),
-    )
-    .map_err(err("SO_SNDBUFFORCE"))?;
-    net::setsockopt_int(
-        s,
-        libc::SOL_SOCKET,
-        libc::SO_RCVBUFFORCE,
-        (o.so_rcvbuf / 2).cast_signed(),
-    )
-    .map_err(err("SO_RCVBUFFORCE"))?;
+    net::set_buffer_sizes(s, o.so_sndbuf, o.so_rcvbuf).map_err(|(what, e)| err(what)(e))?;
     if let Some(v) = o.so_priority.filter(|&v| v != 0) {
         net::setsockopt_int(s, libc::SOL_SOCKET, libc::SO_PRIORITY, v.cast_signed())
             .map_err(err("SO_PRIORITY"))?;

@@ -296,6 +296,24 @@ pub fn socket_kind(fd: BorrowedFd<'_>) -> io::Result<(i32, i32, i32)> {
     ))
 }
 
+/// Gives a socket the send and receive buffer sizes another one reported (SO_SNDBUF,
+/// SO_RCVBUF: the kernel reports twice what it was given, so half is set), beyond the
+/// system's limits as a dump's socket may have had them (the FORCE options). The error
+/// names the option that failed.
+pub fn set_buffer_sizes(
+    fd: BorrowedFd<'_>,
+    sndbuf: u32,
+    rcvbuf: u32,
+) -> Result<(), (&'static str, io::Error)> {
+    for (opt, name, v) in [
+        (libc::SO_SNDBUFFORCE, "SO_SNDBUFFORCE", sndbuf),
+        (libc::SO_RCVBUFFORCE, "SO_RCVBUFFORCE", rcvbuf),
+    ] {
+        setsockopt_int(fd, libc::SOL_SOCKET, opt, (v / 2).cast_signed()).map_err(|e| (name, e))?;
+    }
+    Ok(())
+}
+
 /// Sets an integer socket option.
 pub fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, opt: i32, v: i32) -> io::Result<()> {
     // SAFETY: v is valid for reads of 4 bytes.
