@@ -362,7 +362,8 @@ fn open_spkt(e: &pb::FileEntry, p: &pb::PacketSockEntry) -> Result<OwnedFd, Pack
         if name.len() > 14 {
             return Err(err(&format!("bind to {name}"))(std::io::Error::other(
                 "the name is longer than the 14 bytes a SOCK_PACKET address holds",
-            )).into());
+            ))
+            .into());
         }
         sa[2..2 + name.len()].copy_from_slice(name.as_bytes());
         inet::bind_raw(s, &sa).map_err(err(&format!("bind to {name}")))?;
