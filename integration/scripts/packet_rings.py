@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """In a network namespace of its own (loopback up): a raw AF_PACKET socket bound to the
 loopback with a receive ring (2 blocks of 4096, 4 frames of 2048) and a transmit ring
-(1 block, 2 frames) mapped shared, a SOCK_PACKET socket bound to "lo" and an unbound one.
+(1 block, 2 frames) mapped shared, a SOCK_PACKET socket bound to "lo", an unbound one, and
+one bound to a bridge whose name has the 14 bytes a SOCK_PACKET address holds.
 First line: "ready ADDR" (the ring mapping's address). On SIGUSR1 it sends a UDP datagram
 to 127.0.0.1 and prints "map ADDR INODE_MATCH" (its mapping at ADDR is of the socket it holds),
-"rx N" (frames the receive ring holds for the program), "spkt NAME TYPE" for both SOCK_PACKET
+"rx N" (frames the receive ring holds for the program), "spkt NAME TYPE" for the three SOCK_PACKET
 sockets (bound name, SO_TYPE) and "spkt-rx N" (bytes the bound one received)."""
 import ctypes
 import mmap
@@ -27,6 +28,9 @@ TP_STATUS_USER = 1
 out = open(sys.argv[1], "w", buffering=1)
 libc = ctypes.CDLL(None, use_errno=True)
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+# A name of 14 bytes: all a SOCK_PACKET address holds (no room for its NUL).
+LONG = "cryo-bridge-14"
+subprocess.run(["ip", "link", "add", LONG, "type", "bridge"], check=True)
 
 rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
 rx.bind(("lo", 0))
@@ -37,9 +41,9 @@ ring = mmap.mmap(rx.fileno(), 3 * 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.P
 addr = ctypes.addressof(ctypes.c_char.from_buffer(ring))
 
 
-def spkt_bound():
+def spkt_bound(dev=b"lo"):
     s = socket.socket(socket.AF_PACKET, SOCK_PACKET, socket.htons(ETH_P_ALL))
-    sa = struct.pack("H14s", socket.AF_PACKET, b"lo")
+    sa = struct.pack("H14s", socket.AF_PACKET, dev)
     if libc.bind(s.fileno(), sa, len(sa)) != 0:
         raise OSError(ctypes.get_errno(), "bind SOCK_PACKET")
     return s
@@ -47,10 +51,11 @@ def spkt_bound():
 
 spkt = spkt_bound()
 spkt2 = socket.socket(socket.AF_PACKET, SOCK_PACKET, socket.htons(ETH_P_ALL))
+spkt3 = spkt_bound(LONG.encode())
 
 
 def name(s):
-    buf = ctypes.create_string_buffer(16)
+    buf = ctypes.create_string_buffer(17)
     ln = ctypes.c_uint(16)
     if libc.getsockname(s.fileno(), buf, ctypes.byref(ln)) != 0:
         return "?"
@@ -84,7 +89,7 @@ def report():
             break
         time.sleep(0.05)
     print(f"rx {n}", file=out)
-    for s in (spkt, spkt2):
+    for s in (spkt, spkt2, spkt3):
         print(f"spkt {name(s)} {s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)}", file=out)
     got = 0
     if select.select([spkt], [], [], 5)[0]:

@@ -128,25 +128,10 @@ fn cycle(c: &Container, img: &Path) -> i32 {
 /// `cryo restore -d --root ROOTFS --external mnt[data]:HOST` of `img` plus `extra`, which
 /// must succeed; returns the restored init's host PID.
 fn restore_container(c: &Container, img: &Path, extra: &[&str]) -> i32 {
-    let ext = format!("mnt[data]:{}", c.host.display());
     let pidfile = img.join("pid");
-    let mut args = vec![
-        "restore",
-        "-D",
-        img.to_str().unwrap(),
-        "-d",
-        "-v4",
-        "-o",
-        "restore.log",
-        "--root",
-        c.rootfs.to_str().unwrap(),
-        "--external",
-        &ext,
-        "--pidfile",
-        pidfile.to_str().unwrap(),
-    ];
+    let mut args = vec!["--pidfile", pidfile.to_str().unwrap()];
     args.extend_from_slice(extra);
-    let out = cryo(&args);
+    let out = restore_container_with(c, img, "restore.log", &args, &[]);
     assert!(
         out.status.success(),
         "restore failed:\n{}",
@@ -157,6 +142,46 @@ fn restore_container(c: &Container, img: &Path, extra: &[&str]) -> i32 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// `cryo restore` of the container `c` from `img` (its root, /data external, detached),
+/// logging to `log` in `img`, with `extra` options and `env`; success or not.
+fn restore_container_with(
+    c: &Container,
+    img: &Path,
+    log: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let ext = format!("mnt[data]:{}", c.host.display());
+    let mut args = vec![
+        "restore",
+        "-D",
+        img.to_str().unwrap(),
+        "-d",
+        "-v4",
+        "-o",
+        log,
+        "--root",
+        c.rootfs.to_str().unwrap(),
+        "--external",
+        &ext,
+    ];
+    args.extend_from_slice(extra);
+    cryo_env(&args, env)
+}
+
+/// Lets the script of a restored container go on (/data/go) and returns its result line.
+fn script_result(c: &Container) -> String {
+    std::fs::write(c.host.join("go"), "").unwrap();
+    wait_for("the result", 20, || {
+        lines(&c.host.join("out"))
+            .iter()
+            .any(|l| l.starts_with("result"))
+    });
+    let out = lines(&c.host.join("out"));
+    let result = out.iter().find(|l| l.starts_with("result")).unwrap();
+    result.trim_end().to_string()
 }
 
 /// `cycle` with extra dump and restore options.
@@ -1179,15 +1204,7 @@ fn script_result_is(name: &str, script: &str, expected: &str) {
     wait_for("the restored loop", 20, || {
         lines(&c.host.join("out")).len() >= n + 3
     });
-    std::fs::write(c.host.join("go"), "").unwrap();
-    wait_for("the result", 20, || {
-        lines(&c.host.join("out"))
-            .iter()
-            .any(|l| l.starts_with("result"))
-    });
-    let out = lines(&c.host.join("out"));
-    let result = out.iter().find(|l| l.starts_with("result")).unwrap();
-    assert_eq!(result.trim_end(), expected, "{}", log(&img, "restore.log"));
+    assert_eq!(script_result(&c), expected, "{}", log(&img, "restore.log"));
     kill(init);
 }
 
@@ -1370,21 +1387,11 @@ exec sleep 1000
         "the keeper's mount is seen"
     );
     assert!(!registered());
-    let ext = format!("mnt[data]:{}", c.host.display());
-    let failed = cryo_env(
-        &[
-            "restore",
-            "-D",
-            img.to_str().unwrap(),
-            "-d",
-            "-v4",
-            "-o",
-            "restore-fault.log",
-            "--root",
-            c.rootfs.to_str().unwrap(),
-            "--external",
-            &ext,
-        ],
+    let failed = restore_container_with(
+        &c,
+        &img,
+        "restore-fault.log",
+        &[],
         &[("CRYO_FAULT_INJECT", "finish")],
     );
     assert!(
@@ -1408,16 +1415,8 @@ exec sleep 1000
         lines(&c.host.join("out")).len() >= n + 3
     });
     assert!(registered(), "registered again, in the host's instance too");
-    std::fs::write(c.host.join("go"), "").unwrap();
-    wait_for("the result", 20, || {
-        lines(&c.host.join("out"))
-            .iter()
-            .any(|l| l.starts_with("result"))
-    });
-    let out = lines(&c.host.join("out"));
-    let result = out.iter().find(|l| l.starts_with("result")).unwrap();
     assert_eq!(
-        result.trim_end(),
+        script_result(&c),
         format!("result disabled interpreter /cryo-interp flags: F extension .{name}"),
         "{}",
         log(&img, "restore.log")

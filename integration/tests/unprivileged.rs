@@ -177,6 +177,148 @@ fn a_user_checkpoints_and_restores_its_own_process_with_file_capabilities() {
     assert_eq!(status_field(pid, "CapPrm"), "0000000000000000");
 }
 
+/// A rootless sandbox (`unshare --user --map-root-user --pid --fork`, as bubblewrap or a
+/// rootless runtime makes one): the user's counter runs as root of a user namespace of the
+/// user's own, as the init of a PID namespace it owns, in the session of its launcher
+/// (outside that namespace: `--shell-job`). The same user's cryo (file capabilities,
+/// `--unprivileged`) dumps it and restores it into a new user namespace with the same map,
+/// PID 1 of a new PID namespace, counting on; the restore made only namespaces the user may
+/// make.
+#[test]
+fn a_user_moves_its_rootless_sandbox() {
+    let Some((dir, cryo, counter)) = setup("unpriv-sandbox") else {
+        return;
+    };
+    let ns_max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").unwrap_or_default();
+    if ns_max.trim() == "0" || !have_tool("unshare", "--version") {
+        skip("user namespaces for users (user.max_user_namespaces > 0) and unshare are needed");
+        return;
+    }
+    let out = dir.join("count.out");
+    let stdout = dir.join("counter.log");
+    std::fs::write(&stdout, "").unwrap();
+    std::os::unix::fs::chown(&stdout, Some(NOBODY), Some(NOBODY)).unwrap();
+    let launcher = spawn(
+        &[
+            "setpriv",
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            "env",
+            "-C",
+            dir.to_str().unwrap(),
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--pid",
+            "--fork",
+            counter.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+        &stdout,
+    );
+    let _l = KillOnDrop(launcher);
+    wait_for("the counter", 10, || lines(&out).len() > 2);
+    let pid: i32 = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("unshare's child")
+        .parse()
+        .unwrap();
+    let _g = KillOnDrop(pid);
+    let sandbox = |pid: i32| {
+        (
+            status_field(pid, "NSpid")
+                .split_whitespace()
+                .last()
+                .map(str::to_string),
+            status_field(pid, "Uid")
+                .split_whitespace()
+                .next()
+                .map(str::to_string),
+            std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+            status_field(pid, "CapEff"),
+        )
+    };
+    let was = sandbox(pid);
+    assert_eq!(
+        (was.0.as_deref(), was.1.as_deref(), was.2.as_str()),
+        (Some("1"), Some("65534"), "0 65534 1"),
+        "{was:?}"
+    );
+    let own_userns = |pid: i32| {
+        std::fs::read_link(format!("/proc/{pid}/ns/user")).unwrap()
+            != std::fs::read_link("/proc/self/ns/user").unwrap()
+    };
+    assert!(own_userns(pid));
+    let (c, p, img) = (
+        cryo.to_str().unwrap(),
+        pid.to_string(),
+        dir.join("img").display().to_string(),
+    );
+    let o = as_nobody(
+        &dir,
+        &[
+            c,
+            "dump",
+            "--unprivileged",
+            "--shell-job",
+            "-t",
+            &p,
+            "-D",
+            &img,
+            "-v4",
+            "-o",
+            "dump.log",
+        ],
+    );
+    ok(
+        &o,
+        &format!("unprivileged dump\n{}", log(Path::new(&img), "dump.log")),
+    );
+    wait_gone(pid);
+    let at = lines(&out).len();
+    let pidfile = dir.join("restored.pid");
+    let o = as_nobody(
+        &dir,
+        &[
+            c,
+            "restore",
+            "--unprivileged",
+            "--shell-job",
+            "-D",
+            &img,
+            "-d",
+            "--pidfile",
+            pidfile.to_str().unwrap(),
+            "-v4",
+            "-o",
+            "restore.log",
+        ],
+    );
+    ok(
+        &o,
+        &format!(
+            "unprivileged restore\n{}",
+            log(Path::new(&img), "restore.log")
+        ),
+    );
+    let new: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _g2 = KillOnDrop(new);
+    count_goes_on(&out, at);
+    assert_eq!(sandbox(new), was, "the sandbox as it was");
+    assert!(own_userns(new));
+}
+
 #[test]
 fn a_process_of_another_user_is_refused_before_anything_is_created() {
     let Some((dir, cryo, counter)) = setup("unpriv-other") else {

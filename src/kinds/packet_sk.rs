@@ -355,11 +355,17 @@ fn open_spkt(e: &pb::FileEntry, p: &pb::PacketSockEntry) -> Result<OwnedFd, Pack
     if p.ifindex > 0 {
         let name =
             inet::if_name(p.ifindex).map_err(err(&format!("name of interface {}", p.ifindex)))?;
-        // struct sockaddr: family, then the name in sa_data[14] (NUL-terminated).
+        // struct sockaddr: family, then the name in sa_data[14] (the kernel adds the NUL:
+        // a name of 14 bytes fits whole; a longer one cannot be named there).
         let mut sa = [0u8; 16];
         sa[0..2].copy_from_slice(&AF_PACKET_U16.to_ne_bytes());
-        let n = name.len().min(13);
-        sa[2..2 + n].copy_from_slice(&name.as_bytes()[..n]);
+        if name.len() > 14 {
+            return Err(err(&format!("bind to {name}"))(std::io::Error::other(
+                "the name is longer than the 14 bytes a SOCK_PACKET address holds",
+            ))
+            .into());
+        }
+        sa[2..2 + name.len()].copy_from_slice(name.as_bytes());
         inet::bind_raw(s, &sa).map_err(err(&format!("bind to {name}")))?;
     }
     set_sk_opts(s, p, e.id)?;

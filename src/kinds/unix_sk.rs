@@ -1005,18 +1005,28 @@ fn in_dir_fd<T: Send>(
     })
 }
 
-/// Whether the directory `dir` (a path of the tree) does not lead to the mount whose root
-/// `root` holds, where the socket file was: another mount covers it now, or it cannot be
-/// reached.
-fn covered_dir(dir: &Path, root: &OwnedFd) -> bool {
+/// Whether the directory `dir` (a path of the tree, inside the mount at `mountpoint` whose
+/// root `root` holds, where the socket file was) does not lead to that mount now: another
+/// mount covers it. A directory that is missing is judged by its nearest ancestor that is
+/// there: one inside the mount's place on another mount (a cover without that path), or
+/// none down to the mount point, is covered; one on the mount itself is not (the directory
+/// is simply gone, and the plain bind says so).
+fn covered_dir(dir: &Path, mountpoint: &str, root: &OwnedFd) -> bool {
     use rustix::fs::{statx, AtFlags, StatxFlags};
     let id = |st: rustix::fs::Statx| st.stx_mnt_id;
-    let mine = statx(root, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).map(id);
-    let there = statx(rustix::fs::CWD, dir, AtFlags::empty(), StatxFlags::MNT_ID).map(id);
-    match (mine, there) {
-        (Ok(a), Ok(b)) => a != b,
-        (Ok(_), Err(_)) => true,
-        (Err(_), _) => false,
+    let Ok(mine) = statx(root, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID).map(id) else {
+        return false;
+    };
+    let mut d = dir;
+    loop {
+        match statx(rustix::fs::CWD, d, AtFlags::empty(), StatxFlags::MNT_ID).map(id) {
+            Ok(there) => return !d.starts_with(mountpoint) || there != mine,
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => match d.parent() {
+                Some(up) => d = up,
+                None => return false,
+            },
+            Err(_) => return false,
+        }
     }
 }
 
@@ -1183,7 +1193,7 @@ fn bind_name(
         .map(|(mp, r)| r.try_clone().map(|r| (mp.clone(), r)))
         .transpose()
         .map_err(obj_err(id, what("hold the mount of")))?;
-    if let Some((mountpoint, root)) = mount.filter(|(_, r)| !deleted && covered_dir(&dir, r)) {
+    if let Some((mountpoint, root)) = mount.filter(|(mp, r)| !deleted && covered_dir(&dir, mp, r)) {
         let (held, base) = bind_covered(fd, s, &full, &mountpoint, &root).map_err(obj_err(
             id,
             what("bind (under a mount that covers it now) to"),

@@ -261,9 +261,12 @@ fn read_tree(
     }
     for (i, ps) in tree.iter().enumerate() {
         // Every id is one the kernel can hand out, so `TaskImages::vpid` and the ids passed
-        // to the kernel below are exact.
-        let ids = [ps.pid, ps.pgid, ps.sid]
+        // to the kernel below are exact; but a group or session 0, one outside the tree's
+        // PID namespace (its init's, dumped with --shell-job: it joins cryo's).
+        let outside = |id: u32| id == 0;
+        let ids = [ps.pid]
             .into_iter()
+            .chain([ps.pgid, ps.sid].into_iter().filter(|&x| !outside(x)))
             .chain(ps.threads.iter().copied());
         for id in ids.chain((i > 0).then_some(ps.ppid)) {
             if crate::num::pid_from_img(id).is_none() {
