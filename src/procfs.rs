@@ -178,11 +178,15 @@ pub struct Status {
     /// Signals with a handler / ignored (SigCgt, SigIgn).
     pub sig_cgt: u64,
     pub sig_ign: u64,
+    /// The task's name (comm), from the `Name:` line when the kernel did not escape it there
+    /// (it escapes a backslash and control characters with a backslash; `comm` has it raw).
+    pub name: Option<String>,
 }
 
 /// Reads and parses /proc/PID/status.
 pub fn status(pid: i32) -> Result<Status, ProcError> {
-    let m = parse_status(&read(pid, "status")?);
+    let text = read(pid, "status")?;
+    let m = parse_status(&text);
     let get = |k: &str| {
         m.get(k)
             .ok_or_else(|| bad(pid, "status", format!("no {k} line")))
@@ -219,7 +223,15 @@ pub fn status(pid: i32) -> Result<Status, ProcError> {
         sig_pnd: hex("SigPnd")?,
         sig_cgt: hex("SigCgt").unwrap_or(u64::MAX),
         sig_ign: hex("SigIgn").unwrap_or(u64::MAX),
+        name: status_name(&text),
     })
+}
+
+/// The raw value of status's `Name:` line (after its tab, untrimmed: a name may end in a
+/// space), None when it holds a backslash: the kernel escaped something there.
+fn status_name(text: &str) -> Option<String> {
+    let line = text.lines().next()?.strip_prefix("Name:\t")?;
+    (!line.contains('\\')).then(|| line.to_string())
 }
 
 /// One line of /proc/PID/maps plus the VmFlags of smaps.
@@ -417,6 +429,18 @@ pub fn tree_pid(root: i32, pid: i32) -> Option<i32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_status_name_is_taken_raw_unless_escaped() {
+        let name = |t: &str| super::status_name(t);
+        assert_eq!(
+            name("Name:\tworker 1 \nUmask:\t0022\n").as_deref(),
+            Some("worker 1 ")
+        );
+        assert_eq!(name("Name:\ta\\nb\nUmask:\t0022\n"), None);
+        assert_eq!(name("Name:\ta\\\\b\n"), None);
+        assert_eq!(name("Umask:\t0022\n"), None);
+    }
+
     #[test]
     fn parses_proc_limits() {
         let text =

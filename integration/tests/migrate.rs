@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use integration::echo::{finish_clients, wait_progress};
 use integration::netns::{need, Net};
 use integration::*;
 
@@ -734,4 +735,221 @@ fn receive_refuses_round_names_that_leave_its_directory() {
             );
         }
     }
+}
+
+/// `ip ARGS`, which must succeed.
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        o.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `ip ARGS` run in the network namespace of process `pid`: its output.
+fn ip_of(pid: i32, args: &[&str]) -> String {
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg("ip")
+        .args(args)
+        .output()
+        .expect("nsenter ip");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A named network namespace, its name removed on drop (if still there).
+struct NamedNs(String);
+
+impl Drop for NamedNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// A TCP echo server with live clients moves to another host. The server runs in a network
+/// namespace of its own, S (the tree owns it: saved and rebuilt with its veth, address and
+/// default route), with a veth to host A (10.239.0.2/24 in S, gateway 10.239.0.1 on A's
+/// end); its clients run on A and keep streaming through 10 connections (one playing
+/// ping-pong). A's route to the server's subnet goes through that veth, and, at a higher
+/// metric, through host B (10.139.0.2): what a network does when an address moves (the
+/// clients' source address is A's own, 10.139.0.1, which stays reachable from B). B has a
+/// bridge holding the same gateway address and forwards. `cryo migrate --tcp-established`
+/// from A to `cryo receive --external veth[eth0]:OUT@BRIDGE` in B: the server's namespace is
+/// rebuilt on B with its veth's peer put in B's bridge; the source (and with it S and A's
+/// veth) goes, so A's packets take the route through B. The clients' connections go on:
+/// every byte comes back once, in order, without an error; the downtime is printed.
+#[test]
+fn a_tcp_server_moves_with_its_live_clients_connections() {
+    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+        return;
+    }
+    let dir = scratch("migrate-tcp");
+    let net = Net::new("mtcp", 139);
+    let id = std::process::id() % 100000;
+    let s = NamedNs(format!("cryo-mtcp-s-{id}"));
+    let (a_end, out_end, br) = (
+        format!("cm139a{id}"),
+        format!("cm139o{id}"),
+        format!("cm139b{id}"),
+    );
+    let _ = Command::new("ip").args(["netns", "del", &s.0]).output();
+    ip(&["netns", "add", &s.0]);
+    ip(&["-n", &s.0, "link", "set", "lo", "up"]);
+    ip(&[
+        "link", "add", &a_end, "netns", &net.a, "type", "veth", "peer", "name", "eth0", "netns",
+        &s.0,
+    ]);
+    ip(&["-n", &s.0, "addr", "add", "10.239.0.2/24", "dev", "eth0"]);
+    ip(&["-n", &s.0, "link", "set", "eth0", "up"]);
+    ip(&["-n", &s.0, "route", "add", "default", "via", "10.239.0.1"]);
+    ip(&["-n", &net.a, "addr", "add", "10.239.0.1/32", "dev", &a_end]);
+    ip(&["-n", &net.a, "link", "set", &a_end, "up"]);
+    let src = net.v4(1);
+    ip(&[
+        "-n",
+        &net.a,
+        "route",
+        "add",
+        "10.239.0.0/24",
+        "dev",
+        &a_end,
+        "src",
+        &src,
+    ]);
+    ip(&[
+        "-n",
+        &net.a,
+        "route",
+        "add",
+        "10.239.0.0/24",
+        "via",
+        &net.v4(2),
+        "src",
+        &src,
+        "metric",
+        "100",
+    ]);
+    ip(&["-n", &net.b, "link", "add", &br, "type", "bridge"]);
+    ip(&["-n", &net.b, "addr", "add", "10.239.0.1/24", "dev", &br]);
+    ip(&["-n", &net.b, "link", "set", &br, "up"]);
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.b,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The server, the root of a PID namespace of its own (its PIDs are restored as they
+    // were while the frozen source still holds them), in S.
+    let srv_out = dir.join("srv.out");
+    let echosrv = prog("echosrv");
+    let launcher = Net::spawn_in(
+        &s.0,
+        &[
+            "unshare",
+            "--pid",
+            "--fork",
+            "setsid",
+            echosrv.to_str().unwrap(),
+            "10.239.0.2",
+            "7300",
+            srv_out.to_str().unwrap(),
+            "2048",
+            "1000",
+            "65536",
+        ],
+        &dir.join("srv.log"),
+    );
+    let _g = KillOnDrop(launcher);
+    wait_ready(&srv_out);
+    let root: i32 = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("unshare has a child")
+        .parse()
+        .unwrap();
+    // Only the server holds S now: it goes with the source.
+    ip(&["netns", "del", &s.0]);
+
+    let cli_out = dir.join("cli.out");
+    let echocli = prog("echocli");
+    let cli = Net::spawn_in(
+        &net.a,
+        &[
+            echocli.to_str().unwrap(),
+            "10.239.0.2",
+            "7300",
+            "10",
+            cli_out.to_str().unwrap(),
+            "1048576",
+            "2048",
+            "16384",
+            "2000",
+        ],
+        &dir.join("cli.log"),
+    );
+    let _gc = KillOnDrop(cli);
+    wait_ready(&cli_out);
+    wait_progress(&cli_out, 2 << 20);
+
+    let dest = dir.join("dest");
+    let wd = dir.join("work");
+    let veth = format!("veth[eth0]:{out_end}@{br}");
+    let rx = Receiver::start_with(&net, port(), Some(&dest), &wd, &[], &["--external", &veth]);
+    let o = migrate_to(&net, root, &wd, &["--tcp-established", "--json"], &[]);
+    let got = rx.wait();
+    assert!(
+        o.status.success(),
+        "migrate: {}\n{}\nreceive: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        log(&wd, "migrate.log"),
+        String::from_utf8_lossy(&got.stderr),
+        log(&wd, "receive.log")
+    );
+    assert!(got.status.success(), "{}", log(&wd, "receive.log"));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let down = r["downtime_ms"].as_f64().unwrap();
+    assert!(down > 0.0, "{r}");
+    eprintln!("TCP server with 10 live connections migrated: downtime {down:.1} ms ({r})");
+    let moved = i32::try_from(r["restored_pid"].as_i64().unwrap()).unwrap();
+    let _g2 = KillOnDrop(moved);
+    wait_gone(root);
+    assert!(alive(moved));
+
+    // The server's namespace was rebuilt (its address on eth0), its veth's peer is in B's
+    // bridge, and A now reaches the server through B only.
+    assert!(
+        ip_of(moved, &["-4", "addr", "show", "eth0"]).contains("10.239.0.2/24"),
+        "{}",
+        ip_of(moved, &["addr"])
+    );
+    let b_link = Command::new("ip")
+        .args(["-n", &net.b, "link", "show", &out_end])
+        .output()
+        .unwrap();
+    let b_link = String::from_utf8_lossy(&b_link.stdout);
+    assert!(b_link.contains(&format!("master {br}")), "{b_link}");
+    // (S, and A's end of its veth, go once the kernel has cleaned the namespace up.)
+    let via_b = format!("via {}", net.v4(2));
+    wait_for("A's route to the server to go through B", 20, || {
+        let o = Command::new("ip")
+            .args(["-n", &net.a, "route", "get", "10.239.0.2"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).contains(&via_b)
+    });
+
+    // The connections go on through B, and every byte came back once, in order.
+    wait_progress(&cli_out, 4 << 20);
+    let done = finish_clients(cli, &cli_out);
+    assert!(done.contains("conns=10"), "{done}");
 }

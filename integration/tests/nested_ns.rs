@@ -1011,3 +1011,91 @@ fn file_of_the_parents_namespace_stays_the_parents() {
         check();
     }
 }
+
+/// Binds a datagram socket at argv[1] and, every 100 ms, sends itself a numbered message
+/// by that path from a new socket and reads it back: writes "N ok" (its own message came
+/// back), "N bad" or "N err ERRNO" to argv[2].
+const SELF_BY_PATH: &str = r#"
+import os, socket, sys, time
+path, out = sys.argv[1], sys.argv[2]
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+srv.bind(path)
+n = 0
+with open(out, "a", buffering=1) as f:
+    while True:
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        msg = f"{os.getpid()}-{n}".encode()
+        try:
+            c.sendto(msg, path)
+            srv.settimeout(1)
+            got = srv.recv(100)
+            f.write(f"{n} {'ok' if got == msg else 'bad'}\n")
+        except OSError as e:
+            f.write(f"{n} err {e.errno}\n")
+        c.close()
+        n += 1
+        time.sleep(0.1)
+"#;
+
+/// A parent and its child that made a mount namespace of its own (a tmpfs over the
+/// directory) each bind a unix socket at the same path, two sockets in two namespaces: after
+/// a restore each still reaches its own by that path (the child's is bound in its
+/// namespace, not in the parent's, where it would take the parent's name).
+#[test]
+fn sockets_bound_at_one_path_in_two_mount_namespaces_stay_apart() {
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-sockets");
+    let d = dir.join("d");
+    std::fs::create_dir_all(&d).unwrap();
+    let d_s = d.to_str().unwrap().to_string();
+    let prog = dir.join("sock.py");
+    std::fs::write(&prog, SELF_BY_PATH).unwrap();
+    let prog = prog.to_str().unwrap();
+    let (out_p, out_c) = (dir.join("out-parent"), dir.join("out-child"));
+    let script = format!(
+        "unshare --mount --propagation private sh -c 'mount -t tmpfs inner {d_s} && exec python3 {prog} {d_s}/sock {}' & exec python3 {prog} {d_s}/sock {}",
+        out_c.display(),
+        out_p.display()
+    );
+    let root = spawn(&["/bin/sh", "-c", &script], &dir.join("out"));
+    let _g = KillOnDrop(root);
+    let ok_from = |out: &Path, from: usize| {
+        let l = lines(out);
+        l.len() > from + 2 && l[from..].iter().all(|l| l.ends_with(" ok"))
+    };
+    wait_for("both to reach their own socket", 20, || {
+        ok_from(&out_p, 0) && ok_from(&out_c, 0)
+    });
+    let kid = children(root)[0];
+    let _k = KillOnDrop(kid);
+    assert_ne!(ns(kid, "mnt"), ns(root, "mnt"));
+    for round in 0..2 {
+        let img = dir.join(format!("img{round}"));
+        dump(root, &img, &[]);
+        wait_tree_gone(&img);
+        let (at_p, at_c) = (lines(&out_p).len(), lines(&out_c).len());
+        restore(&img);
+        wait_for("both to go on", 20, || {
+            lines(&out_p).len() > at_p + 3 && lines(&out_c).len() > at_c + 3
+        });
+        for out in [&out_p, &out_c] {
+            let l = lines(out);
+            assert!(
+                l.iter().all(|l| l.ends_with(" ok")),
+                "{}: {:?}",
+                out.display(),
+                &l[l.len().saturating_sub(8)..]
+            );
+            let n: Vec<u64> = l
+                .iter()
+                .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+                .collect();
+            assert!(
+                n.windows(2).all(|w| w[1] == w[0] + 1),
+                "gap or restart: {n:?}"
+            );
+        }
+    }
+}

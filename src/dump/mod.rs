@@ -1108,7 +1108,21 @@ fn record_nested_pids(imgs: &mut [TaskImages], level: usize) -> Result<(), DumpE
     for img in imgs.iter_mut() {
         let mut depth = None;
         let mut tids = Vec::new();
-        for &tid in &img.pstree.threads {
+        // Every thread of a process is in its PID namespace (CLONE_THREAD with CLONE_NEWPID
+        // is refused; setns changes only pid_for_children): a leader at the tree's level
+        // answers for all of them, with no read of each thread's status.
+        let leader = img.pstree.threads.first().map(|&t| {
+            ns_status_ids(c_int(t), "NSpid:")
+                .unwrap_or_default()
+                .len()
+                .saturating_sub(level + 1)
+        });
+        let threads: &[u32] = if leader == Some(0) {
+            &[]
+        } else {
+            &img.pstree.threads
+        };
+        for &tid in threads {
             let ids = ns_status_ids(c_int(tid), "NSpid:").unwrap_or_default();
             let inner = ids.get(level + 1..).unwrap_or_default();
             if *depth.get_or_insert(inner.len()) != inner.len() {

@@ -39,8 +39,19 @@ fn join(w: &[u32]) -> u64 {
 /// The credentials part of /proc/PID/status, as an image entry, with the ids as `pid` sees
 /// them inside its user namespace (`userns::inside`).
 pub(crate) fn from_status(pid: i32, s: &procfs::Status, secbits: u32) -> pb::CredsEntry {
+    from_status_in(super::userns::maps_of(pid).as_ref(), s, secbits)
+}
+
+/// [`from_status`] with the user namespace's maps already read (`userns::maps_of`): every
+/// thread of a process is in the same user namespace (a multi-threaded process can neither
+/// `setns` nor `unshare` into another), so its threads share one read.
+pub(crate) fn from_status_in(
+    maps: Option<&super::userns::Maps>,
+    s: &procfs::Status,
+    secbits: u32,
+) -> pb::CredsEntry {
     let mut s = s.clone();
-    super::userns::inside(pid, &mut s);
+    super::userns::inside(maps, &mut s);
     pb::CredsEntry {
         uid: s.uids[0],
         euid: s.uids[1],

@@ -767,9 +767,9 @@ pub struct FdObjects {
     /// The mounts of the tree's restored mount namespace (`mounts::restore`), by their id
     /// in the images: mount point and root.
     pub mount_roots: super::mounts::MountRoots,
-    /// A restored process (host PID) in each saved mount namespace of the tree, by the
-    /// namespace's id in the images, once it is there.
-    pub mnt_ns_host: HashMap<u32, i32>,
+    /// Each saved mount namespace of the tree once a restored process is in it (by the
+    /// namespace's id in the images): the namespace and that process's root, held.
+    pub mnt_ns_host: HashMap<u32, MntNsHold>,
     /// The saved mount namespace of the puppet whose fds are being made.
     pub cur_mnt_ns: Option<u32>,
     /// The saved mount namespaces of the tree, and (read on first use) which of them each
@@ -784,6 +784,30 @@ pub struct FdObjects {
     /// binfmt_misc registrations the restore made: removed again if it fails (dropped),
     /// kept once the tree runs.
     pub binfmt: Vec<super::binfmt::Made>,
+}
+
+/// A mount namespace of the tree, held while the restore runs: the namespace and the root
+/// of a restored process in it (opened through cryo's /proc when the process got there).
+pub struct MntNsHold {
+    pub ns: std::fs::File,
+    pub root: std::fs::File,
+}
+
+impl MntNsHold {
+    /// Holds the mount namespace and root of restored process `pid` (host PID).
+    pub fn of(pid: i32) -> std::io::Result<MntNsHold> {
+        Ok(MntNsHold {
+            ns: std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?,
+            root: std::fs::File::open(format!("/proc/{pid}/root"))?,
+        })
+    }
+
+    pub fn try_clone(&self) -> std::io::Result<MntNsHold> {
+        Ok(MntNsHold {
+            ns: self.ns.try_clone()?,
+            root: self.root.try_clone()?,
+        })
+    }
 }
 
 /// The tree's processes by their PID in the images: ids from the tree's PID namespace down
@@ -923,6 +947,7 @@ impl FdObjects {
         self.tty.close();
         self.inherited.clear();
         self.mount_roots.clear();
+        self.mnt_ns_host.clear();
     }
 
     /// The record of file `id`.
@@ -1024,11 +1049,20 @@ impl FdObjects {
     pub fn other_mnt_ns_root(
         &mut self,
         reg: &pb::RegFileEntry,
-    ) -> Result<Option<String>, FilesError> {
-        let (Some(m), Some(own)) = (
-            reg.mnt_id.and_then(|m| u32::try_from(m).ok()),
-            self.cur_mnt_ns,
-        ) else {
+    ) -> Result<Option<std::fs::File>, FilesError> {
+        let own = self.cur_mnt_ns;
+        Ok(self.other_mnt_ns_host(reg.mnt_id, own)?.map(|h| h.root))
+    }
+
+    /// The saved mount namespace that saved mount `mnt_id` belongs to, held (a copy), when
+    /// that is not `own` (the saved namespace the object would be made in otherwise) and a
+    /// restored process is in it by now.
+    pub fn other_mnt_ns_host(
+        &mut self,
+        mnt_id: Option<i32>,
+        own: Option<u32>,
+    ) -> Result<Option<MntNsHold>, FilesError> {
+        let (Some(m), Some(own)) = (mnt_id.and_then(|m| u32::try_from(m).ok()), own) else {
             return Ok(None);
         };
         // A mount no saved namespace has, held by a task whose namespace is saved: the
@@ -1043,7 +1077,18 @@ impl FdObjects {
         let Some(ns) = ns.filter(|&ns| ns != own) else {
             return Ok(None);
         };
-        Ok(self.mnt_ns_host.get(&ns).map(|h| format!("/proc/{h}/root")))
+        match self.mnt_ns_host.get(&ns) {
+            Some(h) => Ok(Some(h.try_clone().map_err(TaskError::object(
+                0,
+                "hold a mount namespace of the tree",
+            ))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The root's saved mount namespace (where sockets, FIFOs and inotify watches are made).
+    pub fn root_mnt_ns(&self) -> Option<u32> {
+        self.root_mnt_ns
     }
 
     /// cryo's fd for file `id`, created on first use by the kind of its record.
@@ -1724,9 +1769,11 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
     if let Some(root) = other {
         // Opened through a mount of another mount namespace of the tree: cryo opens it in
         // that namespace's root and hands it over, so its mount is that one.
-        let local = sys::fd::open_in_root(&root, &reg.name, flags.cast_signed()).map_err(
-            TaskError::object(id, format!("open {} (in {root})", reg.name)),
-        )?;
+        let local = sys::fd::open_in_root_fd(root.as_fd(), &reg.name, flags.cast_signed())
+            .map_err(TaskError::object(
+                id,
+                format!("open {} (in another mount namespace of the tree)", reg.name),
+            ))?;
         return Ok(cx.take_from_cryo(local.as_raw_fd())?);
     }
     if reg.name == "/dev/tty" {

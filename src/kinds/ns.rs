@@ -383,6 +383,27 @@ thread_local! {
     static IN_NS_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
+/// Runs `f` on a thread of its own in the held mount namespace `at` of the tree, with its
+/// process's root as root and working directory; the thread keeps the caller's other
+/// namespaces (network). cryo's own threads are not moved.
+pub fn in_mnt_ns<T: Send>(
+    at: &super::files::MntNsHold,
+    f: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
+    use crate::sys::ns::{setns, unshare, NsType, UnshareFlags};
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            unshare(UnshareFlags::FS)?;
+            setns(at.ns.as_fd(), NsType::Mount)?;
+            rustix::process::fchdir(&at.root)?;
+            rustix::process::chroot(".")?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("helper thread panicked")))
+    })
+}
+
 /// cryo's calling thread, moved into the network (and, with `mnt`, mount) namespace of
 /// `pid` until dropped, so the objects it makes there (unix sockets, FIFOs opened by path,
 /// sock_diag queries) belong to the tree and its paths resolve as the tree sees them. The

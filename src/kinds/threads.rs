@@ -77,10 +77,12 @@ pub fn dump_threads(
     leader: &mut Remote<'_>,
 ) -> Result<Vec<pb::CoreEntry>, ThreadsError> {
     let mut out = Vec::with_capacity(ths.len());
+    // One user namespace for every thread of the process (see `creds::from_status_in`).
+    let maps = super::userns::maps_of(pid);
     for chunk in ths.chunks(DUMP_CHUNK) {
         let inside = in_thread_calls(pid, chunk, site, scratch, leader)?;
         for (th, ins) in chunk.iter().zip(inside) {
-            out.push(dump_thread(pid, th, &ins)?);
+            out.push(dump_thread(pid, th, &ins, maps.as_ref())?);
         }
     }
     Ok(out)
@@ -201,8 +203,14 @@ fn in_thread_calls(
     Ok(res)
 }
 
-/// One non-leader thread `th` of process `pid`, with what it reported from inside.
-fn dump_thread(pid: i32, th: &SeizedThread, ins: &InThread) -> Result<pb::CoreEntry, ThreadsError> {
+/// One non-leader thread `th` of process `pid`, with what it reported from inside; `maps`:
+/// the process's user namespace maps (`userns::maps_of`).
+fn dump_thread(
+    pid: i32,
+    th: &SeizedThread,
+    ins: &InThread,
+    maps: Option<&super::userns::Maps>,
+) -> Result<pb::CoreEntry, ThreadsError> {
     let t = &th.tracee;
     let tid = t.tid;
     let pt = |what, source| TaskError::Ptrace {
@@ -226,9 +234,14 @@ fn dump_thread(pid: i32, th: &SeizedThread, ins: &InThread) -> Result<pb::CoreEn
     let (policy, prio, nice) =
         crate::sys::proc::sched(tid).map_err(|e| pt("sched_getscheduler", e))?;
     let status = &th.status;
-    let comm = procfs::read(pid, &format!("task/{tid}/comm"))?
-        .trim_end()
-        .to_string();
+    // The name as status showed it at seize (one read less per thread), unless the kernel
+    // escaped it there.
+    let comm = match &status.name {
+        Some(n) => n.clone(),
+        None => procfs::read(pid, &format!("task/{tid}/comm"))?
+            .trim_end()
+            .to_string(),
+    };
     let raw = &ins.raw;
     let secbits = ins.secbits;
 
@@ -261,7 +274,7 @@ fn dump_thread(pid: i32, th: &SeizedThread, ins: &InThread) -> Result<pb::CoreEn
                     })
                     .collect(),
             }),
-            creds: Some(super::creds::from_status(tid, status, low32(secbits))),
+            creds: Some(super::creds::from_status_in(maps, status, low32(secbits))),
             comm: Some(comm),
             rseq_entry: Some(pb::RseqEntry {
                 rseq_abi_pointer: rseq.rseq_abi_pointer,

@@ -1147,6 +1147,44 @@ fn bind_name(
     };
     let dir = full.parent().unwrap_or(Path::new("/")).to_path_buf();
     let deleted = s.deleted == Some(true);
+    // Bound in another mount namespace of the tree than the root's (a child that made its
+    // own and bound there, zdtm sk-unix-mntns): bound from a thread in that namespace, by
+    // the name the program gave; its peers reach it through its directory, held.
+    let root_ns = objs.root_mnt_ns();
+    let other = objs
+        .other_mnt_ns_host(s.mnt_id, root_ns)
+        .map_err(|e| UnixSkError::Files(Box::new(e)))?;
+    if let Some(host) = other.filter(|_| !deleted) {
+        let base = full
+            .file_name()
+            .map(std::ffi::OsStr::to_os_string)
+            .unwrap_or_default();
+        let held = super::ns::in_mnt_ns(&host, || {
+            use std::os::unix::fs::FileTypeExt;
+            if std::fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(&full);
+            }
+            bind()?;
+            if let Some(p) = &s.file_perms {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&full, std::fs::Permissions::from_mode(p.mode & 0o7777))?;
+                std::os::unix::fs::lchown(&full, Some(p.uid), Some(p.gid))?;
+            }
+            Ok(rustix::fs::open(
+                &dir,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )?)
+        })
+        .map_err(obj_err(id, what("bind (in its mount namespace) to")))?;
+        objs.kinds
+            .get::<UnixStore>()
+            .covered
+            .insert(s.ino, (held, base));
+        return Ok(());
+    }
     // Its file's mount, restored: a mount made after the bind may cover the directory.
     let mount = s
         .mnt_id

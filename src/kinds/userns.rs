@@ -93,9 +93,11 @@ pub fn to_outside(map: &[pb::UidGidExtent], id: u32) -> Option<u32> {
 
 /// The uid and gid maps of `pid`'s user namespace when it is not cryo's (outside ids as
 /// cryo's namespace sees them).
-pub fn maps_of(pid: i32) -> Option<(Vec<pb::UidGidExtent>, Vec<pb::UidGidExtent>)> {
+pub fn maps_of(pid: i32) -> Option<Maps> {
+    // cryo's own namespace, read once (it does not change while cryo runs).
+    static OWN: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     let theirs = ns_ino(&pid.to_string())?;
-    if Some(theirs) == ns_ino("self") {
+    if Some(theirs) == *OWN.get_or_init(|| ns_ino("self")) {
         return None;
     }
     let read = |f: &str| {
@@ -106,20 +108,24 @@ pub fn maps_of(pid: i32) -> Option<(Vec<pb::UidGidExtent>, Vec<pb::UidGidExtent>
     Some((read("uid_map")?, read("gid_map")?))
 }
 
-/// Rewrites the ids of `s` (read by cryo from /proc/`pid`/status, so in cryo's namespace)
-/// as `pid` sees them inside its user namespace. Nothing changes in cryo's namespace.
-pub fn inside(pid: i32, s: &mut procfs::Status) {
-    let Some((u, g)) = maps_of(pid) else {
+/// A user namespace's uid and gid maps (`maps_of`).
+pub type Maps = (Vec<pb::UidGidExtent>, Vec<pb::UidGidExtent>);
+
+/// Rewrites the ids of `s` (read by cryo from /proc/PID/status, so in cryo's namespace)
+/// as the task sees them inside its user namespace, whose maps are `maps` (`maps_of`; None
+/// in cryo's namespace, where nothing changes).
+pub fn inside(maps: Option<&Maps>, s: &mut procfs::Status) {
+    let Some((u, g)) = maps else {
         return;
     };
     for id in &mut s.uids {
-        *id = to_inside(&u, *id);
+        *id = to_inside(u, *id);
     }
     for id in &mut s.gids {
-        *id = to_inside(&g, *id);
+        *id = to_inside(g, *id);
     }
     for id in &mut s.groups {
-        *id = to_inside(&g, *id);
+        *id = to_inside(g, *id);
     }
 }
 

@@ -874,7 +874,16 @@ fn enter_namespaces(
         sh.pending_mounts.extend(pending);
     }
     if let Some(ns) = img.ids.mnt_ns_id {
-        sh.objs.borrow_mut().mnt_ns_host.entry(ns).or_insert(pid);
+        let mut objs = sh.objs.borrow_mut();
+        if let std::collections::hash_map::Entry::Vacant(e) = objs.mnt_ns_host.entry(ns) {
+            e.insert(kinds::files::MntNsHold::of(pid).map_err(|source| {
+                kinds::TaskError::Object {
+                    id: 0,
+                    what: format!("hold the mount namespace of process {pid}"),
+                    source,
+                }
+            })?);
+        }
     }
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
     // mount namespaces of their own still get the root's; a child in a network namespace

@@ -83,15 +83,21 @@ pub fn open(path: &str, flags: i32) -> io::Result<OwnedFd> {
 /// absolute symlinks stay inside it (through `/proc/PID/root` alone, an absolute symlink
 /// would be followed from cryo's own root).
 pub fn open_in_root(root: &str, path: &str, flags: i32) -> io::Result<OwnedFd> {
-    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    use std::os::fd::AsFd;
     let dir = rustix::fs::open(
         root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
+    open_in_root_fd(dir.as_fd(), path, flags)
+}
+
+/// As [`open_in_root`], with the root directory held as `dir`.
+pub fn open_in_root_fd(dir: BorrowedFd<'_>, path: &str, flags: i32) -> io::Result<OwnedFd> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
     let rel = path.trim_start_matches('/');
     Ok(openat2(
-        &dir,
+        dir,
         if rel.is_empty() { "." } else { rel },
         OFlags::from_bits_retain(flags.cast_unsigned()) | OFlags::CLOEXEC,
         Mode::empty(),
