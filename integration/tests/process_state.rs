@@ -206,6 +206,74 @@ fn login_uid_comes_back() {
     assert_eq!(luid(), "4242", "{}", log(&dir.join("img"), "restore.log"));
 }
 
+/// The same inside a user namespace whose map is not the identity (zdtm's loginuid in its
+/// uns flavor): the task writes its login uid as its namespace names it (100000 + 4242
+/// outside is 4242 inside; written as 104242 from inside, the kernel said EINVAL and the
+/// restore failed). The process is the init of a PID namespace of its own in its launcher's
+/// session (`--shell-job`).
+#[test]
+fn login_uid_comes_back_in_a_user_namespace() {
+    if !cryo(&["check", "--feature", "loginuid"]).status.success() {
+        integration::skip(
+            "this process cannot set login uids (no audit support or CAP_AUDIT_CONTROL)",
+        );
+        return;
+    }
+    let dir = scratch("loginuid-userns");
+    let launcher = spawn(
+        &[
+            "sh",
+            "-c",
+            "echo 104242 > /proc/self/loginuid && exec unshare --user --pid --fork \
+             sh -c 'until grep -q 100000 /proc/self/uid_map; do sleep 0.05; done; exec sleep 1000'",
+        ],
+        &dir.join("log"),
+    );
+    let _l = KillOnDrop(launcher);
+    let mut pid = 0;
+    wait_for("unshare's child", 10, || {
+        pid = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        pid != 0
+    });
+    let _g = KillOnDrop(pid);
+    for m in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{m}"), "0 100000 65536").unwrap();
+    }
+    let luid =
+        |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/loginuid")).unwrap_or_default();
+    wait_for("the sleeper", 10, || {
+        std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("sleep"))
+    });
+    assert_eq!(luid(pid), "104242");
+    let img = dir.join("img");
+    dump(pid, &img, &["--shell-job"]);
+    wait_gone(pid);
+    let pidfile = dir.join("restored.pid");
+    restore_with(
+        &img,
+        &["--shell-job", "--pidfile", pidfile.to_str().unwrap()],
+    );
+    let new: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _g2 = KillOnDrop(new);
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{new}/uid_map"))
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", "100000", "65536"]
+    );
+    assert_eq!(luid(new), "104242", "{}", log(&img, "restore.log"));
+}
+
 /// Guard regions (`MADV_GUARD_INSTALL`, zdtm's maps12): two guard pages among four private
 /// anonymous pages come back as guard pages (pagemap marks them, and a child writing to one
 /// dies of SIGSEGV), the pages between keep their content; `check --feature

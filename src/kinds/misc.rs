@@ -272,6 +272,23 @@ fn restore_loginuid(cx: &mut RestoreCx<'_>, saved: Option<u32>) -> Result<(), Mi
         tracing::warn!(uid, %why, "the login uid is not restored");
         return Ok(());
     }
+    // The task writes it as its user namespace names it (the kernel reads what is written
+    // through the opener's namespace); one its namespace cannot name it only inherits.
+    let uid = match super::userns::maps_of(cx.pid) {
+        None => uid,
+        Some((map, _)) => {
+            match super::userns::to_outside(&map, super::userns::to_inside(&map, uid)) {
+                Some(back) if back == uid => super::userns::to_inside(&map, uid),
+                _ => {
+                    tracing::warn!(
+                        uid,
+                        "the login uid is not restored: the task's user namespace does not map it"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    };
     let fd = cx.open("/proc/self/loginuid", libc::O_WRONLY as u32)?;
     let text = uid.to_string();
     let buf = cx.put(1024, text.as_bytes())?;
