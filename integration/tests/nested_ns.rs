@@ -786,14 +786,15 @@ child = os.fork()
 n = 0
 if child == 0:
     while True:
-        print(f"{n} child pid={os.getpid()} own={fcntl.fcntl(r, fcntl.F_GETOWN)}", flush=True)
+        # One write a line: both processes write to one file, in step after a restore.
+        os.write(1, f"{n} child pid={os.getpid()} own={fcntl.fcntl(r, fcntl.F_GETOWN)}\n".encode())
         n += 1
         time.sleep(0.1)
 pidfd = os.pidfd_open(child)
 fcntl.fcntl(r, fcntl.F_SETOWN, child)
 while True:
     own = fcntl.fcntl(r, fcntl.F_GETOWN)
-    print(f"{n} parent pidfd={pidfd} child={child} own={own}", flush=True)
+    os.write(1, f"{n} parent pidfd={pidfd} child={child} own={own}\n".encode())
     n += 1
     time.sleep(0.1)
 "#,
