@@ -1100,3 +1100,115 @@ fn sockets_bound_at_one_path_in_two_mount_namespaces_stay_apart() {
         }
     }
 }
+
+/// Holds its directory argv[1] at fd 100 and makes a file there every 100 ms, named by a
+/// counter.
+const MAKE_FILES: &str = r#"
+import os, sys, time
+d = sys.argv[1]
+os.dup2(os.open(d, os.O_RDONLY | os.O_DIRECTORY), 100)
+n = 0
+while True:
+    open(f"{d}/{n}", "w").close()
+    n += 1
+    time.sleep(0.1)
+"#;
+
+/// Starts [`MAKE_FILES`] (argv[2]) in a mount namespace of its own over a tmpfs at
+/// argv[1], watches the directory it holds through /proc/CHILD/fd/100 with inotify
+/// (IN_CREATE) and writes the name of each file made to argv[3], and to the file "log" it
+/// opened in that directory too.
+const WATCH_CHILD: &str = r#"
+import ctypes, os, struct, subprocess, sys, time
+d, child, out = sys.argv[1:4]
+p = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                      f"mount -t tmpfs inner {d} && exec python3 {child} {d}"])
+target = f"/proc/{p.pid}/fd/100"
+while not os.path.exists(target):
+    time.sleep(0.05)
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+if fd < 0 or libc.inotify_add_watch(fd, target.encode(), 0x100) < 0:
+    sys.exit(f"inotify: {ctypes.get_errno()}")
+log = os.open(f"{target}/log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+with open(out, "a", buffering=1) as f:
+    while True:
+        buf = os.read(fd, 4096)
+        off = 0
+        while off < len(buf):
+            _, _, _, ln = struct.unpack_from("iIII", buf, off)
+            name = buf[off + 16:off + 16 + ln].rstrip(b"\0").decode()
+            off += 16 + ln
+            if name != "log":
+                f.write(name + "\n")
+                os.write(log, f"{name}\n".encode())
+"#;
+
+/// A parent watching, with inotify, a directory of the tmpfs its child mounted in a mount
+/// namespace of its own (through /proc/CHILD/fd/N: the parent's namespace has no such
+/// mount), and writing to a file it opened there: after a restore it still hears of each
+/// file the child makes there, and its writes still reach that file (opened once the
+/// child's namespace exists again).
+#[test]
+fn inotify_watch_on_a_childs_mount_namespace_still_hears() {
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-inotify");
+    let d = dir.join("d");
+    std::fs::create_dir_all(&d).unwrap();
+    let (child, parent) = (dir.join("child.py"), dir.join("parent.py"));
+    std::fs::write(&child, MAKE_FILES).unwrap();
+    std::fs::write(&parent, WATCH_CHILD).unwrap();
+    let out = dir.join("names");
+    let root = spawn(
+        &[
+            "python3",
+            parent.to_str().unwrap(),
+            d.to_str().unwrap(),
+            child.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ],
+        &dir.join("out"),
+    );
+    let _g = KillOnDrop(root);
+    wait_for("the parent to hear of files", 20, || lines(&out).len() > 2);
+    let kid = children(root)[0];
+    let _k = KillOnDrop(kid);
+    assert_ne!(ns(kid, "mnt"), ns(root, "mnt"));
+    assert!(
+        std::fs::read_dir(&d).unwrap().next().is_none(),
+        "the files are the child's"
+    );
+    let last = |l: &[String]| l.last().and_then(|s| s.parse::<u64>().ok()).unwrap();
+    for round in 0..2 {
+        let img = dir.join(format!("img{round}"));
+        dump(root, &img, &[]);
+        wait_tree_gone(&img);
+        let before = lines(&out);
+        restore(&img);
+        wait_for("the parent to hear of new files", 20, || {
+            lines(&out).len() > before.len() + 3
+        });
+        let after = lines(&out);
+        let new: Vec<u64> = after[before.len()..]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let log = std::path::PathBuf::from(format!("/proc/{kid}/root{}/log", d.display()));
+        wait_for("the log in the child's tmpfs to have it all", 10, || {
+            lines(&log).len() >= after.len()
+        });
+        assert_eq!(
+            lines(&log)[..after.len()],
+            after[..],
+            "the log in the child's tmpfs"
+        );
+        assert!(
+            new.first().is_some_and(|&n| n > last(&before))
+                && new.windows(2).all(|w| w[1] == w[0] + 1),
+            "files heard of after the restore: {new:?}, before up to {}",
+            last(&before)
+        );
+    }
+}

@@ -778,6 +778,8 @@ pub struct FdObjects {
     mnt_of: Option<HashMap<u32, u32>>,
     /// The root's saved mount namespace.
     root_mnt_ns: Option<u32>,
+    /// Files left for the late fds ([`FdObjects::in_ns_not_yet_made`]).
+    pub deferred: std::collections::HashSet<u32>,
     /// The saved namespaces that have their mounts in the images (not the one the tree
     /// shares with the dumper).
     mnt_saved: std::collections::HashSet<u32>,
@@ -933,6 +935,7 @@ impl FdObjects {
             },
             mnt_of: None,
             root_mnt_ns: tasks.first().and_then(|t| t.ids.mnt_ns_id),
+            deferred: Default::default(),
             mnt_saved: Default::default(),
             binfmt: Vec::new(),
         })
@@ -1084,6 +1087,29 @@ impl FdObjects {
             ))?)),
             None => Ok(None),
         }
+    }
+
+    /// Whether regular file `id` was opened through a mount of a saved mount namespace other
+    /// than that of the puppet whose fds are being made, which no restored process is in yet
+    /// (a child's, made after its parent's fds): it is opened with the late fds, recorded in
+    /// `deferred`.
+    pub fn in_ns_not_yet_made(&mut self, id: u32) -> bool {
+        let Some(m) = self
+            .files
+            .get(&id)
+            .and_then(|e| e.reg.as_ref())
+            .and_then(|r| r.mnt_id)
+            .and_then(|m| u32::try_from(m).ok())
+        else {
+            return false;
+        };
+        let ns = self.mnt_ns_of(m).ok().flatten();
+        let late =
+            ns.is_some_and(|ns| Some(ns) != self.cur_mnt_ns && !self.mnt_ns_host.contains_key(&ns));
+        if late {
+            self.deferred.insert(id);
+        }
+        late
     }
 
     /// The root's saved mount namespace (where sockets, FIFOs and inotify watches are made).
@@ -1531,7 +1557,9 @@ fn restore_fds_in(
     let mut opened: HashMap<u32, RemoteFd> = HashMap::new(); // file id -> fd
     for &(fd, f) in &fds {
         let cloexec = f.flags & libc::FD_CLOEXEC.cast_unsigned() != 0;
-        if opened_late(cx.files, f.id) && !taken.contains_key(&f.id) {
+        let late = opened_late(cx.files, f.id)
+            || (!taken.contains_key(&f.id) && objs_cell.borrow_mut().in_ns_not_yet_made(f.id));
+        if late && !taken.contains_key(&f.id) {
             continue; // restore_late_fds
         }
         if let Some(&src) = opened.get(&f.id).or(taken.get(&f.id)) {
@@ -1624,13 +1652,21 @@ fn restore_fds_in(
 
 /// Whether file `id` names processes of the tree, so it is opened only once the task's
 /// children exist ([`restore_late_fds`]): a pidfd of a live process, a file under
-/// `/proc/PID/` (a child's `/proc/PID/stat`, ...), or a namespace file (opened by the task
-/// itself).
+/// `/proc/PID/` (a child's `/proc/PID/stat`, ...), a namespace file (opened by the task
+/// itself), or an inotify instance watching files of another mount namespace.
 fn opened_late(files: &HashMap<u32, pb::FileEntry>, id: u32) -> bool {
     let Some(e) = files.get(&id) else {
         return false;
     };
     if super::pidfd::is_live(e) || e.nsf.is_some() {
+        return true;
+    }
+    // An inotify watch on a mount of another mount namespace of the tree (a child's): made
+    // once that namespace exists.
+    if e.ify
+        .as_ref()
+        .is_some_and(|i| i.wd.iter().any(|w| w.f_handle.mnt_id.is_some()))
+    {
         return true;
     }
     e.reg.as_ref().is_some_and(|r| {
@@ -1649,10 +1685,25 @@ pub fn restore_late_fds(
     img: &TaskImages,
     table: &mut FdTable,
 ) -> Result<(), FilesError> {
+    cx.objs.borrow_mut().cur_mnt_ns = img.ids.mnt_ns_id;
+    let r = restore_late_fds_in(cx, img, table);
+    cx.objs.borrow_mut().cur_mnt_ns = None;
+    r
+}
+
+/// The part of [`restore_late_fds`] that opens the fds.
+fn restore_late_fds_in(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    table: &mut FdTable,
+) -> Result<(), FilesError> {
     let mut fds = img
         .fdinfo
         .iter()
-        .filter(|f| opened_late(cx.files, f.id) && !table.by_id.contains_key(&f.id))
+        .filter(|f| {
+            (opened_late(cx.files, f.id) || cx.objs.borrow().deferred.contains(&f.id))
+                && !table.by_id.contains_key(&f.id)
+        })
         .map(|f| Ok((fd_number(f)?, f)))
         .collect::<Result<Vec<(RemoteFd, &pb::FdinfoEntry)>, TaskError>>()?;
     fds.sort_by_key(|(fd, _)| *fd);
@@ -1675,6 +1726,9 @@ pub fn restore_late_fds(
                 .map_err(FilesError::kind::<super::nsfile::NsFile>)?;
             let flags = e.nsf.as_ref().map_or(0, |n| n.flags);
             cx.open(&path, super::ghost::reopen_flags(flags).cast_unsigned())?
+        } else if e.r#type == pb::FdTypes::Inotify as i32 {
+            let local = cx.objs.borrow_mut().get(f.id)?;
+            cx.take_from_cryo(local)?
         } else {
             open_reg(cx, f.id)?
         };

@@ -29,6 +29,9 @@ pub enum InotifyError {
     /// A watched file that was deleted, saved as a ghost.
     #[error(transparent)]
     Ghost(#[from] super::ghost::GhostError),
+    /// Finding the mount namespace of a watched file (`FdObjects::other_mnt_ns_host`).
+    #[error(transparent)]
+    Files(Box<super::files::FilesError>),
     #[error("file {id}: inotify watch of {path} got descriptor {got}, not the saved {want}")]
     WrongWd {
         id: u32,
@@ -92,19 +95,30 @@ pub fn handle_path(
     handle_type: i32,
     handle: &[u8],
 ) -> Result<(String, Option<OwnedFd>), String> {
+    handle_path_at(pid, sdev, handle_type, handle).map(|(p, f, _)| (p, f))
+}
+
+/// As [`handle_path`], with the id of the mount it was opened on.
+fn handle_path_at(
+    pid: i32,
+    sdev: u32,
+    handle_type: i32,
+    handle: &[u8],
+) -> Result<(String, Option<OwnedFd>, u32), String> {
     let (major, minor) = (sdev >> 20, sdev & 0xf_ffff);
     let dev = format!("{major}:{minor}");
     let mi = procfs::read(pid, "mountinfo").map_err(|e| e.to_string())?;
     // A mount of that filesystem, its own root first (any mount of it can open the handle).
-    let mut mounts: Vec<(bool, String)> = mi
+    let mut mounts: Vec<(bool, String, u32)> = mi
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            (f.get(2) == Some(&dev.as_str())).then(|| (f[3] != "/", f[4].to_string()))
+            (f.get(2) == Some(&dev.as_str()))
+                .then(|| (f[3] != "/", f[4].to_string(), f[0].parse().unwrap_or(0)))
         })
         .collect();
     mounts.sort();
-    let (_, mnt) = mounts
+    let (_, mnt, mnt_id) = mounts
         .first()
         .ok_or_else(|| format!("no mount of device {dev} in /proc/{pid}/mountinfo"))?;
     // Not O_PATH: open_by_handle_at refuses an O_PATH mount fd (EBADF).
@@ -124,9 +138,25 @@ pub fn handle_path(
         return Err(format!("the watched file is {p}"));
     }
     if p.ends_with(" (deleted)") {
-        return Ok((p, Some(f)));
+        return Ok((p, Some(f), *mnt_id));
     }
-    Ok((p, None))
+    Ok((p, None, *mnt_id))
+}
+
+/// The path of a watched file on a mount that only another mount namespace of the tree has
+/// (zdtm inotify01: a parent watches a directory of the tmpfs its child mounted in a
+/// namespace of its own, through /proc/CHILD/fd/N), with the id of that mount.
+fn path_in_tree(pid: i32, tree: &[i32], w: &Watch) -> Option<(String, Option<OwnedFd>, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let mnt_ns = |p: i32| {
+        std::fs::metadata(format!("/proc/{p}/ns/mnt"))
+            .map(|m| m.ino())
+            .ok()
+    };
+    let own = mnt_ns(pid);
+    tree.iter()
+        .filter(|&&t| t != pid && mnt_ns(t) != own)
+        .find_map(|&t| handle_path_at(t, w.sdev, w.handle_type, &w.handle).ok())
 }
 
 impl FdKind for Inotify {
@@ -153,14 +183,22 @@ impl FdKind for Inotify {
                 line: line.to_string(),
             })?;
             let object = format!("fd {} (inotify watch {})", fd.fd, w.wd);
-            let (path, deleted) = path_of(fd.pid, &w).map_err(|why| {
-                Unsupported::of(
-                    fd.pid,
-                    object.clone(),
-                    format!("cannot find the watched file (inode {:#x}): {why}", w.ino),
-                    "cryo re-adds inotify watches by path; the watched file must still have one",
-                )
-            })?;
+            let (path, deleted, mnt_id) = match path_of(fd.pid, &w) {
+                Ok((p, d)) => (p, d, None),
+                Err(why) => match path_in_tree(fd.pid, &cx.files.tree, &w) {
+                    // Not deleted: a ghost is made in the root's namespace.
+                    Some((p, None, m)) => (p, None, Some(m)),
+                    _ => {
+                        return Err(Unsupported::of(
+                            fd.pid,
+                            object.clone(),
+                            format!("cannot find the watched file (inode {:#x}): {why}", w.ino),
+                            "cryo re-adds inotify watches by path; the watched file must still have one",
+                        )
+                        .into())
+                    }
+                },
+            };
             // A deleted file: saved as a ghost (shared with the fds open on it), on which
             // restore adds the watch; its record names it by its old path.
             let path = match deleted {
@@ -200,7 +238,7 @@ impl FdKind for Inotify {
                     r#type: c_uint(w.handle_type),
                     handle: words,
                     path: Some(path),
-                    mnt_id: None,
+                    mnt_id,
                 },
             });
         }
@@ -244,12 +282,24 @@ impl FdKind for Inotify {
                     .materialize_inode(&objs.dir, w.s_dev, w.i_ino, path, objs.ns_pid)?;
             let ghost = ghost.map(|p| p.to_string_lossy().into_owned());
             let path = ghost.as_deref().unwrap_or(path);
+            // On a mount of another mount namespace of the tree: watched from there.
+            let root_ns = objs.root_mnt_ns();
+            let other = objs
+                .other_mnt_ns_host(
+                    w.f_handle.mnt_id.and_then(|m| i32::try_from(m).ok()),
+                    root_ns,
+                )
+                .map_err(|e| InotifyError::Files(Box::new(e)))?
+                .filter(|_| ghost.is_none());
+            let add = |fd: std::os::fd::BorrowedFd<'_>| match &other {
+                Some(h) => super::ns::in_mnt_ns(h, || sysfd::inotify_add_watch(fd, path, w.mask)),
+                None => sysfd::inotify_add_watch(fd, path, w.mask),
+            };
             // Watch descriptors are handed out in increasing order: add and drop until the
             // kernel reaches the saved one.
             let mut tries = 0u32;
             loop {
-                let got = sysfd::inotify_add_watch(fd.as_fd(), path, w.mask)
-                    .map_err(err(&format!("watch {path}")))?;
+                let got = add(fd.as_fd()).map_err(err(&format!("watch {path}")))?;
                 if c_uint(got) == w.wd {
                     break;
                 }
