@@ -782,15 +782,7 @@ fn a_pod_member_comes_back_in_its_pod_and_moves_to_another() {
             })
             .collect()
     };
-    let infra_of = |pod: &str| {
-        p.ok(&[
-            "pod",
-            "inspect",
-            "--format",
-            "{{.InfraContainerID}}",
-            pod,
-        ])
-    };
+    let infra_of = |pod: &str| p.ok(&["pod", "inspect", "--format", "{{.InfraContainerID}}", pod]);
     let pod1 = mkpod("pod1");
     let pod2 = mkpod("pod2");
     let ns1 = ns_of(&infra_of("pod1"));
@@ -834,7 +826,11 @@ fn a_pod_member_comes_back_in_its_pod_and_moves_to_another() {
     let last = p.check_stopped("c");
     p.ok(&["rm", "-f", "-t", "0", "c"]);
     p.ok(&["container", "restore", "--import", &tar, "--pod", &pod2]);
-    assert_eq!(ns_of("c"), ns2, "not restored into the other pod's namespaces");
+    assert_eq!(
+        ns_of("c"),
+        ns2,
+        "not restored into the other pod's namespaces"
+    );
     wait_for("the counter to go on", 10, || {
         p.numbers().last().is_some_and(|&n| n > last + 3)
     });
