@@ -277,8 +277,9 @@ fn restore_loginuid(cx: &mut RestoreCx<'_>, saved: Option<u32>) -> Result<(), Mi
     let uid = match super::userns::maps_of(cx.pid) {
         None => uid,
         Some((map, _)) => {
-            match super::userns::to_outside(&map, super::userns::to_inside(&map, uid)) {
-                Some(back) if back == uid => super::userns::to_inside(&map, uid),
+            let inside = super::userns::to_inside(&map, uid);
+            match super::userns::to_outside(&map, inside) {
+                Some(back) if back == uid => inside,
                 _ => {
                     tracing::warn!(
                         uid,
