@@ -122,3 +122,67 @@ os.wait()
     wait_for("the restored tree", 20, || lines(&out).len() >= n + 3);
     assert_eq!(state(last().unwrap()), before);
 }
+
+/// Leases being broken (zdtm file_lease02's shapes, our program): a read lease broken by an
+/// open for writing (breaking to F_UNLCK), a write lease broken by an open for reading (to
+/// F_RDLCK) and one broken by an open for writing (to F_UNLCK); the holder got its SIGIO
+/// for each before the dump and has not given the leases up. After the restore each lease
+/// is still being broken towards the same type (`F_GETLEASE`, and `BREAKING` in fdinfo),
+/// no second SIGIO arrives, each file's owner is the program again (`F_GETOWN`), and the
+/// holder can then finish the breaks by giving the leases up.
+#[test]
+fn leases_being_broken_stay_broken_without_a_second_signal() {
+    let dir = scratch("leases-breaking");
+    let out = dir.join("out");
+    let script = r#"
+import fcntl, os, signal, sys, time
+d = sys.argv[1]
+F_SETLEASE, F_GETLEASE, F_SETSIG, F_GETOWN = 1024, 1025, 10, 9
+got = []
+signal.signal(signal.SIGIO, lambda s, f: got.append(s))
+fds = []
+for name, mode, lease, breaker in [("r", os.O_RDONLY, fcntl.F_RDLCK, os.O_WRONLY),
+                                   ("w", os.O_WRONLY, fcntl.F_WRLCK, os.O_RDONLY),
+                                   ("x", os.O_WRONLY, fcntl.F_WRLCK, os.O_WRONLY)]:
+    fd = os.open(d + "/" + name, mode | os.O_CREAT, 0o644)
+    fcntl.fcntl(fd, F_SETLEASE, lease)
+    fcntl.fcntl(fd, F_SETSIG, signal.SIGIO)
+    try:
+        os.close(os.open(d + "/" + name, breaker | os.O_NONBLOCK))
+        sys.exit("the open did not conflict with the lease")
+    except BlockingIOError:
+        pass
+    fds.append(fd)
+while len(got) < 3:
+    time.sleep(0.01)
+def report():
+    modes = []
+    for fd in fds:
+        lock = [l for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("lock:")]
+        modes.append(lock[0].split()[3] if lock else "none")
+    leases = [fcntl.fcntl(fd, F_GETLEASE) for fd in fds]
+    own = all(fcntl.fcntl(fd, F_GETOWN) == os.getpid() for fd in fds)
+    return " ".join(map(str, leases + modes + [len(got), own]))
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+os.write(1, ("ready " + report() + "\n").encode())
+signal.sigwait([signal.SIGUSR1])
+time.sleep(0.2)
+line = report()
+for fd in fds:
+    fcntl.fcntl(fd, F_SETLEASE, fcntl.F_UNLCK)
+left = sum(1 for fd in fds for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("lock:"))
+os.write(1, (line + f" {left}\n").encode())
+"#;
+    let pid = spawn(&["python3", "-c", script, dir.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("the program", 10, || !lines(&out).is_empty());
+    let want = "2 0 2 BREAKING BREAKING BREAKING 3 True";
+    assert_eq!(lines(&out)[0], format!("ready {want}"));
+    let img = dir.join("img");
+    dump(pid, &img, &["--file-locks"]);
+    wait_gone(pid);
+    restore(&img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report", 10, || lines(&out).len() >= 2);
+    assert_eq!(lines(&out)[1], format!("{want} 0"));
+}

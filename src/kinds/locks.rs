@@ -10,15 +10,22 @@
 //! inherit the description at restore). As CRIU: a lock found without `--file-locks` fails
 //! the dump; a POSIX lock in `/proc/locks` owned by a task of the tree but not reachable
 //! through any of its fds fails it too. Leases (`F_SETLEASE`, CRIU's FL_LEASE) belong to
-//! the open file description like flock locks; one being broken, delegations and mandatory
-//! locks are refused.
+//! the open file description like flock locks; one being broken (an open that conflicted
+//! with it started the break, the lease holder was told and has not released it yet) is
+//! saved as CRIU saves it: the type it is being broken to (F_UNLCK or F_RDLCK) with
+//! [`LEASE_BREAKING`]. Delegations and mandatory locks are refused.
 //!
 //! **Restore** (`restore`, after a task's fds are rebuilt, before its children exist):
 //! each entry of that task is taken again from inside the puppet with an injected
 //! `flock(fd, LOCK_SH|LOCK_EX | LOCK_NB)`, `fcntl(fd, F_SETLK / F_OFD_SETLK, &flock)` or
 //! `fcntl(fd, F_SETLEASE, type)` (a lease the puppet may not take, in a user namespace of
 //! its own, is taken by cryo through its copy of the fd: it belongs to the open file);
-//! never blocking: a lock someone else took meanwhile fails the restore, naming it.
+//! never blocking: a lock someone else took meanwhile fails the restore, naming it. A lease
+//! being broken is taken as it was before the break (read on a read-only description, else
+//! write) and broken again by cryo opening the file through `/proc/PID/fd/N` without
+//! blocking, in the mode that breaks it to its saved target; the file's owner is cleared
+//! first, so that the break signals no one (the holder was told before the dump; the owner
+//! is set again with the other fds' owners).
 
 use super::error::{task_error_from, TaskError, Unsupported};
 use crate::image::{self, pb, ImageDir};
@@ -39,9 +46,14 @@ pub const FL_FLOCK: u32 = 2;
 pub const FL_OFD: u32 = 4;
 pub const FL_LEASE: u32 = 8;
 
-/// `file_lock_entry.type` values (`F_RDLCK`, `F_WRLCK`).
+/// `file_lock_entry.type` values (`F_RDLCK`, `F_WRLCK`; `F_UNLCK` only as the target of a
+/// lease being broken).
 const F_RDLCK: u32 = 0;
 const F_WRLCK: u32 = 1;
+const F_UNLCK: u32 = 2;
+/// Added to a lease's type while it is being broken (CRIU's `LEASE_BREAKING`): the type
+/// is then the one it is being broken to.
+pub const LEASE_BREAKING: u32 = 4;
 
 /// The image name (a global image, as in CRIU).
 pub const IMAGE: &str = "filelocks.img";
@@ -137,12 +149,12 @@ pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, LocksError> {
                     "POSIX" => FL_POSIX,
                     "FLOCK" => FL_FLOCK,
                     "OFDLCK" => FL_OFD,
-                    "LEASE" if line.mode == "ACTIVE" => FL_LEASE,
+                    "LEASE" if line.mode == "ACTIVE" || line.mode == "BREAKING" => FL_LEASE,
                     "LEASE" => {
                         return Err(unsupported(
                             pid,
                             fd,
-                            format!("a lease being broken ({})", line.mode),
+                            format!("a lease in state {}", line.mode),
                             "dump again once the lease break is over",
                         )
                         .into())
@@ -166,7 +178,11 @@ pub fn dump(tree: &[i32], requested: bool) -> Result<Vec<Found>, LocksError> {
                     )
                     .into());
                 }
+                // A lease being broken shows the type it is being broken to.
+                let breaking = flag == FL_LEASE && line.mode == "BREAKING";
                 let ty = match line.access.as_str() {
+                    "READ" if breaking => F_RDLCK | LEASE_BREAKING,
+                    "UNLCK" if breaking => F_UNLCK | LEASE_BREAKING,
                     "READ" => F_RDLCK,
                     "WRITE" => F_WRLCK,
                     other => {
@@ -282,6 +298,8 @@ const LOCK_NB: i32 = 4;
 const F_SETLK: i32 = 6;
 const F_OFD_SETLK: i32 = 37;
 const F_SETLEASE: i32 = 1024;
+const F_GETFL: i32 = 3;
+const F_SETOWN: i32 = 8;
 
 /// `struct flock` of x86-64 (short type, short whence, off_t start, off_t len, pid_t pid).
 fn flock_bytes(ty: u32, start: i64, len: i64, pid: i32) -> [u8; 32] {
@@ -349,29 +367,86 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), LocksErro
                     .map(drop),
             )?;
         } else if e.flag & FL_LEASE != 0 {
-            if e.r#type != F_RDLCK && e.r#type != F_WRLCK {
-                return Err(bad("a lease being broken (not supported)").into());
-            }
+            let breaking_to = match e.r#type {
+                F_RDLCK | F_WRLCK => None,
+                t if t == F_RDLCK | LEASE_BREAKING || t == F_UNLCK | LEASE_BREAKING => {
+                    Some(t & !LEASE_BREAKING)
+                }
+                _ => return Err(bad("unknown lease type").into()),
+            };
+            // A lease being broken is taken as it was before: a write lease unless the
+            // description is read-only (a read lease is only ever broken to F_UNLCK).
+            let ty = match breaking_to {
+                None => e.r#type,
+                Some(_) => {
+                    let fl = cx.named("fcntl(F_GETFL) (lease)").fcntl(fd, F_GETFL, 0)?;
+                    if fl & 3 == 0 {
+                        F_RDLCK
+                    } else {
+                        F_WRLCK
+                    }
+                }
+            };
             let r = cx
                 .named("fcntl(F_SETLEASE) (lease)")
-                .fcntl(fd, F_SETLEASE, u64::from(e.r#type))
+                .fcntl(fd, F_SETLEASE, u64::from(ty))
                 .map(drop);
             // Only the file's owner (by fsuid) or a holder of CAP_LEASE in the initial user
             // namespace may take a lease: a puppet in a user namespace of its own, still with
             // cryo's ids, is neither. The lease belongs to the open file description, so
             // cryo takes it through its own copy of the fd.
             let r = match r {
-                Err(err) if err.errno() == Some(libc::EACCES) => {
-                    lease_from_cryo(cx.pid, fd, e.r#type)
-                }
+                Err(err) if err.errno() == Some(libc::EACCES) => lease_from_cryo(cx.pid, fd, ty),
                 r => r,
             };
             held(r)?;
+            if let Some(target) = breaking_to {
+                // No one is signalled by the break (F_SETLEASE made the taker the owner).
+                cx.named("fcntl(F_SETOWN, 0) (lease being broken)")
+                    .fcntl(fd, F_SETOWN, 0)?;
+                break_lease(cx.pid, fd, target)?;
+            }
         } else {
             return Err(bad("unknown lock kind").into());
         }
     }
     Ok(())
+}
+
+/// Starts breaking the lease on the file behind fd `fd` of process `pid` towards `target`
+/// (F_UNLCK: an open for writing; F_RDLCK: one for reading), as the open that broke it
+/// before the dump did: cryo opens the file through `/proc/PID/fd/FD` without blocking,
+/// which starts the break and fails with EWOULDBLOCK.
+fn break_lease(pid: i32, fd: i32, target: u32) -> Result<(), TaskError> {
+    use rustix::fs::{Mode, OFlags};
+    let how = if target == F_UNLCK {
+        OFlags::WRONLY
+    } else {
+        OFlags::RDONLY
+    };
+    let path = format!("/proc/{pid}/fd/{fd}");
+    let fail = |what: String| TaskError::Fd {
+        pid,
+        fd,
+        what,
+        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+    };
+    match rustix::fs::open(
+        &path,
+        how | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    ) {
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(()),
+        Err(e) => Err(TaskError::Fd {
+            pid,
+            fd,
+            what: "open to break its lease again".into(),
+            source: e.into(),
+        }),
+        Ok(_) => Err(fail(
+            "open to break its lease again: nothing conflicted (the lease is not there)".into(),
+        )),
+    }
 }
 
 /// Takes the lease `ty` on the open file behind fd `fd` of process `pid` through cryo's copy
