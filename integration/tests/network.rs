@@ -1379,6 +1379,119 @@ fn external_netdev_is_moved_into_the_namespace() {
     kill(pid);
 }
 
+/// `--external netdev[IN]:OUT` over RPC, as runc passes it (`external: ["netdev[IN]:OUT"]`
+/// in the RESTORE request's options): the server's namespace is dumped over RPC, the user's
+/// device OUT (a veth whose peer is in host b) is moved in as IN with IN's index, MAC and
+/// address, and host b reaches the restored server through it. A request naming a device
+/// that does not exist fails with an error response naming it, leaves no process (the
+/// killed task, the caller's child with rst_sibling, reaped by the caller as runc does)
+/// and OUT where it was.
+#[test]
+fn external_netdev_over_rpc_as_runc_passes_it() {
+    use cryo::image::pb;
+    use integration::rpc::{req, swrk};
+    use std::os::fd::AsRawFd;
+    let _s = serial();
+    if !need(&["ip", "nsenter", "unshare", "ping"]) {
+        return;
+    }
+    let dir = scratch("netns-netdev-rpc");
+    let hosts = Hosts::new("ndrpc", &["a", "b"]);
+    let (pid, _) = start_server(&dir, &hosts.0[0]);
+    let _g = KillOnDrop(pid);
+    let link_of = |pid: i32, dev: &str| {
+        String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "link", "show", dev]).stdout).into_owned()
+    };
+    let before = link_of(pid, "v0");
+    let index = |l: &str| l.split(':').next().unwrap().trim().to_string();
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let d = std::fs::File::open(&img).unwrap();
+    let dump_opts = pb::CriuOpts {
+        images_dir_fd: d.as_raw_fd(),
+        pid: Some(pid),
+        log_level: Some(4),
+        log_file: Some("dump.log".into()),
+        ..Default::default()
+    };
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(dump_opts)), None);
+    assert!(
+        ok && r.success,
+        "dump: {:?}\n{}",
+        r.cr_errmsg,
+        log(&img, "dump.log")
+    );
+    wait_gone(pid);
+    let out = format!("nr{}", std::process::id() % 100_000);
+    sh(
+        "the user's veth",
+        &[
+            "ip",
+            "link",
+            "add",
+            &out,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vh0",
+            "netns",
+            &hosts.0[1],
+        ],
+    );
+    host_side(&hosts.0[1]);
+    let cleanup = Cleanup(out.clone());
+    let restore = |external: &str, log_file: &str| {
+        let opts = pb::CriuOpts {
+            images_dir_fd: d.as_raw_fd(),
+            log_level: Some(4),
+            log_file: Some(log_file.into()),
+            rst_sibling: Some(true),
+            external: vec![external.to_string()],
+            ..Default::default()
+        };
+        swrk().call(&req(pb::CriuReqType::Restore, Some(opts)), None)
+    };
+    let (_, r, _) = restore("netdev[v0]:no-such-dev", "restore-missing.log");
+    let why = format!("{:?} {}", r.cr_errmsg, log(&img, "restore-missing.log"));
+    assert!(!r.success && why.contains("no-such-dev"), "{why}");
+    assert!(!alive(pid), "a failed restore left the server");
+    // rst_sibling: the restored task was the caller's child (as runc's); what the failed
+    // restore killed is reaped by the caller, as runc does.
+    // SAFETY: waitpid writes only to the status it is given.
+    let reaped = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) };
+    assert!(reaped == pid || reaped == -1, "waitpid {pid}: {reaped}");
+    assert!(
+        run(&["ip", "link", "show", &out]).status.success(),
+        "{out} left cryo's namespace after a failed restore"
+    );
+    let (_, r, ok) = restore(&format!("netdev[v0]:{out}"), "restore.log");
+    assert!(
+        ok && r.success,
+        "restore: {:?}\n{}",
+        r.cr_errmsg,
+        log(&img, "restore.log")
+    );
+    let _g2 = KillOnDrop(pid);
+    assert!(alive(pid), "restored with its pid");
+    let after = link_of(pid, "v0");
+    assert_eq!(index(&after), index(&before), "v0's index: {after}");
+    assert!(after.contains("02:00:0a:cb:00:02"), "v0's MAC: {after}");
+    let v0 = String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "addr", "show", "v0"]).stdout)
+        .into_owned();
+    assert!(v0.contains("10.203.0.2/24"), "{v0}");
+    assert!(
+        !run(&["ip", "link", "show", &out]).status.success(),
+        "{out} is still in cryo's namespace"
+    );
+    assert!(
+        answers(&hosts.0[1], "10.203.0.2"),
+        "host b cannot reach the restored namespace"
+    );
+    drop(cleanup);
+    kill(pid);
+}
+
 /// Deletes a link of the test's namespace on drop (if still there).
 struct Cleanup(String);
 
