@@ -1417,6 +1417,7 @@ fn dump_process(
         page_server: None,
         lazy: None,
         secbits: None,
+        itimers: None,
     };
     // In-target work, inside the injection bracket.
     cx.parasite = Some(
