@@ -1112,6 +1112,27 @@ impl FdObjects {
         late
     }
 
+    /// The root of the tree's root mount namespace, for a task in saved namespace `own` that
+    /// is another one: where a file its own namespace no longer reaches by path is opened, as
+    /// CRIU opens a file it knows no mount of (the program of a task that pivoted into a new
+    /// root, left on the root it detached). None in the root's namespace.
+    pub fn root_mnt_ns_root(&self, own: Option<u32>) -> Option<std::io::Result<std::fs::File>> {
+        if own.is_none() || own == self.root_mnt_ns {
+            return None;
+        }
+        match self.root_mnt_ns.and_then(|r| self.mnt_ns_host.get(&r)) {
+            Some(h) => Some(h.root.try_clone()),
+            // The tree shares cryo's namespace.
+            None if self
+                .root_mnt_ns
+                .is_none_or(|r| !self.mnt_saved.contains(&r)) =>
+            {
+                Some(std::fs::File::open("/"))
+            }
+            None => None,
+        }
+    }
+
     /// The root's saved mount namespace (where sockets, FIFOs and inotify watches are made).
     pub fn root_mnt_ns(&self) -> Option<u32> {
         self.root_mnt_ns
@@ -1838,6 +1859,30 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
         }
     }
     Ok(cx.open(&reg.name, flags)?)
+}
+
+/// Opens `path` with `flags` for the puppet `cx`, in saved mount namespace `own`, in the
+/// tree's root mount namespace instead of its own: a file its namespace no longer reaches by
+/// path (the program and libraries of a task that pivoted into a new root, left on the root
+/// it detached), which CRIU too opens in the root's namespace when it knows no mount of it.
+/// None in the root's namespace, or when the file is not there either.
+pub fn open_in_root_ns(
+    cx: &mut RestoreCx<'_>,
+    own: Option<u32>,
+    path: &str,
+    flags: i32,
+) -> Result<Option<RemoteFd>, TaskError> {
+    let Some(Ok(root)) = cx.objs.borrow().root_mnt_ns_root(own) else {
+        return Ok(None);
+    };
+    let Ok(local) = sys::fd::open_in_root_fd(root.as_fd(), path, flags | libc::O_CLOEXEC) else {
+        return Ok(None);
+    };
+    tracing::info!(
+        pid = cx.pid,
+        "{path} is not in the task's mount namespace: opened in the tree's root namespace"
+    );
+    cx.take_from_cryo(local.as_raw_fd()).map(Some)
 }
 
 /// The puppet's fd on the packet socket of file `id` (the one its fds have: cryo's object,
