@@ -1089,6 +1089,30 @@ fn in_dir_fd<T: Send>(
     })
 }
 
+/// Gives the socket file `name` (relative to `dir`) the mode and owner it had, when saved.
+fn set_perms<P: rustix::path::Arg + Copy>(
+    dir: impl AsFd,
+    name: P,
+    perms: Option<&pb::FilePermsEntry>,
+) -> std::io::Result<()> {
+    use rustix::fs::{chmodat, chownat, AtFlags, Gid, Mode, Uid};
+    let Some(p) = perms else { return Ok(()) };
+    chmodat(
+        &dir,
+        name,
+        Mode::from_raw_mode(p.mode & 0o7777),
+        AtFlags::empty(),
+    )?;
+    chownat(
+        &dir,
+        name,
+        Some(Uid::from_raw(p.uid)),
+        Some(Gid::from_raw(p.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    Ok(())
+}
+
 /// Whether the directory `dir` (a path of the tree, inside the mount at `mountpoint` whose
 /// root `root` holds, where the socket file was) does not lead to that mount now: another
 /// mount covers it. A directory that is missing is judged by its nearest ancestor that is
@@ -1249,11 +1273,7 @@ fn bind_name(
                 let _ = std::fs::remove_file(&full);
             }
             bind()?;
-            if let Some(p) = &s.file_perms {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&full, std::fs::Permissions::from_mode(p.mode & 0o7777))?;
-                std::os::unix::fs::lchown(&full, Some(p.uid), Some(p.gid))?;
-            }
+            set_perms(rustix::fs::CWD, &full, s.file_perms.as_ref())?;
             Ok(rustix::fs::open(
                 &dir,
                 rustix::fs::OFlags::PATH
@@ -1282,24 +1302,8 @@ fn bind_name(
             id,
             what("bind (under a mount that covers it now) to"),
         ))?;
-        if let Some(p) = &s.file_perms {
-            use rustix::fs::{chmodat, chownat, AtFlags, Gid, Mode, Uid};
-            chmodat(
-                &held,
-                &base,
-                Mode::from_raw_mode(p.mode & 0o7777),
-                AtFlags::empty(),
-            )
-            .map_err(|e| obj_err(id, what("chmod"))(e.into()))?;
-            chownat(
-                &held,
-                &base,
-                Some(Uid::from_raw(p.uid)),
-                Some(Gid::from_raw(p.gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| obj_err(id, what("chown"))(e.into()))?;
-        }
+        set_perms(&held, &base, s.file_perms.as_ref())
+            .map_err(obj_err(id, what("set the mode and owner of")))?;
         objs.kinds
             .get::<UnixStore>()
             .covered
@@ -1329,13 +1333,8 @@ fn bind_name(
             let _ = std::fs::remove_file(&full);
         }
         bind().map_err(obj_err(id, what("bind to")))?;
-        if let Some(p) = &s.file_perms {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&full, std::fs::Permissions::from_mode(p.mode & 0o7777))
-                .map_err(obj_err(id, what("chmod")))?;
-            std::os::unix::fs::lchown(&full, Some(p.uid), Some(p.gid))
-                .map_err(obj_err(id, what("chown")))?;
-        }
+        set_perms(rustix::fs::CWD, &full, s.file_perms.as_ref())
+            .map_err(obj_err(id, what("set the mode and owner of")))?;
         return Ok(());
     }
     let me = std::process::id();
