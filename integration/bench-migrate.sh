@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Live-migration benchmarks (issue #11), cryo and, in the same run, CRIU where it can do the job.
 #
-# Usage: integration/bench-migrate.sh [--rounds N] [--lazy-mib M] [--mig-mib M]
+# Usage: integration/bench-migrate.sh [--rounds N] [--lazy-mib M] [--mig-mib M] [--tcp-mib M]
+#                                    [--only lazy,migrate,tcp]
 #   CRYO=path   cryo binary (default: <repo>/target/release/cryo)
 #   CRIU=path   optional CRIU binary (e.g. /opt/criu42/criu); runs alternately with cryo
 #   BENCH_TMP   parent directory for images (default /var/tmp)
+#   BENCH_KEEP  set: keep the images and logs (the path is printed at the end)
 #
 # 1. lazy: memhog holding M MiB (default 2048) of random anonymous memory, dumped once per
 #    tool; then per round a full restore (`restore -d`: the tree runs when it returns) and a
@@ -20,6 +22,15 @@
 #    (dump to a page server + restore, no pre-copy) by cryo and by CRIU (CRIU cannot pre-dump
 #    on a kernel without soft-dirty, such as this VM's: `criu check --feature mem_dirty_track`);
 #    check: the process verifies every page after the move.
+# 3. tcp: a TCP echo server (echosrv) holding M MiB (default 256) of written memory, one page
+#    rewritten per turn (~1000 pages/s), in a network namespace S of its own (veth to host A)
+#    and a PID namespace, with 10 live client connections from A streaming through it;
+#    `cryo migrate --tcp-established` from A to `cryo receive --external veth[eth0]:OUT@BR`
+#    in B (B's bridge holds the server's gateway; A's other route to the server goes through
+#    B), as integration/tests/migrate.rs's a_tcp_server_moves_with_its_live_clients_connections.
+#    Reported: downtime with the destination restoring in full and lazily; and a stop-and-copy of the same server (dump --tcp-established to a
+#    page server in B, restore in B) by cryo and by CRIU. Checks: the moved server's every
+#    page is right, every client byte came back once, in order, without an error.
 # The last line of stdout is a JSON summary.
 set -euo pipefail
 
@@ -42,12 +53,16 @@ REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 ROUNDS=3
 LAZY_MIB=2048
 MIG_MIB=256
+TCP_MIB=256
+ONLY=lazy,migrate,tcp
 while [ $# -gt 0 ]; do
     case $1 in
         --rounds) ROUNDS=$2; shift 2 ;;
         --lazy-mib) LAZY_MIB=$2; shift 2 ;;
         --mig-mib) MIG_MIB=$2; shift 2 ;;
-        *) echo "usage: bench-migrate.sh [--rounds N] [--lazy-mib M] [--mig-mib M]" >&2; exit 2 ;;
+        --tcp-mib) TCP_MIB=$2; shift 2 ;;
+        --only) ONLY=$2; shift 2 ;;
+        *) echo "usage: bench-migrate.sh [--rounds N] [--lazy-mib M] [--mig-mib M] [--tcp-mib M] [--only lazy,migrate,tcp]" >&2; exit 2 ;;
     esac
 done
 CRYO=${CRYO:-$REPO_ROOT/target/release/cryo}
@@ -57,12 +72,17 @@ BIN=$WORK/bin
 mkdir -p "$BIN"
 gcc -O2 -o "$BIN/memhog" "$REPO_ROOT/integration/progs/memhog.c"
 gcc -O2 -pthread -o "$BIN/migratee" "$REPO_ROOT/integration/progs/migratee.c"
+gcc -O2 -o "$BIN/echosrv" "$REPO_ROOT/integration/progs/echosrv.c"
+gcc -O2 -o "$BIN/echocli" "$REPO_ROOT/integration/progs/echocli.c"
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+NETNS=()
 TOOLS=(cryo)
 [ -z "${CRIU:-}" ] || TOOLS+=(criu)
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
+    for n in "${NETNS[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+    if [ -n "${BENCH_KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -97,8 +117,8 @@ echo "cryo migration benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, k
 echo "  cryo: $CRYO; criu: ${CRIU:-not run}; rounds: $ROUNDS"
 
 # --- 1. lazy restore
-echo "lazy restore: memhog $LAZY_MIB MiB"
-for t in "${TOOLS[@]}"; do
+want lazy && echo "lazy restore: memhog $LAZY_MIB MiB"
+want lazy && for t in "${TOOLS[@]}"; do
     d=$WORK/lazy-$t
     mkdir -p "$d/img"
     setsid "$BIN/memhog" "$LAZY_MIB" "$d/out" </dev/null >/dev/null 2>&1 &
@@ -137,7 +157,7 @@ for t in "${TOOLS[@]}"; do
 done
 
 # --- 2. migrate
-echo "migrate: migratee $MIG_MIB MiB, one page rewritten every 300 us"
+want migrate && echo "migrate: migratee $MIG_MIB MiB, one page rewritten every 300 us"
 start_migratee() { # DIR: prints the tree's root
     setsid unshare --pid --fork setsid "$BIN/migratee" "$MIG_MIB" "$1/out" 300 </dev/null >/dev/null 2>&1 &
     local l=$!
@@ -151,8 +171,8 @@ verify() { # PID OUT
     grep -q '^verify ok' "$2"
 }
 PORT=$((27300 + $$ % 1000))
-CHECK[migrate]=PASS
-for ((r = 0; r < ROUNDS; r++)); do
+want migrate && CHECK[migrate]=PASS
+want migrate && for ((r = 0; r < ROUNDS; r++)); do
     d=$WORK/mig-$r
     mkdir -p "$d/src" "$d/dst"
     # Twice: the destination restoring every page before the tree runs (full), and lazily
@@ -196,7 +216,7 @@ for ((r = 0; r < ROUNDS; r++)); do
         ps=$((PORT + 1))
         "$(bin "$t")" page-server -D "$e/pages" --address 127.0.0.1 --port $ps -o ps.log -v2 &
         psp=$!
-        wait_line "$e/pages/ps.log" '.' 5 || sleep 0.5
+        wait_line "$e/pages/ps.log" '.' 1 2>/dev/null || true
         t0=$(now_us)
         "$(bin "$t")" dump -t "$root" -D "$e/img" --page-server --address 127.0.0.1 --port $ps -o dump.log -v2 || { echo "$t stop-and-copy dump failed" >&2; tail "$e/img/dump.log" >&2; kill -9 $psp; continue; }
         wait "$psp" || true
@@ -210,6 +230,143 @@ for ((r = 0; r < ROUNDS; r++)); do
     done
 done
 
+# --- 3. a TCP server with live clients
+X=$((100 + $$ % 100))
+A=cryo-bm-a-$$
+B=cryo-bm-b-$$
+tcp_net() { # sets up A, B (veth 10.X.0.1 <-> 10.X.0.2) and B's bridge; S per round
+    local n
+    for n in $A $B; do
+        ip netns del "$n" 2>/dev/null || true
+        ip netns add "$n"
+        NETNS+=("$n")
+        ip -n "$n" link set lo up
+    done
+    ip link add "cb${X}a" netns $A type veth peer name "cb${X}b" netns $B
+    ip -n $A addr add 10.$X.0.1/24 dev "cb${X}a"
+    ip -n $B addr add 10.$X.0.2/24 dev "cb${X}b"
+    ip -n $A link set "cb${X}a" up
+    ip -n $B link set "cb${X}b" up
+    ip -n $B link add cbbr type bridge
+    ip -n $B addr add 10.239.0.1/24 dev cbbr
+    ip -n $B link set cbbr up
+    ip netns exec $B sysctl -qw net.ipv4.ip_forward=1
+}
+# start_server DIR: S with its veth to A, the server in it (PID namespace of its own), the
+# clients in A streaming; sets SRV (the server's root pid), CLI (the clients' pid) and OUT (the
+# name of its veth's peer to make in B's bridge). Names are new each time: a namespace and
+# its devices go some time after their last process.
+NSRV=0
+start_server() {
+    local d=$1 s=cryo-bm-s-$$-$NSRV i
+    local va=cs$X-$NSRV
+    OUT=co$X-$NSRV
+    NSRV=$((NSRV + 1))
+    ip netns add $s
+    NETNS+=("$s")
+    ip -n $s link set lo up
+    ip link add "$va" netns $A type veth peer name eth0 netns $s
+    ip -n $s addr add 10.239.0.2/24 dev eth0
+    ip -n $s link set eth0 up
+    ip -n $s route add default via 10.239.0.1
+    ip -n $A addr add 10.239.0.1/32 dev "$va"
+    ip -n $A link set "$va" up
+    ip -n $A route replace 10.239.0.0/24 dev "$va" src 10.$X.0.1
+    ip -n $A route replace 10.239.0.0/24 via 10.$X.0.2 src 10.$X.0.1 metric 100
+    : >"$d/srv.out"
+    setsid nsenter --net=/run/netns/$s unshare --pid --fork setsid "$BIN/echosrv" 10.239.0.2 7300 "$d/srv.out" 2048 1000 65536 "$TCP_MIB" </dev/null >/dev/null 2>&1 &
+    local l=$!
+    PIDS+=("$l")
+    wait_line "$d/srv.out" '^ready' 120 >&2
+    SRV=
+    for ((i = 0; i < 100; i++)); do
+        SRV=$(awk '{print $1}' "/proc/$l/task/$l/children" 2>/dev/null)
+        [ -n "$SRV" ] && break
+        sleep 0.05
+    done
+    ip netns del $s # only the server holds S now
+    setsid nsenter --net=/run/netns/$A "$BIN/echocli" 10.239.0.2 7300 10 "$d/cli.out" 1048576 2048 16384 2000 </dev/null >"$d/cli.log" 2>&1 &
+    CLI=$!
+    PIDS+=("$CLI")
+    wait_line "$d/cli.out" '^ready' 20 >&2
+    sleep 1
+}
+# tcp_check DIR MOVED CLIENTS: the server's pages and the clients' bytes
+tcp_check() {
+    local ok=0
+    kill -USR1 "$2"
+    wait_line "$1/srv.out" '^verify' 120 && grep -q '^verify ok' "$1/srv.out" || { echo "  server check: $(grep '^verify' "$1/srv.out")" >&2; ok=1; }
+    sleep 1
+    kill -USR1 "$3"
+    wait_line "$1/cli.out" '^done' 90 && grep -q '^done .*errors=0' "$1/cli.out" && ! grep -q '^error' "$1/cli.out" || { echo "  clients: $(grep -E '^(done|error)' "$1/cli.out" | head -3)" >&2; ok=1; }
+    kill -9 "$2" "$3" 2>/dev/null || true
+    gone "$2" || true
+    return $ok
+}
+if want tcp; then
+    echo "tcp: echo server holding $TCP_MIB MiB (one page rewritten per turn), 10 live connections"
+    tcp_net
+    CHECK[tcp]=PASS
+    TP=$((28300 + $$ % 1000))
+    for ((r = 0; r < ROUNDS; r++)); do
+      # The destination restoring every page before the tree runs (full), and lazily.
+      for mode in full lazy; do
+        m=$WORK/tcp-$r/mig-$mode
+        mkdir -p "$m"
+        start_server "$m"
+        root=$SRV cli=$CLI
+        lz=()
+        [ "$mode" = full ] || lz=(--lazy-pages)
+        nsenter --net=/run/netns/$B "$CRYO" receive --port $TP --address 10.$X.0.2 -D "$m/dst" -W "$m" -o receive.log -v3 --external "veth[eth0]:$OUT@cbbr" "${lz[@]}" >"$m/rx.out" 2>&1 &
+        rx=$!
+        wait_line "$m/receive.log" 'listening' 10 || sleep 0.5
+        if nsenter --net=/run/netns/$A "$CRYO" migrate -t "$root" --to 10.$X.0.2:$TP -W "$m" -o migrate.log -v3 --tcp-established --json >"$m/mig.json"; then
+            wait "$rx" || true
+            echo "  round $r ($mode restore): $(grep -o 'stages=.*' "$m/migrate.log" | tail -1)"
+            j=$(tail -1 "$m/mig.json")
+            add cryo_tcp_downtime_$mode "$(echo "$j" | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["downtime_ms"]*1000))')"
+            add cryo_tcp_rounds "$(echo "$j" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["rounds"]))')"
+            add cryo_tcp_final "$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["final_pages"])')"
+            moved=$(echo "$j" | python3 -c 'import json,sys; print(json.load(sys.stdin)["restored_pid"])')
+            PIDS+=("$moved")
+            gone "$root" || true
+            tcp_check "$m" "$moved" "$cli" || { echo "  ($mode)" >&2; CHECK[tcp]=FAIL; }
+        else
+            echo "cryo migrate (tcp, $mode) failed: $(tail -3 "$m/migrate.log")" >&2
+            CHECK[tcp]=FAIL
+            kill -9 "$rx" "$root" "$cli" 2>/dev/null || true
+        fi
+      done
+        # Stop-and-copy: dump to a page server in B, restore in B.
+        for t in "${TOOLS[@]}"; do
+            e=$WORK/tcp-$r/sc-$t
+            mkdir -p "$e/img" "$e/pages"
+            start_server "$e"
+            root=$SRV cli=$CLI
+            nsenter --net=/run/netns/$B "$(bin "$t")" page-server -D "$e/pages" --address 10.$X.0.2 --port $((TP + 1)) -o ps.log -v2 &
+            psp=$!
+            wait_line "$e/pages/ps.log" '.' 1 2>/dev/null || true
+            t0=$(now_us)
+            if ! nsenter --net=/run/netns/$A "$(bin "$t")" dump -t "$root" -D "$e/img" --tcp-established --page-server --address 10.$X.0.2 --port $((TP + 1)) -o dump.log -v2; then
+                echo "$t tcp stop-and-copy dump failed: $(grep -i error "$e/img/dump.log" | tail -2)" >&2
+                kill -9 "$psp" "$root" "$cli" 2>/dev/null || true
+                continue
+            fi
+            wait "$psp" || true
+            cp "$e/img"/*.img "$e/pages/"
+            if nsenter --net=/run/netns/$B "$(bin "$t")" restore -D "$e/pages" -d --tcp-established --external "veth[eth0]:$OUT@cbbr" -o restore.log -v2 --pidfile rpid; then
+                add "${t}_tcp_stopcopy" $(($(now_us) - t0))
+                moved=$(cat "$e/pages/rpid")
+                PIDS+=("$moved")
+                tcp_check "$e" "$moved" "$cli" || { echo "  ($t stop-and-copy)" >&2; CHECK[tcp_$t]=FAIL; }
+            else
+                echo "$t: tcp stop-and-copy restore failed: $(grep -i error "$e/pages/restore.log" | tail -2)" >&2
+                kill -9 "$cli" 2>/dev/null || true
+            fi
+        done
+    done
+fi
+
 echo
 printf '%-44s %-14s %s\n' "" cryo criu
 printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: full restore (first instr.)" "$(ms "$(med cryo_full)") ms" "${CRIU:+$(ms "$(med criu_full)") ms}"
@@ -218,10 +375,14 @@ printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: lazy restore, all pages in" "$(ms
 printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: downtime (pre-copy)" "$(ms "$(med cryo_downtime_full)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
 printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: downtime (pre-copy, lazy dest.)" "$(ms "$(med cryo_downtime_lazy)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
 printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: stop-and-copy downtime" "$(ms "$(med cryo_stopcopy)") ms" "${CRIU:+$( [ -n "$(med criu_stopcopy)" ] && echo "$(ms "$(med criu_stopcopy)") ms" || echo failed)}"
+printf '%-44s %-14s %s\n' "tcp server $TCP_MIB MiB: downtime (pre-copy)" "$(ms "$(med cryo_tcp_downtime_full)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
+printf '%-44s %-14s %s\n' "tcp server $TCP_MIB MiB: downtime (pre-copy, lazy dest.)" "$(ms "$(med cryo_tcp_downtime_lazy)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
+printf '%-44s %-14s %s\n' "tcp server $TCP_MIB MiB: stop-and-copy" "$(ms "$(med cryo_tcp_stopcopy)") ms" "${CRIU:+$( [ -n "$(med criu_tcp_stopcopy)" ] && echo "$(ms "$(med criu_tcp_stopcopy)") ms" || echo failed)}"
+echo "tcp rounds (median): $(med cryo_tcp_rounds), final pages (median): $(med cryo_tcp_final)"
 echo "migrate rounds (median): $(med cryo_rounds), final pages (median): $(med cryo_final)"
-echo "checks: lazy checksum cryo ${CHECK[lazy_cryo]}${CRIU:+ criu ${CHECK[lazy_criu]:-}}; migrated process verified every page: ${CHECK[migrate]}"
-J="{\"lazy_mib\":$LAZY_MIB,\"mig_mib\":$MIG_MIB,\"rounds\":$ROUNDS"
-for k in cryo_full cryo_lazy_first cryo_lazy_all cryo_downtime_full cryo_downtime_lazy cryo_stopcopy criu_full criu_lazy_first criu_lazy_all criu_stopcopy; do
+echo "checks: lazy checksum cryo ${CHECK[lazy_cryo]:-not run}${CRIU:+ criu ${CHECK[lazy_criu]:-not run}}; migrated process verified every page: ${CHECK[migrate]:-not run}; tcp server pages and clients' bytes: ${CHECK[tcp]:-not run}"
+J="{\"lazy_mib\":$LAZY_MIB,\"mig_mib\":$MIG_MIB,\"tcp_mib\":$TCP_MIB,\"rounds\":$ROUNDS"
+for k in cryo_full cryo_lazy_first cryo_lazy_all cryo_downtime_full cryo_downtime_lazy cryo_stopcopy criu_full criu_lazy_first criu_lazy_all criu_stopcopy cryo_tcp_downtime_full cryo_tcp_downtime_lazy cryo_tcp_stopcopy criu_tcp_stopcopy; do
     m=$(med $k)
     [ -z "$m" ] || J="$J,\"${k}_ms\":$(ms "$m")"
 done

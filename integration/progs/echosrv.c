@@ -6,13 +6,20 @@
 // receive queues and unacknowledged in its send queues (what a checkpoint must keep).
 // Output not taken by the kernel waits in a per-connection buffer (program memory).
 //
-// usage: echosrv ADDR PORT OUT [CHUNK [PAUSE_US [SNDBUF]]]
+// With MEM_MIB, it also holds MEM_MIB MiB of written memory (a server's state), every page
+// filled before "ready", and rewrites one page per turn (a live server's dirty memory); on
+// SIGUSR1 it checks every page (each holds its own index and generation throughout, and the
+// generation it last wrote there) and writes "verify ok PAGES" or "verify bad page N".
+//
+// usage: echosrv ADDR PORT OUT [CHUNK [PAUSE_US [SNDBUF [MEM_MIB]]]]
 // OUT gets "ready PORT" once listening, and "accepted N" as connections arrive.
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +37,36 @@ struct conn {
 
 static struct conn conns[MAXC];
 
+static volatile sig_atomic_t check;
+static void on_usr1(int s)
+{
+	(void)s;
+	check = 1;
+}
+
+#define PAGE 4096
+#define WORDS (PAGE / sizeof(uint64_t))
+
+static void fill(uint64_t *p, uint64_t i, uint64_t gen)
+{
+	for (size_t w = 0; w < WORDS; w++)
+		p[w] = (i << 32 | gen) ^ (w * 0x9e3779b97f4a7c15ull);
+}
+
+// Every page as it was last written: "verify ok N" or the first bad page.
+static void verify(FILE *out, char *mem, const uint32_t *gens, size_t pages)
+{
+	for (size_t i = 0; i < pages; i++) {
+		uint64_t *p = (uint64_t *)(mem + i * PAGE);
+		for (size_t w = 0; w < WORDS; w++)
+			if (p[w] != (((uint64_t)i << 32 | gens[i]) ^ (w * 0x9e3779b97f4a7c15ull))) {
+				fprintf(out, "verify bad page %zu word %zu\n", i, w);
+				return;
+			}
+	}
+	fprintf(out, "verify ok %zu\n", pages);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 4) {
@@ -40,8 +77,23 @@ int main(int argc, char **argv)
 	size_t chunk = argc > 4 ? (size_t)atol(argv[4]) : 65536;
 	int pause_us = argc > 5 ? atoi(argv[5]) : 0;
 	int sndbuf = argc > 6 ? atoi(argv[6]) : 0;
+	size_t pages = argc > 7 ? (size_t)atol(argv[7]) * (1 << 20) / PAGE : 0;
 	FILE *out = fopen(argv[3], "w");
 	setvbuf(out, NULL, _IOLBF, 0);
+	signal(SIGUSR1, on_usr1);
+	char *mem = NULL;
+	uint32_t *gens = NULL;
+	size_t next = 0;
+	if (pages) {
+		mem = malloc(pages * PAGE);
+		gens = calloc(pages, sizeof(*gens));
+		if (!mem || !gens) {
+			perror("malloc");
+			return 1;
+		}
+		for (size_t i = 0; i < pages; i++)
+			fill((uint64_t *)(mem + i * PAGE), i, 0);
+	}
 
 	struct sockaddr_storage ss;
 	socklen_t sl;
@@ -128,6 +180,17 @@ int main(int argc, char **argv)
 				k->len += r;
 				progress = 1;
 			}
+		}
+		if (pages) {
+			fill((uint64_t *)(mem + next * PAGE), next, ++gens[next]);
+			next = (next + 1) % pages;
+		}
+		if (check) {
+			check = 0;
+			if (pages)
+				verify(out, mem, gens, pages);
+			else
+				fprintf(out, "verify ok 0\n");
 		}
 		if (pause_us)
 			usleep(pause_us);

@@ -779,7 +779,8 @@ impl Drop for NamedNs {
 /// from A to `cryo receive --external veth[eth0]:OUT@BRIDGE` in B: the server's namespace is
 /// rebuilt on B with its veth's peer put in B's bridge; the source (and with it S and A's
 /// veth) goes, so A's packets take the route through B. The clients' connections go on:
-/// every byte comes back once, in order, without an error; the downtime is printed.
+/// every byte comes back once, in order, without an error; the downtime is printed. The server
+/// holds 64 MiB of written memory and keeps rewriting it: each page arrives as last written.
 #[test]
 fn a_tcp_server_moves_with_its_live_clients_connections() {
     if !need(&["ip", "nsenter", "unshare", "setsid"]) {
@@ -865,6 +866,7 @@ fn a_tcp_server_moves_with_its_live_clients_connections() {
             "2048",
             "1000",
             "65536",
+            "64",
         ],
         &dir.join("srv.log"),
     );
@@ -952,4 +954,7 @@ fn a_tcp_server_moves_with_its_live_clients_connections() {
     wait_progress(&cli_out, 4 << 20);
     let done = finish_clients(cli, &cli_out);
     assert!(done.contains("conns=10"), "{done}");
+    // And the server's 64 MiB (one page rewritten per turn, before, during and after the
+    // pre-copy rounds) came over as it last wrote each page.
+    verify(moved, &srv_out);
 }

@@ -1416,6 +1416,7 @@ fn dump_process(
         chain: None,
         page_server: None,
         lazy: None,
+        secbits: None,
     };
     // In-target work, inside the injection bracket.
     cx.parasite = Some(

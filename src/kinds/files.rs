@@ -756,6 +756,12 @@ pub struct FdObjects {
     /// The puppet whose fds are being made, while its network namespace is not the root's:
     /// its sockets are made in its own network namespace.
     pub net_pid: Option<i32>,
+    /// Each saved network namespace of the tree once a restored process is in it (by the
+    /// namespace's id in the images): that process. A socket made in another namespace
+    /// than its holder's (its record's `ns_id`) is made in that process's.
+    pub net_ns_host: HashMap<u32, i32>,
+    /// The saved network namespace of the puppet whose fds are being made.
+    pub cur_net_ns: Option<u32>,
     /// The restore's socket options (`--tcp-established`, ...).
     pub sock: SockOpts,
     /// The file ids some task's fd table holds (the others are only in flight: passed in
@@ -918,6 +924,8 @@ impl FdObjects {
             inherited: HashMap::new(),
             ns_pid: None,
             net_pid: None,
+            net_ns_host: HashMap::new(),
+            cur_net_ns: None,
             sock: SockOpts::default(),
             held: tasks
                 .iter()
@@ -1151,7 +1159,17 @@ impl FdObjects {
             ))
             .into());
         };
-        let net_pid = self.net_pid.or(self.ns_pid);
+        let mut net_pid = self.net_pid.or(self.ns_pid);
+        // A socket made in another network namespace of the tree than its holder's (a
+        // process that entered a second namespace, made it and came back): made there.
+        let sk_ns = e.usk.as_ref().and_then(|u| u.ns_id);
+        if let Some(ns) = sk_ns.filter(|&ns| kind.in_tree_ns && Some(ns) != self.cur_net_ns) {
+            if let Some(&p) = self.net_ns_host.get(&ns) {
+                net_pid = Some(p);
+            } else {
+                tracing::debug!(id, ns, "socket of a network namespace no restored process is in yet: made in its holder's");
+            }
+        }
         let _in_ns = match net_pid.filter(|_| kind.in_tree_ns) {
             Some(pid) => {
                 // Images are read before the paths change.
@@ -1530,9 +1548,11 @@ pub fn restore_fds(
     let ns_pid = objs_cell.borrow().ns_pid;
     objs_cell.borrow_mut().net_pid = (net_of(Some(cx.pid)) != net_of(ns_pid)).then_some(cx.pid);
     objs_cell.borrow_mut().cur_mnt_ns = img.ids.mnt_ns_id;
+    objs_cell.borrow_mut().cur_net_ns = img.ids.net_ns_id;
     let r = restore_fds_in(cx, img, inherited);
     objs_cell.borrow_mut().net_pid = None;
     objs_cell.borrow_mut().cur_mnt_ns = None;
+    objs_cell.borrow_mut().cur_net_ns = None;
     r
 }
 
