@@ -201,17 +201,22 @@ impl Podman {
     /// `podman run -d`: a shell appending a counter to the bind-mounted `/data/log`, one
     /// number every 50 ms (each step forks a `sleep`).
     fn start_counter(&self, name: &str) {
+        self.start_counter_in(name, None);
+    }
+
+    /// [`Podman::start_counter`] as a member of pod `pod` (ID or name) when given.
+    fn start_counter_in(&self, name: &str, pod: Option<&str>) {
         let n = nofile_hard();
         let vol = format!("{}:/data", self.dir.join("host").display());
-        self.ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            "none",
+        let nofile = format!("nofile={n}:{n}");
+        let mut args = vec!["run", "-d", "--name", name];
+        match pod {
+            Some(pod) => args.extend(["--pod", pod]),
+            None => args.extend(["--network", "none"]),
+        }
+        args.extend([
             "--ulimit",
-            &format!("nofile={n}:{n}"),
+            &nofile,
             "--ulimit",
             "nproc=32768:32768",
             "-v",
@@ -221,6 +226,7 @@ impl Podman {
             "-c",
             "i=0; while :; do i=$((i+1)); echo $i >> /data/log; sleep 0.05; done",
         ]);
+        self.ok(&args);
         wait_for("the counter", 10, || self.numbers().len() >= 5);
     }
 
@@ -789,27 +795,7 @@ fn a_pod_member_comes_back_in_its_pod_and_moves_to_another() {
     let ns2 = ns_of(&infra_of("pod2"));
     assert_ne!(ns1, ns2, "two pods share namespaces");
 
-    let n = nofile_hard();
-    let vol = format!("{}:/data", p.dir.join("host").display());
-    p.ok(&[
-        "run",
-        "-d",
-        "--pod",
-        &pod1,
-        "--name",
-        "c",
-        "--ulimit",
-        &format!("nofile={n}:{n}"),
-        "--ulimit",
-        "nproc=32768:32768",
-        "-v",
-        &vol,
-        IMAGE,
-        "sh",
-        "-c",
-        "i=0; while :; do i=$((i+1)); echo $i >> /data/log; sleep 0.05; done",
-    ]);
-    wait_for("the counter", 10, || p.numbers().len() >= 5);
+    p.start_counter_in("c", Some(&pod1));
     assert_eq!(ns_of("c"), ns1, "the member is not in its pod's namespaces");
 
     p.ok(&["container", "checkpoint", "c"]);
