@@ -1379,6 +1379,246 @@ fn external_netdev_is_moved_into_the_namespace() {
     kill(pid);
 }
 
+/// `--external netdev[IN]:OUT` over RPC, as runc passes it (`external: ["netdev[IN]:OUT"]`
+/// in the RESTORE request's options): the server's namespace is dumped over RPC, the user's
+/// device OUT (a veth whose peer is in host b) is moved in as IN with IN's index, MAC and
+/// address, and host b reaches the restored server through it. A request naming a device
+/// that does not exist fails with an error response naming it, leaves no process (the
+/// killed task, the caller's child with rst_sibling, reaped by the caller as runc does)
+/// and OUT where it was.
+#[test]
+fn external_netdev_over_rpc_as_runc_passes_it() {
+    use cryo::image::pb;
+    use integration::rpc::{req, swrk};
+    use std::os::fd::AsRawFd;
+    let _s = serial();
+    if !need(&["ip", "nsenter", "unshare", "ping"]) {
+        return;
+    }
+    let dir = scratch("netns-netdev-rpc");
+    let hosts = Hosts::new("ndrpc", &["a", "b"]);
+    let (pid, _) = start_server(&dir, &hosts.0[0]);
+    let _g = KillOnDrop(pid);
+    let link_of = |pid: i32, dev: &str| {
+        String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "link", "show", dev]).stdout).into_owned()
+    };
+    let before = link_of(pid, "v0");
+    let index = |l: &str| l.split(':').next().unwrap().trim().to_string();
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    let d = std::fs::File::open(&img).unwrap();
+    let dump_opts = pb::CriuOpts {
+        images_dir_fd: d.as_raw_fd(),
+        pid: Some(pid),
+        log_level: Some(4),
+        log_file: Some("dump.log".into()),
+        ..Default::default()
+    };
+    let (_, r, ok) = swrk().call(&req(pb::CriuReqType::Dump, Some(dump_opts)), None);
+    assert!(
+        ok && r.success,
+        "dump: {:?}\n{}",
+        r.cr_errmsg,
+        log(&img, "dump.log")
+    );
+    wait_gone(pid);
+    let out = format!("nr{}", std::process::id() % 100_000);
+    sh(
+        "the user's veth",
+        &[
+            "ip",
+            "link",
+            "add",
+            &out,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vh0",
+            "netns",
+            &hosts.0[1],
+        ],
+    );
+    host_side(&hosts.0[1]);
+    let cleanup = Cleanup(out.clone());
+    let restore = |external: &str, log_file: &str| {
+        let opts = pb::CriuOpts {
+            images_dir_fd: d.as_raw_fd(),
+            log_level: Some(4),
+            log_file: Some(log_file.into()),
+            rst_sibling: Some(true),
+            external: vec![external.to_string()],
+            ..Default::default()
+        };
+        swrk().call(&req(pb::CriuReqType::Restore, Some(opts)), None)
+    };
+    let (_, r, _) = restore("netdev[v0]:no-such-dev", "restore-missing.log");
+    let why = format!("{:?} {}", r.cr_errmsg, log(&img, "restore-missing.log"));
+    assert!(!r.success && why.contains("no-such-dev"), "{why}");
+    assert!(!alive(pid), "a failed restore left the server");
+    // rst_sibling: the restored task was the caller's child (as runc's); what the failed
+    // restore killed is reaped by the caller, as runc does.
+    // SAFETY: waitpid writes only to the status it is given.
+    let reaped = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) };
+    assert!(reaped == pid || reaped == -1, "waitpid {pid}: {reaped}");
+    assert!(
+        run(&["ip", "link", "show", &out]).status.success(),
+        "{out} left cryo's namespace after a failed restore"
+    );
+    let (_, r, ok) = restore(&format!("netdev[v0]:{out}"), "restore.log");
+    assert!(
+        ok && r.success,
+        "restore: {:?}\n{}",
+        r.cr_errmsg,
+        log(&img, "restore.log")
+    );
+    let _g2 = KillOnDrop(pid);
+    assert!(alive(pid), "restored with its pid");
+    let after = link_of(pid, "v0");
+    assert_eq!(index(&after), index(&before), "v0's index: {after}");
+    assert!(after.contains("02:00:0a:cb:00:02"), "v0's MAC: {after}");
+    let v0 = String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "addr", "show", "v0"]).stdout)
+        .into_owned();
+    assert!(v0.contains("10.203.0.2/24"), "{v0}");
+    assert!(
+        !run(&["ip", "link", "show", &out]).status.success(),
+        "{out} is still in cryo's namespace"
+    );
+    assert!(
+        answers(&hosts.0[1], "10.203.0.2"),
+        "host b cannot reach the restored namespace"
+    );
+    drop(cleanup);
+    kill(pid);
+}
+
+/// The tree for `unix_sockets_stay_in_the_namespace_they_were_made_in`: the root R (in
+/// its own network namespace A) forks K, which makes namespace B and forks C; C, in B,
+/// makes a datagram socket bound to @dg-TAG and a listener on @ls-TAG, then goes back to
+/// A (through R's namespace fd it inherited), holding both; K holds no socket. C prints
+/// what arrives on the datagram socket and each connection it accepts.
+const NS_HOPPER: &str = r#"
+import ctypes, os, select, socket, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+tag = sys.argv[1]
+a = os.open("/proc/self/ns/net", os.O_RDONLY)
+if os.fork() == 0:
+    if libc.unshare(CLONE_NEWNET) != 0:
+        print("unshare failed", ctypes.get_errno(), flush=True); os._exit(1)
+    if os.fork() == 0:
+        dg = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        dg.bind("\0dg-" + tag)
+        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ls.bind("\0ls-" + tag)
+        ls.listen(4)
+        if libc.setns(a, CLONE_NEWNET) != 0:
+            print("setns failed", ctypes.get_errno(), flush=True); os._exit(1)
+        os.close(a)
+        print("ready", flush=True)
+        while True:
+            r, _, _ = select.select([dg, ls], [], [])
+            if dg in r:
+                print("got", dg.recv(100).decode(), flush=True)
+            if ls in r:
+                c, _ = ls.accept()
+                print("accepted", c.recv(100).decode(), flush=True)
+                c.close()
+    os.close(a)
+    while True:
+        time.sleep(1)
+os.close(a)
+while True:
+    time.sleep(1)
+"#;
+
+/// Unix sockets made in another network namespace of the tree than their process's (zdtm
+/// netns_sub's shape, our own program): C made a datagram socket and a listener in B and
+/// went back to A. Dump refused them ("only unix sockets are supported yet": sock_diag
+/// looked only in the namespaces of the processes holding sockets), and restore made every
+/// socket in its holder's namespace and gave C, whose parent K is in B, a second copy of A.
+/// Now after restore C is in R's namespace itself (one namespace, not a copy), K in
+/// another; the sockets are in B: a client in B reaches both names (a datagram and a
+/// connection arrive at C), while in A the names are unknown (ECONNREFUSED).
+#[test]
+fn unix_sockets_stay_in_the_namespace_they_were_made_in() {
+    if !need(&["nsenter", "unshare", "python3"]) {
+        return;
+    }
+    let dir = scratch("netns-unix-hop");
+    let tag = format!("cryo-{}", std::process::id());
+    let out = dir.join("out");
+    let root = spawn(&["unshare", "-n", "python3", "-c", NS_HOPPER, &tag], &out);
+    let _g = KillOnDrop(root);
+    wait_for("C's sockets", 10, || {
+        lines(&out).iter().any(|l| l == "ready")
+    });
+    let kids = |pid: i32| -> Vec<i32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect()
+    };
+    let k = kids(root)[0];
+    let c = kids(k)[0];
+    let netns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    // Sends from the namespace of `pid`: a datagram to @dg-TAG, then a connection to
+    // @ls-TAG carrying `word`; what each attempt gave.
+    let send_from = |pid: i32, word: &str| -> String {
+        let script = format!(
+            r#"
+import socket
+r = []
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+try:
+    s.sendto(b"{word}", "\0dg-{tag}"); r.append("sent")
+except OSError as e:
+    r.append(str(e.errno))
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect("\0ls-{tag}"); s.sendall(b"{word}"); s.close(); r.append("connected")
+except OSError as e:
+    r.append(str(e.errno))
+print(" ".join(r))
+"#
+        );
+        String::from_utf8_lossy(&in_ns(pid, &["python3", "-c", &script]).stdout)
+            .trim()
+            .to_string()
+    };
+    let check = |when: &str, word: &str| {
+        assert_eq!(netns(c), netns(root), "{when}: C is back in R's namespace");
+        assert_ne!(
+            netns(k),
+            netns(root),
+            "{when}: K is in a namespace of its own"
+        );
+        let refused = libc::ECONNREFUSED.to_string();
+        assert_eq!(
+            send_from(root, "none"),
+            format!("{refused} {refused}"),
+            "{when}: the names were made in B, not in A"
+        );
+        assert_eq!(send_from(k, word), "sent connected", "{when}: from B");
+        wait_for("C to hear from B", 10, || {
+            let l = lines(&out);
+            l.contains(&format!("got {word}")) && l.contains(&format!("accepted {word}"))
+        });
+    };
+    check("before the dump", "one");
+    let img = dir.join("img");
+    dump(root, &img, &[]);
+    // K and C come to the test (a subreaper) when R dies: reaped here.
+    for p in [root, k, c] {
+        wait_gone(p);
+    }
+    integration::restore_with(&img, &[]);
+    assert!(alive(root) && alive(k) && alive(c), "the tree is back");
+    check("after the restore", "two");
+    kill(root);
+}
+
 /// Deletes a link of the test's namespace on drop (if still there).
 struct Cleanup(String);
 

@@ -43,7 +43,37 @@ struct Podman {
     dir: PathBuf,
     link: PathBuf,
     path: String,
+    /// What `--runtime` names: `runc`, or the pod wrapper (see [`Podman::for_pods`]).
+    runtime: String,
 }
+
+/// A `runc` for pods on this VM: podman 4.3 gives a pod's infra container RLIMIT_NOFILE
+/// 1048576 with no way to lower it (`pod create` has no `--ulimit`, containers.conf's
+/// default_ulimits are not applied to it), and runc cannot raise the hard limit above the
+/// shell's without CAP_SYS_RESOURCE. This wrapper lowers the limit in the bundle's
+/// config.json to the hard limit it has, then runs runc. It is named `runc` because podman
+/// only checkpoints through a runtime of that name.
+const POD_RUNC: &str = r#"#!/bin/sh
+b=
+prev=
+for a in "$@"; do
+    case "$prev" in --bundle|-b) b=$a ;; esac
+    case "$a" in --bundle=*) b=${a#--bundle=} ;; esac
+    prev=$a
+done
+if [ -n "$b" ] && [ -f "$b/config.json" ]; then
+    python3 - "$b/config.json" "$(ulimit -Hn)" <<'EOP' || exit 1
+import json, sys
+path, n = sys.argv[1], int(sys.argv[2])
+c = json.load(open(path))
+for r in c.get("process", {}).get("rlimits") or []:
+    if r["type"] == "RLIMIT_NOFILE":
+        r["hard"], r["soft"] = min(r["hard"], n), min(r["soft"], n)
+json.dump(c, open(path, "w"))
+EOP
+fi
+exec runc "$@"
+"#;
 
 impl Podman {
     fn new(name: &str) -> Podman {
@@ -78,7 +108,26 @@ impl Podman {
             ),
         )
         .unwrap();
-        Podman { dir, link, path }
+        Podman {
+            dir,
+            link,
+            path,
+            runtime: "runc".into(),
+        }
+    }
+
+    /// Like [`Podman::new`], with runc behind the [`POD_RUNC`] wrapper so that pods' infra
+    /// containers can start on this VM.
+    fn for_pods(name: &str) -> Podman {
+        let mut p = Podman::new(name);
+        let rt = p.dir.join("rt");
+        std::fs::create_dir_all(&rt).unwrap();
+        let runc = rt.join("runc");
+        std::fs::write(&runc, POD_RUNC).unwrap();
+        std::fs::set_permissions(&runc, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        p.runtime = runc.display().to_string();
+        p
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -92,7 +141,7 @@ impl Podman {
             .args(["--tmpdir", &d("tmp"), "--storage-driver", "vfs"])
             .args([
                 "--runtime",
-                "runc",
+                &self.runtime,
                 "--runtime-flag",
                 &format!("root={}", d("runc")),
             ])
@@ -131,6 +180,11 @@ impl Podman {
             .output()
             .unwrap();
         ok(&o, "build-rootfs.sh");
+        // What a pod's infra container runs (`--infra-command /pause`).
+        let pause = rootfs.join("pause");
+        std::fs::write(&pause, "#!/bin/sh\nexec sleep 1000000000\n").unwrap();
+        std::fs::set_permissions(&pause, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let tar = self.dir.join("rootfs.tar");
         let o = Command::new("tar")
             .arg("-C")
@@ -147,17 +201,22 @@ impl Podman {
     /// `podman run -d`: a shell appending a counter to the bind-mounted `/data/log`, one
     /// number every 50 ms (each step forks a `sleep`).
     fn start_counter(&self, name: &str) {
+        self.start_counter_in(name, None);
+    }
+
+    /// [`Podman::start_counter`] as a member of pod `pod` (ID or name) when given.
+    fn start_counter_in(&self, name: &str, pod: Option<&str>) {
         let n = nofile_hard();
         let vol = format!("{}:/data", self.dir.join("host").display());
-        self.ok(&[
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            "none",
+        let nofile = format!("nofile={n}:{n}");
+        let mut args = vec!["run", "-d", "--name", name];
+        match pod {
+            Some(pod) => args.extend(["--pod", pod]),
+            None => args.extend(["--network", "none"]),
+        }
+        args.extend([
             "--ulimit",
-            &format!("nofile={n}:{n}"),
+            &nofile,
             "--ulimit",
             "nproc=32768:32768",
             "-v",
@@ -167,6 +226,7 @@ impl Podman {
             "-c",
             "i=0; while :; do i=$((i+1)); echo $i >> /data/log; sleep 0.05; done",
         ]);
+        self.ok(&args);
         wait_for("the counter", 10, || self.numbers().len() >= 5);
     }
 
@@ -284,15 +344,36 @@ impl ContainerState {
 
 impl Drop for Podman {
     fn drop(&mut self) {
-        let ids = self.run(&["ps", "-a", "-q", "--no-trunc"]).stdout;
+        let mut ids = self.run(&["ps", "-a", "-q", "--no-trunc"]).stdout;
+        ids.push(b'\n');
+        ids.extend(self.run(&["pod", "ps", "-q", "--no-trunc"]).stdout);
+        let _ = self.run(&["pod", "rm", "-a", "-f", "-t", "0"]);
         let _ = self.run(&["rm", "-a", "-f", "-t", "0"]);
-        // podman 4.3 + runc on this cgroup v1 host sometimes leave a container's (empty)
-        // cgroups behind after `rm -f`, restored or not: remove them.
-        for id in String::from_utf8_lossy(&ids).split_whitespace() {
-            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/libpod_parent/libpod-{id}"));
-            for cg in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten() {
-                let Ok(cg) = cg else { continue };
-                let _ = std::fs::remove_dir(cg.path().join(format!("libpod_parent/libpod-{id}")));
+        // podman 4.3 + runc on this cgroup v1 host sometimes leave a container's or pod's
+        // (empty) cgroups behind after `rm -f`, restored or not: remove them (a pod's
+        // holds its containers' `libpod-ID`; deepest first).
+        let ids = String::from_utf8_lossy(&ids);
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        let mut parents = vec![PathBuf::from("/sys/fs/cgroup/libpod_parent")];
+        for cg in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten() {
+            let Ok(cg) = cg else { continue };
+            parents.push(cg.path().join("libpod_parent"));
+        }
+        let ours = |n: &std::ffi::OsStr| {
+            let n = n.to_string_lossy();
+            ids.iter().any(|id| n == *id || n == format!("libpod-{id}"))
+        };
+        for parent in parents {
+            for d in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                if !ours(&d.file_name()) {
+                    continue;
+                }
+                for sub in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                    if ours(&sub.file_name()) {
+                        let _ = std::fs::remove_dir(sub.path());
+                    }
+                }
+                let _ = std::fs::remove_dir(d.path());
             }
         }
         let _ = self.run(&["rmi", "-a", "-f"]);
@@ -667,4 +748,77 @@ fn pre_checkpoint_then_with_previous() {
     );
     p.ok(&["container", "restore", "--keep", "c"]);
     p.check_restored("c", last, &before);
+}
+
+/// A pod (infra container sharing net, ipc and uts) with a member counting: `podman
+/// container checkpoint` and `restore` in place bring the member back into its pod's
+/// namespaces; then `checkpoint --export`, `rm` and `restore --import --pod OTHER` move it
+/// into a second pod: it joins that pod's namespaces (runc's extRootNetNS and friends
+/// through cryo's join-ns), and the counter goes on without a gap or repeat each time.
+#[test]
+fn a_pod_member_comes_back_in_its_pod_and_moves_to_another() {
+    need_podman!();
+    let _g = serial();
+    let p = Podman::for_pods("pod");
+    p.import_busybox();
+    let mkpod = |name: &str| {
+        p.ok(&[
+            "pod",
+            "create",
+            "--name",
+            name,
+            "--infra-image",
+            IMAGE,
+            "--infra-command",
+            "/pause",
+        ]);
+        p.ok(&["pod", "start", name]);
+        p.ok(&["pod", "inspect", "--format", "{{.ID}}", name])
+    };
+    // The namespaces a container's pid 1 is in, read from the host.
+    let ns_of = |c: &str| -> Vec<String> {
+        let pid = p.ok(&["container", "inspect", "--format", "{{.State.Pid}}", c]);
+        ["net", "ipc", "uts"]
+            .iter()
+            .map(|n| {
+                std::fs::read_link(format!("/proc/{pid}/ns/{n}"))
+                    .unwrap_or_else(|e| panic!("{c} (pid {pid}) ns {n}: {e}"))
+                    .display()
+                    .to_string()
+            })
+            .collect()
+    };
+    let infra_of = |pod: &str| p.ok(&["pod", "inspect", "--format", "{{.InfraContainerID}}", pod]);
+    let pod1 = mkpod("pod1");
+    let pod2 = mkpod("pod2");
+    let ns1 = ns_of(&infra_of("pod1"));
+    let ns2 = ns_of(&infra_of("pod2"));
+    assert_ne!(ns1, ns2, "two pods share namespaces");
+
+    p.start_counter_in("c", Some(&pod1));
+    assert_eq!(ns_of("c"), ns1, "the member is not in its pod's namespaces");
+
+    p.ok(&["container", "checkpoint", "c"]);
+    let last = p.check_stopped("c");
+    p.ok(&["container", "restore", "c"]);
+    assert_eq!(ns_of("c"), ns1, "restored out of its pod's namespaces");
+    wait_for("the counter to go on", 10, || {
+        p.numbers().last().is_some_and(|&n| n > last + 3)
+    });
+    p.check_sequence();
+
+    let tar = p.dir.join("c.tar.zst").display().to_string();
+    p.ok(&["container", "checkpoint", "--export", &tar, "c"]);
+    let last = p.check_stopped("c");
+    p.ok(&["rm", "-f", "-t", "0", "c"]);
+    p.ok(&["container", "restore", "--import", &tar, "--pod", &pod2]);
+    assert_eq!(
+        ns_of("c"),
+        ns2,
+        "not restored into the other pod's namespaces"
+    );
+    wait_for("the counter to go on", 10, || {
+        p.numbers().last().is_some_and(|&n| n > last + 3)
+    });
+    p.check_sequence();
 }

@@ -15,6 +15,7 @@ use super::error::{task_error_from, TaskError, Unsupported};
 use rustix::fs::{openat, statat, AtFlags, Mode, OFlags};
 use std::io::Write;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::image::{self, pb, ImageDir};
@@ -38,30 +39,42 @@ pub enum BinfmtError {
 task_error_from!(BinfmtError);
 
 /// A registration's file, as the kernel shows it, in CRIU's fields (`name` set by the caller).
-fn parse(name: &str, text: &str) -> Result<pb::BinfmtMiscEntry, String> {
+/// Lines are split at newlines only: the name, interpreter and extension are the kernel's
+/// bytes (an extension may hold any byte but NUL, ':', '/' and newline, '\r' too).
+fn parse(name: &[u8], text: &[u8]) -> Result<pb::BinfmtMiscEntry, String> {
     let mut e = pb::BinfmtMiscEntry {
-        name: name.to_string(),
+        name: name.to_vec(),
         ..Default::default()
     };
-    for line in text.lines() {
-        if line == "enabled" {
+    let ascii = |v: &[u8], what: &str| {
+        std::str::from_utf8(v)
+            .map(str::to_string)
+            .map_err(|_| format!("its {what} is not text: {}", v.escape_ascii()))
+    };
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    for line in text.split(|&b| b == b'\n') {
+        if line == b"enabled" {
             e.enabled = true;
-        } else if line == "disabled" {
+        } else if line == b"disabled" {
             e.enabled = false;
-        } else if let Some(v) = line.strip_prefix("interpreter ") {
-            e.interpreter = v.to_string();
-        } else if let Some(v) = line.strip_prefix("flags: ") {
-            e.flags = Some(v.to_string());
-        } else if let Some(v) = line.strip_prefix("offset ") {
+        } else if let Some(v) = line.strip_prefix(b"interpreter ") {
+            e.interpreter = v.to_vec();
+        } else if let Some(v) = line.strip_prefix(b"flags: ") {
+            e.flags = Some(ascii(v, "flags")?);
+        } else if let Some(v) = line.strip_prefix(b"offset ") {
+            let v = ascii(v, "offset")?;
             e.offset = Some(v.trim().parse().map_err(|_| format!("offset {v:?}"))?);
-        } else if let Some(v) = line.strip_prefix("magic ") {
-            e.magic = Some(v.to_string());
-        } else if let Some(v) = line.strip_prefix("mask ") {
-            e.mask = Some(v.to_string());
-        } else if let Some(v) = line.strip_prefix("extension .") {
-            e.extension = Some(v.to_string());
+        } else if let Some(v) = line.strip_prefix(b"magic ") {
+            e.magic = Some(ascii(v, "magic")?);
+        } else if let Some(v) = line.strip_prefix(b"mask ") {
+            e.mask = Some(ascii(v, "mask")?);
+        } else if let Some(v) = line.strip_prefix(b"extension .") {
+            e.extension = Some(v.to_vec());
         } else {
-            return Err(format!("a line cryo does not know: {line:?}"));
+            return Err(format!(
+                "a line cryo does not know: \"{}\"",
+                line.escape_ascii()
+            ));
         }
     }
     if e.interpreter.is_empty() || (e.magic.is_none() == e.extension.is_none()) {
@@ -71,8 +84,9 @@ fn parse(name: &str, text: &str) -> Result<pb::BinfmtMiscEntry, String> {
 }
 
 /// The string that registers `e` again (`:name:type:offset:magic:mask:interpreter:flags`):
-/// the kernel shows magic and mask as hex digits and takes them back as `\xHH` escapes.
-fn register_line(e: &pb::BinfmtMiscEntry) -> Result<String, String> {
+/// the kernel shows magic and mask as hex digits and takes them back as `\xHH` escapes; the
+/// name, extension and interpreter go back as the bytes they are.
+fn register_line(e: &pb::BinfmtMiscEntry) -> Result<Vec<u8>, String> {
     let escaped = |hex: &str| -> Result<String, String> {
         if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!("magic or mask {hex:?} is not hex digits"));
@@ -83,27 +97,39 @@ fn register_line(e: &pb::BinfmtMiscEntry) -> Result<String, String> {
             .map(|p| format!("\\x{}{}", p[0] as char, p[1] as char))
             .collect())
     };
-    let bad = |s: &str| s.contains([':', '\n', '\0']);
+    let bad = |s: &[u8]| s.iter().any(|b| matches!(b, b':' | b'\n' | b'\0'));
     let flags = e.flags.as_deref().unwrap_or("");
-    if bad(&e.name) || e.name.contains('/') || bad(&e.interpreter) || bad(flags) {
-        return Err("a field holds ':', a newline or a NUL".into());
+    if e.name.is_empty()
+        || bad(&e.name)
+        || e.name.contains(&b'/')
+        || bad(&e.interpreter)
+        || bad(flags.as_bytes())
+    {
+        return Err("a field is empty or holds ':', a newline or a NUL".into());
     }
+    let mut line = vec![b':'];
+    line.extend_from_slice(&e.name);
     match (&e.magic, &e.extension) {
-        (Some(magic), _) => Ok(format!(
-            ":{}:M:{}:{}:{}:{}:{}",
-            e.name,
-            e.offset.unwrap_or(0),
-            escaped(magic)?,
-            escaped(e.mask.as_deref().unwrap_or(""))?,
-            e.interpreter,
-            flags
-        )),
-        (None, Some(ext)) if !bad(ext) && !ext.contains('/') => Ok(format!(
-            ":{}:E::{}::{}:{}",
-            e.name, ext, e.interpreter, flags
-        )),
-        _ => Err("neither a magic nor a plain extension".into()),
+        (Some(magic), _) => line.extend_from_slice(
+            format!(
+                ":M:{}:{}:{}:",
+                e.offset.unwrap_or(0),
+                escaped(magic)?,
+                escaped(e.mask.as_deref().unwrap_or(""))?
+            )
+            .as_bytes(),
+        ),
+        (None, Some(ext)) if !ext.is_empty() && !bad(ext) && !ext.contains(&b'/') => {
+            line.extend_from_slice(b":E::");
+            line.extend_from_slice(ext);
+            line.extend_from_slice(b"::");
+        }
+        _ => return Err("neither a magic nor a plain extension".into()),
     }
+    line.extend_from_slice(&e.interpreter);
+    line.push(b':');
+    line.extend_from_slice(flags.as_bytes());
+    Ok(line)
 }
 
 /// Saves the registrations the binfmt_misc mount whose root `at` holds shows (the tree's
@@ -123,41 +149,28 @@ pub fn dump(pid: i32, at: &OwnedFd, mountpoint: &str, dir: &ImageDir) -> Result<
         }
     };
     let base = format!("/proc/self/fd/{}", at.as_raw_fd());
-    let mut names: Vec<String> = std::fs::read_dir(&base)
+    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(&base)
         .map_err(err("list its registrations".into()))?
-        .filter_map(|d| d.ok()?.file_name().into_string().ok())
-        .filter(|n| n != "register" && n != "status")
-        .collect();
+        .map(|d| d.map(|d| d.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(err("list its registrations".into()))?;
+    names.retain(|n| n != "register" && n != "status");
     names.sort();
     let mut entries = Vec::new();
     for n in names {
+        let shown = n.as_bytes().escape_ascii().to_string();
         let raw = std::fs::read(Path::new(&base).join(&n))
-            .map_err(err(format!("read registration {n}")))?;
-        // An extension of any bytes the kernel takes: cryo's image holds text only.
-        let text = String::from_utf8(raw).map_err(|_| {
+            .map_err(err(format!("read registration {shown}")))?;
+        let refuse = |why: String| {
             Unsupported::of(
                 pid,
-                format!("binfmt_misc registration {n} (mount {mountpoint})"),
-                "its extension or interpreter is not UTF-8 text, which binfmt-misc.img cannot hold",
-                "remove the registration before the dump",
-            )
-        })?;
-        let e = parse(&n, &text).map_err(|why| {
-            Unsupported::of(
-                pid,
-                format!("binfmt_misc registration {n} (mount {mountpoint})"),
+                format!("binfmt_misc registration {shown} (mount {mountpoint})"),
                 why,
                 "remove the registration before the dump",
             )
-        })?;
-        register_line(&e).map_err(|why| {
-            Unsupported::of(
-                pid,
-                format!("binfmt_misc registration {n} (mount {mountpoint})"),
-                why,
-                "remove the registration before the dump",
-            )
-        })?;
+        };
+        let e = parse(n.as_bytes(), &raw).map_err(refuse)?;
+        register_line(&e).map_err(refuse)?;
         entries.push(e);
     }
     if entries.is_empty() {
@@ -180,7 +193,7 @@ pub fn dump(pid: i32, at: &OwnedFd, mountpoint: &str, dir: &ImageDir) -> Result<
 pub struct Made {
     at: OwnedFd,
     mountpoint: String,
-    names: Vec<String>,
+    names: Vec<Vec<u8>>,
 }
 
 impl Made {
@@ -195,7 +208,7 @@ impl Drop for Made {
         for n in self.names.drain(..).rev() {
             let gone = openat(
                 &self.at,
-                n.as_str(),
+                std::ffi::OsStr::from_bytes(&n),
                 OFlags::WRONLY | OFlags::CLOEXEC,
                 Mode::empty(),
             )
@@ -203,10 +216,10 @@ impl Drop for Made {
             .and_then(|f| std::fs::File::from(f).write_all(b"-1"));
             match gone {
                 Ok(()) => {
-                    tracing::info!(mount = %self.mountpoint, "binfmt_misc registration {n} removed again (restore failed)")
+                    tracing::info!(mount = %self.mountpoint, "binfmt_misc registration {} removed again (restore failed)", n.escape_ascii())
                 }
                 Err(e) => {
-                    tracing::error!(mount = %self.mountpoint, "binfmt_misc registration {n} made by the failed restore could not be removed: {e}; remove it with `echo -1 > .../binfmt_misc/{n}`")
+                    tracing::error!(mount = %self.mountpoint, "binfmt_misc registration {0} made by the failed restore could not be removed: {e}; remove it with `echo -1 > .../binfmt_misc/{0}`", n.escape_ascii())
                 }
             }
         }
@@ -248,13 +261,15 @@ pub fn restore(
         }
     };
     for e in entries {
+        let shown = e.name.escape_ascii().to_string();
         let line = register_line(e).map_err(|why| {
-            TaskError::BadImage(format!("{IMAGE}: registration {:?}: {why}", e.name))
+            TaskError::BadImage(format!("{IMAGE}: registration \"{shown}\": {why}"))
         })?;
-        if statat(&made.at, e.name.as_str(), AtFlags::empty()).is_ok() {
+        let name = std::ffi::OsStr::from_bytes(&e.name);
+        if statat(&made.at, name, AtFlags::empty()).is_ok() {
             continue;
         }
-        let write = |name: &str, data: &[u8]| {
+        let write = |name: &std::ffi::OsStr, data: &[u8]| {
             openat(
                 &made.at,
                 name,
@@ -264,10 +279,10 @@ pub fn restore(
             .map_err(std::io::Error::from)
             .and_then(|f| std::fs::File::from(f).write_all(data))
         };
-        write("register", line.as_bytes()).map_err(err(format!("register {}", e.name)))?;
+        write("register".as_ref(), &line).map_err(err(format!("register {shown}")))?;
         made.names.push(e.name.clone());
         if !e.enabled {
-            write(&e.name, b"0").map_err(err(format!("disable {}", e.name)))?;
+            write(name, b"0").map_err(err(format!("disable {shown}")))?;
         }
     }
     Ok(made)
@@ -280,25 +295,36 @@ mod tests {
     #[test]
     fn registrations_read_back_as_they_were_made() {
         let m = parse(
-            "m",
-            "disabled\ninterpreter /bin/i\nflags: OCP\noffset 3\nmagic 7f454c\nmask ff00ff\n",
+            b"m",
+            b"disabled\ninterpreter /bin/i\nflags: OCP\noffset 3\nmagic 7f454c\nmask ff00ff\n",
         )
         .unwrap();
         assert!(!m.enabled);
         assert_eq!(
             register_line(&m).unwrap(),
-            ":m:M:3:\\x7f\\x45\\x4c:\\xff\\x00\\xff:/bin/i:OCP"
+            b":m:M:3:\\x7f\\x45\\x4c:\\xff\\x00\\xff:/bin/i:OCP"
         );
         let e = parse(
-            "e",
-            "enabled\ninterpreter /bin/sh\nflags: \nextension .x-y\n",
+            b"e",
+            b"enabled\ninterpreter /bin/sh\nflags: \nextension .x-y\n",
         )
         .unwrap();
         assert!(e.enabled);
-        assert_eq!(register_line(&e).unwrap(), ":e:E::x-y::/bin/sh:");
-        assert!(parse("z", "enabled\nsomething new\n").is_err());
+        assert_eq!(register_line(&e).unwrap(), b":e:E::x-y::/bin/sh:");
+        // Any bytes the kernel takes in an extension (not UTF-8, a trailing CR) come back.
+        let raw = parse(
+            b"r\xff",
+            b"enabled\ninterpreter /bin/sh\nflags: \nextension .\xe3\x28\r\n",
+        )
+        .unwrap();
+        assert_eq!(raw.extension.as_deref(), Some(&b"\xe3\x28\r"[..]));
+        assert_eq!(
+            register_line(&raw).unwrap(),
+            b":r\xff:E::\xe3\x28\r::/bin/sh:"
+        );
+        assert!(parse(b"z", b"enabled\nsomething new\n").is_err());
         let mut bad = e.clone();
-        bad.interpreter = "/a:b".into();
+        bad.interpreter = b"/a:b".to_vec();
         assert!(register_line(&bad).is_err());
     }
 }
