@@ -369,17 +369,17 @@ fi
 
 echo
 printf '%-44s %-14s %s\n' "" cryo criu
-printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: full restore (first instr.)" "$(ms "$(med cryo_full)") ms" "${CRIU:+$(ms "$(med criu_full)") ms}"
-printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: lazy restore, first instr." "$(ms "$(med cryo_lazy_first)") ms" "${CRIU:+$(ms "$(med criu_lazy_first)") ms}"
-printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: lazy restore, all pages in" "$(ms "$(med cryo_lazy_all)") ms" "${CRIU:+$(ms "$(med criu_lazy_all)") ms}"
-printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: downtime (pre-copy)" "$(ms "$(med cryo_downtime_full)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
-printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: downtime (pre-copy, lazy dest.)" "$(ms "$(med cryo_downtime_lazy)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
-printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: stop-and-copy downtime" "$(ms "$(med cryo_stopcopy)") ms" "${CRIU:+$( [ -n "$(med criu_stopcopy)" ] && echo "$(ms "$(med criu_stopcopy)") ms" || echo failed)}"
-printf '%-44s %-14s %s\n' "tcp server $TCP_MIB MiB: downtime (pre-copy)" "$(ms "$(med cryo_tcp_downtime_full)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
-printf '%-44s %-14s %s\n' "tcp server $TCP_MIB MiB: downtime (pre-copy, lazy dest.)" "$(ms "$(med cryo_tcp_downtime_lazy)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
-printf '%-44s %-14s %s\n' "tcp server $TCP_MIB MiB: stop-and-copy" "$(ms "$(med cryo_tcp_stopcopy)") ms" "${CRIU:+$( [ -n "$(med criu_tcp_stopcopy)" ] && echo "$(ms "$(med criu_tcp_stopcopy)") ms" || echo failed)}"
-echo "tcp rounds (median): $(med cryo_tcp_rounds), final pages (median): $(med cryo_tcp_final)"
-echo "migrate rounds (median): $(med cryo_rounds), final pages (median): $(med cryo_final)"
+want lazy && printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: full restore (first instr.)" "$(ms "$(med cryo_full)") ms" "${CRIU:+$(ms "$(med criu_full)") ms}"
+want lazy && printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: lazy restore, first instr." "$(ms "$(med cryo_lazy_first)") ms" "${CRIU:+$(ms "$(med criu_lazy_first)") ms}"
+want lazy && printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: lazy restore, all pages in" "$(ms "$(med cryo_lazy_all)") ms" "${CRIU:+$(ms "$(med criu_lazy_all)") ms}"
+want migrate && printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: downtime (pre-copy)" "$(ms "$(med cryo_downtime_full)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
+want migrate && printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: downtime (pre-copy, lazy dest.)" "$(ms "$(med cryo_downtime_lazy)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
+want migrate && printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: stop-and-copy downtime" "$(ms "$(med cryo_stopcopy)") ms" "${CRIU:+$( [ -n "$(med criu_stopcopy)" ] && echo "$(ms "$(med criu_stopcopy)") ms" || echo failed)}"
+want tcp && printf '%-44s %-14s %s\n' "tcp server $TCP_MIB MiB: downtime (pre-copy)" "$(ms "$(med cryo_tcp_downtime_full)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
+want tcp && printf '%-44s %-14s %s\n' "tcp server $TCP_MIB MiB: downtime (pre-copy, lazy dest.)" "$(ms "$(med cryo_tcp_downtime_lazy)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
+want tcp && printf '%-44s %-14s %s\n' "tcp server $TCP_MIB MiB: stop-and-copy" "$(ms "$(med cryo_tcp_stopcopy)") ms" "${CRIU:+$( [ -n "$(med criu_tcp_stopcopy)" ] && echo "$(ms "$(med criu_tcp_stopcopy)") ms" || echo failed)}"
+want tcp && echo "tcp rounds (median): $(med cryo_tcp_rounds), final pages (median): $(med cryo_tcp_final)"
+want migrate && echo "migrate rounds (median): $(med cryo_rounds), final pages (median): $(med cryo_final)"
 echo "checks: lazy checksum cryo ${CHECK[lazy_cryo]:-not run}${CRIU:+ criu ${CHECK[lazy_criu]:-not run}}; migrated process verified every page: ${CHECK[migrate]:-not run}; tcp server pages and clients' bytes: ${CHECK[tcp]:-not run}"
 J="{\"lazy_mib\":$LAZY_MIB,\"mig_mib\":$MIG_MIB,\"tcp_mib\":$TCP_MIB,\"rounds\":$ROUNDS"
 for k in cryo_full cryo_lazy_first cryo_lazy_all cryo_downtime_full cryo_downtime_lazy cryo_stopcopy criu_full criu_lazy_first criu_lazy_all criu_stopcopy cryo_tcp_downtime_full cryo_tcp_downtime_lazy cryo_tcp_stopcopy criu_tcp_stopcopy; do

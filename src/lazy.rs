@@ -27,14 +27,13 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::image::{pb, ImageDir};
-use crate::sys::mem::{Filled, Uffd, UffdMsg};
+use crate::sys::mem::{Filled, Mapping, Uffd, UffdMsg};
 use crate::sys::PAGE_SIZE;
 
 /// CRIU's name for the socket, in the work directory.
@@ -123,7 +122,9 @@ pub fn remove_after() {
 }
 
 /// Pages pushed in the background per step (between two looks at the page faults).
-const PUSH_BYTES: u64 = 1 << 20;
+/// (4 MiB: a look at the faults costs about what copying 100 KiB does; a fault waits for at
+/// most one step, ~1 ms.)
+const PUSH_BYTES: u64 = 4 << 20;
 /// Pages served around a fault, from the faulting one on (a program reads memory in order
 /// more often than not).
 const FAULT_BYTES: u64 = 16 * PAGE_SIZE;
@@ -236,10 +237,13 @@ impl Sink {
 
 /// Where the daemon's pages come from.
 enum Source {
-    /// The images: open pages images (by index).
-    Local(Vec<std::fs::File>),
+    /// The images: the pages images mapped (by index), read-only. `UFFDIO_COPY` copies from
+    /// these mappings straight into the restored memory (no copy through a buffer first);
+    /// only the kernel reads them, so an image that shrinks under the daemon makes that
+    /// ioctl fail (`EFAULT`: the source is lost), never a `SIGBUS` here.
+    Local(Vec<Mapping>),
     /// The images for what they hold, and a page server for the pages they lack.
-    Remote(Vec<std::fs::File>, crate::pageserver::Client),
+    Remote(Vec<Mapping>, crate::pageserver::Client),
 }
 
 /// A run of pages still to bring: `[start, end)` where it is mapped now, `orig` the address
@@ -750,8 +754,20 @@ impl Daemon {
                 None => {
                     let f = std::fs::File::open(&path)
                         .map_err(io_err(format!("open {}", path.display())))?;
+                    let len = f
+                        .metadata()
+                        .map_err(io_err(format!("stat {}", path.display())))?
+                        .len();
+                    let len = usize::try_from(len).map_err(|_| {
+                        io_err(format!("mmap {}", path.display()))(io::Error::from_raw_os_error(
+                            libc::EFBIG,
+                        ))
+                    })?;
+                    let map = Mapping::file_ro(&f, len)
+                        .map_err(io_err(format!("mmap {}", path.display())))?;
+                    map.advise(libc::MADV_SEQUENTIAL);
                     match &mut self.source {
-                        Source::Local(v) | Source::Remote(v, _) => v.push(f),
+                        Source::Local(v) | Source::Remote(v, _) => v.push(map),
                     }
                     self.paths.push(path);
                     self.paths.len() - 1
@@ -801,33 +817,44 @@ impl Daemon {
         Ok(())
     }
 
-    /// Reads `[orig, orig + len)` of `vpid`'s saved pages (one run) into `self.buf`.
-    fn fetch(&mut self, vpid: u32, r: &Run, at: u64, len: u64) -> Result<(), LazyError> {
-        let n = usize::try_from(len).unwrap_or(0);
-        let buf = &mut self.buf[..n];
-        let d = at - r.start;
-        match (r.file, &mut self.source) {
-            (Some((f, o)), Source::Local(files) | Source::Remote(files, _)) => files[f]
-                .read_exact_at(buf, o + d)
-                .map_err(|e| LazyError::Lost(format!("reading {}: {e}", self.paths[f].display()))),
-            (None, Source::Remote(_, ps)) => ps
-                .get(vpid, r.orig + d, len / PAGE_SIZE, buf)
-                .map_err(|e| LazyError::Lost(format!("page server: {e}"))),
-            (None, Source::Local(_)) => Err(LazyError::Lost("no page server".into())),
-        }
-    }
-
     /// Brings `[at, at + len)` (inside one run) into task `i`. Returns false when the memory
-    /// is changing (events pending: retry after reading them).
+    /// is changing (events pending: retry after reading them). Pages of the images go from
+    /// their mapping to the task in one `UFFDIO_COPY`; those of a page server through
+    /// `self.buf`.
     fn bring(&mut self, i: usize, r: Run, at: u64, len: u64) -> Result<bool, LazyError> {
-        let vpid = self.tasks[i].vpid;
-        self.fetch(vpid, &r, at, len)?;
         let n = usize::try_from(len).unwrap_or(0);
+        let d = at - r.start;
         let t = &mut self.tasks[i];
-        let filled = t
-            .uffd
-            .copy_wake(at, &self.buf[..n])
-            .map_err(io_err(format!("UFFDIO_COPY at {at:#x}")))?;
+        let (src, file): (&[u8], Option<usize>) = match (r.file, &mut self.source) {
+            (Some((f, o)), Source::Local(maps) | Source::Remote(maps, _)) => {
+                let bytes = maps[f].bytes();
+                let s = usize::try_from(o + d).ok();
+                match s.and_then(|s| bytes.get(s..s.checked_add(n)?)) {
+                    Some(b) => (b, Some(f)),
+                    None => {
+                        return Err(LazyError::Lost(format!(
+                            "{} is shorter than its pagemap says",
+                            self.paths[f].display()
+                        )))
+                    }
+                }
+            }
+            (None, Source::Remote(_, ps)) => {
+                let buf = &mut self.buf[..n];
+                ps.get(t.vpid, r.orig + d, len / PAGE_SIZE, buf)
+                    .map_err(|e| LazyError::Lost(format!("page server: {e}")))?;
+                (&self.buf[..n], None)
+            }
+            (None, Source::Local(_)) => return Err(LazyError::Lost("no page server".into())),
+        };
+        let filled = t.uffd.copy_wake(at, src).map_err(|e| match file {
+            // The image shrank under its mapping.
+            Some(f) if e.raw_os_error() == Some(libc::EFAULT) => LazyError::Lost(format!(
+                "reading {}: it is shorter than when it was opened",
+                self.paths[f].display()
+            )),
+            _ => io_err(format!("UFFDIO_COPY at {at:#x}"))(e),
+        })?;
         Ok(match filled {
             Filled::Done | Filled::Gone => {
                 t.cut(at, at + len);
@@ -863,7 +890,7 @@ impl Daemon {
                 None => match t
                     .uffd
                     .zeropage(addr, PAGE_SIZE)
-                    .map_err(io_err(format!("UFFDIO_ZEROPAGE at {addr:#x}")))?
+                    .map_err(|e| io_err(format!("UFFDIO_ZEROPAGE at {addr:#x}"))(e))?
                 {
                     Filled::Again { .. } => false,
                     Filled::Exited => {

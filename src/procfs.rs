@@ -20,7 +20,31 @@ pub enum ProcError {
 /// Reads /proc/`pid`/`name` as text.
 pub fn read(pid: i32, name: &str) -> Result<String, ProcError> {
     let path = PathBuf::from(format!("/proc/{pid}/{name}"));
-    std::fs::read_to_string(&path).map_err(|source| ProcError::Read { path, source })
+    read_text(&path).map_err(|source| ProcError::Read { path, source })
+}
+
+/// Reads a /proc (or other pseudo-file system) file as text in few `read`s. std's
+/// `read_to_string` asks for the size first (an `fstat`; a /proc file says 0) and then reads
+/// 32, 32, 64, 128... bytes: a 1.5 KiB `status` took 8 system calls besides open and close,
+/// this takes 2, which a dump of 100 processes or 10 000 threads does thousands of times.
+pub fn read_text(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(2 * len, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Reads the sysctl `/proc/sys/NAME` (of the calling thread's namespaces) as text, in one
@@ -429,6 +453,23 @@ pub fn tree_pid(root: i32, pid: i32) -> Option<i32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn read_text_reads_past_its_first_buffer_and_refuses_non_utf8() {
+        let dir = std::env::temp_dir().join(format!("cryo-read-text-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big: String = (0..3000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(dir.join("big"), &big).unwrap();
+        assert_eq!(super::read_text(&dir.join("big")).unwrap(), big);
+        std::fs::write(dir.join("bad"), [0x66, 0xff, 0x0a]).unwrap();
+        let e = super::read_text(&dir.join("bad")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A /proc file (size 0 in its stat) comes whole.
+        let status = super::read_text(std::path::Path::new("/proc/self/status")).unwrap();
+        assert!(status.starts_with("Name:"), "{status}");
+        assert!(status.contains("\nnonvoluntary_ctxt_switches:"), "{status}");
+    }
+
     #[test]
     fn a_status_name_is_taken_raw_unless_escaped() {
         let name = |t: &str| super::status_name(t);

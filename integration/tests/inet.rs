@@ -1462,3 +1462,94 @@ fn a_kept_iptables_lock_is_lifted_by_a_restore_with_the_default_method() {
         chains()
     );
 }
+
+/// The segment size (`mss`, from `ss`) of each established TCP socket on 127.0.0.1 with
+/// `port` at either end, by (local, peer) address.
+fn mss_by_conn(port: i32) -> Vec<(String, u32)> {
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    let o = Command::new("ss")
+        .args(["-tniOH", "state", "established", &filter])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let mss = w
+                .iter()
+                .find_map(|x| x.strip_prefix("mss:"))?
+                .parse()
+                .ok()?;
+            Some((format!("{} {}", w.get(2)?, w.get(3)?), mss))
+        })
+        .collect()
+}
+
+/// A parent and its child on 127.0.0.1 with a connection whose queues they keep full both
+/// ways (the parent's 8 MiB receive queue too) and one where they take turns
+/// (`progs/tcpfull.c`), dumped with `--tcp-established` in cryo's own network namespace (so
+/// the lock is per connection, zdtm's socket-tcpbuf-local in the host flavor) and restored
+/// 20 times in a row. After each restore the turns go on and the connections send segments
+/// as large as before (up to 32755 bytes, what `TCP_MAXSEG` can ask for); at the end every
+/// byte arrived once and in order both ways. Issue #10: restored connections sent 524-byte
+/// segments for good (the kernel sizes them at connect, before the saved MSS is set), whose
+/// overhead overfilled the receive buffer the dumped window had promised as free; the
+/// kernel then dropped everything from the peer, window updates included, and both
+/// processes hung, one restore in a few.
+#[test]
+fn full_loopback_queues_go_on_across_repeated_restores() {
+    if !require_tools(&[("ss", "-V")]) {
+        return;
+    }
+    let dir = scratch("tcpfull");
+    let out = dir.join("out");
+    let exe = prog("tcpfull");
+    let pid = spawn(
+        &[exe.to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("log"),
+    );
+    let _g = KillOnDrop(pid);
+    let port = wait_ready(&out)[2];
+    let turns = || lines(&out).iter().filter(|l| l.starts_with("turn")).count();
+    let before = mss_by_conn(port);
+    assert_eq!(
+        before.len(),
+        4,
+        "the two connections, both ends: {before:?}"
+    );
+    let img = dir.join("img");
+    for i in 0..20 {
+        let t = turns();
+        wait_for(
+            &format!("3 more turns after restore {i} (both ends waiting on each other?)"),
+            20,
+            || turns() >= t + 3,
+        );
+        let _ = std::fs::remove_dir_all(&img);
+        dump(pid, &img, &["--tcp-established"]);
+        wait_tree_gone(&img);
+        restore_with(&img, &["--tcp-established"]);
+        let after = mss_by_conn(port);
+        for (conn, mss) in &before {
+            let now = after.iter().find(|(c, _)| c == conn).map(|(_, m)| *m);
+            assert!(
+                now.is_some_and(|m| m >= (*mss).min(32755)),
+                "restore {}: {conn} sends segments of {now:?} bytes, {mss} before",
+                i + 1
+            );
+        }
+    }
+    signal(pid, libc::SIGUSR1);
+    wait_for("the end of the exchange", 60, || {
+        lines(&out)
+            .last()
+            .is_some_and(|l| l.starts_with("done") || l.starts_with("FAIL"))
+    });
+    let last = lines(&out).last().cloned().unwrap();
+    assert!(last.starts_with("done ok"), "{last}\n{}", log(&dir, "log"));
+}

@@ -327,3 +327,56 @@ fn damaged_pages_found_by_the_daemon_kill_the_tree() {
         "no checksum came from damaged memory"
     );
 }
+
+/// The daemon copies pages straight from its mapping of the pages image: an image cut short
+/// while the tree still lacks most of its memory (after the daemon checked it against the
+/// manifest) is a lost page source, found when the next page is copied: the tree is killed,
+/// named so in the daemon's log, and no checksum comes from memory that never arrived.
+#[test]
+fn a_pages_image_cut_short_under_the_daemon_kills_the_tree() {
+    let dir = scratch("lazy-cut");
+    let (pid, out) = start_memhog(&dir, 64);
+    let _g = KillOnDrop(pid);
+    memhog_sum(pid, &out);
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    let pages = std::fs::read_dir(&img)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("pages-")
+        })
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut d = daemon(&img, &[], &[("CRYO_FAULT_PAUSE", "lazy-push:600")]);
+    restore_with(&img, &["--lazy-pages"]);
+    assert!(alive(pid));
+    wait_for("the daemon's check of the images", 60, || {
+        log(&img, "lazy.log").contains("match the manifest")
+    });
+    // Past the first MiB: the program's first touches after the restore are elsewhere.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .unwrap();
+    f.set_len(1 << 20).unwrap();
+    drop(f);
+    // The program reads all of its memory now: the daemon cannot bring it.
+    let _ = signal_if_alive(pid);
+    let st = d.wait().unwrap();
+    assert!(!st.success(), "the daemon should fail");
+    let l = log(&img, "lazy.log");
+    assert!(l.contains("page source is lost"), "{l}");
+    assert!(l.contains("shorter"), "{l}");
+    wait_gone(pid);
+    assert_eq!(
+        lines(&out).iter().filter(|l| l.starts_with("sum")).count(),
+        1,
+        "no checksum came from memory that never arrived"
+    );
+}

@@ -1212,3 +1212,123 @@ fn inotify_watch_on_a_childs_mount_namespace_still_hears() {
         );
     }
 }
+
+/// A sandbox's child (bubblewrap's shape): in a mount namespace of its own it mounts a
+/// tmpfs as its new root, with a file, a read-only tmpfs inside and a bind of a host
+/// directory, `pivot_root`s into it and detaches the old root; then, every 100 ms, writes a
+/// counter to argv[2]/out and what it sees to argv[2]/seen (through the bind).
+const PIVOTED: &str = r#"
+import ctypes, os, sys, time
+d, h = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+def sh(c):
+    assert os.system(c) == 0, c
+sh(f"mount -t tmpfs newroot {d}")
+with open(f"{d}/data", "w") as f:
+    f.write("root-data\n")
+for s in ("sub", "host", "old"):
+    os.mkdir(f"{d}/{s}")
+sh(f"mount -t tmpfs sub {d}/sub")
+with open(f"{d}/sub/x", "w") as f:
+    f.write("sub-data\n")
+sh(f"mount -o remount,bind,ro {d}/sub")
+sh(f"mount --bind {h} {d}/host")
+os.chdir(d)
+if libc.syscall(155, b".", b"old") != 0:
+    raise OSError(ctypes.get_errno(), "pivot_root")
+if libc.umount2(b"/old", 2) != 0:
+    raise OSError(ctypes.get_errno(), "umount2")
+os.rmdir("/old")
+os.chdir("/")
+n = 0
+with open("/host/out", "a", buffering=1) as out:
+    while True:
+        seen = f"{open('/data').read().strip()} {open('/sub/x').read().strip()} cwd={os.getcwd()} old={os.path.exists('/old')}"
+        with open("/host/seen", "w") as s:
+            s.write(seen)
+        out.write(f"{n}\n")
+        n += 1
+        time.sleep(0.1)
+"#;
+
+/// The mounts `pid` sees: (mount point, root, file system, read-only), sorted.
+fn mount_list(pid: i32) -> Vec<(String, String, String, bool)> {
+    let mut v: Vec<_> = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(" - ").unwrap();
+            let f: Vec<&str> = a.split(' ').collect();
+            let ro = f[5].split(',').any(|o| o == "ro");
+            let fs = b.split(' ').next().unwrap().to_string();
+            (f[4].to_string(), f[3].to_string(), fs, ro)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A child of the tree that pivoted into a new root in a mount namespace of its own (the
+/// old root detached, as bubblewrap and Chrome's sandbox do) comes back with that root: the
+/// same mounts (the tmpfs root with its file, a read-only tmpfs, the bind of the host's
+/// directory it writes through), root and working directory `/`, no old root left, its
+/// program (on the root it left) the same; its count goes on, twice; nothing of it is
+/// mounted in cryo's namespace.
+#[test]
+fn child_that_pivoted_into_a_new_root_keeps_it() {
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-pivoted");
+    let (d, h) = (dir.join("d"), dir.join("host"));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::create_dir_all(&h).unwrap();
+    let (d_s, h_s) = (d.to_str().unwrap(), h.to_str().unwrap());
+    let child = dir.join("child.py");
+    std::fs::write(&child, PIVOTED).unwrap();
+    let parent = format!(
+        "import subprocess\n\
+         subprocess.Popen(['unshare', '--mount', '--propagation', 'private', 'python3', \
+         '{}', '{d_s}', '{h_s}']).wait()\n",
+        child.display()
+    );
+    let root = spawn(&["python3", "-c", &parent], &dir.join("log"));
+    let _g = KillOnDrop(root);
+    let out = h.join("out");
+    wait_for("the sandboxed count", 20, || lines(&out).len() > 2);
+    let kid = children(root)[0];
+    let _k = KillOnDrop(kid);
+    let mounts = mount_list(kid);
+    assert_eq!(mounts.len(), 3, "{mounts:?}");
+    assert_eq!((mounts[0].0.as_str(), mounts[0].2.as_str()), ("/", "tmpfs"));
+    let exe = std::fs::read_link(format!("/proc/{kid}/exe")).unwrap();
+    let seen = "root-data sub-data cwd=/ old=False";
+    for round in 0..2 {
+        let img = dir.join(format!("img{round}"));
+        dump(root, &img, &[]);
+        wait_tree_gone(&img);
+        let at = lines(&out).len();
+        restore(&img);
+        count_goes_on(&out, at);
+        let kid = children(root)[0];
+        assert_eq!(mount_list(kid), mounts);
+        assert_eq!(std::fs::read_to_string(h.join("seen")).unwrap(), seen);
+        for l in ["root", "cwd"] {
+            assert_eq!(
+                std::fs::read_link(format!("/proc/{kid}/{l}")).unwrap(),
+                Path::new("/")
+            );
+        }
+        assert_eq!(std::fs::read_link(format!("/proc/{kid}/exe")).unwrap(), exe);
+        // Written on the restored root by the restored child: the root is writable.
+        assert_eq!(
+            std::fs::read_to_string(format!("/proc/{kid}/root/data")).unwrap(),
+            "root-data\n"
+        );
+        let own = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !own.contains(d_s) && !own.contains(" /old "),
+            "a mount of the sandbox is left in cryo's namespace:\n{own}"
+        );
+    }
+}

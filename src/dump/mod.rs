@@ -1416,6 +1416,8 @@ fn dump_process(
         chain: None,
         page_server: None,
         lazy: None,
+        secbits: None,
+        itimers: None,
     };
     // In-target work, inside the injection bracket.
     cx.parasite = Some(

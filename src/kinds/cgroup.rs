@@ -203,7 +203,7 @@ impl super::error::Failure for CgroupError {
 }
 
 fn read(path: &Path) -> Result<String, CgroupError> {
-    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+    crate::procfs::read_text(path).map_err(|source| CgroupError::Read {
         path: path.to_path_buf(),
         source,
     })
@@ -740,7 +740,7 @@ fn ns_roots(pid: i32) -> Result<HashMap<String, String>, CgroupError> {
                 std::os::fd::AsFd::as_fd(&ns),
                 crate::sys::ns::NsType::ControlGroup,
             )?;
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            crate::procfs::read_text(Path::new(&format!("/proc/{pid}/cgroup")))
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("panicked")))

@@ -101,7 +101,11 @@ impl Kind for Creds {
     type Error = CredsError;
 
     fn dump(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), CredsError> {
-        let secbits = cx.prctl(libc::PR_GET_SECUREBITS, [0; 4])?;
+        // Read with the task attributes (`misc`) when they ran first.
+        let secbits = match cx.secbits.take() {
+            Some(s) => s,
+            None => cx.prctl(libc::PR_GET_SECUREBITS, [0; 4])?,
+        };
         img.thread().creds = Some(from_status(cx.pid, &cx.status, low32(secbits)));
         Ok(())
     }

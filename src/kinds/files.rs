@@ -756,6 +756,12 @@ pub struct FdObjects {
     /// The puppet whose fds are being made, while its network namespace is not the root's:
     /// its sockets are made in its own network namespace.
     pub net_pid: Option<i32>,
+    /// Each saved network namespace of the tree once a restored process is in it (by the
+    /// namespace's id in the images): that process. A socket made in another namespace
+    /// than its holder's (its record's `ns_id`) is made in that process's.
+    pub net_ns_host: HashMap<u32, i32>,
+    /// The saved network namespace of the puppet whose fds are being made.
+    pub cur_net_ns: Option<u32>,
     /// The restore's socket options (`--tcp-established`, ...).
     pub sock: SockOpts,
     /// The file ids some task's fd table holds (the others are only in flight: passed in
@@ -918,6 +924,8 @@ impl FdObjects {
             inherited: HashMap::new(),
             ns_pid: None,
             net_pid: None,
+            net_ns_host: HashMap::new(),
+            cur_net_ns: None,
             sock: SockOpts::default(),
             held: tasks
                 .iter()
@@ -1112,6 +1120,27 @@ impl FdObjects {
         late
     }
 
+    /// The root of the tree's root mount namespace, for a task in saved namespace `own` that
+    /// is another one: where a file its own namespace no longer reaches by path is opened, as
+    /// CRIU opens a file it knows no mount of (the program of a task that pivoted into a new
+    /// root, left on the root it detached). None in the root's namespace.
+    pub fn root_mnt_ns_root(&self, own: Option<u32>) -> Option<std::io::Result<std::fs::File>> {
+        if own.is_none() || own == self.root_mnt_ns {
+            return None;
+        }
+        match self.root_mnt_ns.and_then(|r| self.mnt_ns_host.get(&r)) {
+            Some(h) => Some(h.root.try_clone()),
+            // The tree shares cryo's namespace.
+            None if self
+                .root_mnt_ns
+                .is_none_or(|r| !self.mnt_saved.contains(&r)) =>
+            {
+                Some(std::fs::File::open("/"))
+            }
+            None => None,
+        }
+    }
+
     /// The root's saved mount namespace (where sockets, FIFOs and inotify watches are made).
     pub fn root_mnt_ns(&self) -> Option<u32> {
         self.root_mnt_ns
@@ -1130,7 +1159,17 @@ impl FdObjects {
             ))
             .into());
         };
-        let net_pid = self.net_pid.or(self.ns_pid);
+        let mut net_pid = self.net_pid.or(self.ns_pid);
+        // A socket made in another network namespace of the tree than its holder's (a
+        // process that entered a second namespace, made it and came back): made there.
+        let sk_ns = e.usk.as_ref().and_then(|u| u.ns_id);
+        if let Some(ns) = sk_ns.filter(|&ns| kind.in_tree_ns && Some(ns) != self.cur_net_ns) {
+            if let Some(&p) = self.net_ns_host.get(&ns) {
+                net_pid = Some(p);
+            } else {
+                tracing::debug!(id, ns, "socket of a network namespace no restored process is in yet: made in its holder's");
+            }
+        }
         let _in_ns = match net_pid.filter(|_| kind.in_tree_ns) {
             Some(pid) => {
                 // Images are read before the paths change.
@@ -1509,9 +1548,11 @@ pub fn restore_fds(
     let ns_pid = objs_cell.borrow().ns_pid;
     objs_cell.borrow_mut().net_pid = (net_of(Some(cx.pid)) != net_of(ns_pid)).then_some(cx.pid);
     objs_cell.borrow_mut().cur_mnt_ns = img.ids.mnt_ns_id;
+    objs_cell.borrow_mut().cur_net_ns = img.ids.net_ns_id;
     let r = restore_fds_in(cx, img, inherited);
     objs_cell.borrow_mut().net_pid = None;
     objs_cell.borrow_mut().cur_mnt_ns = None;
+    objs_cell.borrow_mut().cur_net_ns = None;
     r
 }
 
@@ -1838,6 +1879,30 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
         }
     }
     Ok(cx.open(&reg.name, flags)?)
+}
+
+/// Opens `path` with `flags` for the puppet `cx`, in saved mount namespace `own`, in the
+/// tree's root mount namespace instead of its own: a file its namespace no longer reaches by
+/// path (the program and libraries of a task that pivoted into a new root, left on the root
+/// it detached), which CRIU too opens in the root's namespace when it knows no mount of it.
+/// None in the root's namespace, or when the file is not there either.
+pub fn open_in_root_ns(
+    cx: &mut RestoreCx<'_>,
+    own: Option<u32>,
+    path: &str,
+    flags: i32,
+) -> Result<Option<RemoteFd>, TaskError> {
+    let Some(Ok(root)) = cx.objs.borrow().root_mnt_ns_root(own) else {
+        return Ok(None);
+    };
+    let Ok(local) = sys::fd::open_in_root_fd(root.as_fd(), path, flags | libc::O_CLOEXEC) else {
+        return Ok(None);
+    };
+    tracing::info!(
+        pid = cx.pid,
+        "{path} is not in the task's mount namespace: opened in the tree's root namespace"
+    );
+    cx.take_from_cryo(local.as_raw_fd()).map(Some)
 }
 
 /// The puppet's fd on the packet socket of file `id` (the one its fds have: cryo's object,

@@ -750,8 +750,19 @@ impl Kind for Memory {
                     ))
                 })?;
                 run(cx, &mut b, &mut anon)?;
-                let fd =
-                    super::files::open_file(cx, id, v.fdflags.unwrap_or(libc::O_RDONLY as u32))?;
+                let fdflags = v.fdflags.unwrap_or(libc::O_RDONLY as u32);
+                let fd = match super::files::open_file(cx, id, fdflags) {
+                    Ok(fd) => fd,
+                    // Not in its namespace (left on the root it pivoted away from).
+                    Err(err) => {
+                        let name = cx.reg(id)?.name.clone();
+                        let flags = super::ghost::reopen_flags(fdflags);
+                        match super::files::open_in_root_ns(cx, img.ids.mnt_ns_id, &name, flags)? {
+                            Some(fd) => fd,
+                            None => return Err(err.into()),
+                        }
+                    }
+                };
                 let r = cx.mmap(
                     v.start,
                     v.end - v.start,
@@ -2209,7 +2220,14 @@ fn fill_parallel(
     let next = AtomicUsize::new(0);
     let first_err: Mutex<Option<MemoryError>> = Mutex::new(None);
     let img_fd = match path.and_then(|p| p.to_str()) {
-        Some(p) if !items.is_empty() => Some(cx.open(p, libc::O_RDONLY as u32)?),
+        Some(p) if !items.is_empty() => Some(match cx.open(p, libc::O_RDONLY as u32) {
+            Ok(fd) => fd,
+            // Out of the puppet's reach (a task that pivoted into a new root): cryo's fd.
+            Err(err) => match std::fs::File::open(p) {
+                Ok(local) => cx.take_from_cryo(std::os::fd::AsRawFd::as_raw_fd(&local))?,
+                Err(_) => return Err(err.into()),
+            },
+        }),
         _ => None, // nothing left, or a non-UTF-8 path: the helpers do it all
     };
     let helpers = if img_fd.is_some() {
@@ -2623,14 +2641,34 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages, mut b: Batch) -> Result<
         }
     };
     // The saved path is the task's own view: look it up inside the puppet's root.
+    // A task in a nested mount namespace that pivoted away from the root its program is
+    // on: that program is found in the tree's root namespace (below).
+    let elsewhere = || -> std::io::Result<std::fs::Metadata> {
+        use std::os::fd::AsFd;
+        match cx.objs.borrow().root_mnt_ns_root(img.ids.mnt_ns_id) {
+            Some(root) => Ok(std::fs::File::from(crate::sys::fd::open_in_root_fd(
+                root?.as_fd(),
+                &exe,
+                libc::O_PATH | libc::O_CLOEXEC,
+            )?)
+            .metadata()?),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        }
+    };
     let exe_fd = if same(
         std::fs::metadata(format!("/proc/{}/exe", cx.pid)),
-        crate::sys::fd::stat_in_root(&format!("/proc/{}/root", cx.pid), &exe),
+        crate::sys::fd::stat_in_root(&format!("/proc/{}/root", cx.pid), &exe)
+            .or_else(|_| elsewhere()),
     ) {
         -1
     } else {
         cx.batch(&std::mem::take(&mut b))?;
-        cx.open(&exe, libc::O_RDONLY as u32)?
+        match cx.open(&exe, libc::O_RDONLY as u32) {
+            Ok(fd) => fd,
+            // Not in its namespace (left on the root it pivoted away from).
+            Err(err) => super::files::open_in_root_ns(cx, img.ids.mnt_ns_id, &exe, libc::O_RDONLY)?
+                .ok_or(err)?,
+        }
     };
     // struct prctl_mm_map: 11 u64, auxv pointer, auxv_size u32, exe_fd u32.
     let words = if mm.cryo_saved_auxv.is_empty() {

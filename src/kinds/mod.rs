@@ -328,6 +328,10 @@ pub struct DumpCx<'a> {
     /// `dump --lazy-pages`: where the pages of lazy mappings go (kept in cryo for the
     /// lazy-pages daemon), with the process's PID in the images.
     pub lazy: Option<(&'a mut crate::pageserver::LazyStore, u32)>,
+    /// The task's secure bits (`PR_GET_SECUREBITS`), read in `misc`'s stop for `creds`.
+    pub secbits: Option<u64>,
+    /// The task's interval timers (3 × `struct itimerval`), read in `misc`'s stop for `timers`.
+    pub itimers: Option<[u8; 96]>,
 }
 
 impl<'a> DumpCx<'a> {

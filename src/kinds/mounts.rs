@@ -551,11 +551,8 @@ pub fn plan_nested(
             continue;
         }
         if i == 0 {
-            return Err(refuse(
-                m,
-                "its root is not its parent namespace's (pivot_root or chroot after the copy)"
-                    .into(),
-            ));
+            // pivot_root'ed into a mount made in the namespace (the old root detached).
+            e.cryo_pivoted = Some(true);
         }
         if shared.is_some_and(|g| base_groups.contains(&g))
             || master.is_some_and(|g| base_groups.contains(&g))
@@ -618,23 +615,64 @@ pub fn plan_nested(
             e.fsname = Some(m.fstype.clone());
             continue;
         }
+        if let Some(path) = outer_source(ppid, m, &base) {
+            entries.last_mut().expect("pushed above").cryo_outer = Some(path);
+            continue;
+        }
         return Err(refuse(m, format!(
-            "{} {} (root {}) is not a file system cryo recreates, nor bound from a mount of the namespace",
+            "{} {} (root {}) is not a file system cryo recreates, nor bound from a mount of the namespace or of its parent namespace",
             m.fstype, m.source, m.root
         )));
     }
     Ok(entries)
 }
 
+/// For a mount `m` of a nested namespace bound from a mount of its parent namespace (`base`,
+/// the mountinfo of `ppid`): the path in the parent namespace it is bound from. The parent's
+/// mount of the same file system whose root contains `m`'s (the deepest root first), the last
+/// one mounted at its mount point (not covered there), and only if that path leads, through
+/// `ppid`'s root, to the same file system.
+fn outer_source(ppid: i32, m: &MountInfo, base: &[MountInfo]) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let (root, deleted) = match m.root.strip_suffix("//deleted") {
+        Some(r) => (r, true),
+        None => (m.root.as_str(), false),
+    };
+    if deleted {
+        return None;
+    }
+    let path = base
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.major == m.major && b.minor == m.minor)
+        .filter(|(k, b)| !base[k + 1..].iter().any(|o| o.mountpoint == b.mountpoint))
+        .filter_map(|(_, b)| path_within(root, &b.root).map(|rest| (b, rest)))
+        .max_by_key(|(b, _)| b.root.len())
+        .map(|(b, rest)| {
+            if rest == "/" {
+                b.mountpoint.clone()
+            } else {
+                format!("{}{}", b.mountpoint.trim_end_matches('/'), rest)
+            }
+        })?;
+    let st = crate::sys::fd::stat_in_root(&format!("/proc/{ppid}/root"), &path).ok()?;
+    (encode_dev(rustix::fs::major(st.dev()), rustix::fs::minor(st.dev()))
+        == encode_dev(m.major, m.minor))
+    .then_some(path)
+}
+
 /// The tmpfs mounts whose contents are saved: fresh ones (not external, not bound from an
 /// earlier mount).
 fn saved_tmpfs(entries: &[pb::MntEntry]) -> Vec<usize> {
-    (1..entries.len())
+    // The root too when it is a tmpfs a nested namespace pivoted into.
+    let first = usize::from(entries.first().and_then(|e| e.cryo_pivoted) != Some(true));
+    (first..entries.len())
         .filter(|&i| {
             let e = &entries[i];
             e.fstype == TMPFS
                 && e.ext_key.is_none()
                 && e.cryo_copied.is_none()
+                && e.cryo_outer.is_none()
                 && bind_source(entries, i).is_none()
         })
         .collect()
@@ -1060,10 +1098,19 @@ pub fn check_nested(
     let bad = |what: String| -> MountsError {
         TaskError::BadImage(format!("mountpoints-{id}.img: {what}")).into()
     };
-    if entries.first().and_then(|e| e.cryo_copied).is_none() {
+    let pivoted = entries.first().and_then(|e| e.cryo_pivoted) == Some(true);
+    if entries.first().and_then(|e| e.cryo_copied).is_none() && !pivoted {
         return Err(bad(
-            "the root of a nested mount namespace is not a copy of its parent's".into(),
+            "the root of a nested mount namespace is neither a copy of its parent's nor pivoted into".into(),
         ));
+    }
+    if pivoted && entries.iter().any(|e| e.cryo_copied.is_some()) {
+        return Err(bad(
+            "a namespace that pivoted into a new root has mounts copied from its parent's".into(),
+        ));
+    }
+    if pivoted && entries.first().is_some_and(|e| e.mountpoint != "/") {
+        return Err(bad("the first mount is not the root".into()));
     }
     for (i, e) in entries.iter().enumerate() {
         // A copy's root is only compared (an nsfs mount's is `net:[INO]`).
@@ -1079,6 +1126,15 @@ pub fn check_nested(
                 e.mountpoint
             ))
             .into());
+        }
+        if let Some(p) = &e.cryo_outer {
+            if !clean_path(p) || e.cryo_copied.is_some() || e.ext_key.is_some() {
+                return Err(bad(format!(
+                    "mount {} is bound from its parent namespace's {p}, which is not a plain absolute path, or it is also copied or external",
+                    e.mountpoint
+                )));
+            }
+            continue;
         }
         match e.cryo_copied {
             Some(COPIED_AS_IS | COPIED_PRIVATE | COPIED_SLAVE) if e.fsname.is_some() => continue,
@@ -1143,6 +1199,24 @@ pub fn restore_nested(
     let entries = check_nested(cx.dir, id, opts)?;
     let pid = cx.pid;
     cx.unshare(libc::CLONE_NEWNS)?;
+    if entries.first().and_then(|e| e.cryo_pivoted) == Some(true) {
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut pending = PendingMounts {
+            owner: pid,
+            todo: (0..entries.len()).collect(),
+            entries,
+            dir: abs(&cx.dir.path),
+            binfmt: Vec::new(),
+        };
+        let ptys = std::thread::scope(|s| {
+            s.spawn(|| build_pivoted(&mut pending, host_of))
+                .join()
+                .unwrap_or(Err(TaskError::Internal("the mount builder panicked").into()))
+        })?;
+        cx.objs.borrow_mut().tty.premade.extend(ptys);
+        cx.objs.borrow_mut().binfmt.append(&mut pending.binfmt);
+        return Ok(None);
+    }
     // The copy, as the puppet sees it; each copied entry is matched with its mount there.
     let current = tree_order(parse_mountinfo(&crate::procfs::read(pid, "mountinfo")?));
     let cur_keys = copy_keys(
@@ -1247,6 +1321,251 @@ fn reach(jail: &Jail, m: &MountInfo) -> Result<Found, MountsError> {
     Ok(f)
 }
 
+/// Joins (the calling thread, with its own fs attributes) the net, IPC, cgroup and mount
+/// namespaces of restored puppet `pid`.
+fn join_owner(pid: i32) -> Result<(), MountsError> {
+    crate::sys::ns::unshare(UnshareFlags::FS).map_err(mnt_err("unshare(CLONE_FS)".into()))?;
+    for (ns, kind) in [
+        ("net", NsType::Network),
+        ("ipc", NsType::InterProcessCommunication),
+        ("cgroup", NsType::ControlGroup),
+        ("mnt", NsType::Mount),
+    ] {
+        let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|source| {
+            MountsError::Mount {
+                what: format!("open the restored {ns} namespace"),
+                source,
+            }
+        })?;
+        crate::sys::ns::setns(f.as_fd(), kind)
+            .map_err(mnt_err(format!("join the restored {ns} namespace")))?;
+    }
+    Ok(())
+}
+
+/// A copy, alone (`open_tree`), of what `p` leads to in the namespace `jail` is the root of:
+/// the source of a bind from the parent namespace (`cryo_outer`), taken before the copies of
+/// the parent's mounts the task had unmounted go.
+fn clone_outer(jail: &Jail, p: &str) -> Result<OwnedFd, MountsError> {
+    let f = jail
+        .find(p, None)
+        .map_err(mnt_err(format!("find {p} in the parent namespace's copy")))?;
+    clone_alone(&f.0).map_err(mnt_err(format!(
+        "copy {p} of the parent namespace (open_tree)"
+    )))
+}
+
+/// Attaches `clone` (`clone_outer`) at the mount point of `entries[i]` (at `place` when
+/// given, else reached from `jail`), made private at once (a copy of a shared mount is its
+/// peer), with the saved flags. Returns an fd of its root.
+fn attach_outer(
+    clone: &OwnedFd,
+    jail: &Jail,
+    e: &pb::MntEntry,
+    place: Option<(&Jail, &str)>,
+) -> Result<OwnedFd, MountsError> {
+    use crate::sys::mount::{set_propagation, Propagation};
+    use rustix::mount::{move_mount, MoveMountFlags};
+    let what = |w: &str| {
+        format!(
+            "{w} the bind of the parent namespace's {} at {}",
+            e.cryo_outer.as_deref().unwrap_or("?"),
+            e.mountpoint
+        )
+    };
+    let file = rustix::fs::fstat(clone)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file());
+    let find = |create: Option<bool>| match place {
+        Some((d, n)) => d.find(n, create),
+        None => jail.find(&e.mountpoint, create),
+    };
+    let target = find(Some(file)).map_err(mnt_err(what("make the mount point of")))?;
+    move_mount(
+        clone.as_fd(),
+        "",
+        target.0.as_fd(),
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(mnt_err(what("attach")))?;
+    let top = find(None).map_err(mnt_err(what("find")))?;
+    set_propagation(top.0.as_fd(), Propagation::Private).map_err(mnt_err(what("make private")))?;
+    let flags = safe_flags(e.flags);
+    if !flags.is_empty() {
+        rustix::mount::mount_remount(top.path(), MountFlags::BIND | flags, "")
+            .map_err(mnt_err(what("set the flags of")))?;
+    }
+    Ok(top.0)
+}
+
+/// A directory of the namespace `jail` is the root of to build a new tree on: the first
+/// subdirectory of its root (in a private copy that is discarded: what covers it there is
+/// seen nowhere else).
+fn spot_in(jail: &Jail) -> Result<String, MountsError> {
+    use rustix::fs::{openat, statat, AtFlags, Dir, FileType, Mode, OFlags};
+    let fd = openat(
+        &jail.root,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(mnt_err("read the copy's root".into()))?;
+    let dir = Dir::read_from(&fd).map_err(mnt_err("read the copy's root".into()))?;
+    for ent in dir.flatten() {
+        let name = ent.file_name().to_string_lossy().into_owned();
+        if name == "." || name == ".." {
+            continue;
+        }
+        if statat(&fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+        {
+            return Ok(name);
+        }
+    }
+    Err(MountsError::Mount {
+        what: "find a directory in the copy of the parent namespace to build the new root on"
+            .into(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })
+}
+
+/// On a thread of its own, for a nested namespace that had pivoted into a new root
+/// (`cryo_pivoted`): joins the owner puppet's namespaces; in the copy of the parent's
+/// namespace it made (private: it is discarded) takes the sources of the binds from the
+/// parent namespace, mounts the saved tree on a directory there (cryo's root back meanwhile,
+/// as in `build_nested`), pivots into it (the puppet's root and working directory move with
+/// it), detaches the old root, then sets the propagation saved.
+fn build_pivoted(
+    pending: &mut PendingMounts,
+    host_of: &(dyn Fn(u32) -> Option<i32> + Sync),
+) -> Result<Vec<(u32, OwnedFd)>, MountsError> {
+    use rustix::fs::{open, Mode, OFlags};
+    let pid = pending.owner;
+    let host_root = open(
+        "/",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(mnt_err("open cryo's root".into()))?;
+    join_owner(pid)?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )
+    .map_err(mnt_err(
+        "make the copy of the parent namespace private".into(),
+    ))?;
+    let old = Jail::new(Path::new("/")).map_err(mnt_err("open the namespace's root".into()))?;
+    let n = pending.entries.len();
+    let mut outer: Vec<Option<OwnedFd>> = Vec::with_capacity(n);
+    for e in &pending.entries {
+        outer.push(
+            e.cryo_outer
+                .as_deref()
+                .map(|p| clone_outer(&old, p))
+                .transpose()?,
+        );
+    }
+    let spot = spot_in(&old)?;
+    rustix::process::fchdir(&host_root).map_err(mnt_err("fchdir to cryo's root".into()))?;
+    rustix::process::chroot(".").map_err(mnt_err("chroot to cryo's root".into()))?;
+    // The root writable while the tree is built on it; its own flags last.
+    let mut entries = pending.entries.clone();
+    let ro = MountFlags::RDONLY.bits();
+    let (root_flags, root_sb) = (entries[0].flags, entries[0].sb_flags.unwrap_or(0));
+    entries[0].flags &= !ro;
+    entries[0].sb_flags = Some(root_sb & !ro);
+    let none: Vec<Option<PathBuf>> = vec![None; n];
+    let mut ptys = Vec::new();
+    let mut roots: Vec<Option<OwnedFd>> = (0..n).map(|_| None).collect();
+    let mut places: Vec<Option<(Jail, String)>> = (0..n).map(|_| None).collect();
+    places[0] = Some((
+        old.dup().map_err(mnt_err("hold the copy's root".into()))?,
+        spot,
+    ));
+    for i in std::iter::once(0).chain(mount_sequence(&entries)) {
+        let e = &entries[i];
+        let place = if i == 0 {
+            places[0].take()
+        } else {
+            place_of(&entries, i, &roots, &places)?
+        };
+        let jail = match &roots[0] {
+            Some(r) => Jail::of(r).map_err(mnt_err("hold the new root".into()))?,
+            None => old.dup().map_err(mnt_err("hold the copy's root".into()))?,
+        };
+        let fd = if let Some(c) = &outer[i] {
+            attach_outer(c, &jail, e, place.as_ref().map(|(d, n)| (d, n.as_str())))?
+        } else {
+            let procns = match e.cryo_proc_pid {
+                Some(p) => host_of(p).ok_or_else(|| {
+                    Unsupported::restore(format!(
+                        "proc mount {} of a namespace that pivoted into a new root shows a PID namespace whose init is restored later: cryo cannot mount it yet",
+                        e.mountpoint
+                    ))
+                })?,
+                None => pid,
+            };
+            mount_one(
+                procns,
+                &jail,
+                &entries,
+                i,
+                &none,
+                &pending.dir,
+                &mut ptys,
+                place.as_ref().map(|(d, n)| (&roots[..], d, n.as_str())),
+            )?
+        };
+        roots[i] = Some(fd);
+        places[i] = place;
+    }
+    let root_path = |roots: &[Option<OwnedFd>]| {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            roots[0].as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1)
+        ))
+    };
+    let flags = safe_flags(root_flags);
+    if root_sb & ro != 0 {
+        rustix::mount::mount_remount(
+            root_path(&roots),
+            flags | MountFlags::RDONLY,
+            entries[0].options.as_str(),
+        )
+        .map_err(mnt_err("make the new root read-only".into()))?;
+        if !flags.contains(MountFlags::RDONLY) {
+            rustix::mount::mount_remount(root_path(&roots), MountFlags::BIND | flags, "")
+                .map_err(mnt_err("set the flags of the new root".into()))?;
+        }
+    } else if flags.contains(MountFlags::RDONLY) {
+        rustix::mount::mount_remount(root_path(&roots), MountFlags::BIND | flags, "")
+            .map_err(mnt_err("make the new root read-only".into()))?;
+    }
+    if entries.iter().any(|e| e.fstype == BINFMT_MISC) {
+        let saved = super::binfmt::load(&pending.dir)?;
+        pending
+            .binfmt
+            .extend(register_binfmt(&entries, &roots, &saved)?);
+    }
+    // Into the namespace's root again, then pivot (every process whose root or working
+    // directory is the old root moves with it: the puppet).
+    let new_root = roots[0].as_ref().expect("mounted first");
+    rustix::process::fchdir(&old.root).map_err(mnt_err("fchdir to the namespace's root".into()))?;
+    rustix::process::chroot(".").map_err(mnt_err("chroot to the namespace's root".into()))?;
+    rustix::process::fchdir(new_root).map_err(mnt_err("fchdir to the new root".into()))?;
+    rustix::process::pivot_root(".", ".").map_err(mnt_err("pivot_root".into()))?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH)
+        .map_err(mnt_err("detach the old root".into()))?;
+    rustix::process::fchdir(&host_root).map_err(mnt_err("fchdir to cryo's root".into()))?;
+    rustix::process::chroot(".").map_err(mnt_err("chroot to cryo's root".into()))?;
+    super::propagation::restore(&entries, &roots, &[])?;
+    pending.todo.clear();
+    Ok(ptys)
+}
+
 /// On a thread of its own: joins the owner puppet's net, IPC and cgroup namespaces and its
 /// mount namespace, then takes cryo's root back (`chroot` to an fd of it kept from before:
 /// paths through cryo's /proc keep working; mount targets are reached through fds of the
@@ -1267,26 +1586,12 @@ fn build_nested(
         Mode::empty(),
     )
     .map_err(mnt_err("open cryo's root".into()))?;
-    crate::sys::ns::unshare(UnshareFlags::FS).map_err(mnt_err("unshare(CLONE_FS)".into()))?;
-    for (ns, kind) in [
-        ("net", NsType::Network),
-        ("ipc", NsType::InterProcessCommunication),
-        ("cgroup", NsType::ControlGroup),
-        ("mnt", NsType::Mount),
-    ] {
-        let f = std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|source| {
-            MountsError::Mount {
-                what: format!("open the restored {ns} namespace"),
-                source,
-            }
-        })?;
-        crate::sys::ns::setns(f.as_fd(), kind)
-            .map_err(mnt_err(format!("join the restored {ns} namespace")))?;
-    }
+    join_owner(pid)?;
     let jail = Jail::new(Path::new("/")).map_err(mnt_err("open the namespace's root".into()))?;
     rustix::process::fchdir(&host_root).map_err(mnt_err("fchdir to cryo's root".into()))?;
     rustix::process::chroot(".").map_err(mnt_err("chroot to cryo's root".into()))?;
     let entries = &pending.entries;
+    let mut outer: HashMap<usize, OwnedFd> = HashMap::new();
     if let Some((current, of_current)) = copy {
         // Propagation first, so that nothing unmounted below propagates to the parent
         // namespace; unmatched copies are made private before they go.
@@ -1315,6 +1620,13 @@ fn build_nested(
                 m.mountpoint
             )))?;
             fds.insert(m.id, f);
+        }
+        // Binds from the parent namespace, taken while the copy still has what they come
+        // from.
+        for &i in &pending.todo {
+            if let Some(p) = &entries[i].cryo_outer {
+                outer.insert(i, clone_outer(&jail, p)?);
+            }
         }
         for (j, m) in current.iter().enumerate().rev() {
             if of_current[j].is_some() {
@@ -1390,6 +1702,17 @@ fn build_nested(
         let Some(procns) = procns.filter(|_| !waits[i]) else {
             continue;
         };
+        if let Some(c) = outer.get(&i) {
+            fds[i] = Some(attach_outer(c, &jail, e, None)?);
+            continue;
+        }
+        if e.cryo_outer.is_some() {
+            return Err(Unsupported::restore(format!(
+                "mount {}, bound from the parent namespace, is below a proc mount of a PID namespace restored later: cryo cannot bind it then",
+                e.mountpoint
+            ))
+            .into());
+        }
         fds[i] = Some(mount_one(
             procns,
             &jail,

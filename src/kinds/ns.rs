@@ -151,7 +151,8 @@ pub struct NsJoin {
 /// Gives the puppet a new network namespace when `img`'s differs from the inherited one,
 /// rebuilt from the images (`kinds::netns::restore`: links, addresses, routes, rules,
 /// sysctls, firewall); or joins the one the caller gives (`join`), which an external
-/// namespace requires. Returns whether the task got a namespace of its own (new or joined).
+/// namespace requires, or the one of the tree another restored task is in already. Returns
+/// whether the task got a namespace of its own (new or joined).
 pub fn restore_net(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
@@ -163,6 +164,19 @@ pub fn restore_net(
     let Some(id) = img.ids.net_ns_id.filter(|&id| Some(id) != inherited) else {
         return Ok(false);
     };
+    // A namespace of the tree another restored task is in already (a child that went back
+    // to an ancestor's namespace, zdtm netns_sub): joined, not made a second time.
+    let made = cx.objs.borrow().net_ns_host.get(&id).copied();
+    if let Some(p) = made {
+        let path = format!("/proc/{p}/ns/net");
+        let f = std::fs::File::open(&path).map_err(|source| TaskError::Object {
+            id,
+            what: format!("open the restored network namespace ({path})"),
+            source,
+        })?;
+        cx.join_ns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?;
+        return Ok(true);
+    }
     let ns: Option<pb::NetnsEntry> = cx
         .dir
         .read_opt::<pb::NetnsEntry>(&format!("netns-{id}.img"), image::NETNS)?
@@ -427,13 +441,23 @@ impl InNs {
     /// As [`InNs::enter`], with the network namespace of `net_pid` and the mount namespace
     /// of `mnt_pid` (a task of the tree in a network namespace other than the root's).
     pub fn enter_split(net_pid: i32, mnt_pid: Option<i32>) -> std::io::Result<InNs> {
+        if IN_NS_DEPTH.with(|d| d.get()) > 0 {
+            IN_NS_DEPTH.with(|d| d.set(d.get() + 1));
+            return Ok(InNs { back: None });
+        }
+        let their_net = std::fs::File::open(format!("/proc/{net_pid}/ns/net"))?;
+        Self::enter_net_fd(their_net, mnt_pid)
+    }
+
+    /// As [`InNs::enter_split`], with the network namespace `their_net` (an fd of it, e.g.
+    /// the one `SIOCGSKNS` gives for a socket made in a namespace no process is in now).
+    pub fn enter_net_fd(their_net: std::fs::File, mnt_pid: Option<i32>) -> std::io::Result<InNs> {
         use crate::sys::ns::{setns, unshare, NsType, UnshareFlags};
         if IN_NS_DEPTH.with(|d| d.get()) > 0 {
             IN_NS_DEPTH.with(|d| d.set(d.get() + 1));
             return Ok(InNs { back: None });
         }
         let open = |p: String| std::fs::File::open(p);
-        let their_net = open(format!("/proc/{net_pid}/ns/net"))?;
         let their_mnt = match mnt_pid {
             Some(pid) => Some(open(format!("/proc/{pid}/ns/mnt"))?),
             None => None,

@@ -58,6 +58,9 @@ const RCVQ_FIN_ACKED: u32 = f(CLOSE);
 const OPT_TIMESTAMPS: u32 = 1;
 const OPT_SACK: u32 = 2;
 const OPT_WSCALE: u32 = 4;
+/// The range `TCP_MAXSEG` accepts (`TCP_MIN_MSS`, `MAX_TCP_WINDOW`).
+const TCP_MIN_MSS: u32 = 88;
+const TCP_MAXSEG_MAX: u32 = 32767;
 /// TCP option kinds for `TCP_REPAIR_OPTIONS`.
 const TCPOPT_MAXSEG: u32 = 2;
 const TCPOPT_WINDOW: u32 = 3;
@@ -67,6 +70,12 @@ const TCPOPT_TIMESTAMP: u32 = 8;
 /// The mark of the packets cryo forges, which the network lock lets through (CRIU's
 /// `SOCCR_MARK`).
 pub const SOCCR_MARK: u32 = crate::netlock::SOCCR_MARK;
+
+/// `TCP_MAXSEG` (`user_mss`; 0 takes it back).
+fn set_user_mss(sk: BorrowedFd<'_>, mss: u32) -> Result<(), Step> {
+    crate::sys::net::setsockopt_int(sk, libc::IPPROTO_TCP, libc::TCP_MAXSEG, mss.cast_signed())
+        .map_err(step(format!("TCP_MAXSEG {mss}")))
+}
 
 /// Is `state` one a connection can be saved in (a connection, established or half closed,
 /// or one being opened)?
@@ -443,11 +452,27 @@ pub fn restore(
     inet::set_queue_seq(sk, snd).map_err(step("TCP_QUEUE_SEQ (send)"))?;
     if state == SYN_SENT {
         inet::set_repair(sk, Repair::Off).map_err(step("TCP_REPAIR off (SYN_SENT)"))?;
+    } else {
+        // The kernel sizes a connection's segments (its cached MSS) at connect, from the
+        // clamp it has then: 536 (the default), unless TCP_MAXSEG says more. The saved clamp,
+        // set below by TCP_REPAIR_OPTIONS, does not resize them: the connection would send
+        // 536-byte segments for good (524 with timestamps, even on loopback), whose overhead
+        // overfills a receive buffer that the dumped window had promised as free, and the
+        // receiver then drops everything, window updates included (Linux 6.17+), so two
+        // restored peers with full buffers hang (issue #10). So the clamp goes first as
+        // TCP_MAXSEG (at most 32767, the option's limit), and is taken back after connect.
+        // (A clamp below the option's minimum, never seen, is left to the default.)
+        if e.mss_clamp >= TCP_MIN_MSS {
+            set_user_mss(sk, e.mss_clamp.min(TCP_MAXSEG_MAX))?;
+        }
     }
     match rustix::net::connect(sk, &peer) {
         Ok(()) => {}
         Err(e) if e == rustix::io::Errno::INPROGRESS => {}
         Err(e) => return Err(step(format!("connect to {peer}"))(e.into())),
+    }
+    if state != SYN_SENT {
+        set_user_mss(sk, 0)?;
     }
     if state == SYN_SENT {
         inet::set_repair(sk, Repair::On).map_err(step("TCP_REPAIR on"))?;

@@ -120,6 +120,9 @@ fn restore_posix(
     Ok(())
 }
 
+/// The interval timers in the order of `TaskTimersEntry` (real, virtual, prof).
+pub const ITIMERS: [i32; 3] = [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF];
+
 impl Kind for Timers {
     const NAME: &'static str = "timers";
     type Error = TimersError;
@@ -137,21 +140,27 @@ impl Kind for Timers {
         })?;
         let buf = cx.scratch()?;
         let mut entries = Vec::new();
-        let mut b = Batch::new();
-        let which = [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF];
-        for (i, w) in (0u64..).zip(which) {
-            b.getitimer(w, buf + 32 * i)?;
-        }
-        cx.batch(&b)?;
-        let mut raw = [0u8; 96];
-        crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 96)]).map_err(|source| {
-            TaskError::Memory {
-                pid,
-                addr: buf,
-                what: "reading itimers",
-                source,
+        // Read with the task attributes (`misc`) when they ran first.
+        let raw = match cx.itimers.take() {
+            Some(raw) => raw,
+            None => {
+                let mut b = Batch::new();
+                for (i, w) in (0u64..).zip(ITIMERS) {
+                    b.getitimer(w, buf + 32 * i)?;
+                }
+                cx.batch(&b)?;
+                let mut raw = [0u8; 96];
+                crate::sys::mem::vm_read(pid, &mut raw, &[(buf, 96)]).map_err(|source| {
+                    TaskError::Memory {
+                        pid,
+                        addr: buf,
+                        what: "reading itimers",
+                        source,
+                    }
+                })?;
+                raw
             }
-        })?;
+        };
         for o in [0, 32, 64] {
             // struct itimerval { interval {sec, usec}, value {sec, usec} }
             entries.push(pb::ItimerEntry {

@@ -135,7 +135,8 @@ pub fn inode(link: &str) -> Option<u32> {
 }
 
 /// All unix sockets of the network namespaces `pids` live in (sock_diag answers for the
-/// asker's namespace: cryo enters each in turn), by inode.
+/// asker's namespace: cryo enters each in turn), by inode, each with the namespace it was
+/// found in (`UnixDiag::netns`).
 pub fn diag_all(pids: &[i32]) -> std::io::Result<HashMap<u32, UnixDiag>> {
     use std::os::unix::fs::MetadataExt;
     let mut seen = HashSet::new();
@@ -153,9 +154,41 @@ pub fn diag_all(pids: &[i32]) -> std::io::Result<HashMap<u32, UnixDiag>> {
         } else {
             None
         };
-        out.extend(net::unix_diag()?.into_iter().map(|d| (d.ino, d)));
+        out.extend(
+            net::unix_diag()?
+                .into_iter()
+                .map(|d| (d.ino, UnixDiag { netns: ns, ..d })),
+        );
     }
     Ok(out)
+}
+
+/// The unix sockets of the network namespace socket `sk` was made in (`SIOCGSKNS`), for a
+/// socket the namespaces of the processes do not show: its process made it in another
+/// namespace of the tree and came back (or the socket went to another process).
+fn diag_socket_ns(sk: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<UnixDiag>> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::File::from(crate::sys::inet::socket_netns(sk)?);
+    let ino = ns.metadata()?.ino();
+    let own = std::fs::metadata("/proc/self/ns/net")?.ino();
+    let _in = if ino != own {
+        Some(super::ns::InNs::enter_net_fd(ns, None)?)
+    } else {
+        None
+    };
+    Ok(net::unix_diag()?
+        .into_iter()
+        .map(|d| UnixDiag { netns: ino, ..d })
+        .collect())
+}
+
+/// The inodes of the network namespaces the processes `tree` are in.
+fn tree_netns(tree: &[i32]) -> HashSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    tree.iter()
+        .filter_map(|p| std::fs::metadata(format!("/proc/{p}/ns/net")).ok())
+        .map(|m| m.ino())
+        .collect()
 }
 
 /// Checks, before the tree is touched, that every socket of the tree is a unix socket cryo
@@ -165,16 +198,42 @@ fn precheck(socks: &[(i32, i32, u32)], opts: &SockOpts) -> Result<(), UnixSkErro
         return Ok(());
     }
     let pids: Vec<i32> = socks.iter().map(|s| s.0).collect();
-    let diag = diag_all(&pids).map_err(|source| TaskError::Fd {
+    let mut diag = diag_all(&pids).map_err(|source| TaskError::Fd {
         pid: socks[0].0,
         fd: socks[0].1,
         what: "sock_diag query of unix sockets".into(),
         source,
     })?;
+    // A socket made in another network namespace than its process's: asked for in its own.
+    for &(pid, fd, ino) in socks {
+        if diag.contains_key(&ino) {
+            continue;
+        }
+        let err = |what: &'static str| {
+            move |source| TaskError::Fd {
+                pid,
+                fd,
+                what: what.into(),
+                source,
+            }
+        };
+        let pidfd = crate::sys::fd::pidfd_open(pid).map_err(err("pidfd_open"))?;
+        let sk = crate::sys::fd::pidfd_getfd(pidfd.as_fd(), fd).map_err(err("pidfd_getfd"))?;
+        let found = diag_socket_ns(sk.as_fd()).map_err(err(
+            "sock_diag query of the unix sockets of its network namespace",
+        ))?;
+        diag.extend(found.into_iter().map(|d| (d.ino, d)));
+    }
     let mine: HashSet<u32> = socks.iter().map(|s| s.2).collect();
     for &(pid, fd, ino) in socks {
         let Some(d) = diag.get(&ino) else {
-            return Err(Unsupported::of(pid, format!("fd {fd} (socket:[{ino}])"), "only unix sockets are supported yet (this is an inet, netlink or packet socket)", "TCP and UDP sockets are planned (--tcp-established is refused for now); close it before the dump").into());
+            return Err(Unsupported::of(
+                pid,
+                format!("fd {fd} (unix socket {ino})"),
+                "sock_diag does not show it in the network namespace it was made in",
+                "close it before the dump",
+            )
+            .into());
         };
         // peer 0: unconnected, or the peer is gone (closed, or not accepted yet).
         if d.peer != 0 && !mine.contains(&d.peer) {
@@ -476,6 +535,20 @@ impl FdKind for UnixSk {
             let tree = cx.files.tree.clone();
             cx.files.unix_diag = Some(diag_all(&tree).map_err(|e| fd.err("sock_diag", e))?);
         }
+        let sk = fd.take()?;
+        // Made in another network namespace than its process's (zdtm netns_sub): asked for
+        // in the namespace the socket names.
+        if !cx
+            .files
+            .unix_diag
+            .as_ref()
+            .is_some_and(|m| m.contains_key(&ino))
+        {
+            let found = diag_socket_ns(sk.as_fd()).map_err(|e| fd.err("sock_diag", e))?;
+            if let Some(m) = cx.files.unix_diag.as_mut() {
+                m.extend(found.into_iter().map(|d| (d.ino, d)));
+            }
+        }
         let d = cx
             .files
             .unix_diag
@@ -486,11 +559,21 @@ impl FdKind for UnixSk {
                 Unsupported::of(
                     fd.pid,
                     format!("fd {} ({})", fd.fd, fd.link),
-                    "not a unix socket of the tree's network namespaces",
-                    "only unix sockets are supported yet",
+                    "sock_diag does not show it in the network namespace it was made in",
+                    "close it before the dump",
                 )
             })?;
-        let sk = fd.take()?;
+        // Restore makes it in its namespace, which must be one the tree's processes are in
+        // (a namespace only a socket holds is not saved).
+        if d.netns != 0 && !tree_netns(&cx.files.tree).contains(&d.netns) {
+            return Err(Unsupported::of(
+                fd.pid,
+                format!("fd {} (unix socket {ino})", fd.fd),
+                "it was made in a network namespace no process of the tree is in (cryo saves the namespaces of the tree's processes only)",
+                "close it before the dump, or keep a process of the tree in that namespace",
+            )
+            .into());
+        }
         let o = opts(fd, &sk)?;
         // --ext-unix-sk: the peer outside the tree gets a record of its own (CRIU's
         // USK_EXTERN), which restore connects to by name.
@@ -575,7 +658,8 @@ impl FdKind for UnixSk {
                 } else {
                     Vec::new()
                 },
-                ..Default::default()
+                // The network namespace it was made in (CRIU's field): restore makes it there.
+                ns_id: (d.netns != 0).then(|| super::misc::ns_id(d.netns)),
             }),
             ..Default::default()
         })

@@ -101,7 +101,7 @@ pub fn maps_of(pid: i32) -> Option<Maps> {
         return None;
     }
     let read = |f: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/{f}"))
+        crate::procfs::read_text(std::path::Path::new(&format!("/proc/{pid}/{f}")))
             .ok()
             .and_then(|t| parse_map(&t))
     };

@@ -885,6 +885,11 @@ fn enter_namespaces(
             })?);
         }
     }
+    // A socket made in this task's network namespace by another task of the tree is made
+    // in it through this task ([`kinds::files::FdObjects::net_ns_host`]).
+    if let Some(ns) = img.ids.net_ns_id {
+        sh.objs.borrow_mut().net_ns_host.entry(ns).or_insert(pid);
+    }
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
     // mount namespaces of their own still get the root's; a child in a network namespace
     // of its own gets its sockets made there, `FdObjects::net_pid`).

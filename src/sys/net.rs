@@ -39,6 +39,9 @@ pub struct UnixDiag {
     pub rqlen: (u32, u32),
     /// RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2).
     pub shutdown: u8,
+    /// Inode of the network namespace the socket was made in (set by the caller, which
+    /// knows in which namespace it asked).
+    pub netns: u64,
 }
 
 /// Every unix socket of cryo's network namespace: one `sock_diag` dump (netlink-packet-sock-diag
