@@ -471,6 +471,20 @@ pub fn count_goes_on(out: &Path, at: usize) {
     );
 }
 
+/// The network-lock tables (`inet CRIU-…`) in this process's network namespace. A test
+/// compares them before and after: on a shared host another tool's run (a CRIU dump kept
+/// for a restore that never came) may have left one that is not the test's.
+pub fn own_lock_tables() -> std::collections::BTreeSet<String> {
+    let o = Command::new("nft").args(["list", "tables"]).output();
+    o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .filter(|t| t.starts_with("CRIU-"))
+        .map(String::from)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,18 +506,4 @@ mod tests {
             "{msg}"
         );
     }
-}
-
-/// The network-lock tables (`inet CRIU-…`) in this process's network namespace. A test
-/// compares them before and after: on a shared host another tool's run (a CRIU dump kept
-/// for a restore that never came) may have left one that is not the test's.
-pub fn own_lock_tables() -> std::collections::BTreeSet<String> {
-    let o = Command::new("nft").args(["list", "tables"]).output();
-    o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(2))
-        .filter(|t| t.starts_with("CRIU-"))
-        .map(String::from)
-        .collect()
 }
