@@ -125,7 +125,8 @@ os.wait()
 
 /// Leases being broken (zdtm file_lease02's shapes, our program): a read lease broken by an
 /// open for writing (breaking to F_UNLCK), a write lease broken by an open for reading (to
-/// F_RDLCK) and one broken by an open for writing (to F_UNLCK); the holder got its SIGIO
+/// F_RDLCK), one broken by an open for writing (to F_UNLCK), and a write lease on a
+/// read-only description broken by a reader (to F_RDLCK); the holder got its SIGIO
 /// for each before the dump and has not given the leases up. After the restore each lease
 /// is still being broken towards the same type (`F_GETLEASE`, and `BREAKING` in fdinfo),
 /// no second SIGIO arrives, each file's owner is the program again (`F_GETOWN`), and the
@@ -143,7 +144,8 @@ signal.signal(signal.SIGIO, lambda s, f: got.append(s))
 fds = []
 for name, mode, lease, breaker in [("r", os.O_RDONLY, fcntl.F_RDLCK, os.O_WRONLY),
                                    ("w", os.O_WRONLY, fcntl.F_WRLCK, os.O_RDONLY),
-                                   ("x", os.O_WRONLY, fcntl.F_WRLCK, os.O_WRONLY)]:
+                                   ("x", os.O_WRONLY, fcntl.F_WRLCK, os.O_WRONLY),
+                                   ("y", os.O_RDONLY, fcntl.F_WRLCK, os.O_RDONLY)]:
     fd = os.open(d + "/" + name, mode | os.O_CREAT, 0o644)
     fcntl.fcntl(fd, F_SETLEASE, lease)
     fcntl.fcntl(fd, F_SETSIG, signal.SIGIO)
@@ -153,7 +155,7 @@ for name, mode, lease, breaker in [("r", os.O_RDONLY, fcntl.F_RDLCK, os.O_WRONLY
     except BlockingIOError:
         pass
     fds.append(fd)
-while len(got) < 3:
+while len(got) < 4:
     time.sleep(0.01)
 def report():
     modes = []
@@ -176,7 +178,7 @@ os.write(1, (line + f" {left}\n").encode())
     let pid = spawn(&["python3", "-c", script, dir.to_str().unwrap()], &out);
     let _g = KillOnDrop(pid);
     wait_for("the program", 10, || !lines(&out).is_empty());
-    let want = "2 0 2 BREAKING BREAKING BREAKING 3 True";
+    let want = "2 0 2 0 BREAKING BREAKING BREAKING BREAKING 4 True";
     assert_eq!(lines(&out)[0], format!("ready {want}"));
     let img = dir.join("img");
     dump(pid, &img, &["--file-locks"]);

@@ -156,8 +156,25 @@ impl Podman {
         self.cmd(args).output().expect("run podman")
     }
 
+    /// `args`, which must succeed; a failure shows the end of the log runc names (it is in
+    /// the storage, which goes with the test).
     fn ok(&self, args: &[&str]) -> String {
-        ok(&self.run(args), &format!("podman {args:?}"))
+        let o = self.run(args);
+        if !o.status.success() {
+            let err = String::from_utf8_lossy(&o.stderr);
+            if let Some(log) = err
+                .lines()
+                .find_map(|l| l.strip_prefix("log file: "))
+                .and_then(|p| std::fs::read_to_string(p.trim()).ok())
+            {
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!(
+                    "podman {args:?}: the end of its log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        ok(&o, &format!("podman {args:?}"))
     }
 
     /// `args` and its wall time.

@@ -105,6 +105,16 @@ impl TaskError {
         }
     }
 
+    /// An error on fd `fd` of process `pid` doing `what`, for `map_err`.
+    pub fn fd(pid: i32, fd: i32, what: &'static str) -> impl Fn(io::Error) -> TaskError {
+        move |source| TaskError::Fd {
+            pid,
+            fd,
+            what: what.into(),
+            source,
+        }
+    }
+
     /// An error making the object of file `id`, for `map_err`.
     pub fn object(id: u32, what: impl Into<String>) -> impl FnOnce(io::Error) -> TaskError {
         let what = what.into();

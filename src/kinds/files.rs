@@ -1167,7 +1167,11 @@ impl FdObjects {
             if let Some(&p) = self.net_ns_host.get(&ns) {
                 net_pid = Some(p);
             } else {
-                tracing::debug!(id, ns, "socket of a network namespace no restored process is in yet: made in its holder's");
+                // Made in its holder's it would answer in the wrong namespace.
+                return Err(Unsupported::restore(format!(
+                    "file {id}: a socket of network namespace {ns}, which no process of the tree restored before its holder is in (the namespace's first process is a later child): cryo cannot make it there yet"
+                ))
+                .into());
             }
         }
         let _in_ns = match net_pid.filter(|_| kind.in_tree_ns) {
@@ -1796,6 +1800,12 @@ fn restore_late_fds_in(
         }
     }
     Ok(())
+}
+
+/// Cryo's own copy of fd `fd` of process `pid` (`pidfd_getfd`: the same open file).
+pub fn copy_of(pid: i32, fd: i32) -> Result<OwnedFd, TaskError> {
+    let pidfd = sys::fd::pidfd_open(pid).map_err(TaskError::fd(pid, fd, "pidfd_open"))?;
+    sys::fd::pidfd_getfd(pidfd.as_fd(), fd).map_err(TaskError::fd(pid, fd, "pidfd_getfd"))
 }
 
 /// Opens regular-file record `id` in the puppet, at its saved offset; returns the fd.

@@ -132,17 +132,8 @@ fn set_in_userns(
         )));
     };
     let pid = cx.pid;
-    let err = |what: &'static str| {
-        move |source| TaskError::Fd {
-            pid,
-            fd,
-            what: what.into(),
-            source,
-        }
-    };
-    let pidfd = crate::sys::fd::pidfd_open(pid).map_err(err("pidfd_open"))?;
-    let copy = crate::sys::fd::pidfd_getfd(std::os::fd::AsFd::as_fd(&pidfd), fd)
-        .map_err(err("pidfd_getfd"))?;
+    let err = |what| TaskError::fd(pid, fd, what);
+    let copy = super::files::copy_of(pid, fd)?;
     let copy = std::os::fd::AsFd::as_fd(&copy);
     let o = crate::sys::fd::owner(copy).map_err(err("fcntl(F_GETOWN_EX)"))?;
     crate::sys::proc::with_uids(uid, euid, || crate::sys::fd::set_owner(copy, o.kind, o.pid))

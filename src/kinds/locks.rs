@@ -374,10 +374,13 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), LocksErro
                 }
                 _ => return Err(bad("unknown lease type").into()),
             };
-            // A lease being broken is taken as it was before: a write lease unless the
-            // description is read-only (a read lease is only ever broken to F_UNLCK).
+            // A lease being broken is taken as it was before: one broken to a read lease
+            // was a write lease; one broken to none, a write lease unless the description
+            // is read-only (a write lease on a read-only description is broken by readers
+            // only to F_RDLCK).
             let ty = match breaking_to {
                 None => e.r#type,
+                Some(F_RDLCK) => F_WRLCK,
                 Some(_) => {
                     let fl = cx.named("fcntl(F_GETFL) (lease)").fcntl(fd, F_GETFL, 0)?;
                     if fl & 3 == 0 {
@@ -452,20 +455,13 @@ fn break_lease(pid: i32, fd: i32, target: u32) -> Result<(), TaskError> {
 /// Takes the lease `ty` on the open file behind fd `fd` of process `pid` through cryo's copy
 /// of it (`pidfd_getfd`).
 fn lease_from_cryo(pid: i32, fd: i32, ty: u32) -> Result<(), TaskError> {
-    let err = |what: &'static str| {
-        move |source| TaskError::Fd {
-            pid,
-            fd,
-            what: what.into(),
-            source,
-        }
-    };
-    let pidfd = crate::sys::fd::pidfd_open(pid).map_err(err("pidfd_open"))?;
-    let copy = crate::sys::fd::pidfd_getfd(std::os::fd::AsFd::as_fd(&pidfd), fd)
-        .map_err(err("pidfd_getfd"))?;
+    let copy = super::files::copy_of(pid, fd)?;
     let ty = i32::try_from(ty).unwrap_or(-1);
-    crate::sys::fd::set_lease(std::os::fd::AsFd::as_fd(&copy), ty)
-        .map_err(err("fcntl(F_SETLEASE) through cryo's copy"))
+    crate::sys::fd::set_lease(std::os::fd::AsFd::as_fd(&copy), ty).map_err(TaskError::fd(
+        pid,
+        fd,
+        "fcntl(F_SETLEASE) through cryo's copy",
+    ))
 }
 
 #[cfg(test)]

@@ -754,7 +754,7 @@ impl Kind for Memory {
                 let fd = match super::files::open_file(cx, id, fdflags) {
                     Ok(fd) => fd,
                     // Not in its namespace (left on the root it pivoted away from).
-                    Err(err) => {
+                    Err(super::files::FilesError::Task(err)) if unreachable_path(&err) => {
                         let name = cx.reg(id)?.name.clone();
                         let flags = super::ghost::reopen_flags(fdflags);
                         match super::files::open_in_root_ns(cx, img.ids.mnt_ns_id, &name, flags)? {
@@ -762,6 +762,7 @@ impl Kind for Memory {
                             None => return Err(err.into()),
                         }
                     }
+                    Err(err) => return Err(err.into()),
                 };
                 let r = cx.mmap(
                     v.start,
@@ -2666,8 +2667,11 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages, mut b: Batch) -> Result<
         match cx.open(&exe, libc::O_RDONLY as u32) {
             Ok(fd) => fd,
             // Not in its namespace (left on the root it pivoted away from).
-            Err(err) => super::files::open_in_root_ns(cx, img.ids.mnt_ns_id, &exe, libc::O_RDONLY)?
-                .ok_or(err)?,
+            Err(err) if unreachable_path(&err) => {
+                super::files::open_in_root_ns(cx, img.ids.mnt_ns_id, &exe, libc::O_RDONLY)?
+                    .ok_or(err)?
+            }
+            Err(err) => return Err(err.into()),
         }
     };
     // struct prctl_mm_map: 11 u64, auxv pointer, auxv_size u32, exe_fd u32.
@@ -2714,6 +2718,12 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages, mut b: Batch) -> Result<
     }
     r?;
     Ok(())
+}
+
+/// Whether an open failed only because the path is not reachable in the task's mount
+/// namespace (then, and only then, it is looked for in the tree's root namespace).
+fn unreachable_path(e: &TaskError) -> bool {
+    matches!(e.errno(), Some(libc::ENOENT | libc::ENOTDIR))
 }
 
 #[cfg(test)]

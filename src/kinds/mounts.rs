@@ -1529,7 +1529,10 @@ fn build_pivoted(
         ))
     };
     let flags = safe_flags(root_flags);
-    if root_sb & ro != 0 {
+    // A root bound from the parent's namespace (cryo_outer) has its flags from
+    // `attach_outer`: its superblock is the parent's or the host's, never remounted here.
+    let own_root = outer[0].is_none();
+    if own_root && root_sb & ro != 0 {
         rustix::mount::mount_remount(
             root_path(&roots),
             flags | MountFlags::RDONLY,
@@ -1540,7 +1543,7 @@ fn build_pivoted(
             rustix::mount::mount_remount(root_path(&roots), MountFlags::BIND | flags, "")
                 .map_err(mnt_err("set the flags of the new root".into()))?;
         }
-    } else if flags.contains(MountFlags::RDONLY) {
+    } else if own_root && flags.contains(MountFlags::RDONLY) {
         rustix::mount::mount_remount(root_path(&roots), MountFlags::BIND | flags, "")
             .map_err(mnt_err("make the new root read-only".into()))?;
     }

@@ -209,17 +209,10 @@ fn precheck(socks: &[(i32, i32, u32)], opts: &SockOpts) -> Result<(), UnixSkErro
         if diag.contains_key(&ino) {
             continue;
         }
-        let err = |what: &'static str| {
-            move |source| TaskError::Fd {
-                pid,
-                fd,
-                what: what.into(),
-                source,
-            }
-        };
-        let pidfd = crate::sys::fd::pidfd_open(pid).map_err(err("pidfd_open"))?;
-        let sk = crate::sys::fd::pidfd_getfd(pidfd.as_fd(), fd).map_err(err("pidfd_getfd"))?;
-        let found = diag_socket_ns(sk.as_fd()).map_err(err(
+        let sk = super::files::copy_of(pid, fd)?;
+        let found = diag_socket_ns(sk.as_fd()).map_err(TaskError::fd(
+            pid,
+            fd,
             "sock_diag query of the unix sockets of its network namespace",
         ))?;
         diag.extend(found.into_iter().map(|d| (d.ino, d)));
