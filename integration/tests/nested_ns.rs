@@ -1320,7 +1320,8 @@ fn child_that_pivoted_into_a_new_root_keeps_it() {
             );
         }
         assert_eq!(std::fs::read_link(format!("/proc/{kid}/exe")).unwrap(), exe);
-        // Written on the restored root by the restored child: the root is writable.
+        // Written on the root before the dump: the tmpfs root's content came back (its
+        // read-write mode is in `mount_list`).
         assert_eq!(
             std::fs::read_to_string(format!("/proc/{kid}/root/data")).unwrap(),
             "root-data\n"
