@@ -471,6 +471,14 @@ pub fn count_goes_on(out: &Path, at: usize) {
     );
 }
 
+/// The network-lock table a dump named in its log (`table=CRIU-…`), if it made one.
+pub fn lock_table_of(dir: &Path) -> Option<String> {
+    log(dir, "dump.log")
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("table="))
+        .map(String::from)
+}
+
 /// The network-lock tables (`inet CRIU-…`) in this process's network namespace. A test
 /// compares them before and after: on a shared host another tool's run (a CRIU dump kept
 /// for a restore that never came) may have left one that is not the test's.
