@@ -1208,6 +1208,11 @@ fn script_result_is(name: &str, script: &str, expected: &str) {
     kill(init);
 }
 
+/// The binfmt_misc tests one at a time: a container without a user namespace of its own
+/// mounts the host's (one) binfmt_misc instance, so each test's dump would also save the
+/// other's registrations (one names an interpreter only the other's container has).
+static BINFMT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// binfmt_misc registrations of any bytes the kernel takes (zdtm's binfmt_misc in flavor
 /// ns): an extension handler whose name and extension are not UTF-8 (and whose extension
 /// ends in a carriage return), and a magic handler with an offset, a mask and flags, made
@@ -1218,6 +1223,7 @@ fn script_result_is(name: &str, script: &str, expected: &str) {
 /// Debian's crit decodes the image.
 #[test]
 fn binfmt_misc_registrations_of_any_bytes_come_back() {
+    let _b = BINFMT.lock().unwrap_or_else(|e| e.into_inner());
     let tag = std::process::id();
     // name r<tag>\377x, extension \343\050<tag>\r (octal, as printf takes them).
     let ext_name = format!("r{tag}\\377x");
@@ -1406,6 +1412,7 @@ exec sleep 1000
 /// mounted meanwhile (systemd does on most hosts), so that it outlives the failed restore.
 #[test]
 fn binfmt_misc_mount_comes_back_with_its_registrations() {
+    let _b = BINFMT.lock().unwrap_or_else(|e| e.into_inner());
     let name = format!("cryo-it-{}", std::process::id());
     // The registration is the host's too: removed whatever happens to the test.
     struct Unregister(String);
