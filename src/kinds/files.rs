@@ -1167,7 +1167,15 @@ impl FdObjects {
             .usk
             .as_ref()
             .and_then(|u| u.ns_id)
-            .or_else(|| e.tunf.as_ref().and_then(|t| t.ns_id));
+            .or_else(|| e.tunf.as_ref().and_then(|t| t.ns_id))
+            .or_else(|| {
+                // (An inet socket's is its holder's in cryo's older images, which may lack
+                // the holder's.)
+                e.isk
+                    .as_ref()
+                    .and_then(|i| i.ns_id)
+                    .filter(|_| self.cur_net_ns.is_some())
+            });
         if let Some(ns) = sk_ns.filter(|&ns| kind.in_tree_ns && Some(ns) != self.cur_net_ns) {
             if let Some(&p) = self.net_ns_host.get(&ns) {
                 net_pid = Some(p);
