@@ -705,7 +705,10 @@ fn status_field(pid: i32, name: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name}:"))
+                .map(|v| v.trim().to_string())
+        })
         .unwrap_or_default()
 }
 
@@ -802,7 +805,10 @@ signal.pause()
     wait_tree_gone(&img);
     restore(&img);
     let after: Vec<_> = kids.iter().enumerate().map(|(i, &k)| seen(i, k)).collect();
-    assert_eq!(after, before, "what /proc shows of each child after restore");
+    assert_eq!(
+        after, before,
+        "what /proc shows of each child after restore"
+    );
     for (i, &k) in kids.iter().enumerate() {
         assert_eq!(ids(k).1, pid, "child {i}'s parent");
         signal(k, libc::SIGUSR1);

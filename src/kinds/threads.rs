@@ -461,6 +461,7 @@ fn create_threads(
                 cryo_pidfd: cx.cryo_pidfd,
                 lazy: cx.lazy,
                 later: Default::default(),
+                stage: None,
             };
             // Its pending signals are queued from inside, with the ids its PID namespace gives.
             let local = (
