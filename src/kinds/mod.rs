@@ -47,6 +47,7 @@ pub mod threads;
 pub mod timerfd;
 pub mod timers;
 pub mod tty;
+pub mod tun;
 pub mod unix_sk;
 pub mod userns;
 
@@ -421,6 +422,9 @@ pub struct RestoreCx<'a> {
     /// A lazy restore (`--lazy-pages`): where each task's userfaultfd goes (the lazy-pages
     /// daemon), and a sign that lazy mappings are not filled.
     pub lazy: Option<&'a crate::lazy::Sink>,
+    /// The root's memory staged by `cryo receive` (`crate::stage`), kept in the puppet at
+    /// its stage addresses: moved onto the mappings it holds (the root only).
+    pub stage: Option<&'a crate::stage::Stage>,
 }
 
 /// Where [`RestoreCx::clone3_with_tid`] puts `struct clone_args` in scratch.

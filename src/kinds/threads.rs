@@ -457,6 +457,7 @@ fn create_threads(
                 cow: Vec::new(),
                 cryo_pidfd: cx.cryo_pidfd,
                 lazy: cx.lazy,
+                stage: None,
             };
             // Its pending signals are queued from inside, with the ids its PID namespace gives.
             let local = (

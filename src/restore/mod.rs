@@ -62,6 +62,9 @@ pub struct RestoreOpts {
     /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, cpuinfo.img is checked against
     /// this CPU before anything is created.
     pub cpu_cap: u32,
+    /// The root's memory staged by `cryo receive` during the pre-copy rounds
+    /// (`crate::stage`): moved into the root instead of copied from the images.
+    pub stage: Option<std::sync::Arc<crate::stage::Stage>>,
 }
 
 /// Why a restore failed: the pipeline's own failures, and each kind's error, collected.
@@ -294,11 +297,7 @@ fn read_tree(
         .collect::<Result<Vec<_>, _>>()?;
     check_nested_pids(&tasks)?;
     check_proc_pids(dir, &tasks)?;
-    let files = dir
-        .read::<pb::FileEntry>("files.img", image::FILES)?
-        .into_iter()
-        .map(|f| (f.id, f))
-        .collect();
+    let files = merge_files(dir.read::<pb::FileEntry>("files.img", image::FILES)?);
     let mut own_pid_ns = match (
         inv.root_ids.and_then(|r| r.pid_ns_id),
         tasks[0].ids.pid_ns_id,
@@ -324,6 +323,26 @@ fn read_tree(
         )));
     }
     Ok((tasks, files, own_pid_ns, ext_pid))
+}
+
+/// files.img by id. A tun/tap file is two records with one id, as CRIU writes it: a REG
+/// one (path and open flags) and the TUNF one; the REG record is kept in the other's `reg`.
+fn merge_files(list: Vec<pb::FileEntry>) -> HashMap<u32, pb::FileEntry> {
+    let mut out: HashMap<u32, pb::FileEntry> = HashMap::new();
+    for f in list {
+        match out.remove(&f.id) {
+            Some(prev) if prev.r#type == pb::FdTypes::Reg as i32 && f.reg.is_none() => {
+                out.insert(f.id, pb::FileEntry { reg: prev.reg, ..f });
+            }
+            Some(prev) if f.r#type == pb::FdTypes::Reg as i32 && prev.reg.is_none() => {
+                out.insert(f.id, pb::FileEntry { reg: f.reg, ..prev });
+            }
+            _ => {
+                out.insert(f.id, f);
+            }
+        }
+    }
+    out
 }
 
 /// PID namespaces nested in the tree's (pstree's `cryo_ns_depth`/`cryo_ns_tids`): every id
@@ -585,6 +604,8 @@ struct Shared<'a> {
     dead_helpers: Vec<(i32, i32)>,
     /// A lazy restore's connection to the lazy-pages daemon.
     lazy: Option<&'a crate::lazy::Sink>,
+    /// The root's staged memory, when it can be used (`RestoreOpts::stage`).
+    stage: Option<&'a crate::stage::Stage>,
     /// Mounts of nested mount namespaces that wait for the init of their PID namespace.
     pending_mounts: Vec<kinds::mounts::PendingMounts>,
     tr: u64,
@@ -649,6 +670,7 @@ fn shape(
         cow: Vec::new(),
         cryo_pidfd: sh.cryo_pidfd,
         lazy: sh.lazy,
+        stage: if idx == 0 { sh.stage } else { None },
     };
     // Every process of the tree has the root puppet's credentials until its own are set
     // (a child is forked before its parent's): learnt once for all.
@@ -781,6 +803,14 @@ fn empty_puppet(
     let tr = sh.tr;
     let mut keep = cx.cow.clone();
     keep.extend([(tr, tr + TR_LEN), (USER_TOP, USER_TOP)]);
+    // The root keeps the staged memory it moves into its mappings.
+    if let Some(st) = cx.stage {
+        keep.extend(
+            st.windows()
+                .into_iter()
+                .map(|(_, at)| (at, at + crate::stage::WINDOW)),
+        );
+    }
     keep.sort_unstable();
     let mut from = 0;
     let mut b = Batch::new();
@@ -1216,6 +1246,7 @@ fn helper_cx<'a>(
         cryo_pidfd: sh.cryo_pidfd,
         // Helpers and zombies-to-be get no memory of the tree's.
         lazy: None,
+        stage: None,
     })
 }
 
@@ -2131,6 +2162,30 @@ fn run_tree(
             })
         });
 
+    // The root's staged memory (`cryo receive`), if it is the root's and lies clear of
+    // every mapping of the tree (the root maps them while it holds the stage).
+    let stage = opts
+        .stage
+        .as_deref()
+        .filter(|_| opts.lazy_pages.is_none())
+        .filter(|st| {
+            let windows = st.windows();
+            let clear = windows.iter().all(|&(_, at)| {
+                let end = at + crate::stage::WINDOW;
+                tasks
+                    .iter()
+                    .flat_map(|t| &t.mm.vmas)
+                    .all(|v| v.end <= at || v.start >= end)
+            });
+            let usable = st.pid() == tasks[0].pid && !windows.is_empty() && clear;
+            tracing::info!(
+                pid = st.pid(),
+                windows = windows.len(),
+                usable,
+                "restore: memory staged by receive"
+            );
+            usable
+        });
     // 2. Trampoline + root puppet.
     let tr = trampoline_addr(&tasks, TR_LEN)?;
     let mut code = Mapping::anon_fixed(tr, 4096, libc::PROT_READ | libc::PROT_WRITE)
@@ -2267,6 +2322,7 @@ fn run_tree(
         dead_pids: dead_pids(dir)?,
         dead_helpers: Vec::new(),
         lazy: lazy.as_ref(),
+        stage,
         pending_mounts: Vec::new(),
         tr,
         calls: 0,
