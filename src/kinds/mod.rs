@@ -188,6 +188,8 @@ pub struct FileTable {
     pub shmem_pages: u32,
     /// Unix sockets of the namespace (sock_diag), queried at the first socket.
     pub unix_diag: Option<HashMap<u32, crate::sys::net::UnixDiag>>,
+    /// The network namespaces (inodes) of the tree's processes, read with `unix_diag`.
+    pub unix_tree_netns: std::collections::HashSet<u64>,
     /// sk-queues.img: data queued on each socket, by socket file id.
     pub sk_queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
     /// Files passed in queued messages (SCM_RIGHTS), which cryo holds while the dump lasts
