@@ -12,6 +12,8 @@
 # With CONTAINER_DATA_SLAVE=1, /data is a slave of HOSTDIR's mount (which must then be a
 # shared mount of the caller's namespace: mounts made there appear in /data); every other
 # mount stays private.
+# With CONTAINER_DATA_RBIND=1, HOSTDIR is bound at /data recursively (`--rbind`: the mounts
+# below HOSTDIR in the caller's namespace come along).
 # With CONTAINER_USERNS=1 it is rootless-style: every namespace is owned by a new user
 # namespace (`--user --map-root-user`: uid and gid 0 mapped to the caller's, setgroups
 # denied), and /dev/null and /dev/zero are binds of the host's (no mknod there).
@@ -25,7 +27,8 @@ if [ "${CONTAINER_USERNS:-}" = 1 ]; then user="--user --map-root-user"; fi
 if [ "${CONTAINER_USERNS:-}" = made ]; then user=; fi
 prop=private
 if [ "${CONTAINER_DATA_SLAVE:-}" = 1 ]; then prop=slave; fi
-export NET="$net" USERNS="${CONTAINER_USERNS:-}" DATA_SLAVE="${CONTAINER_DATA_SLAVE:-}"
+export NET="$net" USERNS="${CONTAINER_USERNS:-}" DATA_SLAVE="${CONTAINER_DATA_SLAVE:-}" \
+  DATA_RBIND="${CONTAINER_DATA_RBIND:-}"
 rootfs=$1
 hostdir=$2
 shift 2
@@ -33,7 +36,7 @@ exec unshare $user --pid --fork --mount --uts --ipc $net --propagation $prop /bi
 set -e
 r=$1; h=$2; shift 2
 mount --bind "$r" "$r"
-mount --bind "$h" "$r/data"
+if [ -n "$DATA_RBIND" ]; then mount --rbind "$h" "$r/data"; else mount --bind "$h" "$r/data"; fi
 mount -t tmpfs -o size=4m,mode=1777 tmpfs "$r/tmp"
 mount -t tmpfs -o size=1m,mode=755 tmpfs "$r/dev"
 if [ -n "$USERNS" ]; then

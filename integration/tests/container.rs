@@ -1228,6 +1228,85 @@ echo "result $r" >> /data/out
 exec sleep 1000
 "#;
 
+/// A host directory bound recursively into a container (`--rbind`, as runtimes do for an
+/// `rbind` mount) with a tmpfs mounted below it on the host, dumped and restored with
+/// `--external mnt[]` (every mount from outside the tree external, found again by its host
+/// path, as CRIU's auto-detection): the tmpfs below /data is the host's again after the
+/// restore, not a copy (cryo saved its files and made a new tmpfs): a file the host writes
+/// in it afterwards is what the container reads, and the container's writes reach the host.
+#[test]
+fn recursive_external_bind_brings_the_hosts_submount_back() {
+    let dir = scratch("container-rbind");
+    let host = dir.join("host");
+    let sub = host.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "cryo-it-rbind"])
+        .arg(&sub)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount the host's tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _u = Unmount(sub.clone());
+    std::fs::write(sub.join("f"), "host-1\n").unwrap();
+    std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+    std::fs::write(dir.join("rootfs/script.sh"), RBIND).unwrap();
+    let c = start_cmd(
+        &dir,
+        &["env", "CONTAINER_DATA_RBIND=1"],
+        &["/bin/sh", "/script.sh"],
+        "out",
+    );
+    let _g = KillOnDrop(c.init);
+    let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
+    let in_ct = format!("/proc/{}/root/data/sub", c.init);
+    assert_eq!(
+        dev(Path::new(&in_ct)),
+        dev(&sub),
+        "the container sees the host's tmpfs"
+    );
+    let img = dir.join("img");
+    dump(c.init, &img, &["--external", "mnt[]"]);
+    wait_gone(c.init);
+    let init = restore_container(&c, &img, &["--external", "mnt[]"]);
+    let _g2 = KillOnDrop(init);
+    let in_ct = format!("/proc/{init}/root/data/sub");
+    assert_eq!(
+        dev(Path::new(&in_ct)),
+        dev(&sub),
+        "the restored container's /data/sub is the host's tmpfs again"
+    );
+    std::fs::write(sub.join("f"), "host-2\n").unwrap();
+    assert_eq!(
+        script_result(&c),
+        "result host-2",
+        "{}",
+        log(&img, "restore.log")
+    );
+    assert_eq!(
+        std::fs::read_to_string(sub.join("from-ct")).unwrap(),
+        "ct-ok\n",
+        "the container's write reached the host's tmpfs"
+    );
+    kill(init);
+}
+
+const RBIND: &str = r#"#!/bin/sh
+i=0
+while [ ! -e /data/go ]; do i=$((i+1)); echo "$i" >> /data/out; sleep 0.05; done
+echo ct-ok > /data/sub/from-ct
+echo "result $(cat /data/sub/f)" >> /data/out
+exec sleep 1000
+"#;
+
 /// Runs `script` (it writes numbered lines to /data/out until /data/go exists, then a
 /// "result ..." line) as the init of a container, dumps and restores the container, lets
 /// the restored script go on and checks its result line is `expected` (the restore log is

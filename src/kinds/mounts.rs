@@ -393,6 +393,18 @@ pub fn plan(pid: i32, policy: &MountPolicy) -> Result<Vec<pb::MntEntry>, MountsE
         if bind_source(&entries, i).is_some() {
             continue;
         }
+        // --ext-mount-map auto / --external mnt[]: a tmpfs mounted in cryo's namespace too
+        // is the host's (a submount of a recursive bind, `--rbind`), bound again from there
+        // as CRIU's auto-detection does, not a copy of its files made anew.
+        let host_tmpfs = (m.fstype == "tmpfs")
+            .then(|| auto_external_source(m, &own))
+            .flatten();
+        if let Some(host) = host_tmpfs {
+            let e = entries.last_mut().expect("pushed above");
+            e.ext_key = Some(AUTODETECTED.to_string());
+            e.source = host.trim_start_matches('/').to_string();
+            continue;
+        }
         if code.is_some() && m.root == "/" {
             continue;
         }
