@@ -1333,3 +1333,110 @@ fn child_that_pivoted_into_a_new_root_keeps_it() {
         );
     }
 }
+
+/// In a mount namespace of its own (no `pivot_root`): mounts a tmpfs at argv[1] (D) with a
+/// file and a bind of the host directory argv[2] at D/host, and the same bind at
+/// argv[3]/host (E, a plain directory); forks a child that `chroot`s into D (a mount's
+/// root), then itself `chroot`s into E (a directory of the namespace's root mount, so its
+/// mountinfo shows only E/host). Each then writes a counter every 100 ms to /host/out-NAME.
+const CHROOTED: &str = r#"
+import os, sys, time
+d, h, e = sys.argv[1], sys.argv[2], sys.argv[3]
+def sh(c):
+    assert os.system(c) == 0, c
+sh(f"mount -t tmpfs chrooted {d}")
+with open(f"{d}/data", "w") as f:
+    f.write("root-data\n")
+os.mkdir(f"{d}/host")
+sh(f"mount --bind {h} {d}/host")
+sh(f"mount --bind {h} {e}/host")
+if os.fork() == 0:
+    os.chroot(d)
+    name = "kid"
+else:
+    os.chroot(e)
+    name = "maker"
+os.chdir("/")
+n = 0
+with open(f"/host/out-{name}", "a", buffering=1) as out:
+    while True:
+        out.write(f"{n}\n")
+        n += 1
+        time.sleep(0.1)
+"#;
+
+/// Two tasks of a mount namespace nested in the tree, each `chroot`ed (no `pivot_root`):
+/// the one that made the namespace into a directory of its root mount, its child into a
+/// tmpfs mounted there. Neither is taken for a pivot_root (the namespace keeps the root it
+/// had, copied from the tree's): after a restore each has the same root, sees the same
+/// mounts, its count goes on, twice; nothing of it is mounted in cryo's namespace.
+#[test]
+fn chrooted_tasks_in_a_nested_mount_namespace_keep_their_roots() {
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-chrooted");
+    let (d, h, e) = (dir.join("d"), dir.join("host"), dir.join("e"));
+    for p in [&d, &h, &e.join("host")] {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    let child = dir.join("child.py");
+    std::fs::write(&child, CHROOTED).unwrap();
+    let parent = format!(
+        "import subprocess\n\
+         subprocess.Popen(['unshare', '--mount', '--propagation', 'private', 'python3', \
+         '{}', '{}', '{}', '{}']).wait()\n",
+        child.display(),
+        d.display(),
+        h.display(),
+        e.display()
+    );
+    let root = spawn(&["python3", "-c", &parent], &dir.join("log"));
+    let _g = KillOnDrop(root);
+    let (out_m, out_k) = (h.join("out-maker"), h.join("out-kid"));
+    wait_for("both chrooted counts", 20, || {
+        lines(&out_m).len() > 2 && lines(&out_k).len() > 2
+    });
+    let tasks = || {
+        let maker = children(root)[0];
+        (maker, children(maker)[0])
+    };
+    let (maker, kid) = tasks();
+    let _k = [KillOnDrop(maker), KillOnDrop(kid)];
+    let roots =
+        |m: i32, k: i32| [m, k].map(|p| std::fs::read_link(format!("/proc/{p}/root")).unwrap());
+    let before = (roots(maker, kid), mount_list(maker), mount_list(kid));
+    assert_eq!(before.0, [e.clone(), d.clone()]);
+    assert_eq!(
+        before.1.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+        ["/host"]
+    );
+    assert_eq!(
+        before.2.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+        ["/", "/host"]
+    );
+    for round in 0..2 {
+        let img = dir.join(format!("img{round}"));
+        dump(root, &img, &[]);
+        wait_tree_gone(&img);
+        let (at_m, at_k) = (lines(&out_m).len(), lines(&out_k).len());
+        restore(&img);
+        count_goes_on(&out_m, at_m);
+        count_goes_on(&out_k, at_k);
+        let (maker, kid) = tasks();
+        assert_eq!(
+            (roots(maker, kid), mount_list(maker), mount_list(kid)),
+            before
+        );
+        assert_eq!(
+            std::fs::read_to_string(format!("/proc/{kid}/root/data")).unwrap(),
+            "root-data\n"
+        );
+        assert_ne!(ns(maker, "mnt"), ns(root, "mnt"));
+        let own = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !own.contains(dir.to_str().unwrap()),
+            "a mount of the chrooted tasks is left in cryo's namespace:\n{own}"
+        );
+    }
+}
