@@ -1440,3 +1440,78 @@ fn chrooted_tasks_in_a_nested_mount_namespace_keep_their_roots() {
         );
     }
 }
+
+/// A child that, in a mount namespace of its own, bound a directory (`a`) of a tmpfs of its
+/// parent's namespace (cryo's) at a place of its own and unmounted its copy of the tmpfs
+/// (the bind's source is then only in the parent's namespace); then, in the parent's namespace, a
+/// bind of the same tmpfs's other directory (`b`) was put over `a`'s path. The path the
+/// bind came from now leads to `b` (same device, other inode): binding it again at restore
+/// would show `b`'s files as `a`'s. The dump refuses the mount by name and the tree keeps
+/// running, its bind still showing `a`'s file.
+#[test]
+fn bind_from_a_parent_path_now_leading_elsewhere_is_refused() {
+    if !require_tools(&[("unshare", "--help"), ("mount", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-outer-inode");
+    let (x, y) = (dir.join("x"), dir.join("y"));
+    std::fs::create_dir_all(&x).unwrap();
+    std::fs::create_dir_all(&y).unwrap();
+    let (x_s, y_s) = (
+        x.to_str().unwrap().to_string(),
+        y.to_str().unwrap().to_string(),
+    );
+    let sh = |cmd: &str| {
+        let o = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd}: {o:?}");
+    };
+    /// Takes the tmpfs (and the bind over its `a`) out of cryo's namespace.
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .args(["-R", "-l", &self.0])
+                .status();
+        }
+    }
+    sh(&format!(
+        "mount -t tmpfs cryo-outer {x_s} && mount --make-private {x_s} && mkdir {x_s}/a {x_s}/b && echo a >{x_s}/a/f && echo b >{x_s}/b/f"
+    ));
+    let _u = Unmount(x_s.clone());
+    let ready = dir.join("ready");
+    let root = spawn(
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "unshare --mount --propagation private sh -c 'mount --bind {x_s}/a {y_s} && umount {x_s} && touch {} && exec sleep 1000' & wait",
+                ready.display()
+            ),
+        ],
+        &dir.join("out"),
+    );
+    let _g = KillOnDrop(root);
+    wait_for("the child's bind", 10, || ready.exists());
+    let child = children(root)[0];
+    let _c = KillOnDrop(child);
+    sh(&format!("mount --bind {x_s}/b {x_s}/a"));
+    let f = format!("/proc/{child}/root{y_s}/f");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "a\n");
+    assert_eq!(
+        std::fs::read_to_string(format!("{x_s}/a/f")).unwrap(),
+        "b\n"
+    );
+    let e = dump_fails(root, &dir.join("img"), &[]);
+    assert!(
+        e.contains(&format!("mount {y_s}")) && e.contains("same device and inode"),
+        "{e}"
+    );
+    assert!(
+        alive(root) && alive(child),
+        "the refused tree keeps running"
+    );
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "a\n");
+}

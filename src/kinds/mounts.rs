@@ -618,12 +618,12 @@ pub fn plan_nested(
             e.fsname = Some(m.fstype.clone());
             continue;
         }
-        if let Some(path) = outer_source(&their_root, m, &base) {
+        if let Some(path) = outer_source(&their_root, &own_root, m, &base) {
             entries.last_mut().expect("pushed above").cryo_outer = Some(path);
             continue;
         }
         return Err(refuse(m, format!(
-            "{} {} (root {}) is not a file system cryo recreates, nor bound from a mount of the namespace or of its parent namespace",
+            "{} {} (root {}) is not a file system cryo recreates, nor bound from a mount of the namespace or from a path of its parent namespace that still leads to its source (same device and inode)",
             m.fstype, m.source, m.root
         )));
     }
@@ -685,37 +685,60 @@ fn ns_view(pid: i32) -> Result<(String, OwnedFd), MountsError> {
 }
 
 /// For a mount `m` of a nested namespace bound from a mount of its parent namespace (`base`,
-/// the mountinfo of the parent namespace, whose root `their_root` leads to): the path in the
-/// parent namespace it is bound from. The parent's mount of the same file system whose root
-/// contains `m`'s (the deepest root first), the last one mounted at its mount point (not
-/// covered there), and only if that path leads to the same file system.
-fn outer_source(their_root: &str, m: &MountInfo, base: &[MountInfo]) -> Option<String> {
+/// the mountinfo of the parent namespace, whose root `their_root` leads to; `own_root`
+/// leads to the nested namespace's root): the path in the parent namespace it is bound from.
+/// The parent's mounts of the same file system whose root contains `m`'s (the deepest root
+/// first), each the last one mounted at its mount point (not covered there); the first
+/// whose path leads to the very directory or file `m`'s root is (same device and inode, as
+/// `stat` says: a btrfs subvolume has a device of its own, and a path that another mount of
+/// the same file system covers leads elsewhere). None when no path does, or `m` is covered
+/// in its own namespace (its root cannot be compared).
+fn outer_source(
+    their_root: &str,
+    own_root: &str,
+    m: &MountInfo,
+    base: &[MountInfo],
+) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let (root, deleted) = match m.root.strip_suffix("//deleted") {
-        Some(r) => (r, true),
-        None => (m.root.as_str(), false),
-    };
-    if deleted {
+    if m.root.ends_with("//deleted") {
         return None;
     }
-    let path = base
+    let at = crate::sys::fd::open_in_root(own_root, &m.mountpoint, libc::O_PATH).ok()?;
+    let id = rustix::fs::statx(
+        &at,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::MNT_ID,
+    )
+    .ok()?
+    .stx_mnt_id;
+    if id != u64::from(m.id) {
+        tracing::info!(
+            "mount {}: covered in its namespace, its root cannot be compared with the parent namespace's paths",
+            m.mountpoint
+        );
+        return None;
+    }
+    let want = std::fs::File::from(at).metadata().ok()?;
+    let mut found: Vec<(&MountInfo, String)> = base
         .iter()
         .enumerate()
         .filter(|(_, b)| b.major == m.major && b.minor == m.minor)
         .filter(|(k, b)| !base[k + 1..].iter().any(|o| o.mountpoint == b.mountpoint))
-        .filter_map(|(_, b)| path_within(root, &b.root).map(|rest| (b, rest)))
-        .max_by_key(|(b, _)| b.root.len())
-        .map(|(b, rest)| {
-            if rest == "/" {
-                b.mountpoint.clone()
+        .filter_map(|(_, b)| {
+            let rest = path_within(&m.root, &b.root)?;
+            Some(if rest == "/" {
+                (b, b.mountpoint.clone())
             } else {
-                format!("{}{}", b.mountpoint.trim_end_matches('/'), rest)
-            }
-        })?;
-    let st = crate::sys::fd::stat_in_root(their_root, &path).ok()?;
-    (encode_dev(rustix::fs::major(st.dev()), rustix::fs::minor(st.dev()))
-        == encode_dev(m.major, m.minor))
-    .then_some(path)
+                (b, format!("{}{}", b.mountpoint.trim_end_matches('/'), rest))
+            })
+        })
+        .collect();
+    found.sort_by_key(|(b, _)| std::cmp::Reverse(b.root.len()));
+    found.into_iter().map(|(_, p)| p).find(|path| {
+        crate::sys::fd::stat_in_root(their_root, path)
+            .is_ok_and(|st| st.dev() == want.dev() && st.ino() == want.ino())
+    })
 }
 
 /// The tmpfs mounts whose contents are saved: fresh ones (not external, not bound from an
