@@ -1515,3 +1515,186 @@ fn bind_from_a_parent_path_now_leading_elsewhere_is_refused() {
     );
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "a\n");
 }
+
+/// zdtm's mntns_link_remap/mntns_link_ghost shape, the parent's side: with D/0 a tmpfs (dirs
+/// 1 and 2) and D/1 a bind of D/0/1 (made by the test), opens D/1/F, links it as D/0/2/F
+/// (and D/0/F when argv[2] is "1"), starts the child in a mount namespace of its own with
+/// the fd, closes its own and, once the child is ready, removes D/0/1/F and D/0/2/F.
+const LINKED_PARENT: &str = r#"
+import os, subprocess, sys
+d, keep, child = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+fd = os.open(f"{d}/1/F", os.O_CREAT | os.O_RDWR, 0o600)
+os.write(fd, b"data\n")
+os.link(f"{d}/0/1/F", f"{d}/0/2/F")
+if keep:
+    os.link(f"{d}/0/1/F", f"{d}/0/F")
+r, w = os.pipe()
+p = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "python3", child,
+                      d, str(fd), str(w)], pass_fds=[fd, w])
+os.close(fd)
+os.close(w)
+os.read(r, 1)
+os.unlink(f"{d}/0/1/F")
+os.unlink(f"{d}/0/2/F")
+p.wait()
+"#;
+
+/// The child: unmounts D/1 and D/0 in its namespace after binding D/0/2 at D/2, opens F
+/// there, so it holds the file through the parent's D/1 (the fd it was given) and its own
+/// D/2; then every 100 ms prints a counter, the two fds' mount ids, the link count, whether
+/// both are one inode, and the file's bytes.
+const LINKED_CHILD: &str = r#"
+import os, sys, time
+d, fd1, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def sh(c):
+    assert os.system(c) == 0, c
+sh(f"umount {d}/1")
+sh(f"mount --bind {d}/0/2 {d}/2")
+sh(f"umount {d}/0")
+fd2 = os.open(f"{d}/2/F", os.O_RDWR)
+os.close(w)
+def mnt(fd):
+    return [l for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("mnt_id:")][0].split()[1]
+n = 0
+while True:
+    s1, s2 = os.fstat(fd1), os.fstat(fd2)
+    print(f"{n} {mnt(fd1)} {mnt(fd2)} {s1.st_nlink} {s1.st_ino == s2.st_ino} {os.pread(fd2, 9, 0)!r}", flush=True)
+    n += 1
+    time.sleep(0.1)
+"#;
+
+/// The id of the mount at `at` in `pid`'s namespace (the topmost).
+fn mount_id_at(pid: i32, at: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(at))
+        .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+}
+
+/// Starts the LINKED_PARENT/LINKED_CHILD tree in `dir` (mounts D/0, D/1 in cryo's namespace,
+/// taken away by the returned guard): (root, child, output, D, guards).
+fn start_linked(
+    dir: &Path,
+    keep: bool,
+) -> (
+    i32,
+    i32,
+    std::path::PathBuf,
+    String,
+    Vec<KillOnDrop>,
+    Unmounts,
+) {
+    let d = dir.join("d");
+    for s in ["0", "1", "2"] {
+        std::fs::create_dir_all(d.join(s)).unwrap();
+    }
+    let d_s = d.to_str().unwrap().to_string();
+    let st = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "mount -t tmpfs cryo-linked {d_s}/0 && mount --make-private {d_s}/0 && mkdir {d_s}/0/1 {d_s}/0/2 && mount --bind {d_s}/0/1 {d_s}/1 && mount --make-private {d_s}/1"
+            ),
+        ])
+        .status()
+        .unwrap();
+    let u = Unmounts(vec![format!("{d_s}/1"), format!("{d_s}/0")]);
+    assert!(st.success());
+    let (parent, child) = (dir.join("parent.py"), dir.join("child.py"));
+    std::fs::write(&parent, LINKED_PARENT).unwrap();
+    std::fs::write(&child, LINKED_CHILD).unwrap();
+    let out = dir.join("out");
+    let root = spawn(
+        &[
+            "python3",
+            parent.to_str().unwrap(),
+            &d_s,
+            if keep { "1" } else { "0" },
+            child.to_str().unwrap(),
+        ],
+        &out,
+    );
+    let g = KillOnDrop(root);
+    wait_for("the child's report", 20, || lines(&out).len() > 2);
+    let kid = children(root)[0];
+    (root, kid, out, d_s, vec![g, KillOnDrop(kid)], u)
+}
+
+/// Mounts of cryo's namespace to take away (lazily) when dropped.
+struct Unmounts(Vec<String>);
+impl Drop for Unmounts {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            let _ = std::process::Command::new("umount")
+                .args(["-R", "-l", m])
+                .status();
+        }
+    }
+}
+
+/// zdtm's mntns_link_remap, our program: a child in a mount namespace of its own holds a
+/// file removed from the names it was opened by, still linked elsewhere, through two
+/// mounts: its parent's bind D/1 (unmounted in the child's namespace) and its own D/2.
+/// After a restore with `--link-remap` (twice) each fd is on the mount it was on (the
+/// parent namespace's D/1 and the child's D/2), on one inode with one link, with its bytes;
+/// no temporary name is left on the file system.
+#[test]
+fn removed_file_held_through_two_namespaces_mounts_keeps_both() {
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-link-remap");
+    let (root, _, out, d, _g, _u) = start_linked(&dir, true);
+    let names = || {
+        ["0", "0/1", "0/2"].map(|s| {
+            let mut v: Vec<_> = std::fs::read_dir(format!("{d}/{s}"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            v.sort();
+            v
+        })
+    };
+    let before = names();
+    let fields = |l: &str| l.split(' ').skip(1).map(str::to_string).collect::<Vec<_>>();
+    let first = fields(lines(&out).last().unwrap());
+    let me = std::process::id().cast_signed();
+    assert_eq!(Some(first[0].clone()), mount_id_at(me, &format!("{d}/1")));
+    assert_eq!(first[2..], ["1", "True", "b'data\\n'"]);
+    for round in 0..2 {
+        let img = dir.join(format!("img{round}"));
+        dump(root, &img, &["--link-remap"]);
+        wait_tree_gone(&img);
+        let at = lines(&out).len();
+        restore(&img);
+        first_fields_go_on(&out, at);
+        let kid = children(root)[0];
+        let now = fields(lines(&out).last().unwrap());
+        assert_eq!(
+            Some(now[0].clone()),
+            mount_id_at(me, &format!("{d}/1")),
+            "{now:?}"
+        );
+        assert_eq!(
+            Some(now[1].clone()),
+            mount_id_at(kid, &format!("{d}/2")),
+            "{now:?}"
+        );
+        assert_eq!(now[2..], first[2..]);
+        assert_eq!(names(), before);
+    }
+}
+
+/// As `count_goes_on`, for lines whose first field is the counter.
+fn first_fields_go_on(out: &Path, at: usize) {
+    wait_for("the count to go on", 10, || lines(out).len() >= at + 2);
+    let v: Vec<u64> = lines(out)
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        v.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap or restart: {v:?}"
+    );
+}
