@@ -1686,6 +1686,27 @@ fn removed_file_held_through_two_namespaces_mounts_keeps_both() {
     }
 }
 
+/// zdtm's mntns_link_ghost, our program: as above, with the file left without any name (a
+/// ghost), held through the two namespaces' mounts. cryo makes a ghost again on one mount
+/// only: the dump refuses it by name (rather than restore one fd on the wrong mount), and
+/// the tree keeps running.
+#[test]
+fn deleted_file_held_through_two_mounts_is_refused() {
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-link-ghost");
+    let (root, kid, out, _d, _g, _u) = start_linked(&dir, false);
+    let e = dump_fails(root, &dir.join("img"), &[]);
+    assert!(
+        e.contains("(deleted)") && e.contains("open through two mounts"),
+        "{e}"
+    );
+    assert!(alive(root) && alive(kid), "the refused tree keeps running");
+    let at = lines(&out).len();
+    first_fields_go_on(&out, at);
+}
+
 /// As `count_goes_on`, for lines whose first field is the counter.
 fn first_fields_go_on(out: &Path, at: usize) {
     wait_for("the count to go on", 10, || lines(out).len() >= at + 2);

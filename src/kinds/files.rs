@@ -1359,6 +1359,30 @@ fn dump_fd(
                     r.mnt_id = (info.mnt_id >= 0).then_some(info.mnt_id);
                 }
             } else if deleted.is_some() {
+                // Made again on one mount: every fd on it must have been opened through
+                // that one (zdtm's mntns_link_ghost holds one through two binds of two
+                // namespaces; CRIU links it into a mount that has both).
+                let held = (meta.dev(), meta.ino());
+                match cx.files.ghost_mnts.get(&held) {
+                    Some((m, first)) if *m != info.mnt_id => {
+                        return Err(Unsupported::of(
+                            pid,
+                            format!("fd {fd} ({link})"),
+                            format!(
+                                "the deleted file is open through two mounts: mount {} here, mount {m} for {first}; cryo makes a deleted file again on one mount only",
+                                info.mnt_id
+                            ),
+                            "close one of them, or keep a name of the file (then it is restored through that name with --link-remap)",
+                        )
+                        .into());
+                    }
+                    Some(_) => {}
+                    None => {
+                        cx.files
+                            .ghost_mnts
+                            .insert(held, (info.mnt_id, format!("fd {fd} of process {pid}")));
+                    }
+                }
                 super::ghost::dump(
                     cx.files,
                     pid,
