@@ -192,6 +192,24 @@ fn kcmp_epoll() -> Result<String, String> {
 }
 
 /// A feature cryo does not handle, whatever the kernel offers.
+/// As CRIU's check: a tun file takes an interface index for its device (TUNSETIFINDEX).
+fn tun_check() -> Result<String, String> {
+    let f = sys::tun::open(libc::O_RDWR | libc::O_CLOEXEC)
+        .map_err(|e| format!("open /dev/net/tun: {e}"))?;
+    sys::tun::set_ifindex(std::os::fd::AsFd::as_fd(&f), 13)
+        .map(|()| "tun/tap files and devices are saved (TUNSETIFINDEX works)".into())
+        .map_err(|e| format!("TUNSETIFINDEX: {e}"))
+}
+
+/// As CRIU's check: a tun file tells its network namespace (SIOCGSKNS).
+fn tun_ns_check() -> Result<String, String> {
+    let f = sys::tun::open(libc::O_RDWR | libc::O_CLOEXEC)
+        .map_err(|e| format!("open /dev/net/tun: {e}"))?;
+    sys::inet::socket_netns(std::os::fd::AsFd::as_fd(&f))
+        .map(|_| "a tun file's network namespace is saved (SIOCGSKNS works on it)".into())
+        .map_err(|e| format!("SIOCGSKNS on a tun file: {e}"))
+}
+
 fn not_in_cryo(why: &str) -> Result<String, String> {
     Err(why.to_string())
 }
@@ -333,7 +351,8 @@ pub fn probe(name: &str) -> Option<Feature> {
         "pidfd_store" => not_in_cryo("the pidfd store (pid reuse detection across pre-dumps) is not implemented in cryo"),
         // Rings are made again with io_setup and moved to their address (Linux 3.19+).
         "aio_remap" => kernel_at_least(3, 19).map(|k| format!("{k}: AIO rings can be moved with mremap")),
-        "tun" | "tun_ns" => not_in_cryo("open tun/tap queues (tun file descriptors) are not saved by cryo (persistent tun/tap links of a saved network namespace are)"),
+        "tun" => tun_check(),
+        "tun_ns" => tun_ns_check(),
         "loginuid" => loginuid_writable().map(|()| "a task's login uid (/proc/PID/loginuid) is restored".into()),
         "autofs" => not_in_cryo("autofs mounts are not supported by cryo"),
         "compat_cr" => not_in_cryo("32-bit (compat) tasks are not supported by cryo"),

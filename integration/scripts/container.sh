@@ -15,11 +15,14 @@
 # With CONTAINER_USERNS=1 it is rootless-style: every namespace is owned by a new user
 # namespace (`--user --map-root-user`: uid and gid 0 mapped to the caller's, setgroups
 # denied), and /dev/null and /dev/zero are binds of the host's (no mknod there).
+# With CONTAINER_USERNS=made the same, in the user namespace the caller already runs it in
+# (progs/usermapped.c, whose maps root inside to another uid outside): no new one.
 set -e
 net=--net
 if [ "${CONTAINER_NETNS:-}" = keep ]; then net=; fi
 user=
 if [ "${CONTAINER_USERNS:-}" = 1 ]; then user="--user --map-root-user"; fi
+if [ "${CONTAINER_USERNS:-}" = made ]; then user=; fi
 prop=private
 if [ "${CONTAINER_DATA_SLAVE:-}" = 1 ]; then prop=slave; fi
 export NET="$net" USERNS="${CONTAINER_USERNS:-}" DATA_SLAVE="${CONTAINER_DATA_SLAVE:-}"

@@ -103,7 +103,7 @@ fn zdtm_command_lines() {
         ("get_rseq_conf", true),
         ("timens", true),
         ("aio_remap", true),
-        ("tun", false),
+        ("tun", true),
         ("network_lock_nftables", true),
     ] {
         let o = cryo(&[

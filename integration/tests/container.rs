@@ -1145,7 +1145,7 @@ mkdir u; mount -t tmpfs u u; echo top-ok > u/top; mkdir u/sub; echo hidden-ok > 
 mount -t tmpfs cover u/sub
 # stacks on a mount point whose parent mount is covered later
 mkdir -p o/a/b
-mount -t tmpfs t1 o/a/b; mount -t tmpfs t2 o/a/b; mkdir o/a/b/c; mount -t tmpfs t3 o/a/b/c
+mount -t tmpfs t1 o/a/b; echo deep-ok > o/a/b/f; mount -t tmpfs t2 o/a/b; mkdir o/a/b/c; mount -t tmpfs t3 o/a/b/c
 mount -t tmpfs t4 o/a; mount -t tmpfs t5 o/a; mkdir o/a/b; mount -t tmpfs t6 o/a/b
 # a tmpfs reachable only through a bind of it; a bind covering the mount it is bound from
 mkdir c; mount -t tmpfs c c; mkdir c/a c/b
@@ -1162,7 +1162,7 @@ set +e
 i=0
 while [ ! -e /data/go ]; do i=$((i+1)); echo "$i" >> /data/out; sleep 0.05; done
 r="$(cat u/top)"; umount u/sub; r="$r $(cat u/sub/hidden)"
-umount o/a/b && umount o/a && umount o/a && umount o/a/b/c && umount o/a/b && umount o/a/b && r="$r stack-ok"
+umount o/a/b && umount o/a && umount o/a && umount o/a/b/c && umount o/a/b && test "$(cat o/a/b/f)" = deep-ok && umount o/a/b && r="$r stack-ok"
 umount -l c/a && umount -l c/b/b && umount -l c/b/b && test -d c/a/b/c && test -d c/b/b/z && r="$r chain-ok"
 umount s/a/c && umount s/a && r="$r shared-ok"
 umount d-dst && umount f-dst && r="$r deleted-ok"
@@ -1185,20 +1185,116 @@ fn covered_mounts_come_back_under_their_covers() {
     );
 }
 
+/// The same covered mounts in a rootless-style container (issue #16; zdtm's
+/// tempfs_overmounted in flavor uns): the tmpfs every mount of which is covered is read in a
+/// copy of the container's mount namespace made inside its user namespace. A copy made from
+/// cryo's own user namespace has every mount locked, no cover could be detached there, and
+/// the dump was refused ("no copy of the tree's mount namespace with the cover detached").
+#[test]
+fn covered_mounts_in_a_user_namespace_come_back_under_their_covers() {
+    script_result_in(
+        "container-userns-overmounts",
+        Userns::MapRoot,
+        &[],
+        OVERMOUNTS,
+        "result top-ok hidden-ok stack-ok chain-ok shared-ok deleted-ok",
+    );
+}
+
+/// A deleted file with another name, open in a container whose root is not the caller's
+/// uid (zdtm's unlink_regular00 in flavor uns): with `--link-remap` its temporary name is
+/// made in the container's tmpfs, where cryo's own ids are not mapped (the kernel refuses
+/// them a new name there: EOVERFLOW, which failed the dump), with the file's owner's ids as
+/// CRIU does. The restored container reads the same file through its fd, writes through its
+/// fd land in its other name, and the temporary name is gone.
+#[test]
+fn linked_deleted_file_in_a_user_namespace_with_unmapped_root() {
+    script_result_in(
+        "container-userns-linkremap",
+        Userns::Mapped,
+        &["--link-remap"],
+        LINKED_DELETED,
+        "result remap-ok again-ok g",
+    );
+}
+
+const LINKED_DELETED: &str = r#"#!/bin/sh
+cd /tmp
+mkdir d; echo remap-ok > d/f; ln d/f d/g; exec 4<>d/f; rm d/f
+i=0
+while [ ! -e /data/go ]; do i=$((i+1)); echo "$i" >> /data/out; sleep 0.05; done
+r="$(head -n1 <&4)"; echo again-ok >&4; r="$r $(tail -n1 d/g) $(ls d)"
+echo "result $r" >> /data/out
+exec sleep 1000
+"#;
+
 /// Runs `script` (it writes numbered lines to /data/out until /data/go exists, then a
 /// "result ..." line) as the init of a container, dumps and restores the container, lets
 /// the restored script go on and checks its result line is `expected` (the restore log is
 /// printed if not).
 fn script_result_is(name: &str, script: &str, expected: &str) {
+    script_result_in(name, Userns::No, &[], script, expected);
+}
+
+/// How the container of [`script_result_in`] is user-namespaced.
+#[derive(Clone, Copy, PartialEq)]
+enum Userns {
+    /// None of its own.
+    No,
+    /// `CONTAINER_USERNS=1`: root inside is the caller's uid 0 (`--map-root-user`).
+    MapRoot,
+    /// Root inside is uid 20000 outside, gid 0 gid 400000 (zdtm's uns maps): cryo's own
+    /// ids are not mapped there (`progs/usermapped.c`).
+    Mapped,
+}
+
+/// [`script_result_is`], in a rootless-style container (every namespace owned by a user
+/// namespace of its own, as `userns` says), with `dump_extra` options at dump.
+fn script_result_in(name: &str, userns: Userns, dump_extra: &[&str], script: &str, expected: &str) {
     let dir = scratch(name);
     std::fs::create_dir_all(dir.join("rootfs")).unwrap();
     std::fs::write(dir.join("rootfs/script.sh"), script).unwrap();
-    let c = start_cmd(&dir, &[], &["/bin/sh", "/script.sh"], "out");
+    let usermapped = prog("usermapped");
+    let prefix: Vec<&str> = match userns {
+        Userns::No => vec![],
+        Userns::MapRoot => vec!["env", "CONTAINER_USERNS=1"],
+        Userns::Mapped => {
+            // Its root writes /data/out.
+            std::fs::create_dir_all(dir.join("host")).unwrap();
+            std::os::unix::fs::chown(dir.join("host"), Some(20000), Some(400000)).unwrap();
+            vec![
+                usermapped.to_str().unwrap(),
+                "0 20000 20000",
+                "0 400000 50000",
+                "env",
+                "CONTAINER_USERNS=made",
+            ]
+        }
+    };
+    let c = start_cmd(&dir, &prefix, &["/bin/sh", "/script.sh"], "out");
     let _g = KillOnDrop(c.init);
     let img = dir.join("img");
-    dump(c.init, &img, &["--external", "mnt[/data]:data"]);
+    let mut dump_ext = vec!["--external", "mnt[/data]:data"];
+    dump_ext.extend_from_slice(dump_extra);
+    let mut restore_ext = vec![];
+    if userns != Userns::No {
+        // Its /dev/null and /dev/zero are binds of the host's.
+        dump_ext.extend([
+            "--external",
+            "mnt[/dev/null]:null",
+            "--external",
+            "mnt[/dev/zero]:zero",
+        ]);
+        restore_ext.extend([
+            "--external",
+            "mnt[null]:/dev/null",
+            "--external",
+            "mnt[zero]:/dev/zero",
+        ]);
+    }
+    dump(c.init, &img, &dump_ext);
     wait_gone(c.init);
-    let init = restore_container(&c, &img, &[]);
+    let init = restore_container(&c, &img, &restore_ext);
     let _g2 = KillOnDrop(init);
     let n = lines(&c.host.join("out")).len();
     wait_for("the restored loop", 20, || {

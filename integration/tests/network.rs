@@ -20,6 +20,10 @@
 //!   leaves its table; the next cryo run removes it and says so.
 //! - `unsupported_link_is_refused_before_the_dump`: a link kind cryo cannot make again is
 //!   refused by name, the process untouched.
+//! - `tun_and_tap_files_come_back`: tun/tap files of every shape (unattached, attached, a
+//!   detached queue of a multi-queue device, a tap with its send buffer and vnet header
+//!   size) and a persistent device come back: same devices and flags, packets through the
+//!   queues both ways, owner, group, MAC and persistence as before; CRIU's images (crit).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -764,7 +768,8 @@ fn unsupported_link_is_refused_before_the_dump() {
 /// A bridge with a persistent tap enslaved to it, and a macvlan on a link of the first host,
 /// come back: the tap with its index, owner, flags and MAC, the bridge as its master, the
 /// macvlan (mode bridge, same MAC and address) on the second host's link named by
-/// `--external macvlan[mv0]:LINK`. An open tun/tap queue in the tree is refused by name.
+/// `--external macvlan[mv0]:LINK`. A tun file of cryo's own network namespace in the tree is
+/// refused by name.
 #[test]
 fn bridge_tap_and_macvlan_come_back() {
     let _s = serial();
@@ -912,14 +917,13 @@ fn bridge_tap_and_macvlan_come_back() {
         );
         assert!(addrs.contains("10.209.0.2/24"), "{addrs}");
     }
-    // A program holding a tap queue open is refused before it is touched.
+    // A program of cryo's own network namespace holding a tun file open is refused before
+    // it is touched: its device would not be saved (CRIU refuses it too).
     let holder = spawn(
         &[
-            "nsenter",
-            &format!("--net=/proc/{pid}/ns/net"),
             "python3",
             "-c",
-            "import fcntl, os, struct, time\nf = os.open('/dev/net/tun', os.O_RDWR)\nfcntl.ioctl(f, 0x400454ca, struct.pack('16sH', b'tap0', 0x1002))\nprint('ready', flush=True)\ntime.sleep(100)",
+            "import os, time\nf = os.open('/dev/net/tun', os.O_RDWR)\nprint('ready', flush=True)\ntime.sleep(100)",
         ],
         &dir.join("holder"),
     );
@@ -930,7 +934,10 @@ fn bridge_tap_and_macvlan_come_back() {
             .is_some_and(|l| l == "ready")
     });
     let e = integration::dump_fails(holder, &dir.join("img2"), &[]);
-    assert!(e.contains("tun/tap"), "{e}");
+    assert!(
+        e.contains("tun/tap file of cryo's own network namespace"),
+        "{e}"
+    );
     assert!(alive(holder));
     kill(holder);
     kill(pid);
@@ -1626,4 +1633,280 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = run(&["ip", "link", "del", &self.0]);
     }
+}
+
+/// A program of a network namespace of its own holding tun/tap files of each shape
+/// (`TUN_HOLDER`): on SIGUSR1 it says what each file is attached to (TUNGETIFF), whether
+/// packets still go through its queues (both ways), and the tap's send buffer and vnet
+/// header size.
+const TUN_HOLDER: &str = r#"
+import fcntl, os, select, signal, socket, struct, subprocess, sys, time
+TUNSETIFF, TUNGETIFF, TUNSETPERSIST = 0x400454ca, 0x800454d2, 0x400454cb
+TUNSETOWNER, TUNSETGROUP, TUNSETQUEUE = 0x400454cc, 0x400454ce, 0x400454d9
+TUNSETSNDBUF, TUNGETSNDBUF = 0x400454d4, 0x800454d3
+TUNSETVNETHDRSZ, TUNGETVNETHDRSZ = 0x400454d8, 0x800454d7
+TUN, TAP, NO_PI, MQ, VNET, DETACH = 1, 2, 0x1000, 0x100, 0x4000, 0x400
+
+def ip(*a):
+    subprocess.run(("ip",) + a, check=True)
+
+def tun(name, flags):
+    f = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(f, TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+    return f
+
+def iff(f):
+    try:
+        r = fcntl.ioctl(f, TUNGETIFF, bytes(40))
+    except OSError as e:
+        return "errno %d" % e.errno
+    n, fl = struct.unpack("16sH", r[:18])
+    return "%s %x" % (n.rstrip(b"\0").decode(), fl)
+
+def getint(f, req):
+    return struct.unpack("i", fcntl.ioctl(f, req, bytes(4)))[0]
+
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+def udp4(src, dst, sport, dport, data):
+    u = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(u), 1, 0, 64, 17, 0,
+                    socket.inet_aton(src), socket.inet_aton(dst))
+    return h[:10] + struct.pack("!H", csum(h)) + h[12:] + u
+
+def goes_out(f, dst, word):
+    # A datagram routed to the device's peer comes out of the queue.
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(word, (dst, 9999))
+    end = time.time() + 3
+    while time.time() < end:
+        r, _, _ = select.select([f], [], [], 0.2)
+        if r and word in os.read(f, 65536):
+            return "ok"
+    return "lost"
+
+def comes_in(f, local, peer, word):
+    # A datagram written into the queue reaches a socket of the namespace.
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((local, 7777))
+    s.settimeout(3)
+    os.write(f, udp4(peer, local, 5555, 7777, word))
+    try:
+        return "ok" if s.recv(100) == word else "wrong"
+    except socket.timeout:
+        return "lost"
+    finally:
+        s.close()
+
+ip("link", "set", "lo", "up")
+free = os.open("/dev/net/tun", os.O_RDWR)
+t0 = tun("ct0", TUN | NO_PI)
+fcntl.ioctl(t0, TUNSETOWNER, 1234)
+fcntl.ioctl(t0, TUNSETGROUP, 4321)
+q1 = tun("cq0", TUN | NO_PI | MQ)
+q2 = tun("cq0", TUN | NO_PI | MQ)
+fcntl.ioctl(q2, TUNSETQUEUE, struct.pack("16sH", b"", DETACH))
+p = tun("cp0", TAP | NO_PI | VNET)
+fcntl.ioctl(p, TUNSETSNDBUF, struct.pack("i", 65536))
+fcntl.ioctl(p, TUNSETVNETHDRSZ, struct.pack("i", 12))
+x = tun("cx0", TUN)
+fcntl.ioctl(x, TUNSETPERSIST, 1)
+os.close(x)
+ip("addr", "add", "10.77.0.1", "peer", "10.77.0.2", "dev", "ct0")
+ip("link", "set", "ct0", "up")
+ip("addr", "add", "10.78.0.1", "peer", "10.78.0.2", "dev", "cq0")
+ip("link", "set", "cq0", "up")
+rounds = [0]
+
+def report(*_):
+    rounds[0] += 1
+    n = rounds[0]
+    w = lambda k: ("%s-%d" % (k, n)).encode()
+    print("free", iff(free))
+    print("t0", iff(t0), "out", goes_out(t0, "10.77.0.2", w("t0")),
+          "in", comes_in(t0, "10.77.0.1", "10.77.0.2", w("t0in")))
+    print("q1", iff(q1), "out", goes_out(q1, "10.78.0.2", w("q1")))
+    print("q2", iff(q2))
+    print("p", iff(p), getint(p, TUNGETSNDBUF), getint(p, TUNGETVNETHDRSZ))
+    print("report", n, flush=True)
+
+signal.signal(signal.SIGUSR1, report)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"#;
+
+/// tun/tap files of every shape in a network namespace of the tree's own come back, as
+/// CRIU's: a file attached to nothing; a tun device (owner and group set) whose one queue
+/// moves packets both ways; a multi-queue device with one queue attached and one detached;
+/// a tap with vnet headers, its send buffer and vnet header size changed; and a persistent
+/// device no file is on. After the restore: TUNGETIFF gives the same device and flags on
+/// each file (the detached one still detached), packets go through the queues again, the
+/// owner, group, MAC and persistence of each device are as before (the devices made
+/// persistent by the restore lost it again). The images are CRIU's (crit reads TUNF records
+/// with their REG twin, and each netdev `tun` entry with the tap's send buffer and header
+/// size, which only its file tells).
+#[test]
+fn tun_and_tap_files_come_back() {
+    let _s = serial();
+    if !need(&["ip", "nsenter", "unshare", "python3", "crit"]) {
+        return;
+    }
+    let dir = scratch("netns-tun");
+    let out = dir.join("out");
+    let pid = spawn(&["unshare", "-n", "python3", "-c", TUN_HOLDER], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("the tun files", 10, || {
+        lines(&out).iter().any(|l| l == "ready")
+    });
+    // What the program says of its files at SIGUSR1 number `n`.
+    let report = |n: usize| -> Vec<String> {
+        integration::signal(pid, libc::SIGUSR1);
+        let done = format!("report {n}");
+        wait_for("the program's report", 30, || lines(&out).contains(&done));
+        let l = lines(&out);
+        let end = l.iter().position(|x| *x == done).unwrap();
+        l[end - 5..end].to_vec()
+    };
+    let want = [
+        // EBADFD: attached to nothing.
+        "free errno 77",
+        "t0 ct0 1001 out ok in ok",
+        "q1 cq0 1101 out ok",
+        // IFF_DETACH_QUEUE.
+        "q2 cq0 1501",
+        "p cp0 5002 65536 12",
+    ];
+    assert_eq!(report(1), want, "before the dump");
+    let links = |pid: i32| -> Vec<String> {
+        let o = in_ns(pid, &["ip", "-d", "-o", "link", "show"]);
+        ok(&o, "ip -d link show");
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.contains(": lo:"))
+            .map(|l| {
+                // Index, name, link type and address, and the tun details.
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let at = |k: &str| f.iter().position(|x| *x == k);
+                let tun = at("tun").map(|i| {
+                    f[i..]
+                        .iter()
+                        .take_while(|x| !x.starts_with("addrgenmode"))
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                });
+                let ll = at("link/ether")
+                    .or(at("link/none"))
+                    .map(|i| f[i..(i + 2).min(f.len())].join(" "));
+                format!(
+                    "{} {} {} {}",
+                    f[0],
+                    f[1],
+                    ll.unwrap_or_default(),
+                    tun.unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    let before = links(pid);
+    let has = |l: &[String], name: &str, what: &str| {
+        assert!(
+            l.iter().any(|x| x.contains(name) && x.contains(what)),
+            "{name}: {what}: {l:#?}"
+        );
+    };
+    has(&before, "ct0:", "persist off user 1234 group 4321");
+    has(
+        &before,
+        "cq0:",
+        "multi_queue numqueues 1 numdisabled 1 persist off",
+    );
+    has(&before, "cx0:", "persist on");
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_gone(pid);
+    // The images, as crit reads them.
+    let files = sh(
+        "crit",
+        &[
+            "crit",
+            "decode",
+            "-i",
+            img.join("files.img").to_str().unwrap(),
+        ],
+    );
+    let files: serde_json::Value = serde_json::from_str(&files).unwrap();
+    let entries = files["entries"].as_array().unwrap();
+    let tunf: Vec<&serde_json::Value> = entries.iter().filter(|e| e["type"] == "TUNF").collect();
+    assert_eq!(tunf.len(), 5, "{tunf:#?}");
+    for t in &tunf {
+        let twin = entries
+            .iter()
+            .find(|e| e["type"] == "REG" && e["id"] == t["id"])
+            .unwrap_or_else(|| panic!("no REG twin of {t}"));
+        assert_eq!(twin["reg"]["name"], "/dev/net/tun", "{twin}");
+        assert!(t["tunf"]["ns_id"].is_u64(), "{t}");
+    }
+    let netdev = |name: &str| tunf.iter().filter(|t| t["tunf"]["netdev"] == name).count();
+    assert_eq!(
+        (netdev("ct0"), netdev("cq0"), netdev("cp0")),
+        (1, 2, 1),
+        "{tunf:#?}"
+    );
+    assert_eq!(
+        tunf.iter()
+            .filter(|t| t["tunf"]["netdev"].is_null())
+            .count(),
+        1
+    );
+    assert_eq!(
+        tunf.iter()
+            .filter(|t| t["tunf"]["detached"] == true)
+            .count(),
+        1
+    );
+    let nd = images_named(&img, "netdev-");
+    let nd = sh("crit", &["crit", "decode", "-i", nd[0].to_str().unwrap()]);
+    let nd: serde_json::Value = serde_json::from_str(&nd).unwrap();
+    let dev = |name: &str| -> serde_json::Value {
+        nd["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {nd}"))["tun"]
+            .clone()
+    };
+    assert_eq!(
+        (
+            dev("cp0")["sndbuf"].as_u64(),
+            dev("cp0")["vnethdr"].as_u64()
+        ),
+        (Some(65536), Some(12))
+    );
+    assert_eq!(
+        (dev("ct0")["owner"].as_i64(), dev("ct0")["group"].as_i64()),
+        (Some(1234), Some(4321))
+    );
+    assert_eq!(
+        dev("cx0")["flags"].as_u64().unwrap() & 0x800,
+        0x800,
+        "cx0 persistent"
+    );
+    assert_eq!(
+        dev("ct0")["flags"].as_u64().unwrap() & 0x800,
+        0,
+        "ct0 not persistent"
+    );
+
+    integration::restore_with(&img, &[]);
+    assert!(alive(pid), "restored");
+    assert_eq!(report(2), want, "after the restore");
+    assert_eq!(links(pid), before, "the devices after the restore");
+    kill(pid);
 }

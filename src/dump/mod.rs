@@ -842,7 +842,6 @@ fn precheck(opts: &DumpOpts, tree: &[(i32, i32)]) -> Result<(), DumpError> {
             }
         }
         kinds::files::precheck(pid, opts.shell_job, &pids, &mut fds)?;
-        kinds::netns::precheck_fds(pid)?;
     }
     kinds::files::precheck_tree(&fds)?;
     kinds::tty::precheck(tree, opts.shell_job)?;

@@ -46,6 +46,7 @@ pub static FD_KINDS: &[FdOps] = &[
     FdOps::of::<super::inet_sk::InetSk>(),
     FdOps::of::<super::netlink_sk::NetlinkSk>(),
     FdOps::of::<super::packet_sk::PacketSk>(),
+    FdOps::of::<super::tun::Tun>(),
     FdOps::of::<super::tty::Tty>(),
     FdOps::of::<super::pidfd::PidFd>(),
     FdOps::of::<super::nsfile::NsFile>(),
@@ -1162,14 +1163,18 @@ impl FdObjects {
         let mut net_pid = self.net_pid.or(self.ns_pid);
         // A socket made in another network namespace of the tree than its holder's (a
         // process that entered a second namespace, made it and came back): made there.
-        let sk_ns = e.usk.as_ref().and_then(|u| u.ns_id);
+        let sk_ns = e
+            .usk
+            .as_ref()
+            .and_then(|u| u.ns_id)
+            .or_else(|| e.tunf.as_ref().and_then(|t| t.ns_id));
         if let Some(ns) = sk_ns.filter(|&ns| kind.in_tree_ns && Some(ns) != self.cur_net_ns) {
             if let Some(&p) = self.net_ns_host.get(&ns) {
                 net_pid = Some(p);
             } else {
                 // Made in its holder's it would answer in the wrong namespace.
                 return Err(Unsupported::restore(format!(
-                    "file {id}: a socket of network namespace {ns}, which no process of the tree restored before its holder is in (the namespace's first process is a later child): cryo cannot make it there yet"
+                    "file {id}: a socket or tun/tap file of network namespace {ns}, which no process of the tree restored before its holder is in (the namespace's first process is a later child): cryo cannot make it there yet"
                 ))
                 .into());
             }

@@ -95,16 +95,17 @@ pub fn dump(
         .parent()
         .unwrap_or(Path::new("/"))
         .to_path_buf();
-    let _in = mnt_ns_pid
-        .map(|p| super::ns::InNs::enter(p, true))
-        .transpose()
-        .map_err(err("enter the tree's mount namespace".into()))?;
     // In a file system of the tree's user namespace cryo's ids (not mapped there) may not
     // make a name (EOVERFLOW): the link is made with the file's owner's ids, as CRIU does.
+    // Read before entering the tree's mount namespace, whose /proc is the tree's.
     let owner = rustix::fs::fstat(file.as_fd())
         .ok()
         .filter(|_| super::userns::maps_of(pid).is_some())
         .map(|st| (st.st_uid, st.st_gid));
+    let _in = mnt_ns_pid
+        .map(|p| super::ns::InNs::enter(p, true))
+        .transpose()
+        .map_err(err("enter the tree's mount namespace".into()))?;
     let link = |at: &Path| {
         let l = || {
             rustix::fs::linkat(

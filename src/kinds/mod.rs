@@ -47,6 +47,7 @@ pub mod threads;
 pub mod timerfd;
 pub mod timers;
 pub mod tty;
+pub mod tun;
 pub mod unix_sk;
 pub mod userns;
 

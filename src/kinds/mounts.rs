@@ -821,21 +821,35 @@ fn clone_alone(at: &OwnedFd) -> rustix::io::Result<OwnedFd> {
 }
 
 /// A tmpfs (`e`) of `pid` that no path of the tree leads to, every mount of it being covered
-/// by another (zdtm's tempfs_overmounted): a copy of one of its mounts alone, made on a thread
-/// of its own in a private copy of the tree's mount namespace (every mount made private
-/// first, so that nothing propagates back), where the mounts covering it are detached.
+/// by another (zdtm's tempfs_overmounted): a copy of one of its mounts alone, made in a
+/// private copy of the tree's mount namespace (every mount made private first, so that
+/// nothing propagates back), where the mounts covering it are detached. The copy is made by
+/// a child of cryo in the user namespace that owns the tree's mount namespace, as CRIU does:
+/// copied from any other, every mount of the copy is locked (the kernel's guard against
+/// revealing what a mount covers), and no cover could be detached.
 fn uncover_tmpfs(pid: i32, e: &pb::MntEntry) -> Option<OwnedFd> {
     use rustix::fs::{open, statx, AtFlags, Mode, OFlags, StatxFlags};
+    let mnt = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok()?;
+    let ino = |f: &OwnedFd| rustix::fs::fstat(f).ok().map(|st| (st.st_dev, st.st_ino));
+    let own_userns = open(
+        "/proc/self/ns/user",
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    // None: owned by cryo's own user namespace, which the child stays in.
+    let userns = crate::sys::ns::owner(mnt.as_fd())
+        .ok()
+        .filter(|u| ino(u) != ino(&own_userns));
+    // cryo's /proc: the tree's, seen from its namespace, does not know cryo's child.
+    let proc = open(
+        "/proc",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    // Runs in the child: nothing here may log.
     let work = || -> Option<OwnedFd> {
-        let mnt = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok()?;
-        // cryo's /proc: the tree's, seen from its namespace, does not know cryo's threads.
-        let proc = open(
-            "/proc",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?;
-        crate::sys::ns::unshare(UnshareFlags::FS).ok()?;
         crate::sys::ns::setns(mnt.as_fd(), NsType::Mount).ok()?;
         crate::sys::ns::unshare(UnshareFlags::NEWNS).ok()?;
         rustix::mount::mount_change(
@@ -902,16 +916,21 @@ fn uncover_tmpfs(pid: i32, e: &pb::MntEntry) -> Option<OwnedFd> {
                 .ok()?
                 .stx_mnt_id;
             if id == u64::from(m.id) {
-                tracing::info!(
-                    "tmpfs {}: read in a copy of the namespace, its covers detached",
-                    e.mountpoint
-                );
                 return clone_alone(&f).ok();
             }
         }
         None
     };
-    std::thread::scope(|s| s.spawn(work).join().ok().flatten())
+    let copy = crate::sys::proc::fd_from_child(userns.as_ref().map(|u| u.as_fd()), work)
+        .ok()
+        .flatten();
+    if copy.is_some() {
+        tracing::info!(
+            "tmpfs {}: read in a copy of the namespace, its covers detached",
+            e.mountpoint
+        );
+    }
+    copy
 }
 
 /// Writes the mount entries and the tmpfs contents (read through /proc/PID/root while the

@@ -99,6 +99,9 @@ pub enum NetnsError {
     BadImage { ns: u32, name: String, what: String },
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// A tun/tap file on one of its devices.
+    #[error(transparent)]
+    Tun(#[from] super::tun::TunError),
 }
 
 impl super::error::Failure for NetnsError {
@@ -108,6 +111,7 @@ impl super::error::Failure for NetnsError {
             NetnsError::Tool { tool, .. } if *tool == "nft" => Some(
                 "the namespace's firewall is saved and restored with nft: install nftables".into(),
             ),
+            NetnsError::Tun(e) => e.hint(),
             _ => None,
         }
     }
@@ -546,7 +550,7 @@ fn ns_of(pid: i32) -> u32 {
 }
 
 /// Refuses, before the tree is touched, a network namespace of `pid` (not cryo's) holding a
-/// link cryo cannot recreate, naming it; and open tun/tap queues in the tree.
+/// link cryo cannot recreate, naming it.
 pub fn precheck(pid: i32) -> Result<(), NetnsError> {
     let ns = open_ns(pid)?;
     let id = ns_of(pid);
@@ -565,30 +569,6 @@ pub fn precheck(pid: i32) -> Result<(), NetnsError> {
                 link: link_name(l),
                 what,
                 hint: "delete the link before the dump, or do not save the namespace's contents: --external net[INODE]:KEY (joined again at restore) or --empty-ns net".into(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Refuses, before the tree is touched, an open tun/tap queue (`/dev/net/tun`, char 10:200)
-/// in process `pid`: reopened by path it would be attached to nothing.
-pub fn precheck_fds(pid: i32) -> Result<(), NetnsError> {
-    use std::os::unix::fs::FileTypeExt;
-    let dir = format!("/proc/{pid}/fd");
-    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let Ok(m) = std::fs::metadata(e.path()) else {
-            continue;
-        };
-        if m.file_type().is_char_device() && m.rdev() == libc::makedev(10, 200) {
-            return Err(NetnsError::Unsupported {
-                ns: ns_of(pid),
-                link: "tun/tap".into(),
-                what: format!(
-                    "process {pid} holds a tun/tap queue open (fd {}), which cryo does not save",
-                    e.file_name().to_string_lossy()
-                ),
-                hint: "close the queue (a persistent device is saved with its namespace) or stop the program before the dump".into(),
             });
         }
     }
@@ -621,12 +601,19 @@ pub fn dump(pid: i32, id: u32, host: u32, tree: &[i32]) -> Result<NetnsDump, Net
         }
     }
     let t0 = std::time::Instant::now();
-    let d = within(ns.as_fd(), || dump_inside(id, host, own.as_fd(), &others)).map_err(
-        |source| NetnsError::Enter {
-            what: format!("process {pid}"),
-            source,
-        },
-    )??;
+    // What the tree's tun/tap files on this namespace's devices tell of them (vnet header
+    // size, send buffer), read before the links.
+    let queues = match mine {
+        Some(ino) => super::tun::queues_of(tree, ino)?,
+        None => HashMap::new(),
+    };
+    let d = within(ns.as_fd(), || {
+        dump_inside(id, host, own.as_fd(), &others, &queues)
+    })
+    .map_err(|source| NetnsError::Enter {
+        what: format!("process {pid}"),
+        source,
+    })??;
     tracing::info!(
         ns = id,
         links = d.links.len(),
@@ -641,6 +628,7 @@ fn dump_inside(
     host: u32,
     own: BorrowedFd<'_>,
     others: &[(u32, File)],
+    queues: &HashMap<String, super::tun::Queue>,
 ) -> Result<NetnsDump, NetnsError> {
     let mut rt = Rtnl::new(id)?;
     let mut d = NetnsDump {
@@ -713,6 +701,9 @@ fn dump_inside(
                 }
                 _ => {}
             }
+        }
+        if let Some(t) = e.tun.as_mut() {
+            tun_queue_params(id, &name, t, queues)?;
         }
         if ty == pb::NdType::Veth {
             // The peer in this namespace, in cryo's, or in one cryo does not save.
@@ -859,8 +850,8 @@ const IFF_NO_PI: u32 = 0x1000;
 const IFF_VNET_HDR: u32 = 0x4000;
 
 /// A tun/tap link's parameters from its `IFLA_INFO_DATA` (owner, group, type, pi, vnet_hdr,
-/// persist, multi_queue); the vnet header size and send buffer are not reported there and
-/// are saved as the kernel's defaults (10, INT_MAX).
+/// persist, multi_queue); the vnet header size and send buffer are not reported there:
+/// [`tun_queue_params`] fills them (the kernel's defaults, 10 and INT_MAX, until then).
 fn tun_entry(attrs: &[netlink_packet_route::link::InfoTun]) -> pb::TunLinkEntry {
     use netlink_packet_core::Nla;
     let mut e = pb::TunLinkEntry {
@@ -897,6 +888,50 @@ fn tun_entry(attrs: &[netlink_packet_route::link::InfoTun]) -> pb::TunLinkEntry 
         e.flags |= IFF_NO_PI;
     }
     e
+}
+
+/// The vnet header size and send buffer of tun/tap device `name` (of namespace `ns`, which
+/// the calling thread is in), which only a file attached to it tells: one of the tree's
+/// (`queues`), else, for a persistent device no file is on, a file cryo attaches for the
+/// moment (as CRIU). A device that is not persistent and has no file in the tree is held by
+/// a process outside it: refused.
+fn tun_queue_params(
+    ns: u32,
+    name: &str,
+    t: &mut pb::TunLinkEntry,
+    queues: &HashMap<String, super::tun::Queue>,
+) -> Result<(), NetnsError> {
+    if let Some(q) = queues.get(name) {
+        t.vnethdr = q.vnethdr;
+        t.sndbuf = q.sndbuf;
+        return Ok(());
+    }
+    if t.flags & IFF_PERSIST == 0 {
+        return Err(NetnsError::Unsupported {
+            ns,
+            link: name.to_string(),
+            what: "the tun/tap device is not persistent and no process of the tree has a file on it (its files are held outside the tree)".into(),
+            hint: "dump the process holding its files with the tree, make the device persistent (ip tuntap add), or delete it before the dump".into(),
+        });
+    }
+    let keep = u16::try_from(t.flags & super::tun::KEEP_FLAGS).unwrap_or_default();
+    let read = crate::sys::tun::open(libc::O_RDWR | libc::O_CLOEXEC).and_then(|f| {
+        crate::sys::tun::attach(f.as_fd(), name, keep)?;
+        crate::sys::tun::vnethdr_sndbuf(f.as_fd())
+    });
+    match read {
+        Ok((h, s)) => {
+            t.vnethdr = h;
+            t.sndbuf = s;
+        }
+        // (A device with a filter set once by a program cannot be attached to from cryo.)
+        Err(e) => tracing::warn!(
+            ns,
+            link = name,
+            "cannot attach to the persistent tun/tap device to read its vnet header size and send buffer ({e}); the kernel's defaults are saved"
+        ),
+    }
+    Ok(())
 }
 
 fn route_table(m: &RouteMessage) -> u32 {
@@ -1917,17 +1952,25 @@ fn make_link(
         pb::NdType::Tun => {
             // rtnetlink cannot make one: /dev/net/tun in this namespace, persistent, with its
             // saved index; then its MTU, MAC and flags like any link.
+            // Persistent until its first file attaches (`kinds::tun`), as CRIU.
             let t = l.tun.unwrap_or_default();
-            let keep = IFF_TUN | IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE;
-            crate::sys::tun::create_persistent(
-                &l.name,
+            let p = crate::sys::tun::Params {
                 // The IFF_* bits kept are all below 1 << 16.
-                u16::try_from(t.flags & keep).unwrap_or_default(),
-                l.ifindex,
-                u32::try_from(t.owner).ok(),
-                u32::try_from(t.group).ok(),
-            )
-            .map_err(|e| rt.err(format!("link {}: create the tun/tap device", l.name), e))?;
+                flags: u16::try_from(t.flags & super::tun::KEEP_FLAGS).unwrap_or_default(),
+                ifindex: l.ifindex,
+                owner: u32::try_from(t.owner).ok(),
+                group: u32::try_from(t.group).ok(),
+                // A size below the smallest header (or no buffer) would be refused: the
+                // kernel's defaults then.
+                vnethdr: if t.vnethdr >= 10 { t.vnethdr } else { 10 },
+                sndbuf: if t.sndbuf > 0 {
+                    t.sndbuf
+                } else {
+                    i32::MAX.cast_unsigned()
+                },
+            };
+            crate::sys::tun::create_persistent(&l.name, &p)
+                .map_err(|e| rt.err(format!("link {}: create the tun/tap device", l.name), e))?;
             m.header.index = l.ifindex;
             m.attributes
                 .retain(|a| !matches!(a, LinkAttribute::IfName(_)));

@@ -294,11 +294,7 @@ fn read_tree(
         .collect::<Result<Vec<_>, _>>()?;
     check_nested_pids(&tasks)?;
     check_proc_pids(dir, &tasks)?;
-    let files = dir
-        .read::<pb::FileEntry>("files.img", image::FILES)?
-        .into_iter()
-        .map(|f| (f.id, f))
-        .collect();
+    let files = merge_files(dir.read::<pb::FileEntry>("files.img", image::FILES)?);
     let mut own_pid_ns = match (
         inv.root_ids.and_then(|r| r.pid_ns_id),
         tasks[0].ids.pid_ns_id,
@@ -324,6 +320,26 @@ fn read_tree(
         )));
     }
     Ok((tasks, files, own_pid_ns, ext_pid))
+}
+
+/// files.img by id. A tun/tap file is two records with one id, as CRIU writes it: a REG
+/// one (path and open flags) and the TUNF one; the REG record is kept in the other's `reg`.
+fn merge_files(list: Vec<pb::FileEntry>) -> HashMap<u32, pb::FileEntry> {
+    let mut out: HashMap<u32, pb::FileEntry> = HashMap::new();
+    for f in list {
+        match out.remove(&f.id) {
+            Some(prev) if prev.r#type == pb::FdTypes::Reg as i32 && f.reg.is_none() => {
+                out.insert(f.id, pb::FileEntry { reg: prev.reg, ..f });
+            }
+            Some(prev) if f.r#type == pb::FdTypes::Reg as i32 && prev.reg.is_none() => {
+                out.insert(f.id, pb::FileEntry { reg: f.reg, ..prev });
+            }
+            _ => {
+                out.insert(f.id, f);
+            }
+        }
+    }
+    out
 }
 
 /// PID namespaces nested in the tree's (pstree's `cryo_ns_depth`/`cryo_ns_tids`): every id

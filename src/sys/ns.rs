@@ -39,3 +39,19 @@ pub fn parent(fd: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: the kernel just handed us this fd; nothing else owns it.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r) })
 }
+
+/// `ioctl(NS_GET_USERNS)` (`_IO(0xb7, 0x1)`).
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
+
+/// The user namespace that owns the namespace `fd` names, as a new fd (`NS_GET_USERNS`).
+/// Fails with EPERM when that user namespace is outside cryo's own.
+pub fn owner(fd: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new fd, or -1 with errno set.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_USERNS) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just handed us this fd; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(r) })
+}

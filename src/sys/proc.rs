@@ -262,6 +262,53 @@ pub fn spawn_exiting() -> io::Result<i32> {
     cvt(r).and_then(|p| i32::try_from(p).map_err(|_| io::Error::from_raw_os_error(libc::ERANGE)))
 }
 
+/// Runs `f` in a forked child of cryo that first joined the user namespace `userns` (when
+/// given) and hands the fd `f` returns back to the caller (SCM_RIGHTS over a socket pair);
+/// `Ok(None)` when `f` found nothing. A thread cannot join a user namespace (the kernel
+/// refuses it to a multi-threaded process), and a mount namespace copied by a task outside
+/// the one owning the original has every mount locked (no cover can be unmounted there).
+/// The child is glibc's `fork` (malloc's locks are made usable in it), so `f` may allocate;
+/// it must not log (another thread may have held the log's lock at the fork). The child
+/// never returns: it `_exit`s once it sent its answer.
+pub fn fd_from_child(
+    userns: Option<std::os::fd::BorrowedFd<'_>>,
+    f: impl FnOnce() -> Option<std::os::fd::OwnedFd>,
+) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    use std::os::fd::AsFd;
+    let (ours, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // SAFETY: glibc's fork; the child runs `f` (allocation is safe after glibc's fork) and
+    // then `_exit`s, never returning into the caller's frames.
+    let r = unsafe { libc::fork() };
+    if r == 0 {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if let Some(u) = userns {
+                super::ns::setns(u, super::ns::NsType::User).ok()?;
+            }
+            f()
+        }));
+        let fd = out.ok().flatten();
+        let fds: Vec<_> = fd.iter().map(|f| f.as_fd()).collect();
+        let _ = super::scm::send_rights(theirs.as_fd(), &[1], &fds, None);
+        // SAFETY: _exit takes a plain integer and does not return.
+        unsafe { libc::_exit(0) };
+    }
+    let pid = cvt(libc::c_long::from(r))?;
+    drop(theirs);
+    let mut buf = [0u8; 1];
+    // Blocks until the child answered, or ended without (its end of the pair closed).
+    let got = super::scm::recv_rights(ours.as_fd(), &mut buf);
+    // Another waiter of cryo's may have reaped it: nothing is lost then.
+    let _ = reap(i32::try_from(pid).unwrap_or(-1));
+    let (_, mut fds) = got?;
+    Ok(fds.pop())
+}
+
 /// Waits for cryo's child `pid` to end and reaps it.
 pub fn reap(pid: i32) -> io::Result<()> {
     let pid = rustix::process::Pid::from_raw(pid)
