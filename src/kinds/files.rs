@@ -1364,18 +1364,23 @@ fn dump_fd(
                     r.mnt_id = (info.mnt_id >= 0).then_some(info.mnt_id);
                 }
             } else if deleted.is_some() {
-                // Made again on one mount: every fd on it must have been opened through
-                // that one (zdtm's mntns_link_ghost holds one through two binds of two
-                // namespaces; CRIU links it into a mount that has both).
+                // Made again at one place: an fd opened through another mount must see it at
+                // the same place of the file system (the same directory bound elsewhere, as
+                // zdtm's mntns_ghost01), or it comes back on the wrong mount. zdtm's
+                // mntns_link_ghost holds one through binds of two directories in two
+                // namespaces (CRIU links it into a mount that has both): refused.
                 let held = (meta.dev(), meta.ino());
+                let on_fs = path_on_fs(pid, info.mnt_id, deleted.unwrap_or(&link));
                 match cx.files.ghost_mnts.get(&held) {
-                    Some((m, first)) if *m != info.mnt_id => {
+                    Some((m, at, first)) if *m != info.mnt_id && (at.is_none() || *at != on_fs) => {
                         return Err(Unsupported::of(
                             pid,
                             format!("fd {fd} ({link})"),
                             format!(
-                                "the deleted file is open through two mounts: mount {} here, mount {m} for {first}; cryo makes a deleted file again on one mount only",
-                                info.mnt_id
+                                "the deleted file is open through two mounts that show it at different places: mount {} here ({}), mount {m} for {first} ({}); cryo makes a deleted file again at one place only",
+                                info.mnt_id,
+                                on_fs.as_deref().unwrap_or("not in the process's mount namespace"),
+                                at.as_deref().unwrap_or("not in its process's mount namespace"),
                             ),
                             "close one of them, or keep a name of the file (then it is restored through that name with --link-remap)",
                         )
@@ -1383,9 +1388,10 @@ fn dump_fd(
                     }
                     Some(_) => {}
                     None => {
-                        cx.files
-                            .ghost_mnts
-                            .insert(held, (info.mnt_id, format!("fd {fd} of process {pid}")));
+                        cx.files.ghost_mnts.insert(
+                            held,
+                            (info.mnt_id, on_fs, format!("fd {fd} of process {pid}")),
+                        );
                     }
                 }
                 super::ghost::dump(
@@ -1959,6 +1965,26 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
         }
     }
     Ok(cx.open(&reg.name, flags)?)
+}
+
+/// Where `path` (an fd's, as its link reads) is on its file system: the root of `pid`'s
+/// mount `mnt_id` joined with the part of `path` under that mount's mount point. None when
+/// `pid`'s namespace has no such mount or `path` is not under it.
+fn path_on_fs(pid: i32, mnt_id: i32, path: &str) -> Option<String> {
+    let infos = super::mounts::parse_mountinfo(&procfs::read(pid, "mountinfo").ok()?);
+    let m = infos
+        .iter()
+        .find(|m| i64::from(m.id) == i64::from(mnt_id))?;
+    let rest = if m.mountpoint == "/" {
+        path
+    } else {
+        let r = path.strip_prefix(m.mountpoint.as_str())?;
+        if !r.is_empty() && !r.starts_with('/') {
+            return None;
+        }
+        r
+    };
+    Some(format!("{}{rest}", m.root.trim_end_matches('/')))
 }
 
 /// `pid`, or the nearest ancestor of it, whose mount namespace has mount `mnt_id` (`pid` when
