@@ -36,5 +36,6 @@ pub mod progress;
 pub mod restore;
 pub mod rpc;
 pub mod show;
+pub mod stage;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -781,6 +781,7 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
                     cryo::lazy::socket_path(a.work_dir.as_deref().unwrap_or(&a.images_dir))
                 }),
                 cpu_cap: a.cpu_cap_bits().map_err(anyhow::Error::msg)?,
+                stage: None,
             };
             let dir = ImageDir::open(&a.images_dir)?;
             let spin = progress("restoring");

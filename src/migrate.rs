@@ -58,6 +58,10 @@ enum Msg {
         /// tree waiting for `Commit`.
         #[serde(default)]
         timeout_s: Option<u32>,
+        /// The root's PID in the images: a destination restoring in full stages its
+        /// memory as the rounds come (`crate::stage`).
+        #[serde(default)]
+        root: Option<u32>,
     },
     /// Source → destination: the pages of round `name` come next, on a new connection.
     Round { name: String },
@@ -515,6 +519,10 @@ fn rounds_and_hand_over(
             tcp_established: opts.dump.sock.tcp_established,
             shell_job: opts.dump.shell_job,
             timeout_s: u32::try_from(wait.as_secs()).ok(),
+            // Its PID in its own PID namespace: the one the images hold.
+            root: crate::procfs::ns_ids(opts.dump.pid, "NSpid:")
+                .and_then(|v| v.last().copied())
+                .and_then(|p| u32::try_from(p).ok()),
         },
     )?;
     expect_ready(ctl, wait, "the destination's greeting")?;
@@ -815,7 +823,12 @@ fn receive_in(
             tcp_established,
             shell_job,
             timeout_s,
+            root,
         } => {
+            // A full restore stages the root's memory; a lazy one's daemon serves it.
+            if opts.lazy.is_none() {
+                ro.stage = root.map(|p| std::sync::Arc::new(crate::stage::Stage::new(p)));
+            }
             ro.sock.tcp_established |= tcp_established;
             ro.shell_job |= shell_job;
             if let Some(t) = timeout_s {
@@ -881,6 +894,17 @@ fn receive_in(
                 s.serve(&mut sk)?;
                 bytes += s.bytes;
                 tracing::info!(round = %name, bytes = s.bytes, "receive: round received");
+                if let Some(st) = &ro.stage {
+                    let t = Instant::now();
+                    match st.absorb(&path) {
+                        Ok(n) => {
+                            tracing::info!(round = %name, bytes = n, us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX), "receive: round staged")
+                        }
+                        Err(why) => {
+                            tracing::warn!(round = %name, %why, "receive: memory no longer staged; the restore copies it from the images")
+                        }
+                    }
+                }
                 if name != "final" {
                     rounds += 1;
                 }
@@ -939,6 +963,10 @@ fn receive_in(
                     committed: false,
                 };
                 let r = restore::run(&ro, &dir, &mut hooks);
+                // The restore moved the stage into the tree, or failed: receive's copy goes.
+                if let Some(st) = ro.stage.take() {
+                    st.release();
+                }
                 if let Some(d) = daemon.take() {
                     // Restored: the daemon serves the tree on its own (and outlives
                     // receive); failed: ended (dropped) with the tree it served.

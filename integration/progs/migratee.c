@@ -4,7 +4,10 @@
  * steps done. The first `pages` steps fill it; a thread then goes on, one step every argv[3]
  * microseconds. SIGUSR1 stops the thread after its current step and checks every page against
  * the step count: "verify ok STEPS" or "verify bad PAGE STEPS" is appended to argv[2]. Every
- * second the step count is appended too ("steps N"), so a test sees it going on. */
+ * second the step count is appended too ("steps N"), so a test sees it going on.
+ * With argv[4] = Z (MiB), a second region of Z MiB is filled with a fixed pattern at the start;
+ * SIGUSR2 drops its first half (MADV_DONTNEED: zero pages again) and appends "zapped"; the check
+ * then also wants the first half zero and the second half still holding its pattern. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -22,6 +25,12 @@ static uint64_t pages, steps;
 static unsigned delay_us;
 
 static void on_usr1(int s) { (void)s; want_check = 1; }
+
+static volatile sig_atomic_t want_zap;
+static uint64_t *z;
+static uint64_t zpages;
+static void on_usr2(int s) { (void)s; want_zap = 1; }
+static uint64_t zword(uint64_t p, uint64_t i) { return (p << 20) ^ (i * 0x5851F42D4C957F2Dull) ^ 0xA5A5; }
 
 static uint64_t word(uint64_t s, uint64_t i) {
     uint64_t x = s * 0x9E3779B97F4A7C15ull + i * 0xBF58476D1CE4E5B9ull + 1;
@@ -55,12 +64,22 @@ int main(int argc, char **argv) {
     if (m == MAP_FAILED) return 1;
     for (uint64_t s = 0; s < pages; s++) step(s);
     steps = pages;
+    if (argc > 4) {
+        zpages = strtoull(argv[4], 0, 10) << 8;
+        z = mmap(0, zpages << 12, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (z == MAP_FAILED) return 1;
+        for (uint64_t p = 0; p < zpages; p++)
+            for (uint64_t i = 0; i < 512; i++) z[p * 512 + i] = zword(p, i);
+    }
     sigset_t usr1, waitmask;
     sigemptyset(&usr1);
     sigaddset(&usr1, SIGUSR1);
+    sigaddset(&usr1, SIGUSR2);
     sigprocmask(SIG_BLOCK, &usr1, &waitmask); /* the writer thread inherits the block */
     sigdelset(&waitmask, SIGUSR1);
+    sigdelset(&waitmask, SIGUSR2);
     signal(SIGUSR1, on_usr1);
+    signal(SIGUSR2, on_usr2);
     pthread_t t;
     pthread_create(&t, 0, writer, 0);
     int out = open(argv[2], O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -73,6 +92,11 @@ int main(int argc, char **argv) {
         sigprocmask(SIG_SETMASK, &waitmask, 0);
         nanosleep(&one, 0);
         sigprocmask(SIG_BLOCK, &usr1, 0);
+        if (want_zap && z) {
+            want_zap = 0;
+            madvise(z, (zpages / 2) << 12, MADV_DONTNEED);
+            dprintf(out, "zapped\n");
+        }
         if (want_check) {
             stop = 1;
             while (!__atomic_load_n(&stopped, __ATOMIC_SEQ_CST)) usleep(1000);
@@ -84,6 +108,15 @@ int main(int argc, char **argv) {
                     if (pg[i] != word(s, i)) {
                         dprintf(out, "verify bad %llu %llu\n", (unsigned long long)p,
                                 (unsigned long long)k);
+                        for (;;) pause();
+                    }
+                }
+            }
+            for (uint64_t p = 0; p < zpages; p++) {
+                for (uint64_t i = 0; i < 512; i++) {
+                    uint64_t want = p < zpages / 2 ? 0 : zword(p, i);
+                    if (z[p * 512 + i] != want) {
+                        dprintf(out, "verify bad zapped-region page %llu\n", (unsigned long long)p);
                         for (;;) pause();
                     }
                 }

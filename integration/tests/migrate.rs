@@ -100,6 +100,18 @@ fn start_migratee(
     delay_us: u32,
     pidns: bool,
 ) -> (i32, i32, PathBuf) {
+    start_migratee_with(net, dir, mib, delay_us, pidns, &[])
+}
+
+/// [`start_migratee`] with `extra` arguments (the MiB of its region SIGUSR2 half-drops).
+fn start_migratee_with(
+    net: &Net,
+    dir: &Path,
+    mib: u32,
+    delay_us: u32,
+    pidns: bool,
+    extra: &[&str],
+) -> (i32, i32, PathBuf) {
     let out = dir.join("migratee.out");
     let exe = prog("migratee");
     let m = mib.to_string();
@@ -109,6 +121,7 @@ fn start_migratee(
         argv.extend(["unshare", "--pid", "--fork", "setsid"]);
     }
     argv.extend([exe.to_str().unwrap(), &m, out.to_str().unwrap(), &d]);
+    argv.extend_from_slice(extra);
     let launcher = Net::spawn_in(&net.a, &argv, &dir.join("migratee.log"));
     wait_ready(&out);
     let root = if pidns {
@@ -225,6 +238,96 @@ fn a_writing_process_moves_to_another_namespace_with_all_its_pages() {
     });
     verify(moved, &out);
     assert!(dest.join("final").exists(), "-D DIR keeps the images");
+}
+
+/// A destination restoring in full stages the root's memory as the rounds come and moves it
+/// into the restored process (no copy after the freeze): the process has every page as it
+/// was at the freeze, those written before, between and during the rounds, and the pages it
+/// dropped (`MADV_DONTNEED`) after round 1 was staged read as zero again, while the rest of
+/// that region keeps its content.
+#[test]
+fn a_full_destination_moves_the_staged_memory_into_the_process_with_every_change() {
+    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+        return;
+    }
+    let dir = scratch("migstage");
+    let net = Net::new("migm", 140);
+    let (launcher, root, out) = start_migratee_with(&net, &dir, 64, 300, true, &["8"]);
+    let _g = KillOnDrop(launcher);
+    let dest = dir.join("dest");
+    let wd = dir.join("work");
+    // Round 2 waits 3 s on the destination: the process drops half of its second region
+    // then, after round 1 (which had those pages) was staged.
+    let rx = Receiver::start(
+        &net,
+        port(),
+        &dest,
+        &wd,
+        &[("CRYO_FAULT_PAUSE", "receive-r2:3")],
+    );
+    wait_for("the writer to go on", 20, || steps(&out) > 0);
+    let mig = cryo_in(
+        &net.a,
+        &[
+            "migrate",
+            "-t",
+            &root.to_string(),
+            "--to",
+            &format!("{}:{}", net.v4(2), port()),
+            "-W",
+            wd.to_str().unwrap(),
+            "-v4",
+            "-o",
+            "migrate.log",
+            "--json",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    wait_for("round 2 on the destination", 60, || {
+        log(&wd, "receive.log").contains("pausing at a fault point")
+    });
+    assert!(
+        log(&wd, "receive.log").contains("receive: round staged"),
+        "{}",
+        log(&wd, "receive.log")
+    );
+    signal(root, libc::SIGUSR2);
+    wait_for("the process to drop its pages", 10, || {
+        lines(&out).iter().any(|l| l == "zapped")
+    });
+    let o = mig.wait_with_output().unwrap();
+    let got = rx.wait();
+    let rl = log(&wd, "receive.log");
+    assert!(
+        o.status.success(),
+        "migrate: {}\n{}\nreceive: {}\n{rl}",
+        String::from_utf8_lossy(&o.stderr),
+        log(&wd, "migrate.log"),
+        String::from_utf8_lossy(&got.stderr),
+    );
+    assert!(got.status.success(), "{rl}");
+    // The memory came from the stage: the 64 MiB region and what is left of the other.
+    let moved_mib: u64 = rl
+        .lines()
+        .find(|l| l.contains("memory: staged mappings moved into place"))
+        .and_then(|l| l.split("mib=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no staged memory moved:\n{rl}"));
+    assert!(moved_mib >= 64 + 8, "{moved_mib} MiB moved:\n{rl}");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["rounds"].as_array().unwrap().len() >= 2, "{r}");
+    let moved = i32::try_from(r["restored_pid"].as_i64().unwrap()).unwrap();
+    let _g2 = KillOnDrop(moved);
+    wait_gone(root);
+    let at = steps(&out);
+    wait_for("the writer to go on after the move", 20, || {
+        steps(&out) > at
+    });
+    verify(moved, &out);
 }
 
 /// `receive --lazy-pages`: the destination's restore leaves the memory to a lazy-pages

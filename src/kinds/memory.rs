@@ -653,6 +653,11 @@ impl Kind for Memory {
                 has_pages[vi] = v.status & (status::VDSO | status::VVAR | status::VSYSCALL) == 0;
             }
         }
+        // Mappings whose pages `cryo receive` staged: moved from the stage, not copied.
+        let staged = cx
+            .stage
+            .map(|st| stage_plan(cx, st, img))
+            .unwrap_or_default();
         // Calls that need nothing back run in batches (one stop each); a mapping that needs an
         // fd opened first, or cryo's shared memory, runs the batch so far before it.
         let mut b = Batch::new();
@@ -774,10 +779,43 @@ impl Kind for Memory {
                 );
                 cx.close(fd)?;
                 check_addr(r?, v)?;
+            } else if let Some(m) = staged.iter().find(|m| m.start == v.start) {
+                // The staged pages, moved into place (the mapping is the stage's, read-write,
+                // until its protection is set below).
+                anon.push((b.len(), v));
+                b.mremap(
+                    m.from,
+                    v.end - v.start,
+                    v.end - v.start,
+                    libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                    v.start,
+                )?;
             } else {
                 anon.push((b.len(), v));
                 b.mmap(v.start, v.end - v.start, prot.cast_signed(), flags, None, 0)?;
             }
+        }
+        if let Some(st) = cx.stage {
+            // Staged pages the process no longer has go back to zero; the rest of the stage
+            // goes, in the puppet and then in cryo.
+            for m in &staged {
+                for &(s, e) in &m.stale {
+                    b.named("madvise(MADV_DONTNEED)")
+                        .madvise(s, e - s, libc::MADV_DONTNEED)?;
+                }
+            }
+            for (_, at) in st.windows() {
+                b.munmap(at, crate::stage::WINDOW)?;
+            }
+            run(cx, &mut b, &mut anon)?;
+            st.release();
+            let moved: u64 = staged.iter().map(|m| m.end - m.start).sum();
+            tracing::info!(
+                pid = cx.pid,
+                mappings = staged.len(),
+                mib = moved >> 20,
+                "memory: staged mappings moved into place"
+            );
         }
         run(cx, &mut b, &mut anon)?;
         tracing::info!(
@@ -785,12 +823,15 @@ impl Kind for Memory {
             mappings = img.mm.vmas.len(),
             "memory: mappings created"
         );
-        fill_pages(cx, img)?;
+        let skip: Vec<(u64, u64)> = staged.iter().map(|m| (m.start, m.end)).collect();
+        fill_pages(cx, img, &skip)?;
         tracing::info!(pid = cx.pid, "memory: pages written");
         super::aio::restore(cx, img)?;
         let mut b = Batch::new();
         for (v, fill) in img.mm.vmas.iter().zip(&has_pages) {
-            if *fill && v.prot & libc::PROT_WRITE as u32 == 0 {
+            let moved = skip.binary_search(&(v.start, v.end)).is_ok();
+            let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+            if (*fill && v.prot & libc::PROT_WRITE as u32 == 0) || (moved && v.prot != rw) {
                 b.mprotect(v.start, v.end - v.start, v.prot.cast_signed())?;
             }
             if let Some(madv) = v.madv {
@@ -1683,16 +1724,89 @@ fn open_uffd(cx: &mut RestoreCx<'_>) -> Result<mem::Uffd, MemoryError> {
 /// fault. The rest (file-private VMAs; VMAs where a fault would allocate a transparent huge
 /// page, so they get one as before; everything when userfaultfd is not available) is read by
 /// the puppet itself (`preadv`) while the other CPUs push with `process_vm_writev`.
-fn fill_pages(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), MemoryError> {
+/// The mappings `skip` (sorted) hold their pages already (moved from the stage).
+fn fill_pages(
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+    skip: &[(u64, u64)],
+) -> Result<(), MemoryError> {
     if img.pagemap.is_empty() {
         return Ok(());
     }
     for (path, runs) in page_sources(cx, img)? {
         if !runs.is_empty() {
-            fill_from(cx, img, &path, &runs)?;
+            fill_from(cx, img, &path, &runs, skip)?;
         }
     }
     Ok(())
+}
+
+/// A mapping whose pages are in the stage (`crate::stage`).
+struct Staged {
+    start: u64,
+    end: u64,
+    /// Where its pages are in the puppet (a fork of cryo, which staged them).
+    from: u64,
+    /// Ranges the stage holds that the process no longer has (zeroed once moved).
+    stale: Vec<(u64, u64)>,
+}
+
+/// The mappings of the root whose pages the stage holds, every one of them: private
+/// anonymous ones (not growing down, not hugetlb) lying in one mapping of the stage.
+fn stage_plan(cx: &RestoreCx<'_>, st: &crate::stage::Stage, img: &TaskImages) -> Vec<Staged> {
+    if st.pid() != img.pid || cx.lazy.is_some() {
+        return Vec::new();
+    }
+    let have = st.have();
+    // Cryo's own mappings (the puppet's are the same): a range to move must be one.
+    let own = crate::procfs::read(crate::sys::proc::own_pid(), "maps")
+        .ok()
+        .and_then(|m| crate::procfs::parse_smaps(&m))
+        .unwrap_or_default();
+    let pages: Vec<(u64, u64)> = img
+        .pagemap
+        .iter()
+        .filter_map(|p| Some((p.vaddr, run_end(p)?)))
+        .collect();
+    let not_plain = status::VDSO
+        | status::VVAR
+        | status::VSYSCALL
+        | status::SYSVIPC
+        | status::AIORING
+        | status::SOCKET
+        | status::ANON_SHARED
+        | status::FILE_PRIVATE
+        | status::FILE_SHARED;
+    let mut out = Vec::new();
+    for v in &img.mm.vmas {
+        if v.status & status::ANON_PRIVATE == 0
+            || v.status & not_plain != 0
+            || v.flags & (libc::MAP_HUGETLB | libc::MAP_GROWSDOWN) as u32 != 0
+            || cx.cow.contains(&(v.start, v.end))
+        {
+            continue;
+        }
+        let span = [(v.start, v.end)];
+        let mine = crate::memtrack::intersect(&pages, &span);
+        if mine.is_empty() || !crate::memtrack::subtract(&mine, &have).is_empty() {
+            continue;
+        }
+        let Some(from) = st.source(v.start, v.end) else {
+            continue;
+        };
+        let len = v.end - v.start;
+        if !own.iter().any(|m| m.start <= from && from + len <= m.end) {
+            continue;
+        }
+        let stale = crate::memtrack::subtract(&crate::memtrack::intersect(&have, &span), &mine);
+        out.push(Staged {
+            start: v.start,
+            end: v.end,
+            from,
+            stale,
+        });
+    }
+    out
 }
 
 /// One page source: a pages image and its runs (image offset, address, bytes).
@@ -1862,6 +1976,7 @@ fn fill_from(
     img: &TaskImages,
     path: &std::path::Path,
     runs: &[(u64, u64, u64)],
+    skip: &[(u64, u64)],
 ) -> Result<(), MemoryError> {
     let path = path.to_path_buf();
     // Each run's size was checked (`run_end`); the end of the data is checked here.
@@ -1947,6 +2062,8 @@ fn fill_from(
             let take = left.min(usize_of(v.end - addr));
             if special(v) {
                 // the fresh vDSO already has this content
+            } else if skip.binary_search(&(v.start, v.end)).is_ok() {
+                // moved from the stage with its pages
             } else if cx.lazy.is_some() && lazy_vma(v) {
                 // A lazy restore: the lazy-pages daemon brings these pages.
                 lazy_bytes += u64_of(take);
@@ -2585,6 +2702,8 @@ pub fn lazy_register(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), Mem
     let Some(sink) = cx.lazy else {
         return Ok(());
     };
+    // The mappings registered must be the final ones.
+    cx.run_later()?;
     let has = |v: &pb::VmaEntry| {
         img.pagemap.iter().any(|p| {
             p.flags.unwrap_or(PE_PRESENT) & (PE_PRESENT | PE_PARENT | PE_LAZY) != 0
@@ -2712,10 +2831,13 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages, mut b: Batch) -> Result<
     if mm.thp_disabled == Some(true) {
         b.prctl(libc::PR_SET_THP_DISABLE, [1, 0, 0, 0])?;
     }
-    let r = cx.batch(&b);
-    if exe_fd >= 0 {
-        cx.close(exe_fd)?;
+    if exe_fd < 0 {
+        // Nothing to close after it: run with the next batch (the task attributes').
+        cx.batch_later(&b)?;
+        return Ok(());
     }
+    let r = cx.batch(&b);
+    cx.close(exe_fd)?;
     r?;
     Ok(())
 }

@@ -62,6 +62,9 @@ pub struct RestoreOpts {
     /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, cpuinfo.img is checked against
     /// this CPU before anything is created.
     pub cpu_cap: u32,
+    /// The root's memory staged by `cryo receive` during the pre-copy rounds
+    /// (`crate::stage`): moved into the root instead of copied from the images.
+    pub stage: Option<std::sync::Arc<crate::stage::Stage>>,
 }
 
 /// Why a restore failed: the pipeline's own failures, and each kind's error, collected.
@@ -601,6 +604,8 @@ struct Shared<'a> {
     dead_helpers: Vec<(i32, i32)>,
     /// A lazy restore's connection to the lazy-pages daemon.
     lazy: Option<&'a crate::lazy::Sink>,
+    /// The root's staged memory, when it can be used (`RestoreOpts::stage`).
+    stage: Option<&'a crate::stage::Stage>,
     /// Mounts of nested mount namespaces that wait for the init of their PID namespace.
     pending_mounts: Vec<kinds::mounts::PendingMounts>,
     tr: u64,
@@ -665,7 +670,12 @@ fn shape(
         cow: Vec::new(),
         cryo_pidfd: sh.cryo_pidfd,
         lazy: sh.lazy,
+        later: Default::default(),
+        stage: if idx == 0 { sh.stage } else { None },
     };
+    // Calls whose results nothing needs at once are held back to run in the stop of the next
+    // batch (RestoreCx::batch_later): the shaping of a child of a fan-out takes 2 stops, not 7.
+    cx.later.on = true;
     // Every process of the tree has the root puppet's credentials until its own are set
     // (a child is forked before its parent's): learnt once for all.
     cx.inherited.creds.clone_from(&sh.creds);
@@ -690,6 +700,7 @@ fn shape(
     fault_point("creds")?;
     kinds::misc::restore_late(&mut cx, img)?;
     kinds::restore_kind::<kinds::timers::Timers>(&mut cx, img)?;
+    cx.end_later()?;
     sh.calls += cx.remote.calls;
     let ti = img
         .core
@@ -797,6 +808,14 @@ fn empty_puppet(
     let tr = sh.tr;
     let mut keep = cx.cow.clone();
     keep.extend([(tr, tr + TR_LEN), (USER_TOP, USER_TOP)]);
+    // The root keeps the staged memory it moves into its mappings.
+    if let Some(st) = cx.stage {
+        keep.extend(
+            st.windows()
+                .into_iter()
+                .map(|(_, at)| (at, at + crate::stage::WINDOW)),
+        );
+    }
     keep.sort_unstable();
     let mut from = 0;
     let mut b = Batch::new();
@@ -806,7 +825,8 @@ fn empty_puppet(
         }
         from = from.max(e);
     }
-    cx.batch(&b)?;
+    // Run with the next batch (the fds' or the mappings').
+    cx.batch_later(&b)?;
     Ok(())
 }
 
@@ -1232,6 +1252,8 @@ fn helper_cx<'a>(
         cryo_pidfd: sh.cryo_pidfd,
         // Helpers and zombies-to-be get no memory of the tree's.
         lazy: None,
+        later: Default::default(),
+        stage: None,
     })
 }
 
@@ -1244,6 +1266,8 @@ fn fork_helper(
     sid: Option<u32>,
     puppets: &mut Puppets,
 ) -> Result<(i32, i32), RestoreError> {
+    // Forked with everything held back done (the helper is a copy of this task).
+    cx.run_later()?;
     let top = sh
         .tasks
         .iter()
@@ -1344,6 +1368,8 @@ fn fork_child(
     child: &TaskImages,
     puppets: &mut Puppets,
 ) -> Result<(), RestoreError> {
+    // The child is a copy of this task: everything held back is done first.
+    cx.run_later()?;
     let forking = Instant::now();
     let mut flags = if child.ids.files_id == img.ids.files_id && !child.is_zombie() {
         libc::CLONE_FILES as u64
@@ -1454,6 +1480,9 @@ fn fork_children(
     if let [only] = kids {
         return fork_child(sh, cx, img, &tasks[*only], puppets);
     }
+    // The children are copies of this task (and their clone_args go to scratch directly):
+    // everything held back is done first.
+    cx.run_later()?;
     let forking = Instant::now();
     // The id the parent sees.
     let seen = |t: &TaskImages| t.ns_ids(0).get(img.ns_depth()).copied().unwrap_or(0);
@@ -2147,6 +2176,30 @@ fn run_tree(
             })
         });
 
+    // The root's staged memory (`cryo receive`), if it is the root's and lies clear of
+    // every mapping of the tree (the root maps them while it holds the stage).
+    let stage = opts
+        .stage
+        .as_deref()
+        .filter(|_| opts.lazy_pages.is_none())
+        .filter(|st| {
+            let windows = st.windows();
+            let clear = windows.iter().all(|&(_, at)| {
+                let end = at + crate::stage::WINDOW;
+                tasks
+                    .iter()
+                    .flat_map(|t| &t.mm.vmas)
+                    .all(|v| v.end <= at || v.start >= end)
+            });
+            let usable = st.pid() == tasks[0].pid && !windows.is_empty() && clear;
+            tracing::info!(
+                pid = st.pid(),
+                windows = windows.len(),
+                usable,
+                "restore: memory staged by receive"
+            );
+            usable
+        });
     // 2. Trampoline + root puppet.
     let tr = trampoline_addr(&tasks, TR_LEN)?;
     let mut code = Mapping::anon_fixed(tr, 4096, libc::PROT_READ | libc::PROT_WRITE)
@@ -2283,6 +2336,7 @@ fn run_tree(
         dead_pids: dead_pids(dir)?,
         dead_helpers: Vec::new(),
         lazy: lazy.as_ref(),
+        stage,
         pending_mounts: Vec::new(),
         tr,
         calls: 0,

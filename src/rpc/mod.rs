@@ -851,6 +851,7 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
         // by the user) listens in the work directory, as CRIU's does.
         lazy_pages: (o.lazy_pages == Some(true)).then(|| crate::lazy::socket_path(&work)),
         cpu_cap: cpu_cap(&o),
+        stage: None,
     };
     let mut n = hooks(&l, sk, images.clone());
     let r = restore::run(&opts, &dir, n.as_mut()).map_err(|e| error_text(&e, e.hint()))?;

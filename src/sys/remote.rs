@@ -1032,6 +1032,18 @@ pub trait Syscalls {
         self.sys("munmap", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])
             .map(drop)
     }
+    /// `mremap(old, old_len, new_len, flags, new_addr)`; the address the pages are at now.
+    fn mremap(
+        &mut self,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: i32,
+        new_addr: u64,
+    ) -> Result<u64, Self::Error> {
+        let a = [old, old_len, new_len, arg(flags), new_addr, 0];
+        self.sys("mremap", libc::SYS_mremap, a)
+    }
     /// `mprotect(addr, len, prot)`.
     fn mprotect(&mut self, addr: u64, len: u64, prot: i32) -> Result<(), Self::Error> {
         let a = [addr, len, arg(prot), 0, 0, 0];
