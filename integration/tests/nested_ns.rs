@@ -1433,7 +1433,10 @@ fn pivoted_namespace_with_the_proc_of_a_later_pid_namespace() {
         assert_eq!(mount_list(unshare), mounts);
         // Written after the restore: the proc mount shows the init's own namespace.
         std::fs::remove_file(h.join("seen")).unwrap();
-        wait_for("a new status", 10, || h.join("seen").exists());
+        // Written whole: open("w") makes it empty first.
+        wait_for("a new status", 10, || {
+            std::fs::read_to_string(h.join("seen")).is_ok_and(|s| s.contains("procs="))
+        });
         let now = std::fs::read_to_string(h.join("seen")).unwrap();
         assert!(now.starts_with("self=1 procs=[1]"), "{now}");
         let own = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
