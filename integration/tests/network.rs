@@ -24,6 +24,10 @@
 //!   detached queue of a multi-queue device, a tap with its send buffer and vnet header
 //!   size) and a persistent device come back: same devices and flags, packets through the
 //!   queues both ways, owner, group, MAC and persistence as before; CRIU's images (crit).
+//! - `inet_sockets_stay_in_the_namespace_they_were_made_in`: TCP and UDP sockets a process
+//!   made in a second namespace of the tree before coming back (a listener, a bound UDP
+//!   socket, an established connection with `--tcp-established`) answer there, not in the
+//!   process's own namespace, before and after the restore.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -1296,26 +1300,7 @@ fn external_netdev_is_moved_into_the_namespace() {
     let img = dir.join("img");
     dump(pid, &img, &[]);
     wait_gone(pid);
-    // The user's pair: one end in cryo's namespace (to be moved in), the other in host b.
-    let out = format!("nd{}", std::process::id() % 100_000);
-    sh(
-        "the user's veth",
-        &[
-            "ip",
-            "link",
-            "add",
-            &out,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "vh0",
-            "netns",
-            &hosts.0[1],
-        ],
-    );
-    host_side(&hosts.0[1]);
-    let cleanup = Cleanup(out.clone());
+    let (out, cleanup) = users_veth("nd", &hosts.0[1]);
     let missing = cryo(&[
         "restore",
         "-D",
@@ -1371,17 +1356,7 @@ fn external_netdev_is_moved_into_the_namespace() {
     integration::restore_with(&img, &["--external", &format!("netdev[v0]:{out}")]);
     let _g2 = KillOnDrop(pid);
     assert_eq!(index(pid), before);
-    let v0 = String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "addr", "show", "v0"]).stdout)
-        .into_owned();
-    assert!(v0.contains("10.203.0.2/24"), "{v0}");
-    assert!(
-        !run(&["ip", "link", "show", &out]).status.success(),
-        "{out} is still in cryo's namespace"
-    );
-    assert!(
-        answers(&hosts.0[1], "10.203.0.2"),
-        "host b cannot reach the restored namespace"
-    );
+    moved_in_and_reachable(pid, &out, &hosts.0[1]);
     drop(cleanup);
     kill(pid);
 }
@@ -1429,25 +1404,7 @@ fn external_netdev_over_rpc_as_runc_passes_it() {
         log(&img, "dump.log")
     );
     wait_gone(pid);
-    let out = format!("nr{}", std::process::id() % 100_000);
-    sh(
-        "the user's veth",
-        &[
-            "ip",
-            "link",
-            "add",
-            &out,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "vh0",
-            "netns",
-            &hosts.0[1],
-        ],
-    );
-    host_side(&hosts.0[1]);
-    let cleanup = Cleanup(out.clone());
+    let (out, cleanup) = users_veth("nr", &hosts.0[1]);
     let restore = |external: &str, log_file: &str| {
         let opts = pb::CriuOpts {
             images_dir_fd: d.as_raw_fd(),
@@ -1484,17 +1441,7 @@ fn external_netdev_over_rpc_as_runc_passes_it() {
     let after = link_of(pid, "v0");
     assert_eq!(index(&after), index(&before), "v0's index: {after}");
     assert!(after.contains("02:00:0a:cb:00:02"), "v0's MAC: {after}");
-    let v0 = String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "addr", "show", "v0"]).stdout)
-        .into_owned();
-    assert!(v0.contains("10.203.0.2/24"), "{v0}");
-    assert!(
-        !run(&["ip", "link", "show", &out]).status.success(),
-        "{out} is still in cryo's namespace"
-    );
-    assert!(
-        answers(&hosts.0[1], "10.203.0.2"),
-        "host b cannot reach the restored namespace"
-    );
+    moved_in_and_reachable(pid, &out, &hosts.0[1]);
     drop(cleanup);
     kill(pid);
 }
@@ -1628,6 +1575,36 @@ print(" ".join(r))
 
 /// Deletes a link of the test's namespace on drop (if still there).
 struct Cleanup(String);
+
+/// The user's veth pair for the external-netdev tests: PREFIX+pid in cryo's namespace (to be
+/// moved in at restore), its peer vh0 in `host_b` with host b's address; deleted on drop.
+fn users_veth(prefix: &str, host_b: &str) -> (String, Cleanup) {
+    let out = format!("{prefix}{}", std::process::id() % 100_000);
+    sh(
+        "the user's veth",
+        &[
+            "ip", "link", "add", &out, "type", "veth", "peer", "name", "vh0", "netns", host_b,
+        ],
+    );
+    host_side(host_b);
+    (out.clone(), Cleanup(out))
+}
+
+/// After an external-netdev restore: the server's v0 has its address, `out` left cryo's
+/// namespace, and host b reaches the server through it.
+fn moved_in_and_reachable(pid: i32, out: &str, host_b: &str) {
+    let v0 = String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "addr", "show", "v0"]).stdout)
+        .into_owned();
+    assert!(v0.contains("10.203.0.2/24"), "{v0}");
+    assert!(
+        !run(&["ip", "link", "show", out]).status.success(),
+        "{out} is still in cryo's namespace"
+    );
+    assert!(
+        answers(host_b, "10.203.0.2"),
+        "host b cannot reach the restored namespace"
+    );
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -1909,4 +1886,164 @@ fn tun_and_tap_files_come_back() {
     assert_eq!(report(2), want, "after the restore");
     assert_eq!(links(pid), before, "the devices after the restore");
     kill(pid);
+}
+
+/// `unix_sockets_stay_in_the_namespace_they_were_made_in` with inet sockets: R, in a
+/// network namespace A of its own, has a child K that makes namespace B and a child C of K
+/// that makes, in B, a TCP listener on 127.0.0.1:7100, a UDP socket bound to
+/// 127.0.0.1:7101 and an established connection between a client socket and the socket the
+/// listener accepted for it, then goes back to A and listens there on 127.0.0.1:7200. C
+/// answers what reaches its sockets; on SIGUSR1 it sends a word through the connection and
+/// says what came out at the other end. Argument: the word.
+const INET_HOPPER: &str = r#"
+import ctypes, os, select, signal, socket, subprocess, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+a = os.open("/proc/self/ns/net", os.O_RDONLY)
+if os.fork() == 0:
+    if libc.unshare(CLONE_NEWNET) != 0:
+        print("unshare failed", ctypes.get_errno(), flush=True); os._exit(1)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    if os.fork() == 0:
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", 7100))
+        ls.listen(4)
+        dg = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dg.bind(("127.0.0.1", 7101))
+        cl = socket.create_connection(("127.0.0.1", 7100))
+        sv, _ = ls.accept()
+        if libc.setns(a, CLONE_NEWNET) != 0:
+            print("setns failed", ctypes.get_errno(), flush=True); os._exit(1)
+        os.close(a)
+        la = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        la.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        la.bind(("127.0.0.1", 7200))
+        la.listen(4)
+        n = [0]
+        def through(*_):
+            n[0] += 1
+            w = b"word-%d" % n[0]
+            cl.sendall(w)
+            sv.settimeout(5)
+            print("conn", sv.recv(100).decode(), flush=True)
+        signal.signal(signal.SIGUSR1, through)
+        print("ready", flush=True)
+        while True:
+            r, _, _ = select.select([dg, ls, la], [], [])
+            if dg in r:
+                print("got", dg.recv(100).decode(), flush=True)
+            for l, name in ((ls, "B"), (la, "A")):
+                if l in r:
+                    c, _ = l.accept()
+                    print("accepted", name, c.recv(100).decode(), flush=True)
+                    c.close()
+    os.close(a)
+    while True:
+        time.sleep(1)
+os.close(a)
+while True:
+    time.sleep(1)
+"#;
+
+/// A process that entered a second network namespace, made inet sockets there (a TCP
+/// listener, a bound UDP socket, an established connection) and came back (INET_HOPPER):
+/// they are saved with that namespace (`ns_id`) and made there at restore, the connection
+/// through TCP repair (`--tcp-established`). Before the dump and after the restore: from
+/// namespace B the listener accepts and the UDP socket receives; from A the port of B's
+/// listener is closed while A's own listener accepts; the connection carries a word from
+/// one end to the other.
+#[test]
+fn inet_sockets_stay_in_the_namespace_they_were_made_in() {
+    let _s = serial();
+    if !need(&["nsenter", "unshare", "python3", "ip"]) {
+        return;
+    }
+    let dir = scratch("netns-inet-hop");
+    let out = dir.join("out");
+    let root = spawn(&["unshare", "-n", "python3", "-c", INET_HOPPER], &out);
+    let _g = KillOnDrop(root);
+    wait_for("C's sockets", 10, || {
+        lines(&out).iter().any(|l| l == "ready")
+    });
+    let kids = |pid: i32| -> Vec<i32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect()
+    };
+    let k = kids(root)[0];
+    let c = kids(k)[0];
+    let netns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    // From the namespace of `pid`: a datagram to 7101, a connection to 7100 and one to
+    // 7200 carrying `word`; what each attempt gave.
+    let send_from = |pid: i32, word: &str| -> String {
+        let script = format!(
+            r#"
+import socket
+r = []
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"{word}", ("127.0.0.1", 7101)); r.append("sent")
+for port in (7100, 7200):
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5); s.sendall(b"{word}"); s.close(); r.append("connected")
+    except OSError as e:
+        r.append(str(e.errno))
+print(" ".join(r))
+"#
+        );
+        String::from_utf8_lossy(&in_ns(pid, &["python3", "-c", &script]).stdout)
+            .trim()
+            .to_string()
+    };
+    let check = |when: &str, word: &str| {
+        assert_eq!(netns(c), netns(root), "{when}: C is back in R's namespace");
+        assert_ne!(
+            netns(k),
+            netns(root),
+            "{when}: K is in a namespace of its own"
+        );
+        let refused = libc::ECONNREFUSED.to_string();
+        assert_eq!(
+            send_from(root, &format!("a{word}")),
+            format!("sent {refused} connected"),
+            "{when}: from A, only A's listener"
+        );
+        assert_eq!(
+            send_from(k, word),
+            format!("sent connected {refused}"),
+            "{when}: from B, B's listener and UDP socket"
+        );
+        wait_for("C to hear from A and B", 10, || {
+            let l = lines(&out);
+            l.contains(&format!("got {word}"))
+                && l.contains(&format!("accepted B {word}"))
+                && l.contains(&format!("accepted A a{word}"))
+        });
+        assert!(
+            !lines(&out).contains(&format!("got a{word}")),
+            "{when}: A's datagram reached B's UDP socket"
+        );
+    };
+    let through = |n: usize| {
+        integration::signal(c, libc::SIGUSR1);
+        let want = format!("conn word-{n}");
+        wait_for("the word through the connection", 10, || {
+            lines(&out).contains(&want)
+        });
+    };
+    check("before the dump", "one");
+    through(1);
+    let img = dir.join("img");
+    dump(root, &img, &["--tcp-established"]);
+    for p in [root, k, c] {
+        wait_gone(p);
+    }
+    integration::restore_with(&img, &["--tcp-established"]);
+    assert!(alive(root) && alive(k) && alive(c), "the tree is back");
+    check("after the restore", "two");
+    through(2);
+    kill(root);
 }

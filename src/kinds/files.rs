@@ -201,7 +201,8 @@ pub trait FdKind {
     }
     /// Creates the object in cryo from its record; puppets take it with `pidfd_getfd`.
     fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, Self::Error>;
-    /// Runs in the puppet once every fd of the task exists (epoll adds its watches).
+    /// Runs in the puppet once every fd of the task exists (epoll adds its watches). A kind
+    /// that adds one must be named where `restore_fds_in` runs the held-back calls first.
     fn after_fds(
         _cx: &mut RestoreCx<'_>,
         _objs: &mut FdObjects,
@@ -1167,7 +1168,15 @@ impl FdObjects {
             .usk
             .as_ref()
             .and_then(|u| u.ns_id)
-            .or_else(|| e.tunf.as_ref().and_then(|t| t.ns_id));
+            .or_else(|| e.tunf.as_ref().and_then(|t| t.ns_id))
+            .or_else(|| {
+                // (An inet socket's is its holder's in cryo's older images, which may lack
+                // the holder's.)
+                e.isk
+                    .as_ref()
+                    .and_then(|i| i.ns_id)
+                    .filter(|_| self.cur_net_ns.is_some())
+            });
         if let Some(ns) = sk_ns.filter(|&ns| kind.in_tree_ns && Some(ns) != self.cur_net_ns) {
             if let Some(&p) = self.net_ns_host.get(&ns) {
                 net_pid = Some(p);
@@ -1664,7 +1673,15 @@ fn restore_fds_in(
             b.close_range(lo, hi)?;
         }
     }
-    cx.batch(&b)?;
+    // Held back to run with the next batch (the mappings'), unless a kind works on the
+    // fds now (epoll, the only one with `after_fds`, fills its watch lists).
+    cx.batch_later(&b)?;
+    if fds
+        .iter()
+        .any(|(_, f)| f.r#type == pb::FdTypes::Eventpoll as i32)
+    {
+        cx.run_later()?;
+    }
     // What a kind does once every fd of the task exists (epoll watch lists name them).
     for (_, f) in &fds {
         if let Some(k) = FdOps::for_type(f.r#type) {

@@ -31,9 +31,13 @@
 //!
 //! Refused before the tree is touched ([`InetSk::precheck`]), naming the fd and the
 //! addresses: a connection without `--tcp-established`/`--tcp-close`, a listener with
-//! connections not accepted yet without `--skip-in-flight`, a corked UDP socket, a socket of
-//! another network namespace than its process's, and protocols other than TCP, UDP,
-//! UDP-Lite, ping and raw (MPTCP, SCTP).
+//! connections not accepted yet without `--skip-in-flight`, a corked UDP socket, and
+//! protocols other than TCP, UDP, UDP-Lite, ping and raw (MPTCP, SCTP). A socket made in
+//! another network namespace of the tree than its process's (the process entered it, made
+//! the socket and came back) is saved with that namespace's `ns_id` (`SIOCGSKNS`), as CRIU,
+//! locked there, and made there at restore (through a restored process of it,
+//! `FdObjects::net_ns_host`); one of a namespace no process of the tree is in is refused at
+//! dump.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -298,6 +302,24 @@ fn ns_ino(f: &std::fs::File) -> Option<u64> {
     f.metadata().ok().map(|m| m.ino())
 }
 
+/// The inode of the network namespace socket `sk` was made in (`SIOCGSKNS`).
+fn sock_netns(sk: BorrowedFd<'_>) -> Option<u64> {
+    inet::socket_netns(sk)
+        .ok()
+        .and_then(|f| ns_ino(&std::fs::File::from(f)))
+}
+
+/// The inodes of the network namespaces the processes `tree` are in, each with one of them.
+fn tree_netns(tree: &[i32]) -> HashMap<u64, i32> {
+    let mut out = HashMap::new();
+    for &p in tree {
+        if let Some(ns) = proc_netns(p) {
+            out.entry(ns).or_insert(p);
+        }
+    }
+    out
+}
+
 /// The inode of the network namespace of process `pid`.
 fn proc_netns(pid: i32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -306,15 +328,14 @@ fn proc_netns(pid: i32) -> Option<u64> {
         .map(|m| m.ino())
 }
 
-/// What cryo cannot save about socket `d` (fd `fd` of `pid`, whose network namespace is
-/// `proc_ns`), as a refusal; the same checks before the seize and again while frozen.
+/// What cryo cannot save about socket `d` (fd `fd` of `pid`), as a refusal; the same checks
+/// before the seize and again while frozen.
 fn check(
     pid: i32,
     fd: i32,
     sk: BorrowedFd<'_>,
     d: &Described,
     opts: &SockOpts,
-    proc_ns: Option<u64>,
 ) -> Result<(), InetSkError> {
     let object = format!("fd {fd} ({})", d.show());
     let refuse = |what: String, hint: &str| -> InetSkError {
@@ -330,15 +351,6 @@ fn check(
             format!("{} sockets are not supported yet", d.proto_name()),
             hint,
         ));
-    }
-    // The socket must live in its process's network namespace: restore makes it there.
-    if let (Ok(theirs), Some(own)) = (inet::socket_netns(sk).map(std::fs::File::from), proc_ns) {
-        if ns_ino(&theirs) != Some(own) {
-            return Err(refuse(
-                "the socket belongs to another network namespace than its process's".into(),
-                "close it before the dump, or dump from inside that namespace",
-            ));
-        }
     }
     if d.is_udp() {
         if net::getsockopt_int(sk, libc::IPPROTO_UDP, libc::UDP_CORK).unwrap_or(0) != 0 {
@@ -680,8 +692,7 @@ impl FdKind for InetSk {
             what: "read the socket's addresses and state".into(),
             source,
         })?;
-        let ns = p.netns.or_else(|| proc_netns(p.pid));
-        check(p.pid, p.fd, sk, &d, &p.sock, ns)
+        check(p.pid, p.fd, sk, &d, &p.sock)
     }
 
     fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
@@ -697,8 +708,21 @@ impl FdKind for InetSk {
         };
         let d = describe(s, kind).map_err(|e| fd.err("addresses and state", e))?;
         let opts = cx.files.sock;
+        check(fd.pid, fd.fd, s, &d, &opts)?;
+        // The namespace the socket was made in (a process that entered another namespace of
+        // the tree, made it and came back): restore makes it there, so it must be one of the
+        // tree's processes' (a namespace only a socket holds is not saved).
         let proc_ns = cx.files.inet.netns_of(fd.pid);
-        check(fd.pid, fd.fd, s, &d, &opts, proc_ns)?;
+        let sk_ns = sock_netns(s).or(proc_ns);
+        if sk_ns != proc_ns && !sk_ns.is_some_and(|n| tree_netns(&cx.files.tree).contains_key(&n)) {
+            return Err(Unsupported::of(
+                fd.pid,
+                format!("fd {} ({})", fd.fd, d.show()),
+                "it was made in a network namespace no process of the tree is in (cryo saves the namespaces of the tree's processes only)",
+                "close it before the dump, or keep a process of the tree in that namespace",
+            )
+            .into());
+        }
         let ino = inode(fd.link).ok_or_else(|| {
             fd.err(
                 "socket inode",
@@ -732,7 +756,7 @@ impl FdKind for InetSk {
                 ip_opts: Some(ip_opts(s, d.family).map_err(|e| fd.err("IP options", e))?),
                 // Filled below for a raw socket.
                 ifname: None,
-                ns_id: proc_ns.map(super::misc::ns_id),
+                ns_id: sk_ns.map(super::misc::ns_id),
                 shutdown: None,
                 tcp_opts: None,
             };
@@ -968,9 +992,13 @@ fn tree_connections(tree: &[i32], whole: impl Fn(u64) -> bool) -> (NsConns, Vec<
     let mut seen = std::collections::HashSet::new();
     let mut out: NsConns = Vec::new();
     let mut socks = Vec::new();
+    // With several namespaces in the tree, a socket may have been made in another one than
+    // its process's: each is looked at, and grouped by its own namespace.
+    let spaces = tree_netns(tree);
+    let several = spaces.len() > 1;
     for &pid in tree {
         let ns = proc_netns(pid).unwrap_or(0);
-        let whole = whole(ns);
+        let whole = whole(ns) && !several;
         let mut pidfd = None;
         for fd in crate::procfs::fds(pid).unwrap_or_default() {
             let Ok(link) = crate::procfs::link(pid, &format!("fd/{fd}")) else {
@@ -1009,7 +1037,12 @@ fn tree_connections(tree: &[i32], whole: impl Fn(u64) -> bool) -> (NsConns, Vec<
                 continue;
             };
             if let (true, Some(p)) = (d.is_conn() || d.is_closed_conn(), d.peer) {
-                // In its process's namespace (`check` refuses a socket of another).
+                // Locked in the namespace it was made in, through a process of the tree
+                // there (`dump` refuses a socket of a namespace no process is in).
+                let (ns, pid_there) = match sock_netns(sk.as_fd()).filter(|_| several) {
+                    Some(n) if n != ns => (n, spaces.get(&n).copied().unwrap_or(pid)),
+                    _ => (ns, pid),
+                };
                 let conn = Conn {
                     src: tcp_repair::unmap(d.local.ip()),
                     sport: d.local.port(),
@@ -1018,7 +1051,7 @@ fn tree_connections(tree: &[i32], whole: impl Fn(u64) -> bool) -> (NsConns, Vec<
                 };
                 match out.iter_mut().find(|(i, _, _)| *i == ns) {
                     Some((_, _, l)) => l.push(conn),
-                    None => out.push((ns, pid, vec![conn])),
+                    None => out.push((ns, pid_there, vec![conn])),
                 }
                 socks.push(RepairedSk {
                     pid,
