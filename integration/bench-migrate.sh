@@ -80,8 +80,8 @@ TOOLS=(cryo)
 [ -z "${CRIU:-}" ] || TOOLS+=(criu)
 PIDS=()
 cleanup() {
-    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    for n in "${NETNS[@]}"; do ip netns del "$n" 2>/dev/null || true; done
+    for p in ${PIDS[@]+"${PIDS[@]}"}; do kill -9 "$p" 2>/dev/null || true; done
+    for n in ${NETNS[@]+"${NETNS[@]}"}; do ip netns del "$n" 2>/dev/null || true; done
     if [ -n "${BENCH_KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -184,7 +184,7 @@ want migrate && for ((r = 0; r < ROUNDS; r++)); do
         root=$(start_migratee "$m")
         lz=()
         [ "$mode" = full ] || lz=(--lazy-pages)
-        "$CRYO" receive --port $PORT --address 127.0.0.1 -D "$m/dst" -W "$m" -o receive.log -v3 "${lz[@]}" >"$m/rx.out" 2>&1 &
+        "$CRYO" receive --port $PORT --address 127.0.0.1 -D "$m/dst" -W "$m" -o receive.log -v3 ${lz[@]+"${lz[@]}"} >"$m/rx.out" 2>&1 &
         rx=$!
         wait_line "$m/receive.log" 'listening' 10 || sleep 0.5
         "$CRYO" migrate -t "$root" --to 127.0.0.1:$PORT -W "$m/src" -o migrate.log -v3 --json >"$m/mig.json" || { echo "migrate ($mode) failed" >&2; cat "$m/rx.out" >&2; exit 1; }
@@ -317,7 +317,7 @@ if want tcp; then
         root=$SRV cli=$CLI
         lz=()
         [ "$mode" = full ] || lz=(--lazy-pages)
-        nsenter --net=/run/netns/$B "$CRYO" receive --port $TP --address 10.$X.0.2 -D "$m/dst" -W "$m" -o receive.log -v3 --external "veth[eth0]:$OUT@cbbr" "${lz[@]}" >"$m/rx.out" 2>&1 &
+        nsenter --net=/run/netns/$B "$CRYO" receive --port $TP --address 10.$X.0.2 -D "$m/dst" -W "$m" -o receive.log -v3 --external "veth[eth0]:$OUT@cbbr" ${lz[@]+"${lz[@]}"} >"$m/rx.out" 2>&1 &
         rx=$!
         wait_line "$m/receive.log" 'listening' 10 || sleep 0.5
         if nsenter --net=/run/netns/$A "$CRYO" migrate -t "$root" --to 10.$X.0.2:$TP -W "$m" -o migrate.log -v3 --tcp-established --json >"$m/mig.json"; then

@@ -247,6 +247,21 @@ fn a_killed_daemon_takes_the_tree_with_it() {
     );
 }
 
+/// The largest pages-*.img of the images directory `img` (the memhog's heap).
+fn largest_pages_image(img: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(img)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pages-")
+        })
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+}
+
 /// SIGUSR1 to `pid` if it still exists (the keeper may already have killed it).
 fn signal_if_alive(pid: i32) -> bool {
     alive(pid) && {
@@ -269,18 +284,7 @@ fn damaged_pages_found_by_the_daemon_kill_the_tree() {
     let img = dir.join("img");
     dump(pid, &img, &[]);
     wait_gone(pid);
-    let pages = std::fs::read_dir(&img)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("pages-")
-        })
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
+    let pages = largest_pages_image(&img);
     let mut data = std::fs::read(&pages).unwrap();
     let mid = data.len() / 2;
     data[mid] ^= 0x5a;
@@ -341,18 +345,7 @@ fn a_pages_image_cut_short_under_the_daemon_kills_the_tree() {
     let img = dir.join("img");
     dump(pid, &img, &[]);
     wait_gone(pid);
-    let pages = std::fs::read_dir(&img)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("pages-")
-        })
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
+    let pages = largest_pages_image(&img);
     let mut d = daemon(&img, &[], &[("CRYO_FAULT_PAUSE", "lazy-push:600")]);
     restore_with(&img, &["--lazy-pages"]);
     assert!(alive(pid));

@@ -118,7 +118,16 @@ os.wait()
     dump(root, &img, &["--file-locks"]);
     wait_gone(root);
     let n = lines(&out).len();
-    restore(&img);
+    // The root is init of its PID namespace: its PID outside is not kept (as with CRIU),
+    // so the pidfile says which process to kill at the end.
+    let pidfile = dir.join("restored.pid");
+    restore_with(&img, &["--pidfile", pidfile.to_str().unwrap()]);
+    let restored: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _g2 = KillOnDrop(restored);
     wait_for("the restored tree", 20, || lines(&out).len() >= n + 3);
     assert_eq!(state(last().unwrap()), before);
 }

@@ -1333,3 +1333,103 @@ fn child_that_pivoted_into_a_new_root_keeps_it() {
         );
     }
 }
+
+/// The init of a new PID namespace (`unshare --mount --pid --fork`: unshare made the mount
+/// namespace, its child is the init) builds a new root with a proc mount of its own PID
+/// namespace and pivots into it, the whole namespace (unshare too) moving there.
+const PIVOTED_PROC: &str = r#"
+import ctypes, os, sys, time
+d, h = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+def sh(c):
+    assert os.system(c) == 0, c
+sh(f"mount -t tmpfs newroot {d}")
+for s in ("proc", "host", "old"):
+    os.mkdir(f"{d}/{s}")
+sh(f"mount -t proc proc {d}/proc")
+sh(f"mount --bind {h} {d}/host")
+os.chdir(d)
+if libc.syscall(155, b".", b"old") != 0:
+    raise OSError(ctypes.get_errno(), "pivot_root")
+if libc.umount2(b"/old", 2) != 0:
+    raise OSError(ctypes.get_errno(), "umount2")
+os.rmdir("/old")
+os.chdir("/")
+n = 0
+with open("/host/out", "a", buffering=1) as out:
+    while True:
+        procs = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+        with open("/host/seen", "w") as s:
+            s.write(f"self={os.readlink('/proc/self')} procs={procs}")
+        out.write(f"{n}\n")
+        n += 1
+        time.sleep(0.1)
+"#;
+
+/// A mount namespace that pivoted into a new root holding a proc mount of a PID namespace
+/// whose init is restored after the namespace's first task (its parent, unshare): the root is
+/// built and pivoted into when unshare is restored, and the proc mount is made in it once the
+/// init exists, before it runs (cryo refused this: "cannot mount it yet"). The init's /proc
+/// shows its own PID namespace again (itself as 1, its parent's namespace not), its count
+/// goes on, twice, and nothing of it is mounted in cryo's namespace.
+#[test]
+fn pivoted_namespace_with_the_proc_of_a_later_pid_namespace() {
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-pivoted-proc");
+    let (d, h) = (dir.join("d"), dir.join("host"));
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::create_dir_all(&h).unwrap();
+    let (d_s, h_s) = (d.to_str().unwrap(), h.to_str().unwrap());
+    let child = dir.join("child.py");
+    std::fs::write(&child, PIVOTED_PROC).unwrap();
+    let parent = format!(
+        "import subprocess\n\
+         subprocess.Popen(['unshare', '--mount', '--pid', '--fork', '--propagation', \
+         'private', 'python3', '{}', '{d_s}', '{h_s}']).wait()\n",
+        child.display()
+    );
+    // From "/": pivot_root moves the root and working directory of every process of the
+    // namespace that has them at the old root (unshare's too; one elsewhere would be left
+    // on the detached old root).
+    let root = spawn(
+        &["sh", "-c", "cd / && exec python3 -c \"$0\"", &parent],
+        &dir.join("log"),
+    );
+    let _g = KillOnDrop(root);
+    let out = h.join("out");
+    wait_for("the sandboxed count", 20, || lines(&out).len() > 2);
+    let unshare = children(root)[0];
+    let init = children(unshare)[0];
+    let _k = (KillOnDrop(unshare), KillOnDrop(init));
+    let mounts = mount_list(init);
+    assert_eq!(mounts.len(), 3, "{mounts:?}");
+    assert!(mounts.iter().any(|m| m.0 == "/proc" && m.2 == "proc"));
+    let seen = std::fs::read_to_string(h.join("seen")).unwrap();
+    assert!(seen.starts_with("self=1 procs=[1]"), "{seen}");
+    let pids = (nspid(unshare), nspid(init));
+    for round in 0..2 {
+        let img = dir.join(format!("img{round}"));
+        dump(root, &img, &[]);
+        wait_tree_gone(&img);
+        let at = lines(&out).len();
+        restore(&img);
+        count_goes_on(&out, at);
+        assert_eq!(children(root), vec![unshare]);
+        assert_eq!(children(unshare), vec![init]);
+        assert_eq!((nspid(unshare), nspid(init)), pids);
+        assert_eq!(mount_list(init), mounts);
+        assert_eq!(mount_list(unshare), mounts);
+        // Written after the restore: the proc mount shows the init's own namespace.
+        std::fs::remove_file(h.join("seen")).unwrap();
+        wait_for("a new status", 10, || h.join("seen").exists());
+        let now = std::fs::read_to_string(h.join("seen")).unwrap();
+        assert!(now.starts_with("self=1 procs=[1]"), "{now}");
+        let own = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !own.contains(d_s) && !own.contains(" /old "),
+            "a mount of the sandbox is left in cryo's namespace:\n{own}"
+        );
+    }
+}

@@ -1300,26 +1300,7 @@ fn external_netdev_is_moved_into_the_namespace() {
     let img = dir.join("img");
     dump(pid, &img, &[]);
     wait_gone(pid);
-    // The user's pair: one end in cryo's namespace (to be moved in), the other in host b.
-    let out = format!("nd{}", std::process::id() % 100_000);
-    sh(
-        "the user's veth",
-        &[
-            "ip",
-            "link",
-            "add",
-            &out,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "vh0",
-            "netns",
-            &hosts.0[1],
-        ],
-    );
-    host_side(&hosts.0[1]);
-    let cleanup = Cleanup(out.clone());
+    let (out, cleanup) = users_veth("nd", &hosts.0[1]);
     let missing = cryo(&[
         "restore",
         "-D",
@@ -1375,17 +1356,7 @@ fn external_netdev_is_moved_into_the_namespace() {
     integration::restore_with(&img, &["--external", &format!("netdev[v0]:{out}")]);
     let _g2 = KillOnDrop(pid);
     assert_eq!(index(pid), before);
-    let v0 = String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "addr", "show", "v0"]).stdout)
-        .into_owned();
-    assert!(v0.contains("10.203.0.2/24"), "{v0}");
-    assert!(
-        !run(&["ip", "link", "show", &out]).status.success(),
-        "{out} is still in cryo's namespace"
-    );
-    assert!(
-        answers(&hosts.0[1], "10.203.0.2"),
-        "host b cannot reach the restored namespace"
-    );
+    moved_in_and_reachable(pid, &out, &hosts.0[1]);
     drop(cleanup);
     kill(pid);
 }
@@ -1433,25 +1404,7 @@ fn external_netdev_over_rpc_as_runc_passes_it() {
         log(&img, "dump.log")
     );
     wait_gone(pid);
-    let out = format!("nr{}", std::process::id() % 100_000);
-    sh(
-        "the user's veth",
-        &[
-            "ip",
-            "link",
-            "add",
-            &out,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "vh0",
-            "netns",
-            &hosts.0[1],
-        ],
-    );
-    host_side(&hosts.0[1]);
-    let cleanup = Cleanup(out.clone());
+    let (out, cleanup) = users_veth("nr", &hosts.0[1]);
     let restore = |external: &str, log_file: &str| {
         let opts = pb::CriuOpts {
             images_dir_fd: d.as_raw_fd(),
@@ -1488,17 +1441,7 @@ fn external_netdev_over_rpc_as_runc_passes_it() {
     let after = link_of(pid, "v0");
     assert_eq!(index(&after), index(&before), "v0's index: {after}");
     assert!(after.contains("02:00:0a:cb:00:02"), "v0's MAC: {after}");
-    let v0 = String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "addr", "show", "v0"]).stdout)
-        .into_owned();
-    assert!(v0.contains("10.203.0.2/24"), "{v0}");
-    assert!(
-        !run(&["ip", "link", "show", &out]).status.success(),
-        "{out} is still in cryo's namespace"
-    );
-    assert!(
-        answers(&hosts.0[1], "10.203.0.2"),
-        "host b cannot reach the restored namespace"
-    );
+    moved_in_and_reachable(pid, &out, &hosts.0[1]);
     drop(cleanup);
     kill(pid);
 }
@@ -1632,6 +1575,36 @@ print(" ".join(r))
 
 /// Deletes a link of the test's namespace on drop (if still there).
 struct Cleanup(String);
+
+/// The user's veth pair for the external-netdev tests: PREFIX+pid in cryo's namespace (to be
+/// moved in at restore), its peer vh0 in `host_b` with host b's address; deleted on drop.
+fn users_veth(prefix: &str, host_b: &str) -> (String, Cleanup) {
+    let out = format!("{prefix}{}", std::process::id() % 100_000);
+    sh(
+        "the user's veth",
+        &[
+            "ip", "link", "add", &out, "type", "veth", "peer", "name", "vh0", "netns", host_b,
+        ],
+    );
+    host_side(host_b);
+    (out.clone(), Cleanup(out))
+}
+
+/// After an external-netdev restore: the server's v0 has its address, `out` left cryo's
+/// namespace, and host b reaches the server through it.
+fn moved_in_and_reachable(pid: i32, out: &str, host_b: &str) {
+    let v0 = String::from_utf8_lossy(&in_ns(pid, &["ip", "-o", "addr", "show", "v0"]).stdout)
+        .into_owned();
+    assert!(v0.contains("10.203.0.2/24"), "{v0}");
+    assert!(
+        !run(&["ip", "link", "show", out]).status.success(),
+        "{out} is still in cryo's namespace"
+    );
+    assert!(
+        answers(host_b, "10.203.0.2"),
+        "host b cannot reach the restored namespace"
+    );
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {

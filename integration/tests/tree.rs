@@ -699,3 +699,134 @@ fn zombie_session_leader_with_an_orphan_in_a_pid_namespace() {
     assert_eq!(lines(&out)[1], before);
     kill(restored);
 }
+
+/// A field of /proc/PID/status.
+fn status_field(pid: i32, name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// The permissions of the mapping starting at `addr` in /proc/PID/maps.
+fn perms_at(pid: i32, addr: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(&format!("{addr}-")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("none")
+        .to_string()
+}
+
+/// Three children of one parent, each with state of its own that restore sets in the calls
+/// it holds back to the last stop of a child's shaping (issue #13): a working directory, a
+/// name, a umask, a signal handler, a parent-death signal, one not dumpable, and a page of
+/// its own data made read-only. After restore each child has all of them back (seen in
+/// /proc and reported by the child itself), and the children carry on.
+#[test]
+fn children_keep_their_own_attributes() {
+    let dir = scratch("kidattrs");
+    for i in 0..3 {
+        std::fs::create_dir(dir.join(format!("c{i}"))).unwrap();
+    }
+    let out = dir.join("out");
+    let script = r#"
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+d = sys.argv[1]
+r, w = os.pipe()
+kids = []
+for i in range(3):
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+        os.chdir(f"{d}/c{i}")
+        libc.prctl(15, f"kid{i}".encode(), 0, 0, 0)          # PR_SET_NAME
+        os.umask(0o021 + i)
+        signal.signal(signal.SIGUSR2, lambda *a: None)
+        libc.prctl(1, 10 + i, 0, 0, 0)                        # PR_SET_PDEATHSIG
+        if i == 1:
+            libc.prctl(4, 0, 0, 0, 0)                         # PR_SET_DUMPABLE 0
+        a = libc.mmap(None, 8192, 3, 0x22, -1, 0)
+        ctypes.memset(a, 0x41 + i, 8192)
+        libc.mprotect(a, 8192, 1)
+        with open("addr", "w") as f:
+            f.write("%x" % a)
+        os.close(w)
+        signal.sigwait([signal.SIGUSR1])
+        pd = ctypes.c_int()
+        libc.prctl(2, ctypes.byref(pd), 0, 0, 0)              # PR_GET_PDEATHSIG
+        ok = ctypes.string_at(a, 8192) == bytes([0x41 + i]) * 8192
+        with open("report", "w") as f:
+            f.write(f"{os.getcwd()} {pd.value} {libc.prctl(3, 0, 0, 0, 0)} {ok}\n")
+        signal.pause()
+    kids.append(pid)
+os.close(w)
+os.read(r, 1)
+print("ready", *kids, flush=True)
+signal.pause()
+"#;
+    let pid = spawn(&["python3", "-c", script, dir.to_str().unwrap()], &out);
+    let _g = KillOnDrop(pid);
+    let kids = wait_ready(&out);
+    assert_eq!(kids.len(), 3);
+    let _k: Vec<KillOnDrop> = kids.iter().map(|&k| KillOnDrop(k)).collect();
+    let addr = |i: usize| std::fs::read_to_string(dir.join(format!("c{i}/addr"))).unwrap();
+    let seen = |i: usize, k: i32| {
+        (
+            std::fs::read_link(format!("/proc/{k}/cwd")).unwrap(),
+            std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap(),
+            status_field(k, "Umask"),
+            // SIGUSR2 (12) caught: bit 11 of SigCgt.
+            u64::from_str_radix(&status_field(k, "SigCgt"), 16).unwrap() & (1 << 11) != 0,
+            perms_at(k, &addr(i)),
+        )
+    };
+    let before: Vec<_> = kids.iter().enumerate().map(|(i, &k)| seen(i, k)).collect();
+    for (i, s) in before.iter().enumerate() {
+        assert_eq!(s.0, dir.join(format!("c{i}")));
+        assert_eq!(s.1.trim(), format!("kid{i}"));
+        assert_eq!(s.2, format!("{:04o}", 0o021 + i));
+        assert!(s.3, "child {i} catches SIGUSR2 before the dump");
+        assert_eq!(s.4, "r--p", "child {i}'s read-only page before the dump");
+    }
+    let img = dir.join("img");
+    dump(pid, &img, &[]);
+    wait_tree_gone(&img);
+    restore(&img);
+    let after: Vec<_> = kids.iter().enumerate().map(|(i, &k)| seen(i, k)).collect();
+    assert_eq!(
+        after, before,
+        "what /proc shows of each child after restore"
+    );
+    for (i, &k) in kids.iter().enumerate() {
+        assert_eq!(ids(k).1, pid, "child {i}'s parent");
+        signal(k, libc::SIGUSR1);
+    }
+    for i in 0..3 {
+        let report = dir.join(format!("c{i}/report"));
+        wait_for("the child's report", 10, || {
+            std::fs::read_to_string(&report).is_ok_and(|t| t.ends_with('\n'))
+        });
+        let dumpable = if i == 1 { 0 } else { 1 };
+        assert_eq!(
+            std::fs::read_to_string(&report).unwrap().trim(),
+            format!(
+                "{} {} {dumpable} True",
+                dir.join(format!("c{i}")).display(),
+                10 + i
+            ),
+            "child {i}'s own report"
+        );
+    }
+}

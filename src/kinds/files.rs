@@ -201,7 +201,8 @@ pub trait FdKind {
     }
     /// Creates the object in cryo from its record; puppets take it with `pidfd_getfd`.
     fn open(objs: &mut FdObjects, e: &pb::FileEntry) -> Result<OwnedFd, Self::Error>;
-    /// Runs in the puppet once every fd of the task exists (epoll adds its watches).
+    /// Runs in the puppet once every fd of the task exists (epoll adds its watches). A kind
+    /// that adds one must be named where `restore_fds_in` runs the held-back calls first.
     fn after_fds(
         _cx: &mut RestoreCx<'_>,
         _objs: &mut FdObjects,
@@ -1672,7 +1673,15 @@ fn restore_fds_in(
             b.close_range(lo, hi)?;
         }
     }
-    cx.batch(&b)?;
+    // Held back to run with the next batch (the mappings'), unless a kind works on the
+    // fds now (epoll, the only one with `after_fds`, fills its watch lists).
+    cx.batch_later(&b)?;
+    if fds
+        .iter()
+        .any(|(_, f)| f.r#type == pb::FdTypes::Eventpoll as i32)
+    {
+        cx.run_later()?;
+    }
     // What a kind does once every fd of the task exists (epoll watch lists name them).
     for (_, f) in &fds {
         if let Some(k) = FdOps::for_type(f.r#type) {

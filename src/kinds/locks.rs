@@ -322,6 +322,8 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), LocksErro
         return Ok(());
     };
     for e in all.iter().filter(|e| e.pid == img.vpid()) {
+        // The fds are all in place.
+        cx.run_later()?;
         let bad = |what: &str| {
             TaskError::BadImage(format!(
                 "{IMAGE}: process {} fd {}: {what} (flag {}, type {})",

@@ -2702,6 +2702,8 @@ pub fn lazy_register(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), Mem
     let Some(sink) = cx.lazy else {
         return Ok(());
     };
+    // The mappings registered must be the final ones.
+    cx.run_later()?;
     let has = |v: &pb::VmaEntry| {
         img.pagemap.iter().any(|p| {
             p.flags.unwrap_or(PE_PRESENT) & (PE_PRESENT | PE_PARENT | PE_LAZY) != 0
@@ -2829,10 +2831,13 @@ fn set_mm_map(cx: &mut RestoreCx<'_>, img: &TaskImages, mut b: Batch) -> Result<
     if mm.thp_disabled == Some(true) {
         b.prctl(libc::PR_SET_THP_DISABLE, [1, 0, 0, 0])?;
     }
-    let r = cx.batch(&b);
-    if exe_fd >= 0 {
-        cx.close(exe_fd)?;
+    if exe_fd < 0 {
+        // Nothing to close after it: run with the next batch (the task attributes').
+        cx.batch_later(&b)?;
+        return Ok(());
     }
+    let r = cx.batch(&b);
+    cx.close(exe_fd)?;
     r?;
     Ok(())
 }

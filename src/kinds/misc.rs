@@ -255,14 +255,16 @@ impl Kind for Misc {
             .as_ref()
             .map(|t| t.clear_tid_addr)
             .unwrap_or(0);
-        super::threads::restore_attrs(cx, &th, tid_addr, &tc.comm, b).map_err(|e| match e {
-            TaskError::Remote { pid, source } if source.what() == CHDIR => TaskError::Open {
-                pid,
-                path: cwd.clone(),
-                source,
-            },
-            e => e,
-        })?;
+        // Held back: they run with the last calls of the task's shaping.
+        super::threads::restore_attrs_later(cx, &th, tid_addr, &tc.comm, b, (CHDIR, &cwd))
+            .map_err(|e| match e {
+                TaskError::Remote { pid, source } if source.what() == CHDIR => TaskError::Open {
+                    pid,
+                    path: cwd.clone(),
+                    source,
+                },
+                e => e,
+            })?;
         // Each registration command again (each bit of the mask is one).
         for bit in 0..31 {
             if tc.membarrier_registration_mask.unwrap_or(0) & (1u32 << bit) != 0 {
@@ -337,7 +339,7 @@ fn restore_loginuid(cx: &mut RestoreCx<'_>, saved: Option<u32>) -> Result<(), Mi
 /// after the areas the other kinds use), and the name of its batched `chdir`.
 const CWD_AT: u64 = 16384;
 const ROOT_AT: u64 = CWD_AT + 4096 + 8;
-const CHDIR: &str = "chdir";
+const CHDIR: &str = "chdir (working directory)";
 
 /// Namespace kinds in `task_kobj_ids_entry` order (pid, net, ipc, uts, mnt, user, cgroup, time).
 const NS: [&str; 8] = ["pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time"];
@@ -387,6 +389,7 @@ pub fn restore_late(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), Misc
         .and_then(|t| t.pdeath_sig)
         .unwrap_or(0);
     b.prctl(libc::PR_SET_PDEATHSIG, [u64::from(pdeath), 0, 0, 0])?;
-    cx.batch(&b)?;
+    // With whatever follows (the timers), or at the end of the task's shaping.
+    cx.batch_later(&b)?;
     Ok(())
 }

@@ -188,6 +188,8 @@ pub struct FileTable {
     pub shmem_pages: u32,
     /// Unix sockets of the namespace (sock_diag), queried at the first socket.
     pub unix_diag: Option<HashMap<u32, crate::sys::net::UnixDiag>>,
+    /// The network namespaces (inodes) of the tree's processes, read with `unix_diag`.
+    pub unix_tree_netns: std::collections::HashSet<u64>,
     /// sk-queues.img: data queued on each socket, by socket file id.
     pub sk_queues: Vec<(pb::SkPacketEntry, Vec<u8>)>,
     /// Files passed in queued messages (SCM_RIGHTS), which cryo holds while the dump lasts
@@ -387,8 +389,11 @@ impl Syscalls for DumpCx<'_> {
 impl Syscalls for RestoreCx<'_> {
     type Error = TaskError;
     /// Runs a syscall in the puppet.
+    /// Calls held back ([`RestoreCx::batch_later`]) run first (in a stop of their own: a
+    /// call such as clone3 or exit must not run from batch code).
     fn sys(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, TaskError> {
         let pid = self.pid;
+        self.flush_later()?;
         self.remote
             .call(what, nr, a)
             .map_err(|source| TaskError::Remote { pid, source })
@@ -423,6 +428,25 @@ pub struct RestoreCx<'a> {
     /// The root's memory staged by `cryo receive` (`crate::stage`), kept in the puppet at
     /// its stage addresses: moved onto the mappings it holds (the root only).
     pub stage: Option<&'a crate::stage::Stage>,
+    /// Calls queued by [`RestoreCx::batch_later`], run in the stop of the next call.
+    pub later: Later,
+}
+
+/// Side-effect calls a [`RestoreCx`] holds back so that they run in the same stop as the
+/// next batch (each stop of a puppet costs a wake-up; under load, a scheduler tick): only
+/// while `on` (the main context of a process being shaped; [`RestoreCx::run_later`] must run
+/// before it is dropped). The scratch data of queued calls stays below `top`: meanwhile
+/// [`RestoreCx::put`] writes above it.
+#[derive(Debug, Default)]
+pub struct Later {
+    pub on: bool,
+    calls: Batch,
+    /// Scratch offset the data of queued calls lies below (`put` adds it to its offsets).
+    top: u64,
+    /// End of the highest data `put` wrote since the last [`RestoreCx::end_later`].
+    put_top: u64,
+    /// Calls held back whose failure is an open of this path (a `chdir`): (call name, path).
+    paths: Vec<(&'static str, String)>,
 }
 
 /// Where [`RestoreCx::clone3_with_tid`] puts `struct clone_args` in scratch.
@@ -444,21 +468,97 @@ pub struct Inherited {
 impl RestoreCx<'_> {
     /// Runs the calls queued in `b` in the puppet, in one stop where possible (see
     /// [`Remote::run_batch`](crate::sys::remote::Remote::run_batch)); returns their results.
+    /// The calls held back by [`Self::batch_later`] run first, in the same stop.
     pub fn batch(&mut self, b: &Batch) -> Result<Vec<u64>, TaskError> {
         let pid = self.pid;
-        if b.is_empty() {
+        if b.is_empty() && self.later.calls.is_empty() {
             return Ok(Vec::new());
         }
-        self.remote
-            .run_batch(b)
-            .map_err(|source| TaskError::Remote { pid, source })
+        let held = self.later.calls.len();
+        let run = if held == 0 {
+            self.remote.run_batch(b)
+        } else {
+            let mut all = std::mem::take(&mut self.later.calls);
+            all.calls.extend_from_slice(&b.calls);
+            self.remote.run_batch(&all)
+        };
+        let paths = std::mem::take(&mut self.later.paths);
+        let mut got = run.map_err(|source| {
+            match paths.into_iter().find(|(what, _)| *what == source.what()) {
+                Some((_, path)) => TaskError::Open { pid, path, source },
+                None => TaskError::Remote { pid, source },
+            }
+        })?;
+        Ok(got.split_off(held.min(got.len())))
     }
 
-    /// Copies `bytes` into the puppet's scratch area at `off`; returns the remote address.
-    pub fn put(&mut self, off: u64, bytes: &[u8]) -> Result<u64, TaskError> {
-        if off + bytes.len() as u64 > self.scratch_len {
-            return Err(TaskError::Internal("scratch area too small"));
+    /// Like [`Self::batch_later`]; the failure of the call named `what` among them is
+    /// reported as a failed open of `path` (a `chdir`).
+    pub fn batch_later_opening(
+        &mut self,
+        b: &Batch,
+        what: &'static str,
+        path: &str,
+    ) -> Result<(), TaskError> {
+        self.later.paths.push((what, path.to_string()));
+        self.batch_later(b)
+    }
+
+    /// Queues the calls of `b` (side effects: nothing is returned) to run in the stop of the
+    /// next batch or call of this puppet, or at [`Self::run_later`]; without
+    /// [`Later::on`] they run now. A failure is reported when they run, under the failed
+    /// call's name. The scratch data they use must have been `put` already.
+    pub fn batch_later(&mut self, b: &Batch) -> Result<(), TaskError> {
+        if !self.later.on {
+            return self.batch(b).map(drop);
         }
+        self.later.calls.calls.extend_from_slice(&b.calls);
+        self.later.top = self.later.top.max(self.later.put_top).next_multiple_of(64);
+        Ok(())
+    }
+
+    /// Runs the calls held back by [`Self::batch_later`] now (one stop), if any, at a
+    /// point where no scratch data is in use (between kinds): `put` writes from the start of
+    /// scratch again, and code that puts its data at fixed places in scratch may run.
+    pub fn run_later(&mut self) -> Result<(), TaskError> {
+        self.flush_later()?;
+        self.later.top = 0;
+        self.later.put_top = 0;
+        Ok(())
+    }
+
+    /// Runs the calls held back now, if any; the data `put` meanwhile stays where it is.
+    fn flush_later(&mut self) -> Result<(), TaskError> {
+        if self.later.calls.is_empty() {
+            return Ok(());
+        }
+        self.batch(&Batch::new()).map(drop)
+    }
+
+    /// Runs what is held back and stops holding calls back (the end of a process's shaping).
+    pub fn end_later(&mut self) -> Result<(), TaskError> {
+        self.run_later()?;
+        self.later = Later::default();
+        Ok(())
+    }
+
+    /// Copies `bytes` into the puppet's scratch area at `off` (above the data of calls held
+    /// back, [`Self::batch_later`]); returns the remote address.
+    pub fn put(&mut self, off: u64, bytes: &[u8]) -> Result<u64, TaskError> {
+        let end = off + bytes.len() as u64;
+        let mut base = self.later.top;
+        if base + end > self.scratch_len {
+            // No room above: the held calls run now, and what lies below `top` (only their
+            // data: a kind's own data since its last `batch_later` lies above) is free.
+            if base == 0 || end > base || end > self.scratch_len {
+                return Err(TaskError::Internal("scratch area too small"));
+            }
+            self.flush_later()?;
+            self.later.top = 0;
+            base = 0;
+        }
+        let off = base + off;
+        self.later.put_top = self.later.put_top.max(base + end);
         let addr = self.scratch + off;
         if bytes.is_empty() {
             return Ok(addr);
@@ -485,6 +585,7 @@ impl RestoreCx<'_> {
     /// (`flags`: the kernel's int bits, as the images keep them.)
     pub fn open(&mut self, path: &str, flags: u32) -> Result<RemoteFd, TaskError> {
         let p = self.put_path(path)?;
+        self.flush_later()?;
         self.remote
             .openat(libc::AT_FDCWD, p, flags.cast_signed(), 0)
             .map_err(|source| TaskError::Open {
@@ -542,6 +643,7 @@ impl RestoreCx<'_> {
     pub fn take_via(&mut self, chan: RemoteFd, local: i32) -> Result<RemoteFd, TaskError> {
         let buf = self.scratch + self.scratch_len - 256;
         let pid = self.pid;
+        self.flush_later()?;
         self.remote
             .take_cryo_fd(chan, local, buf)
             .map_err(|source| TaskError::Remote { pid, source })

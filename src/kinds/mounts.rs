@@ -1234,7 +1234,7 @@ pub fn restore_nested(
         })?;
         cx.objs.borrow_mut().tty.premade.extend(ptys);
         cx.objs.borrow_mut().binfmt.append(&mut pending.binfmt);
-        return Ok(None);
+        return Ok((!pending.todo.is_empty()).then_some(pending));
     }
     // The copy, as the puppet sees it; each copied entry is matched with its mount there.
     let current = tree_order(parse_mountinfo(&crate::procfs::read(pid, "mountinfo")?));
@@ -1476,6 +1476,26 @@ fn build_pivoted(
     ))?;
     let old = Jail::new(Path::new("/")).map_err(mnt_err("open the namespace's root".into()))?;
     let n = pending.entries.len();
+    // A proc mount of a PID namespace whose init is created later (and what waits with it)
+    // is mounted in the new root once that init exists (`finish_pending`, after the pivot).
+    let waits = waiting(&pending.entries, &pending.todo, host_of);
+    if waits[0] {
+        return Err(Unsupported::restore(
+            "the new root of a namespace that pivoted into it is a proc mount of a PID namespace restored later".to_string(),
+        )
+        .into());
+    }
+    if let Some(e) = (0..n)
+        .filter(|&i| waits[i])
+        .map(|i| &pending.entries[i])
+        .find(|e| e.cryo_outer.is_some())
+    {
+        return Err(Unsupported::restore(format!(
+            "mount {}, bound from the parent namespace, is below a proc mount of a PID namespace restored later, in a namespace that pivoted into a new root: what it is bound from is gone after the pivot",
+            e.mountpoint
+        ))
+        .into());
+    }
     let mut outer: Vec<Option<OwnedFd>> = Vec::with_capacity(n);
     for e in &pending.entries {
         outer.push(
@@ -1503,6 +1523,9 @@ fn build_pivoted(
         spot,
     ));
     for i in std::iter::once(0).chain(mount_sequence(&entries)) {
+        if waits[i] {
+            continue;
+        }
         let e = &entries[i];
         let place = if i == 0 {
             places[0].take()
@@ -1517,12 +1540,9 @@ fn build_pivoted(
             attach_outer(c, &jail, e, place.as_ref().map(|(d, n)| (d, n.as_str())))?
         } else {
             let procns = match e.cryo_proc_pid {
-                Some(p) => host_of(p).ok_or_else(|| {
-                    Unsupported::restore(format!(
-                        "proc mount {} of a namespace that pivoted into a new root shows a PID namespace whose init is restored later: cryo cannot mount it yet",
-                        e.mountpoint
-                    ))
-                })?,
+                Some(p) => host_of(p).ok_or(TaskError::Internal(
+                    "a proc mount that waits for its PID namespace was not left for later",
+                ))?,
                 None => pid,
             };
             mount_one(
@@ -1584,7 +1604,7 @@ fn build_pivoted(
     rustix::process::fchdir(&host_root).map_err(mnt_err("fchdir to cryo's root".into()))?;
     rustix::process::chroot(".").map_err(mnt_err("chroot to cryo's root".into()))?;
     super::propagation::restore(&entries, &roots, &[])?;
-    pending.todo.clear();
+    pending.todo.retain(|&i| waits[i]);
     Ok(ptys)
 }
 
@@ -1682,37 +1702,7 @@ fn build_nested(
     }
     let mut ptys = Vec::new();
     let mut fds: Vec<Option<OwnedFd>> = (0..entries.len()).map(|_| None).collect();
-    // What waits: a proc mount of a PID namespace whose init is not created yet, what is
-    // mounted below one that waits, and what is in a peer group (or is a slave of one) with
-    // one that waits: `propagation::restore` joins only the mounts of one batch.
-    let groups = |e: &pb::MntEntry| [e.shared_id, e.master_id];
-    let related = |a: &pb::MntEntry, b: &pb::MntEntry| {
-        groups(a)
-            .into_iter()
-            .flatten()
-            .any(|g| groups(b).contains(&Some(g)))
-    };
-    let mut waits: Vec<bool> = vec![false; entries.len()];
-    loop {
-        let mut changed = false;
-        for &i in &pending.todo {
-            if waits[i] {
-                continue;
-            }
-            let e = &entries[i];
-            let w = e.cryo_proc_pid.is_some_and(|p| host_of(p).is_none())
-                || pending.todo.iter().any(|&j| {
-                    waits[j] && (entries[j].mnt_id == e.parent_mnt_id || related(&entries[j], e))
-                });
-            if w {
-                waits[i] = true;
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
+    let waits = waiting(entries, &pending.todo, host_of);
     let left: Vec<usize> = pending.todo.iter().copied().filter(|&i| waits[i]).collect();
     let none: Vec<Option<PathBuf>> = vec![None; entries.len()];
     for &i in &pending.todo {
@@ -1757,6 +1747,46 @@ fn build_nested(
     }
     pending.todo = left;
     Ok(ptys)
+}
+
+/// Which of `entries` (those of `todo`) wait: a proc mount of a PID namespace whose init is
+/// not created yet, what is mounted below one that waits, and what is in a peer group (or is
+/// a slave of one) with one that waits: `propagation::restore` joins only the mounts of one
+/// batch.
+fn waiting(
+    entries: &[pb::MntEntry],
+    todo: &[usize],
+    host_of: &(dyn Fn(u32) -> Option<i32> + Sync),
+) -> Vec<bool> {
+    let groups = |e: &pb::MntEntry| [e.shared_id, e.master_id];
+    let related = |a: &pb::MntEntry, b: &pb::MntEntry| {
+        groups(a)
+            .into_iter()
+            .flatten()
+            .any(|g| groups(b).contains(&Some(g)))
+    };
+    let mut waits: Vec<bool> = vec![false; entries.len()];
+    loop {
+        let mut changed = false;
+        for &i in todo {
+            if waits[i] {
+                continue;
+            }
+            let e = &entries[i];
+            let w = e.cryo_proc_pid.is_some_and(|p| host_of(p).is_none())
+                || todo.iter().any(|&j| {
+                    waits[j] && (entries[j].mnt_id == e.parent_mnt_id || related(&entries[j], e))
+                });
+            if w {
+                waits[i] = true;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    waits
 }
 
 /// Reads `mountpoints-ID.img` of `img` and checks it before anything is built: plain

@@ -171,7 +171,9 @@ impl Kind for Signals {
         ss.extend_from_slice(&size.to_ne_bytes());
         let a = cx.put(512, &ss)?;
         b.sigaltstack(a, 0)?;
-        cx.batch(&b)?;
+        // With the next batch (the task attributes'); a pending signal queued below runs it
+        // first.
+        cx.batch_later(&b)?;
         // Pending signals, queued from inside the task (all signals are blocked there), so
         // named by its PID in its own namespace.
         let pid = img.local_pid();

@@ -301,6 +301,9 @@ pub fn restore_threads(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
 ) -> Result<Vec<RestoredThread>, ThreadsError> {
+    // The threads start as copies of the leader (and the clone code and arguments are
+    // written to scratch directly): everything held back is done first.
+    cx.run_later()?;
     let mut made = Vec::new();
     let r = create_threads(cx, img, &mut made);
     if r.is_err() {
@@ -457,6 +460,7 @@ fn create_threads(
                 cow: Vec::new(),
                 cryo_pidfd: cx.cryo_pidfd,
                 lazy: cx.lazy,
+                later: Default::default(),
                 stage: None,
             };
             // Its pending signals are queued from inside, with the ids its PID namespace gives.
@@ -590,6 +594,22 @@ pub fn restore_attrs(
     // One stop for all of them (thousands of threads make this count).
     let b = attr_batch(cx, th, clear_tid_addr, comm_fallback, 0, b)?;
     cx.batch(&b)?;
+    restore_sched(cx, th)
+}
+
+/// [`restore_attrs`] with the in-thread calls held back to run with the next batch
+/// ([`RestoreCx::batch_later`]); the failure of the call named `what` is reported as a
+/// failed open of `path` (the working directory's `chdir`).
+pub fn restore_attrs_later(
+    cx: &mut RestoreCx<'_>,
+    th: &pb::ThreadCoreEntry,
+    clear_tid_addr: u64,
+    comm_fallback: &str,
+    b: Batch,
+    (what, path): (&'static str, &str),
+) -> Result<(), TaskError> {
+    let b = attr_batch(cx, th, clear_tid_addr, comm_fallback, 0, b)?;
+    cx.batch_later_opening(&b, what, path)?;
     restore_sched(cx, th)
 }
 

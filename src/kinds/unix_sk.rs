@@ -527,6 +527,7 @@ impl FdKind for UnixSk {
         if cx.files.unix_diag.is_none() {
             let tree = cx.files.tree.clone();
             cx.files.unix_diag = Some(diag_all(&tree).map_err(|e| fd.err("sock_diag", e))?);
+            cx.files.unix_tree_netns = tree_netns(&tree);
         }
         let sk = fd.take()?;
         // Made in another network namespace than its process's (zdtm netns_sub): asked for
@@ -558,7 +559,7 @@ impl FdKind for UnixSk {
             })?;
         // Restore makes it in its namespace, which must be one the tree's processes are in
         // (a namespace only a socket holds is not saved).
-        if d.netns != 0 && !tree_netns(&cx.files.tree).contains(&d.netns) {
+        if d.netns != 0 && !cx.files.unix_tree_netns.contains(&d.netns) {
             return Err(Unsupported::of(
                 fd.pid,
                 format!("fd {} (unix socket {ino})", fd.fd),

@@ -670,8 +670,12 @@ fn shape(
         cow: Vec::new(),
         cryo_pidfd: sh.cryo_pidfd,
         lazy: sh.lazy,
+        later: Default::default(),
         stage: if idx == 0 { sh.stage } else { None },
     };
+    // Calls whose results nothing needs at once are held back to run in the stop of the next
+    // batch (RestoreCx::batch_later): the shaping of a child of a fan-out takes 2 stops, not 7.
+    cx.later.on = true;
     // Every process of the tree has the root puppet's credentials until its own are set
     // (a child is forked before its parent's): learnt once for all.
     cx.inherited.creds.clone_from(&sh.creds);
@@ -696,6 +700,7 @@ fn shape(
     fault_point("creds")?;
     kinds::misc::restore_late(&mut cx, img)?;
     kinds::restore_kind::<kinds::timers::Timers>(&mut cx, img)?;
+    cx.end_later()?;
     sh.calls += cx.remote.calls;
     let ti = img
         .core
@@ -820,7 +825,8 @@ fn empty_puppet(
         }
         from = from.max(e);
     }
-    cx.batch(&b)?;
+    // Run with the next batch (the fds' or the mappings').
+    cx.batch_later(&b)?;
     Ok(())
 }
 
@@ -1246,6 +1252,7 @@ fn helper_cx<'a>(
         cryo_pidfd: sh.cryo_pidfd,
         // Helpers and zombies-to-be get no memory of the tree's.
         lazy: None,
+        later: Default::default(),
         stage: None,
     })
 }
@@ -1259,6 +1266,8 @@ fn fork_helper(
     sid: Option<u32>,
     puppets: &mut Puppets,
 ) -> Result<(i32, i32), RestoreError> {
+    // Forked with everything held back done (the helper is a copy of this task).
+    cx.run_later()?;
     let top = sh
         .tasks
         .iter()
@@ -1359,6 +1368,8 @@ fn fork_child(
     child: &TaskImages,
     puppets: &mut Puppets,
 ) -> Result<(), RestoreError> {
+    // The child is a copy of this task: everything held back is done first.
+    cx.run_later()?;
     let forking = Instant::now();
     let mut flags = if child.ids.files_id == img.ids.files_id && !child.is_zombie() {
         libc::CLONE_FILES as u64
@@ -1469,6 +1480,9 @@ fn fork_children(
     if let [only] = kids {
         return fork_child(sh, cx, img, &tasks[*only], puppets);
     }
+    // The children are copies of this task (and their clone_args go to scratch directly):
+    // everything held back is done first.
+    cx.run_later()?;
     let forking = Instant::now();
     // The id the parent sees.
     let seen = |t: &TaskImages| t.ns_ids(0).get(img.ns_depth()).copied().unwrap_or(0);
