@@ -198,6 +198,11 @@ pub struct FileTable {
     /// Ghost files (deleted but open, mapped or a working directory): id by (dev, inode),
     /// their entries and content, the remap records linking file records to them, and the size limit.
     pub ghost_ids: HashMap<(u64, u64), u32>,
+    /// The mount (id) each ghost file was first seen open through, its path on the file
+    /// system (the mount's root joined with the path under its mount point) and by which fd:
+    /// a second mount that shows it at another path (or whose root cannot be read) is
+    /// refused (the restore makes a ghost at one place).
+    pub ghost_mnts: HashMap<(u64, u64), (i32, Option<String>, String)>,
     pub ghosts: Vec<ghost::Ghost>,
     pub remaps: Vec<pb::RemapFilePathEntry>,
     pub ghost_limit: u64,

@@ -2465,6 +2465,21 @@ fn run_tree(
     }
     fault_point("netunlock")?;
     netlock.borrow_mut().unlock_now()?;
+    // CRIU locks a tree's own network namespace with its iptables chain before it saves the
+    // namespace's firewall: the chain came back with the rules, and goes now, as CRIU's
+    // network_unlock removes it, whether the tree has connections or not.
+    if own_netns
+        && lock_method == crate::netlock::Method::Iptables
+        && !dir.path.join("cryo-manifest.json").exists()
+    {
+        netlock.borrow_mut().lift_dump_lock(
+            crate::netlock::Method::Iptables,
+            None,
+            root,
+            false,
+            &[],
+        )?;
+    }
     let one_netns = tasks
         .iter()
         .all(|t| t.ids.net_ns_id == tasks[0].ids.net_ns_id);
