@@ -197,3 +197,80 @@ os.write(1, (line + f" {left}\n").encode())
     wait_for("the report", 10, || lines(&out).len() >= 2);
     assert_eq!(lines(&out)[1], format!("{want} 0"));
 }
+
+/// A read lease on a file opened through a read-only bind mount, broken (towards F_UNLCK)
+/// by an open for writing through the writable directory the bind shows: after the restore
+/// the lease is still being broken (`F_GETLEASE` F_UNLCK, `BREAKING` in fdinfo), without a
+/// second SIGIO, on a description that is still read-only on the read-only mount; the
+/// holder can then give it up. (An open for writing on the read-only mount itself fails
+/// with EROFS: the break is started again another way.)
+#[test]
+fn lease_being_broken_on_a_read_only_mount_stays_broken() {
+    let dir = scratch("leases-ro-mount");
+    let (w, r) = (dir.join("w"), dir.join("r"));
+    std::fs::create_dir_all(&w).unwrap();
+    std::fs::create_dir_all(&r).unwrap();
+    std::fs::write(w.join("f"), "data\n").unwrap();
+    let (w_s, r_s) = (w.to_str().unwrap(), r.to_str().unwrap());
+    let st = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("mount --bind {w_s} {r_s} && mount -o remount,bind,ro {r_s}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    /// Takes the read-only bind out of cryo's namespace.
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", &self.0])
+                .status();
+        }
+    }
+    let _u = Unmount(r_s.to_string());
+    let out = dir.join("out");
+    let script = r#"
+import fcntl, os, signal, sys, time
+r, w = sys.argv[1], sys.argv[2]
+F_SETLEASE, F_GETLEASE, F_SETSIG = 1024, 1025, 10
+got = []
+signal.signal(signal.SIGIO, lambda s, f: got.append(s))
+fd = os.open(r + "/f", os.O_RDONLY)
+fcntl.fcntl(fd, F_SETLEASE, fcntl.F_RDLCK)
+fcntl.fcntl(fd, F_SETSIG, signal.SIGIO)
+try:
+    os.open(w + "/f", os.O_WRONLY | os.O_NONBLOCK)
+    sys.exit("the open did not conflict with the lease")
+except BlockingIOError:
+    pass
+while not got:
+    time.sleep(0.01)
+def report():
+    lock = [l for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("lock:")]
+    mode = lock[0].split()[3] if lock else "none"
+    ro = open(f"/proc/self/fdinfo/{fd}").read().split("flags:")[1].split()[0][-1] == "0"
+    return f"{fcntl.fcntl(fd, F_GETLEASE)} {mode} {len(got)} {ro} {os.readlink(f'/proc/self/fd/{fd}')}"
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+os.write(1, ("ready " + report() + "\n").encode())
+signal.sigwait([signal.SIGUSR1])
+time.sleep(0.2)
+line = report()
+fcntl.fcntl(fd, F_SETLEASE, fcntl.F_UNLCK)
+left = sum(1 for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("lock:"))
+os.write(1, (line + f" {left}\n").encode())
+"#;
+    let pid = spawn(&["python3", "-c", script, r_s, w_s], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("the program", 10, || !lines(&out).is_empty());
+    let want = format!("2 BREAKING 1 True {r_s}/f");
+    assert_eq!(lines(&out)[0], format!("ready {want}"));
+    let img = dir.join("img");
+    dump(pid, &img, &["--file-locks"]);
+    wait_gone(pid);
+    restore(&img);
+    signal(pid, libc::SIGUSR1);
+    wait_for("the report", 10, || lines(&out).len() >= 2);
+    assert_eq!(lines(&out)[1], format!("{want} 0"));
+}

@@ -29,6 +29,14 @@ while True:
     time.sleep(0.1)
 "#;
 
+/// Tests that mount in cryo's namespace, and the one that counts its mounts, one at a time
+/// (a restore of a nested namespace copies cryo's too).
+static HOST_MOUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn host_mounts() -> std::sync::MutexGuard<'static, ()> {
+    HOST_MOUNTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// (counter, the rest) of the last status line.
 fn last_status(out: &Path) -> Option<(u64, String)> {
     let l = lines(out).into_iter().rev().find(|l| l.contains(" pid="))?;
@@ -307,6 +315,7 @@ while True:
 /// mount behind; the next restore works.
 #[test]
 fn fault_after_nested_namespaces_leaves_nothing_behind() {
+    let _host = host_mounts();
     let dir = scratch("nested-ns-fault");
     let Some(sb) = start_sandbox(&dir) else {
         return;
@@ -863,6 +872,7 @@ while True:
 /// name and the tree keeps running.
 #[test]
 fn new_mount_under_a_copy_still_shared_with_the_parent_is_refused() {
+    let _host = host_mounts();
     if !require_tools(&[("unshare", "--help"), ("mount", "--version")]) {
         return;
     }
@@ -1423,7 +1433,10 @@ fn pivoted_namespace_with_the_proc_of_a_later_pid_namespace() {
         assert_eq!(mount_list(unshare), mounts);
         // Written after the restore: the proc mount shows the init's own namespace.
         std::fs::remove_file(h.join("seen")).unwrap();
-        wait_for("a new status", 10, || h.join("seen").exists());
+        // Written whole: open("w") makes it empty first.
+        wait_for("a new status", 10, || {
+            std::fs::read_to_string(h.join("seen")).is_ok_and(|s| s.contains("procs="))
+        });
         let now = std::fs::read_to_string(h.join("seen")).unwrap();
         assert!(now.starts_with("self=1 procs=[1]"), "{now}");
         let own = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -1432,4 +1445,394 @@ fn pivoted_namespace_with_the_proc_of_a_later_pid_namespace() {
             "a mount of the sandbox is left in cryo's namespace:\n{own}"
         );
     }
+}
+
+/// In a mount namespace of its own (no `pivot_root`): mounts a tmpfs at argv[1] (D) with a
+/// file and a bind of the host directory argv[2] at D/host, and the same bind at
+/// argv[3]/host (E, a plain directory); forks a child that `chroot`s into D (a mount's
+/// root), then itself `chroot`s into E (a directory of the namespace's root mount, so its
+/// mountinfo shows only E/host). Each then writes a counter every 100 ms to /host/out-NAME.
+const CHROOTED: &str = r#"
+import os, sys, time
+d, h, e = sys.argv[1], sys.argv[2], sys.argv[3]
+def sh(c):
+    assert os.system(c) == 0, c
+sh(f"mount -t tmpfs chrooted {d}")
+with open(f"{d}/data", "w") as f:
+    f.write("root-data\n")
+os.mkdir(f"{d}/host")
+sh(f"mount --bind {h} {d}/host")
+sh(f"mount --bind {h} {e}/host")
+if os.fork() == 0:
+    os.chroot(d)
+    name = "kid"
+else:
+    os.chroot(e)
+    name = "maker"
+os.chdir("/")
+n = 0
+with open(f"/host/out-{name}", "a", buffering=1) as out:
+    while True:
+        out.write(f"{n}\n")
+        n += 1
+        time.sleep(0.1)
+"#;
+
+/// Two tasks of a mount namespace nested in the tree, each `chroot`ed (no `pivot_root`):
+/// the one that made the namespace into a directory of its root mount, its child into a
+/// tmpfs mounted there. Neither is taken for a pivot_root (the namespace keeps the root it
+/// had, copied from the tree's): after a restore each has the same root, sees the same
+/// mounts, its count goes on, twice; nothing of it is mounted in cryo's namespace.
+#[test]
+fn chrooted_tasks_in_a_nested_mount_namespace_keep_their_roots() {
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-chrooted");
+    let (d, h, e) = (dir.join("d"), dir.join("host"), dir.join("e"));
+    for p in [&d, &h, &e.join("host")] {
+        std::fs::create_dir_all(p).unwrap();
+    }
+    let child = dir.join("child.py");
+    std::fs::write(&child, CHROOTED).unwrap();
+    let parent = format!(
+        "import subprocess\n\
+         subprocess.Popen(['unshare', '--mount', '--propagation', 'private', 'python3', \
+         '{}', '{}', '{}', '{}']).wait()\n",
+        child.display(),
+        d.display(),
+        h.display(),
+        e.display()
+    );
+    let root = spawn(&["python3", "-c", &parent], &dir.join("log"));
+    let _g = KillOnDrop(root);
+    let (out_m, out_k) = (h.join("out-maker"), h.join("out-kid"));
+    wait_for("both chrooted counts", 20, || {
+        lines(&out_m).len() > 2 && lines(&out_k).len() > 2
+    });
+    let tasks = || {
+        let maker = children(root)[0];
+        (maker, children(maker)[0])
+    };
+    let (maker, kid) = tasks();
+    let _k = [KillOnDrop(maker), KillOnDrop(kid)];
+    let roots =
+        |m: i32, k: i32| [m, k].map(|p| std::fs::read_link(format!("/proc/{p}/root")).unwrap());
+    let before = (roots(maker, kid), mount_list(maker), mount_list(kid));
+    assert_eq!(before.0, [e.clone(), d.clone()]);
+    assert_eq!(
+        before.1.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+        ["/host"]
+    );
+    assert_eq!(
+        before.2.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+        ["/", "/host"]
+    );
+    for round in 0..2 {
+        let img = dir.join(format!("img{round}"));
+        dump(root, &img, &[]);
+        wait_tree_gone(&img);
+        let (at_m, at_k) = (lines(&out_m).len(), lines(&out_k).len());
+        restore(&img);
+        count_goes_on(&out_m, at_m);
+        count_goes_on(&out_k, at_k);
+        let (maker, kid) = tasks();
+        assert_eq!(
+            (roots(maker, kid), mount_list(maker), mount_list(kid)),
+            before
+        );
+        assert_eq!(
+            std::fs::read_to_string(format!("/proc/{kid}/root/data")).unwrap(),
+            "root-data\n"
+        );
+        assert_ne!(ns(maker, "mnt"), ns(root, "mnt"));
+        let own = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !own.contains(dir.to_str().unwrap()),
+            "a mount of the chrooted tasks is left in cryo's namespace:\n{own}"
+        );
+    }
+}
+
+/// A child that, in a mount namespace of its own, bound a directory (`a`) of a tmpfs of its
+/// parent's namespace (cryo's) at a place of its own and unmounted its copy of the tmpfs
+/// (the bind's source is then only in the parent's namespace); then, in the parent's namespace, a
+/// bind of the same tmpfs's other directory (`b`) was put over `a`'s path. The path the
+/// bind came from now leads to `b` (same device, other inode): binding it again at restore
+/// would show `b`'s files as `a`'s. The dump refuses the mount by name and the tree keeps
+/// running, its bind still showing `a`'s file.
+#[test]
+fn bind_from_a_parent_path_now_leading_elsewhere_is_refused() {
+    let _host = host_mounts();
+    if !require_tools(&[("unshare", "--help"), ("mount", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-outer-inode");
+    let (x, y) = (dir.join("x"), dir.join("y"));
+    std::fs::create_dir_all(&x).unwrap();
+    std::fs::create_dir_all(&y).unwrap();
+    let (x_s, y_s) = (
+        x.to_str().unwrap().to_string(),
+        y.to_str().unwrap().to_string(),
+    );
+    let sh = |cmd: &str| {
+        let o = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{cmd}: {o:?}");
+    };
+    /// Takes the tmpfs (and the bind over its `a`) out of cryo's namespace.
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .args(["-R", "-l", &self.0])
+                .status();
+        }
+    }
+    sh(&format!(
+        "mount -t tmpfs cryo-outer {x_s} && mount --make-private {x_s} && mkdir {x_s}/a {x_s}/b && echo a >{x_s}/a/f && echo b >{x_s}/b/f"
+    ));
+    let _u = Unmount(x_s.clone());
+    let ready = dir.join("ready");
+    let root = spawn(
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "unshare --mount --propagation private sh -c 'mount --bind {x_s}/a {y_s} && umount {x_s} && touch {} && exec sleep 1000' & wait",
+                ready.display()
+            ),
+        ],
+        &dir.join("out"),
+    );
+    let _g = KillOnDrop(root);
+    wait_for("the child's bind", 10, || ready.exists());
+    let child = children(root)[0];
+    let _c = KillOnDrop(child);
+    sh(&format!("mount --bind {x_s}/b {x_s}/a"));
+    let f = format!("/proc/{child}/root{y_s}/f");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "a\n");
+    assert_eq!(
+        std::fs::read_to_string(format!("{x_s}/a/f")).unwrap(),
+        "b\n"
+    );
+    let e = dump_fails(root, &dir.join("img"), &[]);
+    assert!(
+        e.contains(&format!("mount {y_s}")) && e.contains("same device and inode"),
+        "{e}"
+    );
+    assert!(
+        alive(root) && alive(child),
+        "the refused tree keeps running"
+    );
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "a\n");
+}
+
+/// zdtm's mntns_link_remap/mntns_link_ghost shape, the parent's side: with D/0 a tmpfs (dirs
+/// 1 and 2) and D/1 a bind of D/0/1 (made by the test), opens D/1/F, links it as D/0/2/F
+/// (and D/0/F when argv[2] is "1"), starts the child in a mount namespace of its own with
+/// the fd, closes its own and, once the child is ready, removes D/0/1/F and D/0/2/F.
+const LINKED_PARENT: &str = r#"
+import os, subprocess, sys
+d, keep, child = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+fd = os.open(f"{d}/1/F", os.O_CREAT | os.O_RDWR, 0o600)
+os.write(fd, b"data\n")
+os.link(f"{d}/0/1/F", f"{d}/0/2/F")
+if keep:
+    os.link(f"{d}/0/1/F", f"{d}/0/F")
+r, w = os.pipe()
+p = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "python3", child,
+                      d, str(fd), str(w)], pass_fds=[fd, w])
+os.close(fd)
+os.close(w)
+os.read(r, 1)
+os.unlink(f"{d}/0/1/F")
+os.unlink(f"{d}/0/2/F")
+p.wait()
+"#;
+
+/// The child: unmounts D/1 and D/0 in its namespace after binding D/0/2 at D/2, opens F
+/// there, so it holds the file through the parent's D/1 (the fd it was given) and its own
+/// D/2; then every 100 ms prints a counter, the two fds' mount ids, the link count, whether
+/// both are one inode, and the file's bytes.
+const LINKED_CHILD: &str = r#"
+import os, sys, time
+d, fd1, w = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def sh(c):
+    assert os.system(c) == 0, c
+sh(f"umount {d}/1")
+sh(f"mount --bind {d}/0/2 {d}/2")
+sh(f"umount {d}/0")
+fd2 = os.open(f"{d}/2/F", os.O_RDWR)
+os.close(w)
+def mnt(fd):
+    return [l for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("mnt_id:")][0].split()[1]
+n = 0
+while True:
+    s1, s2 = os.fstat(fd1), os.fstat(fd2)
+    print(f"{n} {mnt(fd1)} {mnt(fd2)} {s1.st_nlink} {s1.st_ino == s2.st_ino} {os.pread(fd2, 9, 0)!r}", flush=True)
+    n += 1
+    time.sleep(0.1)
+"#;
+
+/// The id of the mount at `at` in `pid`'s namespace (the topmost).
+fn mount_id_at(pid: i32, at: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap_or_default()
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(at))
+        .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+}
+
+/// Starts the LINKED_PARENT/LINKED_CHILD tree in `dir` (mounts D/0, D/1 in cryo's namespace,
+/// taken away by the returned guard): (root, child, output, D, guards).
+fn start_linked(
+    dir: &Path,
+    keep: bool,
+) -> (
+    i32,
+    i32,
+    std::path::PathBuf,
+    String,
+    Vec<KillOnDrop>,
+    Unmounts,
+) {
+    let d = dir.join("d");
+    for s in ["0", "1", "2"] {
+        std::fs::create_dir_all(d.join(s)).unwrap();
+    }
+    let d_s = d.to_str().unwrap().to_string();
+    let st = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "mount -t tmpfs cryo-linked {d_s}/0 && mount --make-private {d_s}/0 && mkdir {d_s}/0/1 {d_s}/0/2 && mount --bind {d_s}/0/1 {d_s}/1 && mount --make-private {d_s}/1"
+            ),
+        ])
+        .status()
+        .unwrap();
+    let u = Unmounts(vec![format!("{d_s}/1"), format!("{d_s}/0")]);
+    assert!(st.success());
+    let (parent, child) = (dir.join("parent.py"), dir.join("child.py"));
+    std::fs::write(&parent, LINKED_PARENT).unwrap();
+    std::fs::write(&child, LINKED_CHILD).unwrap();
+    let out = dir.join("out");
+    let root = spawn(
+        &[
+            "python3",
+            parent.to_str().unwrap(),
+            &d_s,
+            if keep { "1" } else { "0" },
+            child.to_str().unwrap(),
+        ],
+        &out,
+    );
+    let g = KillOnDrop(root);
+    wait_for("the child's report", 20, || lines(&out).len() > 2);
+    let kid = children(root)[0];
+    (root, kid, out, d_s, vec![g, KillOnDrop(kid)], u)
+}
+
+/// Mounts of cryo's namespace to take away (lazily) when dropped.
+struct Unmounts(Vec<String>);
+impl Drop for Unmounts {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            let _ = std::process::Command::new("umount")
+                .args(["-R", "-l", m])
+                .status();
+        }
+    }
+}
+
+/// zdtm's mntns_link_remap, our program: a child in a mount namespace of its own holds a
+/// file removed from the names it was opened by, still linked elsewhere, through two
+/// mounts: its parent's bind D/1 (unmounted in the child's namespace) and its own D/2.
+/// After a restore with `--link-remap` (twice) each fd is on the mount it was on (the
+/// parent namespace's D/1 and the child's D/2), on one inode with one link, with its bytes;
+/// no temporary name is left on the file system.
+#[test]
+fn removed_file_held_through_two_namespaces_mounts_keeps_both() {
+    let _host = host_mounts();
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-link-remap");
+    let (root, _, out, d, _g, _u) = start_linked(&dir, true);
+    let names = || {
+        ["0", "0/1", "0/2"].map(|s| {
+            let mut v: Vec<_> = std::fs::read_dir(format!("{d}/{s}"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            v.sort();
+            v
+        })
+    };
+    let before = names();
+    let fields = |l: &str| l.split(' ').skip(1).map(str::to_string).collect::<Vec<_>>();
+    let first = fields(lines(&out).last().unwrap());
+    let me = std::process::id().cast_signed();
+    assert_eq!(Some(first[0].clone()), mount_id_at(me, &format!("{d}/1")));
+    assert_eq!(first[2..], ["1", "True", "b'data\\n'"]);
+    for round in 0..2 {
+        let img = dir.join(format!("img{round}"));
+        dump(root, &img, &["--link-remap"]);
+        wait_tree_gone(&img);
+        let at = lines(&out).len();
+        restore(&img);
+        first_fields_go_on(&out, at);
+        let kid = children(root)[0];
+        let now = fields(lines(&out).last().unwrap());
+        assert_eq!(
+            Some(now[0].clone()),
+            mount_id_at(me, &format!("{d}/1")),
+            "{now:?}"
+        );
+        assert_eq!(
+            Some(now[1].clone()),
+            mount_id_at(kid, &format!("{d}/2")),
+            "{now:?}"
+        );
+        assert_eq!(now[2..], first[2..]);
+        assert_eq!(names(), before);
+    }
+}
+
+/// zdtm's mntns_link_ghost, our program: as above, with the file left without any name (a
+/// ghost), held through the two namespaces' mounts. cryo makes a ghost again on one mount
+/// only: the dump refuses it by name (rather than restore one fd on the wrong mount), and
+/// the tree keeps running.
+#[test]
+fn deleted_file_held_through_two_mounts_is_refused() {
+    let _host = host_mounts();
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-link-ghost");
+    let (root, kid, out, _d, _g, _u) = start_linked(&dir, false);
+    let e = dump_fails(root, &dir.join("img"), &[]);
+    assert!(
+        e.contains("(deleted)")
+            && e.contains("open through two mounts that show it at different places"),
+        "{e}"
+    );
+    assert!(alive(root) && alive(kid), "the refused tree keeps running");
+    let at = lines(&out).len();
+    first_fields_go_on(&out, at);
+}
+
+/// As `count_goes_on`, for lines whose first field is the counter.
+fn first_fields_go_on(out: &Path, at: usize) {
+    wait_for("the count to go on", 10, || lines(out).len() >= at + 2);
+    let v: Vec<u64> = lines(out)
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        v.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap or restart: {v:?}"
+    );
 }

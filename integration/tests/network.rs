@@ -2047,3 +2047,102 @@ print(" ".join(r))
     through(2);
     kill(root);
 }
+
+/// CRIU 4.2 and cryo restore each other's dumps of the tun/tap files of
+/// `tun_and_tap_files_come_back` (TUN_HOLDER): after each restore the files are on the same
+/// devices with the same flags and move packets both ways, and the tap keeps its vnet
+/// header size (and, restored by cryo, its send buffer). (A CRIU dump saves the namespace's firewall with CRIU's
+/// iptables lock chain in it: cryo's restore removes it, as CRIU's does, or no packet would
+/// get through.) Run by integration/test.sh with the ignored tests when it finds CRIU.
+#[test]
+#[ignore = "needs CRIU 4.2 built from source ($CRIU or /opt/criu42/criu)"]
+fn criu_and_cryo_restore_each_others_tun_dumps() {
+    let _s = serial();
+    let criu = std::env::var("CRIU").unwrap_or_else(|_| "/opt/criu42/criu".into());
+    assert!(
+        Path::new(&criu).exists(),
+        "CRIU 4.2 is not at {criu} (set CRIU=)"
+    );
+    if !need(&["ip", "nsenter", "unshare", "python3", "iptables"]) {
+        return;
+    }
+    let dir = scratch("netns-tun-criu");
+    let out = dir.join("out");
+    let pid = spawn(&["unshare", "-n", "python3", "-c", TUN_HOLDER], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("the tun files", 10, || {
+        lines(&out).iter().any(|l| l == "ready")
+    });
+    let mut n = 0;
+    let mut report = || -> Vec<String> {
+        n += 1;
+        integration::signal(pid, libc::SIGUSR1);
+        let done = format!("report {n}");
+        wait_for("the program's report", 30, || lines(&out).contains(&done));
+        let l = lines(&out);
+        let end = l.iter().position(|x| *x == done).unwrap();
+        l[end - 5..end].to_vec()
+    };
+    let want = [
+        "free errno 77",
+        "t0 ct0 1001 out ok in ok",
+        "q1 cq0 1101 out ok",
+        "q2 cq0 1501",
+        "p cp0 5002 65536 12",
+    ];
+    assert_eq!(report(), want, "before the dumps");
+    let p = pid.to_string();
+    for (i, (dumper, restorer)) in [("criu", "cryo"), ("cryo", "criu")].into_iter().enumerate() {
+        let bin = |tool: &str| {
+            if tool == "criu" {
+                criu.clone()
+            } else {
+                cryo_bin().display().to_string()
+            }
+        };
+        let img = dir.join(format!("img-{i}"));
+        std::fs::create_dir_all(&img).unwrap();
+        let m = img.to_str().unwrap();
+        let (dbin, rbin) = (bin(dumper), bin(restorer));
+        let o = run(&[
+            dbin.as_str(),
+            "dump",
+            "-t",
+            &p,
+            "-D",
+            m,
+            "-v4",
+            "-o",
+            "dump.log",
+        ]);
+        assert!(
+            o.status.success(),
+            "{dumper} dump: {}",
+            log(&img, "dump.log")
+        );
+        wait_gone(pid);
+        let o = run(&[
+            rbin.as_str(),
+            "restore",
+            "-D",
+            m,
+            "-d",
+            "-v4",
+            "-o",
+            "restore.log",
+        ]);
+        assert!(
+            o.status.success(),
+            "{restorer} restore of {dumper}'s dump: {}",
+            log(&img, "restore.log")
+        );
+        // CRIU sets the saved send buffer on the file that makes the device only (closed
+        // since): the tap's own file comes back with the kernel's default there.
+        let mut want = want.map(String::from);
+        if restorer == "criu" {
+            want[4] = "p cp0 5002 2147483647 12".into();
+        }
+        assert_eq!(report(), want, "after {restorer} restored {dumper}'s dump");
+    }
+    kill(pid);
+}

@@ -1807,12 +1807,12 @@ pub fn run(
     // The mount tree, read again now that nothing in the tree can change it.
     if let Some(mounts) = check_mnt_ns(opts, &[(root, 0)])? {
         let id = imgs[0].ids.mnt_ns_id.unwrap_or(0);
-        kinds::mounts::write(root, id, &mounts, dir)?;
+        kinds::mounts::write(root, id, &mounts, dir, false)?;
     }
     // Mount namespaces nested in the tree, each from a task that made it.
     for n in nested_mnt_ns(&tree)? {
         let mounts = plan_nested_mnt(opts, &tree, &n)?;
-        kinds::mounts::write(n.0, kinds::misc::ns_id(n.2), &mounts, dir)?;
+        kinds::mounts::write(n.0, kinds::misc::ns_id(n.2), &mounts, dir, true)?;
     }
     // The clocks of the tree's time namespace, now that it is frozen.
     if let Some(id) = imgs[0]

@@ -1360,11 +1360,49 @@ fn dump_fd(
                 cx.files.note_dead_pid(id, n);
             } else if let Some(path) = deleted.filter(|_| meta.nlink() > 0) {
                 // Removed from this name, but it has others: a link remap.
+                // Made in the mount namespace that has the fd's mount: the task's own, or
+                // an ancestor's (a file its parent opened before it made its own).
+                let holder = mount_holder(pid, info.mnt_id);
                 let own_mnt = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino());
-                let theirs = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
-                let ns = (own_mnt.ok() != theirs.ok()).then_some(pid);
+                let theirs = std::fs::metadata(format!("/proc/{holder}/ns/mnt")).map(|m| m.ino());
+                let ns = (own_mnt.ok() != theirs.ok()).then_some(holder);
                 super::linkremap::dump(cx.files, pid, fd, path, ns, id)?;
+                // The temporary name (the entry just pushed) is on the fd's mount: reopened
+                // in the namespace that has it.
+                if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
+                    r.mnt_id = (info.mnt_id >= 0).then_some(info.mnt_id);
+                }
             } else if deleted.is_some() {
+                // Made again at one place: an fd opened through another mount must see it at
+                // the same place of the file system (the same directory bound elsewhere, as
+                // zdtm's mntns_ghost01), or it comes back on the wrong mount. zdtm's
+                // mntns_link_ghost holds one through binds of two directories in two
+                // namespaces (CRIU links it into a mount that has both): refused.
+                let held = (meta.dev(), meta.ino());
+                let on_fs = path_on_fs(pid, info.mnt_id, deleted.unwrap_or(&link));
+                match cx.files.ghost_mnts.get(&held) {
+                    Some((m, at, first)) if *m != info.mnt_id && (at.is_none() || *at != on_fs) => {
+                        return Err(Unsupported::of(
+                            pid,
+                            format!("fd {fd} ({link})"),
+                            format!(
+                                "the deleted file is open through two mounts that show it at different places: mount {} here ({}), mount {m} for {first} ({}); cryo makes a deleted file again at one place only",
+                                info.mnt_id,
+                                on_fs.as_deref().unwrap_or("not in the process's mount namespace"),
+                                at.as_deref().unwrap_or("not in its process's mount namespace"),
+                            ),
+                            "close one of them, or keep a name of the file (then it is restored through that name with --link-remap)",
+                        )
+                        .into());
+                    }
+                    Some(_) => {}
+                    None => {
+                        cx.files.ghost_mnts.insert(
+                            held,
+                            (info.mnt_id, on_fs, format!("fd {fd} of process {pid}")),
+                        );
+                    }
+                }
                 super::ghost::dump(
                     cx.files,
                     pid,
@@ -1875,12 +1913,45 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
     }
     let linked = cell.borrow().ghosts.linked(id);
     if let Some(lid) = linked {
-        // Removed from its name, reopened through the temporary one the dump made.
-        let path = cx.reg(lid)?.name.clone();
-        let fd = cx.open(&path, flags)?;
+        // Removed from its name, reopened through the temporary one the dump made (in the
+        // namespace of the mount it was opened through).
+        let lreg = cx.reg(lid)?.clone();
+        let path = lreg.name.clone();
+        let (dir, name) = match path.rsplit_once('/') {
+            Some((d, n)) => (if d.is_empty() { "/" } else { d }, n),
+            None => ("/", path.as_str()),
+        };
+        let other = cell.borrow_mut().other_mnt_ns_root(&lreg)?;
+        let own_ns = cx.objs.borrow().cur_mnt_ns;
+        let root_ns = cx.objs.borrow().root_mnt_ns();
+        let (fd, held) = match other {
+            Some(root) => {
+                let local = sys::fd::open_in_root_fd(root.as_fd(), &path, flags.cast_signed())
+                    .map_err(TaskError::object(
+                        id,
+                        format!("open {path} (in another mount namespace of the tree)"),
+                    ))?;
+                let held = sys::fd::open_in_root_fd(root.as_fd(), dir, libc::O_PATH).ok();
+                (cx.take_from_cryo(local.as_raw_fd())?, held)
+            }
+            None => {
+                let fd = cx.open(&path, flags)?;
+                // In the puppet's own namespace, when that is not the root's.
+                let held = (own_ns.is_some() && own_ns != root_ns)
+                    .then(|| {
+                        sys::fd::open_in_root(&format!("/proc/{}/root", cx.pid), dir, libc::O_PATH)
+                            .ok()
+                    })
+                    .flatten();
+                (fd, held)
+            }
+        };
         let mut objs = cell.borrow_mut();
         let ns = objs.ns_pid;
-        objs.ghosts.note_linked(&path, ns);
+        match held {
+            Some(d) => objs.ghosts.note_linked_at(d, name),
+            None => objs.ghosts.note_linked(&path, ns),
+        }
         return Ok(fd);
     }
     if cell.borrow().ghosts.is_ghost(id) {
@@ -1911,6 +1982,48 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
         }
     }
     Ok(cx.open(&reg.name, flags)?)
+}
+
+/// Where `path` (an fd's, as its link reads) is on its file system: the root of `pid`'s
+/// mount `mnt_id` joined with the part of `path` under that mount's mount point. None when
+/// `pid`'s namespace has no such mount or `path` is not under it.
+fn path_on_fs(pid: i32, mnt_id: i32, path: &str) -> Option<String> {
+    let infos = super::mounts::parse_mountinfo(&procfs::read(pid, "mountinfo").ok()?);
+    let m = infos
+        .iter()
+        .find(|m| i64::from(m.id) == i64::from(mnt_id))?;
+    let rest = if m.mountpoint == "/" {
+        path
+    } else {
+        let r = path.strip_prefix(m.mountpoint.as_str())?;
+        if !r.is_empty() && !r.starts_with('/') {
+            return None;
+        }
+        r
+    };
+    Some(format!("{}{rest}", m.root.trim_end_matches('/')))
+}
+
+/// `pid`, or the nearest ancestor of it, whose mount namespace has mount `mnt_id` (`pid` when
+/// none has).
+fn mount_holder(pid: i32, mnt_id: i32) -> i32 {
+    let has = |p: i32| {
+        procfs::read(p, "mountinfo").is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.split(' ').next() == Some(mnt_id.to_string().as_str()))
+        })
+    };
+    let mut p = pid;
+    for _ in 0..64 {
+        if has(p) {
+            return p;
+        }
+        match procfs::stat(p).map(|s| s.ppid) {
+            Ok(pp) if pp > 1 => p = pp,
+            _ => break,
+        }
+    }
+    pid
 }
 
 /// Opens `path` with `flags` for the puppet `cx`, in saved mount namespace `own`, in the

@@ -258,6 +258,9 @@ pub struct GhostStore {
     /// used, removed once the restore succeeded ([`GhostStore::finish`]).
     linked: HashMap<u32, u32>,
     linked_used: Vec<String>,
+    /// Temporary names of link remaps in other mount namespaces than `ns_pid`'s: the
+    /// directory (held) and the name, removed there.
+    linked_at: Vec<(OwnedFd, String)>,
     /// Ghost images read ahead ([`GhostStore::preload`]), and the (dev, inode) of those made.
     cache: HashMap<u32, GhostImage>,
     inodes: HashMap<u32, (u32, u64)>,
@@ -297,9 +300,22 @@ impl GhostStore {
         }
     }
 
+    /// Notes that the temporary name `name` in the directory `dir` holds (of a mount
+    /// namespace other than the root's) was used: it is removed there once the restore
+    /// succeeded.
+    pub fn note_linked_at(&mut self, dir: OwnedFd, name: &str) {
+        self.linked_at.push((dir, name.to_string()));
+    }
+
     /// The restore succeeded: removes the ghosts and the temporary names of link remaps.
     pub fn finish(&mut self) {
         self.unlink_all();
+        for (dir, name) in self.linked_at.drain(..) {
+            if let Err(e) = rustix::fs::unlinkat(&dir, name.as_str(), rustix::fs::AtFlags::empty())
+            {
+                tracing::warn!(path = %name, error = %e, "cannot remove link remap");
+            }
+        }
         if self.linked_used.is_empty() {
             return;
         }

@@ -421,7 +421,10 @@ pub fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), LocksErro
 /// Starts breaking the lease on the file behind fd `fd` of process `pid` towards `target`
 /// (F_UNLCK: an open for writing; F_RDLCK: one for reading), as the open that broke it
 /// before the dump did: cryo opens the file through `/proc/PID/fd/FD` without blocking,
-/// which starts the break and fails with EWOULDBLOCK.
+/// which starts the break and fails with EWOULDBLOCK. A file on a read-only mount (of a
+/// writable file system: the open that broke it came through another mount) cannot be
+/// opened for writing there (EROFS): then through a detached, writable copy of that mount
+/// made for the purpose (`writable_clone`), which nothing else sees.
 fn break_lease(pid: i32, fd: i32, target: u32) -> Result<(), TaskError> {
     use rustix::fs::{Mode, OFlags};
     let how = if target == F_UNLCK {
@@ -436,11 +439,35 @@ fn break_lease(pid: i32, fd: i32, target: u32) -> Result<(), TaskError> {
         what,
         source: std::io::Error::from_raw_os_error(libc::EINVAL),
     };
-    match rustix::fs::open(
-        &path,
-        how | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
-        Mode::empty(),
-    ) {
+    let open = |path: &str| {
+        rustix::fs::open(
+            path,
+            how | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+        )
+    };
+    let r = match open(&path) {
+        Err(e) if e == rustix::io::Errno::ROFS => {
+            let copy = || -> std::io::Result<std::os::fd::OwnedFd> {
+                let at = rustix::fs::open(&path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
+                // open_tree copies mounts of the caller's namespace only.
+                let _in = super::ns::InNs::enter(pid, true)?;
+                crate::sys::mount::writable_clone_of(std::os::fd::AsFd::as_fd(&at))
+            };
+            let clone = copy().map_err(|source| TaskError::Fd {
+                pid,
+                fd,
+                what: "make a writable copy of its read-only mount, to break its lease again by an open for writing".into(),
+                source,
+            })?;
+            open(&format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&clone)
+            ))
+        }
+        r => r,
+    };
+    match r {
         Err(e) if e == rustix::io::Errno::WOULDBLOCK => Ok(()),
         Err(e) => Err(TaskError::Fd {
             pid,

@@ -198,6 +198,11 @@ pub struct FileTable {
     /// Ghost files (deleted but open, mapped or a working directory): id by (dev, inode),
     /// their entries and content, the remap records linking file records to them, and the size limit.
     pub ghost_ids: HashMap<(u64, u64), u32>,
+    /// The mount (id) each ghost file was first seen open through, its path on the file
+    /// system (the mount's root joined with the path under its mount point) and by which fd:
+    /// a second mount that shows it at another path (or whose root cannot be read) is
+    /// refused (the restore makes a ghost at one place).
+    pub ghost_mnts: HashMap<(u64, u64), (i32, Option<String>, String)>,
     pub ghosts: Vec<ghost::Ghost>,
     pub remaps: Vec<pb::RemapFilePathEntry>,
     pub ghost_limit: u64,
@@ -449,6 +454,42 @@ pub struct Later {
     paths: Vec<(&'static str, String)>,
 }
 
+/// The error of a held-back call: a failed open of its path for a `chdir` held with
+/// [`RestoreCx::batch_later_opening`].
+fn held_error(
+    pid: i32,
+    paths: Vec<(&'static str, String)>,
+    source: crate::sys::remote::RemoteError,
+) -> TaskError {
+    match paths.into_iter().find(|(what, _)| *what == source.what()) {
+        Some((_, path)) => TaskError::Open { pid, path, source },
+        None => TaskError::Remote { pid, source },
+    }
+}
+
+/// The last held-back calls of a process, started by [`RestoreCx::start_later`] and
+/// running in its puppet while cryo shapes other processes.
+#[derive(Debug)]
+pub struct HeldRun {
+    pub pid: i32,
+    base: crate::sys::ptrace::Regs,
+    started: crate::sys::remote::Started,
+    paths: Vec<(&'static str, String)>,
+}
+
+impl HeldRun {
+    /// Waits for the calls to be done in the puppet (trampoline at `tr`); the error of the
+    /// one that failed.
+    pub fn finish(self, tr: u64) -> Result<(), TaskError> {
+        let t = crate::sys::ptrace::Tracee { tid: self.pid };
+        let mut r = crate::restore::batch_remote(&t, tr, self.base);
+        let pid = self.pid;
+        r.finish_batch(self.started)
+            .map(drop)
+            .map_err(|source| held_error(pid, self.paths, source))
+    }
+}
+
 /// Where [`RestoreCx::clone3_with_tid`] puts `struct clone_args` in scratch.
 const SCRATCH_CLONE_ARGS: u64 = 2048;
 /// Where [`RestoreCx::clone3_with_tid`] puts the `set_tid` array in scratch.
@@ -483,12 +524,7 @@ impl RestoreCx<'_> {
             self.remote.run_batch(&all)
         };
         let paths = std::mem::take(&mut self.later.paths);
-        let mut got = run.map_err(|source| {
-            match paths.into_iter().find(|(what, _)| *what == source.what()) {
-                Some((_, path)) => TaskError::Open { pid, path, source },
-                None => TaskError::Remote { pid, source },
-            }
-        })?;
+        let mut got = run.map_err(|source| held_error(pid, paths, source))?;
         Ok(got.split_off(held.min(got.len())))
     }
 
@@ -535,11 +571,33 @@ impl RestoreCx<'_> {
         self.batch(&Batch::new()).map(drop)
     }
 
-    /// Runs what is held back and stops holding calls back (the end of a process's shaping).
-    pub fn end_later(&mut self) -> Result<(), TaskError> {
-        self.run_later()?;
-        self.later = Later::default();
-        Ok(())
+    /// Starts what is held back and stops holding calls back (the end of a process's
+    /// shaping): the puppet runs the calls while cryo shapes the next process. Returns the
+    /// run to wait for ([`HeldRun::finish`]) before anything else is done with this
+    /// puppet; None when nothing was held, or the calls took more than one stop and ran now.
+    pub fn start_later(&mut self) -> Result<Option<HeldRun>, TaskError> {
+        let pid = self.pid;
+        let base = self.remote.base();
+        let later = std::mem::take(&mut self.later);
+        let started = self
+            .remote
+            .start_batch(&later.calls)
+            .map_err(|source| TaskError::Remote { pid, source })?;
+        match started {
+            Some(started) => Ok(Some(HeldRun {
+                pid,
+                base,
+                started,
+                paths: later.paths,
+            })),
+            None => {
+                self.later.calls = later.calls;
+                self.later.paths = later.paths;
+                self.flush_later()?;
+                self.later = Later::default();
+                Ok(None)
+            }
+        }
     }
 
     /// Copies `bytes` into the puppet's scratch area at `off` (above the data of calls held

@@ -483,11 +483,18 @@ pub fn plan_nested(
     policy: &MountPolicy,
     proc_pid: &dyn Fn(u64) -> Option<u32>,
 ) -> Result<Vec<pb::MntEntry>, MountsError> {
-    let infos = skip_mounts(
-        tree_order(parse_mountinfo(&crate::procfs::read(pid, "mountinfo")?)),
-        &policy.skip,
+    // Both namespaces as seen from their roots: a task that chroot()ed shows only the mounts
+    // under its root in its own mountinfo, with mount points relative to it (its first
+    // mount would look like a root it pivoted into).
+    let (own, own_fd) = ns_view(pid)?;
+    let (theirs, their_fd) = ns_view(ppid)?;
+    let infos = skip_mounts(tree_order(parse_mountinfo(&own)), &policy.skip);
+    let base = tree_order(parse_mountinfo(&theirs));
+    let own_root = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&own_fd));
+    let their_root = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&their_fd)
     );
-    let base = tree_order(parse_mountinfo(&crate::procfs::read(ppid, "mountinfo")?));
     let refuse = |m: &MountInfo, why: String| -> MountsError {
         Unsupported::of(
             pid,
@@ -596,16 +603,12 @@ pub fn plan_nested(
         }
         if code == Some(PROC) && m.root == "/" {
             // The PID namespace it shows: that of its init (PID 1 there).
-            let at = format!(
-                "/proc/{pid}/root{}/1/ns/pid",
-                m.mountpoint.trim_end_matches('/')
-            );
-            let dev_ok = crate::sys::fd::stat_in_root(&format!("/proc/{pid}/root"), &m.mountpoint)
-                .is_ok_and(|st| {
-                    use std::os::unix::fs::MetadataExt;
-                    encode_dev(rustix::fs::major(st.dev()), rustix::fs::minor(st.dev()))
-                        == encode_dev(m.major, m.minor)
-                });
+            let at = format!("{own_root}{}/1/ns/pid", m.mountpoint.trim_end_matches('/'));
+            let dev_ok = crate::sys::fd::stat_in_root(&own_root, &m.mountpoint).is_ok_and(|st| {
+                use std::os::unix::fs::MetadataExt;
+                encode_dev(rustix::fs::major(st.dev()), rustix::fs::minor(st.dev()))
+                    == encode_dev(m.major, m.minor)
+            });
             let ns = std::fs::metadata(&at)
                 .ok()
                 .map(|st| std::os::unix::fs::MetadataExt::ino(&st));
@@ -627,50 +630,127 @@ pub fn plan_nested(
             e.fsname = Some(m.fstype.clone());
             continue;
         }
-        if let Some(path) = outer_source(ppid, m, &base) {
+        if let Some(path) = outer_source(&their_root, &own_root, m, &base) {
             entries.last_mut().expect("pushed above").cryo_outer = Some(path);
             continue;
         }
         return Err(refuse(m, format!(
-            "{} {} (root {}) is not a file system cryo recreates, nor bound from a mount of the namespace or of its parent namespace",
+            "{} {} (root {}) is not a file system cryo recreates, nor bound from a mount of the namespace or from a path of its parent namespace that still leads to its source (same device and inode)",
             m.fstype, m.source, m.root
         )));
     }
     Ok(entries)
 }
 
-/// For a mount `m` of a nested namespace bound from a mount of its parent namespace (`base`,
-/// the mountinfo of `ppid`): the path in the parent namespace it is bound from. The parent's
-/// mount of the same file system whose root contains `m`'s (the deepest root first), the last
-/// one mounted at its mount point (not covered there), and only if that path leads, through
-/// `ppid`'s root, to the same file system.
-fn outer_source(ppid: i32, m: &MountInfo, base: &[MountInfo]) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let (root, deleted) = match m.root.strip_suffix("//deleted") {
-        Some(r) => (r, true),
-        None => (m.root.as_str(), false),
+/// The mountinfo of the mount namespace of `pid` as seen from the namespace's root, and an
+/// O_PATH fd of that root (`/proc/self/fd/FD` leads there): read by a thread of cryo's that
+/// joins the namespace (`setns` moves its root to the namespace's), whatever root the task
+/// has chroot()ed into. After `pivot_root` the namespace's root is the new one.
+fn ns_view(pid: i32) -> Result<(String, OwnedFd), MountsError> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).map_err(|source| {
+        MountsError::Mount {
+            what: format!("open the mount namespace of process {pid}"),
+            source,
+        }
+    })?;
+    let work = || -> Result<(String, OwnedFd), MountsError> {
+        use rustix::fs::{openat, Mode, OFlags};
+        // cryo's /proc: the namespace's may be another PID namespace's, without cryo's threads.
+        let proc = rustix::fs::open(
+            "/proc",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(mnt_err("open /proc".into()))?;
+        crate::sys::ns::unshare(UnshareFlags::FS).map_err(mnt_err("unshare(CLONE_FS)".into()))?;
+        crate::sys::ns::setns(ns.as_fd(), NsType::Mount).map_err(mnt_err(format!(
+            "join the mount namespace of process {pid} to read its mounts"
+        )))?;
+        let read = || -> std::io::Result<String> {
+            let f = openat(
+                &proc,
+                "thread-self/mountinfo",
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            std::io::read_to_string(std::fs::File::from(f))
+        };
+        let text = read().map_err(mnt_err(format!(
+            "read the mounts of process {pid}'s namespace"
+        )))?;
+        let root = rustix::fs::open(
+            "/",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(mnt_err(format!(
+            "open the root of process {pid}'s mount namespace"
+        )))?;
+        Ok((text, root))
     };
-    if deleted {
+    std::thread::scope(|s| s.spawn(work).join()).unwrap_or_else(|_| {
+        Err(MountsError::Mount {
+            what: format!("read the mounts of process {pid}'s namespace"),
+            source: std::io::Error::other("the reading thread panicked"),
+        })
+    })
+}
+
+/// For a mount `m` of a nested namespace bound from a mount of its parent namespace (`base`,
+/// the mountinfo of the parent namespace, whose root `their_root` leads to; `own_root`
+/// leads to the nested namespace's root): the path in the parent namespace it is bound from.
+/// The parent's mounts of the same file system whose root contains `m`'s (the deepest root
+/// first), each the last one mounted at its mount point (not covered there); the first
+/// whose path leads to the very directory or file `m`'s root is (same device and inode, as
+/// `stat` says: a btrfs subvolume has a device of its own, and a path that another mount of
+/// the same file system covers leads elsewhere). None when no path does, or `m` is covered
+/// in its own namespace (its root cannot be compared).
+fn outer_source(
+    their_root: &str,
+    own_root: &str,
+    m: &MountInfo,
+    base: &[MountInfo],
+) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if m.root.ends_with("//deleted") {
         return None;
     }
-    let path = base
+    let at = crate::sys::fd::open_in_root(own_root, &m.mountpoint, libc::O_PATH).ok()?;
+    let id = rustix::fs::statx(
+        &at,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::MNT_ID,
+    )
+    .ok()?
+    .stx_mnt_id;
+    if id != u64::from(m.id) {
+        tracing::info!(
+            "mount {}: covered in its namespace, its root cannot be compared with the parent namespace's paths",
+            m.mountpoint
+        );
+        return None;
+    }
+    let want = std::fs::File::from(at).metadata().ok()?;
+    let mut found: Vec<(&MountInfo, String)> = base
         .iter()
         .enumerate()
         .filter(|(_, b)| b.major == m.major && b.minor == m.minor)
         .filter(|(k, b)| !base[k + 1..].iter().any(|o| o.mountpoint == b.mountpoint))
-        .filter_map(|(_, b)| path_within(root, &b.root).map(|rest| (b, rest)))
-        .max_by_key(|(b, _)| b.root.len())
-        .map(|(b, rest)| {
-            if rest == "/" {
-                b.mountpoint.clone()
+        .filter_map(|(_, b)| {
+            let rest = path_within(&m.root, &b.root)?;
+            Some(if rest == "/" {
+                (b, b.mountpoint.clone())
             } else {
-                format!("{}{}", b.mountpoint.trim_end_matches('/'), rest)
-            }
-        })?;
-    let st = crate::sys::fd::stat_in_root(&format!("/proc/{ppid}/root"), &path).ok()?;
-    (encode_dev(rustix::fs::major(st.dev()), rustix::fs::minor(st.dev()))
-        == encode_dev(m.major, m.minor))
-    .then_some(path)
+                (b, format!("{}{}", b.mountpoint.trim_end_matches('/'), rest))
+            })
+        })
+        .collect();
+    found.sort_by_key(|(b, _)| std::cmp::Reverse(b.root.len()));
+    found.into_iter().map(|(_, p)| p).find(|path| {
+        crate::sys::fd::stat_in_root(their_root, path)
+            .is_ok_and(|st| st.dev() == want.dev() && st.ino() == want.ino())
+    })
 }
 
 /// The tmpfs mounts whose contents are saved: fresh ones (not external, not bound from an
@@ -694,23 +774,24 @@ fn tmpfs_image(e: &pb::MntEntry) -> String {
     format!("tmpfs-dev-{}.tar.gz.img", e.root_dev)
 }
 
-/// The saved tmpfs `entries[i]` of `pid`, opened (O_PATH) through the tree's root: at its
+/// The saved tmpfs `entries[i]` of `pid`, opened (O_PATH) through `root` (the tree's root,
+/// or that of a nested namespace): at its
 /// own mount point, or at that of another mount of the same file system and root when
 /// another mount covers this one (zdtm's tempfs_overmounted01); checked by mount id.
 fn open_saved_mount(
     pid: i32,
+    root: &str,
     entries: &[pb::MntEntry],
     i: usize,
 ) -> Result<(OwnedFd, bool), MountsError> {
     let e = &entries[i];
-    let root = format!("/proc/{pid}/root");
     let same = entries.iter().filter(|x| {
         x.mnt_id != e.mnt_id && x.root_dev == e.root_dev && x.root == e.root && x.ext_key.is_none()
     });
     let mut first: Option<OwnedFd> = None;
     for m in std::iter::once(e).chain(same) {
         let Ok(fd) =
-            crate::sys::fd::open_in_root(&root, &m.mountpoint, libc::O_PATH | libc::O_DIRECTORY)
+            crate::sys::fd::open_in_root(root, &m.mountpoint, libc::O_PATH | libc::O_DIRECTORY)
         else {
             continue;
         };
@@ -865,14 +946,21 @@ fn uncover_tmpfs(pid: i32, e: &pb::MntEntry) -> Option<OwnedFd> {
 }
 
 /// Writes the mount entries and the tmpfs contents (read through /proc/PID/root while the
-/// tree is frozen).
+/// tree is frozen; for a namespace `nested` in the tree, through the namespace's root, as
+/// `plan_nested` read its mounts).
 pub fn write(
     pid: i32,
     ns_id: u32,
     entries: &[pb::MntEntry],
     dir: &ImageDir,
+    nested: bool,
 ) -> Result<(), MountsError> {
     dir.write(&format!("mountpoints-{ns_id}.img"), image::MNTS, entries)?;
+    let view = if nested { Some(ns_view(pid)?.1) } else { None };
+    let root = match &view {
+        Some(fd) => format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)),
+        None => format!("/proc/{pid}/root"),
+    };
     for i in saved_tmpfs(entries) {
         let e = &entries[i];
         let name = tmpfs_image(e);
@@ -882,7 +970,7 @@ pub fn write(
         // mounts of the caller's namespace: made from inside the tree's; the mount itself if
         // that fails. A tmpfs every mount of which is covered is reached in a private copy
         // of the namespace.
-        let (at, alone) = match open_saved_mount(pid, entries, i) {
+        let (at, alone) = match open_saved_mount(pid, &root, entries, i) {
             Ok((at, true)) => {
                 let _in = super::ns::InNs::enter(pid, true).ok();
                 let alone = clone_alone(&at).ok();
@@ -977,7 +1065,7 @@ pub fn write(
             .iter()
             .position(|x| x.mnt_id == e.mnt_id)
             .unwrap_or(0);
-        match open_saved_mount(pid, entries, i) {
+        match open_saved_mount(pid, &root, entries, i) {
             Ok((at, true)) => super::binfmt::dump(pid, &at, &e.mountpoint, dir)?,
             _ => {
                 return Err(Unsupported::of(

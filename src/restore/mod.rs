@@ -612,6 +612,17 @@ struct Shared<'a> {
     calls: u64,
     /// The credentials every puppet process starts with, once learnt (`Inherited::creds`).
     creds: Option<pb::CredsEntry>,
+    /// The last calls of processes shaped, still running (`RestoreCx::start_later`).
+    held: Vec<kinds::HeldRun>,
+}
+
+/// Waits until the processes shaped so far have run their last calls (children, once all
+/// of a parent's are shaped; every process, once the root is).
+fn finish_held(sh: &mut Shared<'_>) -> Result<(), RestoreError> {
+    for h in std::mem::take(&mut sh.held) {
+        h.finish(sh.tr)?;
+    }
+    Ok(())
 }
 
 fn ptrace_err(what: &'static str) -> impl Fn(std::io::Error) -> RestoreError {
@@ -700,7 +711,11 @@ fn shape(
     fault_point("creds")?;
     kinds::misc::restore_late(&mut cx, img)?;
     kinds::restore_kind::<kinds::timers::Timers>(&mut cx, img)?;
-    cx.end_later()?;
+    // The last calls run while the next process is shaped (their stops overlap); waited
+    // for before anything else is done with this one (`finish_held`).
+    if let Some(h) = cx.start_later()? {
+        sh.held.push(h);
+    }
     sh.calls += cx.remote.calls;
     let ti = img
         .core
@@ -1075,6 +1090,7 @@ fn create_children(
     // Its fds that name processes of the tree (pidfds, /proc/PID files), which all exist now
     // but its later siblings.
     kinds::files::restore_late_fds(cx, img, table)?;
+    finish_held(sh)?;
     Ok(())
 }
 
@@ -2341,8 +2357,10 @@ fn run_tree(
         tr,
         calls: 0,
         creds: None,
+        held: Vec::new(),
     };
     shape(&mut sh, 0, None, &mut puppets, &mut ready, &mut stats)?;
+    finish_held(&mut sh)?;
     // A veth left for a namespace that never came (its peer's) is an error, not a link
     // silently missing.
     kinds::netns::all_links_made(&opts.links)?;
@@ -2447,6 +2465,21 @@ fn run_tree(
     }
     fault_point("netunlock")?;
     netlock.borrow_mut().unlock_now()?;
+    // CRIU locks a tree's own network namespace with its iptables chain before it saves the
+    // namespace's firewall: the chain came back with the rules, and goes now, as CRIU's
+    // network_unlock removes it, whether the tree has connections or not.
+    if own_netns
+        && lock_method == crate::netlock::Method::Iptables
+        && !dir.path.join("cryo-manifest.json").exists()
+    {
+        netlock.borrow_mut().lift_dump_lock(
+            crate::netlock::Method::Iptables,
+            None,
+            root,
+            false,
+            &[],
+        )?;
+    }
     let one_netns = tasks
         .iter()
         .all(|t| t.ids.net_ns_id == tasks[0].ids.net_ns_id);

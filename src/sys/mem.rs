@@ -615,6 +615,9 @@ pub fn guard_pages_reported() -> io::Result<bool> {
     Ok(!out.is_empty())
 }
 
+/// `MADV_COLLAPSE` (Linux 6.1).
+const MADV_COLLAPSE: i32 = 25;
+
 /// A local anonymous or file mapping, unmapped on drop.
 pub struct Mapping {
     addr: *mut u8,
@@ -815,6 +818,19 @@ impl Mapping {
             // MADV_DONTNEED changes no byte anyone can read.
             unsafe { madvise_inner(self.addr, self.len, off, len, libc::MADV_DONTNEED) };
         }
+    }
+
+    /// `madvise(MADV_COLLAPSE)` of `[off, off + len)` of an anonymous mapping: its pages
+    /// become one transparent huge page per aligned 2 MiB (content unchanged).
+    pub fn collapse(&self, off: usize, len: usize) -> io::Result<()> {
+        if self.file || off.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: the range lies inside our own mapping, and MADV_COLLAPSE changes no byte.
+        cvt(libc::c_long::from(unsafe {
+            libc::madvise(self.addr.add(off).cast(), len, MADV_COLLAPSE)
+        }))
+        .map(|_| ())
     }
 
     /// Advises the kernel (e.g. `MADV_WILLNEED`, `MADV_SEQUENTIAL`).

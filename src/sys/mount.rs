@@ -92,6 +92,31 @@ pub fn writable_clone(dir: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// As [`writable_clone`], for the mount and file or directory `fd` (an O_PATH fd is enough)
+/// holds: a detached, writable copy rooted there. The mount must be in the calling thread's
+/// mount namespace.
+pub fn writable_clone_of(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use rustix::mount::{open_tree, OpenTreeFlags};
+    let clone = open_tree(
+        fd,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )?;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    setattr(
+        std::os::fd::AsFd::as_fd(&clone),
+        &MountAttr {
+            attr_set: 0,
+            attr_clr: MOUNT_ATTR_RDONLY,
+            propagation: 0,
+            userns_fd: 0,
+        },
+    )?;
+    Ok(clone)
+}
+
 fn setattr(fd: std::os::fd::BorrowedFd<'_>, attr: &MountAttr) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: `fd` is a valid fd for the call, the path is a NUL-terminated empty string,

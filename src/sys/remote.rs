@@ -193,10 +193,7 @@ impl<'t> Remote<'t> {
     /// every call's result (0 for all when the area keeps no results). Without a batch area
     /// the calls are made one by one, with the same outcome.
     pub fn run_batch(&mut self, b: &Batch) -> Result<Vec<u64>, RemoteError> {
-        let Some(area) = self
-            .batch
-            .filter(|a| crate::num::usize_of(a.code_len) > CALL_CODE_MAX + 1)
-        else {
+        let Some((area, per)) = self.per_stop() else {
             return b
                 .calls
                 .iter()
@@ -204,82 +201,132 @@ impl<'t> Remote<'t> {
                 .collect();
         };
         let mut out = Vec::with_capacity(b.calls.len());
+        for chunk in b.calls.chunks(per) {
+            if chunk.len() == 1 {
+                let c = chunk[0];
+                out.push(self.call(c.what, c.nr, c.a)?);
+                continue;
+            }
+            let started = self.launch(area, chunk)?;
+            out.extend(self.collect(started)?);
+        }
+        Ok(out)
+    }
+
+    /// How many calls one stop of this tracee runs (1: no batch area).
+    fn per_stop(&self) -> Option<(BatchArea, usize)> {
+        let area = self
+            .batch
+            .filter(|a| crate::num::usize_of(a.code_len) > CALL_CODE_MAX + 1)?;
         let per_code = (crate::num::usize_of(area.code_len) - 1) / CALL_CODE_MAX;
         let per = if area.results != 0 {
             per_code.min(crate::num::usize_of(area.results_len) / 8)
         } else {
             per_code
         };
-        for chunk in b.calls.chunks(per.max(1)) {
-            if chunk.len() == 1 {
-                let c = chunk[0];
-                out.push(self.call(c.what, c.nr, c.a)?);
-                continue;
-            }
-            let results = (area.results != 0).then_some(area.results);
-            let (code, traps) = batch_code(chunk, results);
-            let what = chunk[0].what;
-            let pt = |source| RemoteError::Ptrace { what, source };
-            self.write_code(area.code, &code).map_err(pt)?;
-            let mut regs = self.base;
-            regs.orig_rax = u64::MAX;
-            regs.rip = area.code;
-            self.t.set_regs(&regs).map_err(pt)?;
-            self.t.cont(0).map_err(pt)?;
-            self.stops += 1;
-            self.wait_trap(what)?;
-            let r = self.t.regs().map_err(pt)?;
-            let end = crate::num::usize_of(r.rip.wrapping_sub(area.code));
-            let done = if end == code.len() {
-                chunk.len()
-            } else {
-                traps
-                    .iter()
-                    .position(|&t| t == end)
-                    .ok_or(RemoteError::UnexpectedStop {
-                        what,
-                        sig: libc::SIGTRAP,
-                    })?
-            };
-            self.calls += done as u64 + u64::from(done < chunk.len());
-            let mut vals = vec![0u8; 8 * chunk.len()];
-            if let Some(res) = results {
-                let n = vals.len();
-                crate::sys::mem::vm_read(self.t.tid, &mut vals, &[(res, n)]).map_err(pt)?;
-            }
-            for (i, c) in chunk.iter().enumerate().take(done) {
-                let v = u64::from_le_bytes(vals[8 * i..8 * i + 8].try_into().expect("8 bytes"));
-                tracing::debug!(
-                    "{}: {}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {v:#x} (batched)",
-                    self.t.tid,
-                    c.what,
-                    c.a[0],
-                    c.a[1],
-                    c.a[2],
-                    c.a[3],
-                    c.a[4],
-                    c.a[5]
-                );
-                out.push(v);
-            }
-            if done < chunk.len() {
-                let c = chunk[done];
-                let e = r.rax.cast_signed();
-                tracing::debug!(
-                    "{}: {}({:#x}, {:#x}, {:#x}, ...) = {e} (batched)",
-                    self.t.tid,
-                    c.what,
-                    c.a[0],
-                    c.a[1],
-                    c.a[2]
-                );
-                return Err(RemoteError::Errno {
-                    what: c.what,
-                    source: errno_of(e),
-                });
-            }
+        Some((area, per.max(1)))
+    }
+
+    /// Writes the code of `chunk` into `area` and lets the tracee run it; [`Self::collect`]
+    /// waits for it.
+    fn launch(&mut self, area: BatchArea, chunk: &[Call]) -> Result<Started, RemoteError> {
+        let results = (area.results != 0).then_some(area.results);
+        let (code, traps) = batch_code(chunk, results);
+        let what = chunk[0].what;
+        let pt = |source| RemoteError::Ptrace { what, source };
+        self.write_code(area.code, &code).map_err(pt)?;
+        let mut regs = self.base;
+        regs.orig_rax = u64::MAX;
+        regs.rip = area.code;
+        self.t.set_regs(&regs).map_err(pt)?;
+        self.t.cont(0).map_err(pt)?;
+        self.stops += 1;
+        Ok(Started {
+            calls: chunk.to_vec(),
+            traps,
+            code_len: code.len(),
+            area,
+        })
+    }
+
+    /// Waits for a batch [`Self::launch`] started and returns its calls' results, or the
+    /// error of the one that failed (named).
+    fn collect(&mut self, s: Started) -> Result<Vec<u64>, RemoteError> {
+        let chunk = &s.calls[..];
+        let what = chunk[0].what;
+        let pt = |source| RemoteError::Ptrace { what, source };
+        self.wait_trap(what)?;
+        let r = self.t.regs().map_err(pt)?;
+        let end = crate::num::usize_of(r.rip.wrapping_sub(s.area.code));
+        let done = if end == s.code_len {
+            chunk.len()
+        } else {
+            s.traps
+                .iter()
+                .position(|&t| t == end)
+                .ok_or(RemoteError::UnexpectedStop {
+                    what,
+                    sig: libc::SIGTRAP,
+                })?
+        };
+        self.calls += done as u64 + u64::from(done < chunk.len());
+        let mut vals = vec![0u8; 8 * chunk.len()];
+        if s.area.results != 0 {
+            let n = vals.len();
+            crate::sys::mem::vm_read(self.t.tid, &mut vals, &[(s.area.results, n)]).map_err(pt)?;
+        }
+        let mut out = Vec::with_capacity(done);
+        for (i, c) in chunk.iter().enumerate().take(done) {
+            let v = u64::from_le_bytes(vals[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+            tracing::debug!(
+                "{}: {}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}) = {v:#x} (batched)",
+                self.t.tid,
+                c.what,
+                c.a[0],
+                c.a[1],
+                c.a[2],
+                c.a[3],
+                c.a[4],
+                c.a[5]
+            );
+            out.push(v);
+        }
+        if done < chunk.len() {
+            let c = chunk[done];
+            let e = r.rax.cast_signed();
+            tracing::debug!(
+                "{}: {}({:#x}, {:#x}, {:#x}, ...) = {e} (batched)",
+                self.t.tid,
+                c.what,
+                c.a[0],
+                c.a[1],
+                c.a[2]
+            );
+            return Err(RemoteError::Errno {
+                what: c.what,
+                source: errno_of(e),
+            });
         }
         Ok(out)
+    }
+
+    /// Starts the calls of `b` (at least two, none that forks or exits) and returns at
+    /// once, while they take one stop: the tracee runs them while cryo works on other
+    /// tasks; [`Self::finish_batch`] (on a `Remote` of the same tracee and batch area) waits
+    /// for them. Returns None, having started nothing, when they take more than one stop.
+    pub fn start_batch(&mut self, b: &Batch) -> Result<Option<Started>, RemoteError> {
+        match self.per_stop() {
+            Some((area, per)) if b.calls.len() > 1 && b.calls.len() <= per => {
+                self.launch(area, &b.calls).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Waits for the calls [`Self::start_batch`] started: their results, or the error of
+    /// the one that failed, as [`Self::run_batch`] reports it.
+    pub fn finish_batch(&mut self, s: Started) -> Result<Vec<u64>, RemoteError> {
+        self.collect(s)
     }
 
     /// Waits until the tracee reaches its `int3` (SIGTRAP), continuing past ptrace events.
@@ -608,6 +655,15 @@ impl<'t> Remote<'t> {
         }
         Ok(r.cast_unsigned())
     }
+}
+
+/// A batch running in a tracee ([`Remote::start_batch`]), to be waited for.
+#[derive(Debug)]
+pub struct Started {
+    calls: Vec<Call>,
+    traps: Vec<usize>,
+    code_len: usize,
+    area: BatchArea,
 }
 
 /// One queued call of a [`Batch`].
