@@ -191,7 +191,6 @@ fn kcmp_epoll() -> Result<String, String> {
     }
 }
 
-/// A feature cryo does not handle, whatever the kernel offers.
 /// As CRIU's check: a tun file takes an interface index for its device (TUNSETIFINDEX).
 fn tun_check() -> Result<String, String> {
     let f = sys::tun::open(libc::O_RDWR | libc::O_CLOEXEC)
@@ -210,6 +209,7 @@ fn tun_ns_check() -> Result<String, String> {
         .map_err(|e| format!("SIOCGSKNS on a tun file: {e}"))
 }
 
+/// A feature cryo does not handle, whatever the kernel offers.
 fn not_in_cryo(why: &str) -> Result<String, String> {
     Err(why.to_string())
 }

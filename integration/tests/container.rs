@@ -64,7 +64,13 @@ fn start_cmd(dir: &Path, prefix: &[&str], cmd: &[&str], out: &str) -> Container 
             .unwrap();
         assert!(st.success(), "building {prog}");
     }
-    let script = root().join("integration/scripts/container.sh");
+    // A copy in the scratch directory: a launcher whose root is another uid outside
+    // (`Userns::Mapped`) may not reach the checkout (a CI clone in a 0700 directory).
+    let script = dir.join("container.sh");
+    std::fs::copy(root().join("integration/scripts/container.sh"), &script).unwrap();
+    for p in [dir, script.as_path()] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
     let mut argv: Vec<&str> = prefix.to_vec();
     argv.extend([
         script.to_str().unwrap(),

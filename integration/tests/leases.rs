@@ -110,13 +110,15 @@ os.wait()
         .trim()
         .parse::<i32>()
         .unwrap();
-    let _r = KillOnDrop(root);
+    let r = KillOnDrop(root);
     let state = |l: String| l.split_once(' ').map(|(_, s)| s.to_string()).unwrap();
     let before = state(last().unwrap());
     assert_eq!(before, format!("pid=1 uid=0 lease={}", libc::F_RDLCK));
     let img = dir.join("img");
     dump(root, &img, &["--file-locks"]);
     wait_gone(root);
+    // The PID is free now (the restored init gets another one): no kill of a stranger later.
+    std::mem::forget(r);
     let n = lines(&out).len();
     // The root is init of its PID namespace: its PID outside is not kept (as with CRIU),
     // so the pidfile says which process to kill at the end.

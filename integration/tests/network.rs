@@ -34,8 +34,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use integration::{
-    alive, cryo, cryo_bin, cryo_env, dump, kill, lines, log, ok, scratch, spawn, wait_for,
-    wait_gone, KillOnDrop,
+    alive, cryo, cryo_bin, cryo_env, dump, dump_fails, kill, lines, log, ok, scratch, spawn,
+    wait_for, wait_gone, KillOnDrop,
 };
 
 /// The tests of this file run one at a time: every cryo run removes the locks of dead cryo
@@ -2145,4 +2145,45 @@ fn criu_and_cryo_restore_each_others_tun_dumps() {
         assert_eq!(report(), want, "after {restorer} restored {dumper}'s dump");
     }
     kill(pid);
+}
+
+/// Makes tap device ft0 (no packet information) in the caller's network namespace, sets a
+/// packet filter that drops everything on it, makes it persistent and closes its file; then
+/// waits, holding no file on it.
+const FILTERED_TAP: &str = r#"
+import ctypes, fcntl, os, struct, time
+TUNSETIFF, TUNSETPERSIST, TUNATTACHFILTER = 0x400454ca, 0x400454cb, 0x401054d5
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", b"ft0", 0x0002 | 0x1000))
+drop_all = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))
+prog = struct.pack("HxxxxxxQ", 1, ctypes.addressof(drop_all))
+fcntl.ioctl(fd, TUNATTACHFILTER, prog)
+fcntl.ioctl(fd, TUNSETPERSIST, 1)
+os.close(fd)
+print("ready", flush=True)
+while True:
+    time.sleep(1)
+"#;
+
+/// A persistent tap device with a packet filter and no file in the tree (the reviewer's
+/// case): cryo attaches a file of its own to read the device's parameters, which skipped
+/// the filter, and the restored tap let through everything its filter dropped. A filter
+/// cannot be saved (as CRIU, which refuses it too): the dump is refused naming the device
+/// and the filter, and the tree keeps running.
+#[test]
+fn persistent_tap_with_a_packet_filter_is_refused() {
+    let _s = serial();
+    if !need(&["unshare", "python3"]) {
+        return;
+    }
+    let dir = scratch("netns-tap-filter");
+    let out = dir.join("out");
+    let pid = spawn(&["unshare", "-n", "python3", "-c", FILTERED_TAP], &out);
+    let _g = KillOnDrop(pid);
+    wait_for("the filtered tap", 10, || {
+        lines(&out).iter().any(|l| l == "ready")
+    });
+    let e = dump_fails(pid, &dir.join("img"), &[]);
+    assert!(e.contains("ft0") && e.contains("packet filter"), "{e}");
+    assert!(alive(pid), "a refused dump must leave the tree running");
 }

@@ -1754,7 +1754,8 @@ struct Staged {
 /// The mappings of the root whose pages the stage holds, every one of them: private
 /// anonymous ones (not growing down, not hugetlb) lying in one mapping of the stage.
 fn stage_plan(cx: &RestoreCx<'_>, st: &crate::stage::Stage, img: &TaskImages) -> Vec<Staged> {
-    if st.pid() != img.pid || cx.lazy.is_some() {
+    // The stage is made of transparent huge pages: not for a process that turned THP off.
+    if st.pid() != img.pid || cx.lazy.is_some() || img.mm.thp_disabled == Some(true) {
         return Vec::new();
     }
     let have = st.have();
@@ -1783,6 +1784,7 @@ fn stage_plan(cx: &RestoreCx<'_>, st: &crate::stage::Stage, img: &TaskImages) ->
             || v.status & not_plain != 0
             || v.flags & (libc::MAP_HUGETLB | libc::MAP_GROWSDOWN) as u32 != 0
             || cx.cow.contains(&(v.start, v.end))
+            || v.madv.unwrap_or(0) & (1 << libc::MADV_NOHUGEPAGE) != 0
         {
             continue;
         }

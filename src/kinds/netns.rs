@@ -915,16 +915,42 @@ fn tun_queue_params(
         });
     }
     let keep = u16::try_from(t.flags & super::tun::KEEP_FLAGS).unwrap_or_default();
+    let tap = t.flags & IFF_TAP != 0;
     let read = crate::sys::tun::open(libc::O_RDWR | libc::O_CLOEXEC).and_then(|f| {
         crate::sys::tun::attach(f.as_fd(), name, keep)?;
-        crate::sys::tun::vnethdr_sndbuf(f.as_fd())
+        let (h, s) = crate::sys::tun::vnethdr_sndbuf(f.as_fd())?;
+        // (TUNGETFILTER is for taps only: EINVAL on a tun.)
+        let filter = if tap {
+            crate::sys::tun::filter_len(f.as_fd())?
+        } else {
+            0
+        };
+        Ok((h, s, filter))
     });
+    // A tap may have a packet filter (set once, it stays): it cannot be saved, and a restore
+    // without it would let through what it dropped. CRIU refuses it too.
+    let filtered = |why: String| NetnsError::Unsupported {
+        ns,
+        link: name.to_string(),
+        what: format!("the persistent tap device {why}; its packet filter cannot be saved"),
+        hint:
+            "delete the device and make it again without a filter (ip tuntap add) before the dump"
+                .into(),
+    };
     match read {
-        Ok((h, s)) => {
+        Ok((_, _, f)) if tap && f != 0 => {
+            return Err(filtered("has a packet filter (TUNATTACHFILTER)".into()))
+        }
+        Ok((h, s, _)) => {
             t.vnethdr = h;
             t.sndbuf = s;
         }
-        // (A device with a filter set once by a program cannot be attached to from cryo.)
+        // A tap cryo cannot attach to may have a filter (the kernel fails to load it again).
+        Err(e) if tap => {
+            return Err(filtered(format!(
+                "cannot be attached to from cryo to check for a packet filter ({e})"
+            )))
+        }
         Err(e) => tracing::warn!(
             ns,
             link = name,

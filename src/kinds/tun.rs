@@ -116,7 +116,7 @@ pub fn queues_of(tree: &[i32], ns_ino: u64) -> Result<HashMap<String, Queue>, Tu
                     pid,
                     format!("fd {fd} (tap device {name})"),
                     "the tap device has a packet filter (TUNATTACHFILTER), which cannot be saved",
-                    "detach the filter (TUNDETACHFILTER) before the dump, or close the device's files",
+                    "a filter stays once set (TUNDETACHFILTER does not remove it): close the device's files and make the device again without one",
                 )
                 .into());
             }
