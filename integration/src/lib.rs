@@ -261,6 +261,44 @@ pub fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// PIDs of the children of process `pid` (those of its main thread,
+/// `/proc/PID/task/PID/children`), oldest first; empty when it has none or is gone.
+pub fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|c| c.parse().expect("a PID in /proc/PID/task/PID/children"))
+        .collect()
+}
+
+/// Runs `sh -c CMD` (in the test's namespaces: mounts made there are cryo's); panics with
+/// its status and outputs unless it succeeds; returns its trimmed stdout.
+pub fn sh(cmd: &str) -> String {
+    ok(
+        &Command::new("sh").args(["-c", cmd]).output().expect("sh"),
+        cmd,
+    )
+}
+
+/// Mounts a test made in its own mount namespace (cryo's), taken away again (`umount -R -l`,
+/// with what is mounted below them) when dropped, so that a failing test leaves none.
+pub struct Unmount(pub Vec<PathBuf>);
+
+impl Unmount {
+    /// The mount at `path`.
+    pub fn at(path: impl Into<PathBuf>) -> Unmount {
+        Unmount(vec![path.into()])
+    }
+}
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            let _ = Command::new("umount").arg("-R").arg("-l").arg(m).status();
+        }
+    }
+}
+
 /// Waits until `cond` holds (polling), panicking with `what` after `secs`.
 pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);

@@ -83,12 +83,7 @@ fn tree(root: i32) -> Vec<i32> {
     let mut i = 0;
     while i < out.len() {
         let p = out[i];
-        for c in std::fs::read_to_string(format!("/proc/{p}/task/{p}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-        {
-            out.push(c.parse().unwrap());
-        }
+        out.extend(children(p));
         i += 1;
     }
     out

@@ -84,13 +84,7 @@ fn start_cmd(dir: &Path, prefix: &[&str], cmd: &[&str], out: &str) -> Container 
         lines(&count).len() >= 3
     });
     // unshare's child is the container's init.
-    let init = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .expect("unshare has a child")
-        .parse()
-        .unwrap();
+    let init = children(launcher)[0];
     Container { rootfs, host, init }
 }
 
@@ -312,15 +306,7 @@ fn sandbox_nested_in_a_container_moves_twice() {
         "count",
     );
     let _g = KillOnDrop(c.init);
-    let kid = |pid: i32| -> i32 {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .expect("a child")
-            .parse()
-            .unwrap()
-    };
+    let kid = |pid: i32| children(pid)[0];
     let nspid = |pid: i32| -> String {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap()
@@ -958,10 +944,7 @@ fn pod_member_restores_into_its_pods_namespaces() {
     let _gl = KillOnDrop(launcher);
     let mut infra = 0;
     wait_for("the pod's init", 10, || {
-        infra = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
-            .ok()
-            .and_then(|c| c.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
+        infra = children(launcher).first().copied().unwrap_or(0);
         infra > 0
     });
     let _gi = KillOnDrop(infra);
@@ -1246,22 +1229,8 @@ fn recursive_external_bind_brings_the_hosts_submount_back() {
     let host = dir.join("host");
     let sub = host.join("sub");
     std::fs::create_dir_all(&sub).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "cryo-it-rbind"])
-        .arg(&sub)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount the host's tmpfs");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _u = Unmount(sub.clone());
+    let _u = Unmount::at(&sub);
+    sh(&format!("mount -t tmpfs cryo-it-rbind {}", sub.display()));
     std::fs::write(sub.join("f"), "host-1\n").unwrap();
     std::fs::create_dir_all(dir.join("rootfs")).unwrap();
     std::fs::write(dir.join("rootfs/script.sh"), RBIND).unwrap();
@@ -1779,26 +1748,11 @@ fn external_mount_comes_back_as_the_slave_of_its_host_master() {
     let dir = scratch("container-extmaster");
     let host = dir.join("host");
     std::fs::create_dir_all(&host).unwrap();
-    let sh = |c: &str| {
-        let st = std::process::Command::new("sh")
-            .args(["-c", c])
-            .status()
-            .unwrap();
-        assert!(st.success(), "{c}");
-    };
     let h = host.display().to_string();
     sh(&format!(
         "mount --bind {h} {h} && mount --make-private {h} && mount --make-shared {h}"
     ));
-    struct Unmount(String);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .args(["-R", "-l", &self.0])
-                .status();
-        }
-    }
-    let _u = Unmount(h.clone());
+    let _u = Unmount::at(&h);
     let mut c = start_with(&dir, &["env", "CONTAINER_DATA_SLAVE=1"]);
     let _g = KillOnDrop(c.init);
     let master = |pid: i32| {

@@ -185,20 +185,6 @@ print((wd, IN_CLOSE_WRITE) in got, flush=True)
     assert_eq!(lines(&out)[1], "True");
 }
 
-/// Unmounts (lazily) the mounts a test made in cryo's own mount namespace.
-struct Unmount(Vec<std::path::PathBuf>);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        for m in &self.0 {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(m)
-                .status();
-        }
-    }
-}
-
 /// Deleted files on read-only mounts of a writable file system (zdtm's ghost_on_rofs): a
 /// process holds a deleted file on a tmpfs made read-only (`remount,bind,ro`) and one on a
 /// read-only, nosuid bind of it. The restore makes the ghosts through a writable copy of

@@ -1365,11 +1365,8 @@ fn connections_of_a_child_in_another_namespace_are_locked_in_it() {
     let root = spawn(&["sh", "-c", &script], &dir.join("root.log"));
     let _g = KillOnDrop(root);
     wait_ready(&out);
-    let srv: i32 = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
+    let srv = *children(root)
+        .first()
         .expect("the server runs as the root's child");
     let _gs = KillOnDrop(srv);
     let (cli, cout) = start_clients(&net, &dir, "cli", &net.v4(1), 7501, 8);

@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use integration::{cryo, cryo_bin, ok, root, scratch, wait_for};
+use integration::{children, cryo, cryo_bin, ok, pid_of, root, scratch, wait_for};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -88,15 +88,8 @@ impl Restored {
 
     /// The restored root's PID on the host: cryo's child.
     fn root_pid(&self) -> i32 {
-        let children = |p: u32| -> Vec<i32> {
-            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect()
-        };
-        let cryo = children(self.unshare.id())[0];
-        children(u32::try_from(cryo).unwrap())[0]
+        let cryo = children(pid_of(&self.unshare))[0];
+        children(cryo)[0]
     }
 }
 
@@ -151,8 +144,7 @@ fn criu_pipe_tree_restores() {
     goes_on(&out, n, 20, &img);
     // Parent and child, the parent's pipe end still feeding the child.
     let root = r.root_pid();
-    let kids = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children")).unwrap();
-    assert_eq!(kids.split_whitespace().count(), 1);
+    assert_eq!(children(root).len(), 1);
 }
 
 #[test]
@@ -337,6 +329,5 @@ fn criu_container_restores() {
         "max"
     );
     // The fixture's pid 1 and its child.
-    let kids = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap();
-    assert_eq!(kids.split_whitespace().count(), 1);
+    assert_eq!(children(init).len(), 1);
 }

@@ -100,16 +100,7 @@ os.wait()
             .find(|l| l.contains(" lease="))
     };
     wait_for("the lease", 20, || last().is_some());
-    let child = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
-        .unwrap()
-        .trim()
-        .parse::<i32>()
-        .unwrap();
-    let root = std::fs::read_to_string(format!("/proc/{child}/task/{child}/children"))
-        .unwrap()
-        .trim()
-        .parse::<i32>()
-        .unwrap();
+    let root = children(children(launcher)[0])[0];
     let r = KillOnDrop(root);
     let state = |l: String| l.split_once(' ').map(|(_, s)| s.to_string()).unwrap();
     let before = state(last().unwrap());
@@ -214,24 +205,11 @@ fn lease_being_broken_on_a_read_only_mount_stays_broken() {
     std::fs::create_dir_all(&r).unwrap();
     std::fs::write(w.join("f"), "data\n").unwrap();
     let (w_s, r_s) = (w.to_str().unwrap(), r.to_str().unwrap());
-    let st = std::process::Command::new("sh")
-        .args([
-            "-c",
-            &format!("mount --bind {w_s} {r_s} && mount -o remount,bind,ro {r_s}"),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    /// Takes the read-only bind out of cryo's namespace.
-    struct Unmount(String);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .args(["-l", &self.0])
-                .status();
-        }
-    }
-    let _u = Unmount(r_s.to_string());
+    // Takes the read-only bind out of cryo's namespace.
+    let _u = Unmount::at(&r);
+    sh(&format!(
+        "mount --bind {w_s} {r_s} && mount -o remount,bind,ro {r_s}"
+    ));
     let out = dir.join("out");
     let script = r#"
 import fcntl, os, signal, sys, time

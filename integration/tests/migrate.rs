@@ -125,13 +125,7 @@ fn start_migratee_with(
     let launcher = Net::spawn_in(&net.a, &argv, &dir.join("migratee.log"));
     wait_ready(&out);
     let root = if pidns {
-        std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .expect("unshare has a child")
-            .parse()
-            .unwrap()
+        children(launcher)[0]
     } else {
         launcher
     };
@@ -975,13 +969,7 @@ fn a_tcp_server_moves_with_its_live_clients_connections() {
     );
     let _g = KillOnDrop(launcher);
     wait_ready(&srv_out);
-    let root: i32 = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .expect("unshare has a child")
-        .parse()
-        .unwrap();
+    let root = children(launcher)[0];
     // Only the server holds S now: it goes with the source.
     ip(&["netns", "del", &s.0]);
 

@@ -44,14 +44,6 @@ fn last_status(out: &Path) -> Option<(u64, String)> {
     Some((n.parse().ok()?, rest.to_string()))
 }
 
-fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .collect()
-}
-
 fn ns(pid: i32, kind: &str) -> String {
     std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
         .map(|p| p.display().to_string())
@@ -880,26 +872,11 @@ fn new_mount_under_a_copy_still_shared_with_the_parent_is_refused() {
     let base = dir.join("base");
     std::fs::create_dir_all(&base).unwrap();
     let base_s = base.to_str().unwrap().to_string();
-    let sh = |cmd: &str| {
-        let o = std::process::Command::new("sh")
-            .args(["-c", cmd])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{cmd}: {o:?}");
-    };
-    /// Takes the shared tmpfs (and what propagated under it) out of cryo's namespace.
-    struct Unmount(String);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .args(["-R", "-l", &self.0])
-                .status();
-        }
-    }
     sh(&format!(
         "mount -t tmpfs cryo-shared-base {base_s} && mount --make-shared {base_s} && mkdir {base_s}/x"
     ));
-    let _u = Unmount(base_s.clone());
+    // Takes the shared tmpfs (and what propagated under it) out of cryo's namespace.
+    let _u = Unmount::at(&base_s);
     let root = spawn(
         &[
             "/bin/sh",
@@ -1575,26 +1552,11 @@ fn bind_from_a_parent_path_now_leading_elsewhere_is_refused() {
         x.to_str().unwrap().to_string(),
         y.to_str().unwrap().to_string(),
     );
-    let sh = |cmd: &str| {
-        let o = std::process::Command::new("sh")
-            .args(["-c", cmd])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{cmd}: {o:?}");
-    };
-    /// Takes the tmpfs (and the bind over its `a`) out of cryo's namespace.
-    struct Unmount(String);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .args(["-R", "-l", &self.0])
-                .status();
-        }
-    }
     sh(&format!(
         "mount -t tmpfs cryo-outer {x_s} && mount --make-private {x_s} && mkdir {x_s}/a {x_s}/b && echo a >{x_s}/a/f && echo b >{x_s}/b/f"
     ));
-    let _u = Unmount(x_s.clone());
+    // Takes the tmpfs (and the bind over its `a`) out of cryo's namespace.
+    let _u = Unmount::at(&x_s);
     let ready = dir.join("ready");
     let root = spawn(
         &[
@@ -1697,24 +1659,17 @@ fn start_linked(
     std::path::PathBuf,
     String,
     Vec<KillOnDrop>,
-    Unmounts,
+    Unmount,
 ) {
     let d = dir.join("d");
     for s in ["0", "1", "2"] {
         std::fs::create_dir_all(d.join(s)).unwrap();
     }
     let d_s = d.to_str().unwrap().to_string();
-    let st = std::process::Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "mount -t tmpfs cryo-linked {d_s}/0 && mount --make-private {d_s}/0 && mkdir {d_s}/0/1 {d_s}/0/2 && mount --bind {d_s}/0/1 {d_s}/1 && mount --make-private {d_s}/1"
-            ),
-        ])
-        .status()
-        .unwrap();
-    let u = Unmounts(vec![format!("{d_s}/1"), format!("{d_s}/0")]);
-    assert!(st.success());
+    let u = Unmount(vec![d.join("1"), d.join("0")]);
+    sh(&format!(
+        "mount -t tmpfs cryo-linked {d_s}/0 && mount --make-private {d_s}/0 && mkdir {d_s}/0/1 {d_s}/0/2 && mount --bind {d_s}/0/1 {d_s}/1 && mount --make-private {d_s}/1"
+    ));
     let (parent, child) = (dir.join("parent.py"), dir.join("child.py"));
     std::fs::write(&parent, LINKED_PARENT).unwrap();
     std::fs::write(&child, LINKED_CHILD).unwrap();
@@ -1733,18 +1688,6 @@ fn start_linked(
     wait_for("the child's report", 20, || lines(&out).len() > 2);
     let kid = children(root)[0];
     (root, kid, out, d_s, vec![g, KillOnDrop(kid)], u)
-}
-
-/// Mounts of cryo's namespace to take away (lazily) when dropped.
-struct Unmounts(Vec<String>);
-impl Drop for Unmounts {
-    fn drop(&mut self) {
-        for m in &self.0 {
-            let _ = std::process::Command::new("umount")
-                .args(["-R", "-l", m])
-                .status();
-        }
-    }
 }
 
 /// zdtm's mntns_link_remap, our program: a child in a mount namespace of its own holds a

@@ -34,8 +34,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use integration::{
-    alive, cryo, cryo_bin, cryo_env, dump, dump_fails, kill, lines, log, ok, scratch, spawn,
-    wait_for, wait_gone, KillOnDrop,
+    alive, children, cryo, cryo_bin, cryo_env, dump, dump_fails, kill, lines, log, ok, scratch,
+    spawn, wait_for, wait_gone, KillOnDrop,
 };
 
 /// The tests of this file run one at a time: every cryo run removes the locks of dead cryo
@@ -1507,15 +1507,8 @@ fn unix_sockets_stay_in_the_namespace_they_were_made_in() {
     wait_for("C's sockets", 10, || {
         lines(&out).iter().any(|l| l == "ready")
     });
-    let kids = |pid: i32| -> Vec<i32> {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect()
-    };
-    let k = kids(root)[0];
-    let c = kids(k)[0];
+    let k = children(root)[0];
+    let c = children(k)[0];
     let netns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     // Sends from the namespace of `pid`: a datagram to @dg-TAG, then a connection to
     // @ls-TAG carrying `word`; what each attempt gave.
@@ -1967,15 +1960,8 @@ fn inet_sockets_stay_in_the_namespace_they_were_made_in() {
     wait_for("C's sockets", 10, || {
         lines(&out).iter().any(|l| l == "ready")
     });
-    let kids = |pid: i32| -> Vec<i32> {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(|p| p.parse().unwrap())
-            .collect()
-    };
-    let k = kids(root)[0];
-    let c = kids(k)[0];
+    let k = children(root)[0];
+    let c = children(k)[0];
     let netns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     // From the namespace of `pid`: a datagram to 7101, a connection to 7100 and one to
     // 7200 carrying `word`; what each attempt gave.

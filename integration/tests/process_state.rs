@@ -232,12 +232,7 @@ fn login_uid_comes_back_in_a_user_namespace() {
     let _l = KillOnDrop(launcher);
     let mut pid = 0;
     wait_for("unshare's child", 10, || {
-        pid = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
+        pid = children(launcher).first().copied().unwrap_or(0);
         pid != 0
     });
     let _g = KillOnDrop(pid);

@@ -687,11 +687,7 @@ while True:
     );
     let _g = KillOnDrop(launcher);
     wait_for("clock lines", 10, || lines(&out).len() >= 3);
-    let pid: i32 = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = children(launcher)[0];
     let _g2 = KillOnDrop(pid);
     let img = dir.join("img");
     dump(pid, &img, &[]);

@@ -21,14 +21,6 @@ fn ids(pid: i32) -> (i32, i32, i32, i32) {
     (pid, f[0], f[1], f[2])
 }
 
-fn children(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(|c| c.parse().unwrap())
-        .collect()
-}
-
 /// CRIU's "simple loop": a shell counting once a second, with its `sleep` child mid-nanosleep
 /// and the shell mid-wait4 at dump time. The count goes on with no gap or restart.
 #[test]

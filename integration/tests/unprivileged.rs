@@ -219,13 +219,7 @@ fn a_user_moves_its_rootless_sandbox() {
     );
     let _l = KillOnDrop(launcher);
     wait_for("the counter", 10, || lines(&out).len() > 2);
-    let pid: i32 = std::fs::read_to_string(format!("/proc/{launcher}/task/{launcher}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .expect("unshare's child")
-        .parse()
-        .unwrap();
+    let pid = children(launcher)[0];
     let _g = KillOnDrop(pid);
     let sandbox = |pid: i32| {
         (
