@@ -403,6 +403,18 @@ pub fn memhog_sum(pid: i32, out: &Path) -> String {
         .unwrap()
 }
 
+/// Asks a test program for its report (SIGUSR1) and returns the line it writes to `out`
+/// then (the first after the lines there now), waiting for it up to 10 s.
+pub fn report_on_signal(pid: i32, out: &Path) -> String {
+    let n = lines(out).len();
+    signal(pid, libc::SIGUSR1);
+    // Whole lines: a read racing the program's write can see a line without its end.
+    wait_for("the report", 10, || {
+        std::fs::read_to_string(out).is_ok_and(|t| t.ends_with('\n') && t.lines().count() > n)
+    });
+    lines(out).swap_remove(n)
+}
+
 /// Starts memhog with `mib` MiB and waits until it is ready.
 pub fn start_memhog(dir: &Path, mib: u32) -> (i32, PathBuf) {
     start_memhog_with(dir, mib, &[])

@@ -2,6 +2,39 @@
 
 use integration::*;
 
+/// Dumps the program `pid` (with `--file-locks`) into DIR/img, restores it once it is gone
+/// and returns the report it writes to `out` on SIGUSR1 afterwards.
+fn report_after_restore(pid: i32, dir: &std::path::Path, out: &std::path::Path) -> String {
+    let img = dir.join("img");
+    dump(pid, &img, &["--file-locks"]);
+    wait_gone(pid);
+    restore(&img);
+    report_on_signal(pid, out)
+}
+
+/// The start of the lease-breaking programs: the lease fcntls and the SIGIOs counted in
+/// `got`.
+const BREAKING_PROLOGUE: &str = r#"
+import fcntl, os, signal, sys, time
+F_SETLEASE, F_GETLEASE, F_SETSIG, F_GETOWN = 1024, 1025, 10, 9
+got = []
+signal.signal(signal.SIGIO, lambda s, f: got.append(s))
+"#;
+
+/// The end of the lease-breaking programs: "ready REPORT", then on SIGUSR1 the report again
+/// and the number of locks left once the leases are given up.
+const BREAKING_EPILOGUE: &str = r#"
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+os.write(1, ("ready " + report() + "\n").encode())
+signal.sigwait([signal.SIGUSR1])
+time.sleep(0.2)
+line = report()
+for fd in fds:
+    fcntl.fcntl(fd, F_SETLEASE, fcntl.F_UNLCK)
+left = sum(1 for fd in fds for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("lock:"))
+os.write(1, (line + f" {left}\n").encode())
+"#;
+
 /// A read lease on one of two descriptions of a file, none on the other, and a write lease
 /// on a second file: each description has the same lease after restore (`F_GETLEASE`).
 /// Without `--file-locks` the dump is refused, naming the option.
@@ -31,14 +64,8 @@ print(*report(), flush=True)
     assert_eq!(before, [libc::F_RDLCK, libc::F_UNLCK, libc::F_WRLCK]);
     let e = dump_fails(pid, &dir.join("refused"), &[]);
     assert!(e.contains("LEASE") && e.contains("--file-locks"), "{e}");
-    let img = dir.join("img");
-    dump(pid, &img, &["--file-locks"]);
-    wait_gone(pid);
-    restore(&img);
-    signal(pid, libc::SIGUSR1);
-    wait_for("the report", 10, || lines(&out).len() >= 2);
     assert_eq!(
-        lines(&out)[1],
+        report_after_restore(pid, &dir, &out),
         format!("{} {} {}", libc::F_RDLCK, libc::F_UNLCK, libc::F_WRLCK)
     );
 }
@@ -137,12 +164,9 @@ os.wait()
 fn leases_being_broken_stay_broken_without_a_second_signal() {
     let dir = scratch("leases-breaking");
     let out = dir.join("out");
-    let script = r#"
-import fcntl, os, signal, sys, time
+    let script = BREAKING_PROLOGUE.to_string()
+        + r#"
 d = sys.argv[1]
-F_SETLEASE, F_GETLEASE, F_SETSIG, F_GETOWN = 1024, 1025, 10, 9
-got = []
-signal.signal(signal.SIGIO, lambda s, f: got.append(s))
 fds = []
 for name, mode, lease, breaker in [("r", os.O_RDONLY, fcntl.F_RDLCK, os.O_WRONLY),
                                    ("w", os.O_WRONLY, fcntl.F_WRLCK, os.O_RDONLY),
@@ -167,28 +191,13 @@ def report():
     leases = [fcntl.fcntl(fd, F_GETLEASE) for fd in fds]
     own = all(fcntl.fcntl(fd, F_GETOWN) == os.getpid() for fd in fds)
     return " ".join(map(str, leases + modes + [len(got), own]))
-signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
-os.write(1, ("ready " + report() + "\n").encode())
-signal.sigwait([signal.SIGUSR1])
-time.sleep(0.2)
-line = report()
-for fd in fds:
-    fcntl.fcntl(fd, F_SETLEASE, fcntl.F_UNLCK)
-left = sum(1 for fd in fds for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("lock:"))
-os.write(1, (line + f" {left}\n").encode())
-"#;
-    let pid = spawn(&["python3", "-c", script, dir.to_str().unwrap()], &out);
+"# + BREAKING_EPILOGUE;
+    let pid = spawn(&["python3", "-c", &script, dir.to_str().unwrap()], &out);
     let _g = KillOnDrop(pid);
     wait_for("the program", 10, || !lines(&out).is_empty());
     let want = "2 0 2 0 BREAKING BREAKING BREAKING BREAKING 4 True";
     assert_eq!(lines(&out)[0], format!("ready {want}"));
-    let img = dir.join("img");
-    dump(pid, &img, &["--file-locks"]);
-    wait_gone(pid);
-    restore(&img);
-    signal(pid, libc::SIGUSR1);
-    wait_for("the report", 10, || lines(&out).len() >= 2);
-    assert_eq!(lines(&out)[1], format!("{want} 0"));
+    assert_eq!(report_after_restore(pid, &dir, &out), format!("{want} 0"));
 }
 
 /// A read lease on a file opened through a read-only bind mount, broken (towards F_UNLCK)
@@ -211,13 +220,11 @@ fn lease_being_broken_on_a_read_only_mount_stays_broken() {
         "mount --bind {w_s} {r_s} && mount -o remount,bind,ro {r_s}"
     ));
     let out = dir.join("out");
-    let script = r#"
-import fcntl, os, signal, sys, time
+    let script = BREAKING_PROLOGUE.to_string()
+        + r#"
 r, w = sys.argv[1], sys.argv[2]
-F_SETLEASE, F_GETLEASE, F_SETSIG = 1024, 1025, 10
-got = []
-signal.signal(signal.SIGIO, lambda s, f: got.append(s))
 fd = os.open(r + "/f", os.O_RDONLY)
+fds = [fd]
 fcntl.fcntl(fd, F_SETLEASE, fcntl.F_RDLCK)
 fcntl.fcntl(fd, F_SETSIG, signal.SIGIO)
 try:
@@ -232,25 +239,11 @@ def report():
     mode = lock[0].split()[3] if lock else "none"
     ro = open(f"/proc/self/fdinfo/{fd}").read().split("flags:")[1].split()[0][-1] == "0"
     return f"{fcntl.fcntl(fd, F_GETLEASE)} {mode} {len(got)} {ro} {os.readlink(f'/proc/self/fd/{fd}')}"
-signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
-os.write(1, ("ready " + report() + "\n").encode())
-signal.sigwait([signal.SIGUSR1])
-time.sleep(0.2)
-line = report()
-fcntl.fcntl(fd, F_SETLEASE, fcntl.F_UNLCK)
-left = sum(1 for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("lock:"))
-os.write(1, (line + f" {left}\n").encode())
-"#;
-    let pid = spawn(&["python3", "-c", script, r_s, w_s], &out);
+"# + BREAKING_EPILOGUE;
+    let pid = spawn(&["python3", "-c", &script, r_s, w_s], &out);
     let _g = KillOnDrop(pid);
     wait_for("the program", 10, || !lines(&out).is_empty());
     let want = format!("2 BREAKING 1 True {r_s}/f");
     assert_eq!(lines(&out)[0], format!("ready {want}"));
-    let img = dir.join("img");
-    dump(pid, &img, &["--file-locks"]);
-    wait_gone(pid);
-    restore(&img);
-    signal(pid, libc::SIGUSR1);
-    wait_for("the report", 10, || lines(&out).len() >= 2);
-    assert_eq!(lines(&out)[1], format!("{want} 0"));
+    assert_eq!(report_after_restore(pid, &dir, &out), format!("{want} 0"));
 }

@@ -93,18 +93,8 @@ impl Receiver {
 /// `migratee MIB OUT DELAY_US` in A; with `pidns`, as the init of a PID namespace of its own
 /// (`unshare --pid --fork`, then `setsid`: the tree's root leads its session). Returns the
 /// launcher (our child) and the tree's root.
+/// `extra`: more arguments (the MiB of its region SIGUSR2 half-drops).
 fn start_migratee(
-    net: &Net,
-    dir: &Path,
-    mib: u32,
-    delay_us: u32,
-    pidns: bool,
-) -> (i32, i32, PathBuf) {
-    start_migratee_with(net, dir, mib, delay_us, pidns, &[])
-}
-
-/// [`start_migratee`] with `extra` arguments (the MiB of its region SIGUSR2 half-drops).
-fn start_migratee_with(
     net: &Net,
     dir: &Path,
     mib: u32,
@@ -158,50 +148,105 @@ fn port() -> u16 {
     20000 + u16::try_from(std::process::id() % 20000).unwrap()
 }
 
+/// A migration's source and directories: `migratee` (`mib` MiB, 300 µs between writes,
+/// `extra` arguments) started in A of the namespaces `Net::new(tag, x)` (`pidns`: as the
+/// init of a PID namespace of its own), under the test's scratch directory `name` with B's
+/// image directory `dest` and the work directory `wd`. The source's processes are killed on
+/// drop (the root only while it is the source's: [`Source::moved`]), before the namespaces
+/// go.
+struct Source {
+    root_guard: std::cell::Cell<Option<KillOnDrop>>,
+    _launcher: KillOnDrop,
+    net: Net,
+    dir: PathBuf,
+    root: i32,
+    out: PathBuf,
+    dest: PathBuf,
+    wd: PathBuf,
+}
+
+impl Source {
+    /// None (the test is skipped) when a tool is missing.
+    fn start(
+        name: &str,
+        tag: &str,
+        x: u8,
+        mib: u32,
+        pidns: bool,
+        extra: &[&str],
+    ) -> Option<Source> {
+        let tools: &[&str] = if pidns {
+            &["ip", "nsenter", "unshare", "setsid"]
+        } else {
+            &["ip", "nsenter"]
+        };
+        if !need(tools) {
+            return None;
+        }
+        let dir = scratch(name);
+        let net = Net::new(tag, x);
+        let (launcher, root, out) = start_migratee(&net, &dir, mib, 300, pidns, extra);
+        Some(Source {
+            // The tree's root is unshare's child: killing the launcher leaves it running.
+            root_guard: std::cell::Cell::new(pidns.then(|| KillOnDrop(root))),
+            _launcher: KillOnDrop(launcher),
+            net,
+            root,
+            out,
+            dest: dir.join("dest"),
+            wd: dir.join("work"),
+            dir,
+        })
+    }
+
+    /// The root left (moved, or killed at the commit): waits until it is gone; its PID,
+    /// free now, is not killed on drop.
+    fn moved(&self) {
+        wait_gone(self.root);
+        std::mem::forget(self.root_guard.take());
+    }
+
+    /// `cryo migrate` of the root to the receiver in B, with `extra` arguments.
+    fn migrate(&self, extra: &[&str]) -> Command {
+        migrate_cmd(&self.net, self.root, &self.wd, extra)
+    }
+
+    /// Panics unless both migrate (`o`) and receive (`got`) succeeded, with their errors
+    /// and logs.
+    fn both_succeeded(&self, o: &Output, got: &Output) {
+        assert!(
+            o.status.success() && got.status.success(),
+            "migrate: {}\n{}\nreceive: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            log(&self.wd, "migrate.log"),
+            String::from_utf8_lossy(&got.stderr),
+            log(&self.wd, "receive.log")
+        );
+    }
+
+    /// The source runs on unharmed: it goes on writing and has every page it wrote.
+    fn runs_on(&self) {
+        assert!(alive(self.root), "the source runs on");
+        let at = steps(&self.out);
+        wait_for("the source to go on writing", 20, || steps(&self.out) > at);
+        verify(self.root, &self.out);
+    }
+}
+
 /// The whole migration: rounds that shrink, a final freeze, the process running in B with
 /// every page it wrote (before, between and during the rounds), the source gone.
 #[test]
 fn a_writing_process_moves_to_another_namespace_with_all_its_pages() {
-    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+    let Some(s) = Source::start("migrate", "mig", 131, 64, true, &[]) else {
         return;
-    }
-    let dir = scratch("migrate");
-    let net = Net::new("mig", 131);
-    let (launcher, root, out) = start_migratee(&net, &dir, 64, 300, true);
-    let _g = KillOnDrop(launcher);
-    let dest = dir.join("dest");
-    let wd = dir.join("work");
-    let rx = Receiver::start(&net, port(), &dest, &wd, &[]);
-    wait_for("the writer to go on", 20, || steps(&out) > 0);
-    let before = steps(&out);
-    let o = cryo_in(
-        &net.a,
-        &[
-            "migrate",
-            "-t",
-            &root.to_string(),
-            "--to",
-            &format!("{}:{}", net.v4(2), port()),
-            "-W",
-            wd.to_str().unwrap(),
-            "-v4",
-            "-o",
-            "migrate.log",
-            "--json",
-        ],
-    )
-    .output()
-    .unwrap();
+    };
+    let (net, dir, out, dest, wd) = (&s.net, &s.dir, &s.out, &s.dest, &s.wd);
+    let rx = Receiver::start(net, port(), dest, wd, &[]);
+    wait_for("the writer to go on", 20, || steps(out) > 0);
+    let before = steps(out);
+    let o = s.migrate(&["--json"]).output().unwrap();
     let got = rx.wait();
-    assert!(
-        o.status.success(),
-        "migrate: {}\n{}\nreceive: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        log(&wd, "migrate.log"),
-        String::from_utf8_lossy(&got.stderr),
-        log(&wd, "receive.log")
-    );
-    assert!(got.status.success(), "{}", log(&wd, "receive.log"));
+    s.both_succeeded(&o, &got);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rounds = r["rounds"].as_array().unwrap();
     assert!(!rounds.is_empty(), "{r}");
@@ -218,19 +263,17 @@ fn a_writing_process_moves_to_another_namespace_with_all_its_pages() {
     assert!(r["downtime_ms"].as_f64().unwrap() > 0.0, "{r}");
     let moved = i32::try_from(r["restored_pid"].as_i64().unwrap()).unwrap();
     let _g2 = KillOnDrop(moved);
-    wait_gone(root);
+    s.moved();
     assert!(alive(moved));
     // It runs in B now, and writes on from where it was.
     let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/net")).unwrap();
     let b = Net::spawn_in(&net.b, &["sleep", "30"], &dir.join("sleep.log"));
     let _g3 = KillOnDrop(b);
     assert_eq!(ns(moved), ns(b), "the process is in B's network namespace");
-    let at = steps(&out);
+    let at = steps(out);
     assert!(at >= before);
-    wait_for("the writer to go on after the move", 20, || {
-        steps(&out) > at
-    });
-    verify(moved, &out);
+    wait_for("the writer to go on after the move", 20, || steps(out) > at);
+    verify(moved, out);
     assert!(dest.join("final").exists(), "-D DIR keeps the images");
 }
 
@@ -241,68 +284,37 @@ fn a_writing_process_moves_to_another_namespace_with_all_its_pages() {
 /// that region keeps its content.
 #[test]
 fn a_full_destination_moves_the_staged_memory_into_the_process_with_every_change() {
-    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+    let Some(s) = Source::start("migstage", "migm", 140, 64, true, &["8"]) else {
         return;
-    }
-    let dir = scratch("migstage");
-    let net = Net::new("migm", 140);
-    let (launcher, root, out) = start_migratee_with(&net, &dir, 64, 300, true, &["8"]);
-    let _g = KillOnDrop(launcher);
-    let dest = dir.join("dest");
-    let wd = dir.join("work");
+    };
+    let (net, root, out, dest, wd) = (&s.net, s.root, &s.out, &s.dest, &s.wd);
     // Round 2 waits 3 s on the destination: the process drops half of its second region
     // then, after round 1 (which had those pages) was staged.
     let rx = Receiver::start(
-        &net,
+        net,
         port(),
-        &dest,
-        &wd,
+        dest,
+        wd,
         &[("CRYO_FAULT_PAUSE", "receive-r2:3")],
     );
-    wait_for("the writer to go on", 20, || steps(&out) > 0);
-    let mig = cryo_in(
-        &net.a,
-        &[
-            "migrate",
-            "-t",
-            &root.to_string(),
-            "--to",
-            &format!("{}:{}", net.v4(2), port()),
-            "-W",
-            wd.to_str().unwrap(),
-            "-v4",
-            "-o",
-            "migrate.log",
-            "--json",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    wait_for("the writer to go on", 20, || steps(out) > 0);
+    let mig = s.migrate(&["--json"]).spawn().unwrap();
     wait_for("round 2 on the destination", 60, || {
-        log(&wd, "receive.log").contains("pausing at a fault point")
+        log(wd, "receive.log").contains("pausing at a fault point")
     });
     assert!(
-        log(&wd, "receive.log").contains("receive: round staged"),
+        log(wd, "receive.log").contains("receive: round staged"),
         "{}",
-        log(&wd, "receive.log")
+        log(wd, "receive.log")
     );
     signal(root, libc::SIGUSR2);
     wait_for("the process to drop its pages", 10, || {
-        lines(&out).iter().any(|l| l == "zapped")
+        lines(out).iter().any(|l| l == "zapped")
     });
     let o = mig.wait_with_output().unwrap();
     let got = rx.wait();
-    let rl = log(&wd, "receive.log");
-    assert!(
-        o.status.success(),
-        "migrate: {}\n{}\nreceive: {}\n{rl}",
-        String::from_utf8_lossy(&o.stderr),
-        log(&wd, "migrate.log"),
-        String::from_utf8_lossy(&got.stderr),
-    );
-    assert!(got.status.success(), "{rl}");
+    let rl = log(wd, "receive.log");
+    s.both_succeeded(&o, &got);
     // The memory came from the stage: the 64 MiB region and what is left of the other.
     let moved_mib: u64 = rl
         .lines()
@@ -316,12 +328,10 @@ fn a_full_destination_moves_the_staged_memory_into_the_process_with_every_change
     assert!(r["rounds"].as_array().unwrap().len() >= 2, "{r}");
     let moved = i32::try_from(r["restored_pid"].as_i64().unwrap()).unwrap();
     let _g2 = KillOnDrop(moved);
-    wait_gone(root);
-    let at = steps(&out);
-    wait_for("the writer to go on after the move", 20, || {
-        steps(&out) > at
-    });
-    verify(moved, &out);
+    s.moved();
+    let at = steps(out);
+    wait_for("the writer to go on after the move", 20, || steps(out) > at);
+    verify(moved, out);
 }
 
 /// `receive --lazy-pages`: the destination's restore leaves the memory to a lazy-pages
@@ -331,66 +341,51 @@ fn a_full_destination_moves_the_staged_memory_into_the_process_with_every_change
 /// still missing (its background push held back 3 s), gone afterwards.
 #[test]
 fn a_lazily_restored_destination_gets_every_page_and_its_images_go_after() {
-    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+    let Some(s) = Source::start("migrate-lazy", "migl", 137, 64, true, &[]) else {
         return;
-    }
-    let dir = scratch("migrate-lazy");
-    let net = Net::new("migl", 137);
-    let (launcher, root, out) = start_migratee(&net, &dir, 64, 300, true);
-    let _g = KillOnDrop(launcher);
-    let _r = KillOnDrop(root);
-    let wd = dir.join("work");
+    };
+    let (net, root, out, wd) = (&s.net, s.root, &s.out, &s.wd);
     let rx = Receiver::start_with(
-        &net,
+        net,
         port(),
         None,
-        &wd,
+        wd,
         &[("CRYO_FAULT_PAUSE", "lazy-push:3")],
         &["--lazy-pages"],
     );
     let rx_pid = rx.child.as_ref().unwrap().id();
     let images = std::env::temp_dir().join(format!("cryo-receive-{rx_pid}"));
-    wait_for("the writer to go on", 20, || steps(&out) > 0);
-    let o = migrate_to(&net, root, &wd, &["--json"], &[]);
+    wait_for("the writer to go on", 20, || steps(out) > 0);
+    let o = migrate_to(net, root, wd, &["--json"], &[]);
     let got = rx.wait();
-    assert!(
-        o.status.success(),
-        "migrate: {}\n{}\nreceive: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        log(&wd, "migrate.log"),
-        String::from_utf8_lossy(&got.stderr),
-        log(&wd, "receive.log")
-    );
-    assert!(got.status.success(), "{}", log(&wd, "receive.log"));
+    s.both_succeeded(&o, &got);
     // Where receive put them (so that "removed" below means something), still there.
     assert!(
         images.join("final").join("pstree.img").exists(),
         "the received images are not at {}: {}",
         images.display(),
-        log(&wd, "receive.log")
+        log(wd, "receive.log")
     );
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let moved = i32::try_from(r["restored_pid"].as_i64().unwrap()).unwrap();
     let _g2 = KillOnDrop(moved);
-    wait_gone(root);
+    s.moved();
     assert!(alive(moved));
     assert!(
-        log(&wd, "receive.log").contains("lazy-pages daemon started"),
+        log(wd, "receive.log").contains("lazy-pages daemon started"),
         "{}",
-        log(&wd, "receive.log")
+        log(wd, "receive.log")
     );
-    let at = steps(&out);
-    wait_for("the writer to go on after the move", 20, || {
-        steps(&out) > at
-    });
+    let at = steps(out);
+    wait_for("the writer to go on after the move", 20, || steps(out) > at);
     wait_for("the daemon to bring every page in", 120, || {
-        log(&wd, "lazy-pages.log").contains("every page is in")
+        log(wd, "lazy-pages.log").contains("every page is in")
     });
     wait_for("the daemon to remove the received images", 30, || {
         !images.exists()
     });
     // Every page the process wrote, before and during the rounds, is what it reads now.
-    verify(moved, &out);
+    verify(moved, out);
 }
 
 /// The PID in the `daemon=PID` field of receive's "lazy-pages daemon started" line.
@@ -410,48 +405,25 @@ fn lazy_daemon_pid(wd: &Path) -> i32 {
 /// page.
 #[test]
 fn a_lazy_receive_killed_before_the_restore_leaves_no_daemon() {
-    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+    let Some(s) = Source::start("migrate-lazy-killed", "migk", 138, 16, true, &[]) else {
         return;
-    }
-    let dir = scratch("migrate-lazy-killed");
-    let net = Net::new("migk", 138);
-    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, true);
-    let _g = KillOnDrop(launcher);
-    let _r = KillOnDrop(root);
-    let wd = dir.join("work");
+    };
+    let (net, wd) = (&s.net, &s.wd);
     let mut rx = Receiver::start_with(
-        &net,
+        net,
         port(),
         None,
-        &wd,
+        wd,
         &[("CRYO_FAULT_PAUSE", "receive-restore:60")],
         &["--lazy-pages"],
     );
     let rx_pid = i32::try_from(rx.child.as_ref().unwrap().id()).unwrap();
     let images = std::env::temp_dir().join(format!("cryo-receive-{rx_pid}"));
-    let mig = cryo_in(
-        &net.a,
-        &[
-            "migrate",
-            "-t",
-            &root.to_string(),
-            "--to",
-            &format!("{}:{}", net.v4(2), port()),
-            "-W",
-            wd.to_str().unwrap(),
-            "-v4",
-            "-o",
-            "migrate.log",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mig = s.migrate(&[]).spawn().unwrap();
     wait_for("receive to hold the final images", 60, || {
-        log(&wd, "receive.log").contains("pausing at a fault point")
+        log(wd, "receive.log").contains("pausing at a fault point")
     });
-    let daemon = lazy_daemon_pid(&wd);
+    let daemon = lazy_daemon_pid(wd);
     let _d = KillOnDrop(daemon);
     assert!(alive(daemon), "the daemon waits for the restore");
     // nsenter execs cryo in place: this is cryo receive itself.
@@ -461,11 +433,8 @@ fn a_lazy_receive_killed_before_the_restore_leaves_no_daemon() {
         !alive(daemon)
     });
     let o = mig.wait_with_output().unwrap();
-    assert!(!o.status.success(), "{}", log(&wd, "migrate.log"));
-    assert!(alive(root), "the source runs on");
-    let at = steps(&out);
-    wait_for("the source to go on writing", 20, || steps(&out) > at);
-    verify(root, &out);
+    assert!(!o.status.success(), "{}", log(wd, "migrate.log"));
+    s.runs_on();
     // SIGKILLed receive could not remove what it received.
     let _ = std::fs::remove_dir_all(&images);
 }
@@ -475,42 +444,18 @@ fn a_lazy_receive_killed_before_the_restore_leaves_no_daemon() {
 /// for the final step, runs on with every page; nothing is left on the destination.
 #[test]
 fn a_destination_that_cannot_restore_leaves_the_source_running() {
-    if !need(&["ip", "nsenter"]) {
+    let Some(s) = Source::start("migrate-refused", "migr", 132, 16, false, &[]) else {
         return;
-    }
-    let dir = scratch("migrate-refused");
-    let net = Net::new("migr", 132);
-    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, false);
-    let _g = KillOnDrop(launcher);
-    let dest = dir.join("dest");
-    let wd = dir.join("work");
-    let rx = Receiver::start(&net, port(), &dest, &wd, &[]);
-    let o = cryo_in(
-        &net.a,
-        &[
-            "migrate",
-            "-t",
-            &root.to_string(),
-            "--to",
-            &format!("{}:{}", net.v4(2), port()),
-            "-W",
-            wd.to_str().unwrap(),
-            "-v4",
-            "-o",
-            "migrate.log",
-        ],
-    )
-    .output()
-    .unwrap();
+    };
+    let (net, dest, wd) = (&s.net, &s.dest, &s.wd);
+    let rx = Receiver::start(net, port(), dest, wd, &[]);
+    let o = s.migrate(&[]).output().unwrap();
     let got = rx.wait();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("in use"), "the destination's reason: {err}");
     assert!(!got.status.success());
-    assert!(alive(root), "the source runs on");
-    let at = steps(&out);
-    wait_for("the source to go on writing", 20, || steps(&out) > at);
-    verify(root, &out);
+    s.runs_on();
     assert!(!dest.exists(), "nothing left on the destination");
 }
 
@@ -519,45 +464,20 @@ fn a_destination_that_cannot_restore_leaves_the_source_running() {
 /// had received.
 #[test]
 fn a_destination_stopped_mid_stream_leaves_the_source_running_and_nothing_behind() {
-    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+    let Some(s) = Source::start("migrate-stopped", "migs", 133, 16, true, &[]) else {
         return;
-    }
-    let dir = scratch("migrate-stopped");
-    let net = Net::new("migs", 133);
-    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, true);
-    let _g = KillOnDrop(launcher);
-    // The tree's root is unshare's child: killing the launcher leaves it running.
-    let _r = KillOnDrop(root);
-    let dest = dir.join("dest");
-    let wd = dir.join("work");
+    };
+    let (net, dest, wd) = (&s.net, &s.dest, &s.wd);
     let mut rx = Receiver::start(
-        &net,
+        net,
         port(),
-        &dest,
-        &wd,
+        dest,
+        wd,
         &[("CRYO_FAULT_PAUSE", "receive-r2:5")],
     );
-    let mig = cryo_in(
-        &net.a,
-        &[
-            "migrate",
-            "-t",
-            &root.to_string(),
-            "--to",
-            &format!("{}:{}", net.v4(2), port()),
-            "-W",
-            wd.to_str().unwrap(),
-            "-v4",
-            "-o",
-            "migrate.log",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mig = s.migrate(&[]).spawn().unwrap();
     wait_for("the destination to hold round 2", 30, || {
-        log(&wd, "receive.log").contains("pausing at a fault point")
+        log(wd, "receive.log").contains("pausing at a fault point")
     });
     assert!(dest.join("r1").exists(), "round 1 arrived");
     let rx_pid = i32::try_from(rx.child.as_ref().unwrap().id()).unwrap();
@@ -565,12 +485,9 @@ fn a_destination_stopped_mid_stream_leaves_the_source_running_and_nothing_behind
     signal(rx_pid, libc::SIGTERM);
     let o = mig.wait_with_output().unwrap();
     let got = rx.child.take().unwrap().wait_with_output().unwrap();
-    assert!(!o.status.success(), "{}", log(&wd, "migrate.log"));
+    assert!(!o.status.success(), "{}", log(wd, "migrate.log"));
     assert!(!got.status.success());
-    assert!(alive(root), "the source runs on");
-    let at = steps(&out);
-    wait_for("the source to go on writing", 20, || steps(&out) > at);
-    verify(root, &out);
+    s.runs_on();
     assert!(!dest.exists(), "nothing left on the destination");
 }
 
@@ -595,11 +512,21 @@ fn migratees_in(ns: &str) -> Vec<i32> {
 
 /// `cryo migrate` of `root` to the receiver in B, with `extra` arguments and `env`.
 fn migrate_to(net: &Net, root: i32, wd: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    migrate_cmd(net, root, wd, extra)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// The `cryo migrate` command of `root` to the receiver in B, with `extra` arguments (its
+/// stdout and stderr piped).
+fn migrate_cmd(net: &Net, root: i32, wd: &Path, extra: &[&str]) -> Command {
     let to = format!("{}:{}", net.v4(2), port());
+    let r = root.to_string();
     let mut args = vec![
         "migrate",
         "-t",
-        "",
+        &r,
         "--to",
         &to,
         "-W",
@@ -608,13 +535,10 @@ fn migrate_to(net: &Net, root: i32, wd: &Path, extra: &[&str], env: &[(&str, &st
         "-o",
         "migrate.log",
     ];
-    let r = root.to_string();
-    args[2] = &r;
     args.extend_from_slice(extra);
-    cryo_in(&net.a, &args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+    let mut c = cryo_in(&net.a, &args);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
 }
 
 /// The destination takes longer than `--timeout` to restore (it pauses before): the frozen
@@ -622,42 +546,33 @@ fn migrate_to(net: &Net, root: i32, wd: &Path, extra: &[&str], env: &[(&str, &st
 /// the destination, hearing that the source gave up, restores nothing and removes what it had.
 #[test]
 fn a_destination_slower_than_the_timeout_leaves_the_source_running() {
-    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+    let Some(s) = Source::start("migrate-timeout", "migt", 134, 16, true, &[]) else {
         return;
-    }
-    let dir = scratch("migrate-timeout");
-    let net = Net::new("migt", 134);
-    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, true);
-    let _g = KillOnDrop(launcher);
-    let _r = KillOnDrop(root);
-    let dest = dir.join("dest");
-    let wd = dir.join("work");
+    };
+    let (net, root, dest, wd) = (&s.net, s.root, &s.dest, &s.wd);
     let rx = Receiver::start(
-        &net,
+        net,
         port(),
-        &dest,
-        &wd,
+        dest,
+        wd,
         &[("CRYO_FAULT_PAUSE", "receive-restore:8")],
     );
-    let o = migrate_to(&net, root, &wd, &["--timeout", "2"], &[]);
+    let o = migrate_to(net, root, wd, &["--timeout", "2"], &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(
         err.contains("the destination's restore") && err.contains("--timeout"),
         "the error names the stage that stalled: {err}"
     );
-    assert!(alive(root), "the source runs on");
-    let at = steps(&out);
-    wait_for("the source to go on writing", 20, || steps(&out) > at);
+    s.runs_on();
     let got = rx.wait();
-    assert!(!got.status.success(), "{}", log(&wd, "receive.log"));
+    assert!(!got.status.success(), "{}", log(wd, "receive.log"));
     assert!(
-        log(&wd, "receive.log").contains("the source gave up"),
+        log(wd, "receive.log").contains("the source gave up"),
         "{}",
-        log(&wd, "receive.log")
+        log(wd, "receive.log")
     );
     assert_eq!(migratees_in(&net.b), Vec::<i32>::new(), "no copy in B");
-    verify(root, &out);
     assert!(!dest.exists(), "nothing left on the destination");
 }
 
@@ -666,21 +581,15 @@ fn a_destination_slower_than_the_timeout_leaves_the_source_running() {
 /// the destination, without the commit, kills its held copy: never two copies running.
 #[test]
 fn without_the_commit_the_destination_kills_its_copy() {
-    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+    let Some(s) = Source::start("migrate-nocommit", "migc", 135, 16, true, &[]) else {
         return;
-    }
-    let dir = scratch("migrate-nocommit");
-    let net = Net::new("migc", 135);
-    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, true);
-    let _g = KillOnDrop(launcher);
-    let _r = KillOnDrop(root);
-    let dest = dir.join("dest");
-    let wd = dir.join("work");
-    let rx = Receiver::start(&net, port(), &dest, &wd, &[]);
+    };
+    let (net, root, dest, wd) = (&s.net, s.root, &s.dest, &s.wd);
+    let rx = Receiver::start(net, port(), dest, wd, &[]);
     let o = migrate_to(
-        &net,
+        net,
         root,
-        &wd,
+        wd,
         &[],
         &[("CRYO_FAULT_INJECT", "migrate-commit")],
     );
@@ -689,17 +598,14 @@ fn without_the_commit_the_destination_kills_its_copy() {
     assert!(err.contains("migrate-commit"), "{err}");
     let got = rx.wait();
     assert!(!got.status.success());
-    let rlog = log(&wd, "receive.log");
+    let rlog = log(wd, "receive.log");
     assert!(
         rlog.contains("restored, waiting for the commit"),
         "the destination had the tree restored: {rlog}"
     );
     assert!(rlog.contains("the source gave up"), "{rlog}");
     assert_eq!(migratees_in(&net.b), Vec::<i32>::new(), "no copy in B");
-    assert!(alive(root), "the source runs on");
-    let at = steps(&out);
-    wait_for("the source to go on writing", 20, || steps(&out) > at);
-    verify(root, &out);
+    s.runs_on();
     assert!(!dest.exists(), "nothing left on the destination");
 }
 
@@ -712,24 +618,12 @@ fn without_the_commit_the_destination_kills_its_copy() {
 /// process back with every page it wrote.
 #[test]
 fn a_destination_failing_after_the_commit_is_reported_by_both_sides() {
-    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+    let Some(s) = Source::start("migrate-aftercommit", "miga", 136, 16, true, &[]) else {
         return;
-    }
-    let dir = scratch("migrate-aftercommit");
-    let net = Net::new("miga", 136);
-    let (launcher, root, out) = start_migratee(&net, &dir, 16, 300, true);
-    let _g = KillOnDrop(launcher);
-    let _r = KillOnDrop(root);
-    let dest = dir.join("dest");
-    let wd = dir.join("work");
-    let rx = Receiver::start(
-        &net,
-        port(),
-        &dest,
-        &wd,
-        &[("CRYO_FAULT_INJECT", "netunlock")],
-    );
-    let o = migrate_to(&net, root, &wd, &[], &[]);
+    };
+    let (net, root, out, dest, wd) = (&s.net, s.root, &s.out, &s.dest, &s.wd);
+    let rx = Receiver::start(net, port(), dest, wd, &[("CRYO_FAULT_INJECT", "netunlock")]);
+    let o = migrate_to(net, root, wd, &[], &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     let got = rx.wait();
     let rerr = String::from_utf8_lossy(&got.stderr);
@@ -743,7 +637,7 @@ fn a_destination_failing_after_the_commit_is_reported_by_both_sides() {
         rerr.contains("after the commit") && rerr.contains("netunlock"),
         "{rerr}"
     );
-    wait_gone(root);
+    s.moved();
     assert_eq!(migratees_in(&net.b), Vec::<i32>::new(), "no copy in B");
     assert_eq!(migratees_in(&net.a), Vec::<i32>::new(), "no copy in A");
     let fin = dest.join("final");
@@ -769,7 +663,7 @@ fn a_destination_failing_after_the_commit_is_reported_by_both_sides() {
     let back = migratees_in(&net.b);
     assert_eq!(back.len(), 1, "{back:?}");
     let _g2 = KillOnDrop(back[0]);
-    verify(back[0], &out);
+    verify(back[0], out);
 }
 
 /// `cryo receive` takes no path from the other side: a round named `../victim` is refused,
