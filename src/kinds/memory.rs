@@ -796,26 +796,33 @@ impl Kind for Memory {
             }
         }
         if let Some(st) = cx.stage {
-            // Staged pages the process no longer has go back to zero; the rest of the stage
-            // goes, in the puppet and then in cryo.
+            // Staged pages the process no longer has go back to zero; the rest of its stage
+            // goes (the other processes' stays for the children, see `shape`), and once
+            // the root's pages are in, cryo's copy of the whole stage (the root puppet
+            // holds it now).
             for m in &staged {
                 for &(s, e) in &m.stale {
                     b.named("madvise(MADV_DONTNEED)")
                         .madvise(s, e - s, libc::MADV_DONTNEED)?;
                 }
             }
-            for (_, at) in st.windows() {
+            for (_, at) in st.windows_of(img.pid) {
                 b.munmap(at, crate::stage::WINDOW)?;
             }
             run(cx, &mut b, &mut anon)?;
-            st.release();
+            if img.pid == st.root() {
+                st.release();
+            }
             let moved: u64 = staged.iter().map(|m| m.end - m.start).sum();
-            tracing::info!(
-                pid = cx.pid,
-                mappings = staged.len(),
-                mib = moved >> 20,
-                "memory: staged mappings moved into place"
-            );
+            if !staged.is_empty() {
+                tracing::info!(
+                    pid = cx.pid,
+                    vpid = img.pid,
+                    mappings = staged.len(),
+                    mib = moved >> 20,
+                    "memory: staged mappings moved into place"
+                );
+            }
         }
         run(cx, &mut b, &mut anon)?;
         tracing::info!(
@@ -1836,22 +1843,27 @@ fn fill_pages(
 struct Staged {
     start: u64,
     end: u64,
-    /// Where its pages are in the puppet (a fork of cryo, which staged them).
+    /// Where its pages are in the puppet (a fork of cryo, which staged them, or of its
+    /// parent).
     from: u64,
     /// Ranges the stage holds that the process no longer has (zeroed once moved).
     stale: Vec<(u64, u64)>,
 }
 
-/// The mappings of the root whose pages the stage holds, every one of them: private
-/// anonymous ones (not growing down, not hugetlb) lying in one mapping of the stage.
+/// The mappings of the process whose pages the stage holds, every one of them: private
+/// anonymous ones (not growing down, not hugetlb, not kept copy-on-write from the parent)
+/// lying in one mapping of the stage the puppet holds.
 fn stage_plan(cx: &RestoreCx<'_>, st: &crate::stage::Stage, img: &TaskImages) -> Vec<Staged> {
     // The stage is made of transparent huge pages: not for a process that turned THP off.
-    if st.pid() != img.pid || cx.lazy.is_some() || img.mm.thp_disabled == Some(true) {
+    if cx.lazy.is_some() || img.mm.thp_disabled == Some(true) {
         return Vec::new();
     }
-    let have = st.have();
-    // Cryo's own mappings (the puppet's are the same): a range to move must be one.
-    let own = crate::procfs::read(crate::sys::proc::own_pid(), "maps")
+    let have = st.have(img.pid);
+    if have.is_empty() {
+        return Vec::new();
+    }
+    // The puppet's mappings (the windows it inherited): a range to move must be one.
+    let own = crate::procfs::read(cx.pid, "maps")
         .ok()
         .and_then(|m| crate::procfs::parse_smaps(&m))
         .unwrap_or_default();
@@ -1884,7 +1896,7 @@ fn stage_plan(cx: &RestoreCx<'_>, st: &crate::stage::Stage, img: &TaskImages) ->
         if mine.is_empty() || !crate::memtrack::subtract(&mine, &have).is_empty() {
             continue;
         }
-        let Some(from) = st.source(v.start, v.end) else {
+        let Some(from) = st.source(img.pid, v.start, v.end) else {
             continue;
         };
         let len = v.end - v.start;
