@@ -2002,13 +2002,7 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
         return Ok(fd);
     }
     if cell.borrow().ghosts.is_ghost(id) {
-        let local = {
-            let mut objs = cell.borrow_mut();
-            let objs = &mut *objs;
-            objs.ghosts
-                .open(&objs.dir, id, &reg.name, flags, objs.ns_pid)?
-        };
-        return Ok(cx.take_from_cryo(local.as_raw_fd())?);
+        return open_ghost(cx, id, &reg, flags);
     }
     let other = cell.borrow_mut().other_mnt_ns_root(&reg)?;
     if let Some(root) = other {
@@ -2029,6 +2023,79 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
         }
     }
     Ok(cx.open(&reg.name, flags)?)
+}
+
+/// Opens ghost record `id` (a deleted file, made again first) in the puppet with `flags`
+/// through the mount it was opened through: in its namespace, by the puppet itself when
+/// that is the puppet's own, else by cryo in that namespace's root (zdtm mntns_ghost01: a
+/// read-only bind of the file's directory in a child's namespace). The file found there must
+/// be the one made; a mount no saved namespace has, or a path that leads elsewhere, is
+/// opened by cryo where the file was made.
+fn open_ghost(
+    cx: &mut RestoreCx<'_>,
+    id: u32,
+    reg: &pb::RegFileEntry,
+    flags: u32,
+) -> Result<RemoteFd, FilesError> {
+    let cell = cx.objs;
+    let at = {
+        let mut objs = cell.borrow_mut();
+        let objs = &mut *objs;
+        objs.ghosts
+            .materialize(&objs.dir, id, &reg.name, objs.ns_pid)?
+    };
+    let made = cell.borrow().ghosts.made_inode(id);
+    // The made file's place as this fd's namespace names it: its name in the fd's
+    // directory (the dump refuses one at another place of the file system).
+    let here = match (std::path::Path::new(&reg.name).parent(), at.file_name()) {
+        (Some(d), Some(n)) => d.join(n).to_string_lossy().into_owned(),
+        _ => at.to_string_lossy().into_owned(),
+    };
+    let other = cell.borrow_mut().other_mnt_ns_root(reg)?;
+    let own = {
+        let mut objs = cell.borrow_mut();
+        let cur = objs.cur_mnt_ns;
+        let m = reg.mnt_id.and_then(|m| u32::try_from(m).ok());
+        match (m, cur) {
+            (Some(m), Some(_)) => objs.mnt_ns_of(m)? == cur,
+            _ => false,
+        }
+    };
+    let same = |m: Option<(u64, u64)>| made.is_some() && m == made;
+    if let Some(root) = other {
+        match sys::fd::open_in_root_fd(root.as_fd(), &here, flags.cast_signed()) {
+            Ok(local) => {
+                if same(rustix::fs::fstat(&local).ok().map(|s| (s.st_dev, s.st_ino))) {
+                    return Ok(cx.take_from_cryo(local.as_raw_fd())?);
+                }
+                tracing::warn!(file = %here, "another file than the deleted one made again is there in its mount namespace: opened where it was made");
+            }
+            Err(e) => {
+                tracing::warn!(file = %here, error = %e, "cannot open the deleted file made again in its mount namespace: opened where it was made");
+            }
+        }
+    } else if own {
+        match cx.open(&here, flags) {
+            Ok(fd) => {
+                let m = std::fs::metadata(format!("/proc/{}/fd/{fd}", cx.pid));
+                if same(m.ok().map(|m| (m.dev(), m.ino()))) {
+                    return Ok(fd);
+                }
+                cx.close(fd)?;
+                tracing::warn!(file = %here, "another file than the deleted one made again is there in the task's mount namespace: opened where it was made");
+            }
+            Err(e) => {
+                tracing::warn!(file = %here, error = %e, "cannot open the deleted file made again in the task's mount namespace: opened where it was made");
+            }
+        }
+    }
+    let local = {
+        let mut objs = cell.borrow_mut();
+        let objs = &mut *objs;
+        objs.ghosts
+            .open(&objs.dir, id, &reg.name, flags, objs.ns_pid)?
+    };
+    Ok(cx.take_from_cryo(local.as_raw_fd())?)
 }
 
 /// Where `path` (an fd's, as its link reads) is on its file system: the root of `pid`'s

@@ -597,6 +597,68 @@ fn ns_of(pid: i32) -> u32 {
         .unwrap_or(0)
 }
 
+/// The network namespace `ns` (inode `ino`) of a tree a dump has just killed: when nothing
+/// but cryo holds it any more, it dies as cryo lets it go, and its links other than loopback
+/// are taken down first. The kernel releases a dying namespace's nftables hooks (the network
+/// lock) before it unregisters its devices; a peer's packet arriving in between would meet
+/// addresses with no socket and be answered with a reset, killing a connection saved with
+/// `--tcp-established`. A namespace that lives on (a process in it, or a bind mount of it in
+/// cryo's mount namespace, as `ip netns add` makes) keeps its links as they were: it stays
+/// locked until the restore. Returns how many links were taken down.
+pub fn links_down_before_death(ns: BorrowedFd<'_>, ino: u64) -> Result<usize, NetnsError> {
+    if still_held(ino) {
+        return Ok(0);
+    }
+    let id = super::misc::ns_id(ino);
+    within(ns, || -> Result<usize, NetnsError> {
+        let mut rt = Rtnl::new(id)?;
+        let mut n = 0;
+        for (_, l) in list_links(&mut rt)? {
+            if l.header.link_layer_type == LinkLayerType::Loopback
+                || !l.header.flags.contains(LinkFlags::Up)
+            {
+                continue;
+            }
+            let mut m = LinkMessage::default();
+            m.header.index = l.header.index;
+            m.header.change_mask = LinkFlags::Up;
+            rt.request(RouteNetlinkMessage::SetLink(m), 0)
+                .map_err(|e| rt.err(format!("take {} down", link_name(&l)), e))?;
+            n += 1;
+        }
+        Ok(n)
+    })
+    .map_err(|source| NetnsError::Enter {
+        what: format!("net:[{ino}]"),
+        source,
+    })?
+}
+
+/// Whether a process, or a bind mount in cryo's mount namespace, holds the network namespace
+/// with inode `ino`.
+fn still_held(ino: u64) -> bool {
+    let name = format!("net:[{ino}]");
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(3) == Some(name.as_str()))
+        })
+        .unwrap_or(true);
+    if mounted {
+        return true;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    procs.flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+            && std::fs::read_link(e.path().join("ns/net"))
+                .is_ok_and(|l| l.as_os_str() == name.as_str())
+    })
+}
+
 /// Refuses, before the tree is touched, a network namespace of `pid` (not cryo's) holding a
 /// link cryo cannot recreate, naming it.
 pub fn precheck(pid: i32) -> Result<(), NetnsError> {
