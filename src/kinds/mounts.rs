@@ -838,17 +838,22 @@ fn clone_alone(at: &OwnedFd) -> rustix::io::Result<OwnedFd> {
 /// nothing propagates back), where the mounts covering it are detached. The copy is made by
 /// a child of cryo in the user namespace that owns the tree's mount namespace, as CRIU does:
 /// copied from any other, every mount of the copy is locked (the kernel's guard against
-/// revealing what a mount covers), and no cover could be detached.
-fn uncover_tmpfs(pid: i32, e: &pb::MntEntry) -> Option<OwnedFd> {
+/// revealing what a mount covers), and no cover could be detached. `Err`: why no copy was
+/// made.
+fn uncover_tmpfs(pid: i32, e: &pb::MntEntry) -> Result<OwnedFd, String> {
     use rustix::fs::{open, statx, AtFlags, Mode, OFlags, StatxFlags};
-    let mnt = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).ok()?;
+    let none = || {
+        "no copy of the tree's mount namespace with the cover detached could be made to read it"
+            .to_string()
+    };
+    let mnt = std::fs::File::open(format!("/proc/{pid}/ns/mnt")).map_err(|_| none())?;
     let ino = |f: &OwnedFd| rustix::fs::fstat(f).ok().map(|st| (st.st_dev, st.st_ino));
     let own_userns = open(
         "/proc/self/ns/user",
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .ok()?;
+    .map_err(|_| none())?;
     // None: owned by cryo's own user namespace, which the child stays in.
     let userns = crate::sys::ns::owner(mnt.as_fd())
         .ok()
@@ -859,7 +864,7 @@ fn uncover_tmpfs(pid: i32, e: &pb::MntEntry) -> Option<OwnedFd> {
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .ok()?;
+    .map_err(|_| none())?;
     // Runs in the child: nothing here may log.
     let work = || -> Option<OwnedFd> {
         crate::sys::ns::setns(mnt.as_fd(), NsType::Mount).ok()?;
@@ -933,16 +938,19 @@ fn uncover_tmpfs(pid: i32, e: &pb::MntEntry) -> Option<OwnedFd> {
         }
         None
     };
-    let copy = crate::sys::proc::fd_from_child(userns.as_ref().map(|u| u.as_fd()), work)
-        .ok()
-        .flatten();
-    if copy.is_some() {
-        tracing::info!(
-            "tmpfs {}: read in a copy of the namespace, its covers detached",
-            e.mountpoint
-        );
+    match crate::sys::proc::fd_from_child(userns.as_ref().map(|u| u.as_fd()), work) {
+        Ok(Some(copy)) => {
+            tracing::info!(
+                "tmpfs {}: read in a copy of the namespace, its covers detached",
+                e.mountpoint
+            );
+            Ok(copy)
+        }
+        Ok(None) => Err(none()),
+        Err(err) => Err(format!(
+            "the child of cryo's making a copy of the tree's mount namespace with the cover detached failed: {err}"
+        )),
     }
-    copy
 }
 
 /// Writes the mount entries and the tmpfs contents (read through /proc/PID/root while the
@@ -980,20 +988,23 @@ pub fn write(
             // are read in a copy of the namespace with the cover detached, or not at all
             // (never the cover's files saved as the tmpfs's).
             Ok((_, false)) => match uncover_tmpfs(pid, e) {
-                Some(c) => (None, Some(c)),
-                None => {
+                Ok(c) => (None, Some(c)),
+                Err(why) => {
                     return Err(Unsupported::of(
                         pid,
                         format!("tmpfs {}", e.mountpoint),
-                        "every mount of it is covered by another mount, and no copy of the tree's mount namespace with the cover detached could be made to read it",
+                        format!("every mount of it is covered by another mount, and {why}"),
                         "unmount what covers it before the dump",
                     )
                     .into())
                 }
             },
             Err(err) => match uncover_tmpfs(pid, e) {
-                Some(c) => (None, Some(c)),
-                None => return Err(err),
+                Ok(c) => (None, Some(c)),
+                Err(why) => {
+                    tracing::warn!("tmpfs {}: {why}", e.mountpoint);
+                    return Err(err);
+                }
             },
         };
         if alone.is_none() {

@@ -893,11 +893,16 @@ fn enter_namespaces(
     if !kinds::ns::restore_ipc(cx, img, ipc_now, root_join(&sh.join.ipc).as_deref())? {
         kinds::ipc::restore(cx.dir, pid, img, ipc_now)?;
     }
-    let own_net = kinds::ns::restore_net(cx, img, net_now, idx == 0, sh.join, sh.links)?;
-    if idx == 0 && own_net {
-        // Locked before any socket of the tree exists (CRIU's order).
+    let net = kinds::ns::restore_net(cx, img, net_now, idx == 0, sh.join)?;
+    if idx == 0 && net.is_own() {
+        // Locked before any socket of the tree exists (CRIU's order), and a namespace made
+        // anew before its links, addresses and routes: a peer's packet that met the
+        // restored address with no socket there yet would be answered with a reset.
         fault_point("netns")?;
         sh.netlock.borrow_mut().lock_netns_of(pid)?;
+    }
+    if let kinds::ns::NetEntered::Made { id, ns } = &net {
+        kinds::netns::restore(cx.dir, *id, ns.as_fd(), sh.links)?;
     }
     // The root's mount namespace, before any file is opened (children inherit it): the
     // one given with --join-ns mnt:PATH, or its own rebuilt.
@@ -952,7 +957,7 @@ fn enter_namespaces(
     // Sockets, FIFOs and inotify watches are made in the root's namespaces (children in
     // mount namespaces of their own still get the root's; a child in a network namespace
     // of its own gets its sockets made there, `FdObjects::net_pid`).
-    if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || own_net || joined_mnt.is_some()) {
+    if idx == 0 && (img.ids.mnt_ns_id != dumper_mnt || net.is_own() || joined_mnt.is_some()) {
         sh.objs.borrow_mut().ns_pid = Some(pid);
     }
     Ok(())

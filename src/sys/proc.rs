@@ -269,10 +269,26 @@ pub fn spawn_exiting() -> io::Result<i32> {
 /// the one owning the original has every mount locked (no cover can be unmounted there).
 /// The child is glibc's `fork` (malloc's locks are made usable in it), so `f` may allocate;
 /// it must not log (another thread may have held the log's lock at the fork). The child
-/// never returns: it `_exit`s once it sent its answer.
+/// never returns: it `_exit`s once it sent its answer. A child that gives no answer within
+/// [`FD_FROM_CHILD_TIMEOUT`] (hung: a lock another thread held at the fork, say) is killed
+/// and reaped, and the call fails with `TimedOut` naming it: the tree, frozen meanwhile, is
+/// not held for ever.
 pub fn fd_from_child(
     userns: Option<std::os::fd::BorrowedFd<'_>>,
     f: impl FnOnce() -> Option<std::os::fd::OwnedFd>,
+) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    fd_from_child_within(userns, f, FD_FROM_CHILD_TIMEOUT)
+}
+
+/// How long [`fd_from_child`] waits for its child's answer (what the child does takes
+/// milliseconds).
+pub const FD_FROM_CHILD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`fd_from_child`] waiting at most `timeout` for the answer.
+pub fn fd_from_child_within(
+    userns: Option<std::os::fd::BorrowedFd<'_>>,
+    f: impl FnOnce() -> Option<std::os::fd::OwnedFd>,
+    timeout: std::time::Duration,
 ) -> io::Result<Option<std::os::fd::OwnedFd>> {
     use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
     use std::os::fd::AsFd;
@@ -298,15 +314,63 @@ pub fn fd_from_child(
         // SAFETY: _exit takes a plain integer and does not return.
         unsafe { libc::_exit(0) };
     }
-    let pid = cvt(libc::c_long::from(r))?;
+    let pid = i32::try_from(cvt(libc::c_long::from(r))?).unwrap_or(-1);
     drop(theirs);
+    if !answered_within(ours.as_fd(), pid, timeout)? {
+        // SAFETY: kill with integers; `pid` is our unreaped child, so it is no other process.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = reap(pid);
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "cryo's child {pid} gave no answer within {} s (it hung); it was killed",
+                timeout.as_secs_f64()
+            ),
+        ));
+    }
     let mut buf = [0u8; 1];
-    // Blocks until the child answered, or ended without (its end of the pair closed).
-    let got = super::scm::recv_rights(ours.as_fd(), &mut buf);
+    // The child answered, or ended without (its end of the pair closed: an empty answer).
+    let got = super::scm::recv_rights_nonblock(ours.as_fd(), &mut buf);
     // Another waiter of cryo's may have reaped it: nothing is lost then.
-    let _ = reap(i32::try_from(pid).unwrap_or(-1));
-    let (_, mut fds) = got?;
+    let _ = reap(pid);
+    let (_, mut fds) = match got {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => (0, Vec::new()),
+        r => r?,
+    };
     Ok(fds.pop())
+}
+
+/// Waits until `sock` can be read (an answer, or the peer's end closed) or cryo's child `pid`
+/// has ended (its pidfd readable: a copy of the peer's end that another fork of cryo's holds
+/// would otherwise keep the pair open), for at most `timeout`; false when neither came.
+fn answered_within(
+    sock: std::os::fd::BorrowedFd<'_>,
+    pid: i32,
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use std::os::fd::AsFd;
+    // None when another waiter of cryo's reaped it already: the socket alone then.
+    let pidfd = super::fd::pidfd_open(pid).ok();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut fds = vec![PollFd::new(&sock, PollFlags::IN)];
+        if let Some(p) = &pidfd {
+            fds.push(PollFd::from_borrowed_fd(p.as_fd(), PollFlags::IN));
+        }
+        let t = Timespec::try_from(left).unwrap_or(Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        match poll(&mut fds, Some(&t)) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            // A signal cryo handles (SIGINT, SIGTERM: seen at the next fault point).
+            Err(rustix::io::Errno::INTR) if !left.is_zero() => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Waits for cryo's child `pid` to end and reaps it.
@@ -501,5 +565,88 @@ pub fn interrupted() -> Option<i32> {
     match INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
         0 => None,
         s => Some(s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Whether cryo's (this test's) child `pid` is gone: reaped, not a zombie left behind.
+    fn reaped(pid: i32) -> bool {
+        // SAFETY: waitpid with a null status pointer.
+        let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+        r == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+    }
+
+    /// A child that hangs (here: sleeps for a minute instead of answering) is killed once the
+    /// timeout passes, reaped, and the call fails naming it, instead of waiting for it.
+    #[test]
+    fn a_hung_child_is_killed_after_the_timeout() {
+        let t = Instant::now();
+        let r = fd_from_child_within(
+            None,
+            || {
+                // SAFETY: sleep takes a plain integer.
+                unsafe { libc::sleep(60) };
+                None
+            },
+            Duration::from_millis(500),
+        );
+        let took = t.elapsed();
+        let e = r.expect_err("no answer came");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("gave no answer within 0.5 s"), "{e}");
+        let pid: i32 = e
+            .to_string()
+            .split_whitespace()
+            .nth(2)
+            .and_then(|p| p.parse().ok())
+            .expect("the error names the child");
+        assert!(reaped(pid), "the hung child {pid} is killed and reaped");
+        assert!(
+            took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+    }
+
+    /// A child that dies without answering while a process it forked still holds its end of
+    /// the pair (so no end of stream comes) is seen as gone at once: no answer, no wait.
+    #[test]
+    fn a_child_that_dies_without_answering_is_no_answer_at_once() {
+        let t = Instant::now();
+        let r = fd_from_child_within(
+            None,
+            || {
+                // SAFETY: fork; the grandchild sleeps (holding the pair's end) and exits.
+                unsafe {
+                    if libc::fork() == 0 {
+                        libc::sleep(3);
+                        libc::_exit(0);
+                    }
+                    libc::raise(libc::SIGKILL);
+                }
+                None
+            },
+            Duration::from_secs(20),
+        );
+        assert!(matches!(r, Ok(None)), "{r:?}");
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    }
+
+    /// The fd a child sends comes back (the same file).
+    #[test]
+    fn the_childs_fd_comes_back() {
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        let want = rustix::fs::fstat(&f).unwrap().st_ino;
+        let got = fd_from_child_within(
+            None,
+            || std::fs::File::open("/proc/self/exe").ok().map(Into::into),
+            Duration::from_secs(20),
+        )
+        .unwrap()
+        .expect("an fd");
+        assert_eq!(rustix::fs::fstat(&got).unwrap().st_ino, want);
     }
 }

@@ -107,14 +107,25 @@ pub fn unix_file(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 /// `recvmsg(MSG_CMSG_CLOEXEC)` of up to `buf.len()` bytes with the fds they carry
 /// (SCM_RIGHTS); blocking as the socket is. `(0, [])` at end of stream.
 pub fn recv_rights(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recv_rights_flags(fd, buf, RecvFlags::CMSG_CLOEXEC)
+}
+
+/// [`recv_rights`] that does not wait (`MSG_DONTWAIT`): `WouldBlock` when nothing is there.
+pub fn recv_rights_nonblock(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recv_rights_flags(fd, buf, RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT)
+}
+
+fn recv_rights_flags(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: RecvFlags,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let r = rustix::net::recvmsg(
-        fd,
-        &mut [IoSliceMut::new(buf)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
+    let r = rustix::net::recvmsg(fd, &mut [IoSliceMut::new(buf)], &mut control, flags)?;
     let mut fds = Vec::new();
     for m in control.drain() {
         if let RecvAncillaryMessage::ScmRights(rights) = m {
