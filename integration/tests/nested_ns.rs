@@ -1779,3 +1779,75 @@ fn first_fields_go_on(out: &Path, at: usize) {
         "gap or restart: {v:?}"
     );
 }
+
+/// zdtm's mntns_ghost01 shape, the child: in a mount namespace of its own, binds D over
+/// itself read-only, opens D/g through it, says so (argv[2] made), then every 100 ms prints a
+/// counter, its fd's mount id, whether that mount is read-only, and the file's bytes.
+const GHOST_RO_CHILD: &str = r#"
+import os, sys, time
+d, ready = sys.argv[1], sys.argv[2]
+assert os.system(f"mount --bind {d} {d} && mount -o remount,bind,ro {d}") == 0
+fd = os.open(f"{d}/g", os.O_RDONLY)
+open(ready, "w").close()
+n = 0
+while True:
+    m = [l for l in open(f"/proc/self/fdinfo/{fd}") if l.startswith("mnt_id:")][0].split()[1]
+    line = [l for l in open("/proc/self/mountinfo") if l.split()[0] == m]
+    ro = bool(line) and "ro" in line[0].split()[5].split(",")
+    print(f"{n} {m} {ro} {os.pread(fd, 9, 0)!r}", flush=True)
+    n += 1
+    time.sleep(0.1)
+"#;
+
+/// A deleted file held through two mounts of one directory: the parent's (cryo's
+/// namespace) and a read-only bind of the directory over itself in its child's namespace
+/// (zdtm's mntns_ghost01). That is no refusal: after a restore the child's fd is on its own
+/// read-only mount again, with the file's bytes.
+#[test]
+fn deleted_file_held_through_two_mounts_of_one_directory_comes_back() {
+    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
+        return;
+    }
+    let dir = scratch("nested-ns-ghost-ro");
+    let d = dir.join("d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("g"), "ghost\n").unwrap();
+    let child = dir.join("child.py");
+    std::fs::write(&child, GHOST_RO_CHILD).unwrap();
+    let ready = dir.join("ready");
+    let parent = format!(
+        "import os, subprocess, time\n\
+         fd = os.open('{d}/g', os.O_RDONLY)\n\
+         p = subprocess.Popen(['unshare', '--mount', '--propagation', 'private', 'python3', '{c}', '{d}', '{r}'])\n\
+         while not os.path.exists('{r}'):\n    time.sleep(0.01)\n\
+         os.unlink('{d}/g')\n\
+         p.wait()\n",
+        d = d.display(),
+        c = child.display(),
+        r = ready.display()
+    );
+    let out = dir.join("out");
+    let root = spawn(&["python3", "-c", &parent], &out);
+    let _g = KillOnDrop(root);
+    wait_for("the child's report", 20, || {
+        lines(&out).len() > 2 && !d.join("g").exists()
+    });
+    let kid = children(root)[0];
+    let _k = KillOnDrop(kid);
+    let d_s = d.to_str().unwrap();
+    let fields = |l: &str| l.split(' ').skip(1).map(str::to_string).collect::<Vec<_>>();
+    let first = fields(lines(&out).last().unwrap());
+    assert_eq!(Some(first[0].clone()), mount_id_at(kid, d_s));
+    assert_eq!(first[1..], ["True", "b'ghost\\n'"]);
+    let img = dir.join("img");
+    dump(root, &img, &[]);
+    wait_tree_gone(&img);
+    let at = lines(&out).len();
+    restore(&img);
+    first_fields_go_on(&out, at);
+    let kid = children(root)[0];
+    let now = fields(lines(&out).last().unwrap());
+    assert_eq!(Some(now[0].clone()), mount_id_at(kid, d_s), "{now:?}");
+    assert_eq!(now[1..], first[1..]);
+    assert!(!d.join("g").exists(), "the ghost's name is left");
+}

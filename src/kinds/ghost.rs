@@ -245,6 +245,9 @@ struct Made {
     /// Made under a read-only mount: a writable copy of that mount, rooted at the file's
     /// directory, through which it was made and is removed.
     via: Option<OwnedFd>,
+    /// Its device and inode: an fd opened on it through another mount is checked against
+    /// them.
+    inode: (u64, u64),
 }
 
 /// Restore side: which records are ghosts, and the files made for them (removed when the
@@ -434,15 +437,27 @@ impl GhostStore {
             }
             Err(x) => return Err(err(what())(x).into()),
         };
+        let st = match &via {
+            Some(v) => rustix::fs::statat(v, split(&at).1, rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
+            None => rustix::fs::statat(rustix::fs::CWD, &at, rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
+        };
+        let inode = st.map_or((0, 0), |s| (s.st_dev, s.st_ino));
         self.made.insert(
             g,
             Made {
                 at: at.clone(),
                 dir: is_dir,
                 via,
+                inode,
             },
         );
         Ok(at)
+    }
+
+    /// The device and inode of the file made for record `id` (a ghost), once made.
+    pub fn made_inode(&self, id: u32) -> Option<(u64, u64)> {
+        let g = self.remaps.get(&id)?;
+        self.made.get(g).map(|m| m.inode).filter(|&i| i != (0, 0))
     }
 
     /// Opens record `id` (a ghost) in cryo with `flags`, making it first.
