@@ -341,49 +341,20 @@ fn a_full_destination_moves_the_staged_memory_into_the_process_with_every_change
 /// each has every page it wrote.
 #[test]
 fn a_child_process_moves_with_its_staged_memory() {
-    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+    let Some(s) = Source::start("migchild", "migf", 141, 64, true, &["0", "fork"]) else {
         return;
-    }
-    let dir = scratch("migchild");
-    let net = Net::new("migf", 141);
-    let (launcher, root, out) = start_migratee_with(&net, &dir, 64, 300, true, &["0", "fork"]);
-    let _g = KillOnDrop(launcher);
+    };
+    let (net, dir, out, dest, wd) = (&s.net, &s.dir, &s.out, &s.dest, &s.wd);
     let cout = dir.join("migratee.out.child");
     wait_ready(&cout);
-    let dest = dir.join("dest");
-    let wd = dir.join("work");
-    let rx = Receiver::start(&net, port(), &dest, &wd, &[]);
+    let rx = Receiver::start(net, port(), dest, wd, &[]);
     wait_for("the writers to go on", 20, || {
-        steps(&out) > 0 && steps(&cout) > 0
+        steps(out) > 0 && steps(&cout) > 0
     });
-    let o = cryo_in(
-        &net.a,
-        &[
-            "migrate",
-            "-t",
-            &root.to_string(),
-            "--to",
-            &format!("{}:{}", net.v4(2), port()),
-            "-W",
-            wd.to_str().unwrap(),
-            "-v4",
-            "-o",
-            "migrate.log",
-            "--json",
-        ],
-    )
-    .output()
-    .unwrap();
+    let o = s.migrate(&["--json"]).output().unwrap();
     let got = rx.wait();
-    let rl = log(&wd, "receive.log");
-    assert!(
-        o.status.success(),
-        "migrate: {}\n{}\nreceive: {}\n{rl}",
-        String::from_utf8_lossy(&o.stderr),
-        log(&wd, "migrate.log"),
-        String::from_utf8_lossy(&got.stderr),
-    );
-    assert!(got.status.success(), "{rl}");
+    s.both_succeeded(&o, &got);
+    let rl = log(wd, "receive.log");
     // Both processes' memory came from the stage: (vpid, MiB moved) per process.
     let moved_of: Vec<(u64, u64)> = rl
         .lines()
@@ -408,20 +379,16 @@ fn a_child_process_moves_with_its_staged_memory() {
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let moved = i32::try_from(r["restored_pid"].as_i64().unwrap()).unwrap();
     let _g2 = KillOnDrop(moved);
-    wait_gone(root);
-    let child: i32 = std::fs::read_to_string(format!("/proc/{moved}/task/{moved}/children"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .expect("the restored parent has its child")
-        .parse()
-        .unwrap();
+    s.moved();
+    let child = *children(moved)
+        .first()
+        .expect("the restored parent has its child");
     let _g3 = KillOnDrop(child);
-    let (at, cat) = (steps(&out), steps(&cout));
+    let (at, cat) = (steps(out), steps(&cout));
     wait_for("both writers to go on after the move", 20, || {
-        steps(&out) > at && steps(&cout) > cat
+        steps(out) > at && steps(&cout) > cat
     });
-    verify(moved, &out);
+    verify(moved, out);
     verify(child, &cout);
 }
 
