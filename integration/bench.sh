@@ -19,6 +19,10 @@
 #   2b. tmem, zmem: memhog holding 1024 MiB of compressible text (words and numbers): dump and
 #      restore wall time and GB/s, image size, checksum; tmem with the plain format, zmem with
 #      cryo's `--compress` (CRIU, when set, dumps plain in both: it has no compression) (N=3)
+#   2c. zeromem, filemem, shmem: memhog holding 1024 MiB of other kinds of memory, every page
+#      present: anonymous pages written with zeros; a private mapping of a (sparse) file
+#      written whole with random data (copy-on-write pages); shared anonymous memory (shmem)
+#      with random data: dump and restore wall time and GB/s, image size, checksum (N=3)
 #   3. tree: fanout, a tree of P (default 100) processes by fork fan-out, all idle in sigsuspend():
 #      dump and restore wall time; check: all P PIDs back, every child with the root as parent (N=3)
 #   4. threads: manythreads, one process with T (default 1000) threads (64 KiB stacks) idle in
@@ -38,7 +42,8 @@
 #      flight, restore: dump and restore wall time, and the longest a ping request was stalled
 #      (the clients' maxrtt, across dump + restore); check: every byte came back once, in
 #      order, no error (N=5)
-# --only takes a comma list of fixed,mem,tmem,zmem,tree,threads,net,tcp (default: all of them).
+# --only takes a comma list of fixed,mem,tmem,zmem,zeromem,filemem,shmem,tree,threads,net,tcp
+# (default: all of them).
 # --json FILE also writes the JSON summary (the last line of stdout) to FILE.
 # --rounds N sets N for every scenario. Dumps go to the page cache (no sync), restores read it back
 # from the page cache. The last line of stdout is a JSON summary. Exits non-zero if any check
@@ -67,12 +72,12 @@ ROUNDS_NET=5
 MIB=2048
 PROCS_LIST=100
 THREADS_LIST=1000
-ONLY=fixed,mem,tmem,zmem,tree,threads,net,tcp
+ONLY=fixed,mem,tmem,zmem,zeromem,filemem,shmem,tree,threads,net,tcp
 ZMIB=1024
 JSON_OUT=""
 ROUNDS_TCP=5
 NCONN=50
-USAGE="usage: bench.sh [--only fixed,mem,tmem,zmem,tree,threads,net,tcp] [--rounds N] [--mib M] [--procs P] [--threads T] [--conns C]"
+USAGE="usage: bench.sh [--only fixed,mem,tmem,zmem,zeromem,filemem,shmem,tree,threads,net,tcp] [--rounds N] [--mib M] [--procs P] [--threads T] [--conns C]"
 while [ $# -gt 0 ]; do
     [ $# -ge 2 ] || [[ $1 == -h || $1 == --help ]] || { echo "bench.sh: $1 needs a value ($USAGE)" >&2; exit 2; }
     case $1 in
@@ -91,13 +96,13 @@ for v in "$ROUNDS_FIXED" "$MIB" ${PROCS_LIST//,/ } ${THREADS_LIST//,/ }; do
     [[ $v =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds, --mib, --procs and --threads take positive integers" >&2; exit 2; }
 done
 # SCEN: selected scenarios in run order; KIND: scenario -> kind (the prefix of its result keys)
-declare -A KIND=([fixed]=sleep [mem]=mem [tmem]=tmem [zmem]=zmem [tree]=tree [threads]=threads [net]=net [tcp]=tcp) WANT=()
+declare -A KIND=([fixed]=sleep [mem]=mem [tmem]=tmem [zmem]=zmem [zeromem]=zeromem [filemem]=filemem [shmem]=shmem [tree]=tree [threads]=threads [net]=net [tcp]=tcp) WANT=()
 for sc in ${ONLY//,/ }; do
-    [ -n "${KIND[$sc]:-}" ] || { echo "bench.sh: unknown scenario '$sc' in --only (fixed,mem,tmem,zmem,tree,threads,net,tcp)" >&2; exit 2; }
+    [ -n "${KIND[$sc]:-}" ] || { echo "bench.sh: unknown scenario '$sc' in --only (fixed,mem,tmem,zmem,zeromem,filemem,shmem,tree,threads,net,tcp)" >&2; exit 2; }
     WANT[$sc]=1
 done
 SCEN=()
-for sc in fixed mem tmem zmem tree threads net tcp; do [ -z "${WANT[$sc]:-}" ] || SCEN+=("$sc"); done
+for sc in fixed mem tmem zmem zeromem filemem shmem tree threads net tcp; do [ -z "${WANT[$sc]:-}" ] || SCEN+=("$sc"); done
 [ ${#SCEN[@]} -gt 0 ] || { echo "bench.sh: --only selects no scenario" >&2; exit 2; }
 wants() { [ -n "${WANT[$1]:-}" ]; }
 
@@ -130,7 +135,7 @@ avail_mib=$(awk '/MemAvailable/ {print int($2/1024)}' /proc/meminfo)
 if wants mem && [ $((MIB * 3)) -gt "$avail_mib" ]; then
     echo "bench.sh: warning: ${MIB} MiB workload + images + restore need ~$((MIB * 3)) MiB, only ${avail_mib} MiB available" >&2
 fi
-{ ! wants mem && ! wants tmem && ! wants zmem; } || gcc -O2 -o "$WORK/memhog" "$REPO_ROOT/integration/progs/memhog.c"
+{ ! wants mem && ! wants tmem && ! wants zmem && ! wants zeromem && ! wants filemem && ! wants shmem; } || gcc -O2 -o "$WORK/memhog" "$REPO_ROOT/integration/progs/memhog.c"
 ! wants tree || gcc -O2 -o "$WORK/fanout" "$REPO_ROOT/integration/progs/fanout.c"
 ! wants threads || gcc -O2 -pthread -o "$WORK/manythreads" "$REPO_ROOT/integration/progs/manythreads.c"
 if wants net; then
@@ -316,9 +321,15 @@ one_round() {
         extra+=(--tcp-established)
     else
         : >"$dir/memhog.out"
-        local text=()
-        [ "$kind" = mem ] || text=("$ZMIB" text)
-        start_workload "$WORK/memhog" "${text[0]:-$MIB}" "$dir/memhog.out" ${text[1]:+"${text[1]}"}
+        local margs=("$ZMIB")
+        case $kind in
+            mem) margs=("$MIB") ;;
+            tmem|zmem) margs+=(text) ;;
+            zeromem) margs+=(zero) ;;
+            filemem) margs+=(file) ;;   # maps $dir/memhog.out.map, kept until the round ends
+            shmem) margs+=(shared) ;;
+        esac
+        start_workload "$WORK/memhog" "${margs[0]}" "$dir/memhog.out" ${margs[1]:+"${margs[1]}"}
         wait_lines "$dir/memhog.out" 1 "$PID"
         wait_in_pause "$PID"
         kill -USR1 "$PID"
@@ -438,7 +449,7 @@ one_round() {
         "$(echo "$dump_us" | awk '{print $1/1000}')" "$(echo "$restore_us" | awk '{print $1/1000}')" \
         "$(echo "$img_bytes" | awk '{print $1/1048576}')" \
         "${frozen:+  (frozen $(echo "$frozen" | awk '{print $1/1000}') ms)}" \
-        "$(case $kind in mem|tmem|zmem) echo "  checksum $ok${rss_dump[0]:+, peak RSS dump $(($(rss_kib "$dir/dump.rss") / 1024)) MiB restore $(($(rss_kib "$dir/restore.rss") / 1024)) MiB, CPU dump $(cpu_ms "$dir/dump.rss") ms restore $(cpu_ms "$dir/restore.rss") ms}" ;; tree|threads|net) echo "  check $ok" ;; tcp) echo "  stall $(ms "${STALL:-0}") ms, check $ok" ;; esac)"
+        "$(case $kind in *mem) echo "  checksum $ok${rss_dump[0]:+, peak RSS dump $(($(rss_kib "$dir/dump.rss") / 1024)) MiB restore $(($(rss_kib "$dir/restore.rss") / 1024)) MiB, CPU dump $(cpu_ms "$dir/dump.rss") ms restore $(cpu_ms "$dir/restore.rss") ms}" ;; tree|threads|net) echo "  check $ok" ;; tcp) echo "  stall $(ms "${STALL:-0}") ms, check $ok" ;; esac)"
     if [ "$measured" = 1 ]; then
         add "$tool" "${RKEY}_dump" "$dump_us"
         add "$tool" "${RKEY}_restore" "$restore_us"
@@ -502,6 +513,9 @@ title() {
         mem) echo "memory: memhog $MIB MiB" ;;
         tmem) echo "compressible memory: memhog $ZMIB MiB of text, plain images" ;;
         zmem) echo "compressible memory: memhog $ZMIB MiB of text, cryo dump --compress" ;;
+        zeromem) echo "zero memory: memhog $ZMIB MiB of anonymous pages written with zeros" ;;
+        filemem) echo "file-backed private memory: memhog $ZMIB MiB of a private file mapping, written" ;;
+        shmem) echo "shared memory: memhog $ZMIB MiB of shared anonymous memory" ;;
         tree) echo "process tree: fanout, $NPROCS processes" ;;
         threads) echo "threads: manythreads, $NTHREADS threads" ;;
         net) echo "network namespace: veth, 2 addresses, 5 routes, nftables, nftables lock" ;;
@@ -514,6 +528,9 @@ label() {
         mem) echo "memhog $MIB MiB" ;;
         tmem) echo "text $ZMIB MiB" ;;
         zmem) echo "text $ZMIB MiB zstd" ;;
+        zeromem) echo "zero $ZMIB MiB" ;;
+        filemem) echo "file-private $ZMIB MiB" ;;
+        shmem) echo "shared $ZMIB MiB" ;;
         tree) echo "tree $NPROCS procs" ;;
         threads) echo "$NTHREADS threads" ;;
         net) echo "netns veth" ;;
@@ -523,7 +540,7 @@ label() {
 check_desc() {
     case $1 in
         mem) echo "memhog checksum before dump == after restore" ;;
-        tmem|zmem) echo "$(label "$1"): memhog checksum before dump == after restore" ;;
+        tmem|zmem|zeromem|filemem|shmem) echo "$(label "$1"): memhog checksum before dump == after restore" ;;
         tree) echo "tree: all $NPROCS PIDs back with the root as parent" ;;
         threads) echo "threads: /proc/PID/task has $((NTHREADS + 1)) entries" ;;
         net) echo "net: the restored namespace has its address and 5 routes" ;;
@@ -531,7 +548,7 @@ check_desc() {
     esac
 }
 
-declare -A ROUNDS=([fixed]=$ROUNDS_FIXED [mem]=$ROUNDS_MEM [tmem]=$ROUNDS_MEM [zmem]=$ROUNDS_MEM [tree]=$ROUNDS_TREE [threads]=$ROUNDS_THREADS [net]=$ROUNDS_NET [tcp]=$ROUNDS_TCP)
+declare -A ROUNDS=([fixed]=$ROUNDS_FIXED [mem]=$ROUNDS_MEM [tmem]=$ROUNDS_MEM [zmem]=$ROUNDS_MEM [zeromem]=$ROUNDS_MEM [filemem]=$ROUNDS_MEM [shmem]=$ROUNDS_MEM [tree]=$ROUNDS_TREE [threads]=$ROUNDS_THREADS [net]=$ROUNDS_NET [tcp]=$ROUNDS_TCP)
 
 echo "cryo benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, kernel $(uname -r)"
 echo "  cryo: $CRYO ($("$CRYO" --version 2>&1 | head -1))"
@@ -550,7 +567,7 @@ done
 echo
 printf 'Medians (range min-max in ms).'
 ! wants mem || printf ' GB/s = %s MiB / wall time, 10^9 B/s.' "$MIB"
-{ ! wants tmem && ! wants zmem; } || printf ' text rows: GB/s = %s MiB / wall time.' "$ZMIB"
+{ ! wants tmem && ! wants zmem && ! wants zeromem && ! wants filemem && ! wants shmem; } || printf ' text, zero, file-private and shared rows: GB/s = %s MiB / wall time.' "$ZMIB"
 echo
 printf '%-24s %-36s' "scenario" "cryo"
 [ -z "${CRIU:-}" ] || printf ' %-36s %s' "criu" "criu/cryo"
@@ -598,7 +615,7 @@ done
 echo "cryo frozen time during dump (from --json frozen_us): ${frozen_desc#, }"
 for run in "${RUNS[@]}"; do
     set_run "$run"
-    [[ $kind == ?mem ]] || continue
+    [ "$kind" != mem ] && [[ $kind == *mem ]] || continue
     img_desc=""
     for t in "${TOOLS[@]}"; do
         m=$(med "$t" "${RKEY}_img")
@@ -641,7 +658,7 @@ for run in "${RUNS[@]}"; do
     [ -z "$cpu_desc" ] || echo "CPU time (user + system), $(label "$kind") (GNU time, medians): ${cpu_desc#, }"
 done
 status=0
-declare -A CHECK_KEY=([mem]=checksum [tmem]=tmem_checksum [zmem]=zmem_checksum [tree]=tree_check [threads]=threads_check [net]=net_check [tcp]=tcp_check)
+declare -A CHECK_KEY=([mem]=checksum [tmem]=tmem_checksum [zmem]=zmem_checksum [zeromem]=zeromem_checksum [filemem]=filemem_checksum [shmem]=shmem_checksum [tree]=tree_check [threads]=threads_check [net]=net_check [tcp]=tcp_check)
 for run in "${RUNS[@]}"; do
     set_run "$run"
     [ "$kind" != sleep ] || continue

@@ -283,6 +283,14 @@ impl NetLock {
         self.locked.iter().any(|l| l.whole)
     }
 
+    /// The namespaces this run holds locked as a whole: their inodes and the namespaces.
+    pub fn whole_namespaces(&self) -> impl Iterator<Item = (u64, BorrowedFd<'_>)> {
+        self.locked
+            .iter()
+            .filter(|l| l.whole)
+            .map(|l| (l.ino, l.ns.as_fd()))
+    }
+
     /// Whether the network namespace with inode `ino` is locked as a whole by this run.
     pub fn holds_whole(&self, ino: u64) -> bool {
         self.locked.iter().any(|l| l.ino == ino && l.whole)

@@ -1,7 +1,12 @@
 /* Holds argv[1] MiB of pseudo-random anonymous memory. On SIGUSR1 it appends the checksum of
  * that memory to argv[2]. The checksum must be identical before and after restore. With
  * argv[3] "text" the memory is compressible text instead (words and numbers picked at
- * random, like a heap of log lines or JSON), for `dump --compress`. */
+ * random, like a heap of log lines or JSON), for `dump --compress`. Other kinds of memory
+ * (argv[3]), each written whole so that every page is present:
+ *   "zero"   anonymous private memory written with zeros (present pages, all zero);
+ *   "file"   a private mapping of the file argv[2].map (made sparse, argv[1] MiB; it must
+ *            stay for the restore), written with random data (copy-on-write pages);
+ *   "shared" shared anonymous memory (shmem), random data. */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,10 +22,23 @@ static void on_usr1(int s) { (void)s; want = 1; }
 int main(int argc, char **argv) {
     if (argc < 3) return 2;
     size_t mib = strtoul(argv[1], 0, 10), n = mib << 17; /* u64 words */
-    uint64_t *m = mmap(0, mib << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    const char *kind = argc > 3 ? argv[3] : "";
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS, fd = -1;
+    if (strcmp(kind, "shared") == 0) flags = MAP_SHARED | MAP_ANONYMOUS;
+    if (strcmp(kind, "file") == 0) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s.map", argv[2]);
+        fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+        if (fd < 0 || ftruncate(fd, (off_t)(mib << 20)) != 0) return 1;
+        flags = MAP_PRIVATE;
+    }
+    uint64_t *m = mmap(0, mib << 20, PROT_READ | PROT_WRITE, flags, fd, 0);
     if (m == MAP_FAILED) return 1;
+    if (fd >= 0) close(fd);
     uint64_t x = 0x9E3779B97F4A7C15ull ^ (uint64_t)getpid();
-    if (argc > 3 && strcmp(argv[3], "text") == 0) {
+    if (strcmp(kind, "zero") == 0) {
+        memset(m, 0, mib << 20);
+    } else if (strcmp(kind, "text") == 0) {
         static const char *w[] = {"alpha ", "beta ", "gamma ", "delta ", "user=", "name=",
             "value ", "http://example.com/", "id:", "count ", "error ", "info ", "request ",
             "session ", "token ", "2026-12-07 ", "\n", "{\"k\": ", "}, "};

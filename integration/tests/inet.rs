@@ -1553,3 +1553,157 @@ fn full_loopback_queues_go_on_across_repeated_restores() {
     let last = lines(&out).last().cloned().unwrap();
     assert!(last.starts_with("done ok"), "{last}\n{}", log(&dir, "log"));
 }
+
+/// The probe of [`no_packet_meets_the_address_without_its_socket`]: a connected UDP socket
+/// that sends to the server's bound port as fast as it can until `STOP` exists, counting the
+/// refusals (ICMP port unreachable: the kernel had the address but no socket). It first shows
+/// that it sees a refusal, from a port nobody has.
+const NO_SOCKET_PROBE: &str = r#"
+import errno, os, socket, sys, time
+host, stop, out = sys.argv[1], sys.argv[2], sys.argv[3]
+def connected(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect((host, port))
+    return s
+def refused(s):
+    try:
+        s.send(b"x")
+        s.recv(1, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        return e.errno == errno.ECONNREFUSED
+    return False
+c = connected(7778)
+seen = any(refused(c) or time.sleep(0.005) for _ in range(400))
+s = connected(7777)
+open(out + ".ready", "w").write("ready\n")
+sent = n = 0
+while not os.path.exists(stop):
+    sent += 1
+    if refused(s):
+        n += 1
+open(out, "w").write("%d %d %d\n" % (seen, sent, n))
+"#;
+
+/// From the moment a tree with a network namespace of its own is frozen until its restored
+/// copy has its sockets, nothing in that namespace answers a packet: no reset, no port
+/// unreachable, so a peer never gives up a connection. Two kernel windows broke it: a dump
+/// that killed the tree let the namespace die with its links up (the kernel drops a dying
+/// namespace's nftables hooks, the lock, before its devices), and a restore brought the new
+/// namespace's links and addresses up before it locked it. A UDP server (bound port 7777) in
+/// its own namespace, its veth's peer in a bridge of host A; a probe on A sends to 7777 as
+/// fast as it can across the dump and a restore that puts the peer in the bridge again
+/// (`--external veth[eth0]:PEER@BRIDGE`), and counts refusals: none is allowed.
+#[test]
+fn no_packet_meets_the_address_without_its_socket() {
+    if !need(&["ip", "nsenter", "unshare", "python3"]) {
+        return;
+    }
+    let dir = scratch("nosock");
+    let net = Net::new("nsw", 141);
+    let id = std::process::id() % 100000;
+    let (br, peer) = (format!("nswb{id}"), format!("nswp{id}"));
+    ip(&["-n", &net.a, "link", "add", &br, "type", "bridge"]);
+    ip(&["-n", &net.a, "addr", "add", "10.241.0.1/24", "dev", &br]);
+    ip(&["-n", &net.a, "link", "set", &br, "up"]);
+    let out = dir.join("srv.out");
+    let srv = spawn(
+        &[
+            "unshare",
+            "-n",
+            "python3",
+            "-c",
+            "import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+             s.bind(('0.0.0.0',7777))\nopen(sys.argv[1],'w').write('ready\\n')\ntime.sleep(1e6)",
+            out.to_str().unwrap(),
+        ],
+        &dir.join("srv.log"),
+    );
+    let _g = KillOnDrop(srv);
+    wait_ready(&out);
+    let p = srv.to_string();
+    ip(&[
+        "link", "add", "eth0", "netns", &p, "type", "veth", "peer", "name", &peer, "netns", &net.a,
+    ]);
+    ip(&["-n", &net.a, "link", "set", &peer, "master", &br, "up"]);
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["addr", "add", "10.241.0.2/24", "dev", "eth0"],
+        &["link", "set", "eth0", "up"],
+    ] {
+        let o = Command::new("nsenter")
+            .arg(format!("--net=/proc/{srv}/ns/net"))
+            .arg("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        ok(
+            &o,
+            &format!("in the server's namespace: ip {}", args.join(" ")),
+        );
+    }
+
+    let (stop, res) = (dir.join("stop"), dir.join("probe.out"));
+    let probe = Net::spawn_in(
+        &net.a,
+        &[
+            "python3",
+            "-c",
+            NO_SOCKET_PROBE,
+            "10.241.0.2",
+            stop.to_str().unwrap(),
+            res.to_str().unwrap(),
+        ],
+        &dir.join("probe.log"),
+    );
+    let _gp = KillOnDrop(probe);
+    wait_ready(&PathBuf::from(format!("{}.ready", res.display())));
+
+    let img = dir.join("img");
+    dump(srv, &img, &[]);
+    wait_gone(srv);
+    // The namespace is gone (and with it the peer) before the restore begins.
+    wait_for("the server's veth peer to go", 10, || {
+        !Command::new("ip")
+            .args(["-n", &net.a, "link", "show", &peer])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let o = Command::new("nsenter")
+        .arg(format!("--net={}", Net::path(&net.a)))
+        .arg(cryo_bin())
+        .args(["restore", "-D", img.to_str().unwrap(), "-d", "-v4"])
+        .args(["-o", "restore.log", "--external"])
+        .arg(format!("veth[eth0]:{peer}@{br}"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "restore: {}", log(&img, "restore.log"));
+    let _g2 = KillOnDrop(srv);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::write(&stop, "").unwrap();
+    wait_for("the probe's result", 20, || {
+        std::fs::read_to_string(&res).is_ok_and(|t| t.ends_with('\n'))
+    });
+    let r: Vec<u64> = std::fs::read_to_string(&res)
+        .unwrap()
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(
+        r[0], 1,
+        "the probe never saw a closed port's refusal: it proves nothing"
+    );
+    assert!(r[1] > 500, "the probe sent only {} datagrams", r[1]);
+    assert_eq!(
+        r[2],
+        0,
+        "{} of {} datagrams to the server's bound port were refused (answered by a namespace \
+         that had the address but not the socket); dump log:\n{}\nrestore log:\n{}",
+        r[2],
+        r[1],
+        log(&img, "dump.log"),
+        log(&img, "restore.log")
+    );
+    assert!(alive(srv), "the restored server runs");
+}

@@ -1929,6 +1929,26 @@ pub fn run(
     // answered with a reset). So does the lock of a whole namespace, connections or not,
     // as CRIU's: the restore that joins that namespace again lifts it (zdtm
     // netns_lock_nftables/iptables). Any other lock goes now: never left behind.
+    // A namespace saved with the tree dies with it once cryo lets it go: its links go
+    // down first, while the lock holds (the kernel drops a dying namespace's lock before
+    // its devices, and a packet in between would be answered with a reset).
+    if !opts.leave_running {
+        for (ino, ns) in files.netlock.whole_namespaces() {
+            let saved = kinds::misc::ns_id(ino);
+            if !files.netns_content.iter().any(|d| d.id == saved) {
+                continue;
+            }
+            match kinds::netns::links_down_before_death(ns, ino) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    ns = ino,
+                    links = n,
+                    "the tree's network namespace dies with it: its links went down first"
+                ),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+    }
     files.inet.keep();
     if files.inet.has_connections() || files.netlock.holds_a_whole_namespace() {
         files.netlock.keep();

@@ -134,6 +134,9 @@ pub struct FdProbe<'a> {
     pub netns: Option<u64>,
     /// The socket options of the command (`--tcp-established`, ...).
     pub sock: SockOpts,
+    /// The processes of the tree (a socket of a network namespace none of them is in is
+    /// refused).
+    pub tree: &'a [i32],
 }
 
 /// The options that decide which sockets can be dumped and how they come back (CRIU's
@@ -453,6 +456,7 @@ pub fn precheck(
                 }
             },
             sock: pc.sock,
+            tree,
         };
         match classify(&p) {
             Err(why) => return Err(refuse(pid, fd, &link, why).into()),
@@ -1103,23 +1107,51 @@ impl FdObjects {
     /// than that of the puppet whose fds are being made, which no restored process is in yet
     /// (a child's, made after its parent's fds): it is opened with the late fds, recorded in
     /// `deferred`.
+    /// Likewise a socket or tun/tap file made in another saved network namespace than the
+    /// puppet's ([`FdObjects::other_net_ns`]) that no restored process is in yet: made with
+    /// the late fds, once the task's children (its namespace's first process among them)
+    /// exist.
     pub fn in_ns_not_yet_made(&mut self, id: u32) -> bool {
-        let Some(m) = self
-            .files
-            .get(&id)
-            .and_then(|e| e.reg.as_ref())
-            .and_then(|r| r.mnt_id)
-            .and_then(|m| u32::try_from(m).ok())
-        else {
+        let Some(e) = self.files.get(&id) else {
             return false;
         };
-        let ns = self.mnt_ns_of(m).ok().flatten();
-        let late =
-            ns.is_some_and(|ns| Some(ns) != self.cur_mnt_ns && !self.mnt_ns_host.contains_key(&ns));
+        // (A tun/tap record has the REG record of `/dev/net/tun` too: not opened by path.)
+        let late = if is_net_file(e) {
+            self.other_net_ns(e)
+                .is_some_and(|ns| !self.net_ns_host.contains_key(&ns))
+        } else {
+            e.reg
+                .as_ref()
+                .and_then(|r| r.mnt_id)
+                .and_then(|m| u32::try_from(m).ok())
+                .and_then(|m| self.mnt_ns_of(m).ok().flatten())
+                .is_some_and(|ns| {
+                    Some(ns) != self.cur_mnt_ns && !self.mnt_ns_host.contains_key(&ns)
+                })
+        };
         if late {
             self.deferred.insert(id);
         }
         late
+    }
+
+    /// The saved network namespace socket or tun/tap record `e` was made in, when it is not
+    /// that of the puppet whose fds are being made (a process that entered another
+    /// namespace of the tree, made it and came back).
+    fn other_net_ns(&self, e: &pb::FileEntry) -> Option<u32> {
+        e.usk
+            .as_ref()
+            .and_then(|u| u.ns_id)
+            .or_else(|| e.tunf.as_ref().and_then(|t| t.ns_id))
+            .or_else(|| {
+                // (An inet socket's is its holder's in cryo's older images, which may lack
+                // the holder's.)
+                e.isk
+                    .as_ref()
+                    .and_then(|i| i.ns_id)
+                    .filter(|_| self.cur_net_ns.is_some())
+            })
+            .filter(|&ns| Some(ns) != self.cur_net_ns)
     }
 
     /// The root of the tree's root mount namespace, for a task in saved namespace `own` that
@@ -1163,27 +1195,16 @@ impl FdObjects {
         };
         let mut net_pid = self.net_pid.or(self.ns_pid);
         // A socket made in another network namespace of the tree than its holder's (a
-        // process that entered a second namespace, made it and came back): made there.
-        let sk_ns = e
-            .usk
-            .as_ref()
-            .and_then(|u| u.ns_id)
-            .or_else(|| e.tunf.as_ref().and_then(|t| t.ns_id))
-            .or_else(|| {
-                // (An inet socket's is its holder's in cryo's older images, which may lack
-                // the holder's.)
-                e.isk
-                    .as_ref()
-                    .and_then(|i| i.ns_id)
-                    .filter(|_| self.cur_net_ns.is_some())
-            });
-        if let Some(ns) = sk_ns.filter(|&ns| kind.in_tree_ns && Some(ns) != self.cur_net_ns) {
+        // process that entered a second namespace, made it and came back): made there. One
+        // whose namespace's first process is a child of its holder waited for it
+        // (`in_ns_not_yet_made`, the late fds).
+        if let Some(ns) = self.other_net_ns(&e).filter(|_| kind.in_tree_ns) {
             if let Some(&p) = self.net_ns_host.get(&ns) {
                 net_pid = Some(p);
             } else {
                 // Made in its holder's it would answer in the wrong namespace.
                 return Err(Unsupported::restore(format!(
-                    "file {id}: a socket or tun/tap file of network namespace {ns}, which no process of the tree restored before its holder is in (the namespace's first process is a later child): cryo cannot make it there yet"
+                    "file {id}: a socket or tun/tap file of network namespace {ns}, whose first process is restored after every process holding the file and is none of their descendants (a later sibling's branch of the tree): cryo makes a network namespace with its first process, so it cannot make the file there"
                 ))
                 .into());
             }
@@ -1294,6 +1315,7 @@ fn dump_fd(
                 copy: socket.as_ref().map(|s| s.1.as_fd()),
                 netns: None,
                 sock: cx.files.sock,
+                tree: &cx.files.tree,
             };
             classify(&p).map_err(|why| refuse(pid, fd, &link, why))?
         }
@@ -1773,6 +1795,12 @@ fn restore_fds_in(
     })
 }
 
+/// Whether record `e` is a socket or tun/tap file, made in the network namespace its
+/// record names (`ns_id`).
+fn is_net_file(e: &pb::FileEntry) -> bool {
+    e.isk.is_some() || e.usk.is_some() || e.tunf.is_some()
+}
+
 /// Whether file `id` names processes of the tree, so it is opened only once the task's
 /// children exist ([`restore_late_fds`]): a pidfd of a live process, a file under
 /// `/proc/PID/` (a child's `/proc/PID/stat`, ...), a namespace file (opened by the task
@@ -1808,9 +1836,26 @@ pub fn restore_late_fds(
     img: &TaskImages,
     table: &mut FdTable,
 ) -> Result<(), FilesError> {
-    cx.objs.borrow_mut().cur_mnt_ns = img.ids.mnt_ns_id;
+    let ns_pid = cx.objs.borrow().ns_pid;
+    let own_net = |pid: Option<i32>| {
+        let p = pid.map_or_else(
+            || "/proc/self/ns/net".to_string(),
+            |p| format!("/proc/{p}/ns/net"),
+        );
+        std::fs::metadata(p).map(|m| m.ino()).ok()
+    };
+    let net_pid = (own_net(Some(cx.pid)) != own_net(ns_pid)).then_some(cx.pid);
+    {
+        let mut o = cx.objs.borrow_mut();
+        o.cur_mnt_ns = img.ids.mnt_ns_id;
+        o.cur_net_ns = img.ids.net_ns_id;
+        o.net_pid = net_pid;
+    }
     let r = restore_late_fds_in(cx, img, table);
-    cx.objs.borrow_mut().cur_mnt_ns = None;
+    let mut o = cx.objs.borrow_mut();
+    o.cur_mnt_ns = None;
+    o.cur_net_ns = None;
+    o.net_pid = None;
     r
 }
 
@@ -1849,7 +1894,9 @@ fn restore_late_fds_in(
                 .map_err(FilesError::kind::<super::nsfile::NsFile>)?;
             let flags = e.nsf.as_ref().map_or(0, |n| n.flags);
             cx.open(&path, super::ghost::reopen_flags(flags).cast_unsigned())?
-        } else if e.r#type == pb::FdTypes::Inotify as i32 {
+        } else if e.r#type == pb::FdTypes::Inotify as i32 || is_net_file(&e) {
+            // An inotify instance, or a socket or tun/tap file of a namespace made by a
+            // child: made in cryo and taken over.
             let local = cx.objs.borrow_mut().get(f.id)?;
             cx.take_from_cryo(local)?
         } else {

@@ -148,21 +148,20 @@ pub struct NsJoin {
     pub by_key: HashMap<String, std::path::PathBuf>,
 }
 
-/// Gives the puppet a new network namespace when `img`'s differs from the inherited one,
-/// rebuilt from the images (`kinds::netns::restore`: links, addresses, routes, rules,
-/// sysctls, firewall); or joins the one the caller gives (`join`), which an external
-/// namespace requires, or the one of the tree another restored task is in already. Returns
-/// whether the task got a namespace of its own (new or joined).
+/// Gives the puppet a new, empty network namespace when `img`'s differs from the inherited
+/// one (the caller locks it, then rebuilds it from the images with
+/// `kinds::netns::restore`: links, addresses, routes, rules, sysctls, firewall); or joins the
+/// one the caller gives (`join`), which an external namespace requires, or the one of the
+/// tree another restored task is in already. Returns which of these it did.
 pub fn restore_net(
     cx: &mut RestoreCx<'_>,
     img: &TaskImages,
     inherited: Option<u32>,
     is_root: bool,
     join: &NsJoin,
-    links: &super::netns::LinkOpts,
-) -> Result<bool, NsError> {
+) -> Result<NetEntered, NsError> {
     let Some(id) = img.ids.net_ns_id.filter(|&id| Some(id) != inherited) else {
-        return Ok(false);
+        return Ok(NetEntered::Inherited);
     };
     // A namespace of the tree another restored task is in already (a child that went back
     // to an ancestor's namespace, zdtm netns_sub): joined, not made a second time.
@@ -175,7 +174,7 @@ pub fn restore_net(
             source,
         })?;
         cx.join_ns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?;
-        return Ok(true);
+        return Ok(NetEntered::Joined);
     }
     let ns: Option<pb::NetnsEntry> = cx
         .dir
@@ -202,7 +201,7 @@ pub fn restore_net(
             source,
         })?;
         cx.join_ns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?;
-        return Ok(true);
+        return Ok(NetEntered::Joined);
     }
     cx.unshare(libc::CLONE_NEWNET)?;
     let path = format!("/proc/{}/ns/net", cx.pid);
@@ -211,8 +210,28 @@ pub fn restore_net(
         what: format!("open the new network namespace ({path})"),
         source,
     })?;
-    super::netns::restore(cx.dir, id, f.as_fd(), links)?;
-    Ok(true)
+    Ok(NetEntered::Made { id, ns: f })
+}
+
+/// What [`restore_net`] did for a task.
+#[derive(Debug)]
+pub enum NetEntered {
+    /// The task stays in the namespace it inherits.
+    Inherited,
+    /// It joined a namespace that exists (--join-ns, an external key, or one of the tree
+    /// restored for another task).
+    Joined,
+    /// It is in a new, empty namespace: links, addresses, routes and firewall are made by
+    /// [`super::netns::restore`] once the caller has locked it, so that no packet meets the
+    /// namespace's addresses before its sockets exist (a peer would get a reset).
+    Made { id: u32, ns: std::fs::File },
+}
+
+impl NetEntered {
+    /// Whether the task is in a namespace other than the one it inherits.
+    pub fn is_own(&self) -> bool {
+        !matches!(self, NetEntered::Inherited)
+    }
 }
 
 /// Gives the puppet a new, empty IPC namespace when `img`'s differs from the inherited one
