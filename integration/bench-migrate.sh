@@ -383,7 +383,7 @@ want migrate && echo "migrate rounds (median): $(med cryo_rounds), final pages (
 echo "checks: lazy checksum cryo ${CHECK[lazy_cryo]:-not run}${CRIU:+ criu ${CHECK[lazy_criu]:-not run}}; migrated process verified every page: ${CHECK[migrate]:-not run}; tcp server pages and clients' bytes: ${CHECK[tcp]:-not run}"
 J="{\"lazy_mib\":$LAZY_MIB,\"mig_mib\":$MIG_MIB,\"tcp_mib\":$TCP_MIB,\"rounds\":$ROUNDS"
 for k in cryo_full cryo_lazy_first cryo_lazy_all cryo_downtime_full cryo_downtime_lazy cryo_stopcopy criu_full criu_lazy_first criu_lazy_all criu_stopcopy cryo_tcp_downtime_full cryo_tcp_downtime_lazy cryo_tcp_stopcopy criu_tcp_stopcopy; do
-    m=$(med $k)
+    m=$(med $k || true)
     [ -z "$m" ] || J="$J,\"${k}_ms\":$(ms "$m")"
 done
 echo "$J}"

@@ -825,7 +825,7 @@ fn receive_in(
             timeout_s,
             root,
         } => {
-            // A full restore stages the root's memory; a lazy one's daemon serves it.
+            // A full restore stages the tree's memory; a lazy one's daemon serves it.
             if opts.lazy.is_none() {
                 ro.stage = root.map(|p| std::sync::Arc::new(crate::stage::Stage::new(p)));
             }

@@ -171,9 +171,8 @@ impl Server {
     /// Writes the open pagemap image.
     fn finish(&mut self) -> Result<(), PsError> {
         if let Some(o) = self.open.take() {
-            o.pages
-                .sync_data()
-                .map_err(io("fsync of the pages image"))?;
+            // No fsync (as CRIU's page server): the restore reads the pages from the page
+            // cache, and syncing 256 MiB cost ~0.2 s of the frozen tree's time here.
             self.dir.write_pagemap(&o.name, o.pages_id, &o.entries)?;
             tracing::info!(image = %o.name, pages_id = o.pages_id, entries = o.entries.len(), "page server: pagemap written");
         }
@@ -477,6 +476,19 @@ pub fn serve_lazy(listener: TcpListener, store: &LazyStore) -> Result<u64, PsErr
     }
 }
 
+/// The `ADD_F` record of one pagemap entry of process `id` (`PE_PRESENT` ones are followed
+/// by their pages).
+pub fn add_record(id: u32, e: &pb::PagemapEntry) -> [u8; Iov::SIZE] {
+    let flags = e.flags.unwrap_or(PE_PRESENT);
+    Iov {
+        cmd: flags << PS_CMD_BITS | PS_IOV_ADD_F,
+        nr_pages: e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages)),
+        vaddr: e.vaddr,
+        dst_id: pid_dst(id),
+    }
+    .to_bytes()
+}
+
 /// The sending end, for a dump or pre-dump.
 pub struct Client {
     sk: TcpStream,
@@ -546,17 +558,13 @@ impl Client {
     /// `ADD_F` of one pagemap entry of process `id`; `data` (the pages, for `PE_PRESENT`)
     /// follows it.
     pub fn add(&mut self, id: u32, e: &pb::PagemapEntry, data: &[u8]) -> Result<(), PsError> {
-        let flags = e.flags.unwrap_or(PE_PRESENT);
-        self.send(Iov {
-            cmd: flags << PS_CMD_BITS | PS_IOV_ADD_F,
-            nr_pages: e.nr_pages.unwrap_or(u64::from(e.compat_nr_pages)),
-            vaddr: e.vaddr,
-            dst_id: pid_dst(id),
-        })?;
+        let what = self.what("write");
+        self.sk.write_all(&add_record(id, e)).map_err(io(what))?;
         self.sk.write_all(data).map_err(io(self.what("page data")))
     }
 
-    /// Writes page data that follows the last `add` (in pieces).
+    /// Writes bytes of the stream: page data that follows the last `add` (in pieces), or
+    /// whole `add_record`s with their pages.
     pub fn data(&mut self, data: &[u8]) -> Result<(), PsError> {
         self.sk.write_all(data).map_err(io(self.what("page data")))
     }
@@ -592,7 +600,7 @@ impl Client {
             cmd: PS_IOV_CLOSE,
             ..Default::default()
         })?;
-        // The server syncs the pages to its disk first: more time for that answer.
+        // The server writes what it received first: more time for that answer.
         if let Ok(Some(t)) = self.sk.read_timeout() {
             let _ = self.sk.set_read_timeout(Some(t * 6));
         }

@@ -7,12 +7,16 @@
  * second the step count is appended too ("steps N"), so a test sees it going on.
  * With argv[4] = Z (MiB), a second region of Z MiB is filled with a fixed pattern at the start;
  * SIGUSR2 drops its first half (MADV_DONTNEED: zero pages again) and appends "zapped"; the check
- * then also wants the first half zero and the second half still holding its pattern. */
+ * then also wants the first half zero and the second half still holding its pattern.
+ * With argv[5] = "fork" (argv[4] may be 0), the process forks first: the child does all of the
+ * above with half the memory (so its mappings are its own, not the parent's), its steps and
+ * checks going to argv[2] + ".child". */
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <fcntl.h>
 #include <time.h>
@@ -58,13 +62,23 @@ static void *writer(void *arg) {
 int main(int argc, char **argv) {
     if (argc < 4) return 2;
     uint64_t mib = strtoull(argv[1], 0, 10);
+    static char child_out[4096];
+    if (argc > 5 && !strcmp(argv[5], "fork")) {
+        pid_t c = fork();
+        if (c < 0) return 1;
+        if (c == 0) {
+            snprintf(child_out, sizeof child_out, "%s.child", argv[2]);
+            argv[2] = child_out;
+            mib = mib / 2 ? mib / 2 : 1;
+        }
+    }
     pages = mib << 8;
     delay_us = strtoul(argv[3], 0, 10);
     m = mmap(0, mib << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return 1;
     for (uint64_t s = 0; s < pages; s++) step(s);
     steps = pages;
-    if (argc > 4) {
+    if (argc > 4 && strtoull(argv[4], 0, 10) > 0) {
         zpages = strtoull(argv[4], 0, 10) << 8;
         z = mmap(0, zpages << 12, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (z == MAP_FAILED) return 1;

@@ -330,6 +330,97 @@ fn a_full_destination_moves_the_staged_memory_into_the_process_with_every_change
     verify(moved, &out);
 }
 
+/// Every process of the tree is staged, not only the root: a parent and its child, each with
+/// memory of its own (the child's mappings differ from the parent's, so it keeps none of them
+/// copy-on-write), both writing while the rounds go. Each restored process gets its mappings
+/// moved from the stage (two processes say so in receive's log, the child its 32 MiB), and
+/// each has every page it wrote.
+#[test]
+fn a_child_process_moves_with_its_staged_memory() {
+    if !need(&["ip", "nsenter", "unshare", "setsid"]) {
+        return;
+    }
+    let dir = scratch("migchild");
+    let net = Net::new("migf", 141);
+    let (launcher, root, out) = start_migratee_with(&net, &dir, 64, 300, true, &["0", "fork"]);
+    let _g = KillOnDrop(launcher);
+    let cout = dir.join("migratee.out.child");
+    wait_ready(&cout);
+    let dest = dir.join("dest");
+    let wd = dir.join("work");
+    let rx = Receiver::start(&net, port(), &dest, &wd, &[]);
+    wait_for("the writers to go on", 20, || {
+        steps(&out) > 0 && steps(&cout) > 0
+    });
+    let o = cryo_in(
+        &net.a,
+        &[
+            "migrate",
+            "-t",
+            &root.to_string(),
+            "--to",
+            &format!("{}:{}", net.v4(2), port()),
+            "-W",
+            wd.to_str().unwrap(),
+            "-v4",
+            "-o",
+            "migrate.log",
+            "--json",
+        ],
+    )
+    .output()
+    .unwrap();
+    let got = rx.wait();
+    let rl = log(&wd, "receive.log");
+    assert!(
+        o.status.success(),
+        "migrate: {}\n{}\nreceive: {}\n{rl}",
+        String::from_utf8_lossy(&o.stderr),
+        log(&wd, "migrate.log"),
+        String::from_utf8_lossy(&got.stderr),
+    );
+    assert!(got.status.success(), "{rl}");
+    // Both processes' memory came from the stage: (vpid, MiB moved) per process.
+    let moved_of: Vec<(u64, u64)> = rl
+        .lines()
+        .filter(|l| l.contains("memory: staged mappings moved into place"))
+        .filter_map(|l| {
+            let field = |k: &str| -> Option<u64> {
+                l.split(k).nth(1)?.split_whitespace().next()?.parse().ok()
+            };
+            Some((field("vpid=")?, field("mib=")?))
+        })
+        .collect();
+    assert_eq!(
+        moved_of.len(),
+        2,
+        "two processes moved staged memory:\n{rl}"
+    );
+    assert!(
+        moved_of.iter().any(|&(_, mib)| mib >= 64)
+            && moved_of.iter().any(|&(_, mib)| (32..64).contains(&mib)),
+        "the parent's 64 MiB and the child's 32 MiB came from the stage: {moved_of:?}\n{rl}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let moved = i32::try_from(r["restored_pid"].as_i64().unwrap()).unwrap();
+    let _g2 = KillOnDrop(moved);
+    wait_gone(root);
+    let child: i32 = std::fs::read_to_string(format!("/proc/{moved}/task/{moved}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("the restored parent has its child")
+        .parse()
+        .unwrap();
+    let _g3 = KillOnDrop(child);
+    let (at, cat) = (steps(&out), steps(&cout));
+    wait_for("both writers to go on after the move", 20, || {
+        steps(&out) > at && steps(&cout) > cat
+    });
+    verify(moved, &out);
+    verify(child, &cout);
+}
+
 /// `receive --lazy-pages`: the destination's restore leaves the memory to a lazy-pages
 /// daemon reading the received images (local), so the tree runs before its pages are in.
 /// The daemon outlives receive, brings every page in (the process checks each one it wrote)

@@ -134,6 +134,9 @@ pub struct FdProbe<'a> {
     pub netns: Option<u64>,
     /// The socket options of the command (`--tcp-established`, ...).
     pub sock: SockOpts,
+    /// The processes of the tree (a socket of a network namespace none of them is in is
+    /// refused).
+    pub tree: &'a [i32],
 }
 
 /// The options that decide which sockets can be dumped and how they come back (CRIU's
@@ -453,6 +456,7 @@ pub fn precheck(
                 }
             },
             sock: pc.sock,
+            tree,
         };
         match classify(&p) {
             Err(why) => return Err(refuse(pid, fd, &link, why).into()),
@@ -1103,23 +1107,51 @@ impl FdObjects {
     /// than that of the puppet whose fds are being made, which no restored process is in yet
     /// (a child's, made after its parent's fds): it is opened with the late fds, recorded in
     /// `deferred`.
+    /// Likewise a socket or tun/tap file made in another saved network namespace than the
+    /// puppet's ([`FdObjects::other_net_ns`]) that no restored process is in yet: made with
+    /// the late fds, once the task's children (its namespace's first process among them)
+    /// exist.
     pub fn in_ns_not_yet_made(&mut self, id: u32) -> bool {
-        let Some(m) = self
-            .files
-            .get(&id)
-            .and_then(|e| e.reg.as_ref())
-            .and_then(|r| r.mnt_id)
-            .and_then(|m| u32::try_from(m).ok())
-        else {
+        let Some(e) = self.files.get(&id) else {
             return false;
         };
-        let ns = self.mnt_ns_of(m).ok().flatten();
-        let late =
-            ns.is_some_and(|ns| Some(ns) != self.cur_mnt_ns && !self.mnt_ns_host.contains_key(&ns));
+        // (A tun/tap record has the REG record of `/dev/net/tun` too: not opened by path.)
+        let late = if is_net_file(e) {
+            self.other_net_ns(e)
+                .is_some_and(|ns| !self.net_ns_host.contains_key(&ns))
+        } else {
+            e.reg
+                .as_ref()
+                .and_then(|r| r.mnt_id)
+                .and_then(|m| u32::try_from(m).ok())
+                .and_then(|m| self.mnt_ns_of(m).ok().flatten())
+                .is_some_and(|ns| {
+                    Some(ns) != self.cur_mnt_ns && !self.mnt_ns_host.contains_key(&ns)
+                })
+        };
         if late {
             self.deferred.insert(id);
         }
         late
+    }
+
+    /// The saved network namespace socket or tun/tap record `e` was made in, when it is not
+    /// that of the puppet whose fds are being made (a process that entered another
+    /// namespace of the tree, made it and came back).
+    fn other_net_ns(&self, e: &pb::FileEntry) -> Option<u32> {
+        e.usk
+            .as_ref()
+            .and_then(|u| u.ns_id)
+            .or_else(|| e.tunf.as_ref().and_then(|t| t.ns_id))
+            .or_else(|| {
+                // (An inet socket's is its holder's in cryo's older images, which may lack
+                // the holder's.)
+                e.isk
+                    .as_ref()
+                    .and_then(|i| i.ns_id)
+                    .filter(|_| self.cur_net_ns.is_some())
+            })
+            .filter(|&ns| Some(ns) != self.cur_net_ns)
     }
 
     /// The root of the tree's root mount namespace, for a task in saved namespace `own` that
@@ -1163,27 +1195,16 @@ impl FdObjects {
         };
         let mut net_pid = self.net_pid.or(self.ns_pid);
         // A socket made in another network namespace of the tree than its holder's (a
-        // process that entered a second namespace, made it and came back): made there.
-        let sk_ns = e
-            .usk
-            .as_ref()
-            .and_then(|u| u.ns_id)
-            .or_else(|| e.tunf.as_ref().and_then(|t| t.ns_id))
-            .or_else(|| {
-                // (An inet socket's is its holder's in cryo's older images, which may lack
-                // the holder's.)
-                e.isk
-                    .as_ref()
-                    .and_then(|i| i.ns_id)
-                    .filter(|_| self.cur_net_ns.is_some())
-            });
-        if let Some(ns) = sk_ns.filter(|&ns| kind.in_tree_ns && Some(ns) != self.cur_net_ns) {
+        // process that entered a second namespace, made it and came back): made there. One
+        // whose namespace's first process is a child of its holder waited for it
+        // (`in_ns_not_yet_made`, the late fds).
+        if let Some(ns) = self.other_net_ns(&e).filter(|_| kind.in_tree_ns) {
             if let Some(&p) = self.net_ns_host.get(&ns) {
                 net_pid = Some(p);
             } else {
                 // Made in its holder's it would answer in the wrong namespace.
                 return Err(Unsupported::restore(format!(
-                    "file {id}: a socket or tun/tap file of network namespace {ns}, which no process of the tree restored before its holder is in (the namespace's first process is a later child): cryo cannot make it there yet"
+                    "file {id}: a socket or tun/tap file of network namespace {ns}, whose first process is restored after every process holding the file and is none of their descendants (a later sibling's branch of the tree): cryo makes a network namespace with its first process, so it cannot make the file there"
                 ))
                 .into());
             }
@@ -1294,6 +1315,7 @@ fn dump_fd(
                 copy: socket.as_ref().map(|s| s.1.as_fd()),
                 netns: None,
                 sock: cx.files.sock,
+                tree: &cx.files.tree,
             };
             classify(&p).map_err(|why| refuse(pid, fd, &link, why))?
         }
@@ -1373,27 +1395,45 @@ fn dump_fd(
                     r.mnt_id = (info.mnt_id >= 0).then_some(info.mnt_id);
                 }
             } else if deleted.is_some() {
-                // Made again at one place: an fd opened through another mount must see it at
-                // the same place of the file system (the same directory bound elsewhere, as
-                // zdtm's mntns_ghost01), or it comes back on the wrong mount. zdtm's
-                // mntns_link_ghost holds one through binds of two directories in two
-                // namespaces (CRIU links it into a mount that has both): refused.
+                // Made again at one place: an fd opened through another mount that shows it
+                // at the same place of the file system (the same directory bound elsewhere,
+                // as zdtm's mntns_ghost01) opens it there; at another place (zdtm's
+                // mntns_link_ghost: binds of two directories in two namespaces) it is linked
+                // there on restore through the fd's mount, by file handle (CRIU links it
+                // through a mount that has both).
                 let held = (meta.dev(), meta.ino());
                 let on_fs = path_on_fs(pid, info.mnt_id, deleted.unwrap_or(&link));
                 match cx.files.ghost_mnts.get(&held) {
                     Some((m, at, first)) if *m != info.mnt_id && (at.is_none() || *at != on_fs) => {
-                        return Err(Unsupported::of(
-                            pid,
-                            format!("fd {fd} ({link})"),
-                            format!(
-                                "the deleted file is open through two mounts that show it at different places: mount {} here ({}), mount {m} for {first} ({}); cryo makes a deleted file again at one place only",
-                                info.mnt_id,
-                                on_fs.as_deref().unwrap_or("not in the process's mount namespace"),
-                                at.as_deref().unwrap_or("not in its process's mount namespace"),
-                            ),
-                            "close one of them, or keep a name of the file (then it is restored through that name with --link-remap)",
+                        // Restore links the file made into this fd's place through its
+                        // mount, by file handle: a directory cannot be linked, and the file
+                        // system must give handles.
+                        let handle = sys::fd::open(
+                            &format!("/proc/{pid}/fd/{fd}"),
+                            libc::O_PATH | libc::O_CLOEXEC,
                         )
-                        .into());
+                        .and_then(|f| sys::fd::name_to_handle(f.as_fd()));
+                        let why = if meta.is_dir() {
+                            Some("a directory cannot be linked there".to_string())
+                        } else {
+                            handle
+                                .err()
+                                .map(|e| format!("its file system gives no file handle ({e})"))
+                        };
+                        if let Some(why) = why {
+                            return Err(Unsupported::of(
+                                pid,
+                                format!("fd {fd} ({link})"),
+                                format!(
+                                    "the deleted file is open through two mounts that show it at different places: mount {} here ({}), mount {m} for {first} ({}); cryo makes it again at one place and links it into the other, but {why}",
+                                    info.mnt_id,
+                                    on_fs.as_deref().unwrap_or("not in the process's mount namespace"),
+                                    at.as_deref().unwrap_or("not in its process's mount namespace"),
+                                ),
+                                "close one of them, or keep a name of the file (then it is restored through that name with --link-remap)",
+                            )
+                            .into());
+                        }
                     }
                     Some(_) => {}
                     None => {
@@ -1755,6 +1795,12 @@ fn restore_fds_in(
     })
 }
 
+/// Whether record `e` is a socket or tun/tap file, made in the network namespace its
+/// record names (`ns_id`).
+fn is_net_file(e: &pb::FileEntry) -> bool {
+    e.isk.is_some() || e.usk.is_some() || e.tunf.is_some()
+}
+
 /// Whether file `id` names processes of the tree, so it is opened only once the task's
 /// children exist ([`restore_late_fds`]): a pidfd of a live process, a file under
 /// `/proc/PID/` (a child's `/proc/PID/stat`, ...), a namespace file (opened by the task
@@ -1790,9 +1836,26 @@ pub fn restore_late_fds(
     img: &TaskImages,
     table: &mut FdTable,
 ) -> Result<(), FilesError> {
-    cx.objs.borrow_mut().cur_mnt_ns = img.ids.mnt_ns_id;
+    let ns_pid = cx.objs.borrow().ns_pid;
+    let own_net = |pid: Option<i32>| {
+        let p = pid.map_or_else(
+            || "/proc/self/ns/net".to_string(),
+            |p| format!("/proc/{p}/ns/net"),
+        );
+        std::fs::metadata(p).map(|m| m.ino()).ok()
+    };
+    let net_pid = (own_net(Some(cx.pid)) != own_net(ns_pid)).then_some(cx.pid);
+    {
+        let mut o = cx.objs.borrow_mut();
+        o.cur_mnt_ns = img.ids.mnt_ns_id;
+        o.cur_net_ns = img.ids.net_ns_id;
+        o.net_pid = net_pid;
+    }
     let r = restore_late_fds_in(cx, img, table);
-    cx.objs.borrow_mut().cur_mnt_ns = None;
+    let mut o = cx.objs.borrow_mut();
+    o.cur_mnt_ns = None;
+    o.cur_net_ns = None;
+    o.net_pid = None;
     r
 }
 
@@ -1831,7 +1894,9 @@ fn restore_late_fds_in(
                 .map_err(FilesError::kind::<super::nsfile::NsFile>)?;
             let flags = e.nsf.as_ref().map_or(0, |n| n.flags);
             cx.open(&path, super::ghost::reopen_flags(flags).cast_unsigned())?
-        } else if e.r#type == pb::FdTypes::Inotify as i32 {
+        } else if e.r#type == pb::FdTypes::Inotify as i32 || is_net_file(&e) {
+            // An inotify instance, or a socket or tun/tap file of a namespace made by a
+            // child: made in cryo and taken over.
             let local = cx.objs.borrow_mut().get(f.id)?;
             cx.take_from_cryo(local)?
         } else {
@@ -1978,11 +2043,14 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
     Ok(cx.open(&reg.name, flags)?)
 }
 
-/// Opens ghost record `id` (a deleted file, made again first) in the puppet with `flags`
-/// through the mount it was opened through: in its namespace, by the puppet itself when
-/// that is the puppet's own, else by cryo in that namespace's root (zdtm mntns_ghost01: a
-/// read-only bind of the file's directory in a child's namespace). The file found there must
-/// be the one made; a mount no saved namespace has, or a path that leads elsewhere, is
+/// Opens ghost record `id` (a deleted file, made again first) for the puppet with `flags`
+/// through the mount it was opened through: in the root of the namespace that has that
+/// mount (another saved namespace's, else the puppet's own), cryo opens the file made in
+/// the fd's directory (zdtm mntns_ghost01: a read-only bind of the file's directory in a
+/// child's namespace) and hands it over. When that directory is another place of the file
+/// system (zdtm mntns_link_ghost: binds of two directories), the file made is linked into it
+/// first through that mount (by file handle) and the link removed with the ghost, as CRIU
+/// links it. The file opened must be the inode made. A directory no longer there is
 /// opened by cryo where the file was made.
 fn open_ghost(
     cx: &mut RestoreCx<'_>,
@@ -1991,63 +2059,85 @@ fn open_ghost(
     flags: u32,
 ) -> Result<RemoteFd, FilesError> {
     let cell = cx.objs;
+    let other = cell.borrow_mut().other_mnt_ns_root(reg)?;
+    let root = match other {
+        Some(r) => Ok(r),
+        None => std::fs::File::open(format!("/proc/{}/root", cx.pid)),
+    };
+    let (dir, name) = match reg.name.rsplit_once('/') {
+        Some((d, n)) => (if d.is_empty() { "/" } else { d }, n),
+        None => ("/", reg.name.as_str()),
+    };
+    let dirfd = root
+        .and_then(|r| sys::fd::open_in_root_fd(r.as_fd(), dir, libc::O_RDONLY | libc::O_DIRECTORY));
     let at = {
         let mut objs = cell.borrow_mut();
         let objs = &mut *objs;
-        objs.ghosts
-            .materialize(&objs.dir, id, &reg.name, objs.ns_pid)?
+        match &dirfd {
+            Ok(d) => {
+                objs.ghosts
+                    .materialize_in(&objs.dir, id, &reg.name, objs.ns_pid, d.as_fd())?
+            }
+            Err(_) => objs
+                .ghosts
+                .materialize(&objs.dir, id, &reg.name, objs.ns_pid)?,
+        }
     };
     let made = cell.borrow().ghosts.made_inode(id);
-    // The made file's place as this fd's namespace names it: its name in the fd's
-    // directory (the dump refuses one at another place of the file system).
-    let here = match (std::path::Path::new(&reg.name).parent(), at.file_name()) {
-        (Some(d), Some(n)) => d.join(n).to_string_lossy().into_owned(),
-        _ => at.to_string_lossy().into_owned(),
+    let where_made = |cx: &mut RestoreCx<'_>| -> Result<RemoteFd, FilesError> {
+        let local = {
+            let mut objs = cell.borrow_mut();
+            let objs = &mut *objs;
+            objs.ghosts
+                .open(&objs.dir, id, &reg.name, flags, objs.ns_pid)?
+        };
+        Ok(cx.take_from_cryo(local.as_raw_fd())?)
     };
-    let other = cell.borrow_mut().other_mnt_ns_root(reg)?;
-    let own = {
-        let mut objs = cell.borrow_mut();
-        let cur = objs.cur_mnt_ns;
-        let m = reg.mnt_id.and_then(|m| u32::try_from(m).ok());
-        match (m, cur) {
-            (Some(m), Some(_)) => objs.mnt_ns_of(m)? == cur,
-            _ => false,
+    let dirfd = match (dirfd, made) {
+        (Ok(d), Some(_)) => d,
+        (r, _) => {
+            tracing::warn!(file = %reg.name, error = ?r.err(), "the deleted file's directory or the file made is not there: opened where it was made");
+            return where_made(cx);
         }
     };
-    let same = |m: Option<(u64, u64)>| made.is_some() && m == made;
-    if let Some(root) = other {
-        match sys::fd::open_in_root_fd(root.as_fd(), &here, flags.cast_signed()) {
-            Ok(local) => {
-                if same(rustix::fs::fstat(&local).ok().map(|s| (s.st_dev, s.st_ino))) {
-                    return Ok(cx.take_from_cryo(local.as_raw_fd())?);
-                }
-                tracing::warn!(file = %here, "another file than the deleted one made again is there in its mount namespace: opened where it was made");
-            }
-            Err(e) => {
-                tracing::warn!(file = %here, error = %e, "cannot open the deleted file made again in its mount namespace: opened where it was made");
-            }
-        }
-    } else if own {
-        match cx.open(&here, flags) {
-            Ok(fd) => {
-                let m = std::fs::metadata(format!("/proc/{}/fd/{fd}", cx.pid));
-                if same(m.ok().map(|m| (m.dev(), m.ino()))) {
-                    return Ok(fd);
-                }
-                cx.close(fd)?;
-                tracing::warn!(file = %here, "another file than the deleted one made again is there in the task's mount namespace: opened where it was made");
-            }
-            Err(e) => {
-                tracing::warn!(file = %here, error = %e, "cannot open the deleted file made again in the task's mount namespace: opened where it was made");
-            }
-        }
+    let open = |n: &str| {
+        rustix::fs::openat(
+            &dirfd,
+            n,
+            rustix::fs::OFlags::from_bits_retain(flags) | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()
+        .filter(|f| rustix::fs::fstat(f).is_ok_and(|s| Some((s.st_dev, s.st_ino)) == made))
+    };
+    // Made in this directory (the same place of the file system)?
+    let made_name = at.file_name().map(|n| n.to_string_lossy().into_owned());
+    let is_made = |n: &str| {
+        rustix::fs::statat(&dirfd, n, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|s| Some((s.st_dev, s.st_ino)) == made)
+    };
+    if let Some(n) = made_name.as_deref().filter(|n| is_made(n)) {
+        return match open(n) {
+            Some(local) => Ok(cx.take_from_cryo(local.as_raw_fd())?),
+            // Open for writing under a read-only mount (made so after the open).
+            None => where_made(cx),
+        };
     }
-    let local = {
-        let mut objs = cell.borrow_mut();
-        let objs = &mut *objs;
-        objs.ghosts
-            .open(&objs.dir, id, &reg.name, flags, objs.ns_pid)?
-    };
+    let what = format!(
+        "link deleted file {} made again into {dir} through its mount",
+        reg.name
+    );
+    let used = cell
+        .borrow_mut()
+        .ghosts
+        .link_into(id, dirfd.as_fd(), name)
+        .map_err(TaskError::object(id, what))?;
+    let local = open(&used).ok_or_else(|| {
+        TaskError::object(
+            id,
+            format!("open deleted file {} made again at {dir}/{used}", reg.name),
+        )(std::io::Error::from_raw_os_error(libc::ESTALE))
+    })?;
     Ok(cx.take_from_cryo(local.as_raw_fd())?)
 }
 

@@ -36,8 +36,8 @@
 //! another network namespace of the tree than its process's (the process entered it, made
 //! the socket and came back) is saved with that namespace's `ns_id` (`SIOCGSKNS`), as CRIU,
 //! locked there, and made there at restore (through a restored process of it,
-//! `FdObjects::net_ns_host`); one of a namespace no process of the tree is in is refused at
-//! dump.
+//! `FdObjects::net_ns_host`); one of a namespace no process of the tree is in is refused
+//! before the tree is touched, naming the namespace.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -318,6 +318,17 @@ fn tree_netns(tree: &[i32]) -> HashMap<u64, i32> {
         }
     }
     out
+}
+
+/// The refusal of socket `d` (fd `fd` of `pid`) made in network namespace `ns`, which no
+/// process of the tree is in: its namespace is not saved, so it could not be made again.
+fn outside_tree(pid: i32, fd: i32, d: &Described, ns: u64) -> Unsupported {
+    Unsupported::of(
+        pid,
+        format!("fd {fd} ({})", d.show()),
+        format!("it was made in network namespace net:[{ns}], which no process of the tree is in (cryo, like CRIU, saves and makes again the network namespaces of the tree's processes only)"),
+        format!("close it before the dump, or dump the tree that owns net:[{ns}] together with this process (from a common ancestor), or keep a process of the tree in that namespace (`ls -l /proc/*/ns/net | grep {ns}` shows who is in it)"),
+    )
 }
 
 /// The inode of the network namespace of process `pid`.
@@ -692,7 +703,16 @@ impl FdKind for InetSk {
             what: "read the socket's addresses and state".into(),
             source,
         })?;
-        check(p.pid, p.fd, sk, &d, &p.sock)
+        check(p.pid, p.fd, sk, &d, &p.sock)?;
+        // Made in a network namespace no process of the tree is in: refused now, before
+        // the tree is frozen and its connections locked (`dump` checks again).
+        let proc_ns = p.netns.or_else(|| proc_netns(p.pid));
+        match sock_netns(sk) {
+            Some(n) if Some(n) != proc_ns && !tree_netns(p.tree).contains_key(&n) => {
+                Err(outside_tree(p.pid, p.fd, &d, n).into())
+            }
+            _ => Ok(()),
+        }
     }
 
     fn load(objs: &mut FdObjects) -> Result<(), InetSkError> {
@@ -714,14 +734,10 @@ impl FdKind for InetSk {
         // tree's processes' (a namespace only a socket holds is not saved).
         let proc_ns = cx.files.inet.netns_of(fd.pid);
         let sk_ns = sock_netns(s).or(proc_ns);
-        if sk_ns != proc_ns && !sk_ns.is_some_and(|n| tree_netns(&cx.files.tree).contains_key(&n)) {
-            return Err(Unsupported::of(
-                fd.pid,
-                format!("fd {} ({})", fd.fd, d.show()),
-                "it was made in a network namespace no process of the tree is in (cryo saves the namespaces of the tree's processes only)",
-                "close it before the dump, or keep a process of the tree in that namespace",
-            )
-            .into());
+        if let Some(n) =
+            sk_ns.filter(|&n| Some(n) != proc_ns && !tree_netns(&cx.files.tree).contains_key(&n))
+        {
+            return Err(outside_tree(fd.pid, fd.fd, &d, n).into());
         }
         let ino = inode(fd.link).ok_or_else(|| {
             fd.err(
@@ -1040,7 +1056,12 @@ fn tree_connections(tree: &[i32], whole: impl Fn(u64) -> bool) -> (NsConns, Vec<
                 // Locked in the namespace it was made in, through a process of the tree
                 // there (`dump` refuses a socket of a namespace no process is in).
                 let (ns, pid_there) = match sock_netns(sk.as_fd()).filter(|_| several) {
-                    Some(n) if n != ns => (n, spaces.get(&n).copied().unwrap_or(pid)),
+                    Some(n) if n != ns => match spaces.get(&n) {
+                        Some(&there) => (n, there),
+                        // No process of the tree is in it: refused (precheck and dump),
+                        // never locked in a namespace it does not live in.
+                        None => continue,
+                    },
                     _ => (ns, pid),
                 };
                 let conn = Conn {

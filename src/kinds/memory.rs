@@ -796,26 +796,33 @@ impl Kind for Memory {
             }
         }
         if let Some(st) = cx.stage {
-            // Staged pages the process no longer has go back to zero; the rest of the stage
-            // goes, in the puppet and then in cryo.
+            // Staged pages the process no longer has go back to zero; the rest of its stage
+            // goes (the other processes' stays for the children, see `shape`), and once
+            // the root's pages are in, cryo's copy of the whole stage (the root puppet
+            // holds it now).
             for m in &staged {
                 for &(s, e) in &m.stale {
                     b.named("madvise(MADV_DONTNEED)")
                         .madvise(s, e - s, libc::MADV_DONTNEED)?;
                 }
             }
-            for (_, at) in st.windows() {
+            for (_, at) in st.windows_of(img.pid) {
                 b.munmap(at, crate::stage::WINDOW)?;
             }
             run(cx, &mut b, &mut anon)?;
-            st.release();
+            if img.pid == st.root() {
+                st.release();
+            }
             let moved: u64 = staged.iter().map(|m| m.end - m.start).sum();
-            tracing::info!(
-                pid = cx.pid,
-                mappings = staged.len(),
-                mib = moved >> 20,
-                "memory: staged mappings moved into place"
-            );
+            if !staged.is_empty() {
+                tracing::info!(
+                    pid = cx.pid,
+                    vpid = img.pid,
+                    mappings = staged.len(),
+                    mib = moved >> 20,
+                    "memory: staged mappings moved into place"
+                );
+            }
         }
         run(cx, &mut b, &mut anon)?;
         tracing::info!(
@@ -1194,9 +1201,16 @@ fn write_pages(cx: &DumpCx<'_>, name: &str, runs: &[Run], total: u64) -> Result<
     write_pages_of(cx.pid, cx.dir, name, runs, total, false)
 }
 
+/// Bytes of the page-server stream sent in one write: the `ADD_F` records and pages of many
+/// runs at once.
+const SEND_CHUNK: usize = 4 << 20;
+
 /// Sends process `pid`'s pagemap `entries` (sorted; `PE_PRESENT` ones are `runs`, in order)
 /// to a page server as process `vpid`, reading the pages from the process. `lenient` as in
-/// [`write_pages_of`]. Returns the bytes sent.
+/// [`write_pages_of`]. Returns the bytes of pages sent.
+///
+/// Over one chunk of pages, a thread reads them from the process (`page_stream`) while this
+/// one sends the chunk before: the copy out of the process and the socket's overlap.
 pub fn send_pages(
     ps: &mut crate::pageserver::Client,
     pid: i32,
@@ -1221,17 +1235,95 @@ pub fn send_pages(
             source: std::io::Error::other(why),
         })
     };
+    let present = entries
+        .iter()
+        .filter(|e| e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT != 0)
+        .count();
+    if present != runs.len() {
+        return Err(TaskError::Internal("pagemap entries and page runs disagree").into());
+    }
     ps.open(vpid).map_err(ps_err)?;
     let mem_file = if runs.iter().any(|r| r.via_mem) {
         File::open(format!("/proc/{pid}/mem")).ok()
     } else {
         None
     };
-    let mut buf = vec![0u8; 1 << 20];
-    let mut runs = runs.iter();
+    let mem_file = mem_file.as_ref();
+    let total: u64 = runs.iter().map(|r| r.pages * PAGE_SIZE).sum();
     let mut sent = 0u64;
+    if total <= u64_of(SEND_CHUNK) {
+        let mut emit = |b: Vec<u8>, n: usize, pages: u64| -> Result<Vec<u8>, MemoryError> {
+            ps.data(&b[..n]).map_err(ps_err)?;
+            sent += pages;
+            crate::progress::advance(pages);
+            Ok(b)
+        };
+        let buf = vec![0u8; SEND_CHUNK];
+        page_stream(pid, vpid, entries, runs, lenient, mem_file, buf, &mut emit)?;
+        return Ok(sent);
+    }
+    let stopped = || MemoryError::from(TaskError::Internal("the page sender stopped"));
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize, u64)>(1);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..2 {
+        let _ = free_tx.send(vec![0u8; SEND_CHUNK]);
+    }
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut emit = |b: Vec<u8>, n: usize, pages: u64| -> Result<Vec<u8>, MemoryError> {
+                full_tx.send((b, n, pages)).map_err(|_| stopped())?;
+                free_rx.recv().map_err(|_| stopped())
+            };
+            let buf = vec![0u8; SEND_CHUNK];
+            page_stream(pid, vpid, entries, runs, lenient, mem_file, buf, &mut emit)
+        });
+        let mut out = Ok(());
+        // Ends when the reader is done (or failed: its error is returned below).
+        for (b, n, pages) in full_rx.iter() {
+            if let Err(e) = ps.data(&b[..n]) {
+                out = Err(ps_err(e));
+                break;
+            }
+            sent += pages;
+            crate::progress::advance(pages);
+            let _ = free_tx.send(b);
+        }
+        // A reader waiting to hand over or for a buffer stops.
+        drop(full_rx);
+        drop(free_tx);
+        let read = reader
+            .join()
+            .unwrap_or(Err(TaskError::Internal("the page reader panicked").into()));
+        out.and(read)
+    })?;
+    Ok(sent)
+}
+
+/// Builds process `vpid`'s page-server stream in `buf`: the `ADD_F` record of each of
+/// `entries`, followed for `PE_PRESENT` ones by the pages of their run (`runs`, in order),
+/// read from process `pid`. Each full buffer goes to `emit` (the buffer, the bytes used, the
+/// bytes of pages in them), which gives back the one to fill next.
+#[allow(clippy::too_many_arguments)]
+fn page_stream(
+    pid: i32,
+    vpid: u32,
+    entries: &[pb::PagemapEntry],
+    runs: &[Run],
+    lenient: bool,
+    mem_file: Option<&File>,
+    mut buf: Vec<u8>,
+    emit: &mut dyn FnMut(Vec<u8>, usize, u64) -> Result<Vec<u8>, MemoryError>,
+) -> Result<(), MemoryError> {
+    let rec = crate::pageserver::Iov::SIZE;
+    let (mut used, mut pages) = (0usize, 0u64);
+    let mut runs = runs.iter();
     for e in entries {
-        ps.add(vpid, e, &[]).map_err(ps_err)?;
+        if used + rec > buf.len() {
+            buf = emit(buf, used, pages)?;
+            (used, pages) = (0, 0);
+        }
+        buf[used..used + rec].copy_from_slice(&crate::pageserver::add_record(vpid, e));
+        used += rec;
         if e.flags.unwrap_or(PE_PRESENT) & PE_PRESENT == 0 {
             continue;
         }
@@ -1241,10 +1333,14 @@ pub fn send_pages(
         let len = r.pages * PAGE_SIZE;
         let mut at = 0u64;
         while at < len {
-            let n = usize_of((len - at).min(buf.len() as u64));
-            let dst = &mut buf[..n];
+            if used == buf.len() {
+                buf = emit(buf, used, pages)?;
+                (used, pages) = (0, 0);
+            }
+            let n = usize_of(len - at).min(buf.len() - used);
+            let dst = &mut buf[used..used + n];
             let a = r.vaddr + at;
-            let got = match (&mem_file, r.via_mem) {
+            let got = match (mem_file, r.via_mem) {
                 (Some(m), true) => m.read_exact_at(dst, a),
                 _ => mem::vm_read(pid, dst, &[(a, n)]),
             };
@@ -1258,15 +1354,17 @@ pub fn send_pages(
                     }
                     .into());
                 }
-                read_lenient(pid, dst, a, mem_file.as_ref());
+                read_lenient(pid, dst, a, mem_file);
             }
-            ps.data(dst).map_err(ps_err)?;
-            at += n as u64;
-            sent += n as u64;
-            crate::progress::advance(n as u64);
+            used += n;
+            pages += u64_of(n);
+            at += u64_of(n);
         }
     }
-    Ok(sent)
+    if used > 0 {
+        emit(buf, used, pages)?;
+    }
+    Ok(())
 }
 
 /// [`write_pages`] for process `pid` into `dir`, compressed when `dir` compresses
@@ -1841,22 +1939,27 @@ fn fill_pages(
 struct Staged {
     start: u64,
     end: u64,
-    /// Where its pages are in the puppet (a fork of cryo, which staged them).
+    /// Where its pages are in the puppet (a fork of cryo, which staged them, or of its
+    /// parent).
     from: u64,
     /// Ranges the stage holds that the process no longer has (zeroed once moved).
     stale: Vec<(u64, u64)>,
 }
 
-/// The mappings of the root whose pages the stage holds, every one of them: private
-/// anonymous ones (not growing down, not hugetlb) lying in one mapping of the stage.
+/// The mappings of the process whose pages the stage holds, every one of them: private
+/// anonymous ones (not growing down, not hugetlb, not kept copy-on-write from the parent)
+/// lying in one mapping of the stage the puppet holds.
 fn stage_plan(cx: &RestoreCx<'_>, st: &crate::stage::Stage, img: &TaskImages) -> Vec<Staged> {
     // The stage is made of transparent huge pages: not for a process that turned THP off.
-    if st.pid() != img.pid || cx.lazy.is_some() || img.mm.thp_disabled == Some(true) {
+    if cx.lazy.is_some() || img.mm.thp_disabled == Some(true) {
         return Vec::new();
     }
-    let have = st.have();
-    // Cryo's own mappings (the puppet's are the same): a range to move must be one.
-    let own = crate::procfs::read(crate::sys::proc::own_pid(), "maps")
+    let have = st.have(img.pid);
+    if have.is_empty() {
+        return Vec::new();
+    }
+    // The puppet's mappings (the windows it inherited): a range to move must be one.
+    let own = crate::procfs::read(cx.pid, "maps")
         .ok()
         .and_then(|m| crate::procfs::parse_smaps(&m))
         .unwrap_or_default();
@@ -1889,7 +1992,7 @@ fn stage_plan(cx: &RestoreCx<'_>, st: &crate::stage::Stage, img: &TaskImages) ->
         if mine.is_empty() || !crate::memtrack::subtract(&mine, &have).is_empty() {
             continue;
         }
-        let Some(from) = st.source(v.start, v.end) else {
+        let Some(from) = st.source(img.pid, v.start, v.end) else {
             continue;
         };
         let len = v.end - v.start;

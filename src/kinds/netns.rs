@@ -46,8 +46,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType,
-    LinkMessage, MacVlanFlags,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoMacVlan, InfoVeth,
+    LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage, MacVlanFlags,
 };
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAttribute, RouteMessage};
@@ -321,7 +321,10 @@ const CONF4: [&str; 30] = [
     "drop_unicast_in_l2_multicast",
 ];
 
-const CONF6: [&str; 42] = [
+/// CRIU's list, then `addr_gen_mode` (cryo's: after CRIU's 42, which CRIU's restore reads
+/// alone), which writing `stable_secret` turns to stable-privacy: a device that had `random`
+/// or `eui64` would come back with another link-local address scheme.
+const CONF6: [&str; 43] = [
     "accept_dad",
     "accept_ra",
     "accept_ra_defrtr",
@@ -364,7 +367,11 @@ const CONF6: [&str; 42] = [
     "use_oif_addrs_only",
     "use_optimistic",
     "use_tempaddr",
+    "addr_gen_mode",
 ];
+
+/// The position of `addr_gen_mode` in [`CONF6`].
+const ADDR_GEN_MODE: usize = 42;
 
 const CTL_STR: i32 = 5;
 const CTL_32: i32 = 6;
@@ -429,6 +436,10 @@ fn write_conf(
         let Some(want) = sysctl_text(&saved[i]) else {
             continue;
         };
+        // A device's mode is set through rtnetlink ([`set_addr_gen_mode`]).
+        if proto == "ipv6" && i == ADDR_GEN_MODE && dev != "all" && dev != "default" {
+            continue;
+        }
         let path = format!("net/{proto}/conf/{dev}/{}", names[i]);
         let string = names[i] == "stable_secret";
         match read_sysctl(&path, string).and_then(|e| sysctl_text(&e)) {
@@ -446,6 +457,43 @@ fn write_conf(
         write_sysctl(ns, &path, &want)?;
     }
     Ok(())
+}
+
+/// A device's saved IPv6 address generation mode (the `addr_gen_mode` entry of its conf6),
+/// set through rtnetlink (`IFLA_INET6_ADDR_GEN_MODE`) once its `stable_secret` is back
+/// (writing a secret turns the mode to stable-privacy). Not through the sysctl, which makes
+/// a new link-local address on a device that is up.
+fn set_addr_gen_mode(rt: &mut Rtnl, l: &pb::NetDeviceEntry) -> Result<(), NetnsError> {
+    let Some(want) = l.conf6.get(ADDR_GEN_MODE).and_then(|e| e.iarg) else {
+        return Ok(());
+    };
+    let path = format!("net/ipv6/conf/{}/addr_gen_mode", l.name);
+    match read_sysctl(&path, false).and_then(|e| e.iarg) {
+        Some(now) if now != want => {}
+        _ => return Ok(()), // as saved, or no IPv6 here
+    }
+    let mode = u8::try_from(want).map_err(|_| {
+        rt.err(
+            format!("link {}: saved IPv6 address generation mode {want}", l.name),
+            std::io::Error::from_raw_os_error(libc::EINVAL),
+        )
+    })?;
+    tracing::debug!(link = %l.name, mode, "IPv6 address generation mode set");
+    let mut m = LinkMessage::default();
+    m.header.index = l.ifindex;
+    m.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::from(mode))],
+        )]));
+    rt.request(RouteNetlinkMessage::SetLink(m), 0).map_err(|e| {
+        rt.err(
+            format!(
+                "link {}: set its IPv6 address generation mode ({mode})",
+                l.name
+            ),
+            e,
+        )
+    })
 }
 
 fn write_sysctl(ns: u32, path: &str, value: &str) -> Result<(), NetnsError> {
@@ -1575,6 +1623,7 @@ pub fn restore(
         for l in &order {
             write_conf(id, "ipv4", &l.name, &l.conf4)?;
             write_conf(id, "ipv6", &l.name, &l.conf6)?;
+            set_addr_gen_mode(&mut rt, l)?;
         }
         // Addresses, routes (three passes, as `ip route restore`), rules.
         for a in addrs
@@ -1796,6 +1845,7 @@ fn finish_cross_peer(c: &CrossPeer) -> Result<(), NetnsError> {
         }
         write_conf(b, "ipv4", &p.name, &p.conf4)?;
         write_conf(b, "ipv6", &p.name, &p.conf6)?;
+        set_addr_gen_mode(&mut rt, p)?;
         for a in c.addrs.iter().filter(|a| addr_index(a) == Some(p.ifindex)) {
             rt.replay(a, None, 0)
                 .map_err(|e| rt.err(format!("link {}: restore an address", p.name), e))?;

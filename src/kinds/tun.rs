@@ -149,7 +149,8 @@ impl FdKind for Tun {
             .is_some_and(|m| m.file_type().is_char_device() && tun::is_tun_dev(m.rdev()))
     }
 
-    /// A file of cryo's own network namespace: refused before the tree is touched.
+    /// A file of cryo's own network namespace, or of one no process of the tree is in:
+    /// refused before the tree is touched.
     fn precheck(p: &FdProbe<'_>) -> Result<(), TunError> {
         let copy = copy_fd(p.pid, p.fd).map_err(|source| TaskError::Fd {
             pid: p.pid,
@@ -165,6 +166,18 @@ impl FdKind for Tun {
         })?;
         if Some(ino) == own_netns_ino() {
             return Err(refuse_ns(p.pid, p.fd, "cryo's own network namespace").into());
+        }
+        if !p
+            .tree
+            .iter()
+            .any(|t| std::fs::metadata(format!("/proc/{t}/ns/net")).is_ok_and(|m| m.ino() == ino))
+        {
+            return Err(refuse_ns(
+                p.pid,
+                p.fd,
+                &format!("network namespace net:[{ino}], which no process of the tree is in"),
+            )
+            .into());
         }
         Ok(())
     }

@@ -62,8 +62,8 @@ pub struct RestoreOpts {
     /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, cpuinfo.img is checked against
     /// this CPU before anything is created.
     pub cpu_cap: u32,
-    /// The root's memory staged by `cryo receive` during the pre-copy rounds
-    /// (`crate::stage`): moved into the root instead of copied from the images.
+    /// The tree's memory staged by `cryo receive` during the pre-copy rounds
+    /// (`crate::stage`): moved into its processes instead of copied from the images.
     pub stage: Option<std::sync::Arc<crate::stage::Stage>>,
 }
 
@@ -604,7 +604,7 @@ struct Shared<'a> {
     dead_helpers: Vec<(i32, i32)>,
     /// A lazy restore's connection to the lazy-pages daemon.
     lazy: Option<&'a crate::lazy::Sink>,
-    /// The root's staged memory, when it can be used (`RestoreOpts::stage`).
+    /// The tree's staged memory, when it can be used (`RestoreOpts::stage`).
     stage: Option<&'a crate::stage::Stage>,
     /// Mounts of nested mount namespaces that wait for the init of their PID namespace.
     pending_mounts: Vec<kinds::mounts::PendingMounts>,
@@ -682,7 +682,7 @@ fn shape(
         cryo_pidfd: sh.cryo_pidfd,
         lazy: sh.lazy,
         later: Default::default(),
-        stage: if idx == 0 { sh.stage } else { None },
+        stage: sh.stage,
     };
     // Calls whose results nothing needs at once are held back to run in the stop of the next
     // batch (RestoreCx::batch_later): the shaping of a child of a fan-out takes 2 stops, not 7.
@@ -697,6 +697,14 @@ fn shape(
     kinds::restore_kind::<kinds::memory::Memory>(&mut cx, img)?;
     fault_point("memory")?;
     create_children(sh, &mut cx, img, &mut table, puppets, ready)?;
+    // The staged memory of the other processes, kept for the children forked above: gone.
+    if let Some(st) = cx.stage {
+        let mut b = Batch::new();
+        for (_, at) in st.windows() {
+            b.munmap(at, crate::stage::WINDOW)?;
+        }
+        cx.batch_later(&b)?;
+    }
     // A lazy restore registers the memory its daemon fills only now: the children were
     // forked without it (each rebuilt its own memory, none kept copy-on-write), and nothing
     // so far touched those pages. What comes next may (rseq, the program itself).
@@ -823,7 +831,7 @@ fn empty_puppet(
     let tr = sh.tr;
     let mut keep = cx.cow.clone();
     keep.extend([(tr, tr + TR_LEN), (USER_TOP, USER_TOP)]);
-    // The root keeps the staged memory it moves into its mappings.
+    // Every puppet keeps the staged memory (its own, and its children's to pass on).
     if let Some(st) = cx.stage {
         keep.extend(
             st.windows()
@@ -2197,8 +2205,8 @@ fn run_tree(
             })
         });
 
-    // The root's staged memory (`cryo receive`), if it is the root's and lies clear of
-    // every mapping of the tree (the root maps them while it holds the stage).
+    // The tree's staged memory (`cryo receive`), if it is this tree's and lies clear of
+    // every mapping of the tree (the puppets map them while they hold the stage).
     let stage = opts
         .stage
         .as_deref()
@@ -2212,9 +2220,9 @@ fn run_tree(
                     .flat_map(|t| &t.mm.vmas)
                     .all(|v| v.end <= at || v.start >= end)
             });
-            let usable = st.pid() == tasks[0].pid && !windows.is_empty() && clear;
+            let usable = st.root() == tasks[0].pid && !windows.is_empty() && clear;
             tracing::info!(
-                pid = st.pid(),
+                root = st.root(),
                 windows = windows.len(),
                 usable,
                 "restore: memory staged by receive"
