@@ -1745,26 +1745,57 @@ fn removed_file_held_through_two_namespaces_mounts_keeps_both() {
 }
 
 /// zdtm's mntns_link_ghost, our program: as above, with the file left without any name (a
-/// ghost), held through the two namespaces' mounts. cryo makes a ghost again on one mount
-/// only: the dump refuses it by name (rather than restore one fd on the wrong mount), and
-/// the tree keeps running.
+/// ghost), held through the two namespaces' mounts, which show it at two places of its file
+/// system (/1/F and /2/F of D/0's tmpfs). After a restore (twice) each fd is on the mount it
+/// was on (the parent namespace's D/1 and the child's D/2), on one inode with no link left,
+/// with its bytes; no name made for the restore is left (cryo made it again at one place and
+/// linked it into the other through the fd's mount, as CRIU links it).
 #[test]
-fn deleted_file_held_through_two_mounts_is_refused() {
+fn deleted_file_held_through_two_namespaces_mounts_comes_back() {
     let _host = host_mounts();
     if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
         return;
     }
     let dir = scratch("nested-ns-link-ghost");
-    let (root, kid, out, _d, _g, _u) = start_linked(&dir, false);
-    let e = dump_fails(root, &dir.join("img"), &[]);
-    assert!(
-        e.contains("(deleted)")
-            && e.contains("open through two mounts that show it at different places"),
-        "{e}"
-    );
-    assert!(alive(root) && alive(kid), "the refused tree keeps running");
-    let at = lines(&out).len();
-    first_fields_go_on(&out, at);
+    let (root, _, out, d, _g, _u) = start_linked(&dir, false);
+    let names = || {
+        ["0", "0/1", "0/2"].map(|s| {
+            let mut v: Vec<_> = std::fs::read_dir(format!("{d}/{s}"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            v.sort();
+            v
+        })
+    };
+    let before = names();
+    let fields = |l: &str| l.split(' ').skip(1).map(str::to_string).collect::<Vec<_>>();
+    let first = fields(lines(&out).last().unwrap());
+    let me = std::process::id().cast_signed();
+    assert_eq!(Some(first[0].clone()), mount_id_at(me, &format!("{d}/1")));
+    assert_eq!(first[2..], ["0", "True", "b'data\\n'"]);
+    for round in 0..2 {
+        let img = dir.join(format!("img{round}"));
+        dump(root, &img, &[]);
+        wait_tree_gone(&img);
+        let at = lines(&out).len();
+        restore(&img);
+        first_fields_go_on(&out, at);
+        let kid = children(root)[0];
+        let now = fields(lines(&out).last().unwrap());
+        assert_eq!(
+            Some(now[0].clone()),
+            mount_id_at(me, &format!("{d}/1")),
+            "{now:?}"
+        );
+        assert_eq!(
+            Some(now[1].clone()),
+            mount_id_at(kid, &format!("{d}/2")),
+            "{now:?}"
+        );
+        assert_eq!(now[2..], first[2..]);
+        assert_eq!(names(), before);
+    }
 }
 
 /// As `count_goes_on`, for lines whose first field is the counter.

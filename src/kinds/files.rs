@@ -1395,27 +1395,45 @@ fn dump_fd(
                     r.mnt_id = (info.mnt_id >= 0).then_some(info.mnt_id);
                 }
             } else if deleted.is_some() {
-                // Made again at one place: an fd opened through another mount must see it at
-                // the same place of the file system (the same directory bound elsewhere, as
-                // zdtm's mntns_ghost01), or it comes back on the wrong mount. zdtm's
-                // mntns_link_ghost holds one through binds of two directories in two
-                // namespaces (CRIU links it into a mount that has both): refused.
+                // Made again at one place: an fd opened through another mount that shows it
+                // at the same place of the file system (the same directory bound elsewhere,
+                // as zdtm's mntns_ghost01) opens it there; at another place (zdtm's
+                // mntns_link_ghost: binds of two directories in two namespaces) it is linked
+                // there on restore through the fd's mount, by file handle (CRIU links it
+                // through a mount that has both).
                 let held = (meta.dev(), meta.ino());
                 let on_fs = path_on_fs(pid, info.mnt_id, deleted.unwrap_or(&link));
                 match cx.files.ghost_mnts.get(&held) {
                     Some((m, at, first)) if *m != info.mnt_id && (at.is_none() || *at != on_fs) => {
-                        return Err(Unsupported::of(
-                            pid,
-                            format!("fd {fd} ({link})"),
-                            format!(
-                                "the deleted file is open through two mounts that show it at different places: mount {} here ({}), mount {m} for {first} ({}); cryo makes a deleted file again at one place only",
-                                info.mnt_id,
-                                on_fs.as_deref().unwrap_or("not in the process's mount namespace"),
-                                at.as_deref().unwrap_or("not in its process's mount namespace"),
-                            ),
-                            "close one of them, or keep a name of the file (then it is restored through that name with --link-remap)",
+                        // Restore links the file made into this fd's place through its
+                        // mount, by file handle: a directory cannot be linked, and the file
+                        // system must give handles.
+                        let handle = sys::fd::open(
+                            &format!("/proc/{pid}/fd/{fd}"),
+                            libc::O_PATH | libc::O_CLOEXEC,
                         )
-                        .into());
+                        .and_then(|f| sys::fd::name_to_handle(f.as_fd()));
+                        let why = if meta.is_dir() {
+                            Some("a directory cannot be linked there".to_string())
+                        } else {
+                            handle
+                                .err()
+                                .map(|e| format!("its file system gives no file handle ({e})"))
+                        };
+                        if let Some(why) = why {
+                            return Err(Unsupported::of(
+                                pid,
+                                format!("fd {fd} ({link})"),
+                                format!(
+                                    "the deleted file is open through two mounts that show it at different places: mount {} here ({}), mount {m} for {first} ({}); cryo makes it again at one place and links it into the other, but {why}",
+                                    info.mnt_id,
+                                    on_fs.as_deref().unwrap_or("not in the process's mount namespace"),
+                                    at.as_deref().unwrap_or("not in its process's mount namespace"),
+                                ),
+                                "close one of them, or keep a name of the file (then it is restored through that name with --link-remap)",
+                            )
+                            .into());
+                        }
                     }
                     Some(_) => {}
                     None => {
@@ -2025,11 +2043,14 @@ pub fn open_file(cx: &mut RestoreCx<'_>, id: u32, flags: u32) -> Result<RemoteFd
     Ok(cx.open(&reg.name, flags)?)
 }
 
-/// Opens ghost record `id` (a deleted file, made again first) in the puppet with `flags`
-/// through the mount it was opened through: in its namespace, by the puppet itself when
-/// that is the puppet's own, else by cryo in that namespace's root (zdtm mntns_ghost01: a
-/// read-only bind of the file's directory in a child's namespace). The file found there must
-/// be the one made; a mount no saved namespace has, or a path that leads elsewhere, is
+/// Opens ghost record `id` (a deleted file, made again first) for the puppet with `flags`
+/// through the mount it was opened through: in the root of the namespace that has that
+/// mount (another saved namespace's, else the puppet's own), cryo opens the file made in
+/// the fd's directory (zdtm mntns_ghost01: a read-only bind of the file's directory in a
+/// child's namespace) and hands it over. When that directory is another place of the file
+/// system (zdtm mntns_link_ghost: binds of two directories), the file made is linked into it
+/// first through that mount (by file handle) and the link removed with the ghost, as CRIU
+/// links it. The file opened must be the inode made. A directory no longer there is
 /// opened by cryo where the file was made.
 fn open_ghost(
     cx: &mut RestoreCx<'_>,
@@ -2038,63 +2059,85 @@ fn open_ghost(
     flags: u32,
 ) -> Result<RemoteFd, FilesError> {
     let cell = cx.objs;
+    let other = cell.borrow_mut().other_mnt_ns_root(reg)?;
+    let root = match other {
+        Some(r) => Ok(r),
+        None => std::fs::File::open(format!("/proc/{}/root", cx.pid)),
+    };
+    let (dir, name) = match reg.name.rsplit_once('/') {
+        Some((d, n)) => (if d.is_empty() { "/" } else { d }, n),
+        None => ("/", reg.name.as_str()),
+    };
+    let dirfd = root
+        .and_then(|r| sys::fd::open_in_root_fd(r.as_fd(), dir, libc::O_RDONLY | libc::O_DIRECTORY));
     let at = {
         let mut objs = cell.borrow_mut();
         let objs = &mut *objs;
-        objs.ghosts
-            .materialize(&objs.dir, id, &reg.name, objs.ns_pid)?
+        match &dirfd {
+            Ok(d) => {
+                objs.ghosts
+                    .materialize_in(&objs.dir, id, &reg.name, objs.ns_pid, d.as_fd())?
+            }
+            Err(_) => objs
+                .ghosts
+                .materialize(&objs.dir, id, &reg.name, objs.ns_pid)?,
+        }
     };
     let made = cell.borrow().ghosts.made_inode(id);
-    // The made file's place as this fd's namespace names it: its name in the fd's
-    // directory (the dump refuses one at another place of the file system).
-    let here = match (std::path::Path::new(&reg.name).parent(), at.file_name()) {
-        (Some(d), Some(n)) => d.join(n).to_string_lossy().into_owned(),
-        _ => at.to_string_lossy().into_owned(),
+    let where_made = |cx: &mut RestoreCx<'_>| -> Result<RemoteFd, FilesError> {
+        let local = {
+            let mut objs = cell.borrow_mut();
+            let objs = &mut *objs;
+            objs.ghosts
+                .open(&objs.dir, id, &reg.name, flags, objs.ns_pid)?
+        };
+        Ok(cx.take_from_cryo(local.as_raw_fd())?)
     };
-    let other = cell.borrow_mut().other_mnt_ns_root(reg)?;
-    let own = {
-        let mut objs = cell.borrow_mut();
-        let cur = objs.cur_mnt_ns;
-        let m = reg.mnt_id.and_then(|m| u32::try_from(m).ok());
-        match (m, cur) {
-            (Some(m), Some(_)) => objs.mnt_ns_of(m)? == cur,
-            _ => false,
+    let dirfd = match (dirfd, made) {
+        (Ok(d), Some(_)) => d,
+        (r, _) => {
+            tracing::warn!(file = %reg.name, error = ?r.err(), "the deleted file's directory or the file made is not there: opened where it was made");
+            return where_made(cx);
         }
     };
-    let same = |m: Option<(u64, u64)>| made.is_some() && m == made;
-    if let Some(root) = other {
-        match sys::fd::open_in_root_fd(root.as_fd(), &here, flags.cast_signed()) {
-            Ok(local) => {
-                if same(rustix::fs::fstat(&local).ok().map(|s| (s.st_dev, s.st_ino))) {
-                    return Ok(cx.take_from_cryo(local.as_raw_fd())?);
-                }
-                tracing::warn!(file = %here, "another file than the deleted one made again is there in its mount namespace: opened where it was made");
-            }
-            Err(e) => {
-                tracing::warn!(file = %here, error = %e, "cannot open the deleted file made again in its mount namespace: opened where it was made");
-            }
-        }
-    } else if own {
-        match cx.open(&here, flags) {
-            Ok(fd) => {
-                let m = std::fs::metadata(format!("/proc/{}/fd/{fd}", cx.pid));
-                if same(m.ok().map(|m| (m.dev(), m.ino()))) {
-                    return Ok(fd);
-                }
-                cx.close(fd)?;
-                tracing::warn!(file = %here, "another file than the deleted one made again is there in the task's mount namespace: opened where it was made");
-            }
-            Err(e) => {
-                tracing::warn!(file = %here, error = %e, "cannot open the deleted file made again in the task's mount namespace: opened where it was made");
-            }
-        }
+    let open = |n: &str| {
+        rustix::fs::openat(
+            &dirfd,
+            n,
+            rustix::fs::OFlags::from_bits_retain(flags) | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()
+        .filter(|f| rustix::fs::fstat(f).is_ok_and(|s| Some((s.st_dev, s.st_ino)) == made))
+    };
+    // Made in this directory (the same place of the file system)?
+    let made_name = at.file_name().map(|n| n.to_string_lossy().into_owned());
+    let is_made = |n: &str| {
+        rustix::fs::statat(&dirfd, n, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|s| Some((s.st_dev, s.st_ino)) == made)
+    };
+    if let Some(n) = made_name.as_deref().filter(|n| is_made(n)) {
+        return match open(n) {
+            Some(local) => Ok(cx.take_from_cryo(local.as_raw_fd())?),
+            // Open for writing under a read-only mount (made so after the open).
+            None => where_made(cx),
+        };
     }
-    let local = {
-        let mut objs = cell.borrow_mut();
-        let objs = &mut *objs;
-        objs.ghosts
-            .open(&objs.dir, id, &reg.name, flags, objs.ns_pid)?
-    };
+    let what = format!(
+        "link deleted file {} made again into {dir} through its mount",
+        reg.name
+    );
+    let used = cell
+        .borrow_mut()
+        .ghosts
+        .link_into(id, dirfd.as_fd(), name)
+        .map_err(TaskError::object(id, what))?;
+    let local = open(&used).ok_or_else(|| {
+        TaskError::object(
+            id,
+            format!("open deleted file {} made again at {dir}/{used}", reg.name),
+        )(std::io::Error::from_raw_os_error(libc::ESTALE))
+    })?;
     Ok(cx.take_from_cryo(local.as_raw_fd())?)
 }
 

@@ -248,7 +248,13 @@ struct Made {
     /// Its device and inode: an fd opened on it through another mount is checked against
     /// them.
     inode: (u64, u64),
+    /// Its file handle (type, bytes), when its file system gives one: it is linked through
+    /// another mount by it ([`GhostStore::link_into`]).
+    handle: Option<Handle>,
 }
+
+/// A file handle: its type and bytes (`name_to_handle_at`).
+type Handle = (i32, Vec<u8>);
 
 /// Restore side: which records are ghosts, and the files made for them (removed when the
 /// restore ends, or fails).
@@ -267,6 +273,9 @@ pub struct GhostStore {
     /// Ghost images read ahead ([`GhostStore::preload`]), and the (dev, inode) of those made.
     cache: HashMap<u32, GhostImage>,
     inodes: HashMap<u32, (u32, u64)>,
+    /// Other names of ghosts, linked through another mount ([`GhostStore::link_into`]):
+    /// the directory (held) and the name, removed with the ghosts.
+    links: Vec<(OwnedFd, String)>,
     /// The root puppet when the tree has namespaces of its own: ghosts are made (and
     /// removed) inside its mount namespace, where their paths lead.
     ns_pid: Option<i32>,
@@ -347,7 +356,24 @@ impl GhostStore {
         let g = *self.remaps.get(&id).ok_or_else(|| {
             TaskError::BadImage(format!("file {id} has no ghost in remap-fpath.img"))
         })?;
-        self.make_ghost(dir, g, id, path, ns_pid)
+        self.make_ghost(dir, g, id, path, ns_pid, None)
+    }
+
+    /// As [`GhostStore::materialize`], made in the directory `in_dir` holds (that of the
+    /// fd's own mount, `path`'s directory there) when not made yet; where the tree's mount
+    /// namespace has `path` if that fails.
+    pub fn materialize_in(
+        &mut self,
+        dir: &ImageDir,
+        id: u32,
+        path: &str,
+        ns_pid: Option<i32>,
+        in_dir: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<PathBuf, GhostError> {
+        let g = *self.remaps.get(&id).ok_or_else(|| {
+            TaskError::BadImage(format!("file {id} has no ghost in remap-fpath.img"))
+        })?;
+        self.make_ghost(dir, g, id, path, ns_pid, Some(in_dir))
     }
 
     /// Reads the images of every ghost, so that they can be made from inside the tree's
@@ -388,7 +414,7 @@ impl GhostStore {
                 .find_map(|(&g, &k)| (k == (user_dev, ino)).then_some(g))
         });
         match found {
-            Some(g) => self.make_ghost(dir, g, 0, path, ns_pid).map(Some),
+            Some(g) => self.make_ghost(dir, g, 0, path, ns_pid, None).map(Some),
             None => Ok(None),
         }
     }
@@ -401,6 +427,7 @@ impl GhostStore {
         id: u32,
         path: &str,
         ns_pid: Option<i32>,
+        in_dir: Option<std::os::fd::BorrowedFd<'_>>,
     ) -> Result<PathBuf, GhostError> {
         if let Some(m) = self.made.get(&g) {
             return Ok(m.at.clone());
@@ -413,6 +440,36 @@ impl GhostStore {
         self.inodes
             .insert(g, (e.dev.unwrap_or(0), e.ino.unwrap_or(0)));
         let err = |what: String| move |source| TaskError::Object { id, what, source };
+        let is_dir = e.mode & libc::S_IFMT == libc::S_IFDIR;
+        if let Some(d) = in_dir {
+            // In the directory of the fd's own mount: its name there, or a hidden one.
+            let (_, name0) = split(Path::new(path));
+            let name = match rustix::fs::statat(d, name0, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                Err(rustix::io::Errno::NOENT) => name0.to_path_buf(),
+                _ => PathBuf::from(format!(".cryo-ghost-{g}-{}", std::process::id())),
+            };
+            if make(d, &name, &e, &data, &chunks).is_ok() {
+                let at = Path::new(path)
+                    .parent()
+                    .unwrap_or(Path::new("/"))
+                    .join(&name);
+                let (inode, handle) = identify(d, &name);
+                let held = d
+                    .try_clone_to_owned()
+                    .map_err(err("hold the deleted file's directory".into()))?;
+                self.made.insert(
+                    g,
+                    Made {
+                        at: at.clone(),
+                        dir: is_dir,
+                        via: Some(held),
+                        inode,
+                        handle,
+                    },
+                );
+                return Ok(at);
+            }
+        }
         // The image is read; now the path is the tree's.
         let _in = self
             .ns_pid
@@ -420,7 +477,6 @@ impl GhostStore {
             .transpose()
             .map_err(err("enter the tree's namespaces".into()))?;
         let at = place(Path::new(path), g);
-        let is_dir = e.mode & libc::S_IFMT == libc::S_IFDIR;
         let what = || format!("recreate deleted file {path} at {}", at.display());
         let via = match make(rustix::fs::CWD, &at, &e, &data, &chunks) {
             Ok(()) => None,
@@ -437,11 +493,10 @@ impl GhostStore {
             }
             Err(x) => return Err(err(what())(x).into()),
         };
-        let st = match &via {
-            Some(v) => rustix::fs::statat(v, split(&at).1, rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
-            None => rustix::fs::statat(rustix::fs::CWD, &at, rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
+        let (inode, handle) = match &via {
+            Some(v) => identify(v.as_fd(), split(&at).1),
+            None => identify(rustix::fs::CWD, &at),
         };
-        let inode = st.map_or((0, 0), |s| (s.st_dev, s.st_ino));
         self.made.insert(
             g,
             Made {
@@ -449,6 +504,7 @@ impl GhostStore {
                 dir: is_dir,
                 via,
                 inode,
+                handle,
             },
         );
         Ok(at)
@@ -458,6 +514,40 @@ impl GhostStore {
     pub fn made_inode(&self, id: u32) -> Option<(u64, u64)> {
         let g = self.remaps.get(&id)?;
         self.made.get(g).map(|m| m.inode).filter(|&i| i != (0, 0))
+    }
+
+    /// Links the file made for record `id` (a ghost) into the directory `dir` holds (not
+    /// an O_PATH fd) as `name`, or a hidden name when `name` is taken, through `dir`'s
+    /// mount: the file's handle opened there (zdtm mntns_link_ghost: the file held through
+    /// two mounts that show it at different places; CRIU links it through a mount that has
+    /// both). Returns the name used; it is removed with the ghost.
+    pub fn link_into(
+        &mut self,
+        id: u32,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &str,
+    ) -> std::io::Result<String> {
+        use rustix::fs::{self as rfs, AtFlags};
+        let g = *self
+            .remaps
+            .get(&id)
+            .ok_or_else(|| std::io::Error::other("no ghost"))?;
+        let (ty, h) = self
+            .made
+            .get(&g)
+            .and_then(|m| m.handle.clone())
+            .ok_or_else(|| {
+                std::io::Error::other("its file system gives no file handle of the file made")
+            })?;
+        let f = crate::sys::fd::open_by_handle(dir, ty, &h)?;
+        let used = match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(rustix::io::Errno::NOENT) => name.to_string(),
+            _ => format!(".cryo-ghost-{g}-{}", std::process::id()),
+        };
+        rfs::linkat(&f, "", dir, used.as_str(), AtFlags::EMPTY_PATH)?;
+        let held = dir.try_clone_to_owned()?;
+        self.links.push((held, used.clone()));
+        Ok(used)
     }
 
     /// Opens record `id` (a ghost) in cryo with `flags`, making it first.
@@ -504,6 +594,12 @@ impl GhostStore {
     /// Removes every file made (the puppets keep them open): files first, then
     /// directories, deepest first.
     pub fn unlink_all(&mut self) {
+        for (dir, name) in self.links.drain(..) {
+            if let Err(e) = rustix::fs::unlinkat(&dir, name.as_str(), rustix::fs::AtFlags::empty())
+            {
+                tracing::warn!(file = %name, error = %e, "cannot remove a link of a recreated deleted file");
+            }
+        }
         if self.made.is_empty() {
             return;
         }
@@ -586,6 +682,23 @@ fn place(orig: &Path, g: u32) -> PathBuf {
         }
     }
     dir.join(hidden)
+}
+
+/// The device and inode of the file `name` in `dir` (or (0, 0)), and its file handle when
+/// its file system gives one.
+fn identify(dir: std::os::fd::BorrowedFd<'_>, name: &Path) -> ((u64, u64), Option<Handle>) {
+    use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
+    let inode =
+        rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_or((0, 0), |s| (s.st_dev, s.st_ino));
+    let handle = rfs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+    .and_then(|f| crate::sys::fd::name_to_handle(f.as_fd()).ok());
+    (inode, handle)
 }
 
 /// The directory and name of `at` (a ghost's place: an absolute path).

@@ -81,7 +81,7 @@ fn save_inode(
             mode: Some(meta.mode()),
         });
         if !content_saved {
-            super::shmem::save_content(cx, &f, meta.len(), ino)
+            super::shmem::save_content(cx, &f, std::path::Path::new(proc_path), meta.len(), ino)
                 .map_err(|e| err("read the memfd's content", e))?;
         }
     }

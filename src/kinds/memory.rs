@@ -1117,13 +1117,10 @@ fn check_addr(got: u64, v: &pb::VmaEntry) -> Result<(), MemoryError> {
 /// straight into the page cache (`process_vm_readv` into the mapping), so page-cache pages
 /// are populated by all CPUs at once instead of by one writer.
 fn write_pages_mapped(
-    pid: i32,
+    src: &ImageSource<'_>,
     file: &File,
     path: &std::path::Path,
-    runs: &[Run],
     total: u64,
-    mem_file: Option<&File>,
-    lenient: bool,
 ) -> Result<FileDigest, MemoryError> {
     let io = |op, source| {
         TaskError::Image(crate::image::ImageError::Io {
@@ -1169,13 +1166,9 @@ fn write_pages_mapped(
                 let step = (end - at).min(1 << 20);
                 let o = usize_of(at - start);
                 let dst = &mut chunk[o..o + usize_of(step)];
-                if let Err(e) = copy_block(pid, runs, at, at + step, dst, mem_file) {
-                    if lenient {
-                        copy_block_lenient(pid, runs, at, at + step, dst, mem_file);
-                    } else {
-                        first_err.lock().expect("lock").get_or_insert(e);
-                        return;
-                    }
+                if let Err(e) = src.fill(at, dst) {
+                    first_err.lock().expect("lock").get_or_insert(e);
+                    return;
                 }
                 h.write(dst);
                 // Written: out of cryo's RSS (the page cache keeps it).
@@ -1415,30 +1408,135 @@ fn pages_of(
     } else {
         None
     };
+    let src = ImageSource::Task {
+        pid,
+        runs,
+        mem_file: mem_file.as_ref(),
+        lenient,
+    };
+    write_image(&src, compress, file, path, total)
+}
+
+/// Where the bytes of a pages image come from.
+pub(crate) enum ImageSource<'a> {
+    /// The runs of a (frozen) task's memory; `lenient` as in [`write_pages_of`].
+    Task {
+        pid: i32,
+        runs: &'a [Run],
+        mem_file: Option<&'a File>,
+        lenient: bool,
+    },
+    /// Ranges `(offset, len)` of `file` (a shmem inode, a memfd, opened at `path`), back to
+    /// back in the image; `at[i]` is where range `i` starts in the image. Bytes past the
+    /// file's end are zeros.
+    File {
+        file: &'a File,
+        path: &'a std::path::Path,
+        ranges: &'a [(u64, u64)],
+        at: Vec<u64>,
+    },
+}
+
+impl<'a> ImageSource<'a> {
+    /// The file ranges `ranges` (offset, length) of `file` (opened at `path`), back to back.
+    pub(crate) fn file(
+        file: &'a File,
+        path: &'a std::path::Path,
+        ranges: &'a [(u64, u64)],
+    ) -> ImageSource<'a> {
+        let at = ranges
+            .iter()
+            .scan(0u64, |pos, r| {
+                let a = *pos;
+                *pos += r.1;
+                Some(a)
+            })
+            .collect();
+        ImageSource::File {
+            file,
+            path,
+            ranges,
+            at,
+        }
+    }
+
+    /// Fills `dst` with the image bytes at `start`.
+    fn fill(&self, start: u64, dst: &mut [u8]) -> Result<(), MemoryError> {
+        match self {
+            &ImageSource::Task {
+                pid,
+                runs,
+                mem_file,
+                lenient,
+            } => {
+                let end = start + u64_of(dst.len());
+                if let Err(e) = copy_block(pid, runs, start, end, dst, mem_file) {
+                    if !lenient {
+                        return Err(e);
+                    }
+                    copy_block_lenient(pid, runs, start, end, dst, mem_file);
+                }
+                Ok(())
+            }
+            ImageSource::File {
+                file,
+                path,
+                ranges,
+                at,
+            } => {
+                let mut i = at.partition_point(|&a| a <= start).saturating_sub(1);
+                let mut done = 0usize;
+                while done < dst.len() {
+                    let Some(&(off, len)) = ranges.get(i) else {
+                        return Err(
+                            TaskError::Internal("file source shorter than its image").into()
+                        );
+                    };
+                    let pos = start + u64_of(done);
+                    let skip = pos - at[i];
+                    let n = usize_of((len - skip).min(u64_of(dst.len() - done)));
+                    let piece = &mut dst[done..done + n];
+                    let mut got = 0;
+                    while got < n {
+                        match file.read_at(&mut piece[got..], off + skip + u64_of(got)) {
+                            Ok(0) => break,
+                            Ok(k) => got += k,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(source) => {
+                                return Err(TaskError::Image(crate::image::ImageError::Io {
+                                    path: path.to_path_buf(),
+                                    op: "read",
+                                    source,
+                                })
+                                .into())
+                            }
+                        }
+                    }
+                    // The tail past i_size reads short: zeros.
+                    piece[got..].fill(0);
+                    done += n;
+                    i += 1;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes `total` bytes from `src` into the pages image `file` (at `path`), compressed when
+/// `compress`; returns its digest. Under `SMALL_FILL` from this thread with one write;
+/// otherwise by every CPU ([`write_pages_compressed`], [`write_pages_mapped`]).
+pub(crate) fn write_image(
+    src: &ImageSource<'_>,
+    compress: bool,
+    file: &File,
+    path: &std::path::Path,
+    total: u64,
+) -> Result<FileDigest, MemoryError> {
     if total <= SMALL_FILL {
         // A small process: copy and write from this thread, no pipeline to start.
         let mut buf = vec![0u8; usize_of(total)];
-        for r in runs {
-            let len = usize_of(r.pages * PAGE_SIZE);
-            let dst = &mut buf[usize_of(r.off)..usize_of(r.off) + len];
-            let got = match (&mem_file, r.via_mem) {
-                (Some(m), true) => m.read_exact_at(dst, r.vaddr),
-                _ => mem::vm_read(pid, dst, &[(r.vaddr, len)]),
-            };
-            let got = match got {
-                Err(_) if lenient => {
-                    read_lenient(pid, dst, r.vaddr, mem_file.as_ref());
-                    Ok(())
-                }
-                g => g,
-            };
-            got.map_err(|source| TaskError::Memory {
-                pid,
-                addr: r.vaddr,
-                what: "reading pages",
-                source,
-            })?;
-        }
+        src.fill(0, &mut buf)?;
         if compress {
             return Ok(crate::image::pages::write_all(file, path, &buf).map_err(TaskError::Image)?);
         }
@@ -1454,22 +1552,19 @@ fn pages_of(
     }
     crate::progress::start(total);
     if compress {
-        return write_pages_compressed(pid, file, path, runs, total, mem_file.as_ref(), lenient);
+        return write_pages_compressed(src, file, path, total);
     }
-    write_pages_mapped(pid, file, path, runs, total, mem_file.as_ref(), lenient)
+    write_pages_mapped(src, file, path, total)
 }
 
 /// `write_pages` compressed (`dump --compress`): every worker copies a block of the image
 /// from the task into its own buffer, compresses it and appends it in block order
 /// (`image::pages::Writer`).
 fn write_pages_compressed(
-    pid: i32,
+    src: &ImageSource<'_>,
     file: &File,
     path: &std::path::Path,
-    runs: &[Run],
     total: u64,
-    mem_file: Option<&File>,
-    lenient: bool,
 ) -> Result<FileDigest, MemoryError> {
     use crate::image::pages;
     let w = pages::Writer::new(file, path, total).map_err(TaskError::Image)?;
@@ -1513,12 +1608,8 @@ fn write_pages_compressed(
             let start = u64_of(b) * u64_of(pages::BLOCK);
             let end = (start + u64_of(pages::BLOCK)).min(total);
             let dst = &mut raw[..usize_of(end - start)];
-            if let Err(e) = copy_block(pid, runs, start, end, dst, mem_file) {
-                if lenient {
-                    copy_block_lenient(pid, runs, start, end, dst, mem_file);
-                } else {
-                    return fail(e);
-                }
+            if let Err(e) = src.fill(start, dst) {
+                return fail(e);
             }
             assert!(
                 panic_at != Some(b),

@@ -19,7 +19,7 @@ use super::error::{task_error_from, TaskError};
 use super::memory::status;
 use super::{DumpCx, RestoreCx, Syscalls, TaskImages};
 use crate::image::{pb, ImageError};
-use crate::num::usize_of;
+use crate::num::{u64_of, usize_of};
 use crate::procfs::{ProcError, Vma};
 use crate::sys::mem::Mapping;
 use crate::sys::PAGE_SIZE;
@@ -74,16 +74,18 @@ pub fn dump_anon(cx: &mut DumpCx<'_>, v: &Vma) -> Result<u64, ShmemError> {
     let meta = f.metadata().map_err(read_err)?;
     let shmid = meta.ino();
     if cx.files.shmem_seen.insert(shmid) {
-        save_content(cx, &f, meta.len(), shmid).map_err(read_err)?;
+        save_content(cx, &f, std::path::Path::new(&path), meta.len(), shmid).map_err(read_err)?;
     }
     Ok(shmid)
 }
 
 /// Saves the populated pages of a shmem file (shared anonymous memory or a memfd) of
-/// `size` bytes as `pagemap-shmem-SHMID.img` + a pages image of its own.
+/// `size` bytes, opened at `path`, as `pagemap-shmem-SHMID.img` + a pages image of its own,
+/// streamed from the file into the image (never held whole in cryo's memory).
 pub fn save_content(
     cx: &mut DumpCx<'_>,
     f: &File,
+    path: &std::path::Path,
     size: u64,
     shmid: u64,
 ) -> Result<(), std::io::Error> {
@@ -103,20 +105,6 @@ pub fn save_content(
         off = end;
     }
     let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
-    let mut data = vec![0u8; usize_of(total)];
-    let mut at = 0usize;
-    for &(s, e) in &ranges {
-        let n = usize_of(e - s);
-        // The tail past i_size reads short: it stays zero.
-        let mut got = 0;
-        while got < n {
-            match f.read_at(&mut data[at + got..at + n], s + got as u64)? {
-                0 => break,
-                k => got += k,
-            }
-        }
-        at += n;
-    }
     cx.files.shmem_pages += 1;
     let pages_id = PAGES_ID_BASE + cx.files.shmem_pages;
     let entries: Vec<pb::PagemapEntry> = ranges
@@ -134,9 +122,16 @@ pub fn save_content(
     cx.dir
         .write_pagemap(&image_name(shmid), pages_id, &entries)
         .map_err(io)?;
-    cx.dir
-        .write_pages(&format!("pages-{pages_id}.img"), &data)
+    let spans: Vec<(u64, u64)> = ranges.iter().map(|&(s, e)| (s, e - s)).collect();
+    let src = super::memory::ImageSource::file(f, path, &spans);
+    let (out, name) = cx
+        .dir
+        .create_pages(&format!("pages-{pages_id}.img"))
         .map_err(io)?;
+    let digest =
+        super::memory::write_image(&src, cx.dir.compress(), &out, &cx.dir.file(&name), total)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    cx.dir.record(&name, digest);
     cx.stats.shpages_scanned = Some(cx.stats.shpages_scanned.unwrap_or(0) + size / PAGE_SIZE);
     cx.stats.shpages_written = Some(cx.stats.shpages_written.unwrap_or(0) + total / PAGE_SIZE);
     Ok(())
@@ -199,7 +194,8 @@ fn load_with(
         crate::image::pages::file_of(dir, &pname)
             .map_or_else(|e| e, |(path, _)| ImageError::Missing { path })
     })?;
-    let pages = pages.bytes();
+    let map = pages;
+    let pages = map.bytes();
     let mut off = 0u64;
     for e in entries {
         let len = e
@@ -226,11 +222,19 @@ fn load_with(
             .into());
         };
         let keep = usize_of(size.saturating_sub(e.vaddr).min(len));
-        put(e.vaddr, &buf[..keep]).map_err(obj(shmid, "write the content"))?;
+        // In 4 MiB steps, each dropped from cryo's page tables once written (it stays in
+        // the page cache): cryo's RSS does not grow with the object.
+        for (i, part) in buf[..keep].chunks(STEP).enumerate() {
+            put(e.vaddr + u64_of(i * STEP), part).map_err(obj(shmid, "write the content"))?;
+            map.release(usize_of(off) + i * STEP, part.len());
+        }
         off += len;
     }
     Ok(())
 }
+
+/// The piece of saved content [`load_with`] hands over at a time.
+const STEP: usize = 4 << 20;
 
 /// Restore-side shmem inodes, one per shmid, made in cryo on first use.
 #[derive(Default)]

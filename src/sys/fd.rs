@@ -285,6 +285,37 @@ pub fn open_by_handle(
     })
 }
 
+/// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`: the handle type and bytes of the file `fd`
+/// holds (an O_PATH fd is enough); EOPNOTSUPP on a file system without file handles.
+pub fn name_to_handle(fd: BorrowedFd<'_>) -> io::Result<(i32, Vec<u8>)> {
+    const MAX: usize = 128; // MAX_HANDLE_SZ
+                            // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[MAX]; }
+    let mut buf = vec![0u8; 8 + MAX];
+    buf[..4].copy_from_slice(&u32::try_from(MAX).map_err(|_| einval())?.to_ne_bytes());
+    let mut mnt_id: libc::c_int = 0;
+    // SAFETY: buf holds a file_handle header stating MAX bytes of room after it, the path
+    // is a NUL-terminated empty string and mnt_id a live int.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr(),
+            &raw mut mnt_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let ty = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    if len > MAX {
+        return Err(einval());
+    }
+    Ok((ty, buf[8..8 + len].to_vec()))
+}
+
 /// `memfd_create(name, flags)` (`flags`: the kernel's `MFD_*` bits).
 pub fn memfd_create(name: &str, flags: u32) -> io::Result<OwnedFd> {
     Ok(rustix::fs::memfd_create(
