@@ -1066,12 +1066,6 @@ fn find_netns(ino: u64, hint: Option<i32>) -> Option<File> {
     None
 }
 
-/// Deletes table `inet NAME` in the calling thread's network namespace, if it exists (the
-/// lock CRIU saves into its images with a namespace's ruleset, found again at restore).
-pub fn delete_nft_table(name: &str) -> std::io::Result<()> {
-    nfnl::delete_table(name)
-}
-
 /// Whether the calling thread's network namespace has any nftables table (the namespace
 /// dump skips `nft list ruleset` when it has none). On an error it answers yes, so the
 /// ruleset is asked for anyway.

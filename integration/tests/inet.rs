@@ -1594,7 +1594,7 @@ open(out, "w").write("%d %d %d\n" % (seen, sent, n))
 /// (`--external veth[eth0]:PEER@BRIDGE`), and counts refusals: none is allowed.
 #[test]
 fn no_packet_meets_the_address_without_its_socket() {
-    if !need(&["ip", "nsenter", "unshare", "python3"]) {
+    if !need(&["ip", "nsenter", "unshare", "python3", "nft"]) {
         return;
     }
     let dir = scratch("nosock");
@@ -1624,14 +1624,16 @@ fn no_packet_meets_the_address_without_its_socket() {
         "link", "add", "eth0", "netns", &p, "type", "veth", "peer", "name", &peer, "netns", &net.a,
     ]);
     ip(&["-n", &net.a, "link", "set", &peer, "master", &br, "up"]);
+    // A firewall table of its own too: the namespace's ruleset is restored after the lock,
+    // and must not take the lock with it.
     for args in [
-        &["link", "set", "lo", "up"][..],
-        &["addr", "add", "10.241.0.2/24", "dev", "eth0"],
-        &["link", "set", "eth0", "up"],
+        &["ip", "link", "set", "lo", "up"][..],
+        &["ip", "addr", "add", "10.241.0.2/24", "dev", "eth0"],
+        &["ip", "link", "set", "eth0", "up"],
+        &["nft", "add", "table", "inet", "mine"],
     ] {
         let o = Command::new("nsenter")
             .arg(format!("--net=/proc/{srv}/ns/net"))
-            .arg("ip")
             .args(args)
             .output()
             .unwrap();
@@ -1667,15 +1669,40 @@ fn no_packet_meets_the_address_without_its_socket() {
             .output()
             .is_ok_and(|o| o.status.success())
     });
+    // What the restored namespace's firewall holds when everything is made but nothing
+    // runs yet (post-restore): the lock must be there.
+    let (script, at_post) = (dir.join("hook.sh"), dir.join("tables-at-post-restore"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = post-restore ] || exit 0\n\
+             exec nsenter --net=/proc/$CRTOOLS_INIT_PID/ns/net nft list tables > {}\n",
+            at_post.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let o = Command::new("nsenter")
         .arg(format!("--net={}", Net::path(&net.a)))
         .arg(cryo_bin())
         .args(["restore", "-D", img.to_str().unwrap(), "-d", "-v4"])
-        .args(["-o", "restore.log", "--external"])
+        .args([
+            "-o",
+            "restore.log",
+            "--action-script",
+            script.to_str().unwrap(),
+        ])
+        .arg("--external")
         .arg(format!("veth[eth0]:{peer}@{br}"))
         .output()
         .unwrap();
     assert!(o.status.success(), "restore: {}", log(&img, "restore.log"));
+    let held = std::fs::read_to_string(&at_post).unwrap_or_default();
+    assert!(
+        held.contains("table inet CRIU-") && held.contains("table inet mine"),
+        "at post-restore the restored namespace's tables were: {held:?} (the lock and the \
+         namespace's own table expected)"
+    );
     let _g2 = KillOnDrop(srv);
     std::thread::sleep(std::time::Duration::from_millis(300));
     std::fs::write(&stop, "").unwrap();
@@ -1703,4 +1730,14 @@ fn no_packet_meets_the_address_without_its_socket() {
         log(&img, "restore.log")
     );
     assert!(alive(srv), "the restored server runs");
+    let tables = Command::new("nsenter")
+        .arg(format!("--net=/proc/{srv}/ns/net"))
+        .args(["nft", "list", "tables"])
+        .output()
+        .unwrap();
+    let tables = ok(&tables, "nft list tables in the restored namespace");
+    assert!(
+        tables.contains("table inet mine") && !tables.contains("CRIU-"),
+        "the restored namespace's tables: {tables}"
+    );
 }

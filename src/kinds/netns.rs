@@ -604,7 +604,8 @@ fn ns_of(pid: i32) -> u32 {
 /// addresses with no socket and be answered with a reset, killing a connection saved with
 /// `--tcp-established`. A namespace that lives on (a process in it, or a bind mount of it in
 /// cryo's mount namespace, as `ip netns add` makes) keeps its links as they were: it stays
-/// locked until the restore. Returns how many links were taken down.
+/// locked until the restore. Holders cryo cannot see (an fd on it, a bind mount in another
+/// mount namespace) keep it alive with its links down, locked all the same. Returns how many links were taken down.
 pub fn links_down_before_death(ns: BorrowedFd<'_>, ino: u64) -> Result<usize, NetnsError> {
     if still_held(ino) {
         return Ok(0);
@@ -1662,7 +1663,7 @@ pub fn restore(
                 id,
                 "restore the iptables rules",
                 "iptables-legacy-restore",
-                &["-w"],
+                &["-w", "--noflush"],
                 Some(&ipt),
             )?
             .ok_or(NetnsError::Tool {
@@ -1677,7 +1678,7 @@ pub fn restore(
                 id,
                 "restore the ip6tables rules",
                 "ip6tables-legacy-restore",
-                &["-w"],
+                &["-w", "--noflush"],
                 Some(&ip6t),
             )?
             .ok_or(NetnsError::Tool {
@@ -1687,6 +1688,14 @@ pub fn restore(
                 why: "not installed".into(),
             })?;
         }
+        // CRIU saves its own lock (table inet CRIU-<first 21 characters of its run id>)
+        // with the ruleset: that table is this restore's lock, made already (before the
+        // links), so it is not declared again (its chains' priorities differ, which the
+        // kernel refuses) nor deleted here; the unlock at the end removes it.
+        let nft = match &criu_run_id {
+            Some(run) => without_table(&nft, &format!("inet {}", crate::netlock::lock_name(run))),
+            None => nft,
+        };
         if nft.iter().any(|b| !b.is_ascii_whitespace()) {
             run_tool(
                 id,
@@ -1701,16 +1710,6 @@ pub fn restore(
                 tool: "nft",
                 why: "not installed".into(),
             })?;
-            // CRIU saves its own lock (table inet CRIU-<first 21 characters of its run id>)
-            // with the ruleset and deletes it when it unlocks: so does cryo.
-            if let Some(run) = &criu_run_id {
-                let name = crate::netlock::lock_name(run);
-                crate::netlock::delete_nft_table(&name).map_err(|source| NetnsError::Netlink {
-                    ns: id,
-                    what: format!("delete CRIU's lock table inet {name}"),
-                    source,
-                })?;
-            }
         }
         Ok(())
     })
@@ -1856,6 +1855,27 @@ fn finish_cross_peer(c: &CrossPeer) -> Result<(), NetnsError> {
         what: format!("namespace {b} (a veth's peer)"),
         source,
     })?
+}
+
+/// `nft list ruleset` text without the top-level block `table NAME {` ... `}`.
+fn without_table(text: &[u8], name: &str) -> Vec<u8> {
+    let head = format!("table {name} {{");
+    let mut out = Vec::with_capacity(text.len());
+    let mut inside = false;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        let l = String::from_utf8_lossy(line);
+        let l = l.trim_end();
+        if inside {
+            inside = l != "}";
+            continue;
+        }
+        if l == head {
+            inside = true;
+            continue;
+        }
+        out.extend_from_slice(line);
+    }
+    out
 }
 
 /// A message setting a made link's saved up/down state.

@@ -314,12 +314,16 @@ pub fn fd_from_child_within(
         // SAFETY: _exit takes a plain integer and does not return.
         unsafe { libc::_exit(0) };
     }
-    let pid = i32::try_from(cvt(libc::c_long::from(r))?).unwrap_or(-1);
+    let pid = r;
+    cvt(libc::c_long::from(pid))?;
     drop(theirs);
-    if !answered_within(ours.as_fd(), pid, timeout)? {
+    // A failed wait (poll or pidfd_open) is no answer either: the child goes all the same.
+    let answered = answered_within(ours.as_fd(), pid, timeout);
+    if !matches!(answered, Ok(true)) {
         // SAFETY: kill with integers; `pid` is our unreaped child, so it is no other process.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let _ = reap(pid);
+        answered?;
         return Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
