@@ -2091,6 +2091,19 @@ fn open_ghost(
             objs.ghosts
                 .open(&objs.dir, id, &reg.name, flags, objs.ns_pid)?
         };
+        // The name may show another file than the one made (made in another mount
+        // namespace's directory): never handed over silently.
+        let same = rustix::fs::fstat(&local).is_ok_and(|s| Some((s.st_dev, s.st_ino)) == made);
+        if made.is_some() && !same {
+            return Err(TaskError::object(
+                id,
+                format!(
+                    "open deleted file {} where it was made: that path shows another file (it was made in another mount namespace)",
+                    reg.name
+                ),
+            )(std::io::Error::from_raw_os_error(libc::ESTALE))
+            .into());
+        }
         Ok(cx.take_from_cryo(local.as_raw_fd())?)
     };
     let dirfd = match (dirfd, made) {
