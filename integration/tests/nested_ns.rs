@@ -1698,50 +1698,7 @@ fn start_linked(
 /// no temporary name is left on the file system.
 #[test]
 fn removed_file_held_through_two_namespaces_mounts_keeps_both() {
-    let _host = host_mounts();
-    if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
-        return;
-    }
-    let dir = scratch("nested-ns-link-remap");
-    let (root, _, out, d, _g, _u) = start_linked(&dir, true);
-    let names = || {
-        ["0", "0/1", "0/2"].map(|s| {
-            let mut v: Vec<_> = std::fs::read_dir(format!("{d}/{s}"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
-            v.sort();
-            v
-        })
-    };
-    let before = names();
-    let fields = |l: &str| l.split(' ').skip(1).map(str::to_string).collect::<Vec<_>>();
-    let first = fields(lines(&out).last().unwrap());
-    let me = std::process::id().cast_signed();
-    assert_eq!(Some(first[0].clone()), mount_id_at(me, &format!("{d}/1")));
-    assert_eq!(first[2..], ["1", "True", "b'data\\n'"]);
-    for round in 0..2 {
-        let img = dir.join(format!("img{round}"));
-        dump(root, &img, &["--link-remap"]);
-        wait_tree_gone(&img);
-        let at = lines(&out).len();
-        restore(&img);
-        first_fields_go_on(&out, at);
-        let kid = children(root)[0];
-        let now = fields(lines(&out).last().unwrap());
-        assert_eq!(
-            Some(now[0].clone()),
-            mount_id_at(me, &format!("{d}/1")),
-            "{now:?}"
-        );
-        assert_eq!(
-            Some(now[1].clone()),
-            mount_id_at(kid, &format!("{d}/2")),
-            "{now:?}"
-        );
-        assert_eq!(now[2..], first[2..]);
-        assert_eq!(names(), before);
-    }
+    held_through_two_namespaces_mounts("nested-ns-link-remap", true);
 }
 
 /// zdtm's mntns_link_ghost, our program: as above, with the file left without any name (a
@@ -1752,12 +1709,18 @@ fn removed_file_held_through_two_namespaces_mounts_keeps_both() {
 /// linked it into the other through the fd's mount, as CRIU links it).
 #[test]
 fn deleted_file_held_through_two_namespaces_mounts_comes_back() {
+    held_through_two_namespaces_mounts("nested-ns-link-ghost", false);
+}
+
+/// Both tests above and below: the file keeps `links` links (1 with `--link-remap`, 0 as a
+/// ghost); two dump/restore rounds.
+fn held_through_two_namespaces_mounts(name: &str, link_remap: bool) {
     let _host = host_mounts();
     if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
         return;
     }
-    let dir = scratch("nested-ns-link-ghost");
-    let (root, _, out, d, _g, _u) = start_linked(&dir, false);
+    let dir = scratch(name);
+    let (root, _, out, d, _g, _u) = start_linked(&dir, link_remap);
     let names = || {
         ["0", "0/1", "0/2"].map(|s| {
             let mut v: Vec<_> = std::fs::read_dir(format!("{d}/{s}"))
@@ -1773,10 +1736,12 @@ fn deleted_file_held_through_two_namespaces_mounts_comes_back() {
     let first = fields(lines(&out).last().unwrap());
     let me = std::process::id().cast_signed();
     assert_eq!(Some(first[0].clone()), mount_id_at(me, &format!("{d}/1")));
-    assert_eq!(first[2..], ["0", "True", "b'data\\n'"]);
+    let links = if link_remap { "1" } else { "0" };
+    assert_eq!(first[2..], [links, "True", "b'data\\n'"]);
     for round in 0..2 {
         let img = dir.join(format!("img{round}"));
-        dump(root, &img, &[]);
+        let opts: &[&str] = if link_remap { &["--link-remap"] } else { &[] };
+        dump(root, &img, opts);
         wait_tree_gone(&img);
         let at = lines(&out).len();
         restore(&img);

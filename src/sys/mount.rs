@@ -79,17 +79,7 @@ pub fn writable_clone(dir: &std::path::Path) -> io::Result<OwnedFd> {
         dir,
         OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
     )?;
-    const MOUNT_ATTR_RDONLY: u64 = 0x1;
-    setattr(
-        std::os::fd::AsFd::as_fd(&fd),
-        &MountAttr {
-            attr_set: 0,
-            attr_clr: MOUNT_ATTR_RDONLY,
-            propagation: 0,
-            userns_fd: 0,
-        },
-    )?;
-    Ok(fd)
+    writable(fd)
 }
 
 /// As [`writable_clone`], for the mount and file or directory `fd` (an O_PATH fd is enough)
@@ -104,6 +94,11 @@ pub fn writable_clone_of(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<OwnedFd>
             | OpenTreeFlags::OPEN_TREE_CLOEXEC
             | OpenTreeFlags::AT_EMPTY_PATH,
     )?;
+    writable(clone)
+}
+
+/// Clears the read-only attribute of the detached mount `clone`.
+fn writable(clone: OwnedFd) -> io::Result<OwnedFd> {
     const MOUNT_ATTR_RDONLY: u64 = 0x1;
     setattr(
         std::os::fd::AsFd::as_fd(&clone),
