@@ -1417,6 +1417,7 @@ fn dump_process(
         lazy: None,
         secbits: None,
         itimers: None,
+        held: Default::default(),
     };
     // In-target work, inside the injection bracket.
     cx.parasite = Some(
@@ -1427,6 +1428,7 @@ fn dump_process(
         kinds::dump_kind::<kinds::signals::Signals>(&mut cx, img)?;
         fault_point("parasite")?;
         kinds::dump_kind::<kinds::misc::Misc>(&mut cx, img)?;
+        kinds::signals::collect_actions(&mut cx, img)?;
         kinds::ns::dump_uts(&mut cx, img)?;
         kinds::ipc::dump(&mut cx, img)?;
         kinds::ns::dump_net(&mut cx, img)?;
