@@ -86,7 +86,10 @@ impl Receiver {
     }
 
     fn wait(mut self) -> Output {
-        self.child.take().unwrap().wait_with_output().unwrap()
+        self.child
+            .take()
+            .unwrap()
+            .output_within("cryo receive", CHILD_SECS)
     }
 }
 
@@ -244,7 +247,7 @@ fn a_writing_process_moves_to_another_namespace_with_all_its_pages() {
     let rx = Receiver::start(net, port(), dest, wd, &[]);
     wait_for("the writer to go on", 20, || steps(out) > 0);
     let before = steps(out);
-    let o = s.migrate(&["--json"]).output().unwrap();
+    let o = output_within(&mut s.migrate(&["--json"]), "cryo migrate", CHILD_SECS);
     let got = rx.wait();
     s.both_succeeded(&o, &got);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -311,7 +314,7 @@ fn a_full_destination_moves_the_staged_memory_into_the_process_with_every_change
     wait_for("the process to drop its pages", 10, || {
         lines(out).iter().any(|l| l == "zapped")
     });
-    let o = mig.wait_with_output().unwrap();
+    let o = mig.output_within("cryo migrate", CHILD_SECS);
     let got = rx.wait();
     let rl = log(wd, "receive.log");
     s.both_succeeded(&o, &got);
@@ -351,7 +354,7 @@ fn a_child_process_moves_with_its_staged_memory() {
     wait_for("the writers to go on", 20, || {
         steps(out) > 0 && steps(&cout) > 0
     });
-    let o = s.migrate(&["--json"]).output().unwrap();
+    let o = output_within(&mut s.migrate(&["--json"]), "cryo migrate", CHILD_SECS);
     let got = rx.wait();
     s.both_succeeded(&o, &got);
     let rl = log(wd, "receive.log");
@@ -486,11 +489,15 @@ fn a_lazy_receive_killed_before_the_restore_leaves_no_daemon() {
     assert!(alive(daemon), "the daemon waits for the restore");
     // nsenter execs cryo in place: this is cryo receive itself.
     signal(rx_pid, libc::SIGKILL);
-    let _ = rx.child.take().unwrap().wait_with_output().unwrap();
+    let _ = rx
+        .child
+        .take()
+        .unwrap()
+        .output_within("cryo receive", CHILD_SECS);
     wait_for("the lazy-pages daemon to go with receive", 10, || {
         !alive(daemon)
     });
-    let o = mig.wait_with_output().unwrap();
+    let o = mig.output_within("cryo migrate", CHILD_SECS);
     assert!(!o.status.success(), "{}", log(wd, "migrate.log"));
     s.runs_on();
     // SIGKILLed receive could not remove what it received.
@@ -507,7 +514,7 @@ fn a_destination_that_cannot_restore_leaves_the_source_running() {
     };
     let (net, dest, wd) = (&s.net, &s.dest, &s.wd);
     let rx = Receiver::start(net, port(), dest, wd, &[]);
-    let o = s.migrate(&[]).output().unwrap();
+    let o = output_within(&mut s.migrate(&[]), "cryo migrate", CHILD_SECS);
     let got = rx.wait();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
@@ -541,8 +548,12 @@ fn a_destination_stopped_mid_stream_leaves_the_source_running_and_nothing_behind
     let rx_pid = i32::try_from(rx.child.as_ref().unwrap().id()).unwrap();
     // nsenter execs cryo in place: this is cryo receive itself.
     signal(rx_pid, libc::SIGTERM);
-    let o = mig.wait_with_output().unwrap();
-    let got = rx.child.take().unwrap().wait_with_output().unwrap();
+    let o = mig.output_within("cryo migrate", CHILD_SECS);
+    let got = rx
+        .child
+        .take()
+        .unwrap()
+        .output_within("cryo receive", CHILD_SECS);
     assert!(!o.status.success(), "{}", log(wd, "migrate.log"));
     assert!(!got.status.success());
     s.runs_on();
@@ -570,10 +581,11 @@ fn migratees_in(ns: &str) -> Vec<i32> {
 
 /// `cryo migrate` of `root` to the receiver in B, with `extra` arguments and `env`.
 fn migrate_to(net: &Net, root: i32, wd: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
-    migrate_cmd(net, root, wd, extra)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+    output_within(
+        migrate_cmd(net, root, wd, extra).envs(env.iter().copied()),
+        "cryo migrate",
+        CHILD_SECS,
+    )
 }
 
 /// The `cryo migrate` command of `root` to the receiver in B, with `extra` arguments (its
@@ -715,8 +727,11 @@ fn a_destination_failing_after_the_commit_is_reported_by_both_sides() {
             "again.log",
         ],
     )
-    .output()
-    .unwrap();
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+    .output_within("cryo restore", CHILD_SECS);
     assert!(again.status.success(), "{}", log(&fin, "again.log"));
     let back = migratees_in(&net.b);
     assert_eq!(back.len(), 1, "{back:?}");
@@ -769,7 +784,7 @@ fn receive_refuses_round_names_that_leave_its_directory() {
             serde_json::json!({"hello": {"version": 1, "tcp_established": false, "shell_job": false}}),
         );
         msg(serde_json::json!({"round": {"name": name}}));
-        let o = rx.wait_with_output().unwrap();
+        let o = rx.output_within("cryo receive", CHILD_SECS);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{name}: {err}");
         assert!(
