@@ -68,6 +68,9 @@ pub struct DumpOpts {
     /// once the images are complete and the lazy pages are being served (CRIU's
     /// `status_ready`), which is when runc lets `checkpoint --lazy-pages` go on.
     pub lazy_ready: Option<std::path::PathBuf>,
+    /// With `lazy_pages`: how long the lazy-pages daemon may take to connect once the
+    /// images are complete (`None`: no bound, the user starts the restore when they like).
+    pub lazy_connect_within: Option<std::time::Duration>,
     /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, this CPU goes into cpuinfo.img.
     pub cpu_cap: u32,
     /// `--timeout N`: how long every thread of the tree may take to stop once seized
@@ -1892,7 +1895,16 @@ pub fn run(
 
     // 5. Final state. A failing post-dump hook leaves the tree running (the dump failed).
     drop(tty_data);
+    // `--lazy-pages`: the kept pages are served from now on, in a thread: a restore that
+    // runs while the post-dump hook waits (`cryo migrate --lazy-pages`) gets them then.
+    let serving = match lazy.take() {
+        Some((l, store)) => Some(crate::pageserver::LazyServing::start(l, store)?),
+        None => None,
+    };
     if let Err(e) = hooks.notify("post-dump", None) {
+        if let Some(s) = serving {
+            s.cancel();
+        }
         if let Some(f) = &freezer {
             f.put_back();
         }
@@ -1986,16 +1998,19 @@ pub fn run(
         files.netlock.unlock_now()?;
     }
     files.link_remaps.keep();
-    if let Some((l, store)) = lazy.take() {
-        // The images are complete; the lazy pages go to the daemon now (CRIU's
-        // `cr_lazy_mem_dump`). The tree is no more: a failure here is the restore's.
-        // CRIU's `status_ready`: the `status-ready` notification (runc waits for it over
-        // RPC and writes its own --status-fd then), and `--status-fd`.
-        hooks.notify("status-ready", None)?;
+    if let Some(s) = serving {
+        // The images are complete; the lazy pages go to the daemon (CRIU's
+        // `cr_lazy_mem_dump`) until it has them all. The tree is no more: a failure here
+        // is the restore's. CRIU's `status_ready`: the `status-ready` notification (runc
+        // waits for it over RPC and writes its own --status-fd then), and `--status-fd`.
+        if let Err(e) = hooks.notify("status-ready", None) {
+            s.cancel();
+            return Err(e.into());
+        }
         if let Some(p) = &opts.lazy_ready {
             crate::notify::status_ready(p);
         }
-        crate::pageserver::serve_lazy(l, &store)?;
+        s.finish(opts.lazy_connect_within)?;
     }
     Ok(DumpReport {
         pid: root,
