@@ -449,6 +449,114 @@ fn a_lazily_restored_destination_gets_every_page_and_its_images_go_after() {
     verify(moved, out);
 }
 
+/// Post-copy (`migrate --lazy-pages`, a receive not asked for it): no pre-copy round; the
+/// destination restores at once and its lazy-pages daemon takes the tree's memory from the
+/// source (the received images hold none of it), which serves it until the daemon has every
+/// page, and only then ends. The process, running in B, has every page it wrote.
+#[test]
+fn a_post_copy_migration_takes_the_memory_from_the_source_after_the_tree_runs() {
+    let Some(s) = Source::start("migrate-post", "migp", 142, 64, true, &[]) else {
+        return;
+    };
+    let (net, root, out, dest, wd) = (&s.net, s.root, &s.out, &s.dest, &s.wd);
+    // The daemon's background push waits 2 s: the tree's own touches fetch pages first.
+    let rx = Receiver::start(
+        net,
+        port(),
+        dest,
+        wd,
+        &[("CRYO_FAULT_PAUSE", "lazy-push:2")],
+    );
+    wait_for("the writer to go on", 20, || steps(out) > 0);
+    let o = migrate_to(net, root, wd, &["--lazy-pages", "--json"], &[]);
+    let got = rx.wait();
+    s.both_succeeded(&o, &got);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        r["rounds"].as_array().map(Vec::len),
+        Some(0),
+        "no pre-copy: {r}"
+    );
+    assert!(r["post_copy_ms"].as_f64().unwrap() > 0.0, "{r}");
+    eprintln!("post-copy migration of 64 MiB: {r}");
+    let moved = i32::try_from(r["restored_pid"].as_i64().unwrap()).unwrap();
+    let _g2 = KillOnDrop(moved);
+    s.moved();
+    assert!(alive(moved));
+    // migrate ended once the daemon had every page, from the source.
+    let ml = log(wd, "migrate.log");
+    assert!(ml.contains("the lazy-pages daemon has every page"), "{ml}");
+    let ll = log(wd, "lazy-pages.log");
+    assert!(ll.contains("every page is in"), "{ll}");
+    let rl = log(wd, "receive.log");
+    assert!(rl.contains("lazy-pages daemon started"), "{rl}");
+    // The final images carried no page of the 64 MiB region: they came through the daemon.
+    let pages: u64 = std::fs::read_dir(dest.join("final"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        pages < 32 << 20,
+        "{pages} bytes of pages in the final images"
+    );
+    let at = steps(out);
+    wait_for("the writer to go on after the move", 20, || steps(out) > at);
+    verify(moved, out);
+}
+
+/// Post-copy with the source lost: `cryo migrate` is killed (SIGKILL) while the restored
+/// tree still lacks most of its memory (the daemon's push held back). The next page it
+/// needs cannot come: the daemon kills it, loudly; it never reads zeros for memory it had
+/// (no page check ever ends), and no copy is left in A or B.
+#[test]
+fn a_source_lost_during_post_copy_takes_the_restored_tree_with_it() {
+    let Some(s) = Source::start("migrate-post-lost", "migq", 143, 64, true, &[]) else {
+        return;
+    };
+    let (net, out, dest, wd) = (&s.net, &s.out, &s.dest, &s.wd);
+    let rx = Receiver::start(
+        net,
+        port(),
+        dest,
+        wd,
+        &[("CRYO_FAULT_PAUSE", "lazy-push:600")],
+    );
+    wait_for("the writer to go on", 20, || steps(out) > 0);
+    let mut mig = s.migrate(&["--lazy-pages"]).spawn().unwrap();
+    let got = rx.wait();
+    assert!(got.status.success(), "{}", log(wd, "receive.log"));
+    s.moved();
+    let moved = migratees_in(&net.b);
+    assert_eq!(moved.len(), 1, "the tree runs in B: {moved:?}");
+    let moved = moved[0];
+    let _g2 = KillOnDrop(moved);
+    let daemon = lazy_daemon_pid(wd);
+    let _d = KillOnDrop(daemon);
+    assert!(
+        mig.try_wait().unwrap().is_none(),
+        "migrate still serves the pages"
+    );
+    // nsenter execs cryo in place: this is cryo migrate itself.
+    signal(i32::try_from(mig.id()).unwrap(), libc::SIGKILL);
+    let _ = mig.wait_within("cryo migrate", CHILD_SECS);
+    // The process reads every page now: it must die, not check zeros (it may have died
+    // already, on its next write of a page still at the source).
+    // SAFETY: kill with integers.
+    unsafe { libc::kill(moved, libc::SIGUSR1) };
+    wait_gone(moved);
+    let ll = log(wd, "lazy-pages.log");
+    assert!(ll.contains("killing the restored tree"), "{ll}");
+    assert!(
+        !lines(out).iter().any(|l| l.starts_with("verify")),
+        "no page check ended on partial memory"
+    );
+    wait_for("the daemon to end", 30, || !alive(daemon));
+    assert_eq!(migratees_in(&net.a), Vec::<i32>::new(), "no copy in A");
+    assert_eq!(migratees_in(&net.b), Vec::<i32>::new(), "no copy in B");
+}
+
 /// The PID in the `daemon=PID` field of receive's "lazy-pages daemon started" line.
 fn lazy_daemon_pid(wd: &Path) -> i32 {
     let l = log(wd, "receive.log");
