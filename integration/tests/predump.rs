@@ -327,8 +327,7 @@ fn criu_restores_cryos_chain() {
             "-o",
             "criu-restore.log",
         ])
-        .output()
-        .unwrap();
+        .run_within("CRIU restore", CHILD_SECS);
     assert!(
         o.status.success(),
         "CRIU restore:\n{}",
