@@ -575,7 +575,8 @@ fn dump_opts(a: &Opts, pid: i32) -> Result<dump::DumpOpts> {
     }
     Ok(dump::DumpOpts {
         pid,
-        leave_running: a.leave_running,
+        leave_running: a.leave_running || a.leave_stopped,
+        leave_stopped: a.leave_stopped,
         shell_job: a.shell_job,
         ghost_limit: a.ghost_limit,
         mounts: a.mount_policy().map_err(anyhow::Error::msg)?,
@@ -781,6 +782,7 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
             mounts.auto_external = ext.auto;
             let opts = restore::RestoreOpts {
                 detach: a.restore_detached,
+                leave_stopped: a.leave_stopped,
                 pidfile: a.pidfile.as_ref().map(|p| in_workdir(&a, p)),
                 shell_job: a.shell_job,
                 orphan_pts_master: a.orphan_pts_master,

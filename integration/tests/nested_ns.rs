@@ -29,12 +29,18 @@ while True:
     time.sleep(0.1)
 "#;
 
-/// Tests that mount in cryo's namespace, and the one that counts its mounts, one at a time
-/// (a restore of a nested namespace copies cryo's too).
-static HOST_MOUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Tests that mount in cryo's namespace, and the one that counts its mounts, take this
+/// lock to write; every other test takes it to read: their nested mount namespaces are
+/// copies of cryo's, and a restore copies cryo's again, so a mount that another test makes
+/// or removes between the dump and the restore would be in one copy and not the other.
+static HOST_MOUNTS: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
-fn host_mounts() -> std::sync::MutexGuard<'static, ()> {
-    HOST_MOUNTS.lock().unwrap_or_else(|e| e.into_inner())
+fn host_mounts() -> std::sync::RwLockWriteGuard<'static, ()> {
+    HOST_MOUNTS.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn copies_host_mounts() -> std::sync::RwLockReadGuard<'static, ()> {
+    HOST_MOUNTS.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// (counter, the rest) of the last status line.
@@ -145,6 +151,7 @@ fn start_sandbox(dir: &Path) -> Option<Sandbox> {
 
 #[test]
 fn nested_mount_and_pid_namespaces_keep_pids_and_mounts() {
+    let _host = copies_host_mounts();
     let dir = scratch("nested-ns");
     let Some(sb) = start_sandbox(&dir) else {
         return;
@@ -195,6 +202,7 @@ fn nested_mount_and_pid_namespaces_keep_pids_and_mounts() {
 /// clock is ten days ahead; it sees both.
 #[test]
 fn restore_joins_given_mount_and_time_namespaces() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
         return;
     }
@@ -352,6 +360,7 @@ fn fault_after_nested_namespaces_leaves_nothing_behind() {
 /// tree made is refused by name before anything is touched; the tree keeps running.
 #[test]
 fn setns_into_a_sibling_mount_namespace_is_refused() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("unshare", "--help"), ("nsenter", "--help")]) {
         return;
     }
@@ -390,6 +399,7 @@ fn setns_into_a_sibling_mount_namespace_is_refused() {
 /// tmpfs.
 #[test]
 fn child_left_in_the_roots_mount_namespace_stays_there() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("unshare", "--help")]) {
         return;
     }
@@ -436,6 +446,7 @@ fn child_left_in_the_roots_mount_namespace_stays_there() {
 /// its threads again, its next children still go into its child's namespace, and both go on.
 #[test]
 fn threaded_process_that_made_a_pid_namespace_keeps_its_threads() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("python3", "--version")]) {
         return;
     }
@@ -504,6 +515,7 @@ while True:
 /// that thread.
 #[test]
 fn timer_of_a_nested_init_signals_its_own_thread() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("python3", "--version")]) {
         return;
     }
@@ -600,6 +612,7 @@ while True:
 /// tree.
 #[test]
 fn hostile_nested_namespace_images_are_refused_before_anything_starts() {
+    let _host = copies_host_mounts();
     use cryo::image::{pb, ImageDir, MNTS, PSTREE};
     let dir = scratch("nested-ns-hostile");
     let Some(sb) = start_sandbox(&dir) else {
@@ -656,6 +669,7 @@ fn hostile_nested_namespace_images_are_refused_before_anything_starts() {
 /// still forks into that namespace.
 #[test]
 fn second_child_forked_into_a_made_pid_namespace_keeps_its_pids() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("python3", "--version")]) {
         return;
     }
@@ -732,6 +746,7 @@ fn peer_group(pid: i32, at: &str) -> Option<String> {
 /// init of the PID namespace it shows exists). After a restore they are still one group.
 #[test]
 fn peer_group_with_a_mount_below_the_nested_proc_stays_one() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
         return;
     }
@@ -780,8 +795,7 @@ fn an_unbindable_mount_stays_unbindable() {
     if !require_tools(&[("unshare", "--help"), ("nsenter", "--help")]) {
         return;
     }
-    // Its namespace is a copy of cryo's: none of the tests that mount there meanwhile.
-    let _host = host_mounts();
+    let _host = copies_host_mounts();
     let dir = scratch("nested-ns-unbindable");
     let (u, b) = (dir.join("u"), dir.join("b"));
     std::fs::create_dir_all(&u).unwrap();
@@ -831,6 +845,7 @@ fn an_unbindable_mount_stays_unbindable() {
 /// owner as 1, does not fail.
 #[test]
 fn pidfd_and_file_owner_name_a_nested_init() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("python3", "--version")]) {
         return;
     }
@@ -992,6 +1007,7 @@ while True:
 /// would be taken over from it).
 #[test]
 fn file_of_the_parents_namespace_stays_the_parents() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
         return;
     }
@@ -1091,6 +1107,7 @@ with open(out, "a", buffering=1) as f:
 /// namespace, not in the parent's, where it would take the parent's name).
 #[test]
 fn sockets_bound_at_one_path_in_two_mount_namespaces_stay_apart() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
         return;
     }
@@ -1198,6 +1215,7 @@ with open(out, "a", buffering=1) as f:
 /// child's namespace exists again).
 #[test]
 fn inotify_watch_on_a_childs_mount_namespace_still_hears() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
         return;
     }
@@ -1323,6 +1341,7 @@ fn mount_list(pid: i32) -> Vec<(String, String, String, bool)> {
 /// mounted in cryo's namespace.
 #[test]
 fn child_that_pivoted_into_a_new_root_keeps_it() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
         return;
     }
@@ -1421,6 +1440,7 @@ with open("/host/out", "a", buffering=1) as out:
 /// goes on, twice, and nothing of it is mounted in cryo's namespace.
 #[test]
 fn pivoted_namespace_with_the_proc_of_a_later_pid_namespace() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
         return;
     }
@@ -1522,6 +1542,7 @@ with open(f"/host/out-{name}", "a", buffering=1) as out:
 /// mounts, its count goes on, twice; nothing of it is mounted in cryo's namespace.
 #[test]
 fn chrooted_tasks_in_a_nested_mount_namespace_keep_their_roots() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
         return;
     }
@@ -1758,6 +1779,7 @@ fn start_linked(
 /// no temporary name is left on the file system.
 #[test]
 fn removed_file_held_through_two_namespaces_mounts_keeps_both() {
+    let _host = copies_host_mounts();
     held_through_two_namespaces_mounts("nested-ns-link-remap", true);
 }
 
@@ -1861,6 +1883,7 @@ while True:
 /// read-only mount again, with the file's bytes.
 #[test]
 fn deleted_file_held_through_two_mounts_of_one_directory_comes_back() {
+    let _host = copies_host_mounts();
     if !require_tools(&[("unshare", "--help"), ("python3", "--version")]) {
         return;
     }

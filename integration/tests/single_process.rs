@@ -24,6 +24,53 @@ fn check_sequence(p: &Path) -> u64 {
     v.len() as u64
 }
 
+/// The state letter of `pid` in /proc/PID/stat (R, S, T, ...).
+fn proc_state(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_default()
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// `--leave-stopped` (CRIU's `-s`): after a dump the process is kept, stopped (state T)
+/// instead of killed or running on; a restore with it leaves the restored process stopped
+/// too. `kill -CONT` lets it count on each time.
+#[test]
+fn leave_stopped_keeps_the_process_stopped_after_dump_and_restore() {
+    let dir = scratch("leave-stopped");
+    let out = dir.join("count.txt");
+    let pid = spawn(
+        &[prog("counter").to_str().unwrap(), out.to_str().unwrap()],
+        &dir.join("log"),
+    );
+    let _guard = KillOnDrop(pid);
+    wait_for("counter output", 10, || lines(&out).len() >= 5);
+    let stays_stopped = |when: &str| {
+        wait_for(&format!("the process stopped after the {when}"), 10, || {
+            proc_state(pid) == "T"
+        });
+        let n = lines(&out).len();
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(lines(&out).len(), n, "it counted on after the {when}");
+        signal(pid, libc::SIGCONT);
+        wait_for(
+            &format!("the count to go on after SIGCONT ({when})"),
+            10,
+            || lines(&out).len() >= n + 3,
+        );
+    };
+    let img = dir.join("img");
+    dump(pid, &img, &["--leave-stopped"]);
+    assert!(alive(pid), "the dumped process was killed");
+    stays_stopped("dump");
+    kill(pid);
+    wait_gone(pid);
+    restore_with(&img, &["--leave-stopped"]);
+    assert!(alive(pid), "restored process has the same pid");
+    stays_stopped("restore");
+}
+
 #[test]
 fn counter_continues_without_gap() {
     let dir = scratch("counter");

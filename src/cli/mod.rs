@@ -326,6 +326,10 @@ pub struct Opts {
     /// dump: keep the process running after the dump.
     #[arg(short = 'R', long = "leave-running")]
     pub leave_running: bool,
+    /// dump: keep the processes after the dump, stopped (SIGSTOP) instead of running;
+    /// restore: leave the restored processes stopped. `kill -CONT` lets them run.
+    #[arg(short = 's', long = "leave-stopped", conflicts_with = "leave_running")]
+    pub leave_stopped: bool,
     /// restore: detach after restore: cryo exits and the process runs on (also --daemon).
     #[arg(short = 'd', long = "restore-detached")]
     pub restore_detached: bool,
@@ -1090,7 +1094,6 @@ impl IsSet for Vec<String> {
 
 unsupported_opts! {
     auto_dedup: bool = "auto-dedup", "incremental dumps (and deduplication against them) are not implemented yet";
-    leave_stopped: bool = "leave-stopped" short 's', "leaving the tree stopped is not implemented yet";
     lsm_profile: Option<String> = "lsm-profile", "LSM profiles are not saved or applied yet";
     lsm_mount_context: Option<String> = "lsm-mount-context", "LSM mount contexts are not applied yet";
     stream: bool = "stream", "image streaming is not implemented yet";
@@ -1570,7 +1573,6 @@ mod tests {
     #[test]
     fn unsupported_options_are_named() {
         assert!(err(&["dump", "-t", "1", "--stream"]).contains("--stream"));
-        assert!(err(&["dump", "-t", "1", "-s"]).contains("--leave-stopped"));
         assert!(err(&["restore", "--external", "veth[eth0]"]).contains("veth[IFNAME]"));
         assert!(err(&["restore", "--veth-pair", "eth0"]).contains("--veth-pair"));
         assert!(err(&["dump", "-t", "1", "--cpu-cap=avx"]).contains("avx"));

@@ -24,6 +24,9 @@ pub mod predump;
 pub struct DumpOpts {
     pub pid: i32,
     pub leave_running: bool,
+    /// `--leave-stopped` (with `leave_running`): every process is left stopped (SIGSTOP),
+    /// as CRIU leaves it, instead of running on.
+    pub leave_stopped: bool,
     pub shell_job: bool,
     /// Largest deleted-but-open file saved as a ghost file (bytes).
     pub ghost_limit: u64,
@@ -1969,6 +1972,10 @@ pub fn run(
     }
     for ((_, _, seized), &init) in frozen.iter_mut().zip(&nested_init).rev() {
         if opts.leave_running {
+            if opts.leave_stopped {
+                // Stops once let go, as a job-control stop taken at seize does.
+                seized.stop_sig = Some(libc::SIGSTOP);
+            }
             seized.release();
         } else {
             seized.kill(init);

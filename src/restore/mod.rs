@@ -31,6 +31,9 @@ use crate::sys::remote::{Batch, BatchArea, Remote, RemoteError, Syscalls, SYSCAL
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOpts {
     pub detach: bool,
+    /// `--leave-stopped`: every restored process is stopped (SIGSTOP) when let go, as CRIU
+    /// leaves it; `kill -CONT` lets it run.
+    pub leave_stopped: bool,
     pub pidfile: Option<std::path::PathBuf>,
     /// `--shell-job`: the tree joins cryo's session and terminal; without `detach` its
     /// process group gets the terminal's foreground while cryo waits for it.
@@ -2558,6 +2561,11 @@ fn run_tree(
     }
     // 5. Let them run: children and threads before their parents.
     for p in puppets.0.iter_mut().rev().filter(|p| !p.released) {
+        if opts.leave_stopped {
+            // Pending when let go: the whole process stops before its next instruction.
+            crate::sys::proc::kill(p.tracee.tid, libc::SIGSTOP)
+                .map_err(ptrace_err("kill(SIGSTOP) for --leave-stopped"))?;
+        }
         p.tracee.detach(0).map_err(ptrace_err("PTRACE_DETACH"))?;
         p.released = true;
     }

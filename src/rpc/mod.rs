@@ -347,9 +347,6 @@ fn refuse_unsupported(o: &pb::CriuOpts, restore: bool) -> Result<(), String> {
     {
         bad.push("lsm_profile/lsm_mount_context (LSM profiles are not implemented yet)".into());
     }
-    if on(o.leave_stopped) {
-        bad.push("leave_stopped (not implemented yet)".into());
-    }
     if bad.is_empty() {
         Ok(())
     } else {
@@ -718,7 +715,8 @@ fn do_dump(
         pid: o
             .pid
             .ok_or("DUMP needs opts.pid (cryo cannot dump the process that asks)")?,
-        leave_running: o.leave_running == Some(true),
+        leave_running: o.leave_running == Some(true) || o.leave_stopped == Some(true),
+        leave_stopped: o.leave_stopped == Some(true),
         shell_job: o.shell_job == Some(true),
         ghost_limit: o.ghost_limit.map(u64::from).unwrap_or(1 << 20),
         // Container mount point → name (runc also lists device paths that match no mount:
@@ -815,6 +813,7 @@ fn do_restore(req: &pb::CriuReq, peer: i32, sk: BorrowedFd<'_>) -> Result<pb::Cr
     // RPC restores always detach (CRIU forces it): the caller, not cryo, is the parent.
     let opts = restore::RestoreOpts {
         detach: true,
+        leave_stopped: o.leave_stopped == Some(true),
         pidfile: None,
         shell_job: o.shell_job == Some(true),
         orphan_pts_master: o.orphan_pts_master == Some(true),
