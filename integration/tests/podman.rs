@@ -4,7 +4,7 @@
 //! with `--runtime-flag criu=LINK` (runc under conmon, on restore, gets conmon's PATH, not
 //! ours). The settings are those `/work/shared/reference/runtimes-on-this-vm.md` lists for
 //! this VM: `--runtime runc` (crun is not installed, and without checkpoint support), the
-//! vfs storage driver, `--network none`, rlimits runc can set, and a private
+//! vfs storage driver (overlay in one test), `--network none`, rlimits runc can set, and a private
 //! `--root/--runroot/--tmpdir`, runc root and containers.conf, so nothing is shared with
 //! other podman users of the machine. The image is a busybox rootfs
 //! (`bundles/busybox/build-rootfs.sh`) brought in with `podman import`.
@@ -45,6 +45,8 @@ struct Podman {
     path: String,
     /// What `--runtime` names: `runc`, or the pod wrapper (see [`Podman::for_pods`]).
     runtime: String,
+    /// The storage driver: `vfs` (a copied root), or `overlay` (an overlayfs root).
+    driver: &'static str,
 }
 
 /// A `runc` for pods on this VM: podman 4.3 gives a pod's infra container RLIMIT_NOFILE
@@ -77,6 +79,10 @@ exec runc "$@"
 
 impl Podman {
     fn new(name: &str) -> Podman {
+        Podman::with_driver(name, "vfs")
+    }
+
+    fn with_driver(name: &str, driver: &'static str) -> Podman {
         let dir = std::env::temp_dir().join(format!("cryo-podman-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let bin = dir.join("bin");
@@ -102,7 +108,7 @@ impl Podman {
         std::fs::write(
             dir.join("storage.conf"),
             format!(
-                "[storage]\ndriver = \"vfs\"\nrunroot = \"{}\"\ngraphroot = \"{}\"\n",
+                "[storage]\ndriver = \"{driver}\"\nrunroot = \"{}\"\ngraphroot = \"{}\"\n",
                 dir.join("runroot").display(),
                 dir.join("root").display()
             ),
@@ -113,6 +119,7 @@ impl Podman {
             link,
             path,
             runtime: "runc".into(),
+            driver,
         }
     }
 
@@ -138,7 +145,7 @@ impl Podman {
             .env("CONTAINERS_STORAGE_CONF", d("storage.conf"))
             .env("TMPDIR", d("tmp"))
             .args(["--root", &d("root"), "--runroot", &d("runroot")])
-            .args(["--tmpdir", &d("tmp"), "--storage-driver", "vfs"])
+            .args(["--tmpdir", &d("tmp"), "--storage-driver", self.driver])
             .args([
                 "--runtime",
                 &self.runtime,
@@ -498,6 +505,52 @@ fn export_rm_import() {
     let (_, t_rs) = p.timed(&["container", "restore", "--import", &tars]);
     p.check_restored("c", last, &before);
     eprintln!("podman checkpoint --export {t_ck:?}, restore --import {t_rs:?}");
+}
+
+/// Test 2b: the same with podman's overlay storage driver (issue #16 item 4): the root is
+/// an overlayfs mount of the image's layers; `rm` unmounts it and `restore --import` makes
+/// a new one from the image and the export's rootfs changes. A file the container wrote
+/// into its root before the checkpoint is there after it, the counter goes on, and what
+/// the init maps from the root (busybox) is the new overlay's file.
+#[test]
+fn export_rm_import_on_overlay() {
+    need_podman!();
+    let _g = serial();
+    let p = Podman::with_driver("overlay", "overlay");
+    let before = started(&p);
+    let root_fs = |p: &Podman| p.exec("c", &["sh", "-c", "grep ' / / ' /proc/1/mountinfo"]);
+    let mi = root_fs(&p);
+    assert!(
+        mi.contains(" - overlay "),
+        "the root is not an overlay: {mi}"
+    );
+    p.exec("c", &["sh", "-c", "echo in-the-root > /etc/written"]);
+    let tar = p.dir.join("c.tar.zst");
+    let tars = tar.display().to_string();
+    p.ok(&["container", "checkpoint", "--export", &tars, "c"]);
+    let last = p.check_stopped("c");
+    p.ok(&["rm", "-f", "-t", "0", "c"]);
+    p.ok(&["container", "restore", "--import", &tars]);
+    p.check_restored("c", last, &before);
+    let mi = root_fs(&p);
+    assert!(
+        mi.contains(" - overlay "),
+        "the root is not an overlay: {mi}"
+    );
+    assert_eq!(p.exec("c", &["cat", "/etc/written"]), "in-the-root");
+    let mapped = p.exec(
+        "c",
+        &[
+            "sh",
+            "-c",
+            "stat -L -c %d:%i /proc/1/exe; stat -c %d:%i /bin/busybox",
+        ],
+    );
+    let ids: Vec<&str> = mapped.lines().collect();
+    assert!(
+        ids.len() == 2 && ids[0] == ids[1],
+        "pid 1's executable is not the root's /bin/busybox: {ids:?}"
+    );
 }
 
 /// `cryo inspect` of the export (zstd, read in place): the container's name, image and

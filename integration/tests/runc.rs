@@ -1,9 +1,10 @@
 //! runc 1.1.5 checkpoints and restores containers through cryo (`runc --criu CRYO`), as it
 //! does with CRIU (issue #5): the busybox bundles of `bundles/` (made by `mkbundle`: pipe
-//! stdio, a terminal with a console socket, bind mounts, a tmpfs /dev/shm with data), each
-//! run with `runc run -d`, checkpointed, restored with `runc restore -d`, then checked: `runc
-//! state` says running, the counter goes on, `runc exec` works, the terminal answers, bind
-//! mounts reach the host. Also `--leave-running` and ten cycles of one container.
+//! stdio, a terminal with a console socket, bind mounts, a tmpfs /dev/shm with data, an
+//! overlayfs root), each run with `runc run -d`, checkpointed, restored with `runc restore
+//! -d`, then checked: `runc state` says running, the counter goes on, `runc exec` works, the
+//! terminal answers, bind mounts reach the host, the overlay's files are held again. Also
+//! `--leave-running` and ten cycles of one container.
 //!
 //! The containers are always deleted (`runc delete -f`), also when a test fails. The tests
 //! run one at a time (they share the machine's two cores with the restores they time).
@@ -429,6 +430,90 @@ fn shm_container() {
     c.wait_output(1, before);
     assert_eq!(c.exec_ok(&["md5sum", "/dev/shm/seq"]), sum);
     assert!(c.shm_count() > before);
+}
+
+/// An overlayfs mount of a bundle's `lower` tree at its `rootfs`, with upper and work
+/// directories in the scratch `host` directory; lazily unmounted on drop.
+struct Overlay(PathBuf);
+
+impl Overlay {
+    fn mount(c: &Container) -> Overlay {
+        for d in ["upper", "work"] {
+            std::fs::create_dir_all(c.host(d)).unwrap();
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            c.bundle.join("lower").display(),
+            c.host("upper").display(),
+            c.host("work").display()
+        );
+        let at = c.bundle.join("rootfs");
+        let o = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&at)
+            .output()
+            .unwrap();
+        ok(&o, "mount the overlay root");
+        Overlay(at)
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// (e) an overlayfs root (as podman's overlay driver and containerd's snapshotter make
+/// them), restored onto a new overlay mount of the same layers: the counter goes on, and
+/// the files the init holds open are the overlay's again (same device and inode as their
+/// paths in the container, not the layers' files underneath): a lower file read, a file of
+/// the upper layer appended to (the writes land in the upper directory, no line lost or
+/// repeated), a deleted file (its data back, still deleted).
+#[test]
+fn overlay_root_container() {
+    need_runc!();
+    let _g = serial();
+    let mut c = Container::new("overlay", "overlay");
+    let ov = Overlay::mount(&c);
+    c.start(None, &[]);
+    c.wait_output(0, 3);
+    let img = c.checkpoint(0, &[]);
+    c.gone();
+    let before = c.last_output(0);
+    // A new overlay superblock: what the files are reopened on.
+    drop(ov);
+    let _ov = Overlay::mount(&c);
+    c.start(Some(&img), &[]);
+    let after = c.wait_output(1, before + 2);
+    let first = c.out[1].numbers()[0];
+    assert_eq!(
+        first,
+        before + 1,
+        "the counter went on from {before} at {first}"
+    );
+    let log: Vec<u64> = std::fs::read_to_string(c.host("upper/log.txt"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    assert!(
+        log.len() as u64 >= after - 1 && log.iter().copied().eq(1..=log.len() as u64),
+        "/log.txt (fd 4, upper layer) is not the counter 1..{after}: {log:?}"
+    );
+    for (fd, path) in [(3, "/etc/passwd"), (4, "/log.txt")] {
+        let held = c.exec_ok(&["stat", "-L", "-c", "%d:%i", &format!("/proc/1/fd/{fd}")]);
+        let named = c.exec_ok(&["stat", "-c", "%d:%i", path]);
+        assert_eq!(held, named, "fd {fd} is not the overlay's {path}");
+    }
+    assert_eq!(
+        c.exec_ok(&["cat", "/proc/1/fd/3"]),
+        "root:x:0:0:root:/root:/bin/sh"
+    );
+    assert_eq!(c.exec_ok(&["cat", "/proc/1/fd/5"]), "ghost");
+    let link = c.exec_ok(&["readlink", "/proc/1/fd/5"]);
+    assert_eq!(link, "/tmp/gone (deleted)");
+    assert!(!c.exec(&["test", "-e", "/tmp/gone"]).status.success());
 }
 
 /// `--leave-running`: the container goes on after the checkpoint, and the images restore

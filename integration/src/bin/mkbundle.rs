@@ -17,6 +17,12 @@
 //!   HOSTDIR/ipc and HOSTDIR/net (e.g. `/proc/PID/ns` of another container's init), so not
 //!   PID 1 there; runc saves the PID and network namespaces as external and joins the IPC one
 //!   at restore (`join_ns`);
+//! - `overlay`: `pipe` on an overlayfs root: the busybox tree goes to `DIR/lower` and
+//!   `DIR/rootfs` is left empty (not read-only) for the caller to mount an overlay on
+//!   (`lowerdir=DIR/lower`, upper and work directories of its own), as podman's overlay
+//!   storage driver and containerd's overlay snapshotter make a root. The loop holds files of
+//!   the overlay open: fd 3 reads `/etc/passwd` (a lower file), fd 4 appends the counter to
+//!   `/log.txt` (made in the upper layer), fd 5 reads `/tmp/gone` (made, then deleted);
 //! - `tcp`: a TCP echo server (busybox `nc -ll -p 7000 -e cat`: one `cat` per connection)
 //!   in the existing network namespace at path HOSTDIR.
 
@@ -55,7 +61,9 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (kind, dir) = match args.as_slice() {
         [k, d, ..] => (k.as_str(), PathBuf::from(d)),
-        _ => die("usage: mkbundle pipe|tty|binds|shm|netns|tcp DIR [HOSTDIR|NETNS]".into()),
+        _ => die(
+            "usage: mkbundle pipe|tty|binds|shm|overlay|netns|pod|tcp DIR [HOSTDIR|NETNS]".into(),
+        ),
     };
     let hostdir = args.get(2).map(PathBuf::from);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| die(format!("{}: {e}", dir.display())));
@@ -63,9 +71,12 @@ fn main() {
         .canonicalize()
         .unwrap_or_else(|e| die(format!("{}: {e}", dir.display())));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bundles/busybox/build-rootfs.sh");
-    if !dir.join("rootfs/bin/busybox").exists() {
-        run(Command::new("bash").arg(&script).arg(dir.join("rootfs")));
+    let tree = dir.join(if kind == "overlay" { "lower" } else { "rootfs" });
+    if !tree.join("bin/busybox").exists() {
+        run(Command::new("bash").arg(&script).arg(&tree));
     }
+    std::fs::create_dir_all(dir.join("rootfs"))
+        .unwrap_or_else(|e| die(format!("{}: {e}", dir.join("rootfs").display())));
     let config = dir.join("config.json");
     let _ = std::fs::remove_file(&config);
     run(Command::new("runc").arg("spec").arg("--bundle").arg(&dir));
@@ -80,6 +91,16 @@ fn main() {
     };
     let (terminal, argv, extra): (bool, Vec<String>, Vec<Mount>) = match kind {
         "pipe" | "netns" | "pod" => (false, sh(LOOP, "/dev/shm/count"), vec![]),
+        "overlay" => (
+            false,
+            sh(
+                "echo ghost > /tmp/gone; exec 3</etc/passwd 4>>/log.txt 5</tmp/gone; \
+                 rm /tmp/gone; i=0; while true; do i=$((i+1)); echo $i; echo $i > \"$1\"; \
+                 echo $i >&4; usleep 200000; done",
+                "/dev/shm/count",
+            ),
+            vec![],
+        ),
         "tty" => (true, vec!["sh".into()], vec![]),
         "tcp" => (
             false,
@@ -129,6 +150,11 @@ fn main() {
     process.set_args(Some(argv));
     spec.set_process(Some(process));
     spec.set_hostname(Some(format!("cryo-{kind}")));
+    if kind == "overlay" {
+        let mut root = spec.root().clone().unwrap_or_default();
+        root.set_readonly(Some(false));
+        spec.set_root(Some(root));
+    }
     if kind == "netns" || kind == "tcp" {
         let path = hostdir
             .clone()
