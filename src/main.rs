@@ -427,14 +427,26 @@ fn migrate(a: &Opts) -> Result<ExitCode> {
         bail!("migrate needs --to ADDR:PORT (where `cryo receive --port PORT` listens)");
     };
     if a.lazy_pages {
-        bail!("migrate --lazy-pages (post-copy) is not implemented yet: the pages go before the tree runs on the destination");
+        // The destination's userfaultfd is its receive's to check (it refuses the greeting).
+        if a.max_rounds.is_some() {
+            bail!("migrate --lazy-pages is post-copy: no pre-copy rounds; drop --max-rounds");
+        }
     }
+    // The dump's options: its memory options (--lazy-pages among them) are migrate's to set.
+    let dump = dump_opts(
+        &Opts {
+            lazy_pages: false,
+            ..a.clone()
+        },
+        pid,
+    )?;
     let opts = cryo::migrate::MigrateOpts {
-        dump: dump_opts(a, pid)?,
+        dump,
         to,
         max_rounds: a.max_rounds.unwrap_or(8),
         small_pages: 256,
         work: a.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+        lazy: a.lazy_pages,
     };
     let json = a.json;
     let r = cryo::migrate::migrate(&opts, &mut |r| {
@@ -486,24 +498,25 @@ fn receive(a: &Opts) -> Result<ExitCode> {
     };
     // --lazy-pages: the tree runs at once, a daemon brings its pages from the received
     // images (checked here, before the source is told to go on).
-    let lazy = if a.lazy_pages {
-        cryo::sys::mem::userfaultfd_full()
-            .and_then(cryo::sys::mem::Uffd::new_lazy)
-            .context("receive --lazy-pages: this kernel's userfaultfd lacks the fork/remap/remove/unmap events a lazy restore needs; run receive without --lazy-pages")?;
-        // Its log: lazy-pages.log in the work directory, else in the images directory (-D,
-        // or receive's own, removed with it once every page is in).
-        let log = match &a.work_dir {
+    // Its log: lazy-pages.log in the work directory, else in the images directory (-D, or
+    // receive's own, removed with it once every page is in).
+    let daemon = cryo::migrate::LazyReceive {
+        exe: std::env::current_exe().context("cannot find cryo itself")?,
+        log: match &a.work_dir {
             Some(w) => w.join("lazy-pages.log"),
             None => dir.join("lazy-pages.log"),
-        };
-        Some(cryo::migrate::LazyReceive {
-            exe: std::env::current_exe().context("cannot find cryo itself")?,
-            log,
-            verbosity: a.verbosity,
-        })
+        },
+        verbosity: a.verbosity,
+    };
+    let full_uffd = cryo::sys::mem::userfaultfd_full().and_then(cryo::sys::mem::Uffd::new_lazy);
+    let lazy = if a.lazy_pages {
+        full_uffd.as_ref().map_err(|e| anyhow::anyhow!("{e}")).context("receive --lazy-pages: this kernel's userfaultfd lacks the fork/remap/remove/unmap events a lazy restore needs; run receive without --lazy-pages")?;
+        Some(daemon.clone())
     } else {
         None
     };
+    // A source's post-copy (`migrate --lazy-pages`) is taken where the kernel can.
+    let lazy_on_request = full_uffd.is_ok().then_some(daemon);
     let opts = cryo::migrate::ReceiveOpts {
         keep: a.images_dir != Path::new("."),
         dir,
@@ -523,6 +536,7 @@ fn receive(a: &Opts) -> Result<ExitCode> {
                 std::time::Duration::from_secs(u64::from(t.max(1)))
             }),
         lazy,
+        lazy_on_request,
     };
     let r = cryo::migrate::receive(&opts, &listener)?;
     if a.json {
@@ -591,6 +605,7 @@ fn dump_opts(a: &Opts, pid: i32) -> Result<dump::DumpOpts> {
             .filter(|_| a.lazy_pages)
             .and_then(|f| f.trim().parse::<i32>().ok())
             .map(|n| std::path::PathBuf::from(format!("/proc/self/fd/{n}"))),
+        lazy_connect_within: None,
         cpu_cap: a.cpu_cap_bits().map_err(anyhow::Error::msg)?,
         timeout: a.timeout,
         page_server: if a.page_server {

@@ -62,6 +62,11 @@ enum Msg {
         /// memory as the rounds come (`crate::stage`).
         #[serde(default)]
         root: Option<u32>,
+        /// `migrate --lazy-pages` (post-copy): the port on the source's address (the control
+        /// connection's) where the source serves the tree's memory; the destination
+        /// restores lazily, its lazy-pages daemon taking the pages from there.
+        #[serde(default)]
+        lazy_port: Option<u16>,
     },
     /// Source → destination: the pages of round `name` come next, on a new connection.
     Round { name: String },
@@ -236,6 +241,11 @@ pub struct MigrateOpts {
     /// Where the source keeps the images other than pages (a directory of its own is made
     /// in it and removed at the end).
     pub work: PathBuf,
+    /// `--lazy-pages`: post-copy. No pre-copy round: the final dump keeps the tree's private
+    /// anonymous memory (copied while frozen), the tree restored on the destination runs
+    /// before that memory arrived, its lazy-pages daemon takes it from the source, and
+    /// migrate ends once it has every page.
+    pub lazy: bool,
 }
 
 /// One pre-copy round.
@@ -266,6 +276,9 @@ pub struct MigrateReport {
     pub restore_ms: f64,
     /// The restored root's PID on the destination.
     pub restored_pid: i32,
+    /// `--lazy-pages`: from the tree running on the destination to its last page served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_copy_ms: Option<f64>,
     pub total_ms: f64,
 }
 
@@ -512,6 +525,21 @@ fn rounds_and_hand_over(
         .max(1);
     let wait = Duration::from_secs(u64::from(secs));
     let _ = ctl.set_write_timeout(Some(wait));
+    // `--lazy-pages`: where the final dump serves the pages, on the address the destination
+    // reaches this host at (the control connection's), a port free now.
+    let lazy_at = if opts.lazy {
+        let ip = ctl
+            .local_addr()
+            .map_err(io_err("the control connection's address"))?
+            .ip();
+        let port = TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(io_err(format!("a port for the lazy pages on {ip}")))?
+            .port();
+        Some(std::net::SocketAddr::new(ip, port))
+    } else {
+        None
+    };
     send(
         ctl,
         &Msg::Hello {
@@ -523,6 +551,7 @@ fn rounds_and_hand_over(
             root: crate::procfs::ns_ids(opts.dump.pid, "NSpid:")
                 .and_then(|v| v.last().copied())
                 .and_then(|p| u32::try_from(p).ok()),
+            lazy_port: lazy_at.map(|a| a.port()),
         },
     )?;
     expect_ready(ctl, wait, "the destination's greeting")?;
@@ -531,7 +560,9 @@ fn rounds_and_hand_over(
     let mut rounds: Vec<Round> = Vec::new();
     let mut starts: Vec<Instant> = Vec::new();
     let mut prev: Option<String> = None;
-    for n in 1..=opts.max_rounds.max(1) {
+    // Post-copy: the memory goes after the tree runs on the destination, not before.
+    let pre_copy = if opts.lazy { 0 } else { opts.max_rounds.max(1) };
+    for n in 1..=pre_copy {
         let name = format!("r{n}");
         send(ctl, &Msg::Round { name: name.clone() })?;
         expect_ready(
@@ -581,15 +612,34 @@ fn rounds_and_hand_over(
         },
     )?;
     expect_ready(ctl, wait, "the destination's readiness for the final round")?;
-    let d = DumpOpts {
-        track_mem: true,
-        leave_running: false,
-        prev_images_dir: prev.map(|p| format!("../{p}")),
-        page_server: Some(opts.to.clone()),
-        lazy_pages: None,
-        lazy_ready: None,
-        timeout: Some(secs),
-        ..opts.dump.clone()
+    let d = match lazy_at {
+        None => DumpOpts {
+            track_mem: true,
+            leave_running: false,
+            prev_images_dir: prev.map(|p| format!("../{p}")),
+            page_server: Some(opts.to.clone()),
+            lazy_pages: None,
+            lazy_ready: None,
+            timeout: Some(secs),
+            ..opts.dump.clone()
+        },
+        Some(at) => {
+            // The final round's pages session has nothing: the pages other than the lazy
+            // ones go with the other images.
+            crate::pageserver::Client::connect(&opts.to, wait)?.close()?;
+            DumpOpts {
+                track_mem: false,
+                leave_running: false,
+                prev_images_dir: None,
+                page_server: None,
+                lazy_pages: Some(at.to_string()),
+                lazy_ready: None,
+                // The destination's daemon connects while it restores, before `Restored`.
+                lazy_connect_within: Some(wait.max(crate::pageserver::DEFAULT_IDLE_TIMEOUT)),
+                timeout: Some(secs),
+                ..opts.dump.clone()
+            }
+        }
     };
     let fdir = work.join("final");
     let dir = ImageDir::create(&fdir)?;
@@ -616,8 +666,19 @@ fn rounds_and_hand_over(
         .map(|(what, t)| format!("{what} +{:.1} ms", ms(t.duration_since(frozen_at))))
         .collect();
     tracing::info!(stages = %stages.join(", "), "migrate: the final step (from the freeze)");
+    let served_at = Instant::now();
     let final_pages = match r {
         Ok(r) => r.pages_written,
+        // Post-copy: after the commit the tree's memory is still served from here; failing
+        // that, the destination's daemon kills its copy (never runs it with missing pages).
+        Err(e) if hooks.killed && opts.lazy && hooks.running.is_some() => {
+            let what = format!(
+                "serving the tree's memory to the destination's lazy-pages daemon failed (it kills the restored tree): {}",
+                error_chain(&e)
+            );
+            tracing::error!(%what, "migrate: post-copy failed");
+            return Err(MigrateError::FailedAfterCommit(what));
+        }
         // The tree is killed: what failed after that (its reaping, the network lock) is
         // the source host's business, no longer the migration's.
         Err(e) if hooks.killed => {
@@ -649,6 +710,9 @@ fn rounds_and_hand_over(
         }
     };
     let downtime = at.duration_since(frozen_at);
+    let post_copy_ms = opts
+        .lazy
+        .then(|| ms(served_at.saturating_duration_since(at)));
     tracing::info!(
         pid,
         restored_pid,
@@ -662,6 +726,7 @@ fn rounds_and_hand_over(
         downtime_ms: ms(downtime),
         restore_ms: restore_us as f64 / 1e3,
         restored_pid,
+        post_copy_ms,
         total_ms: ms(t0.elapsed()),
     })
 }
@@ -692,6 +757,9 @@ pub struct ReceiveOpts {
     /// `--lazy-pages`: the tree runs before its memory is in; a daemon brings the pages
     /// from the received images (local) on first touch and in the background.
     pub lazy: Option<LazyReceive>,
+    /// How the daemon is started when the source asks for post-copy (`migrate
+    /// --lazy-pages`: its pages come from the source) without `--lazy-pages` here.
+    pub lazy_on_request: Option<LazyReceive>,
 }
 
 /// What `cryo receive` did.
@@ -713,11 +781,21 @@ pub fn receive(opts: &ReceiveOpts, listener: &TcpListener) -> Result<ReceiveRepo
     let _ = ctl.set_write_timeout(Some(opts.timeout));
     tracing::info!(%peer, "receive: the source connected");
     let mut made: Vec<PathBuf> = Vec::new();
-    let r = receive_in(opts, listener, &mut ctl, peer.ip(), &mut made, made_dir);
+    // The daemon, if the restore is lazy (`--lazy-pages`, or the source's post-copy).
+    let mut lazy = opts.lazy.clone();
+    let r = receive_in(
+        opts,
+        listener,
+        &mut ctl,
+        peer.ip(),
+        &mut made,
+        made_dir,
+        &mut lazy,
+    );
     match &r {
         Ok(_) if opts.keep => {}
         // The lazy-pages daemon still reads them: it removes them when it is done.
-        Ok(_) if opts.lazy.is_some() => {}
+        Ok(_) if lazy.is_some() => {}
         // The source's tree is gone: they are all that is left of it.
         Err(MigrateError::AfterCommit { .. }) => {}
         _ => {
@@ -726,8 +804,7 @@ pub fn receive(opts: &ReceiveOpts, listener: &TcpListener) -> Result<ReceiveRepo
                 let _ = std::fs::remove_dir_all(d);
             }
             // The lazy-pages daemon's log, when it went in the directory receive made.
-            if let Some(l) = opts
-                .lazy
+            if let Some(l) = lazy
                 .as_ref()
                 .filter(|l| made_dir && l.log.parent() == Some(&opts.dir))
             {
@@ -813,8 +890,11 @@ fn receive_in(
     source: std::net::IpAddr,
     made: &mut Vec<PathBuf>,
     made_dir: bool,
+    lazy: &mut Option<LazyReceive>,
 ) -> Result<ReceiveReport, MigrateError> {
     let mut ro = opts.restore.clone();
+    // Post-copy: where the source serves the pages.
+    let mut page_source: Option<std::net::SocketAddr> = None;
     let idle = opts.timeout;
     let mut commit_wait = idle;
     match recv_within(ctl, idle, "the source's greeting")? {
@@ -824,9 +904,19 @@ fn receive_in(
             shell_job,
             timeout_s,
             root,
+            lazy_port,
         } => {
+            if let Some(port) = lazy_port {
+                let Some(l) = opts.lazy.clone().or_else(|| opts.lazy_on_request.clone()) else {
+                    return Err(MigrateError::Protocol(
+                        "the source asks for post-copy (--lazy-pages), which this receive cannot start".into(),
+                    ));
+                };
+                *lazy = Some(l);
+                page_source = Some(std::net::SocketAddr::new(source, port));
+            }
             // A full restore stages the tree's memory; a lazy one's daemon serves it.
-            if opts.lazy.is_none() {
+            if lazy.is_none() {
                 ro.stage = root.map(|p| std::sync::Arc::new(crate::stage::Stage::new(p)));
             }
             ro.sock.tcp_established |= tcp_established;
@@ -872,7 +962,7 @@ fn receive_in(
                 // A lazy restore: its daemon is started now, while the final pages and
                 // images come (not in the frozen tree's time after them); it waits for the
                 // restore to connect. Ended if the migration fails.
-                if let (Some(l), "final") = (&opts.lazy, name.as_str()) {
+                if let (Some(l), "final") = (&*lazy, name.as_str()) {
                     // What the daemon removes once every page is in (without -D): the
                     // rounds, its own log if it is there, the directory if receive made it.
                     let mut remove: Vec<String> = Vec::new();
@@ -885,7 +975,7 @@ fn receive_in(
                             remove.push(format!("E:{}", opts.dir.display()));
                         }
                     }
-                    daemon = Some(LazyDaemon::start(l, &path, &remove)?);
+                    daemon = Some(LazyDaemon::start(l, &path, &remove, page_source)?);
                 }
                 send(ctl, &Msg::Ready)?;
                 let mut sk = accept_pages(listener, ctl, source, idle)?;
@@ -1038,7 +1128,13 @@ impl Drop for LazyDaemon {
 }
 
 impl LazyDaemon {
-    fn start(l: &LazyReceive, fdir: &Path, remove: &[String]) -> Result<LazyDaemon, MigrateError> {
+    /// `page_source`: the source serving the pages (post-copy), else the images have them.
+    fn start(
+        l: &LazyReceive,
+        fdir: &Path,
+        remove: &[String],
+        page_source: Option<std::net::SocketAddr>,
+    ) -> Result<LazyDaemon, MigrateError> {
         use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
         let socket = crate::lazy::socket_path(fdir);
@@ -1050,8 +1146,16 @@ impl LazyDaemon {
             .map_err(|e| io_err("a pipe for the lazy-pages daemon")(e.into()))?;
         crate::sys::fd::set_cloexec(tell.as_fd(), false)
             .map_err(io_err("a pipe for the lazy-pages daemon"))?;
-        let child = std::process::Command::new(&l.exe)
-            .arg("lazy-pages")
+        let mut cmd = std::process::Command::new(&l.exe);
+        cmd.arg("lazy-pages");
+        if let Some(a) = page_source {
+            cmd.arg("--page-server")
+                .arg("--address")
+                .arg(a.ip().to_string())
+                .arg("--port")
+                .arg(a.port().to_string());
+        }
+        let child = cmd
             .arg("-D")
             .arg(fdir)
             .arg("-o")

@@ -418,19 +418,97 @@ impl LazyStore {
     }
 }
 
+/// `dump --lazy-pages`' page server in a thread of its own, started once the pages are kept
+/// and before the post-dump hook: the lazy-pages daemon of a restore that runs while the
+/// dump still waits in its hook (`cryo migrate --lazy-pages`: the destination restores
+/// before the source's commit) gets its pages then. Stopped ([`LazyServing::cancel`]) when
+/// the dump fails.
+pub struct LazyServing {
+    thread: std::thread::JoinHandle<Result<u64, PsError>>,
+    /// Written to (or closed) to stop the thread.
+    stop: std::os::fd::OwnedFd,
+    /// Set once the daemon connected.
+    connected: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LazyServing {
+    /// Serves `store` on `listener` in a thread.
+    pub fn start(listener: TcpListener, store: LazyStore) -> Result<LazyServing, PsError> {
+        let (watch, stop) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| io("a pipe for the lazy pages' server")(e.into()))?;
+        let connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = connected.clone();
+        let thread = std::thread::Builder::new()
+            .name("lazy-pages-server".into())
+            .spawn(move || serve_lazy(listener, &store, Some(&watch), &c))
+            .map_err(io("starting the lazy pages' server"))?;
+        Ok(LazyServing {
+            thread,
+            stop,
+            connected,
+        })
+    }
+
+    /// Stops serving (the dump failed) and waits for the thread.
+    pub fn cancel(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+
+    /// Waits until the daemon has every page (its `CLOSE`); one that has not connected
+    /// within `connect_within` (if given) fails it (stopped). Returns the bytes sent.
+    pub fn finish(self, connect_within: Option<Duration>) -> Result<u64, PsError> {
+        let deadline = connect_within.map(|d| (d, std::time::Instant::now() + d));
+        while !self.connected.load(std::sync::atomic::Ordering::Acquire)
+            && !self.thread.is_finished()
+        {
+            if let Some((d, _)) = deadline.filter(|(_, at)| std::time::Instant::now() >= *at) {
+                drop(self.stop);
+                let _ = self.thread.join();
+                return Err(PsError::Protocol(format!(
+                    "the lazy-pages daemon did not connect within {} s",
+                    d.as_secs()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r = self
+            .thread
+            .join()
+            .unwrap_or_else(|_| Err(PsError::Protocol("the lazy pages' server panicked".into())));
+        drop(self.stop);
+        r
+    }
+}
+
 /// `dump --lazy-pages`: serves `GET`s from `store` to one lazy-pages daemon until its
-/// `CLOSE` (CRIU's `cr_lazy_mem_dump`). Returns the bytes sent.
-pub fn serve_lazy(listener: TcpListener, store: &LazyStore) -> Result<u64, PsError> {
+/// `CLOSE` (CRIU's `cr_lazy_mem_dump`), given up (an error) once `stop` is readable or
+/// closed; `connected` set once the daemon connected. Returns the bytes sent.
+fn serve_lazy(
+    listener: TcpListener,
+    store: &LazyStore,
+    stop: Option<&std::os::fd::OwnedFd>,
+    connected: &std::sync::atomic::AtomicBool,
+) -> Result<u64, PsError> {
+    use std::os::fd::AsFd;
+    let stopped = || PsError::Protocol("the lazy pages' server was stopped".into());
     tracing::info!(
         bytes = store.bytes,
         "lazy pages: waiting for the lazy-pages daemon"
     );
-    let (mut sk, peer) = accept(&listener).map_err(io("accept"))?;
+    if !wait_readable(listener.as_fd(), stop.map(|s| s.as_fd())).map_err(io("accept"))? {
+        return Err(stopped());
+    }
+    let (mut sk, peer) = listener.accept().map_err(io("accept"))?;
     drop(listener);
+    connected.store(true, std::sync::atomic::Ordering::Release);
     let _ = sk.set_nodelay(true);
     tracing::info!(%peer, "lazy pages: the lazy-pages daemon connected");
     let mut sent = 0u64;
     loop {
+        if !wait_readable(sk.as_fd(), stop.map(|s| s.as_fd())).map_err(io("read"))? {
+            return Err(stopped());
+        }
         let mut raw = [0u8; Iov::SIZE];
         match read_full(&mut sk, &mut raw).map_err(io("read"))? {
             0 => {

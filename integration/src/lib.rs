@@ -170,17 +170,19 @@ pub fn dump_with_tool(tool: &str, pid: i32, dir: &Path, extra: &[&str]) {
     );
 }
 
-/// Runs `tool` with `args` and extra environment variables, showing the command and its
-/// output on stderr; returns its output.
+/// Runs `tool` with `args` and extra environment variables (killed after `CHILD_SECS`),
+/// showing the command and its output on stderr; returns its output.
 fn run_tool_env(tool: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     init();
-    let out = Command::new(tool)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
     let name = Path::new(tool).file_name().unwrap_or_default();
+    let out = output_within(
+        Command::new(tool)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null()),
+        &format!("{} {}", name.to_string_lossy(), args.join(" ")),
+        CHILD_SECS,
+    );
     eprintln!(
         "$ {} {} -> {}\n{}{}",
         name.to_string_lossy(),
@@ -336,6 +338,129 @@ pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long a test waits for one child it started (a cryo command, a daemon) before it kills
+/// it and fails: a hung migration or restore fails its test instead of hanging CI.
+pub const CHILD_SECS: u64 = 300;
+
+/// Bounded waits on a child process: after `secs` the child is SIGKILLed, reaped and the
+/// test panics naming `what`, with the output the child wrote so far.
+pub trait WaitWithin {
+    /// Waits for the child to exit.
+    fn wait_within(&mut self, what: &str, secs: u64) -> std::process::ExitStatus;
+    /// Waits for the child to exit and its piped stdout and stderr to close; returns them.
+    fn output_within(self, what: &str, secs: u64) -> Output;
+}
+
+/// Reads `pipe` to its end in a thread into a shared buffer (readable while it runs).
+fn drain(
+    pipe: Option<impl std::io::Read + Send + 'static>,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    Option<std::thread::JoinHandle<()>>,
+) {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = pipe.map(|mut p| {
+        let b = buf.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = p.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                b.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    });
+    (buf, h)
+}
+
+impl WaitWithin for std::process::Child {
+    fn wait_within(&mut self, what: &str, secs: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.try_wait().expect("waiting for a child") {
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.kill();
+                let st = self.wait();
+                panic!(
+                    "{what} (pid {}) did not finish within {secs} s: killed ({st:?})",
+                    self.id()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn output_within(mut self, what: &str, secs: u64) -> Output {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let (out, out_h) = drain(self.stdout.take());
+        let (err, err_h) = drain(self.stderr.take());
+        let so_far = |b: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
+            String::from_utf8_lossy(&b.lock().unwrap()).into_owned()
+        };
+        let mut status = None;
+        loop {
+            if status.is_none() {
+                status = self.try_wait().expect("waiting for a child");
+            }
+            let open = [&out_h, &err_h]
+                .iter()
+                .any(|h| h.as_ref().is_some_and(|h| !h.is_finished()));
+            if let (Some(st), false) = (status, open) {
+                let take = |b: std::sync::Arc<std::sync::Mutex<Vec<u8>>>| {
+                    std::mem::take(&mut *b.lock().unwrap())
+                };
+                return Output {
+                    status: st,
+                    stdout: take(out),
+                    stderr: take(err),
+                };
+            }
+            if Instant::now() >= deadline {
+                let why = match status {
+                    // It exited, but something it started still holds its stdout or stderr.
+                    Some(st) => format!("exited ({st}) but its output pipes stay open"),
+                    None => {
+                        let _ = self.kill();
+                        format!("did not finish: killed ({:?})", self.wait())
+                    }
+                };
+                panic!(
+                    "{what} (pid {}) {why} within {secs} s\nstdout so far: {}\nstderr so far: {}",
+                    self.id(),
+                    so_far(&out),
+                    so_far(&err)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Runs `cmd` with stdout and stderr piped (stdin as set) and returns its output, failing the
+/// test after `secs` as [`WaitWithin::output_within`].
+pub fn output_within(cmd: &mut Command, what: &str, secs: u64) -> Output {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"))
+        .output_within(what, secs)
+}
+
+/// [`output_within`] as a method of the command: `Command::new(..).args(..).run_within(..)`.
+pub trait RunWithin {
+    /// Runs the command; its output, or a failed test after `secs`.
+    fn run_within(&mut self, what: &str, secs: u64) -> Output;
+}
+
+impl RunWithin for Command {
+    fn run_within(&mut self, what: &str, secs: u64) -> Output {
+        output_within(self, what, secs)
     }
 }
 

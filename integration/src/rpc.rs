@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use cryo::image::pb;
 use prost::Message;
 
+use crate::WaitWithin;
+
 /// A running `cryo swrk 3` and our end of its socket.
 pub struct Swrk {
     pub child: Child,
@@ -88,7 +90,10 @@ impl Swrk {
         loop {
             let r = self.recv();
             if r.r#type != pb::CriuReqType::Notify as i32 {
-                let ok = self.child.wait().unwrap().success();
+                let ok = self
+                    .child
+                    .wait_within("cryo swrk", crate::CHILD_SECS)
+                    .success();
                 return (seen, r, ok);
             }
             let n = r.notify.unwrap();

@@ -79,7 +79,7 @@ fn lazily_restored_memory_comes_on_first_touch() {
         "checksum after a lazy restore"
     );
     kill(pid);
-    let st = d.wait().unwrap();
+    let st = d.wait_within("cryo lazy-pages", CHILD_SECS);
     assert!(st.success(), "daemon: {st}\n{}", log(&img, "lazy.log"));
     assert!(
         counted(&img, "faulted=") >= 65536,
@@ -102,7 +102,7 @@ fn lazy_restore_brings_every_page() {
     wait_gone(pid);
     let mut d = daemon(&img, &[], &[]);
     restore_with(&img, &["--lazy-pages"]);
-    let st = d.wait().unwrap();
+    let st = d.wait_within("cryo lazy-pages", CHILD_SECS);
     assert!(st.success(), "daemon: {st}\n{}", log(&img, "lazy.log"));
     assert!(log(&img, "lazy.log").contains("every page is in"));
     assert_eq!(
@@ -153,9 +153,9 @@ fn lazy_restore_from_a_page_server() {
         &[],
     );
     restore_with(&dst, &["--lazy-pages"]);
-    let st = d.wait().unwrap();
+    let st = d.wait_within("cryo lazy-pages", CHILD_SECS);
     assert!(st.success(), "daemon: {st}\n{}", log(&dst, "lazy.log"));
-    let st = dumper.wait().unwrap();
+    let st = dumper.wait_within("cryo dump", CHILD_SECS);
     assert!(st.success(), "dump: {st}\n{}", log(&src, "dump.log"));
     assert_eq!(
         memhog_sum(pid, &out),
@@ -202,9 +202,9 @@ fn a_lost_page_source_kills_the_tree() {
     assert!(alive(pid));
     // The source goes away; the next page the program needs cannot come.
     dumper.kill().unwrap();
-    dumper.wait().unwrap();
+    dumper.wait_within("cryo dump", CHILD_SECS);
     signal(pid, libc::SIGUSR1);
-    let st = d.wait().unwrap();
+    let st = d.wait_within("cryo lazy-pages", CHILD_SECS);
     assert!(!st.success(), "the daemon reports the loss");
     let l = log(&dst, "lazy.log");
     assert!(l.contains("page source is lost"), "{l}");
@@ -236,7 +236,7 @@ fn a_killed_daemon_takes_the_tree_with_it() {
         log(&img, "lazy.log").contains("keeper started")
     });
     d.kill().unwrap();
-    d.wait().unwrap();
+    d.wait_within("cryo lazy-pages", CHILD_SECS);
     // The program reads all of its memory now: it must die, not sum zeros.
     let _ = signal_if_alive(pid);
     wait_gone(pid);
@@ -313,7 +313,7 @@ fn damaged_pages_found_by_the_daemon_kill_the_tree() {
         "-o",
         "restore.log",
     ]);
-    let st = d.wait().unwrap();
+    let st = d.wait_within("cryo lazy-pages", CHILD_SECS);
     assert!(!st.success(), "the daemon should fail");
     let l = log(&img, "lazy.log");
     assert!(
@@ -361,7 +361,7 @@ fn a_pages_image_cut_short_under_the_daemon_kills_the_tree() {
     drop(f);
     // The program reads all of its memory now: the daemon cannot bring it.
     let _ = signal_if_alive(pid);
-    let st = d.wait().unwrap();
+    let st = d.wait_within("cryo lazy-pages", CHILD_SECS);
     assert!(!st.success(), "the daemon should fail");
     let l = log(&img, "lazy.log");
     assert!(l.contains("page source is lost"), "{l}");

@@ -86,7 +86,10 @@ impl Receiver {
     }
 
     fn wait(mut self) -> Output {
-        self.child.take().unwrap().wait_with_output().unwrap()
+        self.child
+            .take()
+            .unwrap()
+            .output_within("cryo receive", CHILD_SECS)
     }
 }
 
@@ -244,7 +247,7 @@ fn a_writing_process_moves_to_another_namespace_with_all_its_pages() {
     let rx = Receiver::start(net, port(), dest, wd, &[]);
     wait_for("the writer to go on", 20, || steps(out) > 0);
     let before = steps(out);
-    let o = s.migrate(&["--json"]).output().unwrap();
+    let o = output_within(&mut s.migrate(&["--json"]), "cryo migrate", CHILD_SECS);
     let got = rx.wait();
     s.both_succeeded(&o, &got);
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -311,7 +314,7 @@ fn a_full_destination_moves_the_staged_memory_into_the_process_with_every_change
     wait_for("the process to drop its pages", 10, || {
         lines(out).iter().any(|l| l == "zapped")
     });
-    let o = mig.wait_with_output().unwrap();
+    let o = mig.output_within("cryo migrate", CHILD_SECS);
     let got = rx.wait();
     let rl = log(wd, "receive.log");
     s.both_succeeded(&o, &got);
@@ -351,7 +354,7 @@ fn a_child_process_moves_with_its_staged_memory() {
     wait_for("the writers to go on", 20, || {
         steps(out) > 0 && steps(&cout) > 0
     });
-    let o = s.migrate(&["--json"]).output().unwrap();
+    let o = output_within(&mut s.migrate(&["--json"]), "cryo migrate", CHILD_SECS);
     let got = rx.wait();
     s.both_succeeded(&o, &got);
     let rl = log(wd, "receive.log");
@@ -446,6 +449,114 @@ fn a_lazily_restored_destination_gets_every_page_and_its_images_go_after() {
     verify(moved, out);
 }
 
+/// Post-copy (`migrate --lazy-pages`, a receive not asked for it): no pre-copy round; the
+/// destination restores at once and its lazy-pages daemon takes the tree's memory from the
+/// source (the received images hold none of it), which serves it until the daemon has every
+/// page, and only then ends. The process, running in B, has every page it wrote.
+#[test]
+fn a_post_copy_migration_takes_the_memory_from_the_source_after_the_tree_runs() {
+    let Some(s) = Source::start("migrate-post", "migp", 142, 64, true, &[]) else {
+        return;
+    };
+    let (net, root, out, dest, wd) = (&s.net, s.root, &s.out, &s.dest, &s.wd);
+    // The daemon's background push waits 2 s: the tree's own touches fetch pages first.
+    let rx = Receiver::start(
+        net,
+        port(),
+        dest,
+        wd,
+        &[("CRYO_FAULT_PAUSE", "lazy-push:2")],
+    );
+    wait_for("the writer to go on", 20, || steps(out) > 0);
+    let o = migrate_to(net, root, wd, &["--lazy-pages", "--json"], &[]);
+    let got = rx.wait();
+    s.both_succeeded(&o, &got);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        r["rounds"].as_array().map(Vec::len),
+        Some(0),
+        "no pre-copy: {r}"
+    );
+    assert!(r["post_copy_ms"].as_f64().unwrap() > 0.0, "{r}");
+    eprintln!("post-copy migration of 64 MiB: {r}");
+    let moved = i32::try_from(r["restored_pid"].as_i64().unwrap()).unwrap();
+    let _g2 = KillOnDrop(moved);
+    s.moved();
+    assert!(alive(moved));
+    // migrate ended once the daemon had every page, from the source.
+    let ml = log(wd, "migrate.log");
+    assert!(ml.contains("the lazy-pages daemon has every page"), "{ml}");
+    let ll = log(wd, "lazy-pages.log");
+    assert!(ll.contains("every page is in"), "{ll}");
+    let rl = log(wd, "receive.log");
+    assert!(rl.contains("lazy-pages daemon started"), "{rl}");
+    // The final images carried no page of the 64 MiB region: they came through the daemon.
+    let pages: u64 = std::fs::read_dir(dest.join("final"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        pages < 32 << 20,
+        "{pages} bytes of pages in the final images"
+    );
+    let at = steps(out);
+    wait_for("the writer to go on after the move", 20, || steps(out) > at);
+    verify(moved, out);
+}
+
+/// Post-copy with the source lost: `cryo migrate` is killed (SIGKILL) while the restored
+/// tree still lacks most of its memory (the daemon's push held back). The next page it
+/// needs cannot come: the daemon kills it, loudly; it never reads zeros for memory it had
+/// (no page check ever ends), and no copy is left in A or B.
+#[test]
+fn a_source_lost_during_post_copy_takes_the_restored_tree_with_it() {
+    let Some(s) = Source::start("migrate-post-lost", "migq", 143, 64, true, &[]) else {
+        return;
+    };
+    let (net, out, dest, wd) = (&s.net, &s.out, &s.dest, &s.wd);
+    let rx = Receiver::start(
+        net,
+        port(),
+        dest,
+        wd,
+        &[("CRYO_FAULT_PAUSE", "lazy-push:600")],
+    );
+    wait_for("the writer to go on", 20, || steps(out) > 0);
+    let mut mig = s.migrate(&["--lazy-pages"]).spawn().unwrap();
+    let got = rx.wait();
+    assert!(got.status.success(), "{}", log(wd, "receive.log"));
+    s.moved();
+    let moved = migratees_in(&net.b);
+    assert_eq!(moved.len(), 1, "the tree runs in B: {moved:?}");
+    let moved = moved[0];
+    let _g2 = KillOnDrop(moved);
+    let daemon = lazy_daemon_pid(wd);
+    let _d = KillOnDrop(daemon);
+    assert!(
+        mig.try_wait().unwrap().is_none(),
+        "migrate still serves the pages"
+    );
+    // nsenter execs cryo in place: this is cryo migrate itself.
+    signal(i32::try_from(mig.id()).unwrap(), libc::SIGKILL);
+    let _ = mig.wait_within("cryo migrate", CHILD_SECS);
+    // The process reads every page now: it must die, not check zeros (it may have died
+    // already, on its next write of a page still at the source).
+    // SAFETY: kill with integers.
+    unsafe { libc::kill(moved, libc::SIGUSR1) };
+    wait_gone(moved);
+    let ll = log(wd, "lazy-pages.log");
+    assert!(ll.contains("killing the restored tree"), "{ll}");
+    assert!(
+        !lines(out).iter().any(|l| l.starts_with("verify")),
+        "no page check ended on partial memory"
+    );
+    wait_for("the daemon to end", 30, || !alive(daemon));
+    assert_eq!(migratees_in(&net.a), Vec::<i32>::new(), "no copy in A");
+    assert_eq!(migratees_in(&net.b), Vec::<i32>::new(), "no copy in B");
+}
+
 /// The PID in the `daemon=PID` field of receive's "lazy-pages daemon started" line.
 fn lazy_daemon_pid(wd: &Path) -> i32 {
     let l = log(wd, "receive.log");
@@ -486,11 +597,15 @@ fn a_lazy_receive_killed_before_the_restore_leaves_no_daemon() {
     assert!(alive(daemon), "the daemon waits for the restore");
     // nsenter execs cryo in place: this is cryo receive itself.
     signal(rx_pid, libc::SIGKILL);
-    let _ = rx.child.take().unwrap().wait_with_output().unwrap();
+    let _ = rx
+        .child
+        .take()
+        .unwrap()
+        .output_within("cryo receive", CHILD_SECS);
     wait_for("the lazy-pages daemon to go with receive", 10, || {
         !alive(daemon)
     });
-    let o = mig.wait_with_output().unwrap();
+    let o = mig.output_within("cryo migrate", CHILD_SECS);
     assert!(!o.status.success(), "{}", log(wd, "migrate.log"));
     s.runs_on();
     // SIGKILLed receive could not remove what it received.
@@ -507,7 +622,7 @@ fn a_destination_that_cannot_restore_leaves_the_source_running() {
     };
     let (net, dest, wd) = (&s.net, &s.dest, &s.wd);
     let rx = Receiver::start(net, port(), dest, wd, &[]);
-    let o = s.migrate(&[]).output().unwrap();
+    let o = output_within(&mut s.migrate(&[]), "cryo migrate", CHILD_SECS);
     let got = rx.wait();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
@@ -541,8 +656,12 @@ fn a_destination_stopped_mid_stream_leaves_the_source_running_and_nothing_behind
     let rx_pid = i32::try_from(rx.child.as_ref().unwrap().id()).unwrap();
     // nsenter execs cryo in place: this is cryo receive itself.
     signal(rx_pid, libc::SIGTERM);
-    let o = mig.wait_with_output().unwrap();
-    let got = rx.child.take().unwrap().wait_with_output().unwrap();
+    let o = mig.output_within("cryo migrate", CHILD_SECS);
+    let got = rx
+        .child
+        .take()
+        .unwrap()
+        .output_within("cryo receive", CHILD_SECS);
     assert!(!o.status.success(), "{}", log(wd, "migrate.log"));
     assert!(!got.status.success());
     s.runs_on();
@@ -570,10 +689,11 @@ fn migratees_in(ns: &str) -> Vec<i32> {
 
 /// `cryo migrate` of `root` to the receiver in B, with `extra` arguments and `env`.
 fn migrate_to(net: &Net, root: i32, wd: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
-    migrate_cmd(net, root, wd, extra)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
+    output_within(
+        migrate_cmd(net, root, wd, extra).envs(env.iter().copied()),
+        "cryo migrate",
+        CHILD_SECS,
+    )
 }
 
 /// The `cryo migrate` command of `root` to the receiver in B, with `extra` arguments (its
@@ -715,8 +835,11 @@ fn a_destination_failing_after_the_commit_is_reported_by_both_sides() {
             "again.log",
         ],
     )
-    .output()
-    .unwrap();
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+    .output_within("cryo restore", CHILD_SECS);
     assert!(again.status.success(), "{}", log(&fin, "again.log"));
     let back = migratees_in(&net.b);
     assert_eq!(back.len(), 1, "{back:?}");
@@ -769,7 +892,7 @@ fn receive_refuses_round_names_that_leave_its_directory() {
             serde_json::json!({"hello": {"version": 1, "tcp_established": false, "shell_job": false}}),
         );
         msg(serde_json::json!({"round": {"name": name}}));
-        let o = rx.wait_with_output().unwrap();
+        let o = rx.output_within("cryo receive", CHILD_SECS);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{name}: {err}");
         assert!(

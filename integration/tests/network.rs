@@ -2366,7 +2366,8 @@ print(" ".join(r))
 /// `stable_secret` turns its mode to stable-privacy, so they all came back as
 /// `stable_secret` (CRIU's images have no place for the mode: cryo saves it after CRIU's
 /// conf6 list and sets it through rtnetlink). After the restore every device has its mode,
-/// its secret and its IPv6 addresses.
+/// its secret and exactly its IPv6 addresses (links are made down and come up once their
+/// sysctls and mode are set).
 #[test]
 fn ipv6_address_generation_modes_come_back() {
     let _s = serial();
@@ -2459,11 +2460,183 @@ fn ipv6_address_generation_modes_come_back() {
     let after = state(pid);
     for ((b, b_addrs), (a, a_addrs)) in before.iter().zip(&after) {
         assert_eq!(a, b, "after the restore");
-        // (A link is made up before its mode is set: the kernel may have given it a
-        // link-local address of the default mode too.)
-        for x in b_addrs {
-            assert!(a_addrs.contains(x), "{b}: {x} lost: {a_addrs:?}");
-        }
+        // Exactly the dumped addresses: a link made up before its mode and secret were set
+        // got a link-local address of the default mode (eui64) too.
+        assert_eq!(a_addrs, b_addrs, "{b}: its IPv6 addresses");
     }
     kill(pid);
+}
+
+/// A root with two children: the second (`C`) makes a network namespace of its own and in it
+/// a TCP listener, a UDP socket, a unix listener on an abstract name (abstract names are per
+/// network namespace) and a tun file attached to `tb1`, and hands them all to its elder
+/// sibling (`B`, in the root's namespace) over a unix socket, keeping none. B is restored
+/// (and its fds made) before C, and is not its ancestor: the restore refused ("a later
+/// sibling's branch of the tree"). The namespace is now made ahead by B and joined by C.
+const SIBLING_OF_NS: &str = r#"
+import array, ctypes, fcntl, os, select, socket, struct, subprocess, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+elder = os.fork()
+if elder == 0:
+    a.close()
+    msg, anc, _, _ = b.recvmsg(16, socket.CMSG_LEN(4 * 4))
+    b.close()
+    fds = array.array("i")
+    fds.frombytes(anc[0][2][:16])
+    ls = socket.socket(fileno=fds[0])
+    dg = socket.socket(fileno=fds[1])
+    us = socket.socket(fileno=fds[2])
+    tun = fds[3]
+    print("ready", tun, flush=True)
+    while True:
+        try:
+            rd, _, _ = select.select([ls, dg, us], [], [])
+        except InterruptedError:
+            continue
+        if dg in rd:
+            print("got", dg.recv(100).decode(), flush=True)
+        if ls in rd:
+            c, _ = ls.accept()
+            print("accepted", c.recv(100).decode(), flush=True)
+            c.close()
+        if us in rd:
+            c, _ = us.accept()
+            print("unix", c.recv(100).decode(), flush=True)
+            c.close()
+younger = os.fork()
+if younger == 0:
+    b.close()
+    if libc.unshare(CLONE_NEWNET) != 0:
+        os._exit(1)
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind(("127.0.0.1", 7410))
+    ls.listen(4)
+    dg = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dg.bind(("127.0.0.1", 7411))
+    us = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    us.bind("\0cryo-sibling-ns")
+    us.listen(4)
+    tun = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(tun, 0x400454ca, struct.pack("16sH", b"tb1", 0x0001 | 0x1000))
+    a.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                        array.array("i", [ls.fileno(), dg.fileno(), us.fileno(), tun]))])
+    a.close()
+    ls.close(); dg.close(); us.close(); os.close(tun)
+    while True:
+        time.sleep(1)
+a.close()
+b.close()
+print("kids", elder, younger, flush=True)
+while True:
+    time.sleep(1)
+"#;
+
+#[test]
+fn sockets_of_a_namespace_made_by_a_later_sibling_come_back() {
+    let _s = serial();
+    if !need(&["nsenter", "unshare", "python3", "ip"]) {
+        return;
+    }
+    let dir = scratch("netns-sibling-made");
+    let out = dir.join("out");
+    let root = spawn(&["unshare", "-n", "python3", "-c", SIBLING_OF_NS], &out);
+    let _g = KillOnDrop(root);
+    wait_for("the sockets", 10, || {
+        let l = lines(&out);
+        l.iter().any(|l| l.starts_with("ready")) && l.iter().any(|l| l.starts_with("kids"))
+    });
+    let l = lines(&out);
+    let tun_fd: i32 = l
+        .iter()
+        .find_map(|l| l.strip_prefix("ready ").map(|n| n.parse().unwrap()))
+        .unwrap();
+    let kids: Vec<i32> = l
+        .iter()
+        .find_map(|l| l.strip_prefix("kids "))
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let (elder, younger) = (kids[0], kids[1]);
+    let _g2 = KillOnDrop(elder);
+    let _g3 = KillOnDrop(younger);
+    let netns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let send_from = |pid: i32, word: &str| -> String {
+        let script = format!(
+            r#"
+import socket
+r = []
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"{word}", ("127.0.0.1", 7411)); r.append("sent")
+for fam, addr in ((socket.AF_INET, ("127.0.0.1", 7410)), (socket.AF_UNIX, "\0cryo-sibling-ns")):
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM); s.settimeout(5); s.connect(addr)
+        s.sendall(b"{word}"); s.close(); r.append("connected")
+    except OSError as e:
+        r.append(str(e.errno))
+print(" ".join(r))
+"#
+        );
+        String::from_utf8_lossy(&in_ns(pid, &["python3", "-c", &script]).stdout)
+            .trim()
+            .to_string()
+    };
+    let check = |when: &str, word: &str| {
+        assert_ne!(
+            netns(younger),
+            netns(root),
+            "{when}: the younger has its own"
+        );
+        assert_eq!(
+            netns(elder),
+            netns(root),
+            "{when}: the elder is in the root's"
+        );
+        let refused = libc::ECONNREFUSED;
+        assert_eq!(
+            send_from(root, &format!("a{word}")),
+            format!("sent {refused} {refused}"),
+            "{when}: from the root's namespace"
+        );
+        assert_eq!(
+            send_from(younger, word),
+            "sent connected connected",
+            "{when}: from the younger's namespace"
+        );
+        wait_for("the elder to hear from the younger's namespace", 10, || {
+            let l = lines(&out);
+            l.contains(&format!("got {word}"))
+                && l.contains(&format!("accepted {word}"))
+                && l.contains(&format!("unix {word}"))
+        });
+        assert!(!lines(&out).contains(&format!("got a{word}")), "{when}");
+        let info = std::fs::read_to_string(format!("/proc/{elder}/fdinfo/{tun_fd}")).unwrap();
+        assert!(info.contains("iff:\ttb1"), "{when}: the tun file: {info}");
+        let links =
+            String::from_utf8_lossy(&in_ns(younger, &["ip", "-o", "link"]).stdout).into_owned();
+        assert!(
+            links.contains("tb1"),
+            "{when}: tb1 in the younger's namespace: {links}"
+        );
+    };
+    check("before the dump", "one");
+    let img = dir.join("img");
+    dump(root, &img, &[]);
+    for p in [root, elder, younger] {
+        wait_gone(p);
+    }
+    integration::restore(&img);
+    assert!(
+        alive(root) && alive(elder) && alive(younger),
+        "the tree is back"
+    );
+    check("after the restore", "two");
+    // The root first: its children, which it does not reap, then go to a reaper.
+    for p in [root, elder, younger] {
+        kill(p);
+    }
 }

@@ -113,7 +113,11 @@ fn criu_client_stream_is_received_as_criu_writes_it() {
         }
     }
     drop(sk);
-    assert!(child.wait().unwrap().success(), "{}", log(&srv, "ps.log"));
+    assert!(
+        child.wait_within("cryo page-server", CHILD_SECS).success(),
+        "{}",
+        log(&srv, "ps.log")
+    );
     assert!(!entries.is_empty() && pid > 0);
     let pid = i32::try_from(pid).unwrap();
     let pm = pagemap(&srv, pid);
@@ -248,7 +252,11 @@ fn pre_dump_chain_over_page_servers() {
         }
         let o = cryo(&a);
         assert!(o.status.success(), "step {i}:\n{}", log(&local, "dump.log"));
-        assert!(server.wait().unwrap().success(), "{}", log(&srv, "ps.log"));
+        assert!(
+            server.wait_within("cryo page-server", CHILD_SECS).success(),
+            "{}",
+            log(&srv, "ps.log")
+        );
         if let Some(sum) = sum {
             wait_gone(pid);
             let parent: u64 = pagemap(&srv, pid)["entries"].as_array().unwrap()[1..]
@@ -432,8 +440,7 @@ fn criu_and_cryo_page_servers_interoperate() {
                 "--port",
                 &port,
             ])
-            .output()
-            .unwrap();
+            .run_within(&format!("{dumper} dump"), CHILD_SECS);
         assert!(
             o.status.success(),
             "{dumper} dump:\n{}",
@@ -452,8 +459,7 @@ fn criu_and_cryo_page_servers_interoperate() {
                 "-o",
                 "restore.log",
             ])
-            .output()
-            .unwrap();
+            .run_within(&format!("{dumper} restore"), CHILD_SECS);
         assert!(
             o.status.success(),
             "{dumper} restore:\n{}",

@@ -766,6 +766,11 @@ pub struct FdObjects {
     /// namespace's id in the images): that process. A socket made in another namespace
     /// than its holder's (its record's `ns_id`) is made in that process's.
     pub net_ns_host: HashMap<u32, i32>,
+    /// Saved network namespaces made (and rebuilt) ahead of their first process, for a
+    /// socket or tun/tap file of theirs whose holder is restored earlier and is not that
+    /// process's ancestor (a later sibling's branch made the namespace): that process joins
+    /// it (`ns::restore_net`). By id in the images.
+    pub net_ns_made: HashMap<u32, std::fs::File>,
     /// The saved network namespace of the puppet whose fds are being made.
     pub cur_net_ns: Option<u32>,
     /// The restore's socket options (`--tcp-established`, ...).
@@ -931,6 +936,7 @@ impl FdObjects {
             ns_pid: None,
             net_pid: None,
             net_ns_host: HashMap::new(),
+            net_ns_made: HashMap::new(),
             cur_net_ns: None,
             sock: SockOpts::default(),
             held: tasks
@@ -1117,8 +1123,9 @@ impl FdObjects {
         };
         // (A tun/tap record has the REG record of `/dev/net/tun` too: not opened by path.)
         let late = if is_net_file(e) {
-            self.other_net_ns(e)
-                .is_some_and(|ns| !self.net_ns_host.contains_key(&ns))
+            self.other_net_ns(e).is_some_and(|ns| {
+                !self.net_ns_host.contains_key(&ns) && !self.net_ns_made.contains_key(&ns)
+            })
         } else {
             e.reg
                 .as_ref()
@@ -1139,6 +1146,11 @@ impl FdObjects {
     /// that of the puppet whose fds are being made (a process that entered another
     /// namespace of the tree, made it and came back).
     fn other_net_ns(&self, e: &pb::FileEntry) -> Option<u32> {
+        Self::other_net_ns_of(e, self.cur_net_ns)
+    }
+
+    /// [`FdObjects::other_net_ns`] for a puppet in saved network namespace `cur`.
+    fn other_net_ns_of(e: &pb::FileEntry, cur: Option<u32>) -> Option<u32> {
         e.usk
             .as_ref()
             .and_then(|u| u.ns_id)
@@ -1149,9 +1161,26 @@ impl FdObjects {
                 e.isk
                     .as_ref()
                     .and_then(|i| i.ns_id)
-                    .filter(|_| self.cur_net_ns.is_some())
+                    .filter(|_| cur.is_some())
             })
-            .filter(|&ns| Some(ns) != self.cur_net_ns)
+            .filter(|&ns| Some(ns) != cur)
+    }
+
+    /// The saved network namespaces that files `ids` of a puppet in saved namespace `cur`
+    /// were made in and that no restored process is in yet, nor made ahead: called once the
+    /// puppet's children exist (its late fds), these are made by a later sibling's branch
+    /// of the tree, so they are made ahead ([`FdObjects::net_ns_made`]).
+    pub fn net_ns_to_make_ahead(
+        &self,
+        ids: impl Iterator<Item = u32>,
+        cur: Option<u32>,
+    ) -> std::collections::BTreeSet<u32> {
+        ids.filter(|id| self.deferred.contains(id))
+            .filter_map(|id| self.files.get(&id))
+            .filter(|e| is_net_file(e))
+            .filter_map(|e| Self::other_net_ns_of(e, cur))
+            .filter(|ns| !self.net_ns_host.contains_key(ns) && !self.net_ns_made.contains_key(ns))
+            .collect()
     }
 
     /// The root of the tree's root mount namespace, for a task in saved namespace `own` that
@@ -1194,23 +1223,37 @@ impl FdObjects {
             .into());
         };
         let mut net_pid = self.net_pid.or(self.ns_pid);
+        let mut net_fd = None;
         // A socket made in another network namespace of the tree than its holder's (a
         // process that entered a second namespace, made it and came back): made there. One
         // whose namespace's first process is a child of its holder waited for it
-        // (`in_ns_not_yet_made`, the late fds).
+        // (`in_ns_not_yet_made`, the late fds); one whose namespace's first process comes
+        // later in another branch, for the namespace made ahead (`net_ns_made`).
         if let Some(ns) = self.other_net_ns(&e).filter(|_| kind.in_tree_ns) {
             if let Some(&p) = self.net_ns_host.get(&ns) {
                 net_pid = Some(p);
+            } else if let Some(f) = self.net_ns_made.get(&ns) {
+                net_fd = Some(f.try_clone().map_err(TaskError::object(
+                    id,
+                    "hold a network namespace of the tree",
+                ))?);
             } else {
                 // Made in its holder's it would answer in the wrong namespace.
                 return Err(Unsupported::restore(format!(
-                    "file {id}: a socket or tun/tap file of network namespace {ns}, whose first process is restored after every process holding the file and is none of their descendants (a later sibling's branch of the tree): cryo makes a network namespace with its first process, so it cannot make the file there"
+                    "file {id}: a socket or tun/tap file of network namespace {ns}, needed before that namespace exists: no process of it is restored yet and no process holding the file in its fd table made it ahead (the file is only in flight, queued on a unix socket?), so cryo cannot make the file there"
                 ))
                 .into());
             }
         }
-        let _in_ns = match net_pid.filter(|_| kind.in_tree_ns) {
-            Some(pid) => {
+        let _in_ns = match (net_fd, net_pid.filter(|_| kind.in_tree_ns)) {
+            (Some(f), _) => {
+                (kind.load)(self)?;
+                Some(
+                    super::ns::InNs::enter_net_fd(f, self.ns_pid)
+                        .map_err(TaskError::object(id, "enter the tree's namespaces"))?,
+                )
+            }
+            (None, Some(pid)) => {
                 // Images are read before the paths change.
                 (kind.load)(self)?;
                 Some(
@@ -1218,7 +1261,7 @@ impl FdObjects {
                         .map_err(TaskError::object(id, "enter the tree's namespaces"))?,
                 )
             }
-            None => None,
+            (None, None) => None,
         };
         let fd = (kind.open)(self, &e)?;
         let raw = fd.as_raw_fd();

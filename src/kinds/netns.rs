@@ -1626,6 +1626,13 @@ pub fn restore(
             write_conf(id, "ipv6", &l.name, &l.conf6)?;
             set_addr_gen_mode(&mut rt, l)?;
         }
+        // Links are made down: up only now, with their sysctls and IPv6 address generation
+        // mode in place (a link up in another mode gets a link-local address of that mode,
+        // which the saved ones lack). Before the routes, which a down link refuses.
+        for l in order.iter().filter(|l| is_up(l)) {
+            rt.request(RouteNetlinkMessage::SetLink(up_flags(l)), 0)
+                .map_err(|e| rt.err(format!("link {}: set it up", l.name), e))?;
+        }
         // Addresses, routes (three passes, as `ip route restore`), rules.
         for a in addrs
             .iter()
@@ -1833,8 +1840,6 @@ fn finish_cross_peer(c: &CrossPeer) -> Result<(), NetnsError> {
     let (b, p) = (c.ns_id, &c.peer);
     within(ns.as_fd(), || -> Result<(), NetnsError> {
         let mut rt = Rtnl::new(b)?;
-        rt.request(RouteNetlinkMessage::SetLink(up_flags(p)), 0)
-            .map_err(|e| rt.err(format!("link {}: set its flags", p.name), e))?;
         if let Some(master) = p.master {
             let mut m = LinkMessage::default();
             m.header.index = p.ifindex;
@@ -1845,6 +1850,9 @@ fn finish_cross_peer(c: &CrossPeer) -> Result<(), NetnsError> {
         write_conf(b, "ipv4", &p.name, &p.conf4)?;
         write_conf(b, "ipv6", &p.name, &p.conf6)?;
         set_addr_gen_mode(&mut rt, p)?;
+        // Up once its sysctls and mode are set (see `restore`).
+        rt.request(RouteNetlinkMessage::SetLink(up_flags(p)), 0)
+            .map_err(|e| rt.err(format!("link {}: set its flags", p.name), e))?;
         for a in c.addrs.iter().filter(|a| addr_index(a) == Some(p.ifindex)) {
             rt.replay(a, None, 0)
                 .map_err(|e| rt.err(format!("link {}: restore an address", p.name), e))?;
@@ -1876,6 +1884,11 @@ fn without_table(text: &[u8], name: &str) -> Vec<u8> {
         out.extend_from_slice(line);
     }
     out
+}
+
+/// Whether saved link `l` was up.
+fn is_up(l: &pb::NetDeviceEntry) -> bool {
+    LinkFlags::from_bits_retain(l.flags).contains(LinkFlags::Up)
 }
 
 /// A message setting a made link's saved up/down state.
@@ -1936,7 +1949,9 @@ fn make_link(
     let ty = pb::NdType::try_from(l.r#type).unwrap_or(pb::NdType::Extlink);
     let mut m = LinkMessage::default();
     m.header.interface_family = AddressFamily::Packet;
-    m.header.flags = LinkFlags::from_bits_retain(l.flags);
+    // Its saved flags but up: every link is made (or moved in) down, and comes up once its
+    // sysctls and IPv6 address generation mode are set (`restore`).
+    m.header.flags = LinkFlags::from_bits_retain(l.flags) - LinkFlags::Up;
     m.attributes.push(LinkAttribute::IfName(l.name.clone()));
     m.attributes.push(LinkAttribute::Mtu(l.mtu));
     if let Some(a) = &l.address {
@@ -1949,7 +1964,7 @@ fn make_link(
             m.attributes
                 .retain(|a| !matches!(a, LinkAttribute::IfName(_)));
             rt.request(RouteNetlinkMessage::SetLink(m), 0)
-                .map_err(|e| rt.err(format!("link {}: set it up", l.name), e))
+                .map_err(|e| rt.err(format!("link {}: set its flags", l.name), e))
         }
         pb::NdType::Veth if opts.netdev.contains_key(&l.name) => {
             // The user's device, moved in from cryo's namespace under the saved name and
@@ -2012,7 +2027,6 @@ fn make_link(
         pb::NdType::Veth => {
             m.header.index = l.ifindex;
             let mut peer = LinkMessage::default();
-            let mut same_ns_peer = None;
             match opts.veth.get(&l.name) {
                 Some((out, _)) => {
                     // The peer goes to cryo's namespace, with the name the user gave.
@@ -2025,8 +2039,9 @@ fn make_link(
                     // peer goes there, as it was saved.
                     let c = cross.unwrap_or_else(|| unreachable!());
                     let p = &c.peer;
-                    // Its flags once made (a peer brought up while being made has no peer
-                    // yet: ENOTCONN), as CRIU.
+                    // Made down, up with the other links once its sysctls are set there
+                    // (`finish_cross_peer`; a peer brought up while being made has no peer
+                    // yet: ENOTCONN).
                     peer.header.index = p.ifindex;
                     peer.attributes.push(LinkAttribute::IfName(p.name.clone()));
                     peer.attributes.push(LinkAttribute::Mtu(p.mtu));
@@ -2053,9 +2068,8 @@ fn make_link(
                     if p.ifindex < l.ifindex {
                         return Ok(()); // made with its peer
                     }
-                    // Its flags once made (see above).
+                    // Made down, up with the other links (see above).
                     peer.header.index = p.ifindex;
-                    same_ns_peer = Some(p);
                     peer.attributes.push(LinkAttribute::IfName(p.name.clone()));
                     peer.attributes.push(LinkAttribute::Mtu(p.mtu));
                     if let Some(a) = &p.address {
@@ -2069,10 +2083,6 @@ fn make_link(
             ]));
             rt.request(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
                 .map_err(|e| what(e, rt))?;
-            if let Some(p) = same_ns_peer {
-                rt.request(RouteNetlinkMessage::SetLink(up_flags(p)), 0)
-                    .map_err(|e| rt.err(format!("link {}: set its flags", p.name), e))?;
-            }
             if let Some(c) = cross.filter(|c| c.ns.is_some()) {
                 finish_cross_peer(c)?;
                 opts.deferred

@@ -176,6 +176,23 @@ pub fn restore_net(
         cx.join_ns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?;
         return Ok(NetEntered::Joined);
     }
+    // One made and rebuilt ahead, for a socket of it an earlier process holds
+    // (`FdObjects::net_ns_made`): joined.
+    let ahead = cx
+        .objs
+        .borrow()
+        .net_ns_made
+        .get(&id)
+        .map(std::fs::File::try_clone);
+    if let Some(f) = ahead {
+        let f = f.map_err(|source| TaskError::Object {
+            id,
+            what: "hold the network namespace made ahead".into(),
+            source,
+        })?;
+        cx.join_ns(f.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?;
+        return Ok(NetEntered::Joined);
+    }
     let ns: Option<pb::NetnsEntry> = cx
         .dir
         .read_opt::<pb::NetnsEntry>(&format!("netns-{id}.img"), image::NETNS)?

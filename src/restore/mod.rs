@@ -1102,8 +1102,50 @@ fn create_children(
     session_helpers(sh, cx, img, table, puppets, ready)?;
     // Its fds that name processes of the tree (pidfds, /proc/PID files), which all exist now
     // but its later siblings.
+    make_net_ns_ahead(sh, cx, img)?;
     kinds::files::restore_late_fds(cx, img, table)?;
     finish_held(sh)?;
+    Ok(())
+}
+
+/// The saved network namespaces that sockets or tun/tap files of this task (left for its
+/// late fds) were made in, whose first process is not restored yet: a later sibling's
+/// branch of the tree made them. Each is made now by this task (unshare, then back to its
+/// own) and rebuilt (links, addresses, routes, firewall) as its first process would have;
+/// that process joins it (`ns::restore_net`). The task is in the tree's user namespace, which
+/// owns every network namespace of the tree. Not locked: as one a child makes for itself.
+fn make_net_ns_ahead(
+    sh: &Shared<'_>,
+    cx: &mut RestoreCx<'_>,
+    img: &TaskImages,
+) -> Result<(), RestoreError> {
+    let todo = cx
+        .objs
+        .borrow()
+        .net_ns_to_make_ahead(img.fdinfo.iter().map(|f| f.id), img.ids.net_ns_id);
+    let pid = cx.pid;
+    for id in todo {
+        let open = |what: &str| {
+            let path = format!("/proc/{pid}/ns/net");
+            std::fs::File::open(&path).map_err(|source| kinds::TaskError::Object {
+                id,
+                what: format!("open {what} ({path})"),
+                source,
+            })
+        };
+        let own = open("the process's network namespace")?;
+        cx.unshare(libc::CLONE_NEWNET)?;
+        let made = open("the network namespace made ahead");
+        cx.join_ns(own.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?;
+        let made = made?;
+        tracing::debug!(
+            pid,
+            ns = id,
+            "network namespace made ahead of its first process"
+        );
+        kinds::netns::restore(cx.dir, id, made.as_fd(), sh.links)?;
+        cx.objs.borrow_mut().net_ns_made.insert(id, made);
+    }
     Ok(())
 }
 
