@@ -18,8 +18,10 @@ fn failed_dump_at_any_stage_leaves_target_running_unchanged() {
     let _guard = KillOnDrop(pid);
     let sum = memhog_sum(pid, &out);
     let regs_before = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let maps = || std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     for stage in ["seize", "collect", "parasite", "memory", "write"] {
         let img = dir.join(format!("img-{stage}"));
+        let maps_before = maps();
         let o = cryo_env(
             &["dump", "-t", &pid.to_string(), "-D", img.to_str().unwrap()],
             &[("CRYO_FAULT_INJECT", stage)],
@@ -31,6 +33,9 @@ fn failed_dump_at_any_stage_leaves_target_running_unchanged() {
             stderr(&o)
         );
         assert!(alive(pid), "stage {stage}: target died");
+        // Nothing of cryo's is left mapped (the scratch area a dump that kills the tree
+        // keeps until the kill is unmapped when the dump fails after the cure).
+        assert_eq!(maps(), maps_before, "stage {stage}: mappings changed");
         assert_eq!(memhog_sum(pid, &out), sum, "stage {stage}: memory changed");
         // memhog blocks SIGUSR1 while it answers: read its state once it waits again.
         let line = |s: &str, key: &str| {

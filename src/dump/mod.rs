@@ -284,12 +284,22 @@ struct Seized {
     done: bool,
     /// The process was stopped by job control, with this signal.
     stop_sig: Option<i32>,
+    /// The scratch area of the injection (site, address, length), left mapped by a dump
+    /// that kills the tree (`dump_process`): unmapped before the task is let go.
+    scratch_left: std::cell::Cell<Option<(u64, u64, u64)>>,
 }
 
 impl Seized {
     fn release(&mut self) {
         if !self.done {
             self.done = true;
+            if let (Some((site, addr, len)), Some(leader)) =
+                (self.scratch_left.take(), self.tracees.first())
+            {
+                if let Err(e) = Parasite::unmap_left(leader, site, addr, len) {
+                    tracing::error!(tid = leader.tid, error = %e, "Could not unmap cryo's scratch area");
+                }
+            }
             if let (Some(sig), Some(leader)) = (self.stop_sig, self.tracees.first()) {
                 // Queued stop signals may have been taken at seize: it stops again once
                 // let go, as CRIU does.
@@ -465,6 +475,7 @@ fn seize_all(
             tracees: Vec::new(),
             done: false,
             stop_sig: None,
+            scratch_left: Default::default(),
         });
         // The leader first, so it is first in `tracees`.
         let mut tids = procfs::threads(pid).unwrap_or_default();
@@ -507,6 +518,7 @@ fn seize_all(
                 tracees: Vec::new(),
                 done: true,
                 stop_sig: None,
+                scratch_left: Default::default(),
             },
         );
         if s.tracees.first().map(|t| t.tid) != Some(pid) {
@@ -635,6 +647,7 @@ fn seize_frozen(
             tracees: Vec::new(),
             done: zombie,
             stop_sig: None,
+            scratch_left: Default::default(),
         };
         let mut leader_gone = false;
         for t in ts {
@@ -1312,6 +1325,7 @@ fn dump_process(
     mut chain: Option<&mut crate::memtrack::Chain>,
     page_server: Option<(&mut crate::pageserver::Client, u32)>,
     lazy: Option<(&mut crate::pageserver::LazyStore, u32)>,
+    keep_scratch: bool,
 ) -> Result<u64, DumpError> {
     let tracee = Tracee { tid: pid };
     let mut others = Vec::new();
@@ -1420,6 +1434,7 @@ fn dump_process(
         lazy: None,
         secbits: None,
         itimers: None,
+        held: Default::default(),
     };
     // In-target work, inside the injection bracket.
     cx.parasite = Some(
@@ -1430,6 +1445,7 @@ fn dump_process(
         kinds::dump_kind::<kinds::signals::Signals>(&mut cx, img)?;
         fault_point("parasite")?;
         kinds::dump_kind::<kinds::misc::Misc>(&mut cx, img)?;
+        kinds::signals::collect_actions(&mut cx, img)?;
         kinds::ns::dump_uts(&mut cx, img)?;
         kinds::ipc::dump(&mut cx, img)?;
         kinds::ns::dump_net(&mut cx, img)?;
@@ -1466,8 +1482,16 @@ fn dump_process(
         }
         Ok(())
     })();
-    let parasite = cx.parasite.take().expect("injected above");
+    let mut parasite = cx.parasite.take().expect("injected above");
     let calls = parasite.remote.calls;
+    // A tree that will be killed keeps its scratch area (its munmap would be one more stop
+    // per process); any way the tree is let go unmaps it first (`Seized::release`).
+    if keep_scratch && r.is_ok() {
+        let left = parasite.keep_scratch();
+        seized
+            .scratch_left
+            .set(left.map(|(addr, len)| (site, addr, len)));
+    }
     let cured = parasite
         .cure()
         .map_err(|source| TaskError::Remote { pid, source });
@@ -1556,6 +1580,7 @@ fn freeze_tree(
                     tracees: Vec::new(),
                     done: true,
                     stop_sig: None,
+                    scratch_left: Default::default(),
                 }
             };
             frozen.push((pid, ppid, s));
@@ -1749,6 +1774,10 @@ pub fn run(
     let mut imgs: Vec<TaskImages> = Vec::new();
     let mut calls = 0;
     let mut tables: Vec<(i32, u32)> = Vec::new();
+    // A tree killed at the end keeps cryo's scratch areas until then (one stop fewer per
+    // process); not one frozen by its cgroup, whose tasks may not run again to unmap theirs
+    // before they are let go.
+    let keep_scratch = !opts.leave_running && freezer.is_none() && chain.is_none();
     for (i, (pid, ppid, seized)) in frozen.iter().enumerate() {
         let mut img = TaskImages {
             pages_id: len32(i) + 1,
@@ -1785,6 +1814,7 @@ pub fn run(
                 chain.as_mut(),
                 ps.as_mut().map(|c| (c, vpids[i])),
                 lazy.as_mut().map(|(_, s)| (s, vpids[i])),
+                keep_scratch,
             )?;
             if let Some(sig) = seized.stop_sig {
                 let tc = img.tc();
@@ -1793,7 +1823,17 @@ pub fn run(
             }
         }
         img.pstree.ppid = c_uint(*ppid);
-        img.ids = kinds::misc::task_ids(*pid, len32(i) + 2)?;
+        let obj = len32(i) + 2;
+        if seized.tracees.is_empty() {
+            img.ids = kinds::misc::task_ids(*pid, obj)?;
+        } else {
+            // The namespaces `misc` read (the tree is frozen: they cannot change), with
+            // this process's own object ids.
+            img.ids.vm_id = obj;
+            img.ids.files_id = obj;
+            img.ids.fs_id = obj;
+            img.ids.sighand_id = obj;
+        }
         if let Some(f) = img.files_shared {
             img.ids.files_id = f;
         } else if !seized.tracees.is_empty() {

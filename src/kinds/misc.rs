@@ -28,8 +28,11 @@ pub struct Misc;
 /// membarrier(2) command returning the registrations of the caller's mm (Linux 6.3).
 const MEMBARRIER_CMD_GET_REGISTRATIONS: i32 = 1 << 9;
 const MEMBARRIER_WHAT: &str = "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)";
-/// Where in scratch the batch of `Misc::dump` has the interval timers written (3 × 32 bytes,
-/// after the 24 bytes of prctl results).
+/// Where in scratch the batch of `Misc::dump` has its results written: after the
+/// dispositions the signals' queries, held for the same stop, write at its start.
+const RESULTS_AT: u64 = 4096;
+/// Where in those results the interval timers are (3 × 32 bytes, after the 24 bytes of
+/// prctl results).
 const ITIMERS_AT: u64 = 64;
 
 /// `task_core_entry.task_state`: alive.
@@ -159,8 +162,8 @@ impl Kind for Misc {
             });
         }
         img.ids = task_ids(pid, 2)?;
-        // What only the task itself can tell.
-        let buf = cx.scratch()?;
+        // What only the task itself can tell (with the signals' held queries).
+        let buf = cx.scratch()? + RESULTS_AT;
         let mut b = Batch::new();
         b.brk(0)?;
         b.prctl(libc::PR_GET_DUMPABLE, [0; 4])?;

@@ -340,6 +340,9 @@ pub struct DumpCx<'a> {
     pub secbits: Option<u64>,
     /// The task's interval timers (3 × `struct itimerval`), read in `misc`'s stop for `timers`.
     pub itimers: Option<[u8; 96]>,
+    /// Queries held back ([`DumpCx::batch_later`]): they run first in the stop of the next
+    /// batch (or call), their results left where they write them in scratch.
+    pub held: Batch,
 }
 
 impl<'a> DumpCx<'a> {
@@ -360,11 +363,34 @@ impl<'a> DumpCx<'a> {
 
     /// Runs the calls queued in `b` in the target, in one stop where possible (see
     /// [`Remote::run_batch`](crate::sys::remote::Remote::run_batch)); returns their results.
+    /// Calls held back ([`DumpCx::batch_later`]) run first, in the same stop.
     pub fn batch(&mut self, b: &Batch) -> Result<Vec<u64>, TaskError> {
         let pid = self.pid;
-        self.remote()?
-            .run_batch(b)
-            .map_err(|source| TaskError::Remote { pid, source })
+        let held = std::mem::take(&mut self.held);
+        let n = held.len();
+        let mut all = held;
+        all.calls.extend_from_slice(&b.calls);
+        let mut got = self
+            .remote()?
+            .run_batch(&all)
+            .map_err(|source| TaskError::Remote { pid, source })?;
+        Ok(got.split_off(n.min(got.len())))
+    }
+
+    /// Holds the calls of `b` (queries whose results they write into scratch, none that
+    /// forks or exits) until the next batch or call, to run in its stop: a tree of many
+    /// processes waits for each of its tasks to be scheduled once per stop.
+    /// [`DumpCx::flush_held`] runs them at once.
+    pub fn batch_later(&mut self, b: &Batch) {
+        self.held.calls.extend_from_slice(&b.calls);
+    }
+
+    /// Runs the calls held back (if any), in a stop of their own.
+    pub fn flush_held(&mut self) -> Result<(), TaskError> {
+        if !self.held.is_empty() {
+            self.batch(&Batch::new())?;
+        }
+        Ok(())
     }
 
     /// Reads `buf.len()` bytes of the target's memory at `addr` (e.g. what a call wrote).
@@ -381,9 +407,11 @@ impl<'a> DumpCx<'a> {
 
 impl Syscalls for DumpCx<'_> {
     type Error = TaskError;
-    /// Runs a syscall in the target (inside the injection window only).
+    /// Runs a syscall in the target (inside the injection window only), after the calls
+    /// held back ([`DumpCx::batch_later`]).
     fn sys(&mut self, what: &'static str, nr: i64, a: [u64; 6]) -> Result<u64, TaskError> {
         let pid = self.pid;
+        self.flush_held()?;
         self.remote()?
             .remote
             .call(what, nr, a)

@@ -2,7 +2,8 @@
 //! and per-thread, with full siginfo) and the alternate signal stack.
 //!
 //! Dispositions and the alternate stack can only be read from inside the task, so dump runs
-//! `rt_sigaction`/`sigaltstack` there. Pending signals are peeked with `PTRACE_PEEKSIGINFO`
+//! `rt_sigaction`/`sigaltstack` there, in the stop of the task attributes' queries (`misc`):
+//! `Signals::dump` holds them, `collect_actions` reads what they wrote. Pending signals are peeked with `PTRACE_PEEKSIGINFO`
 //! (not dequeued) and re-queued on restore from inside the task itself, which the kernel
 //! allows for any si_code.
 
@@ -77,7 +78,7 @@ impl Kind for Signals {
         // Only signals with a handler or ignored (and SIGCHLD, whose SA_NOCLDWAIT and
         // SA_NOCLDSTOP matter even with the default action) can differ from the default:
         // the others read as zeroes from the fresh scratch area. Saves ~60 injected calls.
-        let asked = cx.status.sig_cgt | cx.status.sig_ign | (1 << (libc::SIGCHLD - 1));
+        let asked = asked(cx);
         let buf = cx.scratch()?;
         let mut b = Batch::new();
         for sig in 1..=64 {
@@ -87,48 +88,11 @@ impl Kind for Signals {
         }
         let ss_addr = buf + slot(65) as u64;
         b.sigaltstack(0, ss_addr)?;
-        cx.batch(&b)?;
-        let mut raw = vec![0u8; 64 * KSA + 24];
-        let n = raw.len();
-        crate::sys::mem::vm_read(pid, &mut raw, &[(buf, n)]).map_err(|source| {
-            TaskError::Memory {
-                pid,
-                addr: buf,
-                what: "reading sigactions",
-                source,
-            }
-        })?;
-        let mut acts = Vec::new();
-        for sig in 1..=64 {
-            if dumpable_sig(sig) {
-                let o = slot(sig);
-                if asked & bit(sig) == 0 {
-                    acts.push(pb::SaEntry {
-                        compat_sigaction: Some(false),
-                        ..Default::default()
-                    });
-                    continue;
-                }
-                acts.push(pb::SaEntry {
-                    sigaction: u64_at(&raw, o),
-                    flags: u64_at(&raw, o + 8),
-                    restorer: u64_at(&raw, o + 16),
-                    mask: u64_at(&raw, o + 24),
-                    compat_sigaction: Some(false),
-                    mask_extended: None,
-                });
-            }
-        }
-        img.tc().sigactions = acts;
-        let o = 64 * KSA;
-        img.thread().sas = Some(pb::ThreadSasEntry {
-            ss_sp: u64_at(&raw, o),
-            ss_flags: u32::from_ne_bytes(raw[o + 8..o + 12].try_into().expect("4 bytes")),
-            ss_size: u64_at(&raw, o + 16),
-        });
+        // Held for the stop of the task attributes (`misc`), the next batch; read by
+        // `collect_actions` after it. One stop fewer per process.
+        cx.batch_later(&b);
         Ok(())
     }
-
     fn restore(cx: &mut RestoreCx<'_>, img: &TaskImages) -> Result<(), SignalsError> {
         let tc =
             img.core.tc.as_ref().ok_or_else(|| {
@@ -209,4 +173,55 @@ impl Kind for Signals {
         }
         Ok(())
     }
+}
+
+/// The signals whose disposition is asked from the task (`Signals::dump`).
+fn asked(cx: &DumpCx<'_>) -> u64 {
+    cx.status.sig_cgt | cx.status.sig_ign | (1 << (libc::SIGCHLD - 1))
+}
+
+/// The second half of `Signals::dump`: the dispositions and alternate stack its held
+/// queries wrote into scratch (running them first if no stop took them yet).
+pub fn collect_actions(cx: &mut DumpCx<'_>, img: &mut TaskImages) -> Result<(), SignalsError> {
+    cx.flush_held()?;
+    let pid = cx.pid;
+    let asked = asked(cx);
+    let buf = cx.scratch()?;
+    let mut raw = vec![0u8; 64 * KSA + 24];
+    let n = raw.len();
+    crate::sys::mem::vm_read(pid, &mut raw, &[(buf, n)]).map_err(|source| TaskError::Memory {
+        pid,
+        addr: buf,
+        what: "reading sigactions",
+        source,
+    })?;
+    let mut acts = Vec::new();
+    for sig in 1..=64 {
+        if dumpable_sig(sig) {
+            let o = slot(sig);
+            if asked & bit(sig) == 0 {
+                acts.push(pb::SaEntry {
+                    compat_sigaction: Some(false),
+                    ..Default::default()
+                });
+                continue;
+            }
+            acts.push(pb::SaEntry {
+                sigaction: u64_at(&raw, o),
+                flags: u64_at(&raw, o + 8),
+                restorer: u64_at(&raw, o + 16),
+                mask: u64_at(&raw, o + 24),
+                compat_sigaction: Some(false),
+                mask_extended: None,
+            });
+        }
+    }
+    img.tc().sigactions = acts;
+    let o = 64 * KSA;
+    img.thread().sas = Some(pb::ThreadSasEntry {
+        ss_sp: u64_at(&raw, o),
+        ss_flags: u32::from_ne_bytes(raw[o + 8..o + 12].try_into().expect("4 bytes")),
+        ss_size: u64_at(&raw, o + 16),
+    });
+    Ok(())
 }

@@ -1496,6 +1496,25 @@ impl<'t> Parasite<'t> {
         self.cure_inner()
     }
 
+    /// Takes the scratch area (address, length), if one was mapped, out of the cure: it
+    /// stays mapped (no stop to unmap it), for a task that will be killed, or let go only
+    /// after [`Parasite::unmap_left`] removed it.
+    pub fn keep_scratch(&mut self) -> Option<(u64, u64)> {
+        self.scratch.take()
+    }
+
+    /// Unmaps a scratch area [`Parasite::cure_keeping_scratch`] left in the stopped task `t`
+    /// (a new injection at `site`, cured at once).
+    pub fn unmap_left(t: &Tracee, site: u64, addr: u64, len: u64) -> Result<(), RemoteError> {
+        let regs = t.regs().map_err(|source| RemoteError::Ptrace {
+            what: "PTRACE_GETREGS",
+            source,
+        })?;
+        let mut p = Parasite::inject(t, site, regs)?;
+        p.scratch = Some((addr, len));
+        p.cure()
+    }
+
     fn cure_inner(&mut self) -> Result<(), RemoteError> {
         self.cured = true;
         let tid = self.remote.tracee().tid;
