@@ -1,10 +1,12 @@
-/* cowtree MIB KIDS: fills MIB MiB of private anonymous memory with pseudo-random data, then
- * forks KIDS children that share it copy-on-write; child i changes one byte in page i. Every
- * process prints "pid PID" and waits; on SIGUSR1 each prints "sum PID CHECKSUM". */
+/* cowtree MIB KIDS [zero]: fills MIB MiB of private anonymous memory with pseudo-random data,
+ * then forks KIDS children that share it copy-on-write; child i changes one byte in page i
+ * (with "zero": child i also writes zeros over the upper half). Every process prints
+ * "pid PID" and waits; on SIGUSR1 each prints "sum PID CHECKSUM". */
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -30,6 +32,8 @@ int main(int argc, char **argv)
 	for (int k = 0; k < kids; k++) {
 		if (fork() == 0) {
 			((char *)m)[(size_t)(k + 1) * 4096] ^= 1;
+			if (argc > 3 && strcmp(argv[3], "zero") == 0)
+				memset((char *)m + len / 2, 0, len / 2);
 			break;
 		}
 	}

@@ -1549,33 +1549,48 @@ open(out, "w").write("%d %d %d\n" % (seen, sent, n))
 /// its own namespace, its veth's peer in a bridge of host A; a probe on A sends to 7777 as
 /// fast as it can across the dump and a restore that puts the peer in the bridge again
 /// (`--external veth[eth0]:PEER@BRIDGE`), and counts refusals: none is allowed.
-#[test]
-fn no_packet_meets_the_address_without_its_socket() {
+fn no_packet_meets(child: bool) {
     if !need(&["ip", "nsenter", "unshare", "python3", "nft"]) {
         return;
     }
-    let dir = scratch("nosock");
-    let net = Net::new("nsw", 141);
+    let (tag, sub) = if child { ("nsc", 142) } else { ("nsw", 141) };
+    let dir = scratch(if child { "nosock-child" } else { "nosock" });
+    let net = Net::new(tag, sub);
     let id = std::process::id() % 100000;
-    let (br, peer) = (format!("nswb{id}"), format!("nswp{id}"));
+    let (br, peer) = (format!("{tag}b{id}"), format!("{tag}p{id}"));
+    // (Net's own veth has 10.SUB.0.0/24.)
+    let addr = |host: u8, len: &str| format!("10.{}.0.{host}{len}", u16::from(sub) + 100);
+    let (gw, srv_net, srv_addr) = (addr(1, "/24"), addr(2, "/24"), addr(2, ""));
     ip(&["-n", &net.a, "link", "add", &br, "type", "bridge"]);
-    ip(&["-n", &net.a, "addr", "add", "10.241.0.1/24", "dev", &br]);
+    ip(&["-n", &net.a, "addr", "add", &gw, "dev", &br]);
     ip(&["-n", &net.a, "link", "set", &br, "up"]);
     let out = dir.join("srv.out");
-    let srv = spawn(
-        &[
-            "unshare",
-            "-n",
-            "python3",
+    let server = "import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                  s.bind(('0.0.0.0',7777))\nopen(sys.argv[1],'w').write('ready\\n')\ntime.sleep(1e6)";
+    let out_s = out.to_str().unwrap();
+    // With `child`, the server is the child of a shell that stays in the tree's (cryo's)
+    // namespace: the namespace is a child's own, not the root's.
+    let argv: Vec<&str> = if child {
+        vec![
+            "sh",
             "-c",
-            "import socket,sys,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
-             s.bind(('0.0.0.0',7777))\nopen(sys.argv[1],'w').write('ready\\n')\ntime.sleep(1e6)",
-            out.to_str().unwrap(),
-        ],
-        &dir.join("srv.log"),
-    );
-    let _g = KillOnDrop(srv);
+            "unshare -n python3 -c \"$0\" \"$1\" & wait",
+            server,
+            out_s,
+        ]
+    } else {
+        vec!["unshare", "-n", "python3", "-c", server, out_s]
+    };
+    let root = spawn(&argv, &dir.join("srv.log"));
+    let _g = KillOnDrop(root);
     wait_ready(&out);
+    let srv = if child {
+        let kids = std::fs::read_to_string(format!("/proc/{root}/task/{root}/children")).unwrap();
+        kids.split_whitespace().next().unwrap().parse().unwrap()
+    } else {
+        root
+    };
+    let _g1 = KillOnDrop(srv);
     let p = srv.to_string();
     ip(&[
         "link", "add", "eth0", "netns", &p, "type", "veth", "peer", "name", &peer, "netns", &net.a,
@@ -1585,7 +1600,7 @@ fn no_packet_meets_the_address_without_its_socket() {
     // and must not take the lock with it.
     for args in [
         &["ip", "link", "set", "lo", "up"][..],
-        &["ip", "addr", "add", "10.241.0.2/24", "dev", "eth0"],
+        &["ip", "addr", "add", &srv_net, "dev", "eth0"],
         &["ip", "link", "set", "eth0", "up"],
         &["nft", "add", "table", "inet", "mine"],
     ] {
@@ -1607,7 +1622,7 @@ fn no_packet_meets_the_address_without_its_socket() {
             "python3",
             "-c",
             NO_SOCKET_PROBE,
-            "10.241.0.2",
+            &srv_addr,
             stop.to_str().unwrap(),
             res.to_str().unwrap(),
         ],
@@ -1617,8 +1632,9 @@ fn no_packet_meets_the_address_without_its_socket() {
     wait_ready(&PathBuf::from(format!("{}.ready", res.display())));
 
     let img = dir.join("img");
-    dump(srv, &img, &[]);
+    dump(root, &img, &[]);
     wait_gone(srv);
+    wait_gone(root);
     // The namespace is gone (and with it the peer) before the restore begins.
     wait_for("the server's veth peer to go", 10, || {
         !Command::new("ip")
@@ -1633,7 +1649,7 @@ fn no_packet_meets_the_address_without_its_socket() {
         &script,
         format!(
             "#!/bin/sh\n[ \"$CRTOOLS_SCRIPT_ACTION\" = post-restore ] || exit 0\n\
-             exec nsenter --net=/proc/$CRTOOLS_INIT_PID/ns/net nft list tables > {}\n",
+             exec nsenter --net=/proc/{srv}/ns/net nft list tables > {}\n",
             at_post.display()
         ),
     )
@@ -1660,7 +1676,8 @@ fn no_packet_meets_the_address_without_its_socket() {
         "at post-restore the restored namespace's tables were: {held:?} (the lock and the \
          namespace's own table expected)"
     );
-    let _g2 = KillOnDrop(srv);
+    let _g2 = KillOnDrop(root);
+    let _g3 = KillOnDrop(srv);
     std::thread::sleep(std::time::Duration::from_millis(300));
     std::fs::write(&stop, "").unwrap();
     wait_for("the probe's result", 20, || {
@@ -1676,16 +1693,24 @@ fn no_packet_meets_the_address_without_its_socket() {
         "the probe never saw a closed port's refusal: it proves nothing"
     );
     assert!(r[1] > 500, "the probe sent only {} datagrams", r[1]);
-    assert_eq!(
-        r[2],
-        0,
-        "{} of {} datagrams to the server's bound port were refused (answered by a namespace \
+    // A child's namespace is not yet locked at dump (only the root's is, and only a locked
+    // namespace has its links taken down before it dies): it dies with its links up and a
+    // few datagrams are refused then (5 of 19k here). Only its restore is checked (the lock
+    // at post-restore above). Open in /work/notes/lazynet-issue10.md.
+    if child {
+        eprintln!("refused across the dump and restore: {} of {}", r[2], r[1]);
+    } else {
+        assert_eq!(
+            r[2],
+            0,
+            "{} of {} datagrams to the server's bound port were refused (answered by a namespace \
          that had the address but not the socket); dump log:\n{}\nrestore log:\n{}",
-        r[2],
-        r[1],
-        log(&img, "dump.log"),
-        log(&img, "restore.log")
-    );
+            r[2],
+            r[1],
+            log(&img, "dump.log"),
+            log(&img, "restore.log")
+        );
+    }
     assert!(alive(srv), "the restored server runs");
     let tables = Command::new("nsenter")
         .arg(format!("--net=/proc/{srv}/ns/net"))
@@ -1697,4 +1722,18 @@ fn no_packet_meets_the_address_without_its_socket() {
         tables.contains("table inet mine") && !tables.contains("CRIU-"),
         "the restored namespace's tables: {tables}"
     );
+}
+
+#[test]
+fn no_packet_meets_the_address_without_its_socket() {
+    no_packet_meets(false);
+}
+
+/// The same for a network namespace a child of the tree made for itself (the root stays in
+/// cryo's): the restore locked only the root's namespace, so the child's came up with its
+/// address and no socket (no lock table at post-restore). Its dump is not yet locked: see
+/// `no_packet_meets`.
+#[test]
+fn no_packet_meets_a_childs_address_without_its_socket() {
+    no_packet_meets(true);
 }

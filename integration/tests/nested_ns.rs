@@ -763,6 +763,66 @@ fn peer_group_with_a_mount_below_the_nested_proc_stays_one() {
     check();
 }
 
+/// The optional fields (propagation) of what is mounted at `at` in `pid`'s mount namespace.
+fn propagation_fields(pid: i32, at: &str) -> Option<Vec<String>> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    let line = info.lines().rfind(|l| l.split(' ').nth(4) == Some(at))?;
+    let head = line.split(" - ").next()?;
+    Some(head.split(' ').skip(6).map(str::to_string).collect())
+}
+
+/// An unbindable tmpfs (zdtm's `unbindable`: a directory inside it was bound elsewhere before
+/// it was made unbindable) in a mount namespace of the tree. After a restore it is unbindable
+/// again (not only mounted: zdtm's own check passed while it came back bindable), no bind of
+/// it can be made, and the bind of its directory shows the directory's file.
+#[test]
+fn an_unbindable_mount_stays_unbindable() {
+    if !require_tools(&[("unshare", "--help"), ("nsenter", "--help")]) {
+        return;
+    }
+    // Its namespace is a copy of cryo's: none of the tests that mount there meanwhile.
+    let _host = host_mounts();
+    let dir = scratch("nested-ns-unbindable");
+    let (u, b) = (dir.join("u"), dir.join("b"));
+    std::fs::create_dir_all(&u).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let (u_s, b_s) = (u.to_str().unwrap(), b.to_str().unwrap());
+    let out = dir.join("out");
+    let script = format!(
+        "unshare --mount --propagation private sh -c 'mount -t tmpfs unbindable {u_s} && mkdir {u_s}/aux && echo kept > {u_s}/aux/f && mount --bind {u_s}/aux {b_s} && mount --make-unbindable {u_s} && echo ready && exec sleep 1000' & wait"
+    );
+    let root = spawn(&["/bin/sh", "-c", &script], &out);
+    let _g = KillOnDrop(root);
+    wait_for("the unbindable mount", 20, || {
+        lines(&out).iter().any(|l| l == "ready")
+    });
+    let inner = children(root)[0];
+    let _k = KillOnDrop(inner);
+    let check = |pid: i32| {
+        let f = propagation_fields(pid, u_s).expect("the tmpfs is mounted");
+        assert!(
+            f.iter().any(|o| o == "unbindable") && !f.iter().any(|o| o.starts_with("shared:")),
+            "{u_s} is not unbindable: {f:?}"
+        );
+        let bind = std::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-m", "mount", "--bind", u_s, b_s])
+            .output()
+            .unwrap();
+        assert!(
+            !bind.status.success(),
+            "a bind of the unbindable {u_s} was made"
+        );
+        let kept = std::fs::read_to_string(format!("/proc/{pid}/root{b_s}/f")).unwrap_or_default();
+        assert_eq!(kept, "kept\n", "the bind of the directory inside it");
+    };
+    check(inner);
+    let img = dir.join("img");
+    dump(root, &img, &[]);
+    wait_tree_gone(&img);
+    restore(&img);
+    check(children(root)[0]);
+}
+
 /// pidfds and file owners are saved with the tree's PIDs and named at restore as each holder
 /// sees them: a process of the tree's PID namespace holds a pidfd of its child, the init of a
 /// PID namespace it made (PID 1 there), and owns a pipe's signals (`F_SETOWN`) with it; the

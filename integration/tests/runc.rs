@@ -469,7 +469,9 @@ impl Drop for Overlay {
 /// the files the init holds open are the overlay's again (same device and inode as their
 /// paths in the container, not the layers' files underneath): a lower file read, a file of
 /// the upper layer appended to (the writes land in the upper directory, no line lost or
-/// repeated), a deleted file (its data back, still deleted).
+/// repeated), a deleted file (its data back, still deleted), and a lower file deleted in
+/// the container: it keeps its link count, overlayfs links it nowhere, so with
+/// `link-remap` (the bundle's `org.criu.config`) it is saved as a ghost, as CRIU falls back.
 #[test]
 fn overlay_root_container() {
     need_runc!();
@@ -514,6 +516,10 @@ fn overlay_root_container() {
     let link = c.exec_ok(&["readlink", "/proc/1/fd/5"]);
     assert_eq!(link, "/tmp/gone (deleted)");
     assert!(!c.exec(&["test", "-e", "/tmp/gone"]).status.success());
+    assert_eq!(c.exec_ok(&["cat", "/proc/1/fd/6"]), "root:x:0:");
+    let link = c.exec_ok(&["readlink", "/proc/1/fd/6"]);
+    assert_eq!(link, "/etc/group (deleted)");
+    assert!(!c.exec(&["test", "-e", "/etc/group"]).status.success());
 }
 
 /// `--leave-running`: the container goes on after the checkpoint, and the images restore

@@ -466,6 +466,75 @@ fn copy_on_write_memory_stays_shared() {
     assert_eq!(all, before_sums, "content changed");
 }
 
+/// A child that wrote zeros over half of the memory it shares copy-on-write with its parent:
+/// the dump leaves its zero pages out of the images, and after restore the child reads zeros
+/// there (not the parent's data its kept mapping started with), the parent its own data.
+#[test]
+fn zeros_a_child_wrote_over_its_parents_memory_stay_zeros() {
+    let dir = scratch("cowzero");
+    let out = dir.join("out");
+    let pid = spawn(
+        &[prog("cowtree").to_str().unwrap(), "32", "1", "zero"],
+        &out,
+    );
+    let _g = KillOnDrop(pid);
+    wait_for("2 processes", 20, || {
+        lines(&out).iter().filter(|l| l.starts_with("pid ")).count() == 2
+    });
+    let pids: Vec<i32> = lines(&out)
+        .iter()
+        .filter_map(|l| l.strip_prefix("pid ")?.parse().ok())
+        .collect();
+    let _gs: Vec<KillOnDrop> = pids.iter().map(|&p| KillOnDrop(p)).collect();
+    let sums = |out: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = lines(out)
+            .into_iter()
+            .filter(|l| l.starts_with("sum "))
+            .collect();
+        v.sort();
+        v
+    };
+    for &p in &pids {
+        signal(p, libc::SIGUSR1);
+    }
+    wait_for("checksums", 20, || sums(&out).len() == 2);
+    let before = sums(&out);
+    let img = dir.join("img");
+    dump_and_restore(pid, &img);
+    // The child's 16 MiB of zeros are not in its pages image.
+    let child = pids.iter().find(|&&p| p != pid).unwrap();
+    let pagemap = ok(
+        &cryo(&[
+            "show",
+            &img.join(format!("pagemap-{child}.img")).to_string_lossy(),
+        ]),
+        "cryo show pagemap",
+    );
+    let pages: u64 = pagemap
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("\"nr_pages\":")?
+                .trim()
+                .trim_end_matches(',')
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    // 16 MiB of data (4096 pages) and the program's own few pages; not the 16 MiB of zeros.
+    assert!(
+        (4096..4096 + 1024).contains(&pages),
+        "the child's pagemap lists {pages} pages (its 16 MiB of zeros should be left out):\n{pagemap}"
+    );
+    for &p in &pids {
+        signal(p, libc::SIGUSR1);
+    }
+    wait_for("checksums after restore", 20, || sums(&out).len() == 4);
+    let mut all = sums(&out);
+    all.dedup();
+    assert_eq!(all, before, "content changed");
+}
+
 /// A file mapped MAP_SHARED by a parent and its child: after restore a write through the
 /// child's mapping is seen through the parent's mapping and lands in the file.
 #[test]

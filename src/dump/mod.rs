@@ -1823,7 +1823,17 @@ pub fn run(
             }
         }
         img.pstree.ppid = c_uint(*ppid);
-        img.ids = kinds::misc::task_ids(*pid, len32(i) + 2)?;
+        let obj = len32(i) + 2;
+        if seized.tracees.is_empty() {
+            img.ids = kinds::misc::task_ids(*pid, obj)?;
+        } else {
+            // The namespaces `misc` read (the tree is frozen: they cannot change), with
+            // this process's own object ids.
+            img.ids.vm_id = obj;
+            img.ids.files_id = obj;
+            img.ids.fs_id = obj;
+            img.ids.sighand_id = obj;
+        }
         if let Some(f) = img.files_shared {
             img.ids.files_id = f;
         } else if !seized.tracees.is_empty() {

@@ -1419,25 +1419,30 @@ fn dump_fd(
                     r.size = None;
                 }
             }
-            if let Some(n) = dead {
-                // The /proc directory of a process gone since (CRIU's dead-process remap): the
-                // restore makes a helper with that PID while the file is opened.
-                cx.files.note_dead_pid(id, n);
-            } else if let Some(path) = deleted.filter(|_| meta.nlink() > 0) {
-                // Removed from this name, but it has others: a link remap.
+            // Removed from this name, but it has others: a link remap, unless the file system
+            // refuses the file a name (overlayfs: a lower layer's file), then a ghost below.
+            let mut linked = false;
+            if let Some(path) = deleted.filter(|_| dead.is_none() && meta.nlink() > 0) {
                 // Made in the mount namespace that has the fd's mount: the task's own, or
                 // an ancestor's (a file its parent opened before it made its own).
                 let holder = mount_holder(pid, info.mnt_id);
                 let own_mnt = std::fs::metadata("/proc/self/ns/mnt").map(|m| m.ino());
                 let theirs = std::fs::metadata(format!("/proc/{holder}/ns/mnt")).map(|m| m.ino());
                 let ns = (own_mnt.ok() != theirs.ok()).then_some(holder);
-                super::linkremap::dump(cx.files, pid, fd, path, ns, id)?;
+                linked = super::linkremap::dump(cx.files, pid, fd, path, ns, id)?
+                    == super::linkremap::Remapped::Linked;
                 // The temporary name (the entry just pushed) is on the fd's mount: reopened
                 // in the namespace that has it.
-                if let Some(r) = cx.files.entries.last_mut().and_then(|e| e.reg.as_mut()) {
+                let pushed = cx.files.entries.last_mut().filter(|_| linked);
+                if let Some(r) = pushed.and_then(|e| e.reg.as_mut()) {
                     r.mnt_id = (info.mnt_id >= 0).then_some(info.mnt_id);
                 }
-            } else if deleted.is_some() {
+            }
+            if let Some(n) = dead {
+                // The /proc directory of a process gone since (CRIU's dead-process remap): the
+                // restore makes a helper with that PID while the file is opened.
+                cx.files.note_dead_pid(id, n);
+            } else if deleted.is_some() && !linked {
                 // Made again at one place: an fd opened through another mount that shows it
                 // at the same place of the file system (the same directory bound elsewhere,
                 // as zdtm's mntns_ghost01) opens it there; at another place (zdtm's

@@ -8,6 +8,11 @@
 //!
 //! Without `--link-remap` such a file is refused, as CRIU does. A dump that fails removes
 //! the names it made ([`LinkRemaps`] does on drop unless the dump succeeded).
+//!
+//! On overlayfs (container roots) a file of a lower layer whose name was removed in the
+//! container looks the same (the lower file keeps its link count), but the overlay will not
+//! link it anywhere (ENOENT); as CRIU falls back then, it is saved as a ghost instead
+//! ([`Remapped::Unlinkable`]): the lower layer cannot change under it.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -55,6 +60,19 @@ impl Drop for LinkRemaps {
     }
 }
 
+/// What [`dump`] did with a file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Remapped {
+    /// Saved as a link remap.
+    Linked,
+    /// On overlayfs, which refuses a name to it (a removed file of a lower layer): nothing
+    /// was saved; the caller saves it as a ghost.
+    Unlinkable,
+}
+
+/// overlayfs's `f_type` (linux/magic.h).
+const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+
 /// Saves record `reg_id` (fd `fd` of `pid`, a file removed from `path` that still has other
 /// names) as a link remap, or refuses it without `--link-remap`. `mnt_ns_pid`: the tree's
 /// root when its mount namespace is not cryo's (the name is made there).
@@ -65,14 +83,25 @@ pub fn dump(
     path: &str,
     mnt_ns_pid: Option<i32>,
     reg_id: u32,
-) -> Result<(), LinkRemapError> {
+) -> Result<Remapped, LinkRemapError> {
     let object = format!("fd {fd} ({path} (deleted))");
     if !files.link_remaps.enabled {
+        let overlay = crate::sys::fd::open(
+            &format!("/proc/{pid}/fd/{fd}"),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+        .ok()
+        .and_then(|f| rustix::fs::fstatfs(f).ok())
+        .is_some_and(|s| s.f_type == OVERLAYFS_SUPER_MAGIC);
         return Err(Unsupported::of(
             pid,
             object,
-            "the file's name was removed but it has other names (hard links), so it can be neither copied nor reopened by its name",
-            "add --link-remap: cryo then gives it a temporary name beside the old one for the restore",
+            if overlay {
+                "the file's name was removed but it has a link count (hard links, or on this overlayfs a lower layer's file removed in the container), so it can be neither copied nor reopened by its name without --link-remap"
+            } else {
+                "the file's name was removed but it has other names (hard links), so it can be neither copied nor reopened by its name"
+            },
+            "add --link-remap: cryo then gives it a temporary name beside the old one for the restore (or copies it, when overlayfs refuses a name)",
         )
         .into());
     }
@@ -90,6 +119,8 @@ pub fn dump(
         libc::O_PATH | libc::O_CLOEXEC,
     )
     .map_err(err("open the file to link it".into()))?;
+    let overlay =
+        rustix::fs::fstatfs(file.as_fd()).is_ok_and(|s| s.f_type == OVERLAYFS_SUPER_MAGIC);
     let lid = files.alloc();
     let mut dir = Path::new(path)
         .parent()
@@ -129,6 +160,13 @@ pub fn dump(
         let at = dir.join(format!("link_remap.{lid}"));
         match link(&at) {
             Ok(()) => break at,
+            // overlayfs will not link the file itself (a lower layer's, removed): where its
+            // directory is there (or none is left), a ghost instead, as CRIU falls back.
+            Err(rustix::io::Errno::NOENT)
+                if overlay && (dir.parent().is_none() || dir.is_dir()) =>
+            {
+                return Ok(Remapped::Unlinkable);
+            }
             // The directory went too: use the nearest one that is left, as CRIU.
             Err(rustix::io::Errno::NOENT) if dir.parent().is_some() => {
                 dir = dir.parent().expect("checked").to_path_buf();
@@ -157,5 +195,5 @@ pub fn dump(
         remap_id: lid,
         remap_type: Some(pb::RemapType::Linked as i32),
     });
-    Ok(())
+    Ok(Remapped::Linked)
 }

@@ -443,6 +443,7 @@ impl Kind for Memory {
         let mut runs: Vec<Run> = Vec::new();
         let mut parents: Vec<(u64, u64)> = Vec::new();
         let mut off = 0u64;
+        let mut zero_pages = 0u64;
         let vmas = cx.vmas.clone();
         for v in &vmas {
             let (st, flags, shmid, fdflags) = classify(cx, v)?;
@@ -503,7 +504,21 @@ impl Kind for Memory {
             if !private_mem {
                 continue;
             }
-            let (ranges, parent) = scan_private(cx, &pagemap, v)?;
+            let (mut ranges, parent) = scan_private(cx, &pagemap, v)?;
+            // Pages of anonymous memory that hold only zeros are left out (not in the
+            // pagemap, they come back as never-touched pages: zeros). Not with a tracking
+            // chain (a page left out would count as "in the parent" next time), not in a
+            // file mapping (a page left out reads the file) nor in hugetlb memory (restored
+            // by whole huge pages).
+            if cx.chain.is_none()
+                && st & status::ANON_PRIVATE != 0
+                && v.read
+                && flags & libc::MAP_HUGETLB as u32 == 0
+            {
+                let before: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+                ranges = drop_zero_pages(pid, ranges);
+                zero_pages += (before - ranges.iter().map(|(s, e)| e - s).sum::<u64>()) / PAGE_SIZE;
+            }
             parents.extend(parent);
             for (s, e) in ranges {
                 let pages = (e - s) / PAGE_SIZE;
@@ -526,6 +541,13 @@ impl Kind for Memory {
                 false
             }
         });
+        if zero_pages > 0 {
+            tracing::info!(
+                pid,
+                pages = zero_pages,
+                "memory: zero-filled pages left out"
+            );
+        }
         cx.stats.pages_scanned += (cx.vmas.iter().map(|v| v.len()).sum::<u64>()) / PAGE_SIZE;
         if img.pages_id == 0 {
             img.pages_id = 1;
@@ -942,6 +964,90 @@ fn scan_private(
         }
     })?;
     Ok((ranges, Vec::new()))
+}
+
+/// `ranges` (present pages of a readable private anonymous mapping of the frozen task `pid`)
+/// without the pages that hold only zeros: the dump writes nothing for them and the restore
+/// copies nothing (an address the pagemap does not list comes back as a zero page, in CRIU's
+/// format too). CRIU leaves out only pages that map the kernel's zero page; a page the program
+/// wrote zeros into (calloc, a cleared buffer) is a real page it copies.
+///
+/// Zeros come in large runs, data seldom starts with a zero word: the first word of every
+/// chunk of `CHUNK` pages is read (1024 chunks per `process_vm_readv`), and only chunks whose
+/// first word is zero are read whole and checked page by page. A zero page inside a chunk that
+/// starts with data is kept (written, as CRIU does). If anything cannot be read the ranges
+/// stay as they are (the copy then reads every page, and reports what failed).
+fn drop_zero_pages(pid: i32, ranges: Ranges) -> Ranges {
+    const CHUNK: u64 = 16; // pages: 64 KiB
+    const PROBE: usize = 1024; // chunks sampled per call (UIO_MAXIOV)
+    const WHOLE: usize = 16; // candidate chunks read whole per call (1 MiB)
+    let ps = usize_of(PAGE_SIZE);
+    // The chunks: (start, pages), never across a range's end.
+    let chunks = ranges.iter().flat_map(|&(s, e)| {
+        (s..e)
+            .step_by(usize_of(CHUNK * PAGE_SIZE))
+            .map(move |a| (a, ((e - a) / PAGE_SIZE).min(CHUNK)))
+    });
+    let mut out: Ranges = Vec::with_capacity(ranges.len());
+    let keep = |out: &mut Ranges, s: u64, e: u64| match out.last_mut() {
+        Some((_, le)) if *le == s => *le = e,
+        _ => out.push((s, e)),
+    };
+    let mut batch: Vec<(u64, u64)> = Vec::with_capacity(PROBE);
+    let mut words = vec![0u8; PROBE * 8];
+    let mut whole = vec![0u8; WHOLE * usize_of(CHUNK) * ps];
+    let mut iov: Vec<(u64, usize)> = Vec::with_capacity(PROBE);
+    let mut chunks = chunks.peekable();
+    while chunks.peek().is_some() {
+        batch.clear();
+        batch.extend(chunks.by_ref().take(PROBE));
+        iov.clear();
+        iov.extend(batch.iter().map(|&(a, _)| (a, 8)));
+        let n = batch.len();
+        if mem::vm_read(pid, &mut words[..n * 8], &iov).is_err() {
+            return ranges;
+        }
+        let mut i = 0;
+        while i < n {
+            if words[i * 8..i * 8 + 8] != [0u8; 8] {
+                let (a, pages) = batch[i];
+                keep(&mut out, a, a + pages * PAGE_SIZE);
+                i += 1;
+                continue;
+            }
+            // Chunks starting with zero, up to WHOLE of them, read whole at once.
+            let mut j = i + 1;
+            while j < n && j - i < WHOLE && words[j * 8..j * 8 + 8] == [0u8; 8] {
+                j += 1;
+            }
+            iov.clear();
+            iov.extend(
+                batch[i..j]
+                    .iter()
+                    .map(|&(a, p)| (a, usize_of(p * PAGE_SIZE))),
+            );
+            let len: usize = iov.iter().map(|r| r.1).sum();
+            if mem::vm_read(pid, &mut whole[..len], &iov).is_err() {
+                return ranges;
+            }
+            let mut pages = whole[..len].chunks_exact(ps);
+            for &(a, p) in &batch[i..j] {
+                for k in 0..p {
+                    let page = pages.next().expect("read as many pages");
+                    // No early exit: this folds into wide ORs.
+                    let any = page.chunks_exact(8).fold(0u64, |acc, w| {
+                        acc | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
+                    });
+                    if any != 0 {
+                        let at = a + k * PAGE_SIZE;
+                        keep(&mut out, at, at + PAGE_SIZE);
+                    }
+                }
+            }
+            i = j;
+        }
+    }
+    out
 }
 
 /// Pagemap entries in address order: the copied runs (`PE_PRESENT`, in image order) and the

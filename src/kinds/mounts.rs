@@ -357,7 +357,7 @@ pub fn plan(pid: i32, policy: &MountPolicy) -> Result<Vec<pb::MntEntry>, MountsE
             mnt_id: m.id,
             root_dev: encode_dev(m.major, m.minor),
             parent_mnt_id: m.parent,
-            flags: mnt_flags(&m.mnt_opts),
+            flags: mnt_flags(&m.mnt_opts) | unbindable_bit(m),
             root: m.root.clone(),
             mountpoint: m.mountpoint.clone(),
             source: m.source.clone(),
@@ -455,6 +455,23 @@ fn copy_keys<'a>(infos: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<(String
         .collect()
 }
 
+/// `MS_UNBINDABLE` (linux/mount.h), as an entry's `flags` hold it.
+pub const UNBINDABLE: u32 = 1 << 17;
+
+/// `MS_UNBINDABLE` when mountinfo says the mount is unbindable, as CRIU keeps it in the
+/// entry's flags (set again by `propagation::restore` once every mount exists).
+fn unbindable_bit(m: &MountInfo) -> u32 {
+    if unbindable_of(m) {
+        UNBINDABLE
+    } else {
+        0
+    }
+}
+
+fn unbindable_of(m: &MountInfo) -> bool {
+    m.optional.iter().any(|o| o == "unbindable")
+}
+
 fn shared_of(m: &MountInfo) -> Option<u32> {
     m.optional
         .iter()
@@ -529,7 +546,7 @@ pub fn plan_nested(
             mnt_id: m.id,
             root_dev: encode_dev(m.major, m.minor),
             parent_mnt_id: m.parent,
-            flags: mnt_flags(&m.mnt_opts),
+            flags: mnt_flags(&m.mnt_opts) | unbindable_bit(m),
             root: m.root.clone(),
             mountpoint: m.mountpoint.clone(),
             source: m.source.clone(),
@@ -550,7 +567,10 @@ pub fn plan_nested(
             ..Default::default()
         };
         if let Some(b) = origin {
-            let how = if shared == shared_of(b) && master == master_of(b) {
+            let how = if shared == shared_of(b)
+                && master == master_of(b)
+                && unbindable_of(m) == unbindable_of(b)
+            {
                 COPIED_AS_IS
             } else if shared.is_none() && master.is_none() {
                 COPIED_PRIVATE
@@ -1754,6 +1774,10 @@ fn build_nested(
             let p = match how {
                 Some(COPIED_AS_IS) => continue,
                 Some(COPIED_SLAVE) => Propagation::Slave,
+                // A copy made unbindable in the nested namespace (CRIU keeps it in flags).
+                Some(_) if e.is_some_and(|i| entries[i].flags & UNBINDABLE != 0) => {
+                    Propagation::Unbindable
+                }
                 _ => Propagation::Private,
             };
             let Ok(f) = reach(&jail, m) else {
@@ -1761,7 +1785,10 @@ fn build_nested(
                 // unmatched one goes with its unmatched parent, or is unmounted below).
                 let already = match p {
                     Propagation::Slave => shared_of(m).is_none() && master_of(m).is_some(),
-                    _ => shared_of(m).is_none() && master_of(m).is_none(),
+                    Propagation::Unbindable => {
+                        shared_of(m).is_none() && master_of(m).is_none() && unbindable_of(m)
+                    }
+                    _ => shared_of(m).is_none() && master_of(m).is_none() && !unbindable_of(m),
                 };
                 if e.is_some() && !already {
                     reach(&jail, m)?;
@@ -2729,6 +2756,11 @@ mod tests {
                 .bits()
         );
         assert_eq!(mnt_flags(&m[0].mnt_opts), MountFlags::NOATIME.bits());
+    }
+
+    #[test]
+    fn unbindable_is_the_kernels_bit() {
+        assert_eq!(u64::from(UNBINDABLE), libc::MS_UNBINDABLE);
     }
 
     #[test]

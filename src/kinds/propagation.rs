@@ -1,5 +1,5 @@
 //! Mount propagation of a restored mount namespace: the peer groups (`shared:N`) and slaves
-//! (`master:N`) its mounts had, as CRIU's mount-v2 restores them.
+//! (`master:N`) its mounts had, and which are unbindable, as CRIU's mount-v2 restores them.
 //!
 //! The mount builder (`kinds::mounts`) makes every mount private, so nothing it mounts
 //! propagates anywhere while the tree is built (a bind of a shared mount would otherwise
@@ -220,6 +220,20 @@ pub fn restore(
         if let (None, Some(m), Some(_)) = (e.shared_id, e.master_id, &fds[i]) {
             groups.slave(i, m)?;
         }
+    }
+    // Unbindable last: no bind could be taken of these while the tree was built (CRIU
+    // delays it the same way). A mount cannot be both shared and unbindable.
+    for (i, e) in entries.iter().enumerate() {
+        let Some(fd) = &fds[i] else { continue };
+        if e.flags & super::mounts::UNBINDABLE == 0 {
+            continue;
+        }
+        if e.shared_id.is_some() {
+            tracing::warn!(mountpoint = %e.mountpoint, "mount saved both shared and unbindable: left shared");
+            continue;
+        }
+        set_propagation(fd.as_fd(), Propagation::Unbindable)
+            .map_err(groups.fail(i, "make it unbindable"))?;
     }
     Ok(())
 }

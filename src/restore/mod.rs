@@ -894,11 +894,16 @@ fn enter_namespaces(
         kinds::ipc::restore(cx.dir, pid, img, ipc_now)?;
     }
     let net = kinds::ns::restore_net(cx, img, net_now, idx == 0, sh.join)?;
-    if idx == 0 && net.is_own() {
+    let made = matches!(net, kinds::ns::NetEntered::Made { .. });
+    if (idx == 0 && net.is_own()) || made {
         // Locked before any socket of the tree exists (CRIU's order), and a namespace made
         // anew before its links, addresses and routes: a peer's packet that met the
-        // restored address with no socket there yet would be answered with a reset.
-        fault_point("netns")?;
+        // restored address with no socket there yet would be answered with a reset. A
+        // namespace a child of the tree made for itself too: its connections have peers
+        // outside the tree as well.
+        if idx == 0 {
+            fault_point("netns")?;
+        }
         sh.netlock.borrow_mut().lock_netns_of(pid)?;
     }
     if let kinds::ns::NetEntered::Made { id, ns } = &net {
@@ -1111,9 +1116,9 @@ fn create_children(
 /// The saved network namespaces that sockets or tun/tap files of this task (left for its
 /// late fds) were made in, whose first process is not restored yet: a later sibling's
 /// branch of the tree made them. Each is made now by this task (unshare, then back to its
-/// own) and rebuilt (links, addresses, routes, firewall) as its first process would have;
-/// that process joins it (`ns::restore_net`). The task is in the tree's user namespace, which
-/// owns every network namespace of the tree. Not locked: as one a child makes for itself.
+/// own), locked and rebuilt (links, addresses, routes, firewall) as its first process would
+/// have; that process joins it (`ns::restore_net`). The task is in the tree's user
+/// namespace, which owns every network namespace of the tree.
 fn make_net_ns_ahead(
     sh: &Shared<'_>,
     cx: &mut RestoreCx<'_>,
@@ -1138,6 +1143,8 @@ fn make_net_ns_ahead(
         let made = open("the network namespace made ahead");
         cx.join_ns(own.as_fd(), libc::CLONE_NEWNET, "setns(CLONE_NEWNET)")?;
         let made = made?;
+        // Locked before its links and addresses, as every namespace the restore makes.
+        sh.netlock.borrow_mut().lock_netns(made.as_fd(), None)?;
         tracing::debug!(
             pid,
             ns = id,

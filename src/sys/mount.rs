@@ -38,6 +38,8 @@ pub enum Propagation {
     Shared,
     Slave,
     Private,
+    /// Private, and no bind of it can be made (`MS_UNBINDABLE`).
+    Unbindable,
 }
 
 /// `struct mount_attr` (linux/mount.h, MOUNT_ATTR_SIZE_VER0).
@@ -56,6 +58,7 @@ pub fn set_propagation(fd: std::os::fd::BorrowedFd<'_>, p: Propagation) -> io::R
         Propagation::Shared => libc::MS_SHARED,
         Propagation::Slave => libc::MS_SLAVE,
         Propagation::Private => libc::MS_PRIVATE,
+        Propagation::Unbindable => libc::MS_UNBINDABLE,
     };
     setattr(
         fd,

@@ -22,7 +22,9 @@
 //!   (`lowerdir=DIR/lower`, upper and work directories of its own), as podman's overlay
 //!   storage driver and containerd's overlay snapshotter make a root. The loop holds files of
 //!   the overlay open: fd 3 reads `/etc/passwd` (a lower file), fd 4 appends the counter to
-//!   `/log.txt` (made in the upper layer), fd 5 reads `/tmp/gone` (made, then deleted);
+//!   `/log.txt` (made in the upper layer), fd 5 reads `/tmp/gone` (made, then deleted), fd 6
+//!   reads `/etc/group` (a lower file, deleted). Its `org.criu.config` annotation names
+//!   `DIR/criu.conf`, which says `link-remap` (what CRIU needs for fd 6 too);
 //! - `tcp`: a TCP echo server (busybox `nc -ll -p 7000 -e cat`: one `cat` per connection)
 //!   in the existing network namespace at path HOSTDIR.
 
@@ -94,8 +96,8 @@ fn main() {
         "overlay" => (
             false,
             sh(
-                "echo ghost > /tmp/gone; exec 3</etc/passwd 4>>/log.txt 5</tmp/gone; \
-                 rm /tmp/gone; i=0; while true; do i=$((i+1)); echo $i; echo $i > \"$1\"; \
+                "echo ghost > /tmp/gone; exec 3</etc/passwd 4>>/log.txt 5</tmp/gone \
+                 6</etc/group; rm /tmp/gone /etc/group; i=0; while true; do i=$((i+1)); echo $i; echo $i > \"$1\"; \
                  echo $i >&4; usleep 200000; done",
                 "/dev/shm/count",
             ),
@@ -154,6 +156,12 @@ fn main() {
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_readonly(Some(false));
         spec.set_root(Some(root));
+        let conf = dir.join("criu.conf");
+        std::fs::write(&conf, "link-remap\n")
+            .unwrap_or_else(|e| die(format!("{}: {e}", conf.display())));
+        let mut notes = spec.annotations().clone().unwrap_or_default();
+        notes.insert("org.criu.config".into(), conf.display().to_string());
+        spec.set_annotations(Some(notes));
     }
     if kind == "netns" || kind == "tcp" {
         let path = hostdir
