@@ -2,8 +2,10 @@
 # Live-migration benchmarks (issue #11), cryo and, in the same run, CRIU where it can do the job.
 #
 # Usage: integration/bench-migrate.sh [--rounds N] [--lazy-mib M] [--mig-mib M] [--tcp-mib M]
-#                                    [--only lazy,migrate,tcp]
+#                                    [--only lazy,migrate,stopcopy,tcp]
 #   CRYO=path   cryo binary (default: <repo>/target/release/cryo)
+#   CRYO_B=path optional second cryo binary (a change to compare, `cryob` in the results): in
+#               the stop-and-copy runs, alternately with cryo and CRIU
 #   CRIU=path   optional CRIU binary (e.g. /opt/criu42/criu); runs alternately with cryo
 #   BENCH_TMP   parent directory for images (default /var/tmp)
 #   BENCH_KEEP  set: keep the images and logs (the path is printed at the end)
@@ -21,6 +23,8 @@
 #    the rounds, and the time of a stop-and-copy migration of the same process
 #    (dump to a page server + restore, no pre-copy) by cryo and by CRIU (CRIU cannot pre-dump
 #    on a kernel without soft-dirty, such as this VM's: `criu check --feature mem_dirty_track`);
+#    the dump alone (its memory stage: every page to the page server) is reported too.
+#    `--only stopcopy`: the stop-and-copy runs only.
 #    check: the process verifies every page after the move.
 # 3. tcp: a TCP echo server (echosrv) holding M MiB (default 256) of written memory, one page
 #    rewritten per turn (~1000 pages/s), in a network namespace S of its own (veth to host A)
@@ -78,6 +82,8 @@ want() { [[ ",$ONLY," == *",$1,"* ]]; }
 NETNS=()
 TOOLS=(cryo)
 [ -z "${CRIU:-}" ] || TOOLS+=(criu)
+SC_TOOLS=("${TOOLS[@]}")
+[ -z "${CRYO_B:-}" ] || SC_TOOLS+=(cryob)
 PIDS=()
 cleanup() {
     for p in ${PIDS[@]+"${PIDS[@]}"}; do kill -9 "$p" 2>/dev/null || true; done
@@ -92,7 +98,7 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{v[NR]=$1} END {if (NR == 0) ex
 declare -A RES
 add() { RES[$1]="${RES[$1]:-} $2"; }
 med() { echo "${RES[$1]:-}" | median; }
-bin() { if [ "$1" = cryo ]; then echo "$CRYO"; else echo "$CRIU"; fi; }
+bin() { case $1 in cryo) echo "$CRYO" ;; cryob) echo "$CRYO_B" ;; *) echo "$CRIU" ;; esac; }
 wait_line() { # FILE PATTERN SECONDS
     local i
     for ((i = 0; i < $3 * 20; i++)); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done
@@ -157,7 +163,7 @@ want lazy && for t in "${TOOLS[@]}"; do
 done
 
 # --- 2. migrate
-want migrate && echo "migrate: migratee $MIG_MIB MiB, one page rewritten every 300 us"
+{ want migrate || want stopcopy; } && echo "migrate: migratee $MIG_MIB MiB, one page rewritten every 300 us"
 start_migratee() { # DIR: prints the tree's root
     setsid unshare --pid --fork setsid "$BIN/migratee" "$MIG_MIB" "$1/out" 300 </dev/null >/dev/null 2>&1 &
     local l=$!
@@ -172,13 +178,15 @@ verify() { # PID OUT
 }
 PORT=$((27300 + $$ % 1000))
 want migrate && CHECK[migrate]=PASS
-want migrate && for ((r = 0; r < ROUNDS; r++)); do
+{ want migrate || want stopcopy; } && for ((r = 0; r < ROUNDS; r++)); do
     d=$WORK/mig-$r
     mkdir -p "$d/src" "$d/dst"
     # Twice: the destination restoring every page before the tree runs (full), and lazily
     # (`receive --lazy-pages`: a lazy-pages daemon brings the pages from the received images
     # while the tree runs).
-    for mode in full lazy; do
+    modes=(full lazy)
+    want migrate || modes=()
+    for mode in ${modes[@]+"${modes[@]}"}; do
         m=$d/$mode
         mkdir -p "$m/src" "$m/dst"
         root=$(start_migratee "$m")
@@ -208,7 +216,7 @@ want migrate && for ((r = 0; r < ROUNDS; r++)); do
         fi
     done
     # Stop-and-copy of the same process, per tool: dump to a page server, then restore.
-    for t in "${TOOLS[@]}"; do
+    for t in "${SC_TOOLS[@]}"; do
         e=$d/sc-$t
         mkdir -p "$e/img" "$e/pages"
         : >"$e/out"
@@ -219,6 +227,7 @@ want migrate && for ((r = 0; r < ROUNDS; r++)); do
         wait_line "$e/pages/ps.log" '.' 1 2>/dev/null || true
         t0=$(now_us)
         "$(bin "$t")" dump -t "$root" -D "$e/img" --page-server --address 127.0.0.1 --port $ps -o dump.log -v2 || { echo "$t stop-and-copy dump failed" >&2; tail "$e/img/dump.log" >&2; kill -9 $psp; continue; }
+        add "${t}_sc_dump" $(($(now_us) - t0))
         wait "$psp" || true
         cp "$e/img"/*.img "$e/pages/"
         if "$(bin "$t")" restore -D "$e/pages" -d -o restore.log -v2 --pidfile rpid; then
@@ -374,7 +383,9 @@ want lazy && printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: lazy restore, first 
 want lazy && printf '%-44s %-14s %s\n' "lazy $LAZY_MIB MiB: lazy restore, all pages in" "$(ms "$(med cryo_lazy_all)") ms" "${CRIU:+$(ms "$(med criu_lazy_all)") ms}"
 want migrate && printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: downtime (pre-copy)" "$(ms "$(med cryo_downtime_full)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
 want migrate && printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: downtime (pre-copy, lazy dest.)" "$(ms "$(med cryo_downtime_lazy)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
-want migrate && printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: stop-and-copy downtime" "$(ms "$(med cryo_stopcopy)") ms" "${CRIU:+$( [ -n "$(med criu_stopcopy)" ] && echo "$(ms "$(med criu_stopcopy)") ms" || echo failed)}"
+{ want migrate || want stopcopy; } && printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: stop-and-copy downtime" "$(ms "$(med cryo_stopcopy)") ms" "${CRIU:+$( [ -n "$(med criu_stopcopy)" ] && echo "$(ms "$(med criu_stopcopy)") ms" || echo failed)}"
+{ want migrate || want stopcopy; } && printf '%-44s %-14s %s\n' "migrate $MIG_MIB MiB: stop-and-copy, dump alone" "$(ms "$(med cryo_sc_dump)") ms" "${CRIU:+$( [ -n "$(med criu_sc_dump)" ] && echo "$(ms "$(med criu_sc_dump)") ms" || echo failed)}"
+[ -n "${CRYO_B:-}" ] && { want migrate || want stopcopy; } && echo "cryob (CRYO_B): stop-and-copy $(ms "$(med cryob_stopcopy)") ms, dump alone $(ms "$(med cryob_sc_dump)") ms"
 want tcp && printf '%-44s %-14s %s\n' "tcp server $TCP_MIB MiB: downtime (pre-copy)" "$(ms "$(med cryo_tcp_downtime_full)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
 want tcp && printf '%-44s %-14s %s\n' "tcp server $TCP_MIB MiB: downtime (pre-copy, lazy dest.)" "$(ms "$(med cryo_tcp_downtime_lazy)") ms" "${CRIU:+cannot (no soft-dirty: no pre-dump)}"
 want tcp && printf '%-44s %-14s %s\n' "tcp server $TCP_MIB MiB: stop-and-copy" "$(ms "$(med cryo_tcp_stopcopy)") ms" "${CRIU:+$( [ -n "$(med criu_tcp_stopcopy)" ] && echo "$(ms "$(med criu_tcp_stopcopy)") ms" || echo failed)}"
@@ -382,7 +393,7 @@ want tcp && echo "tcp rounds (median): $(med cryo_tcp_rounds), final pages (medi
 want migrate && echo "migrate rounds (median): $(med cryo_rounds), final pages (median): $(med cryo_final)"
 echo "checks: lazy checksum cryo ${CHECK[lazy_cryo]:-not run}${CRIU:+ criu ${CHECK[lazy_criu]:-not run}}; migrated process verified every page: ${CHECK[migrate]:-not run}; tcp server pages and clients' bytes: ${CHECK[tcp]:-not run}"
 J="{\"lazy_mib\":$LAZY_MIB,\"mig_mib\":$MIG_MIB,\"tcp_mib\":$TCP_MIB,\"rounds\":$ROUNDS"
-for k in cryo_full cryo_lazy_first cryo_lazy_all cryo_downtime_full cryo_downtime_lazy cryo_stopcopy criu_full criu_lazy_first criu_lazy_all criu_stopcopy cryo_tcp_downtime_full cryo_tcp_downtime_lazy cryo_tcp_stopcopy criu_tcp_stopcopy; do
+for k in cryo_full cryo_lazy_first cryo_lazy_all cryo_downtime_full cryo_downtime_lazy cryo_stopcopy cryo_sc_dump cryob_stopcopy cryob_sc_dump criu_sc_dump criu_full criu_lazy_first criu_lazy_all criu_stopcopy cryo_tcp_downtime_full cryo_tcp_downtime_lazy cryo_tcp_stopcopy criu_tcp_stopcopy; do
     m=$(med $k || true)
     [ -z "$m" ] || J="$J,\"${k}_ms\":$(ms "$m")"
 done

@@ -109,23 +109,7 @@ pub fn cryo(args: &[&str]) -> Output {
 
 /// Runs cryo with extra environment variables.
 pub fn cryo_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    init();
-    let out = output_within(
-        Command::new(cryo_bin())
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null()),
-        &format!("cryo {}", args.join(" ")),
-        CHILD_SECS,
-    );
-    eprintln!(
-        "$ cryo {} -> {}\n{}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_tool_env(&cryo_bin().display().to_string(), args, env)
 }
 
 /// Runs cryo with `args` under GNU time; returns its output and its peak RSS in KiB (its
@@ -168,16 +152,57 @@ pub fn cryo_peak_rss(args: &[&str]) -> Option<(Output, u64)> {
 
 /// `cryo dump -t PID -D DIR -v4 -o dump.log` plus `extra`; panics on failure.
 pub fn dump(pid: i32, dir: &Path, extra: &[&str]) {
+    dump_with_tool(&cryo_bin().display().to_string(), pid, dir, extra);
+}
+
+/// `TOOL dump -t PID -D DIR -v4 -o dump.log` plus `extra`, TOOL being cryo's or CRIU's
+/// binary (the options are the same); panics on failure, showing the dump's log.
+pub fn dump_with_tool(tool: &str, pid: i32, dir: &Path, extra: &[&str]) {
     let d = dir.to_str().unwrap();
     let p = pid.to_string();
     let mut a = vec!["dump", "-t", &p, "-D", d, "-v4", "-o", "dump.log"];
     a.extend_from_slice(extra);
-    let out = cryo(&a);
+    let out = run_tool_env(tool, &a, &[]);
     assert!(
         out.status.success(),
-        "dump failed:\n{}",
+        "{tool} dump failed:\n{}",
         log(dir, "dump.log")
     );
+}
+
+/// Runs `tool` with `args` and extra environment variables (killed after `CHILD_SECS`),
+/// showing the command and its output on stderr; returns its output.
+fn run_tool_env(tool: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    init();
+    let name = Path::new(tool).file_name().unwrap_or_default();
+    let out = output_within(
+        Command::new(tool)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null()),
+        &format!("{} {}", name.to_string_lossy(), args.join(" ")),
+        CHILD_SECS,
+    );
+    eprintln!(
+        "$ {} {} -> {}\n{}{}",
+        name.to_string_lossy(),
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// CRIU 4.2's binary: `$CRIU`, or /opt/criu42/criu; panics when it is not there (the tests
+/// that need it are ignored unless `integration/test.sh` finds it).
+pub fn criu42() -> String {
+    let criu = std::env::var("CRIU").unwrap_or_else(|_| "/opt/criu42/criu".into());
+    assert!(
+        Path::new(&criu).exists(),
+        "CRIU 4.2 is not at {criu} (set CRIU=)"
+    );
+    criu
 }
 
 /// `cryo restore -D DIR -d -v4 -o restore.log`; panics on failure.
@@ -188,13 +213,19 @@ pub fn restore(dir: &Path) {
 /// `cryo restore -D DIR -d -v4 -o restore.log` plus `extra`; panics on failure, showing
 /// the restore's log.
 pub fn restore_with(dir: &Path, extra: &[&str]) {
+    restore_with_tool(&cryo_bin().display().to_string(), dir, extra);
+}
+
+/// `TOOL restore -D DIR -d -v4 -o restore.log` plus `extra`, TOOL being cryo's or CRIU's
+/// binary; panics on failure, showing the restore's log.
+pub fn restore_with_tool(tool: &str, dir: &Path, extra: &[&str]) {
     let d = dir.to_str().unwrap();
     let mut a = vec!["restore", "-D", d, "-d", "-v4", "-o", "restore.log"];
     a.extend_from_slice(extra);
-    let out = cryo(&a);
+    let out = run_tool_env(tool, &a, &[]);
     assert!(
         out.status.success(),
-        "restore failed:\n{}",
+        "{tool} restore failed:\n{}",
         log(dir, "restore.log")
     );
 }

@@ -203,6 +203,26 @@ impl Net {
     }
 }
 
+/// Starts python3 running `script` with `args` in a network namespace of its own
+/// (`unshare -n`), its output to `out`, and waits up to 10 s for it to print a line
+/// starting with "ready" (`what` names it in the timeout's message). Returns its PID and
+/// the guard that kills it, made before the wait so that a timeout leaves nothing behind.
+pub fn python_in_own_netns(
+    what: &str,
+    script: &str,
+    args: &[&str],
+    out: &Path,
+) -> (i32, crate::KillOnDrop) {
+    let mut argv = vec!["unshare", "-n", "python3", "-c", script];
+    argv.extend_from_slice(args);
+    let pid = spawn(&argv, out);
+    let guard = crate::KillOnDrop(pid);
+    wait_for(what, 10, || {
+        crate::lines(out).iter().any(|l| l.starts_with("ready"))
+    });
+    (pid, guard)
+}
+
 /// A server and its client in two namespaces ([`Net::server_and_client`]).
 pub struct Pair {
     pub srv: crate::KillOnDrop,

@@ -89,15 +89,6 @@ fn tree(root: i32) -> Vec<i32> {
     out
 }
 
-fn cryo_ok(args: &[&str], dir: &Path, log: &str) {
-    let out = cryo(args);
-    assert!(
-        out.status.success(),
-        "cryo {args:?} failed:\n{}",
-        integration::log(dir, log)
-    );
-}
-
 /// A shell tree spread over two v1 hierarchies (pids, cpu) and v2: the root in T, one child
 /// in T/sub (with a grandchild inheriting it), another child in T. Limits are set on the
 /// cgroups. After a dump, the cgroups are removed; `--manage-cgroups` (soft) makes them again
@@ -168,20 +159,7 @@ fn tree_keeps_its_v1_and_v2_cgroups() {
         std::fs::remove_dir(d).unwrap();
     }
     let d = img.to_str().unwrap();
-    cryo_ok(
-        &[
-            "restore",
-            "-D",
-            d,
-            "-d",
-            "-v4",
-            "-o",
-            "restore.log",
-            "--manage-cgroups",
-        ],
-        &img,
-        "restore.log",
-    );
+    restore_with(&img, &["--manage-cgroups"]);
     for (p, m) in &before {
         assert_eq!(&membership(*p), m, "process {p} is not in its cgroups");
     }
@@ -220,21 +198,7 @@ fn tree_keeps_its_v1_and_v2_cgroups() {
     for (p, _) in &before {
         assert!(!alive(*p), "process {p} left behind by a failed restore");
     }
-    cryo_ok(
-        &[
-            "restore",
-            "-D",
-            d,
-            "-d",
-            "-v4",
-            "-o",
-            "restore.log",
-            "--cgroup-root",
-            &moved,
-        ],
-        &img,
-        "restore.log",
-    );
+    restore_with(&img, &["--cgroup-root", &moved]);
     for (p, m) in &before {
         let want: Vec<String> = m
             .iter()
@@ -445,20 +409,11 @@ fn cgroup_namespace_keeps_its_root() {
     let want = format!("0::/cryo-test-cgns-{me}/inner");
     assert_eq!(host_view(pid).as_deref(), Some(want.as_str()));
     let img = dir.join("img");
-    let (p, d) = (pid.to_string(), img.to_str().unwrap().to_string());
-    cryo_ok(
-        &["dump", "-t", &p, "-D", &d, "-v4", "-o", "dump.log"],
-        &img,
-        "dump.log",
-    );
+    dump(pid, &img, &[]);
     wait_tree_gone(&img);
     let _ = std::fs::remove_dir(&inner);
     let _ = std::fs::remove_dir(&t);
-    cryo_ok(
-        &["restore", "-D", &d, "-d", "-v4", "-o", "restore.log"],
-        &img,
-        "restore.log",
-    );
+    restore_with(&img, &[]);
     let _g2 = KillOnDrop(pid);
     assert_eq!(host_view(pid).as_deref(), Some(want.as_str()));
     assert_ne!(
@@ -583,21 +538,7 @@ fn cgroup_properties_and_file_owners_are_restored() {
     for d in [&mem, &dev] {
         std::fs::remove_dir(d).unwrap();
     }
-    let d = img.to_str().unwrap();
-    cryo_ok(
-        &[
-            "restore",
-            "-D",
-            d,
-            "-d",
-            "-v4",
-            "-o",
-            "restore.log",
-            "--manage-cgroups",
-        ],
-        &img,
-        "restore.log",
-    );
+    restore_with(&img, &["--manage-cgroups"]);
     let member = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(member.contains(&format!(":memory:/{n}")), "{member}");
     assert!(member.contains(&format!(":devices:/{n}")), "{member}");

@@ -149,20 +149,7 @@ fn tcp_server_keeps_50_connections_across_dump_and_restore() {
     let before = (progress(&out4), progress(&out6));
     std::thread::sleep(std::time::Duration::from_millis(300));
 
-    let d = img.to_str().unwrap();
-    let o = cryo(&[
-        "restore",
-        "-D",
-        d,
-        "-d",
-        "-v4",
-        "-o",
-        "restore.log",
-        "--tcp-established",
-        "--join-ns",
-        &net.join_a(),
-    ]);
-    assert!(o.status.success(), "restore:\n{}", log(&img, "restore.log"));
+    restore_with(&img, &["--tcp-established", "--join-ns", &net.join_a()]);
     assert!(
         !Net::ruleset(&net.a).contains("CRIU-"),
         "the lock is still there after the restore:\n{}",
@@ -242,18 +229,7 @@ fn udp_sockets_keep_their_queued_datagrams() {
     let q = cryo(&["show", img.join("sk-queues.img").to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&q.stdout).unwrap();
     assert_eq!(v["entries"].as_array().map(|a| a.len()), Some(5), "{v}");
-    let o = cryo(&[
-        "restore",
-        "-D",
-        img.to_str().unwrap(),
-        "-d",
-        "-v4",
-        "-o",
-        "restore.log",
-        "--join-ns",
-        &join,
-    ]);
-    assert!(o.status.success(), "restore:\n{}", log(&img, "restore.log"));
+    restore_with(&img, &["--join-ns", &join]);
     signal(srv, libc::SIGUSR1); // reading again
     let got = wait_lines(&srv_out, "got ", 6);
     let from = format!("from [{}]:{cport}", net.v6(2));
@@ -288,22 +264,7 @@ fn udp_sockets_keep_their_queued_datagrams() {
     let img2 = dir.join("img-cli");
     dump(cli2, &img2, &["--external", &key]);
     wait_gone(cli2);
-    let o = cryo(&[
-        "restore",
-        "-D",
-        img2.to_str().unwrap(),
-        "-d",
-        "-v4",
-        "-o",
-        "restore.log",
-        "--join-ns",
-        &join,
-    ]);
-    assert!(
-        o.status.success(),
-        "restore:\n{}",
-        log(&img2, "restore.log")
-    );
+    restore_with(&img2, &["--join-ns", &join]);
     signal(cli2, libc::SIGUSR1);
     let r = wait_lines(&cli2_out, "reply ", 4);
     assert_eq!(
@@ -1249,11 +1210,7 @@ fn socket_options_and_states_come_back() {
 #[test]
 #[ignore = "needs CRIU 4.2 built from source ($CRIU or /opt/criu42/criu)"]
 fn criu_and_cryo_restore_each_others_tcp_dumps() {
-    let criu = std::env::var("CRIU").unwrap_or_else(|_| "/opt/criu42/criu".into());
-    assert!(
-        Path::new(&criu).exists(),
-        "CRIU 4.2 is not at {criu} (set CRIU=)"
-    );
+    let criu = criu42();
     if !need(&["ip", "nft", "nsenter", "iptables"]) {
         return;
     }

@@ -39,9 +39,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use integration::netns::python_in_own_netns;
 use integration::{
-    alive, children, cryo, cryo_bin, cryo_env, dump, dump_fails, kill, lines, log, ok, scratch,
-    spawn, wait_for, wait_gone, KillOnDrop,
+    alive, children, criu42, cryo, cryo_bin, cryo_env, dump, dump_fails, dump_with_tool, kill,
+    lines, log, ok, restore_with_tool, scratch, spawn, wait_for, wait_gone, KillOnDrop,
 };
 
 /// The tests of this file run one at a time: every cryo run removes the locks of dead cryo
@@ -1508,11 +1509,7 @@ fn unix_sockets_stay_in_the_namespace_they_were_made_in() {
     let dir = scratch("netns-unix-hop");
     let tag = format!("cryo-{}", std::process::id());
     let out = dir.join("out");
-    let root = spawn(&["unshare", "-n", "python3", "-c", NS_HOPPER, &tag], &out);
-    let _g = KillOnDrop(root);
-    wait_for("C's sockets", 10, || {
-        lines(&out).iter().any(|l| l == "ready")
-    });
+    let (root, _g) = python_in_own_netns("C's sockets", NS_HOPPER, &[&tag], &out);
     let k = children(root)[0];
     let c = children(k)[0];
     let netns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
@@ -1734,11 +1731,7 @@ fn tun_and_tap_files_come_back() {
     }
     let dir = scratch("netns-tun");
     let out = dir.join("out");
-    let pid = spawn(&["unshare", "-n", "python3", "-c", TUN_HOLDER], &out);
-    let _g = KillOnDrop(pid);
-    wait_for("the tun files", 10, || {
-        lines(&out).iter().any(|l| l == "ready")
-    });
+    let (pid, _g) = python_in_own_netns("the tun files", TUN_HOLDER, &[], &out);
     // What the program says of its files at SIGUSR1 number `n`.
     let report = |n: usize| -> Vec<String> {
         integration::signal(pid, libc::SIGUSR1);
@@ -1961,11 +1954,7 @@ fn inet_sockets_stay_in_the_namespace_they_were_made_in() {
     }
     let dir = scratch("netns-inet-hop");
     let out = dir.join("out");
-    let root = spawn(&["unshare", "-n", "python3", "-c", INET_HOPPER], &out);
-    let _g = KillOnDrop(root);
-    wait_for("C's sockets", 10, || {
-        lines(&out).iter().any(|l| l == "ready")
-    });
+    let (root, _g) = python_in_own_netns("C's sockets", INET_HOPPER, &[], &out);
     let k = children(root)[0];
     let c = children(k)[0];
     let netns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
@@ -2050,21 +2039,13 @@ print(" ".join(r))
 #[ignore = "needs CRIU 4.2 built from source ($CRIU or /opt/criu42/criu)"]
 fn criu_and_cryo_restore_each_others_tun_dumps() {
     let _s = serial();
-    let criu = std::env::var("CRIU").unwrap_or_else(|_| "/opt/criu42/criu".into());
-    assert!(
-        Path::new(&criu).exists(),
-        "CRIU 4.2 is not at {criu} (set CRIU=)"
-    );
+    let criu = criu42();
     if !need(&["ip", "nsenter", "unshare", "python3", "iptables"]) {
         return;
     }
     let dir = scratch("netns-tun-criu");
     let out = dir.join("out");
-    let pid = spawn(&["unshare", "-n", "python3", "-c", TUN_HOLDER], &out);
-    let _g = KillOnDrop(pid);
-    wait_for("the tun files", 10, || {
-        lines(&out).iter().any(|l| l == "ready")
-    });
+    let (pid, _g) = python_in_own_netns("the tun files", TUN_HOLDER, &[], &out);
     let mut n = 0;
     let mut report = || -> Vec<String> {
         n += 1;
@@ -2083,7 +2064,6 @@ fn criu_and_cryo_restore_each_others_tun_dumps() {
         "p cp0 5002 65536 12",
     ];
     assert_eq!(report(), want, "before the dumps");
-    let p = pid.to_string();
     for (i, (dumper, restorer)) in [("criu", "cryo"), ("cryo", "criu")].into_iter().enumerate() {
         let bin = |tool: &str| {
             if tool == "criu" {
@@ -2094,40 +2074,9 @@ fn criu_and_cryo_restore_each_others_tun_dumps() {
         };
         let img = dir.join(format!("img-{i}"));
         std::fs::create_dir_all(&img).unwrap();
-        let m = img.to_str().unwrap();
-        let (dbin, rbin) = (bin(dumper), bin(restorer));
-        let o = run(&[
-            dbin.as_str(),
-            "dump",
-            "-t",
-            &p,
-            "-D",
-            m,
-            "-v4",
-            "-o",
-            "dump.log",
-        ]);
-        assert!(
-            o.status.success(),
-            "{dumper} dump: {}",
-            log(&img, "dump.log")
-        );
+        dump_with_tool(&bin(dumper), pid, &img, &[]);
         wait_gone(pid);
-        let o = run(&[
-            rbin.as_str(),
-            "restore",
-            "-D",
-            m,
-            "-d",
-            "-v4",
-            "-o",
-            "restore.log",
-        ]);
-        assert!(
-            o.status.success(),
-            "{restorer} restore of {dumper}'s dump: {}",
-            log(&img, "restore.log")
-        );
+        restore_with_tool(&bin(restorer), &img, &[]);
         // CRIU sets the saved send buffer on the file that makes the device only (closed
         // since): the tap's own file comes back with the kernel's default there.
         let mut want = want.map(String::from);
@@ -2170,11 +2119,7 @@ fn persistent_tap_with_a_packet_filter_is_refused() {
     }
     let dir = scratch("netns-tap-filter");
     let out = dir.join("out");
-    let pid = spawn(&["unshare", "-n", "python3", "-c", FILTERED_TAP], &out);
-    let _g = KillOnDrop(pid);
-    wait_for("the filtered tap", 10, || {
-        lines(&out).iter().any(|l| l == "ready")
-    });
+    let (pid, _g) = python_in_own_netns("the filtered tap", FILTERED_TAP, &[], &out);
     let e = dump_fails(pid, &dir.join("img"), &[]);
     assert!(e.contains("ft0") && e.contains("packet filter"), "{e}");
     assert!(alive(pid), "a refused dump must leave the tree running");
@@ -2232,14 +2177,7 @@ fn sockets_of_a_namespace_outside_the_tree_are_refused_before_the_seize() {
     let hosts = Hosts::new("outside", &["x"]);
     let out = dir.join("out");
     let there = hosts.path(0);
-    let pid = spawn(
-        &["unshare", "-n", "python3", "-c", OUTSIDE_HOPPER, &there],
-        &out,
-    );
-    let _g = KillOnDrop(pid);
-    wait_for("the sockets", 10, || {
-        lines(&out).iter().any(|l| l == "ready")
-    });
+    let (pid, _g) = python_in_own_netns("the sockets", OUTSIDE_HOPPER, &[&there], &out);
     use std::os::unix::fs::MetadataExt;
     let ino = std::fs::metadata(&there).unwrap().ino();
     let p = pid.to_string();
@@ -2350,11 +2288,7 @@ fn sockets_of_a_childs_namespace_held_by_its_parent_come_back() {
     }
     let dir = scratch("netns-parent-holds");
     let out = dir.join("out");
-    let root = spawn(&["unshare", "-n", "python3", "-c", PARENT_OF_NS], &out);
-    let _g = KillOnDrop(root);
-    wait_for("the sockets", 10, || {
-        lines(&out).iter().any(|l| l.starts_with("ready"))
-    });
+    let (root, _g) = python_in_own_netns("the sockets", PARENT_OF_NS, &[], &out);
     let tun_fd: i32 = lines(&out)
         .iter()
         .find_map(|l| l.strip_prefix("ready ").map(|n| n.parse().unwrap()))

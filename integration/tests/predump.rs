@@ -5,7 +5,6 @@
 //! the program itself; what is left behind once the chain ends or fails.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use integration::*;
 
@@ -307,32 +306,13 @@ fn failed_step_removes_the_tracking() {
 #[test]
 #[ignore = "needs CRIU 4.2 built from source ($CRIU or /opt/criu42/criu)"]
 fn criu_restores_cryos_chain() {
-    let criu = std::env::var("CRIU").unwrap_or_else(|_| "/opt/criu42/criu".into());
-    assert!(
-        Path::new(&criu).exists(),
-        "CRIU 4.2 is not at {criu} (set CRIU=)"
-    );
+    let criu = criu42();
     let dir = scratch("predump-criu");
     let (pid, out) = start_dirtier(&dir, 32, 300);
     let _g = KillOnDrop(pid);
     let (dirs, sum) = chain(&dir, pid, &out, &[]);
     let fin = &dirs[3];
-    let o = Command::new(&criu)
-        .args([
-            "restore",
-            "-D",
-            fin.to_str().unwrap(),
-            "-d",
-            "-v4",
-            "-o",
-            "criu-restore.log",
-        ])
-        .run_within("CRIU restore", CHILD_SECS);
-    assert!(
-        o.status.success(),
-        "CRIU restore:\n{}",
-        log(fin, "criu-restore.log")
-    );
+    restore_with_tool(&criu, fin, &[]);
     assert_eq!(memhog_sum(pid, &out), sum);
 }
 

@@ -55,18 +55,7 @@ fn netlink_socket_keeps_its_port_and_groups() {
         .expect("a netlink record");
     assert_eq!(nl["portid"].as_i64(), Some(i64::from(portid)), "{nl}");
     let join = net.join_a();
-    let o = cryo(&[
-        "restore",
-        "-D",
-        img.to_str().unwrap(),
-        "-d",
-        "-v4",
-        "-o",
-        "restore.log",
-        "--join-ns",
-        &join,
-    ]);
-    assert!(o.status.success(), "{}", log(&img, "restore.log"));
+    restore_with(&img, &["--join-ns", &join]);
     let events = lines(&out).iter().filter(|l| *l == "event 16").count();
     signal(pid, libc::SIGUSR1);
     wait_for("the name", 10, || {
@@ -135,17 +124,7 @@ fn socket_connected_to_a_log_socket_outside_the_tree() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--ext-unix-sk"), "{err}");
     assert!(log_path.exists(), "the log socket must be left alone");
-    let o = cryo(&[
-        "restore",
-        "-D",
-        d,
-        "-d",
-        "-v4",
-        "-o",
-        "restore.log",
-        "--ext-unix-sk",
-    ]);
-    assert!(o.status.success(), "{}", log(&img, "restore.log"));
+    restore_with(&img, &["--ext-unix-sk"]);
     signal(pid, libc::SIGUSR1);
     recv("line 2");
 }
@@ -208,18 +187,7 @@ fn packet_socket_keeps_its_interface_and_options() {
     assert_eq!(psk["aux_data"], true, "{psk}");
     assert_eq!(psk["mclist"][0]["type"], 1, "{psk}");
     let join = net.join_a();
-    let o = cryo(&[
-        "restore",
-        "-D",
-        img.to_str().unwrap(),
-        "-d",
-        "-v4",
-        "-o",
-        "restore.log",
-        "--join-ns",
-        &join,
-    ]);
-    assert!(o.status.success(), "{}", log(&img, "restore.log"));
+    restore_with(&img, &["--join-ns", &join]);
     signal(pid, libc::SIGUSR1);
     wait_for("the options", 10, || {
         lines(&out).iter().any(|l| l == "opts 1")
@@ -289,18 +257,7 @@ fn ping_and_raw_sockets_keep_their_ids_addresses_and_filters() {
     dump(pid, &img, &["--external", &key]);
     wait_gone(pid);
     let join = net.join_a();
-    let o = cryo(&[
-        "restore",
-        "-D",
-        img.to_str().unwrap(),
-        "-d",
-        "-v4",
-        "-o",
-        "restore.log",
-        "--join-ns",
-        &join,
-    ]);
-    assert!(o.status.success(), "{}", log(&img, "restore.log"));
+    restore_with(&img, &["--join-ns", &join]);
     let all = report(2);
     let after = &all[before.len()..];
     for w in &want {

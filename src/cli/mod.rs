@@ -440,8 +440,9 @@ pub struct Opts {
     /// cryo's session and terminal.
     #[arg(short = 'j', long = "shell-job")]
     pub shell_job: bool,
-    /// dump: save the tree's POSIX, OFD and flock file locks (without it, a lock held by
-    /// the tree fails the dump, as in CRIU); restore takes them again. Leases are refused.
+    /// dump: save the tree's POSIX, OFD and flock file locks and file leases (without it, a
+    /// lock held by the tree fails the dump, as in CRIU); restore takes them again.
+    /// Delegations and mandatory locks are refused.
     #[arg(short = 'l', long = "file-locks")]
     pub file_locks: bool,
     /// Plugin directory (cryo has no plugins; accepted).

@@ -11,8 +11,10 @@
 //! controller's limits such as `cpu.shares`, `memory.limit_in_bytes`, `cpuset.*`,
 //! `devices.list`, `pids.max`; in v2 `cgroup.subtree_control` and the `*.max` limits), so
 //! restore can create what is missing. As CRIU, nothing is written when every task lives in cryo's set. Dumping only
-//! reads `/proc` and the cgroup file systems. A task in a cgroup namespace of its own is
-//! refused by `dump::precheck`, so `cgns_prefix` is never set.
+//! reads `/proc` and the cgroup file systems. When the root has a cgroup namespace of its own,
+//! each member's `cgns_prefix` says how much of its path is that namespace's root, which
+//! restore unshares a new namespace at; a task in another cgroup namespace than the root's is
+//! refused by `dump::precheck`.
 //!
 //! **Restore** (`CgRestore`): `--manage-cgroups[=MODE]` with CRIU's modes and default
 //! (`soft`, also without the option); `ignore` skips everything. `--cgroup-root [CTRL:]PATH`
