@@ -607,6 +607,7 @@ fn dump_opts(a: &Opts, pid: i32) -> Result<dump::DumpOpts> {
             .and_then(|f| f.trim().parse::<i32>().ok())
             .map(|n| std::path::PathBuf::from(format!("/proc/self/fd/{n}"))),
         lazy_connect_within: None,
+        lazy_peer: None,
         cpu_cap: a.cpu_cap_bits().map_err(anyhow::Error::msg)?,
         timeout: a.timeout,
         page_server: if a.page_server {

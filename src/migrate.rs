@@ -633,6 +633,12 @@ fn rounds_and_hand_over(
                 prev_images_dir: None,
                 page_server: None,
                 lazy_pages: Some(at.to_string()),
+                // Only the destination may read the tree's memory.
+                lazy_peer: Some(
+                    ctl.peer_addr()
+                        .map_err(io_err("the control connection's peer"))?
+                        .ip(),
+                ),
                 lazy_ready: None,
                 // The destination's daemon connects while it restores, before `Restored`.
                 lazy_connect_within: Some(wait.max(crate::pageserver::DEFAULT_IDLE_TIMEOUT)),

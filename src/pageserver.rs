@@ -432,15 +432,20 @@ pub struct LazyServing {
 }
 
 impl LazyServing {
-    /// Serves `store` on `listener` in a thread.
-    pub fn start(listener: TcpListener, store: LazyStore) -> Result<LazyServing, PsError> {
+    /// Serves `store` on `listener` in a thread; with `peer`, only to a daemon connecting
+    /// from that address.
+    pub fn start(
+        listener: TcpListener,
+        store: LazyStore,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<LazyServing, PsError> {
         let (watch, stop) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| io("a pipe for the lazy pages' server")(e.into()))?;
         let connected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let c = connected.clone();
         let thread = std::thread::Builder::new()
             .name("lazy-pages-server".into())
-            .spawn(move || serve_lazy(listener, &store, Some(&watch), &c))
+            .spawn(move || serve_lazy(listener, &store, Some(&watch), &c, peer))
             .map_err(io("starting the lazy pages' server"))?;
         Ok(LazyServing {
             thread,
@@ -489,6 +494,7 @@ fn serve_lazy(
     store: &LazyStore,
     stop: Option<&std::os::fd::OwnedFd>,
     connected: &std::sync::atomic::AtomicBool,
+    allowed: Option<std::net::IpAddr>,
 ) -> Result<u64, PsError> {
     use std::os::fd::AsFd;
     let stopped = || PsError::Protocol("the lazy pages' server was stopped".into());
@@ -496,13 +502,27 @@ fn serve_lazy(
         bytes = store.bytes,
         "lazy pages: waiting for the lazy-pages daemon"
     );
-    if !wait_readable(listener.as_fd(), stop.map(|s| s.as_fd())).map_err(io("accept"))? {
-        return Err(stopped());
-    }
-    let (mut sk, peer) = listener.accept().map_err(io("accept"))?;
+    let (mut sk, peer) = loop {
+        if !wait_readable(listener.as_fd(), stop.map(|s| s.as_fd())).map_err(io("accept"))? {
+            return Err(stopped());
+        }
+        let (sk, peer) = listener.accept().map_err(io("accept"))?;
+        match allowed {
+            Some(a) if peer.ip() != a => {
+                // The tree's memory goes to the destination alone.
+                tracing::warn!(%peer, allowed = %a, "lazy pages: a connection from another address was closed");
+            }
+            _ => break (sk, peer),
+        }
+    };
     drop(listener);
     connected.store(true, std::sync::atomic::Ordering::Release);
     let _ = sk.set_nodelay(true);
+    // A daemon that stalls mid-request or stops reading fails the serving after the idle
+    // timeout instead of holding the thread (and a failed dump's tree) for ever.
+    sk.set_read_timeout(Some(DEFAULT_IDLE_TIMEOUT))
+        .and_then(|()| sk.set_write_timeout(Some(DEFAULT_IDLE_TIMEOUT)))
+        .map_err(io("setting the lazy pages' socket timeouts"))?;
     tracing::info!(%peer, "lazy pages: the lazy-pages daemon connected");
     let mut sent = 0u64;
     loop {

@@ -1779,7 +1779,6 @@ fn start_linked(
 /// no temporary name is left on the file system.
 #[test]
 fn removed_file_held_through_two_namespaces_mounts_keeps_both() {
-    let _host = copies_host_mounts();
     held_through_two_namespaces_mounts("nested-ns-link-remap", true);
 }
 

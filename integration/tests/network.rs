@@ -1512,6 +1512,8 @@ fn unix_sockets_stay_in_the_namespace_they_were_made_in() {
     let (root, _g) = python_in_own_netns("C's sockets", NS_HOPPER, &[&tag], &out);
     let k = children(root)[0];
     let c = children(k)[0];
+    // K and C outlive R (killing R alone left them running): each has a guard of its own.
+    let _kc = [KillOnDrop(k), KillOnDrop(c)];
     let netns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     // Sends from the namespace of `pid`: a datagram to @dg-TAG, then a connection to
     // @ls-TAG carrying `word`; what each attempt gave.
@@ -1566,7 +1568,9 @@ print(" ".join(r))
     integration::restore_with(&img, &[]);
     assert!(alive(root) && alive(k) && alive(c), "the tree is back");
     check("after the restore", "two");
-    kill(root);
+    for p in [root, k, c] {
+        kill(p);
+    }
 }
 
 /// Deletes a link of the test's namespace on drop (if still there).
@@ -1957,6 +1961,8 @@ fn inet_sockets_stay_in_the_namespace_they_were_made_in() {
     let (root, _g) = python_in_own_netns("C's sockets", INET_HOPPER, &[], &out);
     let k = children(root)[0];
     let c = children(k)[0];
+    // K and C outlive R (killing R alone left them running): each has a guard of its own.
+    let _kc = [KillOnDrop(k), KillOnDrop(c)];
     let netns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     // From the namespace of `pid`: a datagram to 7101, a connection to 7100 and one to
     // 7200 carrying `word`; what each attempt gave.
@@ -2026,7 +2032,9 @@ print(" ".join(r))
     assert!(alive(root) && alive(k) && alive(c), "the tree is back");
     check("after the restore", "two");
     through(2);
-    kill(root);
+    for p in [root, k, c] {
+        kill(p);
+    }
 }
 
 /// CRIU 4.2 and cryo restore each other's dumps of the tun/tap files of

@@ -74,6 +74,9 @@ pub struct DumpOpts {
     /// With `lazy_pages`: how long the lazy-pages daemon may take to connect once the
     /// images are complete (`None`: no bound, the user starts the restore when they like).
     pub lazy_connect_within: Option<std::time::Duration>,
+    /// With `lazy_pages`: the only address a lazy-pages daemon may connect from (`cryo
+    /// migrate`: the destination's); `None`: any, as CRIU's `dump --lazy-pages`.
+    pub lazy_peer: Option<std::net::IpAddr>,
     /// `--cpu-cap` bits (`kinds::cpuinfo`): with `CAP_IMAGE`, this CPU goes into cpuinfo.img.
     pub cpu_cap: u32,
     /// `--timeout N`: how long every thread of the tree may take to stop once seized
@@ -1911,7 +1914,11 @@ pub fn run(
     // `--lazy-pages`: the kept pages are served from now on, in a thread: a restore that
     // runs while the post-dump hook waits (`cryo migrate --lazy-pages`) gets them then.
     let serving = match lazy.take() {
-        Some((l, store)) => Some(crate::pageserver::LazyServing::start(l, store)?),
+        Some((l, store)) => Some(crate::pageserver::LazyServing::start(
+            l,
+            store,
+            opts.lazy_peer,
+        )?),
         None => None,
     };
     if let Err(e) = hooks.notify("post-dump", None) {

@@ -766,6 +766,7 @@ fn do_dump(
             .filter(|_| o.lazy_pages == Some(true))
             .map(|n| caller_path(peer, n)),
         lazy_connect_within: None,
+        lazy_peer: None,
         // `ps` otherwise: the page server the pages go to (runc's --page-server ADDR:PORT).
         page_server: match &o.ps {
             Some(_) if o.lazy_pages == Some(true) => None,
