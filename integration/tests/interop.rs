@@ -331,3 +331,81 @@ fn criu_container_restores() {
     // The fixture's pid 1 and its child.
     assert_eq!(children(init).len(), 1);
 }
+
+/// The other direction: CRIU 4.2 (`$CRIU`, or /opt/criu42/criu) restores cryo's dumps of the
+/// same three shapes, run live from the same static binary: the pipe tree (parent and child
+/// again, the numbers going on), the four threads, and the unix socket server (its connection
+/// going on, and a new client counted as its second). Ignored unless asked for, as every test
+/// that needs CRIU built from source: `integration/test.sh` runs it when it finds CRIU.
+#[test]
+#[ignore = "needs CRIU 4.2 built from source ($CRIU or /opt/criu42/criu)"]
+fn criu_restores_cryos_dumps_of_the_same_shapes() {
+    use integration::{alive, dump_with_tool, kill, restore_with_tool, spawn, KillOnDrop};
+    let _s = serial();
+    let criu = integration::criu42();
+    std::fs::create_dir_all(BIN).unwrap();
+    std::fs::create_dir_all(RUN).unwrap();
+    let bin = Path::new(BIN).join("fixture");
+    let _ = std::fs::remove_file(&bin);
+    std::fs::copy(fixture("bin").join("fixture"), &bin).unwrap();
+    let bin_s = bin.to_str().unwrap();
+    let sock = Path::new(RUN).join("usock-cryo.sock");
+    let sock_s = sock.to_str().unwrap();
+    for shape in ["pipetree", "threads", "usock"] {
+        let dir = scratch(&format!("interop-cryo-{shape}"));
+        let out = Path::new(RUN).join(format!("{shape}-cryo.out"));
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(&sock);
+        let out_s = out.to_str().unwrap();
+        let argv: Vec<&str> = if shape == "usock" {
+            vec![bin_s, shape, sock_s, out_s]
+        } else {
+            vec![bin_s, shape, out_s]
+        };
+        let pid = spawn(&argv, &dir.join("log"));
+        let _g = KillOnDrop(pid);
+        wait_for(&format!("{shape} to count"), 10, || {
+            numbers(&out, 0).len() >= 10
+        });
+        let kids = children(pid);
+        let _gk: Vec<KillOnDrop> = kids.iter().map(|&k| KillOnDrop(k)).collect();
+        let img = dir.join("img");
+        std::fs::create_dir_all(&img).unwrap();
+        dump_with_tool(&cryo_bin().display().to_string(), pid, &img, &[]);
+        for &p in kids.iter().chain([&pid]) {
+            integration::wait_gone(p);
+        }
+        let n = numbers(&out, 0).len();
+        restore_with_tool(&criu, &img, &[]);
+        assert!(alive(pid), "{shape}: CRIU restored it with its pid");
+        goes_on(&out, n, 20, &img);
+        match shape {
+            "pipetree" => assert_eq!(children(pid), kids, "the child, feeding on the pipe"),
+            "threads" => assert_eq!(
+                std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .unwrap()
+                    .count(),
+                4
+            ),
+            _ => {
+                for l in std::fs::read_to_string(&out).unwrap().lines() {
+                    let v: Vec<i64> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
+                    assert_eq!(v[1], v[0] * 2, "{l}");
+                }
+                use std::io::{Read, Write};
+                let mut s = std::os::unix::net::UnixStream::connect(&sock)
+                    .expect("connect to the server CRIU restored");
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.write_all(b"hello").unwrap();
+                let mut buf = [0u8; 64];
+                let k = s.read(&mut buf).unwrap();
+                assert_eq!(&buf[..k], b"hello 2\n");
+            }
+        }
+        // The parent first: a killed child would stay its zombie.
+        for &p in [&pid].into_iter().chain(kids.iter()) {
+            kill(p);
+        }
+    }
+    let _ = std::fs::remove_file(&sock);
+}
