@@ -752,9 +752,9 @@ fn run_cmd(cmd: Cmd, config_files: &[PathBuf]) -> Result<ExitCode> {
         }
         Cmd::Dedup(a) => {
             setup(&a, false, config_files)?;
-            // Deduplication works against a parent dump (pre-dumps); cryo makes none.
+            // Deduplication works against a parent dump (a pre-dump chain).
             if a.images_dir.join("parent").exists() {
-                bail!("dedup: incremental dumps (a parent images directory) are not implemented in cryo yet");
+                bail!("dedup: deduplication against the parent images is not implemented in cryo yet: the parent's pages stay (restore reads through the chain as it is)");
             }
             tracing::info!("dedup: no parent images, nothing to deduplicate");
             Ok(ExitCode::SUCCESS)

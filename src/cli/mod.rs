@@ -106,7 +106,8 @@ pub enum Cmd {
     Receive(Opts),
     /// Not implemented yet: CRIU's RPC daemon on a socket (use `swrk`).
     Service(Opts),
-    /// Deduplicate pages against a parent dump (cryo writes no parent dumps: nothing to do).
+    /// Deduplicate pages against a parent dump: not implemented yet (refused by name when the
+    /// images have a parent; nothing to do without one).
     Dedup(Opts),
     /// Record this CPU in DIR/cpuinfo.img (`cpuinfo dump -D DIR`), or check that this CPU can
     /// run what was dumped with `--cpu-cap` (`cpuinfo check -D DIR [--cpu-cap=CAP]`, all
@@ -1094,7 +1095,7 @@ impl IsSet for Vec<String> {
 }
 
 unsupported_opts! {
-    auto_dedup: bool = "auto-dedup", "incremental dumps (and deduplication against them) are not implemented yet";
+    auto_dedup: bool = "auto-dedup", "deduplication against the parent images (pre-dump chains) is not implemented yet: the parent's pages stay";
     lsm_profile: Option<String> = "lsm-profile", "LSM profiles are not saved or applied yet";
     lsm_mount_context: Option<String> = "lsm-mount-context", "LSM mount contexts are not applied yet";
     stream: bool = "stream", "image streaming is not implemented yet";
