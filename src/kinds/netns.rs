@@ -767,6 +767,10 @@ fn dump_inside(
         .collect();
     // (Not saved as `nsids`: CRIU's restore wants every namespace listed there among the
     // dumped ones, and cryo's own is not.)
+    // Tun/tap devices whose queue parameters are read once the addresses and routes are:
+    // cryo's attach to an up persistent device with no file gives it a carrier, and the
+    // kernel then adds an IPv6 link-local address and its routes, which were not there.
+    let mut tun_later: Vec<(usize, String)> = Vec::new();
     for (_, l) in &links {
         let name = link_name(l);
         let ty = nd_type(l).map_err(|what| NetnsError::Unsupported {
@@ -813,8 +817,8 @@ fn dump_inside(
                 _ => {}
             }
         }
-        if let Some(t) = e.tun.as_mut() {
-            tun_queue_params(id, &name, t, queues)?;
+        if e.tun.is_some() {
+            tun_later.push((d.links.len(), name.clone()));
         }
         if ty == pb::NdType::Veth {
             // The peer in this namespace, in cryo's, or in one cryo does not save.
@@ -884,6 +888,11 @@ fn dump_inside(
             all.iter()
                 .filter(|r| matches!(r.msg, RouteNetlinkMessage::NewRule(_))),
         );
+    }
+    for (i, name) in tun_later {
+        if let Some(t) = d.links[i].tun.as_mut() {
+            tun_queue_params(id, &name, t, queues)?;
+        }
     }
     // The firewall.
     // (`nft` is started only when there is a table to save.)
